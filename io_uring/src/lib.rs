@@ -1,0 +1,21 @@
+//! tidepool-io: the per-core runtime, and nothing protocol-specific.
+//!
+//! It owns the executors (one monoio runtime per core, pinned), the io_uring ring settings and the
+//! epoll fallback, SO_REUSEPORT listeners, the cross-core mesh with its wake-ups, timers and the
+//! shutdown gate. It is the only crate that imports the async runtime: the server in `src/` sees
+//! [`Listener`], [`Stream`], [`Inbox`], [`sleep`]/[`timeout`] and [`Shutdown`], so the runtime can
+//! change without touching protocols. It never parses a byte of any protocol.
+
+mod cpu;
+mod mesh;
+mod net;
+mod runtime;
+mod shutdown;
+mod time;
+
+pub use cpu::affinity_cpus;
+pub use mesh::{mesh, Inbox, MeshSender, SendError};
+pub use net::{bind_listeners, BindError, Listener, Stream};
+pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver, RuntimeConfig};
+pub use shutdown::{InFlight, InFlightGuard, Shutdown};
+pub use time::{sleep, timeout, Elapsed};
