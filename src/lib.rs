@@ -1,2 +1,8 @@
 //! tidepool: a real-time database server speaking HarperDB 4.x's interfaces, thread-per-core on
 //! io_uring. See ARCHITECTURE.md for the map; each subsystem's `mod.rs` says what it owns.
+
+pub mod config;
+pub mod logging;
+pub mod protocol;
+pub mod server;
+pub mod util;

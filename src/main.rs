@@ -1,1 +1,246 @@
-fn main() {}
+//! The `tidepool` command line: `run`, `dev`, `version`, `help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tidepool::config::{Config, ConfigTree};
+use tidepool::server::{self, RunOptions};
+use tidepool_io::{affinity_cpus, IoDriver};
+
+const USAGE: &str = "\
+tidepool — a real-time database server speaking HarperDB 4.x's interfaces
+
+USAGE:
+    tidepool run <app-dir> [--cores N] [--root DIR] [--io-driver uring|epoll|auto] [--<CONFIG_KEY> <value>]...
+    tidepool dev <app-dir> [same options]   (run with info logs on stdout, authorizeLocal, one core)
+    tidepool version
+    tidepool help
+
+CONFIG_KEY is a harperdb-config.yaml path joined by '_', e.g. --HTTP_PORT 127.0.0.1:9926,
+--LOGGING_LEVEL info, --STORAGE_SYNC false. Environment variables of the same names apply too;
+the command line wins. ROOTPATH sets the root (default ~/hdb); HDB_CONFIG names another config file.";
+
+struct Cli {
+    command: String,
+    app_dir: PathBuf,
+    cores: Option<usize>,
+    root: Option<PathBuf>,
+    io_driver: IoDriver,
+    overrides: Vec<(String, String)>,
+}
+
+fn parse_args(args: &[String]) -> Result<Cli, String> {
+    let command = args.first().cloned().unwrap_or_else(|| "help".into());
+    let mut cli = Cli {
+        command,
+        app_dir: PathBuf::new(),
+        cores: None,
+        root: None,
+        io_driver: IoDriver::Auto,
+        overrides: Vec::new(),
+    };
+    let mut app_dir = None;
+    let mut i = 1;
+    while i < args.len() {
+        let arg = &args[i];
+        let value = || {
+            args.get(i + 1)
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--cores" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--cores takes a whole number ≥ 1, got {v:?}"))?;
+                if n == 0 {
+                    return Err("--cores must be at least 1".into());
+                }
+                cli.cores = Some(n);
+                i += 2;
+            }
+            "--root" => {
+                cli.root = Some(PathBuf::from(value()?));
+                i += 2;
+            }
+            "--io-driver" => {
+                cli.io_driver = value()?.parse()?;
+                i += 2;
+            }
+            "--share-ports" => {
+                cli.overrides
+                    .push(("HTTP_SHAREPORTS".into(), "true".into()));
+                i += 1;
+            }
+            flag if flag.starts_with("--") => {
+                cli.overrides
+                    .push((flag.trim_start_matches("--").to_string(), value()?));
+                i += 2;
+            }
+            positional => {
+                if app_dir.is_some() {
+                    return Err(format!("unexpected argument {positional:?}"));
+                }
+                app_dir = Some(PathBuf::from(positional));
+                i += 1;
+            }
+        }
+    }
+    if matches!(cli.command.as_str(), "run" | "dev") {
+        cli.app_dir = app_dir
+            .ok_or_else(|| format!("`tidepool {}` needs an application folder", cli.command))?;
+    }
+    Ok(cli)
+}
+
+fn default_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("ROOTPATH") {
+        return PathBuf::from(root);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join("hdb")
+}
+
+/// Raises the open-file limit to its hard limit: every connection is a descriptor.
+fn raise_nofile_limit() {
+    // SAFETY: getrlimit/setrlimit on a stack struct we own.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn load_config(
+    cli: &Cli,
+    root: &std::path::Path,
+    cpus: usize,
+) -> Result<(Config, ConfigTree), String> {
+    let mut tree = ConfigTree::defaults();
+    let file = std::env::var_os("HDB_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("harperdb-config.yaml"));
+    if file.exists() {
+        let source = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        tree.merge_file(&source, &file).map_err(|e| e.to_string())?;
+    } else if std::env::var_os("HDB_CONFIG").is_some() {
+        return Err(format!(
+            "HDB_CONFIG names {}, which does not exist",
+            file.display()
+        ));
+    }
+    if cli.command == "dev" {
+        for (key, value) in [
+            ("LOGGING_STDSTREAMS", "true"),
+            ("LOGGING_LEVEL", "info"),
+            ("AUTHENTICATION_AUTHORIZELOCAL", "true"),
+            ("THREADS_COUNT", "1"),
+        ] {
+            tree.set_flat(key, tidepool::config::parse_override_value(value));
+        }
+    }
+    tree.merge_env(std::env::vars());
+    tree.merge_args(&cli.overrides);
+    if let Some(cores) = cli.cores {
+        tree.set_flat("THREADS_COUNT", serde_yaml::Value::from(cores as u64));
+    }
+    let config = Config::from_tree(&tree, root, cpus).map_err(|e| e.to_string())?;
+    Ok((config, tree))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match parse_args(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("tidepool: {e}\n\n{USAGE}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command.as_str() {
+        "version" | "--version" | "-V" => {
+            println!("tidepool {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        "run" | "dev" => {}
+        other => {
+            eprintln!("tidepool: unknown command {other:?}\n\n{USAGE}");
+            return ExitCode::from(1);
+        }
+    }
+
+    raise_nofile_limit();
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    let available = affinity_cpus();
+    let (config, tree) = match load_config(&cli, &root, available.len()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("tidepool: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let cpus: Vec<usize> = (0..config.threads)
+        .map(|i| available[i % available.len()])
+        .collect();
+    // Lock the root before anything writes into it (the log included).
+    if let Err(e) = std::fs::create_dir_all(&root) {
+        eprintln!(
+            "tidepool: cannot create root folder {}: {e}",
+            root.display()
+        );
+        return ExitCode::from(1);
+    }
+    let lock = match server::RootLock::acquire(&root) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("tidepool: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _log_guard = match tidepool::logging::init(&config.logging) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!(
+                "tidepool: cannot open log {}: {e}",
+                config.logging.path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    for warning in &tree.warnings {
+        tracing::warn!("{warning}");
+    }
+    if config.threads > available.len() {
+        tracing::warn!(
+            "{} cores requested but only {} CPUs in the affinity mask: executors share CPUs",
+            config.threads,
+            available.len()
+        );
+    }
+    let opts = RunOptions {
+        lock,
+        app_dir: cli.app_dir,
+        config,
+        tree,
+        io_driver: cli.io_driver,
+        cpus,
+    };
+    match server::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tidepool: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -9,13 +9,17 @@
 mod cpu;
 mod mesh;
 mod net;
+mod race;
 mod runtime;
 mod shutdown;
+mod signals;
 mod time;
 
 pub use cpu::affinity_cpus;
 pub use mesh::{mesh, Inbox, MeshSender, SendError};
 pub use net::{bind_listeners, BindError, Listener, Stream};
+pub use race::{race, Either};
 pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver, RuntimeConfig};
 pub use shutdown::{InFlight, InFlightGuard, Shutdown};
+pub use signals::TerminationSignals;
 pub use time::{sleep, timeout, Elapsed};

@@ -23,7 +23,7 @@ impl std::fmt::Display for BindError {
             BindError::InUse(addr) => write!(
                 f,
                 "{addr} is already in use by another process; stop it, choose another port, \
-                 or pass --share-ports true to split connections with it deliberately"
+                 or pass --share-ports to split connections with it deliberately"
             ),
             BindError::Io(addr, err) => write!(f, "cannot listen on {addr}: {err}"),
         }

@@ -1,0 +1,69 @@
+//! The default `harperdb-config.yaml`, written to `<root>` on first start. Every key a user may set
+//! appears here: the flattened override names (`HTTP_PORT`) are derived from this document.
+
+pub const DEFAULT_CONFIG_YAML: &str = r#"# tidepool server configuration (HarperDB 4.x compatible keys).
+# Override any key with an environment variable or --KEY value, e.g. HTTP_PORT=127.0.0.1:9000.
+http:
+  port: 9926                 # REST, WebSocket, SSE; host:port binds one address; null disables
+  securePort: null           # the same over TLS
+  cors: true
+  corsAccessList: null       # null or ["*"] = any origin
+  corsAccessControlAllowHeaders: Accept, Content-Type, Authorization
+  keepAliveTimeout: 30000    # ms an idle keep-alive connection stays open
+  headersTimeout: 60000      # ms to receive a request's head (slowloris guard) -> 408
+  timeout: 120000            # ms for a whole request
+  maxHeaderSize: 16394       # bytes of request head -> 431
+  maxHeaderCount: 100        # header lines per request -> 431 (tidepool)
+  maxBodySize: 1073741824    # bytes of request body -> 413 (tidepool)
+  maxConnectionsPerCore: 65536   # open connections per core; beyond -> 503 and close (tidepool)
+  sharePorts: false          # allow another process on the same ports (SO_REUSEPORT) (tidepool)
+  compressionThreshold: 1200
+  mtls: false
+operationsApi:
+  network:
+    port: 9925
+    securePort: null
+    cors: true
+    corsAccessList: null
+threads:
+  count: null                # null = CPUs in the affinity mask; --cores wins
+authentication:
+  authorizeLocal: false
+  cacheTTL: 30000
+  operationTokenTimeout: 1d
+  refreshTokenTimeout: 30d
+  hashFunction: sha256
+tls:
+  certificate: <root>/keys/certificate.pem
+  privateKey: <root>/keys/privateKey.pem
+  certificateAuthority: <root>/keys/ca.pem
+mqtt:
+  network:
+    port: 1883
+    securePort: 8883
+    mtls: false
+  webSocket: true
+  requireAuthentication: true
+  sessionQueueMax: 10000
+replication:
+  hostname: null             # node name; null = the OS hostname
+  url: null
+  securePort: 9933
+  port: null
+  routes: []
+  databases: "*"
+logging:
+  level: warn                # trace debug info warn error fatal notify
+  root: <root>/log
+  path: null                 # null = <logging.root>/hdb.log
+  file: true
+  stdStreams: false
+  auditLog: true
+  auditRetention: 3d
+storage:
+  path: <root>/database
+  sync: true                 # commit waits for fsync
+  writeAsync: false          # true = sync: false
+  maxTransactionQueueTime: 45s
+  compression: true
+"#;

@@ -1,0 +1,633 @@
+//! Server configuration: `harperdb-config.yaml`, environment and `--KEY value` overrides.
+//!
+//! Owns the tree of settings and its typed view ([`Config`]). Precedence: `--KEY value` >
+//! environment > file > default. A key is a config path joined by `_`, case-insensitive
+//! (`HTTP_PORT` ↔ `http.port`). Values parse as YAML scalars, or JSON for lists and objects.
+//! It never opens a socket or a database; it reads and writes only the config file.
+
+mod defaults;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_yaml::{Mapping, Value as Yaml};
+
+pub use defaults::DEFAULT_CONFIG_YAML;
+
+/// A setting that cannot be used, named by its dotted path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Where a listener binds; `None` in a [`Config`] field means the listener is off (`null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl ListenAddr {
+    /// `9926` binds every IPv4 address; `127.0.0.1:9926` or `[::1]:9926` binds one.
+    pub fn parse(key: &str, value: &Yaml) -> Result<Option<ListenAddr>, ConfigError> {
+        match value {
+            Yaml::Null => Ok(None),
+            Yaml::Number(n) => {
+                let port = n
+                    .as_u64()
+                    .filter(|p| *p <= u16::MAX as u64)
+                    .ok_or_else(|| err(key, format!("{n:?} is not a port number (0-65535)")))?;
+                Ok(Some(ListenAddr(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    port as u16,
+                ))))
+            }
+            Yaml::String(s) => {
+                let s = s.trim();
+                if let Ok(port) = s.parse::<u16>() {
+                    return Ok(Some(ListenAddr(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        port,
+                    ))));
+                }
+                s.parse::<SocketAddr>()
+                    .map(|a| Some(ListenAddr(a)))
+                    .map_err(|_| {
+                        err(
+                            key,
+                            format!("{s:?} is neither a port nor host:port (e.g. 127.0.0.1:9926)"),
+                        )
+                    })
+            }
+            other => Err(err(
+                key,
+                format!(
+                    "expected a port, host:port or null, got {}",
+                    yaml_kind(other)
+                ),
+            )),
+        }
+    }
+}
+
+fn yaml_kind(value: &Yaml) -> &'static str {
+    match value {
+        Yaml::Null => "null",
+        Yaml::Bool(_) => "a boolean",
+        Yaml::Number(_) => "a number",
+        Yaml::String(_) => "a string",
+        Yaml::Sequence(_) => "a list",
+        Yaml::Mapping(_) => "a mapping",
+        Yaml::Tagged(_) => "a tagged value",
+    }
+}
+
+/// The settings tree: defaults, overlaid by the file, the environment and the command line.
+#[derive(Debug, Clone)]
+pub struct ConfigTree {
+    root: Yaml,
+    /// Flattened lower-case key (`http_port`) → dotted path (`http.port`), from the defaults.
+    known: BTreeMap<String, String>,
+    pub warnings: Vec<String>,
+}
+
+fn flatten(prefix: &str, value: &Yaml, out: &mut BTreeMap<String, String>) {
+    if let Yaml::Mapping(map) = value {
+        for (k, v) in map {
+            let Some(k) = k.as_str() else { continue };
+            let path = if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            // A mapping default with no children (e.g. `{}`) is itself a settable leaf.
+            if matches!(v, Yaml::Mapping(m) if !m.is_empty()) {
+                flatten(&path, v, out);
+            }
+            out.insert(path.replace('.', "_").to_ascii_lowercase(), path);
+        }
+    }
+}
+
+/// Parses an override value: YAML scalar syntax (`null`, `9000`, `true`), JSON for lists/objects.
+pub fn parse_override_value(raw: &str) -> Yaml {
+    serde_yaml::from_str::<Yaml>(raw).unwrap_or_else(|_| Yaml::String(raw.to_string()))
+}
+
+impl ConfigTree {
+    pub fn defaults() -> Self {
+        let root: Yaml = match serde_yaml::from_str(DEFAULT_CONFIG_YAML) {
+            Ok(root) => root,
+            Err(e) => panic!("built-in default configuration does not parse: {e}"),
+        };
+        let mut known = BTreeMap::new();
+        flatten("", &root, &mut known);
+        Self {
+            root,
+            known,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Overlays a YAML document (the config file). Unknown keys are kept but warned about.
+    pub fn merge_file(&mut self, source: &str, file: &Path) -> Result<(), ConfigError> {
+        let doc: Yaml = serde_yaml::from_str(source)
+            .map_err(|e| err(&file.display().to_string(), format!("not valid YAML: {e}")))?;
+        match doc {
+            Yaml::Null => Ok(()),
+            Yaml::Mapping(map) => {
+                self.merge_mapping("", &map);
+                Ok(())
+            }
+            other => Err(err(
+                &file.display().to_string(),
+                format!("expected a mapping, got {}", yaml_kind(&other)),
+            )),
+        }
+    }
+
+    fn merge_mapping(&mut self, prefix: &str, map: &Mapping) {
+        for (k, v) in map {
+            let Some(k) = k.as_str() else { continue };
+            let path = if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            let flat = path.replace('.', "_").to_ascii_lowercase();
+            let is_branch = self.is_branch(&path);
+            match v {
+                Yaml::Mapping(child) if is_branch => self.merge_mapping(&path, child),
+                _ => {
+                    if !self.known.contains_key(&flat) {
+                        self.warnings
+                            .push(format!("unknown configuration key {path}"));
+                    }
+                    self.set_path(&path, v.clone());
+                }
+            }
+        }
+    }
+
+    fn is_branch(&self, path: &str) -> bool {
+        matches!(self.get(path), Some(Yaml::Mapping(m)) if !m.is_empty())
+    }
+
+    /// Sets a flattened, case-insensitive key (`HTTP_PORT`). Returns false when it is unknown.
+    pub fn set_flat(&mut self, key: &str, value: Yaml) -> bool {
+        let flat = key.to_ascii_lowercase();
+        match self.known.get(&flat).cloned() {
+            Some(path) => {
+                self.set_path(&path, value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies environment variables whose names are known keys.
+    pub fn merge_env<I: IntoIterator<Item = (String, String)>>(&mut self, vars: I) {
+        for (name, raw) in vars {
+            let flat = name.to_ascii_lowercase();
+            if self.known.contains_key(&flat) {
+                self.set_flat(&flat, parse_override_value(&raw));
+            }
+        }
+    }
+
+    /// Applies `--KEY value` overrides; unknown keys become warnings.
+    pub fn merge_args(&mut self, pairs: &[(String, String)]) {
+        for (key, raw) in pairs {
+            if !self.set_flat(key, parse_override_value(raw)) {
+                self.warnings
+                    .push(format!("unknown configuration key --{key}"));
+            }
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Yaml> {
+        let mut node = &self.root;
+        for part in path.split('.') {
+            node = node.as_mapping()?.get(part)?;
+        }
+        Some(node)
+    }
+
+    pub fn set_path(&mut self, path: &str, value: Yaml) {
+        let mut node = &mut self.root;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if !node.is_mapping() {
+                *node = Yaml::Mapping(Mapping::new());
+            }
+            let Yaml::Mapping(map) = node else {
+                unreachable!("made a mapping above")
+            };
+            let key = Yaml::String((*part).to_string());
+            if i + 1 == parts.len() {
+                map.insert(key, value);
+                return;
+            }
+            node = map
+                .entry(key)
+                .or_insert_with(|| Yaml::Mapping(Mapping::new()));
+        }
+    }
+
+    /// The whole effective configuration, as nested JSON (for `get_configuration`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.root).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            Some(Yaml::Bool(b)) => Ok(*b),
+            Some(other) => Err(err(
+                key,
+                format!("expected true or false, got {}", yaml_kind(other)),
+            )),
+            None => Err(err(key, "missing")),
+        }
+    }
+
+    fn u64(&self, key: &str) -> Result<u64, ConfigError> {
+        match self.get(key) {
+            Some(Yaml::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| err(key, format!("expected a non-negative integer, got {n}"))),
+            Some(other) => Err(err(
+                key,
+                format!("expected a non-negative integer, got {}", yaml_kind(other)),
+            )),
+            None => Err(err(key, "missing")),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            Some(Yaml::Null) | None => Ok(None),
+            Some(Yaml::String(s)) => Ok(Some(s.clone())),
+            Some(Yaml::Number(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(err(
+                key,
+                format!("expected a string, got {}", yaml_kind(other)),
+            )),
+        }
+    }
+
+    fn listen(&self, key: &str) -> Result<Option<ListenAddr>, ConfigError> {
+        ListenAddr::parse(key, self.get(key).unwrap_or(&Yaml::Null))
+    }
+
+    /// Milliseconds, or a duration string such as `30s`, `5m`, `1d`.
+    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+        match self.get(key) {
+            Some(Yaml::Number(n)) => n
+                .as_u64()
+                .map(Duration::from_millis)
+                .ok_or_else(|| err(key, format!("expected milliseconds, got {n}"))),
+            Some(Yaml::String(s)) => parse_duration(s).ok_or_else(|| {
+                err(
+                    key,
+                    format!("{s:?} is not a duration (milliseconds or <n>ms/s/m/h/d)"),
+                )
+            }),
+            Some(other) => Err(err(
+                key,
+                format!("expected a duration, got {}", yaml_kind(other)),
+            )),
+            None => Err(err(key, "missing")),
+        }
+    }
+}
+
+/// `1500`, `1500ms`, `30s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+    Notify,
+}
+
+impl LogLevel {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "trace" => LogLevel::Trace,
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" | "warning" => LogLevel::Warn,
+            "error" => LogLevel::Error,
+            "fatal" => LogLevel::Fatal,
+            "notify" => LogLevel::Notify,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+            LogLevel::Fatal => "fatal",
+            LogLevel::Notify => "notify",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub port: Option<ListenAddr>,
+    pub secure_port: Option<ListenAddr>,
+    pub cors: bool,
+    pub cors_access_list: Option<Vec<String>>,
+    pub keep_alive_timeout: Duration,
+    pub headers_timeout: Duration,
+    pub request_timeout: Duration,
+    pub header_bytes_max: usize,
+    pub header_count_max: usize,
+    pub body_bytes_max: u64,
+    pub connections_per_core_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub level: LogLevel,
+    pub root: PathBuf,
+    pub path: PathBuf,
+    pub file: bool,
+    pub std_streams: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub sync: bool,
+    pub max_transaction_queue_time: Duration,
+}
+
+/// The typed view of a [`ConfigTree`], checked once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub http: HttpConfig,
+    pub operations_api_port: Option<ListenAddr>,
+    pub operations_api_cors: bool,
+    pub threads: usize,
+    pub authorize_local: bool,
+    pub mqtt_port: Option<ListenAddr>,
+    pub node_name: String,
+    pub logging: LoggingConfig,
+    pub storage: StorageConfig,
+    /// Allow other processes' listeners on our ports (SO_REUSEPORT sharing). Off: refuse to start.
+    pub share_ports: bool,
+}
+
+fn resolve(root: &Path, template: &str) -> PathBuf {
+    let replaced = template.replace("<root>", &root.display().to_string());
+    let path = PathBuf::from(replaced);
+    if path.is_absolute() {
+        path
+    } else {
+        root.join(path)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl Config {
+    pub fn from_tree(
+        tree: &ConfigTree,
+        root: &Path,
+        cpus_available: usize,
+    ) -> Result<Config, ConfigError> {
+        let threads = match tree.get("threads.count") {
+            Some(Yaml::Null) | None => cpus_available,
+            Some(_) => {
+                let n = tree.u64("threads.count")?;
+                if n == 0 || n > 1024 {
+                    return Err(err(
+                        "threads.count",
+                        format!("{n} is out of range (1-1024)"),
+                    ));
+                }
+                n as usize
+            }
+        };
+        let level_raw = tree
+            .string("logging.level")?
+            .unwrap_or_else(|| "warn".into());
+        let level = LogLevel::parse(&level_raw).ok_or_else(|| {
+            err(
+                "logging.level",
+                format!(
+                    "{level_raw:?} is not one of trace, debug, info, warn, error, fatal, notify"
+                ),
+            )
+        })?;
+        let log_root = resolve(
+            root,
+            &tree
+                .string("logging.root")?
+                .unwrap_or_else(|| "<root>/log".into()),
+        );
+        let log_path = match tree.string("logging.path")? {
+            Some(p) => resolve(root, &p),
+            None => log_root.join("hdb.log"),
+        };
+        let cors_access_list = match tree.get("http.corsAccessList") {
+            Some(Yaml::Null) | None => None,
+            Some(Yaml::Sequence(items)) => Some(
+                items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| err("http.corsAccessList", "expected a list of origins"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => {
+                return Err(err(
+                    "http.corsAccessList",
+                    "expected a list of origins or null",
+                ))
+            }
+        };
+        let write_async = matches!(tree.get("storage.writeAsync"), Some(Yaml::Bool(true)));
+        let header_bytes_max = tree.u64("http.maxHeaderSize")? as usize;
+        if header_bytes_max < 256 {
+            return Err(err("http.maxHeaderSize", "must be at least 256 bytes"));
+        }
+        let header_count_max = tree.u64("http.maxHeaderCount")? as usize;
+        if !(1..=1024).contains(&header_count_max) {
+            return Err(err("http.maxHeaderCount", "must be between 1 and 1024"));
+        }
+        Ok(Config {
+            root: root.to_path_buf(),
+            http: HttpConfig {
+                port: tree.listen("http.port")?,
+                secure_port: tree.listen("http.securePort")?,
+                cors: tree.bool("http.cors")?,
+                cors_access_list,
+                keep_alive_timeout: tree.duration("http.keepAliveTimeout")?,
+                headers_timeout: tree.duration("http.headersTimeout")?,
+                request_timeout: tree.duration("http.timeout")?,
+                header_bytes_max,
+                header_count_max,
+                body_bytes_max: tree.u64("http.maxBodySize")?,
+                connections_per_core_max: tree.u64("http.maxConnectionsPerCore")?.max(1) as usize,
+            },
+            operations_api_port: tree.listen("operationsApi.network.port")?,
+            operations_api_cors: tree.bool("operationsApi.network.cors")?,
+            threads,
+            authorize_local: tree.bool("authentication.authorizeLocal")?,
+            mqtt_port: tree.listen("mqtt.network.port")?,
+            node_name: tree
+                .string("replication.hostname")?
+                .unwrap_or_else(hostname),
+            logging: LoggingConfig {
+                level,
+                root: log_root,
+                path: log_path,
+                file: tree.bool("logging.file")?,
+                std_streams: tree.bool("logging.stdStreams")?,
+            },
+            storage: StorageConfig {
+                path: resolve(
+                    root,
+                    &tree
+                        .string("storage.path")?
+                        .unwrap_or_else(|| "<root>/database".into()),
+                ),
+                sync: tree.bool("storage.sync")? && !write_async,
+                max_transaction_queue_time: tree.duration("storage.maxTransactionQueueTime")?,
+            },
+            share_ports: tree.bool("http.sharePorts")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(
+        file: &str,
+        env: &[(&str, &str)],
+        args: &[(&str, &str)],
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut tree = ConfigTree::defaults();
+        tree.merge_file(file, Path::new("harperdb-config.yaml"))?;
+        tree.merge_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let args: Vec<(String, String)> = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tree.merge_args(&args);
+        let config = Config::from_tree(&tree, Path::new("/tmp/root"), 2)?;
+        Ok((config, tree.warnings))
+    }
+
+    #[test]
+    fn precedence_args_over_env_over_file() {
+        let (c, _) = load("http:\n  port: 9001\n", &[], &[]).unwrap();
+        assert_eq!(c.http.port.unwrap().0.port(), 9001);
+        let (c, _) = load(
+            "http:\n  port: 9001\n",
+            &[("HTTP_PORT", "127.0.0.1:9000")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.http.port.unwrap().0.to_string(), "127.0.0.1:9000");
+        let (c, _) = load(
+            "",
+            &[("HTTP_PORT", "127.0.0.1:9000")],
+            &[("HTTP_PORT", "9100")],
+        )
+        .unwrap();
+        assert_eq!(c.http.port.unwrap().0.port(), 9100);
+        let (c, _) = load("", &[("http_port", "null")], &[]).unwrap();
+        assert!(c.http.port.is_none());
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases: &[(&str, &str)] = &[
+            ("http:\n  port: abc\n", "http.port"),
+            ("http:\n  port: 70000\n", "http.port"),
+            ("logging:\n  level: loud\n", "logging.level"),
+            ("threads:\n  count: 0\n", "threads.count"),
+            ("http:\n  keepAliveTimeout: soon\n", "http.keepAliveTimeout"),
+            ("storage:\n  sync: maybe\n", "storage.sync"),
+        ];
+        for (file, key) in cases {
+            let e = load(file, &[], &[]).unwrap_err();
+            assert_eq!(&e.key, key, "{file}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let (_, warnings) =
+            load("http:\n  porty: 1\nnope: 2\n", &[], &[("NOT_A_KEY", "1")]).unwrap();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+    }
+
+    #[test]
+    fn durations() {
+        for (s, ms) in [
+            ("1500", 1500),
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1d", 86_400_000),
+        ] {
+            assert_eq!(parse_duration(s), Some(Duration::from_millis(ms)));
+        }
+        assert_eq!(parse_duration("1w"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! Logging: SPEC §8.1's line format, levels and destinations, never blocking a core.
+//!
+//! Lines look like `2026-11-25T17:00:00.123Z [http/1] [warn] [mqtt]: message`. Events go through a
+//! bounded queue to one logging thread (tracing-appender, lossy): a core that logs never waits on
+//! the disk; overflow drops lines rather than stalling. `notify` lines (start-up, listeners) are
+//! always written — they are `info` events with target `notify` — and also go to stderr when logs
+//! go to a file, so an operator running in the foreground sees them.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::config::{LogLevel, LoggingConfig};
+
+/// Lines queued for the logging thread before new ones are dropped.
+const QUEUE_LINES_MAX: usize = 64 * 1024;
+
+/// The target for `notify` lines: `tracing::info!(target: "notify", ...)`.
+pub const NOTIFY: &str = "notify";
+
+struct LineFormat;
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut stamp = String::with_capacity(24);
+        crate::util::write_iso8601_ms(&mut stamp, now_ms);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("main");
+        // Executor threads are named `http-<core>`, writers `writer-<n>`: print `[http/1]`.
+        let (kind, index) = match name.rsplit_once('-') {
+            Some((kind, index)) if index.bytes().all(|b| b.is_ascii_digit()) => (kind, index),
+            _ => (name, "0"),
+        };
+        let meta = event.metadata();
+        let level = if meta.target() == NOTIFY {
+            "notify"
+        } else {
+            match *meta.level() {
+                Level::TRACE => "trace",
+                Level::DEBUG => "debug",
+                Level::INFO => "info",
+                Level::WARN => "warn",
+                Level::ERROR => "error",
+            }
+        };
+        write!(writer, "{stamp} [{kind}/{index}] [{level}]")?;
+        let target = meta.target();
+        if target != NOTIFY && !target.starts_with("tidepool") {
+            write!(writer, " [{target}]")?;
+        }
+        writer.write_str(": ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+fn passes(level: LogLevel, meta: &tracing::Metadata<'_>) -> bool {
+    if meta.target() == NOTIFY {
+        return true;
+    }
+    let event_level = match *meta.level() {
+        Level::TRACE => LogLevel::Trace,
+        Level::DEBUG => LogLevel::Debug,
+        Level::INFO => LogLevel::Info,
+        Level::WARN => LogLevel::Warn,
+        Level::ERROR => LogLevel::Error,
+    };
+    event_level >= level
+}
+
+/// Keeps the logging thread alive; dropping it flushes what is queued.
+pub struct LogGuard {
+    _guards: Vec<WorkerGuard>,
+}
+
+/// Installs the global subscriber for `config`. Creates the log folder when logging to a file.
+pub fn init(config: &LoggingConfig) -> io::Result<LogGuard> {
+    let level = config.level;
+    let mut guards = Vec::new();
+    let main_writer: Box<dyn io::Write + Send> = if config.std_streams || !config.file {
+        Box::new(io::stdout())
+    } else {
+        Box::new(open_log_file(&config.path)?)
+    };
+    let (main, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUE_LINES_MAX)
+        .finish(main_writer);
+    guards.push(guard);
+    let main_layer = tracing_subscriber::fmt::layer()
+        .event_format(LineFormat)
+        .with_writer(main)
+        .with_filter(filter_fn(move |meta| passes(level, meta)));
+    let echo_layer = if !config.std_streams && config.file {
+        let (echo, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .finish(io::stderr());
+        guards.push(guard);
+        Some(
+            tracing_subscriber::fmt::layer()
+                .event_format(LineFormat)
+                .with_writer(echo)
+                .with_filter(filter_fn(|meta| meta.target() == NOTIFY)),
+        )
+    } else {
+        None
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(main_layer)
+        .with(echo_layer);
+    tracing::subscriber::set_global_default(subscriber).map_err(io::Error::other)?;
+    Ok(LogGuard { _guards: guards })
+}
+
+fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}

@@ -1,0 +1,336 @@
+//! One HTTP/1.1 connection: read, answer every complete request in order, write once per batch.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tidepool_io::{race, timeout, Either, InFlight, InFlightGuard, Shutdown, Stream};
+
+use super::parse::{body_framing, decode_chunked, BodyFraming, Chunked, ParseError, HEADER_SLOTS};
+use super::{date, reason, Limits, Method, Request, Response, Service};
+
+/// Bytes of free space guaranteed before each read.
+const READ_SPARE_MIN: usize = 4096;
+/// After an error response, read and discard at most this much for at most this long before
+/// closing, so the client sees our answer instead of a reset caused by its unread upload.
+const LINGER_BYTES_MAX: usize = 256 * 1024;
+const LINGER_TIME: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Head,
+    Body,
+}
+
+/// Serves one connection until the peer closes, a limit closes it, or shutdown finds it idle.
+pub async fn serve<S: Service>(
+    mut stream: Stream,
+    peer: SocketAddr,
+    service: &S,
+    limits: &Limits,
+    shutdown: &Shutdown,
+    in_flight: &InFlight,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut rbuf: Vec<u8> = Vec::with_capacity(8192);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(8192);
+    let mut body_buf: Vec<u8> = Vec::new();
+    let mut resp = Response::new();
+    let mut start = 0usize;
+    let mut request_started: Option<Instant> = None;
+    let mut continue_sent = false;
+    let mut guards: Vec<InFlightGuard> = Vec::new();
+
+    loop {
+        let mut phase = Phase::Idle;
+        let mut close = false;
+        let mut fatal: Option<ParseError> = None;
+        while start < rbuf.len() {
+            let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+            let mut parsed = httparse::Request::new(&mut headers);
+            let head_len = match parsed.parse(&rbuf[start..]) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => {
+                    if rbuf.len() - start > limits.header_bytes_max {
+                        fatal = Some(ParseError::HeadTooLarge);
+                    }
+                    request_started.get_or_insert_with(Instant::now);
+                    phase = Phase::Head;
+                    break;
+                }
+                Err(httparse::Error::TooManyHeaders) => {
+                    fatal = Some(ParseError::HeadTooLarge);
+                    break;
+                }
+                Err(_) => {
+                    fatal = Some(ParseError::BadRequest("Malformed HTTP request"));
+                    break;
+                }
+            };
+            if head_len > limits.header_bytes_max || parsed.headers.len() > limits.header_count_max
+            {
+                fatal = Some(ParseError::HeadTooLarge);
+                break;
+            }
+            request_started.get_or_insert_with(Instant::now);
+            if guards.is_empty() || phase != Phase::Body {
+                guards.push(in_flight.enter());
+            }
+            let framing = match body_framing(parsed.headers) {
+                Ok(f) => f,
+                Err(e) => {
+                    fatal = Some(e);
+                    break;
+                }
+            };
+            let after_head = start + head_len;
+            let (body, total): (&[u8], usize) = match framing {
+                BodyFraming::None => (&[], head_len),
+                BodyFraming::Length(n) if n > limits.body_bytes_max => {
+                    fatal = Some(ParseError::BodyTooLarge);
+                    break;
+                }
+                BodyFraming::Length(n) => {
+                    let n = n as usize;
+                    if rbuf.len() - after_head < n {
+                        phase = Phase::Body;
+                        // Make room for the whole body now: one allocation instead of many.
+                        let wanted = after_head + n - rbuf.len();
+                        if rbuf.capacity() - rbuf.len() < wanted {
+                            rbuf.reserve(wanted);
+                        }
+                        break;
+                    }
+                    (&rbuf[after_head..after_head + n], head_len + n)
+                }
+                BodyFraming::Chunked => {
+                    match decode_chunked(&rbuf[after_head..], &mut body_buf, limits.body_bytes_max)
+                    {
+                        Ok(Chunked::Complete { consumed }) => (&body_buf[..], head_len + consumed),
+                        Ok(Chunked::Incomplete) => {
+                            phase = Phase::Body;
+                            break;
+                        }
+                        Err(e) => {
+                            fatal = Some(e);
+                            break;
+                        }
+                    }
+                }
+            };
+            let method_raw = parsed.method.unwrap_or("");
+            let target = parsed.path.unwrap_or("/");
+            let version_minor = parsed.version.unwrap_or(1);
+            let (path, query) = match target.find('?') {
+                Some(i) => (&target[..i], Some(&target[i + 1..])),
+                None => (target, None),
+            };
+            let request = Request {
+                method: Method::parse(method_raw),
+                method_raw,
+                target,
+                path,
+                query,
+                headers: parsed.headers,
+                body,
+                peer,
+                version_minor,
+            };
+            let wants_close = match request.header("connection") {
+                Some(v) if v.eq_ignore_ascii_case(b"close") => true,
+                Some(v) if v.eq_ignore_ascii_case(b"keep-alive") => false,
+                _ => version_minor == 0,
+            };
+            resp.reset();
+            service.call(&request, &mut resp).await;
+            close = wants_close || resp.close || shutdown.is_triggered();
+            encode_response(
+                &mut wbuf,
+                &resp,
+                request.method == Method::Head,
+                close,
+                version_minor == 0,
+            );
+            start += total;
+            request_started = None;
+            continue_sent = false;
+            if close {
+                break;
+            }
+        }
+
+        if let Some(error) = fatal {
+            resp.reset();
+            resp.json_error(error.status(), error.message());
+            encode_response(&mut wbuf, &resp, false, true, false);
+            let (_, returned) = stream.write_all(std::mem::take(&mut wbuf)).await;
+            drop(returned);
+            linger_close(&mut stream).await;
+            return;
+        }
+
+        if start == rbuf.len() {
+            rbuf.clear();
+            start = 0;
+        } else if start > 0 && (close || phase != Phase::Body || start > rbuf.len() / 2) {
+            rbuf.drain(..start);
+            start = 0;
+        }
+
+        if phase == Phase::Body && !continue_sent && !close {
+            if expects_continue(&rbuf[start..]) {
+                wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            continue_sent = true;
+        }
+
+        if !wbuf.is_empty() {
+            let (result, returned) = stream.write_all(std::mem::take(&mut wbuf)).await;
+            wbuf = returned;
+            wbuf.clear();
+            if result.is_err() {
+                return;
+            }
+        }
+        // Every answered request is now on the wire; a request still being read keeps its guard.
+        if phase == Phase::Idle {
+            guards.clear();
+        } else if guards.len() > 1 {
+            guards.truncate(1);
+        }
+        if close {
+            let _ = stream.shutdown_write().await;
+            return;
+        }
+
+        let (deadline, on_expiry) = match phase {
+            Phase::Idle => (limits.keep_alive_timeout, None),
+            Phase::Head => (
+                remaining(request_started, limits.headers_timeout),
+                Some(408),
+            ),
+            Phase::Body => (
+                remaining(request_started, limits.request_timeout),
+                Some(408),
+            ),
+        };
+        let read = async {
+            if phase == Phase::Idle {
+                match race(
+                    stream.read_append(std::mem::take(&mut rbuf), READ_SPARE_MIN),
+                    shutdown.wait(),
+                )
+                .await
+                {
+                    Either::Left(out) => Some(out),
+                    Either::Right(()) => None,
+                }
+            } else {
+                Some(
+                    stream
+                        .read_append(std::mem::take(&mut rbuf), READ_SPARE_MIN)
+                        .await,
+                )
+            }
+        };
+        match timeout(deadline, read).await {
+            Ok(Some((Ok(n), returned))) => {
+                rbuf = returned;
+                if n == 0 {
+                    return;
+                }
+            }
+            Ok(Some((Err(_), _))) => return,
+            // Shutdown while idle: nothing in flight here, just close.
+            Ok(None) => return,
+            Err(_) => {
+                if let Some(status) = on_expiry {
+                    resp.reset();
+                    resp.json_error(
+                        status,
+                        "Request timed out (http.headersTimeout / http.timeout)",
+                    );
+                    encode_response(&mut wbuf, &resp, false, true, false);
+                    let _ = stream.write_all(std::mem::take(&mut wbuf)).await;
+                    let _ = stream.shutdown_write().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn remaining(started: Option<Instant>, limit: Duration) -> Duration {
+    match started {
+        Some(t) => limit.saturating_sub(t.elapsed()),
+        None => limit,
+    }
+}
+
+/// Whether the (complete) head at the start of `buf` carries `Expect: 100-continue`.
+fn expects_continue(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => parsed.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
+        }),
+        _ => false,
+    }
+}
+
+async fn linger_close(stream: &mut Stream) {
+    let _ = stream.shutdown_write().await;
+    let mut drained = 0usize;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let deadline = Instant::now() + LINGER_TIME;
+    while drained < LINGER_BYTES_MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        buf.clear();
+        match timeout(left, stream.read_append(buf, 16 * 1024)).await {
+            Ok((Ok(n), returned)) if n > 0 => {
+                drained += n;
+                buf = returned;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Appends the status line, standard headers, the response's headers and (unless HEAD) its body.
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    resp: &Response,
+    head_only: bool,
+    close: bool,
+    http10: bool,
+) {
+    let mut status_buf = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status_buf.format(resp.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(resp.status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    date::write_now(out);
+    out.extend_from_slice(b"\r\n");
+    let bodiless = resp.status < 200 || resp.status == 204 || resp.status == 304;
+    if !bodiless {
+        let mut len_buf = itoa::Buffer::new();
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(len_buf.format(resp.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(&resp.headers);
+    out.extend_from_slice(b"\r\n");
+    if !head_only && !bodiless {
+        out.extend_from_slice(&resp.body);
+    }
+}

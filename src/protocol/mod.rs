@@ -1,0 +1,4 @@
+//! Protocols: bytes to protocol-neutral requests and back. Nothing here touches `store`; requests
+//! reach tables only through the resource layer.
+
+pub mod http;

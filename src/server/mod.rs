@@ -1,0 +1,329 @@
+//! The running server: root folder and its lock, listeners, executors, routing, shutdown.
+//!
+//! It wires subsystems together and owns the process lifecycle; protocol details live in
+//! `protocol`, data in `store`. Start order: lock the root, bind every listener (exit 2 if one
+//! cannot bind), start the executors, log the listeners and tell systemd READY=1. Stop order on
+//! SIGTERM/SIGINT: stop accepting, `/health` → 503, close idle connections, let in-flight
+//! requests finish up to the deadline, exit 0; a second signal exits 1 at once.
+
+mod lock;
+mod notify;
+mod router;
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tidepool_io::{
+    bind_listeners, race, spawn, start_cores, BindError, CoreContext, Either, InFlight, IoDriver,
+    Listener, RuntimeConfig, Shutdown, TerminationSignals,
+};
+
+use crate::config::{Config, ConfigTree};
+use crate::logging::NOTIFY;
+use crate::protocol::http::{self, Limits};
+
+pub use lock::RootLock;
+use router::{PortKind, Router};
+
+/// How long in-flight requests get after a shutdown signal (SPEC §8.3).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A start-up failure, with the exit status SPEC §1.1 gives it.
+#[derive(Debug)]
+pub enum RunError {
+    /// Invalid configuration, schema or root folder: exit 1.
+    Invalid(String),
+    /// A listener cannot bind: exit 2.
+    Bind(String),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Invalid(_) => 1,
+            RunError::Bind(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Invalid(m) | RunError::Bind(m) => f.write_str(m),
+        }
+    }
+}
+
+pub struct RunOptions {
+    /// Held until the process exits: one process per root.
+    pub lock: RootLock,
+    pub app_dir: PathBuf,
+    pub config: Config,
+    pub tree: ConfigTree,
+    pub io_driver: IoDriver,
+    /// One executor per CPU listed.
+    pub cpus: Vec<usize>,
+}
+
+/// Per-core counters, each written only by its own core and read by anyone (`/health?verbose`).
+#[derive(Default)]
+pub struct CoreStats {
+    pub connections_accepted: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+/// What every core shares, read-mostly.
+pub struct Shared {
+    pub config: Config,
+    pub stats: Vec<CoreStats>,
+    pub shutdown: Shutdown,
+    pub in_flight: InFlight,
+    pub limits: Limits,
+    pub started: Instant,
+}
+
+struct BoundPort {
+    kind: PortKind,
+    addr: SocketAddr,
+    /// One listener per core, taken by that core at start.
+    listeners: Mutex<Vec<Option<StdTcpListener>>>,
+}
+
+fn bind(
+    kind: PortKind,
+    addr: SocketAddr,
+    cores: usize,
+    shared_ports: bool,
+) -> Result<BoundPort, RunError> {
+    let (listeners, bound) = bind_listeners(addr, cores, shared_ports).map_err(|e| match e {
+        BindError::InUse(_) | BindError::Io(..) => {
+            RunError::Bind(format!("{} port: {e}", kind.name()))
+        }
+    })?;
+    Ok(BoundPort {
+        kind,
+        addr: bound,
+        listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
+    })
+}
+
+/// Runs the server in the foreground until a shutdown signal. Returns after a graceful stop.
+pub fn run(opts: RunOptions) -> Result<(), RunError> {
+    let config = opts.config;
+    let root = config.root.clone();
+    let _lock = opts.lock;
+    write_default_config(&root, &opts.tree);
+    if !opts.app_dir.is_dir() {
+        return Err(RunError::Invalid(format!(
+            "application folder {} does not exist",
+            opts.app_dir.display()
+        )));
+    }
+
+    let cores = opts.cpus.len();
+    let mut ports = Vec::new();
+    let rest = config.http.port.map(|a| a.0);
+    let ops = config.operations_api_port.map(|a| a.0);
+    if let Some(addr) = rest {
+        // Port 0 means "any free port" for each listener, so two zero ports are two listeners.
+        let kind = if Some(addr) == ops && addr.port() != 0 {
+            PortKind::Both
+        } else {
+            PortKind::Rest
+        };
+        ports.push(bind(kind, addr, cores, config.share_ports)?);
+    }
+    if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
+        ports.push(bind(PortKind::Operations, addr, cores, config.share_ports)?);
+    }
+    let ports = Arc::new(ports);
+
+    let limits = Limits {
+        header_bytes_max: config.http.header_bytes_max,
+        header_count_max: config.http.header_count_max,
+        body_bytes_max: config.http.body_bytes_max,
+        keep_alive_timeout: config.http.keep_alive_timeout,
+        headers_timeout: config.http.headers_timeout,
+        request_timeout: config.http.request_timeout,
+    };
+    let shared = Arc::new(Shared {
+        stats: (0..cores).map(|_| CoreStats::default()).collect(),
+        shutdown: Shutdown::new(),
+        in_flight: InFlight::new(),
+        limits,
+        started: Instant::now(),
+        config,
+    });
+
+    // Signals are taken on this (main) thread, never on an executor.
+    let mut signals = TerminationSignals::install()
+        .map_err(|e| RunError::Invalid(format!("cannot install signal handlers: {e}")))?;
+
+    let mut runtime = RuntimeConfig::new(opts.cpus.clone(), opts.io_driver);
+    runtime.thread_name = "http".into();
+    let core_shared = shared.clone();
+    let core_ports = ports.clone();
+    let (driver, handles) = start_cores(&runtime, move |ctx| {
+        core_main(ctx, core_shared.clone(), core_ports.clone())
+    })
+    .map_err(|e| RunError::Invalid(format!("cannot start executors: {e}")))?;
+
+    tracing::info!(target: NOTIFY, "tidepool {} node {} starting with {cores} cores on CPUs {:?}, io driver {driver}",
+        env!("CARGO_PKG_VERSION"), shared.config.node_name, opts.cpus);
+    for port in ports.iter() {
+        tracing::info!(target: NOTIFY, "{} listening on {} ({} listeners, SO_REUSEPORT)", port.kind.name(), port.addr, cores);
+    }
+    tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
+    notify::send("READY=1");
+
+    // Wait for the first signal.
+    let first = signals.wait();
+    tracing::info!(target: NOTIFY, "signal {} received: shutting down (a second signal exits at once)", first.unwrap_or(0));
+    notify::send("STOPPING=1");
+    shared.shutdown.trigger();
+    std::thread::spawn(move || {
+        if signals.wait().is_some() {
+            tracing::error!("second signal: exiting without waiting");
+            std::process::exit(1);
+        }
+    });
+
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while shared.in_flight.count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let abandoned = shared.in_flight.count();
+    if abandoned > 0 {
+        tracing::warn!(
+            "{abandoned} requests still in flight after {SHUTDOWN_GRACE:?}; closing them"
+        );
+    }
+    for handle in handles {
+        if Instant::now() >= deadline {
+            break;
+        }
+        // Executors return once their connections are closed; past the deadline we stop waiting.
+        while !handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    tracing::info!(target: NOTIFY, "stopped");
+    Ok(())
+}
+
+/// `<root>/harperdb-config.yaml` is written with defaults when missing (SPEC §1.2).
+fn write_default_config(root: &std::path::Path, _tree: &ConfigTree) {
+    let path = root.join("harperdb-config.yaml");
+    if !path.exists() {
+        if let Err(e) = std::fs::write(&path, crate::config::DEFAULT_CONFIG_YAML) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+async fn core_main(ctx: CoreContext, shared: Arc<Shared>, ports: Arc<Vec<BoundPort>>) {
+    let core = ctx.core.0;
+    let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    for port in ports.iter() {
+        let std_listener = port
+            .listeners
+            .lock()
+            .ok()
+            .and_then(|mut l| l.get_mut(core).and_then(Option::take));
+        let Some(std_listener) = std_listener else {
+            tracing::error!("core {core}: no listener for {}", port.addr);
+            continue;
+        };
+        let listener = match Listener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("core {core}: cannot adopt listener {}: {e}", port.addr);
+                continue;
+            }
+        };
+        let router = std::rc::Rc::new(Router::new(port.kind, core, shared.clone()));
+        spawn(accept_loop(
+            listener,
+            router,
+            shared.clone(),
+            core,
+            open.clone(),
+        ));
+    }
+    tracing::debug!("core {core} ready on CPU {}", ctx.cpu);
+    shared.shutdown.wait().await;
+    // Let this core's connections finish; the main thread enforces the overall deadline.
+    while open.get() > 0 {
+        tidepool_io::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    router: std::rc::Rc<Router>,
+    shared: Arc<Shared>,
+    core: usize,
+    open: std::rc::Rc<std::cell::Cell<usize>>,
+) {
+    let stats = &shared.stats[core];
+    loop {
+        let accepted = match race(listener.accept(), shared.shutdown.wait()).await {
+            Either::Left(result) => result,
+            Either::Right(()) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!("accept failed on core {core}: {e}");
+                tidepool_io::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        if open.get() >= shared.config.http.connections_per_core_max {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            spawn(refuse(stream));
+            continue;
+        }
+        open.set(open.get() + 1);
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        let router = router.clone();
+        let shared = shared.clone();
+        let open = open.clone();
+        spawn(async move {
+            http::serve(
+                stream,
+                peer,
+                &*router,
+                &shared.limits,
+                &shared.shutdown,
+                &shared.in_flight,
+            )
+            .await;
+            open.set(open.get() - 1);
+            shared.stats[core]
+                .connections_open
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Over `http.maxConnectionsPerCore`: answer 503 and close, without reading the request.
+async fn refuse(mut stream: tidepool_io::Stream) {
+    let mut resp = http::Response::new();
+    resp.json_error(
+        503,
+        "Too many connections on this core (http.maxConnectionsPerCore)",
+    );
+    resp.header("Retry-After", "1");
+    let mut out = Vec::with_capacity(256);
+    http::encode_response(&mut out, &resp, false, true, false);
+    let _ = stream.write_all(out).await;
+    let _ = stream.shutdown_write().await;
+}

@@ -1,0 +1,326 @@
+//! Starts the real `tidepool` binary on port 0 with a temporary root and finds its ports from the
+//! start-up lines. Dropping a [`Server`] kills the process it started (by its PID) and nothing else.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub struct Server {
+    pub child: Child,
+    pub rest: SocketAddr,
+    pub ops: SocketAddr,
+    pub root: tempfile::TempDir,
+    pub lines: mpsc::Receiver<String>,
+}
+
+pub struct Builder {
+    args: Vec<String>,
+    app: PathBuf,
+    envs: Vec<(String, String)>,
+    root: Option<tempfile::TempDir>,
+    wrapper: Vec<String>,
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Builder {
+            args: Vec::new(),
+            app: repo_path("deploy/app"),
+            envs: Vec::new(),
+            root: None,
+            wrapper: Vec::new(),
+        }
+    }
+    pub fn arg(mut self, key: &str, value: &str) -> Self {
+        self.args.push(key.into());
+        self.args.push(value.into());
+        self
+    }
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.into());
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+    pub fn app(mut self, app: &Path) -> Self {
+        self.app = app.to_path_buf();
+        self
+    }
+    pub fn root(mut self, root: tempfile::TempDir) -> Self {
+        self.root = Some(root);
+        self
+    }
+    /// Runs the server under another program, e.g. `setpriv ... --`.
+    pub fn wrapper(mut self, words: &[&str]) -> Self {
+        self.wrapper = words.iter().map(|w| w.to_string()).collect();
+        self
+    }
+
+    pub fn command(&self, root: &Path) -> Command {
+        let mut cmd = if self.wrapper.is_empty() {
+            Command::new(BIN)
+        } else {
+            let mut c = Command::new(&self.wrapper[0]);
+            c.args(&self.wrapper[1..]).arg(BIN);
+            c
+        };
+        cmd.arg("run").arg(&self.app).arg("--root").arg(root);
+        let has = |k: &str| self.args.iter().any(|a| a == k);
+        if !has("--HTTP_PORT") {
+            cmd.args(["--HTTP_PORT", "127.0.0.1:0"]);
+        }
+        if !has("--OPERATIONSAPI_NETWORK_PORT") {
+            cmd.args(["--OPERATIONSAPI_NETWORK_PORT", "127.0.0.1:0"]);
+        }
+        if !has("--MQTT_NETWORK_PORT") {
+            cmd.args(["--MQTT_NETWORK_PORT", "127.0.0.1:0"]);
+        }
+        if !has("--cores") {
+            cmd.args(["--cores", "2"]);
+        }
+        cmd.args(&self.args);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("HTTP_PORT")
+            .env_remove("ROOTPATH")
+            .env_remove("HDB_CONFIG");
+        cmd
+    }
+
+    pub fn start(mut self) -> Server {
+        let root = self.root.take().take_or_new();
+        let mut cmd = self.command(root.path());
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rest = None;
+        let mut ops = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while rest.is_none() || ops.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = listener_addr(&line, "REST") {
+                        rest = Some(addr);
+                    }
+                    if let Some(addr) = listener_addr(&line, "Operations API") {
+                        ops = Some(addr);
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let status = child.try_wait().ok().flatten();
+                    let _ = child.kill();
+                    panic!(
+                        "server did not report its listeners (exit {status:?}); stderr:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        }
+        Server {
+            child,
+            rest: rest.unwrap(),
+            ops: ops.unwrap(),
+            root,
+            lines: rx,
+        }
+    }
+}
+
+trait TakeOrNew {
+    fn take_or_new(self) -> tempfile::TempDir;
+}
+impl TakeOrNew for Option<tempfile::TempDir> {
+    fn take_or_new(self) -> tempfile::TempDir {
+        self.unwrap_or_else(|| tempfile::tempdir().expect("temp root"))
+    }
+}
+
+fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
+    let rest = line.split("[notify]: ").nth(1)?;
+    if !rest.starts_with(kind) {
+        return None;
+    }
+    let after = rest.split(" listening on ").nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Builder::new().start()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of the child this test started.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for the process to exit; returns its status code (None if killed by a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.rest, path)
+    }
+
+    pub fn ops_url(&self) -> String {
+        format!("http://{}/", self.ops)
+    }
+
+    /// Lines the server has written to stderr since the last call.
+    pub fn drain_lines(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A raw HTTP/1.1 exchange over one TCP connection, for framing tests.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads one response; `head_only` for responses to HEAD.
+    pub fn response(&mut self, head_only: bool) -> Option<RawResponse> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
+                let status = resp.code.unwrap_or(0);
+                let hs: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let len = hs
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let len = if head_only || status < 200 || status == 204 || status == 304 {
+                    0
+                } else {
+                    len
+                };
+                while self.buf.len() < n + len {
+                    if !self.fill() {
+                        return None;
+                    }
+                }
+                let body = self.buf[n..n + len].to_vec();
+                self.buf.drain(..n + len);
+                return Some(RawResponse {
+                    status,
+                    headers: hs,
+                    body,
+                });
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// True when the server has closed the connection (EOF with nothing buffered).
+    pub fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+}
