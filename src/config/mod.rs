@@ -618,6 +618,13 @@ mod tests {
     }
 
     #[test]
+    fn deploy_example_config_has_only_known_keys() {
+        let (_, warnings) =
+            load(include_str!("../../deploy/harperdb-config.yaml"), &[], &[]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
     fn durations() {
         for (s, ms) in [
             ("1500", 1500),

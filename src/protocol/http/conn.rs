@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tidepool_io::{race, timeout, Either, InFlight, InFlightGuard, Shutdown, Stream};
 
-use super::parse::{body_framing, decode_chunked, BodyFraming, Chunked, ParseError, HEADER_SLOTS};
+use super::parse::{frame, BodyLocation, Frame, ParseError, HEADER_SLOTS};
 use super::{date, reason, Limits, Method, Request, Response, Service};
 
 /// Bytes of free space guaranteed before each read.
@@ -47,91 +47,51 @@ pub async fn serve<S: Service>(
         let mut fatal: Option<ParseError> = None;
         while start < rbuf.len() {
             let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-            let mut parsed = httparse::Request::new(&mut headers);
-            let head_len = match parsed.parse(&rbuf[start..]) {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) => {
-                    if rbuf.len() - start > limits.header_bytes_max {
-                        fatal = Some(ParseError::HeadTooLarge);
-                    }
+            let framed = match frame(&rbuf[start..], &mut headers, limits, &mut body_buf) {
+                Ok(Frame::Complete(framed)) => framed,
+                Ok(Frame::NeedHead) => {
                     request_started.get_or_insert_with(Instant::now);
                     phase = Phase::Head;
                     break;
                 }
-                Err(httparse::Error::TooManyHeaders) => {
-                    fatal = Some(ParseError::HeadTooLarge);
+                Ok(Frame::NeedBody { missing }) => {
+                    request_started.get_or_insert_with(Instant::now);
+                    if guards.is_empty() {
+                        guards.push(in_flight.enter());
+                    }
+                    phase = Phase::Body;
+                    // Make room for the whole body now: one allocation instead of many.
+                    if let Some(missing) = missing {
+                        if rbuf.capacity() - rbuf.len() < missing {
+                            rbuf.reserve(missing);
+                        }
+                    }
                     break;
                 }
-                Err(_) => {
-                    fatal = Some(ParseError::BadRequest("Malformed HTTP request"));
-                    break;
-                }
-            };
-            if head_len > limits.header_bytes_max || parsed.headers.len() > limits.header_count_max
-            {
-                fatal = Some(ParseError::HeadTooLarge);
-                break;
-            }
-            request_started.get_or_insert_with(Instant::now);
-            if guards.is_empty() || phase != Phase::Body {
-                guards.push(in_flight.enter());
-            }
-            let framing = match body_framing(parsed.headers) {
-                Ok(f) => f,
                 Err(e) => {
                     fatal = Some(e);
                     break;
                 }
             };
-            let after_head = start + head_len;
-            let (body, total): (&[u8], usize) = match framing {
-                BodyFraming::None => (&[], head_len),
-                BodyFraming::Length(n) if n > limits.body_bytes_max => {
-                    fatal = Some(ParseError::BodyTooLarge);
-                    break;
-                }
-                BodyFraming::Length(n) => {
-                    let n = n as usize;
-                    if rbuf.len() - after_head < n {
-                        phase = Phase::Body;
-                        // Make room for the whole body now: one allocation instead of many.
-                        let wanted = after_head + n - rbuf.len();
-                        if rbuf.capacity() - rbuf.len() < wanted {
-                            rbuf.reserve(wanted);
-                        }
-                        break;
-                    }
-                    (&rbuf[after_head..after_head + n], head_len + n)
-                }
-                BodyFraming::Chunked => {
-                    match decode_chunked(&rbuf[after_head..], &mut body_buf, limits.body_bytes_max)
-                    {
-                        Ok(Chunked::Complete { consumed }) => (&body_buf[..], head_len + consumed),
-                        Ok(Chunked::Incomplete) => {
-                            phase = Phase::Body;
-                            break;
-                        }
-                        Err(e) => {
-                            fatal = Some(e);
-                            break;
-                        }
-                    }
-                }
+            guards.push(in_flight.enter());
+            let body: &[u8] = match framed.body {
+                BodyLocation::Inline { start: from, end } => &rbuf[start + from..start + end],
+                BodyLocation::Decoded => &body_buf,
             };
-            let method_raw = parsed.method.unwrap_or("");
-            let target = parsed.path.unwrap_or("/");
-            let version_minor = parsed.version.unwrap_or(1);
+            let target = framed.target;
             let (path, query) = match target.find('?') {
                 Some(i) => (&target[..i], Some(&target[i + 1..])),
                 None => (target, None),
             };
+            let version_minor = framed.version_minor;
+            let total = framed.consumed;
             let request = Request {
-                method: Method::parse(method_raw),
-                method_raw,
+                method: Method::parse(framed.method),
+                method_raw: framed.method,
                 target,
                 path,
                 query,
-                headers: parsed.headers,
+                headers: framed.headers,
                 body,
                 peer,
                 version_minor,

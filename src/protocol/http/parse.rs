@@ -146,6 +146,109 @@ pub fn decode_chunked(
     }
 }
 
+/// Where a complete request's body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLocation {
+    /// `input[start..end]`.
+    Inline { start: usize, end: usize },
+    /// Chunked: decoded into the caller's body buffer.
+    Decoded,
+}
+
+/// A complete request found at the start of the input.
+#[derive(Debug)]
+pub struct Framed<'b, 'h> {
+    pub method: &'b str,
+    pub target: &'b str,
+    pub version_minor: u8,
+    pub headers: &'h [httparse::Header<'b>],
+    pub body: BodyLocation,
+    /// Bytes of input the request used, head and body.
+    pub consumed: usize,
+}
+
+#[derive(Debug)]
+pub enum Frame<'b, 'h> {
+    Complete(Framed<'b, 'h>),
+    /// The head is not complete yet.
+    NeedHead,
+    /// The head is complete; the body is not. `missing` is known for Content-Length bodies.
+    NeedBody {
+        missing: Option<usize>,
+    },
+}
+
+/// Check, then parse: finds one whole request at the start of `input`, within `limits`.
+/// `headers` must have room for [`HEADER_SLOTS`] entries; `body_buf` receives a chunked body.
+pub fn frame<'b, 'h>(
+    input: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+    limits: &super::Limits,
+    body_buf: &mut Vec<u8>,
+) -> Result<Frame<'b, 'h>, ParseError> {
+    let mut parsed = httparse::Request::new(headers);
+    let head_len = match parsed.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if input.len() > limits.header_bytes_max {
+                return Err(ParseError::HeadTooLarge);
+            }
+            return Ok(Frame::NeedHead);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
+        Err(_) => return Err(ParseError::BadRequest("Malformed HTTP request")),
+    };
+    let method = parsed.method.unwrap_or("");
+    let target = parsed.path.unwrap_or("/");
+    let version_minor = parsed.version.unwrap_or(1);
+    let headers: &'h [httparse::Header<'b>] = parsed.headers;
+    if head_len > limits.header_bytes_max || headers.len() > limits.header_count_max {
+        return Err(ParseError::HeadTooLarge);
+    }
+    let (body, consumed) = match body_framing(headers)? {
+        BodyFraming::None => (
+            BodyLocation::Inline {
+                start: head_len,
+                end: head_len,
+            },
+            head_len,
+        ),
+        BodyFraming::Length(n) if n > limits.body_bytes_max => {
+            return Err(ParseError::BodyTooLarge)
+        }
+        BodyFraming::Length(n) => {
+            let n = n as usize;
+            let have = input.len() - head_len;
+            if have < n {
+                return Ok(Frame::NeedBody {
+                    missing: Some(n - have),
+                });
+            }
+            (
+                BodyLocation::Inline {
+                    start: head_len,
+                    end: head_len + n,
+                },
+                head_len + n,
+            )
+        }
+        BodyFraming::Chunked => {
+            match decode_chunked(&input[head_len..], body_buf, limits.body_bytes_max)? {
+                Chunked::Complete { consumed } => (BodyLocation::Decoded, head_len + consumed),
+                Chunked::Incomplete => return Ok(Frame::NeedBody { missing: None }),
+            }
+        }
+    };
+    Ok(Frame::Complete(Framed {
+        method,
+        target,
+        version_minor,
+        headers,
+        body,
+        consumed,
+    }))
+}
+
 pub fn header_eq(name: &str, expected: &str) -> bool {
     name.eq_ignore_ascii_case(expected)
 }
@@ -240,6 +343,82 @@ mod tests {
                 "cut {cut}"
             );
         }
+    }
+
+    fn limits() -> crate::protocol::http::Limits {
+        crate::protocol::http::Limits {
+            header_bytes_max: 200,
+            header_count_max: 4,
+            body_bytes_max: 16,
+            ..Default::default()
+        }
+    }
+
+    /// Frames `input` whole and at every split point: a prefix is never complete, the whole is
+    /// `expected` (method, target, body, consumed) or the error.
+    fn check_frame(input: &[u8], expected: Result<(&str, &str, &[u8], usize), ParseError>) {
+        let limits = limits();
+        let mut body_buf = Vec::new();
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+        let got = frame(input, &mut headers, &limits, &mut body_buf).map(|f| match f {
+            Frame::Complete(fr) => {
+                let body = match fr.body {
+                    BodyLocation::Inline { start, end } => input[start..end].to_vec(),
+                    BodyLocation::Decoded => body_buf.clone(),
+                };
+                Some((
+                    fr.method.to_string(),
+                    fr.target.to_string(),
+                    body,
+                    fr.consumed,
+                ))
+            }
+            _ => None,
+        });
+        let expected =
+            expected.map(|(m, t, b, c)| Some((m.to_string(), t.to_string(), b.to_vec(), c)));
+        assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(input));
+        if let Ok(Some((_, _, _, consumed))) = &got {
+            for cut in 0..*consumed {
+                let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+                let partial = frame(&input[..cut], &mut headers, &limits, &mut body_buf);
+                assert!(
+                    matches!(partial, Ok(Frame::NeedHead | Frame::NeedBody { .. })),
+                    "cut {cut}: {partial:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn frames() {
+        check_frame(
+            b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n",
+            Ok(("GET", "/a?b", b"", 30)),
+        );
+        check_frame(
+            b"PUT /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET",
+            Ok(("PUT", "/x", b"abc", 41)),
+        );
+        check_frame(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+            Ok(("POST", "/", b"ab", 59)),
+        );
+        check_frame(
+            b"PUT /x HTTP/1.1\r\nContent-Length: 17\r\n\r\n",
+            Err(ParseError::BodyTooLarge),
+        );
+        check_frame(
+            b"GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n",
+            Err(ParseError::HeadTooLarge),
+        );
+        check_frame(&[b'a'; 201], Err(ParseError::HeadTooLarge));
+        check_frame(
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            Err(ParseError::BadRequest("Malformed HTTP request")),
+        );
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(300));
+        check_frame(long.as_bytes(), Err(ParseError::HeadTooLarge));
     }
 
     #[test]
