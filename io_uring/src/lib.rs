@@ -9,6 +9,7 @@
 mod cpu;
 mod mesh;
 mod net;
+mod oneshot;
 mod race;
 mod runtime;
 mod shutdown;
@@ -18,6 +19,7 @@ mod time;
 pub use cpu::affinity_cpus;
 pub use mesh::{mesh, Inbox, MeshSender, SendError};
 pub use net::{bind_listeners, BindError, Listener, Stream};
+pub use oneshot::{oneshot, OneshotReceiver, OneshotSender};
 pub use race::{race, Either};
 pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver, RuntimeConfig};
 pub use shutdown::{InFlight, InFlightGuard, Shutdown};

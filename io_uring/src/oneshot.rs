@@ -1,0 +1,72 @@
+//! A one-shot reply from a plain thread (a database writer) to a task on a core. Sending wakes the
+//! waiting task through the runtime's cross-thread waker; the receiving core never blocks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+
+struct Inner<T> {
+    // Locked only to put or take the value, never across an await.
+    value: Mutex<Option<T>>,
+    done: AtomicBool,
+    waker: AtomicWaker,
+}
+
+pub fn oneshot<T: Send>() -> (OneshotSender<T>, OneshotReceiver<T>) {
+    let inner = Arc::new(Inner { value: Mutex::new(None), done: AtomicBool::new(false), waker: AtomicWaker::new() });
+    (OneshotSender { inner: Some(inner.clone()) }, OneshotReceiver { inner })
+}
+
+pub struct OneshotSender<T> {
+    inner: Option<Arc<Inner<T>>>,
+}
+
+impl<T> OneshotSender<T> {
+    pub fn send(mut self, value: T) {
+        if let Some(inner) = self.inner.take() {
+            *inner.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+            inner.done.store(true, Ordering::Release);
+            inner.waker.wake();
+        }
+    }
+}
+
+impl<T> Drop for OneshotSender<T> {
+    fn drop(&mut self) {
+        // Dropped without sending: the receiver completes with None.
+        if let Some(inner) = self.inner.take() {
+            inner.done.store(true, Ordering::Release);
+            inner.waker.wake();
+        }
+    }
+}
+
+/// Completes with the sent value, or `None` if the sender was dropped without sending.
+pub struct OneshotReceiver<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> OneshotReceiver<T> {
+    fn take(&self) -> Option<T> {
+        self.inner.value.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl<T> Future for OneshotReceiver<T> {
+    type Output = Option<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if self.inner.done.load(Ordering::Acquire) {
+            return Poll::Ready(self.take());
+        }
+        self.inner.waker.register(cx.waker());
+        if self.inner.done.load(Ordering::Acquire) {
+            return Poll::Ready(self.take());
+        }
+        Poll::Pending
+    }
+}

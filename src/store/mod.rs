@@ -1,0 +1,287 @@
+//! Storage: one LMDB environment per database, tables and indexes as named sub-databases, the
+//! audit log, and one writer thread per database. The only module that imports heed.
+//!
+//! Reads run on the calling core in a short read transaction ([`Database::read`]) that never waits
+//! for the writer. Every change goes to the database's writer thread as a [`WriteRequest`]; the
+//! writer commits whatever is queued as one LMDB transaction (group commit) — each request inside
+//! it a nested transaction, so one request's failure leaves the others intact — then answers each
+//! requester and publishes one [`Commit`] per request to the server. Nothing outside `writer.rs`
+//! opens a write transaction.
+
+mod clock;
+mod entry;
+mod layout;
+mod read;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use heed::types::Bytes;
+use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
+
+use crate::schema::TableDef;
+use crate::value::Value;
+
+pub use clock::{now_ms, Clock};
+pub use entry::Header;
+pub use read::{IndexCursor, ReadTxn, Record, Scan};
+pub use writer::{OpResult, PutMode, WriteError, WriteOp, WriteOutcome, WriteRequest};
+
+/// Bytes of address space reserved per environment. LMDB maps it lazily and the file grows with
+/// the data, so a large reservation costs nothing until used; reaching it fails writes with
+/// `StoreError::MapFull` (raise `storage.mapSize`).
+pub const MAP_BYTES_DEFAULT: usize = 1 << 40;
+/// Named sub-databases per environment: tables plus one per index.
+const NAMED_DBS_MAX: u32 = 4096;
+/// Primary keys longer than this (encoded) are refused (SPEC §1.4).
+pub const KEY_BYTES_MAX: usize = 250;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreError {
+    /// LMDB or the file system failed; the message says how. Not retried silently.
+    Io(String),
+    /// Stored bytes that do not decode: a bug or a damaged file.
+    Corrupt(String),
+    NoSuchDatabase(String),
+    NoSuchTable(String),
+    MapFull,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Io(m) => write!(f, "storage error: {m}"),
+            StoreError::Corrupt(m) => write!(f, "corrupt stored data: {m}"),
+            StoreError::NoSuchDatabase(d) => write!(f, "database '{d}' does not exist"),
+            StoreError::NoSuchTable(t) => write!(f, "Table '{t}' does not exist"),
+            StoreError::MapFull => f.write_str("the database map is full (raise storage.mapSize)"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> Self {
+        match e {
+            heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::MapFull,
+            other => StoreError::Io(other.to_string()),
+        }
+    }
+}
+
+/// One committed write request, handed to the server to fan out to subscribers and peers.
+#[derive(Debug)]
+pub struct Commit {
+    pub database: Arc<str>,
+    pub version: f64,
+    /// When this node committed it (ms since the epoch).
+    pub local_time: f64,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Put,
+    Delete,
+    Message,
+}
+
+#[derive(Debug)]
+pub struct Change {
+    pub table: Arc<str>,
+    pub key: Value,
+    pub kind: ChangeKind,
+    /// The full record after a put; the payload of a message; none for deletes.
+    pub value: Option<Value>,
+}
+
+/// Receives every commit, on the writer thread, after the reply was sent. Must not block.
+pub type Publisher = Arc<dyn Fn(Arc<Commit>) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    /// Commit waits for fsync (`storage.sync`).
+    pub sync: bool,
+    /// Requests committed together at most (`storage.commitBatchMax`); 1 = one fsync per request.
+    pub commit_batch_max: usize,
+    /// Requests queued per database before new ones are refused with 503.
+    pub queue_max: usize,
+    /// A request that waited this long in the queue is refused with 503.
+    pub queue_time_max: Duration,
+    pub map_bytes: usize,
+    pub node_id: u32,
+}
+
+impl StoreOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            sync: true,
+            commit_batch_max: 1024,
+            queue_max: 65_536,
+            queue_time_max: Duration::from_secs(45),
+            map_bytes: MAP_BYTES_DEFAULT,
+            node_id: 0,
+        }
+    }
+}
+
+/// Every database of this node.
+pub struct Store {
+    options: StoreOptions,
+    clock: Arc<Clock>,
+    publisher: Publisher,
+    // Read-mostly: written when a database is created or dropped, read per request briefly.
+    databases: RwLock<BTreeMap<String, Arc<Database>>>,
+}
+
+/// A table's handles: its records and one duplicate-sorted index per indexed attribute.
+pub struct Table {
+    pub def: Arc<TableDef>,
+    pub name: Arc<str>,
+    records: heed::Database<Bytes, Bytes>,
+    indexes: Vec<(String, heed::Database<Bytes, Bytes>)>,
+}
+
+impl Table {
+    pub fn indexed(&self, attribute: &str) -> bool {
+        self.indexes.iter().any(|(a, _)| a == attribute)
+    }
+
+    fn index(&self, attribute: &str) -> Option<&heed::Database<Bytes, Bytes>> {
+        self.indexes.iter().find(|(a, _)| a == attribute).map(|(_, db)| db)
+    }
+}
+
+pub struct Database {
+    pub name: Arc<str>,
+    env: Env<WithoutTls>,
+    tables: RwLock<BTreeMap<String, Arc<Table>>>,
+    meta: heed::Database<Bytes, Bytes>,
+    audit: heed::Database<Bytes, Bytes>,
+    writer: writer::WriterHandle,
+}
+
+impl Database {
+    pub fn table(&self, name: &str) -> Option<Arc<Table>> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// A read snapshot. Keep it short: open, read, encode, drop — then await.
+    pub fn read(&self) -> Result<ReadTxn<'_>, StoreError> {
+        ReadTxn::new(self)
+    }
+
+    /// Queues a write; the receiver completes once it is committed (and synced) or refused.
+    pub fn submit(&self, request: WriteRequest) -> Result<tidepool_io::OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
+        self.writer.submit(request)
+    }
+
+    /// Creates or migrates a table (blocking: for start-up and admin threads, not executors).
+    pub fn ensure_table_blocking(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
+        self.writer.ensure_table_blocking(def)
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.env.real_disk_size().unwrap_or(0)
+    }
+}
+
+impl Store {
+    /// Opens every `<path>/<db>.mdb` already present and starts their writers.
+    pub fn open(options: StoreOptions, publisher: Publisher) -> Result<Arc<Store>, StoreError> {
+        std::fs::create_dir_all(&options.path).map_err(|e| StoreError::Io(format!("{}: {e}", options.path.display())))?;
+        let store = Arc::new(Store { options, clock: Arc::new(Clock::new()), publisher, databases: RwLock::new(BTreeMap::new()) });
+        let entries = std::fs::read_dir(&store.options.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(db) = name.strip_suffix(".mdb") {
+                store.open_database(db)?;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn database(&self, name: &str) -> Option<Arc<Database>> {
+        self.databases.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn database_names(&self) -> Vec<String> {
+        self.databases.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Opens (creating when missing) the database `name`.
+    pub fn open_database(&self, name: &str) -> Result<Arc<Database>, StoreError> {
+        let mut databases = self.databases.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = databases.get(name) {
+            return Ok(db.clone());
+        }
+        let path = self.options.path.join(format!("{name}.mdb"));
+        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+        opts.map_size(self.options.map_bytes).max_dbs(NAMED_DBS_MAX).max_readers(1024);
+        let mut flags = EnvFlags::NO_SUB_DIR;
+        if !self.options.sync {
+            flags |= EnvFlags::NO_SYNC | EnvFlags::NO_META_SYNC;
+        }
+        // SAFETY: heed's contract for flags/open: the file is not opened twice in this process
+        // (the registry above guarantees one Env per path) and NO_SUB_DIR matches how it is created.
+        let env = unsafe {
+            opts.flags(flags);
+            opts.open(&path)
+        }
+        .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.display())))?;
+        let mut wtxn = env.write_txn()?;
+        let meta = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(layout::META))?;
+        let audit = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(layout::AUDIT))?;
+        // The newest audit entry holds the highest version this database ever issued.
+        if let Some((key, _)) = audit.last(&wtxn)? {
+            if let Some(v) = layout::version_from_audit_key(key) {
+                self.clock.observe(v);
+            }
+        }
+        wtxn.commit()?;
+        let name: Arc<str> = Arc::from(name);
+        let (writer, job_rx) = writer::WriterHandle::new(self.options.queue_max);
+        let db = Arc::new(Database { name: name.clone(), env, tables: RwLock::new(BTreeMap::new()), meta, audit, writer });
+        db.reopen_tables()?;
+        writer::spawn(db.clone(), job_rx, self.clock.clone(), self.publisher.clone(), self.options.clone())?;
+        databases.insert(name.to_string(), db.clone());
+        Ok(db)
+    }
+
+    /// Creates missing databases and tables for `defs` and migrates their indexes (blocking).
+    pub fn apply_schema(&self, defs: &[TableDef]) -> Result<(), StoreError> {
+        for def in defs {
+            let db = self.open_database(&def.database)?;
+            db.ensure_table_blocking(def.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Stops every writer after it drains its queue, and syncs. Blocking.
+    pub fn close(&self) {
+        let databases: Vec<Arc<Database>> = self.databases.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for db in databases {
+            db.writer.stop_blocking();
+            let _ = db.env.force_sync();
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.options.path
+    }
+}

@@ -1,0 +1,156 @@
+//! Reads on the calling core: a short LMDB read transaction (no thread-local slot, so a core may
+//! hold several), records served from the map as archived values without copying.
+
+use std::ops::Bound;
+
+use heed::{RoTxn, WithoutTls};
+
+use super::entry::Header;
+use super::layout;
+use super::writer::encode_primary_key;
+use super::{Database, StoreError, Table};
+use crate::value::{self, ArchivedValue, Value};
+
+pub struct ReadTxn<'e> {
+    db: &'e Database,
+    txn: RoTxn<'e, WithoutTls>,
+    now_ms: f64,
+}
+
+/// A live record as stored: its header and the archived value in the memory map.
+pub struct Record<'t> {
+    pub header: Header,
+    pub value: &'t ArchivedValue,
+}
+
+impl<'e> ReadTxn<'e> {
+    pub(super) fn new(db: &'e Database) -> Result<Self, StoreError> {
+        Ok(ReadTxn { db, txn: db.env.read_txn()?, now_ms: super::now_ms() })
+    }
+
+    fn decode<'t>(&'t self, entry: &'t [u8]) -> Result<Option<Record<'t>>, StoreError> {
+        let (header, body) = Header::read(entry)?;
+        if !header.is_live(self.now_ms) {
+            return Ok(None);
+        }
+        let value = value::access(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(Record { header, value }))
+    }
+
+    /// The live record with this key; `None` for absent, deleted and expired ones, and for keys
+    /// that cannot be keys (they cannot be stored either).
+    pub fn get<'t>(&'t self, table: &Table, key: &Value) -> Result<Option<Record<'t>>, StoreError> {
+        let mut encoded = Vec::with_capacity(32);
+        if encode_primary_key(key, &mut encoded).is_err() {
+            return Ok(None);
+        }
+        self.get_encoded(table, &encoded)
+    }
+
+    pub fn get_encoded<'t>(&'t self, table: &Table, key: &[u8]) -> Result<Option<Record<'t>>, StoreError> {
+        match table.records.get(&self.txn, key)? {
+            Some(entry) => self.decode(entry),
+            None => Ok(None),
+        }
+    }
+
+    /// Every live record in key order (`descending` reverses it).
+    pub fn scan<'t>(&'t self, table: &Table, descending: bool) -> Result<Scan<'t>, StoreError> {
+        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending {
+            Box::new(table.records.rev_iter(&self.txn)?)
+        } else {
+            Box::new(table.records.iter(&self.txn)?)
+        };
+        Ok(Scan { txn: self, iter })
+    }
+
+    /// Primary keys whose index entry for `attribute` lies in the range, in index order.
+    pub fn index_range<'t>(
+        &'t self,
+        table: &Table,
+        attribute: &str,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        descending: bool,
+    ) -> Result<IndexCursor<'t>, StoreError> {
+        let index = table.index(attribute).ok_or_else(|| StoreError::Io(format!("{attribute} is not indexed")))?;
+        let range = (lower, upper);
+        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending {
+            Box::new(index.rev_range(&self.txn, &range)?)
+        } else {
+            Box::new(index.range(&self.txn, &range)?)
+        };
+        Ok(IndexCursor { iter })
+    }
+
+    /// Live records counted at their last write (`describe_table`'s `record_count`).
+    pub fn count(&self, table: &Table) -> Result<u64, StoreError> {
+        let key = layout::meta_key("count", &table.name);
+        Ok(self
+            .db
+            .meta
+            .get(&self.txn, &key)?
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| i64::from_le_bytes(b).max(0) as u64)
+            .unwrap_or(0))
+    }
+
+    /// Audit entries with versions in the range, oldest first: (version, archived entry).
+    pub fn audit_range<'t>(
+        &'t self,
+        from: Bound<f64>,
+        to: Bound<f64>,
+    ) -> Result<impl Iterator<Item = Result<(f64, &'t ArchivedValue), StoreError>> + 't, StoreError> {
+        let map = |b: Bound<f64>| match b {
+            Bound::Included(v) => Bound::Included(layout::audit_key(v)),
+            Bound::Excluded(v) => Bound::Excluded(layout::audit_key(v)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (from, to) = (map(from), map(to));
+        let range = (from.as_ref().map(|k| &k[..]), to.as_ref().map(|k| &k[..]));
+        let iter = self.db.audit.range(&self.txn, &range)?;
+        Ok(iter.map(|item| {
+            let (k, v) = item?;
+            let version = layout::version_from_audit_key(k).ok_or_else(|| StoreError::Corrupt("audit key".into()))?;
+            let value = value::access(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((version, value))
+        }))
+    }
+}
+
+/// Live records in key order: (encoded key, record).
+pub struct Scan<'t> {
+    txn: &'t ReadTxn<'t>,
+    iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>,
+}
+
+impl<'t> Iterator for Scan<'t> {
+    type Item = Result<(&'t [u8], Record<'t>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (key, entry) = match self.iter.next()? {
+                Ok(pair) => pair,
+                Err(e) => return Some(Err(e.into())),
+            };
+            match self.txn.decode(entry) {
+                Ok(Some(record)) => return Some(Ok((key, record))),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// (index key, primary key) pairs in index order.
+pub struct IndexCursor<'t> {
+    iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>,
+}
+
+impl<'t> Iterator for IndexCursor<'t> {
+    type Item = Result<(&'t [u8], &'t [u8]), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.iter.next().map(|r| r.map_err(Into::into))
+    }
+}

@@ -1,0 +1,612 @@
+//! The database's writer thread: the one place that opens a write transaction, assigns versions
+//! and orders the database's changes.
+//!
+//! It blocks on its channel (it is a plain thread, never an executor), drains up to
+//! `commit_batch_max` queued requests, applies each in a nested transaction of one LMDB write
+//! transaction, commits once (one fsync for the whole group), then answers every requester and
+//! publishes each request's [`Commit`].
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use heed::types::Bytes;
+use heed::{DatabaseFlags, RwTxn};
+use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
+
+use super::entry::Header;
+use super::layout::{self, StoredTable};
+use super::{Change, ChangeKind, Clock, Commit, Database, Publisher, StoreError, StoreOptions, Table, KEY_BYTES_MAX};
+use crate::schema::{FieldType, KeyType, TableDef};
+use crate::value::{self, Object, Value};
+
+/// One write, as every protocol expresses it.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Put {
+        table: String,
+        /// The id from the URL or topic; wins over the body's key.
+        key: Option<Value>,
+        record: Value,
+        mode: PutMode,
+        /// Expiry in seconds from now, overriding the table's `expiration`.
+        expires_in_s: Option<f64>,
+    },
+    Delete {
+        table: String,
+        key: Value,
+    },
+    /// A message to subscribers of `table`/`key`: audited and published, the record untouched.
+    Message {
+        table: String,
+        key: Option<Value>,
+        payload: Value,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace the whole record; create it if absent (REST PUT, retained MQTT publish).
+    Replace,
+    /// Create; an existing record is left alone and the op reports `Skipped` (POST, `insert`).
+    Insert,
+    /// Merge into an existing record; absent → `Skipped` (`update`).
+    Update,
+    /// Merge, or create when absent (PATCH, `upsert`).
+    Upsert,
+}
+
+/// One atomic unit: every op applies, or none does.
+#[derive(Debug, Clone, Default)]
+pub struct WriteRequest {
+    pub ops: Vec<WriteOp>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpResult {
+    Written { key: Value, created: bool },
+    Skipped { key: Value },
+    Deleted { key: Value, existed: bool },
+    Published,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub version: f64,
+    pub results: Vec<OpResult>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteError {
+    /// The request is wrong (400): bad key, body not an object, …
+    Invalid(String),
+    NoSuchTable(String),
+    /// The queue is full, or the request waited longer than `storage.maxTransactionQueueTime` (503).
+    Overloaded(String),
+    /// The writer has stopped (shutdown) (503).
+    Stopped,
+    Storage(StoreError),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Invalid(m) | WriteError::Overloaded(m) => f.write_str(m),
+            WriteError::NoSuchTable(t) => write!(f, "Table '{t}' does not exist"),
+            WriteError::Stopped => f.write_str("the database is shutting down"),
+            WriteError::Storage(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<heed::Error> for WriteError {
+    fn from(e: heed::Error) -> Self {
+        WriteError::Storage(e.into())
+    }
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError::Storage(e)
+    }
+}
+
+pub(super) enum Job {
+    Write { request: WriteRequest, reply: OneshotSender<Result<WriteOutcome, WriteError>>, queued_at: Instant },
+    EnsureTable { def: TableDef, reply: mpsc::Sender<Result<Arc<Table>, StoreError>> },
+    Stop,
+}
+
+pub(super) struct WriterHandle {
+    tx: Sender<Job>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl WriterHandle {
+    pub fn new(queue_max: usize) -> (WriterHandle, Receiver<Job>) {
+        let (tx, rx) = crossbeam_channel::bounded(queue_max);
+        (WriterHandle { tx, thread: Mutex::new(None) }, rx)
+    }
+
+    pub fn submit(&self, request: WriteRequest) -> Result<OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
+        let (reply, rx) = oneshot();
+        match self.tx.try_send(Job::Write { request, reply, queued_at: Instant::now() }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(WriteError::Overloaded("write queue full; try again".into())),
+            Err(TrySendError::Disconnected(_)) => Err(WriteError::Stopped),
+        }
+    }
+
+    pub fn ensure_table_blocking(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
+        let (reply, rx) = mpsc::channel();
+        self.tx.send(Job::EnsureTable { def, reply }).map_err(|_| StoreError::Io("writer stopped".into()))?;
+        rx.recv().map_err(|_| StoreError::Io("writer stopped".into()))?
+    }
+
+    pub fn stop_blocking(&self) {
+        let _ = self.tx.send(Job::Stop);
+        if let Some(handle) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+pub(super) fn spawn(
+    db: Arc<Database>,
+    rx: Receiver<Job>,
+    clock: Arc<Clock>,
+    publisher: Publisher,
+    options: StoreOptions,
+) -> Result<(), StoreError> {
+    let name = format!("writer-{}", db.name);
+    let thread_db = db.clone();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || Writer { db: thread_db, clock, publisher, options }.run(rx))
+        .map_err(|e| StoreError::Io(format!("cannot start writer thread: {e}")))?;
+    *db.writer.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    Ok(())
+}
+
+struct Writer {
+    db: Arc<Database>,
+    clock: Arc<Clock>,
+    publisher: Publisher,
+    options: StoreOptions,
+}
+
+type Pending = (OneshotSender<Result<WriteOutcome, WriteError>>, Result<(WriteOutcome, Vec<Change>), WriteError>);
+
+impl Writer {
+    fn run(self, rx: Receiver<Job>) {
+        let batch_max = self.options.commit_batch_max.max(1);
+        let mut batch: Vec<(WriteRequest, OneshotSender<Result<WriteOutcome, WriteError>>)> = Vec::with_capacity(batch_max);
+        'outer: loop {
+            let first = match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            };
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write { request, reply, queued_at } => {
+                        if queued_at.elapsed() > self.options.queue_time_max {
+                            reply.send(Err(WriteError::Overloaded(
+                                "write waited longer than storage.maxTransactionQueueTime".into(),
+                            )));
+                        } else {
+                            batch.push((request, reply));
+                        }
+                    }
+                    Job::EnsureTable { def, reply } => {
+                        // Commit what is batched first, so requests keep their order.
+                        self.commit_batch(&mut batch);
+                        let _ = reply.send(self.ensure_table(def));
+                    }
+                    Job::Stop => {
+                        self.commit_batch(&mut batch);
+                        // Answer whatever is still queued, in order, then stop.
+                        while let Ok(job) = rx.try_recv() {
+                            if let Job::Write { request, reply, .. } = job {
+                                batch.push((request, reply));
+                            }
+                        }
+                        self.commit_batch(&mut batch);
+                        break 'outer;
+                    }
+                }
+                if batch.len() < batch_max {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+        tracing::debug!("writer for {} stopped", self.db.name);
+    }
+
+    fn commit_batch(&self, batch: &mut Vec<(WriteRequest, OneshotSender<Result<WriteOutcome, WriteError>>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<(), heed::Error> {
+            let mut wtxn = self.db.env.write_txn()?;
+            for (request, reply) in batch.drain(..) {
+                let version = self.clock.next();
+                let mut nested = self.db.env.nested_write_txn(&mut wtxn)?;
+                match self.apply(&mut nested, &request, version) {
+                    Ok(done) => {
+                        nested.commit()?;
+                        pending.push((reply, Ok(done)));
+                    }
+                    Err(e) => {
+                        nested.abort();
+                        pending.push((reply, Err(e)));
+                    }
+                }
+            }
+            wtxn.commit()
+        })();
+        let local_time = super::now_ms();
+        match committed {
+            Ok(()) => {
+                for (reply, result) in pending {
+                    match result {
+                        Ok((outcome, changes)) => {
+                            let version = outcome.version;
+                            reply.send(Ok(outcome));
+                            if !changes.is_empty() {
+                                (self.publisher)(Arc::new(Commit { database: self.db.name.clone(), version, local_time, changes }));
+                            }
+                        }
+                        Err(e) => reply.send(Err(e)),
+                    }
+                }
+            }
+            Err(e) => {
+                let error = StoreError::from(e);
+                tracing::error!("commit failed on database {}: {error}", self.db.name);
+                for (reply, _) in pending {
+                    reply.send(Err(WriteError::Storage(error.clone())));
+                }
+                // Requests drained but never reached `pending` (the failure came first).
+                for (_, reply) in batch.drain(..) {
+                    reply.send(Err(WriteError::Storage(error.clone())));
+                }
+            }
+        }
+    }
+
+    fn apply(&self, txn: &mut RwTxn, request: &WriteRequest, version: f64) -> Result<(WriteOutcome, Vec<Change>), WriteError> {
+        let mut results = Vec::with_capacity(request.ops.len());
+        let mut changes = Vec::with_capacity(request.ops.len());
+        let mut audit_entries = Vec::with_capacity(request.ops.len());
+        let mut scratch = Scratch::default();
+        for op in &request.ops {
+            match op {
+                WriteOp::Put { table, key, record, mode, expires_in_s } => {
+                    let table = self.db.table(table).ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let (result, stored) = self.put(txn, &table, key.as_ref(), record, *mode, *expires_in_s, version, &mut scratch)?;
+                    if let (OpResult::Written { key, .. }, Some(stored)) = (&result, stored) {
+                        audit_entries.push(audit_entry(&table.name, key, "put", Some(&stored)));
+                        changes.push(Change { table: table.name.clone(), key: key.clone(), kind: ChangeKind::Put, value: Some(stored) });
+                    }
+                    results.push(result);
+                }
+                WriteOp::Delete { table, key } => {
+                    let table = self.db.table(table).ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let existed = self.delete(txn, &table, key, version, &mut scratch)?;
+                    if existed {
+                        audit_entries.push(audit_entry(&table.name, key, "delete", None));
+                        changes.push(Change { table: table.name.clone(), key: key.clone(), kind: ChangeKind::Delete, value: None });
+                    }
+                    results.push(OpResult::Deleted { key: key.clone(), existed });
+                }
+                WriteOp::Message { table, key, payload } => {
+                    let table = self.db.table(table).ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let key = key.clone().unwrap_or(Value::Null);
+                    audit_entries.push(audit_entry(&table.name, &key, "message", Some(payload)));
+                    changes.push(Change { table: table.name.clone(), key, kind: ChangeKind::Message, value: Some(payload.clone()) });
+                    results.push(OpResult::Published);
+                }
+            }
+        }
+        if !audit_entries.is_empty() {
+            let mut entry = Object::new();
+            entry.insert("user", request.user.clone().map(Value::String).unwrap_or(Value::Null));
+            entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
+            entry.insert("entries", Value::Array(audit_entries));
+            let bytes = value::to_archived_bytes(&Value::Object(entry));
+            self.db.audit.put(txn, &layout::audit_key(version), &bytes)?;
+        }
+        Ok((WriteOutcome { version, results }, changes))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        txn: &mut RwTxn,
+        table: &Table,
+        url_key: Option<&Value>,
+        record: &Value,
+        mode: PutMode,
+        expires_in_s: Option<f64>,
+        version: f64,
+        scratch: &mut Scratch,
+    ) -> Result<(OpResult, Option<Value>), WriteError> {
+        let Value::Object(body) = record else {
+            return Err(WriteError::Invalid("Record must be an object".into()));
+        };
+        let def = &table.def;
+        let pk = def.primary_key.as_deref();
+        let key = match url_key.cloned().or_else(|| pk.and_then(|pk| body.get(pk).cloned())).filter(|k| !matches!(k, Value::Null)) {
+            Some(key) => key,
+            None => self.generate_key(txn, table)?,
+        };
+        encode_primary_key(&key, &mut scratch.key)?;
+        let old_entry = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec);
+        let now = super::now_ms();
+        let old: Option<Value> = match &old_entry {
+            Some(bytes) => {
+                let (header, body) = Header::read(bytes)?;
+                if header.is_live(now) {
+                    Some(decode_record(body)?)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        match (mode, &old) {
+            (PutMode::Insert, Some(_)) | (PutMode::Update, None) => return Ok((OpResult::Skipped { key }, None)),
+            _ => {}
+        }
+        let mut new = match (&old, mode) {
+            (Some(Value::Object(old)), PutMode::Update | PutMode::Upsert) => {
+                let mut merged = old.clone();
+                for (k, v) in body.iter() {
+                    merged.insert(k, v.clone());
+                }
+                merged
+            }
+            _ => body.clone(),
+        };
+        if let Some(pk) = pk {
+            new.insert(pk, key.clone());
+        }
+        for attr in &def.attributes {
+            if attr.created_time {
+                let kept = old.as_ref().and_then(|o| o.get(&attr.name)).cloned();
+                new.insert(attr.name.as_str(), kept.unwrap_or_else(|| timestamp(&attr.ty, version)));
+            } else if attr.updated_time {
+                new.insert(attr.name.as_str(), timestamp(&attr.ty, version));
+            }
+        }
+        let new = Value::Object(new);
+        let expires_at = expires_in_s.or(def.expiration_s.map(|s| s as f64)).map(|s| version + s * 1000.0);
+        // Index maintenance: remove the old record's entries that the new one lacks, add the rest.
+        for (attribute, index) in &table.indexes {
+            scratch.old_index.clear();
+            if let Some(old) = &old {
+                index_keys(old.get(attribute), &mut scratch.old_index);
+            }
+            scratch.new_index.clear();
+            index_keys(new.get(attribute), &mut scratch.new_index);
+            for k in scratch.old_index.iter().filter(|k| !scratch.new_index.contains(k)) {
+                index.delete_one_duplicate(txn, k, &scratch.key)?;
+            }
+            for k in scratch.new_index.iter().filter(|k| !scratch.old_index.contains(k)) {
+                index.put(txn, k, &scratch.key)?;
+            }
+        }
+        scratch.entry.clear();
+        Header { version, expires_at, deleted: false, origin: self.options.node_id }.write(&mut scratch.entry);
+        value::archive_into(&new, &mut scratch.entry);
+        table.records.put(txn, &scratch.key, &scratch.entry)?;
+        let created = old.is_none();
+        if created {
+            self.add_count(txn, &table.name, 1)?;
+        }
+        if let Value::Int(n) = key {
+            let counter = layout::meta_key("autoinc", &table.name);
+            let current = read_i64(self.db.meta.get(txn, &counter)?);
+            if n > current {
+                self.db.meta.put(txn, &counter, &n.to_le_bytes())?;
+            }
+        }
+        Ok((OpResult::Written { key, created }, Some(new)))
+    }
+
+    fn delete(&self, txn: &mut RwTxn, table: &Table, key: &Value, version: f64, scratch: &mut Scratch) -> Result<bool, WriteError> {
+        encode_primary_key(key, &mut scratch.key)?;
+        let Some(bytes) = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec) else {
+            return Ok(false);
+        };
+        let (header, body) = Header::read(&bytes)?;
+        if !header.is_live(super::now_ms()) {
+            return Ok(false);
+        }
+        let old = decode_record(body)?;
+        for (attribute, index) in &table.indexes {
+            scratch.old_index.clear();
+            index_keys(old.get(attribute), &mut scratch.old_index);
+            for k in &scratch.old_index {
+                index.delete_one_duplicate(txn, k, &scratch.key)?;
+            }
+        }
+        // A tombstone keeps the version, so an older replicated write cannot resurrect the record.
+        scratch.entry.clear();
+        Header { version, expires_at: None, deleted: true, origin: self.options.node_id }.write(&mut scratch.entry);
+        table.records.put(txn, &scratch.key, &scratch.entry)?;
+        self.add_count(txn, &table.name, -1)?;
+        Ok(true)
+    }
+
+    fn generate_key(&self, txn: &mut RwTxn, table: &Table) -> Result<Value, WriteError> {
+        match table.def.key_type() {
+            KeyType::Uuid | KeyType::UrlOnly => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
+            KeyType::Increment => {
+                let counter = layout::meta_key("autoinc", &table.name);
+                let next = read_i64(self.db.meta.get(txn, &counter)?).saturating_add(1).max(1);
+                Ok(Value::Int(next))
+            }
+            KeyType::NotGenerated => Err(WriteError::Invalid(format!(
+                "A primary key is required: keys of type {} are not generated",
+                table.def.primary_key_attribute().map(|a| a.ty.name()).unwrap_or("?")
+            ))),
+        }
+    }
+
+    fn add_count(&self, txn: &mut RwTxn, table: &str, delta: i64) -> Result<(), WriteError> {
+        let key = layout::meta_key("count", table);
+        let count = read_i64(self.db.meta.get(txn, &key)?).saturating_add(delta).max(0);
+        self.db.meta.put(txn, &key, &count.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Creates the table's sub-databases, builds indexes that are new, clears dropped ones.
+    fn ensure_table(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
+        let env = &self.db.env;
+        let mut wtxn = env.write_txn()?;
+        let name = def.table.clone();
+        let stored_key = layout::meta_key("table", &name);
+        if let Some(previous) = self.db.meta.get(&wtxn, &stored_key)? {
+            if let Ok(previous) = serde_json::from_slice::<StoredTable>(previous) {
+                if previous.primary_key != def.primary_key && previous.schema_defined {
+                    return Err(StoreError::Io(format!(
+                        "table {}.{name}: primary key changed from {:?} to {:?}; a key field cannot change",
+                        self.db.name, previous.primary_key, def.primary_key
+                    )));
+                }
+            }
+        }
+        let records = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(&name))?;
+        let indexes_key = layout::meta_key("indexes", &name);
+        let built: Vec<String> = match self.db.meta.get(&wtxn, &indexes_key)? {
+            Some(bytes) => serde_json::from_slice(bytes).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let wanted: Vec<String> =
+            def.attributes.iter().filter(|a| a.indexed && !a.primary_key).map(|a| a.name.clone()).collect();
+        let mut indexes = Vec::new();
+        for attribute in &wanted {
+            let index = env
+                .database_options()
+                .types::<Bytes, Bytes>()
+                .name(&layout::index_db_name(&name, attribute))
+                .flags(DatabaseFlags::DUP_SORT)
+                .create(&mut wtxn)?;
+            if !built.contains(attribute) {
+                // Backfill: one pass over the table, inside this transaction.
+                let now = super::now_ms();
+                let mut keys = Vec::new();
+                let mut additions: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                for item in records.iter(&wtxn)? {
+                    let (key, entry) = item?;
+                    let (header, body) = Header::read(entry)?;
+                    if !header.is_live(now) {
+                        continue;
+                    }
+                    let record = decode_record(body)?;
+                    keys.clear();
+                    index_keys(record.get(attribute), &mut keys);
+                    for k in &keys {
+                        additions.push((k.clone(), key.to_vec()));
+                    }
+                }
+                let count = additions.len();
+                for (k, pk) in additions {
+                    index.put(&mut wtxn, &k, &pk)?;
+                }
+                if count > 0 {
+                    tracing::info!("built index {}.{name}.{attribute}: {count} entries", self.db.name);
+                }
+            }
+            indexes.push((attribute.clone(), index));
+        }
+        for attribute in built.iter().filter(|a| !wanted.contains(a)) {
+            if let Some(index) =
+                env.open_database::<Bytes, Bytes>(&wtxn, Some(&layout::index_db_name(&name, attribute)))?
+            {
+                index.clear(&mut wtxn)?;
+                tracing::info!("dropped index {}.{name}.{attribute}", self.db.name);
+            }
+        }
+        let index_list = serde_json::to_vec(&wanted).unwrap_or_default();
+        self.db.meta.put(&mut wtxn, &indexes_key, &index_list)?;
+        let stored = serde_json::to_vec(&StoredTable::from_def(&def, def.export.is_some() || def.location.is_some()))
+            .unwrap_or_default();
+        self.db.meta.put(&mut wtxn, &stored_key, &stored)?;
+        wtxn.commit()?;
+        let table = Arc::new(Table { name: Arc::from(name.as_str()), def: Arc::new(def), records, indexes });
+        self.db.tables.write().unwrap_or_else(|e| e.into_inner()).insert(name, table.clone());
+        Ok(table)
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    key: Vec<u8>,
+    entry: Vec<u8>,
+    old_index: Vec<Vec<u8>>,
+    new_index: Vec<Vec<u8>>,
+}
+
+fn read_i64(bytes: Option<&[u8]>) -> i64 {
+    bytes.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(i64::from_le_bytes).unwrap_or(0)
+}
+
+fn timestamp(ty: &FieldType, version: f64) -> Value {
+    match ty {
+        FieldType::Date => Value::Date(version.floor()),
+        FieldType::Float | FieldType::Any => Value::Float(version.floor()),
+        _ => Value::Int(version.floor() as i64),
+    }
+}
+
+/// Encodes a primary key; only strings and numbers are keys, of at most 250 encoded bytes.
+pub(super) fn encode_primary_key(key: &Value, out: &mut Vec<u8>) -> Result<(), WriteError> {
+    match key {
+        Value::String(_) | Value::Int(_) | Value::Float(_) | Value::BigInt(_) => {}
+        _ => return Err(WriteError::Invalid("Primary key must be a string or a number".into())),
+    }
+    out.clear();
+    value::key::encode(key, out).map_err(|e| WriteError::Invalid(format!("Invalid primary key: {e}")))?;
+    if out.len() > KEY_BYTES_MAX {
+        return Err(WriteError::Invalid(format!("Primary key is longer than {KEY_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// The index keys of one attribute value: one per array element, null for missing.
+pub(super) fn index_keys(value: Option<&Value>, out: &mut Vec<Vec<u8>>) {
+    let mut push = |v: &Value| {
+        let mut k = Vec::new();
+        value::key::encode_index_prefix(v, &mut k);
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    };
+    match value {
+        None => push(&Value::Null),
+        Some(Value::Array(items)) if !items.is_empty() => items.iter().for_each(push),
+        Some(v) => push(v),
+    }
+}
+
+pub(super) fn decode_record(body: &[u8]) -> Result<Value, StoreError> {
+    let archived = value::access(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    value::deserialize(archived).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn audit_entry(table: &str, key: &Value, kind: &str, value: Option<&Value>) -> Value {
+    Value::Array(vec![
+        Value::String(table.to_string()),
+        key.clone(),
+        Value::String(kind.to_string()),
+        value.cloned().unwrap_or(Value::Null),
+    ])
+}
