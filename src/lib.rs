@@ -6,3 +6,4 @@ pub mod logging;
 pub mod protocol;
 pub mod server;
 pub mod util;
+pub mod value;
