@@ -512,3 +512,295 @@ type Anything @table { k: Any @primaryKey }
         expected.iter().map(|(n, k)| (n.to_string(), *k)).collect();
     assert_eq!(keys, expected);
 }
+
+fn render_files(files: &Option<FilesConfig>) -> String {
+    match files {
+        Some(files) => format!("{:?}", files.files),
+        None => "off".to_string(),
+    }
+}
+
+/// The config, then the schema's rendering, then config and schema warnings; or the error.
+fn render_app(result: Result<App, AppError>) -> String {
+    let app = match result {
+        Ok(app) => app,
+        Err(error) => return format!("error {error}"),
+    };
+    let config = &app.config;
+    let mut out = String::new();
+    match &config.rest {
+        Some(rest) => out.push_str(&format!(
+            "rest lastModified={} webSocket={}\n",
+            rest.last_modified, rest.web_socket
+        )),
+        None => out.push_str("rest off\n"),
+    }
+    out.push_str(&format!(
+        "graphqlSchema {}\n",
+        render_files(&config.graphql_schema)
+    ));
+    match &config.static_files {
+        Some(s) => out.push_str(&format!(
+            "static {:?} urlPath={:?} index={} extensions={:?} fallthrough={} notFound={:?}\n",
+            s.files, s.url_path, s.index, s.extensions, s.fallthrough, s.not_found
+        )),
+        None => out.push_str("static off\n"),
+    }
+    out.push_str(&format!("roles {}\n", render_files(&config.roles)));
+    out.push_str(&format!(
+        "dataLoader {}\n",
+        render_files(&config.data_loader)
+    ));
+    out.push_str(&render(Ok(Schema {
+        tables: app.tables,
+        object_types: app.object_types,
+        warnings: app.warnings,
+    })));
+    out
+}
+
+/// Writes `files` (relative path, contents) into a fresh folder, loads it, compares.
+fn check_app(files: &[(&str, &str)], expected: &str) {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(error) => panic!("tempdir: {error}"),
+    };
+    for (path, contents) in files {
+        let path = dir.path().join(path);
+        if let Some(parent) = path.parent() {
+            if let Err(error) = std::fs::create_dir_all(parent) {
+                panic!("{}: {error}", parent.display());
+            }
+        }
+        if let Err(error) = std::fs::write(&path, contents) {
+            panic!("{}: {error}", path.display());
+        }
+    }
+    let actual = render_app(load_app(dir.path()));
+    let normalise = |text: &str| {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        normalise(&actual),
+        normalise(expected),
+        "app files: {files:#?}"
+    );
+}
+
+#[test]
+fn app_defaults_without_config() {
+    check_app(
+        &[
+            ("a.graphql", "type A @table @export"),
+            ("b.graphql", "type B @table(database: \"other\")"),
+            // `*.graphql` does not reach into folders.
+            ("sub/c.graphql", "type C @table"),
+            ("roles.yaml", "not read here"),
+        ],
+        r#"rest lastModified=false webSocket=true
+           graphqlSchema ["*.graphql"]
+           static ["web/**"] urlPath=None index=false extensions=[] fallthrough=true notFound=None
+           roles ["roles.yaml"]
+           dataLoader off
+           table data.A (A) export=A replicate audit
+           table other.B (B) replicate audit"#,
+    );
+    check_app(
+        &[("web/index.html", "")],
+        r#"rest lastModified=false webSocket=true
+           graphqlSchema ["*.graphql"]
+           static ["web/**"] urlPath=None index=false extensions=[] fallthrough=true notFound=None
+           roles ["roles.yaml"]
+           dataLoader off
+           warn graphqlSchema: no file matches ["*.graphql"]"#,
+    );
+}
+
+#[test]
+fn app_explicit_config() {
+    let config = r#"
+rest: {lastModified: true, webSocket: false, bogus: 1}
+graphqlSchema:
+  files: ["schemas/**/*.graphql", extra.graphql]
+static: {files: "site/**", urlPath: app, index: true, extensions: [html, htm], fallthrough: false, notFound: 404.html, cache: 1}
+roles: {files: auth/roles.yaml}
+dataLoader: {files: [data/*.json]}
+loadEnv: {files: .env}
+7: seven
+"#;
+    check_app(
+        &[
+            ("config.yaml", config),
+            ("schemas/a.graphql", "type A @table"),
+            ("schemas/deep/b.graphql", "type B @table"),
+            ("extra.graphql", "type C @table"),
+            ("ignored.graphql", "type D @table"),
+        ],
+        r#"rest lastModified=true webSocket=false
+           graphqlSchema ["schemas/**/*.graphql", "extra.graphql"]
+           static ["site/**"] urlPath=Some("app") index=true extensions=["html", "htm"] fallthrough=false notFound=Some("404.html")
+           roles ["auth/roles.yaml"]
+           dataLoader ["data/*.json"]
+           table data.C (C) replicate audit
+           table data.A (A) replicate audit
+           table data.B (B) replicate audit
+           warn config.yaml: unknown key "rest.bogus" ignored
+           warn config.yaml: unknown key "static.cache" ignored
+           warn config.yaml: unknown key "loadEnv" ignored
+           warn config.yaml: unknown key "7" ignored"#,
+    );
+}
+
+#[test]
+fn app_config_replaces_defaults() {
+    let off = "rest off\ngraphqlSchema off\nstatic off\nroles off\ndataLoader off";
+    // An existing file, even an empty one, turns off every section it does not name.
+    check_app(&[("config.yaml", ""), ("a.graphql", "type A @table")], off);
+    check_app(&[("config.yaml", "rest: false\ngraphqlSchema: null")], off);
+    check_app(
+        &[
+            ("config.yaml", "graphqlSchema: {files: s.graphql}"),
+            ("s.graphql", "enum E { A }"),
+        ],
+        r#"rest off
+           graphqlSchema ["s.graphql"]
+           static off
+           roles off
+           dataLoader off
+           warn s.graphql:1:1: enum definition ignored"#,
+    );
+    check_app(
+        &[("config.yaml", "rest: true\nrest: false")],
+        "error config.yaml: duplicate entry with key \"rest\"",
+    );
+}
+
+#[test]
+fn app_errors() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("config.yaml", "rest: 5")], "error config.yaml: rest: expected true, false or a mapping"),
+        (&[("config.yaml", "- a\n- b")], "error config.yaml: expected a mapping of keys"),
+        (&[("config.yaml", "graphqlSchema: {}")], "error config.yaml: graphqlSchema: files is required"),
+        (&[("config.yaml", "graphqlSchema: s.graphql")], "error config.yaml: graphqlSchema: expected a mapping with files"),
+        (&[("config.yaml", "graphqlSchema: {files: 5}")], "error config.yaml: graphqlSchema.files: expected a string or a list of strings"),
+        (&[("config.yaml", "graphqlSchema: {files: []}")], "error config.yaml: graphqlSchema.files: expected at least one glob"),
+        (&[("config.yaml", "graphqlSchema: {files: [a, 5]}")], "error config.yaml: graphqlSchema.files: expected a string"),
+        (&[("config.yaml", "rest: {webSocket: yes}")], "error config.yaml: rest.webSocket: expected true or false"),
+        (&[("config.yaml", "static: {urlPath: x}")], "error config.yaml: static: files is required"),
+        (&[("config.yaml", "static: {files: x, index: 1}")], "error config.yaml: static.index: expected true or false"),
+        (&[("config.yaml", "rest: [")], "error config.yaml: did not find expected node content at line 2 column 1, while parsing a flow node"),
+        (&[("config.yaml", "graphqlSchema: {files: ../x.graphql}")], "error glob \"../x.graphql\": must not leave the application folder"),
+        (&[("config.yaml", "graphqlSchema: {files: /etc/*.graphql}")], "error glob \"/etc/*.graphql\": must be relative to the application folder"),
+        (
+            &[("config.yaml", "graphqlSchema: {files: '**/*.graphql'}"), ("a/b/x.graphql", "\n type X @table @nope")],
+            "error a/b/x.graphql:2:16: unknown directive @nope",
+        ),
+        (
+            &[("one.graphql", "type Dog @table @export"), ("two.graphql", "type Hund @table(table: \"h\") @export(name: \"Dog\")")],
+            "error two.graphql:1:1: types Dog and Hund are both exported as \"Dog\"",
+        ),
+    ];
+    for (files, expected) in cases {
+        check_app(files, expected);
+    }
+}
+
+#[test]
+fn app_folder_missing() {
+    let result = load_app(Path::new("/nonexistent/tidepool-app"));
+    assert!(matches!(result, Err(AppError::Io { .. })), "{result:?}");
+}
+
+#[test]
+fn deploy_app_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/app");
+    let app = match load_app(&dir) {
+        Ok(app) => app,
+        Err(error) => panic!("deploy/app: {error}"),
+    };
+    let actual = render(Ok(Schema {
+        tables: app.tables.clone(),
+        object_types: app.object_types.clone(),
+        warnings: app.warnings.clone(),
+    }));
+    let expected = "table data.Dog (Dog) export=Dog key=id replicate audit
+           id ID key
+           name String indexed
+           breed String indexed
+           age Int indexed
+           owner String
+           tags [String] indexed
+           createdAt Long created
+           updatedAt Long updated
+         table dogs.breed (Breed) export=Breed key=id replicate audit
+           id Long key
+           name String required indexed
+           origin <Origin>
+         table data.Sensor (Sensor) export=Sensor expiration=60s replicate audit
+         object Origin
+           country String
+           year Int";
+    let normalise = |text: &str| {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(normalise(&actual), normalise(expected));
+    assert_eq!(app.config.rest, Some(RestConfig::default()));
+    assert_eq!(app.export("Dog").map(|t| t.key_type()), Some(KeyType::Uuid));
+    assert_eq!(
+        app.export("Breed").map(|t| t.key_type()),
+        Some(KeyType::Increment)
+    );
+    assert_eq!(
+        app.export("Sensor").map(|t| t.key_type()),
+        Some(KeyType::UrlOnly)
+    );
+}
+
+#[test]
+fn key_changes() {
+    let parse = |source: &str| match parse_schema_str(source, "k.graphql") {
+        Ok(schema) => schema.tables,
+        Err(error) => panic!("{error}"),
+    };
+    let cases = [
+        (
+            "type T @table { id: ID @primaryKey }",
+            "type T @table { id: ID @primaryKey  x: Int }",
+            "ok",
+        ),
+        (
+            "type T @table { id: ID @primaryKey }",
+            "type T @table { id: ID  k: ID @primaryKey }",
+            "k.graphql:1:1: table data.T changes its primary key from \"id\" to \"k\"",
+        ),
+        (
+            "type T @table",
+            "type T @table { k: ID @primaryKey }",
+            "k.graphql:1:1: table data.T changes its primary key from none to \"k\"",
+        ),
+        (
+            "type T @table { k: ID @primaryKey }",
+            "type T @table { k: ID }",
+            "k.graphql:1:1: table data.T changes its primary key from \"k\" to none",
+        ),
+    ];
+    for (before, after, expected) in cases {
+        let (before, after) = (parse(before), parse(after));
+        let actual = match (before.first(), after.first()) {
+            (Some(before), Some(after)) => match after.check_replaces(before) {
+                Ok(()) => "ok".to_string(),
+                Err(error) => error.to_string(),
+            },
+            _ => "no table".to_string(),
+        };
+        assert_eq!(actual, expected);
+    }
+}
