@@ -7,3 +7,4 @@ pub mod protocol;
 pub mod server;
 pub mod util;
 pub mod value;
+pub mod schema;
