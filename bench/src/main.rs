@@ -1,1 +1,2 @@
+mod http1;
 fn main() {}
