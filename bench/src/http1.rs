@@ -261,7 +261,11 @@ fn head_fields(headers: &[httparse::Header<'_>]) -> Result<HeadFields, ParseErro
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             fields.transfer_encoding = true;
             // Only the last coding decides the framing: chunked must be last to delimit the body.
-            let last = header.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            let last = header
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default();
             fields.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if header.name.eq_ignore_ascii_case("connection") {
             fields.close |= has_token(header.value, b"close");
@@ -340,11 +344,6 @@ impl ResponseParser {
         }
     }
 
-    /// Whether part of a response has been read.
-    pub fn is_mid_response(&self) -> bool {
-        matches!(self.state, ResponseState::Body { .. })
-    }
-
     /// Reads at most one response; `(used, None)` means more input is needed.
     fn advance(&mut self, input: &[u8]) -> Result<(usize, Option<Response>), ParseError> {
         let mut used = 0;
@@ -417,6 +416,8 @@ pub struct Request {
     pub head: bool,
     /// The client asked to close the connection after the answer.
     pub close: bool,
+    /// HTTP/1.0: keep-alive must be confirmed in the answer.
+    pub http10: bool,
 }
 
 #[derive(Debug)]
@@ -486,6 +487,7 @@ impl RequestParser {
                 let request = Request {
                     head: head.method == Some("HEAD"),
                     close: fields.close || (http10 && !fields.keep_alive),
+                    http10,
                 };
                 // A request without Content-Length or chunked coding has no body (RFC 9112 6.3).
                 let framing = if fields.transfer_encoding && fields.chunked {
@@ -499,7 +501,8 @@ impl RequestParser {
                     None => Ok((head_len, Some(request))),
                     Some(body) => {
                         self.state = RequestState::Body { body, request };
-                        let (step, request) = self.advance(input.get(head_len..).unwrap_or_default())?;
+                        let (step, request) =
+                            self.advance(input.get(head_len..).unwrap_or_default())?;
                         Ok((head_len + step, request))
                     }
                 }
@@ -546,7 +549,7 @@ mod tests {
                 }
             }
         }
-        if parser.is_mid_response() {
+        if matches!(parser.state, ResponseState::Body { .. }) {
             match parser.finish() {
                 Some(r) => out.push(format!("| until-close {}", r.status)),
                 None => out.push("| mid-body".into()),
@@ -562,9 +565,18 @@ mod tests {
     fn check(input: &str, head_request: bool, expected: &str) {
         let input = input.as_bytes();
         let whole = run(&mut ResponseParser::new(head_request), &[input]);
-        assert_eq!(whole, expected, "whole input {:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            whole,
+            expected,
+            "whole input {:?}",
+            String::from_utf8_lossy(input)
+        );
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(run(&mut ResponseParser::new(head_request), &bytes), expected, "byte by byte");
+        assert_eq!(
+            run(&mut ResponseParser::new(head_request), &bytes),
+            expected,
+            "byte by byte"
+        );
         for split in 0..=input.len() {
             let (a, b) = input.split_at(split);
             let got = run(&mut ResponseParser::new(head_request), &[a, b]);
@@ -626,20 +638,38 @@ mod tests {
 
     #[test]
     fn limits() {
-        let long_head = format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n", "a".repeat(HEAD_BYTES_MAX));
-        assert_eq!(run(&mut ResponseParser::new(false), &[long_head.as_bytes()]), "| error: message head over 65536 bytes");
-        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "A: b\r\n".repeat(HEADER_COUNT_MAX + 1));
-        assert_eq!(run(&mut ResponseParser::new(false), &[many.as_bytes()]), "| error: invalid message head: too many headers");
+        let long_head = format!(
+            "HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(HEAD_BYTES_MAX)
+        );
+        assert_eq!(
+            run(&mut ResponseParser::new(false), &[long_head.as_bytes()]),
+            "| error: message head over 65536 bytes"
+        );
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "A: b\r\n".repeat(HEADER_COUNT_MAX + 1)
+        );
+        assert_eq!(
+            run(&mut ResponseParser::new(false), &[many.as_bytes()]),
+            "| error: invalid message head: too many headers"
+        );
         let trailers = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{}\r\n",
             "T: 1\r\n".repeat(TRAILER_COUNT_MAX + 1)
         );
-        assert_eq!(run(&mut ResponseParser::new(false), &[trailers.as_bytes()]), "| error: more than 64 trailers");
+        assert_eq!(
+            run(&mut ResponseParser::new(false), &[trailers.as_bytes()]),
+            "| error: more than 64 trailers"
+        );
         let line = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}",
             "e".repeat(CHUNK_LINE_BYTES_MAX)
         );
-        assert_eq!(run(&mut ResponseParser::new(false), &[line.as_bytes()]), "| error: chunk or trailer line over 4096 bytes");
+        assert_eq!(
+            run(&mut ResponseParser::new(false), &[line.as_bytes()]),
+            "| error: chunk or trailer line over 4096 bytes"
+        );
     }
 
     /// Renders the requests found in `input`, split at every byte boundary, as `REQ`/`HEAD` plus
@@ -655,7 +685,11 @@ mod tests {
                 buffer.extend_from_slice(read);
                 let result = parser.parse_all(&buffer, |r| {
                     let method = if r.head { "HEAD" } else { "REQ" };
-                    out.push(if r.close { format!("{method} close") } else { method.into() });
+                    out.push(if r.close {
+                        format!("{method} close")
+                    } else {
+                        method.into()
+                    });
                     ControlFlow::Continue(())
                 });
                 match result {
