@@ -38,7 +38,16 @@ fn start_baseline() -> Result<(Server, String)> {
 fn http_load_against_baseline() -> Result<()> {
     let (mut server, addr) = start_baseline()?;
     let output = Command::new(BIN)
-        .args(["http", "--target", &addr, "--conns", "4", "--duration", "1", "--json"])
+        .args([
+            "http",
+            "--target",
+            &addr,
+            "--conns",
+            "4",
+            "--duration",
+            "1",
+            "--json",
+        ])
         .output()
         .context("running http load")?;
     assert!(
@@ -49,20 +58,33 @@ fn http_load_against_baseline() -> Result<()> {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("report: {}", String::from_utf8_lossy(&output.stdout)))?;
     let requests = report["requests"].as_u64().context("requests")?;
-    assert!(requests > 0, "no requests completed against {addr}: {report}");
+    assert!(
+        requests > 0,
+        "no requests completed against {addr}: {report}"
+    );
     let status = report["status"].as_object().context("status")?;
     assert_eq!(status.keys().collect::<Vec<_>>(), ["200"], "{report}");
     assert_eq!(status["200"].as_u64(), Some(requests), "{report}");
     for kind in ["connect", "reset", "closed", "parse"] {
-        assert_eq!(report["errors"][kind].as_u64(), Some(0), "{kind} errors: {report}");
+        assert_eq!(
+            report["errors"][kind].as_u64(),
+            Some(0),
+            "{kind} errors: {report}"
+        );
     }
-    assert!(report["latency_us"]["p50"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(
+        report["latency_us"]["p50"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
 
     // SIGTERM stops the baseline cleanly.
     let pid = libc::pid_t::try_from(server.0.id())?;
     // SAFETY: sends a signal to our own child process; no memory is involved.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = server.0.wait()?;
-    assert!(status.success(), "baseline exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "baseline exited with {status} after SIGTERM"
+    );
     Ok(())
 }
