@@ -87,8 +87,13 @@ pub fn run(listen: SocketAddr, cores: Option<usize>, driver: IoDriver) -> Result
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if signals.forever().next().is_some() {
+            let mut received = signals.forever();
+            if received.next().is_some() {
                 trigger.trigger();
+            }
+            // A second signal means the graceful stop is not wanted (or stuck): leave at once.
+            if received.next().is_some() {
+                std::process::exit(130);
             }
         })
         .context("starting the signal thread")?;
