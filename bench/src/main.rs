@@ -1,1 +1,55 @@
-fn main() {}
+//! tidepool-bench: the load generator and the baseline responder tidepool is measured with.
+//!
+//! `http` drives keep-alive HTTP/1.1 load at any server and reports requests/s, latency
+//! percentiles, status counts and errors; `compare-http` alternates the same load between two
+//! servers; `baseline` is the minimal responder on tidepool-io that marks the ceiling. See
+//! README.md for how to pin and read the numbers.
+
+mod baseline;
+mod cli;
+mod compare;
+mod http1;
+mod load;
+mod report;
+mod request;
+
+use anyhow::Result;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match cli::parse(&args)? {
+        cli::Command::Help => print!("{}", cli::USAGE),
+        cli::Command::Http {
+            target,
+            workload,
+            json,
+        } => {
+            let report = load::run(&target, &workload)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.table());
+            }
+        }
+        cli::Command::Compare {
+            a,
+            b,
+            rounds,
+            workload,
+            json,
+        } => {
+            let summary = compare::run(&a, &b, rounds, &workload, json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{}", summary.table());
+            }
+        }
+        cli::Command::Baseline {
+            listen,
+            cores,
+            driver,
+        } => baseline::run(listen, cores, driver)?,
+    }
+    Ok(())
+}
