@@ -8,3 +8,4 @@ pub mod server;
 pub mod util;
 pub mod value;
 pub mod schema;
+pub mod store;

@@ -21,7 +21,27 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use heed::types::Bytes;
-use heed::{Env, EnvFlags, EnvOpenOptions, WithoutTls};
+use heed::{CommitOrAbort, DatabaseFlags, Env, EnvFlags, EnvOpenOptions, WithoutTls};
+
+/// A sub-database handle, valid for the life of its environment.
+type Db = heed::Database<'static, Bytes, Bytes>;
+
+/// Creates (or opens) a named sub-database in its own committed transaction.
+fn create_db(env: &Env<WithoutTls>, name: &str, dup_sort: bool) -> Result<Db, StoreError> {
+    let wtxn = env.write_txn()?;
+    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+        let mut options = opener.database_options().types::<Bytes, Bytes>();
+        options.name(name);
+        if dup_sort {
+            options.flags(DatabaseFlags::DUP_SORT);
+        }
+        options.create(wtxn).map(CommitOrAbort::<_, ()>::Commit)
+    })?;
+    match created {
+        CommitOrAbort::Commit(db) => Ok(db),
+        CommitOrAbort::Abort(()) => Err(StoreError::Io(format!("creating sub-database {name} was aborted"))),
+    }
+}
 
 use crate::schema::TableDef;
 use crate::value::Value;
@@ -145,8 +165,8 @@ pub struct Store {
 pub struct Table {
     pub def: Arc<TableDef>,
     pub name: Arc<str>,
-    records: heed::Database<Bytes, Bytes>,
-    indexes: Vec<(String, heed::Database<Bytes, Bytes>)>,
+    records: Db,
+    indexes: Vec<(String, Db)>,
 }
 
 impl Table {
@@ -154,7 +174,7 @@ impl Table {
         self.indexes.iter().any(|(a, _)| a == attribute)
     }
 
-    fn index(&self, attribute: &str) -> Option<&heed::Database<Bytes, Bytes>> {
+    fn index(&self, attribute: &str) -> Option<&Db> {
         self.indexes.iter().find(|(a, _)| a == attribute).map(|(_, db)| db)
     }
 }
@@ -163,8 +183,8 @@ pub struct Database {
     pub name: Arc<str>,
     env: Env<WithoutTls>,
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
-    meta: heed::Database<Bytes, Bytes>,
-    audit: heed::Database<Bytes, Bytes>,
+    meta: Db,
+    audit: Db,
     writer: writer::WriterHandle,
 }
 
@@ -190,6 +210,26 @@ impl Database {
     /// Creates or migrates a table (blocking: for start-up and admin threads, not executors).
     pub fn ensure_table_blocking(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
         self.writer.ensure_table_blocking(def)
+    }
+
+    /// Reopens every table recorded in `__meta__` (before the writer starts).
+    fn reopen_tables(&self) -> Result<(), StoreError> {
+        let stored: Vec<layout::StoredTable> = {
+            let rtxn = self.env.read_txn()?;
+            let mut out = Vec::new();
+            for item in self.meta.prefix_iter(&rtxn, b"table:")? {
+                let (_, bytes) = item?;
+                match serde_json::from_slice::<layout::StoredTable>(bytes) {
+                    Ok(t) => out.push(t),
+                    Err(e) => return Err(StoreError::Corrupt(format!("table definition in {}: {e}", self.name))),
+                }
+            }
+            out
+        };
+        for table in stored {
+            writer::ensure_table(self, table.to_def(&self.name))?;
+        }
+        Ok(())
     }
 
     pub fn file_size(&self) -> u64 {
@@ -244,16 +284,17 @@ impl Store {
             opts.open(&path)
         }
         .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.display())))?;
-        let mut wtxn = env.write_txn()?;
-        let meta = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(layout::META))?;
-        let audit = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(layout::AUDIT))?;
+        let meta = create_db(&env, layout::META, false)?;
+        let audit = create_db(&env, layout::AUDIT, false)?;
         // The newest audit entry holds the highest version this database ever issued.
-        if let Some((key, _)) = audit.last(&wtxn)? {
-            if let Some(v) = layout::version_from_audit_key(key) {
-                self.clock.observe(v);
+        {
+            let rtxn = env.read_txn()?;
+            if let Some((key, _)) = audit.last(&rtxn)? {
+                if let Some(v) = layout::version_from_audit_key(key) {
+                    self.clock.observe(v);
+                }
             }
         }
-        wtxn.commit()?;
         let name: Arc<str> = Arc::from(name);
         let (writer, job_rx) = writer::WriterHandle::new(self.options.queue_max);
         let db = Arc::new(Database { name: name.clone(), env, tables: RwLock::new(BTreeMap::new()), meta, audit, writer });

@@ -12,8 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use heed::types::Bytes;
-use heed::{DatabaseFlags, RwTxn};
+use heed::RwTxn;
 use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
 
 use super::entry::Header;
@@ -467,84 +466,85 @@ impl Writer {
         Ok(())
     }
 
-    /// Creates the table's sub-databases, builds indexes that are new, clears dropped ones.
     fn ensure_table(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
-        let env = &self.db.env;
-        let mut wtxn = env.write_txn()?;
-        let name = def.table.clone();
-        let stored_key = layout::meta_key("table", &name);
-        if let Some(previous) = self.db.meta.get(&wtxn, &stored_key)? {
-            if let Ok(previous) = serde_json::from_slice::<StoredTable>(previous) {
-                if previous.primary_key != def.primary_key && previous.schema_defined {
-                    return Err(StoreError::Io(format!(
-                        "table {}.{name}: primary key changed from {:?} to {:?}; a key field cannot change",
-                        self.db.name, previous.primary_key, def.primary_key
-                    )));
-                }
-            }
-        }
-        let records = env.create_database::<Bytes, Bytes>(&mut wtxn, Some(&name))?;
-        let indexes_key = layout::meta_key("indexes", &name);
-        let built: Vec<String> = match self.db.meta.get(&wtxn, &indexes_key)? {
-            Some(bytes) => serde_json::from_slice(bytes).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let wanted: Vec<String> =
-            def.attributes.iter().filter(|a| a.indexed && !a.primary_key).map(|a| a.name.clone()).collect();
-        let mut indexes = Vec::new();
-        for attribute in &wanted {
-            let index = env
-                .database_options()
-                .types::<Bytes, Bytes>()
-                .name(&layout::index_db_name(&name, attribute))
-                .flags(DatabaseFlags::DUP_SORT)
-                .create(&mut wtxn)?;
-            if !built.contains(attribute) {
-                // Backfill: one pass over the table, inside this transaction.
-                let now = super::now_ms();
-                let mut keys = Vec::new();
-                let mut additions: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-                for item in records.iter(&wtxn)? {
-                    let (key, entry) = item?;
-                    let (header, body) = Header::read(entry)?;
-                    if !header.is_live(now) {
-                        continue;
-                    }
-                    let record = decode_record(body)?;
-                    keys.clear();
-                    index_keys(record.get(attribute), &mut keys);
-                    for k in &keys {
-                        additions.push((k.clone(), key.to_vec()));
-                    }
-                }
-                let count = additions.len();
-                for (k, pk) in additions {
-                    index.put(&mut wtxn, &k, &pk)?;
-                }
-                if count > 0 {
-                    tracing::info!("built index {}.{name}.{attribute}: {count} entries", self.db.name);
-                }
-            }
-            indexes.push((attribute.clone(), index));
-        }
-        for attribute in built.iter().filter(|a| !wanted.contains(a)) {
-            if let Some(index) =
-                env.open_database::<Bytes, Bytes>(&wtxn, Some(&layout::index_db_name(&name, attribute)))?
-            {
-                index.clear(&mut wtxn)?;
-                tracing::info!("dropped index {}.{name}.{attribute}", self.db.name);
-            }
-        }
-        let index_list = serde_json::to_vec(&wanted).unwrap_or_default();
-        self.db.meta.put(&mut wtxn, &indexes_key, &index_list)?;
-        let stored = serde_json::to_vec(&StoredTable::from_def(&def, def.export.is_some() || def.location.is_some()))
-            .unwrap_or_default();
-        self.db.meta.put(&mut wtxn, &stored_key, &stored)?;
-        wtxn.commit()?;
-        let table = Arc::new(Table { name: Arc::from(name.as_str()), def: Arc::new(def), records, indexes });
-        self.db.tables.write().unwrap_or_else(|e| e.into_inner()).insert(name, table.clone());
-        Ok(table)
+        ensure_table(&self.db, def)
     }
+}
+
+/// Creates the table's sub-databases, builds indexes that are new and clears dropped ones. Runs
+/// on the writer thread, or before it starts (reopening tables at open).
+pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, StoreError> {
+    let env = &db.env;
+    let name = def.table.clone();
+    let stored_key = layout::meta_key("table", &name);
+    let indexes_key = layout::meta_key("indexes", &name);
+    let (previous, built) = {
+        let rtxn = env.read_txn()?;
+        let previous = db.meta.get(&rtxn, &stored_key)?.and_then(|b| serde_json::from_slice::<StoredTable>(b).ok());
+        let built: Vec<String> =
+            db.meta.get(&rtxn, &indexes_key)?.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        (previous, built)
+    };
+    if let Some(previous) = &previous {
+        if previous.primary_key != def.primary_key && previous.schema_defined {
+            return Err(StoreError::Io(format!(
+                "table {}.{name}: primary key changed from {:?} to {:?}; a key field cannot change",
+                db.name, previous.primary_key, def.primary_key
+            )));
+        }
+    }
+    let wanted: Vec<String> =
+        def.attributes.iter().filter(|a| a.indexed && !a.primary_key).map(|a| a.name.clone()).collect();
+    // Sub-databases are created first, each in its own transaction (heed's rule for handles).
+    let records = super::create_db(env, &name, false)?;
+    let mut indexes = Vec::new();
+    for attribute in &wanted {
+        indexes.push((attribute.clone(), super::create_db(env, &layout::index_db_name(&name, attribute), true)?));
+    }
+    let mut dropped = Vec::new();
+    for attribute in built.iter().filter(|a| !wanted.contains(a)) {
+        dropped.push((attribute.clone(), super::create_db(env, &layout::index_db_name(&name, attribute), true)?));
+    }
+    let mut wtxn = env.write_txn()?;
+    let now = super::now_ms();
+    for (attribute, index) in indexes.iter().filter(|(a, _)| !built.contains(a)) {
+        // Backfill: one pass over the table, inside this transaction.
+        let mut keys = Vec::new();
+        let mut additions: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for item in records.iter(&wtxn)? {
+            let (key, entry) = item?;
+            let (header, body) = Header::read(entry)?;
+            if !header.is_live(now) {
+                continue;
+            }
+            let record = decode_record(body)?;
+            keys.clear();
+            index_keys(record.get(attribute), &mut keys);
+            for k in &keys {
+                additions.push((k.clone(), key.to_vec()));
+            }
+        }
+        let count = additions.len();
+        for (k, pk) in additions {
+            index.put(&mut wtxn, &k, &pk)?;
+        }
+        if count > 0 {
+            tracing::info!("built index {}.{name}.{attribute}: {count} entries", db.name);
+        }
+    }
+    for (attribute, index) in &dropped {
+        index.clear(&mut wtxn)?;
+        tracing::info!("dropped index {}.{name}.{attribute}", db.name);
+    }
+    let index_list = serde_json::to_vec(&wanted).unwrap_or_default();
+    db.meta.put(&mut wtxn, &indexes_key, &index_list)?;
+    let schema_defined = previous.map(|p| p.schema_defined).unwrap_or(false) || def.export.is_some() || def.location.is_some();
+    let stored = serde_json::to_vec(&StoredTable::from_def(&def, schema_defined)).unwrap_or_default();
+    db.meta.put(&mut wtxn, &stored_key, &stored)?;
+    wtxn.commit()?;
+    let table = Arc::new(Table { name: Arc::from(name.as_str()), def: Arc::new(def), records, indexes });
+    db.tables.write().unwrap_or_else(|e| e.into_inner()).insert(name, table.clone());
+    Ok(table)
 }
 
 #[derive(Default)]
