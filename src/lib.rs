@@ -1,2 +1,3 @@
 //! tidepool: a real-time database server speaking HarperDB 4.x's interfaces, thread-per-core on
 //! io_uring. See ARCHITECTURE.md for the map; each subsystem's `mod.rs` says what it owns.
+pub mod query;
