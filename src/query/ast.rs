@@ -395,3 +395,71 @@ impl fmt::Display for Limit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::conditions_from_json;
+    use crate::query::parse;
+
+    /// Parses `raw` and compares its canonical print with `expected`.
+    fn check(raw: &str, expected: &str) {
+        let printed = match parse(raw) {
+            Ok(query) => query.to_string(),
+            Err(error) => format!("error: {error}"),
+        };
+        assert_eq!(printed, expected, "query {raw:?}");
+    }
+
+    #[test]
+    fn canonical_print() {
+        check("age=gt=3&lt=9", "age=gt=3&age=lt=9");
+        check("name==Bo*", "name=sw=Bo");
+        check("a==b&c===d&e!==f&g=ne=h", "a=b&c===d&e!==f&g!=h");
+        check("a<1|a<=2|a>3|a>=4", "a=lt=1|a=le=2|a=gt=3|a=ge=4");
+        check("(a=1|b=2)&c=3", "(a=1|b=2)&c=3");
+        check("[a=1|b=2]&[c=3|d=4]", "(a=1|b=2)&(c=3|d=4)");
+        check("a=1&b=2|c=3", "a=1&b=2|c=3");
+        check("a%2Eb.c=1", "a%2Eb.c=1");
+        check("price=gt=1&%6Ct=5", "price=gt=1&%6Ct=5");
+        check(
+            "a=%6Eull&b=null&c=string:null",
+            "a=%6Eull&b=null&c=string:null",
+        );
+        check("a=number%3A1&b=number:1", "a=number%3A1&b=number:1");
+        check(
+            "a=date:2024-01-01T00:00:00Z",
+            "a=date:2024-01-01T00%3A00%3A00Z",
+        );
+        check(
+            "a=Rex%20(old)&b=x%2Ay&c=1.5",
+            "a=Rex%20%28old%29&b=x%2Ay&c=1.5",
+        );
+        check("a=café", "a=caf%C3%A9");
+        check("sort(+a,-b.c,%2Dd)", "sort(a,-b.c,%2Dd)");
+        check("limit(0,5)&select(a,)", "select(a,)&limit(5)");
+        check("select([a,b,])&limit(2,4)", "select([a,b])&limit(2,4)");
+        check("select(a,rel{x,y})", "select(a,rel{x,y})");
+        check("sort(x)&select(y)&z=1", "z=1&select(y)&sort(x)");
+    }
+
+    #[test]
+    fn json_conditions_print() {
+        let conditions = serde_json::json!([
+            {"attribute": ["brand", "name"], "comparator": "starts_with", "value": "A c"},
+            {"attribute": "age", "comparator": "between", "value": [2, 5.5]},
+            {"operator": "or", "conditions": [
+                {"attribute": "ok", "value": true},
+                {"attribute": "tags", "comparator": "contains", "value": null},
+            ]},
+        ]);
+        let printed = match conditions_from_json(&conditions, Logic::And) {
+            Ok(expr) => expr.to_string(),
+            Err(error) => format!("error: {error}"),
+        };
+        assert_eq!(
+            printed,
+            "brand.name=sw=string:A%20c&(age=ge=number:2&age=le=number:5.5)&(ok=boolean:true|tags=ct=null)"
+        );
+    }
+}

@@ -160,3 +160,146 @@ fn comparator_from_name(name: &str) -> Option<Comparator> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `json` (a `conditions` array) under `and` and compares the printed `Expr`, or
+    /// `error: <message>`, with `expected`.
+    fn check(json: &str, expected: &str) {
+        let value: Value = match serde_json::from_str(json) {
+            Ok(value) => value,
+            Err(error) => panic!("test JSON {json:?}: {error}"),
+        };
+        let actual = match conditions_from_json(&value, Logic::And) {
+            Ok(expr) => format!("{expr:?}"),
+            Err(error) => format!("error: {error}"),
+        };
+        assert_eq!(actual, expected, "conditions {json}");
+    }
+
+    #[test]
+    fn conditions() {
+        check(
+            r#"[{"attribute":"breed","comparator":"equals","value":"Lab"}]"#,
+            r#"Condition(Condition { path: ["breed"], comparator: Equal, value: Json(String("Lab")) })"#,
+        );
+        check(
+            r#"[{"attribute":"age","value":5}]"#,
+            r#"Condition(Condition { path: ["age"], comparator: Equal, value: Json(Number(5)) })"#,
+        );
+        check(
+            r#"[{"search_attribute":"age","search_type":"greater_than","search_value":5}]"#,
+            r#"Condition(Condition { path: ["age"], comparator: Greater, value: Json(Number(5)) })"#,
+        );
+        check(
+            r#"[{"attribute":["brand","name"],"comparator":"starts_with","value":"Ac"},
+                {"attribute":"age","comparator":"between","value":[2,5]}]"#,
+            r#"And([Condition(Condition { path: ["brand", "name"], comparator: StartsWith, value: Json(String("Ac")) }), Condition(Condition { path: ["age"], comparator: Between, value: Json(Array [Number(2), Number(5)]) })])"#,
+        );
+        check(
+            r#"[{"attribute":"a","comparator":"not_equal","value":null},
+                {"operator":"or","conditions":[
+                    {"attribute":"b","comparator":"contains","value":"x"},
+                    {"attribute":"c","comparator":"ends_with","value":"y"}]}]"#,
+            r#"And([Condition(Condition { path: ["a"], comparator: NotEqual, value: Json(Null) }), Or([Condition(Condition { path: ["b"], comparator: Contains, value: Json(String("x")) }), Condition(Condition { path: ["c"], comparator: EndsWith, value: Json(String("y")) })])])"#,
+        );
+        // A nested group with the same operator flattens; a one-condition group is its condition.
+        check(
+            r#"[{"attribute":"a","comparator":"less_than","value":1},
+                {"conditions":[{"attribute":"b","comparator":"less_than_equal","value":2},
+                               {"attribute":"c","comparator":"greater_than_equal","value":3}]},
+                {"operator":"OR","conditions":[{"attribute":"d","value":true}]}]"#,
+            r#"And([Condition(Condition { path: ["a"], comparator: Less, value: Json(Number(1)) }), Condition(Condition { path: ["b"], comparator: LessEqual, value: Json(Number(2)) }), Condition(Condition { path: ["c"], comparator: GreaterEqual, value: Json(Number(3)) }), Condition(Condition { path: ["d"], comparator: Equal, value: Json(Bool(true)) })])"#,
+        );
+        check("[]", "And([])");
+        check(r#"[{"operator":"or","conditions":[]}]"#, "And([])");
+    }
+
+    #[test]
+    fn errors() {
+        check(r#"{"attribute":"a"}"#, "error: conditions must be an array");
+        check("[1]", "error: each condition must be an object");
+        check(
+            r#"[{"value":1}]"#,
+            "error: each condition needs an attribute",
+        );
+        check(
+            r#"[{"attribute":"","value":1}]"#,
+            "error: attribute must be a non-empty string or array of strings",
+        );
+        check(
+            r#"[{"attribute":[],"value":1}]"#,
+            "error: attribute must be a non-empty string or array of strings",
+        );
+        check(
+            r#"[{"attribute":["a",1],"value":1}]"#,
+            "error: attribute path entries must be non-empty strings",
+        );
+        check(
+            r#"[{"attribute":"a"}]"#,
+            "error: each condition needs a value",
+        );
+        check(
+            r#"[{"attribute":"a","comparator":"like","value":1}]"#,
+            r#"error: unknown comparator "like""#,
+        );
+        check(
+            r#"[{"attribute":"a","comparator":7,"value":1}]"#,
+            "error: comparator must be a string",
+        );
+        check(
+            r#"[{"attribute":"a","comparator":"between","value":1}]"#,
+            "error: between needs a value of [low, high]",
+        );
+        check(
+            r#"[{"attribute":"a","comparator":"between","value":[1,2,3]}]"#,
+            "error: between needs a value of [low, high]",
+        );
+        check(
+            r#"[{"operator":"xor","conditions":[]}]"#,
+            r#"error: operator must be "and" or "or", not "xor""#,
+        );
+        check(
+            r#"[{"operator":1,"conditions":[]}]"#,
+            r#"error: operator must be "and" or "or""#,
+        );
+        check(
+            r#"[{"conditions":{}}]"#,
+            "error: conditions must be an array",
+        );
+    }
+
+    #[test]
+    fn bounds() {
+        let mut nested = String::from(r#"[{"attribute":"a","value":1}]"#);
+        for _ in 0..DEPTH_MAX - 1 {
+            nested = format!(r#"[{{"operator":"or","conditions":{nested}}}]"#);
+        }
+        check(
+            &nested,
+            r#"Condition(Condition { path: ["a"], comparator: Equal, value: Json(Number(1)) })"#,
+        );
+        let deeper = format!(r#"[{{"conditions":{nested}}}]"#);
+        check(
+            &deeper,
+            &format!("error: conditions nest deeper than {DEPTH_MAX} levels"),
+        );
+        let many = |count: usize| {
+            format!(
+                "[{}]",
+                vec![r#"{"attribute":"a","value":1}"#; count].join(",")
+            )
+        };
+        let read = |json: String| {
+            serde_json::from_str::<Value>(&json)
+                .map(|value| conditions_from_json(&value, Logic::Or).is_ok())
+        };
+        assert!(matches!(read(many(CONDITION_COUNT_MAX)), Ok(true)));
+        check(
+            &many(CONDITION_COUNT_MAX + 1),
+            &format!("error: more than {CONDITION_COUNT_MAX} conditions"),
+        );
+    }
+}
