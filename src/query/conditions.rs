@@ -7,6 +7,9 @@
 //! group      := {"operator"?: "and" | "or", "conditions": conditions}
 //! ```
 //!
+//! `sort := {"attribute": name | [name, ...], "descending"?: bool, "next"?: sort}` becomes the same
+//! `SortKey` list as the URL's `sort(...)`, at most `DEPTH_MAX` keys long.
+//!
 //! HarperDB's older spellings `search_attribute`, `search_type` and `search_value` are read too.
 //! Values stay JSON (`QueryValue::Json`); `between` takes a `[low, high]` array (inclusive).
 //! Nesting is bounded by `DEPTH_MAX` and the condition count by `CONDITION_COUNT_MAX`, the same
@@ -16,7 +19,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::ast::{Comparator, Condition, Expr, Logic, QueryValue};
+use super::ast::{Comparator, Condition, Expr, Logic, QueryValue, SortKey};
 use super::parse::{join, CONDITION_COUNT_MAX, DEPTH_MAX};
 
 /// Why a `conditions` array could not be read; becomes a 400 with this message.
@@ -103,27 +106,57 @@ fn read_conditions(
     Ok(join(children, operator))
 }
 
-fn field<'v>(fields: &'v Map<String, Value>, name: &str, legacy: &str) -> Option<&'v Value> {
-    fields.get(name).or_else(|| fields.get(legacy))
+/// Reads a `search_by_conditions` `sort` object and its `next` chain into sort keys, first key
+/// first.
+pub fn sort_from_json(sort: &Value) -> Result<Vec<SortKey>, ConditionError> {
+    let mut keys = Vec::new();
+    let mut current = sort;
+    loop {
+        let Value::Object(fields) = current else {
+            return Err(error("sort must be an object"));
+        };
+        if keys.len() >= DEPTH_MAX {
+            return Err(error(format!("sort has more than {DEPTH_MAX} keys")));
+        }
+        let descending = match fields.get("descending") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(flag)) => *flag,
+            Some(_) => return Err(error("descending must be true or false")),
+        };
+        keys.push(SortKey {
+            path: read_path(fields.get("attribute"))?,
+            descending,
+        });
+        match fields.get("next") {
+            None | Some(Value::Null) => return Ok(keys),
+            Some(next) => current = next,
+        }
+    }
 }
 
-fn read_condition(fields: &Map<String, Value>) -> Result<Condition, ConditionError> {
-    let path = match field(fields, "attribute", "search_attribute") {
-        Some(Value::String(name)) if !name.is_empty() => vec![name.clone()],
+fn read_path(attribute: Option<&Value>) -> Result<Vec<String>, ConditionError> {
+    match attribute {
+        Some(Value::String(name)) if !name.is_empty() => Ok(vec![name.clone()]),
         Some(Value::Array(names)) if !names.is_empty() => names
             .iter()
             .map(|name| match name {
                 Value::String(name) if !name.is_empty() => Ok(name.clone()),
                 _ => Err(error("attribute path entries must be non-empty strings")),
             })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(error(
-                "attribute must be a non-empty string or array of strings",
-            ))
-        }
-        None => return Err(error("each condition needs an attribute")),
-    };
+            .collect(),
+        Some(_) => Err(error(
+            "attribute must be a non-empty string or array of strings",
+        )),
+        None => Err(error("attribute is required")),
+    }
+}
+
+fn field<'v>(fields: &'v Map<String, Value>, name: &str, legacy: &str) -> Option<&'v Value> {
+    fields.get(name).or_else(|| fields.get(legacy))
+}
+
+fn read_condition(fields: &Map<String, Value>) -> Result<Condition, ConditionError> {
+    let path = read_path(field(fields, "attribute", "search_attribute"))?;
     let comparator = match field(fields, "comparator", "search_type") {
         None | Some(Value::Null) => Comparator::Equal,
         Some(Value::String(name)) => comparator_from_name(name)
@@ -221,10 +254,7 @@ mod tests {
     fn errors() {
         check(r#"{"attribute":"a"}"#, "error: conditions must be an array");
         check("[1]", "error: each condition must be an object");
-        check(
-            r#"[{"value":1}]"#,
-            "error: each condition needs an attribute",
-        );
+        check(r#"[{"value":1}]"#, "error: attribute is required");
         check(
             r#"[{"attribute":"","value":1}]"#,
             "error: attribute must be a non-empty string or array of strings",
@@ -268,6 +298,58 @@ mod tests {
         check(
             r#"[{"conditions":{}}]"#,
             "error: conditions must be an array",
+        );
+    }
+
+    /// Reads `json` as a `sort` object and compares the printed keys, or `error: <message>`.
+    fn check_sort(json: &str, expected: &str) {
+        let actual = match serde_json::from_str::<Value>(json).map(|value| sort_from_json(&value)) {
+            Ok(Ok(keys)) => {
+                let printed: Vec<String> = keys
+                    .iter()
+                    .map(|key| {
+                        format!(
+                            "{}{}",
+                            if key.descending { "-" } else { "+" },
+                            key.path.join(".")
+                        )
+                    })
+                    .collect();
+                printed.join(",")
+            }
+            Ok(Err(error)) => format!("error: {error}"),
+            Err(error) => panic!("test JSON {json:?}: {error}"),
+        };
+        assert_eq!(actual, expected, "sort {json}");
+    }
+
+    #[test]
+    fn sort() {
+        check_sort(r#"{"attribute":"age"}"#, "+age");
+        check_sort(
+            r#"{"attribute":"age","descending":true,"next":{"attribute":["brand","name"],"descending":false}}"#,
+            "-age,+brand.name",
+        );
+        check_sort(r#"{"attribute":"age","next":null}"#, "+age");
+        check_sort(r#"[]"#, "error: sort must be an object");
+        check_sort(
+            r#"{"attribute":"a","next":1}"#,
+            "error: sort must be an object",
+        );
+        check_sort(r#"{"descending":true}"#, "error: attribute is required");
+        check_sort(
+            r#"{"attribute":"a","descending":"yes"}"#,
+            "error: descending must be true or false",
+        );
+        let mut chain = String::from(r#"{"attribute":"a"}"#);
+        for _ in 0..DEPTH_MAX - 1 {
+            chain = format!(r#"{{"attribute":"a","next":{chain}}}"#);
+        }
+        check_sort(&chain, &vec!["+a"; DEPTH_MAX].join(","));
+        let longer = format!(r#"{{"attribute":"a","next":{chain}}}"#);
+        check_sort(
+            &longer,
+            &format!("error: sort has more than {DEPTH_MAX} keys"),
         );
     }
 

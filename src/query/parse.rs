@@ -1359,6 +1359,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
         #[test]
         fn syntax_heavy_strings_never_panic_and_round_trip(raw in "[a-c.=!<>&|()\\[\\]{},*%2A:+\\-0-9elgtnu]{0,40}") {
             if let Ok(query) = parse(&raw) {
