@@ -9,3 +9,4 @@ pub mod util;
 pub mod value;
 pub mod schema;
 pub mod store;
+pub mod query;

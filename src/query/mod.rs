@@ -1,0 +1,20 @@
+//! The query subsystem: what a client asks for, as an AST. It owns the URL query language
+//! (SPEC §3.3, `parse`), the Operations API's `search_by_conditions` condition and sort forms
+//! (SPEC §4.3, `conditions_from_json`, `sort_from_json`), the AST both produce (`ast`), and its
+//! canonical printer (`Display`).
+//!
+//! It never reads records or the schema: values stay as decoded text with a type hint (or as JSON)
+//! until a later step converts them to an attribute's declared type, and attribute names are not
+//! checked against any table here. Input comes from the REST and Operations API protocol layers;
+//! the AST goes to the planner.
+
+mod ast;
+mod conditions;
+mod parse;
+
+pub use ast::{
+    Comparator, Condition, Expr, Limit, Logic, Query, QueryValue, Select, SelectItem, SortKey,
+    ValueHint,
+};
+pub use conditions::{conditions_from_json, sort_from_json, ConditionError};
+pub use parse::{parse, ErrorKind, ParseError, CONDITION_COUNT_MAX, DEPTH_MAX, QUERY_BYTES_MAX};
