@@ -395,6 +395,22 @@ fn limits() {
         &format!("table data.{ok} (T) replicate audit"),
     );
 
+    // graphql-parser stops bracket nesting at 50; just below that must parse on a test thread's
+    // small stack, in a debug build.
+    let deep_list = format!("{}1{}", "[".repeat(48), "]".repeat(48));
+    check1(
+        &format!("type T @table(x: {deep_list})"),
+        "error s.graphql:1:8: unknown argument x of @table",
+    );
+    let deep_object = format!("{}1{}", "{a: ".repeat(48), "}".repeat(48));
+    check1(
+        &format!("type T @table(x: {deep_object})"),
+        "error s.graphql:1:8: unknown argument x of @table",
+    );
+    let too_deep = format!("type T @table(x: {}1{})", "[".repeat(60), "]".repeat(60));
+    let result = parse_schema_str(&too_deep, "s.graphql");
+    assert!(result.is_err_and(|e| e.message.contains("Recursion limit exceeded")));
+
     let directives = " @indexed".repeat(DIRECTIVE_COUNT_MAX + 1);
     check1(
         &format!("type T @table {{ a: Int{directives} }}"),
