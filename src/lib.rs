@@ -4,9 +4,9 @@
 pub mod config;
 pub mod logging;
 pub mod protocol;
+pub mod query;
+pub mod schema;
 pub mod server;
+pub mod store;
 pub mod util;
 pub mod value;
-pub mod schema;
-pub mod store;
-pub mod query;

@@ -17,8 +17,17 @@ struct Inner<T> {
 }
 
 pub fn oneshot<T: Send>() -> (OneshotSender<T>, OneshotReceiver<T>) {
-    let inner = Arc::new(Inner { value: Mutex::new(None), done: AtomicBool::new(false), waker: AtomicWaker::new() });
-    (OneshotSender { inner: Some(inner.clone()) }, OneshotReceiver { inner })
+    let inner = Arc::new(Inner {
+        value: Mutex::new(None),
+        done: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
+    });
+    (
+        OneshotSender {
+            inner: Some(inner.clone()),
+        },
+        OneshotReceiver { inner },
+    )
 }
 
 pub struct OneshotSender<T> {
@@ -52,7 +61,11 @@ pub struct OneshotReceiver<T> {
 
 impl<T> OneshotReceiver<T> {
     fn take(&self) -> Option<T> {
-        self.inner.value.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.inner
+            .value
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 

@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 #[derive(Default)]
@@ -26,8 +29,17 @@ impl Clock {
             let previous = f64::from_bits(last);
             let wall = now_ms();
             // Positive f64s order like their bit patterns, so "next representable" is bits + 1.
-            let candidate = if wall > previous { wall } else { f64::from_bits(last + 1) };
-            match self.last_bits.compare_exchange_weak(last, candidate.to_bits(), Ordering::AcqRel, Ordering::Acquire) {
+            let candidate = if wall > previous {
+                wall
+            } else {
+                f64::from_bits(last + 1)
+            };
+            match self.last_bits.compare_exchange_weak(
+                last,
+                candidate.to_bits(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return candidate,
                 Err(actual) => last = actual,
             }
@@ -37,7 +49,8 @@ impl Clock {
     /// Never issue a version at or below `version` again (versions found on disk or from peers).
     pub fn observe(&self, version: f64) {
         if version.is_finite() && version > 0.0 {
-            self.last_bits.fetch_max(version.to_bits(), Ordering::AcqRel);
+            self.last_bits
+                .fetch_max(version.to_bits(), Ordering::AcqRel);
         }
     }
 }

@@ -76,8 +76,18 @@ mod tests {
     #[test]
     fn round_trip() {
         for h in [
-            Header { version: 1718000000123.5, expires_at: None, deleted: false, origin: 0 },
-            Header { version: 1.0, expires_at: Some(2.5), deleted: true, origin: 7 },
+            Header {
+                version: 1718000000123.5,
+                expires_at: None,
+                deleted: false,
+                origin: 0,
+            },
+            Header {
+                version: 1.0,
+                expires_at: Some(2.5),
+                deleted: true,
+                origin: 7,
+            },
         ] {
             let mut out = Vec::new();
             h.write(&mut out);

@@ -61,7 +61,11 @@ impl StoredTable {
             attributes: def
                 .attributes
                 .iter()
-                .map(|a| StoredAttribute { name: a.name.clone(), r#type: a.ty.name().to_string(), indexed: a.indexed })
+                .map(|a| StoredAttribute {
+                    name: a.name.clone(),
+                    r#type: a.ty.name().to_string(),
+                    indexed: a.indexed,
+                })
                 .collect(),
             expiration_s: def.expiration_s,
             schema_defined,
@@ -79,7 +83,10 @@ impl StoredTable {
                 .attributes
                 .iter()
                 .map(|a| {
-                    let mut attr = AttributeDef::new(a.name.clone(), FieldType::scalar(&a.r#type).unwrap_or(FieldType::Any));
+                    let mut attr = AttributeDef::new(
+                        a.name.clone(),
+                        FieldType::scalar(&a.r#type).unwrap_or(FieldType::Any),
+                    );
                     attr.indexed = a.indexed;
                     attr.primary_key = self.primary_key.as_deref() == Some(a.name.as_str());
                     attr

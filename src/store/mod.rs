@@ -29,17 +29,20 @@ type Db = heed::Database<'static, Bytes, Bytes>;
 /// Creates (or opens) a named sub-database in its own committed transaction.
 fn create_db(env: &Env<WithoutTls>, name: &str, dup_sort: bool) -> Result<Db, StoreError> {
     let wtxn = env.write_txn()?;
-    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
-        let mut options = opener.database_options().types::<Bytes, Bytes>();
-        options.name(name);
-        if dup_sort {
-            options.flags(DatabaseFlags::DUP_SORT);
-        }
-        options.create(wtxn).map(CommitOrAbort::<_, ()>::Commit)
-    })?;
+    let created =
+        env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+            let mut options = opener.database_options().types::<Bytes, Bytes>();
+            options.name(name);
+            if dup_sort {
+                options.flags(DatabaseFlags::DUP_SORT);
+            }
+            options.create(wtxn).map(CommitOrAbort::<_, ()>::Commit)
+        })?;
     match created {
         CommitOrAbort::Commit(db) => Ok(db),
-        CommitOrAbort::Abort(()) => Err(StoreError::Io(format!("creating sub-database {name} was aborted"))),
+        CommitOrAbort::Abort(()) => Err(StoreError::Io(format!(
+            "creating sub-database {name} was aborted"
+        ))),
     }
 }
 
@@ -175,7 +178,10 @@ impl Table {
     }
 
     fn index(&self, attribute: &str) -> Option<&Db> {
-        self.indexes.iter().find(|(a, _)| a == attribute).map(|(_, db)| db)
+        self.indexes
+            .iter()
+            .find(|(a, _)| a == attribute)
+            .map(|(_, db)| db)
     }
 }
 
@@ -190,11 +196,20 @@ pub struct Database {
 
 impl Database {
     pub fn table(&self, name: &str) -> Option<Arc<Table>> {
-        self.tables.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn table_names(&self) -> Vec<String> {
-        self.tables.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// A read snapshot. Keep it short: open, read, encode, drop — then await.
@@ -203,7 +218,10 @@ impl Database {
     }
 
     /// Queues a write; the receiver completes once it is committed (and synced) or refused.
-    pub fn submit(&self, request: WriteRequest) -> Result<tidepool_io::OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
+    pub fn submit(
+        &self,
+        request: WriteRequest,
+    ) -> Result<tidepool_io::OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
         self.writer.submit(request)
     }
 
@@ -221,7 +239,12 @@ impl Database {
                 let (_, bytes) = item?;
                 match serde_json::from_slice::<layout::StoredTable>(bytes) {
                     Ok(t) => out.push(t),
-                    Err(e) => return Err(StoreError::Corrupt(format!("table definition in {}: {e}", self.name))),
+                    Err(e) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "table definition in {}: {e}",
+                            self.name
+                        )))
+                    }
                 }
             }
             out
@@ -240,9 +263,16 @@ impl Database {
 impl Store {
     /// Opens every `<path>/<db>.mdb` already present and starts their writers.
     pub fn open(options: StoreOptions, publisher: Publisher) -> Result<Arc<Store>, StoreError> {
-        std::fs::create_dir_all(&options.path).map_err(|e| StoreError::Io(format!("{}: {e}", options.path.display())))?;
-        let store = Arc::new(Store { options, clock: Arc::new(Clock::new()), publisher, databases: RwLock::new(BTreeMap::new()) });
-        let entries = std::fs::read_dir(&store.options.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        std::fs::create_dir_all(&options.path)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", options.path.display())))?;
+        let store = Arc::new(Store {
+            options,
+            clock: Arc::new(Clock::new()),
+            publisher,
+            databases: RwLock::new(BTreeMap::new()),
+        });
+        let entries =
+            std::fs::read_dir(&store.options.path).map_err(|e| StoreError::Io(e.to_string()))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(db) = name.strip_suffix(".mdb") {
@@ -257,11 +287,20 @@ impl Store {
     }
 
     pub fn database(&self, name: &str) -> Option<Arc<Database>> {
-        self.databases.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.databases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn database_names(&self) -> Vec<String> {
-        self.databases.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.databases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Opens (creating when missing) the database `name`.
@@ -272,7 +311,9 @@ impl Store {
         }
         let path = self.options.path.join(format!("{name}.mdb"));
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-        opts.map_size(self.options.map_bytes).max_dbs(NAMED_DBS_MAX).max_readers(1024);
+        opts.map_size(self.options.map_bytes)
+            .max_dbs(NAMED_DBS_MAX)
+            .max_readers(1024);
         let mut flags = EnvFlags::NO_SUB_DIR;
         if !self.options.sync {
             flags |= EnvFlags::NO_SYNC | EnvFlags::NO_META_SYNC;
@@ -297,9 +338,22 @@ impl Store {
         }
         let name: Arc<str> = Arc::from(name);
         let (writer, job_rx) = writer::WriterHandle::new(self.options.queue_max);
-        let db = Arc::new(Database { name: name.clone(), env, tables: RwLock::new(BTreeMap::new()), meta, audit, writer });
+        let db = Arc::new(Database {
+            name: name.clone(),
+            env,
+            tables: RwLock::new(BTreeMap::new()),
+            meta,
+            audit,
+            writer,
+        });
         db.reopen_tables()?;
-        writer::spawn(db.clone(), job_rx, self.clock.clone(), self.publisher.clone(), self.options.clone())?;
+        writer::spawn(
+            db.clone(),
+            job_rx,
+            self.clock.clone(),
+            self.publisher.clone(),
+            self.options.clone(),
+        )?;
         databases.insert(name.to_string(), db.clone());
         Ok(db)
     }
@@ -315,7 +369,13 @@ impl Store {
 
     /// Stops every writer after it drains its queue, and syncs. Blocking.
     pub fn close(&self) {
-        let databases: Vec<Arc<Database>> = self.databases.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let databases: Vec<Arc<Database>> = self
+            .databases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for db in databases {
             db.writer.stop_blocking();
             let _ = db.env.force_sync();
@@ -326,3 +386,6 @@ impl Store {
         &self.options.path
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,7 +25,11 @@ pub struct Record<'t> {
 
 impl<'e> ReadTxn<'e> {
     pub(super) fn new(db: &'e Database) -> Result<Self, StoreError> {
-        Ok(ReadTxn { db, txn: db.env.read_txn()?, now_ms: super::now_ms() })
+        Ok(ReadTxn {
+            db,
+            txn: db.env.read_txn()?,
+            now_ms: super::now_ms(),
+        })
     }
 
     fn decode<'t>(&'t self, entry: &'t [u8]) -> Result<Option<Record<'t>>, StoreError> {
@@ -47,7 +51,11 @@ impl<'e> ReadTxn<'e> {
         self.get_encoded(table, &encoded)
     }
 
-    pub fn get_encoded<'t>(&'t self, table: &Table, key: &[u8]) -> Result<Option<Record<'t>>, StoreError> {
+    pub fn get_encoded<'t>(
+        &'t self,
+        table: &Table,
+        key: &[u8],
+    ) -> Result<Option<Record<'t>>, StoreError> {
         match table.records.get(&self.txn, key)? {
             Some(entry) => self.decode(entry),
             None => Ok(None),
@@ -56,7 +64,8 @@ impl<'e> ReadTxn<'e> {
 
     /// Every live record in key order (`descending` reverses it).
     pub fn scan<'t>(&'t self, table: &Table, descending: bool) -> Result<Scan<'t>, StoreError> {
-        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending {
+        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending
+        {
             Box::new(table.records.rev_iter(&self.txn)?)
         } else {
             Box::new(table.records.iter(&self.txn)?)
@@ -73,9 +82,12 @@ impl<'e> ReadTxn<'e> {
         upper: Bound<&[u8]>,
         descending: bool,
     ) -> Result<IndexCursor<'t>, StoreError> {
-        let index = table.index(attribute).ok_or_else(|| StoreError::Io(format!("{attribute} is not indexed")))?;
+        let index = table
+            .index(attribute)
+            .ok_or_else(|| StoreError::Io(format!("{attribute} is not indexed")))?;
         let range = (lower, upper);
-        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending {
+        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending
+        {
             Box::new(index.rev_range(&self.txn, &range)?)
         } else {
             Box::new(index.range(&self.txn, &range)?)
@@ -100,7 +112,8 @@ impl<'e> ReadTxn<'e> {
         &'t self,
         from: Bound<f64>,
         to: Bound<f64>,
-    ) -> Result<impl Iterator<Item = Result<(f64, &'t ArchivedValue), StoreError>> + 't, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<(f64, &'t ArchivedValue), StoreError>> + 't, StoreError>
+    {
         let map = |b: Bound<f64>| match b {
             Bound::Included(v) => Bound::Included(layout::audit_key(v)),
             Bound::Excluded(v) => Bound::Excluded(layout::audit_key(v)),
@@ -111,7 +124,8 @@ impl<'e> ReadTxn<'e> {
         let iter = self.db.audit.range(&self.txn, &range)?;
         Ok(iter.map(|item| {
             let (k, v) = item?;
-            let version = layout::version_from_audit_key(k).ok_or_else(|| StoreError::Corrupt("audit key".into()))?;
+            let version = layout::version_from_audit_key(k)
+                .ok_or_else(|| StoreError::Corrupt("audit key".into()))?;
             let value = value::access(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok((version, value))
         }))

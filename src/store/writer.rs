@@ -17,7 +17,10 @@ use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
 
 use super::entry::Header;
 use super::layout::{self, StoredTable};
-use super::{Change, ChangeKind, Clock, Commit, Database, Publisher, StoreError, StoreOptions, Table, KEY_BYTES_MAX};
+use super::{
+    Change, ChangeKind, Clock, Commit, Database, Publisher, StoreError, StoreOptions, Table,
+    KEY_BYTES_MAX,
+};
 use crate::schema::{FieldType, KeyType, TableDef};
 use crate::value::{self, Object, Value};
 
@@ -114,8 +117,15 @@ impl From<StoreError> for WriteError {
 }
 
 pub(super) enum Job {
-    Write { request: WriteRequest, reply: OneshotSender<Result<WriteOutcome, WriteError>>, queued_at: Instant },
-    EnsureTable { def: TableDef, reply: mpsc::Sender<Result<Arc<Table>, StoreError>> },
+    Write {
+        request: WriteRequest,
+        reply: OneshotSender<Result<WriteOutcome, WriteError>>,
+        queued_at: Instant,
+    },
+    EnsureTable {
+        def: TableDef,
+        reply: mpsc::Sender<Result<Arc<Table>, StoreError>>,
+    },
     Stop,
 }
 
@@ -127,22 +137,40 @@ pub(super) struct WriterHandle {
 impl WriterHandle {
     pub fn new(queue_max: usize) -> (WriterHandle, Receiver<Job>) {
         let (tx, rx) = crossbeam_channel::bounded(queue_max);
-        (WriterHandle { tx, thread: Mutex::new(None) }, rx)
+        (
+            WriterHandle {
+                tx,
+                thread: Mutex::new(None),
+            },
+            rx,
+        )
     }
 
-    pub fn submit(&self, request: WriteRequest) -> Result<OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
+    pub fn submit(
+        &self,
+        request: WriteRequest,
+    ) -> Result<OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
         let (reply, rx) = oneshot();
-        match self.tx.try_send(Job::Write { request, reply, queued_at: Instant::now() }) {
+        match self.tx.try_send(Job::Write {
+            request,
+            reply,
+            queued_at: Instant::now(),
+        }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(WriteError::Overloaded("write queue full; try again".into())),
+            Err(TrySendError::Full(_)) => {
+                Err(WriteError::Overloaded("write queue full; try again".into()))
+            }
             Err(TrySendError::Disconnected(_)) => Err(WriteError::Stopped),
         }
     }
 
     pub fn ensure_table_blocking(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
         let (reply, rx) = mpsc::channel();
-        self.tx.send(Job::EnsureTable { def, reply }).map_err(|_| StoreError::Io("writer stopped".into()))?;
-        rx.recv().map_err(|_| StoreError::Io("writer stopped".into()))?
+        self.tx
+            .send(Job::EnsureTable { def, reply })
+            .map_err(|_| StoreError::Io("writer stopped".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError::Io("writer stopped".into()))?
     }
 
     pub fn stop_blocking(&self) {
@@ -164,7 +192,15 @@ pub(super) fn spawn(
     let thread_db = db.clone();
     let handle = std::thread::Builder::new()
         .name(name)
-        .spawn(move || Writer { db: thread_db, clock, publisher, options }.run(rx))
+        .spawn(move || {
+            Writer {
+                db: thread_db,
+                clock,
+                publisher,
+                options,
+            }
+            .run(rx)
+        })
         .map_err(|e| StoreError::Io(format!("cannot start writer thread: {e}")))?;
     *db.writer.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     Ok(())
@@ -177,12 +213,18 @@ struct Writer {
     options: StoreOptions,
 }
 
-type Pending = (OneshotSender<Result<WriteOutcome, WriteError>>, Result<(WriteOutcome, Vec<Change>), WriteError>);
+type Pending = (
+    OneshotSender<Result<WriteOutcome, WriteError>>,
+    Result<(WriteOutcome, Vec<Change>), WriteError>,
+);
 
 impl Writer {
     fn run(self, rx: Receiver<Job>) {
         let batch_max = self.options.commit_batch_max.max(1);
-        let mut batch: Vec<(WriteRequest, OneshotSender<Result<WriteOutcome, WriteError>>)> = Vec::with_capacity(batch_max);
+        let mut batch: Vec<(
+            WriteRequest,
+            OneshotSender<Result<WriteOutcome, WriteError>>,
+        )> = Vec::with_capacity(batch_max);
         'outer: loop {
             let first = match rx.recv() {
                 Ok(job) => job,
@@ -191,7 +233,11 @@ impl Writer {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Write { request, reply, queued_at } => {
+                    Job::Write {
+                        request,
+                        reply,
+                        queued_at,
+                    } => {
                         if queued_at.elapsed() > self.options.queue_time_max {
                             reply.send(Err(WriteError::Overloaded(
                                 "write waited longer than storage.maxTransactionQueueTime".into(),
@@ -226,7 +272,13 @@ impl Writer {
         tracing::debug!("writer for {} stopped", self.db.name);
     }
 
-    fn commit_batch(&self, batch: &mut Vec<(WriteRequest, OneshotSender<Result<WriteOutcome, WriteError>>)>) {
+    fn commit_batch(
+        &self,
+        batch: &mut Vec<(
+            WriteRequest,
+            OneshotSender<Result<WriteOutcome, WriteError>>,
+        )>,
+    ) {
         if batch.is_empty() {
             return;
         }
@@ -258,7 +310,12 @@ impl Writer {
                             let version = outcome.version;
                             reply.send(Ok(outcome));
                             if !changes.is_empty() {
-                                (self.publisher)(Arc::new(Commit { database: self.db.name.clone(), version, local_time, changes }));
+                                (self.publisher)(Arc::new(Commit {
+                                    database: self.db.name.clone(),
+                                    version,
+                                    local_time,
+                                    changes,
+                                }));
                             }
                         }
                         Err(e) => reply.send(Err(e)),
@@ -279,47 +336,107 @@ impl Writer {
         }
     }
 
-    fn apply(&self, txn: &mut RwTxn, request: &WriteRequest, version: f64) -> Result<(WriteOutcome, Vec<Change>), WriteError> {
+    fn apply(
+        &self,
+        txn: &mut RwTxn,
+        request: &WriteRequest,
+        version: f64,
+    ) -> Result<(WriteOutcome, Vec<Change>), WriteError> {
         let mut results = Vec::with_capacity(request.ops.len());
         let mut changes = Vec::with_capacity(request.ops.len());
         let mut audit_entries = Vec::with_capacity(request.ops.len());
         let mut scratch = Scratch::default();
         for op in &request.ops {
             match op {
-                WriteOp::Put { table, key, record, mode, expires_in_s } => {
-                    let table = self.db.table(table).ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
-                    let (result, stored) = self.put(txn, &table, key.as_ref(), record, *mode, *expires_in_s, version, &mut scratch)?;
+                WriteOp::Put {
+                    table,
+                    key,
+                    record,
+                    mode,
+                    expires_in_s,
+                } => {
+                    let table = self
+                        .db
+                        .table(table)
+                        .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let (result, stored) = self.put(
+                        txn,
+                        &table,
+                        key.as_ref(),
+                        record,
+                        *mode,
+                        *expires_in_s,
+                        version,
+                        &mut scratch,
+                    )?;
                     if let (OpResult::Written { key, .. }, Some(stored)) = (&result, stored) {
                         audit_entries.push(audit_entry(&table.name, key, "put", Some(&stored)));
-                        changes.push(Change { table: table.name.clone(), key: key.clone(), kind: ChangeKind::Put, value: Some(stored) });
+                        changes.push(Change {
+                            table: table.name.clone(),
+                            key: key.clone(),
+                            kind: ChangeKind::Put,
+                            value: Some(stored),
+                        });
                     }
                     results.push(result);
                 }
                 WriteOp::Delete { table, key } => {
-                    let table = self.db.table(table).ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let table = self
+                        .db
+                        .table(table)
+                        .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
                     let existed = self.delete(txn, &table, key, version, &mut scratch)?;
                     if existed {
                         audit_entries.push(audit_entry(&table.name, key, "delete", None));
-                        changes.push(Change { table: table.name.clone(), key: key.clone(), kind: ChangeKind::Delete, value: None });
+                        changes.push(Change {
+                            table: table.name.clone(),
+                            key: key.clone(),
+                            kind: ChangeKind::Delete,
+                            value: None,
+                        });
                     }
-                    results.push(OpResult::Deleted { key: key.clone(), existed });
+                    results.push(OpResult::Deleted {
+                        key: key.clone(),
+                        existed,
+                    });
                 }
-                WriteOp::Message { table, key, payload } => {
-                    let table = self.db.table(table).ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                WriteOp::Message {
+                    table,
+                    key,
+                    payload,
+                } => {
+                    let table = self
+                        .db
+                        .table(table)
+                        .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
                     let key = key.clone().unwrap_or(Value::Null);
                     audit_entries.push(audit_entry(&table.name, &key, "message", Some(payload)));
-                    changes.push(Change { table: table.name.clone(), key, kind: ChangeKind::Message, value: Some(payload.clone()) });
+                    changes.push(Change {
+                        table: table.name.clone(),
+                        key,
+                        kind: ChangeKind::Message,
+                        value: Some(payload.clone()),
+                    });
                     results.push(OpResult::Published);
                 }
             }
         }
         if !audit_entries.is_empty() {
             let mut entry = Object::new();
-            entry.insert("user", request.user.clone().map(Value::String).unwrap_or(Value::Null));
+            entry.insert(
+                "user",
+                request
+                    .user
+                    .clone()
+                    .map(Value::String)
+                    .unwrap_or(Value::Null),
+            );
             entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
             entry.insert("entries", Value::Array(audit_entries));
             let bytes = value::to_archived_bytes(&Value::Object(entry));
-            self.db.audit.put(txn, &layout::audit_key(version), &bytes)?;
+            self.db
+                .audit
+                .put(txn, &layout::audit_key(version), &bytes)?;
         }
         Ok((WriteOutcome { version, results }, changes))
     }
@@ -341,7 +458,11 @@ impl Writer {
         };
         let def = &table.def;
         let pk = def.primary_key.as_deref();
-        let key = match url_key.cloned().or_else(|| pk.and_then(|pk| body.get(pk).cloned())).filter(|k| !matches!(k, Value::Null)) {
+        let key = match url_key
+            .cloned()
+            .or_else(|| pk.and_then(|pk| body.get(pk).cloned()))
+            .filter(|k| !matches!(k, Value::Null))
+        {
             Some(key) => key,
             None => self.generate_key(txn, table)?,
         };
@@ -360,7 +481,9 @@ impl Writer {
             None => None,
         };
         match (mode, &old) {
-            (PutMode::Insert, Some(_)) | (PutMode::Update, None) => return Ok((OpResult::Skipped { key }, None)),
+            (PutMode::Insert, Some(_)) | (PutMode::Update, None) => {
+                return Ok((OpResult::Skipped { key }, None))
+            }
             _ => {}
         }
         let mut new = match (&old, mode) {
@@ -379,13 +502,18 @@ impl Writer {
         for attr in &def.attributes {
             if attr.created_time {
                 let kept = old.as_ref().and_then(|o| o.get(&attr.name)).cloned();
-                new.insert(attr.name.as_str(), kept.unwrap_or_else(|| timestamp(&attr.ty, version)));
+                new.insert(
+                    attr.name.as_str(),
+                    kept.unwrap_or_else(|| timestamp(&attr.ty, version)),
+                );
             } else if attr.updated_time {
                 new.insert(attr.name.as_str(), timestamp(&attr.ty, version));
             }
         }
         let new = Value::Object(new);
-        let expires_at = expires_in_s.or(def.expiration_s.map(|s| s as f64)).map(|s| version + s * 1000.0);
+        let expires_at = expires_in_s
+            .or(def.expiration_s.map(|s| s as f64))
+            .map(|s| version + s * 1000.0);
         // Index maintenance: remove the old record's entries that the new one lacks, add the rest.
         for (attribute, index) in &table.indexes {
             scratch.old_index.clear();
@@ -394,15 +522,29 @@ impl Writer {
             }
             scratch.new_index.clear();
             index_keys(new.get(attribute), &mut scratch.new_index);
-            for k in scratch.old_index.iter().filter(|k| !scratch.new_index.contains(k)) {
+            for k in scratch
+                .old_index
+                .iter()
+                .filter(|k| !scratch.new_index.contains(k))
+            {
                 index.delete_one_duplicate(txn, k, &scratch.key)?;
             }
-            for k in scratch.new_index.iter().filter(|k| !scratch.old_index.contains(k)) {
+            for k in scratch
+                .new_index
+                .iter()
+                .filter(|k| !scratch.old_index.contains(k))
+            {
                 index.put(txn, k, &scratch.key)?;
             }
         }
         scratch.entry.clear();
-        Header { version, expires_at, deleted: false, origin: self.options.node_id }.write(&mut scratch.entry);
+        Header {
+            version,
+            expires_at,
+            deleted: false,
+            origin: self.options.node_id,
+        }
+        .write(&mut scratch.entry);
         value::archive_into(&new, &mut scratch.entry);
         table.records.put(txn, &scratch.key, &scratch.entry)?;
         let created = old.is_none();
@@ -419,7 +561,14 @@ impl Writer {
         Ok((OpResult::Written { key, created }, Some(new)))
     }
 
-    fn delete(&self, txn: &mut RwTxn, table: &Table, key: &Value, version: f64, scratch: &mut Scratch) -> Result<bool, WriteError> {
+    fn delete(
+        &self,
+        txn: &mut RwTxn,
+        table: &Table,
+        key: &Value,
+        version: f64,
+        scratch: &mut Scratch,
+    ) -> Result<bool, WriteError> {
         encode_primary_key(key, &mut scratch.key)?;
         let Some(bytes) = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec) else {
             return Ok(false);
@@ -438,7 +587,13 @@ impl Writer {
         }
         // A tombstone keeps the version, so an older replicated write cannot resurrect the record.
         scratch.entry.clear();
-        Header { version, expires_at: None, deleted: true, origin: self.options.node_id }.write(&mut scratch.entry);
+        Header {
+            version,
+            expires_at: None,
+            deleted: true,
+            origin: self.options.node_id,
+        }
+        .write(&mut scratch.entry);
         table.records.put(txn, &scratch.key, &scratch.entry)?;
         self.add_count(txn, &table.name, -1)?;
         Ok(true)
@@ -449,19 +604,27 @@ impl Writer {
             KeyType::Uuid | KeyType::UrlOnly => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
             KeyType::Increment => {
                 let counter = layout::meta_key("autoinc", &table.name);
-                let next = read_i64(self.db.meta.get(txn, &counter)?).saturating_add(1).max(1);
+                let next = read_i64(self.db.meta.get(txn, &counter)?)
+                    .saturating_add(1)
+                    .max(1);
                 Ok(Value::Int(next))
             }
             KeyType::NotGenerated => Err(WriteError::Invalid(format!(
                 "A primary key is required: keys of type {} are not generated",
-                table.def.primary_key_attribute().map(|a| a.ty.name()).unwrap_or("?")
+                table
+                    .def
+                    .primary_key_attribute()
+                    .map(|a| a.ty.name())
+                    .unwrap_or("?")
             ))),
         }
     }
 
     fn add_count(&self, txn: &mut RwTxn, table: &str, delta: i64) -> Result<(), WriteError> {
         let key = layout::meta_key("count", table);
-        let count = read_i64(self.db.meta.get(txn, &key)?).saturating_add(delta).max(0);
+        let count = read_i64(self.db.meta.get(txn, &key)?)
+            .saturating_add(delta)
+            .max(0);
         self.db.meta.put(txn, &key, &count.to_le_bytes())?;
         Ok(())
     }
@@ -480,9 +643,15 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
     let indexes_key = layout::meta_key("indexes", &name);
     let (previous, built) = {
         let rtxn = env.read_txn()?;
-        let previous = db.meta.get(&rtxn, &stored_key)?.and_then(|b| serde_json::from_slice::<StoredTable>(b).ok());
-        let built: Vec<String> =
-            db.meta.get(&rtxn, &indexes_key)?.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let previous = db
+            .meta
+            .get(&rtxn, &stored_key)?
+            .and_then(|b| serde_json::from_slice::<StoredTable>(b).ok());
+        let built: Vec<String> = db
+            .meta
+            .get(&rtxn, &indexes_key)?
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
         (previous, built)
     };
     if let Some(previous) = &previous {
@@ -493,17 +662,27 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
             )));
         }
     }
-    let wanted: Vec<String> =
-        def.attributes.iter().filter(|a| a.indexed && !a.primary_key).map(|a| a.name.clone()).collect();
+    let wanted: Vec<String> = def
+        .attributes
+        .iter()
+        .filter(|a| a.indexed && !a.primary_key)
+        .map(|a| a.name.clone())
+        .collect();
     // Sub-databases are created first, each in its own transaction (heed's rule for handles).
     let records = super::create_db(env, &name, false)?;
     let mut indexes = Vec::new();
     for attribute in &wanted {
-        indexes.push((attribute.clone(), super::create_db(env, &layout::index_db_name(&name, attribute), true)?));
+        indexes.push((
+            attribute.clone(),
+            super::create_db(env, &layout::index_db_name(&name, attribute), true)?,
+        ));
     }
     let mut dropped = Vec::new();
     for attribute in built.iter().filter(|a| !wanted.contains(a)) {
-        dropped.push((attribute.clone(), super::create_db(env, &layout::index_db_name(&name, attribute), true)?));
+        dropped.push((
+            attribute.clone(),
+            super::create_db(env, &layout::index_db_name(&name, attribute), true)?,
+        ));
     }
     let mut wtxn = env.write_txn()?;
     let now = super::now_ms();
@@ -529,7 +708,10 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
             index.put(&mut wtxn, &k, &pk)?;
         }
         if count > 0 {
-            tracing::info!("built index {}.{name}.{attribute}: {count} entries", db.name);
+            tracing::info!(
+                "built index {}.{name}.{attribute}: {count} entries",
+                db.name
+            );
         }
     }
     for (attribute, index) in &dropped {
@@ -538,12 +720,23 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
     }
     let index_list = serde_json::to_vec(&wanted).unwrap_or_default();
     db.meta.put(&mut wtxn, &indexes_key, &index_list)?;
-    let schema_defined = previous.map(|p| p.schema_defined).unwrap_or(false) || def.export.is_some() || def.location.is_some();
-    let stored = serde_json::to_vec(&StoredTable::from_def(&def, schema_defined)).unwrap_or_default();
+    let schema_defined = previous.map(|p| p.schema_defined).unwrap_or(false)
+        || def.export.is_some()
+        || def.location.is_some();
+    let stored =
+        serde_json::to_vec(&StoredTable::from_def(&def, schema_defined)).unwrap_or_default();
     db.meta.put(&mut wtxn, &stored_key, &stored)?;
     wtxn.commit()?;
-    let table = Arc::new(Table { name: Arc::from(name.as_str()), def: Arc::new(def), records, indexes });
-    db.tables.write().unwrap_or_else(|e| e.into_inner()).insert(name, table.clone());
+    let table = Arc::new(Table {
+        name: Arc::from(name.as_str()),
+        def: Arc::new(def),
+        records,
+        indexes,
+    });
+    db.tables
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name, table.clone());
     Ok(table)
 }
 
@@ -556,7 +749,10 @@ struct Scratch {
 }
 
 fn read_i64(bytes: Option<&[u8]>) -> i64 {
-    bytes.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(i64::from_le_bytes).unwrap_or(0)
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_le_bytes)
+        .unwrap_or(0)
 }
 
 fn timestamp(ty: &FieldType, version: f64) -> Value {
@@ -571,12 +767,19 @@ fn timestamp(ty: &FieldType, version: f64) -> Value {
 pub(super) fn encode_primary_key(key: &Value, out: &mut Vec<u8>) -> Result<(), WriteError> {
     match key {
         Value::String(_) | Value::Int(_) | Value::Float(_) | Value::BigInt(_) => {}
-        _ => return Err(WriteError::Invalid("Primary key must be a string or a number".into())),
+        _ => {
+            return Err(WriteError::Invalid(
+                "Primary key must be a string or a number".into(),
+            ))
+        }
     }
     out.clear();
-    value::key::encode(key, out).map_err(|e| WriteError::Invalid(format!("Invalid primary key: {e}")))?;
+    value::key::encode(key, out)
+        .map_err(|e| WriteError::Invalid(format!("Invalid primary key: {e}")))?;
     if out.len() > KEY_BYTES_MAX {
-        return Err(WriteError::Invalid(format!("Primary key is longer than {KEY_BYTES_MAX} bytes")));
+        return Err(WriteError::Invalid(format!(
+            "Primary key is longer than {KEY_BYTES_MAX} bytes"
+        )));
     }
     Ok(())
 }

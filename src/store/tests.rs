@@ -1,0 +1,324 @@
+//! Store tests on a real LMDB environment in a temporary folder.
+
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::schema::parse_schema_str;
+use crate::value::{json, Value};
+
+const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey name: String @indexed tags: [String] @indexed age: Int created: Long @createdTime updated: Long @updatedTime }
+type Counter @table { n: Long @primaryKey v: Int }";
+
+fn open(dir: &std::path::Path, commits: Arc<Mutex<Vec<Arc<Commit>>>>) -> Arc<Store> {
+    let publisher: Publisher = Arc::new(move |c| commits.lock().unwrap().push(c));
+    let store = Store::open(StoreOptions::new(dir), publisher).unwrap();
+    store
+        .apply_schema(&parse_schema_str(SCHEMA, "t.graphql").unwrap().tables)
+        .unwrap();
+    store
+}
+
+fn put(table: &str, key: Option<Value>, body: &str, mode: PutMode) -> WriteOp {
+    WriteOp::Put {
+        table: table.into(),
+        key,
+        record: json::parse(body.as_bytes()).unwrap(),
+        mode,
+        expires_in_s: None,
+    }
+}
+
+fn write(db: &Database, ops: Vec<WriteOp>) -> Result<WriteOutcome, WriteError> {
+    let rx = db.submit(WriteRequest { ops, user: None })?;
+    futures_lite_block_on(rx).expect("writer replied")
+}
+
+/// The writer replies through a oneshot meant for a core; a test thread just polls it.
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+    fn noop(_: *const ()) {}
+    fn clone(_: *const ()) -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VTABLE)
+    }
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+    // SAFETY: the vtable's functions ignore the data pointer.
+    let waker = unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) };
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn get_json(db: &Database, table: &str, key: &Value) -> Option<String> {
+    let t = db.table(table).unwrap();
+    let txn = db.read().unwrap();
+    txn.get(&t, key)
+        .unwrap()
+        .map(|r| String::from_utf8(json::to_vec(r.value)).unwrap())
+}
+
+fn index_keys_for(db: &Database, table: &str, attr: &str, value: &Value) -> Vec<Value> {
+    let t = db.table(table).unwrap();
+    let txn = db.read().unwrap();
+    let mut k = Vec::new();
+    crate::value::key::encode_index_prefix(value, &mut k);
+    txn.index_range(&t, attr, Bound::Included(&k), Bound::Included(&k), false)
+        .unwrap()
+        .map(|r| crate::value::key::decode(r.unwrap().1).unwrap())
+        .collect()
+}
+
+#[test]
+fn put_get_merge_delete_and_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let store = open(dir.path(), commits.clone());
+    let db = store.database("data").unwrap();
+    let one = Value::String("1".into());
+
+    let out = write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(one.clone()),
+            r#"{"name":"Rex","tags":["a","b"],"age":3,"id":"ignored"}"#,
+            PutMode::Replace,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        out.results,
+        vec![OpResult::Written {
+            key: one.clone(),
+            created: true
+        }]
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    assert_eq!(rec["id"], "1", "URL id wins over the body's");
+    assert_eq!(rec["name"], "Rex");
+    let created = rec["created"].as_i64().unwrap();
+    assert_eq!(
+        index_keys_for(&db, "Dog", "name", &Value::String("Rex".into())),
+        vec![one.clone()]
+    );
+    assert_eq!(
+        index_keys_for(&db, "Dog", "tags", &Value::String("b".into())),
+        vec![one.clone()]
+    );
+
+    // Insert on an existing key skips; upsert merges and keeps @createdTime.
+    let out = write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(one.clone()),
+            r#"{"name":"Max"}"#,
+            PutMode::Insert,
+        )],
+    )
+    .unwrap();
+    assert_eq!(out.results, vec![OpResult::Skipped { key: one.clone() }]);
+    write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(one.clone()),
+            r#"{"name":"Max","tags":["b","c"]}"#,
+            PutMode::Upsert,
+        )],
+    )
+    .unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    assert_eq!(
+        (
+            rec["name"].as_str(),
+            rec["age"].as_i64(),
+            rec["created"].as_i64()
+        ),
+        (Some("Max"), Some(3), Some(created))
+    );
+    assert!(
+        index_keys_for(&db, "Dog", "name", &Value::String("Rex".into())).is_empty(),
+        "old index entry removed"
+    );
+    assert!(index_keys_for(&db, "Dog", "tags", &Value::String("a".into())).is_empty());
+    assert_eq!(
+        index_keys_for(&db, "Dog", "tags", &Value::String("c".into())),
+        vec![one.clone()]
+    );
+
+    // Replace drops absent properties.
+    write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(one.clone()),
+            r#"{"age":6}"#,
+            PutMode::Replace,
+        )],
+    )
+    .unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    assert!(rec.get("name").is_none());
+    assert_eq!(rec["created"].as_i64(), Some(created));
+
+    let out = write(
+        &db,
+        vec![WriteOp::Delete {
+            table: "Dog".into(),
+            key: one.clone(),
+        }],
+    )
+    .unwrap();
+    assert_eq!(
+        out.results,
+        vec![OpResult::Deleted {
+            key: one.clone(),
+            existed: true
+        }]
+    );
+    assert_eq!(get_json(&db, "Dog", &one), None);
+    assert!(
+        index_keys_for(&db, "Dog", "name", &Value::Null).is_empty(),
+        "tombstones are not indexed"
+    );
+
+    // Generated keys: UUID for ID, max + 1 for Long.
+    let out = write(
+        &db,
+        vec![put("Dog", None, r#"{"name":"Gen"}"#, PutMode::Insert)],
+    )
+    .unwrap();
+    let OpResult::Written {
+        key: Value::String(uuid),
+        ..
+    } = &out.results[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(uuid.len(), 36);
+    write(
+        &db,
+        vec![put("Counter", Some(Value::Int(41)), "{}", PutMode::Replace)],
+    )
+    .unwrap();
+    let out = write(&db, vec![put("Counter", None, "{}", PutMode::Insert)]).unwrap();
+    assert_eq!(
+        out.results[0],
+        OpResult::Written {
+            key: Value::Int(42),
+            created: true
+        }
+    );
+
+    // Versions increase; every committed request was published once.
+    let commits = commits.lock().unwrap();
+    assert!(commits.windows(2).all(|w| w[0].version < w[1].version));
+    assert_eq!(
+        commits.len(),
+        7,
+        "the skipped insert changed nothing and published nothing"
+    );
+}
+
+#[test]
+fn a_failing_op_rolls_back_its_whole_request_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.database("data").unwrap();
+    let err = write(
+        &db,
+        vec![
+            put(
+                "Dog",
+                Some(Value::String("a".into())),
+                r#"{"name":"A"}"#,
+                PutMode::Replace,
+            ),
+            put(
+                "Counter",
+                Some(Value::Int(1)),
+                r#"{"v":1}"#,
+                PutMode::Replace,
+            ),
+            put("Dog", Some(Value::Bool(true)), "{}", PutMode::Replace),
+        ],
+    )
+    .unwrap_err();
+    assert!(matches!(err, WriteError::Invalid(_)), "{err:?}");
+    assert_eq!(
+        get_json(&db, "Dog", &Value::String("a".into())),
+        None,
+        "nothing of the failed request stays"
+    );
+    assert_eq!(get_json(&db, "Counter", &Value::Int(1)), None);
+    assert!(write(&db, vec![put("Nope", None, "{}", PutMode::Insert)]).is_err());
+    write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(Value::String("b".into())),
+            "{}",
+            PutMode::Replace,
+        )],
+    )
+    .unwrap();
+    assert!(get_json(&db, "Dog", &Value::String("b".into())).is_some());
+}
+
+#[test]
+fn data_and_new_indexes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+        let db = store.database("data").unwrap();
+        for i in 0..50 {
+            write(
+                &db,
+                vec![put(
+                    "Dog",
+                    Some(Value::Int(i)),
+                    &format!(r#"{{"name":"n{}","age":{}}}"#, i % 5, i % 7),
+                    PutMode::Replace,
+                )],
+            )
+            .unwrap();
+        }
+        store.close();
+    }
+    // Reopen with `age` newly indexed: it is backfilled.
+    let publisher: Publisher = Arc::new(|_| {});
+    let store = Store::open(StoreOptions::new(dir.path()), publisher).unwrap();
+    let schema = SCHEMA
+        .replace("age: Int", "age: Int @indexed")
+        .replace("name: String @indexed", "name: String");
+    store
+        .apply_schema(&parse_schema_str(&schema, "t.graphql").unwrap().tables)
+        .unwrap();
+    let db = store.database("data").unwrap();
+    let t = db.table("Dog").unwrap();
+    assert!(t.indexed("age") && !t.indexed("name"));
+    let sixes = index_keys_for(&db, "Dog", "age", &Value::Int(6));
+    assert_eq!(
+        sixes,
+        vec![
+            Value::Int(6),
+            Value::Int(13),
+            Value::Int(20),
+            Value::Int(27),
+            Value::Int(34),
+            Value::Int(41),
+            Value::Int(48)
+        ]
+    );
+    assert_eq!(db.read().unwrap().count(&t).unwrap(), 50);
+    store.close();
+}
