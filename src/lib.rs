@@ -5,6 +5,7 @@ pub mod config;
 pub mod logging;
 pub mod protocol;
 pub mod query;
+pub mod resource;
 pub mod schema;
 pub mod server;
 pub mod store;

@@ -65,5 +65,6 @@ storage:
   sync: true                 # commit waits for fsync
   writeAsync: false          # true = sync: false
   maxTransactionQueueTime: 45s
+  commitBatchMax: 1024       # requests committed (and fsynced) together at most; 1 = one per request (tidepool)
   compression: true
 "#;

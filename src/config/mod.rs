@@ -401,6 +401,8 @@ pub struct StorageConfig {
     pub path: PathBuf,
     pub sync: bool,
     pub max_transaction_queue_time: Duration,
+    /// Requests committed together at most; 1 = one fsync per request (tidepool).
+    pub commit_batch_max: usize,
 }
 
 /// The typed view of a [`ConfigTree`], checked once at start.
@@ -545,6 +547,7 @@ impl Config {
                 ),
                 sync: tree.bool("storage.sync")? && !write_async,
                 max_transaction_queue_time: tree.duration("storage.maxTransactionQueueTime")?,
+                commit_batch_max: tree.u64("storage.commitBatchMax")?.clamp(1, 65_536) as usize,
             },
             share_ports: tree.bool("http.sharePorts")?,
         })

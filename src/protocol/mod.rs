@@ -2,3 +2,4 @@
 //! reach tables only through the resource layer.
 
 pub mod http;
+pub mod rest;

@@ -618,42 +618,8 @@ impl<'a> Parser<'a> {
 
     /// Percent-decodes `raw`, which starts at byte `start` of the query.
     fn decode(&self, start: usize, raw: &str) -> Result<String, ParseError> {
-        percent_decode(raw).map_err(|(offset, detail)| self.syntax(detail, start + offset))
-    }
-}
-
-/// `%XX` escapes to bytes; the result must be UTF-8. On error, the offset into `raw` and what is
-/// wrong.
-fn percent_decode(raw: &str) -> Result<String, (usize, &'static str)> {
-    if !raw.contains('%') {
-        return Ok(raw.to_owned());
-    }
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while let Some(&byte) = bytes.get(index) {
-        if byte == b'%' {
-            let high = bytes.get(index + 1).and_then(|digit| hex_value(*digit));
-            let low = bytes.get(index + 2).and_then(|digit| hex_value(*digit));
-            match (high, low) {
-                (Some(high), Some(low)) => decoded.push(high << 4 | low),
-                _ => return Err((index, "invalid percent-encoding")),
-            }
-            index += 3;
-        } else {
-            decoded.push(byte);
-            index += 1;
-        }
-    }
-    String::from_utf8(decoded).map_err(|_| (0, "percent-encoding is not valid UTF-8"))
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
+        crate::util::percent_decode(raw)
+            .map_err(|(offset, detail)| self.syntax(detail, start + offset))
     }
 }
 

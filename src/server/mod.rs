@@ -9,6 +9,7 @@
 mod lock;
 mod notify;
 mod router;
+mod system;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use tidepool_io::{
 use crate::config::{Config, ConfigTree};
 use crate::logging::NOTIFY;
 use crate::protocol::http::{self, Limits};
+use crate::store::{Publisher, Store, StoreOptions};
 
 pub use lock::RootLock;
 use router::{PortKind, Router};
@@ -80,6 +82,7 @@ pub struct CoreStats {
 /// What every core shares, read-mostly.
 pub struct Shared {
     pub config: Config,
+    pub resources: Arc<crate::resource::Resources>,
     pub stats: Vec<CoreStats>,
     pub shutdown: Shutdown,
     pub in_flight: InFlight,
@@ -125,6 +128,12 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         )));
     }
 
+    let app = crate::schema::load_app(&opts.app_dir)
+        .map_err(|e| RunError::Invalid(format!("application {}: {e}", opts.app_dir.display())))?;
+    for warning in &app.warnings {
+        tracing::warn!("{warning}");
+    }
+
     let cores = opts.cpus.len();
     let mut ports = Vec::new();
     let rest = config.http.port.map(|a| a.0);
@@ -151,7 +160,30 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         headers_timeout: config.http.headers_timeout,
         request_timeout: config.http.request_timeout,
     };
+    // Storage opens after the ports are ours (so a second process never touches our files) and
+    // before any core serves a request.
+    let mut store_options = StoreOptions::new(&config.storage.path);
+    store_options.sync = config.storage.sync;
+    store_options.queue_time_max = config.storage.max_transaction_queue_time;
+    store_options.commit_batch_max = config.storage.commit_batch_max;
+    let publisher: Publisher = Arc::new(|_commit| {
+        // Subscriptions (real-time issue) will fan commits out to every core's inbox from here.
+    });
+    let store = Store::open(store_options, publisher)
+        .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
+    let mut tables = system::tables();
+    tables.extend(app.tables.iter().cloned());
+    store
+        .apply_schema(&tables)
+        .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
+    let resources = Arc::new(crate::resource::Resources::new(
+        store.clone(),
+        Arc::new(app),
+        Arc::new(config.clone()),
+    ));
+
     let shared = Arc::new(Shared {
+        resources,
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
         shutdown: Shutdown::new(),
         in_flight: InFlight::new(),
@@ -212,6 +244,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    store.close();
     tracing::info!(target: NOTIFY, "stopped");
     Ok(())
 }

@@ -103,6 +103,9 @@ impl Service for Router {
             }
             return;
         }
+        if crate::protocol::rest::handle(&self.shared.resources, req, resp).await {
+            return;
+        }
         resp.text(404, "Not found");
     }
 }

@@ -11,6 +11,9 @@ use super::writer::encode_primary_key;
 use super::{Database, StoreError, Table};
 use crate::value::{self, ArchivedValue, Value};
 
+/// Key/value pairs straight from LMDB, in either direction.
+type RawIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
+
 pub struct ReadTxn<'e> {
     db: &'e Database,
     txn: RoTxn<'e, WithoutTls>,
@@ -64,7 +67,7 @@ impl<'e> ReadTxn<'e> {
 
     /// Every live record in key order (`descending` reverses it).
     pub fn scan<'t>(&'t self, table: &Table, descending: bool) -> Result<Scan<'t>, StoreError> {
-        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending
+        let iter: RawIter<'t> = if descending
         {
             Box::new(table.records.rev_iter(&self.txn)?)
         } else {
@@ -86,7 +89,7 @@ impl<'e> ReadTxn<'e> {
             .index(attribute)
             .ok_or_else(|| StoreError::Io(format!("{attribute} is not indexed")))?;
         let range = (lower, upper);
-        let iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't> = if descending
+        let iter: RawIter<'t> = if descending
         {
             Box::new(index.rev_range(&self.txn, &range)?)
         } else {
@@ -135,7 +138,7 @@ impl<'e> ReadTxn<'e> {
 /// Live records in key order: (encoded key, record).
 pub struct Scan<'t> {
     txn: &'t ReadTxn<'t>,
-    iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>,
+    iter: RawIter<'t>,
 }
 
 impl<'t> Iterator for Scan<'t> {
@@ -158,7 +161,7 @@ impl<'t> Iterator for Scan<'t> {
 
 /// (index key, primary key) pairs in index order.
 pub struct IndexCursor<'t> {
-    iter: Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>,
+    iter: RawIter<'t>,
 }
 
 impl<'t> Iterator for IndexCursor<'t> {

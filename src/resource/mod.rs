@@ -1,0 +1,147 @@
+//! The resource layer: where a request meets a table and a caller's permissions.
+//!
+//! Every protocol (REST, Operations API, MQTT, WebSocket, SSE) resolves names to tables, parses
+//! ids and validates records here, so the rules of SPEC §1.4 hold whichever door a write comes
+//! through. It turns requests into store reads and [`WriteRequest`]s; it never parses protocol
+//! bytes and never opens a write transaction itself.
+
+mod records;
+mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::schema::{App, FieldType, TableDef};
+use crate::store::{Database, Store, Table, WriteError};
+use crate::value::Value;
+
+pub use records::{with_record, write};
+pub use validate::{validate_record, Validation};
+
+/// Who is asking. Until authentication lands (security issue) every caller is a super user.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub username: Option<String>,
+    pub super_user: bool,
+}
+
+impl Caller {
+    pub fn super_user(username: &str) -> Self {
+        Caller {
+            username: Some(username.to_string()),
+            super_user: true,
+        }
+    }
+}
+
+/// Shared by every core: the store, the application, the configuration.
+pub struct Resources {
+    pub store: Arc<Store>,
+    pub app: Arc<App>,
+    pub config: Arc<Config>,
+    /// Export name → (database, table).
+    exports: HashMap<String, (String, String)>,
+}
+
+impl Resources {
+    pub fn new(store: Arc<Store>, app: Arc<App>, config: Arc<Config>) -> Self {
+        let exports = app
+            .tables
+            .iter()
+            .filter_map(|t| {
+                t.export
+                    .clone()
+                    .map(|name| (name, (t.database.clone(), t.table.clone())))
+            })
+            .collect();
+        Resources {
+            store,
+            app,
+            config,
+            exports,
+        }
+    }
+
+    /// The table exported under `name` (case-sensitive), with its database.
+    pub fn export(&self, name: &str) -> Option<(Arc<Database>, Arc<Table>)> {
+        let (db, table) = self.exports.get(name)?;
+        let db = self.store.database(db)?;
+        let table = db.table(table)?;
+        Some((db, table))
+    }
+
+    pub fn table(&self, database: &str, table: &str) -> Option<(Arc<Database>, Arc<Table>)> {
+        let db = self.store.database(database)?;
+        let table = db.table(table)?;
+        Some((db, table))
+    }
+}
+
+/// Parses a record id from a URL segment (already percent-decoded) or topic level.
+///
+/// Numeric key types need a number; `Any` keys and tables without declared types read canonical
+/// decimals as numbers and the rest as strings; `ID`/`String` stay strings (SPEC §3.1).
+pub fn parse_id(def: &TableDef, raw: &str) -> Result<Value, String> {
+    let ty = def.primary_key_attribute().map(|a| a.ty.clone());
+    match ty {
+        Some(FieldType::ID | FieldType::String) => Ok(Value::String(raw.to_string())),
+        Some(FieldType::Int | FieldType::Long) => raw
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| format!("Invalid primary key {raw:?}: expected an integer")),
+        Some(FieldType::Float) => match raw.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(if f.fract() == 0.0 && f.abs() < 9e15 {
+                Value::Int(f as i64)
+            } else {
+                Value::Float(f)
+            }),
+            _ => Err(format!("Invalid primary key {raw:?}: expected a number")),
+        },
+        _ => Ok(canonical_number(raw).unwrap_or_else(|| Value::String(raw.to_string()))),
+    }
+}
+
+/// `raw` as a number when it is the canonical decimal form of one (`12`, `-3`, `1.5`, not `012`).
+pub fn canonical_number(raw: &str) -> Option<Value> {
+    if let Ok(i) = raw.parse::<i64>() {
+        return (i.to_string() == raw).then_some(Value::Int(i));
+    }
+    let f: f64 = raw.parse().ok()?;
+    let mut printed = Vec::new();
+    crate::value::json::write_float(f, &mut printed);
+    (f.is_finite() && printed == raw.as_bytes()).then_some(Value::Float(f))
+}
+
+/// The HTTP status a failed write maps to (REST and the Operations API share it).
+pub fn write_error_status(e: &WriteError) -> u16 {
+    match e {
+        WriteError::Invalid(_) => 400,
+        WriteError::NoSuchTable(_) => 404,
+        WriteError::Overloaded(_) | WriteError::Stopped => 503,
+        WriteError::Storage(_) => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::parse_schema_str;
+
+    #[test]
+    fn ids_follow_the_key_type() {
+        let schema = parse_schema_str(
+            "type A @table { id: ID @primaryKey } type B @table { id: Long @primaryKey } type C @table { id: Any @primaryKey } type D @table",
+            "t.graphql",
+        )
+        .unwrap();
+        let def = |n: &str| schema.tables.iter().find(|t| t.table == n).unwrap().clone();
+        assert_eq!(parse_id(&def("A"), "12"), Ok(Value::String("12".into())));
+        assert_eq!(parse_id(&def("B"), "12"), Ok(Value::Int(12)));
+        assert!(parse_id(&def("B"), "x").is_err());
+        assert_eq!(parse_id(&def("C"), "12"), Ok(Value::Int(12)));
+        assert_eq!(parse_id(&def("C"), "012"), Ok(Value::String("012".into())));
+        assert_eq!(parse_id(&def("D"), "1.5"), Ok(Value::Float(1.5)));
+        assert_eq!(parse_id(&def("D"), "a/b"), Ok(Value::String("a/b".into())));
+    }
+}

@@ -1,0 +1,27 @@
+//! Record verbs every protocol shares: read one record in place, and submit a write and await it.
+
+use std::sync::Arc;
+
+use crate::store::{Database, Header, StoreError, Table, WriteError, WriteOutcome, WriteRequest};
+use crate::value::{ArchivedValue, Value};
+
+/// Reads the live record `key` of `table` and hands it, still in the memory map, to `f` (which
+/// encodes it). The read transaction is closed before this returns, so callers may await after.
+pub fn with_record<R>(
+    db: &Database,
+    table: &Table,
+    key: &Value,
+    f: impl FnOnce(&Header, &ArchivedValue) -> R,
+) -> Result<Option<R>, StoreError> {
+    let txn = db.read()?;
+    Ok(txn
+        .get(table, key)?
+        .map(|record| f(&record.header, record.value)))
+}
+
+/// Submits `request` to the database's writer and waits (without blocking the core) for the
+/// commit.
+pub async fn write(db: &Arc<Database>, request: WriteRequest) -> Result<WriteOutcome, WriteError> {
+    let reply = db.submit(request)?;
+    reply.await.unwrap_or(Err(WriteError::Stopped))
+}
