@@ -469,24 +469,28 @@ impl Writer {
         encode_primary_key(&key, &mut scratch.key)?;
         let old_entry = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec);
         let now = super::now_ms();
-        let old: Option<Value> = match &old_entry {
+        // `stored` is any non-tombstone record, expired or not: it still has index entries and is
+        // still counted until the expiry sweep removes it, so index upkeep and the count follow
+        // it. `old` is the live record the write's semantics (insert, merge) see.
+        let (stored, stored_live): (Option<Value>, bool) = match &old_entry {
             Some(bytes) => {
                 let (header, body) = Header::read(bytes)?;
-                if header.is_live(now) {
-                    Some(decode_record(body)?)
+                if header.deleted {
+                    (None, false)
                 } else {
-                    None
+                    (Some(decode_record(body)?), header.is_live(now))
                 }
             }
-            None => None,
+            None => (None, false),
         };
+        let old: Option<&Value> = stored.as_ref().filter(|_| stored_live);
         match (mode, &old) {
             (PutMode::Insert, Some(_)) | (PutMode::Update, None) => {
                 return Ok((OpResult::Skipped { key }, None))
             }
             _ => {}
         }
-        let mut new = match (&old, mode) {
+        let mut new = match (old, mode) {
             (Some(Value::Object(old)), PutMode::Update | PutMode::Upsert) => {
                 let mut merged = old.clone();
                 for (k, v) in body.iter() {
@@ -501,7 +505,7 @@ impl Writer {
         }
         for attr in &def.attributes {
             if attr.created_time {
-                let kept = old.as_ref().and_then(|o| o.get(&attr.name)).cloned();
+                let kept = old.and_then(|o| o.get(&attr.name)).cloned();
                 new.insert(
                     attr.name.as_str(),
                     kept.unwrap_or_else(|| timestamp(&attr.ty, version)),
@@ -517,8 +521,8 @@ impl Writer {
         // Index maintenance: remove the old record's entries that the new one lacks, add the rest.
         for (attribute, index) in &table.indexes {
             scratch.old_index.clear();
-            if let Some(old) = &old {
-                index_keys(old.get(attribute), &mut scratch.old_index);
+            if let Some(stored) = &stored {
+                index_keys(stored.get(attribute), &mut scratch.old_index);
             }
             scratch.new_index.clear();
             index_keys(new.get(attribute), &mut scratch.new_index);
@@ -548,7 +552,7 @@ impl Writer {
         value::archive_into(&new, &mut scratch.entry);
         table.records.put(txn, &scratch.key, &scratch.entry)?;
         let created = old.is_none();
-        if created {
+        if stored.is_none() {
             self.add_count(txn, &table.name, 1)?;
         }
         if let Value::Int(n) = key {
