@@ -343,6 +343,12 @@ fn check_after(schema: &str, requests: Vec<Vec<WriteOp>>, pause_ms: u64) -> (Vec
     (report.problems, count)
 }
 
+/// A JSON list of tags `t<i mod wrap>` for `range`: `wrap` below the range's end repeats tags.
+fn tags_json(range: std::ops::Range<u32>, wrap: u32) -> String {
+    let tags: Vec<String> = range.map(|i| format!("t{}", i % wrap)).collect();
+    serde_json::to_string(&tags).unwrap()
+}
+
 #[test]
 fn indexes_stay_consistent_with_their_tables() {
     let s = |k: &str| Some(Value::String(k.into()));
@@ -399,6 +405,23 @@ fn indexes_stay_consistent_with_their_tables() {
                     PutMode::Upsert,
                 ),
             ]],
+        ),
+        (
+            "a long list with duplicates, then one sharing half of it",
+            vec![
+                vec![put(
+                    "Dog",
+                    s("g"),
+                    &format!(r#"{{"tags":{}}}"#, tags_json(0..2000, 1500)),
+                    PutMode::Replace,
+                )],
+                vec![put(
+                    "Dog",
+                    s("g"),
+                    &format!(r#"{{"tags":{}}}"#, tags_json(1000..3000, 3000)),
+                    PutMode::Replace,
+                )],
+            ],
         ),
         (
             "long values indexed by prefix",
@@ -489,5 +512,89 @@ fn the_index_checker_reports_stray_and_missing_entries() {
             r#"data.Dog.name: record String("a") has no entry for String("A")"#,
         ]
     );
+    store.close();
+}
+
+#[test]
+fn reads_complete_while_the_writer_holds_a_long_transaction() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.database("data").unwrap();
+    write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(Value::String("probe".into())),
+            "{}",
+            PutMode::Replace,
+        )],
+    )
+    .unwrap();
+    // One request of many records: the writer applies all of them inside one write transaction.
+    let ops: Vec<WriteOp> = (0..20_000)
+        .map(|i| {
+            put(
+                "Dog",
+                Some(Value::Int(i)),
+                &format!(r#"{{"name":"n{i}","tags":["a{i}","b{i}"]}}"#),
+                PutMode::Replace,
+            )
+        })
+        .collect();
+    let clock = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each read: (event number at completion, saw any record of the big request).
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, clock, stop) = (db.clone(), clock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    let saw = {
+                        let t = db.table("Dog").unwrap();
+                        let txn = db.read().unwrap();
+                        assert!(txn
+                            .get(&t, &Value::String("probe".into()))
+                            .unwrap()
+                            .is_some());
+                        txn.get(&t, &Value::Int(0)).unwrap().is_some()
+                    };
+                    reads.push((clock.fetch_add(1, Ordering::AcqRel), saw));
+                }
+                reads
+            })
+        })
+        .collect();
+    while clock.load(Ordering::Acquire) < 10 {
+        std::thread::yield_now();
+    }
+    let submitted = clock.fetch_add(1, Ordering::AcqRel);
+    let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
+    futures_lite_block_on(rx).unwrap().unwrap();
+    let answered = clock.fetch_add(1, Ordering::AcqRel);
+    stop.store(true, Ordering::Release);
+    let reads: Vec<(u64, bool)> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    let inside = reads
+        .iter()
+        .filter(|(at, saw)| *at > submitted && *at < answered && !saw)
+        .count();
+    assert!(
+        inside >= 10,
+        "only {inside} reads completed between submit (#{submitted}) and reply (#{answered})"
+    );
+    assert!(reads
+        .iter()
+        .filter(|(at, _)| *at < submitted)
+        .all(|(_, saw)| !saw));
+    assert!(db
+        .read()
+        .unwrap()
+        .get(&db.table("Dog").unwrap(), &Value::Int(0))
+        .unwrap()
+        .is_some());
     store.close();
 }

@@ -529,14 +529,14 @@ impl Writer {
             for k in scratch
                 .old_index
                 .iter()
-                .filter(|k| !scratch.new_index.contains(k))
+                .filter(|k| scratch.new_index.binary_search(k).is_err())
             {
                 index.delete_one_duplicate(txn, k, &scratch.key)?;
             }
             for k in scratch
                 .new_index
                 .iter()
-                .filter(|k| !scratch.old_index.contains(k))
+                .filter(|k| scratch.old_index.binary_search(k).is_err())
             {
                 index.put(txn, k, &scratch.key)?;
             }
@@ -788,20 +788,22 @@ pub(super) fn encode_primary_key(key: &Value, out: &mut Vec<u8>) -> Result<(), W
     Ok(())
 }
 
-/// The index keys of one attribute value: one per array element, null for missing.
+/// The index keys of one attribute value: one per array element, null for missing. Appends to
+/// `out` and leaves it sorted and free of duplicates, so callers diff two lists by binary search:
+/// a record's list may hold many elements, and the writer must stay O(n log n) in them.
 pub(super) fn index_keys(value: Option<&Value>, out: &mut Vec<Vec<u8>>) {
     let mut push = |v: &Value| {
         let mut k = Vec::new();
         value::key::encode_index_prefix(v, &mut k);
-        if !out.contains(&k) {
-            out.push(k);
-        }
+        out.push(k);
     };
     match value {
         None => push(&Value::Null),
         Some(Value::Array(items)) if !items.is_empty() => items.iter().for_each(push),
         Some(v) => push(v),
     }
+    out.sort_unstable();
+    out.dedup();
 }
 
 pub(super) fn decode_record(body: &[u8]) -> Result<Value, StoreError> {
