@@ -18,6 +18,9 @@ mod number;
 mod order;
 mod view;
 
+#[cfg(test)]
+mod proptests;
+
 use std::fmt;
 
 use rkyv::rancor;
