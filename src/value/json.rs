@@ -14,7 +14,7 @@
 
 use super::number::{parse_magnitude_decimal, write_f64_js};
 use super::view::{Kind, ValueView};
-use super::{DecodeError, DecodeLimits, Object, Problem, Value};
+use super::{DecodeError, DecodeLimits, Object, Problem, Value, DATE_MS_MAX};
 
 /// Appends the JSON text of `value`.
 pub fn write<'a, V: ValueView<'a>>(value: V, out: &mut Vec<u8>) {
@@ -167,8 +167,6 @@ pub fn write_base64(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Largest time value JavaScript's Date accepts: ±100,000,000 days.
-const DATE_MS_MAX: f64 = 8.64e15;
 const DAY_MS: i64 = 86_400_000;
 
 /// Appends `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (no quotes). Returns false, writing nothing, for an

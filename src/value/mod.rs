@@ -277,6 +277,27 @@ impl Value {
         }
     }
 
+    /// Structural identity: like `==`, but floats and dates compare by bits with every NaN equal
+    /// to every NaN, so a value read back from any codec can be checked exactly.
+    pub fn is_identical(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Float(x), Value::Float(y)) | (Value::Date(x), Value::Date(y)) => {
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
+            }
+            (Value::Array(xs), Value::Array(ys)) => {
+                xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| x.is_identical(y))
+            }
+            (Value::Object(xs), Value::Object(ys)) => {
+                xs.len() == ys.len()
+                    && xs
+                        .iter()
+                        .zip(ys.iter())
+                        .all(|((kx, x), (ky, y))| kx == ky && x.is_identical(y))
+            }
+            _ => self == other,
+        }
+    }
+
     /// Total order over all values, consistent with [`key::encode`]'s byte order.
     pub fn cmp_total(&self, other: &Value) -> std::cmp::Ordering {
         order::cmp_total(self, other)
@@ -419,6 +440,9 @@ impl Default for DecodeLimits {
         }
     }
 }
+
+/// Largest |ms| of a Date decoders accept: JavaScript's Date range, ±100,000,000 days.
+pub const DATE_MS_MAX: f64 = 8.64e15;
 
 /// A body that does not decode: what went wrong and at which byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
