@@ -170,6 +170,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a CBOR body: exactly one data item.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    let limits = &limits.clamped();
     if bytes.len() > limits.bytes_max {
         return Err(DecodeError::new(
             limits.bytes_max,

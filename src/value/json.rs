@@ -231,6 +231,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a JSON body: exactly one value, surrounded by optional whitespace.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    let limits = &limits.clamped();
     if bytes.len() > limits.bytes_max {
         return Err(DecodeError::new(
             limits.bytes_max,
@@ -609,6 +610,7 @@ mod tests {
         );
         check(r#""\ud800x""#, "\"\u{fffd}x\"");
         check("[[],{}]", "[[],{}]");
+        check("\u{feff} 7", "7");
     }
 
     #[test]

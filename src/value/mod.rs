@@ -422,13 +422,27 @@ pub fn deserialize(archived: &ArchivedValue) -> Result<Value, ValueError> {
 /// naming the limit; nothing is truncated silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
-    /// Nesting depth of arrays and objects.
+    /// Nesting depth of arrays and objects (and CBOR tags); at most [`DEPTH_CEILING`].
     pub depth_max: usize,
     /// Size of the whole body.
     pub bytes_max: usize,
     /// Number of values (scalars and containers) in the body; bounds the work and memory a
     /// small body can cause (e.g. CBOR's one-byte empty arrays).
     pub values_max: usize,
+}
+
+/// Ceiling on `depth_max`: the parsers recurse once per level, and this keeps the deepest
+/// recursion well inside an executor thread's stack whatever the configuration says.
+pub const DEPTH_CEILING: usize = 1024;
+
+impl DecodeLimits {
+    /// These limits with `depth_max` held to [`DEPTH_CEILING`].
+    pub(crate) fn clamped(&self) -> DecodeLimits {
+        DecodeLimits {
+            depth_max: self.depth_max.min(DEPTH_CEILING),
+            ..*self
+        }
+    }
 }
 
 impl Default for DecodeLimits {

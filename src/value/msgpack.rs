@@ -188,6 +188,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a MessagePack body: exactly one value.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    let limits = &limits.clamped();
     if bytes.len() > limits.bytes_max {
         return Err(DecodeError::new(
             limits.bytes_max,
