@@ -470,7 +470,8 @@ fn negative(n: u64) -> Value {
 /// A Date within JavaScript's range (NaN, ±∞ and beyond ±8.64e15 ms are rejected).
 fn date(ms: f64, at: usize) -> Result<Value, DecodeError> {
     if ms.abs() <= DATE_MS_MAX {
-        Ok(Value::Date(ms))
+        // `+ 0.0` turns -0 (from rounding a tiny negative) into 0: one instant, one value.
+        Ok(Value::Date(ms + 0.0))
     } else {
         Err(DecodeError::new(at, Problem::InvalidNumber))
     }
@@ -520,7 +521,11 @@ mod tests {
     }
 
     fn check_parse(input_hex: &str, expected: Result<Value, DecodeError>) {
-        assert_eq!(parse(&unhex(input_hex)), expected, "{input_hex}");
+        match (parse(&unhex(input_hex)), expected) {
+            // Identity, not `==`: -0 and 0 must differ here.
+            (Ok(got), Ok(want)) => assert!(got.is_identical(&want), "{input_hex}: {got:?}"),
+            (got, want) => assert_eq!(got, want, "{input_hex}"),
+        }
     }
 
     #[test]
@@ -581,6 +586,7 @@ mod tests {
         );
         check_parse("f7", Ok(Value::Null));
         check_parse("c1fb41d999a660080000", Ok(Value::Date(1_718_000_000_125.0)));
+        check_parse("c1fbbf279959a6080000", Ok(Value::Date(0.0)));
         check_parse(
             "c1fb7ff8000000000000",
             Err(DecodeError::new(1, Problem::InvalidNumber)),
