@@ -75,11 +75,14 @@ impl Router {
     }
 }
 
+/// A per-core counter: its name, help text and how to read it.
+type PerCoreMetric = (&'static str, &'static str, fn(&super::CoreStats) -> u64);
+
 impl Router {
     fn metrics(&self) -> String {
         use crate::metrics::Exposition;
         let mut e = Exposition::new();
-        let per_core: [(&str, &str, fn(&super::CoreStats) -> u64); 4] = [
+        let per_core: [PerCoreMetric; 4] = [
             (
                 "tidepool_connections_accepted_total",
                 "Connections accepted, per core.",
