@@ -9,6 +9,7 @@
 mod lock;
 mod notify;
 mod router;
+mod static_files;
 mod system;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -85,6 +86,7 @@ pub struct CoreStats {
 pub struct Shared {
     pub config: Config,
     pub resources: Arc<crate::resource::Resources>,
+    pub static_files: Option<static_files::StaticFiles>,
     pub stats: Vec<CoreStats>,
     pub shutdown: Shutdown,
     pub in_flight: InFlight,
@@ -178,6 +180,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store
         .apply_schema(&tables)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
+    let static_files = static_files::StaticFiles::load(&app);
     let resources = Arc::new(crate::resource::Resources::new(
         store.clone(),
         Arc::new(app),
@@ -186,6 +189,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let shared = Arc::new(Shared {
         resources,
+        static_files,
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
         shutdown: Shutdown::new(),
         in_flight: InFlight::new(),

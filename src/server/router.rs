@@ -280,6 +280,11 @@ impl Service for Router {
         if crate::protocol::rest::handle(&self.shared.resources, req, resp).await {
             return;
         }
+        if let Some(files) = &self.shared.static_files {
+            if files.serve(req, resp) {
+                return;
+            }
+        }
         resp.text(404, "Not found");
     }
 }
