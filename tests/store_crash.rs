@@ -8,6 +8,11 @@
 //! in flight when the server died. Between the kill and the restart the test opens the store
 //! itself and checks that every index of every database matches its table. The seed is printed;
 //! `TIDEPOOL_SEED=<n>` replays the same kill moments and writes.
+//!
+//! What it cannot show: a killed process leaves its written pages in the OS page cache, so this
+//! test passes with `storage.sync` off too. It holds the server to acknowledging only after commit
+//! and to atomic, consistent commits; surviving power loss (the fsync) needs a VM or a fault-
+//! injecting file system.
 
 mod common;
 
