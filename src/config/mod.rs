@@ -691,6 +691,50 @@ mod tests {
     }
 
     #[test]
+    fn mtls_and_tls_paths() {
+        let check = |file: &str, args: &[(&str, &str)], expected: Option<MtlsConfig>| {
+            let (c, warnings) = load(file, &[], args).unwrap();
+            assert_eq!(c.http.mtls, expected, "{file} {args:?}");
+            assert!(warnings.is_empty(), "{warnings:?}");
+        };
+        let optional = MtlsConfig {
+            user: None,
+            required: false,
+            certificate_authority: None,
+        };
+        check("", &[], None);
+        check("http:\n  mtls: true\n", &[], Some(optional.clone()));
+        check("", &[("HTTP_MTLS", "true")], Some(optional.clone()));
+        check(
+            "http:\n  mtls:\n    required: true\n    user: admin\n    certificateAuthority: <root>/ca2.pem\n",
+            &[],
+            Some(MtlsConfig {
+                user: Some("admin".into()),
+                required: true,
+                certificate_authority: Some(PathBuf::from("/tmp/root/ca2.pem")),
+            }),
+        );
+        check(
+            "",
+            &[("HTTP_MTLS", r#"{"required": true}"#)],
+            Some(MtlsConfig {
+                required: true,
+                ..optional
+            }),
+        );
+        let e = load("http:\n  mtls: 3\n", &[], &[]).unwrap_err();
+        assert_eq!(e.key, "http.mtls");
+        let e = load("http:\n  mtls:\n    required: sometimes\n", &[], &[]).unwrap_err();
+        assert_eq!(e.key, "http.mtls.required");
+        let (c, _) = load("tls:\n  certificate: cert.pem\n", &[], &[]).unwrap();
+        assert_eq!(c.tls.certificate, PathBuf::from("/tmp/root/cert.pem"));
+        assert_eq!(
+            c.tls.private_key,
+            PathBuf::from("/tmp/root/keys/privateKey.pem")
+        );
+    }
+
+    #[test]
     fn unknown_keys_warn() {
         let (_, warnings) =
             load("http:\n  porty: 1\nnope: 2\n", &[], &[("NOT_A_KEY", "1")]).unwrap();
