@@ -226,7 +226,7 @@ fn old_protocol_versions_refused() {
         let shown = text(&out.stdout);
         assert!(out.status.success(), "{version}: {}", text(&out.stderr));
         assert!(
-            shown.contains(&format!("Protocol  : {expected}")),
+            shown.contains(&format!("New, {expected}, Cipher")),
             "{shown}"
         );
     }
