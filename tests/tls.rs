@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Builder, Server};
@@ -233,21 +232,9 @@ fn old_protocol_versions_refused() {
 }
 
 fn tls_client(ca: &Path) -> rustls::ClientConnection {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(ca).unwrap();
-    use rustls::pki_types::pem::PemObject;
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = tidepool::server::tls::client_config(ca, None, &[b"http/1.1"]).unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    rustls::ClientConnection::new(Arc::new(config), name).unwrap()
+    rustls::ClientConnection::new(config, name).unwrap()
 }
 
 /// Reads until `count` responses to `GET /health` ("...\r\n\r\nOK") have arrived.
@@ -458,4 +445,15 @@ fn mtls_optional_accepts_no_certificate_but_not_a_bad_one() {
         "true",
         &[("trusted", true), ("none", true), ("untrusted", false)],
     );
+}
+
+#[test]
+fn silent_handshake_does_not_hold_shutdown() {
+    let mut secure = Secure::start(Builder::new());
+    // A client that connects and never says hello.
+    let _silent = TcpStream::connect(secure.rest).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    secure.server.signal(libc::SIGTERM);
+    let exit = secure.server.wait_exit(Duration::from_secs(5));
+    assert_eq!(exit, Some(Some(0)), "no clean exit within 5 s");
 }

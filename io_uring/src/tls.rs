@@ -62,9 +62,9 @@ impl Transport for Stream {
 
 /// Ciphertext asked for per read: one whole TLS record (16 KiB plus header and tag).
 const CIPHERTEXT_READ_BYTES: usize = 17 * 1024 + 512;
-/// Plaintext taken out of rustls per step. rustls holds at most 16 KiB of received plaintext,
-/// so this bounds the zeroed scratch added to a caller's (possibly huge, pre-reserved) buffer.
-const PLAINTEXT_STEP_BYTES: usize = 32 * 1024;
+/// Plaintext taken out of rustls per step: one record's worth. It bounds the scratch zeroed in a
+/// caller's buffer per step, which may have a whole upload's capacity reserved.
+const PLAINTEXT_STEP_BYTES: usize = 16 * 1024;
 
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)

@@ -308,6 +308,40 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The client side, for links this node opens (MQTT bridges, replication) and for tests: trusts
+/// the certificates in `ca` and, with `identity`, presents that certificate chain and key (the
+/// node's own `tls` files for mTLS to a peer).
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in load_certificates(ca)? {
+        roots
+            .add(certificate)
+            .map_err(|e| TlsError::Config(format!("{}: not a usable CA: {e}", ca.display())))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((certificate, key)) => builder
+            .with_client_auth_cert(load_certificates(certificate)?, load_key(key)?)
+            .map_err(|e| {
+                TlsError::Config(format!(
+                    "{} and {} do not make a usable certificate: {e}",
+                    certificate.display(),
+                    key.display()
+                ))
+            })?,
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +405,13 @@ mod tests {
         ] {
             server_config(&tls, mtls.as_ref(), &[b"http/1.1"]).unwrap();
         }
+        client_config(
+            &tls.certificate_authority,
+            Some((&tls.certificate, &tls.private_key)),
+            &[],
+        )
+        .unwrap();
+        assert!(client_config(&tls.private_key, None, &[]).is_err());
     }
 
     #[test]
