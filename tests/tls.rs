@@ -308,17 +308,19 @@ fn large_bodies_cross_many_records() {
     assert!(out.contains(&owner), "GET returned {} bytes", out.len());
 }
 
-/// A key and a certificate for `cn`, signed by `ca`/`ca_key` (or self-made CA when None).
+/// A client key and certificate for `cn`, signed by `ca`/`ca_key`.
 fn client_certificate(dir: &Path, cn: &str, ca: &Path, ca_key: &Path) -> (PathBuf, PathBuf) {
+    let extensions = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
+    issue(dir, cn, ca, ca_key, extensions)
+}
+
+/// A key and a certificate for `cn` with `extensions`, signed by `ca`/`ca_key`.
+fn issue(dir: &Path, cn: &str, ca: &Path, ca_key: &Path, extensions: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{cn}.key"));
     let csr = dir.join(format!("{cn}.csr"));
     let cert = dir.join(format!("{cn}.pem"));
-    let ext = dir.join("client.ext");
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
+    let ext = dir.join(format!("{cn}.ext"));
+    std::fs::write(&ext, extensions).unwrap();
     let subject = format!("/CN={cn}");
     let out = run(
         "openssl",
@@ -456,4 +458,77 @@ fn silent_handshake_does_not_hold_shutdown() {
     secure.server.signal(libc::SIGTERM);
     let exit = secure.server.wait_exit(Duration::from_secs(5));
     assert_eq!(exit, Some(Some(0)), "no clean exit within 5 s");
+}
+
+/// The subject line `openssl s_client` shows for the secure REST port, verified against the CA.
+fn served_subject(secure: &Secure) -> String {
+    let connect = format!("127.0.0.1:{}", secure.rest.port());
+    let ca = secure.ca();
+    let out = run(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-CAfile",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    shown
+        .lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits for `needle` in `<root>/log/hdb.log` (errors go only there), at its `count`th occurrence.
+fn wait_for_log(secure: &Secure, needle: &str, count: usize) {
+    let path = secure.server.root.path().join("log/hdb.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.matches(needle).count() >= count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no log line containing {needle:?} in {}", path.display());
+}
+
+#[test]
+fn sighup_reloads_the_certificate() {
+    let secure = Secure::start(Builder::new());
+    let keys = secure.keys();
+    let first = served_subject(&secure);
+    assert!(!first.contains("renewed"), "{first}");
+
+    // A broken file: the reload fails and the running certificate stays.
+    let original_key = std::fs::read(keys.join("privateKey.pem")).unwrap();
+    std::fs::write(keys.join("privateKey.pem"), "not a key").unwrap();
+    secure.server.signal(libc::SIGHUP);
+    wait_for_log(&secure, "not reloaded", 1);
+    assert_eq!(served_subject(&secure), first);
+    std::fs::write(keys.join("privateKey.pem"), &original_key).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = issue(
+        dir.path(),
+        "renewed",
+        &keys.join("ca.pem"),
+        &keys.join("caPrivateKey.pem"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    );
+    std::fs::copy(&cert, keys.join("certificate.pem")).unwrap();
+    std::fs::copy(&key, keys.join("privateKey.pem")).unwrap();
+    secure.server.signal(libc::SIGHUP);
+    wait_for_log(&secure, "reloaded the TLS certificate", 1);
+    let now = served_subject(&secure);
+    assert!(now.contains("CN = renewed"), "{now}");
+    let (code, body, err) = curl(&secure, &[], &secure.url("/health"));
+    assert_eq!((code, body.as_str()), (Some(0), "OK"), "{err}");
 }

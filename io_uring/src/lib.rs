@@ -27,6 +27,6 @@ pub use shutdown::{InFlight, InFlightGuard, Shutdown};
 pub use signals::TerminationSignals;
 pub use time::{sleep, timeout, Elapsed};
 pub use tls::{
-    certificate_subject_cn, local_ip_addresses, rustls, TlsAcceptor, TlsConnector, TlsStream,
-    Transport,
+    certificate_subject_cn, local_ip_addresses, rustls, watch_hangups, TlsAcceptor, TlsConnector,
+    TlsStream, Transport,
 };

@@ -310,6 +310,20 @@ impl<T: Transport> Transport for TlsStream<T> {
     }
 }
 
+/// Calls `on_hangup` on a thread of its own at every SIGHUP, the conventional "reload your
+/// certificates" signal; certificate reload is its only user, hence its place here.
+pub fn watch_hangups(mut on_hangup: impl FnMut() + Send + 'static) -> io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                on_hangup();
+            }
+        })?;
+    Ok(())
+}
+
 /// Reads one DER element at the start of `der`: its tag, contents, and what follows it.
 fn der_next(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = der.split_first()?;

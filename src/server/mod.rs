@@ -158,7 +158,14 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
         ports.push(bind(PortKind::Operations, addr, cores, config.share_ports)?);
     }
-    bind_secure_ports(&config, &mut ports, cores)?;
+    if let Some(certificate) = bind_secure_ports(&config, &mut ports, cores)? {
+        let tls_files = config.tls.clone();
+        tidepool_io::watch_hangups(move || match certificate.reload(&tls_files) {
+            Ok(()) => tracing::info!(target: NOTIFY, "SIGHUP: reloaded the TLS certificate {}", tls_files.certificate.display()),
+            Err(e) => tracing::error!("SIGHUP: TLS certificate not reloaded, the running one stays: {e}"),
+        })
+        .map_err(|e| RunError::Invalid(format!("cannot install the SIGHUP handler: {e}")))?;
+    }
     let ports = Arc::new(ports);
 
     let limits = Limits {
@@ -282,11 +289,12 @@ fn secure_name(kind: PortKind) -> &'static str {
 /// First start generates the `tls` files (SPEC §1.2) whether or not a secure port is on, as MQTT
 /// and replication use them too; then `http.securePort` and `operationsApi.network.securePort`
 /// are bound like the plain ports (one listener per core, equal addresses share one listener).
+/// Returns the certificate they serve, for SIGHUP to reload, when any is bound.
 fn bind_secure_ports(
     config: &Config,
     ports: &mut Vec<BoundPort>,
     cores: usize,
-) -> Result<(), RunError> {
+) -> Result<Option<Arc<tls::CertificateSlot>>, RunError> {
     let rest = config.http.secure_port.map(|a| a.0);
     let ops = config.operations_api_secure_port.map(|a| a.0);
     match tls::ensure_certificates(config) {
@@ -301,10 +309,17 @@ fn bind_secure_ports(
         Err(e) => return Err(RunError::Invalid(format!("TLS certificates: {e}"))),
     }
     if rest.is_none() && ops.is_none() {
-        return Ok(());
+        return Ok(None);
     }
-    let server_config = tls::server_config(&config.tls, config.http.mtls.as_ref(), &[b"http/1.1"])
-        .map_err(|e| RunError::Invalid(format!("TLS: {e}")))?;
+    let invalid = |e: tls::TlsError| RunError::Invalid(format!("TLS: {e}"));
+    let certificate = tls::CertificateSlot::load(&config.tls).map_err(invalid)?;
+    let server_config = tls::server_config(
+        certificate.clone(),
+        &config.tls,
+        config.http.mtls.as_ref(),
+        &[b"http/1.1"],
+    )
+    .map_err(invalid)?;
     let acceptor = TlsAcceptor::new(server_config);
     if let Some(addr) = rest {
         let kind = if Some(addr) == ops && addr.port() != 0 {
@@ -321,7 +336,7 @@ fn bind_secure_ports(
         port.tls = Some(acceptor);
         ports.push(port);
     }
-    Ok(())
+    Ok(Some(certificate))
 }
 
 /// `<root>/harperdb-config.yaml` is written with defaults when missing (SPEC §1.2).

@@ -12,9 +12,11 @@ use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tidepool_io::rustls::{self, pki_types, ServerConfig};
 
 use crate::config::{Config, MtlsConfig, TlsConfig};
@@ -256,16 +258,70 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| TlsError::Pem(path.to_path_buf(), e.to_string()))
 }
 
-/// The server side of TLS for one kind of listener: the `tls` files, client certificates per
-/// `mtls`, and the ALPN protocols offered (`[b"http/1.1"]` for HTTP, `[b"mqtt"]` for MQTT).
-/// Protocol versions are rustls's: TLS 1.2 and 1.3 (1.0 and 1.1 are not implemented).
+/// The server's certificate and key, shared by every TLS listener and swapped in place by
+/// [`CertificateSlot::reload`] (SIGHUP): handshakes after a reload present the new certificate,
+/// connections already open keep theirs.
+#[derive(Debug)]
+pub struct CertificateSlot {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertificateSlot {
+    pub fn load(tls: &TlsConfig) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(CertificateSlot {
+            current: RwLock::new(certified_key(tls)?),
+        }))
+    }
+
+    /// Reads the `tls` files again. On any error the running certificate stays.
+    pub fn reload(&self, tls: &TlsConfig) -> Result<(), TlsError> {
+        let fresh = certified_key(tls)?;
+        match self.current.write() {
+            Ok(mut current) => *current = fresh,
+            // A panic while holding the lock cannot leave a half-written Arc; take it anyway.
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl ResolvesServerCert for CertificateSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+fn certified_key(tls: &TlsConfig) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = load_certificates(&tls.certificate)?;
+    let key = load_key(&tls.private_key)?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| {
+            TlsError::Config(format!(
+                "{} and {} do not make a usable certificate: {e}",
+                tls.certificate.display(),
+                tls.private_key.display()
+            ))
+        })
+}
+
+/// The server side of TLS for one kind of listener: the certificate in `certificate`, client
+/// certificates per `mtls` (CA default `tls.certificateAuthority`), and the ALPN protocols offered
+/// (`[b"http/1.1"]` for HTTP, `[b"mqtt"]` for MQTT). Protocol versions are rustls's: TLS 1.2 and
+/// 1.3 (1.0 and 1.1 are not implemented).
 pub fn server_config(
+    certificate: Arc<CertificateSlot>,
     tls: &TlsConfig,
     mtls: Option<&MtlsConfig>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = load_certificates(&tls.certificate)?;
-    let key = load_key(&tls.private_key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -297,13 +353,7 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        TlsError::Config(format!(
-            "{} and {} do not make a usable certificate: {e}",
-            tls.certificate.display(),
-            tls.private_key.display()
-        ))
-    })?;
+    let mut config = builder.with_cert_resolver(certificate);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -403,7 +453,8 @@ mod tests {
                 certificate_authority: None,
             }),
         ] {
-            server_config(&tls, mtls.as_ref(), &[b"http/1.1"]).unwrap();
+            let slot = CertificateSlot::load(&tls).unwrap();
+            server_config(slot, &tls, mtls.as_ref(), &[b"http/1.1"]).unwrap();
         }
         client_config(
             &tls.certificate_authority,
@@ -412,6 +463,19 @@ mod tests {
         )
         .unwrap();
         assert!(client_config(&tls.private_key, None, &[]).is_err());
+        // A key that is not the certificate's is refused, and a failed reload keeps the old one.
+        let slot = CertificateSlot::load(&tls).unwrap();
+        let before = slot.get();
+        let mismatched = TlsConfig {
+            private_key: keys.join("other.pem"),
+            ..tls.clone()
+        };
+        write_new(&mismatched.private_key, &pems.ca_key, 0o600).unwrap();
+        assert!(CertificateSlot::load(&mismatched).is_err());
+        assert!(slot.reload(&mismatched).is_err());
+        assert!(Arc::ptr_eq(&before, &slot.get()));
+        slot.reload(&tls).unwrap();
+        assert!(!Arc::ptr_eq(&before, &slot.get()));
     }
 
     #[test]
