@@ -139,7 +139,8 @@ impl Test {
             Op::Greater => in_range(v, &self.value, Ordering::is_gt),
             Op::GreaterEqual => in_range(v, &self.value, Ordering::is_ge),
             Op::Between => {
-                in_range(v, &self.value, Ordering::is_ge) && in_range(v, &self.high, Ordering::is_le)
+                in_range(v, &self.value, Ordering::is_ge)
+                    && in_range(v, &self.high, Ordering::is_le)
             }
             Op::Contains => match (v.kind(), &self.value) {
                 (Kind::String(s), Value::String(needle)) => s.contains(needle.as_str()),
@@ -282,7 +283,10 @@ mod tests {
             &[0],
         );
         check(
-            Filter::Or(vec![test("age", Equal, "3"), test("name", Equal, "\"Bob\"")]),
+            Filter::Or(vec![
+                test("age", Equal, "3"),
+                test("name", Equal, "\"Bob\""),
+            ]),
             RECORDS,
             &[0, 1],
         );

@@ -19,6 +19,6 @@ pub use ast::{
     Comparator, Condition, Expr, Limit, Logic, Query, QueryValue, Select, SelectItem, SortKey,
     ValueHint,
 };
-pub use exec::{project, property, to_owned, Filter, Op, Test};
 pub use conditions::{conditions_from_json, sort_from_json, ConditionError};
+pub use exec::{project, property, to_owned, Filter, Op, Test};
 pub use parse::{parse, ErrorKind, ParseError, CONDITION_COUNT_MAX, DEPTH_MAX, QUERY_BYTES_MAX};

@@ -247,7 +247,14 @@ pub fn search(
             let mut sink = |key: &[u8], record: &Record<'_>, stats: &mut SearchStats| {
                 window.offer(key, record, stats, emit)
             };
-            let _ = candidates(txn, table, &plan.access, &plan.filter, &mut stats, &mut sink)?;
+            let _ = candidates(
+                txn,
+                table,
+                &plan.access,
+                &plan.filter,
+                &mut stats,
+                &mut sink,
+            )?;
         }
         Order::Memory(keys) => {
             let mut matches: Vec<Vec<u8>> = Vec::new();
@@ -260,7 +267,14 @@ pub fn search(
                 matches.push(sort_key(record, keys, key));
                 ControlFlow::Continue(())
             };
-            let _ = candidates(txn, table, &plan.access, &plan.filter, &mut stats, &mut sink)?;
+            let _ = candidates(
+                txn,
+                table,
+                &plan.access,
+                &plan.filter,
+                &mut stats,
+                &mut sink,
+            )?;
             if overflow {
                 return Err(too_many_to_sort());
             }
@@ -282,13 +296,8 @@ pub fn search(
                 return Ok(stats);
             };
             let mut seen: HashSet<Vec<u8>> = HashSet::new();
-            let cursor = txn.index_range(
-                table,
-                attribute,
-                as_ref(lower),
-                as_ref(upper),
-                *descending,
-            )?;
+            let cursor =
+                txn.index_range(table, attribute, as_ref(lower), as_ref(upper), *descending)?;
             for entry in cursor {
                 let (index_key, pk) = entry?;
                 stats.index_entries += 1;
@@ -463,13 +472,8 @@ fn candidates(
             dedup,
         } => {
             let mut seen: HashSet<Vec<u8>> = HashSet::new();
-            let cursor = txn.index_range(
-                table,
-                attribute,
-                as_ref(lower),
-                as_ref(upper),
-                *descending,
-            )?;
+            let cursor =
+                txn.index_range(table, attribute, as_ref(lower), as_ref(upper), *descending)?;
             for entry in cursor {
                 let (_, pk) = entry?;
                 stats.index_entries += 1;
@@ -672,7 +676,10 @@ fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
                             let mut pk = Vec::new();
                             if matches!(
                                 test.value,
-                                Value::String(_) | Value::Int(_) | Value::Float(_) | Value::BigInt(_)
+                                Value::String(_)
+                                    | Value::Int(_)
+                                    | Value::Float(_)
+                                    | Value::BigInt(_)
                             ) && key::encode(&test.value, &mut pk).is_ok()
                             {
                                 consider((RANK_KEY, Access::Key(pk)), &mut best);
@@ -693,13 +700,21 @@ fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
                         let equal = test.op == Op::Equal;
                         match ranges.iter_mut().find(|r| &r.0 == name) {
                             Some(r) => {
-                                r.1 = tighter_lower(std::mem::replace(&mut r.1, Bound::Unbounded), lower);
-                                r.2 = tighter_upper(std::mem::replace(&mut r.2, Bound::Unbounded), upper);
+                                r.1 = tighter_lower(
+                                    std::mem::replace(&mut r.1, Bound::Unbounded),
+                                    lower,
+                                );
+                                r.2 = tighter_upper(
+                                    std::mem::replace(&mut r.2, Bound::Unbounded),
+                                    upper,
+                                );
                                 r.3 |= low_set;
                                 r.4 |= high_set;
                                 r.5 |= equal;
                             }
-                            None => ranges.push((name.clone(), lower, upper, low_set, high_set, equal)),
+                            None => {
+                                ranges.push((name.clone(), lower, upper, low_set, high_set, equal))
+                            }
                         }
                     }
                     Filter::Or(_) | Filter::And(_) => {
@@ -710,7 +725,8 @@ fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
                 }
             }
             for (name, lower, upper, low_set, high_set, equal) in ranges {
-                let point = matches!((&lower, &upper), (Bound::Included(a), Bound::Included(b)) if a == b);
+                let point =
+                    matches!((&lower, &upper), (Bound::Included(a), Bound::Included(b)) if a == b);
                 let rank = if equal || point {
                     RANK_EQUAL
                 } else if low_set && high_set {
@@ -771,7 +787,9 @@ fn convert(def: &TableDef, expr: &Expr, allow_undeclared: bool) -> Result<Filter
                 .map(|c| convert(def, c, allow_undeclared))
                 .collect::<Result<_, _>>()?,
         ),
-        Expr::Condition(condition) => Filter::Test(convert_condition(def, condition, allow_undeclared)?),
+        Expr::Condition(condition) => {
+            Filter::Test(convert_condition(def, condition, allow_undeclared)?)
+        }
     })
 }
 
@@ -808,9 +826,10 @@ fn convert_condition(
         || (op == Op::Contains && !matches!(attr.map(|a| &a.ty), Some(FieldType::Array(_))));
     let ty = if textual { Some(FieldType::String) } else { ty };
     let (value, high) = match &condition.value {
-        QueryValue::Url { text, hint, strict } => {
-            (url_value(&name, ty.as_ref(), text, *hint, *strict)?, Value::Null)
-        }
+        QueryValue::Url { text, hint, strict } => (
+            url_value(&name, ty.as_ref(), text, *hint, *strict)?,
+            Value::Null,
+        ),
         QueryValue::Json(json) if op == Op::Between => match json {
             serde_json::Value::Array(pair) if pair.len() == 2 => (
                 json_value(&name, ty.as_ref(), &pair[0])?,
@@ -842,7 +861,12 @@ fn parse_number(text: &str) -> Option<Value> {
     if let Ok(i) = text.parse::<i64>() {
         return Some(Value::Int(i));
     }
-    if !text.is_empty() && text.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) {
+    if !text.is_empty()
+        && text
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
         if let Ok(v @ (Value::Int(_) | Value::BigInt(_))) = value::json::parse(text.as_bytes()) {
             return Some(v);
         }
@@ -931,13 +955,16 @@ fn json_value(
     Ok(match (json, ty) {
         (J::Null, _) => Value::Null,
         // Text where the type wants something else converts like URL text.
-        (J::String(s), Some(t)) if !matches!(t, FieldType::ID | FieldType::String | FieldType::Any) => {
+        (J::String(s), Some(t))
+            if !matches!(t, FieldType::ID | FieldType::String | FieldType::Any) =>
+        {
             typed_text(name, ty, s)?
         }
         (J::String(s), _) => Value::String(s.clone()),
-        (J::Number(n), Some(FieldType::Date)) => {
-            Value::Date(n.as_f64().ok_or_else(|| invalid(name, &n.to_string(), "Date"))?)
-        }
+        (J::Number(n), Some(FieldType::Date)) => Value::Date(
+            n.as_f64()
+                .ok_or_else(|| invalid(name, &n.to_string(), "Date"))?,
+        ),
         (J::Number(n), Some(FieldType::ID | FieldType::String)) if ty.is_some() => {
             // A number compared with a string attribute: compare as its text.
             Value::String(n.to_string())
@@ -956,7 +983,11 @@ fn json_value(
 fn write_bound(f: &mut fmt::Formatter<'_>, b: &Bound<Vec<u8>>, low: bool) -> fmt::Result {
     let show = |f: &mut fmt::Formatter<'_>, bytes: &[u8]| match key::decode(bytes) {
         Ok(v) => write!(f, "{}", String::from_utf8_lossy(&value::json::to_vec(&v))),
-        Err(_) => write!(f, "0x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        Err(_) => write!(
+            f,
+            "0x{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
     };
     match (b, low) {
         (Bound::Unbounded, true) => f.write_str("(-∞"),
@@ -1037,7 +1068,12 @@ impl fmt::Display for Plan {
                     if i > 0 {
                         f.write_str(",")?;
                     }
-                    write!(f, "{}{}", if *descending { "-" } else { "+" }, path.join("."))?;
+                    write!(
+                        f,
+                        "{}{}",
+                        if *descending { "-" } else { "+" },
+                        path.join(".")
+                    )?;
                 }
             }
         }
@@ -1058,7 +1094,11 @@ impl fmt::Display for FilterShow<'_> {
         match self.0 {
             Filter::And(c) if c.is_empty() => f.write_str("all"),
             Filter::And(c) | Filter::Or(c) => {
-                let sep = if matches!(self.0, Filter::And(_)) { " & " } else { " | " };
+                let sep = if matches!(self.0, Filter::And(_)) {
+                    " & "
+                } else {
+                    " | "
+                };
                 f.write_str("(")?;
                 for (i, child) in c.iter().enumerate() {
                     if i > 0 {
@@ -1072,7 +1112,11 @@ impl fmt::Display for FilterShow<'_> {
                 let value = String::from_utf8_lossy(&value::json::to_vec(&t.value)).into_owned();
                 write!(f, "{} {:?} {value}", t.path.join("."), t.op)?;
                 if t.op == Op::Between {
-                    write!(f, "..{}", String::from_utf8_lossy(&value::json::to_vec(&t.high)))?;
+                    write!(
+                        f,
+                        "..{}",
+                        String::from_utf8_lossy(&value::json::to_vec(&t.high))
+                    )?;
                 }
                 Ok(())
             }
