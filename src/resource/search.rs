@@ -558,7 +558,10 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Index bounds for one test, or `None` when it cannot use an index.
-fn test_bounds(test: &Test) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+/// A (lower, upper) pair of index key bounds.
+type Bounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+fn test_bounds(test: &Test) -> Option<Bounds> {
     let exact = |v: &Value, inclusive_low: bool| -> Bound<Vec<u8>> {
         let (bytes, cut) = index_prefix(v);
         if inclusive_low || cut {
@@ -698,7 +701,10 @@ fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
                             _ => (true, true),
                         };
                         let equal = test.op == Op::Equal;
-                        match ranges.iter_mut().find(|r| &r.0 == name) {
+                        // Tests on an attribute that can hold arrays may be met by different
+                        // elements, so only single-valued attributes merge their ranges.
+                        let mergeable = !may_hold_arrays(table.def.attribute(name));
+                        match ranges.iter_mut().find(|r| mergeable && &r.0 == name) {
                             Some(r) => {
                                 r.1 = tighter_lower(
                                     std::mem::replace(&mut r.1, Bound::Unbounded),

@@ -234,11 +234,15 @@ pub fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Body, Stri
 }
 
 /// A record stored from a raw body: its type and bytes, to serve as they came.
-pub fn raw_content<'a, V: ValueView<'a>>(record: V) -> Option<(&'a str, &'a [u8])> {
-    let value::Kind::Object(entries) = record.kind() else {
+/// `key` is the table's primary key property, which the stored record holds besides the two.
+pub fn raw_content<'a, V: ValueView<'a>>(
+    record: V,
+    key: Option<&str>,
+) -> Option<(&'a str, &'a [u8])> {
+    let value::Kind::Object(mut entries) = record.kind() else {
         return None;
     };
-    if entries.len() != 2 {
+    if !entries.all(|(k, _)| k == "contentType" || k == "data" || Some(k) == key) {
         return None;
     }
     let content_type = match record.get("contentType")?.kind() {

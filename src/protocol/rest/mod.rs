@@ -504,6 +504,7 @@ impl Ctx<'_, '_> {
         let if_none_match = self.req.header_str("if-none-match");
         let format = self.format;
         let last_modified = self.resources.config.http.last_modified;
+        let key_name = self.def().primary_key.as_deref();
         let found = resource::with_record(&self.db, &self.table, id, |header, record| {
             let mut etag = [0u8; 18];
             let etag = etag_of(header.version, &mut etag);
@@ -518,7 +519,7 @@ impl Ctx<'_, '_> {
                 resp.header("Last-Modified", &http_date(header.version));
             }
             if let (None, None, Some((content_type, data))) =
-                (property, &select, format::raw_content(record))
+                (property, &select, format::raw_content(record, key_name))
             {
                 resp.header("Content-Type", content_type);
                 resp.body.extend_from_slice(data);
