@@ -1063,3 +1063,32 @@ fn openapi_document_validates() {
     );
     assert_eq!(out.trim(), "valid");
 }
+
+/// Schemathesis (when installed) fuzzes every documented operation briefly; no answer may be a 5xx.
+#[test]
+fn schemathesis_finds_no_server_errors() {
+    let installed = std::process::Command::new("schemathesis")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("schemathesis is not installed; skipped");
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    write_app(app.path());
+    let server = Builder::new()
+        .app(app.path())
+        .arg("--STORAGE_SYNC", "false")
+        .start();
+    let out = std::process::Command::new("timeout")
+        .args(["300", "schemathesis", "run"])
+        .arg(server.url("/openapi"))
+        .args(["--url", &server.url(""), "--checks", "not_a_server_error", "-n", "20"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(out.status.success(), "schemathesis found problems:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+}
