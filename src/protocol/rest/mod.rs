@@ -18,11 +18,16 @@ use crate::protocol::http::{Method, Request, Response};
 use crate::query::{self, Query, Select};
 use crate::resource::search::{self, SearchSpec};
 use crate::resource::{self, Resources, Validation};
-use crate::schema::TableDef;
+use crate::schema::{FieldType, TableDef};
 use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
 use crate::value::{self, Value, ValueView};
 
 pub use format::{Format, SUPPORTED};
+
+thread_local! {
+    /// The key of the current single-record read on this core (string keys), reused.
+    static GET_KEY: std::cell::RefCell<Value> = const { std::cell::RefCell::new(Value::String(String::new())) };
+}
 
 const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
@@ -451,9 +456,15 @@ impl Ctx<'_, '_> {
         } else {
             raw
         };
-        let decoded = match crate::util::percent_decode(raw) {
-            Ok(s) => s,
-            Err((_, why)) => return self.error(resp, 400, why),
+        // Most ids need no decoding; borrow them rather than copy (the GET path allocates
+        // nothing it can avoid).
+        let decoded: std::borrow::Cow<'_, str> = if raw.contains('%') {
+            match crate::util::percent_decode(raw) {
+                Ok(s) => s.into(),
+                Err((_, why)) => return self.error(resp, 400, why),
+            }
+        } else {
+            raw.into()
         };
         // `<id>.<prop>` when `<prop>` is a declared property; otherwise the dot is in the id.
         let (id_text, property) = match decoded.rsplit_once('.') {
@@ -465,8 +476,23 @@ impl Ctx<'_, '_> {
             {
                 (id, Some(prop))
             }
-            _ => (decoded.as_str(), None),
+            _ => (decoded.as_ref(), None),
         };
+        let string_key = matches!(
+            self.def().primary_key_attribute().map(|a| &a.ty),
+            Some(FieldType::ID | FieldType::String)
+        );
+        if string_key && matches!(self.req.method, Method::Get | Method::Head) {
+            // Reuse one per-thread key value instead of allocating a String per read.
+            return GET_KEY.with(|slot| {
+                let mut slot = slot.borrow_mut();
+                if let Value::String(s) = &mut *slot {
+                    s.clear();
+                    s.push_str(id_text);
+                }
+                self.get(resp, &slot, property)
+            });
+        }
         let id = match resource::parse_id(self.def(), id_text) {
             Ok(id) => id,
             Err(e) => return self.error(resp, 400, &e),
