@@ -1084,11 +1084,22 @@ fn schemathesis_finds_no_server_errors() {
     let out = std::process::Command::new("timeout")
         .args(["300", "schemathesis", "run"])
         .arg(server.url("/openapi"))
-        .args(["--url", &server.url(""), "--checks", "not_a_server_error", "-n", "20"])
+        .args([
+            "--url",
+            &server.url(""),
+            "--checks",
+            "not_a_server_error",
+            "-n",
+            "20",
+        ])
         .env("NO_COLOR", "1")
         .output()
         .expect("schemathesis");
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}");
-    assert!(out.status.success(), "schemathesis found problems:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1141,3 +1141,78 @@ pub fn run(
     let txn = db.read()?;
     search(&txn, table, plan, emit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::parse;
+    use crate::schema::parse_schema_str;
+
+    const SCHEMA: &str =
+        "type Dog @table { id: ID @primaryKey name: String age: Int born: Date tags: [String] }";
+
+    /// Converts the first condition of `query` on the Dog schema: the value as JSON, or the error.
+    fn check(query: &str, expected: &str) {
+        let def = parse_schema_str(SCHEMA, "t.graphql")
+            .unwrap()
+            .tables
+            .remove(0);
+        let parsed = parse(query).unwrap();
+        let got = match convert(&def, parsed.filter.as_ref().unwrap(), false) {
+            Ok(Filter::Test(t)) => String::from_utf8(value::json::to_vec(&t.value)).unwrap(),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("{} {e}", e.status()),
+        };
+        assert_eq!(got, expected, "{query}");
+    }
+
+    #[test]
+    fn values_convert_to_declared_types() {
+        check("age=3", "3");
+        check(
+            "age=abc",
+            "400 Invalid value for attribute age: \"abc\", expecting Int",
+        );
+        check(
+            "age=3000000000",
+            "400 Invalid value for attribute age: \"3000000000\", expecting Int",
+        );
+        check("age=null", "null");
+        check(
+            "age===null",
+            "400 Invalid value for attribute age: \"null\", expecting Int",
+        );
+        check("name=123", "\"123\"");
+        check("name=number:123", "123");
+        check("name=true", "\"true\"");
+        check("age=boolean:true", "true");
+        check("born=0", "\"1970-01-01T00:00:00.000Z\"");
+        check(
+            "born=date:2024-06-10T06:13:20.125Z",
+            "\"2024-06-10T06:13:20.125Z\"",
+        );
+        check("tags=x", "\"x\"");
+        check("age=sw=1", "\"1\"");
+        check("color=red", "404 color is not a defined attribute");
+    }
+
+    #[test]
+    fn starts_with_bounds_cover_longer_strings() {
+        let test = Test {
+            path: vec!["name".into()],
+            op: Op::StartsWith,
+            value: Value::String("Bo".into()),
+            high: Value::Null,
+        };
+        let Some((Bound::Included(low), Bound::Excluded(high))) = test_bounds(&test) else {
+            panic!("bounds")
+        };
+        for (name, inside) in [("Bo", true), ("Bolt", true), ("Bp", false), ("Bn", false)] {
+            let mut k = Vec::new();
+            key::encode_unbounded(&Value::String(name.into()), &mut k);
+            assert_eq!(k >= low && k < high, inside, "{name}");
+        }
+        assert_eq!(successor(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(successor(&[0xFF]), None);
+    }
+}
