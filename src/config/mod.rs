@@ -378,6 +378,10 @@ pub struct HttpConfig {
     pub secure_port: Option<ListenAddr>,
     pub cors: bool,
     pub cors_access_list: Option<Vec<String>>,
+    /// `Access-Control-Allow-Headers` of a CORS preflight (`http.corsAccessControlAllowHeaders`).
+    pub cors_allow_headers: String,
+    /// `rest.lastModified`: send `Last-Modified` on single-record reads.
+    pub last_modified: bool,
     pub keep_alive_timeout: Duration,
     pub headers_timeout: Duration,
     pub request_timeout: Duration,
@@ -585,6 +589,10 @@ impl Config {
                 secure_port: tree.listen("http.securePort")?,
                 cors: tree.bool("http.cors")?,
                 cors_access_list,
+                cors_allow_headers: tree
+                    .string("http.corsAccessControlAllowHeaders")?
+                    .unwrap_or_else(|| "Accept, Content-Type, Authorization".into()),
+                last_modified: matches!(tree.get("rest.lastModified"), Some(Yaml::Bool(true))),
                 keep_alive_timeout: tree.duration("http.keepAliveTimeout")?,
                 headers_timeout: tree.duration("http.headersTimeout")?,
                 request_timeout: tree.duration("http.timeout")?,

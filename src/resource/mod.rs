@@ -6,6 +6,7 @@
 //! bytes and never opens a write transaction itself.
 
 mod records;
+pub mod search;
 mod validate;
 
 use std::collections::HashMap;
