@@ -180,7 +180,8 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         store.clone(),
         Arc::new(app),
         Arc::new(config.clone()),
-    ));
+    )
+    .with_config_tree(opts.tree.clone()));
 
     let shared = Arc::new(Shared {
         resources,
