@@ -106,8 +106,7 @@ pub async fn write_records(
                     let mut names: Vec<String> = Vec::new();
                     for record in &records {
                         for (name, _) in record.iter() {
-                            if t.def.attribute(name).is_none() && !names.iter().any(|n| n == name)
-                            {
+                            if t.def.attribute(name).is_none() && !names.iter().any(|n| n == name) {
                                 if name.is_empty() || name.len() > ATTRIBUTE_BYTES_MAX {
                                     return Err(VerbError::bad(format!(
                                         "attribute names must be 1 to {ATTRIBUTE_BYTES_MAX} bytes long"
@@ -214,8 +213,8 @@ pub fn search_by_id(
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(record) = txn.get(&t, id)? {
-            let owned = value::deserialize(record.value)
-                .map_err(|e| VerbError::new(500, e.to_string()))?;
+            let owned =
+                value::deserialize(record.value).map_err(|e| VerbError::new(500, e.to_string()))?;
             out.push(project(owned, attributes));
         }
     }
@@ -259,7 +258,13 @@ pub enum AuditSearch {
 }
 
 /// One audited change to the table: `{operation, user_name, timestamp, hash_values, records}`.
-fn audit_item(operation: &str, user: &Value, version: f64, keys: Vec<Value>, records: Vec<Value>) -> Value {
+fn audit_item(
+    operation: &str,
+    user: &Value,
+    version: f64,
+    keys: Vec<Value>,
+    records: Vec<Value>,
+) -> Value {
     let mut o = Object::new();
     o.insert("operation", Value::String(operation.to_string()));
     o.insert("user_name", user.clone());
@@ -270,6 +275,9 @@ fn audit_item(operation: &str, user: &Value, version: f64, keys: Vec<Value>, rec
     }
     Value::Object(o)
 }
+
+/// (operation, user, version, keys, records) per transaction and operation kind.
+type AuditItem = (String, Value, f64, Vec<Value>, Vec<Value>);
 
 /// Entries of the audit log that touch `table`, as SPEC §4.6 `read_audit_log` returns them:
 /// an array for timestamp searches, an object keyed by the searched value otherwise.
@@ -288,8 +296,7 @@ pub fn read_audit_log(
         _ => (Bound::Unbounded, Bound::Unbounded),
     };
     let txn = db.read()?;
-    // (operation, user, version, keys, records) per transaction and operation kind.
-    let mut items: Vec<(String, Value, f64, Vec<Value>, Vec<Value>)> = Vec::new();
+    let mut items: Vec<AuditItem> = Vec::new();
     for entry in txn.audit_range(from, to)? {
         let (version, archived) = entry?;
         let owned = value::deserialize(archived).map_err(|e| VerbError::new(500, e.to_string()))?;
@@ -359,8 +366,11 @@ pub fn read_audit_log(
                     .filter(|(_, _, _, keys, _)| keys.contains(id))
                     .map(|(op, user, v, keys, records)| {
                         let at = keys.iter().position(|k| k == id);
-                        let record: Vec<Value> =
-                            at.and_then(|i| records.get(i)).cloned().into_iter().collect();
+                        let record: Vec<Value> = at
+                            .and_then(|i| records.get(i))
+                            .cloned()
+                            .into_iter()
+                            .collect();
                         audit_item(op, user, *v, vec![id.clone()], record)
                     })
                     .collect();

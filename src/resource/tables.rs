@@ -77,7 +77,9 @@ pub fn describe_table(db: &Database, table: &Table) -> Result<Json, VerbError> {
     desc.insert("db_audit_size".into(), json!(txn.audit_size()?));
     desc.insert(
         "last_updated_record".into(),
-        txn.last_updated(table)?.map(|v| json!(v)).unwrap_or(json!(0)),
+        txn.last_updated(table)?
+            .map(|v| json!(v))
+            .unwrap_or(json!(0)),
     );
     Ok(Json::Object(desc))
 }
@@ -433,7 +435,10 @@ mod tests {
             Ok(vec!["id", "name", CREATED_TIME, UPDATED_TIME]),
         );
         check(&[("x", Some("Nope"), false)], Err("Invalid attribute type"));
-        check(&[("x", None, false), ("x", None, false)], Err("listed twice"));
+        check(
+            &[("x", None, false), ("x", None, false)],
+            Err("listed twice"),
+        );
         check(&[("other", None, true)], Err("isPrimaryKey"));
     }
 }

@@ -263,7 +263,9 @@ pub fn validate_permission(permission: &Value) -> Result<(), VerbError> {
 fn validate_table_grant(database: &str, table: &str, grant: &Value) -> Result<(), VerbError> {
     let what = format!("table '{database}.{table}'");
     let Value::Object(grant) = grant else {
-        return Err(VerbError::bad(format!("{what}: permission must be an object")));
+        return Err(VerbError::bad(format!(
+            "{what}: permission must be an object"
+        )));
     };
     check_flags(&what, grant, TABLE_FLAGS, &["attribute_permissions"])?;
     let table_flag = |flag: &str| matches!(grant.get(flag), Some(Value::Bool(true)));
@@ -408,15 +410,8 @@ pub fn user_info(resources: &Resources, caller: &Caller) -> Result<Value, VerbEr
     let mut out = Object::new();
     out.insert("username", Value::String(name));
     out.insert("active", Value::Bool(true));
-    let role = if caller.super_user {
-        "super_user"
-    } else {
-        ""
-    };
-    out.insert(
-        "role",
-        find_role(resources, role)?.unwrap_or(Value::Null),
-    );
+    let role = if caller.super_user { "super_user" } else { "" };
+    out.insert("role", find_role(resources, role)?.unwrap_or(Value::Null));
     Ok(Value::Object(out))
 }
 
@@ -443,7 +438,10 @@ pub async fn add_user(
     }
     let role = role_id(resources, role)?;
     if get(resources, USERS, username)?.is_some() {
-        return Err(VerbError::new(409, format!("User {username} already exists")));
+        return Err(VerbError::new(
+            409,
+            format!("User {username} already exists"),
+        ));
     }
     let mut record = Object::new();
     record.insert("username", Value::String(username.to_string()));
@@ -451,7 +449,10 @@ pub async fn add_user(
     record.insert("role", Value::String(role));
     record.insert("active", Value::Bool(active));
     if !put(resources, caller, USERS, record, PutMode::Insert).await? {
-        return Err(VerbError::new(409, format!("User {username} already exists")));
+        return Err(VerbError::new(
+            409,
+            format!("User {username} already exists"),
+        ));
     }
     Ok(format!("{username} successfully added"))
 }
@@ -527,14 +528,23 @@ mod tests {
     fn role_rules() {
         check(r#"{"super_user": true}"#, Ok(()));
         check(r#"{"super_user": true, "cluster_user": false}"#, Ok(()));
-        check(r#"{"super_user": true, "dev": {"tables": {}}}"#, Err("no other"));
+        check(
+            r#"{"super_user": true, "dev": {"tables": {}}}"#,
+            Err("no other"),
+        );
         check(r#"{"super_user": "yes"}"#, Err("true or false"));
         check(
             r#"{"dev": {"tables": {"dog": {"read": true, "insert": false, "update": false, "delete": false}}}}"#,
             Ok(()),
         );
-        check(r#"{"dev": {"tables": {"dog": {"read": 1}}}}"#, Err("true or false"));
-        check(r#"{"dev": {"tables": {"dog": {"fly": true}}}}"#, Err("unknown key"));
+        check(
+            r#"{"dev": {"tables": {"dog": {"read": 1}}}}"#,
+            Err("true or false"),
+        );
+        check(
+            r#"{"dev": {"tables": {"dog": {"fly": true}}}}"#,
+            Err("unknown key"),
+        );
         check(r#"{"dev": {"other": {}}}"#, Err("unknown key"));
         check(
             r#"{"dev": {"tables": {"dog": {"read": false, "attribute_permissions": [{"attribute_name": "x", "read": true}]}}}}"#,

@@ -176,12 +176,10 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store
         .apply_schema(&tables)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
-    let resources = Arc::new(crate::resource::Resources::new(
-        store.clone(),
-        Arc::new(app),
-        Arc::new(config.clone()),
-    )
-    .with_config_tree(opts.tree.clone()));
+    let resources = Arc::new(
+        crate::resource::Resources::new(store.clone(), Arc::new(app), Arc::new(config.clone()))
+            .with_config_tree(opts.tree.clone()),
+    );
 
     let shared = Arc::new(Shared {
         resources,

@@ -53,7 +53,8 @@ pub use clock::{now_ms, Clock};
 pub use entry::Header;
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
 pub use writer::{
-    AlterFn, OpResult, PutMode, SchemaChange, WriteError, WriteOp, WriteOutcome, WriteRequest,
+    AlterFn, OpResult, PutMode, SchemaChange, SchemaReply, WriteError, WriteOp, WriteOutcome,
+    WriteRequest,
 };
 
 /// Bytes of address space reserved per environment. LMDB maps it lazily and the file grows with
@@ -242,11 +243,7 @@ impl Database {
 
     /// Queues a table-level change on the writer; the receiver completes once it is done, so a
     /// core can await it without blocking. Every core sees the change before the reply.
-    pub fn schema(
-        &self,
-        change: SchemaChange,
-    ) -> Result<tidepool_io::OneshotReceiver<Result<Option<Arc<Table>>, StoreError>>, StoreError>
-    {
+    pub fn schema(&self, change: SchemaChange) -> Result<writer::SchemaReply, StoreError> {
         self.writer.schema(change)
     }
 
@@ -417,7 +414,8 @@ impl Store {
         env.prepare_for_closing().wait();
         let path = self.options.path.join(format!("{name}.mdb"));
         let lock = self.options.path.join(format!("{name}.mdb-lock"));
-        std::fs::remove_file(&path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        std::fs::remove_file(&path)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         let _ = std::fs::remove_file(lock);
         Ok(())
     }

@@ -135,6 +135,9 @@ pub(super) enum Job {
     Stop,
 }
 
+/// The writer's answer to a [`SchemaChange`]: the table as it now is (`None` after a drop).
+pub type SchemaReply = OneshotReceiver<Result<Option<Arc<Table>>, StoreError>>;
+
 /// Rewrites a table definition on the writer thread, where no other change can interleave.
 pub type AlterFn = Box<dyn FnOnce(&TableDef) -> Result<TableDef, StoreError> + Send>;
 
@@ -193,10 +196,7 @@ impl WriterHandle {
             .map_err(|_| StoreError::Io("writer stopped".into()))?
     }
 
-    pub fn schema(
-        &self,
-        change: SchemaChange,
-    ) -> Result<OneshotReceiver<Result<Option<Arc<Table>>, StoreError>>, StoreError> {
+    pub fn schema(&self, change: SchemaChange) -> Result<SchemaReply, StoreError> {
         let (reply, rx) = oneshot();
         match self.tx.try_send(Job::Schema { change, reply }) {
             Ok(()) => Ok(rx),
@@ -706,7 +706,9 @@ impl Writer {
                     index.clear(&mut wtxn)?;
                 }
                 for kind in ["table", "indexes", "count", "autoinc", "updated"] {
-                    self.db.meta.delete(&mut wtxn, &layout::meta_key(kind, &table))?;
+                    self.db
+                        .meta
+                        .delete(&mut wtxn, &layout::meta_key(kind, &table))?;
                 }
                 wtxn.commit()?;
                 self.db

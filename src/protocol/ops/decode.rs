@@ -439,7 +439,10 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 };
                 let inner = Fields { fields: inner };
                 let inner_name = inner.string("operation")?;
-                if !matches!(inner_name.as_str(), "insert" | "update" | "upsert" | "delete") {
+                if !matches!(
+                    inner_name.as_str(),
+                    "insert" | "update" | "upsert" | "delete"
+                ) {
                     return Err(OpError::bad(format!(
                         "Operation '{inner_name}' cannot be part of a transaction; use insert, update, upsert or delete"
                     )));
@@ -462,7 +465,9 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             role: f.opt_string("role")?,
             permission: f.permission()?,
         },
-        "drop_role" => Operation::DropRole { id: f.string("id")? },
+        "drop_role" => Operation::DropRole {
+            id: f.string("id")?,
+        },
         "list_users" => Operation::ListUsers,
         "user_info" => Operation::UserInfo,
         "add_user" => Operation::AddUser {
@@ -787,8 +792,9 @@ impl<'a> Fields<'a> {
             .map_err(|e| OpError::bad(e.message))?;
         let sort = match self.get("sort") {
             None => Vec::new(),
-            Some(sort) => crate::query::sort_from_json(&to_json(sort))
-                .map_err(|e| OpError::bad(e.message))?,
+            Some(sort) => {
+                crate::query::sort_from_json(&to_json(sort)).map_err(|e| OpError::bad(e.message))?
+            }
         };
         Ok(SearchByConditions {
             database: self.database()?,
@@ -824,9 +830,9 @@ pub fn to_json(v: &Value) -> serde_json::Value {
         Value::Null => J::Null,
         Value::Bool(b) => J::Bool(*b),
         Value::Int(i) => J::from(*i),
-        Value::Float(f) | Value::Date(f) => {
-            serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null)
-        }
+        Value::Float(f) | Value::Date(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
         Value::BigInt(_) | Value::Bytes(_) => {
             let text = crate::value::json::to_vec(v);
             match serde_json::from_slice(&text) {
