@@ -257,3 +257,172 @@ pub fn message(text: impl Into<String>) -> Value {
     o.insert("message", Value::String(text.into()));
     Value::Object(o)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls a future that must finish without waiting (the refusals below never await).
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("expected an immediate answer"),
+        }
+    }
+
+    fn resources(dir: &std::path::Path) -> Arc<Resources> {
+        let store =
+            crate::store::Store::open(crate::store::StoreOptions::new(dir), Arc::new(|_| {}))
+                .expect("store");
+        let tree = crate::config::ConfigTree::defaults();
+        let config = crate::config::Config::from_tree(&tree, dir, 1).expect("config");
+        let app = crate::schema::load_app(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/app"
+        )))
+        .expect("example app");
+        Arc::new(Resources::new(store, Arc::new(app), Arc::new(config)))
+    }
+
+    #[test]
+    fn non_super_callers_are_refused_super_user_operations() {
+        let dir = tempfile::tempdir().expect("temp");
+        let resources = resources(dir.path());
+        let caller = Caller {
+            username: Some("ann".into()),
+            super_user: false,
+        };
+        for body in [
+            r#"{"operation":"add_user","username":"x","password":"y","role":"super_user"}"#,
+            r#"{"operation":"create_database","database":"dev"}"#,
+            r#"{"operation":"drop_table","database":"dev","table":"t"}"#,
+            r#"{"operation":"get_configuration"}"#,
+            r#"{"operation":"cluster_status"}"#,
+            r#"{"operation":"read_log"}"#,
+        ] {
+            let op = decode(BodyType::Json, body.as_bytes()).expect("decodes");
+            let name = exec::name(&op).to_string();
+            let err = now(run(&resources, &caller, op)).expect_err("refused");
+            assert_eq!(err.status, 403);
+            let body = err.body();
+            assert_eq!(
+                body.get("unauthorized_access"),
+                Some(&Value::Array(vec![Value::String(format!(
+                    "Operation '{name}' is restricted to 'super_user' roles"
+                ))]))
+            );
+            assert_eq!(
+                body.get("error").and_then(Value::as_str),
+                Some(FORBIDDEN_MESSAGE)
+            );
+        }
+        // `user_info` and reads are not super-user operations.
+        for body in [
+            r#"{"operation":"user_info"}"#,
+            r#"{"operation":"describe_all"}"#,
+        ] {
+            let op = decode(BodyType::Json, body.as_bytes()).expect("decodes");
+            assert!(!op.super_user_only(), "{body}");
+        }
+        resources.store.close();
+    }
+
+    fn check_accept(accept: Option<&str>, expected: Option<ReplyType>) {
+        assert_eq!(ReplyType::negotiate(accept), expected, "{accept:?}");
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        check_accept(None, Some(ReplyType::Json));
+        check_accept(Some("*/*"), Some(ReplyType::Json));
+        check_accept(Some("application/cbor"), Some(ReplyType::Cbor));
+        check_accept(Some("application/msgpack"), Some(ReplyType::MsgPack));
+        check_accept(
+            Some("application/json, application/cbor;q=0.5"),
+            Some(ReplyType::Json),
+        );
+        check_accept(
+            Some("application/json;q=0.9, application/x-msgpack"),
+            Some(ReplyType::MsgPack),
+        );
+        check_accept(Some("text/html"), None);
+        check_accept(Some("application/cbor;q=0"), None);
+    }
+
+    fn check_decode(body: &str, expected: Result<Operation, (u16, &str)>) {
+        let got = decode(BodyType::Json, body.as_bytes());
+        match (got, expected) {
+            (Ok(op), Ok(want)) => assert_eq!(op, want, "{body}"),
+            (Err(e), Err((status, fragment))) => {
+                assert_eq!(e.status, status, "{body}: {}", e.message);
+                assert!(e.message.contains(fragment), "{body}: {}", e.message);
+            }
+            (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn aliases_and_defaults() {
+        check_decode(
+            r#"{"operation":"describe_table","schema":"dev","table":"dog"}"#,
+            Ok(Operation::DescribeTable {
+                database: "dev".into(),
+                table: "dog".into(),
+            }),
+        );
+        check_decode(
+            r#"{"operation":"describe_table","table":"dog"}"#,
+            Ok(Operation::DescribeTable {
+                database: "data".into(),
+                table: "dog".into(),
+            }),
+        );
+        check_decode(
+            r#"{"operation":"search_by_hash","table":"t","hash_values":[1,"a"],"get_attributes":["*"]}"#,
+            Ok(Operation::SearchById {
+                database: "data".into(),
+                table: "t".into(),
+                ids: vec![Value::Int(1), Value::String("a".into())],
+                get_attributes: None,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"create_table","table":"t","hash_attribute":"k"}"#,
+            Ok(Operation::CreateTable {
+                database: "data".into(),
+                table: "t".into(),
+                primary_key: "k".into(),
+                attributes: Vec::new(),
+                expiration_s: None,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"set_node","hostname":"b"}"#,
+            Ok(Operation::Clustering("set_node".into())),
+        );
+        check_decode(
+            r#"{"operation":"drop_role"}"#,
+            Err((400, "'id' is required")),
+        );
+        check_decode(
+            r#"{"operation":"search_by_value","table":"t","search_attribute":"a","search_value":"x*"}"#,
+            Ok(Operation::SearchByValue(decode::SearchByValue {
+                database: "data".into(),
+                table: "t".into(),
+                attribute: "a".into(),
+                value: Value::String("x*".into()),
+                get_attributes: None,
+                limit: None,
+                offset: 0,
+                desc: false,
+            })),
+        );
+        check_decode(
+            r#"{"operation":"nope"}"#,
+            Err((400, "Operation 'nope' not found")),
+        );
+        check_decode("{", Err((400, "Invalid JSON.")));
+    }
+}
