@@ -444,6 +444,15 @@ fn nosql_writes_answer_with_their_shapes() {
         )["record_count"],
         json!(3)
     );
+    // A table grows by at most TABLE_ATTRIBUTES_MAX attributes.
+    let wide: serde_json::Map<String, Value> =
+        (0..600).map(|i| (format!("p{i}"), json!(i))).collect();
+    let (status, reply) = op(
+        &server,
+        json!({"operation": "insert", "table": "dog", "records": [wide]}),
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(error_of(&reply).contains("more than"), "{reply}");
     // search_by_value patterns.
     ok(
         &server,

@@ -15,6 +15,9 @@ use crate::value::{self, ArchivedValue, Object, Value};
 
 /// Longest property name that becomes an indexed attribute of an ops-created table.
 pub const ATTRIBUTE_BYTES_MAX: usize = 250;
+/// Attributes an ops-created table may grow to; each indexed one is an LMDB sub-database, and an
+/// environment holds a bounded number of them. A write that would pass it is a 400.
+pub const TABLE_ATTRIBUTES_MAX: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutKind {
@@ -115,6 +118,11 @@ pub async fn write_records(
                                 names.push(name.to_string());
                             }
                         }
+                    }
+                    if t.def.attributes.len() + names.len() > TABLE_ATTRIBUTES_MAX {
+                        return Err(VerbError::bad(format!(
+                            "table '{database}.{table}' would have more than {TABLE_ATTRIBUTES_MAX} attributes"
+                        )));
                     }
                     if !names.is_empty() {
                         summary.new_attributes = grow_table(&db, &t, names).await?;
