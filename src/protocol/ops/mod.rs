@@ -248,6 +248,21 @@ pub async fn run(
             exec::name(&op)
         )));
     }
+    let database = match &op {
+        Operation::SearchById { database, .. }
+        | Operation::DescribeDatabase { database }
+        | Operation::DescribeTable { database, .. } => Some(database.as_str()),
+        Operation::SearchByValue(s) => Some(s.database.as_str()),
+        Operation::SearchByConditions(s) => Some(s.database.as_str()),
+        _ => None,
+    };
+    // SPEC §1.5: only super users read the system database.
+    if database == Some(crate::resource::tables::SYSTEM) && !caller.super_user {
+        return Err(OpError::forbidden(format!(
+            "Operation '{}' on the 'system' database is restricted to 'super_user' roles",
+            exec::name(&op)
+        )));
+    }
     exec::execute(resources, caller, op).await
 }
 
@@ -318,6 +333,15 @@ mod tests {
                 Some(FORBIDDEN_MESSAGE)
             );
         }
+        let op = decode(
+            BodyType::Json,
+            br#"{"operation":"search_by_id","database":"system","table":"hdb_user","ids":["x"]}"#,
+        )
+        .expect("decodes");
+        assert_eq!(
+            now(run(&resources, &caller, op)).map_err(|e| e.status),
+            Err(403)
+        );
         // `user_info` and reads are not super-user operations.
         for body in [
             r#"{"operation":"user_info"}"#,
