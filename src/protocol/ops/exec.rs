@@ -72,13 +72,29 @@ fn record_write(w: Write) -> (String, RecordWrite) {
     }
 }
 
+/// Which answer a write gets, kept apart from its records so they can move into the request.
+#[derive(Clone, Copy)]
+enum Shape {
+    Put(PutKind),
+    Delete,
+}
+
+impl Shape {
+    fn of(w: &RecordWrite) -> Shape {
+        match w {
+            RecordWrite::Put { kind, .. } => Shape::Put(*kind),
+            RecordWrite::Delete { .. } => Shape::Delete,
+        }
+    }
+}
+
 /// The §4.3 answer of one write.
-fn write_reply(w: &RecordWrite, summary: WriteSummary, txn_time: f64) -> Value {
+fn write_reply(w: Shape, summary: WriteSummary, txn_time: f64) -> Value {
     let total = summary.done.len() + summary.skipped.len();
     let done = summary.done.len();
     let mut o = Object::new();
     let (text, done_key) = match w {
-        RecordWrite::Put { kind, .. } => match kind {
+        Shape::Put(kind) => match kind {
             PutKind::Insert => (
                 format!("inserted {done} of {total} records"),
                 "inserted_hashes",
@@ -92,7 +108,7 @@ fn write_reply(w: &RecordWrite, summary: WriteSummary, txn_time: f64) -> Value {
                 "upserted_hashes",
             ),
         },
-        RecordWrite::Delete { .. } => (
+        Shape::Delete => (
             format!(
                 "{done} of {total} {} successfully deleted",
                 if total == 1 { "record" } else { "records" }
@@ -102,16 +118,10 @@ fn write_reply(w: &RecordWrite, summary: WriteSummary, txn_time: f64) -> Value {
     };
     o.insert("message", Value::String(text));
     o.insert(done_key, Value::Array(summary.done));
-    if !matches!(
-        w,
-        RecordWrite::Put {
-            kind: PutKind::Upsert,
-            ..
-        }
-    ) {
+    if !matches!(w, Shape::Put(PutKind::Upsert)) {
         o.insert("skipped_hashes", Value::Array(summary.skipped));
     }
-    if matches!(w, RecordWrite::Put { .. }) {
+    if matches!(w, Shape::Put(_)) {
         o.insert(
             "new_attributes",
             Value::Array(
@@ -188,10 +198,11 @@ pub async fn execute(
         } => message(tables::drop_attribute(r, &database, &table, &attribute).await?),
         Operation::Write(w) => {
             let (database, w) = record_write(w);
+            let shape = Shape::of(&w);
             let (txn_time, mut summaries) =
-                nosql::write_records(r, caller, &database, vec![w.clone()]).await?;
+                nosql::write_records(r, caller, &database, vec![w]).await?;
             let summary = summaries.pop().unwrap_or_default();
-            write_reply(&w, summary, txn_time)
+            write_reply(shape, summary, txn_time)
         }
         Operation::Transaction {
             database,
@@ -202,10 +213,10 @@ pub async fn execute(
             if writes.is_empty() {
                 return Err(OpError::bad("'operations' is empty"));
             }
-            let (txn_time, summaries) =
-                nosql::write_records(r, caller, &database, writes.clone()).await?;
-            let results = writes
-                .iter()
+            let shapes: Vec<Shape> = writes.iter().map(Shape::of).collect();
+            let (txn_time, summaries) = nosql::write_records(r, caller, &database, writes).await?;
+            let results = shapes
+                .into_iter()
                 .zip(summaries)
                 .map(|(w, s)| write_reply(w, s, txn_time))
                 .collect();
