@@ -10,14 +10,18 @@ use common::{Builder, Server};
 use serde_json::{json, Value};
 
 fn post_raw(server: &Server, content_type: Option<&str>, body: &[u8]) -> (u16, Value) {
-    let mut req = ureq::post(&server.ops_url()).timeout(Duration::from_secs(30));
+    post_url(&server.ops_url(), content_type, body)
+}
+
+fn post_url(url: &str, content_type: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let mut req = ureq::post(url).timeout(Duration::from_secs(30));
     if let Some(ct) = content_type {
         req = req.set("Content-Type", ct);
     }
     let resp = match req.send_bytes(body) {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("POST {}: {e}", server.ops_url()),
+        Err(e) => panic!("POST {url}: {e}"),
     };
     let status = resp.status();
     let text = resp.into_string().unwrap_or_default();
@@ -1048,4 +1052,84 @@ fn cors_on_the_operations_port() {
         .send_string(r#"{"operation":"describe_all"}"#)
         .unwrap();
     assert_eq!(resp.header("Access-Control-Allow-Origin"), None);
+}
+
+#[test]
+fn concurrent_schema_changes_agree_on_every_core() {
+    let server = Server::start();
+    let url = server.ops_url();
+    let post = |body: Value| post_url(&url, Some("application/json"), body.to_string().as_bytes());
+    // Many connections (spread over both cores) race to create the same table: one wins.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    post(json!({"operation": "create_table", "database": "race", "table": "t", "primary_key": "id"})).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 400),
+        "{statuses:?}"
+    );
+    // Drop and re-create in a loop; each step is visible to the next request at once, whichever
+    // core serves it.
+    for round in 0..5 {
+        ok(
+            &server,
+            json!({"operation": "insert", "database": "race", "table": "t", "records": [{"id": round}]}),
+        );
+        for _ in 0..4 {
+            assert_eq!(
+                ok(&server, json!({"operation": "search_by_id", "database": "race", "table": "t", "ids": [round]})).as_array().unwrap().len(),
+                1
+            );
+        }
+        ok(
+            &server,
+            json!({"operation": "drop_table", "database": "race", "table": "t"}),
+        );
+        for _ in 0..4 {
+            let (status, _) = op(
+                &server,
+                json!({"operation": "search_by_id", "database": "race", "table": "t", "ids": [round]}),
+            );
+            assert_eq!(status, 400);
+        }
+        ok(
+            &server,
+            json!({"operation": "create_table", "database": "race", "table": "t", "primary_key": "id"}),
+        );
+    }
+    // Concurrent inserts growing different attributes all keep their indexes.
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let post = &post;
+            s.spawn(move || {
+                let (status, reply) = post(json!({"operation": "insert", "database": "race", "table": "t", "records": [{"id": 100 + i, format!("a{i}"): i}]}));
+                assert_eq!(status, 200, "{reply}");
+            });
+        }
+    });
+    let desc = ok(
+        &server,
+        json!({"operation": "describe_table", "database": "race", "table": "t"}),
+    );
+    let names: Vec<&str> = desc["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["attribute"].as_str())
+        .collect();
+    for i in 0..6 {
+        assert!(names.contains(&format!("a{i}").as_str()), "{names:?}");
+    }
+    assert_eq!(desc["record_count"], json!(6));
 }
