@@ -8,6 +8,7 @@
 //! requester and publishes one [`Commit`] per request to the server. Nothing outside `writer.rs`
 //! opens a write transaction.
 
+mod check;
 mod clock;
 mod entry;
 mod layout;
@@ -49,6 +50,7 @@ fn create_db(env: &Env<WithoutTls>, name: &str, dup_sort: bool) -> Result<Db, St
 use crate::schema::TableDef;
 use crate::value::Value;
 
+pub use check::IndexReport;
 pub use clock::{now_ms, Clock};
 pub use entry::Header;
 pub use read::{IndexCursor, ReadTxn, Record, Scan};

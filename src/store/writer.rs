@@ -524,24 +524,28 @@ impl Writer {
         encode_primary_key(&key, &mut scratch.key)?;
         let old_entry = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec);
         let now = super::now_ms();
-        let old: Option<Value> = match &old_entry {
+        // `stored` is any non-tombstone record, expired or not: it still has index entries and is
+        // still counted until the expiry sweep removes it, so index upkeep and the count follow
+        // it. `old` is the live record the write's semantics (insert, merge) see.
+        let (stored, stored_live): (Option<Value>, bool) = match &old_entry {
             Some(bytes) => {
                 let (header, body) = Header::read(bytes)?;
-                if header.is_live(now) {
-                    Some(decode_record(body)?)
+                if header.deleted {
+                    (None, false)
                 } else {
-                    None
+                    (Some(decode_record(body)?), header.is_live(now))
                 }
             }
-            None => None,
+            None => (None, false),
         };
+        let old: Option<&Value> = stored.as_ref().filter(|_| stored_live);
         match (mode, &old) {
             (PutMode::Insert, Some(_)) | (PutMode::Update, None) => {
                 return Ok((OpResult::Skipped { key }, None))
             }
             _ => {}
         }
-        let mut new = match (&old, mode) {
+        let mut new = match (old, mode) {
             (Some(Value::Object(old)), PutMode::Update | PutMode::Upsert) => {
                 let mut merged = old.clone();
                 for (k, v) in body.iter() {
@@ -556,7 +560,7 @@ impl Writer {
         }
         for attr in &def.attributes {
             if attr.created_time {
-                let kept = old.as_ref().and_then(|o| o.get(&attr.name)).cloned();
+                let kept = old.and_then(|o| o.get(&attr.name)).cloned();
                 new.insert(
                     attr.name.as_str(),
                     kept.unwrap_or_else(|| timestamp(&attr.ty, version)),
@@ -572,22 +576,22 @@ impl Writer {
         // Index maintenance: remove the old record's entries that the new one lacks, add the rest.
         for (attribute, index) in &table.indexes {
             scratch.old_index.clear();
-            if let Some(old) = &old {
-                index_keys(old.get(attribute), &mut scratch.old_index);
+            if let Some(stored) = &stored {
+                index_keys(stored.get(attribute), &mut scratch.old_index);
             }
             scratch.new_index.clear();
             index_keys(new.get(attribute), &mut scratch.new_index);
             for k in scratch
                 .old_index
                 .iter()
-                .filter(|k| !scratch.new_index.contains(k))
+                .filter(|k| scratch.new_index.binary_search(k).is_err())
             {
                 index.delete_one_duplicate(txn, k, &scratch.key)?;
             }
             for k in scratch
                 .new_index
                 .iter()
-                .filter(|k| !scratch.old_index.contains(k))
+                .filter(|k| scratch.old_index.binary_search(k).is_err())
             {
                 index.put(txn, k, &scratch.key)?;
             }
@@ -603,7 +607,7 @@ impl Writer {
         value::archive_into(&new, &mut scratch.entry);
         table.records.put(txn, &scratch.key, &scratch.entry)?;
         let created = old.is_none();
-        if created {
+        if stored.is_none() {
             self.add_count(txn, &table.name, 1)?;
         }
         if let Value::Int(n) = key {
@@ -882,20 +886,22 @@ pub(super) fn encode_primary_key(key: &Value, out: &mut Vec<u8>) -> Result<(), W
     Ok(())
 }
 
-/// The index keys of one attribute value: one per array element, null for missing.
+/// The index keys of one attribute value: one per array element, null for missing. Appends to
+/// `out` and leaves it sorted and free of duplicates, so callers diff two lists by binary search:
+/// a record's list may hold many elements, and the writer must stay O(n log n) in them.
 pub(super) fn index_keys(value: Option<&Value>, out: &mut Vec<Vec<u8>>) {
     let mut push = |v: &Value| {
         let mut k = Vec::new();
         value::key::encode_index_prefix(v, &mut k);
-        if !out.contains(&k) {
-            out.push(k);
-        }
+        out.push(k);
     };
     match value {
         None => push(&Value::Null),
         Some(Value::Array(items)) if !items.is_empty() => items.iter().for_each(push),
         Some(v) => push(v),
     }
+    out.sort_unstable();
+    out.dedup();
 }
 
 pub(super) fn decode_record(body: &[u8]) -> Result<Value, StoreError> {
