@@ -193,11 +193,10 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         .apply_schema(&tables)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
     let static_files = static_files::StaticFiles::load(&app);
-    let resources = Arc::new(crate::resource::Resources::new(
-        store.clone(),
-        Arc::new(app),
-        Arc::new(config.clone()),
-    ));
+    let resources = Arc::new(
+        crate::resource::Resources::new(store.clone(), Arc::new(app), Arc::new(config.clone()))
+            .with_config_tree(opts.tree.clone()),
+    );
 
     let shared = Arc::new(Shared {
         resources,

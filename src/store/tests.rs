@@ -598,3 +598,134 @@ fn reads_complete_while_the_writer_holds_a_long_transaction() {
         .is_some());
     store.close();
 }
+
+fn schema_change(db: &Database, change: SchemaChange) -> Result<Option<Arc<Table>>, StoreError> {
+    futures_lite_block_on(db.schema(change).unwrap()).expect("writer replied")
+}
+
+/// A table as the Operations API makes it: key, timestamps, no schema file.
+fn ops_table(name: &str) -> TableDef {
+    let mut def = parse_schema_str(
+        &format!("type {name} @table {{ id: Any @primaryKey c: Long @createdTime u: Long @updatedTime }}"),
+        "t.graphql",
+    )
+    .unwrap()
+    .tables
+    .remove(0);
+    def.location = None;
+    def.database = "dev".into();
+    def
+}
+
+#[test]
+fn schema_changes_create_grow_and_drop_tables_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    {
+        let store = open(dir.path(), commits.clone());
+        let db = store.open_database("dev").unwrap();
+        let t = schema_change(&db, SchemaChange::Create(ops_table("Cat")))
+            .unwrap()
+            .unwrap();
+        assert!(!t.schema_defined);
+        assert!(matches!(
+            schema_change(&db, SchemaChange::Create(ops_table("Cat"))),
+            Err(StoreError::TableExists(_))
+        ));
+        write(
+            &db,
+            vec![put(
+                "Cat",
+                None,
+                r#"{"id":1,"color":"red"}"#,
+                PutMode::Insert,
+            )],
+        )
+        .unwrap();
+        // Grow: the new attribute is indexed over the existing record.
+        let grown = schema_change(
+            &db,
+            SchemaChange::Alter {
+                table: "Cat".into(),
+                alter: Box::new(|def: &TableDef| {
+                    let mut def = def.clone();
+                    let mut a =
+                        crate::schema::AttributeDef::new("color", crate::schema::FieldType::Any);
+                    a.indexed = true;
+                    def.attributes.push(a);
+                    Ok(def)
+                }),
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert!(grown.indexed("color"));
+        let txn = db.read().unwrap();
+        let mut prefix = Vec::new();
+        crate::value::key::encode_index_prefix(&Value::String("red".into()), &mut prefix);
+        let hits = txn
+            .index_range(
+                &grown,
+                "color",
+                Bound::Included(&prefix[..]),
+                Bound::Unbounded,
+                false,
+            )
+            .unwrap()
+            .count();
+        assert!(hits >= 1);
+        assert_eq!(txn.count(&grown).unwrap(), 1);
+        assert!(txn.last_updated(&grown).unwrap().is_some());
+        assert!(txn.table_size(&grown).unwrap() > 0);
+        assert!(txn.audit_size().unwrap() > 0);
+        drop(txn);
+        schema_change(&db, SchemaChange::Create(ops_table("Gone"))).unwrap();
+        write(&db, vec![put("Gone", None, r#"{"id":1}"#, PutMode::Insert)]).unwrap();
+        assert!(schema_change(&db, SchemaChange::Drop("Gone".into()))
+            .unwrap()
+            .is_none());
+        assert!(db.table("Gone").is_none());
+        assert!(matches!(
+            write(&db, vec![put("Gone", None, r#"{"id":2}"#, PutMode::Insert)]),
+            Err(WriteError::NoSuchTable(_))
+        ));
+        assert!(matches!(
+            schema_change(&db, SchemaChange::Drop("Gone".into())),
+            Err(StoreError::NoSuchTable(_))
+        ));
+        store.close();
+    }
+    let store = open(dir.path(), commits.clone());
+    let db = store.database("dev").unwrap();
+    let cat = db.table("Cat").unwrap();
+    assert!(cat.indexed("color") && !cat.schema_defined);
+    assert!(cat.def.attribute("c").is_some_and(|a| a.created_time));
+    assert!(cat.def.attribute("u").is_some_and(|a| a.updated_time));
+    assert!(db.table("Gone").is_none(), "a dropped table stays dropped");
+    // The same name again: empty.
+    let again = schema_change(&db, SchemaChange::Create(ops_table("Gone")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(db.read().unwrap().count(&again).unwrap(), 0);
+    store.close();
+}
+
+#[test]
+fn dropped_databases_lose_their_files_and_can_be_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.open_database("dev").unwrap();
+    schema_change(&db, SchemaChange::Create(ops_table("Cat"))).unwrap();
+    write(&db, vec![put("Cat", None, r#"{"id":1}"#, PutMode::Insert)]).unwrap();
+    drop(db);
+    store.drop_database("dev").unwrap();
+    assert!(store.database("dev").is_none());
+    assert!(!dir.path().join("dev.mdb").exists());
+    assert!(matches!(
+        store.drop_database("dev"),
+        Err(StoreError::NoSuchDatabase(_))
+    ));
+    let db = store.open_database("dev").unwrap();
+    assert!(db.table("Cat").is_none());
+    store.close();
+}

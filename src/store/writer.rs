@@ -126,7 +126,30 @@ pub(super) enum Job {
         def: TableDef,
         reply: mpsc::Sender<Result<Arc<Table>, StoreError>>,
     },
+    /// A schema change asked for by a core (Operations API); answered through a oneshot so the
+    /// core awaits without blocking.
+    Schema {
+        change: SchemaChange,
+        reply: OneshotSender<Result<Option<Arc<Table>>, StoreError>>,
+    },
     Stop,
+}
+
+/// The writer's answer to a [`SchemaChange`]: the table as it now is (`None` after a drop).
+pub type SchemaReply = OneshotReceiver<Result<Option<Arc<Table>>, StoreError>>;
+
+/// Rewrites a table definition on the writer thread, where no other change can interleave.
+pub type AlterFn = Box<dyn FnOnce(&TableDef) -> Result<TableDef, StoreError> + Send>;
+
+/// Table-level changes that run on the writer thread, in order with the writes around them.
+pub enum SchemaChange {
+    /// Create a table; `StoreError::TableExists` when the name is taken.
+    Create(TableDef),
+    /// Replace the current definition of a table by what `alter` makes of it (new attributes,
+    /// dropped attributes); indexes follow the new definition.
+    Alter { table: String, alter: AlterFn },
+    /// Remove a table: its records, indexes and stored definition. Answers `None`.
+    Drop(String),
 }
 
 pub(super) struct WriterHandle {
@@ -171,6 +194,15 @@ impl WriterHandle {
             .map_err(|_| StoreError::Io("writer stopped".into()))?;
         rx.recv()
             .map_err(|_| StoreError::Io("writer stopped".into()))?
+    }
+
+    pub fn schema(&self, change: SchemaChange) -> Result<SchemaReply, StoreError> {
+        let (reply, rx) = oneshot();
+        match self.tx.try_send(Job::Schema { change, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(StoreError::Io("write queue full; try again".into())),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Io("writer stopped".into())),
+        }
     }
 
     pub fn stop_blocking(&self) {
@@ -250,6 +282,10 @@ impl Writer {
                         // Commit what is batched first, so requests keep their order.
                         self.commit_batch(&mut batch);
                         let _ = reply.send(self.ensure_table(def));
+                    }
+                    Job::Schema { change, reply } => {
+                        self.commit_batch(&mut batch);
+                        reply.send(self.schema_change(change));
                     }
                     Job::Stop => {
                         self.commit_batch(&mut batch);
@@ -429,6 +465,16 @@ impl Writer {
                     results.push(OpResult::Published);
                 }
             }
+        }
+        let mut touched: Vec<&Arc<str>> = Vec::new();
+        for change in &changes {
+            if !touched.contains(&&change.table) {
+                touched.push(&change.table);
+            }
+        }
+        for table in touched {
+            let key = layout::meta_key("updated", table);
+            self.db.meta.put(txn, &key, &version.to_le_bytes())?;
         }
         if !audit_entries.is_empty() {
             let mut entry = Object::new();
@@ -645,6 +691,48 @@ impl Writer {
     fn ensure_table(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
         ensure_table(&self.db, def)
     }
+
+    fn schema_change(&self, change: SchemaChange) -> Result<Option<Arc<Table>>, StoreError> {
+        match change {
+            SchemaChange::Create(def) => {
+                if self.db.table(&def.table).is_some() {
+                    return Err(StoreError::TableExists(def.table));
+                }
+                ensure_table(&self.db, def).map(Some)
+            }
+            SchemaChange::Alter { table, alter } => {
+                let current = self
+                    .db
+                    .table(&table)
+                    .ok_or_else(|| StoreError::NoSuchTable(format!("{}.{table}", self.db.name)))?;
+                let def = alter(&current.def)?;
+                ensure_table(&self.db, def).map(Some)
+            }
+            SchemaChange::Drop(table) => {
+                let current = self
+                    .db
+                    .table(&table)
+                    .ok_or_else(|| StoreError::NoSuchTable(format!("{}.{table}", self.db.name)))?;
+                let mut wtxn = self.db.env.write_txn()?;
+                current.records.clear(&mut wtxn)?;
+                for (_, index) in &current.indexes {
+                    index.clear(&mut wtxn)?;
+                }
+                for kind in ["table", "indexes", "count", "autoinc", "updated"] {
+                    self.db
+                        .meta
+                        .delete(&mut wtxn, &layout::meta_key(kind, &table))?;
+                }
+                wtxn.commit()?;
+                self.db
+                    .tables
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&table);
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Creates the table's sub-databases, builds indexes that are new and clears dropped ones. Runs
@@ -733,7 +821,7 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
     }
     let index_list = serde_json::to_vec(&wanted).unwrap_or_default();
     db.meta.put(&mut wtxn, &indexes_key, &index_list)?;
-    let schema_defined = previous.map(|p| p.schema_defined).unwrap_or(false)
+    let schema_defined = previous.as_ref().map(|p| p.schema_defined).unwrap_or(false)
         || def.export.is_some()
         || def.location.is_some();
     let stored =
@@ -741,6 +829,7 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
     db.meta.put(&mut wtxn, &stored_key, &stored)?;
     wtxn.commit()?;
     let table = Arc::new(Table {
+        schema_defined,
         name: Arc::from(name.as_str()),
         def: Arc::new(def),
         records,
