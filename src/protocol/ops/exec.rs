@@ -239,9 +239,11 @@ pub async fn execute(
             get_attributes.as_deref(),
         )?),
         // Planned here, run by the envelope straight into the response body.
-        Operation::SearchByValue(s) => return search::by_value(r, &s).map(Reply::Search),
+        Operation::SearchByValue(s) => {
+            return search::by_value(r, &s).map(|p| Reply::Search(Box::new(p)))
+        }
         Operation::SearchByConditions(s) => {
-            return search::by_conditions(r, &s).map(Reply::Search)
+            return search::by_conditions(r, &s).map(|p| Reply::Search(Box::new(p)))
         }
         Operation::ListRoles => Value::Array(users::list_roles(r)?),
         Operation::AddRole {

@@ -33,7 +33,7 @@ pub struct OpError {
 #[derive(Debug, PartialEq)]
 pub enum Reply {
     Value(Value),
-    Search(search::Prepared),
+    Search(Box<search::Prepared>),
 }
 
 /// The 403 message of §4.1.

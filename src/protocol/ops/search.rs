@@ -162,7 +162,11 @@ fn condition(attribute: &str, comparator: Comparator, value: QueryValue) -> Expr
 /// Equality with type conversion. A typed attribute converts the value itself (in the planner);
 /// an untyped one is asked for every spelling the value has.
 fn equal_filter(attribute: &str, wanted: &Value, untyped: bool) -> Expr {
-    let exact = condition(attribute, Comparator::Equal, QueryValue::Json(to_json(wanted)));
+    let exact = condition(
+        attribute,
+        Comparator::Equal,
+        QueryValue::Json(to_json(wanted)),
+    );
     if !untyped {
         return exact;
     }
@@ -342,12 +346,15 @@ impl Prepared {
             return Ok(());
         }
         let mut array = ArrayWriter::start(ty, out);
-        let result = search::run(&self.db, &self.table, &self.plan, &mut |_, record| {
-            match &self.attributes {
+        let result = search::run(
+            &self.db,
+            &self.table,
+            &self.plan,
+            &mut |_, record| match &self.attributes {
                 Some(select) => array.item(&crate::query::project(record.value, select), out),
                 None => array.item(record.value, out),
-            }
-        });
+            },
+        );
         if let Err(e) = result {
             out.clear();
             return Err(search_error(e));
