@@ -2,4 +2,5 @@
 //! reach tables only through the resource layer.
 
 pub mod http;
+pub mod mqtt;
 pub mod rest;
