@@ -205,7 +205,8 @@ impl MqttShared {
             .collect();
         MqttShared {
             resources,
-            packet_bytes_max: packet_bytes_max.min(codec::REMAINING_BYTES_MAX + 5),
+            // MQTT 5 allows Maximum Packet Size up to the remaining-length ceiling.
+            packet_bytes_max: packet_bytes_max.min(codec::REMAINING_BYTES_MAX),
             require_authentication,
             shutdown,
             clients: Mutex::new(HashMap::new()),

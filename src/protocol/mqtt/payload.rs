@@ -85,7 +85,8 @@ pub fn encode<'a, V: ValueView<'a>>(value: Option<V>, out: &mut Vec<u8>) -> &'st
 fn raw_bytes<'a, V: ValueView<'a>>(value: V) -> Option<&'a [u8]> {
     match value.kind() {
         Kind::Bytes(b) => Some(b),
-        Kind::Object(entries) if entries.len() == 2 => {
+        // The record also holds its key (and timestamps, if the table has them).
+        Kind::Object(_) => {
             value.get("contentType")?;
             match value.get("data")?.kind() {
                 Kind::Bytes(b) => Some(b),
