@@ -10,6 +10,7 @@ mod lock;
 mod mqtt;
 mod notify;
 mod router;
+mod static_files;
 mod system;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -78,12 +79,15 @@ pub struct CoreStats {
     pub connections_open: AtomicU64,
     pub connections_refused: AtomicU64,
     pub requests: AtomicU64,
+    /// Milliseconds since start when this core's heartbeat task last ran (the watchdog reads it).
+    pub heartbeat_ms: AtomicU64,
 }
 
 /// What every core shares, read-mostly.
 pub struct Shared {
     pub config: Config,
     pub resources: Arc<crate::resource::Resources>,
+    pub static_files: Option<static_files::StaticFiles>,
     pub stats: Vec<CoreStats>,
     pub shutdown: Shutdown,
     pub in_flight: InFlight,
@@ -182,6 +186,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store
         .apply_schema(&tables)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
+    let static_files = static_files::StaticFiles::load(&app);
     let resources = Arc::new(crate::resource::Resources::new(
         store.clone(),
         Arc::new(app),
@@ -190,6 +195,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let shared = Arc::new(Shared {
         resources,
+        static_files,
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
         shutdown: Shutdown::new(),
         in_flight: InFlight::new(),
@@ -238,6 +244,13 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
     notify::send("READY=1");
+    if let Some(interval) = notify::watchdog_interval() {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watchdog(shared, interval))
+            .map_err(|e| RunError::Invalid(format!("cannot start watchdog thread: {e}")))?;
+    }
 
     // Wait for the first signal.
     let first = signals.wait();
@@ -320,11 +333,55 @@ async fn core_main(
             open.clone(),
         ));
     }
+    spawn(heartbeat(shared.clone(), core));
     tracing::debug!("core {core} ready on CPU {}", ctx.cpu);
     shared.shutdown.wait().await;
     // Let this core's connections finish; the main thread enforces the overall deadline.
     while open.get() > 0 {
         tidepool_io::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How often each core proves it is still turning its event loop.
+const HEARTBEAT: Duration = Duration::from_millis(250);
+
+async fn heartbeat(shared: Arc<Shared>, core: usize) {
+    while !shared.shutdown.is_triggered() {
+        let now = shared.started.elapsed().as_millis() as u64;
+        shared.stats[core]
+            .heartbeat_ms
+            .store(now, Ordering::Relaxed);
+        if let Either::Right(()) = race(tidepool_io::sleep(HEARTBEAT), shared.shutdown.wait()).await
+        {
+            return;
+        }
+    }
+}
+
+/// systemd's watchdog: WATCHDOG=1 every half interval, but only while every core's heartbeat is
+/// fresh, so a wedged core gets the service restarted.
+fn watchdog(shared: Arc<Shared>, interval: Duration) {
+    let period = interval / 2;
+    let stale_after = (interval / 2).max(HEARTBEAT * 4).as_millis() as u64;
+    while !shared.shutdown.is_triggered() {
+        std::thread::sleep(period);
+        let now = shared.started.elapsed().as_millis() as u64;
+        let wedged: Vec<usize> = shared
+            .stats
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                now.saturating_sub(s.heartbeat_ms.load(Ordering::Relaxed)) > stale_after
+            })
+            .map(|(core, _)| core)
+            .collect();
+        if wedged.is_empty() {
+            notify::send("WATCHDOG=1");
+        } else {
+            tracing::error!(
+                "cores {wedged:?} missed their heartbeat; withholding the systemd watchdog ping"
+            );
+        }
     }
 }
 

@@ -26,3 +26,14 @@ pub fn send(state: &str) {
         tracing::warn!("NOTIFY_SOCKET {}: {e}", path.to_string_lossy());
     }
 }
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this process per `WATCHDOG_PID`).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}

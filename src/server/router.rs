@@ -75,6 +75,171 @@ impl Router {
     }
 }
 
+/// A per-core counter: its name, help text and how to read it.
+type PerCoreMetric = (&'static str, &'static str, fn(&super::CoreStats) -> u64);
+
+impl Router {
+    fn metrics(&self) -> String {
+        use crate::metrics::Exposition;
+        let mut e = Exposition::new();
+        let per_core: [PerCoreMetric; 4] = [
+            (
+                "tidepool_connections_accepted_total",
+                "Connections accepted, per core.",
+                |s| s.connections_accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_connections_refused_total",
+                "Connections refused over http.maxConnectionsPerCore, per core.",
+                |s| s.connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_http_requests_total",
+                "HTTP requests received, per core.",
+                |s| s.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_connections_open",
+                "Connections open now, per core.",
+                |s| s.connections_open.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in per_core {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            e.family(name, kind, help);
+            for (core, stats) in self.shared.stats.iter().enumerate() {
+                e.sample(name, &[("core", &core.to_string())], read(stats) as f64);
+            }
+        }
+        e.family(
+            "tidepool_requests_in_flight",
+            "gauge",
+            "HTTP requests being served now.",
+        );
+        e.sample(
+            "tidepool_requests_in_flight",
+            &[],
+            self.shared.in_flight.count() as f64,
+        );
+        let store = &self.shared.resources.store;
+        let databases: Vec<_> = store
+            .database_names()
+            .into_iter()
+            .filter_map(|n| store.database(&n))
+            .collect();
+        e.family(
+            "tidepool_writer_commits_total",
+            "counter",
+            "LMDB commits (one per group of write requests), per database.",
+        );
+        for db in &databases {
+            e.sample(
+                "tidepool_writer_commits_total",
+                &[("database", &db.name)],
+                db.stats.commits.load(Ordering::Relaxed) as f64,
+            );
+        }
+        e.family(
+            "tidepool_writer_requests_total",
+            "counter",
+            "Write requests applied, per database.",
+        );
+        for db in &databases {
+            e.sample(
+                "tidepool_writer_requests_total",
+                &[("database", &db.name)],
+                db.stats.requests.load(Ordering::Relaxed) as f64,
+            );
+        }
+        e.family(
+            "tidepool_writer_requests_failed_total",
+            "counter",
+            "Write requests refused or rolled back, per database.",
+        );
+        for db in &databases {
+            e.sample(
+                "tidepool_writer_requests_failed_total",
+                &[("database", &db.name)],
+                db.stats.requests_failed.load(Ordering::Relaxed) as f64,
+            );
+        }
+        e.family(
+            "tidepool_writer_batch_size_max",
+            "gauge",
+            "Largest group of write requests committed together, per database.",
+        );
+        for db in &databases {
+            e.sample(
+                "tidepool_writer_batch_size_max",
+                &[("database", &db.name)],
+                db.stats.batch_size_max.load(Ordering::Relaxed) as f64,
+            );
+        }
+        e.family(
+            "tidepool_writer_commit_seconds",
+            "histogram",
+            "Time to apply and commit one group, per database.",
+        );
+        for db in &databases {
+            let buckets = &db.stats.commit_micros_buckets;
+            for (i, bound) in crate::store::COMMIT_MICROS_BUCKETS.iter().enumerate() {
+                let le = format!("{}", *bound as f64 / 1e6);
+                e.sample(
+                    "tidepool_writer_commit_seconds_bucket",
+                    &[("database", &db.name), ("le", &le)],
+                    buckets[i].load(Ordering::Relaxed) as f64,
+                );
+            }
+            let count =
+                buckets[crate::store::COMMIT_MICROS_BUCKETS.len()].load(Ordering::Relaxed) as f64;
+            e.sample(
+                "tidepool_writer_commit_seconds_bucket",
+                &[("database", &db.name), ("le", "+Inf")],
+                count,
+            );
+            e.sample(
+                "tidepool_writer_commit_seconds_sum",
+                &[("database", &db.name)],
+                db.stats.commit_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
+            );
+            e.sample(
+                "tidepool_writer_commit_seconds_count",
+                &[("database", &db.name)],
+                count,
+            );
+        }
+        e.family(
+            "tidepool_lmdb_map_used_bytes",
+            "gauge",
+            "Bytes of the LMDB map in use, per database.",
+        );
+        for db in &databases {
+            e.sample(
+                "tidepool_lmdb_map_used_bytes",
+                &[("database", &db.name)],
+                db.map_usage().0 as f64,
+            );
+        }
+        e.family(
+            "tidepool_lmdb_map_size_bytes",
+            "gauge",
+            "Bytes of address space reserved for the LMDB map, per database.",
+        );
+        for db in &databases {
+            e.sample(
+                "tidepool_lmdb_map_size_bytes",
+                &[("database", &db.name)],
+                db.map_usage().1 as f64,
+            );
+        }
+        e.finish()
+    }
+}
+
 impl Service for Router {
     async fn call(&self, req: &Request<'_>, resp: &mut Response) {
         self.shared.stats[self.core]
@@ -82,6 +247,15 @@ impl Service for Router {
             .fetch_add(1, Ordering::Relaxed);
         if req.path == "/health" && matches!(req.method, Method::Get | Method::Head) {
             self.health(req, resp);
+            return;
+        }
+        if req.path == "/metrics"
+            && self.kind != PortKind::Rest
+            && matches!(req.method, Method::Get | Method::Head)
+        {
+            resp.status = 200;
+            resp.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+            resp.body.extend_from_slice(self.metrics().as_bytes());
             return;
         }
         let operations = match self.kind {
@@ -105,6 +279,11 @@ impl Service for Router {
         }
         if crate::protocol::rest::handle(&self.shared.resources, req, resp).await {
             return;
+        }
+        if let Some(files) = &self.shared.static_files {
+            if files.serve(req, resp) {
+                return;
+            }
         }
         resp.text(404, "Not found");
     }

@@ -192,6 +192,41 @@ pub struct Database {
     meta: Db,
     audit: Db,
     writer: writer::WriterHandle,
+    pub stats: WriterStats,
+}
+
+/// Upper bounds (inclusive) of the commit-latency histogram buckets, in microseconds.
+pub const COMMIT_MICROS_BUCKETS: [u64; 8] =
+    [100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 1_000_000];
+
+/// The writer's counters, written by the writer thread only, read by `/metrics`.
+#[derive(Default)]
+pub struct WriterStats {
+    /// LMDB commits (one per group).
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Write requests applied (each a nested transaction).
+    pub requests: std::sync::atomic::AtomicU64,
+    pub requests_failed: std::sync::atomic::AtomicU64,
+    /// Commit latency histogram, cumulative per bucket of [`COMMIT_MICROS_BUCKETS`] plus +Inf.
+    pub commit_micros_buckets: [std::sync::atomic::AtomicU64; 9],
+    pub commit_micros_sum: std::sync::atomic::AtomicU64,
+    pub batch_size_max: std::sync::atomic::AtomicU64,
+}
+
+impl WriterStats {
+    fn record_commit(&self, requests: u64, micros: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.requests.fetch_add(requests, Relaxed);
+        self.commit_micros_sum.fetch_add(micros, Relaxed);
+        for (i, bound) in COMMIT_MICROS_BUCKETS.iter().enumerate() {
+            if micros <= *bound {
+                self.commit_micros_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.commit_micros_buckets[COMMIT_MICROS_BUCKETS.len()].fetch_add(1, Relaxed);
+        self.batch_size_max.fetch_max(requests, Relaxed);
+    }
 }
 
 impl Database {
@@ -257,6 +292,14 @@ impl Database {
 
     pub fn file_size(&self) -> u64 {
         self.env.real_disk_size().unwrap_or(0)
+    }
+
+    /// Bytes of the map in use (last page × page size) and reserved.
+    pub fn map_usage(&self) -> (u64, u64) {
+        let info = self.env.info();
+        let stat = self.env.unnamed_database_stat();
+        let used = (info.last_page_number as u64 + 1) * u64::from(stat.page_size);
+        (used, info.map_size as u64)
     }
 }
 
@@ -345,6 +388,7 @@ impl Store {
             meta,
             audit,
             writer,
+            stats: WriterStats::default(),
         });
         db.reopen_tables()?;
         writer::spawn(

@@ -283,6 +283,7 @@ impl Writer {
             return;
         }
         let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
+        let started = Instant::now();
         let committed = (|| -> Result<(), heed::Error> {
             let mut wtxn = self.db.env.write_txn()?;
             for (request, reply) in batch.drain(..) {
@@ -302,6 +303,14 @@ impl Writer {
             wtxn.commit()
         })();
         let local_time = super::now_ms();
+        let failed = pending.iter().filter(|(_, r)| r.is_err()).count() as u64;
+        self.db
+            .stats
+            .requests_failed
+            .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
+        self.db
+            .stats
+            .record_commit(pending.len() as u64, started.elapsed().as_micros() as u64);
         match committed {
             Ok(()) => {
                 for (reply, result) in pending {

@@ -8,13 +8,14 @@
 //! `null`; objects as maps with text keys.
 //!
 //! In: definite and indefinite lengths; integers beyond i64 → BigInt; tags 2/3 → BigInt (up to
-//! 1024 bits); tag 1 → Date (ms; a float seconds value is rounded to the whole ms it came from
-//! when that is exact); tag 0 → its string unchanged (date parsing is the schema's coercion); other
+//! 1024 bits); tag 1 → Date in whole ms (float seconds are rounded to the ms; exact for dates
+//! within ±2^51 ms, about ±71,000 years; NaN, ±∞ and dates beyond JavaScript's ±8.64e15 ms are
+//! rejected); tag 0 → its string unchanged (date parsing is the schema's coercion); other
 //! tags are skipped; `undefined` → null; map keys must be text or integers (integers become their
 //! decimal text); other simple values are rejected.
 
 use super::view::{Kind, ValueView};
-use super::{DecodeError, DecodeLimits, Object, Problem, Value};
+use super::{DecodeError, DecodeLimits, Object, Problem, Value, DATE_MS_MAX};
 
 const MAJOR_UNSIGNED: u8 = 0;
 const MAJOR_NEGATIVE: u8 = 1;
@@ -169,6 +170,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a CBOR body: exactly one data item.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    let limits = &limits.clamped();
     if bytes.len() > limits.bytes_max {
         return Err(DecodeError::new(
             limits.bytes_max,
@@ -390,11 +392,13 @@ impl<'a> Reader<'a> {
         let content_at = self.pos;
         let content = self.item(depth)?;
         match (tag, content) {
-            (TAG_DATE_EPOCH, Value::Int(s)) => Ok(Value::Date(s as f64 * 1000.0)),
+            (TAG_DATE_EPOCH, Value::Int(s)) => date(s as f64 * 1000.0, content_at),
             (TAG_DATE_EPOCH, Value::BigInt(_)) => {
                 Err(self.error(content_at, Problem::InvalidNumber))
             }
-            (TAG_DATE_EPOCH, Value::Float(s)) => Ok(Value::Date(seconds_to_ms(s))),
+            // Float seconds round to whole ms: x/1000 read back × 1000 lands within half a ms of
+            // x for |x| < 2^51 ms, so whole-ms dates round-trip exactly there.
+            (TAG_DATE_EPOCH, Value::Float(s)) => date((s * 1000.0).round(), content_at),
             (TAG_DATE_EPOCH, _) => {
                 Err(self.error(start, Problem::Unsupported("tag 1 on a non-number")))
             }
@@ -463,14 +467,13 @@ fn negative(n: u64) -> Value {
     }
 }
 
-/// Epoch seconds (float) to ms: the whole ms it was made from when that is exact.
-fn seconds_to_ms(s: f64) -> f64 {
-    let ms = s * 1000.0;
-    let whole = ms.round();
-    if whole / 1000.0 == s {
-        whole
+/// A Date within JavaScript's range (NaN, ±∞ and beyond ±8.64e15 ms are rejected).
+fn date(ms: f64, at: usize) -> Result<Value, DecodeError> {
+    if ms.abs() <= DATE_MS_MAX {
+        // `+ 0.0` turns -0 (from rounding a tiny negative) into 0: one instant, one value.
+        Ok(Value::Date(ms + 0.0))
     } else {
-        ms
+        Err(DecodeError::new(at, Problem::InvalidNumber))
     }
 }
 
@@ -518,7 +521,11 @@ mod tests {
     }
 
     fn check_parse(input_hex: &str, expected: Result<Value, DecodeError>) {
-        assert_eq!(parse(&unhex(input_hex)), expected, "{input_hex}");
+        match (parse(&unhex(input_hex)), expected) {
+            // Identity, not `==`: -0 and 0 must differ here.
+            (Ok(got), Ok(want)) => assert!(got.is_identical(&want), "{input_hex}: {got:?}"),
+            (got, want) => assert_eq!(got, want, "{input_hex}"),
+        }
     }
 
     #[test]
@@ -578,6 +585,16 @@ mod tests {
             )),
         );
         check_parse("f7", Ok(Value::Null));
+        check_parse("c1fb41d999a660080000", Ok(Value::Date(1_718_000_000_125.0)));
+        check_parse("c1fbbf279959a6080000", Ok(Value::Date(0.0)));
+        check_parse(
+            "c1fb7ff8000000000000",
+            Err(DecodeError::new(1, Problem::InvalidNumber)),
+        );
+        check_parse(
+            "c11b0000100000000000",
+            Err(DecodeError::new(1, Problem::InvalidNumber)),
+        );
         check_parse("", Err(DecodeError::new(0, Problem::UnexpectedEnd)));
         check_parse("0000", Err(DecodeError::new(1, Problem::TrailingBytes)));
         check_parse(

@@ -8,23 +8,23 @@ use super::json;
 use super::view::{Kind, ValueView};
 
 /// Appends the header row: each field name quoted.
-pub fn write_header(fields: &[&str], out: &mut Vec<u8>) {
+pub fn write_header<F: AsRef<str>>(fields: &[F], out: &mut Vec<u8>) {
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_quoted(field.as_bytes(), out);
+        write_quoted(field.as_ref().as_bytes(), out);
     }
     out.push(b'\n');
 }
 
 /// Appends one row: the properties `fields` of `record` (absent when it is not an object).
-pub fn write_row<'a, V: ValueView<'a>>(fields: &[&str], record: V, out: &mut Vec<u8>) {
+pub fn write_row<'a, F: AsRef<str>, V: ValueView<'a>>(fields: &[F], record: V, out: &mut Vec<u8>) {
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        if let Some(value) = record.get(field) {
+        if let Some(value) = record.get(field.as_ref()) {
             write_field(value, out);
         }
     }

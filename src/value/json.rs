@@ -14,7 +14,7 @@
 
 use super::number::{parse_magnitude_decimal, write_f64_js};
 use super::view::{Kind, ValueView};
-use super::{DecodeError, DecodeLimits, Object, Problem, Value};
+use super::{DecodeError, DecodeLimits, Object, Problem, Value, DATE_MS_MAX};
 
 /// Appends the JSON text of `value`.
 pub fn write<'a, V: ValueView<'a>>(value: V, out: &mut Vec<u8>) {
@@ -167,8 +167,6 @@ pub fn write_base64(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Largest time value JavaScript's Date accepts: ±100,000,000 days.
-const DATE_MS_MAX: f64 = 8.64e15;
 const DAY_MS: i64 = 86_400_000;
 
 /// Appends `ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (no quotes). Returns false, writing nothing, for an
@@ -233,6 +231,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a JSON body: exactly one value, surrounded by optional whitespace.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    let limits = &limits.clamped();
     if bytes.len() > limits.bytes_max {
         return Err(DecodeError::new(
             limits.bytes_max,
@@ -611,6 +610,7 @@ mod tests {
         );
         check(r#""\ud800x""#, "\"\u{fffd}x\"");
         check("[[],{}]", "[[],{}]");
+        check("\u{feff} 7", "7");
     }
 
     #[test]

@@ -18,6 +18,9 @@ mod number;
 mod order;
 mod view;
 
+#[cfg(test)]
+mod proptests;
+
 use std::fmt;
 
 use rkyv::rancor;
@@ -274,6 +277,27 @@ impl Value {
         }
     }
 
+    /// Structural identity: like `==`, but floats and dates compare by bits with every NaN equal
+    /// to every NaN, so a value read back from any codec can be checked exactly.
+    pub fn is_identical(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Float(x), Value::Float(y)) | (Value::Date(x), Value::Date(y)) => {
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
+            }
+            (Value::Array(xs), Value::Array(ys)) => {
+                xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| x.is_identical(y))
+            }
+            (Value::Object(xs), Value::Object(ys)) => {
+                xs.len() == ys.len()
+                    && xs
+                        .iter()
+                        .zip(ys.iter())
+                        .all(|((kx, x), (ky, y))| kx == ky && x.is_identical(y))
+            }
+            _ => self == other,
+        }
+    }
+
     /// Total order over all values, consistent with [`key::encode`]'s byte order.
     pub fn cmp_total(&self, other: &Value) -> std::cmp::Ordering {
         order::cmp_total(self, other)
@@ -398,13 +422,27 @@ pub fn deserialize(archived: &ArchivedValue) -> Result<Value, ValueError> {
 /// naming the limit; nothing is truncated silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
-    /// Nesting depth of arrays and objects.
+    /// Nesting depth of arrays and objects (and CBOR tags); at most [`DEPTH_CEILING`].
     pub depth_max: usize,
     /// Size of the whole body.
     pub bytes_max: usize,
     /// Number of values (scalars and containers) in the body; bounds the work and memory a
     /// small body can cause (e.g. CBOR's one-byte empty arrays).
     pub values_max: usize,
+}
+
+/// Ceiling on `depth_max`: the parsers recurse once per level, and this keeps the deepest
+/// recursion well inside an executor thread's stack whatever the configuration says.
+pub const DEPTH_CEILING: usize = 1024;
+
+impl DecodeLimits {
+    /// These limits with `depth_max` held to [`DEPTH_CEILING`].
+    pub(crate) fn clamped(&self) -> DecodeLimits {
+        DecodeLimits {
+            depth_max: self.depth_max.min(DEPTH_CEILING),
+            ..*self
+        }
+    }
 }
 
 impl Default for DecodeLimits {
@@ -416,6 +454,9 @@ impl Default for DecodeLimits {
         }
     }
 }
+
+/// Largest |ms| of a Date decoders accept: JavaScript's Date range, ±100,000,000 days.
+pub const DATE_MS_MAX: f64 = 8.64e15;
 
 /// A body that does not decode: what went wrong and at which byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]

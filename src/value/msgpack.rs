@@ -7,12 +7,12 @@
 //! REST streams collections as concatenated values, so there is no array helper here.
 //!
 //! In: every format of the spec; uint64 beyond i64 → BigInt; timestamp → Date in whole ms (sub-ms
-//! nanoseconds are dropped, rounding down); msgpackr's `undefined` (fixext 1, type 0) → null; other
+//! nanoseconds are dropped, rounding down; dates beyond JavaScript's ±8.64e15 ms are rejected); msgpackr's `undefined` (fixext 1, type 0) → null; other
 //! extension types are rejected; map keys must be strings or integers (integers become their
 //! decimal text).
 
 use super::view::{Kind, ValueView};
-use super::{DecodeError, DecodeLimits, Object, Problem, Value};
+use super::{DecodeError, DecodeLimits, Object, Problem, Value, DATE_MS_MAX};
 
 const TIMESTAMP: i8 = -1;
 const NIL: u8 = 0xc0;
@@ -151,13 +151,19 @@ fn write_date(ms: f64, out: &mut Vec<u8>) {
         out.push(NIL);
         return;
     }
-    let seconds = (ms / 1000.0).floor();
-    let mut nanos = ((ms - seconds * 1000.0) * 1.0e6).round() as i64;
-    let mut seconds = seconds as i64;
-    if nanos >= 1_000_000_000 {
-        seconds += 1;
-        nanos -= 1_000_000_000;
-    }
+    let (seconds, nanos) = if ms.fract() == 0.0 {
+        // Whole ms (every Date a decoder makes): exact integer arithmetic.
+        let ms = ms as i64;
+        (ms.div_euclid(1000), ms.rem_euclid(1000) * 1_000_000)
+    } else {
+        let seconds = (ms / 1000.0).floor();
+        let nanos = ((ms - seconds * 1000.0) * 1.0e6).round() as i64;
+        if nanos >= 1_000_000_000 {
+            (seconds as i64 + 1, nanos - 1_000_000_000)
+        } else {
+            (seconds as i64, nanos)
+        }
+    };
     let nanos = nanos.clamp(0, 999_999_999) as u64;
     if seconds >= 0 && seconds >> 34 == 0 {
         let seconds = seconds as u64;
@@ -182,6 +188,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a MessagePack body: exactly one value.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    let limits = &limits.clamped();
     if bytes.len() > limits.bytes_max {
         return Err(DecodeError::new(
             limits.bytes_max,
@@ -433,6 +440,9 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::new(start, Problem::InvalidNumber));
         }
         let ms = seconds as i128 * 1000 + (nanos / 1_000_000) as i128;
+        if ms.unsigned_abs() > DATE_MS_MAX as u128 {
+            return Err(DecodeError::new(start, Problem::InvalidNumber));
+        }
         Ok(Value::Date(ms as f64))
     }
 }
@@ -502,6 +512,14 @@ mod tests {
             hex(&to_vec(&Value::from("-18446744073709551616")))
         );
         check_parse("d40000", Ok(Value::Null));
+        check_parse(
+            "c70cff000000000000100000000000",
+            Err(DecodeError::new(0, Problem::InvalidNumber)),
+        );
+        check_parse(
+            "d7fffffffffc00000000",
+            Err(DecodeError::new(0, Problem::InvalidNumber)),
+        );
         check_parse("ca3fc00000", Ok(Value::Float(1.5)));
         check_parse(
             "c1",
