@@ -353,10 +353,14 @@ fn inbound_publish_codes() {
     // Raw bytes retained → {contentType, data}, delivered back as the bytes.
     c.send(&publish_packet(5, 0x03, "Dog/bin", 5, &[0xff, 0x00, 0x01]));
     assert_eq!(c.packet(), Some(vec![0x40, 2, 0, 5]));
-    assert_eq!(
-        get(&m, "/Dog/bin").unwrap()["contentType"],
-        "application/octet-stream"
-    );
+    // REST serves a `{contentType, data}` record as its bytes, with that type.
+    let r = ureq::get(&m.server.url("/Dog/bin"))
+        .call()
+        .expect("GET /Dog/bin");
+    assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
+    let mut body = Vec::new();
+    r.into_reader().read_to_end(&mut body).expect("body");
+    assert_eq!(body, vec![0xff, 0x00, 0x01]);
     c.send(&subscribe_packet(5, 6, "Dog/bin", 0));
     c.packet().expect("SUBACK");
     let (_, _, payload) = parse_publish(&c.packet().expect("state"), 5);

@@ -38,7 +38,8 @@ WORKLOAD:
   --threads T          load threads (default: one per --cpus entry, else 1)
   --cpus LIST          CPUs to pin load threads to, e.g. 0 or 0,1 or 0-3 (default: last CPU allowed)
   --method M           request method (default GET)
-  --path P             request target (default /)
+  --path P             request target (default /); one {n} in it becomes a number distinct per
+                       request (connection index + k * connections), e.g. --path '/Dog/{n}'
   --body-file F        request body, read once (adds Content-Length)
   --header 'K: V'      extra header, repeatable
   --auth USER:PASS     Authorization: Basic

@@ -1,5 +1,6 @@
 //! The HTTP load run: keep-alive connections spread over pinned tidepool-io cores, each sending the
-//! same pre-built request back to back (or `pipeline` at a time) until the run's deadline.
+//! same pre-built request (its path's `{n}` numbered per request) back to back (or `pipeline` at a
+//! time) until the run's deadline.
 //!
 //! It owns the connection loop and the timing window; framing comes from [`crate::http1`] and the
 //! counters from [`crate::report`]. The loop allocates nothing per request: each connection keeps
@@ -38,7 +39,7 @@ const COLLECT_GRACE: Duration = Duration::from_secs(10);
 /// Everything a load thread needs, shared read-only by all of them.
 struct Plan {
     addr: SocketAddr,
-    request: Vec<u8>,
+    request: crate::request::Template,
     head_request: bool,
     pipeline: usize,
     /// Connections per core, by core index.
@@ -51,7 +52,7 @@ struct Plan {
 /// Runs `workload` against `target` and returns what it measured.
 pub fn run(target: &Target, workload: &Workload) -> Result<Report> {
     let threads = workload.cpus.len();
-    let request = crate::request::build(
+    let request = crate::request::Template::new(
         &workload.method,
         &workload.path,
         &target.host,
@@ -122,8 +123,10 @@ async fn core_main(ctx: CoreContext, plan: Arc<Plan>, stats_tx: mpsc::Sender<Cor
     let stats = Rc::new(RefCell::new(CoreStats::new()));
     sleep(plan.start.saturating_duration_since(Instant::now())).await;
     let count = plan.connections.get(ctx.core.0).copied().unwrap_or(0);
-    for _ in 0..count {
-        spawn(connection(plan.clone(), stats.clone()));
+    // Connections are numbered across all cores, so `{n}` never repeats in a run.
+    let first: usize = plan.connections.iter().take(ctx.core.0).sum();
+    for index in first..first + count {
+        spawn(connection(plan.clone(), stats.clone(), index as u64));
     }
     sleep(plan.end.saturating_duration_since(Instant::now())).await;
     let stats = std::mem::take(&mut *stats.borrow_mut());
@@ -139,10 +142,13 @@ enum Closed {
 }
 
 /// One client connection for the whole run, re-opened whenever the server closes it.
-async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<CoreStats>>) {
+async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<CoreStats>>, index: u64) {
+    let total: usize = plan.connections.iter().sum();
     let mut session = Session {
         read_buf: Vec::with_capacity(READ_BUFFER_BYTES),
-        write_buf: Vec::with_capacity(plan.request.len() * plan.pipeline),
+        write_buf: Vec::with_capacity(plan.request.len_max() * plan.pipeline),
+        next_number: index,
+        number_step: total.max(1) as u64,
         sent_at: VecDeque::with_capacity(plan.pipeline),
         parser: ResponseParser::new(plan.head_request),
     };
@@ -174,6 +180,10 @@ struct Session {
     /// Send time of each request in flight, oldest first; responses arrive in the same order.
     sent_at: VecDeque<Instant>,
     parser: ResponseParser,
+    /// The next `{n}`: this connection's index, then steps of the connection count, so numbers
+    /// are distinct across connections (and across reconnects).
+    next_number: u64,
+    number_step: u64,
 }
 
 impl Session {
@@ -284,7 +294,8 @@ impl Session {
     ) -> Result<(), Closed> {
         self.write_buf.clear();
         for _ in 0..count {
-            self.write_buf.extend_from_slice(&plan.request);
+            plan.request.write(self.next_number, &mut self.write_buf);
+            self.next_number = self.next_number.wrapping_add(self.number_step);
         }
         let now = Instant::now();
         if now >= plan.end {

@@ -3,6 +3,73 @@
 //! It owns the wire form of the one request every connection repeats: start line, `Host`, the
 //! user's headers, `Authorization: Basic` from `--auth`, and `Content-Length` with the body. It
 //! never touches a socket; connections copy these bytes into their write buffers.
+//!
+//! A path may hold one `{n}` ([`NUMBER_MARK`]): the request is then a [`Template`] split around it,
+//! and each send writes a number there (`PUT /Dog/{n}` writes distinct ids), without allocating.
+
+/// Where a path takes the per-request number.
+pub const NUMBER_MARK: &str = "{n}";
+
+/// The request bytes, split around the path's `{n}` when it has one.
+#[derive(Debug, Clone)]
+pub struct Template {
+    head: Vec<u8>,
+    /// The bytes after `{n}`; `None` when the path has no `{n}` and every request is `head`.
+    tail: Option<Vec<u8>>,
+}
+
+impl Template {
+    /// Builds the request and splits it at the first `{n}` of `path` (the start line comes first,
+    /// so the mark's offset in the bytes is known).
+    pub fn new(
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[String],
+        auth: Option<&str>,
+        body: &[u8],
+    ) -> Template {
+        let bytes = build(method, path, host, headers, auth, body);
+        match path.find(NUMBER_MARK) {
+            Some(at) => {
+                let split = method.len() + 1 + at;
+                Template {
+                    head: bytes[..split].to_vec(),
+                    tail: Some(bytes[split + NUMBER_MARK.len()..].to_vec()),
+                }
+            }
+            None => Template {
+                head: bytes,
+                tail: None,
+            },
+        }
+    }
+
+    /// Bytes one request takes at most (a number is at most 20 digits).
+    pub fn len_max(&self) -> usize {
+        self.head.len() + self.tail.as_ref().map_or(0, |t| 20 + t.len())
+    }
+
+    /// Appends one request, with `n` in place of `{n}`.
+    pub fn write(&self, n: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        if let Some(tail) = &self.tail {
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut rest = n;
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
+            out.extend_from_slice(&digits[at..]);
+            out.extend_from_slice(tail);
+        }
+    }
+}
 
 /// Builds the request bytes. `headers` are `Name: value` lines as given on the command line.
 pub fn build(
@@ -100,6 +167,34 @@ mod tests {
             ("PUT", "/x", &["host: other"], None, ""),
             "PUT /x HTTP/1.1\r\nhost: other\r\nContent-Length: 0\r\n\r\n",
         );
+    }
+
+    fn check_template(path: &str, numbers: &[u64], expected: &str) {
+        let template = Template::new("PUT", path, "h:1", &[], None, b"{}");
+        let mut out = Vec::new();
+        for n in numbers {
+            template.write(*n, &mut out);
+        }
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+        assert!(out.len() <= template.len_max() * numbers.len());
+    }
+
+    #[test]
+    fn templates() {
+        let put = |path: &str| {
+            format!("PUT {path} HTTP/1.1\r\nHost: h:1\r\nContent-Length: 2\r\n\r\n{{}}")
+        };
+        check_template(
+            "/Dog/{n}",
+            &[0, 7, 1234567890],
+            &(put("/Dog/0") + &put("/Dog/7") + &put("/Dog/1234567890")),
+        );
+        check_template(
+            "/Dog/{n}/x?{n}",
+            &[u64::MAX],
+            &put("/Dog/18446744073709551615/x?{n}"),
+        );
+        check_template("/Dog/1", &[5, 6], &(put("/Dog/1") + &put("/Dog/1")));
     }
 
     #[test]

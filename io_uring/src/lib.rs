@@ -15,6 +15,7 @@ mod runtime;
 mod shutdown;
 mod signals;
 mod time;
+mod tls;
 
 pub use cpu::affinity_cpus;
 pub use mesh::{mesh, Inbox, MeshSender, SendError};
@@ -25,3 +26,7 @@ pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver,
 pub use shutdown::{InFlight, InFlightGuard, Shutdown};
 pub use signals::TerminationSignals;
 pub use time::{sleep, timeout, Elapsed};
+pub use tls::{
+    certificate_subject_cn, local_ip_addresses, rustls, watch_hangups, TlsAcceptor, TlsConnector,
+    TlsStream, Transport,
+};

@@ -19,6 +19,8 @@ http:
   sharePorts: false          # allow another process on the same ports (SO_REUSEPORT) (tidepool)
   compressionThreshold: 1200
   mtls: false
+rest:
+  lastModified: false        # Last-Modified on single-record GET/HEAD
 operationsApi:
   network:
     port: 9925

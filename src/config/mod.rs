@@ -378,6 +378,10 @@ pub struct HttpConfig {
     pub secure_port: Option<ListenAddr>,
     pub cors: bool,
     pub cors_access_list: Option<Vec<String>>,
+    /// `Access-Control-Allow-Headers` of a CORS preflight (`http.corsAccessControlAllowHeaders`).
+    pub cors_allow_headers: String,
+    /// `rest.lastModified`: send `Last-Modified` on single-record reads.
+    pub last_modified: bool,
     pub keep_alive_timeout: Duration,
     pub headers_timeout: Duration,
     pub request_timeout: Duration,
@@ -385,6 +389,68 @@ pub struct HttpConfig {
     pub header_count_max: usize,
     pub body_bytes_max: u64,
     pub connections_per_core_max: usize,
+    /// Client certificates on the secure port (`http.mtls`); None = not asked for.
+    pub mtls: Option<MtlsConfig>,
+}
+
+/// The `tls` files: the server's certificate chain, its key, and the CA that signed it (also the
+/// default CA for verifying client certificates).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub certificate_authority: PathBuf,
+}
+
+/// `http.mtls: true` or `{user, required, certificateAuthority}` (SPEC §5.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsConfig {
+    /// The user a verified certificate maps to; None = the certificate's CN names the user.
+    pub user: Option<String>,
+    /// Refuse handshakes without a valid client certificate.
+    pub required: bool,
+    /// Trust anchors for client certificates; None = `tls.certificateAuthority`.
+    pub certificate_authority: Option<PathBuf>,
+}
+
+impl MtlsConfig {
+    fn from_tree(tree: &ConfigTree, key: &str, root: &Path) -> Result<Option<Self>, ConfigError> {
+        let map = match tree.get(key) {
+            None | Some(Yaml::Null) | Some(Yaml::Bool(false)) => return Ok(None),
+            Some(Yaml::Bool(true)) => {
+                return Ok(Some(MtlsConfig {
+                    user: None,
+                    required: false,
+                    certificate_authority: None,
+                }))
+            }
+            Some(Yaml::Mapping(map)) => map,
+            Some(_) => {
+                return Err(err(
+                    key,
+                    "expected true, false or {user, required, certificateAuthority}",
+                ))
+            }
+        };
+        let field = |name: &str| map.get(name).filter(|v| !v.is_null());
+        let text = |name: &str| -> Result<Option<String>, ConfigError> {
+            match field(name) {
+                None => Ok(None),
+                Some(Yaml::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(err(&format!("{key}.{name}"), "expected a string")),
+            }
+        };
+        let required = match field("required") {
+            None => false,
+            Some(Yaml::Bool(b)) => *b,
+            Some(_) => return Err(err(&format!("{key}.required"), "expected true or false")),
+        };
+        Ok(Some(MtlsConfig {
+            user: text("user")?,
+            required,
+            certificate_authority: text("certificateAuthority")?.map(|p| resolve(root, &p)),
+        }))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +477,8 @@ pub struct Config {
     pub root: PathBuf,
     pub http: HttpConfig,
     pub operations_api_port: Option<ListenAddr>,
+    pub operations_api_secure_port: Option<ListenAddr>,
+    pub tls: TlsConfig,
     pub operations_api_cors: bool,
     pub threads: usize,
     pub authorize_local: bool,
@@ -508,6 +576,12 @@ impl Config {
         if !(1..=1024).contains(&header_count_max) {
             return Err(err("http.maxHeaderCount", "must be between 1 and 1024"));
         }
+        let tls_path = |key: &str, default: &str| -> Result<PathBuf, ConfigError> {
+            Ok(resolve(
+                root,
+                &tree.string(key)?.unwrap_or_else(|| default.into()),
+            ))
+        };
         Ok(Config {
             root: root.to_path_buf(),
             http: HttpConfig {
@@ -515,6 +589,10 @@ impl Config {
                 secure_port: tree.listen("http.securePort")?,
                 cors: tree.bool("http.cors")?,
                 cors_access_list,
+                cors_allow_headers: tree
+                    .string("http.corsAccessControlAllowHeaders")?
+                    .unwrap_or_else(|| "Accept, Content-Type, Authorization".into()),
+                last_modified: matches!(tree.get("rest.lastModified"), Some(Yaml::Bool(true))),
                 keep_alive_timeout: tree.duration("http.keepAliveTimeout")?,
                 headers_timeout: tree.duration("http.headersTimeout")?,
                 request_timeout: tree.duration("http.timeout")?,
@@ -522,8 +600,15 @@ impl Config {
                 header_count_max,
                 body_bytes_max: tree.u64("http.maxBodySize")?,
                 connections_per_core_max: tree.u64("http.maxConnectionsPerCore")?.max(1) as usize,
+                mtls: MtlsConfig::from_tree(tree, "http.mtls", root)?,
             },
             operations_api_port: tree.listen("operationsApi.network.port")?,
+            operations_api_secure_port: tree.listen("operationsApi.network.securePort")?,
+            tls: TlsConfig {
+                certificate: tls_path("tls.certificate", "<root>/keys/certificate.pem")?,
+                private_key: tls_path("tls.privateKey", "<root>/keys/privateKey.pem")?,
+                certificate_authority: tls_path("tls.certificateAuthority", "<root>/keys/ca.pem")?,
+            },
             operations_api_cors: tree.bool("operationsApi.network.cors")?,
             threads,
             authorize_local: tree.bool("authentication.authorizeLocal")?,
@@ -611,6 +696,50 @@ mod tests {
             let e = load(file, &[], &[]).unwrap_err();
             assert_eq!(&e.key, key, "{file}");
         }
+    }
+
+    #[test]
+    fn mtls_and_tls_paths() {
+        let check = |file: &str, args: &[(&str, &str)], expected: Option<MtlsConfig>| {
+            let (c, warnings) = load(file, &[], args).unwrap();
+            assert_eq!(c.http.mtls, expected, "{file} {args:?}");
+            assert!(warnings.is_empty(), "{warnings:?}");
+        };
+        let optional = MtlsConfig {
+            user: None,
+            required: false,
+            certificate_authority: None,
+        };
+        check("", &[], None);
+        check("http:\n  mtls: true\n", &[], Some(optional.clone()));
+        check("", &[("HTTP_MTLS", "true")], Some(optional.clone()));
+        check(
+            "http:\n  mtls:\n    required: true\n    user: admin\n    certificateAuthority: <root>/ca2.pem\n",
+            &[],
+            Some(MtlsConfig {
+                user: Some("admin".into()),
+                required: true,
+                certificate_authority: Some(PathBuf::from("/tmp/root/ca2.pem")),
+            }),
+        );
+        check(
+            "",
+            &[("HTTP_MTLS", r#"{"required": true}"#)],
+            Some(MtlsConfig {
+                required: true,
+                ..optional
+            }),
+        );
+        let e = load("http:\n  mtls: 3\n", &[], &[]).unwrap_err();
+        assert_eq!(e.key, "http.mtls");
+        let e = load("http:\n  mtls:\n    required: sometimes\n", &[], &[]).unwrap_err();
+        assert_eq!(e.key, "http.mtls.required");
+        let (c, _) = load("tls:\n  certificate: cert.pem\n", &[], &[]).unwrap();
+        assert_eq!(c.tls.certificate, PathBuf::from("/tmp/root/cert.pem"));
+        assert_eq!(
+            c.tls.private_key,
+            PathBuf::from("/tmp/root/keys/privateKey.pem")
+        );
     }
 
     #[test]

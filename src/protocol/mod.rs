@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod mqtt;
+pub mod ops;
 pub mod rest;

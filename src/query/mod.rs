@@ -3,13 +3,16 @@
 //! (SPEC §4.3, `conditions_from_json`, `sort_from_json`), the AST both produce (`ast`), and its
 //! canonical printer (`Display`).
 //!
-//! It never reads records or the schema: values stay as decoded text with a type hint (or as JSON)
+//! `exec` evaluates a typed `Filter` and a `select` against one record (in place).
+//!
+//! It never reads the store or the schema: values stay as decoded text with a type hint (or as JSON)
 //! until a later step converts them to an attribute's declared type, and attribute names are not
 //! checked against any table here. Input comes from the REST and Operations API protocol layers;
 //! the AST goes to the planner.
 
 mod ast;
 mod conditions;
+mod exec;
 mod parse;
 
 pub use ast::{
@@ -17,4 +20,5 @@ pub use ast::{
     ValueHint,
 };
 pub use conditions::{conditions_from_json, sort_from_json, ConditionError};
+pub use exec::{project, property, to_owned, Filter, Op, Test};
 pub use parse::{parse, ErrorKind, ParseError, CONDITION_COUNT_MAX, DEPTH_MAX, QUERY_BYTES_MAX};

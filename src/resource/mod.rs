@@ -5,13 +5,17 @@
 //! through. It turns requests into store reads and [`WriteRequest`]s; it never parses protocol
 //! bytes and never opens a write transaction itself.
 
+pub mod nosql;
 mod records;
+pub mod search;
+pub mod tables;
+pub mod users;
 mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigTree};
 use crate::schema::{App, FieldType, TableDef};
 use crate::store::{Database, Store, Table, WriteError};
 use crate::value::Value;
@@ -40,6 +44,8 @@ pub struct Resources {
     pub store: Arc<Store>,
     pub app: Arc<App>,
     pub config: Arc<Config>,
+    /// The effective settings as a tree (`get_configuration`); defaults until the server sets it.
+    pub config_tree: ConfigTree,
     /// Export name → (database, table).
     exports: HashMap<String, (String, String)>,
 }
@@ -59,8 +65,15 @@ impl Resources {
             store,
             app,
             config,
+            config_tree: ConfigTree::defaults(),
             exports,
         }
+    }
+
+    /// Keeps the effective settings tree the server was started with.
+    pub fn with_config_tree(mut self, tree: ConfigTree) -> Self {
+        self.config_tree = tree;
+        self
     }
 
     /// The table exported under `name` (case-sensitive), with its database.
@@ -111,6 +124,65 @@ pub fn canonical_number(raw: &str) -> Option<Value> {
     let mut printed = Vec::new();
     crate::value::json::write_float(f, &mut printed);
     (f.is_finite() && printed == raw.as_bytes()).then_some(Value::Float(f))
+}
+
+/// A verb's refusal: the HTTP status and the message of SPEC §4 (the Operations API renders it
+/// as `{"error": message}`; other protocols map the status their own way).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerbError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl VerbError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        VerbError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad(message: impl Into<String>) -> Self {
+        VerbError::new(400, message)
+    }
+}
+
+impl From<crate::store::StoreError> for VerbError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        let status = match &e {
+            StoreError::NoSuchDatabase(_) | StoreError::NoSuchTable(_) => 404,
+            StoreError::TableExists(_) => 400,
+            _ => 500,
+        };
+        VerbError::new(status, e.to_string())
+    }
+}
+
+impl From<WriteError> for VerbError {
+    fn from(e: WriteError) -> Self {
+        let status = match &e {
+            // A write naming a missing table is the request's fault (SPEC §4.1: 400).
+            WriteError::NoSuchTable(_) => 400,
+            other => write_error_status(other),
+        };
+        VerbError::new(status, e.to_string())
+    }
+}
+
+/// Runs blocking work (opening or deleting an environment) on its own thread and awaits it
+/// without blocking the core.
+pub async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (reply, rx) = tidepool_io::oneshot();
+    let spawned = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || reply.send(work()));
+    if spawned.is_err() {
+        return None;
+    }
+    rx.await
 }
 
 /// The HTTP status a failed write maps to (REST and the Operations API share it).

@@ -12,6 +12,7 @@ mod notify;
 mod router;
 mod static_files;
 mod system;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
@@ -20,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidepool_io::{
-    bind_listeners, race, spawn, start_cores, BindError, CoreContext, Either, InFlight, IoDriver,
-    Listener, RuntimeConfig, Shutdown, TerminationSignals,
+    bind_listeners, race, spawn, start_cores, timeout, BindError, CoreContext, Either, InFlight,
+    IoDriver, Listener, RuntimeConfig, Shutdown, TerminationSignals, TlsAcceptor,
 };
 
 use crate::config::{Config, ConfigTree};
@@ -98,6 +99,8 @@ pub struct Shared {
 struct BoundPort {
     kind: PortKind,
     addr: SocketAddr,
+    /// Set on the secure ports: every connection starts with a TLS handshake.
+    tls: Option<TlsAcceptor>,
     /// One listener per core, taken by that core at start.
     listeners: Mutex<Vec<Option<StdTcpListener>>>,
 }
@@ -116,6 +119,7 @@ fn bind(
     Ok(BoundPort {
         kind,
         addr: bound,
+        tls: None,
         listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
     })
 }
@@ -155,6 +159,14 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
         ports.push(bind(PortKind::Operations, addr, cores, config.share_ports)?);
     }
+    if let Some(certificate) = bind_secure_ports(&config, &mut ports, cores)? {
+        let tls_files = config.tls.clone();
+        tidepool_io::watch_hangups(move || match certificate.reload(&tls_files) {
+            Ok(()) => tracing::info!(target: NOTIFY, "SIGHUP: reloaded the TLS certificate {}", tls_files.certificate.display()),
+            Err(e) => tracing::error!("SIGHUP: TLS certificate not reloaded, the running one stays: {e}"),
+        })
+        .map_err(|e| RunError::Invalid(format!("cannot install the SIGHUP handler: {e}")))?;
+    }
     let ports = Arc::new(ports);
     let mqtt_port = mqtt::bind(config.mqtt_port.map(|a| a.0), cores, config.share_ports)?;
     let fanout = Arc::new(mqtt::InterimFanout::new(cores));
@@ -187,11 +199,10 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         .apply_schema(&tables)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
     let static_files = static_files::StaticFiles::load(&app);
-    let resources = Arc::new(crate::resource::Resources::new(
-        store.clone(),
-        Arc::new(app),
-        Arc::new(config.clone()),
-    ));
+    let resources = Arc::new(
+        crate::resource::Resources::new(store.clone(), Arc::new(app), Arc::new(config.clone()))
+            .with_config_tree(opts.tree.clone()),
+    );
 
     let shared = Arc::new(Shared {
         resources,
@@ -237,7 +248,11 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     tracing::info!(target: NOTIFY, "tidepool {} node {} starting with {cores} cores on CPUs {:?}, io driver {driver}",
         env!("CARGO_PKG_VERSION"), shared.config.node_name, opts.cpus);
     for port in ports.iter() {
-        tracing::info!(target: NOTIFY, "{} listening on {} ({} listeners, SO_REUSEPORT)", port.kind.name(), port.addr, cores);
+        let (scheme, name) = match port.tls {
+            Some(_) => ("HTTPS ", secure_name(port.kind)),
+            None => ("", port.kind.name()),
+        };
+        tracing::info!(target: NOTIFY, "{scheme}{name} listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
     }
     if let Some(port) = &mqtt.port {
         tracing::info!(target: NOTIFY, "MQTT (mqtt.network.port) listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
@@ -288,6 +303,67 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
+fn secure_name(kind: PortKind) -> &'static str {
+    match kind {
+        PortKind::Rest => "REST (http.securePort)",
+        PortKind::Operations => "Operations API (operationsApi.network.securePort)",
+        PortKind::Both => "REST and Operations API (securePort)",
+    }
+}
+
+/// First start generates the `tls` files (SPEC §1.2) whether or not a secure port is on, as MQTT
+/// and replication use them too; then `http.securePort` and `operationsApi.network.securePort`
+/// are bound like the plain ports (one listener per core, equal addresses share one listener).
+/// Returns the certificate they serve, for SIGHUP to reload, when any is bound.
+fn bind_secure_ports(
+    config: &Config,
+    ports: &mut Vec<BoundPort>,
+    cores: usize,
+) -> Result<Option<Arc<tls::CertificateSlot>>, RunError> {
+    let rest = config.http.secure_port.map(|a| a.0);
+    let ops = config.operations_api_secure_port.map(|a| a.0);
+    match tls::ensure_certificates(config) {
+        Ok(Some(generated)) => tracing::info!(target: NOTIFY,
+            "generated a TLS certificate authority {} (key {}) and a certificate {} signed by it for {}",
+            generated.certificate_authority.display(),
+            tls::ca_key_path(&config.tls).display(),
+            generated.certificate.display(),
+            generated.subject_alt_names.join(", ")),
+        Ok(None) => {}
+        Err(e) if rest.is_none() && ops.is_none() => tracing::warn!("TLS certificates: {e}"),
+        Err(e) => return Err(RunError::Invalid(format!("TLS certificates: {e}"))),
+    }
+    if rest.is_none() && ops.is_none() {
+        return Ok(None);
+    }
+    let invalid = |e: tls::TlsError| RunError::Invalid(format!("TLS: {e}"));
+    let certificate = tls::CertificateSlot::load(&config.tls).map_err(invalid)?;
+    let server_config = tls::server_config(
+        certificate.clone(),
+        &config.tls,
+        config.http.mtls.as_ref(),
+        &[b"http/1.1"],
+    )
+    .map_err(invalid)?;
+    let acceptor = TlsAcceptor::new(server_config);
+    if let Some(addr) = rest {
+        let kind = if Some(addr) == ops && addr.port() != 0 {
+            PortKind::Both
+        } else {
+            PortKind::Rest
+        };
+        let mut port = bind(kind, addr, cores, config.share_ports)?;
+        port.tls = Some(acceptor.clone());
+        ports.push(port);
+    }
+    if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
+        let mut port = bind(PortKind::Operations, addr, cores, config.share_ports)?;
+        port.tls = Some(acceptor);
+        ports.push(port);
+    }
+    Ok(Some(certificate))
+}
+
 /// `<root>/harperdb-config.yaml` is written with defaults when missing (SPEC §1.2).
 fn write_default_config(root: &std::path::Path, _tree: &ConfigTree) {
     let path = root.join("harperdb-config.yaml");
@@ -327,6 +403,7 @@ async fn core_main(
         let router = std::rc::Rc::new(Router::new(port.kind, core, shared.clone()));
         spawn(accept_loop(
             listener,
+            port.tls.clone(),
             router,
             shared.clone(),
             core,
@@ -387,6 +464,7 @@ fn watchdog(shared: Arc<Shared>, interval: Duration) {
 
 async fn accept_loop(
     listener: Listener,
+    tls: Option<TlsAcceptor>,
     router: std::rc::Rc<Router>,
     shared: Arc<Shared>,
     core: usize,
@@ -410,7 +488,10 @@ async fn accept_loop(
         stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         if open.get() >= shared.config.http.connections_per_core_max {
             stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-            spawn(refuse(stream));
+            // A plain-text 503 means nothing inside TLS: a secure port just closes.
+            if tls.is_none() {
+                spawn(refuse(stream));
+            }
             continue;
         }
         open.set(open.get() + 1);
@@ -418,16 +499,46 @@ async fn accept_loop(
         let router = router.clone();
         let shared = shared.clone();
         let open = open.clone();
+        let tls = tls.clone();
         spawn(async move {
-            http::serve(
-                stream,
-                peer,
-                &*router,
-                &shared.limits,
-                &shared.shutdown,
-                &shared.in_flight,
-            )
-            .await;
+            match tls {
+                None => {
+                    http::serve(
+                        stream,
+                        peer,
+                        &*router,
+                        &shared.limits,
+                        &shared.shutdown,
+                        &shared.in_flight,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    let _ = stream.set_nodelay(true);
+                    // The handshake gets the same bound as a request head, and shutdown ends it.
+                    let handshake = timeout(shared.limits.headers_timeout, acceptor.accept(stream));
+                    match race(handshake, shared.shutdown.wait()).await {
+                        Either::Left(Ok(Ok(tls_stream))) => {
+                            http::serve(
+                                tls_stream,
+                                peer,
+                                &*router,
+                                &shared.limits,
+                                &shared.shutdown,
+                                &shared.in_flight,
+                            )
+                            .await
+                        }
+                        Either::Left(Ok(Err(e))) => {
+                            tracing::debug!("TLS handshake with {peer} failed: {e}")
+                        }
+                        Either::Left(Err(_)) => {
+                            tracing::debug!("TLS handshake with {peer} timed out")
+                        }
+                        Either::Right(()) => {}
+                    }
+                }
+            }
             open.set(open.get() - 1);
             shared.stats[core]
                 .connections_open

@@ -6,6 +6,7 @@
 //!                  "indexes:<name>"             JSON array of attributes whose index is built
 //!                  "count:<name>"               u64 LE live record count
 //!                  "autoinc:<name>"             i64 LE largest integer key written
+//!                  "updated:<name>"             f64 LE version of the table's last write
 //! __audit__        version f64 bits, BE         archived Value: {user, origin, entries: [[table, id, type, value]]}
 //! <table>          order-preserving key bytes   entry (header + archived record), see entry.rs
 //! <table>/<attr>   index key bytes (dup-sorted) primary key bytes
@@ -51,6 +52,11 @@ pub struct StoredAttribute {
     pub name: String,
     pub r#type: String,
     pub indexed: bool,
+    /// `@createdTime` / `@updatedTime` (ops-created tables keep `__createdtime__`/`__updatedtime__`).
+    #[serde(default)]
+    pub created_time: bool,
+    #[serde(default)]
+    pub updated_time: bool,
 }
 
 impl StoredTable {
@@ -65,6 +71,8 @@ impl StoredTable {
                     name: a.name.clone(),
                     r#type: a.ty.name().to_string(),
                     indexed: a.indexed,
+                    created_time: a.created_time,
+                    updated_time: a.updated_time,
                 })
                 .collect(),
             expiration_s: def.expiration_s,
@@ -88,6 +96,8 @@ impl StoredTable {
                         FieldType::scalar(&a.r#type).unwrap_or(FieldType::Any),
                     );
                     attr.indexed = a.indexed;
+                    attr.created_time = a.created_time;
+                    attr.updated_time = a.updated_time;
                     attr.primary_key = self.primary_key.as_deref() == Some(a.name.as_str());
                     attr
                 })

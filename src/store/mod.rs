@@ -8,6 +8,7 @@
 //! requester and publishes one [`Commit`] per request to the server. Nothing outside `writer.rs`
 //! opens a write transaction.
 
+mod check;
 mod clock;
 mod entry;
 mod layout;
@@ -49,10 +50,14 @@ fn create_db(env: &Env<WithoutTls>, name: &str, dup_sort: bool) -> Result<Db, St
 use crate::schema::TableDef;
 use crate::value::Value;
 
+pub use check::IndexReport;
 pub use clock::{now_ms, Clock};
 pub use entry::Header;
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
-pub use writer::{OpResult, PutMode, WriteError, WriteOp, WriteOutcome, WriteRequest};
+pub use writer::{
+    AlterFn, OpResult, PutMode, SchemaChange, SchemaReply, WriteError, WriteOp, WriteOutcome,
+    WriteRequest,
+};
 
 /// Bytes of address space reserved per environment. LMDB maps it lazily and the file grows with
 /// the data, so a large reservation costs nothing until used; reaching it fails writes with
@@ -60,6 +65,8 @@ pub use writer::{OpResult, PutMode, WriteError, WriteOp, WriteOutcome, WriteRequ
 pub const MAP_BYTES_DEFAULT: usize = 1 << 40;
 /// Named sub-databases per environment: tables plus one per index.
 const NAMED_DBS_MAX: u32 = 4096;
+/// How long `drop_database` waits for in-flight reads to release the database.
+const DROP_WAIT: Duration = Duration::from_secs(5);
 /// Primary keys longer than this (encoded) are refused (SPEC §1.4).
 pub const KEY_BYTES_MAX: usize = 250;
 
@@ -71,6 +78,8 @@ pub enum StoreError {
     Corrupt(String),
     NoSuchDatabase(String),
     NoSuchTable(String),
+    /// A table of that name exists already (the name alone, for the message).
+    TableExists(String),
     MapFull,
 }
 
@@ -81,6 +90,7 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt(m) => write!(f, "corrupt stored data: {m}"),
             StoreError::NoSuchDatabase(d) => write!(f, "database '{d}' does not exist"),
             StoreError::NoSuchTable(t) => write!(f, "Table '{t}' does not exist"),
+            StoreError::TableExists(t) => write!(f, "Table '{t}' already exists"),
             StoreError::MapFull => f.write_str("the database map is full (raise storage.mapSize)"),
         }
     }
@@ -168,6 +178,9 @@ pub struct Store {
 pub struct Table {
     pub def: Arc<TableDef>,
     pub name: Arc<str>,
+    /// Declared by a schema file (false for tables created through the Operations API, which
+    /// grow an indexed attribute for each new top-level property).
+    pub schema_defined: bool,
     records: Db,
     indexes: Vec<(String, Db)>,
 }
@@ -263,6 +276,12 @@ impl Database {
     /// Creates or migrates a table (blocking: for start-up and admin threads, not executors).
     pub fn ensure_table_blocking(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
         self.writer.ensure_table_blocking(def)
+    }
+
+    /// Queues a table-level change on the writer; the receiver completes once it is done, so a
+    /// core can await it without blocking. Every core sees the change before the reply.
+    pub fn schema(&self, change: SchemaChange) -> Result<writer::SchemaReply, StoreError> {
+        self.writer.schema(change)
     }
 
     /// Reopens every table recorded in `__meta__` (before the writer starts).
@@ -408,6 +427,42 @@ impl Store {
             let db = self.open_database(&def.database)?;
             db.ensure_table_blocking(def.clone())?;
         }
+        Ok(())
+    }
+
+    /// Removes the database `name`: stops its writer, waits (bounded) for readers to let go of
+    /// it, and deletes its files, so the name can be created again at once. Blocking: for admin
+    /// threads, never executors.
+    pub fn drop_database(&self, name: &str) -> Result<(), StoreError> {
+        let Some(db) = self
+            .databases
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        else {
+            return Err(StoreError::NoSuchDatabase(name.to_string()));
+        };
+        db.writer.stop_blocking();
+        // Reads hold the Arc only for one short read transaction; the environment must be
+        // closed before a database of the same name can open the same path again.
+        let deadline = std::time::Instant::now() + DROP_WAIT;
+        while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let env = match Arc::try_unwrap(db) {
+            Ok(db) => db.env,
+            Err(_) => {
+                return Err(StoreError::Io(format!(
+                    "database '{name}' is still in use; try again"
+                )))
+            }
+        };
+        env.prepare_for_closing().wait();
+        let path = self.options.path.join(format!("{name}.mdb"));
+        let lock = self.options.path.join(format!("{name}.mdb-lock"));
+        std::fs::remove_file(&path)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        let _ = std::fs::remove_file(lock);
         Ok(())
     }
 

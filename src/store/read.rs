@@ -108,6 +108,35 @@ impl<'e> ReadTxn<'e> {
             .unwrap_or(0))
     }
 
+    /// The version of the table's last committed write (`last_updated_record`), if any.
+    pub fn last_updated(&self, table: &Table) -> Result<Option<f64>, StoreError> {
+        let key = layout::meta_key("updated", &table.name);
+        Ok(self
+            .db
+            .meta
+            .get(&self.txn, &key)?
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(f64::from_le_bytes))
+    }
+
+    /// Bytes of pages the table's records and indexes occupy (`table_size`).
+    pub fn table_size(&self, table: &Table) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        for db in std::iter::once(&table.records).chain(table.indexes.iter().map(|(_, d)| d)) {
+            let stat = db.stat(&self.txn)?;
+            let pages = stat.branch_pages + stat.leaf_pages + stat.overflow_pages;
+            total += pages as u64 * u64::from(stat.page_size);
+        }
+        Ok(total)
+    }
+
+    /// Bytes of pages the audit log occupies (`db_audit_size`).
+    pub fn audit_size(&self) -> Result<u64, StoreError> {
+        let stat = self.db.audit.stat(&self.txn)?;
+        let pages = stat.branch_pages + stat.leaf_pages + stat.overflow_pages;
+        Ok(pages as u64 * u64::from(stat.page_size))
+    }
+
     /// Audit entries with versions in the range, oldest first: (version, archived entry).
     pub fn audit_range<'t>(
         &'t self,

@@ -322,3 +322,410 @@ fn data_and_new_indexes_survive_reopen() {
     assert_eq!(db.read().unwrap().count(&t).unwrap(), 50);
     store.close();
 }
+
+/// Runs `requests` on a fresh store; returns the index checker's problems and Dog's record count.
+fn check_after(schema: &str, requests: Vec<Vec<WriteOp>>, pause_ms: u64) -> (Vec<String>, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreOptions::new(dir.path()), Arc::new(|_| {})).unwrap();
+    store
+        .apply_schema(&parse_schema_str(schema, "t.graphql").unwrap().tables)
+        .unwrap();
+    let db = store.database("data").unwrap();
+    for ops in requests {
+        // A failing request is part of some cases; its rollback must leave the indexes intact.
+        let _ = write(&db, ops);
+        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+    }
+    let report = db.check_indexes().unwrap();
+    assert!(report.tables_checked >= 1 && report.indexes_checked >= 1);
+    let count = db.read().unwrap().count(&db.table("Dog").unwrap()).unwrap();
+    store.close();
+    (report.problems, count)
+}
+
+/// A JSON list of tags `t<i mod wrap>` for `range`: `wrap` below the range's end repeats tags.
+fn tags_json(range: std::ops::Range<u32>, wrap: u32) -> String {
+    let tags: Vec<String> = range.map(|i| format!("t{}", i % wrap)).collect();
+    serde_json::to_string(&tags).unwrap()
+}
+
+#[test]
+fn indexes_stay_consistent_with_their_tables() {
+    let s = |k: &str| Some(Value::String(k.into()));
+    let del = |k: &str| WriteOp::Delete {
+        table: "Dog".into(),
+        key: Value::String(k.into()),
+    };
+    let cases: Vec<(&str, Vec<Vec<WriteOp>>)> = vec![
+        (
+            "replace, merge, delete, re-create",
+            vec![
+                vec![put(
+                    "Dog",
+                    s("a"),
+                    r#"{"name":"A","tags":["x","y"]}"#,
+                    PutMode::Replace,
+                )],
+                vec![put(
+                    "Dog",
+                    s("a"),
+                    r#"{"tags":["y","z","z"]}"#,
+                    PutMode::Upsert,
+                )],
+                vec![put("Dog", s("b"), r#"{"name":"A"}"#, PutMode::Insert)],
+                vec![put("Dog", s("b"), r#"{"name":"B"}"#, PutMode::Insert)],
+                vec![put("Dog", s("c"), r#"{"name":"C"}"#, PutMode::Update)],
+                vec![del("a")],
+                vec![del("a")],
+                vec![put("Dog", s("a"), r#"{"tags":[]}"#, PutMode::Replace)],
+            ],
+        ),
+        (
+            "a failed request leaves no entries behind",
+            vec![vec![
+                put(
+                    "Dog",
+                    s("d"),
+                    r#"{"name":"D","tags":["q"]}"#,
+                    PutMode::Replace,
+                ),
+                put("Dog", Some(Value::Bool(true)), "{}", PutMode::Replace),
+            ]],
+        ),
+        (
+            "many ops on one key in one request",
+            vec![vec![
+                put("Dog", s("e"), r#"{"name":"E1"}"#, PutMode::Replace),
+                put("Dog", s("e"), r#"{"name":"E2"}"#, PutMode::Replace),
+                del("e"),
+                put(
+                    "Dog",
+                    s("e"),
+                    r#"{"name":"E3","tags":["t"]}"#,
+                    PutMode::Upsert,
+                ),
+            ]],
+        ),
+        (
+            "a long list with duplicates, then one sharing half of it",
+            vec![
+                vec![put(
+                    "Dog",
+                    s("g"),
+                    &format!(r#"{{"tags":{}}}"#, tags_json(0..2000, 1500)),
+                    PutMode::Replace,
+                )],
+                vec![put(
+                    "Dog",
+                    s("g"),
+                    &format!(r#"{{"tags":{}}}"#, tags_json(1000..3000, 3000)),
+                    PutMode::Replace,
+                )],
+            ],
+        ),
+        (
+            "long values indexed by prefix",
+            vec![
+                vec![put(
+                    "Dog",
+                    s("f"),
+                    &format!(r#"{{"name":"{}"}}"#, "n".repeat(600)),
+                    PutMode::Replace,
+                )],
+                vec![put(
+                    "Dog",
+                    s("f"),
+                    &format!(r#"{{"name":"{}m"}}"#, "n".repeat(600)),
+                    PutMode::Replace,
+                )],
+            ],
+        ),
+    ];
+    for (name, requests) in cases {
+        assert_eq!(
+            check_after(SCHEMA, requests, 0).0,
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn rewriting_an_expired_record_leaves_no_stale_index_entries() {
+    // Expired records keep their index entries until the sweep; a write over one must still
+    // replace them, or the index points at a value the record no longer has.
+    let schema = "type Dog @table(expiration: 1) { id: ID @primaryKey name: String @indexed }";
+    let one = || Some(Value::String("1".into()));
+    let (problems, count) = check_after(
+        schema,
+        vec![
+            vec![put("Dog", one(), r#"{"name":"Old"}"#, PutMode::Replace)],
+            vec![put("Dog", one(), r#"{"name":"New"}"#, PutMode::Replace)],
+        ],
+        1100,
+    );
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(
+        count, 1,
+        "the expired record was still counted; its rewrite is not a second one"
+    );
+}
+
+#[test]
+fn the_index_checker_reports_stray_and_missing_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.database("data").unwrap();
+    write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(Value::String("a".into())),
+            r#"{"name":"A"}"#,
+            PutMode::Replace,
+        )],
+    )
+    .unwrap();
+    assert!(db.check_indexes().unwrap().is_consistent());
+    // Damage the index behind the writer's back: drop A's entry, add one to a missing record.
+    let t = db.table("Dog").unwrap();
+    let index = t.index("name").unwrap();
+    let mut name_key = Vec::new();
+    crate::value::key::encode_index_prefix(&Value::String("A".into()), &mut name_key);
+    let mut pk = Vec::new();
+    crate::value::key::encode(&Value::String("a".into()), &mut pk).unwrap();
+    let mut ghost = Vec::new();
+    crate::value::key::encode(&Value::String("ghost".into()), &mut ghost).unwrap();
+    {
+        let mut wtxn = db.env.write_txn().unwrap();
+        index
+            .delete_one_duplicate(&mut wtxn, &name_key, &pk)
+            .unwrap();
+        index.put(&mut wtxn, &name_key, &ghost).unwrap();
+        wtxn.commit().unwrap();
+    }
+    let report = db.check_indexes().unwrap();
+    assert_eq!(
+        report.problems,
+        vec![
+            r#"data.Dog.name: entry String("A") → String("ghost"): the record does not exist"#,
+            r#"data.Dog.name: record String("a") has no entry for String("A")"#,
+        ]
+    );
+    store.close();
+}
+
+#[test]
+fn reads_complete_while_the_writer_holds_a_long_transaction() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.database("data").unwrap();
+    write(
+        &db,
+        vec![put(
+            "Dog",
+            Some(Value::String("probe".into())),
+            "{}",
+            PutMode::Replace,
+        )],
+    )
+    .unwrap();
+    // One request of many records: the writer applies all of them inside one write transaction.
+    let ops: Vec<WriteOp> = (0..20_000)
+        .map(|i| {
+            put(
+                "Dog",
+                Some(Value::Int(i)),
+                &format!(r#"{{"name":"n{i}","tags":["a{i}","b{i}"]}}"#),
+                PutMode::Replace,
+            )
+        })
+        .collect();
+    let clock = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each read: (event number at completion, saw any record of the big request).
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, clock, stop) = (db.clone(), clock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    let saw = {
+                        let t = db.table("Dog").unwrap();
+                        let txn = db.read().unwrap();
+                        assert!(txn
+                            .get(&t, &Value::String("probe".into()))
+                            .unwrap()
+                            .is_some());
+                        txn.get(&t, &Value::Int(0)).unwrap().is_some()
+                    };
+                    reads.push((clock.fetch_add(1, Ordering::AcqRel), saw));
+                }
+                reads
+            })
+        })
+        .collect();
+    while clock.load(Ordering::Acquire) < 10 {
+        std::thread::yield_now();
+    }
+    let submitted = clock.fetch_add(1, Ordering::AcqRel);
+    let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
+    futures_lite_block_on(rx).unwrap().unwrap();
+    let answered = clock.fetch_add(1, Ordering::AcqRel);
+    stop.store(true, Ordering::Release);
+    let reads: Vec<(u64, bool)> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    let inside = reads
+        .iter()
+        .filter(|(at, saw)| *at > submitted && *at < answered && !saw)
+        .count();
+    assert!(
+        inside >= 10,
+        "only {inside} reads completed between submit (#{submitted}) and reply (#{answered})"
+    );
+    assert!(reads
+        .iter()
+        .filter(|(at, _)| *at < submitted)
+        .all(|(_, saw)| !saw));
+    assert!(db
+        .read()
+        .unwrap()
+        .get(&db.table("Dog").unwrap(), &Value::Int(0))
+        .unwrap()
+        .is_some());
+    store.close();
+}
+
+fn schema_change(db: &Database, change: SchemaChange) -> Result<Option<Arc<Table>>, StoreError> {
+    futures_lite_block_on(db.schema(change).unwrap()).expect("writer replied")
+}
+
+/// A table as the Operations API makes it: key, timestamps, no schema file.
+fn ops_table(name: &str) -> TableDef {
+    let mut def = parse_schema_str(
+        &format!("type {name} @table {{ id: Any @primaryKey c: Long @createdTime u: Long @updatedTime }}"),
+        "t.graphql",
+    )
+    .unwrap()
+    .tables
+    .remove(0);
+    def.location = None;
+    def.database = "dev".into();
+    def
+}
+
+#[test]
+fn schema_changes_create_grow_and_drop_tables_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    {
+        let store = open(dir.path(), commits.clone());
+        let db = store.open_database("dev").unwrap();
+        let t = schema_change(&db, SchemaChange::Create(ops_table("Cat")))
+            .unwrap()
+            .unwrap();
+        assert!(!t.schema_defined);
+        assert!(matches!(
+            schema_change(&db, SchemaChange::Create(ops_table("Cat"))),
+            Err(StoreError::TableExists(_))
+        ));
+        write(
+            &db,
+            vec![put(
+                "Cat",
+                None,
+                r#"{"id":1,"color":"red"}"#,
+                PutMode::Insert,
+            )],
+        )
+        .unwrap();
+        // Grow: the new attribute is indexed over the existing record.
+        let grown = schema_change(
+            &db,
+            SchemaChange::Alter {
+                table: "Cat".into(),
+                alter: Box::new(|def: &TableDef| {
+                    let mut def = def.clone();
+                    let mut a =
+                        crate::schema::AttributeDef::new("color", crate::schema::FieldType::Any);
+                    a.indexed = true;
+                    def.attributes.push(a);
+                    Ok(def)
+                }),
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert!(grown.indexed("color"));
+        let txn = db.read().unwrap();
+        let mut prefix = Vec::new();
+        crate::value::key::encode_index_prefix(&Value::String("red".into()), &mut prefix);
+        let hits = txn
+            .index_range(
+                &grown,
+                "color",
+                Bound::Included(&prefix[..]),
+                Bound::Unbounded,
+                false,
+            )
+            .unwrap()
+            .count();
+        assert!(hits >= 1);
+        assert_eq!(txn.count(&grown).unwrap(), 1);
+        assert!(txn.last_updated(&grown).unwrap().is_some());
+        assert!(txn.table_size(&grown).unwrap() > 0);
+        assert!(txn.audit_size().unwrap() > 0);
+        drop(txn);
+        schema_change(&db, SchemaChange::Create(ops_table("Gone"))).unwrap();
+        write(&db, vec![put("Gone", None, r#"{"id":1}"#, PutMode::Insert)]).unwrap();
+        assert!(schema_change(&db, SchemaChange::Drop("Gone".into()))
+            .unwrap()
+            .is_none());
+        assert!(db.table("Gone").is_none());
+        assert!(matches!(
+            write(&db, vec![put("Gone", None, r#"{"id":2}"#, PutMode::Insert)]),
+            Err(WriteError::NoSuchTable(_))
+        ));
+        assert!(matches!(
+            schema_change(&db, SchemaChange::Drop("Gone".into())),
+            Err(StoreError::NoSuchTable(_))
+        ));
+        store.close();
+    }
+    let store = open(dir.path(), commits.clone());
+    let db = store.database("dev").unwrap();
+    let cat = db.table("Cat").unwrap();
+    assert!(cat.indexed("color") && !cat.schema_defined);
+    assert!(cat.def.attribute("c").is_some_and(|a| a.created_time));
+    assert!(cat.def.attribute("u").is_some_and(|a| a.updated_time));
+    assert!(db.table("Gone").is_none(), "a dropped table stays dropped");
+    // The same name again: empty.
+    let again = schema_change(&db, SchemaChange::Create(ops_table("Gone")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(db.read().unwrap().count(&again).unwrap(), 0);
+    store.close();
+}
+
+#[test]
+fn dropped_databases_lose_their_files_and_can_be_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.open_database("dev").unwrap();
+    schema_change(&db, SchemaChange::Create(ops_table("Cat"))).unwrap();
+    write(&db, vec![put("Cat", None, r#"{"id":1}"#, PutMode::Insert)]).unwrap();
+    drop(db);
+    store.drop_database("dev").unwrap();
+    assert!(store.database("dev").is_none());
+    assert!(!dir.path().join("dev.mdb").exists());
+    assert!(matches!(
+        store.drop_database("dev"),
+        Err(StoreError::NoSuchDatabase(_))
+    ));
+    let db = store.open_database("dev").unwrap();
+    assert!(db.table("Cat").is_none());
+    store.close();
+}

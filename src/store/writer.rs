@@ -126,7 +126,30 @@ pub(super) enum Job {
         def: TableDef,
         reply: mpsc::Sender<Result<Arc<Table>, StoreError>>,
     },
+    /// A schema change asked for by a core (Operations API); answered through a oneshot so the
+    /// core awaits without blocking.
+    Schema {
+        change: SchemaChange,
+        reply: OneshotSender<Result<Option<Arc<Table>>, StoreError>>,
+    },
     Stop,
+}
+
+/// The writer's answer to a [`SchemaChange`]: the table as it now is (`None` after a drop).
+pub type SchemaReply = OneshotReceiver<Result<Option<Arc<Table>>, StoreError>>;
+
+/// Rewrites a table definition on the writer thread, where no other change can interleave.
+pub type AlterFn = Box<dyn FnOnce(&TableDef) -> Result<TableDef, StoreError> + Send>;
+
+/// Table-level changes that run on the writer thread, in order with the writes around them.
+pub enum SchemaChange {
+    /// Create a table; `StoreError::TableExists` when the name is taken.
+    Create(TableDef),
+    /// Replace the current definition of a table by what `alter` makes of it (new attributes,
+    /// dropped attributes); indexes follow the new definition.
+    Alter { table: String, alter: AlterFn },
+    /// Remove a table: its records, indexes and stored definition. Answers `None`.
+    Drop(String),
 }
 
 pub(super) struct WriterHandle {
@@ -171,6 +194,15 @@ impl WriterHandle {
             .map_err(|_| StoreError::Io("writer stopped".into()))?;
         rx.recv()
             .map_err(|_| StoreError::Io("writer stopped".into()))?
+    }
+
+    pub fn schema(&self, change: SchemaChange) -> Result<SchemaReply, StoreError> {
+        let (reply, rx) = oneshot();
+        match self.tx.try_send(Job::Schema { change, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(StoreError::Io("write queue full; try again".into())),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Io("writer stopped".into())),
+        }
     }
 
     pub fn stop_blocking(&self) {
@@ -250,6 +282,10 @@ impl Writer {
                         // Commit what is batched first, so requests keep their order.
                         self.commit_batch(&mut batch);
                         let _ = reply.send(self.ensure_table(def));
+                    }
+                    Job::Schema { change, reply } => {
+                        self.commit_batch(&mut batch);
+                        reply.send(self.schema_change(change));
                     }
                     Job::Stop => {
                         self.commit_batch(&mut batch);
@@ -430,6 +466,16 @@ impl Writer {
                 }
             }
         }
+        let mut touched: Vec<&Arc<str>> = Vec::new();
+        for change in &changes {
+            if !touched.contains(&&change.table) {
+                touched.push(&change.table);
+            }
+        }
+        for table in touched {
+            let key = layout::meta_key("updated", table);
+            self.db.meta.put(txn, &key, &version.to_le_bytes())?;
+        }
         if !audit_entries.is_empty() {
             let mut entry = Object::new();
             entry.insert(
@@ -478,24 +524,28 @@ impl Writer {
         encode_primary_key(&key, &mut scratch.key)?;
         let old_entry = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec);
         let now = super::now_ms();
-        let old: Option<Value> = match &old_entry {
+        // `stored` is any non-tombstone record, expired or not: it still has index entries and is
+        // still counted until the expiry sweep removes it, so index upkeep and the count follow
+        // it. `old` is the live record the write's semantics (insert, merge) see.
+        let (stored, stored_live): (Option<Value>, bool) = match &old_entry {
             Some(bytes) => {
                 let (header, body) = Header::read(bytes)?;
-                if header.is_live(now) {
-                    Some(decode_record(body)?)
+                if header.deleted {
+                    (None, false)
                 } else {
-                    None
+                    (Some(decode_record(body)?), header.is_live(now))
                 }
             }
-            None => None,
+            None => (None, false),
         };
+        let old: Option<&Value> = stored.as_ref().filter(|_| stored_live);
         match (mode, &old) {
             (PutMode::Insert, Some(_)) | (PutMode::Update, None) => {
                 return Ok((OpResult::Skipped { key }, None))
             }
             _ => {}
         }
-        let mut new = match (&old, mode) {
+        let mut new = match (old, mode) {
             (Some(Value::Object(old)), PutMode::Update | PutMode::Upsert) => {
                 let mut merged = old.clone();
                 for (k, v) in body.iter() {
@@ -510,7 +560,7 @@ impl Writer {
         }
         for attr in &def.attributes {
             if attr.created_time {
-                let kept = old.as_ref().and_then(|o| o.get(&attr.name)).cloned();
+                let kept = old.and_then(|o| o.get(&attr.name)).cloned();
                 new.insert(
                     attr.name.as_str(),
                     kept.unwrap_or_else(|| timestamp(&attr.ty, version)),
@@ -526,22 +576,22 @@ impl Writer {
         // Index maintenance: remove the old record's entries that the new one lacks, add the rest.
         for (attribute, index) in &table.indexes {
             scratch.old_index.clear();
-            if let Some(old) = &old {
-                index_keys(old.get(attribute), &mut scratch.old_index);
+            if let Some(stored) = &stored {
+                index_keys(stored.get(attribute), &mut scratch.old_index);
             }
             scratch.new_index.clear();
             index_keys(new.get(attribute), &mut scratch.new_index);
             for k in scratch
                 .old_index
                 .iter()
-                .filter(|k| !scratch.new_index.contains(k))
+                .filter(|k| scratch.new_index.binary_search(k).is_err())
             {
                 index.delete_one_duplicate(txn, k, &scratch.key)?;
             }
             for k in scratch
                 .new_index
                 .iter()
-                .filter(|k| !scratch.old_index.contains(k))
+                .filter(|k| scratch.old_index.binary_search(k).is_err())
             {
                 index.put(txn, k, &scratch.key)?;
             }
@@ -557,7 +607,7 @@ impl Writer {
         value::archive_into(&new, &mut scratch.entry);
         table.records.put(txn, &scratch.key, &scratch.entry)?;
         let created = old.is_none();
-        if created {
+        if stored.is_none() {
             self.add_count(txn, &table.name, 1)?;
         }
         if let Value::Int(n) = key {
@@ -640,6 +690,48 @@ impl Writer {
 
     fn ensure_table(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {
         ensure_table(&self.db, def)
+    }
+
+    fn schema_change(&self, change: SchemaChange) -> Result<Option<Arc<Table>>, StoreError> {
+        match change {
+            SchemaChange::Create(def) => {
+                if self.db.table(&def.table).is_some() {
+                    return Err(StoreError::TableExists(def.table));
+                }
+                ensure_table(&self.db, def).map(Some)
+            }
+            SchemaChange::Alter { table, alter } => {
+                let current = self
+                    .db
+                    .table(&table)
+                    .ok_or_else(|| StoreError::NoSuchTable(format!("{}.{table}", self.db.name)))?;
+                let def = alter(&current.def)?;
+                ensure_table(&self.db, def).map(Some)
+            }
+            SchemaChange::Drop(table) => {
+                let current = self
+                    .db
+                    .table(&table)
+                    .ok_or_else(|| StoreError::NoSuchTable(format!("{}.{table}", self.db.name)))?;
+                let mut wtxn = self.db.env.write_txn()?;
+                current.records.clear(&mut wtxn)?;
+                for (_, index) in &current.indexes {
+                    index.clear(&mut wtxn)?;
+                }
+                for kind in ["table", "indexes", "count", "autoinc", "updated"] {
+                    self.db
+                        .meta
+                        .delete(&mut wtxn, &layout::meta_key(kind, &table))?;
+                }
+                wtxn.commit()?;
+                self.db
+                    .tables
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&table);
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -729,7 +821,7 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
     }
     let index_list = serde_json::to_vec(&wanted).unwrap_or_default();
     db.meta.put(&mut wtxn, &indexes_key, &index_list)?;
-    let schema_defined = previous.map(|p| p.schema_defined).unwrap_or(false)
+    let schema_defined = previous.as_ref().map(|p| p.schema_defined).unwrap_or(false)
         || def.export.is_some()
         || def.location.is_some();
     let stored =
@@ -737,6 +829,7 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
     db.meta.put(&mut wtxn, &stored_key, &stored)?;
     wtxn.commit()?;
     let table = Arc::new(Table {
+        schema_defined,
         name: Arc::from(name.as_str()),
         def: Arc::new(def),
         records,
@@ -793,20 +886,22 @@ pub(super) fn encode_primary_key(key: &Value, out: &mut Vec<u8>) -> Result<(), W
     Ok(())
 }
 
-/// The index keys of one attribute value: one per array element, null for missing.
+/// The index keys of one attribute value: one per array element, null for missing. Appends to
+/// `out` and leaves it sorted and free of duplicates, so callers diff two lists by binary search:
+/// a record's list may hold many elements, and the writer must stay O(n log n) in them.
 pub(super) fn index_keys(value: Option<&Value>, out: &mut Vec<Vec<u8>>) {
     let mut push = |v: &Value| {
         let mut k = Vec::new();
         value::key::encode_index_prefix(v, &mut k);
-        if !out.contains(&k) {
-            out.push(k);
-        }
+        out.push(k);
     };
     match value {
         None => push(&Value::Null),
         Some(Value::Array(items)) if !items.is_empty() => items.iter().for_each(push),
         Some(v) => push(v),
     }
+    out.sort_unstable();
+    out.dedup();
 }
 
 pub(super) fn decode_record(body: &[u8]) -> Result<Value, StoreError> {

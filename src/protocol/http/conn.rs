@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tidepool_io::{race, timeout, Either, InFlight, InFlightGuard, Shutdown, Stream};
+use tidepool_io::{race, timeout, Either, InFlight, InFlightGuard, Shutdown, Transport};
 
 use super::parse::{frame, BodyLocation, Frame, ParseError, HEADER_SLOTS};
 use super::{date, reason, Limits, Method, Request, Response, Service};
@@ -22,9 +22,10 @@ enum Phase {
     Body,
 }
 
-/// Serves one connection until the peer closes, a limit closes it, or shutdown finds it idle.
-pub async fn serve<S: Service>(
-    mut stream: Stream,
+/// Serves one connection (plain TCP or TLS) until the peer closes, a limit closes it, or shutdown
+/// finds it idle.
+pub async fn serve<S: Service, T: Transport>(
+    mut stream: T,
     peer: SocketAddr,
     service: &S,
     limits: &Limits,
@@ -94,6 +95,7 @@ pub async fn serve<S: Service>(
                 headers: framed.headers,
                 body,
                 peer,
+                peer_cn: stream.peer_cn(),
                 version_minor,
             };
             let wants_close = match request.header("connection") {
@@ -239,7 +241,7 @@ fn expects_continue(buf: &[u8]) -> bool {
     }
 }
 
-async fn linger_close(stream: &mut Stream) {
+async fn linger_close<T: Transport>(stream: &mut T) {
     let _ = stream.shutdown_write().await;
     let mut drained = 0usize;
     let mut buf = Vec::with_capacity(16 * 1024);

@@ -83,6 +83,9 @@ pub struct Request<'a> {
     pub headers: &'a [httparse::Header<'a>],
     pub body: &'a [u8],
     pub peer: SocketAddr,
+    /// Subject CN of the client's verified TLS certificate (mTLS), for the auth layer to map to
+    /// a user.
+    pub peer_cn: Option<&'a str>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version_minor: u8,
 }

@@ -1,157 +1,702 @@
-//! REST (SPEC §3): `/<Export>/<id>` paths to resource verbs, bodies in and records out.
+//! REST (SPEC §3): `/<Export>`, `/<Export>/` and `/<Export>/<id>[.<prop>]` to resource verbs —
+//! records by id, collections through the URL query language, every method, conditional
+//! headers, CORS, content negotiation both ways, and `GET /openapi`.
 //!
-//! This first cut serves records by id — `GET`/`HEAD`, `PUT`, `DELETE` — and `GET /<Export>` (the
-//! description), in JSON; other methods and query strings answer 501 until the REST issue lands.
-//! It never touches storage except through `resource`.
+//! It never touches storage except through `resource` (reads via `resource::with_record` and
+//! `resource::search::run`, which close their read transaction before returning; writes via
+//! `resource::write`). Requests whose `Accept` asks for `text/event-stream` belong to the SSE
+//! interface: [`wants_event_stream`] is the hook, and `handle` returns false for them.
 
+mod format;
+mod openapi;
+
+use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::protocol::http::{Method, Request, Response};
+use crate::query::{self, Query, Select};
+use crate::resource::search::{self, SearchSpec};
 use crate::resource::{self, Resources, Validation};
-use crate::store::{OpResult, PutMode, WriteOp, WriteRequest};
-use crate::value::{self, Value};
+use crate::schema::{FieldType, TableDef};
+use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
+use crate::value::{self, Value, ValueView};
 
-/// Serves `req` if its first path segment is an export; returns false to let the caller answer
-/// (static files, then 404).
+pub use format::{Format, SUPPORTED};
+
+thread_local! {
+    /// The key of the current single-record read on this core (string keys), reused.
+    static GET_KEY: std::cell::RefCell<Value> = const { std::cell::RefCell::new(Value::String(String::new())) };
+}
+
+const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
+const ALLOW_COLLECTION: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+const ALLOW_RECORD: &str = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS";
+/// Records one collection `DELETE` removes at most (one transaction); more → 400.
+pub const DELETE_RECORDS_MAX: usize = 100_000;
+
+/// SSE hook: a `GET` whose `Accept` names `text/event-stream` is for the SSE interface (§6.5),
+/// which the router should offer it to before REST.
+pub fn wants_event_stream(req: &Request<'_>) -> bool {
+    req.method == Method::Get
+        && req
+            .header_str("accept")
+            .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+/// The path split into its REST parts.
+enum Target<'p> {
+    Table,
+    Collection,
+    Record(&'p str),
+}
+
+/// Serves `req` if its first path segment is an export (or `openapi`); returns false to let the
+/// caller answer (static files, then 404), and for SSE requests.
 pub async fn handle(resources: &Arc<Resources>, req: &Request<'_>, resp: &mut Response) -> bool {
     let path = req.path.strip_prefix('/').unwrap_or(req.path);
     let (export, rest) = match path.find('/') {
         Some(i) => (&path[..i], Some(&path[i + 1..])),
         None => (path, None),
     };
-    let export = match crate::util::percent_decode(export) {
-        Ok(e) => e,
-        Err(_) => return false,
-    };
-    let Some((db, table)) = resources.export(&export) else {
-        return false;
-    };
-    let raw_id = match rest {
-        None => {
-            if matches!(req.method, Method::Get | Method::Head) {
-                resp.status = 200;
-                resp.header("Content-Type", "application/json");
-                let desc = serde_json::json!({
-                    "records": "./",
-                    "name": export,
-                    "database": table.def.database,
-                    "attributes": table.def.attributes.iter().map(|a| {
-                        let mut o = serde_json::json!({"name": a.name, "type": a.ty.name()});
-                        if a.primary_key { o["isPrimaryKey"] = true.into(); }
-                        if a.indexed { o["indexed"] = true.into(); }
-                        o
-                    }).collect::<Vec<_>>(),
-                });
-                resp.body.extend_from_slice(desc.to_string().as_bytes());
-            } else {
-                resp.header("Allow", "GET, HEAD");
-                resp.json_error(
-                    405,
-                    "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
-                );
-            }
+    let Some((db, table)) = resources.export(export) else {
+        if export == "openapi" && rest.is_none() {
+            serve_openapi(resources, req, resp);
             return true;
         }
-        Some("") => {
-            resp.json_error(
-                501,
-                "Collection queries are not implemented in this build yet",
+        return false;
+    };
+    if wants_event_stream(req) {
+        return false;
+    }
+    cors(resources, req, resp);
+    let target = match rest {
+        None => Target::Table,
+        Some("") => Target::Collection,
+        Some(id) => Target::Record(id),
+    };
+    if req.method == Method::Options {
+        resp.status = 204;
+        resp.header("Allow", ALLOW_ALL);
+        if resources.config.http.cors {
+            resp.header(
+                "Access-Control-Allow-Methods",
+                "POST, GET, PUT, DELETE, PATCH, OPTIONS",
+            );
+            resp.header(
+                "Access-Control-Allow-Headers",
+                &resources.config.http.cors_allow_headers,
+            );
+        }
+        return true;
+    }
+    let mut ctx = Ctx {
+        resources,
+        req,
+        db,
+        table,
+        format: Format::Json,
+    };
+    let extension = match &target {
+        Target::Record(id) => id
+            .rsplit_once('.')
+            .and_then(|(_, ext)| Format::from_extension(ext)),
+        _ => None,
+    };
+    ctx.format = match extension.or_else(|| Format::negotiate(req.header_str("accept"))) {
+        Some(f) => f,
+        None => {
+            resp.text(
+                406,
+                &format!("Not Acceptable; supported types: {SUPPORTED}"),
             );
             return true;
         }
-        Some(id) => id,
     };
-    let id_text = match crate::util::percent_decode(raw_id) {
-        Ok(s) => s,
-        Err((_, why)) => {
-            resp.json_error(400, why);
-            return true;
-        }
-    };
-    let id = match resource::parse_id(&table.def, &id_text) {
-        Ok(id) => id,
-        Err(e) => {
-            resp.json_error(400, &e);
-            return true;
-        }
-    };
-    match req.method {
-        Method::Get | Method::Head => {
-            let found = resource::with_record(&db, &table, &id, |_, record| {
-                value::json::write(record, &mut resp.body);
-            });
-            match found {
-                Ok(Some(())) => {
-                    resp.status = 200;
-                    resp.header("Content-Type", "application/json");
-                }
-                Ok(None) => {
-                    resp.status = 404;
-                }
-                Err(e) => resp.json_error(500, &e.to_string()),
-            }
-        }
-        Method::Put => {
-            let mut record = match value::json::parse(req.body) {
-                Ok(Value::Object(o)) => o,
-                Ok(_) => return bad(resp, "Request body must be an object"),
-                Err(e) => return bad(resp, &format!("Invalid JSON: {e}")),
-            };
-            if let Err(e) = resource::validate_record(&table.def, &mut record, Validation::Full) {
-                return bad(resp, &e);
-            }
-            let op = WriteOp::Put {
-                table: table.def.table.clone(),
-                key: Some(id),
-                record: Value::Object(record),
-                mode: PutMode::Replace,
-                expires_in_s: None,
-            };
-            match resource::write(
-                &db,
-                WriteRequest {
-                    ops: vec![op],
-                    user: None,
-                },
-            )
-            .await
-            {
-                Ok(_) => resp.status = 204,
-                Err(e) => resp.json_error(resource::write_error_status(&e), &e.to_string()),
-            }
-        }
-        Method::Delete => {
-            let op = WriteOp::Delete {
-                table: table.def.table.clone(),
-                key: id,
-            };
-            match resource::write(
-                &db,
-                WriteRequest {
-                    ops: vec![op],
-                    user: None,
-                },
-            )
-            .await
-            {
-                Ok(out) => {
-                    debug_assert!(matches!(
-                        out.results.first(),
-                        Some(OpResult::Deleted { .. })
-                    ));
-                    resp.status = 200;
-                    resp.header("Content-Type", "application/json");
-                    resp.body.extend_from_slice(b"true");
-                }
-                Err(e) => resp.json_error(resource::write_error_status(&e), &e.to_string()),
-            }
-        }
-        _ => resp.json_error(501, "This method is not implemented in this build yet"),
+    resp.header("Vary", "Accept, Accept-Encoding");
+    match target {
+        Target::Table => ctx.table_target(resp, export),
+        Target::Collection => ctx.collection(resp).await,
+        Target::Record(raw) => ctx.record(resp, raw, extension.is_some()).await,
     }
     true
 }
 
-fn bad(resp: &mut Response, message: &str) -> bool {
-    resp.json_error(400, message);
-    true
+fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
+    if !resources.config.http.cors {
+        return;
+    }
+    let Some(origin) = req.header_str("origin") else {
+        return;
+    };
+    let allowed = match &resources.config.http.cors_access_list {
+        None => true,
+        Some(list) => list.iter().any(|o| o == "*" || o == origin),
+    };
+    if allowed {
+        resp.header("Access-Control-Allow-Origin", origin);
+    }
+}
+
+fn serve_openapi(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
+    if !matches!(req.method, Method::Get | Method::Head) {
+        resp.header("Allow", "GET, HEAD");
+        resp.json_error(405, "Method not allowed on /openapi");
+        return;
+    }
+    let exports: Vec<(&str, &TableDef)> = resources
+        .app
+        .tables
+        .iter()
+        .filter_map(|t| t.export.as_deref().map(|name| (name, t)))
+        .collect();
+    let doc = openapi::document(&exports);
+    resp.status = 200;
+    resp.header("Content-Type", "application/json");
+    resp.body.extend_from_slice(doc.to_string().as_bytes());
+}
+
+struct Ctx<'r, 'q> {
+    resources: &'r Arc<Resources>,
+    req: &'r Request<'q>,
+    db: Arc<Database>,
+    table: Arc<Table>,
+    format: Format,
+}
+
+impl Ctx<'_, '_> {
+    fn error(&self, resp: &mut Response, status: u16, message: &str) {
+        resp.status = status;
+        resp.body.clear();
+        let format = match self.format {
+            Format::Csv => Format::Json,
+            f => f,
+        };
+        resp.header("Content-Type", format.content_type());
+        format.write_error(message, &mut resp.body);
+    }
+
+    fn def(&self) -> &TableDef {
+        &self.table.def
+    }
+
+    fn table_target(&self, resp: &mut Response, export: &str) {
+        if !matches!(self.req.method, Method::Get | Method::Head) {
+            resp.header("Allow", ALLOW_TABLE);
+            return self.error(
+                resp,
+                405,
+                "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
+            );
+        }
+        let def = self.def();
+        let desc = serde_json::json!({
+            "records": "./",
+            "name": export,
+            "database": def.database,
+            "attributes": def.attributes.iter().map(|a| {
+                let mut o = serde_json::json!({"name": a.name, "type": a.ty.name()});
+                if a.primary_key { o["isPrimaryKey"] = true.into(); }
+                if a.indexed { o["indexed"] = true.into(); }
+                o
+            }).collect::<Vec<_>>(),
+        });
+        let v = value::json::parse(desc.to_string().as_bytes()).unwrap_or(Value::Null);
+        resp.status = 200;
+        resp.header("Content-Type", self.format.content_type());
+        self.format.write_one(&v, &mut resp.body);
+    }
+
+    /// The parsed query string, minus `explain` (which asks for the plan instead of records).
+    fn query(&self) -> Result<(Query, bool), String> {
+        let raw = self.req.query.unwrap_or("");
+        let explain = raw.split('&').any(|p| p == "explain");
+        let query = if explain {
+            let rest: Vec<&str> = raw.split('&').filter(|p| *p != "explain").collect();
+            query::parse(&rest.join("&"))
+        } else {
+            query::parse(raw)
+        };
+        query.map(|q| (q, explain)).map_err(|e| e.to_string())
+    }
+
+    async fn collection(&self, resp: &mut Response) {
+        match self.req.method {
+            Method::Get | Method::Head => self.query_collection(resp),
+            Method::Post => self.post(resp).await,
+            Method::Delete => self.delete_matches(resp).await,
+            _ => {
+                resp.header("Allow", ALLOW_COLLECTION);
+                self.error(resp, 405, "Method not allowed on a collection")
+            }
+        }
+    }
+
+    fn plan(&self, query: &Query) -> Result<search::Plan, search::SearchError> {
+        let (offset, limit) = match query.limit {
+            Some(l) => (l.start, Some(l.end.saturating_sub(l.start))),
+            None => (0, None),
+        };
+        search::plan(
+            &self.table,
+            &SearchSpec {
+                filter: query.filter.as_ref(),
+                sort: &query.sort,
+                offset,
+                limit,
+                allow_undeclared: false,
+            },
+        )
+    }
+
+    fn query_collection(&self, resp: &mut Response) {
+        let (query, explain) = match self.query() {
+            Ok(q) => q,
+            Err(e) => return self.error(resp, 400, &e),
+        };
+        let plan = match self.plan(&query) {
+            Ok(p) => p,
+            Err(e) => return self.error(resp, e.status(), &e.to_string()),
+        };
+        let def = self.def();
+        let fields: Vec<String> = match &query.select {
+            Some(Select::Object(items) | Select::Array(items)) => {
+                items.iter().map(|i| i.name.clone()).collect()
+            }
+            Some(Select::Value(item)) => vec![item.name.clone()],
+            None => def
+                .attributes
+                .iter()
+                .filter(|a| a.relationship.is_none())
+                .map(|a| a.name.clone())
+                .collect(),
+        };
+        let mut writer = format::CollectionWriter::new(self.format, fields);
+        resp.body.clear();
+        writer.start(&mut resp.body);
+        let body = &mut resp.body;
+        let select = query.select.as_ref();
+        let result = search::run(&self.db, &self.table, &plan, &mut |_, record| {
+            if !explain {
+                match select {
+                    Some(select) => writer.item(&query::project(record.value, select), body),
+                    None => writer.item(record.value, body),
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        match result {
+            Ok(stats) if explain => {
+                resp.body.clear();
+                let doc = serde_json::json!({
+                    "plan": plan.to_string(),
+                    "index": plan.index(),
+                    "records_visited": stats.records_visited,
+                    "index_entries": stats.index_entries,
+                    "returned": stats.returned,
+                });
+                let v = value::json::parse(doc.to_string().as_bytes()).unwrap_or(Value::Null);
+                resp.status = 200;
+                resp.header("Content-Type", self.format.content_type());
+                self.format.write_one(&v, &mut resp.body);
+            }
+            Ok(_) => {
+                writer.finish(&mut resp.body);
+                resp.status = 200;
+                resp.header("Content-Type", self.format.content_type());
+                if self.format == Format::Csv {
+                    resp.header("Content-Disposition", "attachment; filename=\"data.csv\"");
+                }
+            }
+            Err(e) => self.error(resp, e.status(), &e.to_string()),
+        }
+    }
+
+    /// The body as a record object, or the error answer.
+    fn body_record(&self, structured_only: bool) -> Result<value::Object, (u16, String)> {
+        let decoded = format::decode_body(self.req.header_str("content-type"), self.req.body)
+            .map_err(|e| (400, e))?;
+        let v = match decoded {
+            format::Body::Structured(v) => v,
+            format::Body::Raw(_) if structured_only => {
+                return Err((
+                    415,
+                    "PATCH needs a JSON, CBOR or MessagePack body".to_string(),
+                ))
+            }
+            format::Body::Raw(v) => v,
+        };
+        match v {
+            Value::Object(mut o) => {
+                resource::validate_record(
+                    self.def(),
+                    &mut o,
+                    if structured_only {
+                        Validation::Partial
+                    } else {
+                        Validation::Full
+                    },
+                )
+                .map_err(|e| (400, e))?;
+                Ok(o)
+            }
+            _ => Err((400, "Request body must be an object".to_string())),
+        }
+    }
+
+    /// `Cache-Control: max-age=N` on a write: the record expires N seconds from now.
+    fn expires_in_s(&self) -> Option<f64> {
+        let cc = self.req.header_str("cache-control")?;
+        cc.split(',').find_map(|d| {
+            d.trim()
+                .strip_prefix("max-age=")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .map(|n| n as f64)
+        })
+    }
+
+    async fn submit(&self, resp: &mut Response, ops: Vec<WriteOp>) -> Option<Vec<OpResult>> {
+        match resource::write(&self.db, WriteRequest { ops, user: None }).await {
+            Ok(out) => Some(out.results),
+            Err(e) => {
+                self.error(resp, resource::write_error_status(&e), &e.to_string());
+                None
+            }
+        }
+    }
+
+    async fn post(&self, resp: &mut Response) {
+        let record = match self.body_record(false) {
+            Ok(r) => r,
+            Err((status, e)) => return self.error(resp, status, &e),
+        };
+        let op = WriteOp::Put {
+            table: self.def().table.clone(),
+            key: None,
+            record: Value::Object(record),
+            mode: PutMode::Insert,
+            expires_in_s: self.expires_in_s(),
+        };
+        let Some(results) = self.submit(resp, vec![op]).await else {
+            return;
+        };
+        match results.first() {
+            Some(OpResult::Written { key, .. }) => {
+                resp.status = 201;
+                let mut location = String::new();
+                match key {
+                    Value::String(s) => percent_encode(s, &mut location),
+                    other => {
+                        location.push_str(&String::from_utf8_lossy(&value::json::to_vec(other)))
+                    }
+                }
+                resp.header("Location", &location);
+                resp.header("Content-Type", self.format.content_type());
+                self.format.write_one(key, &mut resp.body);
+            }
+            Some(OpResult::Skipped { key }) => {
+                let shown = String::from_utf8_lossy(&value::json::to_vec(key)).into_owned();
+                self.error(resp, 409, &format!("Record with id {shown} already exists"))
+            }
+            _ => self.error(resp, 500, "unexpected write result"),
+        }
+    }
+
+    async fn delete_matches(&self, resp: &mut Response) {
+        let (query, _) = match self.query() {
+            Ok(q) => q,
+            Err(e) => return self.error(resp, 400, &e),
+        };
+        let plan = match self.plan(&query) {
+            Ok(p) => p,
+            Err(e) => return self.error(resp, e.status(), &e.to_string()),
+        };
+        let mut keys = Vec::new();
+        let mut too_many = false;
+        let table_name = self.def().table.clone();
+        let result = search::run(&self.db, &self.table, &plan, &mut |pk, _| {
+            if keys.len() >= DELETE_RECORDS_MAX {
+                too_many = true;
+                return ControlFlow::Break(());
+            }
+            if let Ok(key) = value::key::decode(pk) {
+                keys.push(WriteOp::Delete {
+                    table: table_name.clone(),
+                    key,
+                });
+            }
+            ControlFlow::Continue(())
+        });
+        if let Err(e) = result {
+            return self.error(resp, e.status(), &e.to_string());
+        }
+        if too_many {
+            return self.error(
+                resp,
+                400,
+                &format!("More than {DELETE_RECORDS_MAX} records match; delete in smaller steps"),
+            );
+        }
+        if !keys.is_empty() && self.submit(resp, keys).await.is_none() {
+            return;
+        }
+        self.json_true(resp);
+    }
+
+    fn json_true(&self, resp: &mut Response) {
+        resp.status = 200;
+        resp.header("Content-Type", self.format.content_type());
+        self.format.write_one(&Value::Bool(true), &mut resp.body);
+    }
+
+    async fn record(&self, resp: &mut Response, raw: &str, had_extension: bool) {
+        let raw = if had_extension {
+            raw.rsplit_once('.').map_or(raw, |(id, _)| id)
+        } else {
+            raw
+        };
+        // Most ids need no decoding; borrow them rather than copy (the GET path allocates
+        // nothing it can avoid).
+        let decoded: std::borrow::Cow<'_, str> = if raw.contains('%') {
+            match crate::util::percent_decode(raw) {
+                Ok(s) => s.into(),
+                Err((_, why)) => return self.error(resp, 400, why),
+            }
+        } else {
+            raw.into()
+        };
+        // `<id>.<prop>` when `<prop>` is a declared property; otherwise the dot is in the id.
+        let (id_text, property) = match decoded.rsplit_once('.') {
+            Some((id, prop))
+                if self
+                    .def()
+                    .attribute(prop)
+                    .is_some_and(|a| a.relationship.is_none()) =>
+            {
+                (id, Some(prop))
+            }
+            _ => (decoded.as_ref(), None),
+        };
+        let string_key = matches!(
+            self.def().primary_key_attribute().map(|a| &a.ty),
+            Some(FieldType::ID | FieldType::String)
+        );
+        if string_key && matches!(self.req.method, Method::Get | Method::Head) {
+            // Reuse one per-thread key value instead of allocating a String per read.
+            return GET_KEY.with(|slot| {
+                let mut slot = slot.borrow_mut();
+                if let Value::String(s) = &mut *slot {
+                    s.clear();
+                    s.push_str(id_text);
+                }
+                self.get(resp, &slot, property)
+            });
+        }
+        let id = match resource::parse_id(self.def(), id_text) {
+            Ok(id) => id,
+            Err(e) => return self.error(resp, 400, &e),
+        };
+        match self.req.method {
+            Method::Get | Method::Head => self.get(resp, &id, property),
+            Method::Put | Method::Patch => self.put(resp, id).await,
+            Method::Delete => {
+                if !self.if_match(resp, &id) {
+                    return;
+                }
+                let op = WriteOp::Delete {
+                    table: self.def().table.clone(),
+                    key: id,
+                };
+                if self.submit(resp, vec![op]).await.is_some() {
+                    self.json_true(resp);
+                }
+            }
+            _ => {
+                resp.header("Allow", ALLOW_RECORD);
+                self.error(resp, 405, "Method not allowed on a record")
+            }
+        }
+    }
+
+    fn get(&self, resp: &mut Response, id: &Value, property: Option<&str>) {
+        let select = match self.req.query.filter(|q| !q.is_empty()) {
+            None => None,
+            Some(raw) => match query::parse(raw) {
+                Ok(q) => q.select,
+                Err(e) => return self.error(resp, 400, &e.to_string()),
+            },
+        };
+        let if_none_match = self.req.header_str("if-none-match");
+        let format = self.format;
+        let last_modified = self.resources.config.http.last_modified;
+        let key_name = self.def().primary_key.as_deref();
+        let found = resource::with_record(&self.db, &self.table, id, |header, record| {
+            let mut etag = [0u8; 18];
+            let etag = etag_of(header.version, &mut etag);
+            if if_none_match.is_some_and(|h| etag_matches(h, etag)) {
+                resp.status = 304;
+                resp.header("ETag", etag);
+                return;
+            }
+            resp.status = 200;
+            resp.header("ETag", etag);
+            if last_modified {
+                resp.header("Last-Modified", &http_date(header.version));
+            }
+            if let (None, None, Some((content_type, data))) =
+                (property, &select, format::raw_content(record, key_name))
+            {
+                resp.header("Content-Type", content_type);
+                resp.body.extend_from_slice(data);
+                return;
+            }
+            resp.header("Content-Type", format.content_type());
+            match (property, &select) {
+                (Some(prop), _) => match record.get(prop) {
+                    Some(v) => format.write_one(v, &mut resp.body),
+                    None => format.write_one(&Value::Null, &mut resp.body),
+                },
+                (None, Some(select)) => {
+                    format.write_one(&query::project(record, select), &mut resp.body)
+                }
+                (None, None) => format.write_one(record, &mut resp.body),
+            }
+        });
+        match found {
+            Ok(Some(())) => {}
+            Ok(None) => {
+                resp.status = 404;
+                resp.body.clear();
+            }
+            Err(e) => self.error(resp, 500, &e.to_string()),
+        }
+    }
+
+    /// `If-Match` on a write: the current ETag must match (or `*` an existing record) → else 412.
+    fn if_match(&self, resp: &mut Response, id: &Value) -> bool {
+        let Some(wanted) = self.req.header_str("if-match") else {
+            return true;
+        };
+        let current = resource::with_record(&self.db, &self.table, id, |header, _| {
+            let mut buf = [0u8; 18];
+            etag_matches(wanted, etag_of(header.version, &mut buf))
+        });
+        if matches!(current, Ok(Some(true))) {
+            true
+        } else {
+            self.error(
+                resp,
+                412,
+                "Precondition Failed: the record's ETag does not match If-Match",
+            );
+            false
+        }
+    }
+
+    async fn put(&self, resp: &mut Response, id: Value) {
+        let patch = self.req.method == Method::Patch;
+        let record = match self.body_record(patch) {
+            Ok(r) => r,
+            Err((status, e)) => return self.error(resp, status, &e),
+        };
+        if !self.if_match(resp, &id) {
+            return;
+        }
+        let op = WriteOp::Put {
+            table: self.def().table.clone(),
+            key: Some(id),
+            record: Value::Object(record),
+            mode: if patch {
+                PutMode::Upsert
+            } else {
+                PutMode::Replace
+            },
+            expires_in_s: self.expires_in_s(),
+        };
+        if self.submit(resp, vec![op]).await.is_some() {
+            resp.status = 204;
+        }
+    }
+}
+
+/// `"<16 hex digits of the version's bits>"`: opaque, ASCII, new on every write.
+fn etag_of(version: f64, buf: &mut [u8; 18]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = version.to_bits();
+    buf[0] = b'"';
+    for i in 0..16 {
+        buf[1 + i] = HEX[((bits >> (60 - 4 * i)) & 15) as usize];
+    }
+    buf[17] = b'"';
+    std::str::from_utf8(buf).unwrap_or("\"\"")
+}
+
+/// `If-None-Match`/`If-Match`: `*`, or a list containing the tag (`W/` ignored).
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+    })
+}
+
+/// The version (ms since the epoch) as an IMF-fixdate.
+fn http_date(version_ms: f64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = (version_ms / 1000.0).floor().max(0.0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = crate::util::civil_from_days(days);
+    let mut out = String::with_capacity(29);
+    let _ = write!(
+        out,
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[(m as usize).clamp(1, 12) - 1],
+        y,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    out
+}
+
+fn percent_encode(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_and_dates() {
+        let mut buf = [0u8; 18];
+        let tag = etag_of(1.5, &mut buf).to_string();
+        assert_eq!(tag, "\"3ff8000000000000\"");
+        for (header, expected) in [
+            ("\"3ff8000000000000\"", true),
+            ("W/\"3ff8000000000000\"", true),
+            ("\"x\", \"3ff8000000000000\"", true),
+            ("*", true),
+            ("\"x\"", false),
+        ] {
+            assert_eq!(etag_matches(header, &tag), expected, "{header}");
+        }
+        assert_eq!(http_date(0.0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            http_date(1_718_000_000_125.0),
+            "Mon, 10 Jun 2024 06:13:20 GMT"
+        );
+    }
 }

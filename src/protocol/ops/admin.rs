@@ -1,0 +1,547 @@
+//! Operations on files and the process rather than tables (SPEC §4.5–4.6): the configuration
+//! file (`set_configuration`, cluster routes), `cluster_status`, `system_information`,
+//! `read_log`, and `read_audit_log`'s argument handling.
+//!
+//! File reads and writes run on an admin thread (`run_blocking`), never on a core. The config
+//! file is rewritten whole through a temporary file and a rename, so a crash leaves the old or
+//! the new file, never half of one.
+
+use std::path::PathBuf;
+
+use serde_yaml::Value as Yaml;
+
+use super::decode::{from_json, to_json, ReadAuditLog, ReadLog};
+use super::OpError;
+use crate::config::{Config, ConfigTree};
+use crate::resource::nosql::AuditSearch;
+use crate::resource::{run_blocking, Resources};
+use crate::value::{Object, Value};
+
+/// `read_log` reads at most this many bytes from the end of the log file.
+pub const LOG_BYTES_MAX: u64 = 32 << 20;
+/// `read_log` returns at most this many lines whatever `limit` says.
+pub const LOG_LINES_MAX: u64 = 100_000;
+
+fn config_file(resources: &Resources) -> PathBuf {
+    std::env::var_os("HDB_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| resources.config.root.join("harperdb-config.yaml"))
+}
+
+fn read_yaml(path: &PathBuf) -> Result<Yaml, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Ok(Yaml::Mapping(Default::default())),
+        Ok(text) => serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Yaml::Mapping(Default::default())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn write_yaml(path: &PathBuf, yaml: &Yaml) -> Result<(), String> {
+    let text = serde_yaml::to_string(yaml).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn set_path(root: &mut Yaml, path: &str, value: Yaml) {
+    let mut node = root;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_mapping() {
+            *node = Yaml::Mapping(Default::default());
+        }
+        let Yaml::Mapping(map) = node else { return };
+        let key = Yaml::String((*part).to_string());
+        if i + 1 == parts.len() {
+            map.insert(key, value);
+            return;
+        }
+        node = map
+            .entry(key)
+            .or_insert_with(|| Yaml::Mapping(Default::default()));
+    }
+}
+
+fn get_path<'y>(root: &'y Yaml, path: &str) -> Option<&'y Yaml> {
+    let mut node = root;
+    for part in path.split('.') {
+        node = node.as_mapping()?.get(part)?;
+    }
+    Some(node)
+}
+
+/// Flattened lower-case key → dotted path, from the defaults (the same rule as the overrides).
+fn known_keys() -> Vec<(String, String)> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, child) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if matches!(child, serde_json::Value::Object(m) if !m.is_empty()) {
+                    walk(&path, child, out);
+                }
+                out.push((path.replace('.', "_").to_ascii_lowercase(), path));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &ConfigTree::defaults().to_json(), &mut out);
+    out
+}
+
+fn to_yaml(v: &Value) -> Yaml {
+    serde_yaml::to_value(to_json(v)).unwrap_or(Yaml::Null)
+}
+
+pub async fn set_configuration(
+    resources: &Resources,
+    settings: Vec<(String, Value)>,
+) -> Result<Value, OpError> {
+    if settings.is_empty() {
+        return Err(OpError::bad("set_configuration needs at least one setting"));
+    }
+    let known = known_keys();
+    let mut changes: Vec<(String, Yaml)> = Vec::with_capacity(settings.len());
+    let mut check = resources.config_tree.clone();
+    for (key, value) in &settings {
+        let flat = key.to_ascii_lowercase();
+        let Some((_, path)) = known.iter().find(|(k, _)| *k == flat) else {
+            return Err(OpError::bad(format!("Unknown configuration key '{key}'")));
+        };
+        let yaml = to_yaml(value);
+        check.set_path(path, yaml.clone());
+        changes.push((path.clone(), yaml));
+    }
+    // The new values must make a valid configuration before the file changes.
+    Config::from_tree(&check, &resources.config.root, 1)
+        .map_err(|e| OpError::bad(format!("Invalid configuration: {e}")))?;
+    let path = config_file(resources);
+    run_blocking(move || {
+        let mut yaml = read_yaml(&path)?;
+        for (key, value) in changes {
+            set_path(&mut yaml, &key, value);
+        }
+        write_yaml(&path, &yaml)
+    })
+    .await
+    .unwrap_or_else(|| Err("admin thread failed".into()))
+    .map_err(|e| OpError::new(500, e))?;
+    Ok(super::message(
+        "Configuration successfully set. You must restart HarperDB for new config settings to take effect.",
+    ))
+}
+
+/// §7.9's shape while replication is off.
+pub fn cluster_status() -> Value {
+    let mut o = Object::new();
+    o.insert("type", Value::String("cluster-status".into()));
+    o.insert("connections", Value::Array(Vec::new()));
+    o.insert("node_name", Value::Null);
+    o.insert("is_enabled", Value::Bool(false));
+    Value::Object(o)
+}
+
+const ROUTES: &str = "replication.routes";
+
+fn route_valid(route: &Value) -> bool {
+    match route {
+        Value::String(s) => !s.is_empty(),
+        Value::Object(o) => {
+            matches!(o.get("hostname"), Some(Value::String(h)) if !h.is_empty())
+                && matches!(o.get("port"), None | Some(Value::Int(_)))
+        }
+        _ => false,
+    }
+}
+
+async fn current_routes(resources: &Resources) -> Result<(PathBuf, Yaml, Vec<Value>), OpError> {
+    let path = config_file(resources);
+    let read_path = path.clone();
+    let yaml = run_blocking(move || read_yaml(&read_path))
+        .await
+        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(|e| OpError::new(500, e))?;
+    let routes = match get_path(&yaml, ROUTES) {
+        Some(Yaml::Sequence(items)) => items
+            .iter()
+            .map(|y| {
+                serde_json::to_value(y)
+                    .map(|j| from_json(&j))
+                    .unwrap_or(Value::Null)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((path, yaml, routes))
+}
+
+async fn store_routes(path: PathBuf, mut yaml: Yaml, routes: &[Value]) -> Result<(), OpError> {
+    set_path(
+        &mut yaml,
+        ROUTES,
+        Yaml::Sequence(routes.iter().map(to_yaml).collect()),
+    );
+    run_blocking(move || write_yaml(&path, &yaml))
+        .await
+        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(|e| OpError::new(500, e))
+}
+
+pub async fn get_routes(resources: &Resources) -> Result<Value, OpError> {
+    Ok(Value::Array(current_routes(resources).await?.2))
+}
+
+pub async fn set_routes(resources: &Resources, new: Vec<Value>) -> Result<Value, OpError> {
+    if let Some(bad) = new.iter().find(|r| !route_valid(r)) {
+        return Err(OpError::bad(format!(
+            "Invalid route {}: a route is a URL string or {{hostname, port}}",
+            String::from_utf8_lossy(&crate::value::json::to_vec(bad))
+        )));
+    }
+    let (path, yaml, mut routes) = current_routes(resources).await?;
+    let (mut set, mut skipped) = (Vec::new(), Vec::new());
+    for route in new {
+        if routes.contains(&route) || set.contains(&route) {
+            skipped.push(route);
+        } else {
+            set.push(route);
+        }
+    }
+    routes.extend(set.iter().cloned());
+    store_routes(path, yaml, &routes).await?;
+    let mut o = Object::new();
+    o.insert(
+        "message",
+        Value::String("cluster routes successfully set".into()),
+    );
+    o.insert("set", Value::Array(set));
+    o.insert("skipped", Value::Array(skipped));
+    Ok(Value::Object(o))
+}
+
+pub async fn delete_routes(resources: &Resources, gone: Vec<Value>) -> Result<Value, OpError> {
+    let (path, yaml, mut routes) = current_routes(resources).await?;
+    let (mut deleted, mut skipped) = (Vec::new(), Vec::new());
+    for route in gone {
+        if let Some(i) = routes.iter().position(|r| *r == route) {
+            routes.remove(i);
+            deleted.push(route);
+        } else {
+            skipped.push(route);
+        }
+    }
+    store_routes(path, yaml, &routes).await?;
+    let mut o = Object::new();
+    o.insert(
+        "message",
+        Value::String("cluster routes successfully deleted".into()),
+    );
+    o.insert("deleted", Value::Array(deleted));
+    o.insert("skipped", Value::Array(skipped));
+    Ok(Value::Object(o))
+}
+
+fn meminfo() -> Object {
+    let mut o = Object::new();
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(kb)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let key = match name {
+            "MemTotal:" => "total",
+            "MemFree:" => "free",
+            "MemAvailable:" => "available",
+            "SwapTotal:" => "swaptotal",
+            "SwapFree:" => "swapfree",
+            _ => continue,
+        };
+        if let Ok(kb) = kb.parse::<i64>() {
+            o.insert(key, Value::Int(kb.saturating_mul(1024)));
+        }
+    }
+    o
+}
+
+fn system_info() -> Object {
+    let mut o = Object::new();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    o.insert("platform", Value::String(std::env::consts::OS.into()));
+    o.insert("arch", Value::String(std::env::consts::ARCH.into()));
+    o.insert("hostname", Value::String(read("/proc/sys/kernel/hostname")));
+    o.insert("kernel", Value::String(read("/proc/sys/kernel/osrelease")));
+    o.insert(
+        "server_version",
+        Value::String(env!("CARGO_PKG_VERSION").into()),
+    );
+    o
+}
+
+/// `system_information`: the requested sections (all without `attributes`).
+pub async fn system_information(resources: &Resources, attributes: Option<&[String]>) -> Value {
+    let wanted = |name: &str| attributes.is_none_or(|a| a.iter().any(|x| x == name));
+    let mut o = Object::new();
+    if wanted("system") {
+        o.insert("system", Value::Object(system_info()));
+    }
+    if wanted("time") {
+        let mut t = Object::new();
+        t.insert("current", Value::Float(crate::store::now_ms()));
+        t.insert(
+            "timezone",
+            Value::String(std::env::var("TZ").unwrap_or_else(|_| "UTC".into())),
+        );
+        o.insert("time", Value::Object(t));
+    }
+    if wanted("cpu") {
+        let mut c = Object::new();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as i64)
+            .unwrap_or(1);
+        c.insert("cpus", Value::Int(cpus));
+        c.insert("cores", Value::Int(resources.config.threads as i64));
+        o.insert("cpu", Value::Object(c));
+    }
+    if wanted("memory") {
+        o.insert("memory", Value::Object(meminfo()));
+    }
+    if wanted("harperdb_processes") {
+        let mut p = Object::new();
+        p.insert(
+            "core",
+            Value::Array(vec![Value::Int(i64::from(std::process::id()))]),
+        );
+        o.insert("harperdb_processes", Value::Object(p));
+    }
+    if wanted("threads") {
+        let threads = (0..resources.config.threads)
+            .map(|i| {
+                let mut t = Object::new();
+                t.insert("threadId", Value::Int(i as i64));
+                Value::Object(t)
+            })
+            .collect();
+        o.insert("threads", Value::Array(threads));
+    }
+    if wanted("table_size") {
+        let mut sizes = Vec::new();
+        for db_name in resources.store.database_names() {
+            let Some(db) = resources.store.database(&db_name) else {
+                continue;
+            };
+            for table_name in db.table_names() {
+                let Some(table) = db.table(&table_name) else {
+                    continue;
+                };
+                let Ok(txn) = db.read() else { continue };
+                let mut t = Object::new();
+                t.insert("schema", Value::String(db_name.clone()));
+                t.insert("table", Value::String(table_name.clone()));
+                t.insert(
+                    "table_size",
+                    Value::Int(txn.table_size(&table).unwrap_or(0) as i64),
+                );
+                t.insert(
+                    "record_count",
+                    Value::Int(txn.count(&table).unwrap_or(0) as i64),
+                );
+                sizes.push(Value::Object(t));
+            }
+        }
+        o.insert("table_size", Value::Array(sizes));
+    }
+    if wanted("replication") {
+        o.insert("replication", cluster_status());
+    }
+    for empty in ["disk", "network", "metrics"] {
+        if wanted(empty) && attributes.is_some() {
+            o.insert(empty, Value::Object(Object::new()));
+        }
+    }
+    Value::Object(o)
+}
+
+/// One §8.1 line: `<ISO> [<thread>/<core>] [<level>] [<tag>]…: <message>`.
+fn parse_log_line(line: &str) -> Option<(String, String, String, Vec<String>, String)> {
+    let (timestamp, rest) = line.split_once(' ')?;
+    let rest = rest.strip_prefix('[')?;
+    let (thread, rest) = rest.split_once("] [")?;
+    let (level, mut rest) = rest.split_once(']')?;
+    let mut tags = Vec::new();
+    while let Some(after) = rest.strip_prefix(" [") {
+        let (tag, tail) = after.split_once(']')?;
+        tags.push(tag.to_string());
+        rest = tail;
+    }
+    let message = rest.strip_prefix(": ").unwrap_or(rest);
+    Some((
+        timestamp.to_string(),
+        thread.to_string(),
+        level.to_string(),
+        tags,
+        message.to_string(),
+    ))
+}
+
+pub async fn read_log(resources: &Resources, q: ReadLog) -> Result<Value, OpError> {
+    let path = resources.config.logging.path.clone();
+    let text = run_blocking(move || -> Result<String, String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > LOG_BYTES_MAX {
+            let _ = file.seek(SeekFrom::Start(len - LOG_BYTES_MAX));
+        }
+        let mut bytes = Vec::new();
+        file.take(LOG_BYTES_MAX)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    })
+    .await
+    .unwrap_or_else(|| Err("admin thread failed".into()))
+    .map_err(|e| OpError::new(500, e))?;
+    let mut entries: Vec<Value> = Vec::new();
+    for line in text.lines() {
+        let Some((timestamp, thread, level, tags, message)) = parse_log_line(line) else {
+            continue;
+        };
+        if q.level.as_deref().is_some_and(|l| l != level) {
+            continue;
+        }
+        if q.from.as_deref().is_some_and(|f| timestamp.as_str() < f) {
+            continue;
+        }
+        if q.until.as_deref().is_some_and(|u| timestamp.as_str() > u) {
+            continue;
+        }
+        if q.filter.as_deref().is_some_and(|f| !line.contains(f)) {
+            continue;
+        }
+        let mut o = Object::new();
+        o.insert("level", Value::String(level));
+        o.insert("message", Value::String(message));
+        o.insert("timestamp", Value::String(timestamp));
+        o.insert("thread", Value::String(thread));
+        o.insert(
+            "tags",
+            Value::Array(tags.into_iter().map(Value::String).collect()),
+        );
+        entries.push(Value::Object(o));
+    }
+    if q.descending {
+        entries.reverse();
+    }
+    let start = usize::try_from(q.start).unwrap_or(usize::MAX);
+    let limit = usize::try_from(q.limit.min(LOG_LINES_MAX)).unwrap_or(usize::MAX);
+    Ok(Value::Array(
+        entries.into_iter().skip(start).take(limit).collect(),
+    ))
+}
+
+fn timestamp_arg(v: &Value) -> Result<f64, OpError> {
+    match v {
+        Value::Int(i) => Ok(*i as f64),
+        Value::Float(f) | Value::Date(f) => Ok(*f),
+        Value::String(s) => crate::util::parse_iso8601_ms(s)
+            .or_else(|| s.parse().ok())
+            .ok_or_else(|| OpError::bad(format!("Invalid timestamp \"{s}\""))),
+        _ => Err(OpError::bad("search_values must be timestamps")),
+    }
+}
+
+pub fn read_audit_log(resources: &Resources, q: &ReadAuditLog) -> Result<Value, OpError> {
+    let search = match q.search_type.as_str() {
+        "username" => AuditSearch::Username(
+            q.search_values
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    _ => Err(OpError::bad("search_values must be user names")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        "hash_value" => AuditSearch::HashValue(q.search_values.clone()),
+        _ => match q.search_values.as_slice() {
+            [] => AuditSearch::Timestamp(None, None),
+            [from] => AuditSearch::Timestamp(Some(timestamp_arg(from)?), None),
+            [from, to] => {
+                AuditSearch::Timestamp(Some(timestamp_arg(from)?), Some(timestamp_arg(to)?))
+            }
+            _ => {
+                return Err(OpError::bad(
+                    "search_values takes at most two timestamps for a timestamp search",
+                ))
+            }
+        },
+    };
+    Ok(crate::resource::nosql::read_audit_log(
+        resources,
+        &q.database,
+        &q.table,
+        &search,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(line: &str, expected: Option<(&str, &str, &str, &[&str], &str)>) {
+        let got = parse_log_line(line);
+        let want = expected.map(|(t, th, l, tags, m)| {
+            (
+                t.to_string(),
+                th.to_string(),
+                l.to_string(),
+                tags.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                m.to_string(),
+            )
+        });
+        assert_eq!(got, want, "{line}");
+    }
+
+    #[test]
+    fn log_lines() {
+        check(
+            "2026-11-25T17:00:00.123Z [http/1] [warn] [mqtt]: hello: world",
+            Some((
+                "2026-11-25T17:00:00.123Z",
+                "http/1",
+                "warn",
+                &["mqtt"],
+                "hello: world",
+            )),
+        );
+        check(
+            "2026-11-25T17:00:00.123Z [main/0] [notify]: up",
+            Some(("2026-11-25T17:00:00.123Z", "main/0", "notify", &[], "up")),
+        );
+        check("garbage", None);
+        check("", None);
+    }
+
+    #[test]
+    fn flattened_keys_know_nested_paths() {
+        let known = known_keys();
+        assert!(known
+            .iter()
+            .any(|(k, p)| k == "logging_level" && p == "logging.level"));
+        assert!(known
+            .iter()
+            .any(|(k, p)| k == "http_port" && p == "http.port"));
+    }
+}

@@ -1,0 +1,865 @@
+//! Operations API request bodies to typed operations (SPEC §4.1): content type, body decoding with
+//! limits, the `operation` name with its aliases, and every field checked for presence and type.
+//!
+//! Nothing here reads a table or the store: a decoded [`Operation`] says what was asked, in names
+//! and values, and `exec` carries it out. Decoding never panics on any input (fuzz target
+//! `ops_request`); every failure is an [`OpError`] with the status and message of SPEC §4.1.
+
+use crate::value::{self, DecodeLimits, Object, Value};
+
+use super::OpError;
+
+/// Largest Operations API body decoded; larger → 413. HTTP's own `maxBodySize` bounds it first.
+pub const BODY_BYTES_MAX: usize = 64 << 20;
+/// Nesting depth of a body (conditions, permissions, records).
+pub const BODY_DEPTH_MAX: usize = 64;
+/// Values in a body: bounds the work a small CBOR or MessagePack body can cause.
+pub const BODY_VALUES_MAX: usize = 8 << 20;
+/// Operations inside one `transaction`.
+pub const TRANSACTION_OPS_MAX: usize = 10_000;
+/// Names of databases, tables and attributes: 1 to this many bytes (SPEC §4.2).
+pub const NAME_BYTES_MAX: usize = 250;
+
+/// The request body's encoding, from `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyType {
+    Json,
+    Cbor,
+    MsgPack,
+}
+
+impl BodyType {
+    /// `None` → 415. A missing header reads as JSON (curl without `-H` still works).
+    pub fn from_content_type(content_type: Option<&str>) -> Option<BodyType> {
+        let Some(raw) = content_type else {
+            return Some(BodyType::Json);
+        };
+        let media = raw.split(';').next().unwrap_or("").trim();
+        if media.eq_ignore_ascii_case("application/json") || media.is_empty() {
+            Some(BodyType::Json)
+        } else if media.eq_ignore_ascii_case("application/cbor") {
+            Some(BodyType::Cbor)
+        } else if media.eq_ignore_ascii_case("application/x-msgpack")
+            || media.eq_ignore_ascii_case("application/msgpack")
+        {
+            Some(BodyType::MsgPack)
+        } else {
+            None
+        }
+    }
+}
+
+/// A new attribute of `create_table`'s `attributes` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAttribute {
+    pub name: String,
+    pub ty: Option<String>,
+    pub indexed: Option<bool>,
+    pub primary_key: bool,
+    pub nullable: Option<bool>,
+}
+
+/// `insert`, `update`, `upsert`: the records to write to one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Records {
+    pub database: String,
+    pub table: String,
+    pub records: Vec<Object>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    Insert,
+    Update,
+    Upsert,
+}
+
+impl WriteKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteKind::Insert => "insert",
+            WriteKind::Update => "update",
+            WriteKind::Upsert => "upsert",
+        }
+    }
+}
+
+/// One write operation, on its own or inside a `transaction`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Put(WriteKind, Records),
+    Delete {
+        database: String,
+        table: String,
+        ids: Vec<Value>,
+    },
+}
+
+/// What a search returns of each record: `None` (or `["*"]`) = every stored property.
+pub type Attributes = Option<Vec<String>>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchByValue {
+    pub database: String,
+    pub table: String,
+    pub attribute: String,
+    pub value: Value,
+    pub get_attributes: Attributes,
+    pub limit: Option<u64>,
+    pub offset: u64,
+    pub desc: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchByConditions {
+    pub database: String,
+    pub table: String,
+    /// Already read into the shared query AST.
+    pub filter: crate::query::Expr,
+    pub sort: Vec<crate::query::SortKey>,
+    pub get_attributes: Attributes,
+    pub limit: Option<u64>,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadLog {
+    pub start: u64,
+    pub limit: u64,
+    pub level: Option<String>,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    pub descending: bool,
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadAuditLog {
+    pub database: String,
+    pub table: String,
+    /// `timestamp`, `username` or `hash_value`.
+    pub search_type: String,
+    pub search_values: Vec<Value>,
+}
+
+/// Every operation this server knows, with its fields checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    DescribeAll,
+    DescribeDatabase {
+        database: String,
+    },
+    DescribeTable {
+        database: String,
+        table: String,
+    },
+    CreateDatabase {
+        database: String,
+    },
+    DropDatabase {
+        database: String,
+    },
+    CreateTable {
+        database: String,
+        table: String,
+        primary_key: String,
+        attributes: Vec<NewAttribute>,
+        expiration_s: Option<u64>,
+    },
+    DropTable {
+        database: String,
+        table: String,
+    },
+    CreateAttribute {
+        database: String,
+        table: String,
+        attribute: String,
+        indexed: bool,
+    },
+    DropAttribute {
+        database: String,
+        table: String,
+        attribute: String,
+    },
+    Write(Write),
+    SearchById {
+        database: String,
+        table: String,
+        ids: Vec<Value>,
+        get_attributes: Attributes,
+    },
+    SearchByValue(SearchByValue),
+    SearchByConditions(SearchByConditions),
+    Transaction {
+        database: String,
+        operations: Vec<Write>,
+    },
+    ListRoles,
+    AddRole {
+        role: String,
+        id: Option<String>,
+        permission: Value,
+    },
+    AlterRole {
+        id: String,
+        role: Option<String>,
+        permission: Value,
+    },
+    DropRole {
+        id: String,
+    },
+    ListUsers,
+    UserInfo,
+    AddUser {
+        username: String,
+        password: String,
+        role: String,
+        active: bool,
+    },
+    AlterUser {
+        username: String,
+        password: Option<String>,
+        role: Option<String>,
+        active: Option<bool>,
+    },
+    DropUser {
+        username: String,
+    },
+    ClusterStatus,
+    ClusterSetRoutes {
+        routes: Vec<Value>,
+    },
+    ClusterGetRoutes,
+    ClusterDeleteRoutes {
+        routes: Vec<Value>,
+    },
+    /// Node operations (`add_node`, …): need replication, which is off until it lands.
+    Clustering(String),
+    GetConfiguration,
+    SetConfiguration {
+        /// Flattened keys (`logging_level`) with their values, in request order.
+        settings: Vec<(String, Value)>,
+    },
+    SystemInformation {
+        attributes: Option<Vec<String>>,
+    },
+    ReadLog(ReadLog),
+    ReadAuditLog(ReadAuditLog),
+    /// Known to HarperDB, not served here → 501.
+    Unsupported(String),
+}
+
+impl Operation {
+    /// Operations SPEC §5.5 keeps for super users.
+    pub fn super_user_only(&self) -> bool {
+        !matches!(
+            self,
+            Operation::DescribeAll
+                | Operation::DescribeDatabase { .. }
+                | Operation::DescribeTable { .. }
+                | Operation::CreateAttribute { .. }
+                | Operation::Write(_)
+                | Operation::SearchById { .. }
+                | Operation::SearchByValue(_)
+                | Operation::SearchByConditions(_)
+                | Operation::Transaction { .. }
+                | Operation::UserInfo
+                | Operation::Unsupported(_)
+        )
+    }
+}
+
+/// Node-level clustering operations; all answer 400 while replication is off.
+const CLUSTERING_OPS: &[&str] = &[
+    "add_node",
+    "set_node",
+    "update_node",
+    "remove_node",
+    "configure_cluster",
+    "cluster_network",
+    "purge_stream",
+    "add_node_back",
+];
+
+/// HarperDB operations this server does not serve (→ 501), so they are not "not found".
+const UNSUPPORTED_OPS: &[&str] = &[
+    "sql",
+    "create_authentication_tokens",
+    "refresh_operation_token",
+    "login",
+    "logout",
+    "deploy_component",
+    "package_component",
+    "get_components",
+    "get_component_file",
+    "set_component_file",
+    "drop_component",
+    "add_component",
+    "deploy",
+    "restart",
+    "restart_service",
+    "get_analytics",
+    "list_metrics",
+    "describe_metric",
+    "add_certificate",
+    "remove_certificate",
+    "list_certificates",
+    "read_transaction_log",
+    "delete_transaction_logs_before",
+    "delete_audit_logs_before",
+    "delete_records_before",
+    "get_job",
+    "search_jobs_by_start_date",
+    "csv_data_load",
+    "csv_file_load",
+    "csv_url_load",
+    "import_from_s3",
+    "export_local",
+    "export_to_s3",
+    "install_node_modules",
+    "audit_node_modules",
+    "get_status",
+    "set_status",
+    "clear_status",
+    "add_ssh_key",
+    "list_ssh_keys",
+    "get_backup",
+];
+
+/// Decodes a body of `body_type` into an operation.
+pub fn decode(body_type: BodyType, body: &[u8]) -> Result<Operation, OpError> {
+    if body.len() > BODY_BYTES_MAX {
+        return Err(OpError::new(
+            413,
+            format!("Request body is larger than {BODY_BYTES_MAX} bytes"),
+        ));
+    }
+    let limits = DecodeLimits {
+        depth_max: BODY_DEPTH_MAX,
+        bytes_max: BODY_BYTES_MAX,
+        values_max: BODY_VALUES_MAX,
+    };
+    let parsed = match body_type {
+        BodyType::Json => value::json::parse_with(body, &limits),
+        BodyType::Cbor => value::cbor::parse_with(body, &limits),
+        BodyType::MsgPack => value::msgpack::parse_with(body, &limits),
+    };
+    let Ok(Value::Object(fields)) = parsed else {
+        return Err(OpError::bad("Invalid JSON."));
+    };
+    decode_object(&fields, true)
+}
+
+/// Decodes one operation object (`top`: not inside a `transaction`).
+pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
+    let name = match fields.get("operation") {
+        None | Some(Value::Null) => {
+            return Err(OpError::bad(
+                "Request body must include an 'operation' property.",
+            ))
+        }
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(OpError::bad("'operation' must be a string")),
+    };
+    let f = Fields { fields };
+    let op = match name {
+        "describe_all" => Operation::DescribeAll,
+        "describe_database" | "describe_schema" => Operation::DescribeDatabase {
+            database: f.database()?,
+        },
+        "describe_table" => Operation::DescribeTable {
+            database: f.database()?,
+            table: f.name("table")?,
+        },
+        "create_database" | "create_schema" => Operation::CreateDatabase {
+            database: f.database()?,
+        },
+        "drop_database" | "drop_schema" => Operation::DropDatabase {
+            database: f.required_database()?,
+        },
+        "create_table" => Operation::CreateTable {
+            database: f.database()?,
+            table: f.name("table")?,
+            primary_key: f.name_alias("primary_key", "hash_attribute")?,
+            attributes: f.new_attributes()?,
+            expiration_s: f.opt_u64("expiration")?,
+        },
+        "drop_table" => Operation::DropTable {
+            database: f.database()?,
+            table: f.name("table")?,
+        },
+        "create_attribute" => Operation::CreateAttribute {
+            database: f.database()?,
+            table: f.name("table")?,
+            attribute: f.name("attribute")?,
+            indexed: f.opt_bool("indexed")?.unwrap_or(true),
+        },
+        "drop_attribute" => Operation::DropAttribute {
+            database: f.database()?,
+            table: f.name("table")?,
+            attribute: f.name("attribute")?,
+        },
+        "insert" | "update" | "upsert" | "delete" => {
+            Operation::Write(decode_write(name, &f, None)?)
+        }
+        "search_by_id" | "search_by_hash" => Operation::SearchById {
+            database: f.database()?,
+            table: f.name("table")?,
+            ids: f.ids()?,
+            get_attributes: f.get_attributes()?,
+        },
+        "search_by_value" => Operation::SearchByValue(SearchByValue {
+            database: f.database()?,
+            table: f.name("table")?,
+            attribute: f.string_alias("attribute", "search_attribute")?,
+            value: f
+                .alias("value", "search_value")
+                .cloned()
+                .ok_or_else(|| OpError::bad("'value' is required"))?,
+            get_attributes: f.get_attributes()?,
+            limit: f.opt_u64("limit")?,
+            offset: f.opt_u64("offset")?.unwrap_or(0),
+            desc: f.opt_bool("desc")?.unwrap_or(false),
+        }),
+        "search_by_conditions" => Operation::SearchByConditions(f.search_by_conditions()?),
+        "transaction" if top => {
+            let database = f.database()?;
+            let Some(Value::Array(items)) = f.get("operations") else {
+                return Err(OpError::bad("'operations' must be an array of operations"));
+            };
+            if items.len() > TRANSACTION_OPS_MAX {
+                return Err(OpError::bad(format!(
+                    "a transaction holds at most {TRANSACTION_OPS_MAX} operations"
+                )));
+            }
+            let mut operations = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::Object(inner) = item else {
+                    return Err(OpError::bad("each of 'operations' must be an object"));
+                };
+                let inner = Fields { fields: inner };
+                let inner_name = inner.string("operation")?;
+                if !matches!(
+                    inner_name.as_str(),
+                    "insert" | "update" | "upsert" | "delete"
+                ) {
+                    return Err(OpError::bad(format!(
+                        "Operation '{inner_name}' cannot be part of a transaction; use insert, update, upsert or delete"
+                    )));
+                }
+                operations.push(decode_write(&inner_name, &inner, Some(&database))?);
+            }
+            Operation::Transaction {
+                database,
+                operations,
+            }
+        }
+        "list_roles" => Operation::ListRoles,
+        "add_role" => Operation::AddRole {
+            role: f.string("role")?,
+            id: f.opt_string("id")?,
+            permission: f.permission()?,
+        },
+        "alter_role" => Operation::AlterRole {
+            id: f.string("id")?,
+            role: f.opt_string("role")?,
+            permission: f.permission()?,
+        },
+        "drop_role" => Operation::DropRole {
+            id: f.string("id")?,
+        },
+        "list_users" => Operation::ListUsers,
+        "user_info" => Operation::UserInfo,
+        "add_user" => Operation::AddUser {
+            username: f.string("username")?,
+            password: f.string("password")?,
+            role: f.string("role")?,
+            active: f.opt_bool("active")?.unwrap_or(true),
+        },
+        "alter_user" => Operation::AlterUser {
+            username: f.string("username")?,
+            password: f.opt_string("password")?,
+            role: f.opt_string("role")?,
+            active: f.opt_bool("active")?,
+        },
+        "drop_user" => Operation::DropUser {
+            username: f.string("username")?,
+        },
+        "cluster_status" => Operation::ClusterStatus,
+        "cluster_set_routes" => Operation::ClusterSetRoutes {
+            routes: f.routes()?,
+        },
+        "cluster_get_routes" => Operation::ClusterGetRoutes,
+        "cluster_delete_routes" => Operation::ClusterDeleteRoutes {
+            routes: f.routes()?,
+        },
+        "get_configuration" => Operation::GetConfiguration,
+        "set_configuration" => Operation::SetConfiguration {
+            settings: fields
+                .iter()
+                .filter(|(k, _)| *k != "operation")
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        },
+        "system_information" => Operation::SystemInformation {
+            attributes: f.opt_strings("attributes")?,
+        },
+        "read_log" => Operation::ReadLog(ReadLog {
+            start: f.opt_u64("start")?.unwrap_or(0),
+            limit: f.opt_u64("limit")?.unwrap_or(1000),
+            level: f.opt_string("level")?,
+            from: f.opt_string("from")?,
+            until: f.opt_string("until")?,
+            descending: match f.opt_string("order")?.as_deref() {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(other) => {
+                    return Err(OpError::bad(format!(
+                        "'order' must be \"asc\" or \"desc\", not \"{other}\""
+                    )))
+                }
+            },
+            filter: f.opt_string("filter")?,
+        }),
+        "read_audit_log" => Operation::ReadAuditLog(ReadAuditLog {
+            database: f.database()?,
+            table: f.name("table")?,
+            search_type: match f.opt_string("search_type")? {
+                None => "timestamp".to_string(),
+                Some(t) if matches!(t.as_str(), "timestamp" | "username" | "hash_value") => t,
+                Some(t) => {
+                    return Err(OpError::bad(format!(
+                        "'search_type' must be timestamp, username or hash_value, not \"{t}\""
+                    )))
+                }
+            },
+            search_values: match f.get("search_values") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) => items.clone(),
+                Some(_) => return Err(OpError::bad("'search_values' must be an array")),
+            },
+        }),
+        other if CLUSTERING_OPS.contains(&other) => Operation::Clustering(other.to_string()),
+        other if UNSUPPORTED_OPS.contains(&other) => Operation::Unsupported(other.to_string()),
+        other => return Err(OpError::bad(format!("Operation '{other}' not found"))),
+    };
+    Ok(op)
+}
+
+fn decode_write(name: &str, f: &Fields<'_>, database: Option<&str>) -> Result<Write, OpError> {
+    let database = match database {
+        // Inside a transaction every write goes to the transaction's database.
+        Some(db) => {
+            let own = f.database()?;
+            if f.alias("database", "schema").is_some() && own != db {
+                return Err(OpError::bad(format!(
+                    "a transaction writes to one database ('{db}'), not '{own}'"
+                )));
+            }
+            db.to_string()
+        }
+        None => f.database()?,
+    };
+    let table = f.name("table")?;
+    if name == "delete" {
+        return Ok(Write::Delete {
+            database,
+            table,
+            ids: f.ids()?,
+        });
+    }
+    let kind = match name {
+        "insert" => WriteKind::Insert,
+        "update" => WriteKind::Update,
+        _ => WriteKind::Upsert,
+    };
+    let Some(Value::Array(items)) = f.get("records") else {
+        return Err(OpError::bad("'records' must be an array of objects"));
+    };
+    let mut records = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Value::Object(o) => records.push(o.clone()),
+            _ => return Err(OpError::bad("'records' must be an array of objects")),
+        }
+    }
+    Ok(Write::Put(
+        kind,
+        Records {
+            database,
+            table,
+            records,
+        },
+    ))
+}
+
+/// Typed field access with SPEC §4.1's 400 messages.
+struct Fields<'a> {
+    fields: &'a Object,
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        match self.fields.get(key) {
+            Some(Value::Null) | None => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn alias(&self, key: &str, alias: &str) -> Option<&'a Value> {
+        self.get(key).or_else(|| self.get(alias))
+    }
+
+    fn string(&self, key: &str) -> Result<String, OpError> {
+        match self.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(OpError::bad(format!("'{key}' must be a string"))),
+            None => Err(OpError::bad(format!("'{key}' is required"))),
+        }
+    }
+
+    fn opt_string(&self, key: &str) -> Result<Option<String>, OpError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(OpError::bad(format!("'{key}' must be a string"))),
+        }
+    }
+
+    fn string_alias(&self, key: &str, alias: &str) -> Result<String, OpError> {
+        match self.alias(key, alias) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(OpError::bad(format!("'{key}' must be a string"))),
+            None => Err(OpError::bad(format!("'{key}' is required"))),
+        }
+    }
+
+    /// A database, table or attribute name: a string of 1–250 bytes without `/`, `.` or
+    /// control characters. Numbers are read as their decimal text (HarperDB accepts them).
+    fn name(&self, key: &str) -> Result<String, OpError> {
+        let raw = match self.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Int(i)) => i.to_string(),
+            Some(_) => return Err(OpError::bad(format!("'{key}' must be a string"))),
+            None => return Err(OpError::bad(format!("'{key}' is required"))),
+        };
+        check_name(key, &raw)?;
+        Ok(raw)
+    }
+
+    fn name_alias(&self, key: &str, alias: &str) -> Result<String, OpError> {
+        if self.get(key).is_some() {
+            self.name(key)
+        } else if self.get(alias).is_some() {
+            self.name(alias)
+        } else {
+            Err(OpError::bad(format!("'{key}' is required")))
+        }
+    }
+
+    /// `database` (alias `schema`), default `data`.
+    fn database(&self) -> Result<String, OpError> {
+        if self.get("database").is_some() {
+            self.name("database")
+        } else if self.get("schema").is_some() {
+            self.name("schema")
+        } else {
+            Ok("data".to_string())
+        }
+    }
+
+    /// `drop_database` names its database explicitly: no default to drop by accident.
+    fn required_database(&self) -> Result<String, OpError> {
+        if self.alias("database", "schema").is_none() {
+            return Err(OpError::bad("'database' is required"));
+        }
+        self.database()
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, OpError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(OpError::bad(format!("'{key}' must be true or false"))),
+        }
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>, OpError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Int(i)) if *i >= 0 => Ok(Some(*i as u64)),
+            Some(Value::Float(f)) if *f >= 0.0 && f.fract() == 0.0 && *f < 9e15 => {
+                Ok(Some(*f as u64))
+            }
+            Some(_) => Err(OpError::bad(format!(
+                "'{key}' must be a non-negative integer"
+            ))),
+        }
+    }
+
+    fn opt_strings(&self, key: &str) -> Result<Option<Vec<String>>, OpError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    _ => Err(OpError::bad(format!("'{key}' must be an array of strings"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(OpError::bad(format!("'{key}' must be an array of strings"))),
+        }
+    }
+
+    /// `ids` (alias `hash_values`): an array of strings and numbers.
+    fn ids(&self) -> Result<Vec<Value>, OpError> {
+        match self.alias("ids", "hash_values") {
+            Some(Value::Array(items)) => {
+                for id in items {
+                    if !matches!(
+                        id,
+                        Value::String(_) | Value::Int(_) | Value::Float(_) | Value::BigInt(_)
+                    ) {
+                        return Err(OpError::bad("each of 'ids' must be a string or a number"));
+                    }
+                }
+                Ok(items.clone())
+            }
+            Some(_) => Err(OpError::bad("'ids' must be an array")),
+            None => Err(OpError::bad("'ids' is required")),
+        }
+    }
+
+    /// `get_attributes`; absent or containing `*` = every property.
+    fn get_attributes(&self) -> Result<Attributes, OpError> {
+        let list = self.opt_strings("get_attributes")?;
+        Ok(list.filter(|l| !l.iter().any(|a| a == "*")))
+    }
+
+    fn permission(&self) -> Result<Value, OpError> {
+        match self.get("permission") {
+            Some(v @ Value::Object(_)) => Ok(v.clone()),
+            Some(_) => Err(OpError::bad("'permission' must be an object")),
+            None => Err(OpError::bad("'permission' is required")),
+        }
+    }
+
+    fn routes(&self) -> Result<Vec<Value>, OpError> {
+        match self.get("routes") {
+            Some(Value::Array(items)) => Ok(items.clone()),
+            Some(_) => Err(OpError::bad("'routes' must be an array")),
+            None => Err(OpError::bad("'routes' is required")),
+        }
+    }
+
+    fn new_attributes(&self) -> Result<Vec<NewAttribute>, OpError> {
+        let Some(value) = self.get("attributes") else {
+            return Ok(Vec::new());
+        };
+        let Value::Array(items) = value else {
+            return Err(OpError::bad("'attributes' must be an array"));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::Object(o) = item else {
+                return Err(OpError::bad("each of 'attributes' must be an object"));
+            };
+            let a = Fields { fields: o };
+            out.push(NewAttribute {
+                name: a.name("name")?,
+                ty: a.opt_string("type")?,
+                indexed: a.opt_bool("indexed")?,
+                primary_key: a.opt_bool("isPrimaryKey")?.unwrap_or(false),
+                nullable: a.opt_bool("nullable")?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn search_by_conditions(&self) -> Result<SearchByConditions, OpError> {
+        let operator = match self.get("operator") {
+            None => crate::query::Logic::And,
+            Some(Value::String(s)) => crate::query::Logic::from_name(s).ok_or_else(|| {
+                OpError::bad(format!("'operator' must be \"and\" or \"or\", not \"{s}\""))
+            })?,
+            Some(_) => return Err(OpError::bad("'operator' must be \"and\" or \"or\"")),
+        };
+        let conditions = self
+            .get("conditions")
+            .ok_or_else(|| OpError::bad("'conditions' is required"))?;
+        let filter = crate::query::conditions_from_json(&to_json(conditions), operator)
+            .map_err(|e| OpError::bad(e.message))?;
+        let sort = match self.get("sort") {
+            None => Vec::new(),
+            Some(sort) => {
+                crate::query::sort_from_json(&to_json(sort)).map_err(|e| OpError::bad(e.message))?
+            }
+        };
+        Ok(SearchByConditions {
+            database: self.database()?,
+            table: self.name("table")?,
+            filter,
+            sort,
+            get_attributes: self.get_attributes()?,
+            limit: self.opt_u64("limit")?,
+            offset: self.opt_u64("offset")?.unwrap_or(0),
+        })
+    }
+}
+
+/// SPEC §4.2's name rule.
+pub fn check_name(key: &str, name: &str) -> Result<(), OpError> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(OpError::bad(format!(
+            "'{key}' must be 1 to {NAME_BYTES_MAX} bytes long"
+        )));
+    }
+    if name.chars().any(|c| c == '/' || c == '.' || c.is_control()) {
+        return Err(OpError::bad(format!(
+            "'{key}' may not contain '/', '.' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Our value as JSON, for the shared condition reader (bytes as base64 text, dates as ms).
+pub fn to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) | Value::Date(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        Value::BigInt(_) | Value::Bytes(_) => {
+            let text = crate::value::json::to_vec(v);
+            match serde_json::from_slice(&text) {
+                Ok(j) => j,
+                Err(_) => J::String(String::from_utf8_lossy(&text).into_owned()),
+            }
+        }
+        Value::String(s) => J::String(s.clone()),
+        Value::Array(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Object(o) => J::Object(o.iter().map(|(k, v)| (k.to_string(), to_json(v))).collect()),
+    }
+}
+
+/// JSON (from schema descriptions and the config tree) as our value.
+pub fn from_json(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        J::String(s) => Value::String(s.clone()),
+        J::Array(items) => Value::Array(items.iter().map(from_json).collect()),
+        J::Object(map) => Value::Object(Object::from_entries(
+            map.iter().map(|(k, v)| (k.clone(), from_json(v))).collect(),
+        )),
+    }
+}

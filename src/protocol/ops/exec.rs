@@ -1,0 +1,309 @@
+//! Carries out a decoded [`Operation`] through the resource layer and shapes its answer as SPEC
+//! §4.2–4.6 show it. No store access here: every read and write goes through `resource`.
+
+use std::sync::Arc;
+
+use super::decode::{from_json, Write, WriteKind};
+use super::{admin, message, temp_search, OpError, Operation};
+use crate::resource::nosql::{self, PutKind, RecordWrite, WriteSummary};
+use crate::resource::tables::{self, AttributeSpec};
+use crate::resource::{users, Caller, Resources};
+use crate::value::{Object, Value};
+
+/// The operation's name, for messages.
+pub fn name(op: &Operation) -> &str {
+    match op {
+        Operation::DescribeAll => "describe_all",
+        Operation::DescribeDatabase { .. } => "describe_database",
+        Operation::DescribeTable { .. } => "describe_table",
+        Operation::CreateDatabase { .. } => "create_database",
+        Operation::DropDatabase { .. } => "drop_database",
+        Operation::CreateTable { .. } => "create_table",
+        Operation::DropTable { .. } => "drop_table",
+        Operation::CreateAttribute { .. } => "create_attribute",
+        Operation::DropAttribute { .. } => "drop_attribute",
+        Operation::Write(Write::Put(kind, _)) => kind.name(),
+        Operation::Write(Write::Delete { .. }) => "delete",
+        Operation::SearchById { .. } => "search_by_id",
+        Operation::SearchByValue(_) => "search_by_value",
+        Operation::SearchByConditions(_) => "search_by_conditions",
+        Operation::Transaction { .. } => "transaction",
+        Operation::ListRoles => "list_roles",
+        Operation::AddRole { .. } => "add_role",
+        Operation::AlterRole { .. } => "alter_role",
+        Operation::DropRole { .. } => "drop_role",
+        Operation::ListUsers => "list_users",
+        Operation::UserInfo => "user_info",
+        Operation::AddUser { .. } => "add_user",
+        Operation::AlterUser { .. } => "alter_user",
+        Operation::DropUser { .. } => "drop_user",
+        Operation::ClusterStatus => "cluster_status",
+        Operation::ClusterSetRoutes { .. } => "cluster_set_routes",
+        Operation::ClusterGetRoutes => "cluster_get_routes",
+        Operation::ClusterDeleteRoutes { .. } => "cluster_delete_routes",
+        Operation::Clustering(name) | Operation::Unsupported(name) => name,
+        Operation::GetConfiguration => "get_configuration",
+        Operation::SetConfiguration { .. } => "set_configuration",
+        Operation::SystemInformation { .. } => "system_information",
+        Operation::ReadLog(_) => "read_log",
+        Operation::ReadAuditLog(_) => "read_audit_log",
+    }
+}
+
+fn record_write(w: Write) -> (String, RecordWrite) {
+    match w {
+        Write::Put(kind, records) => (
+            records.database,
+            RecordWrite::Put {
+                kind: match kind {
+                    WriteKind::Insert => PutKind::Insert,
+                    WriteKind::Update => PutKind::Update,
+                    WriteKind::Upsert => PutKind::Upsert,
+                },
+                table: records.table,
+                records: records.records,
+            },
+        ),
+        Write::Delete {
+            database,
+            table,
+            ids,
+        } => (database, RecordWrite::Delete { table, ids }),
+    }
+}
+
+/// Which answer a write gets, kept apart from its records so they can move into the request.
+#[derive(Clone, Copy)]
+enum Shape {
+    Put(PutKind),
+    Delete,
+}
+
+impl Shape {
+    fn of(w: &RecordWrite) -> Shape {
+        match w {
+            RecordWrite::Put { kind, .. } => Shape::Put(*kind),
+            RecordWrite::Delete { .. } => Shape::Delete,
+        }
+    }
+}
+
+/// The §4.3 answer of one write.
+fn write_reply(w: Shape, summary: WriteSummary, txn_time: f64) -> Value {
+    let total = summary.done.len() + summary.skipped.len();
+    let done = summary.done.len();
+    let mut o = Object::new();
+    let (text, done_key) = match w {
+        Shape::Put(kind) => match kind {
+            PutKind::Insert => (
+                format!("inserted {done} of {total} records"),
+                "inserted_hashes",
+            ),
+            PutKind::Update => (
+                format!("updated {done} of {total} records"),
+                "update_hashes",
+            ),
+            PutKind::Upsert => (
+                format!("upserted {done} of {total} records"),
+                "upserted_hashes",
+            ),
+        },
+        Shape::Delete => (
+            format!(
+                "{done} of {total} {} successfully deleted",
+                if total == 1 { "record" } else { "records" }
+            ),
+            "deleted_hashes",
+        ),
+    };
+    o.insert("message", Value::String(text));
+    o.insert(done_key, Value::Array(summary.done));
+    if !matches!(w, Shape::Put(PutKind::Upsert)) {
+        o.insert("skipped_hashes", Value::Array(summary.skipped));
+    }
+    if matches!(w, Shape::Put(_)) {
+        o.insert(
+            "new_attributes",
+            Value::Array(
+                summary
+                    .new_attributes
+                    .into_iter()
+                    .map(Value::String)
+                    .collect(),
+            ),
+        );
+    }
+    o.insert("txn_time", Value::Float(txn_time));
+    Value::Object(o)
+}
+
+pub async fn execute(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    op: Operation,
+) -> Result<Value, OpError> {
+    let r: &Resources = resources;
+    Ok(match op {
+        Operation::DescribeAll => from_json(&tables::describe_all(r)?),
+        Operation::DescribeDatabase { database } => {
+            from_json(&tables::describe_database(r, &database)?)
+        }
+        Operation::DescribeTable { database, table } => {
+            let (db, t) = r.table(&database, &table).ok_or_else(|| {
+                if r.store.database(&database).is_none() {
+                    OpError::new(404, format!("database '{database}' does not exist"))
+                } else {
+                    OpError::new(404, format!("Table '{database}.{table}' does not exist"))
+                }
+            })?;
+            from_json(&tables::describe_table(&db, &t)?)
+        }
+        Operation::CreateDatabase { database } => {
+            message(tables::create_database(r, &database).await?)
+        }
+        Operation::DropDatabase { database } => message(tables::drop_database(r, &database).await?),
+        Operation::CreateTable {
+            database,
+            table,
+            primary_key,
+            attributes,
+            expiration_s,
+        } => {
+            let specs: Vec<AttributeSpec> = attributes
+                .into_iter()
+                .map(|a| AttributeSpec {
+                    name: a.name,
+                    ty: a.ty,
+                    indexed: a.indexed,
+                    primary_key: a.primary_key,
+                    nullable: a.nullable,
+                })
+                .collect();
+            let def = tables::new_table_def(&database, &table, &primary_key, &specs, expiration_s)?;
+            message(tables::create_table(r, def).await?)
+        }
+        Operation::DropTable { database, table } => {
+            message(tables::drop_table(r, &database, &table).await?)
+        }
+        Operation::CreateAttribute {
+            database,
+            table,
+            attribute,
+            indexed,
+        } => message(tables::create_attribute(r, &database, &table, &attribute, indexed).await?),
+        Operation::DropAttribute {
+            database,
+            table,
+            attribute,
+        } => message(tables::drop_attribute(r, &database, &table, &attribute).await?),
+        Operation::Write(w) => {
+            let (database, w) = record_write(w);
+            let shape = Shape::of(&w);
+            let (txn_time, mut summaries) =
+                nosql::write_records(r, caller, &database, vec![w]).await?;
+            let summary = summaries.pop().unwrap_or_default();
+            write_reply(shape, summary, txn_time)
+        }
+        Operation::Transaction {
+            database,
+            operations,
+        } => {
+            let writes: Vec<RecordWrite> =
+                operations.into_iter().map(|w| record_write(w).1).collect();
+            if writes.is_empty() {
+                return Err(OpError::bad("'operations' is empty"));
+            }
+            let shapes: Vec<Shape> = writes.iter().map(Shape::of).collect();
+            let (txn_time, summaries) = nosql::write_records(r, caller, &database, writes).await?;
+            let results = shapes
+                .into_iter()
+                .zip(summaries)
+                .map(|(w, s)| write_reply(w, s, txn_time))
+                .collect();
+            let mut o = Object::new();
+            o.insert("message", Value::String("transaction committed".into()));
+            o.insert("results", Value::Array(results));
+            o.insert("txn_time", Value::Float(txn_time));
+            Value::Object(o)
+        }
+        Operation::SearchById {
+            database,
+            table,
+            ids,
+            get_attributes,
+        } => Value::Array(nosql::search_by_id(
+            r,
+            &database,
+            &table,
+            &ids,
+            get_attributes.as_deref(),
+        )?),
+        Operation::SearchByValue(search) => Value::Array(temp_search::by_value(r, &search)?),
+        Operation::SearchByConditions(search) => {
+            Value::Array(temp_search::by_conditions(r, &search)?)
+        }
+        Operation::ListRoles => Value::Array(users::list_roles(r)?),
+        Operation::AddRole {
+            role,
+            id,
+            permission,
+        } => users::add_role(r, caller, &role, id.as_deref(), permission).await?,
+        Operation::AlterRole {
+            id,
+            role,
+            permission,
+        } => users::alter_role(r, caller, &id, role.as_deref(), permission).await?,
+        Operation::DropRole { id } => message(users::drop_role(r, caller, &id).await?),
+        Operation::ListUsers => Value::Array(users::list_users(r)?),
+        Operation::UserInfo => users::user_info(r, caller)?,
+        Operation::AddUser {
+            username,
+            password,
+            role,
+            active,
+        } => message(users::add_user(r, caller, &username, &password, &role, active).await?),
+        Operation::AlterUser {
+            username,
+            password,
+            role,
+            active,
+        } => {
+            users::alter_user(
+                r,
+                caller,
+                &username,
+                password.as_deref(),
+                role.as_deref(),
+                active,
+            )
+            .await?
+        }
+        Operation::DropUser { username } => message(users::drop_user(r, caller, &username).await?),
+        Operation::ClusterStatus => admin::cluster_status(),
+        Operation::ClusterSetRoutes { routes } => admin::set_routes(r, routes).await?,
+        Operation::ClusterGetRoutes => admin::get_routes(r).await?,
+        Operation::ClusterDeleteRoutes { routes } => admin::delete_routes(r, routes).await?,
+        Operation::Clustering(_) => {
+            return Err(OpError::bad(
+                "Clustering must be enabled to perform this operation.",
+            ))
+        }
+        Operation::GetConfiguration => from_json(&r.config_tree.to_json()),
+        Operation::SetConfiguration { settings } => admin::set_configuration(r, settings).await?,
+        Operation::SystemInformation { attributes } => {
+            admin::system_information(r, attributes.as_deref()).await
+        }
+        Operation::ReadLog(q) => admin::read_log(r, q).await?,
+        Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
+        Operation::Unsupported(name) => {
+            let text = match name.as_str() {
+                "create_authentication_tokens" | "refresh_operation_token" | "login"
+                | "logout" => format!(
+                    "Operation '{name}' is not supported by this server yet: tokens and sessions arrive with authentication"
+                ),
+                _ => format!("Operation '{name}' is not supported by this server"),
+            };
+            return Err(OpError::new(501, text));
+        }
+    })
+}
