@@ -4,6 +4,7 @@
 pub mod config;
 pub mod logging;
 pub mod protocol;
+pub mod pubsub;
 pub mod query;
 pub mod resource;
 pub mod schema;

@@ -67,8 +67,7 @@ impl<'e> ReadTxn<'e> {
 
     /// Every live record in key order (`descending` reverses it).
     pub fn scan<'t>(&'t self, table: &Table, descending: bool) -> Result<Scan<'t>, StoreError> {
-        let iter: RawIter<'t> = if descending
-        {
+        let iter: RawIter<'t> = if descending {
             Box::new(table.records.rev_iter(&self.txn)?)
         } else {
             Box::new(table.records.iter(&self.txn)?)
@@ -89,8 +88,7 @@ impl<'e> ReadTxn<'e> {
             .index(attribute)
             .ok_or_else(|| StoreError::Io(format!("{attribute} is not indexed")))?;
         let range = (lower, upper);
-        let iter: RawIter<'t> = if descending
-        {
+        let iter: RawIter<'t> = if descending {
             Box::new(index.rev_range(&self.txn, &range)?)
         } else {
             Box::new(index.range(&self.txn, &range)?)
