@@ -3,3 +3,5 @@
 
 pub mod http;
 pub mod rest;
+pub mod sse;
+pub mod ws;

@@ -103,6 +103,20 @@ pub async fn serve<S: Service>(
             };
             resp.reset();
             service.call(&request, &mut resp).await;
+            if resp.is_takeover() {
+                encode_response(&mut wbuf, &resp, true, false, false);
+                let leftover = rbuf[start + total..].to_vec();
+                let Some(takeover) = resp.take_takeover() else {
+                    return;
+                };
+                let (result, _) = stream.write_all(std::mem::take(&mut wbuf)).await;
+                // The handler runs for as long as the stream lasts; it is not a request in flight.
+                drop(guards);
+                if result.is_ok() {
+                    (takeover.0)(super::Upgraded { stream, leftover }).await;
+                }
+                return;
+            }
             close = wants_close || resp.close || shutdown.is_triggered();
             encode_response(
                 &mut wbuf,
@@ -277,7 +291,8 @@ pub fn encode_response(
     date::write_now(out);
     out.extend_from_slice(b"\r\n");
     let bodiless = resp.status < 200 || resp.status == 204 || resp.status == 304;
-    if !bodiless {
+    // A taken-over connection streams its own bytes after the head, delimited by close.
+    if !bodiless && !resp.is_takeover() {
         let mut len_buf = itoa::Buffer::new();
         out.extend_from_slice(b"Content-Length: ");
         out.extend_from_slice(len_buf.format(resp.body.len()).as_bytes());
