@@ -212,7 +212,7 @@ mod tests {
         check(&[0xc1, 0x80], Err(FrameError::ReservedBits));
         check(&[0x83, 0x80], Err(FrameError::UnknownOpcode(3)));
         check(
-            &[0x82, 0xff, 0, 0, 0, 0, 0, 1, 0, 0],
+            &[0x82, 0xff, 0, 0, 0, 0, 0, 2, 0, 0],
             Err(FrameError::TooLarge),
         );
     }

@@ -65,7 +65,7 @@ pub fn wants_mqtt(req: &Request<'_>) -> bool {
 pub fn accept_key(client_key: &[u8]) -> String {
     let mut sha = sha1_smol::Sha1::new();
     sha.update(client_key);
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC65B11");
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
