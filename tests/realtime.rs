@@ -126,20 +126,37 @@ fn websocket_and_sse_message_shapes_and_refusals() {
     let mut ws = ws_connect(server.rest, "/Dog/1");
     let (mut sse, head) = sse_connect(server.rest, "/Dog/1", "");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"));
-    assert!(head.to_ascii_lowercase().contains("cache-control: no-cache"));
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: text/event-stream"));
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("cache-control: no-cache"));
     let first = ws_next(&mut ws).unwrap();
-    let keys: Vec<&str> = first.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(keys, ["id", "localTime", "value", "version", "type"]);
     assert_eq!(first["type"], "put");
     assert_eq!(first["value"]["name"], "Rex");
     let (s_first, id) = sse.next().unwrap();
     assert_eq!(s_first, first);
-    assert_eq!(id.parse::<f64>().unwrap(), first["version"].as_f64().unwrap());
+    assert_eq!(
+        id.parse::<f64>().unwrap(),
+        first["version"].as_f64().unwrap()
+    );
 
     agent.delete(&server.url("/Dog/1")).call().unwrap();
     let deleted = ws_next(&mut ws).unwrap();
-    let keys: Vec<&str> = deleted.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = deleted
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(keys, ["id", "localTime", "version", "type"]);
     assert_eq!(deleted["type"], "delete");
     assert_eq!(sse.next().unwrap().0["type"], "delete");
@@ -156,7 +173,8 @@ fn websocket_and_sse_message_shapes_and_refusals() {
     assert_ne!(raw.response(false).unwrap().status, 101);
 
     // A ping is answered; a close is echoed with its code.
-    ws.send(tungstenite::Message::Ping(b"hi".to_vec().into())).unwrap();
+    ws.send(tungstenite::Message::Ping(b"hi".to_vec().into()))
+        .unwrap();
     loop {
         match ws.read().unwrap() {
             tungstenite::Message::Pong(p) => {
@@ -186,7 +204,11 @@ fn websocket_and_sse_message_shapes_and_refusals() {
 #[test]
 fn websocket_off_by_config() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::write(root.path().join("harperdb-config.yaml"), "rest:\n  webSocket: false\n").unwrap();
+    std::fs::write(
+        root.path().join("harperdb-config.yaml"),
+        "rest:\n  webSocket: false\n",
+    )
+    .unwrap();
     let server = Builder::new().root(root).start();
     let stream = TcpStream::connect(server.rest).unwrap();
     let err = tungstenite::client(format!("ws://{}/Dog/1", server.rest), stream).unwrap_err();
@@ -271,12 +293,21 @@ fn fan_out_to_400_subscribers_over_two_cores() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(r) => results.push(r),
-            Err(_) => panic!("only {} of {} subscribers finished", results.len(), WS + SSE),
+            Err(_) => panic!(
+                "only {} of {} subscribers finished",
+                results.len(),
+                WS + SSE
+            ),
         }
     }
     let delivered = started.elapsed();
     for (name, versions) in &results {
-        assert_eq!(versions.len(), WRITES, "{name} got {} events", versions.len());
+        assert_eq!(
+            versions.len(),
+            WRITES,
+            "{name} got {} events",
+            versions.len()
+        );
         assert!(
             versions.windows(2).all(|w| w[0] < w[1]),
             "{name}: versions not strictly increasing"
@@ -288,7 +319,12 @@ fn fan_out_to_400_subscribers_over_two_cores() {
         cores.iter().all(|c| c["requests"].as_u64().unwrap() > 0),
         "writes reached both cores: {h}"
     );
-    assert!(cores.iter().all(|c| c["subscriptions"].as_u64().unwrap() > 0), "{h}");
+    assert!(
+        cores
+            .iter()
+            .all(|c| c["subscriptions"].as_u64().unwrap() > 0),
+        "{h}"
+    );
     assert_eq!(core_sum(&h, "events_dropped"), 0);
     eprintln!(
         "fan-out: {WRITES} writes in {wrote:?}, all {} subscribers complete after {delivered:?}",
@@ -334,7 +370,13 @@ fn subscribe_while_writing_race() {
     let server = Server::start();
     let mut rng = Rng(seed);
     let plan: Vec<(usize, u64, bool)> = (0..SUBSCRIBERS)
-        .map(|_| (rng.below(RECORDS as u64) as usize, rng.below(1500), rng.below(2) == 0))
+        .map(|_| {
+            (
+                rng.below(RECORDS as u64) as usize,
+                rng.below(1500),
+                rng.below(2) == 0,
+            )
+        })
         .collect();
     let writers: Vec<_> = (0..RECORDS)
         .map(|r| {
@@ -381,7 +423,9 @@ fn subscribe_while_writing_race() {
     }
     for s in subscribers {
         let (i, path, websocket, seen) = s.join().unwrap();
-        let first = *seen.first().unwrap_or_else(|| panic!("subscriber {i} saw nothing (seed {seed})"));
+        let first = *seen
+            .first()
+            .unwrap_or_else(|| panic!("subscriber {i} saw nothing (seed {seed})"));
         let expected: Vec<i64> = (first..=WRITES).collect();
         assert_eq!(
             seen, expected,
@@ -475,7 +519,11 @@ fn stalled_reader_stays_bounded() {
         "stalled reader: RssAnon {baseline} kB before, peak {peak} kB; dropped {}; live subscriber got {received}",
         core_sum(&h, "events_dropped")
     );
-    assert_eq!(received, events + 200, "the reading subscriber got every event");
+    assert_eq!(
+        received,
+        events + 200,
+        "the reading subscriber got every event"
+    );
     assert!(core_sum(&h, "events_dropped") > 0, "overflow counted: {h}");
     // The stalled queue holds ≤ 1,000 events (~1 MB here) plus socket buffers; unbounded it
     // would hold ~100 MB.
@@ -486,30 +534,47 @@ fn stalled_reader_stays_bounded() {
     drop(stalled);
 }
 
-/// A one-page HTTP server for the browser test: serves `page` at `/` and counts `/ready` hits.
+/// A one-page HTTP server for the browser test: serves `page` at `/`; `/ready` signals the test;
+/// `/done` releases `/hold`, an image the page's load event (and so Chromium's `--dump-dom`)
+/// waits for.
 fn static_server(page: String) -> (SocketAddr, mpsc::Receiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET / ") {
-                ("200 OK", page.clone())
-            } else if head.starts_with("GET /ready") {
-                let _ = tx.send(());
-                ("200 OK", String::from("ok"))
-            } else {
-                ("404 Not Found", String::new())
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let page = page.clone();
+            let tx = tx.clone();
+            let done = done.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if head.starts_with("GET / ") {
+                    ("200 OK", page)
+                } else if head.starts_with("GET /ready") {
+                    let _ = tx.send(());
+                    ("200 OK", String::from("ok"))
+                } else if head.starts_with("GET /done") {
+                    done.store(true, Ordering::SeqCst);
+                    ("200 OK", String::from("ok"))
+                } else if head.starts_with("GET /hold") {
+                    let until = Instant::now() + Duration::from_secs(20);
+                    while !done.load(Ordering::SeqCst) && Instant::now() < until {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    ("404 Not Found", String::new())
+                } else {
+                    ("404 Not Found", String::new())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
         }
     });
     (addr, rx)
@@ -521,9 +586,12 @@ fn static_server(page: String) -> (SocketAddr, mpsc::Receiver<()>) {
 /// (`http.cors`, on by default); WebSockets need no CORS.
 #[test]
 fn browser_event_source_and_websocket() {
-    let chromium = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok());
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok()
+    });
     let Some(chromium) = chromium else {
         if std::env::var("TIDEPOOL_HEAVY").is_ok() {
             panic!("chromium is not installed (apt-get install chromium)");
@@ -537,7 +605,8 @@ fn browser_event_source_and_websocket() {
     let origin = format!("http://{}", server.rest);
     let page = format!(
         r#"<!doctype html><html><body><ul id="log"></ul><script>
-const log = (who, text) => {{ const li = document.createElement('li'); li.textContent = who + ':' + text; document.getElementById('log').appendChild(li); }};
+let seconds = 0;
+const log = (who, text) => {{ const li = document.createElement('li'); li.textContent = who + ':' + text; document.getElementById('log').appendChild(li); if (text === 'put=second' && ++seconds === 2) fetch('/done'); }};
 let opened = 0;
 const ready = () => {{ if (++opened === 2) fetch('/ready'); }};
 const es = new EventSource('{origin}/Dog/b1');
@@ -548,7 +617,7 @@ const ws = new WebSocket('ws://{addr}/Dog/b1');
 ws.onopen = ready;
 ws.onmessage = (m) => {{ const e = JSON.parse(m.data); log('ws', e.type + '=' + (e.value ? e.value.name : '')); }};
 ws.onerror = () => log('ws', 'error');
-</script></body></html>"#,
+</script><img src="/hold"></body></html>"#,
         addr = server.rest
     );
     let (page_addr, ready) = static_server(page);
@@ -562,7 +631,6 @@ ws.onerror = () => log('ws', 'error');
             "--no-first-run",
             "--disable-dev-shm-usage",
             &format!("--user-data-dir={}", profile.path().display()),
-            "--timeout=15000",
             "--dump-dom",
             &format!("http://{page_addr}/"),
         ])
@@ -576,7 +644,15 @@ ws.onerror = () => log('ws', 'error');
     put(&agent, &server, "/Dog/b1", r#"{"name":"second"}"#);
     let out = child.wait_with_output().unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
-    for expected in ["sse:put=first", "ws:put=first", "sse:put=second", "ws:put=second"] {
-        assert!(dom.contains(expected), "{expected} missing from the DOM:\n{dom}");
+    for expected in [
+        "sse:put=first",
+        "ws:put=first",
+        "sse:put=second",
+        "ws:put=second",
+    ] {
+        assert!(
+            dom.contains(expected),
+            "{expected} missing from the DOM:\n{dom}"
+        );
     }
 }
