@@ -325,6 +325,10 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
                 Either::Left((Ok(()), returned)) => {
                     wbuf = returned;
                     wbuf.clear();
+                    // A client whose socket keeps taking our frames is alive even if its pong
+                    // was lost to a cancelled read (see the race below); a dead one stops
+                    // taking them, and this write then waits instead.
+                    heard = Instant::now();
                 }
                 Either::Left((Err(_), _)) => return,
                 Either::Right(()) => return,
