@@ -186,8 +186,11 @@ mod tests {
         out
     }
 
-    /// Decodes `input`; expects (fin, opcode, payload, consumed), `None` (incomplete) or an error.
-    fn check(input: &[u8], expected: Result<Option<(bool, Opcode, &[u8], usize)>, FrameError>) {
+    /// (fin, opcode, payload, consumed) of a decoded frame.
+    type Decoded<'a> = (bool, Opcode, &'a [u8], usize);
+
+    /// Decodes `input`; expects a frame, `None` (incomplete) or an error.
+    fn check(input: &[u8], expected: Result<Option<Decoded<'_>>, FrameError>) {
         let mut buf = input.to_vec();
         let got =
             decode(&mut buf).map(|o| o.map(|(f, n)| (f.fin, f.opcode, f.payload.to_vec(), n)));
