@@ -5,6 +5,7 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod pubsub;
 pub mod query;
 pub mod resource;
 pub mod schema;

@@ -33,6 +33,7 @@ USAGE:
   tidepool-bench baseline --listen HOST:PORT [--cores N] [--io-driver uring|epoll|auto]
   tidepool-bench mqtt-fanout --target HOST:PORT [--target ...] [--topic T] [--subs N] [--messages M]
   tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M]
+  tidepool-bench ws|sse --target HOST:PORT --subscribers N --events E [--path /Dog/] [--body-bytes B] [--json]
 
 WORKLOAD:
   --threads T          load threads (default: one per --cpus entry, else 1)
@@ -84,6 +85,11 @@ pub enum Command {
         b: Target,
         rounds: usize,
         workload: Workload,
+        json: bool,
+    },
+    /// `ws` / `sse`: one writer, N subscribers on one table path.
+    FanOut {
+        workload: crate::sse::FanOut,
         json: bool,
     },
     Baseline {
@@ -209,6 +215,37 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 listen,
                 cores,
                 driver,
+            }
+        }
+        "ws" | "sse" => {
+            let workload = crate::sse::FanOut {
+                target: target(&flags.require("target")?)?.addr,
+                transport: if sub == "ws" {
+                    crate::sse::Transport::WebSocket
+                } else {
+                    crate::sse::Transport::Sse
+                },
+                path: flags.take("path").unwrap_or_else(|| "/Dog/".into()),
+                subscribers: number(
+                    &flags.require("subscribers")?,
+                    "--subscribers",
+                    1,
+                    crate::sse::SUBSCRIBERS_MAX,
+                )?,
+                events: number(
+                    &flags.require("events")?,
+                    "--events",
+                    1,
+                    crate::sse::EVENTS_MAX,
+                )?,
+                body_bytes: match flags.take("body-bytes") {
+                    Some(v) => number(&v, "--body-bytes", 16, 1 << 20)?,
+                    None => 100,
+                },
+            };
+            Command::FanOut {
+                workload,
+                json: flags.json,
             }
         }
         other => bail!("unknown subcommand {other:?}\n\n{USAGE}"),
@@ -387,6 +424,10 @@ mod tests {
             Ok(Command::Baseline { listen, cores, driver }) => {
                 format!("baseline {listen} cores={cores:?} {driver:?}")
             }
+            Ok(Command::FanOut { workload: w, json }) => format!(
+                "fanout {:?} {} {} subs={} events={} body={} json={json}",
+                w.transport, w.target, w.path, w.subscribers, w.events, w.body_bytes
+            ),
             Ok(Command::Help) => "help".into(),
             Err(e) => format!("error: {e}"),
         };
@@ -395,6 +436,14 @@ mod tests {
 
     #[test]
     fn command_lines() {
+        check(
+            "ws --target 127.0.0.1:9926 --subscribers 100 --events 1000",
+            "fanout WebSocket 127.0.0.1:9926 /Dog/ subs=100 events=1000 body=100 json=false",
+        );
+        check(
+            "sse --target 127.0.0.1:9926 --subscribers 0 --events 1",
+            "error: --subscribers 0: expected 1 to 2000",
+        );
         check(
             "http --target 127.0.0.1:80 --conns 4 --duration 1.5 --cpus 0 --pipeline=8 --header X-A:1 --json",
             "http 127.0.0.1:80 conns=4 dur=1.5s warmup=0ns pipeline=8 cpus=[0] GET / headers=[\"X-A:1\"] json=true",

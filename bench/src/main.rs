@@ -2,7 +2,7 @@
 //!
 //! `http` drives keep-alive HTTP/1.1 load at any server and reports requests/s, latency
 //! percentiles, status counts and errors; `compare-http` alternates the same load between two
-//! servers; `baseline` is the minimal responder on tidepool-io that marks the ceiling. See
+//! servers; `ws` and `sse` measure real-time fan-out (one writer, N subscribers); `baseline` is the minimal responder on tidepool-io that marks the ceiling. See
 //! README.md for how to pin and read the numbers.
 
 mod baseline;
@@ -13,6 +13,8 @@ mod load;
 mod mqtt;
 mod report;
 mod request;
+mod sse;
+mod ws;
 
 use anyhow::Result;
 
@@ -49,6 +51,14 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 println!("{}", summary.table());
+            }
+        }
+        cli::Command::FanOut { workload, json } => {
+            let report = sse::run(&workload)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.table());
             }
         }
         cli::Command::Baseline {

@@ -5,3 +5,5 @@ pub mod http;
 pub mod mqtt;
 pub mod ops;
 pub mod rest;
+pub mod sse;
+pub mod ws;

@@ -28,7 +28,9 @@ use tidepool_io::{
 use crate::config::{Config, ConfigTree};
 use crate::logging::NOTIFY;
 use crate::protocol::http::{self, Limits};
-use crate::store::{Publisher, Store, StoreOptions};
+use crate::protocol::ws;
+use crate::pubsub::{self, Registry};
+use crate::store::{Commit, Store, StoreOptions};
 
 pub use lock::RootLock;
 use router::{PortKind, Router};
@@ -94,6 +96,14 @@ pub struct Shared {
     pub in_flight: InFlight,
     pub limits: Limits,
     pub started: Instant,
+    /// Per-core real-time counters (`/health?verbose`).
+    pub pubsub: Vec<Arc<pubsub::Counters>>,
+    /// Each core's event inbox, taken by that core at start.
+    inboxes: Mutex<Vec<Option<tidepool_io::Inbox<Arc<Commit>>>>>,
+    /// A version above every commit made before the cores started (see `pubsub::Registry::new`).
+    start_version: f64,
+    /// `rest.webSocket` (default true).
+    web_socket: bool,
 }
 
 struct BoundPort {
@@ -185,11 +195,15 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store_options.sync = config.storage.sync;
     store_options.queue_time_max = config.storage.max_transaction_queue_time;
     store_options.commit_batch_max = config.storage.commit_batch_max;
+    // Every commit goes to every core's inbox; each core matches it against its own subscriptions.
+    // MQTT sessions still get commits through their interim fan-out as well.
+    let pubsub_counters: Vec<Arc<pubsub::Counters>> = (0..cores).map(|_| Arc::default()).collect();
+    let (events, inboxes) = tidepool_io::mesh::<Arc<Commit>>(cores, pubsub::INBOX_COMMITS_MAX);
+    let pubsub_publisher = pubsub::publisher(events, pubsub_counters.clone());
     let publisher_fanout = fanout.clone();
-    let publisher: Publisher = Arc::new(move |commit| {
-        // Subscriptions (real-time issue) will fan commits out to every core's inbox from here;
-        // until then MQTT's interim fan-out does.
-        publisher_fanout.publish(commit);
+    let publisher: crate::store::Publisher = Arc::new(move |commit: Arc<Commit>| {
+        publisher_fanout.publish(commit.clone());
+        pubsub_publisher(commit);
     });
     let store = Store::open(store_options, publisher)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
@@ -204,7 +218,16 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             .with_config_tree(opts.tree.clone()),
     );
 
+    let web_socket = !matches!(
+        opts.tree.get("rest.webSocket"),
+        Some(serde_yaml::Value::Bool(false))
+    );
+    let start_version = store.clock().next();
     let shared = Arc::new(Shared {
+        pubsub: pubsub_counters,
+        inboxes: Mutex::new(inboxes.into_iter().map(Some).collect()),
+        start_version,
+        web_socket,
         resources,
         static_files,
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
@@ -383,6 +406,33 @@ async fn core_main(
     let core = ctx.core.0;
     mqtt.start_core(core);
     let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let registry = std::rc::Rc::new(Registry::new(
+        shared.start_version,
+        shared.pubsub[core].clone(),
+    ));
+    let inbox = shared
+        .inboxes
+        .lock()
+        .ok()
+        .and_then(|mut i| i.get_mut(core).and_then(Option::take));
+    match inbox {
+        Some(inbox) => {
+            spawn(pubsub::run_inbox(
+                inbox,
+                registry.clone(),
+                shared.shutdown.clone(),
+            ));
+        }
+        None => tracing::error!("core {core}: no event inbox; subscriptions here get no events"),
+    }
+    let realtime = std::rc::Rc::new(ws::Context {
+        registry,
+        resources: shared.resources.clone(),
+        shutdown: shared.shutdown.clone(),
+        web_socket: shared.web_socket,
+        cors: shared.config.http.cors,
+        cors_access_list: shared.config.http.cors_access_list.clone(),
+    });
     for port in ports.iter() {
         let std_listener = port
             .listeners
@@ -400,7 +450,12 @@ async fn core_main(
                 continue;
             }
         };
-        let router = std::rc::Rc::new(Router::new(port.kind, core, shared.clone()));
+        let router = std::rc::Rc::new(Router::new(
+            port.kind,
+            core,
+            shared.clone(),
+            realtime.clone(),
+        ));
         spawn(accept_loop(
             listener,
             port.tls.clone(),

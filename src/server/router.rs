@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::protocol::http::{Method, Request, Response, Service};
+use crate::protocol::{sse, ws};
 
 use super::Shared;
 
@@ -30,11 +31,45 @@ pub struct Router {
     kind: PortKind,
     core: usize,
     shared: Arc<Shared>,
+    realtime: std::rc::Rc<ws::Context>,
 }
 
 impl Router {
-    pub fn new(kind: PortKind, core: usize, shared: Arc<Shared>) -> Self {
-        Self { kind, core, shared }
+    pub fn new(
+        kind: PortKind,
+        core: usize,
+        shared: Arc<Shared>,
+        realtime: std::rc::Rc<ws::Context>,
+    ) -> Self {
+        Self {
+            kind,
+            core,
+            shared,
+            realtime,
+        }
+    }
+
+    /// WebSocket upgrades and event streams, before REST sees the request. Returns true when
+    /// answered.
+    fn realtime(&self, req: &Request<'_>, resp: &mut Response) -> bool {
+        if ws::is_upgrade(req) {
+            if ws::wants_mqtt(req) {
+                // Hook for MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`. The MQTT
+                // module answers here with `ws::handshake(req, resp, Some("mqtt"))` and
+                // `resp.take_over(..)` over `ws::frame`.
+                resp.json_error(
+                    501,
+                    "MQTT over WebSocket is not available in this build yet",
+                );
+                return true;
+            }
+            if !ws::upgrade(&self.realtime, req, resp) {
+                // Δ HarperDB (which upgrades, then closes 1011): an unknown path is refused plainly.
+                resp.text(404, "Not found");
+            }
+            return true;
+        }
+        sse::is_event_stream(req) && sse::accept(&self.realtime, req, resp)
     }
 
     fn health(&self, req: &Request<'_>, resp: &mut Response) {
@@ -58,12 +93,24 @@ impl Router {
                 }
                 let _ = write!(
                     body,
-                    "{{\"core\":{core},\"connections_accepted\":{},\"connections_open\":{},\"connections_refused\":{},\"requests\":{}}}",
+                    "{{\"core\":{core},\"connections_accepted\":{},\"connections_open\":{},\"connections_refused\":{},\"requests\":{}",
                     stats.connections_accepted.load(Ordering::Relaxed),
                     stats.connections_open.load(Ordering::Relaxed),
                     stats.connections_refused.load(Ordering::Relaxed),
                     stats.requests.load(Ordering::Relaxed),
                 );
+                if let Some(p) = self.shared.pubsub.get(core) {
+                    let _ = write!(
+                        body,
+                        ",\"subscriptions\":{},\"commits_dispatched\":{},\"commits_lost\":{},\"events_queued\":{},\"events_dropped\":{}",
+                        p.subscriptions.load(Ordering::Relaxed),
+                        p.commits_dispatched.load(Ordering::Relaxed),
+                        p.commits_lost.load(Ordering::Relaxed),
+                        p.events_queued.load(Ordering::Relaxed),
+                        p.events_dropped.load(Ordering::Relaxed),
+                    );
+                }
+                body.push('}');
             }
             body.push_str("]}");
             resp.status = 200;
@@ -269,6 +316,9 @@ impl Service for Router {
             // Until authentication lands every caller is the built-in super user.
             let caller = crate::resource::Caller::super_user("admin");
             crate::protocol::ops::handle(&self.shared.resources, &caller, req, resp).await;
+            return;
+        }
+        if self.realtime(req, resp) {
             return;
         }
         if crate::protocol::rest::handle(&self.shared.resources, req, resp).await {

@@ -105,6 +105,39 @@ pub async fn serve<S: Service, T: Transport>(
             };
             resp.reset();
             service.call(&request, &mut resp).await;
+            if resp.is_takeover() {
+                // The head is encoded while the response still says it is a takeover (no length).
+                encode_response(&mut wbuf, &resp, true, false, false);
+                let leftover = rbuf[start + total..].to_vec();
+                let Some(takeover) = resp.take_takeover() else {
+                    return;
+                };
+                let mut plain = match stream.into_plain() {
+                    Ok(plain) => plain,
+                    Err(mut encrypted) => {
+                        // Long-lived streams drive the socket themselves; over TLS they cannot yet.
+                        drop(takeover);
+                        wbuf.clear();
+                        resp.reset();
+                        resp.json_error(501, "WebSocket and Server-Sent Events are not available over TLS in this build yet; use the plain port");
+                        encode_response(&mut wbuf, &resp, false, true, false);
+                        let _ = encrypted.write_all(std::mem::take(&mut wbuf)).await;
+                        let _ = encrypted.shutdown_write().await;
+                        return;
+                    }
+                };
+                let (result, _) = plain.write_all(std::mem::take(&mut wbuf)).await;
+                // The handler runs for as long as the stream lasts; it is not a request in flight.
+                drop(guards);
+                if result.is_ok() {
+                    (takeover.0)(super::Upgraded {
+                        stream: plain,
+                        leftover,
+                    })
+                    .await;
+                }
+                return;
+            }
             close = wants_close || resp.close || shutdown.is_triggered();
             encode_response(
                 &mut wbuf,
@@ -279,7 +312,8 @@ pub fn encode_response(
     date::write_now(out);
     out.extend_from_slice(b"\r\n");
     let bodiless = resp.status < 200 || resp.status == 204 || resp.status == 304;
-    if !bodiless {
+    // A taken-over connection streams its own bytes after the head, delimited by close.
+    if !bodiless && !resp.is_takeover() {
         let mut len_buf = itoa::Buffer::new();
         out.extend_from_slice(b"Content-Length: ");
         out.extend_from_slice(len_buf.format(resp.body.len()).as_bytes());

@@ -9,8 +9,12 @@ mod conn;
 mod date;
 pub mod parse;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
+
+use tidepool_io::Stream;
 
 pub use conn::{encode_response, serve};
 pub use parse::ParseError;
@@ -104,6 +108,25 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The connection after a takeover response's head: the socket, and any bytes the client sent
+/// after the request (already read into the HTTP buffer).
+pub struct Upgraded {
+    pub stream: Stream,
+    pub leftover: Vec<u8>,
+}
+
+type TakeoverFn = Box<dyn FnOnce(Upgraded) -> Pin<Box<dyn Future<Output = ()>>>>;
+
+/// Who gets the connection after the response head (WebSocket after 101, an SSE stream after 200,
+/// MQTT over WebSocket).
+pub struct Takeover(TakeoverFn);
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Takeover")
+    }
+}
+
 /// A response being built. Reused across requests on a connection: [`Response::reset`] keeps the
 /// buffers' capacity.
 #[derive(Debug)]
@@ -114,6 +137,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Close the connection after this response.
     pub close: bool,
+    /// Set by [`Response::take_over`]; `None` on every ordinary request (no allocation).
+    takeover: Option<Takeover>,
 }
 
 impl Default for Response {
@@ -129,6 +154,7 @@ impl Response {
             headers: Vec::with_capacity(256),
             body: Vec::with_capacity(1024),
             close: false,
+            takeover: None,
         }
     }
 
@@ -137,6 +163,26 @@ impl Response {
         self.headers.clear();
         self.body.clear();
         self.close = false;
+        self.takeover = None;
+    }
+
+    /// Hands the connection to `handler` once this response's head is written: no
+    /// `Content-Length` is sent and the body is ignored (the handler streams its own bytes), later
+    /// pipelined requests are not read as HTTP, and the connection ends when `handler` returns.
+    pub fn take_over<F, Fut>(&mut self, handler: F)
+    where
+        F: FnOnce(Upgraded) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.takeover = Some(Takeover(Box::new(move |up| Box::pin(handler(up)))));
+    }
+
+    pub fn is_takeover(&self) -> bool {
+        self.takeover.is_some()
+    }
+
+    pub(crate) fn take_takeover(&mut self) -> Option<Takeover> {
+        self.takeover.take()
     }
 
     pub fn header(&mut self, name: &str, value: &str) -> &mut Self {

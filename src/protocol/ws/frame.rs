@@ -1,0 +1,235 @@
+//! RFC 6455 frames, server side: decode masked client frames in place, encode unmasked ones.
+//!
+//! ```text
+//!  0               1               2               3
+//!  FIN RSV1-3 opcode(4) | MASK len(7) | [len 16 or 64] | [mask key 4] | payload
+//! ```
+//! Check, then parse: [`decode`] returns `Ok(None)` until a whole frame is buffered. Client
+//! payloads over [`PAYLOAD_BYTES_MAX`] are refused (close 1009) before any of them is buffered.
+
+/// Client frame payloads accepted at most. Subscription sockets ignore client data frames
+/// (SPEC §6.4), so this only needs to fit control frames and small chatter.
+pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// Control frames (close, ping, pong) carry at most this much (RFC 6455 §5.5).
+const CONTROL_BYTES_MAX: usize = 125;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opcode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl Opcode {
+    fn from_bits(bits: u8) -> Option<Opcode> {
+        Some(match bits {
+            0 => Opcode::Continuation,
+            1 => Opcode::Text,
+            2 => Opcode::Binary,
+            8 => Opcode::Close,
+            9 => Opcode::Ping,
+            10 => Opcode::Pong,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u8 {
+        match self {
+            Opcode::Continuation => 0,
+            Opcode::Text => 1,
+            Opcode::Binary => 2,
+            Opcode::Close => 8,
+            Opcode::Ping => 9,
+            Opcode::Pong => 10,
+        }
+    }
+
+    fn is_control(self) -> bool {
+        matches!(self, Opcode::Close | Opcode::Ping | Opcode::Pong)
+    }
+}
+
+/// A protocol violation; the connection closes with [`FrameError::close_code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    ReservedBits,
+    UnknownOpcode(u8),
+    /// Client frames must be masked (RFC 6455 §5.1).
+    Unmasked,
+    /// A control frame fragmented or over 125 bytes.
+    BadControl,
+    TooLarge,
+}
+
+impl FrameError {
+    pub fn close_code(self) -> u16 {
+        match self {
+            FrameError::TooLarge => 1009,
+            _ => 1002,
+        }
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::ReservedBits => f.write_str("reserved bits set"),
+            FrameError::UnknownOpcode(o) => write!(f, "unknown opcode {o}"),
+            FrameError::Unmasked => f.write_str("client frame not masked"),
+            FrameError::BadControl => f.write_str("control frame fragmented or too long"),
+            FrameError::TooLarge => write!(f, "frame payload over {PAYLOAD_BYTES_MAX} bytes"),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub fin: bool,
+    pub opcode: Opcode,
+    pub payload: &'a [u8],
+}
+
+/// Decodes the frame at the start of `buf`, unmasking its payload in place. `Ok(None)`: not
+/// complete yet. On success also returns the bytes it spans.
+pub fn decode(buf: &mut [u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::ReservedBits);
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = Opcode::from_bits(b0 & 0x0f).ok_or(FrameError::UnknownOpcode(b0 & 0x0f))?;
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Unmasked);
+    }
+    let (len, mut at) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => (u64::from_be_bytes(b), 10),
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    if opcode.is_control() && (!fin || len > CONTROL_BYTES_MAX as u64) {
+        return Err(FrameError::BadControl);
+    }
+    if len > PAYLOAD_BYTES_MAX as u64 {
+        return Err(FrameError::TooLarge);
+    }
+    let len = len as usize;
+    let Some(mask) = buf
+        .get(at..at + 4)
+        .and_then(|m| <[u8; 4]>::try_from(m).ok())
+    else {
+        return Ok(None);
+    };
+    at += 4;
+    let Some(payload) = buf.get_mut(at..at + len) else {
+        return Ok(None);
+    };
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+    Ok(Some((
+        Frame {
+            fin,
+            opcode,
+            payload,
+        },
+        at + len,
+    )))
+}
+
+/// Appends one unmasked, final frame.
+pub fn encode(opcode: Opcode, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x80 | opcode.bits());
+    let len = payload.len();
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Appends a close frame with `code`.
+pub fn encode_close(code: u16, out: &mut Vec<u8>) {
+    encode(Opcode::Close, &code.to_be_bytes(), out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut out = vec![b0];
+        if payload.len() < 126 {
+            out.push(0x80 | payload.len() as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    /// (fin, opcode, payload, consumed) of a decoded frame.
+    type Decoded<'a> = (bool, Opcode, &'a [u8], usize);
+
+    /// Decodes `input`; expects a frame, `None` (incomplete) or an error.
+    fn check(input: &[u8], expected: Result<Option<Decoded<'_>>, FrameError>) {
+        let mut buf = input.to_vec();
+        let got =
+            decode(&mut buf).map(|o| o.map(|(f, n)| (f.fin, f.opcode, f.payload.to_vec(), n)));
+        let expected = expected.map(|o| o.map(|(f, op, p, n)| (f, op, p.to_vec(), n)));
+        assert_eq!(got, expected, "input {input:?}");
+    }
+
+    #[test]
+    fn client_frames() {
+        let hello = masked(0x81, b"hello");
+        check(&hello, Ok(Some((true, Opcode::Text, b"hello", 11))));
+        check(&hello[..10], Ok(None));
+        check(&hello[..1], Ok(None));
+        let big = vec![7u8; 300];
+        let framed = masked(0x82, &big);
+        check(&framed, Ok(Some((true, Opcode::Binary, &big, 308))));
+        check(&framed[..3], Ok(None));
+        check(&masked(0x89, b"p"), Ok(Some((true, Opcode::Ping, b"p", 7))));
+        check(&masked(0x09, b"p"), Err(FrameError::BadControl));
+        check(&masked(0x88, &[0; 126]), Err(FrameError::BadControl));
+        check(&[0x81, 0x05, b'h'], Err(FrameError::Unmasked));
+        check(&[0xc1, 0x80], Err(FrameError::ReservedBits));
+        check(&[0x83, 0x80], Err(FrameError::UnknownOpcode(3)));
+        check(
+            &[0x82, 0xff, 0, 0, 0, 0, 0, 2, 0, 0],
+            Err(FrameError::TooLarge),
+        );
+    }
+
+    #[test]
+    fn server_frames() {
+        for (len, header) in [(5usize, 2usize), (200, 4), (70_000, 10)] {
+            let mut out = Vec::new();
+            encode(Opcode::Text, &vec![b'x'; len], &mut out);
+            assert_eq!(out.len(), header + len);
+            assert_eq!(out[0], 0x81);
+        }
+        let mut out = Vec::new();
+        encode_close(1001, &mut out);
+        assert_eq!(out, [0x88, 2, 0x03, 0xe9]);
+    }
+}

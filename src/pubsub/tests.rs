@@ -1,0 +1,283 @@
+//! Registry tests on a real store: commits are collected from the publisher and dispatched by
+//! hand, so each test decides exactly which commits are "in flight" when a subscription starts.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::schema::parse_schema_str;
+use crate::store::{PutMode, Store, StoreOptions, WriteOp, WriteRequest};
+use crate::value::json;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    commits: Arc<Mutex<Vec<Arc<Commit>>>>,
+    registry: Rc<Registry>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let commits: Arc<Mutex<Vec<Arc<Commit>>>> = Arc::default();
+    let sink = commits.clone();
+    let publisher: Publisher = Arc::new(move |c| sink.lock().unwrap().push(c));
+    let mut options = StoreOptions::new(dir.path());
+    options.sync = false;
+    let store = Store::open(options, publisher).unwrap();
+    let schema = "type Dog @table @export { id: ID @primaryKey n: Int }";
+    store
+        .apply_schema(&parse_schema_str(schema, "t.graphql").unwrap().tables)
+        .unwrap();
+    let start = store.clock().next();
+    Fixture {
+        _dir: dir,
+        store,
+        commits,
+        registry: Rc::new(Registry::new(start, Arc::default())),
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+    fn noop(_: *const ()) {}
+    fn clone(_: *const ()) -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VTABLE)
+    }
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+    // SAFETY: the vtable's functions ignore the data pointer.
+    let waker = unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) };
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// One step of a scenario.
+enum Step {
+    Put(&'static str, i64),
+    Delete(&'static str),
+    Message(Option<&'static str>, &'static str),
+    /// Dispatch every commit collected so far.
+    Dispatch,
+    /// Subscribe filter `.0` with options `.1`; later `Expect`s refer to subscriptions by order.
+    Subscribe(&'static str, Options),
+}
+
+impl Fixture {
+    fn write(&self, op: WriteOp) {
+        let db = self.store.database("data").unwrap();
+        let rx = db
+            .submit(WriteRequest {
+                ops: vec![op],
+                user: None,
+            })
+            .unwrap();
+        block_on(rx).unwrap().unwrap();
+        // The publisher runs just after the reply: wait for it.
+        let before = Instant::now();
+        while self.commits.lock().unwrap().is_empty() && before.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Runs `steps`; returns, per subscription, the events it received as `type id n`.
+fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
+    let f = fixture();
+    let db = f.store.database("data").unwrap();
+    let table = db.table("Dog").unwrap();
+    let mut subs: Vec<(Sink, Subscription)> = Vec::new();
+    let mut pending: Vec<Arc<Commit>> = Vec::new();
+    for step in steps {
+        match step {
+            Step::Put(id, n) => f.write(WriteOp::Put {
+                table: "Dog".into(),
+                key: Some(Value::String(id.into())),
+                record: json::parse(format!("{{\"n\":{n}}}").as_bytes()).unwrap(),
+                mode: PutMode::Replace,
+                expires_in_s: None,
+            }),
+            Step::Delete(id) => f.write(WriteOp::Delete {
+                table: "Dog".into(),
+                key: Value::String(id.into()),
+            }),
+            Step::Message(id, text) => f.write(WriteOp::Message {
+                table: "Dog".into(),
+                key: id.map(|i| Value::String(i.into())),
+                payload: Value::String(text.into()),
+            }),
+            Step::Dispatch => {
+                for c in pending.drain(..) {
+                    f.registry.dispatch(&c);
+                }
+            }
+            Step::Subscribe(filter, options) => {
+                let sink = Sink::new(Format::Json, Overflow::DropOldest, Arc::default());
+                let sub = f
+                    .registry
+                    .subscribe(&sink, &db, &table, Filter::parse(filter).unwrap(), &options)
+                    .unwrap();
+                subs.push((sink, sub));
+            }
+        }
+        pending.extend(f.commits.lock().unwrap().drain(..));
+    }
+    for c in pending.drain(..) {
+        f.registry.dispatch(&c);
+    }
+    subs.iter()
+        .map(|(sink, _)| {
+            let mut out = Vec::new();
+            sink.pop_batch(&mut out, usize::MAX);
+            out.iter()
+                .map(|e| {
+                    let n = match e.value().and_then(|v| v.get("n")) {
+                        Some(Value::Int(n)) => n.to_string(),
+                        _ => match e.value() {
+                            Some(Value::String(s)) => s.clone(),
+                            _ => "-".into(),
+                        },
+                    };
+                    format!("{:?} {} {n}", e.kind(), e.id().unwrap_or("<table>"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn check(steps: Vec<Step>, expected: &[&[&str]]) {
+    let got = run(steps);
+    let expected: Vec<Vec<String>> = expected
+        .iter()
+        .map(|s| s.iter().map(|x| x.to_string()).collect())
+        .collect();
+    assert_eq!(got, expected);
+}
+
+use Step::*;
+
+#[test]
+fn current_state_then_live_events() {
+    check(
+        vec![
+            Put("1", 1),
+            Dispatch,
+            Subscribe("Dog/1", Options::default()),
+            Put("1", 2),
+            Delete("1"),
+        ],
+        &[&["Put 1 1", "Put 1 2", "Delete 1 -"]],
+    );
+}
+
+#[test]
+fn commits_in_flight_at_subscribe_are_not_delivered_twice() {
+    // Put 2 and the delete of 3 are committed (in the snapshot) but not yet dispatched.
+    check(
+        vec![
+            Put("1", 1),
+            Put("3", 1),
+            Dispatch,
+            Put("1", 2),
+            Delete("3"),
+            Subscribe("Dog/#", Options::default()),
+            Put("1", 3),
+        ],
+        &[&["Put 1 2", "Put 1 3"]],
+    );
+}
+
+#[test]
+fn wildcards_and_messages() {
+    check(
+        vec![
+            Put("a/x", 1),
+            Put("b", 1),
+            Dispatch,
+            Subscribe("Dog/+", Options::default()),
+            Subscribe("Dog/a/#", Options::default()),
+            Subscribe("Dog", Options::default()),
+            Message(Some("b"), "hi"),
+            Message(None, "all"),
+            Put("a/y", 2),
+        ],
+        &[
+            &["Put b 1", "Message b hi"],
+            &["Put a/x 1", "Put a/y 2"],
+            &["Message <table> all"],
+        ],
+    );
+}
+
+#[test]
+fn options_omit_current_start_time_previous_count() {
+    check(
+        vec![
+            Put("1", 1),
+            Put("1", 2),
+            Put("1", 3),
+            Dispatch,
+            Subscribe(
+                "Dog/1",
+                Options {
+                    omit_current: true,
+                    ..Options::default()
+                },
+            ),
+            Subscribe(
+                "Dog/1",
+                Options {
+                    start_time: Some(0.0),
+                    ..Options::default()
+                },
+            ),
+            Subscribe(
+                "Dog/1",
+                Options {
+                    previous_count: Some(2),
+                    ..Options::default()
+                },
+            ),
+            Put("1", 4),
+        ],
+        &[
+            &["Put 1 4"],
+            &["Put 1 1", "Put 1 2", "Put 1 3", "Put 1 4"],
+            &["Put 1 2", "Put 1 3", "Put 1 4"],
+        ],
+    );
+}
+
+#[test]
+fn bad_options_and_unsubscribe() {
+    let f = fixture();
+    let db = f.store.database("data").unwrap();
+    let table = db.table("Dog").unwrap();
+    let sink = Sink::new(Format::Json, Overflow::DropOldest, Arc::default());
+    let both = Options {
+        start_time: Some(1.0),
+        previous_count: Some(1),
+        ..Options::default()
+    };
+    assert!(matches!(
+        f.registry
+            .subscribe(&sink, &db, &table, Filter::parse("Dog/#").unwrap(), &both),
+        Err(SubscribeError::BadOptions(_))
+    ));
+    let sub = f
+        .registry
+        .subscribe(
+            &sink,
+            &db,
+            &table,
+            Filter::parse("Dog/#").unwrap(),
+            &Options::default(),
+        )
+        .unwrap();
+    assert_eq!(f.registry.subscription_count(), 1);
+    drop(sub);
+    assert_eq!(f.registry.subscription_count(), 0);
+}
