@@ -1,4 +1,5 @@
-//! Routes each HTTP request on a port to the interface that owns it.
+//! Routes each HTTP request on a port to the interface that owns it, after authenticating it
+//! once (`/health` and `/metrics` are answered before; static files ignore the result).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -265,13 +266,15 @@ impl Service for Router {
                 matches!(req.method, Method::Post | Method::Options) && req.path == "/"
             }
         };
+        // Authenticated once per request (SPEC §5.1); each interface decides what it needs.
+        let resources = &self.shared.resources;
+        let caller =
+            crate::auth::authenticate(resources, &crate::auth::Credentials::from_request(req));
         if operations {
-            // Until authentication lands every caller is the built-in super user.
-            let caller = crate::resource::Caller::super_user("admin");
-            crate::protocol::ops::handle(&self.shared.resources, &caller, req, resp).await;
+            crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return;
         }
-        if crate::protocol::rest::handle(&self.shared.resources, req, resp).await {
+        if crate::protocol::rest::handle(resources, caller.as_ref(), req, resp).await {
             return;
         }
         if let Some(files) = &self.shared.static_files {
