@@ -28,6 +28,10 @@ pub struct Claims {
     pub exp: u64,
     /// `operation` or `refresh`.
     pub sub: String,
+    /// A random id, so two tokens issued in the same second differ (the newest refresh token
+    /// must be told from the one before).
+    #[serde(default)]
+    pub jti: String,
 }
 
 /// Why a token was refused.
@@ -145,6 +149,7 @@ mod tests {
             iat: now,
             exp: (now as i64 + exp_offset_s) as u64,
             sub: sub.into(),
+            jti: String::new(),
         }
     }
 

@@ -491,6 +491,7 @@ fn claims_for(caller: &Caller, sub: &str, lifetime: Duration) -> Claims {
         iat: now,
         exp: now.saturating_add(lifetime.as_secs().max(1)),
         sub: sub.to_string(),
+        jti: uuid::Uuid::new_v4().simple().to_string(),
     }
 }
 

@@ -239,7 +239,12 @@ pub async fn handle(
         )),
         Some(body_type) => match decode(body_type, req.body) {
             Ok(op) => authorize_and_run(resources, caller, req, op).await,
-            Err(e) => Err(e),
+            // Without a known caller, say so rather than how the body is wrong.
+            Err(e) => match caller {
+                Ok(c) if !c.is_anonymous() => Err(e),
+                Ok(_) => Err(OpError::auth(&AuthError::MustLogin)),
+                Err(auth) => Err(OpError::auth(auth)),
+            },
         },
     };
     match result {

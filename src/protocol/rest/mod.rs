@@ -267,6 +267,12 @@ impl Ctx<'_, '_> {
     }
 
     fn table_target(&self, resp: &mut Response, export: &str) {
+        let def = self.def();
+        if !permissions::can_see(self.caller, &def.database, &def.table) {
+            // Any right on the table shows its description; none is the same as read denied.
+            let _ = self.allow(resp, Action::Read, []);
+            return;
+        }
         if !matches!(self.req.method, Method::Get | Method::Head) {
             resp.header("Allow", ALLOW_TABLE);
             return self.error(
@@ -275,17 +281,16 @@ impl Ctx<'_, '_> {
                 "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
             );
         }
-        let def = self.def();
-        if !permissions::can_see(self.caller, &def.database, &def.table) {
-            // Any right on the table shows its description; none is the same as read denied.
-            let _ = self.allow(resp, Action::Read, []);
-            return;
-        }
         let desc = serde_json::json!({
             "records": "./",
             "name": export,
             "database": def.database,
-            "attributes": def.attributes.iter().map(|a| {
+            "attributes": def.attributes.iter().filter(|a| {
+                // A role limited to some attributes sees only those it may read.
+                permissions::attribute_allowed(self.caller, &def.database, &def.table,
+                    def.primary_key.as_deref(), &a.name, Action::Read)
+                    || !self.restricted()
+            }).map(|a| {
                 let mut o = serde_json::json!({"name": a.name, "type": a.ty.name()});
                 if a.primary_key { o["isPrimaryKey"] = true.into(); }
                 if a.indexed { o["indexed"] = true.into(); }
@@ -312,6 +317,12 @@ impl Ctx<'_, '_> {
     }
 
     async fn collection(&self, resp: &mut Response) {
+        // Callers without any right on the table learn nothing, not even which methods exist.
+        let def = self.def();
+        if !permissions::can_see(self.caller, &def.database, &def.table) {
+            let _ = self.allow(resp, Action::Read, []);
+            return;
+        }
         match self.req.method {
             Method::Get | Method::Head => self.query_collection(resp),
             Method::Post => self.post(resp).await,
@@ -585,6 +596,11 @@ impl Ctx<'_, '_> {
     }
 
     async fn record(&self, resp: &mut Response, raw: &str, had_extension: bool) {
+        let def = self.def();
+        if !permissions::can_see(self.caller, &def.database, &def.table) {
+            let _ = self.allow(resp, Action::Read, []);
+            return;
+        }
         let raw = if had_extension {
             raw.rsplit_once('.').map_or(raw, |(id, _)| id)
         } else {
