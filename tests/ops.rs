@@ -952,9 +952,9 @@ fn configuration_logs_audit_and_system_information() {
     assert_eq!(by_key["1"].as_array().unwrap().len(), 2);
     let by_user = ok(
         &server,
-        json!({"operation": "read_audit_log", "table": "t", "search_type": "username", "search_values": ["admin"]}),
+        json!({"operation": "read_audit_log", "table": "t", "search_type": "username", "search_values": [common::ADMIN_USER]}),
     );
-    assert_eq!(by_user["admin"].as_array().unwrap().len(), 2);
+    assert_eq!(by_user[common::ADMIN_USER].as_array().unwrap().len(), 2);
 }
 
 #[test]

@@ -297,7 +297,7 @@ fn permission_matrix_over_rest_and_operations() {
             [2, 403, 403, 403, 401],
         ),
         (
-            json!({"operation": "search_by_id", "database": "system", "table": "hdb_user", "ids": ["admin"]}),
+            json!({"operation": "search_by_id", "database": "system", "table": "hdb_user", "ids": ["test_admin"]}),
             [2, 403, 403, 403, 401],
         ),
     ];
@@ -543,7 +543,7 @@ fn tokens_expire_rotate_and_refuse_misuse() {
     // Tampered: another payload under the same signature.
     let parts: Vec<&str> = operation.split('.').collect();
     let forged_claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        json!({"username": "admin", "super_user": true, "cluster_user": false,
+        json!({"username": "test_admin", "super_user": true, "cluster_user": false,
                "iat": 1, "exp": 4_000_000_000u64, "sub": "operation"})
         .to_string(),
     );
@@ -689,7 +689,7 @@ fn authorize_local_makes_loopback_the_super_user() {
         call(
             "GET",
             &local.url("/Dog/"),
-            Some(&basic("admin", "nope")),
+            Some(&basic(ADMIN_USER, "nope")),
             None
         )
         .0,

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
 /// The super user every test server is created with (HDB_ADMIN_USERNAME/HDB_ADMIN_PASSWORD).
-pub const ADMIN_USER: &str = "admin";
+/// Its name sorts after the users other tests create (`ann`, `bob`), whose `list_users`
+/// checks look at the first entry.
+pub const ADMIN_USER: &str = "test_admin";
 pub const ADMIN_PASSWORD: &str = "Adm1n-pass-for-tests";
 
 pub fn repo_path(rel: &str) -> PathBuf {
