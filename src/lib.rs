@@ -1,6 +1,7 @@
 //! tidepool: a real-time database server speaking HarperDB 4.x's interfaces, thread-per-core on
 //! io_uring. See ARCHITECTURE.md for the map; each subsystem's `mod.rs` says what it owns.
 
+pub mod auth;
 pub mod config;
 pub mod logging;
 pub mod metrics;

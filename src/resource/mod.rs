@@ -6,6 +6,7 @@
 //! bytes and never opens a write transaction itself.
 
 pub mod nosql;
+pub mod permissions;
 mod records;
 pub mod search;
 pub mod tables;
@@ -13,6 +14,7 @@ pub mod users;
 mod validate;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigTree};
@@ -23,11 +25,14 @@ use crate::value::Value;
 pub use records::{with_record, write};
 pub use validate::{validate_record, Validation};
 
-/// Who is asking. Until authentication lands (security issue) every caller is a super user.
+/// Who is asking: the authenticated user (or anonymous) and the permissions of its role, as
+/// `auth::authenticate` found them. Every protocol passes one to the resource layer.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// None = anonymous.
     pub username: Option<String>,
     pub super_user: bool,
+    pub permissions: Arc<permissions::Permissions>,
 }
 
 impl Caller {
@@ -35,7 +40,30 @@ impl Caller {
         Caller {
             username: Some(username.to_string()),
             super_user: true,
+            permissions: Arc::new(permissions::Permissions::all()),
         }
+    }
+
+    /// A user with a role's permissions.
+    pub fn with_role(username: &str, permissions: permissions::Permissions) -> Self {
+        Caller {
+            username: Some(username.to_string()),
+            super_user: permissions.super_user,
+            permissions: Arc::new(permissions),
+        }
+    }
+
+    /// No credentials: allowed nothing (SPEC §5.6 answers 401 "Must login" where it matters).
+    pub fn anonymous() -> Self {
+        Caller {
+            username: None,
+            super_user: false,
+            permissions: Arc::new(permissions::Permissions::none()),
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.username.is_none()
     }
 }
 
@@ -48,6 +76,11 @@ pub struct Resources {
     pub config_tree: ConfigTree,
     /// Export name → (database, table).
     exports: HashMap<String, (String, String)>,
+    /// Bumped by every user or role change; authentication caches drop entries from an older
+    /// generation (SPEC §5.1: a change clears every core's cache).
+    auth_generation: AtomicU64,
+    /// Authentication state: JWT keys, failed-login counts (owned by `auth`).
+    pub auth: crate::auth::State,
 }
 
 impl Resources {
@@ -67,7 +100,19 @@ impl Resources {
             config,
             config_tree: ConfigTree::defaults(),
             exports,
+            auth_generation: AtomicU64::new(0),
+            auth: crate::auth::State::default(),
         }
+    }
+
+    /// The current users-and-roles generation.
+    pub fn auth_generation(&self) -> u64 {
+        self.auth_generation.load(Ordering::Acquire)
+    }
+
+    /// Marks every cached authentication as stale (after a user or role change).
+    pub fn bump_auth_generation(&self) {
+        self.auth_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Keeps the effective settings tree the server was started with.

@@ -133,6 +133,7 @@ async fn put(
         },
     )
     .await?;
+    resources.bump_auth_generation();
     Ok(matches!(
         outcome.results.first(),
         Some(crate::store::OpResult::Written { .. })
@@ -159,6 +160,7 @@ async fn delete(
         },
     )
     .await?;
+    resources.bump_auth_generation();
     Ok(())
 }
 

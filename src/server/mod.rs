@@ -34,6 +34,7 @@ use crate::store::{Commit, Store, StoreOptions};
 
 pub use lock::RootLock;
 use router::{PortKind, Router};
+pub use system::tables as system_tables;
 
 /// How long in-flight requests get after a shutdown signal (SPEC §8.3).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -217,6 +218,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         crate::resource::Resources::new(store.clone(), Arc::new(app), Arc::new(config.clone()))
             .with_config_tree(opts.tree.clone()),
     );
+    crate::auth::start(&resources).map_err(RunError::Invalid)?;
 
     let web_socket = !matches!(
         opts.tree.get("rest.webSocket"),

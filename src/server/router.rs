@@ -1,4 +1,5 @@
-//! Routes each HTTP request on a port to the interface that owns it.
+//! Routes each HTTP request on a port to the interface that owns it, after authenticating it
+//! once (`/health` and `/metrics` are answered before; static files ignore the result).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -312,16 +313,48 @@ impl Service for Router {
                 matches!(req.method, Method::Post | Method::Options) && req.path == "/"
             }
         };
+        // Authenticated once per request (SPEC §5.1); each interface decides what it needs.
+        let resources = &self.shared.resources;
+        let caller =
+            crate::auth::authenticate(resources, &crate::auth::Credentials::from_request(req));
         if operations {
-            // Until authentication lands every caller is the built-in super user.
-            let caller = crate::resource::Caller::super_user("admin");
-            crate::protocol::ops::handle(&self.shared.resources, &caller, req, resp).await;
+            crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return;
+        }
+        if ws::is_upgrade(req) || sse::is_event_stream(req) {
+            // Subscriptions authenticate like REST and need `read` on the table (SPEC §5.6), refused
+            // before any upgrade or stream starts.
+            let caller = match caller.as_ref() {
+                Ok(caller) => caller,
+                Err(e) => {
+                    crate::protocol::rest::unauthorized(resp, e);
+                    return;
+                }
+            };
+            let export = req
+                .path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if let Some((db, table)) = resources.export(export) {
+                if !crate::resource::permissions::can_read(caller, &db.name, &table.def.table) {
+                    if caller.is_anonymous() {
+                        crate::protocol::rest::unauthorized(
+                            resp,
+                            &crate::auth::AuthError::MustLogin,
+                        );
+                    } else {
+                        resp.json_error(403, "Unauthorized access to resource");
+                    }
+                    return;
+                }
+            }
         }
         if self.realtime(req, resp) {
             return;
         }
-        if crate::protocol::rest::handle(&self.shared.resources, req, resp).await {
+        if crate::protocol::rest::handle(resources, caller.as_ref(), req, resp).await {
             return;
         }
         if let Some(files) = &self.shared.static_files {

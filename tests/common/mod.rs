@@ -10,6 +10,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
+/// The super user every test server is created with (HDB_ADMIN_USERNAME/HDB_ADMIN_PASSWORD).
+/// Its name sorts after the users other tests create (`ann`, `bob`), whose `list_users`
+/// checks look at the first entry.
+pub const ADMIN_USER: &str = "test_admin";
+pub const ADMIN_PASSWORD: &str = "Adm1n-pass-for-tests";
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -29,6 +34,9 @@ pub struct Builder {
     envs: Vec<(String, String)>,
     root: Option<tempfile::TempDir>,
     wrapper: Vec<String>,
+    /// `authentication.authorizeLocal`: on by default so tests without credentials act as the
+    /// super user from loopback; security tests turn it off.
+    authorize_local: bool,
 }
 
 impl Builder {
@@ -39,7 +47,13 @@ impl Builder {
             envs: Vec::new(),
             root: None,
             wrapper: Vec::new(),
+            authorize_local: true,
         }
+    }
+    /// Credential-less loopback requests are anonymous (`authorizeLocal: false`).
+    pub fn require_credentials(mut self) -> Self {
+        self.authorize_local = false;
+        self
     }
     pub fn arg(mut self, key: &str, value: &str) -> Self {
         self.args.push(key.into());
@@ -90,6 +104,16 @@ impl Builder {
         if !has("--cores") {
             cmd.args(["--cores", "2"]);
         }
+        if !has("--AUTHENTICATION_AUTHORIZELOCAL") {
+            let local = if self.authorize_local {
+                "true"
+            } else {
+                "false"
+            };
+            cmd.args(["--AUTHENTICATION_AUTHORIZELOCAL", local]);
+        }
+        cmd.env("HDB_ADMIN_USERNAME", ADMIN_USER)
+            .env("HDB_ADMIN_PASSWORD", ADMIN_PASSWORD);
         cmd.args(&self.args);
         for (k, v) in &self.envs {
             cmd.env(k, v);

@@ -249,6 +249,16 @@ pub enum Operation {
     },
     ReadLog(ReadLog),
     ReadAuditLog(ReadAuditLog),
+    /// With `username` and `password` no other authentication is needed; without them the
+    /// authenticated caller gets tokens.
+    CreateAuthenticationTokens {
+        username: Option<String>,
+        password: Option<String>,
+    },
+    /// The refresh token from the body or, when absent, the `Authorization: Bearer` header.
+    RefreshOperationToken {
+        refresh_token: Option<String>,
+    },
     /// Known to HarperDB, not served here → 501.
     Unsupported(String),
 }
@@ -268,6 +278,8 @@ impl Operation {
                 | Operation::SearchByConditions(_)
                 | Operation::Transaction { .. }
                 | Operation::UserInfo
+                | Operation::CreateAuthenticationTokens { .. }
+                | Operation::RefreshOperationToken { .. }
                 | Operation::Unsupported(_)
         )
     }
@@ -288,8 +300,6 @@ const CLUSTERING_OPS: &[&str] = &[
 /// HarperDB operations this server does not serve (→ 501), so they are not "not found".
 const UNSUPPORTED_OPS: &[&str] = &[
     "sql",
-    "create_authentication_tokens",
-    "refresh_operation_token",
     "login",
     "logout",
     "deploy_component",
@@ -475,6 +485,13 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         },
         "list_users" => Operation::ListUsers,
         "user_info" => Operation::UserInfo,
+        "create_authentication_tokens" => Operation::CreateAuthenticationTokens {
+            username: f.opt_string("username")?,
+            password: f.opt_string("password")?,
+        },
+        "refresh_operation_token" => Operation::RefreshOperationToken {
+            refresh_token: f.opt_string("refresh_token")?,
+        },
         "add_user" => Operation::AddUser {
             username: f.string("username")?,
             password: f.string("password")?,

@@ -41,6 +41,8 @@ pub fn name(op: &Operation) -> &str {
         Operation::ClusterSetRoutes { .. } => "cluster_set_routes",
         Operation::ClusterGetRoutes => "cluster_get_routes",
         Operation::ClusterDeleteRoutes { .. } => "cluster_delete_routes",
+        Operation::CreateAuthenticationTokens { .. } => "create_authentication_tokens",
+        Operation::RefreshOperationToken { .. } => "refresh_operation_token",
         Operation::Clustering(name) | Operation::Unsupported(name) => name,
         Operation::GetConfiguration => "get_configuration",
         Operation::SetConfiguration { .. } => "set_configuration",
@@ -298,11 +300,19 @@ pub async fn execute(
         }
         Operation::ReadLog(q) => admin::read_log(r, q).await?,
         Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
+        Operation::CreateAuthenticationTokens { .. } => {
+            super::tokens_reply(resources, caller).await?
+        }
+        Operation::RefreshOperationToken { .. } => {
+            return Err(OpError::new(
+                401,
+                crate::auth::AuthError::MustLogin.message(),
+            ))
+        }
         Operation::Unsupported(name) => {
             let text = match name.as_str() {
-                "create_authentication_tokens" | "refresh_operation_token" | "login"
-                | "logout" => format!(
-                    "Operation '{name}' is not supported by this server yet: tokens and sessions arrive with authentication"
+                "login" | "logout" => format!(
+                    "Operation '{name}' is not supported by this server yet: cookie sessions are not implemented"
                 ),
                 _ => format!("Operation '{name}' is not supported by this server"),
             };

@@ -13,7 +13,9 @@ pub mod search;
 
 use std::sync::Arc;
 
+use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response};
+use crate::resource::permissions::{self, Action, Denied};
 use crate::resource::{Caller, Resources, VerbError};
 use crate::value::{self, Object, Value};
 
@@ -60,6 +62,20 @@ impl OpError {
             message: FORBIDDEN_MESSAGE.to_string(),
             forbidden: Some((vec![Value::String(entry.into())], Vec::new())),
         }
+    }
+
+    /// 403 naming the table and the rights that were missing.
+    pub fn denied(denied: &Denied) -> Self {
+        OpError {
+            status: 403,
+            message: FORBIDDEN_MESSAGE.to_string(),
+            forbidden: Some((vec![denied.to_value()], Vec::new())),
+        }
+    }
+
+    /// An authentication failure as SPEC §5.6 answers it on the Operations API.
+    pub fn auth(e: &AuthError) -> Self {
+        OpError::new(e.status(), e.message())
     }
 
     fn body(&self) -> Value {
@@ -188,10 +204,12 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
     }
 }
 
-/// Serves one request on the Operations API port.
+/// Serves one request on the Operations API port. `caller` is the request's authentication
+/// (SPEC §5.1): every operation needs a known caller except `create_authentication_tokens` with
+/// `username`/`password` and `refresh_operation_token`.
 pub async fn handle(
     resources: &Arc<Resources>,
-    caller: &Caller,
+    caller: Result<&Caller, &AuthError>,
     req: &Request<'_>,
     resp: &mut Response,
 ) {
@@ -228,8 +246,13 @@ pub async fn handle(
             "Unsupported Content-Type: send application/json, application/cbor or application/x-msgpack",
         )),
         Some(body_type) => match decode(body_type, req.body) {
-            Ok(op) => run(resources, caller, op).await,
-            Err(e) => Err(e),
+            Ok(op) => authorize_and_run(resources, caller, req, op).await,
+            // Without a known caller, say so rather than how the body is wrong.
+            Err(e) => match caller {
+                Ok(c) if !c.is_anonymous() => Err(e),
+                Ok(_) => Err(OpError::auth(&AuthError::MustLogin)),
+                Err(auth) => Err(OpError::auth(auth)),
+            },
         },
     };
     // A search runs here, after every await: its read transaction opens and closes inside `write`.
@@ -254,7 +277,263 @@ pub async fn handle(
     }
 }
 
-/// Runs a decoded operation for `caller`: the super-user gate, then the operation.
+/// The bearer token of the request, if any.
+fn bearer<'r>(req: &Request<'r>) -> Option<&'r str> {
+    let header = req.header_str("authorization")?.trim();
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// The token operations that carry their own credentials, then the authentication gate, then
+/// [`run`].
+async fn authorize_and_run(
+    resources: &Arc<Resources>,
+    caller: Result<&Caller, &AuthError>,
+    req: &Request<'_>,
+    op: Operation,
+) -> Result<Reply, OpError> {
+    match op {
+        Operation::CreateAuthenticationTokens {
+            username: Some(username),
+            password: Some(password),
+        } => {
+            let caller =
+                crate::auth::authenticate_password(resources, &username, &password, req.peer)
+                    .map_err(|e| match e {
+                        AuthError::LoginFailed => OpError::auth(&AuthError::InvalidCredentials),
+                        other => OpError::auth(&other),
+                    })?;
+            return tokens_reply(resources, &caller).await.map(Reply::Value);
+        }
+        Operation::RefreshOperationToken { refresh_token } => {
+            let token = refresh_token
+                .as_deref()
+                .or_else(|| bearer(req))
+                .ok_or_else(|| OpError::auth(&AuthError::MustLogin))?;
+            let token = crate::auth::refresh_operation_token(resources, token)
+                .await
+                .map_err(|e| OpError::auth(&e))?;
+            let mut o = Object::new();
+            o.insert("operation_token", Value::String(token));
+            return Ok(Reply::Value(Value::Object(o)));
+        }
+        _ => {}
+    }
+    match caller {
+        Err(e) => Err(OpError::auth(e)),
+        Ok(c) if c.is_anonymous() => Err(OpError::auth(&AuthError::MustLogin)),
+        Ok(c) => run(resources, c, op).await,
+    }
+}
+
+/// `{"operation_token", "refresh_token"}` for `caller`.
+pub(crate) async fn tokens_reply(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+) -> Result<Value, OpError> {
+    let (operation, refresh) = crate::auth::create_tokens(resources, caller)
+        .await
+        .map_err(|e| OpError::auth(&e))?;
+    let mut o = Object::new();
+    o.insert("operation_token", Value::String(operation));
+    o.insert("refresh_token", Value::String(refresh));
+    Ok(Value::Object(o))
+}
+
+/// The primary key of a table, if it exists.
+fn primary_key(resources: &Resources, database: &str, table: &str) -> Option<String> {
+    resources
+        .table(database, table)
+        .and_then(|(_, t)| t.def.primary_key.clone())
+}
+
+/// Checks one write against the caller's table and attribute rights (SPEC §5.5).
+fn check_write(
+    resources: &Resources,
+    caller: &Caller,
+    w: &decode::Write,
+    database_override: Option<&str>,
+) -> Result<(), OpError> {
+    match w {
+        decode::Write::Put(kind, records) => {
+            let database = database_override.unwrap_or(&records.database);
+            let pk = primary_key(resources, database, &records.table);
+            let actions: &[Action] = match kind {
+                decode::WriteKind::Insert => &[Action::Insert],
+                decode::WriteKind::Update => &[Action::Update],
+                decode::WriteKind::Upsert => &[Action::Insert, Action::Update],
+            };
+            for action in actions {
+                permissions::check(
+                    caller,
+                    database,
+                    &records.table,
+                    pk.as_deref(),
+                    *action,
+                    records
+                        .records
+                        .iter()
+                        .flat_map(|r| r.iter().map(|(k, _)| k)),
+                )
+                .map_err(|d| OpError::denied(&d))?;
+            }
+            Ok(())
+        }
+        decode::Write::Delete {
+            database, table, ..
+        } => {
+            let database = database_override.unwrap_or(database);
+            permissions::check(caller, database, table, None, Action::Delete, [])
+                .map_err(|d| OpError::denied(&d))
+        }
+    }
+}
+
+/// Table and attribute checks for data operations (super users pass through untouched).
+fn check_permissions(
+    resources: &Resources,
+    caller: &Caller,
+    op: &Operation,
+) -> Result<(), OpError> {
+    if caller.super_user {
+        return Ok(());
+    }
+    let read = |database: &str, table: &str, attributes: Vec<String>| {
+        let pk = primary_key(resources, database, table);
+        permissions::check(
+            caller,
+            database,
+            table,
+            pk.as_deref(),
+            Action::Read,
+            attributes.iter().map(String::as_str).filter(|a| *a != "*"),
+        )
+        .map_err(|d| OpError::denied(&d))
+    };
+    match op {
+        Operation::DescribeTable { database, table } => {
+            if permissions::can_see(caller, database, table) {
+                Ok(())
+            } else {
+                Err(OpError::denied(&Denied {
+                    database: database.clone(),
+                    table: table.clone(),
+                    required_table_permissions: vec!["read"],
+                    required_attribute_permissions: Vec::new(),
+                }))
+            }
+        }
+        Operation::CreateAttribute {
+            database, table, ..
+        } => permissions::check(caller, database, table, None, Action::Insert, [])
+            .map_err(|d| OpError::denied(&d)),
+        Operation::Write(w) => check_write(resources, caller, w, None),
+        Operation::Transaction {
+            database,
+            operations,
+        } => operations
+            .iter()
+            .try_for_each(|w| check_write(resources, caller, w, Some(database))),
+        Operation::SearchById {
+            database,
+            table,
+            get_attributes,
+            ..
+        } => read(database, table, get_attributes.clone().unwrap_or_default()),
+        Operation::SearchByValue(s) => {
+            let mut attrs = vec![s.attribute.clone()];
+            attrs.extend(s.get_attributes.clone().unwrap_or_default());
+            read(&s.database, &s.table, attrs)
+        }
+        Operation::SearchByConditions(s) => {
+            let mut attrs = Vec::new();
+            permissions::filter_attributes(&s.filter, &mut attrs);
+            attrs.extend(s.sort.iter().filter_map(|k| k.path.first().cloned()));
+            attrs.extend(s.get_attributes.clone().unwrap_or_default());
+            read(&s.database, &s.table, attrs)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What a non-super caller gets back: unreadable properties dropped from search results, and
+/// `describe_*` without the tables the role has no rights on (SPEC §5.5).
+fn filter_reply(
+    resources: &Resources,
+    caller: &Caller,
+    op: &Operation,
+    reply: Value,
+) -> Result<Value, OpError> {
+    if caller.super_user {
+        return Ok(reply);
+    }
+    let (database, table) = match op {
+        Operation::SearchById {
+            database, table, ..
+        } => (database.as_str(), table.as_str()),
+        Operation::SearchByValue(s) => (s.database.as_str(), s.table.as_str()),
+        Operation::SearchByConditions(s) => (s.database.as_str(), s.table.as_str()),
+        Operation::DescribeAll => {
+            let Value::Object(dbs) = reply else {
+                return Ok(reply);
+            };
+            let mut out = Object::new();
+            for (db, tables) in dbs.iter() {
+                let kept = visible_tables(caller, db, tables);
+                if !kept.is_empty() {
+                    out.insert(db, Value::Object(kept));
+                }
+            }
+            return Ok(Value::Object(out));
+        }
+        Operation::DescribeDatabase { database } => {
+            let kept = visible_tables(caller, database, &reply);
+            if kept.is_empty() {
+                return Err(OpError::denied(&Denied {
+                    database: database.clone(),
+                    table: String::new(),
+                    required_table_permissions: vec!["read"],
+                    required_attribute_permissions: Vec::new(),
+                }));
+            }
+            return Ok(Value::Object(kept));
+        }
+        _ => return Ok(reply),
+    };
+    if !permissions::restricts_attributes(caller, database, table) {
+        return Ok(reply);
+    }
+    let pk = primary_key(resources, database, table);
+    let Value::Array(items) = reply else {
+        return Ok(reply);
+    };
+    Ok(Value::Array(
+        items
+            .into_iter()
+            .map(|mut v| {
+                permissions::filter_readable(caller, database, table, pk.as_deref(), &mut v);
+                v
+            })
+            .collect(),
+    ))
+}
+
+fn visible_tables(caller: &Caller, database: &str, tables: &Value) -> Object {
+    let mut kept = Object::new();
+    if let Value::Object(tables) = tables {
+        for (table, desc) in tables.iter() {
+            if permissions::can_see(caller, database, table) {
+                kept.insert(table, desc.clone());
+            }
+        }
+    }
+    kept
+}
+
+/// Runs a decoded operation for `caller`: the super-user gate, the table and attribute checks,
+/// the operation, then the filtering of what the caller may not read.
 pub async fn run(
     resources: &Arc<Resources>,
     caller: &Caller,
@@ -281,7 +560,53 @@ pub async fn run(
             exec::name(&op)
         )));
     }
-    exec::execute(resources, caller, op).await
+    check_permissions(resources, caller, &op)?;
+    // Kept for the reply filter; data operations are cheap to describe again.
+    let shape = match &op {
+        Operation::SearchById { .. }
+        | Operation::SearchByValue(_)
+        | Operation::SearchByConditions(_)
+        | Operation::DescribeAll
+        | Operation::DescribeDatabase { .. }
+            if !caller.super_user =>
+        {
+            Some(strip_for_filter(&op))
+        }
+        _ => None,
+    };
+    let reply = exec::execute(resources, caller, op).await?;
+    match shape {
+        Some(op) => {
+            // A caller with restricted rights gets searches materialised and filtered; super
+            // users keep the streamed path.
+            let value = match reply {
+                Reply::Value(v) => v,
+                Reply::Search(search) => {
+                    let mut buf = Vec::new();
+                    search.write(ReplyType::Json, &mut buf)?;
+                    crate::value::json::parse(&buf)
+                        .map_err(|e| OpError::new(500, format!("re-reading search results: {e}")))?
+                }
+            };
+            filter_reply(resources, caller, &op, value).map(Reply::Value)
+        }
+        None => Ok(reply),
+    }
+}
+
+/// A copy of `op` with only what [`filter_reply`] looks at (ids and conditions dropped).
+fn strip_for_filter(op: &Operation) -> Operation {
+    match op {
+        Operation::SearchById {
+            database, table, ..
+        } => Operation::SearchById {
+            database: database.clone(),
+            table: table.clone(),
+            ids: Vec::new(),
+            get_attributes: None,
+        },
+        other => other.clone(),
+    }
 }
 
 /// A string result as §4.1's `{"message": ...}`.
@@ -323,10 +648,7 @@ mod tests {
     fn non_super_callers_are_refused_super_user_operations() {
         let dir = tempfile::tempdir().expect("temp");
         let resources = resources(dir.path());
-        let caller = Caller {
-            username: Some("ann".into()),
-            super_user: false,
-        };
+        let caller = Caller::with_role("ann", crate::resource::permissions::Permissions::none());
         for body in [
             r#"{"operation":"add_user","username":"x","password":"y","role":"super_user"}"#,
             r#"{"operation":"create_database","database":"dev"}"#,

@@ -14,10 +14,12 @@ use std::fmt::Write as _;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response};
 use crate::query::{self, Query, Select};
+use crate::resource::permissions::{self, Action};
 use crate::resource::search::{self, SearchSpec};
-use crate::resource::{self, Resources, Validation};
+use crate::resource::{self, Caller, Resources, Validation};
 use crate::schema::{FieldType, TableDef};
 use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
 use crate::value::{self, Value, ValueView};
@@ -52,9 +54,23 @@ enum Target<'p> {
     Record(&'p str),
 }
 
+/// SPEC §5.6 for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials.
+pub fn unauthorized(resp: &mut Response, e: &AuthError) {
+    if e.status() == 401 {
+        resp.header("WWW-Authenticate", "Basic");
+    }
+    resp.json_error(e.status(), e.message());
+}
+
 /// Serves `req` if its first path segment is an export (or `openapi`); returns false to let the
-/// caller answer (static files, then 404), and for SSE requests.
-pub async fn handle(resources: &Arc<Resources>, req: &Request<'_>, resp: &mut Response) -> bool {
+/// caller answer (static files, then 404), and for SSE requests. `caller` is the request's
+/// authentication: every answer but CORS preflight needs one that may do what is asked.
+pub async fn handle(
+    resources: &Arc<Resources>,
+    caller: Result<&Caller, &AuthError>,
+    req: &Request<'_>,
+    resp: &mut Response,
+) -> bool {
     let path = req.path.strip_prefix('/').unwrap_or(req.path);
     let (export, rest) = match path.find('/') {
         Some(i) => (&path[..i], Some(&path[i + 1..])),
@@ -62,7 +78,15 @@ pub async fn handle(resources: &Arc<Resources>, req: &Request<'_>, resp: &mut Re
     };
     let Some((db, table)) = resources.export(export) else {
         if export == "openapi" && rest.is_none() {
-            serve_openapi(resources, req, resp);
+            // SPEC §5.5: the API description is for super users.
+            match caller {
+                Err(e) => unauthorized(resp, e),
+                Ok(c) if c.is_anonymous() => unauthorized(resp, &AuthError::MustLogin),
+                Ok(c) if !c.super_user => {
+                    resp.json_error(403, FORBIDDEN);
+                }
+                Ok(_) => serve_openapi(resources, req, resp),
+            }
             return true;
         }
         return false;
@@ -91,8 +115,16 @@ pub async fn handle(resources: &Arc<Resources>, req: &Request<'_>, resp: &mut Re
         }
         return true;
     }
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => {
+            unauthorized(resp, e);
+            return true;
+        }
+    };
     let mut ctx = Ctx {
         resources,
+        caller,
         req,
         db,
         table,
@@ -157,8 +189,12 @@ fn serve_openapi(resources: &Resources, req: &Request<'_>, resp: &mut Response) 
     resp.body.extend_from_slice(doc.to_string().as_bytes());
 }
 
+/// SPEC §5.6: an authenticated caller without the right.
+const FORBIDDEN: &str = "Unauthorized access to resource";
+
 struct Ctx<'r, 'q> {
     resources: &'r Arc<Resources>,
+    caller: &'r Caller,
     req: &'r Request<'q>,
     db: Arc<Database>,
     table: Arc<Table>,
@@ -181,7 +217,62 @@ impl Ctx<'_, '_> {
         &self.table.def
     }
 
+    /// Whether the caller may do `action` on this table and these attributes; if not, answers
+    /// 401 (anonymous) or 403 and returns false.
+    fn allow<'a>(
+        &self,
+        resp: &mut Response,
+        action: Action,
+        attributes: impl IntoIterator<Item = &'a str>,
+    ) -> bool {
+        let def = self.def();
+        let allowed = permissions::check(
+            self.caller,
+            &def.database,
+            &def.table,
+            def.primary_key.as_deref(),
+            action,
+            attributes,
+        )
+        .is_ok();
+        if !allowed {
+            if self.caller.is_anonymous() {
+                resp.header("WWW-Authenticate", "Basic");
+                self.error(resp, 401, AuthError::MustLogin.message());
+            } else {
+                self.error(resp, 403, FORBIDDEN);
+            }
+        }
+        allowed
+    }
+
+    /// Whether records read for this caller must lose some properties.
+    fn restricted(&self) -> bool {
+        let def = self.def();
+        permissions::restricts_attributes(self.caller, &def.database, &def.table)
+    }
+
+    /// `record` without the properties the caller may not read.
+    fn readable(&self, record: &value::ArchivedValue) -> Value {
+        let def = self.def();
+        let mut v = value::deserialize(record).unwrap_or(Value::Null);
+        permissions::filter_readable(
+            self.caller,
+            &def.database,
+            &def.table,
+            def.primary_key.as_deref(),
+            &mut v,
+        );
+        v
+    }
+
     fn table_target(&self, resp: &mut Response, export: &str) {
+        let def = self.def();
+        if !permissions::can_see(self.caller, &def.database, &def.table) {
+            // Any right on the table shows its description; none is the same as read denied.
+            let _ = self.allow(resp, Action::Read, []);
+            return;
+        }
         if !matches!(self.req.method, Method::Get | Method::Head) {
             resp.header("Allow", ALLOW_TABLE);
             return self.error(
@@ -190,12 +281,16 @@ impl Ctx<'_, '_> {
                 "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
             );
         }
-        let def = self.def();
         let desc = serde_json::json!({
             "records": "./",
             "name": export,
             "database": def.database,
-            "attributes": def.attributes.iter().map(|a| {
+            "attributes": def.attributes.iter().filter(|a| {
+                // A role limited to some attributes sees only those it may read.
+                permissions::attribute_allowed(self.caller, &def.database, &def.table,
+                    def.primary_key.as_deref(), &a.name, Action::Read)
+                    || !self.restricted()
+            }).map(|a| {
                 let mut o = serde_json::json!({"name": a.name, "type": a.ty.name()});
                 if a.primary_key { o["isPrimaryKey"] = true.into(); }
                 if a.indexed { o["indexed"] = true.into(); }
@@ -222,6 +317,12 @@ impl Ctx<'_, '_> {
     }
 
     async fn collection(&self, resp: &mut Response) {
+        // Callers without any right on the table learn nothing, not even which methods exist.
+        let def = self.def();
+        if !permissions::can_see(self.caller, &def.database, &def.table) {
+            let _ = self.allow(resp, Action::Read, []);
+            return;
+        }
         match self.req.method {
             Method::Get | Method::Head => self.query_collection(resp),
             Method::Post => self.post(resp).await,
@@ -255,11 +356,19 @@ impl Ctx<'_, '_> {
             Ok(q) => q,
             Err(e) => return self.error(resp, 400, &e),
         };
+        if !self.allow(
+            resp,
+            Action::Read,
+            query_attributes(&query).iter().map(String::as_str),
+        ) {
+            return;
+        }
         let plan = match self.plan(&query) {
             Ok(p) => p,
             Err(e) => return self.error(resp, e.status(), &e.to_string()),
         };
         let def = self.def();
+        let restricted = self.restricted();
         let fields: Vec<String> = match &query.select {
             Some(Select::Object(items) | Select::Array(items)) => {
                 items.iter().map(|i| i.name.clone()).collect()
@@ -269,6 +378,17 @@ impl Ctx<'_, '_> {
                 .attributes
                 .iter()
                 .filter(|a| a.relationship.is_none())
+                .filter(|a| {
+                    !restricted
+                        || permissions::attribute_allowed(
+                            self.caller,
+                            &def.database,
+                            &def.table,
+                            def.primary_key.as_deref(),
+                            &a.name,
+                            Action::Read,
+                        )
+                })
                 .map(|a| a.name.clone())
                 .collect(),
         };
@@ -279,9 +399,17 @@ impl Ctx<'_, '_> {
         let select = query.select.as_ref();
         let result = search::run(&self.db, &self.table, &plan, &mut |_, record| {
             if !explain {
-                match select {
-                    Some(select) => writer.item(&query::project(record.value, select), body),
-                    None => writer.item(record.value, body),
+                if restricted {
+                    let v = self.readable(record.value);
+                    match select {
+                        Some(select) => writer.item(&query::project(&v, select), body),
+                        None => writer.item(&v, body),
+                    }
+                } else {
+                    match select {
+                        Some(select) => writer.item(&query::project(record.value, select), body),
+                        None => writer.item(record.value, body),
+                    }
                 }
             }
             ControlFlow::Continue(())
@@ -367,10 +495,16 @@ impl Ctx<'_, '_> {
     }
 
     async fn post(&self, resp: &mut Response) {
+        if !self.allow(resp, Action::Insert, []) {
+            return;
+        }
         let record = match self.body_record(false) {
             Ok(r) => r,
             Err((status, e)) => return self.error(resp, status, &e),
         };
+        if !self.allow(resp, Action::Insert, record.iter().map(|(k, _)| k)) {
+            return;
+        }
         let op = WriteOp::Put {
             table: self.def().table.clone(),
             key: None,
@@ -404,10 +538,21 @@ impl Ctx<'_, '_> {
     }
 
     async fn delete_matches(&self, resp: &mut Response) {
+        if !self.allow(resp, Action::Delete, []) {
+            return;
+        }
         let (query, _) = match self.query() {
             Ok(q) => q,
             Err(e) => return self.error(resp, 400, &e),
         };
+        // Choosing records by a property the caller may not read would reveal it.
+        if !self.allow(
+            resp,
+            Action::Read,
+            query_attributes(&query).iter().map(String::as_str),
+        ) {
+            return;
+        }
         let plan = match self.plan(&query) {
             Ok(p) => p,
             Err(e) => return self.error(resp, e.status(), &e.to_string()),
@@ -451,6 +596,11 @@ impl Ctx<'_, '_> {
     }
 
     async fn record(&self, resp: &mut Response, raw: &str, had_extension: bool) {
+        let def = self.def();
+        if !permissions::can_see(self.caller, &def.database, &def.table) {
+            let _ = self.allow(resp, Action::Read, []);
+            return;
+        }
         let raw = if had_extension {
             raw.rsplit_once('.').map_or(raw, |(id, _)| id)
         } else {
@@ -478,6 +628,23 @@ impl Ctx<'_, '_> {
             }
             _ => (decoded.as_ref(), None),
         };
+        let action = match self.req.method {
+            Method::Get | Method::Head => Some(Action::Read),
+            Method::Delete => Some(Action::Delete),
+            // PUT/PATCH need insert or update depending on whether the record exists.
+            _ => None,
+        };
+        if let Some(action) = action {
+            let mut attrs: Vec<String> = property.map(str::to_string).into_iter().collect();
+            if action == Action::Read {
+                if let Some(Ok(q)) = self.req.query.filter(|q| !q.is_empty()).map(query::parse) {
+                    attrs.extend(query_attributes(&q));
+                }
+            }
+            if !self.allow(resp, action, attrs.iter().map(String::as_str)) {
+                return;
+            }
+        }
         let string_key = matches!(
             self.def().primary_key_attribute().map(|a| &a.ty),
             Some(FieldType::ID | FieldType::String)
@@ -531,6 +698,7 @@ impl Ctx<'_, '_> {
         let format = self.format;
         let last_modified = self.resources.config.http.last_modified;
         let key_name = self.def().primary_key.as_deref();
+        let restricted = self.restricted();
         let found = resource::with_record(&self.db, &self.table, id, |header, record| {
             let mut etag = [0u8; 18];
             let etag = etag_of(header.version, &mut etag);
@@ -543,6 +711,20 @@ impl Ctx<'_, '_> {
             resp.header("ETag", etag);
             if last_modified {
                 resp.header("Last-Modified", &http_date(header.version));
+            }
+            if restricted {
+                let v = self.readable(record);
+                resp.header("Content-Type", format.content_type());
+                match (property, &select) {
+                    (Some(prop), _) => {
+                        format.write_one(v.get(prop).unwrap_or(&Value::Null), &mut resp.body)
+                    }
+                    (None, Some(select)) => {
+                        format.write_one(&query::project(&v, select), &mut resp.body)
+                    }
+                    (None, None) => format.write_one(&v, &mut resp.body),
+                }
+                return;
             }
             if let (None, None, Some((content_type, data))) =
                 (property, &select, format::raw_content(record, key_name))
@@ -603,6 +785,19 @@ impl Ctx<'_, '_> {
         if !self.if_match(resp, &id) {
             return;
         }
+        // SPEC §5.5: changing an existing record needs update, creating one needs insert.
+        let exists = matches!(
+            resource::with_record(&self.db, &self.table, &id, |_, _| ()),
+            Ok(Some(()))
+        );
+        let action = if exists {
+            Action::Update
+        } else {
+            Action::Insert
+        };
+        if !self.allow(resp, action, record.iter().map(|(k, _)| k)) {
+            return;
+        }
         let op = WriteOp::Put {
             table: self.def().table.clone(),
             key: Some(id),
@@ -618,6 +813,23 @@ impl Ctx<'_, '_> {
             resp.status = 204;
         }
     }
+}
+
+/// Every attribute a query names in its filter, sort and select (what a read must be allowed).
+fn query_attributes(query: &Query) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(filter) = &query.filter {
+        permissions::filter_attributes(filter, &mut out);
+    }
+    out.extend(query.sort.iter().filter_map(|k| k.path.first().cloned()));
+    match &query.select {
+        Some(Select::Object(items) | Select::Array(items)) => {
+            out.extend(items.iter().map(|i| i.name.clone()))
+        }
+        Some(Select::Value(item)) => out.push(item.name.clone()),
+        None => {}
+    }
+    out
 }
 
 /// `"<16 hex digits of the version's bits>"`: opaque, ASCII, new on every write.

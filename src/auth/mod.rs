@@ -1,0 +1,874 @@
+//! Authentication (SPEC §5.1–5.2): who a request is, from its credentials, and the tokens that
+//! prove it later. It owns the JWT key pair, the per-core cache of authentication results and
+//! the failed-login counts; it reads users and roles through the resource layer and never
+//! decides what a caller may do (that is `resource::permissions`). No password, hash or token
+//! ever reaches a log line from here.
+//!
+//! # The API other protocols call
+//!
+//! ```text
+//! let creds = auth::Credentials { authorization, peer, peer_cn };   // or Credentials::from_request(&req)
+//! match auth::authenticate(&resources, &creds) {
+//!     Ok(caller) if caller.is_anonymous() => /* no credentials: 401 "Must login" where needed */,
+//!     Ok(caller) => /* check resource::permissions::{can_read, can_insert, can_update,
+//!                      can_delete, check, filter_readable}(&caller, db, table, ...) */,
+//!     Err(e) => /* e.status() (401, or 429 after too many failures), e.message() */,
+//! }
+//! auth::authenticate_password(&resources, user, password, peer)   // MQTT CONNECT username/password
+//! ```
+//!
+//! Order (§5.1): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
+//! `Authorization: Bearer <operation token>`, `authorizeLocal` + loopback peer → the first super
+//! user, else anonymous. Wrong credentials are an error at once, never anonymous. Results are
+//! cached per core per header value for `authentication.cacheTTL`; a user or role change bumps
+//! `Resources::auth_generation`, which invalidates every core's entries.
+
+pub mod jwt;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::logging::NOTIFY;
+use crate::resource::permissions::Permissions;
+use crate::resource::tables::SYSTEM;
+use crate::resource::{users, Caller, Resources, Validation};
+use crate::store::{PutMode, WriteOp, WriteRequest};
+use crate::value::{self, Object, Value};
+
+pub use jwt::{Claims, Keys, TokenError};
+
+const USERS: &str = "hdb_user";
+/// Cached authentication results per core; when full, the cache is emptied (a burst of distinct
+/// credentials costs re-verification, never memory).
+const CACHE_ENTRIES_MAX: usize = 4096;
+/// Failed logins one source address may make per window before it is refused without a check.
+pub const FAILED_LOGINS_MAX: u32 = 30;
+pub const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Source addresses tracked for failed logins; when full, expired ones are dropped, then all.
+const FAILED_LOGIN_ADDRESSES_MAX: usize = 10_000;
+/// `Authorization` headers longer than this are malformed (a token is ~700 bytes).
+const AUTHORIZATION_BYTES_MAX: usize = 8192;
+
+/// Why a request was not authenticated; each maps to SPEC §5.6's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No credentials where they are needed (callers produce this; `authenticate` returns an
+    /// anonymous caller instead).
+    MustLogin,
+    /// Bad password, unknown user, malformed `Authorization` header.
+    LoginFailed,
+    /// `create_authentication_tokens` with a wrong username or password.
+    InvalidCredentials,
+    InvalidToken,
+    TokenExpired,
+    Inactive,
+    /// Too many failed logins from this address in the last window.
+    TooManyAttempts,
+    /// Keys or the user table could not be read.
+    Internal(String),
+}
+
+impl AuthError {
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::TooManyAttempts => 429,
+            AuthError::Internal(_) => 500,
+            _ => 401,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            AuthError::MustLogin => "Must login",
+            AuthError::LoginFailed => "Login failed",
+            AuthError::InvalidCredentials => "invalid credentials",
+            AuthError::InvalidToken => "invalid token",
+            AuthError::TokenExpired => "token expired",
+            AuthError::Inactive => "User is not active",
+            AuthError::TooManyAttempts => "Too many failed logins; try again later",
+            AuthError::Internal(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// What a request offers to prove who it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The `Authorization` header value.
+    pub authorization: Option<&'a str>,
+    pub peer: SocketAddr,
+    /// Subject CN of a verified client certificate.
+    pub peer_cn: Option<&'a str>,
+}
+
+impl<'a> Credentials<'a> {
+    pub fn from_request(req: &crate::protocol::http::Request<'a>) -> Self {
+        Credentials {
+            authorization: req.header_str("authorization"),
+            peer: req.peer,
+            peer_cn: req.peer_cn,
+        }
+    }
+}
+
+/// Settings read once from `authentication.*`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub authorize_local: bool,
+    pub cache_ttl: Duration,
+    pub operation_token_timeout: Duration,
+    pub refresh_token_timeout: Duration,
+    pub keys_dir: PathBuf,
+}
+
+fn duration_setting(resources: &Resources, key: &str, default: Duration) -> Duration {
+    match resources.config_tree.get(key) {
+        Some(serde_yaml::Value::Number(n)) => n.as_u64().map(Duration::from_millis),
+        Some(serde_yaml::Value::String(s)) => crate::config::parse_duration(s),
+        _ => None,
+    }
+    .unwrap_or(default)
+}
+
+impl Settings {
+    fn read(resources: &Resources) -> Settings {
+        Settings {
+            authorize_local: resources.config.authorize_local,
+            cache_ttl: duration_setting(
+                resources,
+                "authentication.cacheTTL",
+                Duration::from_secs(30),
+            ),
+            operation_token_timeout: duration_setting(
+                resources,
+                "authentication.operationTokenTimeout",
+                Duration::from_secs(86_400),
+            ),
+            refresh_token_timeout: duration_setting(
+                resources,
+                "authentication.refreshTokenTimeout",
+                Duration::from_secs(30 * 86_400),
+            ),
+            keys_dir: resources.config.root.join("keys"),
+        }
+    }
+}
+
+/// Per-server authentication state, kept in `Resources::auth`.
+pub struct State {
+    /// Tells this server's cache entries from another's in the same process (tests).
+    instance: u64,
+    settings: OnceLock<Settings>,
+    keys: OnceLock<Result<Keys, String>>,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        State {
+            instance: NEXT.fetch_add(1, Ordering::Relaxed),
+            settings: OnceLock::new(),
+            keys: OnceLock::new(),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl State {
+    fn settings(&self, resources: &Resources) -> &Settings {
+        self.settings.get_or_init(|| Settings::read(resources))
+    }
+
+    /// The keys if they are loaded; never waits.
+    fn keys_now(&self) -> Option<&Keys> {
+        self.keys.get().and_then(|k| k.as_ref().ok())
+    }
+
+    /// Loads or generates the keys; blocks (call from a plain thread only).
+    fn keys_blocking(&self, dir: &std::path::Path) -> Result<&Keys, String> {
+        self.keys
+            .get_or_init(|| Keys::load_or_generate(dir))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn locked_out(&self, ip: IpAddr) -> bool {
+        let Ok(map) = self.failures.lock() else {
+            return false;
+        };
+        map.get(&ip).is_some_and(|(count, since)| {
+            *count >= FAILED_LOGINS_MAX && since.elapsed() < FAILED_LOGIN_WINDOW
+        })
+    }
+
+    fn record_failure(&self, ip: IpAddr) {
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        if map.len() >= FAILED_LOGIN_ADDRESSES_MAX && !map.contains_key(&ip) {
+            map.retain(|_, (_, since)| since.elapsed() < FAILED_LOGIN_WINDOW);
+            if map.len() >= FAILED_LOGIN_ADDRESSES_MAX {
+                map.clear();
+            }
+        }
+        let entry = map.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILED_LOGIN_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+}
+
+struct CacheEntry {
+    caller: Caller,
+    generation: u64,
+    expires: Instant,
+}
+
+thread_local! {
+    /// (server instance, header value) → result. Per core: no lock on the request path.
+    static CACHE: RefCell<HashMap<(u64, String), CacheEntry>> = RefCell::new(HashMap::new());
+}
+
+fn cache_get(resources: &Resources, key: &str) -> Option<Caller> {
+    let generation = resources.auth_generation();
+    CACHE.with(|c| {
+        let c = c.borrow();
+        let e = c.get(&(resources.auth.instance, key.to_string()))?;
+        (e.generation == generation && e.expires > Instant::now()).then(|| e.caller.clone())
+    })
+}
+
+fn cache_put(resources: &Resources, key: &str, caller: &Caller, ttl: Duration) {
+    let entry = CacheEntry {
+        caller: caller.clone(),
+        generation: resources.auth_generation(),
+        expires: Instant::now() + ttl,
+    };
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CACHE_ENTRIES_MAX {
+            c.clear();
+        }
+        c.insert((resources.auth.instance, key.to_string()), entry);
+    });
+}
+
+/// A stored user, as authentication needs it.
+struct UserRecord {
+    username: String,
+    password: String,
+    role: String,
+    active: bool,
+    refresh_token: Option<String>,
+}
+
+fn user_from(v: &Value) -> Option<UserRecord> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(UserRecord {
+        username: s("username")?,
+        password: s("password").unwrap_or_default(),
+        role: s("role").unwrap_or_default(),
+        active: !matches!(v.get("active"), Some(Value::Bool(false))),
+        refresh_token: s("refresh_token"),
+    })
+}
+
+fn find_user(resources: &Resources, username: &str) -> Result<Option<UserRecord>, AuthError> {
+    let (db, t) = resources
+        .table(SYSTEM, USERS)
+        .ok_or_else(|| AuthError::Internal("system.hdb_user is missing".into()))?;
+    let txn = db.read().map_err(|e| AuthError::Internal(e.to_string()))?;
+    let record = txn
+        .get(&t, &Value::String(username.to_string()))
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    match record {
+        Some(r) => {
+            let v = value::deserialize(r.value).map_err(|e| AuthError::Internal(e.to_string()))?;
+            Ok(user_from(&v))
+        }
+        None => Ok(None),
+    }
+}
+
+fn all_users(resources: &Resources) -> Result<Vec<UserRecord>, AuthError> {
+    let internal = |e: &dyn std::fmt::Display| AuthError::Internal(e.to_string());
+    let (db, t) = resources
+        .table(SYSTEM, USERS)
+        .ok_or_else(|| AuthError::Internal("system.hdb_user is missing".into()))?;
+    let txn = db.read().map_err(|e| internal(&e))?;
+    let mut out = Vec::new();
+    for item in txn.scan(&t, false).map_err(|e| internal(&e))? {
+        let (_, record) = item.map_err(|e| internal(&e))?;
+        let v = value::deserialize(record.value).map_err(|e| internal(&e))?;
+        out.extend(user_from(&v));
+    }
+    Ok(out)
+}
+
+/// The permissions of the role with this id (or name); unknown roles grant nothing.
+fn role_permissions(resources: &Resources, role: &str) -> Result<Permissions, AuthError> {
+    let roles = users::list_roles(resources).map_err(|e| AuthError::Internal(e.message))?;
+    Ok(roles
+        .iter()
+        .find(|r| {
+            r.get("id").and_then(Value::as_str) == Some(role)
+                || r.get("role").and_then(Value::as_str) == Some(role)
+        })
+        .and_then(|r| r.get("permission"))
+        .map(Permissions::from_role)
+        .unwrap_or_default())
+}
+
+fn caller_for(resources: &Resources, user: &UserRecord) -> Result<Caller, AuthError> {
+    if !user.active {
+        return Err(AuthError::Inactive);
+    }
+    Ok(Caller::with_role(
+        &user.username,
+        role_permissions(resources, &user.role)?,
+    ))
+}
+
+/// Who the request is (SPEC §5.1). `Ok(anonymous)` when it offers nothing; wrong credentials
+/// are an error, never anonymous.
+pub fn authenticate(resources: &Resources, creds: &Credentials<'_>) -> Result<Caller, AuthError> {
+    let settings = resources.auth.settings(resources);
+    if let (Some(cn), Some(mtls)) = (creds.peer_cn, &resources.config.http.mtls) {
+        let name = mtls.user.as_deref().unwrap_or(cn);
+        let key = format!("\u{0}cn:{name}");
+        if let Some(c) = cache_get(resources, &key) {
+            return Ok(c);
+        }
+        let user = find_user(resources, name)?.ok_or(AuthError::LoginFailed)?;
+        let caller = caller_for(resources, &user)?;
+        cache_put(resources, &key, &caller, settings.cache_ttl);
+        return Ok(caller);
+    }
+    if let Some(header) = creds.authorization.filter(|h| !h.trim().is_empty()) {
+        if let Some(c) = cache_get(resources, header) {
+            return Ok(c);
+        }
+        if header.len() > AUTHORIZATION_BYTES_MAX {
+            return Err(AuthError::LoginFailed);
+        }
+        let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header, ""));
+        let rest = rest.trim();
+        let (caller, ttl) = if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = crate::util::decode_base64(rest)
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(AuthError::LoginFailed)?;
+            let (user, password) = decoded.split_once(':').ok_or(AuthError::LoginFailed)?;
+            (
+                authenticate_password(resources, user, password, creds.peer)?,
+                settings.cache_ttl,
+            )
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let (caller, exp) = authenticate_token(resources, rest)?;
+            let left = Duration::from_secs(exp.saturating_sub(jwt::now_s()));
+            (caller, settings.cache_ttl.min(left))
+        } else {
+            return Err(AuthError::LoginFailed);
+        };
+        cache_put(resources, header, &caller, ttl);
+        return Ok(caller);
+    }
+    if settings.authorize_local && creds.peer.ip().is_loopback() {
+        return local_super_user(resources);
+    }
+    Ok(Caller::anonymous())
+}
+
+/// The first active super user, for `authorizeLocal` loopback requests.
+fn local_super_user(resources: &Resources) -> Result<Caller, AuthError> {
+    const KEY: &str = "\u{0}local";
+    if let Some(c) = cache_get(resources, KEY) {
+        return Ok(c);
+    }
+    let mut found = None;
+    for user in all_users(resources)? {
+        if user.active && role_permissions(resources, &user.role)?.super_user {
+            found = Some(Caller::super_user(&user.username));
+            break;
+        }
+    }
+    // Before any user exists (a store opened without `start`), loopback is still the admin.
+    let caller = found.unwrap_or_else(|| Caller::super_user("HDB_ADMIN"));
+    let ttl = resources.auth.settings(resources).cache_ttl;
+    cache_put(resources, KEY, &caller, ttl);
+    Ok(caller)
+}
+
+/// A username and password (Basic, MQTT CONNECT, `create_authentication_tokens`). Failures
+/// count against `peer`'s address.
+pub fn authenticate_password(
+    resources: &Resources,
+    username: &str,
+    password: &str,
+    peer: SocketAddr,
+) -> Result<Caller, AuthError> {
+    let ip = peer.ip();
+    if resources.auth.locked_out(ip) {
+        return Err(AuthError::TooManyAttempts);
+    }
+    let user = find_user(resources, username)?;
+    match user {
+        Some(user) if users::verify_password(password, &user.password) => {
+            caller_for(resources, &user)
+        }
+        _ => {
+            resources.auth.record_failure(ip);
+            tracing::info!("failed login for user {username:?} from {ip}");
+            Err(AuthError::LoginFailed)
+        }
+    }
+}
+
+/// An operation token (`Bearer`): the caller with its user's current role, and the token's
+/// expiry (seconds since the epoch).
+pub fn authenticate_token(resources: &Resources, token: &str) -> Result<(Caller, u64), AuthError> {
+    let keys = resources.auth.keys_now().ok_or(AuthError::InvalidToken)?;
+    let claims = keys.verify(token).map_err(token_error)?;
+    if claims.sub != "operation" {
+        return Err(AuthError::InvalidToken);
+    }
+    let user = find_user(resources, &claims.username)?.ok_or(AuthError::InvalidToken)?;
+    Ok((caller_for(resources, &user)?, claims.exp))
+}
+
+fn token_error(e: TokenError) -> AuthError {
+    match e {
+        TokenError::Expired => AuthError::TokenExpired,
+        TokenError::Invalid => AuthError::InvalidToken,
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The keys, loading or generating them off the core if start-up has not finished that yet.
+async fn keys(resources: &Arc<Resources>) -> Result<&Keys, AuthError> {
+    if let Some(k) = resources.auth.keys_now() {
+        return Ok(k);
+    }
+    let r = resources.clone();
+    let dir = resources.auth.settings(resources).keys_dir.clone();
+    crate::resource::run_blocking(move || {
+        let _ = r.auth.keys_blocking(&dir);
+    })
+    .await;
+    resources
+        .auth
+        .keys
+        .get()
+        .ok_or_else(|| AuthError::Internal("JWT keys are not available".into()))?
+        .as_ref()
+        .map_err(|e| AuthError::Internal(e.clone()))
+}
+
+fn claims_for(caller: &Caller, sub: &str, lifetime: Duration) -> Claims {
+    let now = jwt::now_s();
+    Claims {
+        username: caller.username.clone().unwrap_or_default(),
+        super_user: caller.super_user,
+        cluster_user: caller.permissions.cluster_user,
+        iat: now,
+        exp: now.saturating_add(lifetime.as_secs().max(1)),
+        sub: sub.to_string(),
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// `create_authentication_tokens` (§4.4): an operation and a refresh token for `caller`, whose
+/// refresh-token hash replaces the user's previous one (only the newest is accepted).
+pub async fn create_tokens(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+) -> Result<(String, String), AuthError> {
+    let username = caller.username.clone().ok_or(AuthError::MustLogin)?;
+    let settings = resources.auth.settings(resources).clone();
+    let keys = keys(resources).await?;
+    let operation = keys
+        .sign(&claims_for(
+            caller,
+            "operation",
+            settings.operation_token_timeout,
+        ))
+        .map_err(AuthError::Internal)?;
+    let refresh = keys
+        .sign(&claims_for(
+            caller,
+            "refresh",
+            settings.refresh_token_timeout,
+        ))
+        .map_err(AuthError::Internal)?;
+    store_refresh_hash(resources, &username, &token_hash(&refresh)).await?;
+    Ok((operation, refresh))
+}
+
+async fn store_refresh_hash(
+    resources: &Resources,
+    username: &str,
+    hash: &str,
+) -> Result<(), AuthError> {
+    let (db, t) = resources
+        .table(SYSTEM, USERS)
+        .ok_or_else(|| AuthError::Internal("system.hdb_user is missing".into()))?;
+    let mut record = Object::new();
+    record.insert("username", Value::String(username.to_string()));
+    record.insert("refresh_token", Value::String(hash.to_string()));
+    crate::resource::validate_record(&t.def, &mut record, Validation::Partial)
+        .map_err(AuthError::Internal)?;
+    crate::resource::write(
+        &db,
+        WriteRequest {
+            ops: vec![WriteOp::Put {
+                table: USERS.to_string(),
+                key: None,
+                record: Value::Object(record),
+                mode: PutMode::Update,
+                expires_in_s: None,
+            }],
+            user: Some(username.to_string()),
+        },
+    )
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))?;
+    Ok(())
+}
+
+/// `refresh_operation_token` (§4.4): a new operation token for the newest refresh token of an
+/// active user.
+pub async fn refresh_operation_token(
+    resources: &Arc<Resources>,
+    refresh_token: &str,
+) -> Result<String, AuthError> {
+    let keys = keys(resources).await?;
+    let claims = keys.verify(refresh_token).map_err(token_error)?;
+    if claims.sub != "refresh" {
+        return Err(AuthError::InvalidToken);
+    }
+    let user = find_user(resources, &claims.username)?.ok_or(AuthError::InvalidToken)?;
+    let caller = caller_for(resources, &user)?;
+    let expected = user.refresh_token.as_deref().unwrap_or("");
+    let got = token_hash(refresh_token);
+    let same = expected.len() == got.len()
+        && expected
+            .bytes()
+            .zip(got.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(AuthError::InvalidToken);
+    }
+    let lifetime = resources.auth.settings(resources).operation_token_timeout;
+    keys.sign(&claims_for(&caller, "operation", lifetime))
+        .map_err(AuthError::Internal)
+}
+
+/// First start (§1.2): creates the super user when there are no users, and loads (or generates,
+/// on a background thread so start-up does not wait) the JWT key pair. Called once, before the
+/// cores serve requests, from a plain thread.
+pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
+    let existing = all_users(resources).map_err(|e| e.to_string())?;
+    if existing.is_empty() {
+        let name = std::env::var("HDB_ADMIN_USERNAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "HDB_ADMIN".to_string());
+        let given = std::env::var("HDB_ADMIN_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty());
+        let password = given
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let admin = Caller::super_user("system");
+        block_on(users::add_user(
+            resources,
+            &admin,
+            &name,
+            &password,
+            "super_user",
+            true,
+        ))
+        .map_err(|e| format!("cannot create the super user: {}", e.message))?;
+        if given.is_some() {
+            tracing::info!(target: NOTIFY, "created super user {name} from HDB_ADMIN_USERNAME/HDB_ADMIN_PASSWORD");
+        } else {
+            // SPEC §1.2: the one time a password is logged, so the operator can log in at all.
+            tracing::info!(target: NOTIFY, "created super user {name} with password {password} (shown once; change it with alter_user)");
+        }
+    }
+    let r = resources.clone();
+    let dir = resources.auth.settings(resources).keys_dir.clone();
+    std::thread::Builder::new()
+        .name("jwt-keys".into())
+        .spawn(move || {
+            if let Err(e) = r.auth.keys_blocking(&dir) {
+                tracing::error!("JWT keys: {e}; token operations will fail");
+            }
+        })
+        .map_err(|e| format!("cannot start the key thread: {e}"))?;
+    Ok(())
+}
+
+/// Drives a future to completion on this (non-executor) thread by parking between wake-ups.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(dir: &std::path::Path, authorize_local: bool) -> Arc<Resources> {
+        let store =
+            crate::store::Store::open(crate::store::StoreOptions::new(dir), Arc::new(|_| {}))
+                .expect("store");
+        store
+            .apply_schema(&crate::server::system_tables())
+            .expect("system tables");
+        let mut tree = crate::config::ConfigTree::defaults();
+        tree.set_flat(
+            "authentication_authorizeLocal",
+            serde_yaml::Value::Bool(authorize_local),
+        );
+        let config = crate::config::Config::from_tree(&tree, dir, 1).expect("config");
+        let app = crate::schema::load_app(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/app"
+        )))
+        .expect("example app");
+        Arc::new(Resources::new(store, Arc::new(app), Arc::new(config)).with_config_tree(tree))
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        format!("{ip}:5000").parse().expect("addr")
+    }
+
+    fn basic(user: &str, password: &str) -> String {
+        use std::fmt::Write;
+        // Base64 by hand: the test must not trust the decoder it tests.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let raw = format!("{user}:{password}").into_bytes();
+        let mut out = String::from("Basic ");
+        for chunk in raw.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    let _ = out.write_char(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    /// `expected`: Ok(username or "" for anonymous) or the error.
+    fn check(
+        r: &Resources,
+        authorization: Option<&str>,
+        ip: &str,
+        expected: Result<&str, AuthError>,
+    ) {
+        let creds = Credentials {
+            authorization,
+            peer: peer(ip),
+            peer_cn: None,
+        };
+        let got = authenticate(r, &creds).map(|c| c.username.unwrap_or_default());
+        assert_eq!(
+            got,
+            expected.map(str::to_string),
+            "{authorization:?} from {ip}"
+        );
+    }
+
+    #[test]
+    fn credentials_in_order() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = resources(dir.path(), true);
+        std::env::remove_var("HDB_ADMIN_USERNAME");
+        start(&r).expect("start");
+        let admin = Caller::super_user("system");
+        block_on(users::add_user(
+            &r,
+            &admin,
+            "ann",
+            "pw1",
+            "super_user",
+            true,
+        ))
+        .expect("ann");
+        block_on(users::add_user(
+            &r,
+            &admin,
+            "off",
+            "pw2",
+            "super_user",
+            false,
+        ))
+        .expect("off");
+
+        check(&r, Some(&basic("ann", "pw1")), "10.0.0.1", Ok("ann"));
+        check(
+            &r,
+            Some(&basic("ann", "nope")),
+            "10.0.0.1",
+            Err(AuthError::LoginFailed),
+        );
+        check(
+            &r,
+            Some(&basic("who", "pw1")),
+            "10.0.0.1",
+            Err(AuthError::LoginFailed),
+        );
+        check(
+            &r,
+            Some(&basic("off", "pw2")),
+            "10.0.0.1",
+            Err(AuthError::Inactive),
+        );
+        check(
+            &r,
+            Some("Basic !!!"),
+            "10.0.0.1",
+            Err(AuthError::LoginFailed),
+        );
+        check(
+            &r,
+            Some("Digest x"),
+            "10.0.0.1",
+            Err(AuthError::LoginFailed),
+        );
+        check(
+            &r,
+            Some("Bearer abc"),
+            "10.0.0.1",
+            Err(AuthError::InvalidToken),
+        );
+        check(&r, None, "10.0.0.1", Ok(""));
+        // authorizeLocal: loopback without credentials is the first super user.
+        check(&r, None, "127.0.0.1", Ok("HDB_ADMIN"));
+        // Wrong credentials on loopback are still wrong.
+        check(
+            &r,
+            Some(&basic("ann", "nope")),
+            "127.0.0.1",
+            Err(AuthError::LoginFailed),
+        );
+
+        // A cached success is dropped when users change.
+        check(&r, Some(&basic("ann", "pw1")), "10.0.0.2", Ok("ann"));
+        block_on(users::alter_user(
+            &r,
+            &admin,
+            "ann",
+            None,
+            None,
+            Some(false),
+        ))
+        .expect("alter");
+        check(
+            &r,
+            Some(&basic("ann", "pw1")),
+            "10.0.0.2",
+            Err(AuthError::Inactive),
+        );
+
+        // Too many failures from one address lock it out, others are unaffected.
+        for _ in 0..FAILED_LOGINS_MAX {
+            let _ = authenticate(
+                &r,
+                &Credentials {
+                    authorization: Some(&basic("x", "y")),
+                    peer: peer("10.9.9.9"),
+                    peer_cn: None,
+                },
+            );
+        }
+        check(
+            &r,
+            Some(&basic("HDB_ADMIN", "z")),
+            "10.9.9.9",
+            Err(AuthError::TooManyAttempts),
+        );
+        r.store.close();
+    }
+
+    #[test]
+    fn tokens_issue_refresh_and_rotate() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = resources(dir.path(), false);
+        start(&r).expect("start");
+        let admin = Caller::super_user("system");
+        block_on(users::add_user(
+            &r,
+            &admin,
+            "ann",
+            "pw1",
+            "super_user",
+            true,
+        ))
+        .expect("ann");
+        let ann = Caller::super_user("ann");
+        let (op, refresh) = block_on(create_tokens(&r, &ann)).expect("tokens");
+        check(&r, Some(&format!("Bearer {op}")), "10.0.0.1", Ok("ann"));
+        check(
+            &r,
+            Some(&format!("Bearer {refresh}")),
+            "10.0.0.1",
+            Err(AuthError::InvalidToken),
+        );
+        let op2 = block_on(refresh_operation_token(&r, &refresh)).expect("refresh");
+        check(&r, Some(&format!("Bearer {op2}")), "10.0.0.1", Ok("ann"));
+        assert_eq!(
+            block_on(refresh_operation_token(&r, &op)),
+            Err(AuthError::InvalidToken)
+        );
+        // New tokens retire the old refresh token.
+        let (_, refresh2) = block_on(create_tokens(&r, &ann)).expect("tokens");
+        assert_eq!(
+            block_on(refresh_operation_token(&r, &refresh)),
+            Err(AuthError::InvalidToken)
+        );
+        assert!(block_on(refresh_operation_token(&r, &refresh2)).is_ok());
+        r.store.close();
+    }
+}

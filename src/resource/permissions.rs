@@ -1,0 +1,484 @@
+//! Role permissions (SPEC §5.5): a role's `permission` object read once into [`Permissions`],
+//! and the checks every protocol asks before it reads or writes a table.
+//!
+//! The rule is "ungranted = denied": a table missing from the role allows nothing, an attribute
+//! missing from a non-empty `attribute_permissions` list allows nothing, and a super user is
+//! allowed everything. This module only answers questions; it never reads storage and never
+//! builds a protocol answer — REST turns a [`Denied`] into 401/403, the Operations API into its
+//! 403 body with `unauthorized_access`.
+
+use std::collections::HashMap;
+
+use super::Caller;
+use crate::value::{Object, Value};
+
+/// What a request does to a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Insert => "insert",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One attribute's grant inside a table grant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttributeGrant {
+    pub read: bool,
+    pub insert: bool,
+    pub update: bool,
+}
+
+/// One table's grant. `attributes` empty = the table flags hold for every attribute.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableGrant {
+    pub read: bool,
+    pub insert: bool,
+    pub update: bool,
+    pub delete: bool,
+    pub attributes: HashMap<String, AttributeGrant>,
+}
+
+impl TableGrant {
+    fn flag(&self, action: Action) -> bool {
+        match action {
+            Action::Read => self.read,
+            Action::Insert => self.insert,
+            Action::Update => self.update,
+            Action::Delete => self.delete,
+        }
+    }
+}
+
+/// A role's permissions, parsed from its stored `permission` object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Permissions {
+    pub super_user: bool,
+    pub cluster_user: bool,
+    /// database → table → grant.
+    pub tables: HashMap<String, HashMap<String, TableGrant>>,
+}
+
+fn flag(o: &Object, key: &str) -> bool {
+    matches!(o.get(key), Some(Value::Bool(true)))
+}
+
+impl Permissions {
+    /// Allows nothing (anonymous callers, users without a role).
+    pub fn none() -> Self {
+        Permissions::default()
+    }
+
+    /// Allows everything.
+    pub fn all() -> Self {
+        Permissions {
+            super_user: true,
+            ..Permissions::default()
+        }
+    }
+
+    /// Reads a role's `permission` object. Anything malformed grants nothing: roles are
+    /// validated when stored, so this only meets hand-edited records.
+    pub fn from_role(permission: &Value) -> Self {
+        let Value::Object(p) = permission else {
+            return Permissions::none();
+        };
+        let mut out = Permissions {
+            super_user: flag(p, "super_user"),
+            cluster_user: flag(p, "cluster_user"),
+            tables: HashMap::new(),
+        };
+        if out.super_user {
+            return out;
+        }
+        for (database, grant) in p.iter() {
+            let Some(Value::Object(tables)) = grant.get("tables") else {
+                continue;
+            };
+            let db = out.tables.entry(database.to_string()).or_default();
+            for (table, grant) in tables.iter() {
+                let Value::Object(g) = grant else { continue };
+                let mut attributes = HashMap::new();
+                if let Some(Value::Array(items)) = g.get("attribute_permissions") {
+                    for item in items {
+                        let Value::Object(a) = item else { continue };
+                        let Some(Value::String(name)) = a.get("attribute_name") else {
+                            continue;
+                        };
+                        attributes.insert(
+                            name.clone(),
+                            AttributeGrant {
+                                read: flag(a, "read"),
+                                insert: flag(a, "insert"),
+                                update: flag(a, "update"),
+                            },
+                        );
+                    }
+                }
+                db.insert(
+                    table.to_string(),
+                    TableGrant {
+                        read: flag(g, "read"),
+                        insert: flag(g, "insert"),
+                        update: flag(g, "update"),
+                        delete: flag(g, "delete"),
+                        attributes,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    fn grant(&self, database: &str, table: &str) -> Option<&TableGrant> {
+        self.tables.get(database)?.get(table)
+    }
+}
+
+/// A refusal: which table, which table-level and attribute-level rights were missing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denied {
+    pub database: String,
+    pub table: String,
+    pub required_table_permissions: Vec<&'static str>,
+    /// (attribute, right) pairs.
+    pub required_attribute_permissions: Vec<(String, &'static str)>,
+}
+
+impl Denied {
+    fn table(database: &str, table: &str, action: Action) -> Self {
+        Denied {
+            database: database.to_string(),
+            table: table.to_string(),
+            required_table_permissions: vec![action.name()],
+            required_attribute_permissions: Vec::new(),
+        }
+    }
+
+    /// The Operations API's `unauthorized_access` entry (SPEC §4.1).
+    pub fn to_value(&self) -> Value {
+        let mut o = Object::new();
+        o.insert("schema", Value::String(self.database.clone()));
+        o.insert("table", Value::String(self.table.clone()));
+        o.insert(
+            "required_table_permissions",
+            Value::Array(
+                self.required_table_permissions
+                    .iter()
+                    .map(|p| Value::String(p.to_string()))
+                    .collect(),
+            ),
+        );
+        o.insert(
+            "required_attribute_permissions",
+            Value::Array(
+                self.required_attribute_permissions
+                    .iter()
+                    .map(|(name, right)| {
+                        let mut a = Object::new();
+                        a.insert("attribute_name", Value::String(name.clone()));
+                        a.insert(
+                            "required_permissions",
+                            Value::Array(vec![Value::String(right.to_string())]),
+                        );
+                        Value::Object(a)
+                    })
+                    .collect(),
+            ),
+        );
+        Value::Object(o)
+    }
+}
+
+fn is_super(caller: &Caller) -> bool {
+    caller.super_user || caller.permissions.super_user
+}
+
+/// Whether `caller` may do `action` on the table at all (table level).
+pub fn allowed(caller: &Caller, database: &str, table: &str, action: Action) -> bool {
+    if is_super(caller) {
+        return true;
+    }
+    // SPEC §1.5: the system database is for super users only.
+    if database == super::tables::SYSTEM {
+        return false;
+    }
+    caller
+        .permissions
+        .grant(database, table)
+        .is_some_and(|g| g.flag(action))
+}
+
+pub fn can_read(caller: &Caller, database: &str, table: &str) -> bool {
+    allowed(caller, database, table, Action::Read)
+}
+
+pub fn can_insert(caller: &Caller, database: &str, table: &str) -> bool {
+    allowed(caller, database, table, Action::Insert)
+}
+
+pub fn can_update(caller: &Caller, database: &str, table: &str) -> bool {
+    allowed(caller, database, table, Action::Update)
+}
+
+pub fn can_delete(caller: &Caller, database: &str, table: &str) -> bool {
+    allowed(caller, database, table, Action::Delete)
+}
+
+/// Whether the role grants anything on the table (what `describe_*` shows).
+pub fn can_see(caller: &Caller, database: &str, table: &str) -> bool {
+    [Action::Read, Action::Insert, Action::Update, Action::Delete]
+        .into_iter()
+        .any(|a| allowed(caller, database, table, a))
+}
+
+/// Whether the caller's rights on this table differ per attribute (then reads must filter).
+pub fn restricts_attributes(caller: &Caller, database: &str, table: &str) -> bool {
+    !is_super(caller)
+        && caller
+            .permissions
+            .grant(database, table)
+            .is_some_and(|g| !g.attributes.is_empty())
+}
+
+/// Whether `attribute` of the table allows `action` (delete is table-level: same as the table).
+/// `primary_key` gets the union of every attribute's grants; `__createdtime__` and
+/// `__updatedtime__` honour only `read`.
+pub fn attribute_allowed(
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    primary_key: Option<&str>,
+    attribute: &str,
+    action: Action,
+) -> bool {
+    if !allowed(caller, database, table, action) {
+        return false;
+    }
+    if is_super(caller) {
+        return true;
+    }
+    let Some(grant) = caller.permissions.grant(database, table) else {
+        return false;
+    };
+    if grant.attributes.is_empty() || action == Action::Delete {
+        return true;
+    }
+    let of = |a: &AttributeGrant| match action {
+        Action::Read => a.read,
+        Action::Insert => a.insert,
+        Action::Update => a.update,
+        Action::Delete => true,
+    };
+    if matches!(attribute, "__createdtime__" | "__updatedtime__") {
+        return action == Action::Read && grant.attributes.get(attribute).is_none_or(|a| a.read);
+    }
+    if Some(attribute) == primary_key {
+        return grant.attributes.values().any(of);
+    }
+    grant.attributes.get(attribute).is_some_and(of)
+}
+
+/// Checks an action on the table and on each named attribute at once: `Ok`, or everything
+/// that is missing.
+pub fn check<'a>(
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    primary_key: Option<&str>,
+    action: Action,
+    attributes: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Denied> {
+    if !allowed(caller, database, table, action) {
+        return Err(Denied::table(database, table, action));
+    }
+    if !restricts_attributes(caller, database, table) {
+        return Ok(());
+    }
+    let mut denied = Denied {
+        database: database.to_string(),
+        table: table.to_string(),
+        required_table_permissions: Vec::new(),
+        required_attribute_permissions: Vec::new(),
+    };
+    for name in attributes {
+        // A write may carry the stamps the server sets anyway; only reads of them are checked.
+        if action != Action::Read && matches!(name, "__createdtime__" | "__updatedtime__") {
+            continue;
+        }
+        if !attribute_allowed(caller, database, table, primary_key, name, action)
+            && !denied
+                .required_attribute_permissions
+                .iter()
+                .any(|(n, _)| n == name)
+        {
+            denied
+                .required_attribute_permissions
+                .push((name.to_string(), action.name()));
+        }
+    }
+    if denied.required_attribute_permissions.is_empty() {
+        Ok(())
+    } else {
+        Err(denied)
+    }
+}
+
+/// Drops the properties of `record` the caller may not read (SPEC §5.5: reads hide them).
+pub fn filter_readable(
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    primary_key: Option<&str>,
+    record: &mut Value,
+) {
+    if !restricts_attributes(caller, database, table) {
+        return;
+    }
+    if let Value::Object(o) = record {
+        let hidden: Vec<String> = o
+            .iter()
+            .filter(|(k, _)| {
+                !attribute_allowed(caller, database, table, primary_key, k, Action::Read)
+            })
+            .map(|(k, _)| k.to_string())
+            .collect();
+        for k in hidden {
+            o.remove(&k);
+        }
+    }
+}
+
+/// Every attribute a query filter names (the first step of each path).
+pub fn filter_attributes(expr: &crate::query::Expr, out: &mut Vec<String>) {
+    use crate::query::Expr;
+    match expr {
+        Expr::And(items) | Expr::Or(items) => {
+            for e in items {
+                filter_attributes(e, out);
+            }
+        }
+        Expr::Condition(c) => {
+            if let Some(first) = c.path.first() {
+                out.push(first.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn caller(permission: &str) -> Caller {
+        let v = crate::value::json::parse(permission.as_bytes()).expect("test JSON");
+        let p = Permissions::from_role(&v);
+        Caller {
+            username: Some("u".into()),
+            super_user: p.super_user,
+            permissions: Arc::new(p),
+        }
+    }
+
+    /// `expected`: the letters r/i/u/d the table allows; per attribute, the letters r/i/u.
+    fn check_role(permission: &str, table: &str, expected: &str, attributes: &[(&str, &str)]) {
+        let c = caller(permission);
+        let got: String = [
+            (Action::Read, 'r'),
+            (Action::Insert, 'i'),
+            (Action::Update, 'u'),
+            (Action::Delete, 'd'),
+        ]
+        .iter()
+        .filter(|(a, _)| allowed(&c, "dev", table, *a))
+        .map(|(_, l)| *l)
+        .collect();
+        assert_eq!(got, expected, "{permission} on {table}");
+        for (attr, want) in attributes {
+            let got: String = [
+                (Action::Read, 'r'),
+                (Action::Insert, 'i'),
+                (Action::Update, 'u'),
+            ]
+            .iter()
+            .filter(|(a, _)| attribute_allowed(&c, "dev", table, Some("id"), attr, *a))
+            .map(|(_, l)| *l)
+            .collect();
+            assert_eq!(&got, want, "{permission} on {table}.{attr}");
+        }
+    }
+
+    #[test]
+    fn grants() {
+        check_role(r#"{"super_user": true}"#, "dog", "riud", &[("x", "riu")]);
+        check_role(r#"{}"#, "dog", "", &[("x", "")]);
+        let read_dog = r#"{"dev": {"tables": {"dog": {"read": true}}}}"#;
+        check_role(read_dog, "dog", "r", &[("name", "r"), ("id", "r")]);
+        check_role(read_dog, "cat", "", &[("name", "")]);
+        let attrs = r#"{"dev": {"tables": {"dog": {"read": true, "insert": true, "update": true,
+            "delete": false, "attribute_permissions": [
+              {"attribute_name": "name", "read": true, "insert": true, "update": false},
+              {"attribute_name": "secret", "read": false, "insert": false, "update": true}]}}}}"#;
+        check_role(
+            attrs,
+            "dog",
+            "riu",
+            &[
+                ("name", "ri"),
+                ("secret", "u"),
+                ("other", ""),
+                ("id", "riu"),
+                ("__createdtime__", "r"),
+            ],
+        );
+    }
+
+    #[test]
+    fn reads_hide_and_writes_name_what_is_missing() {
+        let c = caller(
+            r#"{"dev": {"tables": {"dog": {"read": true, "insert": true, "attribute_permissions": [
+              {"attribute_name": "name", "read": true, "insert": true}]}}}}"#,
+        );
+        let mut record =
+            crate::value::json::parse(br#"{"id": 1, "name": "a", "secret": "s"}"#).expect("json");
+        filter_readable(&c, "dev", "dog", Some("id"), &mut record);
+        assert_eq!(
+            crate::value::json::to_vec(&record),
+            br#"{"id":1,"name":"a"}"#.to_vec()
+        );
+        let insert = |attrs: &[&str]| {
+            check(
+                &c,
+                "dev",
+                "dog",
+                Some("id"),
+                Action::Insert,
+                attrs.iter().copied(),
+            )
+        };
+        assert_eq!(insert(&["id", "name"]), Ok(()));
+        let denied = insert(&["id", "secret"]).expect_err("secret is not insertable");
+        assert_eq!(
+            denied.required_attribute_permissions,
+            vec![("secret".to_string(), "insert")]
+        );
+        let denied =
+            check(&c, "dev", "dog", Some("id"), Action::Delete, []).expect_err("no delete");
+        assert_eq!(denied.required_table_permissions, vec!["delete"]);
+        // The system database is for super users only, whatever a role says.
+        let c = caller(r#"{"system": {"tables": {"hdb_user": {"read": true}}}}"#);
+        assert!(!can_read(&c, "system", "hdb_user"));
+    }
+}
