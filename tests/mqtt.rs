@@ -25,6 +25,10 @@ struct Mqtt {
 }
 
 fn start_with(args: &[(&str, &str)]) -> Mqtt {
+    start_built(Builder::new(), args)
+}
+
+fn start_built(builder: Builder, args: &[(&str, &str)]) -> Mqtt {
     let app = tempfile::tempdir().expect("app dir");
     std::fs::write(app.path().join("schema.graphql"), SCHEMA).expect("schema");
     std::fs::write(
@@ -32,7 +36,7 @@ fn start_with(args: &[(&str, &str)]) -> Mqtt {
         "rest: true\ngraphqlSchema:\n  files: schema.graphql\n",
     )
     .expect("config");
-    let mut b = Builder::new().app(app.path());
+    let mut b = builder.app(app.path());
     for (k, v) in args {
         b = b.arg(k, v);
     }
@@ -655,4 +659,127 @@ fn paho_v311_and_v5() {
         );
         assert!(got[1].2.contains("paho"), "{got:?}");
     }
+}
+
+/// CONNECT (clean) with a user name and password.
+fn connect_with_credentials(level: u8, id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut body = string("MQTT");
+    body.push(level);
+    body.push(0x02 | 0x80 | 0x40);
+    body.extend_from_slice(&30u16.to_be_bytes());
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend_from_slice(&string(id));
+    body.extend_from_slice(&string(user));
+    body.extend_from_slice(&string(password));
+    packet(0x10, &body)
+}
+
+fn connack_code(raw: &mut Raw) -> u8 {
+    let p = raw.packet().expect("CONNACK");
+    assert_eq!(p[0], 0x20, "{p:?}");
+    p[3]
+}
+
+fn ops(m: &Mqtt, body: serde_json::Value) -> serde_json::Value {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        common::ADMIN_USER,
+        common::ADMIN_PASSWORD
+    ));
+    let r = ureq::post(&m.server.ops_url())
+        .set("Authorization", &format!("Basic {auth}"))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .expect("operation");
+    serde_json::from_str(&r.into_string().expect("body")).expect("json")
+}
+
+/// SPEC §5.6 for MQTT: missing credentials 0x05 / 0x87, wrong ones 0x04 / 0x86; a read-only role
+/// may subscribe but its v5 retained publish gets PUBACK 0x87 and changes nothing.
+#[test]
+fn authentication_and_permissions() {
+    let m = start_built(Builder::new().require_credentials(), &[]);
+    for (level, missing, wrong) in [(4u8, 0x05u8, 0x04u8), (5, 0x87, 0x86)] {
+        let mut raw = Raw::connect(&m, &connect_packet(level, "anon", 30, &[]));
+        assert_eq!(
+            connack_code(&mut raw),
+            missing,
+            "no credentials, level {level}"
+        );
+        let mut raw = Raw::connect(
+            &m,
+            &connect_with_credentials(level, "bad", common::ADMIN_USER, "wrong"),
+        );
+        assert_eq!(
+            connack_code(&mut raw),
+            wrong,
+            "wrong password, level {level}"
+        );
+        let mut raw = Raw::connect(
+            &m,
+            &connect_with_credentials(level, "ok", common::ADMIN_USER, common::ADMIN_PASSWORD),
+        );
+        assert_eq!(connack_code(&mut raw), 0, "super user, level {level}");
+    }
+    ops(
+        &m,
+        serde_json::json!({"operation": "add_role", "role": "dog_reader", "permission": {"super_user": false, "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}}),
+    );
+    ops(
+        &m,
+        serde_json::json!({"operation": "add_user", "username": "reader", "password": "Reader-pass-1", "role": "dog_reader", "active": true}),
+    );
+    ops(
+        &m,
+        serde_json::json!({"operation": "upsert", "table": "Dog", "records": [{"id": "1", "name": "Rex"}]}),
+    );
+    let mut raw = Raw::connect(
+        &m,
+        &connect_with_credentials(5, "reader", "reader", "Reader-pass-1"),
+    );
+    assert_eq!(connack_code(&mut raw), 0);
+    raw.send(&subscribe_packet(5, 1, "Dog/1", 1));
+    let suback = raw.packet().expect("SUBACK");
+    assert_eq!(suback[0], 0x90);
+    assert_eq!(
+        *suback.last().unwrap(),
+        1,
+        "read-only role may subscribe at QoS 1: {suback:?}"
+    );
+    // Then the retained record arrives; skip it.
+    let first = raw.packet().expect("retained state");
+    assert_eq!(first[0] & 0xf0, 0x30);
+    raw.send(&publish_packet(
+        5,
+        0x03,
+        "Dog/1",
+        7,
+        br#"{"name":"Hacked"}"#,
+    ));
+    let puback = loop {
+        let p = raw.packet().expect("PUBACK");
+        if p[0] == 0x40 {
+            break p;
+        }
+    };
+    assert_eq!(
+        puback.get(4).copied(),
+        Some(0x87),
+        "v5 PUBACK not authorized: {puback:?}"
+    );
+    let stored = ops(
+        &m,
+        serde_json::json!({"operation": "search_by_id", "table": "Dog", "ids": ["1"]}),
+    );
+    assert_eq!(stored[0]["name"], "Rex", "nothing changed");
+    // Anonymous access is allowed only when requireAuthentication is off.
+    let open = start_built(
+        Builder::new().require_credentials(),
+        &[("--MQTT_REQUIREAUTHENTICATION", "false")],
+    );
+    let mut raw = Raw::connect(&open, &connect_packet(4, "anon", 30, &[]));
+    assert_eq!(connack_code(&mut raw), 0);
 }

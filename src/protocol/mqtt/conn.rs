@@ -128,14 +128,52 @@ impl Refusal {
 
 /// Who a CONNECT authenticates as. Until the security issue lands every client is accepted as a
 /// super user; the check plugs in here and returns `BadCredentials` / `NotAuthorized` per §5.6.
-pub fn authenticate(connect: &Connect, _require_authentication: bool) -> Result<Caller, Refusal> {
-    let name = connect.username.as_deref().unwrap_or("anonymous");
-    Ok(Caller::super_user(name))
+pub fn authenticate(
+    shared: &MqttShared,
+    connect: &Connect,
+    peer: SocketAddr,
+) -> Result<Caller, Refusal> {
+    use crate::auth::{self, AuthError, Credentials};
+    match &connect.username {
+        Some(user) => {
+            let password = connect
+                .password
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            match auth::authenticate_password(&shared.resources, user, &password, peer) {
+                Ok(caller) => Ok(caller),
+                Err(AuthError::Inactive) => Err(Refusal::NotAuthorized),
+                Err(_) => Err(Refusal::BadCredentials),
+            }
+        }
+        // No credentials: loopback with `authorizeLocal` is the super user; otherwise anonymous,
+        // allowed only when `mqtt.requireAuthentication` is off (and then without permissions).
+        None => match auth::authenticate(
+            &shared.resources,
+            &Credentials {
+                authorization: None,
+                peer,
+                peer_cn: None,
+            },
+        ) {
+            Ok(caller) if !caller.is_anonymous() => Ok(caller),
+            Ok(caller) if !shared.require_authentication => Ok(caller),
+            _ => Err(Refusal::NotAuthorized),
+        },
+    }
 }
 
-/// The action a caller needs on a table (SPEC §5.5); the permission check plugs in here.
-fn permitted(caller: &Caller, _action: &str, _database: &str, _table: &str) -> bool {
-    caller.super_user
+/// Whether `caller` may do `action` on a table (SPEC §5.5: a publish to a record needs update,
+/// to the bare table insert, an empty retained publish delete; subscribing needs read).
+fn permitted(caller: &Caller, action: &str, database: &str, table: &str) -> bool {
+    use crate::resource::permissions;
+    match action {
+        "read" => permissions::can_read(caller, database, table),
+        "insert" => permissions::can_insert(caller, database, table),
+        "delete" => permissions::can_delete(caller, database, table),
+        _ => permissions::can_update(caller, database, table),
+    }
 }
 
 /// A cross-core "close now" signal for takeovers: set from any core, awaited on the owner's.
@@ -622,7 +660,7 @@ pub async fn serve(
     if shared.shutdown.is_triggered() {
         return refuse(Refusal::Unavailable);
     }
-    let caller = match authenticate(&connect, shared.require_authentication) {
+    let caller = match authenticate(&shared, &connect, peer) {
         Ok(c) => c,
         Err(r) => {
             tracing::info!(target: "mqtt", "{peer}: auth-failed for {:?}", connect.username);
