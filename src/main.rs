@@ -234,6 +234,7 @@ fn main() -> ExitCode {
         tree,
         io_driver: cli.io_driver,
         cpus,
+        watch: cli.command == "dev",
     };
     match server::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

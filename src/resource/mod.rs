@@ -68,6 +68,17 @@ impl Caller {
 }
 
 /// Shared by every core: the store, the application, the configuration.
+fn export_map(app: &App) -> HashMap<String, (String, String)> {
+    app.tables
+        .iter()
+        .filter_map(|t| {
+            t.export
+                .clone()
+                .map(|name| (name, (t.database.clone(), t.table.clone())))
+        })
+        .collect()
+}
+
 pub struct Resources {
     pub store: Arc<Store>,
     pub app: Arc<App>,
@@ -75,7 +86,8 @@ pub struct Resources {
     /// The effective settings as a tree (`get_configuration`); defaults until the server sets it.
     pub config_tree: ConfigTree,
     /// Export name → (database, table).
-    exports: HashMap<String, (String, String)>,
+    /// Read per request, replaced whole when `tidepool dev` reloads the schema.
+    exports: std::sync::RwLock<HashMap<String, (String, String)>>,
     /// Bumped by every user or role change; authentication caches drop entries from an older
     /// generation (SPEC §5.1: a change clears every core's cache).
     auth_generation: AtomicU64,
@@ -85,15 +97,7 @@ pub struct Resources {
 
 impl Resources {
     pub fn new(store: Arc<Store>, app: Arc<App>, config: Arc<Config>) -> Self {
-        let exports = app
-            .tables
-            .iter()
-            .filter_map(|t| {
-                t.export
-                    .clone()
-                    .map(|name| (name, (t.database.clone(), t.table.clone())))
-            })
-            .collect();
+        let exports = std::sync::RwLock::new(export_map(&app));
         Resources {
             store,
             app,
@@ -103,6 +107,14 @@ impl Resources {
             auth_generation: AtomicU64::new(0),
             auth: crate::auth::State::default(),
         }
+    }
+
+    /// Applies a reloaded application (`tidepool dev`): creates and migrates its tables, then
+    /// serves its exports. Blocking: call it from a plain thread, never an executor.
+    pub fn reload_app(&self, app: &App) -> Result<(), crate::store::StoreError> {
+        self.store.apply_schema(&app.tables)?;
+        *self.exports.write().unwrap_or_else(|e| e.into_inner()) = export_map(app);
+        Ok(())
     }
 
     /// The current users-and-roles generation.
@@ -123,7 +135,9 @@ impl Resources {
 
     /// The table exported under `name` (case-sensitive), with its database.
     pub fn export(&self, name: &str) -> Option<(Arc<Database>, Arc<Table>)> {
-        let (db, table) = self.exports.get(name)?;
+        // Held only for the two lookups below; no await in between.
+        let exports = self.exports.read().unwrap_or_else(|e| e.into_inner());
+        let (db, table) = exports.get(name)?;
         let db = self.store.database(db)?;
         let table = db.table(table)?;
         Some((db, table))

@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub io_driver: IoDriver,
     /// One executor per CPU listed.
     pub cpus: Vec<usize>,
+    /// `tidepool dev`: watch the application folder and re-apply its schema live.
+    pub watch: bool,
 }
 
 /// Per-core counters, each written only by its own core and read by anyone (`/health?verbose`).
@@ -284,6 +286,15 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
     notify::send("READY=1");
+    if opts.watch {
+        let resources = shared.resources.clone();
+        let dir = opts.app_dir.clone();
+        let shutdown = shared.shutdown.clone();
+        std::thread::Builder::new()
+            .name("dev-watch".into())
+            .spawn(move || dev_watch(dir, resources, shutdown))
+            .map_err(|e| RunError::Invalid(format!("cannot start the dev watcher: {e}")))?;
+    }
     if let Some(interval) = notify::watchdog_interval() {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -473,6 +484,67 @@ async fn core_main(
     // Let this core's connections finish; the main thread enforces the overall deadline.
     while open.get() > 0 {
         tidepool_io::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How often `tidepool dev` looks at the application folder.
+const DEV_POLL: Duration = Duration::from_millis(300);
+
+/// A cheap fingerprint of the application folder: every file's path, size and modification time.
+fn folder_fingerprint(dir: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((folder, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.path());
+        for entry in entries.into_iter().take(10_000) {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if depth < 8 {
+                    stack.push((path, depth + 1));
+                }
+                continue;
+            }
+            path.hash(&mut hasher);
+            meta.len().hash(&mut hasher);
+            meta.modified().ok().hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// `tidepool dev`: re-applies the application's schema whenever its files change. A broken file
+/// logs its error (file:line:column) and the last good state keeps serving. Runs on its own
+/// thread: loading files and migrating tables block.
+fn dev_watch(dir: PathBuf, resources: Arc<crate::resource::Resources>, shutdown: Shutdown) {
+    let mut seen = folder_fingerprint(&dir);
+    while !shutdown.is_triggered() {
+        std::thread::sleep(DEV_POLL);
+        let now = folder_fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match crate::schema::load_app(&dir) {
+            Err(e) => tracing::error!(
+                "dev reload of {}: {e}; keeping the last good schema",
+                dir.display()
+            ),
+            Ok(app) => match resources.reload_app(&app) {
+                Ok(()) => {
+                    tracing::info!(target: NOTIFY, "dev reload: applied {} tables from {}", app.tables.len(), dir.display())
+                }
+                Err(e) => tracing::error!(
+                    "dev reload of {}: {e}; keeping the last good schema",
+                    dir.display()
+                ),
+            },
+        }
     }
 }
 

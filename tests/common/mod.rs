@@ -37,6 +37,7 @@ pub struct Builder {
     /// `authentication.authorizeLocal`: on by default so tests without credentials act as the
     /// super user from loopback; security tests turn it off.
     authorize_local: bool,
+    subcommand: &'static str,
 }
 
 impl Builder {
@@ -48,7 +49,13 @@ impl Builder {
             root: None,
             wrapper: Vec::new(),
             authorize_local: true,
+            subcommand: "run",
         }
+    }
+    /// `tidepool dev` instead of `tidepool run`.
+    pub fn dev(mut self) -> Self {
+        self.subcommand = "dev";
+        self
     }
     /// Credential-less loopback requests are anonymous (`authorizeLocal: false`).
     pub fn require_credentials(mut self) -> Self {
@@ -90,7 +97,10 @@ impl Builder {
             c.args(&self.wrapper[1..]).arg(BIN);
             c
         };
-        cmd.arg("run").arg(&self.app).arg("--root").arg(root);
+        cmd.arg(self.subcommand)
+            .arg(&self.app)
+            .arg("--root")
+            .arg(root);
         let has = |k: &str| self.args.iter().any(|a| a == k);
         if !has("--HTTP_PORT") {
             cmd.args(["--HTTP_PORT", "127.0.0.1:0"]);
