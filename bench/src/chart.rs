@@ -259,9 +259,16 @@ fn draw(chart: &Chart) -> String {
         r##"<text x="20" y="42" fill="#555">{}</text>"##,
         escape(&chart.subtitle)
     );
-    // Legend.
+    // Legend: the servers with at least one bar (one measured only for memory has none).
     let mut x = 20.0;
     for (i, name) in chart.servers.iter().enumerate() {
+        if !chart
+            .rows
+            .iter()
+            .any(|r| r.bars.iter().any(|b| b.server == i))
+        {
+            continue;
+        }
         let colour = COLOURS.get(i).copied().unwrap_or("#000");
         let _ = writeln!(
             s,
@@ -378,8 +385,9 @@ mod tests {
         }
     }
 
-    const TWO: &str = r#"{"title":"t <1>","subtitle":"s","server_order":["tidepool","harperdb"],
-        "servers":{"harperdb":{},"tidepool":{}},
+    const TWO: &str = r#"{"title":"t <1>","subtitle":"s",
+        "server_order":["tidepool","harperdb","mosquitto"],
+        "servers":{"harperdb":{},"tidepool":{},"mosquitto":{}},
         "workloads":[
           {"name":"GET by id","unit":"req/s","results":{
             "tidepool":{"throughput_median":20000,"p99_us_median":900},
@@ -423,6 +431,8 @@ mod tests {
     fn skips_rows_without_numbers() {
         let svg = render(TWO).unwrap_or_default();
         assert!(!svg.contains(">skipped<"), "{svg}");
+        // A server without bars stays out of the legend.
+        assert!(!svg.contains(">mosquitto<"), "{svg}");
         // Three bars drawn in each of the two panels, less the missing PUT latency.
         assert_eq!(svg.matches("height=\"11.0\"").count(), 5, "{svg}");
     }
