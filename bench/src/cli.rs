@@ -34,6 +34,7 @@ USAGE:
   tidepool-bench mqtt-fanout --target HOST:PORT [--target ...] [--topic T] [--subs N] [--messages M]
   tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M]
   tidepool-bench ws|sse --target HOST:PORT --subscribers N --events E [--path /Dog/] [--body-bytes B] [--json]
+  tidepool-bench chart --in RESULTS.json --out CHART.svg
 
 WORKLOAD:
   --threads T          load threads (default: one per --cpus entry, else 1)
@@ -44,6 +45,9 @@ WORKLOAD:
   --body-file F        request body, read once (adds Content-Length)
   --header 'K: V'      extra header, repeatable
   --auth USER:PASS     Authorization: Basic
+  --mix PCT:METHOD:PATH  send this request instead for PCT % of the request numbers, e.g.
+                       --mix 10:PUT:/Dog/{n} for 90/10 reads and writes ({n} as in --path)
+  --mix-body-file F    body of the --mix request
   --pipeline K         requests in flight per connection (default 1)
   --warmup S           seconds before measuring (default 0 for http, 1 for compare-http)
   --io-driver D        uring, epoll or auto (default auto)
@@ -64,6 +68,17 @@ pub struct Workload {
     /// One load thread per entry, pinned to that CPU.
     pub cpus: Vec<usize>,
     pub driver: IoDriver,
+    /// A second request mixed in at a share (`--mix`).
+    pub mix: Option<Mix>,
+}
+
+/// The request `--mix` sends for `percent` of the request numbers.
+#[derive(Debug, Clone)]
+pub struct Mix {
+    pub percent: u8,
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
 }
 
 /// Where to send a workload: the resolved address and the `Host` header to name it by.
@@ -96,6 +111,11 @@ pub enum Command {
         listen: SocketAddr,
         cores: Option<usize>,
         driver: IoDriver,
+    },
+    /// Draws the SVG chart of a `bench/compare` results file.
+    Chart {
+        input: String,
+        output: String,
     },
     Help,
 }
@@ -248,6 +268,10 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 json: flags.json,
             }
         }
+        "chart" => Command::Chart {
+            input: flags.require("in")?,
+            output: flags.require("out")?,
+        },
         other => bail!("unknown subcommand {other:?}\n\n{USAGE}"),
     };
     flags.finish()?;
@@ -282,18 +306,8 @@ fn workload(flags: &mut Flags, warmup_default_s: f64) -> Result<Workload> {
     if connections < threads {
         bail!("--conns {connections} is fewer than the {threads} load threads");
     }
-    let method = flags.take("method").unwrap_or_else(|| "GET".into());
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        bail!("--method {method:?}: expected an upper-case token such as GET");
-    }
-    let path = flags.take("path").unwrap_or_else(|| "/".into());
-    if path.is_empty()
-        || path
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        bail!("--path {path:?}: expected a request target without spaces");
-    }
+    let method = check_method(flags.take("method").unwrap_or_else(|| "GET".into()))?;
+    let path = check_path(flags.take("path").unwrap_or_else(|| "/".into()))?;
     let headers = flags.take_all("header");
     if headers.len() > HEADERS_MAX {
         bail!("at most {HEADERS_MAX} --header flags");
@@ -312,17 +326,26 @@ fn workload(flags: &mut Flags, warmup_default_s: f64) -> Result<Workload> {
         bail!("--auth expects USER:PASS");
     }
     let body = match flags.take("body-file") {
-        Some(path) => {
-            let size = std::fs::metadata(&path)
-                .with_context(|| format!("--body-file {path}"))?
-                .len();
-            if size > BODY_BYTES_MAX {
-                bail!("--body-file {path}: {size} bytes, over the {BODY_BYTES_MAX}-byte limit");
-            }
-            std::fs::read(&path).with_context(|| format!("--body-file {path}"))?
-        }
+        Some(path) => body_file(&path, "--body-file")?,
         None => Vec::new(),
     };
+    let mix_body = match flags.take("mix-body-file") {
+        Some(path) => Some(body_file(&path, "--mix-body-file")?),
+        None => None,
+    };
+    let mix = match (flags.take("mix"), mix_body) {
+        (Some(spec), body) => Some(mix(&spec, body.unwrap_or_default())?),
+        (None, Some(_)) => bail!("--mix-body-file needs --mix"),
+        (None, None) => None,
+    };
+    // A HEAD answer has no body whatever its headers say, and the response parser is told so
+    // once per run, so HEAD cannot share a run with another method.
+    if mix
+        .as_ref()
+        .is_some_and(|m| method == "HEAD" || m.method == "HEAD")
+    {
+        bail!("--mix cannot be combined with HEAD");
+    }
     let driver = driver(flags.take("io-driver"))?;
     Ok(Workload {
         method,
@@ -336,6 +359,51 @@ fn workload(flags: &mut Flags, warmup_default_s: f64) -> Result<Workload> {
         pipeline,
         cpus,
         driver,
+        mix,
+    })
+}
+
+fn check_method(method: String) -> Result<String> {
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        bail!("--method {method:?}: expected an upper-case token such as GET");
+    }
+    Ok(method)
+}
+
+fn check_path(path: String) -> Result<String> {
+    if path.is_empty()
+        || path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        bail!("--path {path:?}: expected a request target without spaces");
+    }
+    Ok(path)
+}
+
+fn body_file(path: &str, flag: &str) -> Result<Vec<u8>> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("{flag} {path}"))?
+        .len();
+    if size > BODY_BYTES_MAX {
+        bail!("{flag} {path}: {size} bytes, over the {BODY_BYTES_MAX}-byte limit");
+    }
+    std::fs::read(path).with_context(|| format!("{flag} {path}"))
+}
+
+/// `--mix PCT:METHOD:PATH` (the path may hold colons, so it is the rest after the second).
+fn mix(spec: &str, body: Vec<u8>) -> Result<Mix> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(percent), Some(method), Some(path)) = (parts.next(), parts.next(), parts.next())
+    else {
+        bail!("--mix {spec:?}: expected PCT:METHOD:PATH, e.g. 10:PUT:/Dog/{{n}}");
+    };
+    let percent = number(percent, "--mix percent", 0, 100)?;
+    Ok(Mix {
+        percent: u8::try_from(percent).unwrap_or(100),
+        method: check_method(method.to_string())?,
+        path: check_path(path.to_string())?,
+        body,
     })
 }
 
@@ -414,8 +482,9 @@ mod tests {
         let args: Vec<String> = line.split_whitespace().map(String::from).collect();
         let got = match parse(&args) {
             Ok(Command::Http { target, workload: w, json }) => format!(
-                "http {} conns={} dur={:?} warmup={:?} pipeline={} cpus={:?} {} {} headers={:?} json={json}",
-                target.addr, w.connections, w.duration, w.warmup, w.pipeline, w.cpus, w.method, w.path, w.headers
+                "http {} conns={} dur={:?} warmup={:?} pipeline={} cpus={:?} {} {} headers={:?} json={json}{}",
+                target.addr, w.connections, w.duration, w.warmup, w.pipeline, w.cpus, w.method, w.path, w.headers,
+                w.mix.map(|m| format!(" mix={}:{}:{} body={}", m.percent, m.method, m.path, m.body.len())).unwrap_or_default()
             ),
             Ok(Command::Compare { a, b, rounds, workload: w, .. }) => format!(
                 "compare {} {} rounds={rounds} warmup={:?} cpus={:?}",
@@ -428,6 +497,7 @@ mod tests {
                 "fanout {:?} {} {} subs={} events={} body={} json={json}",
                 w.transport, w.target, w.path, w.subscribers, w.events, w.body_bytes
             ),
+            Ok(Command::Chart { input, output }) => format!("chart {input} {output}"),
             Ok(Command::Help) => "help".into(),
             Err(e) => format!("error: {e}"),
         };
@@ -461,6 +531,32 @@ mod tests {
             "baseline 127.0.0.1:0 cores=Some(1) Epoll",
         );
         check("", "help");
+        check("chart --in r.json --out c.svg", "chart r.json c.svg");
+        check("chart --in r.json", "error: --out is required");
+        check(
+            "http --target 127.0.0.1:1 --conns 1 --duration 1 --mix 10:put:/x",
+            "error: --method \"put\": expected an upper-case token such as GET",
+        );
+        check(
+            "http --target 127.0.0.1:80 --conns 4 --duration 1 --cpus 0 --mix 10:PUT:/Dog/{n}?a=b:c",
+            "http 127.0.0.1:80 conns=4 dur=1s warmup=0ns pipeline=1 cpus=[0] GET / headers=[] json=false mix=10:PUT:/Dog/{n}?a=b:c body=0",
+        );
+        check(
+            "http --target 127.0.0.1:1 --conns 1 --duration 1 --mix-body-file Cargo.toml",
+            "error: --mix-body-file needs --mix",
+        );
+        check(
+            "http --target 127.0.0.1:1 --conns 1 --duration 1 --mix 101:PUT:/x",
+            "error: --mix percent 101: expected 0 to 100",
+        );
+        check(
+            "http --target 127.0.0.1:1 --conns 1 --duration 1 --mix 10:PUT",
+            "error: --mix \"10:PUT\": expected PCT:METHOD:PATH, e.g. 10:PUT:/Dog/{n}",
+        );
+        check(
+            "http --target 127.0.0.1:1 --conns 1 --duration 1 --method HEAD --mix 10:PUT:/x",
+            "error: --mix cannot be combined with HEAD",
+        );
         check("http --conns 1 --duration 1", "error: --target is required");
         check(
             "http --target 127.0.0.1:1 --conns 1 --duration 3601",

@@ -39,7 +39,7 @@ const COLLECT_GRACE: Duration = Duration::from_secs(10);
 /// Everything a load thread needs, shared read-only by all of them.
 struct Plan {
     addr: SocketAddr,
-    request: crate::request::Template,
+    request: crate::request::Requests,
     head_request: bool,
     pipeline: usize,
     /// Connections per core, by core index.
@@ -52,13 +52,22 @@ struct Plan {
 /// Runs `workload` against `target` and returns what it measured.
 pub fn run(target: &Target, workload: &Workload) -> Result<Report> {
     let threads = workload.cpus.len();
-    let request = crate::request::Template::new(
-        &workload.method,
-        &workload.path,
-        &target.host,
-        &workload.headers,
-        workload.auth.as_deref(),
-        &workload.body,
+    let template = |method: &str, path: &str, body: &[u8]| {
+        crate::request::Template::new(
+            method,
+            path,
+            &target.host,
+            &workload.headers,
+            workload.auth.as_deref(),
+            body,
+        )
+    };
+    let request = crate::request::Requests::new(
+        template(&workload.method, &workload.path, &workload.body),
+        workload
+            .mix
+            .as_ref()
+            .map(|m| (template(&m.method, &m.path, &m.body), m.percent)),
     );
     let connections = (0..threads)
         .map(|core| {

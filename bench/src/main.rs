@@ -2,10 +2,12 @@
 //!
 //! `http` drives keep-alive HTTP/1.1 load at any server and reports requests/s, latency
 //! percentiles, status counts and errors; `compare-http` alternates the same load between two
-//! servers; `ws` and `sse` measure real-time fan-out (one writer, N subscribers); `baseline` is the minimal responder on tidepool-io that marks the ceiling. See
-//! README.md for how to pin and read the numbers.
+//! servers; `ws` and `sse` measure real-time fan-out (one writer, N subscribers); `baseline` is
+//! the minimal responder on tidepool-io that marks the ceiling; `chart` draws the SVG of a
+//! `bench/compare` results file. See README.md for how to pin and read the numbers.
 
 mod baseline;
+mod chart;
 mod cli;
 mod compare;
 mod http1;
@@ -61,6 +63,7 @@ fn main() -> Result<()> {
                 println!("{}", report.table());
             }
         }
+        cli::Command::Chart { input, output } => chart::run(&input, &output)?,
         cli::Command::Baseline {
             listen,
             cores,

@@ -6,6 +6,9 @@
 //!
 //! A path may hold one `{n}` ([`NUMBER_MARK`]): the request is then a [`Template`] split around it,
 //! and each send writes a number there (`PUT /Dog/{n}` writes distinct ids), without allocating.
+//!
+//! [`Requests`] mixes a second request in at a fixed share (`--mix 10:PUT:/Dog/{n}` for 90/10
+//! reads and writes), chosen per request number so the share holds on every connection.
 
 /// Where a path takes the per-request number.
 pub const NUMBER_MARK: &str = "{n}";
@@ -69,6 +72,43 @@ impl Template {
             out.extend_from_slice(tail);
         }
     }
+}
+
+/// The requests of one run: the main one and, with `--mix`, another sent for `percent` of the
+/// request numbers.
+#[derive(Debug, Clone)]
+pub struct Requests {
+    main: Template,
+    mix: Option<(Template, u8)>,
+}
+
+impl Requests {
+    pub fn new(main: Template, mix: Option<(Template, u8)>) -> Requests {
+        Requests { main, mix }
+    }
+
+    /// Bytes one request takes at most, whichever is picked.
+    pub fn len_max(&self) -> usize {
+        let mix = self.mix.as_ref().map_or(0, |(t, _)| t.len_max());
+        self.main.len_max().max(mix)
+    }
+
+    /// Appends the request that number `n` picks, with `n` in place of `{n}`.
+    pub fn write(&self, n: u64, out: &mut Vec<u8>) {
+        match &self.mix {
+            Some((other, percent)) if picks(n, *percent) => other.write(n, out),
+            _ => self.main.write(n, out),
+        }
+    }
+}
+
+/// Whether request number `n` takes the mixed-in request. The numbers of one connection are an
+/// arithmetic sequence (`c + k * connections`); `n % 100` would give some connections none and
+/// others a multiple, so a multiplicative (Fibonacci) hash spreads them first and its top 32 bits
+/// are scaled to 0..100.
+fn picks(n: u64, percent: u8) -> bool {
+    let spread = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    (spread * 100) >> 32 < u64::from(percent)
 }
 
 /// Builds the request bytes. `headers` are `Name: value` lines as given on the command line.
@@ -195,6 +235,52 @@ mod tests {
             &put("/Dog/18446744073709551615/x?{n}"),
         );
         check_template("/Dog/1", &[5, 6], &(put("/Dog/1") + &put("/Dog/1")));
+    }
+
+    /// The share of `count` numbers of one connection (`first`, `first + stride`, ...) that
+    /// take the mixed-in request at `percent`, in percent.
+    fn check_mix(percent: u8, first: u64, stride: u64, expected_low: f64, expected_high: f64) {
+        let count = 10_000u64;
+        let picked = (0..count)
+            .filter(|k| picks(first + k * stride, percent))
+            .count();
+        let share = picked as f64 * 100.0 / count as f64;
+        assert!(
+            (expected_low..=expected_high).contains(&share),
+            "{percent}% stride {stride} from {first}: {share}%"
+        );
+    }
+
+    #[test]
+    fn mix_shares() {
+        check_mix(10, 0, 1, 9.0, 11.0);
+        check_mix(10, 3, 64, 9.0, 11.0);
+        check_mix(10, 0, 10, 9.0, 11.0);
+        check_mix(10, 7, 1000, 9.0, 11.0);
+        check_mix(50, 1, 2, 48.0, 52.0);
+        check_mix(0, 0, 1, 0.0, 0.0);
+        check_mix(100, 0, 1, 100.0, 100.0);
+    }
+
+    #[test]
+    fn mixed_requests() {
+        let get = Template::new("GET", "/Dog/{n}", "h:1", &[], None, b"");
+        let put = Template::new("PUT", "/Dog/{n}", "h:1", &[], None, b"{}");
+        let requests = Requests::new(get, Some((put, 10)));
+        let mut out = Vec::new();
+        let mut puts = 0;
+        for n in 0..1000 {
+            out.clear();
+            requests.write(n, &mut out);
+            assert!(out.len() <= requests.len_max());
+            let text = String::from_utf8_lossy(&out);
+            if text.starts_with(&format!("PUT /Dog/{n} ")) {
+                puts += 1;
+            } else {
+                assert!(text.starts_with(&format!("GET /Dog/{n} ")), "{text}");
+            }
+        }
+        assert!((80..=120).contains(&puts), "{puts} PUTs of 1000");
     }
 
     #[test]
