@@ -6,6 +6,7 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod query;
+pub mod replication;
 pub mod resource;
 pub mod schema;
 pub mod server;

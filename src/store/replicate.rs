@@ -285,6 +285,15 @@ impl ReadTxn<'_> {
         Ok((out, last))
     }
 
+    /// The newest position in this node's audit log, if any.
+    pub fn audit_last(&self) -> Result<Option<f64>, StoreError> {
+        Ok(self
+            .db
+            .audit
+            .last(&self.txn)?
+            .and_then(|(k, _)| layout::version_from_audit_key(k)))
+    }
+
     /// Every stored entry of `table`, tombstones and expired records included, in key order.
     pub fn raw_records(&self, table: &Table) -> Result<Vec<RawRecord>, StoreError> {
         let mut out = Vec::new();
