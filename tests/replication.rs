@@ -1,0 +1,304 @@
+//! Replication (SPEC §7) between real server processes on one machine, each node on its own
+//! loopback address (127.0.0.1, .2, .3, .4) with the same replication port: writes reach every
+//! node, a killed node catches up exactly, a node added with `add_node` gets a copy and is linked
+//! to the rest by gossip, concurrent writes converge, and local-only data stays local.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Builder, Server};
+use serde_json::{json, Value};
+
+const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey name: String @indexed n: Int }
+type Cat @table @export { id: ID @primaryKey name: String }
+type Local @table(replicate: false) @export { id: ID @primaryKey v: Int }
+type Secret @table(database: \"private\") @export { id: ID @primaryKey v: Int }";
+
+fn app() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("app dir");
+    std::fs::write(dir.path().join("schema.graphql"), SCHEMA).expect("schema");
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "graphqlSchema:\n  files: '*.graphql'\n",
+    )
+    .expect("config");
+    dir
+}
+
+/// A port free on 127.0.0.1 (and, almost surely, on the other loopback addresses).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Node {
+    name: String,
+    server: Server,
+}
+
+fn start(
+    app: &tempfile::TempDir,
+    name: &str,
+    ip: &str,
+    port: u16,
+    routes: &[&str],
+    root: Option<tempfile::TempDir>,
+) -> Node {
+    let routes: Vec<String> = routes.iter().map(|r| format!("{r}:{port}")).collect();
+    let mut b = Builder::new()
+        .app(app.path())
+        .arg("--REPLICATION_HOSTNAME", name)
+        .arg("--REPLICATION_PORT", &format!("{ip}:{port}"))
+        .arg("--REPLICATION_DATABASES", "[\"data\", \"system\"]")
+        .arg(
+            "--REPLICATION_ROUTES",
+            &serde_json::to_string(&routes).expect("routes"),
+        )
+        .arg("--LOGGING_LEVEL", "info");
+    if let Some(root) = root {
+        b = b.root(root);
+    }
+    Node {
+        name: name.into(),
+        server: b.start(),
+    }
+}
+
+fn op(node: &Node, body: Value) -> (u16, Value) {
+    let resp = match ureq::post(&node.server.ops_url())
+        .timeout(Duration::from_secs(30))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{} {body}: {e}", node.name),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn put(node: &Node, path: &str, body: Value) {
+    let url = node.server.url(path);
+    match ureq::put(&url)
+        .timeout(Duration::from_secs(10))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(_) => {}
+        Err(e) => panic!("PUT {url} on {}: {e}", node.name),
+    }
+}
+
+fn get(node: &Node, path: &str) -> Option<Value> {
+    match ureq::get(&node.server.url(path))
+        .timeout(Duration::from_secs(10))
+        .call()
+    {
+        Ok(r) => serde_json::from_str(&r.into_string().ok()?).ok(),
+        Err(_) => None,
+    }
+}
+
+/// Every record of every table of `data` and `private` on `node`, keyed and sorted, for
+/// comparing nodes.
+fn checksum(node: &Node) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for (db, table) in [("data", "Dog"), ("data", "Cat"), ("data", "Local"), ("private", "Secret")] {
+        let (status, rows) = op(
+            node,
+            json!({"operation": "search_by_value", "database": db, "table": table,
+                   "search_attribute": "id", "search_value": "*", "get_attributes": ["*"]}),
+        );
+        assert_eq!(status, 200, "{}: {rows}", node.name);
+        for row in rows.as_array().cloned().unwrap_or_default() {
+            let id = row.get("id").map(|v| v.to_string()).unwrap_or_default();
+            out.insert(format!("{db}.{table}/{id}"), row);
+        }
+    }
+    out
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+/// Every other node shows a connected `data` socket in `cluster_status` on `node`.
+fn linked(node: &Node, others: &[&Node]) -> bool {
+    let (_, status) = op(node, json!({"operation": "cluster_status"}));
+    others.iter().all(|o| {
+        status["connections"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["name"] == o.name.as_str()
+                    && c["database_sockets"].as_array().is_some_and(|s| {
+                        s.iter().any(|s| s["database"] == "data" && s["connected"] == true)
+                    })
+            })
+        })
+    })
+}
+
+fn dog_name(node: &Node, id: &str) -> Option<String> {
+    get(node, &format!("/Dog/{id}")).and_then(|v| v["name"].as_str().map(str::to_string))
+}
+
+#[test]
+fn three_nodes_converge_and_local_data_stays_local() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2", "127.0.0.3"], None);
+    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
+    let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    let nodes = [&a, &b, &c];
+    wait_until("a full mesh", Duration::from_secs(20), || {
+        linked(&a, &[&b, &c]) && linked(&b, &[&a, &c]) && linked(&c, &[&a, &b])
+    });
+
+    // A write on any node is readable on the others within 1 s (p99 over 1,000 writes).
+    let mut lags_ms: Vec<f64> = Vec::with_capacity(2000);
+    for i in 0..1000 {
+        let writer = nodes[i % 3];
+        let id = format!("w{i}");
+        put(writer, &format!("/Dog/{id}"), json!({"name": format!("dog{i}"), "n": i}));
+        let written = Instant::now();
+        for reader in nodes.iter().filter(|n| n.name != writer.name) {
+            loop {
+                if dog_name(reader, &id).as_deref() == Some(&format!("dog{i}")) {
+                    lags_ms.push(written.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+                assert!(
+                    written.elapsed() < Duration::from_secs(10),
+                    "write {id} on {} not on {} after 10 s",
+                    writer.name,
+                    reader.name
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    lags_ms.sort_by(f64::total_cmp);
+    let p50 = lags_ms[lags_ms.len() / 2];
+    let p99 = lags_ms[lags_ms.len() * 99 / 100];
+    eprintln!("replication lag over {} reads: p50 {p50:.1} ms, p99 {p99:.1} ms", lags_ms.len());
+    assert!(p99 < 1000.0, "p99 lag {p99} ms");
+
+    // Concurrent conflicting writes converge on every node (last writer wins).
+    for round in 0..20 {
+        let id = format!("conflict{round}");
+        let urls: Vec<String> = nodes.iter().map(|n| n.server.url(&format!("/Dog/{id}"))).collect();
+        std::thread::scope(|s| {
+            for (k, url) in urls.iter().enumerate() {
+                s.spawn(move || {
+                    let _ = ureq::put(url)
+                        .set("Content-Type", "application/json")
+                        .send_string(&json!({"name": format!("from{k}")}).to_string());
+                });
+            }
+        });
+    }
+    // Local-only data: a replicate:false table and a database left out of replication.databases.
+    put(&a, "/Local/1", json!({"v": 1}));
+    put(&a, "/Secret/1", json!({"v": 1}));
+    put(&a, "/Dog/last", json!({"name": "marker"}));
+    wait_until("the marker everywhere", Duration::from_secs(10), || {
+        nodes.iter().all(|n| dog_name(n, "last").as_deref() == Some("marker"))
+    });
+    wait_until("converged conflicts", Duration::from_secs(10), || {
+        (0..20).all(|r| {
+            let id = format!("conflict{r}");
+            let names: Vec<Option<String>> = nodes.iter().map(|n| dog_name(n, &id)).collect();
+            names[0].is_some() && names.iter().all(|x| x == &names[0])
+        })
+    });
+    assert!(get(&b, "/Local/1").is_none() && get(&c, "/Local/1").is_none());
+    assert!(get(&b, "/Secret/1").is_none() && get(&c, "/Secret/1").is_none());
+    assert!(get(&a, "/Local/1").is_some() && get(&a, "/Secret/1").is_some());
+    let sa = checksum(&a);
+    let sb = checksum(&b);
+    assert_eq!(sa.len(), sb.len() + 2, "A has exactly the two local records more");
+    assert_eq!(sb, checksum(&c));
+}
+
+#[test]
+fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2", "127.0.0.3"], None);
+    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
+    let mut c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    wait_until("a full mesh", Duration::from_secs(20), || {
+        linked(&a, &[&b, &c]) && linked(&b, &[&a, &c]) && linked(&c, &[&a, &b])
+    });
+    put(&a, "/Dog/before", json!({"name": "before"}));
+    wait_until("first write on C", Duration::from_secs(5), || {
+        dog_name(&c, "before").is_some()
+    });
+
+    // kill -9 C, write 10,000 records across A and B, restart C on the same root.
+    c.server.signal(libc_sigkill());
+    let _ = c.server.wait_exit(Duration::from_secs(5));
+    for batch in 0..100 {
+        let writer = if batch % 2 == 0 { &a } else { &b };
+        let records: Vec<Value> = (0..100)
+            .map(|i| json!({"id": format!("k{}", batch * 100 + i), "name": format!("n{batch}-{i}"), "n": i}))
+            .collect();
+        let (status, reply) = op(
+            writer,
+            json!({"operation": "upsert", "database": "data", "table": "Dog", "records": records}),
+        );
+        assert_eq!(status, 200, "{reply}");
+    }
+    let root_c = std::mem::replace(&mut c.server.root, tempfile::tempdir().expect("tmp"));
+    drop(c);
+    let c = start(&app, "node-c", "127.0.0.3", port, &[], Some(root_c));
+    wait_until("C caught up to the same data", Duration::from_secs(60), || {
+        let sa = checksum(&a);
+        sa.len() > 10_000 && sa == checksum(&b) && sa == checksum(&c)
+    });
+
+    // A fourth, empty node added with add_node on A only: it gets the initial copy, then live
+    // data, and gossip links it to B and C.
+    let d = start(&app, "node-d", "127.0.0.4", port, &[], None);
+    let (status, reply) = op(
+        &a,
+        json!({"operation": "add_node", "hostname": "127.0.0.4", "port": port}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["message"], "Successfully added '127.0.0.4' to cluster");
+    wait_until("D has the copy", Duration::from_secs(60), || {
+        checksum(&d) == checksum(&a)
+    });
+    put(&b, "/Dog/after-d", json!({"name": "live"}));
+    wait_until("live data on D", Duration::from_secs(10), || {
+        dog_name(&d, "after-d").as_deref() == Some("live")
+    });
+    wait_until("gossip links D to B and C", Duration::from_secs(20), || {
+        linked(&d, &[&a, &b, &c])
+    });
+
+    // remove_node: A drops D, and writes on A no longer reach D directly (others may relay, so
+    // remove D everywhere).
+    for n in [&a, &b, &c] {
+        let (status, reply) = op(n, json!({"operation": "remove_node", "hostname": "node-d"}));
+        assert!(status == 200 || status == 404, "{reply}");
+    }
+    let (status, _) = op(&a, json!({"operation": "remove_node", "hostname": "nobody"}));
+    assert_eq!(status, 404);
+}
+
+fn libc_sigkill() -> i32 {
+    9
+}
