@@ -31,6 +31,8 @@ USAGE:
   tidepool-bench http --target HOST:PORT --conns N --duration S [WORKLOAD] [--json]
   tidepool-bench compare-http --a HOST:PORT --b HOST:PORT --rounds R --duration S --conns N [WORKLOAD] [--json]
   tidepool-bench baseline --listen HOST:PORT [--cores N] [--io-driver uring|epoll|auto]
+  tidepool-bench mqtt-fanout --target HOST:PORT [--target ...] [--topic T] [--subs N] [--messages M]
+  tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M]
 
 WORKLOAD:
   --threads T          load threads (default: one per --cpus entry, else 1)

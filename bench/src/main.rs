@@ -10,6 +10,7 @@ mod cli;
 mod compare;
 mod http1;
 mod load;
+mod mqtt;
 mod report;
 mod request;
 
@@ -17,6 +18,11 @@ use anyhow::Result;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("mqtt-fanout") => return mqtt::fanout(&args[1..]),
+        Some("mqtt-retained") => return mqtt::retained(&args[1..]),
+        _ => {}
+    }
     match cli::parse(&args)? {
         cli::Command::Help => print!("{}", cli::USAGE),
         cli::Command::Http {

@@ -2,5 +2,6 @@
 //! reach tables only through the resource layer.
 
 pub mod http;
+pub mod mqtt;
 pub mod ops;
 pub mod rest;

@@ -7,6 +7,7 @@
 //! requests finish up to the deadline, exit 0; a second signal exits 1 at once.
 
 mod lock;
+mod mqtt;
 mod notify;
 mod replication;
 mod router;
@@ -168,6 +169,8 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         .map_err(|e| RunError::Invalid(format!("cannot install the SIGHUP handler: {e}")))?;
     }
     let ports = Arc::new(ports);
+    let mqtt_port = mqtt::bind(config.mqtt_port.map(|a| a.0), cores, config.share_ports)?;
+    let fanout = Arc::new(mqtt::InterimFanout::new(cores));
 
     let limits = Limits {
         header_bytes_max: config.http.header_bytes_max,
@@ -184,8 +187,11 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store_options.sync = config.storage.sync;
     store_options.queue_time_max = config.storage.max_transaction_queue_time;
     store_options.commit_batch_max = config.storage.commit_batch_max;
-    let publisher: Publisher = Arc::new(|_commit| {
-        // Subscriptions (real-time issue) will fan commits out to every core's inbox from here.
+    let publisher_fanout = fanout.clone();
+    let publisher: Publisher = Arc::new(move |commit| {
+        // Subscriptions (real-time issue) will fan commits out to every core's inbox from here;
+        // until then MQTT's interim fan-out does.
+        publisher_fanout.publish(commit);
     });
     let store = Store::open(store_options, publisher)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
@@ -212,6 +218,17 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         config,
     });
 
+    let mqtt = Arc::new(mqtt::Mqtt {
+        port: mqtt_port,
+        shared: Arc::new(crate::protocol::mqtt::conn::MqttShared::new(
+            shared.resources.clone(),
+            usize::try_from(shared.config.http.body_bytes_max).unwrap_or(usize::MAX),
+            mqtt::require_authentication(&opts.tree),
+            shared.shutdown.clone(),
+        )),
+        fanout,
+    });
+
     // Signals are taken on this (main) thread, never on an executor.
     let mut signals = TerminationSignals::install()
         .map_err(|e| RunError::Invalid(format!("cannot install signal handlers: {e}")))?;
@@ -220,8 +237,14 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     runtime.thread_name = "http".into();
     let core_shared = shared.clone();
     let core_ports = ports.clone();
+    let core_mqtt = mqtt.clone();
     let (driver, handles) = start_cores(&runtime, move |ctx| {
-        core_main(ctx, core_shared.clone(), core_ports.clone())
+        core_main(
+            ctx,
+            core_shared.clone(),
+            core_ports.clone(),
+            core_mqtt.clone(),
+        )
     })
     .map_err(|e| RunError::Invalid(format!("cannot start executors: {e}")))?;
 
@@ -233,6 +256,9 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             None => ("", port.kind.name()),
         };
         tracing::info!(target: NOTIFY, "{scheme}{name} listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
+    }
+    if let Some(port) = &mqtt.port {
+        tracing::info!(target: NOTIFY, "MQTT (mqtt.network.port) listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
     }
     tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
     notify::send("READY=1");
@@ -354,8 +380,14 @@ fn write_default_config(root: &std::path::Path, _tree: &ConfigTree) {
     }
 }
 
-async fn core_main(ctx: CoreContext, shared: Arc<Shared>, ports: Arc<Vec<BoundPort>>) {
+async fn core_main(
+    ctx: CoreContext,
+    shared: Arc<Shared>,
+    ports: Arc<Vec<BoundPort>>,
+    mqtt: Arc<mqtt::Mqtt>,
+) {
     let core = ctx.core.0;
+    mqtt.start_core(core);
     let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
     for port in ports.iter() {
         let std_listener = port

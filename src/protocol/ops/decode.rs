@@ -108,6 +108,8 @@ pub struct SearchByValue {
     pub limit: Option<u64>,
     pub offset: u64,
     pub desc: bool,
+    /// Tidepool extension: answer the plan and its statistics instead of the records.
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +122,8 @@ pub struct SearchByConditions {
     pub get_attributes: Attributes,
     pub limit: Option<u64>,
     pub offset: u64,
+    /// Tidepool extension: answer the plan and its statistics instead of the records.
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -420,6 +424,7 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             limit: f.opt_u64("limit")?,
             offset: f.opt_u64("offset")?.unwrap_or(0),
             desc: f.opt_bool("desc")?.unwrap_or(false),
+            explain: f.opt_bool("explain")?.unwrap_or(false),
         }),
         "search_by_conditions" => Operation::SearchByConditions(f.search_by_conditions()?),
         "transaction" if top => {
@@ -806,6 +811,7 @@ impl<'a> Fields<'a> {
             get_attributes: self.get_attributes()?,
             limit: self.opt_u64("limit")?,
             offset: self.opt_u64("offset")?.unwrap_or(0),
+            explain: self.opt_bool("explain")?.unwrap_or(false),
         })
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::decode::{from_json, Write, WriteKind};
-use super::{admin, cluster, message, temp_search, OpError, Operation};
+use super::{admin, cluster, message, search, OpError, Operation, Reply};
 use crate::resource::nosql::{self, PutKind, RecordWrite, WriteSummary};
 use crate::resource::tables::{self, AttributeSpec};
 use crate::resource::{users, Caller, Resources};
@@ -141,9 +141,9 @@ pub async fn execute(
     resources: &Arc<Resources>,
     caller: &Caller,
     op: Operation,
-) -> Result<Value, OpError> {
+) -> Result<Reply, OpError> {
     let r: &Resources = resources;
-    Ok(match op {
+    Ok(Reply::Value(match op {
         Operation::DescribeAll => from_json(&tables::describe_all(r)?),
         Operation::DescribeDatabase { database } => {
             from_json(&tables::describe_database(r, &database)?)
@@ -238,9 +238,12 @@ pub async fn execute(
             &ids,
             get_attributes.as_deref(),
         )?),
-        Operation::SearchByValue(search) => Value::Array(temp_search::by_value(r, &search)?),
-        Operation::SearchByConditions(search) => {
-            Value::Array(temp_search::by_conditions(r, &search)?)
+        // Planned here, run by the envelope straight into the response body.
+        Operation::SearchByValue(s) => {
+            return search::by_value(r, &s).map(|p| Reply::Search(Box::new(p)))
+        }
+        Operation::SearchByConditions(s) => {
+            return search::by_conditions(r, &s).map(|p| Reply::Search(Box::new(p)))
         }
         Operation::ListRoles => Value::Array(users::list_roles(r)?),
         Operation::AddRole {
@@ -309,5 +312,5 @@ pub async fn execute(
             };
             return Err(OpError::new(501, text));
         }
-    })
+    }))
 }

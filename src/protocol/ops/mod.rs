@@ -10,7 +10,7 @@ mod admin;
 mod cluster;
 pub mod decode;
 mod exec;
-mod temp_search;
+pub mod search;
 
 use std::sync::Arc;
 
@@ -27,6 +27,14 @@ pub struct OpError {
     pub message: String,
     /// For 403: `unauthorized_access` and `invalid_schema_items`.
     pub forbidden: Option<(Vec<Value>, Vec<Value>)>,
+}
+
+/// A successful operation's answer: a value encoded whole, or a search whose records are encoded
+/// into the response as they are read (§4.1 "searches stream a JSON array").
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    Value(Value),
+    Search(Box<search::Prepared>),
 }
 
 /// The 403 message of §4.1.
@@ -225,10 +233,20 @@ pub async fn handle(
             Err(e) => Err(e),
         },
     };
+    // A search runs here, after every await: its read transaction opens and closes inside `write`.
+    let result = match result {
+        Ok(Reply::Search(search)) => search.write(reply_type, &mut resp.body).map(|()| None),
+        Ok(Reply::Value(value)) => Ok(Some(value)),
+        Err(e) => Err(e),
+    };
     match result {
-        Ok(reply) => {
+        Ok(Some(reply)) => {
             resp.status = 200;
             encode(&reply, reply_type, resp);
+        }
+        Ok(None) => {
+            resp.status = 200;
+            resp.header("Content-Type", reply_type.content_type());
         }
         Err(e) => {
             resp.status = e.status;
@@ -242,7 +260,7 @@ pub async fn run(
     resources: &Arc<Resources>,
     caller: &Caller,
     op: Operation,
-) -> Result<Value, OpError> {
+) -> Result<Reply, OpError> {
     if op.super_user_only() && !caller.super_user {
         return Err(OpError::forbidden(format!(
             "Operation '{}' is restricted to 'super_user' roles",
@@ -448,6 +466,7 @@ mod tests {
                 limit: None,
                 offset: 0,
                 desc: false,
+                explain: false,
             })),
         );
         check_decode(

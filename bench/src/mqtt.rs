@@ -1,0 +1,392 @@
+//! MQTT workloads (3.1.1 over TCP) against any broker at host:port — tidepool or a peer such as
+//! Mosquitto — run one after another in one invocation so the figures share a machine state.
+//!
+//! - `fanout`: one publisher, `--subs` subscribers on one topic, `--messages` QoS 0 messages;
+//!   reports deliveries/s and publish→delivery latency percentiles.
+//! - `retained`: `--pubs` publishers each writing retained QoS 1 messages to their own topic
+//!   `<prefix>/<n>`, `--subs` subscribers on `<prefix>/#`; reports acknowledged publishes/s and
+//!   deliveries/s.
+//!
+//! Blocking sockets, one thread per client: simple, and bounded by `CLIENTS_MAX`. Every wait has
+//! a deadline (`--timeout`), so a broker that drops messages ends the run with a count, not a hang.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Most subscriber or publisher connections in one workload.
+pub const CLIENTS_MAX: usize = 5000;
+/// Most messages per publisher.
+pub const MESSAGES_MAX: u64 = 10_000_000;
+
+pub const USAGE: &str = "\
+  tidepool-bench mqtt-fanout --target HOST:PORT [--target HOST:PORT ...] [--topic T] [--subs N] [--messages M] [--timeout S]
+  tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M] [--timeout S]
+";
+
+struct Settings {
+    targets: Vec<(String, SocketAddr)>,
+    topic: String,
+    subs: usize,
+    pubs: usize,
+    messages: u64,
+    timeout: Duration,
+}
+
+fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
+    let mut s = Settings {
+        targets: Vec::new(),
+        topic: default_topic.to_string(),
+        subs: 1000,
+        pubs: 10,
+        messages: 1000,
+        timeout: Duration::from_secs(60),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--target" => {
+                let addr = value
+                    .to_socket_addrs()
+                    .with_context(|| format!("--target {value}"))?
+                    .next()
+                    .ok_or_else(|| anyhow!("--target {value}: no address"))?;
+                s.targets.push((value.clone(), addr));
+            }
+            "--topic" | "--prefix" => s.topic = value.clone(),
+            "--subs" => s.subs = value.parse()?,
+            "--pubs" => s.pubs = value.parse()?,
+            "--messages" => s.messages = value.parse()?,
+            "--timeout" => s.timeout = Duration::from_secs_f64(value.parse()?),
+            other => bail!("unknown flag {other}\n{USAGE}"),
+        }
+    }
+    if s.targets.is_empty() {
+        bail!("at least one --target\n{USAGE}");
+    }
+    if s.subs == 0 || s.subs > CLIENTS_MAX || s.pubs == 0 || s.pubs > CLIENTS_MAX {
+        bail!("--subs and --pubs must be 1..={CLIENTS_MAX}");
+    }
+    if s.messages == 0 || s.messages > MESSAGES_MAX {
+        bail!("--messages must be 1..={MESSAGES_MAX}");
+    }
+    Ok(s)
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut n = body.len();
+    loop {
+        let mut b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// One blocking MQTT 3.1.1 client.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, id: &str, timeout: Duration) -> Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        let mut c = Client {
+            stream,
+            buf: Vec::with_capacity(8192),
+        };
+        let mut body = Vec::new();
+        string(&mut body, "MQTT");
+        body.extend_from_slice(&[4, 0x02, 0, 0]);
+        string(&mut body, id);
+        c.stream.write_all(&packet(0x10, &body))?;
+        let (first, rest) = c.next()?;
+        if first != 0x20 || rest.get(1) != Some(&0) {
+            bail!("{addr}: CONNACK refused ({first:02x} {rest:02x?})");
+        }
+        Ok(c)
+    }
+
+    /// The next packet: (first byte, everything after the length).
+    fn next(&mut self) -> Result<(u8, Vec<u8>)> {
+        loop {
+            if let Some((len, head)) = self.whole() {
+                let first = self.buf[0];
+                let body = self.buf[head..len].to_vec();
+                self.buf.drain(..len);
+                return Ok((first, body));
+            }
+            let mut chunk = [0u8; 16384];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                bail!("connection closed");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn whole(&self) -> Option<(usize, usize)> {
+        let mut n = 0usize;
+        for i in 1..5 {
+            let b = *self.buf.get(i)?;
+            n |= usize::from(b & 0x7f) << (7 * (i - 1));
+            if b & 0x80 == 0 {
+                let total = i + 1 + n;
+                return (self.buf.len() >= total).then_some((total, i + 1));
+            }
+        }
+        None
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: u8) -> Result<()> {
+        let mut body = vec![0, 1];
+        string(&mut body, filter);
+        body.push(qos);
+        self.stream.write_all(&packet(0x82, &body))?;
+        loop {
+            let (first, _) = self.next()?;
+            if first == 0x90 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        id: u16,
+        payload: &[u8],
+    ) -> Result<()> {
+        let mut body = Vec::with_capacity(topic.len() + payload.len() + 4);
+        string(&mut body, topic);
+        if qos > 0 {
+            body.extend_from_slice(&id.to_be_bytes());
+        }
+        body.extend_from_slice(payload);
+        self.stream
+            .write_all(&packet(0x30 | (qos << 1) | u8::from(retain), &body))?;
+        Ok(())
+    }
+}
+
+fn now_us(origin: Instant) -> u64 {
+    origin.elapsed().as_micros() as u64
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Subscribers read until they have `expected` publishes or the deadline passes; the first
+/// retained ones (initial state) are not counted. Returns per-delivery latencies in µs.
+fn spawn_subscribers(
+    addr: SocketAddr,
+    filter: &str,
+    count: usize,
+    expected: u64,
+    qos: u8,
+    origin: Instant,
+    s: &Settings,
+    ready: Arc<Barrier>,
+) -> Result<Vec<std::thread::JoinHandle<Vec<u64>>>> {
+    let mut handles = Vec::with_capacity(count);
+    for n in 0..count {
+        let mut c = Client::connect(addr, &format!("bench-sub-{n}"), s.timeout)?;
+        c.subscribe(filter, qos)?;
+        let ready = ready.clone();
+        let deadline = s.timeout;
+        handles.push(
+            std::thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    ready.wait();
+                    let mut latencies = Vec::with_capacity(expected as usize);
+                    let end = Instant::now() + deadline;
+                    while (latencies.len() as u64) < expected && Instant::now() < end {
+                        let Ok((first, body)) = c.next() else { break };
+                        if first >> 4 != 3 {
+                            continue;
+                        }
+                        if first & 0x06 != 0 {
+                            // QoS 1: acknowledge with the packet id after the topic.
+                            let tlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                            let id = [body[2 + tlen], body[3 + tlen]];
+                            let _ = c.stream.write_all(&[0x40, 2, id[0], id[1]]);
+                        }
+                        if first & 1 == 1 {
+                            continue;
+                        }
+                        // Payload: {"t":<µs since origin>,...}
+                        let text = String::from_utf8_lossy(&body);
+                        if let Some(t) = text
+                            .split("\"t\":")
+                            .nth(1)
+                            .and_then(|r| r.split([',', '}']).next())
+                            .and_then(|v| v.parse::<u64>().ok())
+                        {
+                            latencies.push(now_us(origin).saturating_sub(t));
+                        }
+                    }
+                    latencies
+                })?,
+        );
+    }
+    Ok(handles)
+}
+
+fn report(
+    name: &str,
+    target: &str,
+    elapsed: Duration,
+    expected: u64,
+    mut latencies: Vec<u64>,
+    extra: &str,
+) {
+    latencies.sort_unstable();
+    let delivered = latencies.len() as u64;
+    println!(
+        "{name:<14} {target:<22} delivered {delivered}/{expected} in {:.2}s = {:>9.0}/s  latency p50 {} µs p99 {} µs max {} µs{extra}",
+        elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0),
+    );
+}
+
+pub fn fanout(args: &[String]) -> Result<()> {
+    let s = parse(args, "Dog/bench")?;
+    for (name, addr) in &s.targets {
+        let origin = Instant::now();
+        let ready = Arc::new(Barrier::new(s.subs + 1));
+        let handles = spawn_subscribers(
+            *addr,
+            &s.topic,
+            s.subs,
+            s.messages,
+            0,
+            origin,
+            &s,
+            ready.clone(),
+        )?;
+        let mut publisher = Client::connect(*addr, "bench-pub", s.timeout)?;
+        ready.wait();
+        let start = Instant::now();
+        for n in 0..s.messages {
+            let payload = format!("{{\"t\":{},\"n\":{n}}}", now_us(origin));
+            publisher.publish(&s.topic, 0, false, 0, payload.as_bytes())?;
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow!("subscriber thread panicked"))?,
+            );
+        }
+        report(
+            "fanout",
+            name,
+            start.elapsed(),
+            s.messages * s.subs as u64,
+            all,
+            &format!("  ({} subs)", s.subs),
+        );
+    }
+    Ok(())
+}
+
+pub fn retained(args: &[String]) -> Result<()> {
+    let mut s = parse(args, "Dog")?;
+    if s.subs == 1000 {
+        s.subs = 10;
+    }
+    for (name, addr) in &s.targets {
+        let origin = Instant::now();
+        let filter = format!("{}/#", s.topic);
+        let total = s.messages * s.pubs as u64;
+        let ready = Arc::new(Barrier::new(s.subs + s.pubs + 1));
+        let handles =
+            spawn_subscribers(*addr, &filter, s.subs, total, 0, origin, &s, ready.clone())?;
+        let acked = Arc::new(AtomicU64::new(0));
+        let mut pubs = Vec::new();
+        for p in 0..s.pubs {
+            let mut c = Client::connect(*addr, &format!("bench-rpub-{p}"), s.timeout)?;
+            let topic = format!("{}/bench-{p}", s.topic);
+            let ready = ready.clone();
+            let acked = acked.clone();
+            let messages = s.messages;
+            pubs.push(std::thread::spawn(move || -> Result<()> {
+                ready.wait();
+                // One QoS 1 publish in flight per publisher: each waits for its PUBACK (commit).
+                for n in 0..messages {
+                    let payload = format!("{{\"t\":{},\"n\":{n}}}", now_us(origin));
+                    c.publish(&topic, 1, true, (n % 65535 + 1) as u16, payload.as_bytes())?;
+                    loop {
+                        let (first, _) = c.next()?;
+                        if first == 0x40 {
+                            break;
+                        }
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }));
+        }
+        ready.wait();
+        let start = Instant::now();
+        for p in pubs {
+            p.join()
+                .map_err(|_| anyhow!("publisher thread panicked"))??;
+        }
+        let publish_s = start.elapsed().as_secs_f64();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow!("subscriber thread panicked"))?,
+            );
+        }
+        let acks = acked.load(Ordering::Relaxed);
+        report(
+            "retained",
+            name,
+            start.elapsed(),
+            total * s.subs as u64,
+            all,
+            &format!(
+                "  ({} pubs × {} subs; {acks} acked publishes = {:.0}/s)",
+                s.pubs,
+                s.subs,
+                acks as f64 / publish_s
+            ),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! MQTT topics as tidepool names them: `<export>` or `<export>/<id>`, and subscription filters
+//! over them (SPEC §6.1, §6.3).
+//!
+//! A [`Filter`] is validated once at SUBSCRIBE and then trusted; [`PublishTopic`] does the same for
+//! inbound PUBLISH. Neither looks up exports: callers check the export name against the app.
+
+use std::fmt;
+
+/// Levels in one filter. Reaching it makes the filter invalid (v5 `0x8F`).
+pub const FILTER_LEVELS_MAX: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicError {
+    /// Empty, a wildcard in the wrong place, or no export name first.
+    Invalid(&'static str),
+    /// `$share/<group>/<filter>`: not supported yet (v5 `0x9E`).
+    Shared,
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicError::Invalid(m) => write!(f, "invalid topic: {m}"),
+            TopicError::Shared => f.write_str("shared subscriptions are not supported"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `+`: exactly one level.
+    One,
+    /// `#`: this level and everything below (last only).
+    Rest,
+}
+
+/// A validated subscription filter whose first level is a literal export name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    raw: String,
+    export: String,
+    /// The levels after the export.
+    levels: Vec<Segment>,
+}
+
+impl Filter {
+    pub fn parse(raw: &str) -> Result<Filter, TopicError> {
+        if raw.starts_with("$share/") {
+            return Err(TopicError::Shared);
+        }
+        if raw.is_empty() {
+            return Err(TopicError::Invalid("empty filter"));
+        }
+        let mut parts = raw.split('/');
+        let export = parts.next().unwrap_or_default();
+        if export.is_empty() || export.contains(['+', '#']) {
+            return Err(TopicError::Invalid(
+                "the first level must be an export name",
+            ));
+        }
+        let mut levels = Vec::new();
+        let mut ended = false;
+        for part in parts {
+            if ended {
+                return Err(TopicError::Invalid("'#' must be the last level"));
+            }
+            if levels.len() == FILTER_LEVELS_MAX {
+                return Err(TopicError::Invalid("too many levels"));
+            }
+            levels.push(match part {
+                "+" => Segment::One,
+                "#" => {
+                    ended = true;
+                    Segment::Rest
+                }
+                p if p.contains(['+', '#']) => {
+                    return Err(TopicError::Invalid("a wildcard inside a level"))
+                }
+                p => Segment::Literal(p.to_string()),
+            });
+        }
+        Ok(Filter {
+            raw: raw.to_string(),
+            export: export.to_string(),
+            levels,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn export(&self) -> &str {
+        &self.export
+    }
+
+    /// The single record this filter names when it has no wildcard (`T/x` → `x`).
+    pub fn exact_id(&self) -> Option<String> {
+        if self.levels.is_empty() {
+            return None;
+        }
+        let mut id = String::new();
+        for (i, s) in self.levels.iter().enumerate() {
+            let Segment::Literal(l) = s else { return None };
+            if i > 0 {
+                id.push('/');
+            }
+            id.push_str(l);
+        }
+        Some(id)
+    }
+
+    /// Whether the filter can match any record (not only bare-table messages).
+    pub fn matches_records(&self) -> bool {
+        !self.levels.is_empty()
+    }
+
+    /// Whether an event on `export` with record `id` (None: the bare table topic) matches.
+    pub fn matches(&self, export: &str, id: Option<&str>) -> bool {
+        if export != self.export {
+            return false;
+        }
+        let mut levels = self.levels.iter();
+        let Some(id) = id else {
+            // `T` matches `T`, and so does `T/#` (a parent matches its multi-level wildcard).
+            return matches!(levels.next(), None | Some(Segment::Rest));
+        };
+        let mut parts = id.split('/');
+        loop {
+            match (levels.next(), parts.next()) {
+                (Some(Segment::Rest), _) => return true,
+                (None, None) => return true,
+                (Some(Segment::One), Some(_)) => {}
+                (Some(Segment::Literal(l)), Some(p)) if l == p => {}
+                (None, Some(_)) | (Some(_), _) => return false,
+            }
+        }
+    }
+}
+
+/// An inbound PUBLISH topic: `<export>` or `<export>/<id>`, no wildcards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishTopic<'a> {
+    pub export: &'a str,
+    pub id: Option<&'a str>,
+}
+
+impl<'a> PublishTopic<'a> {
+    pub fn parse(raw: &'a str) -> Result<Self, TopicError> {
+        if raw.contains(['+', '#']) {
+            return Err(TopicError::Invalid("wildcards in a publish topic"));
+        }
+        let (export, id) = match raw.split_once('/') {
+            Some((e, id)) => (e, Some(id)),
+            None => (raw, None),
+        };
+        if export.is_empty() || id == Some("") {
+            return Err(TopicError::Invalid("empty level"));
+        }
+        Ok(PublishTopic { export, id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cases`: (event topic, expected match) for `filter`.
+    fn check(filter: &str, cases: &[(&str, bool)]) {
+        let f = Filter::parse(filter).unwrap_or_else(|e| panic!("{filter}: {e}"));
+        for (topic, want) in cases {
+            let t = PublishTopic::parse(topic).unwrap();
+            assert_eq!(f.matches(t.export, t.id), *want, "{filter} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn matching() {
+        check(
+            "Dog/1",
+            &[
+                ("Dog/1", true),
+                ("Dog/10", false),
+                ("Dog", false),
+                ("Cat/1", false),
+            ],
+        );
+        check(
+            "Dog/#",
+            &[
+                ("Dog/1", true),
+                ("Dog/a/b", true),
+                ("Dog", true),
+                ("Dogs/1", false),
+            ],
+        );
+        check(
+            "Dog/+",
+            &[("Dog/1", true), ("Dog/a/b", false), ("Dog", false)],
+        );
+        check(
+            "Sensor/+/temp",
+            &[
+                ("Sensor/a/temp", true),
+                ("Sensor/a/b/temp", false),
+                ("Sensor/a", false),
+            ],
+        );
+        check("Dog", &[("Dog", true), ("Dog/1", false)]);
+        check(
+            "Dog/x/#",
+            &[("Dog/x", true), ("Dog/x/y", true), ("Dog/xy", false)],
+        );
+        check("Dog/a.b", &[("Dog/a.b", true), ("Dog/a", false)]);
+    }
+
+    #[test]
+    fn invalid_filters() {
+        for (raw, err) in [
+            ("", TopicError::Invalid("empty filter")),
+            (
+                "#",
+                TopicError::Invalid("the first level must be an export name"),
+            ),
+            (
+                "+/x",
+                TopicError::Invalid("the first level must be an export name"),
+            ),
+            ("Dog/#/x", TopicError::Invalid("'#' must be the last level")),
+            ("Dog/a+", TopicError::Invalid("a wildcard inside a level")),
+            ("$share/g/Dog/1", TopicError::Shared),
+        ] {
+            assert_eq!(Filter::parse(raw), Err(err), "{raw:?}");
+        }
+        assert_eq!(
+            Filter::parse("Dog/a/b").unwrap().exact_id().as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(Filter::parse("Dog/+").unwrap().exact_id(), None);
+        assert!(PublishTopic::parse("Dog/#").is_err());
+        assert!(PublishTopic::parse("Dog/").is_err());
+        assert_eq!(
+            PublishTopic::parse("Dog/a/b").unwrap(),
+            PublishTopic {
+                export: "Dog",
+                id: Some("a/b")
+            }
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! MQTT start-up: the `mqtt.network.port` listeners (one SO_REUSEPORT socket per core, like the
+//! HTTP ports), each core's accept loop, and the interim fan-out of committed changes to the
+//! cores' MQTT sessions.
+//!
+//! **Interim fan-out.** Until the real-time core (`src/pubsub/`) lands, [`InterimFanout`] is the
+//! minimum needed for live events: the store's publisher sends every commit to every core's inbox
+//! over a `tidepool_io::mesh`, and each core's dispatcher hands it to its MQTT sessions, which
+//! match filters by a linear scan. It is meant to be replaced by pubsub's registry and fan-out.
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tidepool_io::{bind_listeners, mesh, race, spawn, Either, Inbox, Listener, MeshSender};
+
+use super::RunError;
+use crate::protocol::mqtt::conn::{self, MqttShared, Sessions};
+use crate::store::Commit;
+
+/// Commits queued per core inbox; past it a core misses that commit and a `warn` says so.
+pub const FANOUT_QUEUE_MAX: usize = 4096;
+/// Commits one dispatcher pass hands to sessions before yielding.
+const DISPATCH_BATCH_MAX: usize = 256;
+
+pub struct MqttPort {
+    pub addr: SocketAddr,
+    listeners: Mutex<Vec<Option<StdTcpListener>>>,
+}
+
+/// Binds `mqtt.network.port` once per core, unless it is null.
+pub fn bind(
+    addr: Option<SocketAddr>,
+    cores: usize,
+    shared: bool,
+) -> Result<Option<MqttPort>, RunError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let (listeners, bound) = bind_listeners(addr, cores, shared)
+        .map_err(|e| RunError::Bind(format!("MQTT port: {e}")))?;
+    Ok(Some(MqttPort {
+        addr: bound,
+        listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
+    }))
+}
+
+/// The interim commit fan-out (see the module documentation).
+pub struct InterimFanout {
+    sender: MeshSender<Arc<Commit>>,
+    inboxes: Mutex<Vec<Option<Inbox<Arc<Commit>>>>>,
+}
+
+impl InterimFanout {
+    pub fn new(cores: usize) -> Self {
+        let (sender, inboxes) = mesh(cores, FANOUT_QUEUE_MAX);
+        InterimFanout {
+            sender,
+            inboxes: Mutex::new(inboxes.into_iter().map(Some).collect()),
+        }
+    }
+
+    /// Called on the writer thread for each commit; never blocks.
+    pub fn publish(&self, commit: Arc<Commit>) {
+        for core in 0..self.sender.core_count() {
+            if self.sender.send(core, commit.clone()).is_err() {
+                tracing::warn!(target: "mqtt", "core {core}: change inbox full ({FANOUT_QUEUE_MAX}); a commit was not delivered to its MQTT subscribers");
+            }
+        }
+    }
+
+    fn take_inbox(&self, core: usize) -> Option<Inbox<Arc<Commit>>> {
+        self.inboxes.lock().ok()?.get_mut(core)?.take()
+    }
+}
+
+/// Starts this core's MQTT accept loop and change dispatcher.
+pub fn start_core(core: usize, port: &MqttPort, shared: Arc<MqttShared>, fanout: &InterimFanout) {
+    let sessions = Rc::new(Sessions::new());
+    if let Some(inbox) = fanout.take_inbox(core) {
+        spawn(dispatch_loop(inbox, sessions.clone(), shared.clone()));
+    }
+    let std_listener = port
+        .listeners
+        .lock()
+        .ok()
+        .and_then(|mut l| l.get_mut(core).and_then(Option::take));
+    let Some(std_listener) = std_listener else {
+        tracing::error!("core {core}: no MQTT listener for {}", port.addr);
+        return;
+    };
+    match Listener::from_std(std_listener) {
+        Ok(listener) => spawn(accept_loop(listener, shared, sessions, core)),
+        Err(e) => tracing::error!("core {core}: cannot adopt MQTT listener {}: {e}", port.addr),
+    }
+}
+
+async fn dispatch_loop(inbox: Inbox<Arc<Commit>>, sessions: Rc<Sessions>, shared: Arc<MqttShared>) {
+    let mut batch = Vec::with_capacity(DISPATCH_BATCH_MAX);
+    loop {
+        match race(
+            inbox.recv_batch(&mut batch, DISPATCH_BATCH_MAX),
+            shared.shutdown.wait(),
+        )
+        .await
+        {
+            Either::Left(_) => {}
+            Either::Right(()) => return,
+        }
+        for commit in batch.drain(..) {
+            sessions.dispatch(&shared, &commit);
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<MqttShared>,
+    sessions: Rc<Sessions>,
+    core: usize,
+) {
+    loop {
+        let accepted = match race(listener.accept(), shared.shutdown.wait()).await {
+            Either::Left(result) => result,
+            Either::Right(()) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracing::debug!(target: "mqtt", "core {core}: connection from {peer}");
+                spawn(conn::serve(stream, peer, shared.clone(), sessions.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("MQTT accept failed on core {core}: {e}");
+                tidepool_io::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What `server::run` hands every core for MQTT.
+pub struct Mqtt {
+    pub port: Option<MqttPort>,
+    pub shared: Arc<MqttShared>,
+    pub fanout: Arc<InterimFanout>,
+}
+
+impl Mqtt {
+    pub fn start_core(&self, core: usize) {
+        if let Some(port) = &self.port {
+            start_core(core, port, self.shared.clone(), &self.fanout);
+        }
+    }
+}
+
+/// `mqtt.requireAuthentication` (default true), read from the configuration tree until `Config`
+/// carries it.
+pub fn require_authentication(tree: &crate::config::ConfigTree) -> bool {
+    tree.get("mqtt.requireAuthentication")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true)
+}
