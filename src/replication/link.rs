@@ -197,10 +197,11 @@ pub fn run(
     // Databases exchanged: ours, and the peer's that our `replication.databases` allows.
     let mut databases = my_databases;
     for d in message::strings_from(hello.get("databases")) {
-        if repl.settings.databases.includes(&d) && !databases.contains(&d) {
-            if repl.store.open_database(&d).is_ok() {
-                databases.push(d);
-            }
+        if repl.settings.databases.includes(&d)
+            && !databases.contains(&d)
+            && repl.store.open_database(&d).is_ok()
+        {
+            databases.push(d);
         }
     }
     let start_time = dialled.and_then(|t| t.start_time);
@@ -533,10 +534,7 @@ impl Control {
         let dbs: Vec<String> = self.inbound.keys().cloned().collect();
         let mut waited = !wait;
         for db in dbs {
-            loop {
-                let Some(inbound) = self.inbound.get_mut(&db) else {
-                    break;
-                };
+            while let Some(inbound) = self.inbound.get_mut(&db) {
                 let Some(front) = inbound.pending.front_mut() else {
                     break;
                 };
@@ -1031,7 +1029,7 @@ impl Sender {
                     let ptr = Arc::as_ptr(&table.def) as usize;
                     if announced.get(&e.table) != Some(&ptr) {
                         announced.insert(e.table.clone(), ptr);
-                        self.send_schema(&[table.clone()])?;
+                        self.send_schema(std::slice::from_ref(&table))?;
                     }
                     entries.push(e);
                 }

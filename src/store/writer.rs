@@ -142,6 +142,9 @@ pub(super) enum Job {
     Stop,
 }
 
+/// A record as a put stored it: the value and its expiry, for the audit entry.
+type Stored = (Value, Option<f64>);
+
 /// One request of a commit group: a local write or a replicated one.
 enum Item {
     Local(
@@ -638,7 +641,7 @@ impl Writer {
         expires_in_s: Option<f64>,
         version: f64,
         scratch: &mut Scratch,
-    ) -> Result<(OpResult, Option<(Value, Option<f64>)>), WriteError> {
+    ) -> Result<(OpResult, Option<Stored>), WriteError> {
         let Value::Object(body) = record else {
             return Err(WriteError::Invalid("Record must be an object".into()));
         };
