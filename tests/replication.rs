@@ -59,6 +59,18 @@ fn start(
     routes: &[&str],
     root: Option<tempfile::TempDir>,
 ) -> Node {
+    start_with(app, name, ip, port, routes, root, &[])
+}
+
+fn start_with(
+    app: &tempfile::TempDir,
+    name: &str,
+    ip: &str,
+    port: u16,
+    routes: &[&str],
+    root: Option<tempfile::TempDir>,
+    extra: &[(&str, String)],
+) -> Node {
     let routes: Vec<String> = routes.iter().map(|r| format!("{r}:{port}")).collect();
     let mut b = Builder::new()
         .app(app.path())
@@ -70,6 +82,9 @@ fn start(
             &serde_json::to_string(&routes).expect("routes"),
         )
         .arg("--LOGGING_LEVEL", "info");
+    for (k, v) in extra {
+        b = b.arg(k, v);
+    }
     if let Some(root) = root {
         b = b.root(root);
     }
@@ -482,4 +497,84 @@ fn seeded_writes_restarts_and_pauses_end_converged() {
             n.name
         );
     }
+}
+
+/// Real-time across nodes: an MQTT subscriber on B gets a non-retained message published on A
+/// exactly once, and a REST write on A as a change.
+#[test]
+fn mqtt_subscriber_on_one_node_sees_messages_and_writes_from_another() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let app = app();
+    let port = free_port();
+    let mqtt_a = free_port();
+    let mqtt_b = free_port();
+    let a = start_with(
+        &app,
+        "node-a",
+        "127.0.0.1",
+        port,
+        &["127.0.0.2"],
+        None,
+        &[("--MQTT_NETWORK_PORT", format!("127.0.0.1:{mqtt_a}"))],
+    );
+    let b = start_with(
+        &app,
+        "node-b",
+        "127.0.0.2",
+        port,
+        &[],
+        None,
+        &[("--MQTT_NETWORK_PORT", format!("127.0.0.2:{mqtt_b}"))],
+    );
+    wait_until("A and B linked", Duration::from_secs(20), || {
+        linked(&a, &[&b]) && linked(&b, &[&a])
+    });
+    let mut opts = MqttOptions::new("sub-b", "127.0.0.2", mqtt_b);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (sub, mut sub_conn) = Client::new(opts, 100);
+    sub.subscribe("Dog/m1", QoS::AtLeastOnce)
+        .expect("subscribe");
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, Value)>();
+    std::thread::spawn(move || {
+        for event in sub_conn.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send((false, json!("suback")));
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    if tx.send((p.retain, v)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let (_, first) = rx.recv_timeout(Duration::from_secs(10)).expect("SUBACK");
+    assert_eq!(first, json!("suback"));
+    let mut opts = MqttOptions::new("pub-a", "127.0.0.1", mqtt_a);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (publisher, mut pub_conn) = Client::new(opts, 10);
+    std::thread::spawn(move || for _ in pub_conn.iter() {});
+    publisher
+        .publish(
+            "Dog/m1",
+            QoS::AtLeastOnce,
+            false,
+            json!({"x": 1}).to_string(),
+        )
+        .expect("publish");
+    let (retain, got) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("message on B");
+    assert_eq!((retain, got), (false, json!({"x": 1})));
+    put(&a, "/Dog/m1", json!({"name": "written-on-a"}));
+    let (_, change) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("change on B");
+    assert_eq!(change["name"], "written-on-a");
+    // Exactly once: nothing else arrives.
+    assert!(rx.recv_timeout(Duration::from_secs(2)).is_err());
 }
