@@ -477,17 +477,36 @@ fn seeded_writes_restarts_and_pauses_end_converged() {
         nodes[j] = Some(start(&app, names[j], ips[j], port, routes[j], Some(root)));
     }
     let live: Vec<&Node> = nodes.iter().flatten().collect();
-    wait_until(
-        &format!("convergence on the last acknowledged writes (TIDEPOOL_SEED={seed})"),
-        Duration::from_secs(60),
-        || {
-            live.iter().all(|n| {
-                expected
-                    .iter()
-                    .all(|(k, v)| dog_name(n, k).as_ref() == v.as_ref())
-            })
-        },
-    );
+    let mismatches = || -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &live {
+            for (k, v) in &expected {
+                let got = dog_name(n, k);
+                if got.as_ref() != v.as_ref() {
+                    out.push(format!("{} {k}: {got:?} != {v:?}", n.name));
+                }
+            }
+        }
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = mismatches();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let statuses: Vec<Value> = live
+                .iter()
+                .map(|n| op(n, json!({"operation": "cluster_status"})).1)
+                .collect();
+            panic!(
+                "not converged after 60 s (TIDEPOOL_SEED={seed}): {left:?}\ncluster_status: {}",
+                serde_json::to_string(&statuses).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let first = checksum(live[0]);
     for n in &live[1..] {
         assert_eq!(

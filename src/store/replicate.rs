@@ -919,6 +919,36 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
     }
 
     #[test]
+    fn a_delete_of_a_record_not_here_yet_beats_an_older_put_arriving_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), "n");
+        let delete = WriteOp::Delete {
+            table: "Dog".into(),
+            key: Value::String("1".into()),
+        };
+        block_on(
+            db.submit(WriteRequest {
+                ops: vec![delete],
+                user: None,
+            })
+            .unwrap(),
+        )
+        .unwrap()
+        .unwrap();
+        // The delete is audited, so it replicates to peers that hold the record.
+        let (txns, _) = db.read().unwrap().audit_txns_after(None, 10).unwrap();
+        assert_eq!(txns.len(), 1);
+        assert_eq!(txns[0].entries[0].kind, EntryKind::Delete);
+        assert_eq!(
+            apply(&db, txn("b", 1, 10.0, &[("1", Some("older"))])),
+            ApplyOutcome::Applied { won: 0, lost: 1 }
+        );
+        assert_eq!(name_of(&db, "1"), None);
+        let t = db.table("Dog").unwrap();
+        assert_eq!(db.read().unwrap().count(&t).unwrap(), 0);
+    }
+
+    #[test]
     fn local_only_tables_take_nothing_from_peers() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path(), "n");

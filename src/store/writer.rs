@@ -546,8 +546,11 @@ impl Writer {
                         .db
                         .table(table)
                         .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
-                    let existed = self.delete(txn, &table, key, version, &mut scratch)?;
-                    if existed {
+                    let (existed, tombstoned) =
+                        self.delete(txn, &table, key, version, &mut scratch)?;
+                    if tombstoned {
+                        // Audited (and so replicated) even when this node had no live record:
+                        // a peer may hold one this delete must supersede.
                         audit_entries.push(audit_entry(
                             &table.name,
                             key,
@@ -556,6 +559,8 @@ impl Writer {
                             version,
                             None,
                         ));
+                    }
+                    if existed {
                         changes.push(Change {
                             table: table.name.clone(),
                             key: key.clone(),
@@ -761,14 +766,34 @@ impl Writer {
         key: &Value,
         version: f64,
         scratch: &mut Scratch,
-    ) -> Result<bool, WriteError> {
+    ) -> Result<(bool, bool), WriteError> {
         encode_primary_key(key, &mut scratch.key)?;
+        let tombstone = |scratch: &mut Scratch| {
+            scratch.entry.clear();
+            Header {
+                version,
+                expires_at: None,
+                deleted: true,
+                origin: self.options.node_id,
+            }
+            .write(&mut scratch.entry);
+        };
         let Some(bytes) = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec) else {
-            return Ok(false);
+            // No record here (yet): a tombstone still orders this delete after any older write
+            // of the key that arrives from a peer later.
+            tombstone(scratch);
+            table.records.put(txn, &scratch.key, &scratch.entry)?;
+            return Ok((false, true));
         };
         let (header, body) = Header::read(&bytes)?;
+        if header.deleted {
+            tombstone(scratch);
+            table.records.put(txn, &scratch.key, &scratch.entry)?;
+            return Ok((false, true));
+        }
         if !header.is_live(super::now_ms()) {
-            return Ok(false);
+            // Expired: the sweep removes it (with its index entries and count); expiry is local.
+            return Ok((false, false));
         }
         let old = decode_record(body)?;
         for (attribute, index) in &table.indexes {
@@ -779,17 +804,10 @@ impl Writer {
             }
         }
         // A tombstone keeps the version, so an older replicated write cannot resurrect the record.
-        scratch.entry.clear();
-        Header {
-            version,
-            expires_at: None,
-            deleted: true,
-            origin: self.options.node_id,
-        }
-        .write(&mut scratch.entry);
+        tombstone(scratch);
         table.records.put(txn, &scratch.key, &scratch.entry)?;
         self.add_count(txn, &table.name, -1)?;
-        Ok(true)
+        Ok((true, true))
     }
 
     fn generate_key(&self, txn: &mut RwTxn, table: &Table) -> Result<Value, WriteError> {
