@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod pubsub;
 pub mod query;
+pub mod replication;
 pub mod resource;
 pub mod schema;
 pub mod server;

@@ -13,6 +13,7 @@ mod compare;
 mod http1;
 mod load;
 mod mqtt;
+mod replication;
 mod report;
 mod request;
 mod sse;
@@ -25,6 +26,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("mqtt-fanout") => return mqtt::fanout(&args[1..]),
         Some("mqtt-retained") => return mqtt::retained(&args[1..]),
+        Some("replication-lag") => return replication::lag(&args[1..]),
         _ => {}
     }
     match cli::parse(&args)? {

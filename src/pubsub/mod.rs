@@ -412,7 +412,8 @@ impl Registry {
             };
             for e in entries {
                 let Value::Array(parts) = e else { continue };
-                let [Value::String(t), key, Value::String(kind), payload] = parts.as_slice() else {
+                let [Value::String(t), key, Value::String(kind), payload, ..] = parts.as_slice()
+                else {
                     continue;
                 };
                 if **t != *table.name || !filter.matches(id_text(key).as_deref()) {

@@ -9,6 +9,7 @@
 mod lock;
 mod mqtt;
 mod notify;
+mod replication;
 mod router;
 mod static_files;
 mod system;
@@ -194,7 +195,8 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     // Storage opens after the ports are ours (so a second process never touches our files) and
     // before any core serves a request.
-    let mut store_options = StoreOptions::new(&config.storage.path);
+    let mut store_options =
+        StoreOptions::new(&config.storage.path).with_node_name(&config.node_name);
     store_options.sync = config.storage.sync;
     store_options.queue_time_max = config.storage.max_transaction_queue_time;
     store_options.commit_batch_max = config.storage.commit_batch_max;
@@ -215,6 +217,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store
         .apply_schema(&tables)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
+    let replication = replication::start(store.clone(), &config, &opts.tree)?;
     let static_files = static_files::StaticFiles::load(&app);
     let resources = Arc::new(
         crate::resource::Resources::new(store.clone(), Arc::new(app), Arc::new(config.clone()))
@@ -333,6 +336,9 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         while !handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+    if let Some(replication) = &replication {
+        replication.stop();
     }
     store.close();
     tracing::info!(target: NOTIFY, "stopped");

@@ -13,6 +13,7 @@ mod clock;
 mod entry;
 mod layout;
 mod read;
+mod replicate;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,10 @@ pub use check::IndexReport;
 pub use clock::{now_ms, Clock};
 pub use entry::Header;
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
+pub use replicate::{
+    node_id_of, ApplyJob, ApplyOutcome, AuditTxn, CommitSignal, EntryKind, RawRecord,
+    ReplicatedEntry, ReplicatedTxn, SnapshotRecord,
+};
 pub use writer::{
     AlterFn, OpResult, PutMode, SchemaChange, SchemaReply, WriteError, WriteOp, WriteOutcome,
     WriteRequest,
@@ -148,7 +153,10 @@ pub struct StoreOptions {
     /// A request that waited this long in the queue is refused with 503.
     pub queue_time_max: Duration,
     pub map_bytes: usize,
+    /// This node's id in record headers: [`node_id_of`] the name.
     pub node_id: u32,
+    /// This node's name (`replication.hostname`): the origin of its audit entries.
+    pub node_name: String,
 }
 
 impl StoreOptions {
@@ -160,8 +168,16 @@ impl StoreOptions {
             queue_max: 65_536,
             queue_time_max: Duration::from_secs(45),
             map_bytes: MAP_BYTES_DEFAULT,
-            node_id: 0,
+            node_id: node_id_of("local"),
+            node_name: "local".into(),
         }
+    }
+
+    /// Names this node: its audit entries and records carry the name and its id.
+    pub fn with_node_name(mut self, name: &str) -> Self {
+        self.node_id = node_id_of(name);
+        self.node_name = name.to_string();
+        self
     }
 }
 
@@ -206,6 +222,8 @@ pub struct Database {
     audit: Db,
     writer: writer::WriterHandle,
     pub stats: WriterStats,
+    /// Bumped after each commit; replication senders wait on it.
+    pub commits: CommitSignal,
 }
 
 /// Upper bounds (inclusive) of the commit-latency histogram buckets, in microseconds.
@@ -271,6 +289,14 @@ impl Database {
         request: WriteRequest,
     ) -> Result<tidepool_io::OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
         self.writer.submit(request)
+    }
+
+    /// Queues a replicated transaction, snapshot chunk or cursor update on the writer.
+    pub fn apply(
+        &self,
+        job: ApplyJob,
+    ) -> Result<tidepool_io::OneshotReceiver<Result<ApplyOutcome, WriteError>>, WriteError> {
+        self.writer.apply(job)
     }
 
     /// Creates or migrates a table (blocking: for start-up and admin threads, not executors).
@@ -408,6 +434,7 @@ impl Store {
             audit,
             writer,
             stats: WriterStats::default(),
+            commits: CommitSignal::default(),
         });
         db.reopen_tables()?;
         writer::spawn(

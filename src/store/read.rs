@@ -15,8 +15,8 @@ use crate::value::{self, ArchivedValue, Value};
 type RawIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
 
 pub struct ReadTxn<'e> {
-    db: &'e Database,
-    txn: RoTxn<'e, WithoutTls>,
+    pub(super) db: &'e Database,
+    pub(super) txn: RoTxn<'e, WithoutTls>,
     now_ms: f64,
 }
 

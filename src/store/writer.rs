@@ -17,6 +17,7 @@ use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
 
 use super::entry::Header;
 use super::layout::{self, StoredTable};
+use super::replicate::{ApplyJob, ApplyOutcome};
 use super::{
     Change, ChangeKind, Clock, Commit, Database, Publisher, StoreError, StoreOptions, Table,
     KEY_BYTES_MAX,
@@ -132,7 +133,25 @@ pub(super) enum Job {
         change: SchemaChange,
         reply: OneshotSender<Result<Option<Arc<Table>>, StoreError>>,
     },
+    /// A peer's transaction, snapshot chunk or cursors (replication), committed in the group.
+    Apply {
+        job: ApplyJob,
+        reply: OneshotSender<Result<ApplyOutcome, WriteError>>,
+        queued_at: Instant,
+    },
     Stop,
+}
+
+/// A record as a put stored it: the value and its expiry, for the audit entry.
+type Stored = (Value, Option<f64>);
+
+/// One request of a commit group: a local write or a replicated one.
+enum Item {
+    Local(
+        WriteRequest,
+        OneshotSender<Result<WriteOutcome, WriteError>>,
+    ),
+    Apply(ApplyJob, OneshotSender<Result<ApplyOutcome, WriteError>>),
 }
 
 /// The writer's answer to a [`SchemaChange`]: the table as it now is (`None` after a drop).
@@ -176,6 +195,24 @@ impl WriterHandle {
         let (reply, rx) = oneshot();
         match self.tx.try_send(Job::Write {
             request,
+            reply,
+            queued_at: Instant::now(),
+        }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => {
+                Err(WriteError::Overloaded("write queue full; try again".into()))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(WriteError::Stopped),
+        }
+    }
+
+    pub fn apply(
+        &self,
+        job: ApplyJob,
+    ) -> Result<OneshotReceiver<Result<ApplyOutcome, WriteError>>, WriteError> {
+        let (reply, rx) = oneshot();
+        match self.tx.try_send(Job::Apply {
+            job,
             reply,
             queued_at: Instant::now(),
         }) {
@@ -238,25 +275,50 @@ pub(super) fn spawn(
     Ok(())
 }
 
-struct Writer {
-    db: Arc<Database>,
-    clock: Arc<Clock>,
+pub(super) struct Writer {
+    pub(super) db: Arc<Database>,
+    pub(super) clock: Arc<Clock>,
     publisher: Publisher,
-    options: StoreOptions,
+    pub(super) options: StoreOptions,
 }
 
-type Pending = (
-    OneshotSender<Result<WriteOutcome, WriteError>>,
-    Result<(WriteOutcome, Vec<Change>), WriteError>,
-);
+enum Pending {
+    Local(
+        OneshotSender<Result<WriteOutcome, WriteError>>,
+        Result<(WriteOutcome, Vec<Change>), WriteError>,
+    ),
+    Apply(
+        OneshotSender<Result<ApplyOutcome, WriteError>>,
+        Result<(ApplyOutcome, f64, Vec<Change>), WriteError>,
+    ),
+}
+
+impl Pending {
+    fn failed(&self) -> bool {
+        matches!(self, Pending::Local(_, Err(_)) | Pending::Apply(_, Err(_)))
+    }
+
+    fn fail(self, error: &StoreError) {
+        match self {
+            Pending::Local(reply, _) => reply.send(Err(WriteError::Storage(error.clone()))),
+            Pending::Apply(reply, _) => reply.send(Err(WriteError::Storage(error.clone()))),
+        }
+    }
+}
+
+impl Item {
+    fn fail(self, error: &StoreError) {
+        match self {
+            Item::Local(_, reply) => reply.send(Err(WriteError::Storage(error.clone()))),
+            Item::Apply(_, reply) => reply.send(Err(WriteError::Storage(error.clone()))),
+        }
+    }
+}
 
 impl Writer {
     fn run(self, rx: Receiver<Job>) {
         let batch_max = self.options.commit_batch_max.max(1);
-        let mut batch: Vec<(
-            WriteRequest,
-            OneshotSender<Result<WriteOutcome, WriteError>>,
-        )> = Vec::with_capacity(batch_max);
+        let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
         'outer: loop {
             let first = match rx.recv() {
                 Ok(job) => job,
@@ -275,7 +337,20 @@ impl Writer {
                                 "write waited longer than storage.maxTransactionQueueTime".into(),
                             )));
                         } else {
-                            batch.push((request, reply));
+                            batch.push(Item::Local(request, reply));
+                        }
+                    }
+                    Job::Apply {
+                        job,
+                        reply,
+                        queued_at,
+                    } => {
+                        if queued_at.elapsed() > self.options.queue_time_max {
+                            reply.send(Err(WriteError::Overloaded(
+                                "write waited longer than storage.maxTransactionQueueTime".into(),
+                            )));
+                        } else {
+                            batch.push(Item::Apply(job, reply));
                         }
                     }
                     Job::EnsureTable { def, reply } => {
@@ -291,8 +366,14 @@ impl Writer {
                         self.commit_batch(&mut batch);
                         // Answer whatever is still queued, in order, then stop.
                         while let Ok(job) = rx.try_recv() {
-                            if let Job::Write { request, reply, .. } = job {
-                                batch.push((request, reply));
+                            match job {
+                                Job::Write { request, reply, .. } => {
+                                    batch.push(Item::Local(request, reply))
+                                }
+                                Job::Apply { job, reply, .. } => {
+                                    batch.push(Item::Apply(job, reply))
+                                }
+                                _ => {}
                             }
                         }
                         self.commit_batch(&mut batch);
@@ -308,13 +389,7 @@ impl Writer {
         tracing::debug!("writer for {} stopped", self.db.name);
     }
 
-    fn commit_batch(
-        &self,
-        batch: &mut Vec<(
-            WriteRequest,
-            OneshotSender<Result<WriteOutcome, WriteError>>,
-        )>,
-    ) {
+    fn commit_batch(&self, batch: &mut Vec<Item>) {
         if batch.is_empty() {
             return;
         }
@@ -322,24 +397,43 @@ impl Writer {
         let started = Instant::now();
         let committed = (|| -> Result<(), heed::Error> {
             let mut wtxn = self.db.env.write_txn()?;
-            for (request, reply) in batch.drain(..) {
+            for item in batch.drain(..) {
                 let version = self.clock.next();
                 let mut nested = self.db.env.nested_write_txn(&mut wtxn)?;
-                match self.apply(&mut nested, &request, version) {
-                    Ok(done) => {
-                        nested.commit()?;
-                        pending.push((reply, Ok(done)));
-                    }
-                    Err(e) => {
-                        nested.abort();
-                        pending.push((reply, Err(e)));
+                match item {
+                    Item::Local(request, reply) => match self.apply(&mut nested, &request, version)
+                    {
+                        Ok(done) => {
+                            nested.commit()?;
+                            pending.push(Pending::Local(reply, Ok(done)));
+                        }
+                        Err(e) => {
+                            nested.abort();
+                            pending.push(Pending::Local(reply, Err(e)));
+                        }
+                    },
+                    Item::Apply(job, reply) => {
+                        match self.apply_replicated(&mut nested, &job, version) {
+                            Ok((outcome, changes)) => {
+                                nested.commit()?;
+                                let time = match &job {
+                                    ApplyJob::Txn(t) => t.time,
+                                    _ => version,
+                                };
+                                pending.push(Pending::Apply(reply, Ok((outcome, time, changes))));
+                            }
+                            Err(e) => {
+                                nested.abort();
+                                pending.push(Pending::Apply(reply, Err(e)));
+                            }
+                        }
                     }
                 }
             }
             wtxn.commit()
         })();
         let local_time = super::now_ms();
-        let failed = pending.iter().filter(|(_, r)| r.is_err()).count() as u64;
+        let failed = pending.iter().filter(|p| p.failed()).count() as u64;
         self.db
             .stats
             .requests_failed
@@ -349,33 +443,46 @@ impl Writer {
             .record_commit(pending.len() as u64, started.elapsed().as_micros() as u64);
         match committed {
             Ok(()) => {
-                for (reply, result) in pending {
-                    match result {
-                        Ok((outcome, changes)) => {
+                self.db.commits.bump();
+                for item in pending {
+                    let (version, changes) = match item {
+                        Pending::Local(reply, Ok((outcome, changes))) => {
                             let version = outcome.version;
                             reply.send(Ok(outcome));
-                            if !changes.is_empty() {
-                                (self.publisher)(Arc::new(Commit {
-                                    database: self.db.name.clone(),
-                                    version,
-                                    local_time,
-                                    changes,
-                                }));
-                            }
+                            (version, changes)
                         }
-                        Err(e) => reply.send(Err(e)),
+                        Pending::Apply(reply, Ok((outcome, version, changes))) => {
+                            reply.send(Ok(outcome));
+                            (version, changes)
+                        }
+                        Pending::Local(reply, Err(e)) => {
+                            reply.send(Err(e));
+                            continue;
+                        }
+                        Pending::Apply(reply, Err(e)) => {
+                            reply.send(Err(e));
+                            continue;
+                        }
+                    };
+                    if !changes.is_empty() {
+                        (self.publisher)(Arc::new(Commit {
+                            database: self.db.name.clone(),
+                            version,
+                            local_time,
+                            changes,
+                        }));
                     }
                 }
             }
             Err(e) => {
                 let error = StoreError::from(e);
                 tracing::error!("commit failed on database {}: {error}", self.db.name);
-                for (reply, _) in pending {
-                    reply.send(Err(WriteError::Storage(error.clone())));
+                for item in pending {
+                    item.fail(&error);
                 }
                 // Requests drained but never reached `pending` (the failure came first).
-                for (_, reply) in batch.drain(..) {
-                    reply.send(Err(WriteError::Storage(error.clone())));
+                for item in batch.drain(..) {
+                    item.fail(&error);
                 }
             }
         }
@@ -414,8 +521,17 @@ impl Writer {
                         version,
                         &mut scratch,
                     )?;
-                    if let (OpResult::Written { key, .. }, Some(stored)) = (&result, stored) {
-                        audit_entries.push(audit_entry(&table.name, key, "put", Some(&stored)));
+                    if let (OpResult::Written { key, .. }, Some((stored, expires_at))) =
+                        (&result, stored)
+                    {
+                        audit_entries.push(audit_entry(
+                            &table.name,
+                            key,
+                            "put",
+                            Some(&stored),
+                            version,
+                            expires_at,
+                        ));
                         changes.push(Change {
                             table: table.name.clone(),
                             key: key.clone(),
@@ -430,9 +546,21 @@ impl Writer {
                         .db
                         .table(table)
                         .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
-                    let existed = self.delete(txn, &table, key, version, &mut scratch)?;
+                    let (existed, tombstoned) =
+                        self.delete(txn, &table, key, version, &mut scratch)?;
+                    if tombstoned {
+                        // Audited (and so replicated) even when this node had no live record:
+                        // a peer may hold one this delete must supersede.
+                        audit_entries.push(audit_entry(
+                            &table.name,
+                            key,
+                            "delete",
+                            None,
+                            version,
+                            None,
+                        ));
+                    }
                     if existed {
-                        audit_entries.push(audit_entry(&table.name, key, "delete", None));
                         changes.push(Change {
                             table: table.name.clone(),
                             key: key.clone(),
@@ -455,7 +583,14 @@ impl Writer {
                         .table(table)
                         .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
                     let key = key.clone().unwrap_or(Value::Null);
-                    audit_entries.push(audit_entry(&table.name, &key, "message", Some(payload)));
+                    audit_entries.push(audit_entry(
+                        &table.name,
+                        &key,
+                        "message",
+                        Some(payload),
+                        version,
+                        None,
+                    ));
                     changes.push(Change {
                         table: table.name.clone(),
                         key,
@@ -487,6 +622,10 @@ impl Writer {
                     .unwrap_or(Value::Null),
             );
             entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
+            let seq = self.next_local_seq(txn, version)?;
+            entry.insert("node", Value::String(self.options.node_name.clone()));
+            entry.insert("seq", Value::Int(seq as i64));
+            entry.insert("time", Value::Float(version));
             entry.insert("entries", Value::Array(audit_entries));
             let bytes = value::to_archived_bytes(&Value::Object(entry));
             self.db
@@ -507,7 +646,7 @@ impl Writer {
         expires_in_s: Option<f64>,
         version: f64,
         scratch: &mut Scratch,
-    ) -> Result<(OpResult, Option<Value>), WriteError> {
+    ) -> Result<(OpResult, Option<Stored>), WriteError> {
         let Value::Object(body) = record else {
             return Err(WriteError::Invalid("Record must be an object".into()));
         };
@@ -617,7 +756,7 @@ impl Writer {
                 self.db.meta.put(txn, &counter, &n.to_le_bytes())?;
             }
         }
-        Ok((OpResult::Written { key, created }, Some(new)))
+        Ok((OpResult::Written { key, created }, Some((new, expires_at))))
     }
 
     fn delete(
@@ -627,14 +766,34 @@ impl Writer {
         key: &Value,
         version: f64,
         scratch: &mut Scratch,
-    ) -> Result<bool, WriteError> {
+    ) -> Result<(bool, bool), WriteError> {
         encode_primary_key(key, &mut scratch.key)?;
+        let tombstone = |scratch: &mut Scratch| {
+            scratch.entry.clear();
+            Header {
+                version,
+                expires_at: None,
+                deleted: true,
+                origin: self.options.node_id,
+            }
+            .write(&mut scratch.entry);
+        };
         let Some(bytes) = table.records.get(txn, &scratch.key)?.map(<[u8]>::to_vec) else {
-            return Ok(false);
+            // No record here (yet): a tombstone still orders this delete after any older write
+            // of the key that arrives from a peer later.
+            tombstone(scratch);
+            table.records.put(txn, &scratch.key, &scratch.entry)?;
+            return Ok((false, true));
         };
         let (header, body) = Header::read(&bytes)?;
+        if header.deleted {
+            tombstone(scratch);
+            table.records.put(txn, &scratch.key, &scratch.entry)?;
+            return Ok((false, true));
+        }
         if !header.is_live(super::now_ms()) {
-            return Ok(false);
+            // Expired: the sweep removes it (with its index entries and count); expiry is local.
+            return Ok((false, false));
         }
         let old = decode_record(body)?;
         for (attribute, index) in &table.indexes {
@@ -645,17 +804,10 @@ impl Writer {
             }
         }
         // A tombstone keeps the version, so an older replicated write cannot resurrect the record.
-        scratch.entry.clear();
-        Header {
-            version,
-            expires_at: None,
-            deleted: true,
-            origin: self.options.node_id,
-        }
-        .write(&mut scratch.entry);
+        tombstone(scratch);
         table.records.put(txn, &scratch.key, &scratch.entry)?;
         self.add_count(txn, &table.name, -1)?;
-        Ok(true)
+        Ok((true, true))
     }
 
     fn generate_key(&self, txn: &mut RwTxn, table: &Table) -> Result<Value, WriteError> {
@@ -679,7 +831,12 @@ impl Writer {
         }
     }
 
-    fn add_count(&self, txn: &mut RwTxn, table: &str, delta: i64) -> Result<(), WriteError> {
+    pub(super) fn add_count(
+        &self,
+        txn: &mut RwTxn,
+        table: &str,
+        delta: i64,
+    ) -> Result<(), WriteError> {
         let key = layout::meta_key("count", table);
         let count = read_i64(self.db.meta.get(txn, &key)?)
             .saturating_add(delta)
@@ -843,11 +1000,11 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
 }
 
 #[derive(Default)]
-struct Scratch {
-    key: Vec<u8>,
-    entry: Vec<u8>,
-    old_index: Vec<Vec<u8>>,
-    new_index: Vec<Vec<u8>>,
+pub(super) struct Scratch {
+    pub(super) key: Vec<u8>,
+    pub(super) entry: Vec<u8>,
+    pub(super) old_index: Vec<Vec<u8>>,
+    pub(super) new_index: Vec<Vec<u8>>,
 }
 
 fn read_i64(bytes: Option<&[u8]>) -> i64 {
@@ -909,11 +1066,22 @@ pub(super) fn decode_record(body: &[u8]) -> Result<Value, StoreError> {
     value::deserialize(archived).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn audit_entry(table: &str, key: &Value, kind: &str, value: Option<&Value>) -> Value {
+/// `[table, id, type, value, version, expiresAt]`: `read_audit_log` reads the first four, a
+/// replication sender all six.
+fn audit_entry(
+    table: &str,
+    key: &Value,
+    kind: &str,
+    value: Option<&Value>,
+    version: f64,
+    expires_at: Option<f64>,
+) -> Value {
     Value::Array(vec![
         Value::String(table.to_string()),
         key.clone(),
         Value::String(kind.to_string()),
         value.cloned().unwrap_or(Value::Null),
+        Value::Float(version),
+        expires_at.map(Value::Float).unwrap_or(Value::Null),
     ])
 }

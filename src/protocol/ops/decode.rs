@@ -237,8 +237,8 @@ pub enum Operation {
     ClusterDeleteRoutes {
         routes: Vec<Value>,
     },
-    /// Node operations (`add_node`, …): need replication, which is off until it lands.
-    Clustering(String),
+    /// Node operations (`add_node`, …) with their fields; 400 while replication is off.
+    Clustering(String, Object),
     GetConfiguration,
     SetConfiguration {
         /// Flattened keys (`logging_level`) with their values, in request order.
@@ -561,7 +561,9 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 Some(_) => return Err(OpError::bad("'search_values' must be an array")),
             },
         }),
-        other if CLUSTERING_OPS.contains(&other) => Operation::Clustering(other.to_string()),
+        other if CLUSTERING_OPS.contains(&other) => {
+            Operation::Clustering(other.to_string(), fields.clone())
+        }
         other if UNSUPPORTED_OPS.contains(&other) => Operation::Unsupported(other.to_string()),
         other => return Err(OpError::bad(format!("Operation '{other}' not found"))),
     };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::decode::{from_json, Write, WriteKind};
-use super::{admin, message, search, OpError, Operation, Reply};
+use super::{admin, cluster, message, search, OpError, Operation, Reply};
 use crate::resource::nosql::{self, PutKind, RecordWrite, WriteSummary};
 use crate::resource::tables::{self, AttributeSpec};
 use crate::resource::{users, Caller, Resources};
@@ -43,7 +43,7 @@ pub fn name(op: &Operation) -> &str {
         Operation::ClusterDeleteRoutes { .. } => "cluster_delete_routes",
         Operation::CreateAuthenticationTokens { .. } => "create_authentication_tokens",
         Operation::RefreshOperationToken { .. } => "refresh_operation_token",
-        Operation::Clustering(name) | Operation::Unsupported(name) => name,
+        Operation::Clustering(name, _) | Operation::Unsupported(name) => name,
         Operation::GetConfiguration => "get_configuration",
         Operation::SetConfiguration { .. } => "set_configuration",
         Operation::SystemInformation { .. } => "system_information",
@@ -284,15 +284,19 @@ pub async fn execute(
             .await?
         }
         Operation::DropUser { username } => message(users::drop_user(r, caller, &username).await?),
-        Operation::ClusterStatus => admin::cluster_status(),
-        Operation::ClusterSetRoutes { routes } => admin::set_routes(r, routes).await?,
-        Operation::ClusterGetRoutes => admin::get_routes(r).await?,
-        Operation::ClusterDeleteRoutes { routes } => admin::delete_routes(r, routes).await?,
-        Operation::Clustering(_) => {
-            return Err(OpError::bad(
-                "Clustering must be enabled to perform this operation.",
-            ))
+        Operation::ClusterStatus => cluster::status(),
+        Operation::ClusterSetRoutes { routes } => {
+            let answer = admin::set_routes(r, routes).await?;
+            cluster::reconnect_routes(r).await?;
+            answer
         }
+        Operation::ClusterGetRoutes => admin::get_routes(r).await?,
+        Operation::ClusterDeleteRoutes { routes } => {
+            let answer = admin::delete_routes(r, routes).await?;
+            cluster::reconnect_routes(r).await?;
+            answer
+        }
+        Operation::Clustering(name, fields) => cluster::run(r, &name, &fields).await?,
         Operation::GetConfiguration => from_json(&r.config_tree.to_json()),
         Operation::SetConfiguration { settings } => admin::set_configuration(r, settings).await?,
         Operation::SystemInformation { attributes } => {

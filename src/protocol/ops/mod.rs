@@ -7,6 +7,7 @@
 //! Configuration, clustering routes and logs are files, handled in `admin`.
 
 mod admin;
+mod cluster;
 pub mod decode;
 mod exec;
 pub mod search;
@@ -764,7 +765,13 @@ mod tests {
         );
         check_decode(
             r#"{"operation":"set_node","hostname":"b"}"#,
-            Ok(Operation::Clustering("set_node".into())),
+            Ok(Operation::Clustering(
+                "set_node".into(),
+                crate::value::Object::from_entries(vec![
+                    ("operation".into(), Value::String("set_node".into())),
+                    ("hostname".into(), Value::String("b".into())),
+                ]),
+            )),
         );
         check_decode(
             r#"{"operation":"drop_role"}"#,

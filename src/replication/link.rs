@@ -1,0 +1,1053 @@
+//! One replication link to a peer (SPEC §7.4–7.5), after the TCP connection is up: the
+//! WebSocket upgrade, `HELLO` both ways, then three kinds of threads until either side closes:
+//!
+//! - the reader: frames → a bounded channel (it only blocks on the socket);
+//! - the control loop (this thread): `SUBSCRIBE`s to each database, applies `SNAPSHOT`/`TXN`
+//!   through the writer (pipelined, at most [`APPLY_PENDING_MAX`] in flight), `ACK`s in batches
+//!   every [`ACK_INTERVAL`], answers `PING`, asks the peer to relay origins we have no link to,
+//!   and learns nodes from `NODES`;
+//! - one sender per database the peer subscribed to: its audit log from the peer's cursors
+//!   (own transactions and the origins it asked us to relay), then live on each commit.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, RecvTimeoutError};
+use tidepool_io::OneshotReceiver;
+
+use super::message::{self, object};
+use super::ws::{self, Incoming, WsError};
+use super::{block_on, now, poll_once, table_replicates, Replication, Target};
+use crate::schema::{AttributeDef, FieldType, TableDef};
+use crate::store::{
+    ApplyJob, ApplyOutcome, Database, ReplicatedTxn, SchemaChange, SnapshotRecord, WriteError,
+};
+use crate::value::{DecodeLimits, Value};
+
+/// A message (all its fragments) is at most this big; a bigger one closes the link.
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// Frames read ahead of the control loop at most (the reader then waits: back-pressure).
+const INBOX_MAX: usize = 1024;
+/// Applies queued on the writer per link at most; the control loop waits for the oldest then.
+const APPLY_PENDING_MAX: usize = 512;
+/// `ACK`s are batched over this long (SPEC: ≤ 50 ms).
+const ACK_INTERVAL: Duration = Duration::from_millis(50);
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Subscriptions and relays are re-checked this often.
+const MAINTAIN_INTERVAL: Duration = Duration::from_millis(500);
+/// A blocked write fails after this and closes the link.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `HELLO` must arrive within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Audit transactions read per read transaction by a sender.
+const SEND_BATCH: usize = 256;
+/// Records per `SNAPSHOT` message.
+const SNAPSHOT_CHUNK: usize = 500;
+
+#[derive(Debug)]
+pub enum LinkError {
+    Ws(WsError),
+    Protocol(String),
+    /// Closed on purpose (BYE, duplicate, stop).
+    Closed(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Ws(e) => e.fmt(f),
+            LinkError::Protocol(m) => write!(f, "protocol: {m}"),
+            LinkError::Closed(m) => write!(f, "closed: {m}"),
+        }
+    }
+}
+
+impl From<WsError> for LinkError {
+    fn from(e: WsError) -> Self {
+        LinkError::Ws(e)
+    }
+}
+
+impl From<std::io::Error> for LinkError {
+    fn from(e: std::io::Error) -> Self {
+        LinkError::Ws(WsError::Io(e))
+    }
+}
+
+/// The sending half, shared by the control loop and the senders.
+pub struct Out {
+    stream: Mutex<TcpStream>,
+    masked: bool,
+}
+
+impl Out {
+    pub fn send(&self, kind: &str, body: Value) -> Result<(), LinkError> {
+        let payload = message::encode(kind, body);
+        self.frame(ws::OP_BINARY, &payload)
+    }
+
+    fn frame(&self, opcode: u8, payload: &[u8]) -> Result<(), LinkError> {
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        ws::encode_frame(opcode, payload, self.masked, &mut frame);
+        let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        s.write_all(&frame)?;
+        Ok(())
+    }
+}
+
+/// Runs a link on this thread until it ends. `dialled` is the target when we dialled.
+pub fn run(
+    repl: &Arc<Replication>,
+    mut stream: TcpStream,
+    dialled: Option<&Target>,
+) -> Result<(), LinkError> {
+    let _ = stream.set_nodelay(true);
+    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    // A peer that stops reading fails our writes instead of wedging the link.
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    match dialled {
+        Some(t) => ws::client_handshake(&mut stream, &t.address(), None)?,
+        None => {
+            ws::server_handshake(&mut stream)?;
+        }
+    }
+    let out = Arc::new(Out {
+        stream: Mutex::new(stream.try_clone()?),
+        masked: dialled.is_some(),
+    });
+    let me = repl.node_name().to_string();
+    let my_databases = repl.databases();
+    out.send(
+        "HELLO",
+        object(vec![
+            ("node", Value::String(me.clone())),
+            ("url", Value::String(repl.settings.url.clone())),
+            ("protocol", Value::Int(message::PROTOCOL)),
+            (
+                "databases",
+                Value::Array(my_databases.iter().cloned().map(Value::String).collect()),
+            ),
+        ]),
+    )?;
+    let limits = DecodeLimits {
+        bytes_max: MESSAGE_BYTES_MAX,
+        ..DecodeLimits::default()
+    };
+    let hello = loop {
+        match ws::read_message(&mut stream, MESSAGE_BYTES_MAX)? {
+            Incoming::Binary(frame) => {
+                let (kind, body) = message::decode(&frame, &limits).map_err(LinkError::Protocol)?;
+                if kind == "HELLO" {
+                    break body;
+                }
+                if kind == "BYE" {
+                    return Err(LinkError::Closed("BYE before HELLO".into()));
+                }
+            }
+            Incoming::Close => return Err(LinkError::Closed("close before HELLO".into())),
+            _ => {}
+        }
+    };
+    stream.set_read_timeout(None)?;
+    if message::as_u64(hello.get("protocol")) != Some(message::PROTOCOL as u64) {
+        let _ = out.send(
+            "BYE",
+            object(vec![("reason", Value::String("protocol".into()))]),
+        );
+        return Err(LinkError::Protocol("another protocol version".into()));
+    }
+    let peer = hello
+        .get("node")
+        .and_then(Value::as_str)
+        .ok_or_else(|| LinkError::Protocol("HELLO without node".into()))?
+        .to_string();
+    if peer == me {
+        return Err(LinkError::Closed("connected to ourselves".into()));
+    }
+    let peer_url = hello
+        .get("url")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if let Some(t) = dialled {
+        repl.name_target(&t.address(), &peer);
+    }
+    let dialer = if dialled.is_some() { &me } else { &peer };
+    let stop = Arc::new(AtomicBool::new(false));
+    let Some(link_id) = repl.register(&peer, dialer, &stream, stop.clone()) else {
+        let _ = out.send(
+            "BYE",
+            object(vec![("reason", Value::String("duplicate".into()))]),
+        );
+        return Err(LinkError::Closed(format!("duplicate link to {peer}")));
+    };
+    tracing::info!(
+        "replication: linked with {peer} ({})",
+        if dialled.is_some() {
+            "dialled"
+        } else {
+            "accepted"
+        }
+    );
+    repl.with_status(&peer, |s| s.url = peer_url.clone());
+    // Databases exchanged: ours, and the peer's that our `replication.databases` allows.
+    let mut databases = my_databases;
+    for d in message::strings_from(hello.get("databases")) {
+        if repl.settings.databases.includes(&d)
+            && !databases.contains(&d)
+            && repl.store.open_database(&d).is_ok()
+        {
+            databases.push(d);
+        }
+    }
+    let start_time = dialled.and_then(|t| t.start_time);
+    let mut control = Control {
+        repl: repl.clone(),
+        out: out.clone(),
+        peer: peer.clone(),
+        me,
+        stop: stop.clone(),
+        inbound: databases
+            .iter()
+            .map(|d| (d.clone(), Inbound::new(start_time)))
+            .collect(),
+        senders: HashMap::new(),
+        limits,
+        last_ping: None,
+    };
+    // The reader thread hands whole messages over; it ends when the socket does.
+    let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
+    let mut reader = stream.try_clone()?;
+    let reader_stop = stop.clone();
+    let _ = std::thread::Builder::new()
+        .name(format!("repl-read-{peer}"))
+        .spawn(move || loop {
+            let m = ws::read_message(&mut reader, MESSAGE_BYTES_MAX);
+            let end = m.is_err();
+            if tx.send(m).is_err() || end || reader_stop.load(Ordering::Acquire) {
+                return;
+            }
+        });
+    control.send_nodes();
+    let result = control.run(&rx);
+    stop.store(true, Ordering::Release);
+    for (_, s) in control.senders.drain() {
+        s.store(true, Ordering::Release);
+    }
+    for (db, inbound) in &control.inbound {
+        if inbound.snapshot_claimed {
+            repl.release_snapshot(db);
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    repl.unregister(&peer, link_id);
+    tracing::info!("replication: link with {peer} closed");
+    result
+}
+
+/// The receiving state of one database on this link.
+struct Inbound {
+    subscribed: bool,
+    snapshot_claimed: bool,
+    start_time: Option<f64>,
+    pending: VecDeque<Pending>,
+    relay: Vec<String>,
+    acks: BTreeMap<String, u64>,
+    resubscribe_at: Option<Instant>,
+}
+
+impl Inbound {
+    fn new(start_time: Option<f64>) -> Self {
+        Inbound {
+            subscribed: false,
+            snapshot_claimed: false,
+            start_time,
+            pending: VecDeque::new(),
+            relay: Vec::new(),
+            acks: BTreeMap::new(),
+            resubscribe_at: None,
+        }
+    }
+}
+
+enum PendingKind {
+    Txn { origin: String, seq: u64 },
+    Snapshot,
+    SnapshotEnd,
+}
+
+struct Pending {
+    kind: PendingKind,
+    rx: OneshotReceiver<Result<ApplyOutcome, WriteError>>,
+}
+
+struct Control {
+    repl: Arc<Replication>,
+    out: Arc<Out>,
+    peer: String,
+    me: String,
+    stop: Arc<AtomicBool>,
+    inbound: BTreeMap<String, Inbound>,
+    senders: HashMap<String, Arc<AtomicBool>>,
+    limits: DecodeLimits,
+    last_ping: Option<(Instant, f64)>,
+}
+
+impl Control {
+    fn run(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<Result<Incoming, WsError>>,
+    ) -> Result<(), LinkError> {
+        let mut next_ack = Instant::now() + ACK_INTERVAL;
+        let mut next_maintain = Instant::now();
+        let mut next_ping = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Acquire) || self.repl.stopping() {
+                return Err(LinkError::Closed("stopped".into()));
+            }
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(Ok(Incoming::Binary(frame))) => match message::decode(&frame, &self.limits) {
+                    Ok((kind, body)) => self.handle(&kind, body)?,
+                    Err(e) => return Err(LinkError::Protocol(e)),
+                },
+                Ok(Ok(Incoming::Ping(p))) => self.out.frame(ws::OP_PONG, &p)?,
+                Ok(Ok(Incoming::Pong)) => {}
+                Ok(Ok(Incoming::Close)) => return Err(LinkError::Closed("close frame".into())),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(LinkError::Closed("reader ended".into()))
+                }
+            }
+            self.drain_applies(false)?;
+            let now_i = Instant::now();
+            if now_i >= next_ack {
+                self.send_acks()?;
+                next_ack = now_i + ACK_INTERVAL;
+            }
+            if now_i >= next_maintain {
+                self.maintain()?;
+                next_maintain = now_i + MAINTAIN_INTERVAL;
+            }
+            if now_i >= next_ping {
+                let t = now();
+                self.last_ping = Some((now_i, t));
+                self.out
+                    .send("PING", object(vec![("t", Value::Float(t))]))?;
+                next_ping = now_i + PING_INTERVAL;
+            }
+        }
+    }
+
+    fn handle(&mut self, kind: &str, body: Value) -> Result<(), LinkError> {
+        let database = body
+            .get("database")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match kind {
+            "SUBSCRIBE" => {
+                let Some(db) = database.filter(|d| self.repl.settings.databases.includes(d)) else {
+                    return Ok(());
+                };
+                let Some(handle) = self.repl.store.database(&db) else {
+                    return Ok(());
+                };
+                if let Some(old) = self.senders.remove(&db) {
+                    old.store(true, Ordering::Release);
+                }
+                let stop = Arc::new(AtomicBool::new(false));
+                self.senders.insert(db.clone(), stop.clone());
+                let request = SubscribeRequest {
+                    cursors: message::cursors_from(body.get("cursors"))
+                        .into_iter()
+                        .collect(),
+                    snapshot: matches!(body.get("snapshot"), Some(Value::Bool(true))),
+                    relay: message::strings_from(body.get("relay")),
+                    start_time: body.get("startTime").and_then(super::parse_time),
+                };
+                let sender = Sender {
+                    repl: self.repl.clone(),
+                    out: self.out.clone(),
+                    peer: self.peer.clone(),
+                    me: self.me.clone(),
+                    db: handle,
+                    stop,
+                    link_stop: self.stop.clone(),
+                };
+                let _ = std::thread::Builder::new()
+                    .name(format!("repl-send-{}-{db}", self.peer))
+                    .spawn(move || {
+                        if let Err(e) = sender.run(request) {
+                            tracing::debug!("replication sender ended: {e}");
+                        }
+                    });
+            }
+            "SCHEMA" => {
+                if let Some(db) = database.filter(|d| self.inbound.contains_key(d)) {
+                    self.apply_schema(&db, &body);
+                }
+            }
+            "SNAPSHOT" => {
+                let Some(db) = database.filter(|d| self.inbound.contains_key(d)) else {
+                    return Ok(());
+                };
+                let records: Vec<SnapshotRecord> = message::snapshot_from(&body)
+                    .ok_or_else(|| LinkError::Protocol("bad SNAPSHOT".into()))?
+                    .into_iter()
+                    .filter(|r| self.accepts(&db, &r.table))
+                    .collect();
+                self.submit(&db, ApplyJob::Snapshot(records), PendingKind::Snapshot)?;
+            }
+            "SNAPSHOT_END" => {
+                let Some(db) = database.filter(|d| self.inbound.contains_key(d)) else {
+                    return Ok(());
+                };
+                let cursors = message::cursors_from(body.get("cursors"));
+                self.submit(&db, ApplyJob::Cursors(cursors), PendingKind::SnapshotEnd)?;
+            }
+            "TXN" => {
+                let Some(db) = database.filter(|d| self.inbound.contains_key(d)) else {
+                    return Ok(());
+                };
+                let mut txn: ReplicatedTxn = message::txn_from(&body)
+                    .ok_or_else(|| LinkError::Protocol("bad TXN".into()))?;
+                txn.entries.retain(|e| self.accepts(&db, &e.table));
+                let t = now();
+                let remote = txn.time;
+                self.repl.with_status(&self.peer, |s| {
+                    let socket = s.sockets.entry(db.clone()).or_default();
+                    socket.last_received_remote = remote;
+                    socket.last_received_local = t;
+                    if !socket.nodes.contains(&txn.origin) {
+                        socket.nodes.push(txn.origin.clone());
+                    }
+                });
+                let kind = PendingKind::Txn {
+                    origin: txn.origin.clone(),
+                    seq: txn.seq,
+                };
+                self.submit(&db, ApplyJob::Txn(txn), kind)?;
+            }
+            "ACK" => {
+                if let Some(db) = database {
+                    let t = now();
+                    self.repl.with_status(&self.peer, |s| {
+                        s.sockets.entry(db).or_default().last_commit_confirmed = t;
+                    });
+                }
+            }
+            "PING" => {
+                let t = body.get("t").cloned().unwrap_or(Value::Null);
+                self.out.send("PONG", object(vec![("t", t)]))?;
+            }
+            "PONG" => {
+                if let Some((sent, _)) = self.last_ping.take() {
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    self.repl
+                        .with_status(&self.peer, |s| s.latency_ms = Some(ms));
+                }
+            }
+            "BYE" => {
+                let reason = body.get("reason").and_then(Value::as_str).unwrap_or("");
+                if reason == "removed" {
+                    tracing::warn!("replication: {} removed this node", self.peer);
+                }
+                return Err(LinkError::Closed(format!("BYE {reason}")));
+            }
+            "NODES" => {
+                let announced: Vec<(String, String)> = match &body {
+                    Value::Array(items) => items
+                        .iter()
+                        .filter(|n| !matches!(n.get("removed"), Some(Value::Bool(true))))
+                        .filter_map(|n| {
+                            Some((
+                                n.get("name")?.as_str()?.to_string(),
+                                n.get("url")?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                self.repl.learn_nodes(&announced);
+            }
+            // Unknown types are ignored (SPEC §7.4).
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Our own schema wins: a table we keep local, or a system table other than users and
+    /// roles, takes nothing from peers.
+    fn accepts(&self, db: &str, table: &str) -> bool {
+        match self.repl.store.database(db).and_then(|d| d.table(table)) {
+            Some(t) => table_replicates(db, &t),
+            // Unknown yet: the writer refuses it and the stream restarts after SCHEMA.
+            None => db != "system",
+        }
+    }
+
+    fn submit(&mut self, db: &str, job: ApplyJob, kind: PendingKind) -> Result<(), LinkError> {
+        let Some(handle) = self.repl.store.database(db) else {
+            return Ok(());
+        };
+        if self
+            .inbound
+            .get(db)
+            .is_some_and(|i| i.resubscribe_at.is_some())
+        {
+            // A gap was seen: everything until the stream restarts is dropped.
+            if !matches!(kind, PendingKind::SnapshotEnd) {
+                return Ok(());
+            }
+        }
+        loop {
+            match handle.apply(job.clone()) {
+                Ok(rx) => {
+                    if let Some(inbound) = self.inbound.get_mut(db) {
+                        inbound.pending.push_back(Pending { kind, rx });
+                    }
+                    break;
+                }
+                Err(WriteError::Overloaded(_)) => {
+                    // The writer's queue is full: wait for our oldest apply instead.
+                    self.drain_applies(true)?;
+                }
+                Err(e) => return Err(LinkError::Closed(format!("writer: {e}"))),
+            }
+        }
+        if self
+            .inbound
+            .get(db)
+            .is_some_and(|i| i.pending.len() >= APPLY_PENDING_MAX)
+        {
+            self.drain_applies(true)?;
+        }
+        Ok(())
+    }
+
+    /// Collects finished applies in order; with `wait`, blocks for at least the oldest.
+    fn drain_applies(&mut self, wait: bool) -> Result<(), LinkError> {
+        let dbs: Vec<String> = self.inbound.keys().cloned().collect();
+        let mut waited = !wait;
+        for db in dbs {
+            while let Some(inbound) = self.inbound.get_mut(&db) {
+                let Some(front) = inbound.pending.front_mut() else {
+                    break;
+                };
+                let result = if waited {
+                    match poll_once(&mut front.rx) {
+                        Some(r) => r,
+                        None => break,
+                    }
+                } else {
+                    waited = true;
+                    block_on(&mut front.rx)
+                };
+                let Some(done) = inbound.pending.pop_front() else {
+                    break;
+                };
+                match (done.kind, result) {
+                    (PendingKind::Txn { origin, seq }, Some(Ok(outcome))) => match outcome {
+                        ApplyOutcome::Applied { .. } | ApplyOutcome::Duplicate => {
+                            let ack = inbound.acks.entry(origin).or_insert(0);
+                            *ack = (*ack).max(seq);
+                        }
+                        ApplyOutcome::Gap { cursor } => {
+                            tracing::debug!(
+                                "replication: gap from {} in {db} ({origin} {seq} after {cursor}); re-requesting",
+                                self.peer
+                            );
+                            inbound.subscribed = false;
+                            inbound.pending.clear();
+                            inbound.resubscribe_at = Some(Instant::now());
+                        }
+                    },
+                    (PendingKind::SnapshotEnd, Some(Ok(_))) => {
+                        if inbound.snapshot_claimed {
+                            inbound.snapshot_claimed = false;
+                            self.repl.release_snapshot(&db);
+                        }
+                    }
+                    (PendingKind::Snapshot, Some(Ok(_))) => {}
+                    (_, Some(Err(e))) => {
+                        tracing::warn!(
+                            "replication: applying from {} to {db} failed: {e}; re-requesting",
+                            self.peer
+                        );
+                        inbound.subscribed = false;
+                        inbound.pending.clear();
+                        inbound.resubscribe_at = Some(Instant::now() + Duration::from_millis(500));
+                    }
+                    (_, None) => return Err(LinkError::Closed("writer stopped".into())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_acks(&mut self) -> Result<(), LinkError> {
+        let mut batch = Vec::new();
+        for (db, inbound) in self.inbound.iter_mut() {
+            for (origin, seq) in std::mem::take(&mut inbound.acks) {
+                batch.push((db.clone(), origin, seq));
+            }
+        }
+        for (db, origin, seq) in batch {
+            self.out.send(
+                "ACK",
+                object(vec![
+                    ("database", Value::String(db)),
+                    ("origin", Value::String(origin)),
+                    ("seq", Value::Int(seq as i64)),
+                ]),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// (Re)subscribes databases that need it, and keeps each one's relay list current: the
+    /// origins we know with no link of their own, assigned to the connected peer with the
+    /// smallest name so only one peer relays each.
+    fn maintain(&mut self) -> Result<(), LinkError> {
+        let connected = self.repl.connected_peers();
+        let relayer = connected.iter().min().cloned();
+        let dbs: Vec<String> = self.inbound.keys().cloned().collect();
+        for db in dbs {
+            let Some(handle) = self.repl.store.database(&db) else {
+                continue;
+            };
+            let cursors = match handle.read().and_then(|r| r.cursors()) {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            let relay: Vec<String> = if relayer.as_deref() == Some(self.peer.as_str()) {
+                let mut r: Vec<String> = cursors
+                    .iter()
+                    .map(|(o, _)| o.clone())
+                    .filter(|o| o != &self.me && o != &self.peer && !connected.contains(o))
+                    .collect();
+                r.sort();
+                r
+            } else {
+                Vec::new()
+            };
+            let Some(inbound) = self.inbound.get_mut(&db) else {
+                continue;
+            };
+            if inbound.resubscribe_at.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            let mut snapshot = false;
+            if !inbound.subscribed {
+                if inbound.snapshot_claimed {
+                    continue;
+                }
+                let others = cursors.iter().any(|(o, _)| o != &self.me);
+                if !others && inbound.start_time.is_none() {
+                    // An empty node: one peer gives the initial copy; the others wait for it.
+                    if !self.repl.claim_snapshot(&db) {
+                        continue;
+                    }
+                    inbound.snapshot_claimed = true;
+                    snapshot = true;
+                } else if self.repl.snapshot_in_progress(&db) {
+                    continue;
+                }
+            } else if inbound.relay == relay {
+                continue;
+            }
+            inbound.relay = relay.clone();
+            inbound.subscribed = true;
+            inbound.resubscribe_at = None;
+            let mut body = vec![
+                ("database", Value::String(db.clone())),
+                ("tables", Value::Null),
+                ("cursors", message::cursors_value(&cursors)),
+                ("snapshot", Value::Bool(snapshot)),
+                (
+                    "relay",
+                    Value::Array(relay.into_iter().map(Value::String).collect()),
+                ),
+            ];
+            if let Some(t) = inbound
+                .start_time
+                .take()
+                .filter(|_| cursors.iter().all(|(o, _)| o == &self.me))
+            {
+                body.push(("startTime", Value::Float(t)));
+            }
+            self.repl.with_status(&self.peer, |s| {
+                s.sockets.entry(db.clone()).or_default().connected = true;
+            });
+            self.out.send("SUBSCRIBE", object(body))?;
+        }
+        Ok(())
+    }
+
+    fn send_nodes(&self) {
+        let mut list = vec![object(vec![
+            ("name", Value::String(self.me.clone())),
+            ("url", Value::String(self.repl.settings.url.clone())),
+        ])];
+        let status = self.repl.status.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, name, target) in self.repl.nodes() {
+            let name = name.unwrap_or(key);
+            let url = status
+                .get(&name)
+                .map(|s| s.url.clone())
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| target.url());
+            list.push(object(vec![
+                ("name", Value::String(name)),
+                ("url", Value::String(url)),
+            ]));
+        }
+        drop(status);
+        let _ = self.out.send("NODES", Value::Array(list));
+    }
+
+    /// `SCHEMA`: creates the tables we lack (as ops-created tables); our own definitions win.
+    fn apply_schema(&self, db: &str, body: &Value) {
+        let Some(handle) = self.repl.store.database(db) else {
+            return;
+        };
+        let Some(Value::Array(tables)) = body.get("tables") else {
+            return;
+        };
+        for t in tables {
+            let Some(name) = t.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if handle.table(name).is_some() || db == "system" {
+                continue;
+            }
+            let def = table_def(db, name, t);
+            match handle.schema(SchemaChange::Create(def)) {
+                Ok(rx) => match block_on(rx) {
+                    Some(Ok(_)) | Some(Err(crate::store::StoreError::TableExists(_))) => {
+                        tracing::info!("replication: created table {db}.{name} from {}", self.peer)
+                    }
+                    Some(Err(e)) => tracing::warn!("replication: cannot create {db}.{name}: {e}"),
+                    None => {}
+                },
+                Err(e) => tracing::warn!("replication: cannot create {db}.{name}: {e}"),
+            }
+        }
+    }
+}
+
+/// A table definition from a `SCHEMA` entry `{name, primaryKey, attributes, replicate,
+/// expiration}`.
+fn table_def(db: &str, name: &str, t: &Value) -> TableDef {
+    let primary_key = t
+        .get("primaryKey")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let mut attributes = Vec::new();
+    if let Some(Value::Array(attrs)) = t.get("attributes") {
+        for a in attrs {
+            let Some(n) = a.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let ty = a
+                .get("type")
+                .and_then(Value::as_str)
+                .and_then(FieldType::scalar)
+                .unwrap_or(FieldType::Any);
+            let mut attr = AttributeDef::new(n, ty);
+            attr.indexed = matches!(a.get("indexed"), Some(Value::Bool(true)));
+            attr.primary_key = primary_key.as_deref() == Some(n);
+            attributes.push(attr);
+        }
+    }
+    TableDef {
+        database: db.to_string(),
+        table: name.to_string(),
+        type_name: name.to_string(),
+        export: None,
+        primary_key,
+        attributes,
+        expiration_s: message::as_u64(t.get("expiration")),
+        replicate: !matches!(t.get("replicate"), Some(Value::Bool(false))),
+        audit: true,
+        sealed: false,
+        location: None,
+    }
+}
+
+fn schema_entry(table: &crate::store::Table) -> Value {
+    let def = &table.def;
+    object(vec![
+        ("name", Value::String(def.table.clone())),
+        (
+            "primaryKey",
+            def.primary_key
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+        ),
+        (
+            "attributes",
+            Value::Array(
+                def.attributes
+                    .iter()
+                    .map(|a| {
+                        object(vec![
+                            ("name", Value::String(a.name.clone())),
+                            ("type", Value::String(a.ty.name().to_string())),
+                            ("indexed", Value::Bool(a.indexed)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        ("replicate", Value::Bool(def.replicate)),
+        (
+            "expiration",
+            def.expiration_s
+                .map(|s| Value::Int(s as i64))
+                .unwrap_or(Value::Null),
+        ),
+    ])
+}
+
+struct SubscribeRequest {
+    cursors: HashMap<String, u64>,
+    snapshot: bool,
+    relay: Vec<String>,
+    start_time: Option<f64>,
+}
+
+/// Streams one database to the peer.
+struct Sender {
+    repl: Arc<Replication>,
+    out: Arc<Out>,
+    peer: String,
+    me: String,
+    db: Arc<Database>,
+    stop: Arc<AtomicBool>,
+    link_stop: Arc<AtomicBool>,
+}
+
+impl Sender {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+            || self.link_stop.load(Ordering::Acquire)
+            || self.repl.stopping()
+    }
+
+    fn replicated_tables(&self) -> Vec<Arc<crate::store::Table>> {
+        self.db
+            .table_names()
+            .iter()
+            .filter_map(|n| self.db.table(n))
+            .filter(|t| table_replicates(&self.db.name, t))
+            .collect()
+    }
+
+    fn send_schema(&self, tables: &[Arc<crate::store::Table>]) -> Result<(), LinkError> {
+        if tables.is_empty() {
+            return Ok(());
+        }
+        self.out.send(
+            "SCHEMA",
+            object(vec![
+                ("database", Value::String(self.db.name.to_string())),
+                (
+                    "tables",
+                    Value::Array(tables.iter().map(|t| schema_entry(t)).collect()),
+                ),
+            ]),
+        )
+    }
+
+    fn run(self, req: SubscribeRequest) -> Result<(), LinkError> {
+        let database = self.db.name.to_string();
+        let tables = self.replicated_tables();
+        // Which definition each table was last announced with (pointer identity).
+        let mut announced: HashMap<String, usize> = tables
+            .iter()
+            .map(|t| (t.name.to_string(), Arc::as_ptr(&t.def) as usize))
+            .collect();
+        self.send_schema(&tables)?;
+        let mut sent: HashMap<String, u64> = req.cursors;
+        let wanted = |origin: &str| origin == self.me || req.relay.iter().any(|r| r == origin);
+        let mut after: Option<f64>;
+        let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
+        if req.snapshot {
+            // One consistent read: every replicated table, its tombstones, and the cursors and
+            // log position that go with it.
+            let (chunks, cursors, last) = {
+                let r = self.db.read().map_err(storage)?;
+                let mut chunks: Vec<(String, Vec<Value>)> = Vec::new();
+                for t in &tables {
+                    let rows: Vec<Value> = r
+                        .raw_records(t)
+                        .map_err(storage)?
+                        .into_iter()
+                        .map(|raw| {
+                            let origin = if raw.header.origin == crate::store::node_id_of(&self.me)
+                            {
+                                Some(self.me.clone())
+                            } else {
+                                r.node_name(raw.header.origin).ok().flatten()
+                            };
+                            message::snapshot_row(&SnapshotRecord {
+                                table: t.name.to_string(),
+                                key: raw.key,
+                                version: raw.header.version,
+                                origin: origin.unwrap_or_else(|| self.me.clone()),
+                                value: raw.value,
+                                expires_at: raw.header.expires_at,
+                            })
+                        })
+                        .collect();
+                    for chunk in rows.chunks(SNAPSHOT_CHUNK) {
+                        chunks.push((t.name.to_string(), chunk.to_vec()));
+                    }
+                }
+                (
+                    chunks,
+                    r.cursors().map_err(storage)?,
+                    r.audit_last().map_err(storage)?,
+                )
+            };
+            for (table, rows) in chunks {
+                if self.stopped() {
+                    return Ok(());
+                }
+                self.out.send(
+                    "SNAPSHOT",
+                    object(vec![
+                        ("database", Value::String(database.clone())),
+                        ("table", Value::String(table)),
+                        ("records", Value::Array(rows)),
+                    ]),
+                )?;
+            }
+            self.out.send(
+                "SNAPSHOT_END",
+                object(vec![
+                    ("database", Value::String(database.clone())),
+                    ("cursors", message::cursors_value(&cursors)),
+                ]),
+            )?;
+            sent = cursors.into_iter().collect();
+            after = last;
+        } else if let Some(t) = req.start_time {
+            // From the first transaction at or after `t`, per origin; the cursors go first so
+            // the receiver takes each origin's first seq as the next one.
+            let from = f64::from_bits(t.to_bits().saturating_sub(1));
+            let mut firsts: HashMap<String, u64> = HashMap::new();
+            let mut scan = Some(from);
+            loop {
+                let (txns, last) = self
+                    .db
+                    .read()
+                    .and_then(|r| r.audit_txns_after(scan, SEND_BATCH))
+                    .map_err(storage)?;
+                if txns.is_empty() {
+                    break;
+                }
+                for tx in txns.iter().filter(|tx| wanted(&tx.origin)) {
+                    firsts.entry(tx.origin.clone()).or_insert(tx.seq);
+                }
+                scan = last;
+            }
+            let cursors: Vec<(String, u64)> = firsts
+                .into_iter()
+                .map(|(o, s)| (o, s.saturating_sub(1)))
+                .collect();
+            self.out.send(
+                "SNAPSHOT_END",
+                object(vec![
+                    ("database", Value::String(database.clone())),
+                    ("cursors", message::cursors_value(&cursors)),
+                ]),
+            )?;
+            sent = cursors.into_iter().collect();
+            after = Some(from);
+        } else {
+            // Catch-up: from the earliest transaction the receiver lacks of any origin we send.
+            let r = self.db.read().map_err(storage)?;
+            let mut origins: Vec<String> = vec![self.me.clone()];
+            origins.extend(req.relay.iter().cloned());
+            let mut start: Option<f64> = None;
+            for origin in &origins {
+                let have = sent.get(origin).copied().unwrap_or(0);
+                match r.audit_position(origin, have + 1).map_err(storage)? {
+                    Some(p) => start = Some(start.map_or(p, |s: f64| s.min(p))),
+                    None => {
+                        if r.cursor(origin).map_err(storage)? > have {
+                            tracing::warn!(
+                                "replication: the log of {database} no longer reaches {origin} {} for {}",
+                                have + 1,
+                                self.peer
+                            );
+                        }
+                    }
+                }
+            }
+            after = match start {
+                Some(p) => Some(f64::from_bits(p.to_bits().saturating_sub(1))),
+                None => r.audit_last().map_err(storage)?,
+            };
+        }
+        // Live: our log in commit order, from `after`.
+        while !self.stopped() {
+            let token = self.db.commits.current();
+            let (txns, last) = self
+                .db
+                .read()
+                .and_then(|r| r.audit_txns_after(after, SEND_BATCH))
+                .map_err(storage)?;
+            if txns.is_empty() && last == after {
+                self.db.commits.wait_past(token, Duration::from_millis(200));
+                continue;
+            }
+            after = last;
+            for tx in txns {
+                if !wanted(&tx.origin) {
+                    continue;
+                }
+                let have = sent.get(&tx.origin).copied().unwrap_or(0);
+                if tx.seq <= have {
+                    continue;
+                }
+                let mut entries = Vec::with_capacity(tx.entries.len());
+                for e in tx.entries {
+                    let Some(table) = self.db.table(&e.table) else {
+                        continue;
+                    };
+                    if !table_replicates(&database, &table) {
+                        continue;
+                    }
+                    let ptr = Arc::as_ptr(&table.def) as usize;
+                    if announced.get(&e.table) != Some(&ptr) {
+                        announced.insert(e.table.clone(), ptr);
+                        self.send_schema(std::slice::from_ref(&table))?;
+                    }
+                    entries.push(e);
+                }
+                let txn = ReplicatedTxn {
+                    origin: tx.origin.clone(),
+                    seq: tx.seq,
+                    time: tx.time,
+                    user: tx.user,
+                    entries,
+                };
+                self.out.send("TXN", message::txn_body(&database, &txn))?;
+                sent.insert(tx.origin, tx.seq);
+                let t = now();
+                self.repl.with_status(&self.peer, |s| {
+                    s.sockets.entry(database.clone()).or_default().last_send = t;
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1001 @@
+//! Replication between nodes (SPEC §7): the node list (routes, `hdb_nodes`, gossip), one
+//! WebSocket link per peer multiplexing every replicated database, the plain replication
+//! listener, reconnects with jittered back-off, and `cluster_status`.
+//!
+//! Links run on their own plain threads (DESIGN.md allows "tasks on the executors or their own
+//! threads"): a link is a reader thread (frames → channel), a control thread (applies what
+//! arrives, acknowledges, keeps subscriptions and relays current) and one sender thread per
+//! database the peer subscribed to (audit log → `TXN`). Blocking socket I/O and waiting for the
+//! writer's replies therefore never touch an executor. No link ever opens a write transaction:
+//! every change goes to the database's writer as an [`ApplyJob`], in order, pipelined.
+//!
+//! One link per peer (not per database): every message body names its `database`. If both nodes
+//! dial each other, the link dialled by the node with the smaller name stays.
+//!
+//! What it never does: parse client requests, hold a write transaction, or replicate `drop_*`,
+//! expiry removal or system tables other than `hdb_user`/`hdb_role`.
+
+pub mod link;
+pub mod message;
+pub mod ws;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use serde_yaml::Value as Yaml;
+
+use crate::config::{Config, ConfigTree, ListenAddr};
+use crate::store::{now_ms, Store, Table, WriteOp, WriteRequest};
+use crate::value::{Object, Value};
+
+/// Reconnect back-off bounds (SPEC §7.3).
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A link whose TCP connect takes longer gives up and backs off.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The system tables that replicate when `system` is included (SPEC §7.2).
+const SYSTEM_REPLICATED: &[&str] = &["hdb_user", "hdb_role"];
+
+/// Which databases replicate (`replication.databases`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Databases {
+    /// `"*"`: every user database, and `system`'s users and roles.
+    All,
+    Names(Vec<String>),
+}
+
+impl Databases {
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            Databases::All => true,
+            Databases::Names(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// Where to dial a peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// `startTime` (ms since the epoch): stream from then on instead of from cursors.
+    pub start_time: Option<f64>,
+}
+
+impl Target {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}:{}", self.host, self.port)
+    }
+
+    /// A route or node address: `host`, `host:port`, `ws://host:port`, `wss://host:port`, or
+    /// `{hostname, port, startTime?}`.
+    pub fn parse(v: &Value, port_default: u16) -> Option<Target> {
+        match v {
+            Value::String(s) => Self::parse_str(s, port_default, None),
+            Value::Object(o) => {
+                let host = o
+                    .get("hostname")
+                    .or_else(|| o.get("host"))
+                    .or_else(|| o.get("url"))?
+                    .as_str()?;
+                let port = message::as_u64(o.get("port"))
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(port_default);
+                let start = o
+                    .get("startTime")
+                    .or_else(|| o.get("start_time"))
+                    .and_then(parse_time);
+                Self::parse_str(host, port, start)
+            }
+            _ => None,
+        }
+    }
+
+    fn parse_str(s: &str, port_default: u16, start_time: Option<f64>) -> Option<Target> {
+        let rest = s
+            .trim()
+            .trim_start_matches("wss://")
+            .trim_start_matches("ws://")
+            .trim_end_matches('/');
+        if rest.is_empty() {
+            return None;
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
+                (h.to_string(), p.parse::<u16>().ok()?)
+            }
+            _ => (rest.to_string(), port_default),
+        };
+        Some(Target {
+            host,
+            port,
+            start_time,
+        })
+    }
+}
+
+/// ISO-8601 or ms since the epoch → ms since the epoch.
+pub fn parse_time(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        Value::Date(ms) => Some(*ms),
+        Value::String(s) => crate::util::parse_iso8601_ms(s),
+        _ => None,
+    }
+}
+
+/// `replication.*` settings, read from the configuration tree.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub url: String,
+    /// `replication.port`: the plain listener.
+    pub listen: Option<SocketAddr>,
+    pub routes: Vec<Target>,
+    pub databases: Databases,
+    /// Replication is on (SPEC §7.2): hostname, url or routes configured (or known nodes).
+    pub configured: bool,
+    pub port_default: u16,
+}
+
+impl Settings {
+    pub fn from_tree(tree: &ConfigTree, config: &Config) -> Result<Settings, String> {
+        let get = |k: &str| tree.get(k).filter(|v| !matches!(v, Yaml::Null));
+        let listen = match get("replication.port") {
+            Some(v) => ListenAddr::parse("replication.port", v)
+                .map_err(|e| e.to_string())?
+                .map(|a| a.0),
+            None => None,
+        };
+        let secure_port = get("replication.securePort")
+            .and_then(Yaml::as_u64)
+            .and_then(|p| u16::try_from(p).ok());
+        // Links speak plain WebSocket only so far (no TLS on securePort yet), so routes default
+        // to the plain port whenever one is set.
+        let port_default = listen.map(|a| a.port()).or(secure_port).unwrap_or(9933);
+        let routes: Vec<Target> = match get("replication.routes") {
+            Some(Yaml::Sequence(items)) => items
+                .iter()
+                .filter_map(|y| {
+                    let j = serde_json::to_value(y).ok()?;
+                    Target::parse(&crate::protocol::ops::decode::from_json(&j), port_default)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let databases = match get("replication.databases") {
+            Some(Yaml::Sequence(items)) => Databases::Names(
+                items
+                    .iter()
+                    .filter_map(|y| y.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            Some(Yaml::String(s)) if s != "*" => {
+                Databases::Names(s.split(',').map(|p| p.trim().to_string()).collect())
+            }
+            _ => Databases::All,
+        };
+        let url = get("replication.url").and_then(|v| v.as_str().map(str::to_string));
+        let configured =
+            get("replication.hostname").is_some() || url.is_some() || !routes.is_empty();
+        let url = url.unwrap_or_else(|| match listen {
+            Some(a) if !a.ip().is_unspecified() => format!("ws://{a}"),
+            Some(a) => format!("ws://{}:{}", config.node_name, a.port()),
+            None => format!("wss://{}:{port_default}", config.node_name),
+        });
+        Ok(Settings {
+            node_name: config.node_name.clone(),
+            url,
+            listen,
+            routes,
+            databases,
+            configured,
+            port_default,
+        })
+    }
+}
+
+/// A known peer: a route, an `hdb_nodes` entry or a node learned by gossip.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The key operations use: the name given to `add_node`, or the host of a route.
+    pub key: String,
+    /// The name the peer announced in `HELLO`, once connected.
+    pub name: Option<String>,
+    pub target: Target,
+    pub from_route: bool,
+    stop: Arc<AtomicBool>,
+}
+
+/// Per-database link counters for `cluster_status` (ms since the epoch; 0 = never).
+#[derive(Debug, Clone, Default)]
+pub struct SocketStatus {
+    pub connected: bool,
+    pub last_commit_confirmed: f64,
+    pub last_received_remote: f64,
+    pub last_received_local: f64,
+    pub last_send: f64,
+    pub nodes: Vec<String>,
+}
+
+/// A live link, as the manager sees it.
+pub struct LinkEntry {
+    pub id: u64,
+    /// Who dialled it: decides which of two crossing links stays.
+    pub dialer: String,
+    pub stop: Arc<AtomicBool>,
+    socket: TcpStream,
+    pub thread: u64,
+}
+
+#[derive(Default)]
+pub struct PeerStatus {
+    pub url: String,
+    pub latency_ms: Option<f64>,
+    pub sockets: BTreeMap<String, SocketStatus>,
+}
+
+/// The replication manager: one per process.
+pub struct Replication {
+    pub settings: Settings,
+    pub store: Arc<Store>,
+    nodes: Mutex<Vec<Node>>,
+    links: Mutex<HashMap<String, LinkEntry>>,
+    pub(crate) status: Mutex<HashMap<String, PeerStatus>>,
+    snapshot_claims: Mutex<HashSet<String>>,
+    stopping: AtomicBool,
+    next_link: AtomicU64,
+}
+
+static INSTANCE: OnceLock<Arc<Replication>> = OnceLock::new();
+
+/// The running replication manager, when replication is on.
+pub fn get() -> Option<Arc<Replication>> {
+    INSTANCE.get().cloned()
+}
+
+/// Reads `hdb_nodes` and the settings; when replication is on, binds the listener (an error is
+/// a bind failure) and starts dialling every known node.
+pub fn start(
+    store: Arc<Store>,
+    config: &Config,
+    tree: &ConfigTree,
+) -> Result<Option<Arc<Replication>>, String> {
+    let settings = Settings::from_tree(tree, config)?;
+    let stored = stored_nodes(&store, settings.port_default);
+    if !settings.configured && stored.is_empty() {
+        return Ok(None);
+    }
+    let listener = match settings.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .map_err(|e| format!("replication port {addr}: cannot listen: {e}"))?,
+        ),
+        None => None,
+    };
+    let repl = Arc::new(Replication {
+        settings,
+        store,
+        nodes: Mutex::new(Vec::new()),
+        links: Mutex::new(HashMap::new()),
+        status: Mutex::new(HashMap::new()),
+        snapshot_claims: Mutex::new(HashSet::new()),
+        stopping: AtomicBool::new(false),
+        next_link: AtomicU64::new(1),
+    });
+    if INSTANCE.set(repl.clone()).is_err() {
+        return Err("replication started twice".into());
+    }
+    if let Some(listener) = listener {
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(target: crate::logging::NOTIFY, "replication listening on {addr} (ws, subprotocol {})", ws::SUBPROTOCOL);
+        let r = repl.clone();
+        std::thread::Builder::new()
+            .name("repl-listen".into())
+            .spawn(move || r.accept_loop(listener))
+            .map_err(|e| e.to_string())?;
+    }
+    for target in repl.settings.routes.clone() {
+        repl.add_target(target.host.clone(), target, true);
+    }
+    for (key, target) in stored {
+        repl.add_target(key, target, false);
+    }
+    Ok(Some(repl))
+}
+
+/// `hdb_nodes` entries not marked removed: (name, target).
+fn stored_nodes(store: &Store, port_default: u16) -> Vec<(String, Target)> {
+    let Some(db) = store.database("system") else {
+        return Vec::new();
+    };
+    let Some(table) = db.table("hdb_nodes") else {
+        return Vec::new();
+    };
+    let Ok(txn) = db.read() else {
+        return Vec::new();
+    };
+    let Ok(records) = txn.raw_records(&table) else {
+        return Vec::new();
+    };
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let v = r.value?;
+            if matches!(v.get("removed"), Some(Value::Bool(true))) {
+                return None;
+            }
+            let name = v.get("name")?.as_str()?.to_string();
+            let url = v.get("url").cloned().unwrap_or(Value::String(name.clone()));
+            let target = Target::parse(&url, port_default)?;
+            Some((name, target))
+        })
+        .collect()
+}
+
+/// Blocks a plain thread on a future (a writer reply), parking between polls.
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+/// Polls a future once without blocking.
+pub(crate) fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let waker = Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    match std::pin::Pin::new(f).poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// Whether `table` of `database` ever leaves this node.
+pub fn table_replicates(database: &str, table: &Table) -> bool {
+    table.def.replicate && (database != "system" || SYSTEM_REPLICATED.contains(&&*table.name))
+}
+
+/// A jittered delay in [d/2, d].
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let fraction = 0.5 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(fraction)
+}
+
+impl Replication {
+    pub fn node_name(&self) -> &str {
+        &self.settings.node_name
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Databases this node replicates, by name.
+    pub fn databases(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .store
+            .database_names()
+            .into_iter()
+            .filter(|d| self.settings.databases.includes(d))
+            .collect();
+        if self.settings.databases == Databases::All && !names.iter().any(|n| n == "system") {
+            names.push("system".into());
+        }
+        names
+    }
+
+    /// Adds (or replaces) a node under `key` and starts dialling it.
+    pub fn add_target(self: &Arc<Self>, key: String, target: Target, from_route: bool) {
+        if target.address() == self.own_address() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = nodes
+                .iter()
+                .position(|n| n.key == key || n.target.address() == target.address())
+            {
+                let old = nodes.remove(old);
+                if old.target == target {
+                    // Same target: keep its dialler running.
+                    nodes.push(old);
+                    return;
+                }
+                old.stop.store(true, Ordering::Release);
+            }
+            nodes.push(Node {
+                key,
+                name: None,
+                target: target.clone(),
+                from_route,
+                stop: stop.clone(),
+            });
+        }
+        let r = self.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("repl-dial-{}", target.address()))
+            .spawn(move || r.dial_loop(target, stop));
+    }
+
+    fn own_address(&self) -> String {
+        match self.settings.listen {
+            Some(a) if !a.ip().is_unspecified() => a.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Stops dialling the node `key` (a name, a host or an address) and closes its link with
+    /// `BYE`. Returns whether it was known.
+    pub fn remove_node(&self, key: &str) -> bool {
+        let removed: Vec<Node> = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let (gone, kept): (Vec<Node>, Vec<Node>) = nodes.drain(..).partition(|n| {
+                n.key == key
+                    || n.name.as_deref() == Some(key)
+                    || n.target.address() == key
+                    || n.target.host == key
+                    || n.target.url() == key
+            });
+            *nodes = kept;
+            gone
+        };
+        for node in &removed {
+            node.stop.store(true, Ordering::Release);
+            for name in [Some(node.key.as_str()), node.name.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                self.close_link(name, "removed");
+            }
+        }
+        let peer_known = self.close_link(key, "removed");
+        !removed.is_empty() || peer_known
+    }
+
+    fn close_link(&self, peer: &str, reason: &str) -> bool {
+        let entry = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+        match entry {
+            Some(e) => {
+                e.stop.store(true, Ordering::Release);
+                let mut s = &e.socket;
+                let mut frame = Vec::new();
+                let masked = e.dialer == self.settings.node_name;
+                ws::encode_frame(
+                    ws::OP_BINARY,
+                    &message::encode(
+                        "BYE",
+                        message::object(vec![("reason", Value::String(reason.into()))]),
+                    ),
+                    masked,
+                    &mut frame,
+                );
+                let _ = std::io::Write::write_all(&mut s, &frame);
+                let _ = e.socket.shutdown(std::net::Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces the route-derived nodes by `routes` (after `cluster_set_routes`/`delete`).
+    pub fn set_routes(self: &Arc<Self>, routes: &[Value]) {
+        let wanted: Vec<Target> = routes
+            .iter()
+            .filter_map(|r| Target::parse(r, self.settings.port_default))
+            .collect();
+        let stale: Vec<String> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| n.from_route && !wanted.iter().any(|t| t.address() == n.target.address()))
+            .map(|n| n.key.clone())
+            .collect();
+        for key in stale {
+            self.remove_node(&key);
+        }
+        for t in wanted {
+            self.add_target(t.host.clone(), t, true);
+        }
+    }
+
+    /// Every known node: (key, announced name, target).
+    pub fn nodes(&self) -> Vec<(String, Option<String>, Target)> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|n| (n.key.clone(), n.name.clone(), n.target.clone()))
+            .collect()
+    }
+
+    /// Nodes added by operations or gossip (not routes): (key, name, target).
+    pub fn added_nodes(&self) -> Vec<(String, Option<String>, Target)> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| !n.from_route)
+            .map(|n| (n.key.clone(), n.name.clone(), n.target.clone()))
+            .collect()
+    }
+
+    /// Deletes a node entry from `system.hdb_nodes` (a plain thread only: waits for the commit).
+    pub fn forget_node(&self, name: &str) {
+        let Some(db) = self.store.database("system") else {
+            return;
+        };
+        let request = WriteRequest {
+            ops: vec![WriteOp::Delete {
+                table: "hdb_nodes".into(),
+                key: Value::String(name.into()),
+            }],
+            user: None,
+        };
+        if let Ok(rx) = db.submit(request) {
+            let _ = block_on(rx);
+        }
+    }
+
+    /// Gossip: dial nodes we do not know yet (by name), and remember them in `hdb_nodes`.
+    pub fn learn_nodes(self: &Arc<Self>, announced: &[(String, String)]) {
+        for (name, url) in announced {
+            if name == &self.settings.node_name || url.is_empty() {
+                continue;
+            }
+            let known = self
+                .nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|n| {
+                    n.name.as_deref() == Some(name.as_str())
+                        || &n.key == name
+                        || n.target.url() == *url
+                })
+                || self.connected(name);
+            if known {
+                continue;
+            }
+            let Some(target) =
+                Target::parse(&Value::String(url.clone()), self.settings.port_default)
+            else {
+                continue;
+            };
+            tracing::info!("replication: discovered node {name} at {url} by gossip");
+            self.add_target(name.clone(), target, false);
+            self.store_node(name, url);
+        }
+    }
+
+    /// Writes a node entry to `system.hdb_nodes` (waits for the commit: a plain thread only).
+    pub fn store_node(&self, name: &str, url: &str) {
+        let Some(db) = self.store.database("system") else {
+            return;
+        };
+        let mut record = Object::new();
+        record.insert("name", Value::String(name.into()));
+        record.insert("url", Value::String(url.into()));
+        let request = WriteRequest {
+            ops: vec![WriteOp::Put {
+                table: "hdb_nodes".into(),
+                key: Some(Value::String(name.into())),
+                record: Value::Object(record),
+                mode: crate::store::PutMode::Upsert,
+                expires_in_s: None,
+            }],
+            user: None,
+        };
+        if let Ok(rx) = db.submit(request) {
+            let _ = block_on(rx);
+        }
+    }
+
+    pub fn connected(&self, peer: &str) -> bool {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(peer)
+    }
+
+    /// Names of peers with a live link.
+    pub fn connected_peers(&self) -> Vec<String> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Registers a link to `peer` after `HELLO`. With a link already there, the one dialled by
+    /// the smaller node name stays (a redial by the same dialer replaces its stale link).
+    /// Returns false when the new link must close.
+    pub(crate) fn register(
+        &self,
+        peer: &str,
+        dialer: &str,
+        socket: &TcpStream,
+        stop: Arc<AtomicBool>,
+    ) -> Option<u64> {
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let socket = socket.try_clone().ok()?;
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = links.get(peer) {
+            if existing.dialer != dialer && existing.dialer.as_str() < dialer {
+                return None;
+            }
+            existing.stop.store(true, Ordering::Release);
+            let _ = existing.socket.shutdown(std::net::Shutdown::Both);
+        }
+        links.insert(
+            peer.to_string(),
+            LinkEntry {
+                id,
+                dialer: dialer.to_string(),
+                stop,
+                socket,
+                thread: id,
+            },
+        );
+        drop(links);
+        Some(id)
+    }
+
+    pub(crate) fn unregister(&self, peer: &str, id: u64) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.get(peer).map(|l| l.id) == Some(id) {
+            links.remove(peer);
+            drop(links);
+            if let Some(s) = self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(peer)
+            {
+                for socket in s.sockets.values_mut() {
+                    socket.connected = false;
+                }
+            }
+        }
+    }
+
+    /// Records the announced name of the node dialled at `address`.
+    pub(crate) fn name_target(&self, address: &str, name: &str) {
+        for n in self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter(|n| n.target.address() == address)
+        {
+            n.name = Some(name.to_string());
+        }
+    }
+
+    /// Only one link at a time copies a database into an empty node.
+    pub(crate) fn claim_snapshot(&self, database: &str) -> bool {
+        self.snapshot_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(database.to_string())
+    }
+
+    pub(crate) fn release_snapshot(&self, database: &str) {
+        self.snapshot_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(database);
+    }
+
+    pub(crate) fn snapshot_in_progress(&self, database: &str) -> bool {
+        self.snapshot_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(database)
+    }
+
+    pub(crate) fn with_status<R>(&self, peer: &str, f: impl FnOnce(&mut PeerStatus) -> R) -> R {
+        let mut all = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(all.entry(peer.to_string()).or_default())
+    }
+
+    /// Stops every link and dialler (shutdown), telling peers `BYE shutdown`.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for n in self.nodes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            n.stop.store(true, Ordering::Release);
+        }
+        for peer in self.connected_peers() {
+            self.close_link(&peer, "shutdown");
+        }
+    }
+
+    /// Plain-port trust (SPEC §7.3 (3)): the peer's IP belongs to a route or known node. A
+    /// listener bound to a loopback address is reachable only from this host, so it also trusts
+    /// loopback peers (several test nodes on one machine, joined by `add_node`).
+    fn trusted(&self, peer: IpAddr) -> bool {
+        if peer.is_loopback() && self.settings.listen.is_some_and(|a| a.ip().is_loopback()) {
+            return true;
+        }
+        let targets: Vec<Target> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|n| n.target.clone())
+            .collect();
+        targets.iter().any(|t| {
+            (t.host.as_str(), t.port)
+                .to_socket_addrs()
+                .map(|mut addrs| addrs.any(|a| a.ip() == peer))
+                .unwrap_or(false)
+        })
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        if listener.set_nonblocking(true).is_err() {
+            tracing::error!("replication listener: cannot poll");
+            return;
+        }
+        while !self.stopping() {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if !self.trusted(peer.ip()) {
+                        tracing::warn!("replication: refused {peer}: not a route or known node");
+                        let mut s = stream;
+                        let _ = std::io::Write::write_all(
+                            &mut s,
+                            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                        continue;
+                    }
+                    let _ = stream.set_nonblocking(false);
+                    let r = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name(format!("repl-in-{peer}"))
+                        .spawn(move || {
+                            if let Err(e) = link::run(&r, stream, None) {
+                                tracing::debug!("replication link from {peer} ended: {e}");
+                            }
+                        });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    tracing::warn!("replication accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Opens a TCP connection to `target`, from our listener's address when it is a specific
+    /// one (so IP-based trust works with several nodes on one host).
+    fn connect(&self, target: &Target) -> std::io::Result<TcpStream> {
+        let addr = (target.host.as_str(), target.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if let Some(local) = self.settings.listen.filter(|a| !a.ip().is_unspecified()) {
+            if local.is_ipv4() == addr.is_ipv4() {
+                socket.bind(&SocketAddr::new(local.ip(), 0).into())?;
+            }
+        }
+        socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT)?;
+        let stream: TcpStream = socket.into();
+        Ok(stream)
+    }
+
+    fn dial_loop(self: Arc<Self>, target: Target, stop: Arc<AtomicBool>) {
+        let mut backoff = BACKOFF_MIN;
+        let address = target.address();
+        while !stop.load(Ordering::Acquire) && !self.stopping() {
+            let name = self
+                .nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|n| n.target.address() == address)
+                .and_then(|n| n.name.clone());
+            if name.as_deref().is_some_and(|n| self.connected(n)) {
+                // Linked already (perhaps the peer dialled us): check again later.
+                std::thread::sleep(BACKOFF_MIN);
+                backoff = BACKOFF_MIN;
+                continue;
+            }
+            match self.connect(&target) {
+                Ok(stream) => match link::run(&self, stream, Some(&target)) {
+                    Ok(()) => backoff = BACKOFF_MIN,
+                    Err(e) => tracing::debug!("replication link to {address}: {e}"),
+                },
+                Err(e) => tracing::debug!("replication: cannot reach {address}: {e}"),
+            }
+            let wait = jittered(backoff);
+            let until = std::time::Instant::now() + wait;
+            while std::time::Instant::now() < until
+                && !stop.load(Ordering::Acquire)
+                && !self.stopping()
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// `cluster_status` (SPEC §7.9).
+    pub fn cluster_status(&self) -> Value {
+        let nodes = self.nodes();
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen: Vec<String> = Vec::new();
+        let mut connections = Vec::new();
+        let mut entry = |name: String, url: String| {
+            if seen.contains(&name) || name == self.settings.node_name {
+                return;
+            }
+            seen.push(name.clone());
+            let peer = status.get(&name);
+            let thread = links.get(&name).map(|l| l.thread).unwrap_or(0);
+            let sockets: Vec<Value> = peer
+                .map(|p| {
+                    p.sockets
+                        .iter()
+                        .map(|(db, s)| {
+                            message::object(vec![
+                                ("database", Value::String(db.clone())),
+                                (
+                                    "connected",
+                                    Value::Bool(s.connected && links.contains_key(&name)),
+                                ),
+                                (
+                                    "latency",
+                                    p.latency_ms.map(Value::Float).unwrap_or(Value::Null),
+                                ),
+                                ("thread_id", Value::Int(thread as i64)),
+                                (
+                                    "nodes",
+                                    Value::Array(
+                                        s.nodes.iter().cloned().map(Value::String).collect(),
+                                    ),
+                                ),
+                                ("lastCommitConfirmed", http_date(s.last_commit_confirmed)),
+                                ("lastReceivedRemoteTime", http_date(s.last_received_remote)),
+                                ("lastReceivedLocalTime", http_date(s.last_received_local)),
+                                ("lastSendTime", http_date(s.last_send)),
+                            ])
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            connections.push(message::object(vec![
+                ("name", Value::String(name)),
+                (
+                    "url",
+                    Value::String(
+                        peer.map(|p| p.url.clone())
+                            .filter(|u| !u.is_empty())
+                            .unwrap_or(url),
+                    ),
+                ),
+                ("replicateByDefault", Value::Bool(true)),
+                ("replicates", Value::Bool(true)),
+                ("subscriptions", Value::Null),
+                ("database_sockets", Value::Array(sockets)),
+            ]));
+        };
+        for (key, name, target) in nodes {
+            entry(name.unwrap_or(key), target.url());
+        }
+        for name in status.keys() {
+            entry(name.clone(), String::new());
+        }
+        message::object(vec![
+            ("type", Value::String("cluster-status".into())),
+            ("node_name", Value::String(self.settings.node_name.clone())),
+            ("is_enabled", Value::Bool(true)),
+            ("connections", Value::Array(connections)),
+        ])
+    }
+}
+
+/// An HTTP date for `cluster_status`, or null for "never".
+fn http_date(ms: f64) -> Value {
+    if ms <= 0.0 {
+        return Value::Null;
+    }
+    let secs = (ms / 1000.0).floor() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = crate::util::civil_from_days(days);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let weekday = WEEKDAYS[days.rem_euclid(7) as usize];
+    let month = MONTHS[(m.clamp(1, 12) - 1) as usize];
+    Value::String(format!(
+        "{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+/// Now, for link counters.
+pub(crate) fn now() -> f64 {
+    now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expect: Option<(&str, u16)>) {
+        let got = Target::parse(&Value::String(input.into()), 9933);
+        assert_eq!(
+            got.as_ref().map(|t| (t.host.as_str(), t.port)),
+            expect,
+            "{input}"
+        );
+    }
+
+    #[test]
+    fn routes_parse() {
+        check("server-two", Some(("server-two", 9933)));
+        check("server-two:9925", Some(("server-two", 9925)));
+        check("ws://127.0.0.2:9925", Some(("127.0.0.2", 9925)));
+        check("wss://host:1/", Some(("host", 1)));
+        check("host:notaport", None);
+        check("", None);
+        let o = message::object(vec![
+            ("hostname", Value::String("h".into())),
+            ("port", Value::Int(7)),
+            ("startTime", Value::String("2024-01-01T00:00:00Z".into())),
+        ]);
+        let t = Target::parse(&o, 1).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("h", 7));
+        assert_eq!(t.start_time, Some(1_704_067_200_000.0));
+    }
+}
