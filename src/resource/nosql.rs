@@ -1,5 +1,5 @@
 //! Record verbs of the Operations API (SPEC §4.3): writes of many records as one transaction,
-//! reads by id, full scans for searches, and the audit log.
+//! reads by id, and the audit log (searches run on `resource::search`).
 //!
 //! Every write list becomes one [`WriteRequest`], so an operation (or a `transaction`) commits
 //! whole or not at all. Tables created through the Operations API grow an indexed attribute for
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::tables::{grow_table, SYSTEM};
 use super::{validate_record, write, Caller, Resources, Validation, VerbError};
 use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
-use crate::value::{self, ArchivedValue, Object, Value};
+use crate::value::{self, Object, Value};
 
 /// Longest property name that becomes an indexed attribute of an ops-created table.
 pub const ATTRIBUTE_BYTES_MAX: usize = 250;
@@ -236,24 +236,6 @@ pub fn search_table(
     table: &str,
 ) -> Result<(Arc<Database>, Arc<Table>), VerbError> {
     resolve(resources, database, table)
-}
-
-/// Walks every live record of `table` in key order (reversed with `descending`) inside one read
-/// transaction; `visit` returns false to stop early.
-pub fn for_each_record(
-    db: &Database,
-    table: &Table,
-    descending: bool,
-    mut visit: impl FnMut(&ArchivedValue) -> bool,
-) -> Result<(), VerbError> {
-    let txn = db.read()?;
-    for item in txn.scan(table, descending)? {
-        let (_, record) = item?;
-        if !visit(record.value) {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// How `read_audit_log` selects entries.
