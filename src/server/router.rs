@@ -123,6 +123,14 @@ impl Router {
     }
 }
 
+/// A per-database metric: its name, type, help text and how to read it.
+type PerDatabaseMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::store::Database) -> f64,
+);
+
 /// A per-core counter: its name, help text and how to read it.
 type PerCoreMetric = (&'static str, &'static str, fn(&super::CoreStats) -> u64);
 
@@ -179,53 +187,52 @@ impl Router {
             .into_iter()
             .filter_map(|n| store.database(&n))
             .collect();
-        e.family(
-            "tidepool_writer_commits_total",
-            "counter",
-            "LMDB commits (one per group of write requests), per database.",
-        );
-        for db in &databases {
-            e.sample(
+        // Per-database families: (name, type, help, how to read it).
+        let per_database: [PerDatabaseMetric; 4] = [
+            (
                 "tidepool_writer_commits_total",
-                &[("database", &db.name)],
-                db.stats.commits.load(Ordering::Relaxed) as f64,
-            );
-        }
-        e.family(
-            "tidepool_writer_requests_total",
-            "counter",
-            "Write requests applied, per database.",
-        );
-        for db in &databases {
-            e.sample(
+                "counter",
+                "LMDB commits (one per group of write requests), per database.",
+                |db| db.stats.commits.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "tidepool_writer_requests_total",
-                &[("database", &db.name)],
-                db.stats.requests.load(Ordering::Relaxed) as f64,
-            );
-        }
-        e.family(
-            "tidepool_writer_requests_failed_total",
-            "counter",
-            "Write requests refused or rolled back, per database.",
-        );
-        for db in &databases {
-            e.sample(
+                "counter",
+                "Write requests applied, per database.",
+                |db| db.stats.requests.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "tidepool_writer_requests_failed_total",
-                &[("database", &db.name)],
-                db.stats.requests_failed.load(Ordering::Relaxed) as f64,
-            );
-        }
-        e.family(
-            "tidepool_writer_batch_size_max",
-            "gauge",
-            "Largest group of write requests committed together, per database.",
-        );
-        for db in &databases {
-            e.sample(
+                "counter",
+                "Write requests refused or rolled back, per database.",
+                |db| db.stats.requests_failed.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "tidepool_writer_batch_size_max",
-                &[("database", &db.name)],
-                db.stats.batch_size_max.load(Ordering::Relaxed) as f64,
-            );
+                "gauge",
+                "Largest group of write requests committed together, per database.",
+                |db| db.stats.batch_size_max.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        let map_families: [PerDatabaseMetric; 2] = [
+            (
+                "tidepool_lmdb_map_used_bytes",
+                "gauge",
+                "Bytes of the LMDB map in use, per database.",
+                |db| db.map_usage().0 as f64,
+            ),
+            (
+                "tidepool_lmdb_map_size_bytes",
+                "gauge",
+                "Bytes of address space reserved for the LMDB map, per database.",
+                |db| db.map_usage().1 as f64,
+            ),
+        ];
+        for (name, kind, help, read) in per_database.into_iter().chain(map_families) {
+            e.family(name, kind, help);
+            for db in &databases {
+                e.sample(name, &[("database", &db.name)], read(db));
+            }
         }
         e.family(
             "tidepool_writer_commit_seconds",
@@ -258,30 +265,6 @@ impl Router {
                 "tidepool_writer_commit_seconds_count",
                 &[("database", &db.name)],
                 count,
-            );
-        }
-        e.family(
-            "tidepool_lmdb_map_used_bytes",
-            "gauge",
-            "Bytes of the LMDB map in use, per database.",
-        );
-        for db in &databases {
-            e.sample(
-                "tidepool_lmdb_map_used_bytes",
-                &[("database", &db.name)],
-                db.map_usage().0 as f64,
-            );
-        }
-        e.family(
-            "tidepool_lmdb_map_size_bytes",
-            "gauge",
-            "Bytes of address space reserved for the LMDB map, per database.",
-        );
-        for db in &databases {
-            e.sample(
-                "tidepool_lmdb_map_size_bytes",
-                &[("database", &db.name)],
-                db.map_usage().1 as f64,
             );
         }
         e.finish()
