@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Builder, Server};
+use common::{Builder, Rng, Server};
 use serde_json::Value as Json;
 
 type Ws = tungstenite::WebSocket<TcpStream>;
@@ -400,34 +400,11 @@ fn fan_out_to_400_subscribers_over_two_cores() {
     }
 }
 
-/// A small deterministic generator, so a failing run replays from its printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Done-when (2): subscribers join at random moments while records are written; each sees the
 /// current state, then every later write, none twice and none missing.
 #[test]
 fn subscribe_while_writing_race() {
-    let seed: u64 = std::env::var("TIDEPOOL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed: u64 = common::seed();
     eprintln!("subscribe_while_writing_race: TIDEPOOL_SEED={seed}");
     const RECORDS: usize = 4;
     const WRITES: i64 = 300;

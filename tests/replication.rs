@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Builder, Server};
+use common::{Builder, Rng, Server};
 use serde_json::{json, Value};
 
 const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey name: String @indexed n: Int }
@@ -378,36 +378,12 @@ fn libc_sigkill() -> i32 {
     9
 }
 
-/// xorshift64*: a tiny seeded generator so a failing run replays from its printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Writes, deletes, pauses (SIGSTOP: every link of the node goes silent) and kill -9 restarts
 /// in a seeded random order; at the end every node holds exactly the last acknowledged state of
 /// every key. `TIDEPOOL_SEED=<n>` replays a run.
 #[test]
 fn seeded_writes_restarts_and_pauses_end_converged() {
-    let seed = std::env::var("TIDEPOOL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64 | 1)
-                .unwrap_or(1)
-        });
+    let seed = common::seed();
     eprintln!("replication random test: TIDEPOOL_SEED={seed}");
     let mut rng = Rng(seed);
     let app = app();

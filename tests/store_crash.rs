@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Builder, Server};
+use common::{Builder, Rng, Server};
 use tidepool::store::{Store, StoreOptions};
 
 const ROUNDS: u64 = 5;
@@ -29,33 +29,6 @@ const WRITER_THREADS: u64 = 6;
 const IDS_PER_THREAD: u64 = 8;
 /// The whole test must stay well under two minutes.
 const TEST_TIME_MAX: Duration = Duration::from_secs(110);
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("TIDEPOOL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
 
 /// What the test knows about one id: the last acknowledged write and the one in flight at the
 /// kill (the id's thread had sent it and got no answer).
@@ -185,7 +158,7 @@ fn acknowledged_writes_survive_kill_9_and_indexes_stay_consistent() {
         return;
     }
     let started = Instant::now();
-    let seed = seed();
+    let seed = common::seed();
     println!("seed {seed} (replay with TIDEPOOL_SEED={seed})");
     let mut rng = Rng(seed);
     let mut root = tempfile::tempdir().unwrap();

@@ -10,6 +10,10 @@
 //! `last` records of A and B agree; and every index matches its table. Several rounds on the same
 //! root. The seed is printed; `TIDEPOOL_SEED=<n>` replays it.
 
+mod common;
+
+use common::Rng;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -29,34 +33,6 @@ type B @table { id: ID @primaryKey v: Int @indexed }";
 const WRITER_THREADS: u64 = 3;
 /// Extra A records per request, at most.
 const EXTRAS_MAX: u64 = 24;
-
-/// splitmix64: a seeded generator small enough to keep here, so every run replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("TIDEPOOL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
 
 /// Polls a oneshot from a plain thread (the writer's replies are meant for a core's executor).
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -218,7 +194,7 @@ fn run_child(root: &Path, round: u64, seed: u64, kill_after: Duration) -> Vec<(u
 
 #[test]
 fn requests_are_all_or_nothing_across_kill_9() {
-    let seed = seed();
+    let seed = common::seed();
     let heavy = std::env::var("TIDEPOOL_HEAVY").is_ok_and(|v| v == "1");
     let rounds = if heavy { 8 } else { 4 };
     println!("seed {seed} ({rounds} rounds; replay with TIDEPOOL_SEED={seed})");
