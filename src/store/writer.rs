@@ -192,30 +192,32 @@ impl WriterHandle {
         &self,
         request: WriteRequest,
     ) -> Result<OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
-        let (reply, rx) = oneshot();
-        match self.tx.try_send(Job::Write {
+        self.enqueue(|reply, queued_at| Job::Write {
             request,
             reply,
-            queued_at: Instant::now(),
-        }) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
-                Err(WriteError::Overloaded("write queue full; try again".into()))
-            }
-            Err(TrySendError::Disconnected(_)) => Err(WriteError::Stopped),
-        }
+            queued_at,
+        })
     }
 
     pub fn apply(
         &self,
         job: ApplyJob,
     ) -> Result<OneshotReceiver<Result<ApplyOutcome, WriteError>>, WriteError> {
-        let (reply, rx) = oneshot();
-        match self.tx.try_send(Job::Apply {
+        self.enqueue(|reply, queued_at| Job::Apply {
             job,
             reply,
-            queued_at: Instant::now(),
-        }) {
+            queued_at,
+        })
+    }
+
+    /// Queues a job that answers through a oneshot; a full queue is refused at once rather than
+    /// waited on, because the caller is an executor thread.
+    fn enqueue<T: Send>(
+        &self,
+        job: impl FnOnce(OneshotSender<Result<T, WriteError>>, Instant) -> Job,
+    ) -> Result<OneshotReceiver<Result<T, WriteError>>, WriteError> {
+        let (reply, rx) = oneshot();
+        match self.tx.try_send(job(reply, Instant::now())) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {
                 Err(WriteError::Overloaded("write queue full; try again".into()))
