@@ -656,6 +656,14 @@ fn query_language_matches_brute_force() {
             }),
         ),
         (
+            // The first branch's index reaches records only the second branch matches: each
+            // must still come once.
+            "cat=c1&n=gt=50|n=lt=30",
+            Box::new(|r| {
+                (text(r, "cat") == "c1" && num(r, "n") > Some(50)) || num(r, "n") < Some(30)
+            }),
+        ),
+        (
             "label=sw=item-1",
             Box::new(|r| text(r, "label").starts_with("item-1")),
         ),
@@ -1102,4 +1110,529 @@ fn schemathesis_finds_no_server_errors() {
         "schemathesis found problems:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relationships (SPEC §1.4 `@relationship`, §3.3): joins in conditions and selections, checked
+// against a brute-force evaluation over seeded related tables.
+
+const RELATED_SCHEMA: &str = r#"
+type Brand @table @export {
+  id: ID @primaryKey
+  name: String @indexed
+  country: String @indexed
+  products: [Product] @relationship(to: "brandId")
+}
+type Product @table @export {
+  id: Int @primaryKey
+  name: String @indexed
+  price: Int @indexed
+  brandId: ID @indexed
+  brand: Brand @relationship(from: "brandId")
+  featureIds: [ID]
+  features: [Feature] @relationship(from: "featureIds")
+  madeIn: String
+  sameCountry: [Brand] @relationship(from: "madeIn", to: "country")
+}
+type Feature @table @export {
+  id: ID @primaryKey
+  label: String
+  weight: Int @indexed
+}
+"#;
+
+const BRAND_NAMES: [&str; 5] = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"];
+const COUNTRIES: [&str; 4] = ["NL", "DE", "FR", "US"];
+const LABELS: [&str; 4] = ["fast", "slow", "red", "blue"];
+
+/// The seeded related tables, as written.
+struct World {
+    brands: Vec<Value>,
+    products: Vec<Value>,
+    features: Vec<Value>,
+}
+
+impl World {
+    fn generate(rng: &mut common::Rng) -> World {
+        let mut pick = |n: u64| rng.below(n);
+        let brands = (0..40)
+            .map(|i| {
+                let mut b = json!({"id": format!("b{i}"), "country": COUNTRIES[pick(4) as usize]});
+                if pick(10) > 0 {
+                    b["name"] = json!(BRAND_NAMES[pick(5) as usize]);
+                }
+                b
+            })
+            .collect();
+        let features = (0..20)
+            .map(|i| {
+                let mut f = json!({"id": format!("f{i}"), "label": LABELS[pick(4) as usize]});
+                if pick(8) > 0 {
+                    f["weight"] = json!(pick(10));
+                }
+                f
+            })
+            .collect();
+        let products = (0..300)
+            .map(|i| {
+                let mut p = json!({"id": i, "name": format!("p{}", pick(50)), "price": pick(1000)});
+                match pick(12) {
+                    0 => {}
+                    1 => p["brandId"] = json!("b99"),
+                    _ => p["brandId"] = json!(format!("b{}", pick(40))),
+                }
+                let mut ids: Vec<String> = Vec::new();
+                for _ in 0..pick(4) {
+                    let id = if pick(15) == 0 {
+                        "f99".to_string()
+                    } else {
+                        format!("f{}", pick(20))
+                    };
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                p["featureIds"] = json!(ids);
+                if pick(5) > 0 {
+                    p["madeIn"] = json!(COUNTRIES[pick(4) as usize]);
+                }
+                p
+            })
+            .collect();
+        World {
+            brands,
+            products,
+            features,
+        }
+    }
+
+    fn brand_of(&self, p: &Value) -> Option<&Value> {
+        self.brands
+            .iter()
+            .find(|b| p.get("brandId").is_some_and(|id| b["id"] == *id))
+    }
+
+    fn features_of(&self, p: &Value) -> Vec<&Value> {
+        p["featureIds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.features.iter().find(|f| f["id"] == *id))
+            .collect()
+    }
+
+    /// Brands of the product's country, in key order.
+    fn same_country(&self, p: &Value) -> Vec<&Value> {
+        let mut out: Vec<&Value> = self
+            .brands
+            .iter()
+            .filter(|b| p.get("madeIn").is_some_and(|c| b["country"] == *c))
+            .collect();
+        out.sort_by(|a, b| text(a, "id").cmp(text(b, "id")));
+        out
+    }
+
+    /// Products of the brand, in key order.
+    fn products_of(&self, b: &Value) -> Vec<&Value> {
+        self.products
+            .iter()
+            .filter(|p| p.get("brandId") == b.get("id"))
+            .collect()
+    }
+}
+
+type RelPred = Box<dyn Fn(&World, &Value) -> bool>;
+
+/// One random condition on Product (URL text, brute-force predicate).
+fn product_atom(rng: &mut common::Rng) -> (String, RelPred) {
+    let name = BRAND_NAMES[rng.below(5) as usize];
+    let country = COUNTRIES[rng.below(4) as usize];
+    let label = LABELS[rng.below(4) as usize];
+    let n = rng.below(1000) as i64;
+    let w = rng.below(10) as i64;
+    match rng.below(9) {
+        0 => (
+            format!("brand.name={name}"),
+            Box::new(move |w: &World, p: &Value| w.brand_of(p).is_some_and(|b| b["name"] == name)),
+        ),
+        1 => (
+            format!("brand.name!={name}"),
+            Box::new(move |w: &World, p: &Value| w.brand_of(p).is_some_and(|b| b["name"] != name)),
+        ),
+        2 => (
+            format!("brand.country={country}"),
+            Box::new(move |w: &World, p: &Value| {
+                w.brand_of(p).is_some_and(|b| b["country"] == country)
+            }),
+        ),
+        3 => (
+            format!("features.label={label}"),
+            Box::new(move |w: &World, p: &Value| {
+                w.features_of(p).iter().any(|f| f["label"] == label)
+            }),
+        ),
+        4 => (
+            format!("features.weight=gt={w}"),
+            Box::new(move |world: &World, p: &Value| {
+                world
+                    .features_of(p)
+                    .iter()
+                    .any(|f| num(f, "weight").is_some_and(|x| x > w))
+            }),
+        ),
+        5 => (
+            format!("sameCountry.name={name}"),
+            Box::new(move |w: &World, p: &Value| {
+                w.same_country(p).iter().any(|b| b["name"] == name)
+            }),
+        ),
+        6 => (
+            format!("brand.products.price=gt={}", 900 + n / 10),
+            Box::new(move |w: &World, p: &Value| {
+                w.brand_of(p).is_some_and(|b| {
+                    w.products_of(b)
+                        .iter()
+                        .any(|q| num(q, "price").is_some_and(|x| x > 900 + n / 10))
+                })
+            }),
+        ),
+        7 => (
+            format!("price=lt={n}"),
+            Box::new(move |_: &World, p: &Value| num(p, "price").is_some_and(|x| x < n)),
+        ),
+        _ => (
+            format!("name=p{}", n % 50),
+            Box::new(move |_: &World, p: &Value| text(p, "name") == format!("p{}", n % 50)),
+        ),
+    }
+}
+
+/// One random condition on Brand.
+fn brand_atom(rng: &mut common::Rng) -> (String, RelPred) {
+    let name = BRAND_NAMES[rng.below(5) as usize];
+    let country = COUNTRIES[rng.below(4) as usize];
+    let label = LABELS[rng.below(4) as usize];
+    let n = rng.below(1000) as i64;
+    match rng.below(4) {
+        0 => (
+            format!("products.price=lt={}", n / 10),
+            Box::new(move |w: &World, b: &Value| {
+                w.products_of(b)
+                    .iter()
+                    .any(|p| num(p, "price").is_some_and(|x| x < n / 10))
+            }),
+        ),
+        1 => (
+            format!("products.features.label={label}"),
+            Box::new(move |w: &World, b: &Value| {
+                w.products_of(b)
+                    .iter()
+                    .any(|p| w.features_of(p).iter().any(|f| f["label"] == label))
+            }),
+        ),
+        2 => (
+            format!("name={name}"),
+            Box::new(move |_: &World, b: &Value| b["name"] == name),
+        ),
+        _ => (
+            format!("country={country}"),
+            Box::new(move |_: &World, b: &Value| b["country"] == country),
+        ),
+    }
+}
+
+/// A random query of one to three atoms in one of the shapes `a`, `a&b`, `a|b`, `(a|b)&c`,
+/// `a&b|c` (`&` binds tighter).
+fn combine(
+    rng: &mut common::Rng,
+    atom: fn(&mut common::Rng) -> (String, RelPred),
+) -> (String, RelPred) {
+    let (a, pa) = atom(rng);
+    let (b, pb) = atom(rng);
+    let (c, pc) = atom(rng);
+    match rng.below(5) {
+        0 => (a, pa),
+        1 => (
+            format!("{a}&{b}"),
+            Box::new(move |w, r| pa(w, r) && pb(w, r)),
+        ),
+        2 => (
+            format!("{a}|{b}"),
+            Box::new(move |w, r| pa(w, r) || pb(w, r)),
+        ),
+        3 => (
+            format!("({a}|{b})&{c}"),
+            Box::new(move |w, r| (pa(w, r) || pb(w, r)) && pc(w, r)),
+        ),
+        _ => (
+            format!("{a}&{b}|{c}"),
+            Box::new(move |w, r| (pa(w, r) && pb(w, r)) || pc(w, r)),
+        ),
+    }
+}
+
+fn start_related(world: &World) -> (Server, tempfile::TempDir) {
+    let app = tempfile::tempdir().expect("app dir");
+    std::fs::write(app.path().join("schema.graphql"), RELATED_SCHEMA).unwrap();
+    std::fs::write(
+        app.path().join("config.yaml"),
+        "rest: true\ngraphqlSchema:\n  files: schema.graphql\n",
+    )
+    .unwrap();
+    let server = Builder::new()
+        .app(app.path())
+        .arg("--STORAGE_SYNC", "false")
+        .start();
+    for (export, records) in [
+        ("Brand", &world.brands),
+        ("Feature", &world.features),
+        ("Product", &world.products),
+    ] {
+        for r in records {
+            let id = match &r["id"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let reply = put_json(&server, &format!("/{export}/{id}"), r);
+            assert_eq!(reply.status, 204, "PUT {export}/{id}");
+        }
+    }
+    (server, app)
+}
+
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => format!("{:012}", other.as_i64().unwrap_or(-1)),
+    }
+}
+
+fn sorted_keys(values: &[Value]) -> Vec<String> {
+    let mut keys: Vec<String> = values.iter().map(|v| key_text(&v["id"])).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn relationship_queries_match_brute_force() {
+    let seed = common::seed();
+    let mut rng = common::Rng(seed);
+    let world = World::generate(&mut rng);
+    let (server, _app) = start_related(&world);
+    let s = &server;
+    for round in 0..120 {
+        let (export, (query, keep)) = if round % 3 == 2 {
+            ("Brand", combine(&mut rng, brand_atom))
+        } else {
+            ("Product", combine(&mut rng, product_atom))
+        };
+        let records = if export == "Brand" {
+            &world.brands
+        } else {
+            &world.products
+        };
+        let expected: Vec<Value> = records
+            .iter()
+            .filter(|r| keep(&world, r))
+            .cloned()
+            .collect();
+        let reply = get(s, &format!("/{export}/?{query}"));
+        assert_eq!(
+            reply.status,
+            200,
+            "seed {seed}: /{export}/?{query}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let got = reply.json().as_array().cloned().unwrap_or_default();
+        if sorted_keys(&got) != sorted_keys(&expected) {
+            let plan = get(s, &format!("/{export}/?{query}&explain")).json();
+            assert_eq!(
+                sorted_keys(&got),
+                sorted_keys(&expected),
+                "seed {seed}: /{export}/?{query}: plan {plan}"
+            );
+        }
+        // Sorted and windowed: the exact order (price, then key).
+        if export == "Product" && round % 4 == 0 {
+            let mut ordered = expected.clone();
+            ordered.sort_by_key(|p| (num(p, "price"), num(p, "id")));
+            let want: Vec<i64> = ordered
+                .iter()
+                .skip(2)
+                .take(5)
+                .map(|p| num(p, "id").unwrap())
+                .collect();
+            let reply = get(s, &format!("/Product/?{query}&sort(price)&limit(2,7)"));
+            let got: Vec<i64> = reply
+                .json()
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| num(p, "id").unwrap_or(-1))
+                .collect();
+            assert_eq!(got, want, "seed {seed}: sorted {query}");
+        }
+    }
+}
+
+#[test]
+fn relationship_selections_and_explain() {
+    let seed = common::seed();
+    let mut rng = common::Rng(seed);
+    let world = World::generate(&mut rng);
+    let (server, _app) = start_related(&world);
+    let s = &server;
+    let brand_name = |p: &Value| {
+        let mut o = json!({"name": p["name"]});
+        if let Some(b) = world.brand_of(p) {
+            let mut inner = json!({});
+            if let Some(n) = b.get("name") {
+                inner["name"] = n.clone();
+            }
+            o["brand"] = inner;
+        }
+        o
+    };
+
+    // Many-to-one, left join: products without a brand keep their own fields.
+    let reply = get(s, "/Product/?price=lt=300&select(name,brand{name})");
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let mut want: Vec<&Value> = world
+        .products
+        .iter()
+        .filter(|p| num(p, "price") < Some(300))
+        .collect();
+    want.sort_by_key(|p| (num(p, "price"), num(p, "id")));
+    let got = reply.json();
+    let got = got.as_array().unwrap();
+    let mut got_sorted: Vec<&Value> = got.iter().collect();
+    let mut want_objects: Vec<Value> = want.iter().map(|p| brand_name(p)).collect();
+    let key = |v: &Value| v.to_string();
+    got_sorted.sort_by_key(|v| key(v));
+    want_objects.sort_by_key(key);
+    assert_eq!(
+        got_sorted.into_iter().cloned().collect::<Vec<_>>(),
+        want_objects,
+        "seed {seed}"
+    );
+
+    // Array of foreign keys: records in key-list order; whole related records without `{}`.
+    for p in world.products.iter().step_by(7) {
+        let id = num(p, "id").unwrap();
+        let reply = get(s, &format!("/Product/{id}?select(id,features,brand)"));
+        assert_eq!(reply.status, 200, "seed {seed}: product {id}");
+        let mut want = json!({"id": id, "features": world.features_of(p)});
+        if let Some(b) = world.brand_of(p) {
+            want["brand"] = b.clone();
+        }
+        assert_eq!(reply.json(), want, "seed {seed}: product {id}");
+    }
+
+    // One-to-many and a nested selection two relationships deep.
+    for b in world.brands.iter().step_by(3) {
+        let id = text(b, "id");
+        let reply = get(
+            s,
+            &format!("/Brand/{id}?select(name,products{{id,features{{label}}}})"),
+        );
+        assert_eq!(reply.status, 200, "seed {seed}: brand {id}");
+        let products: Vec<Value> = world
+            .products_of(b)
+            .iter()
+            .map(|p| {
+                let labels: Vec<Value> = world
+                    .features_of(p)
+                    .iter()
+                    .map(|f| json!({"label": f["label"]}))
+                    .collect();
+                json!({"id": p["id"], "features": labels})
+            })
+            .collect();
+        let mut want = json!({"products": products});
+        if let Some(n) = b.get("name") {
+            want["name"] = n.clone();
+        }
+        assert_eq!(reply.json(), want, "seed {seed}: brand {id}");
+    }
+
+    // from + to: brands of the product's country, in key order; arrays of values.
+    let reply = get(s, "/Product/?id=lt=20&select([id,sameCountry{id}])");
+    assert_eq!(reply.status, 200);
+    for row in reply.json().as_array().unwrap() {
+        let id = row[0].as_i64().unwrap();
+        let p = world
+            .products
+            .iter()
+            .find(|p| num(p, "id") == Some(id))
+            .unwrap();
+        let want: Vec<Value> = world
+            .same_country(p)
+            .iter()
+            .map(|b| json!({"id": b["id"]}))
+            .collect();
+        assert_eq!(row[1], json!(want), "seed {seed}: product {id}");
+    }
+
+    // Relationships are not stored or returned unless selected.
+    let reply = get(s, "/Brand/b1");
+    assert!(reply.json().get("products").is_none());
+
+    // The join evaluates the related condition by its index, then drives Product by brandId.
+    let reply = get(s, "/Product/?brand.name=Acme&explain");
+    let e = reply.json();
+    assert_eq!(e["index"], json!("brandId"), "{e}");
+    let plan = e["plan"].as_str().unwrap();
+    assert!(
+        plan.contains("join brand = Brand.primary key of [index name"),
+        "{plan}"
+    );
+    let acme: Vec<&Value> = world
+        .brands
+        .iter()
+        .filter(|b| b["name"] == "Acme")
+        .collect();
+    let matching = world
+        .products
+        .iter()
+        .filter(|p| world.brand_of(p).is_some_and(|b| b["name"] == "Acme"))
+        .count() as u64;
+    assert_eq!(
+        e["records_visited"].as_u64(),
+        Some(acme.len() as u64 + matching),
+        "{e}"
+    );
+    // One-to-many: the related condition by index, this table by primary key.
+    let e = get(s, "/Brand/?products.price=lt=50&explain").json();
+    let plan = e["plan"].as_str().unwrap();
+    assert!(
+        plan.starts_with("primary keys from join products"),
+        "{plan}"
+    );
+    assert!(plan.contains("[index price"), "{plan}");
+    // An unindexed related attribute is scanned on the related side only.
+    let e = get(s, "/Brand/?products.features.label=red&explain").json();
+    assert!(e["plan"].as_str().unwrap().contains("full scan"), "{e}");
+
+    // Errors: the relationship itself, an unknown related attribute, a bad value, sorting.
+    for (path, status) in [
+        ("/Product/?brand=b1", 400),
+        ("/Product/?brand.color=red", 404),
+        ("/Brand/?products.price=lt=abc", 400),
+        ("/Product/?price=lt=5&sort(brand.name)", 501),
+        ("/Product/?select(name,brand{color})", 200),
+    ] {
+        let reply = get(s, path);
+        assert_eq!(
+            reply.status,
+            status,
+            "{path}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
 }

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response};
 use crate::query::{self, Query, Select};
+use crate::resource::join::{self, Projection};
 use crate::resource::permissions::{self, Action};
-use crate::resource::search::{self, SearchSpec};
+use crate::resource::search::{self, SearchError, SearchSpec};
 use crate::resource::{self, Caller, Resources, Validation};
 use crate::schema::{FieldType, TableDef};
 use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
@@ -225,7 +226,17 @@ impl Ctx<'_, '_> {
         action: Action,
         attributes: impl IntoIterator<Item = &'a str>,
     ) -> bool {
-        let def = self.def();
+        self.allow_on(resp, self.def(), action, attributes)
+    }
+
+    /// [`Ctx::allow`] on table `def` (this one or a related one).
+    fn allow_on<'a>(
+        &self,
+        resp: &mut Response,
+        def: &TableDef,
+        action: Action,
+        attributes: impl IntoIterator<Item = &'a str>,
+    ) -> bool {
         let allowed = permissions::check(
             self.caller,
             &def.database,
@@ -244,6 +255,43 @@ impl Ctx<'_, '_> {
             }
         }
         allowed
+    }
+
+    /// Whether the caller may read every related table `query` reaches through relationships
+    /// (in conditions and selections), with the attributes it names there; if not, answers 401
+    /// or 403 and returns false.
+    fn allow_related(&self, resp: &mut Response, query: &Query) -> bool {
+        related_reads(&self.db, self.def(), query)
+            .iter()
+            .all(|(table, attributes)| {
+                self.allow_on(
+                    resp,
+                    &table.def,
+                    Action::Read,
+                    attributes.iter().map(String::as_str),
+                )
+            })
+    }
+
+    /// The selection bound to related tables, when it selects a relationship (else `None`:
+    /// `query::project` serves it without a transaction).
+    fn projection(&self, select: Option<&Select>) -> Result<Option<Projection>, SearchError> {
+        let Some(select) = select else {
+            return Ok(None);
+        };
+        let projection = Projection::new(Some(&self.db), self.def(), select)?;
+        Ok(projection.joins().then_some(projection))
+    }
+
+    /// Removes from a related record what the caller may not read.
+    fn redact(&self, def: &TableDef, v: &mut Value) {
+        permissions::filter_readable(
+            self.caller,
+            &def.database,
+            &def.table,
+            def.primary_key.as_deref(),
+            v,
+        );
     }
 
     /// Whether records read for this caller must lose some properties.
@@ -339,7 +387,8 @@ impl Ctx<'_, '_> {
             Some(l) => (l.start, Some(l.end.saturating_sub(l.start))),
             None => (0, None),
         };
-        search::plan(
+        search::plan_joined(
+            &self.db,
             &self.table,
             &SearchSpec {
                 filter: query.filter.as_ref(),
@@ -360,10 +409,15 @@ impl Ctx<'_, '_> {
             resp,
             Action::Read,
             query_attributes(&query).iter().map(String::as_str),
-        ) {
+        ) || !self.allow_related(resp, &query)
+        {
             return;
         }
         let plan = match self.plan(&query) {
+            Ok(p) => p,
+            Err(e) => return self.error(resp, e.status(), &e.to_string()),
+        };
+        let projection = match self.projection(query.select.as_ref()) {
             Ok(p) => p,
             Err(e) => return self.error(resp, e.status(), &e.to_string()),
         };
@@ -397,23 +451,46 @@ impl Ctx<'_, '_> {
         writer.start(&mut resp.body);
         let body = &mut resp.body;
         let select = query.select.as_ref();
-        let result = search::run(&self.db, &self.table, &plan, &mut |_, record| {
-            if !explain {
-                if restricted {
+        let redact = |def: &TableDef, v: &mut Value| self.redact(def, v);
+        let mut failed: Option<SearchError> = None;
+        let result = search::run_with(&self.db, &self.table, &plan, &mut |txn, _, record| {
+            if explain {
+                return ControlFlow::Continue(());
+            }
+            let joined = match (&projection, restricted) {
+                (Some(p), false) => p.apply(txn, record.value, &redact),
+                (Some(p), true) => p.apply(txn, &self.readable(record.value), &redact),
+                (None, true) => {
                     let v = self.readable(record.value);
                     match select {
                         Some(select) => writer.item(&query::project(&v, select), body),
                         None => writer.item(&v, body),
                     }
-                } else {
+                    return ControlFlow::Continue(());
+                }
+                (None, false) => {
                     match select {
                         Some(select) => writer.item(&query::project(record.value, select), body),
                         None => writer.item(record.value, body),
                     }
+                    return ControlFlow::Continue(());
+                }
+            };
+            match joined {
+                Ok(v) => {
+                    writer.item(&v, body);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
                 }
             }
-            ControlFlow::Continue(())
         });
+        let result = match failed {
+            Some(e) => Err(e),
+            None => result,
+        };
         match result {
             Ok(stats) if explain => {
                 resp.body.clear();
@@ -636,13 +713,20 @@ impl Ctx<'_, '_> {
         };
         if let Some(action) = action {
             let mut attrs: Vec<String> = property.map(str::to_string).into_iter().collect();
+            let mut related_query = None;
             if action == Action::Read {
                 if let Some(Ok(q)) = self.req.query.filter(|q| !q.is_empty()).map(query::parse) {
                     attrs.extend(query_attributes(&q));
+                    related_query = Some(q);
                 }
             }
             if !self.allow(resp, action, attrs.iter().map(String::as_str)) {
                 return;
+            }
+            if let Some(q) = &related_query {
+                if !self.allow_related(resp, q) {
+                    return;
+                }
             }
         }
         let string_key = matches!(
@@ -694,6 +778,11 @@ impl Ctx<'_, '_> {
                 Err(e) => return self.error(resp, 400, &e.to_string()),
             },
         };
+        let projection = match self.projection(select.as_ref()) {
+            Ok(p) => p,
+            Err(e) => return self.error(resp, e.status(), &e.to_string()),
+        };
+        let redact = |def: &TableDef, v: &mut Value| self.redact(def, v);
         let if_none_match = self.req.header_str("if-none-match");
         let format = self.format;
         let last_modified = self.resources.config.http.last_modified;
@@ -715,14 +804,22 @@ impl Ctx<'_, '_> {
             if restricted {
                 let v = self.readable(record);
                 resp.header("Content-Type", format.content_type());
-                match (property, &select) {
-                    (Some(prop), _) => {
+                match (property, &select, &projection) {
+                    (Some(prop), _, _) => {
                         format.write_one(v.get(prop).unwrap_or(&Value::Null), &mut resp.body)
                     }
-                    (None, Some(select)) => {
+                    (None, _, Some(p)) => {
+                        // Related records come from a second read transaction, opened while
+                        // this record's own is still open.
+                        match search::read(&self.db, |txn| p.apply(txn, &v, &redact)) {
+                            Ok(Ok(v)) => format.write_one(&v, &mut resp.body),
+                            Ok(Err(e)) | Err(e) => self.error(resp, e.status(), &e.to_string()),
+                        }
+                    }
+                    (None, Some(select), None) => {
                         format.write_one(&query::project(&v, select), &mut resp.body)
                     }
-                    (None, None) => format.write_one(&v, &mut resp.body),
+                    (None, None, None) => format.write_one(&v, &mut resp.body),
                 }
                 return;
             }
@@ -734,15 +831,21 @@ impl Ctx<'_, '_> {
                 return;
             }
             resp.header("Content-Type", format.content_type());
-            match (property, &select) {
-                (Some(prop), _) => match record.get(prop) {
+            match (property, &select, &projection) {
+                (Some(prop), _, _) => match record.get(prop) {
                     Some(v) => format.write_one(v, &mut resp.body),
                     None => format.write_one(&Value::Null, &mut resp.body),
                 },
-                (None, Some(select)) => {
+                (None, _, Some(p)) => {
+                    match search::read(&self.db, |txn| p.apply(txn, record, &redact)) {
+                        Ok(Ok(v)) => format.write_one(&v, &mut resp.body),
+                        Ok(Err(e)) | Err(e) => self.error(resp, e.status(), &e.to_string()),
+                    }
+                }
+                (None, Some(select), None) => {
                     format.write_one(&query::project(record, select), &mut resp.body)
                 }
-                (None, None) => format.write_one(record, &mut resp.body),
+                (None, None, None) => format.write_one(record, &mut resp.body),
             }
         });
         match found {
@@ -830,6 +933,67 @@ fn query_attributes(query: &Query) -> Vec<String> {
         None => {}
     }
     out
+}
+
+/// The related tables `query` reads through relationships — in conditions, sort keys and
+/// selections — each with the attributes named there (none: the whole related record).
+fn related_reads(db: &Database, def: &TableDef, query: &Query) -> Vec<(Arc<Table>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut paths: Vec<Vec<String>> = query.sort.iter().map(|k| k.path.clone()).collect();
+    if let Some(filter) = &query.filter {
+        condition_paths(filter, &mut paths);
+    }
+    for path in &paths {
+        out.extend(
+            join::path_tables(db, def, path)
+                .into_iter()
+                .map(|(table, attribute)| (table, vec![attribute])),
+        );
+    }
+    if let Some(select) = &query.select {
+        let items = match select {
+            Select::Value(item) => std::slice::from_ref(item),
+            Select::Object(items) | Select::Array(items) => items.as_slice(),
+        };
+        selected_tables(db, def, items, 0, &mut out);
+    }
+    out
+}
+
+fn condition_paths(expr: &query::Expr, out: &mut Vec<Vec<String>>) {
+    match expr {
+        query::Expr::And(c) | query::Expr::Or(c) => c.iter().for_each(|e| condition_paths(e, out)),
+        query::Expr::Condition(c) => out.push(c.path.clone()),
+    }
+}
+
+fn selected_tables(
+    db: &Database,
+    def: &TableDef,
+    items: &[query::SelectItem],
+    depth: usize,
+    out: &mut Vec<(Arc<Table>, Vec<String>)>,
+) {
+    if depth > join::JOIN_DEPTH_MAX {
+        return;
+    }
+    for item in items {
+        let Some(attr) = def
+            .attribute(&item.name)
+            .filter(|a| a.relationship.is_some())
+        else {
+            continue;
+        };
+        let Ok(link) = join::Link::new(db, def, attr) else {
+            continue;
+        };
+        let children = item.children.as_deref().unwrap_or(&[]);
+        out.push((
+            link.target.clone(),
+            children.iter().map(|c| c.name.clone()).collect(),
+        ));
+        selected_tables(db, &link.target.def, children, depth + 1, out);
+    }
 }
 
 /// `"<16 hex digits of the version's bits>"`: opaque, ASCII, new on every write.
