@@ -1636,3 +1636,87 @@ fn relationship_selections_and_explain() {
         );
     }
 }
+
+/// One raw GET with extra header lines (no client-side decoding of the body).
+fn raw_get(server: &Server, path: &str, headers: &str) -> common::RawResponse {
+    let mut raw = common::Raw::connect(server.rest);
+    raw.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes());
+    raw.response(false).expect("response")
+}
+
+#[test]
+fn compression_timing_audit_size_and_bulk_put() {
+    let (server, _app) = start();
+    let s = &server;
+
+    // gzip for a collection (streamed) and for a body above the threshold, decoded by Python.
+    let plain = raw_get(s, "/Item/?n=lt=50", "");
+    assert_eq!(plain.header("content-encoding"), None);
+    let zipped = raw_get(s, "/Item/?n=lt=50", "Accept-Encoding: br;q=0.5, gzip\r\n");
+    assert_eq!(zipped.status, 200);
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert!(zipped.body.len() < plain.body.len());
+    let unzipped = python(
+        "import gzip,sys; sys.stdout.write(gzip.decompress(sys.stdin.buffer.read()).decode())",
+        &zipped.body,
+    );
+    assert_eq!(unzipped.as_bytes(), plain.body.as_slice());
+    let small = raw_get(s, "/Item/1", "Accept-Encoding: gzip\r\n");
+    assert_eq!(
+        small.header("content-encoding"),
+        None,
+        "below the threshold"
+    );
+    let refused = raw_get(s, "/Item/?n=lt=50", "Accept-Encoding: gzip;q=0, *;q=0\r\n");
+    assert_eq!(refused.header("content-encoding"), None);
+    let any = raw_get(s, "/Item/?n=lt=50", "Accept-Encoding: *\r\n");
+    assert_eq!(any.header("content-encoding"), Some("gzip"));
+
+    // Server-Timing on every REST answer.
+    let r = get(s, "/Dog/1");
+    let timing = r.header("server-timing").unwrap_or("");
+    assert!(timing.starts_with("db;dur="), "{timing:?}");
+    assert!(
+        timing["db;dur=".len()..].parse::<f64>().is_ok(),
+        "{timing:?}"
+    );
+
+    // The table description carries auditSize (writes happened, so it is not empty).
+    let desc = get(s, "/Dog").json();
+    assert!(desc["auditSize"].as_u64().is_some_and(|n| n > 0), "{desc}");
+    assert!(desc.get("recordCount").is_none());
+
+    // Bulk PUT: all records in one transaction; one bad record writes none.
+    let batch = json!([
+        {"id": "b1", "name": "Ada", "breed": "Pug", "age": 2},
+        {"id": "b2", "name": "Bea", "age": 4},
+    ]);
+    assert_eq!(put_json(s, "/Dog/", &batch).status, 204);
+    assert_eq!(get(s, "/Dog/b1").json()["name"], json!("Ada"));
+    assert_eq!(get(s, "/Dog/b2").json()["age"], json!(4));
+    for (body, message) in [
+        (
+            json!([{"id": "b3", "name": "Cy"}, {"id": "b4", "age": "old"}]),
+            "Record 1",
+        ),
+        (
+            json!([{"id": "b3", "name": "Cy"}, {"name": "no key"}]),
+            "has no id",
+        ),
+        (json!({"id": "b3"}), "needs an array"),
+        (json!([{"id": "b3"}, 5]), "not an object"),
+    ] {
+        let r = put_json(s, "/Dog/", &body);
+        assert_eq!(r.status, 400, "{body}");
+        assert!(
+            r.json()["error"].as_str().unwrap_or("").contains(message),
+            "{body}: {}",
+            r.json()
+        );
+    }
+    assert_eq!(
+        get(s, "/Dog/b3").status,
+        404,
+        "a refused batch writes nothing"
+    );
+}

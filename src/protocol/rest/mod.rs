@@ -34,10 +34,16 @@ thread_local! {
 
 const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
-const ALLOW_COLLECTION: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+const ALLOW_COLLECTION: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
 const ALLOW_RECORD: &str = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS";
 /// Records one collection `DELETE` removes at most (one transaction); more → 400.
 pub const DELETE_RECORDS_MAX: usize = 100_000;
+/// Records one bulk `PUT /T/` writes at most (one transaction); more → 400.
+pub const BULK_RECORDS_MAX: usize = 100_000;
+/// `http.compressionThreshold` when the configuration has none: bodies above it are compressed.
+pub const COMPRESSION_THRESHOLD_BYTES_DEFAULT: u64 = 1200;
+/// `Accept-Encoding` items considered at most; the rest are ignored.
+const ACCEPT_ENCODING_ITEMS_MAX: usize = 32;
 
 /// SSE hook: a `GET` whose `Accept` names `text/event-stream` is for the SSE interface (§6.5),
 /// which the router should offer it to before REST.
@@ -148,12 +154,70 @@ pub async fn handle(
         }
     };
     resp.header("Vary", "Accept, Accept-Encoding");
+    let started = std::time::Instant::now();
+    // A collection read is produced record by record, so it is compressed whatever its size.
+    let streamed =
+        matches!(target, Target::Collection) && matches!(req.method, Method::Get | Method::Head);
     match target {
         Target::Table => ctx.table_target(resp, export),
         Target::Collection => ctx.collection(resp).await,
         Target::Record(raw) => ctx.record(resp, raw, extension.is_some()).await,
     }
+    // SPEC §3.4: the time the request spent reading or writing the database.
+    let db_ms = started.elapsed().as_secs_f64() * 1000.0;
+    resp.header("Server-Timing", &format!("db;dur={db_ms:.3}"));
+    compress(resources, req, resp, streamed);
     true
+}
+
+/// SPEC §3.4: gzip the body when the client accepts it and the body is larger than
+/// `http.compressionThreshold` or streamed. (Only gzip: brotli would need a second codec for a
+/// client that accepts gzip as well in practice.)
+fn compress(resources: &Resources, req: &Request<'_>, resp: &mut Response, streamed: bool) {
+    if resp.body.is_empty() || !matches!(resp.status, 200..=299) || resp.is_takeover() {
+        return;
+    }
+    if !req.header_str("accept-encoding").is_some_and(accepts_gzip) {
+        return;
+    }
+    let threshold_bytes = resources
+        .config_tree
+        .get("http.compressionThreshold")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(COMPRESSION_THRESHOLD_BYTES_DEFAULT);
+    if !streamed && resp.body.len() as u64 <= threshold_bytes {
+        return;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(resp.body.len() / 3 + 64),
+        flate2::Compression::fast(),
+    );
+    if std::io::Write::write_all(&mut encoder, &resp.body).is_err() {
+        return;
+    }
+    if let Ok(gzipped) = encoder.finish() {
+        resp.body = gzipped;
+        resp.header("Content-Encoding", "gzip");
+    }
+}
+
+/// Whether an `Accept-Encoding` value allows gzip: `gzip` or `*` with a non-zero q.
+fn accepts_gzip(header: &str) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for item in header.split(',').take(ACCEPT_ENCODING_ITEMS_MAX) {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.trim().strip_prefix("q=").map(str::trim))
+            .map_or(1.0, |q| q.parse::<f32>().unwrap_or(0.0));
+        match coding.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q > 0.0),
+            "*" => any = Some(q > 0.0),
+            _ => {}
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
@@ -329,10 +393,17 @@ impl Ctx<'_, '_> {
                 "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
             );
         }
+        // SPEC §3.2: the audit log's size (bytes of its pages, as `describe_table`'s
+        // `db_audit_size`), and no record count.
+        let audit_size = resource::tables::describe_table(&self.db, &self.table)
+            .ok()
+            .and_then(|d| d.get("db_audit_size").and_then(serde_json::Value::as_u64))
+            .unwrap_or(0);
         let desc = serde_json::json!({
             "records": "./",
             "name": export,
             "database": def.database,
+            "auditSize": audit_size,
             "attributes": def.attributes.iter().filter(|a| {
                 // A role limited to some attributes sees only those it may read.
                 permissions::attribute_allowed(self.caller, &def.database, &def.table,
@@ -342,6 +413,9 @@ impl Ctx<'_, '_> {
                 let mut o = serde_json::json!({"name": a.name, "type": a.ty.name()});
                 if a.primary_key { o["isPrimaryKey"] = true.into(); }
                 if a.indexed { o["indexed"] = true.into(); }
+                if let Some(r) = &a.relationship {
+                    o["relationship"] = serde_json::json!({"from": r.from, "to": r.to});
+                }
                 o
             }).collect::<Vec<_>>(),
         });
@@ -374,6 +448,7 @@ impl Ctx<'_, '_> {
         match self.req.method {
             Method::Get | Method::Head => self.query_collection(resp),
             Method::Post => self.post(resp).await,
+            Method::Put => self.bulk_put(resp).await,
             Method::Delete => self.delete_matches(resp).await,
             _ => {
                 resp.header("Allow", ALLOW_COLLECTION);
@@ -611,6 +686,65 @@ impl Ctx<'_, '_> {
                 self.error(resp, 409, &format!("Record with id {shown} already exists"))
             }
             _ => self.error(resp, 500, "unexpected write result"),
+        }
+    }
+
+    /// `PUT /T/` with an array of keyed records (SPEC §3.2, P2): each replaces (or creates) the
+    /// record of its key, all in one transaction.
+    async fn bulk_put(&self, resp: &mut Response) {
+        let def = self.def();
+        let Some(key_name) = def.primary_key.clone() else {
+            return self.error(
+                resp,
+                400,
+                "A bulk PUT needs a table with a @primaryKey; PUT each record by its id",
+            );
+        };
+        let items = match format::decode_body(self.req.header_str("content-type"), self.req.body) {
+            Ok(format::Body::Structured(Value::Array(items))) => items,
+            Ok(_) => return self.error(resp, 400, "PUT on a collection needs an array of records"),
+            Err(e) => return self.error(resp, 400, &e),
+        };
+        if items.len() > BULK_RECORDS_MAX {
+            return self.error(
+                resp,
+                400,
+                &format!("More than {BULK_RECORDS_MAX} records in one bulk PUT"),
+            );
+        }
+        let mut ops = Vec::with_capacity(items.len());
+        let mut attributes: Vec<String> = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let Value::Object(mut record) = item else {
+                return self.error(resp, 400, &format!("Record {index} is not an object"));
+            };
+            if let Err(e) = resource::validate_record(def, &mut record, Validation::Full) {
+                return self.error(resp, 400, &format!("Record {index}: {e}"));
+            }
+            let Some(key) = record.get(&key_name).cloned().filter(|k| *k != Value::Null) else {
+                return self.error(resp, 400, &format!("Record {index} has no {key_name}"));
+            };
+            for (name, _) in record.iter() {
+                if !attributes.iter().any(|a| a == name) {
+                    attributes.push(name.to_string());
+                }
+            }
+            ops.push(WriteOp::Put {
+                table: def.table.clone(),
+                key: Some(key),
+                record: Value::Object(record),
+                mode: PutMode::Replace,
+                expires_in_s: self.expires_in_s(),
+            });
+        }
+        // Records may be new or existing: the caller needs both rights.
+        let names = || attributes.iter().map(String::as_str);
+        if !self.allow(resp, Action::Insert, names()) || !self.allow(resp, Action::Update, names())
+        {
+            return;
+        }
+        if ops.is_empty() || self.submit(resp, ops).await.is_some() {
+            resp.status = 204;
         }
     }
 
