@@ -331,6 +331,48 @@ mod tests {
         check(Filter::And(vec![]), RECORDS, &[0, 1, 2, 3]);
     }
 
+    /// Membership in key-encoded values given as JSON.
+    fn membership(path: &str, keys: &[&str]) -> Filter {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let mut out = Vec::new();
+                key::encode(&json::parse(k.as_bytes()).unwrap(), &mut out).unwrap();
+                out
+            })
+            .collect();
+        Filter::In(Membership {
+            path: path.split('.').map(str::to_string).collect(),
+            keys: Arc::new(keys),
+            join: 0,
+            via: "rel".into(),
+        })
+    }
+
+    #[test]
+    fn memberships() {
+        check(
+            membership("name", &["\"Rex\"", "\"Bob\""]),
+            RECORDS,
+            &[0, 1],
+        );
+        check(membership("tags", &["\"b\""]), RECORDS, &[0]);
+        check(membership("tags", &["\"ab\""]), RECORDS, &[2]);
+        check(membership("age", &["9.5", "3.0"]), RECORDS, &[0, 3]);
+        check(membership("age", &["null"]), RECORDS, &[]);
+        check(membership("color", &["1"]), RECORDS, &[]);
+        check(membership("n.x", &["1"]), RECORDS, &[3]);
+        check(membership("name", &[]), RECORDS, &[]);
+        check(
+            Filter::Or(vec![
+                membership("name", &["\"Max\""]),
+                test("age", Op::Equal, "3"),
+            ]),
+            RECORDS,
+            &[0, 3],
+        );
+    }
+
     #[test]
     fn projections() {
         let record = json::parse(br#"{"a":1,"b":{"x":2,"y":3},"c":[{"x":4,"z":5}]}"#).unwrap();

@@ -445,3 +445,46 @@ pub fn path_tables(db: &Database, def: &TableDef, path: &[String]) -> Vec<(Arc<T
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::json;
+
+    /// The keys `each_key` gives for a JSON value, decoded back to JSON.
+    fn check(input: &str, expected: &str) {
+        let value = json::parse(input.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        each_key(Some(&value), |k| {
+            let v = key::decode(k).unwrap();
+            got.push(String::from_utf8(json::to_vec(&v)).unwrap());
+        });
+        assert_eq!(got.join(" "), expected, "{input}");
+    }
+
+    #[test]
+    fn keys_of_local_values() {
+        check("\"b1\"", "\"b1\"");
+        check("3", "3");
+        check("[\"f1\",2,null,\"f1\"]", "\"f1\" 2 \"f1\"");
+        check("null", "");
+        check("[]", "");
+        check(&format!("\"{}\"", "x".repeat(300)), "");
+        let mut missing = 0;
+        each_key(None::<&Value>, |_| missing += 1);
+        assert_eq!(missing, 0);
+    }
+
+    #[test]
+    fn target_types() {
+        let brand = FieldType::Object("Brand".into());
+        for (ty, expected) in [
+            (brand.clone(), Some(("Brand", false))),
+            (FieldType::Array(Box::new(brand)), Some(("Brand", true))),
+            (FieldType::Array(Box::new(FieldType::ID)), None),
+            (FieldType::String, None),
+        ] {
+            assert_eq!(target_type(&ty), expected, "{ty:?}");
+        }
+    }
+}

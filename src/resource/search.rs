@@ -1553,6 +1553,30 @@ mod tests {
     }
 
     #[test]
+    fn relationships_need_a_database() {
+        let schema = "type P @table { id: ID @primaryKey brandId: ID brand: B @relationship(from: \"brandId\") }
+                      type B @table { id: ID @primaryKey name: String }";
+        let def = parse_schema_str(schema, "t.graphql")
+            .unwrap()
+            .tables
+            .remove(0);
+        for (query, expected) in [
+            (
+                "brand.name=x",
+                "501 Sorting or querying by the relationship brand is not supported here",
+            ),
+            ("brandId=x", "ok"),
+        ] {
+            let parsed = parse(query).unwrap();
+            let got = match convert(&def, parsed.filter.as_ref().unwrap(), false) {
+                Ok(_) => "ok".to_string(),
+                Err(e) => format!("{} {e}", e.status()),
+            };
+            assert_eq!(got, expected, "{query}");
+        }
+    }
+
+    #[test]
     fn starts_with_bounds_cover_longer_strings() {
         let test = Test {
             path: vec!["name".into()],
