@@ -165,7 +165,12 @@ pub async fn handle(
     }
     // SPEC §3.4: the time the request spent reading or writing the database.
     let db_ms = started.elapsed().as_secs_f64() * 1000.0;
-    resp.header("Server-Timing", &format!("db;dur={db_ms:.3}"));
+    // Formatted on the stack: the single-record path allocates nothing it can avoid.
+    let mut timing = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut timing[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("db;dur={db_ms:.3}"));
+    let written = cursor.position() as usize;
+    resp.header_bytes("Server-Timing", timing.get(..written).unwrap_or(&[]));
     compress(resources, req, resp, streamed);
     true
 }
@@ -761,7 +766,8 @@ impl Ctx<'_, '_> {
             resp,
             Action::Read,
             query_attributes(&query).iter().map(String::as_str),
-        ) {
+        ) || !self.allow_related(resp, &query)
+        {
             return;
         }
         let plan = match self.plan(&query) {
