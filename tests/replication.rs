@@ -2,10 +2,16 @@
 //! loopback address (127.0.0.1, .2, .3, .4) with the same replication port: writes reach every
 //! node, a killed node catches up exactly, a node added with `add_node` gets a copy and is linked
 //! to the rest by gossip, concurrent writes converge, and local-only data stays local.
+//!
+//! Links run over TLS on the secure port with mutual certificates from one test CA (made here,
+//! as an operator would before the certificate exchange), except the MQTT test, which keeps the
+//! plain port with IP-based trust.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{Builder, Rng, Server};
@@ -51,6 +57,70 @@ struct Node {
     server: Server,
 }
 
+/// The test CA: its certificate (PEM) and the issuer that signs node certificates.
+struct Pki {
+    ca_pem: String,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "replication test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA");
+        Pki {
+            ca_pem: ca.pem(),
+            issuer: ca,
+        }
+    })
+}
+
+/// Writes `<root>/keys/{ca,certificate,privateKey}.pem`: a node certificate for `name` (CN and
+/// DNS name) and `ip`, signed by `issuer`, and the CA `ca_pem` to trust.
+fn write_keys(
+    root: &Path,
+    name: &str,
+    ip: &str,
+    ca_pem: &str,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(ip.parse().expect("ip")));
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let certificate = params.signed_by(&key, issuer).expect("sign");
+    let keys = root.join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    std::fs::write(keys.join("ca.pem"), ca_pem).expect("ca");
+    std::fs::write(keys.join("certificate.pem"), certificate.pem()).expect("certificate");
+    std::fs::write(keys.join("privateKey.pem"), key.serialize_pem()).expect("key");
+}
+
+/// A fresh root holding a node certificate from the test CA.
+fn root_with_keys(name: &str, ip: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("root");
+    let pki = pki();
+    write_keys(root.path(), name, ip, &pki.ca_pem, &pki.issuer);
+    root
+}
+
 fn start(
     app: &tempfile::TempDir,
     name: &str,
@@ -59,9 +129,17 @@ fn start(
     routes: &[&str],
     root: Option<tempfile::TempDir>,
 ) -> Node {
-    start_with(app, name, ip, port, routes, root, &[])
+    start_with(app, name, ip, port, routes, root, Link::Tls, &[])
 }
 
+/// How links run: TLS on the secure port (mutual certificates), or the plain port.
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    Tls,
+    Plain,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn start_with(
     app: &tempfile::TempDir,
     name: &str,
@@ -69,13 +147,21 @@ fn start_with(
     port: u16,
     routes: &[&str],
     root: Option<tempfile::TempDir>,
+    link: Link,
     extra: &[(&str, String)],
 ) -> Node {
     let routes: Vec<String> = routes.iter().map(|r| format!("{r}:{port}")).collect();
+    let (secure, plain) = match link {
+        Link::Tls => (format!("{ip}:{port}"), "null".to_string()),
+        Link::Plain => ("null".to_string(), format!("{ip}:{port}")),
+    };
+    let root = root.unwrap_or_else(|| root_with_keys(name, ip));
     let mut b = Builder::new()
         .app(app.path())
+        .root(root)
         .arg("--REPLICATION_HOSTNAME", name)
-        .arg("--REPLICATION_PORT", &format!("{ip}:{port}"))
+        .arg("--REPLICATION_SECUREPORT", &secure)
+        .arg("--REPLICATION_PORT", &plain)
         .arg("--REPLICATION_DATABASES", "[\"data\", \"system\"]")
         .arg(
             "--REPLICATION_ROUTES",
@@ -84,9 +170,6 @@ fn start_with(
         .arg("--LOGGING_LEVEL", "info");
     for (k, v) in extra {
         b = b.arg(k, v);
-    }
-    if let Some(root) = root {
-        b = b.root(root);
     }
     Node {
         name: name.into(),
@@ -185,6 +268,35 @@ fn linked(node: &Node, others: &[&Node]) -> bool {
     })
 }
 
+/// Waits until every node shows every other one linked; on time-out, prints each node's
+/// `cluster_status` and log.
+fn wait_mesh(nodes: &[&Node]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = nodes.iter().all(|n| {
+            let others: Vec<&Node> = nodes.iter().filter(|o| o.name != n.name).copied().collect();
+            linked(n, &others)
+        });
+        if all {
+            return;
+        }
+        if Instant::now() > deadline {
+            for n in nodes {
+                let (_, status) = op(n, json!({"operation": "cluster_status"}));
+                eprintln!("{} cluster_status: {status}", n.name);
+                let log = std::fs::read_to_string(n.server.root.path().join("log/hdb.log"));
+                for line in log.unwrap_or_default().lines() {
+                    if line.contains("replication") {
+                        eprintln!("{}: {line}", n.name);
+                    }
+                }
+            }
+            panic!("no full mesh after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn dog_name(node: &Node, id: &str) -> Option<String> {
     get(node, &format!("/Dog/{id}")).and_then(|v| v["name"].as_str().map(str::to_string))
 }
@@ -204,9 +316,7 @@ fn three_nodes_converge_and_local_data_stays_local() {
     let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
     let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
     let nodes = [&a, &b, &c];
-    wait_until("a full mesh", Duration::from_secs(20), || {
-        linked(&a, &[&b, &c]) && linked(&b, &[&a, &c]) && linked(&c, &[&a, &b])
-    });
+    wait_mesh(&[&a, &b, &c]);
 
     // A write on any node is readable on the others within 1 s (p99 over 1,000 writes).
     let mut lags_ms: Vec<f64> = Vec::with_capacity(2000);
@@ -304,9 +414,7 @@ fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
     );
     let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
     let mut c = start(&app, "node-c", "127.0.0.3", port, &[], None);
-    wait_until("a full mesh", Duration::from_secs(20), || {
-        linked(&a, &[&b, &c]) && linked(&b, &[&a, &c]) && linked(&c, &[&a, &b])
-    });
+    wait_mesh(&[&a, &b, &c]);
     put(&a, "/Dog/before", json!({"name": "before"}));
     wait_until("first write on C", Duration::from_secs(5), || {
         dog_name(&c, "before").is_some()
@@ -396,11 +504,7 @@ fn seeded_writes_restarts_and_pauses_end_converged() {
         .collect();
     {
         let live: Vec<&Node> = nodes.iter().flatten().collect();
-        wait_until("a full mesh", Duration::from_secs(20), || {
-            linked(live[0], &[live[1], live[2]])
-                && linked(live[1], &[live[0], live[2]])
-                && linked(live[2], &[live[0], live[1]])
-        });
+        wait_mesh(&live);
     }
     // The last acknowledged state per key: Some(name) or None (deleted).
     let mut expected: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -510,6 +614,7 @@ fn mqtt_subscriber_on_one_node_sees_messages_and_writes_from_another() {
         port,
         &["127.0.0.2"],
         None,
+        Link::Plain,
         &[("--MQTT_NETWORK_PORT", format!("127.0.0.1:{mqtt_a}"))],
     );
     let b = start_with(
@@ -519,6 +624,7 @@ fn mqtt_subscriber_on_one_node_sees_messages_and_writes_from_another() {
         port,
         &[],
         None,
+        Link::Plain,
         &[("--MQTT_NETWORK_PORT", format!("127.0.0.2:{mqtt_b}"))],
     );
     wait_until("A and B linked", Duration::from_secs(20), || {
@@ -572,4 +678,208 @@ fn mqtt_subscriber_on_one_node_sees_messages_and_writes_from_another() {
     assert_eq!(change["name"], "written-on-a");
     // Exactly once: nothing else arrives.
     assert!(rx.recv_timeout(Duration::from_secs(2)).is_err());
+}
+
+/// What a dialer gets from a node's secure replication port.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// The TLS handshake failed (an untrusted client certificate).
+    NoTls,
+    /// The upgrade was refused with this status.
+    Refused(u16),
+    /// Upgraded; after our `HELLO` the node answered with its own `HELLO` naming this node.
+    Hello(String),
+    /// Upgraded, then closed after our `HELLO` (a name the certificate does not carry).
+    Closed,
+}
+
+/// Dials `127.0.0.1:port` over TLS (trusting the test CA, presenting the certificate in
+/// `identity` if any), upgrades with `authorization`, and announces `hello_name`.
+fn dial(
+    port: u16,
+    identity: Option<&Path>,
+    authorization: Option<&str>,
+    hello_name: &str,
+) -> Answer {
+    use tidepool::replication::{message, transport::Conn, ws};
+    use tidepool::value::Value as V;
+    let ca = tempfile::tempdir().expect("ca dir");
+    std::fs::write(ca.path().join("ca.pem"), &pki().ca_pem).expect("ca");
+    let keys = identity.map(|d| {
+        (
+            d.join("keys/certificate.pem"),
+            d.join("keys/privateKey.pem"),
+        )
+    });
+    let config = tidepool::server::tls::client_config(
+        &ca.path().join("ca.pem"),
+        keys.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        &[],
+    )
+    .expect("client config");
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let Ok(mut conn) = Conn::tls_client(socket, "127.0.0.1", config) else {
+        return Answer::NoTls;
+    };
+    match ws::client_handshake(&mut conn.duplex(), "127.0.0.1", authorization) {
+        Ok(()) => {}
+        Err(ws::WsError::Refused(status)) => return Answer::Refused(status),
+        // TLS 1.3 reports a refused client certificate on the first read after the handshake.
+        Err(_) => return Answer::NoTls,
+    }
+    let hello = message::object(vec![
+        ("node", V::String(hello_name.into())),
+        ("url", V::String(String::new())),
+        ("protocol", V::Int(message::PROTOCOL)),
+        ("databases", V::Array(Vec::new())),
+    ]);
+    let mut frame = Vec::new();
+    ws::encode_frame(
+        ws::OP_BINARY,
+        &message::encode("HELLO", hello),
+        true,
+        &mut frame,
+    );
+    if std::io::Write::write_all(&mut conn.writer, &frame).is_err() {
+        return Answer::Closed;
+    }
+    let limits = tidepool::value::DecodeLimits::default();
+    loop {
+        match ws::read_message(&mut conn.reader, 1 << 20) {
+            Ok(ws::Incoming::Binary(m)) => {
+                let Ok((kind, body)) = message::decode(&m, &limits) else {
+                    return Answer::Closed;
+                };
+                if kind == "HELLO" {
+                    // The node sends HELLO first, then checks ours: wait for what follows.
+                    let name = body
+                        .get("node")
+                        .and_then(V::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    return match ws::read_message(&mut conn.reader, 1 << 20) {
+                        Ok(ws::Incoming::Close) | Err(_) => Answer::Closed,
+                        Ok(_) => Answer::Hello(name),
+                    };
+                }
+            }
+            Ok(ws::Incoming::Close) | Err(_) => return Answer::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// SPEC §7.3 on the secure port: a certificate from a trusted CA whose name matches HELLO, or
+/// the credentials of a super or cluster user; anything else is refused (401 before the
+/// upgrade, close after a HELLO the certificate does not name), and refusals are logged.
+#[test]
+fn secure_port_admits_node_certificates_and_cluster_credentials_only() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &[], None);
+    for body in [
+        json!({"operation": "add_role", "role": "replicator", "permission": {"cluster_user": true}}),
+        json!({"operation": "add_role", "role": "reader", "permission": {"super_user": false,
+            "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}}),
+        json!({"operation": "add_user", "username": "peer", "password": "peer-pass", "role": "replicator", "active": true}),
+        json!({"operation": "add_user", "username": "viewer", "password": "viewer-pass", "role": "reader", "active": true}),
+    ] {
+        let (status, reply) = op(&a, body.clone());
+        assert_eq!(status, 200, "{body}: {reply}");
+    }
+    let node_x = root_with_keys("node-x", "127.0.0.9");
+    let foreign = tempfile::tempdir().expect("foreign");
+    {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let other_ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("other CA");
+        write_keys(
+            foreign.path(),
+            "node-x",
+            "127.0.0.9",
+            &other_ca.pem(),
+            &other_ca,
+        );
+    }
+    type Case<'a> = (&'a str, Option<&'a Path>, Option<String>, &'a str, Answer);
+    let cases: Vec<Case> = vec![
+        (
+            "certificate naming the node",
+            Some(node_x.path()),
+            None,
+            "node-x",
+            Answer::Hello("node-a".into()),
+        ),
+        (
+            "certificate naming another node",
+            Some(node_x.path()),
+            None,
+            "node-y",
+            Answer::Closed,
+        ),
+        (
+            "certificate from another CA",
+            Some(foreign.path()),
+            None,
+            "node-x",
+            Answer::NoTls,
+        ),
+        ("nothing", None, None, "node-x", Answer::Refused(401)),
+        (
+            "super user",
+            None,
+            Some(basic(common::ADMIN_USER, common::ADMIN_PASSWORD)),
+            "node-z",
+            Answer::Hello("node-a".into()),
+        ),
+        (
+            "cluster user",
+            None,
+            Some(basic("peer", "peer-pass")),
+            "node-z",
+            Answer::Hello("node-a".into()),
+        ),
+        (
+            "wrong password",
+            None,
+            Some(basic("peer", "nope")),
+            "node-z",
+            Answer::Refused(401),
+        ),
+        (
+            "user without cluster_user",
+            None,
+            Some(basic("viewer", "viewer-pass")),
+            "node-z",
+            Answer::Refused(401),
+        ),
+    ];
+    for (what, identity, authorization, hello, expected) in cases {
+        assert_eq!(
+            dial(port, identity, authorization.as_deref(), hello),
+            expected,
+            "{what}"
+        );
+    }
+    let log = std::fs::read_to_string(a.server.root.path().join("log/hdb.log")).unwrap_or_default();
+    for needle in [
+        "wrong password for user \"peer\"",
+        "user \"viewer\" is neither super_user nor cluster_user",
+        "no client certificate and no credentials",
+        "HELLO names \"node-y\"",
+    ] {
+        assert!(log.contains(needle), "log lacks {needle:?}");
+    }
 }
