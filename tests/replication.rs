@@ -469,17 +469,70 @@ fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
         linked(&d, &[&a, &b, &c])
     });
 
-    // remove_node: A drops D, and writes on A no longer reach D directly (others may relay, so
-    // remove D everywhere).
-    for n in [&a, &b, &c] {
-        let (status, reply) = op(n, json!({"operation": "remove_node", "hostname": "node-d"}));
-        assert!(status == 200 || status == 404, "{reply}");
-    }
+    // remove_node on A only: the mark spreads by gossip, every node drops its link to D, D is
+    // not redialled, and writes no longer reach it.
+    let (status, reply) = op(
+        &a,
+        json!({"operation": "remove_node", "hostname": "node-d"}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    wait_until("every link to D closed", Duration::from_secs(20), || {
+        [&a, &b, &c].iter().all(|n| !connected_to(n, "node-d"))
+            && ["node-a", "node-b", "node-c"]
+                .iter()
+                .all(|o| !connected_to(&d, o))
+    });
+    put(&a, "/Dog/after-removal", json!({"name": "not for d"}));
+    wait_until("the write on B and C", Duration::from_secs(10), || {
+        dog_name(&b, "after-removal").is_some() && dog_name(&c, "after-removal").is_some()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        dog_name(&d, "after-removal"),
+        None,
+        "a removed node got a write"
+    );
+    assert!(
+        [&a, &b, &c].iter().all(|n| !connected_to(n, "node-d")),
+        "a removed node was redialled"
+    );
+    // D dialling A itself is refused.
+    let (status, reply) = op(
+        &d,
+        json!({"operation": "add_node", "hostname": "127.0.0.1", "port": port}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    put(&d, "/Dog/from-d", json!({"name": "written on d"}));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!connected_to(&a, "node-d"), "A let a removed node in");
+    assert_eq!(dog_name(&a, "from-d"), None);
     let (status, _) = op(
         &a,
         json!({"operation": "remove_node", "hostname": "nobody"}),
     );
     assert_eq!(status, 404);
+    // A new add_node on A lets D back in, and what D wrote meanwhile arrives.
+    let (status, reply) = op(
+        &a,
+        json!({"operation": "add_node", "hostname": "127.0.0.4", "port": port}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    wait_until("D back and its write on A", Duration::from_secs(30), || {
+        connected_to(&a, "node-d") && dog_name(&a, "from-d").is_some()
+    });
+}
+
+/// Whether `node`'s `cluster_status` shows any connected socket to `peer`.
+fn connected_to(node: &Node, peer: &str) -> bool {
+    let (_, status) = op(node, json!({"operation": "cluster_status"}));
+    status["connections"].as_array().is_some_and(|cs| {
+        cs.iter().any(|c| {
+            c["name"] == peer
+                && c["database_sockets"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["connected"] == true))
+        })
+    })
 }
 
 fn libc_sigkill() -> i32 {

@@ -259,6 +259,11 @@ pub fn run(
         }
         _ => {}
     }
+    if dialled.is_some() && repl.is_removed(&peer) {
+        // We dial only nodes added since (gossip never re-adds a removed one): a new
+        // `add_node` by address lets the node back in.
+        repl.unmark_removed(&peer);
+    }
     if repl.is_removed(&peer) {
         tracing::info!("replication: refused link from removed node {peer}");
         let _ = out.send(

@@ -776,6 +776,24 @@ impl Replication {
         }
     }
 
+    /// Lets a removed node back in (a new `add_node` reached it by address).
+    pub(crate) fn unmark_removed(&self, name: &str) {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let listed = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|n| n.key == name);
+        if !listed {
+            self.delete_node(name);
+        }
+        tracing::info!("replication: node {name} added again after its removal");
+    }
+
     /// Writes `{name, removed: true}` to `system.hdb_nodes` (waits for the commit).
     fn mark_removed(&self, name: &str) {
         self.write_node(name, None);
@@ -784,8 +802,17 @@ impl Replication {
     /// A peer answered `BYE removed`: we are out of its cluster, so stop dialling it (without
     /// marking it: a new `add_node` on its side lets us back in).
     pub(crate) fn removed_by(&self, peer: &str) {
-        if self.drop_node(peer, "shutdown") {
-            self.delete_node(peer);
+        let keys: Vec<String> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| n.key == peer || n.name.as_deref() == Some(peer))
+            .map(|n| n.key.clone())
+            .collect();
+        self.drop_node(peer, "shutdown");
+        for key in keys {
+            self.delete_node(&key);
         }
     }
 
