@@ -178,14 +178,18 @@ fn start_with(
 }
 
 fn op(node: &Node, body: Value) -> (u16, Value) {
-    let resp = match ureq::post(&node.server.ops_url())
+    op_at(&node.server.ops_url(), body)
+}
+
+fn op_at(url: &str, body: Value) -> (u16, Value) {
+    let resp = match ureq::post(url)
         .timeout(Duration::from_secs(30))
         .set("Content-Type", "application/json")
         .send_string(&body.to_string())
     {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{} {body}: {e}", node.name),
+        Err(e) => panic!("{url} {body}: {e}"),
     };
     let status = resp.status();
     let text = resp.into_string().unwrap_or_default();
@@ -935,4 +939,233 @@ fn secure_port_admits_node_certificates_and_cluster_credentials_only() {
     ] {
         assert!(log.contains(needle), "log lacks {needle:?}");
     }
+}
+
+/// Cuts every replication packet to and from one loopback address on the replication port
+/// (iptables DROP in INPUT, where loopback traffic arrives); the rules go away on drop, even
+/// when the test fails.
+struct Cut {
+    rules: Vec<Vec<String>>,
+}
+
+impl Cut {
+    fn new(ip: &str, port: u16) -> Cut {
+        let port = port.to_string();
+        let tag = format!("tidepool-replication-test-{}", std::process::id());
+        let mut cut = Cut { rules: Vec::new() };
+        for (side, port_side) in [
+            ("-s", "--dport"),
+            ("-s", "--sport"),
+            ("-d", "--dport"),
+            ("-d", "--sport"),
+        ] {
+            let rule: Vec<String> = [
+                "INPUT",
+                "-p",
+                "tcp",
+                side,
+                ip,
+                port_side,
+                &port,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let status = std::process::Command::new("iptables")
+                .arg("-I")
+                .args(&rule)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "iptables is needed for the partition test (apt-get install iptables): {e}"
+                    )
+                });
+            assert!(
+                status.success(),
+                "iptables -I {rule:?} failed (root needed)"
+            );
+            cut.rules.push(rule);
+        }
+        cut
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for rule in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(&rule)
+                .status();
+        }
+    }
+}
+
+/// Done-when 5: C is cut off from A and B; both sides keep taking writes (each acknowledged),
+/// neither side sees the other's meanwhile; after the cut heals every node holds every
+/// acknowledged write, and a key written on both sides holds the later write everywhere.
+#[test]
+fn a_partition_heals_without_losing_acknowledged_writes() {
+    let app = app();
+    let port = free_port();
+    let a = start(
+        &app,
+        "node-a",
+        "127.0.0.1",
+        port,
+        &["127.0.0.2", "127.0.0.3"],
+        None,
+    );
+    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
+    let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    wait_mesh(&[&a, &b, &c]);
+    put(&a, "/Dog/pre", json!({"name": "before the cut"}));
+    wait_until("pre everywhere", Duration::from_secs(10), || {
+        [&a, &b, &c].iter().all(|n| dog_name(n, "pre").is_some())
+    });
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    {
+        let _cut = Cut::new("127.0.0.3", port);
+        for i in 0..60 {
+            let (node, side) = match i % 3 {
+                0 => (&a, "a"),
+                1 => (&b, "b"),
+                _ => (&c, "c"),
+            };
+            let id = format!("{side}{i}");
+            put(
+                node,
+                &format!("/Dog/{id}"),
+                json!({"name": format!("v{i}")}),
+            );
+            expected.insert(id, format!("v{i}"));
+        }
+        put(&a, "/Dog/both", json!({"name": "from a"}));
+        std::thread::sleep(Duration::from_millis(20));
+        put(&c, "/Dog/both", json!({"name": "from c"}));
+        expected.insert("both".into(), "from c".into());
+        // A and B still replicate to each other; nothing crosses the cut.
+        wait_until("B has A's writes", Duration::from_secs(10), || {
+            dog_name(&b, "a57").is_some()
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(dog_name(&c, "a57"), None, "the cut let A's write through");
+        assert_eq!(dog_name(&a, "c59"), None, "the cut let C's write through");
+        assert_eq!(dog_name(&c, "both").as_deref(), Some("from c"));
+        assert_eq!(dog_name(&a, "both").as_deref(), Some("from a"));
+    }
+    let missing = || -> Vec<String> {
+        let mut out = Vec::new();
+        for n in [&a, &b, &c] {
+            for (id, v) in &expected {
+                if dog_name(n, id).as_deref() != Some(v.as_str()) {
+                    out.push(format!("{} {id}", n.name));
+                }
+            }
+        }
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = missing();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged 90 s after the cut healed: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = checksum(&a);
+    assert_eq!(checksum(&b), first);
+    assert_eq!(checksum(&c), first);
+}
+
+/// `add_node` with `start_time`: the new node streams from then on, with no copy of older data.
+#[test]
+fn add_node_with_start_time_streams_only_newer_data() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &[], None);
+    put(&a, "/Dog/old", json!({"name": "before start_time"}));
+    std::thread::sleep(Duration::from_millis(50));
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    std::thread::sleep(Duration::from_millis(50));
+    put(&a, "/Dog/new", json!({"name": "after start_time"}));
+    let e = start(&app, "node-e", "127.0.0.2", port, &[], None);
+    let (status, reply) = op(
+        &e,
+        json!({"operation": "add_node", "hostname": "127.0.0.1", "port": port, "start_time": start_ms}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    wait_until("the newer write on E", Duration::from_secs(20), || {
+        dog_name(&e, "new").is_some()
+    });
+    put(&a, "/Dog/live", json!({"name": "live"}));
+    wait_until("a live write on E", Duration::from_secs(10), || {
+        dog_name(&e, "live").is_some()
+    });
+    assert_eq!(
+        dog_name(&e, "old"),
+        None,
+        "data older than start_time was copied"
+    );
+}
+
+/// A `transaction` over two tables on A is applied on B as one: a reader on B that sees either
+/// record of a transaction always finds the other too (records are only added, so reading the
+/// second after the first is enough).
+#[test]
+fn a_two_table_transaction_is_never_half_visible_on_a_peer() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2"], None);
+    let b = start(&app, "node-b", "127.0.0.2", port, &[], None);
+    wait_mesh(&[&a, &b]);
+    const TRANSACTIONS: usize = 150;
+    std::thread::scope(|s| {
+        let ops_url = a.server.ops_url();
+        let writer = s.spawn(move || {
+            for i in 0..TRANSACTIONS {
+                let (status, reply) = op_at(
+                    &ops_url,
+                    json!({"operation": "transaction", "database": "data", "operations": [
+                        {"operation": "upsert", "table": "Dog", "records": [{"id": format!("tx{i}"), "n": i}]},
+                        {"operation": "upsert", "table": "Cat", "records": [{"id": format!("tx{i}"), "name": format!("c{i}")}]},
+                    ]}),
+                );
+                assert_eq!(status, 200, "{reply}");
+            }
+        });
+        let present = |table: &str, id: &str| get(&b, &format!("/{table}/{id}")).is_some();
+        for i in 0..TRANSACTIONS {
+            let id = format!("tx{i}");
+            // Alternate which table is looked at first.
+            let (first, second) = if i % 2 == 0 {
+                ("Dog", "Cat")
+            } else {
+                ("Cat", "Dog")
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !present(first, &id) {
+                assert!(Instant::now() < deadline, "{first}/{id} never reached B");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                present(second, &id),
+                "B showed {first}/{id} without {second}/{id}: the transaction was split"
+            );
+        }
+        writer.join().expect("writer");
+    });
 }
