@@ -930,14 +930,20 @@ fn secure_port_admits_node_certificates_and_cluster_credentials_only() {
             "{what}"
         );
     }
-    let log = std::fs::read_to_string(a.server.root.path().join("log/hdb.log")).unwrap_or_default();
+    // The log is written by its own thread: wait for the lines.
+    let log =
+        || std::fs::read_to_string(a.server.root.path().join("log/hdb.log")).unwrap_or_default();
     for needle in [
         "wrong password for user \"peer\"",
         "user \"viewer\" is neither super_user nor cluster_user",
         "no client certificate and no credentials",
         "HELLO names \"node-y\"",
     ] {
-        assert!(log.contains(needle), "log lacks {needle:?}");
+        wait_until(
+            &format!("{needle:?} in the log"),
+            Duration::from_secs(5),
+            || log().contains(needle),
+        );
     }
 }
 

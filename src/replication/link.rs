@@ -953,6 +953,75 @@ impl Sender {
         )
     }
 
+    /// One consistent read sent whole: every replicated table with its tombstones, then
+    /// `SNAPSHOT_END` with the cursors as of that read. Returns those cursors and the log
+    /// position the live stream continues from, or None when the link stopped meanwhile.
+    #[allow(clippy::type_complexity)]
+    fn snapshot(
+        &self,
+        tables: &[Arc<crate::store::Table>],
+    ) -> Result<Option<(HashMap<String, u64>, Option<f64>)>, LinkError> {
+        let database = self.db.name.to_string();
+        let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
+        // One consistent read: every replicated table, its tombstones, and the cursors and
+        // log position that go with it.
+        let (chunks, cursors, last) = {
+            let r = self.db.read().map_err(storage)?;
+            let mut chunks: Vec<(String, Vec<Value>)> = Vec::new();
+            for t in tables {
+                let rows: Vec<Value> = r
+                    .raw_records(t)
+                    .map_err(storage)?
+                    .into_iter()
+                    .map(|raw| {
+                        let origin = if raw.header.origin == crate::store::node_id_of(&self.me) {
+                            Some(self.me.clone())
+                        } else {
+                            r.node_name(raw.header.origin).ok().flatten()
+                        };
+                        message::snapshot_row(&SnapshotRecord {
+                            table: t.name.to_string(),
+                            key: raw.key,
+                            version: raw.header.version,
+                            origin: origin.unwrap_or_else(|| self.me.clone()),
+                            value: raw.value,
+                            expires_at: raw.header.expires_at,
+                        })
+                    })
+                    .collect();
+                for chunk in rows.chunks(SNAPSHOT_CHUNK) {
+                    chunks.push((t.name.to_string(), chunk.to_vec()));
+                }
+            }
+            (
+                chunks,
+                r.cursors().map_err(storage)?,
+                r.audit_last().map_err(storage)?,
+            )
+        };
+        for (table, rows) in chunks {
+            if self.stopped() {
+                return Ok(None);
+            }
+            self.out.send(
+                "SNAPSHOT",
+                object(vec![
+                    ("database", Value::String(database.clone())),
+                    ("table", Value::String(table)),
+                    ("records", Value::Array(rows)),
+                ]),
+            )?;
+        }
+        self.out.send(
+            "SNAPSHOT_END",
+            object(vec![
+                ("database", Value::String(database.clone())),
+                ("cursors", message::cursors_value(&cursors)),
+            ]),
+        )?;
+        Ok(Some((cursors.into_iter().collect(), last)))
+    }
+
     fn run(self, req: SubscribeRequest) -> Result<(), LinkError> {
         let database = self.db.name.to_string();
         let tables = self.replicated_tables();
@@ -967,65 +1036,13 @@ impl Sender {
         let mut after: Option<f64>;
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         if req.snapshot {
-            // One consistent read: every replicated table, its tombstones, and the cursors and
-            // log position that go with it.
-            let (chunks, cursors, last) = {
-                let r = self.db.read().map_err(storage)?;
-                let mut chunks: Vec<(String, Vec<Value>)> = Vec::new();
-                for t in &tables {
-                    let rows: Vec<Value> = r
-                        .raw_records(t)
-                        .map_err(storage)?
-                        .into_iter()
-                        .map(|raw| {
-                            let origin = if raw.header.origin == crate::store::node_id_of(&self.me)
-                            {
-                                Some(self.me.clone())
-                            } else {
-                                r.node_name(raw.header.origin).ok().flatten()
-                            };
-                            message::snapshot_row(&SnapshotRecord {
-                                table: t.name.to_string(),
-                                key: raw.key,
-                                version: raw.header.version,
-                                origin: origin.unwrap_or_else(|| self.me.clone()),
-                                value: raw.value,
-                                expires_at: raw.header.expires_at,
-                            })
-                        })
-                        .collect();
-                    for chunk in rows.chunks(SNAPSHOT_CHUNK) {
-                        chunks.push((t.name.to_string(), chunk.to_vec()));
-                    }
+            match self.snapshot(&tables)? {
+                Some((cursors, last)) => {
+                    sent = cursors;
+                    after = last;
                 }
-                (
-                    chunks,
-                    r.cursors().map_err(storage)?,
-                    r.audit_last().map_err(storage)?,
-                )
-            };
-            for (table, rows) in chunks {
-                if self.stopped() {
-                    return Ok(());
-                }
-                self.out.send(
-                    "SNAPSHOT",
-                    object(vec![
-                        ("database", Value::String(database.clone())),
-                        ("table", Value::String(table)),
-                        ("records", Value::Array(rows)),
-                    ]),
-                )?;
+                None => return Ok(()),
             }
-            self.out.send(
-                "SNAPSHOT_END",
-                object(vec![
-                    ("database", Value::String(database.clone())),
-                    ("cursors", message::cursors_value(&cursors)),
-                ]),
-            )?;
-            sent = cursors.into_iter().collect();
-            after = last;
         } else if let Some(t) = req.start_time {
             // From the first transaction at or after `t`, per origin; the cursors go first so
             // the receiver takes each origin's first seq as the next one.
@@ -1065,25 +1082,44 @@ impl Sender {
             let mut origins: Vec<String> = vec![self.me.clone()];
             origins.extend(req.relay.iter().cloned());
             let mut start: Option<f64> = None;
+            let mut log_gap = false;
             for origin in &origins {
                 let have = sent.get(origin).copied().unwrap_or(0);
                 match r.audit_position(origin, have + 1).map_err(storage)? {
                     Some(p) => start = Some(start.map_or(p, |s: f64| s.min(p))),
-                    None => {
-                        if r.cursor(origin).map_err(storage)? > have {
-                            tracing::warn!(
-                                "replication: the log of {database} no longer reaches {origin} {} for {}",
-                                have + 1,
-                                self.peer
-                            );
-                        }
+                    None if r.cursor(origin).map_err(storage)? > have => {
+                        tracing::info!(
+                            "replication: the log of {database} no longer reaches {origin} {} for {}; sending a delta snapshot",
+                            have + 1,
+                            self.peer
+                        );
+                        log_gap = true;
                     }
+                    None => {}
                 }
             }
-            after = match start {
-                Some(p) => Some(f64::from_bits(p.to_bits().saturating_sub(1))),
-                None => r.audit_last().map_err(storage)?,
-            };
+            drop(r);
+            if log_gap {
+                // SPEC §7.5: records and tombstones written after the cursor's transaction. Its
+                // time went with the log, so every record goes; the receiver keeps what it has
+                // that is newer (LWW), and the fresh cursors end the gap.
+                match self.snapshot(&tables)? {
+                    Some((cursors, last)) => {
+                        sent = cursors;
+                        after = last;
+                    }
+                    None => return Ok(()),
+                }
+            } else {
+                after = match start {
+                    Some(p) => Some(f64::from_bits(p.to_bits().saturating_sub(1))),
+                    None => self
+                        .db
+                        .read()
+                        .and_then(|r| r.audit_last())
+                        .map_err(storage)?,
+                };
+            }
         }
         // Live: our log in commit order, from `after`.
         while !self.stopped() {
