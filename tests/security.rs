@@ -765,13 +765,8 @@ enum WsOutcome {
 
 struct Ws(tungstenite::WebSocket<TcpStream>);
 
-/// Upgrades `path`; the socket and the 101's status, or the refusal's status.
-fn ws_handshake(
-    addr: SocketAddr,
-    path: &str,
-    auth: Option<&str>,
-    accept: Option<&str>,
-) -> Result<Ws, u16> {
+/// Upgrades `path` with the given (optional) headers; the socket, or the refusal's status.
+fn ws_handshake(addr: SocketAddr, path: &str, headers: &[(&str, Option<&str>)]) -> Result<Ws, u16> {
     let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -779,8 +774,9 @@ fn ws_handshake(
     let mut req = format!("ws://{addr}{path}")
         .into_client_request()
         .expect("request");
-    for (name, value) in [("Authorization", auth), ("Accept", accept)] {
+    for (name, value) in headers {
         if let Some(v) = value {
+            let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("name");
             req.headers_mut().insert(name, v.parse().expect("header"));
         }
     }
@@ -794,7 +790,7 @@ fn ws_handshake(
 }
 
 fn ws_open(addr: SocketAddr, path: &str, auth: Option<&str>, accept: Option<&str>) -> Ws {
-    ws_handshake(addr, path, auth, accept)
+    ws_handshake(addr, path, &[("Authorization", auth), ("Accept", accept)])
         .unwrap_or_else(|status| panic!("upgrade {path} refused with {status}"))
 }
 
@@ -820,7 +816,7 @@ impl Ws {
 }
 
 fn ws_outcome(addr: SocketAddr, path: &str, auth: Option<&str>) -> WsOutcome {
-    match ws_handshake(addr, path, auth, None) {
+    match ws_handshake(addr, path, &[("Authorization", auth)]) {
         Ok(mut ws) => ws.next(),
         Err(status) => WsOutcome::Refused(status),
     }
@@ -832,16 +828,25 @@ struct Sse(BufReader<TcpStream>);
 
 /// Opens an event stream: the status line's code and the reader.
 fn sse_open(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, Sse) {
+    sse_open_with(addr, path, ("Authorization", auth))
+}
+
+/// Opens an event stream with one (optional) extra header.
+fn sse_open_with(
+    addr: SocketAddr,
+    path: &str,
+    (name, value): (&str, Option<&str>),
+) -> (u16, String, Sse) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
+    let extra = value
+        .map(|v| format!("{name}: {v}\r\n"))
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{auth}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n"
     )
     .expect("write");
     let mut reader = BufReader::new(stream);
@@ -1310,4 +1315,141 @@ fn subscriptions_never_leak_forbidden_attributes() {
         assert_eq!(payload["name"], wanted);
         assert_trimmed(&what("MQTT"), &payload);
     }
+}
+
+// ---- cookie sessions ----
+
+/// curl with a cookie jar: (status, response headers, body).
+fn curl_jar(jar: &std::path::Path, args: &[&str]) -> (u16, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "-", "--max-time", "20", "-c"])
+        .arg(jar)
+        .arg("-b")
+        .arg(jar)
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// SPEC §5.3: `login` answers a session cookie with the SPEC's flags; cookie-only requests then
+/// work on REST, the Operations API, SSE and WebSocket, with the user's own permissions; after
+/// `logout` the same cookie is refused (401), and a wrong password logs nobody in.
+#[test]
+fn cookie_sessions_login_then_logout() {
+    let server = Builder::new().require_credentials().start();
+    let callers = seed_users(&server);
+    let jar_dir = tempfile::tempdir().expect("temp");
+    let jar = jar_dir.path().join("cookies.txt");
+    let ops = server.ops_url();
+    let json_type = "Content-Type: application/json";
+    let login = |user: &str, password: &str| {
+        curl_jar(
+            &jar,
+            &[
+                "-H",
+                json_type,
+                "-d",
+                &json!({"operation": "login", "username": user, "password": password}).to_string(),
+                &ops,
+            ],
+        )
+    };
+    let (status, _, body) = login(ADMIN_USER, "wrong");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Login failed"), "{body}");
+
+    let (status, head, body) = login(ADMIN_USER, ADMIN_PASSWORD);
+    assert_eq!(status, 200, "{head}{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json"),
+        json!({"message": "Login successful"})
+    );
+    let cookie_line = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie: {head}"));
+    let expected_name = format!(
+        "{}-hdb-session=",
+        server.ops.to_string().replace(['.', ':'], "_")
+    );
+    assert!(cookie_line.contains(&expected_name), "{cookie_line}");
+    for flag in ["Path=/", "HttpOnly", "Expires=", "SameSite=None", "Secure"] {
+        assert!(cookie_line.contains(flag), "{flag} missing: {cookie_line}");
+    }
+    let value = cookie_line
+        .split_once('=')
+        .and_then(|(_, v)| v.split(';').next())
+        .expect("cookie value")
+        .trim()
+        .to_string();
+    assert!(!value.is_empty() && !value.contains(SECRET));
+    let cookie = format!("{}{value}", expected_name);
+
+    // Cookie only (no Authorization): REST on the other port, the Operations API, SSE, WS.
+    let (status, _, body) = curl_jar(&jar, &[&server.url("/Dog/d1")]);
+    assert_eq!(status, 200, "REST with the session cookie: {body}");
+    assert!(
+        body.contains(SECRET),
+        "the super user reads everything: {body}"
+    );
+    let (status, _, body) = curl_jar(
+        &jar,
+        &["-H", json_type, "-d", r#"{"operation":"user_info"}"#, &ops],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(ADMIN_USER), "{body}");
+    let (status, head, mut sse) = sse_open_with(server.rest, "/Dog/d1", ("Cookie", Some(&cookie)));
+    assert_eq!(status, 200, "SSE with the cookie: {head}");
+    assert_eq!(sse.next()["value"]["owner"], SECRET);
+    let mut ws = ws_handshake(server.rest, "/Dog/d1", &[("Cookie", Some(&cookie))])
+        .unwrap_or_else(|s| panic!("WS refused {s}"));
+    assert!(
+        matches!(ws.next(), WsOutcome::Event(_)),
+        "WS with the cookie"
+    );
+
+    // Logout: the jar drops the cookie, and replaying it is refused everywhere.
+    let (status, head, body) = curl_jar(
+        &jar,
+        &["-H", json_type, "-d", r#"{"operation":"logout"}"#, &ops],
+    );
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(body.contains("Logout successful"), "{body}");
+    let (status, _, _) = curl_jar(&jar, &[&server.url("/Dog/d1")]);
+    assert_eq!(status, 401, "after logout, with the jar");
+    let (status, _, body) = curl_jar(
+        &jar,
+        &["-H", &format!("Cookie: {cookie}"), &server.url("/Dog/d1")],
+    );
+    assert_eq!(status, 401, "after logout, the old cookie: {body}");
+    let (status, head, _) = sse_open_with(server.rest, "/Dog/d1", ("Cookie", Some(&cookie)));
+    assert_eq!(status, 401, "SSE after logout: {head}");
+    assert_eq!(
+        ws_handshake(server.rest, "/Dog/d1", &[("Cookie", Some(&cookie))])
+            .map(|mut ws| ws.next())
+            .ok(),
+        Some(WsOutcome::Closed(3000, "Must login".into()))
+    );
+    let (status, _, _) = curl_jar(
+        &jar,
+        &["-H", json_type, "-d", r#"{"operation":"logout"}"#, &ops],
+    );
+    assert_eq!(status, 401, "logout without a session or credentials");
+
+    // A session carries its user's role: the reader reads Dog but not Breed.
+    let (reader, password) = callers[1].1.clone().expect("reader");
+    let (status, _, body) = login(&reader, &password);
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = curl_jar(&jar, &[&server.url("/Dog/d1")]);
+    assert_eq!(status, 200);
+    let (status, _, body) = curl_jar(&jar, &[&server.url("/Breed/1")]);
+    assert_eq!(status, 403, "{body}");
 }

@@ -303,8 +303,7 @@ impl Service for Router {
         };
         // Authenticated once per request (SPEC §5.1); each interface decides what it needs.
         let resources = &self.shared.resources;
-        let caller =
-            crate::auth::authenticate(resources, &crate::auth::Credentials::from_request(req));
+        let caller = crate::auth::authenticate_request(resources, req);
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return;

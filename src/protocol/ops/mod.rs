@@ -11,6 +11,7 @@ mod cluster;
 pub mod decode;
 mod exec;
 pub mod search;
+mod session;
 
 use std::sync::Arc;
 
@@ -247,6 +248,9 @@ pub async fn handle(
             "Unsupported Content-Type: send application/json, application/cbor or application/x-msgpack",
         )),
         Some(body_type) => match decode(body_type, req.body) {
+            Ok(Operation::Unsupported(name)) if session::OPERATIONS.contains(&name.as_str()) => {
+                session::run(resources, caller, req, body_type, &name, resp).await
+            }
             Ok(op) => authorize_and_run(resources, caller, req, op).await,
             // Without a known caller, say so rather than how the body is wrong.
             Err(e) => match caller {
