@@ -1453,3 +1453,64 @@ fn cookie_sessions_login_then_logout() {
     let (status, _, body) = curl_jar(&jar, &[&server.url("/Breed/1")]);
     assert_eq!(status, 403, "{body}");
 }
+
+// ---- password hashing ----
+
+/// SPEC §5.1: with `hashFunction: argon2id` new users get argon2id hashes (PHC), users hashed
+/// before with salted SHA-256 still log in, and after switching back to `sha256` the argon2id
+/// user still logs in (Basic and `create_authentication_tokens`).
+#[test]
+fn argon2id_hashes_and_both_kinds_verify() {
+    let restart = |mut server: Server, hash_function: &str| {
+        let root = std::mem::replace(&mut server.root, tempfile::tempdir().expect("temp"));
+        drop(server);
+        Builder::new()
+            .require_credentials()
+            .arg("--AUTHENTICATION_HASHFUNCTION", hash_function)
+            .root(root)
+            .start()
+    };
+    let server = Builder::new().require_credentials().start();
+    let server = restart(server, "argon2id");
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "argo", "password": "Argo-pass-1", "role": "super_user", "active": true}),
+    );
+    let users = ok(
+        &server,
+        json!({"operation": "search_by_value", "database": "system", "table": "hdb_user",
+               "search_attribute": "username", "search_value": "*", "get_attributes": ["*"]}),
+    );
+    let hash_of = |name: &str| {
+        users
+            .as_array()
+            .expect("users")
+            .iter()
+            .find(|u| u["username"] == name)
+            .and_then(|u| u["password"].as_str())
+            .map(str::to_string)
+    };
+    // Where the system table shows hashes to super users, they have the expected form.
+    if let (Some(argo), Some(admin_hash)) = (hash_of("argo"), hash_of(ADMIN_USER)) {
+        assert!(argo.starts_with("$argon2id$"), "{argo}");
+        assert!(admin_hash.starts_with("$sha256$"), "{admin_hash}");
+    }
+    let get = |server: &Server, auth: &str| call("GET", &server.url("/Dog/"), Some(auth), None).0;
+    assert_eq!(get(&server, &basic("argo", "Argo-pass-1")), 200);
+    assert_eq!(get(&server, &basic("argo", "wrong")), 401);
+    assert_eq!(
+        get(&server, &admin()),
+        200,
+        "an older sha256 hash still verifies"
+    );
+    let (status, reply) = op(
+        &server,
+        None,
+        json!({"operation": "create_authentication_tokens", "username": "argo", "password": "Argo-pass-1"}),
+    );
+    assert_eq!(status, 200, "{reply}");
+
+    let server = restart(server, "sha256");
+    assert_eq!(get(&server, &basic("argo", "Argo-pass-1")), 200);
+    assert_eq!(get(&server, &basic("argo", "Argo-pass-2")), 401);
+}

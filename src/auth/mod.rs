@@ -472,10 +472,23 @@ pub fn authenticate_password(
     if resources.auth.locked_out(ip) {
         return Err(AuthError::TooManyAttempts);
     }
+    // Verified passwords are cached per core like headers: an argon2id check costs tens of ms
+    // of the core, so MQTT CONNECTs, logins and token requests pay it once per `cacheTTL`. The
+    // key is a digest, never the password.
+    let key = format!(
+        "\u{0}pw:{}",
+        token_hash(&format!("{username}\u{0}{password}"))
+    );
+    if let Some(c) = cache_get(resources, &key) {
+        return Ok(c);
+    }
     let user = find_user(resources, username)?;
     match user {
         Some(user) if users::verify_password(password, &user.password) => {
-            caller_for(resources, &user)
+            let caller = caller_for(resources, &user)?;
+            let ttl = resources.auth.settings(resources).cache_ttl;
+            cache_put(resources, &key, &caller, ttl);
+            Ok(caller)
         }
         _ => {
             resources.auth.record_failure(ip);
