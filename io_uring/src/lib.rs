@@ -14,6 +14,7 @@ mod race;
 mod runtime;
 mod shutdown;
 mod signals;
+mod split;
 mod time;
 mod tls;
 
@@ -25,8 +26,12 @@ pub use race::{race, Either};
 pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver, RuntimeConfig};
 pub use shutdown::{InFlight, InFlightGuard, Shutdown};
 pub use signals::TerminationSignals;
+pub use split::{
+    ReadBytes, ReadHalf, SharedWriter, Split, TcpRead, TcpWrite, WriteBytes, WriteGuard,
+    READ_CHUNK_BYTES,
+};
 pub use time::{sleep, timeout, Elapsed};
 pub use tls::{
     certificate_subject_cn, local_ip_addresses, rustls, watch_hangups, TlsAcceptor, TlsConnector,
-    TlsStream, Transport,
+    TlsRead, TlsStream, TlsWrite, Transport,
 };
