@@ -532,3 +532,79 @@ fn sighup_reloads_the_certificate() {
     let (code, body, err) = curl(&secure, &[], &secure.url("/health"));
     assert_eq!((code, body.as_str()), (Some(0), "OK"), "{err}");
 }
+
+/// The MQTT secure port's address, from the start-up lines `Secure::start` left unread.
+fn mqtts_addr(secure: &Secure) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = secure
+            .server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server reports its MQTT secure listener");
+        if let Some(rest) = line
+            .split("MQTTS (mqtt.network.securePort) listening on ")
+            .nth(1)
+        {
+            return rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    }
+}
+
+/// `mqtt.network.mtls` (SPEC §5.4): a certificate from the trusted CA authenticates the client
+/// as the user its CN names; an unknown user is not authorized, an untrusted certificate fails
+/// the handshake; with `required` a client without one is refused, otherwise it logs in as usual.
+#[test]
+fn mqtt_mtls_maps_certificates_to_users() {
+    for (mtls, required) in [(r#"{"required": true}"#, true), ("true", false)] {
+        let secure = Secure::start(
+            Builder::new()
+                .require_credentials()
+                .arg("--MQTT_NETWORK_MTLS", mtls),
+        );
+        let mqtts = mqtts_addr(&secure).port().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = secure.keys();
+        let (ca, ca_key) = (keys.join("ca.pem"), keys.join("caPrivateKey.pem"));
+        let admin = client_certificate(dir.path(), common::ADMIN_USER, &ca, &ca_key);
+        let nobody = client_certificate(dir.path(), "nobody", &ca, &ca_key);
+        let (other_cert, other_key) = other_ca(dir.path());
+        let untrusted = client_certificate(dir.path(), "mallory", &other_cert, &other_key);
+        let password = ["-u", common::ADMIN_USER, "-P", common::ADMIN_PASSWORD];
+        type Case<'a> = (&'a str, Option<&'a (PathBuf, PathBuf)>, &'a [&'a str], bool);
+        let cases: [Case; 5] = [
+            ("admin certificate", Some(&admin), &[], true),
+            ("unknown user's certificate", Some(&nobody), &[], false),
+            ("untrusted certificate", Some(&untrusted), &password, false),
+            ("no certificate", None, &[], false),
+            ("no certificate, password", None, &password, !required),
+        ];
+        for (who, pair, extra, accepted) in cases {
+            let mut args = vec![
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &mqtts,
+                "--cafile",
+                ca.to_str().unwrap(),
+                "-t",
+                "Dog/mtls",
+                "-r",
+                "-m",
+                r#"{"name":"by certificate"}"#,
+            ];
+            if let Some((cert, key)) = pair {
+                args.extend(["--cert", cert.to_str().unwrap()]);
+                args.extend(["--key", key.to_str().unwrap()]);
+            }
+            args.extend_from_slice(extra);
+            let out = run("mosquitto_pub", &args);
+            assert_eq!(
+                out.status.success(),
+                accepted,
+                "mtls {mtls}, {who}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+}

@@ -164,6 +164,20 @@ pub fn authenticate(
     }
 }
 
+/// Who a verified client certificate authenticates as (SPEC §5.4: an unknown or inactive user
+/// is not authorized); None when the connection brought none.
+fn certificate_caller(
+    shared: &MqttShared,
+    peer_cn: Option<&str>,
+) -> Option<Result<Caller, Refusal>> {
+    let cn = peer_cn?;
+    let mtls = shared.resources.config.mqtt_mtls.as_ref()?;
+    Some(
+        crate::auth::authenticate_certificate(&shared.resources, cn, mtls)
+            .map_err(|_| Refusal::NotAuthorized),
+    )
+}
+
 /// Whether `caller` may do `action` on a table (SPEC §5.5: a publish to a record needs update,
 /// to the bare table insert, an empty retained publish delete; subscribing needs read).
 fn permitted(caller: &Caller, action: &str, database: &str, table: &str) -> bool {
@@ -561,16 +575,20 @@ pub async fn serve<T: Split>(
     sessions: Rc<Sessions>,
 ) {
     let _ = stream.set_nodelay(true);
+    let peer_cn = stream.peer_cn().map(str::to_string);
     let (reader, writer) = stream.into_split();
     let reader = ReadHalf::with_chunk(reader, READ_SPARE_BYTES);
-    serve_split(reader, writer, peer, shared, sessions).await
+    serve_split(reader, writer, peer, peer_cn, shared, sessions).await
 }
 
 /// [`serve`] over a connection already split (MQTT over WebSocket brings its own halves).
+/// `peer_cn`: the common name of the client certificate TLS verified (MQTT secure port with
+/// `mqtt.network.mtls`), which then authenticates the client instead of CONNECT's credentials.
 pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     mut reader: ReadHalf<R>,
     mut writer: W,
     peer: SocketAddr,
+    peer_cn: Option<String>,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
 ) {
@@ -649,7 +667,9 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     if shared.shutdown.is_triggered() {
         return refuse(Refusal::Unavailable);
     }
-    let caller = match authenticate(&shared, &connect, peer) {
+    let caller = match certificate_caller(&shared, peer_cn.as_deref())
+        .unwrap_or_else(|| authenticate(&shared, &connect, peer))
+    {
         Ok(c) => c,
         Err(r) => {
             tracing::info!(target: "mqtt", "{peer}: auth-failed for {:?}", connect.username);
