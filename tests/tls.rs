@@ -608,3 +608,107 @@ fn mqtt_mtls_maps_certificates_to_users() {
         }
     }
 }
+
+fn put_over_tls(secure: &Secure, path: &str, body: &str) {
+    let headers = [
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+    ];
+    let (code, _, err) = curl(secure, &headers, &secure.url(path));
+    assert_eq!(code, Some(0), "PUT {path}: {err}");
+}
+
+/// SPEC §6.4 over `wss://`: the 101 is answered on the secure port, the record's state comes
+/// first, then a change made afterwards; the client's close is echoed.
+#[test]
+fn websocket_subscription_over_tls() {
+    let secure = Secure::start(Builder::new());
+    put_over_tls(&secure, "/Dog/wss1", r#"{"name":"before"}"#);
+    let tcp = TcpStream::connect(secure.rest).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let tls = rustls::StreamOwned::new(tls_client(&secure.ca()), tcp);
+    let url = format!("wss://localhost:{}/Dog/wss1", secure.rest.port());
+    let (mut ws, response) = tungstenite::client(url.as_str(), tls).expect("wss handshake");
+    assert_eq!(response.status(), 101);
+    let mut next = || loop {
+        match ws.read().expect("event") {
+            tungstenite::Message::Text(t) => {
+                break serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap()
+            }
+            _ => continue,
+        }
+    };
+    let first = next();
+    assert_eq!(first["type"], "put", "{first}");
+    assert_eq!(first["value"]["name"], "before", "{first}");
+    put_over_tls(&secure, "/Dog/wss1", r#"{"name":"after"}"#);
+    let second = next();
+    assert_eq!(second["value"]["name"], "after", "{second}");
+    ws.close(None).unwrap();
+    // The server answers the close; reading then ends the connection cleanly.
+    let mut ended = false;
+    for _ in 0..10 {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(_) => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended);
+}
+
+/// SPEC §6.5 over `https://`: `curl --cacert` receives the state and a later change as events.
+#[test]
+fn sse_subscription_over_tls() {
+    let secure = Secure::start(Builder::new());
+    put_over_tls(&secure, "/Dog/sse1", r#"{"name":"before"}"#);
+    let ca = secure.ca();
+    let url = secure.url("/Dog/sse1");
+    let mut child = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--max-time",
+            "20",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .args(["-H", "Accept: text/event-stream", &url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("data: ") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut data = vec![rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("state event")];
+    put_over_tls(&secure, "/Dog/sse1", r#"{"name":"after"}"#);
+    data.push(
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("change event"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let shown = data.join("\n");
+    assert!(
+        data[0].contains("before") && data[1].contains("after"),
+        "{shown}"
+    );
+}

@@ -6,6 +6,7 @@
 //! [`Listener`], [`Stream`], [`Inbox`], [`sleep`]/[`timeout`] and [`Shutdown`], so the runtime can
 //! change without touching protocols. It never parses a byte of any protocol.
 
+mod any;
 mod cpu;
 mod mesh;
 mod net;
@@ -18,6 +19,7 @@ mod split;
 mod time;
 mod tls;
 
+pub use any::{AnyRead, AnyStream, AnyWrite};
 pub use cpu::affinity_cpus;
 pub use mesh::{mesh, Inbox, MeshSender, SendError};
 pub use net::{bind_listeners, BindError, Listener, Stream};

@@ -37,14 +37,6 @@ pub trait Transport {
     /// Half-closes: the peer reads end-of-stream after what was written.
     async fn shutdown_write(&mut self) -> io::Result<()>;
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
-    /// The plain TCP stream underneath, for handing a connection over to a protocol that drives
-    /// the socket itself (WebSocket, SSE). Encrypted transports cannot be handed over yet.
-    fn into_plain(self) -> Result<crate::Stream, Self>
-    where
-        Self: Sized,
-    {
-        Err(self)
-    }
     /// The subject common name of the peer's verified certificate (mutual TLS), if any.
     fn peer_cn(&self) -> Option<&str> {
         None
@@ -52,10 +44,6 @@ pub trait Transport {
 }
 
 impl Transport for Stream {
-    fn into_plain(self) -> Result<crate::Stream, Self> {
-        Ok(self)
-    }
-
     async fn read_append(
         &mut self,
         buf: Vec<u8>,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tidepool_io::{race, timeout, Either, Shutdown, Stream};
+use tidepool_io::{race, timeout, AnyStream, Either, Shutdown};
 
 use crate::protocol::http::{Method, Request, Response, Upgraded};
 use crate::pubsub::{Filter, Format, Options, Overflow, Registry, Sink, Subscription};
@@ -383,7 +383,7 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
 
 /// Sends a close frame with `code` (after what is in `wbuf`), then reads until the client closes
 /// or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
-async fn finish(stream: &mut Stream, mut wbuf: Vec<u8>, code: u16) {
+async fn finish(stream: &mut AnyStream, mut wbuf: Vec<u8>, code: u16) {
     frame::encode_close(code, &mut wbuf);
     let _ = timeout(CLOSE_LINGER, stream.write_all(wbuf)).await;
     let deadline = Instant::now() + CLOSE_LINGER;
