@@ -391,15 +391,7 @@ fn authenticate_with(
 ) -> Result<Caller, AuthError> {
     let settings = resources.auth.settings(resources);
     if let (Some(cn), Some(mtls)) = (creds.peer_cn, &resources.config.http.mtls) {
-        let name = mtls.user.as_deref().unwrap_or(cn);
-        let key = format!("\u{0}cn:{name}");
-        if let Some(c) = cache_get(resources, &key) {
-            return Ok(c);
-        }
-        let user = find_user(resources, name)?.ok_or(AuthError::LoginFailed)?;
-        let caller = caller_for(resources, &user)?;
-        cache_put(resources, &key, &caller, settings.cache_ttl);
-        return Ok(caller);
+        return authenticate_certificate(resources, cn, mtls);
     }
     if let Some(header) = creds.authorization.filter(|h| !h.trim().is_empty()) {
         if let Some(c) = cache_get(resources, header) {
@@ -457,6 +449,25 @@ fn local_super_user(resources: &Resources) -> Result<Caller, AuthError> {
     let caller = found.unwrap_or_else(|| Caller::super_user("HDB_ADMIN"));
     let ttl = resources.auth.settings(resources).cache_ttl;
     cache_put(resources, KEY, &caller, ttl);
+    Ok(caller)
+}
+
+/// A verified client certificate with common name `cn`, on a listener whose mTLS settings are
+/// `mtls` (`http.mtls` or `mqtt.network.mtls`): its user is `mtls.user` or else the CN.
+pub fn authenticate_certificate(
+    resources: &Resources,
+    cn: &str,
+    mtls: &crate::config::MtlsConfig,
+) -> Result<Caller, AuthError> {
+    let name = mtls.user.as_deref().unwrap_or(cn);
+    let key = format!("\u{0}cn:{name}");
+    if let Some(c) = cache_get(resources, &key) {
+        return Ok(c);
+    }
+    let user = find_user(resources, name)?.ok_or(AuthError::LoginFailed)?;
+    let caller = caller_for(resources, &user)?;
+    let settings = resources.auth.settings(resources);
+    cache_put(resources, &key, &caller, settings.cache_ttl);
     Ok(caller)
 }
 
