@@ -1579,9 +1579,13 @@ fn relationship_selections_and_explain() {
         assert_eq!(row[1], json!(want), "seed {seed}: product {id}");
     }
 
-    // Relationships are not stored or returned unless selected.
+    // Relationships are not stored or returned unless selected; a selection of related
+    // records has no ETag (the record's version does not cover them).
     let reply = get(s, "/Brand/b1");
     assert!(reply.json().get("products").is_none());
+    assert!(reply.header("etag").is_some());
+    let reply = get(s, "/Brand/b1?select(name,products)");
+    assert_eq!(reply.header("etag"), None);
 
     // The join evaluates the related condition by its index, then drives Product by brandId.
     let reply = get(s, "/Product/?brand.name=Acme&explain");
