@@ -1693,6 +1693,16 @@ fn relationship_selections_and_explain() {
         ("/Brand/?products.price=lt=abc", 400),
         ("/Product/?price=lt=5&sort(brand.name)", 501),
         ("/Product/?select(name,brand{color})", 200),
+        // Chains are bounded (relationships can form cycles).
+        (
+            "/Product/?brand.products.brand.products.brand.name=Acme",
+            400,
+        ),
+        ("/Product/?brand.products.brand.products.price=1", 200),
+        (
+            "/Product/?select(brand{products{brand{products{brand{name}}}}})",
+            400,
+        ),
     ] {
         let reply = get(s, path);
         assert_eq!(
