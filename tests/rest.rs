@@ -1593,7 +1593,7 @@ fn relationship_selections_and_explain() {
     assert_eq!(e["index"], json!("brandId"), "{e}");
     let plan = e["plan"].as_str().unwrap();
     assert!(
-        plan.contains("join brand = Brand.primary key of [index name"),
+        plan.contains("join brand (drives) = Brand.primary key of [index name"),
         "{plan}"
     );
     let acme: Vec<&Value> = world
@@ -1619,6 +1619,17 @@ fn relationship_selections_and_explain() {
         "{plan}"
     );
     assert!(plan.contains("[index price"), "{plan}");
+    // A join that does not drive is tested per candidate, reading nothing else of Brand.
+    let e = get(s, "/Product/?id=5&brand.name!=Acme&explain").json();
+    let plan = e["plan"].as_str().unwrap();
+    assert!(plan.starts_with("primary key"), "{plan}");
+    assert!(plan.contains("join brand (per record)"), "{plan}");
+    assert!(e["records_visited"].as_u64() <= Some(2), "{e}");
+    // Under a full scan the related keys are collected once.
+    let e = get(s, "/Product/?sameCountry.name=Acme&explain").json();
+    let plan = e["plan"].as_str().unwrap();
+    assert!(plan.starts_with("full scan"), "{plan}");
+    assert!(plan.contains("join sameCountry (collected)"), "{plan}");
     // An array of foreign keys drives through its index, each record once.
     let e = get(s, "/Product/?features.weight=gt=7&explain").json();
     assert_eq!(e["index"], json!("featureIds"), "{e}");
