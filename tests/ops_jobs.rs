@@ -470,6 +470,17 @@ fn csv_loads_agree_with_rest_and_search() {
     agree(&server, &expected, seed);
 }
 
+/// Checks that `body` is refused at once with `status` and an error containing `fragment`.
+fn refused(server: &Server, body: Value, status: u16, fragment: &str) {
+    let (got, reply) = op(server, body.clone());
+    assert_eq!(got, status, "{body} → {reply}");
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(fragment),
+        "{body}: {reply} lacks {fragment:?}"
+    );
+}
+
 /// Answers of `get_job` for a job that must end in `ERROR`, with its message.
 fn failed(server: &Server, body: Value) -> String {
     let id = start(server, body.clone());
@@ -616,15 +627,7 @@ fn bad_csv_ends_in_an_error_job_and_writes_nothing() {
             "Job 'no-such-job' not found",
         ),
     ] {
-        let (got, reply) = op(&server, body.clone());
-        assert_eq!(got, status, "{body} → {reply}");
-        assert!(
-            reply["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(fragment),
-            "{reply}"
-        );
+        refused(&server, body, status, fragment);
     }
 
     // A user without the super-user role: no files or URLs, CSV text only where it may write,
@@ -833,14 +836,6 @@ fn delete_records_before_deletes_what_was_created_earlier() {
             "not authorized",
         ),
     ] {
-        let (got, reply) = op(&server, body.clone());
-        assert_eq!(got, status, "{body} → {reply}");
-        assert!(
-            reply["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(fragment),
-            "{reply}"
-        );
+        refused(&server, body, status, fragment);
     }
 }
