@@ -530,6 +530,10 @@ fn bad_csv_ends_in_an_error_job_and_writes_nothing() {
             "text after a closing quote",
         ),
         (load("id,id\nkeep,X\n"), "the header names 'id' twice"),
+        (
+            load(&format!("id,name\nkeep,X\n{},Y\n", "k".repeat(300))),
+            "invalid primary key",
+        ),
         (load("id,\nkeep,X\n"), "header field 2"),
         (load(""), "the CSV is empty"),
         (load("\n\n"), "the CSV is empty"),
@@ -732,6 +736,24 @@ fn progress_shows_in_get_job_while_a_load_runs() {
         json!({"operation": "describe_table", "table": "Dog"}),
     );
     assert_eq!(desc["record_count"], json!(100_000));
+
+    // A load cut short by a stop reads as ERROR after the restart, whatever it had recorded.
+    let id = start(
+        &server,
+        json!({"operation": "csv_file_load", "action": "upsert", "table": "Dog", "file_path": path}),
+    );
+    let mut server = server;
+    let root = std::mem::replace(&mut server.root, tempfile::tempdir().expect("temp"));
+    drop(server);
+    let server = Builder::new().root(root).start();
+    let job = get_job(&server, &id);
+    assert_eq!(job["status"], "ERROR", "{job}");
+    assert!(
+        job["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted")),
+        "{job}"
+    );
 }
 
 #[test]

@@ -38,8 +38,9 @@ pub const CSV_ROWS_MAX: u64 = 10_000_000;
 pub const CSV_FIELD_BYTES_MAX: usize = 1 << 20;
 /// Records per write transaction of a load; progress is recorded after each.
 pub const BATCH_RECORDS: usize = 1_000;
-/// Loads running at once in this process; one more is refused with 503 until one finishes.
-pub const JOBS_RUNNING_MAX: usize = 8;
+/// Jobs running at once in this process; one more is refused with 503 until one finishes. Each
+/// load may hold a CSV of [`CSV_BYTES_MAX`] in memory, so this bounds that memory too.
+pub const JOBS_RUNNING_MAX: usize = 4;
 /// Invalid rows named in an `ERROR` job's message (the count covers them all).
 pub const PROBLEMS_SHOWN_MAX: usize = 10;
 
@@ -653,10 +654,17 @@ fn row_record(
             record.insert(name.as_str(), field_value(def, name, text));
         }
     }
-    if kind == PutKind::Update {
-        if let Some(pk) = &def.primary_key {
-            if record.get(pk).is_none() {
-                return Err(format!("missing its primary key '{pk}'"));
+    if let Some(pk) = &def.primary_key {
+        match record.get(pk) {
+            None if kind == PutKind::Update => {
+                return Err(format!("missing its primary key '{pk}'"))
+            }
+            None => {}
+            // The writer would refuse it too, but only after earlier batches were committed.
+            Some(key) => {
+                let mut encoded = Vec::new();
+                value::key::encode(key, &mut encoded)
+                    .map_err(|e| format!("invalid primary key: {e}"))?;
             }
         }
     }
