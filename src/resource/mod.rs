@@ -6,6 +6,7 @@
 //! bytes and never opens a write transaction itself.
 
 pub mod jobs;
+pub mod join;
 pub mod nosql;
 pub mod permissions;
 mod records;

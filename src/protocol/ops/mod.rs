@@ -12,6 +12,7 @@ pub mod decode;
 mod exec;
 mod fetch;
 pub mod search;
+mod session;
 
 use std::sync::Arc;
 
@@ -248,6 +249,9 @@ pub async fn handle(
             "Unsupported Content-Type: send application/json, application/cbor or application/x-msgpack",
         )),
         Some(body_type) => match decode(body_type, req.body) {
+            Ok(Operation::Unsupported(name)) if session::OPERATIONS.contains(&name.as_str()) => {
+                session::run(resources, caller, req, body_type, &name, resp).await
+            }
             Ok(op) => authorize_and_run(resources, caller, req, op).await,
             // Without a known caller, say so rather than how the body is wrong.
             Err(e) => match caller {
