@@ -16,6 +16,7 @@
 //! }
 //! auth::authenticate_password(&resources, user, password, peer)   // MQTT CONNECT username/password
 //! auth::authenticate_request(&resources, &req)   // HTTP: credentials, then the session cookie
+//! auth::may_replicate(&resources, authorization, peer)   // replication upgrade: super or cluster user
 //! ```
 //!
 //! Order (§5.1): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
@@ -25,6 +26,7 @@
 //! `Resources::auth_generation`, which invalidates every core's entries.
 
 pub mod jwt;
+pub mod roles;
 pub mod session;
 
 use std::cell::RefCell;
@@ -440,6 +442,26 @@ fn authenticate_with(
     Ok(Caller::anonymous())
 }
 
+/// Whether an `Authorization` header value authenticates an active user whose role may open
+/// replication links: `super_user` or `cluster_user` (SPEC §5.5, §7.3 (2)). Wrong credentials
+/// are an error (they count against `peer` like any failed login); valid ones of another role
+/// are `Ok(false)`.
+pub fn may_replicate(
+    resources: &Resources,
+    authorization: &str,
+    peer: SocketAddr,
+) -> Result<bool, AuthError> {
+    let caller = authenticate(
+        resources,
+        &Credentials {
+            authorization: Some(authorization),
+            peer,
+            peer_cn: None,
+        },
+    )?;
+    Ok(!caller.is_anonymous() && crate::resource::permissions::may_replicate(&caller))
+}
+
 /// The first active super user, for `authorizeLocal` loopback requests.
 fn local_super_user(resources: &Resources) -> Result<Caller, AuthError> {
     const KEY: &str = "\u{0}local";
@@ -689,6 +711,10 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
             // SPEC §1.2: the one time a password is logged, so the operator can log in at all.
             tracing::info!(target: NOTIFY, "created super user {name} with password {password} (shown once; change it with alter_user)");
         }
+    }
+    let applied = roles::apply(resources)?;
+    if applied > 0 {
+        tracing::info!("created or updated {applied} roles from the application's role files");
     }
     let r = resources.clone();
     let dir = resources.auth.settings(resources).keys_dir.clone();
