@@ -1171,6 +1171,18 @@ fn permission_matrix_over_sse_websocket_and_mqtt() {
             }
         }
     }
+    // Attribute rights hold for retained publishes too (SPEC §5.5), checked per attribute.
+    let (mut m, _) = Mqtt::connect(port, 5, "attrs-w", callers[3].1.as_ref());
+    assert_eq!(
+        m.publish(5, "Dog/p-attrs", true, br#"{"name":"Ace","owner":"x"}"#),
+        nok,
+        "owner is not updatable by attrs"
+    );
+    assert_eq!(
+        m.publish(6, "Dog/p-attrs", true, br#"{"name":"Ace","breed":"x"}"#),
+        nok,
+        "breed is readable, not updatable, by attrs"
+    );
     // Exactly the permitted retained publishes wrote their records.
     let written = ok(
         &server,
