@@ -1356,7 +1356,10 @@ fn curl_jar(jar: &std::path::Path, args: &[&str]) -> (u16, String, String) {
 /// `logout` the same cookie is refused (401), and a wrong password logs nobody in.
 #[test]
 fn cookie_sessions_login_then_logout() {
-    let server = Builder::new().require_credentials().start();
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--LOGGING_LEVEL", "trace")
+        .start();
     let callers = seed_users(&server);
     let jar_dir = tempfile::tempdir().expect("temp");
     let jar = jar_dir.path().join("cookies.txt");
@@ -1428,6 +1431,23 @@ fn cookie_sessions_login_then_logout() {
         "WS with the cookie"
     );
 
+    // Cross-origin (SPEC §5.3): CORS answers allow credentials, so browsers send the cookie.
+    let (status, head, _) = curl_jar(
+        &jar,
+        &[
+            "-H",
+            "Origin: http://localhost:3000",
+            &server.url("/Dog/d1"),
+        ],
+    );
+    assert_eq!(status, 200);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: http://localhost:3000")
+            && head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+
     // Logout: the jar drops the cookie, and replaying it is refused everywhere.
     let (status, head, body) = curl_jar(
         &jar,
@@ -1464,6 +1484,8 @@ fn cookie_sessions_login_then_logout() {
     assert_eq!(status, 200);
     let (status, _, body) = curl_jar(&jar, &[&server.url("/Breed/1")]);
     assert_eq!(status, 403, "{body}");
+    // Neither passwords nor session ids reach the trace log.
+    assert_log_clean(&server, &[value, ADMIN_PASSWORD.to_string(), password]);
 }
 
 // ---- password hashing ----
