@@ -16,7 +16,6 @@
 //! }
 //! auth::authenticate_password(&resources, user, password, peer)   // MQTT CONNECT username/password
 //! auth::authenticate_request(&resources, &req)   // HTTP: credentials, then the session cookie
-//! auth::may_replicate(&resources, authorization, peer)   // replication upgrade: super or cluster user
 //! ```
 //!
 //! Order (§5.1): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
@@ -393,15 +392,7 @@ fn authenticate_with(
 ) -> Result<Caller, AuthError> {
     let settings = resources.auth.settings(resources);
     if let (Some(cn), Some(mtls)) = (creds.peer_cn, &resources.config.http.mtls) {
-        let name = mtls.user.as_deref().unwrap_or(cn);
-        let key = format!("\u{0}cn:{name}");
-        if let Some(c) = cache_get(resources, &key) {
-            return Ok(c);
-        }
-        let user = find_user(resources, name)?.ok_or(AuthError::LoginFailed)?;
-        let caller = caller_for(resources, &user)?;
-        cache_put(resources, &key, &caller, settings.cache_ttl);
-        return Ok(caller);
+        return authenticate_certificate(resources, cn, mtls);
     }
     if let Some(header) = creds.authorization.filter(|h| !h.trim().is_empty()) {
         if let Some(c) = cache_get(resources, header) {
@@ -442,26 +433,6 @@ fn authenticate_with(
     Ok(Caller::anonymous())
 }
 
-/// Whether an `Authorization` header value authenticates an active user whose role may open
-/// replication links: `super_user` or `cluster_user` (SPEC §5.5, §7.3 (2)). Wrong credentials
-/// are an error (they count against `peer` like any failed login); valid ones of another role
-/// are `Ok(false)`.
-pub fn may_replicate(
-    resources: &Resources,
-    authorization: &str,
-    peer: SocketAddr,
-) -> Result<bool, AuthError> {
-    let caller = authenticate(
-        resources,
-        &Credentials {
-            authorization: Some(authorization),
-            peer,
-            peer_cn: None,
-        },
-    )?;
-    Ok(!caller.is_anonymous() && crate::resource::permissions::may_replicate(&caller))
-}
-
 /// The first active super user, for `authorizeLocal` loopback requests.
 fn local_super_user(resources: &Resources) -> Result<Caller, AuthError> {
     const KEY: &str = "\u{0}local";
@@ -479,6 +450,25 @@ fn local_super_user(resources: &Resources) -> Result<Caller, AuthError> {
     let caller = found.unwrap_or_else(|| Caller::super_user("HDB_ADMIN"));
     let ttl = resources.auth.settings(resources).cache_ttl;
     cache_put(resources, KEY, &caller, ttl);
+    Ok(caller)
+}
+
+/// A verified client certificate with common name `cn`, on a listener whose mTLS settings are
+/// `mtls` (`http.mtls` or `mqtt.network.mtls`): its user is `mtls.user` or else the CN.
+pub fn authenticate_certificate(
+    resources: &Resources,
+    cn: &str,
+    mtls: &crate::config::MtlsConfig,
+) -> Result<Caller, AuthError> {
+    let name = mtls.user.as_deref().unwrap_or(cn);
+    let key = format!("\u{0}cn:{name}");
+    if let Some(c) = cache_get(resources, &key) {
+        return Ok(c);
+    }
+    let user = find_user(resources, name)?.ok_or(AuthError::LoginFailed)?;
+    let caller = caller_for(resources, &user)?;
+    let settings = resources.auth.settings(resources);
+    cache_put(resources, &key, &caller, settings.cache_ttl);
     Ok(caller)
 }
 

@@ -220,12 +220,6 @@ pub fn allowed(caller: &Caller, database: &str, table: &str, action: Action) -> 
         .is_some_and(|g| g.flag(action))
 }
 
-/// Whether the caller may open replication links (SPEC §5.5: `cluster_user` allows only that;
-/// super users may too).
-pub fn may_replicate(caller: &Caller) -> bool {
-    is_super(caller) || caller.permissions.cluster_user
-}
-
 pub fn can_read(caller: &Caller, database: &str, table: &str) -> bool {
     allowed(caller, database, table, Action::Read)
 }

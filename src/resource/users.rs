@@ -143,7 +143,7 @@ fn builtin_roles() -> Vec<Value> {
         .collect()
 }
 
-fn all(resources: &Resources, table: &str) -> Result<Vec<Value>, VerbError> {
+pub(super) fn all(resources: &Resources, table: &str) -> Result<Vec<Value>, VerbError> {
     let (db, t) = resources
         .table(SYSTEM, table)
         .ok_or_else(|| VerbError::new(500, format!("system table {table} is missing")))?;
@@ -156,7 +156,11 @@ fn all(resources: &Resources, table: &str) -> Result<Vec<Value>, VerbError> {
     Ok(out)
 }
 
-fn get(resources: &Resources, table: &str, key: &str) -> Result<Option<Value>, VerbError> {
+pub(super) fn get(
+    resources: &Resources,
+    table: &str,
+    key: &str,
+) -> Result<Option<Value>, VerbError> {
     let (db, t) = resources
         .table(SYSTEM, table)
         .ok_or_else(|| VerbError::new(500, format!("system table {table} is missing")))?;

@@ -6,7 +6,7 @@
 //! buffer that the reader and the core's event dispatcher ([`Sessions::dispatch`]) fill. Writes go
 //! to tables only through `resource`; nothing here opens a transaction other than short reads.
 
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tidepool_io::{race, spawn, timeout, Either, Shutdown, Stream};
+use tidepool_io::{race, spawn, timeout, Either, ReadBytes, ReadHalf, Shutdown, Split, WriteBytes};
 
 use super::codec::{
     self, Ack, ConnAck, Connect, DecodeError, Level, Packet, Publish, Reason, SubAck, Subscribe,
@@ -40,7 +40,7 @@ pub const OUT_BYTES_MAX: usize = 16 << 20;
 pub const QOS2_PENDING_MAX: usize = 65_535;
 /// Topic aliases a v5 client may set (we advertise this as Topic Alias Maximum).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
-/// Spare capacity asked for on each read.
+/// Bytes asked for per read.
 const READ_SPARE_BYTES: usize = 4096;
 
 /// v5 reason codes used here (MQTT 5 §2.4).
@@ -163,6 +163,20 @@ pub fn authenticate(
             _ => Err(Refusal::NotAuthorized),
         },
     }
+}
+
+/// Who a verified client certificate authenticates as (SPEC §5.4: an unknown or inactive user
+/// is not authorized); None when the connection brought none.
+fn certificate_caller(
+    shared: &MqttShared,
+    peer_cn: Option<&str>,
+) -> Option<Result<Caller, Refusal>> {
+    let cn = peer_cn?;
+    let mtls = shared.resources.config.mqtt_mtls.as_ref()?;
+    Some(
+        crate::auth::authenticate_certificate(&shared.resources, cn, mtls)
+            .map_err(|_| Refusal::NotAuthorized),
+    )
 }
 
 /// Whether `caller` may do `action` on a table (SPEC §5.5: a publish to a record needs update,
@@ -503,24 +517,6 @@ fn id_text(key: &Value) -> String {
     }
 }
 
-/// The socket shared by a connection's reader and writer task.
-///
-/// # Safety
-/// Both tasks run on the same core (monoio is single-threaded per core, `Rc` keeps it there), and
-/// the reader only ever reads while the writer only ever writes; `Stream`'s read and write each
-/// take the socket's file descriptor for one submitted operation and touch no other state. This
-/// is the same arrangement monoio's own `into_split` uses for TCP streams. When `tidepool-io`
-/// gains a split stream, this cell goes away.
-struct SharedStream(UnsafeCell<Stream>);
-
-impl SharedStream {
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self) -> &mut Stream {
-        // SAFETY: see the type's documentation: one reader and one writer on one thread.
-        unsafe { &mut *self.0.get() }
-    }
-}
-
 enum ReadError {
     Closed,
     Decode(DecodeError),
@@ -529,10 +525,10 @@ enum ReadError {
     Shutdown,
 }
 
-/// Reads until one whole packet is buffered, then decodes it. Bytes after it stay in `buf`.
-async fn read_packet(
-    stream: &SharedStream,
-    buf: &mut Vec<u8>,
+/// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
+/// the read half.
+async fn read_packet<R: ReadBytes>(
+    reader: &mut ReadHalf<R>,
     packet_bytes_max: usize,
     level: Level,
     keep_alive: Option<Duration>,
@@ -540,6 +536,7 @@ async fn read_packet(
     shutdown: &Shutdown,
 ) -> Result<Packet, ReadError> {
     loop {
+        let buf = reader.buffered();
         match codec::check(buf, packet_bytes_max) {
             Ok(Some(len)) => {
                 let packet = codec::decode(buf.get(..len).unwrap_or_default(), level)
@@ -550,12 +547,10 @@ async fn read_packet(
             Ok(None) => {}
             Err(e) => return Err(ReadError::Decode(e)),
         }
-        let owned = std::mem::take(buf);
-        // SAFETY: this is the connection's only reader (see `SharedStream`).
-        let read = unsafe { stream.get() }.read_append(owned, READ_SPARE_BYTES);
         let stop = race(kick.wait(), shutdown.wait());
-        // Dropping a pending read on keep-alive expiry, takeover or shutdown is fine: the
-        // connection closes and the unread bytes die with it.
+        // A read dropped on keep-alive expiry, takeover or shutdown loses nothing (the read half
+        // keeps it), though each of these closes the connection anyway.
+        let read = reader.fill();
         let result = match keep_alive {
             Some(limit) => match timeout(limit, race(read, stop)).await {
                 Ok(r) => r,
@@ -564,15 +559,16 @@ async fn read_packet(
             None => race(read, stop).await,
         };
         match result {
-            Either::Left((Ok(0), _)) | Either::Left((Err(_), _)) => return Err(ReadError::Closed),
-            Either::Left((Ok(_), b)) => *buf = b,
+            Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
+            Either::Left(Ok(_)) => {}
             Either::Right(Either::Left(())) => return Err(ReadError::Kicked),
             Either::Right(Either::Right(())) => return Err(ReadError::Shutdown),
         }
     }
 }
 
-async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
+/// Owns the connection's write half: sends what the session queued in `conn.out`, in order.
+async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>) {
     let mut spare = Vec::new();
     loop {
         let mut batch = poll_fn(|cx| {
@@ -592,8 +588,7 @@ async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
         let Some(bytes) = batch.take() else {
             break;
         };
-        // SAFETY: this is the connection's only writer (see `SharedStream`).
-        let (result, bytes) = unsafe { stream.get() }.write_all(bytes).await;
+        let (result, bytes) = writer.write_all(bytes).await;
         spare = bytes;
         if result.is_err() {
             conn.closing.set(true);
@@ -601,26 +596,39 @@ async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
             return;
         }
     }
-    // SAFETY: as above.
-    let _ = unsafe { stream.get() }.shutdown_write().await;
+    let _ = writer.shutdown_write().await;
 }
 
 /// Serves one MQTT connection until it closes.
-pub async fn serve(
-    stream: Stream,
+pub async fn serve<T: Split>(
+    stream: T,
     peer: SocketAddr,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
 ) {
     let _ = stream.set_nodelay(true);
-    let stream = Rc::new(SharedStream(UnsafeCell::new(stream)));
+    let peer_cn = stream.peer_cn().map(str::to_string);
+    let (reader, writer) = stream.into_split();
+    let reader = ReadHalf::with_chunk(reader, READ_SPARE_BYTES);
+    serve_split(reader, writer, peer, peer_cn, shared, sessions).await
+}
+
+/// [`serve`] over a connection already split (MQTT over WebSocket brings its own halves).
+/// `peer_cn`: the common name of the client certificate TLS verified (MQTT secure port with
+/// `mqtt.network.mtls`), which then authenticates the client instead of CONNECT's credentials.
+pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
+    mut reader: ReadHalf<R>,
+    mut writer: W,
+    peer: SocketAddr,
+    peer_cn: Option<String>,
+    shared: Arc<MqttShared>,
+    sessions: Rc<Sessions>,
+) {
     let kick = Arc::new(Kick::default());
-    let mut buf = Vec::with_capacity(READ_SPARE_BYTES);
     let first = timeout(
         CONNECT_TIMEOUT,
         read_packet(
-            &stream,
-            &mut buf,
+            &mut reader,
             shared.packet_bytes_max,
             Level::V4,
             None,
@@ -645,10 +653,9 @@ pub async fn serve(
                 level,
                 &mut out,
             );
-            // SAFETY: no writer task exists yet; this is the only user of the stream.
-            let s = unsafe { stream.get() };
-            let _ = s.write_all(out).await;
-            let _ = s.shutdown_write().await;
+            // No writer task exists yet; this is the only user of the write half.
+            let _ = writer.write_all(out).await;
+            let _ = writer.shutdown_write().await;
             return;
         }
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -675,7 +682,7 @@ pub async fn serve(
         overflowed: Cell::new(false),
         kick: kick.clone(),
     });
-    spawn(write_loop(stream.clone(), conn.clone()));
+    spawn(write_loop(writer, conn.clone()));
     let refuse = |refusal: Refusal| {
         conn.send(&Packet::ConnAck(ConnAck {
             session_present: false,
@@ -692,7 +699,9 @@ pub async fn serve(
     if shared.shutdown.is_triggered() {
         return refuse(Refusal::Unavailable);
     }
-    let caller = match authenticate(&shared, &connect, peer) {
+    let caller = match certificate_caller(&shared, peer_cn.as_deref())
+        .unwrap_or_else(|| authenticate(&shared, &connect, peer))
+    {
         Ok(c) => c,
         Err(r) => {
             tracing::info!(target: "mqtt", "{peer}: auth-failed for {:?}", connect.username);
@@ -741,8 +750,7 @@ pub async fn serve(
             break Some(rc::QUOTA_EXCEEDED);
         }
         let packet = read_packet(
-            &stream,
-            &mut buf,
+            &mut reader,
             shared.packet_bytes_max,
             level,
             keep_alive,

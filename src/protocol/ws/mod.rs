@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tidepool_io::{race, timeout, Either, Shutdown, Stream};
+use tidepool_io::{race, timeout, AnyStream, Either, Shutdown};
 
 use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response, Upgraded};
@@ -484,7 +484,7 @@ const CLOSE_REASON_BYTES_MAX: usize = 123;
 
 /// Sends a close frame with `code` and `reason` (after what is in `wbuf`), then reads until the
 /// client closes or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
-async fn finish(stream: &mut Stream, mut wbuf: Vec<u8>, code: u16, reason: &str) {
+async fn finish(stream: &mut AnyStream, mut wbuf: Vec<u8>, code: u16, reason: &str) {
     let mut payload = code.to_be_bytes().to_vec();
     let mut end = reason.len().min(CLOSE_REASON_BYTES_MAX);
     while !reason.is_char_boundary(end) {
