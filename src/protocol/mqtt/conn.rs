@@ -976,6 +976,29 @@ impl Session<'_> {
             };
             if p.retain {
                 let mut record = payload::record(value, content_type);
+                // SPEC §5.5: a write touching an attribute without the right is refused.
+                let attributes = record.iter().map(|(k, _)| k);
+                let right = match id {
+                    Some(_) => resource::permissions::Action::Update,
+                    None => resource::permissions::Action::Insert,
+                };
+                let pk = def.primary_key.as_deref();
+                if let Err(denied) = resource::permissions::check(
+                    &self.caller,
+                    &def.database,
+                    &def.table,
+                    pk,
+                    right,
+                    attributes,
+                ) {
+                    let names: Vec<&str> = denied
+                        .required_attribute_permissions
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    tracing::info!(target: "mqtt", "publish to {:?} dropped: not permitted to write {names:?}", p.topic);
+                    return rc::NOT_AUTHORIZED;
+                }
                 if let Err(e) = resource::validate_record(def, &mut record, Validation::Full) {
                     tracing::info!(target: "mqtt", "publish to {:?} refused: {e}", p.topic);
                     return rc::PAYLOAD_FORMAT_INVALID;
