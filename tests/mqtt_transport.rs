@@ -19,7 +19,6 @@ struct Broker {
     /// `mqtt.network.securePort`.
     mqtts: SocketAddr,
     /// `http.securePort`, when asked for.
-    #[allow(dead_code)] // used by the WebSocket tests below
     https: Option<SocketAddr>,
 }
 
@@ -143,9 +142,10 @@ import paho.mqtt.client as mqtt
 host, port, version, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 transport = sys.argv[5] if len(sys.argv) > 5 else "tcp"
 path = sys.argv[6] if len(sys.argv) > 6 else "/mqtt"
+tag = sys.argv[7] if len(sys.argv) > 7 else ""
 proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
 def client(name, sink):
-    cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name + transport + version,
+    cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name + transport + version + tag,
                      protocol=proto, transport=transport)
     if transport == "websockets":
         cl.ws_set_options(path=path)
@@ -162,7 +162,7 @@ c.loop_start()
 deadline = time.time() + 5
 while not connected and time.time() < deadline:
     time.sleep(0.02)
-topic = "Dog/paho-" + transport + version
+topic = "Dog/paho-" + transport + version + tag
 c.subscribe(topic, 1)
 time.sleep(0.4)
 c.publish(topic, json.dumps({"name": "first"}), qos=1, retain=True).wait_for_publish(5)
@@ -189,11 +189,12 @@ fn have_paho() -> bool {
 
 /// Runs [`PAHO_TLS`] and checks what a subscriber saw: the live record change (not retained),
 /// then the message; a late subscriber sees the record with RETAIN set.
-fn check_paho(addr: SocketAddr, version: &str, ca: &str, transport: &str, path: &str) {
-    let topic = format!("Dog/paho-{transport}{version}");
+/// `tag` keeps the topics of several runs against one server apart.
+fn check_paho(addr: SocketAddr, version: &str, ca: &str, transport: &str, path: &str, tag: &str) {
+    let topic = format!("Dog/paho-{transport}{version}{tag}");
     let out = Command::new("python3")
         .args(["-c", PAHO_TLS, "127.0.0.1", &addr.port().to_string()])
-        .args([version, ca, transport, path])
+        .args([version, ca, transport, path, tag])
         .output()
         .expect("python3");
     assert!(
@@ -228,7 +229,7 @@ fn paho_over_tls() {
     let broker = Broker::start(Builder::new(), false);
     let ca = broker.ca();
     for version in ["3", "5"] {
-        check_paho(broker.mqtts, version, ca.to_str().unwrap(), "tcp", "-");
+        check_paho(broker.mqtts, version, ca.to_str().unwrap(), "tcp", "-", "");
     }
 }
 
@@ -267,4 +268,127 @@ fn old_tls_versions_refused_on_mqtts() {
             "{shown}"
         );
     }
+}
+
+// ---- MQTT over WebSocket ----
+
+#[test]
+fn paho_over_websocket_plain_and_tls() {
+    if !have_paho() {
+        return;
+    }
+    let broker = Broker::start(Builder::new(), true);
+    let ca = broker.ca();
+    for version in ["3", "5"] {
+        // Any path carries MQTT when the subprotocol asks for it.
+        check_paho(broker.server.rest, version, "-", "websockets", "/mqtt", "a");
+        check_paho(broker.server.rest, version, "-", "websockets", "/Dog/", "b");
+        let https = broker.https.unwrap();
+        let ca = ca.to_str().unwrap();
+        check_paho(https, version, ca, "websockets", "/mqtt", "c");
+    }
+}
+
+/// A masked client frame.
+fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut out = vec![b0, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Upgrades a raw TCP connection with subprotocol `mqtt` on `path`; returns the response head.
+fn raw_upgrade(addr: SocketAddr, path: &str, protocol: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "closed in the head: {}",
+            text(&head)
+        );
+        head.push(byte[0]);
+    }
+    (s, text(&head))
+}
+
+/// Reads server frames until `count` payload bytes of binary frames have arrived.
+fn read_binary(s: &mut std::net::TcpStream, count: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    while got.len() < count {
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).expect("frame head");
+        assert_eq!(head[0], 0x82, "a final binary frame: {head:?}");
+        assert!(head[1] < 126, "{head:?}");
+        let mut payload = vec![0u8; usize::from(head[1])];
+        s.read_exact(&mut payload).unwrap();
+        got.extend_from_slice(&payload);
+    }
+    got
+}
+
+/// SPEC §6.3: a packet may span frames and a frame may hold several packets.
+#[test]
+fn packets_split_across_frames_and_frames_holding_several() {
+    use std::io::Write;
+    let broker = Broker::start(Builder::new(), false);
+    let (mut s, head) = raw_upgrade(broker.server.rest, "/anything", "mqtt");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: mqtt"),
+        "{head}"
+    );
+    // CONNECT 3.1.1, clean, keep-alive 30, client id "raw", in three frames.
+    let connect = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x1e\x00\x03raw";
+    let mut frames = client_frame(0x02, &connect[..5]);
+    frames.extend(client_frame(0x00, &connect[5..9]));
+    frames.extend(client_frame(0x80, &connect[9..]));
+    // Two PINGREQs in one frame.
+    frames.extend(client_frame(0x82, b"\xc0\x00\xc0\x00"));
+    // Sent a byte at a time, so frame heads are split across reads too.
+    for b in &frames {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    let got = read_binary(&mut s, 8);
+    assert_eq!(got, b"\x20\x02\x00\x00\xd0\x00\xd0\x00");
+    // DISCONNECT, then the server closes the WebSocket with 1000.
+    s.write_all(&client_frame(0x82, b"\xe0\x00")).unwrap();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(rest, b"\x88\x02\x03\xe8");
+}
+
+#[test]
+fn websocket_mqtt_refusals() {
+    use std::io::{Read, Write};
+    // A text frame is not MQTT: closed with 1003.
+    let broker = Broker::start(Builder::new(), false);
+    let (mut s, head) = raw_upgrade(broker.server.rest, "/mqtt", "mqtt");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(&client_frame(0x81, b"hello")).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(rest, b"\x88\x02\x03\xeb");
+    drop(broker);
+    // mqtt.webSocket: false refuses the upgrade, leaving REST WebSockets alone.
+    let broker = Broker::start(Builder::new().arg("--MQTT_WEBSOCKET", "false"), false);
+    let (_s, head) = raw_upgrade(broker.server.rest, "/mqtt", "mqtt");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (_s, head) = raw_upgrade(broker.server.rest, "/Dog/1", "json");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
