@@ -25,6 +25,7 @@ use super::codec::{
 use super::payload;
 use super::props::{Properties, Property};
 use super::topic::{Filter, PublishTopic, TopicError};
+use crate::resource::permissions::ReadableAttributes;
 use crate::resource::{self, Caller, Resources, Validation};
 use crate::store::{ChangeKind, Commit, WriteError, WriteOp, WriteRequest};
 use crate::value::{self, Value};
@@ -295,6 +296,16 @@ struct Sub {
     /// Records sent as initial state with their versions: a live event at or below that version
     /// was already reflected, so it is not sent again (no duplicate between state and events).
     sent: HashMap<String, f64>,
+    /// The subscriber's readable attributes when its role restricts them (SPEC §5.5).
+    readable: Option<Rc<ReadableAttributes>>,
+}
+
+/// A record or message as a subscriber limited to `readable` receives it (SPEC §5.5: events and
+/// retained state are trimmed by attribute read permissions). Returns the content type.
+fn encode_trimmed(value: &Value, readable: &ReadableAttributes, out: &mut Vec<u8>) -> &'static str {
+    let mut value = value.clone();
+    readable.trim(&mut value);
+    payload::encode(Some(&value), out)
 }
 
 /// Per-connection state shared by its reader, its writer and the core's dispatcher.
@@ -449,8 +460,11 @@ impl Sessions {
                 Some(id) => format!("{export}/{id}"),
                 None => export.clone(),
             };
+            // Trimmed bodies for restricted subscribers, one per distinct attribute set.
+            let mut trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, &'static str)> = Vec::new();
             for conn in conns.iter().filter_map(Weak::upgrade) {
                 let mut qos = None;
+                let mut readable = None;
                 for sub in conn.subs.borrow().iter() {
                     if !sub.filter.matches(export, id.as_deref()) {
                         continue;
@@ -463,9 +477,27 @@ impl Sessions {
                         continue;
                     }
                     qos = Some(qos.map_or(sub.qos, |q: u8| q.max(sub.qos)));
+                    readable = readable.or_else(|| sub.readable.clone());
                 }
-                if let Some(qos) = qos {
-                    conn.publish(topic.clone(), qos, false, &body, content_type);
+                let Some(qos) = qos else { continue };
+                match (readable, &change.value) {
+                    (Some(r), Some(v)) if change.kind != ChangeKind::Delete => {
+                        let at = match trimmed.iter().position(|(set, _, _)| **set == *r) {
+                            Some(at) => at,
+                            None => {
+                                let mut out = Vec::new();
+                                let ct = encode_trimmed(v, &r, &mut out);
+                                trimmed.push((r, out, ct));
+                                trimmed.len() - 1
+                            }
+                        };
+                        if let Some((_, b, ct)) = trimmed.get(at) {
+                            conn.publish(topic.clone(), qos, false, b, ct);
+                        }
+                    }
+                    _ => {
+                        conn.publish(topic.clone(), qos, false, &body, content_type);
+                    }
                 }
             }
         }
@@ -916,7 +948,8 @@ impl Session<'_> {
             }
         };
         let action = match (p.retain, &id) {
-            (true, None) => "insert",
+            // SPEC §6.3: a bare table topic needs `insert`, retained or not.
+            (_, None) => "insert",
             (true, Some(_)) if p.payload.is_empty() => "delete",
             _ => "update",
         };
@@ -1012,6 +1045,13 @@ impl Session<'_> {
                 filter: filter.clone(),
                 qos: options.qos,
                 sent: HashMap::new(),
+                readable: resource::permissions::readable_attributes(
+                    &self.caller,
+                    &table.def.database,
+                    &table.def.table,
+                    table.def.primary_key.as_deref(),
+                )
+                .map(Rc::new),
             };
             match existing {
                 Some(i) => {
@@ -1048,6 +1088,18 @@ impl Session<'_> {
             return;
         };
         let export = filter.export();
+        let readable = resource::permissions::readable_attributes(
+            &self.caller,
+            &table.def.database,
+            &table.def.table,
+            table.def.primary_key.as_deref(),
+        );
+        let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
+            None => Ok(payload::encode(Some(archived), body)),
+            Some(r) => value::deserialize(archived)
+                .map(|v| encode_trimmed(&v, r, body))
+                .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
+        };
         let mut found: Vec<(String, f64, Vec<u8>, &'static str)> = Vec::new();
         let read = (|| -> Result<(), crate::store::StoreError> {
             let txn = db.read()?;
@@ -1059,7 +1111,7 @@ impl Session<'_> {
                 if let Some(record) = txn.get(&table, &key)? {
                     if record.header.is_live(now) {
                         let mut body = Vec::new();
-                        let ct = payload::encode(Some(record.value), &mut body);
+                        let ct = encode(record.value, &mut body)?;
                         found.push((raw, record.header.version, body, ct));
                     }
                 }
@@ -1078,7 +1130,7 @@ impl Session<'_> {
                     continue;
                 }
                 let mut body = Vec::new();
-                let ct = payload::encode(Some(record.value), &mut body);
+                let ct = encode(record.value, &mut body)?;
                 found.push((id, record.header.version, body, ct));
             }
             Ok(())
