@@ -392,3 +392,115 @@ fn websocket_mqtt_refusals() {
     let (_s, head) = raw_upgrade(broker.server.rest, "/Dog/1", "json");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
+
+// ---- both directions at once over TLS ----
+
+fn mqtt_string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// One whole packet: (first byte, body).
+fn read_mqtt(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).expect("packet");
+    let mut len = 0usize;
+    for i in 0..4 {
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).unwrap();
+        len |= usize::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    (first[0], body)
+}
+
+/// The session's reader and writer share one TLS connection: the client sends a burst of large
+/// QoS 1 retained publishes without reading, so the server's writer stalls on a full socket
+/// while its reader goes on; every PUBACK and every record event then arrives intact.
+#[test]
+fn large_publishes_and_events_cross_on_one_tls_connection() {
+    use std::io::Write;
+    const COUNT: usize = 100;
+    const NAME_BYTES: usize = 64 * 1024;
+    let broker = Broker::start(Builder::new(), false);
+    let config = tidepool::server::tls::client_config(&broker.ca(), None, &[]).unwrap();
+    let name = tidepool_io::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = tidepool_io::rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(broker.mqtts).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = tidepool_io::rustls::StreamOwned::new(conn, tcp);
+
+    let mut connect = mqtt_string("MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 60]);
+    connect.extend_from_slice(&mqtt_string("bulk-tls"));
+    tls.write_all(&mqtt_packet(0x10, &connect)).unwrap();
+    assert_eq!(read_mqtt(&mut tls), (0x20, vec![0, 0]));
+    let mut subscribe = 1u16.to_be_bytes().to_vec();
+    subscribe.extend_from_slice(&mqtt_string("Dog/bulk/#"));
+    subscribe.push(0);
+    tls.write_all(&mqtt_packet(0x82, &subscribe)).unwrap();
+    assert_eq!(read_mqtt(&mut tls), (0x90, vec![0, 1, 0]));
+
+    let mut burst = Vec::new();
+    for i in 0..COUNT {
+        let fill = char::from(b'a' + (i % 26) as u8)
+            .to_string()
+            .repeat(NAME_BYTES);
+        let mut body = mqtt_string(&format!("Dog/bulk/{i}"));
+        body.extend_from_slice(&(i as u16 + 1).to_be_bytes());
+        body.extend_from_slice(format!(r#"{{"name":"{fill}","n":{i}}}"#).as_bytes());
+        burst.extend(mqtt_packet(0x33, &body));
+    }
+    tls.write_all(&burst).unwrap();
+    tls.flush().unwrap();
+
+    let mut acked = std::collections::BTreeSet::new();
+    let mut events = std::collections::BTreeSet::new();
+    while acked.len() < COUNT || events.len() < COUNT {
+        let (first, body) = read_mqtt(&mut tls);
+        match first >> 4 {
+            4 => {
+                acked.insert(u16::from_be_bytes([body[0], body[1]]));
+            }
+            3 => {
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let topic = text(&body[2..2 + topic_len]);
+                let record: serde_json::Value = serde_json::from_slice(&body[2 + topic_len..])
+                    .unwrap_or_else(|e| panic!("{topic}: {e}"));
+                let i = record["n"].as_u64().unwrap() as usize;
+                assert_eq!(topic, format!("Dog/bulk/{i}"));
+                let expected = char::from(b'a' + (i % 26) as u8)
+                    .to_string()
+                    .repeat(NAME_BYTES);
+                assert!(
+                    record["name"] == expected.as_str(),
+                    "{topic}: payload differs"
+                );
+                events.insert(i);
+            }
+            other => panic!("unexpected packet type {other}"),
+        }
+    }
+    assert_eq!(acked.len(), COUNT);
+    assert_eq!(events.len(), COUNT);
+}
