@@ -504,3 +504,60 @@ fn large_publishes_and_events_cross_on_one_tls_connection() {
     assert_eq!(acked.len(), COUNT);
     assert_eq!(events.len(), COUNT);
 }
+
+const PAHO_CONNECT_WS: &str = r#"
+import base64, sys, time
+import paho.mqtt.client as mqtt
+port, version, auth = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ws-auth" + version, protocol=proto,
+                transport="websockets")
+headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else None
+c.ws_set_options(path="/mqtt", headers=headers)
+codes = []
+c.on_connect = lambda cl, u, flags, rc, props=None: codes.append(rc.value)
+c.connect("127.0.0.1", port, 30)
+c.loop_start()
+deadline = time.time() + 5
+while not codes and time.time() < deadline:
+    time.sleep(0.02)
+c.loop_stop()
+print(codes[0] if codes else "none")
+"#;
+
+/// SPEC §6.3: over WebSocket the upgrade's credentials count when CONNECT names no user.
+#[test]
+fn websocket_upgrade_credentials_authenticate() {
+    if !have_paho() {
+        return;
+    }
+    let broker = Broker::start(Builder::new().require_credentials(), false);
+    let admin = format!("{}:{}", common::ADMIN_USER, common::ADMIN_PASSWORD);
+    let wrong = format!("{}:not-the-password", common::ADMIN_USER);
+    // (header credentials, CONNACK code at 3.1.1, at 5). paho reports a 3.1.1 refusal as its v5
+    // equivalent (0x05 not authorized → 135); tests/mqtt.rs checks the codes on the wire.
+    for (auth, v311, v5) in [
+        (admin.as_str(), "0", "0"),
+        ("", "135", "135"),
+        (wrong.as_str(), "135", "135"),
+    ] {
+        for (version, expected) in [("3", v311), ("5", v5)] {
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    PAHO_CONNECT_WS,
+                    &broker.server.rest.port().to_string(),
+                ])
+                .args([version, auth])
+                .output()
+                .expect("python3");
+            let shown = text(&out.stdout);
+            assert_eq!(
+                shown.trim(),
+                expected,
+                "v{version} with {auth:?}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+}

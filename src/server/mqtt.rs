@@ -194,7 +194,12 @@ async fn accept_loop(
 /// MQTT over WebSocket (SPEC §6.3): an upgrade on any path of an HTTP port asking for subprotocol
 /// `mqtt`. Answers 101 with `mqtt` echoed and hands the connection (plain or TLS) to an MQTT
 /// session reading through [`ws::transport`]; with `mqtt.webSocket: false`, 404 without upgrading.
-pub fn web_socket_upgrade(req: &Request<'_>, resp: &mut Response) {
+/// `caller`: who the upgrade request authenticated as; it counts when CONNECT names no user.
+pub fn web_socket_upgrade(
+    req: &Request<'_>,
+    resp: &mut Response,
+    caller: Result<&crate::resource::Caller, &crate::auth::AuthError>,
+) {
     let Some((shared, sessions)) = CORE.with(|c| c.borrow().clone()) else {
         resp.json_error(503, "MQTT is not running on this core");
         return;
@@ -210,13 +215,25 @@ pub fn web_socket_upgrade(req: &Request<'_>, resp: &mut Response) {
         return;
     }
     let peer = req.peer;
+    let identity = conn::TransportIdentity {
+        certificate_cn: None,
+        upgrade_caller: caller.ok().filter(|c| !c.is_anonymous()).cloned(),
+    };
     // A frame may hold a whole packet and the start of the next.
     let payload_bytes_max = shared
         .packet_bytes_max
         .saturating_add(ws::frame::PAYLOAD_BYTES_MAX);
     resp.take_over(move |up| async move {
         let (reader, writer) = ws::transport::split(up, payload_bytes_max);
-        conn::serve_split(ReadHalf::new(reader), writer, peer, None, shared, sessions).await
+        conn::serve_split(
+            ReadHalf::new(reader),
+            writer,
+            peer,
+            identity,
+            shared,
+            sessions,
+        )
+        .await
     });
 }
 

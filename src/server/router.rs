@@ -61,7 +61,7 @@ impl Router {
         if ws::is_upgrade(req) {
             if ws::wants_mqtt(req) {
                 // MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`.
-                super::mqtt::web_socket_upgrade(req, resp);
+                super::mqtt::web_socket_upgrade(req, resp, caller);
                 return true;
             }
             if !ws::upgrade(&self.realtime, req, resp, caller) {
