@@ -76,7 +76,7 @@ impl InterimFanout {
 
 /// Starts this core's MQTT accept loop and change dispatcher.
 pub fn start_core(core: usize, port: &MqttPort, shared: Arc<MqttShared>, fanout: &InterimFanout) {
-    let sessions = Rc::new(Sessions::new());
+    let sessions = Rc::new(Sessions::new(shared.start_version()));
     if let Some(inbox) = fanout.take_inbox(core) {
         spawn(dispatch_loop(inbox, sessions.clone(), shared.clone()));
     }

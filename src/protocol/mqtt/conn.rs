@@ -7,7 +7,7 @@
 //! to tables only through `resource`; nothing here opens a transaction other than short reads.
 
 use std::cell::{Cell, RefCell, UnsafeCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -22,6 +22,7 @@ use super::codec::{
     self, Ack, ConnAck, Connect, DecodeError, Level, Packet, Publish, Reason, SubAck, Subscribe,
     UnsubAck, Will,
 };
+use super::durable::{self, EventKey, EventRef, Stored, StoredInflight, StoredSub, Tracker};
 use super::payload;
 use super::props::{Properties, Property};
 use super::topic::{Filter, PublishTopic, TopicError};
@@ -39,6 +40,8 @@ pub const OUT_BYTES_MAX: usize = 16 << 20;
 pub const QOS2_PENDING_MAX: usize = 65_535;
 /// Topic aliases a v5 client may set (we advertise this as Topic Alias Maximum).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
+/// How long a connection taking over a client id waits for the old one to store its session.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Spare capacity asked for on each read.
 const READ_SPARE_BYTES: usize = 4096;
 
@@ -180,6 +183,8 @@ fn permitted(caller: &Caller, action: &str, database: &str, table: &str) -> bool
 #[derive(Default)]
 pub struct Kick {
     kicked: AtomicBool,
+    /// Set once the connection stored its session and let go of its client id.
+    released: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -190,6 +195,14 @@ impl Kick {
             if let Some(w) = w.take() {
                 w.wake();
             }
+        }
+    }
+
+    /// Waits (bounded by [`TAKEOVER_WAIT`]) until the kicked connection has stored its session.
+    async fn released(&self) {
+        let deadline = std::time::Instant::now() + TAKEOVER_WAIT;
+        while !self.released.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            tidepool_io::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -223,6 +236,11 @@ pub struct MqttShared {
     /// (database, table) → export name, to name topics of committed changes.
     exports: HashMap<(String, String), String>,
     next_client: AtomicU64,
+    /// A version at or above every commit made before the cores started: where each core's
+    /// dispatch position starts (see [`Sessions::since`]).
+    start_version: f64,
+    /// `mqtt.sessionQueueMax` (SPEC §1.6): messages a resumed durable session gets at most.
+    pub session_queue_max: usize,
 }
 
 impl MqttShared {
@@ -242,27 +260,46 @@ impl MqttShared {
             })
             .collect();
         MqttShared {
-            resources,
             // MQTT 5 allows Maximum Packet Size up to the remaining-length ceiling.
             packet_bytes_max: packet_bytes_max.min(codec::REMAINING_BYTES_MAX),
             require_authentication,
             shutdown,
             clients: Mutex::new(HashMap::new()),
+            session_queue_max: resources
+                .config_tree
+                .get("mqtt.sessionQueueMax")
+                .and_then(|v| v.as_u64())
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(durable::SESSION_QUEUE_MAX_DEFAULT),
+            start_version: resources.store.clock().next(),
+            resources,
             exports,
             next_client: AtomicU64::new(1),
         }
     }
 
-    /// Registers `id` as connected, kicking whoever held it (SPEC §6.3 takeover).
-    fn claim(&self, id: &str, kick: Arc<Kick>) {
+    /// Where each core's dispatch position starts (see [`Sessions::new`]).
+    pub fn start_version(&self) -> f64 {
+        self.start_version
+    }
+
+    /// The export a table of `database` is published under.
+    fn export_of(&self, database: &str, table: &str) -> Option<&String> {
+        self.exports.get(&(database.to_string(), table.to_string()))
+    }
+
+    /// Registers `id` as connected, kicking whoever held it (SPEC §6.3 takeover); returns the
+    /// kicked connection's handle so the caller can wait for it to store its session.
+    fn claim(&self, id: &str, kick: Arc<Kick>) -> Option<Arc<Kick>> {
         let old = self
             .clients
             .lock()
             .ok()
             .and_then(|mut c| c.insert(id.to_string(), kick));
-        if let Some(old) = old {
+        if let Some(old) = &old {
             old.kick();
         }
+        old
     }
 
     fn release(&self, id: &str, kick: &Arc<Kick>) {
@@ -271,6 +308,7 @@ impl MqttShared {
                 c.remove(id);
             }
         }
+        kick.released.store(true, Ordering::Release);
     }
 }
 
@@ -281,6 +319,31 @@ struct Sub {
     /// Records sent as initial state with their versions: a live event at or below that version
     /// was already reflected, so it is not sent again (no duplicate between state and events).
     sent: HashMap<String, f64>,
+    /// Events at or below this version predate the subscription (a durable replay starts above).
+    since: f64,
+    /// The v5 subscription options byte as subscribed (kept with a durable session).
+    options: u8,
+    identifier: Option<u32>,
+}
+
+/// An outbound QoS ≥ 1 publish awaiting its acknowledgement.
+struct Inflight {
+    /// The event it carried, for a durable session's acknowledgement position.
+    event: Option<EventRef>,
+    /// PUBREC came (QoS 2): only PUBCOMP remains.
+    released: bool,
+}
+
+/// A PUBLISH waiting for room in the client's receive window.
+struct Outbound {
+    topic: String,
+    qos: u8,
+    retain: bool,
+    body: Vec<u8>,
+    content_type: &'static str,
+    event: Option<EventRef>,
+    /// A resend's packet id from before the reconnect (sent with DUP = 1).
+    resend_id: Option<u16>,
 }
 
 /// Per-connection state shared by its reader, its writer and the core's dispatcher.
@@ -292,9 +355,21 @@ struct Conn {
     subs: RefCell<Vec<Sub>>,
     next_packet_id: Cell<u16>,
     /// Outbound QoS ≥ 1 packet ids awaiting PUBACK / PUBREC→PUBCOMP.
-    inflight: RefCell<HashSet<u16>>,
+    inflight: RefCell<HashMap<u16, Inflight>>,
     /// Inbound QoS 2 packet ids applied and awaiting PUBREL.
     qos2_received: RefCell<HashSet<u16>>,
+    /// QoS ≥ 1 publishes waiting, in order, for the window to open.
+    backlog: RefCell<VecDeque<Outbound>>,
+    /// Unacknowledged QoS ≥ 1 publishes at once: the client's Receive Maximum (v5), at most
+    /// `INFLIGHT_MAX`.
+    window: usize,
+    /// Backlog bound; past it the connection closes with `0x97` (a durable session gets the rest
+    /// from the audit log when it resumes).
+    backlog_max: usize,
+    /// Acknowledgement positions, for durable sessions only.
+    tracker: RefCell<Option<Tracker>>,
+    /// Per database: live events at or below this version were replayed when the session resumed.
+    floor: RefCell<HashMap<Arc<str>, f64>>,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
     out_packet_bytes_max: usize,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
@@ -320,102 +395,218 @@ impl Conn {
         }
     }
 
-    fn packet_id(&self) -> Option<u16> {
+    fn overflow(&self) -> bool {
+        self.overflowed.set(true);
+        self.wake_writer();
+        false
+    }
+
+    /// A packet id not in flight (the window keeps fewer than 65,535 in flight).
+    fn free_packet_id(&self) -> u16 {
         let inflight = self.inflight.borrow();
-        if inflight.len() >= INFLIGHT_MAX {
-            return None;
-        }
         let mut id = self.next_packet_id.get();
         loop {
             id = id.checked_add(1).unwrap_or(1);
-            if !inflight.contains(&id) {
+            if !inflight.contains_key(&id) {
                 self.next_packet_id.set(id);
-                return Some(id);
+                return id;
             }
         }
     }
 
     /// Queues one PUBLISH; false if a bound was hit (QoS 0: dropped; QoS ≥ 1: the connection is
     /// marked to close with `0x97`).
-    fn publish(
-        &self,
-        topic: String,
-        qos: u8,
-        retain: bool,
-        body: &[u8],
-        content_type: &str,
-    ) -> bool {
+    fn publish(&self, o: Outbound) -> bool {
         if self.out.borrow().len() > OUT_BYTES_MAX {
-            if qos > 0 {
-                self.overflowed.set(true);
-                self.wake_writer();
-            }
-            return false;
+            return if o.qos > 0 { self.overflow() } else { false };
         }
-        let packet_id = if qos > 0 {
-            match self.packet_id() {
-                Some(id) => id,
-                None => {
-                    self.overflowed.set(true);
-                    self.wake_writer();
-                    return false;
-                }
+        if o.qos == 0 {
+            self.write_publish(o, 0, false);
+            return true;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        if !backlog.is_empty() || self.inflight.borrow().len() >= self.window {
+            if backlog.len() >= self.backlog_max {
+                drop(backlog);
+                return self.overflow();
             }
-        } else {
-            0
-        };
+            backlog.push_back(o);
+            return true;
+        }
+        drop(backlog);
+        self.send_acknowledged(o);
+        true
+    }
+
+    /// Sends a QoS ≥ 1 publish now, remembering it until acknowledged.
+    fn send_acknowledged(&self, o: Outbound) {
+        let resend = o
+            .resend_id
+            .filter(|id| !self.inflight.borrow().contains_key(id));
+        let packet_id = resend.unwrap_or_else(|| self.free_packet_id());
+        let event = o.event.clone();
+        if !self.write_publish(o, packet_id, resend.is_some()) {
+            // Too large for the client: discarded as if sent, so it must not hold a position.
+            if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+                t.acked(event);
+            }
+            return;
+        }
+        if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+            t.sent(event);
+        }
+        self.inflight.borrow_mut().insert(
+            packet_id,
+            Inflight {
+                event,
+                released: false,
+            },
+        );
+    }
+
+    /// Encodes and buffers one PUBLISH; false when it exceeds the client's Maximum Packet Size
+    /// (MQTT 5 §3.1.2.11.4: such a packet is discarded as if sent).
+    fn write_publish(&self, o: Outbound, packet_id: u16, dup: bool) -> bool {
         let mut properties = Properties::default();
         if self.level == Level::V5 {
-            properties.push(Property::ContentType(content_type.to_string()));
+            properties.push(Property::ContentType(o.content_type.to_string()));
         }
         let packet = Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain,
-            topic,
+            dup,
+            qos: o.qos,
+            retain: o.retain,
+            topic: o.topic,
             packet_id,
             properties,
-            payload: body.to_vec(),
+            payload: o.body,
         });
         let mut encoded = Vec::new();
         codec::encode(&packet, self.level, &mut encoded);
         if encoded.len() > self.out_packet_bytes_max {
-            // MQTT 5 §3.1.2.11.4: a packet over the client's maximum is discarded as if sent.
-            return true;
-        }
-        if qos > 0 {
-            self.inflight.borrow_mut().insert(packet_id);
+            return false;
         }
         self.out.borrow_mut().extend_from_slice(&encoded);
         self.wake_writer();
         true
     }
+
+    /// Sends backlogged publishes while the window has room.
+    fn pump(&self) {
+        while self.inflight.borrow().len() < self.window {
+            let Some(o) = self.backlog.borrow_mut().pop_front() else {
+                return;
+            };
+            self.send_acknowledged(o);
+        }
+    }
+
+    /// PUBACK or PUBCOMP: the exchange for `packet_id` is over. False if it was not in flight.
+    fn completed(&self, packet_id: u16) -> bool {
+        let Some(done) = self.inflight.borrow_mut().remove(&packet_id) else {
+            return false;
+        };
+        if let (false, Some(event), Some(t)) = (
+            done.released,
+            &done.event,
+            self.tracker.borrow_mut().as_mut(),
+        ) {
+            t.acked(event);
+        }
+        self.pump();
+        true
+    }
+
+    /// PUBREC: the client has the QoS 2 message; it counts as delivered. False if unknown.
+    fn received(&self, packet_id: u16) -> bool {
+        let mut inflight = self.inflight.borrow_mut();
+        let Some(f) = inflight.get_mut(&packet_id) else {
+            return false;
+        };
+        if !f.released {
+            f.released = true;
+            if let (Some(event), Some(t)) = (&f.event, self.tracker.borrow_mut().as_mut()) {
+                t.acked(event);
+            }
+        }
+        true
+    }
+
+    /// The durable part of this connection's state, to store.
+    fn stored(&self, expiry_s: u32) -> Stored {
+        Stored {
+            subs: self
+                .subs
+                .borrow()
+                .iter()
+                .map(|s| StoredSub {
+                    filter: s.filter.as_str().to_string(),
+                    qos: s.qos,
+                    since: s.since,
+                    options: s.options,
+                    identifier: s.identifier,
+                })
+                .collect(),
+            tracker: self.tracker.borrow().clone().unwrap_or_default(),
+            inflight: self
+                .inflight
+                .borrow()
+                .iter()
+                .filter_map(|(id, f)| {
+                    Some(StoredInflight {
+                        packet_id: *id,
+                        event: f.event.clone()?,
+                        released: f.released,
+                    })
+                })
+                .collect(),
+            qos2_received: self.qos2_received.borrow().iter().copied().collect(),
+            expiry_s,
+        }
+    }
 }
 
 /// The MQTT sessions of one core, fed committed changes by the core's dispatcher task.
-#[derive(Default)]
 pub struct Sessions {
     conns: RefCell<Vec<Weak<Conn>>>,
+    /// Per database, the newest commit dispatched on this core; every older one was too.
+    dispatched: RefCell<HashMap<Arc<str>, f64>>,
+    start_version: f64,
 }
 
 impl Sessions {
-    pub fn new() -> Self {
-        Self::default()
+    /// `start_version`: see [`MqttShared::start_version`].
+    pub fn new(start_version: f64) -> Self {
+        Sessions {
+            conns: RefCell::new(Vec::new()),
+            dispatched: RefCell::new(HashMap::new()),
+            start_version,
+        }
+    }
+
+    /// Every commit of `database` up to this version has been dispatched on this core.
+    fn since(&self, database: &str) -> f64 {
+        self.dispatched
+            .borrow()
+            .get(database)
+            .copied()
+            .unwrap_or(self.start_version)
     }
 
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
+        {
+            let mut dispatched = self.dispatched.borrow_mut();
+            let v = dispatched.entry(commit.database.clone()).or_insert(0.0);
+            *v = v.max(commit.version);
+        }
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
         if conns.is_empty() {
             return;
         }
         for change in &commit.changes {
-            let Some(export) = shared
-                .exports
-                .get(&(commit.database.to_string(), change.table.to_string()))
-            else {
+            let Some(export) = shared.export_of(&commit.database, &change.table) else {
                 continue;
             };
             // Messages to the bare table topic carry a null key.
@@ -436,6 +627,14 @@ impl Sessions {
                 None => export.clone(),
             };
             for conn in conns.iter().filter_map(Weak::upgrade) {
+                let replayed = conn
+                    .floor
+                    .borrow()
+                    .get(&commit.database)
+                    .is_some_and(|f| commit.version <= *f);
+                if replayed {
+                    continue;
+                }
                 let mut qos = None;
                 for sub in conn.subs.borrow().iter() {
                     if !sub.filter.matches(export, id.as_deref()) {
@@ -450,12 +649,35 @@ impl Sessions {
                     }
                     qos = Some(qos.map_or(sub.qos, |q: u8| q.max(sub.qos)));
                 }
-                if let Some(qos) = qos {
-                    conn.publish(topic.clone(), qos, false, &body, content_type);
-                }
+                let Some(qos) = qos else { continue };
+                let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
+                    db: commit.database.clone(),
+                    key: EventKey {
+                        version: commit.version,
+                        table: change.table.clone(),
+                        id: id.clone(),
+                    },
+                });
+                conn.publish(Outbound {
+                    topic: topic.clone(),
+                    qos,
+                    retain: false,
+                    body: body.clone(),
+                    content_type,
+                    event,
+                    resend_id: None,
+                });
             }
         }
     }
+}
+
+/// The v5 subscription options byte (MQTT 5 §3.8.3.1) of parsed options.
+fn options_byte(o: &codec::SubOptions) -> u8 {
+    o.qos.min(2)
+        | u8::from(o.no_local) << 2
+        | u8::from(o.retain_as_published) << 3
+        | (o.retain_handling.min(2) << 4)
 }
 
 /// A record id as a topic level: strings as they are, numbers in canonical form.
@@ -630,6 +852,17 @@ pub async fn serve(
         .properties
         .maximum_packet_size()
         .map_or(usize::MAX, |n| n as usize);
+    // Durable (SPEC §6.3): 3.1.1 without clean session (kept forever), v5 with a Session Expiry
+    // Interval above 0 (kept that long after the connection ends).
+    let expiry_s = match (v5, connect.clean) {
+        (true, _) => connect.properties.session_expiry_s().unwrap_or(0),
+        (false, true) => 0,
+        (false, false) => durable::EXPIRY_NEVER,
+    };
+    let window = match connect.properties.receive_maximum() {
+        Some(n) if v5 => usize::from(n).clamp(1, INFLIGHT_MAX),
+        _ => INFLIGHT_MAX,
+    };
     let conn = Rc::new(Conn {
         level,
         out: RefCell::new(Vec::new()),
@@ -637,8 +870,19 @@ pub async fn serve(
         closing: Cell::new(false),
         subs: RefCell::new(Vec::new()),
         next_packet_id: Cell::new(0),
-        inflight: RefCell::new(HashSet::new()),
+        inflight: RefCell::new(HashMap::new()),
         qos2_received: RefCell::new(HashSet::new()),
+        backlog: RefCell::new(VecDeque::new()),
+        window,
+        // SPEC §6.1: a clean session's outbound queue holds 1,000 events; a durable one the
+        // session queue (and whatever does not fit waits in the audit log for the next resume).
+        backlog_max: if expiry_s > 0 {
+            shared.session_queue_max.max(INFLIGHT_MAX)
+        } else {
+            INFLIGHT_MAX
+        },
+        tracker: RefCell::new((expiry_s > 0).then(Tracker::default)),
+        floor: RefCell::new(HashMap::new()),
         out_packet_bytes_max,
         overflowed: Cell::new(false),
         kick: kick.clone(),
@@ -686,23 +930,52 @@ pub async fn serve(
         ack_props.push(Property::TopicAliasMaximum(TOPIC_ALIAS_MAX));
         ack_props.push(Property::MaximumPacketSize(shared.packet_bytes_max as u32));
     }
-    shared.claim(&client_id, kick.clone());
-    sessions.conns.borrow_mut().push(Rc::downgrade(&conn));
-    conn.send(&Packet::ConnAck(ConnAck {
-        session_present: false,
-        code: 0,
-        properties: ack_props,
-    }));
-    tracing::info!(target: "mqtt", "{peer}: connected client {client_id:?} (MQTT {})", if v5 { "5" } else { "3.1.1" });
-
-    let keep_alive = (connect.keep_alive_s > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
+    if let Some(old) = shared.claim(&client_id, kick.clone()) {
+        // The old connection stores its session before letting go; wait so we read that.
+        old.released().await;
+    }
     let mut session = Session {
         shared: &shared,
         conn: &conn,
+        sessions: &sessions,
         caller,
         aliases: HashMap::new(),
+        client_id: client_id.clone(),
+        expiry_s,
     };
+    let restored = if connect.clean {
+        // Clean session / Clean Start discards a stored session (SPEC §6.3).
+        if matches!(durable::load(&shared.resources, &client_id), Ok(Some(_))) {
+            if let Err(e) = durable::discard(&shared.resources, &client_id).await {
+                tracing::warn!(target: "mqtt", "{peer}: discarding the stored session of {client_id:?} failed: {e}");
+            }
+        }
+        None
+    } else {
+        match durable::load(&shared.resources, &client_id) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(target: "mqtt", "{peer}: reading the stored session of {client_id:?} failed: {e}; starting a new one");
+                None
+            }
+        }
+    };
+    // From here to the end of the resume nothing awaits, so no commit is dispatched between
+    // registering the connection and reading the replay's horizon.
+    sessions.conns.borrow_mut().push(Rc::downgrade(&conn));
+    conn.send(&Packet::ConnAck(ConnAck {
+        session_present: restored.is_some(),
+        code: 0,
+        properties: ack_props,
+    }));
+    tracing::info!(target: "mqtt", "{peer}: connected client {client_id:?} (MQTT {}, session {})", if v5 { "5" } else { "3.1.1" },
+        match (&restored, expiry_s) { (Some(_), _) => "resumed", (None, 0) => "clean", (None, _) => "new durable" });
+    if let Some(stored) = restored {
+        session.resume(stored);
+    }
+
+    let keep_alive = (connect.keep_alive_s > 0)
+        .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
     let mut will = connect.will.clone();
     let end: Option<u8> = loop {
         if conn.overflowed.get() {
@@ -754,6 +1027,7 @@ pub async fn serve(
     }
     conn.closing.set(true);
     conn.wake_writer();
+    session.end().await;
     shared.release(&client_id, &kick);
     if let Some(will) = will {
         session.publish_will(will).await;
@@ -770,9 +1044,13 @@ enum Flow {
 struct Session<'a> {
     shared: &'a MqttShared,
     conn: &'a Rc<Conn>,
+    sessions: &'a Sessions,
     caller: Caller,
     /// v5 topic aliases the client set.
     aliases: HashMap<u16, String>,
+    client_id: String,
+    /// Session Expiry Interval (s): 0 ends the session with the connection.
+    expiry_s: u32,
 }
 
 impl Session<'_> {
@@ -780,23 +1058,175 @@ impl Session<'_> {
         self.conn.level == Level::V5
     }
 
+    fn durable(&self) -> bool {
+        self.conn.tracker.borrow().is_some()
+    }
+
+    /// Stores the session now (after its subscriptions changed), so a crash keeps them.
+    async fn persist(&self) {
+        if !self.durable() || self.expiry_s == 0 {
+            return;
+        }
+        let stored = self.conn.stored(self.expiry_s);
+        if let Err(e) = durable::save(&self.shared.resources, &self.client_id, &stored).await {
+            tracing::warn!(target: "mqtt", "storing the session of {:?} failed: {e}", self.client_id);
+        }
+    }
+
+    /// At the end of the connection: stores a durable session with its expiry, or forgets a
+    /// resumed one whose expiry is now 0.
+    async fn end(&self) {
+        if !self.durable() {
+            return;
+        }
+        let result = if self.expiry_s > 0 {
+            let stored = self.conn.stored(self.expiry_s);
+            durable::save(&self.shared.resources, &self.client_id, &stored).await
+        } else {
+            durable::discard(&self.shared.resources, &self.client_id).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(target: "mqtt", "storing the session of {:?} at disconnect failed: {e}", self.client_id);
+        }
+    }
+
+    /// Restores a stored session: its subscriptions (those still permitted), the PUBRELs it is
+    /// owed, then the QoS ≥ 1 events it missed, oldest first, resent ones with their old packet
+    /// ids and DUP = 1. Synchronous: see `serve`.
+    fn resume(&self, stored: Stored) {
+        let conn = self.conn;
+        let mut databases: Vec<(Arc<crate::store::Database>, Vec<usize>)> = Vec::new();
+        let mut subs = Vec::new();
+        for s in stored.subs {
+            let Ok(filter) = Filter::parse(&s.filter) else {
+                continue;
+            };
+            let Some((db, table)) = self.shared.resources.export(filter.export()) else {
+                tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: no such export", self.client_id, s.filter);
+                continue;
+            };
+            if !permitted(&self.caller, "read", &table.def.database, &table.def.table) {
+                tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: not permitted", self.client_id, s.filter);
+                continue;
+            }
+            match databases.iter_mut().find(|(d, _)| d.name == db.name) {
+                Some((_, list)) => list.push(subs.len()),
+                None => databases.push((db, vec![subs.len()])),
+            }
+            subs.push(Sub {
+                filter,
+                qos: s.qos,
+                sent: HashMap::new(),
+                since: s.since,
+                options: s.options,
+                identifier: s.identifier,
+            });
+        }
+        *conn.qos2_received.borrow_mut() = stored.qos2_received.into_iter().collect();
+        let mut resend: std::collections::BTreeMap<(Arc<str>, EventKey), u16> =
+            std::collections::BTreeMap::new();
+        for f in stored.inflight {
+            if f.released {
+                conn.inflight.borrow_mut().insert(
+                    f.packet_id,
+                    Inflight {
+                        event: Some(f.event),
+                        released: true,
+                    },
+                );
+                conn.send(&Packet::PubRel(Ack::new(f.packet_id, 0)));
+            } else {
+                resend.insert((f.event.db, f.event.key), f.packet_id);
+            }
+        }
+        let mut missed = Vec::new();
+        for (db, indexes) in &databases {
+            let read = db
+                .read()
+                .and_then(|txn| durable::horizon(&txn, self.sessions.since(&db.name)));
+            let horizon = match read {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(target: "mqtt", "{:?}: resuming on {} failed: {e}", self.client_id, db.name);
+                    continue;
+                }
+            };
+            conn.floor.borrow_mut().insert(db.name.clone(), horizon);
+            let replay_subs: Vec<durable::ReplaySub<'_>> = indexes
+                .iter()
+                .filter_map(|i| subs.get(*i))
+                .map(|s| durable::ReplaySub {
+                    filter: &s.filter,
+                    qos: s.qos,
+                    since: s.since,
+                })
+                .collect();
+            let export_of = |table: &str| self.shared.export_of(&db.name, table).cloned();
+            let before = missed.len();
+            match durable::replay(
+                db,
+                horizon,
+                &replay_subs,
+                &stored.tracker,
+                &export_of,
+                self.shared.session_queue_max,
+                &mut missed,
+            ) {
+                Ok(0) => {}
+                Ok(dropped) => tracing::warn!(target: "mqtt",
+                    "{:?}: {dropped} queued messages of {} dropped, oldest first (mqtt.sessionQueueMax = {})",
+                    self.client_id, db.name, self.shared.session_queue_max),
+                Err(e) => {
+                    missed.truncate(before);
+                    tracing::warn!(target: "mqtt", "{:?}: replaying {} failed: {e}", self.client_id, db.name);
+                }
+            }
+        }
+        *conn.subs.borrow_mut() = subs;
+        *conn.tracker.borrow_mut() = Some(stored.tracker);
+        tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
+        for m in missed {
+            let mut body = Vec::new();
+            let content_type = match m.kind {
+                ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
+                _ => payload::encode(Some(m.value.as_ref().unwrap_or(&Value::Null)), &mut body),
+            };
+            let topic = match &m.event.key.id {
+                Some(id) => format!("{}/{id}", m.export),
+                None => m.export.clone(),
+            };
+            let resend_id = resend.remove(&(m.event.db.clone(), m.event.key.clone()));
+            if !conn.publish(Outbound {
+                topic,
+                qos: m.qos,
+                retain: false,
+                body,
+                content_type,
+                event: Some(m.event),
+                resend_id,
+            }) {
+                break;
+            }
+        }
+    }
+
     async fn handle(&mut self, packet: Packet) -> Flow {
         match packet {
             Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubAck(a) | Packet::PubComp(a) => {
-                self.conn.inflight.borrow_mut().remove(&a.packet_id);
+                self.conn.completed(a.packet_id);
             }
             Packet::PubRec(a) => {
-                let known = self.conn.inflight.borrow().contains(&a.packet_id);
-                let code = if known || !self.v5() {
-                    0
-                } else {
-                    rc::PACKET_ID_NOT_FOUND
-                };
                 if a.code >= 0x80 {
                     // The client refused it: the exchange ends here.
-                    self.conn.inflight.borrow_mut().remove(&a.packet_id);
+                    self.conn.completed(a.packet_id);
                 } else {
+                    let known = self.conn.received(a.packet_id);
+                    let code = if known || !self.v5() {
+                        0
+                    } else {
+                        rc::PACKET_ID_NOT_FOUND
+                    };
                     self.conn.send(&Packet::PubRel(Ack::new(a.packet_id, code)));
                 }
             }
@@ -810,7 +1240,10 @@ impl Session<'_> {
                 self.conn
                     .send(&Packet::PubComp(Ack::new(a.packet_id, code)));
             }
-            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Subscribe(s) => {
+                self.on_subscribe(s);
+                self.persist().await;
+            }
             Packet::Unsubscribe(u) => {
                 let mut codes = Vec::new();
                 {
@@ -830,9 +1263,18 @@ impl Session<'_> {
                     properties: Properties::default(),
                     codes,
                 }));
+                self.persist().await;
             }
             Packet::PingReq => self.conn.send(&Packet::PingResp),
             Packet::Disconnect(r) => {
+                if let Some(expiry_s) = r.properties.session_expiry_s() {
+                    // MQTT 5 §3.14.2.2.2: a session that ends with its connection cannot be
+                    // made durable at DISCONNECT.
+                    if self.expiry_s == 0 && expiry_s > 0 {
+                        return Flow::Close(rc::PROTOCOL_ERROR);
+                    }
+                    self.expiry_s = expiry_s;
+                }
                 // v5 0x04: "disconnect with will message".
                 return Flow::Disconnect {
                     publish_will: r.code == 0x04,
@@ -1000,10 +1442,17 @@ impl Session<'_> {
             let mut subs = self.conn.subs.borrow_mut();
             let existing = subs.iter().position(|x| x.filter.as_str() == raw);
             let is_new = existing.is_none();
+            if is_new && subs.len() >= durable::SUBSCRIPTIONS_MAX {
+                codes.push(if v5 { rc::QUOTA_EXCEEDED } else { 0x80 });
+                continue;
+            }
             let sub = Sub {
                 filter: filter.clone(),
                 qos: options.qos,
                 sent: HashMap::new(),
+                since: self.sessions.since(&table.def.database),
+                options: options_byte(options),
+                identifier: s.properties.subscription_identifier(),
             };
             match existing {
                 Some(i) => {
@@ -1087,11 +1536,16 @@ impl Session<'_> {
                 sub.sent = found.iter().map(|(id, v, _, _)| (id.clone(), *v)).collect();
             }
         }
-        for (id, _, body, ct) in found {
-            if !self
-                .conn
-                .publish(format!("{export}/{id}"), qos, true, &body, ct)
-            {
+        for (id, _, body, content_type) in found {
+            if !self.conn.publish(Outbound {
+                topic: format!("{export}/{id}"),
+                qos,
+                retain: true,
+                body,
+                content_type,
+                event: None,
+                resend_id: None,
+            }) {
                 break;
             }
         }

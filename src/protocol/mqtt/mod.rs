@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod conn;
+pub mod durable;
 pub mod payload;
 pub mod props;
 pub mod topic;
