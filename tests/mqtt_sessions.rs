@@ -110,6 +110,11 @@ impl Raw {
     fn send(&mut self, bytes: &[u8]) {
         self.0.write_all(bytes).expect("write");
     }
+    /// Sends `disconnect` and waits for the server to close: the session is stored by then.
+    fn leave(mut self, disconnect: &[u8]) {
+        self.send(disconnect);
+        assert_eq!(self.packet(), None, "closed after DISCONNECT");
+    }
     /// One whole packet, or None when the server closed the connection or was silent too long.
     fn packet(&mut self) -> Option<Vec<u8>> {
         let mut head = [0u8; 1];
@@ -250,8 +255,7 @@ fn durable_session_survives_restart_and_other_core() {
     assert_eq!(sub.packet(), Some(vec![0x20, 2, 0, 0]), "new session");
     sub.send(&subscribe(4, 1, "Dog/#", 1));
     assert_eq!(sub.packet(), Some(vec![0x90, 3, 0, 1, 1]));
-    sub.send(&[0xe0, 0]);
-    drop(sub);
+    sub.leave(&[0xe0, 0]);
 
     // 1,000 QoS 1 messages while it is away.
     let (mut publisher, _) = Raw::on_core(&m, None);
@@ -332,8 +336,7 @@ fn durable_session_survives_restart_and_other_core() {
     for g in &rest {
         second.send(&puback(g.2));
     }
-    second.send(&[0xe0, 0]);
-    assert_eq!(second.packet(), None, "closed after DISCONNECT");
+    second.leave(&[0xe0, 0]);
 
     // Everything acknowledged: the next resume has nothing to send.
     let (mut third, _) = Raw::on_core(&m, None);
@@ -347,13 +350,11 @@ fn durable_session_survives_restart_and_other_core() {
     );
 
     // A clean session discards it.
-    third.send(&[0xe0, 0]);
-    drop(third);
+    third.leave(&[0xe0, 0]);
     let (mut clean, _) = Raw::on_core(&m, None);
     clean.send(&connect(4, "durable-1", true, &[]));
     assert_eq!(clean.packet(), Some(vec![0x20, 2, 0, 0]));
-    clean.send(&[0xe0, 0]);
-    drop(clean);
+    clean.leave(&[0xe0, 0]);
     let (mut again, _) = Raw::on_core(&m, None);
     again.send(&connect(4, "durable-1", false, &[]));
     assert_eq!(
@@ -380,14 +381,12 @@ fn v5_session_expiry() {
     assert_eq!(&ack[..4], &[0x20, ack[1], 0, 0]);
     a.send(&subscribe(5, 1, "Dog/#", 1));
     assert_eq!(a.packet().map(|p| p[0]), Some(0x90));
-    a.send(&[0xe0, 0]);
-    drop(a);
+    a.leave(&[0xe0, 0]);
     // Within the interval: resumed.
     let (mut b, _) = Raw::on_core(&m, None);
     b.send(&connect(5, "exp-1", false, &expiry(1)));
     assert_eq!(b.packet().map(|p| p[2]), Some(1), "session present");
-    b.send(&[0xe0, 0]);
-    drop(b);
+    b.leave(&[0xe0, 0]);
     std::thread::sleep(Duration::from_millis(2200));
     let (mut c, _) = Raw::on_core(&m, None);
     c.send(&connect(5, "exp-1", false, &expiry(60)));
@@ -395,8 +394,7 @@ fn v5_session_expiry() {
     c.send(&subscribe(5, 1, "Dog/#", 1));
     assert_eq!(c.packet().map(|p| p[0]), Some(0x90));
     // DISCONNECT with Session Expiry 0 ends it now.
-    c.send(&[0xe0, 7, 0, 5, 0x11, 0, 0, 0, 0]);
-    drop(c);
+    c.leave(&[0xe0, 7, 0, 5, 0x11, 0, 0, 0, 0]);
     let (mut d, _) = Raw::on_core(&m, None);
     d.send(&connect(5, "exp-1", false, &expiry(60)));
     assert_eq!(

@@ -462,21 +462,7 @@ pub fn replay(
         let (version, archived) = item?;
         let entry = value::deserialize(archived)
             .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-        let Some(Value::Array(entries)) = entry.get("entries") else {
-            continue;
-        };
-        for e in entries {
-            let Value::Array(parts) = e else { continue };
-            let [Value::String(table), key, Value::String(kind), payload, ..] = parts.as_slice()
-            else {
-                continue;
-            };
-            let kind = match kind.as_str() {
-                "put" => ChangeKind::Put,
-                "delete" => ChangeKind::Delete,
-                "message" => ChangeKind::Message,
-                _ => continue,
-            };
+        for (table, key, kind, payload) in crate::pubsub::audit_changes(&entry) {
             let Some(export) = export_of(table) else {
                 continue;
             };
@@ -494,7 +480,7 @@ pub fn replay(
                 db: db.name.clone(),
                 key: EventKey {
                     version,
-                    table: Arc::from(table.as_str()),
+                    table: Arc::from(table),
                     id,
                 },
             };
