@@ -403,3 +403,301 @@ fn v5_session_expiry() {
         "ended by DISCONNECT expiry 0"
     );
 }
+
+// ---- v5 features with paho-mqtt (Python) ----
+
+/// One scenario per run: `python3 - <port> <scenario>` prints a JSON result.
+const PAHO5: &str = r#"
+import json, sys, time, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+port, scenario = int(sys.argv[1]), sys.argv[2]
+got = {}
+lock = threading.Lock()
+
+def client(name):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+    got[name] = []
+    def on_message(c, u, m):
+        props = {}
+        if hasattr(m, "properties") and m.properties is not None:
+            for k in ("UserProperty", "ContentType", "PayloadFormatIndicator", "ResponseTopic",
+                      "CorrelationData", "MessageExpiryInterval", "SubscriptionIdentifier"):
+                if hasattr(m.properties, k):
+                    v = getattr(m.properties, k)
+                    props[k] = v.decode() if isinstance(v, bytes) else v
+        with lock:
+            got[name].append({"topic": m.topic, "retain": bool(m.retain),
+                              "payload": m.payload.decode(errors="replace"), "props": props})
+    c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+def sub(c, topic, ident=None, **opts):
+    props = None
+    if ident is not None:
+        props = Properties(PacketTypes.SUBSCRIBE)
+        props.SubscriptionIdentifier = ident
+    r = c.subscribe(topic, options=SubscribeOptions(qos=1, **opts), properties=props)
+    time.sleep(0.3)
+
+def wait(name, n):
+    deadline = time.time() + 5
+    while time.time() < deadline and len(got[name]) < n:
+        time.sleep(0.05)
+    time.sleep(0.3)
+
+if scenario == "passthrough":
+    s = client("s"); p = client("p")
+    sub(s, "Dog/m")
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [("a", "1"), ("b", "2")]
+    props.ContentType = "text/plain"
+    props.PayloadFormatIndicator = 1
+    props.ResponseTopic = "Dog/reply"
+    props.CorrelationData = b"cid-1"
+    props.MessageExpiryInterval = 60
+    p.publish("Dog/m", b"hello", qos=1, properties=props).wait_for_publish(5)
+    wait("s", 1)
+elif scenario == "no_local":
+    a = client("a"); b = client("b")
+    sub(a, "Dog/nl", noLocal=True)
+    sub(b, "Dog/nl")
+    a.publish("Dog/nl", b'{"from":"a"}', qos=1).wait_for_publish(5)
+    b.publish("Dog/nl", b'{"from":"b"}', qos=1).wait_for_publish(5)
+    wait("b", 2)
+elif scenario == "retain_as_published":
+    r = client("rap"); n = client("plain"); p = client("p")
+    sub(r, "Dog/#", retainAsPublished=True, retainHandling=2)
+    sub(n, "Dog/#", retainHandling=2)
+    p.publish("Dog/rap1", b'{"name":"x"}', qos=1, retain=True).wait_for_publish(5)
+    p.publish("Dog/rap2", b'{"name":"y"}', qos=1).wait_for_publish(5)
+    wait("rap", 2); wait("plain", 2)
+elif scenario == "subscription_identifiers":
+    s = client("s"); p = client("p")
+    sub(s, "Dog/#", ident=7, retainHandling=2)
+    sub(s, "Dog/+", ident=9, retainHandling=2)
+    p.publish("Dog/si", b'{"n":1}', qos=1).wait_for_publish(5)
+    wait("s", 1)
+for c in list(globals().values()):
+    if isinstance(c, mqtt.Client):
+        c.loop_stop()
+print(json.dumps(got))
+"#;
+
+/// Runs a paho v5 scenario; None when paho-mqtt is missing (the test then says so and passes).
+fn paho5(m: &Mqtt, scenario: &str) -> Option<serde_json::Value> {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("paho-mqtt not installed: skipping (pip install paho-mqtt)");
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", PAHO5, &m.port.port().to_string(), scenario])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "paho {scenario}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("json"))
+}
+
+#[test]
+fn v5_properties_pass_through() {
+    let m = start_in(app_dir(), None);
+    let Some(got) = paho5(&m, "passthrough") else {
+        return;
+    };
+    let s = got["s"].as_array().expect("list");
+    assert_eq!(s.len(), 1, "{got}");
+    let props = &s[0]["props"];
+    assert_eq!(s[0]["payload"], "hello");
+    assert_eq!(
+        props["UserProperty"],
+        serde_json::json!([["a", "1"], ["b", "2"]])
+    );
+    assert_eq!(props["ContentType"], "text/plain");
+    assert_eq!(props["PayloadFormatIndicator"], 1);
+    assert_eq!(props["ResponseTopic"], "Dog/reply");
+    assert_eq!(props["CorrelationData"], "cid-1");
+    let expiry = props["MessageExpiryInterval"].as_u64().expect("expiry");
+    assert!((1..=60).contains(&expiry), "{props}");
+}
+
+#[test]
+fn v5_no_local() {
+    let m = start_in(app_dir(), None);
+    let Some(got) = paho5(&m, "no_local") else {
+        return;
+    };
+    let from = |name: &str| -> Vec<String> {
+        got[name]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|x| x["payload"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(from("a"), vec![r#"{"from":"b"}"#], "a does not get its own");
+    assert_eq!(from("b").len(), 2, "{got}");
+}
+
+#[test]
+fn v5_retain_as_published() {
+    let m = start_in(app_dir(), None);
+    let Some(got) = paho5(&m, "retain_as_published") else {
+        return;
+    };
+    let flags = |name: &str| -> Vec<(String, bool)> {
+        got[name]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|x| {
+                (
+                    x["topic"].as_str().unwrap_or_default().to_string(),
+                    x["retain"].as_bool().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        flags("rap"),
+        vec![
+            ("Dog/rap1".to_string(), true),
+            ("Dog/rap2".to_string(), false)
+        ]
+    );
+    assert_eq!(
+        flags("plain"),
+        vec![
+            ("Dog/rap1".to_string(), false),
+            ("Dog/rap2".to_string(), false)
+        ]
+    );
+}
+
+#[test]
+fn v5_subscription_identifiers() {
+    let m = start_in(app_dir(), None);
+    let Some(got) = paho5(&m, "subscription_identifiers") else {
+        return;
+    };
+    let s = got["s"].as_array().expect("list");
+    assert_eq!(s.len(), 1, "one delivery for two matching filters: {got}");
+    let mut ids: Vec<u64> = s[0]["props"]["SubscriptionIdentifier"]
+        .as_array()
+        .expect("identifiers")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![7, 9]);
+}
+
+/// The client's Receive Maximum bounds our unacknowledged QoS 1 publishes; each PUBACK lets one
+/// more out.
+#[test]
+fn v5_receive_maximum_flow_control() {
+    let m = start_in(app_dir(), None);
+    let (mut s, _) = Raw::on_core(&m, None);
+    // Property 0x21 Receive Maximum = 2.
+    s.send(&connect(5, "rm", true, &[0x21, 0, 2]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "Dog/#", 1));
+    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+    let (mut p, _) = Raw::on_core(&m, None);
+    p.send(&connect(5, "rm-pub", true, &[]));
+    assert_eq!(p.packet().map(|p| p[3]), Some(0));
+    for i in 0..5u16 {
+        p.send(&publish(
+            5,
+            1,
+            "Dog/q",
+            i + 1,
+            format!("{{\"n\":{i}}}").as_bytes(),
+        ));
+        assert_eq!(p.packet().map(|x| x[0]), Some(0x40));
+    }
+    let read_ids = |s: &mut Raw, n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                let pk = s.packet().expect("PUBLISH");
+                assert_eq!(pk[0] & 0xf0, 0x30, "{pk:02x?}");
+                // fixed header (2), topic length + "Dog/q" (7): the packet id follows.
+                u16::from_be_bytes([pk[9], pk[10]])
+            })
+            .collect()
+    };
+    let first = read_ids(&mut s, 2);
+    // Nothing more while both are unacknowledged: the next packet is our PINGRESP.
+    s.send(&[0xc0, 0]);
+    assert_eq!(s.packet(), Some(vec![0xd0, 0]));
+    s.send(&packet(0x40, &first[0].to_be_bytes()));
+    let next = read_ids(&mut s, 1);
+    s.send(&[0xc0, 0]);
+    assert_eq!(s.packet(), Some(vec![0xd0, 0]), "one PUBACK, one more");
+    s.send(&packet(0x40, &first[1].to_be_bytes()));
+    s.send(&packet(0x40, &next[0].to_be_bytes()));
+    assert_eq!(read_ids(&mut s, 2).len(), 2, "the last two");
+}
+
+/// Ours: more QoS 2 publishes awaiting PUBREL than our Receive Maximum → DISCONNECT `0x93`.
+#[test]
+fn v5_client_exceeding_our_receive_maximum_is_disconnected() {
+    let m = start_in(app_dir(), None);
+    let (mut p, _) = Raw::on_core(&m, None);
+    p.send(&connect(5, "flood", true, &[]));
+    let ack = p.packet().expect("CONNACK");
+    // CONNACK properties carry Receive Maximum (0x21, two bytes), after Shared Subscription
+    // Available (0x2A, one byte).
+    let at = ack
+        .windows(3)
+        .position(|w| w[1] == 0 && w[2] == 0x21 && w[0] == 0x2a)
+        .expect("Receive Maximum in CONNACK")
+        + 2;
+    let ours = u16::from_be_bytes([ack[at + 1], ack[at + 2]]);
+    for i in 0..=ours {
+        p.send(&publish(5, 2, "Dog/q", i + 1, b"{}"));
+    }
+    let mut last = None;
+    while let Some(pk) = p.packet() {
+        last = Some(pk);
+    }
+    assert_eq!(last, Some(vec![0xe0, 1, 0x93]));
+}
+
+/// Maximum Packet Size both ways: ours (from `http.maxBodySize`) is advertised and enforced with
+/// `0x95`; the client's keeps larger PUBLISHes from being sent to it.
+#[test]
+fn v5_maximum_packet_size_both_ways() {
+    let m = start_in(app_dir(), None);
+    let (mut s, _) = Raw::on_core(&m, None);
+    // Property 0x27 Maximum Packet Size = 64.
+    s.send(&connect(5, "small", true, &[0x27, 0, 0, 0, 64]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "Dog/#", 0));
+    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+    let (mut p, _) = Raw::on_core(&m, None);
+    p.send(&connect(5, "big", true, &[]));
+    assert_eq!(p.packet().map(|p| p[3]), Some(0));
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
+    p.send(&publish(5, 1, "Dog/q", 1, big.as_bytes()));
+    assert_eq!(p.packet().map(|x| x[0]), Some(0x40));
+    p.send(&publish(5, 1, "Dog/q", 2, b"{\"n\":1}"));
+    assert_eq!(p.packet().map(|x| x[0]), Some(0x40));
+    let got = s.packet().expect("the small one");
+    assert!(
+        String::from_utf8_lossy(&got).contains("{\"n\":1}"),
+        "the oversized one was skipped: {got:02x?}"
+    );
+}

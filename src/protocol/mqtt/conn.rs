@@ -23,6 +23,7 @@ use super::codec::{
     UnsubAck, Will,
 };
 use super::durable::{self, EventKey, EventRef, Stored, StoredInflight, StoredSub, Tracker};
+use super::notes::{self, Note, Notes};
 use super::payload;
 use super::props::{Properties, Property};
 use super::topic::{Filter, PublishTopic, TopicError};
@@ -36,8 +37,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const INFLIGHT_MAX: usize = 1000;
 /// Outbound bytes buffered per connection; past it QoS 0 events are dropped, QoS ≥ 1 disconnect.
 pub const OUT_BYTES_MAX: usize = 16 << 20;
-/// Inbound QoS 2 packet ids remembered until PUBREL; reaching it disconnects (v5 `0x93`).
-pub const QOS2_PENDING_MAX: usize = 65_535;
+/// Our Receive Maximum (advertised in v5 CONNACK): inbound QoS 2 publishes awaiting PUBREL at
+/// once (QoS 1 ones are acknowledged before the next packet is read); one more disconnects with
+/// `0x93` (MQTT 5 §3.3.4).
+pub const RECEIVE_MAXIMUM: u16 = 1000;
 /// Topic aliases a v5 client may set (we advertise this as Topic Alias Maximum).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
 /// How long a connection taking over a client id waits for the old one to store its session.
@@ -241,6 +244,10 @@ pub struct MqttShared {
     start_version: f64,
     /// `mqtt.sessionQueueMax` (SPEC §1.6): messages a resumed durable session gets at most.
     pub session_queue_max: usize,
+    /// What publishes in flight carry beyond their payload.
+    notes: Notes,
+    /// Set once any session subscribed with Retain As Published: retained publishes leave notes.
+    retain_as_published: AtomicBool,
 }
 
 impl MqttShared {
@@ -272,6 +279,8 @@ impl MqttShared {
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(durable::SESSION_QUEUE_MAX_DEFAULT),
             start_version: resources.store.clock().next(),
+            notes: Notes::new(resources.config.threads),
+            retain_as_published: AtomicBool::new(false),
             resources,
             exports,
             next_client: AtomicU64::new(1),
@@ -344,11 +353,15 @@ struct Outbound {
     event: Option<EventRef>,
     /// A resend's packet id from before the reconnect (sent with DUP = 1).
     resend_id: Option<u16>,
+    /// v5 properties beyond Content Type: the publisher's passed on, subscription identifiers.
+    properties: Properties,
 }
 
 /// Per-connection state shared by its reader, its writer and the core's dispatcher.
 struct Conn {
     level: Level,
+    /// Set once CONNECT is accepted (for No Local).
+    client_id: RefCell<String>,
     out: RefCell<Vec<u8>>,
     out_waker: Cell<Option<Waker>>,
     closing: Cell<bool>,
@@ -469,7 +482,11 @@ impl Conn {
     fn write_publish(&self, o: Outbound, packet_id: u16, dup: bool) -> bool {
         let mut properties = Properties::default();
         if self.level == Level::V5 {
-            properties.push(Property::ContentType(o.content_type.to_string()));
+            // The publisher's own Content Type wins over the encoding's.
+            if o.properties.content_type().is_none() {
+                properties.push(Property::ContentType(o.content_type.to_string()));
+            }
+            properties.0.extend(o.properties.0);
         }
         let packet = Packet::Publish(Publish {
             dup,
@@ -595,6 +612,9 @@ impl Sessions {
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
+        // Taken on every core, subscribers here or not, so each note leaves once all cores did.
+        let notes = shared.notes.take(commit);
+        let now = crate::store::now_ms();
         {
             let mut dispatched = self.dispatched.borrow_mut();
             let v = dispatched.entry(commit.database.clone()).or_insert(0.0);
@@ -605,9 +625,17 @@ impl Sessions {
         if conns.is_empty() {
             return;
         }
-        for change in &commit.changes {
+        for (index, change) in commit.changes.iter().enumerate() {
             let Some(export) = shared.export_of(&commit.database, &change.table) else {
                 continue;
+            };
+            let note = notes.get(index).cloned().flatten();
+            let passed_on = match &note {
+                Some(n) => match n.outbound(now) {
+                    Some(p) => p,
+                    None => continue, // its Message Expiry Interval has passed
+                },
+                None => Properties::default(),
             };
             // Messages to the bare table topic carry a null key.
             let id = match (&change.kind, &change.key) {
@@ -635,9 +663,17 @@ impl Sessions {
                 if replayed {
                     continue;
                 }
+                let own = note
+                    .as_ref()
+                    .is_some_and(|n| n.client_id == *conn.client_id.borrow());
                 let mut qos = None;
+                let mut as_published = false;
+                let mut properties = passed_on.clone();
                 for sub in conn.subs.borrow().iter() {
                     if !sub.filter.matches(export, id.as_deref()) {
+                        continue;
+                    }
+                    if own && sub.options & NO_LOCAL != 0 {
                         continue;
                     }
                     let seen = id
@@ -648,6 +684,10 @@ impl Sessions {
                         continue;
                     }
                     qos = Some(qos.map_or(sub.qos, |q: u8| q.max(sub.qos)));
+                    as_published |= sub.options & RETAIN_AS_PUBLISHED != 0;
+                    if let Some(i) = sub.identifier {
+                        properties.push(Property::SubscriptionIdentifier(i));
+                    }
                 }
                 let Some(qos) = qos else { continue };
                 let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
@@ -661,16 +701,22 @@ impl Sessions {
                 conn.publish(Outbound {
                     topic: topic.clone(),
                     qos,
-                    retain: false,
+                    // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
+                    retain: as_published && note.as_ref().is_some_and(|n| n.retain),
                     body: body.clone(),
                     content_type,
                     event,
                     resend_id: None,
+                    properties,
                 });
             }
         }
     }
 }
+
+/// Subscription option bits (MQTT 5 §3.8.3.1).
+const NO_LOCAL: u8 = 0x04;
+const RETAIN_AS_PUBLISHED: u8 = 0x08;
 
 /// The v5 subscription options byte (MQTT 5 §3.8.3.1) of parsed options.
 fn options_byte(o: &codec::SubOptions) -> u8 {
@@ -865,6 +911,7 @@ pub async fn serve(
     };
     let conn = Rc::new(Conn {
         level,
+        client_id: RefCell::new(String::new()),
         out: RefCell::new(Vec::new()),
         out_waker: Cell::new(None),
         closing: Cell::new(false),
@@ -927,9 +974,11 @@ pub async fn serve(
     };
     if v5 {
         ack_props.push(Property::SharedSubscriptionAvailable(0));
+        ack_props.push(Property::ReceiveMaximum(RECEIVE_MAXIMUM));
         ack_props.push(Property::TopicAliasMaximum(TOPIC_ALIAS_MAX));
         ack_props.push(Property::MaximumPacketSize(shared.packet_bytes_max as u32));
     }
+    *conn.client_id.borrow_mut() = client_id.clone();
     if let Some(old) = shared.claim(&client_id, kick.clone()) {
         // The old connection stores its session before letting go; wait so we read that.
         old.released().await;
@@ -1204,6 +1253,7 @@ impl Session<'_> {
                 content_type,
                 event: Some(m.event),
                 resend_id,
+                properties: Properties::default(),
             }) {
                 break;
             }
@@ -1309,7 +1359,7 @@ impl Session<'_> {
                 self.conn.send(&Packet::PubRec(Ack::new(p.packet_id, 0)));
                 return Flow::Continue;
             }
-            if self.conn.qos2_received.borrow().len() >= QOS2_PENDING_MAX {
+            if self.conn.qos2_received.borrow().len() >= usize::from(RECEIVE_MAXIMUM) {
                 return Flow::Close(rc::RECEIVE_MAXIMUM_EXCEEDED);
             }
         }
@@ -1328,8 +1378,54 @@ impl Session<'_> {
         Flow::Continue
     }
 
+    /// Leaves a note of what `p` carries beyond its payload for the subscribers (see
+    /// `notes.rs`) when anyone could use it: v5 properties to pass on, a No Local subscription of
+    /// this session, or a retained publish while Retain As Published subscriptions exist.
+    fn leave_note(&self, p: &Publish, database: &str, table: &str, op: &WriteOp) -> bool {
+        let note = Note::new(&self.client_id, p.retain, &p.properties);
+        let no_local = self
+            .conn
+            .subs
+            .borrow()
+            .iter()
+            .any(|s| s.options & 0x04 != 0);
+        let wanted = !note.properties.is_empty()
+            || no_local
+            || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
+        if !wanted {
+            return false;
+        }
+        let (key, kind, payload) = match op {
+            WriteOp::Message { key, payload, .. } => (
+                key.clone().unwrap_or(Value::Null),
+                ChangeKind::Message,
+                Some(payload.clone()),
+            ),
+            WriteOp::Put { key: Some(key), .. } => (key.clone(), ChangeKind::Put, None),
+            WriteOp::Delete { key, .. } => (key.clone(), ChangeKind::Delete, None),
+            _ => return false,
+        };
+        let left = self
+            .shared
+            .notes
+            .leave(database, table, key, kind, payload, note);
+        if !left {
+            tracing::warn!(target: "mqtt", "{} publish notes pending; the properties of a publish to {:?} are not passed on", notes::NOTES_MAX, p.topic);
+        }
+        left
+    }
+
     /// Applies one inbound publish through the resource layer; returns the v5 reason code.
     async fn apply(&self, p: &Publish) -> u8 {
+        // MQTT 5 §3.3.2.3.2: a payload declared UTF-8 must be.
+        let utf8_declared = p
+            .properties
+            .iter()
+            .any(|x| matches!(x, Property::PayloadFormatIndicator(1)));
+        if utf8_declared && std::str::from_utf8(&p.payload).is_err() {
+            tracing::info!(target: "mqtt", "publish to {:?} refused: payload is not the UTF-8 it declares", p.topic);
+            return rc::PAYLOAD_FORMAT_INVALID;
+        }
         let topic = match PublishTopic::parse(&p.topic) {
             Ok(t) => t,
             Err(e) => {
@@ -1396,11 +1492,17 @@ impl Session<'_> {
                 }
             }
         };
+        let noted = self.leave_note(p, &db.name, &def.table, &op);
         let request = WriteRequest {
             ops: vec![op],
             user: self.caller.username.clone(),
         };
-        match resource::write(&db, request).await {
+        let written = resource::write(&db, request).await;
+        if noted {
+            let version = written.as_ref().ok().map(|w| w.version);
+            self.shared.notes.settle(&self.client_id, version);
+        }
+        match written {
             Ok(_) => 0,
             Err(e) => {
                 tracing::info!(target: "mqtt", "publish to {:?} failed: {e}", p.topic);
@@ -1463,13 +1565,18 @@ impl Session<'_> {
                 None => subs.push(sub),
             }
             codes.push(options.qos);
+            if options.retain_as_published {
+                self.shared
+                    .retain_as_published
+                    .store(true, Ordering::Relaxed);
+            }
             let send_state = match options.retain_handling {
                 0 => true,
                 1 => is_new,
                 _ => false,
             };
             if send_state && filter.matches_records() {
-                initial.push((filter, options.qos));
+                initial.push((filter, options.qos, s.properties.subscription_identifier()));
             }
         }
         self.conn.send(&Packet::SubAck(SubAck {
@@ -1477,14 +1584,14 @@ impl Session<'_> {
             properties: Properties::default(),
             codes,
         }));
-        for (filter, qos) in initial {
-            self.send_state(&filter, qos);
+        for (filter, qos, identifier) in initial {
+            self.send_state(&filter, qos, identifier);
         }
     }
 
     /// Sends the current state of every record `filter` matches as retained PUBLISHes, and
     /// remembers their versions so live events already reflected are not sent again.
-    fn send_state(&self, filter: &Filter, qos: u8) {
+    fn send_state(&self, filter: &Filter, qos: u8, identifier: Option<u32>) {
         let Some((db, table)) = self.shared.resources.export(filter.export()) else {
             return;
         };
@@ -1545,6 +1652,9 @@ impl Session<'_> {
                 content_type,
                 event: None,
                 resend_id: None,
+                properties: identifier
+                    .map(|i| Properties(vec![Property::SubscriptionIdentifier(i)]))
+                    .unwrap_or_default(),
             }) {
                 break;
             }
