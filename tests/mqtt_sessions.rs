@@ -651,6 +651,94 @@ fn v5_receive_maximum_flow_control() {
     assert_eq!(read_ids(&mut s, 2).len(), 2, "the last two");
 }
 
+/// `$share/<group>/<filter>`: each message to exactly one member of each group, round-robin
+/// across cores; a plain subscriber beside the group still gets every message.
+#[test]
+fn v5_shared_subscriptions_across_cores() {
+    const MESSAGES: u64 = 20;
+    let m = start_in(app_dir(), None);
+    let mut members = Vec::new();
+    let mut cores = Vec::new();
+    // Two members on different cores, plus a third anywhere.
+    for (name, want) in [("m0", None), ("m1", None), ("m2", None)] {
+        let want = match (name, cores.first()) {
+            ("m1", Some(c)) => Some(1 - *c),
+            _ => want,
+        };
+        let (mut s, core) = Raw::on_core(&m, want);
+        s.send(&connect(5, name, true, &[]));
+        assert_eq!(s.packet().map(|p| p[3]), Some(0));
+        s.send(&subscribe(5, 1, "$share/g/Dog/#", 1));
+        assert_eq!(
+            s.packet().map(|p| p[0..6].to_vec()),
+            Some(vec![0x90, 4, 0, 1, 0, 1])
+        );
+        members.push(s);
+        cores.push(core);
+    }
+    assert_ne!(cores[0], cores[1], "members on both cores");
+    let (mut plain, _) = Raw::on_core(&m, None);
+    plain.send(&connect(5, "plain", true, &[]));
+    assert_eq!(plain.packet().map(|p| p[3]), Some(0));
+    plain.send(&subscribe(5, 1, "Dog/#", 1));
+    assert_eq!(plain.packet().map(|p| p[0]), Some(0x90));
+    let (mut p, _) = Raw::on_core(&m, None);
+    p.send(&connect(5, "share-pub", true, &[]));
+    assert_eq!(p.packet().map(|p| p[3]), Some(0));
+    for i in 0..MESSAGES {
+        p.send(&publish(
+            5,
+            1,
+            "Dog/q",
+            i as u16 + 1,
+            format!("{{\"n\":{i}}}").as_bytes(),
+        ));
+        assert_eq!(p.packet().map(|x| x[0]), Some(0x40));
+    }
+    // The plain subscriber has all of them once they are all dispatched.
+    let mut all = Vec::new();
+    while all.len() < MESSAGES as usize {
+        let pk = plain.packet().expect("PUBLISH");
+        let body = String::from_utf8_lossy(&pk).to_string();
+        all.push(body);
+    }
+    // Each member reads what it got until a PINGRESP; a core may dispatch a little later than
+    // the plain subscriber's, so read in rounds until the group has them all (bounded).
+    let mut counts = vec![0; members.len()];
+    let mut seen = std::collections::BTreeSet::new();
+    for _round in 0..100 {
+        for (i, s) in members.iter_mut().enumerate() {
+            s.send(&[0xc0, 0]);
+            loop {
+                let pk = s.packet().expect("packet");
+                if pk == [0xd0, 0] {
+                    break;
+                }
+                assert_eq!(pk[0] & 0xf0, 0x30);
+                let text = String::from_utf8_lossy(&pk).to_string();
+                let at = text.find("{\"n\":").expect("payload");
+                assert!(
+                    seen.insert(text[at..].to_string()),
+                    "delivered to one member only"
+                );
+                counts[i] += 1;
+            }
+        }
+        if seen.len() >= MESSAGES as usize {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        MESSAGES as usize,
+        "every message to the group: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|c| *c > 0),
+        "round-robin reaches every member: {counts:?}"
+    );
+}
+
 /// Ours: more QoS 2 publishes awaiting PUBREL than our Receive Maximum → DISCONNECT `0x93`.
 #[test]
 fn v5_client_exceeding_our_receive_maximum_is_disconnected() {
@@ -662,7 +750,7 @@ fn v5_client_exceeding_our_receive_maximum_is_disconnected() {
     // Available (0x2A, one byte).
     let at = ack
         .windows(3)
-        .position(|w| w[1] == 0 && w[2] == 0x21 && w[0] == 0x2a)
+        .position(|w| w[1] == 1 && w[2] == 0x21 && w[0] == 0x2a)
         .expect("Receive Maximum in CONNACK")
         + 2;
     let ours = u16::from_be_bytes([ack[at + 1], ack[at + 2]]);

@@ -26,6 +26,7 @@ use super::durable::{self, EventKey, EventRef, Stored, StoredInflight, StoredSub
 use super::notes::{self, Note, Notes};
 use super::payload;
 use super::props::{Properties, Property};
+use super::share::{self, Groups};
 use super::topic::{Filter, PublishTopic, TopicError};
 use crate::resource::{self, Caller, Resources, Validation};
 use crate::store::{ChangeKind, Commit, WriteError, WriteOp, WriteRequest};
@@ -248,6 +249,8 @@ pub struct MqttShared {
     notes: Notes,
     /// Set once any session subscribed with Retain As Published: retained publishes leave notes.
     retain_as_published: AtomicBool,
+    /// Shared subscription groups.
+    groups: Groups,
 }
 
 impl MqttShared {
@@ -281,6 +284,7 @@ impl MqttShared {
             start_version: resources.store.clock().next(),
             notes: Notes::new(resources.config.threads),
             retain_as_published: AtomicBool::new(false),
+            groups: Groups::default(),
             resources,
             exports,
             next_client: AtomicU64::new(1),
@@ -676,6 +680,19 @@ impl Sessions {
                     if own && sub.options & NO_LOCAL != 0 {
                         continue;
                     }
+                    if let Some(group) = sub.filter.share() {
+                        let key = share::key(group, sub.filter.topic_filter());
+                        let me = conn.client_id.borrow();
+                        if !shared.groups.is_chosen(
+                            &key,
+                            commit.version,
+                            &change.table,
+                            id.as_deref(),
+                            &me,
+                        ) {
+                            continue;
+                        }
+                    }
                     let seen = id
                         .as_ref()
                         .and_then(|i| sub.sent.get(i))
@@ -973,7 +990,7 @@ pub async fn serve(
         connect.client_id.clone()
     };
     if v5 {
-        ack_props.push(Property::SharedSubscriptionAvailable(0));
+        ack_props.push(Property::SharedSubscriptionAvailable(1));
         ack_props.push(Property::ReceiveMaximum(RECEIVE_MAXIMUM));
         ack_props.push(Property::TopicAliasMaximum(TOPIC_ALIAS_MAX));
         ack_props.push(Property::MaximumPacketSize(shared.packet_bytes_max as u32));
@@ -1125,6 +1142,12 @@ impl Session<'_> {
     /// At the end of the connection: stores a durable session with its expiry, or forgets a
     /// resumed one whose expiry is now 0.
     async fn end(&self) {
+        for sub in self.conn.subs.borrow().iter() {
+            if let Some(group) = sub.filter.share() {
+                let key = share::key(group, sub.filter.topic_filter());
+                self.shared.groups.leave(&key, &self.client_id);
+            }
+        }
         if !self.durable() {
             return;
         }
@@ -1158,9 +1181,15 @@ impl Session<'_> {
                 tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: not permitted", self.client_id, s.filter);
                 continue;
             }
-            match databases.iter_mut().find(|(d, _)| d.name == db.name) {
-                Some((_, list)) => list.push(subs.len()),
-                None => databases.push((db, vec![subs.len()])),
+            if let Some(group) = filter.share() {
+                // Messages to the group went to the members that were there.
+                let key = share::key(group, filter.topic_filter());
+                self.shared.groups.join(&key, &self.client_id);
+            } else {
+                match databases.iter_mut().find(|(d, _)| d.name == db.name) {
+                    Some((_, list)) => list.push(subs.len()),
+                    None => databases.push((db, vec![subs.len()])),
+                }
             }
             subs.push(Sub {
                 filter,
@@ -1300,6 +1329,13 @@ impl Session<'_> {
                     let mut subs = self.conn.subs.borrow_mut();
                     for f in &u.filters {
                         let before = subs.len();
+                        let removed = subs.iter().find(|s| s.filter.as_str() == f);
+                        if let Some(filter) = removed.map(|s| &s.filter) {
+                            if let Some(group) = filter.share() {
+                                let key = share::key(group, filter.topic_filter());
+                                self.shared.groups.leave(&key, &self.client_id);
+                            }
+                        }
                         subs.retain(|s| s.filter.as_str() != f);
                         codes.push(if subs.len() < before {
                             0
@@ -1575,6 +1611,12 @@ impl Session<'_> {
                 1 => is_new,
                 _ => false,
             };
+            if let Some(group) = filter.share() {
+                // SPEC §6.3: shared subscriptions get no initial state.
+                let key = share::key(group, filter.topic_filter());
+                self.shared.groups.join(&key, &self.client_id);
+                continue;
+            }
             if send_state && filter.matches_records() {
                 initial.push((filter, options.qos, s.properties.subscription_identifier()));
             }

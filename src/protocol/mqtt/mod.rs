@@ -11,6 +11,7 @@ pub mod durable;
 pub mod notes;
 pub mod payload;
 pub mod props;
+pub mod share;
 pub mod topic;
 
 pub use codec::{check, decode, encode, DecodeError, Level, Packet};

@@ -13,7 +13,7 @@ pub const FILTER_LEVELS_MAX: usize = 64;
 pub enum TopicError {
     /// Empty, a wildcard in the wrong place, or no export name first.
     Invalid(&'static str),
-    /// `$share/<group>/<filter>`: not supported yet (v5 `0x9E`).
+    /// `$share/<group>/<filter>` where shared subscriptions are off (v5 `0x9E`).
     Shared,
 }
 
@@ -39,6 +39,8 @@ enum Segment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     raw: String,
+    /// The group of a shared subscription (`$share/<group>/<filter>`, MQTT 5 §4.8.2).
+    share: Option<String>,
     export: String,
     /// The levels after the export.
     levels: Vec<Segment>,
@@ -46,8 +48,17 @@ pub struct Filter {
 
 impl Filter {
     pub fn parse(raw: &str) -> Result<Filter, TopicError> {
-        if raw.starts_with("$share/") {
-            return Err(TopicError::Shared);
+        if let Some(rest) = raw.strip_prefix("$share/") {
+            let (group, inner) = rest.split_once('/').unwrap_or((rest, ""));
+            if group.is_empty() || group.contains(['+', '#']) {
+                return Err(TopicError::Invalid(
+                    "a share name must be a non-empty literal",
+                ));
+            }
+            let mut filter = Filter::parse(inner)?;
+            filter.raw = raw.to_string();
+            filter.share = Some(group.to_string());
+            return Ok(filter);
         }
         if raw.is_empty() {
             return Err(TopicError::Invalid("empty filter"));
@@ -82,6 +93,7 @@ impl Filter {
         }
         Ok(Filter {
             raw: raw.to_string(),
+            share: None,
             export: export.to_string(),
             levels,
         })
@@ -93,6 +105,19 @@ impl Filter {
 
     pub fn export(&self) -> &str {
         &self.export
+    }
+
+    /// The share name of a shared subscription.
+    pub fn share(&self) -> Option<&str> {
+        self.share.as_deref()
+    }
+
+    /// The filter without its `$share/<group>/` prefix.
+    pub fn topic_filter(&self) -> &str {
+        match &self.share {
+            Some(group) => self.raw.get(8 + group.len()..).unwrap_or_default(),
+            None => &self.raw,
+        }
     }
 
     /// The single record this filter names when it has no wildcard (`T/x` → `x`).
@@ -229,7 +254,14 @@ mod tests {
             ),
             ("Dog/#/x", TopicError::Invalid("'#' must be the last level")),
             ("Dog/a+", TopicError::Invalid("a wildcard inside a level")),
-            ("$share/g/Dog/1", TopicError::Shared),
+            (
+                "$share//Dog/1",
+                TopicError::Invalid("a share name must be a non-empty literal"),
+            ),
+            (
+                "$share/g/#",
+                TopicError::Invalid("the first level must be an export name"),
+            ),
         ] {
             assert_eq!(Filter::parse(raw), Err(err), "{raw:?}");
         }
@@ -238,6 +270,12 @@ mod tests {
             Some("a/b")
         );
         assert_eq!(Filter::parse("Dog/+").unwrap().exact_id(), None);
+        let shared = Filter::parse("$share/g/Dog/+").unwrap();
+        assert_eq!(
+            (shared.share(), shared.topic_filter(), shared.as_str()),
+            (Some("g"), "Dog/+", "$share/g/Dog/+")
+        );
+        assert!(shared.matches("Dog", Some("1")));
         assert!(PublishTopic::parse("Dog/#").is_err());
         assert!(PublishTopic::parse("Dog/").is_err());
         assert_eq!(
