@@ -789,3 +789,62 @@ fn v5_maximum_packet_size_both_ways() {
         "the oversized one was skipped: {got:02x?}"
     );
 }
+
+/// SPEC §6.3 Events: `connection`, `connected`, `auth-failed`, `disconnected` as `info` lines
+/// tagged `mqtt` and as counters in `/metrics`.
+#[test]
+fn events_as_log_lines_and_metrics() {
+    let m = start_in(app_dir(), None);
+    let (mut ok, _) = Raw::on_core(&m, None);
+    ok.send(&connect(4, "ev-1", true, &[]));
+    assert_eq!(ok.packet(), Some(vec![0x20, 2, 0, 0]));
+    ok.leave(&[0xe0, 0]);
+    // CONNECT with user name and password flags and a wrong password → 0x04.
+    let (mut bad, _) = Raw::on_core(&m, None);
+    let mut body = string("MQTT");
+    body.extend_from_slice(&[4, 0xc2, 0, 0]);
+    body.extend_from_slice(&string("ev-2"));
+    body.extend_from_slice(&string("test_admin"));
+    body.extend_from_slice(&string("wrong"));
+    bad.send(&packet(0x10, &body));
+    assert_eq!(bad.packet(), Some(vec![0x20, 2, 0, 4]));
+    drop(bad);
+    let read_metrics = || {
+        ureq::get(&format!("{}metrics", m.server.ops_url()))
+            .call()
+            .expect("GET /metrics")
+            .into_string()
+            .expect("body")
+    };
+    let count_in = |metrics: &str, event: &str| -> u64 {
+        let needle = format!("tidepool_mqtt_events_total{{event=\"{event}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {event} counter in:\n{metrics}")) as u64
+    };
+    // The socket closes just before the session logs its end: poll (bounded) for it.
+    let mut metrics = read_metrics();
+    for _ in 0..100 {
+        if count_in(&metrics, "disconnected") > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = read_metrics();
+    }
+    let count = |event: &str| count_in(&metrics, event);
+    assert!(count("connection") >= 2, "{metrics}");
+    assert_eq!(count("connected"), 1);
+    assert_eq!(count("auth-failed"), 1);
+    assert_eq!(count("disconnected"), 1);
+    let log = std::fs::read_to_string(m.server.root.path().join("log").join("hdb.log"))
+        .expect("log file");
+    for event in ["connection", "connected", "auth-failed", "disconnected"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: "))),
+            "no {event} line in:\n{log}"
+        );
+    }
+}

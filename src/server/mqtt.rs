@@ -126,7 +126,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracing::debug!(target: "mqtt", "core {core}: connection from {peer}");
+                crate::protocol::mqtt::events::record(
+                    crate::protocol::mqtt::events::Event::Connection,
+                    format_args!("core {core}: connection from {peer}"),
+                );
                 spawn(conn::serve(stream, peer, shared.clone(), sessions.clone()));
             }
             Err(e) => {

@@ -23,6 +23,7 @@ use super::codec::{
     UnsubAck, Will,
 };
 use super::durable::{self, EventKey, EventRef, Stored, StoredInflight, StoredSub, Tracker};
+use super::events::{self, Event};
 use super::notes::{self, Note, Notes};
 use super::payload;
 use super::props::{Properties, Property};
@@ -971,7 +972,13 @@ pub async fn serve(
     let caller = match authenticate(&shared, &connect, peer) {
         Ok(c) => c,
         Err(r) => {
-            tracing::info!(target: "mqtt", "{peer}: auth-failed for {:?}", connect.username);
+            events::record(
+                Event::AuthFailed,
+                format_args!(
+                    "{peer} as {:?} (client {:?})",
+                    connect.username, connect.client_id
+                ),
+            );
             return refuse(r);
         }
     };
@@ -1034,8 +1041,18 @@ pub async fn serve(
         code: 0,
         properties: ack_props,
     }));
-    tracing::info!(target: "mqtt", "{peer}: connected client {client_id:?} (MQTT {}, session {})", if v5 { "5" } else { "3.1.1" },
-        match (&restored, expiry_s) { (Some(_), _) => "resumed", (None, 0) => "clean", (None, _) => "new durable" });
+    let session_kind = match (&restored, expiry_s) {
+        (Some(_), _) => "resumed",
+        (None, 0) => "clean",
+        (None, _) => "new durable",
+    };
+    events::record(
+        Event::Connected,
+        format_args!(
+            "{peer} client {client_id:?} (MQTT {}, session {session_kind})",
+            if v5 { "5" } else { "3.1.1" }
+        ),
+    );
     if let Some(stored) = restored {
         session.resume(stored);
     }
@@ -1098,7 +1115,10 @@ pub async fn serve(
     if let Some(will) = will {
         session.publish_will(will).await;
     }
-    tracing::info!(target: "mqtt", "{peer}: disconnected client {client_id:?}");
+    events::record(
+        Event::Disconnected,
+        format_args!("{peer} client {client_id:?}"),
+    );
 }
 
 enum Flow {

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod conn;
 pub mod durable;
+pub mod events;
 pub mod notes;
 pub mod payload;
 pub mod props;
