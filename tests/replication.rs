@@ -2,10 +2,16 @@
 //! loopback address (127.0.0.1, .2, .3, .4) with the same replication port: writes reach every
 //! node, a killed node catches up exactly, a node added with `add_node` gets a copy and is linked
 //! to the rest by gossip, concurrent writes converge, and local-only data stays local.
+//!
+//! Links run over TLS on the secure port with mutual certificates from one test CA (made here,
+//! as an operator would before the certificate exchange), except the MQTT test, which keeps the
+//! plain port with IP-based trust.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{Builder, Rng, Server};
@@ -51,6 +57,70 @@ struct Node {
     server: Server,
 }
 
+/// The test CA: its certificate (PEM) and the issuer that signs node certificates.
+struct Pki {
+    ca_pem: String,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "replication test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA");
+        Pki {
+            ca_pem: ca.pem(),
+            issuer: ca,
+        }
+    })
+}
+
+/// Writes `<root>/keys/{ca,certificate,privateKey}.pem`: a node certificate for `name` (CN and
+/// DNS name) and `ip`, signed by `issuer`, and the CA `ca_pem` to trust.
+fn write_keys(
+    root: &Path,
+    name: &str,
+    ip: &str,
+    ca_pem: &str,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(ip.parse().expect("ip")));
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let certificate = params.signed_by(&key, issuer).expect("sign");
+    let keys = root.join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    std::fs::write(keys.join("ca.pem"), ca_pem).expect("ca");
+    std::fs::write(keys.join("certificate.pem"), certificate.pem()).expect("certificate");
+    std::fs::write(keys.join("privateKey.pem"), key.serialize_pem()).expect("key");
+}
+
+/// A fresh root holding a node certificate from the test CA.
+fn root_with_keys(name: &str, ip: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("root");
+    let pki = pki();
+    write_keys(root.path(), name, ip, &pki.ca_pem, &pki.issuer);
+    root
+}
+
 fn start(
     app: &tempfile::TempDir,
     name: &str,
@@ -59,9 +129,17 @@ fn start(
     routes: &[&str],
     root: Option<tempfile::TempDir>,
 ) -> Node {
-    start_with(app, name, ip, port, routes, root, &[])
+    start_with(app, name, ip, port, routes, root, Link::Tls, &[])
 }
 
+/// How links run: TLS on the secure port (mutual certificates), or the plain port.
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    Tls,
+    Plain,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn start_with(
     app: &tempfile::TempDir,
     name: &str,
@@ -69,13 +147,21 @@ fn start_with(
     port: u16,
     routes: &[&str],
     root: Option<tempfile::TempDir>,
+    link: Link,
     extra: &[(&str, String)],
 ) -> Node {
     let routes: Vec<String> = routes.iter().map(|r| format!("{r}:{port}")).collect();
+    let (secure, plain) = match link {
+        Link::Tls => (format!("{ip}:{port}"), "null".to_string()),
+        Link::Plain => ("null".to_string(), format!("{ip}:{port}")),
+    };
+    let root = root.unwrap_or_else(|| root_with_keys(name, ip));
     let mut b = Builder::new()
         .app(app.path())
+        .root(root)
         .arg("--REPLICATION_HOSTNAME", name)
-        .arg("--REPLICATION_PORT", &format!("{ip}:{port}"))
+        .arg("--REPLICATION_SECUREPORT", &secure)
+        .arg("--REPLICATION_PORT", &plain)
         .arg("--REPLICATION_DATABASES", "[\"data\", \"system\"]")
         .arg(
             "--REPLICATION_ROUTES",
@@ -85,9 +171,6 @@ fn start_with(
     for (k, v) in extra {
         b = b.arg(k, v);
     }
-    if let Some(root) = root {
-        b = b.root(root);
-    }
     Node {
         name: name.into(),
         server: b.start(),
@@ -95,14 +178,18 @@ fn start_with(
 }
 
 fn op(node: &Node, body: Value) -> (u16, Value) {
-    let resp = match ureq::post(&node.server.ops_url())
+    op_at(&node.server.ops_url(), body)
+}
+
+fn op_at(url: &str, body: Value) -> (u16, Value) {
+    let resp = match ureq::post(url)
         .timeout(Duration::from_secs(30))
         .set("Content-Type", "application/json")
         .send_string(&body.to_string())
     {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{} {body}: {e}", node.name),
+        Err(e) => panic!("{url} {body}: {e}"),
     };
     let status = resp.status();
     let text = resp.into_string().unwrap_or_default();
@@ -185,6 +272,35 @@ fn linked(node: &Node, others: &[&Node]) -> bool {
     })
 }
 
+/// Waits until every node shows every other one linked; on time-out, prints each node's
+/// `cluster_status` and log.
+fn wait_mesh(nodes: &[&Node]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = nodes.iter().all(|n| {
+            let others: Vec<&Node> = nodes.iter().filter(|o| o.name != n.name).copied().collect();
+            linked(n, &others)
+        });
+        if all {
+            return;
+        }
+        if Instant::now() > deadline {
+            for n in nodes {
+                let (_, status) = op(n, json!({"operation": "cluster_status"}));
+                eprintln!("{} cluster_status: {status}", n.name);
+                let log = std::fs::read_to_string(n.server.root.path().join("log/hdb.log"));
+                for line in log.unwrap_or_default().lines() {
+                    if line.contains("replication") {
+                        eprintln!("{}: {line}", n.name);
+                    }
+                }
+            }
+            panic!("no full mesh after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn dog_name(node: &Node, id: &str) -> Option<String> {
     get(node, &format!("/Dog/{id}")).and_then(|v| v["name"].as_str().map(str::to_string))
 }
@@ -204,9 +320,7 @@ fn three_nodes_converge_and_local_data_stays_local() {
     let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
     let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
     let nodes = [&a, &b, &c];
-    wait_until("a full mesh", Duration::from_secs(20), || {
-        linked(&a, &[&b, &c]) && linked(&b, &[&a, &c]) && linked(&c, &[&a, &b])
-    });
+    wait_mesh(&[&a, &b, &c]);
 
     // A write on any node is readable on the others within 1 s (p99 over 1,000 writes).
     let mut lags_ms: Vec<f64> = Vec::with_capacity(2000);
@@ -304,9 +418,7 @@ fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
     );
     let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
     let mut c = start(&app, "node-c", "127.0.0.3", port, &[], None);
-    wait_until("a full mesh", Duration::from_secs(20), || {
-        linked(&a, &[&b, &c]) && linked(&b, &[&a, &c]) && linked(&c, &[&a, &b])
-    });
+    wait_mesh(&[&a, &b, &c]);
     put(&a, "/Dog/before", json!({"name": "before"}));
     wait_until("first write on C", Duration::from_secs(5), || {
         dog_name(&c, "before").is_some()
@@ -361,17 +473,70 @@ fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
         linked(&d, &[&a, &b, &c])
     });
 
-    // remove_node: A drops D, and writes on A no longer reach D directly (others may relay, so
-    // remove D everywhere).
-    for n in [&a, &b, &c] {
-        let (status, reply) = op(n, json!({"operation": "remove_node", "hostname": "node-d"}));
-        assert!(status == 200 || status == 404, "{reply}");
-    }
+    // remove_node on A only: the mark spreads by gossip, every node drops its link to D, D is
+    // not redialled, and writes no longer reach it.
+    let (status, reply) = op(
+        &a,
+        json!({"operation": "remove_node", "hostname": "node-d"}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    wait_until("every link to D closed", Duration::from_secs(20), || {
+        [&a, &b, &c].iter().all(|n| !connected_to(n, "node-d"))
+            && ["node-a", "node-b", "node-c"]
+                .iter()
+                .all(|o| !connected_to(&d, o))
+    });
+    put(&a, "/Dog/after-removal", json!({"name": "not for d"}));
+    wait_until("the write on B and C", Duration::from_secs(10), || {
+        dog_name(&b, "after-removal").is_some() && dog_name(&c, "after-removal").is_some()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        dog_name(&d, "after-removal"),
+        None,
+        "a removed node got a write"
+    );
+    assert!(
+        [&a, &b, &c].iter().all(|n| !connected_to(n, "node-d")),
+        "a removed node was redialled"
+    );
+    // D dialling A itself is refused.
+    let (status, reply) = op(
+        &d,
+        json!({"operation": "add_node", "hostname": "127.0.0.1", "port": port}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    put(&d, "/Dog/from-d", json!({"name": "written on d"}));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!connected_to(&a, "node-d"), "A let a removed node in");
+    assert_eq!(dog_name(&a, "from-d"), None);
     let (status, _) = op(
         &a,
         json!({"operation": "remove_node", "hostname": "nobody"}),
     );
     assert_eq!(status, 404);
+    // A new add_node on A lets D back in, and what D wrote meanwhile arrives.
+    let (status, reply) = op(
+        &a,
+        json!({"operation": "add_node", "hostname": "127.0.0.4", "port": port}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    wait_until("D back and its write on A", Duration::from_secs(30), || {
+        connected_to(&a, "node-d") && dog_name(&a, "from-d").is_some()
+    });
+}
+
+/// Whether `node`'s `cluster_status` shows any connected socket to `peer`.
+fn connected_to(node: &Node, peer: &str) -> bool {
+    let (_, status) = op(node, json!({"operation": "cluster_status"}));
+    status["connections"].as_array().is_some_and(|cs| {
+        cs.iter().any(|c| {
+            c["name"] == peer
+                && c["database_sockets"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["connected"] == true))
+        })
+    })
 }
 
 fn libc_sigkill() -> i32 {
@@ -396,11 +561,7 @@ fn seeded_writes_restarts_and_pauses_end_converged() {
         .collect();
     {
         let live: Vec<&Node> = nodes.iter().flatten().collect();
-        wait_until("a full mesh", Duration::from_secs(20), || {
-            linked(live[0], &[live[1], live[2]])
-                && linked(live[1], &[live[0], live[2]])
-                && linked(live[2], &[live[0], live[1]])
-        });
+        wait_mesh(&live);
     }
     // The last acknowledged state per key: Some(name) or None (deleted).
     let mut expected: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -510,6 +671,7 @@ fn mqtt_subscriber_on_one_node_sees_messages_and_writes_from_another() {
         port,
         &["127.0.0.2"],
         None,
+        Link::Plain,
         &[("--MQTT_NETWORK_PORT", format!("127.0.0.1:{mqtt_a}"))],
     );
     let b = start_with(
@@ -519,6 +681,7 @@ fn mqtt_subscriber_on_one_node_sees_messages_and_writes_from_another() {
         port,
         &[],
         None,
+        Link::Plain,
         &[("--MQTT_NETWORK_PORT", format!("127.0.0.2:{mqtt_b}"))],
     );
     wait_until("A and B linked", Duration::from_secs(20), || {
@@ -572,4 +735,443 @@ fn mqtt_subscriber_on_one_node_sees_messages_and_writes_from_another() {
     assert_eq!(change["name"], "written-on-a");
     // Exactly once: nothing else arrives.
     assert!(rx.recv_timeout(Duration::from_secs(2)).is_err());
+}
+
+/// What a dialer gets from a node's secure replication port.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// The TLS handshake failed (an untrusted client certificate).
+    NoTls,
+    /// The upgrade was refused with this status.
+    Refused(u16),
+    /// Upgraded; after our `HELLO` the node answered with its own `HELLO` naming this node.
+    Hello(String),
+    /// Upgraded, then closed after our `HELLO` (a name the certificate does not carry).
+    Closed,
+}
+
+/// Dials `127.0.0.1:port` over TLS (trusting the test CA, presenting the certificate in
+/// `identity` if any), upgrades with `authorization`, and announces `hello_name`.
+fn dial(
+    port: u16,
+    identity: Option<&Path>,
+    authorization: Option<&str>,
+    hello_name: &str,
+) -> Answer {
+    use tidepool::replication::{message, transport::Conn, ws};
+    use tidepool::value::Value as V;
+    let ca = tempfile::tempdir().expect("ca dir");
+    std::fs::write(ca.path().join("ca.pem"), &pki().ca_pem).expect("ca");
+    let keys = identity.map(|d| {
+        (
+            d.join("keys/certificate.pem"),
+            d.join("keys/privateKey.pem"),
+        )
+    });
+    let config = tidepool::server::tls::client_config(
+        &ca.path().join("ca.pem"),
+        keys.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        &[],
+    )
+    .expect("client config");
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let Ok(mut conn) = Conn::tls_client(socket, "127.0.0.1", config) else {
+        return Answer::NoTls;
+    };
+    match ws::client_handshake(&mut conn.duplex(), "127.0.0.1", authorization) {
+        Ok(()) => {}
+        Err(ws::WsError::Refused(status)) => return Answer::Refused(status),
+        // TLS 1.3 reports a refused client certificate on the first read after the handshake.
+        Err(_) => return Answer::NoTls,
+    }
+    let hello = message::object(vec![
+        ("node", V::String(hello_name.into())),
+        ("url", V::String(String::new())),
+        ("protocol", V::Int(message::PROTOCOL)),
+        ("databases", V::Array(Vec::new())),
+    ]);
+    let mut frame = Vec::new();
+    ws::encode_frame(
+        ws::OP_BINARY,
+        &message::encode("HELLO", hello),
+        true,
+        &mut frame,
+    );
+    if std::io::Write::write_all(&mut conn.writer, &frame).is_err() {
+        return Answer::Closed;
+    }
+    let limits = tidepool::value::DecodeLimits::default();
+    loop {
+        match ws::read_message(&mut conn.reader, 1 << 20) {
+            Ok(ws::Incoming::Binary(m)) => {
+                let Ok((kind, body)) = message::decode(&m, &limits) else {
+                    return Answer::Closed;
+                };
+                if kind == "HELLO" {
+                    // The node sends HELLO first, then checks ours: wait for what follows.
+                    let name = body
+                        .get("node")
+                        .and_then(V::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    return match ws::read_message(&mut conn.reader, 1 << 20) {
+                        Ok(ws::Incoming::Close) | Err(_) => Answer::Closed,
+                        Ok(_) => Answer::Hello(name),
+                    };
+                }
+            }
+            Ok(ws::Incoming::Close) | Err(_) => return Answer::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// SPEC §7.3 on the secure port: a certificate from a trusted CA whose name matches HELLO, or
+/// the credentials of a super or cluster user; anything else is refused (401 before the
+/// upgrade, close after a HELLO the certificate does not name), and refusals are logged.
+#[test]
+fn secure_port_admits_node_certificates_and_cluster_credentials_only() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &[], None);
+    for body in [
+        json!({"operation": "add_role", "role": "replicator", "permission": {"cluster_user": true}}),
+        json!({"operation": "add_role", "role": "reader", "permission": {"super_user": false,
+            "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}}),
+        json!({"operation": "add_user", "username": "peer", "password": "peer-pass", "role": "replicator", "active": true}),
+        json!({"operation": "add_user", "username": "viewer", "password": "viewer-pass", "role": "reader", "active": true}),
+    ] {
+        let (status, reply) = op(&a, body.clone());
+        assert_eq!(status, 200, "{body}: {reply}");
+    }
+    let node_x = root_with_keys("node-x", "127.0.0.9");
+    let foreign = tempfile::tempdir().expect("foreign");
+    {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let other_ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("other CA");
+        write_keys(
+            foreign.path(),
+            "node-x",
+            "127.0.0.9",
+            &other_ca.pem(),
+            &other_ca,
+        );
+    }
+    type Case<'a> = (&'a str, Option<&'a Path>, Option<String>, &'a str, Answer);
+    let cases: Vec<Case> = vec![
+        (
+            "certificate naming the node",
+            Some(node_x.path()),
+            None,
+            "node-x",
+            Answer::Hello("node-a".into()),
+        ),
+        (
+            "certificate naming another node",
+            Some(node_x.path()),
+            None,
+            "node-y",
+            Answer::Closed,
+        ),
+        (
+            "certificate from another CA",
+            Some(foreign.path()),
+            None,
+            "node-x",
+            Answer::NoTls,
+        ),
+        ("nothing", None, None, "node-x", Answer::Refused(401)),
+        (
+            "super user",
+            None,
+            Some(basic(common::ADMIN_USER, common::ADMIN_PASSWORD)),
+            "node-z",
+            Answer::Hello("node-a".into()),
+        ),
+        (
+            "cluster user",
+            None,
+            Some(basic("peer", "peer-pass")),
+            "node-z",
+            Answer::Hello("node-a".into()),
+        ),
+        (
+            "wrong password",
+            None,
+            Some(basic("peer", "nope")),
+            "node-z",
+            Answer::Refused(401),
+        ),
+        (
+            "user without cluster_user",
+            None,
+            Some(basic("viewer", "viewer-pass")),
+            "node-z",
+            Answer::Refused(401),
+        ),
+    ];
+    for (what, identity, authorization, hello, expected) in cases {
+        assert_eq!(
+            dial(port, identity, authorization.as_deref(), hello),
+            expected,
+            "{what}"
+        );
+    }
+    // The log is written by its own thread: wait for the lines.
+    let log =
+        || std::fs::read_to_string(a.server.root.path().join("log/hdb.log")).unwrap_or_default();
+    for needle in [
+        "wrong password for user \"peer\"",
+        "user \"viewer\" is neither super_user nor cluster_user",
+        "no client certificate and no credentials",
+        "HELLO names \"node-y\"",
+    ] {
+        wait_until(
+            &format!("{needle:?} in the log"),
+            Duration::from_secs(5),
+            || log().contains(needle),
+        );
+    }
+}
+
+/// Cuts every replication packet to and from one loopback address on the replication port
+/// (iptables DROP in INPUT, where loopback traffic arrives); the rules go away on drop, even
+/// when the test fails.
+struct Cut {
+    rules: Vec<Vec<String>>,
+}
+
+impl Cut {
+    fn new(ip: &str, port: u16) -> Cut {
+        let port = port.to_string();
+        let tag = format!("tidepool-replication-test-{}", std::process::id());
+        let mut cut = Cut { rules: Vec::new() };
+        for (side, port_side) in [
+            ("-s", "--dport"),
+            ("-s", "--sport"),
+            ("-d", "--dport"),
+            ("-d", "--sport"),
+        ] {
+            let rule: Vec<String> = [
+                "INPUT",
+                "-p",
+                "tcp",
+                side,
+                ip,
+                port_side,
+                &port,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let status = std::process::Command::new("iptables")
+                .arg("-I")
+                .args(&rule)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "iptables is needed for the partition test (apt-get install iptables): {e}"
+                    )
+                });
+            assert!(
+                status.success(),
+                "iptables -I {rule:?} failed (root needed)"
+            );
+            cut.rules.push(rule);
+        }
+        cut
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for rule in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(&rule)
+                .status();
+        }
+    }
+}
+
+/// Done-when 5: C is cut off from A and B; both sides keep taking writes (each acknowledged),
+/// neither side sees the other's meanwhile; after the cut heals every node holds every
+/// acknowledged write, and a key written on both sides holds the later write everywhere.
+#[test]
+fn a_partition_heals_without_losing_acknowledged_writes() {
+    let app = app();
+    let port = free_port();
+    let a = start(
+        &app,
+        "node-a",
+        "127.0.0.1",
+        port,
+        &["127.0.0.2", "127.0.0.3"],
+        None,
+    );
+    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
+    let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    wait_mesh(&[&a, &b, &c]);
+    put(&a, "/Dog/pre", json!({"name": "before the cut"}));
+    wait_until("pre everywhere", Duration::from_secs(10), || {
+        [&a, &b, &c].iter().all(|n| dog_name(n, "pre").is_some())
+    });
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    {
+        let _cut = Cut::new("127.0.0.3", port);
+        for i in 0..60 {
+            let (node, side) = match i % 3 {
+                0 => (&a, "a"),
+                1 => (&b, "b"),
+                _ => (&c, "c"),
+            };
+            let id = format!("{side}{i}");
+            put(
+                node,
+                &format!("/Dog/{id}"),
+                json!({"name": format!("v{i}")}),
+            );
+            expected.insert(id, format!("v{i}"));
+        }
+        put(&a, "/Dog/both", json!({"name": "from a"}));
+        std::thread::sleep(Duration::from_millis(20));
+        put(&c, "/Dog/both", json!({"name": "from c"}));
+        expected.insert("both".into(), "from c".into());
+        // A and B still replicate to each other; nothing crosses the cut.
+        wait_until("B has A's writes", Duration::from_secs(10), || {
+            dog_name(&b, "a57").is_some()
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(dog_name(&c, "a57"), None, "the cut let A's write through");
+        assert_eq!(dog_name(&a, "c59"), None, "the cut let C's write through");
+        assert_eq!(dog_name(&c, "both").as_deref(), Some("from c"));
+        assert_eq!(dog_name(&a, "both").as_deref(), Some("from a"));
+    }
+    let missing = || -> Vec<String> {
+        let mut out = Vec::new();
+        for n in [&a, &b, &c] {
+            for (id, v) in &expected {
+                if dog_name(n, id).as_deref() != Some(v.as_str()) {
+                    out.push(format!("{} {id}", n.name));
+                }
+            }
+        }
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = missing();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged 90 s after the cut healed: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = checksum(&a);
+    assert_eq!(checksum(&b), first);
+    assert_eq!(checksum(&c), first);
+}
+
+/// `add_node` with `start_time`: the new node streams from then on, with no copy of older data.
+#[test]
+fn add_node_with_start_time_streams_only_newer_data() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &[], None);
+    put(&a, "/Dog/old", json!({"name": "before start_time"}));
+    std::thread::sleep(Duration::from_millis(50));
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    std::thread::sleep(Duration::from_millis(50));
+    put(&a, "/Dog/new", json!({"name": "after start_time"}));
+    let e = start(&app, "node-e", "127.0.0.2", port, &[], None);
+    let (status, reply) = op(
+        &e,
+        json!({"operation": "add_node", "hostname": "127.0.0.1", "port": port, "start_time": start_ms}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    wait_until("the newer write on E", Duration::from_secs(20), || {
+        dog_name(&e, "new").is_some()
+    });
+    put(&a, "/Dog/live", json!({"name": "live"}));
+    wait_until("a live write on E", Duration::from_secs(10), || {
+        dog_name(&e, "live").is_some()
+    });
+    assert_eq!(
+        dog_name(&e, "old"),
+        None,
+        "data older than start_time was copied"
+    );
+}
+
+/// A `transaction` over two tables on A is applied on B as one: a reader on B that sees either
+/// record of a transaction always finds the other too (records are only added, so reading the
+/// second after the first is enough).
+#[test]
+fn a_two_table_transaction_is_never_half_visible_on_a_peer() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2"], None);
+    let b = start(&app, "node-b", "127.0.0.2", port, &[], None);
+    wait_mesh(&[&a, &b]);
+    const TRANSACTIONS: usize = 150;
+    std::thread::scope(|s| {
+        let ops_url = a.server.ops_url();
+        let writer = s.spawn(move || {
+            for i in 0..TRANSACTIONS {
+                let (status, reply) = op_at(
+                    &ops_url,
+                    json!({"operation": "transaction", "database": "data", "operations": [
+                        {"operation": "upsert", "table": "Dog", "records": [{"id": format!("tx{i}"), "n": i}]},
+                        {"operation": "upsert", "table": "Cat", "records": [{"id": format!("tx{i}"), "name": format!("c{i}")}]},
+                    ]}),
+                );
+                assert_eq!(status, 200, "{reply}");
+            }
+        });
+        let present = |table: &str, id: &str| get(&b, &format!("/{table}/{id}")).is_some();
+        for i in 0..TRANSACTIONS {
+            let id = format!("tx{i}");
+            // Alternate which table is looked at first.
+            let (first, second) = if i % 2 == 0 {
+                ("Dog", "Cat")
+            } else {
+                ("Cat", "Dog")
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !present(first, &id) {
+                assert!(Instant::now() < deadline, "{first}/{id} never reached B");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                present(second, &id),
+                "B showed {first}/{id} without {second}/{id}: the transaction was split"
+            );
+        }
+        writer.join().expect("writer");
+    });
 }

@@ -17,8 +17,9 @@
 //! are skipped; every commit above it was not yet visible and will arrive through the inbox.
 //!
 //! This module never parses protocol bytes and never writes: it reads the store only to build
-//! initial state. Permissions are the resource layer's job (not yet enforced: every caller is a
-//! super user until authentication lands).
+//! initial state. Whether a caller may subscribe is the resource layer's decision, made before
+//! `subscribe`; a sink made with [`Sink::restricted`] receives every event (initial state
+//! included) trimmed to its attribute set, encoded once per (format, set) per event per core.
 
 mod event;
 mod sink;
@@ -37,7 +38,7 @@ use tidepool_io::{race, Either, Inbox, MeshSender, Shutdown};
 use crate::store::{Change, ChangeKind, Commit, Database, Publisher, StoreError, Table};
 use crate::value::{self, Value};
 
-pub use event::{id_text, Event, Format};
+pub use event::{id_text, Encoded, Event, Format, TRIMMED_VARIANTS_MAX};
 pub use sink::{Overflow, Ready, Sink, QUEUE_BYTES_MAX, QUEUE_EVENTS_MAX};
 pub use topic::{Filter, FilterError, Level, FILTER_BYTES_MAX, LEVELS_MAX};
 

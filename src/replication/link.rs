@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError};
 use tidepool_io::OneshotReceiver;
 
 use super::message::{self, object};
+use super::transport::{Conn, Duplex};
 use super::ws::{self, Incoming, WsError};
 use super::{block_on, now, poll_once, table_replicates, Replication, Target};
 use crate::schema::{AttributeDef, FieldType, TableDef};
@@ -78,9 +78,9 @@ impl From<std::io::Error> for LinkError {
     }
 }
 
-/// The sending half, shared by the control loop and the senders.
+/// The sending half, shared by the control loop, the senders and the manager (for `BYE`).
 pub struct Out {
-    stream: Mutex<TcpStream>,
+    stream: Mutex<Box<dyn Write + Send>>,
     masked: bool,
 }
 
@@ -97,26 +97,102 @@ impl Out {
         s.write_all(&frame)?;
         Ok(())
     }
+
+    /// A close frame with `code` (1008: policy violation), before the link ends.
+    fn close(&self, code: u16) {
+        let _ = self.frame(ws::OP_CLOSE, &code.to_be_bytes());
+    }
 }
 
-/// Runs a link on this thread until it ends. `dialled` is the target when we dialled.
+/// How an incoming link came in, for the checks after `HELLO`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Accepted {
+    /// The plain port: the peer's IP was trusted at accept.
+    Plain,
+    /// The secure port (TLS).
+    Secure,
+}
+
+/// What identified the peer on an accepted secure link before `HELLO`.
+enum Identity {
+    /// Dialled by us, or the plain port.
+    NotNeeded,
+    /// Credentials of a super or cluster user on the upgrade.
+    User(String),
+    /// Only a verified certificate: its name must match `HELLO`.
+    Certificate(tidepool_io::rustls::pki_types::CertificateDer<'static>),
+}
+
+/// Runs a link on this thread until it ends. `dialled` is the target when we dialled;
+/// `accepted` says on which listener it came in otherwise.
 pub fn run(
     repl: &Arc<Replication>,
-    mut stream: TcpStream,
+    conn: Conn,
     dialled: Option<&Target>,
+    accepted: Accepted,
 ) -> Result<(), LinkError> {
-    let _ = stream.set_nodelay(true);
-    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    let Conn {
+        mut reader,
+        mut writer,
+        socket,
+        peer_certificate,
+    } = conn;
+    let _ = socket.set_nodelay(true);
+    socket.set_read_timeout(Some(HELLO_TIMEOUT))?;
     // A peer that stops reading fails our writes instead of wedging the link.
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    match dialled {
-        Some(t) => ws::client_handshake(&mut stream, &t.address(), None)?,
-        None => {
-            ws::server_handshake(&mut stream)?;
+    socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let identity = match dialled {
+        Some(t) => {
+            let mut duplex = Duplex {
+                r: &mut *reader,
+                w: &mut *writer,
+            };
+            ws::client_handshake(&mut duplex, &t.address(), t.authorization.as_deref())?;
+            Identity::NotNeeded
         }
-    }
+        None => {
+            let mut duplex = Duplex {
+                r: &mut *reader,
+                w: &mut *writer,
+            };
+            let mut identity = Identity::NotNeeded;
+            let peer_ip = socket.peer_addr().map(|a| a.ip().to_string());
+            let peer_ip = peer_ip.unwrap_or_default();
+            ws::server_handshake(&mut duplex, |upgrade| {
+                if accepted == Accepted::Plain {
+                    return Ok(());
+                }
+                if let Some(header) = upgrade.authorization.as_deref() {
+                    return match super::auth::authorize(&repl.store, header) {
+                        Ok(user) => {
+                            identity = Identity::User(user);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            tracing::warn!("replication: refused link from {peer_ip}: {e}");
+                            Err(401)
+                        }
+                    };
+                }
+                match &peer_certificate {
+                    Some(c) => {
+                        identity = Identity::Certificate(c.clone());
+                        Ok(())
+                    }
+                    None => {
+                        tracing::warn!(
+                            "replication: refused link from {peer_ip}: no client certificate \
+                             and no credentials"
+                        );
+                        Err(401)
+                    }
+                }
+            })?;
+            identity
+        }
+    };
     let out = Arc::new(Out {
-        stream: Mutex::new(stream.try_clone()?),
+        stream: Mutex::new(writer),
         masked: dialled.is_some(),
     });
     let me = repl.node_name().to_string();
@@ -138,7 +214,7 @@ pub fn run(
         ..DecodeLimits::default()
     };
     let hello = loop {
-        match ws::read_message(&mut stream, MESSAGE_BYTES_MAX)? {
+        match ws::read_message(&mut reader, MESSAGE_BYTES_MAX)? {
             Incoming::Binary(frame) => {
                 let (kind, body) = message::decode(&frame, &limits).map_err(LinkError::Protocol)?;
                 if kind == "HELLO" {
@@ -152,7 +228,7 @@ pub fn run(
             _ => {}
         }
     };
-    stream.set_read_timeout(None)?;
+    socket.set_read_timeout(None)?;
     if message::as_u64(hello.get("protocol")) != Some(message::PROTOCOL as u64) {
         let _ = out.send(
             "BYE",
@@ -168,6 +244,35 @@ pub fn run(
     if peer == me {
         return Err(LinkError::Closed("connected to ourselves".into()));
     }
+    match &identity {
+        Identity::Certificate(c) if !super::auth::certificate_names(c, &peer) => {
+            tracing::warn!(
+                "replication: refused link: HELLO names {peer:?} but the client certificate does not"
+            );
+            out.close(1008);
+            return Err(LinkError::Closed(
+                "certificate does not name the node".into(),
+            ));
+        }
+        Identity::User(user) => {
+            tracing::debug!("replication: link from {peer} authorized as user {user}")
+        }
+        _ => {}
+    }
+    if dialled.is_some() && repl.is_removed(&peer) {
+        // We dial only nodes added since (gossip never re-adds a removed one): a new
+        // `add_node` by address lets the node back in.
+        repl.unmark_removed(&peer);
+    }
+    if repl.is_removed(&peer) {
+        tracing::info!("replication: refused link from removed node {peer}");
+        let _ = out.send(
+            "BYE",
+            object(vec![("reason", Value::String("removed".into()))]),
+        );
+        out.close(1008);
+        return Err(LinkError::Closed(format!("{peer} was removed")));
+    }
     let peer_url = hello
         .get("url")
         .and_then(Value::as_str)
@@ -178,7 +283,7 @@ pub fn run(
     }
     let dialer = if dialled.is_some() { &me } else { &peer };
     let stop = Arc::new(AtomicBool::new(false));
-    let Some(link_id) = repl.register(&peer, dialer, &stream, stop.clone()) else {
+    let Some(link_id) = repl.register(&peer, dialer, &socket, out.clone(), stop.clone()) else {
         let _ = out.send(
             "BYE",
             object(vec![("reason", Value::String("duplicate".into()))]),
@@ -221,7 +326,6 @@ pub fn run(
     };
     // The reader thread hands whole messages over; it ends when the socket does.
     let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
-    let mut reader = stream.try_clone()?;
     let reader_stop = stop.clone();
     let _ = std::thread::Builder::new()
         .name(format!("repl-read-{peer}"))
@@ -243,7 +347,7 @@ pub fn run(
             repl.release_snapshot(db);
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = socket.shutdown(std::net::Shutdown::Both);
     repl.unregister(&peer, link_id);
     tracing::info!("replication: link with {peer} closed");
     result
@@ -455,24 +559,26 @@ impl Control {
                 let reason = body.get("reason").and_then(Value::as_str).unwrap_or("");
                 if reason == "removed" {
                     tracing::warn!("replication: {} removed this node", self.peer);
+                    self.repl.removed_by(&self.peer);
                 }
                 return Err(LinkError::Closed(format!("BYE {reason}")));
             }
             "NODES" => {
-                let announced: Vec<(String, String)> = match &body {
-                    Value::Array(items) => items
-                        .iter()
-                        .filter(|n| !matches!(n.get("removed"), Some(Value::Bool(true))))
-                        .filter_map(|n| {
-                            Some((
-                                n.get("name")?.as_str()?.to_string(),
-                                n.get("url")?.as_str()?.to_string(),
-                            ))
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                self.repl.learn_nodes(&announced);
+                let mut announced: Vec<(String, String)> = Vec::new();
+                let mut removed: Vec<String> = Vec::new();
+                if let Value::Array(items) = &body {
+                    for n in items {
+                        let Some(name) = n.get("name").and_then(Value::as_str) else {
+                            continue;
+                        };
+                        if matches!(n.get("removed"), Some(Value::Bool(true))) {
+                            removed.push(name.to_string());
+                        } else if let Some(url) = n.get("url").and_then(Value::as_str) {
+                            announced.push((name.to_string(), url.to_string()));
+                        }
+                    }
+                }
+                self.repl.learn_nodes(&announced, &removed);
             }
             // Unknown types are ignored (SPEC §7.4).
             _ => {}
@@ -689,25 +795,7 @@ impl Control {
     }
 
     fn send_nodes(&self) {
-        let mut list = vec![object(vec![
-            ("name", Value::String(self.me.clone())),
-            ("url", Value::String(self.repl.settings.url.clone())),
-        ])];
-        let status = self.repl.status.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, name, target) in self.repl.nodes() {
-            let name = name.unwrap_or(key);
-            let url = status
-                .get(&name)
-                .map(|s| s.url.clone())
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| target.url());
-            list.push(object(vec![
-                ("name", Value::String(name)),
-                ("url", Value::String(url)),
-            ]));
-        }
-        drop(status);
-        let _ = self.out.send("NODES", Value::Array(list));
+        let _ = self.out.send("NODES", self.repl.nodes_message());
     }
 
     /// `SCHEMA`: creates the tables we lack (as ops-created tables); our own definitions win.
@@ -742,7 +830,7 @@ impl Control {
 
 /// A table definition from a `SCHEMA` entry `{name, primaryKey, attributes, replicate,
 /// expiration}`.
-fn table_def(db: &str, name: &str, t: &Value) -> TableDef {
+pub(crate) fn table_def(db: &str, name: &str, t: &Value) -> TableDef {
     let primary_key = t
         .get("primaryKey")
         .and_then(Value::as_str)
@@ -865,6 +953,75 @@ impl Sender {
         )
     }
 
+    /// One consistent read sent whole: every replicated table with its tombstones, then
+    /// `SNAPSHOT_END` with the cursors as of that read. Returns those cursors and the log
+    /// position the live stream continues from, or None when the link stopped meanwhile.
+    #[allow(clippy::type_complexity)]
+    fn snapshot(
+        &self,
+        tables: &[Arc<crate::store::Table>],
+    ) -> Result<Option<(HashMap<String, u64>, Option<f64>)>, LinkError> {
+        let database = self.db.name.to_string();
+        let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
+        // One consistent read: every replicated table, its tombstones, and the cursors and
+        // log position that go with it.
+        let (chunks, cursors, last) = {
+            let r = self.db.read().map_err(storage)?;
+            let mut chunks: Vec<(String, Vec<Value>)> = Vec::new();
+            for t in tables {
+                let rows: Vec<Value> = r
+                    .raw_records(t)
+                    .map_err(storage)?
+                    .into_iter()
+                    .map(|raw| {
+                        let origin = if raw.header.origin == crate::store::node_id_of(&self.me) {
+                            Some(self.me.clone())
+                        } else {
+                            r.node_name(raw.header.origin).ok().flatten()
+                        };
+                        message::snapshot_row(&SnapshotRecord {
+                            table: t.name.to_string(),
+                            key: raw.key,
+                            version: raw.header.version,
+                            origin: origin.unwrap_or_else(|| self.me.clone()),
+                            value: raw.value,
+                            expires_at: raw.header.expires_at,
+                        })
+                    })
+                    .collect();
+                for chunk in rows.chunks(SNAPSHOT_CHUNK) {
+                    chunks.push((t.name.to_string(), chunk.to_vec()));
+                }
+            }
+            (
+                chunks,
+                r.cursors().map_err(storage)?,
+                r.audit_last().map_err(storage)?,
+            )
+        };
+        for (table, rows) in chunks {
+            if self.stopped() {
+                return Ok(None);
+            }
+            self.out.send(
+                "SNAPSHOT",
+                object(vec![
+                    ("database", Value::String(database.clone())),
+                    ("table", Value::String(table)),
+                    ("records", Value::Array(rows)),
+                ]),
+            )?;
+        }
+        self.out.send(
+            "SNAPSHOT_END",
+            object(vec![
+                ("database", Value::String(database.clone())),
+                ("cursors", message::cursors_value(&cursors)),
+            ]),
+        )?;
+        Ok(Some((cursors.into_iter().collect(), last)))
+    }
+
     fn run(self, req: SubscribeRequest) -> Result<(), LinkError> {
         let database = self.db.name.to_string();
         let tables = self.replicated_tables();
@@ -879,65 +1036,13 @@ impl Sender {
         let mut after: Option<f64>;
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         if req.snapshot {
-            // One consistent read: every replicated table, its tombstones, and the cursors and
-            // log position that go with it.
-            let (chunks, cursors, last) = {
-                let r = self.db.read().map_err(storage)?;
-                let mut chunks: Vec<(String, Vec<Value>)> = Vec::new();
-                for t in &tables {
-                    let rows: Vec<Value> = r
-                        .raw_records(t)
-                        .map_err(storage)?
-                        .into_iter()
-                        .map(|raw| {
-                            let origin = if raw.header.origin == crate::store::node_id_of(&self.me)
-                            {
-                                Some(self.me.clone())
-                            } else {
-                                r.node_name(raw.header.origin).ok().flatten()
-                            };
-                            message::snapshot_row(&SnapshotRecord {
-                                table: t.name.to_string(),
-                                key: raw.key,
-                                version: raw.header.version,
-                                origin: origin.unwrap_or_else(|| self.me.clone()),
-                                value: raw.value,
-                                expires_at: raw.header.expires_at,
-                            })
-                        })
-                        .collect();
-                    for chunk in rows.chunks(SNAPSHOT_CHUNK) {
-                        chunks.push((t.name.to_string(), chunk.to_vec()));
-                    }
+            match self.snapshot(&tables)? {
+                Some((cursors, last)) => {
+                    sent = cursors;
+                    after = last;
                 }
-                (
-                    chunks,
-                    r.cursors().map_err(storage)?,
-                    r.audit_last().map_err(storage)?,
-                )
-            };
-            for (table, rows) in chunks {
-                if self.stopped() {
-                    return Ok(());
-                }
-                self.out.send(
-                    "SNAPSHOT",
-                    object(vec![
-                        ("database", Value::String(database.clone())),
-                        ("table", Value::String(table)),
-                        ("records", Value::Array(rows)),
-                    ]),
-                )?;
+                None => return Ok(()),
             }
-            self.out.send(
-                "SNAPSHOT_END",
-                object(vec![
-                    ("database", Value::String(database.clone())),
-                    ("cursors", message::cursors_value(&cursors)),
-                ]),
-            )?;
-            sent = cursors.into_iter().collect();
-            after = last;
         } else if let Some(t) = req.start_time {
             // From the first transaction at or after `t`, per origin; the cursors go first so
             // the receiver takes each origin's first seq as the next one.
@@ -977,25 +1082,44 @@ impl Sender {
             let mut origins: Vec<String> = vec![self.me.clone()];
             origins.extend(req.relay.iter().cloned());
             let mut start: Option<f64> = None;
+            let mut log_gap = false;
             for origin in &origins {
                 let have = sent.get(origin).copied().unwrap_or(0);
                 match r.audit_position(origin, have + 1).map_err(storage)? {
                     Some(p) => start = Some(start.map_or(p, |s: f64| s.min(p))),
-                    None => {
-                        if r.cursor(origin).map_err(storage)? > have {
-                            tracing::warn!(
-                                "replication: the log of {database} no longer reaches {origin} {} for {}",
-                                have + 1,
-                                self.peer
-                            );
-                        }
+                    None if r.cursor(origin).map_err(storage)? > have => {
+                        tracing::info!(
+                            "replication: the log of {database} no longer reaches {origin} {} for {}; sending a delta snapshot",
+                            have + 1,
+                            self.peer
+                        );
+                        log_gap = true;
                     }
+                    None => {}
                 }
             }
-            after = match start {
-                Some(p) => Some(f64::from_bits(p.to_bits().saturating_sub(1))),
-                None => r.audit_last().map_err(storage)?,
-            };
+            drop(r);
+            if log_gap {
+                // SPEC §7.5: records and tombstones written after the cursor's transaction. Its
+                // time went with the log, so every record goes; the receiver keeps what it has
+                // that is newer (LWW), and the fresh cursors end the gap.
+                match self.snapshot(&tables)? {
+                    Some((cursors, last)) => {
+                        sent = cursors;
+                        after = last;
+                    }
+                    None => return Ok(()),
+                }
+            } else {
+                after = match start {
+                    Some(p) => Some(f64::from_bits(p.to_bits().saturating_sub(1))),
+                    None => self
+                        .db
+                        .read()
+                        .and_then(|r| r.audit_last())
+                        .map_err(storage)?,
+                };
+            }
         }
         // Live: our log in commit order, from `after`.
         while !self.stopped() {

@@ -15,8 +15,10 @@
 //! What it never does: parse client requests, hold a write transaction, or replicate `drop_*`,
 //! expiry removal or system tables other than `hdb_user`/`hdb_role`.
 
+pub mod auth;
 pub mod link;
 pub mod message;
+pub mod transport;
 pub mod ws;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -65,6 +67,13 @@ pub struct Target {
     pub port: u16,
     /// `startTime` (ms since the epoch): stream from then on instead of from cursors.
     pub start_time: Option<f64>,
+    /// `wss://` (true) or `ws://` (false); None = this node's default (TLS when the secure
+    /// port is on).
+    pub tls: Option<bool>,
+    /// `verify_tls: false` accepts any certificate from the peer (SPEC §7.3).
+    pub verify_tls: bool,
+    /// Sent as `Authorization` on the upgrade (`Basic …`), for peers that do not trust our CA.
+    pub authorization: Option<String>,
 }
 
 impl Target {
@@ -72,8 +81,24 @@ impl Target {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// The address with its scheme when one was given: `wss://h:p`, `ws://h:p`, or `h:p`
+    /// (which dials with the node's default).
     pub fn url(&self) -> String {
-        format!("ws://{}:{}", self.host, self.port)
+        match self.tls {
+            Some(true) => format!("wss://{}:{}", self.host, self.port),
+            Some(false) => format!("ws://{}:{}", self.host, self.port),
+            None => self.address(),
+        }
+    }
+
+    /// The URL as this node dials it.
+    pub fn resolved_url(&self, tls_default: bool) -> String {
+        let scheme = if self.tls.unwrap_or(tls_default) {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 
     /// A route or node address: `host`, `host:port`, `ws://host:port`, `wss://host:port`, or
@@ -94,18 +119,29 @@ impl Target {
                     .get("startTime")
                     .or_else(|| o.get("start_time"))
                     .and_then(parse_time);
-                Self::parse_str(host, port, start)
+                let mut target = Self::parse_str(host, port, start)?;
+                if let Some(Value::Bool(verify)) =
+                    o.get("verify_tls").or_else(|| o.get("verifyTls"))
+                {
+                    target.verify_tls = *verify;
+                }
+                target.authorization = authorization_of(o.get("authorization"));
+                Some(target)
             }
             _ => None,
         }
     }
 
     fn parse_str(s: &str, port_default: u16, start_time: Option<f64>) -> Option<Target> {
-        let rest = s
-            .trim()
-            .trim_start_matches("wss://")
-            .trim_start_matches("ws://")
-            .trim_end_matches('/');
+        let s = s.trim();
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("wss://") {
+            (Some(true), rest)
+        } else if let Some(rest) = s.strip_prefix("ws://") {
+            (Some(false), rest)
+        } else {
+            (None, s)
+        };
+        let rest = rest.trim_end_matches('/');
         if rest.is_empty() {
             return None;
         }
@@ -119,7 +155,27 @@ impl Target {
             host,
             port,
             start_time,
+            tls,
+            verify_tls: true,
+            authorization: None,
         })
+    }
+}
+
+/// `authorization`: a header value (`Basic …`) or `{username, password}`.
+fn authorization_of(v: Option<&Value>) -> Option<String> {
+    use base64::Engine;
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => {
+            let user = o.get("username")?.as_str()?;
+            let password = o.get("password")?.as_str()?;
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -141,6 +197,10 @@ pub struct Settings {
     pub url: String,
     /// `replication.port`: the plain listener.
     pub listen: Option<SocketAddr>,
+    /// `replication.securePort`: the TLS listener.
+    pub secure_listen: Option<SocketAddr>,
+    /// Addresses without a scheme are dialled over TLS (the secure port is on).
+    pub tls_default: bool,
     pub routes: Vec<Target>,
     pub databases: Databases,
     /// Replication is on (SPEC §7.2): hostname, url or routes configured (or known nodes).
@@ -157,12 +217,19 @@ impl Settings {
                 .map(|a| a.0),
             None => None,
         };
-        let secure_port = get("replication.securePort")
-            .and_then(Yaml::as_u64)
-            .and_then(|p| u16::try_from(p).ok());
-        // Links speak plain WebSocket only so far (no TLS on securePort yet), so routes default
-        // to the plain port whenever one is set.
-        let port_default = listen.map(|a| a.port()).or(secure_port).unwrap_or(9933);
+        let secure_listen = match get("replication.securePort") {
+            Some(v) => ListenAddr::parse("replication.securePort", v)
+                .map_err(|e| e.to_string())?
+                .map(|a| a.0),
+            None => None,
+        };
+        // Routes default to `wss://host:<securePort>`, or to the plain port when only that one
+        // is on (SPEC §7.2).
+        let tls_default = secure_listen.is_some() || listen.is_none();
+        let port_default = match (secure_listen, listen) {
+            (Some(a), _) | (None, Some(a)) => a.port(),
+            (None, None) => 9933,
+        };
         let routes: Vec<Target> = match get("replication.routes") {
             Some(Yaml::Sequence(items)) => items
                 .iter()
@@ -188,15 +255,23 @@ impl Settings {
         let url = get("replication.url").and_then(|v| v.as_str().map(str::to_string));
         let configured =
             get("replication.hostname").is_some() || url.is_some() || !routes.is_empty();
-        let url = url.unwrap_or_else(|| match listen {
-            Some(a) if !a.ip().is_unspecified() => format!("ws://{a}"),
-            Some(a) => format!("ws://{}:{}", config.node_name, a.port()),
-            None => format!("wss://{}:{port_default}", config.node_name),
+        let url = url.unwrap_or_else(|| {
+            let (scheme, addr) = match (secure_listen, listen) {
+                (Some(a), _) => ("wss", Some(a)),
+                (None, Some(a)) => ("ws", Some(a)),
+                (None, None) => ("wss", None),
+            };
+            match addr {
+                Some(a) if !a.ip().is_unspecified() => format!("{scheme}://{a}"),
+                _ => format!("{scheme}://{}:{port_default}", config.node_name),
+            }
         });
         Ok(Settings {
             node_name: config.node_name.clone(),
             url,
             listen,
+            secure_listen,
+            tls_default,
             routes,
             databases,
             configured,
@@ -235,6 +310,7 @@ pub struct LinkEntry {
     pub dialer: String,
     pub stop: Arc<AtomicBool>,
     socket: TcpStream,
+    out: Arc<link::Out>,
     pub thread: u64,
 }
 
@@ -253,6 +329,12 @@ pub struct Replication {
     links: Mutex<HashMap<String, LinkEntry>>,
     pub(crate) status: Mutex<HashMap<String, PeerStatus>>,
     snapshot_claims: Mutex<HashSet<String>>,
+    /// Names (and keys) of nodes `remove_node` removed: never dialled, their links refused,
+    /// until a new `add_node` (SPEC §7.7).
+    removed: Mutex<HashSet<String>>,
+    /// TLS for the secure listener and `wss://` dials; None when it could not be set up
+    /// without a secure port (then `wss://` dials fail and say why).
+    tls: Option<transport::LinkTls>,
     stopping: AtomicBool,
     next_link: AtomicU64,
 }
@@ -272,16 +354,25 @@ pub fn start(
     tree: &ConfigTree,
 ) -> Result<Option<Arc<Replication>>, String> {
     let settings = Settings::from_tree(tree, config)?;
-    let stored = stored_nodes(&store, settings.port_default);
+    let (stored, removed) = stored_nodes(&store, settings.port_default);
     if !settings.configured && stored.is_empty() {
         return Ok(None);
     }
-    let listener = match settings.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .map_err(|e| format!("replication port {addr}: cannot listen: {e}"))?,
-        ),
-        None => None,
+    let bind = |addr: Option<SocketAddr>, what: &str| match addr {
+        Some(addr) => TcpListener::bind(addr)
+            .map(Some)
+            .map_err(|e| format!("replication {what} {addr}: cannot listen: {e}")),
+        None => Ok(None),
+    };
+    let listener = bind(settings.listen, "port")?;
+    let secure_listener = bind(settings.secure_listen, "securePort")?;
+    let tls = match transport::LinkTls::load(config) {
+        Ok(tls) => Some(tls),
+        Err(e) if secure_listener.is_none() => {
+            tracing::warn!("replication: no TLS for wss:// links: {e}");
+            None
+        }
+        Err(e) => return Err(format!("replication securePort: {e}")),
     };
     let repl = Arc::new(Replication {
         settings,
@@ -290,19 +381,31 @@ pub fn start(
         links: Mutex::new(HashMap::new()),
         status: Mutex::new(HashMap::new()),
         snapshot_claims: Mutex::new(HashSet::new()),
+        removed: Mutex::new(removed),
+        tls,
         stopping: AtomicBool::new(false),
         next_link: AtomicU64::new(1),
     });
     if INSTANCE.set(repl.clone()).is_err() {
         return Err("replication started twice".into());
     }
-    if let Some(listener) = listener {
+    for (listener, kind) in [
+        (listener, link::Accepted::Plain),
+        (secure_listener, link::Accepted::Secure),
+    ] {
+        let Some(listener) = listener else {
+            continue;
+        };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(target: crate::logging::NOTIFY, "replication listening on {addr} (ws, subprotocol {})", ws::SUBPROTOCOL);
+        let scheme = match kind {
+            link::Accepted::Plain => "ws",
+            link::Accepted::Secure => "wss",
+        };
+        tracing::info!(target: crate::logging::NOTIFY, "replication listening on {addr} ({scheme}, subprotocol {})", ws::SUBPROTOCOL);
         let r = repl.clone();
         std::thread::Builder::new()
-            .name("repl-listen".into())
-            .spawn(move || r.accept_loop(listener))
+            .name(format!("repl-listen-{scheme}"))
+            .spawn(move || r.accept_loop(listener, kind))
             .map_err(|e| e.to_string())?;
     }
     for target in repl.settings.routes.clone() {
@@ -314,33 +417,36 @@ pub fn start(
     Ok(Some(repl))
 }
 
-/// `hdb_nodes` entries not marked removed: (name, target).
-fn stored_nodes(store: &Store, port_default: u16) -> Vec<(String, Target)> {
+/// `hdb_nodes`: the entries to dial (name, target), and the names marked removed.
+fn stored_nodes(store: &Store, port_default: u16) -> (Vec<(String, Target)>, HashSet<String>) {
+    let mut nodes = Vec::new();
+    let mut removed = HashSet::new();
     let Some(db) = store.database("system") else {
-        return Vec::new();
+        return (nodes, removed);
     };
     let Some(table) = db.table("hdb_nodes") else {
-        return Vec::new();
+        return (nodes, removed);
     };
     let Ok(txn) = db.read() else {
-        return Vec::new();
+        return (nodes, removed);
     };
     let Ok(records) = txn.raw_records(&table) else {
-        return Vec::new();
+        return (nodes, removed);
     };
-    records
-        .into_iter()
-        .filter_map(|r| {
-            let v = r.value?;
-            if matches!(v.get("removed"), Some(Value::Bool(true))) {
-                return None;
-            }
-            let name = v.get("name")?.as_str()?.to_string();
-            let url = v.get("url").cloned().unwrap_or(Value::String(name.clone()));
-            let target = Target::parse(&url, port_default)?;
-            Some((name, target))
-        })
-        .collect()
+    for v in records.into_iter().filter_map(|r| r.value) {
+        let Some(name) = v.get("name").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        if matches!(v.get("removed"), Some(Value::Bool(true))) {
+            removed.insert(name);
+            continue;
+        }
+        let url = v.get("url").cloned().unwrap_or(Value::String(name.clone()));
+        if let Some(target) = Target::parse(&url, port_default) {
+            nodes.push((name, target));
+        }
+    }
+    (nodes, removed)
 }
 
 /// Blocks a plain thread on a future (a writer reply), parking between polls.
@@ -412,8 +518,14 @@ impl Replication {
 
     /// Adds (or replaces) a node under `key` and starts dialling it.
     pub fn add_target(self: &Arc<Self>, key: String, target: Target, from_route: bool) {
-        if target.address() == self.own_address() {
+        if self.own_addresses().contains(&target.address()) {
             return;
+        }
+        {
+            // An explicit add undoes a removal (gossip never gets here for removed nodes).
+            let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+            removed.remove(&key);
+            removed.remove(&target.host);
         }
         let stop = Arc::new(AtomicBool::new(false));
         {
@@ -444,16 +556,56 @@ impl Replication {
             .spawn(move || r.dial_loop(target, stop));
     }
 
-    fn own_address(&self) -> String {
-        match self.settings.listen {
-            Some(a) if !a.ip().is_unspecified() => a.to_string(),
-            _ => String::new(),
-        }
+    fn own_addresses(&self) -> Vec<String> {
+        [self.settings.listen, self.settings.secure_listen]
+            .into_iter()
+            .flatten()
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| a.to_string())
+            .collect()
     }
 
-    /// Stops dialling the node `key` (a name, a host or an address) and closes its link with
-    /// `BYE`. Returns whether it was known.
+    /// Whether `name` was removed from the cluster (by `remove_node` here or by gossip).
+    pub fn is_removed(&self, name: &str) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+
+    /// `remove_node` (SPEC §7.7): stops dialling the node `key` (a name, a host or an
+    /// address), closes its link with `BYE removed`, marks it removed (kept in `hdb_nodes`, so
+    /// it is neither dialled nor let in, nor rediscovered by gossip) and tells every peer.
+    /// Returns whether it was known. A plain thread only: it waits for the commit.
     pub fn remove_node(&self, key: &str) -> bool {
+        let already = self.is_removed(key);
+        let mut names = vec![key.to_string()];
+        names.extend(
+            self.nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|n| n.key == key || n.target.address() == key || n.target.host == key)
+                .filter_map(|n| n.name.clone()),
+        );
+        let known = self.drop_node(key, "removed");
+        if !known && !already {
+            return false;
+        }
+        {
+            let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+            removed.extend(names.iter().cloned());
+        }
+        for name in &names {
+            self.mark_removed(name);
+        }
+        self.broadcast_nodes();
+        known || already
+    }
+
+    /// Stops dialling `key` and closes its link with `BYE <reason>`, without marking it (a
+    /// route gone from the configuration, or a peer that removed us).
+    pub fn drop_node(&self, key: &str, reason: &str) -> bool {
         let removed: Vec<Node> = {
             let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
             let (gone, kept): (Vec<Node>, Vec<Node>) = nodes.drain(..).partition(|n| {
@@ -472,10 +624,10 @@ impl Replication {
                 .into_iter()
                 .flatten()
             {
-                self.close_link(name, "removed");
+                self.close_link(name, reason);
             }
         }
-        let peer_known = self.close_link(key, "removed");
+        let peer_known = self.close_link(key, reason);
         !removed.is_empty() || peer_known
     }
 
@@ -492,24 +644,68 @@ impl Replication {
         match entry {
             Some(e) => {
                 e.stop.store(true, Ordering::Release);
-                let mut s = &e.socket;
-                let mut frame = Vec::new();
-                let masked = e.dialer == self.settings.node_name;
-                ws::encode_frame(
-                    ws::OP_BINARY,
-                    &message::encode(
-                        "BYE",
-                        message::object(vec![("reason", Value::String(reason.into()))]),
-                    ),
-                    masked,
-                    &mut frame,
+                let _ = e.out.send(
+                    "BYE",
+                    message::object(vec![("reason", Value::String(reason.into()))]),
                 );
-                let _ = std::io::Write::write_all(&mut s, &frame);
                 let _ = e.socket.shutdown(std::net::Shutdown::Both);
                 true
             }
             None => false,
         }
+    }
+
+    /// Sends our node list (`NODES`, removed marks included) on every link: after a change.
+    pub fn broadcast_nodes(&self) {
+        let list = self.nodes_message();
+        let outs: Vec<Arc<link::Out>> = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|l| l.out.clone())
+            .collect();
+        for out in outs {
+            let _ = out.send("NODES", list.clone());
+        }
+    }
+
+    /// `NODES` (SPEC §7.4): us, every node we know, and the removed ones marked.
+    pub fn nodes_message(&self) -> Value {
+        let mut list = vec![message::object(vec![
+            ("name", Value::String(self.settings.node_name.clone())),
+            ("url", Value::String(self.settings.url.clone())),
+        ])];
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, name, target) in self.nodes() {
+            let name = name.unwrap_or(key);
+            let url = status
+                .get(&name)
+                .map(|s| s.url.clone())
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| target.resolved_url(self.settings.tls_default));
+            list.push(message::object(vec![
+                ("name", Value::String(name)),
+                ("url", Value::String(url)),
+            ]));
+        }
+        drop(status);
+        let mut removed: Vec<String> = self
+            .removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        removed.sort();
+        for name in removed {
+            list.push(message::object(vec![
+                ("name", Value::String(name)),
+                ("url", Value::String(String::new())),
+                ("removed", Value::Bool(true)),
+            ]));
+        }
+        Value::Array(list)
     }
 
     /// Replaces the route-derived nodes by `routes` (after `cluster_set_routes`/`delete`).
@@ -527,7 +723,7 @@ impl Replication {
             .map(|n| n.key.clone())
             .collect();
         for key in stale {
-            self.remove_node(&key);
+            self.drop_node(&key, "shutdown");
         }
         for t in wanted {
             self.add_target(t.host.clone(), t, true);
@@ -555,8 +751,16 @@ impl Replication {
             .collect()
     }
 
-    /// Deletes a node entry from `system.hdb_nodes` (a plain thread only: waits for the commit).
+    /// After `remove_node`: the entry stays in `system.hdb_nodes`, marked removed (done by
+    /// [`Replication::remove_node`]); kept for the operations layer, which calls it after.
     pub fn forget_node(&self, name: &str) {
+        if !self.is_removed(name) {
+            self.delete_node(name);
+        }
+    }
+
+    /// Deletes a node entry from `system.hdb_nodes` (a plain thread only: waits for the commit).
+    fn delete_node(&self, name: &str) {
         let Some(db) = self.store.database("system") else {
             return;
         };
@@ -572,12 +776,75 @@ impl Replication {
         }
     }
 
-    /// Gossip: dial nodes we do not know yet (by name), and remember them in `hdb_nodes`.
-    pub fn learn_nodes(self: &Arc<Self>, announced: &[(String, String)]) {
-        for (name, url) in announced {
-            if name == &self.settings.node_name || url.is_empty() {
+    /// Lets a removed node back in (a new `add_node` reached it by address).
+    pub(crate) fn unmark_removed(&self, name: &str) {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let listed = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|n| n.key == name);
+        if !listed {
+            self.delete_node(name);
+        }
+        tracing::info!("replication: node {name} added again after its removal");
+    }
+
+    /// Writes `{name, removed: true}` to `system.hdb_nodes` (waits for the commit).
+    fn mark_removed(&self, name: &str) {
+        self.write_node(name, None);
+    }
+
+    /// A peer answered `BYE removed`: we are out of its cluster, so stop dialling it (without
+    /// marking it: a new `add_node` on its side lets us back in).
+    pub(crate) fn removed_by(&self, peer: &str) {
+        let keys: Vec<String> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| n.key == peer || n.name.as_deref() == Some(peer))
+            .map(|n| n.key.clone())
+            .collect();
+        self.drop_node(peer, "shutdown");
+        for key in keys {
+            self.delete_node(&key);
+        }
+    }
+
+    /// Gossip: removal marks spread (drop the link, keep the mark, pass it on); nodes we do not
+    /// know yet (by name) are dialled and remembered in `hdb_nodes`, unless removed.
+    pub fn learn_nodes(self: &Arc<Self>, announced: &[(String, String)], removed: &[String]) {
+        let mut changed = false;
+        for name in removed {
+            if name == &self.settings.node_name || self.is_removed(name) {
                 continue;
             }
+            tracing::info!("replication: node {name} was removed from the cluster (gossip)");
+            self.drop_node(name, "removed");
+            self.removed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone());
+            self.mark_removed(name);
+            changed = true;
+        }
+        if changed {
+            self.broadcast_nodes();
+        }
+        for (name, url) in announced {
+            if name == &self.settings.node_name || url.is_empty() || self.is_removed(name) {
+                continue;
+            }
+            let Some(target) =
+                Target::parse(&Value::String(url.clone()), self.settings.port_default)
+            else {
+                continue;
+            };
             let known = self
                 .nodes
                 .lock()
@@ -586,17 +853,12 @@ impl Replication {
                 .any(|n| {
                     n.name.as_deref() == Some(name.as_str())
                         || &n.key == name
-                        || n.target.url() == *url
+                        || n.target.address() == target.address()
                 })
                 || self.connected(name);
             if known {
                 continue;
             }
-            let Some(target) =
-                Target::parse(&Value::String(url.clone()), self.settings.port_default)
-            else {
-                continue;
-            };
             tracing::info!("replication: discovered node {name} at {url} by gossip");
             self.add_target(name.clone(), target, false);
             self.store_node(name, url);
@@ -605,18 +867,26 @@ impl Replication {
 
     /// Writes a node entry to `system.hdb_nodes` (waits for the commit: a plain thread only).
     pub fn store_node(&self, name: &str, url: &str) {
+        self.write_node(name, Some(url));
+    }
+
+    /// `{name, url}`, or `{name, removed: true}` without a URL.
+    fn write_node(&self, name: &str, url: Option<&str>) {
         let Some(db) = self.store.database("system") else {
             return;
         };
         let mut record = Object::new();
         record.insert("name", Value::String(name.into()));
-        record.insert("url", Value::String(url.into()));
+        match url {
+            Some(url) => record.insert("url", Value::String(url.into())),
+            None => record.insert("removed", Value::Bool(true)),
+        };
         let request = WriteRequest {
             ops: vec![WriteOp::Put {
                 table: "hdb_nodes".into(),
                 key: Some(Value::String(name.into())),
                 record: Value::Object(record),
-                mode: crate::store::PutMode::Upsert,
+                mode: crate::store::PutMode::Replace,
                 expires_in_s: None,
             }],
             user: None,
@@ -651,6 +921,7 @@ impl Replication {
         peer: &str,
         dialer: &str,
         socket: &TcpStream,
+        out: Arc<link::Out>,
         stop: Arc<AtomicBool>,
     ) -> Option<u64> {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
@@ -670,6 +941,7 @@ impl Replication {
                 dialer: dialer.to_string(),
                 stop,
                 socket,
+                out,
                 thread: id,
             },
         );
@@ -768,7 +1040,7 @@ impl Replication {
         })
     }
 
-    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    fn accept_loop(self: Arc<Self>, listener: TcpListener, kind: link::Accepted) {
         if listener.set_nonblocking(true).is_err() {
             tracing::error!("replication listener: cannot poll");
             return;
@@ -776,7 +1048,7 @@ impl Replication {
         while !self.stopping() {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if !self.trusted(peer.ip()) {
+                    if kind == link::Accepted::Plain && !self.trusted(peer.ip()) {
                         tracing::warn!("replication: refused {peer}: not a route or known node");
                         let mut s = stream;
                         let _ = std::io::Write::write_all(
@@ -790,7 +1062,23 @@ impl Replication {
                     let _ = std::thread::Builder::new()
                         .name(format!("repl-in-{peer}"))
                         .spawn(move || {
-                            if let Err(e) = link::run(&r, stream, None) {
+                            let conn = match (kind, &r.tls) {
+                                (link::Accepted::Plain, _) => transport::Conn::plain(stream),
+                                (link::Accepted::Secure, Some(tls)) => {
+                                    transport::Conn::tls_server(stream, tls.server.clone())
+                                }
+                                (link::Accepted::Secure, None) => return,
+                            };
+                            let result = match conn {
+                                Ok(conn) => link::run(&r, conn, None, kind),
+                                Err(e) => {
+                                    tracing::info!(
+                                        "replication: TLS handshake with {peer} failed: {e}"
+                                    );
+                                    return;
+                                }
+                            };
+                            if let Err(e) = result {
                                 tracing::debug!("replication link from {peer} ended: {e}");
                             }
                         });
@@ -806,9 +1094,27 @@ impl Replication {
         }
     }
 
-    /// Opens a TCP connection to `target`, from our listener's address when it is a specific
-    /// one (so IP-based trust works with several nodes on one host).
-    fn connect(&self, target: &Target) -> std::io::Result<TcpStream> {
+    /// Opens the link transport to `target`: TCP from our listener's address when it is a
+    /// specific one (so IP-based trust works with several nodes on one host), then TLS for
+    /// `wss://`, verifying the peer unless the target says `verify_tls: false`.
+    fn connect(&self, target: &Target) -> std::io::Result<transport::Conn> {
+        let socket = self.connect_tcp(target)?;
+        if !target.tls.unwrap_or(self.settings.tls_default) {
+            return transport::Conn::plain(socket);
+        }
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no TLS certificates for wss:// links"))?;
+        let config = if target.verify_tls {
+            tls.client_verified.clone()
+        } else {
+            tls.client_unverified.clone()
+        };
+        transport::Conn::tls_client(socket, &target.host, config)
+    }
+
+    fn connect_tcp(&self, target: &Target) -> std::io::Result<TcpStream> {
         let addr = (target.host.as_str(), target.port)
             .to_socket_addrs()?
             .next()
@@ -818,7 +1124,8 @@ impl Replication {
             socket2::Type::STREAM,
             Some(socket2::Protocol::TCP),
         )?;
-        if let Some(local) = self.settings.listen.filter(|a| !a.ip().is_unspecified()) {
+        let listening = self.settings.secure_listen.or(self.settings.listen);
+        if let Some(local) = listening.filter(|a| !a.ip().is_unspecified()) {
             if local.is_ipv4() == addr.is_ipv4() {
                 socket.bind(&SocketAddr::new(local.ip(), 0).into())?;
             }
@@ -846,7 +1153,7 @@ impl Replication {
                 continue;
             }
             match self.connect(&target) {
-                Ok(stream) => match link::run(&self, stream, Some(&target)) {
+                Ok(conn) => match link::run(&self, conn, Some(&target), link::Accepted::Plain) {
                     Ok(()) => backoff = BACKOFF_MIN,
                     Err(e) => tracing::debug!("replication link to {address}: {e}"),
                 },
@@ -926,7 +1233,10 @@ impl Replication {
             ]));
         };
         for (key, name, target) in nodes {
-            entry(name.unwrap_or(key), target.url());
+            entry(
+                name.unwrap_or(key),
+                target.resolved_url(self.settings.tls_default),
+            );
         }
         for name in status.keys() {
             entry(name.clone(), String::new());

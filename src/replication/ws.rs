@@ -121,8 +121,13 @@ pub struct Upgrade {
     pub authorization: Option<String>,
 }
 
-/// The server side: reads the upgrade, answers 101 with our subprotocol, or 400 and an error.
-pub fn server_handshake(stream: &mut (impl Read + Write)) -> Result<Upgrade, WsError> {
+/// The server side: reads the upgrade, lets `decide` accept it (or refuse it with an HTTP
+/// status, e.g. 401), then answers 101 with our subprotocol; a request that is not a
+/// replication upgrade gets 400.
+pub fn server_handshake(
+    stream: &mut (impl Read + Write),
+    decide: impl FnOnce(&Upgrade) -> Result<(), u16>,
+) -> Result<Upgrade, WsError> {
     let head = read_head(stream)?;
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
@@ -147,15 +152,28 @@ pub fn server_handshake(stream: &mut (impl Read + Write)) -> Result<Upgrade, WsE
             "not a replication upgrade (subprotocol harperdb-replication-1)".into(),
         ));
     };
+    let upgrade = Upgrade {
+        authorization: header("authorization"),
+    };
+    if let Err(status) = decide(&upgrade) {
+        let reason = match status {
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            _ => "Refused",
+        };
+        stream.write_all(
+            format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        return Err(WsError::Refused(status));
+    }
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n",
         accept_key(&key)
     );
     stream.write_all(resp.as_bytes())?;
-    Ok(Upgrade {
-        authorization: header("authorization"),
-    })
+    Ok(upgrade)
 }
 
 fn rand_bytes<const N: usize>() -> [u8; N] {
@@ -332,7 +350,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            server_handshake(&mut s).map(|u| u.authorization)
+            server_handshake(&mut s, |_| Ok(())).map(|u| u.authorization)
         });
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         client_handshake(&mut c, "x", Some("Basic eA==")).unwrap();

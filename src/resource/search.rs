@@ -23,15 +23,25 @@
 //! bytes. Sorting follows an index when there is no filter and the first key is indexed (or the
 //! primary key); otherwise matches are sorted in memory, bounded by `SORT_RECORDS_MAX`.
 //!
+//! A condition through a relationship (`brand.name=Acme`, SPEC §3.3; only with [`plan_joined`])
+//! is planned on the related table as a search of its own (its index used as for any search);
+//! when the search runs, that search comes first and its matches become keys of this table's
+//! local attribute (`join.rs`), tested as a membership filter and — when the local attribute is
+//! the primary key or indexed — driving this table by key or by index points.
+//!
 //! It never writes, never awaits and never encodes: the callback gets each record in place.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::ops::{Bound, ControlFlow};
+use std::sync::Arc;
 
-use crate::query::{Comparator, Condition, Expr, Filter, Op, QueryValue, SortKey, Test, ValueHint};
+use super::join::{Link, Remote, JOIN_DEPTH_MAX, JOIN_KEYS_MAX};
+use crate::query::{
+    Comparator, Condition, Expr, Filter, Membership, Op, QueryValue, SortKey, Test, ValueHint,
+};
 use crate::schema::{AttributeDef, FieldType, TableDef};
-use crate::store::{ReadTxn, Record, StoreError, Table};
+use crate::store::{Database, ReadTxn, Record, StoreError, Table};
 use crate::value::{self, key, Value};
 
 /// Matches sorted in memory at most; beyond → 400 (narrow the query or sort by an index).
@@ -58,7 +68,8 @@ pub enum SearchError {
     BadRequest(String),
     /// An undeclared attribute, or an unindexed sort without conditions (404).
     NotFound(String),
-    /// A query form this build does not serve (relationships) (501).
+    /// A query form this build does not serve (relationships where joins are not planned,
+    /// sorting by a related attribute, relationships across databases) (501).
     Unsupported(String),
     Store(StoreError),
 }
@@ -120,6 +131,23 @@ enum Access {
     },
     /// Each branch in turn; a record that matches an earlier branch's filter is skipped there.
     Union(Vec<(Access, Filter)>),
+    /// Through the keys join `join` collects: by primary key (`index: None`) or by point lookups
+    /// in this table's index on the join's local attribute. Bound to `Keys`/`Points` when the
+    /// search runs.
+    Join {
+        join: usize,
+        via: String,
+        index: Option<String>,
+        dedup: bool,
+    },
+    /// Records by these encoded primary keys, in key order.
+    Keys(Arc<BTreeSet<Vec<u8>>>),
+    /// Entries of `attribute`'s index equal to each of `keys`, in index order.
+    Points {
+        attribute: String,
+        keys: Arc<BTreeSet<Vec<u8>>>,
+        dedup: bool,
+    },
     /// Every record in key order.
     Scan { descending: bool },
 }
@@ -144,6 +172,17 @@ pub struct Plan {
     order: Order,
     offset: u64,
     limit: Option<u64>,
+    /// Conditions through relationships, each a search of the related table; `Filter::In` and
+    /// `Access::Join` name them by position.
+    joins: Vec<Join>,
+}
+
+/// One condition through a relationship: the search on the related table whose matches give
+/// the keys of this table's local attribute.
+#[derive(Debug, Clone, PartialEq)]
+struct Join {
+    link: Link,
+    plan: Plan,
 }
 
 impl Plan {
@@ -151,6 +190,10 @@ impl Plan {
     pub fn index(&self) -> Option<&str> {
         match &self.access {
             Access::Index { attribute, .. } => Some(attribute),
+            Access::Join {
+                index: Some(attribute),
+                ..
+            } => Some(attribute),
             _ => None,
         }
     }
@@ -161,11 +204,37 @@ impl Plan {
     }
 }
 
-/// Converts and plans a search (no transaction needed).
+/// Converts and plans a search (no transaction needed). Conditions through relationships
+/// answer 501 here; [`plan_joined`] plans them.
 pub fn plan(table: &Table, spec: &SearchSpec<'_>) -> Result<Plan, SearchError> {
+    plan_at(None, table, spec, 0)
+}
+
+/// Like [`plan`], with conditions through relationships planned against the tables of `db`
+/// (`table`'s database).
+pub fn plan_joined(
+    db: &Database,
+    table: &Table,
+    spec: &SearchSpec<'_>,
+) -> Result<Plan, SearchError> {
+    plan_at(Some(db), table, spec, 0)
+}
+
+fn plan_at(
+    db: Option<&Database>,
+    table: &Table,
+    spec: &SearchSpec<'_>,
+    depth: usize,
+) -> Result<Plan, SearchError> {
     let def = &table.def;
+    let mut planner = Planner {
+        db,
+        allow_undeclared: spec.allow_undeclared,
+        depth,
+        joins: Vec::new(),
+    };
     let filter = match spec.filter {
-        Some(expr) => convert(def, expr, spec.allow_undeclared)?,
+        Some(expr) => planner.convert(def, expr)?,
         None => Filter::And(Vec::new()),
     };
     let has_conditions = !matches!(&filter, Filter::And(c) if c.is_empty());
@@ -223,6 +292,7 @@ pub fn plan(table: &Table, spec: &SearchSpec<'_>) -> Result<Plan, SearchError> {
         order,
         offset: spec.offset,
         limit: spec.limit,
+        joins: planner.joins,
     })
 }
 
@@ -242,19 +312,23 @@ pub fn search(
     if window.left == 0 {
         return Ok(stats);
     }
+    let bound;
+    let (access, filter) = if plan.joins.is_empty() {
+        (&plan.access, &plan.filter)
+    } else {
+        let keys = run_joins(txn, &plan.joins, &mut stats)?;
+        bound = (
+            bind_access(&plan.access, &keys),
+            bind_filter(&plan.filter, &keys),
+        );
+        (&bound.0, &bound.1)
+    };
     match &plan.order {
         Order::Access => {
             let mut sink = |key: &[u8], record: &Record<'_>, stats: &mut SearchStats| {
                 window.offer(key, record, stats, emit)
             };
-            let _ = candidates(
-                txn,
-                table,
-                &plan.access,
-                &plan.filter,
-                &mut stats,
-                &mut sink,
-            )?;
+            let _ = candidates(txn, table, access, filter, &mut stats, &mut sink)?;
         }
         Order::Memory(keys) => {
             let mut matches: Vec<Vec<u8>> = Vec::new();
@@ -267,14 +341,7 @@ pub fn search(
                 matches.push(sort_key(record, keys, key));
                 ControlFlow::Continue(())
             };
-            let _ = candidates(
-                txn,
-                table,
-                &plan.access,
-                &plan.filter,
-                &mut stats,
-                &mut sink,
-            )?;
+            let _ = candidates(txn, table, access, filter, &mut stats, &mut sink)?;
             if overflow {
                 return Err(too_many_to_sort());
             }
@@ -327,6 +394,78 @@ pub fn search(
         }
     }
     Ok(stats)
+}
+
+/// Runs each join's search on its related table and collects the keys of the local attribute
+/// its matches stand for; their work counts in `stats`.
+fn run_joins(
+    txn: &ReadTxn<'_>,
+    joins: &[Join],
+    stats: &mut SearchStats,
+) -> Result<Vec<Arc<BTreeSet<Vec<u8>>>>, SearchError> {
+    let mut out = Vec::with_capacity(joins.len());
+    for join in joins {
+        let mut keys = BTreeSet::new();
+        let mut overflow = false;
+        let sub = search(txn, &join.link.target, &join.plan, &mut |pk, record| {
+            join.link.collect_remote(pk, record, &mut keys);
+            if keys.len() > JOIN_KEYS_MAX {
+                overflow = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        })?;
+        stats.records_visited += sub.records_visited;
+        stats.index_entries += sub.index_entries;
+        if overflow {
+            return Err(SearchError::BadRequest(format!(
+                "More than {JOIN_KEYS_MAX} related records match the condition on {}; narrow it",
+                join.link.relationship
+            )));
+        }
+        out.push(Arc::new(keys));
+    }
+    Ok(out)
+}
+
+/// `access` with its joins replaced by the keys they collected.
+fn bind_access(access: &Access, keys: &[Arc<BTreeSet<Vec<u8>>>]) -> Access {
+    let keys_of = |join: usize| keys.get(join).cloned().unwrap_or_default();
+    match access {
+        Access::Join {
+            join, index: None, ..
+        } => Access::Keys(keys_of(*join)),
+        Access::Join {
+            join,
+            index: Some(attribute),
+            dedup,
+            ..
+        } => Access::Points {
+            attribute: attribute.clone(),
+            keys: keys_of(*join),
+            dedup: *dedup,
+        },
+        Access::Union(branches) => Access::Union(
+            branches
+                .iter()
+                .map(|(a, f)| (bind_access(a, keys), bind_filter(f, keys)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `filter` with each membership test given its join's keys.
+fn bind_filter(filter: &Filter, keys: &[Arc<BTreeSet<Vec<u8>>>]) -> Filter {
+    match filter {
+        Filter::And(c) => Filter::And(c.iter().map(|f| bind_filter(f, keys)).collect()),
+        Filter::Or(c) => Filter::Or(c.iter().map(|f| bind_filter(f, keys)).collect()),
+        Filter::In(m) => Filter::In(Membership {
+            keys: keys.get(m.join).cloned().unwrap_or_default(),
+            ..m.clone()
+        }),
+        Filter::Test(_) => filter.clone(),
+    }
 }
 
 fn too_many_to_sort() -> SearchError {
@@ -436,8 +575,8 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
-/// Feeds every candidate of `access` that matches `filter` (and no earlier union branch) to
-/// `sink`.
+/// Feeds every candidate of `access` that matches `filter` (and, in a union, its branch's filter
+/// and no earlier branch's) to `sink`.
 fn candidates(
     txn: &ReadTxn<'_>,
     table: &Table,
@@ -446,15 +585,9 @@ fn candidates(
     stats: &mut SearchStats,
     sink: &mut Sink<'_>,
 ) -> Result<ControlFlow<()>, SearchError> {
+    let probe = Probe { txn, table, filter };
     match access {
-        Access::Key(pk) => {
-            if let Some(record) = txn.get_encoded(table, pk)? {
-                stats.records_visited += 1;
-                if filter.matches(record.value) {
-                    return Ok(sink(pk, &record, stats));
-                }
-            }
-        }
+        Access::Key(pk) => return probe.key(pk, stats, sink),
         Access::Scan { descending } => {
             for item in txn.scan(table, *descending)? {
                 let (pk, record) = item?;
@@ -471,29 +604,46 @@ fn candidates(
             descending,
             dedup,
         } => {
-            let mut seen: HashSet<Vec<u8>> = HashSet::new();
-            let cursor =
-                txn.index_range(table, attribute, as_ref(lower), as_ref(upper), *descending)?;
-            for entry in cursor {
-                let (_, pk) = entry?;
-                stats.index_entries += 1;
-                if *dedup && !seen.insert(pk.to_vec()) {
-                    continue;
-                }
-                let Some(record) = txn.get_encoded(table, pk)? else {
-                    continue;
-                };
-                stats.records_visited += 1;
-                if filter.matches(record.value) && sink(pk, &record, stats).is_break() {
+            let mut seen = dedup.then(HashSet::new);
+            let range = (as_ref(lower), as_ref(upper), *descending);
+            return probe.index(attribute, range, seen.as_mut(), stats, sink);
+        }
+        Access::Keys(keys) => {
+            for pk in keys.iter() {
+                if probe.key(pk, stats, sink)?.is_break() {
                     return Ok(ControlFlow::Break(()));
                 }
             }
         }
+        Access::Points {
+            attribute,
+            keys,
+            dedup,
+        } => {
+            let mut seen = dedup.then(HashSet::new);
+            for point in keys.iter() {
+                let at = Bound::Included(point.as_slice());
+                if probe
+                    .index(attribute, (at, at, false), seen.as_mut(), stats, sink)?
+                    .is_break()
+                {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+        }
+        Access::Join { .. } => {
+            // Bound to `Keys`/`Points` before candidates are read; an unbound one finds nothing.
+        }
         Access::Union(branches) => {
-            for (index, (branch, _)) in branches.iter().enumerate() {
+            for (index, (branch, own)) in branches.iter().enumerate() {
                 let earlier = branches.get(..index).unwrap_or(&[]);
+                // A branch's access can be wider than its own filter (only one of its conditions
+                // drives), so a record it reaches that only a later branch matches is left to
+                // that branch: each record comes from the first branch whose filter it meets.
                 let mut branch_sink = |pk: &[u8], record: &Record<'_>, stats: &mut SearchStats| {
-                    if earlier.iter().any(|(_, f)| f.matches(record.value)) {
+                    if !own.matches(record.value)
+                        || earlier.iter().any(|(_, f)| f.matches(record.value))
+                    {
                         ControlFlow::Continue(())
                     } else {
                         sink(pk, record, stats)
@@ -506,6 +656,60 @@ fn candidates(
         }
     }
     Ok(ControlFlow::Continue(()))
+}
+
+/// Reads candidates of one table in one transaction and offers the matches of `filter`.
+struct Probe<'p, 't> {
+    txn: &'p ReadTxn<'t>,
+    table: &'p Table,
+    filter: &'p Filter,
+}
+
+impl Probe<'_, '_> {
+    /// The record with encoded key `pk`, if live and matching.
+    fn key(
+        &self,
+        pk: &[u8],
+        stats: &mut SearchStats,
+        sink: &mut Sink<'_>,
+    ) -> Result<ControlFlow<()>, SearchError> {
+        let Some(record) = self.txn.get_encoded(self.table, pk)? else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        stats.records_visited += 1;
+        if self.filter.matches(record.value) {
+            return Ok(sink(pk, &record, stats));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The records of `attribute`'s index entries in `(lower, upper, descending)`; with `seen`,
+    /// each record once.
+    fn index(
+        &self,
+        attribute: &str,
+        (lower, upper, descending): (Bound<&[u8]>, Bound<&[u8]>, bool),
+        mut seen: Option<&mut HashSet<Vec<u8>>>,
+        stats: &mut SearchStats,
+        sink: &mut Sink<'_>,
+    ) -> Result<ControlFlow<()>, SearchError> {
+        for entry in self
+            .txn
+            .index_range(self.table, attribute, lower, upper, descending)?
+        {
+            let (_, pk) = entry?;
+            stats.index_entries += 1;
+            if let Some(seen) = seen.as_deref_mut() {
+                if !seen.insert(pk.to_vec()) {
+                    continue;
+                }
+            }
+            if self.key(pk, stats, sink)?.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -638,8 +842,32 @@ fn tighter_upper(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
 const RANK_KEY: u8 = 0;
 const RANK_EQUAL: u8 = 1;
 const RANK_BOUNDED: u8 = 2;
-const RANK_ONE_SIDED: u8 = 3;
-const RANK_UNION: u8 = 4;
+/// Through a relationship: as selective as the related condition, which is unknown here; below a
+/// bounded range of our own, above a one-sided one.
+const RANK_JOIN: u8 = 3;
+const RANK_ONE_SIDED: u8 = 4;
+const RANK_UNION: u8 = 5;
+
+/// How a membership test can drive: by key when its attribute is the primary key, by index
+/// points when it is indexed.
+fn join_access(table: &Table, membership: &Membership) -> Option<Access> {
+    let [name] = membership.path.as_slice() else {
+        return None;
+    };
+    let index = if table.def.primary_key.as_deref() == Some(name.as_str()) {
+        None
+    } else if table.indexed(name) {
+        Some(name.clone())
+    } else {
+        return None;
+    };
+    Some(Access::Join {
+        join: membership.join,
+        via: membership.via.clone(),
+        dedup: index.is_some() && may_hold_arrays(table.def.attribute(name)),
+        index,
+    })
+}
 
 /// The best access path for `filter` with its rank, or `None` for a full scan.
 fn choose_access(table: &Table, filter: &Filter) -> Option<Access> {
@@ -648,7 +876,7 @@ fn choose_access(table: &Table, filter: &Filter) -> Option<Access> {
 
 fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
     match filter {
-        Filter::Test(_) => choose_ranked(table, &Filter::And(vec![filter.clone()])),
+        Filter::Test(_) | Filter::In(_) => choose_ranked(table, &Filter::And(vec![filter.clone()])),
         Filter::Or(branches) => {
             let mut paths = Vec::with_capacity(branches.len());
             for branch in branches {
@@ -723,6 +951,11 @@ fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
                             }
                         }
                     }
+                    Filter::In(membership) => {
+                        if let Some(access) = join_access(table, membership) {
+                            consider((RANK_JOIN, access), &mut best);
+                        }
+                    }
                     Filter::Or(_) | Filter::And(_) => {
                         if let Some(candidate) = choose_ranked(table, child) {
                             consider(candidate, &mut best);
@@ -769,7 +1002,7 @@ fn check_attribute<'d>(
     };
     match def.attribute(name) {
         Some(attr) if attr.relationship.is_some() => Err(SearchError::Unsupported(format!(
-            "Queries through the relationship {name} are not supported yet"
+            "Sorting or querying by the relationship {name} is not supported here"
         ))),
         Some(attr) => Ok(Some(attr)),
         None if allow_undeclared => Ok(None),
@@ -779,24 +1012,98 @@ fn check_attribute<'d>(
     }
 }
 
-fn convert(def: &TableDef, expr: &Expr, allow_undeclared: bool) -> Result<Filter, SearchError> {
-    Ok(match expr {
-        Expr::And(children) => Filter::And(
-            children
-                .iter()
-                .map(|c| convert(def, c, allow_undeclared))
-                .collect::<Result<_, _>>()?,
-        ),
-        Expr::Or(children) => Filter::Or(
-            children
-                .iter()
-                .map(|c| convert(def, c, allow_undeclared))
-                .collect::<Result<_, _>>()?,
-        ),
-        Expr::Condition(condition) => {
-            Filter::Test(convert_condition(def, condition, allow_undeclared)?)
+/// Conversion state: where related tables are found, and the joins found so far.
+struct Planner<'p> {
+    /// `None`: conditions through relationships answer 501.
+    db: Option<&'p Database>,
+    allow_undeclared: bool,
+    /// Relationships followed to reach this table.
+    depth: usize,
+    joins: Vec<Join>,
+}
+
+impl Planner<'_> {
+    fn convert(&mut self, def: &TableDef, expr: &Expr) -> Result<Filter, SearchError> {
+        Ok(match expr {
+            Expr::And(children) => Filter::And(
+                children
+                    .iter()
+                    .map(|c| self.convert(def, c))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Expr::Or(children) => Filter::Or(
+                children
+                    .iter()
+                    .map(|c| self.convert(def, c))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Expr::Condition(condition) => {
+                let relationship = condition
+                    .path
+                    .first()
+                    .and_then(|name| def.attribute(name))
+                    .filter(|a| a.relationship.is_some());
+                match (relationship, self.db) {
+                    (Some(attr), Some(db)) => self.join(db, def, attr, condition)?,
+                    _ => Filter::Test(convert_condition(def, condition, self.allow_undeclared)?),
+                }
+            }
+        })
+    }
+
+    /// `rel.path op value`: plans `path op value` on the related table as a join, and returns
+    /// the membership test that stands for it here.
+    fn join(
+        &mut self,
+        db: &Database,
+        def: &TableDef,
+        attr: &AttributeDef,
+        condition: &Condition,
+    ) -> Result<Filter, SearchError> {
+        let name = &attr.name;
+        let Some(rest) = condition.path.get(1..).filter(|r| !r.is_empty()) else {
+            return Err(SearchError::BadRequest(format!(
+                "{name} is a relationship; query one of its attributes, as in {name}.<attribute>"
+            )));
+        };
+        if self.depth >= JOIN_DEPTH_MAX {
+            return Err(SearchError::BadRequest(format!(
+                "A condition follows more than {JOIN_DEPTH_MAX} relationships"
+            )));
         }
-    })
+        let link = Link::new(db, def, attr)?;
+        let related = Expr::Condition(Condition {
+            path: rest.to_vec(),
+            comparator: condition.comparator,
+            value: condition.value.clone(),
+        });
+        let spec = SearchSpec {
+            filter: Some(&related),
+            allow_undeclared: !link.target.schema_defined,
+            ..SearchSpec::default()
+        };
+        let plan = plan_at(Some(db), &link.target, &spec, self.depth + 1)?;
+        let membership = Membership {
+            path: vec![link.local.clone()],
+            keys: Arc::default(),
+            join: self.joins.len(),
+            via: name.clone(),
+        };
+        self.joins.push(Join { link, plan });
+        Ok(Filter::In(membership))
+    }
+}
+
+/// Converts without joins (unit tests).
+#[cfg(test)]
+fn convert(def: &TableDef, expr: &Expr, allow_undeclared: bool) -> Result<Filter, SearchError> {
+    Planner {
+        db: None,
+        allow_undeclared,
+        depth: 0,
+        joins: Vec::new(),
+    }
+    .convert(def, expr)
 }
 
 fn convert_condition(
@@ -1051,6 +1358,18 @@ impl fmt::Display for Access {
                 }
                 f.write_str(")")
             }
+            Access::Join {
+                via, index: None, ..
+            } => write!(f, "primary keys from join {via}"),
+            Access::Join {
+                via,
+                index: Some(attribute),
+                ..
+            } => write!(f, "index {attribute} points from join {via}"),
+            Access::Keys(keys) => write!(f, "primary keys ({} keys)", keys.len()),
+            Access::Points {
+                attribute, keys, ..
+            } => write!(f, "index {attribute} points ({} keys)", keys.len()),
             Access::Scan { descending: false } => f.write_str("full scan"),
             Access::Scan { descending: true } => f.write_str("full scan descending"),
         }
@@ -1089,6 +1408,18 @@ impl fmt::Display for Plan {
                 write!(f, " take {limit}")?;
             }
         }
+        for join in &self.joins {
+            let link = &join.link;
+            let collect = match &link.remote {
+                Remote::Key => "primary key".to_string(),
+                Remote::Attribute(a) => a.clone(),
+            };
+            write!(
+                f,
+                "; join {} = {}.{collect} of [{}] → {}",
+                link.relationship, link.target.def.table, join.plan, link.local
+            )?;
+        }
         Ok(())
     }
 }
@@ -1114,6 +1445,7 @@ impl fmt::Display for FilterShow<'_> {
                 }
                 f.write_str(")")
             }
+            Filter::In(m) => write!(f, "{} in join {}", m.path.join("."), m.via),
             Filter::Test(t) => {
                 let value = String::from_utf8_lossy(&value::json::to_vec(&t.value)).into_owned();
                 write!(f, "{} {:?} {value}", t.path.join("."), t.op)?;
@@ -1140,6 +1472,30 @@ pub fn run(
 ) -> Result<SearchStats, SearchError> {
     let txn = db.read()?;
     search(&txn, table, plan, emit)
+}
+
+/// The callback of [`run_with`]: the read transaction, then what [`run`]'s callback gets.
+pub type EmitWithTxn<'e> = dyn FnMut(&ReadTxn<'_>, &[u8], &Record<'_>) -> ControlFlow<()> + 'e;
+
+/// Like [`run`], and `emit` also gets the read transaction, to read related records of each
+/// match in the same snapshot (a selection through relationships, `join::Projection`).
+pub fn run_with(
+    db: &crate::store::Database,
+    table: &Table,
+    plan: &Plan,
+    emit: &mut EmitWithTxn<'_>,
+) -> Result<SearchStats, SearchError> {
+    let txn = db.read()?;
+    search(&txn, table, plan, &mut |pk, record| emit(&txn, pk, record))
+}
+
+/// Opens a read transaction on `db` for `f` and closes it before returning.
+pub fn read<R>(
+    db: &crate::store::Database,
+    f: impl FnOnce(&ReadTxn<'_>) -> R,
+) -> Result<R, SearchError> {
+    let txn = db.read()?;
+    Ok(f(&txn))
 }
 
 #[cfg(test)]
@@ -1194,6 +1550,30 @@ mod tests {
         check("tags=x", "\"x\"");
         check("age=sw=1", "\"1\"");
         check("color=red", "404 color is not a defined attribute");
+    }
+
+    #[test]
+    fn relationships_need_a_database() {
+        let schema = "type P @table { id: ID @primaryKey brandId: ID brand: B @relationship(from: \"brandId\") }
+                      type B @table { id: ID @primaryKey name: String }";
+        let def = parse_schema_str(schema, "t.graphql")
+            .unwrap()
+            .tables
+            .remove(0);
+        for (query, expected) in [
+            (
+                "brand.name=x",
+                "501 Sorting or querying by the relationship brand is not supported here",
+            ),
+            ("brandId=x", "ok"),
+        ] {
+            let parsed = parse(query).unwrap();
+            let got = match convert(&def, parsed.filter.as_ref().unwrap(), false) {
+                Ok(_) => "ok".to_string(),
+                Err(e) => format!("{} {e}", e.status()),
+            };
+            assert_eq!(got, expected, "{query}");
+        }
     }
 
     #[test]

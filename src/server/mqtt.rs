@@ -1,6 +1,7 @@
-//! MQTT start-up: the `mqtt.network.port` listeners (one SO_REUSEPORT socket per core, like the
-//! HTTP ports), each core's accept loop, and the interim fan-out of committed changes to the
-//! cores' MQTT sessions.
+//! MQTT start-up: the `mqtt.network.port` and `mqtt.network.securePort` (TLS) listeners (one
+//! SO_REUSEPORT socket per core, like the HTTP ports), each core's accept loops (the TLS
+//! handshake happens there, bounded by the CONNECT timeout), and the interim fan-out of committed
+//! changes to the cores' MQTT sessions.
 //!
 //! **Interim fan-out.** Until the real-time core (`src/pubsub/`) lands, [`InterimFanout`] is the
 //! minimum needed for live events: the store's publisher sends every commit to every core's inbox
@@ -12,7 +13,9 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tidepool_io::{bind_listeners, mesh, race, spawn, Either, Inbox, Listener, MeshSender};
+use tidepool_io::{
+    bind_listeners, mesh, race, spawn, timeout, Either, Inbox, Listener, MeshSender, TlsAcceptor,
+};
 
 use super::RunError;
 use crate::protocol::mqtt::conn::{self, MqttShared, Sessions};
@@ -26,22 +29,28 @@ const DISPATCH_BATCH_MAX: usize = 256;
 pub struct MqttPort {
     pub addr: SocketAddr,
     listeners: Mutex<Vec<Option<StdTcpListener>>>,
+    /// Set on the secure port: every connection starts with a TLS handshake.
+    tls: Option<TlsAcceptor>,
 }
 
-/// Binds `mqtt.network.port` once per core, unless it is null.
+/// Binds `mqtt.network.port` (or, with `tls`, `mqtt.network.securePort`) once per core, unless
+/// it is null.
 pub fn bind(
     addr: Option<SocketAddr>,
     cores: usize,
     shared: bool,
+    tls: Option<TlsAcceptor>,
 ) -> Result<Option<MqttPort>, RunError> {
     let Some(addr) = addr else {
         return Ok(None);
     };
+    let key = if tls.is_some() { "securePort" } else { "port" };
     let (listeners, bound) = bind_listeners(addr, cores, shared)
-        .map_err(|e| RunError::Bind(format!("MQTT port: {e}")))?;
+        .map_err(|e| RunError::Bind(format!("MQTT {key}: {e}")))?;
     Ok(Some(MqttPort {
         addr: bound,
         listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
+        tls,
     }))
 }
 
@@ -74,24 +83,37 @@ impl InterimFanout {
     }
 }
 
-/// Starts this core's MQTT accept loop and change dispatcher.
-pub fn start_core(core: usize, port: &MqttPort, shared: Arc<MqttShared>, fanout: &InterimFanout) {
+/// Starts this core's MQTT accept loops and change dispatcher.
+pub fn start_core(
+    core: usize,
+    ports: &[&MqttPort],
+    shared: Arc<MqttShared>,
+    fanout: &InterimFanout,
+) {
     let sessions = Rc::new(Sessions::new(shared.start_version()));
     if let Some(inbox) = fanout.take_inbox(core) {
         spawn(dispatch_loop(inbox, sessions.clone(), shared.clone()));
     }
-    let std_listener = port
-        .listeners
-        .lock()
-        .ok()
-        .and_then(|mut l| l.get_mut(core).and_then(Option::take));
-    let Some(std_listener) = std_listener else {
-        tracing::error!("core {core}: no MQTT listener for {}", port.addr);
-        return;
-    };
-    match Listener::from_std(std_listener) {
-        Ok(listener) => spawn(accept_loop(listener, shared, sessions, core)),
-        Err(e) => tracing::error!("core {core}: cannot adopt MQTT listener {}: {e}", port.addr),
+    for port in ports {
+        let std_listener = port
+            .listeners
+            .lock()
+            .ok()
+            .and_then(|mut l| l.get_mut(core).and_then(Option::take));
+        let Some(std_listener) = std_listener else {
+            tracing::error!("core {core}: no MQTT listener for {}", port.addr);
+            continue;
+        };
+        match Listener::from_std(std_listener) {
+            Ok(listener) => spawn(accept_loop(
+                listener,
+                port.tls.clone(),
+                shared.clone(),
+                sessions.clone(),
+                core,
+            )),
+            Err(e) => tracing::error!("core {core}: cannot adopt MQTT listener {}: {e}", port.addr),
+        }
     }
 }
 
@@ -115,6 +137,7 @@ async fn dispatch_loop(inbox: Inbox<Arc<Commit>>, sessions: Rc<Sessions>, shared
 
 async fn accept_loop(
     listener: Listener,
+    tls: Option<TlsAcceptor>,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
     core: usize,
@@ -130,7 +153,27 @@ async fn accept_loop(
                     crate::protocol::mqtt::events::Event::Connection,
                     format_args!("core {core}: connection from {peer}"),
                 );
-                spawn(conn::serve(stream, peer, shared.clone(), sessions.clone()));
+                let (shared, sessions) = (shared.clone(), sessions.clone());
+                match tls.clone() {
+                    None => spawn(conn::serve(stream, peer, shared, sessions)),
+                    Some(acceptor) => spawn(async move {
+                        let _ = stream.set_nodelay(true);
+                        // The handshake counts against the time CONNECT has to arrive in.
+                        let handshake = timeout(conn::CONNECT_TIMEOUT, acceptor.accept(stream));
+                        match race(handshake, shared.shutdown.wait()).await {
+                            Either::Left(Ok(Ok(tls_stream))) => {
+                                conn::serve(tls_stream, peer, shared, sessions).await
+                            }
+                            Either::Left(Ok(Err(e))) => {
+                                tracing::debug!(target: "mqtt", "TLS handshake with {peer} failed: {e}")
+                            }
+                            Either::Left(Err(_)) => {
+                                tracing::debug!(target: "mqtt", "TLS handshake with {peer} timed out")
+                            }
+                            Either::Right(()) => {}
+                        }
+                    }),
+                };
             }
             Err(e) => {
                 tracing::warn!("MQTT accept failed on core {core}: {e}");
@@ -143,14 +186,16 @@ async fn accept_loop(
 /// What `server::run` hands every core for MQTT.
 pub struct Mqtt {
     pub port: Option<MqttPort>,
+    pub secure_port: Option<MqttPort>,
     pub shared: Arc<MqttShared>,
     pub fanout: Arc<InterimFanout>,
 }
 
 impl Mqtt {
     pub fn start_core(&self, core: usize) {
-        if let Some(port) = &self.port {
-            start_core(core, port, self.shared.clone(), &self.fanout);
+        let ports: Vec<&MqttPort> = self.port.iter().chain(&self.secure_port).collect();
+        if !ports.is_empty() {
+            start_core(core, &ports, self.shared.clone(), &self.fanout);
         }
     }
 }

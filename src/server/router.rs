@@ -52,7 +52,12 @@ impl Router {
 
     /// WebSocket upgrades and event streams, before REST sees the request. Returns true when
     /// answered.
-    fn realtime(&self, req: &Request<'_>, resp: &mut Response) -> bool {
+    fn realtime(
+        &self,
+        req: &Request<'_>,
+        resp: &mut Response,
+        caller: Result<&crate::resource::Caller, &crate::auth::AuthError>,
+    ) -> bool {
         if ws::is_upgrade(req) {
             if ws::wants_mqtt(req) {
                 // Hook for MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`. The MQTT
@@ -64,13 +69,13 @@ impl Router {
                 );
                 return true;
             }
-            if !ws::upgrade(&self.realtime, req, resp) {
+            if !ws::upgrade(&self.realtime, req, resp, caller) {
                 // Δ HarperDB (which upgrades, then closes 1011): an unknown path is refused plainly.
                 resp.text(404, "Not found");
             }
             return true;
         }
-        sse::is_event_stream(req) && sse::accept(&self.realtime, req, resp)
+        sse::is_event_stream(req) && sse::accept(&self.realtime, req, resp, caller)
     }
 
     fn health(&self, req: &Request<'_>, resp: &mut Response) {
@@ -299,43 +304,14 @@ impl Service for Router {
         };
         // Authenticated once per request (SPEC §5.1); each interface decides what it needs.
         let resources = &self.shared.resources;
-        let caller =
-            crate::auth::authenticate(resources, &crate::auth::Credentials::from_request(req));
+        let caller = crate::auth::authenticate_request(resources, req);
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return;
         }
-        if ws::is_upgrade(req) || sse::is_event_stream(req) {
-            // Subscriptions authenticate like REST and need `read` on the table (SPEC §5.6), refused
-            // before any upgrade or stream starts.
-            let caller = match caller.as_ref() {
-                Ok(caller) => caller,
-                Err(e) => {
-                    crate::protocol::rest::unauthorized(resp, e);
-                    return;
-                }
-            };
-            let export = req
-                .path
-                .trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or("");
-            if let Some((db, table)) = resources.export(export) {
-                if !crate::resource::permissions::can_read(caller, &db.name, &table.def.table) {
-                    if caller.is_anonymous() {
-                        crate::protocol::rest::unauthorized(
-                            resp,
-                            &crate::auth::AuthError::MustLogin,
-                        );
-                    } else {
-                        resp.json_error(403, "Unauthorized access to resource");
-                    }
-                    return;
-                }
-            }
-        }
-        if self.realtime(req, resp) {
+        // Subscriptions check `read` themselves (SPEC §5.6: SSE answers 401/403, WebSocket
+        // upgrades and closes 3000/3003).
+        if self.realtime(req, resp, caller.as_ref()) {
             return;
         }
         if crate::protocol::rest::handle(resources, caller.as_ref(), req, resp).await {

@@ -6,7 +6,7 @@
 //! buffer that the reader and the core's event dispatcher ([`Sessions::dispatch`]) fill. Writes go
 //! to tables only through `resource`; nothing here opens a transaction other than short reads.
 
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tidepool_io::{race, spawn, timeout, Either, Shutdown, Stream};
+use tidepool_io::{race, spawn, timeout, Either, ReadBytes, ReadHalf, Shutdown, Split, WriteBytes};
 
 use super::codec::{
     self, Ack, ConnAck, Connect, DecodeError, Level, Packet, Publish, Reason, SubAck, Subscribe,
@@ -29,6 +29,7 @@ use super::payload;
 use super::props::{Properties, Property};
 use super::share::{self, Groups};
 use super::topic::{Filter, PublishTopic, TopicError};
+use crate::resource::permissions::ReadableAttributes;
 use crate::resource::{self, Caller, Resources, Validation};
 use crate::store::{ChangeKind, Commit, WriteError, WriteOp, WriteRequest};
 use crate::value::{self, Value};
@@ -47,7 +48,7 @@ pub const RECEIVE_MAXIMUM: u16 = 1000;
 pub const TOPIC_ALIAS_MAX: u16 = 64;
 /// How long a connection taking over a client id waits for the old one to store its session.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
-/// Spare capacity asked for on each read.
+/// Bytes asked for per read.
 const READ_SPARE_BYTES: usize = 4096;
 
 /// v5 reason codes used here (MQTT 5 §2.4).
@@ -170,6 +171,20 @@ pub fn authenticate(
             _ => Err(Refusal::NotAuthorized),
         },
     }
+}
+
+/// Who a verified client certificate authenticates as (SPEC §5.4: an unknown or inactive user
+/// is not authorized); None when the connection brought none.
+fn certificate_caller(
+    shared: &MqttShared,
+    peer_cn: Option<&str>,
+) -> Option<Result<Caller, Refusal>> {
+    let cn = peer_cn?;
+    let mtls = shared.resources.config.mqtt_mtls.as_ref()?;
+    Some(
+        crate::auth::authenticate_certificate(&shared.resources, cn, mtls)
+            .map_err(|_| Refusal::NotAuthorized),
+    )
 }
 
 /// Whether `caller` may do `action` on a table (SPEC §5.5: a publish to a record needs update,
@@ -338,6 +353,16 @@ struct Sub {
     /// The v5 subscription options byte as subscribed (kept with a durable session).
     options: u8,
     identifier: Option<u32>,
+    /// The subscriber's readable attributes when its role restricts them (SPEC §5.5).
+    readable: Option<Rc<ReadableAttributes>>,
+}
+
+/// A record or message as a subscriber limited to `readable` receives it (SPEC §5.5: events and
+/// retained state are trimmed by attribute read permissions). Returns the content type.
+fn encode_trimmed(value: &Value, readable: &ReadableAttributes, out: &mut Vec<u8>) -> &'static str {
+    let mut value = value.clone();
+    readable.trim(&mut value);
+    payload::encode(Some(&value), out)
 }
 
 /// An outbound QoS ≥ 1 publish awaiting its acknowledgement.
@@ -659,6 +684,8 @@ impl Sessions {
                 Some(id) => format!("{export}/{id}"),
                 None => export.clone(),
             };
+            // Trimmed bodies for restricted subscribers, one per distinct attribute set.
+            let mut trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, &'static str)> = Vec::new();
             for conn in conns.iter().filter_map(Weak::upgrade) {
                 let replayed = conn
                     .floor
@@ -674,6 +701,7 @@ impl Sessions {
                 let mut qos = None;
                 let mut as_published = false;
                 let mut properties = passed_on.clone();
+                let mut readable = None;
                 for sub in conn.subs.borrow().iter() {
                     if !sub.filter.matches(export, id.as_deref()) {
                         continue;
@@ -706,6 +734,7 @@ impl Sessions {
                     if let Some(i) = sub.identifier {
                         properties.push(Property::SubscriptionIdentifier(i));
                     }
+                    readable = readable.or_else(|| sub.readable.clone());
                 }
                 let Some(qos) = qos else { continue };
                 let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
@@ -716,12 +745,32 @@ impl Sessions {
                         id: id.clone(),
                     },
                 });
+                // SPEC §5.5: trimmed to the subscriber's readable attributes, encoded once per
+                // attribute set per change.
+                let (body, content_type) = match (readable, &change.value) {
+                    (Some(r), Some(v)) if change.kind != ChangeKind::Delete => {
+                        let at = match trimmed.iter().position(|(set, _, _)| **set == *r) {
+                            Some(at) => at,
+                            None => {
+                                let mut out = Vec::new();
+                                let ct = encode_trimmed(v, &r, &mut out);
+                                trimmed.push((r, out, ct));
+                                trimmed.len() - 1
+                            }
+                        };
+                        match trimmed.get(at) {
+                            Some((_, b, ct)) => (b.clone(), *ct),
+                            None => continue,
+                        }
+                    }
+                    _ => (body.clone(), content_type),
+                };
                 conn.publish(Outbound {
                     topic: topic.clone(),
                     qos,
                     // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
                     retain: as_published && note.as_ref().is_some_and(|n| n.retain),
-                    body: body.clone(),
+                    body,
                     content_type,
                     event,
                     resend_id: None,
@@ -757,24 +806,6 @@ fn id_text(key: &Value) -> String {
     }
 }
 
-/// The socket shared by a connection's reader and writer task.
-///
-/// # Safety
-/// Both tasks run on the same core (monoio is single-threaded per core, `Rc` keeps it there), and
-/// the reader only ever reads while the writer only ever writes; `Stream`'s read and write each
-/// take the socket's file descriptor for one submitted operation and touch no other state. This
-/// is the same arrangement monoio's own `into_split` uses for TCP streams. When `tidepool-io`
-/// gains a split stream, this cell goes away.
-struct SharedStream(UnsafeCell<Stream>);
-
-impl SharedStream {
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self) -> &mut Stream {
-        // SAFETY: see the type's documentation: one reader and one writer on one thread.
-        unsafe { &mut *self.0.get() }
-    }
-}
-
 enum ReadError {
     Closed,
     Decode(DecodeError),
@@ -783,10 +814,10 @@ enum ReadError {
     Shutdown,
 }
 
-/// Reads until one whole packet is buffered, then decodes it. Bytes after it stay in `buf`.
-async fn read_packet(
-    stream: &SharedStream,
-    buf: &mut Vec<u8>,
+/// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
+/// the read half.
+async fn read_packet<R: ReadBytes>(
+    reader: &mut ReadHalf<R>,
     packet_bytes_max: usize,
     level: Level,
     keep_alive: Option<Duration>,
@@ -794,6 +825,7 @@ async fn read_packet(
     shutdown: &Shutdown,
 ) -> Result<Packet, ReadError> {
     loop {
+        let buf = reader.buffered();
         match codec::check(buf, packet_bytes_max) {
             Ok(Some(len)) => {
                 let packet = codec::decode(buf.get(..len).unwrap_or_default(), level)
@@ -804,12 +836,10 @@ async fn read_packet(
             Ok(None) => {}
             Err(e) => return Err(ReadError::Decode(e)),
         }
-        let owned = std::mem::take(buf);
-        // SAFETY: this is the connection's only reader (see `SharedStream`).
-        let read = unsafe { stream.get() }.read_append(owned, READ_SPARE_BYTES);
         let stop = race(kick.wait(), shutdown.wait());
-        // Dropping a pending read on keep-alive expiry, takeover or shutdown is fine: the
-        // connection closes and the unread bytes die with it.
+        // A read dropped on keep-alive expiry, takeover or shutdown loses nothing (the read half
+        // keeps it), though each of these closes the connection anyway.
+        let read = reader.fill();
         let result = match keep_alive {
             Some(limit) => match timeout(limit, race(read, stop)).await {
                 Ok(r) => r,
@@ -818,15 +848,16 @@ async fn read_packet(
             None => race(read, stop).await,
         };
         match result {
-            Either::Left((Ok(0), _)) | Either::Left((Err(_), _)) => return Err(ReadError::Closed),
-            Either::Left((Ok(_), b)) => *buf = b,
+            Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
+            Either::Left(Ok(_)) => {}
             Either::Right(Either::Left(())) => return Err(ReadError::Kicked),
             Either::Right(Either::Right(())) => return Err(ReadError::Shutdown),
         }
     }
 }
 
-async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
+/// Owns the connection's write half: sends what the session queued in `conn.out`, in order.
+async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>) {
     let mut spare = Vec::new();
     loop {
         let mut batch = poll_fn(|cx| {
@@ -846,8 +877,7 @@ async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
         let Some(bytes) = batch.take() else {
             break;
         };
-        // SAFETY: this is the connection's only writer (see `SharedStream`).
-        let (result, bytes) = unsafe { stream.get() }.write_all(bytes).await;
+        let (result, bytes) = writer.write_all(bytes).await;
         spare = bytes;
         if result.is_err() {
             conn.closing.set(true);
@@ -855,26 +885,39 @@ async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
             return;
         }
     }
-    // SAFETY: as above.
-    let _ = unsafe { stream.get() }.shutdown_write().await;
+    let _ = writer.shutdown_write().await;
 }
 
 /// Serves one MQTT connection until it closes.
-pub async fn serve(
-    stream: Stream,
+pub async fn serve<T: Split>(
+    stream: T,
     peer: SocketAddr,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
 ) {
     let _ = stream.set_nodelay(true);
-    let stream = Rc::new(SharedStream(UnsafeCell::new(stream)));
+    let peer_cn = stream.peer_cn().map(str::to_string);
+    let (reader, writer) = stream.into_split();
+    let reader = ReadHalf::with_chunk(reader, READ_SPARE_BYTES);
+    serve_split(reader, writer, peer, peer_cn, shared, sessions).await
+}
+
+/// [`serve`] over a connection already split (MQTT over WebSocket brings its own halves).
+/// `peer_cn`: the common name of the client certificate TLS verified (MQTT secure port with
+/// `mqtt.network.mtls`), which then authenticates the client instead of CONNECT's credentials.
+pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
+    mut reader: ReadHalf<R>,
+    mut writer: W,
+    peer: SocketAddr,
+    peer_cn: Option<String>,
+    shared: Arc<MqttShared>,
+    sessions: Rc<Sessions>,
+) {
     let kick = Arc::new(Kick::default());
-    let mut buf = Vec::with_capacity(READ_SPARE_BYTES);
     let first = timeout(
         CONNECT_TIMEOUT,
         read_packet(
-            &stream,
-            &mut buf,
+            &mut reader,
             shared.packet_bytes_max,
             Level::V4,
             None,
@@ -899,10 +942,9 @@ pub async fn serve(
                 level,
                 &mut out,
             );
-            // SAFETY: no writer task exists yet; this is the only user of the stream.
-            let s = unsafe { stream.get() };
-            let _ = s.write_all(out).await;
-            let _ = s.shutdown_write().await;
+            // No writer task exists yet; this is the only user of the write half.
+            let _ = writer.write_all(out).await;
+            let _ = writer.shutdown_write().await;
             return;
         }
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -952,7 +994,7 @@ pub async fn serve(
         overflowed: Cell::new(false),
         kick: kick.clone(),
     });
-    spawn(write_loop(stream.clone(), conn.clone()));
+    spawn(write_loop(writer, conn.clone()));
     let refuse = |refusal: Refusal| {
         conn.send(&Packet::ConnAck(ConnAck {
             session_present: false,
@@ -969,7 +1011,9 @@ pub async fn serve(
     if shared.shutdown.is_triggered() {
         return refuse(Refusal::Unavailable);
     }
-    let caller = match authenticate(&shared, &connect, peer) {
+    let caller = match certificate_caller(&shared, peer_cn.as_deref())
+        .unwrap_or_else(|| authenticate(&shared, &connect, peer))
+    {
         Ok(c) => c,
         Err(r) => {
             events::record(
@@ -1065,8 +1109,7 @@ pub async fn serve(
             break Some(rc::QUOTA_EXCEEDED);
         }
         let packet = read_packet(
-            &stream,
-            &mut buf,
+            &mut reader,
             shared.packet_bytes_max,
             level,
             keep_alive,
@@ -1144,6 +1187,17 @@ impl Session<'_> {
         self.conn.level == Level::V5
     }
 
+    /// The caller's readable attributes of a table when its role restricts them (SPEC §5.5).
+    fn readable(&self, def: &crate::schema::TableDef) -> Option<Rc<ReadableAttributes>> {
+        resource::permissions::readable_attributes(
+            &self.caller,
+            &def.database,
+            &def.table,
+            def.primary_key.as_deref(),
+        )
+        .map(Rc::new)
+    }
+
     fn durable(&self) -> bool {
         self.conn.tracker.borrow().is_some()
     }
@@ -1211,6 +1265,7 @@ impl Session<'_> {
                     None => databases.push((db, vec![subs.len()])),
                 }
             }
+            let readable = self.readable(&table.def);
             subs.push(Sub {
                 filter,
                 qos: s.qos,
@@ -1218,6 +1273,7 @@ impl Session<'_> {
                 since: s.since,
                 options: s.options,
                 identifier: s.identifier,
+                readable,
             });
         }
         *conn.qos2_received.borrow_mut() = stored.qos2_received.into_iter().collect();
@@ -1285,9 +1341,19 @@ impl Session<'_> {
         tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
         for m in missed {
             let mut body = Vec::new();
-            let content_type = match m.kind {
-                ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
-                _ => payload::encode(Some(m.value.as_ref().unwrap_or(&Value::Null)), &mut body),
+            let readable = conn.subs.borrow().iter().find_map(|s| {
+                let id = m.event.key.id.as_deref();
+                s.filter
+                    .matches(&m.export, id)
+                    .then(|| s.readable.clone())
+                    .flatten()
+            });
+            let content_type = match (m.kind, &m.value, readable) {
+                (ChangeKind::Delete, _, _) | (_, None, _) => {
+                    payload::encode::<&Value>(None, &mut body)
+                }
+                (_, Some(v), Some(r)) => encode_trimmed(v, &r, &mut body),
+                (_, Some(v), None) => payload::encode(Some(v), &mut body),
             };
             let topic = match &m.event.key.id {
                 Some(id) => format!("{}/{id}", m.export),
@@ -1502,7 +1568,8 @@ impl Session<'_> {
             }
         };
         let action = match (p.retain, &id) {
-            (true, None) => "insert",
+            // SPEC §6.3: a bare table topic needs `insert`, retained or not.
+            (_, None) => "insert",
             (true, Some(_)) if p.payload.is_empty() => "delete",
             _ => "update",
         };
@@ -1611,6 +1678,7 @@ impl Session<'_> {
                 since: self.sessions.since(&table.def.database),
                 options: options_byte(options),
                 identifier: s.properties.subscription_identifier(),
+                readable: self.readable(&table.def),
             };
             match existing {
                 Some(i) => {
@@ -1658,6 +1726,13 @@ impl Session<'_> {
             return;
         };
         let export = filter.export();
+        let readable = self.readable(&table.def);
+        let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
+            None => Ok(payload::encode(Some(archived), body)),
+            Some(r) => value::deserialize(archived)
+                .map(|v| encode_trimmed(&v, r, body))
+                .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
+        };
         let mut found: Vec<(String, f64, Vec<u8>, &'static str)> = Vec::new();
         let read = (|| -> Result<(), crate::store::StoreError> {
             let txn = db.read()?;
@@ -1669,7 +1744,7 @@ impl Session<'_> {
                 if let Some(record) = txn.get(&table, &key)? {
                     if record.header.is_live(now) {
                         let mut body = Vec::new();
-                        let ct = payload::encode(Some(record.value), &mut body);
+                        let ct = encode(record.value, &mut body)?;
                         found.push((raw, record.header.version, body, ct));
                     }
                 }
@@ -1688,7 +1763,7 @@ impl Session<'_> {
                     continue;
                 }
                 let mut body = Vec::new();
-                let ct = payload::encode(Some(record.value), &mut body);
+                let ct = encode(record.value, &mut body)?;
                 found.push((id, record.header.version, body, ct));
             }
             Ok(())
