@@ -35,9 +35,20 @@ fn app_dir() -> tempfile::TempDir {
 }
 
 fn start_in(app: tempfile::TempDir, root: Option<tempfile::TempDir>) -> Mqtt {
+    start_with(app, root, &[])
+}
+
+fn start_with(
+    app: tempfile::TempDir,
+    root: Option<tempfile::TempDir>,
+    args: &[(&str, &str)],
+) -> Mqtt {
     let mut b = Builder::new()
         .app(app.path())
         .arg("--LOGGING_LEVEL", "debug");
+    for (k, v) in args {
+        b = b.arg(k, v);
+    }
     if let Some(root) = root {
         b = b.root(root);
     }
@@ -60,7 +71,11 @@ fn start_in(app: tempfile::TempDir, root: Option<tempfile::TempDir>) -> Mqtt {
 }
 
 /// Stops the server (SIGTERM) and starts it again on the same root and app.
-fn restart(mut m: Mqtt) -> Mqtt {
+fn restart(m: Mqtt) -> Mqtt {
+    restart_with(m, &[])
+}
+
+fn restart_with(mut m: Mqtt, args: &[(&str, &str)]) -> Mqtt {
     m.server.signal(libc::SIGTERM);
     assert!(
         m.server.wait_exit(Duration::from_secs(20)).is_some(),
@@ -69,7 +84,7 @@ fn restart(mut m: Mqtt) -> Mqtt {
     let root = std::mem::replace(&mut m.server.root, tempfile::tempdir().expect("dir"));
     let app = std::mem::replace(&mut m.app, tempfile::tempdir().expect("dir"));
     drop(m);
-    start_in(app, Some(root))
+    start_with(app, Some(root), args)
 }
 
 struct Raw(TcpStream);
@@ -847,4 +862,82 @@ fn events_as_log_lines_and_metrics() {
             "no {event} line in:\n{log}"
         );
     }
+}
+
+/// `mqtt.generalTopics: true`: topics outside tables behave as in a plain broker — wildcards over
+/// whole topics (`$` topics excepted), retained messages kept in the system database across a
+/// restart, an empty retained publish clears; payloads are the bytes published.
+#[test]
+fn general_topics_behind_a_config_key() {
+    const ON: &[(&str, &str)] = &[("--MQTT_GENERALTOPICS", "true")];
+    let m = start_with(app_dir(), None, ON);
+    let (mut s, _) = Raw::on_core(&m, None);
+    s.send(&connect(4, "g-sub", true, &[]));
+    assert_eq!(s.packet(), Some(vec![0x20, 2, 0, 0]));
+    s.send(&subscribe(4, 1, "#", 1));
+    assert_eq!(s.packet(), Some(vec![0x90, 3, 0, 1, 1]));
+    let (mut p, _) = Raw::on_core(&m, None);
+    p.send(&connect(4, "g-pub", true, &[]));
+    assert_eq!(p.packet(), Some(vec![0x20, 2, 0, 0]));
+    let mut retained = publish(4, 1, "a/b", 1, b"\x00raw");
+    retained[0] |= 1;
+    p.send(&retained);
+    assert_eq!(p.packet(), Some(puback(1)));
+    p.send(&publish(4, 1, "$SYS/x", 2, b"hidden"));
+    assert_eq!(p.packet(), Some(puback(2)));
+    p.send(&publish(4, 1, "x/y", 3, b"plain"));
+    assert_eq!(p.packet(), Some(puback(3)));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (_, qos, topic, id, payload) = parse_publish(&s.packet().expect("PUBLISH"));
+        s.send(&puback(id));
+        got.push((qos, topic, payload));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (1, "a/b".to_string(), b"\x00raw".to_vec()),
+            (1, "x/y".to_string(), b"plain".to_vec())
+        ],
+        "'#' does not match $SYS/x"
+    );
+    s.leave(&[0xe0, 0]);
+    p.leave(&[0xe0, 0]);
+
+    // The retained one survives a restart and comes first, with RETAIN = 1, to a new subscriber.
+    let m = restart_with(m, ON);
+    let (mut late, _) = Raw::on_core(&m, None);
+    late.send(&connect(4, "g-late", true, &[]));
+    assert_eq!(late.packet(), Some(vec![0x20, 2, 0, 0]));
+    late.send(&subscribe(4, 1, "a/+", 0));
+    assert_eq!(late.packet(), Some(vec![0x90, 3, 0, 1, 0]));
+    let state = late.packet().expect("retained");
+    assert_eq!(state[0], 0x31, "QoS 0 PUBLISH with RETAIN = 1");
+    assert_eq!(parse_publish(&state).4, b"\x00raw".to_vec());
+    // An empty retained publish clears it.
+    let mut clear = publish(4, 1, "a/b", 4, b"");
+    clear[0] |= 1;
+    late.send(&clear);
+    assert_eq!(late.packet(), Some(puback(4)));
+    late.send(&subscribe(4, 2, "a/#", 0));
+    assert_eq!(late.packet(), Some(vec![0x90, 3, 0, 2, 0]));
+    late.send(&[0xc0, 0]);
+    assert_eq!(
+        late.packet(),
+        Some(vec![0xd0, 0]),
+        "no retained message any more"
+    );
+}
+
+/// Off by default: a topic outside the exports is refused as SPEC §6.3 says.
+#[test]
+fn general_topics_off_by_default() {
+    let m = start_in(app_dir(), None);
+    let (mut s, _) = Raw::on_core(&m, None);
+    s.send(&connect(5, "g-off", true, &[]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "a/b", 1));
+    assert_eq!(s.packet(), Some(vec![0x90, 4, 0, 1, 0, 0x8f]));
+    s.send(&publish(5, 1, "a/b", 2, b"x"));
+    assert_eq!(s.packet(), Some(vec![0x40, 3, 0, 2, 0x90]));
 }

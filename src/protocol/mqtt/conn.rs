@@ -24,6 +24,7 @@ use super::codec::{
 };
 use super::durable::{self, EventKey, EventRef, Stored, StoredInflight, StoredSub, Tracker};
 use super::events::{self, Event};
+use super::general;
 use super::notes::{self, Note, Notes};
 use super::payload;
 use super::props::{Properties, Property};
@@ -267,6 +268,10 @@ pub struct MqttShared {
     retain_as_published: AtomicBool,
     /// Shared subscription groups.
     groups: Groups,
+    /// `mqtt.generalTopics`: topics outside tables are served (see `general.rs`).
+    pub general_topics: bool,
+    /// The empty export name general topics go by.
+    general_export: String,
 }
 
 impl MqttShared {
@@ -301,6 +306,12 @@ impl MqttShared {
             notes: Notes::new(resources.config.threads),
             retain_as_published: AtomicBool::new(false),
             groups: Groups::default(),
+            general_export: String::new(),
+            general_topics: resources
+                .config_tree
+                .get("mqtt.generalTopics")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             resources,
             exports,
             next_client: AtomicU64::new(1),
@@ -312,8 +323,12 @@ impl MqttShared {
         self.start_version
     }
 
-    /// The export a table of `database` is published under.
+    /// The export a table of `database` is published under; general topics' table is the
+    /// export `""` (its ids are whole topics) when `mqtt.generalTopics` is on.
     fn export_of(&self, database: &str, table: &str) -> Option<&String> {
+        if self.general_topics && database == durable::SYSTEM && table == general::TABLE {
+            return Some(&self.general_export);
+        }
         self.exports.get(&(database.to_string(), table.to_string()))
     }
 
@@ -672,18 +687,12 @@ impl Sessions {
                 (ChangeKind::Message, Value::Null) => None,
                 (_, key) => Some(id_text(key)),
             };
-            let mut body = Vec::new();
-            let content_type = match change.kind {
-                ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
-                _ => payload::encode(
-                    Some(change.value.as_ref().unwrap_or(&Value::Null)),
-                    &mut body,
-                ),
-            };
-            let topic = match &id {
-                Some(id) => format!("{export}/{id}"),
-                None => export.clone(),
-            };
+            let (body, content_type) =
+                match outbound_payload(export, change.kind, change.value.as_ref()) {
+                    Some(b) => b,
+                    None => continue,
+                };
+            let topic = topic_name(export, id.as_deref());
             // Trimmed bodies for restricted subscribers, one per distinct attribute set.
             let mut trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, &'static str)> = Vec::new();
             for conn in conns.iter().filter_map(Weak::upgrade) {
@@ -779,6 +788,33 @@ impl Sessions {
             }
         }
     }
+}
+
+/// The topic an event goes out on: `<export>/<id>`, the bare export, or a general topic as is.
+fn topic_name(export: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) if export.is_empty() => id.to_string(),
+        Some(id) => format!("{export}/{id}"),
+        None => export.to_string(),
+    }
+}
+
+/// The payload of an event and its content type (SPEC §6.3: a delete is `null`); general topics
+/// carry the bytes published, and nothing for a cleared retained message.
+fn outbound_payload(
+    export: &str,
+    kind: ChangeKind,
+    value: Option<&Value>,
+) -> Option<(Vec<u8>, &'static str)> {
+    if export.is_empty() {
+        return general::payload(kind, value).map(|b| (b, payload::OCTET_STREAM));
+    }
+    let mut body = Vec::new();
+    let content_type = match kind {
+        ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
+        _ => payload::encode(Some(value.unwrap_or(&Value::Null)), &mut body),
+    };
+    Some((body, content_type))
 }
 
 /// Subscription option bits (MQTT 5 §3.8.3.1).
@@ -1164,6 +1200,31 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     );
 }
 
+/// A subscription filter with the database it reads and its table (none: general topics).
+type Resolved = (
+    Filter,
+    Arc<crate::store::Database>,
+    Option<Arc<crate::store::Table>>,
+);
+
+/// Why a subscription filter names nothing this session may read.
+#[derive(Debug, Clone, PartialEq)]
+enum Unresolved {
+    Filter(TopicError),
+    NoExport,
+    NotPermitted,
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::Filter(e) => e.fmt(f),
+            Unresolved::NoExport => f.write_str("no such export"),
+            Unresolved::NotPermitted => f.write_str("not permitted"),
+        }
+    }
+}
+
 enum Flow {
     Continue,
     Disconnect { publish_will: bool },
@@ -1196,6 +1257,34 @@ impl Session<'_> {
             def.primary_key.as_deref(),
         )
         .map(Rc::new)
+    }
+
+    /// What a subscription filter reads: a table of an export, or — with `mqtt.generalTopics`
+    /// and a first level that names no export — general topics (`table` none).
+    fn resolve(&self, raw: &str) -> Result<Resolved, Unresolved> {
+        let exported = Filter::parse(raw).map(|f| {
+            let found = self.shared.resources.export(f.export());
+            (f, found)
+        });
+        match exported {
+            Ok((filter, Some((db, table)))) => {
+                if !permitted(&self.caller, "read", &table.def.database, &table.def.table) {
+                    return Err(Unresolved::NotPermitted);
+                }
+                Ok((filter, db, Some(table)))
+            }
+            _ if self.shared.general_topics => {
+                let filter = Filter::parse_general(raw).map_err(Unresolved::Filter)?;
+                let (db, _) = self
+                    .shared
+                    .resources
+                    .table(durable::SYSTEM, general::TABLE)
+                    .ok_or(Unresolved::NoExport)?;
+                Ok((filter, db, None))
+            }
+            Ok((_, None)) => Err(Unresolved::NoExport),
+            Err(e) => Err(Unresolved::Filter(e)),
+        }
     }
 
     fn durable(&self) -> bool {
@@ -1244,17 +1333,13 @@ impl Session<'_> {
         let mut databases: Vec<(Arc<crate::store::Database>, Vec<usize>)> = Vec::new();
         let mut subs = Vec::new();
         for s in stored.subs {
-            let Ok(filter) = Filter::parse(&s.filter) else {
-                continue;
+            let (filter, db, table) = match self.resolve(&s.filter) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: {e}", self.client_id, s.filter);
+                    continue;
+                }
             };
-            let Some((db, table)) = self.shared.resources.export(filter.export()) else {
-                tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: no such export", self.client_id, s.filter);
-                continue;
-            };
-            if !permitted(&self.caller, "read", &table.def.database, &table.def.table) {
-                tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: not permitted", self.client_id, s.filter);
-                continue;
-            }
             if let Some(group) = filter.share() {
                 // Messages to the group went to the members that were there.
                 let key = share::key(group, filter.topic_filter());
@@ -1265,7 +1350,7 @@ impl Session<'_> {
                     None => databases.push((db, vec![subs.len()])),
                 }
             }
-            let readable = self.readable(&table.def);
+            let readable = table.as_ref().and_then(|t| self.readable(&t.def));
             subs.push(Sub {
                 filter,
                 qos: s.qos,
@@ -1349,16 +1434,19 @@ impl Session<'_> {
                     .flatten()
             });
             let content_type = match (m.kind, &m.value, readable) {
-                (ChangeKind::Delete, _, _) | (_, None, _) => {
+                (ChangeKind::Delete, _, _) | (_, None, _) if !m.export.is_empty() => {
                     payload::encode::<&Value>(None, &mut body)
                 }
-                (_, Some(v), Some(r)) => encode_trimmed(v, &r, &mut body),
-                (_, Some(v), None) => payload::encode(Some(v), &mut body),
+                (_, Some(v), Some(r)) if !m.export.is_empty() => encode_trimmed(v, &r, &mut body),
+                (kind, value, _) => match outbound_payload(&m.export, kind, value.as_ref()) {
+                    Some((b, ct)) => {
+                        body = b;
+                        ct
+                    }
+                    None => continue,
+                },
             };
-            let topic = match &m.event.key.id {
-                Some(id) => format!("{}/{id}", m.export),
-                None => m.export.clone(),
-            };
+            let topic = topic_name(&m.export, m.event.key.id.as_deref());
             let resend_id = resend.remove(&(m.event.db.clone(), m.event.key.clone()));
             if !conn.publish(Outbound {
                 topic,
@@ -1548,6 +1636,13 @@ impl Session<'_> {
             tracing::info!(target: "mqtt", "publish to {:?} refused: payload is not the UTF-8 it declares", p.topic);
             return rc::PAYLOAD_FORMAT_INVALID;
         }
+        if self.shared.general_topics {
+            let exported = PublishTopic::parse(&p.topic)
+                .is_ok_and(|t| self.shared.resources.export(t.export).is_some());
+            if !exported {
+                return self.apply_general(p).await;
+            }
+        }
         let topic = match PublishTopic::parse(&p.topic) {
             Ok(t) => t,
             Err(e) => {
@@ -1615,12 +1710,23 @@ impl Session<'_> {
                 }
             }
         };
-        let noted = self.leave_note(p, &db.name, &def.table, &op);
+        self.submit(p, &db, &def.table, op).await
+    }
+
+    /// Writes one publish's operation (leaving its note first); returns the v5 reason code.
+    async fn submit(
+        &self,
+        p: &Publish,
+        db: &Arc<crate::store::Database>,
+        table: &str,
+        op: WriteOp,
+    ) -> u8 {
+        let noted = self.leave_note(p, &db.name, table, &op);
         let request = WriteRequest {
             ops: vec![op],
             user: self.caller.username.clone(),
         };
-        let written = resource::write(&db, request).await;
+        let written = resource::write(db, request).await;
         if noted {
             let version = written.as_ref().ok().map(|w| w.version);
             self.shared.notes.settle(&self.client_id, version);
@@ -1638,32 +1744,61 @@ impl Session<'_> {
         }
     }
 
+    /// A publish to a general topic (`mqtt.generalTopics`, see `general.rs`): retained → the
+    /// record of the topic (expiring with the Message Expiry Interval), empty retained → delete,
+    /// otherwise a message event.
+    async fn apply_general(&self, p: &Publish) -> u8 {
+        if !super::topic::general_topic_valid(&p.topic) {
+            tracing::info!(target: "mqtt", "publish to {:?} dropped: not a valid topic name", p.topic);
+            return rc::TOPIC_NAME_INVALID;
+        }
+        let Some((db, _)) = self.shared.resources.table(durable::SYSTEM, general::TABLE) else {
+            return rc::UNSPECIFIED;
+        };
+        let table = general::TABLE.to_string();
+        let key = Value::String(p.topic.clone());
+        let op = if p.retain && p.payload.is_empty() {
+            WriteOp::Delete { table, key }
+        } else if p.retain {
+            let expiry_s = p.properties.iter().find_map(|x| match x {
+                Property::MessageExpiryInterval(s) => Some(f64::from(*s)),
+                _ => None,
+            });
+            WriteOp::Put {
+                table,
+                record: general::record(&p.topic, &p.payload, p.properties.content_type()),
+                key: Some(key),
+                mode: crate::store::PutMode::Replace,
+                expires_in_s: expiry_s,
+            }
+        } else {
+            WriteOp::Message {
+                table,
+                key: Some(key),
+                payload: Value::Bytes(p.payload.clone()),
+            }
+        };
+        self.submit(p, &db, general::TABLE, op).await
+    }
+
     fn on_subscribe(&self, s: Subscribe) {
         let v5 = self.v5();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut initial = Vec::new();
         for (raw, options) in &s.filters {
-            let filter = match Filter::parse(raw) {
-                Ok(f) => f,
+            let (filter, db, table) = match self.resolve(raw) {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::info!(target: "mqtt", "subscribe to {raw:?} refused: {e}");
                     codes.push(match (v5, e) {
                         (false, _) => 0x80,
-                        (true, TopicError::Shared) => rc::SHARED_NOT_SUPPORTED,
-                        (true, TopicError::Invalid(_)) => rc::TOPIC_FILTER_INVALID,
+                        (true, Unresolved::Filter(TopicError::Shared)) => rc::SHARED_NOT_SUPPORTED,
+                        (true, Unresolved::NotPermitted) => rc::NOT_AUTHORIZED,
+                        (true, _) => rc::TOPIC_FILTER_INVALID,
                     });
                     continue;
                 }
             };
-            let Some((_, table)) = self.shared.resources.export(filter.export()) else {
-                tracing::info!(target: "mqtt", "subscribe to {raw:?} refused: no such export");
-                codes.push(if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 });
-                continue;
-            };
-            if !permitted(&self.caller, "read", &table.def.database, &table.def.table) {
-                codes.push(if v5 { rc::NOT_AUTHORIZED } else { 0x80 });
-                continue;
-            }
             let mut subs = self.conn.subs.borrow_mut();
             let existing = subs.iter().position(|x| x.filter.as_str() == raw);
             let is_new = existing.is_none();
@@ -1675,10 +1810,10 @@ impl Session<'_> {
                 filter: filter.clone(),
                 qos: options.qos,
                 sent: HashMap::new(),
-                since: self.sessions.since(&table.def.database),
+                since: self.sessions.since(&db.name),
                 options: options_byte(options),
                 identifier: s.properties.subscription_identifier(),
-                readable: self.readable(&table.def),
+                readable: table.as_ref().and_then(|t| self.readable(&t.def)),
             };
             match existing {
                 Some(i) => {
@@ -1722,12 +1857,28 @@ impl Session<'_> {
     /// Sends the current state of every record `filter` matches as retained PUBLISHes, and
     /// remembers their versions so live events already reflected are not sent again.
     fn send_state(&self, filter: &Filter, qos: u8, identifier: Option<u32>) {
-        let Some((db, table)) = self.shared.resources.export(filter.export()) else {
+        let target = if filter.is_general() {
+            self.shared.resources.table(durable::SYSTEM, general::TABLE)
+        } else {
+            self.shared.resources.export(filter.export())
+        };
+        let Some((db, table)) = target else {
             return;
         };
         let export = filter.export();
-        let readable = self.readable(&table.def);
+        let general = filter.is_general();
+        let readable = if general {
+            None
+        } else {
+            self.readable(&table.def)
+        };
         let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
+            None if general => value::deserialize(archived)
+                .map(|v| {
+                    *body = general::payload(ChangeKind::Put, Some(&v)).unwrap_or_default();
+                    payload::OCTET_STREAM
+                })
+                .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
             None => Ok(payload::encode(Some(archived), body)),
             Some(r) => value::deserialize(archived)
                 .map(|v| encode_trimmed(&v, r, body))
@@ -1782,7 +1933,7 @@ impl Session<'_> {
         }
         for (id, _, body, content_type) in found {
             if !self.conn.publish(Outbound {
-                topic: format!("{export}/{id}"),
+                topic: topic_name(export, Some(&id)),
                 qos,
                 retain: true,
                 body,

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod conn;
 pub mod durable;
 pub mod events;
+pub mod general;
 pub mod notes;
 pub mod payload;
 pub mod props;
