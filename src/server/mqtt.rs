@@ -100,7 +100,7 @@ pub fn start_core(
     shared: Arc<MqttShared>,
     fanout: &InterimFanout,
 ) {
-    let sessions = Rc::new(Sessions::new());
+    let sessions = Rc::new(Sessions::new(shared.start_version()));
     if let Some(inbox) = fanout.take_inbox(core) {
         spawn(dispatch_loop(inbox, sessions.clone(), shared.clone()));
     }
@@ -160,7 +160,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracing::debug!(target: "mqtt", "core {core}: connection from {peer}");
+                crate::protocol::mqtt::events::record(
+                    crate::protocol::mqtt::events::Event::Connection,
+                    format_args!("core {core}: connection from {peer}"),
+                );
                 let (shared, sessions) = (shared.clone(), sessions.clone());
                 match tls.clone() {
                     None => spawn(conn::serve(stream, peer, shared, sessions)),

@@ -171,6 +171,7 @@ impl Router {
                 e.sample(name, &[("core", &core.to_string())], read(stats) as f64);
             }
         }
+        crate::protocol::mqtt::events::render(&mut e);
         e.family(
             "tidepool_requests_in_flight",
             "gauge",
