@@ -853,14 +853,23 @@ fn events_as_log_lines_and_metrics() {
     assert_eq!(count("connected"), 1);
     assert_eq!(count("auth-failed"), 1);
     assert_eq!(count("disconnected"), 1);
-    let log = std::fs::read_to_string(m.server.root.path().join("log").join("hdb.log"))
-        .expect("log file");
-    for event in ["connection", "connected", "auth-failed", "disconnected"] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: "))),
-            "no {event} line in:\n{log}"
-        );
+    // The log thread writes behind the metrics: poll (bounded) until every line is there.
+    let logged = |log: &str, event: &str| {
+        log.lines()
+            .any(|l| l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: ")))
+    };
+    let events = ["connection", "connected", "auth-failed", "disconnected"];
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(m.server.root.path().join("log").join("hdb.log"))
+            .expect("log file");
+        if events.iter().all(|e| logged(&log, e)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for event in events {
+        assert!(logged(&log, event), "no {event} line in:\n{log}");
     }
 }
 

@@ -1055,12 +1055,11 @@ fn openapi_document_validates() {
     let doc = r.json();
     assert_eq!(doc["openapi"], json!("3.0.3"));
     assert!(doc["paths"]["/Dog/{id}"].is_object());
-    let have_validator = std::process::Command::new("python3")
-        .args(["-c", "import openapi_spec_validator"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_validator {
-        eprintln!("openapi-spec-validator is not installed; structural checks only");
+    if !common::have_tool(
+        "python3",
+        &["-c", "import openapi_spec_validator"],
+        "pip install openapi-spec-validator",
+    ) {
         return;
     }
     let out = python(
@@ -1073,12 +1072,7 @@ fn openapi_document_validates() {
 /// Schemathesis (when installed) fuzzes every documented operation briefly; no answer may be a 5xx.
 #[test]
 fn schemathesis_finds_no_server_errors() {
-    let installed = std::process::Command::new("schemathesis")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        eprintln!("schemathesis is not installed; skipped");
+    if !common::have_tool("schemathesis", &["--version"], "pip install schemathesis") {
         return;
     }
     let app = tempfile::tempdir().unwrap();
