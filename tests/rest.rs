@@ -1717,6 +1717,30 @@ fn relationship_selections_and_explain() {
             String::from_utf8_lossy(&reply.body)
         );
     }
+
+    // DELETE by a condition through a relationship removes exactly the joined records.
+    let doomed: Vec<i64> = world
+        .products
+        .iter()
+        .filter(|p| world.brand_of(p).is_some_and(|b| b["country"] == "NL"))
+        .filter_map(|p| num(p, "id"))
+        .collect();
+    let r = call(s, "DELETE", "/Product/?brand.country=NL", &[], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let left = get(s, "/Product/").json();
+    let left: Vec<i64> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| num(p, "id"))
+        .collect();
+    let want: Vec<i64> = world
+        .products
+        .iter()
+        .filter_map(|p| num(p, "id"))
+        .filter(|id| !doomed.contains(id))
+        .collect();
+    assert_eq!(left, want, "seed {seed}");
 }
 
 /// One raw GET with extra header lines (no client-side decoding of the body).
