@@ -844,6 +844,33 @@ mod tests {
             })),
         );
         check_decode(
+            r#"{"operation":"csv_data_load","schema":"dev","table":"t","data":"id\n1"}"#,
+            Ok(Operation::CsvLoad(decode::CsvLoad {
+                database: "dev".into(),
+                table: "t".into(),
+                action: decode::WriteKind::Insert,
+                from: decode::CsvFrom::Data("id\n1".into()),
+            })),
+        );
+        check_decode(
+            r#"{"operation":"search_jobs_by_start_date","from_date":"1970-01-01T01:00:00.000+0100","to_date":1000}"#,
+            Ok(Operation::SearchJobsByStartDate {
+                from_ms: 0.0,
+                to_ms: 1000.0,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"search_jobs_by_start_date","from_date":"1970-01-01T00:00:00-0130","to_date":"1970-01-01"}"#,
+            Ok(Operation::SearchJobsByStartDate {
+                from_ms: 5_400_000.0,
+                to_ms: 0.0,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"csv_url_load","table":"t","csv_url":"file:///etc/passwd"}"#,
+            Err((400, "must be an http:// or https:// URL")),
+        );
+        check_decode(
             r#"{"operation":"nope"}"#,
             Err((400, "Operation 'nope' not found")),
         );
