@@ -1484,6 +1484,23 @@ fn cookie_sessions_login_then_logout() {
     assert_eq!(status, 200);
     let (status, _, body) = curl_jar(&jar, &[&server.url("/Breed/1")]);
     assert_eq!(status, 403, "{body}");
+    // With sessions off, login is refused and cookies are ignored.
+    let off = Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_ENABLESESSIONS", "false")
+        .start();
+    let (status, reply) = op(
+        &off,
+        None,
+        json!({"operation": "login", "username": ADMIN_USER, "password": ADMIN_PASSWORD}),
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        !off.drain_lines()
+            .iter()
+            .any(|l| l.contains("enableSessions")),
+        "the setting is known"
+    );
     // Neither passwords nor session ids reach the trace log.
     assert_log_clean(&server, &[value, ADMIN_PASSWORD.to_string(), password]);
 }
