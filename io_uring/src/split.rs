@@ -86,13 +86,16 @@ impl WriteBytes for TcpWrite {
     }
 }
 
-/// Bytes asked for per read by a [`ReadHalf`] unless told otherwise.
+/// Bytes asked for per read by a [`ReadHalf`] at most, unless told otherwise.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Bytes asked for per read at least. An idle connection's pending read holds a buffer of its
+/// current read size, so this is most of what an idle connection costs.
+pub const READ_CHUNK_MIN_BYTES: usize = 512;
 
 type PendingRead<R> = Pin<Box<dyn Future<Output = (R, Vec<u8>, io::Result<usize>)>>>;
 
 enum ReadState<R> {
-    Idle(R, Vec<u8>),
+    Idle(R),
     Reading(PendingRead<R>),
     /// A read future panicked or was leaked mid-swap; the half is unusable.
     Gone,
@@ -103,9 +106,15 @@ enum ReadState<R> {
 /// Bytes read collect in [`ReadHalf::buffered`]; the caller consumes them from the front (e.g.
 /// with `drain`). A read in progress belongs to the half: when the future of [`ReadHalf::fill`]
 /// is dropped, the read goes on and the next `fill` picks up its result.
+///
+/// Read sizes adapt: a read that fills its buffer doubles the next one (up to the chunk given),
+/// a read that uses under a quarter halves it (down to [`READ_CHUNK_MIN_BYTES`]). When everything
+/// read was consumed, the next read reuses that allocation, so a quiet connection holds one
+/// small buffer.
 pub struct ReadHalf<R> {
     state: ReadState<R>,
     buffered: Vec<u8>,
+    chunk_bytes_max: usize,
     chunk_bytes: usize,
 }
 
@@ -114,13 +123,14 @@ impl<R: ReadBytes> ReadHalf<R> {
         Self::with_chunk(reader, READ_CHUNK_BYTES)
     }
 
-    /// `chunk_bytes`: how much one read asks the kernel (or the layer below) for.
+    /// `chunk_bytes`: how much one read asks the kernel (or the layer below) for, at most.
     pub fn with_chunk(reader: R, chunk_bytes: usize) -> Self {
-        let chunk_bytes = chunk_bytes.max(1);
+        let chunk_bytes_max = chunk_bytes.max(1);
         Self {
-            state: ReadState::Idle(reader, Vec::with_capacity(chunk_bytes)),
+            state: ReadState::Idle(reader),
             buffered: Vec::new(),
-            chunk_bytes,
+            chunk_bytes_max,
+            chunk_bytes: chunk_bytes_max.min(READ_CHUNK_MIN_BYTES),
         }
     }
 
@@ -133,13 +143,17 @@ impl<R: ReadBytes> ReadHalf<R> {
     /// Cancel-safe (see the type's documentation).
     pub async fn fill(&mut self) -> io::Result<usize> {
         if let ReadState::Idle(..) = self.state {
-            let ReadState::Idle(mut reader, mut chunk) =
-                std::mem::replace(&mut self.state, ReadState::Gone)
+            let ReadState::Idle(mut reader) = std::mem::replace(&mut self.state, ReadState::Gone)
             else {
                 return Err(gone());
             };
-            chunk.clear();
             let spare = self.chunk_bytes;
+            // All consumed: read into that allocation, unless a burst grew it far past need.
+            let chunk = if self.buffered.is_empty() && self.buffered.capacity() <= 4 * spare {
+                std::mem::take(&mut self.buffered)
+            } else {
+                Vec::new()
+            };
             self.state = ReadState::Reading(Box::pin(async move {
                 let (result, chunk) = reader.read_append(chunk, spare).await;
                 (reader, chunk, result)
@@ -150,19 +164,32 @@ impl<R: ReadBytes> ReadHalf<R> {
             _ => Poll::Ready(None),
         })
         .await;
-        let Some((reader, mut chunk, result)) = done else {
+        let Some((reader, chunk, result)) = done else {
             return Err(gone());
         };
+        if let Ok(n) = result {
+            self.chunk_bytes = next_chunk_bytes(self.chunk_bytes, n, self.chunk_bytes_max);
+        }
         if matches!(result, Ok(n) if n > 0) {
             if self.buffered.is_empty() {
-                std::mem::swap(&mut self.buffered, &mut chunk);
+                self.buffered = chunk;
             } else {
                 self.buffered.extend_from_slice(&chunk);
             }
         }
-        chunk.clear();
-        self.state = ReadState::Idle(reader, chunk);
+        self.state = ReadState::Idle(reader);
         result
+    }
+}
+
+/// The next read's size after a read of `chunk` bytes that returned `n`.
+fn next_chunk_bytes(chunk: usize, n: usize, chunk_max: usize) -> usize {
+    if n >= chunk {
+        (chunk * 2).min(chunk_max)
+    } else if n < chunk / 4 {
+        (chunk / 2).max(READ_CHUNK_MIN_BYTES).min(chunk_max)
+    } else {
+        chunk
     }
 }
 
@@ -332,6 +359,37 @@ mod tests {
                 expected.len()
             );
         }
+    }
+
+    /// Feeds read results `reads` to the sizing rule from the starting size; `expected` are the
+    /// sizes after each read.
+    fn check_sizes(chunk_max: usize, reads: &[usize], expected: &[usize]) {
+        let mut chunk = chunk_max.min(READ_CHUNK_MIN_BYTES);
+        let got: Vec<usize> = reads
+            .iter()
+            .map(|&n| {
+                chunk = next_chunk_bytes(chunk, n, chunk_max);
+                chunk
+            })
+            .collect();
+        assert_eq!(got, expected, "reads {reads:?}");
+    }
+
+    #[test]
+    fn read_sizes_grow_when_full_and_shrink_when_idle() {
+        check_sizes(
+            16 * 1024,
+            &[512, 1024, 2048, 4096, 8192, 16384, 16384],
+            &[1024, 2048, 4096, 8192, 16384, 16384, 16384],
+        );
+        check_sizes(
+            16 * 1024,
+            &[512, 1024, 100, 100, 100],
+            &[1024, 2048, 1024, 512, 512],
+        );
+        check_sizes(16 * 1024, &[200, 0], &[512, 512]);
+        check_sizes(7, &[7, 1, 7], &[7, 7, 7]);
+        check_sizes(4096, &[512, 1024, 2048, 4096], &[1024, 2048, 4096, 4096]);
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub fn start_core(
     if let Some(inbox) = fanout.take_inbox(core) {
         spawn(dispatch_loop(inbox, sessions.clone(), shared.clone()));
     }
+    spawn(keep_alive_loop(sessions.clone(), shared.clone()));
     CORE.with(|c| *c.borrow_mut() = Some((shared.clone(), sessions.clone())));
     for port in ports {
         let std_listener = port
@@ -124,6 +125,22 @@ pub fn start_core(
                 core,
             )),
             Err(e) => tracing::error!("core {core}: cannot adopt MQTT listener {}: {e}", port.addr),
+        }
+    }
+}
+
+/// Closes this core's connections whose keep-alive passed (one timer per core, not one per
+/// connection).
+async fn keep_alive_loop(sessions: Rc<Sessions>, shared: Arc<MqttShared>) {
+    loop {
+        match race(
+            tidepool_io::sleep(conn::KEEP_ALIVE_SWEEP),
+            shared.shutdown.wait(),
+        )
+        .await
+        {
+            Either::Left(()) => sessions.sweep_keep_alive(),
+            Either::Right(()) => return,
         }
     }
 }

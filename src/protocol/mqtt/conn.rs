@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidepool_io::{race, spawn, timeout, Either, ReadBytes, ReadHalf, Shutdown, Split, WriteBytes};
 
@@ -45,6 +45,9 @@ pub const OUT_BYTES_MAX: usize = 16 << 20;
 /// once (QoS 1 ones are acknowledged before the next packet is read); one more disconnects with
 /// `0x93` (MQTT 5 §3.3.4).
 pub const RECEIVE_MAXIMUM: u16 = 1000;
+/// How often each core checks its connections' keep-alive: a silent client is closed at most
+/// this much after one and a half times its Keep Alive.
+pub const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 /// Topic aliases a v5 client may set (we advertise this as Topic Alias Maximum).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
 /// How long a connection taking over a client id waits for the old one to store its session.
@@ -432,6 +435,12 @@ struct Conn {
     out_packet_bytes_max: usize,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
     overflowed: Cell<bool>,
+    /// When bytes last came from the client; with `keep_alive`, what the core's sweep checks.
+    heard: Cell<Instant>,
+    keep_alive: Cell<Option<Duration>>,
+    /// Set by the sweep when `keep_alive` passed without a packet: the kick that follows closes
+    /// with `0x8D`.
+    expired: Cell<bool>,
     kick: Arc<Kick>,
 }
 
@@ -656,6 +665,24 @@ impl Sessions {
 
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
+    /// Kicks every connection whose keep-alive passed without a packet (and forgets closed
+    /// ones). Called by each core every [`KEEP_ALIVE_SWEEP`].
+    pub fn sweep_keep_alive(&self) {
+        let now = Instant::now();
+        let mut conns = self.conns.borrow_mut();
+        conns.retain(|c| c.strong_count() > 0);
+        for conn in conns.iter().filter_map(Weak::upgrade) {
+            let late = conn
+                .keep_alive
+                .get()
+                .is_some_and(|limit| now.saturating_duration_since(conn.heard.get()) > limit);
+            if late && !conn.expired.get() {
+                conn.expired.set(true);
+                conn.kick.kick();
+            }
+        }
+    }
+
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
         // Taken on every core, subscribers here or not, so each note leaves once all cores did.
         let notes = shared.notes.take(commit);
@@ -845,7 +872,6 @@ fn id_text(key: &Value) -> String {
 enum ReadError {
     Closed,
     Decode(DecodeError),
-    KeepAlive,
     Kicked,
     Shutdown,
 }
@@ -856,7 +882,7 @@ async fn read_packet<R: ReadBytes>(
     reader: &mut ReadHalf<R>,
     packet_bytes_max: usize,
     level: Level,
-    keep_alive: Option<Duration>,
+    heard: Option<&Cell<Instant>>,
     kick: &Kick,
     shutdown: &Shutdown,
 ) -> Result<Packet, ReadError> {
@@ -872,20 +898,17 @@ async fn read_packet<R: ReadBytes>(
             Ok(None) => {}
             Err(e) => return Err(ReadError::Decode(e)),
         }
+        // Keep-alive expiry (the core's sweep), takeover and shutdown all arrive as a kick or the
+        // shutdown signal: no timer per connection, so an idle one costs no timer's memory. A
+        // read dropped on either loses nothing (the read half keeps it).
         let stop = race(kick.wait(), shutdown.wait());
-        // A read dropped on keep-alive expiry, takeover or shutdown loses nothing (the read half
-        // keeps it), though each of these closes the connection anyway.
-        let read = reader.fill();
-        let result = match keep_alive {
-            Some(limit) => match timeout(limit, race(read, stop)).await {
-                Ok(r) => r,
-                Err(_) => return Err(ReadError::KeepAlive),
-            },
-            None => race(read, stop).await,
-        };
-        match result {
+        match race(reader.fill(), stop).await {
             Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
-            Either::Left(Ok(_)) => {}
+            Either::Left(Ok(_)) => {
+                if let Some(heard) = heard {
+                    heard.set(Instant::now());
+                }
+            }
             Either::Right(Either::Left(())) => return Err(ReadError::Kicked),
             Either::Right(Either::Right(())) => return Err(ReadError::Shutdown),
         }
@@ -962,7 +985,9 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     sessions: Rc<Sessions>,
 ) {
     let kick = Arc::new(Kick::default());
-    let first = timeout(
+    // Boxed, like the other rare states below: monoio's timer is large (cache-padded), and only
+    // the states an idle connection sits in should set this future's size.
+    let first = Box::pin(timeout(
         CONNECT_TIMEOUT,
         read_packet(
             &mut reader,
@@ -972,7 +997,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
             &kick,
             &shared.shutdown,
         ),
-    )
+    ))
     .await;
     let connect = match first {
         Ok(Ok(Packet::Connect(c))) => c,
@@ -991,8 +1016,12 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
                 &mut out,
             );
             // No writer task exists yet; this is the only user of the write half.
-            let _ = writer.write_all(out).await;
-            let _ = writer.shutdown_write().await;
+            // Boxed: a rare state that should not set the size of every connection's future.
+            Box::pin(async move {
+                let _ = writer.write_all(out).await;
+                let _ = writer.shutdown_write().await;
+            })
+            .await;
             return;
         }
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -1040,6 +1069,9 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         floor: RefCell::new(HashMap::new()),
         out_packet_bytes_max,
         overflowed: Cell::new(false),
+        heard: Cell::new(Instant::now()),
+        keep_alive: Cell::new(None),
+        expired: Cell::new(false),
         kick: kick.clone(),
     });
     spawn(write_loop(writer, conn.clone()));
@@ -1102,7 +1134,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     *conn.client_id.borrow_mut() = client_id.clone();
     if let Some(old) = shared.claim(&client_id, kick.clone()) {
         // The old connection stores its session before letting go; wait so we read that.
-        old.released().await;
+        Box::pin(old.released()).await;
     }
     let mut session = Session {
         shared: &shared,
@@ -1116,7 +1148,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     let restored = if connect.clean {
         // Clean session / Clean Start discards a stored session (SPEC §6.3).
         if matches!(durable::load(&shared.resources, &client_id), Ok(Some(_))) {
-            if let Err(e) = durable::discard(&shared.resources, &client_id).await {
+            if let Err(e) = Box::pin(durable::discard(&shared.resources, &client_id)).await {
                 tracing::warn!(target: "mqtt", "{peer}: discarding the stored session of {client_id:?} failed: {e}");
             }
         }
@@ -1154,8 +1186,13 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         session.resume(stored);
     }
 
-    let keep_alive = (connect.keep_alive_s > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
+    // MQTT §3.1.2.10: one and a half times the Keep Alive without a packet closes the connection;
+    // `Sessions::sweep_keep_alive` checks it.
+    conn.heard.set(Instant::now());
+    conn.keep_alive.set(
+        (connect.keep_alive_s > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500)),
+    );
     let mut will = connect.will.clone();
     let end: Option<u8> = loop {
         if conn.overflowed.get() {
@@ -1165,7 +1202,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
             &mut reader,
             shared.packet_bytes_max,
             level,
-            keep_alive,
+            Some(&conn.heard),
             &kick,
             &shared.shutdown,
         )
@@ -1173,7 +1210,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         let packet = match packet {
             Ok(p) => p,
             Err(ReadError::Closed) => break None,
-            Err(ReadError::KeepAlive) => break Some(rc::KEEP_ALIVE_TIMEOUT),
+            Err(ReadError::Kicked) if conn.expired.get() => break Some(rc::KEEP_ALIVE_TIMEOUT),
             Err(ReadError::Kicked) if conn.overflowed.get() => break Some(rc::QUOTA_EXCEEDED),
             Err(ReadError::Kicked) => break Some(rc::SESSION_TAKEN_OVER),
             Err(ReadError::Shutdown) => break Some(rc::SERVER_SHUTTING_DOWN),
@@ -1186,7 +1223,9 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
                 });
             }
         };
-        match session.handle(packet).await {
+        // Boxed: handling is the largest state of this future, and an idle connection should
+        // not carry its size (the box lives only while a packet is handled).
+        match Box::pin(session.handle(packet)).await {
             Flow::Continue => {}
             Flow::Disconnect { publish_will } => {
                 if !publish_will {
@@ -1206,10 +1245,10 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     }
     conn.closing.set(true);
     conn.wake_writer();
-    session.end().await;
+    Box::pin(session.end()).await;
     shared.release(&client_id, &kick);
     if let Some(will) = will {
-        session.publish_will(will).await;
+        Box::pin(session.publish_will(will)).await;
     }
     events::record(
         Event::Disconnected,
