@@ -1579,9 +1579,13 @@ fn relationship_selections_and_explain() {
         assert_eq!(row[1], json!(want), "seed {seed}: product {id}");
     }
 
-    // Relationships are not stored or returned unless selected.
+    // Relationships are not stored or returned unless selected; a selection of related
+    // records has no ETag (the record's version does not cover them).
     let reply = get(s, "/Brand/b1");
     assert!(reply.json().get("products").is_none());
+    assert!(reply.header("etag").is_some());
+    let reply = get(s, "/Brand/b1?select(name,products)");
+    assert_eq!(reply.header("etag"), None);
 
     // The join evaluates the related condition by its index, then drives Product by brandId.
     let reply = get(s, "/Product/?brand.name=Acme&explain");
@@ -1589,7 +1593,7 @@ fn relationship_selections_and_explain() {
     assert_eq!(e["index"], json!("brandId"), "{e}");
     let plan = e["plan"].as_str().unwrap();
     assert!(
-        plan.contains("join brand = Brand.primary key of [index name"),
+        plan.contains("join brand (drives) = Brand.primary key of [index name"),
         "{plan}"
     );
     let acme: Vec<&Value> = world
@@ -1615,6 +1619,17 @@ fn relationship_selections_and_explain() {
         "{plan}"
     );
     assert!(plan.contains("[index price"), "{plan}");
+    // A join that does not drive is tested per candidate, reading nothing else of Brand.
+    let e = get(s, "/Product/?id=5&brand.name!=Acme&explain").json();
+    let plan = e["plan"].as_str().unwrap();
+    assert!(plan.starts_with("primary key"), "{plan}");
+    assert!(plan.contains("join brand (per record)"), "{plan}");
+    assert!(e["records_visited"].as_u64() <= Some(2), "{e}");
+    // Under a full scan the related keys are collected once.
+    let e = get(s, "/Product/?sameCountry.name=Acme&explain").json();
+    let plan = e["plan"].as_str().unwrap();
+    assert!(plan.starts_with("full scan"), "{plan}");
+    assert!(plan.contains("join sameCountry (collected)"), "{plan}");
     // An array of foreign keys drives through its index, each record once.
     let e = get(s, "/Product/?features.weight=gt=7&explain").json();
     assert_eq!(e["index"], json!("featureIds"), "{e}");
@@ -1689,6 +1704,16 @@ fn relationship_selections_and_explain() {
         ("/Brand/?products.price=lt=abc", 400),
         ("/Product/?price=lt=5&sort(brand.name)", 501),
         ("/Product/?select(name,brand{color})", 200),
+        // Chains are bounded (relationships can form cycles).
+        (
+            "/Product/?brand.products.brand.products.brand.name=Acme",
+            400,
+        ),
+        ("/Product/?brand.products.brand.products.price=1", 200),
+        (
+            "/Product/?select(brand{products{brand{products{brand{name}}}}})",
+            400,
+        ),
     ] {
         let reply = get(s, path);
         assert_eq!(

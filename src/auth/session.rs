@@ -78,14 +78,17 @@ pub fn find_cookie<'a>(
 
 /// The session id the request's cookie carries, when sessions are on.
 pub fn session_id<'a>(resources: &Resources, req: &Request<'a>) -> Option<&'a str> {
-    if !enabled(resources) {
-        return None;
-    }
-    let cookies = req
+    let mut cookies = req
         .headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-        .filter_map(|h| std::str::from_utf8(h.value).ok());
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .peekable();
+    // Most requests carry no cookie: answer before the configuration lookup and the name.
+    cookies.peek()?;
+    if !enabled(resources) {
+        return None;
+    }
     find_cookie(cookies, &request_cookie_name(req))
 }
 

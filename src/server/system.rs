@@ -11,6 +11,7 @@ type hdb_certificate @table(database: \"sys\") { name: String @primaryKey certif
 type hdb_session @table(database: \"sys\") { id: String @primaryKey user: String }
 type hdb_durable_session @table(database: \"sys\") { id: String @primaryKey }
 type hdb_session_will @table(database: \"sys\") { id: String @primaryKey }
+type hdb_mqtt_retained @table(database: \"sys\") { topic: String @primaryKey }
 type hdb_raw_analytics @table(database: \"sys\") { id: Float @primaryKey }
 type hdb_analytics @table(database: \"sys\") { id: Float @primaryKey }
 type hdb_info @table(database: \"sys\") { info_id: Long @primaryKey }

@@ -187,6 +187,8 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
         return;
     }
     resp.header("Access-Control-Allow-Origin", origin);
+    // SPEC §5.3: browsers send the session cookie cross-origin only with this.
+    resp.header("Access-Control-Allow-Credentials", "true");
     resp.header("Vary", "Origin");
     if req.method == Method::Options {
         resp.header(

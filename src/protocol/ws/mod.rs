@@ -10,6 +10,7 @@
 //! `pubsub` and `resource`.
 
 pub mod frame;
+pub mod transport;
 
 use std::rc::Rc;
 use std::sync::Arc;
