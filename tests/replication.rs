@@ -1176,3 +1176,98 @@ fn a_two_table_transaction_is_never_half_visible_on_a_peer() {
         writer.join().expect("writer");
     });
 }
+
+/// Names in `system.hdb_certificate` on `node`.
+fn certificate_names(node: &Node) -> Vec<String> {
+    let (status, rows) = op(
+        node,
+        json!({"operation": "search_by_value", "database": "system", "table": "hdb_certificate",
+               "search_attribute": "name", "search_value": "*", "get_attributes": ["name"]}),
+    );
+    assert_eq!(status, 200, "{rows}");
+    rows.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// SPEC §7.8 (P1): nodes with their own generated CAs and nothing shared. B dials A with a
+/// super user's credentials and `verify_tls: false`, asks for a certificate, and both end up
+/// trusting each other's CA: restarted with a bare route (verification on, no credentials), B
+/// links over mTLS. A third node that never exchanged is not let in.
+#[test]
+fn certificate_exchange_turns_credentials_into_mtls() {
+    let app = app();
+    let port = free_port();
+    let fresh = || Some(tempfile::tempdir().expect("root"));
+    let a = start_with(
+        &app,
+        "node-a",
+        "127.0.0.1",
+        port,
+        &[],
+        fresh(),
+        Link::Tls,
+        &[],
+    );
+    let route = json!([{"hostname": "127.0.0.1", "port": port, "verify_tls": false,
+        "authorization": {"username": common::ADMIN_USER, "password": common::ADMIN_PASSWORD}}]);
+    let mut b = start_with(
+        &app,
+        "node-b",
+        "127.0.0.2",
+        port,
+        &[],
+        fresh(),
+        Link::Tls,
+        &[("--REPLICATION_ROUTES", route.to_string())],
+    );
+    wait_mesh(&[&a, &b]);
+    wait_until(
+        "each trusts the other's CA",
+        Duration::from_secs(10),
+        || {
+            let on_b = certificate_names(&b);
+            certificate_names(&a).contains(&"node-b CA".to_string())
+                && on_b.contains(&"node-a CA".to_string())
+                && on_b.contains(&"node-b signed by node-a".to_string())
+        },
+    );
+    b.server.signal(libc_sigkill());
+    let _ = b.server.wait_exit(Duration::from_secs(5));
+    let root_b = std::mem::replace(&mut b.server.root, tempfile::tempdir().expect("tmp"));
+    drop(b);
+    let b = start_with(
+        &app,
+        "node-b",
+        "127.0.0.2",
+        port,
+        &["127.0.0.1"],
+        Some(root_b),
+        Link::Tls,
+        &[],
+    );
+    let c = start_with(
+        &app,
+        "node-c",
+        "127.0.0.3",
+        port,
+        &["127.0.0.1"],
+        fresh(),
+        Link::Tls,
+        &[],
+    );
+    wait_mesh(&[&a, &b]);
+    put(&a, "/Dog/over-mtls", json!({"name": "exchanged"}));
+    wait_until("the write on B", Duration::from_secs(10), || {
+        dog_name(&b, "over-mtls").is_some()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !connected_to(&a, "node-c"),
+        "A let in a node it never exchanged with"
+    );
+    assert_eq!(dog_name(&c, "over-mtls"), None);
+}
