@@ -37,6 +37,9 @@ const APPLY_PENDING_MAX: usize = 512;
 /// `ACK`s are batched over this long (SPEC: ≤ 50 ms).
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A link that hears nothing (not even a `PONG`) for this long is dead: it closes, and the
+/// dialler reconnects (a peer that vanished without a FIN, a cut that outlasts TCP).
+const SILENCE_MAX: Duration = Duration::from_secs(3 * 30 + 5);
 /// Subscriptions and relays are re-checked this often.
 const MAINTAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// A blocked write fails after this and closes the link.
@@ -91,11 +94,26 @@ impl Out {
     }
 
     fn frame(&self, opcode: ws::Opcode, payload: &[u8]) -> Result<(), LinkError> {
-        let mut frame = Vec::with_capacity(payload.len() + 14);
-        ws::encode_frame(opcode, payload, self.masked, &mut frame);
+        let frame = self.encode(opcode, payload);
         let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         s.write_all(&frame)?;
         Ok(())
+    }
+
+    fn encode(&self, opcode: ws::Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        ws::encode_frame(opcode, payload, self.masked, &mut frame);
+        frame
+    }
+
+    /// `send`, unless another thread is writing (a peer that stopped reading can hold the
+    /// writer for the write timeout): then nothing is sent and false comes back.
+    pub fn try_send(&self, kind: &str, body: Value) -> bool {
+        let Ok(mut s) = self.stream.try_lock() else {
+            return false;
+        };
+        let frame = self.encode(ws::Opcode::Binary, &message::encode(kind, body));
+        s.write_all(&frame).is_ok()
     }
 
     /// A close frame with `code` (1008: policy violation), before the link ends.
@@ -432,11 +450,21 @@ impl Control {
         let mut next_ack = Instant::now() + ACK_INTERVAL;
         let mut next_maintain = Instant::now();
         let mut next_ping = Instant::now();
+        let mut heard = Instant::now();
         loop {
             if self.stop.load(Ordering::Acquire) || self.repl.stopping() {
                 return Err(LinkError::Closed("stopped".into()));
             }
-            match rx.recv_timeout(Duration::from_millis(10)) {
+            let received = rx.recv_timeout(Duration::from_millis(10));
+            if received.is_ok() {
+                heard = Instant::now();
+            } else if heard.elapsed() > SILENCE_MAX {
+                return Err(LinkError::Closed(format!(
+                    "nothing heard for {} s",
+                    SILENCE_MAX.as_secs()
+                )));
+            }
+            match received {
                 Ok(Ok(Incoming::Binary(frame))) => match message::decode(&frame, &self.limits) {
                     Ok((kind, body)) => self.handle(&kind, body)?,
                     Err(e) => return Err(LinkError::Protocol(e)),

@@ -703,7 +703,8 @@ impl Replication {
         match entry {
             Some(e) => {
                 e.stop.store(true, Ordering::Release);
-                let _ = e.out.send(
+                // Never wait behind a blocked write: closing matters more than the BYE.
+                let _ = e.out.try_send(
                     "BYE",
                     message::object(vec![("reason", Value::String(reason.into()))]),
                 );
