@@ -1,14 +1,21 @@
 //! Security (SPEC §5) against the real binary: a permission matrix over REST and the Operations
 //! API, a scan of every route and operation without credentials, tokens (expired, foreign,
 //! tampered, refresh misuse, rotation), no secrets in the trace log, and `authorizeLocal`.
+//!
+//! The real-time protocols (SPEC §5.5, §5.6, §6.1): a permission matrix over SSE, WebSocket and
+//! MQTT (3.1.1 and 5) for the same callers, and a check that no subscriber ever receives an
+//! attribute its role may not read — initial state, live puts and messages, JSON and CBOR.
 
 mod common;
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Builder, Server, ADMIN_PASSWORD, ADMIN_USER};
 use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
 
 /// One HTTP exchange: status, `WWW-Authenticate`, body text.
 fn call(
@@ -64,8 +71,20 @@ fn ok(server: &Server, body: Value) -> Value {
 
 const SECRET: &str = "owner-secret-value";
 
+/// A caller of the matrix: name and credentials (user, password), none for anonymous.
+type Who = (&'static str, Option<(String, String)>);
+
 /// Roles and users of the matrix; returns (name, Authorization header) per caller.
 fn seed(server: &Server) -> Vec<(&'static str, Option<String>)> {
+    seed_users(server)
+        .into_iter()
+        .map(|(name, creds)| (name, creds.map(|(u, p)| basic(&u, &p))))
+        .collect()
+}
+
+/// The data, roles and users of the matrix: `reader` reads Dog, `writer` only inserts into
+/// Dog, `attrs` reads `name`/`breed` of Dog and not `owner`/`age`; per caller its credentials.
+fn seed_users(server: &Server) -> Vec<Who> {
     ok(
         server,
         json!({"operation": "upsert", "database": "data", "table": "Dog", "records": [
@@ -95,7 +114,10 @@ fn seed(server: &Server) -> Vec<(&'static str, Option<String>)> {
                     {"attribute_name": "owner", "read": false, "insert": false, "update": false}]}}}}),
         ),
     ];
-    let mut callers = vec![("super", Some(admin()))];
+    let mut callers: Vec<Who> = vec![(
+        "super",
+        Some((ADMIN_USER.to_string(), ADMIN_PASSWORD.to_string())),
+    )];
     for (name, permission) in roles {
         ok(
             server,
@@ -106,7 +128,7 @@ fn seed(server: &Server) -> Vec<(&'static str, Option<String>)> {
             server,
             json!({"operation": "add_user", "username": name, "password": password, "role": name, "active": true}),
         );
-        callers.push((name, Some(basic(name, &password))));
+        callers.push((name, Some((name.to_string(), password))));
     }
     callers.push(("anonymous", None));
     callers
@@ -703,5 +725,943 @@ fn authorize_local_makes_loopback_the_super_user() {
     assert_eq!(
         call("GET", &strict.url("/Dog/"), Some(&admin()), None).0,
         200
+    );
+}
+
+// ---- real-time protocols ----
+
+fn authorization(who: &Who) -> Option<String> {
+    who.1.as_ref().map(|(u, p)| basic(u, p))
+}
+
+fn mqtt_port(server: &Server) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server reports its MQTT listener");
+        if let Some(rest) = line.split("MQTT (mqtt.network.port) listening on ").nth(1) {
+            return rest
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.parse().ok())
+                .expect("address");
+        }
+    }
+}
+
+// ---- WebSocket ----
+
+#[derive(Debug, PartialEq)]
+enum WsOutcome {
+    /// Upgraded and delivering: the first event.
+    Event(Value),
+    /// Upgraded, then closed with (code, reason).
+    Closed(u16, String),
+    /// Not upgraded: the status.
+    Refused(u16),
+}
+
+struct Ws(tungstenite::WebSocket<TcpStream>);
+
+/// Upgrades `path` with the given (optional) headers; the socket, or the refusal's status.
+fn ws_handshake(addr: SocketAddr, path: &str, headers: &[(&str, Option<&str>)]) -> Result<Ws, u16> {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut req = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("request");
+    for (name, value) in headers {
+        if let Some(v) = value {
+            let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+            req.headers_mut().insert(name, v.parse().expect("header"));
+        }
+    }
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(Ws(ws)),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
+        Err(e) => panic!("upgrade {path}: {e}"),
+    }
+}
+
+fn ws_open(addr: SocketAddr, path: &str, auth: Option<&str>, accept: Option<&str>) -> Ws {
+    ws_handshake(addr, path, &[("Authorization", auth), ("Accept", accept)])
+        .unwrap_or_else(|status| panic!("upgrade {path} refused with {status}"))
+}
+
+impl Ws {
+    fn next(&mut self) -> WsOutcome {
+        loop {
+            match self.0.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    return WsOutcome::Event(serde_json::from_str(t.as_str()).expect("JSON event"))
+                }
+                Ok(tungstenite::Message::Binary(b)) => {
+                    return WsOutcome::Event(ciborium::from_reader(&b[..]).expect("CBOR event"))
+                }
+                Ok(tungstenite::Message::Close(Some(f))) => {
+                    return WsOutcome::Closed(u16::from(f.code), f.reason.to_string())
+                }
+                Ok(tungstenite::Message::Close(None)) => return WsOutcome::Closed(1005, "".into()),
+                Ok(_) => continue,
+                Err(e) => panic!("WebSocket read: {e}"),
+            }
+        }
+    }
+}
+
+fn ws_outcome(addr: SocketAddr, path: &str, auth: Option<&str>) -> WsOutcome {
+    match ws_handshake(addr, path, &[("Authorization", auth)]) {
+        Ok(mut ws) => ws.next(),
+        Err(status) => WsOutcome::Refused(status),
+    }
+}
+
+// ---- SSE ----
+
+struct Sse(BufReader<TcpStream>);
+
+/// Opens an event stream: the status line's code and the reader.
+fn sse_open(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, Sse) {
+    sse_open_with(addr, path, ("Authorization", auth))
+}
+
+/// Opens an event stream with one (optional) extra header.
+fn sse_open_with(
+    addr: SocketAddr,
+    path: &str,
+    (name, value): (&str, Option<&str>),
+) -> (u16, String, Sse) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let extra = value
+        .map(|v| format!("{name}: {v}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n"
+    )
+    .expect("write");
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head, Sse(reader))
+}
+
+impl Sse {
+    /// The next event's data line as JSON.
+    fn next(&mut self) -> Value {
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.0.read_line(&mut line).expect("read") > 0,
+                "stream ended"
+            );
+            if let Some(d) = line.trim_end().strip_prefix("data: ") {
+                return serde_json::from_str(d).expect("JSON data");
+            }
+        }
+    }
+
+    /// A refused stream's body (Content-Length framed).
+    fn body(&mut self, head: &str) -> String {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).expect("body");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+}
+
+// ---- MQTT (raw packets, for exact reason codes) ----
+
+fn mqtt_string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+struct Mqtt {
+    stream: TcpStream,
+    level: u8,
+}
+
+impl Mqtt {
+    /// Connects (clean, keep alive 30 s) and returns the client with its CONNACK code.
+    fn connect(
+        port: SocketAddr,
+        level: u8,
+        id: &str,
+        creds: Option<&(String, String)>,
+    ) -> (Mqtt, u8) {
+        let stream = TcpStream::connect(port).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut body = mqtt_string("MQTT");
+        body.push(level);
+        body.push(0x02 | if creds.is_some() { 0xC0 } else { 0 });
+        body.extend_from_slice(&30u16.to_be_bytes());
+        if level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(&mqtt_string(id));
+        if let Some((u, p)) = creds {
+            body.extend_from_slice(&mqtt_string(u));
+            body.extend_from_slice(&mqtt_string(p));
+        }
+        let mut m = Mqtt { stream, level };
+        m.send(&mqtt_packet(0x10, &body));
+        let connack = m.packet().expect("CONNACK");
+        assert_eq!(connack[0], 0x20, "{connack:02x?}");
+        let code = connack[3];
+        (m, code)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// One whole packet (header included), or None when the connection ended.
+    fn packet(&mut self) -> Option<Vec<u8>> {
+        let mut head = [0u8; 1];
+        self.stream.read_exact(&mut head).ok()?;
+        let mut out = vec![head[0]];
+        let mut len = 0usize;
+        for i in 0..4 {
+            let mut b = [0u8; 1];
+            self.stream.read_exact(&mut b).ok()?;
+            out.push(b[0]);
+            len |= usize::from(b[0] & 0x7f) << (7 * i);
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).ok()?;
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    /// The body of the next packet whose type is `kind` (upper nibble), skipping others.
+    fn next_of(&mut self, kind: u8) -> Vec<u8> {
+        loop {
+            let p = self.packet().expect("packet");
+            if p[0] >> 4 == kind {
+                let mut i = 1;
+                while p[i] & 0x80 != 0 {
+                    i += 1;
+                }
+                return p[i + 1..].to_vec();
+            }
+        }
+    }
+
+    /// SUBSCRIBE one filter at QoS 1; the SUBACK reason code.
+    fn subscribe(&mut self, packet_id: u16, filter: &str) -> u8 {
+        let mut body = packet_id.to_be_bytes().to_vec();
+        if self.level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(&mqtt_string(filter));
+        body.push(1);
+        self.send(&mqtt_packet(0x82, &body));
+        *self.next_of(9).last().expect("SUBACK code")
+    }
+
+    /// PUBLISH at QoS 1; the v5 PUBACK reason code (0 when the PUBACK has none).
+    fn publish(&mut self, packet_id: u16, topic: &str, retain: bool, payload: &[u8]) -> u8 {
+        let mut body = mqtt_string(topic);
+        body.extend_from_slice(&packet_id.to_be_bytes());
+        if self.level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(payload);
+        self.send(&mqtt_packet(0x32 | u8::from(retain), &body));
+        let ack = self.next_of(4);
+        ack.get(2).copied().unwrap_or(0)
+    }
+
+    /// The next PUBLISH from the server: (topic, payload as JSON).
+    fn next_publish(&mut self) -> (String, Value) {
+        let (first, p) = loop {
+            let p = self.packet().expect("PUBLISH");
+            if p[0] >> 4 == 3 {
+                let mut i = 1;
+                while p[i] & 0x80 != 0 {
+                    i += 1;
+                }
+                break (p[0], p[i + 1..].to_vec());
+            }
+        };
+        let tlen = usize::from(u16::from_be_bytes([p[0], p[1]]));
+        let topic = String::from_utf8(p[2..2 + tlen].to_vec()).expect("topic");
+        let mut i = 2 + tlen;
+        if first & 0x06 != 0 {
+            i += 2; // packet id
+        }
+        if self.level == 5 {
+            i += 1 + usize::from(p[i]);
+        }
+        let payload = serde_json::from_slice(&p[i..]).unwrap_or(Value::Null);
+        (topic, payload)
+    }
+}
+
+/// SPEC §5.6 per protocol for each caller: subscribing needs `read` (SSE 401/403, WebSocket
+/// upgrade then close 3000/3003, SUBACK 0x87/0x80); an MQTT publish to a record needs `update`,
+/// to the bare table `insert` (v5 PUBACK 0x87).
+#[test]
+fn permission_matrix_over_sse_websocket_and_mqtt() {
+    let server = Builder::new().require_credentials().start();
+    let port = mqtt_port(&server);
+    let callers = seed_users(&server);
+    // (path, expected per caller: super, reader, writer, attrs, anonymous) with 2 = streaming.
+    let paths: [(&str, [u16; 5]); 3] = [
+        ("/Dog/d1", [2, 2, 403, 2, 401]),
+        ("/Dog/", [2, 2, 403, 2, 401]),
+        ("/Breed/1", [2, 403, 403, 403, 401]),
+    ];
+    for (path, expected) in paths {
+        for (i, who) in callers.iter().enumerate() {
+            let auth = authorization(who);
+            let name = who.0;
+            // SSE: ordinary statuses before streaming.
+            let (status, head, mut sse) = sse_open(server.rest, path, auth.as_deref());
+            let class = if status == 200 { 2 } else { status };
+            assert_eq!(class, expected[i], "SSE {path} as {name}: {head}");
+            match status {
+                200 => {
+                    let event = sse.next();
+                    assert_eq!(event["type"], "put", "SSE {path} as {name}");
+                }
+                401 => {
+                    assert!(head.contains("WWW-Authenticate: Basic"), "{head}");
+                    assert!(
+                        sse.body(&head).contains("Must login"),
+                        "SSE {path} as {name}"
+                    );
+                }
+                403 => assert!(
+                    sse.body(&head).contains("Unauthorized access to resource"),
+                    "SSE {path} as {name}"
+                ),
+                _ => {}
+            }
+            // WebSocket: upgrade, then events or a close code (SPEC §5.6).
+            let got = ws_outcome(server.rest, path, auth.as_deref());
+            match (expected[i], &got) {
+                (2, WsOutcome::Event(e)) => assert_eq!(e["type"], "put", "WS {path} as {name}"),
+                (401, WsOutcome::Closed(code, reason)) => {
+                    assert_eq!(
+                        (*code, reason.as_str()),
+                        (3000, "Must login"),
+                        "WS {path} as {name}"
+                    )
+                }
+                (403, WsOutcome::Closed(code, _)) => assert_eq!(*code, 3003, "WS {path} as {name}"),
+                _ => panic!("WS {path} as {name}: expected {}, got {got:?}", expected[i]),
+            }
+        }
+    }
+    // Wrong credentials and an invalid token close with 3000 and their message.
+    let bad = basic("reader", "wrong");
+    assert_eq!(
+        ws_outcome(server.rest, "/Dog/d1", Some(&bad)),
+        WsOutcome::Closed(3000, "Login failed".into())
+    );
+    assert_eq!(
+        ws_outcome(server.rest, "/Dog/d1", Some("Bearer not.a.token")),
+        WsOutcome::Closed(3000, "invalid token".into())
+    );
+    let (status, head, _) = sse_open(server.rest, "/Dog/d1", Some(&bad));
+    assert_eq!(status, 401, "{head}");
+    // An unknown path is still 404 without upgrading, whoever asks.
+    assert_eq!(
+        ws_outcome(server.rest, "/Nope/1", None),
+        WsOutcome::Refused(404)
+    );
+
+    // MQTT, both levels: CONNACK, SUBACK and (v5) PUBACK codes.
+    // Per caller: (connack v4, connack v5), subscribe Dog/d1, subscribe Breed/1, retained
+    // publish {"name"} to the record Dog/p-<caller>, message to the bare Dog; 1 = granted QoS 1,
+    // 0 = success.
+    let nok = 0x87u8;
+    type Row = ((u8, u8), u8, u8, u8, u8);
+    let mqtt: [Row; 5] = [
+        ((0, 0), 1, 1, 0, 0),
+        ((0, 0), 1, nok, nok, nok),
+        ((0, 0), nok, nok, nok, 0),
+        ((0, 0), 1, nok, 0, 0),
+        ((0x05, 0x87), 0, 0, 0, 0),
+    ];
+    for (i, who) in callers.iter().enumerate() {
+        let (connack, sub_dog, sub_breed, put, message) = mqtt[i];
+        let name = who.0;
+        for level in [4u8, 5] {
+            let (mut m, code) =
+                Mqtt::connect(port, level, &format!("{name}-{level}"), who.1.as_ref());
+            let want = if level == 4 { connack.0 } else { connack.1 };
+            assert_eq!(code, want, "CONNACK as {name}, level {level}");
+            if code != 0 {
+                continue;
+            }
+            // 3.1.1 has one failure code for SUBACK.
+            let sub = |c: u8| if level == 4 && c == nok { 0x80 } else { c };
+            assert_eq!(
+                m.subscribe(1, "Dog/d1"),
+                sub(sub_dog),
+                "SUBSCRIBE Dog/d1 as {name}, {level}"
+            );
+            assert_eq!(
+                m.subscribe(2, "Breed/1"),
+                sub(sub_breed),
+                "SUBSCRIBE Breed/1 as {name}, {level}"
+            );
+            if level == 5 {
+                assert_eq!(
+                    m.publish(3, &format!("Dog/p-{name}"), true, br#"{"name":"Ace"}"#),
+                    put,
+                    "retained PUBLISH Dog/p-{name} as {name}"
+                );
+                assert_eq!(
+                    m.publish(4, "Dog", false, br#"{"name":"hello"}"#),
+                    message,
+                    "PUBLISH to bare Dog as {name}"
+                );
+            }
+        }
+    }
+    // Attribute rights hold for retained publishes too (SPEC §5.5), checked per attribute.
+    let (mut m, _) = Mqtt::connect(port, 5, "attrs-w", callers[3].1.as_ref());
+    assert_eq!(
+        m.publish(5, "Dog/p-attrs", true, br#"{"name":"Ace","owner":"x"}"#),
+        nok,
+        "owner is not updatable by attrs"
+    );
+    assert_eq!(
+        m.publish(6, "Dog/p-attrs", true, br#"{"name":"Ace","breed":"x"}"#),
+        nok,
+        "breed is readable, not updatable, by attrs"
+    );
+    // Exactly the permitted retained publishes wrote their records.
+    let written = ok(
+        &server,
+        json!({"operation": "search_by_value", "table": "Dog", "search_attribute": "name",
+               "search_value": "Ace", "get_attributes": ["id"]}),
+    );
+    let mut ids: Vec<&str> = written
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .filter(|id| id.starts_with("p-"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["p-attrs", "p-super"], "{written}");
+
+    // With requireAuthentication off, anonymous MQTT clients connect but may do nothing.
+    let open = Builder::new()
+        .require_credentials()
+        .arg("--MQTT_REQUIREAUTHENTICATION", "false")
+        .start();
+    let port = mqtt_port(&open);
+    let (mut m, code) = Mqtt::connect(port, 5, "anon", None);
+    assert_eq!(code, 0);
+    assert_eq!(m.subscribe(1, "Dog/d1"), nok);
+    assert_eq!(m.publish(2, "Dog/x", true, br#"{"name":"A"}"#), nok);
+    assert_eq!(m.publish(3, "Dog", false, br#"{"name":"A"}"#), nok);
+}
+
+fn assert_trimmed(what: &str, value: &Value) {
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for forbidden in ["owner", "age", "createdAt", "updatedAt"] {
+        assert!(
+            !keys.contains(&forbidden),
+            "{what} leaked {forbidden}: {value}"
+        );
+    }
+    assert!(
+        keys.contains(&"name"),
+        "{what} lost a readable attribute: {value}"
+    );
+}
+
+/// SPEC §5.5/§6.1: events reach a restricted subscriber trimmed to what it may read — initial
+/// state, live puts and messages, on WebSocket (JSON and CBOR), SSE and MQTT — while an
+/// unrestricted subscriber of the same record receives every attribute.
+#[test]
+fn subscriptions_never_leak_forbidden_attributes() {
+    let server = Builder::new().require_credentials().start();
+    let port = mqtt_port(&server);
+    let callers = seed_users(&server);
+    let attrs = authorization(&callers[3]);
+    let attrs_creds = callers[3].1.clone();
+    let admin = basic(ADMIN_USER, ADMIN_PASSWORD);
+
+    let mut ws_json = ws_open(server.rest, "/Dog/d1", attrs.as_deref(), None);
+    let mut ws_cbor = ws_open(
+        server.rest,
+        "/Dog/d1",
+        attrs.as_deref(),
+        Some("application/cbor"),
+    );
+    let mut ws_second = ws_open(server.rest, "/Dog/", attrs.as_deref(), None);
+    let mut ws_super = ws_open(server.rest, "/Dog/d1", Some(&admin), None);
+    let (status, head, mut sse) = sse_open(server.rest, "/Dog/d1", attrs.as_deref());
+    assert_eq!(status, 200, "{head}");
+    let (mut mqtt, code) = Mqtt::connect(port, 5, "attrs-sub", attrs_creds.as_ref());
+    assert_eq!(code, 0);
+    assert_eq!(mqtt.subscribe(1, "Dog/d1"), 1);
+
+    // Initial state.
+    let value = |o: WsOutcome| match o {
+        WsOutcome::Event(e) => e["value"].clone(),
+        other => panic!("expected an event, got {other:?}"),
+    };
+    assert_trimmed("WS JSON initial", &value(ws_json.next()));
+    assert_trimmed("WS CBOR initial", &value(ws_cbor.next()));
+    for _ in 0..2 {
+        assert_trimmed("WS table initial", &value(ws_second.next()));
+    }
+    assert_eq!(
+        value(ws_super.next())["owner"],
+        SECRET,
+        "the super user sees everything"
+    );
+    assert_trimmed("SSE initial", &sse.next()["value"]);
+    let (topic, retained) = mqtt.next_publish();
+    assert_eq!(topic, "Dog/d1");
+    assert_trimmed("MQTT retained", &retained);
+
+    // A live put by the super user, then a message carrying the forbidden attribute.
+    let r = ureq::put(&server.url("/Dog/d1"))
+        .set("Authorization", &admin)
+        .set("Content-Type", "application/json")
+        .send_string(
+            &json!({"name": "Rex2", "breed": "lab", "age": 4, "owner": "new-secret"}).to_string(),
+        )
+        .expect("PUT");
+    assert!(r.status() < 300);
+    let (mut publisher, code) = Mqtt::connect(
+        port,
+        5,
+        "admin-pub",
+        Some(&(ADMIN_USER.to_string(), ADMIN_PASSWORD.to_string())),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        publisher.publish(
+            1,
+            "Dog/d1",
+            false,
+            br#"{"name":"hi","owner":"message-secret"}"#
+        ),
+        0
+    );
+    for (kind, wanted) in [("put", "Rex2"), ("message", "hi")] {
+        let what = |p: &str| format!("{p} live {kind}");
+        let e = match ws_json.next() {
+            WsOutcome::Event(e) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(e["type"], kind);
+        assert_eq!(e["value"]["name"], wanted);
+        assert_trimmed(&what("WS JSON"), &e["value"]);
+        assert_trimmed(&what("WS CBOR"), &value(ws_cbor.next()));
+        assert_trimmed(&what("WS table"), &value(ws_second.next()));
+        let full = value(ws_super.next());
+        assert!(
+            full["owner"].as_str().is_some_and(|o| o.contains("secret")),
+            "super user's {kind}: {full}"
+        );
+        let e = sse.next();
+        assert_eq!(e["type"], kind);
+        assert_trimmed(&what("SSE"), &e["value"]);
+        let (topic, payload) = mqtt.next_publish();
+        assert_eq!(topic, "Dog/d1");
+        assert_eq!(payload["name"], wanted);
+        assert_trimmed(&what("MQTT"), &payload);
+    }
+}
+
+// ---- cookie sessions ----
+
+/// curl with a cookie jar: (status, response headers, body).
+fn curl_jar(jar: &std::path::Path, args: &[&str]) -> (u16, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "-", "--max-time", "20", "-c"])
+        .arg(jar)
+        .arg("-b")
+        .arg(jar)
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// SPEC §5.3: `login` answers a session cookie with the SPEC's flags; cookie-only requests then
+/// work on REST, the Operations API, SSE and WebSocket, with the user's own permissions; after
+/// `logout` the same cookie is refused (401), and a wrong password logs nobody in.
+#[test]
+fn cookie_sessions_login_then_logout() {
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--LOGGING_LEVEL", "trace")
+        .start();
+    let callers = seed_users(&server);
+    let jar_dir = tempfile::tempdir().expect("temp");
+    let jar = jar_dir.path().join("cookies.txt");
+    let ops = server.ops_url();
+    let json_type = "Content-Type: application/json";
+    let login = |user: &str, password: &str| {
+        curl_jar(
+            &jar,
+            &[
+                "-H",
+                json_type,
+                "-d",
+                &json!({"operation": "login", "username": user, "password": password}).to_string(),
+                &ops,
+            ],
+        )
+    };
+    let (status, _, body) = login(ADMIN_USER, "wrong");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Login failed"), "{body}");
+
+    let (status, head, body) = login(ADMIN_USER, ADMIN_PASSWORD);
+    assert_eq!(status, 200, "{head}{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json"),
+        json!({"message": "Login successful"})
+    );
+    let cookie_line = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie: {head}"));
+    let expected_name = format!(
+        "{}-hdb-session=",
+        server.ops.to_string().replace(['.', ':'], "_")
+    );
+    assert!(cookie_line.contains(&expected_name), "{cookie_line}");
+    for flag in ["Path=/", "HttpOnly", "Expires=", "SameSite=None", "Secure"] {
+        assert!(cookie_line.contains(flag), "{flag} missing: {cookie_line}");
+    }
+    let value = cookie_line
+        .split_once('=')
+        .and_then(|(_, v)| v.split(';').next())
+        .expect("cookie value")
+        .trim()
+        .to_string();
+    assert!(!value.is_empty() && !value.contains(SECRET));
+    let cookie = format!("{}{value}", expected_name);
+
+    // Cookie only (no Authorization): REST on the other port, the Operations API, SSE, WS.
+    let (status, _, body) = curl_jar(&jar, &[&server.url("/Dog/d1")]);
+    assert_eq!(status, 200, "REST with the session cookie: {body}");
+    assert!(
+        body.contains(SECRET),
+        "the super user reads everything: {body}"
+    );
+    let (status, _, body) = curl_jar(
+        &jar,
+        &["-H", json_type, "-d", r#"{"operation":"user_info"}"#, &ops],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(ADMIN_USER), "{body}");
+    let (status, head, mut sse) = sse_open_with(server.rest, "/Dog/d1", ("Cookie", Some(&cookie)));
+    assert_eq!(status, 200, "SSE with the cookie: {head}");
+    assert_eq!(sse.next()["value"]["owner"], SECRET);
+    let mut ws = ws_handshake(server.rest, "/Dog/d1", &[("Cookie", Some(&cookie))])
+        .unwrap_or_else(|s| panic!("WS refused {s}"));
+    assert!(
+        matches!(ws.next(), WsOutcome::Event(_)),
+        "WS with the cookie"
+    );
+
+    // Cross-origin (SPEC §5.3): CORS answers allow credentials, so browsers send the cookie.
+    let (status, head, _) = curl_jar(
+        &jar,
+        &[
+            "-H",
+            "Origin: http://localhost:3000",
+            &server.url("/Dog/d1"),
+        ],
+    );
+    assert_eq!(status, 200);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: http://localhost:3000")
+            && head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+
+    // Logout: the jar drops the cookie, and replaying it is refused everywhere.
+    let (status, head, body) = curl_jar(
+        &jar,
+        &["-H", json_type, "-d", r#"{"operation":"logout"}"#, &ops],
+    );
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(body.contains("Logout successful"), "{body}");
+    let (status, _, _) = curl_jar(&jar, &[&server.url("/Dog/d1")]);
+    assert_eq!(status, 401, "after logout, with the jar");
+    let (status, _, body) = curl_jar(
+        &jar,
+        &["-H", &format!("Cookie: {cookie}"), &server.url("/Dog/d1")],
+    );
+    assert_eq!(status, 401, "after logout, the old cookie: {body}");
+    let (status, head, _) = sse_open_with(server.rest, "/Dog/d1", ("Cookie", Some(&cookie)));
+    assert_eq!(status, 401, "SSE after logout: {head}");
+    assert_eq!(
+        ws_handshake(server.rest, "/Dog/d1", &[("Cookie", Some(&cookie))])
+            .map(|mut ws| ws.next())
+            .ok(),
+        Some(WsOutcome::Closed(3000, "Must login".into()))
+    );
+    let (status, _, _) = curl_jar(
+        &jar,
+        &["-H", json_type, "-d", r#"{"operation":"logout"}"#, &ops],
+    );
+    assert_eq!(status, 401, "logout without a session or credentials");
+
+    // A session carries its user's role: the reader reads Dog but not Breed.
+    let (reader, password) = callers[1].1.clone().expect("reader");
+    let (status, _, body) = login(&reader, &password);
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = curl_jar(&jar, &[&server.url("/Dog/d1")]);
+    assert_eq!(status, 200);
+    let (status, _, body) = curl_jar(&jar, &[&server.url("/Breed/1")]);
+    assert_eq!(status, 403, "{body}");
+    // Neither passwords nor session ids reach the trace log.
+    assert_log_clean(&server, &[value, ADMIN_PASSWORD.to_string(), password]);
+}
+
+// ---- password hashing ----
+
+/// SPEC §5.1: with `hashFunction: argon2id` new users get argon2id hashes (PHC), users hashed
+/// before with salted SHA-256 still log in, and after switching back to `sha256` the argon2id
+/// user still logs in (Basic and `create_authentication_tokens`).
+#[test]
+fn argon2id_hashes_and_both_kinds_verify() {
+    let restart = |mut server: Server, hash_function: &str| {
+        let root = std::mem::replace(&mut server.root, tempfile::tempdir().expect("temp"));
+        drop(server);
+        Builder::new()
+            .require_credentials()
+            .arg("--AUTHENTICATION_HASHFUNCTION", hash_function)
+            .root(root)
+            .start()
+    };
+    let server = Builder::new().require_credentials().start();
+    let server = restart(server, "argon2id");
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "argo", "password": "Argo-pass-1", "role": "super_user", "active": true}),
+    );
+    let users = ok(
+        &server,
+        json!({"operation": "search_by_value", "database": "system", "table": "hdb_user",
+               "search_attribute": "username", "search_value": "*", "get_attributes": ["*"]}),
+    );
+    let hash_of = |name: &str| {
+        users
+            .as_array()
+            .expect("users")
+            .iter()
+            .find(|u| u["username"] == name)
+            .and_then(|u| u["password"].as_str())
+            .map(str::to_string)
+    };
+    // Where the system table shows hashes to super users, they have the expected form.
+    if let (Some(argo), Some(admin_hash)) = (hash_of("argo"), hash_of(ADMIN_USER)) {
+        assert!(argo.starts_with("$argon2id$"), "{argo}");
+        assert!(admin_hash.starts_with("$sha256$"), "{admin_hash}");
+    }
+    let get = |server: &Server, auth: &str| call("GET", &server.url("/Dog/"), Some(auth), None).0;
+    assert_eq!(get(&server, &basic("argo", "Argo-pass-1")), 200);
+    assert_eq!(get(&server, &basic("argo", "wrong")), 401);
+    assert_eq!(
+        get(&server, &admin()),
+        200,
+        "an older sha256 hash still verifies"
+    );
+    let (status, reply) = op(
+        &server,
+        None,
+        json!({"operation": "create_authentication_tokens", "username": "argo", "password": "Argo-pass-1"}),
+    );
+    assert_eq!(status, 200, "{reply}");
+
+    let server = restart(server, "sha256");
+    assert_eq!(get(&server, &basic("argo", "Argo-pass-1")), 200);
+    assert_eq!(get(&server, &basic("argo", "Argo-pass-2")), 401);
+}
+
+// ---- role files and cluster users ----
+
+/// SPEC §5.5: the app's `roles.yaml` creates its roles at start and updates them at the next
+/// start; a `cluster_user` role user can be created and listed, and may do nothing but replicate
+/// (every REST and Operations API request → 403).
+#[test]
+fn roles_file_and_cluster_user() {
+    let app = tempfile::tempdir().expect("app");
+    std::fs::write(
+        app.path().join("schema.graphql"),
+        "type Dog @table @export { id: ID @primaryKey name: String owner: String }\n",
+    )
+    .expect("schema");
+    std::fs::write(
+        app.path().join("config.yaml"),
+        "rest: true\ngraphqlSchema: {files: schema.graphql}\nroles: {files: roles.yaml}\n",
+    )
+    .expect("config");
+    let roles = |owner_readable: bool| {
+        std::fs::write(
+            app.path().join("roles.yaml"),
+            format!(
+                "dog_reader:\n  data:\n    Dog:\n      read: true\n      attributes:\n        name: {{read: true}}\n        owner: {{read: {owner_readable}}}\n"
+            ),
+        )
+        .expect("roles.yaml");
+    };
+    roles(false);
+    let mut server = Builder::new().require_credentials().app(app.path()).start();
+    let listed = ok(&server, json!({"operation": "list_roles"}));
+    let role = listed
+        .as_array()
+        .expect("roles")
+        .iter()
+        .find(|r| r["role"] == "dog_reader")
+        .unwrap_or_else(|| panic!("roles.yaml not applied: {listed}"))
+        .clone();
+    assert_eq!(
+        role["permission"]["data"]["tables"]["Dog"]["read"], true,
+        "{role}"
+    );
+    ok(
+        &server,
+        json!({"operation": "upsert", "table": "Dog", "records": [{"id": "1", "name": "Rex", "owner": SECRET}]}),
+    );
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "fan", "password": "Fan-pass-1", "role": "dog_reader", "active": true}),
+    );
+    let fan = basic("fan", "Fan-pass-1");
+    let (status, _, body) = call("GET", &server.url("/Dog/1"), Some(&fan), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Rex") && !body.contains(SECRET), "{body}");
+
+    // A cluster user: created, listed with its role, refused everything but replication.
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "peer", "password": "Peer-pass-1", "role": "cluster_user", "active": true}),
+    );
+    let users = ok(&server, json!({"operation": "list_users"}));
+    let peer = users
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "peer")
+        .unwrap_or_else(|| panic!("peer not listed: {users}"));
+    assert_eq!(peer["role"]["role"], "cluster_user", "{peer}");
+    let peer_auth = basic("peer", "Peer-pass-1");
+    let (status, _, _) = call("GET", &server.url("/Dog/1"), Some(&peer_auth), None);
+    assert_eq!(status, 403);
+    let (status, reply) = op(
+        &server,
+        Some(&peer_auth),
+        json!({"operation": "describe_all"}),
+    );
+    assert!(
+        status == 403 || reply.as_object().is_some_and(|o| o.is_empty()),
+        "{status} {reply}"
+    );
+    let (status, _) = op(
+        &server,
+        Some(&peer_auth),
+        json!({"operation": "list_users"}),
+    );
+    assert_eq!(status, 403);
+
+    // The next start applies the changed file to the existing role.
+    roles(true);
+    let root = std::mem::replace(&mut server.root, tempfile::tempdir().expect("temp"));
+    drop(server);
+    let server = Builder::new()
+        .require_credentials()
+        .app(app.path())
+        .root(root)
+        .start();
+    let (status, _, body) = call("GET", &server.url("/Dog/1"), Some(&fan), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(SECRET), "updated role reads owner: {body}");
+
+    // A role file that does not validate stops the start, naming the file and the role.
+    std::fs::write(
+        app.path().join("roles.yaml"),
+        "broken:\n  data:\n    Dog: {read: maybe}\n",
+    )
+    .expect("roles.yaml");
+    let mut cmd = Builder::new()
+        .app(app.path())
+        .command(tempfile::tempdir().expect("root").path());
+    let out = cmd.output().expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("roles.yaml") && stderr.contains("broken"),
+        "{stderr}"
     );
 }

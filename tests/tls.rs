@@ -532,3 +532,183 @@ fn sighup_reloads_the_certificate() {
     let (code, body, err) = curl(&secure, &[], &secure.url("/health"));
     assert_eq!((code, body.as_str()), (Some(0), "OK"), "{err}");
 }
+
+/// The MQTT secure port's address, from the start-up lines `Secure::start` left unread.
+fn mqtts_addr(secure: &Secure) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = secure
+            .server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server reports its MQTT secure listener");
+        if let Some(rest) = line
+            .split("MQTTS (mqtt.network.securePort) listening on ")
+            .nth(1)
+        {
+            return rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    }
+}
+
+/// `mqtt.network.mtls` (SPEC §5.4): a certificate from the trusted CA authenticates the client
+/// as the user its CN names; an unknown user is not authorized, an untrusted certificate fails
+/// the handshake; with `required` a client without one is refused, otherwise it logs in as usual.
+#[test]
+fn mqtt_mtls_maps_certificates_to_users() {
+    for (mtls, required) in [(r#"{"required": true}"#, true), ("true", false)] {
+        let secure = Secure::start(
+            Builder::new()
+                .require_credentials()
+                .arg("--MQTT_NETWORK_MTLS", mtls),
+        );
+        let mqtts = mqtts_addr(&secure).port().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = secure.keys();
+        let (ca, ca_key) = (keys.join("ca.pem"), keys.join("caPrivateKey.pem"));
+        let admin = client_certificate(dir.path(), common::ADMIN_USER, &ca, &ca_key);
+        let nobody = client_certificate(dir.path(), "nobody", &ca, &ca_key);
+        let (other_cert, other_key) = other_ca(dir.path());
+        let untrusted = client_certificate(dir.path(), "mallory", &other_cert, &other_key);
+        let password = ["-u", common::ADMIN_USER, "-P", common::ADMIN_PASSWORD];
+        type Case<'a> = (&'a str, Option<&'a (PathBuf, PathBuf)>, &'a [&'a str], bool);
+        let cases: [Case; 5] = [
+            ("admin certificate", Some(&admin), &[], true),
+            ("unknown user's certificate", Some(&nobody), &[], false),
+            ("untrusted certificate", Some(&untrusted), &password, false),
+            ("no certificate", None, &[], false),
+            ("no certificate, password", None, &password, !required),
+        ];
+        for (who, pair, extra, accepted) in cases {
+            let mut args = vec![
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &mqtts,
+                "--cafile",
+                ca.to_str().unwrap(),
+                "-t",
+                "Dog/mtls",
+                "-r",
+                "-m",
+                r#"{"name":"by certificate"}"#,
+            ];
+            if let Some((cert, key)) = pair {
+                args.extend(["--cert", cert.to_str().unwrap()]);
+                args.extend(["--key", key.to_str().unwrap()]);
+            }
+            args.extend_from_slice(extra);
+            let out = run("mosquitto_pub", &args);
+            assert_eq!(
+                out.status.success(),
+                accepted,
+                "mtls {mtls}, {who}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
+
+fn put_over_tls(secure: &Secure, path: &str, body: &str) {
+    let headers = [
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+    ];
+    let (code, _, err) = curl(secure, &headers, &secure.url(path));
+    assert_eq!(code, Some(0), "PUT {path}: {err}");
+}
+
+/// SPEC §6.4 over `wss://`: the 101 is answered on the secure port, the record's state comes
+/// first, then a change made afterwards; the client's close is echoed.
+#[test]
+fn websocket_subscription_over_tls() {
+    let secure = Secure::start(Builder::new());
+    put_over_tls(&secure, "/Dog/wss1", r#"{"name":"before"}"#);
+    let tcp = TcpStream::connect(secure.rest).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let tls = rustls::StreamOwned::new(tls_client(&secure.ca()), tcp);
+    let url = format!("wss://localhost:{}/Dog/wss1", secure.rest.port());
+    let (mut ws, response) = tungstenite::client(url.as_str(), tls).expect("wss handshake");
+    assert_eq!(response.status(), 101);
+    let mut next = || loop {
+        match ws.read().expect("event") {
+            tungstenite::Message::Text(t) => {
+                break serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap()
+            }
+            _ => continue,
+        }
+    };
+    let first = next();
+    assert_eq!(first["type"], "put", "{first}");
+    assert_eq!(first["value"]["name"], "before", "{first}");
+    put_over_tls(&secure, "/Dog/wss1", r#"{"name":"after"}"#);
+    let second = next();
+    assert_eq!(second["value"]["name"], "after", "{second}");
+    ws.close(None).unwrap();
+    // The server answers the close; reading then ends the connection cleanly.
+    let mut ended = false;
+    for _ in 0..10 {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(_) => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended);
+}
+
+/// SPEC §6.5 over `https://`: `curl --cacert` receives the state and a later change as events.
+#[test]
+fn sse_subscription_over_tls() {
+    let secure = Secure::start(Builder::new());
+    put_over_tls(&secure, "/Dog/sse1", r#"{"name":"before"}"#);
+    let ca = secure.ca();
+    let url = secure.url("/Dog/sse1");
+    let mut child = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--max-time",
+            "20",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .args(["-H", "Accept: text/event-stream", &url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("data: ") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut data = vec![rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("state event")];
+    put_over_tls(&secure, "/Dog/sse1", r#"{"name":"after"}"#);
+    data.push(
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("change event"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let shown = data.join("\n");
+    assert!(
+        data[0].contains("before") && data[1].contains("after"),
+        "{shown}"
+    );
+}

@@ -6,6 +6,7 @@
 //! [`Listener`], [`Stream`], [`Inbox`], [`sleep`]/[`timeout`] and [`Shutdown`], so the runtime can
 //! change without touching protocols. It never parses a byte of any protocol.
 
+mod any;
 mod cpu;
 mod mesh;
 mod net;
@@ -14,9 +15,11 @@ mod race;
 mod runtime;
 mod shutdown;
 mod signals;
+mod split;
 mod time;
 mod tls;
 
+pub use any::{AnyRead, AnyStream, AnyWrite};
 pub use cpu::affinity_cpus;
 pub use mesh::{mesh, Inbox, MeshSender, SendError};
 pub use net::{bind_listeners, BindError, Listener, Stream};
@@ -25,8 +28,12 @@ pub use race::{race, Either};
 pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver, RuntimeConfig};
 pub use shutdown::{InFlight, InFlightGuard, Shutdown};
 pub use signals::TerminationSignals;
+pub use split::{
+    ReadBytes, ReadHalf, SharedWriter, Split, TcpRead, TcpWrite, WriteBytes, WriteGuard,
+    READ_CHUNK_BYTES,
+};
 pub use time::{sleep, timeout, Elapsed};
 pub use tls::{
     certificate_subject_cn, local_ip_addresses, rustls, watch_hangups, TlsAcceptor, TlsConnector,
-    TlsStream, Transport,
+    TlsRead, TlsStream, TlsWrite, Transport,
 };

@@ -133,26 +133,47 @@ impl Stream {
     /// `min_spare` when less is free. Returns the bytes read; 0 means the peer closed.
     pub async fn read_append(
         &mut self,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         min_spare: usize,
     ) -> (io::Result<usize>, Vec<u8>) {
-        if buf.capacity() - buf.len() < min_spare {
-            buf.reserve(min_spare);
-        }
-        let len = buf.len();
-        let capacity = buf.capacity();
-        let (result, slice) = self.inner.read(buf.slice_mut(len..capacity)).await;
-        (result, slice.into_inner())
+        read_append(&mut self.inner, buf, min_spare).await
     }
 
     /// Writes all of `buf`, then hands it back (its length unchanged).
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let (result, buf) = self.inner.write_all(buf).await;
-        (result.map(|_| ()), buf)
+        write_all(&mut self.inner, buf).await
+    }
+
+    pub(crate) fn into_inner(self) -> monoio::net::TcpStream {
+        self.inner
     }
 
     /// Half-closes the connection: the peer reads end-of-stream after what was written.
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         self.inner.shutdown().await
     }
+}
+
+/// [`Stream::read_append`] for any monoio reader (the whole stream or its read half).
+pub(crate) async fn read_append<R: AsyncReadRent>(
+    reader: &mut R,
+    mut buf: Vec<u8>,
+    min_spare: usize,
+) -> (io::Result<usize>, Vec<u8>) {
+    if buf.capacity() - buf.len() < min_spare {
+        buf.reserve(min_spare);
+    }
+    let len = buf.len();
+    let capacity = buf.capacity();
+    let (result, slice) = reader.read(buf.slice_mut(len..capacity)).await;
+    (result, slice.into_inner())
+}
+
+/// [`Stream::write_all`] for any monoio writer.
+pub(crate) async fn write_all<W: AsyncWriteRent>(
+    writer: &mut W,
+    buf: Vec<u8>,
+) -> (io::Result<()>, Vec<u8>) {
+    let (result, buf) = writer.write_all(buf).await;
+    (result.map(|_| ()), buf)
 }

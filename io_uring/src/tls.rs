@@ -4,19 +4,24 @@
 //! reads and writes, half-close). [`Stream`] is the plain one; [`TlsStream`] wraps any transport
 //! and drives a `rustls` connection over it by hand: ciphertext read with `read_append` goes into
 //! `read_tls`/`process_new_packets`, plaintext comes out of `reader()`; plaintext written goes into
-//! `writer()`, and `write_tls` fills one buffer that is sent with one `write_all`. So TLS needs no
+//! `writer()`, and `write_tls` fills one buffer that is sent with one `write_all`. Split (see
+//! `split.rs`), the rustls state is shared by the halves through `Rc<RefCell<..>>` and borrowed
+//! only between awaits; records leave rustls only under the shared writer's lock, so they keep
+//! their order. So TLS needs no
 //! adapter crate and no runtime traits, and protocol code never sees a ciphertext byte. This
 //! module owns no certificates and no configuration: callers hand it a `rustls` config
 //! ([`TlsAcceptor`], [`TlsConnector`]). `rustls` is re-exported so every crate uses one version.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 pub use rustls;
 use rustls::pki_types::ServerName;
 
-use crate::Stream;
+use crate::{ReadBytes, SharedWriter, Split, Stream, WriteBytes};
 
 /// A connection's byte pipe, as the protocol loops see it. Buffers are owned and handed back, as
 /// io_uring needs them to stay put while the kernel holds them.
@@ -33,24 +38,12 @@ pub trait Transport {
     async fn shutdown_write(&mut self) -> io::Result<()>;
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
     /// The subject common name of the peer's verified certificate (mutual TLS), if any.
-    /// The plain TCP stream underneath, for handing a connection over to a protocol that drives
-    /// the socket itself (WebSocket, SSE). Encrypted transports cannot be handed over yet.
-    fn into_plain(self) -> Result<crate::Stream, Self>
-    where
-        Self: Sized,
-    {
-        Err(self)
-    }
     fn peer_cn(&self) -> Option<&str> {
         None
     }
 }
 
 impl Transport for Stream {
-    fn into_plain(self) -> Result<crate::Stream, Self> {
-        Ok(self)
-    }
-
     async fn read_append(
         &mut self,
         buf: Vec<u8>,
@@ -128,9 +121,8 @@ impl TlsConnector {
 pub struct TlsStream<T> {
     inner: T,
     conn: rustls::Connection,
-    /// Ciphertext read from `inner`; `incoming[incoming_at..]` is not yet given to rustls.
-    incoming: Vec<u8>,
-    incoming_at: usize,
+    /// Ciphertext read from `inner`.
+    incoming: Incoming,
     /// Ciphertext to send, reused between writes.
     outgoing: Vec<u8>,
     peer_cn: Option<String>,
@@ -141,15 +133,17 @@ impl<T: Transport> TlsStream<T> {
         let mut stream = TlsStream {
             inner,
             conn,
-            incoming: Vec::with_capacity(CIPHERTEXT_READ_BYTES),
-            incoming_at: 0,
+            incoming: Incoming {
+                bytes: Vec::with_capacity(CIPHERTEXT_READ_BYTES),
+                at: 0,
+            },
             outgoing: Vec::new(),
             peer_cn: None,
         };
         while stream.conn.is_handshaking() {
             if stream.conn.wants_write() {
                 stream.flush().await?;
-            } else if !stream.feed().await? {
+            } else if !feed(&mut stream).await? {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "peer closed during the TLS handshake",
@@ -188,9 +182,7 @@ impl<T: Transport> TlsStream<T> {
 
     /// Sends every TLS record rustls has queued.
     async fn flush(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
-            self.conn.write_tls(&mut self.outgoing)?;
-        }
+        encrypt_pending(&mut self.conn, &mut self.outgoing)?;
         if self.outgoing.is_empty() {
             return Ok(());
         }
@@ -202,109 +194,193 @@ impl<T: Transport> TlsStream<T> {
         self.outgoing = returned;
         result
     }
+}
 
-    /// Gives rustls the next piece of ciphertext, reading from the peer when none is buffered.
-    /// Returns false at end of stream.
-    async fn feed(&mut self) -> io::Result<bool> {
-        if self.incoming_at >= self.incoming.len() {
-            self.incoming.clear();
-            self.incoming_at = 0;
-            let (result, returned) = self
-                .inner
-                .read_append(std::mem::take(&mut self.incoming), CIPHERTEXT_READ_BYTES)
-                .await;
-            self.incoming = returned;
-            if result? == 0 {
-                return Ok(false);
+/// Moves every TLS record rustls has queued into `out`.
+fn encrypt_pending(conn: &mut rustls::Connection, out: &mut Vec<u8>) -> io::Result<()> {
+    while conn.wants_write() {
+        conn.write_tls(out)?;
+    }
+    Ok(())
+}
+
+/// Gives rustls the ciphertext `incoming[*at..]` (as much as it takes) and processes it.
+fn absorb(conn: &mut rustls::Connection, incoming: &[u8], at: &mut usize) -> io::Result<()> {
+    let mut pending = incoming.get(*at..).unwrap_or_default();
+    let taken = conn.read_tls(&mut pending)?;
+    *at += taken;
+    conn.process_new_packets().map_err(tls_error)?;
+    Ok(())
+}
+
+/// Moves decrypted bytes into `buf`. `Ok(None)`: none yet; `Ok(Some(0))`: the peer sent
+/// close_notify.
+fn take_plaintext(
+    conn: &mut rustls::Connection,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+) -> io::Result<Option<usize>> {
+    let start = buf.len();
+    loop {
+        if buf.capacity() - buf.len() < min_spare {
+            buf.reserve(min_spare);
+        }
+        let len = buf.len();
+        let step = (buf.capacity() - len).min(PLAINTEXT_STEP_BYTES);
+        buf.resize(len + step, 0);
+        let result = conn.reader().read(buf.get_mut(len..).unwrap_or_default());
+        match result {
+            Ok(n) if n > 0 => buf.truncate(len + n),
+            Ok(_) => {
+                buf.truncate(len);
+                return Ok(Some(len - start));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf.truncate(len);
+                return Ok((len > start).then_some(len - start));
+            }
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
             }
         }
-        let mut pending = self.incoming.get(self.incoming_at..).unwrap_or_default();
-        let taken = self.conn.read_tls(&mut pending)?;
-        self.incoming_at += taken;
-        if let Err(e) = self.conn.process_new_packets() {
-            // rustls queued an alert naming the failure; the peer should see it before we close.
-            let _ = self.flush().await;
-            return Err(tls_error(e));
+    }
+}
+
+/// What the plaintext write loop needs from its owner, so [`TlsStream`] and its write half share
+/// one loop: the rustls state (borrowed only inside `with_conn`, never across an await) and a
+/// way to send what rustls queued.
+#[allow(async_fn_in_trait)]
+trait CipherWrite {
+    fn with_conn<O>(&mut self, f: impl FnOnce(&mut rustls::Connection) -> O) -> O;
+    async fn flush(&mut self) -> io::Result<()>;
+}
+
+/// ...and the plaintext read loop additionally a way to read ciphertext, and where it waits.
+#[allow(async_fn_in_trait)]
+trait CipherRead: CipherWrite {
+    async fn read_cipher(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    fn incoming(&mut self) -> &mut Incoming;
+}
+
+/// Ciphertext read from the peer; `bytes[at..]` is not yet given to rustls.
+struct Incoming {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+/// Gives rustls the next piece of ciphertext, reading from the peer when none is buffered.
+/// Returns false at end of stream.
+async fn feed<I: CipherRead>(io: &mut I) -> io::Result<bool> {
+    let incoming = io.incoming();
+    if incoming.at >= incoming.bytes.len() {
+        incoming.bytes.clear();
+        incoming.at = 0;
+        let buf = std::mem::take(&mut incoming.bytes);
+        let (result, returned) = io.read_cipher(buf).await;
+        io.incoming().bytes = returned;
+        if result? == 0 {
+            return Ok(false);
         }
-        Ok(true)
+    }
+    let mut incoming = std::mem::replace(
+        io.incoming(),
+        Incoming {
+            bytes: Vec::new(),
+            at: 0,
+        },
+    );
+    let absorbed = io.with_conn(|conn| absorb(conn, &incoming.bytes, &mut incoming.at));
+    *io.incoming() = incoming;
+    if let Err(e) = absorbed {
+        // rustls queued an alert naming the failure; the peer should see it before we close.
+        let _ = io.flush().await;
+        return Err(e);
+    }
+    Ok(true)
+}
+
+async fn read_plaintext<I: CipherRead>(
+    io: &mut I,
+    mut buf: Vec<u8>,
+    min_spare: usize,
+) -> (io::Result<usize>, Vec<u8>) {
+    loop {
+        match io.with_conn(|conn| take_plaintext(conn, &mut buf, min_spare)) {
+            Ok(Some(n)) => return (Ok(n), buf),
+            Ok(None) => {}
+            Err(e) => return (Err(e), buf),
+        }
+        // Answers rustls owes the peer (key updates, alerts) go out before we wait on it.
+        if io.with_conn(|conn| conn.wants_write()) {
+            if let Err(e) = io.flush().await {
+                return (Err(e), buf);
+            }
+        }
+        match feed(io).await {
+            Ok(true) => {}
+            // TCP end without close_notify: reported as a plain end of stream; the protocol
+            // above notices a truncated message by its own framing.
+            Ok(false) => return (Ok(0), buf),
+            Err(e) => return (Err(e), buf),
+        }
+    }
+}
+
+async fn write_plaintext<I: CipherWrite>(io: &mut I, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    let mut written = 0;
+    while written < buf.len() {
+        // rustls takes as much as its 64 KiB send buffer allows; flushing makes room.
+        let rest = buf.get(written..).unwrap_or_default();
+        let taken = io.with_conn(|conn| {
+            let taken = conn.writer().write(rest)?;
+            if taken == 0 && !conn.wants_write() {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            Ok(taken)
+        });
+        match taken {
+            Ok(n) => written += n,
+            Err(e) => return (Err(e), buf),
+        }
+        if let Err(e) = io.flush().await {
+            return (Err(e), buf);
+        }
+    }
+    (Ok(()), buf)
+}
+
+impl<T: Transport> CipherWrite for TlsStream<T> {
+    fn with_conn<O>(&mut self, f: impl FnOnce(&mut rustls::Connection) -> O) -> O {
+        f(&mut self.conn)
     }
 
-    /// Moves decrypted bytes into `buf`. `Ok(None)`: none yet; `Ok(Some(0))`: the peer sent
-    /// close_notify.
-    fn take_plaintext(&mut self, buf: &mut Vec<u8>, min_spare: usize) -> io::Result<Option<usize>> {
-        let start = buf.len();
-        loop {
-            if buf.capacity() - buf.len() < min_spare {
-                buf.reserve(min_spare);
-            }
-            let len = buf.len();
-            let step = (buf.capacity() - len).min(PLAINTEXT_STEP_BYTES);
-            buf.resize(len + step, 0);
-            let result = self.conn.reader().read(&mut buf[len..]);
-            match result {
-                Ok(n) if n > 0 => buf.truncate(len + n),
-                Ok(_) => {
-                    buf.truncate(len);
-                    return Ok(Some(len - start));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buf.truncate(len);
-                    return Ok((len > start).then_some(len - start));
-                }
-                Err(e) => {
-                    buf.truncate(len);
-                    return Err(e);
-                }
-            }
-        }
+    async fn flush(&mut self) -> io::Result<()> {
+        TlsStream::flush(self).await
+    }
+}
+
+impl<T: Transport> CipherRead for TlsStream<T> {
+    async fn read_cipher(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.inner.read_append(buf, CIPHERTEXT_READ_BYTES).await
+    }
+
+    fn incoming(&mut self) -> &mut Incoming {
+        &mut self.incoming
     }
 }
 
 impl<T: Transport> Transport for TlsStream<T> {
     async fn read_append(
         &mut self,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         min_spare: usize,
     ) -> (io::Result<usize>, Vec<u8>) {
-        loop {
-            match self.take_plaintext(&mut buf, min_spare) {
-                Ok(Some(n)) => return (Ok(n), buf),
-                Ok(None) => {}
-                Err(e) => return (Err(e), buf),
-            }
-            // Answers rustls owes the peer (key updates, alerts) go out before we wait on it.
-            if self.conn.wants_write() {
-                if let Err(e) = self.flush().await {
-                    return (Err(e), buf);
-                }
-            }
-            match self.feed().await {
-                Ok(true) => {}
-                // TCP end without close_notify: reported as a plain end of stream; the protocol
-                // above notices a truncated message by its own framing.
-                Ok(false) => return (Ok(0), buf),
-                Err(e) => return (Err(e), buf),
-            }
-        }
+        read_plaintext(self, buf, min_spare).await
     }
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let mut written = 0;
-        while written < buf.len() {
-            // rustls takes as much as its 64 KiB send buffer allows; flushing makes room.
-            let taken = match self.conn.writer().write(&buf[written..]) {
-                Ok(n) => n,
-                Err(e) => return (Err(e), buf),
-            };
-            if taken == 0 && !self.conn.wants_write() {
-                return (Err(io::ErrorKind::WriteZero.into()), buf);
-            }
-            written += taken;
-            if let Err(e) = self.flush().await {
-                return (Err(e), buf);
-            }
-        }
-        (Ok(()), buf)
+        write_plaintext(self, buf).await
     }
 
     async fn shutdown_write(&mut self) -> io::Result<()> {
@@ -319,6 +395,118 @@ impl<T: Transport> Transport for TlsStream<T> {
 
     fn peer_cn(&self) -> Option<&str> {
         self.peer_cn.as_deref()
+    }
+}
+
+/// The reading direction of a split [`TlsStream`]. It shares the rustls state with its
+/// [`TlsWrite`], and the write half underneath, for the records reading owes the peer.
+pub struct TlsRead<R, W> {
+    inner: R,
+    conn: Rc<RefCell<rustls::Connection>>,
+    writer: Rc<SharedWriter<W>>,
+    incoming: Incoming,
+    outgoing: Vec<u8>,
+}
+
+/// The writing direction of a split [`TlsStream`].
+pub struct TlsWrite<W> {
+    conn: Rc<RefCell<rustls::Connection>>,
+    writer: Rc<SharedWriter<W>>,
+    outgoing: Vec<u8>,
+}
+
+impl<T: Split> Split for TlsStream<T> {
+    type Read = TlsRead<T::Read, T::Write>;
+    type Write = TlsWrite<T::Write>;
+
+    fn into_split(self) -> (Self::Read, Self::Write) {
+        let (read, write) = self.inner.into_split();
+        let conn = Rc::new(RefCell::new(self.conn));
+        let writer = Rc::new(SharedWriter::new(write));
+        let read = TlsRead {
+            inner: read,
+            conn: conn.clone(),
+            writer: writer.clone(),
+            // Ciphertext already read but not yet given to rustls stays with the reader.
+            incoming: self.incoming,
+            outgoing: Vec::new(),
+        };
+        let write = TlsWrite {
+            conn,
+            writer,
+            outgoing: self.outgoing,
+        };
+        (read, write)
+    }
+}
+
+/// Sends what rustls queued through the shared write half. Records are taken out of rustls only
+/// while holding the writer, so they reach the peer in the order rustls made them.
+async fn flush_shared<W: WriteBytes>(
+    conn: &RefCell<rustls::Connection>,
+    writer: &SharedWriter<W>,
+    outgoing: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut guard = writer.lock().await;
+    encrypt_pending(&mut conn.borrow_mut(), outgoing)?;
+    if outgoing.is_empty() {
+        return Ok(());
+    }
+    let (result, mut returned) = guard.write_all(std::mem::take(outgoing)).await;
+    returned.clear();
+    *outgoing = returned;
+    result
+}
+
+impl<R: ReadBytes, W: WriteBytes> CipherWrite for TlsRead<R, W> {
+    fn with_conn<O>(&mut self, f: impl FnOnce(&mut rustls::Connection) -> O) -> O {
+        f(&mut self.conn.borrow_mut())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        flush_shared(&self.conn, &self.writer, &mut self.outgoing).await
+    }
+}
+
+impl<R: ReadBytes, W: WriteBytes> CipherRead for TlsRead<R, W> {
+    async fn read_cipher(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.inner.read_append(buf, CIPHERTEXT_READ_BYTES).await
+    }
+
+    fn incoming(&mut self) -> &mut Incoming {
+        &mut self.incoming
+    }
+}
+
+impl<R: ReadBytes, W: WriteBytes> ReadBytes for TlsRead<R, W> {
+    async fn read_append(
+        &mut self,
+        buf: Vec<u8>,
+        min_spare: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        read_plaintext(self, buf, min_spare).await
+    }
+}
+
+impl<W: WriteBytes> CipherWrite for TlsWrite<W> {
+    fn with_conn<O>(&mut self, f: impl FnOnce(&mut rustls::Connection) -> O) -> O {
+        f(&mut self.conn.borrow_mut())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        flush_shared(&self.conn, &self.writer, &mut self.outgoing).await
+    }
+}
+
+impl<W: WriteBytes> WriteBytes for TlsWrite<W> {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        write_plaintext(self, buf).await
+    }
+
+    async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.conn.borrow_mut().send_close_notify();
+        self.flush().await?;
+        self.writer.lock().await.shutdown_write().await
     }
 }
 
@@ -547,7 +735,7 @@ mod tests {
 
     /// Runs a TLS echo server on one connection and a client over loopback in one runtime;
     /// returns the CN the server saw and the bytes echoed back.
-    fn round_trip(payload: Vec<u8>) -> (Option<String>, Vec<u8>) {
+    fn round_trip(payload: Vec<u8>, split: bool) -> (Option<String>, Vec<u8>) {
         let pki = pki("carol");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(pki.ca.clone()).unwrap();
@@ -584,6 +772,10 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 let mut tls = acceptor.accept(stream).await.unwrap();
                 let cn = tls.peer_cn().map(str::to_string);
+                if split {
+                    split_echo(tls).await;
+                    return cn;
+                }
                 let mut buf = Vec::new();
                 loop {
                     let (n, returned) = tls.read_append(buf, 4096).await;
@@ -600,8 +792,12 @@ mod tests {
             let stream = Stream::connect(addr).await.unwrap();
             let name = ServerName::try_from("localhost").unwrap();
             let mut tls = connector.connect(name, stream).await.unwrap();
-            let (r, _) = tls.write_all(payload).await;
-            r.unwrap();
+            // In pieces with pauses, so the server's raced reads see partial records too.
+            for piece in payload.chunks(payload.len().div_ceil(7).max(1)) {
+                let (r, _) = tls.write_all(piece.to_vec()).await;
+                r.unwrap();
+                crate::sleep(std::time::Duration::from_millis(2)).await;
+            }
             tls.shutdown_write().await.unwrap();
             let mut echoed = Vec::new();
             loop {
@@ -615,13 +811,53 @@ mod tests {
         })
     }
 
+    /// Echoes through the two halves of a split stream: every read races a short timer (most
+    /// are cancelled and resumed), and what was read is written back while reading goes on.
+    async fn split_echo(tls: TlsStream<Stream>) {
+        let (read, mut write) = tls.into_split();
+        let mut half = crate::ReadHalf::new(read);
+        // Bounded: each completed read brings at least one byte.
+        for _ in 0..1_000_000 {
+            let raced = crate::race(
+                half.fill(),
+                crate::sleep(std::time::Duration::from_micros(300)),
+            )
+            .await;
+            match raced {
+                crate::Either::Left(Ok(0)) => break,
+                crate::Either::Left(r) => {
+                    r.unwrap();
+                    let bytes = std::mem::take(half.buffered());
+                    let (r, _) = write.write_all(bytes).await;
+                    r.unwrap();
+                }
+                crate::Either::Right(()) => {}
+            }
+        }
+        write.shutdown_write().await.unwrap();
+    }
+
+    fn check_echo(len: usize, split: bool) {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let (cn, echoed) = round_trip(payload.clone(), split);
+        assert_eq!(cn.as_deref(), Some("carol"));
+        assert!(
+            echoed == payload,
+            "echo of {len} bytes differs (split: {split})"
+        );
+    }
+
     #[test]
     fn echo_with_client_certificate() {
         for len in [1usize, 100, 16 * 1024, 300 * 1024] {
-            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let (cn, echoed) = round_trip(payload.clone());
-            assert_eq!(cn.as_deref(), Some("carol"));
-            assert!(echoed == payload, "echo of {len} bytes differs");
+            check_echo(len, false);
+        }
+    }
+
+    #[test]
+    fn split_echo_with_cancelled_reads() {
+        for len in [1usize, 100, 16 * 1024, 300 * 1024] {
+            check_echo(len, true);
         }
     }
 }

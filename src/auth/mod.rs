@@ -15,15 +15,18 @@
 //!     Err(e) => /* e.status() (401, or 429 after too many failures), e.message() */,
 //! }
 //! auth::authenticate_password(&resources, user, password, peer)   // MQTT CONNECT username/password
+//! auth::authenticate_request(&resources, &req)   // HTTP: credentials, then the session cookie
 //! ```
 //!
 //! Order (§5.1): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
-//! `Authorization: Bearer <operation token>`, `authorizeLocal` + loopback peer → the first super
-//! user, else anonymous. Wrong credentials are an error at once, never anonymous. Results are
+//! `Authorization: Bearer <operation token>`, the session cookie ([`session`]), then
+//! `authorizeLocal` with a loopback peer → the first super user, else anonymous. Wrong credentials are an error at once, never anonymous. Results are
 //! cached per core per header value for `authentication.cacheTTL`; a user or role change bumps
 //! `Resources::auth_generation`, which invalidates every core's entries.
 
 pub mod jwt;
+pub mod roles;
+pub mod session;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -344,20 +347,52 @@ fn caller_for(resources: &Resources, user: &UserRecord) -> Result<Caller, AuthEr
     ))
 }
 
+/// Who an HTTP request is (SPEC §5.1): its credentials, then its session cookie (§5.3).
+pub fn authenticate_request(
+    resources: &Resources,
+    req: &crate::protocol::http::Request<'_>,
+) -> Result<Caller, AuthError> {
+    authenticate_with(
+        resources,
+        &Credentials::from_request(req),
+        session::session_id(resources, req),
+    )
+}
+
 /// Who the request is (SPEC §5.1). `Ok(anonymous)` when it offers nothing; wrong credentials
 /// are an error, never anonymous.
 pub fn authenticate(resources: &Resources, creds: &Credentials<'_>) -> Result<Caller, AuthError> {
+    authenticate_with(resources, creds, None)
+}
+
+/// The session's user, cached like credentials. A session that is unknown or logged out is no
+/// credential at all (a browser keeps the cookie after `logout`), so the request goes on as if
+/// it had none.
+fn session_caller(resources: &Resources, id: &str) -> Result<Option<Caller>, AuthError> {
+    let key = format!("\u{0}session:{id}");
+    if let Some(c) = cache_get(resources, &key) {
+        return Ok(Some(c));
+    }
+    let Some(username) = session::session_user(resources, id)? else {
+        return Ok(None);
+    };
+    let Some(user) = find_user(resources, &username)? else {
+        return Ok(None);
+    };
+    let caller = caller_for(resources, &user)?;
+    let ttl = resources.auth.settings(resources).cache_ttl;
+    cache_put(resources, &key, &caller, ttl);
+    Ok(Some(caller))
+}
+
+fn authenticate_with(
+    resources: &Resources,
+    creds: &Credentials<'_>,
+    session: Option<&str>,
+) -> Result<Caller, AuthError> {
     let settings = resources.auth.settings(resources);
     if let (Some(cn), Some(mtls)) = (creds.peer_cn, &resources.config.http.mtls) {
-        let name = mtls.user.as_deref().unwrap_or(cn);
-        let key = format!("\u{0}cn:{name}");
-        if let Some(c) = cache_get(resources, &key) {
-            return Ok(c);
-        }
-        let user = find_user(resources, name)?.ok_or(AuthError::LoginFailed)?;
-        let caller = caller_for(resources, &user)?;
-        cache_put(resources, &key, &caller, settings.cache_ttl);
-        return Ok(caller);
+        return authenticate_certificate(resources, cn, mtls);
     }
     if let Some(header) = creds.authorization.filter(|h| !h.trim().is_empty()) {
         if let Some(c) = cache_get(resources, header) {
@@ -387,6 +422,11 @@ pub fn authenticate(resources: &Resources, creds: &Credentials<'_>) -> Result<Ca
         cache_put(resources, header, &caller, ttl);
         return Ok(caller);
     }
+    if let Some(id) = session {
+        if let Some(caller) = session_caller(resources, id)? {
+            return Ok(caller);
+        }
+    }
     if settings.authorize_local && creds.peer.ip().is_loopback() {
         return local_super_user(resources);
     }
@@ -413,6 +453,25 @@ fn local_super_user(resources: &Resources) -> Result<Caller, AuthError> {
     Ok(caller)
 }
 
+/// A verified client certificate with common name `cn`, on a listener whose mTLS settings are
+/// `mtls` (`http.mtls` or `mqtt.network.mtls`): its user is `mtls.user` or else the CN.
+pub fn authenticate_certificate(
+    resources: &Resources,
+    cn: &str,
+    mtls: &crate::config::MtlsConfig,
+) -> Result<Caller, AuthError> {
+    let name = mtls.user.as_deref().unwrap_or(cn);
+    let key = format!("\u{0}cn:{name}");
+    if let Some(c) = cache_get(resources, &key) {
+        return Ok(c);
+    }
+    let user = find_user(resources, name)?.ok_or(AuthError::LoginFailed)?;
+    let caller = caller_for(resources, &user)?;
+    let settings = resources.auth.settings(resources);
+    cache_put(resources, &key, &caller, settings.cache_ttl);
+    Ok(caller)
+}
+
 /// A username and password (Basic, MQTT CONNECT, `create_authentication_tokens`). Failures
 /// count against `peer`'s address.
 pub fn authenticate_password(
@@ -425,10 +484,23 @@ pub fn authenticate_password(
     if resources.auth.locked_out(ip) {
         return Err(AuthError::TooManyAttempts);
     }
+    // Verified passwords are cached per core like headers: an argon2id check costs tens of ms
+    // of the core, so MQTT CONNECTs, logins and token requests pay it once per `cacheTTL`. The
+    // key is a digest, never the password.
+    let key = format!(
+        "\u{0}pw:{}",
+        token_hash(&format!("{username}\u{0}{password}"))
+    );
+    if let Some(c) = cache_get(resources, &key) {
+        return Ok(c);
+    }
     let user = find_user(resources, username)?;
     match user {
         Some(user) if users::verify_password(password, &user.password) => {
-            caller_for(resources, &user)
+            let caller = caller_for(resources, &user)?;
+            let ttl = resources.auth.settings(resources).cache_ttl;
+            cache_put(resources, &key, &caller, ttl);
+            Ok(caller)
         }
         _ => {
             resources.auth.record_failure(ip);
@@ -527,25 +599,40 @@ async fn store_refresh_hash(
     username: &str,
     hash: &str,
 ) -> Result<(), AuthError> {
-    let (db, t) = resources
-        .table(SYSTEM, USERS)
-        .ok_or_else(|| AuthError::Internal("system.hdb_user is missing".into()))?;
     let mut record = Object::new();
     record.insert("username", Value::String(username.to_string()));
     record.insert("refresh_token", Value::String(hash.to_string()));
-    crate::resource::validate_record(&t.def, &mut record, Validation::Partial)
+    write_system(resources, USERS, record, PutMode::Update, Some(username)).await
+}
+
+/// Writes one record of a system table (validated as a whole record unless `mode` merges).
+async fn write_system(
+    resources: &Resources,
+    table: &str,
+    mut record: Object,
+    mode: PutMode,
+    user: Option<&str>,
+) -> Result<(), AuthError> {
+    let (db, t) = resources
+        .table(SYSTEM, table)
+        .ok_or_else(|| AuthError::Internal(format!("system.{table} is missing")))?;
+    let validation = match mode {
+        PutMode::Update | PutMode::Upsert => Validation::Partial,
+        PutMode::Replace | PutMode::Insert => Validation::Full,
+    };
+    crate::resource::validate_record(&t.def, &mut record, validation)
         .map_err(AuthError::Internal)?;
     crate::resource::write(
         &db,
         WriteRequest {
             ops: vec![WriteOp::Put {
-                table: USERS.to_string(),
+                table: table.to_string(),
                 key: None,
                 record: Value::Object(record),
-                mode: PutMode::Update,
+                mode,
                 expires_in_s: None,
             }],
-            user: Some(username.to_string()),
+            user: user.map(str::to_string),
         },
     )
     .await
@@ -614,6 +701,10 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
             // SPEC §1.2: the one time a password is logged, so the operator can log in at all.
             tracing::info!(target: NOTIFY, "created super user {name} with password {password} (shown once; change it with alter_user)");
         }
+    }
+    let applied = roles::apply(resources)?;
+    if applied > 0 {
+        tracing::info!("created or updated {applied} roles from the application's role files");
     }
     let r = resources.clone();
     let dir = resources.auth.settings(resources).keys_dir.clone();

@@ -47,6 +47,7 @@ mqtt:
   webSocket: true
   requireAuthentication: true
   sessionQueueMax: 10000
+  generalTopics: false
 replication:
   hostname: null             # node name; null = the OS hostname
   url: null

@@ -402,7 +402,8 @@ pub struct TlsConfig {
     pub certificate_authority: PathBuf,
 }
 
-/// `http.mtls: true` or `{user, required, certificateAuthority}` (SPEC §5.4).
+/// `http.mtls` or `mqtt.network.mtls`: `true` or `{user, required, certificateAuthority}`
+/// (SPEC §5.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtlsConfig {
     /// The user a verified certificate maps to; None = the certificate's CN names the user.
@@ -483,6 +484,12 @@ pub struct Config {
     pub threads: usize,
     pub authorize_local: bool,
     pub mqtt_port: Option<ListenAddr>,
+    /// MQTT over TLS (`mqtt.network.securePort`, 8883 by default; null = off).
+    pub mqtt_secure_port: Option<ListenAddr>,
+    /// Client certificates on the MQTT secure port (`mqtt.network.mtls`); None = not asked for.
+    pub mqtt_mtls: Option<MtlsConfig>,
+    /// MQTT over WebSocket on the HTTP ports (`mqtt.webSocket`).
+    pub mqtt_web_socket: bool,
     pub node_name: String,
     pub logging: LoggingConfig,
     pub storage: StorageConfig,
@@ -613,6 +620,9 @@ impl Config {
             threads,
             authorize_local: tree.bool("authentication.authorizeLocal")?,
             mqtt_port: tree.listen("mqtt.network.port")?,
+            mqtt_secure_port: tree.listen("mqtt.network.securePort")?,
+            mqtt_mtls: MtlsConfig::from_tree(tree, "mqtt.network.mtls", root)?,
+            mqtt_web_socket: tree.bool("mqtt.webSocket")?,
             node_name: tree
                 .string("replication.hostname")?
                 .unwrap_or_else(hostname),
@@ -740,6 +750,38 @@ mod tests {
             c.tls.private_key,
             PathBuf::from("/tmp/root/keys/privateKey.pem")
         );
+    }
+
+    #[test]
+    fn mqtt_transport_keys() {
+        let check = |file: &str, port: Option<u16>, mtls_required: Option<bool>, ws: bool| {
+            let (c, warnings) = load(file, &[], &[]).unwrap();
+            assert_eq!(c.mqtt_secure_port.map(|a| a.0.port()), port, "{file}");
+            assert_eq!(c.mqtt_mtls.map(|m| m.required), mtls_required, "{file}");
+            assert_eq!(c.mqtt_web_socket, ws, "{file}");
+            assert!(warnings.is_empty(), "{warnings:?}");
+        };
+        check("", Some(8883), None, true);
+        check(
+            "mqtt:\n  network:\n    securePort: null\n",
+            None,
+            None,
+            true,
+        );
+        check(
+            "mqtt:\n  network:\n    securePort: 0\n    mtls:\n      required: true\n  webSocket: false\n",
+            Some(0),
+            Some(true),
+            false,
+        );
+        check(
+            "mqtt:\n  network:\n    mtls: true\n",
+            Some(8883),
+            Some(false),
+            true,
+        );
+        let e = load("mqtt:\n  network:\n    mtls: 3\n", &[], &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.network.mtls");
     }
 
     #[test]

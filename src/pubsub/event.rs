@@ -6,9 +6,11 @@
 //! Keys in this order (SPEC §6.4, as HarperDB); no `value` for deletes; no `id` for a message to
 //! the bare table topic.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::resource::permissions::ReadableAttributes;
 use crate::store::{Change, ChangeKind, Commit};
 use crate::value::{self, Object, Value};
 
@@ -42,12 +44,39 @@ impl Format {
     }
 }
 
+/// Distinct (format, attribute set) encodings one event keeps for restricted readers; past it,
+/// further sets are encoded per subscriber and not kept (a bound on memory, never on delivery).
+pub const TRIMMED_VARIANTS_MAX: usize = 32;
+
 /// A change of a commit (shared with every core, never copied) plus its encodings on this core.
 pub struct Event {
     commit: Arc<Commit>,
     index: usize,
     id: Option<String>,
     encoded: [OnceCell<Box<[u8]>>; 3],
+    /// Encodings with the value trimmed to an attribute set (SPEC §5.5), one per distinct
+    /// (format, set) among this core's subscribers, so equal rights share one encoding.
+    trimmed: RefCell<Vec<Trimmed>>,
+}
+
+/// One trimmed encoding: its format, the attribute set, the bytes.
+type Trimmed = (Format, Rc<ReadableAttributes>, Rc<[u8]>);
+
+/// An event's bytes for one subscriber: the shared encoding, or a trimmed one.
+pub enum Encoded<'a> {
+    Shared(&'a [u8]),
+    Trimmed(Rc<[u8]>),
+}
+
+impl std::ops::Deref for Encoded<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Encoded::Shared(b) => b,
+            Encoded::Trimmed(b) => b,
+        }
+    }
 }
 
 impl std::fmt::Debug for Event {
@@ -85,6 +114,7 @@ impl Event {
             index,
             id,
             encoded: Default::default(),
+            trimmed: RefCell::new(Vec::new()),
         }
     }
 
@@ -134,15 +164,47 @@ impl Event {
 
     /// The SPEC §6.4 object in `format`, encoded on first use and kept for every other subscriber.
     pub fn encoded(&self, format: Format) -> &[u8] {
-        self.encoded[format.index()].get_or_init(|| {
-            let mut out = Vec::with_capacity(128);
-            match format {
-                Format::Json => self.write_json(&mut out),
-                Format::Cbor => value::cbor::write(&self.to_object(), &mut out),
-                Format::MsgPack => value::msgpack::write(&self.to_object(), &mut out),
-            }
-            out.into_boxed_slice()
-        })
+        self.encoded[format.index()]
+            .get_or_init(|| self.encode(format, self.value()).into_boxed_slice())
+    }
+
+    /// The event in `format` as a reader limited to `readable` sees it (SPEC §5.5: events are
+    /// trimmed by attribute read permissions); `None` = unrestricted, the shared encoding.
+    pub fn encoded_for(
+        &self,
+        format: Format,
+        readable: Option<&Rc<ReadableAttributes>>,
+    ) -> Encoded<'_> {
+        let Some(readable) = readable else {
+            return Encoded::Shared(self.encoded(format));
+        };
+        let Some(value) = self.value().filter(|_| self.kind() != ChangeKind::Delete) else {
+            return Encoded::Shared(self.encoded(format));
+        };
+        let mut trimmed = self.trimmed.borrow_mut();
+        let found = trimmed
+            .iter()
+            .find(|(f, set, _)| *f == format && (Rc::ptr_eq(set, readable) || **set == **readable));
+        if let Some((_, _, bytes)) = found {
+            return Encoded::Trimmed(bytes.clone());
+        }
+        let mut value = value.clone();
+        readable.trim(&mut value);
+        let bytes: Rc<[u8]> = self.encode(format, Some(&value)).into();
+        if trimmed.len() < TRIMMED_VARIANTS_MAX {
+            trimmed.push((format, readable.clone(), bytes.clone()));
+        }
+        Encoded::Trimmed(bytes)
+    }
+
+    fn encode(&self, format: Format, value: Option<&Value>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        match format {
+            Format::Json => self.write_json(value, &mut out),
+            Format::Cbor => value::cbor::write(&self.to_object(value), &mut out),
+            Format::MsgPack => value::msgpack::write(&self.to_object(value), &mut out),
+        }
+        out
     }
 
     /// The bytes this event holds in a queue (its encodings so far plus a fixed overhead).
@@ -154,6 +216,12 @@ impl Event {
                 .filter_map(|c| c.get())
                 .map(|b| b.len())
                 .sum::<usize>()
+            + self
+                .trimmed
+                .borrow()
+                .iter()
+                .map(|(_, _, b)| b.len())
+                .sum::<usize>()
     }
 
     fn type_name(&self) -> &'static str {
@@ -164,7 +232,7 @@ impl Event {
         }
     }
 
-    fn write_json(&self, out: &mut Vec<u8>) {
+    fn write_json(&self, value: Option<&Value>, out: &mut Vec<u8>) {
         out.push(b'{');
         if !matches!(self.key(), Value::Null) {
             out.extend_from_slice(b"\"id\":");
@@ -173,7 +241,7 @@ impl Event {
         }
         out.extend_from_slice(b"\"localTime\":");
         value::json::write_float(self.local_time(), out);
-        if let (Some(v), false) = (self.value(), self.kind() == ChangeKind::Delete) {
+        if let (Some(v), false) = (value, self.kind() == ChangeKind::Delete) {
             out.extend_from_slice(b",\"value\":");
             value::json::write(v, out);
         }
@@ -184,13 +252,13 @@ impl Event {
         out.extend_from_slice(b"\"}");
     }
 
-    fn to_object(&self) -> Value {
+    fn to_object(&self, value: Option<&Value>) -> Value {
         let mut o = Object::with_capacity(5);
         if !matches!(self.key(), Value::Null) {
             o.insert("id", self.key().clone());
         }
         o.insert("localTime", Value::Float(self.local_time()));
-        if let (Some(v), false) = (self.value(), self.kind() == ChangeKind::Delete) {
+        if let (Some(v), false) = (value, self.kind() == ChangeKind::Delete) {
             o.insert("value", v.clone());
         }
         o.insert("version", Value::Float(self.version()));
@@ -246,6 +314,64 @@ mod tests {
             ChangeKind::Message,
             Some(Value::String("hi".into())),
             r#"{"localTime":1718000000125.25,"value":"hi","version":1718000000123.5,"type":"message"}"#,
+        );
+    }
+
+    /// Trimmed to each reader's attributes, encoded once per (format, set): equal sets share the
+    /// bytes, a delete has nothing to trim, an unrestricted reader gets the shared encoding.
+    #[test]
+    fn trimmed_once_per_attribute_set() {
+        let role = |json: &str| {
+            let p = crate::resource::permissions::Permissions::from_role(
+                &value::json::parse(json.as_bytes()).unwrap(),
+            );
+            crate::resource::permissions::readable_attributes(
+                &crate::resource::Caller::with_role("u", p),
+                "data",
+                "Dog",
+                Some("id"),
+            )
+            .map(Rc::new)
+        };
+        let names = r#"{"data": {"tables": {"Dog": {"read": true, "attribute_permissions": [
+            {"attribute_name": "name", "read": true}]}}}}"#;
+        let (a, b) = (role(names), role(names));
+        let everything = role(r#"{"data": {"tables": {"Dog": {"read": true}}}}"#);
+        assert!(everything.is_none());
+        let record = value::json::parse(br#"{"id":"1","name":"Rex","owner":"s"}"#).unwrap();
+        let event = |kind, value| {
+            Event::single(
+                Arc::from("data"),
+                2.0,
+                3.0,
+                Change {
+                    table: Arc::from("Dog"),
+                    key: Value::String("1".into()),
+                    kind,
+                    value,
+                },
+            )
+        };
+        let put = event(ChangeKind::Put, Some(record));
+        let first = put.encoded_for(Format::Json, a.as_ref());
+        assert_eq!(
+            std::str::from_utf8(&first).unwrap(),
+            r#"{"id":"1","localTime":3,"value":{"id":"1","name":"Rex"},"version":2,"type":"put"}"#
+        );
+        let second = put.encoded_for(Format::Json, b.as_ref());
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "equal sets share one encoding"
+        );
+        let full = put.encoded_for(Format::Json, everything.as_ref());
+        assert!(std::str::from_utf8(&full).unwrap().contains("owner"));
+        let cbor = value::cbor::parse(&put.encoded_for(Format::Cbor, a.as_ref())).unwrap();
+        assert_eq!(cbor.get("value").and_then(|v| v.get("owner")), None);
+        let delete = event(ChangeKind::Delete, None);
+        assert_eq!(
+            delete.encoded_for(Format::Json, a.as_ref()).as_ptr(),
+            delete.encoded(Format::Json).as_ptr()
         );
     }
 

@@ -17,8 +17,9 @@
 //! are skipped; every commit above it was not yet visible and will arrive through the inbox.
 //!
 //! This module never parses protocol bytes and never writes: it reads the store only to build
-//! initial state. Permissions are the resource layer's job (not yet enforced: every caller is a
-//! super user until authentication lands).
+//! initial state. Whether a caller may subscribe is the resource layer's decision, made before
+//! `subscribe`; a sink made with [`Sink::restricted`] receives every event (initial state
+//! included) trimmed to its attribute set, encoded once per (format, set) per event per core.
 
 mod event;
 mod sink;
@@ -37,7 +38,7 @@ use tidepool_io::{race, Either, Inbox, MeshSender, Shutdown};
 use crate::store::{Change, ChangeKind, Commit, Database, Publisher, StoreError, Table};
 use crate::value::{self, Value};
 
-pub use event::{id_text, Event, Format};
+pub use event::{id_text, Encoded, Event, Format, TRIMMED_VARIANTS_MAX};
 pub use sink::{Overflow, Ready, Sink, QUEUE_BYTES_MAX, QUEUE_EVENTS_MAX};
 pub use topic::{Filter, FilterError, Level, FILTER_BYTES_MAX, LEVELS_MAX};
 
@@ -407,24 +408,10 @@ impl Registry {
             let (version, archived) = item?;
             let entry = value::deserialize(archived)
                 .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-            let Some(Value::Array(entries)) = entry.get("entries") else {
-                continue;
-            };
-            for e in entries {
-                let Value::Array(parts) = e else { continue };
-                let [Value::String(t), key, Value::String(kind), payload, ..] = parts.as_slice()
-                else {
-                    continue;
-                };
-                if **t != *table.name || !filter.matches(id_text(key).as_deref()) {
+            for (t, key, kind, payload) in audit_changes(&entry) {
+                if *t != *table.name || !filter.matches(id_text(key).as_deref()) {
                     continue;
                 }
-                let kind = match kind.as_str() {
-                    "put" => ChangeKind::Put,
-                    "delete" => ChangeKind::Delete,
-                    "message" => ChangeKind::Message,
-                    _ => continue,
-                };
                 let change = Change {
                     table: table.name.clone(),
                     key: key.clone(),
@@ -446,6 +433,30 @@ impl Registry {
         out.extend(kept);
         Ok(())
     }
+}
+
+/// The changes one audit log entry records (`entries` of `[table, key, type, value, …]`):
+/// table, key, kind and the record or message (`Null` for deletes), in commit order. Parts that
+/// do not parse are skipped. Shared by every audit replay (subscriptions here, MQTT durable
+/// sessions).
+pub fn audit_changes(entry: &Value) -> impl Iterator<Item = (&str, &Value, ChangeKind, &Value)> {
+    let entries = match entry.get("entries") {
+        Some(Value::Array(entries)) => entries.as_slice(),
+        _ => &[],
+    };
+    entries.iter().filter_map(|e| {
+        let Value::Array(parts) = e else { return None };
+        let [Value::String(table), key, Value::String(kind), payload, ..] = parts.as_slice() else {
+            return None;
+        };
+        let kind = match kind.as_str() {
+            "put" => ChangeKind::Put,
+            "delete" => ChangeKind::Delete,
+            "message" => ChangeKind::Message,
+            _ => return None,
+        };
+        Some((table.as_str(), key, kind, payload))
+    })
 }
 
 /// The current state of every live record `filter` matches, as `put` events.

@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use super::event::{Event, Format};
+use super::event::{Encoded, Event, Format};
 use super::Counters;
+use crate::resource::permissions::ReadableAttributes;
 
 /// Live events queued per subscriber at most (SPEC §6.1).
 pub const QUEUE_EVENTS_MAX: usize = 1000;
@@ -32,6 +33,9 @@ pub enum Overflow {
 
 struct State {
     format: Format,
+    /// The subscriber's readable attributes when its role restricts them: events reach it
+    /// trimmed (SPEC §5.5), initial state included.
+    readable: Option<Rc<ReadableAttributes>>,
     overflow: Overflow,
     events_max: usize,
     bytes_max: usize,
@@ -72,6 +76,7 @@ impl Sink {
     ) -> Sink {
         Sink(Rc::new(State {
             format,
+            readable: None,
             overflow,
             events_max: events_max.max(1),
             bytes_max,
@@ -87,8 +92,27 @@ impl Sink {
         }))
     }
 
+    /// A sink whose events are trimmed to `readable` (`None`: unrestricted, like [`Sink::new`]).
+    pub fn restricted(
+        format: Format,
+        overflow: Overflow,
+        counters: Arc<Counters>,
+        readable: Option<ReadableAttributes>,
+    ) -> Sink {
+        let mut sink = Sink::new(format, overflow, counters);
+        if let Some(state) = Rc::get_mut(&mut sink.0) {
+            state.readable = readable.map(Rc::new);
+        }
+        sink
+    }
+
     pub fn format(&self) -> Format {
         self.0.format
+    }
+
+    /// `event` as this subscriber receives it: in its format, trimmed to its attributes.
+    pub fn encoded<'a>(&self, event: &'a Event) -> Encoded<'a> {
+        event.encoded_for(self.0.format, self.0.readable.as_ref())
     }
 
     /// Live events dropped on overflow so far.
@@ -127,7 +151,7 @@ impl Sink {
     }
 
     pub(super) fn push_initial(&self, event: Rc<Event>) {
-        event.encoded(self.0.format);
+        self.encoded(&event);
         self.0.initial.borrow_mut().push_back(event);
         self.wake();
     }
@@ -139,7 +163,7 @@ impl Sink {
             return;
         }
         s.last_stamp.set(stamp);
-        let bytes = event.encoded(s.format).len();
+        let bytes = self.encoded(event).len();
         let mut live = s.live.borrow_mut();
         while !live.is_empty()
             && (live.len() >= s.events_max || s.live_bytes.get() + bytes > s.bytes_max)

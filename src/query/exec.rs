@@ -12,11 +12,16 @@
 //! - Ranges (`<`, `<=`, `>`, `>=`, between) compare within one kind only — numbers (and dates),
 //!   strings, booleans, bytes — in [`cmp_total`] order; null never satisfies a range.
 //! - `=ct=` is a substring of a string or an element of an array; `=sw=`/`=ew=` apply to strings.
+//! - Membership (`Filter::In`, what a condition through a relationship becomes once the related
+//!   records are known) holds when the property, or any element of it, has one of the keys;
+//!   missing and null never do (an inner join).
 
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::ast::{Select, SelectItem};
-use crate::value::{cmp_total, Kind, Object, Value, ValueView};
+use crate::value::{cmp_total, key, Kind, Object, Value, ValueView};
 
 /// A typed boolean filter. `And(vec![])` matches everything.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +29,38 @@ pub enum Filter {
     And(Vec<Filter>),
     Or(Vec<Filter>),
     Test(Test),
+    In(Membership),
+}
+
+/// The property at `path` (or one of its elements) is one of `keys`, compared in the key
+/// encoding (`value::key::encode`), so `3` and `3.0` are one key and values too long to be keys
+/// never match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub path: Vec<String>,
+    /// Sorted, so a planner that drives an index through them reads it in order.
+    pub keys: Arc<BTreeSet<Vec<u8>>>,
+    /// Which join of its plan fills `keys`, and the relationship's name (for `explain`).
+    pub join: usize,
+    pub via: String,
+}
+
+impl Membership {
+    pub fn matches<'a, V: ValueView<'a>>(&self, record: V) -> bool {
+        let Some(found) = property(record, &self.path) else {
+            return false;
+        };
+        let mut buf = Vec::with_capacity(32);
+        let mut holds = |v: V| {
+            buf.clear();
+            key::encode(v, &mut buf).is_ok() && self.keys.contains(&buf)
+        };
+        match found.kind() {
+            Kind::Null => false,
+            Kind::Array(mut items) => items.any(holds),
+            _ => holds(found),
+        }
+    }
 }
 
 /// What a [`Test`] checks.
@@ -60,6 +97,7 @@ impl Filter {
             Filter::And(children) => children.iter().all(|c| c.matches(record)),
             Filter::Or(children) => children.iter().any(|c| c.matches(record)),
             Filter::Test(test) => test.matches(record),
+            Filter::In(membership) => membership.matches(record),
         }
     }
 }
@@ -211,7 +249,7 @@ fn project_object<'a, V: ValueView<'a>>(record: V, items: &[SelectItem]) -> Obje
 }
 
 /// A selected property; `name{x,y}` narrows a nested object (or each object of an array).
-fn project_item<'a, V: ValueView<'a>>(v: V, item: &SelectItem) -> Value {
+pub fn project_item<'a, V: ValueView<'a>>(v: V, item: &SelectItem) -> Value {
     match (&item.children, v.kind()) {
         (Some(children), Kind::Object(_)) => Value::Object(project_object(v, children)),
         (Some(children), Kind::Array(items)) => Value::Array(
@@ -291,6 +329,48 @@ mod tests {
             &[0, 1],
         );
         check(Filter::And(vec![]), RECORDS, &[0, 1, 2, 3]);
+    }
+
+    /// Membership in key-encoded values given as JSON.
+    fn membership(path: &str, keys: &[&str]) -> Filter {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let mut out = Vec::new();
+                key::encode(&json::parse(k.as_bytes()).unwrap(), &mut out).unwrap();
+                out
+            })
+            .collect();
+        Filter::In(Membership {
+            path: path.split('.').map(str::to_string).collect(),
+            keys: Arc::new(keys),
+            join: 0,
+            via: "rel".into(),
+        })
+    }
+
+    #[test]
+    fn memberships() {
+        check(
+            membership("name", &["\"Rex\"", "\"Bob\""]),
+            RECORDS,
+            &[0, 1],
+        );
+        check(membership("tags", &["\"b\""]), RECORDS, &[0]);
+        check(membership("tags", &["\"ab\""]), RECORDS, &[2]);
+        check(membership("age", &["9.5", "3.0"]), RECORDS, &[0, 3]);
+        check(membership("age", &["null"]), RECORDS, &[]);
+        check(membership("color", &["1"]), RECORDS, &[]);
+        check(membership("n.x", &["1"]), RECORDS, &[3]);
+        check(membership("name", &[]), RECORDS, &[]);
+        check(
+            Filter::Or(vec![
+                membership("name", &["\"Max\""]),
+                test("age", Op::Equal, "3"),
+            ]),
+            RECORDS,
+            &[0, 3],
+        );
     }
 
     #[test]

@@ -20,5 +20,5 @@ pub use ast::{
     ValueHint,
 };
 pub use conditions::{conditions_from_json, sort_from_json, ConditionError};
-pub use exec::{project, property, to_owned, Filter, Op, Test};
+pub use exec::{project, project_item, property, to_owned, Filter, Membership, Op, Test};
 pub use parse::{parse, ErrorKind, ParseError, CONDITION_COUNT_MAX, DEPTH_MAX, QUERY_BYTES_MAX};

@@ -360,6 +360,64 @@ pub fn filter_readable(
     }
 }
 
+/// The attributes of one table a caller may read, when its role restricts them (SPEC §5.5).
+/// Two callers with the same rights get equal values, so a subscription fan-out can encode an
+/// event once per distinct set rather than once per subscriber. Complete by construction: a
+/// name outside the set is unreadable (ungranted = denied).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReadableAttributes {
+    names: std::collections::BTreeSet<String>,
+}
+
+impl ReadableAttributes {
+    pub fn contains(&self, attribute: &str) -> bool {
+        self.names.contains(attribute)
+    }
+
+    /// Drops every property of an object the set does not name; other values pass unchanged
+    /// (a message payload that is not an object carries no attributes).
+    pub fn trim(&self, value: &mut Value) {
+        if let Value::Object(o) = value {
+            let hidden: Vec<String> = o
+                .iter()
+                .filter(|(k, _)| !self.names.contains(*k))
+                .map(|(k, _)| k.to_string())
+                .collect();
+            for k in hidden {
+                o.remove(&k);
+            }
+        }
+    }
+}
+
+/// What `caller` may read of the table, or `None` when it may read every attribute (no
+/// trimming needed). A caller without `read` gets an empty set.
+pub fn readable_attributes(
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    primary_key: Option<&str>,
+) -> Option<ReadableAttributes> {
+    if !restricts_attributes(caller, database, table) && can_read(caller, database, table) {
+        return None;
+    }
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(grant) = caller.permissions.grant(database, table) {
+        let candidates = grant
+            .attributes
+            .keys()
+            .map(String::as_str)
+            .chain(primary_key)
+            .chain(["__createdtime__", "__updatedtime__"]);
+        for name in candidates {
+            if attribute_allowed(caller, database, table, primary_key, name, Action::Read) {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    Some(ReadableAttributes { names })
+}
+
 /// Every attribute a query filter names (the first step of each path).
 pub fn filter_attributes(expr: &crate::query::Expr, out: &mut Vec<String>) {
     use crate::query::Expr;
@@ -477,6 +535,22 @@ mod tests {
         let denied =
             check(&c, "dev", "dog", Some("id"), Action::Delete, []).expect_err("no delete");
         assert_eq!(denied.required_table_permissions, vec!["delete"]);
+        // A subscription's trim agrees with filter_readable, and equal rights give equal sets.
+        let set = readable_attributes(&c, "dev", "dog", Some("id")).expect("restricted");
+        let mut record = crate::value::json::parse(
+            br#"{"id": 1, "name": "a", "secret": "s", "__createdtime__": 5}"#,
+        )
+        .expect("json");
+        set.trim(&mut record);
+        assert_eq!(
+            crate::value::json::to_vec(&record),
+            br#"{"id":1,"name":"a","__createdtime__":5}"#.to_vec()
+        );
+        assert_eq!(readable_attributes(&c, "dev", "dog", Some("id")), Some(set));
+        assert_eq!(
+            readable_attributes(&Caller::super_user("s"), "dev", "dog", Some("id")),
+            None
+        );
         // The system database is for super users only, whatever a role says.
         let c = caller(r#"{"system": {"tables": {"hdb_user": {"read": true}}}}"#);
         assert!(!can_read(&c, "system", "hdb_user"));

@@ -1,7 +1,10 @@
 //! Users and roles (SPEC §4.4, §5.5): stored in `system.hdb_user` and `system.hdb_role`, with
 //! the built-in roles `super_user` and `cluster_user` always listed.
 //!
-//! Passwords are stored only as salted hashes (`$sha256$<salt hex>$<digest hex>`); nothing here
+//! Passwords are stored only as salted hashes, `$sha256$<salt hex>$<digest hex>` or argon2id in
+//! PHC form (`authentication.hashFunction`, SPEC §5.1); either verifies whatever the setting, so
+//! changing it keeps existing users. Argon2id is slow on purpose (tens of ms), so hashing runs
+//! off the core and verification sits behind the per-core credential cache (`auth`). Nothing here
 //! returns or logs a password or a hash. Role permissions are validated before they are stored.
 
 use sha2::{Digest, Sha256};
@@ -35,14 +38,77 @@ fn digest(salt: &str, password: &str) -> String {
     hex(&hasher.finalize())
 }
 
+/// The hash new passwords get (`authentication.hashFunction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashFunction {
+    Sha256,
+    Argon2id,
+}
+
+impl HashFunction {
+    /// The configured function; anything but `argon2id` (or `argon2`) is `sha256`, the default.
+    pub fn of(resources: &Resources) -> HashFunction {
+        match resources.config_tree.get("authentication.hashFunction") {
+            Some(serde_yaml::Value::String(s))
+                if s.eq_ignore_ascii_case("argon2id") || s.eq_ignore_ascii_case("argon2") =>
+            {
+                HashFunction::Argon2id
+            }
+            _ => HashFunction::Sha256,
+        }
+    }
+}
+
 /// A salted SHA-256 hash in PHC-like form: `$sha256$<salt hex>$<digest hex>`.
 pub fn hash_password(password: &str) -> String {
     let salt = hex(uuid::Uuid::new_v4().as_bytes());
     format!("$sha256${salt}${}", digest(&salt, password))
 }
 
-/// Whether `password` matches a hash made by [`hash_password`], compared in constant time.
+/// A hash by `function`: argon2id with the crate's default cost (19 MiB, 2 passes, 1 lane) and
+/// a random salt, in PHC form. Blocks for tens of milliseconds: call it off the core.
+pub fn hash_password_with(password: &str, function: HashFunction) -> String {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    match function {
+        HashFunction::Sha256 => hash_password(password),
+        HashFunction::Argon2id => {
+            let salt = SaltString::generate(&mut OsRng);
+            match argon2::Argon2::default().hash_password(password.as_bytes(), &salt) {
+                Ok(hash) => hash.to_string(),
+                // Only invalid parameters fail, and the defaults are valid; never store a
+                // password unhashed.
+                Err(_) => hash_password(password),
+            }
+        }
+    }
+}
+
+/// The configured hash of `password`, computed on a helper thread when it is argon2id.
+async fn hash_for(resources: &Resources, password: &str) -> Result<String, VerbError> {
+    match HashFunction::of(resources) {
+        HashFunction::Sha256 => Ok(hash_password(password)),
+        HashFunction::Argon2id => {
+            let password = password.to_string();
+            crate::resource::run_blocking(move || {
+                hash_password_with(&password, HashFunction::Argon2id)
+            })
+            .await
+            .ok_or_else(|| VerbError::new(500, "cannot start a thread to hash the password"))
+        }
+    }
+}
+
+/// Whether `password` matches a stored hash (salted SHA-256 or argon2id PHC), compared in
+/// constant time.
 pub fn verify_password(password: &str, stored: &str) -> bool {
+    if stored.starts_with("$argon2") {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        return PasswordHash::new(stored).is_ok_and(|hash| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        });
+    }
     let mut parts = stored.split('$');
     let (Some(""), Some("sha256"), Some(salt), Some(expected), None) = (
         parts.next(),
@@ -77,7 +143,7 @@ fn builtin_roles() -> Vec<Value> {
         .collect()
 }
 
-fn all(resources: &Resources, table: &str) -> Result<Vec<Value>, VerbError> {
+pub(super) fn all(resources: &Resources, table: &str) -> Result<Vec<Value>, VerbError> {
     let (db, t) = resources
         .table(SYSTEM, table)
         .ok_or_else(|| VerbError::new(500, format!("system table {table} is missing")))?;
@@ -90,7 +156,11 @@ fn all(resources: &Resources, table: &str) -> Result<Vec<Value>, VerbError> {
     Ok(out)
 }
 
-fn get(resources: &Resources, table: &str, key: &str) -> Result<Option<Value>, VerbError> {
+pub(super) fn get(
+    resources: &Resources,
+    table: &str,
+    key: &str,
+) -> Result<Option<Value>, VerbError> {
     let (db, t) = resources
         .table(SYSTEM, table)
         .ok_or_else(|| VerbError::new(500, format!("system table {table} is missing")))?;
@@ -447,7 +517,10 @@ pub async fn add_user(
     }
     let mut record = Object::new();
     record.insert("username", Value::String(username.to_string()));
-    record.insert("password", Value::String(hash_password(password)));
+    record.insert(
+        "password",
+        Value::String(hash_for(resources, password).await?),
+    );
     record.insert("role", Value::String(role));
     record.insert("active", Value::Bool(active));
     if !put(resources, caller, USERS, record, PutMode::Insert).await? {
@@ -476,7 +549,10 @@ pub async fn alter_user(
         if password.is_empty() {
             return Err(VerbError::bad("'password' may not be empty"));
         }
-        record.insert("password", Value::String(hash_password(password)));
+        record.insert(
+            "password",
+            Value::String(hash_for(resources, password).await?),
+        );
     }
     if let Some(role) = role {
         record.insert("role", Value::String(role_id(resources, role)?));
@@ -569,5 +645,16 @@ mod tests {
         assert!(!verify_password("Secret", &hash));
         assert!(!verify_password("secret", "$sha256$abc"));
         assert_ne!(hash, hash_password("secret"), "salted");
+        let argon = hash_password_with("secret", HashFunction::Argon2id);
+        assert!(argon.starts_with("$argon2id$"), "{argon}");
+        assert!(!argon.contains("secret"));
+        assert!(verify_password("secret", &argon));
+        assert!(!verify_password("Secret", &argon));
+        assert!(!verify_password("secret", "$argon2id$v=19$broken"));
+        assert_ne!(
+            argon,
+            hash_password_with("secret", HashFunction::Argon2id),
+            "salted"
+        );
     }
 }

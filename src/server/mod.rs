@@ -173,7 +173,23 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
         ports.push(bind(PortKind::Operations, addr, cores, config.share_ports)?);
     }
-    if let Some(certificate) = bind_secure_ports(&config, &mut ports, cores)? {
+    let secure = bind_secure_ports(&config, &mut ports, cores)?;
+    let mqtt_secure_port = match &secure {
+        Some(certificate) if config.mqtt_secure_port.is_some() => {
+            let server_config = tls::server_config(
+                certificate.clone(),
+                &config.tls,
+                config.mqtt_mtls.as_ref(),
+                &[],
+            )
+            .map_err(|e| RunError::Invalid(format!("TLS for MQTT: {e}")))?;
+            let acceptor = Some(TlsAcceptor::new(server_config));
+            let addr = config.mqtt_secure_port.map(|a| a.0);
+            mqtt::bind(addr, cores, config.share_ports, acceptor)?
+        }
+        _ => None,
+    };
+    if let Some(certificate) = secure {
         let tls_files = config.tls.clone();
         tidepool_io::watch_hangups(move || match certificate.reload(&tls_files) {
             Ok(()) => tracing::info!(target: NOTIFY, "SIGHUP: reloaded the TLS certificate {}", tls_files.certificate.display()),
@@ -182,7 +198,12 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         .map_err(|e| RunError::Invalid(format!("cannot install the SIGHUP handler: {e}")))?;
     }
     let ports = Arc::new(ports);
-    let mqtt_port = mqtt::bind(config.mqtt_port.map(|a| a.0), cores, config.share_ports)?;
+    let mqtt_port = mqtt::bind(
+        config.mqtt_port.map(|a| a.0),
+        cores,
+        config.share_ports,
+        None,
+    )?;
     let fanout = Arc::new(mqtt::InterimFanout::new(cores));
 
     let limits = Limits {
@@ -247,6 +268,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let mqtt = Arc::new(mqtt::Mqtt {
         port: mqtt_port,
+        secure_port: mqtt_secure_port,
         shared: Arc::new(crate::protocol::mqtt::conn::MqttShared::new(
             shared.resources.clone(),
             usize::try_from(shared.config.http.body_bytes_max).unwrap_or(usize::MAX),
@@ -286,6 +308,9 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     if let Some(port) = &mqtt.port {
         tracing::info!(target: NOTIFY, "MQTT (mqtt.network.port) listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
+    }
+    if let Some(port) = &mqtt.secure_port {
+        tracing::info!(target: NOTIFY, "MQTTS (mqtt.network.securePort) listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
     }
     tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
     notify::send("READY=1");
@@ -356,7 +381,8 @@ fn secure_name(kind: PortKind) -> &'static str {
 /// First start generates the `tls` files (SPEC §1.2) whether or not a secure port is on, as MQTT
 /// and replication use them too; then `http.securePort` and `operationsApi.network.securePort`
 /// are bound like the plain ports (one listener per core, equal addresses share one listener).
-/// Returns the certificate they serve, for SIGHUP to reload, when any is bound.
+/// Returns the certificate they serve, for SIGHUP to reload, when any secure port is on
+/// (`mqtt.network.securePort` included; the MQTT listener is bound by the caller).
 fn bind_secure_ports(
     config: &Config,
     ports: &mut Vec<BoundPort>,
@@ -364,6 +390,7 @@ fn bind_secure_ports(
 ) -> Result<Option<Arc<tls::CertificateSlot>>, RunError> {
     let rest = config.http.secure_port.map(|a| a.0);
     let ops = config.operations_api_secure_port.map(|a| a.0);
+    let any_secure = rest.is_some() || ops.is_some() || config.mqtt_secure_port.is_some();
     match tls::ensure_certificates(config) {
         Ok(Some(generated)) => tracing::info!(target: NOTIFY,
             "generated a TLS certificate authority {} (key {}) and a certificate {} signed by it for {}",
@@ -372,10 +399,10 @@ fn bind_secure_ports(
             generated.certificate.display(),
             generated.subject_alt_names.join(", ")),
         Ok(None) => {}
-        Err(e) if rest.is_none() && ops.is_none() => tracing::warn!("TLS certificates: {e}"),
+        Err(e) if !any_secure => tracing::warn!("TLS certificates: {e}"),
         Err(e) => return Err(RunError::Invalid(format!("TLS certificates: {e}"))),
     }
-    if rest.is_none() && ops.is_none() {
+    if !any_secure {
         return Ok(None);
     }
     let invalid = |e: tls::TlsError| RunError::Invalid(format!("TLS: {e}"));

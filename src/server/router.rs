@@ -52,25 +52,25 @@ impl Router {
 
     /// WebSocket upgrades and event streams, before REST sees the request. Returns true when
     /// answered.
-    fn realtime(&self, req: &Request<'_>, resp: &mut Response) -> bool {
+    fn realtime(
+        &self,
+        req: &Request<'_>,
+        resp: &mut Response,
+        caller: Result<&crate::resource::Caller, &crate::auth::AuthError>,
+    ) -> bool {
         if ws::is_upgrade(req) {
             if ws::wants_mqtt(req) {
-                // Hook for MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`. The MQTT
-                // module answers here with `ws::handshake(req, resp, Some("mqtt"))` and
-                // `resp.take_over(..)` over `ws::frame`.
-                resp.json_error(
-                    501,
-                    "MQTT over WebSocket is not available in this build yet",
-                );
+                // MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`.
+                super::mqtt::web_socket_upgrade(req, resp, caller);
                 return true;
             }
-            if !ws::upgrade(&self.realtime, req, resp) {
+            if !ws::upgrade(&self.realtime, req, resp, caller) {
                 // Δ HarperDB (which upgrades, then closes 1011): an unknown path is refused plainly.
                 resp.text(404, "Not found");
             }
             return true;
         }
-        sse::is_event_stream(req) && sse::accept(&self.realtime, req, resp)
+        sse::is_event_stream(req) && sse::accept(&self.realtime, req, resp, caller)
     }
 
     fn health(&self, req: &Request<'_>, resp: &mut Response) {
@@ -171,6 +171,7 @@ impl Router {
                 e.sample(name, &[("core", &core.to_string())], read(stats) as f64);
             }
         }
+        crate::protocol::mqtt::events::render(&mut e);
         e.family(
             "tidepool_requests_in_flight",
             "gauge",
@@ -298,43 +299,14 @@ impl Service for Router {
         };
         // Authenticated once per request (SPEC §5.1); each interface decides what it needs.
         let resources = &self.shared.resources;
-        let caller =
-            crate::auth::authenticate(resources, &crate::auth::Credentials::from_request(req));
+        let caller = crate::auth::authenticate_request(resources, req);
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return;
         }
-        if ws::is_upgrade(req) || sse::is_event_stream(req) {
-            // Subscriptions authenticate like REST and need `read` on the table (SPEC §5.6), refused
-            // before any upgrade or stream starts.
-            let caller = match caller.as_ref() {
-                Ok(caller) => caller,
-                Err(e) => {
-                    crate::protocol::rest::unauthorized(resp, e);
-                    return;
-                }
-            };
-            let export = req
-                .path
-                .trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or("");
-            if let Some((db, table)) = resources.export(export) {
-                if !crate::resource::permissions::can_read(caller, &db.name, &table.def.table) {
-                    if caller.is_anonymous() {
-                        crate::protocol::rest::unauthorized(
-                            resp,
-                            &crate::auth::AuthError::MustLogin,
-                        );
-                    } else {
-                        resp.json_error(403, "Unauthorized access to resource");
-                    }
-                    return;
-                }
-            }
-        }
-        if self.realtime(req, resp) {
+        // Subscriptions check `read` themselves (SPEC §5.6: SSE answers 401/403, WebSocket
+        // upgrades and closes 3000/3003).
+        if self.realtime(req, resp, caller.as_ref()) {
             return;
         }
         if crate::protocol::rest::handle(resources, caller.as_ref(), req, resp).await {

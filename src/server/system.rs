@@ -1,4 +1,5 @@
-//! The `system` database's tables (SPEC §1.5), created on first start.
+//! The `system` database's tables (SPEC §1.5), created on first start. `hdb_job` (HarperDB's job
+//! table) holds the Operations API's bulk-load jobs (`resource::jobs`), so they survive restart.
 
 use crate::schema::{parse_schema_str, TableDef};
 
@@ -10,9 +11,11 @@ type hdb_certificate @table(database: \"sys\") { name: String @primaryKey certif
 type hdb_session @table(database: \"sys\") { id: String @primaryKey user: String }
 type hdb_durable_session @table(database: \"sys\") { id: String @primaryKey }
 type hdb_session_will @table(database: \"sys\") { id: String @primaryKey }
+type hdb_mqtt_retained @table(database: \"sys\") { topic: String @primaryKey }
 type hdb_raw_analytics @table(database: \"sys\") { id: Float @primaryKey }
 type hdb_analytics @table(database: \"sys\") { id: Float @primaryKey }
 type hdb_info @table(database: \"sys\") { info_id: Long @primaryKey }
+type hdb_job @table(database: \"sys\") { id: String @primaryKey type: String status: String user: String message: String job_body: Any created_datetime: Float start_datetime: Float end_datetime: Float records_total: Long records_processed: Long records_loaded: Long records_skipped: Long records_error: Long __createdtime__: Long @createdTime __updatedtime__: Long @updatedTime }
 ";
 
 /// The system tables. The schema parser refuses the name `system` for application schemas, so the
@@ -40,6 +43,9 @@ mod tests {
         assert!(tables
             .iter()
             .any(|t| t.table == "hdb_user" && t.primary_key.as_deref() == Some("username")));
+        assert!(tables
+            .iter()
+            .any(|t| t.table == "hdb_job" && t.primary_key.as_deref() == Some("id")));
         assert!(tables.iter().all(|t| t.database == "system"));
     }
 }

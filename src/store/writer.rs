@@ -6,12 +6,13 @@
 //! transaction, commits once (one fsync for the whole group), then answers every requester and
 //! publishes each request's [`Commit`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use heed::RwTxn;
 use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
 
@@ -171,20 +172,78 @@ pub enum SchemaChange {
     Drop(String),
 }
 
-pub(super) struct WriterHandle {
+/// The writer's queue: unbounded underneath, bounded by a depth count. crossbeam's `bounded`
+/// allocates and touches every slot up front (65,536 jobs of a few hundred bytes per database
+/// is tens of MB at idle); this costs memory only for what is actually queued.
+pub(super) struct JobSender {
     tx: Sender<Job>,
+    depth: Arc<AtomicUsize>,
+    depth_max: usize,
+}
+
+pub(super) struct JobReceiver {
+    rx: Receiver<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+enum QueueError {
+    Full,
+    Stopped,
+}
+
+impl JobSender {
+    /// Queues `job` unless `depth_max` jobs wait already.
+    fn try_send(&self, job: Job) -> Result<(), QueueError> {
+        if self.depth.fetch_add(1, Ordering::AcqRel) >= self.depth_max {
+            self.depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(QueueError::Full);
+        }
+        self.send(job)
+    }
+
+    /// Queues `job` past the bound: for start-up and stop, which must not be refused.
+    fn send(&self, job: Job) -> Result<(), QueueError> {
+        self.tx.send(job).map_err(|_| QueueError::Stopped)
+    }
+}
+
+impl JobReceiver {
+    fn took(&self, job: Job) -> Job {
+        // Saturating: jobs sent past the bound by `send` were never counted.
+        let _ = self
+            .depth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+        job
+    }
+
+    fn recv(&self) -> Option<Job> {
+        self.rx.recv().ok().map(|job| self.took(job))
+    }
+
+    fn try_recv(&self) -> Option<Job> {
+        self.rx.try_recv().ok().map(|job| self.took(job))
+    }
+}
+
+pub(super) struct WriterHandle {
+    tx: JobSender,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl WriterHandle {
-    pub fn new(queue_max: usize) -> (WriterHandle, Receiver<Job>) {
-        let (tx, rx) = crossbeam_channel::bounded(queue_max);
+    pub fn new(queue_max: usize) -> (WriterHandle, JobReceiver) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let depth = Arc::new(AtomicUsize::new(0));
         (
             WriterHandle {
-                tx,
+                tx: JobSender {
+                    tx,
+                    depth: depth.clone(),
+                    depth_max: queue_max,
+                },
                 thread: Mutex::new(None),
             },
-            rx,
+            JobReceiver { rx, depth },
         )
     }
 
@@ -192,35 +251,37 @@ impl WriterHandle {
         &self,
         request: WriteRequest,
     ) -> Result<OneshotReceiver<Result<WriteOutcome, WriteError>>, WriteError> {
-        let (reply, rx) = oneshot();
-        match self.tx.try_send(Job::Write {
+        self.enqueue(|reply, queued_at| Job::Write {
             request,
             reply,
-            queued_at: Instant::now(),
-        }) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
-                Err(WriteError::Overloaded("write queue full; try again".into()))
-            }
-            Err(TrySendError::Disconnected(_)) => Err(WriteError::Stopped),
-        }
+            queued_at,
+        })
     }
 
     pub fn apply(
         &self,
         job: ApplyJob,
     ) -> Result<OneshotReceiver<Result<ApplyOutcome, WriteError>>, WriteError> {
-        let (reply, rx) = oneshot();
-        match self.tx.try_send(Job::Apply {
+        self.enqueue(|reply, queued_at| Job::Apply {
             job,
             reply,
-            queued_at: Instant::now(),
-        }) {
+            queued_at,
+        })
+    }
+
+    /// Queues a job that answers through a oneshot; a full queue is refused at once rather than
+    /// waited on, because the caller is an executor thread.
+    fn enqueue<T: Send>(
+        &self,
+        job: impl FnOnce(OneshotSender<Result<T, WriteError>>, Instant) -> Job,
+    ) -> Result<OneshotReceiver<Result<T, WriteError>>, WriteError> {
+        let (reply, rx) = oneshot();
+        match self.tx.try_send(job(reply, Instant::now())) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
+            Err(QueueError::Full) => {
                 Err(WriteError::Overloaded("write queue full; try again".into()))
             }
-            Err(TrySendError::Disconnected(_)) => Err(WriteError::Stopped),
+            Err(QueueError::Stopped) => Err(WriteError::Stopped),
         }
     }
 
@@ -237,8 +298,8 @@ impl WriterHandle {
         let (reply, rx) = oneshot();
         match self.tx.try_send(Job::Schema { change, reply }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(StoreError::Io("write queue full; try again".into())),
-            Err(TrySendError::Disconnected(_)) => Err(StoreError::Io("writer stopped".into())),
+            Err(QueueError::Full) => Err(StoreError::Io("write queue full; try again".into())),
+            Err(QueueError::Stopped) => Err(StoreError::Io("writer stopped".into())),
         }
     }
 
@@ -252,7 +313,7 @@ impl WriterHandle {
 
 pub(super) fn spawn(
     db: Arc<Database>,
-    rx: Receiver<Job>,
+    rx: JobReceiver,
     clock: Arc<Clock>,
     publisher: Publisher,
     options: StoreOptions,
@@ -316,13 +377,12 @@ impl Item {
 }
 
 impl Writer {
-    fn run(self, rx: Receiver<Job>) {
+    fn run(self, rx: JobReceiver) {
         let batch_max = self.options.commit_batch_max.max(1);
         let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
         'outer: loop {
-            let first = match rx.recv() {
-                Ok(job) => job,
-                Err(_) => break,
+            let Some(first) = rx.recv() else {
+                break;
             };
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -365,7 +425,7 @@ impl Writer {
                     Job::Stop => {
                         self.commit_batch(&mut batch);
                         // Answer whatever is still queued, in order, then stop.
-                        while let Ok(job) = rx.try_recv() {
+                        while let Some(job) = rx.try_recv() {
                             match job {
                                 Job::Write { request, reply, .. } => {
                                     batch.push(Item::Local(request, reply))
@@ -381,7 +441,7 @@ impl Writer {
                     }
                 }
                 if batch.len() < batch_max {
-                    next = rx.try_recv().ok();
+                    next = rx.try_recv();
                 }
             }
             self.commit_batch(&mut batch);
@@ -1084,4 +1144,48 @@ fn audit_entry(
         Value::Float(version),
         expires_at.map(Value::Float).unwrap_or(Value::Null),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `steps` against a queue of `depth_max`: `true` sends a job (expecting `accepted`),
+    /// `false` takes one.
+    fn check(depth_max: usize, steps: &[(bool, bool)]) {
+        let (handle, rx) = WriterHandle::new(depth_max);
+        for (i, &(send, accepted)) in steps.iter().enumerate() {
+            if send {
+                let got = handle.tx.try_send(Job::Stop).is_ok();
+                assert_eq!(got, accepted, "step {i}");
+            } else {
+                assert_eq!(rx.try_recv().is_some(), accepted, "step {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_queue_bound_counts_waiting_jobs_only() {
+        check(2, &[(true, true), (true, true), (true, false)]);
+        check(
+            2,
+            &[
+                (true, true),
+                (true, true),
+                (false, true),
+                (true, true),
+                (true, false),
+            ],
+        );
+        check(
+            1,
+            &[(false, false), (true, true), (false, true), (false, false)],
+        );
+        // A job sent past the bound (start-up, stop) does not make the count go below zero.
+        let (handle, rx) = WriterHandle::new(1);
+        assert!(handle.tx.send(Job::Stop).is_ok());
+        assert!(rx.try_recv().is_some());
+        assert!(handle.tx.try_send(Job::Stop).is_ok());
+        assert!(handle.tx.try_send(Job::Stop).is_err());
+    }
 }

@@ -14,6 +14,7 @@
 //! tags are skipped; `undefined` → null; map keys must be text or integers (integers become their
 //! decimal text); other simple values are rejected.
 
+use super::cursor::{map_key, Cursor, Grammar};
 use super::view::{Kind, ValueView};
 use super::{DecodeError, DecodeLimits, Object, Problem, Value, DATE_MS_MAX};
 
@@ -170,34 +171,14 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a CBOR body: exactly one data item.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
-    let limits = &limits.clamped();
-    if bytes.len() > limits.bytes_max {
-        return Err(DecodeError::new(
-            limits.bytes_max,
-            Problem::BytesLimit {
-                bytes_max: limits.bytes_max,
-            },
-        ));
-    }
-    let mut reader = Reader {
-        bytes,
-        pos: 0,
-        limits,
-        values: 0,
-    };
+    let mut reader = Reader::new(Cursor::new(bytes, limits)?);
     let value = reader.item(0)?;
-    if reader.pos != bytes.len() {
-        return Err(DecodeError::new(reader.pos, Problem::TrailingBytes));
-    }
-    Ok(value)
+    reader.finish(value)
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    limits: &'a DecodeLimits,
-    values: usize,
-}
+/// CBOR's grammar over the shared cursor.
+struct Cbor;
+type Reader<'a> = Grammar<'a, Cbor>;
 
 /// A data item's head: major type and argument, or an indefinite length.
 enum Head {
@@ -207,20 +188,9 @@ enum Head {
     Simple(u8, u64),
 }
 
-impl<'a> Reader<'a> {
+impl Reader<'_> {
     fn error(&self, offset: usize, problem: Problem) -> DecodeError {
         DecodeError::new(offset, problem)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let bytes = self.bytes;
-        let end = self.pos.checked_add(n).filter(|&e| e <= bytes.len());
-        let Some(end) = end else {
-            return Err(self.error(bytes.len(), Problem::UnexpectedEnd));
-        };
-        let slice = &bytes[self.pos..end];
-        self.pos = end;
-        Ok(slice)
     }
 
     fn head(&mut self) -> Result<Head, DecodeError> {
@@ -250,31 +220,6 @@ impl<'a> Reader<'a> {
             return Ok(Head::Simple(info, argument));
         }
         Ok(Head::Known(major, argument))
-    }
-
-    fn count_value(&mut self, at: usize) -> Result<(), DecodeError> {
-        self.values += 1;
-        if self.values > self.limits.values_max {
-            return Err(self.error(
-                at,
-                Problem::ValuesLimit {
-                    values_max: self.limits.values_max,
-                },
-            ));
-        }
-        Ok(())
-    }
-
-    fn check_depth(&self, depth: usize, at: usize) -> Result<(), DecodeError> {
-        if depth >= self.limits.depth_max {
-            return Err(self.error(
-                at,
-                Problem::DepthLimit {
-                    depth_max: self.limits.depth_max,
-                },
-            ));
-        }
-        Ok(())
     }
 
     /// Whether the next byte is a break, consuming it if so.
@@ -328,7 +273,7 @@ impl<'a> Reader<'a> {
             Head::Known(MAJOR_ARRAY, n) => {
                 self.check_depth(depth, start)?;
                 // Every item takes at least one byte: never reserve more than what is left.
-                let mut items = Vec::with_capacity(len(n).min(self.bytes.len() - self.pos));
+                let mut items = Vec::with_capacity(len(n).min(self.remaining()));
                 for _ in 0..n {
                     items.push(self.item(depth + 1)?);
                 }
@@ -344,7 +289,7 @@ impl<'a> Reader<'a> {
             }
             Head::Known(MAJOR_MAP, n) => {
                 self.check_depth(depth, start)?;
-                let mut entries = Vec::with_capacity(len(n).min((self.bytes.len() - self.pos) / 2));
+                let mut entries = Vec::with_capacity(len(n).min(self.remaining() / 2));
                 for _ in 0..n {
                     entries.push(self.entry(depth)?);
                 }
@@ -360,7 +305,7 @@ impl<'a> Reader<'a> {
             }
             Head::Known(_, tag) => {
                 self.check_depth(depth, start)?;
-                self.values -= 1;
+                self.uncount_value();
                 self.tagged(tag, depth + 1, start)
             }
             Head::Simple(info, argument) => self.simple(info, argument, start),
@@ -369,21 +314,7 @@ impl<'a> Reader<'a> {
 
     fn entry(&mut self, depth: usize) -> Result<(String, Value), DecodeError> {
         let at = self.pos;
-        let key = match self.item(depth + 1)? {
-            Value::String(s) => s,
-            Value::Int(i) => itoa::Buffer::new().format(i).to_owned(),
-            Value::BigInt(b) => {
-                let mut text = Vec::new();
-                b.as_ref().write_decimal(&mut text);
-                String::from_utf8(text).unwrap_or_default()
-            }
-            _ => {
-                return Err(self.error(
-                    at,
-                    Problem::Unsupported("map key that is not text or an integer"),
-                ))
-            }
-        };
+        let key = map_key(self.item(depth + 1)?, at)?;
         let value = self.item(depth + 1)?;
         Ok((key, value))
     }

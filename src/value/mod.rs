@@ -10,6 +10,7 @@
 
 pub mod cbor;
 pub mod csv;
+mod cursor;
 pub mod json;
 pub mod key;
 pub mod msgpack;

@@ -11,6 +11,7 @@
 //! extension types are rejected; map keys must be strings or integers (integers become their
 //! decimal text).
 
+use super::cursor::{map_key, Cursor, Grammar};
 use super::view::{Kind, ValueView};
 use super::{DecodeError, DecodeLimits, Object, Problem, Value, DATE_MS_MAX};
 
@@ -188,58 +189,16 @@ pub fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Parses a MessagePack body: exactly one value.
 pub fn parse_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
-    let limits = &limits.clamped();
-    if bytes.len() > limits.bytes_max {
-        return Err(DecodeError::new(
-            limits.bytes_max,
-            Problem::BytesLimit {
-                bytes_max: limits.bytes_max,
-            },
-        ));
-    }
-    let mut reader = Reader {
-        bytes,
-        pos: 0,
-        limits,
-        values: 0,
-    };
+    let mut reader = Reader::new(Cursor::new(bytes, limits)?);
     let value = reader.item(0)?;
-    if reader.pos != bytes.len() {
-        return Err(DecodeError::new(reader.pos, Problem::TrailingBytes));
-    }
-    Ok(value)
+    reader.finish(value)
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    limits: &'a DecodeLimits,
-    values: usize,
-}
+/// MessagePack's grammar over the shared cursor.
+struct MsgPack;
+type Reader<'a> = Grammar<'a, MsgPack>;
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let bytes = self.bytes;
-        match self.pos.checked_add(n).filter(|&e| e <= bytes.len()) {
-            Some(end) => {
-                let slice = &bytes[self.pos..end];
-                self.pos = end;
-                Ok(slice)
-            }
-            None => Err(DecodeError::new(bytes.len(), Problem::UnexpectedEnd)),
-        }
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>()?[0])
-    }
-
+impl Reader<'_> {
     fn u16(&mut self) -> Result<usize, DecodeError> {
         Ok(u16::from_be_bytes(self.array()?) as usize)
     }
@@ -250,15 +209,7 @@ impl<'a> Reader<'a> {
 
     fn item(&mut self, depth: usize) -> Result<Value, DecodeError> {
         let start = self.pos;
-        self.values += 1;
-        if self.values > self.limits.values_max {
-            return Err(DecodeError::new(
-                start,
-                Problem::ValuesLimit {
-                    values_max: self.limits.values_max,
-                },
-            ));
-        }
+        self.count_value(start)?;
         let marker = self.u8()?;
         let value = match marker {
             0x00..=0x7f => Value::Int(marker as i64),
@@ -356,22 +307,10 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn check_depth(&self, depth: usize, at: usize) -> Result<(), DecodeError> {
-        if depth >= self.limits.depth_max {
-            return Err(DecodeError::new(
-                at,
-                Problem::DepthLimit {
-                    depth_max: self.limits.depth_max,
-                },
-            ));
-        }
-        Ok(())
-    }
-
     fn array_items(&mut self, n: usize, depth: usize, start: usize) -> Result<Value, DecodeError> {
         self.check_depth(depth, start)?;
         // Every item takes at least one byte: never reserve more than what is left.
-        let mut items = Vec::with_capacity(n.min(self.bytes.len() - self.pos));
+        let mut items = Vec::with_capacity(n.min(self.remaining()));
         for _ in 0..n {
             items.push(self.item(depth + 1)?);
         }
@@ -380,24 +319,10 @@ impl<'a> Reader<'a> {
 
     fn map(&mut self, n: usize, depth: usize, start: usize) -> Result<Value, DecodeError> {
         self.check_depth(depth, start)?;
-        let mut entries = Vec::with_capacity(n.min((self.bytes.len() - self.pos) / 2));
+        let mut entries = Vec::with_capacity(n.min(self.remaining() / 2));
         for _ in 0..n {
             let at = self.pos;
-            let key = match self.item(depth + 1)? {
-                Value::String(s) => s,
-                Value::Int(i) => itoa::Buffer::new().format(i).to_owned(),
-                Value::BigInt(b) => {
-                    let mut text = Vec::new();
-                    b.as_ref().write_decimal(&mut text);
-                    String::from_utf8(text).unwrap_or_default()
-                }
-                _ => {
-                    return Err(DecodeError::new(
-                        at,
-                        Problem::Unsupported("map key that is not a string or integer"),
-                    ))
-                }
-            };
+            let key = map_key(self.item(depth + 1)?, at)?;
             let value = self.item(depth + 1)?;
             entries.push((key, value));
         }
@@ -537,7 +462,7 @@ mod tests {
             "81c0c0",
             Err(DecodeError::new(
                 1,
-                Problem::Unsupported("map key that is not a string or integer"),
+                Problem::Unsupported("map key that is not text or an integer"),
             )),
         );
         check_parse(

@@ -111,6 +111,10 @@ impl Builder {
         if !has("--MQTT_NETWORK_PORT") {
             cmd.args(["--MQTT_NETWORK_PORT", "127.0.0.1:0"]);
         }
+        // The default 8883 would collide between servers running at once.
+        if !has("--MQTT_NETWORK_SECUREPORT") {
+            cmd.args(["--MQTT_NETWORK_SECUREPORT", "127.0.0.1:0"]);
+        }
         if !has("--cores") {
             cmd.args(["--cores", "2"]);
         }

@@ -24,7 +24,9 @@ enum Phase {
 
 /// Serves one connection (plain TCP or TLS) until the peer closes, a limit closes it, or shutdown
 /// finds it idle.
-pub async fn serve<S: Service, T: Transport>(
+/// A connection taken over after a response head (WebSocket, SSE) continues as an
+/// [`tidepool_io::AnyStream`], plain or TLS alike.
+pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
     mut stream: T,
     peer: SocketAddr,
     service: &S,
@@ -112,29 +114,12 @@ pub async fn serve<S: Service, T: Transport>(
                 let Some(takeover) = resp.take_takeover() else {
                     return;
                 };
-                let mut plain = match stream.into_plain() {
-                    Ok(plain) => plain,
-                    Err(mut encrypted) => {
-                        // Long-lived streams drive the socket themselves; over TLS they cannot yet.
-                        drop(takeover);
-                        wbuf.clear();
-                        resp.reset();
-                        resp.json_error(501, "WebSocket and Server-Sent Events are not available over TLS in this build yet; use the plain port");
-                        encode_response(&mut wbuf, &resp, false, true, false);
-                        let _ = encrypted.write_all(std::mem::take(&mut wbuf)).await;
-                        let _ = encrypted.shutdown_write().await;
-                        return;
-                    }
-                };
-                let (result, _) = plain.write_all(std::mem::take(&mut wbuf)).await;
+                let mut stream: tidepool_io::AnyStream = stream.into();
+                let (result, _) = stream.write_all(std::mem::take(&mut wbuf)).await;
                 // The handler runs for as long as the stream lasts; it is not a request in flight.
                 drop(guards);
                 if result.is_ok() {
-                    (takeover.0)(super::Upgraded {
-                        stream: plain,
-                        leftover,
-                    })
-                    .await;
+                    (takeover.0)(super::Upgraded { stream, leftover }).await;
                 }
                 return;
             }

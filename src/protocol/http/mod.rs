@@ -14,8 +14,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tidepool_io::Stream;
-
 pub use conn::{encode_response, serve};
 pub use parse::ParseError;
 
@@ -111,7 +109,8 @@ impl<'a> Request<'a> {
 /// The connection after a takeover response's head: the socket, and any bytes the client sent
 /// after the request (already read into the HTTP buffer).
 pub struct Upgraded {
-    pub stream: Stream,
+    /// Plain or TLS, whichever the port speaks.
+    pub stream: tidepool_io::AnyStream,
     pub leftover: Vec<u8>,
 }
 

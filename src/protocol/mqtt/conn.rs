@@ -6,8 +6,8 @@
 //! buffer that the reader and the core's event dispatcher ([`Sessions::dispatch`]) fill. Writes go
 //! to tables only through `resource`; nothing here opens a transaction other than short reads.
 
-use std::cell::{Cell, RefCell, UnsafeCell};
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -16,15 +16,21 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tidepool_io::{race, spawn, timeout, Either, Shutdown, Stream};
+use tidepool_io::{race, spawn, timeout, Either, ReadBytes, ReadHalf, Shutdown, Split, WriteBytes};
 
 use super::codec::{
     self, Ack, ConnAck, Connect, DecodeError, Level, Packet, Publish, Reason, SubAck, Subscribe,
     UnsubAck, Will,
 };
+use super::durable::{self, EventKey, EventRef, Stored, StoredInflight, StoredSub, Tracker};
+use super::events::{self, Event};
+use super::general;
+use super::notes::{self, Note, Notes};
 use super::payload;
 use super::props::{Properties, Property};
+use super::share::{self, Groups};
 use super::topic::{Filter, PublishTopic, TopicError};
+use crate::resource::permissions::ReadableAttributes;
 use crate::resource::{self, Caller, Resources, Validation};
 use crate::store::{ChangeKind, Commit, WriteError, WriteOp, WriteRequest};
 use crate::value::{self, Value};
@@ -35,11 +41,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const INFLIGHT_MAX: usize = 1000;
 /// Outbound bytes buffered per connection; past it QoS 0 events are dropped, QoS ≥ 1 disconnect.
 pub const OUT_BYTES_MAX: usize = 16 << 20;
-/// Inbound QoS 2 packet ids remembered until PUBREL; reaching it disconnects (v5 `0x93`).
-pub const QOS2_PENDING_MAX: usize = 65_535;
+/// Our Receive Maximum (advertised in v5 CONNACK): inbound QoS 2 publishes awaiting PUBREL at
+/// once (QoS 1 ones are acknowledged before the next packet is read); one more disconnects with
+/// `0x93` (MQTT 5 §3.3.4).
+pub const RECEIVE_MAXIMUM: u16 = 1000;
 /// Topic aliases a v5 client may set (we advertise this as Topic Alias Maximum).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
-/// Spare capacity asked for on each read.
+/// How long a connection taking over a client id waits for the old one to store its session.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// Bytes asked for per read.
 const READ_SPARE_BYTES: usize = 4096;
 
 /// v5 reason codes used here (MQTT 5 §2.4).
@@ -164,6 +174,20 @@ pub fn authenticate(
     }
 }
 
+/// Who a verified client certificate authenticates as (SPEC §5.4: an unknown or inactive user
+/// is not authorized); None when the connection brought none.
+fn certificate_caller(
+    shared: &MqttShared,
+    peer_cn: Option<&str>,
+) -> Option<Result<Caller, Refusal>> {
+    let cn = peer_cn?;
+    let mtls = shared.resources.config.mqtt_mtls.as_ref()?;
+    Some(
+        crate::auth::authenticate_certificate(&shared.resources, cn, mtls)
+            .map_err(|_| Refusal::NotAuthorized),
+    )
+}
+
 /// Whether `caller` may do `action` on a table (SPEC §5.5: a publish to a record needs update,
 /// to the bare table insert, an empty retained publish delete; subscribing needs read).
 fn permitted(caller: &Caller, action: &str, database: &str, table: &str) -> bool {
@@ -180,6 +204,8 @@ fn permitted(caller: &Caller, action: &str, database: &str, table: &str) -> bool
 #[derive(Default)]
 pub struct Kick {
     kicked: AtomicBool,
+    /// Set once the connection stored its session and let go of its client id.
+    released: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -190,6 +216,14 @@ impl Kick {
             if let Some(w) = w.take() {
                 w.wake();
             }
+        }
+    }
+
+    /// Waits (bounded by [`TAKEOVER_WAIT`]) until the kicked connection has stored its session.
+    async fn released(&self) {
+        let deadline = std::time::Instant::now() + TAKEOVER_WAIT;
+        while !self.released.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            tidepool_io::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -223,6 +257,21 @@ pub struct MqttShared {
     /// (database, table) → export name, to name topics of committed changes.
     exports: HashMap<(String, String), String>,
     next_client: AtomicU64,
+    /// A version at or above every commit made before the cores started: where each core's
+    /// dispatch position starts (see [`Sessions::since`]).
+    start_version: f64,
+    /// `mqtt.sessionQueueMax` (SPEC §1.6): messages a resumed durable session gets at most.
+    pub session_queue_max: usize,
+    /// What publishes in flight carry beyond their payload.
+    notes: Notes,
+    /// Set once any session subscribed with Retain As Published: retained publishes leave notes.
+    retain_as_published: AtomicBool,
+    /// Shared subscription groups.
+    groups: Groups,
+    /// `mqtt.generalTopics`: topics outside tables are served (see `general.rs`).
+    pub general_topics: bool,
+    /// The empty export name general topics go by.
+    general_export: String,
 }
 
 impl MqttShared {
@@ -242,27 +291,59 @@ impl MqttShared {
             })
             .collect();
         MqttShared {
-            resources,
             // MQTT 5 allows Maximum Packet Size up to the remaining-length ceiling.
             packet_bytes_max: packet_bytes_max.min(codec::REMAINING_BYTES_MAX),
             require_authentication,
             shutdown,
             clients: Mutex::new(HashMap::new()),
+            session_queue_max: resources
+                .config_tree
+                .get("mqtt.sessionQueueMax")
+                .and_then(|v| v.as_u64())
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(durable::SESSION_QUEUE_MAX_DEFAULT),
+            start_version: resources.store.clock().next(),
+            notes: Notes::new(resources.config.threads),
+            retain_as_published: AtomicBool::new(false),
+            groups: Groups::default(),
+            general_export: String::new(),
+            general_topics: resources
+                .config_tree
+                .get("mqtt.generalTopics")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            resources,
             exports,
             next_client: AtomicU64::new(1),
         }
     }
 
-    /// Registers `id` as connected, kicking whoever held it (SPEC §6.3 takeover).
-    fn claim(&self, id: &str, kick: Arc<Kick>) {
+    /// Where each core's dispatch position starts (see [`Sessions::new`]).
+    pub fn start_version(&self) -> f64 {
+        self.start_version
+    }
+
+    /// The export a table of `database` is published under; general topics' table is the
+    /// export `""` (its ids are whole topics) when `mqtt.generalTopics` is on.
+    fn export_of(&self, database: &str, table: &str) -> Option<&String> {
+        if self.general_topics && database == durable::SYSTEM && table == general::TABLE {
+            return Some(&self.general_export);
+        }
+        self.exports.get(&(database.to_string(), table.to_string()))
+    }
+
+    /// Registers `id` as connected, kicking whoever held it (SPEC §6.3 takeover); returns the
+    /// kicked connection's handle so the caller can wait for it to store its session.
+    fn claim(&self, id: &str, kick: Arc<Kick>) -> Option<Arc<Kick>> {
         let old = self
             .clients
             .lock()
             .ok()
             .and_then(|mut c| c.insert(id.to_string(), kick));
-        if let Some(old) = old {
+        if let Some(old) = &old {
             old.kick();
         }
+        old
     }
 
     fn release(&self, id: &str, kick: &Arc<Kick>) {
@@ -271,6 +352,7 @@ impl MqttShared {
                 c.remove(id);
             }
         }
+        kick.released.store(true, Ordering::Release);
     }
 }
 
@@ -281,20 +363,71 @@ struct Sub {
     /// Records sent as initial state with their versions: a live event at or below that version
     /// was already reflected, so it is not sent again (no duplicate between state and events).
     sent: HashMap<String, f64>,
+    /// Events at or below this version predate the subscription (a durable replay starts above).
+    since: f64,
+    /// The v5 subscription options byte as subscribed (kept with a durable session).
+    options: u8,
+    identifier: Option<u32>,
+    /// The subscriber's readable attributes when its role restricts them (SPEC §5.5).
+    readable: Option<Rc<ReadableAttributes>>,
+}
+
+/// A record or message as a subscriber limited to `readable` receives it (SPEC §5.5: events and
+/// retained state are trimmed by attribute read permissions). Returns the content type.
+fn encode_trimmed(value: &Value, readable: &ReadableAttributes, out: &mut Vec<u8>) -> &'static str {
+    let mut value = value.clone();
+    readable.trim(&mut value);
+    payload::encode(Some(&value), out)
+}
+
+/// An outbound QoS ≥ 1 publish awaiting its acknowledgement.
+struct Inflight {
+    /// The event it carried, for a durable session's acknowledgement position.
+    event: Option<EventRef>,
+    /// PUBREC came (QoS 2): only PUBCOMP remains.
+    released: bool,
+}
+
+/// A PUBLISH waiting for room in the client's receive window.
+struct Outbound {
+    topic: String,
+    qos: u8,
+    retain: bool,
+    body: Vec<u8>,
+    content_type: &'static str,
+    event: Option<EventRef>,
+    /// A resend's packet id from before the reconnect (sent with DUP = 1).
+    resend_id: Option<u16>,
+    /// v5 properties beyond Content Type: the publisher's passed on, subscription identifiers.
+    properties: Properties,
 }
 
 /// Per-connection state shared by its reader, its writer and the core's dispatcher.
 struct Conn {
     level: Level,
+    /// Set once CONNECT is accepted (for No Local).
+    client_id: RefCell<String>,
     out: RefCell<Vec<u8>>,
     out_waker: Cell<Option<Waker>>,
     closing: Cell<bool>,
     subs: RefCell<Vec<Sub>>,
     next_packet_id: Cell<u16>,
     /// Outbound QoS ≥ 1 packet ids awaiting PUBACK / PUBREC→PUBCOMP.
-    inflight: RefCell<HashSet<u16>>,
+    inflight: RefCell<HashMap<u16, Inflight>>,
     /// Inbound QoS 2 packet ids applied and awaiting PUBREL.
     qos2_received: RefCell<HashSet<u16>>,
+    /// QoS ≥ 1 publishes waiting, in order, for the window to open.
+    backlog: RefCell<VecDeque<Outbound>>,
+    /// Unacknowledged QoS ≥ 1 publishes at once: the client's Receive Maximum (v5), at most
+    /// `INFLIGHT_MAX`.
+    window: usize,
+    /// Backlog bound; past it the connection closes with `0x97` (a durable session gets the rest
+    /// from the audit log when it resumes).
+    backlog_max: usize,
+    /// Acknowledgement positions, for durable sessions only.
+    tracker: RefCell<Option<Tracker>>,
+    /// Per database: live events at or below this version were replayed when the session resumed.
+    floor: RefCell<HashMap<Arc<str>, f64>>,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
     out_packet_bytes_max: usize,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
@@ -320,126 +453,283 @@ impl Conn {
         }
     }
 
-    fn packet_id(&self) -> Option<u16> {
+    fn overflow(&self) -> bool {
+        self.overflowed.set(true);
+        self.wake_writer();
+        false
+    }
+
+    /// A packet id not in flight (the window keeps fewer than 65,535 in flight).
+    fn free_packet_id(&self) -> u16 {
         let inflight = self.inflight.borrow();
-        if inflight.len() >= INFLIGHT_MAX {
-            return None;
-        }
         let mut id = self.next_packet_id.get();
         loop {
             id = id.checked_add(1).unwrap_or(1);
-            if !inflight.contains(&id) {
+            if !inflight.contains_key(&id) {
                 self.next_packet_id.set(id);
-                return Some(id);
+                return id;
             }
         }
     }
 
     /// Queues one PUBLISH; false if a bound was hit (QoS 0: dropped; QoS ≥ 1: the connection is
     /// marked to close with `0x97`).
-    fn publish(
-        &self,
-        topic: String,
-        qos: u8,
-        retain: bool,
-        body: &[u8],
-        content_type: &str,
-    ) -> bool {
+    fn publish(&self, o: Outbound) -> bool {
         if self.out.borrow().len() > OUT_BYTES_MAX {
-            if qos > 0 {
-                self.overflowed.set(true);
-                self.wake_writer();
-            }
-            return false;
+            return if o.qos > 0 { self.overflow() } else { false };
         }
-        let packet_id = if qos > 0 {
-            match self.packet_id() {
-                Some(id) => id,
-                None => {
-                    self.overflowed.set(true);
-                    self.wake_writer();
-                    return false;
-                }
+        if o.qos == 0 {
+            self.write_publish(o, 0, false);
+            return true;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        if !backlog.is_empty() || self.inflight.borrow().len() >= self.window {
+            if backlog.len() >= self.backlog_max {
+                drop(backlog);
+                return self.overflow();
             }
-        } else {
-            0
-        };
+            backlog.push_back(o);
+            return true;
+        }
+        drop(backlog);
+        self.send_acknowledged(o);
+        true
+    }
+
+    /// Sends a QoS ≥ 1 publish now, remembering it until acknowledged.
+    fn send_acknowledged(&self, o: Outbound) {
+        let resend = o
+            .resend_id
+            .filter(|id| !self.inflight.borrow().contains_key(id));
+        let packet_id = resend.unwrap_or_else(|| self.free_packet_id());
+        let event = o.event.clone();
+        if !self.write_publish(o, packet_id, resend.is_some()) {
+            // Too large for the client: discarded as if sent, so it must not hold a position.
+            if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+                t.acked(event);
+            }
+            return;
+        }
+        if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+            t.sent(event);
+        }
+        self.inflight.borrow_mut().insert(
+            packet_id,
+            Inflight {
+                event,
+                released: false,
+            },
+        );
+    }
+
+    /// Encodes and buffers one PUBLISH; false when it exceeds the client's Maximum Packet Size
+    /// (MQTT 5 §3.1.2.11.4: such a packet is discarded as if sent).
+    fn write_publish(&self, o: Outbound, packet_id: u16, dup: bool) -> bool {
         let mut properties = Properties::default();
         if self.level == Level::V5 {
-            properties.push(Property::ContentType(content_type.to_string()));
+            // The publisher's own Content Type wins over the encoding's.
+            if o.properties.content_type().is_none() {
+                properties.push(Property::ContentType(o.content_type.to_string()));
+            }
+            properties.0.extend(o.properties.0);
         }
         let packet = Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain,
-            topic,
+            dup,
+            qos: o.qos,
+            retain: o.retain,
+            topic: o.topic,
             packet_id,
             properties,
-            payload: body.to_vec(),
+            payload: o.body,
         });
         let mut encoded = Vec::new();
         codec::encode(&packet, self.level, &mut encoded);
         if encoded.len() > self.out_packet_bytes_max {
-            // MQTT 5 §3.1.2.11.4: a packet over the client's maximum is discarded as if sent.
-            return true;
-        }
-        if qos > 0 {
-            self.inflight.borrow_mut().insert(packet_id);
+            return false;
         }
         self.out.borrow_mut().extend_from_slice(&encoded);
         self.wake_writer();
         true
     }
+
+    /// Sends backlogged publishes while the window has room.
+    fn pump(&self) {
+        while self.inflight.borrow().len() < self.window {
+            let Some(o) = self.backlog.borrow_mut().pop_front() else {
+                return;
+            };
+            self.send_acknowledged(o);
+        }
+    }
+
+    /// PUBACK or PUBCOMP: the exchange for `packet_id` is over. False if it was not in flight.
+    fn completed(&self, packet_id: u16) -> bool {
+        let Some(done) = self.inflight.borrow_mut().remove(&packet_id) else {
+            return false;
+        };
+        if let (false, Some(event), Some(t)) = (
+            done.released,
+            &done.event,
+            self.tracker.borrow_mut().as_mut(),
+        ) {
+            t.acked(event);
+        }
+        self.pump();
+        true
+    }
+
+    /// PUBREC: the client has the QoS 2 message; it counts as delivered. False if unknown.
+    fn received(&self, packet_id: u16) -> bool {
+        let mut inflight = self.inflight.borrow_mut();
+        let Some(f) = inflight.get_mut(&packet_id) else {
+            return false;
+        };
+        if !f.released {
+            f.released = true;
+            if let (Some(event), Some(t)) = (&f.event, self.tracker.borrow_mut().as_mut()) {
+                t.acked(event);
+            }
+        }
+        true
+    }
+
+    /// The durable part of this connection's state, to store.
+    fn stored(&self, expiry_s: u32) -> Stored {
+        Stored {
+            subs: self
+                .subs
+                .borrow()
+                .iter()
+                .map(|s| StoredSub {
+                    filter: s.filter.as_str().to_string(),
+                    qos: s.qos,
+                    since: s.since,
+                    options: s.options,
+                    identifier: s.identifier,
+                })
+                .collect(),
+            tracker: self.tracker.borrow().clone().unwrap_or_default(),
+            inflight: self
+                .inflight
+                .borrow()
+                .iter()
+                .filter_map(|(id, f)| {
+                    Some(StoredInflight {
+                        packet_id: *id,
+                        event: f.event.clone()?,
+                        released: f.released,
+                    })
+                })
+                .collect(),
+            qos2_received: self.qos2_received.borrow().iter().copied().collect(),
+            expiry_s,
+        }
+    }
 }
 
 /// The MQTT sessions of one core, fed committed changes by the core's dispatcher task.
-#[derive(Default)]
 pub struct Sessions {
     conns: RefCell<Vec<Weak<Conn>>>,
+    /// Per database, the newest commit dispatched on this core; every older one was too.
+    dispatched: RefCell<HashMap<Arc<str>, f64>>,
+    start_version: f64,
 }
 
 impl Sessions {
-    pub fn new() -> Self {
-        Self::default()
+    /// `start_version`: see [`MqttShared::start_version`].
+    pub fn new(start_version: f64) -> Self {
+        Sessions {
+            conns: RefCell::new(Vec::new()),
+            dispatched: RefCell::new(HashMap::new()),
+            start_version,
+        }
+    }
+
+    /// Every commit of `database` up to this version has been dispatched on this core.
+    fn since(&self, database: &str) -> f64 {
+        self.dispatched
+            .borrow()
+            .get(database)
+            .copied()
+            .unwrap_or(self.start_version)
     }
 
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
+        // Taken on every core, subscribers here or not, so each note leaves once all cores did.
+        let notes = shared.notes.take(commit);
+        let now = crate::store::now_ms();
+        {
+            let mut dispatched = self.dispatched.borrow_mut();
+            let v = dispatched.entry(commit.database.clone()).or_insert(0.0);
+            *v = v.max(commit.version);
+        }
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
         if conns.is_empty() {
             return;
         }
-        for change in &commit.changes {
-            let Some(export) = shared
-                .exports
-                .get(&(commit.database.to_string(), change.table.to_string()))
-            else {
+        for (index, change) in commit.changes.iter().enumerate() {
+            let Some(export) = shared.export_of(&commit.database, &change.table) else {
                 continue;
+            };
+            let note = notes.get(index).cloned().flatten();
+            let passed_on = match &note {
+                Some(n) => match n.outbound(now) {
+                    Some(p) => p,
+                    None => continue, // its Message Expiry Interval has passed
+                },
+                None => Properties::default(),
             };
             // Messages to the bare table topic carry a null key.
             let id = match (&change.kind, &change.key) {
                 (ChangeKind::Message, Value::Null) => None,
                 (_, key) => Some(id_text(key)),
             };
-            let mut body = Vec::new();
-            let content_type = match change.kind {
-                ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
-                _ => payload::encode(
-                    Some(change.value.as_ref().unwrap_or(&Value::Null)),
-                    &mut body,
-                ),
-            };
-            let topic = match &id {
-                Some(id) => format!("{export}/{id}"),
-                None => export.clone(),
-            };
+            let (body, content_type) =
+                match outbound_payload(export, change.kind, change.value.as_ref()) {
+                    Some(b) => b,
+                    None => continue,
+                };
+            let topic = topic_name(export, id.as_deref());
+            // Trimmed bodies for restricted subscribers, one per distinct attribute set.
+            let mut trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, &'static str)> = Vec::new();
             for conn in conns.iter().filter_map(Weak::upgrade) {
+                let replayed = conn
+                    .floor
+                    .borrow()
+                    .get(&commit.database)
+                    .is_some_and(|f| commit.version <= *f);
+                if replayed {
+                    continue;
+                }
+                let own = note
+                    .as_ref()
+                    .is_some_and(|n| n.client_id == *conn.client_id.borrow());
                 let mut qos = None;
+                let mut as_published = false;
+                let mut properties = passed_on.clone();
+                let mut readable = None;
                 for sub in conn.subs.borrow().iter() {
                     if !sub.filter.matches(export, id.as_deref()) {
                         continue;
+                    }
+                    if own && sub.options & NO_LOCAL != 0 {
+                        continue;
+                    }
+                    if let Some(group) = sub.filter.share() {
+                        let key = share::key(group, sub.filter.topic_filter());
+                        let me = conn.client_id.borrow();
+                        if !shared.groups.is_chosen(
+                            &key,
+                            commit.version,
+                            &change.table,
+                            id.as_deref(),
+                            &me,
+                        ) {
+                            continue;
+                        }
                     }
                     let seen = id
                         .as_ref()
@@ -449,13 +739,94 @@ impl Sessions {
                         continue;
                     }
                     qos = Some(qos.map_or(sub.qos, |q: u8| q.max(sub.qos)));
+                    as_published |= sub.options & RETAIN_AS_PUBLISHED != 0;
+                    if let Some(i) = sub.identifier {
+                        properties.push(Property::SubscriptionIdentifier(i));
+                    }
+                    readable = readable.or_else(|| sub.readable.clone());
                 }
-                if let Some(qos) = qos {
-                    conn.publish(topic.clone(), qos, false, &body, content_type);
-                }
+                let Some(qos) = qos else { continue };
+                let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
+                    db: commit.database.clone(),
+                    key: EventKey {
+                        version: commit.version,
+                        table: change.table.clone(),
+                        id: id.clone(),
+                    },
+                });
+                // SPEC §5.5: trimmed to the subscriber's readable attributes, encoded once per
+                // attribute set per change.
+                let (body, content_type) = match (readable, &change.value) {
+                    (Some(r), Some(v)) if change.kind != ChangeKind::Delete => {
+                        let at = match trimmed.iter().position(|(set, _, _)| **set == *r) {
+                            Some(at) => at,
+                            None => {
+                                let mut out = Vec::new();
+                                let ct = encode_trimmed(v, &r, &mut out);
+                                trimmed.push((r, out, ct));
+                                trimmed.len() - 1
+                            }
+                        };
+                        match trimmed.get(at) {
+                            Some((_, b, ct)) => (b.clone(), *ct),
+                            None => continue,
+                        }
+                    }
+                    _ => (body.clone(), content_type),
+                };
+                conn.publish(Outbound {
+                    topic: topic.clone(),
+                    qos,
+                    // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
+                    retain: as_published && note.as_ref().is_some_and(|n| n.retain),
+                    body,
+                    content_type,
+                    event,
+                    resend_id: None,
+                    properties,
+                });
             }
         }
     }
+}
+
+/// The topic an event goes out on: `<export>/<id>`, the bare export, or a general topic as is.
+fn topic_name(export: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) if export.is_empty() => id.to_string(),
+        Some(id) => format!("{export}/{id}"),
+        None => export.to_string(),
+    }
+}
+
+/// The payload of an event and its content type (SPEC §6.3: a delete is `null`); general topics
+/// carry the bytes published, and nothing for a cleared retained message.
+fn outbound_payload(
+    export: &str,
+    kind: ChangeKind,
+    value: Option<&Value>,
+) -> Option<(Vec<u8>, &'static str)> {
+    if export.is_empty() {
+        return general::payload(kind, value).map(|b| (b, payload::OCTET_STREAM));
+    }
+    let mut body = Vec::new();
+    let content_type = match kind {
+        ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
+        _ => payload::encode(Some(value.unwrap_or(&Value::Null)), &mut body),
+    };
+    Some((body, content_type))
+}
+
+/// Subscription option bits (MQTT 5 §3.8.3.1).
+const NO_LOCAL: u8 = 0x04;
+const RETAIN_AS_PUBLISHED: u8 = 0x08;
+
+/// The v5 subscription options byte (MQTT 5 §3.8.3.1) of parsed options.
+fn options_byte(o: &codec::SubOptions) -> u8 {
+    o.qos.min(2)
+        | u8::from(o.no_local) << 2
+        | u8::from(o.retain_as_published) << 3
+        | (o.retain_handling.min(2) << 4)
 }
 
 /// A record id as a topic level: strings as they are, numbers in canonical form.
@@ -471,24 +842,6 @@ fn id_text(key: &Value) -> String {
     }
 }
 
-/// The socket shared by a connection's reader and writer task.
-///
-/// # Safety
-/// Both tasks run on the same core (monoio is single-threaded per core, `Rc` keeps it there), and
-/// the reader only ever reads while the writer only ever writes; `Stream`'s read and write each
-/// take the socket's file descriptor for one submitted operation and touch no other state. This
-/// is the same arrangement monoio's own `into_split` uses for TCP streams. When `tidepool-io`
-/// gains a split stream, this cell goes away.
-struct SharedStream(UnsafeCell<Stream>);
-
-impl SharedStream {
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get(&self) -> &mut Stream {
-        // SAFETY: see the type's documentation: one reader and one writer on one thread.
-        unsafe { &mut *self.0.get() }
-    }
-}
-
 enum ReadError {
     Closed,
     Decode(DecodeError),
@@ -497,10 +850,10 @@ enum ReadError {
     Shutdown,
 }
 
-/// Reads until one whole packet is buffered, then decodes it. Bytes after it stay in `buf`.
-async fn read_packet(
-    stream: &SharedStream,
-    buf: &mut Vec<u8>,
+/// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
+/// the read half.
+async fn read_packet<R: ReadBytes>(
+    reader: &mut ReadHalf<R>,
     packet_bytes_max: usize,
     level: Level,
     keep_alive: Option<Duration>,
@@ -508,6 +861,7 @@ async fn read_packet(
     shutdown: &Shutdown,
 ) -> Result<Packet, ReadError> {
     loop {
+        let buf = reader.buffered();
         match codec::check(buf, packet_bytes_max) {
             Ok(Some(len)) => {
                 let packet = codec::decode(buf.get(..len).unwrap_or_default(), level)
@@ -518,12 +872,10 @@ async fn read_packet(
             Ok(None) => {}
             Err(e) => return Err(ReadError::Decode(e)),
         }
-        let owned = std::mem::take(buf);
-        // SAFETY: this is the connection's only reader (see `SharedStream`).
-        let read = unsafe { stream.get() }.read_append(owned, READ_SPARE_BYTES);
         let stop = race(kick.wait(), shutdown.wait());
-        // Dropping a pending read on keep-alive expiry, takeover or shutdown is fine: the
-        // connection closes and the unread bytes die with it.
+        // A read dropped on keep-alive expiry, takeover or shutdown loses nothing (the read half
+        // keeps it), though each of these closes the connection anyway.
+        let read = reader.fill();
         let result = match keep_alive {
             Some(limit) => match timeout(limit, race(read, stop)).await {
                 Ok(r) => r,
@@ -532,15 +884,16 @@ async fn read_packet(
             None => race(read, stop).await,
         };
         match result {
-            Either::Left((Ok(0), _)) | Either::Left((Err(_), _)) => return Err(ReadError::Closed),
-            Either::Left((Ok(_), b)) => *buf = b,
+            Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
+            Either::Left(Ok(_)) => {}
             Either::Right(Either::Left(())) => return Err(ReadError::Kicked),
             Either::Right(Either::Right(())) => return Err(ReadError::Shutdown),
         }
     }
 }
 
-async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
+/// Owns the connection's write half: sends what the session queued in `conn.out`, in order.
+async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>) {
     let mut spare = Vec::new();
     loop {
         let mut batch = poll_fn(|cx| {
@@ -560,8 +913,7 @@ async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
         let Some(bytes) = batch.take() else {
             break;
         };
-        // SAFETY: this is the connection's only writer (see `SharedStream`).
-        let (result, bytes) = unsafe { stream.get() }.write_all(bytes).await;
+        let (result, bytes) = writer.write_all(bytes).await;
         spare = bytes;
         if result.is_err() {
             conn.closing.set(true);
@@ -569,26 +921,51 @@ async fn write_loop(stream: Rc<SharedStream>, conn: Rc<Conn>) {
             return;
         }
     }
-    // SAFETY: as above.
-    let _ = unsafe { stream.get() }.shutdown_write().await;
+    let _ = writer.shutdown_write().await;
 }
 
 /// Serves one MQTT connection until it closes.
-pub async fn serve(
-    stream: Stream,
+pub async fn serve<T: Split>(
+    stream: T,
     peer: SocketAddr,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
 ) {
     let _ = stream.set_nodelay(true);
-    let stream = Rc::new(SharedStream(UnsafeCell::new(stream)));
+    let identity = TransportIdentity {
+        certificate_cn: stream.peer_cn().map(str::to_string),
+        upgrade_caller: None,
+    };
+    let (reader, writer) = stream.into_split();
+    let reader = ReadHalf::with_chunk(reader, READ_SPARE_BYTES);
+    serve_split(reader, writer, peer, identity, shared, sessions).await
+}
+
+/// What the transport under a connection established about the client before CONNECT.
+#[derive(Default)]
+pub struct TransportIdentity {
+    /// The CN of a client certificate TLS verified on the MQTT secure port (with
+    /// `mqtt.network.mtls`): it authenticates the client, whatever CONNECT says (SPEC §5.4).
+    pub certificate_cn: Option<String>,
+    /// Who a WebSocket upgrade's `Authorization` header, session cookie or HTTP client
+    /// certificate authenticated (SPEC §6.3, P1): it counts when CONNECT names no user.
+    pub upgrade_caller: Option<Caller>,
+}
+
+/// [`serve`] over a connection already split (MQTT over WebSocket brings its own halves).
+pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
+    mut reader: ReadHalf<R>,
+    mut writer: W,
+    peer: SocketAddr,
+    identity: TransportIdentity,
+    shared: Arc<MqttShared>,
+    sessions: Rc<Sessions>,
+) {
     let kick = Arc::new(Kick::default());
-    let mut buf = Vec::with_capacity(READ_SPARE_BYTES);
     let first = timeout(
         CONNECT_TIMEOUT,
         read_packet(
-            &stream,
-            &mut buf,
+            &mut reader,
             shared.packet_bytes_max,
             Level::V4,
             None,
@@ -613,10 +990,9 @@ pub async fn serve(
                 level,
                 &mut out,
             );
-            // SAFETY: no writer task exists yet; this is the only user of the stream.
-            let s = unsafe { stream.get() };
-            let _ = s.write_all(out).await;
-            let _ = s.shutdown_write().await;
+            // No writer task exists yet; this is the only user of the write half.
+            let _ = writer.write_all(out).await;
+            let _ = writer.shutdown_write().await;
             return;
         }
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
@@ -630,20 +1006,43 @@ pub async fn serve(
         .properties
         .maximum_packet_size()
         .map_or(usize::MAX, |n| n as usize);
+    // Durable (SPEC §6.3): 3.1.1 without clean session (kept forever), v5 with a Session Expiry
+    // Interval above 0 (kept that long after the connection ends).
+    let expiry_s = match (v5, connect.clean) {
+        (true, _) => connect.properties.session_expiry_s().unwrap_or(0),
+        (false, true) => 0,
+        (false, false) => durable::EXPIRY_NEVER,
+    };
+    let window = match connect.properties.receive_maximum() {
+        Some(n) if v5 => usize::from(n).clamp(1, INFLIGHT_MAX),
+        _ => INFLIGHT_MAX,
+    };
     let conn = Rc::new(Conn {
         level,
+        client_id: RefCell::new(String::new()),
         out: RefCell::new(Vec::new()),
         out_waker: Cell::new(None),
         closing: Cell::new(false),
         subs: RefCell::new(Vec::new()),
         next_packet_id: Cell::new(0),
-        inflight: RefCell::new(HashSet::new()),
+        inflight: RefCell::new(HashMap::new()),
         qos2_received: RefCell::new(HashSet::new()),
+        backlog: RefCell::new(VecDeque::new()),
+        window,
+        // SPEC §6.1: a clean session's outbound queue holds 1,000 events; a durable one the
+        // session queue (and whatever does not fit waits in the audit log for the next resume).
+        backlog_max: if expiry_s > 0 {
+            shared.session_queue_max.max(INFLIGHT_MAX)
+        } else {
+            INFLIGHT_MAX
+        },
+        tracker: RefCell::new((expiry_s > 0).then(Tracker::default)),
+        floor: RefCell::new(HashMap::new()),
         out_packet_bytes_max,
         overflowed: Cell::new(false),
         kick: kick.clone(),
     });
-    spawn(write_loop(stream.clone(), conn.clone()));
+    spawn(write_loop(writer, conn.clone()));
     let refuse = |refusal: Refusal| {
         conn.send(&Packet::ConnAck(ConnAck {
             session_present: false,
@@ -660,10 +1059,23 @@ pub async fn serve(
     if shared.shutdown.is_triggered() {
         return refuse(Refusal::Unavailable);
     }
-    let caller = match authenticate(&shared, &connect, peer) {
+    let transport_caller = match certificate_caller(&shared, identity.certificate_cn.as_deref()) {
+        Some(result) => Some(result),
+        None => identity
+            .upgrade_caller
+            .filter(|_| connect.username.is_none())
+            .map(Ok),
+    };
+    let caller = match transport_caller.unwrap_or_else(|| authenticate(&shared, &connect, peer)) {
         Ok(c) => c,
         Err(r) => {
-            tracing::info!(target: "mqtt", "{peer}: auth-failed for {:?}", connect.username);
+            events::record(
+                Event::AuthFailed,
+                format_args!(
+                    "{peer} as {:?} (client {:?})",
+                    connect.username, connect.client_id
+                ),
+            );
             return refuse(r);
         }
     };
@@ -682,35 +1094,75 @@ pub async fn serve(
         connect.client_id.clone()
     };
     if v5 {
-        ack_props.push(Property::SharedSubscriptionAvailable(0));
+        ack_props.push(Property::SharedSubscriptionAvailable(1));
+        ack_props.push(Property::ReceiveMaximum(RECEIVE_MAXIMUM));
         ack_props.push(Property::TopicAliasMaximum(TOPIC_ALIAS_MAX));
         ack_props.push(Property::MaximumPacketSize(shared.packet_bytes_max as u32));
     }
-    shared.claim(&client_id, kick.clone());
-    sessions.conns.borrow_mut().push(Rc::downgrade(&conn));
-    conn.send(&Packet::ConnAck(ConnAck {
-        session_present: false,
-        code: 0,
-        properties: ack_props,
-    }));
-    tracing::info!(target: "mqtt", "{peer}: connected client {client_id:?} (MQTT {})", if v5 { "5" } else { "3.1.1" });
-
-    let keep_alive = (connect.keep_alive_s > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
+    *conn.client_id.borrow_mut() = client_id.clone();
+    if let Some(old) = shared.claim(&client_id, kick.clone()) {
+        // The old connection stores its session before letting go; wait so we read that.
+        old.released().await;
+    }
     let mut session = Session {
         shared: &shared,
         conn: &conn,
+        sessions: &sessions,
         caller,
         aliases: HashMap::new(),
+        client_id: client_id.clone(),
+        expiry_s,
     };
+    let restored = if connect.clean {
+        // Clean session / Clean Start discards a stored session (SPEC §6.3).
+        if matches!(durable::load(&shared.resources, &client_id), Ok(Some(_))) {
+            if let Err(e) = durable::discard(&shared.resources, &client_id).await {
+                tracing::warn!(target: "mqtt", "{peer}: discarding the stored session of {client_id:?} failed: {e}");
+            }
+        }
+        None
+    } else {
+        match durable::load(&shared.resources, &client_id) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(target: "mqtt", "{peer}: reading the stored session of {client_id:?} failed: {e}; starting a new one");
+                None
+            }
+        }
+    };
+    // From here to the end of the resume nothing awaits, so no commit is dispatched between
+    // registering the connection and reading the replay's horizon.
+    sessions.conns.borrow_mut().push(Rc::downgrade(&conn));
+    conn.send(&Packet::ConnAck(ConnAck {
+        session_present: restored.is_some(),
+        code: 0,
+        properties: ack_props,
+    }));
+    let session_kind = match (&restored, expiry_s) {
+        (Some(_), _) => "resumed",
+        (None, 0) => "clean",
+        (None, _) => "new durable",
+    };
+    events::record(
+        Event::Connected,
+        format_args!(
+            "{peer} client {client_id:?} (MQTT {}, session {session_kind})",
+            if v5 { "5" } else { "3.1.1" }
+        ),
+    );
+    if let Some(stored) = restored {
+        session.resume(stored);
+    }
+
+    let keep_alive = (connect.keep_alive_s > 0)
+        .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
     let mut will = connect.will.clone();
     let end: Option<u8> = loop {
         if conn.overflowed.get() {
             break Some(rc::QUOTA_EXCEEDED);
         }
         let packet = read_packet(
-            &stream,
-            &mut buf,
+            &mut reader,
             shared.packet_bytes_max,
             level,
             keep_alive,
@@ -754,11 +1206,40 @@ pub async fn serve(
     }
     conn.closing.set(true);
     conn.wake_writer();
+    session.end().await;
     shared.release(&client_id, &kick);
     if let Some(will) = will {
         session.publish_will(will).await;
     }
-    tracing::info!(target: "mqtt", "{peer}: disconnected client {client_id:?}");
+    events::record(
+        Event::Disconnected,
+        format_args!("{peer} client {client_id:?}"),
+    );
+}
+
+/// A subscription filter with the database it reads and its table (none: general topics).
+type Resolved = (
+    Filter,
+    Arc<crate::store::Database>,
+    Option<Arc<crate::store::Table>>,
+);
+
+/// Why a subscription filter names nothing this session may read.
+#[derive(Debug, Clone, PartialEq)]
+enum Unresolved {
+    Filter(TopicError),
+    NoExport,
+    NotPermitted,
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::Filter(e) => e.fmt(f),
+            Unresolved::NoExport => f.write_str("no such export"),
+            Unresolved::NotPermitted => f.write_str("not permitted"),
+        }
+    }
 }
 
 enum Flow {
@@ -770,9 +1251,13 @@ enum Flow {
 struct Session<'a> {
     shared: &'a MqttShared,
     conn: &'a Rc<Conn>,
+    sessions: &'a Sessions,
     caller: Caller,
     /// v5 topic aliases the client set.
     aliases: HashMap<u16, String>,
+    client_id: String,
+    /// Session Expiry Interval (s): 0 ends the session with the connection.
+    expiry_s: u32,
 }
 
 impl Session<'_> {
@@ -780,23 +1265,238 @@ impl Session<'_> {
         self.conn.level == Level::V5
     }
 
+    /// The caller's readable attributes of a table when its role restricts them (SPEC §5.5).
+    fn readable(&self, def: &crate::schema::TableDef) -> Option<Rc<ReadableAttributes>> {
+        resource::permissions::readable_attributes(
+            &self.caller,
+            &def.database,
+            &def.table,
+            def.primary_key.as_deref(),
+        )
+        .map(Rc::new)
+    }
+
+    /// What a subscription filter reads: a table of an export, or — with `mqtt.generalTopics`
+    /// and a first level that names no export — general topics (`table` none).
+    fn resolve(&self, raw: &str) -> Result<Resolved, Unresolved> {
+        let exported = Filter::parse(raw).map(|f| {
+            let found = self.shared.resources.export(f.export());
+            (f, found)
+        });
+        match exported {
+            Ok((filter, Some((db, table)))) => {
+                if !permitted(&self.caller, "read", &table.def.database, &table.def.table) {
+                    return Err(Unresolved::NotPermitted);
+                }
+                Ok((filter, db, Some(table)))
+            }
+            _ if self.shared.general_topics => {
+                let filter = Filter::parse_general(raw).map_err(Unresolved::Filter)?;
+                let (db, _) = self
+                    .shared
+                    .resources
+                    .table(durable::SYSTEM, general::TABLE)
+                    .ok_or(Unresolved::NoExport)?;
+                Ok((filter, db, None))
+            }
+            Ok((_, None)) => Err(Unresolved::NoExport),
+            Err(e) => Err(Unresolved::Filter(e)),
+        }
+    }
+
+    fn durable(&self) -> bool {
+        self.conn.tracker.borrow().is_some()
+    }
+
+    /// Stores the session now (after its subscriptions changed), so a crash keeps them.
+    async fn persist(&self) {
+        if !self.durable() || self.expiry_s == 0 {
+            return;
+        }
+        let stored = self.conn.stored(self.expiry_s);
+        if let Err(e) = durable::save(&self.shared.resources, &self.client_id, &stored).await {
+            tracing::warn!(target: "mqtt", "storing the session of {:?} failed: {e}", self.client_id);
+        }
+    }
+
+    /// At the end of the connection: stores a durable session with its expiry, or forgets a
+    /// resumed one whose expiry is now 0.
+    async fn end(&self) {
+        for sub in self.conn.subs.borrow().iter() {
+            if let Some(group) = sub.filter.share() {
+                let key = share::key(group, sub.filter.topic_filter());
+                self.shared.groups.leave(&key, &self.client_id);
+            }
+        }
+        if !self.durable() {
+            return;
+        }
+        let result = if self.expiry_s > 0 {
+            let stored = self.conn.stored(self.expiry_s);
+            durable::save(&self.shared.resources, &self.client_id, &stored).await
+        } else {
+            durable::discard(&self.shared.resources, &self.client_id).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(target: "mqtt", "storing the session of {:?} at disconnect failed: {e}", self.client_id);
+        }
+    }
+
+    /// Restores a stored session: its subscriptions (those still permitted), the PUBRELs it is
+    /// owed, then the QoS ≥ 1 events it missed, oldest first, resent ones with their old packet
+    /// ids and DUP = 1. Synchronous: see `serve`.
+    fn resume(&self, stored: Stored) {
+        let conn = self.conn;
+        let mut databases: Vec<(Arc<crate::store::Database>, Vec<usize>)> = Vec::new();
+        let mut subs = Vec::new();
+        for s in stored.subs {
+            let (filter, db, table) = match self.resolve(&s.filter) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: {e}", self.client_id, s.filter);
+                    continue;
+                }
+            };
+            if let Some(group) = filter.share() {
+                // Messages to the group went to the members that were there.
+                let key = share::key(group, filter.topic_filter());
+                self.shared.groups.join(&key, &self.client_id);
+            } else {
+                match databases.iter_mut().find(|(d, _)| d.name == db.name) {
+                    Some((_, list)) => list.push(subs.len()),
+                    None => databases.push((db, vec![subs.len()])),
+                }
+            }
+            let readable = table.as_ref().and_then(|t| self.readable(&t.def));
+            subs.push(Sub {
+                filter,
+                qos: s.qos,
+                sent: HashMap::new(),
+                since: s.since,
+                options: s.options,
+                identifier: s.identifier,
+                readable,
+            });
+        }
+        *conn.qos2_received.borrow_mut() = stored.qos2_received.into_iter().collect();
+        let mut resend: std::collections::BTreeMap<(Arc<str>, EventKey), u16> =
+            std::collections::BTreeMap::new();
+        for f in stored.inflight {
+            if f.released {
+                conn.inflight.borrow_mut().insert(
+                    f.packet_id,
+                    Inflight {
+                        event: Some(f.event),
+                        released: true,
+                    },
+                );
+                conn.send(&Packet::PubRel(Ack::new(f.packet_id, 0)));
+            } else {
+                resend.insert((f.event.db, f.event.key), f.packet_id);
+            }
+        }
+        let mut missed = Vec::new();
+        for (db, indexes) in &databases {
+            let read = db
+                .read()
+                .and_then(|txn| durable::horizon(&txn, self.sessions.since(&db.name)));
+            let horizon = match read {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(target: "mqtt", "{:?}: resuming on {} failed: {e}", self.client_id, db.name);
+                    continue;
+                }
+            };
+            conn.floor.borrow_mut().insert(db.name.clone(), horizon);
+            let replay_subs: Vec<durable::ReplaySub<'_>> = indexes
+                .iter()
+                .filter_map(|i| subs.get(*i))
+                .map(|s| durable::ReplaySub {
+                    filter: &s.filter,
+                    qos: s.qos,
+                    since: s.since,
+                })
+                .collect();
+            let export_of = |table: &str| self.shared.export_of(&db.name, table).cloned();
+            let before = missed.len();
+            match durable::replay(
+                db,
+                horizon,
+                &replay_subs,
+                &stored.tracker,
+                &export_of,
+                self.shared.session_queue_max,
+                &mut missed,
+            ) {
+                Ok(0) => {}
+                Ok(dropped) => tracing::warn!(target: "mqtt",
+                    "{:?}: {dropped} queued messages of {} dropped, oldest first (mqtt.sessionQueueMax = {})",
+                    self.client_id, db.name, self.shared.session_queue_max),
+                Err(e) => {
+                    missed.truncate(before);
+                    tracing::warn!(target: "mqtt", "{:?}: replaying {} failed: {e}", self.client_id, db.name);
+                }
+            }
+        }
+        *conn.subs.borrow_mut() = subs;
+        *conn.tracker.borrow_mut() = Some(stored.tracker);
+        tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
+        for m in missed {
+            let mut body = Vec::new();
+            let readable = conn.subs.borrow().iter().find_map(|s| {
+                let id = m.event.key.id.as_deref();
+                s.filter
+                    .matches(&m.export, id)
+                    .then(|| s.readable.clone())
+                    .flatten()
+            });
+            let content_type = match (m.kind, &m.value, readable) {
+                (ChangeKind::Delete, _, _) | (_, None, _) if !m.export.is_empty() => {
+                    payload::encode::<&Value>(None, &mut body)
+                }
+                (_, Some(v), Some(r)) if !m.export.is_empty() => encode_trimmed(v, &r, &mut body),
+                (kind, value, _) => match outbound_payload(&m.export, kind, value.as_ref()) {
+                    Some((b, ct)) => {
+                        body = b;
+                        ct
+                    }
+                    None => continue,
+                },
+            };
+            let topic = topic_name(&m.export, m.event.key.id.as_deref());
+            let resend_id = resend.remove(&(m.event.db.clone(), m.event.key.clone()));
+            if !conn.publish(Outbound {
+                topic,
+                qos: m.qos,
+                retain: false,
+                body,
+                content_type,
+                event: Some(m.event),
+                resend_id,
+                properties: Properties::default(),
+            }) {
+                break;
+            }
+        }
+    }
+
     async fn handle(&mut self, packet: Packet) -> Flow {
         match packet {
             Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubAck(a) | Packet::PubComp(a) => {
-                self.conn.inflight.borrow_mut().remove(&a.packet_id);
+                self.conn.completed(a.packet_id);
             }
             Packet::PubRec(a) => {
-                let known = self.conn.inflight.borrow().contains(&a.packet_id);
-                let code = if known || !self.v5() {
-                    0
-                } else {
-                    rc::PACKET_ID_NOT_FOUND
-                };
                 if a.code >= 0x80 {
                     // The client refused it: the exchange ends here.
-                    self.conn.inflight.borrow_mut().remove(&a.packet_id);
+                    self.conn.completed(a.packet_id);
                 } else {
+                    let known = self.conn.received(a.packet_id);
+                    let code = if known || !self.v5() {
+                        0
+                    } else {
+                        rc::PACKET_ID_NOT_FOUND
+                    };
                     self.conn.send(&Packet::PubRel(Ack::new(a.packet_id, code)));
                 }
             }
@@ -810,13 +1510,23 @@ impl Session<'_> {
                 self.conn
                     .send(&Packet::PubComp(Ack::new(a.packet_id, code)));
             }
-            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Subscribe(s) => {
+                self.on_subscribe(s);
+                self.persist().await;
+            }
             Packet::Unsubscribe(u) => {
                 let mut codes = Vec::new();
                 {
                     let mut subs = self.conn.subs.borrow_mut();
                     for f in &u.filters {
                         let before = subs.len();
+                        let removed = subs.iter().find(|s| s.filter.as_str() == f);
+                        if let Some(filter) = removed.map(|s| &s.filter) {
+                            if let Some(group) = filter.share() {
+                                let key = share::key(group, filter.topic_filter());
+                                self.shared.groups.leave(&key, &self.client_id);
+                            }
+                        }
                         subs.retain(|s| s.filter.as_str() != f);
                         codes.push(if subs.len() < before {
                             0
@@ -830,9 +1540,18 @@ impl Session<'_> {
                     properties: Properties::default(),
                     codes,
                 }));
+                self.persist().await;
             }
             Packet::PingReq => self.conn.send(&Packet::PingResp),
             Packet::Disconnect(r) => {
+                if let Some(expiry_s) = r.properties.session_expiry_s() {
+                    // MQTT 5 §3.14.2.2.2: a session that ends with its connection cannot be
+                    // made durable at DISCONNECT.
+                    if self.expiry_s == 0 && expiry_s > 0 {
+                        return Flow::Close(rc::PROTOCOL_ERROR);
+                    }
+                    self.expiry_s = expiry_s;
+                }
                 // v5 0x04: "disconnect with will message".
                 return Flow::Disconnect {
                     publish_will: r.code == 0x04,
@@ -867,7 +1586,7 @@ impl Session<'_> {
                 self.conn.send(&Packet::PubRec(Ack::new(p.packet_id, 0)));
                 return Flow::Continue;
             }
-            if self.conn.qos2_received.borrow().len() >= QOS2_PENDING_MAX {
+            if self.conn.qos2_received.borrow().len() >= usize::from(RECEIVE_MAXIMUM) {
                 return Flow::Close(rc::RECEIVE_MAXIMUM_EXCEEDED);
             }
         }
@@ -886,8 +1605,61 @@ impl Session<'_> {
         Flow::Continue
     }
 
+    /// Leaves a note of what `p` carries beyond its payload for the subscribers (see
+    /// `notes.rs`) when anyone could use it: v5 properties to pass on, a No Local subscription of
+    /// this session, or a retained publish while Retain As Published subscriptions exist.
+    fn leave_note(&self, p: &Publish, database: &str, table: &str, op: &WriteOp) -> bool {
+        let note = Note::new(&self.client_id, p.retain, &p.properties);
+        let no_local = self
+            .conn
+            .subs
+            .borrow()
+            .iter()
+            .any(|s| s.options & 0x04 != 0);
+        let wanted = !note.properties.is_empty()
+            || no_local
+            || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
+        if !wanted {
+            return false;
+        }
+        let (key, kind, payload) = match op {
+            WriteOp::Message { key, payload, .. } => (
+                key.clone().unwrap_or(Value::Null),
+                ChangeKind::Message,
+                Some(payload.clone()),
+            ),
+            WriteOp::Put { key: Some(key), .. } => (key.clone(), ChangeKind::Put, None),
+            WriteOp::Delete { key, .. } => (key.clone(), ChangeKind::Delete, None),
+            _ => return false,
+        };
+        let left = self
+            .shared
+            .notes
+            .leave(database, table, key, kind, payload, note);
+        if !left {
+            tracing::warn!(target: "mqtt", "{} publish notes pending; the properties of a publish to {:?} are not passed on", notes::NOTES_MAX, p.topic);
+        }
+        left
+    }
+
     /// Applies one inbound publish through the resource layer; returns the v5 reason code.
     async fn apply(&self, p: &Publish) -> u8 {
+        // MQTT 5 §3.3.2.3.2: a payload declared UTF-8 must be.
+        let utf8_declared = p
+            .properties
+            .iter()
+            .any(|x| matches!(x, Property::PayloadFormatIndicator(1)));
+        if utf8_declared && std::str::from_utf8(&p.payload).is_err() {
+            tracing::info!(target: "mqtt", "publish to {:?} refused: payload is not the UTF-8 it declares", p.topic);
+            return rc::PAYLOAD_FORMAT_INVALID;
+        }
+        if self.shared.general_topics {
+            let exported = PublishTopic::parse(&p.topic)
+                .is_ok_and(|t| self.shared.resources.export(t.export).is_some());
+            if !exported {
+                return self.apply_general(p).await;
+            }
+        }
         let topic = match PublishTopic::parse(&p.topic) {
             Ok(t) => t,
             Err(e) => {
@@ -908,7 +1680,8 @@ impl Session<'_> {
             }
         };
         let action = match (p.retain, &id) {
-            (true, None) => "insert",
+            // SPEC §6.3: a bare table topic needs `insert`, retained or not.
+            (_, None) => "insert",
             (true, Some(_)) if p.payload.is_empty() => "delete",
             _ => "update",
         };
@@ -935,6 +1708,29 @@ impl Session<'_> {
             };
             if p.retain {
                 let mut record = payload::record(value, content_type);
+                // SPEC §5.5: a write touching an attribute without the right is refused.
+                let attributes = record.iter().map(|(k, _)| k);
+                let right = match id {
+                    Some(_) => resource::permissions::Action::Update,
+                    None => resource::permissions::Action::Insert,
+                };
+                let pk = def.primary_key.as_deref();
+                if let Err(denied) = resource::permissions::check(
+                    &self.caller,
+                    &def.database,
+                    &def.table,
+                    pk,
+                    right,
+                    attributes,
+                ) {
+                    let names: Vec<&str> = denied
+                        .required_attribute_permissions
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    tracing::info!(target: "mqtt", "publish to {:?} dropped: not permitted to write {names:?}", p.topic);
+                    return rc::NOT_AUTHORIZED;
+                }
                 if let Err(e) = resource::validate_record(def, &mut record, Validation::Full) {
                     tracing::info!(target: "mqtt", "publish to {:?} refused: {e}", p.topic);
                     return rc::PAYLOAD_FORMAT_INVALID;
@@ -954,11 +1750,28 @@ impl Session<'_> {
                 }
             }
         };
+        self.submit(p, &db, &def.table, op).await
+    }
+
+    /// Writes one publish's operation (leaving its note first); returns the v5 reason code.
+    async fn submit(
+        &self,
+        p: &Publish,
+        db: &Arc<crate::store::Database>,
+        table: &str,
+        op: WriteOp,
+    ) -> u8 {
+        let noted = self.leave_note(p, &db.name, table, &op);
         let request = WriteRequest {
             ops: vec![op],
             user: self.caller.username.clone(),
         };
-        match resource::write(&db, request).await {
+        let written = resource::write(db, request).await;
+        if noted {
+            let version = written.as_ref().ok().map(|w| w.version);
+            self.shared.notes.settle(&self.client_id, version);
+        }
+        match written {
             Ok(_) => 0,
             Err(e) => {
                 tracing::info!(target: "mqtt", "publish to {:?} failed: {e}", p.topic);
@@ -971,39 +1784,76 @@ impl Session<'_> {
         }
     }
 
+    /// A publish to a general topic (`mqtt.generalTopics`, see `general.rs`): retained → the
+    /// record of the topic (expiring with the Message Expiry Interval), empty retained → delete,
+    /// otherwise a message event.
+    async fn apply_general(&self, p: &Publish) -> u8 {
+        if !super::topic::general_topic_valid(&p.topic) {
+            tracing::info!(target: "mqtt", "publish to {:?} dropped: not a valid topic name", p.topic);
+            return rc::TOPIC_NAME_INVALID;
+        }
+        let Some((db, _)) = self.shared.resources.table(durable::SYSTEM, general::TABLE) else {
+            return rc::UNSPECIFIED;
+        };
+        let table = general::TABLE.to_string();
+        let key = Value::String(p.topic.clone());
+        let op = if p.retain && p.payload.is_empty() {
+            WriteOp::Delete { table, key }
+        } else if p.retain {
+            let expiry_s = p.properties.iter().find_map(|x| match x {
+                Property::MessageExpiryInterval(s) => Some(f64::from(*s)),
+                _ => None,
+            });
+            WriteOp::Put {
+                table,
+                record: general::record(&p.topic, &p.payload, p.properties.content_type()),
+                key: Some(key),
+                mode: crate::store::PutMode::Replace,
+                expires_in_s: expiry_s,
+            }
+        } else {
+            WriteOp::Message {
+                table,
+                key: Some(key),
+                payload: Value::Bytes(p.payload.clone()),
+            }
+        };
+        self.submit(p, &db, general::TABLE, op).await
+    }
+
     fn on_subscribe(&self, s: Subscribe) {
         let v5 = self.v5();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut initial = Vec::new();
         for (raw, options) in &s.filters {
-            let filter = match Filter::parse(raw) {
-                Ok(f) => f,
+            let (filter, db, table) = match self.resolve(raw) {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::info!(target: "mqtt", "subscribe to {raw:?} refused: {e}");
                     codes.push(match (v5, e) {
                         (false, _) => 0x80,
-                        (true, TopicError::Shared) => rc::SHARED_NOT_SUPPORTED,
-                        (true, TopicError::Invalid(_)) => rc::TOPIC_FILTER_INVALID,
+                        (true, Unresolved::Filter(TopicError::Shared)) => rc::SHARED_NOT_SUPPORTED,
+                        (true, Unresolved::NotPermitted) => rc::NOT_AUTHORIZED,
+                        (true, _) => rc::TOPIC_FILTER_INVALID,
                     });
                     continue;
                 }
             };
-            let Some((_, table)) = self.shared.resources.export(filter.export()) else {
-                tracing::info!(target: "mqtt", "subscribe to {raw:?} refused: no such export");
-                codes.push(if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 });
-                continue;
-            };
-            if !permitted(&self.caller, "read", &table.def.database, &table.def.table) {
-                codes.push(if v5 { rc::NOT_AUTHORIZED } else { 0x80 });
-                continue;
-            }
             let mut subs = self.conn.subs.borrow_mut();
             let existing = subs.iter().position(|x| x.filter.as_str() == raw);
             let is_new = existing.is_none();
+            if is_new && subs.len() >= durable::SUBSCRIPTIONS_MAX {
+                codes.push(if v5 { rc::QUOTA_EXCEEDED } else { 0x80 });
+                continue;
+            }
             let sub = Sub {
                 filter: filter.clone(),
                 qos: options.qos,
                 sent: HashMap::new(),
+                since: self.sessions.since(&db.name),
+                options: options_byte(options),
+                identifier: s.properties.subscription_identifier(),
+                readable: table.as_ref().and_then(|t| self.readable(&t.def)),
             };
             match existing {
                 Some(i) => {
@@ -1014,13 +1864,24 @@ impl Session<'_> {
                 None => subs.push(sub),
             }
             codes.push(options.qos);
+            if options.retain_as_published {
+                self.shared
+                    .retain_as_published
+                    .store(true, Ordering::Relaxed);
+            }
             let send_state = match options.retain_handling {
                 0 => true,
                 1 => is_new,
                 _ => false,
             };
+            if let Some(group) = filter.share() {
+                // SPEC §6.3: shared subscriptions get no initial state.
+                let key = share::key(group, filter.topic_filter());
+                self.shared.groups.join(&key, &self.client_id);
+                continue;
+            }
             if send_state && filter.matches_records() {
-                initial.push((filter, options.qos));
+                initial.push((filter, options.qos, s.properties.subscription_identifier()));
             }
         }
         self.conn.send(&Packet::SubAck(SubAck {
@@ -1028,18 +1889,41 @@ impl Session<'_> {
             properties: Properties::default(),
             codes,
         }));
-        for (filter, qos) in initial {
-            self.send_state(&filter, qos);
+        for (filter, qos, identifier) in initial {
+            self.send_state(&filter, qos, identifier);
         }
     }
 
     /// Sends the current state of every record `filter` matches as retained PUBLISHes, and
     /// remembers their versions so live events already reflected are not sent again.
-    fn send_state(&self, filter: &Filter, qos: u8) {
-        let Some((db, table)) = self.shared.resources.export(filter.export()) else {
+    fn send_state(&self, filter: &Filter, qos: u8, identifier: Option<u32>) {
+        let target = if filter.is_general() {
+            self.shared.resources.table(durable::SYSTEM, general::TABLE)
+        } else {
+            self.shared.resources.export(filter.export())
+        };
+        let Some((db, table)) = target else {
             return;
         };
         let export = filter.export();
+        let general = filter.is_general();
+        let readable = if general {
+            None
+        } else {
+            self.readable(&table.def)
+        };
+        let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
+            None if general => value::deserialize(archived)
+                .map(|v| {
+                    *body = general::payload(ChangeKind::Put, Some(&v)).unwrap_or_default();
+                    payload::OCTET_STREAM
+                })
+                .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
+            None => Ok(payload::encode(Some(archived), body)),
+            Some(r) => value::deserialize(archived)
+                .map(|v| encode_trimmed(&v, r, body))
+                .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
+        };
         let mut found: Vec<(String, f64, Vec<u8>, &'static str)> = Vec::new();
         let read = (|| -> Result<(), crate::store::StoreError> {
             let txn = db.read()?;
@@ -1051,7 +1935,7 @@ impl Session<'_> {
                 if let Some(record) = txn.get(&table, &key)? {
                     if record.header.is_live(now) {
                         let mut body = Vec::new();
-                        let ct = payload::encode(Some(record.value), &mut body);
+                        let ct = encode(record.value, &mut body)?;
                         found.push((raw, record.header.version, body, ct));
                     }
                 }
@@ -1070,7 +1954,7 @@ impl Session<'_> {
                     continue;
                 }
                 let mut body = Vec::new();
-                let ct = payload::encode(Some(record.value), &mut body);
+                let ct = encode(record.value, &mut body)?;
                 found.push((id, record.header.version, body, ct));
             }
             Ok(())
@@ -1087,11 +1971,19 @@ impl Session<'_> {
                 sub.sent = found.iter().map(|(id, v, _, _)| (id.clone(), *v)).collect();
             }
         }
-        for (id, _, body, ct) in found {
-            if !self
-                .conn
-                .publish(format!("{export}/{id}"), qos, true, &body, ct)
-            {
+        for (id, _, body, content_type) in found {
+            if !self.conn.publish(Outbound {
+                topic: topic_name(export, Some(&id)),
+                qos,
+                retain: true,
+                body,
+                content_type,
+                event: None,
+                resend_id: None,
+                properties: identifier
+                    .map(|i| Properties(vec![Property::SubscriptionIdentifier(i)]))
+                    .unwrap_or_default(),
+            }) {
                 break;
             }
         }

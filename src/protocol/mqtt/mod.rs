@@ -7,8 +7,13 @@
 
 pub mod codec;
 pub mod conn;
+pub mod durable;
+pub mod events;
+pub mod general;
+pub mod notes;
 pub mod payload;
 pub mod props;
+pub mod share;
 pub mod topic;
 
 pub use codec::{check, decode, encode, DecodeError, Level, Packet};

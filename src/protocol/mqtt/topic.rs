@@ -13,7 +13,7 @@ pub const FILTER_LEVELS_MAX: usize = 64;
 pub enum TopicError {
     /// Empty, a wildcard in the wrong place, or no export name first.
     Invalid(&'static str),
-    /// `$share/<group>/<filter>`: not supported yet (v5 `0x9E`).
+    /// `$share/<group>/<filter>` where shared subscriptions are off (v5 `0x9E`).
     Shared,
 }
 
@@ -35,10 +35,39 @@ enum Segment {
     Rest,
 }
 
+/// MQTT topic matching (MQTT 5 §4.7): `+` one level, `#` this level and below; a topic starting
+/// with `$` is not matched by a filter starting with a wildcard (§4.7.2).
+pub fn general_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `topic` may be published to as a general topic: not empty, no wildcard.
+pub fn general_topic_valid(topic: &str) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#'])
+}
+
 /// A validated subscription filter whose first level is a literal export name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     raw: String,
+    /// The group of a shared subscription (`$share/<group>/<filter>`, MQTT 5 §4.8.2).
+    share: Option<String>,
+    /// A filter over general topics outside tables (`mqtt.generalTopics`): plain MQTT matching
+    /// of the whole topic (MQTT 5 §4.7), `export` empty.
+    general: bool,
     export: String,
     /// The levels after the export.
     levels: Vec<Segment>,
@@ -46,8 +75,17 @@ pub struct Filter {
 
 impl Filter {
     pub fn parse(raw: &str) -> Result<Filter, TopicError> {
-        if raw.starts_with("$share/") {
-            return Err(TopicError::Shared);
+        if let Some(rest) = raw.strip_prefix("$share/") {
+            let (group, inner) = rest.split_once('/').unwrap_or((rest, ""));
+            if group.is_empty() || group.contains(['+', '#']) {
+                return Err(TopicError::Invalid(
+                    "a share name must be a non-empty literal",
+                ));
+            }
+            let mut filter = Filter::parse(inner)?;
+            filter.raw = raw.to_string();
+            filter.share = Some(group.to_string());
+            return Ok(filter);
         }
         if raw.is_empty() {
             return Err(TopicError::Invalid("empty filter"));
@@ -82,9 +120,57 @@ impl Filter {
         }
         Ok(Filter {
             raw: raw.to_string(),
+            share: None,
+            general: false,
             export: export.to_string(),
             levels,
         })
+    }
+
+    /// A filter over general topics (MQTT 5 §4.7.1: `+` any one level, `#` last only, both
+    /// alone in their level), optionally shared.
+    pub fn parse_general(raw: &str) -> Result<Filter, TopicError> {
+        let (share, inner) = match raw.strip_prefix("$share/") {
+            Some(rest) => {
+                let (group, inner) = rest.split_once('/').unwrap_or((rest, ""));
+                if group.is_empty() || group.contains(['+', '#']) {
+                    return Err(TopicError::Invalid(
+                        "a share name must be a non-empty literal",
+                    ));
+                }
+                (Some(group.to_string()), inner)
+            }
+            None => (None, raw),
+        };
+        if inner.is_empty() {
+            return Err(TopicError::Invalid("empty filter"));
+        }
+        let levels: Vec<&str> = inner.split('/').collect();
+        if levels.len() > FILTER_LEVELS_MAX {
+            return Err(TopicError::Invalid("too many levels"));
+        }
+        for (i, level) in levels.iter().enumerate() {
+            match *level {
+                "+" => {}
+                "#" if i + 1 == levels.len() => {}
+                "#" => return Err(TopicError::Invalid("'#' must be the last level")),
+                l if l.contains(['+', '#']) => {
+                    return Err(TopicError::Invalid("a wildcard inside a level"))
+                }
+                _ => {}
+            }
+        }
+        Ok(Filter {
+            raw: raw.to_string(),
+            share,
+            general: true,
+            export: String::new(),
+            levels: Vec::new(),
+        })
+    }
+
+    pub fn is_general(&self) -> bool {
+        self.general
     }
 
     pub fn as_str(&self) -> &str {
@@ -93,6 +179,19 @@ impl Filter {
 
     pub fn export(&self) -> &str {
         &self.export
+    }
+
+    /// The share name of a shared subscription.
+    pub fn share(&self) -> Option<&str> {
+        self.share.as_deref()
+    }
+
+    /// The filter without its `$share/<group>/` prefix.
+    pub fn topic_filter(&self) -> &str {
+        match &self.share {
+            Some(group) => self.raw.get(8 + group.len()..).unwrap_or_default(),
+            None => &self.raw,
+        }
     }
 
     /// The single record this filter names when it has no wildcard (`T/x` → `x`).
@@ -113,13 +212,17 @@ impl Filter {
 
     /// Whether the filter can match any record (not only bare-table messages).
     pub fn matches_records(&self) -> bool {
-        !self.levels.is_empty()
+        self.general || !self.levels.is_empty()
     }
 
     /// Whether an event on `export` with record `id` (None: the bare table topic) matches.
+    /// General topics come as export `""` and the whole topic as id.
     pub fn matches(&self, export: &str, id: Option<&str>) -> bool {
         if export != self.export {
             return false;
+        }
+        if self.general {
+            return id.is_some_and(|topic| general_matches(self.topic_filter(), topic));
         }
         let mut levels = self.levels.iter();
         let Some(id) = id else {
@@ -215,6 +318,25 @@ mod tests {
         check("Dog/a.b", &[("Dog/a.b", true), ("Dog/a", false)]);
     }
 
+    fn check_general(filter: &str, topics: &[(&str, bool)]) {
+        for (topic, want) in topics {
+            assert_eq!(general_matches(filter, topic), *want, "{filter} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn general_topic_matching() {
+        check_general(
+            "sport/#",
+            &[("sport", true), ("sport/a/b", true), ("sports", false)],
+        );
+        check_general("+/+", &[("a/b", true), ("/b", true), ("a", false)]);
+        check_general("#", &[("a", true), ("$SYS/x", false)]);
+        check_general("$SYS/#", &[("$SYS/x", true)]);
+        check_general("+/x", &[("$SYS/x", false), ("a/x", true)]);
+        check_general("a/+/c", &[("a/b/c", true), ("a/b/d", false)]);
+    }
+
     #[test]
     fn invalid_filters() {
         for (raw, err) in [
@@ -229,7 +351,14 @@ mod tests {
             ),
             ("Dog/#/x", TopicError::Invalid("'#' must be the last level")),
             ("Dog/a+", TopicError::Invalid("a wildcard inside a level")),
-            ("$share/g/Dog/1", TopicError::Shared),
+            (
+                "$share//Dog/1",
+                TopicError::Invalid("a share name must be a non-empty literal"),
+            ),
+            (
+                "$share/g/#",
+                TopicError::Invalid("the first level must be an export name"),
+            ),
         ] {
             assert_eq!(Filter::parse(raw), Err(err), "{raw:?}");
         }
@@ -238,6 +367,16 @@ mod tests {
             Some("a/b")
         );
         assert_eq!(Filter::parse("Dog/+").unwrap().exact_id(), None);
+        let shared = Filter::parse("$share/g/Dog/+").unwrap();
+        assert_eq!(
+            (shared.share(), shared.topic_filter(), shared.as_str()),
+            (Some("g"), "Dog/+", "$share/g/Dog/+")
+        );
+        assert!(shared.matches("Dog", Some("1")));
+        let general = Filter::parse_general("$share/g/+/x").unwrap();
+        assert!(general.is_general() && general.matches("", Some("a/x")));
+        assert!(!general.matches("Dog", Some("a/x")));
+        assert!(Filter::parse_general("a/#/b").is_err());
         assert!(PublishTopic::parse("Dog/#").is_err());
         assert!(PublishTopic::parse("Dog/").is_err());
         assert_eq!(

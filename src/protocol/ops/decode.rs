@@ -146,6 +146,26 @@ pub struct ReadAuditLog {
     pub search_values: Vec<Value>,
 }
 
+/// Where a CSV load reads its rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CsvFrom {
+    /// `csv_data_load`'s `data`: the CSV text itself.
+    Data(String),
+    /// `csv_file_load`'s `file_path`: a file on the server.
+    File(String),
+    /// `csv_url_load`'s `csv_url`: an `http://` or `https://` URL.
+    Url(String),
+}
+
+/// `csv_data_load`, `csv_file_load`, `csv_url_load`: rows written as `action` says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvLoad {
+    pub database: String,
+    pub table: String,
+    pub action: WriteKind,
+    pub from: CsvFrom,
+}
+
 /// Every operation this server knows, with its fields checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operation {
@@ -259,6 +279,20 @@ pub enum Operation {
     RefreshOperationToken {
         refresh_token: Option<String>,
     },
+    CsvLoad(CsvLoad),
+    GetJob {
+        id: String,
+    },
+    SearchJobsByStartDate {
+        from_ms: f64,
+        to_ms: f64,
+    },
+    /// Deletes records created before a date, as a job.
+    DeleteRecordsBefore {
+        database: String,
+        table: String,
+        before_ms: f64,
+    },
     /// Known to HarperDB, not served here → 501.
     Unsupported(String),
 }
@@ -266,6 +300,11 @@ pub enum Operation {
 impl Operation {
     /// Operations SPEC §5.5 keeps for super users.
     pub fn super_user_only(&self) -> bool {
+        // Reading a server file or fetching a URL is the server's own reach: super users only.
+        // CSV text in the body is a write like `insert`, checked against the table's rights.
+        if let Operation::CsvLoad(load) = self {
+            return !matches!(load.from, CsvFrom::Data(_));
+        }
         !matches!(
             self,
             Operation::DescribeAll
@@ -280,6 +319,7 @@ impl Operation {
                 | Operation::UserInfo
                 | Operation::CreateAuthenticationTokens { .. }
                 | Operation::RefreshOperationToken { .. }
+                | Operation::GetJob { .. }
                 | Operation::Unsupported(_)
         )
     }
@@ -321,12 +361,6 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "read_transaction_log",
     "delete_transaction_logs_before",
     "delete_audit_logs_before",
-    "delete_records_before",
-    "get_job",
-    "search_jobs_by_start_date",
-    "csv_data_load",
-    "csv_file_load",
-    "csv_url_load",
     "import_from_s3",
     "export_local",
     "export_to_s3",
@@ -561,6 +595,31 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 Some(_) => return Err(OpError::bad("'search_values' must be an array")),
             },
         }),
+        "csv_data_load" => Operation::CsvLoad(f.csv_load(CsvFrom::Data(f.string("data")?))?),
+        "csv_file_load" => Operation::CsvLoad(f.csv_load(CsvFrom::File(f.string("file_path")?))?),
+        "csv_url_load" => {
+            let url = f.string("csv_url")?;
+            let scheme_ok = ["http://", "https://"].iter().any(|p| {
+                url.get(..p.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(p))
+            });
+            if !scheme_ok {
+                return Err(OpError::bad("'csv_url' must be an http:// or https:// URL"));
+            }
+            Operation::CsvLoad(f.csv_load(CsvFrom::Url(url))?)
+        }
+        "get_job" => Operation::GetJob {
+            id: f.string("id")?,
+        },
+        "delete_records_before" => Operation::DeleteRecordsBefore {
+            database: f.database()?,
+            table: f.name("table")?,
+            before_ms: f.date("date")?,
+        },
+        "search_jobs_by_start_date" => Operation::SearchJobsByStartDate {
+            from_ms: f.date("from_date")?,
+            to_ms: f.date("to_date")?,
+        },
         other if CLUSTERING_OPS.contains(&other) => {
             Operation::Clustering(other.to_string(), fields.clone())
         }
@@ -759,6 +818,52 @@ impl<'a> Fields<'a> {
     fn get_attributes(&self) -> Result<Attributes, OpError> {
         let list = self.opt_strings("get_attributes")?;
         Ok(list.filter(|l| !l.iter().any(|a| a == "*")))
+    }
+
+    /// An ISO-8601 date (`2021-01-25T23:05:27.464+0000` or `...Z`), or a number of epoch
+    /// milliseconds, as epoch milliseconds.
+    fn date(&self, key: &str) -> Result<f64, OpError> {
+        match self.get(key) {
+            Some(Value::Int(ms)) => return Ok(*ms as f64),
+            Some(Value::Float(ms)) if ms.is_finite() => return Ok(*ms),
+            _ => {}
+        }
+        let text = self.string(key)?;
+        // HarperDB's own examples write offsets without the colon (`+0000`).
+        let b = text.as_bytes();
+        let colonless = b.len() > 5
+            && matches!(b.get(b.len() - 5), Some(b'+' | b'-'))
+            && b.get(b.len() - 4..)
+                .is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+        let parsed = if colonless {
+            let (head, minutes) = text.split_at(text.len() - 2);
+            crate::util::parse_iso8601_ms(&format!("{head}:{minutes}"))
+        } else {
+            crate::util::parse_iso8601_ms(&text)
+        };
+        parsed.ok_or_else(|| {
+            OpError::bad(format!("'{key}' must be an ISO-8601 date, not \"{text}\""))
+        })
+    }
+
+    /// The table and `action` (default `insert`) of a CSV load.
+    fn csv_load(&self, from: CsvFrom) -> Result<CsvLoad, OpError> {
+        let action = match self.opt_string("action")?.as_deref() {
+            None | Some("insert") => WriteKind::Insert,
+            Some("update") => WriteKind::Update,
+            Some("upsert") => WriteKind::Upsert,
+            Some(other) => {
+                return Err(OpError::bad(format!(
+                    "'action' must be insert, update or upsert, not \"{other}\""
+                )))
+            }
+        };
+        Ok(CsvLoad {
+            database: self.database()?,
+            table: self.name("table")?,
+            action,
+            from,
+        })
     }
 
     fn permission(&self) -> Result<Value, OpError> {

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use super::decode::{from_json, Write, WriteKind};
-use super::{admin, cluster, message, search, OpError, Operation, Reply};
+use super::decode::{from_json, CsvFrom, Write, WriteKind};
+use super::{admin, cluster, fetch, message, search, OpError, Operation, Reply};
+use crate::resource::jobs::{self, CsvSource};
 use crate::resource::nosql::{self, PutKind, RecordWrite, WriteSummary};
 use crate::resource::tables::{self, AttributeSpec};
 use crate::resource::{users, Caller, Resources};
@@ -49,6 +50,22 @@ pub fn name(op: &Operation) -> &str {
         Operation::SystemInformation { .. } => "system_information",
         Operation::ReadLog(_) => "read_log",
         Operation::ReadAuditLog(_) => "read_audit_log",
+        Operation::CsvLoad(load) => match load.from {
+            CsvFrom::Data(_) => "csv_data_load",
+            CsvFrom::File(_) => "csv_file_load",
+            CsvFrom::Url(_) => "csv_url_load",
+        },
+        Operation::GetJob { .. } => "get_job",
+        Operation::SearchJobsByStartDate { .. } => "search_jobs_by_start_date",
+        Operation::DeleteRecordsBefore { .. } => "delete_records_before",
+    }
+}
+
+fn put_kind(kind: WriteKind) -> PutKind {
+    match kind {
+        WriteKind::Insert => PutKind::Insert,
+        WriteKind::Update => PutKind::Update,
+        WriteKind::Upsert => PutKind::Upsert,
     }
 }
 
@@ -57,11 +74,7 @@ fn record_write(w: Write) -> (String, RecordWrite) {
         Write::Put(kind, records) => (
             records.database,
             RecordWrite::Put {
-                kind: match kind {
-                    WriteKind::Insert => PutKind::Insert,
-                    WriteKind::Update => PutKind::Update,
-                    WriteKind::Upsert => PutKind::Upsert,
-                },
+                kind: put_kind(kind),
                 table: records.table,
                 records: records.records,
             },
@@ -136,6 +149,17 @@ fn write_reply(w: Shape, summary: WriteSummary, txn_time: f64) -> Value {
         );
     }
     o.insert("txn_time", Value::Float(txn_time));
+    Value::Object(o)
+}
+
+/// HarperDB's answer to an operation that starts a job.
+fn job_started(id: String) -> Value {
+    let mut o = Object::new();
+    o.insert(
+        "message",
+        Value::String(format!("Starting job with id {id}")),
+    );
+    o.insert("job_id", Value::String(id));
     Value::Object(o)
 }
 
@@ -312,6 +336,48 @@ pub async fn execute(
                 401,
                 crate::auth::AuthError::MustLogin.message(),
             ))
+        }
+        Operation::CsvLoad(load) => {
+            let source = match load.from {
+                CsvFrom::Data(text) => CsvSource::Data(text),
+                CsvFrom::File(path) => CsvSource::File(path.into()),
+                CsvFrom::Url(url) if url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")) => {
+                    return Err(OpError::new(
+                        501,
+                        "csv_url_load over https is not supported by this server; use an http:// URL or csv_file_load",
+                    ))
+                }
+                CsvFrom::Url(url) => {
+                    let target = url.clone();
+                    CsvSource::Url {
+                        url,
+                        fetch: Box::new(move |bytes_max| fetch::get(&target, bytes_max)),
+                    }
+                }
+            };
+            let id = jobs::start_csv_load(
+                resources,
+                caller,
+                jobs::CsvLoad {
+                    database: load.database,
+                    table: load.table,
+                    kind: put_kind(load.action),
+                    source,
+                },
+            )
+            .await?;
+            job_started(id)
+        }
+        Operation::DeleteRecordsBefore {
+            database,
+            table,
+            before_ms,
+        } => job_started(
+            jobs::start_delete_before(resources, caller, &database, &table, before_ms).await?,
+        ),
+        Operation::GetJob { id } => jobs::get_job(r, caller, &id)?,
+        Operation::SearchJobsByStartDate { from_ms, to_ms } => {
+            Value::Array(jobs::search_jobs_by_start_date(r, from_ms, to_ms)?)
         }
         Operation::Unsupported(name) => {
             let text = match name.as_str() {

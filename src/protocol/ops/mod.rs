@@ -10,7 +10,9 @@ mod admin;
 mod cluster;
 pub mod decode;
 mod exec;
+mod fetch;
 pub mod search;
+mod session;
 
 use std::sync::Arc;
 
@@ -185,6 +187,8 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
         return;
     }
     resp.header("Access-Control-Allow-Origin", origin);
+    // SPEC §5.3: browsers send the session cookie cross-origin only with this.
+    resp.header("Access-Control-Allow-Credentials", "true");
     resp.header("Vary", "Origin");
     if req.method == Method::Options {
         resp.header(
@@ -247,6 +251,9 @@ pub async fn handle(
             "Unsupported Content-Type: send application/json, application/cbor or application/x-msgpack",
         )),
         Some(body_type) => match decode(body_type, req.body) {
+            Ok(Operation::Unsupported(name)) if session::OPERATIONS.contains(&name.as_str()) => {
+                session::run(resources, caller, req, body_type, &name, resp).await
+            }
             Ok(op) => authorize_and_run(resources, caller, req, op).await,
             // Without a known caller, say so rather than how the body is wrong.
             Err(e) => match caller {
@@ -358,30 +365,19 @@ fn check_write(
     database_override: Option<&str>,
 ) -> Result<(), OpError> {
     match w {
-        decode::Write::Put(kind, records) => {
-            let database = database_override.unwrap_or(&records.database);
-            let pk = primary_key(resources, database, &records.table);
-            let actions: &[Action] = match kind {
-                decode::WriteKind::Insert => &[Action::Insert],
-                decode::WriteKind::Update => &[Action::Update],
-                decode::WriteKind::Upsert => &[Action::Insert, Action::Update],
-            };
-            for action in actions {
-                permissions::check(
-                    caller,
-                    database,
-                    &records.table,
-                    pk.as_deref(),
-                    *action,
-                    records
-                        .records
-                        .iter()
-                        .flat_map(|r| r.iter().map(|(k, _)| k)),
-                )
-                .map_err(|d| OpError::denied(&d))?;
-            }
-            Ok(())
-        }
+        decode::Write::Put(kind, records) => check_put(
+            resources,
+            caller,
+            database_override.unwrap_or(&records.database),
+            &records.table,
+            *kind,
+            || {
+                records
+                    .records
+                    .iter()
+                    .flat_map(|r| r.iter().map(|(k, _)| k))
+            },
+        ),
         decode::Write::Delete {
             database, table, ..
         } => {
@@ -389,6 +385,47 @@ fn check_write(
             permissions::check(caller, database, table, None, Action::Delete, [])
                 .map_err(|d| OpError::denied(&d))
         }
+    }
+}
+
+/// Checks a write of `kind` to `table` touching the attributes `names` yields.
+fn check_put<'a, I: Iterator<Item = &'a str>>(
+    resources: &Resources,
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    kind: decode::WriteKind,
+    names: impl Fn() -> I,
+) -> Result<(), OpError> {
+    let pk = primary_key(resources, database, table);
+    let actions: &[Action] = match kind {
+        decode::WriteKind::Insert => &[Action::Insert],
+        decode::WriteKind::Update => &[Action::Update],
+        decode::WriteKind::Upsert => &[Action::Insert, Action::Update],
+    };
+    for action in actions {
+        permissions::check(caller, database, table, pk.as_deref(), *action, names())
+            .map_err(|d| OpError::denied(&d))?;
+    }
+    Ok(())
+}
+
+/// The attribute names of a CSV's header row; none when it does not read (the load's job then
+/// ends in `ERROR` before writing anything).
+fn csv_header(text: &str) -> Vec<String> {
+    let limits = crate::value::csv::CsvLimits {
+        bytes_max: usize::MAX,
+        rows_max: 1,
+        fields_max: crate::resource::nosql::TABLE_ATTRIBUTES_MAX,
+        field_bytes_max: crate::resource::nosql::ATTRIBUTE_BYTES_MAX,
+    };
+    let mut header = Vec::new();
+    let read = crate::value::csv::Reader::new(text.as_bytes(), limits)
+        .and_then(|mut reader| reader.next_row(&mut header));
+    if read.is_ok() {
+        header
+    } else {
+        Vec::new()
     }
 }
 
@@ -437,6 +474,21 @@ fn check_permissions(
         } => operations
             .iter()
             .try_for_each(|w| check_write(resources, caller, w, Some(database))),
+        Operation::CsvLoad(load) => {
+            let header = match &load.from {
+                decode::CsvFrom::Data(text) => csv_header(text),
+                // Files and URLs are super users' (refused before this).
+                _ => Vec::new(),
+            };
+            check_put(
+                resources,
+                caller,
+                &load.database,
+                &load.table,
+                load.action,
+                || header.iter().map(String::as_str),
+            )
+        }
         Operation::SearchById {
             database,
             table,
@@ -790,6 +842,33 @@ mod tests {
                 desc: false,
                 explain: false,
             })),
+        );
+        check_decode(
+            r#"{"operation":"csv_data_load","schema":"dev","table":"t","data":"id\n1"}"#,
+            Ok(Operation::CsvLoad(decode::CsvLoad {
+                database: "dev".into(),
+                table: "t".into(),
+                action: decode::WriteKind::Insert,
+                from: decode::CsvFrom::Data("id\n1".into()),
+            })),
+        );
+        check_decode(
+            r#"{"operation":"search_jobs_by_start_date","from_date":"1970-01-01T01:00:00.000+0100","to_date":1000}"#,
+            Ok(Operation::SearchJobsByStartDate {
+                from_ms: 0.0,
+                to_ms: 1000.0,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"search_jobs_by_start_date","from_date":"1970-01-01T00:00:00-0130","to_date":"1970-01-01"}"#,
+            Ok(Operation::SearchJobsByStartDate {
+                from_ms: 5_400_000.0,
+                to_ms: 0.0,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"csv_url_load","table":"t","csv_url":"file:///etc/passwd"}"#,
+            Err((400, "must be an http:// or https:// URL")),
         );
         check_decode(
             r#"{"operation":"nope"}"#,

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response};
 use crate::query::{self, Query, Select};
+use crate::resource::join::{self, Projection};
 use crate::resource::permissions::{self, Action};
-use crate::resource::search::{self, SearchSpec};
+use crate::resource::search::{self, SearchError, SearchSpec};
 use crate::resource::{self, Caller, Resources, Validation};
 use crate::schema::{FieldType, TableDef};
 use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
@@ -33,10 +34,16 @@ thread_local! {
 
 const ALLOW_ALL: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
-const ALLOW_COLLECTION: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+const ALLOW_COLLECTION: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
 const ALLOW_RECORD: &str = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS";
 /// Records one collection `DELETE` removes at most (one transaction); more → 400.
 pub const DELETE_RECORDS_MAX: usize = 100_000;
+/// Records one bulk `PUT /T/` writes at most (one transaction); more → 400.
+pub const BULK_RECORDS_MAX: usize = 100_000;
+/// `http.compressionThreshold` when the configuration has none: bodies above it are compressed.
+pub const COMPRESSION_THRESHOLD_BYTES_DEFAULT: u64 = 1200;
+/// `Accept-Encoding` items considered at most; the rest are ignored.
+const ACCEPT_ENCODING_ITEMS_MAX: usize = 32;
 
 /// SSE hook: a `GET` whose `Accept` names `text/event-stream` is for the SSE interface (§6.5),
 /// which the router should offer it to before REST.
@@ -147,12 +154,75 @@ pub async fn handle(
         }
     };
     resp.header("Vary", "Accept, Accept-Encoding");
+    let started = std::time::Instant::now();
+    // A collection read is produced record by record, so it is compressed whatever its size.
+    let streamed =
+        matches!(target, Target::Collection) && matches!(req.method, Method::Get | Method::Head);
     match target {
         Target::Table => ctx.table_target(resp, export),
         Target::Collection => ctx.collection(resp).await,
         Target::Record(raw) => ctx.record(resp, raw, extension.is_some()).await,
     }
+    // SPEC §3.4: the time the request spent reading or writing the database.
+    let db_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Formatted on the stack: the single-record path allocates nothing it can avoid.
+    let mut timing = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut timing[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("db;dur={db_ms:.3}"));
+    let written = cursor.position() as usize;
+    resp.header_bytes("Server-Timing", timing.get(..written).unwrap_or(&[]));
+    compress(resources, req, resp, streamed);
     true
+}
+
+/// SPEC §3.4: gzip the body when the client accepts it and the body is larger than
+/// `http.compressionThreshold` or streamed. Only gzip is offered: clients that accept `br`
+/// accept gzip too, and one codec keeps the dependency list short.
+fn compress(resources: &Resources, req: &Request<'_>, resp: &mut Response, streamed: bool) {
+    if resp.body.is_empty() || !matches!(resp.status, 200..=299) || resp.is_takeover() {
+        return;
+    }
+    if !req.header_str("accept-encoding").is_some_and(accepts_gzip) {
+        return;
+    }
+    let threshold_bytes = resources
+        .config_tree
+        .get("http.compressionThreshold")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(COMPRESSION_THRESHOLD_BYTES_DEFAULT);
+    if !streamed && resp.body.len() as u64 <= threshold_bytes {
+        return;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(resp.body.len() / 3 + 64),
+        flate2::Compression::fast(),
+    );
+    if std::io::Write::write_all(&mut encoder, &resp.body).is_err() {
+        return;
+    }
+    if let Ok(gzipped) = encoder.finish() {
+        resp.body = gzipped;
+        resp.header("Content-Encoding", "gzip");
+    }
+}
+
+/// Whether an `Accept-Encoding` value allows gzip: `gzip` or `*` with a non-zero q.
+fn accepts_gzip(header: &str) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for item in header.split(',').take(ACCEPT_ENCODING_ITEMS_MAX) {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.trim().strip_prefix("q=").map(str::trim))
+            .map_or(1.0, |q| q.parse::<f32>().unwrap_or(0.0));
+        match coding.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q > 0.0),
+            "*" => any = Some(q > 0.0),
+            _ => {}
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
@@ -168,6 +238,8 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
     };
     if allowed {
         resp.header("Access-Control-Allow-Origin", origin);
+        // SPEC §5.3: browsers send the session cookie cross-origin only with this.
+        resp.header("Access-Control-Allow-Credentials", "true");
     }
 }
 
@@ -225,7 +297,17 @@ impl Ctx<'_, '_> {
         action: Action,
         attributes: impl IntoIterator<Item = &'a str>,
     ) -> bool {
-        let def = self.def();
+        self.allow_on(resp, self.def(), action, attributes)
+    }
+
+    /// [`Ctx::allow`] on table `def` (this one or a related one).
+    fn allow_on<'a>(
+        &self,
+        resp: &mut Response,
+        def: &TableDef,
+        action: Action,
+        attributes: impl IntoIterator<Item = &'a str>,
+    ) -> bool {
         let allowed = permissions::check(
             self.caller,
             &def.database,
@@ -244,6 +326,43 @@ impl Ctx<'_, '_> {
             }
         }
         allowed
+    }
+
+    /// Whether the caller may read every related table `query` reaches through relationships
+    /// (in conditions and selections), with the attributes it names there; if not, answers 401
+    /// or 403 and returns false.
+    fn allow_related(&self, resp: &mut Response, query: &Query) -> bool {
+        related_reads(&self.db, self.def(), query)
+            .iter()
+            .all(|(table, attributes)| {
+                self.allow_on(
+                    resp,
+                    &table.def,
+                    Action::Read,
+                    attributes.iter().map(String::as_str),
+                )
+            })
+    }
+
+    /// The selection bound to related tables, when it selects a relationship (else `None`:
+    /// `query::project` serves it without a transaction).
+    fn projection(&self, select: Option<&Select>) -> Result<Option<Projection>, SearchError> {
+        let Some(select) = select else {
+            return Ok(None);
+        };
+        let projection = Projection::new(Some(&self.db), self.def(), select)?;
+        Ok(projection.joins().then_some(projection))
+    }
+
+    /// Removes from a related record what the caller may not read.
+    fn redact(&self, def: &TableDef, v: &mut Value) {
+        permissions::filter_readable(
+            self.caller,
+            &def.database,
+            &def.table,
+            def.primary_key.as_deref(),
+            v,
+        );
     }
 
     /// Whether records read for this caller must lose some properties.
@@ -281,10 +400,17 @@ impl Ctx<'_, '_> {
                 "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
             );
         }
+        // SPEC §3.2: the audit log's size (bytes of its pages, as `describe_table`'s
+        // `db_audit_size`), and no record count.
+        let audit_size = resource::tables::describe_table(&self.db, &self.table)
+            .ok()
+            .and_then(|d| d.get("db_audit_size").and_then(serde_json::Value::as_u64))
+            .unwrap_or(0);
         let desc = serde_json::json!({
             "records": "./",
             "name": export,
             "database": def.database,
+            "auditSize": audit_size,
             "attributes": def.attributes.iter().filter(|a| {
                 // A role limited to some attributes sees only those it may read.
                 permissions::attribute_allowed(self.caller, &def.database, &def.table,
@@ -294,6 +420,9 @@ impl Ctx<'_, '_> {
                 let mut o = serde_json::json!({"name": a.name, "type": a.ty.name()});
                 if a.primary_key { o["isPrimaryKey"] = true.into(); }
                 if a.indexed { o["indexed"] = true.into(); }
+                if let Some(r) = &a.relationship {
+                    o["relationship"] = serde_json::json!({"from": r.from, "to": r.to});
+                }
                 o
             }).collect::<Vec<_>>(),
         });
@@ -326,6 +455,7 @@ impl Ctx<'_, '_> {
         match self.req.method {
             Method::Get | Method::Head => self.query_collection(resp),
             Method::Post => self.post(resp).await,
+            Method::Put => self.bulk_put(resp).await,
             Method::Delete => self.delete_matches(resp).await,
             _ => {
                 resp.header("Allow", ALLOW_COLLECTION);
@@ -339,7 +469,8 @@ impl Ctx<'_, '_> {
             Some(l) => (l.start, Some(l.end.saturating_sub(l.start))),
             None => (0, None),
         };
-        search::plan(
+        search::plan_joined(
+            &self.db,
             &self.table,
             &SearchSpec {
                 filter: query.filter.as_ref(),
@@ -360,10 +491,15 @@ impl Ctx<'_, '_> {
             resp,
             Action::Read,
             query_attributes(&query).iter().map(String::as_str),
-        ) {
+        ) || !self.allow_related(resp, &query)
+        {
             return;
         }
         let plan = match self.plan(&query) {
+            Ok(p) => p,
+            Err(e) => return self.error(resp, e.status(), &e.to_string()),
+        };
+        let projection = match self.projection(query.select.as_ref()) {
             Ok(p) => p,
             Err(e) => return self.error(resp, e.status(), &e.to_string()),
         };
@@ -397,23 +533,46 @@ impl Ctx<'_, '_> {
         writer.start(&mut resp.body);
         let body = &mut resp.body;
         let select = query.select.as_ref();
-        let result = search::run(&self.db, &self.table, &plan, &mut |_, record| {
-            if !explain {
-                if restricted {
+        let redact = |def: &TableDef, v: &mut Value| self.redact(def, v);
+        let mut failed: Option<SearchError> = None;
+        let result = search::run_with(&self.db, &self.table, &plan, &mut |txn, _, record| {
+            if explain {
+                return ControlFlow::Continue(());
+            }
+            let joined = match (&projection, restricted) {
+                (Some(p), false) => p.apply(txn, record.value, &redact),
+                (Some(p), true) => p.apply(txn, &self.readable(record.value), &redact),
+                (None, true) => {
                     let v = self.readable(record.value);
                     match select {
                         Some(select) => writer.item(&query::project(&v, select), body),
                         None => writer.item(&v, body),
                     }
-                } else {
+                    return ControlFlow::Continue(());
+                }
+                (None, false) => {
                     match select {
                         Some(select) => writer.item(&query::project(record.value, select), body),
                         None => writer.item(record.value, body),
                     }
+                    return ControlFlow::Continue(());
+                }
+            };
+            match joined {
+                Ok(v) => {
+                    writer.item(&v, body);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
                 }
             }
-            ControlFlow::Continue(())
         });
+        let result = match failed {
+            Some(e) => Err(e),
+            None => result,
+        };
         match result {
             Ok(stats) if explain => {
                 resp.body.clear();
@@ -537,6 +696,65 @@ impl Ctx<'_, '_> {
         }
     }
 
+    /// `PUT /T/` with an array of keyed records (SPEC §3.2, P2): each replaces (or creates) the
+    /// record of its key, all in one transaction.
+    async fn bulk_put(&self, resp: &mut Response) {
+        let def = self.def();
+        let Some(key_name) = def.primary_key.clone() else {
+            return self.error(
+                resp,
+                400,
+                "A bulk PUT needs a table with a @primaryKey; PUT each record by its id",
+            );
+        };
+        let items = match format::decode_body(self.req.header_str("content-type"), self.req.body) {
+            Ok(format::Body::Structured(Value::Array(items))) => items,
+            Ok(_) => return self.error(resp, 400, "PUT on a collection needs an array of records"),
+            Err(e) => return self.error(resp, 400, &e),
+        };
+        if items.len() > BULK_RECORDS_MAX {
+            return self.error(
+                resp,
+                400,
+                &format!("More than {BULK_RECORDS_MAX} records in one bulk PUT"),
+            );
+        }
+        let mut ops = Vec::with_capacity(items.len());
+        let mut attributes: Vec<String> = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let Value::Object(mut record) = item else {
+                return self.error(resp, 400, &format!("Record {index} is not an object"));
+            };
+            if let Err(e) = resource::validate_record(def, &mut record, Validation::Full) {
+                return self.error(resp, 400, &format!("Record {index}: {e}"));
+            }
+            let Some(key) = record.get(&key_name).cloned().filter(|k| *k != Value::Null) else {
+                return self.error(resp, 400, &format!("Record {index} has no {key_name}"));
+            };
+            for (name, _) in record.iter() {
+                if !attributes.iter().any(|a| a == name) {
+                    attributes.push(name.to_string());
+                }
+            }
+            ops.push(WriteOp::Put {
+                table: def.table.clone(),
+                key: Some(key),
+                record: Value::Object(record),
+                mode: PutMode::Replace,
+                expires_in_s: self.expires_in_s(),
+            });
+        }
+        // Records may be new or existing: the caller needs both rights.
+        let names = || attributes.iter().map(String::as_str);
+        if !self.allow(resp, Action::Insert, names()) || !self.allow(resp, Action::Update, names())
+        {
+            return;
+        }
+        if ops.is_empty() || self.submit(resp, ops).await.is_some() {
+            resp.status = 204;
+        }
+    }
+
     async fn delete_matches(&self, resp: &mut Response) {
         if !self.allow(resp, Action::Delete, []) {
             return;
@@ -550,7 +768,8 @@ impl Ctx<'_, '_> {
             resp,
             Action::Read,
             query_attributes(&query).iter().map(String::as_str),
-        ) {
+        ) || !self.allow_related(resp, &query)
+        {
             return;
         }
         let plan = match self.plan(&query) {
@@ -636,13 +855,20 @@ impl Ctx<'_, '_> {
         };
         if let Some(action) = action {
             let mut attrs: Vec<String> = property.map(str::to_string).into_iter().collect();
+            let mut related_query = None;
             if action == Action::Read {
                 if let Some(Ok(q)) = self.req.query.filter(|q| !q.is_empty()).map(query::parse) {
                     attrs.extend(query_attributes(&q));
+                    related_query = Some(q);
                 }
             }
             if !self.allow(resp, action, attrs.iter().map(String::as_str)) {
                 return;
+            }
+            if let Some(q) = &related_query {
+                if !self.allow_related(resp, q) {
+                    return;
+                }
             }
         }
         let string_key = matches!(
@@ -694,6 +920,11 @@ impl Ctx<'_, '_> {
                 Err(e) => return self.error(resp, 400, &e.to_string()),
             },
         };
+        let projection = match self.projection(select.as_ref()) {
+            Ok(p) => p,
+            Err(e) => return self.error(resp, e.status(), &e.to_string()),
+        };
+        let redact = |def: &TableDef, v: &mut Value| self.redact(def, v);
         let if_none_match = self.req.header_str("if-none-match");
         let format = self.format;
         let last_modified = self.resources.config.http.last_modified;
@@ -702,27 +933,40 @@ impl Ctx<'_, '_> {
         let found = resource::with_record(&self.db, &self.table, id, |header, record| {
             let mut etag = [0u8; 18];
             let etag = etag_of(header.version, &mut etag);
-            if if_none_match.is_some_and(|h| etag_matches(h, etag)) {
+            // The version covers this record only: a selection of related records has no tag,
+            // as a change to them would not change it.
+            let tagged = projection.is_none();
+            if tagged && if_none_match.is_some_and(|h| etag_matches(h, etag)) {
                 resp.status = 304;
                 resp.header("ETag", etag);
                 return;
             }
             resp.status = 200;
-            resp.header("ETag", etag);
+            if tagged {
+                resp.header("ETag", etag);
+            }
             if last_modified {
                 resp.header("Last-Modified", &http_date(header.version));
             }
             if restricted {
                 let v = self.readable(record);
                 resp.header("Content-Type", format.content_type());
-                match (property, &select) {
-                    (Some(prop), _) => {
+                match (property, &select, &projection) {
+                    (Some(prop), _, _) => {
                         format.write_one(v.get(prop).unwrap_or(&Value::Null), &mut resp.body)
                     }
-                    (None, Some(select)) => {
+                    (None, _, Some(p)) => {
+                        // Related records come from a second read transaction, opened while
+                        // this record's own is still open.
+                        match search::read(&self.db, |txn| p.apply(txn, &v, &redact)) {
+                            Ok(Ok(v)) => format.write_one(&v, &mut resp.body),
+                            Ok(Err(e)) | Err(e) => self.error(resp, e.status(), &e.to_string()),
+                        }
+                    }
+                    (None, Some(select), None) => {
                         format.write_one(&query::project(&v, select), &mut resp.body)
                     }
-                    (None, None) => format.write_one(&v, &mut resp.body),
+                    (None, None, None) => format.write_one(&v, &mut resp.body),
                 }
                 return;
             }
@@ -734,15 +978,21 @@ impl Ctx<'_, '_> {
                 return;
             }
             resp.header("Content-Type", format.content_type());
-            match (property, &select) {
-                (Some(prop), _) => match record.get(prop) {
+            match (property, &select, &projection) {
+                (Some(prop), _, _) => match record.get(prop) {
                     Some(v) => format.write_one(v, &mut resp.body),
                     None => format.write_one(&Value::Null, &mut resp.body),
                 },
-                (None, Some(select)) => {
+                (None, _, Some(p)) => {
+                    match search::read(&self.db, |txn| p.apply(txn, record, &redact)) {
+                        Ok(Ok(v)) => format.write_one(&v, &mut resp.body),
+                        Ok(Err(e)) | Err(e) => self.error(resp, e.status(), &e.to_string()),
+                    }
+                }
+                (None, Some(select), None) => {
                     format.write_one(&query::project(record, select), &mut resp.body)
                 }
-                (None, None) => format.write_one(record, &mut resp.body),
+                (None, None, None) => format.write_one(record, &mut resp.body),
             }
         });
         match found {
@@ -832,6 +1082,67 @@ fn query_attributes(query: &Query) -> Vec<String> {
     out
 }
 
+/// The related tables `query` reads through relationships — in conditions, sort keys and
+/// selections — each with the attributes named there (none: the whole related record).
+fn related_reads(db: &Database, def: &TableDef, query: &Query) -> Vec<(Arc<Table>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut paths: Vec<Vec<String>> = query.sort.iter().map(|k| k.path.clone()).collect();
+    if let Some(filter) = &query.filter {
+        condition_paths(filter, &mut paths);
+    }
+    for path in &paths {
+        out.extend(
+            join::path_tables(db, def, path)
+                .into_iter()
+                .map(|(table, attribute)| (table, vec![attribute])),
+        );
+    }
+    if let Some(select) = &query.select {
+        let items = match select {
+            Select::Value(item) => std::slice::from_ref(item),
+            Select::Object(items) | Select::Array(items) => items.as_slice(),
+        };
+        selected_tables(db, def, items, 0, &mut out);
+    }
+    out
+}
+
+fn condition_paths(expr: &query::Expr, out: &mut Vec<Vec<String>>) {
+    match expr {
+        query::Expr::And(c) | query::Expr::Or(c) => c.iter().for_each(|e| condition_paths(e, out)),
+        query::Expr::Condition(c) => out.push(c.path.clone()),
+    }
+}
+
+fn selected_tables(
+    db: &Database,
+    def: &TableDef,
+    items: &[query::SelectItem],
+    depth: usize,
+    out: &mut Vec<(Arc<Table>, Vec<String>)>,
+) {
+    if depth > join::JOIN_DEPTH_MAX {
+        return;
+    }
+    for item in items {
+        let Some(attr) = def
+            .attribute(&item.name)
+            .filter(|a| a.relationship.is_some())
+        else {
+            continue;
+        };
+        let Ok(link) = join::Link::new(db, def, attr) else {
+            continue;
+        };
+        let children = item.children.as_deref().unwrap_or(&[]);
+        out.push((
+            link.target.clone(),
+            children.iter().map(|c| c.name.clone()).collect(),
+        ));
+        selected_tables(db, &link.target.def, children, depth + 1, out);
+    }
+}
+
 /// `"<16 hex digits of the version's bits>"`: opaque, ASCII, new on every write.
 fn etag_of(version: f64, buf: &mut [u8; 18]) -> &str {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -890,6 +1201,25 @@ fn percent_encode(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding() {
+        for (header, expected) in [
+            ("gzip", true),
+            ("br, gzip;q=0.5", true),
+            ("GZIP", true),
+            ("gzip;q=0", false),
+            ("br", false),
+            ("*", true),
+            ("*;q=0", false),
+            ("gzip;q=0, *", false),
+            ("identity, *;q=0.1", true),
+            ("gzip;q=abc", false),
+            ("", false),
+        ] {
+            assert_eq!(accepts_gzip(header), expected, "{header:?}");
+        }
+    }
 
     #[test]
     fn etags_and_dates() {

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use tidepool_io::{race, timeout, Either, Shutdown};
 
+use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response, Upgraded};
 use crate::protocol::ws::{self, Context};
 use crate::pubsub::{Format, Overflow, Sink, Subscription};
+use crate::resource::Caller;
 
 /// A keep-alive comment goes out after this long without an event (SPEC §6.5).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -28,12 +30,26 @@ pub fn is_event_stream(req: &Request<'_>) -> bool {
 }
 
 /// Serves an event-stream request. Returns false when the path is not under an export.
-pub fn accept(ctx: &Context, req: &Request<'_>, resp: &mut Response) -> bool {
+/// `caller` is the request's authentication: refusals are ordinary 401/403 answers before any
+/// streaming (SPEC §6.5); a role with attribute restrictions receives trimmed events.
+pub fn accept(
+    ctx: &Context,
+    req: &Request<'_>,
+    resp: &mut Response,
+    caller: Result<&Caller, &AuthError>,
+) -> bool {
     let mut target = match ws::target(&ctx.resources, req.path, req.query) {
         Ok(Some(t)) => t,
         Ok(None) => return false,
         Err((status, message)) => {
             resp.json_error(status, &message);
+            return true;
+        }
+    };
+    let readable = match ws::authorize(&ctx.resources, caller, &target) {
+        Ok(r) => r,
+        Err(refusal) => {
+            refusal.respond(resp);
             return true;
         }
     };
@@ -49,10 +65,11 @@ pub fn accept(ctx: &Context, req: &Request<'_>, resp: &mut Response) -> bool {
             }
         }
     }
-    let sink = Sink::new(
+    let sink = Sink::restricted(
         Format::Json,
         Overflow::DropOldest,
         ctx.registry.counters().clone(),
+        readable,
     );
     let subscription = match ws::subscribe(ctx, target, &sink) {
         Ok(s) => s,
@@ -104,7 +121,7 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
         batch.clear();
         sink.pop_batch(&mut batch, WRITE_BATCH_EVENTS_MAX);
         for event in &batch {
-            write_event(event.encoded(Format::Json), event.version(), &mut wbuf);
+            write_event(&sink.encoded(event), event.version(), &mut wbuf);
         }
         batch.clear();
         if wrote.elapsed() >= KEEP_ALIVE_INTERVAL && wbuf.is_empty() {

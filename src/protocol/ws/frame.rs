@@ -80,7 +80,7 @@ impl std::fmt::Display for FrameError {
             FrameError::UnknownOpcode(o) => write!(f, "unknown opcode {o}"),
             FrameError::Unmasked => f.write_str("client frame not masked"),
             FrameError::BadControl => f.write_str("control frame fragmented or too long"),
-            FrameError::TooLarge => write!(f, "frame payload over {PAYLOAD_BYTES_MAX} bytes"),
+            FrameError::TooLarge => f.write_str("frame payload over the limit"),
         }
     }
 }
@@ -96,6 +96,14 @@ pub struct Frame<'a> {
 /// complete yet. On success also returns the bytes it spans.
 pub fn decode(buf: &mut [u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     decode_from(buf, Sender::Client, PAYLOAD_BYTES_MAX)
+}
+
+/// [`decode`] with another payload limit (MQTT over WebSocket carries whole MQTT packets).
+pub fn decode_limited(
+    buf: &mut [u8],
+    payload_bytes_max: usize,
+) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    decode_from(buf, Sender::Client, payload_bytes_max)
 }
 
 /// Who sent the frames being decoded: clients must mask (RFC 6455 §5.1); server frames, as a
@@ -213,23 +221,25 @@ pub fn encode_close(code: u16, out: &mut Vec<u8>) {
     encode(Opcode::Close, &code.to_be_bytes(), out);
 }
 
+/// A masked client frame with first byte `b0` (FIN, opcode), for tests.
+#[cfg(test)]
+pub(crate) fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut out = vec![b0];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut out = vec![b0];
-        if payload.len() < 126 {
-            out.push(0x80 | payload.len() as u8);
-        } else {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-        out
-    }
 
     /// (fin, opcode, payload, consumed) of a decoded frame.
     type Decoded<'a> = (bool, Opcode, &'a [u8], usize);
@@ -263,6 +273,10 @@ mod tests {
             &[0x82, 0xff, 0, 0, 0, 0, 0, 2, 0, 0],
             Err(FrameError::TooLarge),
         );
+        let mut small = masked(0x82, b"12345");
+        assert_eq!(decode_limited(&mut small, 4), Err(FrameError::TooLarge));
+        let mut small = masked(0x82, b"12345");
+        assert!(matches!(decode_limited(&mut small, 5), Ok(Some((_, 11)))));
     }
 
     #[test]

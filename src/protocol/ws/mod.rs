@@ -10,17 +10,20 @@
 //! `pubsub` and `resource`.
 
 pub mod frame;
+pub mod transport;
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tidepool_io::{race, timeout, Either, Shutdown, Stream};
+use tidepool_io::{race, timeout, AnyStream, Either, Shutdown};
 
+use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response, Upgraded};
 use crate::pubsub::{Filter, Format, Options, Overflow, Registry, Sink, Subscription};
-use crate::resource::Resources;
+use crate::resource::permissions::{self, ReadableAttributes};
+use crate::resource::{Caller, Resources};
 
 use frame::Opcode;
 
@@ -168,6 +171,73 @@ pub fn options(query: Option<&str>) -> Result<Options, (u16, String)> {
     Ok(options)
 }
 
+/// Close code for an unauthenticated WebSocket (SPEC §5.6, §6.4).
+pub const CLOSE_UNAUTHENTICATED: u16 = 3000;
+/// Close code for an authenticated caller without `read` (SPEC §5.6, §6.4).
+pub const CLOSE_FORBIDDEN: u16 = 3003;
+
+/// Why a subscription is refused (SPEC §5.6); SSE answers it as 401/403, WebSocket upgrades and
+/// then closes with 3000/3003.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// No, wrong or expired credentials, or an inactive user.
+    Unauthenticated(AuthError),
+    /// Authenticated, without `read` on the table.
+    Forbidden,
+}
+
+impl Refusal {
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Refusal::Unauthenticated(_) => CLOSE_UNAUTHENTICATED,
+            Refusal::Forbidden => CLOSE_FORBIDDEN,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::Unauthenticated(e) => e.message(),
+            Refusal::Forbidden => "Unauthorized access to resource",
+        }
+    }
+
+    /// The plain HTTP answer (SSE, and anything refused before an upgrade).
+    pub fn respond(&self, resp: &mut Response) {
+        match self {
+            Refusal::Unauthenticated(e) => crate::protocol::rest::unauthorized(resp, e),
+            Refusal::Forbidden => resp.json_error(403, self.message()),
+        }
+    }
+}
+
+/// Whether `caller` may subscribe to `target` (SPEC §5.5: subscribing needs `read`), and the
+/// attribute set its events are trimmed to (`None` = every attribute). Anonymous callers are
+/// unauthenticated rather than forbidden, as on REST.
+pub fn authorize(
+    resources: &Resources,
+    caller: Result<&Caller, &AuthError>,
+    target: &Target,
+) -> Result<Option<ReadableAttributes>, Refusal> {
+    let caller = caller.map_err(|e| Refusal::Unauthenticated(e.clone()))?;
+    let Some((_, table)) = resources.export(&target.export) else {
+        return Ok(None); // `subscribe` answers 404
+    };
+    let (database, name) = (&table.def.database, &table.def.table);
+    if !permissions::can_read(caller, database, name) {
+        return Err(if caller.is_anonymous() {
+            Refusal::Unauthenticated(AuthError::MustLogin)
+        } else {
+            Refusal::Forbidden
+        });
+    }
+    Ok(permissions::readable_attributes(
+        caller,
+        database,
+        name,
+        table.def.primary_key.as_deref(),
+    ))
+}
+
 /// Subscribes `sink` to the target's export through the registry; errors as (status, message).
 pub fn subscribe(
     ctx: &Context,
@@ -186,8 +256,15 @@ pub fn subscribe(
 }
 
 /// Serves a REST WebSocket upgrade. Returns false when the path is not a subscription path (the
-/// caller answers it, e.g. 404 without upgrading).
-pub fn upgrade(ctx: &Context, req: &Request<'_>, resp: &mut Response) -> bool {
+/// caller answers it, e.g. 404 without upgrading). `caller` is the request's authentication;
+/// a refusal upgrades and then closes with 3000/3003 and the reason (SPEC §5.6), so browser
+/// code can read why.
+pub fn upgrade(
+    ctx: &Context,
+    req: &Request<'_>,
+    resp: &mut Response,
+    caller: Result<&Caller, &AuthError>,
+) -> bool {
     let target = match target(&ctx.resources, req.path, req.query) {
         Ok(Some(t)) => t,
         Ok(None) => return false,
@@ -203,11 +280,21 @@ pub fn upgrade(ctx: &Context, req: &Request<'_>, resp: &mut Response) -> bool {
         );
         return true;
     }
+    let readable = match authorize(&ctx.resources, caller, &target) {
+        Ok(r) => r,
+        Err(refusal) => {
+            if handshake(req, resp, None) {
+                resp.take_over(move |up| refuse(up, refusal));
+            }
+            return true;
+        }
+    };
     let format = Format::from_accept(req.header_str("accept"));
-    let sink = Sink::new(
+    let sink = Sink::restricted(
         format,
         Overflow::DropOldest,
         ctx.registry.counters().clone(),
+        readable,
     );
     let subscription = match subscribe(ctx, target, &sink) {
         Ok(s) => s,
@@ -221,6 +308,18 @@ pub fn upgrade(ctx: &Context, req: &Request<'_>, resp: &mut Response) -> bool {
         resp.take_over(move |up| serve(up, sink, subscription, shutdown));
     }
     true
+}
+
+/// Closes a freshly upgraded connection with the refusal's code and reason.
+async fn refuse(up: Upgraded, refusal: Refusal) {
+    let Upgraded { mut stream, .. } = up;
+    finish(
+        &mut stream,
+        Vec::new(),
+        refusal.close_code(),
+        refusal.message(),
+    )
+    .await;
 }
 
 enum Wake {
@@ -301,12 +400,12 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
                 return;
             }
             Client::Violation(code) => {
-                finish(&mut stream, wbuf, code).await;
+                finish(&mut stream, wbuf, code, "").await;
                 return;
             }
         }
         if heard.elapsed() >= PONG_TIMEOUT {
-            finish(&mut stream, wbuf, 1011).await;
+            finish(&mut stream, wbuf, 1011, "").await;
             return;
         }
         if pinged.elapsed() >= PING_INTERVAL {
@@ -316,7 +415,7 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
         batch.clear();
         sink.pop_batch(&mut batch, WRITE_BATCH_EVENTS_MAX);
         for event in &batch {
-            frame::encode(opcode, event.encoded(sink.format()), &mut wbuf);
+            frame::encode(opcode, &sink.encoded(event), &mut wbuf);
         }
         batch.clear();
         if !wbuf.is_empty() {
@@ -338,7 +437,7 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
             }
         }
         if shutdown.is_triggered() {
-            finish(&mut stream, wbuf, 1001).await;
+            finish(&mut stream, wbuf, 1001, "").await;
             return;
         }
         let until_ping = PING_INTERVAL.saturating_sub(pinged.elapsed());
@@ -365,7 +464,7 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
         match wake {
             Wake::Events | Wake::Timer => {}
             Wake::Shutdown => {
-                finish(&mut stream, wbuf, 1001).await;
+                finish(&mut stream, wbuf, 1001, "").await;
                 return;
             }
             Wake::Read(Ok(0), _) | Wake::Read(Err(_), _) => return,
@@ -375,16 +474,25 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
             }
         }
         if rbuf.len() > frame::PAYLOAD_BYTES_MAX + 16 {
-            finish(&mut stream, wbuf, 1009).await;
+            finish(&mut stream, wbuf, 1009, "").await;
             return;
         }
     }
 }
 
-/// Sends a close frame with `code` (after what is in `wbuf`), then reads until the client closes
-/// or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
-async fn finish(stream: &mut Stream, mut wbuf: Vec<u8>, code: u16) {
-    frame::encode_close(code, &mut wbuf);
+/// Close reasons are cut to this many bytes (a control frame holds 125, 2 of them the code).
+const CLOSE_REASON_BYTES_MAX: usize = 123;
+
+/// Sends a close frame with `code` and `reason` (after what is in `wbuf`), then reads until the
+/// client closes or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
+async fn finish(stream: &mut AnyStream, mut wbuf: Vec<u8>, code: u16, reason: &str) {
+    let mut payload = code.to_be_bytes().to_vec();
+    let mut end = reason.len().min(CLOSE_REASON_BYTES_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    frame::encode(Opcode::Close, &payload, &mut wbuf);
     let _ = timeout(CLOSE_LINGER, stream.write_all(wbuf)).await;
     let deadline = Instant::now() + CLOSE_LINGER;
     let mut buf = Vec::with_capacity(READ_SPARE_MIN);

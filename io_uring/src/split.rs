@@ -1,0 +1,417 @@
+//! Splitting one connection into a read half and a write half, so two tasks on the same core can
+//! use it at once: a reader waiting on the peer while a writer drains a queue (MQTT sessions,
+//! MQTT over WebSocket).
+//!
+//! [`Split`] is implemented by the transports that can be split: the plain [`Stream`] (monoio's
+//! own split of the socket: one submitted operation per direction, nothing else shared) and
+//! [`crate::TlsStream`] over a splittable transport (see `tls.rs`). [`ReadBytes`]/[`WriteBytes`]
+//! are what the halves offer, so layers stack (TLS over TCP, WebSocket framing over either).
+//! [`ReadHalf`] makes reads safe to cancel: the read in progress lives in the half, not in the
+//! caller's future, so a read dropped by [`crate::race`] is resumed by the next call and no byte
+//! the kernel delivered is lost. [`SharedWriter`] lets a layer whose reading must sometimes write
+//! (TLS alerts and key updates, WebSocket pongs) share the write half with the writer task, one
+//! whole write at a time. This module never parses a protocol byte.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{Poll, Waker};
+
+use monoio::io::{AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+
+use crate::{Stream, Transport};
+
+/// The reading direction of a split connection.
+// The futures are not `Send` on purpose: a connection lives on one core.
+#[allow(async_fn_in_trait)]
+pub trait ReadBytes: 'static {
+    /// Reads into the spare capacity of `buf` (after its length), growing it by `min_spare` when
+    /// less is free. Returns the bytes appended; 0 means the peer closed. Dropping the future may
+    /// lose bytes; wrap the reader in a [`ReadHalf`] when reads race other events.
+    async fn read_append(&mut self, buf: Vec<u8>, min_spare: usize)
+        -> (io::Result<usize>, Vec<u8>);
+}
+
+/// The writing direction of a split connection.
+#[allow(async_fn_in_trait)]
+pub trait WriteBytes: 'static {
+    /// Writes all of `buf`, then hands it back (its length unchanged).
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Half-closes: the peer reads end-of-stream after what was written.
+    async fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+/// A transport that can be split into its two directions.
+pub trait Split: Transport + Sized + 'static {
+    type Read: ReadBytes;
+    type Write: WriteBytes;
+    fn into_split(self) -> (Self::Read, Self::Write);
+}
+
+/// The reading direction of a plain TCP stream.
+pub struct TcpRead(OwnedReadHalf<TcpStream>);
+/// The writing direction of a plain TCP stream; dropping it half-closes the socket.
+pub struct TcpWrite(OwnedWriteHalf<TcpStream>);
+
+impl Split for Stream {
+    type Read = TcpRead;
+    type Write = TcpWrite;
+
+    fn into_split(self) -> (TcpRead, TcpWrite) {
+        let (read, write) = self.into_inner().into_split();
+        (TcpRead(read), TcpWrite(write))
+    }
+}
+
+impl ReadBytes for TcpRead {
+    async fn read_append(
+        &mut self,
+        buf: Vec<u8>,
+        min_spare: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        crate::net::read_append(&mut self.0, buf, min_spare).await
+    }
+}
+
+impl WriteBytes for TcpWrite {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        crate::net::write_all(&mut self.0, buf).await
+    }
+
+    async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.0.shutdown().await
+    }
+}
+
+/// Bytes asked for per read by a [`ReadHalf`] unless told otherwise.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+type PendingRead<R> = Pin<Box<dyn Future<Output = (R, Vec<u8>, io::Result<usize>)>>>;
+
+enum ReadState<R> {
+    Idle(R, Vec<u8>),
+    Reading(PendingRead<R>),
+    /// A read future panicked or was leaked mid-swap; the half is unusable.
+    Gone,
+}
+
+/// A reader whose reads may be cancelled without losing bytes.
+///
+/// Bytes read collect in [`ReadHalf::buffered`]; the caller consumes them from the front (e.g.
+/// with `drain`). A read in progress belongs to the half: when the future of [`ReadHalf::fill`]
+/// is dropped, the read goes on and the next `fill` picks up its result.
+pub struct ReadHalf<R> {
+    state: ReadState<R>,
+    buffered: Vec<u8>,
+    chunk_bytes: usize,
+}
+
+impl<R: ReadBytes> ReadHalf<R> {
+    pub fn new(reader: R) -> Self {
+        Self::with_chunk(reader, READ_CHUNK_BYTES)
+    }
+
+    /// `chunk_bytes`: how much one read asks the kernel (or the layer below) for.
+    pub fn with_chunk(reader: R, chunk_bytes: usize) -> Self {
+        let chunk_bytes = chunk_bytes.max(1);
+        Self {
+            state: ReadState::Idle(reader, Vec::with_capacity(chunk_bytes)),
+            buffered: Vec::new(),
+            chunk_bytes,
+        }
+    }
+
+    /// Bytes read and not yet consumed.
+    pub fn buffered(&mut self) -> &mut Vec<u8> {
+        &mut self.buffered
+    }
+
+    /// Reads at least one more byte onto [`ReadHalf::buffered`]; 0 means the peer closed.
+    /// Cancel-safe (see the type's documentation).
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if let ReadState::Idle(..) = self.state {
+            let ReadState::Idle(mut reader, mut chunk) =
+                std::mem::replace(&mut self.state, ReadState::Gone)
+            else {
+                return Err(gone());
+            };
+            chunk.clear();
+            let spare = self.chunk_bytes;
+            self.state = ReadState::Reading(Box::pin(async move {
+                let (result, chunk) = reader.read_append(chunk, spare).await;
+                (reader, chunk, result)
+            }));
+        }
+        let done = poll_fn(|cx| match &mut self.state {
+            ReadState::Reading(pending) => pending.as_mut().poll(cx).map(Some),
+            _ => Poll::Ready(None),
+        })
+        .await;
+        let Some((reader, mut chunk, result)) = done else {
+            return Err(gone());
+        };
+        if matches!(result, Ok(n) if n > 0) {
+            if self.buffered.is_empty() {
+                std::mem::swap(&mut self.buffered, &mut chunk);
+            } else {
+                self.buffered.extend_from_slice(&chunk);
+            }
+        }
+        chunk.clear();
+        self.state = ReadState::Idle(reader, chunk);
+        result
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::other("read half lost its reader")
+}
+
+/// A `ReadHalf` is itself a reader, so layers can stack on a cancel-safe one.
+impl<R: ReadBytes> ReadBytes for ReadHalf<R> {
+    async fn read_append(
+        &mut self,
+        mut buf: Vec<u8>,
+        _min_spare: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        if self.buffered.is_empty() {
+            if let Err(e) = self.fill().await {
+                return (Err(e), buf);
+            }
+        }
+        let n = self.buffered.len();
+        buf.append(&mut self.buffered);
+        (Ok(n), buf)
+    }
+}
+
+/// A write half shared by the tasks that may write on one connection; [`SharedWriter::lock`]
+/// hands it to one of them at a time, so whole writes never interleave. It is a single-core
+/// async lock: waiting yields to the executor, never blocks the thread.
+pub struct SharedWriter<W> {
+    slot: Cell<Option<W>>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl<W> SharedWriter<W> {
+    pub fn new(writer: W) -> Self {
+        Self {
+            slot: Cell::new(Some(writer)),
+            waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Waits until no other holder writes, then hands out the writer until the guard drops
+    /// (also when the holding future is cancelled).
+    pub async fn lock(&self) -> WriteGuard<'_, W> {
+        let writer = poll_fn(|cx| match self.slot.take() {
+            Some(w) => Poll::Ready(w),
+            None => {
+                let mut waiters = self.waiters.borrow_mut();
+                // Bounded by the holders that exist: one entry per distinct waiting task.
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await;
+        WriteGuard {
+            lock: self,
+            writer: Some(writer),
+        }
+    }
+}
+
+pub struct WriteGuard<'a, W> {
+    lock: &'a SharedWriter<W>,
+    writer: Option<W>,
+}
+
+impl<W> Deref for WriteGuard<'_, W> {
+    type Target = W;
+    fn deref(&self) -> &W {
+        // Only `Drop` takes it out.
+        self.writer.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl<W> DerefMut for WriteGuard<'_, W> {
+    fn deref_mut(&mut self) -> &mut W {
+        self.writer.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl<W> Drop for WriteGuard<'_, W> {
+    fn drop(&mut self) {
+        self.lock.slot.set(self.writer.take());
+        for waker in self.lock.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{race, Either, Listener};
+    use std::time::Duration;
+
+    /// Runs `body` on the io_uring driver (where a dropped read is a cancelled kernel operation,
+    /// the case that loses bytes without `ReadHalf`) when the kernel allows it, and on epoll.
+    fn on_each_driver<F, Fut>(body: F) -> Vec<Fut::Output>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future,
+    {
+        let mut out = Vec::new();
+        if let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            out.push(rt.block_on(body()));
+        }
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        out.push(rt.block_on(body()));
+        out
+    }
+
+    async fn pair() -> (Stream, Stream) {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        let addr = std.local_addr().unwrap();
+        let listener = Listener::from_std(std).unwrap();
+        let client = Stream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Sends `pieces` from the peer with pauses between them while the reader races every read
+    /// against a short timer (cancelling most reads); returns everything the reader collected.
+    fn check_cancelled_reads(pieces: Vec<Vec<u8>>, chunk_bytes: usize, expected: Vec<u8>) {
+        let results = on_each_driver(|| {
+            let pieces = pieces.clone();
+            async move {
+                let (mut client, server) = pair().await;
+                let (read, _write) = server.into_split();
+                let mut half = ReadHalf::with_chunk(read, chunk_bytes);
+                let sender = monoio::spawn(async move {
+                    for piece in pieces {
+                        crate::sleep(Duration::from_millis(3)).await;
+                        let (r, _) = client.write_all(piece).await;
+                        r.unwrap();
+                    }
+                    client.shutdown_write().await.unwrap();
+                    client
+                });
+                // Bounded: each piece needs at most a few completed reads.
+                for _ in 0..100_000 {
+                    match race(half.fill(), crate::sleep(Duration::from_micros(500))).await {
+                        Either::Left(Ok(0)) => break,
+                        Either::Left(r) => {
+                            r.unwrap();
+                        }
+                        Either::Right(()) => {}
+                    }
+                }
+                drop(sender.await);
+                std::mem::take(half.buffered())
+            }
+        });
+        for got in results {
+            assert!(
+                got == expected,
+                "{} bytes collected, {} sent",
+                got.len(),
+                expected.len()
+            );
+        }
+    }
+
+    #[test]
+    fn cancelled_reads_lose_nothing() {
+        let pieces: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| vec![i; usize::from(i) * 97 + 1])
+            .collect();
+        let all: Vec<u8> = pieces.concat();
+        check_cancelled_reads(pieces.clone(), 16 * 1024, all.clone());
+        check_cancelled_reads(pieces, 7, all);
+        check_cancelled_reads(vec![], 16, vec![]);
+    }
+
+    #[test]
+    fn halves_work_at_once() {
+        // The server echoes through its two halves from two tasks: a reader task forwards what
+        // it reads to the writer task while the client is still sending.
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let results = on_each_driver(|| {
+            let payload = payload.clone();
+            async move {
+                let (mut client, server) = pair().await;
+                let (read, write) = server.into_split();
+                let writer = std::rc::Rc::new(SharedWriter::new(write));
+                let echo_writer = writer.clone();
+                let echo = monoio::spawn(async move {
+                    let mut half = ReadHalf::new(read);
+                    while half.fill().await.unwrap() > 0 {
+                        let bytes = std::mem::take(half.buffered());
+                        let (r, _) = echo_writer.lock().await.write_all(bytes).await;
+                        r.unwrap();
+                    }
+                    echo_writer.lock().await.shutdown_write().await.unwrap();
+                });
+                let (r, _) = client.write_all(payload).await;
+                r.unwrap();
+                client.shutdown_write().await.unwrap();
+                let mut echoed = Vec::new();
+                loop {
+                    let (n, returned) = client.read_append(echoed, 4096).await;
+                    echoed = returned;
+                    if n.unwrap() == 0 {
+                        break;
+                    }
+                }
+                echo.await;
+                echoed
+            }
+        });
+        for echoed in results {
+            assert!(echoed == payload, "echo differs");
+        }
+    }
+
+    #[test]
+    fn shared_writer_serialises_holders() {
+        let results = on_each_driver(|| async {
+            let lock = std::rc::Rc::new(SharedWriter::new(Vec::<u32>::new()));
+            let mut tasks = Vec::new();
+            for id in 0..4u32 {
+                let lock = lock.clone();
+                tasks.push(monoio::spawn(async move {
+                    let mut guard = lock.lock().await;
+                    guard.push(id);
+                    crate::sleep(Duration::from_millis(1)).await;
+                    guard.push(id);
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            let guard = lock.lock().await;
+            guard.clone()
+        });
+        for order in results {
+            // Each holder's two pushes are adjacent: nobody wrote while another held the lock.
+            assert_eq!(order.len(), 8);
+            for pair in order.chunks(2) {
+                assert_eq!(pair[0], pair[1], "{order:?}");
+            }
+        }
+    }
+}
