@@ -402,6 +402,32 @@ fn three_nodes_converge_and_local_data_stays_local() {
         "A has exactly the two local records more"
     );
     assert_eq!(sb, checksum(&c));
+    // cluster_status once idle: every socket confirmed, and `sendingMessage` only while sending.
+    wait_until(
+        "idle sockets with confirmations",
+        Duration::from_secs(10),
+        || {
+            let (_, status) = op(&a, json!({"operation": "cluster_status"}));
+            let sockets: Vec<Value> = status["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| {
+                    c["database_sockets"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter(|s| s["database"] == "data")
+                .collect();
+            sockets.len() == 2
+                && sockets.iter().all(|s| {
+                    s.get("sendingMessage").is_none()
+                        && s["lastCommitConfirmed"].is_string()
+                        && s["lastSendTime"].is_string()
+                })
+        },
+    );
 }
 
 #[test]

@@ -1322,9 +1322,17 @@ impl Sender {
                     user: tx.user,
                     entries,
                 };
-                self.out.send("TXN", message::txn_body(&database, &txn))?;
-                sent.insert(tx.origin, tx.seq);
+                let sending = txn.time;
+                self.repl.with_status(&self.peer, |s| {
+                    s.sockets.entry(database.clone()).or_default().sending = sending;
+                });
+                let result = self.out.send("TXN", message::txn_body(&database, &txn));
                 let t = now();
+                self.repl.with_status(&self.peer, |s| {
+                    s.sockets.entry(database.clone()).or_default().sending = 0.0;
+                });
+                result?;
+                sent.insert(tx.origin, tx.seq);
                 self.repl.with_status(&self.peer, |s| {
                     s.sockets.entry(database.clone()).or_default().last_send = t;
                 });

@@ -316,6 +316,8 @@ pub struct SocketStatus {
     pub last_received_remote: f64,
     pub last_received_local: f64,
     pub last_send: f64,
+    /// Origin time of the transaction being written to the peer; 0 when not sending.
+    pub sending: f64,
     pub nodes: Vec<String>,
 }
 
@@ -1239,7 +1241,7 @@ impl Replication {
                     p.sockets
                         .iter()
                         .map(|(db, s)| {
-                            message::object(vec![
+                            let mut fields = vec![
                                 ("database", Value::String(db.clone())),
                                 (
                                     "connected",
@@ -1260,7 +1262,12 @@ impl Replication {
                                 ("lastReceivedRemoteTime", http_date(s.last_received_remote)),
                                 ("lastReceivedLocalTime", http_date(s.last_received_local)),
                                 ("lastSendTime", http_date(s.last_send)),
-                            ])
+                            ];
+                            // Only while a transaction is being written (SPEC §7.9).
+                            if s.sending > 0.0 {
+                                fields.push(("sendingMessage", http_date(s.sending)));
+                            }
+                            message::object(fields)
                         })
                         .collect()
                 })
