@@ -1363,5 +1363,34 @@ mod tests {
         let t = Target::parse(&o, 1).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("h", 7));
         assert_eq!(t.start_time, Some(1_704_067_200_000.0));
+        assert_eq!(
+            (t.tls, t.verify_tls, t.authorization.as_deref()),
+            (None, true, None)
+        );
+        assert_eq!(t.url(), "h:7");
+        assert_eq!(t.resolved_url(true), "wss://h:7");
+        let credentials = message::object(vec![
+            ("username", Value::String("u".into())),
+            ("password", Value::String("p".into())),
+        ]);
+        let o = message::object(vec![
+            ("hostname", Value::String("wss://h".into())),
+            ("verify_tls", Value::Bool(false)),
+            ("authorization", credentials),
+            ("retain_authorization", Value::Bool(true)),
+        ]);
+        let t = Target::parse(&o, 9).unwrap();
+        assert_eq!(
+            (
+                t.tls,
+                t.verify_tls,
+                t.authorization.as_deref(),
+                t.retain_authorization
+            ),
+            (Some(true), false, Some("Basic dTpw"), true)
+        );
+        assert_eq!(t.url(), "wss://h:9");
+        let plain = Target::parse(&Value::String("ws://h:3".into()), 9).unwrap();
+        assert_eq!(plain.resolved_url(true), "ws://h:3");
     }
 }
