@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod certs;
+pub mod clone;
 pub mod link;
 pub mod message;
 pub mod transport;
@@ -376,9 +377,12 @@ pub fn start(
 ) -> Result<Option<Arc<Replication>>, String> {
     let settings = Settings::from_tree(tree, config)?;
     let (stored, removed) = stored_nodes(&store, settings.port_default);
-    if !settings.configured && stored.is_empty() {
+    let leader = clone::Leader::from_env();
+    if !settings.configured && stored.is_empty() && leader.is_none() {
         return Ok(None);
     }
+    // A clone starts once: later starts find the leader in `hdb_nodes`.
+    let first_start = stored.is_empty() && removed.is_empty() && settings.routes.is_empty();
     let bind = |addr: Option<SocketAddr>, what: &str| match addr {
         Some(addr) => TcpListener::bind(addr)
             .map(Some)
@@ -429,6 +433,13 @@ pub fn start(
             .name(format!("repl-listen-{scheme}"))
             .spawn(move || r.accept_loop(listener, kind))
             .map_err(|e| e.to_string())?;
+    }
+    if let Some(leader) = leader {
+        match leader {
+            Ok(leader) if first_start && clone::first_start(&repl) => clone::start(&repl, leader),
+            Ok(_) => tracing::info!("replication: HDB_LEADER_URL ignored: not a first start"),
+            Err(e) => tracing::error!("replication: {e}"),
+        }
     }
     for target in repl.settings.routes.clone() {
         repl.add_target(target.host.clone(), target, true);
