@@ -132,7 +132,8 @@ fn start(
     start_with(app, name, ip, port, routes, root, Link::Tls, &[])
 }
 
-/// How links run: TLS on the secure port (mutual certificates), or the plain port.
+/// How links run: TLS on the secure port (mutual certificates), or the plain port. (`extra`
+/// entries named `env:NAME` set environment variables instead of arguments.)
 #[derive(Clone, Copy, PartialEq)]
 enum Link {
     Tls,
@@ -169,7 +170,11 @@ fn start_with(
         )
         .arg("--LOGGING_LEVEL", "info");
     for (k, v) in extra {
-        b = b.arg(k, v);
+        b = if let Some(env) = k.strip_prefix("env:") {
+            b.env(env, v)
+        } else {
+            b.arg(k, v)
+        };
     }
     Node {
         name: name.into(),
@@ -402,6 +407,32 @@ fn three_nodes_converge_and_local_data_stays_local() {
         "A has exactly the two local records more"
     );
     assert_eq!(sb, checksum(&c));
+    // cluster_status once idle: every socket confirmed, and `sendingMessage` only while sending.
+    wait_until(
+        "idle sockets with confirmations",
+        Duration::from_secs(10),
+        || {
+            let (_, status) = op(&a, json!({"operation": "cluster_status"}));
+            let sockets: Vec<Value> = status["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| {
+                    c["database_sockets"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter(|s| s["database"] == "data")
+                .collect();
+            sockets.len() == 2
+                && sockets.iter().all(|s| {
+                    s.get("sendingMessage").is_none()
+                        && s["lastCommitConfirmed"].is_string()
+                        && s["lastSendTime"].is_string()
+                })
+        },
+    );
 }
 
 #[test]
@@ -1175,4 +1206,122 @@ fn a_two_table_transaction_is_never_half_visible_on_a_peer() {
         }
         writer.join().expect("writer");
     });
+}
+
+/// Names in `system.hdb_certificate` on `node`.
+/// A node whose certificates it makes itself at first start (its own CA, shared with nobody).
+fn start_self_signed(
+    app: &tempfile::TempDir,
+    name: &str,
+    ip: &str,
+    port: u16,
+    extra: &[(&str, String)],
+) -> Node {
+    let root = Some(tempfile::tempdir().expect("root"));
+    start_with(app, name, ip, port, &[], root, Link::Tls, extra)
+}
+
+fn certificate_names(node: &Node) -> Vec<String> {
+    let (status, rows) = op(
+        node,
+        json!({"operation": "search_by_value", "database": "system", "table": "hdb_certificate",
+               "search_attribute": "name", "search_value": "*", "get_attributes": ["name"]}),
+    );
+    assert_eq!(status, 200, "{rows}");
+    rows.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// SPEC §7.8 (P1): nodes with their own generated CAs and nothing shared. B dials A with a
+/// super user's credentials and `verify_tls: false`, asks for a certificate, and both end up
+/// trusting each other's CA: restarted with a bare route (verification on, no credentials), B
+/// links over mTLS. A third node that never exchanged is not let in.
+#[test]
+fn certificate_exchange_turns_credentials_into_mtls() {
+    let app = app();
+    let port = free_port();
+    let a = start_self_signed(&app, "node-a", "127.0.0.1", port, &[]);
+    let route = json!([{"hostname": "127.0.0.1", "port": port, "verify_tls": false,
+        "authorization": {"username": common::ADMIN_USER, "password": common::ADMIN_PASSWORD}}]);
+    let routes = [("--REPLICATION_ROUTES", route.to_string())];
+    let mut b = start_self_signed(&app, "node-b", "127.0.0.2", port, &routes);
+    wait_mesh(&[&a, &b]);
+    wait_until(
+        "each trusts the other's CA",
+        Duration::from_secs(10),
+        || {
+            let on_b = certificate_names(&b);
+            certificate_names(&a).contains(&"node-b CA".to_string())
+                && on_b.contains(&"node-a CA".to_string())
+                && on_b.contains(&"node-b signed by node-a".to_string())
+        },
+    );
+    b.server.signal(libc_sigkill());
+    let _ = b.server.wait_exit(Duration::from_secs(5));
+    let root_b = std::mem::replace(&mut b.server.root, tempfile::tempdir().expect("tmp"));
+    drop(b);
+    let b = start_with(
+        &app,
+        "node-b",
+        "127.0.0.2",
+        port,
+        &["127.0.0.1"],
+        Some(root_b),
+        Link::Tls,
+        &[],
+    );
+    let to_a = [(
+        "--REPLICATION_ROUTES",
+        json!([format!("127.0.0.1:{port}")]).to_string(),
+    )];
+    let c = start_self_signed(&app, "node-c", "127.0.0.3", port, &to_a);
+    wait_mesh(&[&a, &b]);
+    put(&a, "/Dog/over-mtls", json!({"name": "exchanged"}));
+    wait_until("the write on B", Duration::from_secs(10), || {
+        dog_name(&b, "over-mtls").is_some()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !connected_to(&a, "node-c"),
+        "A let in a node it never exchanged with"
+    );
+    assert_eq!(dog_name(&c, "over-mtls"), None);
+}
+
+/// Clone node (SPEC §7.10, the replication part): a node started empty with `HDB_LEADER_URL`
+/// and the leader's credentials, and no routes, finds the leader's replication port, links to it
+/// (exchanging certificates: the two CAs differ), copies its data, then follows it live.
+#[test]
+fn a_node_started_with_a_leader_url_clones_it() {
+    let app = app();
+    let port = free_port();
+    let a = start_self_signed(&app, "node-a", "127.0.0.1", port, &[]);
+    for i in 0..50 {
+        put(
+            &a,
+            &format!("/Dog/old{i}"),
+            json!({"name": format!("o{i}")}),
+        );
+    }
+    let leader = [
+        ("env:HDB_LEADER_URL", format!("http://{}", a.server.ops)),
+        ("env:HDB_LEADER_USERNAME", common::ADMIN_USER.to_string()),
+        (
+            "env:HDB_LEADER_PASSWORD",
+            common::ADMIN_PASSWORD.to_string(),
+        ),
+    ];
+    let b = start_self_signed(&app, "node-b", "127.0.0.2", port, &leader);
+    wait_until("B has A's data", Duration::from_secs(30), || {
+        checksum(&b) == checksum(&a)
+    });
+    put(&a, "/Dog/live", json!({"name": "after the copy"}));
+    wait_until("live data on B", Duration::from_secs(10), || {
+        dog_name(&b, "live").is_some()
+    });
+    assert!(certificate_names(&b).contains(&"node-a CA".to_string()));
 }

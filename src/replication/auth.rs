@@ -97,8 +97,16 @@ fn role_permissions(store: &Store, role: &str) -> Result<Permissions, Refusal> {
         .unwrap_or_default())
 }
 
-/// Checks an upgrade's `Authorization: Basic …`; returns the user name it admits.
-pub fn authorize(store: &Store, header: &str) -> Result<String, Refusal> {
+/// Who an upgrade's credentials admit.
+#[derive(Debug, PartialEq)]
+pub struct Admitted {
+    pub username: String,
+    /// Only a super user may have its node certificate signed (SPEC §7.8).
+    pub super_user: bool,
+}
+
+/// Checks an upgrade's `Authorization: Basic …`.
+pub fn authorize(store: &Store, header: &str) -> Result<Admitted, Refusal> {
     if header.len() > AUTHORIZATION_BYTES_MAX {
         return Err(Refusal::Malformed);
     }
@@ -124,7 +132,10 @@ pub fn authorize(store: &Store, header: &str) -> Result<String, Refusal> {
     if !(permissions.super_user || permissions.cluster_user) {
         return Err(Refusal::NotClusterUser(username.to_string()));
     }
-    Ok(username.to_string())
+    Ok(Admitted {
+        username: username.to_string(),
+        super_user: permissions.super_user,
+    })
 }
 
 /// Whether a verified certificate names `node`: its subject CN, or a DNS name it is valid for.
@@ -148,7 +159,7 @@ pub fn certificate_names(certificate: &CertificateDer<'_>, node: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn check(header: &str, expected: Result<&str, Refusal>) {
+    fn check(header: &str, expected: Result<(&str, bool), Refusal>) {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(
             crate::store::StoreOptions::new(dir.path()),
@@ -205,7 +216,10 @@ mod tests {
         };
         let rx = db.submit(request).unwrap();
         assert!(matches!(super::super::block_on(rx), Some(Ok(_))));
-        assert_eq!(authorize(&store, header), expected.map(str::to_string));
+        assert_eq!(
+            authorize(&store, header).map(|a| (a.username, a.super_user)),
+            expected.map(|(u, s)| (u.to_string(), s))
+        );
         store.close();
     }
 
@@ -219,8 +233,8 @@ mod tests {
 
     #[test]
     fn only_active_super_and_cluster_users_with_the_right_password() {
-        check(&basic("admin", "pw"), Ok("admin"));
-        check(&basic("peer", "pw"), Ok("peer"));
+        check(&basic("admin", "pw"), Ok(("admin", true)));
+        check(&basic("peer", "pw"), Ok(("peer", false)));
         check(
             &basic("admin", "nope"),
             Err(Refusal::WrongPassword("admin".into())),

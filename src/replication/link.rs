@@ -37,6 +37,9 @@ const APPLY_PENDING_MAX: usize = 512;
 /// `ACK`s are batched over this long (SPEC: ≤ 50 ms).
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A link that hears nothing (not even a `PONG`) for this long is dead: it closes, and the
+/// dialler reconnects (a peer that vanished without a FIN, a cut that outlasts TCP).
+const SILENCE_MAX: Duration = Duration::from_secs(3 * 30 + 5);
 /// Subscriptions and relays are re-checked this often.
 const MAINTAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// A blocked write fails after this and closes the link.
@@ -91,11 +94,26 @@ impl Out {
     }
 
     fn frame(&self, opcode: ws::Opcode, payload: &[u8]) -> Result<(), LinkError> {
-        let mut frame = Vec::with_capacity(payload.len() + 14);
-        ws::encode_frame(opcode, payload, self.masked, &mut frame);
+        let frame = self.encode(opcode, payload);
         let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         s.write_all(&frame)?;
         Ok(())
+    }
+
+    fn encode(&self, opcode: ws::Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        ws::encode_frame(opcode, payload, self.masked, &mut frame);
+        frame
+    }
+
+    /// `send`, unless another thread is writing (a peer that stopped reading can hold the
+    /// writer for the write timeout): then nothing is sent and false comes back.
+    pub fn try_send(&self, kind: &str, body: Value) -> bool {
+        let Ok(mut s) = self.stream.try_lock() else {
+            return false;
+        };
+        let frame = self.encode(ws::Opcode::Binary, &message::encode(kind, body));
+        s.write_all(&frame).is_ok()
     }
 
     /// A close frame with `code` (1008: policy violation), before the link ends.
@@ -118,7 +136,7 @@ enum Identity {
     /// Dialled by us, or the plain port.
     NotNeeded,
     /// Credentials of a super or cluster user on the upgrade.
-    User(String),
+    User(super::auth::Admitted),
     /// Only a verified certificate: its name must match `HELLO`.
     Certificate(tidepool_io::rustls::pki_types::CertificateDer<'static>),
 }
@@ -137,6 +155,7 @@ pub fn run(
         socket,
         peer_certificate,
     } = conn;
+    let is_tls = peer_certificate.is_some();
     let _ = socket.set_nodelay(true);
     socket.set_read_timeout(Some(HELLO_TIMEOUT))?;
     // A peer that stops reading fails our writes instead of wedging the link.
@@ -262,7 +281,10 @@ pub fn run(
             ));
         }
         Identity::User(user) => {
-            tracing::debug!("replication: link from {peer} authorized as user {user}")
+            tracing::debug!(
+                "replication: link from {peer} authorized as user {}",
+                user.username
+            )
         }
         _ => {}
     }
@@ -330,6 +352,8 @@ pub fn run(
         senders: HashMap::new(),
         limits,
         last_ping: None,
+        may_sign: matches!(&identity, Identity::User(u) if u.super_user),
+        exchange: None,
     };
     // The reader thread hands whole messages over; it ends when the socket does.
     let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
@@ -344,6 +368,12 @@ pub fn run(
             }
         });
     control.send_nodes();
+    if let Some(t) = dialled.filter(|t| is_tls && t.authorization.is_some()) {
+        // Certificate exchange (SPEC §7.8): we got in with credentials; ask for a certificate
+        // and trust, so later links are plain mTLS.
+        control.exchange = Some(t.address());
+        control.send_csr();
+    }
     let result = control.run(&rx);
     stop.store(true, Ordering::Release);
     for (_, s) in control.senders.drain() {
@@ -397,6 +427,10 @@ struct Pending {
 }
 
 struct Control {
+    /// The peer got in as a super user: it may have its certificate signed.
+    may_sign: bool,
+    /// The address we dialled with credentials and sent `CSR` to, awaiting `CSR_SIGNED`.
+    exchange: Option<String>,
     repl: Arc<Replication>,
     out: Arc<Out>,
     peer: String,
@@ -416,11 +450,21 @@ impl Control {
         let mut next_ack = Instant::now() + ACK_INTERVAL;
         let mut next_maintain = Instant::now();
         let mut next_ping = Instant::now();
+        let mut heard = Instant::now();
         loop {
             if self.stop.load(Ordering::Acquire) || self.repl.stopping() {
                 return Err(LinkError::Closed("stopped".into()));
             }
-            match rx.recv_timeout(Duration::from_millis(10)) {
+            let received = rx.recv_timeout(Duration::from_millis(10));
+            if received.is_ok() {
+                heard = Instant::now();
+            } else if heard.elapsed() > SILENCE_MAX {
+                return Err(LinkError::Closed(format!(
+                    "nothing heard for {} s",
+                    SILENCE_MAX.as_secs()
+                )));
+            }
+            match received {
                 Ok(Ok(Incoming::Binary(frame))) => match message::decode(&frame, &self.limits) {
                     Ok((kind, body)) => self.handle(&kind, body)?,
                     Err(e) => return Err(LinkError::Protocol(e)),
@@ -551,6 +595,8 @@ impl Control {
                     });
                 }
             }
+            "CSR" => self.sign_csr(&body)?,
+            "CSR_SIGNED" => self.take_signed(&body),
             "PING" => {
                 let t = body.get("t").cloned().unwrap_or(Value::Null);
                 self.out.send("PONG", object(vec![("t", t)]))?;
@@ -799,6 +845,111 @@ impl Control {
             self.out.send("SUBSCRIBE", object(body))?;
         }
         Ok(())
+    }
+
+    fn send_csr(&mut self) {
+        let tls = &self.repl.config.tls;
+        let request = super::certs::signing_request(tls, &self.me)
+            .and_then(|csr| Ok((csr, super::certs::ca_pem(tls)?)));
+        match request {
+            Ok((csr, ca)) => {
+                let _ = self.out.send(
+                    "CSR",
+                    object(vec![
+                        ("csr", Value::String(csr)),
+                        ("ca", Value::String(ca)),
+                        ("node", Value::String(self.me.clone())),
+                        ("url", Value::String(self.repl.settings.url.clone())),
+                    ]),
+                );
+            }
+            Err(e) => {
+                tracing::warn!("replication: no certificate request for {}: {e}", self.peer);
+                self.exchange = None;
+            }
+        }
+    }
+
+    /// `CSR` from a peer that came in as a super user: sign its certificate with our CA, trust
+    /// its CA, remember the node, and answer with the certificate and our CA.
+    fn sign_csr(&mut self, body: &Value) -> Result<(), LinkError> {
+        if !self.may_sign {
+            tracing::warn!(
+                "replication: {} asked for a certificate without super user credentials",
+                self.peer
+            );
+            return Ok(());
+        }
+        let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("");
+        let tls = &self.repl.config.tls;
+        let signed = super::certs::parse_pem(text("ca"))
+            .and_then(|_| super::certs::sign(tls, text("csr")))
+            .and_then(|certificate| Ok((certificate, super::certs::ca_pem(tls)?)));
+        let (certificate, ours) = match signed {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(
+                    "replication: cannot sign a certificate for {}: {e}",
+                    self.peer
+                );
+                return Ok(());
+            }
+        };
+        let store = &self.repl.store;
+        if let Err(e) = super::certs::store(store, &format!("{} CA", self.peer), text("ca"), true)
+            .and_then(|()| self.repl.reload_tls())
+        {
+            tracing::warn!("replication: cannot trust the CA of {}: {e}", self.peer);
+            return Ok(());
+        }
+        tracing::info!(
+            "replication: signed a certificate for {} and trust its CA",
+            self.peer
+        );
+        self.out.send(
+            "CSR_SIGNED",
+            object(vec![
+                ("certificate", Value::String(certificate)),
+                ("ca", Value::String(ours)),
+            ]),
+        )?;
+        if !text("url").is_empty() {
+            self.repl.store_node(&self.peer, text("url"));
+        }
+        Ok(())
+    }
+
+    /// `CSR_SIGNED`: keep our signed certificate, trust the peer's CA, and dial it from now on
+    /// verifying it, without the credentials (unless retained).
+    fn take_signed(&mut self, body: &Value) {
+        let Some(address) = self.exchange.take() else {
+            return;
+        };
+        let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("");
+        let store = &self.repl.store;
+        let stored = super::certs::parse_pem(text("ca"))
+            .and_then(|_| super::certs::parse_pem(text("certificate")))
+            .and_then(|_| {
+                super::certs::store(store, &format!("{} CA", self.peer), text("ca"), true)
+            })
+            .and_then(|()| {
+                let name = format!("{} signed by {}", self.me, self.peer);
+                super::certs::store(store, &name, text("certificate"), false)
+            })
+            .and_then(|()| self.repl.reload_tls());
+        match stored {
+            Ok(()) => {
+                tracing::info!(
+                    "replication: certificate exchange with {} done; later links use mTLS",
+                    self.peer
+                );
+                self.repl.exchange_done(&address);
+            }
+            Err(e) => tracing::warn!(
+                "replication: certificate exchange with {} failed: {e}",
+                self.peer
+            ),
+        }
     }
 
     fn send_nodes(&self) {
@@ -1171,9 +1322,17 @@ impl Sender {
                     user: tx.user,
                     entries,
                 };
-                self.out.send("TXN", message::txn_body(&database, &txn))?;
-                sent.insert(tx.origin, tx.seq);
+                let sending = txn.time;
+                self.repl.with_status(&self.peer, |s| {
+                    s.sockets.entry(database.clone()).or_default().sending = sending;
+                });
+                let result = self.out.send("TXN", message::txn_body(&database, &txn));
                 let t = now();
+                self.repl.with_status(&self.peer, |s| {
+                    s.sockets.entry(database.clone()).or_default().sending = 0.0;
+                });
+                result?;
+                sent.insert(tx.origin, tx.seq);
                 self.repl.with_status(&self.peer, |s| {
                     s.sockets.entry(database.clone()).or_default().last_send = t;
                 });

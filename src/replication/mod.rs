@@ -16,6 +16,8 @@
 //! expiry removal or system tables other than `hdb_user`/`hdb_role`.
 
 pub mod auth;
+pub mod certs;
+pub mod clone;
 pub mod link;
 pub mod message;
 pub mod transport;
@@ -25,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -72,8 +74,10 @@ pub struct Target {
     pub tls: Option<bool>,
     /// `verify_tls: false` accepts any certificate from the peer (SPEC §7.3).
     pub verify_tls: bool,
-    /// Sent as `Authorization` on the upgrade (`Basic …`), for peers that do not trust our CA.
+    /// Sent as `Authorization` on the upgrade (`Basic …`), for peers that do not trust our CA;
+    /// dropped after a certificate exchange unless `retain_authorization`.
     pub authorization: Option<String>,
+    pub retain_authorization: bool,
 }
 
 impl Target {
@@ -88,6 +92,23 @@ impl Target {
             Some(true) => format!("wss://{}:{}", self.host, self.port),
             Some(false) => format!("ws://{}:{}", self.host, self.port),
             None => self.address(),
+        }
+    }
+
+    /// `verify_tls`, `authorization` and `retain_authorization` of an `add_node` body or a
+    /// route object.
+    pub fn apply_options(&mut self, o: &Object) {
+        if let Some(Value::Bool(verify)) = o.get("verify_tls").or_else(|| o.get("verifyTls")) {
+            self.verify_tls = *verify;
+        }
+        if let Some(authorization) = authorization_of(o.get("authorization")) {
+            self.authorization = Some(authorization);
+        }
+        if let Some(Value::Bool(retain)) = o
+            .get("retain_authorization")
+            .or_else(|| o.get("retainAuthorization"))
+        {
+            self.retain_authorization = *retain;
         }
     }
 
@@ -120,12 +141,7 @@ impl Target {
                     .or_else(|| o.get("start_time"))
                     .and_then(parse_time);
                 let mut target = Self::parse_str(host, port, start)?;
-                if let Some(Value::Bool(verify)) =
-                    o.get("verify_tls").or_else(|| o.get("verifyTls"))
-                {
-                    target.verify_tls = *verify;
-                }
-                target.authorization = authorization_of(o.get("authorization"));
+                target.apply_options(o);
                 Some(target)
             }
             _ => None,
@@ -158,6 +174,7 @@ impl Target {
             tls,
             verify_tls: true,
             authorization: None,
+            retain_authorization: false,
         })
     }
 }
@@ -300,6 +317,8 @@ pub struct SocketStatus {
     pub last_received_remote: f64,
     pub last_received_local: f64,
     pub last_send: f64,
+    /// Origin time of the transaction being written to the peer; 0 when not sending.
+    pub sending: f64,
     pub nodes: Vec<String>,
 }
 
@@ -332,9 +351,12 @@ pub struct Replication {
     /// Names (and keys) of nodes `remove_node` removed: never dialled, their links refused,
     /// until a new `add_node` (SPEC §7.7).
     removed: Mutex<HashSet<String>>,
-    /// TLS for the secure listener and `wss://` dials; None when it could not be set up
-    /// without a secure port (then `wss://` dials fail and say why).
-    tls: Option<transport::LinkTls>,
+    /// TLS for the secure listener and `wss://` dials, swapped when a certificate exchange adds
+    /// a CA; None when it could not be set up without a secure port (then `wss://` dials fail
+    /// and say why).
+    tls: RwLock<Option<Arc<transport::LinkTls>>>,
+    /// The node's configuration: its `tls` files sign and reload certificates.
+    pub(crate) config: Config,
     stopping: AtomicBool,
     next_link: AtomicU64,
 }
@@ -355,9 +377,12 @@ pub fn start(
 ) -> Result<Option<Arc<Replication>>, String> {
     let settings = Settings::from_tree(tree, config)?;
     let (stored, removed) = stored_nodes(&store, settings.port_default);
-    if !settings.configured && stored.is_empty() {
+    let leader = clone::Leader::from_env();
+    if !settings.configured && stored.is_empty() && leader.is_none() {
         return Ok(None);
     }
+    // A clone starts once: later starts find the leader in `hdb_nodes`.
+    let first_start = stored.is_empty() && removed.is_empty() && settings.routes.is_empty();
     let bind = |addr: Option<SocketAddr>, what: &str| match addr {
         Some(addr) => TcpListener::bind(addr)
             .map(Some)
@@ -366,8 +391,8 @@ pub fn start(
     };
     let listener = bind(settings.listen, "port")?;
     let secure_listener = bind(settings.secure_listen, "securePort")?;
-    let tls = match transport::LinkTls::load(config) {
-        Ok(tls) => Some(tls),
+    let tls = match transport::LinkTls::load(config, &certs::stored_authorities(&store)) {
+        Ok(tls) => Some(Arc::new(tls)),
         Err(e) if secure_listener.is_none() => {
             tracing::warn!("replication: no TLS for wss:// links: {e}");
             None
@@ -382,7 +407,8 @@ pub fn start(
         status: Mutex::new(HashMap::new()),
         snapshot_claims: Mutex::new(HashSet::new()),
         removed: Mutex::new(removed),
-        tls,
+        tls: RwLock::new(tls),
+        config: config.clone(),
         stopping: AtomicBool::new(false),
         next_link: AtomicU64::new(1),
     });
@@ -407,6 +433,13 @@ pub fn start(
             .name(format!("repl-listen-{scheme}"))
             .spawn(move || r.accept_loop(listener, kind))
             .map_err(|e| e.to_string())?;
+    }
+    if let Some(leader) = leader {
+        match leader {
+            Ok(leader) if first_start && clone::first_start(&repl) => clone::start(&repl, leader),
+            Ok(_) => tracing::info!("replication: HDB_LEADER_URL ignored: not a first start"),
+            Err(e) => tracing::error!("replication: {e}"),
+        }
     }
     for target in repl.settings.routes.clone() {
         repl.add_target(target.host.clone(), target, true);
@@ -494,6 +527,45 @@ fn jittered(d: Duration) -> Duration {
 }
 
 impl Replication {
+    pub(crate) fn tls(&self) -> Option<Arc<transport::LinkTls>> {
+        match self.tls.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Rebuilds the TLS configurations with the CAs now in `hdb_certificate`; links already
+    /// open keep theirs.
+    pub(crate) fn reload_tls(&self) -> Result<(), String> {
+        let fresh =
+            transport::LinkTls::load(&self.config, &certs::stored_authorities(&self.store))?;
+        match self.tls.write() {
+            Ok(mut t) => *t = Some(Arc::new(fresh)),
+            Err(poisoned) => *poisoned.into_inner() = Some(Arc::new(fresh)),
+        }
+        Ok(())
+    }
+
+    /// After a certificate exchange with the node dialled at `address`: later dials verify it
+    /// and drop the credentials, unless told to keep them.
+    pub(crate) fn exchange_done(&self, address: &str) {
+        self.each_node_at(address, |n| {
+            n.target.verify_tls = true;
+            if !n.target.retain_authorization {
+                n.target.authorization = None;
+            }
+        });
+    }
+
+    fn each_node_at(&self, address: &str, f: impl FnMut(&mut Node)) {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter(|n| n.target.address() == address)
+            .for_each(f);
+    }
+
     pub fn node_name(&self) -> &str {
         &self.settings.node_name
     }
@@ -644,7 +716,8 @@ impl Replication {
         match entry {
             Some(e) => {
                 e.stop.store(true, Ordering::Release);
-                let _ = e.out.send(
+                // Never wait behind a blocked write: closing matters more than the BYE.
+                let _ = e.out.try_send(
                     "BYE",
                     message::object(vec![("reason", Value::String(reason.into()))]),
                 );
@@ -969,15 +1042,7 @@ impl Replication {
 
     /// Records the announced name of the node dialled at `address`.
     pub(crate) fn name_target(&self, address: &str, name: &str) {
-        for n in self
-            .nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter_mut()
-            .filter(|n| n.target.address() == address)
-        {
-            n.name = Some(name.to_string());
-        }
+        self.each_node_at(address, |n| n.name = Some(name.to_string()));
     }
 
     /// Only one link at a time copies a database into an empty node.
@@ -1062,7 +1127,7 @@ impl Replication {
                     let _ = std::thread::Builder::new()
                         .name(format!("repl-in-{peer}"))
                         .spawn(move || {
-                            let conn = match (kind, &r.tls) {
+                            let conn = match (kind, &r.tls()) {
                                 (link::Accepted::Plain, _) => transport::Conn::plain(stream),
                                 (link::Accepted::Secure, Some(tls)) => {
                                     transport::Conn::tls_server(stream, tls.server.clone())
@@ -1103,14 +1168,9 @@ impl Replication {
             return transport::Conn::plain(socket);
         }
         let tls = self
-            .tls
-            .as_ref()
+            .tls()
             .ok_or_else(|| std::io::Error::other("no TLS certificates for wss:// links"))?;
-        let config = if target.verify_tls {
-            tls.client_verified.clone()
-        } else {
-            tls.client_unverified.clone()
-        };
+        let config = tls.client(target.verify_tls, target.authorization.is_none());
         transport::Conn::tls_client(socket, &target.host, config)
     }
 
@@ -1135,17 +1195,19 @@ impl Replication {
         Ok(stream)
     }
 
-    fn dial_loop(self: Arc<Self>, target: Target, stop: Arc<AtomicBool>) {
+    fn dial_loop(self: Arc<Self>, mut target: Target, stop: Arc<AtomicBool>) {
         let mut backoff = BACKOFF_MIN;
         let address = target.address();
         while !stop.load(Ordering::Acquire) && !self.stopping() {
-            let name = self
-                .nodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|n| n.target.address() == address)
-                .and_then(|n| n.name.clone());
+            // The entry may have changed since (a certificate exchange drops credentials).
+            let name = {
+                let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+                let node = nodes.iter().find(|n| n.target.address() == address);
+                if let Some(n) = node {
+                    target = n.target.clone();
+                }
+                node.and_then(|n| n.name.clone())
+            };
             if name.as_deref().is_some_and(|n| self.connected(n)) {
                 // Linked already (perhaps the peer dialled us): check again later.
                 std::thread::sleep(BACKOFF_MIN);
@@ -1190,7 +1252,7 @@ impl Replication {
                     p.sockets
                         .iter()
                         .map(|(db, s)| {
-                            message::object(vec![
+                            let mut fields = vec![
                                 ("database", Value::String(db.clone())),
                                 (
                                     "connected",
@@ -1211,7 +1273,12 @@ impl Replication {
                                 ("lastReceivedRemoteTime", http_date(s.last_received_remote)),
                                 ("lastReceivedLocalTime", http_date(s.last_received_local)),
                                 ("lastSendTime", http_date(s.last_send)),
-                            ])
+                            ];
+                            // Only while a transaction is being written (SPEC §7.9).
+                            if s.sending > 0.0 {
+                                fields.push(("sendingMessage", http_date(s.sending)));
+                            }
+                            message::object(fields)
                         })
                         .collect()
                 })
@@ -1307,5 +1374,34 @@ mod tests {
         let t = Target::parse(&o, 1).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("h", 7));
         assert_eq!(t.start_time, Some(1_704_067_200_000.0));
+        assert_eq!(
+            (t.tls, t.verify_tls, t.authorization.as_deref()),
+            (None, true, None)
+        );
+        assert_eq!(t.url(), "h:7");
+        assert_eq!(t.resolved_url(true), "wss://h:7");
+        let credentials = message::object(vec![
+            ("username", Value::String("u".into())),
+            ("password", Value::String("p".into())),
+        ]);
+        let o = message::object(vec![
+            ("hostname", Value::String("wss://h".into())),
+            ("verify_tls", Value::Bool(false)),
+            ("authorization", credentials),
+            ("retain_authorization", Value::Bool(true)),
+        ]);
+        let t = Target::parse(&o, 9).unwrap();
+        assert_eq!(
+            (
+                t.tls,
+                t.verify_tls,
+                t.authorization.as_deref(),
+                t.retain_authorization
+            ),
+            (Some(true), false, Some("Basic dTpw"), true)
+        );
+        assert_eq!(t.url(), "wss://h:9");
+        let plain = Target::parse(&Value::String("ws://h:3".into()), 9).unwrap();
+        assert_eq!(plain.resolved_url(true), "ws://h:3");
     }
 }

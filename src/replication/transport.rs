@@ -18,12 +18,12 @@ use std::time::Duration;
 use tidepool_io::rustls::{
     self,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{CertificateDer, ServerName, UnixTime},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
     ClientConfig, ClientConnection, Connection, DigitallySignedStruct, ServerConfig,
     ServerConnection, SignatureScheme,
 };
 
-use crate::config::{Config, MtlsConfig};
+use crate::config::Config;
 use crate::server::tls as certs;
 
 /// Ciphertext read from the socket per read call, and plaintext encrypted per lock.
@@ -32,44 +32,85 @@ const CHUNK_BYTES: usize = 16 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS side of replication: one server config for the secure listener, client configs for
-/// dialling (verifying the peer or not).
+/// dialling: verifying the peer or not (`verify_tls`), presenting our certificate or not (a
+/// dial with credentials presents none, since the peer may not trust our CA yet).
 pub struct LinkTls {
     pub server: Arc<ServerConfig>,
     pub client_verified: Arc<ClientConfig>,
     pub client_unverified: Arc<ClientConfig>,
+    pub anonymous_verified: Arc<ClientConfig>,
+    pub anonymous_unverified: Arc<ClientConfig>,
 }
 
 impl LinkTls {
-    /// From the node's `tls` files (generated at first start when missing). Client certificates
-    /// are asked for but not required on the listener: a dialer may authenticate with
-    /// `Authorization` instead (SPEC §7.3 (2)).
-    pub fn load(config: &Config) -> Result<LinkTls, String> {
+    /// The client configuration for a dial.
+    pub fn client(&self, verify: bool, with_certificate: bool) -> Arc<ClientConfig> {
+        match (verify, with_certificate) {
+            (true, true) => self.client_verified.clone(),
+            (false, true) => self.client_unverified.clone(),
+            (true, false) => self.anonymous_verified.clone(),
+            (false, false) => self.anonymous_unverified.clone(),
+        }
+    }
+}
+
+impl LinkTls {
+    /// From the node's `tls` files (generated at first start when missing), trusting
+    /// `tls.certificateAuthority` and the CAs in `extra_authorities` (learned by certificate
+    /// exchange). Client certificates are asked for but not required on the listener: a dialer
+    /// may authenticate with `Authorization` instead (SPEC §7.3 (2)).
+    pub fn load(
+        config: &Config,
+        extra_authorities: &[CertificateDer<'static>],
+    ) -> Result<LinkTls, String> {
         certs::ensure_certificates(config).map_err(|e| e.to_string())?;
-        let slot = certs::CertificateSlot::load(&config.tls).map_err(|e| e.to_string())?;
-        let mtls = MtlsConfig {
-            user: None,
-            required: false,
-            certificate_authority: None,
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = &config.tls;
+        let mut roots = rustls::RootCertStore::empty();
+        let own =
+            certs::load_certificates(&tls.certificate_authority).map_err(|e| e.to_string())?;
+        for ca in own.into_iter().chain(extra_authorities.iter().cloned()) {
+            roots
+                .add(ca)
+                .map_err(|e| format!("a trusted CA is not usable: {e}"))?;
+        }
+        let roots = Arc::new(roots);
+        let slot = certs::CertificateSlot::load(tls).map_err(|e| e.to_string())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client certificate verifier: {e}"))?;
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(slot);
+        let chain = certs::load_certificates(&tls.certificate).map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_file(&tls.private_key)
+            .map_err(|e| format!("{}: {e}", tls.private_key.display()))?;
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let anonymous = builder.clone().with_no_client_auth();
+        let verified = builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("{}: {e}", tls.certificate.display()))?;
+        let unverified = |config: &ClientConfig| {
+            let mut c = config.clone();
+            c.dangerous()
+                .set_certificate_verifier(Arc::new(AnyServer(provider.clone())));
+            Arc::new(c)
         };
-        let server =
-            certs::server_config(slot, &config.tls, Some(&mtls), &[]).map_err(|e| e.to_string())?;
-        let identity = (
-            config.tls.certificate.as_path(),
-            config.tls.private_key.as_path(),
-        );
-        let client_verified =
-            certs::client_config(&config.tls.certificate_authority, Some(identity), &[])
-                .map_err(|e| e.to_string())?;
-        let mut unverified = (*client_verified).clone();
-        unverified
-            .dangerous()
-            .set_certificate_verifier(Arc::new(AnyServer(
-                client_verified.crypto_provider().clone(),
-            )));
         Ok(LinkTls {
-            server,
-            client_verified,
-            client_unverified: Arc::new(unverified),
+            server: Arc::new(server),
+            client_unverified: unverified(&verified),
+            anonymous_unverified: unverified(&anonymous),
+            client_verified: Arc::new(verified),
+            anonymous_verified: Arc::new(anonymous),
         })
     }
 }
@@ -337,7 +378,7 @@ mod tests {
         let tree = crate::config::ConfigTree::defaults();
         let mut config = Config::from_tree(&tree, dir.path(), 1).unwrap();
         config.node_name = "node-t".into();
-        let tls = LinkTls::load(&config).unwrap();
+        let tls = LinkTls::load(&config, &[]).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tls.server.clone();
@@ -354,11 +395,7 @@ mod tests {
             conn.writer.write_all(&got).unwrap();
             conn.peer_certificate.is_some()
         });
-        let client = if verify {
-            tls.client_verified.clone()
-        } else {
-            tls.client_unverified.clone()
-        };
+        let client = tls.client(verify, true);
         let s = TcpStream::connect(addr).unwrap();
         let mut conn = Conn::tls_client(s, "127.0.0.1", client).unwrap();
         let mut sent = message.to_vec();
