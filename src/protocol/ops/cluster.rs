@@ -48,6 +48,8 @@ fn target_of(repl: &replication::Replication, f: &Object) -> Result<(String, Tar
         (v, _) => Target::parse(v, repl.settings.port_default),
     }
     .ok_or_else(|| OpError::bad("'hostname' or 'url' is not a valid node address"))?;
+    // `verify_tls`, `authorization` and `retain_authorization` as on a configured route.
+    target.apply_options(f);
     if let Some(t) = f.get("start_time") {
         target.start_time = Some(
             replication::parse_time(t)
