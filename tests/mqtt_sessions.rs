@@ -853,14 +853,23 @@ fn events_as_log_lines_and_metrics() {
     assert_eq!(count("connected"), 1);
     assert_eq!(count("auth-failed"), 1);
     assert_eq!(count("disconnected"), 1);
-    let log = std::fs::read_to_string(m.server.root.path().join("log").join("hdb.log"))
-        .expect("log file");
-    for event in ["connection", "connected", "auth-failed", "disconnected"] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: "))),
-            "no {event} line in:\n{log}"
-        );
+    // The logging thread writes behind: read the file until every line is there (bounded).
+    let has = |log: &str, event: &str| {
+        log.lines()
+            .any(|l| l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: ")))
+    };
+    let events = ["connection", "connected", "auth-failed", "disconnected"];
+    let path = m.server.root.path().join("log").join("hdb.log");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&path).unwrap_or_default();
+        if events.iter().all(|e| has(&log, e)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for event in events {
+        assert!(has(&log, event), "no {event} line in:\n{log}");
     }
 }
 

@@ -745,7 +745,14 @@ impl Sessions {
                     }
                     readable = readable.or_else(|| sub.readable.clone());
                 }
-                let Some(qos) = qos else { continue };
+                let Some(mut qos) = qos else { continue };
+                // SPEC §6.3: messages (and general topics, as in any broker) go out at most at
+                // the QoS they were published with; record changes at the granted QoS.
+                if let Some(n) = &note {
+                    if change.kind == ChangeKind::Message || export.is_empty() {
+                        qos = qos.min(n.qos);
+                    }
+                }
                 let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
                     db: commit.database.clone(),
                     key: EventKey {
@@ -1592,14 +1599,18 @@ impl Session<'_> {
     /// `notes.rs`) when anyone could use it: v5 properties to pass on, a No Local subscription of
     /// this session, or a retained publish while Retain As Published subscriptions exist.
     fn leave_note(&self, p: &Publish, database: &str, table: &str, op: &WriteOp) -> bool {
-        let note = Note::new(&self.client_id, p.retain, &p.properties);
+        let note = Note::new(&self.client_id, p.retain, p.qos, &p.properties);
         let no_local = self
             .conn
             .subs
             .borrow()
             .iter()
-            .any(|s| s.options & 0x04 != 0);
+            .any(|s| s.options & NO_LOCAL != 0);
+        // Below QoS 2 the delivered QoS of a message is capped by the publish's.
+        let capped =
+            p.qos < 2 && (matches!(op, WriteOp::Message { .. }) || table == general::TABLE);
         let wanted = !note.properties.is_empty()
+            || capped
             || no_local
             || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
         if !wanted {
@@ -1766,7 +1777,7 @@ impl Session<'_> {
             });
             WriteOp::Put {
                 table,
-                record: general::record(&p.topic, &p.payload, p.properties.content_type()),
+                record: general::record(&p.topic, &p.payload, p.qos, p.properties.content_type()),
                 key: Some(key),
                 mode: crate::store::PutMode::Replace,
                 expires_in_s: expiry_s,
@@ -1872,19 +1883,20 @@ impl Session<'_> {
         } else {
             self.readable(&table.def)
         };
+        // (content type, the QoS the record may go out at most with)
         let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
             None if general => value::deserialize(archived)
                 .map(|v| {
                     *body = general::payload(ChangeKind::Put, Some(&v)).unwrap_or_default();
-                    payload::OCTET_STREAM
+                    (payload::OCTET_STREAM, qos.min(general::qos(&v)))
                 })
                 .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
-            None => Ok(payload::encode(Some(archived), body)),
+            None => Ok((payload::encode(Some(archived), body), qos)),
             Some(r) => value::deserialize(archived)
-                .map(|v| encode_trimmed(&v, r, body))
+                .map(|v| (encode_trimmed(&v, r, body), qos))
                 .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
         };
-        let mut found: Vec<(String, f64, Vec<u8>, &'static str)> = Vec::new();
+        let mut found: Vec<(String, f64, Vec<u8>, (&'static str, u8))> = Vec::new();
         let read = (|| -> Result<(), crate::store::StoreError> {
             let txn = db.read()?;
             let now = crate::store::now_ms();
@@ -1931,7 +1943,7 @@ impl Session<'_> {
                 sub.sent = found.iter().map(|(id, v, _, _)| (id.clone(), *v)).collect();
             }
         }
-        for (id, _, body, content_type) in found {
+        for (id, _, body, (content_type, qos)) in found {
             if !self.conn.publish(Outbound {
                 topic: topic_name(export, Some(&id)),
                 qos,

@@ -17,14 +17,23 @@ use crate::value::{Object, Value};
 pub const TABLE: &str = "hdb_mqtt_retained";
 
 /// The record a retained publish to `topic` stores.
-pub fn record(topic: &str, payload: &[u8], content_type: Option<&str>) -> Value {
+pub fn record(topic: &str, payload: &[u8], qos: u8, content_type: Option<&str>) -> Value {
     let mut o = Object::new();
     o.insert("topic", Value::String(topic.to_string()));
+    o.insert("qos", Value::Int(i64::from(qos)));
     o.insert("payload", Value::Bytes(payload.to_vec()));
     if let Some(t) = content_type {
         o.insert("contentType", Value::String(t.to_string()));
     }
     Value::Object(o)
+}
+
+/// The QoS a retained general message was published with (a subscriber gets at most that).
+pub fn qos(record: &Value) -> u8 {
+    match record.get("qos") {
+        Some(Value::Int(q)) => (*q).clamp(0, 2) as u8,
+        _ => 2,
+    }
 }
 
 /// The bytes a subscriber gets for a change of [`TABLE`]; none for a delete (MQTT has nothing to
@@ -59,7 +68,7 @@ mod tests {
     fn payloads_are_the_bytes_published() {
         check(
             ChangeKind::Put,
-            Some(record("a/b", b"\x00hi", None)),
+            Some(record("a/b", b"\x00hi", 1, None)),
             Some(b"\x00hi"),
         );
         check(
