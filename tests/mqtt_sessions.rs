@@ -950,3 +950,33 @@ fn general_topics_off_by_default() {
     s.send(&publish(5, 1, "a/b", 2, b"x"));
     assert_eq!(s.packet(), Some(vec![0x40, 3, 0, 2, 0x90]));
 }
+
+/// Server-assigned topic aliases: with the client's Topic Alias Maximum 1, the first PUBLISH on
+/// a topic carries it with alias 1, the next one only the alias (empty topic).
+#[test]
+fn v5_server_assigned_topic_alias() {
+    let m = start_in(app_dir(), None);
+    let (mut s, _) = Raw::on_core(&m, None);
+    // Property 0x22 Topic Alias Maximum = 1.
+    s.send(&connect(5, "alias", true, &[0x22, 0, 1]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "Dog/#", 0));
+    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+    let (mut p, _) = Raw::on_core(&m, None);
+    p.send(&connect(5, "alias-pub", true, &[]));
+    assert_eq!(p.packet().map(|p| p[3]), Some(0));
+    for i in 0..2u16 {
+        p.send(&publish(5, 1, "Dog/q", i + 1, b"{}"));
+        assert_eq!(p.packet().map(|x| x[0]), Some(0x40));
+    }
+    let first = s.packet().expect("first");
+    let second = s.packet().expect("second");
+    // Fixed header is two bytes here; then the topic's length and text.
+    assert_eq!(&first[2..9], b"\x00\x05Dog/q", "{first:02x?}");
+    assert!(first.windows(3).any(|w| w == [0x23, 0, 1]), "{first:02x?}");
+    assert_eq!(&second[2..4], &[0, 0], "empty topic: {second:02x?}");
+    assert!(
+        second.windows(3).any(|w| w == [0x23, 0, 1]),
+        "{second:02x?}"
+    );
+}

@@ -434,6 +434,9 @@ struct Conn {
     floor: RefCell<HashMap<Arc<str>, f64>>,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
     out_packet_bytes_max: usize,
+    /// The client's Topic Alias Maximum (v5): aliases we may assign, and those assigned.
+    aliases_out_max: u16,
+    aliases_out: RefCell<HashMap<String, u16>>,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
     overflowed: Cell<bool>,
     kick: Arc<Kick>,
@@ -537,11 +540,30 @@ impl Conn {
             }
             properties.0.extend(o.properties.0);
         }
+        // Server-assigned topic aliases (MQTT 5 §3.3.2.3.4), up to the client's maximum: the
+        // first PUBLISH on a topic sets its alias, later ones send the alias alone.
+        let mut topic = o.topic;
+        let mut new_alias = None;
+        if self.level == Level::V5 && self.aliases_out_max > 0 {
+            let aliases = self.aliases_out.borrow();
+            match aliases.get(&topic) {
+                Some(alias) => {
+                    properties.push(Property::TopicAlias(*alias));
+                    topic = String::new();
+                }
+                None if aliases.len() < usize::from(self.aliases_out_max) => {
+                    let alias = aliases.len() as u16 + 1;
+                    properties.push(Property::TopicAlias(alias));
+                    new_alias = Some((topic.clone(), alias));
+                }
+                None => {}
+            }
+        }
         let packet = Packet::Publish(Publish {
             dup,
             qos: o.qos,
             retain: o.retain,
-            topic: o.topic,
+            topic,
             packet_id,
             properties,
             payload: o.body,
@@ -550,6 +572,9 @@ impl Conn {
         codec::encode(&packet, self.level, &mut encoded);
         if encoded.len() > self.out_packet_bytes_max {
             return false;
+        }
+        if let Some((topic, alias)) = new_alias {
+            self.aliases_out.borrow_mut().insert(topic, alias);
         }
         self.out.borrow_mut().extend_from_slice(&encoded);
         self.wake_writer();
@@ -1067,6 +1092,15 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         tracker: RefCell::new((expiry_s > 0).then(Tracker::default)),
         floor: RefCell::new(HashMap::new()),
         out_packet_bytes_max,
+        aliases_out_max: connect
+            .properties
+            .iter()
+            .find_map(|p| match p {
+                Property::TopicAliasMaximum(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0),
+        aliases_out: RefCell::new(HashMap::new()),
         overflowed: Cell::new(false),
         kick: kick.clone(),
     });
