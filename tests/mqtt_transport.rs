@@ -19,7 +19,6 @@ struct Broker {
     /// `mqtt.network.securePort`.
     mqtts: SocketAddr,
     /// `http.securePort`, when asked for.
-    #[allow(dead_code)] // used by the WebSocket tests below
     https: Option<SocketAddr>,
 }
 
@@ -143,9 +142,10 @@ import paho.mqtt.client as mqtt
 host, port, version, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 transport = sys.argv[5] if len(sys.argv) > 5 else "tcp"
 path = sys.argv[6] if len(sys.argv) > 6 else "/mqtt"
+tag = sys.argv[7] if len(sys.argv) > 7 else ""
 proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
 def client(name, sink):
-    cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name + transport + version,
+    cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name + transport + version + tag,
                      protocol=proto, transport=transport)
     if transport == "websockets":
         cl.ws_set_options(path=path)
@@ -162,7 +162,7 @@ c.loop_start()
 deadline = time.time() + 5
 while not connected and time.time() < deadline:
     time.sleep(0.02)
-topic = "Dog/paho-" + transport + version
+topic = "Dog/paho-" + transport + version + tag
 c.subscribe(topic, 1)
 time.sleep(0.4)
 c.publish(topic, json.dumps({"name": "first"}), qos=1, retain=True).wait_for_publish(5)
@@ -189,11 +189,12 @@ fn have_paho() -> bool {
 
 /// Runs [`PAHO_TLS`] and checks what a subscriber saw: the live record change (not retained),
 /// then the message; a late subscriber sees the record with RETAIN set.
-fn check_paho(addr: SocketAddr, version: &str, ca: &str, transport: &str, path: &str) {
-    let topic = format!("Dog/paho-{transport}{version}");
+/// `tag` keeps the topics of several runs against one server apart.
+fn check_paho(addr: SocketAddr, version: &str, ca: &str, transport: &str, path: &str, tag: &str) {
+    let topic = format!("Dog/paho-{transport}{version}{tag}");
     let out = Command::new("python3")
         .args(["-c", PAHO_TLS, "127.0.0.1", &addr.port().to_string()])
-        .args([version, ca, transport, path])
+        .args([version, ca, transport, path, tag])
         .output()
         .expect("python3");
     assert!(
@@ -228,7 +229,7 @@ fn paho_over_tls() {
     let broker = Broker::start(Builder::new(), false);
     let ca = broker.ca();
     for version in ["3", "5"] {
-        check_paho(broker.mqtts, version, ca.to_str().unwrap(), "tcp", "-");
+        check_paho(broker.mqtts, version, ca.to_str().unwrap(), "tcp", "-", "");
     }
 }
 
@@ -266,5 +267,297 @@ fn old_tls_versions_refused_on_mqtts() {
             shown.contains(&format!("New, {expected}, Cipher")),
             "{shown}"
         );
+    }
+}
+
+// ---- MQTT over WebSocket ----
+
+#[test]
+fn paho_over_websocket_plain_and_tls() {
+    if !have_paho() {
+        return;
+    }
+    let broker = Broker::start(Builder::new(), true);
+    let ca = broker.ca();
+    for version in ["3", "5"] {
+        // Any path carries MQTT when the subprotocol asks for it.
+        check_paho(broker.server.rest, version, "-", "websockets", "/mqtt", "a");
+        check_paho(broker.server.rest, version, "-", "websockets", "/Dog/", "b");
+        let https = broker.https.unwrap();
+        let ca = ca.to_str().unwrap();
+        check_paho(https, version, ca, "websockets", "/mqtt", "c");
+    }
+}
+
+/// A masked client frame.
+fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut out = vec![b0, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Upgrades a raw TCP connection with subprotocol `mqtt` on `path`; returns the response head.
+fn raw_upgrade(addr: SocketAddr, path: &str, protocol: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "closed in the head: {}",
+            text(&head)
+        );
+        head.push(byte[0]);
+    }
+    (s, text(&head))
+}
+
+/// Reads server frames until `count` payload bytes of binary frames have arrived.
+fn read_binary(s: &mut std::net::TcpStream, count: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    while got.len() < count {
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).expect("frame head");
+        assert_eq!(head[0], 0x82, "a final binary frame: {head:?}");
+        assert!(head[1] < 126, "{head:?}");
+        let mut payload = vec![0u8; usize::from(head[1])];
+        s.read_exact(&mut payload).unwrap();
+        got.extend_from_slice(&payload);
+    }
+    got
+}
+
+/// SPEC §6.3: a packet may span frames and a frame may hold several packets.
+#[test]
+fn packets_split_across_frames_and_frames_holding_several() {
+    use std::io::Write;
+    let broker = Broker::start(Builder::new(), false);
+    let (mut s, head) = raw_upgrade(broker.server.rest, "/anything", "mqtt");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: mqtt"),
+        "{head}"
+    );
+    // CONNECT 3.1.1, clean, keep-alive 30, client id "raw", in three frames.
+    let connect = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x1e\x00\x03raw";
+    let mut frames = client_frame(0x02, &connect[..5]);
+    frames.extend(client_frame(0x00, &connect[5..9]));
+    frames.extend(client_frame(0x80, &connect[9..]));
+    // Two PINGREQs in one frame.
+    frames.extend(client_frame(0x82, b"\xc0\x00\xc0\x00"));
+    // Sent a byte at a time, so frame heads are split across reads too.
+    for b in &frames {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    let got = read_binary(&mut s, 8);
+    assert_eq!(got, b"\x20\x02\x00\x00\xd0\x00\xd0\x00");
+    // DISCONNECT, then the server closes the WebSocket with 1000.
+    s.write_all(&client_frame(0x82, b"\xe0\x00")).unwrap();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(rest, b"\x88\x02\x03\xe8");
+}
+
+#[test]
+fn websocket_mqtt_refusals() {
+    use std::io::{Read, Write};
+    // A text frame is not MQTT: closed with 1003.
+    let broker = Broker::start(Builder::new(), false);
+    let (mut s, head) = raw_upgrade(broker.server.rest, "/mqtt", "mqtt");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(&client_frame(0x81, b"hello")).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(rest, b"\x88\x02\x03\xeb");
+    drop(broker);
+    // mqtt.webSocket: false refuses the upgrade, leaving REST WebSockets alone.
+    let broker = Broker::start(Builder::new().arg("--MQTT_WEBSOCKET", "false"), false);
+    let (_s, head) = raw_upgrade(broker.server.rest, "/mqtt", "mqtt");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (_s, head) = raw_upgrade(broker.server.rest, "/Dog/1", "json");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+// ---- both directions at once over TLS ----
+
+fn mqtt_string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// One whole packet: (first byte, body).
+fn read_mqtt(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).expect("packet");
+    let mut len = 0usize;
+    for i in 0..4 {
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).unwrap();
+        len |= usize::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    (first[0], body)
+}
+
+/// The session's reader and writer share one TLS connection: the client sends a burst of large
+/// QoS 1 retained publishes without reading, so the server's writer stalls on a full socket
+/// while its reader goes on; every PUBACK and every record event then arrives intact.
+#[test]
+fn large_publishes_and_events_cross_on_one_tls_connection() {
+    use std::io::Write;
+    const COUNT: usize = 100;
+    const NAME_BYTES: usize = 64 * 1024;
+    let broker = Broker::start(Builder::new(), false);
+    let config = tidepool::server::tls::client_config(&broker.ca(), None, &[]).unwrap();
+    let name = tidepool_io::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = tidepool_io::rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(broker.mqtts).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = tidepool_io::rustls::StreamOwned::new(conn, tcp);
+
+    let mut connect = mqtt_string("MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 60]);
+    connect.extend_from_slice(&mqtt_string("bulk-tls"));
+    tls.write_all(&mqtt_packet(0x10, &connect)).unwrap();
+    assert_eq!(read_mqtt(&mut tls), (0x20, vec![0, 0]));
+    let mut subscribe = 1u16.to_be_bytes().to_vec();
+    subscribe.extend_from_slice(&mqtt_string("Dog/bulk/#"));
+    subscribe.push(0);
+    tls.write_all(&mqtt_packet(0x82, &subscribe)).unwrap();
+    assert_eq!(read_mqtt(&mut tls), (0x90, vec![0, 1, 0]));
+
+    let mut burst = Vec::new();
+    for i in 0..COUNT {
+        let fill = char::from(b'a' + (i % 26) as u8)
+            .to_string()
+            .repeat(NAME_BYTES);
+        let mut body = mqtt_string(&format!("Dog/bulk/{i}"));
+        body.extend_from_slice(&(i as u16 + 1).to_be_bytes());
+        body.extend_from_slice(format!(r#"{{"name":"{fill}","n":{i}}}"#).as_bytes());
+        burst.extend(mqtt_packet(0x33, &body));
+    }
+    tls.write_all(&burst).unwrap();
+    tls.flush().unwrap();
+
+    let mut acked = std::collections::BTreeSet::new();
+    let mut events = std::collections::BTreeSet::new();
+    while acked.len() < COUNT || events.len() < COUNT {
+        let (first, body) = read_mqtt(&mut tls);
+        match first >> 4 {
+            4 => {
+                acked.insert(u16::from_be_bytes([body[0], body[1]]));
+            }
+            3 => {
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let topic = text(&body[2..2 + topic_len]);
+                let record: serde_json::Value = serde_json::from_slice(&body[2 + topic_len..])
+                    .unwrap_or_else(|e| panic!("{topic}: {e}"));
+                let i = record["n"].as_u64().unwrap() as usize;
+                assert_eq!(topic, format!("Dog/bulk/{i}"));
+                let expected = char::from(b'a' + (i % 26) as u8)
+                    .to_string()
+                    .repeat(NAME_BYTES);
+                assert!(
+                    record["name"] == expected.as_str(),
+                    "{topic}: payload differs"
+                );
+                events.insert(i);
+            }
+            other => panic!("unexpected packet type {other}"),
+        }
+    }
+    assert_eq!(acked.len(), COUNT);
+    assert_eq!(events.len(), COUNT);
+}
+
+const PAHO_CONNECT_WS: &str = r#"
+import base64, sys, time
+import paho.mqtt.client as mqtt
+port, version, auth = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ws-auth" + version, protocol=proto,
+                transport="websockets")
+headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else None
+c.ws_set_options(path="/mqtt", headers=headers)
+codes = []
+c.on_connect = lambda cl, u, flags, rc, props=None: codes.append(rc.value)
+c.connect("127.0.0.1", port, 30)
+c.loop_start()
+deadline = time.time() + 5
+while not codes and time.time() < deadline:
+    time.sleep(0.02)
+c.loop_stop()
+print(codes[0] if codes else "none")
+"#;
+
+/// SPEC §6.3: over WebSocket the upgrade's credentials count when CONNECT names no user.
+#[test]
+fn websocket_upgrade_credentials_authenticate() {
+    if !have_paho() {
+        return;
+    }
+    let broker = Broker::start(Builder::new().require_credentials(), false);
+    let admin = format!("{}:{}", common::ADMIN_USER, common::ADMIN_PASSWORD);
+    let wrong = format!("{}:not-the-password", common::ADMIN_USER);
+    // (header credentials, CONNACK code at 3.1.1, at 5). paho reports a 3.1.1 refusal as its v5
+    // equivalent (0x05 not authorized → 135); tests/mqtt.rs checks the codes on the wire.
+    for (auth, v311, v5) in [
+        (admin.as_str(), "0", "0"),
+        ("", "135", "135"),
+        (wrong.as_str(), "135", "135"),
+    ] {
+        for (version, expected) in [("3", v311), ("5", v5)] {
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    PAHO_CONNECT_WS,
+                    &broker.server.rest.port().to_string(),
+                ])
+                .args([version, auth])
+                .output()
+                .expect("python3");
+            let shown = text(&out.stdout);
+            assert_eq!(
+                shown.trim(),
+                expected,
+                "v{version} with {auth:?}: {}",
+                text(&out.stderr)
+            );
+        }
     }
 }

@@ -155,6 +155,10 @@ fn bad_inputs_answer_4xx_with_the_spec_messages() {
         (json_ct, br#"{"operation":"search_jobs_by_start_date","to_date":"2020-01-01"}"#.to_vec(), 400, "'from_date' is required"),
         (json_ct, br#"{"operation":"search_jobs_by_start_date","from_date":"2020-01-01"}"#.to_vec(), 400, "'to_date' is required"),
         (json_ct, br#"{"operation":"search_jobs_by_start_date","from_date":"yesterday","to_date":"2020-01-01"}"#.to_vec(), 400, "must be an ISO-8601 date"),
+        (json_ct, br#"{"operation":"delete_records_before","database":"dev","table":"dog"}"#.to_vec(), 400, "'date' is required"),
+        (json_ct, br#"{"operation":"delete_records_before","database":"dev","table":"dog","date":true}"#.to_vec(), 400, "'date' must be a string"),
+        (json_ct, br#"{"operation":"delete_records_before","database":"dev","table":"nope","date":"2020-01-01"}"#.to_vec(), 400, "Table 'dev.nope' does not exist"),
+        (json_ct, br#"{"operation":"delete_audit_logs_before","database":"dev","table":"dog","timestamp":1}"#.to_vec(), 501, "not supported"),
     ];
     assert!(cases.len() >= 40);
     for (content_type, body, status, fragment) in cases {

@@ -470,6 +470,17 @@ fn csv_loads_agree_with_rest_and_search() {
     agree(&server, &expected, seed);
 }
 
+/// Checks that `body` is refused at once with `status` and an error containing `fragment`.
+fn refused(server: &Server, body: Value, status: u16, fragment: &str) {
+    let (got, reply) = op(server, body.clone());
+    assert_eq!(got, status, "{body} → {reply}");
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(fragment),
+        "{body}: {reply} lacks {fragment:?}"
+    );
+}
+
 /// Answers of `get_job` for a job that must end in `ERROR`, with its message.
 fn failed(server: &Server, body: Value) -> String {
     let id = start(server, body.clone());
@@ -519,6 +530,10 @@ fn bad_csv_ends_in_an_error_job_and_writes_nothing() {
             "text after a closing quote",
         ),
         (load("id,id\nkeep,X\n"), "the header names 'id' twice"),
+        (
+            load(&format!("id,name\nkeep,X\n{},Y\n", "k".repeat(300))),
+            "invalid primary key",
+        ),
         (load("id,\nkeep,X\n"), "header field 2"),
         (load(""), "the CSV is empty"),
         (load("\n\n"), "the CSV is empty"),
@@ -616,15 +631,7 @@ fn bad_csv_ends_in_an_error_job_and_writes_nothing() {
             "Job 'no-such-job' not found",
         ),
     ] {
-        let (got, reply) = op(&server, body.clone());
-        assert_eq!(got, status, "{body} → {reply}");
-        assert!(
-            reply["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(fragment),
-            "{reply}"
-        );
+        refused(&server, body, status, fragment);
     }
 
     // A user without the super-user role: no files or URLs, CSV text only where it may write,
@@ -729,4 +736,128 @@ fn progress_shows_in_get_job_while_a_load_runs() {
         json!({"operation": "describe_table", "table": "Dog"}),
     );
     assert_eq!(desc["record_count"], json!(100_000));
+
+    // A load cut short by a stop reads as ERROR after the restart, whatever it had recorded.
+    let id = start(
+        &server,
+        json!({"operation": "csv_file_load", "action": "upsert", "table": "Dog", "file_path": path}),
+    );
+    let mut server = server;
+    let root = std::mem::replace(&mut server.root, tempfile::tempdir().expect("temp"));
+    drop(server);
+    let server = Builder::new().root(root).start();
+    let job = get_job(&server, &id);
+    assert_eq!(job["status"], "ERROR", "{job}");
+    assert!(
+        job["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted")),
+        "{job}"
+    );
+}
+
+#[test]
+fn delete_records_before_deletes_what_was_created_earlier() {
+    let server = Server::start();
+    ok(
+        &server,
+        json!({"operation": "create_table", "database": "dev", "table": "t", "primary_key": "id"}),
+    );
+    let insert = |ids: std::ops::Range<i64>| {
+        let records: Vec<Value> = ids.map(|i| json!({"id": i, "v": i * 2})).collect();
+        ok(
+            &server,
+            json!({"operation": "insert", "database": "dev", "table": "t", "records": records}),
+        );
+    };
+    let created = |id: i64| -> f64 {
+        let found = ok(
+            &server,
+            json!({"operation": "search_by_id", "database": "dev", "table": "t", "ids": [id]}),
+        );
+        found[0]["__createdtime__"]
+            .as_f64()
+            .expect("__createdtime__")
+    };
+    insert(0..1500);
+    let first = created(1499);
+    // The next records must be created at a later millisecond.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        insert(1500..1510);
+        if created(1500) > first {
+            break;
+        }
+        ok(
+            &server,
+            json!({"operation": "delete", "database": "dev", "table": "t", "ids": (1500..1510).collect::<Vec<_>>()}),
+        );
+        assert!(Instant::now() < deadline, "the clock did not move");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let id = start(
+        &server,
+        json!({"operation": "delete_records_before", "schema": "dev", "table": "t", "date": first + 1.0}),
+    );
+    let job = wait_job(&server, &id);
+    assert_eq!(job["status"], "COMPLETE", "{job}");
+    assert_eq!(job["type"], "delete_records_before");
+    assert_eq!(job["records_loaded"], json!(1500), "{job}");
+    let left = ok(
+        &server,
+        json!({"operation": "search_by_value", "database": "dev", "table": "t", "attribute": "id", "value": "*"}),
+    );
+    let mut ids: Vec<i64> = left
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1500..1510).collect::<Vec<_>>());
+    // An ISO date in the past deletes nothing; a schema table uses its @createdTime attribute.
+    let id = start(
+        &server,
+        json!({"operation": "delete_records_before", "database": "dev", "table": "t", "date": "2000-01-01T00:00:00Z"}),
+    );
+    assert_eq!(wait_job(&server, &id)["records_loaded"], json!(0));
+    ok(
+        &server,
+        json!({"operation": "insert", "table": "Dog", "records": [{"id": "a", "name": "A"}]}),
+    );
+    let id = start(
+        &server,
+        json!({"operation": "delete_records_before", "table": "Dog", "date": "2999-01-01T00:00:00Z"}),
+    );
+    assert_eq!(wait_job(&server, &id)["records_loaded"], json!(1));
+    assert_eq!(rest_get(&server, "/Dog/"), json!([]));
+    for (body, status, fragment) in [
+        (
+            json!({"operation": "delete_records_before", "database": "dogs", "table": "breed", "date": 1}),
+            400,
+            "has no @createdTime attribute",
+        ),
+        (
+            json!({"operation": "delete_records_before", "database": "dev", "table": "t"}),
+            400,
+            "'date' is required",
+        ),
+        (
+            json!({"operation": "delete_records_before", "database": "dev", "table": "t", "date": "soon"}),
+            400,
+            "must be an ISO-8601 date",
+        ),
+        (
+            json!({"operation": "delete_records_before", "database": "dev", "table": "nope", "date": 1}),
+            400,
+            "Table 'dev.nope' does not exist",
+        ),
+        (
+            json!({"operation": "delete_records_before", "database": "system", "table": "hdb_user", "date": 1}),
+            403,
+            "not authorized",
+        ),
+    ] {
+        refused(&server, body, status, fragment);
+    }
 }

@@ -795,7 +795,7 @@ fn dial(
     ]);
     let mut frame = Vec::new();
     ws::encode_frame(
-        ws::OP_BINARY,
+        ws::Opcode::Binary,
         &message::encode("HELLO", hello),
         true,
         &mut frame,
@@ -804,8 +804,9 @@ fn dial(
         return Answer::Closed;
     }
     let limits = tidepool::value::DecodeLimits::default();
+    let mut reader = ws::MessageReader::new(conn.reader, ws::Sender::Server, 1 << 20);
     loop {
-        match ws::read_message(&mut conn.reader, 1 << 20) {
+        match reader.read() {
             Ok(ws::Incoming::Binary(m)) => {
                 let Ok((kind, body)) = message::decode(&m, &limits) else {
                     return Answer::Closed;
@@ -817,7 +818,7 @@ fn dial(
                         .and_then(V::as_str)
                         .unwrap_or("")
                         .to_string();
-                    return match ws::read_message(&mut conn.reader, 1 << 20) {
+                    return match reader.read() {
                         Ok(ws::Incoming::Close) | Err(_) => Answer::Closed,
                         Ok(_) => Answer::Hello(name),
                     };

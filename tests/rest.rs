@@ -1055,12 +1055,11 @@ fn openapi_document_validates() {
     let doc = r.json();
     assert_eq!(doc["openapi"], json!("3.0.3"));
     assert!(doc["paths"]["/Dog/{id}"].is_object());
-    let have_validator = std::process::Command::new("python3")
-        .args(["-c", "import openapi_spec_validator"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_validator {
-        eprintln!("openapi-spec-validator is not installed; structural checks only");
+    if !common::have_tool(
+        "python3",
+        &["-c", "import openapi_spec_validator"],
+        "pip install openapi-spec-validator",
+    ) {
         return;
     }
     let out = python(
@@ -1073,12 +1072,7 @@ fn openapi_document_validates() {
 /// Schemathesis (when installed) fuzzes every documented operation briefly; no answer may be a 5xx.
 #[test]
 fn schemathesis_finds_no_server_errors() {
-    let installed = std::process::Command::new("schemathesis")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        eprintln!("schemathesis is not installed; skipped");
+    if !common::have_tool("schemathesis", &["--version"], "pip install schemathesis") {
         return;
     }
     let app = tempfile::tempdir().unwrap();
@@ -1579,9 +1573,13 @@ fn relationship_selections_and_explain() {
         assert_eq!(row[1], json!(want), "seed {seed}: product {id}");
     }
 
-    // Relationships are not stored or returned unless selected.
+    // Relationships are not stored or returned unless selected; a selection of related
+    // records has no ETag (the record's version does not cover them).
     let reply = get(s, "/Brand/b1");
     assert!(reply.json().get("products").is_none());
+    assert!(reply.header("etag").is_some());
+    let reply = get(s, "/Brand/b1?select(name,products)");
+    assert_eq!(reply.header("etag"), None);
 
     // The join evaluates the related condition by its index, then drives Product by brandId.
     let reply = get(s, "/Product/?brand.name=Acme&explain");
@@ -1589,7 +1587,7 @@ fn relationship_selections_and_explain() {
     assert_eq!(e["index"], json!("brandId"), "{e}");
     let plan = e["plan"].as_str().unwrap();
     assert!(
-        plan.contains("join brand = Brand.primary key of [index name"),
+        plan.contains("join brand (drives) = Brand.primary key of [index name"),
         "{plan}"
     );
     let acme: Vec<&Value> = world
@@ -1615,6 +1613,17 @@ fn relationship_selections_and_explain() {
         "{plan}"
     );
     assert!(plan.contains("[index price"), "{plan}");
+    // A join that does not drive is tested per candidate, reading nothing else of Brand.
+    let e = get(s, "/Product/?id=5&brand.name!=Acme&explain").json();
+    let plan = e["plan"].as_str().unwrap();
+    assert!(plan.starts_with("primary key"), "{plan}");
+    assert!(plan.contains("join brand (per record)"), "{plan}");
+    assert!(e["records_visited"].as_u64() <= Some(2), "{e}");
+    // Under a full scan the related keys are collected once.
+    let e = get(s, "/Product/?sameCountry.name=Acme&explain").json();
+    let plan = e["plan"].as_str().unwrap();
+    assert!(plan.starts_with("full scan"), "{plan}");
+    assert!(plan.contains("join sameCountry (collected)"), "{plan}");
     // An array of foreign keys drives through its index, each record once.
     let e = get(s, "/Product/?features.weight=gt=7&explain").json();
     assert_eq!(e["index"], json!("featureIds"), "{e}");
@@ -1689,6 +1698,16 @@ fn relationship_selections_and_explain() {
         ("/Brand/?products.price=lt=abc", 400),
         ("/Product/?price=lt=5&sort(brand.name)", 501),
         ("/Product/?select(name,brand{color})", 200),
+        // Chains are bounded (relationships can form cycles).
+        (
+            "/Product/?brand.products.brand.products.brand.name=Acme",
+            400,
+        ),
+        ("/Product/?brand.products.brand.products.price=1", 200),
+        (
+            "/Product/?select(brand{products{brand{products{brand{name}}}}})",
+            400,
+        ),
     ] {
         let reply = get(s, path);
         assert_eq!(
@@ -1698,6 +1717,30 @@ fn relationship_selections_and_explain() {
             String::from_utf8_lossy(&reply.body)
         );
     }
+
+    // DELETE by a condition through a relationship removes exactly the joined records.
+    let doomed: Vec<i64> = world
+        .products
+        .iter()
+        .filter(|p| world.brand_of(p).is_some_and(|b| b["country"] == "NL"))
+        .filter_map(|p| num(p, "id"))
+        .collect();
+    let r = call(s, "DELETE", "/Product/?brand.country=NL", &[], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let left = get(s, "/Product/").json();
+    let left: Vec<i64> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| num(p, "id"))
+        .collect();
+    let want: Vec<i64> = world
+        .products
+        .iter()
+        .filter_map(|p| num(p, "id"))
+        .filter(|id| !doomed.contains(id))
+        .collect();
+    assert_eq!(left, want, "seed {seed}");
 }
 
 /// One raw GET with extra header lines (no client-side decoding of the body).

@@ -1171,6 +1171,18 @@ fn permission_matrix_over_sse_websocket_and_mqtt() {
             }
         }
     }
+    // Attribute rights hold for retained publishes too (SPEC §5.5), checked per attribute.
+    let (mut m, _) = Mqtt::connect(port, 5, "attrs-w", callers[3].1.as_ref());
+    assert_eq!(
+        m.publish(5, "Dog/p-attrs", true, br#"{"name":"Ace","owner":"x"}"#),
+        nok,
+        "owner is not updatable by attrs"
+    );
+    assert_eq!(
+        m.publish(6, "Dog/p-attrs", true, br#"{"name":"Ace","breed":"x"}"#),
+        nok,
+        "breed is readable, not updatable, by attrs"
+    );
     // Exactly the permitted retained publishes wrote their records.
     let written = ok(
         &server,
@@ -1344,7 +1356,10 @@ fn curl_jar(jar: &std::path::Path, args: &[&str]) -> (u16, String, String) {
 /// `logout` the same cookie is refused (401), and a wrong password logs nobody in.
 #[test]
 fn cookie_sessions_login_then_logout() {
-    let server = Builder::new().require_credentials().start();
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--LOGGING_LEVEL", "trace")
+        .start();
     let callers = seed_users(&server);
     let jar_dir = tempfile::tempdir().expect("temp");
     let jar = jar_dir.path().join("cookies.txt");
@@ -1416,6 +1431,23 @@ fn cookie_sessions_login_then_logout() {
         "WS with the cookie"
     );
 
+    // Cross-origin (SPEC §5.3): CORS answers allow credentials, so browsers send the cookie.
+    let (status, head, _) = curl_jar(
+        &jar,
+        &[
+            "-H",
+            "Origin: http://localhost:3000",
+            &server.url("/Dog/d1"),
+        ],
+    );
+    assert_eq!(status, 200);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: http://localhost:3000")
+            && head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+
     // Logout: the jar drops the cookie, and replaying it is refused everywhere.
     let (status, head, body) = curl_jar(
         &jar,
@@ -1452,6 +1484,25 @@ fn cookie_sessions_login_then_logout() {
     assert_eq!(status, 200);
     let (status, _, body) = curl_jar(&jar, &[&server.url("/Breed/1")]);
     assert_eq!(status, 403, "{body}");
+    // With sessions off, login is refused and cookies are ignored.
+    let off = Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_ENABLESESSIONS", "false")
+        .start();
+    let (status, reply) = op(
+        &off,
+        None,
+        json!({"operation": "login", "username": ADMIN_USER, "password": ADMIN_PASSWORD}),
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        !off.drain_lines()
+            .iter()
+            .any(|l| l.contains("enableSessions")),
+        "the setting is known"
+    );
+    // Neither passwords nor session ids reach the trace log.
+    assert_log_clean(&server, &[value, ADMIN_PASSWORD.to_string(), password]);
 }
 
 // ---- password hashing ----
@@ -1513,4 +1564,121 @@ fn argon2id_hashes_and_both_kinds_verify() {
     let server = restart(server, "sha256");
     assert_eq!(get(&server, &basic("argo", "Argo-pass-1")), 200);
     assert_eq!(get(&server, &basic("argo", "Argo-pass-2")), 401);
+}
+
+// ---- role files and cluster users ----
+
+/// SPEC §5.5: the app's `roles.yaml` creates its roles at start and updates them at the next
+/// start; a `cluster_user` role user can be created and listed, and may do nothing but replicate
+/// (every REST and Operations API request → 403).
+#[test]
+fn roles_file_and_cluster_user() {
+    let app = tempfile::tempdir().expect("app");
+    std::fs::write(
+        app.path().join("schema.graphql"),
+        "type Dog @table @export { id: ID @primaryKey name: String owner: String }\n",
+    )
+    .expect("schema");
+    std::fs::write(
+        app.path().join("config.yaml"),
+        "rest: true\ngraphqlSchema: {files: schema.graphql}\nroles: {files: roles.yaml}\n",
+    )
+    .expect("config");
+    let roles = |owner_readable: bool| {
+        std::fs::write(
+            app.path().join("roles.yaml"),
+            format!(
+                "dog_reader:\n  data:\n    Dog:\n      read: true\n      attributes:\n        name: {{read: true}}\n        owner: {{read: {owner_readable}}}\n"
+            ),
+        )
+        .expect("roles.yaml");
+    };
+    roles(false);
+    let mut server = Builder::new().require_credentials().app(app.path()).start();
+    let listed = ok(&server, json!({"operation": "list_roles"}));
+    let role = listed
+        .as_array()
+        .expect("roles")
+        .iter()
+        .find(|r| r["role"] == "dog_reader")
+        .unwrap_or_else(|| panic!("roles.yaml not applied: {listed}"))
+        .clone();
+    assert_eq!(
+        role["permission"]["data"]["tables"]["Dog"]["read"], true,
+        "{role}"
+    );
+    ok(
+        &server,
+        json!({"operation": "upsert", "table": "Dog", "records": [{"id": "1", "name": "Rex", "owner": SECRET}]}),
+    );
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "fan", "password": "Fan-pass-1", "role": "dog_reader", "active": true}),
+    );
+    let fan = basic("fan", "Fan-pass-1");
+    let (status, _, body) = call("GET", &server.url("/Dog/1"), Some(&fan), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Rex") && !body.contains(SECRET), "{body}");
+
+    // A cluster user: created, listed with its role, refused everything but replication.
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "peer", "password": "Peer-pass-1", "role": "cluster_user", "active": true}),
+    );
+    let users = ok(&server, json!({"operation": "list_users"}));
+    let peer = users
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "peer")
+        .unwrap_or_else(|| panic!("peer not listed: {users}"));
+    assert_eq!(peer["role"]["role"], "cluster_user", "{peer}");
+    let peer_auth = basic("peer", "Peer-pass-1");
+    let (status, _, _) = call("GET", &server.url("/Dog/1"), Some(&peer_auth), None);
+    assert_eq!(status, 403);
+    let (status, reply) = op(
+        &server,
+        Some(&peer_auth),
+        json!({"operation": "describe_all"}),
+    );
+    assert!(
+        status == 403 || reply.as_object().is_some_and(|o| o.is_empty()),
+        "{status} {reply}"
+    );
+    let (status, _) = op(
+        &server,
+        Some(&peer_auth),
+        json!({"operation": "list_users"}),
+    );
+    assert_eq!(status, 403);
+
+    // The next start applies the changed file to the existing role.
+    roles(true);
+    let root = std::mem::replace(&mut server.root, tempfile::tempdir().expect("temp"));
+    drop(server);
+    let server = Builder::new()
+        .require_credentials()
+        .app(app.path())
+        .root(root)
+        .start();
+    let (status, _, body) = call("GET", &server.url("/Dog/1"), Some(&fan), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(SECRET), "updated role reads owner: {body}");
+
+    // A role file that does not validate stops the start, naming the file and the role.
+    std::fs::write(
+        app.path().join("roles.yaml"),
+        "broken:\n  data:\n    Dog: {read: maybe}\n",
+    )
+    .expect("roles.yaml");
+    let mut cmd = Builder::new()
+        .app(app.path())
+        .command(tempfile::tempdir().expect("root").path());
+    let out = cmd.output().expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("roles.yaml") && stderr.contains("broken"),
+        "{stderr}"
+    );
 }

@@ -25,6 +25,7 @@
 //! `Resources::auth_generation`, which invalidates every core's entries.
 
 pub mod jwt;
+pub mod roles;
 pub mod session;
 
 use std::cell::RefCell;
@@ -700,6 +701,10 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
             // SPEC §1.2: the one time a password is logged, so the operator can log in at all.
             tracing::info!(target: NOTIFY, "created super user {name} with password {password} (shown once; change it with alter_user)");
         }
+    }
+    let applied = roles::apply(resources)?;
+    if applied > 0 {
+        tracing::info!("created or updated {applied} roles from the application's role files");
     }
     let r = resources.clone();
     let dir = resources.auth.settings(resources).keys_dir.clone();

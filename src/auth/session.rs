@@ -78,14 +78,17 @@ pub fn find_cookie<'a>(
 
 /// The session id the request's cookie carries, when sessions are on.
 pub fn session_id<'a>(resources: &Resources, req: &Request<'a>) -> Option<&'a str> {
-    if !enabled(resources) {
-        return None;
-    }
-    let cookies = req
+    let mut cookies = req
         .headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-        .filter_map(|h| std::str::from_utf8(h.value).ok());
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .peekable();
+    // Most requests carry no cookie: answer before the configuration lookup and the name.
+    cookies.peek()?;
+    if !enabled(resources) {
+        return None;
+    }
     find_cookie(cookies, &request_cookie_name(req))
 }
 
@@ -109,20 +112,44 @@ fn cookie_setting(resources: &Resources, key: &str) -> Option<String> {
 
 /// The `Set-Cookie` value for session `id` (`None`: the cookie cleared, for `logout`).
 pub fn set_cookie(resources: &Resources, req: &Request<'_>, id: Option<&str>) -> String {
-    let name = request_cookie_name(req);
+    let domains: Vec<String> = match resources.config_tree.get("authentication.cookie.domains") {
+        Some(serde_yaml::Value::Sequence(list)) => list
+            .iter()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    cookie_text(
+        req.header_str("origin"),
+        req.header_str("host"),
+        id,
+        cookie_setting(resources, "authentication.cookie.expires").as_deref(),
+        &domains,
+    )
+}
+
+/// SPEC §5.3's cookie: `Path=/`, `Expires` (`expires` or far future; the past when clearing),
+/// `HttpOnly`, plus `SameSite=None; Secure` for an HTTPS origin or a localhost host, plus
+/// `Domain=<d>` for the first of `domains` the host is or is under.
+fn cookie_text(
+    origin: Option<&str>,
+    host_header: Option<&str>,
+    id: Option<&str>,
+    expires: Option<&str>,
+    domains: &[String],
+) -> String {
+    let name = cookie_name(origin, host_header);
     let expires = match id {
-        Some(_) => cookie_setting(resources, "authentication.cookie.expires")
-            .unwrap_or_else(|| EXPIRES_DEFAULT.to_string()),
-        None => EXPIRES_PAST.to_string(),
+        Some(_) => expires.unwrap_or(EXPIRES_DEFAULT),
+        None => EXPIRES_PAST,
     };
     let mut out = format!(
         "{name}={}; Path=/; Expires={expires}; HttpOnly",
         id.unwrap_or_default()
     );
-    let origin = req.header_str("origin");
     let host = origin
         .and_then(|o| o.split_once("://").map(|(_, h)| h))
-        .or(req.header_str("host"))
+        .or(host_header)
         .unwrap_or_default();
     let hostname = host
         .rsplit_once(':')
@@ -133,18 +160,15 @@ pub fn set_cookie(resources: &Resources, req: &Request<'_>, id: Option<&str>) ->
     if origin.is_some_and(|o| o.starts_with("https://")) || local {
         out.push_str("; SameSite=None; Secure");
     }
-    if let Some(serde_yaml::Value::Sequence(domains)) =
-        resources.config_tree.get("authentication.cookie.domains")
-    {
-        let matching = domains.iter().filter_map(|d| d.as_str()).find(|d| {
-            let d = d.trim_start_matches('.');
-            !d.bytes().any(|b| matches!(b, b';' | b'\r' | b'\n'))
-                && (hostname == d || hostname.ends_with(&format!(".{d}")))
-        });
-        if let Some(d) = matching {
-            out.push_str("; Domain=");
-            out.push_str(d);
-        }
+    let matching = domains.iter().find(|d| {
+        let d = d.trim_start_matches('.');
+        !d.is_empty()
+            && !d.bytes().any(|b| matches!(b, b';' | b'\r' | b'\n'))
+            && (hostname == d || hostname.ends_with(&format!(".{d}")))
+    });
+    if let Some(d) = matching {
+        out.push_str("; Domain=");
+        out.push_str(d);
     }
     out
 }
@@ -202,6 +226,43 @@ mod tests {
             find_cookie(headers.iter().copied(), name),
             expected,
             "{headers:?}"
+        );
+    }
+
+    fn check_cookie(
+        (origin, host, id): (Option<&str>, Option<&str>, Option<&str>),
+        (expires, domains): (Option<&str>, &[&str]),
+        expected: &str,
+    ) {
+        let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            cookie_text(origin, host, id, expires, &domains),
+            expected,
+            "{origin:?} {host:?}"
+        );
+    }
+
+    #[test]
+    fn set_cookie_flags() {
+        check_cookie(
+            (None, Some("db.example.com:9926"), Some("ab")),
+            (None, &[]),
+            "db_example_com_9926-hdb-session=ab; Path=/; Expires=Tue, 01 Oct 8307 19:33:20 GMT; HttpOnly",
+        );
+        check_cookie(
+            (Some("https://app.example.com"), Some("db.example.com:9926"), Some("ab")),
+            (Some("Wed, 01 Jan 2031 00:00:00 GMT"), &["other.org", ".example.com"]),
+            "https___app_example_com-hdb-session=ab; Path=/; Expires=Wed, 01 Jan 2031 00:00:00 GMT; HttpOnly; SameSite=None; Secure; Domain=.example.com",
+        );
+        check_cookie(
+            (None, Some("localhost:9926"), None),
+            (None, &["localhost"]),
+            "localhost_9926-hdb-session=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=None; Secure; Domain=localhost",
+        );
+        check_cookie(
+            (Some("http://notexample.com"), None, Some("ab")),
+            (None, &["example.com"]),
+            "http___notexample_com-hdb-session=ab; Path=/; Expires=Tue, 01 Oct 8307 19:33:20 GMT; HttpOnly",
         );
     }
 

@@ -35,6 +35,10 @@ authentication:
   operationTokenTimeout: 1d
   refreshTokenTimeout: 30d
   hashFunction: sha256
+  enableSessions: true       # cookie sessions (login/logout), SPEC §5.3
+  cookie:
+    expires: null            # null = far future (until logout)
+    domains: null            # a list: Domain= for a matching host
 tls:
   certificate: <root>/keys/certificate.pem
   privateKey: <root>/keys/privateKey.pem

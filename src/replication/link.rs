@@ -87,10 +87,10 @@ pub struct Out {
 impl Out {
     pub fn send(&self, kind: &str, body: Value) -> Result<(), LinkError> {
         let payload = message::encode(kind, body);
-        self.frame(ws::OP_BINARY, &payload)
+        self.frame(ws::Opcode::Binary, &payload)
     }
 
-    fn frame(&self, opcode: u8, payload: &[u8]) -> Result<(), LinkError> {
+    fn frame(&self, opcode: ws::Opcode, payload: &[u8]) -> Result<(), LinkError> {
         let mut frame = Vec::with_capacity(payload.len() + 14);
         ws::encode_frame(opcode, payload, self.masked, &mut frame);
         let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,7 +100,7 @@ impl Out {
 
     /// A close frame with `code` (1008: policy violation), before the link ends.
     fn close(&self, code: u16) {
-        let _ = self.frame(ws::OP_CLOSE, &code.to_be_bytes());
+        let _ = self.frame(ws::Opcode::Close, &code.to_be_bytes());
     }
 }
 
@@ -213,8 +213,15 @@ pub fn run(
         bytes_max: MESSAGE_BYTES_MAX,
         ..DecodeLimits::default()
     };
+    // What we read comes from the server when we dialled.
+    let sender = if dialled.is_some() {
+        ws::Sender::Server
+    } else {
+        ws::Sender::Client
+    };
+    let mut reader = ws::MessageReader::new(reader, sender, MESSAGE_BYTES_MAX);
     let hello = loop {
-        match ws::read_message(&mut reader, MESSAGE_BYTES_MAX)? {
+        match reader.read()? {
             Incoming::Binary(frame) => {
                 let (kind, body) = message::decode(&frame, &limits).map_err(LinkError::Protocol)?;
                 if kind == "HELLO" {
@@ -330,7 +337,7 @@ pub fn run(
     let _ = std::thread::Builder::new()
         .name(format!("repl-read-{peer}"))
         .spawn(move || loop {
-            let m = ws::read_message(&mut reader, MESSAGE_BYTES_MAX);
+            let m = reader.read();
             let end = m.is_err();
             if tx.send(m).is_err() || end || reader_stop.load(Ordering::Acquire) {
                 return;
@@ -418,7 +425,7 @@ impl Control {
                     Ok((kind, body)) => self.handle(&kind, body)?,
                     Err(e) => return Err(LinkError::Protocol(e)),
                 },
-                Ok(Ok(Incoming::Ping(p))) => self.out.frame(ws::OP_PONG, &p)?,
+                Ok(Ok(Incoming::Ping(p))) => self.out.frame(ws::Opcode::Pong, &p)?,
                 Ok(Ok(Incoming::Pong)) => {}
                 Ok(Ok(Incoming::Close)) => return Err(LinkError::Closed("close frame".into())),
                 Ok(Err(e)) => return Err(e.into()),

@@ -1,12 +1,7 @@
-//! A minimal WebSocket (RFC 6455) client and server for replication links, on blocking streams
-//! owned by a link's threads: the upgrade handshake with subprotocol `harperdb-replication-1`,
-//! and frames. The real-time WebSocket codec (branch `realtime`) had not landed on main when this
-//! was written; this one only knows what links need: binary messages, ping/pong, close.
-//!
-//! ```text
-//! byte 0: FIN | RSV(3) | opcode(4)      byte 1: MASK | len7
-//! len7 = 126 → u16 BE length; 127 → u64 BE length; then a 4-byte mask key when MASK
-//! ```
+//! The WebSocket (RFC 6455) side of replication links, on blocking streams owned by a link's
+//! threads: the upgrade handshake with subprotocol `harperdb-replication-1` (client and
+//! server), and whole messages read and written with the shared frame codec
+//! (`crate::protocol::ws::frame`): binary messages (fragments joined), ping/pong, close.
 //!
 //! Limits: a handshake head of at most [`HEAD_BYTES_MAX`]; a message (all its fragments) of at
 //! most `message_bytes_max`, else [`WsError::TooLarge`] and the link closes.
@@ -14,14 +9,15 @@
 use std::io::{self, Read, Write};
 
 use base64::Engine;
-use sha1::{Digest, Sha1};
+
+use crate::protocol::ws::frame;
+pub use crate::protocol::ws::frame::{Opcode, Sender};
 
 pub const SUBPROTOCOL: &str = "harperdb-replication-1";
 /// Bytes of an upgrade request or response head at most.
 pub const HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Headers in an upgrade head at most.
 const HEADERS_MAX: usize = 32;
-const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 #[derive(Debug)]
 pub enum WsError {
@@ -54,10 +50,7 @@ impl From<io::Error> for WsError {
 }
 
 fn accept_key(key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(key.as_bytes());
-    h.update(GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+    crate::protocol::ws::accept_key(key.as_bytes())
 }
 
 /// Reads an HTTP head (up to the blank line) byte-wise, so nothing after it is consumed.
@@ -185,33 +178,12 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-pub const OP_CONTINUATION: u8 = 0x0;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
-
 /// Encodes one final frame; clients mask (RFC 6455 §5.3), servers do not.
-pub fn encode_frame(opcode: u8, payload: &[u8], masked: bool, out: &mut Vec<u8>) {
-    out.push(0x80 | opcode);
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+pub fn encode_frame(opcode: Opcode, payload: &[u8], masked: bool, out: &mut Vec<u8>) {
     if masked {
-        let mask: [u8; 4] = rand_bytes();
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame::encode_masked(opcode, payload, rand_bytes(), out);
     } else {
-        out.extend_from_slice(payload);
+        frame::encode(opcode, payload, out);
     }
 }
 
@@ -224,62 +196,84 @@ pub enum Incoming {
     Close,
 }
 
-/// Reads frames until a whole message (fragments joined) or a control frame is in.
-pub fn read_message(stream: &mut impl Read, message_bytes_max: usize) -> Result<Incoming, WsError> {
-    let mut message: Vec<u8> = Vec::new();
-    let mut in_message = false;
-    loop {
-        let mut head = [0u8; 2];
-        stream.read_exact(&mut head)?;
-        let fin = head[0] & 0x80 != 0;
-        let opcode = head[0] & 0x0F;
-        let masked = head[1] & 0x80 != 0;
-        let len = match head[1] & 0x7F {
-            126 => {
-                let mut b = [0u8; 2];
-                stream.read_exact(&mut b)?;
-                u64::from(u16::from_be_bytes(b))
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                stream.read_exact(&mut b)?;
-                u64::from_be_bytes(b)
-            }
-            n => u64::from(n),
-        };
-        let len = usize::try_from(len).map_err(|_| WsError::TooLarge(usize::MAX))?;
-        if message.len().saturating_add(len) > message_bytes_max {
-            return Err(WsError::TooLarge(message.len().saturating_add(len)));
+/// Bytes asked of the stream per read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Reads whole messages from a blocking stream: bytes past the current frame stay buffered
+/// for the next call.
+pub struct MessageReader<R> {
+    stream: R,
+    /// Who sends what we read: the server when we dialled.
+    sender: Sender,
+    buf: Vec<u8>,
+    message_bytes_max: usize,
+}
+
+impl<R: Read> MessageReader<R> {
+    pub fn new(stream: R, sender: Sender, message_bytes_max: usize) -> Self {
+        MessageReader {
+            stream,
+            sender,
+            buf: Vec::new(),
+            message_bytes_max,
         }
-        let mut mask = [0u8; 4];
-        if masked {
-            stream.read_exact(&mut mask)?;
-        }
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload)?;
-        if masked {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
-            }
-        }
-        match opcode {
-            OP_PING => return Ok(Incoming::Ping(payload)),
-            OP_PONG => return Ok(Incoming::Pong),
-            OP_CLOSE => return Ok(Incoming::Close),
-            OP_BINARY | 0x1 if !in_message => {
-                if fin {
-                    return Ok(Incoming::Binary(payload));
+    }
+
+    /// Reads frames until a whole message (fragments joined) or a control frame is in.
+    pub fn read(&mut self) -> Result<Incoming, WsError> {
+        let mut message: Vec<u8> = Vec::new();
+        let mut in_message = false;
+        loop {
+            let limit = self.message_bytes_max.saturating_sub(message.len());
+            let decoded = match frame::decode_from(&mut self.buf, self.sender, limit) {
+                Ok(d) => d,
+                Err(frame::FrameError::TooLarge) => {
+                    return Err(WsError::TooLarge(self.message_bytes_max))
                 }
-                in_message = true;
-                message = payload;
-            }
-            OP_CONTINUATION if in_message => {
-                message.extend_from_slice(&payload);
-                if fin {
-                    return Ok(Incoming::Binary(message));
+                Err(e) => return Err(WsError::Protocol(e.to_string())),
+            };
+            let Some((f, used)) = decoded else {
+                let start = self.buf.len();
+                self.buf.resize(start + READ_CHUNK_BYTES, 0);
+                let n = match self.stream.read(&mut self.buf[start..]) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.buf.truncate(start);
+                        return Err(e.into());
+                    }
+                };
+                self.buf.truncate(start + n);
+                if n == 0 {
+                    return Err(WsError::Closed);
                 }
+                continue;
+            };
+            let (fin, opcode) = (f.fin, f.opcode);
+            let result = match opcode {
+                Opcode::Ping => Some(Incoming::Ping(f.payload.to_vec())),
+                Opcode::Pong => Some(Incoming::Pong),
+                Opcode::Close => Some(Incoming::Close),
+                Opcode::Binary | Opcode::Text if !in_message => {
+                    if fin {
+                        Some(Incoming::Binary(f.payload.to_vec()))
+                    } else {
+                        in_message = true;
+                        message.extend_from_slice(f.payload);
+                        None
+                    }
+                }
+                Opcode::Continuation if in_message => {
+                    message.extend_from_slice(f.payload);
+                    fin.then(|| Incoming::Binary(std::mem::take(&mut message)))
+                }
+                other => {
+                    return Err(WsError::Protocol(format!("unexpected {other:?} frame")));
+                }
+            };
+            self.buf.drain(..used);
+            if let Some(incoming) = result {
+                return Ok(incoming);
             }
-            other => return Err(WsError::Protocol(format!("unexpected opcode {other:#x}"))),
         }
     }
 }
@@ -288,11 +282,24 @@ pub fn read_message(stream: &mut impl Read, message_bytes_max: usize) -> Result<
 mod tests {
     use super::*;
 
-    /// Encodes `payload` as a frame (masked or not) and reads it back.
-    fn check(opcode: u8, payload: &[u8], masked: bool, limit: usize, expect: Result<Incoming, ()>) {
+    /// Encodes `payload` as a frame (masked by a client or not by a server) and reads it back.
+    fn check(
+        opcode: Opcode,
+        payload: &[u8],
+        masked: bool,
+        limit: usize,
+        expect: Result<Incoming, ()>,
+    ) {
         let mut out = Vec::new();
         encode_frame(opcode, payload, masked, &mut out);
-        let got = read_message(&mut &out[..], limit).map_err(|_| ());
+        let sender = if masked {
+            Sender::Client
+        } else {
+            Sender::Server
+        };
+        let got = MessageReader::new(&out[..], sender, limit)
+            .read()
+            .map_err(|_| ());
         assert_eq!(got, expect);
     }
 
@@ -300,48 +307,67 @@ mod tests {
     fn frames_round_trip_and_respect_the_limit() {
         let big = vec![7u8; 70_000];
         check(
-            OP_BINARY,
+            Opcode::Binary,
             b"abc",
             true,
             100,
             Ok(Incoming::Binary(b"abc".to_vec())),
         );
         check(
-            OP_BINARY,
+            Opcode::Binary,
             b"abc",
             false,
             100,
             Ok(Incoming::Binary(b"abc".to_vec())),
         );
         check(
-            OP_BINARY,
+            Opcode::Binary,
             &big[..300],
             true,
             1000,
             Ok(Incoming::Binary(big[..300].to_vec())),
         );
         check(
-            OP_BINARY,
+            Opcode::Binary,
             &big,
             false,
             100_000,
             Ok(Incoming::Binary(big.clone())),
         );
-        check(OP_BINARY, &big, false, 1000, Err(()));
-        check(OP_PING, b"t", true, 10, Ok(Incoming::Ping(b"t".to_vec())));
-        check(OP_CLOSE, b"", false, 10, Ok(Incoming::Close));
-        check(OP_CONTINUATION, b"x", false, 10, Err(()));
+        check(Opcode::Binary, &big, false, 1000, Err(()));
+        check(
+            Opcode::Ping,
+            b"t",
+            true,
+            10,
+            Ok(Incoming::Ping(b"t".to_vec())),
+        );
+        check(Opcode::Close, b"", false, 10, Ok(Incoming::Close));
+        check(Opcode::Continuation, b"x", false, 10, Err(()));
     }
 
     #[test]
     fn fragments_join_and_truncation_is_an_error() {
-        let mut out = vec![OP_BINARY, 2, b'a', b'b'];
-        encode_frame(OP_CONTINUATION, b"cd", true, &mut out);
-        assert_eq!(
-            read_message(&mut &out[..], 10).unwrap(),
-            Incoming::Binary(b"abcd".to_vec())
-        );
-        assert!(read_message(&mut &out[..5], 10).is_err());
+        // An unfinished binary frame "ab", then the final continuation "cd" (masked).
+        let mut out = vec![0x02, 2, b'a', b'b'];
+        encode_frame(Opcode::Continuation, b"cd", true, &mut out);
+        let mut reader = MessageReader::new(&out[..], Sender::Server, 10);
+        assert_eq!(reader.read().unwrap(), Incoming::Binary(b"abcd".to_vec()));
+        let mut short = MessageReader::new(&out[..5], Sender::Server, 10);
+        assert!(short.read().is_err());
+        // Two messages in one read come out one by one.
+        let mut two = Vec::new();
+        encode_frame(Opcode::Binary, b"x", false, &mut two);
+        encode_frame(Opcode::Binary, b"y", false, &mut two);
+        let mut reader = MessageReader::new(&two[..], Sender::Server, 10);
+        assert_eq!(reader.read().unwrap(), Incoming::Binary(b"x".to_vec()));
+        assert_eq!(reader.read().unwrap(), Incoming::Binary(b"y".to_vec()));
+        // The fragments of one message count together against the limit.
+        let mut over = vec![0x02, 6, 0, 0, 0, 0, 0, 0];
+        encode_frame(Opcode::Continuation, &[0; 6], false, &mut over);
+        assert!(MessageReader::new(&over[..], Sender::Server, 10)
+            .read()
+            .is_err());
     }
 
     #[test]

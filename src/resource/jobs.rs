@@ -1,5 +1,6 @@
 //! Background jobs of the Operations API (HarperDB's `system.hdb_job`): the CSV bulk loads
-//! (`csv_data_load`, `csv_file_load`, `csv_url_load`), `get_job` and `search_jobs_by_start_date`.
+//! (`csv_data_load`, `csv_file_load`, `csv_url_load`), `delete_records_before`, `get_job` and
+//! `search_jobs_by_start_date`.
 //!
 //! A load answers with a job id at once; the work runs on a job thread of its own, never on an
 //! executor. It reads the CSV (text from the request, a file on the server, or bytes a
@@ -37,8 +38,9 @@ pub const CSV_ROWS_MAX: u64 = 10_000_000;
 pub const CSV_FIELD_BYTES_MAX: usize = 1 << 20;
 /// Records per write transaction of a load; progress is recorded after each.
 pub const BATCH_RECORDS: usize = 1_000;
-/// Loads running at once in this process; one more is refused with 503 until one finishes.
-pub const JOBS_RUNNING_MAX: usize = 8;
+/// Jobs running at once in this process; one more is refused with 503 until one finishes. Each
+/// load may hold a CSV of [`CSV_BYTES_MAX`] in memory, so this bounds that memory too.
+pub const JOBS_RUNNING_MAX: usize = 4;
 /// Invalid rows named in an `ERROR` job's message (the count covers them all).
 pub const PROBLEMS_SHOWN_MAX: usize = 10;
 
@@ -194,21 +196,48 @@ async fn put_job(
     Ok(())
 }
 
-/// Starts a CSV load and returns its job id once the job record is stored; the rows are read
-/// and written on a job thread. Refusals here (missing table, `system`, too many jobs) write
-/// nothing; everything that can go wrong with the CSV itself ends the job as `ERROR`.
-pub async fn start_csv_load(
+/// A job's work, run on its thread: `Ok` is the `COMPLETE` message, `Err` the `ERROR` one; the
+/// counts it keeps are stored with the end state.
+type Work = Box<dyn FnOnce(&Job<'_>, &mut Counts) -> Result<String, String> + Send>;
+
+/// The running job a work function reports to.
+struct Job<'a> {
+    resources: &'a Resources,
+    caller: &'a Caller,
+    id: &'a str,
+}
+
+impl Job<'_> {
+    /// Merges `fields` into the job record; a failure is logged, not fatal.
+    fn update(&self, fields: Vec<(&str, Value)>) {
+        let mut record = Object::new();
+        record.insert("id", Value::from(self.id));
+        for (k, v) in fields {
+            record.insert(k, v);
+        }
+        if let Err(e) = block_on(put_job(
+            self.resources,
+            self.caller,
+            record,
+            PutMode::Update,
+        )) {
+            tracing::warn!("job {}: cannot record its state: {}", self.id, e.message);
+        }
+    }
+
+    fn progress(&self, counts: &Counts) {
+        self.update(counts.fields().into_iter().collect());
+    }
+}
+
+/// Stores a `CREATED` job record and runs `work` on a job thread; returns the job id.
+async fn start_job(
     resources: &Arc<Resources>,
     caller: &Caller,
-    load: CsvLoad,
+    job_type: &'static str,
+    body: Object,
+    work: Work,
 ) -> Result<String, VerbError> {
-    if load.database == SYSTEM {
-        return Err(VerbError::new(
-            403,
-            "Records of the 'system' database cannot be written through CSV loads",
-        ));
-    }
-    nosql::search_table(resources, &load.database, &load.table)?;
     let id = uuid::Uuid::new_v4().to_string();
     let slot = Slot::reserve(&id).ok_or_else(|| {
         VerbError::new(
@@ -216,21 +245,9 @@ pub async fn start_csv_load(
             format!("{JOBS_RUNNING_MAX} jobs are running; try again when one has finished"),
         )
     })?;
-    let mut body = Object::new();
-    body.insert("operation", Value::from(load.source.job_type()));
-    body.insert("action", Value::from(kind_name(load.kind)));
-    body.insert("database", Value::from(load.database.as_str()));
-    body.insert("table", Value::from(load.table.as_str()));
-    match &load.source {
-        CsvSource::Data(text) => body.insert("data_bytes", Value::Int(text.len() as i64)),
-        CsvSource::File(path) => {
-            body.insert("file_path", Value::from(path.to_string_lossy().as_ref()))
-        }
-        CsvSource::Url { url, .. } => body.insert("csv_url", Value::from(url.as_str())),
-    };
     let mut record = Object::new();
     record.insert("id", Value::from(id.as_str()));
-    record.insert("type", Value::from(load.source.job_type()));
+    record.insert("type", Value::from(job_type));
     record.insert("status", Value::from(Status::Created.name()));
     record.insert(
         "user",
@@ -242,12 +259,32 @@ pub async fn start_csv_load(
     put_job(resources, caller, record, PutMode::Insert).await?;
     let r = resources.clone();
     let who = caller.clone();
-    let job = id.clone();
+    let job_id = id.clone();
     let spawned = std::thread::Builder::new()
         .name("job".into())
         .spawn(move || {
             let _slot = slot;
-            run(&r, &who, &job, load);
+            let job = Job {
+                resources: &r,
+                caller: &who,
+                id: &job_id,
+            };
+            job.update(vec![
+                ("status", Value::from(Status::InProgress.name())),
+                ("start_datetime", Value::Float(now_ms())),
+            ]);
+            let mut counts = Counts::default();
+            let (status, message) = match work(&job, &mut counts) {
+                Ok(message) => (Status::Complete, message),
+                Err(message) => (Status::Error, message),
+            };
+            let mut fields = vec![
+                ("status", Value::from(status.name())),
+                ("message", Value::from(message.as_str())),
+                ("end_datetime", Value::Float(now_ms())),
+            ];
+            fields.extend(counts.fields());
+            job.update(fields);
         });
     if let Err(e) = spawned {
         let message = format!("cannot start a job thread: {e}");
@@ -260,6 +297,151 @@ pub async fn start_csv_load(
         return Err(VerbError::new(503, message));
     }
     Ok(id)
+}
+
+fn refuse_system(database: &str) -> Result<(), VerbError> {
+    if database == SYSTEM {
+        return Err(VerbError::new(
+            403,
+            "Records of the 'system' database cannot be written by jobs",
+        ));
+    }
+    Ok(())
+}
+
+/// Starts a CSV load and returns its job id once the job record is stored; the rows are read
+/// and written on a job thread. Refusals here (missing table, `system`, too many jobs) write
+/// nothing; everything that can go wrong with the CSV itself ends the job as `ERROR`.
+pub async fn start_csv_load(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    load: CsvLoad,
+) -> Result<String, VerbError> {
+    refuse_system(&load.database)?;
+    nosql::search_table(resources, &load.database, &load.table)?;
+    let job_type = load.source.job_type();
+    let mut body = Object::new();
+    body.insert("operation", Value::from(job_type));
+    body.insert("action", Value::from(kind_name(load.kind)));
+    body.insert("database", Value::from(load.database.as_str()));
+    body.insert("table", Value::from(load.table.as_str()));
+    match &load.source {
+        CsvSource::Data(text) => body.insert("data_bytes", Value::Int(text.len() as i64)),
+        CsvSource::File(path) => {
+            body.insert("file_path", Value::from(path.to_string_lossy().as_ref()))
+        }
+        CsvSource::Url { url, .. } => body.insert("csv_url", Value::from(url.as_str())),
+    };
+    let work: Work = Box::new(move |job, counts| {
+        let CsvLoad {
+            database,
+            table,
+            kind,
+            source,
+        } = load;
+        let target = Target {
+            job,
+            database: &database,
+            table: &table,
+            kind,
+        };
+        read_source(source).and_then(|bytes| target.load(&bytes, counts))
+    });
+    start_job(resources, caller, job_type, body, work).await
+}
+
+/// `delete_records_before`: deletes, on a job thread, every record of the table whose
+/// `@createdTime` attribute (`__createdtime__` on Operations API tables) is before `before_ms`.
+pub async fn start_delete_before(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    before_ms: f64,
+) -> Result<String, VerbError> {
+    refuse_system(database)?;
+    let (_, t) = nosql::search_table(resources, database, table)?;
+    let created = t
+        .def
+        .attributes
+        .iter()
+        .find(|a| a.created_time)
+        .map(|a| a.name.clone())
+        .ok_or_else(|| {
+            VerbError::bad(format!(
+                "Table '{database}.{table}' has no @createdTime attribute to compare with"
+            ))
+        })?;
+    let mut body = Object::new();
+    body.insert("operation", Value::from("delete_records_before"));
+    body.insert("database", Value::from(database));
+    body.insert("table", Value::from(table));
+    body.insert("date", iso(before_ms));
+    let (database, table) = (database.to_string(), table.to_string());
+    let work: Work = Box::new(move |job, counts| {
+        delete_before(job, &database, &table, &created, before_ms, counts)
+    });
+    start_job(resources, caller, "delete_records_before", body, work).await
+}
+
+/// Collects the keys created before `before_ms` in one read snapshot (keys only), then deletes
+/// them in batches of [`BATCH_RECORDS`], one transaction each.
+fn delete_before(
+    job: &Job<'_>,
+    database: &str,
+    table: &str,
+    created: &str,
+    before_ms: f64,
+    counts: &mut Counts,
+) -> Result<String, String> {
+    use crate::value::{Kind, ValueView};
+    let (db, t) = nosql::search_table(job.resources, database, table).map_err(|e| e.message)?;
+    let mut keys = Vec::new();
+    {
+        let txn = db.read().map_err(|e| e.to_string())?;
+        for item in txn.scan(&t, false).map_err(|e| e.to_string())? {
+            let (key, record) = item.map_err(|e| e.to_string())?;
+            let at = match record.value.get(created).map(|v| v.kind()) {
+                Some(Kind::Int(ms)) => ms as f64,
+                Some(Kind::Float(ms) | Kind::Date(ms)) => ms,
+                _ => continue,
+            };
+            if at < before_ms {
+                keys.push(value::key::decode(key).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    counts.total = keys.len() as u64;
+    job.progress(counts);
+    for batch in keys.chunks(BATCH_RECORDS) {
+        let write = RecordWrite::Delete {
+            table: table.to_string(),
+            ids: batch.to_vec(),
+        };
+        let (_, mut summaries) = block_on(nosql::write_records(
+            job.resources,
+            job.caller,
+            database,
+            vec![write],
+        ))
+        .map_err(|e| {
+            format!(
+                "{} (after deleting {} of {} records)",
+                e.message, counts.loaded, counts.total
+            )
+        })?;
+        let summary = summaries.pop().unwrap_or_default();
+        counts.processed += batch.len() as u64;
+        counts.loaded += summary.done.len() as u64;
+        counts.skipped += summary.skipped.len() as u64;
+        job.progress(counts);
+    }
+    Ok(format!(
+        "deleted {} of {} records created before {}",
+        counts.loaded,
+        counts.total,
+        iso(before_ms).as_str().unwrap_or("the date")
+    ))
 }
 
 fn kind_name(kind: PutKind) -> &'static str {
@@ -291,58 +473,6 @@ impl Counts {
             ("records_error", n(self.errors)),
         ]
     }
-}
-
-/// Merges `fields` into the job record from the job thread; a failure is logged, not fatal.
-fn update_job(resources: &Resources, caller: &Caller, id: &str, fields: Vec<(&str, Value)>) {
-    let mut record = Object::new();
-    record.insert("id", Value::from(id));
-    for (k, v) in fields {
-        record.insert(k, v);
-    }
-    if let Err(e) = block_on(put_job(resources, caller, record, PutMode::Update)) {
-        tracing::warn!("job {id}: cannot record its state: {}", e.message);
-    }
-}
-
-/// The job thread: reads the source, loads the rows, records how it ended.
-fn run(resources: &Resources, caller: &Caller, id: &str, load: CsvLoad) {
-    update_job(
-        resources,
-        caller,
-        id,
-        vec![
-            ("status", Value::from(Status::InProgress.name())),
-            ("start_datetime", Value::Float(now_ms())),
-        ],
-    );
-    let CsvLoad {
-        database,
-        table,
-        kind,
-        source,
-    } = load;
-    let mut counts = Counts::default();
-    let target = Target {
-        resources,
-        caller,
-        id,
-        database: &database,
-        table: &table,
-        kind,
-    };
-    let result = read_source(source).and_then(|bytes| target.load(&bytes, &mut counts));
-    let (status, message) = match result {
-        Ok(message) => (Status::Complete, message),
-        Err(message) => (Status::Error, message),
-    };
-    let mut fields = vec![
-        ("status", Value::from(status.name())),
-        ("message", Value::from(message.as_str())),
-        ("end_datetime", Value::Float(now_ms())),
-    ];
-    fields.extend(counts.fields());
-    update_job(resources, caller, id, fields);
 }
 
 /// The CSV's bytes, within [`CSV_BYTES_MAX`].
@@ -379,11 +509,9 @@ fn read_source(source: CsvSource) -> Result<Vec<u8>, String> {
     }
 }
 
-/// The table a load writes to, and for whom.
+/// The table a load writes to, and the job it reports to.
 struct Target<'a> {
-    resources: &'a Resources,
-    caller: &'a Caller,
-    id: &'a str,
+    job: &'a Job<'a>,
     database: &'a str,
     table: &'a str,
     kind: PutKind,
@@ -395,6 +523,7 @@ impl Target<'_> {
     fn load(&self, bytes: &[u8], counts: &mut Counts) -> Result<String, String> {
         let (database, table) = (self.database, self.table);
         let (_, t) = self
+            .job
             .resources
             .table(database, table)
             .ok_or_else(|| format!("Table '{database}.{table}' does not exist"))?;
@@ -434,12 +563,7 @@ impl Target<'_> {
                 problems.join("; ")
             ));
         }
-        update_job(
-            self.resources,
-            self.caller,
-            self.id,
-            counts.fields().into_iter().collect(),
-        );
+        self.job.progress(counts);
         // Second pass: the same rows, now written.
         let mut reader = Reader::new(bytes, LIMITS).map_err(|e| e.to_string())?;
         reader.next_row(&mut header).map_err(|e| e.to_string())?;
@@ -471,8 +595,8 @@ impl Target<'_> {
             records,
         };
         let result = block_on(nosql::write_records(
-            self.resources,
-            self.caller,
+            self.job.resources,
+            self.job.caller,
             self.database,
             vec![write],
         ));
@@ -488,12 +612,7 @@ impl Target<'_> {
         counts.processed += n;
         counts.loaded += summary.done.len() as u64;
         counts.skipped += summary.skipped.len() as u64;
-        update_job(
-            self.resources,
-            self.caller,
-            self.id,
-            counts.fields().into_iter().collect(),
-        );
+        self.job.progress(counts);
         Ok(())
     }
 }
@@ -535,10 +654,17 @@ fn row_record(
             record.insert(name.as_str(), field_value(def, name, text));
         }
     }
-    if kind == PutKind::Update {
-        if let Some(pk) = &def.primary_key {
-            if record.get(pk).is_none() {
-                return Err(format!("missing its primary key '{pk}'"));
+    if let Some(pk) = &def.primary_key {
+        match record.get(pk) {
+            None if kind == PutKind::Update => {
+                return Err(format!("missing its primary key '{pk}'"))
+            }
+            None => {}
+            // The writer would refuse it too, but only after earlier batches were committed.
+            Some(key) => {
+                let mut encoded = Vec::new();
+                value::key::encode(key, &mut encoded)
+                    .map_err(|e| format!("invalid primary key: {e}"))?;
             }
         }
     }

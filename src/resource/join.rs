@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
 use super::search::SearchError;
@@ -163,12 +163,13 @@ impl Link {
     }
 
     /// The related records of `record`, in order (the local attribute's order, then the target
-    /// index's), each once, at most [`RELATED_RECORDS_MAX`].
+    /// index's), each once, at most `count_max`, until `each` breaks.
     pub fn related<'t, 'a, V: ValueView<'a>>(
         &self,
         txn: &'t ReadTxn<'_>,
         record: V,
-        each: &mut dyn FnMut(&Record<'t>),
+        count_max: usize,
+        each: &mut dyn FnMut(&Record<'t>) -> ControlFlow<()>,
     ) -> Result<(), SearchError> {
         let mut keys: Vec<Vec<u8>> = Vec::new();
         each_key(record.get(&self.local), |k| keys.push(k.to_vec()));
@@ -181,7 +182,9 @@ impl Link {
                         continue;
                     }
                     if let Some(found) = txn.get_encoded(&self.target, k)? {
-                        each(&found);
+                        if each(&found).is_break() {
+                            return Ok(());
+                        }
                         count += 1;
                     }
                 }
@@ -193,10 +196,12 @@ impl Link {
                             continue;
                         }
                         if let Some(found) = txn.get_encoded(&self.target, pk)? {
-                            each(&found);
+                            if each(&found).is_break() {
+                                return Ok(());
+                            }
                             count += 1;
                         }
-                        if count >= RELATED_RECORDS_MAX {
+                        if count >= count_max {
                             return Ok(());
                         }
                     }
@@ -209,16 +214,18 @@ impl Link {
                         let mut hit = false;
                         each_key(found.value.get(attribute), |v| hit |= v == k.as_slice());
                         if hit && seen.insert(pk.to_vec()) {
-                            each(&found);
+                            if each(&found).is_break() {
+                                return Ok(());
+                            }
                             count += 1;
                         }
-                        if count >= RELATED_RECORDS_MAX {
+                        if count >= count_max {
                             return Ok(());
                         }
                     }
                 }
             }
-            if count >= RELATED_RECORDS_MAX {
+            if count >= count_max {
                 break;
             }
         }
@@ -397,10 +404,8 @@ fn item_value<'a, V: ValueView<'a>>(
     };
     let mut related = Vec::new();
     let mut failed = None;
-    link.related(txn, record, &mut |found| {
-        if failed.is_some() || (!link.many && !related.is_empty()) {
-            return;
-        }
+    let count_max = if link.many { RELATED_RECORDS_MAX } else { 1 };
+    link.related(txn, record, count_max, &mut |found| {
         let projected = match children {
             None => Ok(to_owned(found.value)),
             Some(children) => object_of(txn, found.value, children, redact).map(Value::Object),
@@ -409,8 +414,12 @@ fn item_value<'a, V: ValueView<'a>>(
             Ok(mut v) => {
                 redact(&link.target.def, &mut v);
                 related.push(v);
+                ControlFlow::Continue(())
             }
-            Err(e) => failed = Some(e),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
         }
     })?;
     if let Some(e) = failed {

@@ -24,10 +24,13 @@
 //! primary key); otherwise matches are sorted in memory, bounded by `SORT_RECORDS_MAX`.
 //!
 //! A condition through a relationship (`brand.name=Acme`, SPEC §3.3; only with [`plan_joined`])
-//! is planned on the related table as a search of its own (its index used as for any search);
-//! when the search runs, that search comes first and its matches become keys of this table's
-//! local attribute (`join.rs`), tested as a membership filter and — when the local attribute is
-//! the primary key or indexed — driving this table by key or by index points.
+//! is planned on the related table as a search of its own (its index used as for any search).
+//! When it drives — the local attribute is the primary key or indexed and nothing better is at
+//! hand — or when this table is scanned anyway, that search runs first and its matches become
+//! keys of this table's local attribute (`join.rs`), driving this table by key or index points
+//! and tested as a membership filter. When another condition drives, each candidate's related
+//! records are read and tested instead, so a selective condition never pays for a large related
+//! set. `explain` names the mode of each join (`drives`, `collected`, `per record`).
 //!
 //! It never writes, never awaits and never encodes: the callback gets each record in place.
 
@@ -42,7 +45,7 @@ use crate::query::{
 };
 use crate::schema::{AttributeDef, FieldType, TableDef};
 use crate::store::{Database, ReadTxn, Record, StoreError, Table};
-use crate::value::{self, key, Value};
+use crate::value::{self, key, Value, ValueView};
 
 /// Matches sorted in memory at most; beyond → 400 (narrow the query or sort by an index).
 pub const SORT_RECORDS_MAX: usize = 1_000_000;
@@ -183,6 +186,35 @@ pub struct Plan {
 struct Join {
     link: Link,
     plan: Plan,
+    mode: JoinMode,
+}
+
+/// How a join is evaluated, decided with the access path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinMode {
+    /// It drives the access path: its keys are collected first (more than `JOIN_KEYS_MAX` → 400).
+    Drive,
+    /// Every record of the table is read anyway (full scan): its keys are collected first, so
+    /// each record is tested against a set; more than `JOIN_KEYS_MAX` → tested per record.
+    Collect,
+    /// Another condition drives: each candidate's related records are read and tested, so
+    /// nothing is collected from the related table.
+    PerRecord,
+}
+
+/// Marks the joins `access` reads from as driving.
+fn mark_driving(access: &Access, driving: &mut [bool]) {
+    match access {
+        Access::Join { join, .. } => {
+            if let Some(flag) = driving.get_mut(*join) {
+                *flag = true;
+            }
+        }
+        Access::Union(branches) => branches
+            .iter()
+            .for_each(|(branch, _)| mark_driving(branch, driving)),
+        _ => {}
+    }
 }
 
 impl Plan {
@@ -286,13 +318,24 @@ fn plan_at(
         };
         (access, order)
     };
+    let mut driving = vec![false; planner.joins.len()];
+    mark_driving(&access, &mut driving);
+    let scan = matches!(access, Access::Scan { .. });
+    let mut joins = planner.joins;
+    for (join, drives) in joins.iter_mut().zip(driving) {
+        join.mode = match (drives, scan) {
+            (true, _) => JoinMode::Drive,
+            (false, true) => JoinMode::Collect,
+            (false, false) => JoinMode::PerRecord,
+        };
+    }
     Ok(Plan {
         access,
         filter,
         order,
         offset: spec.offset,
         limit: spec.limit,
-        joins: planner.joins,
+        joins,
     })
 }
 
@@ -313,22 +356,30 @@ pub fn search(
         return Ok(stats);
     }
     let bound;
+    let join_keys;
     let (access, filter) = if plan.joins.is_empty() {
+        join_keys = Vec::new();
         (&plan.access, &plan.filter)
     } else {
-        let keys = run_joins(txn, &plan.joins, &mut stats)?;
+        join_keys = run_joins(txn, &plan.joins, &mut stats)?;
         bound = (
-            bind_access(&plan.access, &keys),
-            bind_filter(&plan.filter, &keys),
+            bind_access(&plan.access, &join_keys),
+            bind_filter(&plan.filter, &join_keys),
         );
         (&bound.0, &bound.1)
+    };
+    let joins = Joins {
+        txn,
+        joins: &plan.joins,
+        keys: &join_keys,
+        visited: std::cell::Cell::new(0),
     };
     match &plan.order {
         Order::Access => {
             let mut sink = |key: &[u8], record: &Record<'_>, stats: &mut SearchStats| {
                 window.offer(key, record, stats, emit)
             };
-            let _ = candidates(txn, table, access, filter, &mut stats, &mut sink)?;
+            let _ = candidates(&joins, table, access, filter, &mut stats, &mut sink)?;
         }
         Order::Memory(keys) => {
             let mut matches: Vec<Vec<u8>> = Vec::new();
@@ -341,7 +392,7 @@ pub fn search(
                 matches.push(sort_key(record, keys, key));
                 ControlFlow::Continue(())
             };
-            let _ = candidates(txn, table, access, filter, &mut stats, &mut sink)?;
+            let _ = candidates(&joins, table, access, filter, &mut stats, &mut sink)?;
             if overflow {
                 return Err(too_many_to_sort());
             }
@@ -393,18 +444,26 @@ pub fn search(
             let _ = emit_sorted(txn, table, &run, &mut window, &mut stats, emit)?;
         }
     }
+    stats.records_visited += joins.visited.get();
     Ok(stats)
 }
 
-/// Runs each join's search on its related table and collects the keys of the local attribute
-/// its matches stand for; their work counts in `stats`.
+/// Keys a join collected; `None` for a join tested per record.
+type JoinKeys = Option<Arc<BTreeSet<Vec<u8>>>>;
+
+/// Runs the search on the related table of each join that collects keys, and collects the keys
+/// of the local attribute its matches stand for; their work counts in `stats`.
 fn run_joins(
     txn: &ReadTxn<'_>,
     joins: &[Join],
     stats: &mut SearchStats,
-) -> Result<Vec<Arc<BTreeSet<Vec<u8>>>>, SearchError> {
+) -> Result<Vec<JoinKeys>, SearchError> {
     let mut out = Vec::with_capacity(joins.len());
     for join in joins {
+        if join.mode == JoinMode::PerRecord {
+            out.push(None);
+            continue;
+        }
         let mut keys = BTreeSet::new();
         let mut overflow = false;
         let sub = search(txn, &join.link.target, &join.plan, &mut |pk, record| {
@@ -417,20 +476,105 @@ fn run_joins(
         })?;
         stats.records_visited += sub.records_visited;
         stats.index_entries += sub.index_entries;
-        if overflow {
-            return Err(SearchError::BadRequest(format!(
-                "More than {JOIN_KEYS_MAX} related records match the condition on {}; narrow it",
-                join.link.relationship
-            )));
+        match (overflow, join.mode) {
+            (true, JoinMode::Drive) => {
+                return Err(SearchError::BadRequest(format!(
+                    "More than {JOIN_KEYS_MAX} related records match the condition on {}; narrow \
+                     it or add a condition on an indexed attribute",
+                    join.link.relationship
+                )))
+            }
+            (true, _) => out.push(None),
+            (false, _) => out.push(Some(Arc::new(keys))),
         }
-        out.push(Arc::new(keys));
     }
     Ok(out)
 }
 
+/// Evaluates a filter whose membership tests may belong to joins tested per record.
+struct Joins<'j, 't> {
+    txn: &'j ReadTxn<'t>,
+    joins: &'j [Join],
+    /// Per join: its collected keys (bound into the filter's membership tests), or `None`.
+    keys: &'j [JoinKeys],
+    /// Related records read by joins tested per record (counted into `records_visited`).
+    visited: std::cell::Cell<u64>,
+}
+
+impl Joins<'_, '_> {
+    fn passes<'a, V: ValueView<'a>>(
+        &self,
+        filter: &Filter,
+        record: V,
+    ) -> Result<bool, SearchError> {
+        if self.joins.is_empty() {
+            return Ok(filter.matches(record));
+        }
+        Ok(match filter {
+            Filter::And(children) => {
+                for child in children {
+                    if !self.passes(child, record)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            Filter::Or(children) => {
+                for child in children {
+                    if self.passes(child, record)? {
+                        return Ok(true);
+                    }
+                }
+                false
+            }
+            Filter::Test(test) => test.matches(record),
+            Filter::In(membership) => match self.keys.get(membership.join) {
+                Some(Some(_)) => membership.matches(record),
+                _ => match self.joins.get(membership.join) {
+                    Some(join) => self.related_passes(join, record)?,
+                    None => false,
+                },
+            },
+        })
+    }
+
+    /// Whether any related record of `record` through `join` meets the join's condition (its own
+    /// joins tested per record too).
+    fn related_passes<'a, V: ValueView<'a>>(
+        &self,
+        join: &Join,
+        record: V,
+    ) -> Result<bool, SearchError> {
+        let nested = Joins {
+            txn: self.txn,
+            joins: &join.plan.joins,
+            keys: &[],
+            visited: std::cell::Cell::new(0),
+        };
+        let mut hit = false;
+        let mut failed = None;
+        join.link
+            .related(self.txn, record, usize::MAX, &mut |found| {
+                nested.visited.set(nested.visited.get() + 1);
+                match nested.passes(&join.plan.filter, found.value) {
+                    Ok(false) => return ControlFlow::Continue(()),
+                    Ok(true) => hit = true,
+                    Err(e) => failed = Some(e),
+                }
+                ControlFlow::Break(())
+            })?;
+        self.visited.set(self.visited.get() + nested.visited.get());
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(hit),
+        }
+    }
+}
+
 /// `access` with its joins replaced by the keys they collected.
-fn bind_access(access: &Access, keys: &[Arc<BTreeSet<Vec<u8>>>]) -> Access {
-    let keys_of = |join: usize| keys.get(join).cloned().unwrap_or_default();
+fn bind_access(access: &Access, keys: &[JoinKeys]) -> Access {
+    // A driving join always collected its keys (or the search failed).
+    let keys_of = |join: usize| keys.get(join).cloned().flatten().unwrap_or_default();
     match access {
         Access::Join {
             join, index: None, ..
@@ -455,13 +599,14 @@ fn bind_access(access: &Access, keys: &[Arc<BTreeSet<Vec<u8>>>]) -> Access {
     }
 }
 
-/// `filter` with each membership test given its join's keys.
-fn bind_filter(filter: &Filter, keys: &[Arc<BTreeSet<Vec<u8>>>]) -> Filter {
+/// `filter` with each membership test given its join's keys (those tested per record keep
+/// none).
+fn bind_filter(filter: &Filter, keys: &[JoinKeys]) -> Filter {
     match filter {
         Filter::And(c) => Filter::And(c.iter().map(|f| bind_filter(f, keys)).collect()),
         Filter::Or(c) => Filter::Or(c.iter().map(|f| bind_filter(f, keys)).collect()),
         Filter::In(m) => Filter::In(Membership {
-            keys: keys.get(m.join).cloned().unwrap_or_default(),
+            keys: keys.get(m.join).cloned().flatten().unwrap_or_default(),
             ..m.clone()
         }),
         Filter::Test(_) => filter.clone(),
@@ -578,21 +723,26 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 /// Feeds every candidate of `access` that matches `filter` (and, in a union, its branch's filter
 /// and no earlier branch's) to `sink`.
 fn candidates(
-    txn: &ReadTxn<'_>,
+    joins: &Joins<'_, '_>,
     table: &Table,
     access: &Access,
     filter: &Filter,
     stats: &mut SearchStats,
     sink: &mut Sink<'_>,
 ) -> Result<ControlFlow<()>, SearchError> {
-    let probe = Probe { txn, table, filter };
+    let txn = joins.txn;
+    let probe = Probe {
+        joins,
+        table,
+        filter,
+    };
     match access {
         Access::Key(pk) => return probe.key(pk, stats, sink),
         Access::Scan { descending } => {
             for item in txn.scan(table, *descending)? {
                 let (pk, record) = item?;
                 stats.records_visited += 1;
-                if filter.matches(record.value) && sink(pk, &record, stats).is_break() {
+                if joins.passes(filter, record.value)? && sink(pk, &record, stats).is_break() {
                     return Ok(ControlFlow::Break(()));
                 }
             }
@@ -641,15 +791,16 @@ fn candidates(
                 // drives), so a record it reaches that only a later branch matches is left to
                 // that branch: each record comes from the first branch whose filter it meets.
                 let mut branch_sink = |pk: &[u8], record: &Record<'_>, stats: &mut SearchStats| {
-                    if !own.matches(record.value)
-                        || earlier.iter().any(|(_, f)| f.matches(record.value))
-                    {
+                    // Errors of per-record joins in these checks surface through the main filter,
+                    // which every candidate passed first.
+                    let meets = |f: &Filter| joins.passes(f, record.value).unwrap_or(false);
+                    if !meets(own) || earlier.iter().any(|(_, f)| meets(f)) {
                         ControlFlow::Continue(())
                     } else {
                         sink(pk, record, stats)
                     }
                 };
-                if candidates(txn, table, branch, filter, stats, &mut branch_sink)?.is_break() {
+                if candidates(joins, table, branch, filter, stats, &mut branch_sink)?.is_break() {
                     return Ok(ControlFlow::Break(()));
                 }
             }
@@ -659,13 +810,13 @@ fn candidates(
 }
 
 /// Reads candidates of one table in one transaction and offers the matches of `filter`.
-struct Probe<'p, 't> {
-    txn: &'p ReadTxn<'t>,
+struct Probe<'p, 'j, 't> {
+    joins: &'p Joins<'j, 't>,
     table: &'p Table,
     filter: &'p Filter,
 }
 
-impl Probe<'_, '_> {
+impl Probe<'_, '_, '_> {
     /// The record with encoded key `pk`, if live and matching.
     fn key(
         &self,
@@ -673,11 +824,11 @@ impl Probe<'_, '_> {
         stats: &mut SearchStats,
         sink: &mut Sink<'_>,
     ) -> Result<ControlFlow<()>, SearchError> {
-        let Some(record) = self.txn.get_encoded(self.table, pk)? else {
+        let Some(record) = self.joins.txn.get_encoded(self.table, pk)? else {
             return Ok(ControlFlow::Continue(()));
         };
         stats.records_visited += 1;
-        if self.filter.matches(record.value) {
+        if self.joins.passes(self.filter, record.value)? {
             return Ok(sink(pk, &record, stats));
         }
         Ok(ControlFlow::Continue(()))
@@ -694,6 +845,7 @@ impl Probe<'_, '_> {
         sink: &mut Sink<'_>,
     ) -> Result<ControlFlow<()>, SearchError> {
         for entry in self
+            .joins
             .txn
             .index_range(self.table, attribute, lower, upper, descending)?
         {
@@ -1089,7 +1241,12 @@ impl Planner<'_> {
             join: self.joins.len(),
             via: name.clone(),
         };
-        self.joins.push(Join { link, plan });
+        // The mode is decided once the access path is known (`plan_at`).
+        self.joins.push(Join {
+            link,
+            plan,
+            mode: JoinMode::PerRecord,
+        });
         Ok(Filter::In(membership))
     }
 }
@@ -1414,9 +1571,14 @@ impl fmt::Display for Plan {
                 Remote::Key => "primary key".to_string(),
                 Remote::Attribute(a) => a.clone(),
             };
+            let mode = match join.mode {
+                JoinMode::Drive => "drives",
+                JoinMode::Collect => "collected",
+                JoinMode::PerRecord => "per record",
+            };
             write!(
                 f,
-                "; join {} = {}.{collect} of [{}] → {}",
+                "; join {} ({mode}) = {}.{collect} of [{}] → {}",
                 link.relationship, link.target.def.table, join.plan, link.local
             )?;
         }

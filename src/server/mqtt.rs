@@ -8,17 +8,21 @@
 //! over a `tidepool_io::mesh`, and each core's dispatcher hands it to its MQTT sessions, which
 //! match filters by a linear scan. It is meant to be replaced by pubsub's registry and fan-out.
 
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidepool_io::{
-    bind_listeners, mesh, race, spawn, timeout, Either, Inbox, Listener, MeshSender, TlsAcceptor,
+    bind_listeners, mesh, race, spawn, timeout, Either, Inbox, Listener, MeshSender, ReadHalf,
+    TlsAcceptor,
 };
 
 use super::RunError;
+use crate::protocol::http::{Request, Response};
 use crate::protocol::mqtt::conn::{self, MqttShared, Sessions};
+use crate::protocol::ws;
 use crate::store::Commit;
 
 /// Commits queued per core inbox; past it a core misses that commit and a `warn` says so.
@@ -83,6 +87,12 @@ impl InterimFanout {
     }
 }
 
+thread_local! {
+    /// This core's MQTT state, for connections that arrive through the HTTP ports (MQTT over
+    /// WebSocket): set once by [`start_core`] on the core's own thread.
+    static CORE: RefCell<Option<(Arc<MqttShared>, Rc<Sessions>)>> = const { RefCell::new(None) };
+}
+
 /// Starts this core's MQTT accept loops and change dispatcher.
 pub fn start_core(
     core: usize,
@@ -94,6 +104,7 @@ pub fn start_core(
     if let Some(inbox) = fanout.take_inbox(core) {
         spawn(dispatch_loop(inbox, sessions.clone(), shared.clone()));
     }
+    CORE.with(|c| *c.borrow_mut() = Some((shared.clone(), sessions.clone())));
     for port in ports {
         let std_listener = port
             .listeners
@@ -183,6 +194,52 @@ async fn accept_loop(
     }
 }
 
+/// MQTT over WebSocket (SPEC §6.3): an upgrade on any path of an HTTP port asking for subprotocol
+/// `mqtt`. Answers 101 with `mqtt` echoed and hands the connection (plain or TLS) to an MQTT
+/// session reading through [`ws::transport`]; with `mqtt.webSocket: false`, 404 without upgrading.
+/// `caller`: who the upgrade request authenticated as; it counts when CONNECT names no user.
+pub fn web_socket_upgrade(
+    req: &Request<'_>,
+    resp: &mut Response,
+    caller: Result<&crate::resource::Caller, &crate::auth::AuthError>,
+) {
+    let Some((shared, sessions)) = CORE.with(|c| c.borrow().clone()) else {
+        resp.json_error(503, "MQTT is not running on this core");
+        return;
+    };
+    if !shared.resources.config.mqtt_web_socket {
+        resp.json_error(
+            404,
+            "MQTT over WebSocket is disabled (mqtt.webSocket: false)",
+        );
+        return;
+    }
+    if !ws::handshake(req, resp, Some("mqtt")) {
+        return;
+    }
+    let peer = req.peer;
+    let identity = conn::TransportIdentity {
+        certificate_cn: None,
+        upgrade_caller: caller.ok().filter(|c| !c.is_anonymous()).cloned(),
+    };
+    // A frame may hold a whole packet and the start of the next.
+    let payload_bytes_max = shared
+        .packet_bytes_max
+        .saturating_add(ws::frame::PAYLOAD_BYTES_MAX);
+    resp.take_over(move |up| async move {
+        let (reader, writer) = ws::transport::split(up, payload_bytes_max);
+        conn::serve_split(
+            ReadHalf::new(reader),
+            writer,
+            peer,
+            identity,
+            shared,
+            sessions,
+        )
+        .await
+    });
+}
+
 /// What `server::run` hands every core for MQTT.
 pub struct Mqtt {
     pub port: Option<MqttPort>,
@@ -192,11 +249,10 @@ pub struct Mqtt {
 }
 
 impl Mqtt {
+    /// Runs on every core, listeners or not: MQTT over WebSocket needs the sessions too.
     pub fn start_core(&self, core: usize) {
         let ports: Vec<&MqttPort> = self.port.iter().chain(&self.secure_port).collect();
-        if !ports.is_empty() {
-            start_core(core, &ports, self.shared.clone(), &self.fanout);
-        }
+        start_core(core, &ports, self.shared.clone(), &self.fanout);
     }
 }
 

@@ -60,13 +60,8 @@ impl Router {
     ) -> bool {
         if ws::is_upgrade(req) {
             if ws::wants_mqtt(req) {
-                // Hook for MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`. The MQTT
-                // module answers here with `ws::handshake(req, resp, Some("mqtt"))` and
-                // `resp.take_over(..)` over `ws::frame`.
-                resp.json_error(
-                    501,
-                    "MQTT over WebSocket is not available in this build yet",
-                );
+                // MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`.
+                super::mqtt::web_socket_upgrade(req, resp, caller);
                 return true;
             }
             if !ws::upgrade(&self.realtime, req, resp, caller) {

@@ -393,3 +393,23 @@ pub fn seed() -> u64 {
                 .unwrap_or(1)
         })
 }
+
+/// Whether `program args…` runs and succeeds. A test skips the part that needs a missing tool
+/// and says so — except with `TIDEPOOL_HEAVY` set (as `.ci/run` does, after installing every
+/// tool), where a missing tool fails the test, so that CI never passes by skipping.
+pub fn have_tool(program: &str, args: &[&str], install: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("TIDEPOOL_HEAVY").is_none(),
+            "{program} is needed here ({install}); TIDEPOOL_HEAVY is set, so it must not be skipped"
+        );
+        eprintln!("{program} unavailable ({install}): skipping the checks that need it");
+    }
+    ok
+}

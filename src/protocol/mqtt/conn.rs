@@ -997,20 +997,32 @@ pub async fn serve<T: Split>(
     sessions: Rc<Sessions>,
 ) {
     let _ = stream.set_nodelay(true);
-    let peer_cn = stream.peer_cn().map(str::to_string);
+    let identity = TransportIdentity {
+        certificate_cn: stream.peer_cn().map(str::to_string),
+        upgrade_caller: None,
+    };
     let (reader, writer) = stream.into_split();
     let reader = ReadHalf::with_chunk(reader, READ_SPARE_BYTES);
-    serve_split(reader, writer, peer, peer_cn, shared, sessions).await
+    serve_split(reader, writer, peer, identity, shared, sessions).await
+}
+
+/// What the transport under a connection established about the client before CONNECT.
+#[derive(Default)]
+pub struct TransportIdentity {
+    /// The CN of a client certificate TLS verified on the MQTT secure port (with
+    /// `mqtt.network.mtls`): it authenticates the client, whatever CONNECT says (SPEC §5.4).
+    pub certificate_cn: Option<String>,
+    /// Who a WebSocket upgrade's `Authorization` header, session cookie or HTTP client
+    /// certificate authenticated (SPEC §6.3, P1): it counts when CONNECT names no user.
+    pub upgrade_caller: Option<Caller>,
 }
 
 /// [`serve`] over a connection already split (MQTT over WebSocket brings its own halves).
-/// `peer_cn`: the common name of the client certificate TLS verified (MQTT secure port with
-/// `mqtt.network.mtls`), which then authenticates the client instead of CONNECT's credentials.
 pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     mut reader: ReadHalf<R>,
     mut writer: W,
     peer: SocketAddr,
-    peer_cn: Option<String>,
+    identity: TransportIdentity,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
 ) {
@@ -1121,9 +1133,14 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     if shared.shutdown.is_triggered() {
         return refuse(Refusal::Unavailable);
     }
-    let caller = match certificate_caller(&shared, peer_cn.as_deref())
-        .unwrap_or_else(|| authenticate(&shared, &connect, peer))
-    {
+    let transport_caller = match certificate_caller(&shared, identity.certificate_cn.as_deref()) {
+        Some(result) => Some(result),
+        None => identity
+            .upgrade_caller
+            .filter(|_| connect.username.is_none())
+            .map(Ok),
+    };
+    let caller = match transport_caller.unwrap_or_else(|| authenticate(&shared, &connect, peer)) {
         Ok(c) => c,
         Err(r) => {
             events::record(
@@ -1798,6 +1815,29 @@ impl Session<'_> {
             };
             if p.retain {
                 let mut record = payload::record(value, content_type);
+                // SPEC §5.5: a write touching an attribute without the right is refused.
+                let attributes = record.iter().map(|(k, _)| k);
+                let right = match id {
+                    Some(_) => resource::permissions::Action::Update,
+                    None => resource::permissions::Action::Insert,
+                };
+                let pk = def.primary_key.as_deref();
+                if let Err(denied) = resource::permissions::check(
+                    &self.caller,
+                    &def.database,
+                    &def.table,
+                    pk,
+                    right,
+                    attributes,
+                ) {
+                    let names: Vec<&str> = denied
+                        .required_attribute_permissions
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    tracing::info!(target: "mqtt", "publish to {:?} dropped: not permitted to write {names:?}", p.topic);
+                    return rc::NOT_AUTHORIZED;
+                }
                 if let Err(e) = resource::validate_record(def, &mut record, Validation::Full) {
                     tracing::info!(target: "mqtt", "publish to {:?} refused: {e}", p.topic);
                     return rc::PAYLOAD_FORMAT_INVALID;

@@ -287,6 +287,12 @@ pub enum Operation {
         from_ms: f64,
         to_ms: f64,
     },
+    /// Deletes records created before a date, as a job.
+    DeleteRecordsBefore {
+        database: String,
+        table: String,
+        before_ms: f64,
+    },
     /// Known to HarperDB, not served here → 501.
     Unsupported(String),
 }
@@ -355,7 +361,6 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "read_transaction_log",
     "delete_transaction_logs_before",
     "delete_audit_logs_before",
-    "delete_records_before",
     "import_from_s3",
     "export_local",
     "export_to_s3",
@@ -606,6 +611,11 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         "get_job" => Operation::GetJob {
             id: f.string("id")?,
         },
+        "delete_records_before" => Operation::DeleteRecordsBefore {
+            database: f.database()?,
+            table: f.name("table")?,
+            before_ms: f.date("date")?,
+        },
         "search_jobs_by_start_date" => Operation::SearchJobsByStartDate {
             from_ms: f.date("from_date")?,
             to_ms: f.date("to_date")?,
@@ -810,8 +820,14 @@ impl<'a> Fields<'a> {
         Ok(list.filter(|l| !l.iter().any(|a| a == "*")))
     }
 
-    /// An ISO-8601 date (`2021-01-25T23:05:27.464+0000` or `...Z`) as epoch milliseconds.
+    /// An ISO-8601 date (`2021-01-25T23:05:27.464+0000` or `...Z`), or a number of epoch
+    /// milliseconds, as epoch milliseconds.
     fn date(&self, key: &str) -> Result<f64, OpError> {
+        match self.get(key) {
+            Some(Value::Int(ms)) => return Ok(*ms as f64),
+            Some(Value::Float(ms)) if ms.is_finite() => return Ok(*ms),
+            _ => {}
+        }
         let text = self.string(key)?;
         // HarperDB's own examples write offsets without the colon (`+0000`).
         let b = text.as_bytes();

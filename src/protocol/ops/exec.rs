@@ -57,6 +57,7 @@ pub fn name(op: &Operation) -> &str {
         },
         Operation::GetJob { .. } => "get_job",
         Operation::SearchJobsByStartDate { .. } => "search_jobs_by_start_date",
+        Operation::DeleteRecordsBefore { .. } => "delete_records_before",
     }
 }
 
@@ -148,6 +149,17 @@ fn write_reply(w: Shape, summary: WriteSummary, txn_time: f64) -> Value {
         );
     }
     o.insert("txn_time", Value::Float(txn_time));
+    Value::Object(o)
+}
+
+/// HarperDB's answer to an operation that starts a job.
+fn job_started(id: String) -> Value {
+    let mut o = Object::new();
+    o.insert(
+        "message",
+        Value::String(format!("Starting job with id {id}")),
+    );
+    o.insert("job_id", Value::String(id));
     Value::Object(o)
 }
 
@@ -354,14 +366,15 @@ pub async fn execute(
                 },
             )
             .await?;
-            let mut o = Object::new();
-            o.insert(
-                "message",
-                Value::String(format!("Starting job with id {id}")),
-            );
-            o.insert("job_id", Value::String(id));
-            Value::Object(o)
+            job_started(id)
         }
+        Operation::DeleteRecordsBefore {
+            database,
+            table,
+            before_ms,
+        } => job_started(
+            jobs::start_delete_before(resources, caller, &database, &table, before_ms).await?,
+        ),
         Operation::GetJob { id } => jobs::get_job(r, caller, &id)?,
         Operation::SearchJobsByStartDate { from_ms, to_ms } => {
             Value::Array(jobs::search_jobs_by_start_date(r, from_ms, to_ms)?)

@@ -187,6 +187,8 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
         return;
     }
     resp.header("Access-Control-Allow-Origin", origin);
+    // SPEC §5.3: browsers send the session cookie cross-origin only with this.
+    resp.header("Access-Control-Allow-Credentials", "true");
     resp.header("Vary", "Origin");
     if req.method == Method::Options {
         resp.header(
@@ -840,6 +842,33 @@ mod tests {
                 desc: false,
                 explain: false,
             })),
+        );
+        check_decode(
+            r#"{"operation":"csv_data_load","schema":"dev","table":"t","data":"id\n1"}"#,
+            Ok(Operation::CsvLoad(decode::CsvLoad {
+                database: "dev".into(),
+                table: "t".into(),
+                action: decode::WriteKind::Insert,
+                from: decode::CsvFrom::Data("id\n1".into()),
+            })),
+        );
+        check_decode(
+            r#"{"operation":"search_jobs_by_start_date","from_date":"1970-01-01T01:00:00.000+0100","to_date":1000}"#,
+            Ok(Operation::SearchJobsByStartDate {
+                from_ms: 0.0,
+                to_ms: 1000.0,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"search_jobs_by_start_date","from_date":"1970-01-01T00:00:00-0130","to_date":"1970-01-01"}"#,
+            Ok(Operation::SearchJobsByStartDate {
+                from_ms: 5_400_000.0,
+                to_ms: 0.0,
+            }),
+        );
+        check_decode(
+            r#"{"operation":"csv_url_load","table":"t","csv_url":"file:///etc/passwd"}"#,
+            Err((400, "must be an http:// or https:// URL")),
         );
         check_decode(
             r#"{"operation":"nope"}"#,

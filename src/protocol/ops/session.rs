@@ -82,8 +82,5 @@ pub async fn run(
         resp.header("Set-Cookie", &session::set_cookie(resources, req, None));
         "Logout successful"
     };
-    if req.header_str("origin").is_some() {
-        resp.header("Access-Control-Allow-Credentials", "true");
-    }
     Ok(Reply::Value(message(reply)))
 }

@@ -176,8 +176,8 @@ pub async fn handle(
 }
 
 /// SPEC §3.4: gzip the body when the client accepts it and the body is larger than
-/// `http.compressionThreshold` or streamed. (Only gzip: brotli would need a second codec for a
-/// client that accepts gzip as well in practice.)
+/// `http.compressionThreshold` or streamed. Only gzip is offered: clients that accept `br`
+/// accept gzip too, and one codec keeps the dependency list short.
 fn compress(resources: &Resources, req: &Request<'_>, resp: &mut Response, streamed: bool) {
     if resp.body.is_empty() || !matches!(resp.status, 200..=299) || resp.is_takeover() {
         return;
@@ -238,6 +238,8 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
     };
     if allowed {
         resp.header("Access-Control-Allow-Origin", origin);
+        // SPEC §5.3: browsers send the session cookie cross-origin only with this.
+        resp.header("Access-Control-Allow-Credentials", "true");
     }
 }
 
@@ -931,13 +933,18 @@ impl Ctx<'_, '_> {
         let found = resource::with_record(&self.db, &self.table, id, |header, record| {
             let mut etag = [0u8; 18];
             let etag = etag_of(header.version, &mut etag);
-            if if_none_match.is_some_and(|h| etag_matches(h, etag)) {
+            // The version covers this record only: a selection of related records has no tag,
+            // as a change to them would not change it.
+            let tagged = projection.is_none();
+            if tagged && if_none_match.is_some_and(|h| etag_matches(h, etag)) {
                 resp.status = 304;
                 resp.header("ETag", etag);
                 return;
             }
             resp.status = 200;
-            resp.header("ETag", etag);
+            if tagged {
+                resp.header("ETag", etag);
+            }
             if last_modified {
                 resp.header("Last-Modified", &http_date(header.version));
             }
@@ -1194,6 +1201,25 @@ fn percent_encode(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding() {
+        for (header, expected) in [
+            ("gzip", true),
+            ("br, gzip;q=0.5", true),
+            ("GZIP", true),
+            ("gzip;q=0", false),
+            ("br", false),
+            ("*", true),
+            ("*;q=0", false),
+            ("gzip;q=0, *", false),
+            ("identity, *;q=0.1", true),
+            ("gzip;q=abc", false),
+            ("", false),
+        ] {
+            assert_eq!(accepts_gzip(header), expected, "{header:?}");
+        }
+    }
 
     #[test]
     fn etags_and_dates() {

@@ -80,7 +80,7 @@ impl std::fmt::Display for FrameError {
             FrameError::UnknownOpcode(o) => write!(f, "unknown opcode {o}"),
             FrameError::Unmasked => f.write_str("client frame not masked"),
             FrameError::BadControl => f.write_str("control frame fragmented or too long"),
-            FrameError::TooLarge => write!(f, "frame payload over {PAYLOAD_BYTES_MAX} bytes"),
+            FrameError::TooLarge => f.write_str("frame payload over the limit"),
         }
     }
 }
@@ -95,6 +95,32 @@ pub struct Frame<'a> {
 /// Decodes the frame at the start of `buf`, unmasking its payload in place. `Ok(None)`: not
 /// complete yet. On success also returns the bytes it spans.
 pub fn decode(buf: &mut [u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    decode_from(buf, Sender::Client, PAYLOAD_BYTES_MAX)
+}
+
+/// [`decode`] with another payload limit (MQTT over WebSocket carries whole MQTT packets).
+pub fn decode_limited(
+    buf: &mut [u8],
+    payload_bytes_max: usize,
+) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    decode_from(buf, Sender::Client, payload_bytes_max)
+}
+
+/// Who sent the frames being decoded: clients must mask (RFC 6455 §5.1); server frames, as a
+/// client reads them (replication links dial out), come unmasked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Client,
+    Server,
+}
+
+/// [`decode`] for either side, with the payload limit of the caller's protocol. A masked
+/// server frame is unmasked all the same.
+pub fn decode_from(
+    buf: &mut [u8],
+    sender: Sender,
+    payload_bytes_max: usize,
+) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
@@ -103,7 +129,8 @@ pub fn decode(buf: &mut [u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> 
     }
     let fin = b0 & 0x80 != 0;
     let opcode = Opcode::from_bits(b0 & 0x0f).ok_or(FrameError::UnknownOpcode(b0 & 0x0f))?;
-    if b1 & 0x80 == 0 {
+    let masked = b1 & 0x80 != 0;
+    if !masked && sender == Sender::Client {
         return Err(FrameError::Unmasked);
     }
     let (len, mut at) = match b1 & 0x7f {
@@ -120,22 +147,28 @@ pub fn decode(buf: &mut [u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> 
     if opcode.is_control() && (!fin || len > CONTROL_BYTES_MAX as u64) {
         return Err(FrameError::BadControl);
     }
-    if len > PAYLOAD_BYTES_MAX as u64 {
+    if len > payload_bytes_max as u64 {
         return Err(FrameError::TooLarge);
     }
     let len = len as usize;
-    let Some(mask) = buf
-        .get(at..at + 4)
-        .and_then(|m| <[u8; 4]>::try_from(m).ok())
-    else {
-        return Ok(None);
-    };
-    at += 4;
+    let mut mask = None;
+    if masked {
+        let Some(key) = buf
+            .get(at..at + 4)
+            .and_then(|m| <[u8; 4]>::try_from(m).ok())
+        else {
+            return Ok(None);
+        };
+        mask = Some(key);
+        at += 4;
+    }
     let Some(payload) = buf.get_mut(at..at + len) else {
         return Ok(None);
     };
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i & 3];
+    if let Some(mask) = mask {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i & 3];
+        }
     }
     Ok(Some((
         Frame {
@@ -163,28 +196,50 @@ pub fn encode(opcode: Opcode, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Appends one final frame masked with `mask`, as clients send them (RFC 6455 §5.3).
+pub fn encode_masked(opcode: Opcode, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    let start = out.len();
+    encode(opcode, &[], out);
+    // Rewrite the length byte(s) for the real payload, with the mask bit.
+    out.truncate(start + 1);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
 /// Appends a close frame with `code`.
 pub fn encode_close(code: u16, out: &mut Vec<u8>) {
     encode(Opcode::Close, &code.to_be_bytes(), out);
 }
 
+/// A masked client frame with first byte `b0` (FIN, opcode), for tests.
+#[cfg(test)]
+pub(crate) fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut out = vec![b0];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut out = vec![b0];
-        if payload.len() < 126 {
-            out.push(0x80 | payload.len() as u8);
-        } else {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-        out
-    }
 
     /// (fin, opcode, payload, consumed) of a decoded frame.
     type Decoded<'a> = (bool, Opcode, &'a [u8], usize);
@@ -218,6 +273,10 @@ mod tests {
             &[0x82, 0xff, 0, 0, 0, 0, 0, 2, 0, 0],
             Err(FrameError::TooLarge),
         );
+        let mut small = masked(0x82, b"12345");
+        assert_eq!(decode_limited(&mut small, 4), Err(FrameError::TooLarge));
+        let mut small = masked(0x82, b"12345");
+        assert!(matches!(decode_limited(&mut small, 5), Ok(Some((_, 11)))));
     }
 
     #[test]
@@ -231,5 +290,45 @@ mod tests {
         let mut out = Vec::new();
         encode_close(1001, &mut out);
         assert_eq!(out, [0x88, 2, 0x03, 0xe9]);
+    }
+
+    /// Encodes a masked client frame or an unmasked server frame and decodes it as the other
+    /// side does, with `limit`.
+    fn round_trip(sender: Sender, len: usize, limit: usize, expected: Result<usize, FrameError>) {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        match sender {
+            Sender::Client => encode_masked(Opcode::Binary, &payload, [9, 8, 7, 6], &mut out),
+            Sender::Server => encode(Opcode::Binary, &payload, &mut out),
+        }
+        let got = decode_from(&mut out, sender, limit).map(|f| {
+            let (frame, used) = f.expect("whole frame");
+            assert_eq!(frame.payload, &payload[..]);
+            used
+        });
+        assert_eq!(got, expected, "{sender:?} {len}");
+    }
+
+    #[test]
+    fn both_sides_with_a_limit() {
+        round_trip(Sender::Client, 5, 10, Ok(11));
+        round_trip(Sender::Client, 300, 1000, Ok(308));
+        round_trip(Sender::Client, 70_000, 100_000, Ok(70_014));
+        round_trip(Sender::Server, 5, 10, Ok(7));
+        round_trip(Sender::Server, 70_000, 100_000, Ok(70_010));
+        round_trip(Sender::Server, 70_000, 1000, Err(FrameError::TooLarge));
+        // A server frame masked anyway still reads; a client frame must be masked.
+        let mut masked = Vec::new();
+        encode_masked(Opcode::Ping, b"t", [1, 2, 3, 4], &mut masked);
+        assert!(matches!(
+            decode_from(&mut masked, Sender::Server, 10),
+            Ok(Some(_))
+        ));
+        let mut plain = Vec::new();
+        encode(Opcode::Ping, b"t", &mut plain);
+        assert_eq!(
+            decode_from(&mut plain, Sender::Client, 10),
+            Err(FrameError::Unmasked)
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! `pubsub` and `resource`.
 
 pub mod frame;
+pub mod transport;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -479,19 +480,24 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
     }
 }
 
-/// Close reasons are cut to this many bytes (a control frame holds 125, 2 of them the code).
-const CLOSE_REASON_BYTES_MAX: usize = 123;
-
-/// Sends a close frame with `code` and `reason` (after what is in `wbuf`), then reads until the
-/// client closes or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
-async fn finish(stream: &mut AnyStream, mut wbuf: Vec<u8>, code: u16, reason: &str) {
+/// A close frame's payload: the code, then the reason cut to fit on a character boundary.
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
     let mut end = reason.len().min(CLOSE_REASON_BYTES_MAX);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     payload.extend_from_slice(&reason.as_bytes()[..end]);
-    frame::encode(Opcode::Close, &payload, &mut wbuf);
+    payload
+}
+
+/// Close reasons are cut to this many bytes (a control frame holds 125, 2 of them the code).
+const CLOSE_REASON_BYTES_MAX: usize = 123;
+
+/// Sends a close frame with `code` and `reason` (after what is in `wbuf`), then reads until the
+/// client closes or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
+async fn finish(stream: &mut AnyStream, mut wbuf: Vec<u8>, code: u16, reason: &str) {
+    frame::encode(Opcode::Close, &close_payload(code, reason), &mut wbuf);
     let _ = timeout(CLOSE_LINGER, stream.write_all(wbuf)).await;
     let deadline = Instant::now() + CLOSE_LINGER;
     let mut buf = Vec::with_capacity(READ_SPARE_MIN);
@@ -519,6 +525,19 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn close_payloads_fit_a_control_frame() {
+        let check = |code: u16, reason: &str, expected: &[u8]| {
+            assert_eq!(close_payload(code, reason), expected, "{reason:?}");
+        };
+        check(3000, "Must login", b"\x0b\xb8Must login");
+        check(1000, "", b"\x03\xe8");
+        let long = "é".repeat(100); // 200 bytes; byte 123 is inside a character
+        let payload = close_payload(3003, &long);
+        assert_eq!(payload.len(), 2 + 122);
+        assert!(std::str::from_utf8(&payload[2..]).is_ok());
     }
 
     fn check(query: Option<&str>, expected: Result<Options, u16>) {
