@@ -980,3 +980,53 @@ fn v5_server_assigned_topic_alias() {
         "{second:02x?}"
     );
 }
+
+/// A v5 CONNECT with a will on `Dog/will`, Will Delay Interval `delay_s` and Session Expiry 60.
+fn connect_with_will(id: &str, delay_s: u32) -> Vec<u8> {
+    let mut body = string("MQTT");
+    // Will flag, clean start; keep alive 0.
+    body.extend_from_slice(&[5, 0x06, 0, 0]);
+    body.extend_from_slice(&[5, 0x11, 0, 0, 0, 60]);
+    body.extend_from_slice(&string(id));
+    body.push(5);
+    body.push(0x18);
+    body.extend_from_slice(&delay_s.to_be_bytes());
+    body.extend_from_slice(&string("Dog/will"));
+    body.extend_from_slice(&string(r#"{"w":1}"#));
+    packet(0x10, &body)
+}
+
+/// Will Delay Interval (MQTT 5 §3.1.3.2.2): the will of a dropped connection waits its delay,
+/// and a reconnect within it cancels the will.
+#[test]
+fn v5_will_delay() {
+    let m = start_in(app_dir(), None);
+    let (mut s, _) = Raw::on_core(&m, None);
+    s.send(&connect(5, "will-sub", true, &[]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "Dog/will", 0));
+    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+
+    // Dropped, not reconnected: the will comes, but not at once.
+    let (mut w, _) = Raw::on_core(&m, None);
+    w.send(&connect_with_will("willer", 2));
+    assert_eq!(w.packet().map(|p| p[3]), Some(0));
+    drop(w);
+    s.send(&[0xc0, 0]);
+    assert_eq!(s.packet(), Some(vec![0xd0, 0]), "no will yet");
+    let will = s.packet().expect("the delayed will");
+    assert_eq!(will[0] & 0xf0, 0x30);
+    assert!(String::from_utf8_lossy(&will).contains("Dog/will"));
+
+    // Dropped and back within the delay: no will.
+    let (mut w, _) = Raw::on_core(&m, None);
+    w.send(&connect_with_will("willer-2", 2));
+    assert_eq!(w.packet().map(|p| p[3]), Some(0));
+    drop(w);
+    let (mut back, _) = Raw::on_core(&m, None);
+    back.send(&connect(5, "willer-2", false, &[0x11, 0, 0, 0, 60]));
+    assert_eq!(back.packet().map(|p| p[2]), Some(1), "session present");
+    std::thread::sleep(Duration::from_millis(2500));
+    s.send(&[0xc0, 0]);
+    assert_eq!(s.packet(), Some(vec![0xd0, 0]), "the will was cancelled");
+}

@@ -334,6 +334,11 @@ impl MqttShared {
         self.exports.get(&(database.to_string(), table.to_string()))
     }
 
+    /// Whether a connection holds client id `id` now.
+    fn is_connected(&self, id: &str) -> bool {
+        self.clients.lock().is_ok_and(|c| c.contains_key(id))
+    }
+
     /// Registers `id` as connected, kicking whoever held it (SPEC §6.3 takeover); returns the
     /// kicked connection's handle so the caller can wait for it to store its session.
     fn claim(&self, id: &str, kick: Arc<Kick>) -> Option<Arc<Kick>> {
@@ -1283,7 +1288,41 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     session.end().await;
     shared.release(&client_id, &kick);
     if let Some(will) = will {
-        session.publish_will(will).await;
+        // MQTT 5 §3.1.3.2.2: the will waits its Will Delay Interval, or until the session ends
+        // if that comes first, and is dropped if the client reconnects meanwhile.
+        let delay_s = will
+            .properties
+            .iter()
+            .find_map(|p| match p {
+                Property::WillDelayInterval(s) => Some(*s),
+                _ => None,
+            })
+            .unwrap_or(0)
+            .min(session.expiry_s);
+        if delay_s == 0 {
+            session.publish_will(will).await;
+        } else {
+            let (shared, conn, sessions) = (shared.clone(), conn.clone(), sessions.clone());
+            let (caller, client_id) = (session.caller.clone(), client_id.clone());
+            spawn(async move {
+                let delay = tidepool_io::sleep(Duration::from_secs(u64::from(delay_s)));
+                // At shutdown the will goes out now rather than never.
+                let _ = race(delay, shared.shutdown.wait()).await;
+                if shared.is_connected(&client_id) {
+                    return;
+                }
+                let late = Session {
+                    shared: &shared,
+                    conn: &conn,
+                    sessions: &sessions,
+                    caller,
+                    aliases: HashMap::new(),
+                    client_id,
+                    expiry_s: 0,
+                };
+                late.publish_will(will).await;
+            });
+        }
     }
     events::record(
         Event::Disconnected,
