@@ -122,11 +122,28 @@ impl Sse {
 }
 
 fn put(agent: &ureq::Agent, server: &Server, path: &str, body: &str) {
-    let r = agent
-        .put(&server.url(path))
-        .set("Content-Type", "application/json")
-        .send_string(body)
-        .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+    put_url(agent, &server.url(path), body);
+}
+
+/// PUT `body` as JSON; 204 expected. Writers here may sit idle longer than the server's
+/// keep-alive timeout (waiting for slow subscribers), and the server then closes their pooled
+/// connection: an idempotent request that fails on a reused connection before any answer is
+/// sent again once (RFC 9110 §9.2.2), as a browser would.
+fn put_url(agent: &ureq::Agent, url: &str, body: &str) {
+    // ureq's error type is what it is; it is matched right here, not passed on.
+    #[allow(clippy::result_large_err)]
+    let send = || {
+        agent
+            .put(url)
+            .set("Content-Type", "application/json")
+            .send_string(body)
+    };
+    let r = match send() {
+        Err(ureq::Error::Transport(first)) => {
+            send().unwrap_or_else(|e| panic!("PUT {url}: {e} (after {first})"))
+        }
+        other => other.unwrap_or_else(|e| panic!("PUT {url}: {e}")),
+    };
     assert_eq!(r.status(), 204);
 }
 
@@ -345,12 +362,11 @@ fn fan_out_to_400_subscribers_over_two_cores() {
                         thread::sleep(Duration::from_millis(2));
                     }
                     written.fetch_add(1, Ordering::Relaxed);
-                    let r = agent
-                        .put(&format!("{url}/Dog/{k}"))
-                        .set("Content-Type", "application/json")
-                        .send_string(&format!("{{\"name\":\"d{k}\",\"age\":{}}}", k % 20))
-                        .unwrap();
-                    assert_eq!(r.status(), 204);
+                    put_url(
+                        &agent,
+                        &format!("{url}/Dog/{k}"),
+                        &format!("{{\"name\":\"d{k}\",\"age\":{}}}", k % 20),
+                    );
                 }
             })
         })
@@ -546,11 +562,7 @@ fn stalled_reader_stays_bounded() {
                         thread::sleep(Duration::from_millis(1));
                     }
                     written.fetch_add(1, Ordering::Relaxed);
-                    agent
-                        .put(&format!("{url}/Dog/s{}", k % 100))
-                        .set("Content-Type", "application/json")
-                        .send_string(&body)
-                        .unwrap();
+                    put_url(&agent, &format!("{url}/Dog/s{}", k % 100), &body);
                 }
             })
         })

@@ -460,9 +460,9 @@ fn silent_handshake_does_not_hold_shutdown() {
     assert_eq!(exit, Some(Some(0)), "no clean exit within 5 s");
 }
 
-/// The subject line `openssl s_client` shows for the secure REST port, verified against the CA.
-fn served_subject(secure: &Secure) -> String {
-    let connect = format!("127.0.0.1:{}", secure.rest.port());
+/// The subject line `openssl s_client` shows for a secure port, verified against the CA.
+fn served_subject(secure: &Secure, port: u16) -> String {
+    let connect = format!("127.0.0.1:{port}");
     let ca = secure.ca();
     let out = run(
         "openssl",
@@ -504,7 +504,9 @@ fn wait_for_log(secure: &Secure, needle: &str, count: usize) {
 fn sighup_reloads_the_certificate() {
     let secure = Secure::start(Builder::new());
     let keys = secure.keys();
-    let first = served_subject(&secure);
+    let rest = secure.rest.port();
+    let mqtts = mqtts_addr(&secure).port();
+    let first = served_subject(&secure, rest);
     assert!(!first.contains("renewed"), "{first}");
 
     // A broken file: the reload fails and the running certificate stays.
@@ -512,7 +514,7 @@ fn sighup_reloads_the_certificate() {
     std::fs::write(keys.join("privateKey.pem"), "not a key").unwrap();
     secure.server.signal(libc::SIGHUP);
     wait_for_log(&secure, "not reloaded", 1);
-    assert_eq!(served_subject(&secure), first);
+    assert_eq!(served_subject(&secure, rest), first);
     std::fs::write(keys.join("privateKey.pem"), &original_key).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -527,8 +529,11 @@ fn sighup_reloads_the_certificate() {
     std::fs::copy(&key, keys.join("privateKey.pem")).unwrap();
     secure.server.signal(libc::SIGHUP);
     wait_for_log(&secure, "reloaded the TLS certificate", 1);
-    let now = served_subject(&secure);
-    assert!(now.contains("CN = renewed"), "{now}");
+    // One certificate slot serves every secure port, MQTT's included.
+    for port in [rest, mqtts] {
+        let now = served_subject(&secure, port);
+        assert!(now.contains("CN = renewed"), "port {port}: {now}");
+    }
     let (code, body, err) = curl(&secure, &[], &secure.url("/health"));
     assert_eq!((code, body.as_str()), (Some(0), "OK"), "{err}");
 }
