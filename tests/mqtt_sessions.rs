@@ -853,23 +853,23 @@ fn events_as_log_lines_and_metrics() {
     assert_eq!(count("connected"), 1);
     assert_eq!(count("auth-failed"), 1);
     assert_eq!(count("disconnected"), 1);
-    // The log thread writes behind the metrics: poll (bounded) until every line is there.
-    let logged = |log: &str, event: &str| {
+    // The logging thread writes behind: read the file until every line is there (bounded).
+    let has = |log: &str, event: &str| {
         log.lines()
             .any(|l| l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: ")))
     };
     let events = ["connection", "connected", "auth-failed", "disconnected"];
+    let path = m.server.root.path().join("log").join("hdb.log");
     let mut log = String::new();
     for _ in 0..100 {
-        log = std::fs::read_to_string(m.server.root.path().join("log").join("hdb.log"))
-            .expect("log file");
-        if events.iter().all(|e| logged(&log, e)) {
+        log = std::fs::read_to_string(&path).unwrap_or_default();
+        if events.iter().all(|e| has(&log, e)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     for event in events {
-        assert!(logged(&log, event), "no {event} line in:\n{log}");
+        assert!(has(&log, event), "no {event} line in:\n{log}");
     }
 }
 
@@ -949,4 +949,84 @@ fn general_topics_off_by_default() {
     assert_eq!(s.packet(), Some(vec![0x90, 4, 0, 1, 0, 0x8f]));
     s.send(&publish(5, 1, "a/b", 2, b"x"));
     assert_eq!(s.packet(), Some(vec![0x40, 3, 0, 2, 0x90]));
+}
+
+/// Server-assigned topic aliases: with the client's Topic Alias Maximum 1, the first PUBLISH on
+/// a topic carries it with alias 1, the next one only the alias (empty topic).
+#[test]
+fn v5_server_assigned_topic_alias() {
+    let m = start_in(app_dir(), None);
+    let (mut s, _) = Raw::on_core(&m, None);
+    // Property 0x22 Topic Alias Maximum = 1.
+    s.send(&connect(5, "alias", true, &[0x22, 0, 1]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "Dog/#", 0));
+    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+    let (mut p, _) = Raw::on_core(&m, None);
+    p.send(&connect(5, "alias-pub", true, &[]));
+    assert_eq!(p.packet().map(|p| p[3]), Some(0));
+    for i in 0..2u16 {
+        p.send(&publish(5, 1, "Dog/q", i + 1, b"{}"));
+        assert_eq!(p.packet().map(|x| x[0]), Some(0x40));
+    }
+    let first = s.packet().expect("first");
+    let second = s.packet().expect("second");
+    // Fixed header is two bytes here; then the topic's length and text.
+    assert_eq!(&first[2..9], b"\x00\x05Dog/q", "{first:02x?}");
+    assert!(first.windows(3).any(|w| w == [0x23, 0, 1]), "{first:02x?}");
+    assert_eq!(&second[2..4], &[0, 0], "empty topic: {second:02x?}");
+    assert!(
+        second.windows(3).any(|w| w == [0x23, 0, 1]),
+        "{second:02x?}"
+    );
+}
+
+/// A v5 CONNECT with a will on `Dog/will`, Will Delay Interval `delay_s` and Session Expiry 60.
+fn connect_with_will(id: &str, delay_s: u32) -> Vec<u8> {
+    let mut body = string("MQTT");
+    // Will flag, clean start; keep alive 0.
+    body.extend_from_slice(&[5, 0x06, 0, 0]);
+    body.extend_from_slice(&[5, 0x11, 0, 0, 0, 60]);
+    body.extend_from_slice(&string(id));
+    body.push(5);
+    body.push(0x18);
+    body.extend_from_slice(&delay_s.to_be_bytes());
+    body.extend_from_slice(&string("Dog/will"));
+    body.extend_from_slice(&string(r#"{"w":1}"#));
+    packet(0x10, &body)
+}
+
+/// Will Delay Interval (MQTT 5 §3.1.3.2.2): the will of a dropped connection waits its delay,
+/// and a reconnect within it cancels the will.
+#[test]
+fn v5_will_delay() {
+    let m = start_in(app_dir(), None);
+    let (mut s, _) = Raw::on_core(&m, None);
+    s.send(&connect(5, "will-sub", true, &[]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "Dog/will", 0));
+    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+
+    // Dropped, not reconnected: the will comes, but not at once.
+    let (mut w, _) = Raw::on_core(&m, None);
+    w.send(&connect_with_will("willer", 2));
+    assert_eq!(w.packet().map(|p| p[3]), Some(0));
+    drop(w);
+    s.send(&[0xc0, 0]);
+    assert_eq!(s.packet(), Some(vec![0xd0, 0]), "no will yet");
+    let will = s.packet().expect("the delayed will");
+    assert_eq!(will[0] & 0xf0, 0x30);
+    assert!(String::from_utf8_lossy(&will).contains("Dog/will"));
+
+    // Dropped and back within the delay: no will.
+    let (mut w, _) = Raw::on_core(&m, None);
+    w.send(&connect_with_will("willer-2", 2));
+    assert_eq!(w.packet().map(|p| p[3]), Some(0));
+    drop(w);
+    let (mut back, _) = Raw::on_core(&m, None);
+    back.send(&connect(5, "willer-2", false, &[0x11, 0, 0, 0, 60]));
+    assert_eq!(back.packet().map(|p| p[2]), Some(1), "session present");
+    std::thread::sleep(Duration::from_millis(2500));
+    s.send(&[0xc0, 0]);
+    assert_eq!(s.packet(), Some(vec![0xd0, 0]), "the will was cancelled");
 }

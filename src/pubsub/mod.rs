@@ -162,6 +162,11 @@ pub async fn run_inbox(inbox: Inbox<Arc<Commit>>, registry: Rc<Registry>, shutdo
     }
 }
 
+/// Sees every commit its core dispatches, before subscriptions are matched: for consumers that
+/// match commits themselves (MQTT sessions, whose per-session rules — one delivery at the highest
+/// QoS, durable positions, shared groups — live in `protocol::mqtt`).
+pub type CommitListener = Box<dyn Fn(&Arc<Commit>)>;
+
 /// Identifies a subscription within its core's registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubscriptionId(u64);
@@ -203,6 +208,7 @@ pub struct Registry {
     /// A version at or above every commit made before this registry existed.
     start_version: f64,
     counters: Arc<Counters>,
+    listeners: RefCell<Vec<CommitListener>>,
 }
 
 /// A registered subscription; dropping it unsubscribes.
@@ -234,7 +240,13 @@ impl Registry {
             dispatched: RefCell::new(HashMap::new()),
             start_version,
             counters,
+            listeners: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Adds a listener that sees every commit this core dispatches, in order.
+    pub fn add_listener(&self, listener: CommitListener) {
+        self.listeners.borrow_mut().push(listener);
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -363,6 +375,9 @@ impl Registry {
                     dispatched.insert(commit.database.clone(), commit.version);
                 }
             }
+        }
+        for listener in self.listeners.borrow().iter() {
+            listener(commit);
         }
         let tables = self.tables.borrow();
         if tables.is_empty() {

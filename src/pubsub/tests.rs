@@ -281,3 +281,28 @@ fn bad_options_and_unsubscribe() {
     drop(sub);
     assert_eq!(f.registry.subscription_count(), 0);
 }
+
+#[test]
+fn listeners_see_every_dispatched_commit_in_order() {
+    let f = fixture();
+    let seen: Rc<RefCell<Vec<f64>>> = Rc::default();
+    let into = seen.clone();
+    f.registry.add_listener(Box::new(move |c: &Arc<Commit>| {
+        into.borrow_mut().push(c.version)
+    }));
+    let commits: Vec<Arc<Commit>> = (1..=3)
+        .map(|v| {
+            Arc::new(Commit {
+                database: Arc::from("data"),
+                version: f64::from(v),
+                local_time: f64::from(v),
+                changes: Vec::new(),
+            })
+        })
+        .collect();
+    // No subscriptions at all: listeners still see each commit.
+    for c in &commits {
+        f.registry.dispatch(c);
+    }
+    assert_eq!(*seen.borrow(), vec![1.0, 2.0, 3.0]);
+}

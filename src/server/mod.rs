@@ -204,7 +204,6 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         config.share_ports,
         None,
     )?;
-    let fanout = Arc::new(mqtt::InterimFanout::new(cores));
 
     let limits = Limits {
         header_bytes_max: config.http.header_bytes_max,
@@ -222,16 +221,11 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store_options.queue_time_max = config.storage.max_transaction_queue_time;
     store_options.commit_batch_max = config.storage.commit_batch_max;
     // Every commit goes to every core's inbox; each core matches it against its own subscriptions.
-    // MQTT sessions still get commits through their interim fan-out as well.
+    // MQTT sessions take them from the same inbox (a `pubsub::Registry` listener).
     let pubsub_counters: Vec<Arc<pubsub::Counters>> = (0..cores).map(|_| Arc::default()).collect();
     let (events, inboxes) = tidepool_io::mesh::<Arc<Commit>>(cores, pubsub::INBOX_COMMITS_MAX);
     let pubsub_publisher = pubsub::publisher(events, pubsub_counters.clone());
-    let publisher_fanout = fanout.clone();
-    let publisher: crate::store::Publisher = Arc::new(move |commit: Arc<Commit>| {
-        publisher_fanout.publish(commit.clone());
-        pubsub_publisher(commit);
-    });
-    let store = Store::open(store_options, publisher)
+    let store = Store::open(store_options, pubsub_publisher)
         .map_err(|e| RunError::Invalid(format!("storage: {e}")))?;
     let mut tables = system::tables();
     tables.extend(app.tables.iter().cloned());
@@ -275,7 +269,6 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             mqtt::require_authentication(&opts.tree),
             shared.shutdown.clone(),
         )),
-        fanout,
     });
 
     // Signals are taken on this (main) thread, never on an executor.
@@ -450,12 +443,12 @@ async fn core_main(
     mqtt: Arc<mqtt::Mqtt>,
 ) {
     let core = ctx.core.0;
-    mqtt.start_core(core);
     let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
     let registry = std::rc::Rc::new(Registry::new(
         shared.start_version,
         shared.pubsub[core].clone(),
     ));
+    mqtt.start_core(core, &registry);
     let inbox = shared
         .inboxes
         .lock()

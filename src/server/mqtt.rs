@@ -1,12 +1,12 @@
 //! MQTT start-up: the `mqtt.network.port` and `mqtt.network.securePort` (TLS) listeners (one
 //! SO_REUSEPORT socket per core, like the HTTP ports), each core's accept loops (the TLS
-//! handshake happens there, bounded by the CONNECT timeout), and the interim fan-out of committed
-//! changes to the cores' MQTT sessions.
+//! handshake happens there, bounded by the CONNECT timeout), and the hand-off of committed changes
+//! to the cores' MQTT sessions.
 //!
-//! **Interim fan-out.** Until the real-time core (`src/pubsub/`) lands, [`InterimFanout`] is the
-//! minimum needed for live events: the store's publisher sends every commit to every core's inbox
-//! over a `tidepool_io::mesh`, and each core's dispatcher hands it to its MQTT sessions, which
-//! match filters by a linear scan. It is meant to be replaced by pubsub's registry and fan-out.
+//! **Live events.** MQTT sessions take commits from the same per-core inbox as WebSocket and SSE
+//! subscriptions: each core's `pubsub::Registry` calls a listener with every commit it dispatches,
+//! in order, and the listener hands it to that core's [`Sessions`], which apply MQTT's own rules
+//! (one delivery per session at the highest granted QoS, durable positions, shared groups).
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -14,21 +14,14 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tidepool_io::{
-    bind_listeners, mesh, race, spawn, timeout, Either, Inbox, Listener, MeshSender, ReadHalf,
-    TlsAcceptor,
-};
+use tidepool_io::{bind_listeners, race, spawn, timeout, Either, Listener, ReadHalf, TlsAcceptor};
 
 use super::RunError;
 use crate::protocol::http::{Request, Response};
 use crate::protocol::mqtt::conn::{self, MqttShared, Sessions};
 use crate::protocol::ws;
+use crate::pubsub::Registry;
 use crate::store::Commit;
-
-/// Commits queued per core inbox; past it a core misses that commit and a `warn` says so.
-pub const FANOUT_QUEUE_MAX: usize = 4096;
-/// Commits one dispatcher pass hands to sessions before yielding.
-const DISPATCH_BATCH_MAX: usize = 256;
 
 pub struct MqttPort {
     pub addr: SocketAddr,
@@ -58,35 +51,6 @@ pub fn bind(
     }))
 }
 
-/// The interim commit fan-out (see the module documentation).
-pub struct InterimFanout {
-    sender: MeshSender<Arc<Commit>>,
-    inboxes: Mutex<Vec<Option<Inbox<Arc<Commit>>>>>,
-}
-
-impl InterimFanout {
-    pub fn new(cores: usize) -> Self {
-        let (sender, inboxes) = mesh(cores, FANOUT_QUEUE_MAX);
-        InterimFanout {
-            sender,
-            inboxes: Mutex::new(inboxes.into_iter().map(Some).collect()),
-        }
-    }
-
-    /// Called on the writer thread for each commit; never blocks.
-    pub fn publish(&self, commit: Arc<Commit>) {
-        for core in 0..self.sender.core_count() {
-            if self.sender.send(core, commit.clone()).is_err() {
-                tracing::warn!(target: "mqtt", "core {core}: change inbox full ({FANOUT_QUEUE_MAX}); a commit was not delivered to its MQTT subscribers");
-            }
-        }
-    }
-
-    fn take_inbox(&self, core: usize) -> Option<Inbox<Arc<Commit>>> {
-        self.inboxes.lock().ok()?.get_mut(core)?.take()
-    }
-}
-
 thread_local! {
     /// This core's MQTT state, for connections that arrive through the HTTP ports (MQTT over
     /// WebSocket): set once by [`start_core`] on the core's own thread.
@@ -94,15 +58,13 @@ thread_local! {
 }
 
 /// Starts this core's MQTT accept loops and change dispatcher.
-pub fn start_core(
-    core: usize,
-    ports: &[&MqttPort],
-    shared: Arc<MqttShared>,
-    fanout: &InterimFanout,
-) {
+pub fn start_core(core: usize, ports: &[&MqttPort], shared: Arc<MqttShared>, registry: &Registry) {
     let sessions = Rc::new(Sessions::new(shared.start_version()));
-    if let Some(inbox) = fanout.take_inbox(core) {
-        spawn(dispatch_loop(inbox, sessions.clone(), shared.clone()));
+    {
+        let (shared, sessions) = (shared.clone(), sessions.clone());
+        registry.add_listener(Box::new(move |commit: &Arc<Commit>| {
+            sessions.dispatch(&shared, commit);
+        }));
     }
     spawn(keep_alive_loop(sessions.clone(), shared.clone()));
     CORE.with(|c| *c.borrow_mut() = Some((shared.clone(), sessions.clone())));
@@ -141,24 +103,6 @@ async fn keep_alive_loop(sessions: Rc<Sessions>, shared: Arc<MqttShared>) {
         {
             Either::Left(()) => sessions.sweep_keep_alive(),
             Either::Right(()) => return,
-        }
-    }
-}
-
-async fn dispatch_loop(inbox: Inbox<Arc<Commit>>, sessions: Rc<Sessions>, shared: Arc<MqttShared>) {
-    let mut batch = Vec::with_capacity(DISPATCH_BATCH_MAX);
-    loop {
-        match race(
-            inbox.recv_batch(&mut batch, DISPATCH_BATCH_MAX),
-            shared.shutdown.wait(),
-        )
-        .await
-        {
-            Either::Left(_) => {}
-            Either::Right(()) => return,
-        }
-        for commit in batch.drain(..) {
-            sessions.dispatch(&shared, &commit);
         }
     }
 }
@@ -262,14 +206,13 @@ pub struct Mqtt {
     pub port: Option<MqttPort>,
     pub secure_port: Option<MqttPort>,
     pub shared: Arc<MqttShared>,
-    pub fanout: Arc<InterimFanout>,
 }
 
 impl Mqtt {
     /// Runs on every core, listeners or not: MQTT over WebSocket needs the sessions too.
-    pub fn start_core(&self, core: usize) {
+    pub fn start_core(&self, core: usize, registry: &Registry) {
         let ports: Vec<&MqttPort> = self.port.iter().chain(&self.secure_port).collect();
-        start_core(core, &ports, self.shared.clone(), &self.fanout);
+        start_core(core, &ports, self.shared.clone(), registry);
     }
 }
 

@@ -50,6 +50,8 @@ pub const RECEIVE_MAXIMUM: u16 = 1000;
 pub const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 /// Topic aliases a v5 client may set (we advertise this as Topic Alias Maximum).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
+/// How long a connection we disconnect may still send (ignored) before its socket closes.
+pub const DRAIN_AFTER_DISCONNECT: Duration = Duration::from_secs(1);
 /// How long a connection taking over a client id waits for the old one to store its session.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Bytes asked for per read.
@@ -335,6 +337,11 @@ impl MqttShared {
         self.exports.get(&(database.to_string(), table.to_string()))
     }
 
+    /// Whether a connection holds client id `id` now.
+    fn is_connected(&self, id: &str) -> bool {
+        self.clients.lock().is_ok_and(|c| c.contains_key(id))
+    }
+
     /// Registers `id` as connected, kicking whoever held it (SPEC §6.3 takeover); returns the
     /// kicked connection's handle so the caller can wait for it to store its session.
     fn claim(&self, id: &str, kick: Arc<Kick>) -> Option<Arc<Kick>> {
@@ -397,7 +404,9 @@ struct Outbound {
     qos: u8,
     retain: bool,
     body: Vec<u8>,
-    content_type: &'static str,
+    /// The payload's content type, sent as Content Type (v5) unless the properties carry one;
+    /// none for general topics, whose bytes are passed on as they came.
+    content_type: Option<&'static str>,
     event: Option<EventRef>,
     /// A resend's packet id from before the reconnect (sent with DUP = 1).
     resend_id: Option<u16>,
@@ -433,6 +442,9 @@ struct Conn {
     floor: RefCell<HashMap<Arc<str>, f64>>,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
     out_packet_bytes_max: usize,
+    /// The client's Topic Alias Maximum (v5): aliases we may assign, and those assigned.
+    aliases_out_max: u16,
+    aliases_out: RefCell<HashMap<String, u16>>,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
     overflowed: Cell<bool>,
     /// When bytes last came from the client; with `keep_alive`, what the core's sweep checks.
@@ -537,16 +549,35 @@ impl Conn {
         let mut properties = Properties::default();
         if self.level == Level::V5 {
             // The publisher's own Content Type wins over the encoding's.
-            if o.properties.content_type().is_none() {
-                properties.push(Property::ContentType(o.content_type.to_string()));
+            if let (None, Some(ct)) = (o.properties.content_type(), o.content_type) {
+                properties.push(Property::ContentType(ct.to_string()));
             }
             properties.0.extend(o.properties.0);
+        }
+        // Server-assigned topic aliases (MQTT 5 §3.3.2.3.4), up to the client's maximum: the
+        // first PUBLISH on a topic sets its alias, later ones send the alias alone.
+        let mut topic = o.topic;
+        let mut new_alias = None;
+        if self.level == Level::V5 && self.aliases_out_max > 0 {
+            let aliases = self.aliases_out.borrow();
+            match aliases.get(&topic) {
+                Some(alias) => {
+                    properties.push(Property::TopicAlias(*alias));
+                    topic = String::new();
+                }
+                None if aliases.len() < usize::from(self.aliases_out_max) => {
+                    let alias = aliases.len() as u16 + 1;
+                    properties.push(Property::TopicAlias(alias));
+                    new_alias = Some((topic.clone(), alias));
+                }
+                None => {}
+            }
         }
         let packet = Packet::Publish(Publish {
             dup,
             qos: o.qos,
             retain: o.retain,
-            topic: o.topic,
+            topic,
             packet_id,
             properties,
             payload: o.body,
@@ -555,6 +586,9 @@ impl Conn {
         codec::encode(&packet, self.level, &mut encoded);
         if encoded.len() > self.out_packet_bytes_max {
             return false;
+        }
+        if let Some((topic, alias)) = new_alias {
+            self.aliases_out.borrow_mut().insert(topic, alias);
         }
         self.out.borrow_mut().extend_from_slice(&encoded);
         self.wake_writer();
@@ -702,26 +736,28 @@ impl Sessions {
                 continue;
             };
             let note = notes.get(index).cloned().flatten();
-            let passed_on = match &note {
-                Some(n) => match n.outbound(now) {
+            let Some(out) = outbound_payload(export, change.kind, change.value.as_ref(), now)
+            else {
+                continue;
+            };
+            let passed_on = match (&out.properties, &note) {
+                (Some(p), _) => p.clone(),
+                (None, Some(n)) => match n.outbound(now) {
                     Some(p) => p,
                     None => continue, // its Message Expiry Interval has passed
                 },
-                None => Properties::default(),
+                (None, None) => Properties::default(),
             };
             // Messages to the bare table topic carry a null key.
             let id = match (&change.kind, &change.key) {
                 (ChangeKind::Message, Value::Null) => None,
                 (_, key) => Some(id_text(key)),
             };
-            let (body, content_type) =
-                match outbound_payload(export, change.kind, change.value.as_ref()) {
-                    Some(b) => b,
-                    None => continue,
-                };
+            let (body, content_type) = (out.body, out.content_type);
             let topic = topic_name(export, id.as_deref());
             // Trimmed bodies for restricted subscribers, one per distinct attribute set.
-            let mut trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, &'static str)> = Vec::new();
+            let mut trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, Option<&'static str>)> =
+                Vec::new();
             for conn in conns.iter().filter_map(Weak::upgrade) {
                 let replayed = conn
                     .floor
@@ -773,6 +809,14 @@ impl Sessions {
                     readable = readable.or_else(|| sub.readable.clone());
                 }
                 let Some(qos) = qos else { continue };
+                let mut qos = qos.min(out.qos_max);
+                // SPEC §6.3: messages (and general topics, as in any broker) go out at most at
+                // the QoS they were published with; record changes at the granted QoS.
+                if let Some(n) = &note {
+                    if change.kind == ChangeKind::Message || export.is_empty() {
+                        qos = qos.min(n.qos);
+                    }
+                }
                 let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
                     db: commit.database.clone(),
                     key: EventKey {
@@ -790,7 +834,7 @@ impl Sessions {
                             None => {
                                 let mut out = Vec::new();
                                 let ct = encode_trimmed(v, &r, &mut out);
-                                trimmed.push((r, out, ct));
+                                trimmed.push((r, out, Some(ct)));
                                 trimmed.len() - 1
                             }
                         };
@@ -826,23 +870,49 @@ fn topic_name(export: &str, id: Option<&str>) -> String {
     }
 }
 
-/// The payload of an event and its content type (SPEC §6.3: a delete is `null`); general topics
-/// carry the bytes published, and nothing for a cleared retained message.
+/// What an event carries out, before per-subscriber choices.
+struct Payload {
+    body: Vec<u8>,
+    content_type: Option<&'static str>,
+    /// The QoS it may go out at most with (a general publish's own QoS).
+    qos_max: u8,
+    /// The properties a general publish stored; none for tables (their notes carry them).
+    properties: Option<Properties>,
+}
+
+/// The payload of an event (SPEC §6.3: a delete is `null`); general topics carry the bytes and
+/// properties published, nothing for a cleared retained message or an expired one.
 fn outbound_payload(
     export: &str,
     kind: ChangeKind,
     value: Option<&Value>,
-) -> Option<(Vec<u8>, &'static str)> {
+    now_ms: f64,
+) -> Option<Payload> {
     if export.is_empty() {
-        return general::payload(kind, value).map(|b| (b, payload::OCTET_STREAM));
+        let envelope = general::Envelope::open(kind, value)?;
+        let properties = envelope.outbound(now_ms)?;
+        return Some(Payload {
+            body: envelope.payload,
+            content_type: None,
+            qos_max: envelope.qos,
+            properties: Some(properties),
+        });
     }
     let mut body = Vec::new();
     let content_type = match kind {
         ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
         _ => payload::encode(Some(value.unwrap_or(&Value::Null)), &mut body),
     };
-    Some((body, content_type))
+    Some(Payload {
+        body,
+        content_type: Some(content_type),
+        qos_max: 2,
+        properties: None,
+    })
 }
+
+/// How one record of a subscription's initial state goes out: content type, QoS, properties.
+struct Shape(Option<&'static str>, u8, Properties);
 
 /// Subscription option bits (MQTT 5 §3.8.3.1).
 const NO_LOCAL: u8 = 0x04;
@@ -1068,6 +1138,15 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         tracker: RefCell::new((expiry_s > 0).then(Tracker::default)),
         floor: RefCell::new(HashMap::new()),
         out_packet_bytes_max,
+        aliases_out_max: connect
+            .properties
+            .iter()
+            .find_map(|p| match p {
+                Property::TopicAliasMaximum(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0),
+        aliases_out: RefCell::new(HashMap::new()),
         overflowed: Cell::new(false),
         heard: Cell::new(Instant::now()),
         keep_alive: Cell::new(None),
@@ -1248,12 +1327,64 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     Box::pin(session.end()).await;
     shared.release(&client_id, &kick);
     if let Some(will) = will {
-        Box::pin(session.publish_will(will)).await;
+        // MQTT 5 §3.1.3.2.2: the will waits its Will Delay Interval, or until the session ends
+        // if that comes first, and is dropped if the client reconnects meanwhile.
+        let delay_s = will
+            .properties
+            .iter()
+            .find_map(|p| match p {
+                Property::WillDelayInterval(s) => Some(*s),
+                _ => None,
+            })
+            .unwrap_or(0)
+            .min(session.expiry_s);
+        if delay_s == 0 {
+            Box::pin(session.publish_will(will)).await;
+        } else {
+            let (shared, conn, sessions) = (shared.clone(), conn.clone(), sessions.clone());
+            let (caller, client_id) = (session.caller.clone(), client_id.clone());
+            spawn(async move {
+                let delay = tidepool_io::sleep(Duration::from_secs(u64::from(delay_s)));
+                // At shutdown the will goes out now rather than never.
+                let _ = race(delay, shared.shutdown.wait()).await;
+                if shared.is_connected(&client_id) {
+                    return;
+                }
+                let late = Session {
+                    shared: &shared,
+                    conn: &conn,
+                    sessions: &sessions,
+                    caller,
+                    aliases: HashMap::new(),
+                    client_id,
+                    expiry_s: 0,
+                };
+                late.publish_will(will).await;
+            });
+        }
     }
     events::record(
         Event::Disconnected,
         format_args!("{peer} client {client_id:?}"),
     );
+    if v5 && end.is_some_and(|c| c != rc::SESSION_TAKEN_OVER && c != rc::SERVER_SHUTTING_DOWN) {
+        // A client still sending (acknowledging what it got) when we disconnect it would hit a
+        // reset before reading our DISCONNECT; read and drop its packets for a moment first.
+        let drain = async {
+            while read_packet(
+                &mut reader,
+                shared.packet_bytes_max,
+                level,
+                None,
+                &kick,
+                &shared.shutdown,
+            )
+            .await
+            .is_ok()
+            {}
+        };
+        let _ = timeout(DRAIN_AFTER_DISCONNECT, drain).await;
+    }
 }
 
 /// A subscription filter with the database it reads and its table (none: general topics).
@@ -1489,30 +1620,41 @@ impl Session<'_> {
                     .then(|| s.readable.clone())
                     .flatten()
             });
+            let mut qos = m.qos;
+            let mut properties = Properties::default();
             let content_type = match (m.kind, &m.value, readable) {
                 (ChangeKind::Delete, _, _) | (_, None, _) if !m.export.is_empty() => {
-                    payload::encode::<&Value>(None, &mut body)
+                    Some(payload::encode::<&Value>(None, &mut body))
                 }
-                (_, Some(v), Some(r)) if !m.export.is_empty() => encode_trimmed(v, &r, &mut body),
-                (kind, value, _) => match outbound_payload(&m.export, kind, value.as_ref()) {
-                    Some((b, ct)) => {
-                        body = b;
-                        ct
-                    }
-                    None => continue,
-                },
+                (_, Some(v), Some(r)) if !m.export.is_empty() => {
+                    Some(encode_trimmed(v, &r, &mut body))
+                }
+                (kind, value, _) => {
+                    let now = crate::store::now_ms();
+                    let Some(out) = outbound_payload(&m.export, kind, value.as_ref(), now) else {
+                        continue;
+                    };
+                    body = out.body;
+                    qos = qos.min(out.qos_max);
+                    properties = out.properties.unwrap_or_default();
+                    out.content_type
+                }
             };
+            if qos == 0 {
+                // Published at QoS 0: not kept for an offline session (MQTT 5 §3.1.2.4).
+                continue;
+            }
             let topic = topic_name(&m.export, m.event.key.id.as_deref());
             let resend_id = resend.remove(&(m.event.db.clone(), m.event.key.clone()));
             if !conn.publish(Outbound {
                 topic,
-                qos: m.qos,
+                qos,
                 retain: false,
                 body,
                 content_type,
                 event: Some(m.event),
                 resend_id,
-                properties: Properties::default(),
+                properties,
             }) {
                 break;
             }
@@ -1648,14 +1790,18 @@ impl Session<'_> {
     /// `notes.rs`) when anyone could use it: v5 properties to pass on, a No Local subscription of
     /// this session, or a retained publish while Retain As Published subscriptions exist.
     fn leave_note(&self, p: &Publish, database: &str, table: &str, op: &WriteOp) -> bool {
-        let note = Note::new(&self.client_id, p.retain, &p.properties);
+        let note = Note::new(&self.client_id, p.retain, p.qos, &p.properties);
         let no_local = self
             .conn
             .subs
             .borrow()
             .iter()
-            .any(|s| s.options & 0x04 != 0);
+            .any(|s| s.options & NO_LOCAL != 0);
+        // Below QoS 2 the delivered QoS of a message is capped by the publish's.
+        let capped =
+            p.qos < 2 && (matches!(op, WriteOp::Message { .. }) || table == general::TABLE);
         let wanted = !note.properties.is_empty()
+            || capped
             || no_local
             || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
         if !wanted {
@@ -1836,6 +1982,9 @@ impl Session<'_> {
         };
         let table = general::TABLE.to_string();
         let key = Value::String(p.topic.clone());
+        let passed_on = Note::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
+        let envelope =
+            general::Envelope::new(&p.payload, p.qos, &passed_on, crate::store::now_ms());
         let op = if p.retain && p.payload.is_empty() {
             WriteOp::Delete { table, key }
         } else if p.retain {
@@ -1845,7 +1994,7 @@ impl Session<'_> {
             });
             WriteOp::Put {
                 table,
-                record: general::record(&p.topic, &p.payload, p.properties.content_type()),
+                record: envelope.to_value(Some(&p.topic)),
                 key: Some(key),
                 mode: crate::store::PutMode::Replace,
                 expires_in_s: expiry_s,
@@ -1854,7 +2003,7 @@ impl Session<'_> {
             WriteOp::Message {
                 table,
                 key: Some(key),
-                payload: Value::Bytes(p.payload.clone()),
+                payload: envelope.to_value(None),
             }
         };
         self.submit(p, &db, general::TABLE, op).await
@@ -1951,19 +2100,37 @@ impl Session<'_> {
         } else {
             self.readable(&table.def)
         };
+        // (content type, the QoS the record may go out at most with)
         let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
             None if general => value::deserialize(archived)
                 .map(|v| {
-                    *body = general::payload(ChangeKind::Put, Some(&v)).unwrap_or_default();
-                    payload::OCTET_STREAM
+                    let now = crate::store::now_ms();
+                    match outbound_payload("", ChangeKind::Put, Some(&v), now) {
+                        Some(out) => {
+                            *body = out.body;
+                            let props = out.properties.unwrap_or_default();
+                            Shape(None, qos.min(out.qos_max), props)
+                        }
+                        None => Shape(None, qos, Properties::default()),
+                    }
                 })
                 .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
-            None => Ok(payload::encode(Some(archived), body)),
+            None => Ok(Shape(
+                Some(payload::encode(Some(archived), body)),
+                qos,
+                Properties::default(),
+            )),
             Some(r) => value::deserialize(archived)
-                .map(|v| encode_trimmed(&v, r, body))
+                .map(|v| {
+                    Shape(
+                        Some(encode_trimmed(&v, r, body)),
+                        qos,
+                        Properties::default(),
+                    )
+                })
                 .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
         };
-        let mut found: Vec<(String, f64, Vec<u8>, &'static str)> = Vec::new();
+        let mut found: Vec<(String, f64, Vec<u8>, Shape)> = Vec::new();
         let read = (|| -> Result<(), crate::store::StoreError> {
             let txn = db.read()?;
             let now = crate::store::now_ms();
@@ -2010,7 +2177,10 @@ impl Session<'_> {
                 sub.sent = found.iter().map(|(id, v, _, _)| (id.clone(), *v)).collect();
             }
         }
-        for (id, _, body, content_type) in found {
+        for (id, _, body, Shape(content_type, qos, mut properties)) in found {
+            if let Some(i) = identifier {
+                properties.push(Property::SubscriptionIdentifier(i));
+            }
             if !self.conn.publish(Outbound {
                 topic: topic_name(export, Some(&id)),
                 qos,
@@ -2019,9 +2189,7 @@ impl Session<'_> {
                 content_type,
                 event: None,
                 resend_id: None,
-                properties: identifier
-                    .map(|i| Properties(vec![Property::SubscriptionIdentifier(i)]))
-                    .unwrap_or_default(),
+                properties,
             }) {
                 break;
             }

@@ -32,6 +32,8 @@ pub const NOTE_AGE_MAX_MS: f64 = 60_000.0;
 pub struct Note {
     pub client_id: String,
     pub retain: bool,
+    /// The publish's QoS: messages go out at most at it (SPEC §6.3, MQTT 5 §3.8.4).
+    pub qos: u8,
     /// The properties passed on (the kinds listed in the module documentation).
     pub properties: Properties,
     /// When the publish arrived (ms), for the Message Expiry countdown.
@@ -40,7 +42,7 @@ pub struct Note {
 
 impl Note {
     /// Keeps only the properties a broker forwards.
-    pub fn new(client_id: &str, retain: bool, properties: &Properties) -> Note {
+    pub fn new(client_id: &str, retain: bool, qos: u8, properties: &Properties) -> Note {
         let mut kept = Properties::default();
         for p in properties.iter() {
             if matches!(
@@ -58,6 +60,7 @@ impl Note {
         Note {
             client_id: client_id.to_string(),
             retain,
+            qos,
             properties: kept,
             received_ms: crate::store::now_ms(),
         }
@@ -228,7 +231,7 @@ mod tests {
     fn check(left: &[(&str, i64, i64)], commits: &[Commit], expected: &[Option<&str>]) {
         let notes = Notes::new(2);
         for (client, key, payload) in left {
-            let note = Note::new(client, false, &Properties::default());
+            let note = Note::new(client, false, 1, &Properties::default());
             let payload = Some(Value::Int(*payload));
             assert!(notes.leave(
                 "data",
@@ -281,7 +284,7 @@ mod tests {
             Property::TopicAlias(3),
             Property::UserProperty("k".into(), "v".into()),
         ]);
-        let mut note = Note::new("c", false, &props);
+        let mut note = Note::new("c", false, 1, &props);
         note.received_ms = 1000.0;
         assert_eq!(
             note.outbound(4500.0),
