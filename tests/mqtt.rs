@@ -529,21 +529,13 @@ fn rumqttc_v5_retained_message_and_delete() {
 
 // ---- mosquitto tools ----
 
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("{tool} not installed: skipping its part (apt-get install mosquitto-clients)");
-    }
-    ok
-}
-
 #[test]
 fn mosquitto_tools_wildcards_retain_handling() {
-    if !have("mosquitto_sub") {
+    if !common::have_tool(
+        "sh",
+        &["-c", "command -v mosquitto_sub"],
+        "apt-get install mosquitto-clients",
+    ) {
         return;
     }
     let m = start();
@@ -632,12 +624,11 @@ print(json.dumps(got))
 
 #[test]
 fn paho_v311_and_v5() {
-    let ok = Command::new("python3")
-        .args(["-c", "import paho.mqtt"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("paho-mqtt not installed: skipping (pip install paho-mqtt)");
+    if !common::have_tool(
+        "python3",
+        &["-c", "import paho.mqtt"],
+        "pip install paho-mqtt",
+    ) {
         return;
     }
     let m = start();

@@ -506,12 +506,11 @@ print(json.dumps(got))
 
 /// Runs a paho v5 scenario; None when paho-mqtt is missing (the test then says so and passes).
 fn paho5(m: &Mqtt, scenario: &str) -> Option<serde_json::Value> {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import paho.mqtt"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("paho-mqtt not installed: skipping (pip install paho-mqtt)");
+    if !common::have_tool(
+        "python3",
+        &["-c", "import paho.mqtt"],
+        "pip install paho-mqtt",
+    ) {
         return None;
     }
     let out = std::process::Command::new("python3")

@@ -70,14 +70,7 @@ impl Broker {
 }
 
 fn have(program: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(program)
-        .args(probe)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("{program} {probe:?} unavailable: skipping the checks that need it");
-    }
-    ok
+    common::have_tool(program, probe, "see .ci/run for what the tests install")
 }
 
 fn text(bytes: &[u8]) -> String {
