@@ -419,6 +419,33 @@ fn v5_session_expiry() {
     );
 }
 
+/// `mqtt.maxKeepAlive`: a v5 client asking for no keep alive is told the cap as Server Keep
+/// Alive (property 0x13) and, silent, is closed with DISCONNECT 0x8D; a 3.1.1 client cannot be
+/// told, so it is not held to the cap.
+#[test]
+fn v5_server_keep_alive_cap() {
+    let m = start_with(app_dir(), None, &[("--MQTT_MAXKEEPALIVE", "1")]);
+    let (mut v5, _) = Raw::on_core(&m, None);
+    v5.send(&connect(5, "ka-5", true, &[]));
+    let ack = v5.packet().expect("CONNACK");
+    assert!(
+        ack.windows(3).any(|w| w == [0x13, 0, 1]),
+        "Server Keep Alive 1 in {ack:?}"
+    );
+    let (mut v4, _) = Raw::on_core(&m, None);
+    v4.send(&connect(4, "ka-4", true, &[]));
+    assert_eq!(v4.packet(), Some(vec![0x20, 2, 0, 0]));
+    let closing = v5.packet().expect("DISCONNECT after 1.5 s of silence");
+    assert_eq!(
+        (closing[0], closing.get(2)),
+        (0xe0, Some(&0x8d)),
+        "{closing:?}"
+    );
+    // The 3.1.1 client, just as silent, is still served.
+    v4.send(&[0xc0, 0]);
+    assert_eq!(v4.packet(), Some(vec![0xd0, 0]));
+}
+
 // ---- v5 features with paho-mqtt (Python) ----
 
 /// One scenario per run: `python3 - <port> <scenario>` prints a JSON result.

@@ -52,6 +52,7 @@ mqtt:
   requireAuthentication: true
   sessionQueueMax: 10000
   generalTopics: false
+  maxKeepAlive: 0            # s; v5 clients asking for more (or for none) get this as Server Keep Alive; 0 = no cap (tidepool)
 replication:
   hostname: null             # node name; null = the OS hostname
   url: null

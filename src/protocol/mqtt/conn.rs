@@ -275,6 +275,9 @@ pub struct MqttShared {
     groups: Groups,
     /// `mqtt.generalTopics`: topics outside tables are served (see `general.rs`).
     pub general_topics: bool,
+    /// `mqtt.maxKeepAlive` in seconds (0: none): a v5 client asking for more, or for no keep
+    /// alive, is told this as Server Keep Alive (MQTT 5 §3.2.2.3.14) and held to it.
+    pub keep_alive_max_s: u16,
     /// The empty export name general topics go by.
     general_export: String,
 }
@@ -317,6 +320,11 @@ impl MqttShared {
                 .get("mqtt.generalTopics")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            keep_alive_max_s: resources
+                .config_tree
+                .get("mqtt.maxKeepAlive")
+                .and_then(|v| v.as_u64())
+                .map_or(0, |n| u16::try_from(n).unwrap_or(u16::MAX)),
             resources,
             exports,
             next_client: AtomicU64::new(1),
@@ -1210,6 +1218,13 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         ack_props.push(Property::TopicAliasMaximum(TOPIC_ALIAS_MAX));
         ack_props.push(Property::MaximumPacketSize(shared.packet_bytes_max as u32));
     }
+    let mut keep_alive_s = connect.keep_alive_s;
+    let cap = shared.keep_alive_max_s;
+    if v5 && cap > 0 && (keep_alive_s == 0 || keep_alive_s > cap) {
+        // 3.1.1 has no way to tell the client, so only v5 clients are held to the cap.
+        keep_alive_s = cap;
+        ack_props.push(Property::ServerKeepAlive(cap));
+    }
     *conn.client_id.borrow_mut() = client_id.clone();
     if let Some(old) = shared.claim(&client_id, kick.clone()) {
         // The old connection stores its session before letting go; wait so we read that.
@@ -1268,10 +1283,8 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     // MQTT §3.1.2.10: one and a half times the Keep Alive without a packet closes the connection;
     // `Sessions::sweep_keep_alive` checks it.
     conn.heard.set(Instant::now());
-    conn.keep_alive.set(
-        (connect.keep_alive_s > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500)),
-    );
+    conn.keep_alive
+        .set((keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500)));
     let mut will = connect.will.clone();
     let end: Option<u8> = loop {
         if conn.overflowed.get() {
