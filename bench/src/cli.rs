@@ -33,7 +33,7 @@ USAGE:
   tidepool-bench baseline --listen HOST:PORT [--cores N] [--io-driver uring|epoll|auto]
   tidepool-bench mqtt-fanout --target HOST:PORT [--target ...] [--topic T] [--subs N] [--messages M]
   tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M]
-  tidepool-bench ws|sse --target HOST:PORT --subscribers N --events E [--path /Dog/] [--body-bytes B] [--json]
+  tidepool-bench ws|sse --target HOST:PORT --subscribers N --events E [--path /Dog/] [--body-bytes B] [--auth USER:PASS] [--json]
   tidepool-bench chart --in RESULTS.json --out CHART.svg
 
 WORKLOAD:
@@ -246,6 +246,15 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     crate::sse::Transport::Sse
                 },
                 path: flags.take("path").unwrap_or_else(|| "/Dog/".into()),
+                authorization: flags
+                    .take("auth")
+                    .map(|a| {
+                        format!(
+                            "Authorization: Basic {}\r\n",
+                            crate::request::base64(a.as_bytes())
+                        )
+                    })
+                    .unwrap_or_default(),
                 subscribers: number(
                     &flags.require("subscribers")?,
                     "--subscribers",

@@ -34,6 +34,8 @@ pub struct FanOut {
     pub transport: Transport,
     /// Table path subscribed to and written under, e.g. `/Dog/`.
     pub path: String,
+    /// An `Authorization` header line (with its CRLF) sent on every request, or empty.
+    pub authorization: String,
     pub subscribers: usize,
     pub events: usize,
     pub body_bytes: usize,
@@ -89,12 +91,16 @@ pub fn local_time(event: &[u8]) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
-fn sse_subscribe(addr: SocketAddr, path: &str) -> Result<BufReader<TcpStream>> {
+fn sse_subscribe(
+    addr: SocketAddr,
+    path: &str,
+    authorization: &str,
+) -> Result<BufReader<TcpStream>> {
     let mut stream = TcpStream::connect(addr).context("connect")?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{authorization}\r\n"
     )?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -146,6 +152,7 @@ pub fn run(w: &FanOut) -> Result<FanOutReport> {
             stop.clone(),
         );
         let (addr, path, transport, events) = (w.target, w.path.clone(), w.transport, w.events);
+        let authorization = w.authorization.clone();
         readers.push(thread::spawn(move || -> Result<()> {
             let mut local = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3)?;
             let mut count = 0usize;
@@ -160,12 +167,12 @@ pub fn run(w: &FanOut) -> Result<FanOutReport> {
             };
             match transport {
                 Transport::Sse => {
-                    let reader = sse_subscribe(addr, &path)?;
+                    let reader = sse_subscribe(addr, &path, &authorization)?;
                     connected.fetch_add(1, Ordering::SeqCst);
                     sse_read(reader, &mut each);
                 }
                 Transport::WebSocket => {
-                    let ws = crate::ws::subscribe(addr, &path)?;
+                    let ws = crate::ws::subscribe(addr, &path, &authorization)?;
                     connected.fetch_add(1, Ordering::SeqCst);
                     crate::ws::read(ws, &mut each);
                 }
@@ -197,9 +204,10 @@ pub fn run(w: &FanOut) -> Result<FanOutReport> {
     for k in 0..w.events {
         write!(
             writer,
-            "PUT {}bench{} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "PUT {}bench{} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n{body}",
             w.path,
             k % 1000,
+            w.authorization,
             body.len()
         )?;
         // The answer (204, no body) fits one read.

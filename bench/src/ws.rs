@@ -11,13 +11,17 @@ use anyhow::{bail, Context, Result};
 /// Largest server frame accepted.
 const FRAME_BYTES_MAX: u64 = 16 << 20;
 
-pub fn subscribe(addr: SocketAddr, path: &str) -> Result<BufReader<TcpStream>> {
+pub fn subscribe(
+    addr: SocketAddr,
+    path: &str,
+    authorization: &str,
+) -> Result<BufReader<TcpStream>> {
     let mut stream = TcpStream::connect(addr).context("connect")?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{authorization}\r\n"
     )?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -69,11 +73,7 @@ pub fn read(mut reader: BufReader<TcpStream>, mut each: impl FnMut(&[u8]) -> boo
             return;
         }
         match opcode {
-            1 | 2 => {
-                if !each(&payload) {
-                    return;
-                }
-            }
+            1 | 2 if !each(&payload) => return,
             8 => return,
             9 => {
                 // Pong, masked with a zero key (clients must mask; any key will do).
