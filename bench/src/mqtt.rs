@@ -24,8 +24,8 @@ pub const CLIENTS_MAX: usize = 5000;
 pub const MESSAGES_MAX: u64 = 10_000_000;
 
 pub const USAGE: &str = "\
-  tidepool-bench mqtt-fanout --target HOST:PORT [--target HOST:PORT ...] [--topic T] [--subs N] [--messages M] [--timeout S]
-  tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M] [--timeout S]
+  tidepool-bench mqtt-fanout --target HOST:PORT [--target HOST:PORT ...] [--topic T] [--subs N] [--messages M] [--timeout S] [--auth USER:PASS]
+  tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M] [--timeout S] [--auth USER:PASS]
 ";
 
 struct Settings {
@@ -35,6 +35,8 @@ struct Settings {
     pubs: usize,
     messages: u64,
     timeout: Duration,
+    /// User name and password sent in every CONNECT.
+    auth: Option<(String, String)>,
 }
 
 fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
@@ -45,6 +47,7 @@ fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
         pubs: 10,
         messages: 1000,
         timeout: Duration::from_secs(60),
+        auth: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -63,6 +66,12 @@ fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
             "--pubs" => s.pubs = value.parse()?,
             "--messages" => s.messages = value.parse()?,
             "--timeout" => s.timeout = Duration::from_secs_f64(value.parse()?),
+            "--auth" => {
+                let (user, password) = value
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("--auth expects USER:PASS"))?;
+                s.auth = Some((user.to_string(), password.to_string()));
+            }
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -108,7 +117,8 @@ struct Client {
 }
 
 impl Client {
-    fn connect(addr: SocketAddr, id: &str, timeout: Duration) -> Result<Client> {
+    fn connect(addr: SocketAddr, id: &str, s: &Settings) -> Result<Client> {
+        let timeout = s.timeout;
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
@@ -118,8 +128,14 @@ impl Client {
         };
         let mut body = Vec::new();
         string(&mut body, "MQTT");
-        body.extend_from_slice(&[4, 0x02, 0, 0]);
+        // Clean session; user name and password flags when credentials are given.
+        let flags = if s.auth.is_some() { 0xc2 } else { 0x02 };
+        body.extend_from_slice(&[4, flags, 0, 0]);
         string(&mut body, id);
+        if let Some((user, password)) = &s.auth {
+            string(&mut body, user);
+            string(&mut body, password);
+        }
         c.stream.write_all(&packet(0x10, &body))?;
         let (first, rest) = c.next()?;
         if first != 0x20 || rest.get(1) != Some(&0) {
@@ -220,7 +236,7 @@ fn spawn_subscribers(
 ) -> Result<Vec<std::thread::JoinHandle<Vec<u64>>>> {
     let mut handles = Vec::with_capacity(count);
     for n in 0..count {
-        let mut c = Client::connect(addr, &format!("bench-sub-{n}"), s.timeout)?;
+        let mut c = Client::connect(addr, &format!("bench-sub-{n}"), s)?;
         c.subscribe(filter, qos)?;
         let ready = ready.clone();
         let deadline = s.timeout;
@@ -298,7 +314,7 @@ pub fn fanout(args: &[String]) -> Result<()> {
             &s,
             ready.clone(),
         )?;
-        let mut publisher = Client::connect(*addr, "bench-pub", s.timeout)?;
+        let mut publisher = Client::connect(*addr, "bench-pub", &s)?;
         ready.wait();
         let start = Instant::now();
         for n in 0..s.messages {
@@ -339,7 +355,7 @@ pub fn retained(args: &[String]) -> Result<()> {
         let acked = Arc::new(AtomicU64::new(0));
         let mut pubs = Vec::new();
         for p in 0..s.pubs {
-            let mut c = Client::connect(*addr, &format!("bench-rpub-{p}"), s.timeout)?;
+            let mut c = Client::connect(*addr, &format!("bench-rpub-{p}"), &s)?;
             let topic = format!("{}/bench-{p}", s.topic);
             let ready = ready.clone();
             let acked = acked.clone();
