@@ -99,25 +99,7 @@ impl Raw {
     }
     /// One whole packet, or None when the server closed the connection.
     fn packet(&mut self) -> Option<Vec<u8>> {
-        let mut head = [0u8; 1];
-        if self.0.read_exact(&mut head).is_err() {
-            return None;
-        }
-        let mut out = vec![head[0]];
-        let mut len = 0usize;
-        for i in 0..4 {
-            let mut b = [0u8; 1];
-            self.0.read_exact(&mut b).ok()?;
-            out.push(b[0]);
-            len |= usize::from(b[0] & 0x7f) << (7 * i);
-            if b[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body).ok()?;
-        out.extend_from_slice(&body);
-        Some(out)
+        common::read_mqtt_packet(&mut self.0)
     }
     fn closed_within(&mut self, limit: Duration) -> bool {
         self.0.set_read_timeout(Some(limit)).ok();

@@ -963,23 +963,7 @@ impl Mqtt {
 
     /// One whole packet (header included), or None when the connection ended.
     fn packet(&mut self) -> Option<Vec<u8>> {
-        let mut head = [0u8; 1];
-        self.stream.read_exact(&mut head).ok()?;
-        let mut out = vec![head[0]];
-        let mut len = 0usize;
-        for i in 0..4 {
-            let mut b = [0u8; 1];
-            self.stream.read_exact(&mut b).ok()?;
-            out.push(b[0]);
-            len |= usize::from(b[0] & 0x7f) << (7 * i);
-            if b[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).ok()?;
-        out.extend_from_slice(&body);
-        Some(out)
+        common::read_mqtt_packet(&mut self.stream)
     }
 
     /// The body of the next packet whose type is `kind` (upper nibble), skipping others.

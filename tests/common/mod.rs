@@ -413,3 +413,26 @@ pub fn have_tool(program: &str, args: &[&str], install: &str) -> bool {
     }
     ok
 }
+
+/// One whole MQTT packet (fixed header included) read from `r`, or None when the connection
+/// ended or a read timed out. For the raw clients of the MQTT and security tests.
+#[allow(dead_code)] // not every test file speaks MQTT
+pub fn read_mqtt_packet(r: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = [0u8; 1];
+    r.read_exact(&mut head).ok()?;
+    let mut out = vec![head[0]];
+    let mut len = 0usize;
+    for i in 0..4 {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).ok()?;
+        out.push(b[0]);
+        len |= usize::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    out.extend_from_slice(&body);
+    Some(out)
+}
