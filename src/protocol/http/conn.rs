@@ -235,8 +235,13 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
                 };
                 let mut stream: tidepool_io::AnyStream = stream.into();
                 let (result, _) = stream.write_all(std::mem::take(&mut wbuf)).await;
-                // The handler runs for as long as the stream lasts; it is not a request in flight.
+                // The handler runs for as long as the stream lasts; it is not a request in flight,
+                // and this connection's buffers are not its to hold.
                 drop(guards);
+                drop(std::mem::take(&mut rbuf));
+                drop(std::mem::take(&mut body_buf));
+                held.set(0);
+                body_share.set(0);
                 if result.is_ok() {
                     (takeover.0)(super::Upgraded { stream, leftover }).await;
                 }
@@ -316,7 +321,7 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
                 wbuf = Vec::with_capacity(BUFFER_BYTES);
             }
             if body_buf.capacity() > IDLE_BUFFER_BYTES_MAX {
-                body_buf = Vec::new();
+                drop(std::mem::take(&mut body_buf));
             }
         }
         held.set((rbuf.capacity() + wbuf.capacity() + body_buf.capacity()) as u64);
