@@ -759,7 +759,7 @@ fn users_and_roles() {
         &server,
         json!({"operation": "add_user", "username": "ann", "password": "pw", "role": "ghost", "active": true}),
     );
-    assert_eq!((status, error_of(&reply)), (404, "ghost role not found"));
+    assert_eq!((status, error_of(&reply)), (400, "Role is invalid"));
     assert_eq!(
         ok(
             &server,

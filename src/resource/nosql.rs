@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::tables::{grow_table, SYSTEM};
 use super::{validate_record, write, Caller, Resources, Validation, VerbError};
+use crate::schema::TableDef;
 use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
 use crate::value::{self, Object, Value};
 
@@ -65,6 +66,82 @@ fn resolve(
     Ok((db, t))
 }
 
+/// HarperDB's checks of the records of an `insert`/`update`/`upsert`, before anything is written
+/// (docs/operations-api.md, "NoSQL operations"):
+/// - attribute names with a backtick or `/` → 400 `Attribute names cannot include backticks or
+///   forward slashes`;
+/// - the primary key: missing, `null` or `""` on `update` → 400 `a valid hash attribute must be
+///   provided with update record, check log for more info`; the text `"null"` on any write → 400
+///   `Invalid hash value: 'null' is not a valid hash attribute value, check log for more info`;
+/// - the table's `__createdtime__`/`__updatedtime__` attributes: a non-super user may not send
+///   them (403); a super user's value that is not an integer is ignored (the stored times stay).
+fn check_put_records(
+    caller: &Caller,
+    def: &TableDef,
+    kind: PutKind,
+    records: &mut [Object],
+) -> Result<(), VerbError> {
+    for record in records.iter() {
+        if record
+            .iter()
+            .any(|(name, _)| name.contains('`') || name.contains('/'))
+        {
+            return Err(VerbError::bad(
+                "Attribute names cannot include backticks or forward slashes",
+            ));
+        }
+    }
+    if let Some(pk) = &def.primary_key {
+        for record in records.iter() {
+            match record.get(pk) {
+                None | Some(Value::Null) if kind == PutKind::Update => {}
+                Some(Value::String(s)) if s.is_empty() && kind == PutKind::Update => {}
+                Some(Value::String(s)) if s == "null" => {
+                    return Err(VerbError::bad(
+                        "Invalid hash value: 'null' is not a valid hash attribute value, check log for more info",
+                    ))
+                }
+                _ => continue,
+            }
+            return Err(VerbError::bad(
+                "a valid hash attribute must be provided with update record, check log for more info",
+            ));
+        }
+    }
+    let stamps: Vec<&str> = def
+        .attributes
+        .iter()
+        .filter(|a| a.created_time || a.updated_time)
+        .map(|a| a.name.as_str())
+        .collect();
+    if stamps.is_empty() {
+        return Ok(());
+    }
+    for record in records.iter_mut() {
+        for name in &stamps {
+            let Some(value) = record.get(name) else {
+                continue;
+            };
+            if !caller.super_user {
+                // HarperDB's text, its typo included.
+                return Err(VerbError::new(
+                    403,
+                    "Internal timestamp attributes - '__createdtime_' and '__updatedtime__' - cannot be inserted to or updated by HDB users.",
+                ));
+            }
+            let integer = match value {
+                Value::Int(_) => true,
+                Value::Float(f) => f.fract() == 0.0,
+                _ => false,
+            };
+            if !integer {
+                record.remove(name);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies `writes` to `database` as one atomic transaction. Returns the commit's version
 /// (`txn_time`) and one summary per write.
 pub async fn write_records(
@@ -92,27 +169,23 @@ pub async fn write_records(
                 records,
             } => {
                 let (db, mut t) = resolve(resources, database, &table)?;
-                let pk = t.def.primary_key.clone();
-                if kind == PutKind::Update {
-                    if let Some(pk) = &pk {
-                        if records
-                            .iter()
-                            .any(|r| matches!(r.get(pk), None | Some(Value::Null)))
-                        {
-                            return Err(VerbError::bad(format!(
-                                "a record to update is missing its primary key '{pk}'"
-                            )));
-                        }
-                    }
-                }
+                let mut records = records;
+                check_put_records(caller, &t.def, kind, &mut records)?;
                 if !t.schema_defined {
                     let mut names: Vec<String> = Vec::new();
                     for record in &records {
                         for (name, _) in record.iter() {
                             if t.def.attribute(name).is_none() && !names.iter().any(|n| n == name) {
-                                if name.is_empty() || name.len() > ATTRIBUTE_BYTES_MAX {
+                                if name.is_empty() {
                                     return Err(VerbError::bad(format!(
                                         "attribute names must be 1 to {ATTRIBUTE_BYTES_MAX} bytes long"
+                                    )));
+                                }
+                                if name.len() > ATTRIBUTE_BYTES_MAX {
+                                    // HarperDB's words.
+                                    return Err(VerbError::bad(format!(
+                                        "transaction aborted due to attribute name {name} being too long. \
+                                         Attribute names cannot be longer than {ATTRIBUTE_BYTES_MAX} bytes."
                                     )));
                                 }
                                 names.push(name.to_string());
@@ -229,8 +302,23 @@ pub fn search_by_id(
     Ok(out)
 }
 
-/// The table a search reads, with its definition (to know its key and attributes).
+/// The table a search reads, with its definition (to know its key and attributes). A missing
+/// database or table is a 404 here, as HarperDB answers searches (writes answer 400).
 pub fn search_table(
+    resources: &Resources,
+    database: &str,
+    table: &str,
+) -> Result<(Arc<Database>, Arc<Table>), VerbError> {
+    resolve(resources, database, table).map_err(|mut e| {
+        if e.status == 400 {
+            e.status = 404;
+        }
+        e
+    })
+}
+
+/// The table a write (or a job writing to it) targets; a missing database or table is a 400.
+pub fn write_table(
     resources: &Resources,
     database: &str,
     table: &str,

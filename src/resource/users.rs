@@ -428,7 +428,8 @@ pub async fn drop_role(
     id: &str,
 ) -> Result<String, VerbError> {
     let Some(role) = get(resources, ROLES, id)? else {
-        return Err(VerbError::new(404, format!("Role '{id}' not found")));
+        // HarperDB's words.
+        return Err(VerbError::new(404, "Role not found"));
     };
     if all(resources, USERS)?
         .iter()
@@ -508,7 +509,8 @@ pub async fn add_user(
     if username.is_empty() || password.is_empty() {
         return Err(VerbError::bad("'username' and 'password' may not be empty"));
     }
-    let role = role_id(resources, role)?;
+    // HarperDB's answer to a role that does not exist.
+    let role = role_id(resources, role).map_err(|_| VerbError::bad("Role is invalid"))?;
     if get(resources, USERS, username)?.is_some() {
         return Err(VerbError::new(
             409,
@@ -555,7 +557,18 @@ pub async fn alter_user(
         );
     }
     if let Some(role) = role {
-        record.insert("role", Value::String(role_id(resources, role)?));
+        // HarperDB's words (it answers the empty name with 500; a client error is a 400 here).
+        if role.is_empty() {
+            return Err(VerbError::bad("If role is specified, it cannot be empty."));
+        }
+        let id = role_id(resources, role).map_err(|e| match e.status {
+            404 => VerbError::new(
+                404,
+                format!("Update failed. Requested '{role}' role not found."),
+            ),
+            _ => e,
+        })?;
+        record.insert("role", Value::String(id));
     }
     if let Some(active) = active {
         record.insert("active", Value::Bool(active));
@@ -583,7 +596,10 @@ pub async fn drop_user(
     username: &str,
 ) -> Result<String, VerbError> {
     if get(resources, USERS, username)?.is_none() {
-        return Err(VerbError::new(404, format!("User {username} not found")));
+        return Err(VerbError::new(
+            404,
+            format!("User {username} does not exist"),
+        ));
     }
     delete(resources, caller, USERS, username).await?;
     Ok(format!("{username} successfully deleted"))

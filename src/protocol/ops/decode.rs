@@ -656,8 +656,10 @@ fn decode_write(name: &str, f: &Fields<'_>, database: Option<&str>) -> Result<Wr
         "update" => WriteKind::Update,
         _ => WriteKind::Upsert,
     };
-    let Some(Value::Array(items)) = f.get("records") else {
-        return Err(OpError::bad("'records' must be an array of objects"));
+    let items = match f.get("records") {
+        Some(Value::Array(items)) => items,
+        None => return Err(OpError::bad("'records' is required")),
+        Some(_) => return Err(OpError::bad("'records' must be an array of objects")),
     };
     let mut records = Vec::with_capacity(items.len());
     for item in items {
@@ -718,16 +720,38 @@ impl<'a> Fields<'a> {
     }
 
     /// A database, table or attribute name: a string of 1–250 bytes without `/`, `.` or
-    /// control characters. Numbers are read as their decimal text (HarperDB accepts them).
+    /// control characters. Anything else (a number too, as HarperDB refuses `"schema": 1123`) is
+    /// a 400 naming, in HarperDB's words, every one of `database`, `schema` and `table` that is
+    /// not a string (a non-string `database` counts for `schema` too, which HarperDB fills from it).
     fn name(&self, key: &str) -> Result<String, OpError> {
         let raw = match self.get(key) {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Int(i)) => i.to_string(),
-            Some(_) => return Err(OpError::bad(format!("'{key}' must be a string"))),
+            Some(_) => return Err(OpError::bad(self.not_strings(key))),
             None => return Err(OpError::bad(format!("'{key}' is required"))),
         };
         check_name(key, &raw)?;
         Ok(raw)
+    }
+
+    /// `'database' must be a string. 'schema' must be a string. 'table' must be a string`, for
+    /// those sent and not strings; `key` (the one being read) always among them.
+    fn not_strings(&self, key: &str) -> String {
+        let bad = |k: &str| self.get(k).is_some_and(|v| !matches!(v, Value::String(_)));
+        let mut names: Vec<&str> = Vec::new();
+        for k in ["database", "schema", "table"] {
+            let listed = bad(k) || (k == "schema" && self.get(k).is_none() && bad("database"));
+            if listed || k == key {
+                names.push(k);
+            }
+        }
+        if !names.contains(&key) {
+            names.push(key);
+        }
+        names
+            .iter()
+            .map(|k| format!("'{k}' must be a string"))
+            .collect::<Vec<_>>()
+            .join(". ")
     }
 
     fn name_alias(&self, key: &str, alias: &str) -> Result<String, OpError> {
@@ -809,6 +833,10 @@ impl<'a> Fields<'a> {
                 }
                 Ok(items.clone())
             }
+            // Named as the client sent it, in HarperDB's words.
+            Some(_) if self.get("ids").is_none() => {
+                Err(OpError::bad("'hash_values' must be an array"))
+            }
             Some(_) => Err(OpError::bad("'ids' must be an array")),
             None => Err(OpError::bad("'ids' is required")),
         }
@@ -816,6 +844,12 @@ impl<'a> Fields<'a> {
 
     /// `get_attributes`; absent or containing `*` = every property.
     fn get_attributes(&self) -> Result<Attributes, OpError> {
+        if self
+            .get("get_attributes")
+            .is_some_and(|v| !matches!(v, Value::Array(_)))
+        {
+            return Err(OpError::bad("'get_attributes' must be an array"));
+        }
         let list = self.opt_strings("get_attributes")?;
         Ok(list.filter(|l| !l.iter().any(|a| a == "*")))
     }
