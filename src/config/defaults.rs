@@ -70,6 +70,16 @@ logging:
   stdStreams: false
   auditLog: true
   auditRetention: 3d
+  rotation:                  # HarperDB's log rotation: accepted and stored, no effect here (tidepool)
+    enabled: false
+    maxSize: null
+    interval: null
+    compress: false
+    path: null
+localStudio:
+  enabled: false             # HarperDB's Studio: accepted and stored, no effect here (tidepool)
+customFunctions:
+  enabled: false             # HarperDB's custom functions: accepted and stored, no effect here (tidepool)
 storage:
   path: <root>/database
   sync: true                 # commit waits for fsync

@@ -32,11 +32,12 @@ pub struct AttributeSpec {
     pub nullable: Option<bool>,
 }
 
-fn system_refused(op: &str) -> VerbError {
-    VerbError::new(
-        403,
-        format!("Operation '{op}' is not allowed on the '{SYSTEM}' database"),
-    )
+/// HarperDB's answer (403, no other field) to changing the `system` database's tables or, for a
+/// non-super user, its records; kept word for word, as clients compare it.
+pub const SYSTEM_PROTECTED: &str = "The 'system' database, tables and records are used internally by HarperDB and cannot be updated or removed.";
+
+fn system_refused(_op: &str) -> VerbError {
+    VerbError::new(403, SYSTEM_PROTECTED)
 }
 
 fn database(resources: &Resources, name: &str) -> Result<Arc<Database>, VerbError> {

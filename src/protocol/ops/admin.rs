@@ -97,6 +97,43 @@ fn to_yaml(v: &Value) -> Yaml {
     serde_yaml::to_value(to_json(v)).unwrap_or(Yaml::Null)
 }
 
+/// Keys HarperDB accepts that change nothing in tidepool: `set_configuration` stores them in the
+/// file and says so, and `get_configuration` shows them as the file has them.
+const NO_EFFECT_PREFIXES: &[&str] = &["logging.rotation", "localStudio", "customFunctions"];
+
+fn no_effect(path: &str) -> bool {
+    NO_EFFECT_PREFIXES
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}.")))
+}
+
+/// `get_configuration`: the running configuration, with HarperDB's `rootPath` and
+/// `componentsRoot`, and the keys of [`NO_EFFECT_PREFIXES`] as the configuration file has them
+/// now (a `set_configuration` of one shows at once, as in HarperDB, whose answer reads the file).
+pub async fn get_configuration(resources: &Resources) -> Result<Value, OpError> {
+    let mut tree = resources.config_tree.clone();
+    let path = config_file(resources);
+    let yaml = run_blocking(move || read_yaml(&path))
+        .await
+        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(|e| OpError::new(500, e))?;
+    for prefix in NO_EFFECT_PREFIXES {
+        if let Some(v) = get_path(&yaml, prefix) {
+            tree.set_path(prefix, v.clone());
+        }
+    }
+    let mut json = tree.to_json();
+    if let serde_json::Value::Object(map) = &mut json {
+        let root = resources.config.root.display().to_string();
+        map.insert("rootPath".into(), serde_json::Value::String(root.clone()));
+        map.insert(
+            "componentsRoot".into(),
+            serde_json::Value::String(format!("{root}/components")),
+        );
+    }
+    Ok(from_json(&json))
+}
+
 pub async fn set_configuration(
     resources: &Resources,
     settings: Vec<(String, Value)>,
@@ -130,9 +167,24 @@ pub async fn set_configuration(
     .await
     .unwrap_or_else(|| Err("admin thread failed".into()))
     .map_err(|e| OpError::new(500, e))?;
-    Ok(super::message(
-        "Configuration successfully set. You must restart HarperDB for new config settings to take effect.",
-    ))
+    let ignored: Vec<&str> = settings
+        .iter()
+        .filter(|(key, _)| {
+            let flat = key.to_ascii_lowercase();
+            known.iter().any(|(k, path)| *k == flat && no_effect(path))
+        })
+        .map(|(key, _)| key.as_str())
+        .collect();
+    let mut text = String::from(
+        "Configuration successfully set. You must restart tidepool for new config settings to take effect.",
+    );
+    if !ignored.is_empty() {
+        text.push_str(&format!(
+            " These keys are stored but change nothing in tidepool: {}.",
+            ignored.join(", ")
+        ));
+    }
+    Ok(super::message(&text))
 }
 
 /// §7.9's shape while replication is off.
@@ -259,12 +311,102 @@ fn meminfo() -> Object {
             "MemAvailable:" => "available",
             "SwapTotal:" => "swaptotal",
             "SwapFree:" => "swapfree",
+            "Active:" => "active",
             _ => continue,
         };
         if let Ok(kb) = kb.parse::<i64>() {
             o.insert(key, Value::Int(kb.saturating_mul(1024)));
         }
     }
+    // HarperDB's derived fields: used = total - free, swapused = swaptotal - swapfree.
+    for (out, total, free) in [
+        ("used", "total", "free"),
+        ("swapused", "swaptotal", "swapfree"),
+    ] {
+        if let (Some(Value::Int(t)), Some(Value::Int(f))) = (o.get(total), o.get(free)) {
+            let used = t.saturating_sub(*f);
+            o.insert(out, Value::Int(used));
+        }
+    }
+    o
+}
+
+/// `time`: now, the host's uptime in seconds (`/proc/uptime`, as HarperDB reports it), and the
+/// time zone (`TZ`, else `/etc/timezone`, else UTC).
+fn time_info() -> Object {
+    let mut t = Object::new();
+    t.insert("current", Value::Float(crate::store::now_ms()));
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    t.insert("uptime", Value::Float(uptime));
+    let name = std::env::var("TZ")
+        .ok()
+        .filter(|z| !z.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/timezone")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|z| !z.is_empty())
+        })
+        .unwrap_or_else(|| "Etc/UTC".into());
+    t.insert(
+        "timezone",
+        Value::String(std::env::var("TZ").unwrap_or_else(|_| "UTC".into())),
+    );
+    t.insert("timezoneName", Value::String(name));
+    t
+}
+
+/// `disk`: the size, use and free space of the file system holding the root directory.
+fn disk_info(root: &std::path::Path) -> Object {
+    let mut o = Object::new();
+    let mut sizes = Vec::new();
+    if let Ok(path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) {
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a NUL-terminated string and `st` is written by statvfs on success.
+        if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } == 0 {
+            // SAFETY: statvfs returned 0, so it filled `st`.
+            let st = unsafe { st.assume_init() };
+            let frsize = st.f_frsize as i64;
+            let size = (st.f_blocks as i64).saturating_mul(frsize);
+            let free = (st.f_bavail as i64).saturating_mul(frsize);
+            let mut fs = Object::new();
+            fs.insert("mount", Value::String(root.display().to_string()));
+            fs.insert("size", Value::Int(size));
+            fs.insert(
+                "used",
+                Value::Int(size.saturating_sub((st.f_bfree as i64).saturating_mul(frsize))),
+            );
+            fs.insert("available", Value::Int(free));
+            sizes.push(Value::Object(fs));
+        }
+    }
+    o.insert("size", Value::Array(sizes));
+    o
+}
+
+/// `network`: each interface of `/proc/net/dev` with its received and sent bytes.
+fn network_info() -> Object {
+    let mut o = Object::new();
+    let text = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    let mut interfaces = Vec::new();
+    for line in text.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else {
+            continue;
+        };
+        let fields: Vec<i64> = counters
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let mut i = Object::new();
+        i.insert("iface", Value::String(name.trim().to_string()));
+        i.insert("rx_bytes", Value::Int(fields.first().copied().unwrap_or(0)));
+        i.insert("tx_bytes", Value::Int(fields.get(8).copied().unwrap_or(0)));
+        interfaces.push(Value::Object(i));
+    }
+    o.insert("interfaces", Value::Array(interfaces));
     o
 }
 
@@ -294,13 +436,7 @@ pub async fn system_information(resources: &Resources, attributes: Option<&[Stri
         o.insert("system", Value::Object(system_info()));
     }
     if wanted("time") {
-        let mut t = Object::new();
-        t.insert("current", Value::Float(crate::store::now_ms()));
-        t.insert(
-            "timezone",
-            Value::String(std::env::var("TZ").unwrap_or_else(|_| "UTC".into())),
-        );
-        o.insert("time", Value::Object(t));
+        o.insert("time", Value::Object(time_info()));
     }
     if wanted("cpu") {
         let mut c = Object::new();
@@ -362,10 +498,14 @@ pub async fn system_information(resources: &Resources, attributes: Option<&[Stri
     if wanted("replication") {
         o.insert("replication", cluster_status());
     }
-    for empty in ["disk", "network", "metrics"] {
-        if wanted(empty) && attributes.is_some() {
-            o.insert(empty, Value::Object(Object::new()));
-        }
+    if wanted("disk") {
+        o.insert("disk", Value::Object(disk_info(&resources.config.root)));
+    }
+    if wanted("network") {
+        o.insert("network", Value::Object(network_info()));
+    }
+    if wanted("metrics") && attributes.is_some() {
+        o.insert("metrics", Value::Object(Object::new()));
     }
     Value::Object(o)
 }

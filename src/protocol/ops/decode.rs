@@ -611,9 +611,15 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         "get_job" => Operation::GetJob {
             id: f.string("id")?,
         },
-        "delete_records_before" => Operation::DeleteRecordsBefore {
+        // `delete_files_before` is HarperDB's older name of the same operation. Super users
+        // only; a missing `table` is left for `exec` to refuse after that gate, so others get 403
+        // whatever they send (as HarperDB answers them).
+        "delete_records_before" | "delete_files_before" => Operation::DeleteRecordsBefore {
             database: f.database()?,
-            table: f.name("table")?,
+            table: match f.get("table") {
+                None => String::new(),
+                Some(_) => f.name("table")?,
+            },
             before_ms: f.date("date")?,
         },
         "search_jobs_by_start_date" => Operation::SearchJobsByStartDate {

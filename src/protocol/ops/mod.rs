@@ -94,7 +94,7 @@ impl OpError {
 
 impl From<VerbError> for OpError {
     fn from(e: VerbError) -> Self {
-        if e.status == 403 {
+        if e.status == 403 && e.message != crate::resource::tables::SYSTEM_PROTECTED {
             OpError::forbidden(e.message)
         } else {
             OpError::new(e.status, e.message)
@@ -639,25 +639,13 @@ pub async fn run(
     caller: &Caller,
     op: Operation,
 ) -> Result<Reply, OpError> {
+    if let Some(refusal) = system_refusal(caller, &op) {
+        return Err(refusal);
+    }
     if op.super_user_only() && !caller.super_user {
         return Err(OpError::forbidden(format!(
             "Operation '{}' is restricted to 'super_user' roles",
-            exec::name(&op)
-        )));
-    }
-    let database = match &op {
-        Operation::SearchById { database, .. }
-        | Operation::DescribeDatabase { database }
-        | Operation::DescribeTable { database, .. } => Some(database.as_str()),
-        Operation::SearchByValue(s) => Some(s.database.as_str()),
-        Operation::SearchByConditions(s) => Some(s.database.as_str()),
-        _ => None,
-    };
-    // SPEC §1.5: only super users read the system database.
-    if database == Some(crate::resource::tables::SYSTEM) && !caller.super_user {
-        return Err(OpError::forbidden(format!(
-            "Operation '{}' on the 'system' database is restricted to 'super_user' roles",
-            exec::name(&op)
+            restricted_name(exec::name(&op))
         )));
     }
     check_permissions(resources, caller, &op)?;
@@ -691,6 +679,93 @@ pub async fn run(
             filter_reply(resources, caller, &op, value).map(Reply::Value)
         }
         None => Ok(reply),
+    }
+}
+
+/// The name a super-user-only refusal gives an operation: HarperDB's name of its handler where
+/// clients see it (`Operation 'createSchema' is restricted to 'super_user' roles`), else the
+/// operation as sent (docs/operations-api.md, "Errors").
+fn restricted_name(op: &str) -> &str {
+    match op {
+        "create_database" | "create_schema" => "createSchema",
+        "drop_database" | "drop_schema" => "dropSchema",
+        "create_table" => "createTable",
+        "drop_table" => "dropTable",
+        "create_attribute" => "createAttribute",
+        "drop_attribute" => "dropAttribute",
+        "list_users" => "listUsersExternal",
+        "list_roles" => "listRoles",
+        "add_user" => "addUser",
+        "alter_user" => "alterUser",
+        "drop_user" => "dropUser",
+        "add_role" => "addRole",
+        "alter_role" => "alterRole",
+        "drop_role" => "dropRole",
+        "search_jobs_by_start_date" => "handleGetJobsByStartDate",
+        "system_information" => "systemInformation",
+        "get_configuration" => "getConfiguration",
+        "set_configuration" => "setConfiguration",
+        "delete_records_before" | "delete_files_before" => "deleteFilesBefore",
+        "delete_audit_logs_before" => "deleteAuditLogsBefore",
+        "read_log" => "readLog",
+        "read_audit_log" => "readAuditLog",
+        "restart" => "restart",
+        "export_local" => "export_local",
+        other => other,
+    }
+}
+
+/// HarperDB's answers about the `system` database (docs/operations-api.md, "The system
+/// database"), checked before anything else: its tables and attributes are never created or
+/// dropped, not even by a super user; a non-super user may not update or delete its records
+/// (a plain 403), insert into or read it (403 naming the missing table right) or see its
+/// metadata. Super users read and write its records through the NoSQL operations.
+fn system_refusal(caller: &Caller, op: &Operation) -> Option<OpError> {
+    use crate::resource::tables::{SYSTEM, SYSTEM_PROTECTED};
+    let protected = || Some(OpError::new(403, SYSTEM_PROTECTED));
+    let denied = |table: &str, right: &'static str| {
+        Some(OpError::denied(&Denied {
+            database: SYSTEM.to_string(),
+            table: table.to_string(),
+            required_table_permissions: vec![right],
+            required_attribute_permissions: Vec::new(),
+        }))
+    };
+    match op {
+        Operation::DropTable { database, .. }
+        | Operation::DropAttribute { database, .. }
+        | Operation::CreateTable { database, .. }
+        | Operation::CreateAttribute { database, .. }
+        | Operation::DropDatabase { database }
+        | Operation::CreateDatabase { database }
+            if database == SYSTEM =>
+        {
+            protected()
+        }
+        _ if caller.super_user => None,
+        Operation::DescribeDatabase { database } | Operation::DescribeTable { database, .. }
+            if database == SYSTEM =>
+        {
+            Some(OpError::forbidden(format!(
+                "Your role does not have permission to view database metadata for '{SYSTEM}'"
+            )))
+        }
+        Operation::SearchById {
+            database, table, ..
+        } if database == SYSTEM => denied(table, "read"),
+        Operation::SearchByValue(s) if s.database == SYSTEM => denied(&s.table, "read"),
+        Operation::SearchByConditions(s) if s.database == SYSTEM => denied(&s.table, "read"),
+        Operation::Write(decode::Write::Put(decode::WriteKind::Insert, r))
+            if r.database == SYSTEM =>
+        {
+            denied(&r.table, "insert")
+        }
+        Operation::Write(decode::Write::Put(_, r)) if r.database == SYSTEM => protected(),
+        Operation::Write(decode::Write::Delete { database, .. }) if database == SYSTEM => {
+            protected()
+        }
+        Operation::Transaction { database, .. } if database == SYSTEM => protected(),
+        _ => None,
     }
 }
 
