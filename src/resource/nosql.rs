@@ -66,6 +66,10 @@ fn resolve(
     Ok((db, t))
 }
 
+/// HarperDB's answer (a plain 403) to a non-super user's write of the timestamp attributes, its
+/// typo included: clients compare it.
+pub const TIMESTAMPS_PROTECTED: &str = "Internal timestamp attributes - '__createdtime_' and '__updatedtime__' - cannot be inserted to or updated by HDB users.";
+
 /// HarperDB's checks of the records of an `insert`/`update`/`upsert`, before anything is written
 /// (docs/operations-api.md, "NoSQL operations"):
 /// - attribute names with a backtick or `/` → 400 `Attribute names cannot include backticks or
@@ -123,11 +127,7 @@ fn check_put_records(
                 continue;
             };
             if !caller.super_user {
-                // HarperDB's text, its typo included.
-                return Err(VerbError::new(
-                    403,
-                    "Internal timestamp attributes - '__createdtime_' and '__updatedtime__' - cannot be inserted to or updated by HDB users.",
-                ));
+                return Err(VerbError::new(403, TIMESTAMPS_PROTECTED));
             }
             let integer = match value {
                 Value::Int(_) => true,

@@ -94,7 +94,12 @@ impl OpError {
 
 impl From<VerbError> for OpError {
     fn from(e: VerbError) -> Self {
-        if e.status == 403 && e.message != crate::resource::tables::SYSTEM_PROTECTED {
+        // HarperDB answers these two refusals with a bare `{"error"}`.
+        let plain = [
+            crate::resource::tables::SYSTEM_PROTECTED,
+            crate::resource::nosql::TIMESTAMPS_PROTECTED,
+        ];
+        if e.status == 403 && !plain.contains(&e.message.as_str()) {
             OpError::forbidden(e.message)
         } else {
             OpError::new(e.status, e.message)
