@@ -7,6 +7,7 @@
 //!
 //! Field checks: a key starting with `/` is a JSON pointer into the body; the value `"<present>"`
 //! asks only that the field exist (not null); `"<one of A|B>"` that it be one of those strings;
+//! `"<names a|b>"` that it be an array of attribute descriptions naming exactly those;
 //! `null` that it be absent. `$job` in a request stands for the id of the last job started.
 
 mod common;
@@ -19,6 +20,7 @@ use serde_json::{json, Value};
 
 const USER: &str = "conf_user";
 const USER_PASSWORD: &str = "Conf-user-pass-1";
+const ATTR_USER: &str = "attr_user";
 const SYSTEM_PROTECTED: &str = "The 'system' database, tables and records are used internally by HarperDB and cannot be updated or removed.";
 const FORBIDDEN: &str =
     "This operation is not authorized due to role restrictions and/or invalid database items";
@@ -26,7 +28,10 @@ const FORBIDDEN: &str =
 #[derive(Clone, Copy, Debug)]
 enum Who {
     Admin,
+    /// `conf_user`: every right on `dev.dog`, nothing else.
     User,
+    /// `attr_user`: per-attribute rights on `dev.dog`, read on `northnwd.customers`.
+    AttrUser,
 }
 
 enum Step {
@@ -37,7 +42,7 @@ enum Step {
 }
 
 use Step::{Call, JobEnds};
-use Who::{Admin, User};
+use Who::{Admin, AttrUser, User};
 
 fn restricted(handler: &str) -> Value {
     json!({"error": FORBIDDEN,
@@ -92,7 +97,8 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             "set-up: dog",
             Admin,
             json!({"operation": "insert", "schema": "dev", "table": "dog",
-                   "records": [{"id": 1, "dog_name": "Penny"}, {"id": 2, "dog_name": "Harper"}]}),
+                   "records": [{"id": 1, "dog_name": "Penny", "age": 5, "location": "Denver, CO"},
+                               {"id": 2, "dog_name": "Harper", "age": 3, "location": "Boulder, CO"}]}),
             200,
             json!({"message": "inserted 2 of 2 records"}),
         ),
@@ -109,6 +115,27 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             "set-up: its user",
             Admin,
             json!({"operation": "add_user", "role": "conf_role", "username": USER, "password": USER_PASSWORD, "active": true}),
+            200,
+            json!({}),
+        ),
+        Call(
+            "set-up: a role with per-attribute rights on dev.dog and read on northnwd.customers",
+            Admin,
+            json!({"operation": "add_role", "role": "attr_role", "permission": {"super_user": false,
+                "dev": {"tables": {"dog": {"read": true, "insert": true, "update": true, "delete": false,
+                    "attribute_permissions": [
+                        {"attribute_name": "dog_name", "read": true, "insert": true, "update": true},
+                        {"attribute_name": "age", "read": true, "insert": false, "update": false},
+                        {"attribute_name": "location", "read": false, "insert": false, "update": false}]}}},
+                "northnwd": {"tables": {"customers": {"read": true, "insert": false, "update": false, "delete": false,
+                    "attribute_permissions": []}}}}}),
+            200,
+            json!({"role": "attr_role"}),
+        ),
+        Call(
+            "set-up: its user",
+            Admin,
+            json!({"operation": "add_user", "role": "attr_role", "username": ATTR_USER, "password": USER_PASSWORD, "active": true}),
             200,
             json!({}),
         ),
@@ -340,6 +367,84 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             403,
             json!({"error": "Internal timestamp attributes - '__createdtime_' and '__updatedtime__' - cannot be inserted to or updated by HDB users."}),
         ),
+        // What a role cannot see reads as not existing (hidden-items-as-does-not-exist,
+        // describe-restricted-trim-and-hide).
+        Call(
+            "5 › search by conditions - equals - restricted attr",
+            AttrUser,
+            json!({"operation": "search_by_conditions", "schema": "dev", "table": "dog", "get_attributes": ["*"],
+                   "conditions": [{"search_attribute": "location", "search_type": "equals", "search_value": "Denver, CO"}]}),
+            403,
+            json!({"error": FORBIDDEN, "unauthorized_access": [],
+                        "invalid_schema_items": ["Attribute 'location' does not exist on 'dev.dog'"]}),
+        ),
+        Call(
+            "5 › NoSQL Try to read FULLY restricted suppliers table as test_user",
+            AttrUser,
+            json!({"operation": "search_by_value", "schema": "northnwd", "table": "employees", "search_attribute": "employeeid",
+                   "search_value": "*", "get_attributes": ["employeeid"]}),
+            403,
+            json!({"error": FORBIDDEN, "unauthorized_access": [],
+                        "invalid_schema_items": ["Table 'northnwd.employees' does not exist"]}),
+        ),
+        Call(
+            "10 › NoSQL - Non-SU search on schema that doesnt exist as test_user",
+            AttrUser,
+            json!({"operation": "search_by_value", "schema": "rick_rolled", "table": "region", "search_attribute": "id",
+                   "search_value": "*", "get_attributes": ["*"]}),
+            403,
+            json!({"error": FORBIDDEN, "unauthorized_access": [],
+                        "invalid_schema_items": ["database 'rick_rolled' does not exist"]}),
+        ),
+        Call(
+            "5 › NoSQL Try to update categories table with new attr as test_user",
+            AttrUser,
+            json!({"operation": "update", "schema": "dev", "table": "dog", "records": [{"id": 1, "dog_name": "P", "active": true}]}),
+            403,
+            json!({"error": FORBIDDEN, "unauthorized_access": [],
+                        "invalid_schema_items": ["Attribute 'active' does not exist on 'dev.dog'"]}),
+        ),
+        Call(
+            "an attribute the role sees but may not insert is named in unauthorized_access",
+            AttrUser,
+            json!({"operation": "insert", "schema": "dev", "table": "dog", "records": [{"id": 40, "dog_name": "P", "age": 2, "location": "x"}]}),
+            403,
+            json!({"error": FORBIDDEN,
+                        "unauthorized_access": [{"schema": "dev", "table": "dog", "required_table_permissions": [],
+                            "required_attribute_permissions": [{"attribute_name": "age", "required_permissions": ["insert"]}]}],
+                        "invalid_schema_items": ["Attribute 'location' does not exist on 'dev.dog'"]}),
+        ),
+        Call(
+            "10 › Describe Table - non-SU test_user: only the attributes it may read",
+            AttrUser,
+            json!({"operation": "describe_table", "schema": "dev", "table": "dog"}),
+            200,
+            json!({"attributes": "<names age|dog_name|id>"}),
+        ),
+        Call(
+            "10 › Describe Table - restricted table - non-SU test_user",
+            AttrUser,
+            json!({"operation": "describe_table", "schema": "northnwd", "table": "employees"}),
+            403,
+            json!({"error": FORBIDDEN, "unauthorized_access": [],
+                        "invalid_schema_items": ["Table 'northnwd.employees' does not exist"]}),
+        ),
+        Call(
+            "10 › Describe Schema - test user NO PERMS",
+            User,
+            json!({"operation": "describe_schema", "schema": "northnwd"}),
+            403,
+            json!({"error": FORBIDDEN, "unauthorized_access": [],
+                        "invalid_schema_items": ["database 'northnwd' does not exist"]}),
+        ),
+        Call(
+            "10 › Describe All - non-SU: its tables, trimmed",
+            AttrUser,
+            json!({"operation": "describe_all"}),
+            200,
+            json!({"/dev/dog/attributes": "<names age|dog_name|id>", "/northnwd/employees": null,
+                        "/northnwd/customers": "<present>"}),
+        ),
         // Answer shapes (delete-txn_time).
         Call(
             "8 › NoSQL Delete: no txn_time",
@@ -558,6 +663,7 @@ fn send(server: &Server, who: Who, body: &Value) -> (u16, Value) {
     let auth = match who {
         Admin => basic(ADMIN_USER, ADMIN_PASSWORD),
         User => basic(USER, USER_PASSWORD),
+        AttrUser => basic(ATTR_USER, USER_PASSWORD),
     };
     let resp = match ureq::post(&server.ops_url())
         .set("Content-Type", "application/json")
@@ -595,6 +701,16 @@ fn check(what: &str, body: &Value, fields: &Value) {
         };
         match expected.as_str() {
             Some("<present>") => assert!(!got.is_null(), "{what}: `{key}` missing in {body}"),
+            Some(s) if s.starts_with("<names ") => {
+                let mut want: Vec<&str> = s["<names ".len()..s.len() - 1].split('|').collect();
+                let mut names: Vec<&str> = got
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x["attribute"].as_str()).collect())
+                    .unwrap_or_default();
+                want.sort_unstable();
+                names.sort_unstable();
+                assert_eq!(names, want, "{what}: `{key}` of {body}");
+            }
             Some(s) if s.starts_with("<one of ") => {
                 let options = &s["<one of ".len()..s.len() - 1];
                 assert!(

@@ -154,6 +154,10 @@ pub struct Denied {
     pub required_table_permissions: Vec<&'static str>,
     /// (attribute, right) pairs.
     pub required_attribute_permissions: Vec<(String, &'static str)>,
+    /// What the role cannot see at all, reported as HarperDB does, as not existing
+    /// (`invalid_schema_items`: `Table 'db.t' does not exist`, `Attribute 'a' does not exist on
+    /// 'db.t'`), so a caller learns no more of hidden items than of missing ones.
+    pub invalid: Vec<String>,
 }
 
 impl Denied {
@@ -163,7 +167,25 @@ impl Denied {
             table: table.to_string(),
             required_table_permissions: vec![action.name()],
             required_attribute_permissions: Vec::new(),
+            invalid: Vec::new(),
         }
+    }
+
+    /// A table the role has no grant on (or that does not exist): HarperDB's "does not exist".
+    pub fn hidden_table(caller: &Caller, database: &str, table: &str) -> Self {
+        Denied {
+            database: database.to_string(),
+            table: table.to_string(),
+            required_table_permissions: Vec::new(),
+            required_attribute_permissions: Vec::new(),
+            invalid: vec![hidden_table_text(caller, database, table)],
+        }
+    }
+
+    /// Whether anything is named besides hidden items (the `unauthorized_access` entry).
+    pub fn has_rights(&self) -> bool {
+        !self.required_table_permissions.is_empty()
+            || !self.required_attribute_permissions.is_empty()
     }
 
     /// The Operations API's `unauthorized_access` entry (SPEC §4.1).
@@ -290,8 +312,38 @@ pub fn attribute_allowed(
     grant.attributes.get(attribute).is_some_and(of)
 }
 
+/// HarperDB's text for a table the caller cannot see: its database when the role names nothing
+/// in it, else the table.
+fn hidden_table_text(caller: &Caller, database: &str, table: &str) -> String {
+    if caller
+        .permissions
+        .tables
+        .get(database)
+        .is_none_or(HashMap::is_empty)
+    {
+        format!("database '{database}' does not exist")
+    } else {
+        format!("Table '{database}.{table}' does not exist")
+    }
+}
+
+/// Whether the role hides an attribute entirely (as HarperDB: one missing from a non-empty
+/// `attribute_permissions`, or listed with no right at all; the primary key when no attribute
+/// grants anything). Only asked of tables whose role restricts attributes.
+fn attribute_hidden(grant: &TableGrant, primary_key: Option<&str>, attribute: &str) -> bool {
+    let any = |a: &AttributeGrant| a.read || a.insert || a.update;
+    if matches!(attribute, "__createdtime__" | "__updatedtime__") {
+        return false;
+    }
+    if Some(attribute) == primary_key {
+        return !grant.attributes.values().any(any);
+    }
+    grant.attributes.get(attribute).is_none_or(|a| !any(a))
+}
+
 /// Checks an action on the table and on each named attribute at once: `Ok`, or everything
-/// that is missing.
+/// that is missing. A table the role has no grant on, and attributes it hides entirely, are
+/// reported as not existing ([`Denied::invalid`]), as HarperDB reports them.
 pub fn check<'a>(
     caller: &Caller,
     database: &str,
@@ -301,34 +353,51 @@ pub fn check<'a>(
     attributes: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), Denied> {
     if !allowed(caller, database, table, action) {
+        if !is_super(caller)
+            && database != super::tables::SYSTEM
+            && caller.permissions.grant(database, table).is_none()
+        {
+            return Err(Denied::hidden_table(caller, database, table));
+        }
         return Err(Denied::table(database, table, action));
     }
     if !restricts_attributes(caller, database, table) {
         return Ok(());
     }
+    let Some(grant) = caller.permissions.grant(database, table) else {
+        return Ok(());
+    };
     let mut denied = Denied {
         database: database.to_string(),
         table: table.to_string(),
         required_table_permissions: Vec::new(),
         required_attribute_permissions: Vec::new(),
+        invalid: Vec::new(),
     };
     for name in attributes {
         // A write may carry the stamps the server sets anyway; only reads of them are checked.
         if action != Action::Read && matches!(name, "__createdtime__" | "__updatedtime__") {
             continue;
         }
-        if !attribute_allowed(caller, database, table, primary_key, name, action)
-            && !denied
-                .required_attribute_permissions
-                .iter()
-                .any(|(n, _)| n == name)
+        if attribute_allowed(caller, database, table, primary_key, name, action) {
+            continue;
+        }
+        if attribute_hidden(grant, primary_key, name) {
+            let text = format!("Attribute '{name}' does not exist on '{database}.{table}'");
+            if !denied.invalid.contains(&text) {
+                denied.invalid.push(text);
+            }
+        } else if !denied
+            .required_attribute_permissions
+            .iter()
+            .any(|(n, _)| n == name)
         {
             denied
                 .required_attribute_permissions
                 .push((name.to_string(), action.name()));
         }
     }
-    if denied.required_attribute_permissions.is_empty() {
+    if denied.required_attribute_permissions.is_empty() && denied.invalid.is_empty() {
         Ok(())
     } else {
         Err(denied)
@@ -416,6 +485,36 @@ pub fn readable_attributes(
         }
     }
     Some(ReadableAttributes { names })
+}
+
+/// Whether `describe_*` shows the attribute to the caller (as HarperDB trims a description):
+/// every attribute when the role reads the whole table; with per-attribute grants, the ones it
+/// may read (the stamps only when listed); nothing without `read` on the table.
+pub fn describable(
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    primary_key: Option<&str>,
+    attribute: &str,
+) -> bool {
+    if !restricts_attributes(caller, database, table) {
+        return can_read(caller, database, table);
+    }
+    let listed = caller
+        .permissions
+        .grant(database, table)
+        .is_some_and(|g| g.attributes.contains_key(attribute));
+    if matches!(attribute, "__createdtime__" | "__updatedtime__") && !listed {
+        return false;
+    }
+    attribute_allowed(
+        caller,
+        database,
+        table,
+        primary_key,
+        attribute,
+        Action::Read,
+    )
 }
 
 /// Every attribute a query filter names (the first step of each path).
@@ -507,7 +606,8 @@ mod tests {
     fn reads_hide_and_writes_name_what_is_missing() {
         let c = caller(
             r#"{"dev": {"tables": {"dog": {"read": true, "insert": true, "attribute_permissions": [
-              {"attribute_name": "name", "read": true, "insert": true}]}}}}"#,
+              {"attribute_name": "name", "read": true, "insert": true},
+              {"attribute_name": "age", "read": true}]}}}}"#,
         );
         let mut record =
             crate::value::json::parse(br#"{"id": 1, "name": "a", "secret": "s"}"#).expect("json");
@@ -527,10 +627,27 @@ mod tests {
             )
         };
         assert_eq!(insert(&["id", "name"]), Ok(()));
-        let denied = insert(&["id", "secret"]).expect_err("secret is not insertable");
+        // Listed without the right: named in the refusal. Unlisted (hidden): "does not exist".
+        let denied = insert(&["id", "age", "secret"]).expect_err("not insertable");
         assert_eq!(
             denied.required_attribute_permissions,
-            vec![("secret".to_string(), "insert")]
+            vec![("age".to_string(), "insert")]
+        );
+        assert_eq!(
+            denied.invalid,
+            vec!["Attribute 'secret' does not exist on 'dev.dog'".to_string()]
+        );
+        // Tables and databases the role has no grant on read as missing.
+        let denied = check(&c, "dev", "cat", None, Action::Read, []).expect_err("hidden");
+        assert_eq!(
+            denied.invalid,
+            vec!["Table 'dev.cat' does not exist".to_string()]
+        );
+        assert!(!denied.has_rights());
+        let denied = check(&c, "nodb", "cat", None, Action::Read, []).expect_err("hidden");
+        assert_eq!(
+            denied.invalid,
+            vec!["database 'nodb' does not exist".to_string()]
         );
         let denied =
             check(&c, "dev", "dog", Some("id"), Action::Delete, []).expect_err("no delete");

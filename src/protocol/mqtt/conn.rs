@@ -1925,6 +1925,7 @@ impl Session<'_> {
                         .required_attribute_permissions
                         .iter()
                         .map(|(n, _)| n.as_str())
+                        .chain(denied.invalid.iter().map(String::as_str))
                         .collect();
                     tracing::info!(target: "mqtt", "publish to {:?} dropped: not permitted to write {names:?}", p.topic);
                     return rc::NOT_AUTHORIZED;

@@ -69,10 +69,16 @@ impl OpError {
 
     /// 403 naming the table and the rights that were missing.
     pub fn denied(denied: &Denied) -> Self {
+        let unauthorized = if denied.has_rights() {
+            vec![denied.to_value()]
+        } else {
+            Vec::new()
+        };
+        let invalid = denied.invalid.iter().cloned().map(Value::String).collect();
         OpError {
             status: 403,
             message: FORBIDDEN_MESSAGE.to_string(),
-            forbidden: Some((vec![denied.to_value()], Vec::new())),
+            forbidden: Some((unauthorized, invalid)),
         }
     }
 
@@ -507,12 +513,9 @@ fn check_permissions(
             if permissions::can_see(caller, database, table) {
                 Ok(())
             } else {
-                Err(OpError::denied(&Denied {
-                    database: database.clone(),
-                    table: table.clone(),
-                    required_table_permissions: vec!["read"],
-                    required_attribute_permissions: Vec::new(),
-                }))
+                Err(OpError::denied(&Denied::hidden_table(
+                    caller, database, table,
+                )))
             }
         }
         Operation::CreateAttribute {
@@ -599,11 +602,17 @@ fn filter_reply(
                 return Err(OpError::denied(&Denied {
                     database: database.clone(),
                     table: String::new(),
-                    required_table_permissions: vec!["read"],
+                    required_table_permissions: Vec::new(),
                     required_attribute_permissions: Vec::new(),
+                    invalid: vec![format!("database '{database}' does not exist")],
                 }));
             }
             return Ok(Value::Object(kept));
+        }
+        Operation::DescribeTable { database, table } => {
+            let mut desc = reply;
+            trim_description(caller, database, table, &mut desc);
+            return Ok(desc);
         }
         _ => return Ok(reply),
     };
@@ -625,16 +634,44 @@ fn filter_reply(
     ))
 }
 
+/// The tables of a description the caller has some right on, each with only the attributes it
+/// may read.
 fn visible_tables(caller: &Caller, database: &str, tables: &Value) -> Object {
     let mut kept = Object::new();
     if let Value::Object(tables) = tables {
         for (table, desc) in tables.iter() {
             if permissions::can_see(caller, database, table) {
-                kept.insert(table, desc.clone());
+                let mut desc = desc.clone();
+                trim_description(caller, database, table, &mut desc);
+                kept.insert(table, desc);
             }
         }
     }
     kept
+}
+
+/// A table description's `attributes` cut to what the caller may read (docs/operations-api.md,
+/// "Roles").
+fn trim_description(caller: &Caller, database: &str, table: &str, desc: &mut Value) {
+    let Value::Object(d) = desc else { return };
+    let pk = d
+        .get("hash_attribute")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(Value::Array(attributes)) = d.get("attributes") {
+        let kept = attributes
+            .iter()
+            .filter(|a| {
+                a.get("attribute")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| {
+                        permissions::describable(caller, database, table, pk.as_deref(), name)
+                    })
+            })
+            .cloned()
+            .collect();
+        d.insert("attributes", Value::Array(kept));
+    }
 }
 
 /// Runs a decoded operation for `caller`: the super-user gate, the table and attribute checks,
@@ -661,6 +698,7 @@ pub async fn run(
         | Operation::SearchByConditions(_)
         | Operation::DescribeAll
         | Operation::DescribeDatabase { .. }
+        | Operation::DescribeTable { .. }
             if !caller.super_user =>
         {
             Some(strip_for_filter(&op))
@@ -734,6 +772,7 @@ fn system_refusal(caller: &Caller, op: &Operation) -> Option<OpError> {
             table: table.to_string(),
             required_table_permissions: vec![right],
             required_attribute_permissions: Vec::new(),
+            invalid: Vec::new(),
         }))
     };
     match op {
