@@ -154,6 +154,24 @@ fn load_config(
     Ok((config, tree))
 }
 
+/// The `restart` operation's second half: this binary executed again in this process, with the
+/// arguments and environment it was started with. Returns only when that fails.
+fn restart() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("tidepool: restart: cannot find this program: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("tidepool: restart: cannot execute {}: {e}", exe.display());
+    ExitCode::from(1)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match parse_args(&args) {
@@ -237,6 +255,13 @@ fn main() -> ExitCode {
         watch: cli.command == "dev",
     };
     match server::run(opts) {
+        Ok(())
+            if tidepool::resource::RESTART_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) =>
+        {
+            // `run` has stopped everything and released the root lock; the log is flushed here.
+            drop(_log_guard);
+            restart()
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

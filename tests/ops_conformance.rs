@@ -39,9 +39,11 @@ enum Step {
     Call(&'static str, Who, Value, u16, Value),
     /// Polls `get_job` for `$job` (bounded) until it leaves `IN_PROGRESS`; then checks fields.
     JobEnds(&'static str, Value),
+    /// A file the server wrote, read back as JSON and compared whole.
+    FileHolds(&'static str, std::path::PathBuf, Value),
 }
 
-use Step::{Call, JobEnds};
+use Step::{Call, FileHolds, JobEnds};
 use Who::{Admin, AttrUser, User};
 
 fn restricted(handler: &str) -> Value {
@@ -480,6 +482,35 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             200,
             json!({"/0": null}),
         ),
+        // export_local (op-missing-export_local).
+        Call(
+            "7 › Jobs Test Export To Local using NoSQL as su",
+            Admin,
+            json!({"operation": "export_local", "path": dir, "filename": "test_export.json", "format": "json",
+                   "search_operation": {"operation": "search_by_hash", "schema": "northnwd", "table": "employees",
+                       "hash_attribute": "employeeid", "hash_values": [2], "get_attributes": ["lastname"]}}),
+            200,
+            started.clone(),
+        ),
+        JobEnds(
+            "the export job",
+            json!({"/0/status": "COMPLETE", "/0/type": "export_local",
+                                         "/0/result/message": "Successfully exported JSON locally."}),
+        ),
+        FileHolds(
+            "the exported file",
+            dir.join("test_export.json"),
+            json!([{"lastname": "Fuller"}]),
+        ),
+        Call(
+            "7 › Jobs Test Export To Local using NoSQL as test_user",
+            User,
+            json!({"operation": "export_local", "path": "./", "filename": "test_export", "format": "json",
+                   "search_operation": {"operation": "search_by_hash", "schema": "dev", "table": "dog",
+                       "hash_values": [1], "get_attributes": ["*"]}}),
+            403,
+            restricted("export_local"),
+        ),
         // Super-user-only operations named as HarperDB names them
         // (restricted-op-message-names-handler).
         Call(
@@ -745,6 +776,12 @@ fn operations_answer_as_harperdb_does() {
                     job = id.to_string();
                 }
             }
+            FileHolds(what, path, expected) => {
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{what}: {}: {e}", path.display()));
+                let got: Value = serde_json::from_str(&text).expect("JSON file");
+                assert_eq!(got, expected, "{what}");
+            }
             JobEnds(what, fields) => {
                 let limit = Instant::now() + Duration::from_secs(60);
                 let body = loop {
@@ -809,4 +846,76 @@ fn concurrent_loads_are_queued_not_refused() {
         &json!({"operation": "search_by_value", "schema": "dev", "table": "bulk", "search_attribute": "id", "search_value": "*", "get_attributes": ["id"]}),
     );
     assert_eq!(all.as_array().map(Vec::len), Some(loads * rows));
+}
+
+/// A port below 32768 that is free now (the tests' rule for fixed ports), for a server that must
+/// come back on the same address.
+fn free_port() -> u16 {
+    let base = 20_000 + (std::process::id() % 4_000) as u16 * 2;
+    (base..base + 2_000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port")
+}
+
+/// `restart` (8a › Restart for new settings): HarperDB's answer, then the same process stops
+/// gracefully and starts again with the same arguments: same PID, same root, data kept, and a
+/// setting stored by `set_configuration` before it now in force.
+#[test]
+fn restart_starts_the_server_again_in_place() {
+    let port = free_port();
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--OPERATIONSAPI_NETWORK_PORT", &format!("127.0.0.1:{port}"))
+        .start();
+    let pid = server.pid();
+    let (status, _) = send(
+        &server,
+        Admin,
+        &json!({"operation": "insert", "table": "Dog", "records": [{"id": "kept", "name": "Kept"}]}),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = send(
+        &server,
+        Admin,
+        &json!({"operation": "set_configuration", "logging_level": "debug"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(&server, Admin, &json!({"operation": "restart"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["message"],
+        "Restarting tidepool. This may take up to 60 seconds."
+    );
+    // Back on the same address (bounded wait), in the same process.
+    let limit = Instant::now() + Duration::from_secs(60);
+    let config = loop {
+        let (status, body) = match ureq::post(&server.ops_url())
+            .set("Content-Type", "application/json")
+            .set("Authorization", &basic(ADMIN_USER, ADMIN_PASSWORD))
+            .send_string(r#"{"operation":"get_configuration"}"#)
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        };
+        if status == 200 {
+            break serde_json::from_str::<Value>(&body).expect("json");
+        }
+        assert!(
+            Instant::now() < limit,
+            "not back after a restart: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(server.pid(), pid);
+    assert_eq!(
+        config["logging"]["level"], "debug",
+        "the stored setting is in force"
+    );
+    let (status, body) = send(
+        &server,
+        Admin,
+        &json!({"operation": "search_by_id", "table": "Dog", "ids": ["kept"], "get_attributes": ["name"]}),
+    );
+    assert_eq!((status, &body), (200, &json!([{"name": "Kept"}])));
 }

@@ -337,6 +337,31 @@ async fn start_job(
     Ok(id)
 }
 
+/// Work a protocol hands to a job (`export_local`): run on the job thread once its turn comes;
+/// `Ok` is the `COMPLETE` message (also stored as `result.message`, where HarperDB's export
+/// jobs put it), `Err` the `ERROR` one.
+pub type Task = Box<dyn FnOnce() -> Result<String, String> + Send>;
+
+/// Starts `task` as a job of `job_type` whose record shows `body`; returns the job id.
+pub async fn start_task(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    job_type: &'static str,
+    body: Object,
+    task: Task,
+) -> Result<String, VerbError> {
+    let work: Work = Box::new(move |job, _counts| {
+        let outcome = task();
+        if let Ok(message) = &outcome {
+            let mut result = Object::new();
+            result.insert("message", Value::from(message.as_str()));
+            job.update(vec![("result", Value::Object(result))]);
+        }
+        outcome
+    });
+    start_job(resources, caller, job_type, body, work).await
+}
+
 fn refuse_system(database: &str) -> Result<(), VerbError> {
     if database == SYSTEM {
         return Err(VerbError::new(

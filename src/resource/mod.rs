@@ -246,6 +246,30 @@ pub async fn run_blocking<T: Send + 'static>(
     rx.await
 }
 
+/// Set by the `restart` operation: once the graceful stop that follows is done, `main`
+/// re-executes the binary with the same arguments (docs/operations-api.md, "restart").
+pub static RESTART_REQUESTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Asks for a restart: records it, then sends this process SIGTERM, so the stop is the same
+/// graceful stop a signal starts (in-flight requests, this one included, are answered first).
+pub fn request_restart() -> Result<(), VerbError> {
+    RESTART_REQUESTED.store(true, Ordering::SeqCst);
+    // SAFETY: kill(2) with our own pid and a valid signal number has no memory effects.
+    let sent = unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    if sent != 0 {
+        RESTART_REQUESTED.store(false, Ordering::SeqCst);
+        return Err(VerbError::new(
+            500,
+            format!(
+                "cannot signal this process: {}",
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The HTTP status a failed write maps to (REST and the Operations API share it).
 pub fn write_error_status(e: &WriteError) -> u16 {
     match e {

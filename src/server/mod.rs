@@ -328,8 +328,15 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
 
     // Wait for the first signal.
     let first = signals.wait();
-    tracing::info!(target: NOTIFY, "signal {} received: shutting down (a second signal exits at once)", first.unwrap_or(0));
-    notify::send("STOPPING=1");
+    if crate::resource::RESTART_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // The `restart` operation: the same graceful stop, then `main` executes the binary again
+        // in this process (same PID), which systemd sees as a reload (docs/operations-api.md).
+        tracing::info!(target: NOTIFY, "restart requested: stopping, then starting again with the same arguments");
+        notify::send("RELOADING=1");
+    } else {
+        tracing::info!(target: NOTIFY, "signal {} received: shutting down (a second signal exits at once)", first.unwrap_or(0));
+        notify::send("STOPPING=1");
+    }
     shared.shutdown.trigger();
     std::thread::spawn(move || {
         if signals.wait().is_some() {

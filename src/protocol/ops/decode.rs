@@ -293,8 +293,23 @@ pub enum Operation {
         table: String,
         before_ms: f64,
     },
+    /// Stops gracefully, then starts again in place with the same arguments.
+    Restart,
+    /// Runs a search as a job and writes its result to a file on the server.
+    ExportLocal(Box<ExportLocal>),
     /// Known to HarperDB, not served here → 501.
     Unsupported(String),
+}
+
+/// `export_local`: the search to run, and the file it goes to (`<path>/<filename>`, with
+/// `.<format>` added unless the name has it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportLocal {
+    pub path: String,
+    pub filename: String,
+    /// `json` or `csv`.
+    pub format: String,
+    pub search: Operation,
 }
 
 impl Operation {
@@ -350,7 +365,6 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "drop_component",
     "add_component",
     "deploy",
-    "restart",
     "restart_service",
     "get_analytics",
     "list_metrics",
@@ -362,7 +376,6 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "delete_transaction_logs_before",
     "delete_audit_logs_before",
     "import_from_s3",
-    "export_local",
     "export_to_s3",
     "install_node_modules",
     "audit_node_modules",
@@ -607,6 +620,38 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 return Err(OpError::bad("'csv_url' must be an http:// or https:// URL"));
             }
             Operation::CsvLoad(f.csv_load(CsvFrom::Url(url))?)
+        }
+        "restart" => Operation::Restart,
+        "export_local" => {
+            let format = f.opt_string("format")?.unwrap_or_else(|| "json".into());
+            if !matches!(format.as_str(), "json" | "csv") {
+                return Err(OpError::bad(format!(
+                    "'format' must be json or csv, not '{format}'"
+                )));
+            }
+            let search = match f.get("search_operation") {
+                Some(Value::Object(o)) => decode_object(o, false)?,
+                Some(_) => return Err(OpError::bad("'search_operation' must be an object")),
+                None => return Err(OpError::bad("'search_operation' is required")),
+            };
+            if !matches!(
+                search,
+                Operation::SearchById { .. }
+                    | Operation::SearchByValue(_)
+                    | Operation::SearchByConditions(_)
+            ) {
+                return Err(OpError::new(
+                    501,
+                    "export_local runs search_by_hash (search_by_id), search_by_value or \
+                     search_by_conditions here; other search operations are not supported",
+                ));
+            }
+            Operation::ExportLocal(Box::new(ExportLocal {
+                path: f.string("path")?,
+                filename: f.string("filename")?,
+                format,
+                search,
+            }))
         }
         "get_job" => Operation::GetJob {
             id: f.string("id")?,

@@ -58,6 +58,8 @@ pub fn name(op: &Operation) -> &str {
         Operation::GetJob { .. } => "get_job",
         Operation::SearchJobsByStartDate { .. } => "search_jobs_by_start_date",
         Operation::DeleteRecordsBefore { .. } => "delete_records_before",
+        Operation::Restart => "restart",
+        Operation::ExportLocal(_) => "export_local",
     }
 }
 
@@ -381,6 +383,13 @@ pub async fn execute(
         } => job_started(
             jobs::start_delete_before(resources, caller, &database, &table, before_ms).await?,
         ),
+        Operation::Restart => {
+            crate::resource::request_restart()?;
+            super::message("Restarting tidepool. This may take up to 60 seconds.")
+        }
+        Operation::ExportLocal(export) => {
+            job_started(super::export::start(resources, caller, *export).await?)
+        }
         Operation::GetJob { id } => jobs::get_job(r, caller, &id)?,
         Operation::SearchJobsByStartDate { from_ms, to_ms } => {
             Value::Array(jobs::search_jobs_by_start_date(r, from_ms, to_ms)?)

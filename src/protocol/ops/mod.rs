@@ -10,6 +10,7 @@ mod admin;
 mod cluster;
 pub mod decode;
 mod exec;
+mod export;
 mod fetch;
 pub mod search;
 mod session;
