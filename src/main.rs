@@ -154,17 +154,47 @@ fn load_config(
     Ok((config, tree))
 }
 
+/// Marks every descriptor but stdin, stdout and stderr close-on-exec, so no socket, database or
+/// lock file of the stopped server lives on in the new image (a client connection left open
+/// there would never be answered nor closed).
+fn close_on_exec_all() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number only reads and sets its flags; a number that is
+        // no longer open (the directory's own) fails harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// The `restart` operation's second half: this binary executed again in this process, with the
 /// arguments and environment it was started with. Returns only when that fails.
 fn restart() -> ExitCode {
     use std::os::unix::process::CommandExt;
+    // The path this binary was started from; a binary replaced there since is the one that
+    // starts (Linux names the old one "<path> (deleted)"). Without a path, the running image.
     let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("tidepool: restart: cannot find this program: {e}");
-            return ExitCode::from(1);
+        Ok(exe) => {
+            let shown = exe.to_string_lossy();
+            match shown.strip_suffix(" (deleted)") {
+                Some(path) if std::path::Path::new(path).exists() => path.into(),
+                Some(_) => std::path::PathBuf::from("/proc/self/exe"),
+                None => exe,
+            }
         }
+        Err(_) => std::path::PathBuf::from("/proc/self/exe"),
     };
+    close_on_exec_all();
     let e = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
         .exec();

@@ -233,6 +233,22 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             400,
             json!({"error": "'schema' must be a string. 'table' must be a string"}),
         ),
+        Call("set-up: table 123.4", Admin,
+            json!({"operation": "create_table", "schema": "123", "table": "4", "hash_attribute": "id"}),
+            200, json!({})),
+        Call("2 › Insert records into 123.4 number schema table: numbers name it in record operations", Admin,
+            json!({"operation": "insert", "schema": 123, "table": 4, "records": [{"id": 987654321, "name": "Hot Dawg"}]}),
+            200, json!({"message": "inserted 1 of 1 records"})),
+        Call("2 › csv_data_load with invalid attribute", Admin,
+            json!({"operation": "csv_data_load", "action": "insert", "schema": "dev", "table": "dog",
+                   "data": "id,s/ome=attribute\n1,cheeseburger\n"}),
+            200, started.clone()),
+        JobEnds("the job ends in ERROR, nothing loaded", json!({"/0/status": "ERROR",
+            "/0/message": "Invalid column name 's/ome=attribute', cancelling load operation"})),
+        Call("4 › NoSQL search by value reverse", Admin,
+            json!({"operation": "search_by_value", "schema": "northnwd", "table": "orders", "search_attribute": "orderid",
+                   "search_value": "*", "get_attributes": ["orderid"], "reverse": true}),
+            200, json!({"/0/orderid": 10249, "/1/orderid": 10248})),
         Call(
             "4 › update NoSQL one employee record with empty hash attribute",
             Admin,
@@ -880,16 +896,45 @@ fn restart_starts_the_server_again_in_place() {
         &json!({"operation": "set_configuration", "logging_level": "debug"}),
     );
     assert_eq!(status, 200, "{body}");
+    // A client connection open across the restart is closed by it, not left dangling.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    server.drain_lines();
     let (status, body) = send(&server, Admin, &json!({"operation": "restart"}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["message"],
         "Restarting tidepool. This may take up to 60 seconds."
     );
-    // Back on the same address (bounded wait), in the same process.
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let read = std::io::Read::read(&mut idle, &mut byte);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the idle connection was not closed: {read:?}"
+    );
+    // The stop, then a new start, are logged (bounded wait).
     let limit = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("starting with")) {
+        assert!(Instant::now() < limit, "no new start logged: {lines:?}");
+        lines.extend(server.drain_lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("restart requested")),
+        "{lines:?}"
+    );
+    // Back on the same address, in the same process (a fresh connection each try).
     let config = loop {
-        let (status, body) = match ureq::post(&server.ops_url())
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let (status, body) = match agent
+            .post(&server.ops_url())
             .set("Content-Type", "application/json")
             .set("Authorization", &basic(ADMIN_USER, ADMIN_PASSWORD))
             .send_string(r#"{"operation":"get_configuration"}"#)
@@ -908,6 +953,22 @@ fn restart_starts_the_server_again_in_place() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(server.pid(), pid);
+    // Every new connection is served: no listener of the stopped server lives on in the new
+    // image (one left in the port's SO_REUSEPORT group would take connections and never answer).
+    for i in 0..20 {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let answered = agent
+            .post(&server.ops_url())
+            .set("Content-Type", "application/json")
+            .set("Authorization", &basic(ADMIN_USER, ADMIN_PASSWORD))
+            .send_string(r#"{"operation":"user_info"}"#);
+        assert!(
+            answered.is_ok(),
+            "connection {i} after the restart: {answered:?}"
+        );
+    }
     assert_eq!(
         config["logging"]["level"], "debug",
         "the stored setting is in force"

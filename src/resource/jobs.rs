@@ -712,9 +712,15 @@ impl Target<'_> {
     }
 }
 
-/// Header names must be attribute names: non-empty, bounded, each once.
+/// Header names must be attribute names: non-empty, bounded, each once, without a backtick or
+/// `/` (HarperDB's words for those: `Invalid column name '<name>', cancelling load operation`).
 fn check_header(header: &[String]) -> Result<(), String> {
     for (i, name) in header.iter().enumerate() {
+        if name.contains('`') || name.contains('/') {
+            return Err(format!(
+                "Invalid column name '{name}', cancelling load operation"
+            ));
+        }
         if name.is_empty() || name.len() > ATTRIBUTE_BYTES_MAX {
             return Err(format!(
                 "header field {} must be an attribute name of 1 to {ATTRIBUTE_BYTES_MAX} bytes",

@@ -352,6 +352,17 @@ const CLUSTERING_OPS: &[&str] = &[
     "add_node_back",
 ];
 
+/// Operations whose database and table names must be JSON strings (HarperDB answers
+/// `'schema' must be a string` to a number there, and takes one in record operations).
+const STRICT_NAME_OPS: &[&str] = &[
+    "create_database",
+    "create_schema",
+    "drop_database",
+    "drop_schema",
+    "create_table",
+    "drop_table",
+];
+
 /// HarperDB operations this server does not serve (→ 501), so they are not "not found".
 const UNSUPPORTED_OPS: &[&str] = &[
     "sql",
@@ -422,7 +433,10 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err(OpError::bad("'operation' must be a string")),
     };
-    let f = Fields { fields };
+    let f = Fields {
+        fields,
+        strict_names: STRICT_NAME_OPS.contains(&name),
+    };
     let op = match name {
         "describe_all" => Operation::DescribeAll,
         "describe_database" | "describe_schema" => Operation::DescribeDatabase {
@@ -480,7 +494,11 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             get_attributes: f.get_attributes()?,
             limit: f.opt_u64("limit")?,
             offset: f.opt_u64("offset")?.unwrap_or(0),
-            desc: f.opt_bool("desc")?.unwrap_or(false),
+            // `reverse` is HarperDB's name for it.
+            desc: match f.opt_bool("desc")? {
+                Some(desc) => desc,
+                None => f.opt_bool("reverse")?.unwrap_or(false),
+            },
             explain: f.opt_bool("explain")?.unwrap_or(false),
         }),
         "search_by_conditions" => Operation::SearchByConditions(f.search_by_conditions()?),
@@ -499,7 +517,10 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 let Value::Object(inner) = item else {
                     return Err(OpError::bad("each of 'operations' must be an object"));
                 };
-                let inner = Fields { fields: inner };
+                let inner = Fields {
+                    fields: inner,
+                    strict_names: false,
+                };
                 let inner_name = inner.string("operation")?;
                 if !matches!(
                     inner_name.as_str(),
@@ -732,6 +753,9 @@ fn decode_write(name: &str, f: &Fields<'_>, database: Option<&str>) -> Result<Wr
 /// Typed field access with SPEC §4.1's 400 messages.
 struct Fields<'a> {
     fields: &'a Object,
+    /// Names must be JSON strings (HarperDB's database and table operations); elsewhere a number
+    /// reads as its decimal text, as HarperDB's record operations take `"schema": 123`.
+    strict_names: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -771,12 +795,14 @@ impl<'a> Fields<'a> {
     }
 
     /// A database, table or attribute name: a string of 1–250 bytes without `/`, `.` or
-    /// control characters. Anything else (a number too, as HarperDB refuses `"schema": 1123`) is
+    /// control characters (an integer too where not [`Fields::strict_names`]). Anything else (in
+    /// database and table operations a number too, as HarperDB refuses `"schema": 1123`) is
     /// a 400 naming, in HarperDB's words, every one of `database`, `schema` and `table` that is
     /// not a string (a non-string `database` counts for `schema` too, which HarperDB fills from it).
     fn name(&self, key: &str) -> Result<String, OpError> {
         let raw = match self.get(key) {
             Some(Value::String(s)) => s.clone(),
+            Some(Value::Int(i)) if !self.strict_names => i.to_string(),
             Some(_) => return Err(OpError::bad(self.not_strings(key))),
             None => return Err(OpError::bad(format!("'{key}' is required"))),
         };
@@ -979,7 +1005,10 @@ impl<'a> Fields<'a> {
             let Value::Object(o) = item else {
                 return Err(OpError::bad("each of 'attributes' must be an object"));
             };
-            let a = Fields { fields: o };
+            let a = Fields {
+                fields: o,
+                strict_names: false,
+            };
             out.push(NewAttribute {
                 name: a.name("name")?,
                 ty: a.opt_string("type")?,
