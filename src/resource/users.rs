@@ -46,15 +46,14 @@ pub enum HashFunction {
 }
 
 impl HashFunction {
-    /// The configured function; anything but `argon2id` (or `argon2`) is `sha256`, the default.
+    /// The configured function: `sha256` selects salted SHA-256; anything else is argon2id, the
+    /// default (README "Passwords").
     pub fn of(resources: &Resources) -> HashFunction {
         match resources.config_tree.get("authentication.hashFunction") {
-            Some(serde_yaml::Value::String(s))
-                if s.eq_ignore_ascii_case("argon2id") || s.eq_ignore_ascii_case("argon2") =>
-            {
-                HashFunction::Argon2id
+            Some(serde_yaml::Value::String(s)) if s.eq_ignore_ascii_case("sha256") => {
+                HashFunction::Sha256
             }
-            _ => HashFunction::Sha256,
+            _ => HashFunction::Argon2id,
         }
     }
 }

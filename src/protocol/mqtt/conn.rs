@@ -88,6 +88,8 @@ pub enum Refusal {
     BadCredentials,
     NotAuthorized,
     BadAuthMethod,
+    /// Too many failed logins for this user name from this address (README "Failed logins").
+    QuotaExceeded,
 }
 
 impl Refusal {
@@ -129,7 +131,14 @@ impl Refusal {
                     0x05
                 }
             }
-            // 3.1.1 has no AUTH; the closest is "not authorized".
+            // 3.1.1 has neither AUTH nor a quota code; the closest is "not authorized".
+            Refusal::QuotaExceeded => {
+                if v5 {
+                    0x97
+                } else {
+                    0x05
+                }
+            }
             Refusal::BadAuthMethod => {
                 if v5 {
                     rc::BAD_AUTH_METHOD
@@ -159,6 +168,7 @@ pub fn authenticate(
             match auth::authenticate_password(&shared.resources, user, &password, peer) {
                 Ok(caller) => Ok(caller),
                 Err(AuthError::Inactive) => Err(Refusal::NotAuthorized),
+                Err(AuthError::TooManyAttempts { .. }) => Err(Refusal::QuotaExceeded),
                 Err(_) => Err(Refusal::BadCredentials),
             }
         }
@@ -2246,6 +2256,7 @@ mod tests {
         check(Refusal::BadCredentials, 0x04, 0x86);
         check(Refusal::NotAuthorized, 0x05, 0x87);
         check(Refusal::BadAuthMethod, 0x05, 0x8c);
+        check(Refusal::QuotaExceeded, 0x05, 0x97);
     }
 
     #[test]

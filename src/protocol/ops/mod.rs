@@ -31,6 +31,8 @@ pub struct OpError {
     pub message: String,
     /// For 403: `unauthorized_access` and `invalid_schema_items`.
     pub forbidden: Option<(Vec<Value>, Vec<Value>)>,
+    /// For 429: the `Retry-After` seconds.
+    pub retry_after_s: Option<u64>,
 }
 
 /// A successful operation's answer: a value encoded whole, or a search whose records are encoded
@@ -51,6 +53,7 @@ impl OpError {
             status,
             message: message.into(),
             forbidden: None,
+            retry_after_s: None,
         }
     }
 
@@ -64,6 +67,7 @@ impl OpError {
             status: 403,
             message: FORBIDDEN_MESSAGE.to_string(),
             forbidden: Some((vec![Value::String(entry.into())], Vec::new())),
+            retry_after_s: None,
         }
     }
 
@@ -73,12 +77,16 @@ impl OpError {
             status: 403,
             message: FORBIDDEN_MESSAGE.to_string(),
             forbidden: Some((vec![denied.to_value()], Vec::new())),
+            retry_after_s: None,
         }
     }
 
     /// An authentication failure as SPEC §5.6 answers it on the Operations API.
     pub fn auth(e: &AuthError) -> Self {
-        OpError::new(e.status(), e.message())
+        OpError {
+            retry_after_s: e.retry_after_s(),
+            ..OpError::new(e.status(), e.message())
+        }
     }
 
     fn body(&self) -> Value {
@@ -280,6 +288,9 @@ pub async fn handle(
         }
         Err(e) => {
             resp.status = e.status;
+            if let Some(seconds) = e.retry_after_s {
+                resp.header("Retry-After", &seconds.to_string());
+            }
             encode(&e.body(), reply_type, resp);
         }
     }
