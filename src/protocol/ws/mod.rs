@@ -337,38 +337,41 @@ enum Client {
 }
 
 /// Handles every complete frame in `rbuf`: pongs to pings into `wbuf`, and the first close or
-/// protocol violation.
-fn read_frames(rbuf: &mut Vec<u8>, wbuf: &mut Vec<u8>, heard: &mut Instant) -> Client {
+/// protocol violation. Client data is checked (fragment order, UTF-8 text) and then ignored
+/// (SPEC §6.4).
+fn read_frames(
+    rbuf: &mut Vec<u8>,
+    wbuf: &mut Vec<u8>,
+    heard: &mut Instant,
+    messages: &mut frame::Messages,
+) -> Client {
     loop {
         let (consumed, outcome) = match frame::decode(rbuf) {
             Ok(None) => return Client::Continue,
             Err(e) => return Client::Violation(e.close_code()),
             Ok(Some((f, n))) => {
                 *heard = Instant::now();
+                if let Err(e) = messages.check(&f) {
+                    return Client::Violation(e.close_code());
+                }
                 let outcome = match f.opcode {
                     Opcode::Ping => {
                         frame::encode(Opcode::Pong, f.payload, wbuf);
                         None
                     }
-                    Opcode::Close => Some(match f.payload {
-                        [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                        _ => 1000,
+                    // Echo the client's code (RFC 6455 §5.5.1), or refuse a bad close payload.
+                    Opcode::Close => Some(match frame::close_code(f.payload) {
+                        Ok(code) => Client::Close(code),
+                        Err(e) => Client::Violation(e.close_code()),
                     }),
-                    // Client data is ignored on subscription sockets (SPEC §6.4).
                     _ => None,
                 };
                 (n, outcome)
             }
         };
         rbuf.drain(..consumed);
-        if let Some(code) = outcome {
-            // Echo the client's code unless it is one that must not be sent (RFC 6455 §7.4.1).
-            let code = if matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999) {
-                code
-            } else {
-                1000
-            };
-            return Client::Close(code);
+        if let Some(outcome) = outcome {
+            return outcome;
         }
     }
 }
@@ -386,12 +389,13 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
     let mut read_buf: Vec<u8> = Vec::with_capacity(READ_SPARE_MIN);
     let mut heard = Instant::now();
     let mut pinged = Instant::now();
+    let mut messages = frame::Messages::default();
     let opcode = match sink.format() {
         Format::Json => Opcode::Text,
         _ => Opcode::Binary,
     };
     loop {
-        match read_frames(&mut rbuf, &mut wbuf, &mut heard) {
+        match read_frames(&mut rbuf, &mut wbuf, &mut heard, &mut messages) {
             Client::Continue => {}
             Client::Close(code) => {
                 frame::encode_close(code, &mut wbuf);
