@@ -119,16 +119,22 @@ struct BoundPort {
     listeners: Mutex<Vec<Option<StdTcpListener>>>,
 }
 
+/// Binds `kind`'s listeners on `addr`; `secure`: a TLS port, named by its `securePort` key in
+/// errors.
 fn bind(
     kind: PortKind,
+    secure: bool,
     addr: SocketAddr,
     cores: usize,
     shared_ports: bool,
 ) -> Result<BoundPort, RunError> {
+    let name = if secure {
+        secure_name(kind)
+    } else {
+        kind.name()
+    };
     let (listeners, bound) = bind_listeners(addr, cores, shared_ports).map_err(|e| match e {
-        BindError::InUse(_) | BindError::Io(..) => {
-            RunError::Bind(format!("{} port: {e}", kind.name()))
-        }
+        BindError::InUse(_) | BindError::Io(..) => RunError::Bind(format!("{name} port: {e}")),
     })?;
     Ok(BoundPort {
         kind,
@@ -168,10 +174,16 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         } else {
             PortKind::Rest
         };
-        ports.push(bind(kind, addr, cores, config.share_ports)?);
+        ports.push(bind(kind, false, addr, cores, config.share_ports)?);
     }
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
-        ports.push(bind(PortKind::Operations, addr, cores, config.share_ports)?);
+        ports.push(bind(
+            PortKind::Operations,
+            false,
+            addr,
+            cores,
+            config.share_ports,
+        )?);
     }
     let secure = bind_secure_ports(&config, &mut ports, cores)?;
     let mqtt_secure_port = match &secure {
@@ -414,12 +426,12 @@ fn bind_secure_ports(
         } else {
             PortKind::Rest
         };
-        let mut port = bind(kind, addr, cores, config.share_ports)?;
+        let mut port = bind(kind, true, addr, cores, config.share_ports)?;
         port.tls = Some(acceptor.clone());
         ports.push(port);
     }
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
-        let mut port = bind(PortKind::Operations, addr, cores, config.share_ports)?;
+        let mut port = bind(PortKind::Operations, true, addr, cores, config.share_ports)?;
         port.tls = Some(acceptor);
         ports.push(port);
     }
