@@ -964,6 +964,18 @@ enum ReadError {
     Shutdown,
 }
 
+impl ReadError {
+    /// What happened, for the log line of a connection that ended before its CONNECT.
+    fn before_connect(&self) -> String {
+        match self {
+            ReadError::Closed => "the client closed the connection".into(),
+            ReadError::Decode(e) => format!("malformed packet ({e:?})"),
+            ReadError::Kicked => "taken over".into(),
+            ReadError::Shutdown => "server shutdown".into(),
+        }
+    }
+}
+
 /// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
 /// the read half.
 async fn read_packet<R: ReadBytes>(
@@ -1112,8 +1124,16 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
             .await;
             return;
         }
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
-            tracing::debug!(target: "mqtt", "{peer}: no CONNECT first within {CONNECT_TIMEOUT:?}; closing");
+        Ok(Ok(other)) => {
+            tracing::debug!(target: "mqtt", "{peer}: first packet is {} instead of CONNECT; closing", other.kind_name());
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target: "mqtt", "{peer}: {} before CONNECT; closing", e.before_connect());
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target: "mqtt", "{peer}: no CONNECT within {CONNECT_TIMEOUT:?}; closing");
             return;
         }
     };
