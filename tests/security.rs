@@ -1831,3 +1831,56 @@ fn failed_login_limit_zero_never_refuses() {
     }
     assert_eq!(retry_after("GET", &rest, &admin(), None).0, 200);
 }
+
+// ---- the first super user ----
+
+/// README "First super user": a generated password is written to
+/// `<root>/keys/.initial-admin-password` (mode 0600) and never logged: no file of the log
+/// directory, no stderr line and no `read_log` entry contains it. It logs the user in.
+#[test]
+fn generated_super_user_password_is_never_logged() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Builder::new()
+        .require_credentials()
+        .env("HDB_ADMIN_PASSWORD", "")
+        .arg("--LOGGING_LEVEL", "trace")
+        .start();
+    let path = server.root.path().join("keys/.initial-admin-password");
+    let password = std::fs::read_to_string(&path).expect("password file");
+    let password = password.trim_end().to_string();
+    assert!(password.len() >= 16, "{password:?}");
+    let mode = std::fs::metadata(&path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let auth = basic(ADMIN_USER, &password);
+    assert_eq!(call("GET", &server.url("/Dog/"), Some(&auth), None).0, 200);
+    let (status, log) = op(
+        &server,
+        Some(&auth),
+        json!({"operation": "read_log", "limit": 1000}),
+    );
+    assert_eq!(status, 200, "{log}");
+    assert!(log.to_string().contains("created super user"), "{log}");
+    assert!(
+        !log.to_string().contains(&password),
+        "read_log returned the password"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut files = 0;
+    for entry in std::fs::read_dir(server.root.path().join("log")).expect("log dir") {
+        let file = entry.expect("entry").path();
+        let bytes = std::fs::read(&file).expect("log file");
+        files += 1;
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&password),
+            "{} contains the password",
+            file.display()
+        );
+    }
+    assert!(files > 0);
+    for line in server.drain_lines() {
+        assert!(!line.contains(&password), "stderr: {line}");
+    }
+}

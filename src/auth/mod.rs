@@ -796,8 +796,10 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
         if given.is_some() {
             tracing::info!(target: NOTIFY, "created super user {name} from HDB_ADMIN_USERNAME/HDB_ADMIN_PASSWORD");
         } else {
-            // SPEC §1.2: the one time a password is logged, so the operator can log in at all.
-            tracing::info!(target: NOTIFY, "created super user {name} with password {password} (shown once; change it with alter_user)");
+            // README "First super user": never logged; a file only its owner can read.
+            let path = write_initial_password(&resources.config.root, &password)
+                .map_err(|e| format!("cannot write the generated super user password: {e}"))?;
+            tracing::info!(target: NOTIFY, "created super user {name}; its generated password is in {} (readable by its owner only; change it with alter_user)", path.display());
         }
     }
     let applied = roles::apply(resources)?;
@@ -815,6 +817,32 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the key thread: {e}"))?;
     Ok(())
+}
+
+/// Where the generated first super user's password is written (README "First super user").
+pub const INITIAL_PASSWORD_FILE: &str = "keys/.initial-admin-password";
+
+/// Writes `password` to `<root>/keys/.initial-admin-password`, created anew with mode 0600
+/// (a file left by an earlier first start is replaced); returns its path.
+fn write_initial_password(
+    root: &std::path::Path,
+    password: &str,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join(INITIAL_PASSWORD_FILE);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path); // from an earlier first start whose store was removed
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(format!("{password}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok(path)
 }
 
 /// Drives a future to completion on this (non-executor) thread by parking between wake-ups.

@@ -499,21 +499,35 @@ fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 const CLOSE_REASON_BYTES_MAX: usize = 123;
 
 /// Sends a close frame with `code` and `reason` (after what is in `wbuf`), then reads until the
-/// client closes or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
+/// client's close frame, its end of stream or `CLOSE_LINGER`, so the client sees our code
+/// rather than an abrupt end (1006); then the server closes the TCP connection first
+/// (RFC 6455 §7.1.1). What the client sent meanwhile is discarded.
 async fn finish(stream: &mut AnyStream, mut wbuf: Vec<u8>, code: u16, reason: &str) {
     frame::encode(Opcode::Close, &close_payload(code, reason), &mut wbuf);
     let _ = timeout(CLOSE_LINGER, stream.write_all(wbuf)).await;
     let deadline = Instant::now() + CLOSE_LINGER;
     let mut buf = Vec::with_capacity(READ_SPARE_MIN);
-    loop {
+    'linger: loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        buf.clear();
         match timeout(left, stream.read_append(buf, READ_SPARE_MIN)).await {
             Ok((Ok(n), returned)) if n > 0 => buf = returned,
             _ => break,
+        }
+        // Skip whole frames up to the client's close; anything unreadable ends the wait too.
+        loop {
+            let used = match frame::decode(&mut buf) {
+                Ok(Some((f, _))) if f.opcode == Opcode::Close => break 'linger,
+                Ok(Some((_, used))) => used,
+                Ok(None) => break,
+                Err(_) => break 'linger,
+            };
+            buf.drain(..used);
+        }
+        if buf.len() > frame::PAYLOAD_BYTES_MAX + 16 {
+            break;
         }
     }
     let _ = stream.shutdown_write().await;
