@@ -286,7 +286,11 @@ impl RawResponse {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Raw::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Over a stream connected some other way (e.g. from a chosen source address).
+    pub fn over(stream: TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
