@@ -169,7 +169,7 @@ fn metrics_need_a_super_user_unless_the_peer_is_loopback() {
     };
     let admin = basic(common::ADMIN_USER, common::ADMIN_PASSWORD);
     for op in [
-        serde_json::json!({"operation": "add_role", "role": "reader", "permission": {"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}}),
+        serde_json::json!({"operation": "add_role", "role": "reader", "permission": {"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}}),
         serde_json::json!({"operation": "add_user", "username": "reader1", "password": "Reader-pass-1", "role": "reader", "active": true}),
     ] {
         ureq::post(&server.ops_url())

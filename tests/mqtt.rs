@@ -700,7 +700,7 @@ fn authentication_and_permissions() {
     }
     ops(
         &m,
-        serde_json::json!({"operation": "add_role", "role": "dog_reader", "permission": {"super_user": false, "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}}),
+        serde_json::json!({"operation": "add_role", "role": "dog_reader", "permission": {"super_user": false, "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}}),
     );
     ops(
         &m,

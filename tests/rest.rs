@@ -1645,8 +1645,7 @@ fn relationship_selections_and_explain() {
             .send_string(&body.to_string());
         assert!(r.is_ok(), "{body}: {r:?}");
     };
-    let table =
-        |read: bool| json!({"read": read, "insert": false, "update": false, "delete": false});
+    let table = |read: bool| json!({"read": read, "insert": false, "update": false, "delete": false, "attribute_permissions": []});
     let mut brand_no_name = table(true);
     brand_no_name["attribute_permissions"] = json!([
         {"attribute_name": "name", "read": false, "insert": false, "update": false},

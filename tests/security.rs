@@ -109,11 +109,11 @@ fn seed_users(server: &Server) -> Vec<Who> {
     let roles = [
         (
             "reader",
-            json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}),
+            json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}),
         ),
         (
             "writer",
-            json!({"data": {"tables": {"Dog": {"read": false, "insert": true, "update": false, "delete": false}}}}),
+            json!({"data": {"tables": {"Dog": {"read": false, "insert": true, "update": false, "delete": false, "attribute_permissions": []}}}}),
         ),
         (
             "attrs",

@@ -360,10 +360,11 @@ fn read_frames(
                         None
                     }
                     // Echo the client's code (RFC 6455 §5.5.1), or refuse a bad close payload.
-                    Opcode::Close => Some(match frame::close_code(f.payload) {
-                        Ok(code) => Client::Close(code),
-                        Err(e) => Client::Violation(e.close_code()),
-                    }),
+                    // The client has sent its close either way: no need to wait for another.
+                    Opcode::Close => Some(Client::Close(match frame::close_code(f.payload) {
+                        Ok(code) => code,
+                        Err(e) => e.close_code(),
+                    })),
                     _ => None,
                 };
                 (n, outcome)
@@ -397,6 +398,8 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
     loop {
         match read_frames(&mut rbuf, &mut wbuf, &mut heard, &mut messages) {
             Client::Continue => {}
+            // Our answer to the client's close (its code echoed, or the code of what was wrong
+            // with its close frame); then the TCP connection ends.
             Client::Close(code) => {
                 frame::encode_close(code, &mut wbuf);
                 let _ = stream.write_all(wbuf).await;
