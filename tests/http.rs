@@ -305,7 +305,7 @@ fn a_taken_secure_port_names_its_key() {
 }
 
 /// A duration in `authentication` that does not parse stops the start, naming key and value
-/// (README "Passwords"), instead of silently using the default.
+/// (docs/configuration.md "Formats"), instead of silently using the default.
 #[test]
 fn a_bad_authentication_duration_is_a_start_error() {
     for (key, path) in [

@@ -146,7 +146,7 @@ fn metrics_from(server: &Server, source: std::net::IpAddr, authorization: Option
     raw.response(false).expect("response").status
 }
 
-/// README "Metrics": `/metrics` answers loopback peers; from any other address it needs a
+/// docs/metrics.md: `/metrics` answers loopback peers; from any other address it needs a
 /// super user's credentials (401 without, 403 for another user). The server listens on
 /// 127.0.0.1 only; the client connects to it from this host's non-loopback address.
 #[test]

@@ -780,7 +780,7 @@ fn users_and_roles() {
     );
     assert_eq!(users[0]["username"], "ann");
     assert_eq!(users[0]["role"]["role"], "reader");
-    // The stored hash is argon2id (README "Passwords"), readable by super users through a search.
+    // The stored hash is argon2id (docs/security.md "Users"), readable by super users through a search.
     let stored = ok(
         &server,
         json!({"operation": "search_by_id", "database": "system", "table": "hdb_user", "ids": ["ann"]}),

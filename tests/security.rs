@@ -1501,7 +1501,7 @@ fn cookie_sessions_login_then_logout() {
 
 // ---- password hashing ----
 
-/// SPEC §5.1, README "Passwords": argon2id is the default for new passwords; users hashed before
+/// SPEC §5.1, docs/security.md "Users": argon2id is the default for new passwords; users hashed before
 /// with salted SHA-256 still log in, and their hash is upgraded to argon2id at that login — but
 /// never over a password `alter_user` changed meanwhile; after switching to `sha256` the
 /// argon2id users still log in (Basic and `create_authentication_tokens`).
@@ -1729,7 +1729,7 @@ fn retry_after(
     (resp.status(), after)
 }
 
-/// README "Failed logins": 31 wrong passwords for one user name from 127.0.0.1 lock out that
+/// docs/security.md "Failed logins": 31 wrong passwords for one user name from 127.0.0.1 lock out that
 /// name from that address only — another user's correct password from the same address is
 /// accepted — on every protocol that authenticates (REST, Operations API, `login`, SSE,
 /// WebSocket, MQTT CONNECT with 0x97 at v5 and 0x05 at 3.1.1); 429 carries `Retry-After`, and
@@ -1834,7 +1834,7 @@ fn failed_login_limit_zero_never_refuses() {
 
 // ---- the first super user ----
 
-/// README "First super user": a generated password is written to
+/// docs/quickstart.md "Credentials": a generated password is written to
 /// `<root>/keys/.initial-admin-password` (mode 0600) and never logged: no file of the log
 /// directory, no stderr line and no `read_log` entry contains it. It logs the user in.
 #[test]

@@ -52,7 +52,7 @@ const USERS: &str = "hdb_user";
 /// credentials costs re-verification, never memory).
 const CACHE_ENTRIES_MAX: usize = 4096;
 /// (source address, user name) pairs tracked for failed logins; when full, expired entries are
-/// dropped, then the oldest (README "Failed logins").
+/// dropped, then the oldest (docs/security.md "Failed logins").
 const FAILED_LOGIN_ENTRIES_MAX: usize = 10_000;
 /// User names are counted by at most this many bytes (a longer name is its prefix).
 const FAILED_LOGIN_NAME_BYTES_MAX: usize = 256;
@@ -520,7 +520,7 @@ pub fn authenticate_certificate(
 /// Failures count against (`peer`'s address, `username`): past `authentication.failedLoginLimit`
 /// in `authentication.failedLoginWindow` that pair is refused (429) until the window ends,
 /// while other user names from the same address, and the same name from other addresses, are
-/// checked as usual (README "Failed logins").
+/// checked as usual (docs/security.md "Failed logins").
 pub fn authenticate_password(
     resources: &Resources,
     username: &str,
@@ -796,7 +796,7 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
         if given.is_some() {
             tracing::info!(target: NOTIFY, "created super user {name} from HDB_ADMIN_USERNAME/HDB_ADMIN_PASSWORD");
         } else {
-            // README "First super user": never logged; a file only its owner can read.
+            // docs/quickstart.md "Credentials": never logged; a file only its owner can read.
             let path = write_initial_password(&resources.config.root, &password)
                 .map_err(|e| format!("cannot write the generated super user password: {e}"))?;
             tracing::info!(target: NOTIFY, "created super user {name}; its generated password is in {} (readable by its owner only; change it with alter_user)", path.display());
@@ -819,7 +819,7 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
     Ok(())
 }
 
-/// Where the generated first super user's password is written (README "First super user").
+/// Where the generated first super user's password is written (docs/quickstart.md "Credentials").
 pub const INITIAL_PASSWORD_FILE: &str = "keys/.initial-admin-password";
 
 /// Writes `password` to `<root>/keys/.initial-admin-password`, created anew with mode 0600

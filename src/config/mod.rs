@@ -483,7 +483,7 @@ pub struct Config {
     pub operations_api_cors: bool,
     pub threads: usize,
     pub authorize_local: bool,
-    /// `authentication.*` durations and the failed-login limit (README "Failed logins").
+    /// `authentication.*` durations and the failed-login limit (docs/security.md "Failed logins").
     pub auth: AuthConfig,
     pub mqtt_port: Option<ListenAddr>,
     /// MQTT over TLS (`mqtt.network.securePort`, 8883 by default; null = off).

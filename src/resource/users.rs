@@ -47,7 +47,7 @@ pub enum HashFunction {
 
 impl HashFunction {
     /// The configured function: `sha256` selects salted SHA-256; anything else is argon2id, the
-    /// default (README "Passwords").
+    /// default (docs/security.md "Users").
     pub fn of(resources: &Resources) -> HashFunction {
         match resources.config_tree.get("authentication.hashFunction") {
             Some(serde_yaml::Value::String(s)) if s.eq_ignore_ascii_case("sha256") => {

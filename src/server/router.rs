@@ -285,7 +285,7 @@ impl Service for Router {
             && self.kind != PortKind::Rest
             && matches!(req.method, Method::Get | Method::Head)
         {
-            // README "Metrics": loopback peers, or super-user credentials.
+            // docs/metrics.md: loopback peers, or super-user credentials.
             if !req.peer.ip().is_loopback() {
                 match crate::auth::authenticate_request(&self.shared.resources, req) {
                     Ok(c) if c.super_user => {}

@@ -88,7 +88,7 @@ pub enum Refusal {
     BadCredentials,
     NotAuthorized,
     BadAuthMethod,
-    /// Too many failed logins for this user name from this address (README "Failed logins").
+    /// Too many failed logins for this user name from this address (docs/security.md "Failed logins").
     QuotaExceeded,
 }
 

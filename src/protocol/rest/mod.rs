@@ -62,7 +62,7 @@ enum Target<'p> {
 }
 
 /// SPEC §5.6 for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials;
-/// 429 with `Retry-After` after too many failed logins (README "Failed logins").
+/// 429 with `Retry-After` after too many failed logins (docs/security.md "Failed logins").
 pub fn unauthorized(resp: &mut Response, e: &AuthError) {
     if e.status() == 401 {
         resp.header("WWW-Authenticate", "Basic");
