@@ -784,15 +784,24 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let admin = Caller::super_user("system");
-        block_on(users::add_user(
+        let added = block_on(users::add_user(
             resources,
             &admin,
             &name,
             &password,
             "super_user",
             true,
-        ))
-        .map_err(|e| format!("cannot create the super user: {}", e.message))?;
+        ));
+        match added {
+            Ok(_) => {}
+            // Replication from a peer (or a clone) brought the user in while we hashed the
+            // password: the peer's user stands, and nothing was generated here.
+            Err(e) if e.status == 409 => {
+                tracing::info!(target: NOTIFY, "super user {name} arrived from a peer; not created here");
+                return finish_start(resources);
+            }
+            Err(e) => return Err(format!("cannot create the super user: {}", e.message)),
+        }
         if given.is_some() {
             tracing::info!(target: NOTIFY, "created super user {name} from HDB_ADMIN_USERNAME/HDB_ADMIN_PASSWORD");
         } else {
@@ -802,6 +811,11 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
             tracing::info!(target: NOTIFY, "created super user {name}; its generated password is in {} (readable by its owner only; change it with alter_user)", path.display());
         }
     }
+    finish_start(resources)
+}
+
+/// The rest of [`start`] once the users are there: role files, then the key pair.
+fn finish_start(resources: &Arc<Resources>) -> Result<(), String> {
     let applied = roles::apply(resources)?;
     if applied > 0 {
         tracing::info!("created or updated {applied} roles from the application's role files");
