@@ -199,7 +199,7 @@ impl TakeOrNew for Option<tempfile::TempDir> {
     }
 }
 
-fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
+pub fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
     let rest = line.split("[notify]: ").nth(1)?;
     if !rest.starts_with(kind) {
         return None;
@@ -485,4 +485,18 @@ pub fn ws_raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, 
         head.push(byte[0]);
     }
     (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The plain MQTT port the server reported (`mqtt.network.port`), read from its start-up lines.
+pub fn mqtt_port(server: &Server) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server reports its MQTT listener");
+        if let Some(addr) = listener_addr(&line, "MQTT (") {
+            return addr;
+        }
+    }
 }
