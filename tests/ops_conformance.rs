@@ -311,7 +311,7 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             Admin,
             json!({"operation": "alter_user", "role": "blahblah", "username": USER}),
             404,
-            json!({"error": "Update failed. Requested 'blahblah' role not found."}),
+            json!({"error": "Update failed.  Requested 'blahblah' role not found."}),
         ),
         Call(
             "11 › Alter User with empty role (HarperDB: 500)",
@@ -463,6 +463,35 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             json!({"/dev/dog/attributes": "<names age|dog_name|id>", "/northnwd/employees": null,
                         "/northnwd/customers": "<present>"}),
         ),
+        // CSV loads by non-super users (csv-non-su-refused-up-front): the table rights up front,
+        // the columns in the job, which ends with the 403 body as its message.
+        Call("5 › CSV Data Load - upsert - to table w/ some restricted attrs & new attr", AttrUser,
+            json!({"operation": "csv_data_load", "action": "upsert", "schema": "dev", "table": "dog",
+                   "data": "id,dog_name,age,rando\n19,doggy,22,Another attr value\n"}),
+            200, started.clone()),
+        JobEnds("the job ends in ERROR with the refusal", json!({"/0/status": "ERROR", "/0/message/error": FORBIDDEN,
+            "/0/message/unauthorized_access": [{"schema": "dev", "table": "dog", "required_table_permissions": [],
+                "required_attribute_permissions": [{"attribute_name": "age", "required_permissions": ["insert"]},
+                                                   {"attribute_name": "age", "required_permissions": ["update"]}]}],
+            "/0/message/invalid_schema_items": ["Attribute 'rando' does not exist on 'dev.dog'"]})),
+        Call("nothing of it was written", Admin,
+            json!({"operation": "search_by_hash", "schema": "dev", "table": "dog", "hash_values": [19], "get_attributes": ["id"]}),
+            200, json!({"/0": null})),
+        Call("7 › Jobs - Bulk CSV Load - insert suppliers table restricted attribute as test_user", AttrUser,
+            json!({"operation": "csv_file_load", "action": "insert", "schema": "northnwd", "table": "employees",
+                   "file_path": "/etc/hostname"}),
+            403, json!({"error": FORBIDDEN, "unauthorized_access": [],
+                        "invalid_schema_items": ["Table 'northnwd.employees' does not exist"]})),
+        // Δ reading a server file is a super user's: HarperDB lets any role with the table rights.
+        Call("5 › CSV File Load to table w/ restricted attrs (Δ super users only)", AttrUser,
+            json!({"operation": "csv_file_load", "action": "insert", "schema": "dev", "table": "dog",
+                   "file_path": "/etc/hostname"}),
+            403, restricted("csv_file_load")),
+        Call("10 › Insert record into hdb cert doesnt work (super user)", Admin,
+            json!({"operation": "insert", "database": "system", "table": "hdb_job", "records": [{"id": "x"}]}),
+            403, json!({"error": FORBIDDEN, "unauthorized_access": [{"schema": "system", "table": "hdb_job",
+                "required_table_permissions": ["insert"], "required_attribute_permissions": []}]})),
+
         // Answer shapes (delete-txn_time).
         Call(
             "8 › NoSQL Delete: no txn_time",
@@ -489,7 +518,7 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
         ),
         JobEnds(
             "the job deletes the records created before the date",
-            json!({"/0/status": "COMPLETE"}),
+            json!({"/0/status": "COMPLETE", "/0/message": "2 of 2 records successfully deleted"}),
         ),
         Call(
             "8 › Search by hash confirm",

@@ -20,6 +20,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use super::nosql::{
     self, PutKind, RecordWrite, WriteSummary, ATTRIBUTE_BYTES_MAX, TABLE_ATTRIBUTES_MAX,
 };
+use super::permissions::{self, Action};
 use super::tables::SYSTEM;
 use super::{canonical_number, parse_id, validate_record, write, Caller, Resources, Validation};
 use super::{users, VerbError};
@@ -229,9 +230,10 @@ async fn put_job(
     Ok(())
 }
 
-/// A job's work, run on its thread: `Ok` is the `COMPLETE` message, `Err` the `ERROR` one; the
-/// counts it keeps are stored with the end state.
-type Work = Box<dyn FnOnce(&Job<'_>, &mut Counts) -> Result<String, String> + Send>;
+/// A job's work, run on its thread: `Ok` is the `COMPLETE` message, `Err` the `ERROR` one (a
+/// text, or a refusal's whole body, as HarperDB stores a permission refusal); the counts it keeps
+/// are stored with the end state.
+type Work = Box<dyn FnOnce(&Job<'_>, &mut Counts) -> Result<String, Value> + Send>;
 
 /// The running job a work function reports to.
 struct Job<'a> {
@@ -313,12 +315,12 @@ async fn start_job(
             };
             let mut counts = Counts::default();
             let (status, message) = match work(&job, &mut counts) {
-                Ok(message) => (Status::Complete, message),
+                Ok(message) => (Status::Complete, Value::from(message.as_str())),
                 Err(message) => (Status::Error, message),
             };
             let mut fields = vec![
                 ("status", Value::from(status.name())),
-                ("message", Value::from(message.as_str())),
+                ("message", message),
                 ("end_datetime", Value::Float(now_ms())),
             ];
             fields.extend(counts.fields());
@@ -357,7 +359,7 @@ pub async fn start_task(
             result.insert("message", Value::from(message.as_str()));
             job.update(vec![("result", Value::Object(result))]);
         }
-        outcome
+        outcome.map_err(Value::from)
     });
     start_job(resources, caller, job_type, body, work).await
 }
@@ -424,7 +426,9 @@ pub async fn start_csv_load(
             table: &table,
             kind,
         };
-        read_source(source).and_then(|bytes| target.load(&as_utf8(bytes), counts))
+        let bytes = as_utf8(read_source(source).map_err(Value::from)?);
+        target.check_columns(&bytes)?;
+        target.load(&bytes, counts).map_err(Value::from)
     });
     start_job(resources, caller, job_type, body, work).await
 }
@@ -458,7 +462,7 @@ pub async fn start_delete_before(
     body.insert("date", iso(before_ms));
     let (database, table) = (database.to_string(), table.to_string());
     let work: Work = Box::new(move |job, counts| {
-        delete_before(job, &database, &table, &created, before_ms, counts)
+        delete_before(job, &database, &table, &created, before_ms, counts).map_err(Value::from)
     });
     start_job(resources, caller, "delete_records_before", body, work).await
 }
@@ -515,11 +519,16 @@ fn delete_before(
         counts.skipped += summary.skipped.len() as u64;
         job.progress(counts);
     }
+    // HarperDB's words, as `delete` answers.
     Ok(format!(
-        "deleted {} of {} records created before {}",
+        "{} of {} {} successfully deleted",
         counts.loaded,
         counts.total,
-        iso(before_ms).as_str().unwrap_or("the date")
+        if counts.total == 1 {
+            "record"
+        } else {
+            "records"
+        }
     ))
 }
 
@@ -613,6 +622,41 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
+    /// A non-super user's columns, checked against its role as `insert`/`update`/`upsert`
+    /// check records: a refusal ends the job with the Operations API's 403 body as its message
+    /// (the table rights were checked before the job started).
+    fn check_columns(&self, bytes: &[u8]) -> Result<(), Value> {
+        let caller = self.job.caller;
+        if caller.super_user {
+            return Ok(());
+        }
+        let mut header = Vec::new();
+        let read = Reader::new(bytes, LIMITS).and_then(|mut r| r.next_row(&mut header));
+        if read.is_err() {
+            // The load itself reports what is wrong with the CSV.
+            return Ok(());
+        }
+        let pk = self
+            .job
+            .resources
+            .table(self.database, self.table)
+            .and_then(|(_, t)| t.def.primary_key.clone());
+        let actions: &[Action] = match self.kind {
+            PutKind::Insert => &[Action::Insert],
+            PutKind::Update => &[Action::Update],
+            PutKind::Upsert => &[Action::Insert, Action::Update],
+        };
+        permissions::check_all(
+            caller,
+            self.database,
+            self.table,
+            pk.as_deref(),
+            actions,
+            header.iter().map(String::as_str),
+        )
+        .map_err(|denied| denied.to_body())
+    }
+
     /// Checks every row, then writes them in batches. `Ok` is the `COMPLETE` message, `Err` the
     /// `ERROR` one.
     fn load(&self, bytes: &[u8], counts: &mut Counts) -> Result<String, String> {

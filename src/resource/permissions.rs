@@ -160,7 +160,28 @@ pub struct Denied {
     pub invalid: Vec<String>,
 }
 
+/// The 403 message of the Operations API's refusals (and of a CSV job refused in its turn).
+pub const FORBIDDEN_MESSAGE: &str =
+    "This operation is not authorized due to role restrictions and/or invalid database items";
+
 impl Denied {
+    /// The Operations API's 403 body: `{error, unauthorized_access, invalid_schema_items}`.
+    pub fn to_body(&self) -> Value {
+        let mut o = Object::new();
+        o.insert("error", Value::from(FORBIDDEN_MESSAGE));
+        let unauthorized = if self.has_rights() {
+            vec![self.to_value()]
+        } else {
+            Vec::new()
+        };
+        o.insert("unauthorized_access", Value::Array(unauthorized));
+        o.insert(
+            "invalid_schema_items",
+            Value::Array(self.invalid.iter().cloned().map(Value::String).collect()),
+        );
+        Value::Object(o)
+    }
+
     fn table(database: &str, table: &str, action: Action) -> Self {
         Denied {
             database: database.to_string(),
@@ -172,13 +193,13 @@ impl Denied {
     }
 
     /// A table the role has no grant on (or that does not exist): HarperDB's "does not exist".
-    pub fn hidden_table(caller: &Caller, database: &str, table: &str) -> Self {
+    pub fn hidden_table(database: &str, table: &str) -> Self {
         Denied {
             database: database.to_string(),
             table: table.to_string(),
             required_table_permissions: Vec::new(),
             required_attribute_permissions: Vec::new(),
-            invalid: vec![hidden_table_text(caller, database, table)],
+            invalid: vec![hidden_table_text(database, table)],
         }
     }
 
@@ -312,19 +333,20 @@ pub fn attribute_allowed(
     grant.attributes.get(attribute).is_some_and(of)
 }
 
-/// HarperDB's text for a table the caller cannot see: its database when the role names nothing
-/// in it, else the table.
-fn hidden_table_text(caller: &Caller, database: &str, table: &str) -> String {
-    if caller
-        .permissions
-        .tables
-        .get(database)
-        .is_none_or(HashMap::is_empty)
-    {
-        format!("database '{database}' does not exist")
-    } else {
-        format!("Table '{database}.{table}' does not exist")
-    }
+/// HarperDB's text for a table the caller cannot see (the Operations API names the database
+/// instead when the database itself does not exist, which this module cannot know).
+fn hidden_table_text(database: &str, table: &str) -> String {
+    format!("Table '{database}.{table}' does not exist")
+}
+
+/// Whether the role hides the table entirely: no grant on it, or a grant of no right at all.
+fn table_hidden(caller: &Caller, database: &str, table: &str) -> bool {
+    !is_super(caller)
+        && database != super::tables::SYSTEM
+        && caller
+            .permissions
+            .grant(database, table)
+            .is_none_or(|g| !(g.read || g.insert || g.update || g.delete))
 }
 
 /// Whether the role hides an attribute entirely (as HarperDB: one missing from a non-empty
@@ -352,14 +374,32 @@ pub fn check<'a>(
     action: Action,
     attributes: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), Denied> {
-    if !allowed(caller, database, table, action) {
-        if !is_super(caller)
-            && database != super::tables::SYSTEM
-            && caller.permissions.grant(database, table).is_none()
-        {
-            return Err(Denied::hidden_table(caller, database, table));
+    check_all(caller, database, table, primary_key, &[action], attributes)
+}
+
+/// [`check`] for several actions at once (an upsert needs insert and update): every table right
+/// missing, or else, attribute by attribute in the order given, every right missing on it (a
+/// hidden attribute named once, as not existing) — one answer, as HarperDB gives it.
+pub fn check_all<'a>(
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    primary_key: Option<&str>,
+    actions: &[Action],
+    attributes: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Denied> {
+    let missing: Vec<Action> = actions
+        .iter()
+        .copied()
+        .filter(|a| !allowed(caller, database, table, *a))
+        .collect();
+    if !missing.is_empty() {
+        if table_hidden(caller, database, table) {
+            return Err(Denied::hidden_table(database, table));
         }
-        return Err(Denied::table(database, table, action));
+        let mut denied = Denied::table(database, table, missing[0]);
+        denied.required_table_permissions = missing.iter().map(|a| a.name()).collect();
+        return Err(denied);
     }
     if !restricts_attributes(caller, database, table) {
         return Ok(());
@@ -375,26 +415,25 @@ pub fn check<'a>(
         invalid: Vec::new(),
     };
     for name in attributes {
-        // A write may carry the stamps the server sets anyway; only reads of them are checked.
-        if action != Action::Read && matches!(name, "__createdtime__" | "__updatedtime__") {
-            continue;
-        }
-        if attribute_allowed(caller, database, table, primary_key, name, action) {
-            continue;
-        }
-        if attribute_hidden(grant, primary_key, name) {
-            let text = format!("Attribute '{name}' does not exist on '{database}.{table}'");
-            if !denied.invalid.contains(&text) {
-                denied.invalid.push(text);
+        for &action in actions {
+            // A write may carry the stamps the server sets anyway; only reads of them are checked.
+            if action != Action::Read && matches!(name, "__createdtime__" | "__updatedtime__") {
+                continue;
             }
-        } else if !denied
-            .required_attribute_permissions
-            .iter()
-            .any(|(n, _)| n == name)
-        {
-            denied
-                .required_attribute_permissions
-                .push((name.to_string(), action.name()));
+            if attribute_allowed(caller, database, table, primary_key, name, action) {
+                continue;
+            }
+            if attribute_hidden(grant, primary_key, name) {
+                let text = format!("Attribute '{name}' does not exist on '{database}.{table}'");
+                if !denied.invalid.contains(&text) {
+                    denied.invalid.push(text);
+                }
+                break;
+            }
+            let entry = (name.to_string(), action.name());
+            if !denied.required_attribute_permissions.contains(&entry) {
+                denied.required_attribute_permissions.push(entry);
+            }
         }
     }
     if denied.required_attribute_permissions.is_empty() && denied.invalid.is_empty() {
@@ -488,8 +527,9 @@ pub fn readable_attributes(
 }
 
 /// Whether `describe_*` shows the attribute to the caller (as HarperDB trims a description):
-/// every attribute when the role reads the whole table; with per-attribute grants, the ones it
-/// may read (the stamps only when listed); nothing without `read` on the table.
+/// every attribute when the role reads the whole table (nothing without `read`); with
+/// per-attribute grants, the ones it has any right on (the primary key when any attribute grant
+/// allows something; the stamps only when listed).
 pub fn describable(
     caller: &Caller,
     database: &str,
@@ -500,21 +540,13 @@ pub fn describable(
     if !restricts_attributes(caller, database, table) {
         return can_read(caller, database, table);
     }
-    let listed = caller
-        .permissions
-        .grant(database, table)
-        .is_some_and(|g| g.attributes.contains_key(attribute));
-    if matches!(attribute, "__createdtime__" | "__updatedtime__") && !listed {
+    let Some(grant) = caller.permissions.grant(database, table) else {
         return false;
+    };
+    if matches!(attribute, "__createdtime__" | "__updatedtime__") {
+        return grant.attributes.contains_key(attribute);
     }
-    attribute_allowed(
-        caller,
-        database,
-        table,
-        primary_key,
-        attribute,
-        Action::Read,
-    )
+    !attribute_hidden(grant, primary_key, attribute)
 }
 
 /// Every attribute a query filter names (the first step of each path).
@@ -647,7 +679,7 @@ mod tests {
         let denied = check(&c, "nodb", "cat", None, Action::Read, []).expect_err("hidden");
         assert_eq!(
             denied.invalid,
-            vec!["database 'nodb' does not exist".to_string()]
+            vec!["Table 'nodb.cat' does not exist".to_string()]
         );
         let denied =
             check(&c, "dev", "dog", Some("id"), Action::Delete, []).expect_err("no delete");

@@ -681,7 +681,7 @@ pub async fn alter_user(
         let id = role_id(resources, role).map_err(|e| match e.status {
             404 => VerbError::new(
                 404,
-                format!("Update failed. Requested '{role}' role not found."),
+                format!("Update failed.  Requested '{role}' role not found."),
             ),
             _ => e,
         })?;

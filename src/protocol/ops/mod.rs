@@ -47,8 +47,7 @@ pub enum Reply {
 }
 
 /// The 403 message of §4.1.
-pub const FORBIDDEN_MESSAGE: &str =
-    "This operation is not authorized due to role restrictions and/or invalid database items";
+pub const FORBIDDEN_MESSAGE: &str = permissions::FORBIDDEN_MESSAGE;
 
 impl OpError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
@@ -506,34 +505,40 @@ fn check_put<'a, I: Iterator<Item = &'a str>>(
         decode::WriteKind::Update => &[Action::Update],
         decode::WriteKind::Upsert => &[Action::Insert, Action::Update],
     };
-    for action in actions {
-        permissions::check(caller, database, table, pk.as_deref(), *action, names())
-            .map_err(|d| OpError::denied(&d))?;
-    }
-    Ok(())
+    permissions::check_all(caller, database, table, pk.as_deref(), actions, names())
+        .map_err(|d| OpError::denied(&d))
 }
 
-/// The attribute names of a CSV's header row; none when it does not read (the load's job then
-/// ends in `ERROR` before writing anything).
-fn csv_header(text: &str) -> Vec<String> {
-    let limits = crate::value::csv::CsvLimits {
-        bytes_max: usize::MAX,
-        rows_max: 1,
-        fields_max: crate::resource::nosql::TABLE_ATTRIBUTES_MAX,
-        field_bytes_max: crate::resource::nosql::ATTRIBUTE_BYTES_MAX,
-    };
-    let mut header = Vec::new();
-    let read = crate::value::csv::Reader::new(text.as_bytes(), limits)
-        .and_then(|mut reader| reader.next_row(&mut header));
-    if read.is_ok() {
-        header
-    } else {
-        Vec::new()
-    }
-}
-
-/// Table and attribute checks for data operations (super users pass through untouched).
+/// Table and attribute checks for data operations, a hidden table of a database that does not
+/// exist then named by its database (`database 'x' does not exist`), as HarperDB names it.
 fn check_permissions(
+    resources: &Resources,
+    caller: &Caller,
+    op: &Operation,
+) -> Result<(), OpError> {
+    check_permissions_of(resources, caller, op).map_err(|mut e| {
+        if let Some((_, invalid)) = &mut e.forbidden {
+            for item in invalid.iter_mut() {
+                let Some(rest) = item
+                    .as_str()
+                    .and_then(|s| s.strip_prefix("Table '"))
+                    .and_then(|s| s.strip_suffix("' does not exist"))
+                else {
+                    continue;
+                };
+                if let Some((database, _)) = rest.split_once('.') {
+                    if resources.store.database(database).is_none() {
+                        *item = Value::String(format!("database '{database}' does not exist"));
+                    }
+                }
+            }
+        }
+        e
+    })
+}
+
+/// The checks of [`check_permissions`] (super users pass through untouched).
+fn check_permissions_of(
     resources: &Resources,
     caller: &Caller,
     op: &Operation,
@@ -558,9 +563,7 @@ fn check_permissions(
             if permissions::can_see(caller, database, table) {
                 Ok(())
             } else {
-                Err(OpError::denied(&Denied::hidden_table(
-                    caller, database, table,
-                )))
+                Err(OpError::denied(&Denied::hidden_table(database, table)))
             }
         }
         Operation::CreateAttribute {
@@ -574,21 +577,16 @@ fn check_permissions(
         } => operations
             .iter()
             .try_for_each(|w| check_write(resources, caller, w, Some(database))),
-        Operation::CsvLoad(load) => {
-            let header = match &load.from {
-                decode::CsvFrom::Data(text) => csv_header(text),
-                // Files and URLs are super users' (refused before this).
-                _ => Vec::new(),
-            };
-            check_put(
-                resources,
-                caller,
-                &load.database,
-                &load.table,
-                load.action,
-                || header.iter().map(String::as_str),
-            )
-        }
+        // The table rights only: the columns are checked by the job, which ends in `ERROR` with
+        // this same 403 body as its message when one is refused (as HarperDB's jobs do).
+        Operation::CsvLoad(load) => check_put(
+            resources,
+            caller,
+            &load.database,
+            &load.table,
+            load.action,
+            std::iter::empty,
+        ),
         Operation::SearchById {
             database,
             table,
@@ -729,6 +727,16 @@ pub async fn run(
     if let Some(refusal) = system_refusal(caller, &op) {
         return Err(refusal);
     }
+    // A CSV file or URL load (super users') into a table the role cannot see: that table is
+    // answered as not existing first, as HarperDB answers it.
+    if let Operation::CsvLoad(load) = &op {
+        if !caller.super_user && !permissions::can_see(caller, &load.database, &load.table) {
+            return Err(OpError::denied(&Denied::hidden_table(
+                &load.database,
+                &load.table,
+            )));
+        }
+    }
     if op.super_user_only() && !caller.super_user {
         return Err(OpError::forbidden(format!(
             "Operation '{}' is restricted to 'super_user' roles",
@@ -803,6 +811,9 @@ fn restricted_name(op: &str) -> &str {
     }
 }
 
+/// The `system` tables a super user writes through NoSQL operations (HarperDB's list).
+const SYSTEM_WRITABLE: &[&str] = &["hdb_nodes", "hdb_role", "hdb_user"];
+
 /// HarperDB's answers about the `system` database (docs/operations-api.md, "The system
 /// database"), checked before anything else: its tables and attributes are never created or
 /// dropped, not even by a super user; a non-super user may not update or delete its records
@@ -830,6 +841,28 @@ fn system_refusal(caller: &Caller, op: &Operation) -> Option<OpError> {
             if database == SYSTEM =>
         {
             protected()
+        }
+        // Super users write the records of these system tables, as HarperDB lets them; other
+        // system tables (jobs, certificates…) refuse the write as a missing right.
+        Operation::Write(w) if caller.super_user => {
+            let (database, table, right) = match w {
+                decode::Write::Put(kind, r) => (
+                    &r.database,
+                    &r.table,
+                    match kind {
+                        decode::WriteKind::Update => "update",
+                        _ => "insert",
+                    },
+                ),
+                decode::Write::Delete {
+                    database, table, ..
+                } => (database, table, "delete"),
+            };
+            if database == SYSTEM && !SYSTEM_WRITABLE.contains(&table.as_str()) {
+                denied(table, right)
+            } else {
+                None
+            }
         }
         _ if caller.super_user => None,
         Operation::DescribeDatabase { database } | Operation::DescribeTable { database, .. }
