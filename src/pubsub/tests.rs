@@ -64,6 +64,11 @@ enum Step {
     Dispatch,
     /// Subscribe filter `.0` with options `.1`; later `Expect`s refer to subscriptions by order.
     Subscribe(&'static str, Options),
+    /// Subscribe like `Subscribe`, streaming the state in chunks of `.2` records (or entries).
+    Chunked(&'static str, Options, usize),
+    /// Take up to `.1` events from subscription `.0` now (a streamed state reads a chunk of at
+    /// most that many records when its queue is empty).
+    Pop(usize, usize),
 }
 
 impl Fixture {
@@ -90,6 +95,8 @@ fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
     let db = f.store.database("data").unwrap();
     let table = db.table("Dog").unwrap();
     let mut subs: Vec<(Sink, Subscription)> = Vec::new();
+    let mut got: Vec<Vec<Rc<Event>>> = Vec::new();
+    let counters: Arc<Counters> = Arc::default();
     let mut pending: Vec<Arc<Commit>> = Vec::new();
     for step in steps {
         match step {
@@ -114,13 +121,23 @@ fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
                     f.registry.dispatch(&c);
                 }
             }
-            Step::Subscribe(filter, options) => {
-                let sink = Sink::new(Format::Json, Overflow::DropOldest, Arc::default());
+            Step::Subscribe(_, _) | Step::Chunked(_, _, _) => {
+                let (filter, options, chunk) = match step {
+                    Step::Subscribe(f, o) => (f, o, usize::MAX),
+                    Step::Chunked(f, o, chunk) => (f, o, chunk),
+                    _ => unreachable!(),
+                };
+                let sink = Sink::new(Format::Json, Overflow::DropOldest, counters.clone());
+                sink.set_chunk_records(chunk);
                 let sub = f
                     .registry
                     .subscribe(&sink, &db, &table, Filter::parse(filter).unwrap(), &options)
                     .unwrap();
                 subs.push((sink, sub));
+                got.push(Vec::new());
+            }
+            Step::Pop(i, max) => {
+                subs[i].0.pop_batch(&mut got[i], max);
             }
         }
         pending.extend(f.commits.lock().unwrap().drain(..));
@@ -128,10 +145,17 @@ fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
     for c in pending.drain(..) {
         f.registry.dispatch(&c);
     }
-    subs.iter()
-        .map(|(sink, _)| {
-            let mut out = Vec::new();
-            sink.pop_batch(&mut out, usize::MAX);
+    for ((sink, _), out) in subs.iter().zip(got.iter_mut()) {
+        sink.pop_batch(out, usize::MAX);
+        assert!(sink.is_empty() && !sink.is_streaming());
+    }
+    assert_eq!(
+        counters.queued_bytes.load(Ordering::Relaxed),
+        0,
+        "every queued byte counted out"
+    );
+    got.iter()
+        .map(|out| {
             out.iter()
                 .map(|e| {
                     let n = match e.value().and_then(|v| v.get("n")) {
@@ -183,10 +207,100 @@ fn commits_in_flight_at_subscribe_are_not_delivered_twice() {
             Dispatch,
             Put("1", 2),
             Delete("3"),
+            Subscribe("Dog/1", Options::default()),
             Subscribe("Dog/#", Options::default()),
+            Pop(1, 10),
             Put("1", 3),
         ],
-        &[&["Put 1 2", "Put 1 3"]],
+        &[&["Put 1 2", "Put 1 3"], &["Put 1 2", "Put 1 3"]],
+    );
+}
+
+/// A table's state streams a chunk at a time, each in a new snapshot: a change to a record not
+/// yet read is not sent live (its chunk reads the newer record, or nothing after a delete); a
+/// change to a record already read is sent live, after it, unless that chunk's snapshot held it
+/// (committed but not yet dispatched when the chunk was read).
+#[test]
+fn streamed_state_joins_live_chunk_by_chunk() {
+    check(
+        vec![
+            Put("a", 1),
+            Put("b", 1),
+            Put("c", 1),
+            Put("d", 1),
+            Dispatch,
+            Chunked("Dog/#", Options::default(), 1), // reads a 1
+            Pop(0, 1),
+            Put("b", 2),
+            Put("a", 2),
+            Delete("c"),
+            Dispatch,
+            Put("b", 3), // committed, not dispatched, when b's chunk is read
+            Pop(0, 2),   // a 2 (live), then b 3 (state)
+            Dispatch,    // b 3 again: in b's chunk, skipped
+            Put("b", 4),
+            Put("e", 1), // not read yet: comes as state
+            Message(Some("d"), "hi"),
+        ],
+        &[&[
+            "Put a 1",
+            "Put a 2",
+            "Put b 3",
+            "Put b 4",
+            "Message d hi",
+            "Put d 1",
+            "Put e 1",
+        ]],
+    );
+}
+
+/// Many records through one-record chunks with a write between each: everything once, in
+/// order per record.
+#[test]
+fn streamed_state_of_many_chunks() {
+    let mut steps = vec![];
+    for (id, n) in [("k0", 0), ("k1", 0), ("k2", 0), ("k3", 0), ("k4", 0)] {
+        steps.push(Put(id, n));
+    }
+    steps.push(Dispatch);
+    steps.push(Chunked("Dog/#", Options::default(), 1));
+    for (id, n) in [("k0", 1), ("k2", 1), ("k4", 1), ("k1", 1), ("k3", 1)] {
+        steps.push(Pop(0, 1));
+        steps.push(Put(id, n));
+        steps.push(Dispatch);
+    }
+    check(
+        steps,
+        &[&[
+            "Put k0 0", "Put k0 1", "Put k1 0", "Put k2 1", "Put k1 1", "Put k3 1", "Put k4 1",
+        ]],
+    );
+}
+
+/// A `startTime` replay streams by version; commits during it come from the audit log, once.
+#[test]
+fn streamed_replay_joins_live() {
+    check(
+        vec![
+            Put("1", 1),
+            Put("1", 2),
+            Put("1", 3),
+            Dispatch,
+            Chunked(
+                "Dog/1",
+                Options {
+                    start_time: Some(0.0),
+                    ..Options::default()
+                },
+                1,
+            ),
+            Pop(0, 1),
+            Put("1", 4),
+            Dispatch,
+            Pop(0, 10),
+            Put("1", 5),
+        ],
+        &[&["Put 1 1", "Put 1 2", "Put 1 3", "Put 1 4", "Put 1 5"]],
     );
 }
 
