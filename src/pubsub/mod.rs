@@ -71,6 +71,9 @@ pub struct Counters {
     /// Encoded bytes of events held in this core's subscriber queues now (live and initial
     /// state), as the queue bounds count them.
     pub queued_bytes: AtomicU64,
+    /// Bytes of this core's MQTT connections' outbound buffers and QoS ≥ 1 backlogs, as of the
+    /// last keep-alive sweep (every 250 ms).
+    pub mqtt_queued_bytes: AtomicU64,
 }
 
 /// What a subscription starts with (SPEC §6.1).

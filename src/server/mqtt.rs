@@ -59,7 +59,10 @@ thread_local! {
 
 /// Starts this core's MQTT accept loops and change dispatcher.
 pub fn start_core(core: usize, ports: &[&MqttPort], shared: Arc<MqttShared>, registry: &Registry) {
-    let sessions = Rc::new(Sessions::new(shared.start_version()));
+    let sessions = Rc::new(Sessions::new(
+        shared.start_version(),
+        registry.counters().clone(),
+    ));
     {
         let (shared, sessions) = (shared.clone(), sessions.clone());
         registry.add_listener(Box::new(move |commit: &Arc<Commit>| {

@@ -817,15 +817,18 @@ pub struct Sessions {
     /// Per database, the newest commit dispatched on this core; every older one was too.
     dispatched: RefCell<HashMap<Arc<str>, f64>>,
     start_version: f64,
+    /// The core's pubsub counters: the sweep reports queued outbound bytes there.
+    counters: Arc<crate::pubsub::Counters>,
 }
 
 impl Sessions {
     /// `start_version`: see [`MqttShared::start_version`].
-    pub fn new(start_version: f64) -> Self {
+    pub fn new(start_version: f64, counters: Arc<crate::pubsub::Counters>) -> Self {
         Sessions {
             conns: RefCell::new(Vec::new()),
             dispatched: RefCell::new(HashMap::new()),
             start_version,
+            counters,
         }
     }
 
@@ -841,12 +844,21 @@ impl Sessions {
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
     /// Kicks every connection whose keep-alive passed without a packet (and forgets closed
-    /// ones). Called by each core every [`KEEP_ALIVE_SWEEP`].
+    /// ones), and reports the bytes the connections hold queued (`/health?verbose`). Called by
+    /// each core every [`KEEP_ALIVE_SWEEP`].
     pub fn sweep_keep_alive(&self) {
         let now = Instant::now();
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
+        let mut queued = 0usize;
         for conn in conns.iter().filter_map(Weak::upgrade) {
+            queued += conn.out.borrow().len()
+                + conn
+                    .backlog
+                    .borrow()
+                    .iter()
+                    .map(|o| o.body.len())
+                    .sum::<usize>();
             let late = conn
                 .keep_alive
                 .get()
@@ -856,6 +868,9 @@ impl Sessions {
                 conn.kick.kick();
             }
         }
+        self.counters
+            .mqtt_queued_bytes
+            .store(queued as u64, Ordering::Relaxed);
     }
 
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
