@@ -79,6 +79,8 @@ pub struct StateCursor {
     table: Arc<Table>,
     /// The last key read (encoded); `None` before the first chunk.
     after: Option<Vec<u8>>,
+    /// Reads only this key (a single-record subscription), not the whole table.
+    only: Option<Vec<u8>>,
     done: bool,
     settled: Upto,
     /// Chunks read but not settled, oldest first: (last key, `None` = to the end; horizon).
@@ -91,10 +93,24 @@ impl StateCursor {
             db,
             table,
             after: None,
+            only: None,
             done: false,
             settled: Upto::Nothing,
             unsettled: VecDeque::new(),
         }
+    }
+
+    /// A cursor over the one record `key` names (none if it cannot be a key).
+    pub fn record(db: Arc<Database>, table: Arc<Table>, key: &crate::value::Value) -> StateCursor {
+        let mut cursor = StateCursor::new(db, table);
+        let mut encoded = Vec::with_capacity(32);
+        if crate::value::key::encode(key, &mut encoded).is_ok() {
+            cursor.only = Some(encoded);
+        } else {
+            cursor.done = true;
+            cursor.settled = Upto::All;
+        }
+        cursor
     }
 
     pub fn database(&self) -> &Arc<Database> {
@@ -176,7 +192,16 @@ impl StateCursor {
         let (mut taken, mut bytes, mut looked) = (0usize, 0usize, 0usize);
         let mut last: Option<&[u8]> = None;
         let mut end = true;
-        for item in txn.scan_after(&self.table, self.after.as_deref())? {
+        if let Some(only) = &self.only {
+            if let Some(record) = txn.get_encoded(&self.table, only)? {
+                taken += usize::from(each(only, record)?.is_some());
+            }
+        }
+        let rest = match self.only {
+            Some(_) => None,
+            None => Some(txn.scan_after(&self.table, self.after.as_deref())?),
+        };
+        for item in rest.into_iter().flatten() {
             if taken >= records_max || bytes >= CHUNK_BYTES_MAX || looked >= CHUNK_SCAN_MAX {
                 end = false;
                 break;

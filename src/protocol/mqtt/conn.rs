@@ -2331,12 +2331,19 @@ impl Session<'_> {
         let Some((db, table)) = target else {
             return;
         };
+        let cursor = match filter.exact_id() {
+            Some(raw) => match resource::parse_id(&table.def, &raw) {
+                Ok(key) => StateCursor::record(db, table, &key),
+                Err(_) => return, // names no record; events may still come
+            },
+            None => StateCursor::new(db, table),
+        };
         let mut subs = self.conn.subs.borrow_mut();
         if let Some(sub) = subs
             .iter_mut()
             .find(|s| s.filter.as_str() == filter.as_str())
         {
-            sub.state = Some(StateCursor::new(db, table));
+            sub.state = Some(cursor);
         }
     }
 
