@@ -51,6 +51,9 @@ struct State {
     initial_bytes: Cell<usize>,
     /// The initial state still to be read, while it streams.
     stream: RefCell<Option<Stream>>,
+    /// The last chunks read matched nothing and more remain: `ready` yields once before the
+    /// next, so a narrow filter over a large table does not hold the core.
+    yield_next: Cell<bool>,
     /// Records per state chunk (`state::CHUNK_RECORDS_MAX`; smaller in tests).
     chunk_records: Cell<usize>,
     /// Why the stream could not go on (a read failed); the connection closes with it.
@@ -98,6 +101,7 @@ impl Sink {
             initial: RefCell::new(VecDeque::new()),
             initial_bytes: Cell::new(0),
             stream: RefCell::new(None),
+            yield_next: Cell::new(false),
             chunk_records: Cell::new(CHUNK_RECORDS_MAX),
             failed: RefCell::new(None),
             live: RefCell::new(VecDeque::new()),
@@ -335,7 +339,11 @@ impl Sink {
         self.add_queued(-(freed as i64));
         // A chunk may match nothing (a narrow filter over many records): a few per call at most.
         for _ in 0..CHUNKS_PER_POP_MAX {
-            if moved >= max || !self.read_chunk(max - moved) {
+            if moved >= max {
+                break;
+            }
+            if !self.read_chunk(max - moved) {
+                self.0.yield_next.set(moved == 0 && self.is_streaming());
                 break;
             }
             moved += self.pop_initial(out, max - moved);
@@ -378,7 +386,14 @@ impl Future for Ready<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let s = &self.sink.0;
-        if s.closed.get() || s.overflowed.get() || !self.sink.is_empty() {
+        if s.closed.get() || s.overflowed.get() {
+            return Poll::Ready(());
+        }
+        if s.yield_next.take() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if !self.sink.is_empty() {
             return Poll::Ready(());
         }
         if self.sink.is_streaming() {

@@ -465,6 +465,9 @@ struct Conn {
     /// Set when a subscription's initial state could not be read (logged): the reader closes
     /// with `0x80` rather than leave a gap.
     state_failed: Cell<bool>,
+    /// A fill stopped at `STATE_CHUNKS_PER_FILL` with state left and room for it: the writer
+    /// task fills again after yielding to the core's other tasks.
+    state_more: Cell<bool>,
     /// When bytes last came from the client; with `keep_alive`, what the core's sweep checks.
     heard: Cell<Instant>,
     keep_alive: Cell<Option<Duration>>,
@@ -775,6 +778,9 @@ impl Conn {
                 }
             }
         }
+        // Chunks that matched little (a narrow filter over a large table): go on later.
+        self.state_more.set(true);
+        self.wake_writer();
     }
 
     /// The durable part of this connection's state, to store.
@@ -1214,6 +1220,9 @@ async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>, sessions: Rc<S
     let mut spare = Vec::new();
     loop {
         let mut batch = poll_fn(|cx| {
+            if conn.state_more.take() {
+                conn.fill_state(&sessions);
+            }
             let mut out = conn.out.borrow_mut();
             if !out.is_empty() {
                 spare.clear();
@@ -1222,6 +1231,10 @@ async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>, sessions: Rc<S
             }
             if conn.closing.get() {
                 return Poll::Ready(None);
+            }
+            if conn.state_more.get() {
+                cx.waker().wake_by_ref(); // yield, then read more state
+                return Poll::Pending;
             }
             conn.out_waker.set(Some(cx.waker().clone()));
             Poll::Pending
@@ -1375,6 +1388,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         aliases_out: RefCell::new(HashMap::new()),
         overflowed: Cell::new(false),
         state_failed: Cell::new(false),
+        state_more: Cell::new(false),
         heard: Cell::new(Instant::now()),
         keep_alive: Cell::new(None),
         expired: Cell::new(false),
