@@ -211,8 +211,8 @@ fn sse_open(addr: SocketAddr, path: &str) -> TcpStream {
     stream
 }
 
-fn sse_reader(addr: SocketAddr, expected: Expected) -> Result<usize, String> {
-    let mut reader = BufReader::new(sse_open(addr, "/T/"));
+fn sse_reader(addr: SocketAddr, path: &str, expected: Expected) -> Result<usize, String> {
+    let mut reader = BufReader::new(sse_open(addr, path));
     let mut line = String::new();
     loop {
         line.clear();
@@ -223,7 +223,7 @@ fn sse_reader(addr: SocketAddr, expected: Expected) -> Result<usize, String> {
             break;
         }
     }
-    follow("SSE", &expected, |view| loop {
+    follow(path, &expected, |view| loop {
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return Ok(false);
@@ -393,7 +393,13 @@ fn read_while_writing(app: &App, loaded: HashMap<String, Option<i64>>, ops: usiz
     let readers: Vec<(&str, thread::JoinHandle<Result<usize, String>>)> = vec![
         ("SSE", {
             let e = expected.clone();
-            thread::spawn(move || sse_reader(rest, e))
+            thread::spawn(move || sse_reader(rest, "/T/", e))
+        }),
+        // A replay of the audit log from the start: every write, in order, bulk loads included
+        // (one entry of thousands of changes, streamed part by part), then live.
+        ("SSE startTime=0", {
+            let e = expected.clone();
+            thread::spawn(move || sse_reader(rest, "/T/?startTime=0", e))
         }),
         ("WebSocket", {
             let e = expected.clone();

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use tidepool_io::{race, Either, Inbox, MeshSender, Shutdown};
 
 use crate::store::{Change, ChangeKind, Commit, Database, Publisher, StoreError, Table};
-use crate::value::{self, Value};
+use crate::value::{self, ArchivedValue, Kind, Value, ValueView};
 use state::{AuditCursor, Chunk, StateCursor};
 
 pub use event::{id_text, Encoded, Event, Format, TRIMMED_VARIANTS_MAX};
@@ -424,49 +424,78 @@ impl Registry {
     }
 }
 
-/// The changes one audit log entry records (`entries` of `[table, key, type, value, …]`):
-/// table, key, kind and the record or message (`Null` for deletes), in commit order. Parts that
-/// do not parse are skipped. Shared by every audit replay (subscriptions here, MQTT durable
-/// sessions).
-pub fn audit_changes(entry: &Value) -> impl Iterator<Item = (&str, &Value, ChangeKind, &Value)> {
-    let entries = match entry.get("entries") {
-        Some(Value::Array(entries)) => entries.as_slice(),
-        _ => &[],
-    };
-    entries.iter().filter_map(|e| {
-        let Value::Array(parts) = e else { return None };
-        let [Value::String(table), key, Value::String(kind), payload, ..] = parts.as_slice() else {
-            return None;
-        };
-        let kind = match kind.as_str() {
-            "put" => ChangeKind::Put,
-            "delete" => ChangeKind::Delete,
-            "message" => ChangeKind::Message,
-            _ => return None,
-        };
-        Some((table.as_str(), key, kind, payload))
-    })
+/// The change items of one audit log entry (`entries` of `[table, key, type, value, …]`), in
+/// commit order; none when it has no such list.
+pub fn audit_items<'a, V: ValueView<'a>>(entry: V) -> Option<V::Items> {
+    match entry.get("entries").map(ValueView::kind) {
+        Some(Kind::Array(items)) => Some(items),
+        _ => None,
+    }
 }
 
-/// The events of one audit entry (`version`) for `table` that `filter` matches.
-fn audit_events<'a>(
-    database: &'a Arc<str>,
-    table: &'a Arc<str>,
-    filter: &'a Filter,
+/// One change item of an audit entry: table, key, kind and the record or message (`Null` for
+/// deletes); `None` when it does not parse.
+pub fn audit_change<'a, V: ValueView<'a>>(item: V) -> Option<(&'a str, V, ChangeKind, V)> {
+    let Kind::Array(mut parts) = item.kind() else {
+        return None;
+    };
+    let Kind::String(table) = parts.next()?.kind() else {
+        return None;
+    };
+    let key = parts.next()?;
+    let kind = match parts.next()?.kind() {
+        Kind::String("put") => ChangeKind::Put,
+        Kind::String("delete") => ChangeKind::Delete,
+        Kind::String("message") => ChangeKind::Message,
+        _ => return None,
+    };
+    Some((table, key, kind, parts.next()?))
+}
+
+/// The changes one audit log entry records, in commit order; parts that do not parse are
+/// skipped. Shared by every audit replay (subscriptions here, MQTT durable sessions).
+pub fn audit_changes<'a, V: ValueView<'a>>(
+    entry: V,
+) -> impl Iterator<Item = (&'a str, V, ChangeKind, V)> {
+    audit_items(entry)
+        .into_iter()
+        .flatten()
+        .filter_map(audit_change)
+}
+
+/// One audited change (of entry `version`) as an event, if it is of `table` and `filter`
+/// matches it; only then are its key and value copied out of the map.
+fn audit_event(
+    database: &Arc<str>,
+    table: &Arc<str>,
+    filter: &Filter,
     version: f64,
-    entry: &'a Value,
-) -> impl Iterator<Item = Event> + 'a {
-    audit_changes(entry)
-        .filter(move |(t, key, _, _)| *t == &**table && filter.matches(id_text(key).as_deref()))
-        .map(move |(_, key, kind, payload)| {
-            let change = Change {
-                table: table.clone(),
-                key: key.clone(),
-                kind,
-                value: (kind != ChangeKind::Delete).then(|| payload.clone()),
-            };
-            Event::single(database.clone(), version, version, change)
-        })
+    (t, key, kind, payload): (&str, &ArchivedValue, ChangeKind, &ArchivedValue),
+) -> Result<Option<Event>, StoreError> {
+    if t != &**table {
+        return Ok(None);
+    }
+    let corrupt = |e| StoreError::Corrupt(format!("audit entry: {e}"));
+    let key = value::deserialize(key).map_err(corrupt)?;
+    if !filter.matches(id_text(&key).as_deref()) {
+        return Ok(None);
+    }
+    let value = match kind {
+        ChangeKind::Delete => None,
+        _ => Some(value::deserialize(payload).map_err(corrupt)?),
+    };
+    let change = Change {
+        table: table.clone(),
+        key,
+        kind,
+        value,
+    };
+    Ok(Some(Event::single(
+        database.clone(),
+        version,
+        version,
+        change,
+    )))
 }
 
 /// The last `count` audited events of `table` matching `filter` up to `to`, oldest first.
@@ -481,13 +510,13 @@ fn replay_last(
 ) -> Result<(), SubscribeError> {
     let mut kept: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     for item in txn.audit_range(Bound::Unbounded, Bound::Included(to))? {
-        let (version, archived) = item?;
-        let entry = value::deserialize(archived)
-            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-        for event in audit_events(&db.name, &table.name, filter, version, &entry) {
-            kept.push_back(event);
-            if kept.len() > count {
-                kept.pop_front();
+        let (version, entry) = item?;
+        for change in audit_changes(entry) {
+            if let Some(event) = audit_event(&db.name, &table.name, filter, version, change)? {
+                kept.push_back(event);
+                if kept.len() > count {
+                    kept.pop_front();
+                }
             }
         }
     }
@@ -579,12 +608,30 @@ impl Stream {
             Source::Audit { cursor, filter } => cursor.read_chunk(
                 since,
                 max.min(state::CHUNK_RECORDS_MAX),
-                |version, entry| {
-                    let entry = value::deserialize(entry)
-                        .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-                    let before = out.len();
-                    out.extend(audit_events(database, table, filter, version, &entry));
-                    Ok(out.len() - before)
+                |version, entry, skip, room| {
+                    // A bulk write's entry may hold 100,000 changes: resumable inside.
+                    let Some(mut items) = audit_items(entry) else {
+                        return Ok((0, None));
+                    };
+                    if skip > 0 {
+                        items.nth(skip - 1);
+                    }
+                    let (mut taken, mut at) = (0, skip);
+                    for item in items {
+                        if taken >= room || at - skip >= state::CHUNK_SCAN_MAX {
+                            return Ok((taken, Some(at)));
+                        }
+                        at += 1;
+                        let Some(change) = audit_change(item) else {
+                            continue;
+                        };
+                        if let Some(event) = audit_event(database, table, filter, version, change)?
+                        {
+                            out.push(event);
+                            taken += 1;
+                        }
+                    }
+                    Ok((taken, None))
                 },
             ),
         }

@@ -229,14 +229,21 @@ impl StateCursor {
     }
 }
 
-/// A cursor over the audit log by version (`startTime` replay), read a chunk at a time.
+/// A cursor over the audit log by version (`startTime` replay), read a chunk at a time; it may
+/// stop inside an entry (a bulk write's entry holds up to 100,000 changes) and resume there.
 pub struct AuditCursor {
     db: Arc<Database>,
     /// The last version read (or the start, exclusive).
     after: f64,
+    /// Changes of the entry at `after` already read when it was left part-way (0: all of it).
+    partial: usize,
     /// Once the end was reached: the horizon of that snapshot.
     end: Option<f64>,
 }
+
+/// What an audit chunk's reader did with one entry: events taken, and where to resume inside
+/// it when it stopped part-way.
+pub type EntryRead = (usize, Option<usize>);
 
 impl AuditCursor {
     /// Replays entries with versions above `after`.
@@ -244,6 +251,7 @@ impl AuditCursor {
         AuditCursor {
             db,
             after,
+            partial: 0,
             end: None,
         }
     }
@@ -258,30 +266,46 @@ impl AuditCursor {
         self.end.is_none_or(|end| version <= end)
     }
 
-    /// Reads up to `entries_max` audit entries after the cursor in a new read transaction,
-    /// handing each (version, entry) to `each`, which returns how many events it took.
+    /// Reads audit entries after the cursor in a new read transaction until `events_max` events
+    /// were taken: `each` gets (version, entry, changes of it to skip, events it may take).
     pub fn read_chunk(
         &mut self,
         since: f64,
-        entries_max: usize,
-        mut each: impl FnMut(f64, &ArchivedValue) -> Result<usize, StoreError>,
+        events_max: usize,
+        mut each: impl FnMut(f64, &ArchivedValue, usize, usize) -> Result<EntryRead, StoreError>,
     ) -> Result<Chunk, StoreError> {
         if self.end.is_some() {
             return Ok(Chunk::Done);
         }
+        let events_max = events_max.max(1);
         let txn = self.db.read()?;
         let horizon = horizon(&txn, since)?;
         let (mut taken, mut looked) = (0usize, 0usize);
         let mut end = true;
-        for item in txn.audit_range(Bound::Excluded(self.after), Bound::Unbounded)? {
-            if looked >= entries_max.min(CHUNK_SCAN_MAX) {
+        let from = match self.partial {
+            0 => Bound::Excluded(self.after),
+            _ => Bound::Included(self.after),
+        };
+        for item in txn.audit_range(from, Bound::Unbounded)? {
+            if taken >= events_max || looked >= CHUNK_SCAN_MAX {
                 end = false;
                 break;
             }
             let (version, entry) = item?;
             looked += 1;
+            let skip = if version == self.after {
+                self.partial
+            } else {
+                0
+            };
+            let (took, resume) = each(version, entry, skip, events_max - taken)?;
+            taken += took;
             self.after = version;
-            taken += each(version, entry)?;
+            self.partial = resume.unwrap_or(0);
+            if resume.is_some() {
+                end = false;
+                break;
+            }
         }
         if end {
             self.end = Some(horizon.max(self.after));

@@ -58,6 +58,8 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// One step of a scenario.
 enum Step {
     Put(&'static str, i64),
+    /// Several puts in one commit (one audit entry).
+    PutMany(&'static [(&'static str, i64)]),
     Delete(&'static str),
     Message(Option<&'static str>, &'static str),
     /// Dispatch every commit collected so far.
@@ -72,20 +74,25 @@ enum Step {
 }
 
 impl Fixture {
-    fn write(&self, op: WriteOp) {
+    fn write(&self, ops: Vec<WriteOp>) {
         let db = self.store.database("data").unwrap();
-        let rx = db
-            .submit(WriteRequest {
-                ops: vec![op],
-                user: None,
-            })
-            .unwrap();
+        let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
         block_on(rx).unwrap().unwrap();
         // The publisher runs just after the reply: wait for it.
         let before = Instant::now();
         while self.commits.lock().unwrap().is_empty() && before.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+fn put_op(id: &str, n: i64) -> WriteOp {
+    WriteOp::Put {
+        table: "Dog".into(),
+        key: Some(Value::String(id.into())),
+        record: json::parse(format!("{{\"n\":{n}}}").as_bytes()).unwrap(),
+        mode: PutMode::Replace,
+        expires_in_s: None,
     }
 }
 
@@ -100,22 +107,17 @@ fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
     let mut pending: Vec<Arc<Commit>> = Vec::new();
     for step in steps {
         match step {
-            Step::Put(id, n) => f.write(WriteOp::Put {
-                table: "Dog".into(),
-                key: Some(Value::String(id.into())),
-                record: json::parse(format!("{{\"n\":{n}}}").as_bytes()).unwrap(),
-                mode: PutMode::Replace,
-                expires_in_s: None,
-            }),
-            Step::Delete(id) => f.write(WriteOp::Delete {
+            Step::Put(id, n) => f.write(vec![put_op(id, n)]),
+            Step::PutMany(puts) => f.write(puts.iter().map(|(id, n)| put_op(id, *n)).collect()),
+            Step::Delete(id) => f.write(vec![WriteOp::Delete {
                 table: "Dog".into(),
                 key: Value::String(id.into()),
-            }),
-            Step::Message(id, text) => f.write(WriteOp::Message {
+            }]),
+            Step::Message(id, text) => f.write(vec![WriteOp::Message {
                 table: "Dog".into(),
                 key: id.map(|i| Value::String(i.into())),
                 payload: Value::String(text.into()),
-            }),
+            }]),
             Step::Dispatch => {
                 for c in pending.drain(..) {
                     f.registry.dispatch(&c);
@@ -419,4 +421,31 @@ fn listeners_see_every_dispatched_commit_in_order() {
         f.registry.dispatch(c);
     }
     assert_eq!(*seen.borrow(), vec![1.0, 2.0, 3.0]);
+}
+
+/// A replay chunk may stop inside one audit entry (a bulk write's) and resume there.
+#[test]
+fn streamed_replay_resumes_inside_an_entry() {
+    check(
+        vec![
+            PutMany(&[("1", 1), ("2", 1), ("3", 1)]),
+            Dispatch,
+            Chunked(
+                "Dog/#",
+                Options {
+                    start_time: Some(0.0),
+                    ..Options::default()
+                },
+                1,
+            ),
+            Pop(0, 1),
+            PutMany(&[("2", 2), ("4", 1)]),
+            Dispatch,
+            Pop(0, 1),
+            Put("1", 2),
+        ],
+        &[&[
+            "Put 1 1", "Put 2 1", "Put 3 1", "Put 2 2", "Put 4 1", "Put 1 2",
+        ]],
+    );
 }
