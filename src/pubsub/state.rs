@@ -30,7 +30,8 @@ pub const CHUNK_RECORDS_MAX: usize = 256;
 pub const CHUNK_BYTES_MAX: usize = 256 << 10;
 /// Records (or audit entries) one chunk's transaction looks at, matching the filter or not.
 pub const CHUNK_SCAN_MAX: usize = 4096;
-/// Chunks read but not yet settled; at this many the next chunk waits for the core's dispatch.
+/// Chunks read at distinct horizons but not yet settled; at this many the next chunk waits for
+/// the core's dispatch (which has those commits in its inbox).
 pub const UNSETTLED_MAX: usize = 64;
 
 /// The newest version a read transaction of `db` sees, given that every commit up to `since` was
@@ -216,11 +217,14 @@ impl StateCursor {
         }
         let last = last.map(<[u8]>::to_vec);
         drop(txn);
-        if end {
-            self.done = true;
-            self.unsettled.push_back((None, horizon));
-        } else {
-            self.unsettled.push_back((last.clone(), horizon));
+        // Chunks read at the same horizon join into one, exactly (the same versions are in
+        // each): without commits the list stays one long, even when the newest audit entry is
+        // one no commit was published for (a delete of an absent record).
+        let upper = if end { None } else { last.clone() };
+        self.done |= end;
+        match self.unsettled.back_mut() {
+            Some((back, h)) if *h == horizon => *back = upper,
+            _ => self.unsettled.push_back((upper, horizon)),
         }
         if last.is_some() {
             self.after = last;

@@ -61,6 +61,8 @@ enum Step {
     /// Several puts in one commit (one audit entry).
     PutMany(&'static [(&'static str, i64)]),
     Delete(&'static str),
+    /// A delete of a record that does not exist: audited, but no commit is published.
+    DeleteAbsent(&'static str),
     Message(Option<&'static str>, &'static str),
     /// Dispatch every commit collected so far.
     Dispatch,
@@ -74,10 +76,14 @@ enum Step {
 }
 
 impl Fixture {
-    fn write(&self, ops: Vec<WriteOp>) {
+    fn write_unpublished(&self, ops: Vec<WriteOp>) {
         let db = self.store.database("data").unwrap();
         let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
         block_on(rx).unwrap().unwrap();
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) {
+        self.write_unpublished(ops);
         // The publisher runs just after the reply: wait for it.
         let before = Instant::now();
         while self.commits.lock().unwrap().is_empty() && before.elapsed() < Duration::from_secs(2) {
@@ -110,6 +116,10 @@ fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
             Step::Put(id, n) => f.write(vec![put_op(id, n)]),
             Step::PutMany(puts) => f.write(puts.iter().map(|(id, n)| put_op(id, *n)).collect()),
             Step::Delete(id) => f.write(vec![WriteOp::Delete {
+                table: "Dog".into(),
+                key: Value::String(id.into()),
+            }]),
+            Step::DeleteAbsent(id) => f.write_unpublished(vec![WriteOp::Delete {
                 table: "Dog".into(),
                 key: Value::String(id.into()),
             }]),
@@ -448,4 +458,23 @@ fn streamed_replay_resumes_inside_an_entry() {
             "Put 1 1", "Put 2 1", "Put 3 1", "Put 2 2", "Put 4 1", "Put 1 2",
         ]],
     );
+}
+
+/// Without commits, chunks read at one horizon join into one: a stream of many chunks is never
+/// held up waiting for dispatch, even when the newest audit entry was never published.
+#[test]
+fn streamed_state_without_commits_never_waits() {
+    let ids: Vec<&'static str> = (0..100)
+        .map(|i| &*Box::leak(format!("r{i:03}").into_boxed_str()))
+        .collect();
+    let mut steps: Vec<Step> = ids.iter().map(|id| Put(id, 1)).collect();
+    steps.push(Dispatch);
+    steps.push(DeleteAbsent("absent"));
+    steps.push(Chunked("Dog/#", Options::default(), 1));
+    for _ in 0..20 {
+        steps.push(Pop(0, 100));
+    }
+    let expected: Vec<String> = ids.iter().map(|id| format!("Put {id} 1")).collect();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    check(steps, &[&expected]);
 }
