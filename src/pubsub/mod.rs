@@ -587,8 +587,7 @@ impl Stream {
             .map_or(f64::INFINITY, |r| r.since(&self.database))
     }
 
-    /// Reads the next chunk into `out` (at most `max` events from records; an audit chunk may
-    /// hold a few more, one entry's changes stay together).
+    /// Reads the next chunk (at most `max` events) into `out`.
     fn read(&mut self, max: usize, out: &mut Vec<Event>) -> Result<Chunk, StoreError> {
         let since = self.since();
         let (database, table) = (&self.database, &self.table);
@@ -666,7 +665,7 @@ impl Stream {
     fn is_finished(&mut self) -> bool {
         let since = self.since();
         match &mut self.source {
-            Source::Audit { cursor, .. } => cursor.is_done(),
+            Source::Audit { cursor, .. } => cursor.is_settled(since),
             Source::Records { cursor, .. } => {
                 cursor.settle(since);
                 cursor.is_settled()

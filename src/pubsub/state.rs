@@ -264,6 +264,12 @@ impl AuditCursor {
         self.end.is_some()
     }
 
+    /// Replayed to the end, and every commit up to that end dispatched (`dispatched`): no live
+    /// change needs a check any more.
+    pub fn is_settled(&self, dispatched: f64) -> bool {
+        self.end.is_some_and(|end| end <= dispatched)
+    }
+
     /// Whether a live change at `version` was or will be replayed (true → skip it): every
     /// dispatched commit is in the audit log, so until the end is reached each is still ahead.
     pub fn covers(&self, version: f64) -> bool {

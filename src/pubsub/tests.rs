@@ -478,3 +478,29 @@ fn streamed_state_without_commits_never_waits() {
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     check(steps, &[&expected]);
 }
+
+/// A replay that reaches the end while a commit it read is still on its way to this core: that
+/// commit, dispatched later, is not sent again.
+#[test]
+fn streamed_replay_end_waits_for_dispatch() {
+    check(
+        vec![
+            Put("1", 1),
+            Put("2", 1),
+            Dispatch,
+            Chunked(
+                "Dog/#",
+                Options {
+                    start_time: Some(0.0),
+                    ..Options::default()
+                },
+                1,
+            ),
+            Put("1", 2),
+            Pop(0, 10), // 1 1, 2 1, then 1 2 — the end, read before 1 2 is dispatched
+            Dispatch,
+            Put("1", 3),
+        ],
+        &[&["Put 1 1", "Put 2 1", "Put 1 2", "Put 1 3"]],
+    );
+}
