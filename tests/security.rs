@@ -10,10 +10,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use common::{Builder, Server, ADMIN_PASSWORD, ADMIN_USER};
+use common::{mqtt_port, Builder, Server, ADMIN_PASSWORD, ADMIN_USER};
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 
@@ -732,23 +732,6 @@ fn authorize_local_makes_loopback_the_super_user() {
 
 fn authorization(who: &Who) -> Option<String> {
     who.1.as_ref().map(|(u, p)| basic(u, p))
-}
-
-fn mqtt_port(server: &Server) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = server
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server reports its MQTT listener");
-        if let Some(rest) = line.split("MQTT (mqtt.network.port) listening on ").nth(1) {
-            return rest
-                .split_whitespace()
-                .next()
-                .and_then(|a| a.parse().ok())
-                .expect("address");
-        }
-    }
 }
 
 // ---- WebSocket ----

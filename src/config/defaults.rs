@@ -15,8 +15,10 @@ http:
   maxHeaderSize: 16394       # bytes of request head -> 431
   maxHeaderCount: 100        # header lines per request -> 431 (tidepool)
   maxBodySize: 1073741824    # bytes of request body -> 413 (tidepool)
+  maxBodyBytesInFlightPerCore: 268435456   # bytes of request bodies read at once per core; beyond -> 503 (tidepool)
   maxConnectionsPerCore: 65536   # open connections per core; beyond -> 503 and close (tidepool)
   sharePorts: false          # allow another process on the same ports (SO_REUSEPORT) (tidepool)
+  portWaitAfterCrash: 20000  # ms to wait at start for a crashed process's sockets to close (tidepool)
   compressionThreshold: 1200
   mtls: false
 rest:

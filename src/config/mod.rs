@@ -388,7 +388,12 @@ pub struct HttpConfig {
     pub header_bytes_max: usize,
     pub header_count_max: usize,
     pub body_bytes_max: u64,
+    /// `http.maxBodyBytesInFlightPerCore`: request body bytes held at once on one core.
+    pub body_bytes_in_flight_max: u64,
     pub connections_per_core_max: usize,
+    /// `http.portWaitAfterCrash`: how long start-up waits for listening sockets no live process
+    /// owns (a killed process's io_uring being torn down) before giving up on a port.
+    pub port_wait_after_crash: Duration,
     /// Client certificates on the secure port (`http.mtls`); None = not asked for.
     pub mtls: Option<MtlsConfig>,
 }
@@ -606,7 +611,9 @@ impl Config {
                 header_bytes_max,
                 header_count_max,
                 body_bytes_max: tree.u64("http.maxBodySize")?,
+                body_bytes_in_flight_max: tree.u64("http.maxBodyBytesInFlightPerCore")?,
                 connections_per_core_max: tree.u64("http.maxConnectionsPerCore")?.max(1) as usize,
+                port_wait_after_crash: tree.duration("http.portWaitAfterCrash")?,
                 mtls: MtlsConfig::from_tree(tree, "http.mtls", root)?,
             },
             operations_api_port: tree.listen("operationsApi.network.port")?,

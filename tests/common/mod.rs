@@ -199,7 +199,7 @@ impl TakeOrNew for Option<tempfile::TempDir> {
     }
 }
 
-fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
+pub fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
     let rest = line.split("[notify]: ").nth(1)?;
     if !rest.starts_with(kind) {
         return None;
@@ -435,4 +435,18 @@ pub fn read_mqtt_packet(r: &mut impl Read) -> Option<Vec<u8>> {
     r.read_exact(&mut body).ok()?;
     out.extend_from_slice(&body);
     Some(out)
+}
+
+/// The plain MQTT port the server reported (`mqtt.network.port`), read from its start-up lines.
+pub fn mqtt_port(server: &Server) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server reports its MQTT listener");
+        if let Some(addr) = listener_addr(&line, "MQTT (") {
+            return addr;
+        }
+    }
 }

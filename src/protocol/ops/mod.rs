@@ -285,6 +285,53 @@ pub async fn handle(
     }
 }
 
+/// Bytes of body a request without valid credentials may send: what it can run (logging in,
+/// token creation and refresh, sessions) fits in far less; anything larger is refused from its
+/// head (README, "Limits").
+pub const ANONYMOUS_BODY_BYTES_MAX: u64 = 64 * 1024;
+
+/// Judges an Operations API request from its head, before its body is read: 404 for a path
+/// other than `/`, 405 for a method other than POST, and 401 for a caller without valid
+/// credentials whose body is over [`ANONYMOUS_BODY_BYTES_MAX`] (or chunked, so of unknown size).
+/// True when `resp` holds the refusal; false lets the body be read.
+pub fn refuse_before_body(
+    resources: &Resources,
+    caller: Result<&Caller, &AuthError>,
+    req: &Request<'_>,
+    resp: &mut Response,
+) -> bool {
+    if req.method == Method::Options {
+        return false;
+    }
+    cors(resources, req, resp);
+    let error = if req.path != "/" {
+        OpError::new(
+            404,
+            "Not found: the Operations API takes POST / with an operation body",
+        )
+    } else if req.method != Method::Post {
+        resp.header("Allow", "POST, OPTIONS");
+        OpError::new(
+            405,
+            "The Operations API takes POST / with an operation body",
+        )
+    } else {
+        let small = req
+            .header_str("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n <= ANONYMOUS_BODY_BYTES_MAX);
+        match caller {
+            Err(e) if !small => OpError::auth(e),
+            Ok(c) if c.is_anonymous() && !small => OpError::auth(&AuthError::MustLogin),
+            _ => return false,
+        }
+    };
+    resp.status = error.status;
+    let reply_type = ReplyType::negotiate(req.header_str("Accept")).unwrap_or(ReplyType::Json);
+    encode(&error.body(), reply_type, resp);
+    true
+}
+
 /// The bearer token of the request, if any.
 fn bearer<'r>(req: &Request<'r>) -> Option<&'r str> {
     let header = req.header_str("authorization")?.trim();
