@@ -286,6 +286,80 @@ fn idle_server_exits_promptly_on_sigint() {
     assert_eq!(server.wait_exit(Duration::from_secs(2)), Some(Some(0)));
 }
 
+/// A taken secure port is named by its own key, not the plain port's.
+#[test]
+fn a_taken_secure_port_names_its_key() {
+    let server = Server::start();
+    let taken = server.rest.to_string();
+    for (key, name) in [
+        ("--HTTP_SECUREPORT", "REST (http.securePort) port"),
+        (
+            "--OPERATIONSAPI_NETWORK_SECUREPORT",
+            "Operations API (operationsApi.network.securePort) port",
+        ),
+    ] {
+        let other = tempfile::tempdir().unwrap();
+        let out = Builder::new()
+            .arg(key, &taken)
+            .command(other.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(name), "{key}: {stderr}");
+        assert!(stderr.contains("already in use"), "{key}: {stderr}");
+    }
+}
+
+/// A duration in `authentication` that does not parse stops the start, naming key and value
+/// (docs/configuration.md "Formats"), instead of silently using the default.
+#[test]
+fn a_bad_authentication_duration_is_a_start_error() {
+    for (key, path) in [
+        ("--AUTHENTICATION_CACHETTL", "authentication.cacheTTL"),
+        (
+            "--AUTHENTICATION_OPERATIONTOKENTIMEOUT",
+            "authentication.operationTokenTimeout",
+        ),
+        (
+            "--AUTHENTICATION_REFRESHTOKENTIMEOUT",
+            "authentication.refreshTokenTimeout",
+        ),
+        (
+            "--AUTHENTICATION_FAILEDLOGINWINDOW",
+            "authentication.failedLoginWindow",
+        ),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let out = Builder::new()
+            .arg(key, "thirty")
+            .command(root.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{key}: {stderr}");
+        assert!(out.status.code().is_some(), "{key} exited by a signal");
+        assert!(
+            stderr.contains(path) && stderr.contains("\"thirty\""),
+            "{key}: {stderr}"
+        );
+    }
+    // In the config file too.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("harperdb-config.yaml"),
+        "authentication:\n  cacheTTL: thirty\n",
+    )
+    .unwrap();
+    let out = Builder::new().command(root.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("authentication.cacheTTL") && stderr.contains("\"thirty\""),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn one_process_per_root_and_no_silent_port_sharing() {
     let server = Server::start();

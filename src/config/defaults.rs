@@ -36,7 +36,9 @@ authentication:
   cacheTTL: 30000
   operationTokenTimeout: 1d
   refreshTokenTimeout: 30d
-  hashFunction: sha256
+  hashFunction: argon2id      # new passwords; sha256 hashes still verify (and are upgraded at login)
+  failedLoginLimit: 30       # failed logins per (source address, user name) per window; 0 = off
+  failedLoginWindow: 60s
   enableSessions: true       # cookie sessions (login/logout), SPEC §5.3
   cookie:
     expires: null            # null = far future (until logout)

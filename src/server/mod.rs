@@ -123,19 +123,27 @@ struct BoundPort {
     listeners: Mutex<Vec<Option<StdTcpListener>>>,
 }
 
+/// Binds `kind`'s listeners on `addr`; `secure`: a TLS port, named by its `securePort` key in
+/// errors.
 fn bind(
     kind: PortKind,
+    secure: bool,
     addr: SocketAddr,
     cores: usize,
     config: &Config,
 ) -> Result<BoundPort, RunError> {
+    let name = if secure {
+        secure_name(kind)
+    } else {
+        kind.name()
+    };
     let (listeners, bound) = bind_listeners(
         addr,
         cores,
         config.share_ports,
         config.http.port_wait_after_crash,
     )
-    .map_err(|e: BindError| RunError::Bind(format!("{} port: {e}", kind.name())))?;
+    .map_err(|e: BindError| RunError::Bind(format!("{name} port: {e}")))?;
     Ok(BoundPort {
         kind,
         addr: bound,
@@ -174,10 +182,10 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         } else {
             PortKind::Rest
         };
-        ports.push(bind(kind, addr, cores, &config)?);
+        ports.push(bind(kind, false, addr, cores, &config)?);
     }
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
-        ports.push(bind(PortKind::Operations, addr, cores, &config)?);
+        ports.push(bind(PortKind::Operations, false, addr, cores, &config)?);
     }
     let secure = bind_secure_ports(&config, &mut ports, cores)?;
     let mqtt_secure_port = match &secure {
@@ -416,12 +424,12 @@ fn bind_secure_ports(
         } else {
             PortKind::Rest
         };
-        let mut port = bind(kind, addr, cores, config)?;
+        let mut port = bind(kind, true, addr, cores, config)?;
         port.tls = Some(acceptor.clone());
         ports.push(port);
     }
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
-        let mut port = bind(PortKind::Operations, addr, cores, config)?;
+        let mut port = bind(PortKind::Operations, true, addr, cores, config)?;
         port.tls = Some(acceptor);
         ports.push(port);
     }

@@ -363,6 +363,27 @@ impl Service for Router {
             && self.kind != PortKind::Rest
             && matches!(req.method, Method::Get | Method::Head)
         {
+            // docs/metrics.md: loopback peers, or super-user credentials.
+            if !req.peer.ip().is_loopback() {
+                match crate::auth::authenticate_request(&self.shared.resources, req) {
+                    Ok(c) if c.super_user => {}
+                    Ok(c) if !c.is_anonymous() => {
+                        resp.json_error(403, "/metrics needs a super user");
+                        return;
+                    }
+                    Ok(_) => {
+                        crate::protocol::rest::unauthorized(
+                            resp,
+                            &crate::auth::AuthError::MustLogin,
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        crate::protocol::rest::unauthorized(resp, &e);
+                        return;
+                    }
+                }
+            }
             resp.status = 200;
             resp.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
             resp.body.extend_from_slice(self.metrics().as_bytes());

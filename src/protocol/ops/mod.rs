@@ -31,6 +31,10 @@ pub struct OpError {
     pub message: String,
     /// For 403: `unauthorized_access` and `invalid_schema_items`.
     pub forbidden: Option<(Vec<Value>, Vec<Value>)>,
+    /// For 429: the `Retry-After` seconds.
+    pub retry_after_s: Option<u64>,
+    /// More fields of the body (e.g. a role's `main_permissions`, `schema_permissions`).
+    pub details: Option<Box<Object>>,
 }
 
 /// A successful operation's answer: a value encoded whole, or a search whose records are encoded
@@ -51,6 +55,8 @@ impl OpError {
             status,
             message: message.into(),
             forbidden: None,
+            retry_after_s: None,
+            details: None,
         }
     }
 
@@ -64,6 +70,8 @@ impl OpError {
             status: 403,
             message: FORBIDDEN_MESSAGE.to_string(),
             forbidden: Some((vec![Value::String(entry.into())], Vec::new())),
+            retry_after_s: None,
+            details: None,
         }
     }
 
@@ -73,12 +81,17 @@ impl OpError {
             status: 403,
             message: FORBIDDEN_MESSAGE.to_string(),
             forbidden: Some((vec![denied.to_value()], Vec::new())),
+            retry_after_s: None,
+            details: None,
         }
     }
 
     /// An authentication failure as SPEC §5.6 answers it on the Operations API.
     pub fn auth(e: &AuthError) -> Self {
-        OpError::new(e.status(), e.message())
+        OpError {
+            retry_after_s: e.retry_after_s(),
+            ..OpError::new(e.status(), e.message())
+        }
     }
 
     fn body(&self) -> Value {
@@ -87,6 +100,9 @@ impl OpError {
         if let Some((unauthorized, invalid)) = &self.forbidden {
             o.insert("unauthorized_access", Value::Array(unauthorized.clone()));
             o.insert("invalid_schema_items", Value::Array(invalid.clone()));
+        }
+        for (k, v) in self.details.iter().flat_map(|d| d.iter()) {
+            o.insert(k, v.clone());
         }
         Value::Object(o)
     }
@@ -97,7 +113,10 @@ impl From<VerbError> for OpError {
         if e.status == 403 {
             OpError::forbidden(e.message)
         } else {
-            OpError::new(e.status, e.message)
+            OpError {
+                details: e.details,
+                ..OpError::new(e.status, e.message)
+            }
         }
     }
 }
@@ -280,6 +299,9 @@ pub async fn handle(
         }
         Err(e) => {
             resp.status = e.status;
+            if let Some(seconds) = e.retry_after_s {
+                resp.header("Retry-After", &seconds.to_string());
+            }
             encode(&e.body(), reply_type, resp);
         }
     }
@@ -350,10 +372,32 @@ async fn authorize_and_run(
     op: Operation,
 ) -> Result<Reply, OpError> {
     match op {
-        Operation::CreateAuthenticationTokens {
-            username: Some(username),
-            password: Some(password),
-        } => {
+        Operation::CreateAuthenticationTokens { username, password }
+            if username.is_some() || password.is_some() =>
+        {
+            // HarperDB: an empty user name or password is a 400 naming it; both empty count
+            // as no credentials at all; a missing one is just wrong credentials.
+            let empty: Vec<&str> = [("username", &username), ("password", &password)]
+                .into_iter()
+                .filter(|(_, v)| v.as_deref() == Some(""))
+                .map(|(k, _)| {
+                    if k == "username" {
+                        "'username' is not allowed to be empty"
+                    } else {
+                        "'password' is not allowed to be empty"
+                    }
+                })
+                .collect();
+            if empty.len() == 2 && !matches!(caller, Ok(c) if !c.is_anonymous()) {
+                return Err(match caller {
+                    Err(e) => OpError::auth(e),
+                    Ok(_) => OpError::auth(&AuthError::MustLogin),
+                });
+            }
+            if !empty.is_empty() {
+                return Err(OpError::bad(empty.join(". ")));
+            }
+            let (username, password) = (username.unwrap_or_default(), password.unwrap_or_default());
             let caller =
                 crate::auth::authenticate_password(resources, &username, &password, req.peer)
                     .map_err(|e| match e {

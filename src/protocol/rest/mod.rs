@@ -61,10 +61,14 @@ enum Target<'p> {
     Record(&'p str),
 }
 
-/// SPEC §5.6 for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials.
+/// SPEC §5.6 for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials;
+/// 429 with `Retry-After` after too many failed logins (docs/security.md "Failed logins").
 pub fn unauthorized(resp: &mut Response, e: &AuthError) {
     if e.status() == 401 {
         resp.header("WWW-Authenticate", "Basic");
+    }
+    if let Some(seconds) = e.retry_after_s() {
+        resp.header("Retry-After", &seconds.to_string());
     }
     resp.json_error(e.status(), e.message());
 }
