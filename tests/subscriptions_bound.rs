@@ -40,20 +40,7 @@ fn start() -> App {
         .app(app.path())
         .arg("--STORAGE_WRITEASYNC", "true")
         .start();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mqtt = loop {
-        let line = server
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server reports its MQTT listener");
-        if let Some(rest) = line.split("MQTT (mqtt.network.port) listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .and_then(|a| a.parse().ok())
-                .expect("address");
-        }
-    };
+    let mqtt = common::mqtt_port(&server);
     App {
         server,
         mqtt,
