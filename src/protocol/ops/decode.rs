@@ -293,6 +293,10 @@ pub enum Operation {
         table: String,
         before_ms: f64,
     },
+    /// One SQL statement (`resource::sql`).
+    Sql {
+        sql: String,
+    },
     /// Known to HarperDB, not served here → 501.
     Unsupported(String),
 }
@@ -339,7 +343,6 @@ const CLUSTERING_OPS: &[&str] = &[
 
 /// HarperDB operations this server does not serve (→ 501), so they are not "not found".
 const UNSUPPORTED_OPS: &[&str] = &[
-    "sql",
     "login",
     "logout",
     "deploy_component",
@@ -577,6 +580,9 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             },
             filter: f.opt_string("filter")?,
         }),
+        "sql" => Operation::Sql {
+            sql: f.string("sql")?,
+        },
         "read_audit_log" => Operation::ReadAuditLog(ReadAuditLog {
             database: f.database()?,
             table: f.name("table")?,

@@ -92,6 +92,20 @@ impl OpError {
     }
 }
 
+impl From<crate::resource::sql::SqlError> for OpError {
+    fn from(e: crate::resource::sql::SqlError) -> Self {
+        use crate::resource::sql::SqlError;
+        match e {
+            SqlError::Status(status, message) => OpError::new(status, message),
+            SqlError::Denied(denied) => OpError {
+                status: 403,
+                message: FORBIDDEN_MESSAGE.to_string(),
+                forbidden: Some((denied.iter().map(Denied::to_value).collect(), Vec::new())),
+            },
+        }
+    }
+}
+
 impl From<VerbError> for OpError {
     fn from(e: VerbError) -> Self {
         if e.status == 403 {

@@ -1,0 +1,256 @@
+//! Where SQL meets the tables: resolving names (404s as HarperDB answers them), reading records
+//! (by primary key when the WHERE pins keys, else a bounded scan), and the role checks (read for
+//! every table and attribute a SELECT names or implies by `*`; the write right for writes).
+
+use std::sync::Arc;
+
+use sqlparser::ast::{self, BinaryOperator, Expr, Query, SelectItem, SetExpr};
+
+use super::eval::column_ref;
+use super::parse::TableRef;
+use super::{SqlError, TABLE_ROWS_MAX};
+use crate::resource::permissions::{self, Action, Denied};
+use crate::resource::{Caller, Resources};
+use crate::store::{Database, Table};
+use crate::value::{self, Object, Value};
+
+pub fn open(resources: &Resources, t: &TableRef) -> Result<(Arc<Database>, Arc<Table>), SqlError> {
+    let db = resources.store.database(&t.database).ok_or_else(|| {
+        SqlError::Status(404, format!("database '{}' does not exist", t.database))
+    })?;
+    let table = db.table(&t.table).ok_or_else(|| {
+        SqlError::Status(
+            404,
+            format!("Table '{}.{}' does not exist", t.database, t.table),
+        )
+    })?;
+    Ok((db, table))
+}
+
+/// The attributes `*` stands for: primary key, the two stamps, then the others by name.
+pub fn star_columns(table: &Table) -> Vec<String> {
+    let pk = table.def.primary_key.as_deref();
+    let mut first: Vec<String> = pk.map(str::to_string).into_iter().collect();
+    let mut rest = Vec::new();
+    for a in &table.def.attributes {
+        if Some(a.name.as_str()) == pk {
+            continue;
+        }
+        if matches!(a.name.as_str(), "__createdtime__" | "__updatedtime__") {
+            first.push(a.name.clone());
+        } else {
+            rest.push(a.name.clone());
+        }
+    }
+    rest.sort();
+    first.extend(rest);
+    first
+}
+
+/// Primary keys a WHERE pins (`pk = v`, `pk IN (…)`, under AND), each in the forms a loose
+/// comparison would match; `None` when the WHERE does not pin them.
+fn pinned_keys(filter: &Expr, pk: &str) -> Option<Vec<Value>> {
+    let literal = |e: &Expr| -> Option<Vec<Value>> {
+        let Expr::Value(v) = e else { return None };
+        let text = match v {
+            ast::Value::Number(s, _) | ast::Value::SingleQuotedString(s) => s.clone(),
+            ast::Value::DoubleQuotedString(s) => s.clone(),
+            _ => return None,
+        };
+        let mut forms = vec![Value::String(text.clone())];
+        if let Ok(f) = text.trim().parse::<f64>() {
+            forms.push(super::eval::num(f));
+            forms.push(Value::Float(f));
+        }
+        Some(forms)
+    };
+    let is_pk = |e: &Expr| column_ref(e).is_some_and(|(_, n)| n == pk);
+    match filter {
+        Expr::Nested(e) => pinned_keys(e, pk),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => pinned_keys(left, pk).or_else(|| pinned_keys(right, pk)),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if is_pk(left) => literal(right),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if is_pk(right) => literal(left),
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } if is_pk(expr) => {
+            let mut all = Vec::new();
+            for item in list {
+                all.extend(literal(item)?);
+            }
+            Some(all)
+        }
+        _ => None,
+    }
+}
+
+/// The records of `t` a statement needs (all, or those whose keys `filter` pins), and the
+/// attributes `*` stands for.
+pub fn load(
+    resources: &Resources,
+    t: &TableRef,
+    filter: Option<&Expr>,
+) -> Result<(Vec<Object>, Vec<String>), SqlError> {
+    let (db, table) = open(resources, t)?;
+    let txn = db.read()?;
+    let mut out = Vec::new();
+    let mut push = |archived| -> Result<(), SqlError> {
+        if out.len() >= TABLE_ROWS_MAX {
+            return Err(SqlError::bad(format!(
+                "the statement reads more than {TABLE_ROWS_MAX} records of '{}.{}'; narrow its WHERE",
+                t.database, t.table
+            )));
+        }
+        if let Value::Object(o) =
+            value::deserialize(archived).map_err(|e| SqlError::Status(500, e.to_string()))?
+        {
+            out.push(o);
+        }
+        Ok(())
+    };
+    let keys = table
+        .def
+        .primary_key
+        .as_deref()
+        .zip(filter)
+        .and_then(|(pk, f)| pinned_keys(f, pk));
+    match keys {
+        Some(keys) => {
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            for k in keys {
+                if let Some(rec) = txn.get(&table, &k).ok().flatten() {
+                    let bytes = value::json::to_vec(
+                        &value::deserialize(rec.value)
+                            .map_err(|e| SqlError::Status(500, e.to_string()))?,
+                    );
+                    if !seen.contains(&bytes) {
+                        seen.push(bytes);
+                        push(rec.value)?;
+                    }
+                }
+            }
+        }
+        None => {
+            for item in txn.scan(&table, false)? {
+                let (_, rec) = item?;
+                push(rec.value)?;
+            }
+        }
+    }
+    let mut columns = star_columns(&table);
+    let mut extra: Vec<String> = Vec::new();
+    for r in &out {
+        for (k, _) in r.iter() {
+            if !columns.iter().any(|c| c == k) && !extra.iter().any(|c| c == k) {
+                extra.push(k.to_string());
+            }
+        }
+    }
+    extra.sort();
+    columns.extend(extra);
+    Ok((out, columns))
+}
+
+/// Checks a SELECT's read rights: each table, and for roles with attribute rights every
+/// attribute it names (qualified to the table, or unqualified and declared by it) or implies
+/// by `*`.
+pub fn check_select(
+    resources: &Resources,
+    caller: &Caller,
+    tables: &[TableRef],
+    q: &Query,
+) -> Result<(), SqlError> {
+    if caller.super_user {
+        return Ok(());
+    }
+    let mut refs: Vec<(Option<String>, String)> = Vec::new();
+    let _ = ast::visit_expressions(q, |e| {
+        if let Some((qual, name)) = column_ref(e) {
+            refs.push((qual.map(str::to_string), name.to_string()));
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    let mut star: Vec<Option<String>> = Vec::new();
+    if let SetExpr::Select(s) = q.body.as_ref() {
+        for item in &s.projection {
+            match item {
+                SelectItem::Wildcard(_) => star.push(None),
+                SelectItem::QualifiedWildcard(n, _) => {
+                    star.push(n.0.last().map(|i| i.value.clone()))
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut denied = Vec::new();
+    for t in tables {
+        let (_, table) = open(resources, t)?;
+        let mine = |q: &Option<String>| {
+            q.as_deref()
+                .is_none_or(|q| q == t.alias || q.eq_ignore_ascii_case(&t.alias) || q == t.table)
+        };
+        let mut names: Vec<String> = Vec::new();
+        for (qual, name) in &refs {
+            let declared = table.def.attribute(name).is_some();
+            if (qual.is_some() && mine(qual)) || (qual.is_none() && declared) {
+                names.push(name.clone());
+            }
+        }
+        if star.iter().any(mine) {
+            names.extend(star_columns(&table));
+        }
+        let pk = table.def.primary_key.as_deref();
+        if let Err(d) = permissions::check(
+            caller,
+            &t.database,
+            &t.table,
+            pk,
+            Action::Read,
+            names.iter().map(String::as_str),
+        ) {
+            denied.push(d);
+        }
+    }
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(SqlError::Denied(denied))
+    }
+}
+
+/// Checks `action` on `t` and the attributes a write sets.
+pub fn check_write(
+    resources: &Resources,
+    caller: &Caller,
+    t: &TableRef,
+    action: Action,
+    attributes: &[String],
+) -> Result<Arc<Table>, SqlError> {
+    let (_, table) = open(resources, t)?;
+    if caller.super_user {
+        return Ok(table);
+    }
+    permissions::check(
+        caller,
+        &t.database,
+        &t.table,
+        table.def.primary_key.as_deref(),
+        action,
+        attributes.iter().map(String::as_str),
+    )
+    .map_err(|d: Denied| SqlError::Denied(vec![d]))?;
+    Ok(table)
+}

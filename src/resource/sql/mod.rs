@@ -1,0 +1,78 @@
+//! The `sql` operation (docs/operations-api.md, "sql"): HarperDB's SQL over the same tables,
+//! permissions and write path as the NoSQL operations.
+//!
+//! `parse` turns the text into one `sqlparser` statement (a dialect close to HarperDB's
+//! AlaSQL-flavoured SQL: backtick and `[bracket]` identifiers, a table without database is in
+//! `data`); `select` reads and joins the tables in one read transaction per database and computes
+//! filters, groups, order and limits in memory within named bounds; `write` runs INSERT, UPDATE
+//! and DELETE through `nosql::write_records`, so validation, audit, change events and replication
+//! are the NoSQL operations' own; `eval` and `functions` compute expressions.
+
+mod access;
+mod dates;
+mod eval;
+mod functions;
+mod parse;
+mod select;
+mod write;
+
+use super::permissions::Denied;
+use super::{Caller, Resources, VerbError};
+use crate::value::Value;
+
+/// Longest statement accepted, in bytes.
+pub const STATEMENT_BYTES_MAX: usize = 1 << 20;
+/// Records one statement reads from a table (and holds in memory to filter, group and sort).
+pub const TABLE_ROWS_MAX: usize = 1_000_000;
+/// Rows a join may produce before its WHERE, GROUP BY and ORDER BY run.
+pub const JOIN_ROWS_MAX: usize = 1_000_000;
+
+/// Why a statement did not run: a status and message, or a permission refusal (403 with
+/// HarperDB's `unauthorized_access` entries).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlError {
+    Status(u16, String),
+    Denied(Vec<Denied>),
+}
+
+impl SqlError {
+    pub fn bad(message: impl Into<String>) -> Self {
+        SqlError::Status(400, message.into())
+    }
+
+    pub fn unsupported(what: impl std::fmt::Display) -> Self {
+        SqlError::Status(
+            501,
+            format!("{what} is not supported by this server's SQL yet"),
+        )
+    }
+}
+
+impl From<VerbError> for SqlError {
+    fn from(e: VerbError) -> Self {
+        SqlError::Status(e.status, e.message)
+    }
+}
+
+impl From<crate::store::StoreError> for SqlError {
+    fn from(e: crate::store::StoreError) -> Self {
+        SqlError::Status(500, e.to_string())
+    }
+}
+
+/// Runs one SQL statement for `caller`: a SELECT answers an array of objects, a write
+/// HarperDB's summary object.
+pub async fn execute(resources: &Resources, caller: &Caller, sql: &str) -> Result<Value, SqlError> {
+    if sql.len() > STATEMENT_BYTES_MAX {
+        return Err(SqlError::bad(format!(
+            "SQL statement is longer than {STATEMENT_BYTES_MAX} bytes"
+        )));
+    }
+    let now_ms = crate::store::now_ms();
+    match parse::statement(sql)? {
+        parse::Statement::Query(q) => select::run(resources, caller, &q, now_ms).map(Value::Array),
+        parse::Statement::Insert(i) => write::insert(resources, caller, &i, now_ms).await,
+        parse::Statement::Update(u) => write::update(resources, caller, &u, now_ms).await,
+        parse::Statement::Delete(d) => write::delete(resources, caller, &d, now_ms).await,
+    }
+}
