@@ -324,6 +324,7 @@ impl Operation {
                 | Operation::CreateAuthenticationTokens { .. }
                 | Operation::RefreshOperationToken { .. }
                 | Operation::GetJob { .. }
+                | Operation::Sql { .. }
                 | Operation::Unsupported(_)
         )
     }

@@ -97,10 +97,13 @@ impl From<crate::resource::sql::SqlError> for OpError {
         use crate::resource::sql::SqlError;
         match e {
             SqlError::Status(status, message) => OpError::new(status, message),
-            SqlError::Denied(denied) => OpError {
+            SqlError::Forbidden(denied, invalid) => OpError {
                 status: 403,
                 message: FORBIDDEN_MESSAGE.to_string(),
-                forbidden: Some((denied.iter().map(Denied::to_value).collect(), Vec::new())),
+                forbidden: Some((
+                    denied.iter().map(Denied::to_value).collect(),
+                    invalid.into_iter().map(Value::String).collect(),
+                )),
             },
         }
     }

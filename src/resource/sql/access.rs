@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use sqlparser::ast::{self, BinaryOperator, Expr, Query, SelectItem, SetExpr};
+use sqlparser::ast::{self, BinaryOperator, Expr, Query};
 
 use super::eval::column_ref;
 use super::parse::TableRef;
+use super::rights::{self, Rights};
 use super::{SqlError, TABLE_ROWS_MAX};
-use crate::resource::permissions::{self, Action, Denied};
+use crate::resource::permissions::Action;
 use crate::resource::{Caller, Resources};
 use crate::store::{Database, Table};
 use crate::value::{self, Object, Value};
@@ -98,9 +99,10 @@ fn pinned_keys(filter: &Expr, pk: &str) -> Option<Vec<Value>> {
 }
 
 /// The records of `t` a statement needs (all, or those whose keys `filter` pins), and the
-/// attributes `*` stands for.
+/// attributes `*` stands for (those the caller may read).
 pub fn load(
     resources: &Resources,
+    caller: &Caller,
     t: &TableRef,
     filter: Option<&Expr>,
 ) -> Result<(Vec<Object>, Vec<String>), SqlError> {
@@ -161,21 +163,20 @@ pub fn load(
     }
     extra.sort();
     columns.extend(extra);
+    if rights::trims(caller, &t.database, &table) {
+        columns.retain(|c| rights::readable(caller, &t.database, &table, c));
+    }
     Ok((out, columns))
 }
 
-/// Checks a SELECT's read rights: each table, and for roles with attribute rights every
-/// attribute it names (qualified to the table, or unqualified and declared by it) or implies
-/// by `*`.
+/// Checks a SELECT's read rights: each table, and every attribute it names (qualified to the
+/// table, or unqualified and declared by it). `*` expands to what the role may read.
 pub fn check_select(
     resources: &Resources,
     caller: &Caller,
     tables: &[TableRef],
     q: &Query,
 ) -> Result<(), SqlError> {
-    if caller.super_user {
-        return Ok(());
-    }
     let mut refs: Vec<(Option<String>, String)> = Vec::new();
     let _ = ast::visit_expressions(q, |e| {
         if let Some((qual, name)) = column_ref(e) {
@@ -183,53 +184,32 @@ pub fn check_select(
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
-    let mut star: Vec<Option<String>> = Vec::new();
-    if let SetExpr::Select(s) = q.body.as_ref() {
-        for item in &s.projection {
-            match item {
-                SelectItem::Wildcard(_) => star.push(None),
-                SelectItem::QualifiedWildcard(n, _) => {
-                    star.push(n.0.last().map(|i| i.value.clone()))
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut denied = Vec::new();
+    let mut rights = Rights::default();
     for t in tables {
         let (_, table) = open(resources, t)?;
-        let mine = |q: &Option<String>| {
-            q.as_deref()
-                .is_none_or(|q| q == t.alias || q.eq_ignore_ascii_case(&t.alias) || q == t.table)
-        };
-        let mut names: Vec<String> = Vec::new();
-        for (qual, name) in &refs {
-            let declared = table.def.attribute(name).is_some();
-            if (qual.is_some() && mine(qual)) || (qual.is_none() && declared) {
-                names.push(name.clone());
-            }
-        }
-        if star.iter().any(mine) {
-            names.extend(star_columns(&table));
-        }
-        let pk = table.def.primary_key.as_deref();
-        if let Err(d) = permissions::check(
-            caller,
-            &t.database,
-            &t.table,
-            pk,
-            Action::Read,
-            names.iter().map(String::as_str),
-        ) {
-            denied.push(d);
-        }
+        let mine = |q: &str| q == t.alias || q.eq_ignore_ascii_case(&t.alias) || q == t.table;
+        let names = refs.iter().filter_map(|(qual, name)| {
+            let hit = match qual {
+                Some(q) => mine(q),
+                None => table.def.attribute(name).is_some(),
+            };
+            hit.then_some(name.as_str())
+        });
+        rights.check(caller, &t.database, &table, Action::Read, names);
     }
-    if denied.is_empty() {
-        Ok(())
-    } else {
-        Err(SqlError::Denied(denied))
-    }
+    rights.finish()
 }
+
+/// Whether the caller's reads of any of `tables` are trimmed to some attributes.
+pub fn trimmed(resources: &Resources, caller: &Caller, tables: &[TableRef]) -> bool {
+    tables.iter().any(|t| {
+        open(resources, t).is_ok_and(|(_, table)| rights::trims(caller, &t.database, &table))
+    })
+}
+
+/// HarperDB's refusal of writes to the system database through SQL.
+pub const SYSTEM_WRITE: &str =
+    "The 'system' database, tables and records are used internally by HarperDB and cannot be updated or removed.";
 
 /// Checks `action` on `t` and the attributes a write sets.
 pub fn check_write(
@@ -239,18 +219,18 @@ pub fn check_write(
     action: Action,
     attributes: &[String],
 ) -> Result<Arc<Table>, SqlError> {
-    let (_, table) = open(resources, t)?;
-    if caller.super_user {
-        return Ok(table);
+    if t.database == crate::resource::tables::SYSTEM {
+        return Err(SqlError::Status(403, SYSTEM_WRITE.to_string()));
     }
-    permissions::check(
+    let (_, table) = open(resources, t)?;
+    let mut rights = Rights::default();
+    rights.check(
         caller,
         &t.database,
-        &t.table,
-        table.def.primary_key.as_deref(),
+        &table,
         action,
         attributes.iter().map(String::as_str),
-    )
-    .map_err(|d: Denied| SqlError::Denied(vec![d]))?;
+    );
+    rights.finish()?;
     Ok(table)
 }

@@ -13,6 +13,7 @@ mod dates;
 mod eval;
 mod functions;
 mod parse;
+mod rights;
 mod select;
 mod write;
 
@@ -28,11 +29,11 @@ pub const TABLE_ROWS_MAX: usize = 1_000_000;
 pub const JOIN_ROWS_MAX: usize = 1_000_000;
 
 /// Why a statement did not run: a status and message, or a permission refusal (403 with
-/// HarperDB's `unauthorized_access` entries).
+/// HarperDB's `unauthorized_access` entries and `invalid_schema_items` texts).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlError {
     Status(u16, String),
-    Denied(Vec<Denied>),
+    Forbidden(Vec<Denied>, Vec<String>),
 }
 
 impl SqlError {

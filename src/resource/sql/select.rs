@@ -265,7 +265,10 @@ fn project(
                 let v = eval(e, ctx)?;
                 let origin = match column_ref(e) {
                     Some((Some(q), name)) => Some((ctx.table_index(q)?, name.to_string())),
-                    _ => None,
+                    Some((None, name)) => (0..columns.len())
+                        .find(|i| ctx.record(*i).is_some_and(|r| r.get(name).is_some()))
+                        .map(|i| (i, name.to_string())),
+                    None => None,
                 };
                 // HarperDB leaves out what is undefined (an attribute the record lacks, a
                 // function of one); a stored null stays.
@@ -332,7 +335,7 @@ pub fn run(
     let mut data = Vec::with_capacity(tables.len());
     let mut columns = Vec::with_capacity(tables.len());
     for t in &tables {
-        let (records, cols) = access::load(resources, t, single)?;
+        let (records, cols) = access::load(resources, caller, t, single)?;
         data.push(records);
         columns.push(cols);
     }
@@ -389,6 +392,10 @@ pub fn run(
         }
         out
     };
+    // HarperDB leaves out rows of which the role may read nothing.
+    if access::trimmed(resources, caller, &tables) {
+        out.retain(|(_, o)| !o.is_empty());
+    }
     finish(q, s, &scope, &mut out)?;
     Ok(out.into_iter().map(|(_, o)| Value::Object(o)).collect())
 }

@@ -114,6 +114,7 @@ fn each_row(
 /// The records of `t` that `filter` keeps (all without one), and the table's primary key.
 fn matching(
     resources: &Resources,
+    caller: &Caller,
     t: &TableRef,
     filter: Option<&sqlparser::ast::Expr>,
     now_ms: f64,
@@ -125,7 +126,7 @@ fn matching(
             t.database, t.table
         ))
     })?;
-    let (records, _) = access::load(resources, t, filter)?;
+    let (records, _) = access::load(resources, caller, t, filter)?;
     let Some(filter) = filter else {
         return Ok((records, pk));
     };
@@ -148,7 +149,7 @@ pub async fn update(
     let names: Vec<String> = u.set.iter().map(|(n, _)| n.clone()).collect();
     check_names(&names)?;
     access::check_write(resources, caller, &u.table, Action::Update, &names)?;
-    let (records, pk) = matching(resources, &u.table, u.filter.as_ref(), now_ms)?;
+    let (records, pk) = matching(resources, caller, &u.table, u.filter.as_ref(), now_ms)?;
     let mut changes = Vec::new();
     each_row(&u.table, records, now_ms, |ctx, record| {
         let mut o = Object::new();
@@ -173,7 +174,7 @@ pub async fn delete(
     now_ms: f64,
 ) -> Result<Value, SqlError> {
     access::check_write(resources, caller, &d.table, Action::Delete, &[])?;
-    let (records, pk) = matching(resources, &d.table, d.filter.as_ref(), now_ms)?;
+    let (records, pk) = matching(resources, caller, &d.table, d.filter.as_ref(), now_ms)?;
     let ids: Vec<Value> = records
         .iter()
         .map(|r| r.get(&pk).cloned().unwrap_or(Value::Null))
