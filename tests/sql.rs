@@ -366,3 +366,220 @@ fn random_selects_match_a_brute_force_computation() {
         Value::Array(expected)
     );
 }
+
+/// Server-Sent Events on a raw socket: the next event's data object.
+struct Sse(BufReader<TcpStream>);
+
+impl Sse {
+    fn connect(server: &Server, path: &str) -> Sse {
+        let mut stream = TcpStream::connect(server.rest).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        Sse(reader)
+    }
+
+    fn next(&mut self) -> Option<Value> {
+        loop {
+            let mut line = String::new();
+            if self.0.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if let Some(d) = line.trim_end().strip_prefix("data: ") {
+                return serde_json::from_str(d).ok();
+            }
+        }
+    }
+
+    /// The first of the next `n` events `pick` accepts.
+    fn find(&mut self, n: usize, pick: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..n {
+            let Some(e) = self.next() else { break };
+            if pick(&e) {
+                return e;
+            }
+        }
+        panic!("no matching event in {n}");
+    }
+}
+
+#[test]
+fn writes_answer_like_harperdb_are_audited_and_reach_subscribers() {
+    let server = Server::start();
+    ok(
+        &server,
+        json!({"operation": "create_table", "database": "dev", "table": "w", "primary_key": "id"}),
+    );
+    assert_eq!(
+        sql_ok(
+            &server,
+            "INSERT INTO dev.w (id, name, n) VALUES (1, 'one', 1), (2, 'two', 2)"
+        ),
+        json!({"message": "inserted 2 of 2 records", "inserted_hashes": [1, 2], "skipped_hashes": []})
+    );
+    assert_eq!(
+        sql_ok(&server, "INSERT INTO dev.w (id, name) VALUES (1, 'again')"),
+        json!({"message": "inserted 0 of 1 records", "inserted_hashes": [], "skipped_hashes": [1]})
+    );
+    assert_eq!(
+        sql_ok(
+            &server,
+            "UPDATE dev.w SET n = n * 10, up = UPPER(name) WHERE id = 1"
+        ),
+        json!({"message": "updated 1 of 1 records", "update_hashes": [1], "skipped_hashes": []})
+    );
+    assert_eq!(
+        sql_ok(&server, "UPDATE dev.w SET name = 'x' WHERE id = 99"),
+        json!({"message": "updated 0 of 0 records", "update_hashes": [], "skipped_hashes": []})
+    );
+    assert_eq!(
+        sql_ok(&server, "SELECT id, name, n, up FROM dev.w ORDER BY id"),
+        json!([{"id": 1, "name": "one", "n": 10, "up": "ONE"}, {"id": 2, "name": "two", "n": 2}])
+    );
+    assert_eq!(
+        sql_ok(&server, "DELETE FROM dev.w WHERE name = 'two'"),
+        json!({"message": "1 of 1 record successfully deleted", "deleted_hashes": [2], "skipped_hashes": []})
+    );
+    let (status, reply) = sql(&server, "INSERT INTO dev.w (id, `a/b`) VALUES (3, 1)");
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (
+            400,
+            Some("Attribute names cannot include backticks or forward slashes")
+        )
+    );
+    let (status, _) = sql(&server, "SELECT * FROM dev.nope");
+    assert_eq!(status, 404);
+    let (status, _) = sql(&server, "DROP TABLE dev.w");
+    assert_eq!(status, 400);
+    let (status, reply) = sql(&server, "SELECT geoArea(name) FROM dev.w");
+    assert_eq!(status, 501, "{reply}");
+    // The audit log has the SQL writes like any other.
+    let audit = ok(
+        &server,
+        json!({"operation": "read_audit_log", "database": "dev", "table": "w"}),
+    );
+    let entries = audit.as_array().expect("audit array");
+    let touched = |op: &str, id: i64| {
+        entries.iter().any(|e| {
+            e["operation"].as_str().is_some_and(|o| o.contains(op))
+                && e["hash_values"]
+                    .as_array()
+                    .is_some_and(|h| h.contains(&json!(id)))
+        })
+    };
+    assert!(touched("delete", 2), "{audit}");
+    assert!(entries.len() >= 3, "{audit}");
+    // A subscriber to a record sees SQL writes to it.
+    let mut sse = Sse::connect(&server, "/Dog/sq1");
+    sql_ok(
+        &server,
+        "INSERT INTO data.Dog (id, name, age) VALUES ('sq1', 'Rex', 3)",
+    );
+    let e = sse.find(5, |e| e["value"]["name"] == "Rex");
+    assert_eq!(e["value"]["age"], 3);
+    sql_ok(&server, "UPDATE data.Dog SET age = 4 WHERE id = 'sq1'");
+    let e = sse.find(5, |e| e["value"]["age"] == 4);
+    assert_eq!(e["value"]["name"], "Rex");
+    sql_ok(&server, "DELETE FROM data.Dog WHERE id = 'sq1'");
+    sse.find(5, |e| e["type"] == "delete");
+}
+
+#[test]
+fn role_rights_apply_to_sql() {
+    let server = Server::start();
+    for t in ["w", "hidden"] {
+        ok(
+            &server,
+            json!({"operation": "create_table", "database": "dev", "table": t, "primary_key": "id"}),
+        );
+    }
+    sql_ok(
+        &server,
+        "INSERT INTO dev.w (id, name, secret) VALUES (1, 'a', 's')",
+    );
+    sql_ok(&server, "INSERT INTO dev.hidden (id, v) VALUES (1, 2)");
+    let perm = json!({"dev": {"tables": {"w": {"read": true, "insert": false, "update": true, "delete": false,
+        "attribute_permissions": [
+            {"attribute_name": "name", "read": true, "insert": false, "update": true},
+            {"attribute_name": "secret", "read": false, "insert": false, "update": false}]}}}});
+    ok(
+        &server,
+        json!({"operation": "add_role", "role": "r", "permission": perm}),
+    );
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "ann", "password": "pw-ann-1", "role": "r", "active": true}),
+    );
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ann:pw-ann-1")
+    );
+    let as_ann = |text: &str| {
+        post(
+            &server,
+            Some(&auth),
+            &json!({"operation": "sql", "sql": text}),
+        )
+    };
+    let (status, rows) = as_ann("SELECT * FROM dev.w");
+    assert_eq!(status, 200, "{rows}");
+    let row = rows[0].as_object().expect("row");
+    assert_eq!(
+        (row.get("id"), row.get("name")),
+        (Some(&json!(1)), Some(&json!("a")))
+    );
+    assert!(row.get("secret").is_none(), "{rows}");
+    let forbidden =
+        "This operation is not authorized due to role restrictions and/or invalid database items";
+    let (status, reply) = as_ann("SELECT id FROM dev.w WHERE secret = 's'");
+    assert_eq!(status, 403);
+    assert_eq!(
+        reply,
+        json!({"error": forbidden, "unauthorized_access": [],
+            "invalid_schema_items": ["Attribute 'secret' does not exist on 'dev.w'"]})
+    );
+    let (status, reply) = as_ann("SELECT h.v FROM dev.w w JOIN dev.hidden h ON w.id = h.id");
+    assert_eq!(status, 403);
+    assert_eq!(
+        reply["invalid_schema_items"],
+        json!(["Table 'dev.hidden' does not exist"])
+    );
+    let (status, reply) = as_ann("INSERT INTO dev.w (id, name) VALUES (2, 'b')");
+    assert_eq!(status, 403);
+    assert_eq!(
+        reply,
+        json!({"error": forbidden, "invalid_schema_items": [], "unauthorized_access": [{
+            "schema": "dev", "table": "w", "required_table_permissions": ["insert"],
+            "required_attribute_permissions": []}]})
+    );
+    let (status, reply) = as_ann("UPDATE dev.w SET name = 'z' WHERE id = 1");
+    assert_eq!(
+        (status, &reply["message"]),
+        (200, &json!("updated 1 of 1 records"))
+    );
+    let (status, _) = as_ann("DELETE FROM dev.w WHERE id = 1");
+    assert_eq!(status, 403);
+    let (status, reply) =
+        as_ann("UPDATE system.hdb_user SET role = 'super_user' WHERE username = 'ann'");
+    assert_eq!(status, 403, "{reply}");
+    assert_eq!(
+        sql_ok(&server, "SELECT name FROM dev.w"),
+        json!([{"name": "z"}])
+    );
+}
