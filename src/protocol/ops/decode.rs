@@ -582,7 +582,14 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             filter: f.opt_string("filter")?,
         }),
         "sql" => Operation::Sql {
-            sql: f.string("sql")?,
+            sql: match f.get("sql") {
+                None | Some(Value::Null) => {
+                    return Err(OpError::bad(
+                        "The 'sql' parameter is missing from the request body",
+                    ))
+                }
+                Some(_) => f.string("sql")?,
+            },
         },
         "read_audit_log" => Operation::ReadAuditLog(ReadAuditLog {
             database: f.database()?,

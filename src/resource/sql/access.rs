@@ -58,7 +58,12 @@ fn pinned_keys(filter: &Expr, pk: &str) -> Option<Vec<Value>> {
             ast::Value::DoubleQuotedString(s) => s.clone(),
             _ => return None,
         };
-        let mut forms = vec![Value::String(text.clone())];
+        // A number literal matches numbers only (`id = 011` is 11, not '011'); a string
+        // literal matches the string and the number it spells.
+        let mut forms = Vec::new();
+        if !matches!(v, ast::Value::Number(..)) {
+            forms.push(Value::String(text.clone()));
+        }
         if let Ok(f) = text.trim().parse::<f64>() {
             forms.push(super::eval::num(f));
             forms.push(Value::Float(f));
@@ -165,6 +170,13 @@ pub fn load(
     columns.extend(extra);
     if rights::trims(caller, &t.database, &table) {
         columns.retain(|c| rights::readable(caller, &t.database, &table, c));
+        // Only the stamps readable: HarperDB shows nothing of such a table.
+        if columns
+            .iter()
+            .all(|c| matches!(c.as_str(), "__createdtime__" | "__updatedtime__"))
+        {
+            columns.clear();
+        }
     }
     Ok((out, columns))
 }

@@ -308,13 +308,24 @@ pub fn eval(e: &Expr, ctx: &Ctx<'_>) -> Result<Value, SqlError> {
             expr,
             pattern,
             ..
+        }
+        | Expr::RLike {
+            negated,
+            expr,
+            pattern,
+            ..
         } => {
             let v = eval(expr, ctx)?;
             if matches!(v, Value::Null) {
-                Value::Bool(false)
-            } else {
-                Value::Bool(like(&text(&v), &text(&eval(pattern, ctx)?)) != *negated)
+                return Ok(Value::Bool(false));
             }
+            let (s, p) = (text(&v), text(&eval(pattern, ctx)?));
+            let hit = if matches!(e, Expr::RLike { .. }) {
+                functions::regexp(&p, &s)?
+            } else {
+                like(&s, &p)
+            };
+            Value::Bool(hit != *negated)
         }
         Expr::Case {
             operand,

@@ -198,9 +198,7 @@ pub fn special(e: &Expr, ctx: &Ctx<'_>) -> Result<Value, SqlError> {
         Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. } => {
             Err(SqlError::unsupported("a subquery"))
         }
-        Expr::RLike { .. } | Expr::SimilarTo { .. } => {
-            Err(SqlError::unsupported("REGEXP / SIMILAR TO"))
-        }
+        Expr::SimilarTo { .. } => Err(SqlError::unsupported("SIMILAR TO")),
         Expr::Cast { .. } => Err(SqlError::unsupported("CAST")),
         other => Err(SqlError::unsupported(format!("the expression '{other}'"))),
     }
@@ -227,4 +225,28 @@ pub fn from_fields(year: i64, month: i64, day: u32, in_day: i64) -> i64 {
     let y = year + (month - 1).div_euclid(12);
     let m = (month - 1).rem_euclid(12) as u32 + 1;
     days_from_civil(y, m, day) * 86_400_000 + in_day
+}
+
+/// Compiled size a REGEXP pattern may reach (the `regex` crate's bound on its automaton).
+pub const REGEXP_BYTES_MAX: usize = 1 << 20;
+
+thread_local! {
+    /// The last pattern compiled on this thread: a WHERE runs one pattern over many rows.
+    static LAST_REGEXP: std::cell::RefCell<Option<(String, regex::Regex)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `s REGEXP pattern`: whether the pattern matches anywhere in `s`.
+pub fn regexp(pattern: &str, s: &str) -> Result<bool, SqlError> {
+    LAST_REGEXP.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.as_ref().is_none_or(|(p, _)| p != pattern) {
+            let re = regex::RegexBuilder::new(pattern)
+                .size_limit(REGEXP_BYTES_MAX)
+                .build()
+                .map_err(|e| SqlError::bad(format!("bad REGEXP pattern: {e}")))?;
+            *last = Some((pattern.to_string(), re));
+        }
+        Ok(last.as_ref().is_some_and(|(_, re)| re.is_match(s)))
+    })
 }

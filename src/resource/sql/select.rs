@@ -213,15 +213,21 @@ fn expr_name(e: &Expr) -> String {
 }
 
 /// Output keys with where each came from (table, attribute), to fold `*` into named columns
-/// and number clashing names (`id`, `id1`) as HarperDB does.
+/// and number clashing names (`id`, `id1`) as HarperDB does; the stamps appear once, and an
+/// attribute selected under an alias is left out of `*`.
 struct Projected {
     out: Object,
     origins: Vec<Option<(usize, String)>>,
+    aliased: Vec<(usize, String)>,
 }
 
 impl Projected {
     fn put(&mut self, name: String, origin: Option<(usize, String)>, v: Value) {
         if origin.is_some() && self.origins.contains(&origin) {
+            return;
+        }
+        let stamp = matches!(name.as_str(), "__createdtime__" | "__updatedtime__");
+        if stamp && origin.is_some() && self.out.get(&name).is_some() {
             return;
         }
         let mut key = name.clone();
@@ -233,6 +239,40 @@ impl Projected {
         self.out.insert(key, v);
         self.origins.push(origin);
     }
+
+    fn star(&mut self, ctx: &Ctx<'_>, i: usize, columns: &[String]) {
+        for name in columns {
+            if self.aliased.iter().any(|(t, n)| *t == i && n == name) {
+                continue;
+            }
+            let v = ctx.record(i).and_then(|r| r.get(name)).cloned();
+            self.put(
+                name.clone(),
+                Some((i, name.clone())),
+                v.unwrap_or(Value::Null),
+            );
+        }
+    }
+}
+
+/// The table and attribute a plain column reference reads in this row.
+fn origin(e: &Expr, ctx: &Ctx<'_>, tables: usize) -> Result<Option<(usize, String)>, SqlError> {
+    Ok(match column_ref(e) {
+        Some((Some(q), name)) => Some((ctx.table_index(q)?, name.to_string())),
+        Some((None, name)) => (0..tables)
+            .find(|i| ctx.record(*i).is_some_and(|r| r.get(name).is_some()))
+            .map(|i| (i, name.to_string())),
+        None => None,
+    })
+}
+
+/// Whether a projected expression has a value HarperDB shows: it leaves out what is undefined
+/// (an attribute the record lacks, a function of one); a stored null stays.
+fn present(e: &Expr, v: &Value, ctx: &Ctx<'_>) -> Result<bool, SqlError> {
+    Ok(match column_ref(e) {
+        Some((q, name)) => ctx.column(q, name)?.is_some(),
+        None => !matches!(v, Value::Null) || matches!(e, Expr::Value(_)),
+    })
 }
 
 fn project(
@@ -243,50 +283,34 @@ fn project(
     let mut p = Projected {
         out: Object::new(),
         origins: Vec::new(),
-    };
-    let wildcard = |p: &mut Projected, i: usize| {
-        for name in &columns[i] {
-            let v = ctx.record(i).and_then(|r| r.get(name)).cloned();
-            p.put(
-                name.clone(),
-                Some((i, name.clone())),
-                v.unwrap_or(Value::Null),
-            );
-        }
+        aliased: Vec::new(),
     };
     for item in items {
+        if let SelectItem::ExprWithAlias { expr, .. } = item {
+            p.aliased.extend(origin(expr, ctx, columns.len())?);
+        }
+    }
+    for item in items {
         match item {
-            SelectItem::Wildcard(_) => (0..columns.len()).for_each(|i| wildcard(&mut p, i)),
+            SelectItem::Wildcard(_) => {
+                for (i, cols) in columns.iter().enumerate() {
+                    p.star(ctx, i, cols);
+                }
+            }
             SelectItem::QualifiedWildcard(name, _) => {
                 let q = name.0.last().map(|i| i.value.as_str()).unwrap_or_default();
-                wildcard(&mut p, ctx.table_index(q)?);
+                let i = ctx.table_index(q)?;
+                p.star(ctx, i, &columns[i]);
             }
             SelectItem::UnnamedExpr(e) => {
                 let v = eval(e, ctx)?;
-                let origin = match column_ref(e) {
-                    Some((Some(q), name)) => Some((ctx.table_index(q)?, name.to_string())),
-                    Some((None, name)) => (0..columns.len())
-                        .find(|i| ctx.record(*i).is_some_and(|r| r.get(name).is_some()))
-                        .map(|i| (i, name.to_string())),
-                    None => None,
-                };
-                // HarperDB leaves out what is undefined (an attribute the record lacks, a
-                // function of one); a stored null stays.
-                let present = match column_ref(e) {
-                    Some((q, name)) => ctx.column(q, name)?.is_some(),
-                    None => !matches!(v, Value::Null) || matches!(e, Expr::Value(_)),
-                };
-                if present {
-                    p.put(expr_name(e), origin, v);
+                if present(e, &v, ctx)? {
+                    p.put(expr_name(e), origin(e, ctx, columns.len())?, v);
                 }
             }
             SelectItem::ExprWithAlias { expr, alias } => {
                 let v = eval(expr, ctx)?;
-                let present = match column_ref(expr) {
-                    Some((q, name)) => ctx.column(q, name)?.is_some(),
-                    None => !matches!(v, Value::Null) || matches!(expr, Expr::Value(_)),
-                };
-                if present {
+                if present(expr, &v, ctx)? {
                     p.put(alias.value.clone(), None, v);
                 }
             }
