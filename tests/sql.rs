@@ -467,7 +467,7 @@ fn writes_answer_like_harperdb_are_audited_and_reach_subscribers() {
     assert_eq!(status, 404);
     let (status, _) = sql(&server, "DROP TABLE dev.w");
     assert_eq!(status, 400);
-    let (status, reply) = sql(&server, "SELECT geoArea(name) FROM dev.w");
+    let (status, reply) = sql(&server, "SELECT geoDifference(name, name) FROM dev.w");
     assert_eq!(status, 501, "{reply}");
     // The audit log has the SQL writes like any other.
     let audit = ok(
@@ -582,4 +582,49 @@ fn role_rights_apply_to_sql() {
         sql_ok(&server, "SELECT name FROM dev.w"),
         json!([{"name": "z"}])
     );
+}
+
+/// Answers of HarperDB 4.7.29 to the same statements (its API suite, `3_sqlTests`).
+#[test]
+fn geo_and_date_functions_answer_as_harperdb() {
+    let server = Server::start();
+    let cases = [
+        (
+            r#"SELECT geoArea('{"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[0,0],[0.123456,0],[0.123456,0.123456],[0,0.123456]]]}}') AS a"#,
+            json!([{"a": 188871526.05092356}]),
+        ),
+        (
+            r#"SELECT geoLength('{"type": "Feature","geometry": {"type": "LineString","coordinates": [[-104.97963309288025,39.76163265441438],[-104.9823260307312,39.76365323407955],[-104.99193906784058,39.75616442110704]]}}') AS l"#,
+            json!([{"l": 1.491544504248235}]),
+        ),
+        (
+            "SELECT geoDistance('[-104.979127,39.761563]', '[-77.035248,38.889475]', 'miles')",
+            json!([{"geoDistance('[-104.979127,39.761563]','[-77.035248,38.889475]','miles')": 1488.6913067538915}]),
+        ),
+        (
+            "SELECT geoNear('[-104.979127,39.761563]', '[-77.035248,38.889475]', 1500, 'miles') AS n",
+            json!([{"n": true}]),
+        ),
+        (
+            r#"SELECT geoConvert('[-104.979127,39.761563]','point','{"name": "HQ"}') AS g"#,
+            json!([{"g": {"type": "Feature", "properties": "{\"name\": \"HQ\"}",
+                "geometry": {"type": "Point", "coordinates": [-104.979127, 39.761563]}}}]),
+        ),
+        (
+            "SELECT DATE_SUB('2020-4-1', 3, 'years') AS d, DATE_FORMAT(1585699200000, 'dddd YYYY-MM-DD') AS f",
+            json!([{"d": 1491004800000i64, "f": "Wednesday 2020-04-01"}]),
+        ),
+        (
+            "SELECT OFFSET_UTC(1585699200000, -6) AS o, DATE_DIFF('2020-4-8', '2020-4-1', 'days') AS n",
+            json!([{"o": "2020-03-31T18:00:00.000-0600", "n": 7}]),
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(sql_ok(&server, text), expected, "{text}");
+    }
+    let (status, reply) = sql(
+        &server,
+        r#"SELECT geoContains('{"type":"Point","coordinates":[0,0]}', '[0,0]')"#,
+    );
+    assert_eq!(status, 501, "{reply}");
 }

@@ -31,15 +31,23 @@ const MONTHS: [&str; 12] = [
     "December",
 ];
 
+/// Farthest date from the epoch, in ms (JavaScript's `Date` range); beyond it a date is NULL.
+pub const DATE_MS_MAX: i64 = 8_640_000_000_000_000;
+
+fn in_range(ms: f64) -> Option<i64> {
+    (ms.is_finite() && ms.abs() <= DATE_MS_MAX as f64).then_some(ms as i64)
+}
+
 /// A value as a date: ms numbers, ISO-8601 text, or `YYYY-M-D[ H:M[:S]]`.
 pub fn parse(v: &Value) -> Option<i64> {
-    match v {
+    let ms = match v {
         Value::Int(_) | Value::Float(_) | Value::Date(_) => as_f64(v).map(|f| f as i64),
         Value::String(s) => crate::util::parse_iso8601_ms(s.trim())
             .map(|f| f as i64)
             .or_else(|| loose(s.trim())),
         _ => None,
-    }
+    }?;
+    in_range(ms as f64)
 }
 
 fn loose(s: &str) -> Option<i64> {
@@ -50,7 +58,8 @@ fn loose(s: &str) -> Option<i64> {
         d.next().flatten().unwrap_or(1),
         d.next().flatten().unwrap_or(1),
     );
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) || y.abs() > 275_000
+    {
         return None;
     }
     let mut t = time
@@ -94,16 +103,21 @@ fn unit(name: &str) -> Result<Unit, SqlError> {
     })
 }
 
-fn add(ms: i64, amount: f64, unit: &Unit) -> i64 {
+/// `ms` moved by `amount` units; `None` outside the date range.
+fn add(ms: i64, amount: f64, unit: &Unit) -> Option<i64> {
     match unit {
-        Unit::Ms(u) => ms + (amount * u) as i64,
+        Unit::Ms(u) => in_range(ms as f64 + amount * u),
         Unit::Months(k) => {
+            let months = amount * *k as f64;
+            if !months.is_finite() || months.abs() > 3_300_000.0 {
+                return None;
+            }
             let (y, m, d, ..) = fields(ms);
             let in_day = ms.rem_euclid(86_400_000);
-            let total = m as i64 + amount as i64 * k;
+            let total = m as i64 + months as i64;
             let ny = y + (total - 1).div_euclid(12);
             let nm = (total - 1).rem_euclid(12) as u32 + 1;
-            from_fields(ny, nm as i64, d.min(days_in_month(ny, nm)), in_day)
+            in_range(from_fields(ny, nm as i64, d.min(days_in_month(ny, nm)), in_day) as f64)
         }
     }
 }
@@ -113,7 +127,9 @@ fn months_between(a: i64, b: i64) -> f64 {
     let (yb, mb, ..) = fields(b);
     let whole = (ya - yb) * 12 + ma as i64 - mb as i64;
     // Whole months, less one when `a` has not reached `b`'s place in the month yet.
-    let anchor = add(b, whole as f64, &Unit::Months(1));
+    let Some(anchor) = add(b, whole as f64, &Unit::Months(1)) else {
+        return whole as f64;
+    };
     let adjust = if whole > 0 && anchor > a {
         -1
     } else if whole < 0 && anchor < a {
@@ -225,6 +241,9 @@ pub fn call(name: &str, args: &[Value], now_ms: f64) -> Result<Value, SqlError> 
                 return Ok(Value::Null);
             };
             let minutes = if off.abs() < 16.0 { off * 60.0 } else { off };
+            if minutes.abs() > 1440.0 {
+                return Ok(Value::Null);
+            }
             Value::String(server_time(t, minutes as i64))
         }
         "DATE_ADD" | "DATE_SUB" => {
@@ -232,11 +251,8 @@ pub fn call(name: &str, args: &[Value], now_ms: f64) -> Result<Value, SqlError> 
                 return Ok(Value::Null);
             };
             let n = if name == "DATE_SUB" { -n } else { n };
-            Value::Int(add(
-                t,
-                n,
-                &unit(&text(args.get(2).unwrap_or(&Value::Null)))?,
-            ))
+            let u = unit(&text(args.get(2).unwrap_or(&Value::Null)))?;
+            add(t, n, &u).map_or(Value::Null, Value::Int)
         }
         "DATE_DIFF" | "DATEDIFF" => {
             let (Some(a), Some(b)) = (args.first().and_then(parse), args.get(1).and_then(parse))
@@ -296,7 +312,9 @@ mod tests {
     fn date_forms() {
         let t = parse(&Value::String("2020-4-1".into())).unwrap();
         assert_eq!(t, 1_585_699_200_000);
-        assert_eq!(add(t, -3.0, &Unit::Months(12)), 1_491_004_800_000);
+        assert_eq!(add(t, -3.0, &Unit::Months(12)), Some(1_491_004_800_000));
+        assert_eq!(add(t, 1e300, &Unit::Months(12)), None);
+        assert_eq!(parse(&Value::Float(1e300)), None);
         assert_eq!(server_time(t, -360), "2020-03-31T18:00:00.000-0600");
         assert_eq!(
             format(t, "dddd YYYY-MM-DD x"),

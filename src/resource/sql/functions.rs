@@ -113,7 +113,10 @@ pub fn call(name: &str, args: Vec<Value>, now_ms: f64) -> Result<Value, SqlError
                 arg(&args, 0).clone()
             }
         }
-        _ => return super::dates::call(name, &args, now_ms),
+        _ => {
+            return super::geo::call(name, &args)
+                .unwrap_or_else(|| super::dates::call(name, &args, now_ms))
+        }
     })
 }
 

@@ -12,6 +12,7 @@ mod access;
 mod dates;
 mod eval;
 mod functions;
+mod geo;
 mod parse;
 mod rights;
 mod select;
@@ -75,5 +76,29 @@ pub async fn execute(resources: &Resources, caller: &Caller, sql: &str) -> Resul
         parse::Statement::Insert(i) => write::insert(resources, caller, &i, now_ms).await,
         parse::Statement::Update(u) => write::update(resources, caller, &u, now_ms).await,
         parse::Statement::Delete(d) => write::delete(resources, caller, &d, now_ms).await,
+    }
+}
+
+/// Parses `sql` and, when it is a SELECT that names no table, computes it; a statement naming
+/// tables answers `Ok(None)` after parsing. For the `sql` fuzz target: no store needed.
+pub fn evaluate_standalone(sql: &str) -> Result<Option<Vec<Value>>, SqlError> {
+    if sql.len() > STATEMENT_BYTES_MAX {
+        return Err(SqlError::bad("SQL statement too long"));
+    }
+    match parse::statement(sql)? {
+        parse::Statement::Query(q) => {
+            let names_tables =
+                matches!(q.body.as_ref(), sqlparser::ast::SetExpr::Select(s) if !s.from.is_empty());
+            if names_tables {
+                return Ok(None);
+            }
+            let loaded = select::Loaded {
+                tables: Vec::new(),
+                data: Vec::new(),
+                columns: Vec::new(),
+            };
+            select::compute(&q, &loaded, false, 0.0).map(Some)
+        }
+        _ => Ok(None),
     }
 }

@@ -208,6 +208,13 @@ fn expr_name(e: &Expr) -> String {
             let text = e.to_string();
             return format!("{upper}{}", &text[f.name.to_string().len()..]);
         }
+        // AlaSQL's text of a call: arguments joined by "," without spaces.
+        if let (ast::FunctionArguments::List(_), Ok((args, false, false))) =
+            (&f.args, eval::call_args(f))
+        {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            return format!("{}({})", f.name, args.join(","));
+        }
     }
     e.to_string()
 }
@@ -343,13 +350,8 @@ pub fn run(
     q: &Query,
     now_ms: f64,
 ) -> Result<Vec<Value>, SqlError> {
-    if q.with.is_some() {
-        return Err(SqlError::unsupported("WITH"));
-    }
-    let SetExpr::Select(s) = q.body.as_ref() else {
-        return Err(SqlError::unsupported("UNION and other set operations"));
-    };
-    let (tables, joins) = from_clause(&s.from)?;
+    let s = select_of(q)?;
+    let (tables, _) = from_clause(&s.from)?;
     access::check_select(resources, caller, &tables, q)?;
     let single = if tables.len() == 1 {
         s.selection.as_ref()
@@ -363,9 +365,50 @@ pub fn run(
         data.push(records);
         columns.push(cols);
     }
+    let trimmed = access::trimmed(resources, caller, &tables);
+    compute(
+        q,
+        &Loaded {
+            tables,
+            data,
+            columns,
+        },
+        trimmed,
+        now_ms,
+    )
+}
+
+fn select_of(q: &Query) -> Result<&ast::Select, SqlError> {
+    if q.with.is_some() {
+        return Err(SqlError::unsupported("WITH"));
+    }
+    match q.body.as_ref() {
+        SetExpr::Select(s) => Ok(s),
+        _ => Err(SqlError::unsupported("UNION and other set operations")),
+    }
+}
+
+/// The tables of a SELECT with their records and what `*` stands for in each.
+pub struct Loaded {
+    pub tables: Vec<TableRef>,
+    pub data: Vec<Vec<Object>>,
+    pub columns: Vec<Vec<String>>,
+}
+
+/// Computes a SELECT over loaded tables (`trimmed`: the caller's reads are trimmed to some
+/// attributes, so rows left with nothing are dropped, as HarperDB does).
+pub fn compute(
+    q: &Query,
+    loaded: &Loaded,
+    trimmed: bool,
+    now_ms: f64,
+) -> Result<Vec<Value>, SqlError> {
+    let s = select_of(q)?;
+    let (_, joins) = from_clause(&s.from)?;
+    let (tables, data, columns) = (&loaded.tables, &loaded.data, &loaded.columns);
     let scope = Scope {
-        tables: &tables,
-        data: &data,
+        tables,
+        data,
         now_ms,
     };
     let mut rows = join_rows(&scope, &joins)?;
@@ -394,7 +437,7 @@ pub fn run(
             _ => false,
         });
     let mut out = if grouped {
-        grouped_rows(&scope, q, s, groups, &rows, &columns)?
+        grouped_rows(&scope, q, s, groups, &rows, columns)?
     } else {
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -404,7 +447,7 @@ pub fn run(
                 group: None,
                 output: None,
             };
-            let o = project(&s.projection, &ctx, &columns)?;
+            let o = project(&s.projection, &ctx, columns)?;
             let keys = sort_keys(
                 q,
                 &Ctx {
@@ -417,7 +460,7 @@ pub fn run(
         out
     };
     // HarperDB leaves out rows of which the role may read nothing.
-    if access::trimmed(resources, caller, &tables) {
+    if trimmed {
         out.retain(|(_, o)| !o.is_empty());
     }
     finish(q, s, &scope, &mut out)?;
