@@ -98,12 +98,11 @@ fn pipelined_requests_answer_in_order() {
 fn chunked_and_continue_bodies() {
     let server = Server::start();
     let mut raw = Raw::connect(server.rest);
-    raw.send(
-        b"POST /missing HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-    );
+    // A body that is read (the route exists, the caller may write): not JSON, so 400 after it.
+    raw.send(b"POST /Dog/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
     sleep(Duration::from_millis(50));
     raw.send(b"6;x=y\r\n world\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(raw.response(false).unwrap().status, 404);
+    assert_eq!(raw.response(false).unwrap().status, 400);
     assert_eq!(
         raw.response(false).unwrap().status,
         200,
@@ -111,12 +110,20 @@ fn chunked_and_continue_bodies() {
     );
     // Expect: 100-continue gets an interim response before the body is sent.
     raw.send(
-        b"PUT /missing HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        b"PUT /Dog/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
     );
     let interim = raw.response(false).unwrap();
     assert_eq!(interim.status, 100);
     raw.send(b"body");
-    assert_eq!(raw.response(false).unwrap().status, 404);
+    assert_eq!(raw.response(false).unwrap().status, 400);
+    // A request refused from its head (no such route) is answered without waiting for its body,
+    // with no 100, and the connection closes (README, "Limits").
+    let mut refused = Raw::connect(server.rest);
+    refused.send(
+        b"PUT /missing HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(refused.response(false).unwrap().status, 404);
+    assert!(refused.closed());
     // Bad chunk framing is a 400 and closes.
     raw.send(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
     assert_eq!(raw.response(false).unwrap().status, 400);
@@ -182,7 +189,7 @@ fn limits_answer_with_their_status() {
     assert!(started.elapsed() >= Duration::from_millis(250));
     // A body that stops arriving → 408 after http.timeout.
     check(
-        b"PUT /x HTTP/1.1\r\nContent-Length: 50\r\n\r\nabc".to_vec(),
+        b"PUT /Dog/x HTTP/1.1\r\nContent-Length: 50\r\n\r\nabc".to_vec(),
         408,
     );
     // Idle keep-alive connections are closed quietly after http.keepAliveTimeout.
@@ -277,6 +284,80 @@ fn idle_server_exits_promptly_on_sigint() {
     sleep(Duration::from_millis(100));
     server.signal(libc::SIGINT);
     assert_eq!(server.wait_exit(Duration::from_secs(2)), Some(Some(0)));
+}
+
+/// A taken secure port is named by its own key, not the plain port's.
+#[test]
+fn a_taken_secure_port_names_its_key() {
+    let server = Server::start();
+    let taken = server.rest.to_string();
+    for (key, name) in [
+        ("--HTTP_SECUREPORT", "REST (http.securePort) port"),
+        (
+            "--OPERATIONSAPI_NETWORK_SECUREPORT",
+            "Operations API (operationsApi.network.securePort) port",
+        ),
+    ] {
+        let other = tempfile::tempdir().unwrap();
+        let out = Builder::new()
+            .arg(key, &taken)
+            .command(other.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(name), "{key}: {stderr}");
+        assert!(stderr.contains("already in use"), "{key}: {stderr}");
+    }
+}
+
+/// A duration in `authentication` that does not parse stops the start, naming key and value
+/// (docs/configuration.md "Formats"), instead of silently using the default.
+#[test]
+fn a_bad_authentication_duration_is_a_start_error() {
+    for (key, path) in [
+        ("--AUTHENTICATION_CACHETTL", "authentication.cacheTTL"),
+        (
+            "--AUTHENTICATION_OPERATIONTOKENTIMEOUT",
+            "authentication.operationTokenTimeout",
+        ),
+        (
+            "--AUTHENTICATION_REFRESHTOKENTIMEOUT",
+            "authentication.refreshTokenTimeout",
+        ),
+        (
+            "--AUTHENTICATION_FAILEDLOGINWINDOW",
+            "authentication.failedLoginWindow",
+        ),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let out = Builder::new()
+            .arg(key, "thirty")
+            .command(root.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{key}: {stderr}");
+        assert!(out.status.code().is_some(), "{key} exited by a signal");
+        assert!(
+            stderr.contains(path) && stderr.contains("\"thirty\""),
+            "{key}: {stderr}"
+        );
+    }
+    // In the config file too.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("harperdb-config.yaml"),
+        "authentication:\n  cacheTTL: thirty\n",
+    )
+    .unwrap();
+    let out = Builder::new().command(root.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("authentication.cacheTTL") && stderr.contains("\"thirty\""),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -102,3 +102,93 @@ fn metrics_parse_and_move_under_load() {
         404
     );
 }
+
+/// This host's first IPv4 address that is not loopback, if it has one.
+fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    let mut found = None;
+    // SAFETY: getifaddrs fills a list this function walks and frees; nothing outlives it.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let addr = (*at).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && found.is_none() {
+                    found = Some(ip);
+                }
+            }
+            at = (*at).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
+/// `GET /metrics` over a TCP connection from `source` to the server's loopback Operations API
+/// port, with an optional `Authorization`: the status.
+fn metrics_from(server: &Server, source: std::net::IpAddr, authorization: Option<&str>) -> u16 {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::new(source, 0).into())
+        .expect("bind the source address");
+    socket.connect(&server.ops.into()).expect("connect");
+    let mut raw = common::Raw::over(socket.into());
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    raw.send(format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes());
+    raw.response(false).expect("response").status
+}
+
+/// docs/metrics.md: `/metrics` answers loopback peers; from any other address it needs a
+/// super user's credentials (401 without, 403 for another user). The server listens on
+/// 127.0.0.1 only; the client connects to it from this host's non-loopback address.
+#[test]
+fn metrics_need_a_super_user_unless_the_peer_is_loopback() {
+    use base64::Engine;
+    let Some(ip) = non_loopback_ipv4() else {
+        assert!(
+            std::env::var_os("TIDEPOOL_HEAVY").is_none(),
+            "no non-loopback IPv4 address to test from"
+        );
+        eprintln!("no non-loopback IPv4 address: skipping");
+        return;
+    };
+    let server = common::Builder::new().require_credentials().start();
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    let admin = basic(common::ADMIN_USER, common::ADMIN_PASSWORD);
+    for op in [
+        serde_json::json!({"operation": "add_role", "role": "reader", "permission": {"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}}),
+        serde_json::json!({"operation": "add_user", "username": "reader1", "password": "Reader-pass-1", "role": "reader", "active": true}),
+    ] {
+        ureq::post(&server.ops_url())
+            .set("Authorization", &admin)
+            .set("Content-Type", "application/json")
+            .send_string(&op.to_string())
+            .unwrap_or_else(|e| panic!("{op}: {e}"));
+    }
+    let other = std::net::IpAddr::V4(ip);
+    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(metrics_from(&server, other, None), 401);
+    assert_eq!(
+        metrics_from(&server, other, Some(&basic("nobody", "x"))),
+        401
+    );
+    assert_eq!(
+        metrics_from(&server, other, Some(&basic("reader1", "Reader-pass-1"))),
+        403
+    );
+    assert_eq!(metrics_from(&server, other, Some(&admin)), 200);
+    assert_eq!(metrics_from(&server, loopback, None), 200);
+}

@@ -700,7 +700,7 @@ fn authentication_and_permissions() {
     }
     ops(
         &m,
-        serde_json::json!({"operation": "add_role", "role": "dog_reader", "permission": {"super_user": false, "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}}),
+        serde_json::json!({"operation": "add_role", "role": "dog_reader", "permission": {"super_user": false, "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}}),
     );
     ops(
         &m,
@@ -756,4 +756,50 @@ fn authentication_and_permissions() {
     );
     let mut raw = Raw::connect(&open, &connect_packet(4, "anon", 30, &[]));
     assert_eq!(connack_code(&mut raw), 0);
+}
+
+/// A connection that ends before its CONNECT is logged as what happened: closed by the client,
+/// another packet first, or no CONNECT in time — not always as the timeout.
+#[test]
+fn a_connection_ending_before_connect_is_logged_as_what_happened() {
+    use std::io::Write;
+    let m = start_with(&[("--LOGGING_LEVEL", "debug")]);
+    // Closed after 2 ms without a byte.
+    let s = std::net::TcpStream::connect(m.port).expect("connect");
+    let closed_from = s.local_addr().expect("addr");
+    std::thread::sleep(Duration::from_millis(2));
+    drop(s);
+    // PINGREQ first.
+    let mut s = std::net::TcpStream::connect(m.port).expect("connect");
+    let ping_from = s.local_addr().expect("addr");
+    s.write_all(b"\xc0\x00").expect("write");
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    let log = m.server.root.path().join("log").join("hdb.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (closed, ping) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let line_of = |from: SocketAddr| {
+            text.lines()
+                .find(|l| l.contains(&format!("{from}: ")) && l.contains("CONNECT"))
+                .map(str::to_string)
+        };
+        if let (Some(a), Some(b)) = (line_of(closed_from), line_of(ping_from)) {
+            break (a, b);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log lines for the two connections:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        closed.contains("the client closed the connection before CONNECT"),
+        "{closed}"
+    );
+    assert!(!closed.contains("within"), "{closed}");
+    assert!(
+        ping.contains("first packet is PINGREQ instead of CONNECT"),
+        "{ping}"
+    );
 }

@@ -282,39 +282,15 @@ fn paho_over_websocket_plain_and_tls() {
     }
 }
 
-/// A masked client frame.
-fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [0x11u8, 0x22, 0x33, 0x44];
-    let mut out = vec![b0, 0x80 | payload.len() as u8];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
-}
+use common::ws_client_frame as client_frame;
 
-/// Upgrades a raw TCP connection with subprotocol `mqtt` on `path`; returns the response head.
+/// Upgrades a raw TCP connection with subprotocol `protocol` on `path`; returns the head.
 fn raw_upgrade(addr: SocketAddr, path: &str, protocol: &str) -> (std::net::TcpStream, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
-    );
-    s.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).unwrap(),
-            1,
-            "closed in the head: {}",
-            text(&head)
-        );
-        head.push(byte[0]);
-    }
-    (s, text(&head))
+    common::ws_raw_upgrade(
+        addr,
+        path,
+        &format!("Sec-WebSocket-Protocol: {protocol}\r\n"),
+    )
 }
 
 /// Reads server frames until `count` payload bytes of binary frames have arrived.

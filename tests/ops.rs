@@ -713,7 +713,7 @@ fn users_and_roles() {
         .filter_map(|r| r["role"].as_str())
         .collect();
     assert!(names.contains(&"super_user") && names.contains(&"cluster_user"));
-    let perm = json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}});
+    let perm = json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}});
     let role = ok(
         &server,
         json!({"operation": "add_role", "role": "reader", "permission": perm}),
@@ -743,7 +743,7 @@ fn users_and_roles() {
     assert_eq!(status, 400);
     let altered = ok(
         &server,
-        json!({"operation": "alter_role", "id": "reader", "permission": {"data": {"tables": {"Dog": {"read": true, "insert": true}}}}}),
+        json!({"operation": "alter_role", "id": "reader", "permission": {"data": {"tables": {"Dog": {"read": true, "insert": true, "update": false, "delete": false, "attribute_permissions": null}}}}}),
     );
     assert_eq!(
         altered["permission"]["data"]["tables"]["Dog"]["insert"],
@@ -780,7 +780,7 @@ fn users_and_roles() {
     );
     assert_eq!(users[0]["username"], "ann");
     assert_eq!(users[0]["role"]["role"], "reader");
-    // The stored hash is salted sha256, readable by super users through a search.
+    // The stored hash is argon2id (docs/security.md "Users"), readable by super users through a search.
     let stored = ok(
         &server,
         json!({"operation": "search_by_id", "database": "system", "table": "hdb_user", "ids": ["ann"]}),
@@ -788,7 +788,7 @@ fn users_and_roles() {
     assert!(stored[0]["password"]
         .as_str()
         .unwrap()
-        .starts_with("$sha256$"));
+        .starts_with("$argon2id$"));
     assert_eq!(
         ok(
             &server,

@@ -639,7 +639,7 @@ fn bad_csv_ends_in_an_error_job_and_writes_nothing() {
     ok(
         &server,
         json!({"operation": "add_role", "role": "dogs", "permission":
-               {"data": {"tables": {"Dog": {"read": true, "insert": true, "update": false, "delete": false}}}}}),
+               {"data": {"tables": {"Dog": {"read": true, "insert": true, "update": false, "delete": false, "attribute_permissions": []}}}}}),
     );
     ok(
         &server,

@@ -880,7 +880,7 @@ fn secure_port_admits_node_certificates_and_cluster_credentials_only() {
     for body in [
         json!({"operation": "add_role", "role": "replicator", "permission": {"cluster_user": true}}),
         json!({"operation": "add_role", "role": "reader", "permission": {"super_user": false,
-            "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}}),
+            "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}}),
         json!({"operation": "add_user", "username": "peer", "password": "peer-pass", "role": "replicator", "active": true}),
         json!({"operation": "add_user", "username": "viewer", "password": "viewer-pass", "role": "reader", "active": true}),
     ] {

@@ -1645,8 +1645,7 @@ fn relationship_selections_and_explain() {
             .send_string(&body.to_string());
         assert!(r.is_ok(), "{body}: {r:?}");
     };
-    let table =
-        |read: bool| json!({"read": read, "insert": false, "update": false, "delete": false});
+    let table = |read: bool| json!({"read": read, "insert": false, "update": false, "delete": false, "attribute_permissions": []});
     let mut brand_no_name = table(true);
     brand_no_name["attribute_permissions"] = json!([
         {"attribute_name": "name", "read": false, "insert": false, "update": false},
@@ -1825,4 +1824,42 @@ fn compression_timing_audit_size_and_bulk_put() {
         404,
         "a refused batch writes nothing"
     );
+}
+
+/// A lone UTF-16 surrogate in a JSON `\u` escape is refused with 400 (a string cannot hold it;
+/// storing U+FFFD instead would change the data silently); nothing is stored. A proper pair is
+/// stored as its character. Over REST and the Operations API.
+#[test]
+fn lone_surrogates_in_json_are_refused() {
+    let server = Server::start();
+    let json = [("Content-Type", "application/json")];
+    for body in [
+        r#"{"name": "\ud800"}"#,
+        r#"{"name": "a\udc00b"}"#,
+        r#"{"name": "ok", "tags": ["\ud83d"]}"#,
+    ] {
+        let reply = call(&server, "PUT", "/Dog/lone", &json, body.as_bytes());
+        assert_eq!(reply.status, 400, "{body}");
+        let text = String::from_utf8_lossy(&reply.body);
+        assert!(text.contains("surrogate"), "{body}: {text}");
+        assert_eq!(get(&server, "/Dog/lone").status, 404, "{body}");
+    }
+    let insert = r#"{"operation": "insert", "database": "data", "table": "Dog", "records": [{"id": "lone", "name": "\udfff"}]}"#;
+    let reply = ureq::post(&server.ops_url())
+        .set("Content-Type", "application/json")
+        .send_string(insert);
+    match reply {
+        Err(ureq::Error::Status(400, _)) => {}
+        other => panic!("insert with a lone surrogate: {other:?}"),
+    }
+    assert_eq!(get(&server, "/Dog/lone").status, 404);
+    let reply = call(
+        &server,
+        "PUT",
+        "/Dog/pair",
+        &json,
+        br#"{"name": "\ud83d\ude00"}"#,
+    );
+    assert_eq!(reply.status, 204);
+    assert_eq!(get(&server, "/Dog/pair").json()["name"], "😀");
 }

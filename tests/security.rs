@@ -13,17 +13,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Builder, Server, ADMIN_PASSWORD, ADMIN_USER};
+use common::{mqtt_port, Builder, Server, ADMIN_PASSWORD, ADMIN_USER};
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 
-/// One HTTP exchange: status, `WWW-Authenticate`, body text.
-fn call(
+/// One HTTP exchange: the response, whatever its status.
+fn send(
     method: &str,
     url: &str,
     authorization: Option<&str>,
     body: Option<&Value>,
-) -> (u16, Option<String>, String) {
+) -> ureq::Response {
     let mut req = ureq::request(method, url).timeout(Duration::from_secs(30));
     if let Some(a) = authorization {
         req = req.set("Authorization", a);
@@ -34,11 +34,21 @@ fn call(
             .send_string(&b.to_string()),
         None => req.call(),
     };
-    let resp = match result {
+    match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("{method} {url}: {e}"),
-    };
+    }
+}
+
+/// One HTTP exchange: status, `WWW-Authenticate`, body text.
+fn call(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Option<String>, String) {
+    let resp = send(method, url, authorization, body);
     let status = resp.status();
     let www = resp.header("WWW-Authenticate").map(str::to_string);
     (status, www, resp.into_string().unwrap_or_default())
@@ -99,11 +109,11 @@ fn seed_users(server: &Server) -> Vec<Who> {
     let roles = [
         (
             "reader",
-            json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}}),
+            json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}),
         ),
         (
             "writer",
-            json!({"data": {"tables": {"Dog": {"read": false, "insert": true, "update": false, "delete": false}}}}),
+            json!({"data": {"tables": {"Dog": {"read": false, "insert": true, "update": false, "delete": false, "attribute_permissions": []}}}}),
         ),
         (
             "attrs",
@@ -732,23 +742,6 @@ fn authorize_local_makes_loopback_the_super_user() {
 
 fn authorization(who: &Who) -> Option<String> {
     who.1.as_ref().map(|(u, p)| basic(u, p))
-}
-
-fn mqtt_port(server: &Server) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = server
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server reports its MQTT listener");
-        if let Some(rest) = line.split("MQTT (mqtt.network.port) listening on ").nth(1) {
-            return rest
-                .split_whitespace()
-                .next()
-                .and_then(|a| a.parse().ok())
-                .expect("address");
-        }
-    }
 }
 
 // ---- WebSocket ----
@@ -1491,53 +1484,61 @@ fn cookie_sessions_login_then_logout() {
 
 // ---- password hashing ----
 
-/// SPEC §5.1: with `hashFunction: argon2id` new users get argon2id hashes (PHC), users hashed
-/// before with salted SHA-256 still log in, and after switching back to `sha256` the argon2id
-/// user still logs in (Basic and `create_authentication_tokens`).
+/// SPEC §5.1, docs/security.md "Users": argon2id is the default for new passwords; users hashed before
+/// with salted SHA-256 still log in, and their hash is upgraded to argon2id at that login — but
+/// never over a password `alter_user` changed meanwhile; after switching to `sha256` the
+/// argon2id users still log in (Basic and `create_authentication_tokens`).
 #[test]
 fn argon2id_hashes_and_both_kinds_verify() {
-    let restart = |mut server: Server, hash_function: &str| {
+    let restart = |mut server: Server, hash_function: Option<&str>| {
         let root = std::mem::replace(&mut server.root, tempfile::tempdir().expect("temp"));
         drop(server);
-        Builder::new()
-            .require_credentials()
-            .arg("--AUTHENTICATION_HASHFUNCTION", hash_function)
-            .root(root)
-            .start()
+        let builder = Builder::new().require_credentials().root(root);
+        match hash_function {
+            Some(f) => builder.arg("--AUTHENTICATION_HASHFUNCTION", f),
+            None => builder,
+        }
+        .start()
     };
-    let server = Builder::new().require_credentials().start();
-    let server = restart(server, "argon2id");
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_HASHFUNCTION", "sha256")
+        .start();
+    for i in 0..8 {
+        ok(
+            &server,
+            json!({"operation": "add_user", "username": format!("old{i}"), "password": "Old-pass-1", "role": "super_user", "active": true}),
+        );
+    }
+    let server = restart(server, None);
     ok(
         &server,
         json!({"operation": "add_user", "username": "argo", "password": "Argo-pass-1", "role": "super_user", "active": true}),
     );
-    let users = ok(
-        &server,
-        json!({"operation": "search_by_value", "database": "system", "table": "hdb_user",
-               "search_attribute": "username", "search_value": "*", "get_attributes": ["*"]}),
-    );
-    let hash_of = |name: &str| {
-        users
-            .as_array()
-            .expect("users")
-            .iter()
-            .find(|u| u["username"] == name)
-            .and_then(|u| u["password"].as_str())
-            .map(str::to_string)
+    let hash_of = |server: &Server, name: &str| {
+        let users = ok(
+            server,
+            json!({"operation": "search_by_value", "database": "system", "table": "hdb_user",
+                   "search_attribute": "username", "search_value": name, "get_attributes": ["*"]}),
+        );
+        users[0]["password"]
+            .as_str()
+            .expect("super users see password hashes")
+            .to_string()
     };
-    // Where the system table shows hashes to super users, they have the expected form.
-    if let (Some(argo), Some(admin_hash)) = (hash_of("argo"), hash_of(ADMIN_USER)) {
-        assert!(argo.starts_with("$argon2id$"), "{argo}");
-        assert!(admin_hash.starts_with("$sha256$"), "{admin_hash}");
-    }
+    assert!(hash_of(&server, "argo").starts_with("$argon2id$"));
+    assert!(hash_of(&server, "old0").starts_with("$sha256$"));
     let get = |server: &Server, auth: &str| call("GET", &server.url("/Dog/"), Some(auth), None).0;
     assert_eq!(get(&server, &basic("argo", "Argo-pass-1")), 200);
     assert_eq!(get(&server, &basic("argo", "wrong")), 401);
-    assert_eq!(
-        get(&server, &admin()),
-        200,
-        "an older sha256 hash still verifies"
-    );
+    // An older sha256 hash still verifies, and the login upgrades it.
+    assert_eq!(get(&server, &basic("old0", "Old-pass-1")), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hash_of(&server, "old0").starts_with("$argon2id$") {
+        assert!(Instant::now() < deadline, "old0 was never upgraded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&server, &basic("old0", "Old-pass-1")), 200);
     let (status, reply) = op(
         &server,
         None,
@@ -1545,9 +1546,37 @@ fn argon2id_hashes_and_both_kinds_verify() {
     );
     assert_eq!(status, 200, "{reply}");
 
-    let server = restart(server, "sha256");
+    // A login racing `alter_user`: whichever order they land in, the new password is the one
+    // that works afterwards (the upgrade is dropped when the hash changed under it).
+    let (rest_url, ops_url) = (server.url("/Dog/"), server.ops_url());
+    std::thread::scope(|scope| {
+        for i in 1..8 {
+            let (rest_url, ops_url) = (&rest_url, &ops_url);
+            scope.spawn(move || {
+                let name = format!("old{i}");
+                let auth = basic(&name, "Old-pass-1");
+                let login = scope.spawn(move || call("GET", rest_url, Some(&auth), None).0);
+                let alter =
+                    json!({"operation": "alter_user", "username": name, "password": "New-pass-2"});
+                let (status, _, text) = call("POST", ops_url, Some(&admin()), Some(&alter));
+                assert_eq!(status, 200, "{text}");
+                // Either order is right: before the change the old password is accepted.
+                let login = login.join().expect("login");
+                assert!(matches!(login, 200 | 401), "login {login}");
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2)); // let any upgrade thread finish its write
+    for i in 1..8 {
+        let name = format!("old{i}");
+        assert_eq!(get(&server, &basic(&name, "New-pass-2")), 200, "{name}");
+        assert_eq!(get(&server, &basic(&name, "Old-pass-1")), 401, "{name}");
+    }
+
+    let server = restart(server, Some("sha256"));
     assert_eq!(get(&server, &basic("argo", "Argo-pass-1")), 200);
     assert_eq!(get(&server, &basic("argo", "Argo-pass-2")), 401);
+    assert_eq!(get(&server, &basic("old0", "Old-pass-1")), 200);
 }
 
 // ---- role files and cluster users ----
@@ -1665,4 +1694,176 @@ fn roles_file_and_cluster_user() {
         stderr.contains("roles.yaml") && stderr.contains("broken"),
         "{stderr}"
     );
+}
+
+// ---- failed logins ----
+
+/// Status and `Retry-After` of one request with `authorization`.
+fn retry_after(
+    method: &str,
+    url: &str,
+    authorization: &str,
+    body: Option<&Value>,
+) -> (u16, Option<u64>) {
+    let resp = send(method, url, Some(authorization), body);
+    let after = resp
+        .header("Retry-After")
+        .map(|v| v.parse().expect("Retry-After seconds"));
+    (resp.status(), after)
+}
+
+/// docs/security.md "Failed logins": 31 wrong passwords for one user name from 127.0.0.1 lock out that
+/// name from that address only — another user's correct password from the same address is
+/// accepted — on every protocol that authenticates (REST, Operations API, `login`, SSE,
+/// WebSocket, MQTT CONNECT with 0x97 at v5 and 0x05 at 3.1.1); 429 carries `Retry-After`, and
+/// after the window the right password works again.
+#[test]
+fn failed_logins_lock_out_one_user_name_per_address() {
+    // The window is long enough for 31 argon2id checks on a loaded machine; the test then waits
+    // it out (`Retry-After`).
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_FAILEDLOGINWINDOW", "15s")
+        .start();
+    let port = mqtt_port(&server);
+    for name in ["lock_a", "lock_b"] {
+        ok(
+            &server,
+            json!({"operation": "add_user", "username": name, "password": "Right-pass-1", "role": "super_user", "active": true}),
+        );
+    }
+    let (a_ok, a_bad, b_ok) = (
+        basic("lock_a", "Right-pass-1"),
+        basic("lock_a", "wrong-pass"),
+        basic("lock_b", "Right-pass-1"),
+    );
+    let rest = server.url("/Dog/");
+    let mut statuses = Vec::new();
+    for _ in 0..31 {
+        statuses.push(retry_after("GET", &rest, &a_bad, None).0);
+    }
+    assert_eq!(&statuses[..30], &[401; 30], "{statuses:?}");
+    assert_eq!(statuses[30], 429, "{statuses:?}");
+
+    // Another user from the same address, and the administrator, are not refused.
+    assert_eq!(retry_after("GET", &rest, &b_ok, None).0, 200);
+    assert_eq!(retry_after("GET", &rest, &admin(), None).0, 200);
+    let (_, code) = Mqtt::connect(
+        port,
+        5,
+        "b5",
+        Some(&("lock_b".into(), "Right-pass-1".into())),
+    );
+    assert_eq!(code, 0);
+
+    // The locked-out name is refused even with its right password, on every protocol.
+    let (status, after) = retry_after("GET", &rest, &a_ok, None);
+    assert_eq!(status, 429);
+    let after = after.expect("429 carries Retry-After");
+    assert!((1..=15).contains(&after), "Retry-After {after}");
+    let tokens = json!({"operation": "create_authentication_tokens", "username": "lock_a", "password": "Right-pass-1"});
+    let (status, ops_after) = retry_after("POST", &server.ops_url(), &b_ok, Some(&tokens));
+    assert_eq!((status, ops_after.is_some()), (429, true));
+    let (status, _) = retry_after(
+        "POST",
+        &server.ops_url(),
+        &a_ok,
+        Some(&json!({"operation": "describe_all"})),
+    );
+    assert_eq!(status, 429);
+    let login = json!({"operation": "login", "username": "lock_a", "password": "Right-pass-1"});
+    assert_eq!(op(&server, None, login.clone()).0, 429);
+    let (status, head, _) = sse_open(server.rest, "/Dog/", Some(&a_ok));
+    assert_eq!(status, 429, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    match ws_outcome(server.rest, "/Dog/", Some(&a_ok)) {
+        WsOutcome::Closed(3000, reason) => assert!(reason.contains("Too many"), "{reason}"),
+        other => panic!("WebSocket: {other:?}"),
+    }
+    let a_creds = ("lock_a".to_string(), "Right-pass-1".to_string());
+    assert_eq!(Mqtt::connect(port, 5, "a5", Some(&a_creds)).1, 0x97);
+    assert_eq!(Mqtt::connect(port, 4, "a4", Some(&a_creds)).1, 0x05);
+
+    // After the window the right password works again.
+    std::thread::sleep(Duration::from_secs(after));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = retry_after("GET", &rest, &a_ok, None).0;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(Instant::now() < deadline, "still refused after the window");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(op(&server, None, login).0, 200);
+    assert_eq!(Mqtt::connect(port, 5, "a5", Some(&a_creds)).1, 0);
+}
+
+/// `authentication.failedLoginLimit: 0` turns the limit off: nothing is ever refused.
+#[test]
+fn failed_login_limit_zero_never_refuses() {
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_FAILEDLOGINLIMIT", "0")
+        .start();
+    let rest = server.url("/Dog/");
+    let bad = basic(ADMIN_USER, "wrong-pass");
+    for i in 0..40 {
+        assert_eq!(retry_after("GET", &rest, &bad, None).0, 401, "attempt {i}");
+    }
+    assert_eq!(retry_after("GET", &rest, &admin(), None).0, 200);
+}
+
+// ---- the first super user ----
+
+/// docs/quickstart.md "Credentials": a generated password is written to
+/// `<root>/keys/.initial-admin-password` (mode 0600) and never logged: no file of the log
+/// directory, no stderr line and no `read_log` entry contains it. It logs the user in.
+#[test]
+fn generated_super_user_password_is_never_logged() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Builder::new()
+        .require_credentials()
+        .env("HDB_ADMIN_PASSWORD", "")
+        .arg("--LOGGING_LEVEL", "trace")
+        .start();
+    let path = server.root.path().join("keys/.initial-admin-password");
+    let password = std::fs::read_to_string(&path).expect("password file");
+    let password = password.trim_end().to_string();
+    assert!(password.len() >= 16, "{password:?}");
+    let mode = std::fs::metadata(&path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let auth = basic(ADMIN_USER, &password);
+    assert_eq!(call("GET", &server.url("/Dog/"), Some(&auth), None).0, 200);
+    let (status, log) = op(
+        &server,
+        Some(&auth),
+        json!({"operation": "read_log", "limit": 1000}),
+    );
+    assert_eq!(status, 200, "{log}");
+    assert!(log.to_string().contains("created super user"), "{log}");
+    assert!(
+        !log.to_string().contains(&password),
+        "read_log returned the password"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut files = 0;
+    for entry in std::fs::read_dir(server.root.path().join("log")).expect("log dir") {
+        let file = entry.expect("entry").path();
+        let bytes = std::fs::read(&file).expect("log file");
+        files += 1;
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&password),
+            "{} contains the password",
+            file.display()
+        );
+    }
+    assert!(files > 0);
+    for line in server.drain_lines() {
+        assert!(!line.contains(&password), "stderr: {line}");
+    }
 }

@@ -73,7 +73,7 @@ pub fn run(listen: SocketAddr, cores: Option<usize>, driver: IoDriver) -> Result
         );
     }
     let cpus = allowed[..cores].to_vec();
-    let (listeners, bound) = bind_listeners(listen, cores, false)?;
+    let (listeners, bound) = bind_listeners(listen, cores, false, std::time::Duration::ZERO)?;
     let listeners: Mutex<Vec<Option<StdTcpListener>>> =
         Mutex::new(listeners.into_iter().map(Some).collect());
 

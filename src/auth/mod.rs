@@ -32,7 +32,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,11 +51,14 @@ const USERS: &str = "hdb_user";
 /// Cached authentication results per core; when full, the cache is emptied (a burst of distinct
 /// credentials costs re-verification, never memory).
 const CACHE_ENTRIES_MAX: usize = 4096;
-/// Failed logins one source address may make per window before it is refused without a check.
-pub const FAILED_LOGINS_MAX: u32 = 30;
-pub const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(60);
-/// Source addresses tracked for failed logins; when full, expired ones are dropped, then all.
-const FAILED_LOGIN_ADDRESSES_MAX: usize = 10_000;
+/// (source address, user name) pairs tracked for failed logins; when full, expired entries are
+/// dropped, then the oldest (docs/security.md "Failed logins").
+const FAILED_LOGIN_ENTRIES_MAX: usize = 10_000;
+/// User names are counted by at most this many bytes (a longer name is its prefix).
+const FAILED_LOGIN_NAME_BYTES_MAX: usize = 256;
+/// Password-hash upgrades (sha256 → argon2id at login) running at once; more wait for a later
+/// login.
+const HASH_UPGRADES_MAX: usize = 2;
 /// `Authorization` headers longer than this are malformed (a token is ~700 bytes).
 const AUTHORIZATION_BYTES_MAX: usize = 8192;
 
@@ -72,8 +75,11 @@ pub enum AuthError {
     InvalidToken,
     TokenExpired,
     Inactive,
-    /// Too many failed logins from this address in the last window.
-    TooManyAttempts,
+    /// Too many failed logins for this user name from this address in the current window;
+    /// the window ends in `retry_after_s` seconds.
+    TooManyAttempts {
+        retry_after_s: u64,
+    },
     /// Keys or the user table could not be read.
     Internal(String),
 }
@@ -81,7 +87,7 @@ pub enum AuthError {
 impl AuthError {
     pub fn status(&self) -> u16 {
         match self {
-            AuthError::TooManyAttempts => 429,
+            AuthError::TooManyAttempts { .. } => 429,
             AuthError::Internal(_) => 500,
             _ => 401,
         }
@@ -95,8 +101,16 @@ impl AuthError {
             AuthError::InvalidToken => "invalid token",
             AuthError::TokenExpired => "token expired",
             AuthError::Inactive => "User is not active",
-            AuthError::TooManyAttempts => "Too many failed logins; try again later",
+            AuthError::TooManyAttempts { .. } => "Too many failed logins; try again later",
             AuthError::Internal(m) => m,
+        }
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), for 429.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            AuthError::TooManyAttempts { retry_after_s } => Some(*retry_after_s),
+            _ => None,
         }
     }
 }
@@ -137,37 +151,23 @@ pub struct Settings {
     pub keys_dir: PathBuf,
 }
 
-fn duration_setting(resources: &Resources, key: &str, default: Duration) -> Duration {
-    match resources.config_tree.get(key) {
-        Some(serde_yaml::Value::Number(n)) => n.as_u64().map(Duration::from_millis),
-        Some(serde_yaml::Value::String(s)) => crate::config::parse_duration(s),
-        _ => None,
-    }
-    .unwrap_or(default)
-}
-
 impl Settings {
     fn read(resources: &Resources) -> Settings {
+        let auth = &resources.config.auth;
         Settings {
             authorize_local: resources.config.authorize_local,
-            cache_ttl: duration_setting(
-                resources,
-                "authentication.cacheTTL",
-                Duration::from_secs(30),
-            ),
-            operation_token_timeout: duration_setting(
-                resources,
-                "authentication.operationTokenTimeout",
-                Duration::from_secs(86_400),
-            ),
-            refresh_token_timeout: duration_setting(
-                resources,
-                "authentication.refreshTokenTimeout",
-                Duration::from_secs(30 * 86_400),
-            ),
+            cache_ttl: auth.cache_ttl,
+            operation_token_timeout: auth.operation_token_timeout,
+            refresh_token_timeout: auth.refresh_token_timeout,
             keys_dir: resources.config.root.join("keys"),
         }
     }
+}
+
+/// Failed logins of one (source address, user name) in the window that began at `since`.
+struct Failures {
+    count: u32,
+    since: Instant,
 }
 
 /// Per-server authentication state, kept in `Resources::auth`.
@@ -176,7 +176,9 @@ pub struct State {
     instance: u64,
     settings: OnceLock<Settings>,
     keys: OnceLock<Result<Keys, String>>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Mutex<HashMap<(IpAddr, String), Failures>>,
+    /// Password-hash upgrades in flight (at most [`HASH_UPGRADES_MAX`]).
+    upgrades: Arc<AtomicUsize>,
 }
 
 impl Default for State {
@@ -187,6 +189,7 @@ impl Default for State {
             settings: OnceLock::new(),
             keys: OnceLock::new(),
             failures: Mutex::new(HashMap::new()),
+            upgrades: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -209,31 +212,72 @@ impl State {
             .map_err(Clone::clone)
     }
 
-    fn locked_out(&self, ip: IpAddr) -> bool {
-        let Ok(map) = self.failures.lock() else {
-            return false;
-        };
-        map.get(&ip).is_some_and(|(count, since)| {
-            *count >= FAILED_LOGINS_MAX && since.elapsed() < FAILED_LOGIN_WINDOW
-        })
+    /// Whether `user` from `ip` has used up its failed logins in the current window: the
+    /// seconds until the window ends, rounded up.
+    fn locked_out(
+        &self,
+        limits: &crate::config::AuthConfig,
+        ip: IpAddr,
+        user: &str,
+    ) -> Option<u64> {
+        let (limit, window) = (limits.failed_login_limit, limits.failed_login_window);
+        if limit == 0 || window.is_zero() {
+            return None;
+        }
+        let map = self.failures.lock().ok()?;
+        let f = map.get(&(ip, failure_name(user).to_string()))?;
+        let left = window.checked_sub(f.since.elapsed())?;
+        (f.count >= limit).then(|| left.as_millis().div_ceil(1000).max(1) as u64)
     }
 
-    fn record_failure(&self, ip: IpAddr) {
+    fn record_failure(&self, limits: &crate::config::AuthConfig, ip: IpAddr, user: &str) {
+        let (limit, window) = (limits.failed_login_limit, limits.failed_login_window);
+        if limit == 0 || window.is_zero() {
+            return;
+        }
         let Ok(mut map) = self.failures.lock() else {
             return;
         };
-        if map.len() >= FAILED_LOGIN_ADDRESSES_MAX && !map.contains_key(&ip) {
-            map.retain(|_, (_, since)| since.elapsed() < FAILED_LOGIN_WINDOW);
-            if map.len() >= FAILED_LOGIN_ADDRESSES_MAX {
-                map.clear();
+        let key = (ip, failure_name(user).to_string());
+        if map.len() >= FAILED_LOGIN_ENTRIES_MAX && !map.contains_key(&key) {
+            map.retain(|_, f| f.since.elapsed() < window);
+            if map.len() >= FAILED_LOGIN_ENTRIES_MAX {
+                let oldest = map
+                    .iter()
+                    .min_by_key(|(_, f)| f.since)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    map.remove(&oldest);
+                }
             }
         }
-        let entry = map.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= FAILED_LOGIN_WINDOW {
-            *entry = (0, Instant::now());
+        let entry = map.entry(key).or_insert(Failures {
+            count: 0,
+            since: Instant::now(),
+        });
+        if entry.since.elapsed() >= window {
+            *entry = Failures {
+                count: 0,
+                since: Instant::now(),
+            };
         }
-        entry.0 = entry.0.saturating_add(1);
+        entry.count = entry.count.saturating_add(1);
     }
+
+    /// The (address, user name) pairs counted now (for tests of the bound).
+    #[cfg(test)]
+    fn failure_entries(&self) -> usize {
+        self.failures.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The part of a user name failed logins are counted by.
+fn failure_name(user: &str) -> &str {
+    let mut end = user.len().min(FAILED_LOGIN_NAME_BYTES_MAX);
+    while !user.is_char_boundary(end) {
+        end -= 1;
+    }
+    &user[..end]
 }
 
 struct CacheEntry {
@@ -472,8 +516,11 @@ pub fn authenticate_certificate(
     Ok(caller)
 }
 
-/// A username and password (Basic, MQTT CONNECT, `create_authentication_tokens`). Failures
-/// count against `peer`'s address.
+/// A username and password (Basic, MQTT CONNECT, `create_authentication_tokens`, `login`).
+/// Failures count against (`peer`'s address, `username`): past `authentication.failedLoginLimit`
+/// in `authentication.failedLoginWindow` that pair is refused (429) until the window ends,
+/// while other user names from the same address, and the same name from other addresses, are
+/// checked as usual (docs/security.md "Failed logins").
 pub fn authenticate_password(
     resources: &Resources,
     username: &str,
@@ -481,8 +528,9 @@ pub fn authenticate_password(
     peer: SocketAddr,
 ) -> Result<Caller, AuthError> {
     let ip = peer.ip();
-    if resources.auth.locked_out(ip) {
-        return Err(AuthError::TooManyAttempts);
+    let limits = &resources.config.auth;
+    if let Some(retry_after_s) = resources.auth.locked_out(limits, ip, username) {
+        return Err(AuthError::TooManyAttempts { retry_after_s });
     }
     // Verified passwords are cached per core like headers: an argon2id check costs tens of ms
     // of the core, so MQTT CONNECTs, logins and token requests pay it once per `cacheTTL`. The
@@ -500,13 +548,63 @@ pub fn authenticate_password(
             let caller = caller_for(resources, &user)?;
             let ttl = resources.auth.settings(resources).cache_ttl;
             cache_put(resources, &key, &caller, ttl);
+            upgrade_hash(resources, &user, password);
             Ok(caller)
         }
         _ => {
-            resources.auth.record_failure(ip);
+            resources.auth.record_failure(limits, ip, username);
             tracing::info!("failed login for user {username:?} from {ip}");
             Err(AuthError::LoginFailed)
         }
+    }
+}
+
+/// After a successful login with a hash older than the configured function (salted SHA-256
+/// while `authentication.hashFunction` is argon2id), rehashes the password on a helper thread
+/// and stores it only if the user's stored hash is still the one that verified: the writer
+/// checks that ([`WriteOp::Swap`]), so an `alter_user` that changed the password meanwhile
+/// wins. At most [`HASH_UPGRADES_MAX`] run at once; a skipped upgrade happens at a later login.
+fn upgrade_hash(resources: &Resources, user: &UserRecord, password: &str) {
+    if user.password.starts_with("$argon2")
+        || users::HashFunction::of(resources) != users::HashFunction::Argon2id
+    {
+        return;
+    }
+    let Some((db, _)) = resources.table(SYSTEM, USERS) else {
+        return;
+    };
+    let running = resources.auth.upgrades.clone();
+    if running.fetch_add(1, Ordering::AcqRel) >= HASH_UPGRADES_MAX {
+        running.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let (username, old, password) = (
+        user.username.clone(),
+        user.password.clone(),
+        password.to_string(),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("hash-upgrade".into())
+        .spawn(move || {
+            let new = users::hash_password_with(&password, users::HashFunction::Argon2id);
+            let request = WriteRequest {
+                ops: vec![WriteOp::Swap {
+                    table: USERS.to_string(),
+                    key: Value::String(username.clone()),
+                    attribute: "password".to_string(),
+                    expected: Value::String(old),
+                    value: Value::String(new),
+                }],
+                user: Some(username),
+            };
+            // Waiting here is fine: this is a plain thread, not a core.
+            if let Ok(reply) = db.submit(request) {
+                let _ = block_on(reply);
+            }
+            running.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        resources.auth.upgrades.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -686,22 +784,38 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let admin = Caller::super_user("system");
-        block_on(users::add_user(
+        let added = block_on(users::add_user(
             resources,
             &admin,
             &name,
             &password,
             "super_user",
             true,
-        ))
-        .map_err(|e| format!("cannot create the super user: {}", e.message))?;
+        ));
+        match added {
+            Ok(_) => {}
+            // Replication from a peer (or a clone) brought the user in while we hashed the
+            // password: the peer's user stands, and nothing was generated here.
+            Err(e) if e.status == 409 => {
+                tracing::info!(target: NOTIFY, "super user {name} arrived from a peer; not created here");
+                return finish_start(resources);
+            }
+            Err(e) => return Err(format!("cannot create the super user: {}", e.message)),
+        }
         if given.is_some() {
             tracing::info!(target: NOTIFY, "created super user {name} from HDB_ADMIN_USERNAME/HDB_ADMIN_PASSWORD");
         } else {
-            // SPEC §1.2: the one time a password is logged, so the operator can log in at all.
-            tracing::info!(target: NOTIFY, "created super user {name} with password {password} (shown once; change it with alter_user)");
+            // docs/quickstart.md "Credentials": never logged; a file only its owner can read.
+            let path = write_initial_password(&resources.config.root, &password)
+                .map_err(|e| format!("cannot write the generated super user password: {e}"))?;
+            tracing::info!(target: NOTIFY, "created super user {name}; its generated password is in {} (readable by its owner only; change it with alter_user)", path.display());
         }
     }
+    finish_start(resources)
+}
+
+/// The rest of [`start`] once the users are there: role files, then the key pair.
+fn finish_start(resources: &Arc<Resources>) -> Result<(), String> {
     let applied = roles::apply(resources)?;
     if applied > 0 {
         tracing::info!("created or updated {applied} roles from the application's role files");
@@ -717,6 +831,32 @@ pub fn start(resources: &Arc<Resources>) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the key thread: {e}"))?;
     Ok(())
+}
+
+/// Where the generated first super user's password is written (docs/quickstart.md "Credentials").
+pub const INITIAL_PASSWORD_FILE: &str = "keys/.initial-admin-password";
+
+/// Writes `password` to `<root>/keys/.initial-admin-password`, created anew with mode 0600
+/// (a file left by an earlier first start is replaced); returns its path.
+fn write_initial_password(
+    root: &std::path::Path,
+    password: &str,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join(INITIAL_PASSWORD_FILE);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path); // from an earlier first start whose store was removed
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(format!("{password}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok(path)
 }
 
 /// Drives a future to completion on this (non-executor) thread by parking between wake-ups.
@@ -743,6 +883,13 @@ mod tests {
     use super::*;
 
     fn resources(dir: &std::path::Path, authorize_local: bool) -> Arc<Resources> {
+        let local = if authorize_local { "true" } else { "false" };
+        resources_with(dir, &[("authentication_authorizeLocal", local)])
+    }
+
+    /// A store with the system tables and the example app, with `settings` (flat keys, YAML
+    /// values) over the defaults.
+    fn resources_with(dir: &std::path::Path, settings: &[(&str, &str)]) -> Arc<Resources> {
         let store =
             crate::store::Store::open(crate::store::StoreOptions::new(dir), Arc::new(|_| {}))
                 .expect("store");
@@ -750,10 +897,12 @@ mod tests {
             .apply_schema(&crate::server::system_tables())
             .expect("system tables");
         let mut tree = crate::config::ConfigTree::defaults();
-        tree.set_flat(
-            "authentication_authorizeLocal",
-            serde_yaml::Value::Bool(authorize_local),
-        );
+        for (key, value) in settings {
+            assert!(
+                tree.set_flat(key, crate::config::parse_override_value(value)),
+                "{key}"
+            );
+        }
         let config = crate::config::Config::from_tree(&tree, dir, 1).expect("config");
         let app = crate::schema::load_app(std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -903,23 +1052,130 @@ mod tests {
             Err(AuthError::Inactive),
         );
 
-        // Too many failures from one address lock it out, others are unaffected.
-        for _ in 0..FAILED_LOGINS_MAX {
-            let _ = authenticate(
+        r.store.close();
+    }
+
+    #[test]
+    fn failed_logins_count_per_address_and_user_name() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = resources_with(
+            dir.path(),
+            &[
+                ("authentication_failedLoginLimit", "3"),
+                ("authentication_failedLoginWindow", "60s"),
+            ],
+        );
+        start(&r).expect("start");
+        let admin = Caller::super_user("system");
+        for name in ["ann", "bob"] {
+            block_on(users::add_user(&r, &admin, name, "pw", "super_user", true)).expect("user");
+        }
+        for _ in 0..3 {
+            check(
                 &r,
-                &Credentials {
-                    authorization: Some(&basic("x", "y")),
-                    peer: peer("10.9.9.9"),
-                    peer_cn: None,
-                },
+                Some(&basic("ann", "bad")),
+                "10.9.9.9",
+                Err(AuthError::LoginFailed),
             );
         }
-        check(
-            &r,
-            Some(&basic("HDB_ADMIN", "z")),
-            "10.9.9.9",
-            Err(AuthError::TooManyAttempts),
-        );
+        // ann from that address is refused without a check, even with the right password...
+        let creds = Credentials {
+            authorization: Some(&basic("ann", "pw")),
+            peer: peer("10.9.9.9"),
+            peer_cn: None,
+        };
+        match authenticate(&r, &creds) {
+            Err(AuthError::TooManyAttempts { retry_after_s }) => {
+                assert!((1..=60).contains(&retry_after_s), "{retry_after_s}")
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        // ...but bob from the same address, and ann from another, are checked as usual.
+        check(&r, Some(&basic("bob", "pw")), "10.9.9.9", Ok("bob"));
+        check(&r, Some(&basic("ann", "pw")), "10.9.9.8", Ok("ann"));
+
+        // The table of counters is bounded: a flood of distinct names keeps it at its maximum.
+        for i in 0..FAILED_LOGIN_ENTRIES_MAX + 50 {
+            r.auth.record_failure(
+                &r.config.auth,
+                "10.1.1.1".parse().expect("ip"),
+                &format!("u{i}"),
+            );
+        }
+        assert_eq!(r.auth.failure_entries(), FAILED_LOGIN_ENTRIES_MAX);
+        // Long names are counted by their prefix, so they cannot grow an entry.
+        assert_eq!(failure_name(&"é".repeat(200)).len(), 256);
+        r.store.close();
+    }
+
+    #[test]
+    fn a_limit_of_zero_never_refuses() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = resources_with(dir.path(), &[("authentication_failedLoginLimit", "0")]);
+        start(&r).expect("start");
+        let admin = Caller::super_user("system");
+        block_on(users::add_user(&r, &admin, "ann", "pw", "super_user", true)).expect("ann");
+        for _ in 0..40 {
+            check(
+                &r,
+                Some(&basic("ann", "bad")),
+                "10.9.9.9",
+                Err(AuthError::LoginFailed),
+            );
+        }
+        check(&r, Some(&basic("ann", "pw")), "10.9.9.9", Ok("ann"));
+        assert_eq!(r.auth.failure_entries(), 0);
+        r.store.close();
+    }
+
+    /// A sha256 hash is upgraded to argon2id at login only while it is still the stored one.
+    #[test]
+    fn hash_upgrade_is_conditional() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = resources_with(dir.path(), &[("authentication_hashFunction", "argon2id")]);
+        start(&r).expect("start");
+        let admin = Caller::super_user("system");
+        block_on(users::add_user(&r, &admin, "ann", "pw", "super_user", true)).expect("ann");
+        let old = users::hash_password("old-pw");
+        let set_hash = |hash: &str| {
+            let mut record = Object::new();
+            record.insert("username", Value::String("ann".into()));
+            record.insert("password", Value::String(hash.to_string()));
+            block_on(write_system(&r, USERS, record, PutMode::Update, None)).expect("write");
+        };
+        let stored = || find_user(&r, "ann").expect("read").expect("ann").password;
+        let swap = |expected: &str, value: &str| {
+            let (db, _) = r.table(SYSTEM, USERS).expect("users");
+            let outcome = block_on(crate::resource::write(
+                &db,
+                WriteRequest {
+                    ops: vec![WriteOp::Swap {
+                        table: USERS.into(),
+                        key: Value::String("ann".into()),
+                        attribute: "password".into(),
+                        expected: Value::String(expected.into()),
+                        value: Value::String(value.into()),
+                    }],
+                    user: None,
+                },
+            ))
+            .expect("swap");
+            matches!(outcome.results[0], crate::store::OpResult::Written { .. })
+        };
+        // The writer's compare-and-set: a stale expectation changes nothing.
+        set_hash(&old);
+        assert!(!swap("$sha256$stale$hash", "replaced"));
+        assert_eq!(stored(), old);
+        assert!(swap(&old, &old));
+
+        // A login with the sha256 password upgrades it.
+        check(&r, Some(&basic("ann", "old-pw")), "10.0.0.1", Ok("ann"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stored().starts_with("$argon2id$") {
+            assert!(Instant::now() < deadline, "never upgraded: {}", stored());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(users::verify_password("old-pw", &stored()));
         r.store.close();
     }
 

@@ -71,6 +71,7 @@ fn table_grant(v: &serde_yaml::Value, what: &str) -> Result<Value, String> {
                 for (flag, on) in mapping(flags, &format!("{what}.{k}.{name}"))? {
                     a.insert(key(flag, what)?, scalar(on));
                 }
+                ungranted(&mut a, &["read", "insert", "update"]);
                 list.push(Value::Object(a));
             }
             grant.insert("attribute_permissions", Value::Array(list));
@@ -78,7 +79,21 @@ fn table_grant(v: &serde_yaml::Value, what: &str) -> Result<Value, String> {
             grant.insert(k, scalar(v));
         }
     }
+    // A file names only what it grants; the stored form, as `add_role` takes it, has every flag.
+    ungranted(&mut grant, &["read", "insert", "update", "delete"]);
+    if grant.get("attribute_permissions").is_none() {
+        grant.insert("attribute_permissions", Value::Array(Vec::new()));
+    }
     Ok(Value::Object(grant))
+}
+
+/// Sets each of `flags` that `grant` does not name to false.
+fn ungranted(grant: &mut Object, flags: &[&str]) {
+    for flag in flags {
+        if grant.get(flag).is_none() {
+            grant.insert(*flag, Value::Bool(false));
+        }
+    }
 }
 
 /// One role of a file as a stored `permission` object (not yet validated).
@@ -129,7 +144,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, Value)>, String> {
         }
         let permission = permission(&name, v)?;
         users::validate_permission(&permission)
-            .map_err(|e| format!("role '{name}': {}", e.message))?;
+            .map_err(|e| format!("role '{name}': {}", e.full_message()))?;
         out.push((name, permission));
     }
     Ok(out)
@@ -186,7 +201,7 @@ pub fn apply(resources: &Arc<Resources>) -> Result<usize, String> {
                 permission.clone(),
             )),
         };
-        result.map_err(|e| format!("role '{name}': {}", e.message))?;
+        result.map_err(|e| format!("role '{name}': {}", e.full_message()))?;
     }
     Ok(roles.len())
 }
@@ -227,7 +242,7 @@ mod tests {
             "reader:\n  data:\n    Dog:\n      read: true\n      attributes:\n        owner: {read: false}\n",
             Ok(&[(
                 "reader",
-                r#"{"data":{"tables":{"Dog":{"read":true,"attribute_permissions":[{"attribute_name":"owner","read":false}]}}}}"#,
+                r#"{"data":{"tables":{"Dog":{"read":true,"attribute_permissions":[{"attribute_name":"owner","read":false,"insert":false,"update":false}],"insert":false,"update":false,"delete":false}}}}"#,
             )]),
         );
         check(
@@ -239,7 +254,10 @@ mod tests {
         );
         check(
             "stored:\n  data: {tables: {Dog: {insert: true}}}\n",
-            Ok(&[("stored", r#"{"data":{"tables":{"Dog":{"insert":true}}}}"#)]),
+            Ok(&[(
+                "stored",
+                r#"{"data":{"tables":{"Dog":{"insert":true,"read":false,"update":false,"delete":false,"attribute_permissions":[]}}}}"#,
+            )]),
         );
         check("", Ok(&[]));
         check(

@@ -15,8 +15,10 @@ http:
   maxHeaderSize: 16394       # bytes of request head -> 431
   maxHeaderCount: 100        # header lines per request -> 431 (tidepool)
   maxBodySize: 1073741824    # bytes of request body -> 413 (tidepool)
+  maxBodyBytesInFlightPerCore: 268435456   # bytes of request bodies read at once per core; beyond -> 503 (tidepool)
   maxConnectionsPerCore: 65536   # open connections per core; beyond -> 503 and close (tidepool)
   sharePorts: false          # allow another process on the same ports (SO_REUSEPORT) (tidepool)
+  portWaitAfterCrash: 20000  # ms to wait at start for a crashed process's sockets to close (tidepool)
   compressionThreshold: 1200
   mtls: false
 rest:
@@ -34,7 +36,9 @@ authentication:
   cacheTTL: 30000
   operationTokenTimeout: 1d
   refreshTokenTimeout: 30d
-  hashFunction: sha256
+  hashFunction: argon2id      # new passwords; sha256 hashes still verify (and are upgraded at login)
+  failedLoginLimit: 30       # failed logins per (source address, user name) per window; 0 = off
+  failedLoginWindow: 60s
   enableSessions: true       # cookie sessions (login/logout), SPEC §5.3
   cookie:
     expires: null            # null = far future (until logout)

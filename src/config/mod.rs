@@ -388,7 +388,12 @@ pub struct HttpConfig {
     pub header_bytes_max: usize,
     pub header_count_max: usize,
     pub body_bytes_max: u64,
+    /// `http.maxBodyBytesInFlightPerCore`: request body bytes held at once on one core.
+    pub body_bytes_in_flight_max: u64,
     pub connections_per_core_max: usize,
+    /// `http.portWaitAfterCrash`: how long start-up waits for listening sockets no live process
+    /// owns (a killed process's io_uring being torn down) before giving up on a port.
+    pub port_wait_after_crash: Duration,
     /// Client certificates on the secure port (`http.mtls`); None = not asked for.
     pub mtls: Option<MtlsConfig>,
 }
@@ -483,6 +488,8 @@ pub struct Config {
     pub operations_api_cors: bool,
     pub threads: usize,
     pub authorize_local: bool,
+    /// `authentication.*` durations and the failed-login limit (docs/security.md "Failed logins").
+    pub auth: AuthConfig,
     pub mqtt_port: Option<ListenAddr>,
     /// MQTT over TLS (`mqtt.network.securePort`, 8883 by default; null = off).
     pub mqtt_secure_port: Option<ListenAddr>,
@@ -495,6 +502,19 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Allow other processes' listeners on our ports (SO_REUSEPORT sharing). Off: refuse to start.
     pub share_ports: bool,
+}
+
+/// `authentication.*` settings that are checked at start: a bad duration is an error naming
+/// its key, never a silent default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub cache_ttl: Duration,
+    pub operation_token_timeout: Duration,
+    pub refresh_token_timeout: Duration,
+    /// Failed logins one (source address, user name) may make per window; 0 = no limit.
+    pub failed_login_limit: u32,
+    /// The window failed logins are counted over; zero = no limit.
+    pub failed_login_window: Duration,
 }
 
 fn resolve(root: &Path, template: &str) -> PathBuf {
@@ -606,7 +626,9 @@ impl Config {
                 header_bytes_max,
                 header_count_max,
                 body_bytes_max: tree.u64("http.maxBodySize")?,
+                body_bytes_in_flight_max: tree.u64("http.maxBodyBytesInFlightPerCore")?,
                 connections_per_core_max: tree.u64("http.maxConnectionsPerCore")?.max(1) as usize,
+                port_wait_after_crash: tree.duration("http.portWaitAfterCrash")?,
                 mtls: MtlsConfig::from_tree(tree, "http.mtls", root)?,
             },
             operations_api_port: tree.listen("operationsApi.network.port")?,
@@ -619,6 +641,14 @@ impl Config {
             operations_api_cors: tree.bool("operationsApi.network.cors")?,
             threads,
             authorize_local: tree.bool("authentication.authorizeLocal")?,
+            auth: AuthConfig {
+                cache_ttl: tree.duration("authentication.cacheTTL")?,
+                operation_token_timeout: tree.duration("authentication.operationTokenTimeout")?,
+                refresh_token_timeout: tree.duration("authentication.refreshTokenTimeout")?,
+                failed_login_limit: u32::try_from(tree.u64("authentication.failedLoginLimit")?)
+                    .unwrap_or(u32::MAX),
+                failed_login_window: tree.duration("authentication.failedLoginWindow")?,
+            },
             mqtt_port: tree.listen("mqtt.network.port")?,
             mqtt_secure_port: tree.listen("mqtt.network.securePort")?,
             mqtt_mtls: MtlsConfig::from_tree(tree, "mqtt.network.mtls", root)?,
@@ -701,6 +731,26 @@ mod tests {
             ("threads:\n  count: 0\n", "threads.count"),
             ("http:\n  keepAliveTimeout: soon\n", "http.keepAliveTimeout"),
             ("storage:\n  sync: maybe\n", "storage.sync"),
+            (
+                "authentication:\n  cacheTTL: thirty\n",
+                "authentication.cacheTTL",
+            ),
+            (
+                "authentication:\n  operationTokenTimeout: 1w\n",
+                "authentication.operationTokenTimeout",
+            ),
+            (
+                "authentication:\n  refreshTokenTimeout: -5\n",
+                "authentication.refreshTokenTimeout",
+            ),
+            (
+                "authentication:\n  failedLoginWindow: a minute\n",
+                "authentication.failedLoginWindow",
+            ),
+            (
+                "authentication:\n  failedLoginLimit: many\n",
+                "authentication.failedLoginLimit",
+            ),
         ];
         for (file, key) in cases {
             let e = load(file, &[], &[]).unwrap_err();

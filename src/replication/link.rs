@@ -240,7 +240,12 @@ pub fn run(
     };
     let mut reader = ws::MessageReader::new(reader, sender, MESSAGE_BYTES_MAX);
     let hello = loop {
-        match reader.read()? {
+        let incoming = reader.read().inspect_err(|e| {
+            if let Some(code) = e.close_code() {
+                out.close(code);
+            }
+        })?;
+        match incoming {
             Incoming::Binary(frame) => {
                 let (kind, body) = message::decode(&frame, &limits).map_err(LinkError::Protocol)?;
                 if kind == "HELLO" {
@@ -472,7 +477,12 @@ impl Control {
                 Ok(Ok(Incoming::Ping(p))) => self.out.frame(ws::Opcode::Pong, &p)?,
                 Ok(Ok(Incoming::Pong)) => {}
                 Ok(Ok(Incoming::Close)) => return Err(LinkError::Closed("close frame".into())),
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(Err(e)) => {
+                    if let Some(code) = e.close_code() {
+                        self.out.close(code);
+                    }
+                    return Err(e.into());
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(LinkError::Closed("reader ended".into()))

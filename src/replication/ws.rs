@@ -24,6 +24,8 @@ pub enum WsError {
     Io(io::Error),
     /// The peer broke the protocol (bad handshake, bad frame).
     Protocol(String),
+    /// A frame or frame sequence breaking RFC 6455; the link closes with its code.
+    Frame(frame::FrameError),
     /// A message over the size limit.
     TooLarge(usize),
     /// The upgrade was refused with this HTTP status.
@@ -36,9 +38,22 @@ impl std::fmt::Display for WsError {
         match self {
             WsError::Io(e) => write!(f, "{e}"),
             WsError::Protocol(m) => write!(f, "WebSocket protocol error: {m}"),
+            WsError::Frame(e) => write!(f, "WebSocket protocol error: {e}"),
             WsError::TooLarge(n) => write!(f, "message of {n} bytes is over the limit"),
             WsError::Refused(s) => write!(f, "upgrade refused with status {s}"),
             WsError::Closed => f.write_str("connection closed"),
+        }
+    }
+}
+
+impl WsError {
+    /// The close code to send the peer before the link ends (RFC 6455 §7.4.1), for errors
+    /// of the peer's frames.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            WsError::Frame(e) => Some(e.close_code()),
+            WsError::TooLarge(_) => Some(1009),
+            _ => None,
         }
     }
 }
@@ -207,6 +222,9 @@ pub struct MessageReader<R> {
     sender: Sender,
     buf: Vec<u8>,
     message_bytes_max: usize,
+    /// The fragmented message read so far, and the rules between frames.
+    message: Vec<u8>,
+    messages: frame::Messages,
 }
 
 impl<R: Read> MessageReader<R> {
@@ -216,21 +234,23 @@ impl<R: Read> MessageReader<R> {
             sender,
             buf: Vec::new(),
             message_bytes_max,
+            message: Vec::new(),
+            messages: frame::Messages::default(),
         }
     }
 
-    /// Reads frames until a whole message (fragments joined) or a control frame is in.
+    /// Reads frames until a whole message (fragments joined) or a control frame is in. A
+    /// control frame between fragments comes back on its own; the message so far is kept for
+    /// the next call.
     pub fn read(&mut self) -> Result<Incoming, WsError> {
-        let mut message: Vec<u8> = Vec::new();
-        let mut in_message = false;
         loop {
-            let limit = self.message_bytes_max.saturating_sub(message.len());
+            let limit = self.message_bytes_max.saturating_sub(self.message.len());
             let decoded = match frame::decode_from(&mut self.buf, self.sender, limit) {
                 Ok(d) => d,
                 Err(frame::FrameError::TooLarge) => {
                     return Err(WsError::TooLarge(self.message_bytes_max))
                 }
-                Err(e) => return Err(WsError::Protocol(e.to_string())),
+                Err(e) => return Err(WsError::Frame(e)),
             };
             let Some((f, used)) = decoded else {
                 let start = self.buf.len();
@@ -248,26 +268,20 @@ impl<R: Read> MessageReader<R> {
                 }
                 continue;
             };
-            let (fin, opcode) = (f.fin, f.opcode);
-            let result = match opcode {
+            self.messages.check(&f).map_err(WsError::Frame)?;
+            let result = match f.opcode {
                 Opcode::Ping => Some(Incoming::Ping(f.payload.to_vec())),
                 Opcode::Pong => Some(Incoming::Pong),
-                Opcode::Close => Some(Incoming::Close),
-                Opcode::Binary | Opcode::Text if !in_message => {
-                    if fin {
-                        Some(Incoming::Binary(f.payload.to_vec()))
-                    } else {
-                        in_message = true;
-                        message.extend_from_slice(f.payload);
-                        None
-                    }
+                Opcode::Close => {
+                    frame::close_code(f.payload).map_err(WsError::Frame)?;
+                    Some(Incoming::Close)
                 }
-                Opcode::Continuation if in_message => {
-                    message.extend_from_slice(f.payload);
-                    fin.then(|| Incoming::Binary(std::mem::take(&mut message)))
-                }
-                other => {
-                    return Err(WsError::Protocol(format!("unexpected {other:?} frame")));
+                // Data in order (checked above): whole, or the fragments joined.
+                _ if f.fin && self.message.is_empty() => Some(Incoming::Binary(f.payload.to_vec())),
+                _ => {
+                    self.message.extend_from_slice(f.payload);
+                    f.fin
+                        .then(|| Incoming::Binary(std::mem::take(&mut self.message)))
                 }
             };
             self.buf.drain(..used);
@@ -368,6 +382,20 @@ mod tests {
         assert!(MessageReader::new(&over[..], Sender::Server, 10)
             .read()
             .is_err());
+        // A ping between fragments comes out on its own and the message stays whole.
+        let mut pinged = vec![0x02, 2, b'a', b'b'];
+        encode_frame(Opcode::Ping, b"p", false, &mut pinged);
+        encode_frame(Opcode::Continuation, b"cd", false, &mut pinged);
+        let mut reader = MessageReader::new(&pinged[..], Sender::Server, 10);
+        assert_eq!(reader.read().unwrap(), Incoming::Ping(b"p".to_vec()));
+        assert_eq!(reader.read().unwrap(), Incoming::Binary(b"abcd".to_vec()));
+        // A bad close code is a framing error with close code 1002.
+        let mut close = Vec::new();
+        encode_frame(Opcode::Close, &999u16.to_be_bytes(), false, &mut close);
+        let e = MessageReader::new(&close[..], Sender::Server, 10)
+            .read()
+            .expect_err("close 999");
+        assert_eq!(e.close_code(), Some(1002));
     }
 
     #[test]

@@ -194,6 +194,8 @@ pub fn canonical_number(raw: &str) -> Option<Value> {
 pub struct VerbError {
     pub status: u16,
     pub message: String,
+    /// More fields of the error body beside `error` (e.g. a role's `main_permissions`).
+    pub details: Option<Box<crate::value::Object>>,
 }
 
 impl VerbError {
@@ -201,6 +203,24 @@ impl VerbError {
         VerbError {
             status,
             message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: crate::value::Object) -> Self {
+        self.details = Some(Box::new(details));
+        self
+    }
+
+    /// The message and its details as one line (for log lines and start-up errors).
+    pub fn full_message(&self) -> String {
+        match &self.details {
+            Some(d) => {
+                let mut json = Vec::new();
+                crate::value::json::write(&crate::value::Value::Object((**d).clone()), &mut json);
+                format!("{}: {}", self.message, String::from_utf8_lossy(&json))
+            }
+            None => self.message.clone(),
         }
     }
 

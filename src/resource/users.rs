@@ -46,15 +46,14 @@ pub enum HashFunction {
 }
 
 impl HashFunction {
-    /// The configured function; anything but `argon2id` (or `argon2`) is `sha256`, the default.
+    /// The configured function: `sha256` selects salted SHA-256; anything else is argon2id, the
+    /// default (docs/security.md "Users").
     pub fn of(resources: &Resources) -> HashFunction {
         match resources.config_tree.get("authentication.hashFunction") {
-            Some(serde_yaml::Value::String(s))
-                if s.eq_ignore_ascii_case("argon2id") || s.eq_ignore_ascii_case("argon2") =>
-            {
-                HashFunction::Argon2id
+            Some(serde_yaml::Value::String(s)) if s.eq_ignore_ascii_case("sha256") => {
+                HashFunction::Sha256
             }
-            _ => HashFunction::Sha256,
+            _ => HashFunction::Argon2id,
         }
     }
 }
@@ -249,133 +248,251 @@ fn find_role(resources: &Resources, name: &str) -> Result<Option<Value>, VerbErr
     }))
 }
 
-fn check_flags(
-    what: &str,
-    grant: &Object,
-    allowed: &[&str],
-    extra: &[&str],
-) -> Result<(), VerbError> {
-    for (key, v) in grant.iter() {
-        if allowed.contains(&key) {
-            if !matches!(v, Value::Bool(_)) {
-                return Err(VerbError::bad(format!(
-                    "{what}: '{key}' must be true or false"
-                )));
-            }
-        } else if !extra.contains(&key) {
-            return Err(VerbError::bad(format!("{what}: unknown key '{key}'")));
-        }
-    }
-    Ok(())
+/// HarperDB's answer to a role with problems (SPEC §4.4).
+pub const ROLE_PERMS_ERROR: &str = "Errors in the role permissions JSON provided";
+
+/// The problems of a role's `permission`, collected as HarperDB reports them: those of the
+/// role as a whole (and unknown databases and tables) in `main_permissions`, those of one
+/// table's grant under `schema_permissions["<db>_<table>"]`.
+#[derive(Default)]
+struct RoleProblems {
+    main: Vec<Value>,
+    tables: Object,
 }
 
-/// SPEC §4.4's role rules: known keys only, boolean flags, no attribute grant beyond its
-/// table's, and `super_user: true` alone.
+impl RoleProblems {
+    fn main(&mut self, problem: String) {
+        self.main.push(Value::String(problem));
+    }
+
+    fn table(&mut self, database: &str, table: &str, problem: String) {
+        let key = format!("{database}_{table}");
+        match self.tables.get_mut(&key) {
+            Some(Value::Array(list)) => list.push(Value::String(problem)),
+            _ => {
+                self.tables
+                    .insert(key, Value::Array(vec![Value::String(problem)]));
+            }
+        }
+    }
+
+    /// 400 `{"error": ROLE_PERMS_ERROR, "main_permissions": [...], "schema_permissions": {...}}`
+    /// when anything was found.
+    fn into_result(self) -> Result<(), VerbError> {
+        if self.main.is_empty() && self.tables.is_empty() {
+            return Ok(());
+        }
+        let mut details = Object::new();
+        details.insert("main_permissions", Value::Array(self.main));
+        details.insert("schema_permissions", Value::Object(self.tables));
+        Err(VerbError::bad(ROLE_PERMS_ERROR).with_details(details))
+    }
+}
+
+/// Whether `v` is a boolean flag; HarperDB's "missing" and "must be a boolean" problems.
+fn flag_problem(v: Option<&Value>, missing: String, not_boolean: String) -> Option<String> {
+    match v {
+        None => Some(missing),
+        Some(Value::Bool(_)) => None,
+        Some(_) => Some(not_boolean),
+    }
+}
+
+/// SPEC §4.4's role rules for `add_role`/`alter_role`, as HarperDB checks them: the databases,
+/// tables and attributes named must exist; every table grant has boolean `read`, `insert`,
+/// `update` and `delete` and an `attribute_permissions` array (or null); each attribute grant
+/// has an `attribute_name` and boolean `read`, `insert`, `update` (a `delete` there is accepted
+/// and ignored, as HarperDB does); no attribute grant beyond its table's; `super_user: true`
+/// alone. Every problem is reported, in HarperDB's shape ([`ROLE_PERMS_ERROR`]).
+pub fn validate_role(resources: &Resources, permission: &Value) -> Result<(), VerbError> {
+    role_problems(Some(resources), permission)
+}
+
+/// The structural part of [`validate_role`], for the application's role files (SPEC §5.5): no
+/// existence checks (nothing is created yet when they are read), and `attribute_permissions`
+/// may be left out.
 pub fn validate_permission(permission: &Value) -> Result<(), VerbError> {
+    role_problems(None, permission)
+}
+
+fn role_problems(resources: Option<&Resources>, permission: &Value) -> Result<(), VerbError> {
     let Value::Object(p) = permission else {
         return Err(VerbError::bad("'permission' must be an object"));
     };
-    if matches!(p.get("super_user"), Some(Value::Bool(true))) {
-        if let Some((key, _)) = p
-            .iter()
-            .find(|(k, v)| *k != "super_user" && !matches!(v, Value::Bool(false)))
-        {
-            return Err(VerbError::bad(format!(
-                "a super_user role admits no other permissions (found '{key}')"
-            )));
-        }
-        return Ok(());
+    let mut problems = RoleProblems::default();
+    if matches!(p.get("super_user"), Some(Value::Bool(true)))
+        && p.iter()
+            .any(|(k, v)| k != "super_user" && !matches!(v, Value::Bool(false)))
+    {
+        problems
+            .main("Roles with 'super_user' set to true cannot have other permissions set.".into());
+        return problems.into_result();
     }
     for (key, v) in p.iter() {
         match key {
             "super_user" | "cluster_user" => {
                 if !matches!(v, Value::Bool(_)) {
-                    return Err(VerbError::bad(format!("'{key}' must be true or false")));
+                    problems.main(format!("Value for '{key}' permission must be a boolean"));
                 }
             }
-            "structure_user" => {
-                let ok = match v {
-                    Value::Bool(_) => true,
-                    Value::Array(items) => items.iter().all(|i| matches!(i, Value::String(_))),
-                    _ => false,
-                };
-                if !ok {
-                    return Err(VerbError::bad(
-                        "'structure_user' must be true, false or a list of databases",
-                    ));
+            "structure_user" => match v {
+                Value::Bool(_) => {}
+                Value::Array(items) => {
+                    for item in items {
+                        match item {
+                            Value::String(db) => {
+                                if resources.is_some_and(|r| r.store.database(db).is_none()) {
+                                    problems.main(format!("database '{db}' does not exist"));
+                                }
+                            }
+                            _ => problems.main(
+                                "Value for 'structure_user' permission must be a boolean or Array"
+                                    .into(),
+                            ),
+                        }
+                    }
                 }
-            }
+                _ => problems.main(
+                    "Value for 'structure_user' permission must be a boolean or Array".into(),
+                ),
+            },
             database => {
+                if resources.is_some_and(|r| r.store.database(database).is_none()) {
+                    problems.main(format!("database '{database}' does not exist"));
+                    continue;
+                }
                 let Value::Object(db) = v else {
-                    return Err(VerbError::bad(format!(
+                    problems.main(format!(
                         "permission for database '{database}' must be an object"
-                    )));
+                    ));
+                    continue;
                 };
                 for (k, tables) in db.iter() {
                     if k != "tables" {
-                        return Err(VerbError::bad(format!(
-                            "database '{database}': unknown key '{k}'"
-                        )));
+                        problems.main(format!("database '{database}': unknown key '{k}'"));
+                        continue;
                     }
                     let Value::Object(tables) = tables else {
-                        return Err(VerbError::bad(format!(
-                            "database '{database}': 'tables' must be an object"
-                        )));
+                        problems.main(format!("database '{database}': 'tables' must be an object"));
+                        continue;
                     };
                     for (table, grant) in tables.iter() {
-                        validate_table_grant(database, table, grant)?;
+                        table_problems(resources, database, table, grant, &mut problems);
                     }
                 }
             }
         }
     }
-    Ok(())
+    problems.into_result()
 }
 
-fn validate_table_grant(database: &str, table: &str, grant: &Value) -> Result<(), VerbError> {
-    let what = format!("table '{database}.{table}'");
-    let Value::Object(grant) = grant else {
-        return Err(VerbError::bad(format!(
-            "{what}: permission must be an object"
-        )));
-    };
-    check_flags(&what, grant, TABLE_FLAGS, &["attribute_permissions"])?;
-    let table_flag = |flag: &str| matches!(grant.get(flag), Some(Value::Bool(true)));
-    match grant.get("attribute_permissions") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
-            for item in items {
-                let Value::Object(attr) = item else {
-                    return Err(VerbError::bad(format!(
-                        "{what}: each attribute permission must be an object"
-                    )));
-                };
-                let name = match attr.get("attribute_name") {
-                    Some(Value::String(n)) => n.clone(),
-                    _ => {
-                        return Err(VerbError::bad(format!(
-                            "{what}: each attribute permission needs an 'attribute_name'"
-                        )))
-                    }
-                };
-                let attr_what = format!("{what} attribute '{name}'");
-                check_flags(&attr_what, attr, ATTRIBUTE_FLAGS, &["attribute_name"])?;
-                for flag in ATTRIBUTE_FLAGS {
-                    if matches!(attr.get(flag), Some(Value::Bool(true))) && !table_flag(flag) {
-                        return Err(VerbError::bad(format!(
-                            "{attr_what}: '{flag}' is granted but the table's '{flag}' is not"
-                        )));
-                    }
-                }
+/// The problems of one table's grant, in HarperDB's order.
+fn table_problems(
+    resources: Option<&Resources>,
+    database: &str,
+    table: &str,
+    grant: &Value,
+    problems: &mut RoleProblems,
+) {
+    let def = match resources {
+        Some(r) => match r.table(database, table) {
+            Some((_, t)) => Some(t),
+            None => {
+                problems.main(format!("Table '{database}.{table}' does not exist"));
+                return;
             }
-        }
-        Some(_) => {
-            return Err(VerbError::bad(format!(
-                "{what}: 'attribute_permissions' must be an array"
-            )))
+        },
+        None => None,
+    };
+    let mut add = |problem: String| problems.table(database, table, problem);
+    let Value::Object(grant) = grant else {
+        add("Table permissions must be an object".into());
+        return;
+    };
+    for (key, _) in grant.iter() {
+        if key != "attribute_permissions" && !TABLE_FLAGS.contains(&key) {
+            add(format!("Invalid table permission key value '{key}'"));
         }
     }
-    Ok(())
+    for flag in TABLE_FLAGS {
+        let upper = flag.to_ascii_uppercase();
+        if let Some(problem) = flag_problem(
+            grant.get(flag),
+            format!("Missing table {upper} permission"),
+            format!("Table {upper} permission must be a boolean"),
+        ) {
+            // Role files may leave out the flags they do not grant.
+            if resources.is_some() || grant.get(flag).is_some() {
+                add(problem);
+            }
+        }
+    }
+    let items = match grant.get("attribute_permissions") {
+        None if resources.is_some() => {
+            add("Missing 'attribute_permissions' array".into());
+            return;
+        }
+        None | Some(Value::Null) => return,
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            add("Value for 'attribute_permissions' must be an array".into());
+            return;
+        }
+    };
+    let mut granted = [false; 3];
+    for item in items {
+        let Value::Object(attr) = item else {
+            add("Permission object in 'attribute_permission' missing an 'attribute_name'".into());
+            continue;
+        };
+        for (key, _) in attr.iter() {
+            // HarperDB accepts `delete` here and ignores it; so do we.
+            if key != "attribute_name" && key != "delete" && !ATTRIBUTE_FLAGS.contains(&key) {
+                add(format!("Invalid attribute permission key value '{key}'"));
+            }
+        }
+        let name = match attr.get("attribute_name") {
+            Some(Value::String(n)) => n.as_str(),
+            _ => {
+                add(
+                    "Permission object in 'attribute_permission' missing an 'attribute_name'"
+                        .into(),
+                );
+                continue;
+            }
+        };
+        if def
+            .as_ref()
+            .is_some_and(|t| t.def.attribute(name).is_none())
+        {
+            add(format!(
+                "Invalid attribute '{name}' in 'attribute_permissions'"
+            ));
+            continue;
+        }
+        for (i, flag) in ATTRIBUTE_FLAGS.iter().enumerate() {
+            let upper = flag.to_ascii_uppercase();
+            if let Some(problem) = flag_problem(
+                attr.get(flag),
+                format!("{upper} attribute permission missing for '{name}'"),
+                format!("{upper} attribute permission for '{name}' must be a boolean"),
+            ) {
+                if resources.is_some() || attr.get(flag).is_some() {
+                    add(problem);
+                }
+            }
+            granted[i] |= matches!(attr.get(flag), Some(Value::Bool(true)));
+        }
+    }
+    let beyond = ATTRIBUTE_FLAGS
+        .iter()
+        .zip(granted)
+        .any(|(flag, g)| g && !matches!(grant.get(flag), Some(Value::Bool(true))));
+    if beyond {
+        add(format!(
+            "You have a conflict with TABLE permissions for '{database}.{table}' being false and ATTRIBUTE permissions being true"
+        ));
+    }
 }
 
 pub async fn add_role(
@@ -385,7 +502,7 @@ pub async fn add_role(
     id: Option<&str>,
     permission: Value,
 ) -> Result<Value, VerbError> {
-    validate_permission(&permission)?;
+    validate_role(resources, &permission)?;
     let id = id.unwrap_or(role);
     if find_role(resources, role)?.is_some() || find_role(resources, id)?.is_some() {
         return Err(VerbError::new(
@@ -408,7 +525,7 @@ pub async fn alter_role(
     role: Option<&str>,
     permission: Value,
 ) -> Result<Value, VerbError> {
-    validate_permission(&permission)?;
+    validate_role(resources, &permission)?;
     if get(resources, ROLES, id)?.is_none() {
         return Err(VerbError::new(404, format!("Role '{id}' not found")));
     }
@@ -597,7 +714,9 @@ mod tests {
         let value = value::json::parse(permission.as_bytes()).expect("test JSON");
         match (validate_permission(&value), expected) {
             (Ok(()), Ok(())) => {}
-            (Err(e), Err(fragment)) => assert!(e.message.contains(fragment), "{}", e.message),
+            (Err(e), Err(fragment)) => {
+                assert!(e.full_message().contains(fragment), "{}", e.full_message())
+            }
             (got, want) => panic!("{permission}: got {got:?}, want {want:?}"),
         }
     }
@@ -608,32 +727,44 @@ mod tests {
         check(r#"{"super_user": true, "cluster_user": false}"#, Ok(()));
         check(
             r#"{"super_user": true, "dev": {"tables": {}}}"#,
-            Err("no other"),
+            Err("cannot have other permissions"),
         );
-        check(r#"{"super_user": "yes"}"#, Err("true or false"));
+        check(
+            r#"{"super_user": "yes"}"#,
+            Err("Value for 'super_user' permission must be a boolean"),
+        );
         check(
             r#"{"dev": {"tables": {"dog": {"read": true, "insert": false, "update": false, "delete": false}}}}"#,
             Ok(()),
         );
         check(
             r#"{"dev": {"tables": {"dog": {"read": 1}}}}"#,
-            Err("true or false"),
+            Err("Table READ permission must be a boolean"),
         );
         check(
             r#"{"dev": {"tables": {"dog": {"fly": true}}}}"#,
-            Err("unknown key"),
+            Err("Invalid table permission key value 'fly'"),
         );
         check(r#"{"dev": {"other": {}}}"#, Err("unknown key"));
         check(
             r#"{"dev": {"tables": {"dog": {"read": false, "attribute_permissions": [{"attribute_name": "x", "read": true}]}}}}"#,
-            Err("is not"),
+            Err("conflict with TABLE permissions"),
         );
         check(
             r#"{"dev": {"tables": {"dog": {"read": true, "attribute_permissions": [{"attribute_name": "x", "read": true}]}}}}"#,
             Ok(()),
         );
         check(r#"{"structure_user": ["dev"]}"#, Ok(()));
-        check(r#"{"structure_user": 3}"#, Err("structure_user"));
+        check(r#"{"structure_user": 3}"#, Err("boolean or Array"));
+        // `delete` in an attribute grant is accepted and ignored.
+        check(
+            r#"{"dev": {"tables": {"dog": {"read": true, "attribute_permissions": [{"attribute_name": "x", "read": true, "delete": true}]}}}}"#,
+            Ok(()),
+        );
+        check(
+            r#"{"dev": {"tables": {"dog": {"read": true, "attribute_permissions": [{"attribute_name": "x", "fly": true}]}}}}"#,
+            Err("Invalid attribute permission key value 'fly'"),
+        );
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub struct CoreStats {
     pub requests: AtomicU64,
     /// Milliseconds since start when this core's heartbeat task last ran (the watchdog reads it).
     pub heartbeat_ms: AtomicU64,
+    /// This core's HTTP connection memory: buffer bytes, request bodies in flight.
+    pub http: http::ConnGauges,
+    /// MQTT connections open on this core (plain and TLS ports; over WebSocket they count as HTTP).
+    pub mqtt_connections_open: AtomicU64,
 }
 
 /// What every core shares, read-mostly.
@@ -119,17 +123,27 @@ struct BoundPort {
     listeners: Mutex<Vec<Option<StdTcpListener>>>,
 }
 
+/// Binds `kind`'s listeners on `addr`; `secure`: a TLS port, named by its `securePort` key in
+/// errors.
 fn bind(
     kind: PortKind,
+    secure: bool,
     addr: SocketAddr,
     cores: usize,
-    shared_ports: bool,
+    config: &Config,
 ) -> Result<BoundPort, RunError> {
-    let (listeners, bound) = bind_listeners(addr, cores, shared_ports).map_err(|e| match e {
-        BindError::InUse(_) | BindError::Io(..) => {
-            RunError::Bind(format!("{} port: {e}", kind.name()))
-        }
-    })?;
+    let name = if secure {
+        secure_name(kind)
+    } else {
+        kind.name()
+    };
+    let (listeners, bound) = bind_listeners(
+        addr,
+        cores,
+        config.share_ports,
+        config.http.port_wait_after_crash,
+    )
+    .map_err(|e: BindError| RunError::Bind(format!("{name} port: {e}")))?;
     Ok(BoundPort {
         kind,
         addr: bound,
@@ -168,10 +182,10 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         } else {
             PortKind::Rest
         };
-        ports.push(bind(kind, addr, cores, config.share_ports)?);
+        ports.push(bind(kind, false, addr, cores, &config)?);
     }
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
-        ports.push(bind(PortKind::Operations, addr, cores, config.share_ports)?);
+        ports.push(bind(PortKind::Operations, false, addr, cores, &config)?);
     }
     let secure = bind_secure_ports(&config, &mut ports, cores)?;
     let mqtt_secure_port = match &secure {
@@ -185,7 +199,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             .map_err(|e| RunError::Invalid(format!("TLS for MQTT: {e}")))?;
             let acceptor = Some(TlsAcceptor::new(server_config));
             let addr = config.mqtt_secure_port.map(|a| a.0);
-            mqtt::bind(addr, cores, config.share_ports, acceptor)?
+            mqtt::bind(addr, cores, &config, acceptor)?
         }
         _ => None,
     };
@@ -198,12 +212,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         .map_err(|e| RunError::Invalid(format!("cannot install the SIGHUP handler: {e}")))?;
     }
     let ports = Arc::new(ports);
-    let mqtt_port = mqtt::bind(
-        config.mqtt_port.map(|a| a.0),
-        cores,
-        config.share_ports,
-        None,
-    )?;
+    let mqtt_port = mqtt::bind(config.mqtt_port.map(|a| a.0), cores, &config, None)?;
 
     let limits = Limits {
         header_bytes_max: config.http.header_bytes_max,
@@ -212,6 +221,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         keep_alive_timeout: config.http.keep_alive_timeout,
         headers_timeout: config.http.headers_timeout,
         request_timeout: config.http.request_timeout,
+        body_bytes_in_flight_max: config.http.body_bytes_in_flight_max,
     };
     // Storage opens after the ports are ours (so a second process never touches our files) and
     // before any core serves a request.
@@ -414,12 +424,12 @@ fn bind_secure_ports(
         } else {
             PortKind::Rest
         };
-        let mut port = bind(kind, addr, cores, config.share_ports)?;
+        let mut port = bind(kind, true, addr, cores, config)?;
         port.tls = Some(acceptor.clone());
         ports.push(port);
     }
     if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
-        let mut port = bind(PortKind::Operations, addr, cores, config.share_ports)?;
+        let mut port = bind(PortKind::Operations, true, addr, cores, config)?;
         port.tls = Some(acceptor);
         ports.push(port);
     }
@@ -448,7 +458,7 @@ async fn core_main(
         shared.start_version,
         shared.pubsub[core].clone(),
     ));
-    mqtt.start_core(core, &registry);
+    mqtt.start_core(core, &registry, &shared);
     let inbox = shared
         .inboxes
         .lock()
@@ -665,6 +675,7 @@ async fn accept_loop(
                         &shared.limits,
                         &shared.shutdown,
                         &shared.in_flight,
+                        &shared.stats[core].http,
                     )
                     .await
                 }
@@ -681,6 +692,7 @@ async fn accept_loop(
                                 &shared.limits,
                                 &shared.shutdown,
                                 &shared.in_flight,
+                                &shared.stats[core].http,
                             )
                             .await
                         }

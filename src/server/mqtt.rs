@@ -35,15 +35,20 @@ pub struct MqttPort {
 pub fn bind(
     addr: Option<SocketAddr>,
     cores: usize,
-    shared: bool,
+    config: &crate::config::Config,
     tls: Option<TlsAcceptor>,
 ) -> Result<Option<MqttPort>, RunError> {
     let Some(addr) = addr else {
         return Ok(None);
     };
     let key = if tls.is_some() { "securePort" } else { "port" };
-    let (listeners, bound) = bind_listeners(addr, cores, shared)
-        .map_err(|e| RunError::Bind(format!("MQTT {key}: {e}")))?;
+    let (listeners, bound) = bind_listeners(
+        addr,
+        cores,
+        config.share_ports,
+        config.http.port_wait_after_crash,
+    )
+    .map_err(|e| RunError::Bind(format!("MQTT {key}: {e}")))?;
     Ok(Some(MqttPort {
         addr: bound,
         listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
@@ -58,7 +63,13 @@ thread_local! {
 }
 
 /// Starts this core's MQTT accept loops and change dispatcher.
-pub fn start_core(core: usize, ports: &[&MqttPort], shared: Arc<MqttShared>, registry: &Registry) {
+pub fn start_core(
+    core: usize,
+    ports: &[&MqttPort],
+    shared: Arc<MqttShared>,
+    registry: &Registry,
+    server: &Arc<super::Shared>,
+) {
     let sessions = Rc::new(Sessions::new(shared.start_version()));
     {
         let (shared, sessions) = (shared.clone(), sessions.clone());
@@ -85,6 +96,7 @@ pub fn start_core(core: usize, ports: &[&MqttPort], shared: Arc<MqttShared>, reg
                 shared.clone(),
                 sessions.clone(),
                 core,
+                server.clone(),
             )),
             Err(e) => tracing::error!("core {core}: cannot adopt MQTT listener {}: {e}", port.addr),
         }
@@ -113,6 +125,7 @@ async fn accept_loop(
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
     core: usize,
+    server: Arc<super::Shared>,
 ) {
     loop {
         let accepted = match race(listener.accept(), shared.shutdown.wait()).await {
@@ -126,9 +139,14 @@ async fn accept_loop(
                     format_args!("core {core}: connection from {peer}"),
                 );
                 let (shared, sessions) = (shared.clone(), sessions.clone());
+                let open = OpenConnection::new(&server, core);
                 match tls.clone() {
-                    None => spawn(conn::serve(stream, peer, shared, sessions)),
+                    None => spawn(async move {
+                        conn::serve(stream, peer, shared, sessions).await;
+                        drop(open);
+                    }),
                     Some(acceptor) => spawn(async move {
+                        let _open = open;
                         let _ = stream.set_nodelay(true);
                         // The handshake counts against the time CONNECT has to arrive in.
                         let handshake = timeout(conn::CONNECT_TIMEOUT, acceptor.accept(stream));
@@ -152,6 +170,32 @@ async fn accept_loop(
                 tidepool_io::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Counts one MQTT connection in its core's `mqtt_connections_open` for as long as it lives.
+struct OpenConnection {
+    server: Arc<super::Shared>,
+    core: usize,
+}
+
+impl OpenConnection {
+    fn new(server: &Arc<super::Shared>, core: usize) -> Self {
+        server.stats[core]
+            .mqtt_connections_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            server: server.clone(),
+            core,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.server.stats[self.core]
+            .mqtt_connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -210,9 +254,9 @@ pub struct Mqtt {
 
 impl Mqtt {
     /// Runs on every core, listeners or not: MQTT over WebSocket needs the sessions too.
-    pub fn start_core(&self, core: usize, registry: &Registry) {
+    pub fn start_core(&self, core: usize, registry: &Registry, server: &Arc<super::Shared>) {
         let ports: Vec<&MqttPort> = self.port.iter().chain(&self.secure_port).collect();
-        start_core(core, &ports, self.shared.clone(), registry);
+        start_core(core, &ports, self.shared.clone(), registry, server);
     }
 }
 

@@ -5,8 +5,10 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::protocol::http::{Method, Request, Response, Service};
+use crate::auth::AuthError;
+use crate::protocol::http::{Method, Refused, Request, Response, Service};
 use crate::protocol::{sse, ws};
+use crate::resource::Caller;
 
 use super::Shared;
 
@@ -94,11 +96,15 @@ impl Router {
                 }
                 let _ = write!(
                     body,
-                    "{{\"core\":{core},\"connections_accepted\":{},\"connections_open\":{},\"connections_refused\":{},\"requests\":{}",
+                    "{{\"core\":{core},\"connections_accepted\":{},\"connections_open\":{},\"connections_refused\":{},\"requests\":{},\"connection_buffer_bytes\":{},\"body_bytes_in_flight\":{},\"refused_before_body\":{},\"mqtt_connections_open\":{}",
                     stats.connections_accepted.load(Ordering::Relaxed),
                     stats.connections_open.load(Ordering::Relaxed),
                     stats.connections_refused.load(Ordering::Relaxed),
                     stats.requests.load(Ordering::Relaxed),
+                    stats.http.buffer_bytes.load(Ordering::Relaxed),
+                    stats.http.body_bytes_in_flight.load(Ordering::Relaxed),
+                    stats.http.refused_before_body.load(Ordering::Relaxed),
+                    stats.mqtt_connections_open.load(Ordering::Relaxed),
                 );
                 if let Some(p) = self.shared.pubsub.get(core) {
                     let _ = write!(
@@ -138,7 +144,7 @@ impl Router {
     fn metrics(&self) -> String {
         use crate::metrics::Exposition;
         let mut e = Exposition::new();
-        let per_core: [PerCoreMetric; 4] = [
+        let per_core: [PerCoreMetric; 8] = [
             (
                 "tidepool_connections_accepted_total",
                 "Connections accepted, per core.",
@@ -158,6 +164,26 @@ impl Router {
                 "tidepool_connections_open",
                 "Connections open now, per core.",
                 |s| s.connections_open.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_connection_buffer_bytes",
+                "Bytes held by the read and write buffers of open HTTP connections, per core.",
+                |s| s.http.buffer_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_http_body_bytes_in_flight",
+                "Bytes of request bodies being read or held, per core (http.maxBodyBytesInFlightPerCore).",
+                |s| s.http.body_bytes_in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_http_refused_before_body_total",
+                "Requests answered from their head without reading their body, per core.",
+                |s| s.http.refused_before_body.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_mqtt_connections_open",
+                "MQTT connections open now on the MQTT ports, per core.",
+                |s| s.mqtt_connections_open.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, read) in per_core {
@@ -272,8 +298,58 @@ impl Router {
     }
 }
 
+impl Router {
+    /// `/health` and `/metrics`, answered before authentication.
+    fn is_open_endpoint(&self, req: &Request<'_>) -> bool {
+        matches!(req.method, Method::Get | Method::Head)
+            && (req.path == "/health" || (req.path == "/metrics" && self.kind != PortKind::Rest))
+    }
+
+    fn is_operations(&self, req: &Request<'_>) -> bool {
+        match self.kind {
+            PortKind::Operations => true,
+            PortKind::Rest => false,
+            PortKind::Both => {
+                matches!(req.method, Method::Post | Method::Options) && req.path == "/"
+            }
+        }
+    }
+}
+
 impl Service for Router {
-    async fn call(&self, req: &Request<'_>, resp: &mut Response) {
+    /// The request's authentication, done once from its head.
+    type Head = Option<Result<Caller, AuthError>>;
+
+    fn check_head(&self, req: &Request<'_>, resp: &mut Response) -> Result<Self::Head, Refused> {
+        if self.is_open_endpoint(req) {
+            return Ok(None);
+        }
+        let resources = &self.shared.resources;
+        let caller = crate::auth::authenticate_request(resources, req);
+        let refused = if self.is_operations(req) {
+            crate::protocol::ops::refuse_before_body(resources, caller.as_ref(), req, resp)
+        } else if ws::is_upgrade(req) || sse::is_event_stream(req) {
+            false
+        } else {
+            let static_get = self.shared.static_files.is_some();
+            crate::protocol::rest::refuse_before_body(
+                resources,
+                caller.as_ref(),
+                req,
+                resp,
+                static_get,
+            )
+        };
+        if refused {
+            self.shared.stats[self.core]
+                .requests
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refused);
+        }
+        Ok(Some(caller))
+    }
+
+    async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>) {
         self.shared.stats[self.core]
             .requests
             .fetch_add(1, Ordering::Relaxed);
@@ -285,21 +361,40 @@ impl Service for Router {
             && self.kind != PortKind::Rest
             && matches!(req.method, Method::Get | Method::Head)
         {
+            // docs/metrics.md: loopback peers, or super-user credentials.
+            if !req.peer.ip().is_loopback() {
+                match crate::auth::authenticate_request(&self.shared.resources, req) {
+                    Ok(c) if c.super_user => {}
+                    Ok(c) if !c.is_anonymous() => {
+                        resp.json_error(403, "/metrics needs a super user");
+                        return;
+                    }
+                    Ok(_) => {
+                        crate::protocol::rest::unauthorized(
+                            resp,
+                            &crate::auth::AuthError::MustLogin,
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        crate::protocol::rest::unauthorized(resp, &e);
+                        return;
+                    }
+                }
+            }
             resp.status = 200;
             resp.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
             resp.body.extend_from_slice(self.metrics().as_bytes());
             return;
         }
-        let operations = match self.kind {
-            PortKind::Operations => true,
-            PortKind::Rest => false,
-            PortKind::Both => {
-                matches!(req.method, Method::Post | Method::Options) && req.path == "/"
-            }
-        };
-        // Authenticated once per request (SPEC §5.1); each interface decides what it needs.
+        let operations = self.is_operations(req);
+        // Authenticated once per request (SPEC §5.1), from its head when that was judged before
+        // the body; each interface decides what it needs.
         let resources = &self.shared.resources;
-        let caller = crate::auth::authenticate_request(resources, req);
+        let caller = match head.flatten() {
+            Some(caller) => caller,
+            None => crate::auth::authenticate_request(resources, req),
+        };
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return;

@@ -42,6 +42,17 @@ pub enum WriteOp {
         table: String,
         key: Value,
     },
+    /// Sets one attribute of the live record `key` to `value` only if it currently equals
+    /// `expected` (a compare-and-set checked here, in the writer, so no other write can land
+    /// between the check and the put); otherwise the op reports `Skipped`. Used to upgrade a
+    /// password hash without undoing a concurrent password change.
+    Swap {
+        table: String,
+        key: Value,
+        attribute: String,
+        expected: Value,
+        value: Value,
+    },
     /// A message to subscribers of `table`/`key`: audited and published, the record untouched.
     Message {
         table: String,
@@ -560,24 +571,53 @@ impl Writer {
         let mut scratch = Scratch::default();
         for op in &request.ops {
             match op {
-                WriteOp::Put {
-                    table,
-                    key,
-                    record,
-                    mode,
-                    expires_in_s,
-                } => {
+                WriteOp::Put { .. } | WriteOp::Swap { .. } => {
+                    let (table, key, record, mode, expires_in_s, swap);
+                    match op {
+                        WriteOp::Put {
+                            table: t,
+                            key: k,
+                            record: r,
+                            mode: m,
+                            expires_in_s: e,
+                        } => {
+                            (table, key, mode, expires_in_s) = (t, k.clone(), *m, *e);
+                            record = std::borrow::Cow::Borrowed(r);
+                            swap = None;
+                        }
+                        WriteOp::Swap {
+                            table: t,
+                            key: k,
+                            attribute,
+                            expected,
+                            value,
+                        } => {
+                            let mut body = crate::value::Object::new();
+                            body.insert(attribute.as_str(), value.clone());
+                            (table, key, mode, expires_in_s) =
+                                (t, Some(k.clone()), PutMode::Update, None);
+                            record = std::borrow::Cow::Owned(Value::Object(body));
+                            swap = Some((attribute.as_str(), expected));
+                        }
+                        _ => unreachable!("matched Put or Swap above"),
+                    }
                     let table = self
                         .db
                         .table(table)
                         .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    if let (Some((attribute, expected)), Some(key)) = (swap, &key) {
+                        if !self.live_attribute_is(txn, &table, key, attribute, expected)? {
+                            results.push(OpResult::Skipped { key: key.clone() });
+                            continue;
+                        }
+                    }
                     let (result, stored) = self.put(
                         txn,
                         &table,
                         key.as_ref(),
-                        record,
-                        *mode,
-                        *expires_in_s,
+                        &record,
+                        mode,
+                        expires_in_s,
                         version,
                         &mut scratch,
                     )?;
@@ -693,6 +733,27 @@ impl Writer {
                 .put(txn, &layout::audit_key(version), &bytes)?;
         }
         Ok((WriteOutcome { version, results }, changes))
+    }
+
+    /// Whether the live record `key` of `table` has `attribute` equal to `expected`.
+    fn live_attribute_is(
+        &self,
+        txn: &RwTxn,
+        table: &Table,
+        key: &Value,
+        attribute: &str,
+        expected: &Value,
+    ) -> Result<bool, WriteError> {
+        let mut encoded = Vec::new();
+        encode_primary_key(key, &mut encoded)?;
+        let Some(bytes) = table.records.get(txn, &encoded)? else {
+            return Ok(false);
+        };
+        let (header, body) = Header::read(bytes)?;
+        if header.deleted || !header.is_live(super::now_ms()) {
+            return Ok(false);
+        }
+        Ok(decode_record(body)?.get(attribute) == Some(expected))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -8,8 +8,8 @@
 //! In: one value, optionally after a UTF-8 byte-order mark; integer literals → Int, or BigInt when
 //! beyond i64 (up to 1024 bits; longer ones become floats, as in JavaScript); other numbers →
 //! Float (out-of-range ones like `1e999` are an error); repeated keys: the last value wins at the
-//! first key's position (as `JSON.parse`); a lone UTF-16 surrogate in `\u` escapes becomes U+FFFD
-//! since a Rust string cannot hold it. Strings never become Dates or Bytes here: that coercion
+//! first key's position (as `JSON.parse`); a lone UTF-16 surrogate in `\u` escapes is an error
+//! (400): a string cannot hold it, and storing U+FFFD instead would change the data silently. Strings never become Dates or Bytes here: that coercion
 //! belongs to the schema.
 
 use super::number::{parse_magnitude_decimal, write_f64_js};
@@ -440,8 +440,10 @@ impl Parser<'_> {
             self.pos += 2;
             return Ok(());
         }
+        let start = self.pos;
         let unit = self.hex4(self.pos + 2)?;
         self.pos += 6;
+        let lone = DecodeError::new(start, Problem::LoneSurrogate);
         let code = if (0xD800..0xDC00).contains(&unit) {
             // A high surrogate pairs with an immediately following `\uDC00`–`\uDFFF`.
             let low = if self.bytes.get(self.pos) == Some(&b'\\')
@@ -453,15 +455,11 @@ impl Parser<'_> {
             } else {
                 None
             };
-            match low {
-                Some(low) => {
-                    self.pos += 6;
-                    0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
-                }
-                None => 0xFFFD,
-            }
+            let low = low.ok_or(lone)?;
+            self.pos += 6;
+            0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
         } else if (0xDC00..0xE000).contains(&unit) {
-            0xFFFD
+            return Err(lone);
         } else {
             unit
         };
@@ -608,7 +606,6 @@ mod tests {
             r#""a\"b\\c\u0001\n\u00e9\ud83d\ude00/""#,
             r#""a\"b\\c\u0001\né😀/""#,
         );
-        check(r#""\ud800x""#, "\"\u{fffd}x\"");
         check("[[],{}]", "[[],{}]");
         check("\u{feff} 7", "7");
     }
@@ -622,6 +619,11 @@ mod tests {
         check_err("nul", 3, Problem::UnexpectedEnd);
         check_err("1 2", 2, Problem::TrailingBytes);
         check_err("\"a\x01\"", 2, Problem::InvalidString);
+        check_err(r#""\ud800""#, 1, Problem::LoneSurrogate);
+        check_err(r#""x\ud800y""#, 2, Problem::LoneSurrogate);
+        check_err(r#""\ud800\u0041""#, 1, Problem::LoneSurrogate);
+        check_err(r#""\udc00\ud800""#, 1, Problem::LoneSurrogate);
+        check_err(r#"{"a": ["\udfff"]}"#, 8, Problem::LoneSurrogate);
         check_err("01", 1, Problem::TrailingBytes);
         assert_eq!(
             parse(b"\"\xff\""),

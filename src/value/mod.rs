@@ -478,6 +478,8 @@ pub enum Problem {
     InvalidUtf8,
     /// A malformed escape sequence or control character in a JSON string.
     InvalidString,
+    /// A `\u` escape of a UTF-16 surrogate without its pair (a string cannot hold it).
+    LoneSurrogate,
     /// A malformed number, or one out of range (e.g. 1e999).
     InvalidNumber,
     /// A construct the format allows but this server does not (names it).
@@ -507,6 +509,7 @@ impl fmt::Display for DecodeError {
             Problem::TrailingBytes => write!(f, "unexpected data after the value")?,
             Problem::InvalidUtf8 => write!(f, "invalid UTF-8")?,
             Problem::InvalidString => write!(f, "invalid string")?,
+            Problem::LoneSurrogate => write!(f, "lone UTF-16 surrogate in a \\u escape")?,
             Problem::InvalidNumber => write!(f, "invalid or out-of-range number")?,
             Problem::Unsupported(what) => write!(f, "unsupported: {what}")?,
             Problem::DepthLimit { depth_max } => write!(f, "nesting deeper than {depth_max}")?,

@@ -199,7 +199,7 @@ impl TakeOrNew for Option<tempfile::TempDir> {
     }
 }
 
-fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
+pub fn listener_addr(line: &str, kind: &str) -> Option<SocketAddr> {
     let rest = line.split("[notify]: ").nth(1)?;
     if !rest.starts_with(kind) {
         return None;
@@ -286,7 +286,11 @@ impl RawResponse {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Raw::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Over a stream connected some other way (e.g. from a chosen source address).
+    pub fn over(stream: TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -435,4 +439,64 @@ pub fn read_mqtt_packet(r: &mut impl Read) -> Option<Vec<u8>> {
     r.read_exact(&mut body).ok()?;
     out.extend_from_slice(&body);
     Some(out)
+}
+
+/// A masked client WebSocket frame with first byte `b0` (FIN, RSV, opcode), any length.
+pub fn ws_client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut out = vec![b0];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Upgrades a raw TCP connection to a WebSocket on `path` with the extra header lines `extra`
+/// (each ending in `\r\n`); returns the stream and the response head.
+pub fn ws_raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(request.as_bytes()).expect("upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("response head");
+        assert_eq!(
+            n,
+            1,
+            "closed in the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The plain MQTT port the server reported (`mqtt.network.port`), read from its start-up lines.
+pub fn mqtt_port(server: &Server) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server reports its MQTT listener");
+        if let Some(addr) = listener_addr(&line, "MQTT (") {
+            return addr;
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use conn::{encode_response, serve};
+pub use conn::{encode_response, serve, ConnGauges};
 pub use parse::ParseError;
 
 /// Named bounds on what a client may send; each says what happens when reached.
@@ -32,6 +32,10 @@ pub struct Limits {
     pub headers_timeout: Duration,
     /// A whole request (head and body) must arrive within this long → 408.
     pub request_timeout: Duration,
+    /// Bytes of request bodies being read or held at once on one core
+    /// (`http.maxBodyBytesInFlightPerCore`): a body that would pass it while others are in
+    /// flight is answered 503 from its head (README, "Limits").
+    pub body_bytes_in_flight_max: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +47,7 @@ impl Default for Limits {
             keep_alive_timeout: Duration::from_secs(30),
             headers_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(120),
+            body_bytes_in_flight_max: 256 << 20,
         }
     }
 }
@@ -285,8 +290,21 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// A request answered from its head: the response is ready, the body is not to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
 /// Answers requests. One instance per core; calls on one connection never overlap.
 #[allow(async_fn_in_trait)]
 pub trait Service {
-    async fn call(&self, req: &Request<'_>, resp: &mut Response);
+    /// What [`Service::check_head`] learnt about a request (who sent it), handed to `call`.
+    type Head;
+
+    /// Judges a request from its head alone, before its body is read (`req.body` is empty).
+    /// `Err(Refused)` refuses it: `resp` holds the answer, sent without reading the body. Only
+    /// called for requests whose body had not fully arrived with the head.
+    fn check_head(&self, req: &Request<'_>, resp: &mut Response) -> Result<Self::Head, Refused>;
+
+    /// Answers a complete request; `head` is what `check_head` returned for it, if it was called.
+    async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>);
 }

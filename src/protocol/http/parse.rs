@@ -158,10 +158,7 @@ pub enum BodyLocation {
 /// A complete request found at the start of the input.
 #[derive(Debug)]
 pub struct Framed<'b, 'h> {
-    pub method: &'b str,
-    pub target: &'b str,
-    pub version_minor: u8,
-    pub headers: &'h [httparse::Header<'b>],
+    pub head: Head<'b, 'h>,
     pub body: BodyLocation,
     /// Bytes of input the request used, head and body.
     pub consumed: usize,
@@ -173,9 +170,20 @@ pub enum Frame<'b, 'h> {
     /// The head is not complete yet.
     NeedHead,
     /// The head is complete; the body is not. `missing` is known for Content-Length bodies.
+    /// `head` is the parsed head, so the request can be judged before its body is read.
     NeedBody {
         missing: Option<usize>,
+        head: Head<'b, 'h>,
     },
+}
+
+/// The parsed head of a request.
+#[derive(Debug)]
+pub struct Head<'b, 'h> {
+    pub method: &'b str,
+    pub target: &'b str,
+    pub version_minor: u8,
+    pub headers: &'h [httparse::Header<'b>],
 }
 
 /// Check, then parse: finds one whole request at the start of `input`, within `limits`.
@@ -198,13 +206,16 @@ pub fn frame<'b, 'h>(
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
         Err(_) => return Err(ParseError::BadRequest("Malformed HTTP request")),
     };
-    let method = parsed.method.unwrap_or("");
-    let target = parsed.path.unwrap_or("/");
-    let version_minor = parsed.version.unwrap_or(1);
     let headers: &'h [httparse::Header<'b>] = parsed.headers;
     if head_len > limits.header_bytes_max || headers.len() > limits.header_count_max {
         return Err(ParseError::HeadTooLarge);
     }
+    let head = Head {
+        method: parsed.method.unwrap_or(""),
+        target: parsed.path.unwrap_or("/"),
+        version_minor: parsed.version.unwrap_or(1),
+        headers,
+    };
     let (body, consumed) = match body_framing(headers)? {
         BodyFraming::None => (
             BodyLocation::Inline {
@@ -222,6 +233,7 @@ pub fn frame<'b, 'h>(
             if have < n {
                 return Ok(Frame::NeedBody {
                     missing: Some(n - have),
+                    head,
                 });
             }
             (
@@ -235,15 +247,17 @@ pub fn frame<'b, 'h>(
         BodyFraming::Chunked => {
             match decode_chunked(&input[head_len..], body_buf, limits.body_bytes_max)? {
                 Chunked::Complete { consumed } => (BodyLocation::Decoded, head_len + consumed),
-                Chunked::Incomplete => return Ok(Frame::NeedBody { missing: None }),
+                Chunked::Incomplete => {
+                    return Ok(Frame::NeedBody {
+                        missing: None,
+                        head,
+                    })
+                }
             }
         }
     };
     Ok(Frame::Complete(Framed {
-        method,
-        target,
-        version_minor,
-        headers,
+        head,
         body,
         consumed,
     }))
@@ -367,8 +381,8 @@ mod tests {
                     BodyLocation::Decoded => body_buf.clone(),
                 };
                 Some((
-                    fr.method.to_string(),
-                    fr.target.to_string(),
+                    fr.head.method.to_string(),
+                    fr.head.target.to_string(),
                     body,
                     fr.consumed,
                 ))

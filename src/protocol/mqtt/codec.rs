@@ -198,6 +198,29 @@ pub enum Packet {
     Auth(Reason),
 }
 
+impl Packet {
+    /// The packet type's name (MQTT 5 §2.1.2), for log lines.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Packet::Connect(_) => "CONNECT",
+            Packet::ConnAck(_) => "CONNACK",
+            Packet::Publish(_) => "PUBLISH",
+            Packet::PubAck(_) => "PUBACK",
+            Packet::PubRec(_) => "PUBREC",
+            Packet::PubRel(_) => "PUBREL",
+            Packet::PubComp(_) => "PUBCOMP",
+            Packet::Subscribe(_) => "SUBSCRIBE",
+            Packet::SubAck(_) => "SUBACK",
+            Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+            Packet::UnsubAck(_) => "UNSUBACK",
+            Packet::PingReq => "PINGREQ",
+            Packet::PingResp => "PINGRESP",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
+        }
+    }
+}
+
 /// Whether `buf` starts with a whole packet: `Ok(Some(len))` with its total length,
 /// `Ok(None)` when more bytes are needed, an error when the header is bad or the packet is over
 /// `packet_bytes_max` (known from the fixed header alone, before the body arrives).

@@ -88,6 +88,8 @@ pub enum Refusal {
     BadCredentials,
     NotAuthorized,
     BadAuthMethod,
+    /// Too many failed logins for this user name from this address (docs/security.md "Failed logins").
+    QuotaExceeded,
 }
 
 impl Refusal {
@@ -129,7 +131,14 @@ impl Refusal {
                     0x05
                 }
             }
-            // 3.1.1 has no AUTH; the closest is "not authorized".
+            // 3.1.1 has neither AUTH nor a quota code; the closest is "not authorized".
+            Refusal::QuotaExceeded => {
+                if v5 {
+                    0x97
+                } else {
+                    0x05
+                }
+            }
             Refusal::BadAuthMethod => {
                 if v5 {
                     rc::BAD_AUTH_METHOD
@@ -159,6 +168,7 @@ pub fn authenticate(
             match auth::authenticate_password(&shared.resources, user, &password, peer) {
                 Ok(caller) => Ok(caller),
                 Err(AuthError::Inactive) => Err(Refusal::NotAuthorized),
+                Err(AuthError::TooManyAttempts { .. }) => Err(Refusal::QuotaExceeded),
                 Err(_) => Err(Refusal::BadCredentials),
             }
         }
@@ -954,6 +964,18 @@ enum ReadError {
     Shutdown,
 }
 
+impl ReadError {
+    /// What happened, for the log line of a connection that ended before its CONNECT.
+    fn before_connect(&self) -> String {
+        match self {
+            ReadError::Closed => "the client closed the connection".into(),
+            ReadError::Decode(e) => format!("malformed packet ({e:?})"),
+            ReadError::Kicked => "taken over".into(),
+            ReadError::Shutdown => "server shutdown".into(),
+        }
+    }
+}
+
 /// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
 /// the read half.
 async fn read_packet<R: ReadBytes>(
@@ -1102,8 +1124,16 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
             .await;
             return;
         }
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
-            tracing::debug!(target: "mqtt", "{peer}: no CONNECT first within {CONNECT_TIMEOUT:?}; closing");
+        Ok(Ok(other)) => {
+            tracing::debug!(target: "mqtt", "{peer}: first packet is {} instead of CONNECT; closing", other.kind_name());
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target: "mqtt", "{peer}: {} before CONNECT; closing", e.before_connect());
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target: "mqtt", "{peer}: no CONNECT within {CONNECT_TIMEOUT:?}; closing");
             return;
         }
     };
@@ -2246,6 +2276,7 @@ mod tests {
         check(Refusal::BadCredentials, 0x04, 0x86);
         check(Refusal::NotAuthorized, 0x05, 0x87);
         check(Refusal::BadAuthMethod, 0x05, 0x8c);
+        check(Refusal::QuotaExceeded, 0x05, 0x97);
     }
 
     #[test]

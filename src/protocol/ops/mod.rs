@@ -31,6 +31,10 @@ pub struct OpError {
     pub message: String,
     /// For 403: `unauthorized_access` and `invalid_schema_items`.
     pub forbidden: Option<(Vec<Value>, Vec<Value>)>,
+    /// For 429: the `Retry-After` seconds.
+    pub retry_after_s: Option<u64>,
+    /// More fields of the body (e.g. a role's `main_permissions`, `schema_permissions`).
+    pub details: Option<Box<Object>>,
 }
 
 /// A successful operation's answer: a value encoded whole, or a search whose records are encoded
@@ -51,6 +55,8 @@ impl OpError {
             status,
             message: message.into(),
             forbidden: None,
+            retry_after_s: None,
+            details: None,
         }
     }
 
@@ -64,6 +70,8 @@ impl OpError {
             status: 403,
             message: FORBIDDEN_MESSAGE.to_string(),
             forbidden: Some((vec![Value::String(entry.into())], Vec::new())),
+            retry_after_s: None,
+            details: None,
         }
     }
 
@@ -73,12 +81,17 @@ impl OpError {
             status: 403,
             message: FORBIDDEN_MESSAGE.to_string(),
             forbidden: Some((vec![denied.to_value()], Vec::new())),
+            retry_after_s: None,
+            details: None,
         }
     }
 
     /// An authentication failure as SPEC §5.6 answers it on the Operations API.
     pub fn auth(e: &AuthError) -> Self {
-        OpError::new(e.status(), e.message())
+        OpError {
+            retry_after_s: e.retry_after_s(),
+            ..OpError::new(e.status(), e.message())
+        }
     }
 
     fn body(&self) -> Value {
@@ -87,6 +100,9 @@ impl OpError {
         if let Some((unauthorized, invalid)) = &self.forbidden {
             o.insert("unauthorized_access", Value::Array(unauthorized.clone()));
             o.insert("invalid_schema_items", Value::Array(invalid.clone()));
+        }
+        for (k, v) in self.details.iter().flat_map(|d| d.iter()) {
+            o.insert(k, v.clone());
         }
         Value::Object(o)
     }
@@ -114,7 +130,10 @@ impl From<VerbError> for OpError {
         if e.status == 403 {
             OpError::forbidden(e.message)
         } else {
-            OpError::new(e.status, e.message)
+            OpError {
+                details: e.details,
+                ..OpError::new(e.status, e.message)
+            }
         }
     }
 }
@@ -297,9 +316,59 @@ pub async fn handle(
         }
         Err(e) => {
             resp.status = e.status;
+            if let Some(seconds) = e.retry_after_s {
+                resp.header("Retry-After", &seconds.to_string());
+            }
             encode(&e.body(), reply_type, resp);
         }
     }
+}
+
+/// Bytes of body a request without valid credentials may send: what it can run (logging in,
+/// token creation and refresh, sessions) fits in far less; anything larger is refused from its
+/// head (README, "Limits").
+pub const ANONYMOUS_BODY_BYTES_MAX: u64 = 64 * 1024;
+
+/// Judges an Operations API request from its head, before its body is read: 404 for a path
+/// other than `/`, 405 for a method other than POST, and 401 for a caller without valid
+/// credentials whose body is over [`ANONYMOUS_BODY_BYTES_MAX`] (or chunked, so of unknown size).
+/// True when `resp` holds the refusal; false lets the body be read.
+pub fn refuse_before_body(
+    resources: &Resources,
+    caller: Result<&Caller, &AuthError>,
+    req: &Request<'_>,
+    resp: &mut Response,
+) -> bool {
+    if req.method == Method::Options {
+        return false;
+    }
+    cors(resources, req, resp);
+    let error = if req.path != "/" {
+        OpError::new(
+            404,
+            "Not found: the Operations API takes POST / with an operation body",
+        )
+    } else if req.method != Method::Post {
+        resp.header("Allow", "POST, OPTIONS");
+        OpError::new(
+            405,
+            "The Operations API takes POST / with an operation body",
+        )
+    } else {
+        let small = req
+            .header_str("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n <= ANONYMOUS_BODY_BYTES_MAX);
+        match caller {
+            Err(e) if !small => OpError::auth(e),
+            Ok(c) if c.is_anonymous() && !small => OpError::auth(&AuthError::MustLogin),
+            _ => return false,
+        }
+    };
+    resp.status = error.status;
+    let reply_type = ReplyType::negotiate(req.header_str("Accept")).unwrap_or(ReplyType::Json);
+    encode(&error.body(), reply_type, resp);
+    true
 }
 
 /// The bearer token of the request, if any.
@@ -320,10 +389,32 @@ async fn authorize_and_run(
     op: Operation,
 ) -> Result<Reply, OpError> {
     match op {
-        Operation::CreateAuthenticationTokens {
-            username: Some(username),
-            password: Some(password),
-        } => {
+        Operation::CreateAuthenticationTokens { username, password }
+            if username.is_some() || password.is_some() =>
+        {
+            // HarperDB: an empty user name or password is a 400 naming it; both empty count
+            // as no credentials at all; a missing one is just wrong credentials.
+            let empty: Vec<&str> = [("username", &username), ("password", &password)]
+                .into_iter()
+                .filter(|(_, v)| v.as_deref() == Some(""))
+                .map(|(k, _)| {
+                    if k == "username" {
+                        "'username' is not allowed to be empty"
+                    } else {
+                        "'password' is not allowed to be empty"
+                    }
+                })
+                .collect();
+            if empty.len() == 2 && !matches!(caller, Ok(c) if !c.is_anonymous()) {
+                return Err(match caller {
+                    Err(e) => OpError::auth(e),
+                    Ok(_) => OpError::auth(&AuthError::MustLogin),
+                });
+            }
+            if !empty.is_empty() {
+                return Err(OpError::bad(empty.join(". ")));
+            }
+            let (username, password) = (username.unwrap_or_default(), password.unwrap_or_default());
             let caller =
                 crate::auth::authenticate_password(resources, &username, &password, req.peer)
                     .map_err(|e| match e {

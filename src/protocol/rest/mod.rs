@@ -61,12 +61,103 @@ enum Target<'p> {
     Record(&'p str),
 }
 
-/// SPEC §5.6 for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials.
+/// SPEC §5.6 for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials;
+/// 429 with `Retry-After` after too many failed logins (docs/security.md "Failed logins").
 pub fn unauthorized(resp: &mut Response, e: &AuthError) {
     if e.status() == 401 {
         resp.header("WWW-Authenticate", "Basic");
     }
+    if let Some(seconds) = e.retry_after_s() {
+        resp.header("Retry-After", &seconds.to_string());
+    }
     resp.json_error(e.status(), e.message());
+}
+
+/// `/Dog/1` → (`Dog`, `Some("1")`), `/Dog/` → (`Dog`, `Some("")`), `/Dog` → (`Dog`, None).
+fn export_and_rest(path: &str) -> (&str, Option<&str>) {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    match path.find('/') {
+        Some(i) => (&path[..i], Some(&path[i + 1..])),
+        None => (path, None),
+    }
+}
+
+/// Judges a request from its head, before its body is read (README, "Limits"): true when `resp`
+/// now holds the refusal that [`handle`] would give after reading the body — 401/403 for a caller
+/// with no right the method could use on the table, 405 for a method the target never takes, 404
+/// for a path that is no export (and that static files would not serve: `static_get` says
+/// whether GET/HEAD may still find a file there). False lets the body be read.
+pub fn refuse_before_body(
+    resources: &Resources,
+    caller: Result<&Caller, &AuthError>,
+    req: &Request<'_>,
+    resp: &mut Response,
+    static_get: bool,
+) -> bool {
+    let (export, rest) = export_and_rest(req.path);
+    let Some((_, table)) = resources.export(export) else {
+        if export == "openapi" && rest.is_none() {
+            // Answered from the head anyway: it never reads a body.
+            return false;
+        }
+        if static_get && matches!(req.method, Method::Get | Method::Head) {
+            return false;
+        }
+        resp.text(404, "Not found");
+        return true;
+    };
+    if wants_event_stream(req) || req.method == Method::Options {
+        return false;
+    }
+    cors(resources, req, resp);
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => {
+            unauthorized(resp, e);
+            return true;
+        }
+    };
+    let def = &table.def;
+    let can = |action| permissions::allowed(caller, &def.database, &def.table, action);
+    let actions: &[Action] = match (rest, req.method) {
+        (None, Method::Get | Method::Head) => &[Action::Read],
+        (None, _) => {
+            // The description answers 405 only to a caller that may see the table.
+            let any = [Action::Read, Action::Insert, Action::Update, Action::Delete];
+            if any.into_iter().any(can) {
+                resp.header("Allow", ALLOW_TABLE);
+                resp.json_error(
+                    405,
+                    "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
+                );
+                return true;
+            }
+            &[]
+        }
+        (_, Method::Get | Method::Head) => &[Action::Read],
+        (_, Method::Post | Method::Put | Method::Patch) => &[Action::Insert, Action::Update],
+        (_, Method::Delete) => &[Action::Delete],
+        (Some(""), _) => {
+            resp.header("Allow", ALLOW_COLLECTION);
+            resp.json_error(405, "Method not allowed on a collection");
+            return true;
+        }
+        (Some(_), _) => {
+            resp.header("Allow", ALLOW_RECORD);
+            resp.json_error(405, "Method not allowed on a record");
+            return true;
+        }
+    };
+    if actions.iter().copied().any(can) {
+        return false;
+    }
+    if caller.is_anonymous() {
+        resp.header("WWW-Authenticate", "Basic");
+        resp.json_error(401, AuthError::MustLogin.message());
+    } else {
+        resp.json_error(403, FORBIDDEN);
+    }
+    true
 }
 
 /// Serves `req` if its first path segment is an export (or `openapi`); returns false to let the
@@ -78,11 +169,7 @@ pub async fn handle(
     req: &Request<'_>,
     resp: &mut Response,
 ) -> bool {
-    let path = req.path.strip_prefix('/').unwrap_or(req.path);
-    let (export, rest) = match path.find('/') {
-        Some(i) => (&path[..i], Some(&path[i + 1..])),
-        None => (path, None),
-    };
+    let (export, rest) = export_and_rest(req.path);
     let Some((db, table)) = resources.export(export) else {
         if export == "openapi" && rest.is_none() {
             // SPEC §5.5: the API description is for super users.

@@ -6,6 +6,11 @@
 //! ```
 //! Check, then parse: [`decode`] returns `Ok(None)` until a whole frame is buffered. Client
 //! payloads over [`PAYLOAD_BYTES_MAX`] are refused (close 1009) before any of them is buffered.
+//! Rules that span frames — fragments in order, text valid UTF-8 across fragments, close
+//! payloads — are [`Messages`] and [`close_code`]; every caller (subscription sockets, MQTT over
+//! WebSocket, replication links) runs each decoded frame through them, so every framing error
+//! closes with its RFC 6455 code (§7.4.1: 1002 protocol error, 1007 invalid payload, 1009 too
+//! big).
 
 /// Client frame payloads accepted at most. Subscription sockets ignore client data frames
 /// (SPEC §6.4), so this only needs to fit control frames and small chatter.
@@ -62,12 +67,21 @@ pub enum FrameError {
     /// A control frame fragmented or over 125 bytes.
     BadControl,
     TooLarge,
+    /// A continuation frame with no fragmented message started (§5.4).
+    UnexpectedContinuation,
+    /// A new text or binary frame while a fragmented message is unfinished (§5.4).
+    UnfinishedMessage,
+    /// A text message (or a close reason) that is not UTF-8 (§8.1).
+    InvalidUtf8,
+    /// A close frame with a 1-byte payload, or a code that may not be sent (§5.5.1, §7.4).
+    BadClose,
 }
 
 impl FrameError {
     pub fn close_code(self) -> u16 {
         match self {
             FrameError::TooLarge => 1009,
+            FrameError::InvalidUtf8 => 1007,
             _ => 1002,
         }
     }
@@ -81,6 +95,14 @@ impl std::fmt::Display for FrameError {
             FrameError::Unmasked => f.write_str("client frame not masked"),
             FrameError::BadControl => f.write_str("control frame fragmented or too long"),
             FrameError::TooLarge => f.write_str("frame payload over the limit"),
+            FrameError::UnexpectedContinuation => {
+                f.write_str("continuation frame without a message started")
+            }
+            FrameError::UnfinishedMessage => {
+                f.write_str("new message before the fragmented one finished")
+            }
+            FrameError::InvalidUtf8 => f.write_str("text is not valid UTF-8"),
+            FrameError::BadClose => f.write_str("invalid close frame payload"),
         }
     }
 }
@@ -180,6 +202,97 @@ pub fn decode_from(
     )))
 }
 
+/// The rules between frames of one connection (RFC 6455 §5.4, §8.1): continuation frames only
+/// inside a fragmented message, no new message before it finishes, and text valid UTF-8 across
+/// fragments (checked as it arrives, so invalid text fails at the first bad byte). Control
+/// frames may come between fragments and are not its business.
+#[derive(Debug, Default)]
+pub struct Messages {
+    /// The fragmented message in progress: `Some(true)` for text.
+    open: Option<bool>,
+    /// The bytes of a UTF-8 sequence cut by a fragment boundary (at most 3).
+    partial: [u8; 4],
+    partial_len: usize,
+}
+
+impl Messages {
+    /// Checks a decoded data or control frame in the order it came; a data frame's payload is
+    /// then part of a valid message. Control frames pass (see [`close_code`] for close).
+    pub fn check(&mut self, frame: &Frame<'_>) -> Result<(), FrameError> {
+        let text = match frame.opcode {
+            Opcode::Close | Opcode::Ping | Opcode::Pong => return Ok(()),
+            Opcode::Continuation => self.open.ok_or(FrameError::UnexpectedContinuation)?,
+            Opcode::Text | Opcode::Binary if self.open.is_some() => {
+                return Err(FrameError::UnfinishedMessage)
+            }
+            Opcode::Text => true,
+            Opcode::Binary => false,
+        };
+        if text {
+            self.utf8(frame.payload, frame.fin)?;
+        }
+        self.open = if frame.fin { None } else { Some(text) };
+        Ok(())
+    }
+
+    /// Whether a fragmented message is in progress.
+    pub fn in_message(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Validates the next piece of a text message; `last`: the message ends with it.
+    fn utf8(&mut self, mut bytes: &[u8], last: bool) -> Result<(), FrameError> {
+        // First complete a sequence the previous fragment cut.
+        while self.partial_len > 0 {
+            let Some((&b, rest)) = bytes.split_first() else {
+                break;
+            };
+            self.partial[self.partial_len] = b;
+            self.partial_len += 1;
+            bytes = rest;
+            match std::str::from_utf8(&self.partial[..self.partial_len]) {
+                Ok(_) => self.partial_len = 0,
+                Err(e) if e.error_len().is_some() => return Err(FrameError::InvalidUtf8),
+                Err(_) => {}
+            }
+        }
+        if self.partial_len == 0 {
+            if let Err(e) = std::str::from_utf8(bytes) {
+                if e.error_len().is_some() {
+                    return Err(FrameError::InvalidUtf8);
+                }
+                let tail = &bytes[e.valid_up_to()..];
+                self.partial[..tail.len()].copy_from_slice(tail);
+                self.partial_len = tail.len();
+            }
+        }
+        if last && self.partial_len > 0 {
+            self.partial_len = 0;
+            return Err(FrameError::InvalidUtf8);
+        }
+        Ok(())
+    }
+}
+
+/// The code to answer a client's close frame with (RFC 6455 §5.5.1, §7.4): its own code, or
+/// 1000 when it sent none. A 1-byte payload or a code that may not be sent is a protocol error
+/// (1002); a reason that is not UTF-8 is invalid payload (1007).
+pub fn close_code(payload: &[u8]) -> Result<u16, FrameError> {
+    let [a, b, reason @ ..] = payload else {
+        return if payload.is_empty() {
+            Ok(1000)
+        } else {
+            Err(FrameError::BadClose)
+        };
+    };
+    let code = u16::from_be_bytes([*a, *b]);
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(FrameError::BadClose);
+    }
+    std::str::from_utf8(reason).map_err(|_| FrameError::InvalidUtf8)?;
+    Ok(code)
+}
+
 /// Appends one unmasked, final frame.
 pub fn encode(opcode: Opcode, payload: &[u8], out: &mut Vec<u8>) {
     out.push(0x80 | opcode.bits());
@@ -277,6 +390,99 @@ mod tests {
         assert_eq!(decode_limited(&mut small, 4), Err(FrameError::TooLarge));
         let mut small = masked(0x82, b"12345");
         assert!(matches!(decode_limited(&mut small, 5), Ok(Some((_, 11)))));
+    }
+
+    /// Runs `frames` (first byte, payload) through [`Messages`]; the index of the first one
+    /// refused and its error, or `None` when all pass.
+    fn sequence(frames: &[(u8, &[u8])]) -> Option<(usize, FrameError)> {
+        let mut messages = Messages::default();
+        for (i, (b0, payload)) in frames.iter().enumerate() {
+            let mut buf = masked(*b0, payload);
+            let (frame, _) = decode(&mut buf).expect("frame").expect("whole");
+            if let Err(e) = messages.check(&frame) {
+                return Some((i, e));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn fragments_and_utf8_across_them() {
+        // Fragmented text with a ping between, split inside a 4-byte character: fine.
+        let hello = "κόσμε 𝄞".as_bytes();
+        let cut = hello.len() - 2;
+        assert_eq!(
+            sequence(&[(0x01, &hello[..cut]), (0x89, b""), (0x80, &hello[cut..])]),
+            None
+        );
+        // One byte per fragment.
+        let mut frames: Vec<(u8, &[u8])> = hello.chunks(1).map(|c| (0x00, c)).collect();
+        frames[0].0 = 0x01;
+        frames.last_mut().expect("last").0 = 0x80;
+        assert_eq!(sequence(&frames), None);
+        // Continuation without a start; a new message inside a fragmented one.
+        assert_eq!(
+            sequence(&[(0x80, b"x")]),
+            Some((0, FrameError::UnexpectedContinuation))
+        );
+        assert_eq!(
+            sequence(&[(0x02, b"a"), (0x82, b"b")]),
+            Some((1, FrameError::UnfinishedMessage))
+        );
+        assert_eq!(
+            sequence(&[(0x01, b"a"), (0x80, b"b"), (0x80, b"c")]),
+            Some((2, FrameError::UnexpectedContinuation))
+        );
+        // Invalid UTF-8: in one frame, at the first bad byte of a fragment, cut at the end.
+        assert_eq!(
+            sequence(&[(0x81, b"ok\xc0\xaf")]),
+            Some((0, FrameError::InvalidUtf8))
+        );
+        assert_eq!(
+            sequence(&[
+                (0x01, "κ".as_bytes()),
+                (0x00, b"\xf4\x90"),
+                (0x80, b"\x80\x80")
+            ]),
+            Some((1, FrameError::InvalidUtf8))
+        );
+        assert_eq!(
+            sequence(&[(0x01, b"a\xe2\x82"), (0x80, b"")]),
+            Some((1, FrameError::InvalidUtf8))
+        );
+        assert_eq!(
+            sequence(&[(0x81, b"\xed\xa0\x80")]),
+            Some((0, FrameError::InvalidUtf8))
+        );
+        // Binary is not text.
+        assert_eq!(sequence(&[(0x82, b"\xff\xfe")]), None);
+    }
+
+    #[test]
+    fn close_payloads() {
+        assert_eq!(close_code(b""), Ok(1000));
+        assert_eq!(close_code(b"\x03"), Err(FrameError::BadClose));
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 3000, 3999, 4000, 4999,
+        ] {
+            assert_eq!(close_code(&code.to_be_bytes()), Ok(code));
+        }
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                close_code(&code.to_be_bytes()),
+                Err(FrameError::BadClose),
+                "{code}"
+            );
+        }
+        assert_eq!(close_code(b"\x03\xe8bye"), Ok(1000));
+        assert_eq!(
+            close_code(b"\x03\xe8\xce\xba\xe1"),
+            Err(FrameError::InvalidUtf8)
+        );
+        assert_eq!(FrameError::InvalidUtf8.close_code(), 1007);
+        assert_eq!(FrameError::BadClose.close_code(), 1002);
     }
 
     #[test]

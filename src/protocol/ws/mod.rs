@@ -337,38 +337,42 @@ enum Client {
 }
 
 /// Handles every complete frame in `rbuf`: pongs to pings into `wbuf`, and the first close or
-/// protocol violation.
-fn read_frames(rbuf: &mut Vec<u8>, wbuf: &mut Vec<u8>, heard: &mut Instant) -> Client {
+/// protocol violation. Client data is checked (fragment order, UTF-8 text) and then ignored
+/// (SPEC §6.4).
+fn read_frames(
+    rbuf: &mut Vec<u8>,
+    wbuf: &mut Vec<u8>,
+    heard: &mut Instant,
+    messages: &mut frame::Messages,
+) -> Client {
     loop {
         let (consumed, outcome) = match frame::decode(rbuf) {
             Ok(None) => return Client::Continue,
             Err(e) => return Client::Violation(e.close_code()),
             Ok(Some((f, n))) => {
                 *heard = Instant::now();
+                if let Err(e) = messages.check(&f) {
+                    return Client::Violation(e.close_code());
+                }
                 let outcome = match f.opcode {
                     Opcode::Ping => {
                         frame::encode(Opcode::Pong, f.payload, wbuf);
                         None
                     }
-                    Opcode::Close => Some(match f.payload {
-                        [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                        _ => 1000,
-                    }),
-                    // Client data is ignored on subscription sockets (SPEC §6.4).
+                    // Echo the client's code (RFC 6455 §5.5.1), or refuse a bad close payload.
+                    // The client has sent its close either way: no need to wait for another.
+                    Opcode::Close => Some(Client::Close(match frame::close_code(f.payload) {
+                        Ok(code) => code,
+                        Err(e) => e.close_code(),
+                    })),
                     _ => None,
                 };
                 (n, outcome)
             }
         };
         rbuf.drain(..consumed);
-        if let Some(code) = outcome {
-            // Echo the client's code unless it is one that must not be sent (RFC 6455 §7.4.1).
-            let code = if matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999) {
-                code
-            } else {
-                1000
-            };
-            return Client::Close(code);
+        if let Some(outcome) = outcome {
+            return outcome;
         }
     }
 }
@@ -386,13 +390,16 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
     let mut read_buf: Vec<u8> = Vec::with_capacity(READ_SPARE_MIN);
     let mut heard = Instant::now();
     let mut pinged = Instant::now();
+    let mut messages = frame::Messages::default();
     let opcode = match sink.format() {
         Format::Json => Opcode::Text,
         _ => Opcode::Binary,
     };
     loop {
-        match read_frames(&mut rbuf, &mut wbuf, &mut heard) {
+        match read_frames(&mut rbuf, &mut wbuf, &mut heard, &mut messages) {
             Client::Continue => {}
+            // Our answer to the client's close (its code echoed, or the code of what was wrong
+            // with its close frame); then the TCP connection ends.
             Client::Close(code) => {
                 frame::encode_close(code, &mut wbuf);
                 let _ = stream.write_all(wbuf).await;
@@ -495,21 +502,35 @@ fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 const CLOSE_REASON_BYTES_MAX: usize = 123;
 
 /// Sends a close frame with `code` and `reason` (after what is in `wbuf`), then reads until the
-/// client closes or `CLOSE_LINGER`, so the client sees our code rather than an abrupt end (1006).
+/// client's close frame, its end of stream or `CLOSE_LINGER`, so the client sees our code
+/// rather than an abrupt end (1006); then the server closes the TCP connection first
+/// (RFC 6455 §7.1.1). What the client sent meanwhile is discarded.
 async fn finish(stream: &mut AnyStream, mut wbuf: Vec<u8>, code: u16, reason: &str) {
     frame::encode(Opcode::Close, &close_payload(code, reason), &mut wbuf);
     let _ = timeout(CLOSE_LINGER, stream.write_all(wbuf)).await;
     let deadline = Instant::now() + CLOSE_LINGER;
     let mut buf = Vec::with_capacity(READ_SPARE_MIN);
-    loop {
+    'linger: loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        buf.clear();
         match timeout(left, stream.read_append(buf, READ_SPARE_MIN)).await {
             Ok((Ok(n), returned)) if n > 0 => buf = returned,
             _ => break,
+        }
+        // Skip whole frames up to the client's close; anything unreadable ends the wait too.
+        loop {
+            let used = match frame::decode(&mut buf) {
+                Ok(Some((f, _))) if f.opcode == Opcode::Close => break 'linger,
+                Ok(Some((_, used))) => used,
+                Ok(None) => break,
+                Err(_) => break 'linger,
+            };
+            buf.drain(..used);
+        }
+        if buf.len() > frame::PAYLOAD_BYTES_MAX + 16 {
+            break;
         }
     }
     let _ = stream.shutdown_write().await;

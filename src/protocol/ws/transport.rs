@@ -57,6 +57,8 @@ pub struct WsRead<R, W> {
     raw: Vec<u8>,
     payload_bytes_max: usize,
     ended: bool,
+    /// Fragment order across frames (RFC 6455 §5.4).
+    messages: frame::Messages,
 }
 
 /// The writing half: each write becomes one binary frame.
@@ -93,6 +95,7 @@ pub fn over<R: ReadBytes, W: WriteBytes>(
         raw: leftover,
         payload_bytes_max,
         ended: false,
+        messages: frame::Messages::default(),
     };
     (
         reader,
@@ -121,24 +124,33 @@ impl<R, W> WsRead<R, W> {
                 match frame::decode_limited(&mut self.raw, self.payload_bytes_max) {
                     Ok(None) => return Decoded::More,
                     Err(e) => return Decoded::Violation(e.close_code(), e.to_string()),
-                    Ok(Some((f, n))) => match f.opcode {
-                        Opcode::Binary | Opcode::Continuation => {
-                            out.extend_from_slice(f.payload);
-                            (n, false)
-                        }
-                        Opcode::Text => {
+                    Ok(Some((f, n))) => {
+                        if f.opcode == Opcode::Text {
                             return Decoded::Violation(
                                 CLOSE_UNSUPPORTED_DATA,
                                 "text frame on an MQTT WebSocket".into(),
-                            )
+                            );
                         }
-                        Opcode::Ping => {
-                            frame::encode(Opcode::Pong, f.payload, pongs);
-                            (n, false)
+                        if let Err(e) = self.messages.check(&f) {
+                            return Decoded::Violation(e.close_code(), e.to_string());
                         }
-                        Opcode::Pong => (n, false),
-                        Opcode::Close => (n, true),
-                    },
+                        match f.opcode {
+                            Opcode::Ping => {
+                                frame::encode(Opcode::Pong, f.payload, pongs);
+                                (n, false)
+                            }
+                            Opcode::Close => match frame::close_code(f.payload) {
+                                Ok(_) => (n, true),
+                                Err(e) => return Decoded::Violation(e.close_code(), e.to_string()),
+                            },
+                            Opcode::Pong => (n, false),
+                            // Binary and continuation frames, in order (checked above).
+                            _ => {
+                                out.extend_from_slice(f.payload);
+                                (n, false)
+                            }
+                        }
+                    }
                 };
             self.raw.drain(..consumed);
             if closed {
@@ -327,6 +339,17 @@ mod tests {
             vec![],
             vec![masked(0x82, &[0; 1025])],
             (b"", true, b"\x88\x02\x03\xf1"),
+        );
+        // A continuation with no message started, and a bad close code, are protocol errors.
+        check(
+            vec![],
+            vec![masked(0x80, b"x")],
+            (b"", true, b"\x88\x02\x03\xea"),
+        );
+        check(
+            vec![],
+            vec![masked(0x88, b"\x03\xe7")],
+            (b"", true, b"\x88\x02\x03\xea"),
         );
         // The peer vanishing mid-frame is an end of stream.
         check(
