@@ -114,12 +114,11 @@ impl From<crate::resource::sql::SqlError> for OpError {
         match e {
             SqlError::Status(status, message) => OpError::new(status, message),
             SqlError::Forbidden(denied, invalid) => OpError {
-                status: 403,
-                message: FORBIDDEN_MESSAGE.to_string(),
                 forbidden: Some((
                     denied.iter().map(Denied::to_value).collect(),
                     invalid.into_iter().map(Value::String).collect(),
                 )),
+                ..OpError::new(403, FORBIDDEN_MESSAGE)
             },
         }
     }
