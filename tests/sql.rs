@@ -172,12 +172,11 @@ fn like(s: &str, p: &str) -> bool {
     }
 }
 
+/// A selected record: `x` a record lacks is null (an attribute of the table).
 fn row_a(r: &A, with_s: bool) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!(r.id));
-    if let Some(x) = r.x {
-        o.insert("x".into(), json!(x));
-    }
+    o.insert("x".into(), json!(r.x.flatten()));
     if with_s {
         o.insert("s".into(), json!(r.s));
     }
@@ -213,8 +212,10 @@ fn seed_tables(server: &Server, rng: &mut Rng) -> (Vec<A>, Vec<B>) {
         .iter()
         .map(|r| {
             let mut v = row_a(r, true);
-            if r.x == Some(None) {
-                v["x"] = Value::Null;
+            if r.x.is_none() {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("x");
+                }
             }
             v
         })
@@ -316,7 +317,7 @@ fn join_query(rng: &mut Rng, a: &[A], b: &[B]) -> (String, Value) {
             rows.push(json!({"aid": ra.id, "bid": rb.id, "v": rb.v}));
         }
         if matched.is_empty() && left {
-            rows.push(json!({"aid": ra.id}));
+            rows.push(json!({"aid": ra.id, "bid": null, "v": null}));
         }
     }
     let limit = rng.below(40) as usize + 1;
@@ -449,7 +450,7 @@ fn writes_answer_like_harperdb_are_audited_and_reach_subscribers() {
     );
     assert_eq!(
         sql_ok(&server, "SELECT id, name, n, up FROM dev.w ORDER BY id"),
-        json!([{"id": 1, "name": "one", "n": 10, "up": "ONE"}, {"id": 2, "name": "two", "n": 2}])
+        json!([{"id": 1, "name": "one", "n": 10, "up": "ONE"}, {"id": 2, "name": "two", "n": 2, "up": null}])
     );
     assert_eq!(
         sql_ok(&server, "DELETE FROM dev.w WHERE name = 'two'"),

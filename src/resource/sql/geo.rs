@@ -23,9 +23,14 @@ fn rad(d: f64) -> f64 {
     d * std::f64::consts::PI / 180.0
 }
 
+/// A position `[x, y]`; a null coordinate counts as 0, as in JavaScript arithmetic.
 fn point(v: &Value) -> Option<(f64, f64)> {
     let Value::Array(c) = v else { return None };
-    Some((as_f64(c.first()?)?, as_f64(c.get(1)?)?))
+    let n = |v: &Value| match v {
+        Value::Null => Some(0.0),
+        other => as_f64(other),
+    };
+    Some((n(c.first()?)?, n(c.get(1)?)?))
 }
 
 /// turf's `getCoord`: a Point feature, a Point, or `[x, y]`.
@@ -152,12 +157,16 @@ fn haversine(a: (f64, f64), b: (f64, f64), factor: f64) -> f64 {
     2.0 * h.sqrt().atan2((1.0 - h).sqrt()) * factor
 }
 
-fn length(v: &Value, factor: f64) -> f64 {
+/// The length of every line and ring; `None` when a geometry has no coordinates (turf throws).
+fn length(v: &Value, factor: f64) -> Option<f64> {
     let mut gs = Vec::new();
     geometries(v, &mut gs, 0);
     let mut lines: Vec<Vec<(f64, f64)>> = Vec::new();
     for g in gs {
         let c = g.get("coordinates");
+        if !matches!(c, Some(Value::Array(_))) {
+            return None;
+        }
         match g.get("type").and_then(Value::as_str) {
             Some("LineString") => lines.extend(rings(Some(&Value::Array(vec![c
                 .cloned()
@@ -171,10 +180,10 @@ fn length(v: &Value, factor: f64) -> f64 {
             _ => {}
         }
     }
-    lines.iter().fold(0.0, |total, l| {
+    Some(lines.iter().fold(0.0, |total, l| {
         l.windows(2)
             .fold(total, |t, w| t + haversine(w[0], w[1], factor))
-    })
+    }))
 }
 
 fn units(args: &[Value], i: usize) -> Result<f64, SqlError> {
@@ -194,7 +203,9 @@ pub fn call(name: &str, args: &[Value]) -> Option<Result<Value, SqlError>> {
     };
     Some(match name {
         "GEOAREA" => Ok(g(0).map_or(Value::Null, |v| num(area(&v)))),
-        "GEOLENGTH" => units(args, 1).map(|f| g(0).map_or(Value::Null, |v| num(length(&v, f)))),
+        "GEOLENGTH" => {
+            units(args, 1).map(|f| g(0).and_then(|v| length(&v, f)).map_or(Value::Null, num))
+        }
         "GEODISTANCE" => units(args, 2).map(|f| distance(f).map_or(Value::Null, num)),
         "GEONEAR" => {
             let Some(limit) = args.get(2).and_then(as_f64) else {

@@ -220,8 +220,8 @@ fn expr_name(e: &Expr) -> String {
 }
 
 /// Output keys with where each came from (table, attribute), to fold `*` into named columns
-/// and number clashing names (`id`, `id1`) as HarperDB does; the stamps appear once, and an
-/// attribute selected under an alias is left out of `*`.
+/// and number clashing names (`id`, `id1`) as HarperDB does; an attribute selected under an
+/// alias is left out of `*`.
 struct Projected {
     out: Object,
     origins: Vec<Option<(usize, String)>>,
@@ -231,10 +231,6 @@ struct Projected {
 impl Projected {
     fn put(&mut self, name: String, origin: Option<(usize, String)>, v: Value) {
         if origin.is_some() && self.origins.contains(&origin) {
-            return;
-        }
-        let stamp = matches!(name.as_str(), "__createdtime__" | "__updatedtime__");
-        if stamp && origin.is_some() && self.out.get(&name).is_some() {
             return;
         }
         let mut key = name.clone();
@@ -247,9 +243,14 @@ impl Projected {
         self.origins.push(origin);
     }
 
-    fn star(&mut self, ctx: &Ctx<'_>, i: usize, columns: &[String]) {
+    /// `t.*` (`qualified`) shows the stamps once; a bare `*` numbers them like other clashes.
+    fn star(&mut self, ctx: &Ctx<'_>, i: usize, columns: &[String], qualified: bool) {
         for name in columns {
             if self.aliased.iter().any(|(t, n)| *t == i && n == name) {
+                continue;
+            }
+            let stamp = matches!(name.as_str(), "__createdtime__" | "__updatedtime__");
+            if qualified && stamp && self.out.get(name).is_some() {
                 continue;
             }
             let v = ctx.record(i).and_then(|r| r.get(name)).cloned();
@@ -274,10 +275,18 @@ fn origin(e: &Expr, ctx: &Ctx<'_>, tables: usize) -> Result<Option<(usize, Strin
 }
 
 /// Whether a projected expression has a value HarperDB shows: it leaves out what is undefined
-/// (an attribute the record lacks, a function of one); a stored null stays.
-fn present(e: &Expr, v: &Value, ctx: &Ctx<'_>) -> Result<bool, SqlError> {
+/// (an attribute the table does not have, a function of nothing); an attribute of the table
+/// the record lacks is null.
+fn present(e: &Expr, v: &Value, ctx: &Ctx<'_>, columns: &[Vec<String>]) -> Result<bool, SqlError> {
     Ok(match column_ref(e) {
-        Some((q, name)) => ctx.column(q, name)?.is_some(),
+        Some((q, name)) => {
+            let tables: Vec<usize> = match q {
+                Some(q) => vec![ctx.table_index(q)?],
+                None => (0..columns.len()).collect(),
+            };
+            ctx.column(q, name)?.is_some()
+                || tables.iter().any(|i| columns[*i].iter().any(|c| c == name))
+        }
         None => !matches!(v, Value::Null) || matches!(e, Expr::Value(_)),
     })
 }
@@ -301,23 +310,23 @@ fn project(
         match item {
             SelectItem::Wildcard(_) => {
                 for (i, cols) in columns.iter().enumerate() {
-                    p.star(ctx, i, cols);
+                    p.star(ctx, i, cols, false);
                 }
             }
             SelectItem::QualifiedWildcard(name, _) => {
                 let q = name.0.last().map(|i| i.value.as_str()).unwrap_or_default();
                 let i = ctx.table_index(q)?;
-                p.star(ctx, i, &columns[i]);
+                p.star(ctx, i, &columns[i], true);
             }
             SelectItem::UnnamedExpr(e) => {
                 let v = eval(e, ctx)?;
-                if present(e, &v, ctx)? {
+                if present(e, &v, ctx, columns)? {
                     p.put(expr_name(e), origin(e, ctx, columns.len())?, v);
                 }
             }
             SelectItem::ExprWithAlias { expr, alias } => {
                 let v = eval(expr, ctx)?;
-                if present(expr, &v, ctx)? {
+                if present(expr, &v, ctx, columns)? {
                     p.put(alias.value.clone(), None, v);
                 }
             }
