@@ -561,6 +561,12 @@ fn role_rights_apply_to_sql() {
         reply["invalid_schema_items"],
         json!(["Table 'dev.hidden' does not exist"])
     );
+    let (status, reply) = as_ann("SELECT * FROM nope.w");
+    assert_eq!(status, 403);
+    assert_eq!(
+        reply["invalid_schema_items"],
+        json!(["database 'nope' does not exist"])
+    );
     let (status, reply) = as_ann("INSERT INTO dev.w (id, name) VALUES (2, 'b')");
     assert_eq!(status, 403);
     assert_eq!(

@@ -28,6 +28,23 @@ pub fn open(resources: &Resources, t: &TableRef) -> Result<(Arc<Database>, Arc<T
     Ok((db, table))
 }
 
+/// [`open`] for a caller: a role that is not a super user learns of a missing database or table
+/// as HarperDB tells it, a 403 with the reason in `invalid_schema_items`.
+fn open_for(
+    resources: &Resources,
+    caller: &Caller,
+    t: &TableRef,
+) -> Result<(Arc<Database>, Arc<Table>), SqlError> {
+    match open(resources, t) {
+        Err(SqlError::Status(404, why))
+            if !(caller.super_user || caller.permissions.super_user) =>
+        {
+            Err(SqlError::Forbidden(Vec::new(), vec![why]))
+        }
+        other => other,
+    }
+}
+
 /// The attributes `*` stands for: primary key, the two stamps, then the others by name.
 pub fn star_columns(table: &Table) -> Vec<String> {
     let pk = table.def.primary_key.as_deref();
@@ -198,7 +215,7 @@ pub fn check_select(
     });
     let mut rights = Rights::default();
     for t in tables {
-        let (_, table) = open(resources, t)?;
+        let (_, table) = open_for(resources, caller, t)?;
         let mine = |q: &str| q == t.alias || q.eq_ignore_ascii_case(&t.alias) || q == t.table;
         let names = refs.iter().filter_map(|(qual, name)| {
             let hit = match qual {
@@ -234,7 +251,7 @@ pub fn check_write(
     if t.database == crate::resource::tables::SYSTEM {
         return Err(SqlError::Status(403, SYSTEM_WRITE.to_string()));
     }
-    let (_, table) = open(resources, t)?;
+    let (_, table) = open_for(resources, caller, t)?;
     let mut rights = Rights::default();
     rights.check(
         caller,
