@@ -358,6 +358,26 @@ fn random_selects_match_a_brute_force_computation() {
         json!([{"COUNT(*)": 60}])
     );
     assert_eq!(sql_ok(&server, "select 2 + 2"), json!([{"2 + 2": 4}]));
+    // The hash join matches what a WHERE matches: a number and numeric text, a boolean and text.
+    for t in ["p", "q"] {
+        ok(
+            &server,
+            json!({"operation": "create_table", "database": "dev", "table": t, "primary_key": "id"}),
+        );
+    }
+    sql_ok(
+        &server,
+        "INSERT INTO dev.p (id, k) VALUES (1, '7'), (2, true), (3, 'x'), (4, null)",
+    );
+    sql_ok(
+        &server,
+        "INSERT INTO dev.q (id, k) VALUES (10, 7), (20, 'true'), (30, 'x'), (40, null)",
+    );
+    let joined = "SELECT p.id AS p, q.id AS q FROM dev.p p JOIN dev.q q ON p.k = q.k ORDER BY p.id";
+    let crossed = "SELECT p.id AS p, q.id AS q FROM dev.p p, dev.q q WHERE p.k = q.k ORDER BY p.id";
+    let expected = json!([{"p": 1, "q": 10}, {"p": 2, "q": 20}, {"p": 3, "q": 30}]);
+    assert_eq!(sql_ok(&server, joined), expected);
+    assert_eq!(sql_ok(&server, crossed), expected);
     let mut words: Vec<&str> = a.iter().map(|r| r.s.as_str()).collect();
     words.sort();
     words.dedup();

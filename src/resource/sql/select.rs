@@ -60,17 +60,32 @@ fn from_clause(from: &[ast::TableWithJoins]) -> Result<(Vec<TableRef>, Vec<Join<
     Ok((tables, joins))
 }
 
-/// A joined table's records by join key.
-type KeyIndex = HashMap<Vec<u8>, Vec<usize>>;
+/// A joined table's records by join key, and those whose values only compare loosely (booleans,
+/// arrays, objects): candidates for every probe.
+struct KeyIndex {
+    exact: HashMap<Vec<u8>, Vec<usize>>,
+    loose: Vec<usize>,
+}
 
-/// A value as a hash-join key: numbers by value, everything else by its JSON text.
-fn join_key(v: &Value) -> Option<Vec<u8>> {
+/// How a value joins: not at all (NULL), by a key [`compare`](eval::compare) agrees with (numbers
+/// and numeric text by number, other text by text), or loosely (checked against every record).
+enum Key {
+    Null,
+    Exact(Vec<u8>),
+    Loose,
+}
+
+fn join_key(v: &Value) -> Key {
     match v {
-        Value::Null => None,
-        Value::Int(_) | Value::Float(_) | Value::Date(_) => {
-            eval::as_f64(v).map(|f| format!("n{f}").into_bytes())
+        Value::Null => Key::Null,
+        Value::Int(_) | Value::Float(_) | Value::Date(_) | Value::String(_) => {
+            match (eval::as_f64(v), v) {
+                (Some(f), _) => Key::Exact(format!("n{f}").into_bytes()),
+                (None, Value::String(s)) => Key::Exact(format!("s{s}").into_bytes()),
+                _ => Key::Loose,
+            }
         }
-        other => Some(crate::value::json::to_vec(other)),
+        _ => Key::Loose,
     }
 }
 
@@ -114,13 +129,18 @@ fn join_rows(scope: &Scope<'_>, joins: &[Join<'_>]) -> Result<Vec<Row>, SqlError
             join.on
                 .and_then(|on| hash_side(on, scope, j))
                 .map(|(probe, attr)| {
-                    let mut map: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+                    let mut index = KeyIndex {
+                        exact: HashMap::new(),
+                        loose: Vec::new(),
+                    };
                     for (i, r) in records.iter().enumerate() {
-                        if let Some(k) = r.get(attr).and_then(join_key) {
-                            map.entry(k).or_default().push(i);
+                        match r.get(attr).map_or(Key::Null, join_key) {
+                            Key::Null => {}
+                            Key::Exact(k) => index.exact.entry(k).or_default().push(i),
+                            Key::Loose => index.loose.push(i),
                         }
                     }
-                    (probe, map)
+                    (probe, index)
                 });
         let mut matched = vec![false; records.len()];
         let mut next: Vec<Row> = Vec::new();
@@ -128,8 +148,9 @@ fn join_rows(scope: &Scope<'_>, joins: &[Join<'_>]) -> Result<Vec<Row>, SqlError
         for row in rows {
             let mut candidate = row.clone();
             candidate.push(None);
+            let picked: Vec<usize>;
             let pool: &[usize] = match &index {
-                Some((probe, map)) => {
+                Some((probe, index)) => {
                     let ctx = Ctx {
                         scope,
                         row: &candidate,
@@ -137,8 +158,17 @@ fn join_rows(scope: &Scope<'_>, joins: &[Join<'_>]) -> Result<Vec<Row>, SqlError
                         output: None,
                     };
                     match join_key(&eval(probe, &ctx)?) {
-                        Some(k) => map.get(&k).map_or(&[], Vec::as_slice),
-                        None => &[],
+                        Key::Null => &[],
+                        Key::Loose => &all,
+                        Key::Exact(k) => {
+                            let hits = index.exact.get(&k).map_or(&[][..], Vec::as_slice);
+                            if index.loose.is_empty() {
+                                hits
+                            } else {
+                                picked = hits.iter().chain(&index.loose).copied().collect();
+                                &picked
+                            }
+                        }
                     }
                 }
                 None => &all,
