@@ -77,6 +77,8 @@ enum Cond {
     IsNull,
     IsNotNull,
     IdEq(i64),
+    /// `s = 'word'`: driven by the index on `s`.
+    SIs(&'static str),
     And(Box<Cond>, Box<Cond>),
     Or(Box<Cond>, Box<Cond>),
     Not(Box<Cond>),
@@ -85,7 +87,7 @@ enum Cond {
 impl Cond {
     fn gen(rng: &mut Rng, depth: u32) -> Cond {
         let k = rng.below(12) as i64;
-        match rng.below(if depth == 0 { 7 } else { 10 }) {
+        match rng.below(if depth == 0 { 8 } else { 11 }) {
             0 => Cond::Cmp(["=", "!=", "<", "<=", ">", ">="][rng.below(6) as usize], k),
             1 => Cond::Between(k, k + rng.below(5) as i64),
             2 => Cond::In(
@@ -105,11 +107,12 @@ impl Cond {
             4 => Cond::IsNull,
             5 => Cond::IsNotNull,
             6 => Cond::IdEq(rng.below(70) as i64),
-            7 => Cond::And(
+            7 => Cond::SIs(WORDS[rng.below(5) as usize]),
+            8 => Cond::And(
                 Box::new(Cond::gen(rng, depth - 1)),
                 Box::new(Cond::gen(rng, depth - 1)),
             ),
-            8 => Cond::Or(
+            9 => Cond::Or(
                 Box::new(Cond::gen(rng, depth - 1)),
                 Box::new(Cond::gen(rng, depth - 1)),
             ),
@@ -132,6 +135,7 @@ impl Cond {
             Cond::IsNull => format!("{q}x IS NULL"),
             Cond::IsNotNull => format!("{q}x IS NOT NULL"),
             Cond::IdEq(k) => format!("{q}id = {k}"),
+            Cond::SIs(w) => format!("{q}s = '{w}'"),
             Cond::And(a, b) => format!("({} AND {})", a.sql(q), b.sql(q)),
             Cond::Or(a, b) => format!("({} OR {})", a.sql(q), b.sql(q)),
             Cond::Not(a) => format!("NOT ({})", a.sql(q)),
@@ -155,6 +159,7 @@ impl Cond {
             Cond::IsNull => x.is_none(),
             Cond::IsNotNull => x.is_some(),
             Cond::IdEq(k) => r.id == *k,
+            Cond::SIs(w) => r.s == *w,
             Cond::And(a, b) => a.eval(r) && b.eval(r),
             Cond::Or(a, b) => a.eval(r) || b.eval(r),
             Cond::Not(a) => !a.eval(r),

@@ -120,6 +120,71 @@ fn pinned_keys(filter: &Expr, pk: &str) -> Option<Vec<Value>> {
     }
 }
 
+/// A conjunct `attr = 'text'` of the WHERE (under AND) whose loose SQL equality is exactly the
+/// store's string equality (text that is neither a number nor `true`/`false`), on an indexed
+/// attribute: a condition the search planner drives from the index.
+fn indexed_condition(filter: &Expr, table: &Table) -> Option<crate::query::Expr> {
+    match filter {
+        Expr::Nested(e) => indexed_condition(e, table),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => indexed_condition(left, table).or_else(|| indexed_condition(right, table)),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => {
+            let (col, lit) = match (column_ref(left), column_ref(right)) {
+                (Some((_, c)), None) => (c, right),
+                (None, Some((_, c))) => (c, left),
+                _ => return None,
+            };
+            let Expr::Value(ast::Value::SingleQuotedString(text)) = lit.as_ref() else {
+                return None;
+            };
+            let loose =
+                text.trim().parse::<f64>().is_ok() || matches!(text.as_str(), "true" | "false");
+            let indexed = table.def.attribute(col).is_some_and(|a| a.indexed);
+            (indexed && !loose).then(|| {
+                crate::query::Expr::Condition(crate::query::Condition {
+                    path: vec![col.to_string()],
+                    comparator: crate::query::Comparator::Equal,
+                    value: crate::query::QueryValue::Json(serde_json::Value::String(text.clone())),
+                })
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The records an indexed condition finds, through the search planner; `None` when it cannot
+/// plan (a value the attribute's type refuses), and the caller reads the table instead.
+fn search_indexed(
+    txn: &crate::store::ReadTxn<'_>,
+    table: &Table,
+    condition: &crate::query::Expr,
+) -> Option<Vec<Object>> {
+    let spec = crate::resource::search::SearchSpec {
+        filter: Some(condition),
+        allow_undeclared: !table.schema_defined,
+        ..Default::default()
+    };
+    let plan = crate::resource::search::plan(table, &spec).ok()?;
+    let mut out = Vec::new();
+    let mut failed = false;
+    let run = crate::resource::search::search(txn, table, &plan, &mut |_, record| {
+        match value::deserialize(record.value) {
+            Ok(Value::Object(o)) if out.len() < TABLE_ROWS_MAX => out.push(o),
+            Ok(_) => {}
+            Err(_) => failed = true,
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    (run.is_ok() && !failed && out.len() < TABLE_ROWS_MAX).then_some(out)
+}
+
 /// The records of `t` a statement needs (all, or those whose keys `filter` pins), and the
 /// attributes `*` stands for (those the caller may read).
 pub fn load(
@@ -168,15 +233,29 @@ pub fn load(
             }
         }
         None => {
+            let found = filter
+                .and_then(|f| indexed_condition(f, &table))
+                .and_then(|c| search_indexed(&txn, &table, &c));
+            if let Some(found) = found {
+                let columns = star(caller, t, &table, &found);
+                return Ok((found, columns));
+            }
             for item in txn.scan(&table, false)? {
                 let (_, rec) = item?;
                 push(rec.value)?;
             }
         }
     }
-    let mut columns = star_columns(&table);
+    let columns = star(caller, t, &table, &out);
+    Ok((out, columns))
+}
+
+/// What `*` stands for over `records`: the table's attributes, then others the records have,
+/// less what the caller may not read.
+fn star(caller: &Caller, t: &TableRef, table: &Table, records: &[Object]) -> Vec<String> {
+    let mut columns = star_columns(table);
     let mut extra: Vec<String> = Vec::new();
-    for r in &out {
+    for r in records {
         for (k, _) in r.iter() {
             if !columns.iter().any(|c| c == k) && !extra.iter().any(|c| c == k) {
                 extra.push(k.to_string());
@@ -185,8 +264,8 @@ pub fn load(
     }
     extra.sort();
     columns.extend(extra);
-    if rights::trims(caller, &t.database, &table) {
-        columns.retain(|c| rights::readable(caller, &t.database, &table, c));
+    if rights::trims(caller, &t.database, table) {
+        columns.retain(|c| rights::readable(caller, &t.database, table, c));
         // Only the stamps readable: HarperDB shows nothing of such a table.
         if columns
             .iter()
@@ -195,7 +274,7 @@ pub fn load(
             columns.clear();
         }
     }
-    Ok((out, columns))
+    columns
 }
 
 /// Checks a SELECT's read rights: each table, and every attribute it names (qualified to the
