@@ -14,6 +14,7 @@ pub mod search;
 pub mod tables;
 pub mod users;
 mod validate;
+pub mod verbs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,11 +22,12 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigTree};
 use crate::schema::{App, FieldType, TableDef};
-use crate::store::{Database, Store, Table, WriteError};
+use crate::store::{ConditionFailed, Database, Store, Table, WriteError};
 use crate::value::Value;
 
 pub use records::{with_record, write};
 pub use validate::{validate_record, Validation};
+pub use verbs::{create, delete, put, write_many, PutKind, WriteFailure};
 
 /// Who is asking: the authenticated user (or anonymous) and the permissions of its role, as
 /// `auth::authenticate` found them. Every protocol passes one to the resource layer.
@@ -273,6 +275,9 @@ pub fn write_error_status(e: &WriteError) -> u16 {
         WriteError::NoSuchTable(_) => 404,
         WriteError::Overloaded(_) | WriteError::Stopped => 503,
         WriteError::Storage(_) => 500,
+        WriteError::Condition(ConditionFailed::VersionMismatch) => 412,
+        WriteError::Condition(ConditionFailed::Exists(_)) => 409,
+        WriteError::Condition(ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate) => 403,
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod check;
 mod clock;
+mod condition;
 mod entry;
 mod layout;
 mod read;
@@ -53,6 +54,7 @@ use crate::value::Value;
 
 pub use check::IndexReport;
 pub use clock::{now_ms, Clock};
+pub use condition::{Condition, ConditionFailed};
 pub use entry::Header;
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
 pub use replicate::{

@@ -32,7 +32,7 @@ use super::share::{self, Groups};
 use super::topic::{Filter, PublishTopic, TopicError};
 use crate::resource::permissions::ReadableAttributes;
 use crate::resource::{self, Caller, Resources, Validation};
-use crate::store::{ChangeKind, Commit, WriteError, WriteOp, WriteRequest};
+use crate::store::{ChangeKind, Commit, ConditionFailed, WriteError, WriteOp};
 use crate::value::{self, Value};
 
 /// CONNECT must arrive this soon after the connection opens (SPEC §6.3).
@@ -1990,11 +1990,7 @@ impl Session<'_> {
         op: WriteOp,
     ) -> u8 {
         let noted = self.leave_note(p, &db.name, table, &op);
-        let request = WriteRequest {
-            ops: vec![op],
-            user: self.caller.username.clone(),
-        };
-        let written = resource::write(db, request).await;
+        let written = resource::write_many(db, &self.caller, vec![op]).await;
         if noted {
             let version = written.as_ref().ok().map(|w| w.version);
             self.shared.notes.settle(&self.client_id, version);
@@ -2006,6 +2002,9 @@ impl Session<'_> {
                 match e {
                     WriteError::Invalid(_) => rc::PAYLOAD_FORMAT_INVALID,
                     WriteError::Overloaded(_) => rc::QUOTA_EXCEEDED,
+                    WriteError::Condition(
+                        ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate,
+                    ) => rc::NOT_AUTHORIZED,
                     _ => rc::UNSPECIFIED,
                 }
             }
