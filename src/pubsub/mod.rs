@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use tidepool_io::{race, Either, Inbox, MeshSender, Shutdown};
 
-use crate::store::{Change, ChangeKind, Commit, Database, Publisher, StoreError, Table};
+use crate::change::{Change, ChangeKind, Commit};
+use crate::store::{Database, Publisher, StoreError, Table};
 use crate::value::{self, Value};
 
 pub use event::{id_text, Encoded, Event, Format, TRIMMED_VARIANTS_MAX};

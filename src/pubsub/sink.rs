@@ -238,7 +238,7 @@ impl Future for Ready<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Change, ChangeKind};
+    use crate::change::{Change, ChangeKind};
     use crate::value::Value;
 
     fn event(version: f64) -> Rc<Event> {

@@ -22,9 +22,15 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigTree};
 use crate::schema::{App, FieldType, TableDef};
-use crate::store::{ConditionFailed, Database, Store, Table, WriteError};
+use crate::store::Store;
 use crate::value::Value;
 
+/// The store's vocabulary protocols need, passed on by the resource layer: protocols never name
+/// `crate::store` (ARCHITECTURE.md, "Layers"; checked by `tests/layers.rs`).
+pub use crate::store::{
+    now_ms, Condition, ConditionFailed, Database, Header, OpResult, PutMode, ReadTxn, StoreError,
+    Table, WriteError, WriteOp, WriteRequest,
+};
 pub use records::{with_record, write};
 pub use validate::{validate_record, Validation};
 pub use verbs::{create, delete, put, write_many, PutKind, WriteFailure};

@@ -30,9 +30,10 @@ use super::payload;
 use super::props::{Properties, Property};
 use super::share::{self, Groups};
 use super::topic::{Filter, PublishTopic, TopicError};
+use crate::change::{ChangeKind, Commit};
 use crate::resource::permissions::ReadableAttributes;
 use crate::resource::{self, Caller, Resources, Validation};
-use crate::store::{ChangeKind, Commit, ConditionFailed, WriteError, WriteOp};
+use crate::resource::{ConditionFailed, WriteError, WriteOp};
 use crate::value::{self, Value};
 
 /// CONNECT must arrive this soon after the connection opens (SPEC §6.3).
@@ -738,7 +739,7 @@ impl Sessions {
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
         // Taken on every core, subscribers here or not, so each note leaves once all cores did.
         let notes = shared.notes.take(commit);
-        let now = crate::store::now_ms();
+        let now = crate::resource::now_ms();
         {
             let mut dispatched = self.dispatched.borrow_mut();
             let v = dispatched.entry(commit.database.clone()).or_insert(0.0);
@@ -1433,8 +1434,8 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
 /// A subscription filter with the database it reads and its table (none: general topics).
 type Resolved = (
     Filter,
-    Arc<crate::store::Database>,
-    Option<Arc<crate::store::Table>>,
+    Arc<crate::resource::Database>,
+    Option<Arc<crate::resource::Table>>,
 );
 
 /// Why a subscription filter names nothing this session may read.
@@ -1560,7 +1561,7 @@ impl Session<'_> {
     /// ids and DUP = 1. Synchronous: see `serve`.
     fn resume(&self, stored: Stored) {
         let conn = self.conn;
-        let mut databases: Vec<(Arc<crate::store::Database>, Vec<usize>)> = Vec::new();
+        let mut databases: Vec<(Arc<crate::resource::Database>, Vec<usize>)> = Vec::new();
         let mut subs = Vec::new();
         for s in stored.subs {
             let (filter, db, table) = match self.resolve(&s.filter) {
@@ -1673,7 +1674,7 @@ impl Session<'_> {
                     Some(encode_trimmed(v, &r, &mut body))
                 }
                 (kind, value, _) => {
-                    let now = crate::store::now_ms();
+                    let now = crate::resource::now_ms();
                     let Some(out) = outbound_payload(&m.export, kind, value.as_ref(), now) else {
                         continue;
                     };
@@ -1967,7 +1968,7 @@ impl Session<'_> {
                     table: def.table.clone(),
                     key: id,
                     record: Value::Object(record),
-                    mode: crate::store::PutMode::Replace,
+                    mode: crate::resource::PutMode::Replace,
                     expires_in_s: None,
                 }
             } else {
@@ -1985,7 +1986,7 @@ impl Session<'_> {
     async fn submit(
         &self,
         p: &Publish,
-        db: &Arc<crate::store::Database>,
+        db: &Arc<crate::resource::Database>,
         table: &str,
         op: WriteOp,
     ) -> u8 {
@@ -2026,7 +2027,7 @@ impl Session<'_> {
         let key = Value::String(p.topic.clone());
         let passed_on = Note::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
         let envelope =
-            general::Envelope::new(&p.payload, p.qos, &passed_on, crate::store::now_ms());
+            general::Envelope::new(&p.payload, p.qos, &passed_on, crate::resource::now_ms());
         let op = if p.retain && p.payload.is_empty() {
             WriteOp::Delete { table, key }
         } else if p.retain {
@@ -2038,7 +2039,7 @@ impl Session<'_> {
                 table,
                 record: envelope.to_value(Some(&p.topic)),
                 key: Some(key),
-                mode: crate::store::PutMode::Replace,
+                mode: crate::resource::PutMode::Replace,
                 expires_in_s: expiry_s,
             }
         } else {
@@ -2146,7 +2147,7 @@ impl Session<'_> {
         let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
             None if general => value::deserialize(archived)
                 .map(|v| {
-                    let now = crate::store::now_ms();
+                    let now = crate::resource::now_ms();
                     match outbound_payload("", ChangeKind::Put, Some(&v), now) {
                         Some(out) => {
                             *body = out.body;
@@ -2156,7 +2157,7 @@ impl Session<'_> {
                         None => Shape(None, qos, Properties::default()),
                     }
                 })
-                .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
+                .map_err(|e| crate::resource::StoreError::Corrupt(format!("record: {e}"))),
             None => Ok(Shape(
                 Some(payload::encode(Some(archived), body)),
                 qos,
@@ -2170,12 +2171,12 @@ impl Session<'_> {
                         Properties::default(),
                     )
                 })
-                .map_err(|e| crate::store::StoreError::Corrupt(format!("record: {e}"))),
+                .map_err(|e| crate::resource::StoreError::Corrupt(format!("record: {e}"))),
         };
         let mut found: Vec<(String, f64, Vec<u8>, Shape)> = Vec::new();
-        let read = (|| -> Result<(), crate::store::StoreError> {
+        let read = (|| -> Result<(), crate::resource::StoreError> {
             let txn = db.read()?;
-            let now = crate::store::now_ms();
+            let now = crate::resource::now_ms();
             if let Some(raw) = filter.exact_id() {
                 let Ok(key) = resource::parse_id(&table.def, &raw) else {
                     return Ok(());

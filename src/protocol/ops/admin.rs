@@ -295,7 +295,7 @@ pub async fn system_information(resources: &Resources, attributes: Option<&[Stri
     }
     if wanted("time") {
         let mut t = Object::new();
-        t.insert("current", Value::Float(crate::store::now_ms()));
+        t.insert("current", Value::Float(crate::resource::now_ms()));
         t.insert(
             "timezone",
             Value::String(std::env::var("TZ").unwrap_or_else(|_| "UTC".into())),

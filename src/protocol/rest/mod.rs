@@ -21,9 +21,9 @@ use crate::resource::join::{self, Projection};
 use crate::resource::permissions::{self, Action};
 use crate::resource::search::{self, SearchError, SearchSpec};
 use crate::resource::{self, Caller, Resources, Validation};
+use crate::resource::{Condition, Database, OpResult, PutMode, Table, WriteOp};
 use crate::resource::{PutKind, WriteFailure};
 use crate::schema::{FieldType, TableDef};
-use crate::store::{Condition, Database, OpResult, PutMode, Table, WriteOp};
 use crate::value::{self, Value, ValueView};
 
 pub use format::{Format, SUPPORTED};
