@@ -21,8 +21,10 @@ use crate::resource::join::{self, Projection};
 use crate::resource::permissions::{self, Action};
 use crate::resource::search::{self, SearchError, SearchSpec};
 use crate::resource::{self, Caller, Resources, Validation};
-use crate::resource::{Condition, Database, OpResult, PutMode, Table, WriteOp};
-use crate::resource::{PutKind, WriteFailure};
+use crate::resource::{
+    Condition, ConditionFailed, Database, OpResult, PutKind, PutMode, Table, WriteError,
+    WriteFailure, WriteOp,
+};
 use crate::schema::{FieldType, TableDef};
 use crate::value::{self, Value, ValueView};
 
@@ -744,15 +746,20 @@ impl Ctx<'_, '_> {
     /// Answers a failed write: 401/403 for missing rights (also when the writer found the
     /// record in a state the caller may not write), 412 for `If-Match`, 409 for an existing id.
     fn failed(&self, resp: &mut Response, e: WriteFailure) {
-        match e {
-            WriteFailure::Denied(_) if self.caller.is_anonymous() => {
-                resp.header("WWW-Authenticate", "Basic");
-                self.error(resp, 401, AuthError::MustLogin.message());
-            }
-            WriteFailure::Denied(_) => self.error(resp, 403, FORBIDDEN),
-            WriteFailure::Write(e) => {
-                self.error(resp, resource::write_error_status(&e), &e.to_string())
-            }
+        let denied = matches!(
+            e,
+            WriteFailure::Denied(_)
+                | WriteFailure::Write(WriteError::Condition(
+                    ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate
+                ))
+        );
+        if denied && self.caller.is_anonymous() {
+            resp.header("WWW-Authenticate", "Basic");
+            self.error(resp, 401, AuthError::MustLogin.message());
+        } else if denied {
+            self.error(resp, 403, FORBIDDEN);
+        } else if let WriteFailure::Write(e) = e {
+            self.error(resp, resource::write_error_status(&e), &e.to_string());
         }
     }
 
