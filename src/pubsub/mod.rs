@@ -10,11 +10,15 @@
 //!
 //! Joining (SPEC §6.1 "current state first, then every later event, with no gap and no
 //! duplicate"): [`Registry::subscribe`] registers the filter and, without an `.await` in between,
-//! opens one read transaction, finds the snapshot's horizon H (the newest audit entry it sees; it
-//! scans only entries newer than the last commit this core already dispatched, a handful), reads
-//! the current state (or replays the audit log for `startTime`) and queues it, and sets the
-//! subscription's floor to H. Live events at or below the floor are already in the snapshot and
-//! are skipped; every commit above it was not yet visible and will arrive through the inbox.
+//! opens one read transaction and finds the snapshot's horizon H (the newest audit entry it sees;
+//! it scans only entries newer than the last commit this core already dispatched, a handful),
+//! the subscription's floor: live events at or below it are already in that snapshot and are
+//! skipped; every commit above it was not yet visible and will arrive through the inbox. A single
+//! record (or `previousCount`, at most 1,000 events) is read and queued at once. A table's (or a
+//! prefix's) current state and a `startTime` replay are streamed instead ([`state`]): read a
+//! chunk at a time, each in its own short transaction, as the subscriber takes events, and joined
+//! to the live stream chunk by chunk; so a subscriber that stops reading holds at most its queue
+//! bound plus one chunk, whatever the table size, and no read transaction.
 //!
 //! This module never parses protocol bytes and never writes: it reads the store only to build
 //! initial state. Whether a caller may subscribe is the resource layer's decision, made before
@@ -23,12 +27,13 @@
 
 mod event;
 mod sink;
+pub mod state;
 mod topic;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,14 +42,13 @@ use tidepool_io::{race, Either, Inbox, MeshSender, Shutdown};
 
 use crate::change::{Change, ChangeKind, Commit};
 use crate::store::{Database, Publisher, StoreError, Table};
-use crate::value::{self, Value};
+use crate::value::{self, ArchivedValue, Kind, Value, ValueView};
+use state::{AuditCursor, Chunk, StateCursor};
 
 pub use event::{id_text, Encoded, Event, Format, TRIMMED_VARIANTS_MAX};
 pub use sink::{Overflow, Ready, Sink, QUEUE_BYTES_MAX, QUEUE_EVENTS_MAX};
 pub use topic::{Filter, FilterError, Level, FILTER_BYTES_MAX, LEVELS_MAX};
 
-/// Records (or replayed events) a subscription's initial state may hold; more → `TooLarge`.
-pub const INITIAL_EVENTS_MAX: usize = 100_000;
 /// `previousCount` at most (SPEC §6.1).
 pub const PREVIOUS_COUNT_MAX: usize = 1000;
 /// Commits each core's inbox holds before the publisher waits (see [`publisher`]).
@@ -65,6 +69,12 @@ pub struct Counters {
     /// Live events dropped from full `DropOldest` queues.
     pub events_dropped: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Encoded bytes of events held in this core's subscriber queues now (live and initial
+    /// state), as the queue bounds count them.
+    pub queued_bytes: AtomicU64,
+    /// Bytes of this core's MQTT connections' outbound buffers and QoS ≥ 1 backlogs, as of the
+    /// last keep-alive sweep (every 250 ms).
+    pub mqtt_queued_bytes: AtomicU64,
 }
 
 /// What a subscription starts with (SPEC §6.1).
@@ -82,8 +92,6 @@ pub struct Options {
 pub enum SubscribeError {
     /// `startTime` with `previousCount`, or `previousCount` over 1000 (400).
     BadOptions(&'static str),
-    /// The initial state exceeds `INITIAL_EVENTS_MAX`.
-    TooLarge,
     Store(StoreError),
 }
 
@@ -91,10 +99,6 @@ impl std::fmt::Display for SubscribeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SubscribeError::BadOptions(m) => f.write_str(m),
-            SubscribeError::TooLarge => write!(
-                f,
-                "the initial state exceeds {INITIAL_EVENTS_MAX} events; subscribe more narrowly"
-            ),
             SubscribeError::Store(e) => e.fmt(f),
         }
     }
@@ -258,14 +262,25 @@ impl Registry {
         self.index.borrow().len()
     }
 
+    /// Every commit of `database` up to this version was dispatched on this core.
+    pub fn since(&self, database: &str) -> f64 {
+        self.dispatched
+            .borrow()
+            .get(database)
+            .copied()
+            .unwrap_or(self.start_version)
+    }
+
     /// Subscribes `sink` to `filter` on `table` of `db` (the export the filter names, resolved
-    /// by the caller), queues the initial state per `options`, and returns the subscription.
-    /// Synchronous: no event can be dispatched between registering and reading the snapshot.
+    /// by the caller), sets up the initial state per `options`, and returns the subscription.
+    /// Synchronous: no event can be dispatched between registering and reading the snapshot's
+    /// horizon. A record's state is queued now; a table's (or prefix's) state and a `startTime`
+    /// replay stream as the sink is read (see [`state`]).
     pub fn subscribe(
         self: &Rc<Self>,
         sink: &Sink,
-        db: &Database,
-        table: &Table,
+        db: &Arc<Database>,
+        table: &Arc<Table>,
         filter: Filter,
         options: &Options,
     ) -> Result<Subscription, SubscribeError> {
@@ -281,45 +296,37 @@ impl Registry {
             return Err(SubscribeError::BadOptions("previousCount is at most 1000"));
         }
         let txn = db.read()?;
-        let since = self
-            .dispatched
-            .borrow()
-            .get(&*db.name)
-            .copied()
-            .unwrap_or(self.start_version);
-        let mut horizon = since;
-        for item in txn.audit_range(Bound::Excluded(since), Bound::Unbounded)? {
-            horizon = horizon.max(item?.0);
-        }
+        let horizon = state::horizon(&txn, self.since(&db.name))?;
         let mut initial: Vec<Event> = Vec::new();
+        let mut source = None;
         if let Some(start) = options.start_time {
-            self.replay(
-                &txn,
-                db,
-                table,
-                &filter,
-                Bound::Excluded(start),
-                horizon,
-                None,
-                &mut initial,
-            )?;
+            source = Some(Source::Audit {
+                cursor: AuditCursor::new(db.clone(), start),
+                filter: filter.clone(),
+            });
         } else if let Some(count) = options.previous_count {
-            self.replay(
-                &txn,
-                db,
-                table,
-                &filter,
-                Bound::Unbounded,
-                horizon,
-                Some(count),
-                &mut initial,
-            )?;
-        } else if !options.omit_current {
-            read_current(&txn, db, table, &filter, &mut initial)?;
+            replay_last(&txn, db, table, &filter, horizon, count, &mut initial)?;
+        } else if options.omit_current || filter.levels().is_empty() {
+            // Nothing to send first (the bare table topic carries messages only).
+        } else if let Some(exact) = filter.exact_id() {
+            read_record(&txn, db, table, &exact, &mut initial)?;
+        } else {
+            source = Some(Source::Records {
+                cursor: StateCursor::new(db.clone(), table.clone()),
+                filter: filter.clone(),
+            });
         }
         drop(txn);
         for event in initial {
             sink.push_initial(Rc::new(event));
+        }
+        if let Some(source) = source {
+            sink.stream(Stream {
+                source,
+                registry: Rc::downgrade(self),
+                database: db.name.clone(),
+                table: table.name.clone(),
+            });
         }
 
         let id = SubscriptionId(self.next_id.get());
@@ -368,18 +375,22 @@ impl Registry {
         self.counters
             .commits_dispatched
             .fetch_add(1, Ordering::Relaxed);
-        {
-            let mut dispatched = self.dispatched.borrow_mut();
-            match dispatched.get_mut(&*commit.database) {
-                Some(v) => *v = v.max(commit.version),
-                None => {
-                    dispatched.insert(commit.database.clone(), commit.version);
-                }
-            }
-        }
         for listener in self.listeners.borrow().iter() {
             listener(commit);
         }
+        self.match_changes(commit);
+        // Only now: while this commit is matched, a state chunk whose snapshot held it must not
+        // count as settled (see `state`).
+        let mut dispatched = self.dispatched.borrow_mut();
+        match dispatched.get_mut(&*commit.database) {
+            Some(v) => *v = v.max(commit.version),
+            None => {
+                dispatched.insert(commit.database.clone(), commit.version);
+            }
+        }
+    }
+
+    fn match_changes(&self, commit: &Arc<Commit>) {
         let tables = self.tables.borrow();
         if tables.is_empty() {
             return;
@@ -395,8 +406,16 @@ impl Registry {
             let mut event: Option<Rc<Event>> = None;
             let id = id_text(&change.key);
             let exact = id.as_deref().and_then(|i| subs.exact.get(i));
+            // The change's key encoded, for streaming subscriptions only (see `state`).
+            let mut encoded_key: Option<Vec<u8>> = None;
             for entry in exact.into_iter().flatten().chain(subs.other.iter()) {
                 if commit.version <= entry.floor || !entry.filter.matches(id.as_deref()) {
+                    continue;
+                }
+                if entry
+                    .sink
+                    .stream_covers(change, commit.version, &mut encoded_key)
+                {
                     continue;
                 }
                 let event = event.get_or_insert_with(|| Rc::new(Event::new(commit.clone(), index)));
@@ -404,126 +423,276 @@ impl Registry {
             }
         }
     }
+}
 
-    /// Audited events of `table` matching `filter` with versions in (`from`, `to`], oldest
-    /// first; with `last`, only the newest `last` of them.
-    #[allow(clippy::too_many_arguments)]
-    fn replay(
-        &self,
-        txn: &crate::store::ReadTxn<'_>,
-        db: &Database,
-        table: &Table,
-        filter: &Filter,
-        from: Bound<f64>,
-        to: f64,
-        last: Option<usize>,
-        out: &mut Vec<Event>,
-    ) -> Result<(), SubscribeError> {
-        let mut kept: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
-        for item in txn.audit_range(from, Bound::Included(to))? {
-            let (version, archived) = item?;
-            let entry = value::deserialize(archived)
-                .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))?;
-            for (t, key, kind, payload) in audit_changes(&entry) {
-                if *t != *table.name || !filter.matches(id_text(key).as_deref()) {
-                    continue;
-                }
-                let change = Change {
-                    table: table.name.clone(),
-                    key: key.clone(),
-                    kind,
-                    value: (kind != ChangeKind::Delete).then(|| payload.clone()),
-                };
-                kept.push_back(Event::single(db.name.clone(), version, version, change));
-                match last {
-                    Some(n) if kept.len() > n => {
-                        kept.pop_front();
-                    }
-                    None if kept.len() > INITIAL_EVENTS_MAX => {
-                        return Err(SubscribeError::TooLarge)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        out.extend(kept);
-        Ok(())
+/// The change items of one audit log entry (`entries` of `[table, key, type, value, …]`), in
+/// commit order; none when it has no such list.
+pub fn audit_items<'a, V: ValueView<'a>>(entry: V) -> Option<V::Items> {
+    match entry.get("entries").map(ValueView::kind) {
+        Some(Kind::Array(items)) => Some(items),
+        _ => None,
     }
 }
 
-/// The changes one audit log entry records (`entries` of `[table, key, type, value, …]`):
-/// table, key, kind and the record or message (`Null` for deletes), in commit order. Parts that
-/// do not parse are skipped. Shared by every audit replay (subscriptions here, MQTT durable
-/// sessions).
-pub fn audit_changes(entry: &Value) -> impl Iterator<Item = (&str, &Value, ChangeKind, &Value)> {
-    let entries = match entry.get("entries") {
-        Some(Value::Array(entries)) => entries.as_slice(),
-        _ => &[],
+/// One change item of an audit entry: table, key, kind and the record or message (`Null` for
+/// deletes); `None` when it does not parse.
+pub fn audit_change<'a, V: ValueView<'a>>(item: V) -> Option<(&'a str, V, ChangeKind, V)> {
+    let Kind::Array(mut parts) = item.kind() else {
+        return None;
     };
-    entries.iter().filter_map(|e| {
-        let Value::Array(parts) = e else { return None };
-        let [Value::String(table), key, Value::String(kind), payload, ..] = parts.as_slice() else {
-            return None;
-        };
-        let kind = match kind.as_str() {
-            "put" => ChangeKind::Put,
-            "delete" => ChangeKind::Delete,
-            "message" => ChangeKind::Message,
-            _ => return None,
-        };
-        Some((table.as_str(), key, kind, payload))
-    })
+    let Kind::String(table) = parts.next()?.kind() else {
+        return None;
+    };
+    let key = parts.next()?;
+    let kind = match parts.next()?.kind() {
+        Kind::String("put") => ChangeKind::Put,
+        Kind::String("delete") => ChangeKind::Delete,
+        Kind::String("message") => ChangeKind::Message,
+        _ => return None,
+    };
+    Some((table, key, kind, parts.next()?))
 }
 
-/// The current state of every live record `filter` matches, as `put` events.
-fn read_current(
+/// The changes one audit log entry records, in commit order; parts that do not parse are
+/// skipped. Shared by every audit replay (subscriptions here, MQTT durable sessions).
+pub fn audit_changes<'a, V: ValueView<'a>>(
+    entry: V,
+) -> impl Iterator<Item = (&'a str, V, ChangeKind, V)> {
+    audit_items(entry)
+        .into_iter()
+        .flatten()
+        .filter_map(audit_change)
+}
+
+/// One audited change (of entry `version`) as an event, if it is of `table` and `filter`
+/// matches it; only then are its key and value copied out of the map.
+fn audit_event(
+    database: &Arc<str>,
+    table: &Arc<str>,
+    filter: &Filter,
+    version: f64,
+    (t, key, kind, payload): (&str, &ArchivedValue, ChangeKind, &ArchivedValue),
+) -> Result<Option<Event>, StoreError> {
+    if t != &**table {
+        return Ok(None);
+    }
+    let corrupt = |e| StoreError::Corrupt(format!("audit entry: {e}"));
+    let key = value::deserialize(key).map_err(corrupt)?;
+    if !filter.matches(id_text(&key).as_deref()) {
+        return Ok(None);
+    }
+    let value = match kind {
+        ChangeKind::Delete => None,
+        _ => Some(value::deserialize(payload).map_err(corrupt)?),
+    };
+    let change = Change {
+        table: table.clone(),
+        key,
+        kind,
+        value,
+    };
+    Ok(Some(Event::single(
+        database.clone(),
+        version,
+        version,
+        change,
+    )))
+}
+
+/// The last `count` audited events of `table` matching `filter` up to `to`, oldest first.
+fn replay_last(
     txn: &crate::store::ReadTxn<'_>,
     db: &Database,
     table: &Table,
     filter: &Filter,
+    to: f64,
+    count: usize,
     out: &mut Vec<Event>,
 ) -> Result<(), SubscribeError> {
-    let mut push =
-        |key: Value, header: &crate::store::Header, archived| -> Result<(), SubscribeError> {
-            if out.len() >= INITIAL_EVENTS_MAX {
-                return Err(SubscribeError::TooLarge);
-            }
-            let value = value::deserialize(archived)
-                .map_err(|e| StoreError::Corrupt(format!("record: {e}")))?;
-            out.push(Event::single(
-                db.name.clone(),
-                header.version,
-                header.version,
-                Change {
-                    table: table.name.clone(),
-                    key,
-                    kind: ChangeKind::Put,
-                    value: Some(value),
-                },
-            ));
-            Ok(())
-        };
-    if let Some(exact) = filter.exact_id() {
-        // An id that does not parse for this key type names no record; events may still come.
-        if let Ok(key) = crate::resource::parse_id(&table.def, &exact) {
-            if let Some(record) = txn.get(table, &key)? {
-                push(key, &record.header, record.value)?;
+    let mut kept: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    for item in txn.audit_range(Bound::Unbounded, Bound::Included(to))? {
+        let (version, entry) = item?;
+        for change in audit_changes(entry) {
+            if let Some(event) = audit_event(&db.name, &table.name, filter, version, change)? {
+                kept.push_back(event);
+                if kept.len() > count {
+                    kept.pop_front();
+                }
             }
         }
-        return Ok(());
     }
-    if filter.levels().is_empty() {
-        return Ok(()); // the bare table topic carries messages only
-    }
-    for item in txn.scan(table, false)? {
-        let (encoded, record) = item?;
-        let key = value::key::decode(encoded)
-            .map_err(|e| StoreError::Corrupt(format!("primary key: {e:?}")))?;
-        if filter.matches(id_text(&key).as_deref()) {
-            push(key, &record.header, record.value)?;
+    out.extend(kept);
+    Ok(())
+}
+
+/// A live record as a `put` event (the initial state's form).
+fn record_event(
+    database: &Arc<str>,
+    table: &Arc<str>,
+    key: Value,
+    record: &crate::store::Record<'_>,
+) -> Result<Event, StoreError> {
+    let value = value::deserialize(record.value)
+        .map_err(|e| StoreError::Corrupt(format!("record: {e}")))?;
+    Ok(Event::single(
+        database.clone(),
+        record.header.version,
+        record.header.version,
+        Change {
+            table: table.clone(),
+            key,
+            kind: ChangeKind::Put,
+            value: Some(value),
+        },
+    ))
+}
+
+/// The current state of the one record `exact` names, if it is live.
+fn read_record(
+    txn: &crate::store::ReadTxn<'_>,
+    db: &Database,
+    table: &Table,
+    exact: &str,
+    out: &mut Vec<Event>,
+) -> Result<(), SubscribeError> {
+    // An id that does not parse for this key type names no record; events may still come.
+    if let Ok(key) = crate::resource::parse_id(&table.def, exact) {
+        if let Some(record) = txn.get(table, &key)? {
+            out.push(record_event(&db.name, &table.name, key, &record)?);
         }
     }
     Ok(())
+}
+
+/// Where a streaming subscription's initial state comes from.
+enum Source {
+    /// The current state of the records the filter matches.
+    Records { cursor: StateCursor, filter: Filter },
+    /// Audited events after `startTime`.
+    Audit { cursor: AuditCursor, filter: Filter },
+}
+
+/// A subscription's initial state still streaming, held by its sink.
+pub(crate) struct Stream {
+    source: Source,
+    registry: Weak<Registry>,
+    database: Arc<str>,
+    table: Arc<str>,
+}
+
+impl Stream {
+    /// Every commit of the database up to this version was dispatched on this core.
+    fn since(&self) -> f64 {
+        self.registry
+            .upgrade()
+            .map_or(f64::INFINITY, |r| r.since(&self.database))
+    }
+
+    /// Reads the next chunk (at most `max` events) into `out`.
+    fn read(&mut self, max: usize, out: &mut Vec<Event>) -> Result<Chunk, StoreError> {
+        let since = self.since();
+        let (database, table) = (&self.database, &self.table);
+        match &mut self.source {
+            Source::Records { cursor, filter } => {
+                cursor.read_chunk(since, max.min(state::CHUNK_RECORDS_MAX), |key, record| {
+                    let key = value::key::decode(key)
+                        .map_err(|e| StoreError::Corrupt(format!("primary key: {e:?}")))?;
+                    if !filter.matches(id_text(&key).as_deref()) {
+                        return Ok(None);
+                    }
+                    let event = record_event(database, table, key, &record)?;
+                    out.push(event);
+                    Ok(Some(record.size))
+                })
+            }
+            Source::Audit { cursor, filter } => cursor.read_chunk(
+                since,
+                max.min(state::CHUNK_RECORDS_MAX),
+                |version, entry, skip, room| {
+                    // A bulk write's entry may hold 100,000 changes: resumable inside.
+                    let Some(mut items) = audit_items(entry) else {
+                        return Ok((0, None));
+                    };
+                    if skip > 0 {
+                        items.nth(skip - 1);
+                    }
+                    let (mut taken, mut at) = (0, skip);
+                    for item in items {
+                        if taken >= room || at - skip >= state::CHUNK_SCAN_MAX {
+                            return Ok((taken, Some(at)));
+                        }
+                        at += 1;
+                        let Some(change) = audit_change(item) else {
+                            continue;
+                        };
+                        if let Some(event) = audit_event(database, table, filter, version, change)?
+                        {
+                            out.push(event);
+                            taken += 1;
+                        }
+                    }
+                    Ok((taken, None))
+                },
+            ),
+        }
+    }
+
+    /// Whether the state already holds (or will hold) this live change: then it is skipped.
+    fn covers(&mut self, change: &Change, version: f64, encoded: &mut Option<Vec<u8>>) -> bool {
+        let since = self.since();
+        match &mut self.source {
+            Source::Audit { cursor, .. } => cursor.covers(version),
+            Source::Records { .. } if change.kind == ChangeKind::Message => false,
+            Source::Records { cursor, .. } => {
+                cursor.settle(since);
+                if cursor.is_settled() {
+                    return false;
+                }
+                if encoded.is_none() {
+                    let mut out = Vec::with_capacity(32);
+                    if value::key::encode(&change.key, &mut out).is_err() {
+                        return false;
+                    }
+                    *encoded = Some(out);
+                }
+                encoded
+                    .as_deref()
+                    .is_some_and(|key| cursor.covers(key, version))
+            }
+        }
+    }
+
+    /// Read to the end and joined: the sink can forget it.
+    fn is_finished(&mut self) -> bool {
+        let since = self.since();
+        match &mut self.source {
+            Source::Audit { cursor, .. } => cursor.is_settled(since),
+            Source::Records { cursor, .. } => {
+                cursor.settle(since);
+                cursor.is_settled()
+            }
+        }
+    }
+
+    /// More can be read now (false when done, or waiting for dispatch to catch up).
+    fn is_readable(&mut self) -> bool {
+        let since = self.since();
+        match &mut self.source {
+            Source::Audit { cursor, .. } => !cursor.is_done(),
+            Source::Records { cursor, .. } => {
+                cursor.settle(since);
+                !cursor.is_done() && !cursor.is_blocked()
+            }
+        }
+    }
+
+    /// Not yet read to the end.
+    fn is_pending(&self) -> bool {
+        match &self.source {
+            Source::Audit { cursor, .. } => !cursor.is_done(),
+            Source::Records { cursor, .. } => !cursor.is_done(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! A subscriber's outbound queue on one core: bounded, with a defined overflow (SPEC §6.1).
 //!
 //! The registry pushes, the connection task pops. Initial state and replayed events sit in their
-//! own list ahead of live events and are bounded separately (by the snapshot limit), so a large
-//! initial state is never dropped as "oldest".
+//! own list ahead of live events, so they are never dropped as "oldest"; a table's state streams
+//! into that list one chunk at a time, read only when the list is empty and the connection asks
+//! for more (see `state`), so it holds at most one chunk. Bound per subscriber: the live queue
+//! (`QUEUE_EVENTS_MAX` or `QUEUE_BYTES_MAX`) plus one chunk of state (`state::CHUNK_RECORDS_MAX`
+//! records, about `state::CHUNK_BYTES_MAX` stored bytes) plus what its connection is writing.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -14,13 +17,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::event::{Encoded, Event, Format};
-use super::Counters;
+use super::state::{Chunk, CHUNK_RECORDS_MAX};
+use super::{Counters, Stream};
+use crate::change::Change;
 use crate::resource::permissions::ReadableAttributes;
 
 /// Live events queued per subscriber at most (SPEC §6.1).
 pub const QUEUE_EVENTS_MAX: usize = 1000;
 /// Encoded bytes queued per subscriber at most (SPEC §6.1).
 pub const QUEUE_BYTES_MAX: usize = 16 << 20;
+
+/// State chunks one `pop_batch` reads at most.
+const CHUNKS_PER_POP_MAX: usize = 8;
 
 /// What a full queue does with one more event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +47,17 @@ struct State {
     overflow: Overflow,
     events_max: usize,
     bytes_max: usize,
-    initial: RefCell<VecDeque<Rc<Event>>>,
+    initial: RefCell<VecDeque<(Rc<Event>, usize)>>,
+    initial_bytes: Cell<usize>,
+    /// The initial state still to be read, while it streams.
+    stream: RefCell<Option<Stream>>,
+    /// The last chunks read matched nothing and more remain: `ready` yields once before the
+    /// next, so a narrow filter over a large table does not hold the core.
+    yield_next: Cell<bool>,
+    /// Records per state chunk (`state::CHUNK_RECORDS_MAX`; smaller in tests).
+    chunk_records: Cell<usize>,
+    /// Why the stream could not go on (a read failed); the connection closes with it.
+    failed: RefCell<Option<String>>,
     live: RefCell<VecDeque<(Rc<Event>, usize)>>,
     live_bytes: Cell<usize>,
     dropped: Cell<u64>,
@@ -81,6 +99,11 @@ impl Sink {
             events_max: events_max.max(1),
             bytes_max,
             initial: RefCell::new(VecDeque::new()),
+            initial_bytes: Cell::new(0),
+            stream: RefCell::new(None),
+            yield_next: Cell::new(false),
+            chunk_records: Cell::new(CHUNK_RECORDS_MAX),
+            failed: RefCell::new(None),
             live: RefCell::new(VecDeque::new()),
             live_bytes: Cell::new(0),
             dropped: Cell::new(0),
@@ -125,13 +148,107 @@ impl Sink {
         self.0.overflowed.get()
     }
 
-    /// Live events queued now.
+    /// Events queued now (initial state read so far and live events).
     pub fn len(&self) -> usize {
         self.0.live.borrow().len() + self.0.initial.borrow().len()
     }
 
+    /// Nothing to take now: no event queued, and no state chunk that could be read.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && !self.stream_readable()
+    }
+
+    /// Encoded bytes queued now (initial state and live events).
+    pub fn queued_bytes(&self) -> usize {
+        self.0.initial_bytes.get() + self.0.live_bytes.get()
+    }
+
+    /// The initial state is still being read (not yet every record of it).
+    pub fn is_streaming(&self) -> bool {
+        self.0
+            .stream
+            .borrow()
+            .as_ref()
+            .is_some_and(Stream::is_pending)
+    }
+
+    /// Why the initial state could not be sent in full, if it could not; the connection closes.
+    pub fn failure(&self) -> Option<String> {
+        self.0.failed.borrow().clone()
+    }
+
+    fn stream_readable(&self) -> bool {
+        self.0
+            .stream
+            .borrow_mut()
+            .as_mut()
+            .is_some_and(Stream::is_readable)
+    }
+
+    /// Reads a streamed state in chunks of at most `records` (default
+    /// `state::CHUNK_RECORDS_MAX`); set before subscribing.
+    pub fn set_chunk_records(&self, records: usize) {
+        self.0
+            .chunk_records
+            .set(records.clamp(1, CHUNK_RECORDS_MAX));
+    }
+
+    /// Streams the initial state from `stream` as this sink is read; the first chunk is read
+    /// now, so a state of one chunk is queued whole at subscribe time.
+    pub(super) fn stream(&self, stream: Stream) {
+        *self.0.stream.borrow_mut() = Some(stream);
+        self.read_chunk(usize::MAX);
+        self.wake();
+    }
+
+    /// Whether the streaming initial state holds (or will hold) this live change, so it is
+    /// skipped; `encoded` caches the change's key encoding across sinks.
+    pub(super) fn stream_covers(
+        &self,
+        change: &Change,
+        version: f64,
+        encoded: &mut Option<Vec<u8>>,
+    ) -> bool {
+        let mut stream = self.0.stream.borrow_mut();
+        let Some(s) = stream.as_mut() else {
+            return false;
+        };
+        if s.covers(change, version, encoded) {
+            return true;
+        }
+        if s.is_finished() {
+            *stream = None;
+        }
+        false
+    }
+
+    /// Reads the next chunk of the streaming state into the initial list (at most `max`
+    /// events from records). False when nothing was read.
+    fn read_chunk(&self, max: usize) -> bool {
+        let mut events = Vec::new();
+        let result = {
+            let mut stream = self.0.stream.borrow_mut();
+            let Some(s) = stream.as_mut() else {
+                return false;
+            };
+            let result = s.read(max.min(self.0.chunk_records.get()), &mut events);
+            if matches!(result, Ok(Chunk::Done)) && s.is_finished() {
+                *stream = None;
+            }
+            result
+        };
+        if let Err(e) = result {
+            tracing::error!("reading a subscription's initial state failed: {e}");
+            *self.0.failed.borrow_mut() = Some(format!("reading the initial state failed: {e}"));
+            *self.0.stream.borrow_mut() = None;
+            self.close();
+            return false;
+        }
+        let read = !events.is_empty();
+        for event in events {
+            self.push_initial(Rc::new(event));
+        }
+        read
     }
 
     /// Ends the stream: `ready` completes and nothing more is queued.
@@ -151,9 +268,20 @@ impl Sink {
     }
 
     pub(super) fn push_initial(&self, event: Rc<Event>) {
-        self.encoded(&event);
-        self.0.initial.borrow_mut().push_back(event);
+        let bytes = self.encoded(&event).len();
+        self.0.initial.borrow_mut().push_back((event, bytes));
+        self.0.initial_bytes.set(self.0.initial_bytes.get() + bytes);
+        self.add_queued(bytes as i64);
         self.wake();
+    }
+
+    fn add_queued(&self, bytes: i64) {
+        let counter = &self.0.counters.queued_bytes;
+        if bytes >= 0 {
+            counter.fetch_add(bytes as u64, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(bytes.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     /// Queues a live event once per dispatch `stamp`, applying the bound.
@@ -176,39 +304,70 @@ impl Sink {
             }
             if let Some((_, old)) = live.pop_front() {
                 s.live_bytes.set(s.live_bytes.get() - old);
+                self.add_queued(-(old as i64));
                 s.dropped.set(s.dropped.get() + 1);
                 s.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         live.push_back((event.clone(), bytes));
         s.live_bytes.set(s.live_bytes.get() + bytes);
+        self.add_queued(bytes as i64);
         s.counters.events_queued.fetch_add(1, Ordering::Relaxed);
         drop(live);
         self.wake();
     }
 
-    /// Moves up to `max` queued events (initial state first) into `out`.
+    /// Moves up to `max` queued events into `out`: the initial state read so far, then live
+    /// events, then (if room is left) the next chunk of a streaming state. A live event queued
+    /// while the state streams is for a record already read, so it follows that record's state.
     pub fn pop_batch(&self, out: &mut Vec<Rc<Event>>, max: usize) -> usize {
-        let mut moved = 0;
-        let mut initial = self.0.initial.borrow_mut();
-        while moved < max {
-            match initial.pop_front() {
-                Some(e) => out.push(e),
-                None => break,
-            }
-            moved += 1;
-        }
+        let mut moved = self.pop_initial(out, max);
         let mut live = self.0.live.borrow_mut();
+        let mut freed = 0;
         while moved < max {
             match live.pop_front() {
                 Some((e, bytes)) => {
-                    self.0.live_bytes.set(self.0.live_bytes.get() - bytes);
+                    freed += bytes;
                     out.push(e);
                 }
                 None => break,
             }
             moved += 1;
         }
+        drop(live);
+        self.0.live_bytes.set(self.0.live_bytes.get() - freed);
+        self.add_queued(-(freed as i64));
+        // A chunk may match nothing (a narrow filter over many records): a few per call at most.
+        for _ in 0..CHUNKS_PER_POP_MAX {
+            if moved >= max {
+                break;
+            }
+            if !self.read_chunk(max - moved) {
+                self.0.yield_next.set(moved == 0 && self.is_streaming());
+                break;
+            }
+            moved += self.pop_initial(out, max - moved);
+        }
+        moved
+    }
+
+    fn pop_initial(&self, out: &mut Vec<Rc<Event>>, max: usize) -> usize {
+        let mut moved = 0;
+        let mut freed = 0;
+        let mut initial = self.0.initial.borrow_mut();
+        while moved < max {
+            match initial.pop_front() {
+                Some((e, bytes)) => {
+                    freed += bytes;
+                    out.push(e);
+                }
+                None => break,
+            }
+            moved += 1;
+        }
+        drop(initial);
+        self.0.initial_bytes.set(self.0.initial_bytes.get() - freed);
+        self.add_queued(-(freed as i64));
         moved
     }
 
@@ -227,18 +386,40 @@ impl Future for Ready<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let s = &self.sink.0;
-        if s.closed.get() || s.overflowed.get() || !self.sink.is_empty() {
+        if s.closed.get() || s.overflowed.get() {
             return Poll::Ready(());
+        }
+        if s.yield_next.take() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if !self.sink.is_empty() {
+            return Poll::Ready(());
+        }
+        if self.sink.is_streaming() {
+            // The state waits for this core's dispatch to catch up (`state::UNSETTLED_MAX`):
+            // yield to it and look again.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         s.waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        let held = self.initial_bytes.get() + self.live_bytes.get();
+        self.counters
+            .queued_bytes
+            .fetch_sub(held as u64, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{Change, ChangeKind};
+    use crate::change::ChangeKind;
     use crate::value::Value;
 
     fn event(version: f64) -> Rc<Event> {

@@ -58,29 +58,47 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// One step of a scenario.
 enum Step {
     Put(&'static str, i64),
+    /// Several puts in one commit (one audit entry).
+    PutMany(&'static [(&'static str, i64)]),
     Delete(&'static str),
+    /// A delete of a record that does not exist: audited, but no commit is published.
+    DeleteAbsent(&'static str),
     Message(Option<&'static str>, &'static str),
     /// Dispatch every commit collected so far.
     Dispatch,
     /// Subscribe filter `.0` with options `.1`; later `Expect`s refer to subscriptions by order.
     Subscribe(&'static str, Options),
+    /// Subscribe like `Subscribe`, streaming the state in chunks of `.2` records (or entries).
+    Chunked(&'static str, Options, usize),
+    /// Take up to `.1` events from subscription `.0` now (a streamed state reads a chunk of at
+    /// most that many records when its queue is empty).
+    Pop(usize, usize),
 }
 
 impl Fixture {
-    fn write(&self, op: WriteOp) {
+    fn write_unpublished(&self, ops: Vec<WriteOp>) {
         let db = self.store.database("data").unwrap();
-        let rx = db
-            .submit(WriteRequest {
-                ops: vec![op],
-                user: None,
-            })
-            .unwrap();
+        let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
         block_on(rx).unwrap().unwrap();
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) {
+        self.write_unpublished(ops);
         // The publisher runs just after the reply: wait for it.
         let before = Instant::now();
         while self.commits.lock().unwrap().is_empty() && before.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+fn put_op(id: &str, n: i64) -> WriteOp {
+    WriteOp::Put {
+        table: "Dog".into(),
+        key: Some(Value::String(id.into())),
+        record: json::parse(format!("{{\"n\":{n}}}").as_bytes()).unwrap(),
+        mode: PutMode::Replace,
+        expires_in_s: None,
     }
 }
 
@@ -90,37 +108,48 @@ fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
     let db = f.store.database("data").unwrap();
     let table = db.table("Dog").unwrap();
     let mut subs: Vec<(Sink, Subscription)> = Vec::new();
+    let mut got: Vec<Vec<Rc<Event>>> = Vec::new();
+    let counters: Arc<Counters> = Arc::default();
     let mut pending: Vec<Arc<Commit>> = Vec::new();
     for step in steps {
         match step {
-            Step::Put(id, n) => f.write(WriteOp::Put {
-                table: "Dog".into(),
-                key: Some(Value::String(id.into())),
-                record: json::parse(format!("{{\"n\":{n}}}").as_bytes()).unwrap(),
-                mode: PutMode::Replace,
-                expires_in_s: None,
-            }),
-            Step::Delete(id) => f.write(WriteOp::Delete {
+            Step::Put(id, n) => f.write(vec![put_op(id, n)]),
+            Step::PutMany(puts) => f.write(puts.iter().map(|(id, n)| put_op(id, *n)).collect()),
+            Step::Delete(id) => f.write(vec![WriteOp::Delete {
                 table: "Dog".into(),
                 key: Value::String(id.into()),
-            }),
-            Step::Message(id, text) => f.write(WriteOp::Message {
+            }]),
+            Step::DeleteAbsent(id) => f.write_unpublished(vec![WriteOp::Delete {
+                table: "Dog".into(),
+                key: Value::String(id.into()),
+            }]),
+            Step::Message(id, text) => f.write(vec![WriteOp::Message {
                 table: "Dog".into(),
                 key: id.map(|i| Value::String(i.into())),
                 payload: Value::String(text.into()),
-            }),
+            }]),
             Step::Dispatch => {
                 for c in pending.drain(..) {
                     f.registry.dispatch(&c);
                 }
             }
-            Step::Subscribe(filter, options) => {
-                let sink = Sink::new(Format::Json, Overflow::DropOldest, Arc::default());
+            Step::Subscribe(_, _) | Step::Chunked(_, _, _) => {
+                let (filter, options, chunk) = match step {
+                    Step::Subscribe(f, o) => (f, o, usize::MAX),
+                    Step::Chunked(f, o, chunk) => (f, o, chunk),
+                    _ => unreachable!(),
+                };
+                let sink = Sink::new(Format::Json, Overflow::DropOldest, counters.clone());
+                sink.set_chunk_records(chunk);
                 let sub = f
                     .registry
                     .subscribe(&sink, &db, &table, Filter::parse(filter).unwrap(), &options)
                     .unwrap();
                 subs.push((sink, sub));
+                got.push(Vec::new());
+            }
+            Step::Pop(i, max) => {
+                subs[i].0.pop_batch(&mut got[i], max);
             }
         }
         pending.extend(f.commits.lock().unwrap().drain(..));
@@ -128,10 +157,17 @@ fn run(steps: Vec<Step>) -> Vec<Vec<String>> {
     for c in pending.drain(..) {
         f.registry.dispatch(&c);
     }
-    subs.iter()
-        .map(|(sink, _)| {
-            let mut out = Vec::new();
-            sink.pop_batch(&mut out, usize::MAX);
+    for ((sink, _), out) in subs.iter().zip(got.iter_mut()) {
+        sink.pop_batch(out, usize::MAX);
+        assert!(sink.is_empty() && !sink.is_streaming());
+    }
+    assert_eq!(
+        counters.queued_bytes.load(Ordering::Relaxed),
+        0,
+        "every queued byte counted out"
+    );
+    got.iter()
+        .map(|out| {
             out.iter()
                 .map(|e| {
                     let n = match e.value().and_then(|v| v.get("n")) {
@@ -183,10 +219,100 @@ fn commits_in_flight_at_subscribe_are_not_delivered_twice() {
             Dispatch,
             Put("1", 2),
             Delete("3"),
+            Subscribe("Dog/1", Options::default()),
             Subscribe("Dog/#", Options::default()),
+            Pop(1, 10),
             Put("1", 3),
         ],
-        &[&["Put 1 2", "Put 1 3"]],
+        &[&["Put 1 2", "Put 1 3"], &["Put 1 2", "Put 1 3"]],
+    );
+}
+
+/// A table's state streams a chunk at a time, each in a new snapshot: a change to a record not
+/// yet read is not sent live (its chunk reads the newer record, or nothing after a delete); a
+/// change to a record already read is sent live, after it, unless that chunk's snapshot held it
+/// (committed but not yet dispatched when the chunk was read).
+#[test]
+fn streamed_state_joins_live_chunk_by_chunk() {
+    check(
+        vec![
+            Put("a", 1),
+            Put("b", 1),
+            Put("c", 1),
+            Put("d", 1),
+            Dispatch,
+            Chunked("Dog/#", Options::default(), 1), // reads a 1
+            Pop(0, 1),
+            Put("b", 2),
+            Put("a", 2),
+            Delete("c"),
+            Dispatch,
+            Put("b", 3), // committed, not dispatched, when b's chunk is read
+            Pop(0, 2),   // a 2 (live), then b 3 (state)
+            Dispatch,    // b 3 again: in b's chunk, skipped
+            Put("b", 4),
+            Put("e", 1), // not read yet: comes as state
+            Message(Some("d"), "hi"),
+        ],
+        &[&[
+            "Put a 1",
+            "Put a 2",
+            "Put b 3",
+            "Put b 4",
+            "Message d hi",
+            "Put d 1",
+            "Put e 1",
+        ]],
+    );
+}
+
+/// Many records through one-record chunks with a write between each: everything once, in
+/// order per record.
+#[test]
+fn streamed_state_of_many_chunks() {
+    let mut steps = vec![];
+    for (id, n) in [("k0", 0), ("k1", 0), ("k2", 0), ("k3", 0), ("k4", 0)] {
+        steps.push(Put(id, n));
+    }
+    steps.push(Dispatch);
+    steps.push(Chunked("Dog/#", Options::default(), 1));
+    for (id, n) in [("k0", 1), ("k2", 1), ("k4", 1), ("k1", 1), ("k3", 1)] {
+        steps.push(Pop(0, 1));
+        steps.push(Put(id, n));
+        steps.push(Dispatch);
+    }
+    check(
+        steps,
+        &[&[
+            "Put k0 0", "Put k0 1", "Put k1 0", "Put k2 1", "Put k1 1", "Put k3 1", "Put k4 1",
+        ]],
+    );
+}
+
+/// A `startTime` replay streams by version; commits during it come from the audit log, once.
+#[test]
+fn streamed_replay_joins_live() {
+    check(
+        vec![
+            Put("1", 1),
+            Put("1", 2),
+            Put("1", 3),
+            Dispatch,
+            Chunked(
+                "Dog/1",
+                Options {
+                    start_time: Some(0.0),
+                    ..Options::default()
+                },
+                1,
+            ),
+            Pop(0, 1),
+            Put("1", 4),
+            Dispatch,
+            Pop(0, 10),
+            Put("1", 5),
+        ],
+        &[&["Put 1 1", "Put 1 2", "Put 1 3", "Put 1 4", "Put 1 5"]],
     );
 }
 
@@ -305,4 +431,76 @@ fn listeners_see_every_dispatched_commit_in_order() {
         f.registry.dispatch(c);
     }
     assert_eq!(*seen.borrow(), vec![1.0, 2.0, 3.0]);
+}
+
+/// A replay chunk may stop inside one audit entry (a bulk write's) and resume there.
+#[test]
+fn streamed_replay_resumes_inside_an_entry() {
+    check(
+        vec![
+            PutMany(&[("1", 1), ("2", 1), ("3", 1)]),
+            Dispatch,
+            Chunked(
+                "Dog/#",
+                Options {
+                    start_time: Some(0.0),
+                    ..Options::default()
+                },
+                1,
+            ),
+            Pop(0, 1),
+            PutMany(&[("2", 2), ("4", 1)]),
+            Dispatch,
+            Pop(0, 1),
+            Put("1", 2),
+        ],
+        &[&[
+            "Put 1 1", "Put 2 1", "Put 3 1", "Put 2 2", "Put 4 1", "Put 1 2",
+        ]],
+    );
+}
+
+/// Without commits, chunks read at one horizon join into one: a stream of many chunks is never
+/// held up waiting for dispatch, even when the newest audit entry was never published.
+#[test]
+fn streamed_state_without_commits_never_waits() {
+    let ids: Vec<&'static str> = (0..100)
+        .map(|i| &*Box::leak(format!("r{i:03}").into_boxed_str()))
+        .collect();
+    let mut steps: Vec<Step> = ids.iter().map(|id| Put(id, 1)).collect();
+    steps.push(Dispatch);
+    steps.push(DeleteAbsent("absent"));
+    steps.push(Chunked("Dog/#", Options::default(), 1));
+    for _ in 0..20 {
+        steps.push(Pop(0, 100));
+    }
+    let expected: Vec<String> = ids.iter().map(|id| format!("Put {id} 1")).collect();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    check(steps, &[&expected]);
+}
+
+/// A replay that reaches the end while a commit it read is still on its way to this core: that
+/// commit, dispatched later, is not sent again.
+#[test]
+fn streamed_replay_end_waits_for_dispatch() {
+    check(
+        vec![
+            Put("1", 1),
+            Put("2", 1),
+            Dispatch,
+            Chunked(
+                "Dog/#",
+                Options {
+                    start_time: Some(0.0),
+                    ..Options::default()
+                },
+                1,
+            ),
+            Put("1", 2),
+            Pop(0, 10), // 1 1, 2 1, then 1 2 — the end, read before 1 2 is dispatched
+            Dispatch,
+            Put("1", 3),
+        ],
+        &[&["Put 1 1", "Put 2 1", "Put 1 2", "Put 1 3"]],
+    );
 }

@@ -70,7 +70,10 @@ pub fn start_core(
     registry: &Registry,
     server: &Arc<super::Shared>,
 ) {
-    let sessions = Rc::new(Sessions::new(shared.start_version()));
+    let sessions = Rc::new(Sessions::new(
+        shared.start_version(),
+        registry.counters().clone(),
+    ));
     {
         let (shared, sessions) = (shared.clone(), sessions.clone());
         registry.add_listener(Box::new(move |commit: &Arc<Commit>| {

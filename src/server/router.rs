@@ -109,12 +109,14 @@ impl Router {
                 if let Some(p) = self.shared.pubsub.get(core) {
                     let _ = write!(
                         body,
-                        ",\"subscriptions\":{},\"commits_dispatched\":{},\"commits_lost\":{},\"events_queued\":{},\"events_dropped\":{}",
+                        ",\"subscriptions\":{},\"commits_dispatched\":{},\"commits_lost\":{},\"events_queued\":{},\"events_dropped\":{},\"subscriber_queue_bytes\":{},\"mqtt_queue_bytes\":{}",
                         p.subscriptions.load(Ordering::Relaxed),
                         p.commits_dispatched.load(Ordering::Relaxed),
                         p.commits_lost.load(Ordering::Relaxed),
                         p.events_queued.load(Ordering::Relaxed),
                         p.events_dropped.load(Ordering::Relaxed),
+                        p.queued_bytes.load(Ordering::Relaxed),
+                        p.mqtt_queued_bytes.load(Ordering::Relaxed),
                     );
                 }
                 body.push('}');

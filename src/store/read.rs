@@ -24,6 +24,8 @@ pub struct ReadTxn<'e> {
 pub struct Record<'t> {
     pub header: Header,
     pub value: &'t ArchivedValue,
+    /// Bytes of the archived value in the map.
+    pub size: usize,
 }
 
 impl<'e> ReadTxn<'e> {
@@ -41,7 +43,11 @@ impl<'e> ReadTxn<'e> {
             return Ok(None);
         }
         let value = value::access(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Some(Record { header, value }))
+        Ok(Some(Record {
+            header,
+            value,
+            size: body.len(),
+        }))
     }
 
     /// The live record with this key; `None` for absent, deleted and expired ones, and for keys
@@ -72,6 +78,19 @@ impl<'e> ReadTxn<'e> {
         } else {
             Box::new(table.records.iter(&self.txn)?)
         };
+        Ok(Scan { txn: self, iter })
+    }
+
+    /// Live records with keys after `after` (every one when `None`), in key order: where a
+    /// streamed read resumes in a new transaction (`pubsub`'s initial state).
+    pub fn scan_after<'t>(
+        &'t self,
+        table: &Table,
+        after: Option<&[u8]>,
+    ) -> Result<Scan<'t>, StoreError> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = (lower, Bound::<&[u8]>::Unbounded);
+        let iter: RawIter<'t> = Box::new(table.records.range(&self.txn, &range)?);
         Ok(Scan { txn: self, iter })
     }
 

@@ -31,6 +31,7 @@ use super::props::{Properties, Property};
 use super::share::{self, Groups};
 use super::topic::{Filter, PublishTopic, TopicError};
 use crate::change::{ChangeKind, Commit};
+use crate::pubsub::state::{Chunk, StateCursor, CHUNK_RECORDS_MAX};
 use crate::resource::permissions::ReadableAttributes;
 use crate::resource::{self, Caller, Resources, Validation};
 use crate::resource::{ConditionFailed, WriteError, WriteOp};
@@ -57,6 +58,11 @@ pub const DRAIN_AFTER_DISCONNECT: Duration = Duration::from_secs(1);
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Bytes asked for per read.
 const READ_SPARE_BYTES: usize = 4096;
+/// A subscription's streaming state is read further only while the connection's outbound buffer
+/// holds less than this (so a client that stops reading holds at most about this much of it).
+const STATE_OUT_LOW: usize = 64 << 10;
+/// State chunks one fill reads at most before yielding.
+const STATE_CHUNKS_PER_FILL: usize = 4;
 
 /// v5 reason codes used here (MQTT 5 §2.4).
 mod rc {
@@ -389,9 +395,10 @@ impl MqttShared {
 struct Sub {
     filter: Filter,
     qos: u8,
-    /// Records sent as initial state with their versions: a live event at or below that version
-    /// was already reflected, so it is not sent again (no duplicate between state and events).
-    sent: HashMap<String, f64>,
+    /// The initial state while it streams (`pubsub::state`): read a chunk at a time as the
+    /// client takes it; a live change it holds, or will hold, is not sent (no duplicate, no gap
+    /// between state and events).
+    state: Option<StateCursor>,
     /// Events at or below this version predate the subscription (a durable replay starts above).
     since: f64,
     /// The v5 subscription options byte as subscribed (kept with a durable session).
@@ -466,6 +473,12 @@ struct Conn {
     aliases_out: RefCell<HashMap<String, u16>>,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
     overflowed: Cell<bool>,
+    /// Set when a subscription's initial state could not be read (logged): the reader closes
+    /// with `0x80` rather than leave a gap.
+    state_failed: Cell<bool>,
+    /// A fill stopped at `STATE_CHUNKS_PER_FILL` with state left and room for it: the writer
+    /// task fills again after yielding to the core's other tasks.
+    state_more: Cell<bool>,
     /// When bytes last came from the client; with `keep_alive`, what the core's sweep checks.
     heard: Cell<Instant>,
     keep_alive: Cell<Option<Duration>>,
@@ -655,6 +668,132 @@ impl Conn {
         true
     }
 
+    /// Forgets the settled chunks of streaming states on `database` (every commit up to `since`
+    /// dispatched), and the states read and settled whole. True if a state still has records
+    /// to read.
+    fn settle_state(&self, database: &str, since: f64) -> bool {
+        let mut pending = false;
+        for sub in self.subs.borrow_mut().iter_mut() {
+            let Some(cursor) = sub.state.as_mut() else {
+                continue;
+            };
+            if *cursor.database().name == *database {
+                cursor.settle(since);
+                if cursor.is_settled() {
+                    sub.state = None;
+                    continue;
+                }
+            }
+            pending |= !cursor.is_done();
+        }
+        pending
+    }
+
+    /// Sends the streaming initial state of this connection's subscriptions a chunk at a time,
+    /// each chunk read in its own short transaction, while the outbound buffer holds less than
+    /// `STATE_OUT_LOW` and, at QoS ≥ 1, the client's window has room: so a client that stops
+    /// reading (or acknowledging) holds no transaction and a bounded buffer, whatever the table
+    /// size. Called after SUBACK, when the writer drained the buffer, when an acknowledgement
+    /// opens the window, and after each dispatched commit.
+    fn fill_state(&self, sessions: &Sessions) {
+        for _ in 0..STATE_CHUNKS_PER_FILL {
+            if self.closing.get() || self.overflowed.get() || self.state_failed.get() {
+                return;
+            }
+            if self.out.borrow().len() >= STATE_OUT_LOW {
+                return;
+            }
+            let mut found: Vec<(String, Vec<u8>, Shape)> = Vec::new();
+            let (export, identifier) = {
+                let mut subs = self.subs.borrow_mut();
+                let Some(sub) = subs
+                    .iter_mut()
+                    .find(|s| s.state.as_ref().is_some_and(|c| !c.is_done()))
+                else {
+                    return;
+                };
+                let room = if sub.qos == 0 {
+                    CHUNK_RECORDS_MAX
+                } else if !self.backlog.borrow().is_empty() {
+                    0
+                } else {
+                    self.window.saturating_sub(self.inflight.borrow().len())
+                };
+                if room == 0 {
+                    return;
+                }
+                let Sub {
+                    filter,
+                    qos,
+                    readable,
+                    identifier,
+                    state: Some(cursor),
+                    ..
+                } = sub
+                else {
+                    return;
+                };
+                let export = filter.export().to_string();
+                let general = filter.is_general();
+                let since = sessions.since(&cursor.database().name);
+                let result =
+                    cursor.read_chunk(since, room.min(CHUNK_RECORDS_MAX), |key, record| {
+                        let Ok(key) = value::key::decode(key) else {
+                            return Ok(None);
+                        };
+                        let id = id_text(&key);
+                        if !filter.matches(&export, Some(&id)) {
+                            return Ok(None);
+                        }
+                        let mut body = Vec::new();
+                        let shape = state_body(
+                            general,
+                            readable.as_deref(),
+                            *qos,
+                            record.value,
+                            &mut body,
+                        )?;
+                        let bytes = body.len();
+                        found.push((id, body, shape));
+                        Ok(Some(bytes))
+                    });
+                match result {
+                    Ok(Chunk::Read(_)) | Ok(Chunk::Done) => {}
+                    Ok(Chunk::Blocked) => return, // dispatch catches up, then fills again
+                    Err(e) => {
+                        tracing::warn!(target: "mqtt", "{:?}: reading the state for {:?} failed: {e}; closing",
+                            self.client_id.borrow(), filter.as_str());
+                        sub.state = None;
+                        self.state_failed.set(true);
+                        self.kick.kick();
+                        return;
+                    }
+                }
+                (export, *identifier)
+            };
+            for (id, body, Shape(content_type, qos, mut properties)) in found {
+                if let Some(i) = identifier {
+                    properties.push(Property::SubscriptionIdentifier(i));
+                }
+                if !self.publish(Outbound {
+                    topic: topic_name(&export, Some(&id)),
+                    qos,
+                    retain: true,
+                    body,
+                    content_type,
+                    event: None,
+                    resend_id: None,
+                    properties,
+                }) {
+                    return;
+                }
+            }
+        }
+        // Chunks that matched little (a narrow filter over a large table): go on later.
+        self.state_more.set(true);
+        self.wake_writer();
+    }
+
     /// The durable part of this connection's state, to store.
     fn stored(&self, expiry_s: u32) -> Stored {
         Stored {
@@ -695,15 +834,18 @@ pub struct Sessions {
     /// Per database, the newest commit dispatched on this core; every older one was too.
     dispatched: RefCell<HashMap<Arc<str>, f64>>,
     start_version: f64,
+    /// The core's pubsub counters: the sweep reports queued outbound bytes there.
+    counters: Arc<crate::pubsub::Counters>,
 }
 
 impl Sessions {
     /// `start_version`: see [`MqttShared::start_version`].
-    pub fn new(start_version: f64) -> Self {
+    pub fn new(start_version: f64, counters: Arc<crate::pubsub::Counters>) -> Self {
         Sessions {
             conns: RefCell::new(Vec::new()),
             dispatched: RefCell::new(HashMap::new()),
             start_version,
+            counters,
         }
     }
 
@@ -719,12 +861,21 @@ impl Sessions {
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
     /// Kicks every connection whose keep-alive passed without a packet (and forgets closed
-    /// ones). Called by each core every [`KEEP_ALIVE_SWEEP`].
+    /// ones), and reports the bytes the connections hold queued (`/health?verbose`). Called by
+    /// each core every [`KEEP_ALIVE_SWEEP`].
     pub fn sweep_keep_alive(&self) {
         let now = Instant::now();
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
+        let mut queued = 0usize;
         for conn in conns.iter().filter_map(Weak::upgrade) {
+            queued += conn.out.borrow().len()
+                + conn
+                    .backlog
+                    .borrow()
+                    .iter()
+                    .map(|o| o.body.len())
+                    .sum::<usize>();
             let late = conn
                 .keep_alive
                 .get()
@@ -734,17 +885,40 @@ impl Sessions {
                 conn.kick.kick();
             }
         }
+        self.counters
+            .mqtt_queued_bytes
+            .store(queued as u64, Ordering::Relaxed);
     }
 
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
         // Taken on every core, subscribers here or not, so each note leaves once all cores did.
         let notes = shared.notes.take(commit);
-        let now = crate::resource::now_ms();
-        {
+        self.deliver(shared, commit, notes);
+        // Only after matching: while this commit is matched, a state chunk whose snapshot held
+        // it must not count as settled (see `pubsub::state`).
+        let since = {
             let mut dispatched = self.dispatched.borrow_mut();
-            let v = dispatched.entry(commit.database.clone()).or_insert(0.0);
+            let v = dispatched
+                .entry(commit.database.clone())
+                .or_insert(self.start_version);
             *v = v.max(commit.version);
+            *v
+        };
+        let streaming: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.settle_state(&commit.database, since))
+            .collect();
+        for conn in streaming {
+            conn.fill_state(self);
         }
+    }
+
+    /// Matches every change of `commit` against this core's sessions and queues it.
+    fn deliver(&self, shared: &MqttShared, commit: &Commit, notes: Vec<Option<Arc<Note>>>) {
+        let now = crate::resource::now_ms();
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
         if conns.is_empty() {
@@ -777,6 +951,8 @@ impl Sessions {
             // Trimmed bodies for restricted subscribers, one per distinct attribute set.
             let mut trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, Option<&'static str>)> =
                 Vec::new();
+            // The change's key encoded, for subscriptions whose state still streams.
+            let mut encoded_key: Option<Vec<u8>> = None;
             for conn in conns.iter().filter_map(Weak::upgrade) {
                 let replayed = conn
                     .floor
@@ -813,12 +989,21 @@ impl Sessions {
                             continue;
                         }
                     }
-                    let seen = id
-                        .as_ref()
-                        .and_then(|i| sub.sent.get(i))
-                        .is_some_and(|v| *v >= commit.version);
-                    if change.kind != ChangeKind::Message && seen {
-                        continue;
+                    if change.kind != ChangeKind::Message {
+                        if let Some(cursor) = &sub.state {
+                            if encoded_key.is_none() {
+                                let mut out = Vec::with_capacity(32);
+                                if value::key::encode(&change.key, &mut out).is_ok() {
+                                    encoded_key = Some(out);
+                                }
+                            }
+                            let covered = encoded_key
+                                .as_deref()
+                                .is_some_and(|k| cursor.covers(k, commit.version));
+                            if covered {
+                                continue;
+                            }
+                        }
                     }
                     qos = Some(qos.map_or(sub.qos, |q: u8| q.max(sub.qos)));
                     as_published |= sub.options & RETAIN_AS_PUBLISHED != 0;
@@ -933,6 +1118,43 @@ fn outbound_payload(
 /// How one record of a subscription's initial state goes out: content type, QoS, properties.
 struct Shape(Option<&'static str>, u8, Properties);
 
+/// One record of a subscription's initial state as a PUBLISH body (trimmed to `readable` when
+/// the role restricts attributes; a general topic's bytes and properties as published).
+fn state_body(
+    general: bool,
+    readable: Option<&ReadableAttributes>,
+    qos: u8,
+    archived: &value::ArchivedValue,
+    body: &mut Vec<u8>,
+) -> Result<Shape, crate::resource::StoreError> {
+    let corrupt = |e| crate::resource::StoreError::Corrupt(format!("record: {e}"));
+    match readable {
+        None if general => value::deserialize(archived).map_err(corrupt).map(|v| {
+            let now = crate::resource::now_ms();
+            match outbound_payload("", ChangeKind::Put, Some(&v), now) {
+                Some(out) => {
+                    *body = out.body;
+                    let props = out.properties.unwrap_or_default();
+                    Shape(None, qos.min(out.qos_max), props)
+                }
+                None => Shape(None, qos, Properties::default()),
+            }
+        }),
+        None => Ok(Shape(
+            Some(payload::encode(Some(archived), body)),
+            qos,
+            Properties::default(),
+        )),
+        Some(r) => value::deserialize(archived).map_err(corrupt).map(|v| {
+            Shape(
+                Some(encode_trimmed(&v, r, body)),
+                qos,
+                Properties::default(),
+            )
+        }),
+    }
+}
+
 /// Subscription option bits (MQTT 5 §3.8.3.1).
 const NO_LOCAL: u8 = 0x04;
 const RETAIN_AS_PUBLISHED: u8 = 0x08;
@@ -1017,10 +1239,13 @@ async fn read_packet<R: ReadBytes>(
 }
 
 /// Owns the connection's write half: sends what the session queued in `conn.out`, in order.
-async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>) {
+async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>, sessions: Rc<Sessions>) {
     let mut spare = Vec::new();
     loop {
         let mut batch = poll_fn(|cx| {
+            if conn.state_more.take() {
+                conn.fill_state(&sessions);
+            }
             let mut out = conn.out.borrow_mut();
             if !out.is_empty() {
                 spare.clear();
@@ -1029,6 +1254,10 @@ async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>) {
             }
             if conn.closing.get() {
                 return Poll::Ready(None);
+            }
+            if conn.state_more.get() {
+                cx.waker().wake_by_ref(); // yield, then read more state
+                return Poll::Pending;
             }
             conn.out_waker.set(Some(cx.waker().clone()));
             Poll::Pending
@@ -1044,6 +1273,8 @@ async fn write_loop<W: WriteBytes>(mut writer: W, conn: Rc<Conn>) {
             conn.kick.kick();
             return;
         }
+        // The client took what was queued: room for more of a streaming initial state.
+        conn.fill_state(&sessions);
     }
     let _ = writer.shutdown_write().await;
 }
@@ -1187,12 +1418,14 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
             .unwrap_or(0),
         aliases_out: RefCell::new(HashMap::new()),
         overflowed: Cell::new(false),
+        state_failed: Cell::new(false),
+        state_more: Cell::new(false),
         heard: Cell::new(Instant::now()),
         keep_alive: Cell::new(None),
         expired: Cell::new(false),
         kick: kick.clone(),
     });
-    spawn(write_loop(writer, conn.clone()));
+    spawn(write_loop(writer, conn.clone(), sessions.clone()));
     let refuse = |refusal: Refusal| {
         conn.send(&Packet::ConnAck(ConnAck {
             session_present: false,
@@ -1335,6 +1568,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
             Err(ReadError::Closed) => break None,
             Err(ReadError::Kicked) if conn.expired.get() => break Some(rc::KEEP_ALIVE_TIMEOUT),
             Err(ReadError::Kicked) if conn.overflowed.get() => break Some(rc::QUOTA_EXCEEDED),
+            Err(ReadError::Kicked) if conn.state_failed.get() => break Some(rc::UNSPECIFIED),
             Err(ReadError::Kicked) => break Some(rc::SESSION_TAKEN_OVER),
             Err(ReadError::Shutdown) => break Some(rc::SERVER_SHUTTING_DOWN),
             Err(ReadError::Decode(e)) => {
@@ -1585,7 +1819,7 @@ impl Session<'_> {
             subs.push(Sub {
                 filter,
                 qos: s.qos,
-                sent: HashMap::new(),
+                state: None,
                 since: s.since,
                 options: s.options,
                 identifier: s.identifier,
@@ -1709,7 +1943,9 @@ impl Session<'_> {
         match packet {
             Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubAck(a) | Packet::PubComp(a) => {
-                self.conn.completed(a.packet_id);
+                if self.conn.completed(a.packet_id) {
+                    self.conn.fill_state(self.sessions);
+                }
             }
             Packet::PubRec(a) => {
                 if a.code >= 0x80 {
@@ -2080,7 +2316,7 @@ impl Session<'_> {
             let sub = Sub {
                 filter: filter.clone(),
                 qos: options.qos,
-                sent: HashMap::new(),
+                state: None,
                 since: self.sessions.since(&db.name),
                 options: options_byte(options),
                 identifier: s.properties.subscription_identifier(),
@@ -2112,7 +2348,7 @@ impl Session<'_> {
                 continue;
             }
             if send_state && filter.matches_records() {
-                initial.push((filter, options.qos, s.properties.subscription_identifier()));
+                initial.push(filter);
             }
         }
         self.conn.send(&Packet::SubAck(SubAck {
@@ -2120,14 +2356,17 @@ impl Session<'_> {
             properties: Properties::default(),
             codes,
         }));
-        for (filter, qos, identifier) in initial {
-            self.send_state(&filter, qos, identifier);
+        for filter in &initial {
+            self.start_state(filter);
+        }
+        if !initial.is_empty() {
+            self.conn.fill_state(self.sessions);
         }
     }
 
-    /// Sends the current state of every record `filter` matches as retained PUBLISHes, and
-    /// remembers their versions so live events already reflected are not sent again.
-    fn send_state(&self, filter: &Filter, qos: u8, identifier: Option<u32>) {
+    /// Starts streaming the current state of every record `filter` matches as retained
+    /// PUBLISHes (see [`Conn::fill_state`]); live events it holds are not sent again.
+    fn start_state(&self, filter: &Filter) {
         let target = if filter.is_general() {
             self.shared.resources.table(durable::SYSTEM, general::TABLE)
         } else {
@@ -2136,106 +2375,19 @@ impl Session<'_> {
         let Some((db, table)) = target else {
             return;
         };
-        let export = filter.export();
-        let general = filter.is_general();
-        let readable = if general {
-            None
-        } else {
-            self.readable(&table.def)
+        let cursor = match filter.exact_id() {
+            Some(raw) => match resource::parse_id(&table.def, &raw) {
+                Ok(key) => StateCursor::record(db, table, &key),
+                Err(_) => return, // names no record; events may still come
+            },
+            None => StateCursor::new(db, table),
         };
-        // (content type, the QoS the record may go out at most with)
-        let encode = |archived: &value::ArchivedValue, body: &mut Vec<u8>| match &readable {
-            None if general => value::deserialize(archived)
-                .map(|v| {
-                    let now = crate::resource::now_ms();
-                    match outbound_payload("", ChangeKind::Put, Some(&v), now) {
-                        Some(out) => {
-                            *body = out.body;
-                            let props = out.properties.unwrap_or_default();
-                            Shape(None, qos.min(out.qos_max), props)
-                        }
-                        None => Shape(None, qos, Properties::default()),
-                    }
-                })
-                .map_err(|e| crate::resource::StoreError::Corrupt(format!("record: {e}"))),
-            None => Ok(Shape(
-                Some(payload::encode(Some(archived), body)),
-                qos,
-                Properties::default(),
-            )),
-            Some(r) => value::deserialize(archived)
-                .map(|v| {
-                    Shape(
-                        Some(encode_trimmed(&v, r, body)),
-                        qos,
-                        Properties::default(),
-                    )
-                })
-                .map_err(|e| crate::resource::StoreError::Corrupt(format!("record: {e}"))),
-        };
-        let mut found: Vec<(String, f64, Vec<u8>, Shape)> = Vec::new();
-        let read = (|| -> Result<(), crate::resource::StoreError> {
-            let txn = db.read()?;
-            let now = crate::resource::now_ms();
-            if let Some(raw) = filter.exact_id() {
-                let Ok(key) = resource::parse_id(&table.def, &raw) else {
-                    return Ok(());
-                };
-                if let Some(record) = txn.get(&table, &key)? {
-                    if record.header.is_live(now) {
-                        let mut body = Vec::new();
-                        let ct = encode(record.value, &mut body)?;
-                        found.push((raw, record.header.version, body, ct));
-                    }
-                }
-                return Ok(());
-            }
-            for entry in txn.scan(&table, false)? {
-                let (key, record) = entry?;
-                if !record.header.is_live(now) {
-                    continue;
-                }
-                let Ok(key) = value::key::decode(key) else {
-                    continue;
-                };
-                let id = id_text(&key);
-                if !filter.matches(export, Some(&id)) {
-                    continue;
-                }
-                let mut body = Vec::new();
-                let ct = encode(record.value, &mut body)?;
-                found.push((id, record.header.version, body, ct));
-            }
-            Ok(())
-        })();
-        if let Err(e) = read {
-            tracing::warn!(target: "mqtt", "reading the state for {:?} failed: {e}", filter.as_str());
-        }
+        let mut subs = self.conn.subs.borrow_mut();
+        if let Some(sub) = subs
+            .iter_mut()
+            .find(|s| s.filter.as_str() == filter.as_str())
         {
-            let mut subs = self.conn.subs.borrow_mut();
-            if let Some(sub) = subs
-                .iter_mut()
-                .find(|s| s.filter.as_str() == filter.as_str())
-            {
-                sub.sent = found.iter().map(|(id, v, _, _)| (id.clone(), *v)).collect();
-            }
-        }
-        for (id, _, body, Shape(content_type, qos, mut properties)) in found {
-            if let Some(i) = identifier {
-                properties.push(Property::SubscriptionIdentifier(i));
-            }
-            if !self.conn.publish(Outbound {
-                topic: topic_name(export, Some(&id)),
-                qos,
-                retain: true,
-                body,
-                content_type,
-                event: None,
-                resend_id: None,
-                properties,
-            }) {
-                break;
-            }
+            sub.state = Some(cursor);
         }
     }
 

@@ -409,16 +409,9 @@ async fn submit(resources: &Resources, op: WriteOp) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The newest version a read transaction of `db` sees, given that every commit up to `since` is
-/// known to have been dispatched on this core: later commits are found in the audit log (a
-/// handful — those committed but not yet dispatched).
-pub fn horizon(txn: &crate::resource::ReadTxn<'_>, since: f64) -> Result<f64, StoreError> {
-    let mut horizon = since;
-    for item in txn.audit_range(Bound::Excluded(since), Bound::Unbounded)? {
-        horizon = horizon.max(item?.0);
-    }
-    Ok(horizon)
-}
+/// The newest version a read transaction sees, given every commit up to `since` dispatched on
+/// this core (the same horizon subscriptions join at).
+pub use crate::pubsub::state::horizon;
 
 /// A subscription as replay matches it.
 pub struct ReplaySub<'a> {

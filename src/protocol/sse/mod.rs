@@ -124,6 +124,13 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
             write_event(&sink.encoded(event), event.version(), &mut wbuf);
         }
         batch.clear();
+        if sink.failure().is_some() {
+            // The state could not be read in full (logged): end the stream rather than leave a
+            // gap; the client reconnects.
+            let _ = stream.write_all(wbuf).await;
+            let _ = stream.shutdown_write().await;
+            return;
+        }
         if wrote.elapsed() >= KEEP_ALIVE_INTERVAL && wbuf.is_empty() {
             wbuf.extend_from_slice(b":\n\n");
         }

@@ -425,6 +425,10 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
             frame::encode(opcode, &sink.encoded(event), &mut wbuf);
         }
         batch.clear();
+        if let Some(why) = sink.failure() {
+            finish(&mut stream, wbuf, 1011, &why).await;
+            return;
+        }
         if !wbuf.is_empty() {
             // A stalled reader parks here; its sink keeps dropping the oldest events meanwhile.
             match race(stream.write_all(std::mem::take(&mut wbuf)), shutdown.wait()).await {
