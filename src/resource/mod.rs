@@ -248,17 +248,6 @@ impl From<crate::store::StoreError> for VerbError {
     }
 }
 
-impl From<WriteError> for VerbError {
-    fn from(e: WriteError) -> Self {
-        let status = match &e {
-            // A write naming a missing table is the request's fault (SPEC §4.1: 400).
-            WriteError::NoSuchTable(_) => 400,
-            other => write_error_status(other),
-        };
-        VerbError::new(status, e.to_string())
-    }
-}
-
 /// Runs blocking work (opening or deleting an environment) on its own thread and awaits it
 /// without blocking the core.
 pub async fn run_blocking<T: Send + 'static>(
@@ -272,19 +261,6 @@ pub async fn run_blocking<T: Send + 'static>(
         return None;
     }
     rx.await
-}
-
-/// The HTTP status a failed write maps to (REST and the Operations API share it).
-pub fn write_error_status(e: &WriteError) -> u16 {
-    match e {
-        WriteError::Invalid(_) => 400,
-        WriteError::NoSuchTable(_) => 404,
-        WriteError::Overloaded(_) | WriteError::Stopped => 503,
-        WriteError::Storage(_) => 500,
-        WriteError::Condition(ConditionFailed::VersionMismatch) => 412,
-        WriteError::Condition(ConditionFailed::Exists(_)) => 409,
-        WriteError::Condition(ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate) => 403,
-    }
 }
 
 #[cfg(test)]

@@ -759,7 +759,11 @@ impl Ctx<'_, '_> {
         } else if denied {
             self.error(resp, 403, FORBIDDEN);
         } else if let WriteFailure::Write(e) = e {
-            self.error(resp, resource::write_error_status(&e), &e.to_string());
+            self.error(
+                resp,
+                crate::protocol::status::write_error_status(&e),
+                &e.to_string(),
+            );
         }
     }
 
