@@ -203,6 +203,26 @@ fn every_import_follows_the_layers_table() {
     assert!(found.is_empty(), "layer violations:\n{}", found.join("\n"));
 }
 
+/// Stricter for protocols: not even their test code names `crate::store`.
+#[test]
+fn no_protocol_file_names_the_store() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src/protocol"), &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            if !line.trim().starts_with("//") && line.contains("crate::store") {
+                found.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "protocol files naming crate::store: {found:?}"
+    );
+}
+
 /// The checker itself: a forbidden import in a copy of a source tree is found.
 #[test]
 fn a_forbidden_import_is_found() {

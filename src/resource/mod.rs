@@ -160,6 +160,25 @@ impl Resources {
     }
 }
 
+#[cfg(test)]
+impl Resources {
+    /// A store in `dir` (commits go nowhere) serving the example app with the default settings:
+    /// for unit tests of the layers above, which do not name the store themselves.
+    pub fn for_tests(dir: &std::path::Path) -> Resources {
+        let store =
+            crate::store::Store::open(crate::store::StoreOptions::new(dir), Arc::new(|_| {}))
+                .expect("store");
+        let tree = ConfigTree::defaults();
+        let config = Config::from_tree(&tree, dir, 1).expect("config");
+        let app = crate::schema::load_app(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/app"
+        )))
+        .expect("example app");
+        Resources::new(store, Arc::new(app), Arc::new(config))
+    }
+}
+
 /// Parses a record id from a URL segment (already percent-decoded) or topic level.
 ///
 /// Numeric key types need a number; `Any` keys and tables without declared types read canonical
