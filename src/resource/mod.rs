@@ -11,6 +11,7 @@ pub mod nosql;
 pub mod permissions;
 mod records;
 pub mod search;
+pub mod sql;
 pub mod tables;
 pub mod users;
 mod validate;

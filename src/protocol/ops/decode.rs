@@ -293,6 +293,10 @@ pub enum Operation {
         table: String,
         before_ms: f64,
     },
+    /// One SQL statement (`resource::sql`).
+    Sql {
+        sql: String,
+    },
     /// Known to HarperDB, not served here → 501.
     Unsupported(String),
 }
@@ -320,6 +324,7 @@ impl Operation {
                 | Operation::CreateAuthenticationTokens { .. }
                 | Operation::RefreshOperationToken { .. }
                 | Operation::GetJob { .. }
+                | Operation::Sql { .. }
                 | Operation::Unsupported(_)
         )
     }
@@ -339,7 +344,6 @@ const CLUSTERING_OPS: &[&str] = &[
 
 /// HarperDB operations this server does not serve (→ 501), so they are not "not found".
 const UNSUPPORTED_OPS: &[&str] = &[
-    "sql",
     "login",
     "logout",
     "deploy_component",
@@ -577,6 +581,16 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             },
             filter: f.opt_string("filter")?,
         }),
+        "sql" => Operation::Sql {
+            sql: match f.get("sql") {
+                None | Some(Value::Null) => {
+                    return Err(OpError::bad(
+                        "The 'sql' parameter is missing from the request body",
+                    ))
+                }
+                Some(_) => f.string("sql")?,
+            },
+        },
         "read_audit_log" => Operation::ReadAuditLog(ReadAuditLog {
             database: f.database()?,
             table: f.name("table")?,

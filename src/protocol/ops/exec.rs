@@ -50,6 +50,7 @@ pub fn name(op: &Operation) -> &str {
         Operation::SystemInformation { .. } => "system_information",
         Operation::ReadLog(_) => "read_log",
         Operation::ReadAuditLog(_) => "read_audit_log",
+        Operation::Sql { .. } => "sql",
         Operation::CsvLoad(load) => match load.from {
             CsvFrom::Data(_) => "csv_data_load",
             CsvFrom::File(_) => "csv_file_load",
@@ -328,6 +329,7 @@ pub async fn execute(
         }
         Operation::ReadLog(q) => admin::read_log(r, q).await?,
         Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
+        Operation::Sql { sql } => crate::resource::sql::execute(r, caller, &sql).await?,
         Operation::CreateAuthenticationTokens { .. } => {
             super::tokens_reply(resources, caller).await?
         }

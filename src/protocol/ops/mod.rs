@@ -108,6 +108,22 @@ impl OpError {
     }
 }
 
+impl From<crate::resource::sql::SqlError> for OpError {
+    fn from(e: crate::resource::sql::SqlError) -> Self {
+        use crate::resource::sql::SqlError;
+        match e {
+            SqlError::Status(status, message) => OpError::new(status, message),
+            SqlError::Forbidden(denied, invalid) => OpError {
+                forbidden: Some((
+                    denied.iter().map(Denied::to_value).collect(),
+                    invalid.into_iter().map(Value::String).collect(),
+                )),
+                ..OpError::new(403, FORBIDDEN_MESSAGE)
+            },
+        }
+    }
+}
+
 impl From<VerbError> for OpError {
     fn from(e: VerbError) -> Self {
         if e.status == 403 {
