@@ -2,6 +2,7 @@
 //! io_uring. See ARCHITECTURE.md for the map; each subsystem's `mod.rs` says what it owns.
 
 pub mod auth;
+pub mod change;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -145,12 +145,7 @@ fn dogs() -> Vec<Value> {
 }
 
 fn start() -> (Server, tempfile::TempDir) {
-    let app = tempfile::tempdir().expect("app dir");
-    write_app(app.path());
-    let server = Builder::new()
-        .app(app.path())
-        .arg("--STORAGE_SYNC", "false")
-        .start();
+    let (server, app) = common::start_schema_app(SCHEMA);
     for dog in dogs() {
         let path = format!("/Dog/{}", dog["id"].as_str().unwrap());
         assert_eq!(put_json(&server, &path, &dog).status, 204);
@@ -165,12 +160,7 @@ fn start() -> (Server, tempfile::TempDir) {
 }
 
 fn write_app(dir: &Path) {
-    std::fs::write(dir.join("schema.graphql"), SCHEMA).unwrap();
-    std::fs::write(
-        dir.join("config.yaml"),
-        "rest: true\ngraphqlSchema:\n  files: schema.graphql\n",
-    )
-    .unwrap();
+    common::write_schema_app(dir, SCHEMA);
 }
 
 fn names(reply: &Reply) -> Vec<String> {

@@ -10,8 +10,8 @@ use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::change::{Change, ChangeKind, Commit};
 use crate::resource::permissions::ReadableAttributes;
-use crate::store::{Change, ChangeKind, Commit};
 use crate::value::{self, Object, Value};
 
 /// An outbound encoding; CBOR and MessagePack go in binary WebSocket frames.

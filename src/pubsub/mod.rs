@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use tidepool_io::{race, Either, Inbox, MeshSender, Shutdown};
 
-use crate::store::{Change, ChangeKind, Commit, Database, Publisher, StoreError, Table};
+use crate::change::{Change, ChangeKind, Commit};
+use crate::store::{Database, Publisher, StoreError, Table};
 use crate::value::{self, ArchivedValue, Kind, Value, ValueView};
 use state::{AuditCursor, Chunk, StateCursor};
 

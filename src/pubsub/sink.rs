@@ -19,8 +19,8 @@ use std::task::{Context, Poll, Waker};
 use super::event::{Encoded, Event, Format};
 use super::state::{Chunk, CHUNK_RECORDS_MAX};
 use super::{Counters, Stream};
+use crate::change::Change;
 use crate::resource::permissions::ReadableAttributes;
-use crate::store::Change;
 
 /// Live events queued per subscriber at most (SPEC §6.1).
 pub const QUEUE_EVENTS_MAX: usize = 1000;
@@ -419,7 +419,7 @@ impl Drop for State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ChangeKind;
+    use crate::change::ChangeKind;
     use crate::value::Value;
 
     fn event(version: f64) -> Rc<Event> {

@@ -15,6 +15,7 @@ pub mod sql;
 pub mod tables;
 pub mod users;
 mod validate;
+pub mod verbs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +23,18 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigTree};
 use crate::schema::{App, FieldType, TableDef};
-use crate::store::{Database, Store, Table, WriteError};
+use crate::store::Store;
 use crate::value::Value;
 
+/// The store's vocabulary protocols need, passed on by the resource layer: protocols never name
+/// `crate::store` (ARCHITECTURE.md, "Layers"; checked by `tests/layers.rs`).
+pub use crate::store::{
+    now_ms, Condition, ConditionFailed, Database, Header, OpResult, PutMode, ReadTxn, StoreError,
+    Table, WriteError, WriteOp, WriteRequest,
+};
 pub use records::{with_record, write};
 pub use validate::{validate_record, Validation};
+pub use verbs::{create, delete, put, write_many, PutKind, WriteFailure};
 
 /// Who is asking: the authenticated user (or anonymous) and the permissions of its role, as
 /// `auth::authenticate` found them. Every protocol passes one to the resource layer.
@@ -153,6 +161,25 @@ impl Resources {
     }
 }
 
+#[cfg(test)]
+impl Resources {
+    /// A store in `dir` (commits go nowhere) serving the example app with the default settings:
+    /// for unit tests of the layers above, which do not name the store themselves.
+    pub fn for_tests(dir: &std::path::Path) -> Resources {
+        let store =
+            crate::store::Store::open(crate::store::StoreOptions::new(dir), Arc::new(|_| {}))
+                .expect("store");
+        let tree = ConfigTree::defaults();
+        let config = Config::from_tree(&tree, dir, 1).expect("config");
+        let app = crate::schema::load_app(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/app"
+        )))
+        .expect("example app");
+        Resources::new(store, Arc::new(app), Arc::new(config))
+    }
+}
+
 /// Parses a record id from a URL segment (already percent-decoded) or topic level.
 ///
 /// Numeric key types need a number; `Any` keys and tables without declared types read canonical
@@ -241,17 +268,6 @@ impl From<crate::store::StoreError> for VerbError {
     }
 }
 
-impl From<WriteError> for VerbError {
-    fn from(e: WriteError) -> Self {
-        let status = match &e {
-            // A write naming a missing table is the request's fault (SPEC §4.1: 400).
-            WriteError::NoSuchTable(_) => 400,
-            other => write_error_status(other),
-        };
-        VerbError::new(status, e.to_string())
-    }
-}
-
 /// Runs blocking work (opening or deleting an environment) on its own thread and awaits it
 /// without blocking the core.
 pub async fn run_blocking<T: Send + 'static>(
@@ -289,16 +305,6 @@ pub fn request_restart() -> Result<(), VerbError> {
         ));
     }
     Ok(())
-}
-
-/// The HTTP status a failed write maps to (REST and the Operations API share it).
-pub fn write_error_status(e: &WriteError) -> u16 {
-    match e {
-        WriteError::Invalid(_) => 400,
-        WriteError::NoSuchTable(_) => 404,
-        WriteError::Overloaded(_) | WriteError::Stopped => 503,
-        WriteError::Storage(_) => 500,
-    }
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::tables::{grow_table, SYSTEM};
-use super::{validate_record, write, Caller, Resources, Validation, VerbError};
+use super::{validate_record, Caller, Resources, Validation, VerbError};
 use crate::schema::TableDef;
-use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
+use crate::store::{Database, OpResult, PutMode, Table, WriteOp};
 use crate::value::{self, Object, Value};
 
 /// Longest property name that becomes an indexed attribute of an ops-created table.
@@ -237,14 +237,7 @@ pub async fn write_records(
     let Some(db) = db_handle else {
         return Err(VerbError::bad("nothing to write"));
     };
-    let outcome = write(
-        &db,
-        WriteRequest {
-            ops,
-            user: caller.username.clone(),
-        },
-    )
-    .await?;
+    let outcome = super::write_many(&db, caller, ops).await?;
     let mut results = outcome.results.into_iter();
     for (summary, count) in summaries.iter_mut().zip(counts) {
         for result in results.by_ref().take(count) {

@@ -10,6 +10,7 @@
 
 mod check;
 mod clock;
+mod condition;
 mod entry;
 mod layout;
 mod read;
@@ -49,10 +50,11 @@ fn create_db(env: &Env<WithoutTls>, name: &str, dup_sort: bool) -> Result<Db, St
 }
 
 use crate::schema::TableDef;
-use crate::value::Value;
 
+pub use crate::change::{Change, ChangeKind, Commit};
 pub use check::IndexReport;
 pub use clock::{now_ms, Clock};
+pub use condition::{Condition, ConditionFailed};
 pub use entry::Header;
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
 pub use replicate::{
@@ -116,32 +118,6 @@ impl From<heed::Error> for StoreError {
             other => StoreError::Io(other.to_string()),
         }
     }
-}
-
-/// One committed write request, handed to the server to fan out to subscribers and peers.
-#[derive(Debug)]
-pub struct Commit {
-    pub database: Arc<str>,
-    pub version: f64,
-    /// When this node committed it (ms since the epoch).
-    pub local_time: f64,
-    pub changes: Vec<Change>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    Put,
-    Delete,
-    Message,
-}
-
-#[derive(Debug)]
-pub struct Change {
-    pub table: Arc<str>,
-    pub key: Value,
-    pub kind: ChangeKind,
-    /// The full record after a put; the payload of a message; none for deletes.
-    pub value: Option<Value>,
 }
 
 /// Receives every commit, on the writer thread, after the reply was sent. Must not block.

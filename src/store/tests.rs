@@ -275,6 +275,78 @@ fn a_failing_op_rolls_back_its_whole_request_only() {
 }
 
 #[test]
+fn a_failed_condition_rolls_back_the_request_and_writes_no_audit_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.database("data").unwrap();
+    let key = Value::String("a".into());
+    let require = |condition| WriteOp::Require {
+        table: "Dog".into(),
+        key: key.clone(),
+        condition,
+    };
+    let dog = |name: &str| {
+        let body = format!(r#"{{"name":"{name}"}}"#);
+        put("Dog", Some(key.clone()), &body, PutMode::Replace)
+    };
+    let first = write(&db, vec![require(Condition::Absent), dog("A")]).unwrap();
+    // A condition adds no result: the put's is the only one.
+    assert_eq!(first.results.len(), 1);
+    let audited = || {
+        let txn = db.read().unwrap();
+        let n = txn
+            .audit_range(Bound::Unbounded, Bound::Unbounded)
+            .unwrap()
+            .count();
+        n
+    };
+    assert_eq!(audited(), 1);
+    for (condition, failed) in [
+        (Condition::Absent, ConditionFailed::Exists(key.clone())),
+        (
+            Condition::VersionIn(vec![first.version - 1.0]),
+            ConditionFailed::VersionMismatch,
+        ),
+        (
+            Condition::Rights {
+                insert: true,
+                update: false,
+            },
+            ConditionFailed::MayNotUpdate,
+        ),
+    ] {
+        let err = write(
+            &db,
+            vec![
+                put(
+                    "Counter",
+                    Some(Value::Int(1)),
+                    r#"{"v":1}"#,
+                    PutMode::Replace,
+                ),
+                require(condition),
+                dog("B"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err, WriteError::Condition(failed));
+        assert_eq!(get_json(&db, "Counter", &Value::Int(1)), None);
+        assert!(get_json(&db, "Dog", &key)
+            .unwrap()
+            .contains(r#""name":"A""#));
+        assert_eq!(audited(), 1, "a refused request leaves no audit entry");
+    }
+    write(
+        &db,
+        vec![require(Condition::VersionIn(vec![first.version])), dog("C")],
+    )
+    .unwrap();
+    assert!(get_json(&db, "Dog", &key)
+        .unwrap()
+        .contains(r#""name":"C""#));
+}
+
+#[test]
 fn data_and_new_indexes_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {

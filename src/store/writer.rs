@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use heed::RwTxn;
 use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
 
+use super::condition::{Condition, ConditionFailed};
 use super::entry::Header;
 use super::layout::{self, StoredTable};
 use super::replicate::{ApplyJob, ApplyOutcome};
@@ -52,6 +53,14 @@ pub enum WriteOp {
         attribute: String,
         expected: Value,
         value: Value,
+    },
+    /// A condition on the live record `key` of `table`, checked here against the committed
+    /// state; when it fails the whole request is rolled back with [`WriteError::Condition`].
+    /// Placed before the op it guards (see `condition.rs`); it adds no entry to the results.
+    Require {
+        table: String,
+        key: Value,
+        condition: Condition,
     },
     /// A message to subscribers of `table`/`key`: audited and published, the record untouched.
     Message {
@@ -104,6 +113,8 @@ pub enum WriteError {
     /// The writer has stopped (shutdown) (503).
     Stopped,
     Storage(StoreError),
+    /// A [`WriteOp::Require`] did not hold at commit; nothing of the request was written.
+    Condition(ConditionFailed),
 }
 
 impl std::fmt::Display for WriteError {
@@ -113,6 +124,7 @@ impl std::fmt::Display for WriteError {
             WriteError::NoSuchTable(t) => write!(f, "Table '{t}' does not exist"),
             WriteError::Stopped => f.write_str("the database is shutting down"),
             WriteError::Storage(e) => e.fmt(f),
+            WriteError::Condition(c) => c.fmt(f),
         }
     }
 }
@@ -601,10 +613,7 @@ impl Writer {
                         }
                         _ => unreachable!("matched Put or Swap above"),
                     }
-                    let table = self
-                        .db
-                        .table(table)
-                        .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let table = self.table(table)?;
                     if let (Some((attribute, expected)), Some(key)) = (swap, &key) {
                         if !self.live_attribute_is(txn, &table, key, attribute, expected)? {
                             results.push(OpResult::Skipped { key: key.clone() });
@@ -642,10 +651,7 @@ impl Writer {
                     results.push(result);
                 }
                 WriteOp::Delete { table, key } => {
-                    let table = self
-                        .db
-                        .table(table)
-                        .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let table = self.table(table)?;
                     let (existed, tombstoned) =
                         self.delete(txn, &table, key, version, &mut scratch)?;
                     if tombstoned {
@@ -673,15 +679,21 @@ impl Writer {
                         existed,
                     });
                 }
+                WriteOp::Require {
+                    table,
+                    key,
+                    condition,
+                } => {
+                    let table = self.table(table)?;
+                    let live = self.live_version(txn, &table, key)?;
+                    condition.check(key, live).map_err(WriteError::Condition)?;
+                }
                 WriteOp::Message {
                     table,
                     key,
                     payload,
                 } => {
-                    let table = self
-                        .db
-                        .table(table)
-                        .ok_or_else(|| WriteError::NoSuchTable(table.clone()))?;
+                    let table = self.table(table)?;
                     let key = key.clone().unwrap_or(Value::Null);
                     audit_entries.push(audit_entry(
                         &table.name,
@@ -733,6 +745,29 @@ impl Writer {
                 .put(txn, &layout::audit_key(version), &bytes)?;
         }
         Ok((WriteOutcome { version, results }, changes))
+    }
+
+    /// The table a write names.
+    fn table(&self, name: &str) -> Result<Arc<Table>, WriteError> {
+        self.db
+            .table(name)
+            .ok_or_else(|| WriteError::NoSuchTable(name.to_string()))
+    }
+
+    /// The version of the live record `key` of `table` (`None`: absent, deleted or expired).
+    fn live_version(
+        &self,
+        txn: &RwTxn,
+        table: &Table,
+        key: &Value,
+    ) -> Result<Option<f64>, WriteError> {
+        let mut encoded = Vec::new();
+        encode_primary_key(key, &mut encoded)?;
+        let Some(bytes) = table.records.get(txn, &encoded)? else {
+            return Ok(None);
+        };
+        let (header, _) = Header::read(bytes)?;
+        Ok((!header.deleted && header.is_live(super::now_ms())).then_some(header.version))
     }
 
     /// Whether the live record `key` of `table` has `attribute` equal to `expected`.

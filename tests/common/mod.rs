@@ -20,6 +20,28 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Writes an application to `dir`: `schema.graphql` holding `schema`, REST on.
+pub fn write_schema_app(dir: &Path, schema: &str) {
+    std::fs::write(dir.join("schema.graphql"), schema).unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        "rest: true\ngraphqlSchema:\n  files: schema.graphql\n",
+    )
+    .unwrap();
+}
+
+/// Starts a server on an application of `schema` (see [`write_schema_app`]) without fsync; the
+/// returned directory holds the application and must outlive the server.
+pub fn start_schema_app(schema: &str) -> (Server, tempfile::TempDir) {
+    let app = tempfile::tempdir().expect("app dir");
+    write_schema_app(app.path(), schema);
+    let server = Builder::new()
+        .app(app.path())
+        .arg("--STORAGE_SYNC", "false")
+        .start();
+    (server, app)
+}
+
 pub struct Server {
     pub child: Child,
     pub rest: SocketAddr,

@@ -30,10 +30,11 @@ use super::payload;
 use super::props::{Properties, Property};
 use super::share::{self, Groups};
 use super::topic::{Filter, PublishTopic, TopicError};
+use crate::change::{ChangeKind, Commit};
 use crate::pubsub::state::{Chunk, StateCursor, CHUNK_RECORDS_MAX};
 use crate::resource::permissions::ReadableAttributes;
 use crate::resource::{self, Caller, Resources, Validation};
-use crate::store::{ChangeKind, Commit, WriteError, WriteOp, WriteRequest};
+use crate::resource::{ConditionFailed, WriteError, WriteOp};
 use crate::value::{self, Value};
 
 /// CONNECT must arrive this soon after the connection opens (SPEC §6.3).
@@ -917,7 +918,7 @@ impl Sessions {
 
     /// Matches every change of `commit` against this core's sessions and queues it.
     fn deliver(&self, shared: &MqttShared, commit: &Commit, notes: Vec<Option<Arc<Note>>>) {
-        let now = crate::store::now_ms();
+        let now = crate::resource::now_ms();
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
         if conns.is_empty() {
@@ -1125,11 +1126,11 @@ fn state_body(
     qos: u8,
     archived: &value::ArchivedValue,
     body: &mut Vec<u8>,
-) -> Result<Shape, crate::store::StoreError> {
-    let corrupt = |e| crate::store::StoreError::Corrupt(format!("record: {e}"));
+) -> Result<Shape, crate::resource::StoreError> {
+    let corrupt = |e| crate::resource::StoreError::Corrupt(format!("record: {e}"));
     match readable {
         None if general => value::deserialize(archived).map_err(corrupt).map(|v| {
-            let now = crate::store::now_ms();
+            let now = crate::resource::now_ms();
             match outbound_payload("", ChangeKind::Put, Some(&v), now) {
                 Some(out) => {
                     *body = out.body;
@@ -1667,8 +1668,8 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
 /// A subscription filter with the database it reads and its table (none: general topics).
 type Resolved = (
     Filter,
-    Arc<crate::store::Database>,
-    Option<Arc<crate::store::Table>>,
+    Arc<crate::resource::Database>,
+    Option<Arc<crate::resource::Table>>,
 );
 
 /// Why a subscription filter names nothing this session may read.
@@ -1794,7 +1795,7 @@ impl Session<'_> {
     /// ids and DUP = 1. Synchronous: see `serve`.
     fn resume(&self, stored: Stored) {
         let conn = self.conn;
-        let mut databases: Vec<(Arc<crate::store::Database>, Vec<usize>)> = Vec::new();
+        let mut databases: Vec<(Arc<crate::resource::Database>, Vec<usize>)> = Vec::new();
         let mut subs = Vec::new();
         for s in stored.subs {
             let (filter, db, table) = match self.resolve(&s.filter) {
@@ -1907,7 +1908,7 @@ impl Session<'_> {
                     Some(encode_trimmed(v, &r, &mut body))
                 }
                 (kind, value, _) => {
-                    let now = crate::store::now_ms();
+                    let now = crate::resource::now_ms();
                     let Some(out) = outbound_payload(&m.export, kind, value.as_ref(), now) else {
                         continue;
                     };
@@ -2204,7 +2205,7 @@ impl Session<'_> {
                     table: def.table.clone(),
                     key: id,
                     record: Value::Object(record),
-                    mode: crate::store::PutMode::Replace,
+                    mode: crate::resource::PutMode::Replace,
                     expires_in_s: None,
                 }
             } else {
@@ -2222,16 +2223,12 @@ impl Session<'_> {
     async fn submit(
         &self,
         p: &Publish,
-        db: &Arc<crate::store::Database>,
+        db: &Arc<crate::resource::Database>,
         table: &str,
         op: WriteOp,
     ) -> u8 {
         let noted = self.leave_note(p, &db.name, table, &op);
-        let request = WriteRequest {
-            ops: vec![op],
-            user: self.caller.username.clone(),
-        };
-        let written = resource::write(db, request).await;
+        let written = resource::write_many(db, &self.caller, vec![op]).await;
         if noted {
             let version = written.as_ref().ok().map(|w| w.version);
             self.shared.notes.settle(&self.client_id, version);
@@ -2243,6 +2240,9 @@ impl Session<'_> {
                 match e {
                     WriteError::Invalid(_) => rc::PAYLOAD_FORMAT_INVALID,
                     WriteError::Overloaded(_) => rc::QUOTA_EXCEEDED,
+                    WriteError::Condition(
+                        ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate,
+                    ) => rc::NOT_AUTHORIZED,
                     _ => rc::UNSPECIFIED,
                 }
             }
@@ -2264,7 +2264,7 @@ impl Session<'_> {
         let key = Value::String(p.topic.clone());
         let passed_on = Note::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
         let envelope =
-            general::Envelope::new(&p.payload, p.qos, &passed_on, crate::store::now_ms());
+            general::Envelope::new(&p.payload, p.qos, &passed_on, crate::resource::now_ms());
         let op = if p.retain && p.payload.is_empty() {
             WriteOp::Delete { table, key }
         } else if p.retain {
@@ -2276,7 +2276,7 @@ impl Session<'_> {
                 table,
                 record: envelope.to_value(Some(&p.topic)),
                 key: Some(key),
-                mode: crate::store::PutMode::Replace,
+                mode: crate::resource::PutMode::Replace,
                 expires_in_s: expiry_s,
             }
         } else {

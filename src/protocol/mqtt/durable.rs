@@ -21,8 +21,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use crate::change::ChangeKind;
 use crate::resource::{self, Resources};
-use crate::store::{ChangeKind, Database, PutMode, StoreError, WriteOp, WriteRequest};
+use crate::resource::{Database, PutMode, StoreError, WriteOp, WriteRequest};
 use crate::value::{self, Object, Value};
 
 use super::topic::Filter;
@@ -363,7 +364,7 @@ pub fn load(resources: &Resources, client_id: &str) -> Result<Option<Stored>, St
     let Some(record) = txn.get(&table, &Value::String(client_id.to_string()))? else {
         return Ok(None);
     };
-    if !record.header.is_live(crate::store::now_ms()) {
+    if !record.header.is_live(crate::resource::now_ms()) {
         return Ok(None);
     }
     let value = value::deserialize(record.value)
@@ -374,7 +375,7 @@ pub fn load(resources: &Resources, client_id: &str) -> Result<Option<Stored>, St
 /// Stores `stored` for `client_id`; it expires `expiry_s` after now unless that is "never".
 pub async fn save(resources: &Resources, client_id: &str, stored: &Stored) -> Result<(), String> {
     let expires_in_s = (stored.expiry_s != EXPIRY_NEVER).then(|| f64::from(stored.expiry_s));
-    let expires_at = expires_in_s.map(|s| crate::store::now_ms() + s * 1000.0);
+    let expires_at = expires_in_s.map(|s| crate::resource::now_ms() + s * 1000.0);
     let op = WriteOp::Put {
         table: TABLE.to_string(),
         key: Some(Value::String(client_id.to_string())),

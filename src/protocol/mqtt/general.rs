@@ -11,7 +11,7 @@
 //! This module only shapes records and payloads; the connection decides and writes.
 
 use super::props::{Properties, Property};
-use crate::store::ChangeKind;
+use crate::change::ChangeKind;
 use crate::value::{Object, Value};
 
 /// The system table retained general topics are kept in.

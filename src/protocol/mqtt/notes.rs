@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::props::{Properties, Property};
-use crate::store::{ChangeKind, Commit};
+use crate::change::{ChangeKind, Commit};
 use crate::value::Value;
 
 /// Notes waiting for their commit at once; a note lives from submit until every core dispatched.
@@ -62,7 +62,7 @@ impl Note {
             retain,
             qos,
             properties: kept,
-            received_ms: crate::store::now_ms(),
+            received_ms: crate::resource::now_ms(),
         }
     }
 
@@ -131,7 +131,7 @@ impl Notes {
             return false;
         };
         // A commit a core never dispatched (its inbox overflowed) would keep its note forever.
-        let now = crate::store::now_ms();
+        let now = crate::resource::now_ms();
         pending.retain(|p| now - p.note.received_ms < NOTE_AGE_MAX_MS);
         if pending.len() >= NOTES_MAX {
             return false;
@@ -209,7 +209,7 @@ impl Notes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Change;
+    use crate::change::Change;
     use std::sync::Arc;
 
     fn commit(version: f64, key: i64, payload: i64) -> Commit {

@@ -335,7 +335,7 @@ fn meminfo() -> Object {
 /// time zone (`TZ`, else `/etc/timezone`, else UTC).
 fn time_info() -> Object {
     let mut t = Object::new();
-    t.insert("current", Value::Float(crate::store::now_ms()));
+    t.insert("current", Value::Float(crate::resource::now_ms()));
     let uptime = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())

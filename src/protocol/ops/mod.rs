@@ -931,17 +931,7 @@ mod tests {
     }
 
     fn resources(dir: &std::path::Path) -> Arc<Resources> {
-        let store =
-            crate::store::Store::open(crate::store::StoreOptions::new(dir), Arc::new(|_| {}))
-                .expect("store");
-        let tree = crate::config::ConfigTree::defaults();
-        let config = crate::config::Config::from_tree(&tree, dir, 1).expect("config");
-        let app = crate::schema::load_app(std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/app"
-        )))
-        .expect("example app");
-        Arc::new(Resources::new(store, Arc::new(app), Arc::new(config)))
+        Arc::new(Resources::for_tests(dir))
     }
 
     #[test]

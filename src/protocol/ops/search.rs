@@ -32,8 +32,8 @@ use crate::query::{Comparator, Condition, Expr, QueryValue, Select, SelectItem, 
 use crate::resource::nosql::search_table;
 use crate::resource::search::{self, Plan, SearchError, SearchSpec, SearchStats};
 use crate::resource::Resources;
+use crate::resource::{Database, Table};
 use crate::schema::FieldType;
-use crate::store::{Database, Table};
 use crate::value::{cbor, json, msgpack, Object, Value, ValueView};
 
 /// A planned search, ready to run into a response body.

@@ -21,8 +21,11 @@ use crate::resource::join::{self, Projection};
 use crate::resource::permissions::{self, Action};
 use crate::resource::search::{self, SearchError, SearchSpec};
 use crate::resource::{self, Caller, Resources, Validation};
+use crate::resource::{
+    Condition, ConditionFailed, Database, OpResult, PutKind, PutMode, Table, WriteError,
+    WriteFailure, WriteOp,
+};
 use crate::schema::{FieldType, TableDef};
-use crate::store::{Database, OpResult, PutMode, Table, WriteOp, WriteRequest};
 use crate::value::{self, Value, ValueView};
 
 pub use format::{Format, SUPPORTED};
@@ -731,12 +734,36 @@ impl Ctx<'_, '_> {
     }
 
     async fn submit(&self, resp: &mut Response, ops: Vec<WriteOp>) -> Option<Vec<OpResult>> {
-        match resource::write(&self.db, WriteRequest { ops, user: None }).await {
+        match resource::write_many(&self.db, self.caller, ops).await {
             Ok(out) => Some(out.results),
             Err(e) => {
-                self.error(resp, resource::write_error_status(&e), &e.to_string());
+                self.failed(resp, WriteFailure::Write(e));
                 None
             }
+        }
+    }
+
+    /// Answers a failed write: 401/403 for missing rights (also when the writer found the
+    /// record in a state the caller may not write), 412 for `If-Match`, 409 for an existing id.
+    fn failed(&self, resp: &mut Response, e: WriteFailure) {
+        let denied = matches!(
+            e,
+            WriteFailure::Denied(_)
+                | WriteFailure::Write(WriteError::Condition(
+                    ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate
+                ))
+        );
+        if denied && self.caller.is_anonymous() {
+            resp.header("WWW-Authenticate", "Basic");
+            self.error(resp, 401, AuthError::MustLogin.message());
+        } else if denied {
+            self.error(resp, 403, FORBIDDEN);
+        } else if let WriteFailure::Write(e) = e {
+            self.error(
+                resp,
+                crate::protocol::status::write_error_status(&e),
+                &e.to_string(),
+            );
         }
     }
 
@@ -748,24 +775,19 @@ impl Ctx<'_, '_> {
             Ok(r) => r,
             Err((status, e)) => return self.error(resp, status, &e),
         };
-        if !self.allow(resp, Action::Insert, record.iter().map(|(k, _)| k)) {
-            return;
-        }
-        let op = WriteOp::Put {
-            table: self.def().table.clone(),
-            key: None,
-            record: Value::Object(record),
-            mode: PutMode::Insert,
-            expires_in_s: self.expires_in_s(),
-        };
-        let Some(results) = self.submit(resp, vec![op]).await else {
-            return;
-        };
-        match results.first() {
-            Some(OpResult::Written { key, .. }) => {
+        let created = resource::create(
+            &self.db,
+            self.caller,
+            &self.table,
+            record,
+            self.expires_in_s(),
+        )
+        .await;
+        match created {
+            Ok(key) => {
                 resp.status = 201;
                 let mut location = String::new();
-                match key {
+                match &key {
                     Value::String(s) => percent_encode(s, &mut location),
                     other => {
                         location.push_str(&String::from_utf8_lossy(&value::json::to_vec(other)))
@@ -773,13 +795,9 @@ impl Ctx<'_, '_> {
                 }
                 resp.header("Location", &location);
                 resp.header("Content-Type", self.format.content_type());
-                self.format.write_one(key, &mut resp.body);
+                self.format.write_one(&key, &mut resp.body);
             }
-            Some(OpResult::Skipped { key }) => {
-                let shown = String::from_utf8_lossy(&value::json::to_vec(key)).into_owned();
-                self.error(resp, 409, &format!("Record with id {shown} already exists"))
-            }
-            _ => self.error(resp, 500, "unexpected write result"),
+            Err(e) => self.failed(resp, e),
         }
     }
 
@@ -981,15 +999,10 @@ impl Ctx<'_, '_> {
             Method::Get | Method::Head => self.get(resp, &id, property),
             Method::Put | Method::Patch => self.put(resp, id).await,
             Method::Delete => {
-                if !self.if_match(resp, &id) {
-                    return;
-                }
-                let op = WriteOp::Delete {
-                    table: self.def().table.clone(),
-                    key: id,
-                };
-                if self.submit(resp, vec![op]).await.is_some() {
-                    self.json_true(resp);
+                let conditions = self.if_match();
+                match resource::delete(&self.db, self.caller, &self.table, id, conditions).await {
+                    Ok(_) => self.json_true(resp),
+                    Err(e) => self.failed(resp, e),
                 }
             }
             _ => {
@@ -1092,25 +1105,14 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// `If-Match` on a write: the current ETag must match (or `*` an existing record) → else 412.
-    fn if_match(&self, resp: &mut Response, id: &Value) -> bool {
-        let Some(wanted) = self.req.header_str("if-match") else {
-            return true;
-        };
-        let current = resource::with_record(&self.db, &self.table, id, |header, _| {
-            let mut buf = [0u8; 18];
-            etag_matches(wanted, etag_of(header.version, &mut buf))
-        });
-        if matches!(current, Ok(Some(true))) {
-            true
-        } else {
-            self.error(
-                resp,
-                412,
-                "Precondition Failed: the record's ETag does not match If-Match",
-            );
-            false
-        }
+    /// `If-Match` on a write, as a condition the writer checks at commit (a mismatch there
+    /// answers 412): `*` needs the record to exist, a list of ETags one of their versions.
+    fn if_match(&self) -> Vec<Condition> {
+        self.req
+            .header_str("if-match")
+            .map(if_match_condition)
+            .into_iter()
+            .collect()
     }
 
     async fn put(&self, resp: &mut Response, id: Value) {
@@ -1119,35 +1121,25 @@ impl Ctx<'_, '_> {
             Ok(r) => r,
             Err((status, e)) => return self.error(resp, status, &e),
         };
-        if !self.if_match(resp, &id) {
-            return;
-        }
-        // SPEC §5.5: changing an existing record needs update, creating one needs insert.
-        let exists = matches!(
-            resource::with_record(&self.db, &self.table, &id, |_, _| ()),
-            Ok(Some(()))
-        );
-        let action = if exists {
-            Action::Update
+        let kind = if patch {
+            PutKind::Merge
         } else {
-            Action::Insert
+            PutKind::Replace
         };
-        if !self.allow(resp, action, record.iter().map(|(k, _)| k)) {
-            return;
-        }
-        let op = WriteOp::Put {
-            table: self.def().table.clone(),
-            key: Some(id),
-            record: Value::Object(record),
-            mode: if patch {
-                PutMode::Upsert
-            } else {
-                PutMode::Replace
-            },
-            expires_in_s: self.expires_in_s(),
-        };
-        if self.submit(resp, vec![op]).await.is_some() {
-            resp.status = 204;
+        let written = resource::put(
+            &self.db,
+            self.caller,
+            &self.table,
+            id,
+            record,
+            kind,
+            self.expires_in_s(),
+            self.if_match(),
+        )
+        .await;
+        match written {
+            Ok(_) => resp.status = 204,
+            Err(e) => self.failed(resp, e),
         }
     }
 }
@@ -1242,6 +1234,27 @@ fn etag_of(version: f64, buf: &mut [u8; 18]) -> &str {
     std::str::from_utf8(buf).unwrap_or("\"\"")
 }
 
+/// The condition an `If-Match` header sets: `*` → the record exists; otherwise its version is
+/// one of the listed ETags (`W/` ignored; a tag that is not one of ours matches nothing).
+fn if_match_condition(header: &str) -> Condition {
+    let mut versions = Vec::new();
+    for tag in header.split(',') {
+        let tag = tag.trim();
+        if tag == "*" {
+            return Condition::Exists;
+        }
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        let hex = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+        if let Some(bits) = hex
+            .filter(|h| h.len() == 16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            versions.push(f64::from_bits(bits));
+        }
+    }
+    Condition::VersionIn(versions)
+}
+
 /// `If-None-Match`/`If-Match`: `*`, or a list containing the tag (`W/` ignored).
 fn etag_matches(header: &str, etag: &str) -> bool {
     header.split(',').any(|t| {
@@ -1306,6 +1319,18 @@ mod tests {
         ] {
             assert_eq!(accepts_gzip(header), expected, "{header:?}");
         }
+    }
+
+    #[test]
+    fn if_match_names_versions() {
+        let mut buf = [0u8; 18];
+        let tag = etag_of(1.5, &mut buf).to_string();
+        assert_eq!(if_match_condition("*"), Condition::Exists);
+        assert_eq!(
+            if_match_condition(&format!("W/\"x\", {tag}")),
+            Condition::VersionIn(vec![1.5])
+        );
+        assert_eq!(if_match_condition("\"nope\""), Condition::VersionIn(vec![]));
     }
 
     #[test]
