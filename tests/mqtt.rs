@@ -1,4 +1,4 @@
-//! MQTT (SPEC §6.3) against the real binary, with three independent clients: rumqttc (3.1.1 and
+//! MQTT (docs/mqtt.md) against the real binary, with three independent clients: rumqttc (3.1.1 and
 //! 5), the `mosquitto_pub`/`mosquitto_sub` tools, paho-mqtt (Python), and a raw TCP client for
 //! byte-exact checks of reason codes. Tests that need a missing tool say so and pass vacuously
 //! only for that tool; the rumqttc and raw tests always run.
@@ -671,7 +671,7 @@ fn ops(m: &Mqtt, body: serde_json::Value) -> serde_json::Value {
     serde_json::from_str(&r.into_string().expect("body")).expect("json")
 }
 
-/// SPEC §5.6 for MQTT: missing credentials 0x05 / 0x87, wrong ones 0x04 / 0x86; a read-only role
+/// docs/security.md for MQTT: missing credentials 0x05 / 0x87, wrong ones 0x04 / 0x86; a read-only role
 /// may subscribe but its v5 retained publish gets PUBACK 0x87 and changes nothing.
 #[test]
 fn authentication_and_permissions() {

@@ -1,4 +1,4 @@
-//! MQTT durable sessions and v5 session features (SPEC §6.3 "Durable sessions") against the real
+//! MQTT durable sessions and v5 session features (docs/mqtt.md "Durable sessions") against the real
 //! binary, with a raw TCP client for byte-exact checks (DUP flags, packet ids, Session Present).
 //!
 //! Which core a connection lands on is the kernel's choice (SO_REUSEPORT); the tests read the
@@ -813,7 +813,7 @@ fn v5_maximum_packet_size_both_ways() {
     );
 }
 
-/// SPEC §6.3 Events: `connection`, `connected`, `auth-failed`, `disconnected` as `info` lines
+/// docs/mqtt.md Events: `connection`, `connected`, `auth-failed`, `disconnected` as `info` lines
 /// tagged `mqtt` and as counters in `/metrics`.
 #[test]
 fn events_as_log_lines_and_metrics() {
@@ -946,7 +946,7 @@ fn general_topics_behind_a_config_key() {
     );
 }
 
-/// Off by default: a topic outside the exports is refused as SPEC §6.3 says.
+/// Off by default: a topic outside the exports is refused as docs/mqtt.md says.
 #[test]
 fn general_topics_off_by_default() {
     let m = start_in(app_dir(), None);

@@ -1,4 +1,4 @@
-//! MQTT's transports other than plain TCP (SPEC §6.3 listeners, §5.4): MQTT over TLS on
+//! MQTT's transports other than plain TCP (docs/mqtt.md listeners, docs/security.md): MQTT over TLS on
 //! `mqtt.network.securePort`, and MQTT over WebSocket on the HTTP ports (plain and TLS), checked
 //! with real clients: `mosquitto_pub`/`mosquitto_sub`, paho-mqtt (Python) and `openssl
 //! s_client`, plus raw WebSocket frames for packets split across frames. A test whose tool is
@@ -309,7 +309,7 @@ fn read_binary(s: &mut std::net::TcpStream, count: usize) -> Vec<u8> {
     got
 }
 
-/// SPEC §6.3: a packet may span frames and a frame may hold several packets.
+/// docs/mqtt.md: a packet may span frames and a frame may hold several packets.
 #[test]
 fn packets_split_across_frames_and_frames_holding_several() {
     use std::io::Write;
@@ -494,7 +494,7 @@ c.loop_stop()
 print(codes[0] if codes else "none")
 "#;
 
-/// SPEC §6.3: over WebSocket the upgrade's credentials count when CONNECT names no user.
+/// docs/mqtt.md: over WebSocket the upgrade's credentials count when CONNECT names no user.
 #[test]
 fn websocket_upgrade_credentials_authenticate() {
     if !have_paho() {

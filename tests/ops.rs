@@ -1,4 +1,4 @@
-//! Operations API (SPEC §4) against the real binary: the envelope and its errors, databases and
+//! Operations API (docs/operations-api.md) against the real binary: the envelope and its errors, databases and
 //! tables (with restarts), NoSQL writes and searches (checked against a brute-force filter),
 //! transactions, users and roles, clustering, configuration, logs and audit.
 

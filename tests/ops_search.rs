@@ -1,4 +1,4 @@
-//! `search_by_value` and `search_by_conditions` (SPEC §4.3) against the real binary: indexed
+//! `search_by_value` and `search_by_conditions` (docs/operations-api.md) against the real binary: indexed
 //! searches on a few thousand records visit about as many records as they return (shown by the
 //! `"explain": true` extension), random searches agree with a brute-force filter, values convert
 //! to declared types, unknown attributes answer as REST does, and the answer streams in JSON, CBOR

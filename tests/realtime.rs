@@ -1,4 +1,4 @@
-//! Real-time (SPEC §6.1, 6.4, 6.5) against the real binary: WebSocket subscriptions with the
+//! Real-time (docs/realtime.md, 6.4, 6.5) against the real binary: WebSocket subscriptions with the
 //! tungstenite client, SSE over a raw socket, REST writes with ureq. Fan-out over two cores,
 //! a seeded subscribe-while-writing race, a stalled reader's bounded memory, and a headless
 //! Chromium using `EventSource` and `WebSocket`.

@@ -1,4 +1,4 @@
-//! Replication (SPEC §7) between real server processes on one machine, each node on its own
+//! Replication (docs/replication.md) between real server processes on one machine, each node on its own
 //! loopback address (127.0.0.1, .2, .3, .4) with the same replication port: writes reach every
 //! node, a killed node catches up exactly, a node added with `add_node` gets a copy and is linked
 //! to the rest by gossip, concurrent writes converge, and local-only data stays local.
@@ -869,7 +869,7 @@ fn basic(user: &str, password: &str) -> String {
     )
 }
 
-/// SPEC §7.3 on the secure port: a certificate from a trusted CA whose name matches HELLO, or
+/// docs/replication.md on the secure port: a certificate from a trusted CA whose name matches HELLO, or
 /// the credentials of a super or cluster user; anything else is refused (401 before the
 /// upgrade, close after a HELLO the certificate does not name), and refusals are logged.
 #[test]
@@ -1236,7 +1236,7 @@ fn certificate_names(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// SPEC §7.8 (P1): nodes with their own generated CAs and nothing shared. B dials A with a
+/// docs/replication.md (P1): nodes with their own generated CAs and nothing shared. B dials A with a
 /// super user's credentials and `verify_tls: false`, asks for a certificate, and both end up
 /// trusting each other's CA: restarted with a bare route (verification on, no credentials), B
 /// links over mTLS. A third node that never exchanged is not let in.
@@ -1292,7 +1292,7 @@ fn certificate_exchange_turns_credentials_into_mtls() {
     assert_eq!(dog_name(&c, "over-mtls"), None);
 }
 
-/// Clone node (SPEC §7.10, the replication part): a node started empty with `HDB_LEADER_URL`
+/// Clone node (docs/replication.md, the replication part): a node started empty with `HDB_LEADER_URL`
 /// and the leader's credentials, and no routes, finds the leader's replication port, links to it
 /// (exchanging certificates: the two CAs differ), copies its data, then follows it live.
 #[test]

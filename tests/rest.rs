@@ -1,4 +1,4 @@
-//! REST (SPEC §3) against the real binary: the §3 Done-when cases on a seven-dog fixture, every
+//! REST (docs/rest.md) against the real binary: the docs/rest.md Done-when cases on a seven-dog fixture, every
 //! query-language form checked against a brute-force evaluation over a seeded table (written here,
 //! independent of the server's evaluator), content types decoded by Python's cbor2/msgpack/csv,
 //! `?explain` showing index use, conditional headers, CORS and the OpenAPI document.
@@ -1097,7 +1097,7 @@ fn schemathesis_finds_no_server_errors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Relationships (SPEC §1.4 `@relationship`, §3.3): joins in conditions and selections, checked
+// Relationships (docs/applications.md `@relationship`, docs/rest.md): joins in conditions and selections, checked
 // against a brute-force evaluation over seeded related tables.
 
 const RELATED_SCHEMA: &str = r#"

@@ -1,8 +1,8 @@
-//! Security (SPEC §5) against the real binary: a permission matrix over REST and the Operations
+//! Security (docs/security.md) against the real binary: a permission matrix over REST and the Operations
 //! API, a scan of every route and operation without credentials, tokens (expired, foreign,
 //! tampered, refresh misuse, rotation), no secrets in the trace log, and `authorizeLocal`.
 //!
-//! The real-time protocols (SPEC §5.5, §5.6, §6.1): a permission matrix over SSE, WebSocket and
+//! The real-time protocols (docs/security.md, docs/security.md, docs/realtime.md): a permission matrix over SSE, WebSocket and
 //! MQTT (3.1.1 and 5) for the same callers, and a check that no subscriber ever receives an
 //! attribute its role may not read — initial state, live puts and messages, JSON and CBOR.
 
@@ -1024,7 +1024,7 @@ impl Mqtt {
     }
 }
 
-/// SPEC §5.6 per protocol for each caller: subscribing needs `read` (SSE 401/403, WebSocket
+/// docs/security.md per protocol for each caller: subscribing needs `read` (SSE 401/403, WebSocket
 /// upgrade then close 3000/3003, SUBACK 0x87/0x80); an MQTT publish to a record needs `update`,
 /// to the bare table `insert` (v5 PUBACK 0x87).
 #[test]
@@ -1064,7 +1064,7 @@ fn permission_matrix_over_sse_websocket_and_mqtt() {
                 ),
                 _ => {}
             }
-            // WebSocket: upgrade, then events or a close code (SPEC §5.6).
+            // WebSocket: upgrade, then events or a close code (docs/security.md).
             let got = ws_outcome(server.rest, path, auth.as_deref());
             match (expected[i], &got) {
                 (2, WsOutcome::Event(e)) => assert_eq!(e["type"], "put", "WS {path} as {name}"),
@@ -1148,7 +1148,7 @@ fn permission_matrix_over_sse_websocket_and_mqtt() {
             }
         }
     }
-    // Attribute rights hold for retained publishes too (SPEC §5.5), checked per attribute.
+    // Attribute rights hold for retained publishes too (docs/security.md), checked per attribute.
     let (mut m, _) = Mqtt::connect(port, 5, "attrs-w", callers[3].1.as_ref());
     assert_eq!(
         m.publish(5, "Dog/p-attrs", true, br#"{"name":"Ace","owner":"x"}"#),
@@ -1208,7 +1208,7 @@ fn assert_trimmed(what: &str, value: &Value) {
     );
 }
 
-/// SPEC §5.5/§6.1: events reach a restricted subscriber trimmed to what it may read — initial
+/// docs/security.md/docs/realtime.md: events reach a restricted subscriber trimmed to what it may read — initial
 /// state, live puts and messages, on WebSocket (JSON and CBOR), SSE and MQTT — while an
 /// unrestricted subscriber of the same record receives every attribute.
 #[test]
@@ -1328,7 +1328,7 @@ fn curl_jar(jar: &std::path::Path, args: &[&str]) -> (u16, String, String) {
     (status, head.to_string(), body.to_string())
 }
 
-/// SPEC §5.3: `login` answers a session cookie with the SPEC's flags; cookie-only requests then
+/// docs/security.md: `login` answers a session cookie with the SPEC's flags; cookie-only requests then
 /// work on REST, the Operations API, SSE and WebSocket, with the user's own permissions; after
 /// `logout` the same cookie is refused (401), and a wrong password logs nobody in.
 #[test]
@@ -1408,7 +1408,7 @@ fn cookie_sessions_login_then_logout() {
         "WS with the cookie"
     );
 
-    // Cross-origin (SPEC §5.3): CORS answers allow credentials, so browsers send the cookie.
+    // Cross-origin (docs/security.md): CORS answers allow credentials, so browsers send the cookie.
     let (status, head, _) = curl_jar(
         &jar,
         &[
@@ -1484,7 +1484,7 @@ fn cookie_sessions_login_then_logout() {
 
 // ---- password hashing ----
 
-/// SPEC §5.1, docs/security.md "Users": argon2id is the default for new passwords; users hashed before
+/// docs/security.md, docs/security.md "Users": argon2id is the default for new passwords; users hashed before
 /// with salted SHA-256 still log in, and their hash is upgraded to argon2id at that login — but
 /// never over a password `alter_user` changed meanwhile; after switching to `sha256` the
 /// argon2id users still log in (Basic and `create_authentication_tokens`).
@@ -1581,7 +1581,7 @@ fn argon2id_hashes_and_both_kinds_verify() {
 
 // ---- role files and cluster users ----
 
-/// SPEC §5.5: the app's `roles.yaml` creates its roles at start and updates them at the next
+/// docs/security.md: the app's `roles.yaml` creates its roles at start and updates them at the next
 /// start; a `cluster_user` role user can be created and listed, and may do nothing but replicate
 /// (every REST and Operations API request → 403).
 #[test]

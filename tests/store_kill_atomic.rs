@@ -1,4 +1,4 @@
-//! A write request is all-or-nothing across `kill -9` (SPEC §2 "Transactions"), at the store level.
+//! A write request is all-or-nothing across `kill -9` (docs/design.md "Transactions"), at the store level.
 //!
 //! The test re-executes its own binary as a "writer child" (selected by an environment variable)
 //! that opens a `Store` on a temporary root and commits, from several threads, requests that each

@@ -1,4 +1,4 @@
-//! Reads never wait for the writer (SPEC §2 "Reads see a snapshot and never block writers";
+//! Reads never wait for the writer (docs/design.md "Reads see a snapshot and never block writers";
 //! DESIGN.md "Threads"): while the writer holds one long write transaction, GETs on other
 //! connections keep completing and see the snapshot from before it.
 //!

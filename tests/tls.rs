@@ -556,7 +556,7 @@ fn mqtts_addr(secure: &Secure) -> SocketAddr {
     }
 }
 
-/// `mqtt.network.mtls` (SPEC §5.4): a certificate from the trusted CA authenticates the client
+/// `mqtt.network.mtls` (docs/security.md): a certificate from the trusted CA authenticates the client
 /// as the user its CN names; an unknown user is not authorized, an untrusted certificate fails
 /// the handshake; with `required` a client without one is refused, otherwise it logs in as usual.
 #[test]
@@ -627,7 +627,7 @@ fn put_over_tls(secure: &Secure, path: &str, body: &str) {
     assert_eq!(code, Some(0), "PUT {path}: {err}");
 }
 
-/// SPEC §6.4 over `wss://`: the 101 is answered on the secure port, the record's state comes
+/// docs/realtime.md over `wss://`: the 101 is answered on the secure port, the record's state comes
 /// first, then a change made afterwards; the client's close is echoed.
 #[test]
 fn websocket_subscription_over_tls() {
@@ -668,7 +668,7 @@ fn websocket_subscription_over_tls() {
     assert!(ended);
 }
 
-/// SPEC §6.5 over `https://`: `curl --cacert` receives the state and a later change as events.
+/// docs/realtime.md over `https://`: `curl --cacert` receives the state and a later change as events.
 #[test]
 fn sse_subscription_over_tls() {
     let secure = Secure::start(Builder::new());

@@ -3,7 +3,7 @@
 //! (1002 protocol error, 1007 invalid payload, 1009 too big) and then the TCP connection ends;
 //! valid sequences (fragments with control frames between them, pings, close codes a client may
 //! send) keep working. These are the kinds of the Autobahn testsuite's sections 1–7, for a
-//! server whose sockets ignore client data (SPEC §6.4: subscription sockets do not echo).
+//! server whose sockets ignore client data (docs/realtime.md: subscription sockets do not echo).
 
 mod common;
 

@@ -229,90 +229,6 @@ fn parse_proc_addr(field: &str) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_addresses_parse() {
-        assert_eq!(
-            parse_proc_addr("0100007F:2382"),
-            Some(("127.0.0.1".parse().unwrap(), 0x2382))
-        );
-        assert_eq!(
-            parse_proc_addr("00000000000000000000000001000000:0050"),
-            Some(("::1".parse().unwrap(), 80))
-        );
-    }
-
-    /// Puts `fd` in flight on a Unix socket pair (SCM_RIGHTS) and closes it here: the socket then
-    /// lives on in no process's file table until the pair is dropped — like the listeners of a
-    /// killed process's io_uring instance before the kernel tears it down.
-    fn orphan(listener: StdTcpListener) -> std::os::unix::net::UnixDatagram {
-        use std::os::fd::AsRawFd;
-        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        let fd = listener.as_raw_fd();
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // SAFETY: a correctly sized control buffer for one descriptor, on sockets we own.
-        unsafe {
-            let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
-            let mut control = vec![0u8; space];
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
-            assert_eq!(libc::sendmsg(a.as_raw_fd(), &msg, 0), 1);
-        }
-        drop(listener);
-        drop(a);
-        b
-    }
-
-    #[test]
-    fn sockets_of_no_process_are_waited_for_within_the_bound() {
-        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let in_flight = orphan(listener);
-        assert!(probe_in_use(addr).unwrap(), "still listening");
-        assert!(!listener_owned_by_a_process(addr));
-        // Never freed within the wait: a clear error after it.
-        let refused = bind_listeners(addr, 1, false, Duration::from_millis(300));
-        assert!(matches!(refused, Err(BindError::Orphaned(..))));
-        // Freed during the wait: bound.
-        let freer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            drop(in_flight);
-        });
-        let (listeners, bound) = bind_listeners(addr, 2, false, Duration::from_secs(30))
-            .expect("bound once the orphaned socket is gone");
-        assert_eq!((listeners.len(), bound), (2, addr));
-        freer.join().unwrap();
-    }
-
-    #[test]
-    fn a_live_listener_is_refused_at_once() {
-        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        assert!(listener_owned_by_a_process(addr));
-        let started = Instant::now();
-        let refused = bind_listeners(addr, 1, false, Duration::from_secs(30));
-        assert!(matches!(refused, Err(BindError::InUse(_))));
-        assert!(started.elapsed() < Duration::from_secs(10));
-        drop(listener);
-        assert!(!listener_owned_by_a_process(addr));
-    }
-}
-
 /// A listener adopted by one core.
 pub struct Listener {
     inner: monoio::net::TcpListener,
@@ -407,4 +323,88 @@ pub(crate) async fn write_all<W: AsyncWriteRent>(
 ) -> (io::Result<()>, Vec<u8>) {
     let (result, buf) = writer.write_all(buf).await;
     (result.map(|_| ()), buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_addresses_parse() {
+        assert_eq!(
+            parse_proc_addr("0100007F:2382"),
+            Some(("127.0.0.1".parse().unwrap(), 0x2382))
+        );
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000001000000:0050"),
+            Some(("::1".parse().unwrap(), 80))
+        );
+    }
+
+    /// Puts `fd` in flight on a Unix socket pair (SCM_RIGHTS) and closes it here: the socket then
+    /// lives on in no process's file table until the pair is dropped — like the listeners of a
+    /// killed process's io_uring instance before the kernel tears it down.
+    fn orphan(listener: StdTcpListener) -> std::os::unix::net::UnixDatagram {
+        use std::os::fd::AsRawFd;
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = listener.as_raw_fd();
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: a correctly sized control buffer for one descriptor, on sockets we own.
+        unsafe {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+            let mut control = vec![0u8; space];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+            assert_eq!(libc::sendmsg(a.as_raw_fd(), &msg, 0), 1);
+        }
+        drop(listener);
+        drop(a);
+        b
+    }
+
+    #[test]
+    fn sockets_of_no_process_are_waited_for_within_the_bound() {
+        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let in_flight = orphan(listener);
+        assert!(probe_in_use(addr).unwrap(), "still listening");
+        assert!(!listener_owned_by_a_process(addr));
+        // Never freed within the wait: a clear error after it.
+        let refused = bind_listeners(addr, 1, false, Duration::from_millis(300));
+        assert!(matches!(refused, Err(BindError::Orphaned(..))));
+        // Freed during the wait: bound.
+        let freer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(in_flight);
+        });
+        let (listeners, bound) = bind_listeners(addr, 2, false, Duration::from_secs(30))
+            .expect("bound once the orphaned socket is gone");
+        assert_eq!((listeners.len(), bound), (2, addr));
+        freer.join().unwrap();
+    }
+
+    #[test]
+    fn a_live_listener_is_refused_at_once() {
+        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(listener_owned_by_a_process(addr));
+        let started = Instant::now();
+        let refused = bind_listeners(addr, 1, false, Duration::from_secs(30));
+        assert!(matches!(refused, Err(BindError::InUse(_))));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(listener);
+        assert!(!listener_owned_by_a_process(addr));
+    }
 }

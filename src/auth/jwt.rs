@@ -1,4 +1,4 @@
-//! RS256 JSON Web Tokens (SPEC §5.2): the node's RSA key pair in `<root>/keys/.jwtPrivate.key`
+//! RS256 JSON Web Tokens (docs/security.md): the node's RSA key pair in `<root>/keys/.jwtPrivate.key`
 //! and `.jwtPublic.key` (generated on first start), signing and verifying claims.
 //!
 //! Verification is strict: RS256 only, `exp` required and checked with no leeway, `sub` one of

@@ -1,4 +1,4 @@
-//! Authentication (SPEC §5.1–5.2): who a request is, from its credentials, and the tokens that
+//! Authentication (docs/security.md): who a request is, from its credentials, and the tokens that
 //! prove it later. It owns the JWT key pair, the per-core cache of authentication results and
 //! the failed-login counts; it reads users and roles through the resource layer and never
 //! decides what a caller may do (that is `resource::permissions`). No password, hash or token
@@ -18,7 +18,7 @@
 //! auth::authenticate_request(&resources, &req)   // HTTP: credentials, then the session cookie
 //! ```
 //!
-//! Order (§5.1): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
+//! Order (docs/security.md): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
 //! `Authorization: Bearer <operation token>`, the session cookie ([`session`]), then
 //! `authorizeLocal` with a loopback peer → the first super user, else anonymous. Wrong credentials are an error at once, never anonymous. Results are
 //! cached per core per header value for `authentication.cacheTTL`; a user or role change bumps
@@ -62,7 +62,7 @@ const HASH_UPGRADES_MAX: usize = 2;
 /// `Authorization` headers longer than this are malformed (a token is ~700 bytes).
 const AUTHORIZATION_BYTES_MAX: usize = 8192;
 
-/// Why a request was not authenticated; each maps to SPEC §5.6's answer.
+/// Why a request was not authenticated; each maps to docs/security.md's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// No credentials where they are needed (callers produce this; `authenticate` returns an
@@ -391,7 +391,7 @@ fn caller_for(resources: &Resources, user: &UserRecord) -> Result<Caller, AuthEr
     ))
 }
 
-/// Who an HTTP request is (SPEC §5.1): its credentials, then its session cookie (§5.3).
+/// Who an HTTP request is (docs/security.md): its credentials, then its session cookie (docs/security.md).
 pub fn authenticate_request(
     resources: &Resources,
     req: &crate::protocol::http::Request<'_>,
@@ -403,7 +403,7 @@ pub fn authenticate_request(
     )
 }
 
-/// Who the request is (SPEC §5.1). `Ok(anonymous)` when it offers nothing; wrong credentials
+/// Who the request is (docs/security.md). `Ok(anonymous)` when it offers nothing; wrong credentials
 /// are an error, never anonymous.
 pub fn authenticate(resources: &Resources, creds: &Credentials<'_>) -> Result<Caller, AuthError> {
     authenticate_with(resources, creds, None)
@@ -665,7 +665,7 @@ fn claims_for(caller: &Caller, sub: &str, lifetime: Duration) -> Claims {
     }
 }
 
-/// `create_authentication_tokens` (§4.4): an operation and a refresh token for `caller`, whose
+/// `create_authentication_tokens` (docs/operations-api.md): an operation and a refresh token for `caller`, whose
 /// refresh-token hash replaces the user's previous one (only the newest is accepted).
 pub async fn create_tokens(
     resources: &Arc<Resources>,
@@ -738,7 +738,7 @@ async fn write_system(
     Ok(())
 }
 
-/// `refresh_operation_token` (§4.4): a new operation token for the newest refresh token of an
+/// `refresh_operation_token` (docs/operations-api.md): a new operation token for the newest refresh token of an
 /// active user.
 pub async fn refresh_operation_token(
     resources: &Arc<Resources>,
@@ -767,7 +767,7 @@ pub async fn refresh_operation_token(
         .map_err(AuthError::Internal)
 }
 
-/// First start (§1.2): creates the super user when there are no users, and loads (or generates,
+/// First start (README.md#running-it): creates the super user when there are no users, and loads (or generates,
 /// on a background thread so start-up does not wait) the JWT key pair. Called once, before the
 /// cores serve requests, from a plain thread.
 pub fn start(resources: &Arc<Resources>) -> Result<(), String> {

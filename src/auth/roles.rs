@@ -1,5 +1,5 @@
 //! The application's role files (`roles.yaml` by default, `roles: {files}` in `config.yaml`;
-//! SPEC §5.5, P1): each role they name is created, or updated when it exists, once at start.
+//! docs/security.md, P1): each role they name is created, or updated when it exists, once at start.
 //!
 //! ```yaml
 //! dog_reader:

@@ -1,4 +1,4 @@
-//! Cookie sessions (SPEC §5.3): `login` stores a session `{id, user}` in `system.hdb_session` and
+//! Cookie sessions (docs/security.md): `login` stores a session `{id, user}` in `system.hdb_session` and
 //! answers a `<host>-hdb-session=<uuid>` cookie; later requests carrying it authenticate as that
 //! user (after `Authorization`, before `authorizeLocal`); `logout` clears the session's user.
 //! It owns the cookie's name, parsing and `Set-Cookie` text, and the session records; it never
@@ -25,7 +25,7 @@ const EXPIRES_DEFAULT: &str = "Tue, 01 Oct 8307 19:33:20 GMT";
 const EXPIRES_PAST: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
 
 /// `<host>-hdb-session`, `<host>` being the Origin (else Host) with every non-word character as
-/// `_` (SPEC §5.3).
+/// `_` (docs/security.md).
 pub fn cookie_name(origin: Option<&str>, host: Option<&str>) -> String {
     let host = origin.or(host).unwrap_or_default();
     let mut name: String = host
@@ -128,7 +128,7 @@ pub fn set_cookie(resources: &Resources, req: &Request<'_>, id: Option<&str>) ->
     )
 }
 
-/// SPEC §5.3's cookie: `Path=/`, `Expires` (`expires` or far future; the past when clearing),
+/// docs/security.md's cookie: `Path=/`, `Expires` (`expires` or far future; the past when clearing),
 /// `HttpOnly`, plus `SameSite=None; Secure` for an HTTPS origin or a localhost host, plus
 /// `Domain=<d>` for the first of `domains` the host is or is under.
 fn cookie_text(
@@ -202,7 +202,7 @@ async fn write_session(
     super::write_system(resources, SESSIONS, record, mode, None).await
 }
 
-/// `login` (§4.4): a new session for `caller`; returns its id (the cookie value).
+/// `login` (docs/operations-api.md): a new session for `caller`; returns its id (the cookie value).
 pub async fn login(resources: &Arc<Resources>, caller: &Caller) -> Result<String, AuthError> {
     let user = caller.username.clone().ok_or(AuthError::MustLogin)?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -210,7 +210,7 @@ pub async fn login(resources: &Arc<Resources>, caller: &Caller) -> Result<String
     Ok(id)
 }
 
-/// `logout` (§4.4): clears the session's user, so its cookie no longer authenticates on any core.
+/// `logout` (docs/operations-api.md): clears the session's user, so its cookie no longer authenticates on any core.
 pub async fn logout(resources: &Arc<Resources>, id: &str) -> Result<(), AuthError> {
     write_session(resources, id, Value::Null, PutMode::Replace).await?;
     resources.bump_auth_generation();

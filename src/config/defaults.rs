@@ -39,7 +39,7 @@ authentication:
   hashFunction: argon2id      # new passwords; sha256 hashes still verify (and are upgraded at login)
   failedLoginLimit: 30       # failed logins per (source address, user name) per window; 0 = off
   failedLoginWindow: 60s
-  enableSessions: true       # cookie sessions (login/logout), SPEC §5.3
+  enableSessions: true       # cookie sessions (login/logout), docs/security.md
   cookie:
     expires: null            # null = far future (until logout)
     domains: null            # a list: Domain= for a matching host

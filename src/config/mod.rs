@@ -408,7 +408,7 @@ pub struct TlsConfig {
 }
 
 /// `http.mtls` or `mqtt.network.mtls`: `true` or `{user, required, certificateAuthority}`
-/// (SPEC §5.4).
+/// (docs/security.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MtlsConfig {
     /// The user a verified certificate maps to; None = the certificate's CN names the user.

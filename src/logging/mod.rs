@@ -1,4 +1,4 @@
-//! Logging: SPEC §8.1's line format, levels and destinations, never blocking a core.
+//! Logging: docs/configuration.md's line format, levels and destinations, never blocking a core.
 //!
 //! Lines look like `2026-11-25T17:00:00.123Z [http/1] [warn] [mqtt]: message`. Events go through a
 //! bounded queue to one logging thread (tracing-appender, lossy): a core that logs never waits on

@@ -3,7 +3,7 @@
 //! ```text
 //! {"id":"1","localTime":1718000000125.2,"value":{...},"version":1718000000123.5,"type":"put"}
 //! ```
-//! Keys in this order (SPEC §6.4, as HarperDB); no `value` for deletes; no `id` for a message to
+//! Keys in this order (docs/realtime.md, as HarperDB); no `value` for deletes; no `id` for a message to
 //! the bare table topic.
 
 use std::cell::{OnceCell, RefCell};
@@ -54,7 +54,7 @@ pub struct Event {
     index: usize,
     id: Option<String>,
     encoded: [OnceCell<Box<[u8]>>; 3],
-    /// Encodings with the value trimmed to an attribute set (SPEC §5.5), one per distinct
+    /// Encodings with the value trimmed to an attribute set (docs/security.md), one per distinct
     /// (format, set) among this core's subscribers, so equal rights share one encoding.
     trimmed: RefCell<Vec<Trimmed>>,
 }
@@ -162,13 +162,13 @@ impl Event {
         self.commit.local_time
     }
 
-    /// The SPEC §6.4 object in `format`, encoded on first use and kept for every other subscriber.
+    /// The docs/realtime.md object in `format`, encoded on first use and kept for every other subscriber.
     pub fn encoded(&self, format: Format) -> &[u8] {
         self.encoded[format.index()]
             .get_or_init(|| self.encode(format, self.value()).into_boxed_slice())
     }
 
-    /// The event in `format` as a reader limited to `readable` sees it (SPEC §5.5: events are
+    /// The event in `format` as a reader limited to `readable` sees it (docs/security.md: events are
     /// trimmed by attribute read permissions); `None` = unrestricted, the shared encoding.
     pub fn encoded_for(
         &self,

@@ -8,7 +8,7 @@
 //! change against that core's subscriptions and queues one shared [`Event`] (encoded at most once
 //! per format on that core) to each matching [`Sink`]. Connection tasks pop their sink and write.
 //!
-//! Joining (SPEC §6.1 "current state first, then every later event, with no gap and no
+//! Joining (docs/realtime.md "current state first, then every later event, with no gap and no
 //! duplicate"): [`Registry::subscribe`] registers the filter and, without an `.await` in between,
 //! opens one read transaction and finds the snapshot's horizon H (the newest audit entry it sees;
 //! it scans only entries newer than the last commit this core already dispatched, a handful),
@@ -49,7 +49,7 @@ pub use event::{id_text, Encoded, Event, Format, TRIMMED_VARIANTS_MAX};
 pub use sink::{Overflow, Ready, Sink, QUEUE_BYTES_MAX, QUEUE_EVENTS_MAX};
 pub use topic::{Filter, FilterError, Level, FILTER_BYTES_MAX, LEVELS_MAX};
 
-/// `previousCount` at most (SPEC §6.1).
+/// `previousCount` at most (docs/realtime.md).
 pub const PREVIOUS_COUNT_MAX: usize = 1000;
 /// Commits each core's inbox holds before the publisher waits (see [`publisher`]).
 pub const INBOX_COMMITS_MAX: usize = 65_536;
@@ -77,7 +77,7 @@ pub struct Counters {
     pub mqtt_queued_bytes: AtomicU64,
 }
 
-/// What a subscription starts with (SPEC §6.1).
+/// What a subscription starts with (docs/realtime.md).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     /// Skip the current state (`omitCurrent`, MQTT Retain Handling 2).

@@ -1,4 +1,4 @@
-//! A subscriber's outbound queue on one core: bounded, with a defined overflow (SPEC §6.1).
+//! A subscriber's outbound queue on one core: bounded, with a defined overflow (docs/realtime.md).
 //!
 //! The registry pushes, the connection task pops. Initial state and replayed events sit in their
 //! own list ahead of live events, so they are never dropped as "oldest"; a table's state streams
@@ -22,9 +22,9 @@ use super::{Counters, Stream};
 use crate::change::Change;
 use crate::resource::permissions::ReadableAttributes;
 
-/// Live events queued per subscriber at most (SPEC §6.1).
+/// Live events queued per subscriber at most (docs/realtime.md).
 pub const QUEUE_EVENTS_MAX: usize = 1000;
-/// Encoded bytes queued per subscriber at most (SPEC §6.1).
+/// Encoded bytes queued per subscriber at most (docs/realtime.md).
 pub const QUEUE_BYTES_MAX: usize = 16 << 20;
 
 /// State chunks one `pop_batch` reads at most.
@@ -42,7 +42,7 @@ pub enum Overflow {
 struct State {
     format: Format,
     /// The subscriber's readable attributes when its role restricts them: events reach it
-    /// trimmed (SPEC §5.5), initial state included.
+    /// trimmed (docs/security.md), initial state included.
     readable: Option<Rc<ReadableAttributes>>,
     overflow: Overflow,
     events_max: usize,

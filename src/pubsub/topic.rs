@@ -1,4 +1,4 @@
-//! Topic filters (SPEC §6.3 SUBSCRIBE): `<export>` or `<export>/<levels>`, a level literal, `+`
+//! Topic filters (docs/mqtt.md SUBSCRIBE): `<export>` or `<export>/<levels>`, a level literal, `+`
 //! (one level) or `#` (last only: this level and below). Parsed once; matching trusts the type.
 
 use std::fmt;

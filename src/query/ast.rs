@@ -59,7 +59,7 @@ pub enum Comparator {
 }
 
 impl Comparator {
-    /// The range comparators after which a bare `lt=`/`le=`/`gt=`/`ge=` chains (SPEC §3.3).
+    /// The range comparators after which a bare `lt=`/`le=`/`gt=`/`ge=` chains (docs/rest.md).
     pub fn is_range(self) -> bool {
         matches!(
             self,

@@ -1,4 +1,4 @@
-//! The Operations API's condition form (`search_by_conditions`, SPEC §4.3) to the same `Expr` the
+//! The Operations API's condition form (`search_by_conditions`, docs/operations-api.md) to the same `Expr` the
 //! URL query language produces, so one planner serves both.
 //!
 //! ```text

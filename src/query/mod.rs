@@ -1,6 +1,6 @@
 //! The query subsystem: what a client asks for, as an AST. It owns the URL query language
-//! (SPEC §3.3, `parse`), the Operations API's `search_by_conditions` condition and sort forms
-//! (SPEC §4.3, `conditions_from_json`, `sort_from_json`), the AST both produce (`ast`), and its
+//! (docs/rest.md, `parse`), the Operations API's `search_by_conditions` condition and sort forms
+//! (docs/operations-api.md, `conditions_from_json`, `sort_from_json`), the AST both produce (`ast`), and its
 //! canonical printer (`Display`).
 //!
 //! `exec` evaluates a typed `Filter` and a `select` against one record (in place).

@@ -1,4 +1,4 @@
-//! The URL query language (SPEC §3.3): the raw query string, as sent and before any
+//! The URL query language (docs/rest.md): the raw query string, as sent and before any
 //! percent-decoding, to a `Query`.
 //!
 //! Only literal characters are syntax; names and values are percent-decoded after they have been

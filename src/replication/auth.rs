@@ -1,4 +1,4 @@
-//! Who may open a replication link (SPEC §7.3): a `Basic` `Authorization` on the upgrade of an
+//! Who may open a replication link (docs/replication.md): a `Basic` `Authorization` on the upgrade of an
 //! active user whose role is `super_user` or `cluster_user` (the role record's flags, or the
 //! built-in roles of those names), and a verified peer certificate whose CN or DNS name equals
 //! the node name announced in `HELLO`. Links run on plain threads without the HTTP layer's
@@ -101,7 +101,7 @@ fn role_permissions(store: &Store, role: &str) -> Result<Permissions, Refusal> {
 #[derive(Debug, PartialEq)]
 pub struct Admitted {
     pub username: String,
-    /// Only a super user may have its node certificate signed (SPEC §7.8).
+    /// Only a super user may have its node certificate signed (docs/replication.md).
     pub super_user: bool,
 }
 

@@ -1,4 +1,4 @@
-//! Certificate exchange over a link (SPEC §7.8, P1): the dialer's signing request for its node
+//! Certificate exchange over a link (docs/replication.md, P1): the dialer's signing request for its node
 //! certificate, the peer signing it with its CA (valid one year), and the CAs each side then
 //! trusts, kept in `system.hdb_certificate` so links after a restart are plain mTLS. Keys never
 //! leave their files: the request is made with the node's existing key, and only certificates

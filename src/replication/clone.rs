@@ -1,4 +1,4 @@
-//! Clone node (SPEC §7.10, P1), the replication part: on a first start with `HDB_LEADER_URL`
+//! Clone node (docs/replication.md, P1), the replication part: on a first start with `HDB_LEADER_URL`
 //! (the leader's Operations API, `http://host:port`), `HDB_LEADER_USERNAME` and
 //! `HDB_LEADER_PASSWORD` in the environment, ask the leader for its configuration, add it as a
 //! node at its replication address with those credentials (`verify_tls: false`, so the link

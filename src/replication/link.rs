@@ -1,4 +1,4 @@
-//! One replication link to a peer (SPEC §7.4–7.5), after the TCP connection is up: the
+//! One replication link to a peer (docs/replication.md), after the TCP connection is up: the
 //! WebSocket upgrade, `HELLO` both ways, then three kinds of threads until either side closes:
 //!
 //! - the reader: frames → a bounded channel (it only blocks on the socket);
@@ -374,7 +374,7 @@ pub fn run(
         });
     control.send_nodes();
     if let Some(t) = dialled.filter(|t| is_tls && t.authorization.is_some()) {
-        // Certificate exchange (SPEC §7.8): we got in with credentials; ask for a certificate
+        // Certificate exchange (docs/replication.md): we got in with credentials; ask for a certificate
         // and trust, so later links are plain mTLS.
         control.exchange = Some(t.address());
         control.send_csr();
@@ -643,7 +643,7 @@ impl Control {
                 }
                 self.repl.learn_nodes(&announced, &removed);
             }
-            // Unknown types are ignored (SPEC §7.4).
+            // Unknown types are ignored (docs/replication.md).
             _ => {}
         }
         Ok(())
@@ -1268,7 +1268,7 @@ impl Sender {
             }
             drop(r);
             if log_gap {
-                // SPEC §7.5: records and tombstones written after the cursor's transaction. Its
+                // docs/replication.md: records and tombstones written after the cursor's transaction. Its
                 // time went with the log, so every record goes; the receiver keeps what it has
                 // that is newer (LWW), and the fresh cursors end the gap.
                 match self.snapshot(&tables)? {

@@ -1,4 +1,4 @@
-//! Replication messages (SPEC §7.4): each binary frame is one MessagePack `[type, body]`. This
+//! Replication messages (docs/replication.md): each binary frame is one MessagePack `[type, body]`. This
 //! file turns frames into typed pieces and back; it knows nothing of links or the store's
 //! insides beyond the replicated transaction types.
 

@@ -1,4 +1,4 @@
-//! Replication between nodes (SPEC §7): the node list (routes, `hdb_nodes`, gossip), one
+//! Replication between nodes (docs/replication.md): the node list (routes, `hdb_nodes`, gossip), one
 //! WebSocket link per peer multiplexing every replicated database, the plain replication
 //! listener, reconnects with jittered back-off, and `cluster_status`.
 //!
@@ -37,12 +37,12 @@ use crate::config::{Config, ConfigTree, ListenAddr};
 use crate::store::{now_ms, Store, Table, WriteOp, WriteRequest};
 use crate::value::{Object, Value};
 
-/// Reconnect back-off bounds (SPEC §7.3).
+/// Reconnect back-off bounds (docs/replication.md).
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A link whose TCP connect takes longer gives up and backs off.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The system tables that replicate when `system` is included (SPEC §7.2).
+/// The system tables that replicate when `system` is included (docs/replication.md).
 const SYSTEM_REPLICATED: &[&str] = &["hdb_user", "hdb_role"];
 
 /// Which databases replicate (`replication.databases`).
@@ -72,7 +72,7 @@ pub struct Target {
     /// `wss://` (true) or `ws://` (false); None = this node's default (TLS when the secure
     /// port is on).
     pub tls: Option<bool>,
-    /// `verify_tls: false` accepts any certificate from the peer (SPEC §7.3).
+    /// `verify_tls: false` accepts any certificate from the peer (docs/replication.md).
     pub verify_tls: bool,
     /// Sent as `Authorization` on the upgrade (`Basic …`), for peers that do not trust our CA;
     /// dropped after a certificate exchange unless `retain_authorization`.
@@ -220,7 +220,7 @@ pub struct Settings {
     pub tls_default: bool,
     pub routes: Vec<Target>,
     pub databases: Databases,
-    /// Replication is on (SPEC §7.2): hostname, url or routes configured (or known nodes).
+    /// Replication is on (docs/replication.md): hostname, url or routes configured (or known nodes).
     pub configured: bool,
     pub port_default: u16,
 }
@@ -241,7 +241,7 @@ impl Settings {
             None => None,
         };
         // Routes default to `wss://host:<securePort>`, or to the plain port when only that one
-        // is on (SPEC §7.2).
+        // is on (docs/replication.md).
         let tls_default = secure_listen.is_some() || listen.is_none();
         let port_default = match (secure_listen, listen) {
             (Some(a), _) | (None, Some(a)) => a.port(),
@@ -349,7 +349,7 @@ pub struct Replication {
     pub(crate) status: Mutex<HashMap<String, PeerStatus>>,
     snapshot_claims: Mutex<HashSet<String>>,
     /// Names (and keys) of nodes `remove_node` removed: never dialled, their links refused,
-    /// until a new `add_node` (SPEC §7.7).
+    /// until a new `add_node` (docs/replication.md).
     removed: Mutex<HashSet<String>>,
     /// TLS for the secure listener and `wss://` dials, swapped when a certificate exchange adds
     /// a CA; None when it could not be set up without a secure port (then `wss://` dials fail
@@ -645,7 +645,7 @@ impl Replication {
             .contains(name)
     }
 
-    /// `remove_node` (SPEC §7.7): stops dialling the node `key` (a name, a host or an
+    /// `remove_node` (docs/replication.md): stops dialling the node `key` (a name, a host or an
     /// address), closes its link with `BYE removed`, marks it removed (kept in `hdb_nodes`, so
     /// it is neither dialled nor let in, nor rediscovered by gossip) and tells every peer.
     /// Returns whether it was known. A plain thread only: it waits for the commit.
@@ -743,7 +743,7 @@ impl Replication {
         }
     }
 
-    /// `NODES` (SPEC §7.4): us, every node we know, and the removed ones marked.
+    /// `NODES` (docs/replication.md): us, every node we know, and the removed ones marked.
     pub fn nodes_message(&self) -> Value {
         let mut list = vec![message::object(vec![
             ("name", Value::String(self.settings.node_name.clone())),
@@ -1083,7 +1083,7 @@ impl Replication {
         }
     }
 
-    /// Plain-port trust (SPEC §7.3 (3)): the peer's IP belongs to a route or known node. A
+    /// Plain-port trust (docs/replication.md (3)): the peer's IP belongs to a route or known node. A
     /// listener bound to a loopback address is reachable only from this host, so it also trusts
     /// loopback peers (several test nodes on one machine, joined by `add_node`).
     fn trusted(&self, peer: IpAddr) -> bool {
@@ -1233,7 +1233,7 @@ impl Replication {
         }
     }
 
-    /// `cluster_status` (SPEC §7.9).
+    /// `cluster_status` (docs/replication.md).
     pub fn cluster_status(&self) -> Value {
         let nodes = self.nodes();
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -1274,7 +1274,7 @@ impl Replication {
                                 ("lastReceivedLocalTime", http_date(s.last_received_local)),
                                 ("lastSendTime", http_date(s.last_send)),
                             ];
-                            // Only while a transaction is being written (SPEC §7.9).
+                            // Only while a transaction is being written (docs/replication.md).
                             if s.sending > 0.0 {
                                 fields.push(("sendingMessage", http_date(s.sending)));
                             }

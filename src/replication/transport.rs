@@ -1,4 +1,4 @@
-//! The byte pipe under a replication link: plain TCP or TLS (SPEC §7.3), split into a read half
+//! The byte pipe under a replication link: plain TCP or TLS (docs/replication.md), split into a read half
 //! for the link's reader thread and a write half for its senders, plus the raw socket to shut
 //! down. Links run on plain threads with blocking sockets, so TLS is driven by hand over the
 //! `rustls` connection (the same way `tidepool_io::TlsStream` drives it on the executors): one
@@ -58,7 +58,7 @@ impl LinkTls {
     /// From the node's `tls` files (generated at first start when missing), trusting
     /// `tls.certificateAuthority` and the CAs in `extra_authorities` (learned by certificate
     /// exchange). Client certificates are asked for but not required on the listener: a dialer
-    /// may authenticate with `Authorization` instead (SPEC §7.3 (2)).
+    /// may authenticate with `Authorization` instead (docs/replication.md (2)).
     pub fn load(
         config: &Config,
         extra_authorities: &[CertificateDer<'static>],

@@ -1,4 +1,4 @@
-//! Relationships (SPEC §1.4 `@relationship`, §3.3): how a record of one table reaches records of
+//! Relationships (docs/applications.md `@relationship`, docs/rest.md): how a record of one table reaches records of
 //! another, both ways. Forward — for `select(name,brand{name})` — a record's related records are
 //! read by key (`from:`) or through the target's index on the `to:` attribute. Backward — for
 //! `brand.name=Acme` — the search planner (`search.rs`) runs the condition on the related table

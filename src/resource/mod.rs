@@ -1,7 +1,7 @@
 //! The resource layer: where a request meets a table and a caller's permissions.
 //!
 //! Every protocol (REST, Operations API, MQTT, WebSocket, SSE) resolves names to tables, parses
-//! ids and validates records here, so the rules of SPEC §1.4 hold whichever door a write comes
+//! ids and validates records here, so the rules of docs/applications.md hold whichever door a write comes
 //! through. It turns requests into store reads and [`WriteRequest`]s; it never parses protocol
 //! bytes and never opens a write transaction itself.
 
@@ -64,7 +64,7 @@ impl Caller {
         }
     }
 
-    /// No credentials: allowed nothing (SPEC §5.6 answers 401 "Must login" where it matters).
+    /// No credentials: allowed nothing (docs/security.md answers 401 "Must login" where it matters).
     pub fn anonymous() -> Self {
         Caller {
             username: None,
@@ -100,7 +100,7 @@ pub struct Resources {
     /// Read per request, replaced whole when `tidepool dev` reloads the schema.
     exports: std::sync::RwLock<HashMap<String, (String, String)>>,
     /// Bumped by every user or role change; authentication caches drop entries from an older
-    /// generation (SPEC §5.1: a change clears every core's cache).
+    /// generation (docs/security.md: a change clears every core's cache).
     auth_generation: AtomicU64,
     /// Authentication state: JWT keys, failed-login counts (owned by `auth`).
     pub auth: crate::auth::State,
@@ -183,7 +183,7 @@ impl Resources {
 /// Parses a record id from a URL segment (already percent-decoded) or topic level.
 ///
 /// Numeric key types need a number; `Any` keys and tables without declared types read canonical
-/// decimals as numbers and the rest as strings; `ID`/`String` stay strings (SPEC §3.1).
+/// decimals as numbers and the rest as strings; `ID`/`String` stay strings (docs/rest.md).
 pub fn parse_id(def: &TableDef, raw: &str) -> Result<Value, String> {
     let ty = def.primary_key_attribute().map(|a| a.ty.clone());
     match ty {
@@ -215,7 +215,7 @@ pub fn canonical_number(raw: &str) -> Option<Value> {
     (f.is_finite() && printed == raw.as_bytes()).then_some(Value::Float(f))
 }
 
-/// A verb's refusal: the HTTP status and the message of SPEC §4 (the Operations API renders it
+/// A verb's refusal: the HTTP status and the message of docs/operations-api.md (the Operations API renders it
 /// as `{"error": message}`; other protocols map the status their own way).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerbError {

@@ -1,4 +1,4 @@
-//! Record verbs of the Operations API (SPEC §4.3): writes of many records as one transaction,
+//! Record verbs of the Operations API (docs/operations-api.md): writes of many records as one transaction,
 //! reads by id, and the audit log (searches run on `resource::search`).
 //!
 //! Every write list becomes one [`WriteRequest`], so an operation (or a `transaction`) commits
@@ -348,7 +348,7 @@ fn audit_item(
 /// (operation, user, version, keys, records) per transaction and operation kind.
 type AuditItem = (String, Value, f64, Vec<Value>, Vec<Value>);
 
-/// Entries of the audit log that touch `table`, as SPEC §4.6 `read_audit_log` returns them:
+/// Entries of the audit log that touch `table`, as docs/operations-api.md `read_audit_log` returns them:
 /// an array for timestamp searches, an object keyed by the searched value otherwise.
 pub fn read_audit_log(
     resources: &Resources,

@@ -1,4 +1,4 @@
-//! Role permissions (SPEC §5.5): a role's `permission` object read once into [`Permissions`],
+//! Role permissions (docs/security.md): a role's `permission` object read once into [`Permissions`],
 //! and the checks every protocol asks before it reads or writes a table.
 //!
 //! The rule is "ungranted = denied": a table missing from the role allows nothing, an attribute
@@ -209,7 +209,7 @@ impl Denied {
             || !self.required_attribute_permissions.is_empty()
     }
 
-    /// The Operations API's `unauthorized_access` entry (SPEC §4.1).
+    /// The Operations API's `unauthorized_access` entry (docs/operations-api.md).
     pub fn to_value(&self) -> Value {
         let mut o = Object::new();
         o.insert("schema", Value::String(self.database.clone()));
@@ -253,7 +253,7 @@ pub fn allowed(caller: &Caller, database: &str, table: &str, action: Action) -> 
     if is_super(caller) {
         return true;
     }
-    // SPEC §1.5: the system database is for super users only.
+    // docs/operations-api.md: the system database is for super users only.
     if database == super::tables::SYSTEM {
         return false;
     }
@@ -443,7 +443,7 @@ pub fn check_all<'a>(
     }
 }
 
-/// Drops the properties of `record` the caller may not read (SPEC §5.5: reads hide them).
+/// Drops the properties of `record` the caller may not read (docs/security.md: reads hide them).
 pub fn filter_readable(
     caller: &Caller,
     database: &str,
@@ -468,7 +468,7 @@ pub fn filter_readable(
     }
 }
 
-/// The attributes of one table a caller may read, when its role restricts them (SPEC §5.5).
+/// The attributes of one table a caller may read, when its role restricts them (docs/security.md).
 /// Two callers with the same rights get equal values, so a subscription fan-out can encode an
 /// event once per distinct set rather than once per subscriber. Complete by construction: a
 /// name outside the set is unreadable (ungranted = denied).

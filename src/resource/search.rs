@@ -13,7 +13,7 @@
 //! plan.to_string()                            // explain: access path, filter, order
 //! ```
 //!
-//! `plan` converts every condition's value to its attribute's declared type (SPEC §3.3 "Values";
+//! `plan` converts every condition's value to its attribute's declared type (docs/rest.md "Values";
 //! failure → 400), refuses undeclared attributes on schema tables (404) and picks an access path:
 //! the primary key (a direct get), the most selective indexed condition of an `And` (equality,
 //! then two-sided or starts-with ranges, then one-sided ranges; ranges on one attribute merge) as an
@@ -23,7 +23,7 @@
 //! bytes. Sorting follows an index when there is no filter and the first key is indexed (or the
 //! primary key); otherwise matches are sorted in memory, bounded by `SORT_RECORDS_MAX`.
 //!
-//! A condition through a relationship (`brand.name=Acme`, SPEC §3.3; only with [`plan_joined`])
+//! A condition through a relationship (`brand.name=Acme`, docs/rest.md; only with [`plan_joined`])
 //! is planned on the related table as a search of its own (its index used as for any search).
 //! When it drives — the local attribute is the primary key or indexed and nothing better is at
 //! hand — or when this table is scanned anyway, that search runs first and its matches become

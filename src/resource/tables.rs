@@ -1,4 +1,4 @@
-//! Database- and table-level verbs (SPEC §4.2): describe, create and drop databases, tables and
+//! Database- and table-level verbs (docs/operations-api.md): describe, create and drop databases, tables and
 //! attributes.
 //!
 //! Schema changes run on the database's writer thread (`Database::schema`), and opening or
@@ -16,7 +16,7 @@ use crate::store::{Database, SchemaChange, StoreError, Table};
 
 /// The database no operation may create, drop or reshape.
 pub const SYSTEM: &str = "system";
-/// Record counts above this may be estimated unless `exact_count` (SPEC §4.2); ours are exact.
+/// Record counts above this may be estimated unless `exact_count` (docs/operations-api.md); ours are exact.
 pub const COUNT_ESTIMATE_MIN: u64 = 5_000;
 /// Names of the timestamps every ops-created table keeps.
 pub const CREATED_TIME: &str = "__createdtime__";

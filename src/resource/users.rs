@@ -1,8 +1,8 @@
-//! Users and roles (SPEC §4.4, §5.5): stored in `system.hdb_user` and `system.hdb_role`, with
+//! Users and roles (docs/operations-api.md, docs/security.md): stored in `system.hdb_user` and `system.hdb_role`, with
 //! the built-in roles `super_user` and `cluster_user` always listed.
 //!
 //! Passwords are stored only as salted hashes, `$sha256$<salt hex>$<digest hex>` or argon2id in
-//! PHC form (`authentication.hashFunction`, SPEC §5.1); either verifies whatever the setting, so
+//! PHC form (`authentication.hashFunction`, docs/security.md); either verifies whatever the setting, so
 //! changing it keeps existing users. Argon2id is slow on purpose (tens of ms), so hashing runs
 //! off the core and verification sits behind the per-core credential cache (`auth`). Nothing here
 //! returns or logs a password or a hash. Role permissions are validated before they are stored.
@@ -248,7 +248,7 @@ fn find_role(resources: &Resources, name: &str) -> Result<Option<Value>, VerbErr
     }))
 }
 
-/// HarperDB's answer to a role with problems (SPEC §4.4).
+/// HarperDB's answer to a role with problems (docs/operations-api.md).
 pub const ROLE_PERMS_ERROR: &str = "Errors in the role permissions JSON provided";
 
 /// The problems of a role's `permission`, collected as HarperDB reports them: those of the
@@ -298,7 +298,7 @@ fn flag_problem(v: Option<&Value>, missing: String, not_boolean: String) -> Opti
     }
 }
 
-/// SPEC §4.4's role rules for `add_role`/`alter_role`, as HarperDB checks them: the databases,
+/// docs/operations-api.md's role rules for `add_role`/`alter_role`, as HarperDB checks them: the databases,
 /// tables and attributes named must exist; every table grant has boolean `read`, `insert`,
 /// `update` and `delete` and an `attribute_permissions` array (or null); each attribute grant
 /// has an `attribute_name` and boolean `read`, `insert`, `update` (a `delete` there is accepted
@@ -308,7 +308,7 @@ pub fn validate_role(resources: &Resources, permission: &Value) -> Result<(), Ve
     role_problems(Some(resources), permission)
 }
 
-/// The structural part of [`validate_role`], for the application's role files (SPEC §5.5): no
+/// The structural part of [`validate_role`], for the application's role files (docs/security.md): no
 /// existence checks (nothing is created yet when they are read), and `attribute_permissions`
 /// may be left out.
 pub fn validate_permission(permission: &Value) -> Result<(), VerbError> {

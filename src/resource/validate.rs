@@ -1,4 +1,4 @@
-//! Record validation against a table's declared attributes (SPEC §1.4). Only `Date` (ISO string
+//! Record validation against a table's declared attributes (docs/applications.md). Only `Date` (ISO string
 //! or epoch ms) and `BigInt` (number or decimal string) are coerced; every other mismatch is an
 //! error, and all problems of one write form one message joined by `. `.
 

@@ -1,4 +1,4 @@
-//! The application's `config.yaml` (SPEC §1.3): which interfaces it serves and where its schema,
+//! The application's `config.yaml` (docs/applications.md): which interfaces it serves and where its schema,
 //! roles, static files and seed data are. Only reads text it is given; never opens files itself.
 
 use std::fmt;

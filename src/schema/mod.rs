@@ -1,5 +1,5 @@
-//! Application folder → table definitions. Owns the reading of `config.yaml` (SPEC §1.3), the
-//! expansion of its file globs, and the GraphQL schema files (SPEC §1.4) with every rule about
+//! Application folder → table definitions. Owns the reading of `config.yaml` (docs/applications.md), the
+//! expansion of its file globs, and the GraphQL schema files (docs/applications.md) with every rule about
 //! directives, types, keys, relationships and names. It reads files of the application folder and
 //! nothing else: it never touches storage or the network, and never validates record values
 //! (that is `value`'s and `resource`'s work, built on [`FieldType`]). Comparing a schema with the

@@ -1,4 +1,4 @@
-//! GraphQL schema text → table and object type definitions (SPEC §1.4). graphql-parser does the
+//! GraphQL schema text → table and object type definitions (docs/applications.md). graphql-parser does the
 //! syntax; this file checks everything it does not: which directives exist, where they may stand,
 //! their arguments, field types, keys, relationships, names and the cross-file rules.
 
@@ -21,7 +21,7 @@ pub const FIELD_COUNT_MAX: usize = 1024;
 pub const LIST_DEPTH_MAX: usize = 8;
 /// Most directives on one type or field; the real ones number at most five.
 pub const DIRECTIVE_COUNT_MAX: usize = 16;
-/// Longest database, table, export, type or attribute name, in bytes (SPEC §4.2).
+/// Longest database, table, export, type or attribute name, in bytes (docs/operations-api.md).
 pub const NAME_BYTES_MAX: usize = 250;
 /// The database every `@table` goes to unless it names another.
 pub const DATABASE_DEFAULT: &str = "data";
@@ -266,7 +266,7 @@ fn syntax_error(file: &str, message: &str) -> SchemaError {
     }
 }
 
-/// Checks a database, table, export, type or attribute name (SPEC §4.2).
+/// Checks a database, table, export, type or attribute name (docs/operations-api.md).
 fn check_name(location: &Location, what: &str, name: &str) -> Result<(), SchemaError> {
     let problem = if name.is_empty() {
         "must not be empty".to_string()

@@ -206,7 +206,7 @@ impl TableDef {
         self.attributes.iter().find(|a| a.primary_key)
     }
 
-    /// How keys are generated for writes without one (SPEC §1.4 "Primary key").
+    /// How keys are generated for writes without one (docs/applications.md "Primary key").
     pub fn key_type(&self) -> KeyType {
         match self.primary_key_attribute().map(|a| &a.ty) {
             None => KeyType::UrlOnly,
@@ -244,7 +244,7 @@ impl TableDef {
     }
 
     /// Checks that this (new) definition can replace `previous`, the stored definition of the same
-    /// table, at start-up: the key field may not change (SPEC §1.4 "Schema changes").
+    /// table, at start-up: the key field may not change (docs/applications.md "Schema changes").
     pub fn check_replaces(&self, previous: &TableDef) -> Result<(), SchemaError> {
         if self.primary_key == previous.primary_key {
             return Ok(());

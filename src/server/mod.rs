@@ -37,10 +37,10 @@ pub use lock::RootLock;
 use router::{PortKind, Router};
 pub use system::tables as system_tables;
 
-/// How long in-flight requests get after a shutdown signal (SPEC §8.3).
+/// How long in-flight requests get after a shutdown signal (docs/design.md).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// A start-up failure, with the exit status SPEC §1.1 gives it.
+/// A start-up failure, with the exit status README.md#running-it gives it.
 #[derive(Debug)]
 pub enum RunError {
     /// Invalid configuration, schema or root folder: exit 1.
@@ -388,7 +388,7 @@ fn secure_name(kind: PortKind) -> &'static str {
     }
 }
 
-/// First start generates the `tls` files (SPEC §1.2) whether or not a secure port is on, as MQTT
+/// First start generates the `tls` files (README.md#running-it) whether or not a secure port is on, as MQTT
 /// and replication use them too; then `http.securePort` and `operationsApi.network.securePort`
 /// are bound like the plain ports (one listener per core, equal addresses share one listener).
 /// Returns the certificate they serve, for SIGHUP to reload, when any secure port is on
@@ -443,7 +443,7 @@ fn bind_secure_ports(
     Ok(Some(certificate))
 }
 
-/// `<root>/harperdb-config.yaml` is written with defaults when missing (SPEC §1.2).
+/// `<root>/harperdb-config.yaml` is written with defaults when missing (README.md#running-it).
 fn write_default_config(root: &std::path::Path, _tree: &ConfigTree) {
     let path = root.join("harperdb-config.yaml");
     if !path.exists() {

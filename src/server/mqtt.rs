@@ -202,7 +202,7 @@ impl Drop for OpenConnection {
     }
 }
 
-/// MQTT over WebSocket (SPEC §6.3): an upgrade on any path of an HTTP port asking for subprotocol
+/// MQTT over WebSocket (docs/mqtt.md): an upgrade on any path of an HTTP port asking for subprotocol
 /// `mqtt`. Answers 101 with `mqtt` echoed and hands the connection (plain or TLS) to an MQTT
 /// session reading through [`ws::transport`]; with `mqtt.webSocket: false`, 404 without upgrading.
 /// `caller`: who the upgrade request authenticated as; it counts when CONNECT names no user.

@@ -62,7 +62,7 @@ impl Router {
     ) -> bool {
         if ws::is_upgrade(req) {
             if ws::wants_mqtt(req) {
-                // MQTT over WebSocket (SPEC §6.3): any path, subprotocol `mqtt`.
+                // MQTT over WebSocket (docs/mqtt.md): any path, subprotocol `mqtt`.
                 super::mqtt::web_socket_upgrade(req, resp, caller);
                 return true;
             }
@@ -390,7 +390,7 @@ impl Service for Router {
             return;
         }
         let operations = self.is_operations(req);
-        // Authenticated once per request (SPEC §5.1), from its head when that was judged before
+        // Authenticated once per request (docs/security.md), from its head when that was judged before
         // the body; each interface decides what it needs.
         let resources = &self.shared.resources;
         let caller = match head.flatten() {
@@ -401,7 +401,7 @@ impl Service for Router {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return;
         }
-        // Subscriptions check `read` themselves (SPEC §5.6: SSE answers 401/403, WebSocket
+        // Subscriptions check `read` themselves (docs/security.md: SSE answers 401/403, WebSocket
         // upgrades and closes 3000/3003).
         if self.realtime(req, resp, caller.as_ref()) {
             return;

@@ -1,4 +1,4 @@
-//! Static files of the application (`static` in config.yaml, SPEC §1.3), loaded into memory at
+//! Static files of the application (`static` in config.yaml, docs/applications.md), loaded into memory at
 //! start so serving one never blocks a core on file I/O. Exports win over static files; static
 //! files need no authentication and get a `Content-Type` by extension, an `ETag`, 304 and ranges.
 

@@ -1,4 +1,4 @@
-//! The `system` database's tables (SPEC §1.5), created on first start. `hdb_job` (HarperDB's job
+//! The `system` database's tables (docs/operations-api.md), created on first start. `hdb_job` (HarperDB's job
 //! table) holds the Operations API's bulk-load jobs (`resource::jobs`), so they survive restart.
 
 use crate::schema::{parse_schema_str, TableDef};

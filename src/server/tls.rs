@@ -193,7 +193,7 @@ fn generate(node_name: &str, names: &[String]) -> Result<Pems, TlsError> {
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    // Client auth too: the node certificate also authenticates this node to its peers (§7.3).
+    // Client auth too: the node certificate also authenticates this node to its peers (docs/replication.md).
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,

@@ -76,7 +76,7 @@ pub const MAP_BYTES_DEFAULT: usize = 1 << 40;
 const NAMED_DBS_MAX: u32 = 1024;
 /// How long `drop_database` waits for in-flight reads to release the database.
 const DROP_WAIT: Duration = Duration::from_secs(5);
-/// Primary keys longer than this (encoded) are refused (SPEC §1.4).
+/// Primary keys longer than this (encoded) are refused (docs/applications.md).
 pub const KEY_BYTES_MAX: usize = 250;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,4 @@
-//! CSV for collections (SPEC §3.5, `text/csv`): a header row of quoted names, then one row per
+//! CSV for collections (docs/rest.md, `text/csv`): a header row of quoted names, then one row per
 //! record. Strings are quoted with `""` escaping; numbers and booleans bare (numbers as in JSON);
 //! Dates as quoted ISO strings; Bytes as quoted base64; nested arrays and objects as quoted JSON
 //! text; null, invalid dates and missing properties as an empty field. Rows end with `\n`, as

@@ -2,7 +2,7 @@
 //! [`cmp_total`](super::cmp_total)'s order, so LMDB range scans and sorted reads follow the keys.
 //!
 //! It owns only the byte layout; which values may be keys (strings and numbers for primary keys,
-//! SPEC §1.4) is the caller's rule.
+//! docs/applications.md) is the caller's rule.
 //!
 //! ```text
 //! 0x02 null   0x03 false   0x04 true
@@ -28,7 +28,7 @@ use super::order::num_of;
 use super::view::{Kind, ValueView};
 use super::{Object, Value};
 
-/// Largest encoded key in bytes (SPEC §2: keys of at most 250 encoded bytes; longer index values
+/// Largest encoded key in bytes (docs/design.md: keys of at most 250 encoded bytes; longer index values
 /// are indexed by prefix).
 pub const KEY_BYTES_MAX: usize = 250;
 

@@ -31,7 +31,7 @@ pub use order::cmp_total;
 pub use view::{Kind, ValueView};
 
 /// Largest BigInt magnitude in bytes: 1024 bits, enough for every integral f64 and for the
-/// "integer up to ~1000 bits" of SPEC §1.4. Larger integer literals decode as floats (JSON) or
+/// "integer up to ~1000 bits" of docs/applications.md. Larger integer literals decode as floats (JSON) or
 /// are rejected (CBOR bignums).
 pub const BIGINT_BYTES_MAX: usize = 128;
 

@@ -2,7 +2,7 @@
 //!
 //! Out: integers in the smallest format; floats as float64 (as msgpackr does by default); BigInt
 //! within u64 as uint64, beyond as its decimal string (a portable form every client reads, and the
-//! form SPEC §1.4's BigInt coercion accepts back); Bytes as bin; Date as the timestamp extension
+//! form docs/applications.md's BigInt coercion accepts back); Bytes as bin; Date as the timestamp extension
 //! (type -1) in its 32-, 64- or 96-bit form, whole ms exactly; an invalid date (NaN, ±∞) as nil;
 //! REST streams collections as concatenated values, so there is no array helper here.
 //!

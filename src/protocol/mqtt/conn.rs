@@ -1,4 +1,4 @@
-//! One MQTT connection on the core that accepted it (SPEC §6.3): CONNECT within 10 s, keep-alive,
+//! One MQTT connection on the core that accepted it (docs/mqtt.md): CONNECT within 10 s, keep-alive,
 //! takeover, PUBLISH into the resource layer, SUBSCRIBE with the current state, then live events.
 //!
 //! A connection runs as two tasks on its core: the reader (this module's [`serve`]), which decodes
@@ -37,7 +37,7 @@ use crate::resource::{self, Caller, Resources, Validation};
 use crate::resource::{ConditionFailed, WriteError, WriteOp};
 use crate::value::{self, Value};
 
-/// CONNECT must arrive this soon after the connection opens (SPEC §6.3).
+/// CONNECT must arrive this soon after the connection opens (docs/mqtt.md).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unacknowledged outbound QoS ≥ 1 messages per session; reaching it disconnects (v5 `0x97`).
 pub const INFLIGHT_MAX: usize = 1000;
@@ -86,7 +86,7 @@ mod rc {
     pub const SHARED_NOT_SUPPORTED: u8 = 0x9e;
 }
 
-/// CONNACK return codes by situation (SPEC §6.3 table).
+/// CONNACK return codes by situation (docs/mqtt.md table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     UnsupportedLevel,
@@ -158,7 +158,7 @@ impl Refusal {
 }
 
 /// Who a CONNECT authenticates as. Until the security issue lands every client is accepted as a
-/// super user; the check plugs in here and returns `BadCredentials` / `NotAuthorized` per §5.6.
+/// super user; the check plugs in here and returns `BadCredentials` / `NotAuthorized` per docs/security.md.
 pub fn authenticate(
     shared: &MqttShared,
     connect: &Connect,
@@ -196,7 +196,7 @@ pub fn authenticate(
     }
 }
 
-/// Who a verified client certificate authenticates as (SPEC §5.4: an unknown or inactive user
+/// Who a verified client certificate authenticates as (docs/security.md: an unknown or inactive user
 /// is not authorized); None when the connection brought none.
 fn certificate_caller(
     shared: &MqttShared,
@@ -210,7 +210,7 @@ fn certificate_caller(
     )
 }
 
-/// Whether `caller` may do `action` on a table (SPEC §5.5: a publish to a record needs update,
+/// Whether `caller` may do `action` on a table (docs/security.md: a publish to a record needs update,
 /// to the bare table insert, an empty retained publish delete; subscribing needs read).
 fn permitted(caller: &Caller, action: &str, database: &str, table: &str) -> bool {
     use crate::resource::permissions;
@@ -270,7 +270,7 @@ impl Kick {
 /// What every core's MQTT connections share.
 pub struct MqttShared {
     pub resources: Arc<Resources>,
-    /// `http.maxBodySize` (SPEC §6.3), capped at MQTT's own maximum.
+    /// `http.maxBodySize` (docs/mqtt.md), capped at MQTT's own maximum.
     pub packet_bytes_max: usize,
     pub require_authentication: bool,
     pub shutdown: Shutdown,
@@ -282,7 +282,7 @@ pub struct MqttShared {
     /// A version at or above every commit made before the cores started: where each core's
     /// dispatch position starts (see [`Sessions::since`]).
     start_version: f64,
-    /// `mqtt.sessionQueueMax` (SPEC §1.6): messages a resumed durable session gets at most.
+    /// `mqtt.sessionQueueMax` (docs/configuration.md): messages a resumed durable session gets at most.
     pub session_queue_max: usize,
     /// What publishes in flight carry beyond their payload.
     notes: Notes,
@@ -367,7 +367,7 @@ impl MqttShared {
         self.clients.lock().is_ok_and(|c| c.contains_key(id))
     }
 
-    /// Registers `id` as connected, kicking whoever held it (SPEC §6.3 takeover); returns the
+    /// Registers `id` as connected, kicking whoever held it (docs/mqtt.md takeover); returns the
     /// kicked connection's handle so the caller can wait for it to store its session.
     fn claim(&self, id: &str, kick: Arc<Kick>) -> Option<Arc<Kick>> {
         let old = self
@@ -404,11 +404,11 @@ struct Sub {
     /// The v5 subscription options byte as subscribed (kept with a durable session).
     options: u8,
     identifier: Option<u32>,
-    /// The subscriber's readable attributes when its role restricts them (SPEC §5.5).
+    /// The subscriber's readable attributes when its role restricts them (docs/security.md).
     readable: Option<Rc<ReadableAttributes>>,
 }
 
-/// A record or message as a subscriber limited to `readable` receives it (SPEC §5.5: events and
+/// A record or message as a subscriber limited to `readable` receives it (docs/security.md: events and
 /// retained state are trimmed by attribute read permissions). Returns the content type.
 fn encode_trimmed(value: &Value, readable: &ReadableAttributes, out: &mut Vec<u8>) -> &'static str {
     let mut value = value.clone();
@@ -1014,7 +1014,7 @@ impl Sessions {
                 }
                 let Some(qos) = qos else { continue };
                 let mut qos = qos.min(out.qos_max);
-                // SPEC §6.3: messages (and general topics, as in any broker) go out at most at
+                // docs/mqtt.md: messages (and general topics, as in any broker) go out at most at
                 // the QoS they were published with; record changes at the granted QoS.
                 if let Some(n) = &note {
                     if change.kind == ChangeKind::Message || export.is_empty() {
@@ -1029,7 +1029,7 @@ impl Sessions {
                         id: id.clone(),
                     },
                 });
-                // SPEC §5.5: trimmed to the subscriber's readable attributes, encoded once per
+                // docs/security.md: trimmed to the subscriber's readable attributes, encoded once per
                 // attribute set per change.
                 let (body, content_type) = match (readable, &change.value) {
                     (Some(r), Some(v)) if change.kind != ChangeKind::Delete => {
@@ -1084,7 +1084,7 @@ struct Payload {
     properties: Option<Properties>,
 }
 
-/// The payload of an event (SPEC §6.3: a delete is `null`); general topics carry the bytes and
+/// The payload of an event (docs/mqtt.md: a delete is `null`); general topics carry the bytes and
 /// properties published, nothing for a cleared retained message or an expired one.
 fn outbound_payload(
     export: &str,
@@ -1300,10 +1300,10 @@ pub async fn serve<T: Split>(
 #[derive(Default)]
 pub struct TransportIdentity {
     /// The CN of a client certificate TLS verified on the MQTT secure port (with
-    /// `mqtt.network.mtls`): it authenticates the client, whatever CONNECT says (SPEC §5.4).
+    /// `mqtt.network.mtls`): it authenticates the client, whatever CONNECT says (docs/security.md).
     pub certificate_cn: Option<String>,
     /// Who a WebSocket upgrade's `Authorization` header, session cookie or HTTP client
-    /// certificate authenticated (SPEC §6.3, P1): it counts when CONNECT names no user.
+    /// certificate authenticated (docs/mqtt.md, P1): it counts when CONNECT names no user.
     pub upgrade_caller: Option<Caller>,
 }
 
@@ -1375,7 +1375,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         .properties
         .maximum_packet_size()
         .map_or(usize::MAX, |n| n as usize);
-    // Durable (SPEC §6.3): 3.1.1 without clean session (kept forever), v5 with a Session Expiry
+    // Durable (docs/mqtt.md): 3.1.1 without clean session (kept forever), v5 with a Session Expiry
     // Interval above 0 (kept that long after the connection ends).
     let expiry_s = match (v5, connect.clean) {
         (true, _) => connect.properties.session_expiry_s().unwrap_or(0),
@@ -1398,7 +1398,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         qos2_received: RefCell::new(HashSet::new()),
         backlog: RefCell::new(VecDeque::new()),
         window,
-        // SPEC §6.1: a clean session's outbound queue holds 1,000 events; a durable one the
+        // docs/realtime.md: a clean session's outbound queue holds 1,000 events; a durable one the
         // session queue (and whatever does not fit waits in the audit log for the next resume).
         backlog_max: if expiry_s > 0 {
             shared.session_queue_max.max(INFLIGHT_MAX)
@@ -1436,7 +1436,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         conn.wake_writer();
     };
     if v5 && connect.properties.authentication_method().is_some() {
-        // Enhanced authentication (AUTH) is not planned (SPEC §6.3 feature matrix).
+        // Enhanced authentication (AUTH) is not planned (docs/mqtt.md feature matrix).
         return refuse(Refusal::BadAuthMethod);
     }
     if shared.shutdown.is_triggered() {
@@ -1504,7 +1504,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
         expiry_s,
     };
     let restored = if connect.clean {
-        // Clean session / Clean Start discards a stored session (SPEC §6.3).
+        // Clean session / Clean Start discards a stored session (docs/mqtt.md).
         if matches!(durable::load(&shared.resources, &client_id), Ok(Some(_))) {
             if let Err(e) = Box::pin(durable::discard(&shared.resources, &client_id)).await {
                 tracing::warn!(target: "mqtt", "{peer}: discarding the stored session of {client_id:?} failed: {e}");
@@ -1713,7 +1713,7 @@ impl Session<'_> {
         self.conn.level == Level::V5
     }
 
-    /// The caller's readable attributes of a table when its role restricts them (SPEC §5.5).
+    /// The caller's readable attributes of a table when its role restricts them (docs/security.md).
     fn readable(&self, def: &crate::schema::TableDef) -> Option<Rc<ReadableAttributes>> {
         resource::permissions::readable_attributes(
             &self.caller,
@@ -2145,7 +2145,7 @@ impl Session<'_> {
             }
         };
         let action = match (p.retain, &id) {
-            // SPEC §6.3: a bare table topic needs `insert`, retained or not.
+            // docs/mqtt.md: a bare table topic needs `insert`, retained or not.
             (_, None) => "insert",
             (true, Some(_)) if p.payload.is_empty() => "delete",
             _ => "update",
@@ -2173,7 +2173,7 @@ impl Session<'_> {
             };
             if p.retain {
                 let mut record = payload::record(value, content_type);
-                // SPEC §5.5: a write touching an attribute without the right is refused.
+                // docs/security.md: a write touching an attribute without the right is refused.
                 let attributes = record.iter().map(|(k, _)| k);
                 let right = match id {
                     Some(_) => resource::permissions::Action::Update,
@@ -2343,7 +2343,7 @@ impl Session<'_> {
                 _ => false,
             };
             if let Some(group) = filter.share() {
-                // SPEC §6.3: shared subscriptions get no initial state.
+                // docs/mqtt.md: shared subscriptions get no initial state.
                 let key = share::key(group, filter.topic_filter());
                 self.shared.groups.join(&key, &self.client_id);
                 continue;

@@ -1,9 +1,9 @@
-//! Durable MQTT sessions (SPEC §6.3 "Durable sessions", §1.5 `hdb_durable_session`): what a
+//! Durable MQTT sessions (docs/mqtt.md "Durable sessions", docs/operations-api.md `hdb_durable_session`): what a
 //! session keeps across disconnects, cores and restarts, how it is stored, and how the messages
 //! it missed are found again.
 //!
 //! **Where the queue lives.** Every committed change and every non-retained message is already
-//! written to its database's audit log (SPEC §6.3 "written to the audit log (for durable
+//! written to its database's audit log (docs/mqtt.md "written to the audit log (for durable
 //! sessions…)"). A stored session therefore keeps *positions* rather than copies: per database
 //! the version up to which every matching QoS ≥ 1 event was acknowledged, the acknowledged events
 //! above it (out-of-order PUBACKs), its subscriptions with the version each started at, the
@@ -28,11 +28,11 @@ use crate::value::{self, Object, Value};
 
 use super::topic::Filter;
 
-/// The system table sessions are stored in (SPEC §1.5).
+/// The system table sessions are stored in (docs/operations-api.md).
 pub const TABLE: &str = "hdb_durable_session";
 /// The system database.
 pub const SYSTEM: &str = "system";
-/// `mqtt.sessionQueueMax` default (SPEC §1.6): queued messages replayed per resumed session.
+/// `mqtt.sessionQueueMax` default (docs/configuration.md): queued messages replayed per resumed session.
 pub const SESSION_QUEUE_MAX_DEFAULT: usize = 10_000;
 /// Subscriptions one session may hold; more → SUBACK `0x97` (quota exceeded).
 pub const SUBSCRIPTIONS_MAX: usize = 1000;

@@ -1,4 +1,4 @@
-//! MQTT events (SPEC §6.3 "Events"): `connection` (a socket accepted), `connected` (CONNECT
+//! MQTT events (docs/mqtt.md "Events"): `connection` (a socket accepted), `connected` (CONNECT
 //! accepted), `auth-failed` (CONNECT refused for its credentials) and `disconnected` (a session's
 //! connection ended). Each is an `info` line tagged `mqtt` that starts with the event's name, and
 //! a process-wide counter that `/metrics` shows as `tidepool_mqtt_events_total{event="…"}`.

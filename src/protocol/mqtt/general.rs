@@ -1,4 +1,4 @@
-//! General topics outside tables (`mqtt.generalTopics: true`; off by default, when SPEC §6.3's
+//! General topics outside tables (`mqtt.generalTopics: true`; off by default, when docs/mqtt.md's
 //! refusal applies): what lets the broker stand in for a plain one.
 //!
 //! A topic whose first level names no export is general. Retained messages for general topics

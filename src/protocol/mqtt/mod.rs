@@ -1,9 +1,9 @@
-//! MQTT 3.1.1 and 5 (SPEC §6.3): the packet codec, topics and filters, and the connection loop
+//! MQTT 3.1.1 and 5 (docs/mqtt.md): the packet codec, topics and filters, and the connection loop
 //! that turns packets into resource-layer reads and writes and subscription events into PUBLISH.
 //!
 //! It never touches `store` directly except through `resource` and the commits it is handed; it
 //! never binds sockets (`server::mqtt` does). Payloads are decoded and encoded per connection
-//! (§6.2) in `payload.rs`.
+//! (docs/realtime.md) in `payload.rs`.
 
 pub mod codec;
 pub mod conn;

@@ -32,7 +32,7 @@ pub const NOTE_AGE_MAX_MS: f64 = 60_000.0;
 pub struct Note {
     pub client_id: String,
     pub retain: bool,
-    /// The publish's QoS: messages go out at most at it (SPEC §6.3, MQTT 5 §3.8.4).
+    /// The publish's QoS: messages go out at most at it (docs/mqtt.md, MQTT 5 §3.8.4).
     pub qos: u8,
     /// The properties passed on (the kinds listed in the module documentation).
     pub properties: Properties,
@@ -67,7 +67,7 @@ impl Note {
     }
 
     /// The properties for a delivery now: the Message Expiry Interval counts down (MQTT 5
-    /// §3.3.2.3.3); `None` when the message has expired and must not be sent.
+    /// docs/rest.md); `None` when the message has expired and must not be sent.
     pub fn outbound(&self, now_ms: f64) -> Option<Properties> {
         let mut out = Properties::default();
         for p in self.properties.iter() {

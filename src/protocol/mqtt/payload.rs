@@ -1,4 +1,4 @@
-//! Payload encoding for MQTT over TCP (SPEC §6.2): inbound by the v5 Content Type, else JSON when
+//! Payload encoding for MQTT over TCP (docs/realtime.md): inbound by the v5 Content Type, else JSON when
 //! it parses, else raw bytes; outbound JSON, except records stored as `{contentType, data}`, which
 //! go out as their raw bytes.
 //!

@@ -1,5 +1,5 @@
 //! MQTT topics as tidepool names them: `<export>` or `<export>/<id>`, and subscription filters
-//! over them (SPEC §6.1, §6.3).
+//! over them (docs/realtime.md, docs/mqtt.md).
 //!
 //! A [`Filter`] is validated once at SUBSCRIBE and then trusted; [`PublishTopic`] does the same for
 //! inbound PUBLISH. Neither looks up exports: callers check the export name against the app.
@@ -36,7 +36,7 @@ enum Segment {
 }
 
 /// MQTT topic matching (MQTT 5 §4.7): `+` one level, `#` this level and below; a topic starting
-/// with `$` is not matched by a filter starting with a wildcard (§4.7.2).
+/// with `$` is not matched by a filter starting with a wildcard (docs/operations-api.md).
 pub fn general_matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
         return false;

@@ -1,4 +1,4 @@
-//! Operations on files and the process rather than tables (SPEC §4.5–4.6): the configuration
+//! Operations on files and the process rather than tables (docs/operations-api.md): the configuration
 //! file (`set_configuration`, cluster routes), `cluster_status`, `system_information`,
 //! `read_log`, and `read_audit_log`'s argument handling.
 //!
@@ -187,7 +187,7 @@ pub async fn set_configuration(
     Ok(super::message(&text))
 }
 
-/// §7.9's shape while replication is off.
+/// docs/replication.md's shape while replication is off.
 pub fn cluster_status() -> Value {
     let mut o = Object::new();
     o.insert("type", Value::String("cluster-status".into()));
@@ -510,7 +510,7 @@ pub async fn system_information(resources: &Resources, attributes: Option<&[Stri
     Value::Object(o)
 }
 
-/// One §8.1 line: `<ISO> [<thread>/<core>] [<level>] [<tag>]…: <message>`.
+/// One docs/configuration.md line: `<ISO> [<thread>/<core>] [<level>] [<tag>]…: <message>`.
 fn parse_log_line(line: &str) -> Option<(String, String, String, Vec<String>, String)> {
     let (timestamp, rest) = line.split_once(' ')?;
     let rest = rest.strip_prefix('[')?;

@@ -1,4 +1,4 @@
-//! Clustering operations (SPEC §4.5): `add_node`/`set_node`, `update_node`, `remove_node`,
+//! Clustering operations (docs/operations-api.md): `add_node`/`set_node`, `update_node`, `remove_node`,
 //! `configure_cluster`, `cluster_status`, and reconnecting after the route operations rewrote
 //! the file. They drive the replication manager; node changes that block (closing a link,
 //! writing `hdb_nodes`) run on an admin thread, never on a core.
@@ -10,7 +10,7 @@ use crate::value::{Object, Value};
 
 const OFF: &str = "Clustering must be enabled to perform this operation.";
 
-/// `cluster_status`: the manager's view, or §7.9's "off" shape.
+/// `cluster_status`: the manager's view, or docs/replication.md's "off" shape.
 pub fn status() -> Value {
     match replication::get() {
         Some(repl) => repl.cluster_status(),

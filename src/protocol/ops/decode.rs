@@ -1,9 +1,9 @@
-//! Operations API request bodies to typed operations (SPEC §4.1): content type, body decoding with
+//! Operations API request bodies to typed operations (docs/operations-api.md): content type, body decoding with
 //! limits, the `operation` name with its aliases, and every field checked for presence and type.
 //!
 //! Nothing here reads a table or the store: a decoded [`Operation`] says what was asked, in names
 //! and values, and `exec` carries it out. Decoding never panics on any input (fuzz target
-//! `ops_request`); every failure is an [`OpError`] with the status and message of SPEC §4.1.
+//! `ops_request`); every failure is an [`OpError`] with the status and message of docs/operations-api.md.
 
 use crate::value::{self, DecodeLimits, Object, Value};
 
@@ -17,7 +17,7 @@ pub const BODY_DEPTH_MAX: usize = 64;
 pub const BODY_VALUES_MAX: usize = 8 << 20;
 /// Operations inside one `transaction`.
 pub const TRANSACTION_OPS_MAX: usize = 10_000;
-/// Names of databases, tables and attributes: 1 to this many bytes (SPEC §4.2).
+/// Names of databases, tables and attributes: 1 to this many bytes (docs/operations-api.md).
 pub const NAME_BYTES_MAX: usize = 250;
 
 /// The request body's encoding, from `Content-Type`.
@@ -317,7 +317,7 @@ pub struct ExportLocal {
 }
 
 impl Operation {
-    /// Operations SPEC §5.5 keeps for super users.
+    /// Operations docs/security.md keeps for super users.
     pub fn super_user_only(&self) -> bool {
         // Reading a server file or fetching a URL is the server's own reach: super users only.
         // CSV text in the body is a write like `insert`, checked against the table's rights.
@@ -764,7 +764,7 @@ fn decode_write(name: &str, f: &Fields<'_>, database: Option<&str>) -> Result<Wr
     ))
 }
 
-/// Typed field access with SPEC §4.1's 400 messages.
+/// Typed field access with docs/operations-api.md's 400 messages.
 struct Fields<'a> {
     fields: &'a Object,
     /// Names must be JSON strings (HarperDB's database and table operations); elsewhere a number
@@ -1066,7 +1066,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// SPEC §4.2's name rule.
+/// docs/operations-api.md's name rule.
 pub fn check_name(key: &str, name: &str) -> Result<(), OpError> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         return Err(OpError::bad(format!(

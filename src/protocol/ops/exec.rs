@@ -1,5 +1,5 @@
 //! Carries out a decoded [`Operation`] through the resource layer and shapes its answer as SPEC
-//! §4.2–4.6 show it. No store access here: every read and write goes through `resource`.
+//! docs/operations-api.md show it. No store access here: every read and write goes through `resource`.
 
 use std::sync::Arc;
 
@@ -106,7 +106,7 @@ impl Shape {
     }
 }
 
-/// The §4.3 answer of one write.
+/// The docs/operations-api.md answer of one write.
 fn write_reply(w: Shape, summary: WriteSummary, txn_time: f64) -> Value {
     let total = summary.done.len() + summary.skipped.len();
     let done = summary.done.len();

@@ -1,5 +1,5 @@
-//! The Operations API (SPEC §4): `POST /` with `{"operation": ...}` in JSON, CBOR or MessagePack,
-//! answered in the format `Accept` asks for, with CORS on its port (§5.4).
+//! The Operations API (docs/operations-api.md): `POST /` with `{"operation": ...}` in JSON, CBOR or MessagePack,
+//! answered in the format `Accept` asks for, with CORS on its port (docs/security.md).
 //!
 //! This module owns the envelope: body type (415), decoding into a typed [`Operation`]
 //! (`decode`), the super-user gate with its 403 body, running the operation (`exec`, through the
@@ -25,7 +25,7 @@ use crate::value::{self, Object, Value};
 
 pub use decode::{decode, BodyType, Operation};
 
-/// A failed operation: the status and its `{"error": ...}` body (§4.1).
+/// A failed operation: the status and its `{"error": ...}` body (docs/operations-api.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpError {
     pub status: u16,
@@ -39,14 +39,14 @@ pub struct OpError {
 }
 
 /// A successful operation's answer: a value encoded whole, or a search whose records are encoded
-/// into the response as they are read (§4.1 "searches stream a JSON array").
+/// into the response as they are read (docs/operations-api.md "searches stream a JSON array").
 #[derive(Debug, PartialEq)]
 pub enum Reply {
     Value(Value),
     Search(Box<search::Prepared>),
 }
 
-/// The 403 message of §4.1.
+/// The 403 message of docs/operations-api.md.
 pub const FORBIDDEN_MESSAGE: &str = permissions::FORBIDDEN_MESSAGE;
 
 impl OpError {
@@ -92,7 +92,7 @@ impl OpError {
         }
     }
 
-    /// An authentication failure as SPEC §5.6 answers it on the Operations API.
+    /// An authentication failure as docs/security.md answers it on the Operations API.
     pub fn auth(e: &AuthError) -> Self {
         OpError {
             retry_after_s: e.retry_after_s(),
@@ -148,7 +148,7 @@ impl From<VerbError> for OpError {
     }
 }
 
-/// The response encodings, with SPEC §3.5's server weights.
+/// The response encodings, with docs/rest.md's server weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyType {
     Json,
@@ -185,7 +185,7 @@ impl ReplyType {
                 "application/json" => &[(ReplyType::Json, 0.8)],
                 "application/cbor" => &[(ReplyType::Cbor, 1.0)],
                 "application/x-msgpack" | "application/msgpack" => &[(ReplyType::MsgPack, 0.9)],
-                // A wildcard keeps JSON the default, as §3.5 says for `*/*`.
+                // A wildcard keeps JSON the default, as docs/rest.md says for `*/*`.
                 "*/*" | "application/*" => &[(ReplyType::Json, 0.8)],
                 _ => &[],
             };
@@ -233,7 +233,7 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
         return;
     }
     resp.header("Access-Control-Allow-Origin", origin);
-    // SPEC §5.3: browsers send the session cookie cross-origin only with this.
+    // docs/security.md: browsers send the session cookie cross-origin only with this.
     resp.header("Access-Control-Allow-Credentials", "true");
     resp.header("Vary", "Origin");
     if req.method == Method::Options {
@@ -256,7 +256,7 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
 }
 
 /// Serves one request on the Operations API port. `caller` is the request's authentication
-/// (SPEC §5.1): every operation needs a known caller except `create_authentication_tokens` with
+/// (docs/security.md): every operation needs a known caller except `create_authentication_tokens` with
 /// `username`/`password` and `refresh_operation_token`.
 pub async fn handle(
     resources: &Arc<Resources>,
@@ -475,7 +475,7 @@ fn primary_key(resources: &Resources, database: &str, table: &str) -> Option<Str
         .and_then(|(_, t)| t.def.primary_key.clone())
 }
 
-/// Checks one write against the caller's table and attribute rights (SPEC §5.5).
+/// Checks one write against the caller's table and attribute rights (docs/security.md).
 fn check_write(
     resources: &Resources,
     caller: &Caller,
@@ -626,7 +626,7 @@ fn check_permissions_of(
 }
 
 /// What a non-super caller gets back: unreadable properties dropped from search results, and
-/// `describe_*` without the tables the role has no rights on (SPEC §5.5).
+/// `describe_*` without the tables the role has no rights on (docs/security.md).
 fn filter_reply(
     resources: &Resources,
     caller: &Caller,
@@ -909,7 +909,7 @@ fn strip_for_filter(op: &Operation) -> Operation {
     }
 }
 
-/// A string result as §4.1's `{"message": ...}`.
+/// A string result as docs/operations-api.md's `{"message": ...}`.
 pub fn message(text: impl Into<String>) -> Value {
     let mut o = Object::new();
     o.insert("message", Value::String(text.into()));

@@ -1,4 +1,4 @@
-//! `search_by_value` and `search_by_conditions` (SPEC §4.3) on the shared planner and executor
+//! `search_by_value` and `search_by_conditions` (docs/operations-api.md) on the shared planner and executor
 //! (`resource::search`), the same one REST collections use: indexes drive the search, values
 //! convert to the declared types, and an attribute a schema table does not declare is a 404
 //! `<name> is not a defined attribute`. Tables created through the Operations API accept any

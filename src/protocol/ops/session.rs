@@ -1,4 +1,4 @@
-//! `login` and `logout` (SPEC §4.4, §5.3): cookie sessions on the Operations API. `login` checks
+//! `login` and `logout` (docs/operations-api.md, docs/security.md): cookie sessions on the Operations API. `login` checks
 //! `username`/`password` (or takes the already authenticated caller), stores a session through
 //! `auth::session` and answers `Set-Cookie`; `logout` clears the session the request's cookie
 //! names. The decoder knows both names as not served; [`super::handle`] routes them here first.

@@ -1,4 +1,4 @@
-//! Content types both ways (SPEC §3.5): `Accept` negotiation with q-values and server weights,
+//! Content types both ways (docs/rest.md): `Accept` negotiation with q-values and server weights,
 //! the collection framings (JSON array, CBOR indefinite-length array, concatenated MessagePack,
 //! CSV with a header row), and request bodies by `Content-Type` (JSON sniffed when absent;
 //! anything else kept as `{contentType, data}`).

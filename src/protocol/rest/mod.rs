@@ -1,4 +1,4 @@
-//! REST (SPEC §3): `/<Export>`, `/<Export>/` and `/<Export>/<id>[.<prop>]` to resource verbs —
+//! REST (docs/rest.md): `/<Export>`, `/<Export>/` and `/<Export>/<id>[.<prop>]` to resource verbs —
 //! records by id, collections through the URL query language, every method, conditional
 //! headers, CORS, content negotiation both ways, and `GET /openapi`.
 //!
@@ -48,7 +48,7 @@ pub const COMPRESSION_THRESHOLD_BYTES_DEFAULT: u64 = 1200;
 /// `Accept-Encoding` items considered at most; the rest are ignored.
 const ACCEPT_ENCODING_ITEMS_MAX: usize = 32;
 
-/// SSE hook: a `GET` whose `Accept` names `text/event-stream` is for the SSE interface (§6.5),
+/// SSE hook: a `GET` whose `Accept` names `text/event-stream` is for the SSE interface (docs/realtime.md),
 /// which the router should offer it to before REST.
 pub fn wants_event_stream(req: &Request<'_>) -> bool {
     req.method == Method::Get
@@ -64,7 +64,7 @@ enum Target<'p> {
     Record(&'p str),
 }
 
-/// SPEC §5.6 for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials;
+/// docs/security.md for REST: 401 with `WWW-Authenticate: Basic` for missing or wrong credentials;
 /// 429 with `Retry-After` after too many failed logins (docs/security.md "Failed logins").
 pub fn unauthorized(resp: &mut Response, e: &AuthError) {
     if e.status() == 401 {
@@ -175,7 +175,7 @@ pub async fn handle(
     let (export, rest) = export_and_rest(req.path);
     let Some((db, table)) = resources.export(export) else {
         if export == "openapi" && rest.is_none() {
-            // SPEC §5.5: the API description is for super users.
+            // docs/security.md: the API description is for super users.
             match caller {
                 Err(e) => unauthorized(resp, e),
                 Ok(c) if c.is_anonymous() => unauthorized(resp, &AuthError::MustLogin),
@@ -253,7 +253,7 @@ pub async fn handle(
         Target::Collection => ctx.collection(resp).await,
         Target::Record(raw) => ctx.record(resp, raw, extension.is_some()).await,
     }
-    // SPEC §3.4: the time the request spent reading or writing the database.
+    // docs/rest.md: the time the request spent reading or writing the database.
     let db_ms = started.elapsed().as_secs_f64() * 1000.0;
     // Formatted on the stack: the single-record path allocates nothing it can avoid.
     let mut timing = [0u8; 48];
@@ -265,7 +265,7 @@ pub async fn handle(
     true
 }
 
-/// SPEC §3.4: gzip the body when the client accepts it and the body is larger than
+/// docs/rest.md: gzip the body when the client accepts it and the body is larger than
 /// `http.compressionThreshold` or streamed. Only gzip is offered: clients that accept `br`
 /// accept gzip too, and one codec keeps the dependency list short.
 fn compress(resources: &Resources, req: &Request<'_>, resp: &mut Response, streamed: bool) {
@@ -328,7 +328,7 @@ fn cors(resources: &Resources, req: &Request<'_>, resp: &mut Response) {
     };
     if allowed {
         resp.header("Access-Control-Allow-Origin", origin);
-        // SPEC §5.3: browsers send the session cookie cross-origin only with this.
+        // docs/security.md: browsers send the session cookie cross-origin only with this.
         resp.header("Access-Control-Allow-Credentials", "true");
     }
 }
@@ -351,7 +351,7 @@ fn serve_openapi(resources: &Resources, req: &Request<'_>, resp: &mut Response) 
     resp.body.extend_from_slice(doc.to_string().as_bytes());
 }
 
-/// SPEC §5.6: an authenticated caller without the right.
+/// docs/security.md: an authenticated caller without the right.
 const FORBIDDEN: &str = "Unauthorized access to resource";
 
 struct Ctx<'r, 'q> {
@@ -490,7 +490,7 @@ impl Ctx<'_, '_> {
                 "Method not allowed on a table; use /<Table>/ or /<Table>/<id>",
             );
         }
-        // SPEC §3.2: the audit log's size (bytes of its pages, as `describe_table`'s
+        // docs/rest.md: the audit log's size (bytes of its pages, as `describe_table`'s
         // `db_audit_size`), and no record count.
         let audit_size = resource::tables::describe_table(&self.db, &self.table)
             .ok()
@@ -801,7 +801,7 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// `PUT /T/` with an array of keyed records (SPEC §3.2, P2): each replaces (or creates) the
+    /// `PUT /T/` with an array of keyed records (docs/rest.md, P2): each replaces (or creates) the
     /// record of its key, all in one transaction.
     async fn bulk_put(&self, resp: &mut Response) {
         let def = self.def();

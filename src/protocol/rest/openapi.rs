@@ -1,4 +1,4 @@
-//! `GET /openapi` (SPEC §3.6): an OpenAPI 3.0 document generated from the exported tables —
+//! `GET /openapi` (docs/rest.md): an OpenAPI 3.0 document generated from the exported tables —
 //! `/T/` and `/T/{id}` per export, a schema per table, basic and bearer security.
 
 use serde_json::{json, Map, Value};

@@ -1,4 +1,4 @@
-//! Server-Sent Events (SPEC §6.5): `GET /T/<id>` or `/T/` with `Accept: text/event-stream`.
+//! Server-Sent Events (docs/realtime.md): `GET /T/<id>` or `/T/` with `Accept: text/event-stream`.
 //!
 //! Answers 200 `text/event-stream` (no length; the stream ends when the client leaves or the
 //! server stops) and takes the connection over: each event is one `data:` line with the
@@ -16,7 +16,7 @@ use crate::protocol::ws::{self, Context};
 use crate::pubsub::{Format, Overflow, Sink, Subscription};
 use crate::resource::Caller;
 
-/// A keep-alive comment goes out after this long without an event (SPEC §6.5).
+/// A keep-alive comment goes out after this long without an event (docs/realtime.md).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Events written per batch.
 const WRITE_BATCH_EVENTS_MAX: usize = 256;
@@ -31,7 +31,7 @@ pub fn is_event_stream(req: &Request<'_>) -> bool {
 
 /// Serves an event-stream request. Returns false when the path is not under an export.
 /// `caller` is the request's authentication: refusals are ordinary 401/403 answers before any
-/// streaming (SPEC §6.5); a role with attribute restrictions receives trimmed events.
+/// streaming (docs/realtime.md); a role with attribute restrictions receives trimmed events.
 pub fn accept(
     ctx: &Context,
     req: &Request<'_>,

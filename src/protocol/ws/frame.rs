@@ -9,11 +9,11 @@
 //! Rules that span frames — fragments in order, text valid UTF-8 across fragments, close
 //! payloads — are [`Messages`] and [`close_code`]; every caller (subscription sockets, MQTT over
 //! WebSocket, replication links) runs each decoded frame through them, so every framing error
-//! closes with its RFC 6455 code (§7.4.1: 1002 protocol error, 1007 invalid payload, 1009 too
+//! closes with its RFC 6455 code (docs/replication.md: 1002 protocol error, 1007 invalid payload, 1009 too
 //! big).
 
 /// Client frame payloads accepted at most. Subscription sockets ignore client data frames
-/// (SPEC §6.4), so this only needs to fit control frames and small chatter.
+/// (docs/realtime.md), so this only needs to fit control frames and small chatter.
 pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 /// Control frames (close, ping, pong) carry at most this much (RFC 6455 §5.5).
 const CONTROL_BYTES_MAX: usize = 125;
@@ -67,13 +67,13 @@ pub enum FrameError {
     /// A control frame fragmented or over 125 bytes.
     BadControl,
     TooLarge,
-    /// A continuation frame with no fragmented message started (§5.4).
+    /// A continuation frame with no fragmented message started (docs/security.md).
     UnexpectedContinuation,
-    /// A new text or binary frame while a fragmented message is unfinished (§5.4).
+    /// A new text or binary frame while a fragmented message is unfinished (docs/security.md).
     UnfinishedMessage,
-    /// A text message (or a close reason) that is not UTF-8 (§8.1).
+    /// A text message (or a close reason) that is not UTF-8 (docs/configuration.md).
     InvalidUtf8,
-    /// A close frame with a 1-byte payload, or a code that may not be sent (§5.5.1, §7.4).
+    /// A close frame with a 1-byte payload, or a code that may not be sent (docs/security.md, docs/replication.md).
     BadClose,
 }
 
@@ -202,7 +202,7 @@ pub fn decode_from(
     )))
 }
 
-/// The rules between frames of one connection (RFC 6455 §5.4, §8.1): continuation frames only
+/// The rules between frames of one connection (RFC 6455 §5.4, docs/configuration.md): continuation frames only
 /// inside a fragmented message, no new message before it finishes, and text valid UTF-8 across
 /// fragments (checked as it arrives, so invalid text fails at the first bad byte). Control
 /// frames may come between fragments and are not its business.
@@ -274,7 +274,7 @@ impl Messages {
     }
 }
 
-/// The code to answer a client's close frame with (RFC 6455 §5.5.1, §7.4): its own code, or
+/// The code to answer a client's close frame with (RFC 6455 §5.5.1, docs/replication.md): its own code, or
 /// 1000 when it sent none. A 1-byte payload or a code that may not be sent is a protocol error
 /// (1002); a reason that is not UTF-8 is invalid payload (1007).
 pub fn close_code(payload: &[u8]) -> Result<u16, FrameError> {

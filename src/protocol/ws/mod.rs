@@ -1,4 +1,4 @@
-//! WebSocket subscriptions on REST paths (SPEC §6.4), and the handshake MQTT over WebSocket
+//! WebSocket subscriptions on REST paths (docs/realtime.md), and the handshake MQTT over WebSocket
 //! reuses.
 //!
 //! `GET /T/<id>`, `/T/` or `/T/<id>/` with `Upgrade: websocket` subscribes (through `pubsub`) to
@@ -27,9 +27,9 @@ use crate::resource::{Caller, Resources};
 
 use frame::Opcode;
 
-/// The server pings this often (SPEC §6.4).
+/// The server pings this often (docs/realtime.md).
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
-/// Without a pong (or any frame) for this long, the connection closes with 1011... (SPEC §6.4).
+/// Without a pong (or any frame) for this long, the connection closes with 1011... (docs/realtime.md).
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(60);
 /// Events written per batch, so one busy subscription yields to the others between writes.
 const WRITE_BATCH_EVENTS_MAX: usize = 256;
@@ -57,7 +57,7 @@ pub fn is_upgrade(req: &Request<'_>) -> bool {
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
-/// Whether an upgrade asks for subprotocol `mqtt` (MQTT over WebSocket, SPEC §6.3): the router
+/// Whether an upgrade asks for subprotocol `mqtt` (MQTT over WebSocket, docs/mqtt.md): the router
 /// gives those to MQTT, on any path.
 pub fn wants_mqtt(req: &Request<'_>) -> bool {
     req.header_str("sec-websocket-protocol")
@@ -144,7 +144,7 @@ pub fn target(
     }))
 }
 
-/// `omitCurrent`, `startTime`, `previousCount` (SPEC §6.4); other parameters are ignored.
+/// `omitCurrent`, `startTime`, `previousCount` (docs/realtime.md); other parameters are ignored.
 pub fn options(query: Option<&str>) -> Result<Options, (u16, String)> {
     let mut options = Options::default();
     for pair in query.unwrap_or_default().split('&') {
@@ -171,12 +171,12 @@ pub fn options(query: Option<&str>) -> Result<Options, (u16, String)> {
     Ok(options)
 }
 
-/// Close code for an unauthenticated WebSocket (SPEC §5.6, §6.4).
+/// Close code for an unauthenticated WebSocket (docs/security.md, docs/realtime.md).
 pub const CLOSE_UNAUTHENTICATED: u16 = 3000;
-/// Close code for an authenticated caller without `read` (SPEC §5.6, §6.4).
+/// Close code for an authenticated caller without `read` (docs/security.md, docs/realtime.md).
 pub const CLOSE_FORBIDDEN: u16 = 3003;
 
-/// Why a subscription is refused (SPEC §5.6); SSE answers it as 401/403, WebSocket upgrades and
+/// Why a subscription is refused (docs/security.md); SSE answers it as 401/403, WebSocket upgrades and
 /// then closes with 3000/3003.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
@@ -210,7 +210,7 @@ impl Refusal {
     }
 }
 
-/// Whether `caller` may subscribe to `target` (SPEC §5.5: subscribing needs `read`), and the
+/// Whether `caller` may subscribe to `target` (docs/security.md: subscribing needs `read`), and the
 /// attribute set its events are trimmed to (`None` = every attribute). Anonymous callers are
 /// unauthenticated rather than forbidden, as on REST.
 pub fn authorize(
@@ -257,7 +257,7 @@ pub fn subscribe(
 
 /// Serves a REST WebSocket upgrade. Returns false when the path is not a subscription path (the
 /// caller answers it, e.g. 404 without upgrading). `caller` is the request's authentication;
-/// a refusal upgrades and then closes with 3000/3003 and the reason (SPEC §5.6), so browser
+/// a refusal upgrades and then closes with 3000/3003 and the reason (docs/security.md), so browser
 /// code can read why.
 pub fn upgrade(
     ctx: &Context,
@@ -338,7 +338,7 @@ enum Client {
 
 /// Handles every complete frame in `rbuf`: pongs to pings into `wbuf`, and the first close or
 /// protocol violation. Client data is checked (fragment order, UTF-8 text) and then ignored
-/// (SPEC §6.4).
+/// (docs/realtime.md).
 fn read_frames(
     rbuf: &mut Vec<u8>,
     wbuf: &mut Vec<u8>,

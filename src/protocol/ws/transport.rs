@@ -1,4 +1,4 @@
-//! WebSocket as a byte transport, for MQTT over WebSocket (SPEC §6.3): the MQTT session reads and
+//! WebSocket as a byte transport, for MQTT over WebSocket (docs/mqtt.md): the MQTT session reads and
 //! writes plain bytes, and this layer carries them in binary frames.
 //!
 //! Reading unwraps binary (and continuation) frames and concatenates their payloads, so an MQTT
