@@ -332,10 +332,11 @@ fn inbound_publish_codes() {
     c.send(&publish_packet(5, 0x03, "Strict/1", 3, br#"{"name":"x"}"#));
     assert_eq!(c.packet(), Some(vec![0x40, 2, 0, 3]));
     assert_eq!(get(&m, "/Strict/1").unwrap()["name"], "x");
-    // 3.1.1: an invalid topic is dropped (acknowledged, nothing written).
+    // 3.1.1: a topic outside the exports is refused by policy (acknowledged, nothing written);
+    // a wildcard in a topic name is a protocol error (tests below).
     let mut c4 = Raw::connect(&m, &connect_packet(4, "p4", 60, &[]));
     assert_eq!(c4.packet(), Some(vec![0x20, 2, 0, 0]));
-    c4.send(&publish_packet(4, 0x03, "Dog/+", 4, b"{}"));
+    c4.send(&publish_packet(4, 0x03, "Nope/1", 4, b"{}"));
     assert_eq!(c4.packet(), Some(vec![0x40, 2, 0, 4]));
     // Raw bytes retained → {contentType, data}, delivered back as the bytes.
     c.send(&publish_packet(5, 0x03, "Dog/bin", 5, &[0xff, 0x00, 0x01]));
@@ -802,4 +803,68 @@ fn a_connection_ending_before_connect_is_logged_as_what_happened() {
         ping.contains("first packet is PINGREQ instead of CONNECT"),
         "{ping}"
     );
+}
+
+/// A topic name with a wildcard, or none at all, is a protocol error, not a refusal
+/// ([MQTT-3.3.2-2], [MQTT-4.7.3-1], [MQTT-3.3.2-1]): no acknowledgement, nothing written, and
+/// the connection closed (v5 after DISCONNECT 0x90 / 0x82). Found by EMQX's pytest suite.
+#[test]
+fn wildcard_or_empty_publish_topics_are_protocol_errors() {
+    let m = start();
+    for (level, topic, reason) in [
+        (4u8, "Dog/+", None),
+        (4, "Dog/#", None),
+        (4, "", None),
+        (5, "Dog/+", Some(0x90u8)),
+        (5, "Dog/#", Some(0x90)),
+        (5, "", Some(0x82)),
+    ] {
+        let mut c = Raw::connect(&m, &connect_packet(level, "wild", 60, &[]));
+        c.packet().expect("CONNACK");
+        c.send(&publish_packet(level, 0x03, topic, 9, br#"{"n":1}"#));
+        match reason {
+            Some(code) => assert_eq!(
+                c.packet(),
+                Some(vec![0xe0, 1, code]),
+                "v5 publish to {topic:?}"
+            ),
+            None => assert_eq!(
+                c.packet(),
+                None,
+                "3.1.1 publish to {topic:?} is not acknowledged"
+            ),
+        }
+        assert!(c.closed_within(Duration::from_secs(2)), "{topic:?} closes");
+    }
+    assert!(get(&m, "/Dog/+").is_none() && get(&m, "/Dog/%23").is_none());
+}
+
+/// CONNECT with a Will Topic that is not a topic name: v5 CONNACK 0x90; 3.1.1 has no code for
+/// it, so the connection is closed without CONNACK. The will could never be sent.
+#[test]
+fn connect_with_an_invalid_will_topic_is_refused() {
+    let m = start();
+    for (level, topic) in [(4u8, "Dog/#"), (4, ""), (5, "Dog/+"), (5, "")] {
+        let mut body = string("MQTT");
+        body.push(level);
+        body.push(0x02 | 0x04); // clean, will flag, will QoS 0
+        body.extend_from_slice(&60u16.to_be_bytes());
+        if level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(&string("willer"));
+        if level == 5 {
+            body.push(0); // will properties
+        }
+        body.extend_from_slice(&string(topic));
+        body.extend_from_slice(&string("gone"));
+        let mut c = Raw::connect(&m, &packet(0x10, &body));
+        if level == 5 {
+            let ack = c.packet().expect("CONNACK");
+            assert_eq!((ack[0], ack[3]), (0x20, 0x90), "v5 will topic {topic:?}");
+        } else {
+            assert_eq!(c.packet(), None, "3.1.1 will topic {topic:?}: no CONNACK");
+        }
+        assert!(c.closed_within(Duration::from_secs(2)));
+    }
 }

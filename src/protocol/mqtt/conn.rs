@@ -97,6 +97,8 @@ pub enum Refusal {
     BadAuthMethod,
     /// Too many failed logins for this user name from this address (docs/security.md "Failed logins").
     QuotaExceeded,
+    /// A Will Topic that is not a topic name (empty or with a wildcard); v5 only, 3.1.1 closes.
+    WillTopicInvalid,
 }
 
 impl Refusal {
@@ -142,6 +144,13 @@ impl Refusal {
             Refusal::QuotaExceeded => {
                 if v5 {
                     0x97
+                } else {
+                    0x05
+                }
+            }
+            Refusal::WillTopicInvalid => {
+                if v5 {
+                    rc::TOPIC_NAME_INVALID
                 } else {
                     0x05
                 }
@@ -1442,6 +1451,22 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     if shared.shutdown.is_triggered() {
         return refuse(Refusal::Unavailable);
     }
+    if connect
+        .will
+        .as_ref()
+        .is_some_and(|w| !super::topic::general_topic_valid(&w.topic))
+    {
+        // A Will Topic is a topic name: not empty, no wildcard (MQTT 5 3.1.3.3, 3.1.1 3.1.3.3).
+        // v5 says so in CONNACK 0x90; 3.1.1 has no code for it, so the connection is closed.
+        tracing::info!(target: "mqtt", "{peer}: CONNECT refused: invalid will topic {:?}",
+            connect.will.as_ref().map(|w| w.topic.as_str()).unwrap_or_default());
+        if v5 {
+            return refuse(Refusal::WillTopicInvalid);
+        }
+        conn.closing.set(true);
+        conn.wake_writer();
+        return;
+    }
     let transport_caller = match certificate_caller(&shared, identity.certificate_cn.as_deref()) {
         Some(result) => Some(result),
         None => identity
@@ -2041,6 +2066,17 @@ impl Session<'_> {
                 self.aliases.insert(alias, p.topic.clone());
             }
         }
+        if p.topic.is_empty() {
+            // No topic and no alias to stand for it: a protocol error ([MQTT-3.3.2-1], 3.3.2.3.4).
+            tracing::info!(target: "mqtt", "PUBLISH without a topic name or alias: closing");
+            return Flow::Close(rc::PROTOCOL_ERROR);
+        }
+        if p.topic.contains(['+', '#']) {
+            // A wildcard in a topic name is a protocol error, not a refusal ([MQTT-3.3.2-2],
+            // [MQTT-4.7.3-1]): no acknowledgement, the connection is closed (v5: DISCONNECT 0x90).
+            tracing::info!(target: "mqtt", "PUBLISH to {:?}: a wildcard in a topic name; closing", p.topic);
+            return Flow::Close(rc::TOPIC_NAME_INVALID);
+        }
         if p.qos == 2 {
             if self.conn.qos2_received.borrow().contains(&p.packet_id) {
                 // A resend of one already applied (DUP): acknowledge, do not apply twice.
@@ -2425,6 +2461,7 @@ mod tests {
     fn connack_codes_follow_the_spec_table() {
         check(Refusal::UnsupportedLevel, 0x01, 0x84);
         check(Refusal::ClientIdRefused, 0x02, 0x85);
+        check(Refusal::WillTopicInvalid, 0x05, 0x90);
         check(Refusal::Unavailable, 0x03, 0x88);
         check(Refusal::BadCredentials, 0x04, 0x86);
         check(Refusal::NotAuthorized, 0x05, 0x87);
