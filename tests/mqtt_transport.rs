@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{mqtt_packet, mqtt_string};
 use common::{Builder, Server};
 
 struct Broker {
@@ -363,27 +364,6 @@ fn websocket_mqtt_refusals() {
 }
 
 // ---- both directions at once over TLS ----
-
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut out = (s.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(s.as_bytes());
-    out
-}
-
-fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        out.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
 
 /// One whole packet: (first byte, body).
 fn read_mqtt(stream: &mut impl std::io::Read) -> (u8, Vec<u8>) {

@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{core_sum, health_verbose as health};
 use common::{Builder, Rng, Server};
 use serde_json::Value as Json;
 
@@ -145,24 +146,6 @@ fn put_url(agent: &ureq::Agent, url: &str, body: &str) {
         other => other.unwrap_or_else(|e| panic!("PUT {url}: {e}")),
     };
     assert_eq!(r.status(), 204);
-}
-
-fn health(server: &Server) -> Json {
-    let body = ureq::get(&server.url("/health?verbose"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
-
-fn core_sum(h: &Json, field: &str) -> u64 {
-    h["cores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c[field].as_u64().unwrap_or(0))
-        .sum()
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::{mqtt_packet, mqtt_string};
 use common::{mqtt_port, Builder, Server, ADMIN_PASSWORD, ADMIN_USER};
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
@@ -891,27 +892,6 @@ impl Sse {
 }
 
 // ---- MQTT (raw packets, for exact reason codes) ----
-
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        out.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
 
 struct Mqtt {
     stream: TcpStream,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{core_sum, health_verbose as health, mqtt_packet, mqtt_string};
 use common::{Builder, Rng, Server};
 use serde_json::Value as Json;
 
@@ -246,27 +247,6 @@ fn ws_reader(addr: SocketAddr, expected: Expected) -> Result<usize, String> {
     })
 }
 
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        out.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
 /// An MQTT 3.1.1 connection (clean session) subscribed to `T/#` at `qos`; nothing read.
 fn mqtt_open(addr: SocketAddr, client: &str, qos: u8) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
@@ -432,24 +412,6 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
-fn health(server: &Server) -> Json {
-    let body = ureq::get(&server.url("/health?verbose"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
-
-fn core_sum(h: &Json, field: &str) -> u64 {
-    h["cores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c[field].as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// A table larger than the old 100,000-event cap on an initial state (once refused with a 500)

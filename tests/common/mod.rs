@@ -522,3 +522,46 @@ pub fn mqtt_port(server: &Server) -> SocketAddr {
         }
     }
 }
+
+/// `GET /health?verbose` as JSON.
+pub fn health_verbose(server: &Server) -> serde_json::Value {
+    let body = ureq::get(&server.url("/health?verbose"))
+        .call()
+        .expect("GET /health?verbose")
+        .into_string()
+        .expect("health body");
+    serde_json::from_str(&body).expect("health JSON")
+}
+
+/// The sum over cores of a numeric field of `/health?verbose`.
+pub fn core_sum(health: &serde_json::Value, field: &str) -> u64 {
+    health["cores"]
+        .as_array()
+        .expect("cores")
+        .iter()
+        .map(|c| c[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// An MQTT UTF-8 string: two length bytes, then the bytes.
+pub fn mqtt_string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// An MQTT packet: first byte, variable-length remaining length, body.
+pub fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
