@@ -1290,7 +1290,7 @@ impl Sender {
             }
         }
         // Live: our log in commit order, from `after`.
-        while !self.stopped() {
+        'live: while !self.stopped() {
             let token = self.db.commits.current();
             let (txns, last) = self
                 .db
@@ -1309,6 +1309,23 @@ impl Sender {
                 let have = sent.get(&tx.origin).copied().unwrap_or(0);
                 if tx.seq <= have {
                     continue;
+                }
+                if tx.pruned {
+                    // docs/replication.md "Pruned audit log": never send it incomplete.
+                    tracing::info!(
+                        "replication: {database} {} {} lost entries to pruning; sending a delta snapshot to {}",
+                        tx.origin,
+                        tx.seq,
+                        self.peer
+                    );
+                    match self.snapshot(&self.replicated_tables())? {
+                        Some((cursors, last)) => {
+                            sent = cursors;
+                            after = last;
+                        }
+                        None => return Ok(()),
+                    }
+                    continue 'live;
                 }
                 let mut entries = Vec::with_capacity(tx.entries.len());
                 for e in tx.entries {

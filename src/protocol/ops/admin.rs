@@ -154,8 +154,7 @@ pub async fn set_configuration(
         changes.push((path.clone(), yaml));
     }
     // The new values must make a valid configuration before the file changes.
-    Config::from_tree(&check, &resources.config.root, 1)
-        .map_err(|e| OpError::bad(format!("Invalid configuration: {e}")))?;
+    Config::from_tree(&check, &resources.config.root, 1).map_err(|e| config_refusal(&e))?;
     let path = config_file(resources);
     run_blocking(move || {
         let mut yaml = read_yaml(&path)?;
@@ -175,16 +174,40 @@ pub async fn set_configuration(
         })
         .map(|(key, _)| key.as_str())
         .collect();
-    let mut text = String::from(
-        "Configuration successfully set. You must restart tidepool for new config settings to take effect.",
+    // HarperDB's message word for word (clients compare it); what tidepool stores without
+    // effect goes in a field of its own (docs/operations-api.md, "Server administration").
+    let mut o = Object::new();
+    o.insert(
+        "message",
+        Value::from(
+            "Configuration successfully set. You must restart HarperDB for new config settings to take effect.",
+        ),
     );
     if !ignored.is_empty() {
-        text.push_str(&format!(
-            " These keys are stored but change nothing in tidepool: {}.",
-            ignored.join(", ")
-        ));
+        o.insert(
+            "stored_without_effect",
+            Value::Array(ignored.into_iter().map(Value::from).collect()),
+        );
     }
-    Ok(super::message(&text))
+    Ok(Value::Object(o))
+}
+
+/// An invalid value in HarperDB's words (`HarperDB config file validation error: 'http.cors'
+/// must be a boolean`): the prefix is what a client may match on, so it stays HarperDB's.
+fn config_refusal(e: &crate::config::ConfigError) -> OpError {
+    let text = if e.message.starts_with("expected true or false") {
+        "must be a boolean".to_string()
+    } else if e.message.starts_with("expected a string") {
+        "must be a string".to_string()
+    } else if e.message.starts_with("expected a non-negative integer") {
+        "must be a non-negative integer".to_string()
+    } else {
+        e.message.clone()
+    };
+    OpError::bad(format!(
+        "HarperDB config file validation error: '{}' {text}",
+        e.key
+    ))
 }
 
 /// docs/replication.md's shape while replication is off.

@@ -59,6 +59,7 @@ pub fn name(op: &Operation) -> &str {
         Operation::GetJob { .. } => "get_job",
         Operation::SearchJobsByStartDate { .. } => "search_jobs_by_start_date",
         Operation::DeleteRecordsBefore { .. } => "delete_records_before",
+        Operation::DeleteAuditLogsBefore { .. } => "delete_audit_logs_before",
         Operation::Restart => "restart",
         Operation::ExportLocal(_) => "export_local",
     }
@@ -384,6 +385,14 @@ pub async fn execute(
             before_ms,
         } => job_started(
             jobs::start_delete_before(resources, caller, &database, &table, before_ms).await?,
+        ),
+        Operation::DeleteAuditLogsBefore {
+            database,
+            table,
+            before_ms,
+        } => job_started(
+            jobs::start_delete_audit_before(resources, caller, &database, &table, before_ms)
+                .await?,
         ),
         Operation::Restart => {
             crate::resource::request_restart()?;
