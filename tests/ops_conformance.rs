@@ -52,7 +52,7 @@ fn restricted(handler: &str) -> Value {
            "unauthorized_access": [format!("Operation '{handler}' is restricted to 'super_user' roles")]})
 }
 
-fn steps(dir: &std::path::Path) -> Vec<Step> {
+fn steps(dir: &std::path::Path, root: &std::path::Path) -> Vec<Step> {
     let missing = dir.join("Suppliers_wrong.csv");
     let latin1 = dir.join("Customers.csv");
     let long_name = "IIetmyLabradorcomeoutsidewithmewhenIwastakingthebinsoutonemorningIlethimgoforawanderthinkinghewasjustgoingtopeeonthetelegraphpoleattheendofourdrivewaylikehealwaysdoesInsteadhesawhisopportunityandseizeditHekeptwalkingpastthetelegraphpolepasttheborderofour";
@@ -532,7 +532,7 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
         Call(
             "7 › Jobs Test Export To Local using NoSQL as su",
             Admin,
-            json!({"operation": "export_local", "path": dir, "filename": "test_export.json", "format": "json",
+            json!({"operation": "export_local", "path": root, "filename": "test_export.json", "format": "json",
                    "search_operation": {"operation": "search_by_hash", "schema": "northnwd", "table": "employees",
                        "hash_attribute": "employeeid", "hash_values": [2], "get_attributes": ["lastname"]}}),
             200,
@@ -545,8 +545,60 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
         ),
         FileHolds(
             "the exported file",
-            dir.join("test_export.json"),
+            root.join("test_export.json"),
             json!([{"lastname": "Fuller"}]),
+        ),
+        Call(
+            "7 › Jobs Test Export To Local using SQL as su",
+            Admin,
+            json!({"operation": "export_local", "path": "./", "filename": "sql_export.json", "format": "json",
+                   "search_operation": {"operation": "sql",
+                       "sql": "select employeeid, lastname\n    from northnwd.employees where employeeid <= 2 order by employeeid"}}),
+            200,
+            started.clone(),
+        ),
+        JobEnds(
+            "the SQL export job",
+            json!({"/0/status": "COMPLETE", "/0/type": "export_local",
+                   "/0/result/message": "Successfully exported JSON locally."}),
+        ),
+        FileHolds(
+            "the SQL export's file, in the root folder",
+            root.join("sql_export.json"),
+            json!([{"employeeid": 1, "lastname": "Davolio"}, {"employeeid": 2, "lastname": "Fuller"}]),
+        ),
+        Call(
+            "export_local with an SQL write: not an export",
+            Admin,
+            json!({"operation": "export_local", "path": "./", "filename": "x", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "delete from northnwd.employees"}}),
+            400,
+            json!({"error": "export_local runs a SELECT statement; other SQL statements are not exports"}),
+        ),
+        Call(
+            "export_local to a folder outside the root folder",
+            Admin,
+            json!({"operation": "export_local", "path": dir, "filename": "x", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "select 1"}}),
+            400,
+            json!({"error": format!("'path' must be a folder inside the server's root folder ({}), not '{}'",
+                                    root.display(), dir.display())}),
+        ),
+        Call(
+            "export_local climbing out with ..",
+            Admin,
+            json!({"operation": "export_local", "path": "../", "filename": "x", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "select 1"}}),
+            400,
+            json!({"error": "<present>"}),
+        ),
+        Call(
+            "7 › Jobs Test Export To Local using SQL as test_user (Δ: writing server files is a super user's)",
+            User,
+            json!({"operation": "export_local", "path": "./", "filename": "test_export.json", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "select * from dev.dog"}}),
+            403,
+            restricted("export_local"),
         ),
         Call(
             "7 › Jobs Test Export To Local using NoSQL as test_user",
@@ -945,7 +997,7 @@ fn operations_answer_as_harperdb_does() {
     )
     .expect("write");
     let mut job = String::new();
-    for step in steps(dir.path()) {
+    for step in steps(dir.path(), server.root.path()) {
         match step {
             Call(what, who, request, status, fields) => {
                 let (got, body) = send(&server, who, &substitute(&request, &job));

@@ -679,17 +679,20 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 Some(_) => return Err(OpError::bad("'search_operation' must be an object")),
                 None => return Err(OpError::bad("'search_operation' is required")),
             };
-            if !matches!(
-                search,
+            match &search {
                 Operation::SearchById { .. }
-                    | Operation::SearchByValue(_)
-                    | Operation::SearchByConditions(_)
-            ) {
-                return Err(OpError::new(
-                    501,
-                    "export_local runs search_by_hash (search_by_id), search_by_value or \
-                     search_by_conditions here; other search operations are not supported",
-                ));
+                | Operation::SearchByValue(_)
+                | Operation::SearchByConditions(_) => {}
+                Operation::Sql { sql } if starts_with_word(sql, "select") => {}
+                Operation::Sql { .. } => return Err(OpError::bad(
+                    "export_local runs a SELECT statement; other SQL statements are not exports",
+                )),
+                _ => {
+                    return Err(OpError::bad(
+                        "'search_operation' must be search_by_hash (search_by_id), \
+                         search_by_value, search_by_conditions or sql",
+                    ))
+                }
             }
             Operation::ExportLocal(Box::new(ExportLocal {
                 path: f.string("path")?,
@@ -728,6 +731,17 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         other => return Err(OpError::bad(format!("Operation '{other}' not found"))),
     };
     Ok(op)
+}
+
+/// Whether `text` begins (after white space) with `word`, in any case.
+fn starts_with_word(text: &str, word: &str) -> bool {
+    let text = text.trim_start();
+    text.get(..word.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        && text[word.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_alphanumeric() && c != '_')
 }
 
 fn decode_write(name: &str, f: &Fields<'_>, database: Option<&str>) -> Result<Write, OpError> {
