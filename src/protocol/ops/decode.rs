@@ -431,7 +431,9 @@ pub fn decode(body_type: BodyType, body: &[u8]) -> Result<Operation, OpError> {
     decode_object(&fields, true)
 }
 
-/// Decodes one operation object (`top`: not inside a `transaction`).
+/// Decodes one operation object (`top`: not inside a `transaction`): each family of
+/// operations has its decoder ([`DECODERS`]); clustering and HarperDB operations not served
+/// here are recognised by name.
 pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
     let name = match fields.get("operation") {
         None | Some(Value::Null) => {
@@ -446,7 +448,28 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         fields,
         strict_names: STRICT_NAME_OPS.contains(&name),
     };
-    let op = match name {
+    for decoder in DECODERS {
+        if let Some(op) = decoder(name, &f, top)? {
+            return Ok(op);
+        }
+    }
+    Ok(match name {
+        other if CLUSTERING_OPS.contains(&other) => {
+            Operation::Clustering(other.to_string(), fields.clone())
+        }
+        other if UNSUPPORTED_OPS.contains(&other) => Operation::Unsupported(other.to_string()),
+        other => return Err(OpError::bad(format!("Operation '{other}' not found"))),
+    })
+}
+
+/// A family's decoder: `None` when the name is not one of its operations.
+type Decoder = fn(&str, &Fields<'_>, bool) -> Result<Option<Operation>, OpError>;
+
+const DECODERS: [Decoder; 5] = [schema_op, data_op, user_op, admin_op, job_op];
+
+/// Databases, tables and attributes.
+fn schema_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "describe_all" => Operation::DescribeAll,
         "describe_database" | "describe_schema" => Operation::DescribeDatabase {
             database: f.database()?,
@@ -488,8 +511,15 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             table: f.name("table")?,
             attribute: f.name("attribute")?,
         },
+        _ => return Ok(None),
+    }))
+}
+
+/// Record writes, searches, transactions, SQL and the audit log.
+fn data_op(name: &str, f: &Fields<'_>, top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "insert" | "update" | "upsert" | "delete" => {
-            Operation::Write(decode_write(name, &f, None)?)
+            Operation::Write(decode_write(name, f, None)?)
         }
         "search_by_id" | "search_by_hash" => Operation::SearchById {
             database: f.database()?,
@@ -497,60 +527,27 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             ids: f.ids()?,
             get_attributes: f.get_attributes()?,
         },
-        "search_by_value" => Operation::SearchByValue(SearchByValue {
-            database: f.database()?,
-            table: f.name("table")?,
-            attribute: f.string_alias("attribute", "search_attribute")?,
-            value: f
-                .alias("value", "search_value")
-                .cloned()
-                .ok_or_else(|| OpError::bad("'value' is required"))?,
-            get_attributes: f.get_attributes()?,
-            limit: f.opt_u64("limit")?,
-            offset: f.opt_u64("offset")?.unwrap_or(0),
-            // `reverse` is HarperDB's name for it.
-            desc: match f.opt_bool("desc")? {
-                Some(desc) => desc,
-                None => f.opt_bool("reverse")?.unwrap_or(false),
-            },
-            explain: f.opt_bool("explain")?.unwrap_or(false),
-        }),
+        "search_by_value" => Operation::SearchByValue(f.search_by_value()?),
         "search_by_conditions" => Operation::SearchByConditions(f.search_by_conditions()?),
-        "transaction" if top => {
-            let database = f.database()?;
-            let Some(Value::Array(items)) = f.get("operations") else {
-                return Err(OpError::bad("'operations' must be an array of operations"));
-            };
-            if items.len() > TRANSACTION_OPS_MAX {
-                return Err(OpError::bad(format!(
-                    "a transaction holds at most {TRANSACTION_OPS_MAX} operations"
-                )));
-            }
-            let mut operations = Vec::with_capacity(items.len());
-            for item in items {
-                let Value::Object(inner) = item else {
-                    return Err(OpError::bad("each of 'operations' must be an object"));
-                };
-                let inner = Fields {
-                    fields: inner,
-                    strict_names: false,
-                };
-                let inner_name = inner.string("operation")?;
-                if !matches!(
-                    inner_name.as_str(),
-                    "insert" | "update" | "upsert" | "delete"
-                ) {
-                    return Err(OpError::bad(format!(
-                        "Operation '{inner_name}' cannot be part of a transaction; use insert, update, upsert or delete"
-                    )));
+        "transaction" if top => f.transaction()?,
+        "sql" => Operation::Sql {
+            sql: match f.get("sql") {
+                None | Some(Value::Null) => {
+                    return Err(OpError::bad(
+                        "The 'sql' parameter is missing from the request body",
+                    ))
                 }
-                operations.push(decode_write(&inner_name, &inner, Some(&database))?);
-            }
-            Operation::Transaction {
-                database,
-                operations,
-            }
-        }
+                Some(_) => f.string("sql")?,
+            },
+        },
+        "read_audit_log" => Operation::ReadAuditLog(f.read_audit_log()?),
+        _ => return Ok(None),
+    }))
+}
+
+/// Roles, users and tokens.
+fn user_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "list_roles" => Operation::ListRoles,
         "add_role" => Operation::AddRole {
             role: f.string("role")?,
@@ -589,6 +586,13 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         "drop_user" => Operation::DropUser {
             username: f.string("username")?,
         },
+        _ => return Ok(None),
+    }))
+}
+
+/// Clustering routes, configuration, system information and the log.
+fn admin_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "cluster_status" => Operation::ClusterStatus,
         "cluster_set_routes" => Operation::ClusterSetRoutes {
             routes: f.routes()?,
@@ -599,7 +603,8 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         },
         "get_configuration" => Operation::GetConfiguration,
         "set_configuration" => Operation::SetConfiguration {
-            settings: fields
+            settings: f
+                .fields
                 .iter()
                 .filter(|(k, _)| *k != "operation")
                 .map(|(k, v)| (k.to_string(), v.clone()))
@@ -608,99 +613,19 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         "system_information" => Operation::SystemInformation {
             attributes: f.opt_strings("attributes")?,
         },
-        "read_log" => Operation::ReadLog(ReadLog {
-            start: f.opt_u64("start")?.unwrap_or(0),
-            limit: f.opt_u64("limit")?.unwrap_or(1000),
-            level: f.opt_string("level")?,
-            from: f.opt_string("from")?,
-            until: f.opt_string("until")?,
-            descending: match f.opt_string("order")?.as_deref() {
-                None | Some("asc") => false,
-                Some("desc") => true,
-                Some(other) => {
-                    return Err(OpError::bad(format!(
-                        "'order' must be \"asc\" or \"desc\", not \"{other}\""
-                    )))
-                }
-            },
-            filter: f.opt_string("filter")?,
-        }),
-        "sql" => Operation::Sql {
-            sql: match f.get("sql") {
-                None | Some(Value::Null) => {
-                    return Err(OpError::bad(
-                        "The 'sql' parameter is missing from the request body",
-                    ))
-                }
-                Some(_) => f.string("sql")?,
-            },
-        },
-        "read_audit_log" => Operation::ReadAuditLog(ReadAuditLog {
-            database: f.database()?,
-            table: f.name("table")?,
-            search_type: match f.opt_string("search_type")? {
-                None => "timestamp".to_string(),
-                Some(t) if matches!(t.as_str(), "timestamp" | "username" | "hash_value") => t,
-                Some(t) => {
-                    return Err(OpError::bad(format!(
-                        "'search_type' must be timestamp, username or hash_value, not \"{t}\""
-                    )))
-                }
-            },
-            search_values: match f.get("search_values") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(items)) => items.clone(),
-                Some(_) => return Err(OpError::bad("'search_values' must be an array")),
-            },
-        }),
+        "read_log" => Operation::ReadLog(f.read_log()?),
+        _ => return Ok(None),
+    }))
+}
+
+/// Jobs: CSV loads, exports, deletions before a time; and restart.
+fn job_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "csv_data_load" => Operation::CsvLoad(f.csv_load(CsvFrom::Data(f.string("data")?))?),
         "csv_file_load" => Operation::CsvLoad(f.csv_load(CsvFrom::File(f.string("file_path")?))?),
-        "csv_url_load" => {
-            let url = f.string("csv_url")?;
-            let scheme_ok = ["http://", "https://"].iter().any(|p| {
-                url.get(..p.len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(p))
-            });
-            if !scheme_ok {
-                return Err(OpError::bad("'csv_url' must be an http:// or https:// URL"));
-            }
-            Operation::CsvLoad(f.csv_load(CsvFrom::Url(url))?)
-        }
+        "csv_url_load" => f.csv_url_load()?,
         "restart" => Operation::Restart,
-        "export_local" => {
-            let format = f.opt_string("format")?.unwrap_or_else(|| "json".into());
-            if !matches!(format.as_str(), "json" | "csv") {
-                return Err(OpError::bad(format!(
-                    "'format' must be json or csv, not '{format}'"
-                )));
-            }
-            let search = match f.get("search_operation") {
-                Some(Value::Object(o)) => decode_object(o, false)?,
-                Some(_) => return Err(OpError::bad("'search_operation' must be an object")),
-                None => return Err(OpError::bad("'search_operation' is required")),
-            };
-            match &search {
-                Operation::SearchById { .. }
-                | Operation::SearchByValue(_)
-                | Operation::SearchByConditions(_) => {}
-                Operation::Sql { sql } if starts_with_word(sql, "select") => {}
-                Operation::Sql { .. } => return Err(OpError::bad(
-                    "export_local runs a SELECT statement; other SQL statements are not exports",
-                )),
-                _ => {
-                    return Err(OpError::bad(
-                        "'search_operation' must be search_by_hash (search_by_id), \
-                         search_by_value, search_by_conditions or sql",
-                    ))
-                }
-            }
-            Operation::ExportLocal(Box::new(ExportLocal {
-                path: f.string("path")?,
-                filename: f.string("filename")?,
-                format,
-                search,
-            }))
-        }
+        "export_local" => f.export_local()?,
         "get_job" => Operation::GetJob {
             id: f.string("id")?,
         },
@@ -724,13 +649,165 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             from_ms: f.date("from_date")?,
             to_ms: f.date("to_date")?,
         },
-        other if CLUSTERING_OPS.contains(&other) => {
-            Operation::Clustering(other.to_string(), fields.clone())
+        _ => return Ok(None),
+    }))
+}
+
+impl Fields<'_> {
+    fn search_by_value(&self) -> Result<SearchByValue, OpError> {
+        let f = self;
+        Ok(SearchByValue {
+            database: f.database()?,
+            table: f.name("table")?,
+            attribute: f.string_alias("attribute", "search_attribute")?,
+            value: f
+                .alias("value", "search_value")
+                .cloned()
+                .ok_or_else(|| OpError::bad("'value' is required"))?,
+            get_attributes: f.get_attributes()?,
+            limit: f.opt_u64("limit")?,
+            offset: f.opt_u64("offset")?.unwrap_or(0),
+            // `reverse` is HarperDB's name for it.
+            desc: match f.opt_bool("desc")? {
+                Some(desc) => desc,
+                None => f.opt_bool("reverse")?.unwrap_or(false),
+            },
+            explain: f.opt_bool("explain")?.unwrap_or(false),
+        })
+    }
+
+    /// `transaction`: its database and writes (insert, update, upsert, delete only).
+    fn transaction(&self) -> Result<Operation, OpError> {
+        let f = self;
+        let database = f.database()?;
+        let Some(Value::Array(items)) = f.get("operations") else {
+            return Err(OpError::bad("'operations' must be an array of operations"));
+        };
+        if items.len() > TRANSACTION_OPS_MAX {
+            return Err(OpError::bad(format!(
+                "a transaction holds at most {TRANSACTION_OPS_MAX} operations"
+            )));
         }
-        other if UNSUPPORTED_OPS.contains(&other) => Operation::Unsupported(other.to_string()),
-        other => return Err(OpError::bad(format!("Operation '{other}' not found"))),
-    };
-    Ok(op)
+        let mut operations = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::Object(inner) = item else {
+                return Err(OpError::bad("each of 'operations' must be an object"));
+            };
+            let inner = Fields {
+                fields: inner,
+                strict_names: false,
+            };
+            let inner_name = inner.string("operation")?;
+            if !matches!(
+                inner_name.as_str(),
+                "insert" | "update" | "upsert" | "delete"
+            ) {
+                return Err(OpError::bad(format!(
+                    "Operation '{inner_name}' cannot be part of a transaction; use insert, update, upsert or delete"
+                )));
+            }
+            operations.push(decode_write(&inner_name, &inner, Some(&database))?);
+        }
+        Ok(Operation::Transaction {
+            database,
+            operations,
+        })
+    }
+
+    fn read_log(&self) -> Result<ReadLog, OpError> {
+        let f = self;
+        Ok(ReadLog {
+            start: f.opt_u64("start")?.unwrap_or(0),
+            limit: f.opt_u64("limit")?.unwrap_or(1000),
+            level: f.opt_string("level")?,
+            from: f.opt_string("from")?,
+            until: f.opt_string("until")?,
+            descending: match f.opt_string("order")?.as_deref() {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(other) => {
+                    return Err(OpError::bad(format!(
+                        "'order' must be \"asc\" or \"desc\", not \"{other}\""
+                    )))
+                }
+            },
+            filter: f.opt_string("filter")?,
+        })
+    }
+
+    fn read_audit_log(&self) -> Result<ReadAuditLog, OpError> {
+        let f = self;
+        Ok(ReadAuditLog {
+            database: f.database()?,
+            table: f.name("table")?,
+            search_type: match f.opt_string("search_type")? {
+                None => "timestamp".to_string(),
+                Some(t) if matches!(t.as_str(), "timestamp" | "username" | "hash_value") => t,
+                Some(t) => {
+                    return Err(OpError::bad(format!(
+                        "'search_type' must be timestamp, username or hash_value, not \"{t}\""
+                    )))
+                }
+            },
+            search_values: match f.get("search_values") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) => items.clone(),
+                Some(_) => return Err(OpError::bad("'search_values' must be an array")),
+            },
+        })
+    }
+
+    fn csv_url_load(&self) -> Result<Operation, OpError> {
+        let f = self;
+        let url = f.string("csv_url")?;
+        let scheme_ok = ["http://", "https://"].iter().any(|p| {
+            url.get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+        });
+        if !scheme_ok {
+            return Err(OpError::bad("'csv_url' must be an http:// or https:// URL"));
+        }
+        Ok(Operation::CsvLoad(f.csv_load(CsvFrom::Url(url))?))
+    }
+
+    /// `export_local`: the format, the search (NoSQL searches or an SQL SELECT) and the file.
+    fn export_local(&self) -> Result<Operation, OpError> {
+        let f = self;
+        let format = f.opt_string("format")?.unwrap_or_else(|| "json".into());
+        if !matches!(format.as_str(), "json" | "csv") {
+            return Err(OpError::bad(format!(
+                "'format' must be json or csv, not '{format}'"
+            )));
+        }
+        let search = match f.get("search_operation") {
+            Some(Value::Object(o)) => decode_object(o, false)?,
+            Some(_) => return Err(OpError::bad("'search_operation' must be an object")),
+            None => return Err(OpError::bad("'search_operation' is required")),
+        };
+        match &search {
+            Operation::SearchById { .. }
+            | Operation::SearchByValue(_)
+            | Operation::SearchByConditions(_) => {}
+            Operation::Sql { sql } if starts_with_word(sql, "select") => {}
+            Operation::Sql { .. } => {
+                return Err(OpError::bad(
+                    "export_local runs a SELECT statement; other SQL statements are not exports",
+                ))
+            }
+            _ => {
+                return Err(OpError::bad(
+                    "'search_operation' must be search_by_hash (search_by_id), \
+                     search_by_value, search_by_conditions or sql",
+                ))
+            }
+        }
+        Ok(Operation::ExportLocal(Box::new(ExportLocal {
+            path: f.string("path")?,
+            filename: f.string("filename")?,
+            format,
+            search,
+        })))
+    }
 }
 
 /// Whether `text` begins (after white space) with `word`, in any case.
