@@ -122,9 +122,7 @@ fn load_config(
     cpus: usize,
 ) -> Result<(Config, ConfigTree), String> {
     let mut tree = ConfigTree::defaults();
-    let file = std::env::var_os("HDB_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("harperdb-config.yaml"));
+    let file = tidepool::config::file_path(root);
     if file.exists() {
         let source = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;

@@ -126,6 +126,14 @@ fn flatten(prefix: &str, value: &Yaml, out: &mut BTreeMap<String, String>) {
 }
 
 /// Parses an override value: YAML scalar syntax (`null`, `9000`, `true`), JSON for lists/objects.
+/// The configuration file: `HDB_CONFIG` when set (the packaged unit points it at
+/// `/etc/tidepool/harperdb-config.yaml`, deploy/README.md), else `<root>/harperdb-config.yaml`.
+pub fn file_path(root: &Path) -> PathBuf {
+    std::env::var_os("HDB_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("harperdb-config.yaml"))
+}
+
 pub fn parse_override_value(raw: &str) -> Yaml {
     serde_yaml::from_str::<Yaml>(raw).unwrap_or_else(|_| Yaml::String(raw.to_string()))
 }

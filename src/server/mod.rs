@@ -443,9 +443,11 @@ fn bind_secure_ports(
     Ok(Some(certificate))
 }
 
-/// `<root>/harperdb-config.yaml` is written with defaults when missing (README.md#running-it).
+/// The configuration file is written with defaults when missing (README.md#running-it). With
+/// `HDB_CONFIG` set it exists already (start-up refuses a missing one), so nothing is written
+/// into the root beside it.
 fn write_default_config(root: &std::path::Path, _tree: &ConfigTree) {
-    let path = root.join("harperdb-config.yaml");
+    let path = crate::config::file_path(root);
     if !path.exists() {
         if let Err(e) = std::fs::write(&path, crate::config::DEFAULT_CONFIG_YAML) {
             tracing::warn!("cannot write {}: {e}", path.display());
