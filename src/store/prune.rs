@@ -20,6 +20,8 @@
 
 use std::ops::Bound;
 
+use heed::RwTxn;
+
 use super::replicate::{read_u64, seq_index_key};
 use super::writer::Writer;
 use super::{layout, StoreError};
@@ -46,19 +48,19 @@ pub(super) fn pruned_key(origin: &str) -> Vec<u8> {
 
 impl Writer {
     /// Removes `table`'s entries from up to [`PRUNE_BATCH`] audit transactions after `after`
-    /// (exclusive) and before `before` (exclusive), in one write transaction.
+    /// (exclusive) and before `before` (exclusive), in the writer's transaction `wtxn`.
     pub(super) fn prune_audit(
         &self,
+        wtxn: &mut RwTxn,
         table: &str,
         before: f64,
         after: Option<f64>,
     ) -> Result<PruneStep, StoreError> {
         let mut step = PruneStep::default();
-        let mut wtxn = self.db.env.write_txn()?;
         let newest = self
             .db
             .audit
-            .last(&wtxn)?
+            .last(wtxn)?
             .and_then(|(k, _)| layout::version_from_audit_key(k));
         let from = after.map(layout::audit_key);
         let to = layout::audit_key(before);
@@ -69,7 +71,7 @@ impl Writer {
         );
         // Read the batch first (owned), then change it: LMDB iterators borrow the transaction.
         let mut batch: Vec<(f64, Value)> = Vec::new();
-        for item in self.db.audit.range(&wtxn, &range)?.take(PRUNE_BATCH) {
+        for item in self.db.audit.range(wtxn, &range)?.take(PRUNE_BATCH) {
             let (k, v) = item?;
             let position = layout::version_from_audit_key(k)
                 .ok_or_else(|| StoreError::Corrupt("audit key".into()))?;
@@ -100,26 +102,23 @@ impl Writer {
             let empty = matches!(fields.get("entries"), Some(Value::Array(a)) if a.is_empty());
             let key = layout::audit_key(position);
             if empty && Some(position) != newest {
-                self.db.audit.delete(&mut wtxn, &key)?;
+                self.db.audit.delete(wtxn, &key)?;
                 if let (Some(origin), Some(seq)) = (&origin, seq) {
-                    self.db
-                        .meta
-                        .delete(&mut wtxn, &seq_index_key(origin, seq))?;
+                    self.db.meta.delete(wtxn, &seq_index_key(origin, seq))?;
                 }
             } else {
                 fields.insert("pruned", Value::Bool(true));
                 let bytes = value::to_archived_bytes(&txn);
-                self.db.audit.put(&mut wtxn, &key, &bytes)?;
+                self.db.audit.put(wtxn, &key, &bytes)?;
             }
             if let (Some(origin), Some(seq)) = (origin, seq) {
                 let mark = pruned_key(&origin);
-                let current = read_u64(self.db.meta.get(&wtxn, &mark)?);
+                let current = read_u64(self.db.meta.get(wtxn, &mark)?);
                 if seq > current {
-                    self.db.meta.put(&mut wtxn, &mark, &seq.to_le_bytes())?;
+                    self.db.meta.put(wtxn, &mark, &seq.to_le_bytes())?;
                 }
             }
         }
-        wtxn.commit()?;
         Ok(step)
     }
 }

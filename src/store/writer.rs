@@ -483,7 +483,7 @@ impl Writer {
                         reply,
                     } => {
                         self.commit_batch(&mut batch);
-                        let _ = reply.send(self.prune_audit(&table, before, after));
+                        let _ = reply.send(self.prune_audit_step(&table, before, after));
                     }
                     Job::Stop => {
                         self.commit_batch(&mut batch);
@@ -1039,6 +1039,19 @@ impl Writer {
             .max(0);
         self.db.meta.put(txn, &key, &count.to_le_bytes())?;
         Ok(())
+    }
+
+    /// One pruning step (`prune.rs`) in its own write transaction.
+    fn prune_audit_step(
+        &self,
+        table: &str,
+        before: f64,
+        after: Option<f64>,
+    ) -> Result<super::PruneStep, StoreError> {
+        let mut wtxn = self.db.env.write_txn()?;
+        let step = self.prune_audit(&mut wtxn, table, before, after)?;
+        wtxn.commit()?;
+        Ok(step)
     }
 
     fn ensure_table(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {

@@ -518,9 +518,7 @@ fn schema_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>
 /// Record writes, searches, transactions, SQL and the audit log.
 fn data_op(name: &str, f: &Fields<'_>, top: bool) -> Result<Option<Operation>, OpError> {
     Ok(Some(match name {
-        "insert" | "update" | "upsert" | "delete" => {
-            Operation::Write(decode_write(name, f, None)?)
-        }
+        "insert" | "update" | "upsert" | "delete" => Operation::Write(decode_write(name, f, None)?),
         "search_by_id" | "search_by_hash" => Operation::SearchById {
             database: f.database()?,
             table: f.name("table")?,
