@@ -33,7 +33,7 @@ use crate::protocol::ws;
 use crate::pubsub::{self, Registry};
 use crate::store::{Commit, Store, StoreOptions};
 
-pub use lock::RootLock;
+pub use lock::{holder as lock_holder, operations_api as recorded_operations_api, RootLock};
 use router::{PortKind, Router};
 pub use system::tables as system_tables;
 
@@ -156,7 +156,7 @@ fn bind(
 pub fn run(opts: RunOptions) -> Result<(), RunError> {
     let config = opts.config;
     let root = config.root.clone();
-    let _lock = opts.lock;
+    let lock = opts.lock;
     write_default_config(&root, &opts.tree);
     if !opts.app_dir.is_dir() {
         return Err(RunError::Invalid(format!(
@@ -316,6 +316,12 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         tracing::info!(target: NOTIFY, "MQTTS (mqtt.network.securePort) listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
     }
     tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
+    if let Some(port) = ports
+        .iter()
+        .find(|p| p.tls.is_none() && p.kind != PortKind::Rest)
+    {
+        lock.record_operations_api(port.addr);
+    }
     notify::send("READY=1");
     if opts.watch {
         let resources = shared.resources.clone();
