@@ -80,7 +80,23 @@ fn put_get_merge_delete_and_indexes() {
     let store = open(dir.path(), commits.clone());
     let db = store.database("data").unwrap();
     let one = Value::String("1".into());
+    let created = first_put_is_indexed(&db, &one);
+    insert_skips_and_upsert_merges(&db, &one, created);
+    replace_drops_absent_and_delete_unindexes(&db, &one, created);
+    generated_keys(&db);
 
+    // Versions increase; every committed request was published once.
+    let commits = commits.lock().unwrap();
+    assert!(commits.windows(2).all(|w| w[0].version < w[1].version));
+    assert_eq!(
+        commits.len(),
+        7,
+        "the skipped insert changed nothing and published nothing"
+    );
+}
+
+/// A first put: stored under the URL id, indexed by each value; returns its `@createdTime`.
+fn first_put_is_indexed(db: &Database, one: &Value) -> i64 {
     let out = write(
         &db,
         vec![put(
@@ -111,7 +127,10 @@ fn put_get_merge_delete_and_indexes() {
         index_keys_for(&db, "Dog", "tags", &Value::String("b".into())),
         vec![one.clone()]
     );
+    created
+}
 
+fn insert_skips_and_upsert_merges(db: &Database, one: &Value, created: i64) {
     // Insert on an existing key skips; upsert merges and keeps @createdTime.
     let out = write(
         &db,
@@ -153,7 +172,9 @@ fn put_get_merge_delete_and_indexes() {
         index_keys_for(&db, "Dog", "tags", &Value::String("c".into())),
         vec![one.clone()]
     );
+}
 
+fn replace_drops_absent_and_delete_unindexes(db: &Database, one: &Value, created: i64) {
     // Replace drops absent properties.
     write(
         &db,
@@ -190,7 +211,9 @@ fn put_get_merge_delete_and_indexes() {
         index_keys_for(&db, "Dog", "name", &Value::Null).is_empty(),
         "tombstones are not indexed"
     );
+}
 
+fn generated_keys(db: &Database) {
     // Generated keys: UUID for ID, max + 1 for Long.
     let out = write(
         &db,
@@ -217,15 +240,6 @@ fn put_get_merge_delete_and_indexes() {
             key: Value::Int(42),
             created: true
         }
-    );
-
-    // Versions increase; every committed request was published once.
-    let commits = commits.lock().unwrap();
-    assert!(commits.windows(2).all(|w| w[0].version < w[1].version));
-    assert_eq!(
-        commits.len(),
-        7,
-        "the skipped insert changed nothing and published nothing"
     );
 }
 
