@@ -415,18 +415,14 @@ fn decode_ack(r: &mut Reader<'_>, v5: bool) -> Result<Ack, DecodeError> {
 fn decode_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeError> {
     let packet_id = r.packet_id()?;
     let properties = v5_properties(r, v5)?;
-    let mut filters = Vec::new();
-    while !r.is_empty() {
-        if filters.len() == FILTERS_PER_PACKET_MAX {
-            return Err(DecodeError::Malformed("too many topic filters"));
-        }
+    let filters = read_filters(r, "SUBSCRIBE without a topic filter", |r| {
         let filter = r.string()?;
         let options = r.u8()?;
         let reserved = if v5 { 0xc0 } else { 0xfc };
         if options & reserved != 0 || options & 3 == 3 || (options >> 4) & 3 == 3 {
             return Err(DecodeError::Malformed("subscription options"));
         }
-        filters.push((
+        Ok((
             filter,
             SubOptions {
                 qos: options & 3,
@@ -434,11 +430,8 @@ fn decode_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeErr
                 retain_as_published: options & 8 != 0,
                 retain_handling: (options >> 4) & 3,
             },
-        ));
-    }
-    if filters.is_empty() {
-        return Err(DecodeError::Protocol("SUBSCRIBE without a topic filter"));
-    }
+        ))
+    })?;
     Ok(Subscribe {
         packet_id,
         properties,
@@ -446,19 +439,30 @@ fn decode_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeErr
     })
 }
 
-fn decode_unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Unsubscribe, DecodeError> {
-    let packet_id = r.packet_id()?;
-    let properties = v5_properties(r, v5)?;
+/// The topic filters of a SUBSCRIBE or UNSUBSCRIBE, each read by `one` up to the end of the
+/// packet: at least one (else the protocol error `none`), at most `FILTERS_PER_PACKET_MAX`.
+fn read_filters<'b, T>(
+    r: &mut Reader<'b>,
+    none: &'static str,
+    mut one: impl FnMut(&mut Reader<'b>) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
     let mut filters = Vec::new();
     while !r.is_empty() {
         if filters.len() == FILTERS_PER_PACKET_MAX {
             return Err(DecodeError::Malformed("too many topic filters"));
         }
-        filters.push(r.string()?);
+        filters.push(one(r)?);
     }
     if filters.is_empty() {
-        return Err(DecodeError::Protocol("UNSUBSCRIBE without a topic filter"));
+        return Err(DecodeError::Protocol(none));
     }
+    Ok(filters)
+}
+
+fn decode_unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Unsubscribe, DecodeError> {
+    let packet_id = r.packet_id()?;
+    let properties = v5_properties(r, v5)?;
+    let filters = read_filters(r, "UNSUBSCRIBE without a topic filter", Reader::string)?;
     Ok(Unsubscribe {
         packet_id,
         properties,
