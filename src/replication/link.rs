@@ -1223,13 +1223,7 @@ impl Sender {
                 ]),
             )?;
         }
-        self.out.send(
-            "SNAPSHOT_END",
-            object(vec![
-                ("database", Value::String(database.clone())),
-                ("cursors", message::cursors_value(&cursors)),
-            ]),
-        )?;
+        self.send_snapshot_end(&database, &cursors)?;
         Ok(Some((cursors.into_iter().collect(), last)))
     }
 
@@ -1253,7 +1247,7 @@ impl Sender {
         let start = if snapshot {
             self.snapshot(&tables)?.map(|(c, last)| (Some(c), last))
         } else if let Some(t) = start_time {
-            let (cursors, from) = self.from_time(t, &wanted)?;
+            let (cursors, from) = self.start_at_time(t, &wanted)?;
             Some((Some(cursors), from))
         } else {
             self.catch_up(&tables, &relay, &sent)?
@@ -1290,7 +1284,7 @@ impl Sender {
     /// Sending from time `t` (`start_time`): from the first transaction at or after it, per
     /// origin; the cursors go first so the receiver takes each origin's first seq as the next
     /// one. Returns those cursors and the position to send after.
-    fn from_time(
+    fn start_at_time(
         &self,
         t: f64,
         wanted: &dyn Fn(&str) -> bool,
@@ -1318,14 +1312,23 @@ impl Sender {
             .into_iter()
             .map(|(o, s)| (o, s.saturating_sub(1)))
             .collect();
+        self.send_snapshot_end(&database, &cursors)?;
+        Ok((cursors.into_iter().collect(), Some(from)))
+    }
+
+    /// `SNAPSHOT_END` with the cursors the receiver continues from.
+    fn send_snapshot_end(
+        &self,
+        database: &str,
+        cursors: &[(String, u64)],
+    ) -> Result<(), LinkError> {
         self.out.send(
             "SNAPSHOT_END",
             object(vec![
-                ("database", Value::String(database.clone())),
-                ("cursors", message::cursors_value(&cursors)),
+                ("database", Value::String(database.to_string())),
+                ("cursors", message::cursors_value(cursors)),
             ]),
-        )?;
-        Ok((cursors.into_iter().collect(), Some(from)))
+        )
     }
 
     /// Catch-up: from the earliest transaction the receiver lacks of any origin we send, or a

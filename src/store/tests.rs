@@ -98,7 +98,7 @@ fn put_get_merge_delete_and_indexes() {
 /// A first put: stored under the URL id, indexed by each value; returns its `@createdTime`.
 fn first_put_is_indexed(db: &Database, one: &Value) -> i64 {
     let out = write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -114,17 +114,16 @@ fn first_put_is_indexed(db: &Database, one: &Value) -> i64 {
             created: true
         }]
     );
-    let rec: serde_json::Value =
-        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&get_json(db, "Dog", one).unwrap()).unwrap();
     assert_eq!(rec["id"], "1", "URL id wins over the body's");
     assert_eq!(rec["name"], "Rex");
     let created = rec["created"].as_i64().unwrap();
     assert_eq!(
-        index_keys_for(&db, "Dog", "name", &Value::String("Rex".into())),
+        index_keys_for(db, "Dog", "name", &Value::String("Rex".into())),
         vec![one.clone()]
     );
     assert_eq!(
-        index_keys_for(&db, "Dog", "tags", &Value::String("b".into())),
+        index_keys_for(db, "Dog", "tags", &Value::String("b".into())),
         vec![one.clone()]
     );
     created
@@ -133,7 +132,7 @@ fn first_put_is_indexed(db: &Database, one: &Value) -> i64 {
 fn insert_skips_and_upsert_merges(db: &Database, one: &Value, created: i64) {
     // Insert on an existing key skips; upsert merges and keeps @createdTime.
     let out = write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -144,7 +143,7 @@ fn insert_skips_and_upsert_merges(db: &Database, one: &Value, created: i64) {
     .unwrap();
     assert_eq!(out.results, vec![OpResult::Skipped { key: one.clone() }]);
     write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -153,8 +152,7 @@ fn insert_skips_and_upsert_merges(db: &Database, one: &Value, created: i64) {
         )],
     )
     .unwrap();
-    let rec: serde_json::Value =
-        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&get_json(db, "Dog", one).unwrap()).unwrap();
     assert_eq!(
         (
             rec["name"].as_str(),
@@ -164,12 +162,12 @@ fn insert_skips_and_upsert_merges(db: &Database, one: &Value, created: i64) {
         (Some("Max"), Some(3), Some(created))
     );
     assert!(
-        index_keys_for(&db, "Dog", "name", &Value::String("Rex".into())).is_empty(),
+        index_keys_for(db, "Dog", "name", &Value::String("Rex".into())).is_empty(),
         "old index entry removed"
     );
-    assert!(index_keys_for(&db, "Dog", "tags", &Value::String("a".into())).is_empty());
+    assert!(index_keys_for(db, "Dog", "tags", &Value::String("a".into())).is_empty());
     assert_eq!(
-        index_keys_for(&db, "Dog", "tags", &Value::String("c".into())),
+        index_keys_for(db, "Dog", "tags", &Value::String("c".into())),
         vec![one.clone()]
     );
 }
@@ -177,7 +175,7 @@ fn insert_skips_and_upsert_merges(db: &Database, one: &Value, created: i64) {
 fn replace_drops_absent_and_delete_unindexes(db: &Database, one: &Value, created: i64) {
     // Replace drops absent properties.
     write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -186,13 +184,12 @@ fn replace_drops_absent_and_delete_unindexes(db: &Database, one: &Value, created
         )],
     )
     .unwrap();
-    let rec: serde_json::Value =
-        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&get_json(db, "Dog", one).unwrap()).unwrap();
     assert!(rec.get("name").is_none());
     assert_eq!(rec["created"].as_i64(), Some(created));
 
     let out = write(
-        &db,
+        db,
         vec![WriteOp::Delete {
             table: "Dog".into(),
             key: one.clone(),
@@ -206,9 +203,9 @@ fn replace_drops_absent_and_delete_unindexes(db: &Database, one: &Value, created
             existed: true
         }]
     );
-    assert_eq!(get_json(&db, "Dog", &one), None);
+    assert_eq!(get_json(db, "Dog", one), None);
     assert!(
-        index_keys_for(&db, "Dog", "name", &Value::Null).is_empty(),
+        index_keys_for(db, "Dog", "name", &Value::Null).is_empty(),
         "tombstones are not indexed"
     );
 }
@@ -216,7 +213,7 @@ fn replace_drops_absent_and_delete_unindexes(db: &Database, one: &Value, created
 fn generated_keys(db: &Database) {
     // Generated keys: UUID for ID, max + 1 for Long.
     let out = write(
-        &db,
+        db,
         vec![put("Dog", None, r#"{"name":"Gen"}"#, PutMode::Insert)],
     )
     .unwrap();
@@ -229,11 +226,11 @@ fn generated_keys(db: &Database) {
     };
     assert_eq!(uuid.len(), 36);
     write(
-        &db,
+        db,
         vec![put("Counter", Some(Value::Int(41)), "{}", PutMode::Replace)],
     )
     .unwrap();
-    let out = write(&db, vec![put("Counter", None, "{}", PutMode::Insert)]).unwrap();
+    let out = write(db, vec![put("Counter", None, "{}", PutMode::Insert)]).unwrap();
     assert_eq!(
         out.results[0],
         OpResult::Written {
