@@ -535,6 +535,8 @@ pub struct LoggingConfig {
     pub path: PathBuf,
     pub file: bool,
     pub std_streams: bool,
+    /// `logging.connections`: MQTT connects/disconnects and failed logins at the default level.
+    pub connections: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -731,6 +733,7 @@ impl Config {
                 path: log_path,
                 file: tree.bool("logging.file")?,
                 std_streams: tree.bool("logging.stdStreams")?,
+                connections: tree.bool("logging.connections")?,
             },
             storage: StorageConfig {
                 path: resolve(
