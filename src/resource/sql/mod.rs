@@ -13,6 +13,7 @@ mod dates;
 mod eval;
 mod functions;
 mod geo;
+mod geo_relate;
 mod parse;
 mod rights;
 mod select;

@@ -227,8 +227,9 @@ fn has_aggregate(e: &Expr) -> bool {
 }
 
 /// The output name of an unaliased expression: a column's name, else its text (aggregates in
-/// upper case, as HarperDB names them).
-fn expr_name(e: &Expr) -> String {
+/// upper case, as HarperDB names them). In a SELECT with FROM, HarperDB names a call's text
+/// arguments in double quotes (`geoLength(geo_line,"miles")`), without FROM in single quotes.
+fn expr_name(e: &Expr, from: bool) -> String {
     if let Some((_, name)) = column_ref(e) {
         return name.to_string();
     }
@@ -242,7 +243,13 @@ fn expr_name(e: &Expr) -> String {
         if let (ast::FunctionArguments::List(_), Ok((args, false, false))) =
             (&f.args, eval::call_args(f))
         {
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match a {
+                    Expr::Value(ast::Value::SingleQuotedString(s)) if from => format!("\"{s}\""),
+                    other => other.to_string(),
+                })
+                .collect();
             return format!("{}({})", f.name, args.join(","));
         }
     }
@@ -351,7 +358,11 @@ fn project(
             SelectItem::UnnamedExpr(e) => {
                 let v = eval(e, ctx)?;
                 if present(e, &v, ctx, columns)? {
-                    p.put(expr_name(e), origin(e, ctx, columns.len())?, v);
+                    p.put(
+                        expr_name(e, !columns.is_empty()),
+                        origin(e, ctx, columns.len())?,
+                        v,
+                    );
                 }
             }
             SelectItem::ExprWithAlias { expr, alias } => {
