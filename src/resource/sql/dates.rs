@@ -291,7 +291,7 @@ pub fn call(name: &str, args: &[Value], now_ms: f64) -> Result<Value, SqlError> 
             })
         }
         _ => {
-            let later = name == "SEARCH_JSON" || name.starts_with("GEO");
+            let later = name.starts_with("GEO");
             return Err(SqlError::Status(
                 501,
                 if later {

@@ -1,5 +1,5 @@
-//! The geospatial predicates and shape functions as HarperDB 4.7 computes them (docs/sql.md,
-//! "Geospatial"): `geoContains` (turf 6.5 `booleanContains`), `geoEqual` (`booleanEqual`:
+//! The geospatial predicates and shape functions as HarperDB 4.7 computes them
+//! (docs/operations-api.md, "SQL", "Geospatial"): `geoContains` (turf 6.5 `booleanContains`), `geoEqual` (`booleanEqual`:
 //! geojson-equality at 6 decimals after `cleanCoords`), `geoCrosses` (not `booleanDisjoint`),
 //! `geoDifference` (`difference`: polygon clipping) and `geoCircle` (`circle`, 64 steps).
 //! Each is a port of turf's algorithm, so edge cases (boundaries, pairs of types turf does not

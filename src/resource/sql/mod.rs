@@ -14,6 +14,7 @@ mod eval;
 mod functions;
 mod geo;
 mod geo_relate;
+mod jsonata;
 mod parse;
 mod rights;
 mod select;

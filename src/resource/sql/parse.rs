@@ -93,7 +93,7 @@ pub fn statement(sql: &str) -> Result<Statement, SqlError> {
     }
     match parsed.remove(0) {
         ast::Statement::Query(q) => {
-            // HarperDB refuses a SELECT over a table named without its database (docs/sql.md).
+            // HarperDB refuses a SELECT over a table named without its database (docs/operations-api.md, "SQL", "Names").
             let bare = ast::visit_relations(&q, |name| match name.0.as_slice() {
                 [t] => ControlFlow::Break(t.value.clone()),
                 _ => ControlFlow::Continue(()),
