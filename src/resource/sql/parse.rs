@@ -4,7 +4,9 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{self, Expr, FromTable, ObjectName, SetExpr, TableFactor};
 use sqlparser::dialect::Dialect;
-use sqlparser::parser::Parser;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
 
 use super::SqlError;
 
@@ -28,6 +30,24 @@ impl Dialect for HarperDialect {
 
     fn supports_string_literal_backslash_escape(&self) -> bool {
         true
+    }
+
+    /// HarperDB's `EXTRACT(date, 'part')` is a function call; only `EXTRACT(part FROM date)` is
+    /// SQL's form.
+    fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
+        let [word, open, _, from] = parser.peek_tokens::<4>();
+        match (word, open, from) {
+            (Token::Word(w), Token::LParen, Token::Word(f))
+                if w.keyword == Keyword::EXTRACT && f.keyword == Keyword::FROM =>
+            {
+                None
+            }
+            (Token::Word(w), Token::LParen, _) if w.keyword == Keyword::EXTRACT => {
+                parser.next_token();
+                Some(parser.parse_function(ObjectName(vec![ast::Ident::new("EXTRACT")])))
+            }
+            _ => None,
+        }
     }
 }
 

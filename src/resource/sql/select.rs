@@ -619,5 +619,14 @@ fn finish(
     if let Some(l) = &q.limit {
         out.truncate(count(l)?);
     }
+    // `TOP n` (AlaSQL's) keeps the first n rows, like LIMIT.
+    match s.top.as_ref().map(|t| (t.percent, t.quantity.as_ref())) {
+        None => {}
+        Some((false, Some(ast::TopQuantity::Constant(n)))) => {
+            out.truncate(usize::try_from(*n).unwrap_or(usize::MAX))
+        }
+        Some((false, Some(ast::TopQuantity::Expr(e)))) => out.truncate(count(e)?),
+        Some(_) => return Err(SqlError::unsupported("TOP … PERCENT")),
+    }
     Ok(())
 }
