@@ -14,23 +14,7 @@ use common::{Rng, Server};
 use serde_json::{json, Map, Value};
 
 fn post(server: &Server, auth: Option<&str>, body: &Value) -> (u16, Value) {
-    let mut req = ureq::post(&server.ops_url())
-        .timeout(Duration::from_secs(60))
-        .set("Content-Type", "application/json");
-    if let Some(a) = auth {
-        req = req.set("Authorization", a);
-    }
-    let resp = match req.send_string(&body.to_string()) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("POST {body}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    common::ops_post(server, auth, body)
 }
 
 fn ok(server: &Server, body: Value) -> Value {

@@ -10,27 +10,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::Server;
+use common::{ops_post, Server};
 use serde_json::{json, Value};
-
-fn post(server: &Server, body: &Value) -> (u16, Value) {
-    let req = ureq::post(&server.ops_url())
-        .timeout(Duration::from_secs(60))
-        .set("Content-Type", "application/json");
-    let resp = match req.send_string(&body.to_string()) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("POST {body}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
 
 const STAMPS: [&str; 2] = ["__createdtime__", "__updatedtime__"];
 
@@ -79,14 +60,18 @@ fn documented_examples_answer_as_harperdb() {
         .expect("tests/sql_conformance/cases.json");
     let server = Server::start();
     for op in cases["setup"].as_array().expect("setup") {
-        let (status, reply) = post(&server, op);
+        let (status, reply) = ops_post(&server, None, op);
         assert_eq!(status, 200, "setup {op} → {reply}");
     }
     let mut failures = Vec::new();
     let rows = cases["rows"].as_array().expect("rows");
     for row in rows {
         let name = format!("{} › {}", row["page"].as_str().unwrap_or(""), row["name"]);
-        let (status, body) = post(&server, &json!({"operation": "sql", "sql": row["sql"]}));
+        let (status, body) = ops_post(
+            &server,
+            None,
+            &json!({"operation": "sql", "sql": row["sql"]}),
+        );
         let expected = match row.get("difference") {
             Some(_) => &row["tidepool"],
             None => &row["expected"],
