@@ -62,8 +62,12 @@ fn loose(s: &str) -> Option<i64> {
     {
         return None;
     }
-    // A time part that is not a number (an offset moment cannot read, `+000`) makes the whole
-    // text no date, as in moment.
+    // A UTC offset as moment reads one (`Z`, `±HH`, `±HHMM`, `±HH:MM`); a time part that is not a
+    // number (an offset moment cannot read, `+000`) makes the whole text no date, as in moment.
+    let (time, offset_min) = match time.find(['+', '-']) {
+        Some(at) => (&time[..at], Some(offset(&time[at..])?)),
+        None => (time.strip_suffix('Z').unwrap_or(time), None),
+    };
     let t: Vec<f64> = time
         .split(':')
         .filter(|p| !p.is_empty())
@@ -75,7 +79,26 @@ fn loose(s: &str) -> Option<i64> {
     let part = |i: usize| t.get(i).copied().unwrap_or(0.0);
     let (h, min, sec) = (part(0), part(1), part(2));
     let in_day = ((h * 3600.0 + min * 60.0 + sec) * 1000.0) as i64;
-    Some(from_fields(y, m, day as u32, in_day))
+    Some(from_fields(y, m, day as u32, in_day) - offset_min.unwrap_or(0) * 60_000)
+}
+
+/// `±HH`, `±HHMM` or `±HH:MM` in minutes.
+fn offset(text: &str) -> Option<i64> {
+    let sign = if text.starts_with('-') { -1 } else { 1 };
+    let digits = text[1..].replace(':', "");
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || (text[1..].contains(':') && digits.len() != 4)
+    {
+        return None;
+    }
+    let (h, m) = match digits.len() {
+        2 => (digits.parse::<i64>().ok()?, 0),
+        4 => (
+            digits[..2].parse::<i64>().ok()?,
+            digits[2..].parse::<i64>().ok()?,
+        ),
+        _ => return None,
+    };
+    Some(sign * (h * 60 + m))
 }
 
 fn days_in_month(y: i64, m: u32) -> u32 {
@@ -340,6 +363,13 @@ mod tests {
         assert_eq!(add(t, -3.0, &Unit::Months(12)), Some(1_491_004_800_000));
         assert_eq!(add(t, 1e300, &Unit::Months(12)), None);
         assert_eq!(parse(&Value::Float(1e300)), None);
+        let at = |s: &str| parse(&Value::String(s.into()));
+        assert_eq!(at("2020-04-01T00:00:00.000+0000"), Some(t));
+        assert_eq!(at("2020-04-01T02:00:00.000+0200"), Some(t));
+        assert_eq!(at("2020-03-31T18:00:00.000-06:00"), Some(t));
+        assert_eq!(at("2020-03-31T18:00:00.000-06"), Some(t));
+        assert_eq!(at("2020-03-26T15:13:02.041+000"), None);
+        assert_eq!(at("2020-04-01 00:00"), Some(t));
         assert_eq!(server_time(t, -360), "2020-03-31T18:00:00.000-0600");
         assert_eq!(
             format(t, "dddd YYYY-MM-DD x"),

@@ -403,15 +403,15 @@ pub fn run(
     let s = select_of(q)?;
     let (tables, _) = from_clause(&s.from)?;
     access::check_select(resources, caller, &tables, q)?;
-    let single = if tables.len() == 1 {
-        s.selection.as_ref()
-    } else {
-        None
-    };
     let mut data = Vec::with_capacity(tables.len());
     let mut columns = Vec::with_capacity(tables.len());
     for t in &tables {
-        let (records, cols) = access::load(resources, caller, t, single)?;
+        let own = match (&s.selection, tables.len()) {
+            (Some(w), 1) => Some(w.clone()),
+            (Some(w), _) => conjuncts_of(w, t),
+            (None, _) => None,
+        };
+        let (records, cols) = access::load(resources, caller, t, own.as_ref())?;
         data.push(records);
         columns.push(cols);
     }
@@ -426,6 +426,48 @@ pub fn run(
         trimmed,
         now_ms,
     )
+}
+
+/// The WHERE's top-level AND conjuncts that name columns of table `t` only (each qualified by
+/// its alias or name), for loading `t` in a join: `load` uses them only to read the records a
+/// primary-key or indexed equality picks, and such an equality is false on a joined row whose `t`
+/// side is missing, so no row the whole WHERE keeps is lost (the whole WHERE still runs on the
+/// joined rows).
+fn conjuncts_of(filter: &Expr, t: &TableRef) -> Option<Expr> {
+    let mut parts = Vec::new();
+    let mut stack = vec![filter];
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::Nested(inner) => stack.push(inner),
+            Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::And,
+                right,
+            } => {
+                stack.push(right);
+                stack.push(left);
+            }
+            other => {
+                let mut own = true;
+                let mut any = false;
+                let _ = ast::visit_expressions(other, |x| {
+                    if let Some((q, _)) = column_ref(x) {
+                        any = true;
+                        own &= q.is_some_and(|q| q == t.alias || q == t.table);
+                    }
+                    std::ops::ControlFlow::<()>::Continue(())
+                });
+                if own && any {
+                    parts.push(other.clone());
+                }
+            }
+        }
+    }
+    parts.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: ast::BinaryOperator::And,
+        right: Box::new(b),
+    })
 }
 
 fn select_of(q: &Query) -> Result<&ast::Select, SqlError> {
