@@ -1,98 +1,16 @@
-//! The `tidepool` command line: `run`, `dev`, `version`, `help`.
+//! The `tidepool` command line: `run`, `dev`, `status`, `stop`, `<operation>`, `version`, `help`
+//! (the words are parsed in `cli.rs`; docs/cli.md is the user's page).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cli::{Cli, Command, USAGE};
+
 use tidepool::config::{Config, ConfigTree};
 use tidepool::server::{self, RunOptions};
-use tidepool_io::{affinity_cpus, IoDriver};
-
-const USAGE: &str = "\
-tidepool — a real-time database server speaking HarperDB 4.x's interfaces
-
-USAGE:
-    tidepool run <app-dir> [--cores N] [--root DIR] [--io-driver uring|epoll|auto] [--<CONFIG_KEY> <value>]...
-    tidepool dev <app-dir> [same options]   (run with info logs on stdout, authorizeLocal, one core)
-    tidepool version
-    tidepool help
-
-CONFIG_KEY is a harperdb-config.yaml path joined by '_', e.g. --HTTP_PORT 127.0.0.1:9926,
---LOGGING_LEVEL info, --STORAGE_SYNC false. Environment variables of the same names apply too;
-the command line wins. ROOTPATH sets the root (default ~/hdb); HDB_CONFIG names another config file.";
-
-struct Cli {
-    command: String,
-    app_dir: PathBuf,
-    cores: Option<usize>,
-    root: Option<PathBuf>,
-    io_driver: IoDriver,
-    overrides: Vec<(String, String)>,
-}
-
-fn parse_args(args: &[String]) -> Result<Cli, String> {
-    let command = args.first().cloned().unwrap_or_else(|| "help".into());
-    let mut cli = Cli {
-        command,
-        app_dir: PathBuf::new(),
-        cores: None,
-        root: None,
-        io_driver: IoDriver::Auto,
-        overrides: Vec::new(),
-    };
-    let mut app_dir = None;
-    let mut i = 1;
-    while i < args.len() {
-        let arg = &args[i];
-        let value = || {
-            args.get(i + 1)
-                .cloned()
-                .ok_or_else(|| format!("{arg} needs a value"))
-        };
-        match arg.as_str() {
-            "--cores" => {
-                let v = value()?;
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| format!("--cores takes a whole number ≥ 1, got {v:?}"))?;
-                if n == 0 {
-                    return Err("--cores must be at least 1".into());
-                }
-                cli.cores = Some(n);
-                i += 2;
-            }
-            "--root" => {
-                cli.root = Some(PathBuf::from(value()?));
-                i += 2;
-            }
-            "--io-driver" => {
-                cli.io_driver = value()?.parse()?;
-                i += 2;
-            }
-            "--share-ports" => {
-                cli.overrides
-                    .push(("HTTP_SHAREPORTS".into(), "true".into()));
-                i += 1;
-            }
-            flag if flag.starts_with("--") => {
-                cli.overrides
-                    .push((flag.trim_start_matches("--").to_string(), value()?));
-                i += 2;
-            }
-            positional => {
-                if app_dir.is_some() {
-                    return Err(format!("unexpected argument {positional:?}"));
-                }
-                app_dir = Some(PathBuf::from(positional));
-                i += 1;
-            }
-        }
-    }
-    if matches!(cli.command.as_str(), "run" | "dev") {
-        cli.app_dir = app_dir
-            .ok_or_else(|| format!("`tidepool {}` needs an application folder", cli.command))?;
-    }
-    Ok(cli)
-}
+use tidepool_io::affinity_cpus;
 
 fn default_root() -> PathBuf {
     if let Some(root) = std::env::var_os("ROOTPATH") {
@@ -122,9 +40,7 @@ fn load_config(
     cpus: usize,
 ) -> Result<(Config, ConfigTree), String> {
     let mut tree = ConfigTree::defaults();
-    let file = std::env::var_os("HDB_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("harperdb-config.yaml"));
+    let file = tidepool::config::file_path(root);
     if file.exists() {
         let source = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -135,7 +51,7 @@ fn load_config(
             file.display()
         ));
     }
-    if cli.command == "dev" {
+    if cli.command == (Command::Run { dev: true }) {
         for (key, value) in [
             ("LOGGING_STDSTREAMS", "true"),
             ("LOGGING_LEVEL", "info"),
@@ -149,6 +65,9 @@ fn load_config(
     tree.merge_args(&cli.overrides);
     if let Some(cores) = cli.cores {
         tree.set_flat("THREADS_COUNT", serde_yaml::Value::from(cores as u64));
+    }
+    if !tree.errors.is_empty() {
+        return Err(tree.errors.join("\ntidepool: "));
     }
     let config = Config::from_tree(&tree, root, cpus).map_err(|e| e.to_string())?;
     Ok((config, tree))
@@ -204,31 +123,36 @@ fn restart() -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cli = match parse_args(&args) {
+    let cli = match cli::parse_args(&args) {
         Ok(cli) => cli,
         Err(e) => {
             eprintln!("tidepool: {e}\n\n{USAGE}");
             return ExitCode::from(1);
         }
     };
-    match cli.command.as_str() {
-        "version" | "--version" | "-V" => {
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    match &cli.command {
+        Command::Version => {
             println!("tidepool {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+        Command::Help(topic) => return cli::help(topic.as_deref()),
+        Command::Status => return cli::status(&root),
+        Command::Stop => return cli::stop(&root, cli.stop_timeout),
+        Command::Operation(name) => {
+            let ops = match load_config(&cli, &root, 1) {
+                Ok((config, _)) => cli::local_ops_addr(&root, &config),
+                Err(e) => {
+                    eprintln!("tidepool: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            return cli::operation(name.as_str(), &cli.fields, ops);
         }
-        "run" | "dev" => {}
-        other => {
-            eprintln!("tidepool: unknown command {other:?}\n\n{USAGE}");
-            return ExitCode::from(1);
-        }
+        Command::Run { .. } => {}
     }
 
     raise_nofile_limit();
-    let root = cli.root.clone().unwrap_or_else(default_root);
     let available = affinity_cpus();
     let (config, tree) = match load_config(&cli, &root, available.len()) {
         Ok(loaded) => loaded,
@@ -282,7 +206,7 @@ fn main() -> ExitCode {
         tree,
         io_driver: cli.io_driver,
         cpus,
-        watch: cli.command == "dev",
+        watch: cli.command == (Command::Run { dev: true }),
     };
     match server::run(opts) {
         Ok(())

@@ -1853,3 +1853,48 @@ fn lone_surrogates_in_json_are_refused() {
     assert_eq!(reply.status, 204);
     assert_eq!(get(&server, "/Dog/pair").json()["name"], "😀");
 }
+
+/// A table made with `create_table` is not exported: REST's 404 says so to a caller who may read
+/// it (docs/rest.md "Which tables"), and stays a bare 404 for anyone else.
+#[test]
+fn unexported_table_404_says_why() {
+    let server = Builder::new().require_credentials().start();
+    let admin = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", common::ADMIN_USER, common::ADMIN_PASSWORD)
+        )
+    );
+    let made = ureq::post(&server.ops_url())
+        .set("Authorization", &admin)
+        .set("Content-Type", "application/json")
+        .send_string(
+            &json!({
+                "operation": "create_table", "database": "dev", "table": "cat", "primary_key": "id"
+            })
+            .to_string(),
+        );
+    assert!(made.is_ok(), "{made:?}");
+    let auth = [("Authorization", admin.as_str())];
+    for method in ["GET", "PUT", "DELETE"] {
+        let reply = call(&server, method, "/cat/1", &auth, b"{}");
+        assert_eq!(reply.status, 404, "{method}");
+        let error = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            error.starts_with("Table 'dev.cat' exists but is not exported"),
+            "{method}: {error}"
+        );
+    }
+    // Anonymous: nothing told about which tables exist.
+    let reply = call(&server, "GET", "/cat/1", &[], b"");
+    assert_eq!(reply.status, 404);
+    assert_eq!(String::from_utf8_lossy(&reply.body), "Not found");
+    // A path that is no table at all stays a bare 404 for the super user too.
+    let reply = call(&server, "GET", "/nothing/1", &auth, b"");
+    assert_eq!(reply.status, 404);
+    assert_eq!(String::from_utf8_lossy(&reply.body), "Not found");
+}

@@ -6,6 +6,7 @@
 //! It never opens a socket or a database; it reads and writes only the config file.
 
 mod defaults;
+mod harperdb_keys;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,7 +105,10 @@ pub struct ConfigTree {
     root: Yaml,
     /// Flattened lower-case key (`http_port`) → dotted path (`http.port`), from the defaults.
     known: BTreeMap<String, String>,
+    /// HarperDB keys tidepool does not use (accepted, one warning each).
     pub warnings: Vec<String>,
+    /// Keys that are neither tidepool's nor HarperDB's: the start stops on them.
+    pub errors: Vec<String>,
 }
 
 fn flatten(prefix: &str, value: &Yaml, out: &mut BTreeMap<String, String>) {
@@ -125,9 +129,42 @@ fn flatten(prefix: &str, value: &Yaml, out: &mut BTreeMap<String, String>) {
     }
 }
 
+/// The configuration file: `HDB_CONFIG` when set (the packaged unit points it at
+/// `/etc/tidepool/harperdb-config.yaml`, deploy/README.md), else `<root>/harperdb-config.yaml`.
+pub fn file_path(root: &Path) -> PathBuf {
+    std::env::var_os("HDB_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("harperdb-config.yaml"))
+}
+
 /// Parses an override value: YAML scalar syntax (`null`, `9000`, `true`), JSON for lists/objects.
 pub fn parse_override_value(raw: &str) -> Yaml {
     serde_yaml::from_str::<Yaml>(raw).unwrap_or_else(|_| Yaml::String(raw.to_string()))
+}
+
+/// How an unknown key was written, to suggest a known one in the same form.
+#[derive(Clone, Copy)]
+enum KeyStyle {
+    /// `http.port` in a YAML file.
+    Path,
+    /// `--HTTP_PORT` on the command line.
+    Flag,
+}
+
+impl KeyStyle {
+    /// Command-line options that are not settings, suggested for flags only (`--core` → `--cores`).
+    fn extra(self) -> &'static [&'static str] {
+        match self {
+            KeyStyle::Path => &[],
+            KeyStyle::Flag => &[
+                "--cores",
+                "--root",
+                "--io-driver",
+                "--share-ports",
+                "--help",
+            ],
+        }
+    }
 }
 
 impl ConfigTree {
@@ -142,10 +179,12 @@ impl ConfigTree {
             root,
             known,
             warnings: Vec::new(),
+            errors: Vec::new(),
         }
     }
 
-    /// Overlays a YAML document (the config file). Unknown keys are kept but warned about.
+    /// Overlays a YAML document (the config file). A HarperDB key tidepool does not use is kept
+    /// and warned about; any other unknown key is an error (docs/configuration.md).
     pub fn merge_file(&mut self, source: &str, file: &Path) -> Result<(), ConfigError> {
         let doc: Yaml = serde_yaml::from_str(source)
             .map_err(|e| err(&file.display().to_string(), format!("not valid YAML: {e}")))?;
@@ -176,8 +215,7 @@ impl ConfigTree {
                 Yaml::Mapping(child) if is_branch => self.merge_mapping(&path, child),
                 _ => {
                     if !self.known.contains_key(&flat) {
-                        self.warnings
-                            .push(format!("unknown configuration key {path}"));
+                        self.unknown(&path, &flat, KeyStyle::Path);
                     }
                     self.set_path(&path, v.clone());
                 }
@@ -211,14 +249,44 @@ impl ConfigTree {
         }
     }
 
-    /// Applies `--KEY value` overrides; unknown keys become warnings.
+    /// Applies `--KEY value` overrides; unknown keys as in [`ConfigTree::merge_file`].
     pub fn merge_args(&mut self, pairs: &[(String, String)]) {
         for (key, raw) in pairs {
             if !self.set_flat(key, parse_override_value(raw)) {
-                self.warnings
-                    .push(format!("unknown configuration key --{key}"));
+                self.unknown(key, &key.to_ascii_lowercase(), KeyStyle::Flag);
             }
         }
+    }
+
+    /// Records an unknown key: a warning for a HarperDB 4.x key (its configuration file must still
+    /// start tidepool), an error with the nearest known key for anything else.
+    fn unknown(&mut self, shown: &str, flat: &str, style: KeyStyle) {
+        let shown = match style {
+            KeyStyle::Path => shown.to_string(),
+            KeyStyle::Flag => format!("--{shown}"),
+        };
+        if harperdb_keys::is_harperdb_key(flat) {
+            self.warnings.push(format!(
+                "{shown} is a HarperDB setting tidepool does not use: accepted, no effect"
+            ));
+            return;
+        }
+        let candidates: Vec<&str> = self
+            .known
+            .keys()
+            .map(String::as_str)
+            .chain(style.extra().iter().copied())
+            .collect();
+        let hint = crate::util::nearest(flat, candidates.into_iter())
+            .map(|near| match style {
+                KeyStyle::Path => format!("; did you mean {}?", self.known[near]),
+                KeyStyle::Flag if near.starts_with('-') => format!("; did you mean {near}?"),
+                KeyStyle::Flag => format!("; did you mean --{}?", near.to_ascii_uppercase()),
+            })
+            .unwrap_or_default();
+        self.errors.push(format!(
+            "unknown configuration key {shown}{hint} (every setting: docs/configuration.md)"
+        ));
     }
 
     pub fn get(&self, path: &str) -> Option<&Yaml> {
@@ -697,6 +765,7 @@ mod tests {
             .collect();
         tree.merge_args(&args);
         let config = Config::from_tree(&tree, Path::new("/tmp/root"), 2)?;
+        assert!(tree.errors.is_empty(), "{:?}", tree.errors);
         Ok((config, tree.warnings))
     }
 
@@ -835,10 +904,35 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_warn() {
-        let (_, warnings) =
-            load("http:\n  porty: 1\nnope: 2\n", &[], &[("NOT_A_KEY", "1")]).unwrap();
-        assert_eq!(warnings.len(), 3, "{warnings:?}");
+    fn unknown_keys_are_errors_with_a_suggestion_harperdb_keys_warnings() {
+        let mut tree = ConfigTree::defaults();
+        let file = "http:\n  porty: 1\nloging:\n  level: info\nnope: 2\n\
+                    clustering:\n  enabled: true\ncustomFunctions:\n  network:\n    port: 9926\n";
+        tree.merge_file(file, Path::new("harperdb-config.yaml"))
+            .unwrap();
+        let args = [
+            ("HTTP_PROT", "1"),
+            ("core", "2"),
+            ("LOGGING_ROTATION_RETENTION", "1d"),
+        ];
+        let args: Vec<(String, String)> = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tree.merge_args(&args);
+        let errors = tree.errors.join("\n");
+        for expected in [
+            "unknown configuration key http.porty; did you mean http.port?",
+            "unknown configuration key loging; did you mean logging?",
+            "unknown configuration key nope (",
+            "unknown configuration key --HTTP_PROT; did you mean --HTTP_PORT?",
+            "unknown configuration key --core; did you mean --cores?",
+        ] {
+            assert!(errors.contains(expected), "{expected:?} not in {errors}");
+        }
+        assert_eq!(tree.errors.len(), 5, "{errors}");
+        assert_eq!(tree.warnings.len(), 3, "{:?}", tree.warnings);
+        assert!(tree.warnings[0].starts_with("clustering is a HarperDB setting"));
     }
 
     #[test]
@@ -860,5 +954,32 @@ mod tests {
         }
         assert_eq!(parse_duration("1w"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    /// docs/configuration.md's table lists exactly the keys of the defaults file.
+    #[test]
+    fn docs_table_lists_every_setting() {
+        let docs = include_str!("../../docs/configuration.md");
+        let documented: std::collections::BTreeSet<&str> = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split_once("` |").map(|(k, _)| k))
+            .filter(|k| !k.contains(' '))
+            .collect();
+        let mut leaves = BTreeMap::new();
+        let root: Yaml = serde_yaml::from_str(DEFAULT_CONFIG_YAML).unwrap();
+        flatten("", &root, &mut leaves);
+        let tree = ConfigTree::defaults();
+        let settings: std::collections::BTreeSet<&str> = leaves
+            .values()
+            .map(String::as_str)
+            .filter(|path| !tree.is_branch(path))
+            .collect();
+        let undocumented: Vec<_> = settings.difference(&documented).collect();
+        let unknown: Vec<_> = documented.difference(&settings).collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/configuration.md: {undocumented:?}"
+        );
+        assert!(unknown.is_empty(), "in docs but not a setting: {unknown:?}");
     }
 }

@@ -4,7 +4,9 @@
 //! bounded queue to one logging thread (tracing-appender, lossy): a core that logs never waits on
 //! the disk; overflow drops lines rather than stalling. `notify` lines (start-up, listeners) are
 //! always written — they are `info` events with target `notify` — and also go to stderr when logs
-//! go to a file, so an operator running in the foreground sees them.
+//! go to a file, so an operator running in the foreground sees them. Warnings and errors (that pass
+//! `logging.level`) go to stderr as well, so they reach the terminal or the journal under systemd
+//! without reading `hdb.log` (docs/configuration.md, "Logging").
 
 use std::fmt;
 use std::io;
@@ -122,7 +124,9 @@ pub fn init(config: &LoggingConfig) -> io::Result<LogGuard> {
             tracing_subscriber::fmt::layer()
                 .event_format(LineFormat)
                 .with_writer(echo)
-                .with_filter(filter_fn(|meta| meta.target() == NOTIFY)),
+                .with_filter(filter_fn(move |meta| {
+                    meta.target() == NOTIFY || (*meta.level() <= Level::WARN && passes(level, meta))
+                })),
         )
     } else {
         None

@@ -154,6 +154,19 @@ impl Resources {
         Some((db, table))
     }
 
+    /// The databases holding a table named `name` that is not exported under that name (made
+    /// with `create_table`, or in the schema without `@export`): REST's 404 says so.
+    pub fn unexported_table(&self, name: &str) -> Vec<String> {
+        if name.is_empty() || self.export(name).is_some() {
+            return Vec::new();
+        }
+        self.store
+            .database_names()
+            .into_iter()
+            .filter(|db| self.table(db, name).is_some())
+            .collect()
+    }
+
     pub fn table(&self, database: &str, table: &str) -> Option<(Arc<Database>, Arc<Table>)> {
         let db = self.store.database(database)?;
         let table = db.table(table)?;

@@ -143,8 +143,7 @@ impl AppConfig {
         };
         for (key, value) in root {
             let Some(key) = key.as_str() else {
-                reader.unknown("", &key_text(key));
-                continue;
+                return Err(error(format!("unknown key {}", key_text(key))));
             };
             match key {
                 "rest" => config.rest = reader.rest(value).map_err(error)?,
@@ -156,11 +155,45 @@ impl AppConfig {
                     config.data_loader = reader.files_section(key, value).map_err(error)?
                 }
                 "static" => config.static_files = reader.static_section(value).map_err(error)?,
-                other => reader.unknown("", other),
+                other if is_harperdb_component(other, value) => reader.warnings.push(format!(
+                    "{file}: {other:?} is a HarperDB component tidepool does not run: ignored"
+                )),
+                other => {
+                    let hint = crate::util::nearest(other, SECTIONS.iter().copied())
+                        .map(|near| format!("; did you mean {near:?}?"))
+                        .unwrap_or_default();
+                    return Err(error(format!(
+                        "unknown key {other:?}{hint} (the keys: docs/applications.md)"
+                    )));
+                }
             }
         }
         Ok((config, warnings))
     }
+}
+
+/// The sections tidepool reads.
+const SECTIONS: &[&str] = &["rest", "graphqlSchema", "roles", "dataLoader", "static"];
+
+/// HarperDB's other built-in components (and its component options at the top level).
+const HARPERDB_COMPONENTS: &[&str] = &[
+    "jsResource",
+    "fastifyRoutes",
+    "loadEnv",
+    "graphql",
+    "extensionModule",
+    "pluginModule",
+    "package",
+    "files",
+    "urlPath",
+    "path",
+];
+
+/// A HarperDB component tidepool does not run: a built-in one, or a third-party one (a mapping
+/// with `package:`). A HarperDB app must still start; its REST and schema parts are served.
+fn is_harperdb_component(key: &str, value: &Value) -> bool {
+    HARPERDB_COMPONENTS.contains(&key)
+        || matches!(value, Value::Mapping(m) if m.contains_key("package"))
 }
 
 fn key_text(key: &Value) -> String {

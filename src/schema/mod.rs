@@ -109,6 +109,7 @@ pub fn load_app(dir: &Path) -> Result<App, AppError> {
         message: error.to_string(),
     };
     let config_path = dir.join(CONFIG_FILE_NAME);
+    let explicit = config_path.exists();
     let (config, mut warnings) = match fs::metadata(&config_path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             if !dir.is_dir() {
@@ -132,6 +133,14 @@ pub fn load_app(dir: &Path) -> Result<App, AppError> {
     let mut sources = Vec::new();
     if let Some(graphql) = &config.graphql_schema {
         let paths = expand_globs(dir, &graphql.files)?;
+        // The default glob of an app without config.yaml may match nothing (an app of static
+        // files); a glob the app's config.yaml names must match (docs/applications.md).
+        if paths.is_empty() && explicit {
+            return Err(AppError::Config(ConfigError {
+                file: CONFIG_FILE_NAME.to_string(),
+                message: format!("graphqlSchema: no file matches {:?}", graphql.files),
+            }));
+        }
         if paths.is_empty() {
             warnings.push(format!(
                 "graphqlSchema: no file matches {:?}",

@@ -646,7 +646,7 @@ static: {files: "site/**", urlPath: app, index: true, extensions: [html, htm], f
 roles: {files: auth/roles.yaml}
 dataLoader: {files: [data/*.json]}
 loadEnv: {files: .env}
-7: seven
+"@harperdb/nextjs": {package: "@harperdb/nextjs"}
 "#;
     check_app(
         &[
@@ -666,8 +666,33 @@ loadEnv: {files: .env}
            table data.B (B) replicate audit
            warn config.yaml: unknown key "rest.bogus" ignored
            warn config.yaml: unknown key "static.cache" ignored
-           warn config.yaml: unknown key "loadEnv" ignored
-           warn config.yaml: unknown key "7" ignored"#,
+           warn config.yaml: "loadEnv" is a HarperDB component tidepool does not run: ignored
+           warn config.yaml: "@harperdb/nextjs" is a HarperDB component tidepool does not run: ignored"#,
+    );
+}
+
+#[test]
+fn app_config_mistakes_stop_the_start() {
+    check_app(
+        &[
+            ("config.yaml", "graphqlSchem:\n  files: '*.graphql'\n"),
+            ("a.graphql", "type A @table"),
+        ],
+        r#"error config.yaml: unknown key "graphqlSchem"; did you mean "graphqlSchema"? (the keys: docs/applications.md)"#,
+    );
+    check_app(
+        &[("config.yaml", "7: seven\n")],
+        r#"error config.yaml: unknown key 7"#,
+    );
+    check_app(
+        &[
+            (
+                "config.yaml",
+                "graphqlSchema:\n  files: 'schemas/*.graphql'\n",
+            ),
+            ("a.graphql", "type A @table"),
+        ],
+        r#"error config.yaml: graphqlSchema: no file matches ["schemas/*.graphql"]"#,
     );
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Held for the life of the process; the kernel releases it when the process dies, even by SIGKILL.
 pub struct RootLock {
-    _file: File,
+    file: File,
 }
 
 impl RootLock {
@@ -26,7 +26,7 @@ impl RootLock {
         if rc != 0 {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
+            let holder = holder.lines().next().unwrap_or("").trim();
             let who = if holder.is_empty() {
                 String::new()
             } else {
@@ -41,6 +41,42 @@ impl RootLock {
         let _ = file.rewind();
         let _ = write!(file, "{}", std::process::id());
         let _ = file.flush();
-        Ok(RootLock { _file: file })
+        Ok(RootLock { file })
     }
+
+    /// Adds the plain Operations API address to the lock file once it is bound (port 0 resolved),
+    /// for `tidepool <operation>` (docs/cli.md). Best effort: the CLI falls back to the config.
+    pub fn record_operations_api(&self, addr: std::net::SocketAddr) {
+        let mut file = &self.file;
+        let _ = write!(file, "\noperations {addr}");
+        let _ = file.flush();
+    }
+}
+
+/// The process holding `root`'s lock (`tidepool status` / `stop`): its pid as written in the lock
+/// file, or None when no process holds it (never started, stopped, or died).
+pub fn holder(root: &Path) -> Option<u32> {
+    let path = root.join(".tidepool.lock");
+    let mut file = File::open(&path).ok()?;
+    // SAFETY: flock on a valid descriptor we own; no memory is involved.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    if free {
+        // SAFETY: as above; releases the shared lock just taken.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return None;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// The Operations API address the running server recorded in `root`'s lock file, if it runs.
+pub fn operations_api(root: &Path) -> Option<std::net::SocketAddr> {
+    holder(root)?;
+    let text = std::fs::read_to_string(root.join(".tidepool.lock")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("operations "))?
+        .trim()
+        .parse()
+        .ok()
 }

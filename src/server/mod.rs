@@ -33,7 +33,7 @@ use crate::protocol::ws;
 use crate::pubsub::{self, Registry};
 use crate::store::{Commit, Store, StoreOptions};
 
-pub use lock::RootLock;
+pub use lock::{holder as lock_holder, operations_api as recorded_operations_api, RootLock};
 use router::{PortKind, Router};
 pub use system::tables as system_tables;
 
@@ -156,7 +156,7 @@ fn bind(
 pub fn run(opts: RunOptions) -> Result<(), RunError> {
     let config = opts.config;
     let root = config.root.clone();
-    let _lock = opts.lock;
+    let lock = opts.lock;
     write_default_config(&root, &opts.tree);
     if !opts.app_dir.is_dir() {
         return Err(RunError::Invalid(format!(
@@ -316,6 +316,12 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         tracing::info!(target: NOTIFY, "MQTTS (mqtt.network.securePort) listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
     }
     tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
+    if let Some(port) = ports
+        .iter()
+        .find(|p| p.tls.is_none() && p.kind != PortKind::Rest)
+    {
+        lock.record_operations_api(port.addr);
+    }
     notify::send("READY=1");
     if opts.watch {
         let resources = shared.resources.clone();
@@ -443,9 +449,11 @@ fn bind_secure_ports(
     Ok(Some(certificate))
 }
 
-/// `<root>/harperdb-config.yaml` is written with defaults when missing (README.md#running-it).
+/// The configuration file is written with defaults when missing (README.md#running-it). With
+/// `HDB_CONFIG` set it exists already (start-up refuses a missing one), so nothing is written
+/// into the root beside it.
 fn write_default_config(root: &std::path::Path, _tree: &ConfigTree) {
-    let path = root.join("harperdb-config.yaml");
+    let path = crate::config::file_path(root);
     if !path.exists() {
         if let Err(e) = std::fs::write(&path, crate::config::DEFAULT_CONFIG_YAML) {
             tracing::warn!("cannot write {}: {e}", path.display());

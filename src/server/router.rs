@@ -414,6 +414,6 @@ impl Service for Router {
                 return;
             }
         }
-        resp.text(404, "Not found");
+        crate::protocol::rest::not_found(resources, caller.as_ref().ok(), req.path, resp);
     }
 }

@@ -23,9 +23,7 @@ pub const LOG_BYTES_MAX: u64 = 32 << 20;
 pub const LOG_LINES_MAX: u64 = 100_000;
 
 fn config_file(resources: &Resources) -> PathBuf {
-    std::env::var_os("HDB_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| resources.config.root.join("harperdb-config.yaml"))
+    crate::config::file_path(&resources.config.root)
 }
 
 fn read_yaml(path: &PathBuf) -> Result<Yaml, String> {

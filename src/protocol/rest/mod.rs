@@ -85,6 +85,26 @@ fn export_and_rest(path: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// 404 for a path that names no export. When its first segment is a table that exists but is not
+/// exported, and the caller may read it, the answer says why (docs/rest.md "Which tables").
+pub fn not_found(resources: &Resources, caller: Option<&Caller>, path: &str, resp: &mut Response) {
+    let (name, _) = export_and_rest(path);
+    let readable: Vec<String> = resources
+        .unexported_table(name)
+        .into_iter()
+        .filter(|db| caller.is_some_and(|c| permissions::allowed(c, db, name, Action::Read)))
+        .collect();
+    match readable.first() {
+        None => resp.text(404, "Not found"),
+        Some(db) => resp.json_error(
+            404,
+            &format!(
+                "Table '{db}.{name}' exists but is not exported: REST serves only tables with @export in the application's schema (docs/rest.md)"
+            ),
+        ),
+    }
+}
+
 /// Judges a request from its head, before its body is read (README, "Limits"): true when `resp`
 /// now holds the refusal that [`handle`] would give after reading the body — 401/403 for a caller
 /// with no right the method could use on the table, 405 for a method the target never takes, 404
@@ -106,7 +126,7 @@ pub fn refuse_before_body(
         if static_get && matches!(req.method, Method::Get | Method::Head) {
             return false;
         }
-        resp.text(404, "Not found");
+        not_found(resources, caller.ok(), req.path, resp);
         return true;
     };
     if wants_event_stream(req) || req.method == Method::Options {
