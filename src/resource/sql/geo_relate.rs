@@ -973,3 +973,40 @@ pub fn call(
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::json;
+
+    fn poly(coords: &str) -> Value {
+        json::parse(format!(r#"{{"type":"Polygon","coordinates":{coords}}}"#).as_bytes())
+            .expect("polygon")
+    }
+
+    /// Odd polygons give an answer or nothing, never a panic (a panic would end the server).
+    #[test]
+    fn odd_polygons_do_not_panic() {
+        let odd = [
+            "[]",
+            "[[]]",
+            "[[[0,0]]]",
+            "[[[0,0],[0,0],[0,0],[0,0]]]",
+            "[[[0,0],[1,1],[1,0],[0,1],[0,0]]]",
+            "[[[0,0],[1e308,0],[1e308,1e308],[0,0]]]",
+            "[[[-1e308,-1e308],[1e308,-1e308],[1e308,1e308],[-1e308,1e308],[-1e308,-1e308]]]",
+            "[[[0,0],[5e-324,0],[5e-324,5e-324],[0,0]]]",
+            "[[[0,0],[2,0],[2,2],[0,2],[0,0]],[[0,0],[2,0],[2,2],[0,2],[0,0]]]",
+        ];
+        let square = poly("[[[0,0],[2,0],[2,2],[0,2],[0,0]]]");
+        for a in odd {
+            let p = poly(a);
+            let _ = difference(&p, &square);
+            let _ = difference(&square, &p);
+            let _ = difference(&p, &p);
+            let _ = contains(&p, &square);
+            let _ = disjoint(&p, &square);
+            let _ = boolean_equal(&p, &square);
+        }
+    }
+}
