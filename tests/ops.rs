@@ -129,7 +129,7 @@ fn bad_inputs_answer_4xx_with_the_spec_messages() {
         (json_ct, br#"{"operation":"set_node","hostname":"b"}"#.to_vec(), 400, "Clustering must be enabled"),
         (json_ct, br#"{"operation":"cluster_set_routes","routes":[7]}"#.to_vec(), 400, "Invalid route"),
         (json_ct, br#"{"operation":"set_configuration","no_such_key":1}"#.to_vec(), 400, "Unknown configuration key"),
-        (json_ct, br#"{"operation":"set_configuration","logging_level":"loud"}"#.to_vec(), 400, "Invalid configuration"),
+        (json_ct, br#"{"operation":"set_configuration","logging_level":"loud"}"#.to_vec(), 400, "HarperDB config file validation error: 'logging.level'"),
         (json_ct, br#"{"operation":"read_log","order":"sideways"}"#.to_vec(), 400, "'order'"),
         (json_ct, br#"{"operation":"read_audit_log","table":"dog","database":"dev","search_type":"x"}"#.to_vec(), 400, "search_type"),
         (json_ct, br#"{"operation":"sql"}"#.to_vec(), 400, "The 'sql' parameter is missing from the request body"),
@@ -160,7 +160,7 @@ fn bad_inputs_answer_4xx_with_the_spec_messages() {
         (json_ct, br#"{"operation":"delete_records_before","database":"dev","table":"dog"}"#.to_vec(), 400, "'date' is required"),
         (json_ct, br#"{"operation":"delete_records_before","database":"dev","table":"dog","date":true}"#.to_vec(), 400, "'date' must be a string"),
         (json_ct, br#"{"operation":"delete_records_before","database":"dev","table":"nope","date":"2020-01-01"}"#.to_vec(), 400, "Table 'dev.nope' does not exist"),
-        (json_ct, br#"{"operation":"delete_audit_logs_before","database":"dev","table":"dog","timestamp":1}"#.to_vec(), 501, "not supported"),
+        (json_ct, br#"{"operation":"delete_audit_logs_before","database":"dev","table":"dog"}"#.to_vec(), 400, "'timestamp'"),
     ];
     assert!(cases.len() >= 40);
     for (content_type, body, status, fragment) in cases {
@@ -910,12 +910,23 @@ fn configuration_logs_audit_and_system_information() {
             &server,
             json!({"operation": "set_configuration", "logging_level": "error", "HTTP_KEEPALIVETIMEOUT": 5000})
         ),
-        json!({"message": "Configuration successfully set. You must restart tidepool for new config settings to take effect."})
+        json!({"message": "Configuration successfully set. You must restart HarperDB for new config settings to take effect."})
     );
     let file = std::fs::read_to_string(server.root.path().join("harperdb-config.yaml")).unwrap();
     let yaml: serde_json::Value = serde_yaml::from_str(&file).unwrap();
     assert_eq!(yaml["logging"]["level"], "error");
     assert_eq!(yaml["http"]["keepAliveTimeout"], 5000);
+    // Edited in place (docs/configuration.md): every comment and line of the written defaults
+    // stays; only the two lines changed.
+    let defaults = tidepool_defaults();
+    assert_eq!(file.lines().count(), defaults.lines().count());
+    assert_eq!(file.matches('#').count(), defaults.matches('#').count());
+    let changed: Vec<(&str, &str)> = defaults
+        .lines()
+        .zip(file.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(changed.len(), 2, "{changed:#?}");
 
     let info = ok(&server, json!({"operation": "system_information"}));
     for key in ["system", "time", "cpu", "memory", "table_size", "threads"] {
@@ -1173,4 +1184,9 @@ fn concurrent_schema_changes_agree_on_every_core() {
         assert!(names.contains(&format!("a{i}").as_str()), "{names:?}");
     }
     assert_eq!(desc["record_count"], json!(6));
+}
+
+/// The defaults file tidepool writes on the first start of a root.
+fn tidepool_defaults() -> String {
+    std::fs::read_to_string(common::repo_path("deploy/harperdb-config.yaml")).unwrap()
 }

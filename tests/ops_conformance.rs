@@ -7,6 +7,7 @@
 //!
 //! Field checks: a key starting with `/` is a JSON pointer into the body; the value `"<present>"`
 //! asks only that the field exist (not null); `"<one of A|B>"` that it be one of those strings;
+//! `"<starts A>"` that it be a string starting with `A`;
 //! `"<names a|b>"` that it be an array of attribute descriptions naming exactly those;
 //! `null` that it be absent. `$job` in a request stands for the id of the last job started.
 
@@ -51,7 +52,7 @@ fn restricted(handler: &str) -> Value {
            "unauthorized_access": [format!("Operation '{handler}' is restricted to 'super_user' roles")]})
 }
 
-fn steps(dir: &std::path::Path) -> Vec<Step> {
+fn steps(dir: &std::path::Path, root: &std::path::Path) -> Vec<Step> {
     let missing = dir.join("Suppliers_wrong.csv");
     let latin1 = dir.join("Customers.csv");
     let long_name = "IIetmyLabradorcomeoutsidewithmewhenIwastakingthebinsoutonemorningIlethimgoforawanderthinkinghewasjustgoingtopeeonthetelegraphpoleattheendofourdrivewaylikehealwaysdoesInsteadhesawhisopportunityandseizeditHekeptwalkingpastthetelegraphpolepasttheborderofour";
@@ -531,7 +532,7 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
         Call(
             "7 › Jobs Test Export To Local using NoSQL as su",
             Admin,
-            json!({"operation": "export_local", "path": dir, "filename": "test_export.json", "format": "json",
+            json!({"operation": "export_local", "path": root, "filename": "test_export.json", "format": "json",
                    "search_operation": {"operation": "search_by_hash", "schema": "northnwd", "table": "employees",
                        "hash_attribute": "employeeid", "hash_values": [2], "get_attributes": ["lastname"]}}),
             200,
@@ -544,8 +545,60 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
         ),
         FileHolds(
             "the exported file",
-            dir.join("test_export.json"),
+            root.join("test_export.json"),
             json!([{"lastname": "Fuller"}]),
+        ),
+        Call(
+            "7 › Jobs Test Export To Local using SQL as su",
+            Admin,
+            json!({"operation": "export_local", "path": "./", "filename": "sql_export.json", "format": "json",
+                   "search_operation": {"operation": "sql",
+                       "sql": "select employeeid, lastname\n    from northnwd.employees where employeeid <= 2 order by employeeid"}}),
+            200,
+            started.clone(),
+        ),
+        JobEnds(
+            "the SQL export job",
+            json!({"/0/status": "COMPLETE", "/0/type": "export_local",
+                   "/0/result/message": "Successfully exported JSON locally."}),
+        ),
+        FileHolds(
+            "the SQL export's file, in the root folder",
+            root.join("sql_export.json"),
+            json!([{"employeeid": 1, "lastname": "Davolio"}, {"employeeid": 2, "lastname": "Fuller"}]),
+        ),
+        Call(
+            "export_local with an SQL write: not an export",
+            Admin,
+            json!({"operation": "export_local", "path": "./", "filename": "x", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "delete from northnwd.employees"}}),
+            400,
+            json!({"error": "export_local runs a SELECT statement; other SQL statements are not exports"}),
+        ),
+        Call(
+            "export_local to a folder outside the root folder",
+            Admin,
+            json!({"operation": "export_local", "path": dir, "filename": "x", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "select 1"}}),
+            400,
+            json!({"error": format!("'path' must be a folder inside the server's root folder ({}), not '{}'",
+                                    root.display(), dir.display())}),
+        ),
+        Call(
+            "export_local climbing out with ..",
+            Admin,
+            json!({"operation": "export_local", "path": "../", "filename": "x", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "select 1"}}),
+            400,
+            json!({"error": "<present>"}),
+        ),
+        Call(
+            "7 › Jobs Test Export To Local using SQL as test_user (Δ: writing server files is a super user's)",
+            User,
+            json!({"operation": "export_local", "path": "./", "filename": "test_export.json", "format": "json",
+                   "search_operation": {"operation": "sql", "sql": "select * from dev.dog"}}),
+            403,
+            restricted("export_local"),
         ),
         Call(
             "7 › Jobs Test Export To Local using NoSQL as test_user",
@@ -682,13 +735,15 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
             json!({"message": "1 of 1 record successfully deleted"}),
         ),
         // Configuration and system information (set-configuration-keys, get-configuration-shape,
-        // system-information-shape). Δ the message names tidepool.
+        // system-information-shape): HarperDB's message word for word, the keys that change
+        // nothing here in a field of their own.
         Call(
             "12 › Set Configuration: a key HarperDB accepts that changes nothing here",
             Admin,
             json!({"operation": "set_configuration", "logging_rotation_maxSize": "12M"}),
             200,
-            json!({"message": "Configuration successfully set. You must restart tidepool for new config settings to take effect. These keys are stored but change nothing in tidepool: logging_rotation_maxSize."}),
+            json!({"message": "Configuration successfully set. You must restart HarperDB for new config settings to take effect.",
+                   "stored_without_effect": ["logging_rotation_maxSize"]}),
         ),
         Call(
             "8a › Turn on log audit and custom functions",
@@ -723,6 +778,130 @@ fn steps(dir: &std::path::Path) -> Vec<Step> {
                         "/memory/free": "<present>", "/memory/used": "<present>", "/memory/active": "<present>",
                         "/memory/swaptotal": "<present>", "/memory/swapused": "<present>", "/memory/swapfree": "<present>",
                         "/memory/available": "<present>"}),
+        ),
+        Call(
+            "12 › Set Configuration Bad Data",
+            Admin,
+            json!({"operation": "set_configuration", "http_cors": "spinach"}),
+            400,
+            json!({"error": "HarperDB config file validation error: 'http.cors' must be a boolean"}),
+        ),
+        // describe_table on `system` without a table: the `system` refusal comes first.
+        Call(
+            "10 › Describe  SYSTEM schema as non-SU",
+            User,
+            json!({"operation": "describe_table", "schema": "system"}),
+            403,
+            json!({"error": FORBIDDEN,
+                   "unauthorized_access": ["Your role does not have permission to view database metadata for 'system'"]}),
+        ),
+        Call(
+            "describe_table without a table as super user",
+            Admin,
+            json!({"operation": "describe_table", "schema": "dev"}),
+            400,
+            json!({"error": "'table' is required"}),
+        ),
+        // A table flag that is not a boolean is reported alone, not also as a conflict.
+        Call(
+            "10 › Add role with non-boolean READ table perms",
+            Admin,
+            json!({"operation": "add_role", "role": "developer_test", "permission": {"super_user": false,
+                "northnwd": {"tables": {"employees": {"read": "Doooooh", "insert": true, "update": true, "delete": false,
+                    "attribute_permissions": [{"attribute_name": "lastname", "read": true, "insert": true, "update": true}]}}}}}),
+            400,
+            json!({"error": "Errors in the role permissions JSON provided", "main_permissions": [],
+                   "schema_permissions": {"northnwd_employees": ["Table READ permission must be a boolean"]}}),
+        ),
+        Call(
+            "10 › Add role with non-boolean INSERT/DELETE perms",
+            Admin,
+            json!({"operation": "add_role", "role": "developer_test", "permission": {"super_user": false,
+                "northnwd": {"tables": {"employees": {"read": true, "insert": "Doooooh", "update": true, "delete": "Doooooh",
+                    "attribute_permissions": [{"attribute_name": "lastname", "read": true, "insert": true, "update": true}]}}}}}),
+            400,
+            json!({"error": "Errors in the role permissions JSON provided", "main_permissions": [],
+                   "schema_permissions": {"northnwd_employees": ["Table INSERT permission must be a boolean",
+                                                                 "Table DELETE permission must be a boolean"]}}),
+        ),
+        Call(
+            "10 › Add role with mismatched table/attr READ perms (still a conflict)",
+            Admin,
+            json!({"operation": "add_role", "role": "developer_test", "permission": {"super_user": false,
+                "northnwd": {"tables": {"employees": {"read": false, "insert": true, "update": true, "delete": false,
+                    "attribute_permissions": [{"attribute_name": "lastname", "read": true, "insert": true, "update": true}]}}}}}),
+            400,
+            json!({"schema_permissions": {"northnwd_employees": [
+                "You have a conflict with TABLE permissions for 'northnwd.employees' being false and ATTRIBUTE permissions being true"]}}),
+        ),
+        // delete_audit_logs_before (op-missing-delete_audit_logs_before): a job; the table's
+        // audit entries before the time go, other tables' stay.
+        Call(
+            "set-up: dev.breed",
+            Admin,
+            json!({"operation": "create_table", "schema": "dev", "table": "breed", "hash_attribute": "id"}),
+            200,
+            json!({}),
+        ),
+        Call(
+            "set-up: data.friends",
+            Admin,
+            json!({"operation": "create_table", "table": "friends", "hash_attribute": "id"}),
+            200,
+            json!({}),
+        ),
+        Call(
+            "set-up: audited writes to two tables",
+            Admin,
+            json!({"operation": "transaction", "schema": "dev", "operations": [
+                {"operation": "insert", "table": "dog", "records": [{"id": 901, "dog_name": "Audit"}]},
+                {"operation": "insert", "table": "breed", "records": [{"id": 901, "name": "Audit"}]}]}),
+            200,
+            json!({"message": "transaction committed"}),
+        ),
+        Call(
+            "9 › Delete records before (delete_audit_logs_before, timestamp as a string)",
+            Admin,
+            json!({"operation": "delete_audit_logs_before", "schema": "dev", "table": "dog", "timestamp": "4102444800000"}),
+            200,
+            started.clone(),
+        ),
+        JobEnds(
+            "the job completes with HarperDB's message",
+            json!({"/0/status": "COMPLETE", "/0/type": "delete_audit_logs_before",
+                   "/0/message": "<starts Successfully completed job: >"}),
+        ),
+        Call(
+            "the table's audit entries are gone",
+            Admin,
+            json!({"operation": "read_audit_log", "schema": "dev", "table": "dog"}),
+            200,
+            json!({"/0": null}),
+        ),
+        Call(
+            "the other table's stay",
+            Admin,
+            json!({"operation": "read_audit_log", "schema": "dev", "table": "breed", "search_type": "hash_value", "search_values": [901]}),
+            200,
+            json!({"/901/0/operation": "<present>", "/901/0/hash_values/0": 901}),
+        ),
+        Call(
+            "16 › delete_audit_logs_before without database (data)",
+            Admin,
+            json!({"operation": "delete_audit_logs_before", "table": "friends", "timestamp": 1690553291764i64}),
+            200,
+            started.clone(),
+        ),
+        JobEnds(
+            "it completes",
+            json!({"/0/status": "COMPLETE", "/0/job_body/database": "data"}),
+        ),
+        Call(
+            "delete_audit_logs_before as a non-super user",
+            User,
+            json!({"operation": "delete_audit_logs_before", "schema": "dev", "table": "dog", "timestamp": 1}),
+            403,
+            restricted("delete_audit_logs_before"),
         ),
     ]
 }
@@ -787,6 +966,13 @@ fn check(what: &str, body: &Value, fields: &Value) {
                 names.sort_unstable();
                 assert_eq!(names, want, "{what}: `{key}` of {body}");
             }
+            Some(s) if s.starts_with("<starts ") => {
+                let prefix = &s["<starts ".len()..s.len() - 1];
+                assert!(
+                    got.as_str().is_some_and(|g| g.starts_with(prefix)),
+                    "{what}: `{key}` of {body} does not start with {prefix:?}"
+                );
+            }
             Some(s) if s.starts_with("<one of ") => {
                 let options = &s["<one of ".len()..s.len() - 1];
                 assert!(
@@ -811,7 +997,7 @@ fn operations_answer_as_harperdb_does() {
     )
     .expect("write");
     let mut job = String::new();
-    for step in steps(dir.path()) {
+    for step in steps(dir.path(), server.root.path()) {
         match step {
             Call(what, who, request, status, fields) => {
                 let (got, body) = send(&server, who, &substitute(&request, &job));

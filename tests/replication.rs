@@ -1208,6 +1208,63 @@ fn a_two_table_transaction_is_never_half_visible_on_a_peer() {
     });
 }
 
+/// docs/replication.md "Pruned audit log": a peer that was away while `delete_audit_logs_before`
+/// pruned one table's entries from the log it would catch up from is caught up with a snapshot,
+/// never from the log with the pruned entries missing.
+#[test]
+fn a_peer_behind_a_pruned_audit_log_gets_a_snapshot() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2"], None);
+    let mut b = start(&app, "node-b", "127.0.0.2", port, &[], None);
+    wait_mesh(&[&a, &b]);
+    put(&a, "/Dog/seen", json!({"name": "seen by b"}));
+    wait_until("the first write on B", Duration::from_secs(10), || {
+        dog_name(&b, "seen").is_some()
+    });
+    b.server.signal(libc_sigkill());
+    let _ = b.server.wait_exit(Duration::from_secs(5));
+    // While B is away: a transaction over both tables, then one over Dog alone; then Dog's
+    // audit entries pruned, which leaves the first with Cat's entry only and the second empty.
+    let (status, reply) = op(
+        &a,
+        json!({"operation": "transaction", "database": "data", "operations": [
+            {"operation": "upsert", "table": "Dog", "records": [{"id": "both", "name": "dog of both"}]},
+            {"operation": "upsert", "table": "Cat", "records": [{"id": "both", "name": "cat of both"}]},
+        ]}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    put(&a, "/Dog/alone", json!({"name": "dog alone"}));
+    let (status, reply) = op(
+        &a,
+        json!({"operation": "delete_audit_logs_before", "database": "data", "table": "Dog",
+               "timestamp": 4_102_444_800_000i64}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    let job = reply["job_id"].as_str().expect("job id").to_string();
+    wait_until("the pruning job completes", Duration::from_secs(20), || {
+        let (_, jobs) = op(&a, json!({"operation": "get_job", "id": job}));
+        jobs[0]["status"] == "COMPLETE"
+    });
+    let (_, jobs) = op(&a, json!({"operation": "get_job", "id": job}));
+    assert_eq!(jobs[0]["result"]["audit_entries_removed"], 3, "{jobs}");
+    let root_b = std::mem::replace(&mut b.server.root, tempfile::tempdir().expect("tmp"));
+    drop(b);
+    let b = start(&app, "node-b", "127.0.0.2", port, &[], Some(root_b));
+    wait_until("B has every record A has", Duration::from_secs(60), || {
+        checksum(&a) == checksum(&b)
+    });
+    for id in ["both", "alone", "seen"] {
+        assert!(dog_name(&b, id).is_some(), "Dog/{id} missing on B");
+    }
+    assert!(get(&b, "/Cat/both").is_some(), "Cat/both missing on B");
+    // Live replication goes on after the snapshot.
+    put(&a, "/Dog/after", json!({"name": "after"}));
+    wait_until("a later write on B", Duration::from_secs(10), || {
+        dog_name(&b, "after").is_some()
+    });
+}
+
 /// Names in `system.hdb_certificate` on `node`.
 /// A node whose certificates it makes itself at first start (its own CA, shared with nobody).
 fn start_self_signed(

@@ -1260,7 +1260,7 @@ impl Sender {
         }
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         // Live: our log in commit order, from `after`.
-        while !self.stopped() {
+        'live: while !self.stopped() {
             let token = self.db.commits.current();
             let (txns, last) = self
                 .db
@@ -1273,9 +1273,28 @@ impl Sender {
             }
             after = last;
             for tx in txns {
-                if wanted(&tx.origin) {
-                    self.send_txn(tx, &database, &mut announced, &mut sent)?;
+                if !wanted(&tx.origin) {
+                    continue;
                 }
+                let have = sent.get(&tx.origin).copied().unwrap_or(0);
+                if tx.seq > have && tx.pruned {
+                    // docs/replication.md "Pruned audit log": never send it incomplete.
+                    tracing::info!(
+                        "replication: {database} {} {} lost entries to pruning; sending a delta snapshot to {}",
+                        tx.origin,
+                        tx.seq,
+                        self.peer
+                    );
+                    match self.snapshot(&self.replicated_tables())? {
+                        Some((cursors, last)) => {
+                            sent = cursors;
+                            after = last;
+                        }
+                        None => return Ok(()),
+                    }
+                    continue 'live;
+                }
+                self.send_txn(tx, &database, &mut announced, &mut sent)?;
             }
         }
         Ok(())

@@ -25,7 +25,7 @@ use super::tables::SYSTEM;
 use super::{canonical_number, parse_id, validate_record, write, Caller, Resources, Validation};
 use super::{users, VerbError};
 use crate::schema::{FieldType, TableDef};
-use crate::store::{now_ms, PutMode, WriteOp, WriteRequest};
+use crate::store::{now_ms, Database, PutMode, Table, WriteOp, WriteRequest};
 use crate::value::csv::{CsvLimits, Reader};
 use crate::value::{self, DecodeLimits, Object, Value};
 
@@ -433,6 +433,22 @@ pub async fn start_csv_load(
     start_job(resources, caller, job_type, body, work).await
 }
 
+/// The table a `*_before` job works on (never `system`'s), and the start of its job body.
+fn table_job(
+    resources: &Arc<Resources>,
+    operation: &str,
+    database: &str,
+    table: &str,
+) -> Result<(Arc<Database>, Arc<Table>, Object), VerbError> {
+    refuse_system(database)?;
+    let (db, t) = nosql::write_table(resources, database, table)?;
+    let mut body = Object::new();
+    body.insert("operation", Value::from(operation));
+    body.insert("database", Value::from(database));
+    body.insert("table", Value::from(table));
+    Ok((db, t, body))
+}
+
 /// `delete_records_before`: deletes, on a job thread, every record of the table whose
 /// `@createdTime` attribute (`__createdtime__` on Operations API tables) is before `before_ms`.
 pub async fn start_delete_before(
@@ -442,8 +458,7 @@ pub async fn start_delete_before(
     table: &str,
     before_ms: f64,
 ) -> Result<String, VerbError> {
-    refuse_system(database)?;
-    let (_, t) = nosql::write_table(resources, database, table)?;
+    let (_, t, mut body) = table_job(resources, "delete_records_before", database, table)?;
     let created = t
         .def
         .attributes
@@ -455,16 +470,49 @@ pub async fn start_delete_before(
                 "Table '{database}.{table}' has no @createdTime attribute to compare with"
             ))
         })?;
-    let mut body = Object::new();
-    body.insert("operation", Value::from("delete_records_before"));
-    body.insert("database", Value::from(database));
-    body.insert("table", Value::from(table));
     body.insert("date", iso(before_ms));
     let (database, table) = (database.to_string(), table.to_string());
     let work: Work = Box::new(move |job, counts| {
         delete_before(job, &database, &table, &created, before_ms, counts).map_err(Value::from)
     });
     start_job(resources, caller, "delete_records_before", body, work).await
+}
+
+/// `delete_audit_logs_before`: removes, on a job thread, the audit entries of one table older
+/// than `before_ms`, a bounded batch of transactions per write (the store keeps what
+/// replication needs: docs/replication.md "Pruned audit log"). Completes with HarperDB's
+/// message, `Successfully completed job: <id>`, and the counts in `result`.
+pub async fn start_delete_audit_before(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    database: &str,
+    table: &str,
+    before_ms: f64,
+) -> Result<String, VerbError> {
+    let (db, _, mut body) = table_job(resources, "delete_audit_logs_before", database, table)?;
+    body.insert("timestamp", Value::Float(before_ms));
+    let table = table.to_string();
+    let work: Work = Box::new(move |job, _counts| {
+        let (mut removed, mut transactions) = (0u64, 0u64);
+        let mut after = None;
+        loop {
+            let step = db
+                .prune_audit_blocking(&table, before_ms, after)
+                .map_err(|e| Value::from(e.to_string()))?;
+            removed += step.removed;
+            transactions += step.transactions;
+            match step.last {
+                Some(last) => after = Some(last),
+                None => break,
+            }
+        }
+        let mut result = Object::new();
+        result.insert("audit_entries_removed", Value::Int(removed as i64));
+        result.insert("transactions_changed", Value::Int(transactions as i64));
+        job.update(vec![("result", Value::Object(result))]);
+        Ok(format!("Successfully completed job: {}", job.id))
+    });
+    start_job(resources, caller, "delete_audit_logs_before", body, work).await
 }
 
 /// Collects the keys created before `before_ms` in one read snapshot (keys only), then deletes

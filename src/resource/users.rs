@@ -487,7 +487,8 @@ fn table_problems(
     let beyond = ATTRIBUTE_FLAGS
         .iter()
         .zip(granted)
-        .any(|(flag, g)| g && !matches!(grant.get(flag), Some(Value::Bool(true))));
+        // A flag that is not a boolean is reported as such alone, as HarperDB does.
+        .any(|(flag, g)| g && matches!(grant.get(flag), None | Some(Value::Bool(false))));
     if beyond {
         add(format!(
             "You have a conflict with TABLE permissions for '{database}.{table}' being false and ATTRIBUTE permissions being true"

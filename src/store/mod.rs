@@ -13,6 +13,7 @@ mod clock;
 mod condition;
 mod entry;
 mod layout;
+mod prune;
 mod read;
 mod replicate;
 mod writer;
@@ -56,6 +57,7 @@ pub use check::IndexReport;
 pub use clock::{now_ms, Clock};
 pub use condition::{Condition, ConditionFailed};
 pub use entry::Header;
+pub use prune::{PruneStep, PRUNE_BATCH};
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
 pub use replicate::{
     node_id_of, ApplyJob, ApplyOutcome, AuditTxn, CommitSignal, EntryKind, RawRecord,
@@ -290,6 +292,19 @@ impl Database {
     /// core can await it without blocking. Every core sees the change before the reply.
     pub fn schema(&self, change: SchemaChange) -> Result<writer::SchemaReply, StoreError> {
         self.writer.schema(change)
+    }
+
+    /// Removes `table`'s audit entries older than `before` from up to [`PRUNE_BATCH`]
+    /// transactions after `after`, on the writer thread in order with the writes around it
+    /// (`prune.rs`); call again from [`PruneStep::last`] until it is `None`. Blocking: for job
+    /// threads, never an executor.
+    pub fn prune_audit_blocking(
+        &self,
+        table: &str,
+        before: f64,
+        after: Option<f64>,
+    ) -> Result<PruneStep, StoreError> {
+        self.writer.prune_audit_blocking(table, before, after)
     }
 
     /// Reopens every table recorded in `__meta__` (before the writer starts).

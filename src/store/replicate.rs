@@ -9,6 +9,7 @@
 //! "cursor:<origin name>"                u64 LE: last seq of that origin applied (own: last issued)
 //! "seqidx:<origin name>\0" + seq BE8    audit key (8 bytes) of that transaction in this log
 //! "nodeid:<id u32 BE8 hex>"             origin name for an origin id (tie-breaks compare names)
+//! "pruned:<origin name>"                u64 LE: see prune.rs
 //! __audit__ entry  {user, origin: id, node: name, seq, time: origin version,
 //!                   entries: [[table, id, type, value, version, expiresAt]]}
 //! ```
@@ -130,7 +131,7 @@ fn node_id_key(id: u32) -> Vec<u8> {
     format!("nodeid:{id:08x}").into_bytes()
 }
 
-fn read_u64(bytes: Option<&[u8]>) -> u64 {
+pub(super) fn read_u64(bytes: Option<&[u8]>) -> u64 {
     bytes
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_le_bytes)
@@ -177,6 +178,8 @@ pub struct AuditTxn {
     pub time: f64,
     pub user: Option<String>,
     pub entries: Vec<ReplicatedEntry>,
+    /// Pruning removed some of its entries (`prune.rs`): not to be sent as it is.
+    pub pruned: bool,
 }
 
 impl AuditTxn {
@@ -217,6 +220,7 @@ impl AuditTxn {
             time,
             user,
             entries,
+            pruned: matches!(v.get("pruned"), Some(Value::Bool(true))),
         })
     }
 }
@@ -253,8 +257,18 @@ impl ReadTxn<'_> {
         Ok(read_u64(self.db.meta.get(&self.txn, &cursor_key(origin))?))
     }
 
-    /// Where in this node's audit log the origin's transaction `seq` sits, if the log has it.
+    /// Where in this node's audit log the origin's transaction `seq` sits, if the log has it
+    /// whole: `None` too when pruning took entries from it or from an earlier one of the origin
+    /// (`prune.rs`), so a sender starting there snapshots instead.
     pub fn audit_position(&self, origin: &str, seq: u64) -> Result<Option<f64>, StoreError> {
+        let pruned = read_u64(
+            self.db
+                .meta
+                .get(&self.txn, &super::prune::pruned_key(origin))?,
+        );
+        if seq <= pruned {
+            return Ok(None);
+        }
         Ok(self
             .db
             .meta
@@ -703,6 +717,76 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
                 })
                 .collect(),
         })
+    }
+
+    fn put_both(db: &Database, id: &str) -> WriteOutcome {
+        let put = |table: &str| WriteOp::Put {
+            table: table.into(),
+            key: Some(Value::String(id.into())),
+            record: json::parse(b"{}").unwrap(),
+            mode: PutMode::Replace,
+            expires_in_s: None,
+        };
+        let ops = vec![put("Dog"), put("Local")];
+        block_on(db.submit(WriteRequest { ops, user: None }).unwrap())
+            .unwrap()
+            .unwrap()
+    }
+
+    /// docs/replication.md "Pruned audit log": a transaction that lost entries is marked and
+    /// its seq (and every earlier one of the origin) no longer has a position, so a sender
+    /// snapshots; an emptied one goes, except the newest; later ones stay untouched.
+    #[test]
+    fn pruning_one_table_keeps_the_log_honest_for_replication() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), "node-a");
+        put(&db, "1", "a"); // seq 1: Dog only → removed
+        put_both(&db, "2"); // seq 2: Dog and Local → rewritten, marked
+        let cut = put(&db, "3", "c").version; // seq 3: Dog only, at the cut → kept
+        put(&db, "4", "d"); // seq 4
+        let step = db.prune_audit_blocking("Dog", cut, None).unwrap();
+        assert_eq!((step.removed, step.transactions), (2, 2));
+        assert!(step.last.is_some());
+        let done = db.prune_audit_blocking("Dog", cut, step.last).unwrap();
+        assert_eq!(done, crate::store::PruneStep::default());
+        let r = db.read().unwrap();
+        for seq in 1..=2 {
+            assert_eq!(r.audit_position("node-a", seq).unwrap(), None, "seq {seq}");
+        }
+        assert_eq!(r.audit_position("node-a", 3).unwrap(), Some(cut));
+        let (txns, _) = r.audit_txns_after(None, 100).unwrap();
+        let seen: Vec<(u64, bool, Vec<String>)> = txns
+            .iter()
+            .map(|t| {
+                let tables = t.entries.iter().map(|e| e.table.clone()).collect();
+                (t.seq, t.pruned, tables)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (2, true, vec!["Local".to_string()]),
+                (3, false, vec!["Dog".to_string()]),
+                (4, false, vec!["Dog".to_string()]),
+            ]
+        );
+        drop(r);
+        // Everything of Dog pruned: the newest transaction stays, empty, keeping the version.
+        let last = put(&db, "5", "e").version;
+        let mut after = None;
+        loop {
+            let step = db.prune_audit_blocking("Dog", last + 1.0, after).unwrap();
+            match step.last {
+                Some(p) => after = Some(p),
+                None => break,
+            }
+        }
+        let r = db.read().unwrap();
+        assert_eq!(r.audit_last().unwrap(), Some(last));
+        let (txns, _) = r.audit_txns_after(None, 100).unwrap();
+        let seqs: Vec<u64> = txns.iter().map(|t| t.seq).collect();
+        assert_eq!(seqs, vec![2, 5]);
+        assert!(txns[1].entries.is_empty() && txns[1].pruned);
     }
 
     #[test]

@@ -163,6 +163,13 @@ pub(super) enum Job {
         reply: OneshotSender<Result<ApplyOutcome, WriteError>>,
         queued_at: Instant,
     },
+    /// Removes one table's old audit entries (`prune.rs`); a job thread waits on the reply.
+    PruneAudit {
+        table: String,
+        before: f64,
+        after: Option<f64>,
+        reply: mpsc::Sender<Result<super::PruneStep, StoreError>>,
+    },
     Stop,
 }
 
@@ -326,6 +333,30 @@ impl WriterHandle {
         }
     }
 
+    pub fn prune_audit_blocking(
+        &self,
+        table: &str,
+        before: f64,
+        after: Option<f64>,
+    ) -> Result<super::PruneStep, StoreError> {
+        let (reply, rx) = mpsc::channel();
+        let job = Job::PruneAudit {
+            table: table.to_string(),
+            before,
+            after,
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(QueueError::Full) => {
+                return Err(StoreError::Io("write queue full; try again".into()))
+            }
+            Err(QueueError::Stopped) => return Err(StoreError::Io("writer stopped".into())),
+        }
+        rx.recv()
+            .map_err(|_| StoreError::Io("writer stopped".into()))?
+    }
+
     pub fn stop_blocking(&self) {
         let _ = self.tx.send(Job::Stop);
         if let Some(handle) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -444,6 +475,15 @@ impl Writer {
                     Job::Schema { change, reply } => {
                         self.commit_batch(&mut batch);
                         reply.send(self.schema_change(change));
+                    }
+                    Job::PruneAudit {
+                        table,
+                        before,
+                        after,
+                        reply,
+                    } => {
+                        self.commit_batch(&mut batch);
+                        let _ = reply.send(self.prune_audit_step(&table, before, after));
                     }
                     Job::Stop => {
                         self.commit_batch(&mut batch);
@@ -1042,6 +1082,19 @@ impl Writer {
             .max(0);
         self.db.meta.put(txn, &key, &count.to_le_bytes())?;
         Ok(())
+    }
+
+    /// One pruning step (`prune.rs`) in its own write transaction.
+    fn prune_audit_step(
+        &self,
+        table: &str,
+        before: f64,
+        after: Option<f64>,
+    ) -> Result<super::PruneStep, StoreError> {
+        let mut wtxn = self.db.env.write_txn()?;
+        let step = self.prune_audit(&mut wtxn, table, before, after)?;
+        wtxn.commit()?;
+        Ok(step)
     }
 
     fn ensure_table(&self, def: TableDef) -> Result<Arc<Table>, StoreError> {

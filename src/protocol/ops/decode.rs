@@ -293,6 +293,12 @@ pub enum Operation {
         table: String,
         before_ms: f64,
     },
+    /// Removes a table's audit entries older than a time, as a job.
+    DeleteAuditLogsBefore {
+        database: String,
+        table: String,
+        before_ms: f64,
+    },
     /// Stops gracefully, then starts again in place with the same arguments.
     Restart,
     /// Runs a search as a job and writes its result to a file on the server.
@@ -389,7 +395,6 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "list_certificates",
     "read_transaction_log",
     "delete_transaction_logs_before",
-    "delete_audit_logs_before",
     "import_from_s3",
     "export_to_s3",
     "install_node_modules",
@@ -426,7 +431,9 @@ pub fn decode(body_type: BodyType, body: &[u8]) -> Result<Operation, OpError> {
     decode_object(&fields, true)
 }
 
-/// Decodes one operation object (`top`: not inside a `transaction`).
+/// Decodes one operation object (`top`: not inside a `transaction`): each family of
+/// operations has its decoder ([`DECODERS`]); clustering and HarperDB operations not served
+/// here are recognised by name.
 pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
     let name = match fields.get("operation") {
         None | Some(Value::Null) => {
@@ -441,14 +448,40 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         fields,
         strict_names: STRICT_NAME_OPS.contains(&name),
     };
-    let op = match name {
+    for decoder in DECODERS {
+        if let Some(op) = decoder(name, &f, top)? {
+            return Ok(op);
+        }
+    }
+    Ok(match name {
+        other if CLUSTERING_OPS.contains(&other) => {
+            Operation::Clustering(other.to_string(), fields.clone())
+        }
+        other if UNSUPPORTED_OPS.contains(&other) => Operation::Unsupported(other.to_string()),
+        other => return Err(OpError::bad(format!("Operation '{other}' not found"))),
+    })
+}
+
+/// A family's decoder: `None` when the name is not one of its operations.
+type Decoder = fn(&str, &Fields<'_>, bool) -> Result<Option<Operation>, OpError>;
+
+const DECODERS: [Decoder; 5] = [schema_op, data_op, user_op, admin_op, job_op];
+
+/// Databases, tables and attributes.
+fn schema_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "describe_all" => Operation::DescribeAll,
         "describe_database" | "describe_schema" => Operation::DescribeDatabase {
             database: f.database()?,
         },
+        // A missing `table` is refused in `run` after the `system` check, so a non-super user
+        // asking about `system` gets that refusal first (as HarperDB answers).
         "describe_table" => Operation::DescribeTable {
             database: f.database()?,
-            table: f.name("table")?,
+            table: match f.get("table") {
+                None => String::new(),
+                Some(_) => f.name("table")?,
+            },
         },
         "create_database" | "create_schema" => Operation::CreateDatabase {
             database: f.database()?,
@@ -478,69 +511,41 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
             table: f.name("table")?,
             attribute: f.name("attribute")?,
         },
-        "insert" | "update" | "upsert" | "delete" => {
-            Operation::Write(decode_write(name, &f, None)?)
-        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Record writes, searches, transactions, SQL and the audit log.
+fn data_op(name: &str, f: &Fields<'_>, top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
+        "insert" | "update" | "upsert" | "delete" => Operation::Write(decode_write(name, f, None)?),
         "search_by_id" | "search_by_hash" => Operation::SearchById {
             database: f.database()?,
             table: f.name("table")?,
             ids: f.ids()?,
             get_attributes: f.get_attributes()?,
         },
-        "search_by_value" => Operation::SearchByValue(SearchByValue {
-            database: f.database()?,
-            table: f.name("table")?,
-            attribute: f.string_alias("attribute", "search_attribute")?,
-            value: f
-                .alias("value", "search_value")
-                .cloned()
-                .ok_or_else(|| OpError::bad("'value' is required"))?,
-            get_attributes: f.get_attributes()?,
-            limit: f.opt_u64("limit")?,
-            offset: f.opt_u64("offset")?.unwrap_or(0),
-            // `reverse` is HarperDB's name for it.
-            desc: match f.opt_bool("desc")? {
-                Some(desc) => desc,
-                None => f.opt_bool("reverse")?.unwrap_or(false),
-            },
-            explain: f.opt_bool("explain")?.unwrap_or(false),
-        }),
+        "search_by_value" => Operation::SearchByValue(f.search_by_value()?),
         "search_by_conditions" => Operation::SearchByConditions(f.search_by_conditions()?),
-        "transaction" if top => {
-            let database = f.database()?;
-            let Some(Value::Array(items)) = f.get("operations") else {
-                return Err(OpError::bad("'operations' must be an array of operations"));
-            };
-            if items.len() > TRANSACTION_OPS_MAX {
-                return Err(OpError::bad(format!(
-                    "a transaction holds at most {TRANSACTION_OPS_MAX} operations"
-                )));
-            }
-            let mut operations = Vec::with_capacity(items.len());
-            for item in items {
-                let Value::Object(inner) = item else {
-                    return Err(OpError::bad("each of 'operations' must be an object"));
-                };
-                let inner = Fields {
-                    fields: inner,
-                    strict_names: false,
-                };
-                let inner_name = inner.string("operation")?;
-                if !matches!(
-                    inner_name.as_str(),
-                    "insert" | "update" | "upsert" | "delete"
-                ) {
-                    return Err(OpError::bad(format!(
-                        "Operation '{inner_name}' cannot be part of a transaction; use insert, update, upsert or delete"
-                    )));
+        "transaction" if top => f.transaction()?,
+        "sql" => Operation::Sql {
+            sql: match f.get("sql") {
+                None | Some(Value::Null) => {
+                    return Err(OpError::bad(
+                        "The 'sql' parameter is missing from the request body",
+                    ))
                 }
-                operations.push(decode_write(&inner_name, &inner, Some(&database))?);
-            }
-            Operation::Transaction {
-                database,
-                operations,
-            }
-        }
+                Some(_) => f.string("sql")?,
+            },
+        },
+        "read_audit_log" => Operation::ReadAuditLog(f.read_audit_log()?),
+        _ => return Ok(None),
+    }))
+}
+
+/// Roles, users and tokens.
+fn user_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "list_roles" => Operation::ListRoles,
         "add_role" => Operation::AddRole {
             role: f.string("role")?,
@@ -579,6 +584,13 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         "drop_user" => Operation::DropUser {
             username: f.string("username")?,
         },
+        _ => return Ok(None),
+    }))
+}
+
+/// Clustering routes, configuration, system information and the log.
+fn admin_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
         "cluster_status" => Operation::ClusterStatus,
         "cluster_set_routes" => Operation::ClusterSetRoutes {
             routes: f.routes()?,
@@ -589,7 +601,8 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         },
         "get_configuration" => Operation::GetConfiguration,
         "set_configuration" => Operation::SetConfiguration {
-            settings: fields
+            settings: f
+                .fields
                 .iter()
                 .filter(|(k, _)| *k != "operation")
                 .map(|(k, v)| (k.to_string(), v.clone()))
@@ -598,7 +611,110 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
         "system_information" => Operation::SystemInformation {
             attributes: f.opt_strings("attributes")?,
         },
-        "read_log" => Operation::ReadLog(ReadLog {
+        "read_log" => Operation::ReadLog(f.read_log()?),
+        _ => return Ok(None),
+    }))
+}
+
+/// Jobs: CSV loads, exports, deletions before a time; and restart.
+fn job_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, OpError> {
+    Ok(Some(match name {
+        "csv_data_load" => Operation::CsvLoad(f.csv_load(CsvFrom::Data(f.string("data")?))?),
+        "csv_file_load" => Operation::CsvLoad(f.csv_load(CsvFrom::File(f.string("file_path")?))?),
+        "csv_url_load" => f.csv_url_load()?,
+        "restart" => Operation::Restart,
+        "export_local" => f.export_local()?,
+        "get_job" => Operation::GetJob {
+            id: f.string("id")?,
+        },
+        // `delete_files_before` is HarperDB's older name of the same operation. Super users
+        // only; a missing `table` is left for `exec` to refuse after that gate, so others get 403
+        // whatever they send (as HarperDB answers them).
+        "delete_records_before" | "delete_files_before" => Operation::DeleteRecordsBefore {
+            database: f.database()?,
+            table: match f.get("table") {
+                None => String::new(),
+                Some(_) => f.name("table")?,
+            },
+            before_ms: f.date("date")?,
+        },
+        "delete_audit_logs_before" => Operation::DeleteAuditLogsBefore {
+            database: f.database()?,
+            table: f.name("table")?,
+            before_ms: f.timestamp("timestamp")?,
+        },
+        "search_jobs_by_start_date" => Operation::SearchJobsByStartDate {
+            from_ms: f.date("from_date")?,
+            to_ms: f.date("to_date")?,
+        },
+        _ => return Ok(None),
+    }))
+}
+
+impl Fields<'_> {
+    fn search_by_value(&self) -> Result<SearchByValue, OpError> {
+        let f = self;
+        Ok(SearchByValue {
+            database: f.database()?,
+            table: f.name("table")?,
+            attribute: f.string_alias("attribute", "search_attribute")?,
+            value: f
+                .alias("value", "search_value")
+                .cloned()
+                .ok_or_else(|| OpError::bad("'value' is required"))?,
+            get_attributes: f.get_attributes()?,
+            limit: f.opt_u64("limit")?,
+            offset: f.opt_u64("offset")?.unwrap_or(0),
+            // `reverse` is HarperDB's name for it.
+            desc: match f.opt_bool("desc")? {
+                Some(desc) => desc,
+                None => f.opt_bool("reverse")?.unwrap_or(false),
+            },
+            explain: f.opt_bool("explain")?.unwrap_or(false),
+        })
+    }
+
+    /// `transaction`: its database and writes (insert, update, upsert, delete only).
+    fn transaction(&self) -> Result<Operation, OpError> {
+        let f = self;
+        let database = f.database()?;
+        let Some(Value::Array(items)) = f.get("operations") else {
+            return Err(OpError::bad("'operations' must be an array of operations"));
+        };
+        if items.len() > TRANSACTION_OPS_MAX {
+            return Err(OpError::bad(format!(
+                "a transaction holds at most {TRANSACTION_OPS_MAX} operations"
+            )));
+        }
+        let mut operations = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::Object(inner) = item else {
+                return Err(OpError::bad("each of 'operations' must be an object"));
+            };
+            let inner = Fields {
+                fields: inner,
+                strict_names: false,
+            };
+            let inner_name = inner.string("operation")?;
+            if !matches!(
+                inner_name.as_str(),
+                "insert" | "update" | "upsert" | "delete"
+            ) {
+                return Err(OpError::bad(format!(
+                    "Operation '{inner_name}' cannot be part of a transaction; use insert, update, upsert or delete"
+                )));
+            }
+            operations.push(decode_write(&inner_name, &inner, Some(&database))?);
+        }
+        Ok(Operation::Transaction {
+            database,
+            operations,
+        })
+    }
+
+    fn read_log(&self) -> Result<ReadLog, OpError> {
+        let f = self;
+        Ok(ReadLog {
             start: f.opt_u64("start")?.unwrap_or(0),
             limit: f.opt_u64("limit")?.unwrap_or(1000),
             level: f.opt_string("level")?,
@@ -614,18 +730,12 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 }
             },
             filter: f.opt_string("filter")?,
-        }),
-        "sql" => Operation::Sql {
-            sql: match f.get("sql") {
-                None | Some(Value::Null) => {
-                    return Err(OpError::bad(
-                        "The 'sql' parameter is missing from the request body",
-                    ))
-                }
-                Some(_) => f.string("sql")?,
-            },
-        },
-        "read_audit_log" => Operation::ReadAuditLog(ReadAuditLog {
+        })
+    }
+
+    fn read_audit_log(&self) -> Result<ReadAuditLog, OpError> {
+        let f = self;
+        Ok(ReadAuditLog {
             database: f.database()?,
             table: f.name("table")?,
             search_type: match f.opt_string("search_type")? {
@@ -642,77 +752,71 @@ pub fn decode_object(fields: &Object, top: bool) -> Result<Operation, OpError> {
                 Some(Value::Array(items)) => items.clone(),
                 Some(_) => return Err(OpError::bad("'search_values' must be an array")),
             },
-        }),
-        "csv_data_load" => Operation::CsvLoad(f.csv_load(CsvFrom::Data(f.string("data")?))?),
-        "csv_file_load" => Operation::CsvLoad(f.csv_load(CsvFrom::File(f.string("file_path")?))?),
-        "csv_url_load" => {
-            let url = f.string("csv_url")?;
-            let scheme_ok = ["http://", "https://"].iter().any(|p| {
-                url.get(..p.len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(p))
-            });
-            if !scheme_ok {
-                return Err(OpError::bad("'csv_url' must be an http:// or https:// URL"));
-            }
-            Operation::CsvLoad(f.csv_load(CsvFrom::Url(url))?)
+        })
+    }
+
+    fn csv_url_load(&self) -> Result<Operation, OpError> {
+        let f = self;
+        let url = f.string("csv_url")?;
+        let scheme_ok = ["http://", "https://"].iter().any(|p| {
+            url.get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+        });
+        if !scheme_ok {
+            return Err(OpError::bad("'csv_url' must be an http:// or https:// URL"));
         }
-        "restart" => Operation::Restart,
-        "export_local" => {
-            let format = f.opt_string("format")?.unwrap_or_else(|| "json".into());
-            if !matches!(format.as_str(), "json" | "csv") {
-                return Err(OpError::bad(format!(
-                    "'format' must be json or csv, not '{format}'"
-                )));
-            }
-            let search = match f.get("search_operation") {
-                Some(Value::Object(o)) => decode_object(o, false)?,
-                Some(_) => return Err(OpError::bad("'search_operation' must be an object")),
-                None => return Err(OpError::bad("'search_operation' is required")),
-            };
-            if !matches!(
-                search,
-                Operation::SearchById { .. }
-                    | Operation::SearchByValue(_)
-                    | Operation::SearchByConditions(_)
-            ) {
-                return Err(OpError::new(
-                    501,
-                    "export_local runs search_by_hash (search_by_id), search_by_value or \
-                     search_by_conditions here; other search operations are not supported",
-                ));
-            }
-            Operation::ExportLocal(Box::new(ExportLocal {
-                path: f.string("path")?,
-                filename: f.string("filename")?,
-                format,
-                search,
-            }))
+        Ok(Operation::CsvLoad(f.csv_load(CsvFrom::Url(url))?))
+    }
+
+    /// `export_local`: the format, the search (NoSQL searches or an SQL SELECT) and the file.
+    fn export_local(&self) -> Result<Operation, OpError> {
+        let f = self;
+        let format = f.opt_string("format")?.unwrap_or_else(|| "json".into());
+        if !matches!(format.as_str(), "json" | "csv") {
+            return Err(OpError::bad(format!(
+                "'format' must be json or csv, not '{format}'"
+            )));
         }
-        "get_job" => Operation::GetJob {
-            id: f.string("id")?,
-        },
-        // `delete_files_before` is HarperDB's older name of the same operation. Super users
-        // only; a missing `table` is left for `exec` to refuse after that gate, so others get 403
-        // whatever they send (as HarperDB answers them).
-        "delete_records_before" | "delete_files_before" => Operation::DeleteRecordsBefore {
-            database: f.database()?,
-            table: match f.get("table") {
-                None => String::new(),
-                Some(_) => f.name("table")?,
-            },
-            before_ms: f.date("date")?,
-        },
-        "search_jobs_by_start_date" => Operation::SearchJobsByStartDate {
-            from_ms: f.date("from_date")?,
-            to_ms: f.date("to_date")?,
-        },
-        other if CLUSTERING_OPS.contains(&other) => {
-            Operation::Clustering(other.to_string(), fields.clone())
+        let search = match f.get("search_operation") {
+            Some(Value::Object(o)) => decode_object(o, false)?,
+            Some(_) => return Err(OpError::bad("'search_operation' must be an object")),
+            None => return Err(OpError::bad("'search_operation' is required")),
+        };
+        match &search {
+            Operation::SearchById { .. }
+            | Operation::SearchByValue(_)
+            | Operation::SearchByConditions(_) => {}
+            Operation::Sql { sql } if starts_with_word(sql, "select") => {}
+            Operation::Sql { .. } => {
+                return Err(OpError::bad(
+                    "export_local runs a SELECT statement; other SQL statements are not exports",
+                ))
+            }
+            _ => {
+                return Err(OpError::bad(
+                    "'search_operation' must be search_by_hash (search_by_id), \
+                     search_by_value, search_by_conditions or sql",
+                ))
+            }
         }
-        other if UNSUPPORTED_OPS.contains(&other) => Operation::Unsupported(other.to_string()),
-        other => return Err(OpError::bad(format!("Operation '{other}' not found"))),
-    };
-    Ok(op)
+        Ok(Operation::ExportLocal(Box::new(ExportLocal {
+            path: f.string("path")?,
+            filename: f.string("filename")?,
+            format,
+            search,
+        })))
+    }
+}
+
+/// Whether `text` begins (after white space) with `word`, in any case.
+fn starts_with_word(text: &str, word: &str) -> bool {
+    let text = text.trim_start();
+    text.get(..word.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        && text[word.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_alphanumeric() && c != '_')
 }
 
 fn decode_write(name: &str, f: &Fields<'_>, database: Option<&str>) -> Result<Write, OpError> {
@@ -947,6 +1051,19 @@ impl<'a> Fields<'a> {
 
     /// An ISO-8601 date (`2021-01-25T23:05:27.464+0000` or `...Z`), or a number of epoch
     /// milliseconds, as epoch milliseconds.
+    /// Milliseconds since the epoch as a number or a string of one (HarperDB's suite sends
+    /// `"1796599549920"`), else an ISO-8601 date.
+    fn timestamp(&self, key: &str) -> Result<f64, OpError> {
+        if let Some(Value::String(text)) = self.get(key) {
+            if let Ok(ms) = text.trim().parse::<f64>() {
+                if ms.is_finite() {
+                    return Ok(ms);
+                }
+            }
+        }
+        self.date(key)
+    }
+
     fn date(&self, key: &str) -> Result<f64, OpError> {
         match self.get(key) {
             Some(Value::Int(ms)) => return Ok(*ms as f64),

@@ -59,6 +59,7 @@ pub fn name(op: &Operation) -> &str {
         Operation::GetJob { .. } => "get_job",
         Operation::SearchJobsByStartDate { .. } => "search_jobs_by_start_date",
         Operation::DeleteRecordsBefore { .. } => "delete_records_before",
+        Operation::DeleteAuditLogsBefore { .. } => "delete_audit_logs_before",
         Operation::Restart => "restart",
         Operation::ExportLocal(_) => "export_local",
     }
@@ -169,6 +170,8 @@ fn job_started(id: String) -> Value {
     Value::Object(o)
 }
 
+/// Carries out `op`: searches that stream their answer here, every other family of operations
+/// by its handler.
 pub async fn execute(
     resources: &Arc<Resources>,
     caller: &Caller,
@@ -176,6 +179,61 @@ pub async fn execute(
 ) -> Result<Reply, OpError> {
     let r: &Resources = resources;
     Ok(Reply::Value(match op {
+        // Planned here, run by the envelope straight into the response body.
+        Operation::SearchByValue(s) => {
+            return search::by_value(r, &s).map(|p| Reply::Search(Box::new(p)))
+        }
+        Operation::SearchByConditions(s) => {
+            return search::by_conditions(r, &s).map(|p| Reply::Search(Box::new(p)))
+        }
+        op @ (Operation::DescribeAll
+        | Operation::DescribeDatabase { .. }
+        | Operation::DescribeTable { .. }
+        | Operation::CreateDatabase { .. }
+        | Operation::DropDatabase { .. }
+        | Operation::CreateTable { .. }
+        | Operation::DropTable { .. }
+        | Operation::CreateAttribute { .. }
+        | Operation::DropAttribute { .. }) => schema_op(resources, caller, op).await?,
+        op @ (Operation::Write(_)
+        | Operation::Transaction { .. }
+        | Operation::SearchById { .. }
+        | Operation::Sql { .. }) => data_op(resources, caller, op).await?,
+        op @ (Operation::ListRoles
+        | Operation::AddRole { .. }
+        | Operation::AlterRole { .. }
+        | Operation::DropRole { .. }
+        | Operation::ListUsers
+        | Operation::UserInfo
+        | Operation::AddUser { .. }
+        | Operation::AlterUser { .. }
+        | Operation::DropUser { .. }
+        | Operation::CreateAuthenticationTokens { .. }
+        | Operation::RefreshOperationToken { .. }) => user_op(resources, caller, op).await?,
+        op @ (Operation::CsvLoad(_)
+        | Operation::DeleteRecordsBefore { .. }
+        | Operation::DeleteAuditLogsBefore { .. }
+        | Operation::ExportLocal(_)
+        | Operation::GetJob { .. }
+        | Operation::SearchJobsByStartDate { .. }) => job_op(resources, caller, op).await?,
+        op => admin_op(resources, caller, op).await?,
+    }))
+}
+
+/// An operation handed to a family's handler that is not of that family (a mistake in
+/// [`execute`]'s table, never a client's).
+fn misrouted(op: &Operation) -> OpError {
+    OpError::new(500, format!("operation '{}' has no handler here", name(op)))
+}
+
+/// Databases, tables and attributes.
+async fn schema_op(
+    resources: &Arc<Resources>,
+    _caller: &Caller,
+    op: Operation,
+) -> Result<Value, OpError> {
+    let r: &Resources = resources;
+    Ok(match op {
         Operation::DescribeAll => from_json(&tables::describe_all(r)?),
         Operation::DescribeDatabase { database } => {
             from_json(&tables::describe_database(r, &database)?)
@@ -228,6 +286,18 @@ pub async fn execute(
             table,
             attribute,
         } => message(tables::drop_attribute(r, &database, &table, &attribute).await?),
+        other => return Err(misrouted(&other)),
+    })
+}
+
+/// Record writes, transactions, searches by id and SQL.
+async fn data_op(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    op: Operation,
+) -> Result<Value, OpError> {
+    let r: &Resources = resources;
+    Ok(match op {
         Operation::Write(w) => {
             let (database, w) = record_write(w);
             let shape = Shape::of(&w);
@@ -270,13 +340,19 @@ pub async fn execute(
             &ids,
             get_attributes.as_deref(),
         )?),
-        // Planned here, run by the envelope straight into the response body.
-        Operation::SearchByValue(s) => {
-            return search::by_value(r, &s).map(|p| Reply::Search(Box::new(p)))
-        }
-        Operation::SearchByConditions(s) => {
-            return search::by_conditions(r, &s).map(|p| Reply::Search(Box::new(p)))
-        }
+        Operation::Sql { sql } => crate::resource::sql::execute(r, caller, &sql).await?,
+        other => return Err(misrouted(&other)),
+    })
+}
+
+/// Roles, users and tokens.
+async fn user_op(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    op: Operation,
+) -> Result<Value, OpError> {
+    let r: &Resources = resources;
+    Ok(match op {
         Operation::ListRoles => Value::Array(users::list_roles(r)?),
         Operation::AddRole {
             role,
@@ -314,27 +390,6 @@ pub async fn execute(
             .await?
         }
         Operation::DropUser { username } => message(users::drop_user(r, caller, &username).await?),
-        Operation::ClusterStatus => cluster::status(),
-        Operation::ClusterSetRoutes { routes } => {
-            let answer = admin::set_routes(r, routes).await?;
-            cluster::reconnect_routes(r).await?;
-            answer
-        }
-        Operation::ClusterGetRoutes => admin::get_routes(r).await?,
-        Operation::ClusterDeleteRoutes { routes } => {
-            let answer = admin::delete_routes(r, routes).await?;
-            cluster::reconnect_routes(r).await?;
-            answer
-        }
-        Operation::Clustering(name, fields) => cluster::run(r, &name, &fields).await?,
-        Operation::GetConfiguration => admin::get_configuration(r).await?,
-        Operation::SetConfiguration { settings } => admin::set_configuration(r, settings).await?,
-        Operation::SystemInformation { attributes } => {
-            admin::system_information(r, attributes.as_deref()).await
-        }
-        Operation::ReadLog(q) => admin::read_log(r, q).await?,
-        Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
-        Operation::Sql { sql } => crate::resource::sql::execute(r, caller, &sql).await?,
         Operation::CreateAuthenticationTokens { .. } => {
             super::tokens_reply(resources, caller).await?
         }
@@ -344,6 +399,18 @@ pub async fn execute(
                 crate::auth::AuthError::MustLogin.message(),
             ))
         }
+        other => return Err(misrouted(&other)),
+    })
+}
+
+/// Jobs: CSV loads, deletions before a time, exports, and reading jobs.
+async fn job_op(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    op: Operation,
+) -> Result<Value, OpError> {
+    let r: &Resources = resources;
+    Ok(match op {
         Operation::CsvLoad(load) => {
             let source = match load.from {
                 CsvFrom::Data(text) => CsvSource::Data(text),
@@ -385,16 +452,56 @@ pub async fn execute(
         } => job_started(
             jobs::start_delete_before(resources, caller, &database, &table, before_ms).await?,
         ),
-        Operation::Restart => {
-            crate::resource::request_restart()?;
-            super::message("Restarting tidepool. This may take up to 60 seconds.")
-        }
+        Operation::DeleteAuditLogsBefore {
+            database,
+            table,
+            before_ms,
+        } => job_started(
+            jobs::start_delete_audit_before(resources, caller, &database, &table, before_ms)
+                .await?,
+        ),
         Operation::ExportLocal(export) => {
             job_started(super::export::start(resources, caller, *export).await?)
         }
         Operation::GetJob { id } => jobs::get_job(r, caller, &id)?,
         Operation::SearchJobsByStartDate { from_ms, to_ms } => {
             Value::Array(jobs::search_jobs_by_start_date(r, from_ms, to_ms)?)
+        }
+        other => return Err(misrouted(&other)),
+    })
+}
+
+/// Clustering, configuration, system information, logs, restart, and what is not served.
+async fn admin_op(
+    resources: &Arc<Resources>,
+    _caller: &Caller,
+    op: Operation,
+) -> Result<Value, OpError> {
+    let r: &Resources = resources;
+    Ok(match op {
+        Operation::ClusterStatus => cluster::status(),
+        Operation::ClusterSetRoutes { routes } => {
+            let answer = admin::set_routes(r, routes).await?;
+            cluster::reconnect_routes(r).await?;
+            answer
+        }
+        Operation::ClusterGetRoutes => admin::get_routes(r).await?,
+        Operation::ClusterDeleteRoutes { routes } => {
+            let answer = admin::delete_routes(r, routes).await?;
+            cluster::reconnect_routes(r).await?;
+            answer
+        }
+        Operation::Clustering(name, fields) => cluster::run(r, &name, &fields).await?,
+        Operation::GetConfiguration => admin::get_configuration(r).await?,
+        Operation::SetConfiguration { settings } => admin::set_configuration(r, settings).await?,
+        Operation::SystemInformation { attributes } => {
+            admin::system_information(r, attributes.as_deref()).await
+        }
+        Operation::ReadLog(q) => admin::read_log(r, q).await?,
+        Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
+        Operation::Restart => {
+            crate::resource::request_restart()?;
+            super::message("Restarting tidepool. This may take up to 60 seconds.")
         }
         Operation::Unsupported(name) => {
             let text = match name.as_str() {
@@ -405,5 +512,7 @@ pub async fn execute(
             };
             return Err(OpError::new(501, text));
         }
-    }))
+
+        other => return Err(misrouted(&other)),
+    })
 }

@@ -17,10 +17,28 @@ use crate::value::{self, Object, Value};
 pub const EXPORT_BYTES_MAX: usize = jobs::CSV_BYTES_MAX;
 
 /// Where the export goes: `path` (relative to the server's root when not absolute) joined with
-/// `filename`, `.<format>` added unless the name already ends with it.
-fn target(root: &Path, export: &ExportLocal) -> PathBuf {
+/// `filename`, `.<format>` added unless the name already ends with it. The folder must lie in
+/// the root folder (docs/operations-api.md, "Bulk loads and jobs"): no `..`, no absolute path
+/// elsewhere; [`inside_root`] checks the folder as it resolves (symbolic links) on the job.
+fn target(root: &Path, export: &ExportLocal) -> Result<PathBuf, OpError> {
     let dir = Path::new(&export.path);
+    let outside = || {
+        OpError::bad(format!(
+            "'path' must be a folder inside the server's root folder ({}), not '{}'",
+            root.display(),
+            export.path
+        ))
+    };
+    if dir
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(outside());
+    }
     let dir = if dir.is_absolute() {
+        if !dir.starts_with(root) {
+            return Err(outside());
+        }
         dir.to_path_buf()
     } else {
         root.join(dir)
@@ -31,7 +49,25 @@ fn target(root: &Path, export: &ExportLocal) -> PathBuf {
     } else {
         format!("{}{suffix}", export.filename)
     };
-    dir.join(name)
+    Ok(dir.join(name))
+}
+
+/// The folder of `file` as it resolves, checked against the root folder as it resolves.
+fn inside_root(root: &Path, file: &Path) -> Result<(), String> {
+    let dir = file.parent().unwrap_or(root);
+    let shown = dir.display();
+    let real = dir
+        .canonicalize()
+        .map_err(|e| format!("cannot use folder '{shown}': {e}"))?;
+    let real_root = root
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the root folder: {e}"))?;
+    if !real.starts_with(&real_root) {
+        return Err(format!(
+            "folder '{shown}' resolves outside the server's root folder"
+        ));
+    }
+    Ok(())
 }
 
 pub async fn start(
@@ -44,7 +80,8 @@ pub async fn start(
             "'filename' must be a file name, without '/' (put folders in 'path')",
         ));
     }
-    let file = target(&resources.config.root, &export);
+    let root = resources.config.root.clone();
+    let file = target(&root, &export)?;
     let mut body = Object::new();
     body.insert("operation", Value::from("export_local"));
     body.insert("path", Value::from(export.path.as_str()));
@@ -54,6 +91,7 @@ pub async fn start(
     let who = caller.clone();
     let task: jobs::Task = Box::new(move || {
         let ExportLocal { format, search, .. } = export;
+        inside_root(&root, &file)?;
         let reply = block_on(super::run(&r, &who, search)).map_err(|e| e.message)?;
         let mut json = Vec::new();
         match reply {

@@ -82,6 +82,49 @@ fn parse_url(url: &str) -> Result<Target<'_>, String> {
 /// is an error naming the status.
 pub fn get(url: &str, body_bytes_max: usize) -> Result<Vec<u8>, String> {
     let target = parse_url(url)?;
+    let mut stream = connect(&target)?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tidepool\r\nAccept: text/csv, */*\r\nConnection: close\r\n\r\n",
+        target.path, target.authority
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut buf = Vec::with_capacity(4096);
+    let head = read_head(&mut stream, &mut buf)?;
+    let early = buf.split_off(head.len.min(buf.len()));
+    let mut body_in = BufReader::new(std::io::Cursor::new(early).chain(stream));
+    let mut body = Vec::new();
+    if head.chunked {
+        read_chunked(&mut body_in, &mut body, body_bytes_max)?;
+    } else if let Some(length) = head.length {
+        if length > body_bytes_max as u64 {
+            return Err(too_large(body_bytes_max));
+        }
+        body.resize(length as usize, 0);
+        body_in.read_exact(&mut body).map_err(io)?;
+    } else {
+        body_in
+            .take(body_bytes_max as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(io)?;
+        if body.len() > body_bytes_max {
+            return Err(too_large(body_bytes_max));
+        }
+    }
+    Ok(body)
+}
+
+fn too_large(body_bytes_max: usize) -> String {
+    format!("the body is larger than {body_bytes_max} bytes")
+}
+
+fn io(e: std::io::Error) -> String {
+    format!("reading the response: {e}")
+}
+
+/// A connection to the first of the host's addresses that answers, with the timeouts set.
+fn connect(target: &Target<'_>) -> Result<TcpStream, String> {
     let timeout = Duration::from_millis(TIMEOUT_MS);
     let addrs = (target.host, target.port)
         .to_socket_addrs()
@@ -97,22 +140,25 @@ pub fn get(url: &str, body_bytes_max: usize) -> Result<Vec<u8>, String> {
             Err(e) => last = format!("cannot connect to {addr}: {e}"),
         }
     }
-    let mut stream = stream.ok_or(last)?;
-    let io = |e: std::io::Error| format!("reading the response: {e}");
+    let stream = stream.ok_or(last)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tidepool\r\nAccept: text/csv, */*\r\nConnection: close\r\n\r\n",
-        target.path, target.authority
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("sending the request: {e}"))?;
+    Ok(stream)
+}
 
-    // The head: read until it parses whole, within HEAD_BYTES_MAX.
-    let mut buf = Vec::with_capacity(4096);
+/// What the response head says of the body.
+struct Head {
+    /// Bytes of the head in the buffer (the body's first bytes follow).
+    len: usize,
+    length: Option<u64>,
+    chunked: bool,
+}
+
+/// Reads into `buf` until the head parses whole, within [`HEAD_BYTES_MAX`]; a status other
+/// than 2xx is an error.
+fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Head, String> {
     let mut chunk = [0u8; 4096];
-    let (head_len, length, chunked) = loop {
+    loop {
         let n = stream.read(&mut chunk).map_err(io)?;
         if n == 0 {
             return Err("the server closed the connection before answering".into());
@@ -120,33 +166,8 @@ pub fn get(url: &str, body_bytes_max: usize) -> Result<Vec<u8>, String> {
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let code = response.code.unwrap_or(0);
-                if !(200..300).contains(&code) {
-                    return Err(format!(
-                        "the server answered {code} {}",
-                        response.reason.unwrap_or("")
-                    ));
-                }
-                let header = |name: &str| {
-                    response
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-                };
-                let chunked = header("transfer-encoding")
-                    .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-                let length = match header("content-length") {
-                    Some(v) if !chunked => Some(
-                        v.parse::<u64>()
-                            .map_err(|_| format!("invalid Content-Length '{v}'"))?,
-                    ),
-                    _ => None,
-                };
-                break (len, length, chunked);
-            }
+        match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => return head_of(&response, len),
             Ok(httparse::Status::Partial) if buf.len() < HEAD_BYTES_MAX => continue,
             Ok(httparse::Status::Partial) => {
                 return Err(format!(
@@ -155,55 +176,73 @@ pub fn get(url: &str, body_bytes_max: usize) -> Result<Vec<u8>, String> {
             }
             Err(e) => return Err(format!("invalid response head: {e}")),
         }
-    };
-    let too_large = || format!("the body is larger than {body_bytes_max} bytes");
-    let early = buf.split_off(head_len.min(buf.len()));
-    let mut body_in = BufReader::new(std::io::Cursor::new(early).chain(stream));
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let mut line = Vec::new();
-            (&mut body_in)
-                .take(CHUNK_LINE_BYTES_MAX)
-                .read_until(b'\n', &mut line)
-                .map_err(io)?;
-            let text = String::from_utf8_lossy(&line);
-            let size_text = text.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_text, 16)
-                .map_err(|_| format!("invalid chunk size '{size_text}'"))?;
-            if size == 0 {
-                break;
-            }
-            if body.len().saturating_add(size) > body_bytes_max {
-                return Err(too_large());
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            body_in
-                .read_exact(body.get_mut(start..).unwrap_or_default())
-                .map_err(io)?;
-            let mut crlf = Vec::new();
-            (&mut body_in)
-                .take(2)
-                .read_until(b'\n', &mut crlf)
-                .map_err(io)?;
-        }
-    } else if let Some(length) = length {
-        if length > body_bytes_max as u64 {
-            return Err(too_large());
-        }
-        body.resize(length as usize, 0);
-        body_in.read_exact(&mut body).map_err(io)?;
-    } else {
-        body_in
-            .take(body_bytes_max as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(io)?;
-        if body.len() > body_bytes_max {
-            return Err(too_large());
-        }
     }
-    Ok(body)
+}
+
+fn head_of(response: &httparse::Response<'_, '_>, len: usize) -> Result<Head, String> {
+    let code = response.code.unwrap_or(0);
+    if !(200..300).contains(&code) {
+        return Err(format!(
+            "the server answered {code} {}",
+            response.reason.unwrap_or("")
+        ));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let chunked =
+        header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let length = match header("content-length") {
+        Some(v) if !chunked => Some(
+            v.parse::<u64>()
+                .map_err(|_| format!("invalid Content-Length '{v}'"))?,
+        ),
+        _ => None,
+    };
+    Ok(Head {
+        len,
+        length,
+        chunked,
+    })
+}
+
+/// A chunked body into `body`, at most `body_bytes_max` bytes.
+fn read_chunked(
+    body_in: &mut impl BufRead,
+    body: &mut Vec<u8>,
+    body_bytes_max: usize,
+) -> Result<(), String> {
+    loop {
+        let mut line = Vec::new();
+        (&mut *body_in)
+            .take(CHUNK_LINE_BYTES_MAX)
+            .read_until(b'\n', &mut line)
+            .map_err(io)?;
+        let text = String::from_utf8_lossy(&line);
+        let size_text = text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("invalid chunk size '{size_text}'"))?;
+        if size == 0 {
+            return Ok(());
+        }
+        if body.len().saturating_add(size) > body_bytes_max {
+            return Err(too_large(body_bytes_max));
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        body_in
+            .read_exact(body.get_mut(start..).unwrap_or_default())
+            .map_err(io)?;
+        let mut crlf = Vec::new();
+        (&mut *body_in)
+            .take(2)
+            .read_until(b'\n', &mut crlf)
+            .map_err(io)?;
+    }
 }
 
 #[cfg(test)]

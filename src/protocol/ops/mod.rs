@@ -743,6 +743,9 @@ pub async fn run(
     if let Some(refusal) = system_refusal(caller, &op) {
         return Err(refusal);
     }
+    if matches!(&op, Operation::DescribeTable { table, .. } if table.is_empty()) {
+        return Err(OpError::bad("'table' is required"));
+    }
     // A CSV file or URL load (super users') into a table the role cannot see: that table is
     // answered as not existing first, as HarperDB answers it.
     if let Operation::CsvLoad(load) = &op {
