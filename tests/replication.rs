@@ -306,6 +306,22 @@ fn wait_mesh(nodes: &[&Node]) {
     }
 }
 
+/// Nodes A, B and C on 127.0.0.1–3 (A dials B and C, B dials C), linked in a full mesh.
+fn three_nodes(app: &tempfile::TempDir, port: u16) -> (Node, Node, Node) {
+    let a = start(
+        app,
+        "node-a",
+        "127.0.0.1",
+        port,
+        &["127.0.0.2", "127.0.0.3"],
+        None,
+    );
+    let b = start(app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
+    let c = start(app, "node-c", "127.0.0.3", port, &[], None);
+    wait_mesh(&[&a, &b, &c]);
+    (a, b, c)
+}
+
 fn dog_name(node: &Node, id: &str) -> Option<String> {
     get(node, &format!("/Dog/{id}")).and_then(|v| v["name"].as_str().map(str::to_string))
 }
@@ -314,18 +330,8 @@ fn dog_name(node: &Node, id: &str) -> Option<String> {
 fn three_nodes_converge_and_local_data_stays_local() {
     let app = app();
     let port = free_port();
-    let a = start(
-        &app,
-        "node-a",
-        "127.0.0.1",
-        port,
-        &["127.0.0.2", "127.0.0.3"],
-        None,
-    );
-    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
-    let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    let (a, b, c) = three_nodes(&app, port);
     let nodes = [&a, &b, &c];
-    wait_mesh(&[&a, &b, &c]);
 
     // A write on any node is readable on the others within 1 s (p99 over 1,000 writes).
     let mut lags_ms: Vec<f64> = Vec::with_capacity(2000);
@@ -439,17 +445,7 @@ fn three_nodes_converge_and_local_data_stays_local() {
 fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
     let app = app();
     let port = free_port();
-    let a = start(
-        &app,
-        "node-a",
-        "127.0.0.1",
-        port,
-        &["127.0.0.2", "127.0.0.3"],
-        None,
-    );
-    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
-    let mut c = start(&app, "node-c", "127.0.0.3", port, &[], None);
-    wait_mesh(&[&a, &b, &c]);
+    let (a, b, mut c) = three_nodes(&app, port);
     put(&a, "/Dog/before", json!({"name": "before"}));
     wait_until("first write on C", Duration::from_secs(5), || {
         dog_name(&c, "before").is_some()
@@ -1052,17 +1048,7 @@ impl Drop for Cut {
 fn a_partition_heals_without_losing_acknowledged_writes() {
     let app = app();
     let port = free_port();
-    let a = start(
-        &app,
-        "node-a",
-        "127.0.0.1",
-        port,
-        &["127.0.0.2", "127.0.0.3"],
-        None,
-    );
-    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
-    let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
-    wait_mesh(&[&a, &b, &c]);
+    let (a, b, c) = three_nodes(&app, port);
     put(&a, "/Dog/pre", json!({"name": "before the cut"}));
     wait_until("pre everywhere", Duration::from_secs(10), || {
         [&a, &b, &c].iter().all(|n| dog_name(n, "pre").is_some())
@@ -1381,4 +1367,67 @@ fn a_node_started_with_a_leader_url_clones_it() {
         dog_name(&b, "live").is_some()
     });
     assert!(certificate_names(&b).contains(&"node-a CA".to_string()));
+}
+
+/// docs/replication.md "Origins": a node re-provisioned under its old name (its root wiped, the
+/// same `replication.hostname`) that takes writes at once loses none of them — they reach the
+/// other nodes although those already hold higher sequence numbers of the old node — and a
+/// second wipe loses nothing either.
+#[test]
+fn a_wiped_node_restarted_under_its_name_keeps_every_write() {
+    let app = app();
+    let port = free_port();
+    let (a, b, mut c) = three_nodes(&app, port);
+    // The first life of C numbers 20 transactions; A and B hold them all.
+    let mut written: Vec<String> = Vec::new();
+    for i in 0..20 {
+        let id = format!("life0-{i}");
+        put(&c, &format!("/Dog/{id}"), json!({"name": id}));
+        written.push(id);
+    }
+    wait_until(
+        "C's first writes on A and B",
+        Duration::from_secs(10),
+        || {
+            [&a, &b]
+                .iter()
+                .all(|n| written.iter().all(|id| dog_name(n, id).is_some()))
+        },
+    );
+    for life in 1..=2 {
+        // Wipe: kill C and start it on a fresh root under the same name, then write at once.
+        c.server.signal(libc_sigkill());
+        let _ = c.server.wait_exit(Duration::from_secs(5));
+        drop(c);
+        c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+        for i in 0..5 {
+            let id = format!("life{life}-{i}");
+            put(&c, &format!("/Dog/{id}"), json!({"name": id}));
+            written.push(id);
+        }
+        wait_until(
+            &format!("every write of C's life {life} on A and B"),
+            Duration::from_secs(30),
+            || {
+                [&a, &b, &c]
+                    .iter()
+                    .all(|n| written.iter().all(|id| dog_name(n, id).is_some()))
+            },
+        );
+        // Later writes keep flowing, both ways.
+        let id = format!("life{life}-later");
+        put(&c, &format!("/Dog/{id}"), json!({"name": id}));
+        written.push(id);
+        put(&a, &format!("/Dog/a-{life}"), json!({"name": "from a"}));
+        wait_until("later writes everywhere", Duration::from_secs(10), || {
+            dog_name(&c, &format!("a-{life}")).is_some()
+                && [&a, &b]
+                    .iter()
+                    .all(|n| written.iter().all(|id| dog_name(n, id).is_some()))
+        });
+    }
+    wait_until("the three nodes agree", Duration::from_secs(20), || {
+        let sa = checksum(&a);
+        sa == checksum(&b) && sa == checksum(&c)
+    });
 }

@@ -216,10 +216,21 @@ pub fn run(
     });
     let me = repl.node_name().to_string();
     let my_databases = repl.databases();
+    // Our origin per database (docs/replication.md "Origins"): peers relay any other stream
+    // of our name, e.g. an earlier incarnation's.
+    let streams: Vec<(String, Value)> = my_databases
+        .iter()
+        .filter_map(|d| repl.store.database(d))
+        .map(|d| (d.name.to_string(), Value::String(d.stream.to_string())))
+        .collect();
     out.send(
         "HELLO",
         object(vec![
             ("node", Value::String(me.clone())),
+            (
+                "streams",
+                Value::Object(crate::value::Object::from_entries(streams)),
+            ),
             ("url", Value::String(repl.settings.url.clone())),
             ("protocol", Value::Int(message::PROTOCOL)),
             (
@@ -332,7 +343,17 @@ pub fn run(
             "accepted"
         }
     );
-    repl.with_status(&peer, |s| s.url = peer_url.clone());
+    let peer_streams: BTreeMap<String, String> = match hello.get("streams") {
+        Some(Value::Object(o)) => o
+            .iter()
+            .filter_map(|(d, v)| v.as_str().map(|v| (d.to_string(), v.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    repl.with_status(&peer, |s| {
+        s.url = peer_url.clone();
+        s.streams = peer_streams;
+    });
     // Databases exchanged: ours, and the peer's that our `replication.databases` allows.
     let mut databases = my_databases;
     for d in message::strings_from(hello.get("databases")) {
@@ -587,8 +608,9 @@ impl Control {
                     let socket = s.sockets.entry(db.clone()).or_default();
                     socket.last_received_remote = remote;
                     socket.last_received_local = t;
-                    if !socket.nodes.contains(&txn.origin) {
-                        socket.nodes.push(txn.origin.clone());
+                    let node = crate::store::stream_node(&txn.origin);
+                    if !socket.nodes.iter().any(|n| n == node) {
+                        socket.nodes.push(node.to_string());
                     }
                 });
                 let kind = PendingKind::Txn {
@@ -793,11 +815,12 @@ impl Control {
                 Ok(c) => c,
                 Err(_) => continue,
             };
+            let own = handle.stream.to_string();
             let relay: Vec<String> = if relayer.as_deref() == Some(self.peer.as_str()) {
                 let mut r: Vec<String> = cursors
                     .iter()
                     .map(|(o, _)| o.clone())
-                    .filter(|o| o != &self.me && o != &self.peer && !connected.contains(o))
+                    .filter(|o| o != &own && !self.repl.sent_by_its_node(&db, o, &connected))
                     .collect();
                 r.sort();
                 r
@@ -815,7 +838,7 @@ impl Control {
                 if inbound.snapshot_claimed {
                     continue;
                 }
-                let others = cursors.iter().any(|(o, _)| o != &self.me);
+                let others = cursors.iter().any(|(o, _)| o != &own);
                 if !others && inbound.start_time.is_none() {
                     // An empty node: one peer gives the initial copy; the others wait for it.
                     if !self.repl.claim_snapshot(&db) {
@@ -845,7 +868,7 @@ impl Control {
             if let Some(t) = inbound
                 .start_time
                 .take()
-                .filter(|_| cursors.iter().all(|(o, _)| o == &self.me))
+                .filter(|_| cursors.iter().all(|(o, _)| o == &own))
             {
                 body.push(("startTime", Value::Float(t)));
             }
@@ -1200,7 +1223,8 @@ impl Sender {
             .collect();
         self.send_schema(&tables)?;
         let mut sent: HashMap<String, u64> = req.cursors;
-        let wanted = |origin: &str| origin == self.me || req.relay.iter().any(|r| r == origin);
+        let own = self.db.stream.to_string();
+        let wanted = |origin: &str| origin == own || req.relay.iter().any(|r| r == origin);
         let mut after: Option<f64>;
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         if req.snapshot {
@@ -1247,7 +1271,7 @@ impl Sender {
         } else {
             // Catch-up: from the earliest transaction the receiver lacks of any origin we send.
             let r = self.db.read().map_err(storage)?;
-            let mut origins: Vec<String> = vec![self.me.clone()];
+            let mut origins: Vec<String> = vec![own.clone()];
             origins.extend(req.relay.iter().cloned());
             let mut start: Option<f64> = None;
             let mut log_gap = false;

@@ -336,6 +336,8 @@ pub struct LinkEntry {
 #[derive(Default)]
 pub struct PeerStatus {
     pub url: String,
+    /// The peer's own origin per database, from its `HELLO` (docs/replication.md "Origins").
+    pub streams: BTreeMap<String, String>,
     pub latency_ms: Option<f64>,
     pub sockets: BTreeMap<String, SocketStatus>,
 }
@@ -974,6 +976,22 @@ impl Replication {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(peer)
+    }
+
+    /// Whether `origin`'s transactions in `db` come from its node itself over a live link:
+    /// `origin` is the stream that connected peer announced (or, when it announced none for
+    /// `db`, any stream of its name). Otherwise a peer relays them (an earlier incarnation of a
+    /// re-provisioned node, a node we have no link to).
+    pub fn sent_by_its_node(&self, db: &str, origin: &str, connected: &[String]) -> bool {
+        let node = crate::store::stream_node(origin);
+        if !connected.iter().any(|p| p == node) {
+            return false;
+        }
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        match status.get(node).and_then(|s| s.streams.get(db)) {
+            Some(stream) => stream == origin,
+            None => true,
+        }
     }
 
     /// Names of peers with a live link.

@@ -60,7 +60,7 @@ pub use entry::Header;
 pub use prune::{PruneStep, PRUNE_BATCH};
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
 pub use replicate::{
-    node_id_of, ApplyJob, ApplyOutcome, AuditTxn, CommitSignal, EntryKind, RawRecord,
+    node_id_of, stream_node, ApplyJob, ApplyOutcome, AuditTxn, CommitSignal, EntryKind, RawRecord,
     ReplicatedEntry, ReplicatedTxn, SnapshotRecord,
 };
 pub use writer::{
@@ -208,6 +208,9 @@ pub struct Database {
     pub stats: WriterStats,
     /// Bumped after each commit; replication senders wait on it.
     pub commits: CommitSignal,
+    /// The origin of this database's own transactions: `<node name>#<incarnation>`, the
+    /// incarnation made with the database file (docs/replication.md "Origins").
+    pub stream: Arc<str>,
 }
 
 /// Upper bounds (inclusive) of the commit-latency histogram buckets, in microseconds.
@@ -421,6 +424,9 @@ impl Store {
                 }
             }
         }
+        let incarnation = writer::incarnation(&env, &meta)?;
+        let stream: Arc<str> =
+            Arc::from(replicate::stream_id(&self.options.node_name, &incarnation));
         let name: Arc<str> = Arc::from(name);
         let (writer, job_rx) = writer::WriterHandle::new(self.options.queue_max);
         let db = Arc::new(Database {
@@ -432,6 +438,7 @@ impl Store {
             writer,
             stats: WriterStats::default(),
             commits: CommitSignal::default(),
+            stream,
         });
         db.reopen_tables()?;
         writer::spawn(

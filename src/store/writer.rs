@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use heed::RwTxn;
+use heed::{Env, RwTxn, WithoutTls};
 use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
 
 use super::condition::{Condition, ConditionFailed};
@@ -775,7 +775,7 @@ impl Writer {
             );
             entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
             let seq = self.next_local_seq(txn, version)?;
-            entry.insert("node", Value::String(self.options.node_name.clone()));
+            entry.insert("node", Value::String(self.db.stream.to_string()));
             entry.insert("seq", Value::Int(seq as i64));
             entry.insert("time", Value::Float(version));
             entry.insert("entries", Value::Array(audit_entries));
@@ -1293,6 +1293,25 @@ fn audit_entry(
         Value::Float(version),
         expires_at.map(Value::Float).unwrap_or(Value::Null),
     ])
+}
+
+/// This database's incarnation: made at random when the file is new (no `incarnation` in
+/// `__meta__` yet) and kept in it, so a re-provisioned node under its old name starts a new
+/// origin stream (docs/replication.md "Origins"). Runs while the database opens, before its
+/// writer starts.
+pub(super) fn incarnation(env: &Env<WithoutTls>, meta: &super::Db) -> Result<String, StoreError> {
+    const KEY: &[u8] = b"incarnation";
+    {
+        let rtxn = env.read_txn()?;
+        if let Some(v) = meta.get(&rtxn, KEY)? {
+            return Ok(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    let made = format!("{:016x}", rand::random::<u64>());
+    let mut wtxn = env.write_txn()?;
+    meta.put(&mut wtxn, KEY, made.as_bytes())?;
+    wtxn.commit()?;
+    Ok(made)
 }
 
 #[cfg(test)]
