@@ -916,6 +916,17 @@ fn configuration_logs_audit_and_system_information() {
     let yaml: serde_json::Value = serde_yaml::from_str(&file).unwrap();
     assert_eq!(yaml["logging"]["level"], "error");
     assert_eq!(yaml["http"]["keepAliveTimeout"], 5000);
+    // Edited in place (docs/configuration.md): every comment and line of the written defaults
+    // stays; only the two lines changed.
+    let defaults = tidepool_defaults();
+    assert_eq!(file.lines().count(), defaults.lines().count());
+    assert_eq!(file.matches('#').count(), defaults.matches('#').count());
+    let changed: Vec<(&str, &str)> = defaults
+        .lines()
+        .zip(file.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(changed.len(), 2, "{changed:#?}");
 
     let info = ok(&server, json!({"operation": "system_information"}));
     for key in ["system", "time", "cpu", "memory", "table_size", "threads"] {
@@ -1173,4 +1184,9 @@ fn concurrent_schema_changes_agree_on_every_core() {
         assert!(names.contains(&format!("a{i}").as_str()), "{names:?}");
     }
     assert_eq!(desc["record_count"], json!(6));
+}
+
+/// The defaults file tidepool writes on the first start of a root.
+fn tidepool_defaults() -> String {
+    std::fs::read_to_string(common::repo_path("deploy/harperdb-config.yaml")).unwrap()
 }

@@ -6,6 +6,7 @@
 //! It never opens a socket or a database; it reads and writes only the config file.
 
 mod defaults;
+pub mod edit;
 mod harperdb_keys;
 
 use std::collections::BTreeMap;

@@ -24,7 +24,8 @@ use super::ws::{self, Incoming, WsError};
 use super::{block_on, now, poll_once, table_replicates, Replication, Target};
 use crate::schema::{AttributeDef, FieldType, TableDef};
 use crate::store::{
-    ApplyJob, ApplyOutcome, Database, ReplicatedTxn, SchemaChange, SnapshotRecord, WriteError,
+    ApplyJob, ApplyOutcome, AuditTxn, Database, ReplicatedTxn, SchemaChange, SnapshotRecord,
+    WriteError,
 };
 use crate::value::{DecodeLimits, Value};
 
@@ -160,56 +161,17 @@ pub fn run(
     socket.set_read_timeout(Some(HELLO_TIMEOUT))?;
     // A peer that stops reading fails our writes instead of wedging the link.
     socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let identity = match dialled {
-        Some(t) => {
-            let mut duplex = Duplex {
-                r: &mut *reader,
-                w: &mut *writer,
-            };
-            ws::client_handshake(&mut duplex, &t.address(), t.authorization.as_deref())?;
-            Identity::NotNeeded
-        }
-        None => {
-            let mut duplex = Duplex {
-                r: &mut *reader,
-                w: &mut *writer,
-            };
-            let mut identity = Identity::NotNeeded;
-            let peer_ip = socket.peer_addr().map(|a| a.ip().to_string());
-            let peer_ip = peer_ip.unwrap_or_default();
-            ws::server_handshake(&mut duplex, |upgrade| {
-                if accepted == Accepted::Plain {
-                    return Ok(());
-                }
-                if let Some(header) = upgrade.authorization.as_deref() {
-                    return match super::auth::authorize(&repl.store, header) {
-                        Ok(user) => {
-                            identity = Identity::User(user);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            tracing::warn!("replication: refused link from {peer_ip}: {e}");
-                            Err(401)
-                        }
-                    };
-                }
-                match &peer_certificate {
-                    Some(c) => {
-                        identity = Identity::Certificate(c.clone());
-                        Ok(())
-                    }
-                    None => {
-                        tracing::warn!(
-                            "replication: refused link from {peer_ip}: no client certificate \
-                             and no credentials"
-                        );
-                        Err(401)
-                    }
-                }
-            })?;
-            identity
-        }
-    };
+    let identity = handshake(
+        repl,
+        &mut Duplex {
+            r: &mut *reader,
+            w: &mut *writer,
+        },
+        &socket,
+        peer_certificate.as_ref(),
+        dialled,
+        accepted,
+    )?;
     let out = Arc::new(Out {
         stream: Mutex::new(writer),
         masked: dialled.is_some(),
@@ -250,74 +212,9 @@ pub fn run(
         ws::Sender::Client
     };
     let mut reader = ws::MessageReader::new(reader, sender, MESSAGE_BYTES_MAX);
-    let hello = loop {
-        let incoming = reader.read().inspect_err(|e| {
-            if let Some(code) = e.close_code() {
-                out.close(code);
-            }
-        })?;
-        match incoming {
-            Incoming::Binary(frame) => {
-                let (kind, body) = message::decode(&frame, &limits).map_err(LinkError::Protocol)?;
-                if kind == "HELLO" {
-                    break body;
-                }
-                if kind == "BYE" {
-                    return Err(LinkError::Closed("BYE before HELLO".into()));
-                }
-            }
-            Incoming::Close => return Err(LinkError::Closed("close before HELLO".into())),
-            _ => {}
-        }
-    };
+    let hello = read_hello(&mut reader, &out, &limits)?;
     socket.set_read_timeout(None)?;
-    if message::as_u64(hello.get("protocol")) != Some(message::PROTOCOL as u64) {
-        let _ = out.send(
-            "BYE",
-            object(vec![("reason", Value::String("protocol".into()))]),
-        );
-        return Err(LinkError::Protocol("another protocol version".into()));
-    }
-    let peer = hello
-        .get("node")
-        .and_then(Value::as_str)
-        .ok_or_else(|| LinkError::Protocol("HELLO without node".into()))?
-        .to_string();
-    if peer == me {
-        return Err(LinkError::Closed("connected to ourselves".into()));
-    }
-    match &identity {
-        Identity::Certificate(c) if !super::auth::certificate_names(c, &peer) => {
-            tracing::warn!(
-                "replication: refused link: HELLO names {peer:?} but the client certificate does not"
-            );
-            out.close(1008);
-            return Err(LinkError::Closed(
-                "certificate does not name the node".into(),
-            ));
-        }
-        Identity::User(user) => {
-            tracing::debug!(
-                "replication: link from {peer} authorized as user {}",
-                user.username
-            )
-        }
-        _ => {}
-    }
-    if dialled.is_some() && repl.is_removed(&peer) {
-        // We dial only nodes added since (gossip never re-adds a removed one): a new
-        // `add_node` by address lets the node back in.
-        repl.unmark_removed(&peer);
-    }
-    if repl.is_removed(&peer) {
-        tracing::info!("replication: refused link from removed node {peer}");
-        let _ = out.send(
-            "BYE",
-            object(vec![("reason", Value::String("removed".into()))]),
-        );
-        out.close(1008);
-        return Err(LinkError::Closed(format!("{peer} was removed")));
-    }
+    let peer = check_peer(repl, &out, &hello, &me, &identity, dialled)?;
     let peer_url = hello
         .get("url")
         .and_then(Value::as_str)
@@ -414,6 +311,148 @@ pub fn run(
     repl.unregister(&peer, link_id);
     tracing::info!("replication: link with {peer} closed");
     result
+}
+
+/// The WebSocket handshake: as the client when we dialled, else as the server, where a secure
+/// link must bring super or cluster user credentials or a verified client certificate.
+fn handshake(
+    repl: &Arc<Replication>,
+    duplex: &mut Duplex<'_>,
+    socket: &std::net::TcpStream,
+    peer_certificate: Option<&tidepool_io::rustls::pki_types::CertificateDer<'static>>,
+    dialled: Option<&Target>,
+    accepted: Accepted,
+) -> Result<Identity, LinkError> {
+    Ok(match dialled {
+        Some(t) => {
+            ws::client_handshake(duplex, &t.address(), t.authorization.as_deref())?;
+            Identity::NotNeeded
+        }
+        None => {
+            let mut identity = Identity::NotNeeded;
+            let peer_ip = socket.peer_addr().map(|a| a.ip().to_string());
+            let peer_ip = peer_ip.unwrap_or_default();
+            ws::server_handshake(duplex, |upgrade| {
+                if accepted == Accepted::Plain {
+                    return Ok(());
+                }
+                if let Some(header) = upgrade.authorization.as_deref() {
+                    return match super::auth::authorize(&repl.store, header) {
+                        Ok(user) => {
+                            identity = Identity::User(user);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            tracing::warn!("replication: refused link from {peer_ip}: {e}");
+                            Err(401)
+                        }
+                    };
+                }
+                match peer_certificate {
+                    Some(c) => {
+                        identity = Identity::Certificate(c.clone());
+                        Ok(())
+                    }
+                    None => {
+                        tracing::warn!(
+                            "replication: refused link from {peer_ip}: no client certificate \
+                             and no credentials"
+                        );
+                        Err(401)
+                    }
+                }
+            })?;
+            identity
+        }
+    })
+}
+
+/// Reads up to the peer's `HELLO` and returns its body; anything else before it ends the link.
+fn read_hello<R: std::io::Read>(
+    reader: &mut ws::MessageReader<R>,
+    out: &Out,
+    limits: &DecodeLimits,
+) -> Result<Value, LinkError> {
+    loop {
+        let incoming = reader.read().inspect_err(|e| {
+            if let Some(code) = e.close_code() {
+                out.close(code);
+            }
+        })?;
+        match incoming {
+            Incoming::Binary(frame) => {
+                let (kind, body) = message::decode(&frame, limits).map_err(LinkError::Protocol)?;
+                if kind == "HELLO" {
+                    return Ok(body);
+                }
+                if kind == "BYE" {
+                    return Err(LinkError::Closed("BYE before HELLO".into()));
+                }
+            }
+            Incoming::Close => return Err(LinkError::Closed("close before HELLO".into())),
+            _ => {}
+        }
+    }
+}
+
+/// Checks the peer's `HELLO`: our protocol, a node name not ours, matching its certificate,
+/// not removed. Returns the peer's node name; a refused peer is told why (`BYE`) when it helps.
+fn check_peer(
+    repl: &Arc<Replication>,
+    out: &Out,
+    hello: &Value,
+    me: &str,
+    identity: &Identity,
+    dialled: Option<&Target>,
+) -> Result<String, LinkError> {
+    if message::as_u64(hello.get("protocol")) != Some(message::PROTOCOL as u64) {
+        let _ = out.send(
+            "BYE",
+            object(vec![("reason", Value::String("protocol".into()))]),
+        );
+        return Err(LinkError::Protocol("another protocol version".into()));
+    }
+    let peer = hello
+        .get("node")
+        .and_then(Value::as_str)
+        .ok_or_else(|| LinkError::Protocol("HELLO without node".into()))?
+        .to_string();
+    if peer == me {
+        return Err(LinkError::Closed("connected to ourselves".into()));
+    }
+    match identity {
+        Identity::Certificate(c) if !super::auth::certificate_names(c, &peer) => {
+            tracing::warn!(
+                "replication: refused link: HELLO names {peer:?} but the client certificate does not"
+            );
+            out.close(1008);
+            return Err(LinkError::Closed(
+                "certificate does not name the node".into(),
+            ));
+        }
+        Identity::User(user) => {
+            tracing::debug!(
+                "replication: link from {peer} authorized as user {}",
+                user.username
+            )
+        }
+        _ => {}
+    }
+    if dialled.is_some() && repl.is_removed(&peer) {
+        // We dial only nodes added since (gossip never re-adds a removed one): a new
+        // `add_node` by address lets the node back in.
+        repl.unmark_removed(&peer);
+    }
+    if repl.is_removed(&peer) {
+        tracing::info!("replication: refused link from removed node {peer}");
+        let _ = out.send(
+            "BYE",
+            object(vec![("reason", Value::String("removed".into()))]),
+        );
+        out.close(1008);
+        return Err(LinkError::Closed(format!("{peer} was removed")));
+    }
+    Ok(peer)
 }
 
 /// The receiving state of one database on this link.
@@ -1101,6 +1140,10 @@ struct SubscribeRequest {
     start_time: Option<f64>,
 }
 
+/// Where a sender starts: the receiver's cursors when the start set them (a snapshot's, or
+/// those of a start time), and the log position to send after.
+type Start = (Option<HashMap<String, u64>>, Option<f64>);
+
 /// Streams one database to the peer.
 struct Sender {
     repl: Arc<Replication>,
@@ -1203,13 +1246,7 @@ impl Sender {
                 ]),
             )?;
         }
-        self.out.send(
-            "SNAPSHOT_END",
-            object(vec![
-                ("database", Value::String(database.clone())),
-                ("cursors", message::cursors_value(&cursors)),
-            ]),
-        )?;
+        self.send_snapshot_end(&database, &cursors)?;
         Ok(Some((cursors.into_iter().collect(), last)))
     }
 
@@ -1222,97 +1259,30 @@ impl Sender {
             .map(|t| (t.name.to_string(), Arc::as_ptr(&t.def) as usize))
             .collect();
         self.send_schema(&tables)?;
-        let mut sent: HashMap<String, u64> = req.cursors;
+        let SubscribeRequest {
+            cursors,
+            snapshot,
+            relay,
+            start_time,
+        } = req;
+        let mut sent: HashMap<String, u64> = cursors;
         let own = self.db.stream.to_string();
-        let wanted = |origin: &str| origin == own || req.relay.iter().any(|r| r == origin);
-        let mut after: Option<f64>;
-        let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
-        if req.snapshot {
-            match self.snapshot(&tables)? {
-                Some((cursors, last)) => {
-                    sent = cursors;
-                    after = last;
-                }
-                None => return Ok(()),
-            }
-        } else if let Some(t) = req.start_time {
-            // From the first transaction at or after `t`, per origin; the cursors go first so
-            // the receiver takes each origin's first seq as the next one.
-            let from = f64::from_bits(t.to_bits().saturating_sub(1));
-            let mut firsts: HashMap<String, u64> = HashMap::new();
-            let mut scan = Some(from);
-            loop {
-                let (txns, last) = self
-                    .db
-                    .read()
-                    .and_then(|r| r.audit_txns_after(scan, SEND_BATCH))
-                    .map_err(storage)?;
-                if txns.is_empty() {
-                    break;
-                }
-                for tx in txns.iter().filter(|tx| wanted(&tx.origin)) {
-                    firsts.entry(tx.origin.clone()).or_insert(tx.seq);
-                }
-                scan = last;
-            }
-            let cursors: Vec<(String, u64)> = firsts
-                .into_iter()
-                .map(|(o, s)| (o, s.saturating_sub(1)))
-                .collect();
-            self.out.send(
-                "SNAPSHOT_END",
-                object(vec![
-                    ("database", Value::String(database.clone())),
-                    ("cursors", message::cursors_value(&cursors)),
-                ]),
-            )?;
-            sent = cursors.into_iter().collect();
-            after = Some(from);
+        let wanted = |origin: &str| origin == own || relay.iter().any(|r| r == origin);
+        let start = if snapshot {
+            self.snapshot(&tables)?.map(|(c, last)| (Some(c), last))
+        } else if let Some(t) = start_time {
+            let (cursors, from) = self.start_at_time(t, &wanted)?;
+            Some((Some(cursors), from))
         } else {
-            // Catch-up: from the earliest transaction the receiver lacks of any origin we send.
-            let r = self.db.read().map_err(storage)?;
-            let mut origins: Vec<String> = vec![own.clone()];
-            origins.extend(req.relay.iter().cloned());
-            let mut start: Option<f64> = None;
-            let mut log_gap = false;
-            for origin in &origins {
-                let have = sent.get(origin).copied().unwrap_or(0);
-                match r.audit_position(origin, have + 1).map_err(storage)? {
-                    Some(p) => start = Some(start.map_or(p, |s: f64| s.min(p))),
-                    None if r.cursor(origin).map_err(storage)? > have => {
-                        tracing::info!(
-                            "replication: the log of {database} no longer reaches {origin} {} for {}; sending a delta snapshot",
-                            have + 1,
-                            self.peer
-                        );
-                        log_gap = true;
-                    }
-                    None => {}
-                }
-            }
-            drop(r);
-            if log_gap {
-                // docs/replication.md: records and tombstones written after the cursor's transaction. Its
-                // time went with the log, so every record goes; the receiver keeps what it has
-                // that is newer (LWW), and the fresh cursors end the gap.
-                match self.snapshot(&tables)? {
-                    Some((cursors, last)) => {
-                        sent = cursors;
-                        after = last;
-                    }
-                    None => return Ok(()),
-                }
-            } else {
-                after = match start {
-                    Some(p) => Some(f64::from_bits(p.to_bits().saturating_sub(1))),
-                    None => self
-                        .db
-                        .read()
-                        .and_then(|r| r.audit_last())
-                        .map_err(storage)?,
-                };
-            }
+            self.catch_up(&tables, &relay, &sent)?
+        };
+        let Some((cursors, mut after)) = start else {
+            return Ok(());
+        };
+        if let Some(cursors) = cursors {
+            sent = cursors;
         }
+        let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         // Live: our log in commit order, from `after`.
         'live: while !self.stopped() {
             let token = self.db.commits.current();
@@ -1331,10 +1301,7 @@ impl Sender {
                     continue;
                 }
                 let have = sent.get(&tx.origin).copied().unwrap_or(0);
-                if tx.seq <= have {
-                    continue;
-                }
-                if tx.pruned {
+                if tx.seq > have && tx.pruned {
                     // docs/replication.md "Pruned audit log": never send it incomplete.
                     tracing::info!(
                         "replication: {database} {} {} lost entries to pruning; sending a delta snapshot to {}",
@@ -1351,44 +1318,162 @@ impl Sender {
                     }
                     continue 'live;
                 }
-                let mut entries = Vec::with_capacity(tx.entries.len());
-                for e in tx.entries {
-                    let Some(table) = self.db.table(&e.table) else {
-                        continue;
-                    };
-                    if !table_replicates(&database, &table) {
-                        continue;
-                    }
-                    let ptr = Arc::as_ptr(&table.def) as usize;
-                    if announced.get(&e.table) != Some(&ptr) {
-                        announced.insert(e.table.clone(), ptr);
-                        self.send_schema(std::slice::from_ref(&table))?;
-                    }
-                    entries.push(e);
-                }
-                let txn = ReplicatedTxn {
-                    origin: tx.origin.clone(),
-                    seq: tx.seq,
-                    time: tx.time,
-                    user: tx.user,
-                    entries,
-                };
-                let sending = txn.time;
-                self.repl.with_status(&self.peer, |s| {
-                    s.sockets.entry(database.clone()).or_default().sending = sending;
-                });
-                let result = self.out.send("TXN", message::txn_body(&database, &txn));
-                let t = now();
-                self.repl.with_status(&self.peer, |s| {
-                    s.sockets.entry(database.clone()).or_default().sending = 0.0;
-                });
-                result?;
-                sent.insert(tx.origin, tx.seq);
-                self.repl.with_status(&self.peer, |s| {
-                    s.sockets.entry(database.clone()).or_default().last_send = t;
-                });
+                self.send_txn(tx, &database, &mut announced, &mut sent)?;
             }
         }
+        Ok(())
+    }
+
+    /// Sending from time `t` (`start_time`): from the first transaction at or after it, per
+    /// origin; the cursors go first so the receiver takes each origin's first seq as the next
+    /// one. Returns those cursors and the position to send after.
+    fn start_at_time(
+        &self,
+        t: f64,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<(HashMap<String, u64>, Option<f64>), LinkError> {
+        let database = self.db.name.to_string();
+        let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
+        let from = f64::from_bits(t.to_bits().saturating_sub(1));
+        let mut firsts: HashMap<String, u64> = HashMap::new();
+        let mut scan = Some(from);
+        loop {
+            let (txns, last) = self
+                .db
+                .read()
+                .and_then(|r| r.audit_txns_after(scan, SEND_BATCH))
+                .map_err(storage)?;
+            if txns.is_empty() {
+                break;
+            }
+            for tx in txns.iter().filter(|tx| wanted(&tx.origin)) {
+                firsts.entry(tx.origin.clone()).or_insert(tx.seq);
+            }
+            scan = last;
+        }
+        let cursors: Vec<(String, u64)> = firsts
+            .into_iter()
+            .map(|(o, s)| (o, s.saturating_sub(1)))
+            .collect();
+        self.send_snapshot_end(&database, &cursors)?;
+        Ok((cursors.into_iter().collect(), Some(from)))
+    }
+
+    /// `SNAPSHOT_END` with the cursors the receiver continues from.
+    fn send_snapshot_end(
+        &self,
+        database: &str,
+        cursors: &[(String, u64)],
+    ) -> Result<(), LinkError> {
+        self.out.send(
+            "SNAPSHOT_END",
+            object(vec![
+                ("database", Value::String(database.to_string())),
+                ("cursors", message::cursors_value(cursors)),
+            ]),
+        )
+    }
+
+    /// Catch-up: from the earliest transaction the receiver lacks of any origin we send, or a
+    /// delta snapshot when the log no longer reaches that far. None when the snapshot ended
+    /// the sending (stopped).
+    fn catch_up(
+        &self,
+        tables: &[Arc<crate::store::Table>],
+        relay: &[String],
+        sent: &HashMap<String, u64>,
+    ) -> Result<Option<Start>, LinkError> {
+        let database = self.db.name.to_string();
+        let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
+        let r = self.db.read().map_err(storage)?;
+        let mut origins: Vec<String> = vec![self.db.stream.to_string()];
+        origins.extend(relay.iter().cloned());
+        let mut start: Option<f64> = None;
+        let mut log_gap = false;
+        for origin in &origins {
+            let have = sent.get(origin).copied().unwrap_or(0);
+            match r.audit_position(origin, have + 1).map_err(storage)? {
+                Some(p) => start = Some(start.map_or(p, |s: f64| s.min(p))),
+                None if r.cursor(origin).map_err(storage)? > have => {
+                    tracing::info!(
+                        "replication: the log of {database} no longer reaches {origin} {} for {}; sending a delta snapshot",
+                        have + 1,
+                        self.peer
+                    );
+                    log_gap = true;
+                }
+                None => {}
+            }
+        }
+        drop(r);
+        if log_gap {
+            // docs/replication.md: records and tombstones written after the cursor's transaction. Its
+            // time went with the log, so every record goes; the receiver keeps what it has
+            // that is newer (LWW), and the fresh cursors end the gap.
+            return Ok(self
+                .snapshot(tables)?
+                .map(|(cursors, last)| (Some(cursors), last)));
+        }
+        let after = match start {
+            Some(p) => Some(f64::from_bits(p.to_bits().saturating_sub(1))),
+            None => self
+                .db
+                .read()
+                .and_then(|r| r.audit_last())
+                .map_err(storage)?,
+        };
+        Ok(Some((None, after)))
+    }
+
+    /// Sends one transaction of our log unless the receiver has it (its cursor for the origin),
+    /// announcing a table's definition first when it changed.
+    fn send_txn(
+        &self,
+        tx: AuditTxn,
+        database: &str,
+        announced: &mut HashMap<String, usize>,
+        sent: &mut HashMap<String, u64>,
+    ) -> Result<(), LinkError> {
+        let have = sent.get(&tx.origin).copied().unwrap_or(0);
+        if tx.seq <= have {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(tx.entries.len());
+        for e in tx.entries {
+            let Some(table) = self.db.table(&e.table) else {
+                continue;
+            };
+            if !table_replicates(database, &table) {
+                continue;
+            }
+            let ptr = Arc::as_ptr(&table.def) as usize;
+            if announced.get(&e.table) != Some(&ptr) {
+                announced.insert(e.table.clone(), ptr);
+                self.send_schema(std::slice::from_ref(&table))?;
+            }
+            entries.push(e);
+        }
+        let txn = ReplicatedTxn {
+            origin: tx.origin.clone(),
+            seq: tx.seq,
+            time: tx.time,
+            user: tx.user,
+            entries,
+        };
+        let sending = txn.time;
+        self.repl.with_status(&self.peer, |s| {
+            s.sockets.entry(database.to_string()).or_default().sending = sending;
+        });
+        let result = self.out.send("TXN", message::txn_body(database, &txn));
+        let t = now();
+        self.repl.with_status(&self.peer, |s| {
+            s.sockets.entry(database.to_string()).or_default().sending = 0.0;
+        });
+        result?;
+        sent.insert(tx.origin, tx.seq);
+        self.repl.with_status(&self.peer, |s| {
+            s.sockets.entry(database.to_string()).or_default().last_send = t;
+        });
         Ok(())
     }
 }

@@ -432,6 +432,68 @@ fn convert_type(
     let is_table = kinds.get(object.name.as_str()) == Some(&TypeKind::Table);
     let target = format!("type {}", object.name);
     check_directives(location, &object.directives, TYPE_DIRECTIVES, &target)?;
+    check_type_header(location, object, is_table, warnings)?;
+    let attributes = convert_fields(location, object, is_table, kinds, warnings)?;
+    let Some(table_directive) = find(&object.directives, "table") else {
+        return Ok(Converted::Object(ObjectTypeDef {
+            name: object.name.clone(),
+            attributes,
+            location: Some(location.clone()),
+        }));
+    };
+    let TableArguments {
+        table,
+        database,
+        expiration_s,
+        replicate,
+        audit,
+    } = table_arguments(file, object, table_directive)?;
+    let export = match find(&object.directives, "export") {
+        None => None,
+        Some(directive) => {
+            let arguments = Arguments::new(file, directive, &["name"])?;
+            let name = arguments
+                .string("name")?
+                .unwrap_or_else(|| object.name.clone());
+            check_name(&arguments.at, "export", &name)?;
+            Some(name)
+        }
+    };
+    let sealed = match find(&object.directives, "sealed") {
+        None => false,
+        Some(directive) => {
+            Arguments::new(file, directive, &[])?;
+            true
+        }
+    };
+    let primary_key = attributes
+        .iter()
+        .find(|a| a.primary_key)
+        .map(|a| a.name.clone());
+    Ok(Converted::Table(TableDef {
+        database,
+        table,
+        type_name: object.name.clone(),
+        export,
+        primary_key,
+        attributes,
+        expiration_s,
+        replicate,
+        audit,
+        sealed,
+        location: Some(location.clone()),
+    }))
+}
+
+/// What a type's header says that its fields do not depend on: `implements` (ignored, with a
+/// warning), the field count, `@export`/`@sealed` only with `@table`.
+fn check_type_header(
+    location: &Location,
+    object: &ObjectType<'_, String>,
+    is_table: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), SchemaError> {
+    let file = location.file.as_str();
     if !object.implements_interfaces.is_empty() {
         warnings.push(format!(
             "{location}: implements on type {} ignored",
@@ -457,7 +519,19 @@ fn convert_type(
             }
         }
     }
+    Ok(())
+}
 
+/// The fields of a type as attributes: no name twice, one `@primaryKey` at most, and every
+/// relationship's `from` naming a plain field of the type.
+fn convert_fields(
+    location: &Location,
+    object: &ObjectType<'_, String>,
+    is_table: bool,
+    kinds: &HashMap<&str, TypeKind>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<AttributeDef>, SchemaError> {
+    let file = location.file.as_str();
     let mut attributes: Vec<AttributeDef> = Vec::with_capacity(object.fields.len());
     for field in &object.fields {
         let attribute = convert_field(file, &object.name, is_table, field, kinds, warnings)?;
@@ -517,14 +591,25 @@ fn convert_type(
             Some(_) => {}
         }
     }
+    Ok(attributes)
+}
 
-    let Some(table_directive) = find(&object.directives, "table") else {
-        return Ok(Converted::Object(ObjectTypeDef {
-            name: object.name.clone(),
-            attributes,
-            location: Some(location.clone()),
-        }));
-    };
+/// The arguments of `@table`.
+struct TableArguments {
+    table: String,
+    database: String,
+    expiration_s: Option<u64>,
+    replicate: bool,
+    audit: bool,
+}
+
+/// Reads `@table(table, database, expiration, replicate, audit)` with their defaults: the type's
+/// name, the default database (not a reserved one), no expiration, replicated, audited.
+fn table_arguments(
+    file: &str,
+    object: &ObjectType<'_, String>,
+    table_directive: &Directive<'_, String>,
+) -> Result<TableArguments, SchemaError> {
     let arguments = Arguments::new(
         file,
         table_directive,
@@ -547,42 +632,13 @@ fn convert_type(
     let expiration_s = arguments.positive_integer("expiration")?;
     let replicate = arguments.boolean("replicate")?.unwrap_or(true);
     let audit = arguments.boolean("audit")?.unwrap_or(true);
-
-    let export = match find(&object.directives, "export") {
-        None => None,
-        Some(directive) => {
-            let arguments = Arguments::new(file, directive, &["name"])?;
-            let name = arguments
-                .string("name")?
-                .unwrap_or_else(|| object.name.clone());
-            check_name(&arguments.at, "export", &name)?;
-            Some(name)
-        }
-    };
-    let sealed = match find(&object.directives, "sealed") {
-        None => false,
-        Some(directive) => {
-            Arguments::new(file, directive, &[])?;
-            true
-        }
-    };
-    let primary_key = attributes
-        .iter()
-        .find(|a| a.primary_key)
-        .map(|a| a.name.clone());
-    Ok(Converted::Table(TableDef {
-        database,
+    Ok(TableArguments {
         table,
-        type_name: object.name.clone(),
-        export,
-        primary_key,
-        attributes,
+        database,
         expiration_s,
         replicate,
         audit,
-        sealed,
-        location: Some(location.clone()),
-    }))
+    })
 }
 
 fn convert_field(
@@ -667,47 +723,9 @@ fn convert_field(
                 }
             }
             "relationship" => {
-                let arguments = Arguments::new(file, directive, &["from", "to"])?;
-                let from = arguments.string("from")?;
-                let to = arguments.string("to")?;
-                for name in [&from, &to].into_iter().flatten() {
-                    check_name(&directive_at, "relationship field", name)?;
-                }
-                let (is_list, target) = match &attribute.ty {
-                    FieldType::Object(target) => (false, target),
-                    FieldType::Array(element) => match element.as_ref() {
-                        FieldType::Object(target) => (true, target),
-                        _ => (true, &String::new()),
-                    },
-                    _ => (false, &String::new()),
-                };
-                if kinds.get(target.as_str()) != Some(&TypeKind::Table) {
-                    return Err(SchemaError::at(
-                        &directive_at,
-                        format!(
-                            "@relationship field {} has type {}; it must be a @table type or a list of one",
-                            field.name,
-                            type_text(&attribute.ty)
-                        ),
-                    ));
-                }
-                if from.is_none() && to.is_none() {
-                    return Err(SchemaError::at(
-                        &directive_at,
-                        "@relationship needs from:, to: or both",
-                    ));
-                }
-                if to.is_some() && !is_list {
-                    return Err(SchemaError::at(
-                        &directive_at,
-                        format!(
-                            "@relationship with to: needs a list type; field {} has type {}",
-                            field.name,
-                            type_text(&attribute.ty)
-                        ),
-                    ));
-                }
-                attribute.relationship = Some(Relationship { from, to });
+                let relationship =
+                    relationship(file, directive, &directive_at, field, &attribute.ty, kinds)?;
+                attribute.relationship = Some(relationship);
             }
             // check_directives admitted only the names above.
             other => unreachable!("field directive @{other} passed the check"),
@@ -738,6 +756,60 @@ fn convert_field(
         ));
     }
     Ok(attribute)
+}
+
+/// A field's `@relationship(from, to)`: the field's type is a `@table` type (or a list of one,
+/// which `to:` needs), and at least one of the two is given.
+fn relationship(
+    file: &str,
+    directive: &Directive<'_, String>,
+    directive_at: &Location,
+    field: &Field<'_, String>,
+    ty: &FieldType,
+    kinds: &HashMap<&str, TypeKind>,
+) -> Result<Relationship, SchemaError> {
+    let field_name = &field.name;
+    let arguments = Arguments::new(file, directive, &["from", "to"])?;
+    let from = arguments.string("from")?;
+    let to = arguments.string("to")?;
+    for name in [&from, &to].into_iter().flatten() {
+        check_name(directive_at, "relationship field", name)?;
+    }
+    let (is_list, target) = match ty {
+        FieldType::Object(target) => (false, target),
+        FieldType::Array(element) => match element.as_ref() {
+            FieldType::Object(target) => (true, target),
+            _ => (true, &String::new()),
+        },
+        _ => (false, &String::new()),
+    };
+    if kinds.get(target.as_str()) != Some(&TypeKind::Table) {
+        return Err(SchemaError::at(
+            directive_at,
+            format!(
+                "@relationship field {} has type {}; it must be a @table type or a list of one",
+                field_name,
+                type_text(ty)
+            ),
+        ));
+    }
+    if from.is_none() && to.is_none() {
+        return Err(SchemaError::at(
+            directive_at,
+            "@relationship needs from:, to: or both",
+        ));
+    }
+    if to.is_some() && !is_list {
+        return Err(SchemaError::at(
+            directive_at,
+            format!(
+                "@relationship with to: needs a list type; field {} has type {}",
+                field_name,
+                type_text(ty)
+            ),
+        ));
+    }
+    Ok(Relationship { from, to })
 }
 
 /// Resolves a GraphQL type reference: the field type and whether it is required (`T!`). The

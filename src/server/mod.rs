@@ -172,57 +172,11 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
 
     let cores = opts.cpus.len();
-    let mut ports = Vec::new();
-    let rest = config.http.port.map(|a| a.0);
-    let ops = config.operations_api_port.map(|a| a.0);
-    if let Some(addr) = rest {
-        // Port 0 means "any free port" for each listener, so two zero ports are two listeners.
-        let kind = if Some(addr) == ops && addr.port() != 0 {
-            PortKind::Both
-        } else {
-            PortKind::Rest
-        };
-        ports.push(bind(kind, false, addr, cores, &config)?);
-    }
-    if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
-        ports.push(bind(PortKind::Operations, false, addr, cores, &config)?);
-    }
-    let secure = bind_secure_ports(&config, &mut ports, cores)?;
-    let mqtt_secure_port = match &secure {
-        Some(certificate) if config.mqtt_secure_port.is_some() => {
-            let server_config = tls::server_config(
-                certificate.clone(),
-                &config.tls,
-                config.mqtt_mtls.as_ref(),
-                &[],
-            )
-            .map_err(|e| RunError::Invalid(format!("TLS for MQTT: {e}")))?;
-            let acceptor = Some(TlsAcceptor::new(server_config));
-            let addr = config.mqtt_secure_port.map(|a| a.0);
-            mqtt::bind(addr, cores, &config, acceptor)?
-        }
-        _ => None,
-    };
-    if let Some(certificate) = secure {
-        let tls_files = config.tls.clone();
-        tidepool_io::watch_hangups(move || match certificate.reload(&tls_files) {
-            Ok(()) => tracing::info!(target: NOTIFY, "SIGHUP: reloaded the TLS certificate {}", tls_files.certificate.display()),
-            Err(e) => tracing::error!("SIGHUP: TLS certificate not reloaded, the running one stays: {e}"),
-        })
-        .map_err(|e| RunError::Invalid(format!("cannot install the SIGHUP handler: {e}")))?;
-    }
+    let (ports, mqtt_secure_port) = bind_ports(&config, cores)?;
     let ports = Arc::new(ports);
     let mqtt_port = mqtt::bind(config.mqtt_port.map(|a| a.0), cores, &config, None)?;
 
-    let limits = Limits {
-        header_bytes_max: config.http.header_bytes_max,
-        header_count_max: config.http.header_count_max,
-        body_bytes_max: config.http.body_bytes_max,
-        keep_alive_timeout: config.http.keep_alive_timeout,
-        headers_timeout: config.http.headers_timeout,
-        request_timeout: config.http.request_timeout,
-        body_bytes_in_flight_max: config.http.body_bytes_in_flight_max,
-    };
+    let limits = limits_of(&config);
     // Storage opens after the ports are ours (so a second process never touches our files) and
     // before any core serves a request.
     let mut store_options =
@@ -282,7 +236,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     });
 
     // Signals are taken on this (main) thread, never on an executor.
-    let mut signals = TerminationSignals::install()
+    let signals = TerminationSignals::install()
         .map_err(|e| RunError::Invalid(format!("cannot install signal handlers: {e}")))?;
 
     let mut runtime = RuntimeConfig::new(opts.cpus.clone(), opts.io_driver);
@@ -300,9 +254,100 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     })
     .map_err(|e| RunError::Invalid(format!("cannot start executors: {e}")))?;
 
+    log_listening(&shared, &ports, &mqtt, driver, &opts.cpus, &opts.app_dir);
+    if let Some(port) = ports
+        .iter()
+        .find(|p| p.tls.is_none() && p.kind != PortKind::Rest)
+    {
+        lock.record_operations_api(port.addr);
+    }
+    notify::send("READY=1");
+    start_helper_threads(opts.watch, &opts.app_dir, &shared)?;
+
+    stop(signals, &shared, handles);
+    if let Some(replication) = &replication {
+        replication.stop();
+    }
+    store.close();
+    tracing::info!(target: NOTIFY, "stopped");
+    Ok(())
+}
+
+/// Binds the REST, Operations API and secure ports, and the MQTT secure port (with the TLS
+/// certificate reloaded on SIGHUP); returns the HTTP ports and the MQTT secure port.
+fn bind_ports(
+    config: &Config,
+    cores: usize,
+) -> Result<(Vec<BoundPort>, Option<mqtt::MqttPort>), RunError> {
+    let mut ports = Vec::new();
+    let rest = config.http.port.map(|a| a.0);
+    let ops = config.operations_api_port.map(|a| a.0);
+    if let Some(addr) = rest {
+        // Port 0 means "any free port" for each listener, so two zero ports are two listeners.
+        let kind = if Some(addr) == ops && addr.port() != 0 {
+            PortKind::Both
+        } else {
+            PortKind::Rest
+        };
+        ports.push(bind(kind, false, addr, cores, config)?);
+    }
+    if let Some(addr) = ops.filter(|a| Some(*a) != rest || a.port() == 0) {
+        ports.push(bind(PortKind::Operations, false, addr, cores, config)?);
+    }
+    let secure = bind_secure_ports(config, &mut ports, cores)?;
+    let mqtt_secure_port = match &secure {
+        Some(certificate) if config.mqtt_secure_port.is_some() => {
+            let server_config = tls::server_config(
+                certificate.clone(),
+                &config.tls,
+                config.mqtt_mtls.as_ref(),
+                &[],
+            )
+            .map_err(|e| RunError::Invalid(format!("TLS for MQTT: {e}")))?;
+            let acceptor = Some(TlsAcceptor::new(server_config));
+            let addr = config.mqtt_secure_port.map(|a| a.0);
+            mqtt::bind(addr, cores, config, acceptor)?
+        }
+        _ => None,
+    };
+    if let Some(certificate) = secure {
+        let tls_files = config.tls.clone();
+        tidepool_io::watch_hangups(move || match certificate.reload(&tls_files) {
+            Ok(()) => tracing::info!(target: NOTIFY, "SIGHUP: reloaded the TLS certificate {}", tls_files.certificate.display()),
+            Err(e) => tracing::error!("SIGHUP: TLS certificate not reloaded, the running one stays: {e}"),
+        })
+        .map_err(|e| RunError::Invalid(format!("cannot install the SIGHUP handler: {e}")))?;
+    }
+    Ok((ports, mqtt_secure_port))
+}
+
+/// The HTTP limits of `http.*` (README, "Limits").
+fn limits_of(config: &Config) -> Limits {
+    Limits {
+        header_bytes_max: config.http.header_bytes_max,
+        header_count_max: config.http.header_count_max,
+        body_bytes_max: config.http.body_bytes_max,
+        keep_alive_timeout: config.http.keep_alive_timeout,
+        headers_timeout: config.http.headers_timeout,
+        request_timeout: config.http.request_timeout,
+        body_bytes_in_flight_max: config.http.body_bytes_in_flight_max,
+    }
+}
+
+/// The start-up lines: version, cores, every listening port, the application and root.
+fn log_listening(
+    shared: &Shared,
+    ports: &[BoundPort],
+    mqtt: &mqtt::Mqtt,
+    driver: tidepool_io::DriverKind,
+    cpus: &[usize],
+    app_dir: &std::path::Path,
+) {
+    let cores = cpus.len();
+    let root = &shared.config.root;
     tracing::info!(target: NOTIFY, "tidepool {} node {} starting with {cores} cores on CPUs {:?}, io driver {driver}",
-        env!("CARGO_PKG_VERSION"), shared.config.node_name, opts.cpus);
-    for port in ports.iter() {
+        env!("CARGO_PKG_VERSION"), shared.config.node_name, cpus);
+    for port in ports {
         let (scheme, name) = match port.tls {
             Some(_) => ("HTTPS ", secure_name(port.kind)),
             None => ("", port.kind.name()),
@@ -315,17 +360,18 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     if let Some(port) = &mqtt.secure_port {
         tracing::info!(target: NOTIFY, "MQTTS (mqtt.network.securePort) listening on {} ({} listeners, SO_REUSEPORT)", port.addr, cores);
     }
-    tracing::info!(target: NOTIFY, "application {} on root {}", opts.app_dir.display(), root.display());
-    if let Some(port) = ports
-        .iter()
-        .find(|p| p.tls.is_none() && p.kind != PortKind::Rest)
-    {
-        lock.record_operations_api(port.addr);
-    }
-    notify::send("READY=1");
-    if opts.watch {
+    tracing::info!(target: NOTIFY, "application {} on root {}", app_dir.display(), root.display());
+}
+
+/// The dev watcher (`tidepool dev`) and the systemd watchdog, each on its own thread.
+fn start_helper_threads(
+    watch: bool,
+    app_dir: &std::path::Path,
+    shared: &Arc<Shared>,
+) -> Result<(), RunError> {
+    if watch {
         let resources = shared.resources.clone();
-        let dir = opts.app_dir.clone();
+        let dir = app_dir.to_path_buf();
         let shutdown = shared.shutdown.clone();
         std::thread::Builder::new()
             .name("dev-watch".into())
@@ -339,7 +385,17 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             .spawn(move || watchdog(shared, interval))
             .map_err(|e| RunError::Invalid(format!("cannot start watchdog thread: {e}")))?;
     }
+    Ok(())
+}
 
+/// Waits for the first signal (or a `restart`), then stops gracefully: shutdown triggered,
+/// requests in flight given [`SHUTDOWN_GRACE`], executors awaited until then. A second signal
+/// exits at once.
+fn stop(
+    mut signals: TerminationSignals,
+    shared: &Shared,
+    handles: Vec<std::thread::JoinHandle<()>>,
+) {
     // Wait for the first signal.
     let first = signals.wait();
     if crate::resource::RESTART_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) {
@@ -378,12 +434,6 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    if let Some(replication) = &replication {
-        replication.stop();
-    }
-    store.close();
-    tracing::info!(target: NOTIFY, "stopped");
-    Ok(())
 }
 
 fn secure_name(kind: PortKind) -> &'static str {

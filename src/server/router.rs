@@ -146,6 +146,31 @@ impl Router {
     fn metrics(&self) -> String {
         use crate::metrics::Exposition;
         let mut e = Exposition::new();
+        self.per_core_metrics(&mut e);
+        crate::protocol::mqtt::events::render(&mut e);
+        e.family(
+            "tidepool_requests_in_flight",
+            "gauge",
+            "HTTP requests being served now.",
+        );
+        e.sample(
+            "tidepool_requests_in_flight",
+            &[],
+            self.shared.in_flight.count() as f64,
+        );
+        let store = &self.shared.resources.store;
+        let databases: Vec<_> = store
+            .database_names()
+            .into_iter()
+            .filter_map(|n| store.database(&n))
+            .collect();
+        per_database_metrics(&mut e, &databases);
+        commit_histogram(&mut e, &databases);
+        e.finish()
+    }
+
+    /// The per-core counters and gauges, one sample per core.
+    fn per_core_metrics(&self, e: &mut crate::metrics::Exposition) {
         let per_core: [PerCoreMetric; 8] = [
             (
                 "tidepool_connections_accepted_total",
@@ -199,104 +224,100 @@ impl Router {
                 e.sample(name, &[("core", &core.to_string())], read(stats) as f64);
             }
         }
-        crate::protocol::mqtt::events::render(&mut e);
-        e.family(
-            "tidepool_requests_in_flight",
+    }
+}
+
+/// The per-database writer counters and LMDB map figures.
+fn per_database_metrics(
+    e: &mut crate::metrics::Exposition,
+    databases: &[std::sync::Arc<crate::store::Database>],
+) {
+    // Per-database families: (name, type, help, how to read it).
+    let per_database: [PerDatabaseMetric; 4] = [
+        (
+            "tidepool_writer_commits_total",
+            "counter",
+            "LMDB commits (one per group of write requests), per database.",
+            |db| db.stats.commits.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tidepool_writer_requests_total",
+            "counter",
+            "Write requests applied, per database.",
+            |db| db.stats.requests.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tidepool_writer_requests_failed_total",
+            "counter",
+            "Write requests refused or rolled back, per database.",
+            |db| db.stats.requests_failed.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tidepool_writer_batch_size_max",
             "gauge",
-            "HTTP requests being served now.",
-        );
-        e.sample(
-            "tidepool_requests_in_flight",
-            &[],
-            self.shared.in_flight.count() as f64,
-        );
-        let store = &self.shared.resources.store;
-        let databases: Vec<_> = store
-            .database_names()
-            .into_iter()
-            .filter_map(|n| store.database(&n))
-            .collect();
-        // Per-database families: (name, type, help, how to read it).
-        let per_database: [PerDatabaseMetric; 4] = [
-            (
-                "tidepool_writer_commits_total",
-                "counter",
-                "LMDB commits (one per group of write requests), per database.",
-                |db| db.stats.commits.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tidepool_writer_requests_total",
-                "counter",
-                "Write requests applied, per database.",
-                |db| db.stats.requests.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tidepool_writer_requests_failed_total",
-                "counter",
-                "Write requests refused or rolled back, per database.",
-                |db| db.stats.requests_failed.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "tidepool_writer_batch_size_max",
-                "gauge",
-                "Largest group of write requests committed together, per database.",
-                |db| db.stats.batch_size_max.load(Ordering::Relaxed) as f64,
-            ),
-        ];
-        let map_families: [PerDatabaseMetric; 2] = [
-            (
-                "tidepool_lmdb_map_used_bytes",
-                "gauge",
-                "Bytes of the LMDB map in use, per database.",
-                |db| db.map_usage().0 as f64,
-            ),
-            (
-                "tidepool_lmdb_map_size_bytes",
-                "gauge",
-                "Bytes of address space reserved for the LMDB map, per database.",
-                |db| db.map_usage().1 as f64,
-            ),
-        ];
-        for (name, kind, help, read) in per_database.into_iter().chain(map_families) {
-            e.family(name, kind, help);
-            for db in &databases {
-                e.sample(name, &[("database", &db.name)], read(db));
-            }
+            "Largest group of write requests committed together, per database.",
+            |db| db.stats.batch_size_max.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    let map_families: [PerDatabaseMetric; 2] = [
+        (
+            "tidepool_lmdb_map_used_bytes",
+            "gauge",
+            "Bytes of the LMDB map in use, per database.",
+            |db| db.map_usage().0 as f64,
+        ),
+        (
+            "tidepool_lmdb_map_size_bytes",
+            "gauge",
+            "Bytes of address space reserved for the LMDB map, per database.",
+            |db| db.map_usage().1 as f64,
+        ),
+    ];
+    for (name, kind, help, read) in per_database.into_iter().chain(map_families) {
+        e.family(name, kind, help);
+        for db in databases {
+            e.sample(name, &[("database", &db.name)], read(db));
         }
-        e.family(
-            "tidepool_writer_commit_seconds",
-            "histogram",
-            "Time to apply and commit one group, per database.",
-        );
-        for db in &databases {
-            let buckets = &db.stats.commit_micros_buckets;
-            for (i, bound) in crate::store::COMMIT_MICROS_BUCKETS.iter().enumerate() {
-                let le = format!("{}", *bound as f64 / 1e6);
-                e.sample(
-                    "tidepool_writer_commit_seconds_bucket",
-                    &[("database", &db.name), ("le", &le)],
-                    buckets[i].load(Ordering::Relaxed) as f64,
-                );
-            }
-            let count =
-                buckets[crate::store::COMMIT_MICROS_BUCKETS.len()].load(Ordering::Relaxed) as f64;
+    }
+}
+
+/// The writer's commit time histogram, per database.
+fn commit_histogram(
+    e: &mut crate::metrics::Exposition,
+    databases: &[std::sync::Arc<crate::store::Database>],
+) {
+    e.family(
+        "tidepool_writer_commit_seconds",
+        "histogram",
+        "Time to apply and commit one group, per database.",
+    );
+    for db in databases {
+        let buckets = &db.stats.commit_micros_buckets;
+        for (i, bound) in crate::store::COMMIT_MICROS_BUCKETS.iter().enumerate() {
+            let le = format!("{}", *bound as f64 / 1e6);
             e.sample(
                 "tidepool_writer_commit_seconds_bucket",
-                &[("database", &db.name), ("le", "+Inf")],
-                count,
-            );
-            e.sample(
-                "tidepool_writer_commit_seconds_sum",
-                &[("database", &db.name)],
-                db.stats.commit_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
-            );
-            e.sample(
-                "tidepool_writer_commit_seconds_count",
-                &[("database", &db.name)],
-                count,
+                &[("database", &db.name), ("le", &le)],
+                buckets[i].load(Ordering::Relaxed) as f64,
             );
         }
-        e.finish()
+        let count =
+            buckets[crate::store::COMMIT_MICROS_BUCKETS.len()].load(Ordering::Relaxed) as f64;
+        e.sample(
+            "tidepool_writer_commit_seconds_bucket",
+            &[("database", &db.name), ("le", "+Inf")],
+            count,
+        );
+        e.sample(
+            "tidepool_writer_commit_seconds_sum",
+            &[("database", &db.name)],
+            db.stats.commit_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        e.sample(
+            "tidepool_writer_commit_seconds_count",
+            &[("database", &db.name)],
+            count,
+        );
     }
 }
 

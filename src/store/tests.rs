@@ -80,9 +80,25 @@ fn put_get_merge_delete_and_indexes() {
     let store = open(dir.path(), commits.clone());
     let db = store.database("data").unwrap();
     let one = Value::String("1".into());
+    let created = first_put_is_indexed(&db, &one);
+    insert_skips_and_upsert_merges(&db, &one, created);
+    replace_drops_absent_and_delete_unindexes(&db, &one, created);
+    generated_keys(&db);
 
+    // Versions increase; every committed request was published once.
+    let commits = commits.lock().unwrap();
+    assert!(commits.windows(2).all(|w| w[0].version < w[1].version));
+    assert_eq!(
+        commits.len(),
+        7,
+        "the skipped insert changed nothing and published nothing"
+    );
+}
+
+/// A first put: stored under the URL id, indexed by each value; returns its `@createdTime`.
+fn first_put_is_indexed(db: &Database, one: &Value) -> i64 {
     let out = write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -98,23 +114,25 @@ fn put_get_merge_delete_and_indexes() {
             created: true
         }]
     );
-    let rec: serde_json::Value =
-        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&get_json(db, "Dog", one).unwrap()).unwrap();
     assert_eq!(rec["id"], "1", "URL id wins over the body's");
     assert_eq!(rec["name"], "Rex");
     let created = rec["created"].as_i64().unwrap();
     assert_eq!(
-        index_keys_for(&db, "Dog", "name", &Value::String("Rex".into())),
+        index_keys_for(db, "Dog", "name", &Value::String("Rex".into())),
         vec![one.clone()]
     );
     assert_eq!(
-        index_keys_for(&db, "Dog", "tags", &Value::String("b".into())),
+        index_keys_for(db, "Dog", "tags", &Value::String("b".into())),
         vec![one.clone()]
     );
+    created
+}
 
+fn insert_skips_and_upsert_merges(db: &Database, one: &Value, created: i64) {
     // Insert on an existing key skips; upsert merges and keeps @createdTime.
     let out = write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -125,7 +143,7 @@ fn put_get_merge_delete_and_indexes() {
     .unwrap();
     assert_eq!(out.results, vec![OpResult::Skipped { key: one.clone() }]);
     write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -134,8 +152,7 @@ fn put_get_merge_delete_and_indexes() {
         )],
     )
     .unwrap();
-    let rec: serde_json::Value =
-        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&get_json(db, "Dog", one).unwrap()).unwrap();
     assert_eq!(
         (
             rec["name"].as_str(),
@@ -145,18 +162,20 @@ fn put_get_merge_delete_and_indexes() {
         (Some("Max"), Some(3), Some(created))
     );
     assert!(
-        index_keys_for(&db, "Dog", "name", &Value::String("Rex".into())).is_empty(),
+        index_keys_for(db, "Dog", "name", &Value::String("Rex".into())).is_empty(),
         "old index entry removed"
     );
-    assert!(index_keys_for(&db, "Dog", "tags", &Value::String("a".into())).is_empty());
+    assert!(index_keys_for(db, "Dog", "tags", &Value::String("a".into())).is_empty());
     assert_eq!(
-        index_keys_for(&db, "Dog", "tags", &Value::String("c".into())),
+        index_keys_for(db, "Dog", "tags", &Value::String("c".into())),
         vec![one.clone()]
     );
+}
 
+fn replace_drops_absent_and_delete_unindexes(db: &Database, one: &Value, created: i64) {
     // Replace drops absent properties.
     write(
-        &db,
+        db,
         vec![put(
             "Dog",
             Some(one.clone()),
@@ -165,13 +184,12 @@ fn put_get_merge_delete_and_indexes() {
         )],
     )
     .unwrap();
-    let rec: serde_json::Value =
-        serde_json::from_str(&get_json(&db, "Dog", &one).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&get_json(db, "Dog", one).unwrap()).unwrap();
     assert!(rec.get("name").is_none());
     assert_eq!(rec["created"].as_i64(), Some(created));
 
     let out = write(
-        &db,
+        db,
         vec![WriteOp::Delete {
             table: "Dog".into(),
             key: one.clone(),
@@ -185,15 +203,17 @@ fn put_get_merge_delete_and_indexes() {
             existed: true
         }]
     );
-    assert_eq!(get_json(&db, "Dog", &one), None);
+    assert_eq!(get_json(db, "Dog", one), None);
     assert!(
-        index_keys_for(&db, "Dog", "name", &Value::Null).is_empty(),
+        index_keys_for(db, "Dog", "name", &Value::Null).is_empty(),
         "tombstones are not indexed"
     );
+}
 
+fn generated_keys(db: &Database) {
     // Generated keys: UUID for ID, max + 1 for Long.
     let out = write(
-        &db,
+        db,
         vec![put("Dog", None, r#"{"name":"Gen"}"#, PutMode::Insert)],
     )
     .unwrap();
@@ -206,26 +226,17 @@ fn put_get_merge_delete_and_indexes() {
     };
     assert_eq!(uuid.len(), 36);
     write(
-        &db,
+        db,
         vec![put("Counter", Some(Value::Int(41)), "{}", PutMode::Replace)],
     )
     .unwrap();
-    let out = write(&db, vec![put("Counter", None, "{}", PutMode::Insert)]).unwrap();
+    let out = write(db, vec![put("Counter", None, "{}", PutMode::Insert)]).unwrap();
     assert_eq!(
         out.results[0],
         OpResult::Written {
             key: Value::Int(42),
             created: true
         }
-    );
-
-    // Versions increase; every committed request was published once.
-    let commits = commits.lock().unwrap();
-    assert!(commits.windows(2).all(|w| w[0].version < w[1].version));
-    assert_eq!(
-        commits.len(),
-        7,
-        "the skipped insert changed nothing and published nothing"
     );
 }
 

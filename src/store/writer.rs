@@ -617,107 +617,14 @@ impl Writer {
         request: &WriteRequest,
         version: f64,
     ) -> Result<(WriteOutcome, Vec<Change>), WriteError> {
-        let mut results = Vec::with_capacity(request.ops.len());
-        let mut changes = Vec::with_capacity(request.ops.len());
-        let mut audit_entries = Vec::with_capacity(request.ops.len());
-        let mut scratch = Scratch::default();
+        let mut a = Applied::with_capacity(request.ops.len());
         for op in &request.ops {
             match op {
                 WriteOp::Put { .. } | WriteOp::Swap { .. } => {
-                    let (table, key, record, mode, expires_in_s, swap);
-                    match op {
-                        WriteOp::Put {
-                            table: t,
-                            key: k,
-                            record: r,
-                            mode: m,
-                            expires_in_s: e,
-                        } => {
-                            (table, key, mode, expires_in_s) = (t, k.clone(), *m, *e);
-                            record = std::borrow::Cow::Borrowed(r);
-                            swap = None;
-                        }
-                        WriteOp::Swap {
-                            table: t,
-                            key: k,
-                            attribute,
-                            expected,
-                            value,
-                        } => {
-                            let mut body = crate::value::Object::new();
-                            body.insert(attribute.as_str(), value.clone());
-                            (table, key, mode, expires_in_s) =
-                                (t, Some(k.clone()), PutMode::Update, None);
-                            record = std::borrow::Cow::Owned(Value::Object(body));
-                            swap = Some((attribute.as_str(), expected));
-                        }
-                        _ => unreachable!("matched Put or Swap above"),
-                    }
-                    let table = self.table(table)?;
-                    if let (Some((attribute, expected)), Some(key)) = (swap, &key) {
-                        if !self.live_attribute_is(txn, &table, key, attribute, expected)? {
-                            results.push(OpResult::Skipped { key: key.clone() });
-                            continue;
-                        }
-                    }
-                    let (result, stored) = self.put(
-                        txn,
-                        &table,
-                        key.as_ref(),
-                        &record,
-                        mode,
-                        expires_in_s,
-                        version,
-                        &mut scratch,
-                    )?;
-                    if let (OpResult::Written { key, .. }, Some((stored, expires_at))) =
-                        (&result, stored)
-                    {
-                        audit_entries.push(audit_entry(
-                            &table.name,
-                            key,
-                            "put",
-                            Some(&stored),
-                            version,
-                            expires_at,
-                        ));
-                        changes.push(Change {
-                            table: table.name.clone(),
-                            key: key.clone(),
-                            kind: ChangeKind::Put,
-                            value: Some(stored),
-                        });
-                    }
-                    results.push(result);
+                    self.apply_put(txn, op, version, &mut a)?
                 }
                 WriteOp::Delete { table, key } => {
-                    let table = self.table(table)?;
-                    let (existed, tombstoned) =
-                        self.delete(txn, &table, key, version, &mut scratch)?;
-                    if tombstoned {
-                        // Audited (and so replicated) even when this node had no live record:
-                        // a peer may hold one this delete must supersede.
-                        audit_entries.push(audit_entry(
-                            &table.name,
-                            key,
-                            "delete",
-                            None,
-                            version,
-                            None,
-                        ));
-                    }
-                    if existed {
-                        changes.push(Change {
-                            table: table.name.clone(),
-                            key: key.clone(),
-                            kind: ChangeKind::Delete,
-                            value: None,
-                        });
-                    }
-                    results.push(OpResult::Deleted {
-                        key: key.clone(),
-                        existed,
-                    });
+                    self.apply_delete(txn, table, key, version, &mut a)?
                 }
                 WriteOp::Require {
                     table,
@@ -732,27 +639,15 @@ impl Writer {
                     table,
                     key,
                     payload,
-                } => {
-                    let table = self.table(table)?;
-                    let key = key.clone().unwrap_or(Value::Null);
-                    audit_entries.push(audit_entry(
-                        &table.name,
-                        &key,
-                        "message",
-                        Some(payload),
-                        version,
-                        None,
-                    ));
-                    changes.push(Change {
-                        table: table.name.clone(),
-                        key,
-                        kind: ChangeKind::Message,
-                        value: Some(payload.clone()),
-                    });
-                    results.push(OpResult::Published);
-                }
+                } => self.apply_message(table, key, payload, version, &mut a)?,
             }
         }
+        let Applied {
+            results,
+            changes,
+            audit_entries,
+            ..
+        } = a;
         let mut touched: Vec<&Arc<str>> = Vec::new();
         for change in &changes {
             if !touched.contains(&&change.table) {
@@ -764,27 +659,175 @@ impl Writer {
             self.db.meta.put(txn, &key, &version.to_le_bytes())?;
         }
         if !audit_entries.is_empty() {
-            let mut entry = Object::new();
-            entry.insert(
-                "user",
-                request
-                    .user
-                    .clone()
-                    .map(Value::String)
-                    .unwrap_or(Value::Null),
-            );
-            entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
-            let seq = self.next_local_seq(txn, version)?;
-            entry.insert("node", Value::String(self.db.stream.to_string()));
-            entry.insert("seq", Value::Int(seq as i64));
-            entry.insert("time", Value::Float(version));
-            entry.insert("entries", Value::Array(audit_entries));
-            let bytes = value::to_archived_bytes(&Value::Object(entry));
-            self.db
-                .audit
-                .put(txn, &layout::audit_key(version), &bytes)?;
+            self.write_audit(txn, request, version, audit_entries)?;
         }
         Ok((WriteOutcome { version, results }, changes))
+    }
+
+    /// A `Put`, or a `Swap` (an update of one attribute if it still holds the expected value;
+    /// skipped otherwise).
+    fn apply_put(
+        &self,
+        txn: &mut RwTxn,
+        op: &WriteOp,
+        version: f64,
+        a: &mut Applied,
+    ) -> Result<(), WriteError> {
+        let (table, key, record, mode, expires_in_s, swap);
+        match op {
+            WriteOp::Put {
+                table: t,
+                key: k,
+                record: r,
+                mode: m,
+                expires_in_s: e,
+            } => {
+                (table, key, mode, expires_in_s) = (t, k.clone(), *m, *e);
+                record = std::borrow::Cow::Borrowed(r);
+                swap = None;
+            }
+            WriteOp::Swap {
+                table: t,
+                key: k,
+                attribute,
+                expected,
+                value,
+            } => {
+                let mut body = crate::value::Object::new();
+                body.insert(attribute.as_str(), value.clone());
+                (table, key, mode, expires_in_s) = (t, Some(k.clone()), PutMode::Update, None);
+                record = std::borrow::Cow::Owned(Value::Object(body));
+                swap = Some((attribute.as_str(), expected));
+            }
+            _ => unreachable!("matched Put or Swap above"),
+        }
+        let table = self.table(table)?;
+        if let (Some((attribute, expected)), Some(key)) = (swap, &key) {
+            if !self.live_attribute_is(txn, &table, key, attribute, expected)? {
+                a.results.push(OpResult::Skipped { key: key.clone() });
+                return Ok(());
+            }
+        }
+        let (result, stored) = self.put(
+            txn,
+            &table,
+            key.as_ref(),
+            &record,
+            mode,
+            expires_in_s,
+            version,
+            &mut a.scratch,
+        )?;
+        if let (OpResult::Written { key, .. }, Some((stored, expires_at))) = (&result, stored) {
+            a.audit_entries.push(audit_entry(
+                &table.name,
+                key,
+                "put",
+                Some(&stored),
+                version,
+                expires_at,
+            ));
+            a.changes.push(Change {
+                table: table.name.clone(),
+                key: key.clone(),
+                kind: ChangeKind::Put,
+                value: Some(stored),
+            });
+        }
+        a.results.push(result);
+        Ok(())
+    }
+
+    fn apply_delete(
+        &self,
+        txn: &mut RwTxn,
+        table: &str,
+        key: &Value,
+        version: f64,
+        a: &mut Applied,
+    ) -> Result<(), WriteError> {
+        let table = self.table(table)?;
+        let (existed, tombstoned) = self.delete(txn, &table, key, version, &mut a.scratch)?;
+        if tombstoned {
+            // Audited (and so replicated) even when this node had no live record:
+            // a peer may hold one this delete must supersede.
+            a.audit_entries
+                .push(audit_entry(&table.name, key, "delete", None, version, None));
+        }
+        if existed {
+            a.changes.push(Change {
+                table: table.name.clone(),
+                key: key.clone(),
+                kind: ChangeKind::Delete,
+                value: None,
+            });
+        }
+        a.results.push(OpResult::Deleted {
+            key: key.clone(),
+            existed,
+        });
+        Ok(())
+    }
+
+    /// A message: audited and published, nothing stored.
+    fn apply_message(
+        &self,
+        table: &str,
+        key: &Option<Value>,
+        payload: &Value,
+        version: f64,
+        a: &mut Applied,
+    ) -> Result<(), WriteError> {
+        let table = self.table(table)?;
+        let key = key.clone().unwrap_or(Value::Null);
+        a.audit_entries.push(audit_entry(
+            &table.name,
+            &key,
+            "message",
+            Some(payload),
+            version,
+            None,
+        ));
+        a.changes.push(Change {
+            table: table.name.clone(),
+            key,
+            kind: ChangeKind::Message,
+            value: Some(payload.clone()),
+        });
+        a.results.push(OpResult::Published);
+        Ok(())
+    }
+
+    /// The audit log entry of one request's transaction: who, from which node, its local
+    /// sequence number, and its entries.
+    fn write_audit(
+        &self,
+        txn: &mut RwTxn,
+        request: &WriteRequest,
+        version: f64,
+        audit_entries: Vec<Value>,
+    ) -> Result<(), WriteError> {
+        let mut entry = Object::new();
+        entry.insert(
+            "user",
+            request
+                .user
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+        );
+        entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
+        let seq = self.next_local_seq(txn, version)?;
+        entry.insert("node", Value::String(self.db.stream.to_string()));
+        entry.insert("seq", Value::Int(seq as i64));
+        entry.insert("time", Value::Float(version));
+        entry.insert("entries", Value::Array(audit_entries));
+        let bytes = value::to_archived_bytes(&Value::Object(entry));
+        self.db
+            .audit
+            .put(txn, &layout::audit_key(version), &bytes)?;
+
+        Ok(())
     }
 
     /// The table a write names.
@@ -1206,6 +1249,25 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
         .unwrap_or_else(|e| e.into_inner())
         .insert(name, table.clone());
     Ok(table)
+}
+
+/// What one request's operations produce as they are applied.
+struct Applied {
+    results: Vec<OpResult>,
+    changes: Vec<Change>,
+    audit_entries: Vec<Value>,
+    scratch: Scratch,
+}
+
+impl Applied {
+    fn with_capacity(ops: usize) -> Self {
+        Applied {
+            results: Vec::with_capacity(ops),
+            changes: Vec::with_capacity(ops),
+            audit_entries: Vec::with_capacity(ops),
+            scratch: Scratch::default(),
+        }
+    }
 }
 
 #[derive(Default)]

@@ -118,6 +118,53 @@ enum Phase {
     Body,
 }
 
+/// One connection's buffers, and the request being read, across batches of requests.
+struct Conn<'g, H> {
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    body_buf: Vec<u8>,
+    resp: Response,
+    /// Where the first request not yet answered starts in `rbuf`.
+    start: usize,
+    request_started: Option<Instant>,
+    continue_sent: bool,
+    guards: Vec<InFlightGuard>,
+    held: Share<'g>,
+    body_share: Share<'g>,
+    /// The request at `start` had its head judged (`check_head`) while its body was still coming.
+    head_checked: bool,
+    checked: Option<H>,
+}
+
+/// How a batch of buffered requests ended.
+struct Batch {
+    /// What the connection waits for next.
+    phase: Phase,
+    close: bool,
+    fatal: Option<ParseError>,
+    /// `resp` holds an answer given from the head alone: send it and close unread.
+    refused: bool,
+}
+
+/// What answering the buffered requests came to.
+enum Answered {
+    Batch(Batch),
+    /// A response took the connection over (WebSocket, SSE): its head is in `wbuf`; the bytes
+    /// after its request are handed on.
+    Takeover(super::Takeover, Vec<u8>),
+    /// Nothing more to do: the connection just closes.
+    Gone,
+}
+
+/// What the connection's limits and surroundings are, for the whole connection.
+struct Env<'a, S> {
+    peer: SocketAddr,
+    service: &'a S,
+    limits: &'a Limits,
+    shutdown: &'a Shutdown,
+    in_flight: &'a InFlight,
+}
+
 /// Serves one connection (plain TCP or TLS) until the peer closes, a limit closes it, or shutdown
 /// finds it idle.
 /// A connection taken over after a response head (WebSocket, SSE) continues as an
@@ -132,220 +179,287 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
     gauges: &ConnGauges,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut rbuf: Vec<u8> = Vec::with_capacity(BUFFER_BYTES);
-    let mut wbuf: Vec<u8> = Vec::with_capacity(BUFFER_BYTES);
-    let mut body_buf: Vec<u8> = Vec::new();
-    let mut resp = Response::new();
-    let mut start = 0usize;
-    let mut request_started: Option<Instant> = None;
-    let mut continue_sent = false;
-    let mut guards: Vec<InFlightGuard> = Vec::new();
-    let mut held = Share::new(&gauges.buffer_bytes);
-    let mut body_share = Share::new(&gauges.body_bytes_in_flight);
-    // The request at `start` had its head judged (`check_head`) while its body was still coming.
-    let mut head_checked = false;
-    let mut checked: Option<S::Head> = None;
-
+    let env = Env {
+        peer,
+        service,
+        limits,
+        shutdown,
+        in_flight,
+    };
+    let mut c: Conn<'_, S::Head> = Conn {
+        rbuf: Vec::with_capacity(BUFFER_BYTES),
+        wbuf: Vec::with_capacity(BUFFER_BYTES),
+        body_buf: Vec::new(),
+        resp: Response::new(),
+        start: 0,
+        request_started: None,
+        continue_sent: false,
+        guards: Vec::new(),
+        held: Share::new(&gauges.buffer_bytes),
+        body_share: Share::new(&gauges.body_bytes_in_flight),
+        head_checked: false,
+        checked: None,
+    };
     loop {
-        let mut phase = Phase::Idle;
-        let mut close = false;
-        let mut fatal: Option<ParseError> = None;
-        // `resp` holds an answer given from the head alone: send it and close unread.
-        let mut refused = false;
-        while start < rbuf.len() {
-            let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-            let framed = match frame(&rbuf[start..], &mut headers, limits, &mut body_buf) {
-                Ok(Frame::Complete(framed)) => framed,
-                Ok(Frame::NeedHead) => {
-                    request_started.get_or_insert_with(Instant::now);
-                    phase = Phase::Head;
-                    break;
-                }
-                Ok(Frame::NeedBody { missing, head }) => {
-                    request_started.get_or_insert_with(Instant::now);
-                    if guards.is_empty() {
-                        guards.push(in_flight.enter());
-                    }
-                    phase = Phase::Body;
-                    // Who asks, for what, is known now: a request that will be refused is
-                    // answered before a byte of its body is read (README, "Limits").
-                    if !head_checked {
-                        head_checked = true;
-                        resp.reset();
-                        let request = head_request(&head, peer, stream.peer_cn());
-                        match service.check_head(&request, &mut resp) {
-                            Ok(h) => checked = Some(h),
-                            Err(super::Refused) => {
-                                refused = true;
-                                break;
-                            }
-                        }
-                    }
-                    let buffered = rbuf.len() - start;
-                    let charge = body_charge(buffered, missing);
-                    if !body_share.try_set(charge, limits.body_bytes_in_flight_max) {
-                        resp.reset();
-                        resp.json_error(
-                            503,
-                            "Too many request bodies in flight on this core \
-                             (http.maxBodyBytesInFlightPerCore); retry later",
-                        );
-                        resp.header("Retry-After", "1");
-                        refused = true;
-                        break;
-                    }
-                    // Make room for the whole body now: one allocation instead of many.
-                    if let Some(missing) = missing {
-                        if rbuf.capacity() - rbuf.len() < missing {
-                            rbuf.reserve(missing);
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    fatal = Some(e);
-                    break;
-                }
-            };
-            guards.push(in_flight.enter());
-            let body: &[u8] = match framed.body {
-                BodyLocation::Inline { start: from, end } => &rbuf[start + from..start + end],
-                BodyLocation::Decoded => &body_buf,
-            };
-            let version_minor = framed.head.version_minor;
-            let total = framed.consumed;
-            let request = Request {
-                body,
-                ..head_request(&framed.head, peer, stream.peer_cn())
-            };
-            let wants_close = match request.header("connection") {
-                Some(v) if v.eq_ignore_ascii_case(b"close") => true,
-                Some(v) if v.eq_ignore_ascii_case(b"keep-alive") => false,
-                _ => version_minor == 0,
-            };
-            resp.reset();
-            head_checked = false;
-            service.call(&request, &mut resp, checked.take()).await;
-            if resp.is_takeover() {
-                // The head is encoded while the response still says it is a takeover (no length).
-                encode_response(&mut wbuf, &resp, true, false, false);
-                let leftover = rbuf[start + total..].to_vec();
-                let Some(takeover) = resp.take_takeover() else {
-                    return;
-                };
+        let batch = match c.answer_buffered(&stream, &env).await {
+            Answered::Batch(batch) => batch,
+            Answered::Gone => return,
+            Answered::Takeover(takeover, leftover) => {
                 let mut stream: tidepool_io::AnyStream = stream.into();
-                let (result, _) = stream.write_all(std::mem::take(&mut wbuf)).await;
+                let (result, _) = stream.write_all(std::mem::take(&mut c.wbuf)).await;
                 // The handler runs for as long as the stream lasts; it is not a request in flight,
                 // and this connection's buffers are not its to hold.
-                drop(guards);
-                drop(std::mem::take(&mut rbuf));
-                drop(std::mem::take(&mut body_buf));
-                held.set(0);
-                body_share.set(0);
+                drop(c);
                 if result.is_ok() {
                     (takeover.0)(super::Upgraded { stream, leftover }).await;
                 }
                 return;
             }
-            close = wants_close || resp.close || shutdown.is_triggered();
-            encode_response(
-                &mut wbuf,
-                &resp,
-                request.method == Method::Head,
-                close,
-                version_minor == 0,
-            );
-            start += total;
-            request_started = None;
-            continue_sent = false;
-            if close {
-                break;
-            }
-        }
-
+        };
+        let Batch {
+            phase,
+            close,
+            fatal,
+            refused,
+        } = batch;
         if fatal.is_some() || refused {
             if let Some(error) = fatal {
-                resp.reset();
-                resp.json_error(error.status(), error.message());
+                c.resp.reset();
+                c.resp.json_error(error.status(), error.message());
             }
             if refused {
                 gauges.refused_before_body.fetch_add(1, Ordering::Relaxed);
             }
-            encode_response(&mut wbuf, &resp, false, true, false);
-            let (_, returned) = stream.write_all(std::mem::take(&mut wbuf)).await;
+            encode_response(&mut c.wbuf, &c.resp, false, true, false);
+            let (_, returned) = stream.write_all(std::mem::take(&mut c.wbuf)).await;
             drop(returned);
             linger_close(&mut stream).await;
             return;
         }
-
-        if start == rbuf.len() {
-            rbuf.clear();
-            start = 0;
-        } else if start > 0 && (close || phase != Phase::Body || start > rbuf.len() / 2) {
-            rbuf.drain(..start);
-            start = 0;
-        }
-
-        if phase == Phase::Body && !continue_sent && !close {
-            if expects_continue(&rbuf[start..]) {
-                wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            }
-            continue_sent = true;
-        }
-
-        if !wbuf.is_empty() {
-            let (result, returned) = stream.write_all(std::mem::take(&mut wbuf)).await;
-            wbuf = returned;
-            wbuf.clear();
+        c.before_write(phase, close);
+        if !c.wbuf.is_empty() {
+            let (result, returned) = stream.write_all(std::mem::take(&mut c.wbuf)).await;
+            c.wbuf = returned;
+            c.wbuf.clear();
             if result.is_err() {
                 return;
             }
         }
-        // Every answered request is now on the wire; a request still being read keeps its guard.
-        if phase == Phase::Idle {
-            guards.clear();
-        } else if guards.len() > 1 {
-            guards.truncate(1);
-        }
-        if phase != Phase::Body {
-            body_share.set(0);
-        }
-        if phase == Phase::Idle {
-            // A big body or response leaves big buffers behind: an idle connection gives them back.
-            if rbuf.capacity() > IDLE_BUFFER_BYTES_MAX && rbuf.len() <= BUFFER_BYTES {
-                let mut smaller = Vec::with_capacity(BUFFER_BYTES);
-                smaller.extend_from_slice(&rbuf);
-                rbuf = smaller;
-            }
-            if wbuf.capacity() > IDLE_BUFFER_BYTES_MAX {
-                wbuf = Vec::with_capacity(BUFFER_BYTES);
-            }
-            if body_buf.capacity() > IDLE_BUFFER_BYTES_MAX {
-                drop(std::mem::take(&mut body_buf));
-            }
-        }
-        held.set((rbuf.capacity() + wbuf.capacity() + body_buf.capacity()) as u64);
+        c.after_write(phase);
         if close {
             let _ = stream.shutdown_write().await;
             return;
         }
+        if !c.read_more(&mut stream, phase, &env).await {
+            return;
+        }
+    }
+}
 
+impl<H> Conn<'_, H> {
+    /// Answers every complete request buffered, in order, into `wbuf`; stops at an incomplete
+    /// one (judging its head once, and its body against the core's budget), a fatal parse
+    /// error, a response that closes, or a takeover.
+    async fn answer_buffered<S: Service<Head = H>, T: Transport>(
+        &mut self,
+        stream: &T,
+        env: &Env<'_, S>,
+    ) -> Answered {
+        let mut batch = Batch {
+            phase: Phase::Idle,
+            close: false,
+            fatal: None,
+            refused: false,
+        };
+        while self.start < self.rbuf.len() {
+            let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+            let start = self.start;
+            let framed = match frame(
+                &self.rbuf[start..],
+                &mut headers,
+                env.limits,
+                &mut self.body_buf,
+            ) {
+                Ok(Frame::Complete(framed)) => framed,
+                Ok(Frame::NeedHead) => {
+                    self.request_started.get_or_insert_with(Instant::now);
+                    batch.phase = Phase::Head;
+                    break;
+                }
+                Ok(Frame::NeedBody { missing, head }) => {
+                    self.request_started.get_or_insert_with(Instant::now);
+                    if self.guards.is_empty() {
+                        self.guards.push(env.in_flight.enter());
+                    }
+                    batch.phase = Phase::Body;
+                    // Who asks, for what, is known now: a request that will be refused is
+                    // answered before a byte of its body is read (README, "Limits").
+                    if !self.head_checked {
+                        self.head_checked = true;
+                        self.resp.reset();
+                        let request = head_request(&head, env.peer, stream.peer_cn());
+                        match env.service.check_head(&request, &mut self.resp) {
+                            Ok(h) => self.checked = Some(h),
+                            Err(super::Refused) => {
+                                batch.refused = true;
+                                break;
+                            }
+                        }
+                    }
+                    batch.refused = !self.admit_body(missing, env.limits);
+                    break;
+                }
+                Err(e) => {
+                    batch.fatal = Some(e);
+                    break;
+                }
+            };
+            self.guards.push(env.in_flight.enter());
+            let body: &[u8] = match framed.body {
+                BodyLocation::Inline { start: from, end } => &self.rbuf[start + from..start + end],
+                BodyLocation::Decoded => &self.body_buf,
+            };
+            let version_minor = framed.head.version_minor;
+            let total = framed.consumed;
+            let request = Request {
+                body,
+                ..head_request(&framed.head, env.peer, stream.peer_cn())
+            };
+            let wants_close = wants_close(&request, version_minor);
+            self.resp.reset();
+            self.head_checked = false;
+            env.service
+                .call(&request, &mut self.resp, self.checked.take())
+                .await;
+            if self.resp.is_takeover() {
+                // The head is encoded while the response still says it is a takeover (no length).
+                encode_response(&mut self.wbuf, &self.resp, true, false, false);
+                let leftover = self.rbuf[start + total..].to_vec();
+                return match self.resp.take_takeover() {
+                    Some(takeover) => Answered::Takeover(takeover, leftover),
+                    None => Answered::Gone,
+                };
+            }
+            batch.close = wants_close || self.resp.close || env.shutdown.is_triggered();
+            encode_response(
+                &mut self.wbuf,
+                &self.resp,
+                request.method == Method::Head,
+                batch.close,
+                version_minor == 0,
+            );
+            self.start += total;
+            self.request_started = None;
+            self.continue_sent = false;
+            if batch.close {
+                break;
+            }
+        }
+        Answered::Batch(batch)
+    }
+
+    /// Counts a body still coming against the core's budget for bodies in flight; false (with
+    /// the 503 answer in `resp`) when it does not fit. Makes room for the whole body at once.
+    fn admit_body(&mut self, missing: Option<usize>, limits: &Limits) -> bool {
+        let buffered = self.rbuf.len() - self.start;
+        let charge = body_charge(buffered, missing);
+        if !self
+            .body_share
+            .try_set(charge, limits.body_bytes_in_flight_max)
+        {
+            self.resp.reset();
+            self.resp.json_error(
+                503,
+                "Too many request bodies in flight on this core \
+                 (http.maxBodyBytesInFlightPerCore); retry later",
+            );
+            self.resp.header("Retry-After", "1");
+            return false;
+        }
+        // Make room for the whole body now: one allocation instead of many.
+        if let Some(missing) = missing {
+            if self.rbuf.capacity() - self.rbuf.len() < missing {
+                self.rbuf.reserve(missing);
+            }
+        }
+        true
+    }
+
+    /// Drops the answered requests' bytes and queues `100 Continue` for a body that waits for it.
+    fn before_write(&mut self, phase: Phase, close: bool) {
+        let start = self.start;
+        if start == self.rbuf.len() {
+            self.rbuf.clear();
+            self.start = 0;
+        } else if start > 0 && (close || phase != Phase::Body || start > self.rbuf.len() / 2) {
+            self.rbuf.drain(..start);
+            self.start = 0;
+        }
+        if phase == Phase::Body && !self.continue_sent && !close {
+            if expects_continue(&self.rbuf[self.start..]) {
+                self.wbuf
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            self.continue_sent = true;
+        }
+    }
+
+    /// Once every answered request is on the wire: lets go of their guards and budget, and an
+    /// idle connection of big buffers.
+    fn after_write(&mut self, phase: Phase) {
+        // A request still being read keeps its guard.
+        if phase == Phase::Idle {
+            self.guards.clear();
+        } else if self.guards.len() > 1 {
+            self.guards.truncate(1);
+        }
+        if phase != Phase::Body {
+            self.body_share.set(0);
+        }
+        if phase == Phase::Idle {
+            // A big body or response leaves big buffers behind: an idle connection gives them back.
+            if self.rbuf.capacity() > IDLE_BUFFER_BYTES_MAX && self.rbuf.len() <= BUFFER_BYTES {
+                let mut smaller = Vec::with_capacity(BUFFER_BYTES);
+                smaller.extend_from_slice(&self.rbuf);
+                self.rbuf = smaller;
+            }
+            if self.wbuf.capacity() > IDLE_BUFFER_BYTES_MAX {
+                self.wbuf = Vec::with_capacity(BUFFER_BYTES);
+            }
+            if self.body_buf.capacity() > IDLE_BUFFER_BYTES_MAX {
+                drop(std::mem::take(&mut self.body_buf));
+            }
+        }
+        let held = self.rbuf.capacity() + self.wbuf.capacity() + self.body_buf.capacity();
+        self.held.set(held as u64);
+    }
+
+    /// Reads more of the connection within the phase's deadline; false when the connection is
+    /// to end (closed, failed, shutdown while idle, or timed out: 408 unless idle).
+    async fn read_more<S, T: Transport>(
+        &mut self,
+        stream: &mut T,
+        phase: Phase,
+        env: &Env<'_, S>,
+    ) -> bool {
+        let limits = env.limits;
         let (deadline, on_expiry) = match phase {
             Phase::Idle => (limits.keep_alive_timeout, None),
             Phase::Head => (
-                remaining(request_started, limits.headers_timeout),
+                remaining(self.request_started, limits.headers_timeout),
                 Some(408),
             ),
             Phase::Body => (
-                remaining(request_started, limits.request_timeout),
+                remaining(self.request_started, limits.request_timeout),
                 Some(408),
             ),
         };
+        let rbuf = std::mem::take(&mut self.rbuf);
         let read = async {
             if phase == Phase::Idle {
                 match race(
-                    stream.read_append(std::mem::take(&mut rbuf), READ_SPARE_MIN),
-                    shutdown.wait(),
+                    stream.read_append(rbuf, READ_SPARE_MIN),
+                    env.shutdown.wait(),
                 )
                 .await
                 {
@@ -353,37 +467,41 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
                     Either::Right(()) => None,
                 }
             } else {
-                Some(
-                    stream
-                        .read_append(std::mem::take(&mut rbuf), READ_SPARE_MIN)
-                        .await,
-                )
+                Some(stream.read_append(rbuf, READ_SPARE_MIN).await)
             }
         };
         match timeout(deadline, read).await {
             Ok(Some((Ok(n), returned))) => {
-                rbuf = returned;
-                if n == 0 {
-                    return;
-                }
+                self.rbuf = returned;
+                n != 0
             }
-            Ok(Some((Err(_), _))) => return,
+            Ok(Some((Err(_), _))) => false,
             // Shutdown while idle: nothing in flight here, just close.
-            Ok(None) => return,
+            Ok(None) => false,
             Err(_) => {
                 if let Some(status) = on_expiry {
-                    resp.reset();
-                    resp.json_error(
+                    self.resp.reset();
+                    self.resp.json_error(
                         status,
                         "Request timed out (http.headersTimeout / http.timeout)",
                     );
-                    encode_response(&mut wbuf, &resp, false, true, false);
-                    let _ = stream.write_all(std::mem::take(&mut wbuf)).await;
+                    encode_response(&mut self.wbuf, &self.resp, false, true, false);
+                    let _ = stream.write_all(std::mem::take(&mut self.wbuf)).await;
                     let _ = stream.shutdown_write().await;
                 }
-                return;
+                false
             }
         }
+    }
+}
+
+/// Whether the client asks to close after this request (`Connection`, or HTTP/1.0 without
+/// keep-alive).
+fn wants_close(request: &Request<'_>, version_minor: u8) -> bool {
+    match request.header("connection") {
+        Some(v) if v.eq_ignore_ascii_case(b"close") => true,
+        Some(v) if v.eq_ignore_ascii_case(b"keep-alive") => false,
+        _ => version_minor == 0,
     }
 }
 

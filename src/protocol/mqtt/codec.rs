@@ -276,63 +276,12 @@ pub fn decode(packet: &[u8], level: Level) -> Result<Packet, DecodeError> {
         }
         2 => {
             need_flags(0)?;
-            let ack_flags = r.u8()?;
-            if ack_flags & 0xfe != 0 {
-                return Err(DecodeError::Malformed("reserved CONNACK flags"));
-            }
-            let code = r.u8()?;
-            let properties = if v5 {
-                r.properties()?
-            } else {
-                Properties::default()
-            };
-            Packet::ConnAck(ConnAck {
-                session_present: ack_flags & 1 == 1,
-                code,
-                properties,
-            })
+            Packet::ConnAck(decode_connack(&mut r, v5)?)
         }
-        3 => {
-            let qos = (flags >> 1) & 3;
-            if qos == 3 {
-                return Err(DecodeError::Malformed("QoS 3"));
-            }
-            let topic = r.string()?;
-            let packet_id = if qos > 0 { r.packet_id()? } else { 0 };
-            let properties = if v5 {
-                r.properties()?
-            } else {
-                Properties::default()
-            };
-            Packet::Publish(Publish {
-                dup: flags & 8 != 0,
-                qos,
-                retain: flags & 1 != 0,
-                topic,
-                packet_id,
-                properties,
-                payload: r.rest().to_vec(),
-            })
-        }
+        3 => Packet::Publish(decode_publish(&mut r, flags, v5)?),
         4..=7 => {
             need_flags(if kind == 6 { 2 } else { 0 })?;
-            let packet_id = r.packet_id()?;
-            let (code, properties) = if v5 && !r.is_empty() {
-                let code = r.u8()?;
-                let props = if r.is_empty() {
-                    Properties::default()
-                } else {
-                    r.properties()?
-                };
-                (code, props)
-            } else {
-                (0, Properties::default())
-            };
-            let ack = Ack {
-                packet_id,
-                code,
-                properties,
-            };
+            let ack = decode_ack(&mut r, v5)?;
             match kind {
                 4 => Packet::PubAck(ack),
                 5 => Packet::PubRec(ack),
@@ -342,50 +291,12 @@ pub fn decode(packet: &[u8], level: Level) -> Result<Packet, DecodeError> {
         }
         8 => {
             need_flags(2)?;
-            let packet_id = r.packet_id()?;
-            let properties = if v5 {
-                r.properties()?
-            } else {
-                Properties::default()
-            };
-            let mut filters = Vec::new();
-            while !r.is_empty() {
-                if filters.len() == FILTERS_PER_PACKET_MAX {
-                    return Err(DecodeError::Malformed("too many topic filters"));
-                }
-                let filter = r.string()?;
-                let options = r.u8()?;
-                let reserved = if v5 { 0xc0 } else { 0xfc };
-                if options & reserved != 0 || options & 3 == 3 || (options >> 4) & 3 == 3 {
-                    return Err(DecodeError::Malformed("subscription options"));
-                }
-                filters.push((
-                    filter,
-                    SubOptions {
-                        qos: options & 3,
-                        no_local: options & 4 != 0,
-                        retain_as_published: options & 8 != 0,
-                        retain_handling: (options >> 4) & 3,
-                    },
-                ));
-            }
-            if filters.is_empty() {
-                return Err(DecodeError::Protocol("SUBSCRIBE without a topic filter"));
-            }
-            Packet::Subscribe(Subscribe {
-                packet_id,
-                properties,
-                filters,
-            })
+            Packet::Subscribe(decode_subscribe(&mut r, v5)?)
         }
         9 => {
             need_flags(0)?;
             let packet_id = r.packet_id()?;
-            let properties = if v5 {
-                r.properties()?
-            } else {
-                Properties::default()
-            };
+            let properties = v5_properties(&mut r, v5)?;
             Packet::SubAck(SubAck {
                 packet_id,
                 properties,
@@ -394,27 +305,7 @@ pub fn decode(packet: &[u8], level: Level) -> Result<Packet, DecodeError> {
         }
         10 => {
             need_flags(2)?;
-            let packet_id = r.packet_id()?;
-            let properties = if v5 {
-                r.properties()?
-            } else {
-                Properties::default()
-            };
-            let mut filters = Vec::new();
-            while !r.is_empty() {
-                if filters.len() == FILTERS_PER_PACKET_MAX {
-                    return Err(DecodeError::Malformed("too many topic filters"));
-                }
-                filters.push(r.string()?);
-            }
-            if filters.is_empty() {
-                return Err(DecodeError::Protocol("UNSUBSCRIBE without a topic filter"));
-            }
-            Packet::Unsubscribe(Unsubscribe {
-                packet_id,
-                properties,
-                filters,
-            })
+            Packet::Unsubscribe(decode_unsubscribe(&mut r, v5)?)
         }
         11 => {
             need_flags(0)?;
@@ -454,6 +345,129 @@ pub fn decode(packet: &[u8], level: Level) -> Result<Packet, DecodeError> {
         ));
     }
     Ok(packet)
+}
+
+/// The properties of a v5 packet; none at 3.1.1.
+fn v5_properties(r: &mut Reader<'_>, v5: bool) -> Result<Properties, DecodeError> {
+    if v5 {
+        r.properties()
+    } else {
+        Ok(Properties::default())
+    }
+}
+
+fn decode_connack(r: &mut Reader<'_>, v5: bool) -> Result<ConnAck, DecodeError> {
+    let ack_flags = r.u8()?;
+    if ack_flags & 0xfe != 0 {
+        return Err(DecodeError::Malformed("reserved CONNACK flags"));
+    }
+    let code = r.u8()?;
+    let properties = v5_properties(r, v5)?;
+    Ok(ConnAck {
+        session_present: ack_flags & 1 == 1,
+        code,
+        properties,
+    })
+}
+
+/// A PUBLISH; `flags` are its fixed header's (DUP, QoS, RETAIN).
+fn decode_publish(r: &mut Reader<'_>, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+    let qos = (flags >> 1) & 3;
+    if qos == 3 {
+        return Err(DecodeError::Malformed("QoS 3"));
+    }
+    let topic = r.string()?;
+    let packet_id = if qos > 0 { r.packet_id()? } else { 0 };
+    let properties = v5_properties(r, v5)?;
+    Ok(Publish {
+        dup: flags & 8 != 0,
+        qos,
+        retain: flags & 1 != 0,
+        topic,
+        packet_id,
+        properties,
+        payload: r.rest().to_vec(),
+    })
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP: v5 may leave out the reason code (success) and the
+/// properties.
+fn decode_ack(r: &mut Reader<'_>, v5: bool) -> Result<Ack, DecodeError> {
+    let packet_id = r.packet_id()?;
+    let (code, properties) = if v5 && !r.is_empty() {
+        let code = r.u8()?;
+        let props = if r.is_empty() {
+            Properties::default()
+        } else {
+            r.properties()?
+        };
+        (code, props)
+    } else {
+        (0, Properties::default())
+    };
+    Ok(Ack {
+        packet_id,
+        code,
+        properties,
+    })
+}
+
+fn decode_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeError> {
+    let packet_id = r.packet_id()?;
+    let properties = v5_properties(r, v5)?;
+    let filters = read_filters(r, "SUBSCRIBE without a topic filter", |r| {
+        let filter = r.string()?;
+        let options = r.u8()?;
+        let reserved = if v5 { 0xc0 } else { 0xfc };
+        if options & reserved != 0 || options & 3 == 3 || (options >> 4) & 3 == 3 {
+            return Err(DecodeError::Malformed("subscription options"));
+        }
+        Ok((
+            filter,
+            SubOptions {
+                qos: options & 3,
+                no_local: options & 4 != 0,
+                retain_as_published: options & 8 != 0,
+                retain_handling: (options >> 4) & 3,
+            },
+        ))
+    })?;
+    Ok(Subscribe {
+        packet_id,
+        properties,
+        filters,
+    })
+}
+
+/// The topic filters of a SUBSCRIBE or UNSUBSCRIBE, each read by `one` up to the end of the
+/// packet: at least one (else the protocol error `none`), at most `FILTERS_PER_PACKET_MAX`.
+fn read_filters<'b, T>(
+    r: &mut Reader<'b>,
+    none: &'static str,
+    mut one: impl FnMut(&mut Reader<'b>) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let mut filters = Vec::new();
+    while !r.is_empty() {
+        if filters.len() == FILTERS_PER_PACKET_MAX {
+            return Err(DecodeError::Malformed("too many topic filters"));
+        }
+        filters.push(one(r)?);
+    }
+    if filters.is_empty() {
+        return Err(DecodeError::Protocol(none));
+    }
+    Ok(filters)
+}
+
+fn decode_unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Unsubscribe, DecodeError> {
+    let packet_id = r.packet_id()?;
+    let properties = v5_properties(r, v5)?;
+    let filters = read_filters(r, "UNSUBSCRIBE without a topic filter", Reader::string)?;
+    Ok(Unsubscribe {
+        packet_id,
+        properties,
+        filters,
+    })
 }
 
 fn decode_reason(r: &mut Reader<'_>, v5: bool) -> Result<Reason, DecodeError> {
@@ -546,41 +560,7 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
     let mut body = Vec::new();
     let first: u8 = match packet {
         Packet::Connect(c) => {
-            put_binary(&mut body, b"MQTT");
-            body.push(if c.level == Level::V5 { 5 } else { 4 });
-            let mut flags = 0u8;
-            if c.clean {
-                flags |= 0x02;
-            }
-            if let Some(w) = &c.will {
-                flags |= 0x04 | (w.qos << 3) | if w.retain { 0x20 } else { 0 };
-            }
-            if c.password.is_some() {
-                flags |= 0x40;
-            }
-            if c.username.is_some() {
-                flags |= 0x80;
-            }
-            body.push(flags);
-            body.extend_from_slice(&c.keep_alive_s.to_be_bytes());
-            let cv5 = c.level == Level::V5;
-            if cv5 {
-                c.properties.encode(&mut body);
-            }
-            put_binary(&mut body, c.client_id.as_bytes());
-            if let Some(w) = &c.will {
-                if cv5 {
-                    w.properties.encode(&mut body);
-                }
-                put_binary(&mut body, w.topic.as_bytes());
-                put_binary(&mut body, &w.payload);
-            }
-            if let Some(u) = &c.username {
-                put_binary(&mut body, u.as_bytes());
-            }
-            if let Some(p) = &c.password {
-                put_binary(&mut body, p);
-            }
+            encode_connect(c, &mut body);
             0x10
         }
         Packet::ConnAck(a) => {
@@ -619,20 +599,7 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
             }
         }
         Packet::Subscribe(s) => {
-            body.extend_from_slice(&s.packet_id.to_be_bytes());
-            if v5 {
-                s.properties.encode(&mut body);
-            }
-            for (filter, o) in &s.filters {
-                put_binary(&mut body, filter.as_bytes());
-                let mut options = o.qos & 3;
-                if v5 {
-                    options |= u8::from(o.no_local) << 2
-                        | u8::from(o.retain_as_published) << 3
-                        | (o.retain_handling & 3) << 4;
-                }
-                body.push(options);
-            }
+            encode_subscribe(s, v5, &mut body);
             0x82
         }
         Packet::SubAck(s) => {
@@ -680,6 +647,62 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
     out.push(first);
     put_varint(out, body.len());
     out.extend_from_slice(&body);
+}
+
+/// The variable header and payload of a CONNECT (its own level decides the properties).
+fn encode_connect(c: &Connect, body: &mut Vec<u8>) {
+    put_binary(body, b"MQTT");
+    body.push(if c.level == Level::V5 { 5 } else { 4 });
+    let mut flags = 0u8;
+    if c.clean {
+        flags |= 0x02;
+    }
+    if let Some(w) = &c.will {
+        flags |= 0x04 | (w.qos << 3) | if w.retain { 0x20 } else { 0 };
+    }
+    if c.password.is_some() {
+        flags |= 0x40;
+    }
+    if c.username.is_some() {
+        flags |= 0x80;
+    }
+    body.push(flags);
+    body.extend_from_slice(&c.keep_alive_s.to_be_bytes());
+    let cv5 = c.level == Level::V5;
+    if cv5 {
+        c.properties.encode(body);
+    }
+    put_binary(body, c.client_id.as_bytes());
+    if let Some(w) = &c.will {
+        if cv5 {
+            w.properties.encode(body);
+        }
+        put_binary(body, w.topic.as_bytes());
+        put_binary(body, &w.payload);
+    }
+    if let Some(u) = &c.username {
+        put_binary(body, u.as_bytes());
+    }
+    if let Some(p) = &c.password {
+        put_binary(body, p);
+    }
+}
+
+fn encode_subscribe(s: &Subscribe, v5: bool, body: &mut Vec<u8>) {
+    body.extend_from_slice(&s.packet_id.to_be_bytes());
+    if v5 {
+        s.properties.encode(body);
+    }
+    for (filter, o) in &s.filters {
+        put_binary(body, filter.as_bytes());
+        let mut options = o.qos & 3;
+        if v5 {
+            options |= u8::from(o.no_local) << 2
+                | u8::from(o.retain_as_published) << 3
+                | (o.retain_handling & 3) << 4;
+        }
+        body.push(options);
+    }
 }
 
 pub(super) fn put_varint(out: &mut Vec<u8>, mut n: usize) {

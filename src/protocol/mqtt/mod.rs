@@ -7,13 +7,21 @@
 
 pub mod codec;
 pub mod conn;
+mod connect;
+mod dispatch;
 pub mod durable;
 pub mod events;
 pub mod general;
+mod inbound;
 pub mod notes;
+mod outbound;
 pub mod payload;
 pub mod props;
+pub mod reason;
+mod resume;
 pub mod share;
+mod shared;
+mod subscribe;
 pub mod topic;
 
 pub use codec::{check, decode, encode, DecodeError, Level, Packet};

@@ -35,8 +35,41 @@ fn read_yaml(path: &PathBuf) -> Result<Yaml, String> {
     }
 }
 
+/// Applies `changes` to the configuration file: in place, line by line, keeping comments and
+/// order (`config::edit`); a file that edit cannot handle (flow mappings) is rewritten whole,
+/// with a warning that its comments are gone.
+fn write_settings(path: &PathBuf, changes: Vec<(String, Yaml)>) -> Result<(), String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let edited = changes.iter().try_fold(text, |text, (key, value)| {
+        crate::config::edit::set_in_text(&text, key, value)
+    });
+    match edited {
+        Ok(text) => write_text(path, &text),
+        Err(e) => {
+            tracing::warn!(
+                "set_configuration: {} rewritten without its comments ({e})",
+                path.display()
+            );
+            let mut yaml = read_yaml(path)?;
+            for (key, value) in changes {
+                set_path(&mut yaml, &key, value);
+            }
+            write_yaml(path, &yaml)
+        }
+    }
+}
+
 fn write_yaml(path: &PathBuf, yaml: &Yaml) -> Result<(), String> {
     let text = serde_yaml::to_string(yaml).map_err(|e| e.to_string())?;
+    write_text(path, &text)
+}
+
+/// Replaces the file atomically (a temporary file renamed over it).
+fn write_text(path: &PathBuf, text: &str) -> Result<(), String> {
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
@@ -154,16 +187,10 @@ pub async fn set_configuration(
     // The new values must make a valid configuration before the file changes.
     Config::from_tree(&check, &resources.config.root, 1).map_err(|e| config_refusal(&e))?;
     let path = config_file(resources);
-    run_blocking(move || {
-        let mut yaml = read_yaml(&path)?;
-        for (key, value) in changes {
-            set_path(&mut yaml, &key, value);
-        }
-        write_yaml(&path, &yaml)
-    })
-    .await
-    .unwrap_or_else(|| Err("admin thread failed".into()))
-    .map_err(|e| OpError::new(500, e))?;
+    run_blocking(move || write_settings(&path, changes))
+        .await
+        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(|e| OpError::new(500, e))?;
     let ignored: Vec<&str> = settings
         .iter()
         .filter(|(key, _)| {

@@ -613,31 +613,8 @@ impl Ctx<'_, '_> {
             Ok(p) => p,
             Err(e) => return self.error(resp, e.status(), &e.to_string()),
         };
-        let def = self.def();
         let restricted = self.restricted();
-        let fields: Vec<String> = match &query.select {
-            Some(Select::Object(items) | Select::Array(items)) => {
-                items.iter().map(|i| i.name.clone()).collect()
-            }
-            Some(Select::Value(item)) => vec![item.name.clone()],
-            None => def
-                .attributes
-                .iter()
-                .filter(|a| a.relationship.is_none())
-                .filter(|a| {
-                    !restricted
-                        || permissions::attribute_allowed(
-                            self.caller,
-                            &def.database,
-                            &def.table,
-                            def.primary_key.as_deref(),
-                            &a.name,
-                            Action::Read,
-                        )
-                })
-                .map(|a| a.name.clone())
-                .collect(),
-        };
+        let fields = self.collection_fields(query.select.as_ref(), restricted);
         let mut writer = format::CollectionWriter::new(self.format, fields);
         resp.body.clear();
         writer.start(&mut resp.body);
@@ -684,20 +661,7 @@ impl Ctx<'_, '_> {
             None => result,
         };
         match result {
-            Ok(stats) if explain => {
-                resp.body.clear();
-                let doc = serde_json::json!({
-                    "plan": plan.to_string(),
-                    "index": plan.index(),
-                    "records_visited": stats.records_visited,
-                    "index_entries": stats.index_entries,
-                    "returned": stats.returned,
-                });
-                let v = value::json::parse(doc.to_string().as_bytes()).unwrap_or(Value::Null);
-                resp.status = 200;
-                resp.header("Content-Type", self.format.content_type());
-                self.format.write_one(&v, &mut resp.body);
-            }
+            Ok(stats) if explain => self.explain_answer(resp, &plan, &stats),
             Ok(_) => {
                 writer.finish(&mut resp.body);
                 resp.status = 200;
@@ -708,6 +672,56 @@ impl Ctx<'_, '_> {
             }
             Err(e) => self.error(resp, e.status(), &e.to_string()),
         }
+    }
+
+    /// The columns of a collection answer (CSV header): the selected names, or the table's
+    /// attributes the caller may read.
+    fn collection_fields(&self, select: Option<&Select>, restricted: bool) -> Vec<String> {
+        let def = self.def();
+        match select {
+            Some(Select::Object(items) | Select::Array(items)) => {
+                items.iter().map(|i| i.name.clone()).collect()
+            }
+            Some(Select::Value(item)) => vec![item.name.clone()],
+            None => def
+                .attributes
+                .iter()
+                .filter(|a| a.relationship.is_none())
+                .filter(|a| {
+                    !restricted
+                        || permissions::attribute_allowed(
+                            self.caller,
+                            &def.database,
+                            &def.table,
+                            def.primary_key.as_deref(),
+                            &a.name,
+                            Action::Read,
+                        )
+                })
+                .map(|a| a.name.clone())
+                .collect(),
+        }
+    }
+
+    /// The `?explain` answer: the plan and what running it visited.
+    fn explain_answer(
+        &self,
+        resp: &mut Response,
+        plan: &search::Plan,
+        stats: &search::SearchStats,
+    ) {
+        resp.body.clear();
+        let doc = serde_json::json!({
+            "plan": plan.to_string(),
+            "index": plan.index(),
+            "records_visited": stats.records_visited,
+            "index_entries": stats.index_entries,
+            "returned": stats.returned,
+        });
+        let v = value::json::parse(doc.to_string().as_bytes()).unwrap_or(Value::Null);
+        resp.status = 200;
+        resp.header("Content-Type", self.format.content_type());
+        self.format.write_one(&v, &mut resp.body);
     }
 
     /// The body as a record object, or the error answer.

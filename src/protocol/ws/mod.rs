@@ -21,7 +21,7 @@ use tidepool_io::{race, timeout, AnyStream, Either, Shutdown};
 
 use crate::auth::AuthError;
 use crate::protocol::http::{Method, Request, Response, Upgraded};
-use crate::pubsub::{Filter, Format, Options, Overflow, Registry, Sink, Subscription};
+use crate::pubsub::{Event, Filter, Format, Options, Overflow, Registry, Sink, Subscription};
 use crate::resource::permissions::{self, ReadableAttributes};
 use crate::resource::{Caller, Resources};
 
@@ -419,12 +419,7 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
             frame::encode(Opcode::Ping, b"", &mut wbuf);
             pinged = Instant::now();
         }
-        batch.clear();
-        sink.pop_batch(&mut batch, WRITE_BATCH_EVENTS_MAX);
-        for event in &batch {
-            frame::encode(opcode, &sink.encoded(event), &mut wbuf);
-        }
-        batch.clear();
+        encode_events(&sink, &mut batch, opcode, &mut wbuf);
         if let Some(why) = sink.failure() {
             finish(&mut stream, wbuf, 1011, &why).await;
             return;
@@ -452,26 +447,8 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
             return;
         }
         let until_ping = PING_INTERVAL.saturating_sub(pinged.elapsed());
-        // Known limit: when an event wins this race the pending read is cancelled; on io_uring a
-        // read that completed in that instant loses its bytes. Clients send little here (pongs,
-        // close), and a lost fragment shows as a protocol error (1002), not a wrong event.
-        // Read into a separate buffer: a cancelled read takes its buffer with it, and `rbuf` may
-        // hold the start of a frame.
-        read_buf.clear();
-        let wake = race(
-            race(sink.ready(), shutdown.wait()),
-            timeout(
-                until_ping,
-                stream.read_append(std::mem::take(&mut read_buf), READ_SPARE_MIN),
-            ),
-        )
-        .await;
-        let wake = match wake {
-            Either::Left(Either::Left(())) => Wake::Events,
-            Either::Left(Either::Right(())) => Wake::Shutdown,
-            Either::Right(Ok((result, returned))) => Wake::Read(result, returned),
-            Either::Right(Err(_)) => Wake::Timer,
-        };
+        let (wake, returned) = wait(&mut stream, &sink, &shutdown, until_ping, read_buf).await;
+        read_buf = returned;
         match wake {
             Wake::Events | Wake::Timer => {}
             Wake::Shutdown => {
@@ -489,6 +466,49 @@ pub async fn serve(up: Upgraded, sink: Sink, subscription: Subscription, shutdow
             return;
         }
     }
+}
+
+/// Encodes the events the sink holds, up to a batch, as frames of `opcode`.
+fn encode_events(sink: &Sink, batch: &mut Vec<Rc<Event>>, opcode: Opcode, wbuf: &mut Vec<u8>) {
+    batch.clear();
+    sink.pop_batch(batch, WRITE_BATCH_EVENTS_MAX);
+    for event in batch.iter() {
+        frame::encode(opcode, &sink.encoded(event), wbuf);
+    }
+    batch.clear();
+}
+
+/// Waits for events, shutdown, bytes from the client or the next ping, whichever comes first.
+/// Returns the read buffer back when the read did not complete (`Wake::Read` carries it).
+///
+/// Known limit: when an event wins this race the pending read is cancelled; on io_uring a read
+/// that completed in that instant loses its bytes. Clients send little here (pongs, close), and
+/// a lost fragment shows as a protocol error (1002), not a wrong event. The read goes into a
+/// separate buffer: a cancelled read takes its buffer with it, and the frame buffer may hold
+/// the start of a frame.
+async fn wait(
+    stream: &mut AnyStream,
+    sink: &Sink,
+    shutdown: &Shutdown,
+    until_ping: Duration,
+    mut read_buf: Vec<u8>,
+) -> (Wake, Vec<u8>) {
+    read_buf.clear();
+    let wake = race(
+        race(sink.ready(), shutdown.wait()),
+        timeout(
+            until_ping,
+            stream.read_append(std::mem::take(&mut read_buf), READ_SPARE_MIN),
+        ),
+    )
+    .await;
+    let wake = match wake {
+        Either::Left(Either::Left(())) => Wake::Events,
+        Either::Left(Either::Right(())) => Wake::Shutdown,
+        Either::Right(Ok((result, returned))) => Wake::Read(result, returned),
+        Either::Right(Err(_)) => Wake::Timer,
+    };
+    (wake, read_buf)
 }
 
 /// A close frame's payload: the code, then the reason cut to fit on a character boundary.

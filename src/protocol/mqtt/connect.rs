@@ -1,0 +1,390 @@
+//! CONNECT (docs/mqtt.md): the first packet within [`CONNECT_TIMEOUT`], the checks that refuse
+//! it with a CONNACK code, authentication (password, client certificate, the WebSocket upgrade's
+//! caller), the client id, and takeover of a client id held by another connection on any core.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use tidepool_io::{timeout, ReadBytes, ReadHalf, WriteBytes};
+
+use super::codec::{self, ConnAck, Connect, DecodeError, Level, Packet};
+use super::conn::{
+    read_packet, ReadError, Session, CONNECT_TIMEOUT, RECEIVE_MAXIMUM, TAKEOVER_WAIT,
+    TOPIC_ALIAS_MAX,
+};
+use super::durable::{self, Stored};
+use super::events::{self, Event};
+use super::outbound::Conn;
+use super::props::{Properties, Property};
+use super::reason::{ReasonCode, Refusal};
+use super::shared::MqttShared;
+use crate::resource::Caller;
+
+/// A cross-core "close now" signal for takeovers: set from any core, awaited on the owner's.
+#[derive(Default)]
+pub struct Kick {
+    pub(super) kicked: AtomicBool,
+    /// Set once the connection stored its session and let go of its client id.
+    pub(super) released: AtomicBool,
+    pub(super) waker: Mutex<Option<Waker>>,
+}
+
+impl Kick {
+    pub fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        if let Ok(mut w) = self.waker.lock() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Waits (bounded by [`TAKEOVER_WAIT`]) until the kicked connection has stored its session.
+    pub(super) async fn released(&self) {
+        let deadline = std::time::Instant::now() + TAKEOVER_WAIT;
+        while !self.released.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            tidepool_io::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub(super) async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.kicked.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if let Ok(mut w) = self.waker.lock() {
+                *w = Some(cx.waker().clone());
+            }
+            if self.kicked.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Who a CONNECT authenticates as. Until the security issue lands every client is accepted as a
+/// super user; the check plugs in here and returns `BadCredentials` / `NotAuthorized` per docs/security.md.
+pub fn authenticate(
+    shared: &MqttShared,
+    connect: &Connect,
+    peer: SocketAddr,
+) -> Result<Caller, Refusal> {
+    use crate::auth::{self, AuthError, Credentials};
+    match &connect.username {
+        Some(user) => {
+            let password = connect
+                .password
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            match auth::authenticate_password(&shared.resources, user, &password, peer) {
+                Ok(caller) => Ok(caller),
+                Err(AuthError::Inactive) => Err(Refusal::NotAuthorized),
+                Err(AuthError::TooManyAttempts { .. }) => Err(Refusal::QuotaExceeded),
+                Err(_) => Err(Refusal::BadCredentials),
+            }
+        }
+        // No credentials: loopback with `authorizeLocal` is the super user; otherwise anonymous,
+        // allowed only when `mqtt.requireAuthentication` is off (and then without permissions).
+        None => match auth::authenticate(
+            &shared.resources,
+            &Credentials {
+                authorization: None,
+                peer,
+                peer_cn: None,
+            },
+        ) {
+            Ok(caller) if !caller.is_anonymous() => Ok(caller),
+            Ok(caller) if !shared.require_authentication => Ok(caller),
+            _ => Err(Refusal::NotAuthorized),
+        },
+    }
+}
+
+/// Who a verified client certificate authenticates as (docs/security.md: an unknown or inactive user
+/// is not authorized); None when the connection brought none.
+pub(super) fn certificate_caller(
+    shared: &MqttShared,
+    peer_cn: Option<&str>,
+) -> Option<Result<Caller, Refusal>> {
+    let cn = peer_cn?;
+    let mtls = shared.resources.config.mqtt_mtls.as_ref()?;
+    Some(
+        crate::auth::authenticate_certificate(&shared.resources, cn, mtls)
+            .map_err(|_| Refusal::NotAuthorized),
+    )
+}
+
+/// Whether `caller` may do `action` on a table (docs/security.md: a publish to a record needs update,
+/// to the bare table insert, an empty retained publish delete; subscribing needs read).
+pub(super) fn permitted(caller: &Caller, action: &str, database: &str, table: &str) -> bool {
+    use crate::resource::permissions;
+    match action {
+        "read" => permissions::can_read(caller, database, table),
+        "insert" => permissions::can_insert(caller, database, table),
+        "delete" => permissions::can_delete(caller, database, table),
+        _ => permissions::can_update(caller, database, table),
+    }
+}
+
+/// What the transport under a connection established about the client before CONNECT.
+#[derive(Default)]
+pub struct TransportIdentity {
+    /// The CN of a client certificate TLS verified on the MQTT secure port (with
+    /// `mqtt.network.mtls`): it authenticates the client, whatever CONNECT says (docs/security.md).
+    pub certificate_cn: Option<String>,
+    /// Who a WebSocket upgrade's `Authorization` header, session cookie or HTTP client
+    /// certificate authenticated (docs/mqtt.md, P1): it counts when CONNECT names no user.
+    pub upgrade_caller: Option<Caller>,
+}
+
+/// Reads the first packet, which must be a CONNECT within [`CONNECT_TIMEOUT`]. None when the
+/// connection is to close: anything else came first, nothing came, or the CONNECT names a
+/// protocol level we do not speak (answered with CONNACK `0x01` / `0x84` first).
+pub(super) async fn read_connect<R: ReadBytes, W: WriteBytes>(
+    reader: &mut ReadHalf<R>,
+    writer: &mut W,
+    peer: SocketAddr,
+    kick: &Kick,
+    shared: &MqttShared,
+) -> Option<Connect> {
+    // Boxed, like the other rare states below: monoio's timer is large (cache-padded), and only
+    // the states an idle connection sits in should set this future's size.
+    let first = Box::pin(timeout(
+        CONNECT_TIMEOUT,
+        read_packet(
+            reader,
+            shared.packet_bytes_max,
+            Level::V4,
+            None,
+            kick,
+            &shared.shutdown,
+        ),
+    ))
+    .await;
+    match first {
+        Ok(Ok(Packet::Connect(c))) => Some(c),
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedLevel(level)))) => {
+            tracing::info!(target: "mqtt", "{peer}: CONNECT with unsupported protocol level {level}");
+            let level = if level > 5 { Level::V5 } else { Level::V4 };
+            let code = Refusal::UnsupportedLevel.code(level);
+            let mut out = Vec::new();
+            codec::encode(
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code,
+                    properties: Properties::default(),
+                }),
+                level,
+                &mut out,
+            );
+            // No writer task exists yet; this is the only user of the write half.
+            // Boxed: a rare state that should not set the size of every connection's future.
+            Box::pin(async move {
+                let _ = writer.write_all(out).await;
+                let _ = writer.shutdown_write().await;
+            })
+            .await;
+            None
+        }
+        Ok(Ok(other)) => {
+            tracing::debug!(target: "mqtt", "{peer}: first packet is {} instead of CONNECT; closing", other.kind_name());
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target: "mqtt", "{peer}: {} before CONNECT; closing", e.before_connect());
+            None
+        }
+        Err(_) => {
+            tracing::debug!(target: "mqtt", "{peer}: no CONNECT within {CONNECT_TIMEOUT:?}; closing");
+            None
+        }
+    }
+}
+
+/// The Session Expiry Interval a CONNECT asks for. Durable (docs/mqtt.md): 3.1.1 without clean
+/// session (kept forever), v5 with a Session Expiry Interval above 0 (kept that long after the
+/// connection ends).
+pub(super) fn session_expiry_s(connect: &Connect) -> u32 {
+    match (connect.level == Level::V5, connect.clean) {
+        (true, _) => connect.properties.session_expiry_s().unwrap_or(0),
+        (false, true) => 0,
+        (false, false) => durable::EXPIRY_NEVER,
+    }
+}
+
+/// What an accepted CONNECT established, before its CONNACK is sent.
+pub(super) struct Admitted {
+    pub(super) caller: Caller,
+    pub(super) client_id: String,
+    /// The v5 CONNACK properties (assigned client id, our limits, Server Keep Alive).
+    pub(super) ack_props: Properties,
+    /// The keep-alive the client is held to, in seconds (0: none).
+    pub(super) keep_alive_s: u16,
+}
+
+/// Checks a CONNECT (authentication method, shutdown, will topic, credentials, client id) and
+/// prepares its CONNACK. None when it is refused: the refusing CONNACK is queued (3.1.1 with an
+/// invalid will topic only closes) and the connection set to close.
+pub(super) fn admit(
+    shared: &MqttShared,
+    conn: &Conn,
+    connect: &Connect,
+    identity: TransportIdentity,
+    peer: SocketAddr,
+) -> Option<Admitted> {
+    let level = connect.level;
+    let v5 = level == Level::V5;
+    let refuse = |refusal: Refusal| {
+        conn.send(&Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: refusal.code(level),
+            properties: Properties::default(),
+        }));
+        conn.closing.set(true);
+        conn.wake_writer();
+        None
+    };
+    if v5 && connect.properties.authentication_method().is_some() {
+        // Enhanced authentication (AUTH) is not planned (docs/mqtt.md feature matrix).
+        return refuse(Refusal::BadAuthMethod);
+    }
+    if shared.shutdown.is_triggered() {
+        return refuse(Refusal::Unavailable);
+    }
+    if connect
+        .will
+        .as_ref()
+        .is_some_and(|w| !super::topic::general_topic_valid(&w.topic))
+    {
+        // A Will Topic is a topic name: not empty, no wildcard (MQTT 5 3.1.3.3, 3.1.1 3.1.3.3).
+        // v5 says so in CONNACK 0x90; 3.1.1 has no code for it, so the connection is closed.
+        tracing::info!(target: "mqtt", "{peer}: CONNECT refused: invalid will topic {:?}",
+            connect.will.as_ref().map(|w| w.topic.as_str()).unwrap_or_default());
+        if v5 {
+            return refuse(Refusal::WillTopicInvalid);
+        }
+        conn.closing.set(true);
+        conn.wake_writer();
+        return None;
+    }
+    let transport_caller = match certificate_caller(shared, identity.certificate_cn.as_deref()) {
+        Some(result) => Some(result),
+        None => identity
+            .upgrade_caller
+            .filter(|_| connect.username.is_none())
+            .map(Ok),
+    };
+    let caller = match transport_caller.unwrap_or_else(|| authenticate(shared, connect, peer)) {
+        Ok(c) => c,
+        Err(r) => {
+            events::record(
+                Event::AuthFailed,
+                format_args!(
+                    "{peer} as {:?} (client {:?})",
+                    connect.username, connect.client_id
+                ),
+            );
+            return refuse(r);
+        }
+    };
+    let mut ack_props = Properties::default();
+    let client_id = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean {
+            return refuse(Refusal::ClientIdRefused);
+        }
+        let n = shared.next_client.fetch_add(1, Ordering::Relaxed);
+        let id = format!("tidepool-{}-{n}", std::process::id());
+        if v5 {
+            ack_props.push(Property::AssignedClientIdentifier(id.clone()));
+        }
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    if v5 {
+        ack_props.push(Property::SharedSubscriptionAvailable(1));
+        ack_props.push(Property::ReceiveMaximum(RECEIVE_MAXIMUM));
+        ack_props.push(Property::TopicAliasMaximum(TOPIC_ALIAS_MAX));
+        ack_props.push(Property::MaximumPacketSize(shared.packet_bytes_max as u32));
+    }
+    let mut keep_alive_s = connect.keep_alive_s;
+    let cap = shared.keep_alive_max_s;
+    if v5 && cap > 0 && (keep_alive_s == 0 || keep_alive_s > cap) {
+        // 3.1.1 has no way to tell the client, so only v5 clients are held to the cap.
+        keep_alive_s = cap;
+        ack_props.push(Property::ServerKeepAlive(cap));
+    }
+    Some(Admitted {
+        caller,
+        client_id,
+        ack_props,
+        keep_alive_s,
+    })
+}
+
+/// The stored session a CONNECT resumes: none with clean session / Clean Start, which discards
+/// a stored one (docs/mqtt.md), or when none is stored or it cannot be read (logged).
+pub(super) async fn load_stored(
+    shared: &MqttShared,
+    client_id: &str,
+    clean: bool,
+    peer: SocketAddr,
+) -> Option<Stored> {
+    if clean {
+        if matches!(durable::load(&shared.resources, client_id), Ok(Some(_))) {
+            if let Err(e) = durable::discard(&shared.resources, client_id).await {
+                tracing::warn!(target: "mqtt", "{peer}: discarding the stored session of {client_id:?} failed: {e}");
+            }
+        }
+        return None;
+    }
+    match durable::load(&shared.resources, client_id) {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(target: "mqtt", "{peer}: reading the stored session of {client_id:?} failed: {e}; starting a new one");
+            None
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Registers the connection with its core's sessions, sends CONNACK and resumes `restored`.
+    /// Nothing here awaits, so no commit is dispatched between registering the connection and
+    /// reading the replay's horizon.
+    pub(super) fn open(&self, restored: Option<Stored>, ack_props: Properties, peer: SocketAddr) {
+        self.sessions
+            .conns
+            .borrow_mut()
+            .push(Rc::downgrade(self.conn));
+        self.conn.send(&Packet::ConnAck(ConnAck {
+            session_present: restored.is_some(),
+            code: ReasonCode::Success.byte(),
+            properties: ack_props,
+        }));
+        let session_kind = match (&restored, self.expiry_s) {
+            (Some(_), _) => "resumed",
+            (None, 0) => "clean",
+            (None, _) => "new durable",
+        };
+        events::record(
+            Event::Connected,
+            format_args!(
+                "{peer} client {:?} (MQTT {}, session {session_kind})",
+                self.client_id,
+                if self.v5() { "5" } else { "3.1.1" }
+            ),
+        );
+        if let Some(stored) = restored {
+            self.resume(stored);
+        }
+    }
+}

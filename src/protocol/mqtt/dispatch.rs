@@ -1,0 +1,422 @@
+//! Committed changes to this core's MQTT sessions (docs/mqtt.md): each change is matched against
+//! every session's subscriptions and queued on its connection once, at the highest granted QoS,
+//! trimmed to what the subscriber may read; and the core's keep-alive sweep.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::durable::{EventKey, EventRef};
+use super::general;
+use super::notes::Note;
+use super::outbound::{Conn, Outbound};
+use super::payload;
+use super::props::{Properties, Property};
+use super::share;
+use super::shared::MqttShared;
+use super::subscribe::{NO_LOCAL, RETAIN_AS_PUBLISHED};
+use crate::change::{Change, ChangeKind, Commit};
+use crate::resource::permissions::ReadableAttributes;
+use crate::value::{self, Value};
+
+/// The MQTT sessions of one core, fed committed changes by the core's dispatcher task.
+pub struct Sessions {
+    pub(super) conns: RefCell<Vec<Weak<Conn>>>,
+    /// Per database, the newest commit dispatched on this core; every older one was too.
+    pub(super) dispatched: RefCell<HashMap<Arc<str>, f64>>,
+    pub(super) start_version: f64,
+    /// The core's pubsub counters: the sweep reports queued outbound bytes there.
+    pub(super) counters: Arc<crate::pubsub::Counters>,
+}
+
+impl Sessions {
+    /// `start_version`: see [`MqttShared::start_version`].
+    pub fn new(start_version: f64, counters: Arc<crate::pubsub::Counters>) -> Self {
+        Sessions {
+            conns: RefCell::new(Vec::new()),
+            dispatched: RefCell::new(HashMap::new()),
+            start_version,
+            counters,
+        }
+    }
+
+    /// Every commit of `database` up to this version has been dispatched on this core.
+    pub(super) fn since(&self, database: &str) -> f64 {
+        self.dispatched
+            .borrow()
+            .get(database)
+            .copied()
+            .unwrap_or(self.start_version)
+    }
+
+    /// Kicks every connection whose keep-alive passed without a packet (and forgets closed
+    /// ones), and reports the bytes the connections hold queued (`/health?verbose`). Called by
+    /// each core every [`KEEP_ALIVE_SWEEP`].
+    pub fn sweep_keep_alive(&self) {
+        let now = Instant::now();
+        let mut conns = self.conns.borrow_mut();
+        conns.retain(|c| c.strong_count() > 0);
+        let mut queued = 0usize;
+        for conn in conns.iter().filter_map(Weak::upgrade) {
+            queued += conn.out.borrow().len()
+                + conn
+                    .backlog
+                    .borrow()
+                    .iter()
+                    .map(|o| o.body.len())
+                    .sum::<usize>();
+            let late = conn
+                .keep_alive
+                .get()
+                .is_some_and(|limit| now.saturating_duration_since(conn.heard.get()) > limit);
+            if late && !conn.expired.get() {
+                conn.expired.set(true);
+                conn.kick.kick();
+            }
+        }
+        self.counters
+            .mqtt_queued_bytes
+            .store(queued as u64, Ordering::Relaxed);
+    }
+
+    /// Delivers every change of `commit` to each matching session of this core, once per session
+    /// at the highest granted QoS among its matching filters.
+    pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
+        // Taken on every core, subscribers here or not, so each note leaves once all cores did.
+        let notes = shared.notes.take(commit);
+        self.deliver(shared, commit, notes);
+        // Only after matching: while this commit is matched, a state chunk whose snapshot held
+        // it must not count as settled (see `pubsub::state`).
+        let since = {
+            let mut dispatched = self.dispatched.borrow_mut();
+            let v = dispatched
+                .entry(commit.database.clone())
+                .or_insert(self.start_version);
+            *v = v.max(commit.version);
+            *v
+        };
+        let streaming: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.settle_state(&commit.database, since))
+            .collect();
+        for conn in streaming {
+            conn.fill_state(self);
+        }
+    }
+
+    /// Matches every change of `commit` against this core's sessions and queues it.
+    fn deliver(&self, shared: &MqttShared, commit: &Commit, notes: Vec<Option<Arc<Note>>>) {
+        let now = crate::resource::now_ms();
+        let mut conns = self.conns.borrow_mut();
+        conns.retain(|c| c.strong_count() > 0);
+        if conns.is_empty() {
+            return;
+        }
+        for (index, change) in commit.changes.iter().enumerate() {
+            let Some(export) = shared.export_of(&commit.database, &change.table) else {
+                continue;
+            };
+            let note = notes.get(index).cloned().flatten();
+            let Some(mut delivery) = Delivery::new(commit, change, export, note, now) else {
+                continue;
+            };
+            for conn in conns.iter().filter_map(Weak::upgrade) {
+                delivery.offer(shared, &conn);
+            }
+        }
+    }
+}
+
+/// One change on its way to a core's sessions: what every subscriber gets alike, and the bodies
+/// trimmed for restricted subscribers so far (encoded once per attribute set).
+struct Delivery<'c> {
+    commit: &'c Commit,
+    change: &'c Change,
+    export: &'c str,
+    note: Option<Arc<Note>>,
+    /// The record id as a topic level; none for a message to the bare table topic.
+    id: Option<String>,
+    topic: String,
+    out: Payload,
+    /// The v5 properties passed on (the publisher's, or a general topic's stored ones).
+    passed_on: Properties,
+    /// Trimmed bodies for restricted subscribers, one per distinct attribute set.
+    trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, Option<&'static str>)>,
+    /// The change's key encoded, for subscriptions whose state still streams.
+    encoded_key: Option<Vec<u8>>,
+}
+
+/// What a connection's subscriptions matching one change add up to.
+struct Matched {
+    /// The highest granted QoS among them.
+    qos: u8,
+    /// One of them has Retain As Published.
+    as_published: bool,
+    /// The passed-on properties and their subscription identifiers.
+    properties: Properties,
+    readable: Option<Rc<ReadableAttributes>>,
+}
+
+impl<'c> Delivery<'c> {
+    /// None when nothing goes out: a cleared or expired general topic message, or a publish
+    /// whose Message Expiry Interval has passed.
+    fn new(
+        commit: &'c Commit,
+        change: &'c Change,
+        export: &'c str,
+        note: Option<Arc<Note>>,
+        now: f64,
+    ) -> Option<Self> {
+        let out = outbound_payload(export, change.kind, change.value.as_ref(), now)?;
+        let passed_on = match (&out.properties, &note) {
+            (Some(p), _) => p.clone(),
+            // None: its Message Expiry Interval has passed.
+            (None, Some(n)) => n.outbound(now)?,
+            (None, None) => Properties::default(),
+        };
+        // Messages to the bare table topic carry a null key.
+        let id = match (&change.kind, &change.key) {
+            (ChangeKind::Message, Value::Null) => None,
+            (_, key) => Some(id_text(key)),
+        };
+        let topic = topic_name(export, id.as_deref());
+        Some(Delivery {
+            commit,
+            change,
+            export,
+            note,
+            id,
+            topic,
+            out,
+            passed_on,
+            trimmed: Vec::new(),
+            encoded_key: None,
+        })
+    }
+
+    /// Queues the change on `conn` if any of its subscriptions takes it.
+    fn offer(&mut self, shared: &MqttShared, conn: &Conn) {
+        let (commit, change) = (self.commit, self.change);
+        let replayed = conn
+            .floor
+            .borrow()
+            .get(&commit.database)
+            .is_some_and(|f| commit.version <= *f);
+        if replayed {
+            return;
+        }
+        let Some(matched) = self.matched(shared, conn) else {
+            return;
+        };
+        let mut qos = matched.qos.min(self.out.qos_max);
+        // docs/mqtt.md: messages (and general topics, as in any broker) go out at most at the
+        // QoS they were published with; record changes at the granted QoS.
+        if let Some(n) = &self.note {
+            if change.kind == ChangeKind::Message || self.export.is_empty() {
+                qos = qos.min(n.qos);
+            }
+        }
+        let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
+            db: commit.database.clone(),
+            key: EventKey {
+                version: commit.version,
+                table: change.table.clone(),
+                id: self.id.clone(),
+            },
+        });
+        let Some((body, content_type)) = self.body_for(matched.readable) else {
+            return;
+        };
+        conn.publish(Outbound {
+            topic: self.topic.clone(),
+            qos,
+            // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
+            retain: matched.as_published && self.note.as_ref().is_some_and(|n| n.retain),
+            body,
+            content_type,
+            event,
+            resend_id: None,
+            properties: matched.properties,
+        });
+    }
+
+    /// The subscriptions of `conn` that take this change, merged; none when no subscription
+    /// does (No Local, another member of a shared group chosen, a streaming state that holds
+    /// the change).
+    fn matched(&mut self, shared: &MqttShared, conn: &Conn) -> Option<Matched> {
+        let (commit, change, export) = (self.commit, self.change, self.export);
+        let id = self.id.as_deref();
+        let own = self
+            .note
+            .as_ref()
+            .is_some_and(|n| n.client_id == *conn.client_id.borrow());
+        let mut qos = None;
+        let mut as_published = false;
+        let mut properties = self.passed_on.clone();
+        let mut readable = None;
+        for sub in conn.subs.borrow().iter() {
+            if !sub.filter.matches(export, id) {
+                continue;
+            }
+            if own && sub.options & NO_LOCAL != 0 {
+                continue;
+            }
+            if let Some(group) = sub.filter.share() {
+                let key = share::key(group, sub.filter.topic_filter());
+                let me = conn.client_id.borrow();
+                if !shared
+                    .groups
+                    .is_chosen(&key, commit.version, &change.table, id, &me)
+                {
+                    continue;
+                }
+            }
+            if change.kind != ChangeKind::Message {
+                if let Some(cursor) = &sub.state {
+                    if self.encoded_key.is_none() {
+                        let mut out = Vec::with_capacity(32);
+                        if value::key::encode(&change.key, &mut out).is_ok() {
+                            self.encoded_key = Some(out);
+                        }
+                    }
+                    let covered = self
+                        .encoded_key
+                        .as_deref()
+                        .is_some_and(|k| cursor.covers(k, commit.version));
+                    if covered {
+                        continue;
+                    }
+                }
+            }
+            qos = Some(qos.map_or(sub.qos, |q: u8| q.max(sub.qos)));
+            as_published |= sub.options & RETAIN_AS_PUBLISHED != 0;
+            if let Some(i) = sub.identifier {
+                properties.push(Property::SubscriptionIdentifier(i));
+            }
+            readable = readable.or_else(|| sub.readable.clone());
+        }
+        Some(Matched {
+            qos: qos?,
+            as_published,
+            properties,
+            readable,
+        })
+    }
+
+    /// The body and content type for a subscriber limited to `readable` (docs/security.md:
+    /// trimmed to its readable attributes, encoded once per attribute set per change).
+    fn body_for(
+        &mut self,
+        readable: Option<Rc<ReadableAttributes>>,
+    ) -> Option<(Vec<u8>, Option<&'static str>)> {
+        match (readable, &self.change.value) {
+            (Some(r), Some(v)) if self.change.kind != ChangeKind::Delete => {
+                let at = match self.trimmed.iter().position(|(set, _, _)| **set == *r) {
+                    Some(at) => at,
+                    None => {
+                        let mut out = Vec::new();
+                        let ct = encode_trimmed(v, &r, &mut out);
+                        self.trimmed.push((r, out, Some(ct)));
+                        self.trimmed.len() - 1
+                    }
+                };
+                let (_, body, ct) = self.trimmed.get(at)?;
+                Some((body.clone(), *ct))
+            }
+            _ => Some((self.out.body.clone(), self.out.content_type)),
+        }
+    }
+}
+
+/// The topic an event goes out on: `<export>/<id>`, the bare export, or a general topic as is.
+pub(super) fn topic_name(export: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) if export.is_empty() => id.to_string(),
+        Some(id) => format!("{export}/{id}"),
+        None => export.to_string(),
+    }
+}
+
+/// What an event carries out, before per-subscriber choices.
+pub(super) struct Payload {
+    pub(super) body: Vec<u8>,
+    pub(super) content_type: Option<&'static str>,
+    /// The QoS it may go out at most with (a general publish's own QoS).
+    pub(super) qos_max: u8,
+    /// The properties a general publish stored; none for tables (their notes carry them).
+    pub(super) properties: Option<Properties>,
+}
+
+/// The payload of an event (docs/mqtt.md: a delete is `null`); general topics carry the bytes and
+/// properties published, nothing for a cleared retained message or an expired one.
+pub(super) fn outbound_payload(
+    export: &str,
+    kind: ChangeKind,
+    value: Option<&Value>,
+    now_ms: f64,
+) -> Option<Payload> {
+    if export.is_empty() {
+        let envelope = general::Envelope::open(kind, value)?;
+        let properties = envelope.outbound(now_ms)?;
+        return Some(Payload {
+            body: envelope.payload,
+            content_type: None,
+            qos_max: envelope.qos,
+            properties: Some(properties),
+        });
+    }
+    let mut body = Vec::new();
+    let content_type = match kind {
+        ChangeKind::Delete => payload::encode::<&Value>(None, &mut body),
+        _ => payload::encode(Some(value.unwrap_or(&Value::Null)), &mut body),
+    };
+    Some(Payload {
+        body,
+        content_type: Some(content_type),
+        qos_max: 2,
+        properties: None,
+    })
+}
+
+/// A record or message as a subscriber limited to `readable` receives it (docs/security.md: events and
+/// retained state are trimmed by attribute read permissions). Returns the content type.
+pub(super) fn encode_trimmed(
+    value: &Value,
+    readable: &ReadableAttributes,
+    out: &mut Vec<u8>,
+) -> &'static str {
+    let mut value = value.clone();
+    readable.trim(&mut value);
+    payload::encode(Some(&value), out)
+}
+
+/// A record id as a topic level: strings as they are, numbers in canonical form.
+pub(super) fn id_text(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        other => {
+            let mut out = Vec::new();
+            value::json::write(other, &mut out);
+            String::from_utf8(out).unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_as_topic_levels() {
+        assert_eq!(id_text(&Value::Int(12)), "12");
+        assert_eq!(id_text(&Value::String("a/b".into())), "a/b");
+        assert_eq!(id_text(&Value::Float(1.5)), "1.5");
+    }
+}

@@ -1,0 +1,381 @@
+//! Inbound PUBLISH (docs/mqtt.md): topic aliases, QoS 2 deduplication and its receive maximum,
+//! then the write through the resource layer — a record put or delete (retained), a message
+//! (not retained), or a general topic — and the acknowledgement with its reason code; wills.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidepool_io::{race, spawn};
+
+use super::codec::{Ack, Packet, Publish, Will};
+use super::conn::{Flow, Session, RECEIVE_MAXIMUM, TOPIC_ALIAS_MAX};
+use super::connect::permitted;
+use super::dispatch::Sessions;
+use super::durable;
+use super::general;
+use super::notes::{self, Note};
+use super::payload;
+use super::props::Property;
+use super::reason::ReasonCode;
+use super::shared::MqttShared;
+use super::subscribe::NO_LOCAL;
+use super::topic::PublishTopic;
+use crate::change::ChangeKind;
+use crate::resource::{self, ConditionFailed, Validation, WriteError, WriteOp};
+use crate::value::Value;
+
+impl Session<'_> {
+    /// PUBLISH: its topic alias resolved, QoS 2 duplicates acknowledged again, the write, the
+    /// acknowledgement with its reason code (3.1.1: always success).
+    pub(super) async fn on_publish(&mut self, mut p: Publish) -> Flow {
+        if let Some(alias) = p.properties.topic_alias() {
+            if alias == 0 || alias > TOPIC_ALIAS_MAX {
+                return Flow::Close(ReasonCode::TopicAliasInvalid);
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Flow::Close(ReasonCode::ProtocolError),
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            // No topic and no alias to stand for it: a protocol error ([MQTT-3.3.2-1], 3.3.2.3.4).
+            tracing::info!(target: "mqtt", "PUBLISH without a topic name or alias: closing");
+            return Flow::Close(ReasonCode::ProtocolError);
+        }
+        if p.topic.contains(['+', '#']) {
+            // A wildcard in a topic name is a protocol error, not a refusal ([MQTT-3.3.2-2],
+            // [MQTT-4.7.3-1]): no acknowledgement, the connection is closed (v5: DISCONNECT 0x90).
+            tracing::info!(target: "mqtt", "PUBLISH to {:?}: a wildcard in a topic name; closing", p.topic);
+            return Flow::Close(ReasonCode::TopicNameInvalid);
+        }
+        if p.qos == 2 {
+            if self.conn.qos2_received.borrow().contains(&p.packet_id) {
+                // A resend of one already applied (DUP): acknowledge, do not apply twice.
+                self.conn.send(&Packet::PubRec(Ack::new(p.packet_id, 0)));
+                return Flow::Continue;
+            }
+            if self.conn.qos2_received.borrow().len() >= usize::from(RECEIVE_MAXIMUM) {
+                return Flow::Close(ReasonCode::ReceiveMaximumExceeded);
+            }
+        }
+        let code = self.apply(&p).await;
+        let code = if self.v5() { code } else { ReasonCode::Success };
+        match p.qos {
+            1 => self
+                .conn
+                .send(&Packet::PubAck(Ack::new(p.packet_id, code.byte()))),
+            2 => {
+                if !code.is_failure() {
+                    self.conn.qos2_received.borrow_mut().insert(p.packet_id);
+                }
+                self.conn
+                    .send(&Packet::PubRec(Ack::new(p.packet_id, code.byte())));
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    /// Leaves a note of what `p` carries beyond its payload for the subscribers (see
+    /// `notes.rs`) when anyone could use it: v5 properties to pass on, a No Local subscription of
+    /// this session, or a retained publish while Retain As Published subscriptions exist.
+    fn leave_note(&self, p: &Publish, database: &str, table: &str, op: &WriteOp) -> bool {
+        let note = Note::new(&self.client_id, p.retain, p.qos, &p.properties);
+        let no_local = self
+            .conn
+            .subs
+            .borrow()
+            .iter()
+            .any(|s| s.options & NO_LOCAL != 0);
+        // Below QoS 2 the delivered QoS of a message is capped by the publish's.
+        let capped =
+            p.qos < 2 && (matches!(op, WriteOp::Message { .. }) || table == general::TABLE);
+        let wanted = !note.properties.is_empty()
+            || capped
+            || no_local
+            || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
+        if !wanted {
+            return false;
+        }
+        let (key, kind, payload) = match op {
+            WriteOp::Message { key, payload, .. } => (
+                key.clone().unwrap_or(Value::Null),
+                ChangeKind::Message,
+                Some(payload.clone()),
+            ),
+            WriteOp::Put { key: Some(key), .. } => (key.clone(), ChangeKind::Put, None),
+            WriteOp::Delete { key, .. } => (key.clone(), ChangeKind::Delete, None),
+            _ => return false,
+        };
+        let left = self
+            .shared
+            .notes
+            .leave(database, table, key, kind, payload, note);
+        if !left {
+            tracing::warn!(target: "mqtt", "{} publish notes pending; the properties of a publish to {:?} are not passed on", notes::NOTES_MAX, p.topic);
+        }
+        left
+    }
+
+    /// Applies one inbound publish through the resource layer; returns the v5 reason code.
+    async fn apply(&self, p: &Publish) -> ReasonCode {
+        // MQTT 5 §3.3.2.3.2: a payload declared UTF-8 must be.
+        let utf8_declared = p
+            .properties
+            .iter()
+            .any(|x| matches!(x, Property::PayloadFormatIndicator(1)));
+        if utf8_declared && std::str::from_utf8(&p.payload).is_err() {
+            tracing::info!(target: "mqtt", "publish to {:?} refused: payload is not the UTF-8 it declares", p.topic);
+            return ReasonCode::PayloadFormatInvalid;
+        }
+        if self.shared.general_topics {
+            let exported = PublishTopic::parse(&p.topic)
+                .is_ok_and(|t| self.shared.resources.export(t.export).is_some());
+            if !exported {
+                return self.apply_general(p).await;
+            }
+        }
+        let topic = match PublishTopic::parse(&p.topic) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(target: "mqtt", "publish to {:?} dropped: {e}", p.topic);
+                return ReasonCode::TopicNameInvalid;
+            }
+        };
+        let Some((db, table)) = self.shared.resources.export(topic.export) else {
+            tracing::info!(target: "mqtt", "publish to {:?} dropped: no export {:?}", p.topic, topic.export);
+            return ReasonCode::TopicNameInvalid;
+        };
+        let def = &table.def;
+        let id = match topic.id.map(|raw| resource::parse_id(def, raw)).transpose() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::info!(target: "mqtt", "publish to {:?} dropped: {e}", p.topic);
+                return ReasonCode::TopicNameInvalid;
+            }
+        };
+        let action = match (p.retain, &id) {
+            // docs/mqtt.md: a bare table topic needs `insert`, retained or not.
+            (_, None) => "insert",
+            (true, Some(_)) if p.payload.is_empty() => "delete",
+            _ => "update",
+        };
+        if !permitted(&self.caller, action, &def.database, &def.table) {
+            tracing::info!(target: "mqtt", "publish to {:?} dropped: not permitted", p.topic);
+            return ReasonCode::NotAuthorized;
+        }
+        match self.table_write(p, def, id) {
+            Ok(op) => self.submit(p, &db, &def.table, op).await,
+            Err(code) => code,
+        }
+    }
+
+    /// The write a permitted publish to a table makes: an empty retained publish deletes the
+    /// record, another retained one replaces it (validated, attribute rights checked), one not
+    /// retained is a message event.
+    fn table_write(
+        &self,
+        p: &Publish,
+        def: &crate::schema::TableDef,
+        id: Option<Value>,
+    ) -> Result<WriteOp, ReasonCode> {
+        let content_type = p.properties.content_type();
+        if p.retain && p.payload.is_empty() {
+            let Some(key) = id else {
+                return Err(ReasonCode::TopicNameInvalid);
+            };
+            return Ok(WriteOp::Delete {
+                table: def.table.clone(),
+                key,
+            });
+        }
+        let value = match payload::decode(&p.payload, content_type) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::info!(target: "mqtt", "publish to {:?} refused: {e}", p.topic);
+                return Err(ReasonCode::PayloadFormatInvalid);
+            }
+        };
+        if !p.retain {
+            return Ok(WriteOp::Message {
+                table: def.table.clone(),
+                key: id,
+                payload: value,
+            });
+        }
+        let mut record = payload::record(value, content_type);
+        // docs/security.md: a write touching an attribute without the right is refused.
+        let attributes = record.iter().map(|(k, _)| k);
+        let right = match id {
+            Some(_) => resource::permissions::Action::Update,
+            None => resource::permissions::Action::Insert,
+        };
+        let pk = def.primary_key.as_deref();
+        if let Err(denied) = resource::permissions::check(
+            &self.caller,
+            &def.database,
+            &def.table,
+            pk,
+            right,
+            attributes,
+        ) {
+            let names: Vec<&str> = denied
+                .required_attribute_permissions
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .chain(denied.invalid.iter().map(String::as_str))
+                .collect();
+            tracing::info!(target: "mqtt", "publish to {:?} dropped: not permitted to write {names:?}", p.topic);
+            return Err(ReasonCode::NotAuthorized);
+        }
+        if let Err(e) = resource::validate_record(def, &mut record, Validation::Full) {
+            tracing::info!(target: "mqtt", "publish to {:?} refused: {e}", p.topic);
+            return Err(ReasonCode::PayloadFormatInvalid);
+        }
+        Ok(WriteOp::Put {
+            table: def.table.clone(),
+            key: id,
+            record: Value::Object(record),
+            mode: crate::resource::PutMode::Replace,
+            expires_in_s: None,
+        })
+    }
+
+    /// Writes one publish's operation (leaving its note first); returns the v5 reason code.
+    async fn submit(
+        &self,
+        p: &Publish,
+        db: &Arc<crate::resource::Database>,
+        table: &str,
+        op: WriteOp,
+    ) -> ReasonCode {
+        let noted = self.leave_note(p, &db.name, table, &op);
+        let written = resource::write_many(db, &self.caller, vec![op]).await;
+        if noted {
+            let version = written.as_ref().ok().map(|w| w.version);
+            self.shared.notes.settle(&self.client_id, version);
+        }
+        match written {
+            Ok(_) => ReasonCode::Success,
+            Err(e) => {
+                tracing::info!(target: "mqtt", "publish to {:?} failed: {e}", p.topic);
+                match e {
+                    WriteError::Invalid(_) => ReasonCode::PayloadFormatInvalid,
+                    WriteError::Overloaded(_) => ReasonCode::QuotaExceeded,
+                    WriteError::Condition(
+                        ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate,
+                    ) => ReasonCode::NotAuthorized,
+                    _ => ReasonCode::Unspecified,
+                }
+            }
+        }
+    }
+
+    /// A publish to a general topic (`mqtt.generalTopics`, see `general.rs`): retained → the
+    /// record of the topic (expiring with the Message Expiry Interval), empty retained → delete,
+    /// otherwise a message event.
+    async fn apply_general(&self, p: &Publish) -> ReasonCode {
+        if !super::topic::general_topic_valid(&p.topic) {
+            tracing::info!(target: "mqtt", "publish to {:?} dropped: not a valid topic name", p.topic);
+            return ReasonCode::TopicNameInvalid;
+        }
+        let Some((db, _)) = self.shared.resources.table(durable::SYSTEM, general::TABLE) else {
+            return ReasonCode::Unspecified;
+        };
+        let table = general::TABLE.to_string();
+        let key = Value::String(p.topic.clone());
+        let passed_on = Note::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
+        let envelope =
+            general::Envelope::new(&p.payload, p.qos, &passed_on, crate::resource::now_ms());
+        let op = if p.retain && p.payload.is_empty() {
+            WriteOp::Delete { table, key }
+        } else if p.retain {
+            let expiry_s = p.properties.iter().find_map(|x| match x {
+                Property::MessageExpiryInterval(s) => Some(f64::from(*s)),
+                _ => None,
+            });
+            WriteOp::Put {
+                table,
+                record: envelope.to_value(Some(&p.topic)),
+                key: Some(key),
+                mode: crate::resource::PutMode::Replace,
+                expires_in_s: expiry_s,
+            }
+        } else {
+            WriteOp::Message {
+                table,
+                key: Some(key),
+                payload: envelope.to_value(None),
+            }
+        };
+        self.submit(p, &db, general::TABLE, op).await
+    }
+
+    /// Publishes a will as its client would have.
+    pub(super) async fn publish_will(&self, will: Will) {
+        let p = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            packet_id: 0,
+            properties: will.properties,
+            payload: will.payload,
+        };
+        let code = self.apply(&p).await;
+        if code.is_failure() {
+            tracing::info!(target: "mqtt", "will to {:?} not published (0x{:02x})", p.topic, code.byte());
+        }
+    }
+
+    /// After the connection ended: publishes its will now, or after its Will Delay Interval
+    /// (MQTT 5 §3.1.3.2.2: the will waits that long, or until the session ends if that comes
+    /// first, and is dropped if the client reconnects meanwhile).
+    pub(super) async fn leave_will(
+        &self,
+        will: Will,
+        shared: &Arc<MqttShared>,
+        sessions: &Rc<Sessions>,
+    ) {
+        let delay_s = will
+            .properties
+            .iter()
+            .find_map(|p| match p {
+                Property::WillDelayInterval(s) => Some(*s),
+                _ => None,
+            })
+            .unwrap_or(0)
+            .min(self.expiry_s);
+        if delay_s == 0 {
+            Box::pin(self.publish_will(will)).await;
+            return;
+        }
+        let (shared, conn, sessions) = (shared.clone(), self.conn.clone(), sessions.clone());
+        let (caller, client_id) = (self.caller.clone(), self.client_id.clone());
+        spawn(async move {
+            let delay = tidepool_io::sleep(Duration::from_secs(u64::from(delay_s)));
+            // At shutdown the will goes out now rather than never.
+            let _ = race(delay, shared.shutdown.wait()).await;
+            if shared.is_connected(&client_id) {
+                return;
+            }
+            let late = Session {
+                shared: &shared,
+                conn: &conn,
+                sessions: &sessions,
+                caller,
+                aliases: HashMap::new(),
+                client_id,
+                expiry_s: 0,
+            };
+            late.publish_will(will).await;
+        });
+    }
+}

@@ -1,0 +1,412 @@
+//! The outbound side of one connection (docs/mqtt.md): the buffer its writer task flushes, QoS ≥ 1
+//! publishes in flight and the client's receive window, the backlog waiting for it, topic
+//! aliases we assign, and the durable part of the state to store.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tidepool_io::WriteBytes;
+
+use super::codec::{self, Connect, Level, Packet, Publish};
+use super::conn::{INFLIGHT_MAX, OUT_BYTES_MAX};
+use super::connect::Kick;
+use super::dispatch::Sessions;
+use super::durable::{EventRef, Stored, StoredInflight, StoredSub, Tracker};
+use super::props::{Properties, Property};
+use super::shared::MqttShared;
+use super::subscribe::Sub;
+
+/// An outbound QoS ≥ 1 publish awaiting its acknowledgement.
+pub(super) struct Inflight {
+    /// The event it carried, for a durable session's acknowledgement position.
+    pub(super) event: Option<EventRef>,
+    /// PUBREC came (QoS 2): only PUBCOMP remains.
+    pub(super) released: bool,
+}
+
+/// A PUBLISH waiting for room in the client's receive window.
+pub(super) struct Outbound {
+    pub(super) topic: String,
+    pub(super) qos: u8,
+    pub(super) retain: bool,
+    pub(super) body: Vec<u8>,
+    /// The payload's content type, sent as Content Type (v5) unless the properties carry one;
+    /// none for general topics, whose bytes are passed on as they came.
+    pub(super) content_type: Option<&'static str>,
+    pub(super) event: Option<EventRef>,
+    /// A resend's packet id from before the reconnect (sent with DUP = 1).
+    pub(super) resend_id: Option<u16>,
+    /// v5 properties beyond Content Type: the publisher's passed on, subscription identifiers.
+    pub(super) properties: Properties,
+}
+
+/// Per-connection state shared by its reader, its writer and the core's dispatcher.
+pub(super) struct Conn {
+    pub(super) level: Level,
+    /// Set once CONNECT is accepted (for No Local).
+    pub(super) client_id: RefCell<String>,
+    pub(super) out: RefCell<Vec<u8>>,
+    pub(super) out_waker: Cell<Option<Waker>>,
+    pub(super) closing: Cell<bool>,
+    pub(super) subs: RefCell<Vec<Sub>>,
+    pub(super) next_packet_id: Cell<u16>,
+    /// Outbound QoS ≥ 1 packet ids awaiting PUBACK / PUBREC→PUBCOMP.
+    pub(super) inflight: RefCell<HashMap<u16, Inflight>>,
+    /// Inbound QoS 2 packet ids applied and awaiting PUBREL.
+    pub(super) qos2_received: RefCell<HashSet<u16>>,
+    /// QoS ≥ 1 publishes waiting, in order, for the window to open.
+    pub(super) backlog: RefCell<VecDeque<Outbound>>,
+    /// Unacknowledged QoS ≥ 1 publishes at once: the client's Receive Maximum (v5), at most
+    /// `INFLIGHT_MAX`.
+    pub(super) window: usize,
+    /// Backlog bound; past it the connection closes with `0x97` (a durable session gets the rest
+    /// from the audit log when it resumes).
+    pub(super) backlog_max: usize,
+    /// Acknowledgement positions, for durable sessions only.
+    pub(super) tracker: RefCell<Option<Tracker>>,
+    /// Per database: live events at or below this version were replayed when the session resumed.
+    pub(super) floor: RefCell<HashMap<Arc<str>, f64>>,
+    /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
+    pub(super) out_packet_bytes_max: usize,
+    /// The client's Topic Alias Maximum (v5): aliases we may assign, and those assigned.
+    pub(super) aliases_out_max: u16,
+    pub(super) aliases_out: RefCell<HashMap<String, u16>>,
+    /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
+    pub(super) overflowed: Cell<bool>,
+    /// Set when a subscription's initial state could not be read (logged): the reader closes
+    /// with `0x80` rather than leave a gap.
+    pub(super) state_failed: Cell<bool>,
+    /// A fill stopped at `STATE_CHUNKS_PER_FILL` with state left and room for it: the writer
+    /// task fills again after yielding to the core's other tasks.
+    pub(super) state_more: Cell<bool>,
+    /// When bytes last came from the client; with `keep_alive`, what the core's sweep checks.
+    pub(super) heard: Cell<Instant>,
+    pub(super) keep_alive: Cell<Option<Duration>>,
+    /// Set by the sweep when `keep_alive` passed without a packet: the kick that follows closes
+    /// with `0x8D`.
+    pub(super) expired: Cell<bool>,
+    pub(super) kick: Arc<Kick>,
+}
+
+impl Conn {
+    /// A connection's state for an accepted `connect` whose session expires after `expiry_s`
+    /// (0: ends with the connection).
+    pub(super) fn new(
+        connect: &Connect,
+        expiry_s: u32,
+        shared: &MqttShared,
+        kick: Arc<Kick>,
+    ) -> Conn {
+        let level = connect.level;
+        let out_packet_bytes_max = connect
+            .properties
+            .maximum_packet_size()
+            .map_or(usize::MAX, |n| n as usize);
+        let window = match connect.properties.receive_maximum() {
+            Some(n) if level == Level::V5 => usize::from(n).clamp(1, INFLIGHT_MAX),
+            _ => INFLIGHT_MAX,
+        };
+        Conn {
+            level,
+            client_id: RefCell::new(String::new()),
+            out: RefCell::new(Vec::new()),
+            out_waker: Cell::new(None),
+            closing: Cell::new(false),
+            subs: RefCell::new(Vec::new()),
+            next_packet_id: Cell::new(0),
+            inflight: RefCell::new(HashMap::new()),
+            qos2_received: RefCell::new(HashSet::new()),
+            backlog: RefCell::new(VecDeque::new()),
+            window,
+            // docs/realtime.md: a clean session's outbound queue holds 1,000 events; a durable one
+            // the session queue (and whatever does not fit waits in the audit log for the next
+            // resume).
+            backlog_max: if expiry_s > 0 {
+                shared.session_queue_max.max(INFLIGHT_MAX)
+            } else {
+                INFLIGHT_MAX
+            },
+            tracker: RefCell::new((expiry_s > 0).then(Tracker::default)),
+            floor: RefCell::new(HashMap::new()),
+            out_packet_bytes_max,
+            aliases_out_max: connect
+                .properties
+                .iter()
+                .find_map(|p| match p {
+                    Property::TopicAliasMaximum(n) => Some(*n),
+                    _ => None,
+                })
+                .unwrap_or(0),
+            aliases_out: RefCell::new(HashMap::new()),
+            overflowed: Cell::new(false),
+            state_failed: Cell::new(false),
+            state_more: Cell::new(false),
+            heard: Cell::new(Instant::now()),
+            keep_alive: Cell::new(None),
+            expired: Cell::new(false),
+            kick,
+        }
+    }
+
+    pub(super) fn send(&self, packet: &Packet) {
+        let mut out = self.out.borrow_mut();
+        codec::encode(packet, self.level, &mut out);
+        drop(out);
+        self.wake_writer();
+    }
+
+    pub(super) fn wake_writer(&self) {
+        if let Some(w) = self.out_waker.take() {
+            w.wake();
+        }
+        // A dispatcher-side overflow must end the reader too.
+        if self.overflowed.get() {
+            self.kick.kick();
+        }
+    }
+
+    pub(super) fn overflow(&self) -> bool {
+        self.overflowed.set(true);
+        self.wake_writer();
+        false
+    }
+
+    /// A packet id not in flight (the window keeps fewer than 65,535 in flight).
+    pub(super) fn free_packet_id(&self) -> u16 {
+        let inflight = self.inflight.borrow();
+        let mut id = self.next_packet_id.get();
+        loop {
+            id = id.checked_add(1).unwrap_or(1);
+            if !inflight.contains_key(&id) {
+                self.next_packet_id.set(id);
+                return id;
+            }
+        }
+    }
+
+    /// Queues one PUBLISH; false if a bound was hit (QoS 0: dropped; QoS ≥ 1: the connection is
+    /// marked to close with `0x97`).
+    pub(super) fn publish(&self, o: Outbound) -> bool {
+        if self.out.borrow().len() > OUT_BYTES_MAX {
+            return if o.qos > 0 { self.overflow() } else { false };
+        }
+        if o.qos == 0 {
+            self.write_publish(o, 0, false);
+            return true;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        if !backlog.is_empty() || self.inflight.borrow().len() >= self.window {
+            if backlog.len() >= self.backlog_max {
+                drop(backlog);
+                return self.overflow();
+            }
+            backlog.push_back(o);
+            return true;
+        }
+        drop(backlog);
+        self.send_acknowledged(o);
+        true
+    }
+
+    /// Sends a QoS ≥ 1 publish now, remembering it until acknowledged.
+    pub(super) fn send_acknowledged(&self, o: Outbound) {
+        let resend = o
+            .resend_id
+            .filter(|id| !self.inflight.borrow().contains_key(id));
+        let packet_id = resend.unwrap_or_else(|| self.free_packet_id());
+        let event = o.event.clone();
+        if !self.write_publish(o, packet_id, resend.is_some()) {
+            // Too large for the client: discarded as if sent, so it must not hold a position.
+            if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+                t.acked(event);
+            }
+            return;
+        }
+        if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+            t.sent(event);
+        }
+        self.inflight.borrow_mut().insert(
+            packet_id,
+            Inflight {
+                event,
+                released: false,
+            },
+        );
+    }
+
+    /// Encodes and buffers one PUBLISH; false when it exceeds the client's Maximum Packet Size
+    /// (MQTT 5 §3.1.2.11.4: such a packet is discarded as if sent).
+    pub(super) fn write_publish(&self, o: Outbound, packet_id: u16, dup: bool) -> bool {
+        let mut properties = Properties::default();
+        if self.level == Level::V5 {
+            // The publisher's own Content Type wins over the encoding's.
+            if let (None, Some(ct)) = (o.properties.content_type(), o.content_type) {
+                properties.push(Property::ContentType(ct.to_string()));
+            }
+            properties.0.extend(o.properties.0);
+        }
+        // Server-assigned topic aliases (MQTT 5 §3.3.2.3.4), up to the client's maximum: the
+        // first PUBLISH on a topic sets its alias, later ones send the alias alone.
+        let mut topic = o.topic;
+        let mut new_alias = None;
+        if self.level == Level::V5 && self.aliases_out_max > 0 {
+            let aliases = self.aliases_out.borrow();
+            match aliases.get(&topic) {
+                Some(alias) => {
+                    properties.push(Property::TopicAlias(*alias));
+                    topic = String::new();
+                }
+                None if aliases.len() < usize::from(self.aliases_out_max) => {
+                    let alias = aliases.len() as u16 + 1;
+                    properties.push(Property::TopicAlias(alias));
+                    new_alias = Some((topic.clone(), alias));
+                }
+                None => {}
+            }
+        }
+        let packet = Packet::Publish(Publish {
+            dup,
+            qos: o.qos,
+            retain: o.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: o.body,
+        });
+        let mut encoded = Vec::new();
+        codec::encode(&packet, self.level, &mut encoded);
+        if encoded.len() > self.out_packet_bytes_max {
+            return false;
+        }
+        if let Some((topic, alias)) = new_alias {
+            self.aliases_out.borrow_mut().insert(topic, alias);
+        }
+        self.out.borrow_mut().extend_from_slice(&encoded);
+        self.wake_writer();
+        true
+    }
+
+    /// Sends backlogged publishes while the window has room.
+    pub(super) fn pump(&self) {
+        while self.inflight.borrow().len() < self.window {
+            let Some(o) = self.backlog.borrow_mut().pop_front() else {
+                return;
+            };
+            self.send_acknowledged(o);
+        }
+    }
+
+    /// PUBACK or PUBCOMP: the exchange for `packet_id` is over. False if it was not in flight.
+    pub(super) fn completed(&self, packet_id: u16) -> bool {
+        let Some(done) = self.inflight.borrow_mut().remove(&packet_id) else {
+            return false;
+        };
+        if let (false, Some(event), Some(t)) = (
+            done.released,
+            &done.event,
+            self.tracker.borrow_mut().as_mut(),
+        ) {
+            t.acked(event);
+        }
+        self.pump();
+        true
+    }
+
+    /// PUBREC: the client has the QoS 2 message; it counts as delivered. False if unknown.
+    pub(super) fn received(&self, packet_id: u16) -> bool {
+        let mut inflight = self.inflight.borrow_mut();
+        let Some(f) = inflight.get_mut(&packet_id) else {
+            return false;
+        };
+        if !f.released {
+            f.released = true;
+            if let (Some(event), Some(t)) = (&f.event, self.tracker.borrow_mut().as_mut()) {
+                t.acked(event);
+            }
+        }
+        true
+    }
+
+    /// The durable part of this connection's state, to store.
+    pub(super) fn stored(&self, expiry_s: u32) -> Stored {
+        Stored {
+            subs: self
+                .subs
+                .borrow()
+                .iter()
+                .map(|s| StoredSub {
+                    filter: s.filter.as_str().to_string(),
+                    qos: s.qos,
+                    since: s.since,
+                    options: s.options,
+                    identifier: s.identifier,
+                })
+                .collect(),
+            tracker: self.tracker.borrow().clone().unwrap_or_default(),
+            inflight: self
+                .inflight
+                .borrow()
+                .iter()
+                .filter_map(|(id, f)| {
+                    Some(StoredInflight {
+                        packet_id: *id,
+                        event: f.event.clone()?,
+                        released: f.released,
+                    })
+                })
+                .collect(),
+            qos2_received: self.qos2_received.borrow().iter().copied().collect(),
+            expiry_s,
+        }
+    }
+}
+
+/// Owns the connection's write half: sends what the session queued in `conn.out`, in order.
+pub(super) async fn write_loop<W: WriteBytes>(
+    mut writer: W,
+    conn: Rc<Conn>,
+    sessions: Rc<Sessions>,
+) {
+    let mut spare = Vec::new();
+    loop {
+        let mut batch = poll_fn(|cx| {
+            if conn.state_more.take() {
+                conn.fill_state(&sessions);
+            }
+            let mut out = conn.out.borrow_mut();
+            if !out.is_empty() {
+                spare.clear();
+                std::mem::swap(&mut *out, &mut spare);
+                return Poll::Ready(Some(std::mem::take(&mut spare)));
+            }
+            if conn.closing.get() {
+                return Poll::Ready(None);
+            }
+            if conn.state_more.get() {
+                cx.waker().wake_by_ref(); // yield, then read more state
+                return Poll::Pending;
+            }
+            conn.out_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        let Some(bytes) = batch.take() else {
+            break;
+        };
+        let (result, bytes) = writer.write_all(bytes).await;
+        spare = bytes;
+        if result.is_err() {
+            conn.closing.set(true);
+            conn.kick.kick();
+            return;
+        }
+        // The client took what was queued: room for more of a streaming initial state.
+        conn.fill_state(&sessions);
+    }
+    let _ = writer.shutdown_write().await;
+}

@@ -1,0 +1,141 @@
+//! What every core's MQTT connections share (docs/mqtt.md): the resources, limits from the
+//! configuration, the connected client ids for takeover, the export names of tables, publish
+//! notes and shared subscription groups.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tidepool_io::Shutdown;
+
+use super::codec;
+use super::connect::Kick;
+use super::durable;
+use super::general;
+use super::notes::Notes;
+use super::share::Groups;
+use crate::resource::Resources;
+
+/// What every core's MQTT connections share.
+pub struct MqttShared {
+    pub resources: Arc<Resources>,
+    /// `http.maxBodySize` (docs/mqtt.md), capped at MQTT's own maximum.
+    pub packet_bytes_max: usize,
+    pub require_authentication: bool,
+    pub shutdown: Shutdown,
+    /// Connected client ids on any core, for takeover.
+    pub(super) clients: Mutex<HashMap<String, Arc<Kick>>>,
+    /// (database, table) → export name, to name topics of committed changes.
+    pub(super) exports: HashMap<(String, String), String>,
+    pub(super) next_client: AtomicU64,
+    /// A version at or above every commit made before the cores started: where each core's
+    /// dispatch position starts (see [`Sessions::since`]).
+    pub(super) start_version: f64,
+    /// `mqtt.sessionQueueMax` (docs/configuration.md): messages a resumed durable session gets at most.
+    pub session_queue_max: usize,
+    /// What publishes in flight carry beyond their payload.
+    pub(super) notes: Notes,
+    /// Set once any session subscribed with Retain As Published: retained publishes leave notes.
+    pub(super) retain_as_published: AtomicBool,
+    /// Shared subscription groups.
+    pub(super) groups: Groups,
+    /// `mqtt.generalTopics`: topics outside tables are served (see `general.rs`).
+    pub general_topics: bool,
+    /// `mqtt.maxKeepAlive` in seconds (0: none): a v5 client asking for more, or for no keep
+    /// alive, is told this as Server Keep Alive (MQTT 5 §3.2.2.3.14) and held to it.
+    pub keep_alive_max_s: u16,
+    /// The empty export name general topics go by.
+    pub(super) general_export: String,
+}
+
+impl MqttShared {
+    pub fn new(
+        resources: Arc<Resources>,
+        packet_bytes_max: usize,
+        require_authentication: bool,
+        shutdown: Shutdown,
+    ) -> Self {
+        let exports = resources
+            .app
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let name = t.export.clone()?;
+                Some(((t.database.clone(), t.table.clone()), name))
+            })
+            .collect();
+        MqttShared {
+            // MQTT 5 allows Maximum Packet Size up to the remaining-length ceiling.
+            packet_bytes_max: packet_bytes_max.min(codec::REMAINING_BYTES_MAX),
+            require_authentication,
+            shutdown,
+            clients: Mutex::new(HashMap::new()),
+            session_queue_max: resources
+                .config_tree
+                .get("mqtt.sessionQueueMax")
+                .and_then(|v| v.as_u64())
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(durable::SESSION_QUEUE_MAX_DEFAULT),
+            start_version: resources.store.clock().next(),
+            notes: Notes::new(resources.config.threads),
+            retain_as_published: AtomicBool::new(false),
+            groups: Groups::default(),
+            general_export: String::new(),
+            general_topics: resources
+                .config_tree
+                .get("mqtt.generalTopics")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            keep_alive_max_s: resources
+                .config_tree
+                .get("mqtt.maxKeepAlive")
+                .and_then(|v| v.as_u64())
+                .map_or(0, |n| u16::try_from(n).unwrap_or(u16::MAX)),
+            resources,
+            exports,
+            next_client: AtomicU64::new(1),
+        }
+    }
+
+    /// Where each core's dispatch position starts (see [`Sessions::new`]).
+    pub fn start_version(&self) -> f64 {
+        self.start_version
+    }
+
+    /// The export a table of `database` is published under; general topics' table is the
+    /// export `""` (its ids are whole topics) when `mqtt.generalTopics` is on.
+    pub(super) fn export_of(&self, database: &str, table: &str) -> Option<&String> {
+        if self.general_topics && database == durable::SYSTEM && table == general::TABLE {
+            return Some(&self.general_export);
+        }
+        self.exports.get(&(database.to_string(), table.to_string()))
+    }
+
+    /// Whether a connection holds client id `id` now.
+    pub(super) fn is_connected(&self, id: &str) -> bool {
+        self.clients.lock().is_ok_and(|c| c.contains_key(id))
+    }
+
+    /// Registers `id` as connected, kicking whoever held it (docs/mqtt.md takeover); returns the
+    /// kicked connection's handle so the caller can wait for it to store its session.
+    pub(super) fn claim(&self, id: &str, kick: Arc<Kick>) -> Option<Arc<Kick>> {
+        let old = self
+            .clients
+            .lock()
+            .ok()
+            .and_then(|mut c| c.insert(id.to_string(), kick));
+        if let Some(old) = &old {
+            old.kick();
+        }
+        old
+    }
+
+    pub(super) fn release(&self, id: &str, kick: &Arc<Kick>) {
+        if let Ok(mut c) = self.clients.lock() {
+            if c.get(id).is_some_and(|k| Arc::ptr_eq(k, kick)) {
+                c.remove(id);
+            }
+        }
+        kick.released.store(true, Ordering::Release);
+    }
+}
