@@ -33,7 +33,8 @@ fn app() -> tempfile::TempDir {
     dir
 }
 
-/// A port free on each of the loopback addresses the nodes use (checked by binding them all).
+/// A port free on each of the loopback addresses the nodes (127.0.0.1–4) and the test proxies
+/// (127.0.0.5–6) use, checked by binding them all.
 fn free_port() -> u16 {
     for _ in 0..100 {
         let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0")
@@ -42,14 +43,14 @@ fn free_port() -> u16 {
         else {
             continue;
         };
-        let held: Vec<_> = (1..=4)
+        let held: Vec<_> = (1..=6)
             .map(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")))
             .collect();
         if held.iter().all(Result::is_ok) {
             return port;
         }
     }
-    panic!("no port free on 127.0.0.1-4");
+    panic!("no port free on 127.0.0.1-6");
 }
 
 struct Node {
@@ -1430,4 +1431,194 @@ fn a_wiped_node_restarted_under_its_name_keeps_every_write() {
         let sa = checksum(&a);
         sa == checksum(&b) && sa == checksum(&c)
     });
+}
+
+/// A loopback TCP proxy in front of one node's replication port that can be paused: it then
+/// stops forwarding in both directions (and holds new connections) without closing anything,
+/// which to the nodes looks like a network partition.
+struct Proxy {
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn new(listen: &str, upstream: &str) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind(listen).expect("proxy bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_string();
+        let (p, st) = (paused.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Acquire) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let (p, st, upstream) = (p.clone(), st.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    // A connection made during the pause waits for the heal.
+                    while p.load(Ordering::Acquire) && !st.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let _ = client.set_nonblocking(false);
+                    let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    for (from, to) in [
+                        (client.try_clone(), server.try_clone()),
+                        (server.try_clone(), client.try_clone()),
+                    ] {
+                        let (Ok(from), Ok(to)) = (from, to) else {
+                            return;
+                        };
+                        let (p, st) = (p.clone(), st.clone());
+                        std::thread::spawn(move || pump(from, to, &p, &st));
+                    }
+                });
+            }
+        });
+        Proxy { paused, stop }
+    }
+
+    fn pause(&self, on: bool) {
+        self.paused.store(on, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Copies `from` to `to` until either ends, reading nothing while `paused`.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    paused: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 << 10];
+    while !stop.load(Ordering::Acquire) {
+        if paused.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// `node`'s `/metrics` sample `tidepool_replication_connected` for `peer`'s `data` socket.
+fn connected_metric(node: &Node, peer: &str) -> Option<f64> {
+    let url = format!("{}metrics", node.server.ops_url());
+    let text = ureq::get(&url).call().ok()?.into_string().ok()?;
+    let prefix = format!("tidepool_replication_connected{{peer=\"{peer}\",database=\"data\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// docs/replication.md "Link liveness": a 10 s partition (two pausable proxies carry the only
+/// links between A and B) shows `connected: false` on both sides within the heartbeat timeout,
+/// in `cluster_status` and `/metrics`, logged at warn; after the heal the links come back and
+/// what each side wrote meanwhile reaches the other within 2 s plus its transfer time.
+#[test]
+fn a_partition_is_seen_within_the_heartbeat_timeout_and_catch_up_follows_the_heal() {
+    const INTERVAL_MS: u64 = 1000;
+    const TIMEOUT_MS: u64 = 3000;
+    let app = app();
+    let port = free_port();
+    // A and B announce the proxies as their addresses, so every dial between them (routes and
+    // gossip) goes through one.
+    let _to_a = Proxy::new(&format!("127.0.0.5:{port}"), &format!("127.0.0.1:{port}"));
+    let _to_b = Proxy::new(&format!("127.0.0.6:{port}"), &format!("127.0.0.2:{port}"));
+    let node = |name: &str, ip: &str, proxy: &str, routes: &[&str]| {
+        let extra = [
+            ("--REPLICATION_URL", format!("ws://{proxy}:{port}")),
+            ("--REPLICATION_HEARTBEATINTERVAL", INTERVAL_MS.to_string()),
+            ("--REPLICATION_HEARTBEATTIMEOUT", TIMEOUT_MS.to_string()),
+        ];
+        start_with(&app, name, ip, port, routes, None, Link::Plain, &extra)
+    };
+    let a = node("node-a", "127.0.0.1", "127.0.0.5", &["127.0.0.6"]);
+    let b = node("node-b", "127.0.0.2", "127.0.0.6", &[]);
+    wait_mesh(&[&a, &b]);
+    put(&a, "/Dog/pre", json!({"name": "before the cut"}));
+    wait_until("the first write on B", Duration::from_secs(10), || {
+        dog_name(&b, "pre").is_some()
+    });
+    assert_eq!(connected_metric(&a, "node-b"), Some(1.0));
+
+    let cut = Instant::now();
+    _to_a.pause(true);
+    _to_b.pause(true);
+    let mut seen: BTreeMap<&str, Duration> = BTreeMap::new();
+    while seen.len() < 2 && cut.elapsed() < Duration::from_secs(10) {
+        for (n, peer) in [(&a, "node-b"), (&b, "node-a")] {
+            if !seen.contains_key(n.name.as_str())
+                && !connected_to(n, peer)
+                && connected_metric(n, peer) == Some(0.0)
+            {
+                seen.insert(n.name.as_str(), cut.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("partition seen after {seen:?} (heartbeat timeout {TIMEOUT_MS} ms)");
+    assert_eq!(seen.len(), 2, "not both sides saw the partition: {seen:?}");
+    // Within the timeout, plus what polling and a loaded machine add.
+    let limit = Duration::from_millis(TIMEOUT_MS + 1500);
+    assert!(seen.values().all(|d| *d <= limit), "{seen:?} > {limit:?}");
+    for n in [&a, &b] {
+        let log =
+            std::fs::read_to_string(n.server.root.path().join("log/hdb.log")).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("[warn]") && l.contains("nothing heard from")),
+            "{}: no warning about the silent link",
+            n.name
+        );
+    }
+    // Both sides write while cut off.
+    for i in 0..100 {
+        put(&a, &format!("/Dog/a{i}"), json!({"name": format!("a{i}")}));
+        put(&b, &format!("/Dog/b{i}"), json!({"name": format!("b{i}")}));
+    }
+    assert_eq!(dog_name(&b, "a99"), None, "the cut let A's write through");
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
+    _to_a.pause(false);
+    _to_b.pause(false);
+    let healed = Instant::now();
+    wait_until("catch-up after the heal", Duration::from_secs(20), || {
+        dog_name(&b, "a99").is_some() && dog_name(&a, "b99").is_some()
+    });
+    let took = healed.elapsed();
+    eprintln!("caught up {took:?} after the heal (200 small records missed)");
+    // 2 s, plus the transfer of 200 small records (well under a second on loopback).
+    assert!(took <= Duration::from_secs(3), "catch-up took {took:?}");
+    wait_until("A and B agree", Duration::from_secs(10), || {
+        checksum(&a) == checksum(&b)
+    });
+    assert!(connected_to(&a, "node-b") && connected_to(&b, "node-a"));
 }

@@ -365,7 +365,7 @@ impl ConfigTree {
     }
 
     /// Milliseconds, or a duration string such as `30s`, `5m`, `1d`.
-    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+    pub(crate) fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
         match self.get(key) {
             Some(Yaml::Number(n)) => n
                 .as_u64()

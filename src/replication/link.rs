@@ -37,10 +37,9 @@ const INBOX_MAX: usize = 1024;
 const APPLY_PENDING_MAX: usize = 512;
 /// `ACK`s are batched over this long (SPEC: ≤ 50 ms).
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-/// A link that hears nothing (not even a `PONG`) for this long is dead: it closes, and the
-/// dialler reconnects (a peer that vanished without a FIN, a cut that outlasts TCP).
-const SILENCE_MAX: Duration = Duration::from_secs(3 * 30 + 5);
+// Liveness (docs/replication.md "Link liveness"): a `PING` every `replication.heartbeatInterval`;
+// a link that hears nothing (not even a `PONG`) for `replication.heartbeatTimeout` is dead: a
+// peer that vanished without a FIN, a partition that TCP would only notice after minutes.
 /// Subscriptions and relays are re-checked this often.
 const MAINTAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// A blocked write fails after this and closes the link.
@@ -58,6 +57,8 @@ pub enum LinkError {
     Protocol(String),
     /// Closed on purpose (BYE, duplicate, stop).
     Closed(String),
+    /// Nothing heard from the peer for this long (`replication.heartbeatTimeout`).
+    Silent(Duration),
 }
 
 impl std::fmt::Display for LinkError {
@@ -66,6 +67,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Ws(e) => e.fmt(f),
             LinkError::Protocol(m) => write!(f, "protocol: {m}"),
             LinkError::Closed(m) => write!(f, "closed: {m}"),
+            LinkError::Silent(d) => write!(f, "nothing heard for {} ms", d.as_millis()),
         }
     }
 }
@@ -213,7 +215,9 @@ pub fn run(
     };
     let mut reader = ws::MessageReader::new(reader, sender, MESSAGE_BYTES_MAX);
     let hello = read_hello(&mut reader, &out, &limits)?;
-    socket.set_read_timeout(None)?;
+    // The reader gives up after a heartbeat timeout of silence (below).
+    let heartbeat_timeout = repl.settings.heartbeat_timeout;
+    socket.set_read_timeout(Some(heartbeat_timeout))?;
     let peer = check_peer(repl, &out, &hello, &me, &identity, dialled)?;
     let peer_url = hello
         .get("url")
@@ -278,13 +282,19 @@ pub fn run(
         may_sign: matches!(&identity, Identity::User(u) if u.super_user),
         exchange: None,
     };
-    // The reader thread hands whole messages over; it ends when the socket does.
+    // The reader thread hands whole messages over; it ends when the socket does. A read that
+    // times out means a heartbeat timeout of silence: it shuts the socket down at once, which
+    // also frees a control loop or sender blocked writing into the dead connection.
     let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
     let reader_stop = stop.clone();
+    let reader_socket = socket.try_clone()?;
     let _ = std::thread::Builder::new()
         .name(format!("repl-read-{peer}"))
         .spawn(move || loop {
             let m = reader.read();
+            if m.as_ref().is_err_and(is_timeout) {
+                let _ = reader_socket.shutdown(std::net::Shutdown::Both);
+            }
             let end = m.is_err();
             if tx.send(m).is_err() || end || reader_stop.load(Ordering::Acquire) {
                 return;
@@ -309,8 +319,25 @@ pub fn run(
     }
     let _ = socket.shutdown(std::net::Shutdown::Both);
     repl.unregister(&peer, link_id);
-    tracing::info!("replication: link with {peer} closed");
+    if let Err(LinkError::Silent(d)) = &result {
+        repl.links_timed_out.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "replication: nothing heard from {peer} for {} ms (replication.heartbeatTimeout); \
+             link closed, redialling",
+            d.as_millis()
+        );
+    } else {
+        tracing::info!("replication: link with {peer} closed");
+    }
     result
+}
+
+/// A read that ended because the socket's read timeout passed.
+fn is_timeout(e: &WsError) -> bool {
+    matches!(e, WsError::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
 }
 
 /// The WebSocket handshake: as the client when we dialled, else as the server, where a secure
@@ -516,18 +543,22 @@ impl Control {
         let mut next_maintain = Instant::now();
         let mut next_ping = Instant::now();
         let mut heard = Instant::now();
+        let (interval, timeout) = (
+            self.repl.settings.heartbeat_interval,
+            self.repl.settings.heartbeat_timeout,
+        );
         loop {
             if self.stop.load(Ordering::Acquire) || self.repl.stopping() {
                 return Err(LinkError::Closed("stopped".into()));
             }
             let received = rx.recv_timeout(Duration::from_millis(10));
+            if matches!(&received, Ok(Err(e)) if is_timeout(e)) {
+                return Err(LinkError::Silent(timeout));
+            }
             if received.is_ok() {
                 heard = Instant::now();
-            } else if heard.elapsed() > SILENCE_MAX {
-                return Err(LinkError::Closed(format!(
-                    "nothing heard for {} s",
-                    SILENCE_MAX.as_secs()
-                )));
+            } else if heard.elapsed() > timeout {
+                return Err(LinkError::Silent(timeout));
             }
             match received {
                 Ok(Ok(Incoming::Binary(frame))) => match message::decode(&frame, &self.limits) {
@@ -563,7 +594,7 @@ impl Control {
                 self.last_ping = Some((now_i, t));
                 self.out
                     .send("PING", object(vec![("t", Value::Float(t))]))?;
-                next_ping = now_i + PING_INTERVAL;
+                next_ping = now_i + interval;
             }
         }
     }
