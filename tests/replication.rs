@@ -1204,13 +1204,7 @@ fn a_peer_behind_a_pruned_audit_log_gets_a_snapshot() {
     let port = free_port();
     let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2"], None);
     let mut b = start(&app, "node-b", "127.0.0.2", port, &[], None);
-    wait_mesh(&[&a, &b]);
-    put(&a, "/Dog/seen", json!({"name": "seen by b"}));
-    wait_until("the first write on B", Duration::from_secs(10), || {
-        dog_name(&b, "seen").is_some()
-    });
-    b.server.signal(libc_sigkill());
-    let _ = b.server.wait_exit(Duration::from_secs(5));
+    see_then_kill(&a, &mut b);
     // While B is away: a transaction over both tables, then one over Dog alone; then Dog's
     // audit entries pruned, which leaves the first with Cat's entry only and the second empty.
     let (status, reply) = op(
@@ -1250,6 +1244,17 @@ fn a_peer_behind_a_pruned_audit_log_gets_a_snapshot() {
     wait_until("a later write on B", Duration::from_secs(10), || {
         dog_name(&b, "after").is_some()
     });
+}
+
+/// Once A and B are linked: a first write on A that B gets, then B killed (SIGKILL).
+fn see_then_kill(a: &Node, b: &mut Node) {
+    wait_mesh(&[a, b]);
+    put(a, "/Dog/seen", json!({"name": "seen by b"}));
+    wait_until("the first write on B", Duration::from_secs(10), || {
+        dog_name(b, "seen").is_some()
+    });
+    b.server.signal(libc_sigkill());
+    let _ = b.server.wait_exit(Duration::from_secs(5));
 }
 
 /// Names in `system.hdb_certificate` on `node`.
@@ -1621,4 +1626,63 @@ fn a_partition_is_seen_within_the_heartbeat_timeout_and_catch_up_follows_the_hea
         checksum(&a) == checksum(&b)
     });
     assert!(connected_to(&a, "node-b") && connected_to(&b, "node-a"));
+}
+
+/// The total of "N transactions … trimmed" lines for database `db` in `node`'s log.
+fn trimmed_in_log(node: &Node, db: &str) -> u64 {
+    let log =
+        std::fs::read_to_string(node.server.root.path().join("log/hdb.log")).unwrap_or_default();
+    let prefix = format!("audit log of {db}: ");
+    log.lines()
+        .filter(|l| l.contains("older than logging.auditRetention trimmed"))
+        .filter_map(|l| l.split_once(prefix.as_str()))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// docs/replication.md "Pruned audit log": `logging.auditRetention` trims the audit log in the
+/// writer's idle time; a peer away longer than the retention rejoins through a snapshot (the
+/// moment logged by the sender) and converges.
+#[test]
+fn a_peer_away_longer_than_the_audit_retention_rejoins_by_snapshot() {
+    let app = app();
+    let port = free_port();
+    let retention = [("--LOGGING_AUDITRETENTION", "2s".to_string())];
+    let node = |name: &str, ip: &str, routes: &[&str], root: Option<tempfile::TempDir>| {
+        start_with(&app, name, ip, port, routes, root, Link::Tls, &retention)
+    };
+    let a = node("node-a", "127.0.0.1", &["127.0.0.2"], None);
+    let mut b = node("node-b", "127.0.0.2", &[], None);
+    see_then_kill(&a, &mut b);
+    let trimmed_before = trimmed_in_log(&a, "data");
+    for i in 0..50 {
+        put(
+            &a,
+            &format!("/Dog/away{i}"),
+            json!({"name": format!("away{i}")}),
+        );
+    }
+    // Every one of them but the newest (kept: it holds the highest version) leaves the log.
+    wait_until(
+        "A trims the writes B missed",
+        Duration::from_secs(20),
+        || trimmed_in_log(&a, "data") >= trimmed_before + 49,
+    );
+    let root_b = std::mem::replace(&mut b.server.root, tempfile::tempdir().expect("tmp"));
+    drop(b);
+    let b = node("node-b", "127.0.0.2", &[], Some(root_b));
+    wait_until("B has every record A has", Duration::from_secs(30), || {
+        let sa = checksum(&a);
+        sa.len() >= 51 && sa == checksum(&b)
+    });
+    let log = std::fs::read_to_string(a.server.root.path().join("log/hdb.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("no longer reaches") && l.contains("sending a delta snapshot")),
+        "A did not log the snapshot for B"
+    );
+    put(&a, "/Dog/after", json!({"name": "after"}));
+    wait_until("a later write on B", Duration::from_secs(10), || {
+        dog_name(&b, "after").is_some()
+    });
 }

@@ -535,6 +535,8 @@ pub struct LoggingConfig {
     pub path: PathBuf,
     pub file: bool,
     pub std_streams: bool,
+    /// `logging.auditRetention`: audit transactions older than this are trimmed; 0 keeps all.
+    pub audit_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -731,6 +733,7 @@ impl Config {
                 path: log_path,
                 file: tree.bool("logging.file")?,
                 std_streams: tree.bool("logging.stdStreams")?,
+                audit_retention: tree.duration("logging.auditRetention")?,
             },
             storage: StorageConfig {
                 path: resolve(

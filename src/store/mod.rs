@@ -136,6 +136,9 @@ pub struct StoreOptions {
     pub queue_max: usize,
     /// A request that waited this long in the queue is refused with 503.
     pub queue_time_max: Duration,
+    /// `logging.auditRetention`: the writer trims audit transactions older than this in its
+    /// idle time (`prune.rs`); None keeps the whole log.
+    pub audit_retention: Option<Duration>,
     pub map_bytes: usize,
     /// This node's id in record headers: [`node_id_of`] the name.
     pub node_id: u32,
@@ -151,6 +154,7 @@ impl StoreOptions {
             commit_batch_max: 1024,
             queue_max: 65_536,
             queue_time_max: Duration::from_secs(45),
+            audit_retention: None,
             map_bytes: MAP_BYTES_DEFAULT,
             node_id: node_id_of("local"),
             node_name: "local".into(),
