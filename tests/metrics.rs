@@ -90,6 +90,23 @@ fn metrics_parse_and_move_under_load() {
             .unwrap_or(0.0)
             > 0.0
     );
+    // Answers by route and status class, their latency, the real-time and process families.
+    let rest_2xx = |s: &HashMap<String, f64>| {
+        s.get("tidepool_http_responses_total|route=rest,status=2xx")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert!(rest_2xx(&after) >= rest_2xx(&before) + 20.0, "{after:?}");
+    let _ = ureq::get(&server.url("/NoSuchTable/1")).call();
+    let later = parse(&ureq::get(&url).call().unwrap().into_string().unwrap());
+    assert!(later["tidepool_http_responses_total|route=not_found,status=4xx"] >= 1.0);
+    assert!(later["tidepool_http_request_duration_seconds_count|route=rest"] >= 20.0);
+    assert!(later["tidepool_http_request_duration_seconds_bucket|le=+Inf,route=rest"] >= 20.0);
+    assert!(later["process_resident_memory_bytes|"] > 1e6);
+    assert!(later["process_open_fds|"] >= 3.0);
+    assert!(later["process_cpu_seconds_total|"] > 0.0);
+    assert!(later.contains_key("tidepool_pubsub_subscriptions|core=0"));
+    assert!(later.contains_key("tidepool_pubsub_events_dropped_total|core=1"));
     // Not on the REST port.
     assert_eq!(
         ureq::get(&server.url("/metrics"))
@@ -191,4 +208,36 @@ fn metrics_need_a_super_user_unless_the_peer_is_loopback() {
     );
     assert_eq!(metrics_from(&server, other, Some(&admin)), 200);
     assert_eq!(metrics_from(&server, loopback, None), 200);
+}
+
+/// deploy/grafana-dashboard.json queries only families `/metrics` exports (docs/metrics.md).
+#[test]
+fn grafana_dashboard_uses_exported_families() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_path("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10);
+    let server = Server::start();
+    let _ = ureq::put(&server.url("/Dog/1")).send_string(r#"{"name":"g"}"#);
+    let url = format!("http://{}/metrics", server.ops);
+    let samples = parse(&ureq::get(&url).call().unwrap().into_string().unwrap());
+    for expr in &exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("tidepool_") || w.starts_with("process_"));
+        for name in names {
+            assert!(
+                samples.keys().any(|k| k.starts_with(&format!("{name}|"))),
+                "{name} (in {expr:?}) is not exported"
+            );
+        }
+    }
 }

@@ -134,7 +134,7 @@ fn bad_inputs_answer_4xx_with_the_spec_messages() {
         (json_ct, br#"{"operation":"read_audit_log","table":"dog","database":"dev","search_type":"x"}"#.to_vec(), 400, "search_type"),
         (json_ct, br#"{"operation":"sql"}"#.to_vec(), 400, "The 'sql' parameter is missing from the request body"),
         (json_ct, br#"{"operation":"sql","sql":"SELEC 1"}"#.to_vec(), 400, "Invalid SQL at: SELEC 1"),
-        (json_ct, br#"{"operation":"sql","sql":"SELECT SEARCH_JSON('a', 1)"}"#.to_vec(), 501, "is not implemented by this server yet"),
+        (json_ct, br#"{"operation":"sql","sql":"SELECT NO_SUCH_FUNCTION(1)"}"#.to_vec(), 501, "unknown SQL function NO_SUCH_FUNCTION()"),
         (json_ct, br#"{"operation":"get_analytics"}"#.to_vec(), 501, "Operation 'get_analytics' is not supported by this server"),
         (json_ct, br#"{"operation":"deploy_component"}"#.to_vec(), 501, "not supported"),
         (json_ct, br#"{"operation":"csv_data_load","database":"dev","table":"dog"}"#.to_vec(), 400, "'data' is required"),

@@ -14,23 +14,7 @@ use common::{Rng, Server};
 use serde_json::{json, Map, Value};
 
 fn post(server: &Server, auth: Option<&str>, body: &Value) -> (u16, Value) {
-    let mut req = ureq::post(&server.ops_url())
-        .timeout(Duration::from_secs(60))
-        .set("Content-Type", "application/json");
-    if let Some(a) = auth {
-        req = req.set("Authorization", a);
-    }
-    let resp = match req.send_string(&body.to_string()) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("POST {body}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    common::ops_post(server, auth, body)
 }
 
 fn ok(server: &Server, body: Value) -> Value {
@@ -493,7 +477,23 @@ fn writes_answer_like_harperdb_are_audited_and_reach_subscribers() {
     assert_eq!(status, 404);
     let (status, _) = sql(&server, "DROP TABLE dev.w");
     assert_eq!(status, 400);
-    let (status, reply) = sql(&server, "SELECT geoDifference(name, name) FROM dev.w");
+    // As HarperDB: a SELECT names each table's database; an unquoted AlaSQL reserved word
+    // cannot name a table or column (backticks can).
+    let (status, reply) = sql(&server, "SELECT * FROM w");
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (400, Some("schema not defined for table w"))
+    );
+    let (status, reply) = sql(&server, "select * from call.aggr");
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (400, Some("Invalid SQL at: select * from call.aggr. Please ensure your SQL is valid. Try adding backticks to reserved words and schema table references."))
+    );
+    let (status, reply) = sql(&server, "SELECT `value` FROM `dev`.`w`");
+    assert_eq!(status, 200, "{reply}");
+    let (status, _) = sql(&server, "SELECT value FROM dev.w");
+    assert_eq!(status, 400);
+    let (status, reply) = sql(&server, "SELECT NO_SUCH_FUNCTION(name) FROM dev.w");
     assert_eq!(status, 501, "{reply}");
     // The audit log has the SQL writes like any other.
     let audit = ok(
@@ -654,9 +654,32 @@ fn geo_and_date_functions_answer_as_harperdb() {
     for (text, expected) in cases {
         assert_eq!(sql_ok(&server, text), expected, "{text}");
     }
-    let (status, reply) = sql(
-        &server,
-        r#"SELECT geoContains('{"type":"Point","coordinates":[0,0]}', '[0,0]')"#,
+    // HarperDB's answers in its API suite (3_sqlTests: geoContains test 1, geoDifference tests).
+    let colorado = r#"{"type": "Feature","properties": {"name":"Colorado"},"geometry": {"type": "Polygon","coordinates": [[[-109.072265625,37.00255267215955],[-102.01904296874999,37.00255267215955],[-102.01904296874999,41.0130657870063],[-109.072265625,41.0130657870063],[-109.072265625,37.00255267215955]]]}}"#;
+    let park = r#"{"type": "Feature","properties": {"name":"City Park"},"geometry": {"type": "Polygon","coordinates": [[[-104.95973110198975,39.7543828214657],[-104.95955944061278,39.744781185675386],[-104.95904445648193,39.74422022399989],[-104.95835781097412,39.74402223643582],[-104.94097709655762,39.74392324244047],[-104.9408483505249,39.75434982844515],[-104.95973110198975,39.7543828214657]]]}}"#;
+    let text = format!(
+        r#"SELECT geoContains('{colorado}', '{{"type":"Point","coordinates":[-104.979127,39.761563]}}') AS c, geoContains('{park}', '{{"type":"Point","coordinates":[-104.979127,39.761563]}}') AS p"#
     );
-    assert_eq!(status, 501, "{reply}");
+    assert_eq!(sql_ok(&server, &text), json!([{"c": true, "p": false}]));
+    let text = format!(
+        "SELECT geoDifference('{colorado}', '{park}') AS d, geoDifference('{colorado}', null) AS n"
+    );
+    assert_eq!(
+        sql_ok(&server, &text),
+        json!([{"d": {"type": "Feature", "properties": {"name": "Colorado"}, "geometry": {
+            "type": "Polygon", "coordinates": [
+                [[-109.072265625, 37.00255267215955], [-102.01904296874999, 37.00255267215955],
+                 [-102.01904296874999, 41.0130657870063], [-109.072265625, 41.0130657870063],
+                 [-109.072265625, 37.00255267215955]],
+                [[-104.95973110198975, 39.7543828214657], [-104.9408483505249, 39.75434982844515],
+                 [-104.94097709655762, 39.74392324244047], [-104.95835781097412, 39.74402223643582],
+                 [-104.95904445648193, 39.74422022399989], [-104.95955944061278, 39.744781185675386],
+                 [-104.95973110198975, 39.7543828214657]]]}}}]),
+        "{text}"
+    );
+    // geoCrosses: a line through the park's polygon crosses it, one beside it does not.
+    let text = format!(
+        r#"SELECT geoCrosses('{park}', '{{"type":"LineString","coordinates":[[-104.96,39.75],[-104.94,39.75]]}}') AS x, geoCrosses('{park}', '{{"type":"LineString","coordinates":[[-104.0,39.0],[-103.0,39.0]]}}') AS y"#
+    );
+    assert_eq!(sql_ok(&server, &text), json!([{"x": true, "y": false}]));
 }

@@ -553,7 +553,10 @@ pub fn authenticate_password(
         }
         _ => {
             resources.auth.record_failure(limits, ip, username);
-            tracing::info!("failed login for user {username:?} from {ip}");
+            crate::logging::connection_event(
+                ip,
+                format_args!("failed login for user {username:?} from {ip}"),
+            );
             Err(AuthError::LoginFailed)
         }
     }

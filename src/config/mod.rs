@@ -537,6 +537,8 @@ pub struct LoggingConfig {
     pub std_streams: bool,
     /// `logging.auditRetention`: audit transactions older than this are trimmed; 0 keeps all.
     pub audit_retention: Duration,
+    /// `logging.connections`: MQTT connects/disconnects and failed logins at the default level.
+    pub connections: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -734,6 +736,7 @@ impl Config {
                 file: tree.bool("logging.file")?,
                 std_streams: tree.bool("logging.stdStreams")?,
                 audit_retention: tree.duration("logging.auditRetention")?,
+                connections: tree.bool("logging.connections")?,
             },
             storage: StorageConfig {
                 path: resolve(

@@ -8,9 +8,14 @@
 //! `logging.level`) go to stderr as well, so they reach the terminal or the journal under systemd
 //! without reading `hdb.log` (docs/configuration.md, "Logging").
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
@@ -92,6 +97,81 @@ fn passes(level: LogLevel, meta: &tracing::Metadata<'_>) -> bool {
     event_level >= level
 }
 
+/// Lines one source address gets per [`SOURCE_WINDOW`] on one core; the rest are counted and
+/// reported in one line when its next window starts (docs/configuration.md, "Logging").
+pub const SOURCE_LINES_MAX: u32 = 10;
+pub const SOURCE_WINDOW: Duration = Duration::from_secs(60);
+/// Sources one core tracks at once; past it, expired ones go, then all (counts are lost, never
+/// memory).
+const SOURCES_TRACKED_MAX: usize = 4096;
+
+/// `logging.connections`: connection events at the default level (on), or at `info` only.
+static CONNECTION_EVENTS: AtomicBool = AtomicBool::new(true);
+
+struct SourceWindow {
+    started: Instant,
+    lines: u32,
+    suppressed: u32,
+}
+
+thread_local! {
+    /// Per core (per thread): no lock and no state shared between cores.
+    static SOURCES: RefCell<HashMap<IpAddr, SourceWindow>> = RefCell::new(HashMap::new());
+}
+
+/// Whether a line from `source` may be written now, and how many of its lines the previous
+/// window suppressed.
+fn admit(source: IpAddr, now: Instant) -> (bool, u32) {
+    SOURCES.with(|sources| {
+        let mut sources = sources.borrow_mut();
+        if sources.len() >= SOURCES_TRACKED_MAX && !sources.contains_key(&source) {
+            sources.retain(|_, w| now.duration_since(w.started) < SOURCE_WINDOW);
+            if sources.len() >= SOURCES_TRACKED_MAX {
+                sources.clear();
+            }
+        }
+        let window = sources.entry(source).or_insert(SourceWindow {
+            started: now,
+            lines: 0,
+            suppressed: 0,
+        });
+        let mut reported = 0;
+        if now.duration_since(window.started) >= SOURCE_WINDOW {
+            reported = window.suppressed;
+            *window = SourceWindow {
+                started: now,
+                lines: 0,
+                suppressed: 0,
+            };
+        }
+        window.lines += 1;
+        if window.lines > SOURCE_LINES_MAX {
+            window.suppressed += 1;
+            return (false, reported);
+        }
+        (true, reported)
+    })
+}
+
+/// A connection event — an MQTT client connected or disconnected, a failed login on any
+/// interface — as one line at the default level (`notify`, as Mosquitto logs connections), at
+/// most [`SOURCE_LINES_MAX`] per source address per minute per core; the others go at `info`.
+pub fn connection_event(source: IpAddr, line: fmt::Arguments<'_>) {
+    if !CONNECTION_EVENTS.load(Ordering::Relaxed) {
+        tracing::info!("{line}");
+        return;
+    }
+    let (write, suppressed) = admit(source, Instant::now());
+    if suppressed > 0 {
+        tracing::info!(target: NOTIFY, "{suppressed} more connection events from {source} were not logged in the minute before");
+    }
+    if write {
+        tracing::info!(target: NOTIFY, "{line}");
+    } else {
+        tracing::info!("{line}");
+    }
+}
+
 /// Keeps the logging thread alive; dropping it flushes what is queued.
 pub struct LogGuard {
     _guards: Vec<WorkerGuard>,
@@ -99,6 +179,7 @@ pub struct LogGuard {
 
 /// Installs the global subscriber for `config`. Creates the log folder when logging to a file.
 pub fn init(config: &LoggingConfig) -> io::Result<LogGuard> {
+    CONNECTION_EVENTS.store(config.connections, Ordering::Relaxed);
     let level = config.level;
     let mut guards = Vec::new();
     let main_writer: Box<dyn io::Write + Send> = if config.std_streams || !config.file {
@@ -146,4 +227,30 @@ fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connection_lines_are_limited_per_source() {
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..super::SOURCE_LINES_MAX {
+            assert_eq!(super::admit(a, t0), (true, 0));
+        }
+        assert_eq!(super::admit(a, t0), (false, 0));
+        assert_eq!(super::admit(a, t0), (false, 0));
+        assert_eq!(
+            super::admit(b, t0),
+            (true, 0),
+            "another source has its own budget"
+        );
+        let later = t0 + super::SOURCE_WINDOW;
+        assert_eq!(
+            super::admit(a, later),
+            (true, 2),
+            "the next window reports what was not written"
+        );
+    }
 }

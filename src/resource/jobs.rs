@@ -873,8 +873,9 @@ fn row_record(
 
 /// A CSV field as a value of the attribute's declared type. Text that does not read as that type
 /// stays text, so validation names the value and the type it missed. Undeclared attributes (and
-/// `Any`) read canonical numbers as numbers, `true`/`false` as booleans, JSON arrays and objects
-/// as such, and everything else as text.
+/// `Any`) read canonical numbers as numbers, `true`/`TRUE`/`false`/`FALSE` as booleans,
+/// `null`/`NULL`/`undefined` as null (HarperDB's `autoCast`), JSON arrays and objects as such,
+/// and everything else as text.
 pub fn field_value(def: &TableDef, name: &str, text: &str) -> Value {
     let as_text = || Value::String(text.to_string());
     if def.primary_key.as_deref() == Some(name) {
@@ -910,9 +911,11 @@ fn infer(text: &str) -> Value {
     if let Some(n) = canonical_number(text) {
         return n;
     }
+    // HarperDB's `autoCast` words.
     match text {
-        "true" => return Value::Bool(true),
-        "false" => return Value::Bool(false),
+        "true" | "TRUE" => return Value::Bool(true),
+        "false" | "FALSE" => return Value::Bool(false),
+        "null" | "NULL" | "undefined" => return Value::Null,
         _ => {}
     }
     if text.starts_with('[') || text.starts_with('{') {
@@ -1060,6 +1063,10 @@ mod tests {
         check_field("other", "1.5", Value::Float(1.5));
         check_field("other", "007", Value::from("007"));
         check_field("other", "false", Value::Bool(false));
+        check_field("other", "FALSE", Value::Bool(false));
+        check_field("other", "NULL", Value::Null);
+        check_field("other", "null", Value::Null);
+        check_field("other", "Null", Value::from("Null"));
         check_field(
             "other",
             "{\"a\":1}",

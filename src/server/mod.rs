@@ -6,6 +6,7 @@
 //! SIGTERM/SIGINT: stop accepting, `/health` → 503, close idle connections, let in-flight
 //! requests finish up to the deadline, exit 0; a second signal exits 1 at once.
 
+mod http_stats;
 mod lock;
 mod mqtt;
 mod notify;
@@ -92,6 +93,8 @@ pub struct CoreStats {
     pub http: http::ConnGauges,
     /// MQTT connections open on this core (plain and TLS ports; over WebSocket they count as HTTP).
     pub mqtt_connections_open: AtomicU64,
+    /// HTTP answers by route and status class, and their latency (`/metrics`).
+    pub answers: http_stats::HttpStats,
 }
 
 /// What every core shares, read-mostly.
@@ -104,6 +107,8 @@ pub struct Shared {
     pub in_flight: InFlight,
     pub limits: Limits,
     pub started: Instant,
+    /// The same moment as seconds since the Unix epoch (`process_start_time_seconds`).
+    pub started_unix_s: f64,
     /// Per-core real-time counters (`/health?verbose`).
     pub pubsub: Vec<Arc<pubsub::Counters>>,
     /// Each core's event inbox, taken by that core at start.
@@ -222,6 +227,9 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         in_flight: InFlight::new(),
         limits,
         started: Instant::now(),
+        started_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
         config,
     });
 

@@ -139,6 +139,7 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 crate::protocol::mqtt::events::record(
                     crate::protocol::mqtt::events::Event::Connection,
+                    peer.ip(),
                     format_args!("core {core}: connection from {peer}"),
                 );
                 let (shared, sessions) = (shared.clone(), sessions.clone());

@@ -10,6 +10,7 @@ use crate::protocol::http::{Method, Refused, Request, Response, Service};
 use crate::protocol::{sse, ws};
 use crate::resource::Caller;
 
+use super::http_stats::Route;
 use super::Shared;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,13 +141,16 @@ type PerDatabaseMetric = (
 );
 
 /// A per-core counter: its name, help text and how to read it.
-type PerCoreMetric = (&'static str, &'static str, fn(&super::CoreStats) -> u64);
+type PerCoreMetric<T = super::CoreStats> = (&'static str, &'static str, fn(&T) -> u64);
 
 impl Router {
     fn metrics(&self) -> String {
         use crate::metrics::Exposition;
         let mut e = Exposition::new();
         self.per_core_metrics(&mut e);
+        self.pubsub_metrics(&mut e);
+        super::http_stats::render(&mut e, self.shared.stats.iter().map(|s| &s.answers));
+        super::http_stats::render_process(&mut e, self.shared.started_unix_s);
         crate::protocol::mqtt::events::render(&mut e);
         e.family(
             "tidepool_requests_in_flight",
@@ -170,6 +174,21 @@ impl Router {
             replication_metrics(&mut e, &repl);
         }
         e.finish()
+    }
+
+    /// The real-time counters of `/health?verbose`, one sample per core (per core, not per
+    /// subscriber: a label per subscriber would grow without bound).
+    fn pubsub_metrics(&self, e: &mut crate::metrics::Exposition) {
+        let families: [PerCoreMetric<crate::pubsub::Counters>; 7] = [
+            ("tidepool_pubsub_commits_dispatched_total", "Commits handed to this core's subscribers.", |c| c.commits_dispatched.load(Ordering::Relaxed)),
+            ("tidepool_pubsub_commits_lost_total", "Commits the publisher could not hand to this core (its inbox stayed full).", |c| c.commits_lost.load(Ordering::Relaxed)),
+            ("tidepool_pubsub_events_queued_total", "Events queued to subscribers.", |c| c.events_queued.load(Ordering::Relaxed)),
+            ("tidepool_pubsub_events_dropped_total", "Live events dropped from full subscriber queues (oldest first).", |c| c.events_dropped.load(Ordering::Relaxed)),
+            ("tidepool_pubsub_subscriptions", "Subscriptions open now (WebSocket, SSE, MQTT).", |c| c.subscriptions.load(Ordering::Relaxed)),
+            ("tidepool_pubsub_queued_bytes", "Encoded bytes waiting in subscriber queues now.", |c| c.queued_bytes.load(Ordering::Relaxed)),
+            ("tidepool_mqtt_queued_bytes", "Bytes in MQTT outbound buffers and QoS 1/2 backlogs (as of the last 250 ms sweep).", |c| c.mqtt_queued_bytes.load(Ordering::Relaxed)),
+        ];
+        per_core_families(e, &families, self.shared.pubsub.iter().map(|c| &**c));
     }
 
     /// The per-core counters and gauges, one sample per core.
@@ -216,16 +235,26 @@ impl Router {
                 |s| s.mqtt_connections_open.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, read) in per_core {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            e.family(name, kind, help);
-            for (core, stats) in self.shared.stats.iter().enumerate() {
-                e.sample(name, &[("core", &core.to_string())], read(stats) as f64);
-            }
+        per_core_families(e, &per_core, self.shared.stats.iter());
+    }
+}
+
+/// Families with one sample per core (`core` label), read from each core's counters; `_total`
+/// names are counters, the others gauges.
+fn per_core_families<'a, T: 'a>(
+    e: &mut crate::metrics::Exposition,
+    families: &[PerCoreMetric<T>],
+    cores: impl Iterator<Item = &'a T> + Clone,
+) {
+    for (name, help, read) in families {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        e.family(name, kind, help);
+        for (core, counters) in cores.clone().enumerate() {
+            e.sample(name, &[("core", &core.to_string())], read(counters) as f64);
         }
     }
 }
@@ -394,21 +423,44 @@ impl Service for Router {
             )
         };
         if refused {
-            self.shared.stats[self.core]
-                .requests
-                .fetch_add(1, Ordering::Relaxed);
+            let stats = &self.shared.stats[self.core];
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            let route = if self.is_operations(req) {
+                Route::Operations
+            } else {
+                Route::Rest
+            };
+            stats
+                .answers
+                .record(route, resp.status, std::time::Duration::ZERO);
             return Err(Refused);
         }
         Ok(Some(caller))
     }
 
     async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>) {
+        let started = std::time::Instant::now();
+        let route = self.answer(req, resp, head).await;
+        self.shared.stats[self.core]
+            .answers
+            .record(route, resp.status, started.elapsed());
+    }
+}
+
+impl Router {
+    /// Answers one request; returns what it was for (`/metrics` counts it).
+    async fn answer(
+        &self,
+        req: &Request<'_>,
+        resp: &mut Response,
+        head: Option<<Router as Service>::Head>,
+    ) -> Route {
         self.shared.stats[self.core]
             .requests
             .fetch_add(1, Ordering::Relaxed);
         if req.path == "/health" && matches!(req.method, Method::Get | Method::Head) {
             self.health(req, resp);
-            return;
+            return Route::Health;
         }
         if req.path == "/metrics"
             && self.kind != PortKind::Rest
@@ -420,25 +472,25 @@ impl Service for Router {
                     Ok(c) if c.super_user => {}
                     Ok(c) if !c.is_anonymous() => {
                         resp.json_error(403, "/metrics needs a super user");
-                        return;
+                        return Route::Metrics;
                     }
                     Ok(_) => {
                         crate::protocol::rest::unauthorized(
                             resp,
                             &crate::auth::AuthError::MustLogin,
                         );
-                        return;
+                        return Route::Metrics;
                     }
                     Err(e) => {
                         crate::protocol::rest::unauthorized(resp, &e);
-                        return;
+                        return Route::Metrics;
                     }
                 }
             }
             resp.status = 200;
             resp.header("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
             resp.body.extend_from_slice(self.metrics().as_bytes());
-            return;
+            return Route::Metrics;
         }
         let operations = self.is_operations(req);
         // Authenticated once per request (docs/security.md), from its head when that was judged before
@@ -450,21 +502,22 @@ impl Service for Router {
         };
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
-            return;
+            return Route::Operations;
         }
         // Subscriptions check `read` themselves (docs/security.md: SSE answers 401/403, WebSocket
         // upgrades and closes 3000/3003).
         if self.realtime(req, resp, caller.as_ref()) {
-            return;
+            return Route::Realtime;
         }
         if crate::protocol::rest::handle(resources, caller.as_ref(), req, resp).await {
-            return;
+            return Route::Rest;
         }
         if let Some(files) = &self.shared.static_files {
             if files.serve(req, resp) {
-                return;
+                return Route::Static;
             }
         }
         crate::protocol::rest::not_found(resources, caller.as_ref().ok(), req.path, resp);
+        Route::NotFound
     }
 }

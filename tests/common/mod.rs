@@ -523,6 +523,32 @@ pub fn mqtt_port(server: &Server) -> SocketAddr {
     }
 }
 
+/// POST an Operations API request (as the server's super user unless `authorization` is given):
+/// the status and the answer as JSON (text that is not JSON as a string).
+pub fn ops_post(
+    server: &Server,
+    authorization: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = ureq::post(&server.ops_url())
+        .timeout(Duration::from_secs(60))
+        .set("Content-Type", "application/json");
+    if let Some(a) = authorization {
+        req = req.set("Authorization", a);
+    }
+    let resp = match req.send_string(&body.to_string()) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {body}: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
 /// `GET /health?verbose` as JSON.
 pub fn health_verbose(server: &Server) -> serde_json::Value {
     let body = ureq::get(&server.url("/health?verbose"))

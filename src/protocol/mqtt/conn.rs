@@ -212,6 +212,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     }
     events::record(
         Event::Disconnected,
+        peer.ip(),
         format_args!("{peer} client {client_id:?}"),
     );
     let taken = [ReasonCode::SessionTakenOver, ReasonCode::ServerShuttingDown];

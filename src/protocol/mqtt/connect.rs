@@ -288,6 +288,7 @@ pub(super) fn admit(
         Err(r) => {
             events::record(
                 Event::AuthFailed,
+                peer.ip(),
                 format_args!(
                     "{peer} as {:?} (client {:?})",
                     connect.username, connect.client_id
@@ -377,6 +378,7 @@ impl Session<'_> {
         };
         events::record(
             Event::Connected,
+            peer.ip(),
             format_args!(
                 "{peer} client {:?} (MQTT {}, session {session_kind})",
                 self.client_id,

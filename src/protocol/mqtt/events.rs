@@ -1,11 +1,13 @@
 //! MQTT events (docs/mqtt.md "Events"): `connection` (a socket accepted), `connected` (CONNECT
 //! accepted), `auth-failed` (CONNECT refused for its credentials) and `disconnected` (a session's
-//! connection ended). Each is an `info` line tagged `mqtt` that starts with the event's name, and
-//! a process-wide counter that `/metrics` shows as `tidepool_mqtt_events_total{event="…"}`.
+//! connection ended). Each is a log line that starts with the event's name (`connected` and
+//! `disconnected` at the default level, limited per source: `logging.connections`), and a
+//! process-wide counter that `/metrics` shows as `tidepool_mqtt_events_total{event="…"}`.
 //!
 //! Counting only: nothing here keeps per-client state.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::metrics::Exposition;
@@ -52,12 +54,23 @@ static COUNTS: [AtomicU64; 4] = [
     AtomicU64::new(0),
 ];
 
-/// Logs `event` (`<name>: <detail>`) and counts it.
-pub fn record(event: Event, detail: fmt::Arguments<'_>) {
+/// Logs `event` (`<name>: <detail>`) and counts it. `connected` and `disconnected` are
+/// connection lines at the default level, limited per source address
+/// ([`crate::logging::connection_event`]); `auth-failed` is logged by the login itself as a
+/// failed login, so its line here stays at `info`, as does `connection`.
+pub fn record(event: Event, source: IpAddr, detail: fmt::Arguments<'_>) {
     if let Some(c) = COUNTS.get(event.index()) {
         c.fetch_add(1, Ordering::Relaxed);
     }
-    tracing::info!(target: "mqtt", "{}: {detail}", event.name());
+    match event {
+        Event::Connected | Event::Disconnected => crate::logging::connection_event(
+            source,
+            format_args!("mqtt {}: {detail}", event.name()),
+        ),
+        Event::Connection | Event::AuthFailed => {
+            tracing::info!(target: "mqtt", "{}: {detail}", event.name())
+        }
+    }
 }
 
 /// How many of `event` happened in this process.
@@ -86,7 +99,11 @@ mod tests {
 
     fn check(event: Event, name: &str) {
         let before = count(event);
-        record(event, format_args!("test"));
+        record(
+            event,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            format_args!("test"),
+        );
         assert_eq!((event.name(), count(event)), (name, before + 1));
     }
 

@@ -62,15 +62,43 @@ fn loose(s: &str) -> Option<i64> {
     {
         return None;
     }
-    let mut t = time
+    // A UTC offset as moment reads one (`Z`, `±HH`, `±HHMM`, `±HH:MM`); a time part that is not a
+    // number (an offset moment cannot read, `+000`) makes the whole text no date, as in moment.
+    let (time, offset_min) = match time.find(['+', '-']) {
+        Some(at) => (&time[..at], Some(offset(&time[at..])?)),
+        None => (time.strip_suffix('Z').unwrap_or(time), None),
+    };
+    let t: Vec<f64> = time
         .split(':')
         .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<f64>().ok());
-    let h = t.next().flatten().unwrap_or(0.0);
-    let min = t.next().flatten().unwrap_or(0.0);
-    let sec = t.next().flatten().unwrap_or(0.0);
+        .map(|p| p.parse::<f64>().ok())
+        .collect::<Option<_>>()?;
+    if t.len() > 3 {
+        return None;
+    }
+    let part = |i: usize| t.get(i).copied().unwrap_or(0.0);
+    let (h, min, sec) = (part(0), part(1), part(2));
     let in_day = ((h * 3600.0 + min * 60.0 + sec) * 1000.0) as i64;
-    Some(from_fields(y, m, day as u32, in_day))
+    Some(from_fields(y, m, day as u32, in_day) - offset_min.unwrap_or(0) * 60_000)
+}
+
+/// `±HH`, `±HHMM` or `±HH:MM` in minutes.
+fn offset(text: &str) -> Option<i64> {
+    let sign = if text.starts_with('-') { -1 } else { 1 };
+    let digits = text[1..].replace(':', "");
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || (text[1..].contains(':') && digits.len() != 4)
+    {
+        return None;
+    }
+    let (h, m) = match digits.len() {
+        2 => (digits.parse::<i64>().ok()?, 0),
+        4 => (
+            digits[..2].parse::<i64>().ok()?,
+            digits[2..].parse::<i64>().ok()?,
+        ),
+        _ => return None,
+    };
+    Some(sign * (h * 60 + m))
 }
 
 fn days_in_month(y: i64, m: u32) -> u32 {
@@ -122,22 +150,32 @@ fn add(ms: i64, amount: f64, unit: &Unit) -> Option<i64> {
     }
 }
 
+/// moment.js's `monthDiff(a, b)`: whole months from `b` to `a`, plus the fraction of the month
+/// around them (linear between the anchors), as HarperDB's `DATE_DIFF` answers.
 fn months_between(a: i64, b: i64) -> f64 {
-    let (ya, ma, ..) = fields(a);
-    let (yb, mb, ..) = fields(b);
-    let whole = (ya - yb) * 12 + ma as i64 - mb as i64;
-    // Whole months, less one when `a` has not reached `b`'s place in the month yet.
-    let Some(anchor) = add(b, whole as f64, &Unit::Months(1)) else {
-        return whole as f64;
+    let (ya, ma, da, ..) = fields(a);
+    let (yb, mb, db, ..) = fields(b);
+    if da < db {
+        return -months_between(b, a);
+    }
+    let whole = (yb - ya) * 12 + mb as i64 - ma as i64;
+    let months = |n: i64| add(a, n as f64, &Unit::Months(1));
+    let (Some(anchor), Some(before), Some(after)) =
+        (months(whole), months(whole - 1), months(whole + 1))
+    else {
+        return -(whole as f64);
     };
-    let adjust = if whole > 0 && anchor > a {
-        -1
-    } else if whole < 0 && anchor < a {
-        1
+    let adjust = if b < anchor {
+        (b - anchor) as f64 / (anchor - before) as f64
     } else {
-        0
+        (b - anchor) as f64 / (after - anchor) as f64
     };
-    (whole + adjust) as f64
+    let out = -(whole as f64 + adjust);
+    if out == 0.0 {
+        0.0
+    } else {
+        out
+    }
 }
 
 /// `2026-12-06T23:23:44.866+0000`, shifted by `offset_min`.
@@ -259,39 +297,49 @@ pub fn call(name: &str, args: &[Value], now_ms: f64) -> Result<Value, SqlError> 
             else {
                 return Ok(Value::Null);
             };
+            // moment's `diff(b, unit, true)`: not truncated.
             match unit(&text(args.get(2).unwrap_or(&Value::Null)))? {
-                Unit::Ms(u) => num(((a - b) as f64 / u).trunc()),
-                Unit::Months(k) => num((months_between(a, b) / k as f64).trunc()),
+                Unit::Ms(u) => num((a - b) as f64 / u),
+                Unit::Months(k) => num(months_between(a, b) / k as f64),
             }
         }
         "DATE_FORMAT" => match date_arg(args, 0, now) {
             Some(t) => Value::String(format(t, &text(args.get(1).unwrap_or(&Value::Null)))),
             None => Value::Null,
         },
+        // HarperDB: moment's `format` of the part, as text; "Invalid date" for a date moment
+        // cannot read; an unknown part gives nothing.
         "EXTRACT" => {
-            let Some(t) = date_arg(args, 0, now) else {
+            let part = text(args.get(1).unwrap_or(&Value::Null)).to_ascii_lowercase();
+            if ![
+                "year",
+                "month",
+                "day",
+                "hour",
+                "minute",
+                "second",
+                "millisecond",
+            ]
+            .contains(&part.as_str())
+            {
                 return Ok(Value::Null);
+            }
+            let Some(t) = date_arg(args, 0, now) else {
+                return Ok(Value::String("Invalid date".into()));
             };
             let (y, mo, d, h, mi, s, milli) = fields(t);
-            let part = text(args.get(1).unwrap_or(&Value::Null)).to_ascii_lowercase();
-            Value::Int(match part.trim_end_matches('s') {
-                "year" => y,
-                "month" => mo as i64,
-                "day" | "date" => d as i64,
-                "hour" => h,
-                "minute" => mi,
-                "second" => s,
-                "millisecond" => milli,
-                "week" | "day_of_week" | "dow" => (t.div_euclid(86_400_000) + 4).rem_euclid(7),
-                other => {
-                    return Err(SqlError::bad(format!(
-                        "EXTRACT: unknown date part '{other}'"
-                    )))
-                }
+            Value::String(match part.as_str() {
+                "year" => format!("{y:04}"),
+                "month" => format!("{mo:02}"),
+                "day" => format!("{d:02}"),
+                "hour" => format!("{h:02}"),
+                "minute" => format!("{mi:02}"),
+                "second" => format!("{s:02}"),
+                _ => format!("{milli:03}"),
             })
         }
         _ => {
-            let later = name == "SEARCH_JSON" || name.starts_with("GEO");
+            let later = name.starts_with("GEO");
             return Err(SqlError::Status(
                 501,
                 if later {
@@ -315,6 +363,13 @@ mod tests {
         assert_eq!(add(t, -3.0, &Unit::Months(12)), Some(1_491_004_800_000));
         assert_eq!(add(t, 1e300, &Unit::Months(12)), None);
         assert_eq!(parse(&Value::Float(1e300)), None);
+        let at = |s: &str| parse(&Value::String(s.into()));
+        assert_eq!(at("2020-04-01T00:00:00.000+0000"), Some(t));
+        assert_eq!(at("2020-04-01T02:00:00.000+0200"), Some(t));
+        assert_eq!(at("2020-03-31T18:00:00.000-06:00"), Some(t));
+        assert_eq!(at("2020-03-31T18:00:00.000-06"), Some(t));
+        assert_eq!(at("2020-03-26T15:13:02.041+000"), None);
+        assert_eq!(at("2020-04-01 00:00"), Some(t));
         assert_eq!(server_time(t, -360), "2020-03-31T18:00:00.000-0600");
         assert_eq!(
             format(t, "dddd YYYY-MM-DD x"),

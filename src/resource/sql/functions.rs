@@ -106,6 +106,7 @@ pub fn call(name: &str, args: Vec<Value>, now_ms: f64) -> Result<Value, SqlError
             .into_iter()
             .find(|v| !matches!(v, Value::Null))
             .unwrap_or(Value::Null),
+        "SEARCH_JSON" => super::jsonata::search_json(arg(&args, 0), arg(&args, 1))?,
         "NULLIF" => {
             if compare(arg(&args, 0), arg(&args, 1)) == Some(std::cmp::Ordering::Equal) {
                 Value::Null

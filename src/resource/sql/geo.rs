@@ -1,6 +1,7 @@
 //! The measuring geospatial functions, computed as HarperDB computes them (turf 6.5: spherical
 //! polygon area on a 6,378,137 m sphere, haversine lengths on a 6,371,008.8 m sphere):
-//! `geoArea`, `geoLength`, `geoDistance`, `geoNear`; and `geoConvert`. Arguments are GeoJSON values or their JSON
+//! `geoArea`, `geoLength`, `geoDistance`, `geoNear`; and `geoConvert` (the predicates,
+//! `geoDifference` and `geoCircle` are in `geo_relate`). Arguments are GeoJSON values or their JSON
 //! text; something that is not GeoJSON gives NULL, as HarperDB's NaN/undefined.
 
 use super::eval::{as_f64, num};
@@ -11,7 +12,7 @@ const AREA_RADIUS: f64 = 6_378_137.0;
 const EARTH_RADIUS: f64 = 6_371_008.8;
 
 /// GeoJSON given as text parses; anything else is taken as it is.
-fn geojson(v: &Value) -> Option<Value> {
+pub(super) fn geojson(v: &Value) -> Option<Value> {
     match v {
         Value::Null => None,
         Value::String(s) => json::parse(s.as_bytes()).ok(),
@@ -19,7 +20,13 @@ fn geojson(v: &Value) -> Option<Value> {
     }
 }
 
+/// turf's `degreesToRadians` (with its `% 360`).
 fn rad(d: f64) -> f64 {
+    (d % 360.0) * std::f64::consts::PI / 180.0
+}
+
+/// turf area's own `rad`, without the `% 360`.
+fn area_rad(d: f64) -> f64 {
     d * std::f64::consts::PI / 180.0
 }
 
@@ -99,7 +106,7 @@ fn ring_area(c: &[(f64, f64)]) -> f64 {
         } else {
             (i, i + 1, i + 2)
         };
-        total += (rad(c[up].0) - rad(c[lo].0)) * rad(c[mid].1).sin();
+        total += (area_rad(c[up].0) - area_rad(c[lo].0)) * libm::sin(area_rad(c[mid].1));
     }
     total * AREA_RADIUS * AREA_RADIUS / 2.0
 }
@@ -152,9 +159,11 @@ fn factor(units: &str) -> Result<f64, SqlError> {
 fn haversine(a: (f64, f64), b: (f64, f64), factor: f64) -> f64 {
     let d_lat = rad(b.1 - a.1);
     let d_lon = rad(b.0 - a.0);
-    let h =
-        (d_lat / 2.0).sin().powi(2) + (d_lon / 2.0).sin().powi(2) * rad(a.1).cos() * rad(b.1).cos();
-    2.0 * h.sqrt().atan2((1.0 - h).sqrt()) * factor
+    // JavaScript's Math functions are fdlibm's in V8; `libm` is the same code, so the last digit
+    // matches HarperDB's.
+    let h = libm::pow(libm::sin(d_lat / 2.0), 2.0)
+        + libm::pow(libm::sin(d_lon / 2.0), 2.0) * libm::cos(rad(a.1)) * libm::cos(rad(b.1));
+    2.0 * libm::atan2(libm::sqrt(h), libm::sqrt(1.0 - h)) * factor
 }
 
 /// The length of every line and ring; `None` when a geometry has no coordinates (turf throws).
@@ -214,7 +223,7 @@ pub fn call(name: &str, args: &[Value]) -> Option<Result<Value, SqlError>> {
             units(args, 3).map(|f| Value::Bool(distance(f).is_some_and(|d| d <= limit)))
         }
         "GEOCONVERT" => convert(args),
-        _ => return None,
+        _ => return super::geo_relate::call(name, args, |i| units(args, i)),
     })
 }
 

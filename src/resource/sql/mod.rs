@@ -13,6 +13,8 @@ mod dates;
 mod eval;
 mod functions;
 mod geo;
+mod geo_relate;
+mod jsonata;
 mod parse;
 mod rights;
 mod select;

@@ -1,8 +1,12 @@
 //! SQL text → one statement, with the tables it names resolved to (database, table).
 
+use std::ops::ControlFlow;
+
 use sqlparser::ast::{self, Expr, FromTable, ObjectName, SetExpr, TableFactor};
 use sqlparser::dialect::Dialect;
-use sqlparser::parser::Parser;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
 
 use super::SqlError;
 
@@ -26,6 +30,24 @@ impl Dialect for HarperDialect {
 
     fn supports_string_literal_backslash_escape(&self) -> bool {
         true
+    }
+
+    /// HarperDB's `EXTRACT(date, 'part')` is a function call; only `EXTRACT(part FROM date)` is
+    /// SQL's form.
+    fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
+        let [word, open, _, from] = parser.peek_tokens::<4>();
+        match (word, open, from) {
+            (Token::Word(w), Token::LParen, Token::Word(f))
+                if w.keyword == Keyword::EXTRACT && f.keyword == Keyword::FROM =>
+            {
+                None
+            }
+            (Token::Word(w), Token::LParen, _) if w.keyword == Keyword::EXTRACT => {
+                parser.next_token();
+                Some(parser.parse_function(ObjectName(vec![ast::Ident::new("EXTRACT")])))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -77,6 +99,12 @@ pub fn statement(sql: &str) -> Result<Statement, SqlError> {
                 sql.trim()
             ))
         })?;
+    if parsed.iter().any(names_reserved_word) {
+        return Err(SqlError::bad(format!(
+            "Invalid SQL at: {}. Please ensure your SQL is valid. Try adding backticks to reserved words and schema table references.",
+            sql.trim()
+        )));
+    }
     if parsed.len() != 1 {
         return Err(SqlError::bad(format!(
             "one SQL statement per operation, got {}",
@@ -84,7 +112,17 @@ pub fn statement(sql: &str) -> Result<Statement, SqlError> {
         )));
     }
     match parsed.remove(0) {
-        ast::Statement::Query(q) => Ok(Statement::Query(q)),
+        ast::Statement::Query(q) => {
+            // HarperDB refuses a SELECT over a table named without its database (docs/operations-api.md, "SQL", "Names").
+            let bare = ast::visit_relations(&q, |name| match name.0.as_slice() {
+                [t] => ControlFlow::Break(t.value.clone()),
+                _ => ControlFlow::Continue(()),
+            });
+            if let ControlFlow::Break(t) = bare {
+                return Err(SqlError::bad(format!("schema not defined for table {t}")));
+            }
+            Ok(Statement::Query(q))
+        }
         ast::Statement::Insert(i) => insert(i),
         ast::Statement::Update {
             table,
@@ -131,6 +169,199 @@ pub fn statement(sql: &str) -> Result<Statement, SqlError> {
             first_words(&other.to_string())
         ))),
     }
+}
+
+/// AlaSQL's reserved words: the words its lexer knows minus its `nonReserved` list (AlaSQL 4, as
+/// in HarperDB 4.7). Unquoted, they cannot name a database, table or column there.
+const RESERVED: &[&str] = &[
+    "AGGR",
+    "AGGREGATE",
+    "AGGREGATOR",
+    "ALL",
+    "ALTER",
+    "AND",
+    "ANTI",
+    "ANY",
+    "APPLY",
+    "ARRAY",
+    "AS",
+    "ASSERT",
+    "ATTACH",
+    "AVG",
+    "BEGIN",
+    "BETWEEN",
+    "BREAK",
+    "BY",
+    "CALL",
+    "CASE",
+    "CAST",
+    "CHECK",
+    "CLASS",
+    "CLOSE",
+    "COLLATE",
+    "COLUMN",
+    "COMMIT",
+    "CONSTRAINT",
+    "CONVERT",
+    "CORRESPONDING",
+    "COUNT",
+    "CREATE",
+    "CROSS",
+    "CUBE",
+    "CURDATE",
+    "CURRENT_DATE",
+    "CURRENT_TIMESTAMP",
+    "CURSOR",
+    "DATEADD",
+    "DATEDIFF",
+    "DECLARE",
+    "DEFAULT",
+    "DELETE",
+    "DELETED",
+    "DETACH",
+    "DISTINCT",
+    "DROP",
+    "ECHO",
+    "EDGE",
+    "ELSE",
+    "END",
+    "ENUM",
+    "ESCAPE",
+    "EXCEPT",
+    "EXEC",
+    "EXECUTE",
+    "EXISTS",
+    "EXPLAIN",
+    "FALSE",
+    "FETCH",
+    "FOR",
+    "FOREIGN",
+    "FROM",
+    "FULL",
+    "FUNCTION",
+    "GLOB",
+    "GRAPH",
+    "GROUP",
+    "GROUPING",
+    "HAVING",
+    "IDENTITY",
+    "IF",
+    "ILIKE",
+    "IN",
+    "INDEX",
+    "INDEXED",
+    "INNER",
+    "INSERT",
+    "INSERTED",
+    "INTERSECT",
+    "INTERVAL",
+    "INTO",
+    "IS",
+    "JOIN",
+    "LEFT",
+    "LET",
+    "LIKE",
+    "MATRIX",
+    "MERGE",
+    "MINUS",
+    "MODIFY",
+    "NATURAL",
+    "NEW",
+    "NO",
+    "NOCASE",
+    "NOT",
+    "NULL",
+    "OF",
+    "OFFSET",
+    "ON",
+    "ONLY",
+    "OPEN",
+    "OR",
+    "ORDER",
+    "OUTER",
+    "OVER",
+    "PARTITION",
+    "PERCENT",
+    "PIVOT",
+    "PLAN",
+    "PRIMARY",
+    "PRINT",
+    "QUERY",
+    "RECORDSET",
+    "REDUCE",
+    "REFERENCES",
+    "REGEXP",
+    "REINDEX",
+    "REMOVE",
+    "RENAME",
+    "REPEAT",
+    "REPLACE",
+    "REQUIRE",
+    "RETURN",
+    "RETURNS",
+    "RIGHT",
+    "ROLLBACK",
+    "ROLLUP",
+    "ROW",
+    "ROWS",
+    "SEARCH",
+    "SELECT",
+    "SEMI",
+    "SET",
+    "SHOW",
+    "SOME",
+    "STORE",
+    "STRATEGY",
+    "SUM",
+    "TABLE",
+    "TABLES",
+    "TARGET",
+    "TEMP",
+    "TEXTSTRING",
+    "THEN",
+    "TIMEOUT",
+    "TIMESTAMPDIFF",
+    "TO",
+    "TOP",
+    "TOTAL",
+    "TRAN",
+    "TRIGGER",
+    "TRUE",
+    "TRUNCATE",
+    "UNION",
+    "UNIQUE",
+    "UNPIVOT",
+    "UPDATE",
+    "USE",
+    "USING",
+    "VALUE",
+    "VALUES",
+    "VERTEX",
+    "WHEN",
+    "WHERE",
+    "WHILE",
+    "WITH",
+];
+
+fn reserved(i: &ast::Ident) -> bool {
+    i.quote_style.is_none() && RESERVED.contains(&i.value.to_ascii_uppercase().as_str())
+}
+
+/// Whether an unquoted reserved word names a database, table or column (AlaSQL refuses it).
+fn names_reserved_word(s: &ast::Statement) -> bool {
+    let relation = ast::visit_relations(s, |name| {
+        if name.0.iter().any(reserved) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let column = ast::visit_expressions(s, |e| match e {
+        Expr::Identifier(i) if reserved(i) => ControlFlow::Break(()),
+        Expr::CompoundIdentifier(is) if is.iter().any(reserved) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    relation.is_break() || column.is_break()
 }
 
 fn first_words(s: &str) -> String {

@@ -227,8 +227,9 @@ fn has_aggregate(e: &Expr) -> bool {
 }
 
 /// The output name of an unaliased expression: a column's name, else its text (aggregates in
-/// upper case, as HarperDB names them).
-fn expr_name(e: &Expr) -> String {
+/// upper case, as HarperDB names them). In a SELECT with FROM, HarperDB names a call's text
+/// arguments in double quotes (`geoLength(geo_line,"miles")`), without FROM in single quotes.
+fn expr_name(e: &Expr, from: bool) -> String {
     if let Some((_, name)) = column_ref(e) {
         return name.to_string();
     }
@@ -242,7 +243,13 @@ fn expr_name(e: &Expr) -> String {
         if let (ast::FunctionArguments::List(_), Ok((args, false, false))) =
             (&f.args, eval::call_args(f))
         {
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match a {
+                    Expr::Value(ast::Value::SingleQuotedString(s)) if from => format!("\"{s}\""),
+                    other => other.to_string(),
+                })
+                .collect();
             return format!("{}({})", f.name, args.join(","));
         }
     }
@@ -351,7 +358,11 @@ fn project(
             SelectItem::UnnamedExpr(e) => {
                 let v = eval(e, ctx)?;
                 if present(e, &v, ctx, columns)? {
-                    p.put(expr_name(e), origin(e, ctx, columns.len())?, v);
+                    p.put(
+                        expr_name(e, !columns.is_empty()),
+                        origin(e, ctx, columns.len())?,
+                        v,
+                    );
                 }
             }
             SelectItem::ExprWithAlias { expr, alias } => {
@@ -392,15 +403,15 @@ pub fn run(
     let s = select_of(q)?;
     let (tables, _) = from_clause(&s.from)?;
     access::check_select(resources, caller, &tables, q)?;
-    let single = if tables.len() == 1 {
-        s.selection.as_ref()
-    } else {
-        None
-    };
     let mut data = Vec::with_capacity(tables.len());
     let mut columns = Vec::with_capacity(tables.len());
     for t in &tables {
-        let (records, cols) = access::load(resources, caller, t, single)?;
+        let own = match (&s.selection, tables.len()) {
+            (Some(w), 1) => Some(w.clone()),
+            (Some(w), _) => conjuncts_of(w, t),
+            (None, _) => None,
+        };
+        let (records, cols) = access::load(resources, caller, t, own.as_ref())?;
         data.push(records);
         columns.push(cols);
     }
@@ -415,6 +426,48 @@ pub fn run(
         trimmed,
         now_ms,
     )
+}
+
+/// The WHERE's top-level AND conjuncts that name columns of table `t` only (each qualified by
+/// its alias or name), for loading `t` in a join: `load` uses them only to read the records a
+/// primary-key or indexed equality picks, and such an equality is false on a joined row whose `t`
+/// side is missing, so no row the whole WHERE keeps is lost (the whole WHERE still runs on the
+/// joined rows).
+fn conjuncts_of(filter: &Expr, t: &TableRef) -> Option<Expr> {
+    let mut parts = Vec::new();
+    let mut stack = vec![filter];
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::Nested(inner) => stack.push(inner),
+            Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::And,
+                right,
+            } => {
+                stack.push(right);
+                stack.push(left);
+            }
+            other => {
+                let mut own = true;
+                let mut any = false;
+                let _ = ast::visit_expressions(other, |x| {
+                    if let Some((q, _)) = column_ref(x) {
+                        any = true;
+                        own &= q.is_some_and(|q| q == t.alias || q == t.table);
+                    }
+                    std::ops::ControlFlow::<()>::Continue(())
+                });
+                if own && any {
+                    parts.push(other.clone());
+                }
+            }
+        }
+    }
+    parts.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: ast::BinaryOperator::And,
+        right: Box::new(b),
+    })
 }
 
 fn select_of(q: &Query) -> Result<&ast::Select, SqlError> {
@@ -607,6 +660,15 @@ fn finish(
     }
     if let Some(l) = &q.limit {
         out.truncate(count(l)?);
+    }
+    // `TOP n` (AlaSQL's) keeps the first n rows, like LIMIT.
+    match s.top.as_ref().map(|t| (t.percent, t.quantity.as_ref())) {
+        None => {}
+        Some((false, Some(ast::TopQuantity::Constant(n)))) => {
+            out.truncate(usize::try_from(*n).unwrap_or(usize::MAX))
+        }
+        Some((false, Some(ast::TopQuantity::Expr(e)))) => out.truncate(count(e)?),
+        Some(_) => return Err(SqlError::unsupported("TOP … PERCENT")),
     }
     Ok(())
 }
