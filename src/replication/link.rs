@@ -180,29 +180,7 @@ pub fn run(
     });
     let me = repl.node_name().to_string();
     let my_databases = repl.databases();
-    // Our origin per database (docs/replication.md "Origins"): peers relay any other stream
-    // of our name, e.g. an earlier incarnation's.
-    let streams: Vec<(String, Value)> = my_databases
-        .iter()
-        .filter_map(|d| repl.store.database(d))
-        .map(|d| (d.name.to_string(), Value::String(d.stream.to_string())))
-        .collect();
-    out.send(
-        "HELLO",
-        object(vec![
-            ("node", Value::String(me.clone())),
-            (
-                "streams",
-                Value::Object(crate::value::Object::from_entries(streams)),
-            ),
-            ("url", Value::String(repl.settings.url.clone())),
-            ("protocol", Value::Int(message::PROTOCOL)),
-            (
-                "databases",
-                Value::Array(my_databases.iter().cloned().map(Value::String).collect()),
-            ),
-        ]),
-    )?;
+    send_hello(repl, &out, &my_databases)?;
     let limits = DecodeLimits {
         bytes_max: MESSAGE_BYTES_MAX,
         ..DecodeLimits::default()
@@ -282,24 +260,7 @@ pub fn run(
         may_sign: matches!(&identity, Identity::User(u) if u.super_user),
         exchange: None,
     };
-    // The reader thread hands whole messages over; it ends when the socket does. A read that
-    // times out means a heartbeat timeout of silence: it shuts the socket down at once, which
-    // also frees a control loop or sender blocked writing into the dead connection.
-    let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
-    let reader_stop = stop.clone();
-    let reader_socket = socket.try_clone()?;
-    let _ = std::thread::Builder::new()
-        .name(format!("repl-read-{peer}"))
-        .spawn(move || loop {
-            let m = reader.read();
-            if m.as_ref().is_err_and(is_timeout) {
-                let _ = reader_socket.shutdown(std::net::Shutdown::Both);
-            }
-            let end = m.is_err();
-            if tx.send(m).is_err() || end || reader_stop.load(Ordering::Acquire) {
-                return;
-            }
-        });
+    let rx = spawn_reader(&peer, reader, &socket, stop.clone())?;
     control.send_nodes();
     if let Some(t) = dialled.filter(|t| is_tls && t.authorization.is_some()) {
         // Certificate exchange (docs/replication.md): we got in with credentials; ask for a certificate
@@ -319,7 +280,66 @@ pub fn run(
     }
     let _ = socket.shutdown(std::net::Shutdown::Both);
     repl.unregister(&peer, link_id);
-    if let Err(LinkError::Silent(d)) = &result {
+    log_closed(repl, &peer, &result);
+    result
+}
+
+/// `HELLO`: our name, URL, protocol, databases and our origin per database (docs/replication.md
+/// "Origins": peers relay any other stream of our name, e.g. an earlier incarnation's).
+fn send_hello(repl: &Replication, out: &Out, my_databases: &[String]) -> Result<(), LinkError> {
+    let streams: Vec<(String, Value)> = my_databases
+        .iter()
+        .filter_map(|d| repl.store.database(d))
+        .map(|d| (d.name.to_string(), Value::String(d.stream.to_string())))
+        .collect();
+    out.send(
+        "HELLO",
+        object(vec![
+            ("node", Value::String(repl.node_name().to_string())),
+            (
+                "streams",
+                Value::Object(crate::value::Object::from_entries(streams)),
+            ),
+            ("url", Value::String(repl.settings.url.clone())),
+            ("protocol", Value::Int(message::PROTOCOL)),
+            (
+                "databases",
+                Value::Array(my_databases.iter().cloned().map(Value::String).collect()),
+            ),
+        ]),
+    )
+}
+
+/// The reader thread hands whole messages over; it ends when the socket does. A read that times
+/// out means a heartbeat timeout of silence (the socket's read timeout): it shuts the socket
+/// down at once, which also frees a control loop or sender blocked writing into the dead
+/// connection.
+fn spawn_reader(
+    peer: &str,
+    mut reader: ws::MessageReader<Box<dyn std::io::Read + Send>>,
+    socket: &std::net::TcpStream,
+    stop: Arc<AtomicBool>,
+) -> Result<crossbeam_channel::Receiver<Result<Incoming, WsError>>, LinkError> {
+    let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
+    let socket = socket.try_clone()?;
+    let _ = std::thread::Builder::new()
+        .name(format!("repl-read-{peer}"))
+        .spawn(move || loop {
+            let m = reader.read();
+            if m.as_ref().is_err_and(is_timeout) {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            let end = m.is_err();
+            if tx.send(m).is_err() || end || stop.load(Ordering::Acquire) {
+                return;
+            }
+        });
+    Ok(rx)
+}
+
+/// Logs a link's end: at warn when it went silent (docs/replication.md "Link liveness").
+fn log_closed(repl: &Replication, peer: &str, result: &Result<(), LinkError>) {
+    if let Err(LinkError::Silent(d)) = result {
         repl.links_timed_out.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "replication: nothing heard from {peer} for {} ms (replication.heartbeatTimeout); \
@@ -329,7 +349,6 @@ pub fn run(
     } else {
         tracing::info!("replication: link with {peer} closed");
     }
-    result
 }
 
 /// A read that ended because the socket's read timeout passed.
