@@ -17,6 +17,7 @@ use super::payload;
 use super::props::{Properties, Property};
 use super::reason::{ReasonCode, SUBACK_FAILURE_V4};
 use super::share;
+use super::sys;
 use super::topic::{Filter, TopicError};
 use crate::change::ChangeKind;
 use crate::pubsub::state::{Chunk, StateCursor, CHUNK_RECORDS_MAX};
@@ -292,7 +293,12 @@ impl Session<'_> {
         let v5 = self.v5();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut initial = Vec::new();
+        let mut sys_initial = Vec::new();
         for (raw, options) in &s.filters {
+            if sys::is_sys(raw) {
+                codes.push(self.subscribe_sys(raw, options.retain_handling, &mut sys_initial));
+                continue;
+            }
             let (filter, db, table) = match self.resolve(raw) {
                 Ok(r) => r,
                 Err(e) => {
@@ -362,6 +368,7 @@ impl Session<'_> {
             properties: Properties::default(),
             codes,
         }));
+        self.conn.send_sys(self.shared, &sys_initial, true);
         for filter in &initial {
             self.start_state(filter);
         }
@@ -370,13 +377,51 @@ impl Session<'_> {
         }
     }
 
+    /// A `$SYS` filter (docs/mqtt.md#sys-topics): the super user's only, granted at QoS 0;
+    /// its values go out after the SUBACK unless Retain Handling says not to (into `initial`).
+    /// Returns the SUBACK code.
+    fn subscribe_sys(&self, raw: &str, retain_handling: u8, initial: &mut Vec<String>) -> u8 {
+        let v5 = self.v5();
+        let refused = |e: Unresolved| {
+            tracing::info!(target: "mqtt", "subscribe to {raw:?} refused: {e}");
+            match e {
+                _ if !v5 => SUBACK_FAILURE_V4,
+                Unresolved::NotPermitted => ReasonCode::NotAuthorized.byte(),
+                _ => ReasonCode::TopicFilterInvalid.byte(),
+            }
+        };
+        if !self.caller.super_user {
+            return refused(Unresolved::NotPermitted);
+        }
+        if let Err(e) = Filter::parse_general(raw) {
+            return refused(Unresolved::Filter(e));
+        }
+        let mut subs = self.conn.sys_subs.borrow_mut();
+        let is_new = !subs.iter().any(|s| s == raw);
+        if is_new {
+            if subs.len() >= durable::SUBSCRIPTIONS_MAX {
+                return if v5 {
+                    ReasonCode::QuotaExceeded.byte()
+                } else {
+                    SUBACK_FAILURE_V4
+                };
+            }
+            subs.push(raw.to_string());
+        }
+        if retain_handling == 0 || (retain_handling == 1 && is_new) {
+            initial.push(raw.to_string());
+        }
+        0
+    }
+
     /// UNSUBSCRIBE: each filter removed (leaving its shared group), UNSUBACK.
     pub(super) fn on_unsubscribe(&self, u: Unsubscribe) {
         let mut codes = Vec::new();
         {
             let mut subs = self.conn.subs.borrow_mut();
+            let mut sys_subs = self.conn.sys_subs.borrow_mut();
             for f in &u.filters {
-                let before = subs.len();
+                let before = subs.len() + sys_subs.len();
                 let removed = subs.iter().find(|s| s.filter.as_str() == f);
                 if let Some(filter) = removed.map(|s| &s.filter) {
                     if let Some(group) = filter.share() {
@@ -385,7 +430,8 @@ impl Session<'_> {
                     }
                 }
                 subs.retain(|s| s.filter.as_str() != f);
-                codes.push(if subs.len() < before {
+                sys_subs.retain(|s| s != f);
+                codes.push(if subs.len() + sys_subs.len() < before {
                     ReasonCode::Success.byte()
                 } else {
                     ReasonCode::NoSubscriptionExisted.byte()
