@@ -1002,3 +1002,97 @@ fn sys_topics_for_the_super_user() {
         );
     }
 }
+
+/// docs/mqtt.md: the super user's `#` and `+/…` cover every export and, with
+/// `mqtt.generalTopics`, general topics (`$SYS` excepted); `mosquitto_sub -t '#'` gets a table
+/// change. Another user's `#` stays a general filter: it does not receive table changes.
+#[test]
+fn super_user_wildcard_filters_cover_every_table() {
+    let m = start_built(
+        Builder::new().require_credentials(),
+        &[("--MQTT_GENERALTOPICS", "true")],
+    );
+    let login = |level: u8, id: &str, user: &str, password: &str| {
+        let mut raw = Raw::connect(&m, &connect_with_credentials(level, id, user, password));
+        assert_eq!(connack_code(&mut raw), 0, "{id}");
+        raw
+    };
+    let admin = |level: u8, id: &str| login(level, id, common::ADMIN_USER, common::ADMIN_PASSWORD);
+    add_dog_reader(&m);
+    let mut reader = login(4, "reader", "reader", "Reader-pass-1");
+    reader.send(&subscribe_packet(4, 1, "#", 0));
+    assert_eq!(reader.packet(), Some(vec![0x90, 3, 0, 1, 0]));
+    let mut subs = Vec::new();
+    for (level, filter) in [(4u8, "#"), (5, "#"), (4, "+/5")] {
+        let mut s = admin(level, &format!("all-{level}-{}", filter.len()));
+        s.send(&subscribe_packet(level, 1, filter, 0));
+        let suback = s.packet().expect("SUBACK");
+        assert_eq!(
+            *suback.last().unwrap(),
+            0,
+            "{filter} at {level}: {suback:?}"
+        );
+        subs.push((level, filter, s));
+    }
+    ops(
+        &m,
+        serde_json::json!({"operation": "upsert", "table": "Dog", "records": [{"id": "5", "name": "Rex"}]}),
+    );
+    let mut publisher = admin(4, "pub");
+    publisher.send(&publish_packet(4, 0, "$SYS/x", 0, b"hidden"));
+    publisher.send(&publish_packet(4, 0, "home/5", 0, b"21.5"));
+    publisher.send(&publish_packet(4, 0, "Sensor/9", 0, br#"{"temp":1}"#));
+    for (level, filter, s) in &mut subs {
+        let mut got = Vec::new();
+        let want = if *filter == "#" { 3 } else { 2 };
+        while got.len() < want {
+            let (_, topic, _) = parse_publish(&s.packet().expect("PUBLISH"), *level);
+            got.push(topic);
+        }
+        got.sort(); // commits of different databases may be dispatched in either order
+        let expected: &[&str] = if *filter == "#" {
+            &["Dog/5", "Sensor/9", "home/5"]
+        } else {
+            &["Dog/5", "home/5"]
+        };
+        assert_eq!(got, expected, "{filter} at level {level}");
+    }
+    // The reader's `#` took the general topic only: it comes first and alone.
+    let (_, topic, _) = parse_publish(&reader.packet().expect("PUBLISH"), 4);
+    assert_eq!(topic, "home/5");
+    reader.send(&[0xc0, 0]);
+    assert_eq!(
+        reader.packet(),
+        Some(vec![0xd0, 0]),
+        "no table change for the reader"
+    );
+
+    if !common::have_tool(
+        "sh",
+        &["-c", "command -v mosquitto_sub"],
+        "apt-get install mosquitto-clients",
+    ) {
+        return;
+    }
+    let mut child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &m.port.port().to_string()])
+        .args(["-u", common::ADMIN_USER, "-P", common::ADMIN_PASSWORD])
+        .args(["-t", "#", "-C", "1", "-W", "20", "-F", "%t %p"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    // It subscribes at some point; write until it has printed one change and left (bounded).
+    for i in 0..100 {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        ops(
+            &m,
+            serde_json::json!({"operation": "upsert", "table": "Dog", "records": [{"id": "7", "name": format!("n{i}")}]}),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.starts_with("Dog/7 {"), "{line:?}");
+}

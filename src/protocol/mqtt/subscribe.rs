@@ -186,7 +186,7 @@ impl Conn {
                     return;
                 };
                 let export = filter.export().to_string();
-                let general = filter.is_general();
+                let general = filter.is_general() || filter.is_every();
                 let since = sessions.since(&cursor.database().name);
                 let result =
                     cursor.read_chunk(since, room.min(CHUNK_RECORDS_MAX), |key, record| {
@@ -262,6 +262,11 @@ impl Session<'_> {
     /// What a subscription filter reads: a table of an export, or — with `mqtt.generalTopics`
     /// and a first level that names no export — general topics (`table` none).
     pub(super) fn resolve(&self, raw: &str) -> Result<Resolved, Unresolved> {
+        if self.caller.super_user && Filter::starts_with_wildcard(raw) {
+            // docs/mqtt.md: the super user's `#` and `+/…` cover every export (and general
+            // topics when on); they carry the system database's position like general filters.
+            return self.plain(Filter::parse_every(raw));
+        }
         let exported = Filter::parse(raw).map(|f| {
             let found = self.shared.resources.export(f.export());
             (f, found)
@@ -273,18 +278,22 @@ impl Session<'_> {
                 }
                 Ok((filter, db, Some(table)))
             }
-            _ if self.shared.general_topics => {
-                let filter = Filter::parse_general(raw).map_err(Unresolved::Filter)?;
-                let (db, _) = self
-                    .shared
-                    .resources
-                    .table(durable::SYSTEM, general::TABLE)
-                    .ok_or(Unresolved::NoExport)?;
-                Ok((filter, db, None))
-            }
+            _ if self.shared.general_topics => self.plain(Filter::parse_general(raw)),
             Ok((_, None)) => Err(Unresolved::NoExport),
             Err(e) => Err(Unresolved::Filter(e)),
         }
+    }
+
+    /// A filter with plain MQTT matching (general, or over every export), read with the
+    /// position of the system database that holds general topics.
+    fn plain(&self, parsed: Result<Filter, TopicError>) -> Result<Resolved, Unresolved> {
+        let filter = parsed.map_err(Unresolved::Filter)?;
+        let (db, _) = self
+            .shared
+            .resources
+            .table(durable::SYSTEM, general::TABLE)
+            .ok_or(Unresolved::NoExport)?;
+        Ok((filter, db, None))
     }
 
     /// SUBSCRIBE: each filter resolved and granted (or refused with its code), SUBACK, then the
@@ -359,7 +368,10 @@ impl Session<'_> {
                 self.shared.groups.join(&key, &self.client_id);
                 continue;
             }
-            if send_state && filter.matches_records() {
+            // docs/mqtt.md: a filter over every export gets the current state of general topics
+            // (when on), not of tables.
+            let state_kept = !filter.is_every() || self.shared.general_topics;
+            if send_state && filter.matches_records() && state_kept {
                 initial.push(filter);
             }
         }
@@ -448,7 +460,7 @@ impl Session<'_> {
     /// Starts streaming the current state of every record `filter` matches as retained
     /// PUBLISHes (see [`Conn::fill_state`]); live events it holds are not sent again.
     pub(super) fn start_state(&self, filter: &Filter) {
-        let target = if filter.is_general() {
+        let target = if filter.is_general() || filter.is_every() {
             self.shared.resources.table(durable::SYSTEM, general::TABLE)
         } else {
             self.shared.resources.export(filter.export())
