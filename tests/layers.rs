@@ -1,7 +1,8 @@
 //! The layers of `src/`: every `crate::…` path in code outside tests names only a folder that the
 //! "Layers" table of ARCHITECTURE.md allows; no circle between two folders unless one side is
 //! marked `*` there (a known one, to be removed); no file under `src/protocol/` names
-//! `crate::store`. The table is written once, in ARCHITECTURE.md; this test reads it.
+//! `crate::store`. The table is written once, in ARCHITECTURE.md; this test reads it. Also: no
+//! function in `src/` over 150 lines, none under `src/protocol/` over 100.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -268,5 +269,115 @@ fn a_forbidden_import_is_found() {
             .iter()
             .any(|f| f.contains("`store` may not import `crate::resource`")),
         "{found:?}"
+    );
+}
+
+/// Lines of each `fn` in `text` (from its `fn` line to its closing brace): (name, first line, lines).
+/// A brace counter over the text with strings, characters and `//` comments blanked; enough for
+/// this code base's formatting (rustfmt's).
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let blank = |line: &str| -> String {
+        let mut out = String::with_capacity(line.len());
+        let mut chars = line.chars().peekable();
+        let mut in_str = false;
+        while let Some(c) = chars.next() {
+            match (in_str, c) {
+                (true, '\\') => {
+                    chars.next();
+                }
+                (true, '"') => in_str = false,
+                (true, _) => {}
+                (false, '"') => in_str = true,
+                (false, '\'') => {
+                    // A char literal ('{', '\n') is skipped; a lifetime ('a) is kept.
+                    let rest: String = chars.clone().take(3).collect();
+                    if rest.starts_with('\\') {
+                        chars.nth(2);
+                    } else if rest.chars().nth(1) == Some('\'') {
+                        chars.nth(1);
+                    }
+                }
+                (false, '/') if chars.peek() == Some(&'/') => break,
+                (false, c) => out.push(c),
+            }
+        }
+        out
+    };
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let t = t
+            .strip_prefix("pub(crate) ")
+            .or_else(|| t.strip_prefix("pub(super) "))
+            .or_else(|| t.strip_prefix("pub "))
+            .unwrap_or(t);
+        let t = t.strip_prefix("const ").unwrap_or(t);
+        let t = t.strip_prefix("async ").unwrap_or(t);
+        let t = t.strip_prefix("unsafe ").unwrap_or(t);
+        let Some(rest) = t.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let mut depth = 0i64;
+        let mut opened = false;
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            let code = blank(l);
+            for c in code.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if opened && depth <= 0 {
+                found.push((name.clone(), i + 1, j - i + 1));
+                break;
+            }
+            if !opened && code.trim_end().ends_with(';') {
+                break; // a declaration without a body
+            }
+        }
+    }
+    found
+}
+
+/// Issue 18's bound, kept: no function in `src/` over 150 lines, none under `src/protocol/`
+/// over 100 (split along the seams instead; ARCHITECTURE.md).
+#[test]
+fn no_function_is_too_long() {
+    let src = root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut long = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).unwrap();
+        let limit = if rel.starts_with("protocol") { 100 } else { 150 };
+        let text = std::fs::read_to_string(file).unwrap();
+        for (name, line, n) in function_lengths(&text) {
+            if n > limit {
+                long.push(format!("src/{}:{line} {name}: {n} lines (limit {limit})", rel.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "functions over the limit:\n{}", long.join("\n"));
+}
+
+#[test]
+fn function_lengths_are_counted() {
+    let body: String = (0..120).map(|i| format!("    let x{i} = \"}}\";\n")).collect();
+    let text = format!(
+        "pub fn short() -> u8 {{\n    b'{{'\n}}\n\nasync fn long(a: &'static str) {{\n{body}}}\nfn decl();\n"
+    );
+    let found = function_lengths(&text);
+    assert_eq!(
+        found,
+        vec![("short".to_string(), 1, 3), ("long".to_string(), 5, 122)]
     );
 }

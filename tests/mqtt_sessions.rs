@@ -862,9 +862,14 @@ fn events_as_log_lines_and_metrics() {
     assert_eq!(count("auth-failed"), 1);
     assert_eq!(count("disconnected"), 1);
     // The logging thread writes behind: read the file until every line is there (bounded).
+    // `connected`/`disconnected` are connection lines at the default level (`logging.connections`).
     let has = |log: &str, event: &str| {
-        log.lines()
-            .any(|l| l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: ")))
+        log.lines().any(|l| match event {
+            "connected" | "disconnected" => {
+                l.contains("[notify]") && l.contains(&format!("]: mqtt {event}: "))
+            }
+            _ => l.contains("[info] [mqtt]") && l.contains(&format!("]: {event}: ")),
+        })
     };
     let events = ["connection", "connected", "auth-failed", "disconnected"];
     let path = m.server.root.path().join("log").join("hdb.log");

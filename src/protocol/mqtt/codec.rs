@@ -557,27 +557,38 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
 /// Appends `packet` encoded for `level` to `out`. Properties are written only for v5.
 pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
     let v5 = level == Level::V5;
-    let mut body = Vec::new();
-    let first: u8 = match packet {
+    let at = out.len();
+    out.push(0);
+    let mut first = 0u8;
+    put_with_length(out, |body| first = encode_body(packet, v5, body));
+    if let Some(byte) = out.get_mut(at) {
+        *byte = first;
+    }
+}
+
+/// Writes the variable header and payload of `packet` to `body`; returns the fixed header's
+/// first byte.
+fn encode_body(packet: &Packet, v5: bool, body: &mut Vec<u8>) -> u8 {
+    match packet {
         Packet::Connect(c) => {
-            encode_connect(c, &mut body);
+            encode_connect(c, body);
             0x10
         }
         Packet::ConnAck(a) => {
             body.push(u8::from(a.session_present));
             body.push(a.code);
             if v5 {
-                a.properties.encode(&mut body);
+                a.properties.encode(body);
             }
             0x20
         }
         Packet::Publish(p) => {
-            put_binary(&mut body, p.topic.as_bytes());
+            put_binary(body, p.topic.as_bytes());
             if p.qos > 0 {
                 body.extend_from_slice(&p.packet_id.to_be_bytes());
             }
             if v5 {
-                p.properties.encode(&mut body);
+                p.properties.encode(body);
             }
             body.extend_from_slice(&p.payload);
             0x30 | (u8::from(p.dup) << 3) | ((p.qos & 3) << 1) | u8::from(p.retain)
@@ -588,7 +599,7 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
             if v5 && (a.code != 0 || !a.properties.is_empty()) {
                 body.push(a.code);
                 if !a.properties.is_empty() {
-                    a.properties.encode(&mut body);
+                    a.properties.encode(body);
                 }
             }
             match packet {
@@ -599,13 +610,13 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
             }
         }
         Packet::Subscribe(s) => {
-            encode_subscribe(s, v5, &mut body);
+            encode_subscribe(s, v5, body);
             0x82
         }
         Packet::SubAck(s) => {
             body.extend_from_slice(&s.packet_id.to_be_bytes());
             if v5 {
-                s.properties.encode(&mut body);
+                s.properties.encode(body);
             }
             body.extend_from_slice(&s.codes);
             0x90
@@ -613,17 +624,17 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
         Packet::Unsubscribe(u) => {
             body.extend_from_slice(&u.packet_id.to_be_bytes());
             if v5 {
-                u.properties.encode(&mut body);
+                u.properties.encode(body);
             }
             for filter in &u.filters {
-                put_binary(&mut body, filter.as_bytes());
+                put_binary(body, filter.as_bytes());
             }
             0xa2
         }
         Packet::UnsubAck(u) => {
             body.extend_from_slice(&u.packet_id.to_be_bytes());
             if v5 {
-                u.properties.encode(&mut body);
+                u.properties.encode(body);
                 body.extend_from_slice(&u.codes);
             }
             0xb0
@@ -634,7 +645,7 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
             if v5 && (d.code != 0 || !d.properties.is_empty()) {
                 body.push(d.code);
                 if !d.properties.is_empty() {
-                    d.properties.encode(&mut body);
+                    d.properties.encode(body);
                 }
             }
             if matches!(packet, Packet::Disconnect(_)) {
@@ -643,10 +654,7 @@ pub fn encode(packet: &Packet, level: Level, out: &mut Vec<u8>) {
                 0xf0
             }
         }
-    };
-    out.push(first);
-    put_varint(out, body.len());
-    out.extend_from_slice(&body);
+    }
 }
 
 /// The variable header and payload of a CONNECT (its own level decides the properties).
@@ -705,17 +713,44 @@ fn encode_subscribe(s: &Subscribe, v5: bool, body: &mut Vec<u8>) {
     }
 }
 
-pub(super) fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+pub(super) fn put_varint(out: &mut Vec<u8>, n: usize) {
+    let (bytes, len) = varint(n);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// `n` as a variable byte integer (MQTT 5 §1.5.5): its bytes and how many of them.
+fn varint(mut n: usize) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
     loop {
         let mut byte = (n & 0x7f) as u8;
         n >>= 7;
         if n > 0 {
             byte |= 0x80;
         }
-        out.push(byte);
+        bytes[len] = byte;
+        len += 1;
         if n == 0 {
-            return;
+            return (bytes, len);
         }
+    }
+}
+
+/// Appends what `write` writes, preceded by its length as a variable byte integer, without a
+/// scratch buffer: room for a length of up to four bytes (every length a packet may have) is
+/// left before it, then closed up.
+pub(super) fn put_with_length(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    const ROOM: usize = 4;
+    let at = out.len();
+    out.extend_from_slice(&[0; ROOM]);
+    write(out);
+    let (prefix, n) = varint(out.len() - at - ROOM);
+    if n <= ROOM {
+        out[at..at + n].copy_from_slice(&prefix[..n]);
+        out.copy_within(at + ROOM.., at + n);
+        out.truncate(out.len() - (ROOM - n));
+    } else {
+        out.splice(at..at + ROOM, prefix[..n].iter().copied());
     }
 }
 

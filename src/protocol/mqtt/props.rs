@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::codec::{put_binary, put_varint, DecodeError, Reader};
+use super::codec::{put_binary, put_varint, put_with_length, DecodeError, Reader};
 
 /// Entries in one properties block. Reaching it makes the packet malformed.
 pub const PROPERTIES_MAX: usize = 256;
@@ -226,42 +226,40 @@ impl Properties {
     /// Appends the properties block (length, then entries).
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         use Property::*;
-        let mut body = Vec::new();
-        for p in &self.0 {
-            put_varint(&mut body, usize::from(p.id()));
-            match p {
-                PayloadFormatIndicator(v)
-                | RequestProblemInformation(v)
-                | RequestResponseInformation(v)
-                | MaximumQos(v)
-                | RetainAvailable(v)
-                | WildcardSubscriptionAvailable(v)
-                | SubscriptionIdentifierAvailable(v)
-                | SharedSubscriptionAvailable(v) => body.push(*v),
-                ServerKeepAlive(v) | ReceiveMaximum(v) | TopicAliasMaximum(v) | TopicAlias(v) => {
-                    body.extend_from_slice(&v.to_be_bytes())
-                }
-                MessageExpiryInterval(v)
-                | SessionExpiryInterval(v)
-                | WillDelayInterval(v)
-                | MaximumPacketSize(v) => body.extend_from_slice(&v.to_be_bytes()),
-                SubscriptionIdentifier(v) => put_varint(&mut body, *v as usize),
-                ContentType(s)
-                | ResponseTopic(s)
-                | AssignedClientIdentifier(s)
-                | AuthenticationMethod(s)
-                | ResponseInformation(s)
-                | ServerReference(s)
-                | ReasonString(s) => put_binary(&mut body, s.as_bytes()),
-                CorrelationData(b) | AuthenticationData(b) => put_binary(&mut body, b),
-                UserProperty(k, v) => {
-                    put_binary(&mut body, k.as_bytes());
-                    put_binary(&mut body, v.as_bytes());
+        put_with_length(out, |body| {
+            for p in &self.0 {
+                put_varint(body, usize::from(p.id()));
+                match p {
+                    PayloadFormatIndicator(v)
+                    | RequestProblemInformation(v)
+                    | RequestResponseInformation(v)
+                    | MaximumQos(v)
+                    | RetainAvailable(v)
+                    | WildcardSubscriptionAvailable(v)
+                    | SubscriptionIdentifierAvailable(v)
+                    | SharedSubscriptionAvailable(v) => body.push(*v),
+                    ServerKeepAlive(v) | ReceiveMaximum(v) | TopicAliasMaximum(v)
+                    | TopicAlias(v) => body.extend_from_slice(&v.to_be_bytes()),
+                    MessageExpiryInterval(v)
+                    | SessionExpiryInterval(v)
+                    | WillDelayInterval(v)
+                    | MaximumPacketSize(v) => body.extend_from_slice(&v.to_be_bytes()),
+                    SubscriptionIdentifier(v) => put_varint(body, *v as usize),
+                    ContentType(s)
+                    | ResponseTopic(s)
+                    | AssignedClientIdentifier(s)
+                    | AuthenticationMethod(s)
+                    | ResponseInformation(s)
+                    | ServerReference(s)
+                    | ReasonString(s) => put_binary(body, s.as_bytes()),
+                    CorrelationData(b) | AuthenticationData(b) => put_binary(body, b),
+                    UserProperty(k, v) => {
+                        put_binary(body, k.as_bytes());
+                        put_binary(body, v.as_bytes());
+                    }
                 }
             }
-        }
-        put_varint(out, body.len());
-        out.extend_from_slice(&body);
+        });
     }
 }
 
