@@ -358,20 +358,33 @@ fn no_function_is_too_long() {
     let mut long = Vec::new();
     for file in &files {
         let rel = file.strip_prefix(&src).unwrap();
-        let limit = if rel.starts_with("protocol") { 100 } else { 150 };
+        let limit = if rel.starts_with("protocol") {
+            100
+        } else {
+            150
+        };
         let text = std::fs::read_to_string(file).unwrap();
         for (name, line, n) in function_lengths(&text) {
             if n > limit {
-                long.push(format!("src/{}:{line} {name}: {n} lines (limit {limit})", rel.display()));
+                long.push(format!(
+                    "src/{}:{line} {name}: {n} lines (limit {limit})",
+                    rel.display()
+                ));
             }
         }
     }
-    assert!(long.is_empty(), "functions over the limit:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "functions over the limit:\n{}",
+        long.join("\n")
+    );
 }
 
 #[test]
 fn function_lengths_are_counted() {
-    let body: String = (0..120).map(|i| format!("    let x{i} = \"}}\";\n")).collect();
+    let body: String = (0..120)
+        .map(|i| format!("    let x{i} = \"}}\";\n"))
+        .collect();
     let text = format!(
         "pub fn short() -> u8 {{\n    b'{{'\n}}\n\nasync fn long(a: &'static str) {{\n{body}}}\nfn decl();\n"
     );

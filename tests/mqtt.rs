@@ -672,6 +672,18 @@ fn ops(m: &Mqtt, body: serde_json::Value) -> serde_json::Value {
     serde_json::from_str(&r.into_string().expect("body")).expect("json")
 }
 
+/// Adds the user `reader` (password `Reader-pass-1`), whose role may only read `Dog`.
+fn add_dog_reader(m: &Mqtt) {
+    ops(
+        m,
+        serde_json::json!({"operation": "add_role", "role": "dog_reader", "permission": {"super_user": false, "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}}),
+    );
+    ops(
+        m,
+        serde_json::json!({"operation": "add_user", "username": "reader", "password": "Reader-pass-1", "role": "dog_reader", "active": true}),
+    );
+}
+
 /// docs/security.md for MQTT: missing credentials 0x05 / 0x87, wrong ones 0x04 / 0x86; a read-only role
 /// may subscribe but its v5 retained publish gets PUBACK 0x87 and changes nothing.
 #[test]
@@ -699,14 +711,7 @@ fn authentication_and_permissions() {
         );
         assert_eq!(connack_code(&mut raw), 0, "super user, level {level}");
     }
-    ops(
-        &m,
-        serde_json::json!({"operation": "add_role", "role": "dog_reader", "permission": {"super_user": false, "data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}}}),
-    );
-    ops(
-        &m,
-        serde_json::json!({"operation": "add_user", "username": "reader", "password": "Reader-pass-1", "role": "dog_reader", "active": true}),
-    );
+    add_dog_reader(&m);
     ops(
         &m,
         serde_json::json!({"operation": "upsert", "table": "Dog", "records": [{"id": "1", "name": "Rex"}]}),
@@ -867,4 +872,227 @@ fn connect_with_an_invalid_will_topic_is_refused() {
         }
         assert!(c.closed_within(Duration::from_secs(2)));
     }
+}
+
+/// The `$SYS` value of one retained or live PUBLISH: (retain flag, topic, payload as text).
+fn sys_message(raw: &mut Raw, level: u8) -> (bool, String, String) {
+    let p = raw.packet().expect("a $SYS PUBLISH");
+    let (first, topic, payload) = parse_publish(&p, level);
+    (
+        first & 0x01 == 1,
+        topic,
+        String::from_utf8(payload).expect("text"),
+    )
+}
+
+/// docs/mqtt.md#sys-topics: with 100 clients connected, a super user's `$SYS` subscriber reads
+/// `clients/connected` = 101 (itself included) as a retained message at once, `$SYS/#` gives
+/// Mosquitto's five topics, and after 50 clients leave a periodic update (`mqtt.sysInterval: 1`)
+/// says 51. A user without super user rights is refused (v5 0x87, 3.1.1 0x80); `mosquitto_sub`
+/// reads the value too.
+#[test]
+fn sys_topics_for_the_super_user() {
+    let m = start_built(
+        Builder::new().require_credentials(),
+        &[("--MQTT_SYSINTERVAL", "1")],
+    );
+    let admin = |level: u8, id: &str| {
+        let mut raw = Raw::connect(
+            &m,
+            &connect_with_credentials(level, id, common::ADMIN_USER, common::ADMIN_PASSWORD),
+        );
+        assert_eq!(connack_code(&mut raw), 0, "{id}");
+        raw
+    };
+    let mut clients: Vec<Raw> = (0..100).map(|i| admin(4, &format!("c{i}"))).collect();
+    let mut sub = admin(5, "sys");
+    sub.send(&subscribe_packet(5, 1, "$SYS/broker/clients/connected", 0));
+    let suback = sub.packet().expect("SUBACK");
+    assert_eq!(
+        (suback[0], *suback.last().unwrap()),
+        (0x90, 0),
+        "{suback:?}"
+    );
+    assert_eq!(
+        sys_message(&mut sub, 5),
+        (true, "$SYS/broker/clients/connected".into(), "101".into())
+    );
+    sub.send(&subscribe_packet(5, 2, "$SYS/#", 0));
+    assert_eq!(sub.packet().expect("SUBACK")[0], 0x90);
+    let mut topics = Vec::new();
+    while topics.len() < 5 {
+        let (retain, topic, value) = sys_message(&mut sub, 5);
+        if !retain {
+            continue; // a periodic update of the first subscription
+        }
+        match topic.as_str() {
+            "$SYS/broker/version" => assert!(value.starts_with("tidepool version "), "{value}"),
+            "$SYS/broker/uptime" => assert!(value.ends_with(" seconds"), "{value}"),
+            "$SYS/broker/clients/connected" => assert_eq!(value, "101"),
+            _ => assert!(value.parse::<u64>().is_ok(), "{topic} {value}"),
+        }
+        topics.push(topic);
+    }
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            "$SYS/broker/clients/connected",
+            "$SYS/broker/messages/received",
+            "$SYS/broker/messages/sent",
+            "$SYS/broker/uptime",
+            "$SYS/broker/version"
+        ]
+    );
+    clients.truncate(50);
+    // Live updates every second; the count settles at 51 once the server saw the 50 closes.
+    let mut last = String::new();
+    for _ in 0..200 {
+        let (retain, topic, value) = sys_message(&mut sub, 5);
+        if topic == "$SYS/broker/clients/connected" && !retain {
+            last = value;
+            if last == "51" {
+                break;
+            }
+        }
+    }
+    assert_eq!(last, "51", "clients connected after 50 left");
+    drop(clients);
+
+    if common::have_tool(
+        "sh",
+        &["-c", "command -v mosquitto_sub"],
+        "apt-get install mosquitto-clients",
+    ) {
+        let out = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &m.port.port().to_string()])
+            .args(["-u", common::ADMIN_USER, "-P", common::ADMIN_PASSWORD])
+            .args([
+                "-t",
+                "$SYS/broker/version",
+                "-C",
+                "1",
+                "-W",
+                "5",
+                "-F",
+                "%r %t %p",
+            ])
+            .output()
+            .expect("mosquitto_sub");
+        let line = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            line.starts_with("1 $SYS/broker/version tidepool version "),
+            "{line:?}"
+        );
+    }
+
+    add_dog_reader(&m);
+    for (level, refused) in [(5u8, 0x87u8), (4, 0x80)] {
+        let mut raw = Raw::connect(
+            &m,
+            &connect_with_credentials(level, "reader", "reader", "Reader-pass-1"),
+        );
+        assert_eq!(connack_code(&mut raw), 0);
+        raw.send(&subscribe_packet(level, 1, "$SYS/#", 0));
+        let suback = raw.packet().expect("SUBACK");
+        assert_eq!(
+            *suback.last().unwrap(),
+            refused,
+            "level {level}: {suback:?}"
+        );
+    }
+}
+
+/// docs/mqtt.md: the super user's `#` and `+/…` cover every export and, with
+/// `mqtt.generalTopics`, general topics (`$SYS` excepted); `mosquitto_sub -t '#'` gets a table
+/// change. Another user's `#` stays a general filter: it does not receive table changes.
+#[test]
+fn super_user_wildcard_filters_cover_every_table() {
+    let m = start_built(
+        Builder::new().require_credentials(),
+        &[("--MQTT_GENERALTOPICS", "true")],
+    );
+    let login = |level: u8, id: &str, user: &str, password: &str| {
+        let mut raw = Raw::connect(&m, &connect_with_credentials(level, id, user, password));
+        assert_eq!(connack_code(&mut raw), 0, "{id}");
+        raw
+    };
+    let admin = |level: u8, id: &str| login(level, id, common::ADMIN_USER, common::ADMIN_PASSWORD);
+    add_dog_reader(&m);
+    let mut reader = login(4, "reader", "reader", "Reader-pass-1");
+    reader.send(&subscribe_packet(4, 1, "#", 0));
+    assert_eq!(reader.packet(), Some(vec![0x90, 3, 0, 1, 0]));
+    let mut subs = Vec::new();
+    for (level, filter) in [(4u8, "#"), (5, "#"), (4, "+/5")] {
+        let mut s = admin(level, &format!("all-{level}-{}", filter.len()));
+        s.send(&subscribe_packet(level, 1, filter, 0));
+        let suback = s.packet().expect("SUBACK");
+        assert_eq!(
+            *suback.last().unwrap(),
+            0,
+            "{filter} at {level}: {suback:?}"
+        );
+        subs.push((level, filter, s));
+    }
+    ops(
+        &m,
+        serde_json::json!({"operation": "upsert", "table": "Dog", "records": [{"id": "5", "name": "Rex"}]}),
+    );
+    let mut publisher = admin(4, "pub");
+    publisher.send(&publish_packet(4, 0, "$SYS/x", 0, b"hidden"));
+    publisher.send(&publish_packet(4, 0, "home/5", 0, b"21.5"));
+    publisher.send(&publish_packet(4, 0, "Sensor/9", 0, br#"{"temp":1}"#));
+    for (level, filter, s) in &mut subs {
+        let mut got = Vec::new();
+        let want = if *filter == "#" { 3 } else { 2 };
+        while got.len() < want {
+            let (_, topic, _) = parse_publish(&s.packet().expect("PUBLISH"), *level);
+            got.push(topic);
+        }
+        got.sort(); // commits of different databases may be dispatched in either order
+        let expected: &[&str] = if *filter == "#" {
+            &["Dog/5", "Sensor/9", "home/5"]
+        } else {
+            &["Dog/5", "home/5"]
+        };
+        assert_eq!(got, expected, "{filter} at level {level}");
+    }
+    // The reader's `#` took the general topic only: it comes first and alone.
+    let (_, topic, _) = parse_publish(&reader.packet().expect("PUBLISH"), 4);
+    assert_eq!(topic, "home/5");
+    reader.send(&[0xc0, 0]);
+    assert_eq!(
+        reader.packet(),
+        Some(vec![0xd0, 0]),
+        "no table change for the reader"
+    );
+
+    if !common::have_tool(
+        "sh",
+        &["-c", "command -v mosquitto_sub"],
+        "apt-get install mosquitto-clients",
+    ) {
+        return;
+    }
+    let mut child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &m.port.port().to_string()])
+        .args(["-u", common::ADMIN_USER, "-P", common::ADMIN_PASSWORD])
+        .args(["-t", "#", "-C", "1", "-W", "20", "-F", "%t %p"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    // It subscribes at some point; write until it has printed one change and left (bounded).
+    for i in 0..100 {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        ops(
+            &m,
+            serde_json::json!({"operation": "upsert", "table": "Dog", "records": [{"id": "7", "name": format!("n{i}")}]}),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.starts_with("Dog/7 {"), "{line:?}");
 }

@@ -33,7 +33,8 @@ fn app() -> tempfile::TempDir {
     dir
 }
 
-/// A port free on each of the loopback addresses the nodes use (checked by binding them all).
+/// A port free on each of the loopback addresses the nodes (127.0.0.1–4) and the test proxies
+/// (127.0.0.5–6) use, checked by binding them all.
 fn free_port() -> u16 {
     for _ in 0..100 {
         let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0")
@@ -42,14 +43,14 @@ fn free_port() -> u16 {
         else {
             continue;
         };
-        let held: Vec<_> = (1..=4)
+        let held: Vec<_> = (1..=6)
             .map(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")))
             .collect();
         if held.iter().all(Result::is_ok) {
             return port;
         }
     }
-    panic!("no port free on 127.0.0.1-4");
+    panic!("no port free on 127.0.0.1-6");
 }
 
 struct Node {
@@ -306,6 +307,22 @@ fn wait_mesh(nodes: &[&Node]) {
     }
 }
 
+/// Nodes A, B and C on 127.0.0.1–3 (A dials B and C, B dials C), linked in a full mesh.
+fn three_nodes(app: &tempfile::TempDir, port: u16) -> (Node, Node, Node) {
+    let a = start(
+        app,
+        "node-a",
+        "127.0.0.1",
+        port,
+        &["127.0.0.2", "127.0.0.3"],
+        None,
+    );
+    let b = start(app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
+    let c = start(app, "node-c", "127.0.0.3", port, &[], None);
+    wait_mesh(&[&a, &b, &c]);
+    (a, b, c)
+}
+
 fn dog_name(node: &Node, id: &str) -> Option<String> {
     get(node, &format!("/Dog/{id}")).and_then(|v| v["name"].as_str().map(str::to_string))
 }
@@ -314,18 +331,8 @@ fn dog_name(node: &Node, id: &str) -> Option<String> {
 fn three_nodes_converge_and_local_data_stays_local() {
     let app = app();
     let port = free_port();
-    let a = start(
-        &app,
-        "node-a",
-        "127.0.0.1",
-        port,
-        &["127.0.0.2", "127.0.0.3"],
-        None,
-    );
-    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
-    let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    let (a, b, c) = three_nodes(&app, port);
     let nodes = [&a, &b, &c];
-    wait_mesh(&[&a, &b, &c]);
 
     // A write on any node is readable on the others within 1 s (p99 over 1,000 writes).
     let mut lags_ms: Vec<f64> = Vec::with_capacity(2000);
@@ -439,17 +446,7 @@ fn three_nodes_converge_and_local_data_stays_local() {
 fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
     let app = app();
     let port = free_port();
-    let a = start(
-        &app,
-        "node-a",
-        "127.0.0.1",
-        port,
-        &["127.0.0.2", "127.0.0.3"],
-        None,
-    );
-    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
-    let mut c = start(&app, "node-c", "127.0.0.3", port, &[], None);
-    wait_mesh(&[&a, &b, &c]);
+    let (a, b, mut c) = three_nodes(&app, port);
     put(&a, "/Dog/before", json!({"name": "before"}));
     wait_until("first write on C", Duration::from_secs(5), || {
         dog_name(&c, "before").is_some()
@@ -1052,17 +1049,7 @@ impl Drop for Cut {
 fn a_partition_heals_without_losing_acknowledged_writes() {
     let app = app();
     let port = free_port();
-    let a = start(
-        &app,
-        "node-a",
-        "127.0.0.1",
-        port,
-        &["127.0.0.2", "127.0.0.3"],
-        None,
-    );
-    let b = start(&app, "node-b", "127.0.0.2", port, &["127.0.0.3"], None);
-    let c = start(&app, "node-c", "127.0.0.3", port, &[], None);
-    wait_mesh(&[&a, &b, &c]);
+    let (a, b, c) = three_nodes(&app, port);
     put(&a, "/Dog/pre", json!({"name": "before the cut"}));
     wait_until("pre everywhere", Duration::from_secs(10), || {
         [&a, &b, &c].iter().all(|n| dog_name(n, "pre").is_some())
@@ -1217,13 +1204,7 @@ fn a_peer_behind_a_pruned_audit_log_gets_a_snapshot() {
     let port = free_port();
     let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2"], None);
     let mut b = start(&app, "node-b", "127.0.0.2", port, &[], None);
-    wait_mesh(&[&a, &b]);
-    put(&a, "/Dog/seen", json!({"name": "seen by b"}));
-    wait_until("the first write on B", Duration::from_secs(10), || {
-        dog_name(&b, "seen").is_some()
-    });
-    b.server.signal(libc_sigkill());
-    let _ = b.server.wait_exit(Duration::from_secs(5));
+    see_then_kill(&a, &mut b);
     // While B is away: a transaction over both tables, then one over Dog alone; then Dog's
     // audit entries pruned, which leaves the first with Cat's entry only and the second empty.
     let (status, reply) = op(
@@ -1263,6 +1244,17 @@ fn a_peer_behind_a_pruned_audit_log_gets_a_snapshot() {
     wait_until("a later write on B", Duration::from_secs(10), || {
         dog_name(&b, "after").is_some()
     });
+}
+
+/// Once A and B are linked: a first write on A that B gets, then B killed (SIGKILL).
+fn see_then_kill(a: &Node, b: &mut Node) {
+    wait_mesh(&[a, b]);
+    put(a, "/Dog/seen", json!({"name": "seen by b"}));
+    wait_until("the first write on B", Duration::from_secs(10), || {
+        dog_name(b, "seen").is_some()
+    });
+    b.server.signal(libc_sigkill());
+    let _ = b.server.wait_exit(Duration::from_secs(5));
 }
 
 /// Names in `system.hdb_certificate` on `node`.
@@ -1381,4 +1373,316 @@ fn a_node_started_with_a_leader_url_clones_it() {
         dog_name(&b, "live").is_some()
     });
     assert!(certificate_names(&b).contains(&"node-a CA".to_string()));
+}
+
+/// docs/replication.md "Origins": a node re-provisioned under its old name (its root wiped, the
+/// same `replication.hostname`) that takes writes at once loses none of them — they reach the
+/// other nodes although those already hold higher sequence numbers of the old node — and a
+/// second wipe loses nothing either.
+#[test]
+fn a_wiped_node_restarted_under_its_name_keeps_every_write() {
+    let app = app();
+    let port = free_port();
+    let (a, b, mut c) = three_nodes(&app, port);
+    // The first life of C numbers 20 transactions; A and B hold them all.
+    let mut written: Vec<String> = Vec::new();
+    for i in 0..20 {
+        let id = format!("life0-{i}");
+        put(&c, &format!("/Dog/{id}"), json!({"name": id}));
+        written.push(id);
+    }
+    wait_until(
+        "C's first writes on A and B",
+        Duration::from_secs(10),
+        || {
+            [&a, &b]
+                .iter()
+                .all(|n| written.iter().all(|id| dog_name(n, id).is_some()))
+        },
+    );
+    for life in 1..=2 {
+        // Wipe: kill C and start it on a fresh root under the same name, then write at once.
+        c.server.signal(libc_sigkill());
+        let _ = c.server.wait_exit(Duration::from_secs(5));
+        drop(c);
+        c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+        for i in 0..5 {
+            let id = format!("life{life}-{i}");
+            put(&c, &format!("/Dog/{id}"), json!({"name": id}));
+            written.push(id);
+        }
+        wait_until(
+            &format!("every write of C's life {life} on A and B"),
+            Duration::from_secs(30),
+            || {
+                [&a, &b, &c]
+                    .iter()
+                    .all(|n| written.iter().all(|id| dog_name(n, id).is_some()))
+            },
+        );
+        // Later writes keep flowing, both ways.
+        let id = format!("life{life}-later");
+        put(&c, &format!("/Dog/{id}"), json!({"name": id}));
+        written.push(id);
+        put(&a, &format!("/Dog/a-{life}"), json!({"name": "from a"}));
+        wait_until("later writes everywhere", Duration::from_secs(10), || {
+            dog_name(&c, &format!("a-{life}")).is_some()
+                && [&a, &b]
+                    .iter()
+                    .all(|n| written.iter().all(|id| dog_name(n, id).is_some()))
+        });
+    }
+    wait_until("the three nodes agree", Duration::from_secs(20), || {
+        let sa = checksum(&a);
+        sa == checksum(&b) && sa == checksum(&c)
+    });
+}
+
+/// A loopback TCP proxy in front of one node's replication port that can be paused: it then
+/// stops forwarding in both directions (and holds new connections) without closing anything,
+/// which to the nodes looks like a network partition.
+struct Proxy {
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn new(listen: &str, upstream: &str) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind(listen).expect("proxy bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_string();
+        let (p, st) = (paused.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Acquire) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let (p, st, upstream) = (p.clone(), st.clone(), upstream.clone());
+                std::thread::spawn(move || {
+                    // A connection made during the pause waits for the heal.
+                    while p.load(Ordering::Acquire) && !st.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let _ = client.set_nonblocking(false);
+                    let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    for (from, to) in [
+                        (client.try_clone(), server.try_clone()),
+                        (server.try_clone(), client.try_clone()),
+                    ] {
+                        let (Ok(from), Ok(to)) = (from, to) else {
+                            return;
+                        };
+                        let (p, st) = (p.clone(), st.clone());
+                        std::thread::spawn(move || pump(from, to, &p, &st));
+                    }
+                });
+            }
+        });
+        Proxy { paused, stop }
+    }
+
+    fn pause(&self, on: bool) {
+        self.paused.store(on, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Copies `from` to `to` until either ends, reading nothing while `paused`.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    paused: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 << 10];
+    while !stop.load(Ordering::Acquire) {
+        if paused.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// `node`'s `/metrics` sample `tidepool_replication_connected` for `peer`'s `data` socket.
+fn connected_metric(node: &Node, peer: &str) -> Option<f64> {
+    let url = format!("{}metrics", node.server.ops_url());
+    let text = ureq::get(&url).call().ok()?.into_string().ok()?;
+    let prefix = format!("tidepool_replication_connected{{peer=\"{peer}\",database=\"data\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// docs/replication.md "Link liveness": a 10 s partition (two pausable proxies carry the only
+/// links between A and B) shows `connected: false` on both sides within the heartbeat timeout,
+/// in `cluster_status` and `/metrics`, logged at warn; after the heal the links come back and
+/// what each side wrote meanwhile reaches the other within 2 s plus its transfer time.
+#[test]
+fn a_partition_is_seen_within_the_heartbeat_timeout_and_catch_up_follows_the_heal() {
+    const INTERVAL_MS: u64 = 1000;
+    const TIMEOUT_MS: u64 = 3000;
+    let app = app();
+    let port = free_port();
+    // A and B announce the proxies as their addresses, so every dial between them (routes and
+    // gossip) goes through one.
+    let _to_a = Proxy::new(&format!("127.0.0.5:{port}"), &format!("127.0.0.1:{port}"));
+    let _to_b = Proxy::new(&format!("127.0.0.6:{port}"), &format!("127.0.0.2:{port}"));
+    let node = |name: &str, ip: &str, proxy: &str, routes: &[&str]| {
+        let extra = [
+            ("--REPLICATION_URL", format!("ws://{proxy}:{port}")),
+            ("--REPLICATION_HEARTBEATINTERVAL", INTERVAL_MS.to_string()),
+            ("--REPLICATION_HEARTBEATTIMEOUT", TIMEOUT_MS.to_string()),
+        ];
+        start_with(&app, name, ip, port, routes, None, Link::Plain, &extra)
+    };
+    let a = node("node-a", "127.0.0.1", "127.0.0.5", &["127.0.0.6"]);
+    let b = node("node-b", "127.0.0.2", "127.0.0.6", &[]);
+    wait_mesh(&[&a, &b]);
+    put(&a, "/Dog/pre", json!({"name": "before the cut"}));
+    wait_until("the first write on B", Duration::from_secs(10), || {
+        dog_name(&b, "pre").is_some()
+    });
+    assert_eq!(connected_metric(&a, "node-b"), Some(1.0));
+
+    let cut = Instant::now();
+    _to_a.pause(true);
+    _to_b.pause(true);
+    let mut seen: BTreeMap<&str, Duration> = BTreeMap::new();
+    while seen.len() < 2 && cut.elapsed() < Duration::from_secs(10) {
+        for (n, peer) in [(&a, "node-b"), (&b, "node-a")] {
+            if !seen.contains_key(n.name.as_str())
+                && !connected_to(n, peer)
+                && connected_metric(n, peer) == Some(0.0)
+            {
+                seen.insert(n.name.as_str(), cut.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("partition seen after {seen:?} (heartbeat timeout {TIMEOUT_MS} ms)");
+    assert_eq!(seen.len(), 2, "not both sides saw the partition: {seen:?}");
+    // Within the timeout, plus what polling and a loaded machine add.
+    let limit = Duration::from_millis(TIMEOUT_MS + 1500);
+    assert!(seen.values().all(|d| *d <= limit), "{seen:?} > {limit:?}");
+    for n in [&a, &b] {
+        let log =
+            std::fs::read_to_string(n.server.root.path().join("log/hdb.log")).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("[warn]") && l.contains("nothing heard from")),
+            "{}: no warning about the silent link",
+            n.name
+        );
+    }
+    // Both sides write while cut off.
+    for i in 0..100 {
+        put(&a, &format!("/Dog/a{i}"), json!({"name": format!("a{i}")}));
+        put(&b, &format!("/Dog/b{i}"), json!({"name": format!("b{i}")}));
+    }
+    assert_eq!(dog_name(&b, "a99"), None, "the cut let A's write through");
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
+    _to_a.pause(false);
+    _to_b.pause(false);
+    let healed = Instant::now();
+    wait_until("catch-up after the heal", Duration::from_secs(20), || {
+        dog_name(&b, "a99").is_some() && dog_name(&a, "b99").is_some()
+    });
+    let took = healed.elapsed();
+    eprintln!("caught up {took:?} after the heal (200 small records missed)");
+    // 2 s, plus the transfer of 200 small records (well under a second on loopback).
+    assert!(took <= Duration::from_secs(3), "catch-up took {took:?}");
+    wait_until("A and B agree", Duration::from_secs(10), || {
+        checksum(&a) == checksum(&b)
+    });
+    assert!(connected_to(&a, "node-b") && connected_to(&b, "node-a"));
+}
+
+/// The total of "N transactions … trimmed" lines for database `db` in `node`'s log.
+fn trimmed_in_log(node: &Node, db: &str) -> u64 {
+    let log =
+        std::fs::read_to_string(node.server.root.path().join("log/hdb.log")).unwrap_or_default();
+    let prefix = format!("audit log of {db}: ");
+    log.lines()
+        .filter(|l| l.contains("older than logging.auditRetention trimmed"))
+        .filter_map(|l| l.split_once(prefix.as_str()))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// docs/replication.md "Pruned audit log": `logging.auditRetention` trims the audit log in the
+/// writer's idle time; a peer away longer than the retention rejoins through a snapshot (the
+/// moment logged by the sender) and converges.
+#[test]
+fn a_peer_away_longer_than_the_audit_retention_rejoins_by_snapshot() {
+    let app = app();
+    let port = free_port();
+    let retention = [("--LOGGING_AUDITRETENTION", "2s".to_string())];
+    let node = |name: &str, ip: &str, routes: &[&str], root: Option<tempfile::TempDir>| {
+        start_with(&app, name, ip, port, routes, root, Link::Tls, &retention)
+    };
+    let a = node("node-a", "127.0.0.1", &["127.0.0.2"], None);
+    let mut b = node("node-b", "127.0.0.2", &[], None);
+    see_then_kill(&a, &mut b);
+    let trimmed_before = trimmed_in_log(&a, "data");
+    for i in 0..50 {
+        put(
+            &a,
+            &format!("/Dog/away{i}"),
+            json!({"name": format!("away{i}")}),
+        );
+    }
+    // Every one of them but the newest (kept: it holds the highest version) leaves the log.
+    wait_until(
+        "A trims the writes B missed",
+        Duration::from_secs(20),
+        || trimmed_in_log(&a, "data") >= trimmed_before + 49,
+    );
+    let root_b = std::mem::replace(&mut b.server.root, tempfile::tempdir().expect("tmp"));
+    drop(b);
+    let b = node("node-b", "127.0.0.2", &[], Some(root_b));
+    wait_until("B has every record A has", Duration::from_secs(30), || {
+        let sa = checksum(&a);
+        sa.len() >= 51 && sa == checksum(&b)
+    });
+    let log = std::fs::read_to_string(a.server.root.path().join("log/hdb.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("no longer reaches") && l.contains("sending a delta snapshot")),
+        "A did not log the snapshot for B"
+    );
+    put(&a, "/Dog/after", json!({"name": "after"}));
+    wait_until("a later write on B", Duration::from_secs(10), || {
+        dog_name(&b, "after").is_some()
+    });
 }

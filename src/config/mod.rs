@@ -365,7 +365,7 @@ impl ConfigTree {
     }
 
     /// Milliseconds, or a duration string such as `30s`, `5m`, `1d`.
-    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+    pub(crate) fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
         match self.get(key) {
             Some(Yaml::Number(n)) => n
                 .as_u64()
@@ -535,6 +535,8 @@ pub struct LoggingConfig {
     pub path: PathBuf,
     pub file: bool,
     pub std_streams: bool,
+    /// `logging.auditRetention`: audit transactions older than this are trimmed; 0 keeps all.
+    pub audit_retention: Duration,
     /// `logging.connections`: MQTT connects/disconnects and failed logins at the default level.
     pub connections: bool,
 }
@@ -733,6 +735,7 @@ impl Config {
                 path: log_path,
                 file: tree.bool("logging.file")?,
                 std_streams: tree.bool("logging.stdStreams")?,
+                audit_retention: tree.duration("logging.auditRetention")?,
                 connections: tree.bool("logging.connections")?,
             },
             storage: StorageConfig {

@@ -37,10 +37,9 @@ const INBOX_MAX: usize = 1024;
 const APPLY_PENDING_MAX: usize = 512;
 /// `ACK`s are batched over this long (SPEC: ≤ 50 ms).
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-/// A link that hears nothing (not even a `PONG`) for this long is dead: it closes, and the
-/// dialler reconnects (a peer that vanished without a FIN, a cut that outlasts TCP).
-const SILENCE_MAX: Duration = Duration::from_secs(3 * 30 + 5);
+// Liveness (docs/replication.md "Link liveness"): a `PING` every `replication.heartbeatInterval`;
+// a link that hears nothing (not even a `PONG`) for `replication.heartbeatTimeout` is dead: a
+// peer that vanished without a FIN, a partition that TCP would only notice after minutes.
 /// Subscriptions and relays are re-checked this often.
 const MAINTAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// A blocked write fails after this and closes the link.
@@ -58,6 +57,8 @@ pub enum LinkError {
     Protocol(String),
     /// Closed on purpose (BYE, duplicate, stop).
     Closed(String),
+    /// Nothing heard from the peer for this long (`replication.heartbeatTimeout`).
+    Silent(Duration),
 }
 
 impl std::fmt::Display for LinkError {
@@ -66,6 +67,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Ws(e) => e.fmt(f),
             LinkError::Protocol(m) => write!(f, "protocol: {m}"),
             LinkError::Closed(m) => write!(f, "closed: {m}"),
+            LinkError::Silent(d) => write!(f, "nothing heard for {} ms", d.as_millis()),
         }
     }
 }
@@ -178,18 +180,7 @@ pub fn run(
     });
     let me = repl.node_name().to_string();
     let my_databases = repl.databases();
-    out.send(
-        "HELLO",
-        object(vec![
-            ("node", Value::String(me.clone())),
-            ("url", Value::String(repl.settings.url.clone())),
-            ("protocol", Value::Int(message::PROTOCOL)),
-            (
-                "databases",
-                Value::Array(my_databases.iter().cloned().map(Value::String).collect()),
-            ),
-        ]),
-    )?;
+    send_hello(repl, &out, &my_databases)?;
     let limits = DecodeLimits {
         bytes_max: MESSAGE_BYTES_MAX,
         ..DecodeLimits::default()
@@ -202,7 +193,9 @@ pub fn run(
     };
     let mut reader = ws::MessageReader::new(reader, sender, MESSAGE_BYTES_MAX);
     let hello = read_hello(&mut reader, &out, &limits)?;
-    socket.set_read_timeout(None)?;
+    // The reader gives up after a heartbeat timeout of silence (below).
+    let heartbeat_timeout = repl.settings.heartbeat_timeout;
+    socket.set_read_timeout(Some(heartbeat_timeout))?;
     let peer = check_peer(repl, &out, &hello, &me, &identity, dialled)?;
     let peer_url = hello
         .get("url")
@@ -229,7 +222,17 @@ pub fn run(
             "accepted"
         }
     );
-    repl.with_status(&peer, |s| s.url = peer_url.clone());
+    let peer_streams: BTreeMap<String, String> = match hello.get("streams") {
+        Some(Value::Object(o)) => o
+            .iter()
+            .filter_map(|(d, v)| v.as_str().map(|v| (d.to_string(), v.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    repl.with_status(&peer, |s| {
+        s.url = peer_url.clone();
+        s.streams = peer_streams;
+    });
     // Databases exchanged: ours, and the peer's that our `replication.databases` allows.
     let mut databases = my_databases;
     for d in message::strings_from(hello.get("databases")) {
@@ -257,18 +260,7 @@ pub fn run(
         may_sign: matches!(&identity, Identity::User(u) if u.super_user),
         exchange: None,
     };
-    // The reader thread hands whole messages over; it ends when the socket does.
-    let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
-    let reader_stop = stop.clone();
-    let _ = std::thread::Builder::new()
-        .name(format!("repl-read-{peer}"))
-        .spawn(move || loop {
-            let m = reader.read();
-            let end = m.is_err();
-            if tx.send(m).is_err() || end || reader_stop.load(Ordering::Acquire) {
-                return;
-            }
-        });
+    let rx = spawn_reader(&peer, reader, &socket, stop.clone())?;
     control.send_nodes();
     if let Some(t) = dialled.filter(|t| is_tls && t.authorization.is_some()) {
         // Certificate exchange (docs/replication.md): we got in with credentials; ask for a certificate
@@ -288,8 +280,83 @@ pub fn run(
     }
     let _ = socket.shutdown(std::net::Shutdown::Both);
     repl.unregister(&peer, link_id);
-    tracing::info!("replication: link with {peer} closed");
+    log_closed(repl, &peer, &result);
     result
+}
+
+/// `HELLO`: our name, URL, protocol, databases and our origin per database (docs/replication.md
+/// "Origins": peers relay any other stream of our name, e.g. an earlier incarnation's).
+fn send_hello(repl: &Replication, out: &Out, my_databases: &[String]) -> Result<(), LinkError> {
+    let streams: Vec<(String, Value)> = my_databases
+        .iter()
+        .filter_map(|d| repl.store.database(d))
+        .map(|d| (d.name.to_string(), Value::String(d.stream.to_string())))
+        .collect();
+    out.send(
+        "HELLO",
+        object(vec![
+            ("node", Value::String(repl.node_name().to_string())),
+            (
+                "streams",
+                Value::Object(crate::value::Object::from_entries(streams)),
+            ),
+            ("url", Value::String(repl.settings.url.clone())),
+            ("protocol", Value::Int(message::PROTOCOL)),
+            (
+                "databases",
+                Value::Array(my_databases.iter().cloned().map(Value::String).collect()),
+            ),
+        ]),
+    )
+}
+
+/// The reader thread hands whole messages over; it ends when the socket does. A read that times
+/// out means a heartbeat timeout of silence (the socket's read timeout): it shuts the socket
+/// down at once, which also frees a control loop or sender blocked writing into the dead
+/// connection.
+fn spawn_reader(
+    peer: &str,
+    mut reader: ws::MessageReader<Box<dyn std::io::Read + Send>>,
+    socket: &std::net::TcpStream,
+    stop: Arc<AtomicBool>,
+) -> Result<crossbeam_channel::Receiver<Result<Incoming, WsError>>, LinkError> {
+    let (tx, rx) = bounded::<Result<Incoming, WsError>>(INBOX_MAX);
+    let socket = socket.try_clone()?;
+    let _ = std::thread::Builder::new()
+        .name(format!("repl-read-{peer}"))
+        .spawn(move || loop {
+            let m = reader.read();
+            if m.as_ref().is_err_and(is_timeout) {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            let end = m.is_err();
+            if tx.send(m).is_err() || end || stop.load(Ordering::Acquire) {
+                return;
+            }
+        });
+    Ok(rx)
+}
+
+/// Logs a link's end: at warn when it went silent (docs/replication.md "Link liveness").
+fn log_closed(repl: &Replication, peer: &str, result: &Result<(), LinkError>) {
+    if let Err(LinkError::Silent(d)) = result {
+        repl.links_timed_out.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "replication: nothing heard from {peer} for {} ms (replication.heartbeatTimeout); \
+             link closed, redialling",
+            d.as_millis()
+        );
+    } else {
+        tracing::info!("replication: link with {peer} closed");
+    }
+}
+
+/// A read that ended because the socket's read timeout passed.
+fn is_timeout(e: &WsError) -> bool {
+    matches!(e, WsError::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
 }
 
 /// The WebSocket handshake: as the client when we dialled, else as the server, where a secure
@@ -495,18 +562,22 @@ impl Control {
         let mut next_maintain = Instant::now();
         let mut next_ping = Instant::now();
         let mut heard = Instant::now();
+        let (interval, timeout) = (
+            self.repl.settings.heartbeat_interval,
+            self.repl.settings.heartbeat_timeout,
+        );
         loop {
             if self.stop.load(Ordering::Acquire) || self.repl.stopping() {
                 return Err(LinkError::Closed("stopped".into()));
             }
             let received = rx.recv_timeout(Duration::from_millis(10));
+            if matches!(&received, Ok(Err(e)) if is_timeout(e)) {
+                return Err(LinkError::Silent(timeout));
+            }
             if received.is_ok() {
                 heard = Instant::now();
-            } else if heard.elapsed() > SILENCE_MAX {
-                return Err(LinkError::Closed(format!(
-                    "nothing heard for {} s",
-                    SILENCE_MAX.as_secs()
-                )));
+            } else if heard.elapsed() > timeout {
+                return Err(LinkError::Silent(timeout));
             }
             match received {
                 Ok(Ok(Incoming::Binary(frame))) => match message::decode(&frame, &self.limits) {
@@ -542,7 +613,7 @@ impl Control {
                 self.last_ping = Some((now_i, t));
                 self.out
                     .send("PING", object(vec![("t", Value::Float(t))]))?;
-                next_ping = now_i + PING_INTERVAL;
+                next_ping = now_i + interval;
             }
         }
     }
@@ -626,8 +697,9 @@ impl Control {
                     let socket = s.sockets.entry(db.clone()).or_default();
                     socket.last_received_remote = remote;
                     socket.last_received_local = t;
-                    if !socket.nodes.contains(&txn.origin) {
-                        socket.nodes.push(txn.origin.clone());
+                    let node = crate::store::stream_node(&txn.origin);
+                    if !socket.nodes.iter().any(|n| n == node) {
+                        socket.nodes.push(node.to_string());
                     }
                 });
                 let kind = PendingKind::Txn {
@@ -832,11 +904,12 @@ impl Control {
                 Ok(c) => c,
                 Err(_) => continue,
             };
+            let own = handle.stream.to_string();
             let relay: Vec<String> = if relayer.as_deref() == Some(self.peer.as_str()) {
                 let mut r: Vec<String> = cursors
                     .iter()
                     .map(|(o, _)| o.clone())
-                    .filter(|o| o != &self.me && o != &self.peer && !connected.contains(o))
+                    .filter(|o| o != &own && !self.repl.sent_by_its_node(&db, o, &connected))
                     .collect();
                 r.sort();
                 r
@@ -854,7 +927,7 @@ impl Control {
                 if inbound.snapshot_claimed {
                     continue;
                 }
-                let others = cursors.iter().any(|(o, _)| o != &self.me);
+                let others = cursors.iter().any(|(o, _)| o != &own);
                 if !others && inbound.start_time.is_none() {
                     // An empty node: one peer gives the initial copy; the others wait for it.
                     if !self.repl.claim_snapshot(&db) {
@@ -884,7 +957,7 @@ impl Control {
             if let Some(t) = inbound
                 .start_time
                 .take()
-                .filter(|_| cursors.iter().all(|(o, _)| o == &self.me))
+                .filter(|_| cursors.iter().all(|(o, _)| o == &own))
             {
                 body.push(("startTime", Value::Float(t)));
             }
@@ -1243,7 +1316,8 @@ impl Sender {
             start_time,
         } = req;
         let mut sent: HashMap<String, u64> = cursors;
-        let wanted = |origin: &str| origin == self.me || relay.iter().any(|r| r == origin);
+        let own = self.db.stream.to_string();
+        let wanted = |origin: &str| origin == own || relay.iter().any(|r| r == origin);
         let start = if snapshot {
             self.snapshot(&tables)?.map(|(c, last)| (Some(c), last))
         } else if let Some(t) = start_time {
@@ -1362,7 +1436,7 @@ impl Sender {
         let database = self.db.name.to_string();
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         let r = self.db.read().map_err(storage)?;
-        let mut origins: Vec<String> = vec![self.me.clone()];
+        let mut origins: Vec<String> = vec![self.db.stream.to_string()];
         origins.extend(relay.iter().cloned());
         let mut start: Option<f64> = None;
         let mut log_gap = false;

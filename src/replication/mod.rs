@@ -223,6 +223,10 @@ pub struct Settings {
     /// Replication is on (docs/replication.md): hostname, url or routes configured (or known nodes).
     pub configured: bool,
     pub port_default: u16,
+    /// `replication.heartbeatInterval`: a `PING` goes to each peer this often.
+    pub heartbeat_interval: Duration,
+    /// `replication.heartbeatTimeout`: a link that hears nothing for this long is dead.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Settings {
@@ -269,6 +273,20 @@ impl Settings {
             }
             _ => Databases::All,
         };
+        let heartbeat_interval = tree
+            .duration("replication.heartbeatInterval")
+            .map_err(|e| e.to_string())?;
+        let heartbeat_timeout = tree
+            .duration("replication.heartbeatTimeout")
+            .map_err(|e| e.to_string())?;
+        if heartbeat_interval.is_zero() || heartbeat_timeout <= heartbeat_interval {
+            return Err(format!(
+                "replication.heartbeatTimeout ({} ms) must be longer than \
+                 replication.heartbeatInterval ({} ms), which must not be 0",
+                heartbeat_timeout.as_millis(),
+                heartbeat_interval.as_millis()
+            ));
+        }
         let url = get("replication.url").and_then(|v| v.as_str().map(str::to_string));
         let configured =
             get("replication.hostname").is_some() || url.is_some() || !routes.is_empty();
@@ -293,6 +311,8 @@ impl Settings {
             databases,
             configured,
             port_default,
+            heartbeat_interval,
+            heartbeat_timeout,
         })
     }
 }
@@ -336,6 +356,8 @@ pub struct LinkEntry {
 #[derive(Default)]
 pub struct PeerStatus {
     pub url: String,
+    /// The peer's own origin per database, from its `HELLO` (docs/replication.md "Origins").
+    pub streams: BTreeMap<String, String>,
     pub latency_ms: Option<f64>,
     pub sockets: BTreeMap<String, SocketStatus>,
 }
@@ -359,6 +381,8 @@ pub struct Replication {
     pub(crate) config: Config,
     stopping: AtomicBool,
     next_link: AtomicU64,
+    /// Links closed because nothing was heard for `replication.heartbeatTimeout` (`/metrics`).
+    pub links_timed_out: AtomicU64,
 }
 
 static INSTANCE: OnceLock<Arc<Replication>> = OnceLock::new();
@@ -411,6 +435,7 @@ pub fn start(
         config: config.clone(),
         stopping: AtomicBool::new(false),
         next_link: AtomicU64::new(1),
+        links_timed_out: AtomicU64::new(0),
     });
     if INSTANCE.set(repl.clone()).is_err() {
         return Err("replication started twice".into());
@@ -976,6 +1001,22 @@ impl Replication {
             .contains_key(peer)
     }
 
+    /// Whether `origin`'s transactions in `db` come from its node itself over a live link:
+    /// `origin` is the stream that connected peer announced (or, when it announced none for
+    /// `db`, any stream of its name). Otherwise a peer relays them (an earlier incarnation of a
+    /// re-provisioned node, a node we have no link to).
+    pub fn sent_by_its_node(&self, db: &str, origin: &str, connected: &[String]) -> bool {
+        let node = crate::store::stream_node(origin);
+        if !connected.iter().any(|p| p == node) {
+            return false;
+        }
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        match status.get(node).and_then(|s| s.streams.get(db)) {
+            Some(stream) => stream == origin,
+            None => true,
+        }
+    }
+
     /// Names of peers with a live link.
     pub fn connected_peers(&self) -> Vec<String> {
         self.links
@@ -1197,6 +1238,10 @@ impl Replication {
 
     fn dial_loop(self: Arc<Self>, mut target: Target, stop: Arc<AtomicBool>) {
         let mut backoff = BACKOFF_MIN;
+        // Until a link has been up, up to BACKOFF_MAX between attempts; once one was, the node
+        // exists and a lost link is a restart or a partition: redial at least every heartbeat
+        // interval so catch-up starts as soon as it heals (docs/replication.md "Link liveness").
+        let mut cap = BACKOFF_MAX;
         let address = target.address();
         while !stop.load(Ordering::Acquire) && !self.stopping() {
             // The entry may have changed since (a certificate exchange drops credentials).
@@ -1215,10 +1260,20 @@ impl Replication {
                 continue;
             }
             match self.connect(&target) {
-                Ok(conn) => match link::run(&self, conn, Some(&target), link::Accepted::Plain) {
-                    Ok(()) => backoff = BACKOFF_MIN,
-                    Err(e) => tracing::debug!("replication link to {address}: {e}"),
-                },
+                Ok(conn) => {
+                    let began = std::time::Instant::now();
+                    let result = link::run(&self, conn, Some(&target), link::Accepted::Plain);
+                    let was_up = result.is_ok()
+                        || matches!(result, Err(link::LinkError::Silent(_)))
+                        || began.elapsed() >= self.settings.heartbeat_timeout;
+                    if was_up {
+                        backoff = BACKOFF_MIN;
+                        cap = self.settings.heartbeat_interval.max(BACKOFF_MIN);
+                    }
+                    if let Err(e) = result {
+                        tracing::debug!("replication link to {address}: {e}");
+                    }
+                }
                 Err(e) => tracing::debug!("replication: cannot reach {address}: {e}"),
             }
             let wait = jittered(backoff);
@@ -1229,8 +1284,27 @@ impl Replication {
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(cap);
         }
+    }
+
+    /// Each peer's database sockets and whether each is connected now, as `cluster_status`
+    /// shows them: (peer, database, connected).
+    pub fn socket_states(&self) -> Vec<(String, String, bool)> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (peer, p) in status.iter() {
+            for (db, s) in &p.sockets {
+                out.push((
+                    peer.clone(),
+                    db.clone(),
+                    s.connected && links.contains_key(peer),
+                ));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// `cluster_status` (docs/replication.md).

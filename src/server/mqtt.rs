@@ -73,6 +73,7 @@ pub fn start_core(
     let sessions = Rc::new(Sessions::new(
         shared.start_version(),
         registry.counters().clone(),
+        shared.sys_core(),
     ));
     {
         let (shared, sessions) = (shared.clone(), sessions.clone());
@@ -81,6 +82,9 @@ pub fn start_core(
         }));
     }
     spawn(keep_alive_loop(sessions.clone(), shared.clone()));
+    if shared.sys_interval_s > 0 {
+        spawn(sys_loop(sessions.clone(), shared.clone()));
+    }
     CORE.with(|c| *c.borrow_mut() = Some((shared.clone(), sessions.clone())));
     for port in ports {
         let std_listener = port
@@ -117,6 +121,18 @@ async fn keep_alive_loop(sessions: Rc<Sessions>, shared: Arc<MqttShared>) {
         .await
         {
             Either::Left(()) => sessions.sweep_keep_alive(),
+            Either::Right(()) => return,
+        }
+    }
+}
+
+/// Sends this core's `$SYS` subscribers the current values every `mqtt.sysInterval` seconds
+/// (docs/mqtt.md#sys-topics).
+async fn sys_loop(sessions: Rc<Sessions>, shared: Arc<MqttShared>) {
+    let every = Duration::from_secs(shared.sys_interval_s);
+    loop {
+        match race(tidepool_io::sleep(every), shared.shutdown.wait()).await {
+            Either::Left(()) => sessions.publish_sys(&shared),
             Either::Right(()) => return,
         }
     }

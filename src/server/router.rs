@@ -170,6 +170,9 @@ impl Router {
             .collect();
         per_database_metrics(&mut e, &databases);
         commit_histogram(&mut e, &databases);
+        if let Some(repl) = crate::replication::get() {
+            replication_metrics(&mut e, &repl);
+        }
         e.finish()
     }
 
@@ -308,6 +311,33 @@ fn per_database_metrics(
             e.sample(name, &[("database", &db.name)], read(db));
         }
     }
+}
+
+/// Replication links (docs/metrics.md): whether each peer's database socket is connected, as
+/// `cluster_status` says, and how many links were closed for silence.
+fn replication_metrics(e: &mut crate::metrics::Exposition, repl: &crate::replication::Replication) {
+    e.family(
+        "tidepool_replication_connected",
+        "gauge",
+        "1 while the replication link to a peer carries the database, else 0.",
+    );
+    for (peer, database, connected) in repl.socket_states() {
+        e.sample(
+            "tidepool_replication_connected",
+            &[("peer", &peer), ("database", &database)],
+            if connected { 1.0 } else { 0.0 },
+        );
+    }
+    e.family(
+        "tidepool_replication_links_timed_out_total",
+        "counter",
+        "Replication links closed because nothing was heard for replication.heartbeatTimeout.",
+    );
+    e.sample(
+        "tidepool_replication_links_timed_out_total",
+        &[],
+        repl.links_timed_out.load(Ordering::Relaxed) as f64,
+    );
 }
 
 /// The writer's commit time histogram, per database.

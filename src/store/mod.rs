@@ -60,7 +60,7 @@ pub use entry::Header;
 pub use prune::{PruneStep, PRUNE_BATCH};
 pub use read::{IndexCursor, ReadTxn, Record, Scan};
 pub use replicate::{
-    node_id_of, ApplyJob, ApplyOutcome, AuditTxn, CommitSignal, EntryKind, RawRecord,
+    node_id_of, stream_node, ApplyJob, ApplyOutcome, AuditTxn, CommitSignal, EntryKind, RawRecord,
     ReplicatedEntry, ReplicatedTxn, SnapshotRecord,
 };
 pub use writer::{
@@ -136,6 +136,9 @@ pub struct StoreOptions {
     pub queue_max: usize,
     /// A request that waited this long in the queue is refused with 503.
     pub queue_time_max: Duration,
+    /// `logging.auditRetention`: the writer trims audit transactions older than this in its
+    /// idle time (`prune.rs`); None keeps the whole log.
+    pub audit_retention: Option<Duration>,
     pub map_bytes: usize,
     /// This node's id in record headers: [`node_id_of`] the name.
     pub node_id: u32,
@@ -151,6 +154,7 @@ impl StoreOptions {
             commit_batch_max: 1024,
             queue_max: 65_536,
             queue_time_max: Duration::from_secs(45),
+            audit_retention: None,
             map_bytes: MAP_BYTES_DEFAULT,
             node_id: node_id_of("local"),
             node_name: "local".into(),
@@ -208,6 +212,9 @@ pub struct Database {
     pub stats: WriterStats,
     /// Bumped after each commit; replication senders wait on it.
     pub commits: CommitSignal,
+    /// The origin of this database's own transactions: `<node name>#<incarnation>`, the
+    /// incarnation made with the database file (docs/replication.md "Origins").
+    pub stream: Arc<str>,
 }
 
 /// Upper bounds (inclusive) of the commit-latency histogram buckets, in microseconds.
@@ -421,6 +428,9 @@ impl Store {
                 }
             }
         }
+        let incarnation = writer::incarnation(&env, &meta)?;
+        let stream: Arc<str> =
+            Arc::from(replicate::stream_id(&self.options.node_name, &incarnation));
         let name: Arc<str> = Arc::from(name);
         let (writer, job_rx) = writer::WriterHandle::new(self.options.queue_max);
         let db = Arc::new(Database {
@@ -432,6 +442,7 @@ impl Store {
             writer,
             stats: WriterStats::default(),
             commits: CommitSignal::default(),
+            stream,
         });
         db.reopen_tables()?;
         writer::spawn(

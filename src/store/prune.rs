@@ -88,16 +88,9 @@ impl Writer {
             }
             step.removed += removed;
             step.transactions += 1;
+            let (origin, seq) = origin_and_seq(&txn);
             let Value::Object(fields) = &mut txn else {
                 continue;
-            };
-            let origin = fields
-                .get("node")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let seq = match fields.get("seq") {
-                Some(Value::Int(n)) if *n > 0 => Some(*n as u64),
-                _ => None,
             };
             let empty = matches!(fields.get("entries"), Some(Value::Array(a)) if a.is_empty());
             let key = layout::audit_key(position);
@@ -121,6 +114,58 @@ impl Writer {
         }
         Ok(step)
     }
+}
+
+impl Writer {
+    /// Audit retention (`logging.auditRetention`, docs/replication.md "Pruned audit log"):
+    /// removes up to [`PRUNE_BATCH`] whole transactions older than `before` — never the newest,
+    /// which holds the highest version issued — with their sequence index, and raises each
+    /// origin's watermark, so a peer whose position is behind is sent a snapshot. Returns how
+    /// many went.
+    pub(super) fn trim_audit(&self, wtxn: &mut RwTxn, before: f64) -> Result<u64, StoreError> {
+        let newest = self
+            .db
+            .audit
+            .last(wtxn)?
+            .and_then(|(k, _)| layout::version_from_audit_key(k));
+        let to = layout::audit_key(before);
+        let range = (Bound::Unbounded, Bound::Excluded(&to[..]));
+        let mut batch: Vec<(f64, Option<String>, Option<u64>)> = Vec::new();
+        for item in self.db.audit.range(wtxn, &range)?.take(PRUNE_BATCH) {
+            let (k, v) = item?;
+            let position = layout::version_from_audit_key(k)
+                .ok_or_else(|| StoreError::Corrupt("audit key".into()))?;
+            if Some(position) == newest {
+                break;
+            }
+            let archived = value::access(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let owned =
+                value::deserialize(archived).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let (origin, seq) = origin_and_seq(&owned);
+            batch.push((position, origin, seq));
+        }
+        for (position, origin, seq) in &batch {
+            self.db.audit.delete(wtxn, &layout::audit_key(*position))?;
+            if let (Some(origin), Some(seq)) = (origin, seq) {
+                self.db.meta.delete(wtxn, &seq_index_key(origin, *seq))?;
+                let mark = pruned_key(origin);
+                if *seq > read_u64(self.db.meta.get(wtxn, &mark)?) {
+                    self.db.meta.put(wtxn, &mark, &seq.to_le_bytes())?;
+                }
+            }
+        }
+        Ok(batch.len() as u64)
+    }
+}
+
+/// An audit transaction's origin and sequence number, when it has them.
+fn origin_and_seq(txn: &Value) -> (Option<String>, Option<u64>) {
+    let origin = txn.get("node").and_then(Value::as_str).map(str::to_string);
+    let seq = match txn.get("seq") {
+        Some(Value::Int(n)) if *n > 0 => Some(*n as u64),
+        _ => None,
+    };
+    (origin, seq)
 }
 
 /// Drops the entries of `table` from an audit transaction; answers how many.

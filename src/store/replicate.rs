@@ -6,13 +6,19 @@
 //!
 //! ```text
 //! __meta__ key                          value
-//! "cursor:<origin name>"                u64 LE: last seq of that origin applied (own: last issued)
-//! "seqidx:<origin name>\0" + seq BE8    audit key (8 bytes) of that transaction in this log
-//! "nodeid:<id u32 BE8 hex>"             origin name for an origin id (tie-breaks compare names)
-//! "pruned:<origin name>"                u64 LE: see prune.rs
-//! __audit__ entry  {user, origin: id, node: name, seq, time: origin version,
+//! "cursor:<origin>"                     u64 LE: last seq of that origin applied (own: last issued)
+//! "seqidx:<origin>\0" + seq BE8         audit key (8 bytes) of that transaction in this log
+//! "nodeid:<id u32 BE8 hex>"             node name for an origin id (tie-breaks compare names)
+//! "pruned:<origin>"                     u64 LE: see prune.rs
+//! "incarnation"                         this file's incarnation (hex), made with it
+//! __audit__ entry  {user, origin: id, node: origin, seq, time: origin version,
 //!                   entries: [[table, id, type, value, version, expiresAt]]}
 //! ```
+//!
+//! An origin (a stream of sequence numbers) is `<node name>#<incarnation>`
+//! (docs/replication.md "Origins"): a node whose database file is made anew starts a new
+//! stream at seq 1 instead of reusing numbers its peers already hold. Record headers and
+//! tie-breaks keep the node name alone.
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -115,6 +121,16 @@ pub fn node_id_of(name: &str) -> u32 {
         hash = hash.wrapping_mul(0x0100_0193);
     }
     hash
+}
+
+/// The origin id of a node's stream: `<name>#<incarnation>`.
+pub fn stream_id(node: &str, incarnation: &str) -> String {
+    format!("{node}#{incarnation}")
+}
+
+/// The node name of an origin (the whole string for origins written before incarnations).
+pub fn stream_node(origin: &str) -> &str {
+    origin.rsplit_once('#').map_or(origin, |(node, _)| node)
 }
 
 pub(super) fn cursor_key(origin: &str) -> Vec<u8> {
@@ -338,7 +354,7 @@ impl ReadTxn<'_> {
 impl Writer {
     /// Numbers a local transaction: `seq = cursor(own) + 1`, recorded with its audit position.
     pub(super) fn next_local_seq(&self, txn: &mut RwTxn, position: f64) -> Result<u64, WriteError> {
-        let own = self.options.node_name.as_str();
+        let own = &*self.db.stream;
         let key = cursor_key(own);
         let seq = read_u64(self.db.meta.get(txn, &key)?) + 1;
         self.db.meta.put(txn, &key, &seq.to_le_bytes())?;
@@ -414,10 +430,12 @@ impl Writer {
         t: &ReplicatedTxn,
         position: f64,
     ) -> Result<(ApplyOutcome, Vec<Change>), WriteError> {
-        if t.origin == self.options.node_name {
-            // Our own transaction coming back through a relay.
+        if t.origin == *self.db.stream {
+            // Our own transaction coming back through a relay. (An earlier incarnation's is
+            // applied: this file may not have it.)
             return Ok((ApplyOutcome::Duplicate, Vec::new()));
         }
+        let node = stream_node(&t.origin);
         let cursor_key = cursor_key(&t.origin);
         let cursor = read_u64(self.db.meta.get(txn, &cursor_key)?);
         if t.seq <= cursor {
@@ -427,7 +445,7 @@ impl Writer {
             return Ok((ApplyOutcome::Gap { cursor }, Vec::new()));
         }
         self.clock.observe(t.time);
-        self.remember_node(txn, &t.origin)?;
+        self.remember_node(txn, node)?;
         let mut scratch = Scratch::default();
         let mut changes = Vec::new();
         let mut audited = Vec::new();
@@ -448,7 +466,7 @@ impl Writer {
                     let incoming = Incoming {
                         key: &e.key,
                         version: e.version,
-                        origin: &t.origin,
+                        origin: node,
                         value: if e.kind == EntryKind::Put {
                             e.value.as_ref()
                         } else {
@@ -499,7 +517,7 @@ impl Writer {
             "user",
             t.user.clone().map(Value::String).unwrap_or(Value::Null),
         );
-        entry.insert("origin", Value::Int(i64::from(node_id_of(&t.origin))));
+        entry.insert("origin", Value::Int(i64::from(node_id_of(node))));
         entry.insert("node", Value::String(t.origin.clone()));
         entry.insert("seq", Value::Int(t.seq as i64));
         entry.insert("time", Value::Float(t.time));
@@ -751,9 +769,13 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
         assert_eq!(done, crate::store::PruneStep::default());
         let r = db.read().unwrap();
         for seq in 1..=2 {
-            assert_eq!(r.audit_position("node-a", seq).unwrap(), None, "seq {seq}");
+            assert_eq!(
+                r.audit_position(&db.stream, seq).unwrap(),
+                None,
+                "seq {seq}"
+            );
         }
-        assert_eq!(r.audit_position("node-a", 3).unwrap(), Some(cut));
+        assert_eq!(r.audit_position(&db.stream, 3).unwrap(), Some(cut));
         let (txns, _) = r.audit_txns_after(None, 100).unwrap();
         let seen: Vec<(u64, bool, Vec<String>)> = txns
             .iter()
@@ -797,7 +819,10 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
             .map(|i| put(&db, "1", &format!("n{i}")).version)
             .collect();
         let r = db.read().unwrap();
-        assert_eq!(r.cursors().unwrap(), vec![("node-a".to_string(), 3)]);
+        let own = db.stream.to_string();
+        assert!(own.starts_with("node-a#") && own.len() == "node-a#".len() + 16);
+        assert_eq!(stream_node(&own), "node-a");
+        assert_eq!(r.cursors().unwrap(), vec![(own.clone(), 3)]);
         let (txns, last) = r.audit_txns_after(None, 100).unwrap();
         assert_eq!(last, Some(versions[2]));
         let seen: Vec<(String, u64, f64, f64)> = txns
@@ -807,11 +832,11 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
         let expected: Vec<(String, u64, f64, f64)> = versions
             .iter()
             .enumerate()
-            .map(|(i, v)| ("node-a".to_string(), i as u64 + 1, *v, *v))
+            .map(|(i, v)| (own.clone(), i as u64 + 1, *v, *v))
             .collect();
         assert_eq!(seen, expected);
-        assert_eq!(r.audit_position("node-a", 2).unwrap(), Some(versions[1]));
-        assert_eq!(r.audit_position("node-a", 4).unwrap(), None);
+        assert_eq!(r.audit_position(&own, 2).unwrap(), Some(versions[1]));
+        assert_eq!(r.audit_position(&own, 4).unwrap(), None);
     }
 
     /// Applies `jobs` in order to a node that first wrote `local` (id, name) and checks each
@@ -884,15 +909,57 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
             ],
             &[("1", Some("from-c"))],
         );
-        // Our own transactions coming back are duplicates.
-        check(
-            &[],
-            vec![(
-                txn("node-m", 1, later, &[("1", Some("echo"))]),
-                ApplyOutcome::Duplicate,
-            )],
-            &[("1", None)],
+    }
+
+    /// docs/replication.md "Origins": the stream is kept across reopening; a database file
+    /// made anew under the same node name (a wiped root) starts a new stream, so its first
+    /// transactions are not taken for the old stream's; our own transactions coming back are
+    /// duplicates, an earlier incarnation's are applied.
+    #[test]
+    fn a_database_made_anew_starts_a_new_origin_stream() {
+        let later = now_ms() + 60_000.0;
+        // Opened, closed and opened again, a file keeps its stream.
+        let opened = |dir: &std::path::Path| {
+            let publisher: Publisher = Arc::new(|_| {});
+            let options = StoreOptions::new(dir).with_node_name("node-m");
+            let store = Store::open(options, publisher).unwrap();
+            store
+                .apply_schema(&parse_schema_str(SCHEMA, "t.graphql").unwrap().tables)
+                .unwrap();
+            let stream = store.database("data").unwrap().stream.to_string();
+            store.close();
+            stream
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let first = opened(dir.path());
+        assert_eq!(opened(dir.path()), first);
+        let dir_again = tempfile::tempdir().unwrap();
+        let db = open(dir_again.path(), "node-m");
+        let second = db.stream.to_string();
+        assert_ne!(first, second);
+        assert_eq!(stream_node(&second), "node-m");
+        assert_eq!(
+            apply(&db, txn(&second, 1, later, &[("1", Some("echo"))])),
+            ApplyOutcome::Duplicate
         );
+        assert_eq!(
+            apply(&db, txn(&first, 7, later, &[("1", Some("old life"))])),
+            ApplyOutcome::Gap { cursor: 0 }
+        );
+        assert_eq!(
+            apply(&db, txn(&first, 1, later, &[("1", Some("old life"))])),
+            ApplyOutcome::Applied { won: 1, lost: 0 }
+        );
+        // The record carries the node's id; tie-breaks compare the name, not the stream.
+        let t = db.table("Dog").unwrap();
+        let raw = db.read().unwrap().raw_records(&t).unwrap();
+        assert_eq!(raw[0].header.origin, node_id_of("node-m"));
+        put(&db, "2", "new life");
+        let mut cursors = db.read().unwrap().cursors().unwrap();
+        cursors.sort();
+        let mut expected = vec![(first.clone(), 1), (second, 1)];
+        expected.sort();
+        assert_eq!(cursors, expected);
     }
 
     #[test]
@@ -916,13 +983,13 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
             vec![
                 ("b".into(), 1, 1),
                 ("b".into(), 2, 0),
-                ("node-r".into(), 1, 1)
+                (db.stream.to_string(), 1, 1)
             ]
         );
         assert_eq!(txns[0].entries[0].version, ahead);
         let mut cursors = r.cursors().unwrap();
         cursors.sort();
-        assert_eq!(cursors, vec![("b".into(), 2), ("node-r".into(), 1)]);
+        assert_eq!(cursors, vec![("b".into(), 2), (db.stream.to_string(), 1)]);
         let t = db.table("Dog").unwrap();
         assert_eq!(r.count(&t).unwrap(), 2);
         // The replicated record carries b's id; the name is known for tie-breaks.
@@ -975,7 +1042,7 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
             ApplyOutcome::Applied { won: 50, lost: 0 }
         );
         apply(&c, ApplyJob::Cursors(cursors));
-        assert_eq!(c.read().unwrap().cursor("a").unwrap(), 51);
+        assert_eq!(c.read().unwrap().cursor(&a.stream).unwrap(), 51);
         let t = c.table("Dog").unwrap();
         assert_eq!(c.read().unwrap().count(&t).unwrap(), 49);
         assert_eq!(name_of(&c, "7"), None);

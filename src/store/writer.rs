@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use heed::RwTxn;
+use heed::{Env, RwTxn, WithoutTls};
 use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
 
 use super::condition::{Condition, ConditionFailed};
@@ -250,6 +250,15 @@ impl JobReceiver {
         self.rx.recv().ok().map(|job| self.took(job))
     }
 
+    /// `Ok(None)`: nothing came within `timeout`; `Err(())`: every sender is gone.
+    fn recv_timeout(&self, timeout: std::time::Duration) -> Result<Option<Job>, ()> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(job) => Ok(Some(self.took(job))),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
+        }
+    }
+
     fn try_recv(&self) -> Option<Job> {
         self.rx.try_recv().ok().map(|job| self.took(job))
     }
@@ -430,12 +439,35 @@ impl Item {
     }
 }
 
+/// How long the writer's queue stays empty before a step of audit retention.
+const TRIM_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Writer {
     fn run(self, rx: JobReceiver) {
         let batch_max = self.options.commit_batch_max.max(1);
         let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
+        // Audit retention runs when the queue has been empty for a moment (`prune.rs`).
+        let mut trim_wait = TRIM_IDLE;
         'outer: loop {
-            let Some(first) = rx.recv() else {
+            let first = match self.options.audit_retention {
+                None => rx.recv(),
+                Some(retention) => match rx.recv_timeout(trim_wait) {
+                    Ok(Some(job)) => Some(job),
+                    Ok(None) => {
+                        trim_wait = match self.trim_audit_step(retention) {
+                            Ok(true) => std::time::Duration::ZERO,
+                            Ok(false) => TRIM_IDLE,
+                            Err(e) => {
+                                tracing::warn!("audit retention on {}: {e}", self.db.name);
+                                TRIM_IDLE * 60
+                            }
+                        };
+                        continue;
+                    }
+                    Err(()) => None,
+                },
+            };
+            let Some(first) = first else {
                 break;
             };
             let mut next = Some(first);
@@ -818,7 +850,7 @@ impl Writer {
         );
         entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
         let seq = self.next_local_seq(txn, version)?;
-        entry.insert("node", Value::String(self.options.node_name.clone()));
+        entry.insert("node", Value::String(self.db.stream.to_string()));
         entry.insert("seq", Value::Int(seq as i64));
         entry.insert("time", Value::Float(version));
         entry.insert("entries", Value::Array(audit_entries));
@@ -1082,6 +1114,33 @@ impl Writer {
             .max(0);
         self.db.meta.put(txn, &key, &count.to_le_bytes())?;
         Ok(())
+    }
+
+    /// One step of audit retention (`prune.rs`) in its own write transaction: true when a full
+    /// batch went and more may be left.
+    fn trim_audit_step(&self, retention: std::time::Duration) -> Result<bool, StoreError> {
+        let before = super::now_ms() - retention.as_secs_f64() * 1000.0;
+        {
+            // Most idle moments find nothing to trim: no write transaction (nor fsync) then.
+            let rtxn = self.db.env.read_txn()?;
+            let oldest = self.db.audit.first(&rtxn)?.map(|(k, _)| k.to_vec());
+            let newest = self.db.audit.last(&rtxn)?.map(|(k, _)| k.to_vec());
+            match oldest {
+                Some(k)
+                    if k < layout::audit_key(before).to_vec() && Some(&k) != newest.as_ref() => {}
+                _ => return Ok(false),
+            }
+        }
+        let mut wtxn = self.db.env.write_txn()?;
+        let trimmed = self.trim_audit(&mut wtxn, before)?;
+        wtxn.commit()?;
+        if trimmed > 0 {
+            tracing::info!(
+                "audit log of {}: {trimmed} transactions older than logging.auditRetention trimmed",
+                self.db.name
+            );
+        }
+        Ok(trimmed >= super::PRUNE_BATCH as u64)
     }
 
     /// One pruning step (`prune.rs`) in its own write transaction.
@@ -1355,6 +1414,25 @@ fn audit_entry(
         Value::Float(version),
         expires_at.map(Value::Float).unwrap_or(Value::Null),
     ])
+}
+
+/// This database's incarnation: made at random when the file is new (no `incarnation` in
+/// `__meta__` yet) and kept in it, so a re-provisioned node under its old name starts a new
+/// origin stream (docs/replication.md "Origins"). Runs while the database opens, before its
+/// writer starts.
+pub(super) fn incarnation(env: &Env<WithoutTls>, meta: &super::Db) -> Result<String, StoreError> {
+    const KEY: &[u8] = b"incarnation";
+    {
+        let rtxn = env.read_txn()?;
+        if let Some(v) = meta.get(&rtxn, KEY)? {
+            return Ok(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    let made = format!("{:016x}", rand::random::<u64>());
+    let mut wtxn = env.write_txn()?;
+    meta.put(&mut wtxn, KEY, made.as_bytes())?;
+    wtxn.commit()?;
+    Ok(made)
 }
 
 #[cfg(test)]

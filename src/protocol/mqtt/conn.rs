@@ -160,7 +160,13 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     let level = connect.level;
     let v5 = level == Level::V5;
     let expiry_s = connect::session_expiry_s(&connect);
-    let conn = Rc::new(Conn::new(&connect, expiry_s, &shared, kick.clone()));
+    let conn = Rc::new(Conn::new(
+        &connect,
+        expiry_s,
+        &shared,
+        kick.clone(),
+        sessions.sys.clone(),
+    ));
     spawn(write_loop(writer, conn.clone(), sessions.clone()));
     let Some(admitted) = connect::admit(&shared, &conn, &connect, identity, peer) else {
         return;

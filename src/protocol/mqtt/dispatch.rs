@@ -30,12 +30,20 @@ pub struct Sessions {
     pub(super) start_version: f64,
     /// The core's pubsub counters: the sweep reports queued outbound bytes there.
     pub(super) counters: Arc<crate::pubsub::Counters>,
+    /// This core's `$SYS` message counts.
+    pub(super) sys: Arc<super::sys::CoreCounts>,
 }
 
 impl Sessions {
     /// `start_version`: see [`MqttShared::start_version`].
-    pub fn new(start_version: f64, counters: Arc<crate::pubsub::Counters>) -> Self {
+    /// `sys`: this core's counts, from [`MqttShared::sys_core`].
+    pub fn new(
+        start_version: f64,
+        counters: Arc<crate::pubsub::Counters>,
+        sys: Arc<super::sys::CoreCounts>,
+    ) -> Self {
         Sessions {
+            sys,
             conns: RefCell::new(Vec::new()),
             dispatched: RefCell::new(HashMap::new()),
             start_version,

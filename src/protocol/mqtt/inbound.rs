@@ -31,6 +31,7 @@ impl Session<'_> {
     /// PUBLISH: its topic alias resolved, QoS 2 duplicates acknowledged again, the write, the
     /// acknowledgement with its reason code (3.1.1: always success).
     pub(super) async fn on_publish(&mut self, mut p: Publish) -> Flow {
+        self.sessions.sys.count_received();
         if let Some(alias) = p.properties.topic_alias() {
             if alias == 0 || alias > TOPIC_ALIAS_MAX {
                 return Flow::Close(ReasonCode::TopicAliasInvalid);

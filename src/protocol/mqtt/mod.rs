@@ -22,6 +22,7 @@ mod resume;
 pub mod share;
 mod shared;
 mod subscribe;
+pub mod sys;
 pub mod topic;
 
 pub use codec::{check, decode, encode, DecodeError, Level, Packet};

@@ -91,6 +91,10 @@ pub(super) struct Conn {
     /// with `0x8D`.
     pub(super) expired: Cell<bool>,
     pub(super) kick: Arc<Kick>,
+    /// `$SYS` filters subscribed to (super user only; not kept with a durable session).
+    pub(super) sys_subs: RefCell<Vec<String>>,
+    /// This core's `$SYS` message counts (publishes sent are counted here).
+    pub(super) counts: Arc<super::sys::CoreCounts>,
 }
 
 impl Conn {
@@ -101,6 +105,7 @@ impl Conn {
         expiry_s: u32,
         shared: &MqttShared,
         kick: Arc<Kick>,
+        counts: Arc<super::sys::CoreCounts>,
     ) -> Conn {
         let level = connect.level;
         let out_packet_bytes_max = connect
@@ -150,6 +155,8 @@ impl Conn {
             keep_alive: Cell::new(None),
             expired: Cell::new(false),
             kick,
+            sys_subs: RefCell::new(Vec::new()),
+            counts,
         }
     }
 
@@ -287,6 +294,7 @@ impl Conn {
             self.aliases_out.borrow_mut().insert(topic, alias);
         }
         self.out.borrow_mut().extend_from_slice(&encoded);
+        self.counts.count_sent();
         self.wake_writer();
         true
     }

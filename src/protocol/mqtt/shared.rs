@@ -14,6 +14,7 @@ use super::durable;
 use super::general;
 use super::notes::Notes;
 use super::share::Groups;
+use super::sys::{self, CoreCounts, SysState};
 use crate::resource::Resources;
 
 /// What every core's MQTT connections share.
@@ -46,6 +47,10 @@ pub struct MqttShared {
     pub keep_alive_max_s: u16,
     /// The empty export name general topics go by.
     pub(super) general_export: String,
+    /// What `$SYS` topics report (see `sys.rs`).
+    pub(super) sys: SysState,
+    /// `mqtt.sysInterval` in seconds (0: `$SYS` topics are sent only at SUBSCRIBE).
+    pub sys_interval_s: u64,
 }
 
 impl MqttShared {
@@ -91,6 +96,12 @@ impl MqttShared {
                 .get("mqtt.maxKeepAlive")
                 .and_then(|v| v.as_u64())
                 .map_or(0, |n| u16::try_from(n).unwrap_or(u16::MAX)),
+            sys: SysState::default(),
+            sys_interval_s: resources
+                .config_tree
+                .get("mqtt.sysInterval")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(sys::INTERVAL_DEFAULT_S),
             resources,
             exports,
             next_client: AtomicU64::new(1),
@@ -109,6 +120,16 @@ impl MqttShared {
             return Some(&self.general_export);
         }
         self.exports.get(&(database.to_string(), table.to_string()))
+    }
+
+    /// A new core's message counts for `$SYS` (see [`Sessions::new`]).
+    pub fn sys_core(&self) -> Arc<CoreCounts> {
+        self.sys.core()
+    }
+
+    /// Clients with an accepted CONNECT now, on every core.
+    pub(super) fn connected_clients(&self) -> usize {
+        self.clients.lock().map_or(0, |c| c.len())
     }
 
     /// Whether a connection holds client id `id` now.

@@ -17,6 +17,7 @@ use super::payload;
 use super::props::{Properties, Property};
 use super::reason::{ReasonCode, SUBACK_FAILURE_V4};
 use super::share;
+use super::sys;
 use super::topic::{Filter, TopicError};
 use crate::change::ChangeKind;
 use crate::pubsub::state::{Chunk, StateCursor, CHUNK_RECORDS_MAX};
@@ -185,7 +186,7 @@ impl Conn {
                     return;
                 };
                 let export = filter.export().to_string();
-                let general = filter.is_general();
+                let general = filter.is_general() || filter.is_every();
                 let since = sessions.since(&cursor.database().name);
                 let result =
                     cursor.read_chunk(since, room.min(CHUNK_RECORDS_MAX), |key, record| {
@@ -261,6 +262,11 @@ impl Session<'_> {
     /// What a subscription filter reads: a table of an export, or — with `mqtt.generalTopics`
     /// and a first level that names no export — general topics (`table` none).
     pub(super) fn resolve(&self, raw: &str) -> Result<Resolved, Unresolved> {
+        if self.caller.super_user && Filter::starts_with_wildcard(raw) {
+            // docs/mqtt.md: the super user's `#` and `+/…` cover every export (and general
+            // topics when on); they carry the system database's position like general filters.
+            return self.plain(Filter::parse_every(raw));
+        }
         let exported = Filter::parse(raw).map(|f| {
             let found = self.shared.resources.export(f.export());
             (f, found)
@@ -272,18 +278,22 @@ impl Session<'_> {
                 }
                 Ok((filter, db, Some(table)))
             }
-            _ if self.shared.general_topics => {
-                let filter = Filter::parse_general(raw).map_err(Unresolved::Filter)?;
-                let (db, _) = self
-                    .shared
-                    .resources
-                    .table(durable::SYSTEM, general::TABLE)
-                    .ok_or(Unresolved::NoExport)?;
-                Ok((filter, db, None))
-            }
+            _ if self.shared.general_topics => self.plain(Filter::parse_general(raw)),
             Ok((_, None)) => Err(Unresolved::NoExport),
             Err(e) => Err(Unresolved::Filter(e)),
         }
+    }
+
+    /// A filter with plain MQTT matching (general, or over every export), read with the
+    /// position of the system database that holds general topics.
+    fn plain(&self, parsed: Result<Filter, TopicError>) -> Result<Resolved, Unresolved> {
+        let filter = parsed.map_err(Unresolved::Filter)?;
+        let (db, _) = self
+            .shared
+            .resources
+            .table(durable::SYSTEM, general::TABLE)
+            .ok_or(Unresolved::NoExport)?;
+        Ok((filter, db, None))
     }
 
     /// SUBSCRIBE: each filter resolved and granted (or refused with its code), SUBACK, then the
@@ -292,7 +302,12 @@ impl Session<'_> {
         let v5 = self.v5();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut initial = Vec::new();
+        let mut sys_initial = Vec::new();
         for (raw, options) in &s.filters {
+            if sys::is_sys(raw) {
+                codes.push(self.subscribe_sys(raw, options.retain_handling, &mut sys_initial));
+                continue;
+            }
             let (filter, db, table) = match self.resolve(raw) {
                 Ok(r) => r,
                 Err(e) => {
@@ -353,7 +368,10 @@ impl Session<'_> {
                 self.shared.groups.join(&key, &self.client_id);
                 continue;
             }
-            if send_state && filter.matches_records() {
+            // docs/mqtt.md: a filter over every export gets the current state of general topics
+            // (when on), not of tables.
+            let state_kept = !filter.is_every() || self.shared.general_topics;
+            if send_state && filter.matches_records() && state_kept {
                 initial.push(filter);
             }
         }
@@ -362,6 +380,7 @@ impl Session<'_> {
             properties: Properties::default(),
             codes,
         }));
+        self.conn.send_sys(self.shared, &sys_initial, true);
         for filter in &initial {
             self.start_state(filter);
         }
@@ -370,13 +389,51 @@ impl Session<'_> {
         }
     }
 
+    /// A `$SYS` filter (docs/mqtt.md#sys-topics): the super user's only, granted at QoS 0;
+    /// its values go out after the SUBACK unless Retain Handling says not to (into `initial`).
+    /// Returns the SUBACK code.
+    fn subscribe_sys(&self, raw: &str, retain_handling: u8, initial: &mut Vec<String>) -> u8 {
+        let v5 = self.v5();
+        let refused = |e: Unresolved| {
+            tracing::info!(target: "mqtt", "subscribe to {raw:?} refused: {e}");
+            match e {
+                _ if !v5 => SUBACK_FAILURE_V4,
+                Unresolved::NotPermitted => ReasonCode::NotAuthorized.byte(),
+                _ => ReasonCode::TopicFilterInvalid.byte(),
+            }
+        };
+        if !self.caller.super_user {
+            return refused(Unresolved::NotPermitted);
+        }
+        if let Err(e) = Filter::parse_general(raw) {
+            return refused(Unresolved::Filter(e));
+        }
+        let mut subs = self.conn.sys_subs.borrow_mut();
+        let is_new = !subs.iter().any(|s| s == raw);
+        if is_new {
+            if subs.len() >= durable::SUBSCRIPTIONS_MAX {
+                return if v5 {
+                    ReasonCode::QuotaExceeded.byte()
+                } else {
+                    SUBACK_FAILURE_V4
+                };
+            }
+            subs.push(raw.to_string());
+        }
+        if retain_handling == 0 || (retain_handling == 1 && is_new) {
+            initial.push(raw.to_string());
+        }
+        0
+    }
+
     /// UNSUBSCRIBE: each filter removed (leaving its shared group), UNSUBACK.
     pub(super) fn on_unsubscribe(&self, u: Unsubscribe) {
         let mut codes = Vec::new();
         {
             let mut subs = self.conn.subs.borrow_mut();
+            let mut sys_subs = self.conn.sys_subs.borrow_mut();
             for f in &u.filters {
-                let before = subs.len();
+                let before = subs.len() + sys_subs.len();
                 let removed = subs.iter().find(|s| s.filter.as_str() == f);
                 if let Some(filter) = removed.map(|s| &s.filter) {
                     if let Some(group) = filter.share() {
@@ -385,7 +442,8 @@ impl Session<'_> {
                     }
                 }
                 subs.retain(|s| s.filter.as_str() != f);
-                codes.push(if subs.len() < before {
+                sys_subs.retain(|s| s != f);
+                codes.push(if subs.len() + sys_subs.len() < before {
                     ReasonCode::Success.byte()
                 } else {
                     ReasonCode::NoSubscriptionExisted.byte()
@@ -402,7 +460,7 @@ impl Session<'_> {
     /// Starts streaming the current state of every record `filter` matches as retained
     /// PUBLISHes (see [`Conn::fill_state`]); live events it holds are not sent again.
     pub(super) fn start_state(&self, filter: &Filter) {
-        let target = if filter.is_general() {
+        let target = if filter.is_general() || filter.is_every() {
             self.shared.resources.table(durable::SYSTEM, general::TABLE)
         } else {
             self.shared.resources.export(filter.export())

@@ -68,6 +68,9 @@ pub struct Filter {
     /// A filter over general topics outside tables (`mqtt.generalTopics`): plain MQTT matching
     /// of the whole topic (MQTT 5 §4.7), `export` empty.
     general: bool,
+    /// The super user's filter whose first level is a wildcard (`#`, `+/1`): plain MQTT matching
+    /// of every export's topics, and of general topics when those are on (docs/mqtt.md).
+    every: bool,
     export: String,
     /// The levels after the export.
     levels: Vec<Segment>,
@@ -122,6 +125,7 @@ impl Filter {
             raw: raw.to_string(),
             share: None,
             general: false,
+            every: false,
             export: export.to_string(),
             levels,
         })
@@ -130,6 +134,25 @@ impl Filter {
     /// A filter over general topics (MQTT 5 §4.7.1: `+` any one level, `#` last only, both
     /// alone in their level), optionally shared.
     pub fn parse_general(raw: &str) -> Result<Filter, TopicError> {
+        Filter::parse_plain(raw, false)
+    }
+
+    /// The super user's filter over every export's topics (and general topics): valid as a
+    /// general filter, its first level a wildcard.
+    pub fn parse_every(raw: &str) -> Result<Filter, TopicError> {
+        Filter::parse_plain(raw, true)
+    }
+
+    /// Whether a filter's first level (after any `$share/<group>/`) is `+` or `#`.
+    pub fn starts_with_wildcard(raw: &str) -> bool {
+        let inner = match raw.strip_prefix("$share/") {
+            Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
+            None => raw,
+        };
+        inner.starts_with(['+', '#'])
+    }
+
+    fn parse_plain(raw: &str, every: bool) -> Result<Filter, TopicError> {
         let (share, inner) = match raw.strip_prefix("$share/") {
             Some(rest) => {
                 let (group, inner) = rest.split_once('/').unwrap_or((rest, ""));
@@ -163,7 +186,8 @@ impl Filter {
         Ok(Filter {
             raw: raw.to_string(),
             share,
-            general: true,
+            general: !every,
+            every,
             export: String::new(),
             levels: Vec::new(),
         })
@@ -171,6 +195,11 @@ impl Filter {
 
     pub fn is_general(&self) -> bool {
         self.general
+    }
+
+    /// A filter over every export (see [`Filter::parse_every`]).
+    pub fn is_every(&self) -> bool {
+        self.every
     }
 
     pub fn as_str(&self) -> &str {
@@ -212,12 +241,20 @@ impl Filter {
 
     /// Whether the filter can match any record (not only bare-table messages).
     pub fn matches_records(&self) -> bool {
-        self.general || !self.levels.is_empty()
+        self.general || self.every || !self.levels.is_empty()
     }
 
     /// Whether an event on `export` with record `id` (None: the bare table topic) matches.
     /// General topics come as export `""` and the whole topic as id.
     pub fn matches(&self, export: &str, id: Option<&str>) -> bool {
+        if self.every {
+            let topic = match (export, id) {
+                ("", Some(topic)) => std::borrow::Cow::Borrowed(topic),
+                (_, Some(id)) => std::borrow::Cow::Owned(format!("{export}/{id}")),
+                (_, None) => std::borrow::Cow::Borrowed(export),
+            };
+            return general_matches(self.topic_filter(), &topic);
+        }
         if export != self.export {
             return false;
         }
@@ -316,6 +353,20 @@ mod tests {
             &[("Dog/x", true), ("Dog/x/y", true), ("Dog/xy", false)],
         );
         check("Dog/a.b", &[("Dog/a.b", true), ("Dog/a", false)]);
+    }
+
+    #[test]
+    fn every_export_filters() {
+        let all = Filter::parse_every("#").unwrap();
+        assert!(all.is_every() && !all.is_general());
+        assert!(all.matches("Dog", Some("1")) && all.matches("Dog", None));
+        assert!(all.matches("", Some("home/temp")) && !all.matches("", Some("$SYS/x")));
+        let one = Filter::parse_every("+/1").unwrap();
+        assert!(one.matches("Dog", Some("1")) && one.matches("Cat", Some("1")));
+        assert!(!one.matches("Dog", Some("2")) && !one.matches("Dog", Some("1/a")));
+        assert!(Filter::starts_with_wildcard("#") && Filter::starts_with_wildcard("$share/g/+/x"));
+        assert!(!Filter::starts_with_wildcard("Dog/#") && !Filter::starts_with_wildcard("$SYS/#"));
+        assert!(Filter::parse_every("#/x").is_err());
     }
 
     fn check_general(filter: &str, topics: &[(&str, bool)]) {
