@@ -16,24 +16,11 @@ use common::{Builder, Rng, Server};
 use serde_json::{json, Value};
 
 fn post(server: &Server, auth: Option<(&str, &str)>, body: &Value) -> (u16, Value) {
-    let mut req = ureq::post(&server.ops_url())
-        .timeout(Duration::from_secs(60))
-        .set("Content-Type", "application/json");
-    if let Some((user, password)) = auth {
+    let header = auth.map(|(user, password)| {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        req = req.set("Authorization", &format!("Basic {token}"));
-    }
-    let resp = match req.send_string(&body.to_string()) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("POST {body}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+        format!("Basic {token}")
+    });
+    common::ops_post(server, header.as_deref(), body)
 }
 
 fn op(server: &Server, body: Value) -> (u16, Value) {
