@@ -36,7 +36,11 @@ pub struct Router {
     core: usize,
     shared: Arc<Shared>,
     realtime: std::rc::Rc<ws::Context>,
+    /// This core's analytics counts (`None` with analytics off).
+    analytics: Option<AnalyticsRecorder>,
 }
+
+type AnalyticsRecorder = std::rc::Rc<std::cell::RefCell<crate::resource::analytics::Recorder>>;
 
 impl Router {
     pub fn new(
@@ -44,12 +48,14 @@ impl Router {
         core: usize,
         shared: Arc<Shared>,
         realtime: std::rc::Rc<ws::Context>,
+        analytics: Option<AnalyticsRecorder>,
     ) -> Self {
         Self {
             kind,
             core,
             shared,
             realtime,
+            analytics,
         }
     }
 
@@ -441,9 +447,13 @@ impl Service for Router {
     async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>) {
         let started = std::time::Instant::now();
         let route = self.answer(req, resp, head).await;
+        let took = started.elapsed();
         self.shared.stats[self.core]
             .answers
-            .record(route, resp.status, started.elapsed());
+            .record(route, resp.status, took);
+        if let Some(recorder) = &self.analytics {
+            super::analytics::record(recorder, route, req, resp, took);
+        }
     }
 }
 
