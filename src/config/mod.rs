@@ -539,6 +539,8 @@ pub struct LoggingConfig {
     pub audit_retention: Duration,
     /// `logging.connections`: MQTT connects/disconnects and failed logins at the default level.
     pub connections: bool,
+    /// `logging.access`: the HTTP access log (combined format) in `<logging.root>/access.log`.
+    pub access: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -737,6 +739,7 @@ impl Config {
                 std_streams: tree.bool("logging.stdStreams")?,
                 audit_retention: tree.duration("logging.auditRetention")?,
                 connections: tree.bool("logging.connections")?,
+                access: tree.bool("logging.access")?,
             },
             storage: StorageConfig {
                 path: resolve(

@@ -439,6 +439,9 @@ impl Service for Router {
             stats
                 .answers
                 .record(route, resp.status, std::time::Duration::ZERO);
+            if crate::logging::access::enabled() {
+                access_log(req, resp, None);
+            }
             return Err(Refused);
         }
         Ok(Some(caller))
@@ -446,7 +449,12 @@ impl Service for Router {
 
     async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>) {
         let started = std::time::Instant::now();
-        let route = self.answer(req, resp, head).await;
+        // The access log names the authenticated user (docs/configuration.md).
+        let mut user = None;
+        let route = self.answer(req, resp, head, &mut user).await;
+        if crate::logging::access::enabled() {
+            access_log(req, resp, user.as_deref());
+        }
         let took = started.elapsed();
         self.shared.stats[self.core]
             .answers
@@ -457,6 +465,25 @@ impl Service for Router {
     }
 }
 
+/// One line of the access log for an answered request.
+fn access_log(req: &Request<'_>, resp: &Response, user: Option<&str>) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    crate::logging::access::log(&crate::logging::access::Entry {
+        peer: req.peer.ip(),
+        user,
+        now_ms,
+        method: req.method_raw,
+        target: req.target,
+        version_minor: req.version_minor,
+        status: resp.status,
+        bytes: resp.body.len(),
+        referer: req.header_str("Referer"),
+        user_agent: req.header_str("User-Agent"),
+    });
+}
+
 impl Router {
     /// Answers one request; returns what it was for (`/metrics` counts it).
     async fn answer(
@@ -464,6 +491,7 @@ impl Router {
         req: &Request<'_>,
         resp: &mut Response,
         head: Option<<Router as Service>::Head>,
+        user: &mut Option<String>,
     ) -> Route {
         self.shared.stats[self.core]
             .requests
@@ -510,6 +538,9 @@ impl Router {
             Some(caller) => caller,
             None => crate::auth::authenticate_request(resources, req),
         };
+        if crate::logging::access::enabled() {
+            *user = caller.as_ref().ok().and_then(|c| c.username.clone());
+        }
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return Route::Operations;
