@@ -334,6 +334,7 @@ fn replication_metrics(e: &mut crate::metrics::Exposition, repl: &crate::replica
             if connected { 1.0 } else { 0.0 },
         );
     }
+    replication_lag(e, &repl.socket_lags());
     e.family(
         "tidepool_replication_links_timed_out_total",
         "counter",
@@ -344,6 +345,37 @@ fn replication_metrics(e: &mut crate::metrics::Exposition, repl: &crate::replica
         &[],
         repl.links_timed_out.load(Ordering::Relaxed) as f64,
     );
+}
+
+/// Per peer and database: the receive lag of the newest transaction, the age of the one being
+/// sent, and the last ping's round trip (docs/metrics.md).
+fn replication_lag(e: &mut crate::metrics::Exposition, lags: &[crate::replication::SocketLag]) {
+    type Read = fn(&crate::replication::SocketLag) -> Option<f64>;
+    let families: [(&str, &str, Read); 3] = [
+        (
+            "tidepool_replication_lag_seconds",
+            "Local receive time minus the peer's commit time of the newest transaction received from it.",
+            |l| Some(l.received_s),
+        ),
+        (
+            "tidepool_replication_send_lag_seconds",
+            "Age of the transaction being sent to the peer now (0 when caught up).",
+            |l| Some(l.sending_s),
+        ),
+        (
+            "tidepool_replication_ping_seconds",
+            "Round trip of the last heartbeat PING to the peer.",
+            |l| l.ping_s,
+        ),
+    ];
+    for (name, help, read) in families {
+        e.family(name, "gauge", help);
+        for lag in lags {
+            if let Some(v) = read(lag) {
+                e.sample(name, &[("peer", &lag.peer), ("database", &lag.database)], v);
+            }
+        }
+    }
 }
 
 /// The writer's commit time histogram, per database.
