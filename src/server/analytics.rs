@@ -16,21 +16,10 @@ use crate::resource::analytics::{self, Answer, Recorder, Report};
 use super::http_stats::Route;
 use super::Shared;
 
-/// `analytics.aggregatePeriod` when not set: HarperDB's 60 seconds.
-const AGGREGATE_PERIOD_DEFAULT_S: f64 = 60.0;
 /// How often each core hands over its counts (HarperDB: once a second per thread).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// HarperDB adds this estimate of a response head to an operation's `bytes-sent`.
 const ESTIMATED_HEADER_BYTES: usize = 200;
-
-/// `analytics.aggregatePeriod` in seconds; `None` (analytics off) for 0 or less.
-pub fn aggregate_period(tree: &crate::config::ConfigTree) -> Option<Duration> {
-    let seconds = tree
-        .get("analytics.aggregatePeriod")
-        .and_then(|v| v.as_f64())
-        .unwrap_or(AGGREGATE_PERIOD_DEFAULT_S);
-    (seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9)))
-}
 
 /// Starts the analytics thread; the cores' sender, and the thread to join before the store
 /// closes.

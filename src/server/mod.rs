@@ -219,7 +219,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     );
     let start_version = store.clock().next();
     let shutdown = Shutdown::new();
-    let (analytics, analytics_thread) = match analytics::aggregate_period(&opts.tree) {
+    let (analytics, analytics_thread) = match config.analytics_aggregate_period {
         Some(period) => {
             let (sender, thread) =
                 analytics::start(&resources, &shutdown, period).map_err(|e| {

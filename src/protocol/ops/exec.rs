@@ -534,13 +534,22 @@ async fn admin_op(
             admin::system_information(r, attributes.as_deref()).await
         }
         Operation::ReadLog(q) => admin::read_log(r, q).await?,
-        Operation::ListMetrics { builtin, custom } => Value::Array(
-            crate::resource::analytics::list_metrics(r, builtin, custom)
-                .into_iter()
-                .map(Value::String)
-                .collect(),
-        ),
-        Operation::DescribeMetric { metric } => describe_metric(r, &metric),
+        // Both scan stored rows: on their own thread, not the core.
+        Operation::ListMetrics { builtin, custom } => {
+            let resources = resources.clone();
+            crate::resource::run_blocking(move || {
+                let names = crate::resource::analytics::list_metrics(&resources, builtin, custom);
+                Value::Array(names.into_iter().map(Value::String).collect())
+            })
+            .await
+            .ok_or_else(|| OpError::new(500, "cannot start a thread for list_metrics"))?
+        }
+        Operation::DescribeMetric { metric } => {
+            let resources = resources.clone();
+            crate::resource::run_blocking(move || describe_metric(&resources, &metric))
+                .await
+                .ok_or_else(|| OpError::new(500, "cannot start a thread for describe_metric"))?
+        }
         Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
         Operation::Restart => {
             crate::resource::request_restart()?;

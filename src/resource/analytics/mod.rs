@@ -43,8 +43,10 @@ const PATHS_PER_CORE_MAX: usize = 256;
 const VALUES_PER_ACTION_MAX: usize = 1024;
 /// Reports waiting for the analytics thread; a core whose report finds it full drops it.
 pub const REPORTS_QUEUED_MAX: usize = 256;
-/// Raw rows one fold reads, and rows one clean-up pass removes, at most.
-const FOLD_ROWS_MAX: usize = 100_000;
+/// Raw rows one window of a fold reads, windows one fold takes, and rows one clean-up pass
+/// removes, at most.
+const FOLD_ROWS_MAX: usize = 10_000;
+const FOLD_WINDOWS_MAX: usize = 16;
 const CLEANUP_ROWS_MAX: usize = 10_000;
 /// The newest aggregate rows read at start to find where the last fold ended.
 const RESUME_SCAN_MAX: usize = 1_000;
@@ -364,21 +366,27 @@ impl State {
     /// process's resource usage and the databases' sizes.
     fn fold(&mut self) {
         let period_ms = self.period.as_secs_f64() * 1000.0;
-        let raw = match read_raw(&self.resources, self.folded_to, period_ms) {
-            Ok(raw) => raw,
-            Err(e) => {
-                tracing::warn!("analytics: cannot read {RAW_TABLE}: {e}");
-                return;
-            }
-        };
         let mut rows = Vec::new();
-        if let Some((last, _)) = raw.last() {
+        // One window of a period per pass; a backlog (a slow fold, many rows) is caught up
+        // over a few windows at once.
+        for _ in 0..FOLD_WINDOWS_MAX {
+            let (raw, more) = match read_raw(&self.resources, self.folded_to, period_ms) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!("analytics: cannot read {RAW_TABLE}: {e}");
+                    return;
+                }
+            };
+            let Some((last, _)) = raw.last() else { break };
             let last = *last;
             for mut row in fold::fold(raw.iter().map(|(_, m)| m), period_ms) {
                 row.insert("time", Value::Float(last));
                 rows.push(row);
             }
             self.folded_to = last;
+            if !more {
+                break;
+            }
         }
         rows.push(self.resource_usage(period_ms));
         rows.extend(sizes(&self.resources));
@@ -467,14 +475,15 @@ fn encoded_key(id: f64) -> Vec<u8> {
     out
 }
 
-/// Raw rows after `after` within one period of the first: (id, metrics), in id order.
+/// Raw rows after `after` within one period of the first: (id, metrics), in id order; and
+/// whether more rows follow.
 fn read_raw(
     resources: &Resources,
     after: f64,
     period_ms: f64,
-) -> Result<Vec<(f64, Value)>, super::StoreError> {
+) -> Result<(Vec<(f64, Value)>, bool), super::StoreError> {
     let Some((db, t)) = resources.table(SYSTEM, RAW_TABLE) else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     };
     let txn = db.read()?;
     let start = encoded_key(after);
@@ -490,12 +499,12 @@ fn read_raw(
         if out.first().is_some_and(|(first, _)| id > first + period_ms)
             || out.len() >= FOLD_ROWS_MAX
         {
-            break;
+            return Ok((out, true));
         }
         let metrics = row.get("metrics").cloned().unwrap_or(Value::Null);
         out.push((id, metrics));
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// Keys of `table` below `before`, oldest first, at most [`CLEANUP_ROWS_MAX`].
