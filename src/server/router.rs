@@ -474,6 +474,13 @@ impl Service for Router {
             if crate::logging::access::enabled() {
                 access_log(req, resp, None);
             }
+            // Counted like an answer when it names an exported table (paths are bounded).
+            let export = crate::protocol::rest::export_and_rest(req.path).0;
+            if let Some(recorder) = &self.analytics {
+                if route == Route::Rest && resources.export(export).is_some() {
+                    super::analytics::record(recorder, route, req, resp, Default::default());
+                }
+            }
             return Err(Refused);
         }
         Ok(Some(caller))
