@@ -18,11 +18,17 @@ const PERCENTILE_NAMES: [&str; 9] = [
 const NAMING: [&str; 4] = ["metric", "path", "method", "type"];
 
 /// A second's values (sorted here) as HarperDB's compressed distribution: one entry per
-/// percentile position, a plain number for one value, `{value, count}` for several.
-pub fn distribution(values: &mut [f32]) -> Vec<Value> {
+/// percentile position, a plain number for one value, `{value, count}` for several. `count` is
+/// how many values there were: `values` may be a uniform sample of them, and the entries' counts
+/// add up to `count` (with every value kept, this is HarperDB's computation exactly).
+pub fn distribution(values: &mut [f32], count: u64) -> Vec<Value> {
     values.sort_by(f32::total_cmp);
-    let count = values.len();
+    let kept = values.len();
+    let count = usize::try_from(count).unwrap_or(usize::MAX).max(kept);
     let mut out: Vec<Value> = Vec::new();
+    if kept == 0 {
+        return out;
+    }
     let mut last_upper = 0usize;
     let mut last_value: Option<f32> = None;
     for p in PERCENTILES {
@@ -30,7 +36,9 @@ pub fn distribution(values: &mut [f32]) -> Vec<Value> {
         if upper <= last_upper || upper == 0 {
             continue;
         }
-        let value = values[upper - 1];
+        // The sample's value at the same rank.
+        let at = ((upper as f64 / count as f64) * kept as f64).ceil() as usize;
+        let value = values[at.clamp(1, kept) - 1];
         let n = upper - last_upper;
         if last_value == Some(value) {
             if let Some(entry) = out.last_mut() {
@@ -216,7 +224,7 @@ mod tests {
     fn distribution_merges_equal_values_like_harperdb() {
         // HarperDB 4.7.29 stored [491, {value: 494, count: 5}] for these six sizes.
         let mut values = [491.0, 494.0, 494.0, 494.0, 494.0, 494.0];
-        let d = distribution(&mut values);
+        let d = distribution(&mut values, 6);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0], Value::Float(491.0));
         let Value::Object(o) = &d[1] else {
@@ -234,12 +242,12 @@ mod tests {
         a.insert("mean", Value::Float(2.0));
         a.insert("count", Value::Int(2));
         let mut values = [1.0, 3.0];
-        a.insert("distribution", Value::Array(distribution(&mut values)));
+        a.insert("distribution", Value::Array(distribution(&mut values, 2)));
         let mut b = a.clone();
         b.insert("mean", Value::Float(5.0));
         b.insert("count", Value::Int(1));
         let mut values = [5.0];
-        b.insert("distribution", Value::Array(distribution(&mut values)));
+        b.insert("distribution", Value::Array(distribution(&mut values, 1)));
         let rows = fold(
             [
                 Value::Array(vec![Value::Object(a)]),
@@ -255,6 +263,47 @@ mod tests {
         let median = row.get("median").and_then(number).unwrap_or(f64::NAN);
         assert!((1.0..=5.0).contains(&median), "{row:?}");
         assert!(row.get("p999").is_some() && row.get("distribution").is_none());
+    }
+
+    /// Seconds with more values than are kept: the distribution stands for all of them, so a
+    /// fold's percentiles stay within the values (a sample's counts once summed to the sample's
+    /// size while `count` was the real one, and the interpolation ran far outside).
+    #[test]
+    fn sampled_seconds_fold_to_percentiles_within_their_values() {
+        let mut seconds = Vec::new();
+        for s in 0..4 {
+            // 20,000 answers a second, 1,024 of them kept: values 1..=1024 ms.
+            let mut kept: Vec<f32> = (1..=1024).map(|v| v as f32).collect();
+            let mut o = Object::new();
+            o.insert("metric", Value::from("duration"));
+            o.insert("path", Value::from("Dog"));
+            o.insert("mean", Value::Float(512.5 + f64::from(s)));
+            o.insert("count", Value::Int(20_000));
+            o.insert(
+                "distribution",
+                Value::Array(distribution(&mut kept, 20_000)),
+            );
+            let total: f64 = match o.get("distribution") {
+                Some(d) => bins_of(d).iter().map(|(_, c)| c).sum(),
+                None => 0.0,
+            };
+            assert_eq!(total, 20_000.0);
+            seconds.push(Value::Array(vec![Value::Object(o)]));
+        }
+        let row = &fold(seconds.iter(), 2000.0)[0];
+        assert_eq!(row.get("count"), Some(&Value::Int(80_000)));
+        let at = |name: &str| row.get(name).and_then(number).unwrap_or(f64::NAN);
+        let mut previous = 0.0;
+        for name in PERCENTILE_NAMES {
+            let v = at(name);
+            assert!(
+                (1.0..=1024.0).contains(&v) && v >= previous,
+                "{name} = {v}: {row:?}"
+            );
+            previous = v;
+        }
+        let median = at("median");
+        assert!((400.0..=600.0).contains(&median), "median {median}");
     }
 
     #[test]

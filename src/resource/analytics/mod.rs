@@ -234,7 +234,7 @@ fn entry_row(path: &str, entry: Entry) -> Object {
             o.insert("mean", Value::Float(total / count.max(1) as f64));
             o.insert(
                 "distribution",
-                Value::Array(fold::distribution(&mut values)),
+                Value::Array(fold::distribution(&mut values, count)),
             );
             o.insert("count", Value::Int(count as i64));
         }
