@@ -7,8 +7,10 @@
 //! older than an hour and aggregates older than a year (HarperDB's retention).
 
 mod fold;
+mod read;
+mod record;
+mod usage;
 
-use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,9 @@ use crate::value::{Object, Value};
 use super::{Resources, WriteOp, WriteRequest};
 
 pub use fold::number;
+pub use read::{describe_metric, list_metrics};
+pub use record::{Answer, Recorder, Report};
+use usage::{sizes, Usage};
 
 /// The table of per-core, per-second reports.
 pub const RAW_TABLE: &str = "hdb_raw_analytics";
@@ -37,10 +42,6 @@ pub const BUILTIN_METRICS: [&str; 6] = [
     "resource-usage",
     "utilization",
 ];
-/// Distinct paths (tables, operations) one core keeps per second; more are counted as dropped.
-const PATHS_PER_CORE_MAX: usize = 256;
-/// Values kept per metric per core per second for the distribution; past it, a uniform sample.
-const VALUES_PER_ACTION_MAX: usize = 1024;
 /// Reports waiting for the analytics thread; a core whose report finds it full drops it.
 pub const REPORTS_QUEUED_MAX: usize = 256;
 /// Raw rows one window of a fold reads, windows one fold takes, and rows one clean-up pass
@@ -50,201 +51,6 @@ const FOLD_WINDOWS_MAX: usize = 16;
 const CLEANUP_ROWS_MAX: usize = 10_000;
 /// The newest aggregate rows read at start to find where the last fold ended.
 const RESUME_SCAN_MAX: usize = 1_000;
-/// Rows scanned (newest first) for `list_metrics`' custom names.
-const LIST_SCAN_MAX: usize = 200_000;
-
-/// What one core measured in one second.
-#[derive(Debug)]
-pub struct Report {
-    pub time_ms: f64,
-    pub period_ms: f64,
-    pub thread_id: usize,
-    pub metrics: Vec<Value>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Metric {
-    Duration,
-    Success,
-    Response(u16),
-    BytesSent,
-}
-
-impl Metric {
-    fn name(self) -> String {
-        match self {
-            Metric::Duration => "duration".into(),
-            Metric::Success => "success".into(),
-            Metric::Response(status) => format!("response_{status}"),
-            Metric::BytesSent => "bytes-sent".into(),
-        }
-    }
-}
-
-enum Action {
-    /// Measured values (a distribution is reported).
-    Values {
-        values: Vec<f32>,
-        total: f64,
-        count: u64,
-    },
-    /// Yes/no outcomes: `total` yeses of `count`.
-    Flags { total: u64, count: u64 },
-}
-
-struct Entry {
-    metric: Metric,
-    method: Option<&'static str>,
-    ty: Option<&'static str>,
-    action: Action,
-}
-
-/// One core's counts for the current second.
-#[derive(Default)]
-pub struct Recorder {
-    paths: HashMap<String, Vec<Entry>>,
-    since: Option<Instant>,
-    /// Answers not counted because the path table was full.
-    pub dropped: u64,
-    seed: u64,
-}
-
-/// One HTTP answer as HarperDB records it: `path` is the table (REST) or the operation's name,
-/// `method` the HTTP method (REST), `ty` `"operation"` on the Operations API.
-pub struct Answer<'a> {
-    pub path: &'a str,
-    pub method: Option<&'static str>,
-    pub ty: Option<&'static str>,
-    pub status: u16,
-    pub took_ms: f64,
-    /// Counted as `bytes-sent` (HarperDB records it for operations).
-    pub bytes_sent: Option<usize>,
-}
-
-impl Recorder {
-    /// Counts one answer: `duration`, `success`, `response_<status>` and `bytes-sent`.
-    pub fn record(&mut self, a: &Answer<'_>) {
-        if !self.paths.contains_key(a.path) {
-            if self.paths.len() >= PATHS_PER_CORE_MAX {
-                self.dropped += 1;
-                return;
-            }
-            self.paths.insert(a.path.to_string(), Vec::new());
-        }
-        self.since.get_or_insert_with(Instant::now);
-        self.seed = self
-            .seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let seed = self.seed;
-        let Some(entries) = self.paths.get_mut(a.path) else {
-            return;
-        };
-        let mut add = |metric: Metric, value: Result<f64, bool>| {
-            let found = entries
-                .iter_mut()
-                .position(|e| e.metric == metric && e.method == a.method && e.ty == a.ty);
-            let index = found.unwrap_or_else(|| {
-                entries.push(Entry {
-                    metric,
-                    method: a.method,
-                    ty: a.ty,
-                    action: match value {
-                        Ok(_) => Action::Values {
-                            values: Vec::new(),
-                            total: 0.0,
-                            count: 0,
-                        },
-                        Err(_) => Action::Flags { total: 0, count: 0 },
-                    },
-                });
-                entries.len() - 1
-            });
-            match (&mut entries[index].action, value) {
-                (
-                    Action::Values {
-                        values,
-                        total,
-                        count,
-                    },
-                    Ok(v),
-                ) => {
-                    *total += v;
-                    *count += 1;
-                    if values.len() < VALUES_PER_ACTION_MAX {
-                        values.push(v as f32);
-                    } else {
-                        // Reservoir sampling keeps a uniform sample of the second's values.
-                        let slot = (seed >> 33) % *count;
-                        if let Some(kept) = values.get_mut(slot as usize) {
-                            *kept = v as f32;
-                        }
-                    }
-                }
-                (Action::Flags { total, count }, Err(yes)) => {
-                    *total += u64::from(yes);
-                    *count += 1;
-                }
-                _ => {}
-            }
-        };
-        add(Metric::Duration, Ok(a.took_ms));
-        add(Metric::Success, Err(a.status < 400));
-        add(Metric::Response(a.status), Err(true));
-        if let Some(bytes) = a.bytes_sent {
-            add(Metric::BytesSent, Ok(bytes as f64));
-        }
-    }
-
-    /// The second's report (none without traffic); the counts start again.
-    pub fn take(&mut self, thread_id: usize) -> Option<Report> {
-        let since = self.since.take()?;
-        let mut metrics = Vec::new();
-        for (path, entries) in self.paths.drain() {
-            for entry in entries {
-                metrics.push(Value::Object(entry_row(&path, entry)));
-            }
-        }
-        Some(Report {
-            time_ms: super::now_ms(),
-            period_ms: since.elapsed().as_secs_f64() * 1000.0,
-            thread_id,
-            metrics,
-        })
-    }
-}
-
-/// A raw metric entry with HarperDB's fields.
-fn entry_row(path: &str, entry: Entry) -> Object {
-    let mut o = Object::new();
-    o.insert("metric", Value::String(entry.metric.name()));
-    o.insert("path", Value::from(path));
-    if let Some(method) = entry.method {
-        o.insert("method", Value::from(method));
-    }
-    if let Some(ty) = entry.ty {
-        o.insert("type", Value::from(ty));
-    }
-    match entry.action {
-        Action::Values {
-            mut values,
-            total,
-            count,
-        } => {
-            o.insert("mean", Value::Float(total / count.max(1) as f64));
-            o.insert(
-                "distribution",
-                Value::Array(fold::distribution(&mut values, count)),
-            );
-            o.insert("count", Value::Int(count as i64));
-        }
-        Action::Flags { total, count } => {
-            o.insert("total", Value::Int(total as i64));
-            o.insert("count", Value::Int(count as i64));
-        }
-    }
-    o
-}
 
 /// The channel cores send their reports on, bounded by [`REPORTS_QUEUED_MAX`].
 pub fn channel() -> (SyncSender<Report>, Receiver<Report>) {
@@ -542,139 +348,6 @@ fn resume_point(resources: &Resources) -> Option<f64> {
                 return Some(time);
             }
         }
-    }
-    None
-}
-
-/// HarperDB's `table-size` per table and `database-size` per database.
-fn sizes(resources: &Resources) -> Vec<Object> {
-    let mut rows = Vec::new();
-    for name in resources.store.database_names() {
-        let Some(db) = resources.store.database(&name) else {
-            continue;
-        };
-        let Ok(txn) = db.read() else { continue };
-        let mut used = 0u64;
-        for table_name in db.table_names() {
-            let Some(table) = db.table(&table_name) else {
-                continue;
-            };
-            let size = txn.table_size(&table).unwrap_or(0);
-            used += size;
-            let mut o = Object::new();
-            o.insert("metric", Value::from("table-size"));
-            o.insert("database", Value::String(name.clone()));
-            o.insert("table", Value::String(table_name));
-            o.insert("size", Value::Int(size as i64));
-            rows.push(o);
-        }
-        let total = db.file_size();
-        let mut o = Object::new();
-        o.insert("metric", Value::from("database-size"));
-        o.insert("database", Value::String(name.clone()));
-        o.insert("size", Value::Int(total as i64));
-        o.insert("used", Value::Int(used as i64));
-        o.insert("free", Value::Int(total.saturating_sub(used) as i64));
-        o.insert("audit", Value::Int(txn.audit_size().unwrap_or(0) as i64));
-        rows.push(o);
-    }
-    rows
-}
-
-/// The process's resource usage (`getrusage`), times in milliseconds.
-#[derive(Default, Clone, Copy)]
-struct Usage {
-    user_ms: f64,
-    system_ms: f64,
-    minor_faults: f64,
-    major_faults: f64,
-    fs_read: f64,
-    fs_write: f64,
-    voluntary: f64,
-    involuntary: f64,
-}
-
-impl Usage {
-    fn now() -> Usage {
-        // SAFETY: getrusage fills the zeroed struct it is given and reads nothing else.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-            return Usage::default();
-        }
-        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
-        Usage {
-            user_ms: ms(ru.ru_utime),
-            system_ms: ms(ru.ru_stime),
-            minor_faults: ru.ru_minflt as f64,
-            major_faults: ru.ru_majflt as f64,
-            fs_read: ru.ru_inblock as f64,
-            fs_write: ru.ru_oublock as f64,
-            voluntary: ru.ru_nvcsw as f64,
-            involuntary: ru.ru_nivcsw as f64,
-        }
-    }
-}
-
-/// `list_metrics`: the built-in names (`builtin`), and names stored that are not built in
-/// (`custom`), from the newest [`LIST_SCAN_MAX`] aggregate rows.
-pub fn list_metrics(resources: &Resources, builtin: bool, custom: bool) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    if builtin {
-        out.extend(BUILTIN_METRICS.iter().map(|s| s.to_string()));
-    }
-    if !custom {
-        return out;
-    }
-    let Some((db, t)) = resources.table(SYSTEM, TABLE) else {
-        return out;
-    };
-    let Ok(txn) = db.read() else { return out };
-    let Ok(scan) = txn.scan(&t, true) else {
-        return out;
-    };
-    let mut seen: Vec<String> = Vec::new();
-    for item in scan.take(LIST_SCAN_MAX) {
-        let Ok((_, record)) = item else { break };
-        let Ok(Value::Object(row)) = crate::value::deserialize(record.value) else {
-            continue;
-        };
-        if let Some(Value::String(metric)) = row.get("metric") {
-            if !BUILTIN_METRICS.contains(&metric.as_str()) && !seen.contains(metric) {
-                seen.push(metric.clone());
-            }
-        }
-    }
-    // Oldest first, as HarperDB lists them.
-    seen.reverse();
-    out.extend(seen);
-    out
-}
-
-/// `describe_metric`: the attributes of the newest row of `metric` with their JavaScript
-/// `typeof` (`node` first), or nothing when no row has it.
-pub fn describe_metric(resources: &Resources, metric: &str) -> Option<Vec<(String, &'static str)>> {
-    let (db, t) = resources.table(SYSTEM, TABLE)?;
-    let txn = db.read().ok()?;
-    for item in txn.scan(&t, true).ok()?.take(LIST_SCAN_MAX) {
-        let (_, record) = item.ok()?;
-        let Ok(Value::Object(row)) = crate::value::deserialize(record.value) else {
-            continue;
-        };
-        if row.get("metric") != Some(&Value::from(metric)) {
-            continue;
-        }
-        let mut out = vec![("node".to_string(), "string")];
-        for (name, value) in row.iter().filter(|(name, _)| *name != "node") {
-            let ty = match value {
-                Value::Int(_) | Value::Float(_) => "number",
-                Value::String(_) => "string",
-                Value::Bool(_) => "boolean",
-                Value::BigInt(_) => "bigint",
-                _ => "object",
-            };
-            out.push((name.to_string(), ty));
-        }
-        return Some(out);
     }
     None
 }
