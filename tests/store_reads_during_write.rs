@@ -148,3 +148,43 @@ fn gets_complete_while_a_long_write_transaction_is_open() {
         during.len()
     );
 }
+
+/// Cores reuse a read transaction between commits (`src/store/read.rs`): a write acknowledged to
+/// one connection is seen at once by reads on every other connection (spread over both cores),
+/// round after round, and a record deleted is gone for all of them.
+#[test]
+fn every_core_reads_a_write_as_soon_as_it_is_acknowledged() {
+    let server = Server::start();
+    let base = format!("http://{}", server.rest);
+    let agent = || ureq::AgentBuilder::new().build();
+    let writer = agent();
+    let readers: Vec<ureq::Agent> = (0..4).map(|_| agent()).collect();
+    for round in 0..200u64 {
+        writer
+            .put(&format!("{base}/Dog/seen"))
+            .set("Content-Type", "application/json")
+            .send_string(&format!(r#"{{"name":"round {round}"}}"#))
+            .expect("PUT");
+        for (i, reader) in readers.iter().enumerate() {
+            // Another read first, so a core holds a transaction from before the next write.
+            let text = reader
+                .get(&format!("{base}/Dog/seen"))
+                .call()
+                .expect("GET")
+                .into_string()
+                .expect("body");
+            let body: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(body["name"], format!("round {round}"), "reader {i}");
+        }
+    }
+    writer
+        .delete(&format!("{base}/Dog/seen"))
+        .call()
+        .expect("DELETE");
+    for reader in &readers {
+        match reader.get(&format!("{base}/Dog/seen")).call() {
+            Err(ureq::Error::Status(404, _)) => {}
+            other => panic!("deleted record still read: {other:?}"),
+        }
+    }
+}

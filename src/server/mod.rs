@@ -619,6 +619,8 @@ async fn core_main(
             open.clone(),
         ));
     }
+    // Reads between two commits share one LMDB read transaction; the heartbeat lets it go.
+    crate::store::cache_reads_on_this_thread();
     spawn(heartbeat(shared.clone(), core));
     tracing::debug!("core {core} ready on CPU {}", ctx.cpu);
     shared.shutdown.wait().await;
@@ -692,17 +694,21 @@ fn dev_watch(dir: PathBuf, resources: Arc<crate::resource::Resources>, shutdown:
 /// How often each core proves it is still turning its event loop.
 const HEARTBEAT: Duration = Duration::from_millis(250);
 
+/// Also lets go of the core's cached read transactions each beat (`store/read.rs`): an old
+/// snapshot is never held open longer than a beat.
 async fn heartbeat(shared: Arc<Shared>, core: usize) {
     while !shared.shutdown.is_triggered() {
         let now = shared.started.elapsed().as_millis() as u64;
         shared.stats[core]
             .heartbeat_ms
             .store(now, Ordering::Relaxed);
+        crate::store::release_cached_reads();
         if let Either::Right(()) = race(tidepool_io::sleep(HEARTBEAT), shared.shutdown.wait()).await
         {
-            return;
+            break;
         }
     }
+    crate::store::release_cached_reads();
 }
 
 /// systemd's watchdog: WATCHDOG=1 every half interval, but only while every core's heartbeat is

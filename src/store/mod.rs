@@ -58,7 +58,9 @@ pub use clock::{now_ms, Clock};
 pub use condition::{Condition, ConditionFailed};
 pub use entry::Header;
 pub use prune::{PruneStep, PRUNE_BATCH};
-pub use read::{IndexCursor, ReadTxn, Record, Scan};
+pub use read::{
+    cache_reads_on_this_thread, release_cached_reads, IndexCursor, ReadTxn, Record, Scan,
+};
 pub use replicate::{
     node_id_of, stream_node, ApplyJob, ApplyOutcome, AuditTxn, CommitSignal, EntryKind, RawRecord,
     ReplicatedEntry, ReplicatedTxn, SnapshotRecord,
@@ -215,6 +217,9 @@ pub struct Database {
     /// The origin of this database's own transactions: `<node name>#<incarnation>`, the
     /// incarnation made with the database file (docs/replication.md "Origins").
     pub stream: Arc<str>,
+    /// Unique for the process's life, unlike an address: what a core's cached read transaction
+    /// is matched by (`read.rs`).
+    serial: u64,
 }
 
 /// Upper bounds (inclusive) of the commit-latency histogram buckets, in microseconds.
@@ -443,6 +448,10 @@ impl Store {
             stats: WriterStats::default(),
             commits: CommitSignal::default(),
             stream,
+            serial: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         });
         db.reopen_tables()?;
         writer::spawn(

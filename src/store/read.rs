@@ -1,7 +1,18 @@
 //! Reads on the calling core: a short LMDB read transaction (no thread-local slot, so a core may
 //! hold several), records served from the map as archived values without copying.
+//!
+//! Opening an LMDB read transaction costs a zeroed allocation sized by the environment's named
+//! databases (1,024 × 49 bytes, about 50 KB) and a turn on the reader table's lock, which every
+//! core shares. A core that opted in ([`cache_reads_on_this_thread`]) keeps its last read
+//! transaction per database and reuses it while it is still the newest snapshot (its id is the
+//! environment's last committed transaction), so a run of reads between two commits opens one.
+//! The core lets its cached transactions go every heartbeat ([`release_cached_reads`]): an old
+//! snapshot held open keeps LMDB from reusing pages, and dropping a database waits for every
+//! handle on its environment.
 
+use std::cell::{Cell, RefCell};
 use std::ops::Bound;
+use std::rc::Rc;
 
 use heed::{RoTxn, WithoutTls};
 
@@ -16,8 +27,62 @@ type RawIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> +
 
 pub struct ReadTxn<'e> {
     pub(super) db: &'e Database,
-    pub(super) txn: RoTxn<'e, WithoutTls>,
+    pub(super) txn: Rc<RoTxn<'static, WithoutTls>>,
     now_ms: f64,
+}
+
+/// A core's cached read transaction of one database.
+struct Cached {
+    /// The database's [`Database::serial`].
+    db: u64,
+    txn: Rc<RoTxn<'static, WithoutTls>>,
+}
+
+thread_local! {
+    /// Whether this thread caches read transactions (executor cores do; other threads, such as
+    /// jobs and admin work, which no heartbeat visits, do not).
+    static CACHING: Cell<bool> = const { Cell::new(false) };
+    static CACHE: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lets this thread reuse read transactions (see the module's comment); it must then call
+/// [`release_cached_reads`] regularly.
+pub fn cache_reads_on_this_thread() {
+    CACHING.with(|c| c.set(true));
+}
+
+/// Drops this thread's cached read transactions.
+pub fn release_cached_reads() {
+    let released = CACHE.with(|cache| std::mem::take(&mut *cache.borrow_mut()));
+    drop(released);
+}
+
+fn open_txn(db: &Database) -> Result<Rc<RoTxn<'static, WithoutTls>>, StoreError> {
+    if !CACHING.with(Cell::get) {
+        return Ok(Rc::new(db.env.clone().static_read_txn()?));
+    }
+    let serial = db.serial;
+    let newest = db.env.info().last_txn_id;
+    let cached = CACHE.with(|cache| {
+        cache
+            .borrow()
+            .iter()
+            .find(|c| c.db == serial && c.txn.id() == newest)
+            .map(|c| c.txn.clone())
+    });
+    if let Some(txn) = cached {
+        return Ok(txn);
+    }
+    let txn = Rc::new(db.env.clone().static_read_txn()?);
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        cache.retain(|c| c.db != serial);
+        cache.push(Cached {
+            db: serial,
+            txn: txn.clone(),
+        });
+    });
+    Ok(txn)
 }
 
 /// A live record as stored: its header and the archived value in the memory map.
@@ -32,7 +97,7 @@ impl<'e> ReadTxn<'e> {
     pub(super) fn new(db: &'e Database) -> Result<Self, StoreError> {
         Ok(ReadTxn {
             db,
-            txn: db.env.read_txn()?,
+            txn: open_txn(db)?,
             now_ms: super::now_ms(),
         })
     }
