@@ -12,7 +12,7 @@ use tidepool_io::{race, spawn};
 
 use super::codec::{Ack, Packet, Publish, Will};
 use super::conn::{Flow, Session, RECEIVE_MAXIMUM, TOPIC_ALIAS_MAX};
-use super::connect::permitted;
+use super::connect::{permitted, Kick};
 use super::dispatch::Sessions;
 use super::durable;
 use super::general;
@@ -338,10 +338,12 @@ impl Session<'_> {
 
     /// After the connection ended: publishes its will now, or after its Will Delay Interval
     /// (MQTT 5 §3.1.3.2.2: the will waits that long, or until the session ends if that comes
-    /// first, and is dropped if the client reconnects meanwhile).
+    /// first, and is dropped if the client resumes the session meanwhile). Called while `kick`
+    /// still holds the client id.
     pub(super) async fn leave_will(
         &self,
         will: Will,
+        kick: &Arc<Kick>,
         shared: &Arc<MqttShared>,
         sessions: &Rc<Sessions>,
     ) {
@@ -358,13 +360,23 @@ impl Session<'_> {
             Box::pin(self.publish_will(will)).await;
             return;
         }
+        let waiting = match shared.wait_will(&self.client_id, kick) {
+            Ok(waiting) => waiting,
+            Err(send_now) => {
+                if send_now {
+                    Box::pin(self.publish_will(will)).await;
+                }
+                return;
+            }
+        };
         let (shared, conn, sessions) = (shared.clone(), self.conn.clone(), sessions.clone());
         let (caller, client_id) = (self.caller.clone(), self.client_id.clone());
         spawn(async move {
             let delay = tidepool_io::sleep(Duration::from_secs(u64::from(delay_s)));
-            // At shutdown the will goes out now rather than never.
-            let _ = race(delay, shared.shutdown.wait()).await;
-            if shared.is_connected(&client_id) {
+            // At shutdown the will goes out now rather than never; a new connection for the
+            // client id settles it before the delay (see `MqttShared::claim`).
+            let _ = race(race(delay, shared.shutdown.wait()), waiting.settled.wait()).await;
+            if !shared.will_due(&client_id, &waiting) {
                 return;
             }
             let late = Session {
