@@ -868,6 +868,7 @@ impl Replication {
                 key: Value::String(name.into()),
             }],
             user: None,
+            extras: None,
         };
         if let Ok(rx) = db.submit(request) {
             let _ = block_on(rx);
@@ -988,6 +989,7 @@ impl Replication {
                 expires_in_s: None,
             }],
             user: None,
+            extras: None,
         };
         if let Ok(rx) = db.submit(request) {
             let _ = block_on(rx);

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::durable::{EventKey, EventRef};
 use super::general;
-use super::notes::Note;
+use super::origin::Origin;
 use super::outbound::{Conn, Outbound};
 use super::payload;
 use super::props::{Properties, Property};
@@ -93,9 +93,7 @@ impl Sessions {
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
-        // Taken on every core, subscribers here or not, so each note leaves once all cores did.
-        let notes = shared.notes.take(commit);
-        self.deliver(shared, commit, notes);
+        self.deliver(shared, commit);
         // Only after matching: while this commit is matched, a state chunk whose snapshot held
         // it must not count as settled (see `pubsub::state`).
         let since = {
@@ -119,19 +117,20 @@ impl Sessions {
     }
 
     /// Matches every change of `commit` against this core's sessions and queues it.
-    fn deliver(&self, shared: &MqttShared, commit: &Commit, notes: Vec<Option<Arc<Note>>>) {
+    fn deliver(&self, shared: &MqttShared, commit: &Commit) {
         let now = crate::resource::now_ms();
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
         if conns.is_empty() {
             return;
         }
-        for (index, change) in commit.changes.iter().enumerate() {
+        let origin = Origin::of(commit);
+        for change in &commit.changes {
             let Some(export) = shared.export_of(&commit.database, &change.table) else {
                 continue;
             };
-            let note = notes.get(index).cloned().flatten();
-            let Some(mut delivery) = Delivery::new(commit, change, export, note, now) else {
+            let Some(mut delivery) = Delivery::new(commit, change, export, origin.clone(), now)
+            else {
                 continue;
             };
             for conn in conns.iter().filter_map(Weak::upgrade) {
@@ -147,7 +146,7 @@ struct Delivery<'c> {
     commit: &'c Commit,
     change: &'c Change,
     export: &'c str,
-    note: Option<Arc<Note>>,
+    origin: Option<Arc<Origin>>,
     /// The record id as a topic level; none for a message to the bare table topic.
     id: Option<String>,
     topic: String,
@@ -178,11 +177,11 @@ impl<'c> Delivery<'c> {
         commit: &'c Commit,
         change: &'c Change,
         export: &'c str,
-        note: Option<Arc<Note>>,
+        origin: Option<Arc<Origin>>,
         now: f64,
     ) -> Option<Self> {
         let out = outbound_payload(export, change.kind, change.value.as_ref(), now)?;
-        let passed_on = match (&out.properties, &note) {
+        let passed_on = match (&out.properties, &origin) {
             (Some(p), _) => p.clone(),
             // None: its Message Expiry Interval has passed.
             (None, Some(n)) => n.outbound(now)?,
@@ -198,7 +197,7 @@ impl<'c> Delivery<'c> {
             commit,
             change,
             export,
-            note,
+            origin,
             id,
             topic,
             out,
@@ -225,7 +224,7 @@ impl<'c> Delivery<'c> {
         let mut qos = matched.qos.min(self.out.qos_max);
         // docs/mqtt.md: messages (and general topics, as in any broker) go out at most at the
         // QoS they were published with; record changes at the granted QoS.
-        if let Some(n) = &self.note {
+        if let Some(n) = &self.origin {
             if change.kind == ChangeKind::Message || self.export.is_empty() {
                 qos = qos.min(n.qos);
             }
@@ -245,7 +244,7 @@ impl<'c> Delivery<'c> {
             topic: self.topic.clone(),
             qos,
             // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
-            retain: matched.as_published && self.note.as_ref().is_some_and(|n| n.retain),
+            retain: matched.as_published && self.origin.as_ref().is_some_and(|n| n.retain),
             body,
             content_type,
             event,
@@ -261,7 +260,7 @@ impl<'c> Delivery<'c> {
         let (commit, change, export) = (self.commit, self.change, self.export);
         let id = self.id.as_deref();
         let own = self
-            .note
+            .origin
             .as_ref()
             .is_some_and(|n| n.client_id == *conn.client_id.borrow());
         let mut qos = None;
@@ -357,7 +356,7 @@ pub(super) struct Payload {
     pub(super) content_type: Option<&'static str>,
     /// The QoS it may go out at most with (a general publish's own QoS).
     pub(super) qos_max: u8,
-    /// The properties a general publish stored; none for tables (their notes carry them).
+    /// The properties a general publish stored; none for tables (their publish's origin carries them).
     pub(super) properties: Option<Properties>,
 }
 

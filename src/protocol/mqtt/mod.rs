@@ -13,7 +13,7 @@ pub mod durable;
 pub mod events;
 pub mod general;
 mod inbound;
-pub mod notes;
+pub mod origin;
 mod outbound;
 pub mod payload;
 pub mod props;

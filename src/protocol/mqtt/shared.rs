@@ -1,6 +1,6 @@
 //! What every core's MQTT connections share (docs/mqtt.md): the resources, limits from the
 //! configuration, the connected client ids for takeover, the export names of tables, publish
-//! notes and shared subscription groups.
+//! and shared subscription groups.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +12,6 @@ use super::codec;
 use super::connect::Kick;
 use super::durable;
 use super::general;
-use super::notes::Notes;
 use super::share::Groups;
 use super::sys::{self, CoreCounts, SysState};
 use crate::resource::Resources;
@@ -38,9 +37,7 @@ pub struct MqttShared {
     pub(super) start_version: f64,
     /// `mqtt.sessionQueueMax` (docs/configuration.md): messages a resumed durable session gets at most.
     pub session_queue_max: usize,
-    /// What publishes in flight carry beyond their payload.
-    pub(super) notes: Notes,
-    /// Set once any session subscribed with Retain As Published: retained publishes leave notes.
+    /// Set once any session subscribed with Retain As Published: retained publishes carry their origin.
     pub(super) retain_as_published: AtomicBool,
     /// Shared subscription groups.
     pub(super) groups: Groups,
@@ -87,7 +84,6 @@ impl MqttShared {
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(durable::SESSION_QUEUE_MAX_DEFAULT),
             start_version: resources.store.clock().next(),
-            notes: Notes::new(resources.config.threads),
             retain_as_published: AtomicBool::new(false),
             groups: Groups::default(),
             general_export: String::new(),
