@@ -212,6 +212,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     conn.closing.set(true);
     conn.wake_writer();
     Box::pin(session.end()).await;
+    sessions.forget(&conn);
     // Before letting go of the client id, so a connection taking it over, or coming next, finds
     // a delayed will to settle (see `MqttShared::claim`).
     if let Some(will) = will {

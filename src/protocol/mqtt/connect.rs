@@ -4,7 +4,6 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::{Poll, Waker};
@@ -362,10 +361,7 @@ impl Session<'_> {
     /// Nothing here awaits, so no commit is dispatched between registering the connection and
     /// reading the replay's horizon.
     pub(super) fn open(&self, restored: Option<Stored>, ack_props: Properties, peer: SocketAddr) {
-        self.sessions
-            .conns
-            .borrow_mut()
-            .push(Rc::downgrade(self.conn));
+        self.sessions.register(self.conn);
         self.conn.send(&Packet::ConnAck(ConnAck {
             session_present: restored.is_some(),
             code: ReasonCode::Success.byte(),

@@ -1,8 +1,9 @@
-//! Committed changes to this core's MQTT sessions (docs/mqtt.md): each change is matched against
-//! every session's subscriptions and queued on its connection once, at the highest granted QoS,
-//! trimmed to what the subscriber may read; and the core's keep-alive sweep.
+//! Committed changes to this core's MQTT sessions (docs/mqtt.md): each change is offered to the
+//! connections the core's topic index names for it (`index.rs`), matched against their
+//! subscriptions and queued once per connection, at the highest granted QoS, trimmed to what the
+//! subscriber may read; and the core's keep-alive sweep.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use super::durable::{EventKey, EventRef};
 use super::general;
+use super::index::Index;
 use super::origin::Origin;
 use super::outbound::{Conn, Outbound};
 use super::payload;
@@ -24,7 +26,13 @@ use crate::value::{self, Value};
 
 /// The MQTT sessions of one core, fed committed changes by the core's dispatcher task.
 pub struct Sessions {
+    /// Every connection of the core, for the keep-alive sweep and `$SYS` (never per change).
     pub(super) conns: RefCell<Vec<Weak<Conn>>>,
+    /// Topic → subscribed connections: who a change is offered to.
+    pub(super) index: RefCell<Index>,
+    /// Connections with a subscription whose initial state still streams.
+    pub(super) streaming: RefCell<Vec<Weak<Conn>>>,
+    next_slot: Cell<u64>,
     /// Per database, the newest commit dispatched on this core; every older one was too.
     pub(super) dispatched: RefCell<HashMap<Arc<str>, f64>>,
     pub(super) start_version: f64,
@@ -45,9 +53,41 @@ impl Sessions {
         Sessions {
             sys,
             conns: RefCell::new(Vec::new()),
+            index: RefCell::new(Index::default()),
+            streaming: RefCell::new(Vec::new()),
+            next_slot: Cell::new(1),
             dispatched: RefCell::new(HashMap::new()),
             start_version,
             counters,
+        }
+    }
+
+    /// Registers a connection whose CONNECT was accepted: swept, and filed in the index as it
+    /// subscribes.
+    pub(super) fn register(&self, conn: &Rc<Conn>) {
+        conn.slot.set(self.next_slot.get());
+        self.next_slot.set(self.next_slot.get() + 1);
+        self.conns.borrow_mut().push(Rc::downgrade(conn));
+    }
+
+    /// Re-files `conn` in the index after its subscriptions changed.
+    pub(super) fn reindex(&self, conn: &Rc<Conn>) {
+        self.index.borrow_mut().update(conn);
+    }
+
+    /// Takes `conn` out of the index (its connection ended).
+    pub(super) fn forget(&self, conn: &Conn) {
+        self.index.borrow_mut().forget(conn);
+    }
+
+    /// `conn` has a subscription whose initial state streams: it is settled after each commit.
+    pub(super) fn streams(&self, conn: &Rc<Conn>) {
+        let mut streaming = self.streaming.borrow_mut();
+        if !streaming
+            .iter()
+            .any(|c| std::ptr::eq(c.as_ptr(), Rc::as_ptr(conn)))
+        {
+            streaming.push(Rc::downgrade(conn));
         }
     }
 
@@ -104,40 +144,57 @@ impl Sessions {
             *v = v.max(commit.version);
             *v
         };
-        let streaming: Vec<Rc<Conn>> = self
-            .conns
-            .borrow()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|c| c.settle_state(&commit.database, since))
-            .collect();
-        for conn in streaming {
+        let mut fill = Vec::new();
+        self.streaming.borrow_mut().retain(|c| {
+            let Some(conn) = c.upgrade() else {
+                return false;
+            };
+            if conn.settle_state(&commit.database, since) {
+                fill.push(conn.clone());
+            }
+            conn.has_state()
+        });
+        for conn in fill {
             conn.fill_state(self);
         }
     }
 
-    /// Matches every change of `commit` against this core's sessions and queues it.
+    /// Offers every change of `commit` to the connections the index names for it.
     fn deliver(&self, shared: &MqttShared, commit: &Commit) {
         let now = crate::resource::now_ms();
-        let mut conns = self.conns.borrow_mut();
-        conns.retain(|c| c.strong_count() > 0);
-        if conns.is_empty() {
-            return;
-        }
         let origin = Origin::of(commit);
         for change in &commit.changes {
             let Some(export) = shared.export_of(&commit.database, &change.table) else {
                 continue;
             };
-            let Some(mut delivery) = Delivery::new(commit, change, export, origin.clone(), now)
+            // Messages to the bare table topic carry a null key.
+            let id = match (&change.kind, &change.key) {
+                (ChangeKind::Message, Value::Null) => None,
+                (_, key) => Some(id_text(key)),
+            };
+            let topic = topic_name(export, id.as_deref());
+            let candidates = self.index.borrow().candidates(export, &topic);
+            if candidates.is_empty() {
+                continue;
+            }
+            let target = Target { export, id, topic };
+            let Some(mut delivery) = Delivery::new(commit, change, target, origin.clone(), now)
             else {
                 continue;
             };
-            for conn in conns.iter().filter_map(Weak::upgrade) {
+            for conn in candidates {
                 delivery.offer(shared, &conn);
             }
         }
     }
+}
+
+/// Where a change goes out: its export, its record id as a topic level (none for a message to
+/// the bare table topic) and the topic name.
+struct Target<'c> {
+    export: &'c str,
+    id: Option<String>,
+    topic: String,
 }
 
 /// One change on its way to a core's sessions: what every subscriber gets alike, and the bodies
@@ -176,10 +233,11 @@ impl<'c> Delivery<'c> {
     fn new(
         commit: &'c Commit,
         change: &'c Change,
-        export: &'c str,
+        target: Target<'c>,
         origin: Option<Arc<Origin>>,
         now: f64,
     ) -> Option<Self> {
+        let Target { export, id, topic } = target;
         let out = outbound_payload(export, change.kind, change.value.as_ref(), now)?;
         let passed_on = match (&out.properties, &origin) {
             (Some(p), _) => p.clone(),
@@ -187,12 +245,6 @@ impl<'c> Delivery<'c> {
             (None, Some(n)) => n.outbound(now)?,
             (None, None) => Properties::default(),
         };
-        // Messages to the bare table topic carry a null key.
-        let id = match (&change.kind, &change.key) {
-            (ChangeKind::Message, Value::Null) => None,
-            (_, key) => Some(id_text(key)),
-        };
-        let topic = topic_name(export, id.as_deref());
         Some(Delivery {
             commit,
             change,

@@ -13,6 +13,7 @@ pub mod durable;
 pub mod events;
 pub mod general;
 mod inbound;
+mod index;
 pub mod origin;
 mod outbound;
 pub mod payload;

@@ -34,6 +34,7 @@ impl Session<'_> {
         let resend = self.restore_inflight(stored.inflight);
         let missed = self.replay(&databases, &subs, &stored.tracker);
         *conn.subs.borrow_mut() = subs;
+        self.sessions.reindex(conn);
         *conn.tracker.borrow_mut() = Some(stored.tracker);
         tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
         self.send_missed(missed, resend);

@@ -120,6 +120,11 @@ impl std::fmt::Display for Unresolved {
 }
 
 impl Conn {
+    /// Whether a subscription's initial state is still streaming or unsettled.
+    pub(super) fn has_state(&self) -> bool {
+        self.subs.borrow().iter().any(|s| s.state.is_some())
+    }
+
     /// Forgets the settled chunks of streaming states on `database` (every commit up to `since`
     /// dispatched), and the states read and settled whole. True if a state still has records
     /// to read.
@@ -375,6 +380,7 @@ impl Session<'_> {
                 initial.push(filter);
             }
         }
+        self.sessions.reindex(self.conn);
         self.conn.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),
@@ -450,6 +456,7 @@ impl Session<'_> {
                 });
             }
         }
+        self.sessions.reindex(self.conn);
         self.conn.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
@@ -481,6 +488,7 @@ impl Session<'_> {
             .find(|s| s.filter.as_str() == filter.as_str())
         {
             sub.state = Some(cursor);
+            self.sessions.streams(self.conn);
         }
     }
 }
