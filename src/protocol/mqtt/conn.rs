@@ -364,7 +364,9 @@ impl Session<'_> {
         for sub in self.conn.subs.borrow().iter() {
             if let Some(group) = sub.filter.share() {
                 let key = share::key(group, sub.filter.topic_filter());
-                self.shared.groups.leave(&key, &self.client_id);
+                self.shared
+                    .groups
+                    .leave(&key, &self.client_id, || self.shared.stamp());
             }
         }
         if !self.durable() {

@@ -33,6 +33,8 @@ pub struct Sessions {
     /// Connections with a subscription whose initial state still streams.
     pub(super) streaming: RefCell<Vec<Weak<Conn>>>,
     next_slot: Cell<u64>,
+    /// This core's copy of the shared subscription groups.
+    pub(super) groups: RefCell<share::View>,
     /// Per database, the newest commit dispatched on this core; every older one was too.
     pub(super) dispatched: RefCell<HashMap<Arc<str>, f64>>,
     pub(super) start_version: f64,
@@ -56,6 +58,7 @@ impl Sessions {
             index: RefCell::new(Index::default()),
             streaming: RefCell::new(Vec::new()),
             next_slot: Cell::new(1),
+            groups: RefCell::new(share::View::default()),
             dispatched: RefCell::new(HashMap::new()),
             start_version,
             counters,
@@ -183,7 +186,7 @@ impl Sessions {
                 continue;
             };
             for conn in candidates {
-                delivery.offer(shared, &conn);
+                delivery.offer(shared, &self.groups, &conn);
             }
         }
     }
@@ -260,7 +263,7 @@ impl<'c> Delivery<'c> {
     }
 
     /// Queues the change on `conn` if any of its subscriptions takes it.
-    fn offer(&mut self, shared: &MqttShared, conn: &Conn) {
+    fn offer(&mut self, shared: &MqttShared, groups: &RefCell<share::View>, conn: &Conn) {
         let (commit, change) = (self.commit, self.change);
         let replayed = conn
             .floor
@@ -270,7 +273,7 @@ impl<'c> Delivery<'c> {
         if replayed {
             return;
         }
-        let Some(matched) = self.matched(shared, conn) else {
+        let Some(matched) = self.matched(shared, groups, conn) else {
             return;
         };
         let mut qos = matched.qos.min(self.out.qos_max);
@@ -308,7 +311,12 @@ impl<'c> Delivery<'c> {
     /// The subscriptions of `conn` that take this change, merged; none when no subscription
     /// does (No Local, another member of a shared group chosen, a streaming state that holds
     /// the change).
-    fn matched(&mut self, shared: &MqttShared, conn: &Conn) -> Option<Matched> {
+    fn matched(
+        &mut self,
+        shared: &MqttShared,
+        groups: &RefCell<share::View>,
+        conn: &Conn,
+    ) -> Option<Matched> {
         let (commit, change, export) = (self.commit, self.change, self.export);
         let id = self.id.as_deref();
         let own = self
@@ -329,9 +337,10 @@ impl<'c> Delivery<'c> {
             if let Some(group) = sub.filter.share() {
                 let key = share::key(group, sub.filter.topic_filter());
                 let me = conn.client_id.borrow();
+                let mut view = groups.borrow_mut();
                 if !shared
                     .groups
-                    .is_chosen(&key, commit.version, &change.table, id, &me)
+                    .is_chosen(&mut view, &key, commit.version, &change.table, id, &me)
                 {
                     continue;
                 }

@@ -55,7 +55,9 @@ impl Session<'_> {
             if let Some(group) = filter.share() {
                 // Messages to the group went to the members that were there.
                 let key = share::key(group, filter.topic_filter());
-                self.shared.groups.join(&key, &self.client_id);
+                self.shared
+                    .groups
+                    .join(&key, &self.client_id, || self.shared.stamp());
             } else {
                 match databases.iter_mut().find(|(d, _)| d.name == db.name) {
                     Some((_, list)) => list.push(subs.len()),

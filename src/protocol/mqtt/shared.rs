@@ -109,6 +109,12 @@ impl MqttShared {
         }
     }
 
+    /// A version from the store's clock, after every commit made so far (a shared group's change
+    /// of members is stamped with it, see `share.rs`).
+    pub(super) fn stamp(&self) -> f64 {
+        self.resources.store.clock().next()
+    }
+
     /// Where each core's dispatch position starts (see [`Sessions::new`]).
     pub fn start_version(&self) -> f64 {
         self.start_version

@@ -370,7 +370,9 @@ impl Session<'_> {
             if let Some(group) = filter.share() {
                 // docs/mqtt.md: shared subscriptions get no initial state.
                 let key = share::key(group, filter.topic_filter());
-                self.shared.groups.join(&key, &self.client_id);
+                self.shared
+                    .groups
+                    .join(&key, &self.client_id, || self.shared.stamp());
                 continue;
             }
             // docs/mqtt.md: a filter over every export gets the current state of general topics
@@ -444,7 +446,9 @@ impl Session<'_> {
                 if let Some(filter) = removed.map(|s| &s.filter) {
                     if let Some(group) = filter.share() {
                         let key = share::key(group, filter.topic_filter());
-                        self.shared.groups.leave(&key, &self.client_id);
+                        self.shared
+                            .groups
+                            .leave(&key, &self.client_id, || self.shared.stamp());
                     }
                 }
                 subs.retain(|s| s.filter.as_str() != f);
