@@ -5,10 +5,10 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use tidepool_io::{timeout, ReadBytes, ReadHalf, WriteBytes};
 
 use super::codec::{self, ConnAck, Connect, DecodeError, Level, Packet};
@@ -30,17 +30,13 @@ pub struct Kick {
     pub(super) kicked: AtomicBool,
     /// Set once the connection stored its session and let go of its client id.
     pub(super) released: AtomicBool,
-    pub(super) waker: Mutex<Option<Waker>>,
+    pub(super) waker: AtomicWaker,
 }
 
 impl Kick {
     pub fn kick(&self) {
         self.kicked.store(true, Ordering::Release);
-        if let Ok(mut w) = self.waker.lock() {
-            if let Some(w) = w.take() {
-                w.wake();
-            }
-        }
+        self.waker.wake();
     }
 
     /// Waits (bounded by [`TAKEOVER_WAIT`]) until the kicked connection has stored its session.
@@ -56,9 +52,7 @@ impl Kick {
             if self.kicked.load(Ordering::Acquire) {
                 return Poll::Ready(());
             }
-            if let Ok(mut w) = self.waker.lock() {
-                *w = Some(cx.waker().clone());
-            }
+            self.waker.register(cx.waker());
             if self.kicked.load(Ordering::Acquire) {
                 Poll::Ready(())
             } else {
