@@ -6,6 +6,12 @@ use std::sync::Arc;
 
 use crate::value::Value;
 
+/// What a write's sender hands its subscribers beyond the records (for MQTT, docs/mqtt.md: the
+/// publisher's client id, RETAIN, QoS and the v5 properties passed on). It travels with the write
+/// request into its [`Commit`], on every core, and is never stored, audited or replicated: a
+/// replay from the audit log or a replicated change comes without it.
+pub type Extras = Arc<dyn std::any::Any + Send + Sync>;
+
 /// One committed write request, handed to the server to fan out to subscribers and peers.
 #[derive(Debug)]
 pub struct Commit {
@@ -14,6 +20,8 @@ pub struct Commit {
     /// When this node committed it (ms since the epoch).
     pub local_time: f64,
     pub changes: Vec<Change>,
+    /// The request's [`Extras`], for every change of this commit.
+    pub extras: Option<Extras>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

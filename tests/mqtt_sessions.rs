@@ -1009,16 +1009,22 @@ fn connect_with_will(id: &str, delay_s: u32) -> Vec<u8> {
     packet(0x10, &body)
 }
 
+/// A v5 client `id` subscribed to `Dog/will`, where `connect_with_will` leaves its wills.
+fn will_subscriber(m: &Mqtt, id: &str) -> Raw {
+    let (mut s, _) = Raw::on_core(m, None);
+    s.send(&connect(5, id, true, &[]));
+    assert_eq!(s.packet().map(|p| p[3]), Some(0));
+    s.send(&subscribe(5, 1, "Dog/will", 0));
+    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+    s
+}
+
 /// Will Delay Interval (MQTT 5 §3.1.3.2.2): the will of a dropped connection waits its delay,
 /// and a reconnect within it cancels the will.
 #[test]
 fn v5_will_delay() {
     let m = start_in(app_dir(), None);
-    let (mut s, _) = Raw::on_core(&m, None);
-    s.send(&connect(5, "will-sub", true, &[]));
-    assert_eq!(s.packet().map(|p| p[3]), Some(0));
-    s.send(&subscribe(5, 1, "Dog/will", 0));
-    assert_eq!(s.packet().map(|p| p[0]), Some(0x90));
+    let mut s = will_subscriber(&m, "will-sub");
 
     // Dropped, not reconnected: the will comes, but not at once.
     let (mut w, _) = Raw::on_core(&m, None);
@@ -1042,4 +1048,54 @@ fn v5_will_delay() {
     std::thread::sleep(Duration::from_millis(2500));
     s.send(&[0xc0, 0]);
     assert_eq!(s.packet(), Some(vec![0xd0, 0]), "the will was cancelled");
+}
+
+/// A delayed will is settled by the next connection for its client id, whether that connection
+/// is still open when the delay runs out or not ([MQTT-3.1.3-9], [MQTT-3.1.2-8]): resumed after a
+/// drop and ended again, or taken over and ended, the will never comes; a reconnect with Clean
+/// Start ends the session, and the will comes then.
+#[test]
+fn v5_will_delay_settled_by_a_connection_that_ended_again() {
+    let m = start_in(app_dir(), None);
+    let mut s = will_subscriber(&m, "will-sub-2");
+    let resume = |id: &str| connect(5, id, false, &[0x11, 0, 0, 0, 60]);
+
+    // Dropped, resumed within the delay, then gone again (DISCONNECT) before the delay ends.
+    let (mut w, _) = Raw::on_core(&m, None);
+    w.send(&connect_with_will("willer-3", 2));
+    assert_eq!(w.packet().map(|p| p[3]), Some(0));
+    drop(w);
+    let (mut back, _) = Raw::on_core(&m, None);
+    back.send(&resume("willer-3"));
+    assert_eq!(back.packet().map(|p| p[2]), Some(1), "session present");
+    back.send(&[0xe0, 0]);
+    drop(back);
+
+    // Taken over by a resuming connection, which then drops without a will of its own.
+    let (mut w, _) = Raw::on_core(&m, None);
+    w.send(&connect_with_will("willer-4", 2));
+    assert_eq!(w.packet().map(|p| p[3]), Some(0));
+    let (mut taker, _) = Raw::on_core(&m, None);
+    taker.send(&resume("willer-4"));
+    assert_eq!(taker.packet().map(|p| p[2]), Some(1), "session present");
+    drop(taker);
+    drop(w);
+
+    // Past both delays: neither will was sent.
+    std::thread::sleep(Duration::from_millis(3000));
+    s.send(&[0xc0, 0]);
+    assert_eq!(s.packet(), Some(vec![0xd0, 0]), "no will after the delay");
+
+    // Dropped, then back with Clean Start: the session ends, so the will goes without waiting
+    // out a delay of a minute.
+    let (mut w, _) = Raw::on_core(&m, None);
+    w.send(&connect_with_will("willer-5", 60));
+    assert_eq!(w.packet().map(|p| p[3]), Some(0));
+    drop(w);
+    let (mut fresh, _) = Raw::on_core(&m, None);
+    fresh.send(&connect(5, "willer-5", true, &[]));
+    assert_eq!(fresh.packet().map(|p| p[2]), Some(0), "no session present");
+    let will = s.packet().expect("the will at the session's end");
+    assert_eq!(will[0] & 0xf0, 0x30);
+    assert!(String::from_utf8_lossy(&will).contains("Dog/will"));
 }

@@ -99,7 +99,12 @@ fn writer_child() {
                     }
                     ops.push(put("A", format!("last{t}"), serde_json::json!({"v": i})));
                     ops.push(put("B", format!("last{t}"), serde_json::json!({"v": i})));
-                    let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
+                    let rx = db
+                        .submit(WriteRequest {
+                            ops,
+                            ..Default::default()
+                        })
+                        .unwrap();
                     match block_on(rx) {
                         Some(Ok(_)) => println!("ack {t} {i} {extras}"),
                         other => panic!("write {id} failed: {other:?}"),

@@ -2,7 +2,10 @@
 //! Mosquitto — run one after another in one invocation so the figures share a machine state.
 //!
 //! - `fanout`: one publisher, `--subs` subscribers on one topic, `--messages` QoS 0 messages;
-//!   reports deliveries/s and publish→delivery latency percentiles.
+//!   reports deliveries/s and publish→delivery latency percentiles. `--bystanders N` first
+//!   connects N idle clients, each subscribed to a topic of its own (`<topic>-idle-<n>`), held
+//!   open through the run: the fan-out rate must not fall with them (a broker that looks at
+//!   every connection per message slows down).
 //! - `retained`: `--pubs` publishers each writing retained QoS 1 messages to their own topic
 //!   `<prefix>/<n>`, `--subs` subscribers on `<prefix>/#`; reports acknowledged publishes/s and
 //!   deliveries/s.
@@ -20,11 +23,13 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// Most subscriber or publisher connections in one workload.
 pub const CLIENTS_MAX: usize = 5000;
+/// Most idle bystander connections (`--bystanders`); each is a socket, not a thread.
+pub const BYSTANDERS_MAX: usize = 50_000;
 /// Most messages per publisher.
 pub const MESSAGES_MAX: u64 = 10_000_000;
 
 pub const USAGE: &str = "\
-  tidepool-bench mqtt-fanout --target HOST:PORT [--target HOST:PORT ...] [--topic T] [--subs N] [--messages M] [--timeout S] [--auth USER:PASS]
+  tidepool-bench mqtt-fanout --target HOST:PORT [--target HOST:PORT ...] [--topic T] [--subs N] [--messages M] [--bystanders N] [--timeout S] [--auth USER:PASS]
   tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M] [--timeout S] [--auth USER:PASS]
 ";
 
@@ -34,6 +39,8 @@ struct Settings {
     subs: usize,
     pubs: usize,
     messages: u64,
+    /// Idle clients subscribed to other topics during a fan-out.
+    bystanders: usize,
     timeout: Duration,
     /// User name and password sent in every CONNECT.
     auth: Option<(String, String)>,
@@ -46,6 +53,7 @@ fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
         subs: 1000,
         pubs: 10,
         messages: 1000,
+        bystanders: 0,
         timeout: Duration::from_secs(60),
         auth: None,
     };
@@ -65,6 +73,7 @@ fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
             "--subs" => s.subs = value.parse()?,
             "--pubs" => s.pubs = value.parse()?,
             "--messages" => s.messages = value.parse()?,
+            "--bystanders" => s.bystanders = value.parse()?,
             "--timeout" => s.timeout = Duration::from_secs_f64(value.parse()?),
             "--auth" => {
                 let (user, password) = value
@@ -80,6 +89,9 @@ fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
     }
     if s.subs == 0 || s.subs > CLIENTS_MAX || s.pubs == 0 || s.pubs > CLIENTS_MAX {
         bail!("--subs and --pubs must be 1..={CLIENTS_MAX}");
+    }
+    if s.bystanders > BYSTANDERS_MAX {
+        bail!("--bystanders must be 0..={BYSTANDERS_MAX}");
     }
     if s.messages == 0 || s.messages > MESSAGES_MAX {
         bail!("--messages must be 1..={MESSAGES_MAX}");
@@ -279,6 +291,19 @@ fn spawn_subscribers(
     Ok(handles)
 }
 
+/// `--bystanders` idle clients, each subscribed to its own topic beside `s.topic`; they stay
+/// connected while the returned clients live.
+fn hold_bystanders(addr: SocketAddr, s: &Settings) -> Result<Vec<Client>> {
+    let mut held = Vec::with_capacity(s.bystanders);
+    for n in 0..s.bystanders {
+        let mut c = Client::connect(addr, &format!("bench-idle-{n}"), s)
+            .with_context(|| format!("bystander {n} (raise the fd limit: ulimit -n)"))?;
+        c.subscribe(&format!("{}-idle-{n}", s.topic), 0)?;
+        held.push(c);
+    }
+    Ok(held)
+}
+
 fn report(
     name: &str,
     target: &str,
@@ -302,6 +327,7 @@ fn report(
 pub fn fanout(args: &[String]) -> Result<()> {
     let s = parse(args, "Dog/bench")?;
     for (name, addr) in &s.targets {
+        let bystanders = hold_bystanders(*addr, &s)?;
         let origin = Instant::now();
         let ready = Arc::new(Barrier::new(s.subs + 1));
         let handles = spawn_subscribers(
@@ -334,8 +360,9 @@ pub fn fanout(args: &[String]) -> Result<()> {
             start.elapsed(),
             s.messages * s.subs as u64,
             all,
-            &format!("  ({} subs)", s.subs),
+            &format!("  ({} subs, {} bystanders)", s.subs, bystanders.len()),
         );
+        drop(bystanders);
     }
     Ok(())
 }

@@ -599,6 +599,7 @@ fn upgrade_hash(resources: &Resources, user: &UserRecord, password: &str) {
                     value: Value::String(new),
                 }],
                 user: Some(username),
+                extras: None,
             };
             // Waiting here is fine: this is a plain thread, not a core.
             if let Ok(reply) = db.submit(request) {
@@ -734,6 +735,7 @@ async fn write_system(
                 expires_in_s: None,
             }],
             user: user.map(str::to_string),
+            extras: None,
         },
     )
     .await
@@ -1160,6 +1162,7 @@ mod tests {
                         value: Value::String(value.into()),
                     }],
                     user: None,
+                    extras: None,
                 },
             ))
             .expect("swap");

@@ -126,6 +126,7 @@ impl Event {
                 version,
                 local_time,
                 changes: vec![change],
+                extras: None,
             }),
             0,
         )

@@ -78,7 +78,12 @@ enum Step {
 impl Fixture {
     fn write_unpublished(&self, ops: Vec<WriteOp>) {
         let db = self.store.database("data").unwrap();
-        let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
+        let rx = db
+            .submit(WriteRequest {
+                ops,
+                ..Default::default()
+            })
+            .unwrap();
         block_on(rx).unwrap().unwrap();
     }
 
@@ -423,6 +428,7 @@ fn listeners_see_every_dispatched_commit_in_order() {
                 version: f64::from(v),
                 local_time: f64::from(v),
                 changes: Vec::new(),
+                extras: None,
             })
         })
         .collect();

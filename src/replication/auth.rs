@@ -213,6 +213,7 @@ mod tests {
                 })
                 .collect(),
             user: None,
+            extras: None,
         };
         let rx = db.submit(request).unwrap();
         assert!(matches!(super::super::block_on(rx), Some(Ok(_))));

@@ -104,6 +104,7 @@ pub fn store(store: &Store, name: &str, pem: &str, is_authority: bool) -> Result
             expires_in_s: None,
         }],
         user: None,
+        extras: None,
     };
     let rx = db.submit(request).map_err(|e| e.to_string())?;
     match block_on(rx) {

@@ -882,6 +882,7 @@ impl Replication {
                 key: Value::String(name.into()),
             }],
             user: None,
+            extras: None,
         };
         if let Ok(rx) = db.submit(request) {
             let _ = block_on(rx);
@@ -1002,6 +1003,7 @@ impl Replication {
                 expires_in_s: None,
             }],
             user: None,
+            extras: None,
         };
         if let Ok(rx) = db.submit(request) {
             let _ = block_on(rx);

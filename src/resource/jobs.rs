@@ -224,6 +224,7 @@ async fn put_job(
                 expires_in_s: None,
             }],
             user: caller.username.clone(),
+            extras: None,
         },
     )
     .await?;

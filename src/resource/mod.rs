@@ -35,7 +35,7 @@ pub use crate::store::{
 };
 pub use records::{with_record, write};
 pub use validate::{validate_record, Validation};
-pub use verbs::{create, delete, put, write_many, PutKind, WriteFailure};
+pub use verbs::{create, delete, put, write_many, write_with_extras, PutKind, WriteFailure};
 
 /// Who is asking: the authenticated user (or anonymous) and the permissions of its role, as
 /// `auth::authenticate` found them. Every protocol passes one to the resource layer.

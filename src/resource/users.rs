@@ -199,6 +199,7 @@ async fn put(
                 expires_in_s: None,
             }],
             user: caller.username.clone(),
+            extras: None,
         },
     )
     .await?;
@@ -226,6 +227,7 @@ async fn delete(
                 key: Value::String(key.to_string()),
             }],
             user: caller.username.clone(),
+            extras: None,
         },
     )
     .await?;

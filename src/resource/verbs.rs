@@ -165,11 +165,24 @@ pub async fn write_many(
     caller: &Caller,
     ops: Vec<WriteOp>,
 ) -> Result<WriteOutcome, WriteError> {
+    write_with_extras(db, caller, ops, None).await
+}
+
+/// [`write_many`] with what its subscribers get beyond the records (an MQTT publish's origin,
+/// RETAIN, QoS and v5 properties): it rides in the commit to every core's dispatch, never stored
+/// (see [`crate::change::Extras`]).
+pub async fn write_with_extras(
+    db: &Arc<Database>,
+    caller: &Caller,
+    ops: Vec<WriteOp>,
+    extras: Option<crate::change::Extras>,
+) -> Result<WriteOutcome, WriteError> {
     super::write(
         db,
         WriteRequest {
             ops,
             user: caller.username.clone(),
+            extras,
         },
     )
     .await

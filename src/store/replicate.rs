@@ -692,6 +692,7 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
             db.submit(WriteRequest {
                 ops: vec![op],
                 user: None,
+                extras: None,
             })
             .unwrap(),
         )
@@ -746,9 +747,15 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
             expires_in_s: None,
         };
         let ops = vec![put("Dog"), put("Local")];
-        block_on(db.submit(WriteRequest { ops, user: None }).unwrap())
-            .unwrap()
-            .unwrap()
+        block_on(
+            db.submit(WriteRequest {
+                ops,
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+        .unwrap()
+        .unwrap()
     }
 
     /// docs/replication.md "Pruned audit log": a transaction that lost entries is marked and
@@ -1014,6 +1021,7 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
                     key: Value::String("7".into()),
                 }],
                 user: None,
+                extras: None,
             })
             .unwrap(),
         )
@@ -1081,6 +1089,7 @@ type Local @table(replicate: false) { id: ID @primaryKey }";
             db.submit(WriteRequest {
                 ops: vec![delete],
                 user: None,
+                extras: None,
             })
             .unwrap(),
         )

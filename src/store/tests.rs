@@ -30,7 +30,10 @@ fn put(table: &str, key: Option<Value>, body: &str, mode: PutMode) -> WriteOp {
 }
 
 fn write(db: &Database, ops: Vec<WriteOp>) -> Result<WriteOutcome, WriteError> {
-    let rx = db.submit(WriteRequest { ops, user: None })?;
+    let rx = db.submit(WriteRequest {
+        ops,
+        ..Default::default()
+    })?;
     futures_lite_block_on(rx).expect("writer replied")
 }
 
@@ -653,7 +656,12 @@ fn reads_complete_while_the_writer_holds_a_long_transaction() {
         std::thread::yield_now();
     }
     let submitted = clock.fetch_add(1, Ordering::AcqRel);
-    let rx = db.submit(WriteRequest { ops, user: None }).unwrap();
+    let rx = db
+        .submit(WriteRequest {
+            ops,
+            ..Default::default()
+        })
+        .unwrap();
     futures_lite_block_on(rx).unwrap().unwrap();
     let answered = clock.fetch_add(1, Ordering::AcqRel);
     stop.store(true, Ordering::Release);

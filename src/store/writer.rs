@@ -24,6 +24,7 @@ use super::{
     Change, ChangeKind, Clock, Commit, Database, Publisher, StoreError, StoreOptions, Table,
     KEY_BYTES_MAX,
 };
+use crate::change::Extras;
 use crate::schema::{FieldType, KeyType, TableDef};
 use crate::value::{self, Object, Value};
 
@@ -87,6 +88,8 @@ pub enum PutMode {
 pub struct WriteRequest {
     pub ops: Vec<WriteOp>,
     pub user: Option<String>,
+    /// Handed to subscribers with the commit, never stored (see [`crate::change::Extras`]).
+    pub extras: Option<crate::change::Extras>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -409,7 +412,7 @@ pub(super) struct Writer {
 enum Pending {
     Local(
         OneshotSender<Result<WriteOutcome, WriteError>>,
-        Result<(WriteOutcome, Vec<Change>), WriteError>,
+        Result<(WriteOutcome, Vec<Change>, Option<Extras>), WriteError>,
     ),
     Apply(
         OneshotSender<Result<ApplyOutcome, WriteError>>,
@@ -558,8 +561,9 @@ impl Writer {
                 match item {
                     Item::Local(request, reply) => match self.apply(&mut nested, &request, version)
                     {
-                        Ok(done) => {
+                        Ok((outcome, changes)) => {
                             nested.commit()?;
+                            let done = (outcome, changes, request.extras.clone());
                             pending.push(Pending::Local(reply, Ok(done)));
                         }
                         Err(e) => {
@@ -600,15 +604,15 @@ impl Writer {
             Ok(()) => {
                 self.db.commits.bump();
                 for item in pending {
-                    let (version, changes) = match item {
-                        Pending::Local(reply, Ok((outcome, changes))) => {
+                    let (version, changes, extras) = match item {
+                        Pending::Local(reply, Ok((outcome, changes, extras))) => {
                             let version = outcome.version;
                             reply.send(Ok(outcome));
-                            (version, changes)
+                            (version, changes, extras)
                         }
                         Pending::Apply(reply, Ok((outcome, version, changes))) => {
                             reply.send(Ok(outcome));
-                            (version, changes)
+                            (version, changes, None)
                         }
                         Pending::Local(reply, Err(e)) => {
                             reply.send(Err(e));
@@ -625,6 +629,7 @@ impl Writer {
                             version,
                             local_time,
                             changes,
+                            extras,
                         }));
                     }
                 }

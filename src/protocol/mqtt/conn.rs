@@ -173,7 +173,7 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     };
     let client_id = admitted.client_id;
     *conn.client_id.borrow_mut() = client_id.clone();
-    if let Some(old) = shared.claim(&client_id, kick.clone()) {
+    if let Some(old) = shared.claim(&client_id, kick.clone(), connect.clean) {
         // The old connection stores its session before letting go; wait so we read that.
         Box::pin(old.released()).await;
     }
@@ -212,10 +212,13 @@ pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
     conn.closing.set(true);
     conn.wake_writer();
     Box::pin(session.end()).await;
-    shared.release(&client_id, &kick);
+    sessions.forget(&conn);
+    // Before letting go of the client id, so a connection taking it over, or coming next, finds
+    // a delayed will to settle (see `MqttShared::claim`).
     if let Some(will) = will {
-        session.leave_will(will, &shared, &sessions).await;
+        session.leave_will(will, &kick, &shared, &sessions).await;
     }
+    shared.release(&client_id, &kick);
     events::record(
         Event::Disconnected,
         peer.ip(),
@@ -361,7 +364,9 @@ impl Session<'_> {
         for sub in self.conn.subs.borrow().iter() {
             if let Some(group) = sub.filter.share() {
                 let key = share::key(group, sub.filter.topic_filter());
-                self.shared.groups.leave(&key, &self.client_id);
+                self.shared
+                    .groups
+                    .leave(&key, &self.client_id, || self.shared.stamp());
             }
         }
         if !self.durable() {

@@ -4,12 +4,11 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use tidepool_io::{timeout, ReadBytes, ReadHalf, WriteBytes};
 
 use super::codec::{self, ConnAck, Connect, DecodeError, Level, Packet};
@@ -31,17 +30,13 @@ pub struct Kick {
     pub(super) kicked: AtomicBool,
     /// Set once the connection stored its session and let go of its client id.
     pub(super) released: AtomicBool,
-    pub(super) waker: Mutex<Option<Waker>>,
+    pub(super) waker: AtomicWaker,
 }
 
 impl Kick {
     pub fn kick(&self) {
         self.kicked.store(true, Ordering::Release);
-        if let Ok(mut w) = self.waker.lock() {
-            if let Some(w) = w.take() {
-                w.wake();
-            }
-        }
+        self.waker.wake();
     }
 
     /// Waits (bounded by [`TAKEOVER_WAIT`]) until the kicked connection has stored its session.
@@ -57,9 +52,7 @@ impl Kick {
             if self.kicked.load(Ordering::Acquire) {
                 return Poll::Ready(());
             }
-            if let Ok(mut w) = self.waker.lock() {
-                *w = Some(cx.waker().clone());
-            }
+            self.waker.register(cx.waker());
             if self.kicked.load(Ordering::Acquire) {
                 Poll::Ready(())
             } else {
@@ -362,10 +355,7 @@ impl Session<'_> {
     /// Nothing here awaits, so no commit is dispatched between registering the connection and
     /// reading the replay's horizon.
     pub(super) fn open(&self, restored: Option<Stored>, ack_props: Properties, peer: SocketAddr) {
-        self.sessions
-            .conns
-            .borrow_mut()
-            .push(Rc::downgrade(self.conn));
+        self.sessions.register(self.conn);
         self.conn.send(&Packet::ConnAck(ConnAck {
             session_present: restored.is_some(),
             code: ReasonCode::Success.byte(),

@@ -1,8 +1,9 @@
-//! Committed changes to this core's MQTT sessions (docs/mqtt.md): each change is matched against
-//! every session's subscriptions and queued on its connection once, at the highest granted QoS,
-//! trimmed to what the subscriber may read; and the core's keep-alive sweep.
+//! Committed changes to this core's MQTT sessions (docs/mqtt.md): each change is offered to the
+//! connections the core's topic index names for it (`index.rs`), matched against their
+//! subscriptions and queued once per connection, at the highest granted QoS, trimmed to what the
+//! subscriber may read; and the core's keep-alive sweep.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
@@ -11,7 +12,8 @@ use std::time::Instant;
 
 use super::durable::{EventKey, EventRef};
 use super::general;
-use super::notes::Note;
+use super::index::Index;
+use super::origin::Origin;
 use super::outbound::{Conn, Outbound};
 use super::payload;
 use super::props::{Properties, Property};
@@ -24,7 +26,15 @@ use crate::value::{self, Value};
 
 /// The MQTT sessions of one core, fed committed changes by the core's dispatcher task.
 pub struct Sessions {
+    /// Every connection of the core, for the keep-alive sweep and `$SYS` (never per change).
     pub(super) conns: RefCell<Vec<Weak<Conn>>>,
+    /// Topic → subscribed connections: who a change is offered to.
+    pub(super) index: RefCell<Index>,
+    /// Connections with a subscription whose initial state still streams.
+    pub(super) streaming: RefCell<Vec<Weak<Conn>>>,
+    next_slot: Cell<u64>,
+    /// This core's copy of the shared subscription groups.
+    pub(super) groups: RefCell<share::View>,
     /// Per database, the newest commit dispatched on this core; every older one was too.
     pub(super) dispatched: RefCell<HashMap<Arc<str>, f64>>,
     pub(super) start_version: f64,
@@ -45,9 +55,42 @@ impl Sessions {
         Sessions {
             sys,
             conns: RefCell::new(Vec::new()),
+            index: RefCell::new(Index::default()),
+            streaming: RefCell::new(Vec::new()),
+            next_slot: Cell::new(1),
+            groups: RefCell::new(share::View::default()),
             dispatched: RefCell::new(HashMap::new()),
             start_version,
             counters,
+        }
+    }
+
+    /// Registers a connection whose CONNECT was accepted: swept, and filed in the index as it
+    /// subscribes.
+    pub(super) fn register(&self, conn: &Rc<Conn>) {
+        conn.slot.set(self.next_slot.get());
+        self.next_slot.set(self.next_slot.get() + 1);
+        self.conns.borrow_mut().push(Rc::downgrade(conn));
+    }
+
+    /// Re-files `conn` in the index after its subscriptions changed.
+    pub(super) fn reindex(&self, conn: &Rc<Conn>) {
+        self.index.borrow_mut().update(conn);
+    }
+
+    /// Takes `conn` out of the index (its connection ended).
+    pub(super) fn forget(&self, conn: &Conn) {
+        self.index.borrow_mut().forget(conn);
+    }
+
+    /// `conn` has a subscription whose initial state streams: it is settled after each commit.
+    pub(super) fn streams(&self, conn: &Rc<Conn>) {
+        let mut streaming = self.streaming.borrow_mut();
+        if !streaming
+            .iter()
+            .any(|c| std::ptr::eq(c.as_ptr(), Rc::as_ptr(conn)))
+        {
+            streaming.push(Rc::downgrade(conn));
         }
     }
 
@@ -93,9 +136,7 @@ impl Sessions {
     /// Delivers every change of `commit` to each matching session of this core, once per session
     /// at the highest granted QoS among its matching filters.
     pub fn dispatch(&self, shared: &MqttShared, commit: &Commit) {
-        // Taken on every core, subscribers here or not, so each note leaves once all cores did.
-        let notes = shared.notes.take(commit);
-        self.deliver(shared, commit, notes);
+        self.deliver(shared, commit);
         // Only after matching: while this commit is matched, a state chunk whose snapshot held
         // it must not count as settled (see `pubsub::state`).
         let since = {
@@ -106,39 +147,57 @@ impl Sessions {
             *v = v.max(commit.version);
             *v
         };
-        let streaming: Vec<Rc<Conn>> = self
-            .conns
-            .borrow()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|c| c.settle_state(&commit.database, since))
-            .collect();
-        for conn in streaming {
+        let mut fill = Vec::new();
+        self.streaming.borrow_mut().retain(|c| {
+            let Some(conn) = c.upgrade() else {
+                return false;
+            };
+            if conn.settle_state(&commit.database, since) {
+                fill.push(conn.clone());
+            }
+            conn.has_state()
+        });
+        for conn in fill {
             conn.fill_state(self);
         }
     }
 
-    /// Matches every change of `commit` against this core's sessions and queues it.
-    fn deliver(&self, shared: &MqttShared, commit: &Commit, notes: Vec<Option<Arc<Note>>>) {
+    /// Offers every change of `commit` to the connections the index names for it.
+    fn deliver(&self, shared: &MqttShared, commit: &Commit) {
         let now = crate::resource::now_ms();
-        let mut conns = self.conns.borrow_mut();
-        conns.retain(|c| c.strong_count() > 0);
-        if conns.is_empty() {
-            return;
-        }
-        for (index, change) in commit.changes.iter().enumerate() {
+        let origin = Origin::of(commit);
+        for change in &commit.changes {
             let Some(export) = shared.export_of(&commit.database, &change.table) else {
                 continue;
             };
-            let note = notes.get(index).cloned().flatten();
-            let Some(mut delivery) = Delivery::new(commit, change, export, note, now) else {
+            // Messages to the bare table topic carry a null key.
+            let id = match (&change.kind, &change.key) {
+                (ChangeKind::Message, Value::Null) => None,
+                (_, key) => Some(id_text(key)),
+            };
+            let topic = topic_name(export, id.as_deref());
+            let candidates = self.index.borrow().candidates(export, &topic);
+            if candidates.is_empty() {
+                continue;
+            }
+            let target = Target { export, id, topic };
+            let Some(mut delivery) = Delivery::new(commit, change, target, origin.clone(), now)
+            else {
                 continue;
             };
-            for conn in conns.iter().filter_map(Weak::upgrade) {
-                delivery.offer(shared, &conn);
+            for conn in candidates {
+                delivery.offer(shared, &self.groups, &conn);
             }
         }
     }
+}
+
+/// Where a change goes out: its export, its record id as a topic level (none for a message to
+/// the bare table topic) and the topic name.
+struct Target<'c> {
+    export: &'c str,
+    id: Option<String>,
+    topic: String,
 }
 
 /// One change on its way to a core's sessions: what every subscriber gets alike, and the bodies
@@ -147,7 +206,7 @@ struct Delivery<'c> {
     commit: &'c Commit,
     change: &'c Change,
     export: &'c str,
-    note: Option<Arc<Note>>,
+    origin: Option<Arc<Origin>>,
     /// The record id as a topic level; none for a message to the bare table topic.
     id: Option<String>,
     topic: String,
@@ -177,28 +236,23 @@ impl<'c> Delivery<'c> {
     fn new(
         commit: &'c Commit,
         change: &'c Change,
-        export: &'c str,
-        note: Option<Arc<Note>>,
+        target: Target<'c>,
+        origin: Option<Arc<Origin>>,
         now: f64,
     ) -> Option<Self> {
+        let Target { export, id, topic } = target;
         let out = outbound_payload(export, change.kind, change.value.as_ref(), now)?;
-        let passed_on = match (&out.properties, &note) {
+        let passed_on = match (&out.properties, &origin) {
             (Some(p), _) => p.clone(),
             // None: its Message Expiry Interval has passed.
             (None, Some(n)) => n.outbound(now)?,
             (None, None) => Properties::default(),
         };
-        // Messages to the bare table topic carry a null key.
-        let id = match (&change.kind, &change.key) {
-            (ChangeKind::Message, Value::Null) => None,
-            (_, key) => Some(id_text(key)),
-        };
-        let topic = topic_name(export, id.as_deref());
         Some(Delivery {
             commit,
             change,
             export,
-            note,
+            origin,
             id,
             topic,
             out,
@@ -209,7 +263,7 @@ impl<'c> Delivery<'c> {
     }
 
     /// Queues the change on `conn` if any of its subscriptions takes it.
-    fn offer(&mut self, shared: &MqttShared, conn: &Conn) {
+    fn offer(&mut self, shared: &MqttShared, groups: &RefCell<share::View>, conn: &Conn) {
         let (commit, change) = (self.commit, self.change);
         let replayed = conn
             .floor
@@ -219,13 +273,13 @@ impl<'c> Delivery<'c> {
         if replayed {
             return;
         }
-        let Some(matched) = self.matched(shared, conn) else {
+        let Some(matched) = self.matched(shared, groups, conn) else {
             return;
         };
         let mut qos = matched.qos.min(self.out.qos_max);
         // docs/mqtt.md: messages (and general topics, as in any broker) go out at most at the
         // QoS they were published with; record changes at the granted QoS.
-        if let Some(n) = &self.note {
+        if let Some(n) = &self.origin {
             if change.kind == ChangeKind::Message || self.export.is_empty() {
                 qos = qos.min(n.qos);
             }
@@ -245,7 +299,7 @@ impl<'c> Delivery<'c> {
             topic: self.topic.clone(),
             qos,
             // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
-            retain: matched.as_published && self.note.as_ref().is_some_and(|n| n.retain),
+            retain: matched.as_published && self.origin.as_ref().is_some_and(|n| n.retain),
             body,
             content_type,
             event,
@@ -257,11 +311,16 @@ impl<'c> Delivery<'c> {
     /// The subscriptions of `conn` that take this change, merged; none when no subscription
     /// does (No Local, another member of a shared group chosen, a streaming state that holds
     /// the change).
-    fn matched(&mut self, shared: &MqttShared, conn: &Conn) -> Option<Matched> {
+    fn matched(
+        &mut self,
+        shared: &MqttShared,
+        groups: &RefCell<share::View>,
+        conn: &Conn,
+    ) -> Option<Matched> {
         let (commit, change, export) = (self.commit, self.change, self.export);
         let id = self.id.as_deref();
         let own = self
-            .note
+            .origin
             .as_ref()
             .is_some_and(|n| n.client_id == *conn.client_id.borrow());
         let mut qos = None;
@@ -278,9 +337,10 @@ impl<'c> Delivery<'c> {
             if let Some(group) = sub.filter.share() {
                 let key = share::key(group, sub.filter.topic_filter());
                 let me = conn.client_id.borrow();
+                let mut view = groups.borrow_mut();
                 if !shared
                     .groups
-                    .is_chosen(&key, commit.version, &change.table, id, &me)
+                    .is_chosen(&mut view, &key, commit.version, &change.table, id, &me)
                 {
                     continue;
                 }
@@ -357,7 +417,7 @@ pub(super) struct Payload {
     pub(super) content_type: Option<&'static str>,
     /// The QoS it may go out at most with (a general publish's own QoS).
     pub(super) qos_max: u8,
-    /// The properties a general publish stored; none for tables (their notes carry them).
+    /// The properties a general publish stored; none for tables (their publish's origin carries them).
     pub(super) properties: Option<Properties>,
 }
 

@@ -402,6 +402,7 @@ async fn submit(resources: &Resources, op: WriteOp) -> Result<(), String> {
     let request = WriteRequest {
         ops: vec![op],
         user: None,
+        extras: None,
     };
     resource::write(&db, request)
         .await

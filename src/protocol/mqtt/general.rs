@@ -29,7 +29,7 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// `passed_on`: the properties to keep (see `notes::Note::new`); `now_ms`: arrival time.
+    /// `passed_on`: the properties to keep (see `origin::Origin::new`); `now_ms`: arrival time.
     pub fn new(payload: &[u8], qos: u8, passed_on: &Properties, now_ms: f64) -> Envelope {
         let mut properties = Properties::default();
         let mut expires_at = None;

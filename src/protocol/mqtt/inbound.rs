@@ -12,18 +12,18 @@ use tidepool_io::{race, spawn};
 
 use super::codec::{Ack, Packet, Publish, Will};
 use super::conn::{Flow, Session, RECEIVE_MAXIMUM, TOPIC_ALIAS_MAX};
-use super::connect::permitted;
+use super::connect::{permitted, Kick};
 use super::dispatch::Sessions;
 use super::durable;
 use super::general;
-use super::notes::{self, Note};
+use super::origin::Origin;
 use super::payload;
 use super::props::Property;
 use super::reason::ReasonCode;
 use super::shared::MqttShared;
 use super::subscribe::NO_LOCAL;
 use super::topic::PublishTopic;
-use crate::change::ChangeKind;
+use crate::change::Extras;
 use crate::resource::{self, ConditionFailed, Validation, WriteError, WriteOp};
 use crate::value::Value;
 
@@ -84,11 +84,12 @@ impl Session<'_> {
         Flow::Continue
     }
 
-    /// Leaves a note of what `p` carries beyond its payload for the subscribers (see
-    /// `notes.rs`) when anyone could use it: v5 properties to pass on, a No Local subscription of
-    /// this session, or a retained publish while Retain As Published subscriptions exist.
-    fn leave_note(&self, p: &Publish, database: &str, table: &str, op: &WriteOp) -> bool {
-        let note = Note::new(&self.client_id, p.retain, p.qos, &p.properties);
+    /// What `p` carries beyond its payload, for the subscribers (see `origin.rs`), when anyone
+    /// could use it: v5 properties to pass on, a QoS that caps deliveries, a No Local
+    /// subscription of this session, or a retained publish while Retain As Published
+    /// subscriptions exist.
+    fn origin(&self, p: &Publish, table: &str, op: &WriteOp) -> Option<Extras> {
+        let origin = Origin::new(&self.client_id, p.retain, p.qos, &p.properties);
         let no_local = self
             .conn
             .subs
@@ -98,31 +99,11 @@ impl Session<'_> {
         // Below QoS 2 the delivered QoS of a message is capped by the publish's.
         let capped =
             p.qos < 2 && (matches!(op, WriteOp::Message { .. }) || table == general::TABLE);
-        let wanted = !note.properties.is_empty()
+        let wanted = !origin.properties.is_empty()
             || capped
             || no_local
             || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
-        if !wanted {
-            return false;
-        }
-        let (key, kind, payload) = match op {
-            WriteOp::Message { key, payload, .. } => (
-                key.clone().unwrap_or(Value::Null),
-                ChangeKind::Message,
-                Some(payload.clone()),
-            ),
-            WriteOp::Put { key: Some(key), .. } => (key.clone(), ChangeKind::Put, None),
-            WriteOp::Delete { key, .. } => (key.clone(), ChangeKind::Delete, None),
-            _ => return false,
-        };
-        let left = self
-            .shared
-            .notes
-            .leave(database, table, key, kind, payload, note);
-        if !left {
-            tracing::warn!(target: "mqtt", "{} publish notes pending; the properties of a publish to {:?} are not passed on", notes::NOTES_MAX, p.topic);
-        }
-        left
+        wanted.then(|| Arc::new(origin) as Extras)
     }
 
     /// Applies one inbound publish through the resource layer; returns the v5 reason code.
@@ -249,7 +230,7 @@ impl Session<'_> {
         })
     }
 
-    /// Writes one publish's operation (leaving its note first); returns the v5 reason code.
+    /// Writes one publish's operation with its origin; returns the v5 reason code.
     async fn submit(
         &self,
         p: &Publish,
@@ -257,13 +238,8 @@ impl Session<'_> {
         table: &str,
         op: WriteOp,
     ) -> ReasonCode {
-        let noted = self.leave_note(p, &db.name, table, &op);
-        let written = resource::write_many(db, &self.caller, vec![op]).await;
-        if noted {
-            let version = written.as_ref().ok().map(|w| w.version);
-            self.shared.notes.settle(&self.client_id, version);
-        }
-        match written {
+        let extras = self.origin(p, table, &op);
+        match resource::write_with_extras(db, &self.caller, vec![op], extras).await {
             Ok(_) => ReasonCode::Success,
             Err(e) => {
                 tracing::info!(target: "mqtt", "publish to {:?} failed: {e}", p.topic);
@@ -292,7 +268,7 @@ impl Session<'_> {
         };
         let table = general::TABLE.to_string();
         let key = Value::String(p.topic.clone());
-        let passed_on = Note::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
+        let passed_on = Origin::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
         let envelope =
             general::Envelope::new(&p.payload, p.qos, &passed_on, crate::resource::now_ms());
         let op = if p.retain && p.payload.is_empty() {
@@ -338,10 +314,12 @@ impl Session<'_> {
 
     /// After the connection ended: publishes its will now, or after its Will Delay Interval
     /// (MQTT 5 §3.1.3.2.2: the will waits that long, or until the session ends if that comes
-    /// first, and is dropped if the client reconnects meanwhile).
+    /// first, and is dropped if the client resumes the session meanwhile). Called while `kick`
+    /// still holds the client id.
     pub(super) async fn leave_will(
         &self,
         will: Will,
+        kick: &Arc<Kick>,
         shared: &Arc<MqttShared>,
         sessions: &Rc<Sessions>,
     ) {
@@ -358,13 +336,23 @@ impl Session<'_> {
             Box::pin(self.publish_will(will)).await;
             return;
         }
+        let waiting = match shared.wait_will(&self.client_id, kick) {
+            Ok(waiting) => waiting,
+            Err(send_now) => {
+                if send_now {
+                    Box::pin(self.publish_will(will)).await;
+                }
+                return;
+            }
+        };
         let (shared, conn, sessions) = (shared.clone(), self.conn.clone(), sessions.clone());
         let (caller, client_id) = (self.caller.clone(), self.client_id.clone());
         spawn(async move {
             let delay = tidepool_io::sleep(Duration::from_secs(u64::from(delay_s)));
-            // At shutdown the will goes out now rather than never.
-            let _ = race(delay, shared.shutdown.wait()).await;
-            if shared.is_connected(&client_id) {
+            // At shutdown the will goes out now rather than never; a new connection for the
+            // client id settles it before the delay (see `MqttShared::claim`).
+            let _ = race(race(delay, shared.shutdown.wait()), waiting.settled.wait()).await;
+            if !shared.will_due(&client_id, &waiting) {
                 return;
             }
             let late = Session {

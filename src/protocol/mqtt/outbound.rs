@@ -95,6 +95,10 @@ pub(super) struct Conn {
     pub(super) sys_subs: RefCell<Vec<String>>,
     /// This core's `$SYS` message counts (publishes sent are counted here).
     pub(super) counts: Arc<super::sys::CoreCounts>,
+    /// This connection in its core's [`super::index::Index`]: its number there and the keys it
+    /// is filed under.
+    pub(super) slot: Cell<u64>,
+    pub(super) keys: RefCell<Vec<super::index::Key>>,
 }
 
 impl Conn {
@@ -157,6 +161,8 @@ impl Conn {
             kick,
             sys_subs: RefCell::new(Vec::new()),
             counts,
+            slot: Cell::new(0),
+            keys: RefCell::new(Vec::new()),
         }
     }
 

@@ -34,6 +34,7 @@ impl Session<'_> {
         let resend = self.restore_inflight(stored.inflight);
         let missed = self.replay(&databases, &subs, &stored.tracker);
         *conn.subs.borrow_mut() = subs;
+        self.sessions.reindex(conn);
         *conn.tracker.borrow_mut() = Some(stored.tracker);
         tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
         self.send_missed(missed, resend);
@@ -54,7 +55,9 @@ impl Session<'_> {
             if let Some(group) = filter.share() {
                 // Messages to the group went to the members that were there.
                 let key = share::key(group, filter.topic_filter());
-                self.shared.groups.join(&key, &self.client_id);
+                self.shared
+                    .groups
+                    .join(&key, &self.client_id, || self.shared.stamp());
             } else {
                 match databases.iter_mut().find(|(d, _)| d.name == db.name) {
                     Some((_, list)) => list.push(subs.len()),

@@ -1,6 +1,6 @@
 //! What every core's MQTT connections share (docs/mqtt.md): the resources, limits from the
 //! configuration, the connected client ids for takeover, the export names of tables, publish
-//! notes and shared subscription groups.
+//! and shared subscription groups.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +12,6 @@ use super::codec;
 use super::connect::Kick;
 use super::durable;
 use super::general;
-use super::notes::Notes;
 use super::share::Groups;
 use super::sys::{self, CoreCounts, SysState};
 use crate::resource::Resources;
@@ -24,8 +23,12 @@ pub struct MqttShared {
     pub packet_bytes_max: usize,
     pub require_authentication: bool,
     pub shutdown: Shutdown,
-    /// Connected client ids on any core, for takeover.
-    pub(super) clients: Mutex<HashMap<String, Arc<Kick>>>,
+    /// Connected client ids on any core, for takeover, with the Clean Start of the connection
+    /// holding each. Touched at CONNECT and at the end of a connection only, never per publish.
+    pub(super) clients: Mutex<HashMap<String, (Arc<Kick>, bool)>>,
+    /// Delayed wills waiting, by client id (see [`MqttShared::wait_will`]). Touched at CONNECT
+    /// and at the end of a connection only; always locked after `clients`.
+    pub(super) wills: Mutex<HashMap<String, Arc<PendingWill>>>,
     /// (database, table) → export name, to name topics of committed changes.
     pub(super) exports: HashMap<(String, String), String>,
     pub(super) next_client: AtomicU64,
@@ -34,9 +37,7 @@ pub struct MqttShared {
     pub(super) start_version: f64,
     /// `mqtt.sessionQueueMax` (docs/configuration.md): messages a resumed durable session gets at most.
     pub session_queue_max: usize,
-    /// What publishes in flight carry beyond their payload.
-    pub(super) notes: Notes,
-    /// Set once any session subscribed with Retain As Published: retained publishes leave notes.
+    /// Set once any session subscribed with Retain As Published: retained publishes carry their origin.
     pub(super) retain_as_published: AtomicBool,
     /// Shared subscription groups.
     pub(super) groups: Groups,
@@ -75,6 +76,7 @@ impl MqttShared {
             require_authentication,
             shutdown,
             clients: Mutex::new(HashMap::new()),
+            wills: Mutex::new(HashMap::new()),
             session_queue_max: resources
                 .config_tree
                 .get("mqtt.sessionQueueMax")
@@ -82,7 +84,6 @@ impl MqttShared {
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(durable::SESSION_QUEUE_MAX_DEFAULT),
             start_version: resources.store.clock().next(),
-            notes: Notes::new(resources.config.threads),
             retain_as_published: AtomicBool::new(false),
             groups: Groups::default(),
             general_export: String::new(),
@@ -106,6 +107,12 @@ impl MqttShared {
             exports,
             next_client: AtomicU64::new(1),
         }
+    }
+
+    /// A version from the store's clock, after every commit made so far (a shared group's change
+    /// of members is stamped with it, see `share.rs`).
+    pub(super) fn stamp(&self) -> f64 {
+        self.resources.store.clock().next()
     }
 
     /// Where each core's dispatch position starts (see [`Sessions::new`]).
@@ -132,31 +139,86 @@ impl MqttShared {
         self.clients.lock().map_or(0, |c| c.len())
     }
 
-    /// Whether a connection holds client id `id` now.
-    pub(super) fn is_connected(&self, id: &str) -> bool {
-        self.clients.lock().is_ok_and(|c| c.contains_key(id))
-    }
-
-    /// Registers `id` as connected, kicking whoever held it (docs/mqtt.md takeover); returns the
-    /// kicked connection's handle so the caller can wait for it to store its session.
-    pub(super) fn claim(&self, id: &str, kick: Arc<Kick>) -> Option<Arc<Kick>> {
-        let old = self
-            .clients
-            .lock()
-            .ok()
-            .and_then(|mut c| c.insert(id.to_string(), kick));
+    /// Registers `id` as connected by a CONNECT with Clean Start `clean`, kicking whoever held
+    /// it (docs/mqtt.md takeover); returns the kicked connection's handle so the caller can wait
+    /// for it to store its session. A delayed will of the client id waiting is settled: a
+    /// connection resuming the session cancels it, one with Clean Start ends the session and so
+    /// sends it now (MQTT 5 §3.1.3.2.2, [MQTT-3.1.3-9]).
+    pub(super) fn claim(&self, id: &str, kick: Arc<Kick>, clean: bool) -> Option<Arc<Kick>> {
+        let Ok(mut clients) = self.clients.lock() else {
+            return None;
+        };
+        let old = clients
+            .insert(id.to_string(), (kick, clean))
+            .map(|(k, _)| k);
+        if let Some(waiting) = self.wills.lock().ok().and_then(|mut w| w.remove(id)) {
+            waiting.settle(clean);
+        }
+        drop(clients);
         if let Some(old) = &old {
             old.kick();
         }
         old
     }
 
+    /// A connection that ended with a will delayed by its Will Delay Interval: the handle its
+    /// timer waits on, or `Err(send_now)` when another connection already took the client id
+    /// (a takeover): the will goes out now if that one has Clean Start, else never
+    /// ([MQTT-3.1.2-8]: not when the new connection resumes the session and the delay is > 0).
+    /// `kick`: the ending connection, still holding the client id unless taken over.
+    pub(super) fn wait_will(&self, id: &str, kick: &Arc<Kick>) -> Result<Arc<PendingWill>, bool> {
+        let Ok(clients) = self.clients.lock() else {
+            return Err(true);
+        };
+        if let Some((holder, clean)) = clients.get(id) {
+            if !Arc::ptr_eq(holder, kick) {
+                return Err(*clean);
+            }
+        }
+        let waiting = Arc::new(PendingWill::default());
+        if let Ok(mut wills) = self.wills.lock() {
+            if let Some(older) = wills.insert(id.to_string(), waiting.clone()) {
+                older.settle(false);
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// The delayed will `waiting` is due (its delay passed, or the server is stopping): true
+    /// when it is still to be sent, and it is forgotten.
+    pub(super) fn will_due(&self, id: &str, waiting: &Arc<PendingWill>) -> bool {
+        let _clients = self.clients.lock();
+        if let Ok(mut wills) = self.wills.lock() {
+            if wills.get(id).is_some_and(|w| Arc::ptr_eq(w, waiting)) {
+                wills.remove(id);
+            }
+        }
+        !waiting.cancelled.load(Ordering::Acquire)
+    }
+
     pub(super) fn release(&self, id: &str, kick: &Arc<Kick>) {
         if let Ok(mut c) = self.clients.lock() {
-            if c.get(id).is_some_and(|k| Arc::ptr_eq(k, kick)) {
+            if c.get(id).is_some_and(|(k, _)| Arc::ptr_eq(k, kick)) {
                 c.remove(id);
             }
         }
         kick.released.store(true, Ordering::Release);
+    }
+}
+
+/// A will waiting out its Will Delay Interval after its connection ended.
+#[derive(Default)]
+pub(super) struct PendingWill {
+    /// Woken when a new connection settles the will before the delay ran out.
+    pub(super) settled: Kick,
+    /// A new connection resumed the session: the will is never sent.
+    cancelled: AtomicBool,
+}
+
+impl PendingWill {
+    /// A new connection took the client id: with Clean Start the will goes now, else never.
+    fn settle(&self, send: bool) {
+        self.cancelled.store(!send, Ordering::Release);
+        self.settled.kick();
     }
 }

@@ -120,6 +120,11 @@ impl std::fmt::Display for Unresolved {
 }
 
 impl Conn {
+    /// Whether a subscription's initial state is still streaming or unsettled.
+    pub(super) fn has_state(&self) -> bool {
+        self.subs.borrow().iter().any(|s| s.state.is_some())
+    }
+
     /// Forgets the settled chunks of streaming states on `database` (every commit up to `since`
     /// dispatched), and the states read and settled whole. True if a state still has records
     /// to read.
@@ -365,7 +370,9 @@ impl Session<'_> {
             if let Some(group) = filter.share() {
                 // docs/mqtt.md: shared subscriptions get no initial state.
                 let key = share::key(group, filter.topic_filter());
-                self.shared.groups.join(&key, &self.client_id);
+                self.shared
+                    .groups
+                    .join(&key, &self.client_id, || self.shared.stamp());
                 continue;
             }
             // docs/mqtt.md: a filter over every export gets the current state of general topics
@@ -375,6 +382,7 @@ impl Session<'_> {
                 initial.push(filter);
             }
         }
+        self.sessions.reindex(self.conn);
         self.conn.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),
@@ -438,7 +446,9 @@ impl Session<'_> {
                 if let Some(filter) = removed.map(|s| &s.filter) {
                     if let Some(group) = filter.share() {
                         let key = share::key(group, filter.topic_filter());
-                        self.shared.groups.leave(&key, &self.client_id);
+                        self.shared
+                            .groups
+                            .leave(&key, &self.client_id, || self.shared.stamp());
                     }
                 }
                 subs.retain(|s| s.filter.as_str() != f);
@@ -450,6 +460,7 @@ impl Session<'_> {
                 });
             }
         }
+        self.sessions.reindex(self.conn);
         self.conn.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
@@ -481,6 +492,7 @@ impl Session<'_> {
             .find(|s| s.filter.as_str() == filter.as_str())
         {
             sub.state = Some(cursor);
+            self.sessions.streams(self.conn);
         }
     }
 }

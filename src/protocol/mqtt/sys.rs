@@ -51,7 +51,9 @@ impl CoreCounts {
 /// What the `$SYS` values are read from, shared by every core.
 pub struct SysState {
     started: Instant,
-    /// Every core's counts (one entry per core, added once at its start).
+    /// Every core's counts (one entry per core, added once at its start). The lock is taken
+    /// when a core starts and when `$SYS` values are read (every `mqtt.sysInterval`, or at a
+    /// `$SYS` SUBSCRIBE), never per publish: each core counts in its own atomics.
     cores: Mutex<Vec<Arc<CoreCounts>>>,
 }
 

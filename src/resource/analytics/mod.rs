@@ -137,7 +137,10 @@ impl State {
         let Some((db, _)) = self.resources.table(SYSTEM, TABLE) else {
             return;
         };
-        let request = WriteRequest { ops, user: None };
+        let request = WriteRequest {
+            ops,
+            ..Default::default()
+        };
         if let Err(e) = super::jobs::block_on(super::write(&db, request)) {
             tracing::warn!("analytics: cannot store rows: {e}");
         }
