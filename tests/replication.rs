@@ -291,19 +291,24 @@ fn wait_mesh(nodes: &[&Node]) {
             return;
         }
         if Instant::now() > deadline {
-            for n in nodes {
-                let (_, status) = op(n, json!({"operation": "cluster_status"}));
-                eprintln!("{} cluster_status: {status}", n.name);
-                let log = std::fs::read_to_string(n.server.root.path().join("log/hdb.log"));
-                for line in log.unwrap_or_default().lines() {
-                    if line.contains("replication") {
-                        eprintln!("{}: {line}", n.name);
-                    }
-                }
-            }
+            print_replication_state(nodes);
             panic!("no full mesh after 20 s");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Prints each node's `cluster_status` and the replication lines of its log (on a failure).
+fn print_replication_state(nodes: &[&Node]) {
+    for n in nodes {
+        let (_, status) = op(n, json!({"operation": "cluster_status"}));
+        eprintln!("{} cluster_status: {status}", n.name);
+        let log = std::fs::read_to_string(n.server.root.path().join("log/hdb.log"));
+        for line in log.unwrap_or_default().lines() {
+            if line.contains("replication") {
+                eprintln!("{}: {line}", n.name);
+            }
+        }
     }
 }
 
@@ -486,9 +491,10 @@ fn a_killed_node_catches_up_and_a_new_node_joins_by_add_node() {
         json!({"operation": "add_node", "hostname": "127.0.0.4", "port": port}),
     );
     assert_eq!(status, 200, "{reply}");
+    // HarperDB's answer names the URL the node is dialled at.
     assert_eq!(
         reply["message"],
-        "Successfully added '127.0.0.4' to cluster"
+        format!("Successfully added 'wss://127.0.0.4:{port}' to cluster")
     );
     wait_until("D has the copy", Duration::from_secs(60), || {
         checksum(&d) == checksum(&a)
@@ -2250,4 +2256,111 @@ fn seeded_faults_lose_no_acknowledged_write() {
         "{count} seeds from {first}: no loss, no divergence ({writes} acknowledged inserts) in {:?}",
         began.elapsed()
     );
+}
+
+/// docs/replication.md "Creating and dropping databases": a database created while linked
+/// replicates, and a replicated database is dropped on each node while
+/// linked (each `drop_database` answered 200; the link's sender used to hold it open, so it
+/// failed with 500 "still in use" after 5 s), and one created again under the same name
+/// replicates again. Also the cluster operations' answers as HarperDB gives them (its cluster
+/// test collection, tests/README.md): the URL in "Successfully added", `node_name` naming the
+/// node, `configure_cluster`'s per-connection answers, and a 501 for explicit subscriptions.
+#[test]
+fn a_replicated_database_drops_while_linked_and_cluster_answers_match_harperdb() {
+    let app = app();
+    let port = free_port();
+    let every = [("--REPLICATION_DATABASES", "*".to_string())];
+    let node = |name: &str, ip: &str, routes: &[&str]| {
+        start_with(&app, name, ip, port, routes, None, Link::Tls, &every)
+    };
+    let a = node("node-a", "127.0.0.1", &["127.0.0.2"]);
+    let b = node("node-b", "127.0.0.2", &[]);
+    wait_mesh(&[&a, &b]);
+    let fish = |node: &Node| -> Vec<Value> {
+        let (status, rows) = op(
+            node,
+            json!({"operation": "search_by_value", "database": "dev", "table": "fish",
+                   "search_attribute": "id", "search_value": "*", "get_attributes": ["id"]}),
+        );
+        if status == 200 {
+            rows.as_array().cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
+    for life in 1..=2 {
+        let (status, body) = op(
+            &a,
+            json!({"operation": "create_table", "database": "dev", "table": "fish",
+                   "primary_key": "id"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = op(
+            &a,
+            json!({"operation": "insert", "database": "dev", "table": "fish",
+                   "records": [{"id": life}]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !fish(&b).contains(&json!({"id": life})) {
+            if Instant::now() > deadline {
+                print_replication_state(&[&a, &b]);
+                panic!("dev.fish {life} not on B after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for n in [&a, &b] {
+            let (status, body) = op(n, json!({"operation": "drop_database", "database": "dev"}));
+            assert_eq!(status, 200, "drop on {} while linked: {body}", n.name);
+        }
+        for n in [&a, &b] {
+            let (_, all) = op(n, json!({"operation": "describe_all"}));
+            assert!(all.get("dev").is_none(), "{}: dev is back: {all}", n.name);
+        }
+    }
+
+    // The answers HarperDB's cluster collection checks.
+    let subs = json!([{"schema": "dev", "table": "fish", "publish": true, "subscribe": false}]);
+    let (status, body) = op(
+        &a,
+        json!({"operation": "add_node", "url": format!("wss://127.0.0.3:{port}"),
+               "subscriptions": subs}),
+    );
+    assert_eq!(status, 501, "{body}");
+    assert!(body.to_string().contains("subscriptions"), "{body}");
+    let (status, body) = op(
+        &a,
+        json!({"operation": "add_node", "url": format!("wss://127.0.0.3:{port}")}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["message"],
+        format!("Successfully added 'wss://127.0.0.3:{port}' to cluster")
+    );
+    let (status, body) = op(
+        &a,
+        json!({"operation": "remove_node", "node_name": "127.0.0.3"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["message"],
+        "Successfully removed '127.0.0.3' from cluster"
+    );
+    let (status, body) = op(
+        &a,
+        json!({"operation": "configure_cluster", "connections": [
+            {"node_name": "node-c", "url": format!("wss://127.0.0.3:{port}")}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"message": "Configure cluster complete.", "connections": [
+            {"node_name": "node-c",
+             "response": format!("Successfully added 'wss://127.0.0.3:{port}' to cluster")}]})
+    );
+    // B, a route of A's, stays linked through all of it.
+    put(&a, "/Dog/after", json!({"name": "after"}));
+    wait_until("a write on B", Duration::from_secs(10), || {
+        dog_name(&b, "after").is_some()
+    });
 }
