@@ -1347,14 +1347,20 @@ fn certificate_exchange_turns_credentials_into_mtls() {
     assert_eq!(dog_name(&c, "over-mtls"), None);
 }
 
-/// Clone node (docs/replication.md, the replication part): a node started empty with `HDB_LEADER_URL`
-/// and the leader's credentials, and no routes, finds the leader's replication port, links to it
-/// (exchanging certificates: the two CAs differ), copies its data, then follows it live.
+/// Clone node (docs/replication.md "Clone a node"): a node started empty with `HDB_LEADER_URL`
+/// and the leader's credentials, and no routes, copies the leader's configuration but for
+/// node-specific keys, finds the leader's replication port, links to it (exchanging
+/// certificates: the two CAs differ), copies its data, then follows it live.
 #[test]
 fn a_node_started_with_a_leader_url_clones_it() {
     let app = app();
     let port = free_port();
-    let a = start_self_signed(&app, "node-a", "127.0.0.1", port, &[]);
+    // Two settings of A's that are not node-specific: the clone copies them.
+    let shared = [
+        ("--LOGGING_AUDITRETENTION", "5d".to_string()),
+        ("--MQTT_SYSINTERVAL", "7".to_string()),
+    ];
+    let a = start_self_signed(&app, "node-a", "127.0.0.1", port, &shared);
     for i in 0..50 {
         put(
             &a,
@@ -1379,6 +1385,26 @@ fn a_node_started_with_a_leader_url_clones_it() {
         dog_name(&b, "live").is_some()
     });
     assert!(certificate_names(&b).contains(&"node-a CA".to_string()));
+    // The configuration (docs/replication.md "Clone a node"): A's shared settings are B's, in
+    // B's own file; B's name, root, ports and certificate files stay its own.
+    let (_, config) = op(&b, json!({"operation": "get_configuration"}));
+    assert_eq!(config["logging"]["auditRetention"], "5d", "{config}");
+    assert_eq!(config["mqtt"]["sysInterval"], 7, "{config}");
+    assert_eq!(config["replication"]["hostname"], "node-b");
+    let a_root = a.server.root.path().display().to_string();
+    let file = std::fs::read_to_string(b.server.root.path().join("harperdb-config.yaml"))
+        .expect("B's configuration file, written from A's");
+    assert!(file.contains("auditRetention: 5d"), "{file}");
+    for local in [
+        a_root.as_str(),
+        "node-a",
+        "rootPath",
+        "certificate",
+        "Port:",
+        "port:",
+    ] {
+        assert!(!file.contains(local), "B's file has A's {local}: {file}");
+    }
 }
 
 /// docs/replication.md "Origins": a node re-provisioned under its old name (its root wiped, the
