@@ -250,8 +250,9 @@ const ROUTES: &str = "replication.routes";
 fn route_valid(route: &Value) -> bool {
     match route {
         Value::String(s) => !s.is_empty(),
+        // `host` is HarperDB's older spelling (its cluster test collection still uses it).
         Value::Object(o) => {
-            matches!(o.get("hostname"), Some(Value::String(h)) if !h.is_empty())
+            matches!(o.get("hostname").or_else(|| o.get("host")), Some(Value::String(h)) if !h.is_empty())
                 && matches!(o.get("port"), None | Some(Value::Int(_)))
         }
         _ => false,
@@ -298,7 +299,7 @@ pub async fn get_routes(resources: &Resources) -> Result<Value, OpError> {
 pub async fn set_routes(resources: &Resources, new: Vec<Value>) -> Result<Value, OpError> {
     if let Some(bad) = new.iter().find(|r| !route_valid(r)) {
         return Err(OpError::bad(format!(
-            "Invalid route {}: a route is a URL string or {{hostname, port}}",
+            "Invalid route {}: a route is a URL string or {{hostname (or host), port}}",
             String::from_utf8_lossy(&crate::value::json::to_vec(bad))
         )));
     }
