@@ -883,6 +883,11 @@ fn clustering_routes_and_status() {
         ok(&server, json!({"operation": "cluster_get_routes"})),
         json!(["wss://b:9933", route, older])
     );
+    // get_configuration shows them at once, as HarperDB's does.
+    assert_eq!(
+        ok(&server, json!({"operation": "get_configuration"}))["replication"]["routes"],
+        json!(["wss://b:9933", route, older])
+    );
     let file = std::fs::read_to_string(server.root.path().join("harperdb-config.yaml")).unwrap();
     assert!(file.contains("wss://b:9933"), "{file}");
     let reply = ok(
