@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool::protocol::http::parse::{frame, Frame, HEADER_SLOTS};
+use tidepool::protocol::http::parse::{frame, header_slots, Frame};
 use tidepool::protocol::http::Limits;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = data;
     // Frame pipelined requests one after another, as a connection would.
     for _ in 0..64 {
-        let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+        let mut headers = header_slots();
         match frame(input, &mut headers, &limits, &mut body) {
             Ok(Frame::Complete(framed)) => {
                 assert!(framed.consumed > 0 && framed.consumed <= input.len());

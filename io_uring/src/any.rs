@@ -74,6 +74,13 @@ impl Transport for AnyStream {
         AnyStream::shutdown_write(self).await
     }
 
+    async fn readable(&self) -> io::Result<bool> {
+        match self {
+            AnyStream::Plain(s) => s.readable().await.map(|()| true),
+            AnyStream::Tls(s) => Transport::readable(&**s).await,
+        }
+    }
+
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         match self {
             AnyStream::Plain(s) => s.set_nodelay(nodelay),

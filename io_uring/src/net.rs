@@ -276,6 +276,12 @@ impl Stream {
         self.inner.local_addr()
     }
 
+    /// Completes when the socket has data, its end, or an error to read (an io_uring poll; no
+    /// buffer is held while it waits).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.inner.readable(false).await
+    }
+
     /// Reads into the spare capacity of `buf` (after its current length), growing it by
     /// `min_spare` when less is free. Returns the bytes read; 0 means the peer closed.
     pub async fn read_append(

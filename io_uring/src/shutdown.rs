@@ -1,10 +1,38 @@
 //! The shutdown gate: one flag every core watches, and a count of requests still in flight.
+//!
+//! Both are touched by every request, so neither is one shared cache line: the waiters and the
+//! in-flight count are split into shards, one per thread (each core is one thread), and only
+//! `trigger` and `count` visit every shard.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+
+/// Shards of the waiter lists and the in-flight count. Threads beyond this many share shards
+/// (correct, only slower).
+const SHARDS: usize = 64;
+
+/// This thread's shard: threads take the next one in turn the first time they ask.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    MINE.with(|mine| {
+        if mine.get() == usize::MAX {
+            mine.set(NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+        }
+        mine.get()
+    })
+}
+
+/// One cache line (two, against adjacent-line prefetch) per shard, so shards never share one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
 
 /// Cloned to every core. `trigger` wakes every task parked in `wait`, on any core.
 #[derive(Clone, Default)]
@@ -12,12 +40,21 @@ pub struct Shutdown {
     inner: Arc<ShutdownInner>,
 }
 
-#[derive(Default)]
 struct ShutdownInner {
     triggered: AtomicBool,
-    // Wakers of tasks waiting for shutdown, one slot per live `ShutdownWait`. Locked only to
-    // register, deregister or drain, never across an await.
-    waiters: Mutex<Waiters>,
+    // Wakers of tasks waiting for shutdown, one slot per live `ShutdownWait`, in the shard of
+    // the thread that first polled it. Locked only to register, deregister or drain, never across
+    // an await; a shard's lock is taken by its own thread, and by `trigger` once.
+    waiters: Box<[Padded<Mutex<Waiters>>]>,
+}
+
+impl Default for ShutdownInner {
+    fn default() -> Self {
+        Self {
+            triggered: AtomicBool::new(false),
+            waiters: (0..SHARDS).map(|_| Padded::default()).collect(),
+        }
+    }
 }
 
 /// The registered wakers. A `ShutdownWait` frees its slot when dropped: a waker kept after its
@@ -74,15 +111,20 @@ impl Shutdown {
         Self::default()
     }
 
-    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    fn waiters(&self, shard: usize) -> std::sync::MutexGuard<'_, Waiters> {
+        self.inner.waiters[shard]
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn trigger(&self) {
         self.inner.triggered.store(true, Ordering::SeqCst);
-        let waiters = std::mem::take(&mut *self.waiters());
-        for waker in waiters.slots.into_iter().flatten() {
-            waker.wake();
+        for shard in 0..SHARDS {
+            let waiters = std::mem::take(&mut *self.waiters(shard));
+            for waker in waiters.slots.into_iter().flatten() {
+                waker.wake();
+            }
         }
     }
 
@@ -91,63 +133,77 @@ impl Shutdown {
     }
 
     /// Completes once `trigger` has been called. Dropping it before then deregisters it.
-    pub fn wait(&self) -> ShutdownWait {
+    pub fn wait(&self) -> ShutdownWait<'_> {
         ShutdownWait {
-            shutdown: self.clone(),
+            shutdown: self,
             slot: None,
         }
     }
 
     /// How many `wait` futures are registered now (a gauge for tests and `/health?verbose`).
     pub fn waiting(&self) -> usize {
-        self.waiters().len()
+        (0..SHARDS).map(|shard| self.waiters(shard).len()).sum()
     }
 }
 
-pub struct ShutdownWait {
-    shutdown: Shutdown,
-    /// Our slot in `Waiters`, once polled.
-    slot: Option<usize>,
+pub struct ShutdownWait<'a> {
+    shutdown: &'a Shutdown,
+    /// Our shard and slot in its `Waiters`, once polled.
+    slot: Option<(usize, usize)>,
 }
 
-impl Future for ShutdownWait {
+impl Future for ShutdownWait<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.shutdown.is_triggered() {
             return Poll::Ready(());
         }
-        let mut waiters = self.shutdown.waiters();
+        let shard = match self.slot {
+            Some((shard, _)) => shard,
+            None => shard(),
+        };
+        let mut waiters = self.shutdown.waiters(shard);
         // Re-check under the lock: a trigger between the first check and here has drained already.
         if self.shutdown.is_triggered() {
             return Poll::Ready(());
         }
         match self.slot {
-            Some(slot) => waiters.update(slot, cx.waker()),
+            Some((_, slot)) => waiters.update(slot, cx.waker()),
             None => {
                 let slot = waiters.register(cx.waker());
                 drop(waiters);
-                self.slot = Some(slot);
+                self.slot = Some((shard, slot));
             }
         }
         Poll::Pending
     }
 }
 
-impl Drop for ShutdownWait {
+impl Drop for ShutdownWait<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
+        if let Some((shard, slot)) = self.slot.take() {
             if !self.shutdown.is_triggered() {
-                self.shutdown.waiters().deregister(slot);
+                self.shutdown.waiters(shard).deregister(slot);
             }
         }
     }
 }
 
-/// Counts requests in flight across all cores, so shutdown can wait for them to finish.
-#[derive(Clone, Default)]
+/// Counts requests in flight across all cores, so shutdown can wait for them to finish. Each
+/// thread counts in its own shard; a request may end on another thread than it began (the guard
+/// remembers its shard), so a shard's count alone means nothing, only the sum.
+#[derive(Clone)]
 pub struct InFlight {
-    count: Arc<AtomicUsize>,
+    shards: Arc<[Padded<AtomicUsize>]>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+        }
+    }
 }
 
 impl InFlight {
@@ -155,23 +211,25 @@ impl InFlight {
         Self::default()
     }
 
-    pub fn enter(&self) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard {
-            count: self.count.clone(),
-        }
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        let count = &self.shards[shard()].0;
+        count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard { count }
     }
 
     pub fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
+        self.shards
+            .iter()
+            .map(|shard| shard.0.load(Ordering::SeqCst))
+            .sum()
     }
 }
 
-pub struct InFlightGuard {
-    count: Arc<AtomicUsize>,
+pub struct InFlightGuard<'a> {
+    count: &'a AtomicUsize,
 }
 
-impl Drop for InFlightGuard {
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::SeqCst);
     }

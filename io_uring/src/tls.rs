@@ -37,6 +37,13 @@ pub trait Transport {
     /// Half-closes: the peer reads end-of-stream after what was written.
     async fn shutdown_write(&mut self) -> io::Result<()>;
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
+    /// Completes when a read would find data (or the end of the stream, or an error), holding no
+    /// buffer meanwhile, and says `true`: an idle connection waits here instead of in a read that
+    /// owns its buffer. The default says `false` at once: the transport has no readiness (TLS,
+    /// with its own buffered state), and the read that follows does the waiting, buffer in hand.
+    async fn readable(&self) -> io::Result<bool> {
+        Ok(false)
+    }
     /// The subject common name of the peer's verified certificate (mutual TLS), if any.
     fn peer_cn(&self) -> Option<&str> {
         None
@@ -62,6 +69,10 @@ impl Transport for Stream {
 
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         Stream::set_nodelay(self, nodelay)
+    }
+
+    async fn readable(&self) -> io::Result<bool> {
+        Stream::readable(self).await.map(|()| true)
     }
 }
 

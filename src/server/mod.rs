@@ -741,43 +741,29 @@ async fn accept_loop(
         let tls = tls.clone();
         spawn(async move {
             match tls {
-                None => {
-                    http::serve(
-                        stream,
-                        peer,
-                        &*router,
-                        &shared.limits,
-                        &shared.shutdown,
-                        &shared.in_flight,
-                        &shared.stats[core].http,
-                    )
-                    .await
-                }
+                None => serve_http(stream, peer, &router, &shared, core).await,
+                // Boxed: a TLS connection's state (rustls, its handshake) is several KiB that
+                // plain connections, sharing this task's type, would otherwise reserve too.
                 Some(acceptor) => {
-                    let _ = stream.set_nodelay(true);
-                    // The handshake gets the same bound as a request head, and shutdown ends it.
-                    let handshake = timeout(shared.limits.headers_timeout, acceptor.accept(stream));
-                    match race(handshake, shared.shutdown.wait()).await {
-                        Either::Left(Ok(Ok(tls_stream))) => {
-                            http::serve(
-                                tls_stream,
-                                peer,
-                                &*router,
-                                &shared.limits,
-                                &shared.shutdown,
-                                &shared.in_flight,
-                                &shared.stats[core].http,
-                            )
-                            .await
+                    Box::pin(async {
+                        let _ = stream.set_nodelay(true);
+                        // The handshake gets the same bound as a request head, and shutdown ends it.
+                        let handshake =
+                            timeout(shared.limits.headers_timeout, acceptor.accept(stream));
+                        match race(handshake, shared.shutdown.wait()).await {
+                            Either::Left(Ok(Ok(tls_stream))) => {
+                                serve_http(tls_stream, peer, &router, &shared, core).await
+                            }
+                            Either::Left(Ok(Err(e))) => {
+                                tracing::debug!("TLS handshake with {peer} failed: {e}")
+                            }
+                            Either::Left(Err(_)) => {
+                                tracing::debug!("TLS handshake with {peer} timed out")
+                            }
+                            Either::Right(()) => {}
                         }
-                        Either::Left(Ok(Err(e))) => {
-                            tracing::debug!("TLS handshake with {peer} failed: {e}")
-                        }
-                        Either::Left(Err(_)) => {
-                            tracing::debug!("TLS handshake with {peer} timed out")
-                        }
-                        Either::Right(()) => {}
-                    }
+                    })
+                    .await
                 }
             }
             open.set(open.get() - 1);
@@ -786,6 +772,26 @@ async fn accept_loop(
                 .fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// One HTTP connection, plain or TLS, with its core's settings and counters.
+async fn serve_http<T: tidepool_io::Transport + Into<tidepool_io::AnyStream>>(
+    stream: T,
+    peer: SocketAddr,
+    router: &Router,
+    shared: &Shared,
+    core: usize,
+) {
+    http::serve(
+        stream,
+        peer,
+        router,
+        &shared.limits,
+        &shared.shutdown,
+        &shared.in_flight,
+        &shared.stats[core].http,
+    )
+    .await
 }
 
 /// Over `http.maxConnectionsPerCore`: answer 503 and close, without reading the request.

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use tidepool_io::{race, timeout, Either, InFlight, InFlightGuard, Shutdown, Transport};
 
-use super::parse::{frame, BodyLocation, Frame, Head, ParseError, HEADER_SLOTS};
+use super::idle::IdleSlot;
+use super::parse::{frame, header_slots, BodyLocation, Frame, Head, ParseError};
 use super::{date, reason, Limits, Method, Request, Response, Service};
 
 /// Bytes of free space guaranteed before each read.
@@ -20,6 +21,58 @@ const LINGER_TIME: Duration = Duration::from_millis(500);
 const IDLE_BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// Capacity of a connection's read and write buffers when it starts or is given back.
 const BUFFER_BYTES: usize = 8192;
+/// Most buffer sets a core keeps spare for its connections' next requests (each ~17 KiB).
+const SPARE_SETS_MAX: usize = 64;
+
+/// A connection's buffers while it has a request to read or answer. Between requests a plain
+/// TCP connection holds none: it waits for readiness, then takes a set from its core's spares,
+/// and gives it back once everything is answered and written (docs/design.md, "Idle
+/// connections").
+struct Buffers {
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    response: [Vec<u8>; 2],
+}
+
+thread_local! {
+    /// This core's spare buffer sets (each core is one thread; nothing here crosses cores).
+    static SPARES: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    /// A set from this core's spares, or a new one.
+    fn take() -> Buffers {
+        SPARES
+            .with(|spares| spares.borrow_mut().pop())
+            .unwrap_or_else(|| Buffers {
+                rbuf: Vec::with_capacity(BUFFER_BYTES),
+                wbuf: Vec::with_capacity(BUFFER_BYTES),
+                response: [Vec::with_capacity(256), Vec::with_capacity(1024)],
+            })
+    }
+
+    /// Keeps this set for another connection when it is of the usual size and the core has room
+    /// for it; frees it otherwise.
+    fn give_back(mut self) {
+        let usual = self.rbuf.capacity() <= 2 * BUFFER_BYTES
+            && self.wbuf.capacity() <= 2 * BUFFER_BYTES
+            && self
+                .response
+                .iter()
+                .all(|b| b.capacity() <= 2 * BUFFER_BYTES);
+        if !usual {
+            return;
+        }
+        self.rbuf.clear();
+        self.wbuf.clear();
+        SPARES.with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < SPARE_SETS_MAX {
+                spares.push(self);
+            }
+        });
+    }
+}
 
 /// One core's connection memory, written only by that core's connections and read by anyone
 /// (`/metrics`, `/health?verbose`).
@@ -128,7 +181,7 @@ struct Conn<'g, H> {
     start: usize,
     request_started: Option<Instant>,
     continue_sent: bool,
-    guards: Vec<InFlightGuard>,
+    guards: Vec<InFlightGuard<'g>>,
     held: Share<'g>,
     body_share: Share<'g>,
     /// The request at `start` had its head judged (`check_head`) while its body was still coming.
@@ -187,8 +240,8 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
         in_flight,
     };
     let mut c: Conn<'_, S::Head> = Conn {
-        rbuf: Vec::with_capacity(BUFFER_BYTES),
-        wbuf: Vec::with_capacity(BUFFER_BYTES),
+        rbuf: Vec::new(),
+        wbuf: Vec::new(),
         body_buf: Vec::new(),
         resp: Response::new(),
         start: 0,
@@ -200,28 +253,35 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
         head_checked: false,
         checked: None,
     };
+    let idle = IdleSlot::new();
+    // A new connection waits for its first request like an idle one, holding no buffers.
+    c.park();
+    let mut phase = Phase::Idle;
     loop {
-        let batch = match c.answer_buffered(&stream, &env).await {
+        if !c.read_more(&mut stream, phase, &env, &idle).await {
+            return;
+        }
+        // Boxed: answering (request parsing, the handler's own state) needs far more memory than
+        // waiting, and a connection task is as big as its biggest state.
+        let batch = match Box::pin(c.answer_buffered(&stream, &env)).await {
             Answered::Batch(batch) => batch,
             Answered::Gone => return,
             Answered::Takeover(takeover, leftover) => {
-                let mut stream: tidepool_io::AnyStream = stream.into();
-                let (result, _) = stream.write_all(std::mem::take(&mut c.wbuf)).await;
+                let wbuf = std::mem::take(&mut c.wbuf);
                 // The handler runs for as long as the stream lasts; it is not a request in flight,
                 // and this connection's buffers are not its to hold.
                 drop(c);
-                if result.is_ok() {
-                    (takeover.0)(super::Upgraded { stream, leftover }).await;
-                }
+                Box::pin(hand_over(stream, wbuf, takeover, leftover)).await;
                 return;
             }
         };
         let Batch {
-            phase,
+            phase: next,
             close,
             fatal,
             refused,
         } = batch;
+        phase = next;
         if fatal.is_some() || refused {
             if let Some(error) = fatal {
                 c.resp.reset();
@@ -231,9 +291,7 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
                 gauges.refused_before_body.fetch_add(1, Ordering::Relaxed);
             }
             encode_response(&mut c.wbuf, &c.resp, false, true, false);
-            let (_, returned) = stream.write_all(std::mem::take(&mut c.wbuf)).await;
-            drop(returned);
-            linger_close(&mut stream).await;
+            Box::pin(answer_and_close(&mut stream, std::mem::take(&mut c.wbuf))).await;
             return;
         }
         c.before_write(phase, close);
@@ -250,20 +308,38 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
             let _ = stream.shutdown_write().await;
             return;
         }
-        if !c.read_more(&mut stream, phase, &env).await {
-            return;
-        }
     }
 }
 
-impl<H> Conn<'_, H> {
+/// Sends a taken-over response's head, then runs its handler on the stream.
+async fn hand_over<T: Transport + Into<tidepool_io::AnyStream>>(
+    stream: T,
+    wbuf: Vec<u8>,
+    takeover: super::Takeover,
+    leftover: Vec<u8>,
+) {
+    let mut stream: tidepool_io::AnyStream = stream.into();
+    let (result, _) = stream.write_all(wbuf).await;
+    if result.is_ok() {
+        (takeover.0)(super::Upgraded { stream, leftover }).await;
+    }
+}
+
+/// Sends a final answer, then lingers so the client reads it, and closes.
+async fn answer_and_close<T: Transport>(stream: &mut T, wbuf: Vec<u8>) {
+    let (_, returned) = stream.write_all(wbuf).await;
+    drop(returned);
+    linger_close(stream).await;
+}
+
+impl<'g, H> Conn<'g, H> {
     /// Answers every complete request buffered, in order, into `wbuf`; stops at an incomplete
     /// one (judging its head once, and its body against the core's budget), a fatal parse
     /// error, a response that closes, or a takeover.
     async fn answer_buffered<S: Service<Head = H>, T: Transport>(
         &mut self,
         stream: &T,
-        env: &Env<'_, S>,
+        env: &Env<'g, S>,
     ) -> Answered {
         let mut batch = Batch {
             phase: Phase::Idle,
@@ -272,7 +348,7 @@ impl<H> Conn<'_, H> {
             refused: false,
         };
         while self.start < self.rbuf.len() {
-            let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+            let mut headers = header_slots();
             let start = self.start;
             let framed = match frame(
                 &self.rbuf[start..],
@@ -430,13 +506,92 @@ impl<H> Conn<'_, H> {
                 drop(std::mem::take(&mut self.body_buf));
             }
         }
-        let held = self.rbuf.capacity() + self.wbuf.capacity() + self.body_buf.capacity();
+        self.count_held();
+    }
+
+    fn count_held(&mut self) {
+        let held = self.rbuf.capacity()
+            + self.wbuf.capacity()
+            + self.body_buf.capacity()
+            + self.resp.capacity();
         self.held.set(held as u64);
     }
 
-    /// Reads more of the connection within the phase's deadline; false when the connection is
-    /// to end (closed, failed, shutdown while idle, or timed out: 408 unless idle).
+    /// Gives this connection's buffers to its core's spares: it has nothing buffered to read or
+    /// write.
+    fn park(&mut self) {
+        assert!(self.start == self.rbuf.len() && self.wbuf.is_empty());
+        Buffers {
+            rbuf: std::mem::take(&mut self.rbuf),
+            wbuf: std::mem::take(&mut self.wbuf),
+            response: self.resp.take_buffers(),
+        }
+        .give_back();
+        self.start = 0;
+        self.count_held();
+    }
+
+    /// Takes a set of buffers for the request that is arriving.
+    fn unpark(&mut self) {
+        let Buffers {
+            rbuf,
+            wbuf,
+            response,
+        } = Buffers::take();
+        self.rbuf = rbuf;
+        self.wbuf = wbuf;
+        self.resp.put_buffers(response);
+        self.count_held();
+    }
+
+    /// Reads more of the connection; false when the connection is to end (closed, failed,
+    /// shutdown while idle, or timed out: 408 unless idle). A connection with nothing buffered
+    /// waits for readiness without buffers or a timer of its own (its core's keep-alive sweep,
+    /// `idle.rs`); a request under way, or a transport without readiness (TLS), reads within the
+    /// phase's deadline.
     async fn read_more<S, T: Transport>(
+        &mut self,
+        stream: &mut T,
+        phase: Phase,
+        env: &Env<'_, S>,
+        idle: &IdleSlot,
+    ) -> bool {
+        if phase != Phase::Idle || self.start != self.rbuf.len() || !self.wbuf.is_empty() {
+            return Box::pin(self.read_timed(stream, phase, env)).await;
+        }
+        self.park();
+        idle.idle(env.limits.keep_alive_timeout);
+        let waited = Instant::now();
+        let ready = race(race(stream.readable(), idle.expiry()), env.shutdown.wait()).await;
+        let read_now = match ready {
+            Either::Left(Either::Left(Ok(ready))) => ready,
+            // An error, the keep-alive timeout or shutdown while idle: just close.
+            _ => return false,
+        };
+        self.unpark();
+        if !read_now {
+            idle.active();
+            let rest = env
+                .limits
+                .keep_alive_timeout
+                .saturating_sub(waited.elapsed());
+            return Box::pin(self.read_timed_for(stream, rest, None, env)).await;
+        }
+        // Data (or the end) is there: this read does not wait. The keep-alive still bounds it.
+        let rbuf = std::mem::take(&mut self.rbuf);
+        let read = race(stream.read_append(rbuf, READ_SPARE_MIN), idle.expiry()).await;
+        idle.active();
+        match read {
+            Either::Left((Ok(n), returned)) => {
+                self.rbuf = returned;
+                n != 0
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads more within the phase's deadline (see [`Conn::read_more`]).
+    async fn read_timed<S, T: Transport>(
         &mut self,
         stream: &mut T,
         phase: Phase,
@@ -454,9 +609,20 @@ impl<H> Conn<'_, H> {
                 Some(408),
             ),
         };
+        self.read_timed_for(stream, deadline, on_expiry, env).await
+    }
+
+    async fn read_timed_for<S, T: Transport>(
+        &mut self,
+        stream: &mut T,
+        deadline: Duration,
+        on_expiry: Option<u16>,
+        env: &Env<'_, S>,
+    ) -> bool {
+        let idle = on_expiry.is_none();
         let rbuf = std::mem::take(&mut self.rbuf);
         let read = async {
-            if phase == Phase::Idle {
+            if idle {
                 match race(
                     stream.read_append(rbuf, READ_SPARE_MIN),
                     env.shutdown.wait(),
@@ -514,9 +680,9 @@ fn remaining(started: Option<Instant>, limit: Duration) -> Duration {
 
 /// Whether the (complete) head at the start of `buf` carries `Expect: 100-continue`.
 fn expects_continue(buf: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(buf) {
+    let mut headers = header_slots();
+    let mut parsed = httparse::Request::new(&mut []);
+    match parsed.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(_)) => parsed.headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
         }),

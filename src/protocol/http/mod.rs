@@ -7,6 +7,7 @@
 
 mod conn;
 mod date;
+mod idle;
 pub mod parse;
 
 use std::future::Future;
@@ -160,6 +161,29 @@ impl Response {
             close: false,
             takeover: None,
         }
+    }
+
+    /// Takes out the header and body buffers (cleared), leaving both empty with no capacity:
+    /// an idle connection hands them to its core's spares (`conn.rs`).
+    pub(super) fn take_buffers(&mut self) -> [Vec<u8>; 2] {
+        self.reset();
+        [
+            std::mem::take(&mut self.headers),
+            std::mem::take(&mut self.body),
+        ]
+    }
+
+    /// Gives the response a pair of (empty) buffers back, as [`Response::take_buffers`] took them.
+    pub(super) fn put_buffers(&mut self, [mut headers, mut body]: [Vec<u8>; 2]) {
+        headers.clear();
+        body.clear();
+        self.headers = headers;
+        self.body = body;
+    }
+
+    /// Bytes of capacity the response's buffers hold.
+    pub(super) fn capacity(&self) -> usize {
+        self.headers.capacity() + self.body.capacity()
     }
 
     pub fn reset(&mut self) {

@@ -8,6 +8,14 @@
 /// Upper bound on header lines httparse is given room for; `http.maxHeaderCount` may only lower it.
 pub const HEADER_SLOTS: usize = 128;
 
+/// Room for a request's headers, left uninitialised: httparse writes only the slots a request
+/// uses, so a request does not pay for zeroing all 128 (4 KiB) first.
+pub type HeaderSlots<'b> = [std::mem::MaybeUninit<httparse::Header<'b>>; HEADER_SLOTS];
+
+pub fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { std::mem::MaybeUninit::uninit() }; HEADER_SLOTS]
+}
+
 /// Why a request cannot be served; each maps to one status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParseError {
@@ -187,15 +195,15 @@ pub struct Head<'b, 'h> {
 }
 
 /// Check, then parse: finds one whole request at the start of `input`, within `limits`.
-/// `headers` must have room for [`HEADER_SLOTS`] entries; `body_buf` receives a chunked body.
+/// `headers` comes from [`header_slots`]; `body_buf` receives a chunked body.
 pub fn frame<'b, 'h>(
     input: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut HeaderSlots<'b>,
     limits: &super::Limits,
     body_buf: &mut Vec<u8>,
 ) -> Result<Frame<'b, 'h>, ParseError> {
-    let mut parsed = httparse::Request::new(headers);
-    let head_len = match parsed.parse(input) {
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(input, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if input.len() > limits.header_bytes_max {
@@ -373,7 +381,7 @@ mod tests {
     fn check_frame(input: &[u8], expected: Result<(&str, &str, &[u8], usize), ParseError>) {
         let limits = limits();
         let mut body_buf = Vec::new();
-        let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+        let mut headers = header_slots();
         let got = frame(input, &mut headers, &limits, &mut body_buf).map(|f| match f {
             Frame::Complete(fr) => {
                 let body = match fr.body {
@@ -394,7 +402,7 @@ mod tests {
         assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(input));
         if let Ok(Some((_, _, _, consumed))) = &got {
             for cut in 0..*consumed {
-                let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+                let mut headers = header_slots();
                 let partial = frame(&input[..cut], &mut headers, &limits, &mut body_buf);
                 assert!(
                     matches!(partial, Ok(Frame::NeedHead | Frame::NeedBody { .. })),
