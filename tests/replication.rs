@@ -2390,3 +2390,35 @@ fn a_replicated_database_drops_while_linked_and_cluster_answers_match_harperdb()
         dog_name(&b, "after").is_some()
     });
 }
+
+/// docs/replication.md "Gossip": HarperDB's "Plexus" chain with self-signed nodes (B dials A with
+/// credentials, C dials B with credentials): C cannot link to A (it never learned A's CA), so
+/// A's writes reach C only relayed by B — also A's first write, of a stream C holds no cursor
+/// for. Before, C asked for relays only of streams it had cursors for, and never got A's writes
+/// (found by HarperDB's cluster collection, tests/README.md).
+#[test]
+fn a_chain_of_credentialed_nodes_relays_the_first_nodes_writes() {
+    let app = app();
+    let port = free_port();
+    let a = start_self_signed(&app, "node-a", "127.0.0.1", port, &[]);
+    let via = |ip: &str| {
+        let route = json!([{"hostname": ip, "port": port, "verify_tls": false,
+            "authorization": {"username": common::ADMIN_USER, "password": common::ADMIN_PASSWORD}}]);
+        [("--REPLICATION_ROUTES", route.to_string())]
+    };
+    let b = start_self_signed(&app, "node-b", "127.0.0.2", port, &via("127.0.0.1"));
+    wait_mesh(&[&a, &b]);
+    let c = start_self_signed(&app, "node-c", "127.0.0.3", port, &via("127.0.0.2"));
+    wait_until("C linked to B", Duration::from_secs(20), || {
+        linked(&c, &[&b])
+    });
+    put(&a, "/Dog/from-a", json!({"name": "first write of A"}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dog_name(&c, "from-a").is_none() {
+        if Instant::now() > deadline {
+            print_replication_state(&[&a, &b, &c]);
+            panic!("A's write did not reach C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

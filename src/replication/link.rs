@@ -947,6 +947,19 @@ impl Control {
                     .map(|(o, _)| o.clone())
                     .filter(|o| o != &own && !self.repl.sent_by_its_node(&db, o, &connected))
                     .collect();
+                // Nodes we know of but have no link to, by name: every stream of theirs,
+                // including one we hold no cursor for yet (docs/replication.md "Gossip").
+                for (key, name, _) in self.repl.nodes() {
+                    let name = name.unwrap_or(key);
+                    if name != self.me
+                        && !name.contains('#')
+                        && !connected.contains(&name)
+                        && !self.repl.is_removed(&name)
+                        && !r.contains(&name)
+                    {
+                        r.push(name);
+                    }
+                }
                 r.sort();
                 r
             } else {
@@ -1363,7 +1376,13 @@ impl Sender {
         } = req;
         let mut sent: HashMap<String, u64> = cursors;
         let own = self.db.stream.to_string();
-        let wanted = |origin: &str| origin == own || relay.iter().any(|r| r == origin);
+        // A relay entry is an origin, or a node name standing for every stream of that node.
+        let wanted = |origin: &str| {
+            origin == own
+                || relay
+                    .iter()
+                    .any(|r| r == origin || r == crate::store::stream_node(origin))
+        };
         let start = if snapshot {
             self.snapshot(&tables)?.map(|(c, last)| (Some(c), last))
         } else if let Some(t) = start_time {
@@ -1490,7 +1509,21 @@ impl Sender {
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         let r = self.db.read().map_err(storage)?;
         let mut origins: Vec<String> = vec![self.db.stream.to_string()];
-        origins.extend(relay.iter().cloned());
+        let held = r.cursors().map_err(storage)?;
+        for name in relay {
+            if name.contains('#') {
+                origins.push(name.clone());
+            } else {
+                // A node name: each of its streams this database holds.
+                origins.extend(
+                    held.iter()
+                        .map(|(o, _)| o)
+                        .filter(|o| crate::store::stream_node(o) == name && !origins.contains(o))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
         let mut start: Option<f64> = None;
         let mut log_gap = false;
         for origin in &origins {
