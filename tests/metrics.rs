@@ -225,19 +225,30 @@ fn grafana_dashboard_uses_exported_families() {
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
     assert!(exprs.len() >= 10);
-    let server = Server::start();
+    // Replication on (a node name, a plain port), so its families are declared too; with no
+    // peer they have no samples, so a family counts as exported by its `# TYPE` line as well.
+    let server = common::Builder::new()
+        .arg("--REPLICATION_HOSTNAME", "dashboard")
+        .arg("--REPLICATION_SECUREPORT", "null")
+        .arg("--REPLICATION_PORT", "127.0.0.1:0")
+        .start();
     let _ = ureq::put(&server.url("/Dog/1")).send_string(r#"{"name":"g"}"#);
     let url = format!("http://{}/metrics", server.ops);
-    let samples = parse(&ureq::get(&url).call().unwrap().into_string().unwrap());
+    let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+    let samples = parse(&text);
     for expr in &exprs {
         let names = expr
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("tidepool_") || w.starts_with("process_"));
         for name in names {
             assert!(
-                samples.keys().any(|k| k.starts_with(&format!("{name}|"))),
+                samples.keys().any(|k| k.starts_with(&format!("{name}|")))
+                    || text.contains(&format!("# TYPE {name} ")),
                 "{name} (in {expr:?}) is not exported"
             );
         }
     }
+    assert!(exprs
+        .iter()
+        .any(|e| e.contains("tidepool_replication_lag_seconds")));
 }

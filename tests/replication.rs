@@ -1594,12 +1594,7 @@ fn pump(
 
 /// `node`'s `/metrics` sample `tidepool_replication_connected` for `peer`'s `data` socket.
 fn connected_metric(node: &Node, peer: &str) -> Option<f64> {
-    let url = format!("{}metrics", node.server.ops_url());
-    let text = ureq::get(&url).call().ok()?.into_string().ok()?;
-    let prefix = format!("tidepool_replication_connected{{peer=\"{peer}\",database=\"data\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
+    peer_metric(node, "tidepool_replication_connected", peer)
 }
 
 /// docs/replication.md "Link liveness": a 10 s partition (two pausable proxies carry the only
@@ -2421,4 +2416,48 @@ fn a_chain_of_credentialed_nodes_relays_the_first_nodes_writes() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `node`'s `/metrics` sample of `family` for `peer`'s `data` socket.
+fn peer_metric(node: &Node, family: &str, peer: &str) -> Option<f64> {
+    let url = format!("{}metrics", node.server.ops_url());
+    let text = ureq::get(&url).call().ok()?.into_string().ok()?;
+    let prefix = format!("{family}{{peer=\"{peer}\",database=\"data\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// docs/metrics.md: per peer and database, the receive lag of the newest transaction, the age of
+/// the one being sent (0 once caught up) and the ping round trip are in `/metrics`, with the
+/// connected gauge.
+#[test]
+fn replication_lag_per_peer_is_in_metrics() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &["127.0.0.2"], None);
+    let b = start(&app, "node-b", "127.0.0.2", port, &[], None);
+    wait_mesh(&[&a, &b]);
+    for i in 0..20 {
+        put(
+            &a,
+            &format!("/Dog/lag{i}"),
+            json!({"name": format!("lag {i}")}),
+        );
+    }
+    wait_until("the writes on B", Duration::from_secs(20), || {
+        dog_name(&b, "lag19").is_some()
+    });
+    let received = peer_metric(&b, "tidepool_replication_lag_seconds", "node-a")
+        .expect("B's receive lag for node-a");
+    assert!(received.is_finite() && received >= 0.0, "{received}");
+    // A has sent everything: nothing is being written to B.
+    wait_until("A caught up with B", Duration::from_secs(20), || {
+        peer_metric(&a, "tidepool_replication_send_lag_seconds", "node-b") == Some(0.0)
+    });
+    assert_eq!(connected_metric(&a, "node-b"), Some(1.0));
+    // The heartbeat (every replication.heartbeatInterval, 2 s) measures the round trip.
+    wait_until("a ping round trip", Duration::from_secs(20), || {
+        peer_metric(&a, "tidepool_replication_ping_seconds", "node-b").is_some_and(|s| s > 0.0)
+    });
 }

@@ -348,6 +348,21 @@ impl ConfigTree {
         }
     }
 
+    /// A number of seconds; 0 or less (HarperDB's `-1`) is `None`, off.
+    fn seconds_or_off(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        match self.get(key) {
+            Some(Yaml::Number(n)) => Ok(n
+                .as_f64()
+                .filter(|s| *s > 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(1e9)))),
+            Some(other) => Err(err(
+                key,
+                format!("expected a number of seconds, got {}", yaml_kind(other)),
+            )),
+            None => Err(err(key, "missing")),
+        }
+    }
+
     fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
         match self.get(key) {
             Some(Yaml::Null) | None => Ok(None),
@@ -539,6 +554,8 @@ pub struct LoggingConfig {
     pub audit_retention: Duration,
     /// `logging.connections`: MQTT connects/disconnects and failed logins at the default level.
     pub connections: bool,
+    /// `logging.access`: the HTTP access log (combined format) in `<logging.root>/access.log`.
+    pub access: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -575,6 +592,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Allow other processes' listeners on our ports (SO_REUSEPORT sharing). Off: refuse to start.
     pub share_ports: bool,
+    /// `analytics.aggregatePeriod`; `None` (0 or less) turns analytics off.
+    pub analytics_aggregate_period: Option<Duration>,
 }
 
 /// `authentication.*` settings that are checked at start: a bad duration is an error naming
@@ -737,6 +756,7 @@ impl Config {
                 std_streams: tree.bool("logging.stdStreams")?,
                 audit_retention: tree.duration("logging.auditRetention")?,
                 connections: tree.bool("logging.connections")?,
+                access: tree.bool("logging.access")?,
             },
             storage: StorageConfig {
                 path: resolve(
@@ -750,6 +770,7 @@ impl Config {
                 commit_batch_max: tree.u64("storage.commitBatchMax")?.clamp(1, 65_536) as usize,
             },
             share_ports: tree.bool("http.sharePorts")?,
+            analytics_aggregate_period: tree.seconds_or_off("analytics.aggregatePeriod")?,
         })
     }
 }
@@ -799,6 +820,22 @@ mod tests {
     }
 
     #[test]
+    fn analytics_period_is_on_by_default_and_off_at_zero_or_less() {
+        let (c, _) = load("", &[], &[]).unwrap();
+        assert_eq!(c.analytics_aggregate_period, Some(Duration::from_secs(60)));
+        let (c, _) = load("analytics:\n  aggregatePeriod: 0.5\n", &[], &[]).unwrap();
+        assert_eq!(
+            c.analytics_aggregate_period,
+            Some(Duration::from_millis(500))
+        );
+        for off in ["0", "-1"] {
+            let file = format!("analytics:\n  aggregatePeriod: {off}\n");
+            let (c, _) = load(&file, &[], &[]).unwrap();
+            assert_eq!(c.analytics_aggregate_period, None, "{off}");
+        }
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let cases: &[(&str, &str)] = &[
             ("http:\n  port: abc\n", "http.port"),
@@ -807,6 +844,10 @@ mod tests {
             ("threads:\n  count: 0\n", "threads.count"),
             ("http:\n  keepAliveTimeout: soon\n", "http.keepAliveTimeout"),
             ("storage:\n  sync: maybe\n", "storage.sync"),
+            (
+                "analytics:\n  aggregatePeriod: hourly\n",
+                "analytics.aggregatePeriod",
+            ),
             (
                 "authentication:\n  cacheTTL: thirty\n",
                 "authentication.cacheTTL",

@@ -28,13 +28,18 @@ use tracing_subscriber::Layer;
 
 use crate::config::{LogLevel, LoggingConfig};
 
+pub mod access;
+
 /// Lines queued for the logging thread before new ones are dropped.
 const QUEUE_LINES_MAX: usize = 64 * 1024;
 
 /// The target for `notify` lines: `tracing::info!(target: "notify", ...)`.
 pub const NOTIFY: &str = "notify";
 
-struct LineFormat;
+/// `bare`: the message alone (access lines, built whole by `access::line`).
+struct LineFormat {
+    bare: bool,
+}
 
 impl<S, N> FormatEvent<S, N> for LineFormat
 where
@@ -47,6 +52,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        if self.bare {
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+            return writeln!(writer);
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -84,6 +93,9 @@ where
 }
 
 fn passes(level: LogLevel, meta: &tracing::Metadata<'_>) -> bool {
+    if meta.target() == access::ACCESS {
+        return false;
+    }
     if meta.target() == NOTIFY {
         return true;
     }
@@ -193,7 +205,7 @@ pub fn init(config: &LoggingConfig) -> io::Result<LogGuard> {
         .finish(main_writer);
     guards.push(guard);
     let main_layer = tracing_subscriber::fmt::layer()
-        .event_format(LineFormat)
+        .event_format(LineFormat { bare: false })
         .with_writer(main)
         .with_filter(filter_fn(move |meta| passes(level, meta)));
     let echo_layer = if !config.std_streams && config.file {
@@ -203,7 +215,7 @@ pub fn init(config: &LoggingConfig) -> io::Result<LogGuard> {
         guards.push(guard);
         Some(
             tracing_subscriber::fmt::layer()
-                .event_format(LineFormat)
+                .event_format(LineFormat { bare: false })
                 .with_writer(echo)
                 .with_filter(filter_fn(move |meta| {
                     meta.target() == NOTIFY || (*meta.level() <= Level::WARN && passes(level, meta))
@@ -212,9 +224,27 @@ pub fn init(config: &LoggingConfig) -> io::Result<LogGuard> {
     } else {
         None
     };
+    let access_layer = if config.access {
+        let file = open_log_file(&config.root.join("access.log"))?;
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(QUEUE_LINES_MAX)
+            .finish(file);
+        guards.push(guard);
+        access::enable();
+        Some(
+            tracing_subscriber::fmt::layer()
+                .event_format(LineFormat { bare: true })
+                .with_writer(writer)
+                .with_filter(filter_fn(|meta| meta.target() == access::ACCESS)),
+        )
+    } else {
+        None
+    };
     let subscriber = tracing_subscriber::registry()
         .with(main_layer)
-        .with(echo_layer);
+        .with(echo_layer)
+        .with(access_layer);
     tracing::subscriber::set_global_default(subscriber).map_err(io::Error::other)?;
     Ok(LogGuard { _guards: guards })
 }

@@ -342,6 +342,20 @@ pub struct SocketStatus {
     pub nodes: Vec<String>,
 }
 
+/// How far one peer's database socket runs behind (`/metrics`, docs/metrics.md).
+#[derive(Debug, Clone)]
+pub struct SocketLag {
+    pub peer: String,
+    pub database: String,
+    /// Local receive time minus the peer's commit time of the newest transaction received (clock
+    /// skew between the nodes adds to it); 0 before any.
+    pub received_s: f64,
+    /// Age of the transaction being written to the peer now; 0 when nothing is being sent.
+    pub sending_s: f64,
+    /// Round trip of the last `PING`.
+    pub ping_s: Option<f64>,
+}
+
 /// A live link, as the manager sees it.
 pub struct LinkEntry {
     pub id: u64,
@@ -1286,6 +1300,36 @@ impl Replication {
             }
             backoff = (backoff * 2).min(cap);
         }
+    }
+
+    /// Each peer's database sockets with how far behind they run (docs/metrics.md).
+    pub fn socket_lags(&self) -> Vec<SocketLag> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let now_ms = now();
+        let mut out = Vec::new();
+        for (peer, p) in status.iter() {
+            for (db, s) in &p.sockets {
+                let received = if s.last_received_remote > 0.0 {
+                    (s.last_received_local - s.last_received_remote).max(0.0) / 1000.0
+                } else {
+                    0.0
+                };
+                let sending = if s.sending > 0.0 {
+                    (now_ms - s.sending).max(0.0) / 1000.0
+                } else {
+                    0.0
+                };
+                out.push(SocketLag {
+                    peer: peer.clone(),
+                    database: db.clone(),
+                    received_s: received,
+                    sending_s: sending,
+                    ping_s: p.latency_ms.map(|ms| ms / 1000.0),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.peer, &a.database).cmp(&(&b.peer, &b.database)));
+        out
     }
 
     /// Each peer's database sockets and whether each is connected now, as `cluster_status`

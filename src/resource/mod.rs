@@ -5,6 +5,7 @@
 //! through. It turns requests into store reads and [`WriteRequest`]s; it never parses protocol
 //! bytes and never opens a write transaction itself.
 
+pub mod analytics;
 pub mod jobs;
 pub mod join;
 pub mod nosql;

@@ -6,6 +6,7 @@
 //! SIGTERM/SIGINT: stop accepting, `/health` → 503, close idle connections, let in-flight
 //! requests finish up to the deadline, exit 0; a second signal exits 1 at once.
 
+mod analytics;
 mod http_stats;
 mod lock;
 mod mqtt;
@@ -117,6 +118,8 @@ pub struct Shared {
     start_version: f64,
     /// `rest.webSocket` (default true).
     web_socket: bool,
+    /// Where cores send their analytics reports; `None` with `analytics.aggregatePeriod: 0`.
+    analytics: Option<std::sync::mpsc::SyncSender<crate::resource::analytics::Report>>,
 }
 
 struct BoundPort {
@@ -215,7 +218,19 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         Some(serde_yaml::Value::Bool(false))
     );
     let start_version = store.clock().next();
+    let shutdown = Shutdown::new();
+    let (analytics, analytics_thread) = match config.analytics_aggregate_period {
+        Some(period) => {
+            let (sender, thread) =
+                analytics::start(&resources, &shutdown, period).map_err(|e| {
+                    RunError::Invalid(format!("cannot start the analytics thread: {e}"))
+                })?;
+            (Some(sender), Some(thread))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
+        analytics,
         pubsub: pubsub_counters,
         inboxes: Mutex::new(inboxes.into_iter().map(Some).collect()),
         start_version,
@@ -223,7 +238,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         resources,
         static_files,
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
-        shutdown: Shutdown::new(),
+        shutdown,
         in_flight: InFlight::new(),
         limits,
         started: Instant::now(),
@@ -274,6 +289,10 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     start_helper_threads(opts.watch, &opts.app_dir, &shared)?;
 
     stop(signals, &shared, handles);
+    if let Some(thread) = analytics_thread {
+        // It stops within a quarter second of the shutdown (or after the fold it is in).
+        let _ = thread.join();
+    }
     if let Some(replication) = &replication {
         replication.stop();
     }
@@ -556,6 +575,17 @@ async fn core_main(
         cors: shared.config.http.cors,
         cors_access_list: shared.config.http.cors_access_list.clone(),
     });
+    let recorder = std::rc::Rc::new(std::cell::RefCell::new(
+        crate::resource::analytics::Recorder::default(),
+    ));
+    if let Some(sender) = &shared.analytics {
+        spawn(analytics::core_loop(
+            shared.clone(),
+            core,
+            recorder.clone(),
+            sender.clone(),
+        ));
+    }
     for port in ports.iter() {
         let std_listener = port
             .listeners
@@ -578,6 +608,7 @@ async fn core_main(
             core,
             shared.clone(),
             realtime.clone(),
+            shared.analytics.is_some().then(|| recorder.clone()),
         ));
         spawn(accept_loop(
             listener,

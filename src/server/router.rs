@@ -36,7 +36,11 @@ pub struct Router {
     core: usize,
     shared: Arc<Shared>,
     realtime: std::rc::Rc<ws::Context>,
+    /// This core's analytics counts (`None` with analytics off).
+    analytics: Option<AnalyticsRecorder>,
 }
+
+type AnalyticsRecorder = std::rc::Rc<std::cell::RefCell<crate::resource::analytics::Recorder>>;
 
 impl Router {
     pub fn new(
@@ -44,12 +48,14 @@ impl Router {
         core: usize,
         shared: Arc<Shared>,
         realtime: std::rc::Rc<ws::Context>,
+        analytics: Option<AnalyticsRecorder>,
     ) -> Self {
         Self {
             kind,
             core,
             shared,
             realtime,
+            analytics,
         }
     }
 
@@ -328,6 +334,7 @@ fn replication_metrics(e: &mut crate::metrics::Exposition, repl: &crate::replica
             if connected { 1.0 } else { 0.0 },
         );
     }
+    replication_lag(e, &repl.socket_lags());
     e.family(
         "tidepool_replication_links_timed_out_total",
         "counter",
@@ -338,6 +345,37 @@ fn replication_metrics(e: &mut crate::metrics::Exposition, repl: &crate::replica
         &[],
         repl.links_timed_out.load(Ordering::Relaxed) as f64,
     );
+}
+
+/// Per peer and database: the receive lag of the newest transaction, the age of the one being
+/// sent, and the last ping's round trip (docs/metrics.md).
+fn replication_lag(e: &mut crate::metrics::Exposition, lags: &[crate::replication::SocketLag]) {
+    type Read = fn(&crate::replication::SocketLag) -> Option<f64>;
+    let families: [(&str, &str, Read); 3] = [
+        (
+            "tidepool_replication_lag_seconds",
+            "Local receive time minus the peer's commit time of the newest transaction received from it.",
+            |l| Some(l.received_s),
+        ),
+        (
+            "tidepool_replication_send_lag_seconds",
+            "Age of the transaction being sent to the peer now (0 when caught up).",
+            |l| Some(l.sending_s),
+        ),
+        (
+            "tidepool_replication_ping_seconds",
+            "Round trip of the last heartbeat PING to the peer.",
+            |l| l.ping_s,
+        ),
+    ];
+    for (name, help, read) in families {
+        e.family(name, "gauge", help);
+        for lag in lags {
+            if let Some(v) = read(lag) {
+                e.sample(name, &[("peer", &lag.peer), ("database", &lag.database)], v);
+            }
+        }
+    }
 }
 
 /// The writer's commit time histogram, per database.
@@ -433,6 +471,16 @@ impl Service for Router {
             stats
                 .answers
                 .record(route, resp.status, std::time::Duration::ZERO);
+            if crate::logging::access::enabled() {
+                access_log(req, resp, None);
+            }
+            // Counted like an answer when it names an exported table (paths are bounded).
+            let export = crate::protocol::rest::export_and_rest(req.path).0;
+            if let Some(recorder) = &self.analytics {
+                if route == Route::Rest && resources.export(export).is_some() {
+                    super::analytics::record(recorder, route, req, resp, Default::default());
+                }
+            }
             return Err(Refused);
         }
         Ok(Some(caller))
@@ -440,11 +488,39 @@ impl Service for Router {
 
     async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>) {
         let started = std::time::Instant::now();
-        let route = self.answer(req, resp, head).await;
+        // The access log names the authenticated user (docs/configuration.md).
+        let mut user = None;
+        let route = self.answer(req, resp, head, &mut user).await;
+        if crate::logging::access::enabled() {
+            access_log(req, resp, user.as_deref());
+        }
+        let took = started.elapsed();
         self.shared.stats[self.core]
             .answers
-            .record(route, resp.status, started.elapsed());
+            .record(route, resp.status, took);
+        if let Some(recorder) = &self.analytics {
+            super::analytics::record(recorder, route, req, resp, took);
+        }
     }
+}
+
+/// One line of the access log for an answered request.
+fn access_log(req: &Request<'_>, resp: &Response, user: Option<&str>) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    crate::logging::access::log(&crate::logging::access::Entry {
+        peer: req.peer.ip(),
+        user,
+        now_ms,
+        method: req.method_raw,
+        target: req.target,
+        version_minor: req.version_minor,
+        status: resp.status,
+        bytes: resp.body.len(),
+        referer: req.header_str("Referer"),
+        user_agent: req.header_str("User-Agent"),
+    });
 }
 
 impl Router {
@@ -454,6 +530,7 @@ impl Router {
         req: &Request<'_>,
         resp: &mut Response,
         head: Option<<Router as Service>::Head>,
+        user: &mut Option<String>,
     ) -> Route {
         self.shared.stats[self.core]
             .requests
@@ -500,6 +577,9 @@ impl Router {
             Some(caller) => caller,
             None => crate::auth::authenticate_request(resources, req),
         };
+        if crate::logging::access::enabled() {
+            *user = caller.as_ref().ok().and_then(|c| c.username.clone());
+        }
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;
             return Route::Operations;

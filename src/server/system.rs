@@ -12,7 +12,7 @@ type hdb_session @table(database: \"sys\") { id: String @primaryKey user: String
 type hdb_durable_session @table(database: \"sys\") { id: String @primaryKey }
 type hdb_session_will @table(database: \"sys\") { id: String @primaryKey }
 type hdb_mqtt_retained @table(database: \"sys\") { topic: String @primaryKey }
-type hdb_raw_analytics @table(database: \"sys\") { id: Float @primaryKey }
+type hdb_raw_analytics @table(database: \"sys\", audit: false) { id: Float @primaryKey }
 type hdb_analytics @table(database: \"sys\") { id: Float @primaryKey }
 type hdb_info @table(database: \"sys\") { info_id: Long @primaryKey }
 type hdb_job @table(database: \"sys\") { id: String @primaryKey type: String status: String user: String message: Any result: Any job_body: Any created_datetime: Float start_datetime: Float end_datetime: Float records_total: Long records_processed: Long records_loaded: Long records_skipped: Long records_error: Long __createdtime__: Long @createdTime __updatedtime__: Long @updatedTime }

@@ -812,3 +812,47 @@ fn dropped_databases_lose_their_files_and_can_be_created_again() {
     assert!(db.table("Cat").is_none());
     store.close();
 }
+
+/// A `system` table declared `@table(audit: false)` (`hdb_raw_analytics`) writes no audit
+/// entries; the same declaration on an application table is still audited (docs/configuration.md).
+#[test]
+fn only_system_tables_may_skip_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let schema = "type raw @table(database: \"sys\", audit: false) { id: Float @primaryKey }
+type quiet @table(audit: false) { id: Float @primaryKey }";
+    let mut tables = parse_schema_str(schema, "t.graphql").unwrap().tables;
+    tables[0].database = "system".into();
+    store.apply_schema(&tables).unwrap();
+    let count = |db: &Database| {
+        let txn = db.read().unwrap();
+        let n = txn
+            .audit_range(Bound::Unbounded, Bound::Unbounded)
+            .unwrap()
+            .count();
+        n
+    };
+    let system = store.database("system").unwrap();
+    write(
+        &system,
+        vec![put("raw", None, r#"{"id":1.5,"m":1}"#, PutMode::Replace)],
+    )
+    .unwrap();
+    write(
+        &system,
+        vec![WriteOp::Delete {
+            table: "raw".into(),
+            key: Value::Float(1.5),
+        }],
+    )
+    .unwrap();
+    assert_eq!(count(&system), 0);
+    let data = store.database("data").unwrap();
+    let before = count(&data);
+    write(
+        &data,
+        vec![put("quiet", None, r#"{"id":2.5}"#, PutMode::Replace)],
+    )
+    .unwrap();
+    assert_eq!(count(&data), before + 1);
+}

@@ -751,14 +751,16 @@ impl Writer {
             &mut a.scratch,
         )?;
         if let (OpResult::Written { key, .. }, Some((stored, expires_at))) = (&result, stored) {
-            a.audit_entries.push(audit_entry(
-                &table.name,
-                key,
-                "put",
-                Some(&stored),
-                version,
-                expires_at,
-            ));
+            if audited(&table) {
+                a.audit_entries.push(audit_entry(
+                    &table.name,
+                    key,
+                    "put",
+                    Some(&stored),
+                    version,
+                    expires_at,
+                ));
+            }
             a.changes.push(Change {
                 table: table.name.clone(),
                 key: key.clone(),
@@ -780,7 +782,7 @@ impl Writer {
     ) -> Result<(), WriteError> {
         let table = self.table(table)?;
         let (existed, tombstoned) = self.delete(txn, &table, key, version, &mut a.scratch)?;
-        if tombstoned {
+        if tombstoned && audited(&table) {
             // Audited (and so replicated) even when this node had no live record:
             // a peer may hold one this delete must supersede.
             a.audit_entries
@@ -1353,6 +1355,13 @@ fn timestamp(ty: &FieldType, version: f64) -> Value {
 }
 
 /// Encodes a primary key; only strings and numbers are keys, of at most 250 encoded bytes.
+/// Whether a table's writes go to the audit log: always, except a `system` table declared
+/// `@table(audit: false)` (`hdb_raw_analytics`, as in HarperDB). Application tables are always
+/// audited: subscriptions, durable sessions and replication read the log (docs/configuration.md).
+fn audited(table: &Table) -> bool {
+    table.def.audit || table.def.database != "system"
+}
+
 pub(super) fn encode_primary_key(key: &Value, out: &mut Vec<u8>) -> Result<(), WriteError> {
     match key {
         Value::String(_) | Value::Int(_) | Value::Float(_) | Value::BigInt(_) => {}

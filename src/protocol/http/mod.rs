@@ -78,6 +78,20 @@ impl Method {
             _ => Method::Other,
         }
     }
+
+    /// The method's name (`OTHER` for any method not listed here).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
 }
 
 /// One request, borrowed from the connection's buffer for the duration of the service call.
@@ -144,6 +158,9 @@ pub struct Response {
     pub close: bool,
     /// Set by [`Response::take_over`]; `None` on every ordinary request (no allocation).
     takeover: Option<Takeover>,
+    /// What the request was, for analytics' `path` (the Operations API sets its operation's
+    /// name; docs/operations-api.md "Analytics").
+    pub label: Option<&'static str>,
 }
 
 impl Default for Response {
@@ -160,6 +177,7 @@ impl Response {
             body: Vec::with_capacity(1024),
             close: false,
             takeover: None,
+            label: None,
         }
     }
 
@@ -192,6 +210,7 @@ impl Response {
         self.body.clear();
         self.close = false;
         self.takeover = None;
+        self.label = None;
     }
 
     /// Hands the connection to `handler` once this response's head is written: no

@@ -267,6 +267,15 @@ pub enum Operation {
     SystemInformation {
         attributes: Option<Vec<String>>,
     },
+    /// `get_analytics`: a search of `system.hdb_analytics` (docs/operations-api.md "Analytics").
+    GetAnalytics(SearchByConditions),
+    ListMetrics {
+        builtin: bool,
+        custom: bool,
+    },
+    DescribeMetric {
+        metric: String,
+    },
     ReadLog(ReadLog),
     ReadAuditLog(ReadAuditLog),
     /// With `username` and `password` no other authentication is needed; without them the
@@ -351,6 +360,16 @@ impl Operation {
     }
 }
 
+/// A clustering or unsupported operation's name as listed here (`"unknown"` for any other).
+pub fn listed_name(name: &str) -> &'static str {
+    CLUSTERING_OPS
+        .iter()
+        .chain(UNSUPPORTED_OPS)
+        .find(|listed| **listed == name)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// Node-level clustering operations; all answer 400 while replication is off.
 const CLUSTERING_OPS: &[&str] = &[
     "add_node",
@@ -387,9 +406,6 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "add_component",
     "deploy",
     "restart_service",
-    "get_analytics",
-    "list_metrics",
-    "describe_metric",
     "add_certificate",
     "remove_certificate",
     "list_certificates",
@@ -612,6 +628,18 @@ fn admin_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>,
             attributes: f.opt_strings("attributes")?,
         },
         "read_log" => Operation::ReadLog(f.read_log()?),
+        "get_analytics" => Operation::GetAnalytics(f.get_analytics()?),
+        "list_metrics" => {
+            let types = f.opt_strings("metric_types")?;
+            let types = types.unwrap_or_else(|| vec!["builtin".to_string()]);
+            Operation::ListMetrics {
+                builtin: types.iter().any(|t| t == "builtin"),
+                custom: types.iter().any(|t| t == "custom"),
+            }
+        }
+        "describe_metric" => Operation::DescribeMetric {
+            metric: f.string("metric")?,
+        },
         _ => return Ok(None),
     }))
 }
@@ -1149,6 +1177,65 @@ impl<'a> Fields<'a> {
             });
         }
         Ok(out)
+    }
+
+    /// HarperDB's `get_analytics`: rows of `metric`, with `id` (milliseconds) from `start_time`
+    /// up to `end_time`, further `conditions` (either spelling), `get_attributes` (always `id`).
+    fn get_analytics(&self) -> Result<SearchByConditions, OpError> {
+        let metric = match self.get("metric") {
+            Some(Value::String(m)) => m.clone(),
+            Some(_) => return Err(OpError::bad("'metric' must be a string")),
+            None => {
+                return Err(OpError::bad(
+                    "Search condition for metric must have a value",
+                ))
+            }
+        };
+        let mut conditions = vec![serde_json::json!(
+            {"attribute": "metric", "comparator": "equals", "value": metric}
+        )];
+        match self.get("conditions") {
+            None => {}
+            Some(Value::Array(items)) => conditions.extend(items.iter().map(to_json)),
+            Some(_) => return Err(OpError::bad("'conditions' must be an array")),
+        }
+        for (key, comparator) in [
+            ("start_time", "greater_than_equal"),
+            ("end_time", "less_than"),
+        ] {
+            match self.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::Int(_) | Value::Float(_)) => conditions.push(serde_json::json!(
+                    {"attribute": "id", "comparator": comparator, "value": to_json(&self.get(key).cloned().unwrap_or(Value::Null))}
+                )),
+                Some(_) => {
+                    return Err(OpError::bad(format!(
+                        "'{key}' must be a number of milliseconds since the epoch"
+                    )))
+                }
+            }
+        }
+        let filter = crate::query::conditions_from_json(
+            &serde_json::Value::Array(conditions),
+            crate::query::Logic::And,
+        )
+        .map_err(|e| OpError::bad(e.message))?;
+        let get_attributes = self.get_attributes()?.map(|mut list| {
+            if !list.iter().any(|a| a == "id") {
+                list.push("id".to_string());
+            }
+            list
+        });
+        Ok(SearchByConditions {
+            database: "system".to_string(),
+            table: crate::resource::analytics::TABLE.to_string(),
+            filter,
+            sort: Vec::new(),
+            get_attributes,
+            limit: None,
+            offset: 0,
+            explain: false,
+        })
     }
 
     fn search_by_conditions(&self) -> Result<SearchByConditions, OpError> {

@@ -14,6 +14,15 @@ use crate::value::{Object, Value};
 /// The operation's name, for messages.
 pub fn name(op: &Operation) -> &str {
     match op {
+        Operation::Clustering(name, _) | Operation::Unsupported(name) => name,
+        other => static_name(other),
+    }
+}
+
+/// The operation's name as a constant (analytics' `path`): a clustering or unsupported one by
+/// its listed name.
+pub fn static_name(op: &Operation) -> &'static str {
+    match op {
         Operation::DescribeAll => "describe_all",
         Operation::DescribeDatabase { .. } => "describe_database",
         Operation::DescribeTable { .. } => "describe_table",
@@ -44,7 +53,12 @@ pub fn name(op: &Operation) -> &str {
         Operation::ClusterDeleteRoutes { .. } => "cluster_delete_routes",
         Operation::CreateAuthenticationTokens { .. } => "create_authentication_tokens",
         Operation::RefreshOperationToken { .. } => "refresh_operation_token",
-        Operation::Clustering(name, _) | Operation::Unsupported(name) => name,
+        Operation::Clustering(name, _) | Operation::Unsupported(name) => {
+            super::decode::listed_name(name)
+        }
+        Operation::GetAnalytics(_) => "get_analytics",
+        Operation::ListMetrics { .. } => "list_metrics",
+        Operation::DescribeMetric { .. } => "describe_metric",
         Operation::GetConfiguration => "get_configuration",
         Operation::SetConfiguration { .. } => "set_configuration",
         Operation::SystemInformation { .. } => "system_information",
@@ -63,6 +77,25 @@ pub fn name(op: &Operation) -> &str {
         Operation::Restart => "restart",
         Operation::ExportLocal(_) => "export_local",
     }
+}
+
+/// HarperDB's `describe_metric` answer: `{attributes: [{name, type}]}`, or `{}` for a metric
+/// with no rows.
+fn describe_metric(r: &Resources, metric: &str) -> Value {
+    let mut o = Object::new();
+    if let Some(attributes) = crate::resource::analytics::describe_metric(r, metric) {
+        let list = attributes
+            .into_iter()
+            .map(|(name, ty)| {
+                let mut a = Object::new();
+                a.insert("name", Value::String(name));
+                a.insert("type", Value::from(ty));
+                Value::Object(a)
+            })
+            .collect();
+        o.insert("attributes", Value::Array(list));
+    }
+    Value::Object(o)
 }
 
 fn put_kind(kind: WriteKind) -> PutKind {
@@ -185,6 +218,9 @@ pub async fn execute(
         }
         Operation::SearchByConditions(s) => {
             return search::by_conditions(r, &s).map(|p| Reply::Search(Box::new(p)))
+        }
+        Operation::GetAnalytics(s) => {
+            return search::analytics(r, &s).map(|p| Reply::Search(Box::new(p)))
         }
         op @ (Operation::DescribeAll
         | Operation::DescribeDatabase { .. }
@@ -498,6 +534,22 @@ async fn admin_op(
             admin::system_information(r, attributes.as_deref()).await
         }
         Operation::ReadLog(q) => admin::read_log(r, q).await?,
+        // Both scan stored rows: on their own thread, not the core.
+        Operation::ListMetrics { builtin, custom } => {
+            let resources = resources.clone();
+            crate::resource::run_blocking(move || {
+                let names = crate::resource::analytics::list_metrics(&resources, builtin, custom);
+                Value::Array(names.into_iter().map(Value::String).collect())
+            })
+            .await
+            .ok_or_else(|| OpError::new(500, "cannot start a thread for list_metrics"))?
+        }
+        Operation::DescribeMetric { metric } => {
+            let resources = resources.clone();
+            crate::resource::run_blocking(move || describe_metric(&resources, &metric))
+                .await
+                .ok_or_else(|| OpError::new(500, "cannot start a thread for describe_metric"))?
+        }
         Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
         Operation::Restart => {
             crate::resource::request_restart()?;

@@ -300,7 +300,10 @@ pub async fn handle(
             Ok(Operation::Unsupported(name)) if session::OPERATIONS.contains(&name.as_str()) => {
                 session::run(resources, caller, req, body_type, &name, resp).await
             }
-            Ok(op) => authorize_and_run(resources, caller, req, op).await,
+            Ok(op) => {
+                resp.label = Some(exec::static_name(&op));
+                authorize_and_run(resources, caller, req, op).await
+            }
             // Without a known caller, say so rather than how the body is wrong.
             Err(e) => match caller {
                 Ok(c) if !c.is_anonymous() => Err(e),

@@ -255,7 +255,22 @@ pub fn by_conditions(
     resources: &Resources,
     search: &SearchByConditions,
 ) -> Result<Prepared, OpError> {
-    let opened = open(resources, &search.database, &search.table)?;
+    conditions(resources, search, false)
+}
+
+/// Plans `get_analytics`' search of `system.hdb_analytics`, whose conditions may name any
+/// attribute a row has (HarperDB's `allowConditionsOnDynamicAttributes`).
+pub fn analytics(resources: &Resources, search: &SearchByConditions) -> Result<Prepared, OpError> {
+    conditions(resources, search, true)
+}
+
+fn conditions(
+    resources: &Resources,
+    search: &SearchByConditions,
+    any_attribute: bool,
+) -> Result<Prepared, OpError> {
+    let mut opened = open(resources, &search.database, &search.table)?;
+    opened.allow_undeclared |= any_attribute;
     let plan = opened.plan(SearchSpec {
         filter: Some(&search.filter),
         sort: &search.sort,

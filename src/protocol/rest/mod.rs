@@ -77,7 +77,7 @@ pub fn unauthorized(resp: &mut Response, e: &AuthError) {
 }
 
 /// `/Dog/1` → (`Dog`, `Some("1")`), `/Dog/` → (`Dog`, `Some("")`), `/Dog` → (`Dog`, None).
-fn export_and_rest(path: &str) -> (&str, Option<&str>) {
+pub fn export_and_rest(path: &str) -> (&str, Option<&str>) {
     let path = path.strip_prefix('/').unwrap_or(path);
     match path.find('/') {
         Some(i) => (&path[..i], Some(&path[i + 1..])),
