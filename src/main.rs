@@ -41,6 +41,12 @@ fn load_config(
 ) -> Result<(Config, ConfigTree), String> {
     let mut tree = ConfigTree::defaults();
     let file = tidepool::config::file_path(root);
+    if matches!(cli.command, Command::Run { .. })
+        && !file.exists()
+        && std::env::var_os("HDB_CONFIG").is_none()
+    {
+        clone_leader_configuration(&file);
+    }
     if file.exists() {
         let source = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -71,6 +77,31 @@ fn load_config(
     }
     let config = Config::from_tree(&tree, root, cpus).map_err(|e| e.to_string())?;
     Ok((config, tree))
+}
+
+/// Clone node (docs/replication.md "Clone a node"): a first start with `HDB_LEADER_URL` writes
+/// the leader's configuration, minus node-specific keys, as this node's file. A leader that
+/// cannot be asked leaves the defaults (the data clone then logs why it cannot start either).
+fn clone_leader_configuration(file: &std::path::Path) {
+    match tidepool::replication::clone::leader_configuration_file() {
+        None => {}
+        Some(Ok(yaml)) => {
+            let written = file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(file, yaml));
+            match written {
+                Ok(()) => eprintln!(
+                    "tidepool: configuration cloned from the leader (HDB_LEADER_URL) into {}",
+                    file.display()
+                ),
+                Err(e) => eprintln!("tidepool: cannot write {}: {e}", file.display()),
+            }
+        }
+        Some(Err(e)) => {
+            eprintln!("tidepool: configuration not cloned from the leader (HDB_LEADER_URL): {e}")
+        }
+    }
 }
 
 /// Marks every descriptor but stdin, stdout and stderr close-on-exec, so no socket, database or

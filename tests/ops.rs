@@ -867,11 +867,13 @@ fn clustering_routes_and_status() {
         );
     }
     let route = json!({"hostname": "server-2", "port": 9933});
+    // HarperDB's older `host` spelling is a route too (its cluster test collection uses it).
+    let older = json!({"host": "server-3", "port": 12345});
     let reply = ok(
         &server,
-        json!({"operation": "cluster_set_routes", "routes": ["wss://b:9933", route]}),
+        json!({"operation": "cluster_set_routes", "routes": ["wss://b:9933", route, older]}),
     );
-    assert_eq!(reply["set"], json!(["wss://b:9933", route]));
+    assert_eq!(reply["set"], json!(["wss://b:9933", route, older]));
     let reply = ok(
         &server,
         json!({"operation": "cluster_set_routes", "routes": ["wss://b:9933"]}),
@@ -882,7 +884,12 @@ fn clustering_routes_and_status() {
     );
     assert_eq!(
         ok(&server, json!({"operation": "cluster_get_routes"})),
-        json!(["wss://b:9933", route])
+        json!(["wss://b:9933", route, older])
+    );
+    // get_configuration shows them at once, as HarperDB's does.
+    assert_eq!(
+        ok(&server, json!({"operation": "get_configuration"}))["replication"]["routes"],
+        json!(["wss://b:9933", route, older])
     );
     let file = std::fs::read_to_string(server.root.path().join("harperdb-config.yaml")).unwrap();
     assert!(file.contains("wss://b:9933"), "{file}");

@@ -1118,7 +1118,7 @@ fn restart_starts_the_server_again_in_place() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["message"],
-        "Restarting tidepool. This may take up to 60 seconds."
+        "Restarting HarperDB. This may take up to 60 seconds."
     );
     idle.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");

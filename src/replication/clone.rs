@@ -3,8 +3,9 @@
 //! `HDB_LEADER_PASSWORD` in the environment, ask the leader for its configuration, add it as a
 //! node at its replication address with those credentials (`verify_tls: false`, so the link
 //! exchanges certificates), and let the initial sync copy every replicated database (users and
-//! roles with `system`). It never copies configuration files, and never speaks HTTPS to the
-//! leader (an `https://` URL is refused with a log line).
+//! roles with `system`). Before that, a first start without a configuration file writes the
+//! leader's configuration minus node-specific keys as its own ([`leader_configuration_file`]).
+//! It never speaks HTTPS to the leader (an `https://` URL is refused with a log line).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -96,6 +97,71 @@ impl Leader {
             .map_err(|e| e.to_string())?;
         parse_response(&response)
     }
+}
+
+/// Whether a configuration key (its path, lower case) belongs to this node and is never copied
+/// from the leader (docs/replication.md "Clone a node"): the root and every path under it,
+/// listening ports, certificate and key files, this node's replication name and URL.
+fn node_specific(path: &[String]) -> bool {
+    let last = path.last().map(String::as_str).unwrap_or("");
+    let joined = path.join(".");
+    matches!(
+        joined.as_str(),
+        "rootpath"
+            | "replication.hostname"
+            | "replication.url"
+            | "storage.path"
+            | "storage.audit.path"
+            | "logging.file"
+            | "logging.root"
+            | "logging.path"
+            | "logging.rotation.path"
+            | "componentsroot"
+            | "databases"
+            | "cloned"
+    ) || last.ends_with("port")
+        || path.first().is_some_and(|p| p == "tls")
+        || matches!(
+            last,
+            "certificate" | "privatekey" | "certificateauthority" | "domainsocket"
+        )
+}
+
+/// The leader's configuration (`get_configuration`) without the keys that belong to each node.
+pub fn shared_configuration(config: &serde_json::Value) -> serde_json::Value {
+    fn strip(v: &serde_json::Value, path: &mut Vec<String>) -> Option<serde_json::Value> {
+        if node_specific(path) {
+            return None;
+        }
+        let serde_json::Value::Object(o) = v else {
+            return Some(v.clone());
+        };
+        let mut out = serde_json::Map::new();
+        for (k, v) in o {
+            path.push(k.to_ascii_lowercase());
+            if let Some(v) = strip(v, path) {
+                out.insert(k.clone(), v);
+            }
+            path.pop();
+        }
+        (!out.is_empty() || path.is_empty()).then_some(serde_json::Value::Object(out))
+    }
+    strip(config, &mut Vec::new()).unwrap_or_default()
+}
+
+/// A first start with `HDB_LEADER_URL` and no configuration file: the leader's configuration
+/// minus node-specific keys, as YAML to write as this node's file (settings given on the
+/// command line or in the environment still win over it). Blocking: before the server starts.
+pub fn leader_configuration_file() -> Option<Result<String, String>> {
+    let leader = match Leader::from_env()? {
+        Ok(l) => l,
+        Err(e) => return Some(Err(e)),
+    };
+    let config = leader.operation(&serde_json::json!({"operation": "get_configuration"}));
+    Some(config.and_then(|c| {
+        let shared = shared_configuration(&c);
+        serde_yaml::to_string(&shared).map_err(|e| e.to_string())
+    }))
 }
 
 /// Status 200 and a JSON body with `Content-Length`, else an error naming what came.
@@ -223,6 +289,32 @@ mod tests {
             got.as_ref().map(|(h, p, s)| (h.as_str(), *p, *s)),
             expected,
             "{url} {config}"
+        );
+    }
+
+    #[test]
+    fn node_specific_keys_stay_local() {
+        let leader = serde_json::json!({
+            "rootPath": "/var/lib/a",
+            "http": {"port": 9926, "securePort": null, "cors": false, "maxBodySize": 100},
+            "operationsApi": {"network": {"port": 9925, "domainSocket": "/x"},
+                              "tls": {"certificate": "/a.pem"}},
+            "tls": {"certificate": "/c.pem", "privateKey": "/k.pem"},
+            "replication": {"hostname": "node-a", "url": "wss://a:9933", "securePort": 9933,
+                            "databases": "*", "routes": ["b"]},
+            "logging": {"level": "warn", "root": "/var/log", "auditRetention": "5d",
+                        "rotation": {"path": "/r", "maxSize": "10M"}},
+            "storage": {"path": "/s", "compression": true},
+        });
+        assert_eq!(
+            shared_configuration(&leader),
+            serde_json::json!({
+                "http": {"cors": false, "maxBodySize": 100},
+                "replication": {"databases": "*", "routes": ["b"]},
+                "logging": {"level": "warn", "auditRetention": "5d",
+                            "rotation": {"maxSize": "10M"}},
+                "storage": {"compression": true},
+            })
         );
     }
 

@@ -510,6 +510,9 @@ struct Inbound {
     relay: Vec<String>,
     acks: BTreeMap<String, u64>,
     resubscribe_at: Option<Instant>,
+    /// The origin (stream) of our database when the link first saw it: another one means it
+    /// was dropped and created again (docs/replication.md "Creating and dropping databases").
+    stream: Option<String>,
 }
 
 impl Inbound {
@@ -522,6 +525,7 @@ impl Inbound {
             relay: Vec::new(),
             acks: BTreeMap::new(),
             resubscribe_at: None,
+            stream: None,
         }
     }
 }
@@ -893,6 +897,20 @@ impl Control {
     /// origins we know with no link of their own, assigned to the connected peer with the
     /// smallest name so only one peer relays each.
     fn maintain(&mut self) -> Result<(), LinkError> {
+        // A database created since HELLO: the link starts over, so that both sides announce
+        // it and subscribe to it (docs/replication.md "Creating and dropping databases").
+        if let Some(db) = self
+            .repl
+            .databases()
+            .into_iter()
+            .find(|d| !self.inbound.contains_key(d))
+        {
+            tracing::info!(
+                "replication: database {db} was created; relinking with {} to replicate it",
+                self.peer
+            );
+            return Err(LinkError::Closed(format!("database {db} created")));
+        }
         let connected = self.repl.connected_peers();
         let relayer = connected.iter().min().cloned();
         let dbs: Vec<String> = self.inbound.keys().cloned().collect();
@@ -900,6 +918,24 @@ impl Control {
             let Some(handle) = self.repl.store.database(&db) else {
                 continue;
             };
+            let stream = handle.stream.to_string();
+            if let Some(inbound) = self.inbound.get_mut(&db) {
+                match &inbound.stream {
+                    // Dropped here and created again: both sides' streams of it belong to the
+                    // old files, so the link starts over (docs/replication.md "Creating and
+                    // dropping databases").
+                    Some(s) if *s != stream => {
+                        tracing::info!(
+                            "replication: database {db} was dropped and created again; \
+                             relinking with {}",
+                            self.peer
+                        );
+                        return Err(LinkError::Closed(format!("database {db} created again")));
+                    }
+                    Some(_) => {}
+                    None => inbound.stream = Some(stream),
+                }
+            }
             let cursors = match handle.read().and_then(|r| r.cursors()) {
                 Ok(c) => c,
                 Err(_) => continue,
@@ -911,6 +947,19 @@ impl Control {
                     .map(|(o, _)| o.clone())
                     .filter(|o| o != &own && !self.repl.sent_by_its_node(&db, o, &connected))
                     .collect();
+                // Nodes we know of but have no link to, by name: every stream of theirs,
+                // including one we hold no cursor for yet (docs/replication.md "Gossip").
+                for (key, name, _) in self.repl.nodes() {
+                    let name = name.unwrap_or(key);
+                    if name != self.me
+                        && !name.contains('#')
+                        && !connected.contains(&name)
+                        && !self.repl.is_removed(&name)
+                        && !r.contains(&name)
+                    {
+                        r.push(name);
+                    }
+                }
                 r.sort();
                 r
             } else {
@@ -1212,6 +1261,16 @@ impl Sender {
             || self.repl.stopping()
     }
 
+    /// The database was dropped here: the sender must let go of it, or `drop_database` could
+    /// not close its files (docs/replication.md "Creating and dropping databases").
+    fn dropped(&self) -> bool {
+        !self
+            .repl
+            .store
+            .database(&self.db.name)
+            .is_some_and(|d| Arc::ptr_eq(&d, &self.db))
+    }
+
     fn replicated_tables(&self) -> Vec<Arc<crate::store::Table>> {
         self.db
             .table_names()
@@ -1317,7 +1376,13 @@ impl Sender {
         } = req;
         let mut sent: HashMap<String, u64> = cursors;
         let own = self.db.stream.to_string();
-        let wanted = |origin: &str| origin == own || relay.iter().any(|r| r == origin);
+        // A relay entry is an origin, or a node name standing for every stream of that node.
+        let wanted = |origin: &str| {
+            origin == own
+                || relay
+                    .iter()
+                    .any(|r| r == origin || r == crate::store::stream_node(origin))
+        };
         let start = if snapshot {
             self.snapshot(&tables)?.map(|(c, last)| (Some(c), last))
         } else if let Some(t) = start_time {
@@ -1335,6 +1400,13 @@ impl Sender {
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         // Live: our log in commit order, from `after`.
         'live: while !self.stopped() {
+            if self.dropped() {
+                tracing::info!(
+                    "replication: database {database} was dropped; no longer sending it to {}",
+                    self.peer
+                );
+                return Ok(());
+            }
             let token = self.db.commits.current();
             let (txns, last) = self
                 .db
@@ -1437,7 +1509,21 @@ impl Sender {
         let storage = |e: crate::store::StoreError| LinkError::Closed(format!("storage: {e}"));
         let r = self.db.read().map_err(storage)?;
         let mut origins: Vec<String> = vec![self.db.stream.to_string()];
-        origins.extend(relay.iter().cloned());
+        let held = r.cursors().map_err(storage)?;
+        for name in relay {
+            if name.contains('#') {
+                origins.push(name.clone());
+            } else {
+                // A node name: each of its streams this database holds.
+                origins.extend(
+                    held.iter()
+                        .map(|(o, _)| o)
+                        .filter(|o| crate::store::stream_node(o) == name && !origins.contains(o))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
         let mut start: Option<f64> = None;
         let mut log_gap = false;
         for origin in &origins {

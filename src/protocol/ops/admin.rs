@@ -139,8 +139,9 @@ fn no_effect(path: &str) -> bool {
 }
 
 /// `get_configuration`: the running configuration, with HarperDB's `rootPath` and
-/// `componentsRoot`, and the keys of [`NO_EFFECT_PREFIXES`] as the configuration file has them
-/// now (a `set_configuration` of one shows at once, as in HarperDB, whose answer reads the file).
+/// `componentsRoot`, and the keys of [`NO_EFFECT_PREFIXES`] and `replication.routes` as the
+/// configuration file has them now (a `set_configuration` of one, or a route operation, shows at
+/// once, as in HarperDB, whose answer reads the file).
 pub async fn get_configuration(resources: &Resources) -> Result<Value, OpError> {
     let mut tree = resources.config_tree.clone();
     let path = config_file(resources);
@@ -148,7 +149,9 @@ pub async fn get_configuration(resources: &Resources) -> Result<Value, OpError> 
         .await
         .unwrap_or_else(|| Err("admin thread failed".into()))
         .map_err(|e| OpError::new(500, e))?;
-    for prefix in NO_EFFECT_PREFIXES {
+    // The route operations edit `replication.routes` in the file and apply it at once, so the
+    // file's routes are the running ones (docs/operations-api.md, `cluster_set_routes`).
+    for prefix in NO_EFFECT_PREFIXES.iter().chain([&ROUTES]) {
         if let Some(v) = get_path(&yaml, prefix) {
             tree.set_path(prefix, v.clone());
         }
@@ -250,8 +253,9 @@ const ROUTES: &str = "replication.routes";
 fn route_valid(route: &Value) -> bool {
     match route {
         Value::String(s) => !s.is_empty(),
+        // `host` is HarperDB's older spelling (its cluster test collection still uses it).
         Value::Object(o) => {
-            matches!(o.get("hostname"), Some(Value::String(h)) if !h.is_empty())
+            matches!(o.get("hostname").or_else(|| o.get("host")), Some(Value::String(h)) if !h.is_empty())
                 && matches!(o.get("port"), None | Some(Value::Int(_)))
         }
         _ => false,
@@ -298,7 +302,7 @@ pub async fn get_routes(resources: &Resources) -> Result<Value, OpError> {
 pub async fn set_routes(resources: &Resources, new: Vec<Value>) -> Result<Value, OpError> {
     if let Some(bad) = new.iter().find(|r| !route_valid(r)) {
         return Err(OpError::bad(format!(
-            "Invalid route {}: a route is a URL string or {{hostname, port}}",
+            "Invalid route {}: a route is a URL string or {{hostname (or host), port}}",
             String::from_utf8_lossy(&crate::value::json::to_vec(bad))
         )));
     }

@@ -31,11 +31,36 @@ pub async fn reconnect_routes(r: &Resources) -> Result<(), OpError> {
     Ok(())
 }
 
-/// The node a body names: `url`, else `hostname` (with `port` if given), else `name`.
-fn target_of(repl: &replication::Replication, f: &Object) -> Result<(String, Target), OpError> {
+/// The node's name in a body: `hostname`, else HarperDB's `node_name`.
+fn hostname_of(f: &Object) -> Option<&Value> {
+    f.get("hostname").or_else(|| f.get("node_name"))
+}
+
+/// Explicit subscriptions (per-table `publish`/`subscribe`) are not built: refused rather than
+/// replicating every table the operator left out (docs/replication.md "Adding and removing
+/// nodes").
+fn refuse_subscriptions(f: &Object) -> Result<(), OpError> {
+    match f.get("subscriptions") {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) => Err(OpError::new(
+            501,
+            "explicit subscriptions (per-table publish/subscribe) are not supported yet; \
+             omit 'subscriptions' to replicate every table with this node",
+        )),
+    }
+}
+
+/// The node a body names: `url`, else `hostname`/`node_name` (with `port` if given), else
+/// `name`; the key it is known by; and the URL the answer shows (as given, or built from the
+/// host name, as HarperDB answers).
+fn target_of(
+    repl: &replication::Replication,
+    f: &Object,
+) -> Result<(String, Target, String), OpError> {
+    refuse_subscriptions(f)?;
     let spec = f
         .get("url")
-        .or_else(|| f.get("hostname"))
+        .or_else(|| hostname_of(f))
         .or_else(|| f.get("name"))
         .ok_or_else(|| OpError::bad("'hostname' or 'url' is required"))?;
     let mut target = match (spec, f.get("port")) {
@@ -56,11 +81,15 @@ fn target_of(repl: &replication::Replication, f: &Object) -> Result<(String, Tar
                 .ok_or_else(|| OpError::bad("'start_time' must be an ISO-8601 date"))?,
         );
     }
-    let key = match f.get("hostname").and_then(Value::as_str) {
+    let key = match hostname_of(f).and_then(Value::as_str) {
         Some(h) => h.to_string(),
         None => target.host.clone(),
     };
-    Ok((key, target))
+    let shown = match f.get("url").and_then(Value::as_str) {
+        Some(url) => url.to_string(),
+        None => target.resolved_url(repl.settings.tls_default),
+    };
+    Ok((key, target, shown))
 }
 
 pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpError> {
@@ -69,9 +98,8 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
     };
     match name {
         "add_node" | "set_node" | "update_node" => {
-            let (key, target) = target_of(&repl, f)?;
+            let (key, target, shown) = target_of(&repl, f)?;
             let url = target.url();
-            let shown = key.clone();
             run_blocking(move || {
                 repl.add_target(key.clone(), target, false);
                 repl.store_node(&key, &url);
@@ -84,7 +112,7 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
             }))
         }
         "remove_node" => {
-            let key = ["hostname", "name", "url"]
+            let key = ["hostname", "node_name", "name", "url"]
                 .iter()
                 .find_map(|k| f.get(k).and_then(Value::as_str))
                 .ok_or_else(|| OpError::bad("'hostname' is required"))?
@@ -116,19 +144,38 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
                 };
                 targets.push(target_of(&repl, o)?);
             }
+            // HarperDB's answer: one entry per connection, named as the request named it.
+            let answers: Vec<Value> = targets
+                .iter()
+                .map(|(key, _, shown)| {
+                    let mut o = Object::new();
+                    o.insert("node_name", Value::String(key.clone()));
+                    o.insert(
+                        "response",
+                        Value::String(format!("Successfully added '{shown}' to cluster")),
+                    );
+                    Value::Object(o)
+                })
+                .collect();
             run_blocking(move || {
                 for (key, _, _) in repl.added_nodes() {
                     repl.remove_node(&key);
                     repl.forget_node(&key);
                 }
-                for (key, target) in targets {
+                for (key, target, _) in targets {
                     let url = target.url();
                     repl.add_target(key.clone(), target, false);
                     repl.store_node(&key, &url);
                 }
             })
             .await;
-            Ok(message("Cluster successfully configured."))
+            let mut reply = Object::new();
+            reply.insert(
+                "message",
+                Value::String("Configure cluster complete.".into()),
+            );
+            reply.insert("connections", Value::Array(answers));
+            Ok(Value::Object(reply))
         }
         other => Err(OpError::new(
             501,

@@ -553,7 +553,8 @@ async fn admin_op(
         Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
         Operation::Restart => {
             crate::resource::request_restart()?;
-            super::message("Restarting tidepool. This may take up to 60 seconds.")
+            // HarperDB's words: its clients and test collections match on them.
+            super::message("Restarting HarperDB. This may take up to 60 seconds.")
         }
         Operation::Unsupported(name) => {
             let text = match name.as_str() {
