@@ -24,7 +24,8 @@ fn describe(v: &Value) -> String {
     }
 }
 
-/// Checks one value against a type, coercing in place where SPEC allows. `Err` is the reason.
+/// Checks one value against a type, coercing in place where docs/applications.md ("Types")
+/// allows. `Err` is the reason.
 fn check(ty: &FieldType, value: &mut Value) -> Result<(), &'static str> {
     if matches!(value, Value::Null) {
         return Ok(());
@@ -120,7 +121,8 @@ fn expectation(ty: &FieldType) -> &'static str {
     }
 }
 
-/// Validates (and coerces) `record` for a write to `def`. The error is the SPEC's 400 message.
+/// Validates (and coerces) `record` for a write to `def`. The error is the 400 message
+/// docs/rest.md shows.
 pub fn validate_record(
     def: &TableDef,
     record: &mut Object,

@@ -1,5 +1,6 @@
-//! Carries out a decoded [`Operation`] through the resource layer and shapes its answer as SPEC
-//! docs/operations-api.md show it. No store access here: every read and write goes through `resource`.
+//! Carries out a decoded [`Operation`] through the resource layer and shapes its answer as
+//! docs/operations-api.md shows it. No store access here: every read and write goes through
+//! `resource`.
 
 use std::sync::Arc;
 
