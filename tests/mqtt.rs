@@ -252,6 +252,66 @@ fn keep_alive_closes_a_silent_client() {
     );
 }
 
+/// Idle MQTT connections hold no buffers (docs/design.md, "Idle connections"): 200 connected
+/// clients (3.1.1 and 5, half of them subscribed), silent, leave only the buffer of the one
+/// holding a partial packet counted in `mqtt_buffer_bytes`; each still takes deliveries and
+/// answers its next packet, the partial one included.
+#[test]
+fn idle_connections_hold_no_buffers() {
+    let m = start();
+    let mut idle: Vec<(u8, Raw)> = (0..200)
+        .map(|i| {
+            let level = if i % 2 == 0 { 4 } else { 5 };
+            let mut c = Raw::connect(&m, &connect_packet(level, &format!("idle-{i}"), 600, &[]));
+            assert_eq!(c.packet().map(|p| p[3]), Some(0), "CONNACK {i}");
+            if i % 4 < 2 {
+                c.send(&subscribe_packet(level, 1, "Dog/+", 0));
+                assert_eq!(c.packet().map(|p| p[0]), Some(0x90), "SUBACK {i}");
+            }
+            (level, c)
+        })
+        .collect();
+    // One client leaves half a PINGREQ: its connection keeps that byte, and a buffer for it.
+    idle[0].1.send(&[0xc0]);
+    let buffers = |m: &Mqtt| {
+        let health = common::health_verbose(&m.server);
+        let open = common::core_sum(&health, "mqtt_connections_open");
+        (open, common::core_sum(&health, "mqtt_buffer_bytes"), health)
+    };
+    // The gauge is the keep-alive sweep's (every 250 ms): wait until it counts the partial one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (open, held, health) = loop {
+        let (open, held, health) = buffers(&m);
+        if held > 0 || Instant::now() > deadline {
+            break (open, held, health);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(open >= 200, "{open} MQTT connections open: {health}");
+    // One partial packet's buffer and a read's worth beside it; 200 connections each holding
+    // a read buffer would be over 100 KB.
+    assert!(
+        held > 0 && held <= 16 * 1024,
+        "{held} B of MQTT buffers held: {health}"
+    );
+
+    // Each subscribed idle connection takes a delivery; each answers its next packet.
+    put(&m, "/Dog/idle", r#"{"name":"Rex"}"#);
+    for (i, (level, c)) in idle.iter_mut().enumerate() {
+        if i % 4 < 2 {
+            let p = c.packet().expect("a delivery");
+            let (_, topic, _) = parse_publish(&p, *level);
+            assert_eq!(topic, "Dog/idle", "connection {i}");
+        }
+        if i == 0 {
+            c.send(&[0x00]);
+        } else {
+            c.send(&[0xc0, 0x00]);
+        }
+        assert_eq!(c.packet(), Some(vec![0xd0, 0x00]), "PINGRESP {i}");
+    }
+}
+
 #[test]
 fn takeover_closes_the_older_connection() {
     let m = start();

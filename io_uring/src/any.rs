@@ -137,6 +137,20 @@ impl ReadBytes for AnyRead {
             AnyRead::Tls(r) => r.read_append(buf, min_spare).await,
         }
     }
+
+    fn has_readiness(&self) -> bool {
+        match self {
+            AnyRead::Plain(r) => r.has_readiness(),
+            AnyRead::Tls(r) => r.has_readiness(),
+        }
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            AnyRead::Plain(r) => r.readable().await,
+            AnyRead::Tls(r) => r.readable().await,
+        }
+    }
 }
 
 impl WriteBytes for AnyWrite {

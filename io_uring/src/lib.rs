@@ -15,6 +15,7 @@ mod race;
 mod runtime;
 mod shutdown;
 mod signals;
+mod spares;
 mod split;
 mod time;
 mod tls;
@@ -24,10 +25,11 @@ pub use cpu::affinity_cpus;
 pub use mesh::{mesh, Inbox, MeshSender, SendError};
 pub use net::{bind_listeners, BindError, Listener, Stream};
 pub use oneshot::{oneshot, OneshotReceiver, OneshotSender};
-pub use race::{race, Either};
+pub use race::{race, Either, Race};
 pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver, RuntimeConfig};
 pub use shutdown::{InFlight, InFlightGuard, Shutdown};
 pub use signals::TerminationSignals;
+pub use spares::Spares;
 pub use split::{
     ReadBytes, ReadHalf, SharedWriter, Split, TcpRead, TcpWrite, WriteBytes, WriteGuard,
     READ_CHUNK_BYTES,

@@ -1,8 +1,8 @@
 //! Waiting on the first of two futures (a read against shutdown, a timer against a queue).
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 pub enum Either<A, B> {
     Left(A),
@@ -11,17 +11,36 @@ pub enum Either<A, B> {
 
 /// Polls `left` first, then `right`; completes with whichever finishes first and drops the other
 /// (dropping a pending read cancels it).
-pub async fn race<A: Future, B: Future>(left: A, right: B) -> Either<A::Output, B::Output> {
-    let mut left = pin!(left);
-    let mut right = pin!(right);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = left.as_mut().poll(cx) {
+///
+/// A plain future rather than an `async fn`: an `async fn` keeps its arguments beside the pinned
+/// copies it polls, twice the size of the two futures, and an idle connection waits in nested
+/// races (docs/design.md, "Idle connections").
+pub fn race<A: Future, B: Future>(left: A, right: B) -> Race<A, B> {
+    Race { left, right }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`race`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Race<A, B> {
+        #[pin]
+        left: A,
+        #[pin]
+        right: B,
+    }
+}
+
+impl<A: Future, B: Future> Future for Race<A, B> {
+    type Output = Either<A::Output, B::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.left.poll(cx) {
             return Poll::Ready(Either::Left(out));
         }
-        if let Poll::Ready(out) = right.as_mut().poll(cx) {
+        if let Poll::Ready(out) = this.right.poll(cx) {
             return Poll::Ready(Either::Right(out));
         }
         Poll::Pending
-    })
-    .await
+    }
 }

@@ -22,7 +22,7 @@ use std::task::{Poll, Waker};
 use monoio::io::{AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
-use crate::{Stream, Transport};
+use crate::{Spares, Stream, Transport};
 
 /// The reading direction of a split connection.
 // The futures are not `Send` on purpose: a connection lives on one core.
@@ -33,6 +33,20 @@ pub trait ReadBytes: 'static {
     /// lose bytes; wrap the reader in a [`ReadHalf`] when reads race other events.
     async fn read_append(&mut self, buf: Vec<u8>, min_spare: usize)
         -> (io::Result<usize>, Vec<u8>);
+
+    /// Whether [`ReadBytes::readable`] waits for data. False by default: the reader has no
+    /// readiness (TLS, WebSocket framing: buffered state of their own), and a read does the
+    /// waiting, buffer in hand.
+    fn has_readiness(&self) -> bool {
+        false
+    }
+
+    /// With [`ReadBytes::has_readiness`]: completes when a read would find data (or the end of
+    /// the stream, or an error), holding no buffer meanwhile; dropping it loses nothing.
+    /// Without: completes at once.
+    async fn readable(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The writing direction of a split connection.
@@ -74,6 +88,18 @@ impl ReadBytes for TcpRead {
     ) -> (io::Result<usize>, Vec<u8>) {
         crate::net::read_append(&mut self.0, buf, min_spare).await
     }
+
+    fn has_readiness(&self) -> bool {
+        true
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        // SAFETY: monoio's split halves share the stream through this `UnsafeCell` and use it
+        // the same way for their own reads and writes (one core, one thread); a readiness poll
+        // only reads the descriptor.
+        let stream = unsafe { &*self.0 .0.get() };
+        stream.readable(false).await
+    }
 }
 
 impl WriteBytes for TcpWrite {
@@ -88,9 +114,27 @@ impl WriteBytes for TcpWrite {
 
 /// Bytes asked for per read by a [`ReadHalf`] at most, unless told otherwise.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// Bytes asked for per read at least. An idle connection's pending read holds a buffer of its
-/// current read size, so this is most of what an idle connection costs.
+/// Bytes asked for per read at least. A reader without readiness (TLS) waits in a read that holds
+/// a buffer of its current read size, so this is most of what such an idle connection costs.
 pub const READ_CHUNK_MIN_BYTES: usize = 512;
+/// Most read buffers a core keeps spare for its readers' next reads; a larger buffer than
+/// [`READ_CHUNK_BYTES`] is freed rather than kept.
+const SPARE_READ_BUFFERS_MAX: usize = 64;
+
+thread_local! {
+    /// This core's spare read buffers.
+    static SPARE_READ_BUFFERS: Spares = const { Spares::new(SPARE_READ_BUFFERS_MAX, READ_CHUNK_BYTES) };
+}
+
+/// A read buffer from this core's spares (empty), or a new one without capacity.
+fn take_spare() -> Vec<u8> {
+    SPARE_READ_BUFFERS.with(|spares| spares.take(0))
+}
+
+/// Keeps `buf` for another reader of this core when it is of the usual size and there is room.
+fn give_back(buf: Vec<u8>) {
+    SPARE_READ_BUFFERS.with(|spares| spares.give_back(buf));
+}
 
 type PendingRead<R> = Pin<Box<dyn Future<Output = (R, Vec<u8>, io::Result<usize>)>>>;
 
@@ -107,10 +151,13 @@ enum ReadState<R> {
 /// with `drain`). A read in progress belongs to the half: when the future of [`ReadHalf::fill`]
 /// is dropped, the read goes on and the next `fill` picks up its result.
 ///
+/// With nothing buffered, a reader with readiness ([`ReadBytes::readable`], plain TCP) holds no
+/// buffer while it waits: its buffer goes to its core's spares, it waits for data without one,
+/// then reads into a spare. Only a partial message (bytes not yet consumed) is kept between
+/// reads; a quiet connection so costs no buffer (docs/design.md, "Idle connections").
+///
 /// Read sizes adapt: a read that fills its buffer doubles the next one (up to the chunk given),
-/// a read that uses under a quarter halves it (down to [`READ_CHUNK_MIN_BYTES`]). When everything
-/// read was consumed, the next read reuses that allocation, so a quiet connection holds one
-/// small buffer.
+/// a read that uses under a quarter halves it (down to [`READ_CHUNK_MIN_BYTES`]).
 pub struct ReadHalf<R> {
     state: ReadState<R>,
     buffered: Vec<u8>,
@@ -139,18 +186,47 @@ impl<R: ReadBytes> ReadHalf<R> {
         &mut self.buffered
     }
 
+    /// Bytes of buffer this half holds: what it has read and not consumed with room for more,
+    /// and a read in flight's buffer (counted at its requested size).
+    pub fn held_bytes(&self) -> usize {
+        let reading = match self.state {
+            ReadState::Reading(_) => self.chunk_bytes,
+            _ => 0,
+        };
+        self.buffered.capacity() + reading
+    }
+
+    /// What [`ReadHalf::held_bytes`] will be while the next [`ReadHalf::fill`] waits: nothing
+    /// when nothing is buffered and the reader has readiness.
+    pub fn held_while_waiting(&self) -> usize {
+        match &self.state {
+            ReadState::Idle(reader) if self.buffered.is_empty() && reader.has_readiness() => 0,
+            ReadState::Idle(_) => self.buffered.capacity() + self.chunk_bytes,
+            _ => self.held_bytes(),
+        }
+    }
+
     /// Reads at least one more byte onto [`ReadHalf::buffered`]; 0 means the peer closed.
     /// Cancel-safe (see the type's documentation).
     pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.buffered.is_empty() {
+            if let ReadState::Idle(reader) = &self.state {
+                // Nothing to keep: the buffer goes back, and a reader with readiness waits
+                // without one.
+                give_back(std::mem::take(&mut self.buffered));
+                reader.readable().await?;
+            }
+        }
         if let ReadState::Idle(..) = self.state {
             let ReadState::Idle(mut reader) = std::mem::replace(&mut self.state, ReadState::Gone)
             else {
                 return Err(gone());
             };
             let spare = self.chunk_bytes;
-            // All consumed: read into that allocation, unless a burst grew it far past need.
-            let chunk = if self.buffered.is_empty() && self.buffered.capacity() <= 4 * spare {
-                std::mem::take(&mut self.buffered)
+            // All consumed (and given back above): read into a spare; else into a new chunk
+            // appended to what is kept.
+            let chunk = if self.buffered.is_empty() {
+                take_spare()
             } else {
                 Vec::new()
             };
@@ -172,10 +248,13 @@ impl<R: ReadBytes> ReadHalf<R> {
         }
         if matches!(result, Ok(n) if n > 0) {
             if self.buffered.is_empty() {
-                self.buffered = chunk;
+                give_back(std::mem::replace(&mut self.buffered, chunk));
             } else {
                 self.buffered.extend_from_slice(&chunk);
+                give_back(chunk);
             }
+        } else {
+            give_back(chunk);
         }
         self.state = ReadState::Idle(reader);
         result
@@ -401,6 +480,33 @@ mod tests {
         check_cancelled_reads(pieces.clone(), 16 * 1024, all.clone());
         check_cancelled_reads(pieces, 7, all);
         check_cancelled_reads(vec![], 16, vec![]);
+    }
+
+    #[test]
+    fn a_waiting_reader_holds_no_buffer() {
+        let results = on_each_driver(|| async {
+            let (mut client, server) = pair().await;
+            let (read, _write) = server.into_split();
+            let mut half = ReadHalf::new(read);
+            let mut held = Vec::new();
+            for round in 0..3u8 {
+                // Nothing sent yet: the fill waits for readiness, without a buffer.
+                let waited = race(half.fill(), crate::sleep(Duration::from_millis(20))).await;
+                assert!(matches!(waited, Either::Right(())), "round {round}");
+                held.push(half.held_bytes());
+                let (r, _) = client.write_all(vec![round; 3]).await;
+                r.unwrap();
+                assert_eq!(half.fill().await.unwrap(), 3);
+                assert_eq!(half.buffered().as_slice(), &[round; 3]);
+                // A partial message is kept; consumed, its buffer goes back.
+                assert!(half.held_bytes() >= 3);
+                half.buffered().clear();
+            }
+            held
+        });
+        for held in results {
+            assert_eq!(held, vec![0, 0, 0]);
+        }
     }
 
     #[test]

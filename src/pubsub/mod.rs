@@ -75,6 +75,9 @@ pub struct Counters {
     /// Bytes of this core's MQTT connections' outbound buffers and QoS ≥ 1 backlogs, as of the
     /// last keep-alive sweep (every 250 ms).
     pub mqtt_queued_bytes: AtomicU64,
+    /// Bytes of buffer capacity this core's MQTT connections hold (read halves and outbound
+    /// buffers), as of the last keep-alive sweep: none for an idle plain connection.
+    pub mqtt_buffer_bytes: AtomicU64,
 }
 
 /// What a subscription starts with (docs/realtime.md).

@@ -116,7 +116,7 @@ impl Router {
                 if let Some(p) = self.shared.pubsub.get(core) {
                     let _ = write!(
                         body,
-                        ",\"subscriptions\":{},\"commits_dispatched\":{},\"commits_lost\":{},\"events_queued\":{},\"events_dropped\":{},\"subscriber_queue_bytes\":{},\"mqtt_queue_bytes\":{}",
+                        ",\"subscriptions\":{},\"commits_dispatched\":{},\"commits_lost\":{},\"events_queued\":{},\"events_dropped\":{},\"subscriber_queue_bytes\":{},\"mqtt_queue_bytes\":{},\"mqtt_buffer_bytes\":{}",
                         p.subscriptions.load(Ordering::Relaxed),
                         p.commits_dispatched.load(Ordering::Relaxed),
                         p.commits_lost.load(Ordering::Relaxed),
@@ -124,6 +124,7 @@ impl Router {
                         p.events_dropped.load(Ordering::Relaxed),
                         p.queued_bytes.load(Ordering::Relaxed),
                         p.mqtt_queued_bytes.load(Ordering::Relaxed),
+                        p.mqtt_buffer_bytes.load(Ordering::Relaxed),
                     );
                 }
                 body.push('}');
@@ -185,7 +186,7 @@ impl Router {
     /// The real-time counters of `/health?verbose`, one sample per core (per core, not per
     /// subscriber: a label per subscriber would grow without bound).
     fn pubsub_metrics(&self, e: &mut crate::metrics::Exposition) {
-        let families: [PerCoreMetric<crate::pubsub::Counters>; 7] = [
+        let families: [PerCoreMetric<crate::pubsub::Counters>; 8] = [
             ("tidepool_pubsub_commits_dispatched_total", "Commits handed to this core's subscribers.", |c| c.commits_dispatched.load(Ordering::Relaxed)),
             ("tidepool_pubsub_commits_lost_total", "Commits the publisher could not hand to this core (its inbox stayed full).", |c| c.commits_lost.load(Ordering::Relaxed)),
             ("tidepool_pubsub_events_queued_total", "Events queued to subscribers.", |c| c.events_queued.load(Ordering::Relaxed)),
@@ -193,6 +194,7 @@ impl Router {
             ("tidepool_pubsub_subscriptions", "Subscriptions open now (WebSocket, SSE, MQTT).", |c| c.subscriptions.load(Ordering::Relaxed)),
             ("tidepool_pubsub_queued_bytes", "Encoded bytes waiting in subscriber queues now.", |c| c.queued_bytes.load(Ordering::Relaxed)),
             ("tidepool_mqtt_queued_bytes", "Bytes in MQTT outbound buffers and QoS 1/2 backlogs (as of the last 250 ms sweep).", |c| c.mqtt_queued_bytes.load(Ordering::Relaxed)),
+            ("tidepool_mqtt_buffer_bytes", "Buffer capacity MQTT connections hold, read and write (as of the last 250 ms sweep).", |c| c.mqtt_buffer_bytes.load(Ordering::Relaxed)),
         ];
         per_core_families(e, &families, self.shared.pubsub.iter().map(|c| &**c));
     }

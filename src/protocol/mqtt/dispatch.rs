@@ -104,14 +104,16 @@ impl Sessions {
     }
 
     /// Kicks every connection whose keep-alive passed without a packet (and forgets closed
-    /// ones), and reports the bytes the connections hold queued (`/health?verbose`). Called by
+    /// ones), and reports the bytes the connections hold queued and the buffers they hold
+    /// (`/health?verbose`). Called by
     /// each core every [`KEEP_ALIVE_SWEEP`].
     pub fn sweep_keep_alive(&self) {
         let now = Instant::now();
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
-        let mut queued = 0usize;
+        let (mut queued, mut buffers) = (0usize, 0usize);
         for conn in conns.iter().filter_map(Weak::upgrade) {
+            buffers += conn.out.borrow().capacity() + conn.read_held.get();
             queued += conn.out.borrow().len()
                 + conn
                     .backlog
@@ -131,6 +133,9 @@ impl Sessions {
         self.counters
             .mqtt_queued_bytes
             .store(queued as u64, Ordering::Relaxed);
+        self.counters
+            .mqtt_buffer_bytes
+            .store(buffers as u64, Ordering::Relaxed);
     }
 
     /// Delivers every change of `commit` to each matching session of this core, once per session
@@ -268,7 +273,8 @@ impl<'c> Delivery<'c> {
         let replayed = conn
             .floor
             .borrow()
-            .get(&commit.database)
+            .as_ref()
+            .and_then(|f| f.get(&commit.database))
             .is_some_and(|f| commit.version <= *f);
         if replayed {
             return;

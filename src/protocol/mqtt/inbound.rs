@@ -2,7 +2,6 @@
 //! then the write through the resource layer — a record put or delete (retained), a message
 //! (not retained), or a general topic — and the acknowledgement with its reason code; wills.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,12 +36,14 @@ impl Session<'_> {
                 return Flow::Close(ReasonCode::TopicAliasInvalid);
             }
             if p.topic.is_empty() {
-                match self.aliases.get(&alias) {
+                match self.aliases.as_ref().and_then(|a| a.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => return Flow::Close(ReasonCode::ProtocolError),
                 }
             } else {
-                self.aliases.insert(alias, p.topic.clone());
+                self.aliases
+                    .get_or_insert_with(Box::default)
+                    .insert(alias, p.topic.clone());
             }
         }
         if p.topic.is_empty() {
@@ -74,7 +75,8 @@ impl Session<'_> {
                 .send(&Packet::PubAck(Ack::new(p.packet_id, code.byte()))),
             2 => {
                 if !code.is_failure() {
-                    self.conn.qos2_received.borrow_mut().insert(p.packet_id);
+                    // Not there yet: checked above, and packets are handled one at a time.
+                    self.conn.qos2_received.borrow_mut().push(p.packet_id);
                 }
                 self.conn
                     .send(&Packet::PubRec(Ack::new(p.packet_id, code.byte())));
@@ -360,7 +362,7 @@ impl Session<'_> {
                 conn: &conn,
                 sessions: &sessions,
                 caller,
-                aliases: HashMap::new(),
+                aliases: None,
                 client_id,
                 expiry_s: 0,
             };

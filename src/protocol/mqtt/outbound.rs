@@ -3,14 +3,14 @@
 //! aliases we assign, and the durable part of the state to store.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tidepool_io::WriteBytes;
+use tidepool_io::{Spares, WriteBytes};
 
 use super::codec::{self, Connect, Level, Packet, Publish};
 use super::conn::{INFLIGHT_MAX, OUT_BYTES_MAX};
@@ -20,6 +20,14 @@ use super::durable::{EventRef, Stored, StoredInflight, StoredSub, Tracker};
 use super::props::{Properties, Property};
 use super::shared::MqttShared;
 use super::subscribe::Sub;
+
+/// State most connections never use, allocated at first use: an empty `HashMap` takes 48 bytes
+/// in place, an absent box 8, and every idle connection would carry the difference
+/// (docs/design.md, "Idle connections").
+pub(super) type Rare<T> = Option<Box<T>>;
+
+/// Per database, the version up to which a resumed session's replay covered live events.
+pub(super) type Floors = HashMap<Arc<str>, f64>;
 
 /// An outbound QoS ≥ 1 publish awaiting its acknowledgement.
 pub(super) struct Inflight {
@@ -57,8 +65,8 @@ pub(super) struct Conn {
     pub(super) next_packet_id: Cell<u16>,
     /// Outbound QoS ≥ 1 packet ids awaiting PUBACK / PUBREC→PUBCOMP.
     pub(super) inflight: RefCell<HashMap<u16, Inflight>>,
-    /// Inbound QoS 2 packet ids applied and awaiting PUBREL.
-    pub(super) qos2_received: RefCell<HashSet<u16>>,
+    /// Inbound QoS 2 packet ids applied and awaiting PUBREL (at most [`RECEIVE_MAXIMUM`]).
+    pub(super) qos2_received: RefCell<Vec<u16>>,
     /// QoS ≥ 1 publishes waiting, in order, for the window to open.
     pub(super) backlog: RefCell<VecDeque<Outbound>>,
     /// Unacknowledged QoS ≥ 1 publishes at once: the client's Receive Maximum (v5), at most
@@ -68,14 +76,15 @@ pub(super) struct Conn {
     /// from the audit log when it resumes).
     pub(super) backlog_max: usize,
     /// Acknowledgement positions, for durable sessions only.
-    pub(super) tracker: RefCell<Option<Tracker>>,
-    /// Per database: live events at or below this version were replayed when the session resumed.
-    pub(super) floor: RefCell<HashMap<Arc<str>, f64>>,
+    pub(super) tracker: RefCell<Option<Box<Tracker>>>,
+    /// Per database: live events at or below this version were replayed when the session resumed
+    /// (none until a session resumes).
+    pub(super) floor: RefCell<Rare<Floors>>,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
     pub(super) out_packet_bytes_max: usize,
     /// The client's Topic Alias Maximum (v5): aliases we may assign, and those assigned.
     pub(super) aliases_out_max: u16,
-    pub(super) aliases_out: RefCell<HashMap<String, u16>>,
+    pub(super) aliases_out: RefCell<Rare<HashMap<String, u16>>>,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
     pub(super) overflowed: Cell<bool>,
     /// Set when a subscription's initial state could not be read (logged): the reader closes
@@ -84,6 +93,9 @@ pub(super) struct Conn {
     /// A fill stopped at `STATE_CHUNKS_PER_FILL` with state left and room for it: the writer
     /// task fills again after yielding to the core's other tasks.
     pub(super) state_more: Cell<bool>,
+    /// Bytes of buffer the connection's read half holds while it waits for more (none with
+    /// nothing buffered on plain TCP), for the sweep's gauge.
+    pub(super) read_held: Cell<usize>,
     /// When bytes last came from the client; with `keep_alive`, what the core's sweep checks.
     pub(super) heard: Cell<Instant>,
     pub(super) keep_alive: Cell<Option<Duration>>,
@@ -129,7 +141,7 @@ impl Conn {
             subs: RefCell::new(Vec::new()),
             next_packet_id: Cell::new(0),
             inflight: RefCell::new(HashMap::new()),
-            qos2_received: RefCell::new(HashSet::new()),
+            qos2_received: RefCell::new(Vec::new()),
             backlog: RefCell::new(VecDeque::new()),
             window,
             // docs/realtime.md: a clean session's outbound queue holds 1,000 events; a durable one
@@ -140,8 +152,8 @@ impl Conn {
             } else {
                 INFLIGHT_MAX
             },
-            tracker: RefCell::new((expiry_s > 0).then(Tracker::default)),
-            floor: RefCell::new(HashMap::new()),
+            tracker: RefCell::new((expiry_s > 0).then(Box::default)),
+            floor: RefCell::new(None),
             out_packet_bytes_max,
             aliases_out_max: connect
                 .properties
@@ -151,10 +163,11 @@ impl Conn {
                     _ => None,
                 })
                 .unwrap_or(0),
-            aliases_out: RefCell::new(HashMap::new()),
+            aliases_out: RefCell::new(None),
             overflowed: Cell::new(false),
             state_failed: Cell::new(false),
             state_more: Cell::new(false),
+            read_held: Cell::new(0),
             heard: Cell::new(Instant::now()),
             keep_alive: Cell::new(None),
             expired: Cell::new(false),
@@ -167,10 +180,18 @@ impl Conn {
     }
 
     pub(super) fn send(&self, packet: &Packet) {
-        let mut out = self.out.borrow_mut();
-        codec::encode(packet, self.level, &mut out);
-        drop(out);
+        codec::encode(packet, self.level, &mut self.out_mut());
         self.wake_writer();
+    }
+
+    /// The outbound buffer to append to: a spare one of the core's when it holds none (a
+    /// connection with nothing queued has none, see [`write_loop`]).
+    pub(super) fn out_mut(&self) -> std::cell::RefMut<'_, Vec<u8>> {
+        let mut out = self.out.borrow_mut();
+        if out.capacity() == 0 {
+            *out = OUT_SPARES.with(|spares| spares.take(1024));
+        }
+        out
     }
 
     pub(super) fn wake_writer(&self) {
@@ -269,13 +290,14 @@ impl Conn {
         let mut new_alias = None;
         if self.level == Level::V5 && self.aliases_out_max > 0 {
             let aliases = self.aliases_out.borrow();
-            match aliases.get(&topic) {
+            let assigned = aliases.as_ref().map_or(0, |a| a.len());
+            match aliases.as_ref().and_then(|a| a.get(&topic)) {
                 Some(alias) => {
                     properties.push(Property::TopicAlias(*alias));
                     topic = String::new();
                 }
-                None if aliases.len() < usize::from(self.aliases_out_max) => {
-                    let alias = aliases.len() as u16 + 1;
+                None if assigned < usize::from(self.aliases_out_max) => {
+                    let alias = assigned as u16 + 1;
                     properties.push(Property::TopicAlias(alias));
                     new_alias = Some((topic.clone(), alias));
                 }
@@ -297,9 +319,12 @@ impl Conn {
             return false;
         }
         if let Some((topic, alias)) = new_alias {
-            self.aliases_out.borrow_mut().insert(topic, alias);
+            self.aliases_out
+                .borrow_mut()
+                .get_or_insert_with(Box::default)
+                .insert(topic, alias);
         }
-        self.out.borrow_mut().extend_from_slice(&encoded);
+        self.out_mut().extend_from_slice(&encoded);
         self.counts.count_sent();
         self.wake_writer();
         true
@@ -361,7 +386,12 @@ impl Conn {
                     identifier: s.identifier,
                 })
                 .collect(),
-            tracker: self.tracker.borrow().clone().unwrap_or_default(),
+            tracker: self
+                .tracker
+                .borrow()
+                .as_deref()
+                .cloned()
+                .unwrap_or_default(),
             inflight: self
                 .inflight
                 .borrow()
@@ -374,29 +404,29 @@ impl Conn {
                     })
                 })
                 .collect(),
-            qos2_received: self.qos2_received.borrow().iter().copied().collect(),
+            qos2_received: self.qos2_received.borrow().clone(),
             expiry_s,
         }
     }
 }
 
 /// Owns the connection's write half: sends what the session queued in `conn.out`, in order.
+/// Once a batch is written its buffer goes to the core's spares, so a connection with nothing
+/// queued holds no write buffer; the write itself is boxed, so the task's future, which an idle
+/// connection keeps, is only its wait (docs/design.md, "Idle connections").
 pub(super) async fn write_loop<W: WriteBytes>(
     mut writer: W,
     conn: Rc<Conn>,
     sessions: Rc<Sessions>,
 ) {
-    let mut spare = Vec::new();
     loop {
-        let mut batch = poll_fn(|cx| {
+        let batch = poll_fn(|cx| {
             if conn.state_more.take() {
                 conn.fill_state(&sessions);
             }
             let mut out = conn.out.borrow_mut();
             if !out.is_empty() {
-                spare.clear();
-                std::mem::swap(&mut *out, &mut spare);
-                return Poll::Ready(Some(std::mem::take(&mut spare)));
+                return Poll::Ready(Some(std::mem::take(&mut *out)));
             }
             if conn.closing.get() {
                 return Poll::Ready(None);
@@ -409,11 +439,11 @@ pub(super) async fn write_loop<W: WriteBytes>(
             Poll::Pending
         })
         .await;
-        let Some(bytes) = batch.take() else {
+        let Some(bytes) = batch else {
             break;
         };
-        let (result, bytes) = writer.write_all(bytes).await;
-        spare = bytes;
+        let (result, bytes) = Box::pin(writer.write_all(bytes)).await;
+        OUT_SPARES.with(|spares| spares.give_back(bytes));
         if result.is_err() {
             conn.closing.set(true);
             conn.kick.kick();
@@ -422,5 +452,14 @@ pub(super) async fn write_loop<W: WriteBytes>(
         // The client took what was queued: room for more of a streaming initial state.
         conn.fill_state(&sessions);
     }
-    let _ = writer.shutdown_write().await;
+    let _ = Box::pin(writer.shutdown_write()).await;
+}
+
+/// Most outbound buffers a core keeps spare; a buffer grown past [`OUT_SPARE_BYTES_MAX`] is freed.
+const OUT_SPARES_MAX: usize = 64;
+const OUT_SPARE_BYTES_MAX: usize = 64 << 10;
+
+thread_local! {
+    /// This core's spare outbound buffers.
+    static OUT_SPARES: Spares = const { Spares::new(OUT_SPARES_MAX, OUT_SPARE_BYTES_MAX) };
 }

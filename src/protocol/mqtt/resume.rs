@@ -30,12 +30,12 @@ impl Session<'_> {
     pub(super) fn resume(&self, stored: Stored) {
         let conn = self.conn;
         let (subs, databases) = self.restore_subs(stored.subs);
-        *conn.qos2_received.borrow_mut() = stored.qos2_received.into_iter().collect();
+        *conn.qos2_received.borrow_mut() = stored.qos2_received;
         let resend = self.restore_inflight(stored.inflight);
         let missed = self.replay(&databases, &subs, &stored.tracker);
         *conn.subs.borrow_mut() = subs;
         self.sessions.reindex(conn);
-        *conn.tracker.borrow_mut() = Some(stored.tracker);
+        *conn.tracker.borrow_mut() = Some(Box::new(stored.tracker));
         tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
         self.send_missed(missed, resend);
     }
@@ -116,7 +116,10 @@ impl Session<'_> {
                     continue;
                 }
             };
-            conn.floor.borrow_mut().insert(db.name.clone(), horizon);
+            conn.floor
+                .borrow_mut()
+                .get_or_insert_with(Box::default)
+                .insert(db.name.clone(), horizon);
             let replay_subs: Vec<durable::ReplaySub<'_>> = indexes
                 .iter()
                 .filter_map(|i| subs.get(*i))
