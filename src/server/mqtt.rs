@@ -161,18 +161,16 @@ async fn accept_loop(
                 let (shared, sessions) = (shared.clone(), sessions.clone());
                 let open = OpenConnection::new(&server, core);
                 match tls.clone() {
-                    None => spawn(async move {
-                        conn::serve(stream, peer, shared, sessions).await;
-                        drop(open);
-                    }),
+                    // The connection's future is spawned as it is, not awaited inside another:
+                    // an idle connection's task is only that future (docs/design.md).
+                    None => spawn(conn::serve(stream, peer, shared, sessions, open)),
                     Some(acceptor) => spawn(async move {
-                        let _open = open;
                         let _ = stream.set_nodelay(true);
                         // The handshake counts against the time CONNECT has to arrive in.
                         let handshake = timeout(conn::CONNECT_TIMEOUT, acceptor.accept(stream));
                         match race(handshake, shared.shutdown.wait()).await {
                             Either::Left(Ok(Ok(tls_stream))) => {
-                                conn::serve(tls_stream, peer, shared, sessions).await
+                                conn::serve(tls_stream, peer, shared, sessions, open).await
                             }
                             Either::Left(Ok(Err(e))) => {
                                 tracing::debug!(target: "mqtt", "TLS handshake with {peer} failed: {e}")
@@ -253,15 +251,14 @@ pub fn web_socket_upgrade(
         .saturating_add(ws::frame::PAYLOAD_BYTES_MAX);
     resp.take_over(move |up| async move {
         let (reader, writer) = ws::transport::split(up, payload_bytes_max);
-        conn::serve_split(
-            ReadHalf::new(reader),
-            writer,
+        let start = conn::Start {
             peer,
             identity,
             shared,
             sessions,
-        )
-        .await
+            hold: Box::new(()),
+        };
+        conn::serve_split(ReadHalf::new(reader), writer, start).await
     });
 }
 

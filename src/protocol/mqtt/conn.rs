@@ -11,6 +11,7 @@
 //! nothing here opens a transaction other than short reads.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -82,53 +83,63 @@ impl ReadError {
 /// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
 /// the read half. `conn`, once there is one, is told when bytes arrive (keep-alive) and what
 /// the read half holds while it waits (`/health?verbose` `mqtt_buffer_bytes`).
-pub(super) async fn read_packet<R: ReadBytes>(
-    reader: &mut ReadHalf<R>,
+///
+/// Not an `async fn`, which would keep its six arguments twice: an idle connection waits here.
+pub(super) fn read_packet<'a, R: ReadBytes>(
+    reader: &'a mut ReadHalf<R>,
     packet_bytes_max: usize,
     level: Level,
-    conn: Option<&Conn>,
-    kick: &Kick,
-    shutdown: &Shutdown,
-) -> Result<Packet, ReadError> {
-    loop {
-        let buf = reader.buffered();
-        match codec::check(buf, packet_bytes_max) {
-            Ok(Some(len)) => {
-                let packet = codec::decode(buf.get(..len).unwrap_or_default(), level)
-                    .map_err(ReadError::Decode);
-                buf.drain(..len);
-                return packet;
-            }
-            Ok(None) => {}
-            Err(e) => return Err(ReadError::Decode(e)),
-        }
-        // Keep-alive expiry (the core's sweep), takeover and shutdown all arrive as a kick or the
-        // shutdown signal: no timer per connection, so an idle one costs no timer's memory. A
-        // read dropped on either loses nothing (the read half keeps it).
-        if let Some(conn) = conn {
-            conn.read_held.set(reader.held_while_waiting());
-        }
-        let stop = race(kick.wait(), shutdown.wait());
-        match race(reader.fill(), stop).await {
-            Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
-            Either::Left(Ok(_)) => {
-                if let Some(conn) = conn {
-                    conn.heard.set(Instant::now());
+    conn: Option<&'a Conn>,
+    kick: &'a Kick,
+    shutdown: &'a Shutdown,
+) -> impl Future<Output = Result<Packet, ReadError>> + 'a {
+    async move {
+        loop {
+            let buf = reader.buffered();
+            match codec::check(buf, packet_bytes_max) {
+                Ok(Some(len)) => {
+                    let packet = codec::decode(buf.get(..len).unwrap_or_default(), level)
+                        .map_err(ReadError::Decode);
+                    buf.drain(..len);
+                    return packet;
                 }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Decode(e)),
             }
-            Either::Right(Either::Left(())) => return Err(ReadError::Kicked),
-            Either::Right(Either::Right(())) => return Err(ReadError::Shutdown),
+            // Keep-alive expiry (the core's sweep), takeover and shutdown all arrive as a kick or the
+            // shutdown signal: no timer per connection, so an idle one costs no timer's memory. A
+            // read dropped on either loses nothing (the read half keeps it).
+            if let Some(conn) = conn {
+                conn.read_held.set(reader.held_while_waiting());
+            }
+            let stop = race(kick.wait(), shutdown.wait());
+            match race(reader.fill(), stop).await {
+                Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
+                Either::Left(Ok(_)) => {
+                    if let Some(conn) = conn {
+                        conn.heard.set(Instant::now());
+                    }
+                }
+                Either::Right(Either::Left(())) => return Err(ReadError::Kicked),
+                Either::Right(Either::Right(())) => return Err(ReadError::Shutdown),
+            }
         }
     }
 }
 
-/// Serves one MQTT connection until it closes.
-pub async fn serve<T: Split>(
+/// Serves one MQTT connection until it closes; `hold` (say, a count of open connections) is
+/// dropped when it has.
+///
+/// Not an `async fn`: an `async fn` keeps its arguments for its whole life beside what it moves
+/// them into, and this future is what an idle connection's task holds. The set-up here runs at
+/// once; the future returned holds only what [`serve_split`]'s does.
+pub fn serve<T: Split, G: 'static>(
     stream: T,
     peer: SocketAddr,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
-) {
+    hold: G,
+) -> impl Future<Output = ()> {
     let _ = stream.set_nodelay(true);
     let identity = TransportIdentity {
         certificate_cn: stream.peer_cn().map(str::to_string),
@@ -136,53 +147,115 @@ pub async fn serve<T: Split>(
     };
     let (reader, writer) = stream.into_split();
     let reader = ReadHalf::with_chunk(reader, READ_SPARE_BYTES);
-    serve_split(reader, writer, peer, identity, shared, sessions).await
+    let start = Start {
+        peer,
+        identity,
+        shared,
+        sessions,
+        hold: Box::new(hold),
+    };
+    serve_split(reader, writer, start)
+}
+
+/// Who a connection is with and what it runs on, as [`serve_split`] starts it.
+pub struct Start {
+    pub peer: SocketAddr,
+    pub identity: TransportIdentity,
+    pub shared: Arc<MqttShared>,
+    pub sessions: Rc<Sessions>,
+    /// Dropped when the connection ends.
+    pub hold: Box<dyn std::any::Any>,
 }
 
 /// [`serve`] over a connection already split (MQTT over WebSocket brings its own halves).
 ///
-/// An idle connection sits in [`read_loop`]'s wait for its next packet, so only what is held
-/// across that wait sets this future's size (docs/design.md, "Idle connections"): the opening
-/// (CONNECT, authentication, takeover, resume) and the end run in boxes of their own, and the
-/// session lives in a box beside the future.
-pub async fn serve_split<R: ReadBytes, W: WriteBytes>(
-    mut reader: ReadHalf<R>,
+/// An idle connection sits in [`run`]'s wait for its next packet, so only what is held
+/// across that wait should set this future's size (docs/design.md, "Idle connections"): the
+/// opening (CONNECT, authentication, takeover, resume) and the end run in boxes of their own,
+/// and what the connection holds meanwhile ([`Live`], the session) lives in boxes beside it.
+pub fn serve_split<R: ReadBytes, W: WriteBytes>(
+    reader: ReadHalf<R>,
     writer: W,
+    start: Start,
+) -> impl Future<Output = ()> {
+    let opening = Box::pin(open(reader, writer, start));
+    async move {
+        if let Some((live, opened)) = opening.await {
+            run(live, opened).await;
+        }
+    }
+}
+
+/// What an open connection holds from CONNECT to its end.
+struct Live<R> {
+    reader: ReadHalf<R>,
     peer: SocketAddr,
-    identity: TransportIdentity,
+    kick: Arc<Kick>,
     shared: Arc<MqttShared>,
     sessions: Rc<Sessions>,
-) {
-    let kick = Arc::new(Kick::default());
-    let opening = open(
-        &mut reader,
-        writer,
+    conn: Rc<Conn>,
+    _hold: Box<dyn std::any::Any>,
+}
+
+/// The life of an opened connection: its session, the read loop that decodes packets and
+/// handles them one at a time, in order, and its end.
+async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<Opened>) {
+    let Live {
+        reader,
         peer,
-        identity,
-        &shared,
-        &sessions,
-        &kick,
-    );
-    let Some(opened) = Box::pin(opening).await else {
-        return;
+        kick,
+        shared,
+        sessions,
+        conn,
+        ..
+    } = &mut *live;
+    let (mut session, mut will) = start(opened, shared, conn, sessions, *peer);
+    // The read loop, written here rather than in a function of its own, whose arguments an
+    // `async fn` would keep twice.
+    let end = loop {
+        if conn.overflowed.get() {
+            break Some(ReasonCode::QuotaExceeded);
+        }
+        let read = read_packet(
+            reader,
+            shared.packet_bytes_max,
+            conn.level,
+            Some(conn),
+            kick,
+            &shared.shutdown,
+        );
+        // Boxed: handling is the largest state of this future, and an idle connection should
+        // not carry its size (the box lives only while a packet is handled). The packet moves
+        // into the box at once, so this future does not keep room for it either.
+        let handling = match read.await {
+            Ok(packet) => Box::pin(session.handle(packet)),
+            Err(e) => break closing_reason(conn, e, *peer),
+        };
+        match handling.await {
+            Flow::Continue => {}
+            Flow::Disconnect { publish_will } => {
+                if !publish_will {
+                    will = None;
+                }
+                conn.closing.set(true);
+                break None;
+            }
+            Flow::Close(code) => break Some(code),
+        }
     };
-    let conn = opened.conn.clone();
-    let (mut session, will) = start(opened, &shared, &conn, &sessions, peer);
-    let (end, will) = read_loop(&mut session, &mut reader, &kick, peer, will).await;
     let ending = Ending {
         end,
         will,
-        kick: &kick,
-        shared: &shared,
-        sessions: &sessions,
-        peer,
+        kick,
+        shared,
+        sessions,
+        peer: *peer,
     };
-    Box::pin(finish(&session, &mut reader, ending)).await;
+    Box::pin(finish(&session, reader, ending)).await;
 }
 
 /// What an accepted CONNECT leaves for the session to start with.
 struct Opened {
-    conn: Rc<Conn>,
     caller: Caller,
     client_id: String,
     expiry_s: u32,
@@ -196,34 +269,37 @@ struct Opened {
 /// and reads a stored session to resume. None when the connection is to close (a refusing
 /// CONNACK is queued).
 async fn open<R: ReadBytes, W: WriteBytes>(
-    reader: &mut ReadHalf<R>,
+    mut reader: ReadHalf<R>,
     mut writer: W,
-    peer: SocketAddr,
-    identity: TransportIdentity,
-    shared: &Arc<MqttShared>,
-    sessions: &Rc<Sessions>,
-    kick: &Arc<Kick>,
-) -> Option<Box<Opened>> {
-    let connect = connect::read_connect(reader, &mut writer, peer, kick, shared).await?;
+    start: Start,
+) -> Option<(Box<Live<R>>, Box<Opened>)> {
+    let Start {
+        peer,
+        identity,
+        shared,
+        sessions,
+        hold,
+    } = start;
+    let kick = Arc::new(Kick::default());
+    let connect = connect::read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
     let expiry_s = connect::session_expiry_s(&connect);
     let conn = Rc::new(Conn::new(
         &connect,
         expiry_s,
-        shared,
+        &shared,
         kick.clone(),
         sessions.sys.clone(),
     ));
     spawn(write_loop(writer, conn.clone(), sessions.clone()));
-    let admitted = connect::admit(shared, &conn, &connect, identity, peer)?;
+    let admitted = connect::admit(&shared, &conn, &connect, identity, peer)?;
     let client_id = admitted.client_id;
     *conn.client_id.borrow_mut() = client_id.clone();
     if let Some(old) = shared.claim(&client_id, kick.clone(), connect.clean) {
         // The old connection stores its session before letting go; wait so we read that.
         old.released().await;
     }
-    let restored = connect::load_stored(shared, &client_id, connect.clean, peer).await;
-    Some(Box::new(Opened {
-        conn,
+    let restored = connect::load_stored(&shared, &client_id, connect.clean, peer).await;
+    let opened = Box::new(Opened {
         caller: admitted.caller,
         client_id,
         expiry_s,
@@ -231,7 +307,17 @@ async fn open<R: ReadBytes, W: WriteBytes>(
         ack_props: admitted.ack_props,
         restored,
         will: connect.will,
-    }))
+    });
+    let live = Box::new(Live {
+        reader,
+        peer,
+        kick,
+        shared,
+        sessions,
+        conn,
+        _hold: hold,
+    });
+    Some((live, opened))
 }
 
 /// Starts the session of an opened connection: registers it, sends CONNACK, resumes what was
@@ -322,50 +408,6 @@ async fn finish<R: ReadBytes>(session: &Session<'_>, reader: &mut ReadHalf<R>, e
     if v5 && end.is_some_and(|c| !taken.contains(&c)) {
         drain(reader, shared, conn.level, kick).await;
     }
-}
-
-/// Reads and handles packets until the connection ends. Returns the reason it is closed with
-/// (none: the client closed it or sent DISCONNECT) and the will still to publish.
-async fn read_loop<R: ReadBytes>(
-    session: &mut Session<'_>,
-    reader: &mut ReadHalf<R>,
-    kick: &Kick,
-    peer: SocketAddr,
-    mut will: Option<Box<Will>>,
-) -> (Option<ReasonCode>, Option<Box<Will>>) {
-    let (shared, conn) = (session.shared, session.conn);
-    let end = loop {
-        if conn.overflowed.get() {
-            break Some(ReasonCode::QuotaExceeded);
-        }
-        let packet = read_packet(
-            reader,
-            shared.packet_bytes_max,
-            conn.level,
-            Some(conn),
-            kick,
-            &shared.shutdown,
-        )
-        .await;
-        let packet = match packet {
-            Ok(p) => p,
-            Err(e) => break closing_reason(conn, e, peer),
-        };
-        // Boxed: handling is the largest state of this future, and an idle connection should
-        // not carry its size (the box lives only while a packet is handled).
-        match Box::pin(session.handle(packet)).await {
-            Flow::Continue => {}
-            Flow::Disconnect { publish_will } => {
-                if !publish_will {
-                    will = None;
-                }
-                conn.closing.set(true);
-                break None;
-            }
-            Flow::Close(code) => break Some(code),
-        }
-    };
-    (end, will)
 }
 
 /// The reason a connection whose read ended is closed with; none when the client closed it.
@@ -552,11 +594,11 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidepool_io::{TcpRead, TcpWrite};
+    use tidepool_io::TcpWrite;
 
-    /// The size of the future an `async fn` of six arguments returns.
-    fn future_size<A, B, C, D, E, G, F: std::future::Future>(
-        _: impl Fn(A, B, C, D, E, G) -> F,
+    /// The size of the future a function of five arguments returns.
+    fn future_size5<A, B, C, D, E, F: std::future::Future>(
+        _: impl Fn(A, B, C, D, E) -> F,
     ) -> usize {
         std::mem::size_of::<F>()
     }
@@ -571,7 +613,12 @@ mod tests {
     /// were 2,944, 424 and 592 bytes.
     #[test]
     fn an_idle_connection_state_is_small() {
-        let reader = future_size(serve_split::<TcpRead, TcpWrite>);
+        let reader = future_size5(serve::<tidepool_io::Stream, ()>);
+        eprintln!(
+            "reader {reader} writer {} conn {}",
+            future_size3(write_loop::<TcpWrite>),
+            std::mem::size_of::<Conn>()
+        );
         let writer = future_size3(write_loop::<TcpWrite>);
         let conn = std::mem::size_of::<Conn>();
         assert!(reader <= 1024, "reader task future {reader} B");
