@@ -85,6 +85,7 @@ impl ReadError {
 /// the read half holds while it waits (`/health?verbose` `mqtt_buffer_bytes`).
 ///
 /// Not an `async fn`, which would keep its six arguments twice: an idle connection waits here.
+#[allow(clippy::manual_async_fn)]
 pub(super) fn read_packet<'a, R: ReadBytes>(
     reader: &'a mut ReadHalf<R>,
     packet_bytes_max: usize,

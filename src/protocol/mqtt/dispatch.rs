@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::codec::Level;
 use super::durable::{EventKey, EventRef};
 use super::general;
 use super::index::Index;
 use super::origin::Origin;
-use super::outbound::{Conn, Outbound};
+use super::outbound::{Conn, Outbound, Shared};
 use super::payload;
 use super::props::{Properties, Property};
 use super::share;
@@ -222,6 +223,8 @@ struct Delivery<'c> {
     trimmed: Vec<(Rc<ReadableAttributes>, Vec<u8>, Option<&'static str>)>,
     /// The change's key encoded, for subscriptions whose state still streams.
     encoded_key: Option<Vec<u8>>,
+    /// The PUBLISH encoded once per (level, QoS, RETAIN) for subscribers alike.
+    shared: Vec<Shared>,
 }
 
 /// What a connection's subscriptions matching one change add up to.
@@ -264,6 +267,7 @@ impl<'c> Delivery<'c> {
             passed_on,
             trimmed: Vec::new(),
             encoded_key: None,
+            shared: Vec::new(),
         })
     }
 
@@ -298,20 +302,59 @@ impl<'c> Delivery<'c> {
                 id: self.id.clone(),
             },
         });
+        // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
+        let retain = matched.as_published && self.origin.as_ref().is_some_and(|n| n.retain);
+        // Alike for every subscriber with no properties of its own (subscription identifiers)
+        // and the whole record to read: encoded once, copied into each buffer.
+        let alike =
+            matched.readable.is_none() && matched.properties.0.len() == self.passed_on.0.len();
+        if alike {
+            let shared = self.shared(conn.level, qos, retain);
+            if conn.takes_shared(qos, shared.bytes.len()) {
+                conn.publish_shared(shared, event);
+                return;
+            }
+        }
         let Some((body, content_type)) = self.body_for(matched.readable) else {
             return;
         };
         conn.publish(Outbound {
             topic: self.topic.clone(),
             qos,
-            // MQTT 5 §3.8.3.1: Retain As Published keeps the publisher's RETAIN flag.
-            retain: matched.as_published && self.origin.as_ref().is_some_and(|n| n.retain),
+            retain,
             body,
             content_type,
             event,
             resend_id: None,
             properties: matched.properties,
         });
+    }
+
+    /// This change's PUBLISH at `level`, `qos` and `retain` for every subscriber alike,
+    /// encoded at its first use.
+    fn shared(&mut self, level: Level, qos: u8, retain: bool) -> &Shared {
+        let found = self
+            .shared
+            .iter()
+            .position(|s| s.level == level && s.qos == qos && s.retain == retain);
+        let at = match found {
+            Some(at) => at,
+            None => {
+                let o = Outbound {
+                    topic: self.topic.clone(),
+                    qos,
+                    retain,
+                    body: self.out.body.clone(),
+                    content_type: self.out.content_type,
+                    event: None,
+                    resend_id: None,
+                    properties: self.passed_on.clone(),
+                };
+                self.shared.push(Shared::encode(level, o));
+                self.shared.len() - 1
+            }
+        };
+        &self.shared[at]
     }
 
     /// The subscriptions of `conn` that take this change, merged; none when no subscription

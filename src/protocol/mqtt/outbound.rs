@@ -53,6 +53,62 @@ pub(super) struct Outbound {
     pub(super) properties: Properties,
 }
 
+/// The properties of an outbound PUBLISH at `level`: the publisher's passed on and the
+/// payload's content type, unless the publisher's own Content Type wins (none at 3.1.1).
+fn publish_properties(
+    level: Level,
+    passed_on: Properties,
+    content_type: Option<&'static str>,
+) -> Properties {
+    let mut properties = Properties::default();
+    if level == Level::V5 {
+        if let (None, Some(ct)) = (passed_on.content_type(), content_type) {
+            properties.push(Property::ContentType(ct.to_string()));
+        }
+        properties.0.extend(passed_on.0);
+    }
+    properties
+}
+
+/// One PUBLISH encoded once for every subscriber of a core it goes to alike: same protocol
+/// level, QoS, RETAIN flag and properties, no topic alias. Each connection copies the bytes
+/// and patches in its own packet id (docs/mqtt.md, "Scale").
+pub(super) struct Shared {
+    pub(super) level: Level,
+    pub(super) qos: u8,
+    pub(super) retain: bool,
+    pub(super) bytes: Vec<u8>,
+    /// Where the packet id sits in `bytes` (QoS ≥ 1).
+    id_at: Option<usize>,
+}
+
+impl Shared {
+    /// `o` encoded at `level`, its packet id left 0.
+    pub(super) fn encode(level: Level, o: Outbound) -> Shared {
+        let (qos, retain, topic_bytes) = (o.qos, o.retain, o.topic.len());
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: o.topic,
+            packet_id: 0,
+            properties: publish_properties(level, o.properties, o.content_type),
+            payload: o.body,
+        });
+        let mut bytes = Vec::new();
+        codec::encode(&packet, level, &mut bytes);
+        // After the fixed header (a byte and the remaining length's varint) and the topic.
+        let header = 1 + bytes.iter().skip(1).take_while(|b| **b & 0x80 != 0).count() + 1;
+        Shared {
+            level,
+            qos,
+            retain,
+            bytes,
+            id_at: (qos > 0).then_some(header + 2 + topic_bytes),
+        }
+    }
+}
+
 /// Per-connection state shared by its reader, its writer and the core's dispatcher.
 pub(super) struct Conn {
     pub(super) level: Level,
@@ -261,6 +317,11 @@ impl Conn {
             }
             return;
         }
+        self.in_flight(packet_id, event);
+    }
+
+    /// A QoS ≥ 1 publish went out as `packet_id`: remembered until acknowledged.
+    fn in_flight(&self, packet_id: u16, event: Option<EventRef>) {
         if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
             t.sent(event);
         }
@@ -273,17 +334,50 @@ impl Conn {
         );
     }
 
+    /// Whether a PUBLISH encoded once for many subscribers ([`Shared`]) fits this connection:
+    /// no topic alias of its own to set, room in its receive window, nothing backlogged before
+    /// it, and within its Maximum Packet Size.
+    pub(super) fn takes_shared(&self, qos: u8, bytes: usize) -> bool {
+        let aliases = self.level == Level::V5 && self.aliases_out_max > 0;
+        let window = qos == 0
+            || (self.backlog.borrow().is_empty() && self.inflight.borrow().len() < self.window);
+        !aliases && window && bytes <= self.out_packet_bytes_max
+    }
+
+    /// Queues a PUBLISH encoded once for every subscriber it goes to alike (checked with
+    /// [`Conn::takes_shared`]): copied into this connection's buffer, its packet id patched in.
+    /// False if the outbound bound was hit (as [`Conn::publish`]).
+    pub(super) fn publish_shared(&self, shared: &Shared, event: Option<EventRef>) -> bool {
+        if self.out.borrow().len() > OUT_BYTES_MAX {
+            return if shared.qos > 0 {
+                self.overflow()
+            } else {
+                false
+            };
+        }
+        let packet_id = (shared.qos > 0).then(|| self.free_packet_id());
+        {
+            let mut out = self.out_mut();
+            let start = out.len();
+            out.extend_from_slice(&shared.bytes);
+            if let (Some(id), Some(at)) = (packet_id, shared.id_at) {
+                if let Some(slot) = out.get_mut(start + at..start + at + 2) {
+                    slot.copy_from_slice(&id.to_be_bytes());
+                }
+            }
+        }
+        if let Some(id) = packet_id {
+            self.in_flight(id, event);
+        }
+        self.counts.count_sent();
+        self.wake_writer();
+        true
+    }
+
     /// Encodes and buffers one PUBLISH; false when it exceeds the client's Maximum Packet Size
     /// (MQTT 5 §3.1.2.11.4: such a packet is discarded as if sent).
     pub(super) fn write_publish(&self, o: Outbound, packet_id: u16, dup: bool) -> bool {
-        let mut properties = Properties::default();
-        if self.level == Level::V5 {
-            // The publisher's own Content Type wins over the encoding's.
-            if let (None, Some(ct)) = (o.properties.content_type(), o.content_type) {
-                properties.push(Property::ContentType(ct.to_string()));
-            }
-            properties.0.extend(o.properties.0);
-        }
+        let mut properties = publish_properties(self.level, o.properties, o.content_type);
         // Server-assigned topic aliases (MQTT 5 §3.3.2.3.4), up to the client's maximum: the
         // first PUBLISH on a topic sets its alias, later ones send the alias alone.
         let mut topic = o.topic;
@@ -462,4 +556,51 @@ const OUT_SPARE_BYTES_MAX: usize = 64 << 10;
 thread_local! {
     /// This core's spare outbound buffers.
     static OUT_SPARES: Spares = const { Spares::new(OUT_SPARES_MAX, OUT_SPARE_BYTES_MAX) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PUBLISH encoded once with its packet id patched in is byte for byte the one encoded for
+    /// that id, at both levels, every QoS, short and long remaining lengths.
+    #[test]
+    fn shared_publish_equals_one_encoded_for_its_packet_id() {
+        for level in [Level::V4, Level::V5] {
+            for qos in 0..=2u8 {
+                for (topic_len, body_len) in [(5, 10), (200, 300), (3, 20_000)] {
+                    let topic = "t".repeat(topic_len);
+                    let body = vec![7u8; body_len];
+                    let outbound = || Outbound {
+                        topic: topic.clone(),
+                        qos,
+                        retain: qos == 1,
+                        body: body.clone(),
+                        content_type: Some("application/json"),
+                        event: None,
+                        resend_id: None,
+                        properties: Properties::default(),
+                    };
+                    let shared = Shared::encode(level, outbound());
+                    let mut patched = shared.bytes.clone();
+                    if let Some(at) = shared.id_at {
+                        patched[at..at + 2].copy_from_slice(&0x1234u16.to_be_bytes());
+                    }
+                    let o = outbound();
+                    let mut expected = Vec::new();
+                    let packet = Packet::Publish(Publish {
+                        dup: false,
+                        qos,
+                        retain: o.retain,
+                        topic: o.topic,
+                        packet_id: if qos > 0 { 0x1234 } else { 0 },
+                        properties: publish_properties(level, o.properties, o.content_type),
+                        payload: o.body,
+                    });
+                    codec::encode(&packet, level, &mut expected);
+                    assert_eq!(patched, expected, "{level:?} QoS {qos} topic {topic_len}");
+                }
+            }
+        }
+    }
 }
