@@ -33,9 +33,11 @@ pub use crate::store::{
     now_ms, Condition, ConditionFailed, Database, Header, OpResult, PutMode, ReadTxn, StoreError,
     Table, WriteError, WriteOp, WriteRequest,
 };
-pub use records::{with_record, write};
+pub use records::{queue, with_record, write, Queued};
 pub use validate::{validate_record, Validation};
-pub use verbs::{create, delete, put, write_many, write_with_extras, PutKind, WriteFailure};
+pub use verbs::{
+    create, delete, put, queue_with_extras, write_many, write_with_extras, PutKind, WriteFailure,
+};
 
 /// Who is asking: the authenticated user (or anonymous) and the permissions of its role, as
 /// `auth::authenticate` found them. Every protocol passes one to the resource layer.

@@ -19,6 +19,22 @@ pub fn with_record<R>(
         .map(|record| f(&record.header, record.value)))
 }
 
+/// A write queued on its database's writer: completes once it is committed (and synced) or
+/// refused. Dropping it does not undo the write.
+pub struct Queued(tidepool_io::OneshotReceiver<Result<WriteOutcome, WriteError>>);
+
+impl Queued {
+    pub async fn committed(self) -> Result<WriteOutcome, WriteError> {
+        self.0.await.unwrap_or(Err(WriteError::Stopped))
+    }
+}
+
+/// Queues `request` on the database's writer now, in order with every write queued before it,
+/// without waiting for the commit.
+pub fn queue(db: &Arc<Database>, request: WriteRequest) -> Result<Queued, WriteError> {
+    db.submit(request).map(Queued)
+}
+
 /// Submits `request` to the database's writer and waits (without blocking the core) for the
 /// commit.
 pub async fn write(db: &Arc<Database>, request: WriteRequest) -> Result<WriteOutcome, WriteError> {

@@ -177,7 +177,20 @@ pub async fn write_with_extras(
     ops: Vec<WriteOp>,
     extras: Option<crate::change::Extras>,
 ) -> Result<WriteOutcome, WriteError> {
-    super::write(
+    queue_with_extras(db, caller, ops, extras)?
+        .committed()
+        .await
+}
+
+/// [`write_with_extras`] queued now, its commit awaited later (or not at all): writes queued one
+/// after another commit in that order.
+pub fn queue_with_extras(
+    db: &Arc<Database>,
+    caller: &Caller,
+    ops: Vec<WriteOp>,
+    extras: Option<crate::change::Extras>,
+) -> Result<super::Queued, WriteError> {
+    super::queue(
         db,
         WriteRequest {
             ops,
@@ -185,7 +198,6 @@ pub async fn write_with_extras(
             extras,
         },
     )
-    .await
 }
 
 /// Whether `caller` may do `action` on `table` with the attributes of `record`.

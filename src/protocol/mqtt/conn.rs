@@ -349,6 +349,7 @@ fn start<'a>(
         aliases: None,
         client_id,
         expiry_s,
+        pending: Default::default(),
     });
     // From here to the end of the resume nothing awaits (see `Session::open`).
     session.open(restored, ack_props, peer);
@@ -382,6 +383,8 @@ async fn finish<R: ReadBytes>(session: &Session<'_>, reader: &mut ReadHalf<R>, e
         peer,
     } = ending;
     let conn = session.conn;
+    // Pipelined QoS 0 publishes are applied before anything the end of the connection does.
+    session.settle().await;
     let client_id = &session.client_id;
     let v5 = conn.level == Level::V5;
     if let Some(code) = end {
@@ -473,6 +476,8 @@ pub(super) struct Session<'a> {
     pub(super) client_id: String,
     /// Session Expiry Interval (s): 0 ends the session with the connection.
     pub(super) expiry_s: u32,
+    /// QoS 0 publishes queued whose commits are not yet settled (`inbound.rs`).
+    pub(super) pending: std::cell::RefCell<Rare<super::inbound::Pipeline>>,
 }
 
 impl Session<'_> {
@@ -522,6 +527,9 @@ impl Session<'_> {
 
     /// Handles one packet after CONNECT.
     async fn handle(&mut self, packet: Packet) -> Flow {
+        if !matches!(&packet, Packet::Publish(p) if p.qos == 0) {
+            self.settle().await;
+        }
         match packet {
             Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubAck(a) | Packet::PubComp(a) => {

@@ -26,6 +26,26 @@ use crate::change::Extras;
 use crate::resource::{self, ConditionFailed, Validation, WriteError, WriteOp};
 use crate::value::Value;
 
+/// QoS 0 publishes of one connection queued on the writer and not yet committed, at most
+/// (docs/mqtt.md, "Scale"); the next one waits for the oldest.
+pub(super) const QOS0_IN_FLIGHT_MAX: usize = 64;
+
+/// QoS 0 publishes queued and not yet settled, with their topics (for the log).
+pub(super) type Pipeline = std::collections::VecDeque<(resource::Queued, String)>;
+
+/// Logs a publish that failed; returns its v5 reason code.
+fn failed(topic: &str, e: WriteError) -> ReasonCode {
+    tracing::info!(target: "mqtt", "publish to {topic:?} failed: {e}");
+    match e {
+        WriteError::Invalid(_) => ReasonCode::PayloadFormatInvalid,
+        WriteError::Overloaded(_) => ReasonCode::QuotaExceeded,
+        WriteError::Condition(ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate) => {
+            ReasonCode::NotAuthorized
+        }
+        _ => ReasonCode::Unspecified,
+    }
+}
+
 impl Session<'_> {
     /// PUBLISH: its topic alias resolved, QoS 2 duplicates acknowledged again, the write, the
     /// acknowledgement with its reason code (3.1.1: always success).
@@ -241,18 +261,58 @@ impl Session<'_> {
         op: WriteOp,
     ) -> ReasonCode {
         let extras = self.origin(p, table, &op);
-        match resource::write_with_extras(db, &self.caller, vec![op], extras).await {
+        let queued = resource::queue_with_extras(db, &self.caller, vec![op], extras);
+        let result = match queued {
+            // docs/mqtt.md: QoS 0 publishes are pipelined (nothing to acknowledge): the next
+            // packet is read while this one commits, up to a bound.
+            Ok(queued) if p.qos == 0 => {
+                self.pipeline(queued, &p.topic).await;
+                return ReasonCode::Success;
+            }
+            Ok(queued) => queued.committed().await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(_) => ReasonCode::Success,
-            Err(e) => {
-                tracing::info!(target: "mqtt", "publish to {:?} failed: {e}", p.topic);
-                match e {
-                    WriteError::Invalid(_) => ReasonCode::PayloadFormatInvalid,
-                    WriteError::Overloaded(_) => ReasonCode::QuotaExceeded,
-                    WriteError::Condition(
-                        ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate,
-                    ) => ReasonCode::NotAuthorized,
-                    _ => ReasonCode::Unspecified,
+            Err(e) => failed(&p.topic, e),
+        }
+    }
+
+    /// Keeps a queued QoS 0 publish's commit to settle later, first settling the oldest when
+    /// [`QOS0_IN_FLIGHT_MAX`] are in flight.
+    async fn pipeline(&self, queued: resource::Queued, topic: &str) {
+        let full = self
+            .pending
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| p.len() >= QOS0_IN_FLIGHT_MAX);
+        if full {
+            let oldest = self
+                .pending
+                .borrow_mut()
+                .as_mut()
+                .and_then(|p| p.pop_front());
+            if let Some((oldest, topic)) = oldest {
+                if let Err(e) = oldest.committed().await {
+                    failed(&topic, e);
                 }
+            }
+        }
+        self.pending
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .push_back((queued, topic.to_string()));
+    }
+
+    /// Waits for every pipelined QoS 0 publish to commit (logging the failures): before any
+    /// other packet is handled, so each of those comes after all earlier publishes are applied.
+    pub(super) async fn settle(&self) {
+        let Some(pending) = self.pending.borrow_mut().take() else {
+            return;
+        };
+        for (queued, topic) in *pending {
+            if let Err(e) = queued.committed().await {
+                failed(&topic, e);
             }
         }
     }
@@ -309,6 +369,8 @@ impl Session<'_> {
             payload: will.payload,
         };
         let code = self.apply(&p).await;
+        // A QoS 0 will is pipelined like any QoS 0 publish: settled here (failures logged).
+        self.settle().await;
         if code.is_failure() {
             tracing::info!(target: "mqtt", "will to {:?} not published (0x{:02x})", p.topic, code.byte());
         }
@@ -365,6 +427,7 @@ impl Session<'_> {
                 aliases: None,
                 client_id,
                 expiry_s: 0,
+                pending: Default::default(),
             };
             late.publish_will(will).await;
         });
