@@ -20,6 +20,7 @@ pub mod certs;
 pub mod clone;
 pub mod link;
 pub mod message;
+pub mod subscriptions;
 pub mod transport;
 pub mod ws;
 
@@ -36,6 +37,7 @@ use serde_yaml::Value as Yaml;
 use crate::config::{Config, ConfigTree, ListenAddr};
 use crate::store::{now_ms, Store, Table, WriteOp, WriteRequest};
 use crate::value::{Object, Value};
+use subscriptions::Subscriptions;
 
 /// Reconnect back-off bounds (docs/replication.md).
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -317,6 +319,11 @@ impl Settings {
     }
 }
 
+/// The `hdb_nodes` field holding when a record's subscriptions were set (ms since the epoch).
+pub const SUBSCRIPTIONS_TIME: &str = "subscriptions_time";
+/// The `hdb_nodes` field holding when a node was marked removed (ms since the epoch).
+const REMOVED_TIME: &str = "removed_time";
+
 /// A known peer: a route, an `hdb_nodes` entry or a node learned by gossip.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -367,9 +374,33 @@ pub struct LinkEntry {
     pub thread: u64,
 }
 
+/// A node's explicit subscriptions as this node holds them (docs/replication.md "Explicit
+/// subscriptions"), with when they were set (ms since the epoch; 0 = never): of two views, the
+/// later one wins on both sides.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSubs {
+    /// None: every table replicates.
+    pub subs: Option<Subscriptions>,
+    pub time: f64,
+}
+
+/// What a peer's view of our subscriptions did here.
+#[derive(Debug, PartialEq)]
+pub enum Adopted {
+    /// Ours were set later: the peer must take them.
+    Ours,
+    /// Theirs were set later and differ: taken (reversed), the link must start over.
+    Changed,
+    /// Nothing to do.
+    Same,
+}
+
 #[derive(Default)]
 pub struct PeerStatus {
     pub url: String,
+    /// Something arrived after `HELLO`: the peer has registered the link (and taken our
+    /// subscriptions) too.
+    pub ready: bool,
     /// The peer's own origin per database, from its `HELLO` (docs/replication.md "Origins").
     pub streams: BTreeMap<String, String>,
     pub latency_ms: Option<f64>,
@@ -387,6 +418,14 @@ pub struct Replication {
     /// Names (and keys) of nodes `remove_node` removed: never dialled, their links refused,
     /// until a new `add_node` (docs/replication.md).
     removed: Mutex<HashSet<String>>,
+    /// When each removal mark was made (ms; 0 = unknown): a node that dials us with an
+    /// `add_node` made later is let back in (docs/replication.md).
+    removed_at: Mutex<HashMap<String, f64>>,
+    /// Explicit subscriptions per node record name (`hdb_nodes.subscriptions`).
+    subs: Mutex<HashMap<String, PeerSubs>>,
+    /// (peer, database): the tables we subscribe to from that peer grew, so the next
+    /// subscription asks for a copy of them (what was filtered out before).
+    resync: Mutex<HashSet<(String, String)>>,
     /// TLS for the secure listener and `wss://` dials, swapped when a certificate exchange adds
     /// a CA; None when it could not be set up without a secure port (then `wss://` dials fail
     /// and say why).
@@ -414,7 +453,8 @@ pub fn start(
     tree: &ConfigTree,
 ) -> Result<Option<Arc<Replication>>, String> {
     let settings = Settings::from_tree(tree, config)?;
-    let (stored, removed) = stored_nodes(&store, settings.port_default);
+    let (stored, (removed, removed_at), subs) =
+        stored_nodes(&store, settings.port_default, &settings.node_name);
     let leader = clone::Leader::from_env();
     if !settings.configured && stored.is_empty() && leader.is_none() {
         return Ok(None);
@@ -444,7 +484,10 @@ pub fn start(
         links: Mutex::new(HashMap::new()),
         status: Mutex::new(HashMap::new()),
         snapshot_claims: Mutex::new(HashSet::new()),
+        removed_at: Mutex::new(removed_at),
         removed: Mutex::new(removed),
+        subs: Mutex::new(subs),
+        resync: Mutex::new(HashSet::new()),
         tls: RwLock::new(tls),
         config: config.clone(),
         stopping: AtomicBool::new(false),
@@ -489,28 +532,59 @@ pub fn start(
     Ok(Some(repl))
 }
 
-/// `hdb_nodes`: the entries to dial (name, target), and the names marked removed.
-fn stored_nodes(store: &Store, port_default: u16) -> (Vec<(String, Target)>, HashSet<String>) {
+/// What `hdb_nodes` holds for the manager: the entries to dial (name, target), the names
+/// marked removed, and each entry's explicit subscriptions.
+type StoredNodes = (
+    Vec<(String, Target)>,
+    (HashSet<String>, HashMap<String, f64>),
+    HashMap<String, PeerSubs>,
+);
+
+/// `hdb_nodes`, as [`StoredNodes`].
+fn stored_nodes(store: &Store, port_default: u16, own_name: &str) -> StoredNodes {
     let mut nodes = Vec::new();
-    let mut removed = HashSet::new();
+    let mut removed = (HashSet::new(), HashMap::new());
+    let mut subs = HashMap::new();
     let Some(db) = store.database("system") else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     let Some(table) = db.table("hdb_nodes") else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     let Ok(txn) = db.read() else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     let Ok(records) = txn.raw_records(&table) else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     for v in records.into_iter().filter_map(|r| r.value) {
         let Some(name) = v.get("name").and_then(Value::as_str).map(str::to_string) else {
             continue;
         };
         if matches!(v.get("removed"), Some(Value::Bool(true))) {
-            removed.insert(name);
+            let at = message::as_f64(v.get(REMOVED_TIME)).unwrap_or(0.0);
+            removed.1.insert(name.clone(), at);
+            removed.0.insert(name);
+            continue;
+        }
+        let time = match v.get(SUBSCRIPTIONS_TIME) {
+            Some(Value::Float(f)) => *f,
+            Some(Value::Int(i)) => *i as f64,
+            _ => 0.0,
+        };
+        // A record this build cannot read replicates everything (as without the key).
+        let explicit = Subscriptions::parse(v.get("subscriptions")).unwrap_or(None);
+        if explicit.is_some() || time > 0.0 {
+            subs.insert(
+                name.clone(),
+                PeerSubs {
+                    subs: explicit,
+                    time,
+                },
+            );
+        }
+        if name == own_name {
+            // This node's own record (docs/replication.md "hdb_nodes").
             continue;
         }
         let url = v.get("url").cloned().unwrap_or(Value::String(name.clone()));
@@ -518,7 +592,7 @@ fn stored_nodes(store: &Store, port_default: u16) -> (Vec<(String, Target)>, Has
             nodes.push((name, target));
         }
     }
-    (nodes, removed)
+    (nodes, removed, subs)
 }
 
 /// Blocks a plain thread on a future (a writer reply), parking between polls.
@@ -708,6 +782,7 @@ impl Replication {
             removed.extend(names.iter().cloned());
         }
         for name in &names {
+            self.forget_subs(name);
             self.mark_removed(name);
         }
         self.broadcast_nodes();
@@ -770,15 +845,30 @@ impl Replication {
     /// Sends our node list (`NODES`, removed marks included) on every link: after a change.
     pub fn broadcast_nodes(&self) {
         let list = self.nodes_message();
-        let outs: Vec<Arc<link::Out>> = self
+        let outs: Vec<(String, Arc<link::Out>)> = self
             .links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|l| l.out.clone())
+            .iter()
+            .map(|(peer, l)| (peer.clone(), l.out.clone()))
             .collect();
-        for out in outs {
+        // Nodes with explicit subscriptions get no gossip (docs/replication.md).
+        for (_, out) in outs.into_iter().filter(|(peer, _)| !self.explicit(peer)) {
             let _ = out.send("NODES", list.clone());
+        }
+    }
+
+    /// Sends one message on the link with `peer`, if there is one (never waits behind a
+    /// blocked write).
+    pub(crate) fn send_to(&self, peer: &str, kind: &str, body: Value) {
+        let out = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .map(|l| l.out.clone());
+        if let Some(out) = out {
+            let _ = out.try_send(kind, body);
         }
     }
 
@@ -788,8 +878,15 @@ impl Replication {
             ("name", Value::String(self.settings.node_name.clone())),
             ("url", Value::String(self.settings.url.clone())),
         ])];
+        // A node with explicit subscriptions is known only to this node: peers never dial it
+        // for everything (docs/replication.md).
+        let nodes: Vec<_> = self
+            .nodes()
+            .into_iter()
+            .filter(|(key, _, _)| !self.explicit(key))
+            .collect();
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, name, target) in self.nodes() {
+        for (key, name, target) in nodes {
             let name = name.unwrap_or(key);
             let url = status
                 .get(&name)
@@ -889,6 +986,19 @@ impl Replication {
         }
     }
 
+    /// Whether `hello` (of the removed node `peer`) comes from an `add_node` made after the
+    /// removal: then it is let back in, as HarperDB lets a node be added again.
+    pub(crate) fn added_since_removal(&self, peer: &str, hello: &Value) -> bool {
+        let removed_at = self
+            .removed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .copied()
+            .unwrap_or(0.0);
+        message::as_f64(hello.get("subscriptionsTime")).is_some_and(|t| t > removed_at)
+    }
+
     /// Lets a removed node back in (a new `add_node` reached it by address).
     pub(crate) fn unmark_removed(&self, name: &str) {
         self.removed
@@ -924,7 +1034,13 @@ impl Replication {
             .map(|n| n.key.clone())
             .collect();
         self.drop_node(peer, "shutdown");
+        self.forget_subs(peer);
+        if !keys.iter().any(|k| k == peer) {
+            // The record of a node that dialled us (it has no dialling entry here).
+            self.delete_node(peer);
+        }
         for key in keys {
+            self.forget_subs(&key);
             self.delete_node(&key);
         }
     }
@@ -991,8 +1107,31 @@ impl Replication {
         let mut record = Object::new();
         record.insert("name", Value::String(name.into()));
         match url {
-            Some(url) => record.insert("url", Value::String(url.into())),
-            None => record.insert("removed", Value::Bool(true)),
+            Some(url) => {
+                record.insert("url", Value::String(url.into()));
+                // HarperDB's fields: the explicit list, or `replicates: true` for everything.
+                let p = self
+                    .subs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default();
+                record.insert("replicates", Value::Bool(p.subs.is_none()));
+                record.insert("subscriptions", subscriptions::value_of(p.subs.as_ref()));
+                if p.time > 0.0 {
+                    record.insert(SUBSCRIPTIONS_TIME, Value::Float(p.time));
+                }
+            }
+            None => {
+                let at = now();
+                record.insert("removed", Value::Bool(true));
+                record.insert(REMOVED_TIME, Value::Float(at));
+                self.removed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), at);
+            }
         };
         let request = WriteRequest {
             ops: vec![WriteOp::Put {
@@ -1090,11 +1229,51 @@ impl Replication {
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(peer)
             {
+                s.ready = false;
                 for socket in s.sockets.values_mut() {
                     socket.connected = false;
                 }
             }
         }
+    }
+
+    /// Waits (a plain thread, at most `limit`) until the node added under `key` is linked and
+    /// has registered the link on its side, as HarperDB's `add_node` answers once the node
+    /// has taken it. Returns whether it was.
+    pub fn wait_linked(&self, key: &str, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let name = self
+                .nodes()
+                .into_iter()
+                .find(|(k, _, _)| k == key)
+                .and_then(|(_, name, _)| name);
+            if let Some(name) = name {
+                let ready = self
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&name)
+                    .is_some_and(|s| s.ready);
+                if ready && self.connected(&name) {
+                    return true;
+                }
+            }
+            if std::time::Instant::now() >= until || self.stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The key of the node dialled at `address`.
+    pub(crate) fn key_at(&self, address: &str) -> Option<String> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|n| n.target.address() == address)
+            .map(|n| n.key.clone())
     }
 
     /// Records the announced name of the node dialled at `address`.
@@ -1356,6 +1535,24 @@ impl Replication {
     /// `cluster_status` (docs/replication.md).
     pub fn cluster_status(&self) -> Value {
         let nodes = self.nodes();
+        // Each peer's subscriptions, read before the status locks are taken.
+        let mut subs: HashMap<String, Option<Subscriptions>> = HashMap::new();
+        let peers: Vec<String> = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .chain(
+                nodes
+                    .iter()
+                    .map(|(key, name, _)| name.clone().unwrap_or_else(|| key.clone())),
+            )
+            .collect();
+        for peer in peers {
+            let s = self.subscriptions_with(&peer);
+            subs.insert(peer, s);
+        }
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen: Vec<String> = Vec::new();
@@ -1365,6 +1562,7 @@ impl Replication {
                 return;
             }
             seen.push(name.clone());
+            let explicit = subs.get(&name).cloned().flatten();
             let peer = status.get(&name);
             let thread = links.get(&name).map(|l| l.thread).unwrap_or(0);
             let sockets: Vec<Value> = peer
@@ -1413,9 +1611,9 @@ impl Replication {
                             .unwrap_or(url),
                     ),
                 ),
-                ("replicateByDefault", Value::Bool(true)),
-                ("replicates", Value::Bool(true)),
-                ("subscriptions", Value::Null),
+                ("replicateByDefault", Value::Bool(explicit.is_none())),
+                ("replicates", Value::Bool(explicit.is_none())),
+                ("subscriptions", subscriptions::value_of(explicit.as_ref())),
                 ("database_sockets", Value::Array(sockets)),
             ]));
         };
