@@ -2616,3 +2616,116 @@ fn explicit_subscriptions_filter_each_direction_and_update_node_changes_them() {
         "B's Dog did not reach A after a restart"
     );
 }
+
+/// Waits until `node` started again (after a restart) and answers on its new addresses (the
+/// tests' nodes listen on port 0), which it takes from the output.
+fn wait_restarted(node: &mut Node) {
+    let limit = Instant::now() + Duration::from_secs(60);
+    let mut lines: Vec<String> = Vec::new();
+    let (mut rest, mut ops) = (None, None);
+    while rest.is_none() || ops.is_none() {
+        assert!(
+            Instant::now() < limit,
+            "{} did not start again: {lines:?}",
+            node.name
+        );
+        for line in node.server.drain_lines() {
+            let started = lines.iter().any(|l| l.contains("starting with"));
+            if started || line.contains("starting with") {
+                rest = rest.or(common::listener_addr(&line, "REST"));
+                ops = ops.or(common::listener_addr(&line, "Operations API"));
+            }
+            lines.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.server.rest = rest.expect("REST address");
+    node.server.ops = ops.expect("Operations API address");
+}
+
+/// docs/replication.md "hdb_nodes" and "Adding and removing nodes": HarperDB's chain (B adds A,
+/// C adds B): every node's `hdb_nodes` lists all three, itself included; `remove_node` of a
+/// node known only through gossip (A on C) or only through its incoming link (C on B) answers
+/// 200, a name never known 404. And `restart_service` with `replicated` (docs/operations-api.md)
+/// restarts the node and the nodes linked to it.
+#[test]
+fn hdb_nodes_lists_every_node_and_remove_node_finds_gossiped_and_incoming_nodes() {
+    let app = app();
+    let port = free_port();
+    let mut a = start(&app, "node-a", "127.0.0.1", port, &[], None);
+    let mut b = start(&app, "node-b", "127.0.0.2", port, &[], None);
+    let mut c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    for (from, to, name) in [(&b, "127.0.0.1", "node-a"), (&c, "127.0.0.2", "node-b")] {
+        let (status, body) = op(
+            from,
+            json!({"operation": "add_node", "url": format!("wss://{to}:{port}"), "node_name": name}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_mesh(&[&a, &b, &c]);
+    let names = |node: &Node| -> Vec<String> {
+        let (status, rows) = op(
+            node,
+            json!({"operation": "sql", "sql": "SELECT name FROM system.hdb_nodes"}),
+        );
+        assert_eq!(status, 200, "{rows}");
+        let mut names: Vec<String> = rows
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    for n in [&a, &b, &c] {
+        wait_until(
+            &format!("{} lists the three nodes in hdb_nodes", n.name),
+            Duration::from_secs(10),
+            || names(n) == ["node-a", "node-b", "node-c"],
+        );
+    }
+
+    // restart_service, replicated: the linked nodes restart too.
+    for n in [&a, &b, &c] {
+        n.server.drain_lines();
+    }
+    let (status, body) = op(
+        &a,
+        json!({"operation": "restart_service", "service": "http_workers", "replicated": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "Restarting http_workers");
+    let job = body["job_id"].as_str().expect("job_id").to_string();
+    for n in [&mut a, &mut b, &mut c] {
+        wait_restarted(n);
+    }
+    wait_mesh(&[&a, &b, &c]);
+    let (_, jobs) = op(&a, json!({"operation": "get_job", "id": job}));
+    assert_eq!(jobs[0]["type"], "restart_service", "{jobs}");
+    assert_eq!(jobs[0]["status"], "COMPLETE", "{jobs}");
+    let (status, body) = op(
+        &a,
+        json!({"operation": "restart_service", "service": "nope"}),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Invalid service"))
+    );
+
+    // A on C: known through gossip only; C on B: through C's incoming link only.
+    for (node, gone) in [(&c, "node-a"), (&b, "node-c")] {
+        let (status, body) = op(node, json!({"operation": "remove_node", "node_name": gone}));
+        assert_eq!(status, 200, "{} removing {gone}: {body}", node.name);
+        assert_eq!(
+            body["message"],
+            format!("Successfully removed '{gone}' from cluster")
+        );
+    }
+    let (status, body) = op(
+        &a,
+        json!({"operation": "remove_node", "node_name": "node-x"}),
+    );
+    assert_eq!(status, 404, "{body}");
+}

@@ -240,6 +240,9 @@ pub fn run(
         out.send("SUBSCRIPTIONS", repl.subscriptions_body(&peer))?;
     }
     let subs = repl.subscriptions_with(&peer);
+    if subs.is_none() {
+        repl.record_members(&peer, &peer_url);
+    }
     // Databases exchanged: ours, and the peer's that our `replication.databases` allows.
     let mut databases = my_databases;
     for d in message::strings_from(hello.get("databases")) {
@@ -272,8 +275,9 @@ pub fn run(
     };
     let rx = spawn_reader(&peer, reader, &socket, stop.clone())?;
     if control.subs.is_none() {
-        // No gossip with a node of explicit subscriptions (docs/replication.md).
-        control.send_nodes();
+        // Every linked node hears of the new one (docs/replication.md "Gossip"); none with a
+        // node of explicit subscriptions.
+        repl.broadcast_nodes();
     }
     if let Some(t) = dialled.filter(|t| is_tls && t.authorization.is_some()) {
         // Certificate exchange (docs/replication.md): we got in with credentials; ask for a certificate
@@ -785,6 +789,17 @@ impl Control {
             {
                 return Err(LinkError::Closed("subscriptions changed".into()));
             }
+            "RESTART" => {
+                // A peer's `restart_service` with `replicated` (docs/operations-api.md).
+                let service = body.get("service").and_then(Value::as_str).unwrap_or("");
+                tracing::info!(
+                    "replication: {} asked this node to restart ({service})",
+                    self.peer
+                );
+                if let Err(e) = crate::resource::request_restart() {
+                    tracing::warn!("replication: cannot restart: {}", e.message);
+                }
+            }
             "NODES" if self.subs.is_some() => {}
             "NODES" => {
                 let mut announced: Vec<(String, String)> = Vec::new();
@@ -1192,10 +1207,6 @@ impl Control {
                 self.peer
             ),
         }
-    }
-
-    fn send_nodes(&self) {
-        let _ = self.out.send("NODES", self.repl.nodes_message());
     }
 
     /// `SCHEMA`: creates the tables we lack (as ops-created tables); our own definitions win.

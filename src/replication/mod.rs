@@ -415,6 +415,10 @@ pub struct Replication {
     links: Mutex<HashMap<String, LinkEntry>>,
     pub(crate) status: Mutex<HashMap<String, PeerStatus>>,
     snapshot_claims: Mutex<HashSet<String>>,
+    /// Nodes that removed this node (`BYE removed`): `remove_node` of one answers 200.
+    left: Mutex<HashSet<String>>,
+    /// This node's own `hdb_nodes` record was written (on its first full link).
+    self_recorded: AtomicBool,
     /// Names (and keys) of nodes `remove_node` removed: never dialled, their links refused,
     /// until a new `add_node` (docs/replication.md).
     removed: Mutex<HashSet<String>>,
@@ -485,6 +489,8 @@ pub fn start(
         status: Mutex::new(HashMap::new()),
         snapshot_claims: Mutex::new(HashSet::new()),
         removed_at: Mutex::new(removed_at),
+        left: Mutex::new(HashSet::new()),
+        self_recorded: AtomicBool::new(false),
         removed: Mutex::new(removed),
         subs: Mutex::new(subs),
         resync: Mutex::new(HashSet::new()),
@@ -763,7 +769,20 @@ impl Replication {
     /// it is neither dialled nor let in, nor rediscovered by gossip) and tells every peer.
     /// Returns whether it was known. A plain thread only: it waits for the commit.
     pub fn remove_node(&self, key: &str) -> bool {
+        if key == self.settings.node_name {
+            // This node's own record (docs/replication.md "hdb_nodes"), as HarperDB deletes it.
+            let had = self.has_record(key);
+            self.delete_node(key);
+            return had;
+        }
         let already = self.is_removed(key);
+        let left = self
+            .left
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        let recorded = self.has_record(key);
+        let explicit = self.explicit(key);
         let mut names = vec![key.to_string()];
         names.extend(
             self.nodes
@@ -773,9 +792,18 @@ impl Replication {
                 .filter(|n| n.key == key || n.target.address() == key || n.target.host == key)
                 .filter_map(|n| n.name.clone()),
         );
-        let known = self.drop_node(key, "removed");
+        let known = self.drop_node(key, "removed") || recorded || left;
         if !known && !already {
             return false;
+        }
+        if explicit || left {
+            // A node of explicit subscriptions (never gossiped) or one that removed us already:
+            // its record goes, as in HarperDB, and no mark is kept or spread.
+            for name in &names {
+                self.forget_subs(name);
+                self.delete_node(name);
+            }
+            return true;
         }
         {
             let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
@@ -872,6 +900,16 @@ impl Replication {
         }
     }
 
+    /// `restart_service` with `replicated` (docs/operations-api.md): every linked node is asked to
+    /// restart (`RESTART`).
+    pub fn restart_peers(&self, service: &str) {
+        let body = message::object(vec![("service", Value::String(service.into()))]);
+        for peer in self.connected_peers() {
+            tracing::info!("replication: asking {peer} to restart ({service})");
+            self.send_to(&peer, "RESTART", body.clone());
+        }
+    }
+
     /// `NODES` (docs/replication.md): us, every node we know, and the removed ones marked.
     pub fn nodes_message(&self) -> Value {
         let mut list = vec![message::object(vec![
@@ -885,7 +923,14 @@ impl Replication {
             .into_iter()
             .filter(|(key, _, _)| !self.explicit(key))
             .collect();
+        // Nodes that dialled us are announced too (their URL from their `HELLO`).
+        let callers: Vec<String> = self
+            .connected_peers()
+            .into_iter()
+            .filter(|p| !self.explicit(p))
+            .collect();
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut named: Vec<String> = Vec::new();
         for (key, name, target) in nodes {
             let name = name.unwrap_or(key);
             let url = status
@@ -893,8 +938,19 @@ impl Replication {
                 .map(|s| s.url.clone())
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| target.resolved_url(self.settings.tls_default));
+            named.push(name.clone());
             list.push(message::object(vec![
                 ("name", Value::String(name)),
+                ("url", Value::String(url)),
+            ]));
+        }
+        for peer in callers {
+            let url = status.get(&peer).map(|s| s.url.clone()).unwrap_or_default();
+            if named.contains(&peer) || url.is_empty() {
+                continue;
+            }
+            list.push(message::object(vec![
+                ("name", Value::String(peer)),
                 ("url", Value::String(url)),
             ]));
         }
@@ -1035,6 +1091,11 @@ impl Replication {
             .collect();
         self.drop_node(peer, "shutdown");
         self.forget_subs(peer);
+        {
+            let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+            left.insert(peer.to_string());
+            left.extend(keys.iter().cloned());
+        }
         if !keys.iter().any(|k| k == peer) {
             // The record of a node that dialled us (it has no dialling entry here).
             self.delete_node(peer);
@@ -1091,6 +1152,40 @@ impl Replication {
             tracing::info!("replication: discovered node {name} at {url} by gossip");
             self.add_target(name.clone(), target, false);
             self.store_node(name, url);
+        }
+    }
+
+    /// Whether `system.hdb_nodes` holds a record named `name`.
+    fn has_record(&self, name: &str) -> bool {
+        let Some(db) = self.store.database("system") else {
+            return false;
+        };
+        let Some(table) = db.table("hdb_nodes") else {
+            return false;
+        };
+        db.read()
+            .and_then(|r| {
+                r.get(&table, &Value::String(name.into()))
+                    .map(|v| v.is_some())
+            })
+            .unwrap_or(false)
+    }
+
+    /// On a link that replicates everything (docs/replication.md "hdb_nodes"): `hdb_nodes`
+    /// lists every node of the cluster, this one and `peer` (which may have dialled us)
+    /// included, as HarperDB's replicated table does. A plain thread only.
+    pub(crate) fn record_members(&self, peer: &str, peer_url: &str) {
+        if !self.self_recorded.swap(true, Ordering::AcqRel)
+            && !self.has_record(&self.settings.node_name)
+        {
+            self.store_node(&self.settings.node_name, &self.settings.url);
+        }
+        let listed = self
+            .nodes()
+            .iter()
+            .any(|(key, name, _)| key == peer || name.as_deref() == Some(peer));
+        if !peer_url.is_empty() && !listed && !self.has_record(peer) {
+            self.store_node(peer, peer_url);
         }
     }
 

@@ -51,7 +51,9 @@ impl EntryKind {
 
     pub fn parse(name: &str) -> Option<EntryKind> {
         match name {
-            "put" | "patch" => Some(EntryKind::Put),
+            // The writer names puts by their operation (docs/operations-api.md
+            // `read_audit_log`); older logs say `put`.
+            "put" | "patch" | "insert" | "update" | "upsert" => Some(EntryKind::Put),
             "delete" => Some(EntryKind::Delete),
             "message" => Some(EntryKind::Message),
             _ => None,

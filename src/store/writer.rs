@@ -757,10 +757,18 @@ impl Writer {
         )?;
         if let (OpResult::Written { key, .. }, Some((stored, expires_at))) = (&result, stored) {
             if audited(&table) {
+                // The operation as HarperDB's audit log names it (`read_audit_log`); every
+                // reader takes each of these as a put (`replicate::EntryKind::parse`).
+                let kind = match mode {
+                    PutMode::Insert => "insert",
+                    PutMode::Update => "update",
+                    PutMode::Upsert => "upsert",
+                    PutMode::Replace => "put",
+                };
                 a.audit_entries.push(audit_entry(
                     &table.name,
                     key,
-                    "put",
+                    kind,
                     Some(&stored),
                     version,
                     expires_at,
