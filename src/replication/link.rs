@@ -234,15 +234,7 @@ pub fn run(
         s.url = peer_url.clone();
         s.streams = peer_streams;
     });
-    // Explicit subscriptions (docs/replication.md): the dialling node's view came with its
-    // `HELLO`; of two views the later one wins, and ours goes back when it is the later one.
-    if dialled.is_none() && repl.peer_view(&peer, &peer_url, &hello) == Adopted::Ours {
-        out.send("SUBSCRIPTIONS", repl.subscriptions_body(&peer))?;
-    }
-    let subs = repl.subscriptions_with(&peer);
-    if subs.is_none() {
-        repl.record_members(&peer, &peer_url);
-    }
+    let subs = settle_subscriptions(repl, &out, &peer, &peer_url, &hello, dialled.is_some())?;
     // Databases exchanged: ours, and the peer's that our `replication.databases` allows.
     let mut databases = my_databases;
     for d in message::strings_from(hello.get("databases")) {
@@ -299,6 +291,28 @@ pub fn run(
     repl.unregister(&peer, link_id);
     log_closed(repl, &peer, &result);
     result
+}
+
+/// Explicit subscriptions (docs/replication.md): the dialling node's view came with its `HELLO`;
+/// of two views the later one wins, and ours goes back when it is the later one. Returns the
+/// subscriptions the link runs with (None: everything, and then both nodes are in
+/// `hdb_nodes`).
+fn settle_subscriptions(
+    repl: &Replication,
+    out: &Out,
+    peer: &str,
+    peer_url: &str,
+    hello: &Value,
+    dialled: bool,
+) -> Result<Option<Subscriptions>, LinkError> {
+    if !dialled && repl.peer_view(peer, peer_url, hello) == Adopted::Ours {
+        out.send("SUBSCRIPTIONS", repl.subscriptions_body(peer))?;
+    }
+    let subs = repl.subscriptions_with(peer);
+    if subs.is_none() {
+        repl.record_members(peer, peer_url);
+    }
+    Ok(subs)
 }
 
 /// `HELLO`: our name, URL, protocol, databases and our origin per database (docs/replication.md
@@ -516,10 +530,9 @@ fn check_peer(
         }
         _ => {}
     }
-    if repl.is_removed(&peer) && (dialled.is_some() || repl.added_since_removal(&peer, hello)) {
-        // We dial only nodes added since (gossip never re-adds a removed one), and a node
-        // that dials us after an `add_node` of its own made since the removal is added
-        // again: either way the node is back in.
+    if dialled.is_some() && repl.is_removed(&peer) {
+        // We dial only nodes added since (gossip never re-adds a removed one): a new
+        // `add_node` by address lets the node back in.
         repl.unmark_removed(&peer);
     }
     if repl.is_removed(&peer) {
@@ -784,8 +797,18 @@ impl Control {
                 }
                 return Err(LinkError::Closed(format!("BYE {reason}")));
             }
+            "SUBSCRIPTIONS" | "RESTART" | "NODES" => self.membership(kind, &body)?,
+            // Unknown types are ignored (docs/replication.md).
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The cluster's own messages: subscriptions, restart requests, gossip.
+    fn membership(&mut self, kind: &str, body: &Value) -> Result<(), LinkError> {
+        match kind {
             "SUBSCRIPTIONS"
-                if self.repl.peer_view(&self.peer, &self.peer_url, &body) == Adopted::Changed =>
+                if self.repl.peer_view(&self.peer, &self.peer_url, body) == Adopted::Changed =>
             {
                 return Err(LinkError::Closed("subscriptions changed".into()));
             }
@@ -804,7 +827,7 @@ impl Control {
             "NODES" => {
                 let mut announced: Vec<(String, String)> = Vec::new();
                 let mut removed: Vec<String> = Vec::new();
-                if let Value::Array(items) = &body {
+                if let Value::Array(items) = body {
                     for n in items {
                         let Some(name) = n.get("name").and_then(Value::as_str) else {
                             continue;
@@ -818,7 +841,6 @@ impl Control {
                 }
                 self.repl.learn_nodes(&announced, &removed);
             }
-            // Unknown types are ignored (docs/replication.md).
             _ => {}
         }
         Ok(())

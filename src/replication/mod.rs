@@ -321,8 +321,6 @@ impl Settings {
 
 /// The `hdb_nodes` field holding when a record's subscriptions were set (ms since the epoch).
 pub const SUBSCRIPTIONS_TIME: &str = "subscriptions_time";
-/// The `hdb_nodes` field holding when a node was marked removed (ms since the epoch).
-const REMOVED_TIME: &str = "removed_time";
 
 /// A known peer: a route, an `hdb_nodes` entry or a node learned by gossip.
 #[derive(Debug, Clone)]
@@ -422,9 +420,6 @@ pub struct Replication {
     /// Names (and keys) of nodes `remove_node` removed: never dialled, their links refused,
     /// until a new `add_node` (docs/replication.md).
     removed: Mutex<HashSet<String>>,
-    /// When each removal mark was made (ms; 0 = unknown): a node that dials us with an
-    /// `add_node` made later is let back in (docs/replication.md).
-    removed_at: Mutex<HashMap<String, f64>>,
     /// Explicit subscriptions per node record name (`hdb_nodes.subscriptions`).
     subs: Mutex<HashMap<String, PeerSubs>>,
     /// (peer, database): the tables we subscribe to from that peer grew, so the next
@@ -457,8 +452,7 @@ pub fn start(
     tree: &ConfigTree,
 ) -> Result<Option<Arc<Replication>>, String> {
     let settings = Settings::from_tree(tree, config)?;
-    let (stored, (removed, removed_at), subs) =
-        stored_nodes(&store, settings.port_default, &settings.node_name);
+    let (stored, removed, subs) = stored_nodes(&store, settings.port_default, &settings.node_name);
     let leader = clone::Leader::from_env();
     if !settings.configured && stored.is_empty() && leader.is_none() {
         return Ok(None);
@@ -488,7 +482,6 @@ pub fn start(
         links: Mutex::new(HashMap::new()),
         status: Mutex::new(HashMap::new()),
         snapshot_claims: Mutex::new(HashSet::new()),
-        removed_at: Mutex::new(removed_at),
         left: Mutex::new(HashSet::new()),
         self_recorded: AtomicBool::new(false),
         removed: Mutex::new(removed),
@@ -542,14 +535,14 @@ pub fn start(
 /// marked removed, and each entry's explicit subscriptions.
 type StoredNodes = (
     Vec<(String, Target)>,
-    (HashSet<String>, HashMap<String, f64>),
+    HashSet<String>,
     HashMap<String, PeerSubs>,
 );
 
 /// `hdb_nodes`, as [`StoredNodes`].
 fn stored_nodes(store: &Store, port_default: u16, own_name: &str) -> StoredNodes {
     let mut nodes = Vec::new();
-    let mut removed = (HashSet::new(), HashMap::new());
+    let mut removed = HashSet::new();
     let mut subs = HashMap::new();
     let Some(db) = store.database("system") else {
         return (nodes, removed, subs);
@@ -568,9 +561,7 @@ fn stored_nodes(store: &Store, port_default: u16, own_name: &str) -> StoredNodes
             continue;
         };
         if matches!(v.get("removed"), Some(Value::Bool(true))) {
-            let at = message::as_f64(v.get(REMOVED_TIME)).unwrap_or(0.0);
-            removed.1.insert(name.clone(), at);
-            removed.0.insert(name);
+            removed.insert(name);
             continue;
         }
         let time = match v.get(SUBSCRIPTIONS_TIME) {
@@ -1042,19 +1033,6 @@ impl Replication {
         }
     }
 
-    /// Whether `hello` (of the removed node `peer`) comes from an `add_node` made after the
-    /// removal: then it is let back in, as HarperDB lets a node be added again.
-    pub(crate) fn added_since_removal(&self, peer: &str, hello: &Value) -> bool {
-        let removed_at = self
-            .removed_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)
-            .copied()
-            .unwrap_or(0.0);
-        message::as_f64(hello.get("subscriptionsTime")).is_some_and(|t| t > removed_at)
-    }
-
     /// Lets a removed node back in (a new `add_node` reached it by address).
     pub(crate) fn unmark_removed(&self, name: &str) {
         self.removed
@@ -1219,13 +1197,7 @@ impl Replication {
                 }
             }
             None => {
-                let at = now();
                 record.insert("removed", Value::Bool(true));
-                record.insert(REMOVED_TIME, Value::Float(at));
-                self.removed_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.to_string(), at);
             }
         };
         let request = WriteRequest {
