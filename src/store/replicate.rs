@@ -315,12 +315,18 @@ impl ReadTxn<'_> {
         Ok((out, last))
     }
 
-    /// The newest position in this node's audit log, if any.
+    /// The newest durable position in this node's audit log, if any (the audit log is read up
+    /// to the last durable version only: docs/design.md "Pipelined commits").
     pub fn audit_last(&self) -> Result<Option<f64>, StoreError> {
+        use std::ops::Bound;
+        let to = layout::audit_key(self.db.durable_version());
+        let range = (Bound::Unbounded, Bound::Included(&to[..]));
         Ok(self
             .db
             .audit
-            .last(&self.txn)?
+            .rev_range(&self.txn, &range)?
+            .next()
+            .transpose()?
             .and_then(|(k, _)| layout::version_from_audit_key(k)))
     }
 

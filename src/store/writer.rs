@@ -394,6 +394,7 @@ pub(super) fn spawn(
                 clock,
                 publisher,
                 options,
+                kill_at: kill_at_from_env(),
             }
             .run(rx)
         })
@@ -407,6 +408,29 @@ pub(super) struct Writer {
     pub(super) clock: Arc<Clock>,
     publisher: Publisher,
     pub(super) options: StoreOptions,
+    /// A test's kill point and how many arrivals at it are left (see [`Writer::kill_point`]).
+    kill_at: Option<(String, std::cell::Cell<u64>)>,
+}
+
+/// `TIDEPOOL_TEST_KILL_AT=<point>:<n>`, read once per writer; absent in production.
+fn kill_at_from_env() -> Option<(String, std::cell::Cell<u64>)> {
+    let spec = std::env::var("TIDEPOOL_TEST_KILL_AT").ok()?;
+    let (point, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+    let n = n.parse::<u64>().ok()?.max(1);
+    Some((point.to_string(), std::cell::Cell::new(n)))
+}
+
+/// The `__meta__` key every group's commit writes under `storage.sync` (see `commit_batch`).
+const GROUP_MARK: &[u8] = b"group";
+
+/// A committed group: its answers and publications, held until the group is durable.
+struct Group {
+    answers: Vec<Pending>,
+    /// The last version the group assigned: the audit log is announced up to it once durable.
+    last_version: f64,
+    local_time: f64,
+    /// The commit (or the sync that was to make it durable) failed: every request gets this.
+    failed: Option<StoreError>,
 }
 
 enum Pending {
@@ -449,26 +473,42 @@ impl Writer {
     fn run(self, rx: JobReceiver) {
         let batch_max = self.options.commit_batch_max.max(1);
         let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
+        // The last committed group while it is not yet durable (docs/design.md "Pipelined
+        // commits"): answered once the next group's commit or a sync has made it durable.
+        let mut pending: Option<Group> = None;
         // Audit retention runs when the queue has been empty for a moment (`prune.rs`).
         let mut trim_wait = TRIM_IDLE;
         'outer: loop {
-            let first = match self.options.audit_retention {
-                None => rx.recv(),
-                Some(retention) => match rx.recv_timeout(trim_wait) {
-                    Ok(Some(job)) => Some(job),
-                    Ok(None) => {
-                        trim_wait = match self.trim_audit_step(retention) {
-                            Ok(true) => std::time::Duration::ZERO,
-                            Ok(false) => TRIM_IDLE,
-                            Err(e) => {
-                                tracing::warn!("audit retention on {}: {e}", self.db.name);
-                                TRIM_IDLE * 60
+            // More work queued: it becomes the next group, whose commit makes `pending` durable.
+            // Otherwise make `pending` durable now, answer it, and wait.
+            let queued = if pending.is_some() {
+                rx.try_recv()
+            } else {
+                None
+            };
+            let first = match queued {
+                Some(job) => Some(job),
+                None => {
+                    self.settle(&mut pending);
+                    match self.options.audit_retention {
+                        None => rx.recv(),
+                        Some(retention) => match rx.recv_timeout(trim_wait) {
+                            Ok(Some(job)) => Some(job),
+                            Ok(None) => {
+                                trim_wait = match self.trim_audit_step(retention) {
+                                    Ok(true) => std::time::Duration::ZERO,
+                                    Ok(false) => TRIM_IDLE,
+                                    Err(e) => {
+                                        tracing::warn!("audit retention on {}: {e}", self.db.name);
+                                        TRIM_IDLE * 60
+                                    }
+                                };
+                                continue;
                             }
-                        };
-                        continue;
+                            Err(()) => None,
+                        },
                     }
-                    Err(()) => None,
-                },
+                }
             };
             let Some(first) = first else {
                 break;
@@ -504,12 +544,12 @@ impl Writer {
                     }
                     Job::EnsureTable { def, reply } => {
                         // Commit what is batched first, so requests keep their order.
-                        self.commit_batch(&mut batch);
-                        let _ = reply.send(self.ensure_table(def));
+                        self.commit_durably(&mut batch, &mut pending);
+                        let _ = reply.send(self.ensure_table(def).and_then(|t| self.sync(t)));
                     }
                     Job::Schema { change, reply } => {
-                        self.commit_batch(&mut batch);
-                        reply.send(self.schema_change(change));
+                        self.commit_durably(&mut batch, &mut pending);
+                        reply.send(self.schema_change(change).and_then(|t| self.sync(t)));
                     }
                     Job::PruneAudit {
                         table,
@@ -517,11 +557,12 @@ impl Writer {
                         after,
                         reply,
                     } => {
-                        self.commit_batch(&mut batch);
-                        let _ = reply.send(self.prune_audit_step(&table, before, after));
+                        self.commit_durably(&mut batch, &mut pending);
+                        let step = self.prune_audit_step(&table, before, after);
+                        let _ = reply.send(step.and_then(|s| self.sync(s)));
                     }
                     Job::Stop => {
-                        self.commit_batch(&mut batch);
+                        self.commit_durably(&mut batch, &mut pending);
                         // Answer whatever is still queued, in order, then stop.
                         while let Some(job) = rx.try_recv() {
                             match job {
@@ -534,7 +575,7 @@ impl Writer {
                                 _ => {}
                             }
                         }
-                        self.commit_batch(&mut batch);
+                        self.commit_durably(&mut batch, &mut pending);
                         break 'outer;
                     }
                 }
@@ -542,21 +583,102 @@ impl Writer {
                     next = rx.try_recv();
                 }
             }
-            self.commit_batch(&mut batch);
+            self.commit_group(&mut batch, &mut pending);
         }
+        self.settle(&mut pending);
         tracing::debug!("writer for {} stopped", self.db.name);
     }
 
-    fn commit_batch(&self, batch: &mut Vec<Item>) {
+    /// Commits `batch` as one group. With `storage.sync` the group is kept in `pending` (not
+    /// answered yet) and the group it replaces is answered: this commit's data sync made it
+    /// durable (docs/design.md "Pipelined commits"). Without `storage.sync` it is answered at once.
+    fn commit_group(&self, batch: &mut Vec<Item>, pending: &mut Option<Group>) {
         if batch.is_empty() {
             return;
         }
-        let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
+        let group = self.commit_batch(batch, pending.is_some());
+        if group.failed.is_some() {
+            // A failed commit may have stopped before its sync: make the previous group durable
+            // by itself first, then answer this one's failures.
+            self.settle(pending);
+            self.finish(group);
+            return;
+        }
+        if let Some(previous) = pending.take() {
+            self.kill_point("answer-previous");
+            self.finish(previous);
+        }
+        if self.options.sync {
+            *pending = Some(group);
+        } else {
+            self.finish(group);
+        }
+    }
+
+    /// Commits `batch` and makes it durable before returning: for the jobs that are answered
+    /// right after it (table and schema changes, pruning, stop).
+    fn commit_durably(&self, batch: &mut Vec<Item>, pending: &mut Option<Group>) {
+        self.commit_group(batch, pending);
+        self.settle(pending);
+    }
+
+    /// Makes the pending group durable (`mdb_env_sync`) and answers it; a failed sync answers
+    /// every request of it with the error (its durability is unknown).
+    fn settle(&self, pending: &mut Option<Group>) {
+        let Some(mut group) = pending.take() else {
+            return;
+        };
+        self.kill_point("final-sync");
+        if let Err(e) = self.db.env.force_sync() {
+            let error = StoreError::from(e);
+            tracing::error!("sync failed on database {}: {error}", self.db.name);
+            group.failed = Some(error);
+        }
+        self.finish(group);
+    }
+
+    /// `value` once what was committed so far is durable: for the writer's own commits outside
+    /// groups (table and schema changes, pruning), answered at once.
+    fn sync<T>(&self, value: T) -> Result<T, StoreError> {
+        if self.options.sync {
+            self.db.env.force_sync()?;
+        }
+        Ok(value)
+    }
+
+    /// SIGKILLs this process at the `n`-th arrival at `point`, when a test asked for it with
+    /// `TIDEPOOL_TEST_KILL_AT=<point>:<n>` (tests/store_pipeline_kill.rs). Points: `commit-next`
+    /// (a group committed, the next one about to sync), `answer-previous` (the next one synced,
+    /// the previous not answered yet), `final-sync` (queue empty, before the sync).
+    fn kill_point(&self, point: &str) {
+        let Some((at, remaining)) = &self.kill_at else {
+            return;
+        };
+        if at != point {
+            return;
+        }
+        let left = remaining.get().saturating_sub(1);
+        remaining.set(left);
+        if left == 0 {
+            tracing::warn!("TIDEPOOL_TEST_KILL_AT: killing the process at {point}");
+            // SAFETY: kill(2) on our own pid; no memory is involved.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Applies `batch` in one write transaction and commits it; `pipelined`: a group committed
+    /// before is still waiting for this commit's sync.
+    fn commit_batch(&self, batch: &mut Vec<Item>, pipelined: bool) -> Group {
+        let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
         let started = Instant::now();
+        let mut last_version = 0.0;
         let committed = (|| -> Result<(), heed::Error> {
             let mut wtxn = self.db.env.write_txn()?;
             for item in batch.drain(..) {
                 let version = self.clock.next();
+                last_version = version;
                 let mut nested = self.db.env.nested_write_txn(&mut wtxn)?;
                 match item {
                     Item::Local(request, reply) => match self.apply(&mut nested, &request, version)
@@ -564,11 +686,11 @@ impl Writer {
                         Ok((outcome, changes)) => {
                             nested.commit()?;
                             let done = (outcome, changes, request.extras.clone());
-                            pending.push(Pending::Local(reply, Ok(done)));
+                            answers.push(Pending::Local(reply, Ok(done)));
                         }
                         Err(e) => {
                             nested.abort();
-                            pending.push(Pending::Local(reply, Err(e)));
+                            answers.push(Pending::Local(reply, Err(e)));
                         }
                     },
                     Item::Apply(job, reply) => {
@@ -579,71 +701,98 @@ impl Writer {
                                     ApplyJob::Txn(t) => t.time,
                                     _ => version,
                                 };
-                                pending.push(Pending::Apply(reply, Ok((outcome, time, changes))));
+                                answers.push(Pending::Apply(reply, Ok((outcome, time, changes))));
                             }
                             Err(e) => {
                                 nested.abort();
-                                pending.push(Pending::Apply(reply, Err(e)));
+                                answers.push(Pending::Apply(reply, Err(e)));
                             }
                         }
                     }
                 }
             }
+            if self.options.sync {
+                // LMDB skips the sync of a commit that wrote nothing; this put makes every group's
+                // commit sync, which is what makes the previous group durable.
+                self.db
+                    .meta
+                    .put(&mut wtxn, GROUP_MARK, &last_version.to_le_bytes())?;
+            }
+            if pipelined {
+                self.kill_point("commit-next");
+            }
             wtxn.commit()
         })();
-        let local_time = super::now_ms();
-        let failed = pending.iter().filter(|p| p.failed()).count() as u64;
+        let failed = answers.iter().filter(|p| p.failed()).count() as u64;
         self.db
             .stats
             .requests_failed
             .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
         self.db
             .stats
-            .record_commit(pending.len() as u64, started.elapsed().as_micros() as u64);
-        match committed {
-            Ok(()) => {
-                self.db.commits.bump();
-                for item in pending {
-                    let (version, changes, extras) = match item {
-                        Pending::Local(reply, Ok((outcome, changes, extras))) => {
-                            let version = outcome.version;
-                            reply.send(Ok(outcome));
-                            (version, changes, extras)
-                        }
-                        Pending::Apply(reply, Ok((outcome, version, changes))) => {
-                            reply.send(Ok(outcome));
-                            (version, changes, None)
-                        }
-                        Pending::Local(reply, Err(e)) => {
-                            reply.send(Err(e));
-                            continue;
-                        }
-                        Pending::Apply(reply, Err(e)) => {
-                            reply.send(Err(e));
-                            continue;
-                        }
-                    };
-                    if !changes.is_empty() {
-                        (self.publisher)(Arc::new(Commit {
-                            database: self.db.name.clone(),
-                            version,
-                            local_time,
-                            changes,
-                            extras,
-                        }));
-                    }
-                }
+            .record_commit(answers.len() as u64, started.elapsed().as_micros() as u64);
+        let failed = committed.err().map(|e| {
+            let error = StoreError::from(e);
+            tracing::error!("commit failed on database {}: {error}", self.db.name);
+            // Requests drained but never reached `answers` (the failure came first).
+            for item in batch.drain(..) {
+                item.fail(&error);
             }
-            Err(e) => {
-                let error = StoreError::from(e);
-                tracing::error!("commit failed on database {}: {error}", self.db.name);
-                for item in pending {
-                    item.fail(&error);
+            error
+        });
+        Group {
+            answers,
+            last_version,
+            local_time: super::now_ms(),
+            failed,
+        }
+    }
+
+    /// Answers a durable group's requesters, announces it to replication senders and
+    /// publishes each request's [`Commit`]; or, when its commit failed, answers the failure.
+    fn finish(&self, group: Group) {
+        let Group {
+            answers,
+            last_version,
+            local_time,
+            failed,
+        } = group;
+        if let Some(error) = failed {
+            for item in answers {
+                item.fail(&error);
+            }
+            return;
+        }
+        self.db.announce_durable(last_version);
+        self.db.commits.bump();
+        for item in answers {
+            let (version, changes, extras) = match item {
+                Pending::Local(reply, Ok((outcome, changes, extras))) => {
+                    let version = outcome.version;
+                    reply.send(Ok(outcome));
+                    (version, changes, extras)
                 }
-                // Requests drained but never reached `pending` (the failure came first).
-                for item in batch.drain(..) {
-                    item.fail(&error);
+                Pending::Apply(reply, Ok((outcome, version, changes))) => {
+                    reply.send(Ok(outcome));
+                    (version, changes, None)
                 }
+                Pending::Local(reply, Err(e)) => {
+                    reply.send(Err(e));
+                    continue;
+                }
+                Pending::Apply(reply, Err(e)) => {
+                    reply.send(Err(e));
+                    continue;
+                }
+            };
+            if !changes.is_empty() {
+                (self.publisher)(Arc::new(Commit {
+                    database: self.db.name.clone(),
+                    version,
+                    local_time,
+                    changes,
+                    extras,
+                }));
             }
         }
     }
