@@ -386,6 +386,7 @@ pub(super) fn spawn(
 ) -> Result<(), StoreError> {
     let name = format!("writer-{}", db.name);
     let thread_db = db.clone();
+    let kill_at = kill_at_from_env(&db.name);
     let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -394,7 +395,7 @@ pub(super) fn spawn(
                 clock,
                 publisher,
                 options,
-                kill_at: kill_at_from_env(),
+                kill_at,
             }
             .run(rx)
         })
@@ -412,10 +413,15 @@ pub(super) struct Writer {
     kill_at: Option<(String, std::cell::Cell<u64>)>,
 }
 
-/// `TIDEPOOL_TEST_KILL_AT=<point>:<n>`, read once per writer; absent in production.
-fn kill_at_from_env() -> Option<(String, std::cell::Cell<u64>)> {
+/// `TIDEPOOL_TEST_KILL_AT=<database>:<point>:<n>` for this writer's database, read once per
+/// writer; absent in production.
+fn kill_at_from_env(database: &str) -> Option<(String, std::cell::Cell<u64>)> {
     let spec = std::env::var("TIDEPOOL_TEST_KILL_AT").ok()?;
-    let (point, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
+    let mut parts = spec.splitn(3, ':');
+    let (db, point, n) = (parts.next()?, parts.next()?, parts.next()?);
+    if db != database {
+        return None;
+    }
     let n = n.parse::<u64>().ok()?.max(1);
     Some((point.to_string(), std::cell::Cell::new(n)))
 }
@@ -647,9 +653,10 @@ impl Writer {
     }
 
     /// SIGKILLs this process at the `n`-th arrival at `point`, when a test asked for it with
-    /// `TIDEPOOL_TEST_KILL_AT=<point>:<n>` (tests/store_pipeline_kill.rs). Points: `commit-next`
-    /// (a group committed, the next one about to sync), `answer-previous` (the next one synced,
-    /// the previous not answered yet), `final-sync` (queue empty, before the sync).
+    /// `TIDEPOOL_TEST_KILL_AT=<database>:<point>:<n>` (tests/store_pipeline_kill.rs). Points:
+    /// `commit-next` (a group committed, the next one about to commit and sync), `answer-previous`
+    /// (the next one committed and synced, the previous not answered yet), `final-sync` (the
+    /// queue empty, before the sync that makes the last group durable).
     fn kill_point(&self, point: &str) {
         let Some((at, remaining)) = &self.kill_at else {
             return;
@@ -660,7 +667,8 @@ impl Writer {
         let left = remaining.get().saturating_sub(1);
         remaining.set(left);
         if left == 0 {
-            tracing::warn!("TIDEPOOL_TEST_KILL_AT: killing the process at {point}");
+            // Straight to stderr: the logging thread would not get to write it before the kill.
+            eprintln!("TIDEPOOL_TEST_KILL_AT: killing the process at {point}");
             // SAFETY: kill(2) on our own pid; no memory is involved.
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
