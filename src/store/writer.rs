@@ -4,7 +4,8 @@
 //! It blocks on its channel (it is a plain thread, never an executor), drains up to
 //! `commit_batch_max` queued requests, applies each in a nested transaction of one LMDB write
 //! transaction, commits once (one fsync for the whole group), then answers every requester and
-//! publishes each request's [`Commit`].
+//! publishes each request's [`Commit`] once the group is durable: with `storage.sync`, after the
+//! next group's commit or an explicit sync (docs/design.md "Pipelined commits").
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
