@@ -436,6 +436,8 @@ struct Group {
     /// The last version the group assigned: the audit log is announced up to it once durable.
     last_version: f64,
     local_time: f64,
+    /// How long its commit took (its sync included).
+    took: std::time::Duration,
     /// The commit (or the sync that was to make it durable) failed: every request gets this.
     failed: Option<StoreError>,
 }
@@ -464,14 +466,48 @@ impl Pending {
     }
 }
 
+/// What applying one request produced, before its reply is attached.
+enum Outcome {
+    Local(Result<(WriteOutcome, Vec<Change>, Option<Extras>), WriteError>),
+    Apply(Result<(ApplyOutcome, f64, Vec<Change>), WriteError>),
+}
+
+impl Outcome {
+    fn failed(&self) -> bool {
+        matches!(self, Outcome::Local(Err(_)) | Outcome::Apply(Err(_)))
+    }
+}
+
+/// Why an attempt at a group stopped (see `Writer::commit_batch`).
+enum Halt {
+    /// A request failed with no nested transaction to roll it back alone.
+    Request,
+    Lmdb(heed::Error),
+}
+
 impl Item {
-    fn fail(self, error: &StoreError) {
+    /// The reply to this item with what applying it produced (`outcome` is this item's: the
+    /// outcomes follow the batch's order).
+    fn answer(self, outcome: Outcome) -> Pending {
+        match (self, outcome) {
+            (Item::Local(_, reply), Outcome::Local(result)) => Pending::Local(reply, result),
+            (Item::Apply(_, reply), Outcome::Apply(result)) => Pending::Apply(reply, result),
+            (item, _) => item.failed(),
+        }
+    }
+
+    /// The reply to this item when its group's commit failed (`Group::failed` says why).
+    fn failed(self) -> Pending {
         match self {
-            Item::Local(_, reply) => reply.send(Err(WriteError::Storage(error.clone()))),
-            Item::Apply(_, reply) => reply.send(Err(WriteError::Storage(error.clone()))),
+            Item::Local(_, reply) => Pending::Local(reply, Err(WriteError::Stopped)),
+            Item::Apply(_, reply) => Pending::Apply(reply, Err(WriteError::Stopped)),
         }
     }
 }
+
+/// The longest the writer waits for a request to join the next group before it syncs the pending
+/// group by itself (docs/design.md "Pipelined commits").
+const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How long the writer's queue stays empty before a step of audit retention.
 const TRIM_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -483,15 +519,20 @@ impl Writer {
         // The last committed group while it is not yet durable (docs/design.md "Pipelined
         // commits"): answered once the next group's commit or a sync has made it durable.
         let mut pending: Option<Group> = None;
+        // Set when the last commit answered the group before it: those requesters are likely to
+        // send again within a moment, and a request that makes the next group saves a sync.
+        let mut linger: Option<std::time::Duration> = None;
         // Audit retention runs when the queue has been empty for a moment (`prune.rs`).
         let mut trim_wait = TRIM_IDLE;
         'outer: loop {
             // More work queued: it becomes the next group, whose commit makes `pending` durable.
             // Otherwise make `pending` durable now, answer it, and wait.
-            let queued = if pending.is_some() {
-                rx.try_recv()
-            } else {
-                None
+            let queued = match (&pending, linger.take()) {
+                (Some(_), Some(wait)) => rx
+                    .try_recv()
+                    .or_else(|| rx.recv_timeout(wait).ok().flatten()),
+                (Some(_), None) => rx.try_recv(),
+                (None, _) => None,
             };
             let first = match queued {
                 Some(job) => Some(job),
@@ -590,7 +631,7 @@ impl Writer {
                     next = rx.try_recv();
                 }
             }
-            self.commit_group(&mut batch, &mut pending);
+            linger = self.commit_group(&mut batch, &mut pending);
         }
         self.settle(&mut pending);
         tracing::debug!("writer for {} stopped", self.db.name);
@@ -599,9 +640,17 @@ impl Writer {
     /// Commits `batch` as one group. With `storage.sync` the group is kept in `pending` (not
     /// answered yet) and the group it replaces is answered: this commit's data sync made it
     /// durable (docs/design.md "Pipelined commits"). Without `storage.sync` it is answered at once.
-    fn commit_group(&self, batch: &mut Vec<Item>, pending: &mut Option<Group>) {
+    ///
+    /// Returns how long to wait for the next request before syncing the new pending group
+    /// by itself, when this commit answered the group before it: up to this commit's own
+    /// duration (about one sync), at most [`LINGER_MAX`].
+    fn commit_group(
+        &self,
+        batch: &mut Vec<Item>,
+        pending: &mut Option<Group>,
+    ) -> Option<std::time::Duration> {
         if batch.is_empty() {
-            return;
+            return None;
         }
         let group = self.commit_batch(batch, pending.is_some());
         if group.failed.is_some() {
@@ -609,23 +658,26 @@ impl Writer {
             // by itself first, then answer this one's failures.
             self.settle(pending);
             self.finish(group);
-            return;
+            return None;
         }
-        if let Some(previous) = pending.take() {
+        let linger = pending.take().map(|previous| {
             self.kill_point("answer-previous");
             self.finish(previous);
-        }
+            group.took.min(LINGER_MAX)
+        });
         if self.options.sync {
             *pending = Some(group);
+            linger
         } else {
             self.finish(group);
+            None
         }
     }
 
     /// Commits `batch` and makes it durable before returning: for the jobs that are answered
     /// right after it (table and schema changes, pruning, stop).
     fn commit_durably(&self, batch: &mut Vec<Item>, pending: &mut Option<Group>) {
-        self.commit_group(batch, pending);
+        let _ = self.commit_group(batch, pending);
         self.settle(pending);
     }
 
@@ -679,81 +731,125 @@ impl Writer {
 
     /// Applies `batch` in one write transaction and commits it; `pipelined`: a group committed
     /// before is still waiting for this commit's sync.
+    ///
+    /// First every request is applied straight in the group's transaction: a nested
+    /// transaction per request makes LMDB copy every page the request touches and merge its
+    /// dirty list into the group's, a large part of the writer's time. When a request fails in
+    /// that attempt, the attempt is dropped (nothing of it was committed) and the group is applied
+    /// again with a nested transaction per request, so the failed one rolls back alone.
     fn commit_batch(&self, batch: &mut Vec<Item>, pipelined: bool) -> Group {
-        let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
         let started = Instant::now();
         let mut last_version = 0.0;
-        let committed = (|| -> Result<(), heed::Error> {
-            let mut wtxn = self.db.env.write_txn()?;
-            for item in batch.drain(..) {
-                let version = self.clock.next();
-                last_version = version;
-                let mut nested = self.db.env.nested_write_txn(&mut wtxn)?;
-                match item {
-                    Item::Local(request, reply) => match self.apply(&mut nested, &request, version)
-                    {
-                        Ok((outcome, changes)) => {
-                            nested.commit()?;
-                            let done = (outcome, changes, request.extras.clone());
-                            answers.push(Pending::Local(reply, Ok(done)));
-                        }
-                        Err(e) => {
-                            nested.abort();
-                            answers.push(Pending::Local(reply, Err(e)));
-                        }
-                    },
-                    Item::Apply(job, reply) => {
-                        match self.apply_replicated(&mut nested, &job, version) {
-                            Ok((outcome, changes)) => {
-                                nested.commit()?;
-                                let time = match &job {
-                                    ApplyJob::Txn(t) => t.time,
-                                    _ => version,
-                                };
-                                answers.push(Pending::Apply(reply, Ok((outcome, time, changes))));
-                            }
-                            Err(e) => {
-                                nested.abort();
-                                answers.push(Pending::Apply(reply, Err(e)));
-                            }
-                        }
+        let attempt = match self.apply_group(batch, false, pipelined, &mut last_version) {
+            Err(Halt::Request) => self.apply_group(batch, true, pipelined, &mut last_version),
+            other => other,
+        };
+        let (answers, failed) = match attempt {
+            Ok(outcomes) => {
+                let answers: Vec<Pending> = batch
+                    .drain(..)
+                    .zip(outcomes)
+                    .map(|(item, outcome)| item.answer(outcome))
+                    .collect();
+                (answers, None)
+            }
+            Err(halt) => {
+                let error = match halt {
+                    Halt::Lmdb(e) => StoreError::from(e),
+                    // Not returned by the nested attempt; kept as an error, never a panic.
+                    Halt::Request => {
+                        StoreError::Io("a request failed outside its own transaction".into())
                     }
-                }
+                };
+                tracing::error!("commit failed on database {}: {error}", self.db.name);
+                let answers = batch.drain(..).map(Item::failed).collect();
+                (answers, Some(error))
             }
-            if self.options.sync {
-                // LMDB skips the sync of a commit that wrote nothing; this put makes every group's
-                // commit sync, which is what makes the previous group durable.
-                self.db
-                    .meta
-                    .put(&mut wtxn, GROUP_MARK, &last_version.to_le_bytes())?;
-            }
-            if pipelined {
-                self.kill_point("commit-next");
-            }
-            wtxn.commit()
-        })();
-        let failed = answers.iter().filter(|p| p.failed()).count() as u64;
+        };
+        let requests_failed = answers.iter().filter(|p| p.failed()).count() as u64;
         self.db
             .stats
             .requests_failed
-            .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(requests_failed, std::sync::atomic::Ordering::Relaxed);
         self.db
             .stats
             .record_commit(answers.len() as u64, started.elapsed().as_micros() as u64);
-        let failed = committed.err().map(|e| {
-            let error = StoreError::from(e);
-            tracing::error!("commit failed on database {}: {error}", self.db.name);
-            // Requests drained but never reached `answers` (the failure came first).
-            for item in batch.drain(..) {
-                item.fail(&error);
-            }
-            error
-        });
         Group {
             answers,
             last_version,
             local_time: super::now_ms(),
+            took: started.elapsed(),
             failed,
+        }
+    }
+
+    /// One attempt at a group (see `commit_batch`): each request in a nested transaction, or
+    /// all straight in the group's transaction, stopping at the first that fails.
+    fn apply_group(
+        &self,
+        batch: &[Item],
+        nested: bool,
+        pipelined: bool,
+        last_version: &mut f64,
+    ) -> Result<Vec<Outcome>, Halt> {
+        let mut wtxn = self.db.env.write_txn().map_err(Halt::Lmdb)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            let version = self.clock.next();
+            *last_version = version;
+            let outcome = if nested {
+                let mut txn = self
+                    .db
+                    .env
+                    .nested_write_txn(&mut wtxn)
+                    .map_err(Halt::Lmdb)?;
+                let outcome = self.apply_item(&mut txn, item, version);
+                if outcome.failed() {
+                    txn.abort();
+                } else {
+                    txn.commit().map_err(Halt::Lmdb)?;
+                }
+                outcome
+            } else {
+                let outcome = self.apply_item(&mut wtxn, item, version);
+                if outcome.failed() {
+                    // Dropping `wtxn` aborts it: none of this attempt is written.
+                    return Err(Halt::Request);
+                }
+                outcome
+            };
+            outcomes.push(outcome);
+        }
+        if self.options.sync {
+            // LMDB skips the sync of a commit that wrote nothing; this put makes every group's
+            // commit sync, which is what makes the previous group durable.
+            self.db
+                .meta
+                .put(&mut wtxn, GROUP_MARK, &last_version.to_le_bytes())
+                .map_err(Halt::Lmdb)?;
+        }
+        if pipelined {
+            self.kill_point("commit-next");
+        }
+        wtxn.commit().map_err(Halt::Lmdb)?;
+        Ok(outcomes)
+    }
+
+    fn apply_item(&self, txn: &mut RwTxn, item: &Item, version: f64) -> Outcome {
+        match item {
+            Item::Local(request, _) => Outcome::Local(
+                self.apply(txn, request, version)
+                    .map(|(outcome, changes)| (outcome, changes, request.extras.clone())),
+            ),
+            Item::Apply(job, _) => Outcome::Apply(self.apply_replicated(txn, job, version).map(
+                |(outcome, changes)| {
+                    let time = match job {
+                        ApplyJob::Txn(t) => t.time,
+                        _ => version,
+                    };
+                    (outcome, time, changes)
+                },
+            )),
         }
     }
 
@@ -765,6 +861,7 @@ impl Writer {
             last_version,
             local_time,
             failed,
+            ..
         } = group;
         if let Some(error) = failed {
             for item in answers {
