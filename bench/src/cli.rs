@@ -33,6 +33,8 @@ USAGE:
   tidepool-bench baseline --listen HOST:PORT [--cores N] [--io-driver uring|epoll|auto]
   tidepool-bench mqtt-fanout --target HOST:PORT [--target ...] [--topic T] [--subs N] [--messages M]
   tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M]
+  tidepool-bench mqtt-pairs --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--messages M] [--qos 0|1]
+  tidepool-bench mqtt-fanin --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M] [--qos 0|1] [--share G]
   tidepool-bench ws|sse --target HOST:PORT --subscribers N --events E [--path /Dog/] [--body-bytes B] [--auth USER:PASS] [--json]
   tidepool-bench chart --in RESULTS.json --out CHART.svg
 

@@ -26,6 +26,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("mqtt-fanout") => return mqtt::fanout(&args[1..]),
         Some("mqtt-retained") => return mqtt::retained(&args[1..]),
+        Some("mqtt-pairs") => return mqtt::pairs(&args[1..]),
+        Some("mqtt-fanin") => return mqtt::fanin(&args[1..]),
         Some("replication-lag") => return replication::lag(&args[1..]),
         _ => {}
     }

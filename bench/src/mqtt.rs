@@ -9,6 +9,10 @@
 //! - `retained`: `--pubs` publishers each writing retained QoS 1 messages to their own topic
 //!   `<prefix>/<n>`, `--subs` subscribers on `<prefix>/#`; reports acknowledged publishes/s and
 //!   deliveries/s.
+//! - `pairs` and `fanin`: the shapes of EMQ's published MQTT benchmarks (emqtt-bench / XMeter),
+//!   scaled to one machine: point-to-point pairs (publisher n → its own topic ← subscriber n,
+//!   QoS 1), and many publishers on their own topics under one prefix → subscribers on a
+//!   wildcard (each gets everything, QoS 0) or one `$share/` group (each message once).
 //!
 //! Blocking sockets, one thread per client: simple, and bounded by `CLIENTS_MAX`. Every wait has
 //! a deadline (`--timeout`), so a broker that drops messages ends the run with a count, not a hang.
@@ -31,6 +35,8 @@ pub const MESSAGES_MAX: u64 = 10_000_000;
 pub const USAGE: &str = "\
   tidepool-bench mqtt-fanout --target HOST:PORT [--target HOST:PORT ...] [--topic T] [--subs N] [--messages M] [--bystanders N] [--timeout S] [--auth USER:PASS]
   tidepool-bench mqtt-retained --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M] [--timeout S] [--auth USER:PASS]
+  tidepool-bench mqtt-pairs --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--messages M] [--qos 0|1] [--timeout S] [--auth USER:PASS]
+  tidepool-bench mqtt-fanin --target HOST:PORT [--target ...] [--prefix P] [--pubs N] [--subs N] [--messages M] [--qos 0|1] [--share G] [--timeout S] [--auth USER:PASS]
 ";
 
 struct Settings {
@@ -44,6 +50,10 @@ struct Settings {
     timeout: Duration,
     /// User name and password sent in every CONNECT.
     auth: Option<(String, String)>,
+    /// `--qos`: the shape's QoS, where it has a choice.
+    qos: Option<u8>,
+    /// `--share G`: subscribe as the shared group G.
+    share: Option<String>,
 }
 
 fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
@@ -56,6 +66,8 @@ fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
         bystanders: 0,
         timeout: Duration::from_secs(60),
         auth: None,
+        qos: None,
+        share: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -74,6 +86,11 @@ fn parse(args: &[String], default_topic: &str) -> Result<Settings> {
             "--pubs" => s.pubs = value.parse()?,
             "--messages" => s.messages = value.parse()?,
             "--bystanders" => s.bystanders = value.parse()?,
+            "--qos" => match value.parse::<u8>()? {
+                q @ 0..=1 => s.qos = Some(q),
+                _ => bail!("--qos must be 0 or 1"),
+            },
+            "--share" => s.share = Some(value.clone()),
             "--timeout" => s.timeout = Duration::from_secs_f64(value.parse()?),
             "--auth" => {
                 let (user, password) = value
@@ -192,12 +209,13 @@ impl Client {
         string(&mut body, filter);
         body.push(qos);
         self.stream.write_all(&packet(0x82, &body))?;
-        loop {
-            let (first, _) = self.next()?;
-            if first == 0x90 {
-                return Ok(());
-            }
-        }
+        self.wait_for(0x90)
+    }
+
+    /// Reads until a packet whose first byte is `first` (a SUBACK, a PUBACK).
+    fn wait_for(&mut self, first: u8) -> Result<()> {
+        while self.next()?.0 != first {}
+        Ok(())
     }
 
     fn publish(
@@ -232,15 +250,37 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Subscribers read until they have `expected` publishes or the deadline passes; the first
-/// retained ones (initial state) are not counted. Returns per-delivery latencies in µs.
+/// How many publishes a group of subscribers waits for.
+#[derive(Clone)]
+enum Quota {
+    /// Every subscriber receives this many (a plain subscription).
+    Each(u64),
+    /// The group shares one count (a `$share/` group: each message reaches one member).
+    Shared(Arc<AtomicU64>, u64),
+}
+
+impl Quota {
+    fn done(&self, mine: u64) -> bool {
+        match self {
+            Quota::Each(expected) => mine >= *expected,
+            Quota::Shared(count, total) => count.load(Ordering::Relaxed) >= *total,
+        }
+    }
+}
+
+/// How often a member of a shared group looks at the group's count while no message comes.
+const SHARED_POLL: Duration = Duration::from_millis(5);
+
+/// Subscribers read until their [`Quota`] is met or the deadline passes; the first retained
+/// ones (initial state) are not counted. `filter(n)` is subscriber n's filter. Returns
+/// per-delivery latencies in µs.
 // Each argument is one knob of the workload; a struct for one private call adds nothing.
 #[allow(clippy::too_many_arguments)]
 fn spawn_subscribers(
     addr: SocketAddr,
-    filter: &str,
+    filter: &dyn Fn(usize) -> String,
     count: usize,
-    expected: u64,
+    quota: Quota,
     qos: u8,
     origin: Instant,
     s: &Settings,
@@ -249,18 +289,26 @@ fn spawn_subscribers(
     let mut handles = Vec::with_capacity(count);
     for n in 0..count {
         let mut c = Client::connect(addr, &format!("bench-sub-{n}"), s)?;
-        c.subscribe(filter, qos)?;
+        c.subscribe(&filter(n), qos)?;
+        if let Quota::Shared(..) = quota {
+            c.stream.set_read_timeout(Some(SHARED_POLL))?;
+        }
         let ready = ready.clone();
         let deadline = s.timeout;
+        let quota = quota.clone();
         handles.push(
             std::thread::Builder::new()
                 .stack_size(128 << 10)
                 .spawn(move || {
                     ready.wait();
-                    let mut latencies = Vec::with_capacity(expected as usize);
+                    let mut latencies = Vec::new();
                     let end = Instant::now() + deadline;
-                    while (latencies.len() as u64) < expected && Instant::now() < end {
-                        let Ok((first, body)) = c.next() else { break };
+                    while !quota.done(latencies.len() as u64) && Instant::now() < end {
+                        let (first, body) = match c.next() {
+                            Ok(packet) => packet,
+                            Err(e) if waited(&e) => continue,
+                            Err(_) => break,
+                        };
                         if first >> 4 != 3 {
                             continue;
                         }
@@ -282,6 +330,9 @@ fn spawn_subscribers(
                             .and_then(|v| v.parse::<u64>().ok())
                         {
                             latencies.push(now_us(origin).saturating_sub(t));
+                            if let Quota::Shared(count, _) = &quota {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                     latencies
@@ -289,6 +340,64 @@ fn spawn_subscribers(
         );
     }
     Ok(handles)
+}
+
+/// Whether a read ended only because its timeout passed (a shared group's poll).
+fn waited(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    })
+}
+
+type Publisher = std::thread::JoinHandle<Result<()>>;
+
+/// Publishers, one thread each, started together by `ready`: publisher p sends `messages`
+/// publishes to `topic(p)`; at QoS 1 each waits for its PUBACK before the next (one in flight).
+/// Returns the threads and the count of acknowledged (or, at QoS 0, sent) publishes.
+// Each argument is one knob of the workload; a struct for one private call adds nothing.
+#[allow(clippy::too_many_arguments)]
+fn spawn_publishers(
+    addr: SocketAddr,
+    topic: &dyn Fn(usize) -> String,
+    qos: u8,
+    retain: bool,
+    origin: Instant,
+    s: &Settings,
+    ready: Arc<Barrier>,
+) -> Result<(Vec<Publisher>, Arc<AtomicU64>)> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut pubs = Vec::with_capacity(s.pubs);
+    for p in 0..s.pubs {
+        let mut c = Client::connect(addr, &format!("bench-pub-{p}"), s)?;
+        let topic = topic(p);
+        let ready = ready.clone();
+        let acked = acked.clone();
+        let messages = s.messages;
+        pubs.push(std::thread::Builder::new().stack_size(128 << 10).spawn(
+            move || -> Result<()> {
+                ready.wait();
+                for n in 0..messages {
+                    let payload = format!("{{\"t\":{},\"n\":{n}}}", now_us(origin));
+                    c.publish(
+                        &topic,
+                        qos,
+                        retain,
+                        (n % 65535 + 1) as u16,
+                        payload.as_bytes(),
+                    )?;
+                    if qos > 0 {
+                        c.wait_for(0x40)?;
+                    }
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            },
+        )?);
+    }
+    Ok((pubs, acked))
 }
 
 /// `--bystanders` idle clients, each subscribed to its own topic beside `s.topic`; they stay
@@ -330,11 +439,12 @@ pub fn fanout(args: &[String]) -> Result<()> {
         let bystanders = hold_bystanders(*addr, &s)?;
         let origin = Instant::now();
         let ready = Arc::new(Barrier::new(s.subs + 1));
+        let topic = s.topic.clone();
         let handles = spawn_subscribers(
             *addr,
-            &s.topic,
+            &|_| topic.clone(),
             s.subs,
-            s.messages,
+            Quota::Each(s.messages),
             0,
             origin,
             &s,
@@ -347,13 +457,7 @@ pub fn fanout(args: &[String]) -> Result<()> {
             let payload = format!("{{\"t\":{},\"n\":{n}}}", now_us(origin));
             publisher.publish(&s.topic, 0, false, 0, payload.as_bytes())?;
         }
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| anyhow!("subscriber thread panicked"))?,
-            );
-        }
+        let all = join(handles)?;
         report(
             "fanout",
             name,
@@ -367,43 +471,64 @@ pub fn fanout(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub fn retained(args: &[String]) -> Result<()> {
-    let mut s = parse(args, "Dog")?;
-    if s.subs == 1000 {
-        s.subs = 10;
+fn join(handles: Vec<std::thread::JoinHandle<Vec<u64>>>) -> Result<Vec<u64>> {
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(
+            h.join()
+                .map_err(|_| anyhow!("subscriber thread panicked"))?,
+        );
     }
+    Ok(all)
+}
+
+/// Runs `pubs` publishers against `subs` subscribers once per target and reports deliveries/s
+/// and acknowledged publishes/s: the shape of `retained`, `pairs` and `fanin`.
+struct Shape<'a> {
+    label: &'a str,
+    /// Subscriber n's filter.
+    filter: &'a dyn Fn(usize) -> String,
+    /// Publisher p's topic.
+    topic: &'a dyn Fn(usize) -> String,
+    /// Deliveries expected in all: per subscriber (`Each`) or for the whole group (`Shared`).
+    expected: u64,
+    shared: bool,
+    pub_qos: u8,
+    sub_qos: u8,
+    retain: bool,
+}
+
+fn run_shape(s: &Settings, shape: &Shape) -> Result<()> {
     for (name, addr) in &s.targets {
         let origin = Instant::now();
-        let filter = format!("{}/#", s.topic);
-        let total = s.messages * s.pubs as u64;
         let ready = Arc::new(Barrier::new(s.subs + s.pubs + 1));
-        let handles =
-            spawn_subscribers(*addr, &filter, s.subs, total, 0, origin, &s, ready.clone())?;
-        let acked = Arc::new(AtomicU64::new(0));
-        let mut pubs = Vec::new();
-        for p in 0..s.pubs {
-            let mut c = Client::connect(*addr, &format!("bench-rpub-{p}"), &s)?;
-            let topic = format!("{}/bench-{p}", s.topic);
-            let ready = ready.clone();
-            let acked = acked.clone();
-            let messages = s.messages;
-            pubs.push(std::thread::spawn(move || -> Result<()> {
-                ready.wait();
-                // One QoS 1 publish in flight per publisher: each waits for its PUBACK (commit).
-                for n in 0..messages {
-                    let payload = format!("{{\"t\":{},\"n\":{n}}}", now_us(origin));
-                    c.publish(&topic, 1, true, (n % 65535 + 1) as u16, payload.as_bytes())?;
-                    loop {
-                        let (first, _) = c.next()?;
-                        if first == 0x40 {
-                            break;
-                        }
-                    }
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            }));
-        }
+        let (quota, total) = if shape.shared {
+            (
+                Quota::Shared(Arc::new(AtomicU64::new(0)), shape.expected),
+                shape.expected,
+            )
+        } else {
+            (Quota::Each(shape.expected), shape.expected * s.subs as u64)
+        };
+        let handles = spawn_subscribers(
+            *addr,
+            shape.filter,
+            s.subs,
+            quota,
+            shape.sub_qos,
+            origin,
+            s,
+            ready.clone(),
+        )?;
+        let (pubs, acked) = spawn_publishers(
+            *addr,
+            shape.topic,
+            shape.pub_qos,
+            shape.retain,
+            origin,
+            s,
+            ready.clone(),
+        )?;
         ready.wait();
         let start = Instant::now();
         for p in pubs {
@@ -411,19 +536,13 @@ pub fn retained(args: &[String]) -> Result<()> {
                 .map_err(|_| anyhow!("publisher thread panicked"))??;
         }
         let publish_s = start.elapsed().as_secs_f64();
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(
-                h.join()
-                    .map_err(|_| anyhow!("subscriber thread panicked"))?,
-            );
-        }
+        let all = join(handles)?;
         let acks = acked.load(Ordering::Relaxed);
         report(
-            "retained",
+            shape.label,
             name,
             start.elapsed(),
-            total * s.subs as u64,
+            total,
             all,
             &format!(
                 "  ({} pubs × {} subs; {acks} acked publishes = {:.0}/s)",
@@ -434,4 +553,83 @@ pub fn retained(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--pubs` publishers each writing retained QoS 1 messages to `<prefix>/bench-<p>`, `--subs`
+/// subscribers on `<prefix>/#`.
+pub fn retained(args: &[String]) -> Result<()> {
+    let mut s = parse(args, "Dog")?;
+    if s.subs == 1000 {
+        s.subs = 10;
+    }
+    let filter = format!("{}/#", s.topic);
+    let prefix = s.topic.clone();
+    run_shape(
+        &s,
+        &Shape {
+            label: "retained",
+            filter: &|_| filter.clone(),
+            topic: &|p| format!("{prefix}/bench-{p}"),
+            expected: s.messages * s.pubs as u64,
+            shared: false,
+            pub_qos: 1,
+            sub_qos: 0,
+            retain: true,
+        },
+    )
+}
+
+/// EMQ's point-to-point shape: `--pubs` pairs, publisher n → `<prefix>/p2p-<n>` ← subscriber n,
+/// QoS `--qos` both ways (default 1).
+pub fn pairs(args: &[String]) -> Result<()> {
+    let mut s = parse(args, "Dog")?;
+    s.subs = s.pubs;
+    let prefix = s.topic.clone();
+    let qos = s.qos.unwrap_or(1);
+    run_shape(
+        &s,
+        &Shape {
+            label: "pairs",
+            filter: &|n| format!("{prefix}/p2p-{n}"),
+            topic: &|n| format!("{prefix}/p2p-{n}"),
+            expected: s.messages,
+            shared: false,
+            pub_qos: qos,
+            sub_qos: qos,
+            retain: false,
+        },
+    )
+}
+
+/// EMQ's wildcard shapes: `--pubs` publishers, each on `<prefix>/fanin-<p>`, `--subs`
+/// subscribers on `<prefix>/#` (each gets every message), or with `--share G` one shared group
+/// `$share/G/<prefix>/#` (each message reaches one member). QoS `--qos` (default 0).
+pub fn fanin(args: &[String]) -> Result<()> {
+    let mut s = parse(args, "Dog")?;
+    if s.subs == 1000 {
+        s.subs = 10;
+    }
+    let prefix = s.topic.clone();
+    let qos = s.qos.unwrap_or(0);
+    let filter = match &s.share {
+        Some(group) => format!("$share/{group}/{prefix}/#"),
+        None => format!("{prefix}/#"),
+    };
+    run_shape(
+        &s,
+        &Shape {
+            label: if s.share.is_some() {
+                "fanin-shared"
+            } else {
+                "fanin"
+            },
+            filter: &|_| filter.clone(),
+            topic: &|p| format!("{prefix}/fanin-{p}"),
+            expected: s.messages * s.pubs as u64,
+            shared: s.share.is_some(),
+            pub_qos: qos,
+            sub_qos: qos,
+            retain: false,
+        },
+    )
 }
