@@ -214,9 +214,9 @@ pub struct Database {
     pub stats: WriterStats,
     /// Bumped after each commit is durable; replication senders wait on it.
     pub commits: CommitSignal,
-    /// The bits of the last version whose group is durable: readers of the audit log
-    /// (replication, replay) stop there, so they never announce a write that a crash could
-    /// still undo (docs/design.md "Pipelined commits").
+    /// The bits of the last version whose group is durable: replication senders read the audit
+    /// log up to there, so they never announce a write that a crash could still undo
+    /// (docs/design.md "Pipelined commits").
     durable: std::sync::atomic::AtomicU64,
     /// The origin of this database's own transactions: `<node name>#<incarnation>`, the
     /// incarnation made with the database file (docs/replication.md "Origins").

@@ -233,12 +233,6 @@ impl<'e> ReadTxn<'e> {
             Bound::Excluded(v) => Bound::Excluded(layout::audit_key(v)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        // Not past the last durable version (docs/design.md "Pipelined commits").
-        let durable = self.db.durable_version();
-        let to = match to {
-            Bound::Included(v) | Bound::Excluded(v) if v <= durable => to,
-            _ => Bound::Included(durable),
-        };
         let (from, to) = (map(from), map(to));
         let range = (from.as_ref().map(|k| &k[..]), to.as_ref().map(|k| &k[..]));
         let iter = self.db.audit.range(&self.txn, &range)?;

@@ -303,7 +303,10 @@ impl ReadTxn<'_> {
         let from = after.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
         let mut out = Vec::new();
         let mut last = after;
-        for item in self.audit_range(from, Bound::Unbounded)?.take(count_max) {
+        // Senders never announce a group before it is durable (docs/design.md "Pipelined
+        // commits"); the snapshot this transaction reads may hold one more.
+        let to = Bound::Included(self.db.durable_version());
+        for item in self.audit_range(from, to)?.take(count_max) {
             let (position, archived) = item?;
             last = Some(position);
             let owned =
