@@ -318,8 +318,8 @@ impl ReadTxn<'_> {
         Ok((out, last))
     }
 
-    /// The newest durable position in this node's audit log, if any (the audit log is read up
-    /// to the last durable version only: docs/design.md "Pipelined commits").
+    /// The newest durable position in this node's audit log, if any: where a sender goes on
+    /// from (it sends up to the last durable version only, docs/design.md "Pipelined commits").
     pub fn audit_last(&self) -> Result<Option<f64>, StoreError> {
         use std::ops::Bound;
         let to = layout::audit_key(self.db.durable_version());
