@@ -11,15 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{mqtt_port, Builder, ADMIN_PASSWORD, ADMIN_USER};
-
-fn heavy() -> bool {
-    if std::env::var("TIDEPOOL_HEAVY").is_ok_and(|v| v == "1") {
-        return true;
-    }
-    println!("skipped: heavy test; run with TIDEPOOL_HEAVY=1 (as .ci/run does)");
-    false
-}
+use common::{heavy, mqtt_port, Builder, ADMIN_PASSWORD, ADMIN_USER};
 
 /// A `kB` line of `/proc/<pid>/status` (VmRSS, VmHWM), in bytes.
 fn status_bytes(pid: u32, key: &str) -> u64 {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Builder, Server};
 use serde_json::{json, Value};
@@ -992,7 +992,7 @@ fn configuration_logs_audit_and_system_information() {
         .iter()
         .filter_map(|e| e["operation"].as_str())
         .collect();
-    assert_eq!(ops, vec!["upsert", "delete"]);
+    assert_eq!(ops, vec!["insert", "delete"]);
     assert_eq!(audit[0]["hash_values"], json!([1]));
     let later = ok(
         &server,
@@ -1006,7 +1006,7 @@ fn configuration_logs_audit_and_system_information() {
         json!({"operation": "read_audit_log", "table": "t", "search_values": [before, before]}),
     );
     assert_eq!(between.as_array().map(Vec::len), Some(1), "{between}");
-    assert_eq!(between[0]["operation"], "upsert", "{between}");
+    assert_eq!(between[0]["operation"], "insert", "{between}");
     let by_key = ok(
         &server,
         json!({"operation": "read_audit_log", "table": "t", "search_type": "hash_value", "search_values": [1]}),
@@ -1199,4 +1199,92 @@ fn concurrent_schema_changes_agree_on_every_core() {
 /// The defaults file tidepool writes on the first start of a root.
 fn tidepool_defaults() -> String {
     std::fs::read_to_string(common::repo_path("deploy/harperdb-config.yaml")).unwrap()
+}
+
+/// docs/operations-api.md "Transaction log": HarperDB 4.x without NATS answers
+/// `read_transaction_log` from its audit log (`from` included, `to` excluded, `limit`) and runs
+/// `delete_transaction_logs_before` as `delete_audit_logs_before`, a job of that type; what
+/// HarperDB 4.7.29 answers to the same requests (tests/README.md "HarperDB's cluster tests").
+#[test]
+fn transaction_log_operations_read_and_trim_the_audit_log() {
+    let server = Server::start();
+    ok(
+        &server,
+        json!({"operation": "create_table", "schema": "tx", "table": "chicken", "primary_key": "id"}),
+    );
+    ok(
+        &server,
+        json!({"operation": "insert", "schema": "tx", "table": "chicken",
+               "records": [{"id": 1, "name": "Hen Solo"}, {"id": 2, "name": "Cluck Vader"}]}),
+    );
+    ok(
+        &server,
+        json!({"operation": "update", "schema": "tx", "table": "chicken", "records": [{"id": 2, "lays_eggs": true}]}),
+    );
+    ok(
+        &server,
+        json!({"operation": "delete", "schema": "tx", "table": "chicken", "hash_values": [2]}),
+    );
+    let read = |extra: Value| -> Vec<Value> {
+        let mut body =
+            json!({"operation": "read_transaction_log", "schema": "tx", "table": "chicken"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        ok(&server, body).as_array().cloned().unwrap_or_default()
+    };
+    let ops = |log: &[Value]| -> Vec<String> {
+        log.iter()
+            .map(|t| t["operation"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let log = read(json!({}));
+    assert_eq!(ops(&log), ["insert", "update", "delete"], "{log:?}");
+    assert_eq!(log[0]["user_name"], common::ADMIN_USER);
+    assert_eq!(log[0]["hash_values"], json!([1, 2]));
+    assert_eq!(log[0]["records"][0]["name"], "Hen Solo");
+    assert_eq!(log[2]["hash_values"], json!([2]));
+    let ts: Vec<f64> = log
+        .iter()
+        .map(|t| t["timestamp"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ops(&read(json!({"limit": 1}))), ["insert"]);
+    assert_eq!(ops(&read(json!({"to": ts[1]}))), ["insert"]);
+    assert_eq!(ops(&read(json!({"from": ts[1]}))), ["update", "delete"]);
+    assert_eq!(
+        ops(&read(json!({"from": ts[0], "to": ts[2]}))),
+        ["insert", "update"]
+    );
+    let started = ok(
+        &server,
+        json!({"operation": "delete_transaction_logs_before", "schema": "tx", "table": "chicken",
+               "timestamp": ts[1]}),
+    );
+    let id = started["job_id"].as_str().expect("job_id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let job = ok(&server, json!({"operation": "get_job", "id": id}));
+        if job[0]["status"] == "COMPLETE" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job not done: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(job[0]["type"], "delete_transaction_logs_before", "{job}");
+    let log = read(json!({}));
+    assert_eq!(ops(&log), ["update", "delete"], "{log:?}");
+    assert_eq!(log[0]["timestamp"].as_f64(), Some(ts[1]));
+    let (status, reply) = op(
+        &server,
+        json!({"operation": "read_transaction_log", "schema": "tx", "table": "chicken", "limit": -1}),
+    );
+    assert_eq!(status, 400, "{reply}");
+    let (status, reply) = op(
+        &server,
+        json!({"operation": "read_transaction_log", "schema": "tx", "table": "none"}),
+    );
+    assert_eq!(
+        (status, error_of(&reply)),
+        (400, "Table 'tx.none' does not exist")
+    );
 }

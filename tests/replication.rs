@@ -2285,7 +2285,7 @@ fn seeded_faults_lose_no_acknowledged_write() {
 /// failed with 500 "still in use" after 5 s), and one created again under the same name
 /// replicates again. Also the cluster operations' answers as HarperDB gives them (its cluster
 /// test collection, tests/README.md): the URL in "Successfully added", `node_name` naming the
-/// node, `configure_cluster`'s per-connection answers, and a 501 for explicit subscriptions.
+/// node, `configure_cluster`'s per-connection answers, and a 400 for unreadable subscriptions.
 #[test]
 fn a_replicated_database_drops_while_linked_and_cluster_answers_match_harperdb() {
     let app = app();
@@ -2340,15 +2340,16 @@ fn a_replicated_database_drops_while_linked_and_cluster_answers_match_harperdb()
         }
     }
 
-    // The answers HarperDB's cluster collection checks.
-    let subs = json!([{"schema": "dev", "table": "fish", "publish": true, "subscribe": false}]);
+    // The answers HarperDB's cluster collection checks. Unreadable subscriptions are refused
+    // (explicit_subscriptions_filter_each_direction_and_update_node_changes_them covers them).
+    let subs = json!([{"schema": "dev", "table": "fish", "publish": "yes"}]);
     let (status, body) = op(
         &a,
         json!({"operation": "add_node", "url": format!("wss://127.0.0.3:{port}"),
                "subscriptions": subs}),
     );
-    assert_eq!(status, 501, "{body}");
-    assert!(body.to_string().contains("subscriptions"), "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("publish"), "{body}");
     let (status, body) = op(
         &a,
         json!({"operation": "add_node", "url": format!("wss://127.0.0.3:{port}")}),
@@ -2460,4 +2461,271 @@ fn replication_lag_per_peer_is_in_metrics() {
     wait_until("a ping round trip", Duration::from_secs(20), || {
         peer_metric(&a, "tidepool_replication_ping_seconds", "node-b").is_some_and(|s| s > 0.0)
     });
+}
+
+/// The subscriptions `node` shows for `peer` in `cluster_status`, sorted by table.
+fn shown_subscriptions(node: &Node, peer: &str) -> Value {
+    let (_, status) = op(node, json!({"operation": "cluster_status"}));
+    let connection = status["connections"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == peer).cloned())
+        .unwrap_or(Value::Null);
+    let mut subs = connection["subscriptions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    subs.sort_by_key(|s| s["table"].as_str().unwrap_or("").to_string());
+    Value::Array(subs)
+}
+
+fn sub(table: &str, publish: bool, subscribe: bool) -> Value {
+    json!({"database": "data", "table": table, "publish": publish, "subscribe": subscribe})
+}
+
+/// Writes `path` on `writer` and then a `marker` record of the table that does flow to
+/// `reader`; once the marker is there, whatever of the first write was going to arrive has
+/// (one origin's transactions arrive in order). Returns whether the first write arrived.
+fn arrives_before(writer: &Node, path: &str, reader: &Node, marker: &str) -> bool {
+    put(writer, path, json!({"name": path}));
+    put(writer, marker, json!({"name": marker}));
+    wait_until(
+        &format!("{marker} from {} on {}", writer.name, reader.name),
+        Duration::from_secs(20),
+        || get(reader, marker).is_some(),
+    );
+    get(reader, path).is_some()
+}
+
+/// docs/replication.md "Explicit subscriptions": A adds B with `subscriptions` — Dog
+/// publish-only (A sends its Dogs, takes none), Cat subscribe-only (A takes B's Cats, sends
+/// none). Only those flows happen, both before (from the log) and after linking; both nodes
+/// show the subscriptions, mirrored, in `cluster_status` and `hdb_nodes`. B's `update_node`
+/// then makes Dog two-way: A gets B's Dogs written while they were filtered out (a copy of the
+/// table), and new ones. The subscriptions survive a restart of A.
+#[test]
+fn explicit_subscriptions_filter_each_direction_and_update_node_changes_them() {
+    let app = app();
+    let port = free_port();
+    let a = start(&app, "node-a", "127.0.0.1", port, &[], None);
+    let b = start(&app, "node-b", "127.0.0.2", port, &[], None);
+    put(&a, "/Dog/pre-a", json!({"name": "before the link, on A"}));
+    put(&b, "/Dog/pre-b", json!({"name": "before the link, on B"}));
+    put(&b, "/Cat/pre-b", json!({"name": "before the link, on B"}));
+    let (status, body) = op(
+        &a,
+        json!({"operation": "add_node", "url": format!("wss://127.0.0.2:{port}"),
+               "node_name": "node-b",
+               "subscriptions": [sub("Dog", true, false), sub("Cat", false, true)]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until("A linked to B", Duration::from_secs(20), || {
+        linked(&a, &[&b])
+    });
+    // Both sides show them, each from its own side.
+    assert_eq!(
+        shown_subscriptions(&a, "node-b"),
+        json!([sub("Cat", false, true), sub("Dog", true, false)])
+    );
+    wait_until(
+        "B shows the mirrored subscriptions",
+        Duration::from_secs(10),
+        || {
+            shown_subscriptions(&b, "node-a")
+                == json!([sub("Cat", true, false), sub("Dog", false, true)])
+        },
+    );
+    let (status, rows) = op(
+        &b,
+        json!({"operation": "sql", "sql": "SELECT * FROM system.hdb_nodes"}),
+    );
+    assert_eq!(status, 200, "{rows}");
+    let record = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|n| n["name"] == "node-a").cloned())
+        .unwrap_or_else(|| panic!("no node-a in B's hdb_nodes: {rows}"));
+    assert_eq!(
+        record["subscriptions"].as_array().map(Vec::len),
+        Some(2),
+        "{record}"
+    );
+    // From the log: A's Dog and B's Cat written before the link.
+    wait_until("A's earlier Dog on B", Duration::from_secs(20), || {
+        dog_name(&b, "pre-a").is_some()
+    });
+    wait_until("B's earlier Cat on A", Duration::from_secs(20), || {
+        get(&a, "/Cat/pre-b").is_some()
+    });
+    assert!(dog_name(&a, "pre-b").is_none(), "B's Dog reached A");
+    // Live: each table one way only.
+    assert!(
+        !arrives_before(&b, "/Dog/b1", &a, "/Cat/m1"),
+        "B's Dog reached A (A does not subscribe to Dog)"
+    );
+    assert!(
+        !arrives_before(&a, "/Cat/a1", &b, "/Dog/m2"),
+        "A's Cat reached B (A does not publish Cat)"
+    );
+
+    // B (which did not dial) makes Dog two-way: A gets B's Dogs, the earlier ones too.
+    let (status, body) = op(
+        &b,
+        json!({"operation": "update_node", "url": format!("wss://127.0.0.1:{port}"),
+               "node_name": "node-a", "subscriptions": [sub("Dog", true, true)]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["message"],
+        format!("Successfully updated 'wss://127.0.0.1:{port}'")
+    );
+    wait_until("A takes the update", Duration::from_secs(20), || {
+        shown_subscriptions(&a, "node-b")
+            == json!([sub("Cat", false, true), sub("Dog", true, true)])
+    });
+    wait_until(
+        "B's filtered-out Dogs on A",
+        Duration::from_secs(20),
+        || dog_name(&a, "pre-b").is_some() && dog_name(&a, "b1").is_some(),
+    );
+    assert!(
+        arrives_before(&b, "/Dog/b2", &a, "/Cat/m3"),
+        "B's new Dog did not reach A"
+    );
+    assert!(
+        get(&b, "/Cat/a1").is_none(),
+        "A's Cat reached B after the update"
+    );
+
+    // They survive a restart of A.
+    let mut a = a;
+    let root_a = std::mem::replace(&mut a.server.root, tempfile::tempdir().expect("tmp"));
+    drop(a);
+    let a = start(&app, "node-a", "127.0.0.1", port, &[], Some(root_a));
+    wait_until("A linked to B again", Duration::from_secs(30), || {
+        linked(&a, &[&b])
+    });
+    assert_eq!(
+        shown_subscriptions(&a, "node-b"),
+        json!([sub("Cat", false, true), sub("Dog", true, true)])
+    );
+    assert!(
+        !arrives_before(&a, "/Cat/a2", &b, "/Dog/m4"),
+        "A's Cat reached B after a restart"
+    );
+    assert!(
+        arrives_before(&b, "/Dog/b3", &a, "/Cat/m5"),
+        "B's Dog did not reach A after a restart"
+    );
+}
+
+/// Waits until `node` started again (after a restart) and answers on its new addresses (the
+/// tests' nodes listen on port 0), which it takes from the output.
+fn wait_restarted(node: &mut Node) {
+    let limit = Instant::now() + Duration::from_secs(60);
+    let mut lines: Vec<String> = Vec::new();
+    let (mut rest, mut ops) = (None, None);
+    while rest.is_none() || ops.is_none() {
+        assert!(
+            Instant::now() < limit,
+            "{} did not start again: {lines:?}",
+            node.name
+        );
+        for line in node.server.drain_lines() {
+            let started = lines.iter().any(|l| l.contains("starting with"));
+            if started || line.contains("starting with") {
+                rest = rest.or(common::listener_addr(&line, "REST"));
+                ops = ops.or(common::listener_addr(&line, "Operations API"));
+            }
+            lines.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.server.rest = rest.expect("REST address");
+    node.server.ops = ops.expect("Operations API address");
+}
+
+/// docs/replication.md "hdb_nodes" and "Adding and removing nodes": HarperDB's chain (B adds A,
+/// C adds B): every node's `hdb_nodes` lists all three, itself included; `remove_node` of a
+/// node known only through gossip (A on C) or only through its incoming link (C on B) answers
+/// 200, a name never known 404. And `restart_service` with `replicated` (docs/operations-api.md)
+/// restarts the node and the nodes linked to it.
+#[test]
+fn hdb_nodes_lists_every_node_and_remove_node_finds_gossiped_and_incoming_nodes() {
+    let app = app();
+    let port = free_port();
+    let mut a = start(&app, "node-a", "127.0.0.1", port, &[], None);
+    let mut b = start(&app, "node-b", "127.0.0.2", port, &[], None);
+    let mut c = start(&app, "node-c", "127.0.0.3", port, &[], None);
+    for (from, to, name) in [(&b, "127.0.0.1", "node-a"), (&c, "127.0.0.2", "node-b")] {
+        let (status, body) = op(
+            from,
+            json!({"operation": "add_node", "url": format!("wss://{to}:{port}"), "node_name": name}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_mesh(&[&a, &b, &c]);
+    let names = |node: &Node| -> Vec<String> {
+        let (status, rows) = op(
+            node,
+            json!({"operation": "sql", "sql": "SELECT name FROM system.hdb_nodes"}),
+        );
+        assert_eq!(status, 200, "{rows}");
+        let mut names: Vec<String> = rows
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    for n in [&a, &b, &c] {
+        wait_until(
+            &format!("{} lists the three nodes in hdb_nodes", n.name),
+            Duration::from_secs(10),
+            || names(n) == ["node-a", "node-b", "node-c"],
+        );
+    }
+
+    // restart_service, replicated: the linked nodes restart too.
+    for n in [&a, &b, &c] {
+        n.server.drain_lines();
+    }
+    let (status, body) = op(
+        &a,
+        json!({"operation": "restart_service", "service": "http_workers", "replicated": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"], "Restarting http_workers");
+    let job = body["job_id"].as_str().expect("job_id").to_string();
+    for n in [&mut a, &mut b, &mut c] {
+        wait_restarted(n);
+    }
+    wait_mesh(&[&a, &b, &c]);
+    let (_, jobs) = op(&a, json!({"operation": "get_job", "id": job}));
+    assert_eq!(jobs[0]["type"], "restart_service", "{jobs}");
+    assert_eq!(jobs[0]["status"], "COMPLETE", "{jobs}");
+    let (status, body) = op(
+        &a,
+        json!({"operation": "restart_service", "service": "nope"}),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Invalid service"))
+    );
+
+    // A on C: known through gossip only; C on B: through C's incoming link only.
+    for (node, gone) in [(&c, "node-a"), (&b, "node-c")] {
+        let (status, body) = op(node, json!({"operation": "remove_node", "node_name": gone}));
+        assert_eq!(status, 200, "{} removing {gone}: {body}", node.name);
+        assert_eq!(
+            body["message"],
+            format!("Successfully removed '{gone}' from cluster")
+        );
+    }
+    let (status, body) = op(
+        &a,
+        json!({"operation": "remove_node", "node_name": "node-x"}),
+    );
+    assert_eq!(status, 404, "{body}");
 }

@@ -448,7 +448,7 @@ pub fn audit_change<'a, V: ValueView<'a>>(item: V) -> Option<(&'a str, V, Change
     };
     let key = parts.next()?;
     let kind = match parts.next()?.kind() {
-        Kind::String("put") => ChangeKind::Put,
+        Kind::String("put" | "insert" | "update" | "upsert") => ChangeKind::Put,
         Kind::String("delete") => ChangeKind::Delete,
         Kind::String("message") => ChangeKind::Message,
         _ => return None,

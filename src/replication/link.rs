@@ -19,9 +19,10 @@ use crossbeam_channel::{bounded, RecvTimeoutError};
 use tidepool_io::OneshotReceiver;
 
 use super::message::{self, object};
+use super::subscriptions::Subscriptions;
 use super::transport::{Conn, Duplex};
 use super::ws::{self, Incoming, WsError};
-use super::{block_on, now, poll_once, table_replicates, Replication, Target};
+use super::{block_on, now, poll_once, table_replicates, Adopted, Replication, Target};
 use crate::schema::{AttributeDef, FieldType, TableDef};
 use crate::store::{
     ApplyJob, ApplyOutcome, AuditTxn, Database, ReplicatedTxn, SchemaChange, SnapshotRecord,
@@ -180,7 +181,7 @@ pub fn run(
     });
     let me = repl.node_name().to_string();
     let my_databases = repl.databases();
-    send_hello(repl, &out, &my_databases)?;
+    send_hello(repl, &out, &my_databases, dialled)?;
     let limits = DecodeLimits {
         bytes_max: MESSAGE_BYTES_MAX,
         ..DecodeLimits::default()
@@ -233,6 +234,7 @@ pub fn run(
         s.url = peer_url.clone();
         s.streams = peer_streams;
     });
+    let subs = settle_subscriptions(repl, &out, &peer, &peer_url, &hello, dialled.is_some())?;
     // Databases exchanged: ours, and the peer's that our `replication.databases` allows.
     let mut databases = my_databases;
     for d in message::strings_from(hello.get("databases")) {
@@ -256,12 +258,19 @@ pub fn run(
             .collect(),
         senders: HashMap::new(),
         limits,
+        subs,
+        peer_url,
+        ready: false,
         last_ping: None,
         may_sign: matches!(&identity, Identity::User(u) if u.super_user),
         exchange: None,
     };
     let rx = spawn_reader(&peer, reader, &socket, stop.clone())?;
-    control.send_nodes();
+    if control.subs.is_none() {
+        // Every linked node hears of the new one (docs/replication.md "Gossip"); none with a
+        // node of explicit subscriptions.
+        repl.broadcast_nodes();
+    }
     if let Some(t) = dialled.filter(|t| is_tls && t.authorization.is_some()) {
         // Certificate exchange (docs/replication.md): we got in with credentials; ask for a certificate
         // and trust, so later links are plain mTLS.
@@ -284,30 +293,67 @@ pub fn run(
     result
 }
 
+/// Explicit subscriptions (docs/replication.md): the dialling node's view came with its `HELLO`;
+/// of two views the later one wins, and ours goes back when it is the later one. Returns the
+/// subscriptions the link runs with (None: everything, and then both nodes are in
+/// `hdb_nodes`).
+fn settle_subscriptions(
+    repl: &Replication,
+    out: &Out,
+    peer: &str,
+    peer_url: &str,
+    hello: &Value,
+    dialled: bool,
+) -> Result<Option<Subscriptions>, LinkError> {
+    if !dialled && repl.peer_view(peer, peer_url, hello) == Adopted::Ours {
+        out.send("SUBSCRIPTIONS", repl.subscriptions_body(peer))?;
+    }
+    let subs = repl.subscriptions_with(peer);
+    if subs.is_none() {
+        repl.record_members(peer, peer_url);
+    }
+    Ok(subs)
+}
+
 /// `HELLO`: our name, URL, protocol, databases and our origin per database (docs/replication.md
-/// "Origins": peers relay any other stream of our name, e.g. an earlier incarnation's).
-fn send_hello(repl: &Replication, out: &Out, my_databases: &[String]) -> Result<(), LinkError> {
+/// "Origins": peers relay any other stream of our name, e.g. an earlier incarnation's); when we
+/// dialled, our subscriptions with the node ("Explicit subscriptions").
+fn send_hello(
+    repl: &Replication,
+    out: &Out,
+    my_databases: &[String],
+    dialled: Option<&Target>,
+) -> Result<(), LinkError> {
     let streams: Vec<(String, Value)> = my_databases
         .iter()
         .filter_map(|d| repl.store.database(d))
         .map(|d| (d.name.to_string(), Value::String(d.stream.to_string())))
         .collect();
-    out.send(
-        "HELLO",
-        object(vec![
-            ("node", Value::String(repl.node_name().to_string())),
-            (
-                "streams",
-                Value::Object(crate::value::Object::from_entries(streams)),
-            ),
-            ("url", Value::String(repl.settings.url.clone())),
-            ("protocol", Value::Int(message::PROTOCOL)),
-            (
-                "databases",
-                Value::Array(my_databases.iter().cloned().map(Value::String).collect()),
-            ),
-        ]),
-    )
+    let mut fields = Vec::new();
+    if let Some(key) = dialled.and_then(|t| repl.key_at(&t.address())) {
+        if let Value::Object(o) = repl.subscriptions_body(&key) {
+            fields.extend(o.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        }
+    }
+    let mut hello = object(vec![
+        ("node", Value::String(repl.node_name().to_string())),
+        (
+            "streams",
+            Value::Object(crate::value::Object::from_entries(streams)),
+        ),
+        ("url", Value::String(repl.settings.url.clone())),
+        ("protocol", Value::Int(message::PROTOCOL)),
+        (
+            "databases",
+            Value::Array(my_databases.iter().cloned().map(Value::String).collect()),
+        ),
+    ]);
+    if let Value::Object(o) = &mut hello {
+        for (k, v) in fields {
+            o.insert(k, v);
+        }
+    }
+    out.send("HELLO", hello)
 }
 
 /// The reader thread hands whole messages over; it ends when the socket does. A read that times
@@ -554,6 +600,11 @@ struct Control {
     inbound: BTreeMap<String, Inbound>,
     senders: HashMap<String, Arc<AtomicBool>>,
     limits: DecodeLimits,
+    /// Explicit subscriptions with the peer as the link began (a change starts it over).
+    subs: Option<Subscriptions>,
+    peer_url: String,
+    /// Something arrived from the peer since `HELLO` (see `PeerStatus::ready`).
+    ready: bool,
     last_ping: Option<(Instant, f64)>,
 }
 
@@ -582,6 +633,10 @@ impl Control {
                 heard = Instant::now();
             } else if heard.elapsed() > timeout {
                 return Err(LinkError::Silent(timeout));
+            }
+            if received.is_ok() && !self.ready {
+                self.ready = true;
+                self.repl.with_status(&self.peer, |s| s.ready = true);
             }
             match received {
                 Ok(Ok(Incoming::Binary(frame))) => match message::decode(&frame, &self.limits) {
@@ -656,6 +711,7 @@ impl Control {
                     db: handle,
                     stop,
                     link_stop: self.stop.clone(),
+                    subs: self.subs.clone(),
                 };
                 let _ = std::thread::Builder::new()
                     .name(format!("repl-send-{}-{db}", self.peer))
@@ -741,10 +797,37 @@ impl Control {
                 }
                 return Err(LinkError::Closed(format!("BYE {reason}")));
             }
+            "SUBSCRIPTIONS" | "RESTART" | "NODES" => self.membership(kind, &body)?,
+            // Unknown types are ignored (docs/replication.md).
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The cluster's own messages: subscriptions, restart requests, gossip.
+    fn membership(&mut self, kind: &str, body: &Value) -> Result<(), LinkError> {
+        match kind {
+            "SUBSCRIPTIONS"
+                if self.repl.peer_view(&self.peer, &self.peer_url, body) == Adopted::Changed =>
+            {
+                return Err(LinkError::Closed("subscriptions changed".into()));
+            }
+            "RESTART" => {
+                // A peer's `restart_service` with `replicated` (docs/operations-api.md).
+                let service = body.get("service").and_then(Value::as_str).unwrap_or("");
+                tracing::info!(
+                    "replication: {} asked this node to restart ({service})",
+                    self.peer
+                );
+                if let Err(e) = crate::resource::request_restart() {
+                    tracing::warn!("replication: cannot restart: {}", e.message);
+                }
+            }
+            "NODES" if self.subs.is_some() => {}
             "NODES" => {
                 let mut announced: Vec<(String, String)> = Vec::new();
                 let mut removed: Vec<String> = Vec::new();
-                if let Value::Array(items) = &body {
+                if let Value::Array(items) = body {
                     for n in items {
                         let Some(name) = n.get("name").and_then(Value::as_str) else {
                             continue;
@@ -758,7 +841,6 @@ impl Control {
                 }
                 self.repl.learn_nodes(&announced, &removed);
             }
-            // Unknown types are ignored (docs/replication.md).
             _ => {}
         }
         Ok(())
@@ -767,6 +849,11 @@ impl Control {
     /// Our own schema wins: a table we keep local, or a system table other than users and
     /// roles, takes nothing from peers.
     fn accepts(&self, db: &str, table: &str) -> bool {
+        if let Some(subs) = &self.subs {
+            if !subs.subscribes(db, table) {
+                return false;
+            }
+        }
         match self.repl.store.database(db).and_then(|d| d.table(table)) {
             Some(t) => table_replicates(db, &t),
             // Unknown yet: the writer refuses it and the stream restarts after SCHEMA.
@@ -851,6 +938,7 @@ impl Control {
                         }
                     },
                     (PendingKind::SnapshotEnd, Some(Ok(_))) => {
+                        self.repl.resync_done(&self.peer, &db);
                         if inbound.snapshot_claimed {
                             inbound.snapshot_claimed = false;
                             self.repl.release_snapshot(&db);
@@ -912,7 +1000,12 @@ impl Control {
             return Err(LinkError::Closed(format!("database {db} created")));
         }
         let connected = self.repl.connected_peers();
-        let relayer = connected.iter().min().cloned();
+        // Nodes with explicit subscriptions send only their own writes: never relayers.
+        let relayer = connected
+            .iter()
+            .filter(|p| !self.repl.explicit(p))
+            .min()
+            .cloned();
         let dbs: Vec<String> = self.inbound.keys().cloned().collect();
         for db in dbs {
             let Some(handle) = self.repl.store.database(&db) else {
@@ -950,6 +1043,10 @@ impl Control {
                 // Nodes we know of but have no link to, by name: every stream of theirs,
                 // including one we hold no cursor for yet (docs/replication.md "Gossip").
                 for (key, name, _) in self.repl.nodes() {
+                    if self.repl.explicit(&key) {
+                        // Its writes come only over its own link (docs/replication.md).
+                        continue;
+                    }
                     let name = name.unwrap_or(key);
                     if name != self.me
                         && !name.contains('#')
@@ -965,6 +1062,13 @@ impl Control {
             } else {
                 Vec::new()
             };
+            if self.subs.as_ref().is_some_and(|s| !s.subscribes_any(&db)) {
+                // Explicit subscriptions name no table of it.
+                continue;
+            }
+            // The tables we take from the peer grew: a copy of them first ("Explicit
+            // subscriptions").
+            let resync = self.repl.resync_due(&self.peer, &db);
             let Some(inbound) = self.inbound.get_mut(&db) else {
                 continue;
             };
@@ -977,7 +1081,11 @@ impl Control {
                     continue;
                 }
                 let others = cursors.iter().any(|(o, _)| o != &own);
-                if !others && inbound.start_time.is_none() {
+                if resync {
+                    snapshot = true;
+                } else if self.subs.is_some() {
+                    // Explicit: the peer's own writes from its log, never a whole copy.
+                } else if !others && inbound.start_time.is_none() {
                     // An empty node: one peer gives the initial copy; the others wait for it.
                     if !self.repl.claim_snapshot(&db) {
                         continue;
@@ -1123,10 +1231,6 @@ impl Control {
         }
     }
 
-    fn send_nodes(&self) {
-        let _ = self.out.send("NODES", self.repl.nodes_message());
-    }
-
     /// `SCHEMA`: creates the tables we lack (as ops-created tables); our own definitions win.
     fn apply_schema(&self, db: &str, body: &Value) {
         let Some(handle) = self.repl.store.database(db) else {
@@ -1139,7 +1243,7 @@ impl Control {
             let Some(name) = t.get("name").and_then(Value::as_str) else {
                 continue;
             };
-            if handle.table(name).is_some() || db == "system" {
+            if handle.table(name).is_some() || db == "system" || !self.accepts(db, name) {
                 continue;
             }
             let def = table_def(db, name, t);
@@ -1252,9 +1356,20 @@ struct Sender {
     db: Arc<Database>,
     stop: Arc<AtomicBool>,
     link_stop: Arc<AtomicBool>,
+    /// Explicit subscriptions with the peer: only the tables we publish, only our own writes.
+    subs: Option<Subscriptions>,
 }
 
 impl Sender {
+    /// Whether `table` goes to the peer at all.
+    fn publishes(&self, table: &crate::store::Table) -> bool {
+        table_replicates(&self.db.name, table)
+            && self
+                .subs
+                .as_ref()
+                .is_none_or(|s| s.publishes(&self.db.name, &table.name))
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
             || self.link_stop.load(Ordering::Acquire)
@@ -1276,7 +1391,7 @@ impl Sender {
             .table_names()
             .iter()
             .filter_map(|n| self.db.table(n))
-            .filter(|t| table_replicates(&self.db.name, t))
+            .filter(|t| self.publishes(t))
             .collect()
     }
 
@@ -1312,12 +1427,15 @@ impl Sender {
             let r = self.db.read().map_err(storage)?;
             let mut chunks: Vec<(String, Vec<Value>)> = Vec::new();
             for t in tables {
+                let own_id = crate::store::node_id_of(&self.me);
                 let rows: Vec<Value> = r
                     .raw_records(t)
                     .map_err(storage)?
                     .into_iter()
+                    // Explicit subscriptions carry only our own writes.
+                    .filter(|raw| self.subs.is_none() || raw.header.origin == own_id)
                     .map(|raw| {
-                        let origin = if raw.header.origin == crate::store::node_id_of(&self.me) {
+                        let origin = if raw.header.origin == own_id {
                             Some(self.me.clone())
                         } else {
                             r.node_name(raw.header.origin).ok().flatten()
@@ -1336,11 +1454,12 @@ impl Sender {
                     chunks.push((t.name.to_string(), chunk.to_vec()));
                 }
             }
-            (
-                chunks,
-                r.cursors().map_err(storage)?,
-                r.audit_last().map_err(storage)?,
-            )
+            let mut cursors = r.cursors().map_err(storage)?;
+            if self.subs.is_some() {
+                // Only our own stream's position: others' writes were not sent.
+                cursors.retain(|(o, _)| *o == *self.db.stream);
+            }
+            (chunks, cursors, r.audit_last().map_err(storage)?)
         };
         for (table, rows) in chunks {
             if self.stopped() {
@@ -1377,11 +1496,13 @@ impl Sender {
         let mut sent: HashMap<String, u64> = cursors;
         let own = self.db.stream.to_string();
         // A relay entry is an origin, or a node name standing for every stream of that node.
+        let explicit = self.subs.is_some();
         let wanted = |origin: &str| {
             origin == own
-                || relay
-                    .iter()
-                    .any(|r| r == origin || r == crate::store::stream_node(origin))
+                || (!explicit
+                    && relay
+                        .iter()
+                        .any(|r| r == origin || r == crate::store::stream_node(origin)))
         };
         let start = if snapshot {
             self.snapshot(&tables)?.map(|(c, last)| (Some(c), last))
@@ -1389,7 +1510,8 @@ impl Sender {
             let (cursors, from) = self.start_at_time(t, &wanted)?;
             Some((Some(cursors), from))
         } else {
-            self.catch_up(&tables, &relay, &sent)?
+            let relay: &[String] = if explicit { &[] } else { &relay };
+            self.catch_up(&tables, relay, &sent)?
         };
         let Some((cursors, mut after)) = start else {
             return Ok(());
@@ -1579,7 +1701,7 @@ impl Sender {
             let Some(table) = self.db.table(&e.table) else {
                 continue;
             };
-            if !table_replicates(database, &table) {
+            if !self.publishes(&table) {
                 continue;
             }
             let ptr = Arc::as_ptr(&table.def) as usize;

@@ -20,6 +20,7 @@ pub mod certs;
 pub mod clone;
 pub mod link;
 pub mod message;
+pub mod subscriptions;
 pub mod transport;
 pub mod ws;
 
@@ -36,6 +37,7 @@ use serde_yaml::Value as Yaml;
 use crate::config::{Config, ConfigTree, ListenAddr};
 use crate::store::{now_ms, Store, Table, WriteOp, WriteRequest};
 use crate::value::{Object, Value};
+use subscriptions::Subscriptions;
 
 /// Reconnect back-off bounds (docs/replication.md).
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -317,6 +319,9 @@ impl Settings {
     }
 }
 
+/// The `hdb_nodes` field holding when a record's subscriptions were set (ms since the epoch).
+pub const SUBSCRIPTIONS_TIME: &str = "subscriptions_time";
+
 /// A known peer: a route, an `hdb_nodes` entry or a node learned by gossip.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -367,9 +372,33 @@ pub struct LinkEntry {
     pub thread: u64,
 }
 
+/// A node's explicit subscriptions as this node holds them (docs/replication.md "Explicit
+/// subscriptions"), with when they were set (ms since the epoch; 0 = never): of two views, the
+/// later one wins on both sides.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSubs {
+    /// None: every table replicates.
+    pub subs: Option<Subscriptions>,
+    pub time: f64,
+}
+
+/// What a peer's view of our subscriptions did here.
+#[derive(Debug, PartialEq)]
+pub enum Adopted {
+    /// Ours were set later: the peer must take them.
+    Ours,
+    /// Theirs were set later and differ: taken (reversed), the link must start over.
+    Changed,
+    /// Nothing to do.
+    Same,
+}
+
 #[derive(Default)]
 pub struct PeerStatus {
     pub url: String,
+    /// Something arrived after `HELLO`: the peer has registered the link (and taken our
+    /// subscriptions) too.
+    pub ready: bool,
     /// The peer's own origin per database, from its `HELLO` (docs/replication.md "Origins").
     pub streams: BTreeMap<String, String>,
     pub latency_ms: Option<f64>,
@@ -384,9 +413,18 @@ pub struct Replication {
     links: Mutex<HashMap<String, LinkEntry>>,
     pub(crate) status: Mutex<HashMap<String, PeerStatus>>,
     snapshot_claims: Mutex<HashSet<String>>,
+    /// Nodes that removed this node (`BYE removed`): `remove_node` of one answers 200.
+    left: Mutex<HashSet<String>>,
+    /// This node's own `hdb_nodes` record was written (on its first full link).
+    self_recorded: AtomicBool,
     /// Names (and keys) of nodes `remove_node` removed: never dialled, their links refused,
     /// until a new `add_node` (docs/replication.md).
     removed: Mutex<HashSet<String>>,
+    /// Explicit subscriptions per node record name (`hdb_nodes.subscriptions`).
+    subs: Mutex<HashMap<String, PeerSubs>>,
+    /// (peer, database): the tables we subscribe to from that peer grew, so the next
+    /// subscription asks for a copy of them (what was filtered out before).
+    resync: Mutex<HashSet<(String, String)>>,
     /// TLS for the secure listener and `wss://` dials, swapped when a certificate exchange adds
     /// a CA; None when it could not be set up without a secure port (then `wss://` dials fail
     /// and say why).
@@ -414,7 +452,7 @@ pub fn start(
     tree: &ConfigTree,
 ) -> Result<Option<Arc<Replication>>, String> {
     let settings = Settings::from_tree(tree, config)?;
-    let (stored, removed) = stored_nodes(&store, settings.port_default);
+    let (stored, removed, subs) = stored_nodes(&store, settings.port_default, &settings.node_name);
     let leader = clone::Leader::from_env();
     if !settings.configured && stored.is_empty() && leader.is_none() {
         return Ok(None);
@@ -444,7 +482,11 @@ pub fn start(
         links: Mutex::new(HashMap::new()),
         status: Mutex::new(HashMap::new()),
         snapshot_claims: Mutex::new(HashSet::new()),
+        left: Mutex::new(HashSet::new()),
+        self_recorded: AtomicBool::new(false),
         removed: Mutex::new(removed),
+        subs: Mutex::new(subs),
+        resync: Mutex::new(HashSet::new()),
         tls: RwLock::new(tls),
         config: config.clone(),
         stopping: AtomicBool::new(false),
@@ -489,21 +531,30 @@ pub fn start(
     Ok(Some(repl))
 }
 
-/// `hdb_nodes`: the entries to dial (name, target), and the names marked removed.
-fn stored_nodes(store: &Store, port_default: u16) -> (Vec<(String, Target)>, HashSet<String>) {
+/// What `hdb_nodes` holds for the manager: the entries to dial (name, target), the names
+/// marked removed, and each entry's explicit subscriptions.
+type StoredNodes = (
+    Vec<(String, Target)>,
+    HashSet<String>,
+    HashMap<String, PeerSubs>,
+);
+
+/// `hdb_nodes`, as [`StoredNodes`].
+fn stored_nodes(store: &Store, port_default: u16, own_name: &str) -> StoredNodes {
     let mut nodes = Vec::new();
     let mut removed = HashSet::new();
+    let mut subs = HashMap::new();
     let Some(db) = store.database("system") else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     let Some(table) = db.table("hdb_nodes") else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     let Ok(txn) = db.read() else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     let Ok(records) = txn.raw_records(&table) else {
-        return (nodes, removed);
+        return (nodes, removed, subs);
     };
     for v in records.into_iter().filter_map(|r| r.value) {
         let Some(name) = v.get("name").and_then(Value::as_str).map(str::to_string) else {
@@ -513,12 +564,32 @@ fn stored_nodes(store: &Store, port_default: u16) -> (Vec<(String, Target)>, Has
             removed.insert(name);
             continue;
         }
+        let time = match v.get(SUBSCRIPTIONS_TIME) {
+            Some(Value::Float(f)) => *f,
+            Some(Value::Int(i)) => *i as f64,
+            _ => 0.0,
+        };
+        // A record this build cannot read replicates everything (as without the key).
+        let explicit = Subscriptions::parse(v.get("subscriptions")).unwrap_or(None);
+        if explicit.is_some() || time > 0.0 {
+            subs.insert(
+                name.clone(),
+                PeerSubs {
+                    subs: explicit,
+                    time,
+                },
+            );
+        }
+        if name == own_name {
+            // This node's own record (docs/replication.md "hdb_nodes").
+            continue;
+        }
         let url = v.get("url").cloned().unwrap_or(Value::String(name.clone()));
         if let Some(target) = Target::parse(&url, port_default) {
             nodes.push((name, target));
         }
     }
-    (nodes, removed)
+    (nodes, removed, subs)
 }
 
 /// Blocks a plain thread on a future (a writer reply), parking between polls.
@@ -689,7 +760,20 @@ impl Replication {
     /// it is neither dialled nor let in, nor rediscovered by gossip) and tells every peer.
     /// Returns whether it was known. A plain thread only: it waits for the commit.
     pub fn remove_node(&self, key: &str) -> bool {
+        if key == self.settings.node_name {
+            // This node's own record (docs/replication.md "hdb_nodes"), as HarperDB deletes it.
+            let had = self.has_record(key);
+            self.delete_node(key);
+            return had;
+        }
         let already = self.is_removed(key);
+        let left = self
+            .left
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        let recorded = self.has_record(key);
+        let explicit = self.explicit(key);
         let mut names = vec![key.to_string()];
         names.extend(
             self.nodes
@@ -699,15 +783,25 @@ impl Replication {
                 .filter(|n| n.key == key || n.target.address() == key || n.target.host == key)
                 .filter_map(|n| n.name.clone()),
         );
-        let known = self.drop_node(key, "removed");
+        let known = self.drop_node(key, "removed") || recorded || left;
         if !known && !already {
             return false;
+        }
+        if explicit || left {
+            // A node of explicit subscriptions (never gossiped) or one that removed us already:
+            // its record goes, as in HarperDB, and no mark is kept or spread.
+            for name in &names {
+                self.forget_subs(name);
+                self.delete_node(name);
+            }
+            return true;
         }
         {
             let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
             removed.extend(names.iter().cloned());
         }
         for name in &names {
+            self.forget_subs(name);
             self.mark_removed(name);
         }
         self.broadcast_nodes();
@@ -770,15 +864,40 @@ impl Replication {
     /// Sends our node list (`NODES`, removed marks included) on every link: after a change.
     pub fn broadcast_nodes(&self) {
         let list = self.nodes_message();
-        let outs: Vec<Arc<link::Out>> = self
+        let outs: Vec<(String, Arc<link::Out>)> = self
             .links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|l| l.out.clone())
+            .iter()
+            .map(|(peer, l)| (peer.clone(), l.out.clone()))
             .collect();
-        for out in outs {
+        // Nodes with explicit subscriptions get no gossip (docs/replication.md).
+        for (_, out) in outs.into_iter().filter(|(peer, _)| !self.explicit(peer)) {
             let _ = out.send("NODES", list.clone());
+        }
+    }
+
+    /// Sends one message on the link with `peer`, if there is one (never waits behind a
+    /// blocked write).
+    pub(crate) fn send_to(&self, peer: &str, kind: &str, body: Value) {
+        let out = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .map(|l| l.out.clone());
+        if let Some(out) = out {
+            let _ = out.try_send(kind, body);
+        }
+    }
+
+    /// `restart_service` with `replicated` (docs/operations-api.md): every linked node is asked to
+    /// restart (`RESTART`).
+    pub fn restart_peers(&self, service: &str) {
+        let body = message::object(vec![("service", Value::String(service.into()))]);
+        for peer in self.connected_peers() {
+            tracing::info!("replication: asking {peer} to restart ({service})");
+            self.send_to(&peer, "RESTART", body.clone());
         }
     }
 
@@ -788,16 +907,41 @@ impl Replication {
             ("name", Value::String(self.settings.node_name.clone())),
             ("url", Value::String(self.settings.url.clone())),
         ])];
+        // A node with explicit subscriptions is known only to this node: peers never dial it
+        // for everything (docs/replication.md).
+        let nodes: Vec<_> = self
+            .nodes()
+            .into_iter()
+            .filter(|(key, _, _)| !self.explicit(key))
+            .collect();
+        // Nodes that dialled us are announced too (their URL from their `HELLO`).
+        let callers: Vec<String> = self
+            .connected_peers()
+            .into_iter()
+            .filter(|p| !self.explicit(p))
+            .collect();
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, name, target) in self.nodes() {
+        let mut named: Vec<String> = Vec::new();
+        for (key, name, target) in nodes {
             let name = name.unwrap_or(key);
             let url = status
                 .get(&name)
                 .map(|s| s.url.clone())
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| target.resolved_url(self.settings.tls_default));
+            named.push(name.clone());
             list.push(message::object(vec![
                 ("name", Value::String(name)),
+                ("url", Value::String(url)),
+            ]));
+        }
+        for peer in callers {
+            let url = status.get(&peer).map(|s| s.url.clone()).unwrap_or_default();
+            if named.contains(&peer) || url.is_empty() {
+                continue;
+            }
+            list.push(message::object(vec![
+                ("name", Value::String(peer)),
                 ("url", Value::String(url)),
             ]));
         }
@@ -924,7 +1068,18 @@ impl Replication {
             .map(|n| n.key.clone())
             .collect();
         self.drop_node(peer, "shutdown");
+        self.forget_subs(peer);
+        {
+            let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+            left.insert(peer.to_string());
+            left.extend(keys.iter().cloned());
+        }
+        if !keys.iter().any(|k| k == peer) {
+            // The record of a node that dialled us (it has no dialling entry here).
+            self.delete_node(peer);
+        }
         for key in keys {
+            self.forget_subs(&key);
             self.delete_node(&key);
         }
     }
@@ -978,6 +1133,40 @@ impl Replication {
         }
     }
 
+    /// Whether `system.hdb_nodes` holds a record named `name`.
+    fn has_record(&self, name: &str) -> bool {
+        let Some(db) = self.store.database("system") else {
+            return false;
+        };
+        let Some(table) = db.table("hdb_nodes") else {
+            return false;
+        };
+        db.read()
+            .and_then(|r| {
+                r.get(&table, &Value::String(name.into()))
+                    .map(|v| v.is_some())
+            })
+            .unwrap_or(false)
+    }
+
+    /// On a link that replicates everything (docs/replication.md "hdb_nodes"): `hdb_nodes`
+    /// lists every node of the cluster, this one and `peer` (which may have dialled us)
+    /// included, as HarperDB's replicated table does. A plain thread only.
+    pub(crate) fn record_members(&self, peer: &str, peer_url: &str) {
+        if !self.self_recorded.swap(true, Ordering::AcqRel)
+            && !self.has_record(&self.settings.node_name)
+        {
+            self.store_node(&self.settings.node_name, &self.settings.url);
+        }
+        let listed = self
+            .nodes()
+            .iter()
+            .any(|(key, name, _)| key == peer || name.as_deref() == Some(peer));
+        if !peer_url.is_empty() && !listed && !self.has_record(peer) {
+            self.store_node(peer, peer_url);
+        }
+    }
+
     /// Writes a node entry to `system.hdb_nodes` (waits for the commit: a plain thread only).
     pub fn store_node(&self, name: &str, url: &str) {
         self.write_node(name, Some(url));
@@ -991,8 +1180,25 @@ impl Replication {
         let mut record = Object::new();
         record.insert("name", Value::String(name.into()));
         match url {
-            Some(url) => record.insert("url", Value::String(url.into())),
-            None => record.insert("removed", Value::Bool(true)),
+            Some(url) => {
+                record.insert("url", Value::String(url.into()));
+                // HarperDB's fields: the explicit list, or `replicates: true` for everything.
+                let p = self
+                    .subs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default();
+                record.insert("replicates", Value::Bool(p.subs.is_none()));
+                record.insert("subscriptions", subscriptions::value_of(p.subs.as_ref()));
+                if p.time > 0.0 {
+                    record.insert(SUBSCRIPTIONS_TIME, Value::Float(p.time));
+                }
+            }
+            None => {
+                record.insert("removed", Value::Bool(true));
+            }
         };
         let request = WriteRequest {
             ops: vec![WriteOp::Put {
@@ -1090,11 +1296,51 @@ impl Replication {
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(peer)
             {
+                s.ready = false;
                 for socket in s.sockets.values_mut() {
                     socket.connected = false;
                 }
             }
         }
+    }
+
+    /// Waits (a plain thread, at most `limit`) until the node added under `key` is linked and
+    /// has registered the link on its side, as HarperDB's `add_node` answers once the node
+    /// has taken it. Returns whether it was.
+    pub fn wait_linked(&self, key: &str, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let name = self
+                .nodes()
+                .into_iter()
+                .find(|(k, _, _)| k == key)
+                .and_then(|(_, name, _)| name);
+            if let Some(name) = name {
+                let ready = self
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&name)
+                    .is_some_and(|s| s.ready);
+                if ready && self.connected(&name) {
+                    return true;
+                }
+            }
+            if std::time::Instant::now() >= until || self.stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The key of the node dialled at `address`.
+    pub(crate) fn key_at(&self, address: &str) -> Option<String> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|n| n.target.address() == address)
+            .map(|n| n.key.clone())
     }
 
     /// Records the announced name of the node dialled at `address`.
@@ -1356,6 +1602,24 @@ impl Replication {
     /// `cluster_status` (docs/replication.md).
     pub fn cluster_status(&self) -> Value {
         let nodes = self.nodes();
+        // Each peer's subscriptions, read before the status locks are taken.
+        let mut subs: HashMap<String, Option<Subscriptions>> = HashMap::new();
+        let peers: Vec<String> = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .chain(
+                nodes
+                    .iter()
+                    .map(|(key, name, _)| name.clone().unwrap_or_else(|| key.clone())),
+            )
+            .collect();
+        for peer in peers {
+            let s = self.subscriptions_with(&peer);
+            subs.insert(peer, s);
+        }
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen: Vec<String> = Vec::new();
@@ -1365,6 +1629,7 @@ impl Replication {
                 return;
             }
             seen.push(name.clone());
+            let explicit = subs.get(&name).cloned().flatten();
             let peer = status.get(&name);
             let thread = links.get(&name).map(|l| l.thread).unwrap_or(0);
             let sockets: Vec<Value> = peer
@@ -1413,9 +1678,9 @@ impl Replication {
                             .unwrap_or(url),
                     ),
                 ),
-                ("replicateByDefault", Value::Bool(true)),
-                ("replicates", Value::Bool(true)),
-                ("subscriptions", Value::Null),
+                ("replicateByDefault", Value::Bool(explicit.is_none())),
+                ("replicates", Value::Bool(explicit.is_none())),
+                ("subscriptions", subscriptions::value_of(explicit.as_ref())),
                 ("database_sockets", Value::Array(sockets)),
             ]));
         };

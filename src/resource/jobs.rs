@@ -489,8 +489,9 @@ pub async fn start_delete_audit_before(
     database: &str,
     table: &str,
     before_ms: f64,
+    job_type: &'static str,
 ) -> Result<String, VerbError> {
-    let (db, _, mut body) = table_job(resources, "delete_audit_logs_before", database, table)?;
+    let (db, _, mut body) = table_job(resources, job_type, database, table)?;
     body.insert("timestamp", Value::Float(before_ms));
     let table = table.to_string();
     let work: Work = Box::new(move |job, _counts| {
@@ -513,7 +514,35 @@ pub async fn start_delete_audit_before(
         job.update(vec![("result", Value::Object(result))]);
         Ok(format!("Successfully completed job: {}", job.id))
     });
-    start_job(resources, caller, "delete_audit_logs_before", body, work).await
+    start_job(resources, caller, job_type, body, work).await
+}
+
+/// `restart_service` (docs/operations-api.md): a job that asks the linked nodes to restart
+/// (`peers`), is recorded `COMPLETE`, then restarts this process as `restart` does. Returns
+/// the job's id and HarperDB's message, `Restarting <service>`.
+pub async fn start_restart(
+    resources: &Arc<Resources>,
+    caller: &Caller,
+    service: &str,
+    peers: Box<dyn FnOnce() + Send>,
+) -> Result<(String, String), VerbError> {
+    let message = format!("Restarting {service}");
+    let done = message.clone();
+    let work: Work = Box::new(move |job, _counts| {
+        peers();
+        // Recorded before the restart stops the process (the job's own update comes too late).
+        job.update(vec![
+            ("status", Value::from(Status::Complete.name())),
+            ("message", Value::from(done.as_str())),
+            ("end_datetime", Value::Float(now_ms())),
+        ]);
+        super::request_restart().map_err(|e| Value::from(e.message))?;
+        Ok(done)
+    });
+    let mut body = Object::new();
+    body.insert("service", Value::from(service));
+    let id = start_job(resources, caller, "restart_service", body, work).await?;
+    Ok((id, message))
 }
 
 /// Collects the keys created before `before_ms` in one read snapshot (keys only), then deletes

@@ -212,8 +212,12 @@ pub struct Database {
     audit: Db,
     writer: writer::WriterHandle,
     pub stats: WriterStats,
-    /// Bumped after each commit; replication senders wait on it.
+    /// Bumped after each commit is durable; replication senders wait on it.
     pub commits: CommitSignal,
+    /// The bits of the last version whose group is durable: replication senders read the audit
+    /// log up to there, so they never announce a write that a crash could still undo
+    /// (docs/design.md "Pipelined commits").
+    durable: std::sync::atomic::AtomicU64,
     /// The origin of this database's own transactions: `<node name>#<incarnation>`, the
     /// incarnation made with the database file (docs/replication.md "Origins").
     pub stream: Arc<str>,
@@ -272,6 +276,17 @@ impl Database {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Called by the writer once every version up to `version` is durable.
+    fn announce_durable(&self, version: f64) {
+        self.durable
+            .fetch_max(version.to_bits(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The last durable version (see `durable`).
+    fn durable_version(&self) -> f64 {
+        f64::from_bits(self.durable.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// A read snapshot. Keep it short: open, read, encode, drop — then await.
@@ -411,9 +426,12 @@ impl Store {
         opts.map_size(self.options.map_bytes)
             .max_dbs(NAMED_DBS_MAX)
             .max_readers(1024);
-        let mut flags = EnvFlags::NO_SUB_DIR;
+        // With `storage.sync` the meta page is not synced by its own commit: the writer makes
+        // a group durable with the next group's data sync or a `force_sync` before answering it
+        // (docs/design.md "Pipelined commits").
+        let mut flags = EnvFlags::NO_SUB_DIR | EnvFlags::NO_META_SYNC;
         if !self.options.sync {
-            flags |= EnvFlags::NO_SYNC | EnvFlags::NO_META_SYNC;
+            flags |= EnvFlags::NO_SYNC;
         }
         // SAFETY: heed's contract for flags/open: the file is not opened twice in this process
         // (the registry above guarantees one Env per path) and NO_SUB_DIR matches how it is created.
@@ -425,11 +443,13 @@ impl Store {
         let meta = create_db(&env, layout::META, false)?;
         let audit = create_db(&env, layout::AUDIT, false)?;
         // The newest audit entry holds the highest version this database ever issued.
+        let mut newest = 0.0;
         {
             let rtxn = env.read_txn()?;
             if let Some((key, _)) = audit.last(&rtxn)? {
                 if let Some(v) = layout::version_from_audit_key(key) {
                     self.clock.observe(v);
+                    newest = v;
                 }
             }
         }
@@ -447,6 +467,7 @@ impl Store {
             writer,
             stats: WriterStats::default(),
             commits: CommitSignal::default(),
+            durable: std::sync::atomic::AtomicU64::new(f64::to_bits(newest)),
             stream,
             serial: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -454,6 +475,10 @@ impl Store {
             },
         });
         db.reopen_tables()?;
+        // What opening committed (incarnation, index migrations) is durable before any write.
+        if self.options.sync {
+            db.env.force_sync()?;
+        }
         writer::spawn(
             db.clone(),
             job_rx,

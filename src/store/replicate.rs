@@ -51,7 +51,9 @@ impl EntryKind {
 
     pub fn parse(name: &str) -> Option<EntryKind> {
         match name {
-            "put" | "patch" => Some(EntryKind::Put),
+            // The writer names puts by their operation (docs/operations-api.md
+            // `read_audit_log`); older logs say `put`.
+            "put" | "patch" | "insert" | "update" | "upsert" => Some(EntryKind::Put),
             "delete" => Some(EntryKind::Delete),
             "message" => Some(EntryKind::Message),
             _ => None,
@@ -303,7 +305,10 @@ impl ReadTxn<'_> {
         let from = after.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
         let mut out = Vec::new();
         let mut last = after;
-        for item in self.audit_range(from, Bound::Unbounded)?.take(count_max) {
+        // Senders never announce a group before it is durable (docs/design.md "Pipelined
+        // commits"); the snapshot this transaction reads may hold one more.
+        let to = Bound::Included(self.db.durable_version());
+        for item in self.audit_range(from, to)?.take(count_max) {
             let (position, archived) = item?;
             last = Some(position);
             let owned =
@@ -315,12 +320,18 @@ impl ReadTxn<'_> {
         Ok((out, last))
     }
 
-    /// The newest position in this node's audit log, if any.
+    /// The newest durable position in this node's audit log, if any: where a sender goes on
+    /// from (it sends up to the last durable version only, docs/design.md "Pipelined commits").
     pub fn audit_last(&self) -> Result<Option<f64>, StoreError> {
+        use std::ops::Bound;
+        let to = layout::audit_key(self.db.durable_version());
+        let range = (Bound::Unbounded, Bound::Included(&to[..]));
         Ok(self
             .db
             .audit
-            .last(&self.txn)?
+            .rev_range(&self.txn, &range)?
+            .next()
+            .transpose()?
             .and_then(|(k, _)| layout::version_from_audit_key(k)))
     }
 

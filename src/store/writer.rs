@@ -4,7 +4,8 @@
 //! It blocks on its channel (it is a plain thread, never an executor), drains up to
 //! `commit_batch_max` queued requests, applies each in a nested transaction of one LMDB write
 //! transaction, commits once (one fsync for the whole group), then answers every requester and
-//! publishes each request's [`Commit`].
+//! publishes each request's [`Commit`] once the group is durable: with `storage.sync`, after the
+//! next group's commit or an explicit sync (docs/design.md "Pipelined commits").
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -386,6 +387,7 @@ pub(super) fn spawn(
 ) -> Result<(), StoreError> {
     let name = format!("writer-{}", db.name);
     let thread_db = db.clone();
+    let kill_at = kill_at_from_env(&db.name);
     let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -394,6 +396,7 @@ pub(super) fn spawn(
                 clock,
                 publisher,
                 options,
+                kill_at,
             }
             .run(rx)
         })
@@ -407,6 +410,36 @@ pub(super) struct Writer {
     pub(super) clock: Arc<Clock>,
     publisher: Publisher,
     pub(super) options: StoreOptions,
+    /// A test's kill point and how many arrivals at it are left (see [`Writer::kill_point`]).
+    kill_at: Option<(String, std::cell::Cell<u64>)>,
+}
+
+/// `TIDEPOOL_TEST_KILL_AT=<database>:<point>:<n>` for this writer's database, read once per
+/// writer; absent in production.
+fn kill_at_from_env(database: &str) -> Option<(String, std::cell::Cell<u64>)> {
+    let spec = std::env::var("TIDEPOOL_TEST_KILL_AT").ok()?;
+    let mut parts = spec.splitn(3, ':');
+    let (db, point, n) = (parts.next()?, parts.next()?, parts.next()?);
+    if db != database {
+        return None;
+    }
+    let n = n.parse::<u64>().ok()?.max(1);
+    Some((point.to_string(), std::cell::Cell::new(n)))
+}
+
+/// The `__meta__` key every group's commit writes under `storage.sync` (see `commit_batch`).
+const GROUP_MARK: &[u8] = b"group";
+
+/// A committed group: its answers and publications, held until the group is durable.
+struct Group {
+    answers: Vec<Pending>,
+    /// The last version the group assigned: the audit log is announced up to it once durable.
+    last_version: f64,
+    local_time: f64,
+    /// How long its commit took (its sync included).
+    took: std::time::Duration,
+    /// The commit (or the sync that was to make it durable) failed: every request gets this.
+    failed: Option<StoreError>,
 }
 
 enum Pending {
@@ -433,14 +466,48 @@ impl Pending {
     }
 }
 
+/// What applying one request produced, before its reply is attached.
+enum Outcome {
+    Local(Result<(WriteOutcome, Vec<Change>, Option<Extras>), WriteError>),
+    Apply(Result<(ApplyOutcome, f64, Vec<Change>), WriteError>),
+}
+
+impl Outcome {
+    fn failed(&self) -> bool {
+        matches!(self, Outcome::Local(Err(_)) | Outcome::Apply(Err(_)))
+    }
+}
+
+/// Why an attempt at a group stopped (see `Writer::commit_batch`).
+enum Halt {
+    /// A request failed with no nested transaction to roll it back alone.
+    Request,
+    Lmdb(heed::Error),
+}
+
 impl Item {
-    fn fail(self, error: &StoreError) {
+    /// The reply to this item with what applying it produced (`outcome` is this item's: the
+    /// outcomes follow the batch's order).
+    fn answer(self, outcome: Outcome) -> Pending {
+        match (self, outcome) {
+            (Item::Local(_, reply), Outcome::Local(result)) => Pending::Local(reply, result),
+            (Item::Apply(_, reply), Outcome::Apply(result)) => Pending::Apply(reply, result),
+            (item, _) => item.failed(),
+        }
+    }
+
+    /// The reply to this item when its group's commit failed (`Group::failed` says why).
+    fn failed(self) -> Pending {
         match self {
-            Item::Local(_, reply) => reply.send(Err(WriteError::Storage(error.clone()))),
-            Item::Apply(_, reply) => reply.send(Err(WriteError::Storage(error.clone()))),
+            Item::Local(_, reply) => Pending::Local(reply, Err(WriteError::Stopped)),
+            Item::Apply(_, reply) => Pending::Apply(reply, Err(WriteError::Stopped)),
         }
     }
 }
+
+/// The longest the writer waits for a request to join the next group before it syncs the pending
+/// group by itself (docs/design.md "Pipelined commits").
+const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How long the writer's queue stays empty before a step of audit retention.
 const TRIM_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -449,26 +516,47 @@ impl Writer {
     fn run(self, rx: JobReceiver) {
         let batch_max = self.options.commit_batch_max.max(1);
         let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
+        // The last committed group while it is not yet durable (docs/design.md "Pipelined
+        // commits"): answered once the next group's commit or a sync has made it durable.
+        let mut pending: Option<Group> = None;
+        // Set when the last commit answered the group before it: those requesters are likely to
+        // send again within a moment, and a request that makes the next group saves a sync.
+        let mut linger: Option<std::time::Duration> = None;
         // Audit retention runs when the queue has been empty for a moment (`prune.rs`).
         let mut trim_wait = TRIM_IDLE;
         'outer: loop {
-            let first = match self.options.audit_retention {
-                None => rx.recv(),
-                Some(retention) => match rx.recv_timeout(trim_wait) {
-                    Ok(Some(job)) => Some(job),
-                    Ok(None) => {
-                        trim_wait = match self.trim_audit_step(retention) {
-                            Ok(true) => std::time::Duration::ZERO,
-                            Ok(false) => TRIM_IDLE,
-                            Err(e) => {
-                                tracing::warn!("audit retention on {}: {e}", self.db.name);
-                                TRIM_IDLE * 60
+            // More work queued: it becomes the next group, whose commit makes `pending` durable.
+            // Otherwise make `pending` durable now, answer it, and wait.
+            let queued = match (&pending, linger.take()) {
+                (Some(_), Some(wait)) => rx
+                    .try_recv()
+                    .or_else(|| rx.recv_timeout(wait).ok().flatten()),
+                (Some(_), None) => rx.try_recv(),
+                (None, _) => None,
+            };
+            let first = match queued {
+                Some(job) => Some(job),
+                None => {
+                    self.settle(&mut pending);
+                    match self.options.audit_retention {
+                        None => rx.recv(),
+                        Some(retention) => match rx.recv_timeout(trim_wait) {
+                            Ok(Some(job)) => Some(job),
+                            Ok(None) => {
+                                trim_wait = match self.trim_audit_step(retention) {
+                                    Ok(true) => std::time::Duration::ZERO,
+                                    Ok(false) => TRIM_IDLE,
+                                    Err(e) => {
+                                        tracing::warn!("audit retention on {}: {e}", self.db.name);
+                                        TRIM_IDLE * 60
+                                    }
+                                };
+                                continue;
                             }
-                        };
-                        continue;
+                            Err(()) => None,
+                        },
                     }
-                    Err(()) => None,
-                },
+                }
             };
             let Some(first) = first else {
                 break;
@@ -504,12 +592,12 @@ impl Writer {
                     }
                     Job::EnsureTable { def, reply } => {
                         // Commit what is batched first, so requests keep their order.
-                        self.commit_batch(&mut batch);
-                        let _ = reply.send(self.ensure_table(def));
+                        self.commit_durably(&mut batch, &mut pending);
+                        let _ = reply.send(self.ensure_table(def).and_then(|t| self.sync(t)));
                     }
                     Job::Schema { change, reply } => {
-                        self.commit_batch(&mut batch);
-                        reply.send(self.schema_change(change));
+                        self.commit_durably(&mut batch, &mut pending);
+                        reply.send(self.schema_change(change).and_then(|t| self.sync(t)));
                     }
                     Job::PruneAudit {
                         table,
@@ -517,11 +605,12 @@ impl Writer {
                         after,
                         reply,
                     } => {
-                        self.commit_batch(&mut batch);
-                        let _ = reply.send(self.prune_audit_step(&table, before, after));
+                        self.commit_durably(&mut batch, &mut pending);
+                        let step = self.prune_audit_step(&table, before, after);
+                        let _ = reply.send(step.and_then(|s| self.sync(s)));
                     }
                     Job::Stop => {
-                        self.commit_batch(&mut batch);
+                        self.commit_durably(&mut batch, &mut pending);
                         // Answer whatever is still queued, in order, then stop.
                         while let Some(job) = rx.try_recv() {
                             match job {
@@ -534,7 +623,7 @@ impl Writer {
                                 _ => {}
                             }
                         }
-                        self.commit_batch(&mut batch);
+                        self.commit_durably(&mut batch, &mut pending);
                         break 'outer;
                     }
                 }
@@ -542,108 +631,274 @@ impl Writer {
                     next = rx.try_recv();
                 }
             }
-            self.commit_batch(&mut batch);
+            linger = self.commit_group(&mut batch, &mut pending);
         }
+        self.settle(&mut pending);
         tracing::debug!("writer for {} stopped", self.db.name);
     }
 
-    fn commit_batch(&self, batch: &mut Vec<Item>) {
+    /// Commits `batch` as one group. With `storage.sync` the group is kept in `pending` (not
+    /// answered yet) and the group it replaces is answered: this commit's data sync made it
+    /// durable (docs/design.md "Pipelined commits"). Without `storage.sync` it is answered at once.
+    ///
+    /// Returns how long to wait for the next request before syncing the new pending group
+    /// by itself, when this commit answered the group before it: up to this commit's own
+    /// duration (about one sync), at most [`LINGER_MAX`].
+    fn commit_group(
+        &self,
+        batch: &mut Vec<Item>,
+        pending: &mut Option<Group>,
+    ) -> Option<std::time::Duration> {
         if batch.is_empty() {
+            return None;
+        }
+        let group = self.commit_batch(batch, pending.is_some());
+        if group.failed.is_some() {
+            // A failed commit may have stopped before its sync: make the previous group durable
+            // by itself first, then answer this one's failures.
+            self.settle(pending);
+            self.finish(group);
+            return None;
+        }
+        let linger = pending.take().map(|previous| {
+            self.kill_point("answer-previous");
+            self.finish(previous);
+            group.took.min(LINGER_MAX)
+        });
+        if self.options.sync {
+            *pending = Some(group);
+            linger
+        } else {
+            self.finish(group);
+            None
+        }
+    }
+
+    /// Commits `batch` and makes it durable before returning: for the jobs that are answered
+    /// right after it (table and schema changes, pruning, stop).
+    fn commit_durably(&self, batch: &mut Vec<Item>, pending: &mut Option<Group>) {
+        let _ = self.commit_group(batch, pending);
+        self.settle(pending);
+    }
+
+    /// Makes the pending group durable (`mdb_env_sync`) and answers it; a failed sync answers
+    /// every request of it with the error (its durability is unknown).
+    fn settle(&self, pending: &mut Option<Group>) {
+        let Some(mut group) = pending.take() else {
+            return;
+        };
+        self.kill_point("final-sync");
+        if let Err(e) = self.db.env.force_sync() {
+            let error = StoreError::from(e);
+            tracing::error!("sync failed on database {}: {error}", self.db.name);
+            group.failed = Some(error);
+        }
+        self.finish(group);
+    }
+
+    /// `value` once what was committed so far is durable: for the writer's own commits outside
+    /// groups (table and schema changes, pruning), answered at once.
+    fn sync<T>(&self, value: T) -> Result<T, StoreError> {
+        if self.options.sync {
+            self.db.env.force_sync()?;
+        }
+        Ok(value)
+    }
+
+    /// SIGKILLs this process at the `n`-th arrival at `point`, when a test asked for it with
+    /// `TIDEPOOL_TEST_KILL_AT=<database>:<point>:<n>` (tests/store_pipeline_kill.rs). Points:
+    /// `commit-next` (a group committed, the next one about to commit and sync), `answer-previous`
+    /// (the next one committed and synced, the previous not answered yet), `final-sync` (the
+    /// queue empty, before the sync that makes the last group durable).
+    fn kill_point(&self, point: &str) {
+        let Some((at, remaining)) = &self.kill_at else {
+            return;
+        };
+        if at != point {
             return;
         }
-        let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
-        let started = Instant::now();
-        let committed = (|| -> Result<(), heed::Error> {
-            let mut wtxn = self.db.env.write_txn()?;
-            for item in batch.drain(..) {
-                let version = self.clock.next();
-                let mut nested = self.db.env.nested_write_txn(&mut wtxn)?;
-                match item {
-                    Item::Local(request, reply) => match self.apply(&mut nested, &request, version)
-                    {
-                        Ok((outcome, changes)) => {
-                            nested.commit()?;
-                            let done = (outcome, changes, request.extras.clone());
-                            pending.push(Pending::Local(reply, Ok(done)));
-                        }
-                        Err(e) => {
-                            nested.abort();
-                            pending.push(Pending::Local(reply, Err(e)));
-                        }
-                    },
-                    Item::Apply(job, reply) => {
-                        match self.apply_replicated(&mut nested, &job, version) {
-                            Ok((outcome, changes)) => {
-                                nested.commit()?;
-                                let time = match &job {
-                                    ApplyJob::Txn(t) => t.time,
-                                    _ => version,
-                                };
-                                pending.push(Pending::Apply(reply, Ok((outcome, time, changes))));
-                            }
-                            Err(e) => {
-                                nested.abort();
-                                pending.push(Pending::Apply(reply, Err(e)));
-                            }
-                        }
-                    }
-                }
+        let left = remaining.get().saturating_sub(1);
+        remaining.set(left);
+        if left == 0 {
+            // Straight to stderr: the logging thread would not get to write it before the kill.
+            eprintln!("TIDEPOOL_TEST_KILL_AT: killing the process at {point}");
+            // SAFETY: kill(2) on our own pid; no memory is involved.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
             }
-            wtxn.commit()
-        })();
-        let local_time = super::now_ms();
-        let failed = pending.iter().filter(|p| p.failed()).count() as u64;
+        }
+    }
+
+    /// Applies `batch` in one write transaction and commits it; `pipelined`: a group committed
+    /// before is still waiting for this commit's sync.
+    ///
+    /// First every request is applied straight in the group's transaction: a nested
+    /// transaction per request makes LMDB copy every page the request touches and merge its
+    /// dirty list into the group's, a large part of the writer's time. When a request fails in
+    /// that attempt, the attempt is dropped (nothing of it was committed) and the group is applied
+    /// again with a nested transaction per request, so the failed one rolls back alone.
+    fn commit_batch(&self, batch: &mut Vec<Item>, pipelined: bool) -> Group {
+        let started = Instant::now();
+        let mut last_version = 0.0;
+        let attempt = match self.apply_group(batch, false, pipelined, &mut last_version) {
+            Err(Halt::Request) => self.apply_group(batch, true, pipelined, &mut last_version),
+            other => other,
+        };
+        let (answers, failed) = match attempt {
+            Ok(outcomes) => {
+                let answers: Vec<Pending> = batch
+                    .drain(..)
+                    .zip(outcomes)
+                    .map(|(item, outcome)| item.answer(outcome))
+                    .collect();
+                (answers, None)
+            }
+            Err(halt) => {
+                let error = match halt {
+                    Halt::Lmdb(e) => StoreError::from(e),
+                    // Not returned by the nested attempt; kept as an error, never a panic.
+                    Halt::Request => {
+                        StoreError::Io("a request failed outside its own transaction".into())
+                    }
+                };
+                tracing::error!("commit failed on database {}: {error}", self.db.name);
+                let answers = batch.drain(..).map(Item::failed).collect();
+                (answers, Some(error))
+            }
+        };
+        let requests_failed = answers.iter().filter(|p| p.failed()).count() as u64;
         self.db
             .stats
             .requests_failed
-            .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(requests_failed, std::sync::atomic::Ordering::Relaxed);
         self.db
             .stats
-            .record_commit(pending.len() as u64, started.elapsed().as_micros() as u64);
-        match committed {
-            Ok(()) => {
-                self.db.commits.bump();
-                for item in pending {
-                    let (version, changes, extras) = match item {
-                        Pending::Local(reply, Ok((outcome, changes, extras))) => {
-                            let version = outcome.version;
-                            reply.send(Ok(outcome));
-                            (version, changes, extras)
-                        }
-                        Pending::Apply(reply, Ok((outcome, version, changes))) => {
-                            reply.send(Ok(outcome));
-                            (version, changes, None)
-                        }
-                        Pending::Local(reply, Err(e)) => {
-                            reply.send(Err(e));
-                            continue;
-                        }
-                        Pending::Apply(reply, Err(e)) => {
-                            reply.send(Err(e));
-                            continue;
-                        }
+            .record_commit(answers.len() as u64, started.elapsed().as_micros() as u64);
+        Group {
+            answers,
+            last_version,
+            local_time: super::now_ms(),
+            took: started.elapsed(),
+            failed,
+        }
+    }
+
+    /// One attempt at a group (see `commit_batch`): each request in a nested transaction, or
+    /// all straight in the group's transaction, stopping at the first that fails.
+    fn apply_group(
+        &self,
+        batch: &[Item],
+        nested: bool,
+        pipelined: bool,
+        last_version: &mut f64,
+    ) -> Result<Vec<Outcome>, Halt> {
+        let mut wtxn = self.db.env.write_txn().map_err(Halt::Lmdb)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            let version = self.clock.next();
+            *last_version = version;
+            let outcome = if nested {
+                let mut txn = self
+                    .db
+                    .env
+                    .nested_write_txn(&mut wtxn)
+                    .map_err(Halt::Lmdb)?;
+                let outcome = self.apply_item(&mut txn, item, version);
+                if outcome.failed() {
+                    txn.abort();
+                } else {
+                    txn.commit().map_err(Halt::Lmdb)?;
+                }
+                outcome
+            } else {
+                let outcome = self.apply_item(&mut wtxn, item, version);
+                if outcome.failed() {
+                    // Dropping `wtxn` aborts it: none of this attempt is written.
+                    return Err(Halt::Request);
+                }
+                outcome
+            };
+            outcomes.push(outcome);
+        }
+        if self.options.sync {
+            // LMDB skips the sync of a commit that wrote nothing; this put makes every group's
+            // commit sync, which is what makes the previous group durable.
+            self.db
+                .meta
+                .put(&mut wtxn, GROUP_MARK, &last_version.to_le_bytes())
+                .map_err(Halt::Lmdb)?;
+        }
+        if pipelined {
+            self.kill_point("commit-next");
+        }
+        wtxn.commit().map_err(Halt::Lmdb)?;
+        Ok(outcomes)
+    }
+
+    fn apply_item(&self, txn: &mut RwTxn, item: &Item, version: f64) -> Outcome {
+        match item {
+            Item::Local(request, _) => Outcome::Local(
+                self.apply(txn, request, version)
+                    .map(|(outcome, changes)| (outcome, changes, request.extras.clone())),
+            ),
+            Item::Apply(job, _) => Outcome::Apply(self.apply_replicated(txn, job, version).map(
+                |(outcome, changes)| {
+                    let time = match job {
+                        ApplyJob::Txn(t) => t.time,
+                        _ => version,
                     };
-                    if !changes.is_empty() {
-                        (self.publisher)(Arc::new(Commit {
-                            database: self.db.name.clone(),
-                            version,
-                            local_time,
-                            changes,
-                            extras,
-                        }));
-                    }
-                }
+                    (outcome, time, changes)
+                },
+            )),
+        }
+    }
+
+    /// Answers a durable group's requesters, announces it to replication senders and
+    /// publishes each request's [`Commit`]; or, when its commit failed, answers the failure.
+    fn finish(&self, group: Group) {
+        let Group {
+            answers,
+            last_version,
+            local_time,
+            failed,
+            ..
+        } = group;
+        if let Some(error) = failed {
+            for item in answers {
+                item.fail(&error);
             }
-            Err(e) => {
-                let error = StoreError::from(e);
-                tracing::error!("commit failed on database {}: {error}", self.db.name);
-                for item in pending {
-                    item.fail(&error);
+            return;
+        }
+        self.db.announce_durable(last_version);
+        self.db.commits.bump();
+        for item in answers {
+            let (version, changes, extras) = match item {
+                Pending::Local(reply, Ok((outcome, changes, extras))) => {
+                    let version = outcome.version;
+                    reply.send(Ok(outcome));
+                    (version, changes, extras)
                 }
-                // Requests drained but never reached `pending` (the failure came first).
-                for item in batch.drain(..) {
-                    item.fail(&error);
+                Pending::Apply(reply, Ok((outcome, version, changes))) => {
+                    reply.send(Ok(outcome));
+                    (version, changes, None)
                 }
+                Pending::Local(reply, Err(e)) => {
+                    reply.send(Err(e));
+                    continue;
+                }
+                Pending::Apply(reply, Err(e)) => {
+                    reply.send(Err(e));
+                    continue;
+                }
+            };
+            if !changes.is_empty() {
+                (self.publisher)(Arc::new(Commit {
+                    database: self.db.name.clone(),
+                    version,
+                    local_time,
+                    changes,
+                    extras,
+                }));
             }
         }
     }
@@ -757,10 +1012,18 @@ impl Writer {
         )?;
         if let (OpResult::Written { key, .. }, Some((stored, expires_at))) = (&result, stored) {
             if audited(&table) {
+                // The operation as HarperDB's audit log names it (`read_audit_log`); every
+                // reader takes each of these as a put (`replicate::EntryKind::parse`).
+                let kind = match mode {
+                    PutMode::Insert => "insert",
+                    PutMode::Update => "update",
+                    PutMode::Upsert => "upsert",
+                    PutMode::Replace => "put",
+                };
                 a.audit_entries.push(audit_entry(
                     &table.name,
                     key,
-                    "put",
+                    kind,
                     Some(&stored),
                     version,
                     expires_at,

@@ -408,6 +408,15 @@ impl Rng {
 }
 
 /// `TIDEPOOL_SEED` when set (to replay a failure), else a fresh seed from the clock.
+/// True with `TIDEPOOL_HEAVY=1`; otherwise says the heavy test is skipped.
+pub fn heavy() -> bool {
+    if std::env::var("TIDEPOOL_HEAVY").is_ok_and(|v| v == "1") {
+        return true;
+    }
+    println!("skipped: heavy test; run with TIDEPOOL_HEAVY=1 (as .ci/run does)");
+    false
+}
+
 pub fn seed() -> u64 {
     std::env::var("TIDEPOOL_SEED")
         .ok()

@@ -680,12 +680,12 @@ pub fn read_audit_log(resources: &Resources, q: &ReadAuditLog) -> Result<Value, 
             }
         },
     };
-    Ok(crate::resource::nosql::read_audit_log(
-        resources,
-        &q.database,
-        &q.table,
-        &search,
-    )?)
+    let mut found =
+        crate::resource::nosql::read_audit_log(resources, &q.database, &q.table, &search)?;
+    if let (Some(limit), Value::Array(items)) = (q.limit, &mut found) {
+        items.truncate(limit);
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

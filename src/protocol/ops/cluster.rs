@@ -4,6 +4,9 @@
 //! writing `hdb_nodes`) run on an admin thread, never on a core.
 
 use super::{message, OpError};
+use std::sync::Arc;
+
+use crate::replication::subscriptions::Subscriptions;
 use crate::replication::{self, Target};
 use crate::resource::{run_blocking, Resources};
 use crate::value::{Object, Value};
@@ -36,28 +39,21 @@ fn hostname_of(f: &Object) -> Option<&Value> {
     f.get("hostname").or_else(|| f.get("node_name"))
 }
 
-/// Explicit subscriptions (per-table `publish`/`subscribe`) are not built: refused rather than
-/// replicating every table the operator left out (docs/replication.md "Adding and removing
-/// nodes").
-fn refuse_subscriptions(f: &Object) -> Result<(), OpError> {
-    match f.get("subscriptions") {
-        None | Some(Value::Null) => Ok(()),
-        Some(_) => Err(OpError::new(
-            501,
-            "explicit subscriptions (per-table publish/subscribe) are not supported yet; \
-             omit 'subscriptions' to replicate every table with this node",
-        )),
-    }
+/// One node of a body: the key it is known by, where to dial it, the URL the answer shows,
+/// and its explicit subscriptions (None: every table).
+struct NodeSpec {
+    key: String,
+    target: Target,
+    shown: String,
+    subs: Option<Subscriptions>,
 }
 
 /// The node a body names: `url`, else `hostname`/`node_name` (with `port` if given), else
-/// `name`; the key it is known by; and the URL the answer shows (as given, or built from the
-/// host name, as HarperDB answers).
-fn target_of(
-    repl: &replication::Replication,
-    f: &Object,
-) -> Result<(String, Target, String), OpError> {
-    refuse_subscriptions(f)?;
+/// `name`; the key it is known by; the URL the answer shows (as given, or built from the host
+/// name, as HarperDB answers); and `subscriptions` (docs/replication.md "Explicit
+/// subscriptions").
+fn target_of(repl: &replication::Replication, f: &Object) -> Result<NodeSpec, OpError> {
+    let subs = Subscriptions::parse(f.get("subscriptions")).map_err(OpError::bad)?;
     let spec = f
         .get("url")
         .or_else(|| hostname_of(f))
@@ -89,8 +85,27 @@ fn target_of(
         Some(url) => url.to_string(),
         None => target.resolved_url(repl.settings.tls_default),
     };
-    Ok((key, target, shown))
+    Ok(NodeSpec {
+        key,
+        target,
+        shown,
+        subs,
+    })
 }
+
+/// Adds or updates one node: dialled, its subscriptions merged and stored with it (a plain
+/// thread only: it waits for the commit).
+fn add(repl: &Arc<replication::Replication>, spec: NodeSpec) {
+    let url = spec.target.url();
+    // Stored first, so the first `HELLO` to the node carries them.
+    repl.set_subscriptions(&spec.key, &url, spec.subs);
+    repl.add_target(spec.key.clone(), spec.target, false);
+    // As HarperDB, answer once the node has taken it (or it cannot be reached in time).
+    repl.wait_linked(&spec.key, ADD_WAIT);
+}
+
+/// How long `add_node` waits for the node to take the link before answering anyway.
+const ADD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpError> {
     let Some(repl) = replication::get() else {
@@ -98,13 +113,9 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
     };
     match name {
         "add_node" | "set_node" | "update_node" => {
-            let (key, target, shown) = target_of(&repl, f)?;
-            let url = target.url();
-            run_blocking(move || {
-                repl.add_target(key.clone(), target, false);
-                repl.store_node(&key, &url);
-            })
-            .await;
+            let spec = target_of(&repl, f)?;
+            let shown = spec.shown.clone();
+            run_blocking(move || add(&repl, spec)).await;
             Ok(message(if name == "update_node" {
                 format!("Successfully updated '{shown}'")
             } else {
@@ -147,25 +158,21 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
             // HarperDB's answer: one entry per connection, named as the request named it.
             let answers: Vec<Value> = targets
                 .iter()
-                .map(|(key, _, shown)| {
+                .map(|spec| {
                     let mut o = Object::new();
-                    o.insert("node_name", Value::String(key.clone()));
+                    o.insert("node_name", Value::String(spec.key.clone()));
                     o.insert(
                         "response",
-                        Value::String(format!("Successfully added '{shown}' to cluster")),
+                        Value::String(format!("Successfully added '{}' to cluster", spec.shown)),
                     );
                     Value::Object(o)
                 })
                 .collect();
+            // As HarperDB 4.x without NATS: each connection is an `add_node`; nodes not listed
+            // stay (docs/operations-api.md).
             run_blocking(move || {
-                for (key, _, _) in repl.added_nodes() {
-                    repl.remove_node(&key);
-                    repl.forget_node(&key);
-                }
-                for (key, target, _) in targets {
-                    let url = target.url();
-                    repl.add_target(key.clone(), target, false);
-                    repl.store_node(&key, &url);
+                for spec in targets {
+                    add(&repl, spec);
                 }
             })
             .await;

@@ -144,6 +144,8 @@ pub struct ReadAuditLog {
     /// `timestamp`, `username` or `hash_value`.
     pub search_type: String,
     pub search_values: Vec<Value>,
+    /// `read_transaction_log`'s `limit`: at most this many transactions.
+    pub limit: Option<usize>,
 }
 
 /// Where a CSV load reads its rows.
@@ -307,9 +309,17 @@ pub enum Operation {
         database: String,
         table: String,
         before_ms: f64,
+        /// The job type recorded: `delete_audit_logs_before`, or HarperDB's
+        /// `delete_transaction_logs_before` (the same work without NATS).
+        job: &'static str,
     },
     /// Stops gracefully, then starts again in place with the same arguments.
     Restart,
+    /// `restart_service`: a restart run as a job, and on every linked node with `replicated`.
+    RestartService {
+        service: String,
+        replicated: bool,
+    },
     /// Runs a search as a job and writes its result to a file on the server.
     ExportLocal(Box<ExportLocal>),
     /// One SQL statement (`resource::sql`).
@@ -405,12 +415,9 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "drop_component",
     "add_component",
     "deploy",
-    "restart_service",
     "add_certificate",
     "remove_certificate",
     "list_certificates",
-    "read_transaction_log",
-    "delete_transaction_logs_before",
     "import_from_s3",
     "export_to_s3",
     "install_node_modules",
@@ -651,6 +658,13 @@ fn job_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, O
         "csv_file_load" => Operation::CsvLoad(f.csv_load(CsvFrom::File(f.string("file_path")?))?),
         "csv_url_load" => f.csv_url_load()?,
         "restart" => Operation::Restart,
+        "restart_service" => Operation::RestartService {
+            service: match f.string("service")?.as_str() {
+                s @ ("http_workers" | "custom_functions" | "harperdb") => s.to_string(),
+                _ => return Err(OpError::bad("Invalid service")),
+            },
+            replicated: matches!(f.get("replicated"), Some(Value::Bool(true))),
+        },
         "export_local" => f.export_local()?,
         "get_job" => Operation::GetJob {
             id: f.string("id")?,
@@ -670,7 +684,16 @@ fn job_op(name: &str, f: &Fields<'_>, _top: bool) -> Result<Option<Operation>, O
             database: f.database()?,
             table: f.name("table")?,
             before_ms: f.timestamp("timestamp")?,
+            job: "delete_audit_logs_before",
         },
+        // HarperDB 4.x without NATS answers these from its audit log (docs/operations-api.md).
+        "delete_transaction_logs_before" => Operation::DeleteAuditLogsBefore {
+            database: f.database()?,
+            table: f.name("table")?,
+            before_ms: f.timestamp("timestamp")?,
+            job: "delete_transaction_logs_before",
+        },
+        "read_transaction_log" => Operation::ReadAuditLog(f.read_transaction_log()?),
         "search_jobs_by_start_date" => Operation::SearchJobsByStartDate {
             from_ms: f.date("from_date")?,
             to_ms: f.date("to_date")?,
@@ -780,6 +803,45 @@ impl Fields<'_> {
                 Some(Value::Array(items)) => items.clone(),
                 Some(_) => return Err(OpError::bad("'search_values' must be an array")),
             },
+            limit: None,
+        })
+    }
+
+    /// `read_transaction_log` as HarperDB 4.x without NATS reads it: the audit log of one table,
+    /// from `from` (included) to `to` (excluded), at most `limit` transactions.
+    fn read_transaction_log(&self) -> Result<ReadAuditLog, OpError> {
+        let f = self;
+        let bound = |k: &str| -> Result<Option<f64>, OpError> {
+            match f.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(_) => f.timestamp(k).map(Some),
+            }
+        };
+        let (from, to) = (bound("from")?, bound("to")?);
+        let mut search_values = Vec::new();
+        if from.is_some() || to.is_some() {
+            search_values.push(Value::Float(from.unwrap_or(0.0)));
+        }
+        if let Some(to) = to {
+            // The audit search includes its upper bound: the float just below `to` excludes it.
+            let below = if to > 0.0 {
+                f64::from_bits(to.to_bits() - 1)
+            } else {
+                to
+            };
+            search_values.push(Value::Float(below));
+        }
+        let limit = match f.get("limit") {
+            None | Some(Value::Null) => None,
+            Some(Value::Int(n)) if *n >= 0 => Some(*n as usize),
+            Some(_) => return Err(OpError::bad("'limit' must be a non-negative integer")),
+        };
+        Ok(ReadAuditLog {
+            database: f.database()?,
+            table: f.name("table")?,
+            search_type: "timestamp".into(),
+            search_values,
+            limit,
         })
     }
 

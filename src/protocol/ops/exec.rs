@@ -76,6 +76,7 @@ pub fn static_name(op: &Operation) -> &'static str {
         Operation::DeleteRecordsBefore { .. } => "delete_records_before",
         Operation::DeleteAuditLogsBefore { .. } => "delete_audit_logs_before",
         Operation::Restart => "restart",
+        Operation::RestartService { .. } => "restart_service",
         Operation::ExportLocal(_) => "export_local",
     }
 }
@@ -250,6 +251,7 @@ pub async fn execute(
         op @ (Operation::CsvLoad(_)
         | Operation::DeleteRecordsBefore { .. }
         | Operation::DeleteAuditLogsBefore { .. }
+        | Operation::RestartService { .. }
         | Operation::ExportLocal(_)
         | Operation::GetJob { .. }
         | Operation::SearchJobsByStartDate { .. }) => job_op(resources, caller, op).await?,
@@ -493,10 +495,27 @@ async fn job_op(
             database,
             table,
             before_ms,
+            job,
         } => job_started(
-            jobs::start_delete_audit_before(resources, caller, &database, &table, before_ms)
+            jobs::start_delete_audit_before(resources, caller, &database, &table, before_ms, job)
                 .await?,
         ),
+        Operation::RestartService {
+            service,
+            replicated,
+        } => {
+            // docs/operations-api.md "restart_service": the nodes linked now restart too.
+            let name = service.clone();
+            let peers: Box<dyn FnOnce() + Send> = match crate::replication::get() {
+                Some(repl) if replicated => Box::new(move || repl.restart_peers(&name)),
+                _ => Box::new(|| {}),
+            };
+            let (id, message) = jobs::start_restart(resources, caller, &service, peers).await?;
+            let mut o = Object::new();
+            o.insert("message", Value::String(message));
+            o.insert("job_id", Value::String(id));
+            Value::Object(o)
+        }
         Operation::ExportLocal(export) => {
             job_started(super::export::start(resources, caller, *export).await?)
         }
