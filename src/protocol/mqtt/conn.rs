@@ -17,15 +17,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool_io::spawn;
 use tidepool_io::{race, timeout, Either, ReadBytes, ReadHalf, Shutdown, Split, WriteBytes};
 
 use super::codec::{self, Ack, DecodeError, Level, Packet, Reason, Will};
 use super::connect::{self, Kick};
 use super::durable;
 use super::events::{self, Event};
-use super::outbound::{write_loop, Conn, Rare};
-use super::props::Properties;
+use super::outbound::{Conn, Rare};
 use super::reason::{self, ReasonCode};
 use super::share;
 use crate::resource::Caller;
@@ -179,7 +177,7 @@ pub fn serve_split<R: ReadBytes, W: WriteBytes>(
     writer: W,
     start: Start,
 ) -> impl Future<Output = ()> {
-    let opening = Box::pin(open(reader, writer, start));
+    let opening = Box::pin(connect::open(reader, writer, start));
     async move {
         if let Some((live, opened)) = opening.await {
             run(live, opened).await;
@@ -188,19 +186,19 @@ pub fn serve_split<R: ReadBytes, W: WriteBytes>(
 }
 
 /// What an open connection holds from CONNECT to its end.
-struct Live<R> {
-    reader: ReadHalf<R>,
-    peer: SocketAddr,
-    kick: Arc<Kick>,
-    shared: Arc<MqttShared>,
-    sessions: Rc<Sessions>,
-    conn: Rc<Conn>,
-    _hold: Box<dyn std::any::Any>,
+pub(super) struct Live<R> {
+    pub(super) reader: ReadHalf<R>,
+    pub(super) peer: SocketAddr,
+    pub(super) kick: Arc<Kick>,
+    pub(super) shared: Arc<MqttShared>,
+    pub(super) sessions: Rc<Sessions>,
+    pub(super) conn: Rc<Conn>,
+    pub(super) _hold: Box<dyn std::any::Any>,
 }
 
 /// The life of an opened connection: its session, the read loop that decodes packets and
 /// handles them one at a time, in order, and its end.
-async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<Opened>) {
+async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<connect::Opened>) {
     let Live {
         reader,
         peer,
@@ -255,83 +253,17 @@ async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<Opened>) {
     Box::pin(finish(&session, reader, ending)).await;
 }
 
-/// What an accepted CONNECT leaves for the session to start with.
-struct Opened {
-    caller: Caller,
-    client_id: String,
-    expiry_s: u32,
-    keep_alive_s: u16,
-    ack_props: Properties,
-    restored: Option<durable::Stored>,
-    will: Option<Will>,
-}
-
-/// Reads and checks CONNECT, starts the writer task, authenticates, takes the client id over
-/// and reads a stored session to resume. None when the connection is to close (a refusing
-/// CONNACK is queued).
-async fn open<R: ReadBytes, W: WriteBytes>(
-    mut reader: ReadHalf<R>,
-    mut writer: W,
-    start: Start,
-) -> Option<(Box<Live<R>>, Box<Opened>)> {
-    let Start {
-        peer,
-        identity,
-        shared,
-        sessions,
-        hold,
-    } = start;
-    let kick = Arc::new(Kick::default());
-    let connect = connect::read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
-    let expiry_s = connect::session_expiry_s(&connect);
-    let conn = Rc::new(Conn::new(
-        &connect,
-        expiry_s,
-        &shared,
-        kick.clone(),
-        sessions.sys.clone(),
-    ));
-    spawn(write_loop(writer, conn.clone(), sessions.clone()));
-    let admitted = connect::admit(&shared, &conn, &connect, identity, peer)?;
-    let client_id = admitted.client_id;
-    *conn.client_id.borrow_mut() = client_id.clone();
-    if let Some(old) = shared.claim(&client_id, kick.clone(), connect.clean) {
-        // The old connection stores its session before letting go; wait so we read that.
-        old.released().await;
-    }
-    let restored = connect::load_stored(&shared, &client_id, connect.clean, peer).await;
-    let opened = Box::new(Opened {
-        caller: admitted.caller,
-        client_id,
-        expiry_s,
-        keep_alive_s: admitted.keep_alive_s,
-        ack_props: admitted.ack_props,
-        restored,
-        will: connect.will,
-    });
-    let live = Box::new(Live {
-        reader,
-        peer,
-        kick,
-        shared,
-        sessions,
-        conn,
-        _hold: hold,
-    });
-    Some((live, opened))
-}
-
 /// Starts the session of an opened connection: registers it, sends CONNACK, resumes what was
 /// stored, and sets the keep-alive the core's sweep holds it to. Returns the session and the
 /// will to publish if the connection ends without DISCONNECT.
 fn start<'a>(
-    opened: Box<Opened>,
+    opened: Box<connect::Opened>,
     shared: &'a MqttShared,
     conn: &'a Rc<Conn>,
     sessions: &'a Sessions,
     peer: SocketAddr,
 ) -> (Box<Session<'a>>, Option<Box<Will>>) {
-    let Opened {
+    let connect::Opened {
         caller,
         client_id,
         expiry_s,
@@ -602,6 +534,7 @@ impl Session<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::outbound::write_loop;
     use super::*;
     use tidepool_io::TcpWrite;
 

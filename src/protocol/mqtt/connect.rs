@@ -1,6 +1,7 @@
 //! CONNECT (docs/mqtt.md): the first packet within [`CONNECT_TIMEOUT`], the checks that refuse
 //! it with a CONNACK code, authentication (password, client certificate, the WebSocket upgrade's
-//! caller), the client id, and takeover of a client id held by another connection on any core.
+//! caller), the client id, and takeover of a client id held by another connection on any core;
+//! [`open`] runs them in order for a new connection, up to the session it resumes.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -11,18 +12,23 @@ use std::time::Duration;
 use atomic_waker::AtomicWaker;
 use tidepool_io::{timeout, ReadBytes, ReadHalf, WriteBytes};
 
+use super::codec::Will;
 use super::codec::{self, ConnAck, Connect, DecodeError, Level, Packet};
 use super::conn::{
-    read_packet, ReadError, Session, CONNECT_TIMEOUT, RECEIVE_MAXIMUM, TAKEOVER_WAIT,
+    read_packet, Live, ReadError, Session, Start, CONNECT_TIMEOUT, RECEIVE_MAXIMUM, TAKEOVER_WAIT,
     TOPIC_ALIAS_MAX,
 };
 use super::durable::{self, Stored};
 use super::events::{self, Event};
+use super::outbound::write_loop;
 use super::outbound::Conn;
 use super::props::{Properties, Property};
 use super::reason::{ReasonCode, Refusal};
 use super::shared::MqttShared;
 use crate::resource::Caller;
+use std::rc::Rc;
+use std::sync::Arc;
+use tidepool_io::spawn;
 
 /// A cross-core "close now" signal for takeovers: set from any core, awaited on the owner's.
 #[derive(Default)]
@@ -323,6 +329,72 @@ pub(super) fn admit(
         ack_props,
         keep_alive_s,
     })
+}
+
+/// What an accepted CONNECT leaves for the session to start with.
+pub(super) struct Opened {
+    pub(super) caller: Caller,
+    pub(super) client_id: String,
+    pub(super) expiry_s: u32,
+    pub(super) keep_alive_s: u16,
+    pub(super) ack_props: Properties,
+    pub(super) restored: Option<durable::Stored>,
+    pub(super) will: Option<Will>,
+}
+
+/// Reads and checks CONNECT, starts the writer task, authenticates, takes the client id over
+/// and reads a stored session to resume. None when the connection is to close (a refusing
+/// CONNACK is queued).
+pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
+    mut reader: ReadHalf<R>,
+    mut writer: W,
+    start: Start,
+) -> Option<(Box<Live<R>>, Box<Opened>)> {
+    let Start {
+        peer,
+        identity,
+        shared,
+        sessions,
+        hold,
+    } = start;
+    let kick = Arc::new(Kick::default());
+    let connect = read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
+    let expiry_s = session_expiry_s(&connect);
+    let conn = Rc::new(Conn::new(
+        &connect,
+        expiry_s,
+        &shared,
+        kick.clone(),
+        sessions.sys.clone(),
+    ));
+    spawn(write_loop(writer, conn.clone(), sessions.clone()));
+    let admitted = admit(&shared, &conn, &connect, identity, peer)?;
+    let client_id = admitted.client_id;
+    *conn.client_id.borrow_mut() = client_id.clone();
+    if let Some(old) = shared.claim(&client_id, kick.clone(), connect.clean) {
+        // The old connection stores its session before letting go; wait so we read that.
+        old.released().await;
+    }
+    let restored = load_stored(&shared, &client_id, connect.clean, peer).await;
+    let opened = Box::new(Opened {
+        caller: admitted.caller,
+        client_id,
+        expiry_s,
+        keep_alive_s: admitted.keep_alive_s,
+        ack_props: admitted.ack_props,
+        restored,
+        will: connect.will,
+    });
+    let live = Box::new(Live {
+        conn,
+        reader,
+        _hold: hold,
+        kick,
+        peer,
+        sessions,
+        shared,
+    });
+    Some((live, opened))
 }
 
 /// The stored session a CONNECT resumes: none with clean session / Clean Start, which discards
