@@ -501,6 +501,43 @@ fn steps(dir: &std::path::Path, root: &std::path::Path) -> Vec<Step> {
             200,
             json!({"message": "2 of 2 records successfully deleted", "deleted_hashes": [924, 927], "skipped_hashes": [], "txn_time": null}),
         ),
+        // Answer shapes: HarperDB 4.7.29 answers insert and update without `txn_time` or
+        // `new_attributes` (asked live; the cluster collection's "Transaction log" compares them
+        // whole). `null`: absent.
+        Call(
+            "cluster › Transaction log › Insert two records: no txn_time, no new_attributes",
+            Admin,
+            json!({"operation": "insert", "schema": "northnwd", "table": "employees",
+                   "records": [{"employeeid": 99901, "lastname": "Hen", "brand_new_attribute": 1}]}),
+            200,
+            json!({"message": "inserted 1 of 1 records", "inserted_hashes": [99901], "skipped_hashes": [],
+                   "txn_time": null, "new_attributes": null}),
+        ),
+        Call(
+            "cluster › Transaction log › Update one record: no txn_time, no new_attributes",
+            Admin,
+            json!({"operation": "update", "schema": "northnwd", "table": "employees",
+                   "records": [{"employeeid": 99901, "another_new_attribute": true}, {"employeeid": 99902}]}),
+            200,
+            json!({"message": "updated 1 of 2 records", "update_hashes": [99901], "skipped_hashes": [99902],
+                   "txn_time": null, "new_attributes": null}),
+        ),
+        Call(
+            "cluster › upsert answers without txn_time either",
+            Admin,
+            json!({"operation": "upsert", "schema": "northnwd", "table": "employees",
+                   "records": [{"employeeid": 99901, "lastname": "Solo"}]}),
+            200,
+            json!({"message": "upserted 1 of 1 records", "upserted_hashes": [99901],
+                   "txn_time": null, "new_attributes": null}),
+        ),
+        Call(
+            "cluster › the record above removed again",
+            Admin,
+            json!({"operation": "delete", "schema": "northnwd", "table": "employees", "hash_values": [99901]}),
+            200,
+            json!({"message": "1 of 1 record successfully deleted", "deleted_hashes": [99901]}),
+        ),
         // delete_files_before (op-missing-delete_files_before).
         Call(
             "7 › Jobs - Test Remove Files Before with test_user",

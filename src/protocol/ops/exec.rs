@@ -143,7 +143,7 @@ impl Shape {
 }
 
 /// The docs/operations-api.md answer of one write.
-fn write_reply(w: Shape, summary: WriteSummary, txn_time: f64) -> Value {
+fn write_reply(w: Shape, summary: WriteSummary) -> Value {
     let total = summary.done.len() + summary.skipped.len();
     let done = summary.done.len();
     let mut o = Object::new();
@@ -175,22 +175,8 @@ fn write_reply(w: Shape, summary: WriteSummary, txn_time: f64) -> Value {
     if !matches!(w, Shape::Put(PutKind::Upsert)) {
         o.insert("skipped_hashes", Value::Array(summary.skipped));
     }
-    if matches!(w, Shape::Put(_)) {
-        o.insert(
-            "new_attributes",
-            Value::Array(
-                summary
-                    .new_attributes
-                    .into_iter()
-                    .map(Value::String)
-                    .collect(),
-            ),
-        );
-    }
-    // HarperDB's `delete` answer has no `txn_time` (clients compare it whole).
-    if matches!(w, Shape::Put(_)) {
-        o.insert("txn_time", Value::Float(txn_time));
-    }
+    // HarperDB 4.7.29 answers every write without `new_attributes` or `txn_time` (asked live,
+    // docs/operations-api.md "NoSQL"): clients compare these answers whole.
     Value::Object(o)
 }
 
@@ -340,10 +326,9 @@ async fn data_op(
         Operation::Write(w) => {
             let (database, w) = record_write(w);
             let shape = Shape::of(&w);
-            let (txn_time, mut summaries) =
-                nosql::write_records(r, caller, &database, vec![w]).await?;
+            let (_, mut summaries) = nosql::write_records(r, caller, &database, vec![w]).await?;
             let summary = summaries.pop().unwrap_or_default();
-            write_reply(shape, summary, txn_time)
+            write_reply(shape, summary)
         }
         Operation::Transaction {
             database,
@@ -359,7 +344,7 @@ async fn data_op(
             let results = shapes
                 .into_iter()
                 .zip(summaries)
-                .map(|(w, s)| write_reply(w, s, txn_time))
+                .map(|(w, s)| write_reply(w, s))
                 .collect();
             let mut o = Object::new();
             o.insert("message", Value::String("transaction committed".into()));
