@@ -7,6 +7,7 @@
 //! change without touching protocols. It never parses a byte of any protocol.
 
 mod any;
+pub mod clock;
 mod cpu;
 mod mesh;
 mod net;

@@ -281,27 +281,35 @@ fn failure_name(user: &str) -> &str {
 }
 
 struct CacheEntry {
+    /// The server instance the entry belongs to (tests run several in one process).
+    instance: u64,
     caller: Caller,
     generation: u64,
     expires: Instant,
 }
 
 thread_local! {
-    /// (server instance, header value) → result. Per core: no lock on the request path.
-    static CACHE: RefCell<HashMap<(u64, String), CacheEntry>> = RefCell::new(HashMap::new());
+    /// Header value → result. Per core: no lock on the request path. Keyed by the header alone
+    /// so a lookup borrows it instead of building a key; the instance is checked on a hit.
+    static CACHE: RefCell<HashMap<String, CacheEntry>> = RefCell::new(HashMap::new());
 }
 
 fn cache_get(resources: &Resources, key: &str) -> Option<Caller> {
     let generation = resources.auth_generation();
     CACHE.with(|c| {
         let c = c.borrow();
-        let e = c.get(&(resources.auth.instance, key.to_string()))?;
-        (e.generation == generation && e.expires > Instant::now()).then(|| e.caller.clone())
+        let e = c.get(key)?;
+        // The core's recent clock reading (`tidepool_io::clock`) is fine for an expiry check.
+        (e.instance == resources.auth.instance
+            && e.generation == generation
+            && e.expires > tidepool_io::clock::recent())
+        .then(|| e.caller.clone())
     })
 }
 
 fn cache_put(resources: &Resources, key: &str, caller: &Caller, ttl: Duration) {
     let entry = CacheEntry {
+        instance: resources.auth.instance,
         caller: caller.clone(),
         generation: resources.auth_generation(),
         expires: Instant::now() + ttl,
@@ -311,7 +319,7 @@ fn cache_put(resources: &Resources, key: &str, caller: &Caller, ttl: Duration) {
         if c.len() >= CACHE_ENTRIES_MAX {
             c.clear();
         }
-        c.insert((resources.auth.instance, key.to_string()), entry);
+        c.insert(key.to_string(), entry);
     });
 }
 

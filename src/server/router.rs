@@ -489,14 +489,15 @@ impl Service for Router {
     }
 
     async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>) {
-        let started = std::time::Instant::now();
+        // The batch's shared reading (`tidepool_io::clock`): when this request's answering began.
+        let started = tidepool_io::clock::recent();
         // The access log names the authenticated user (docs/configuration.md).
         let mut user = None;
         let route = self.answer(req, resp, head, &mut user).await;
         if crate::logging::access::enabled() {
             access_log(req, resp, user.as_deref());
         }
-        let took = started.elapsed();
+        let took = tidepool_io::clock::now().saturating_duration_since(started);
         self.shared.stats[self.core]
             .answers
             .record(route, resp.status, took);

@@ -347,6 +347,9 @@ impl<'g, H> Conn<'g, H> {
             fatal: None,
             refused: false,
         };
+        // One clock reading for the batch, shared by the timings, `Date` and the credential
+        // cache; each answer's end reading becomes the next one's start.
+        let _clock = tidepool_io::clock::Scope::open();
         while self.start < self.rbuf.len() {
             let mut headers = header_slots();
             let start = self.start;
@@ -358,12 +361,14 @@ impl<'g, H> Conn<'g, H> {
             ) {
                 Ok(Frame::Complete(framed)) => framed,
                 Ok(Frame::NeedHead) => {
-                    self.request_started.get_or_insert_with(Instant::now);
+                    self.request_started
+                        .get_or_insert_with(tidepool_io::clock::recent);
                     batch.phase = Phase::Head;
                     break;
                 }
                 Ok(Frame::NeedBody { missing, head }) => {
-                    self.request_started.get_or_insert_with(Instant::now);
+                    self.request_started
+                        .get_or_insert_with(tidepool_io::clock::recent);
                     if self.guards.is_empty() {
                         self.guards.push(env.in_flight.enter());
                     }
@@ -560,8 +565,7 @@ impl<'g, H> Conn<'g, H> {
             return Box::pin(self.read_timed(stream, phase, env)).await;
         }
         self.park();
-        idle.idle(env.limits.keep_alive_timeout);
-        let waited = Instant::now();
+        let waited = idle.idle(env.limits.keep_alive_timeout);
         let ready = race(race(stream.readable(), idle.expiry()), env.shutdown.wait()).await;
         let read_now = match ready {
             Either::Left(Either::Left(Ok(ready))) => ready,
@@ -725,7 +729,7 @@ pub fn encode_response(
     out.push(b' ');
     out.extend_from_slice(reason(resp.status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
-    date::write_now(out);
+    date::write_now(out, tidepool_io::clock::recent());
     out.extend_from_slice(b"\r\n");
     let bodiless = resp.status < 200 || resp.status == 204 || resp.status == 304;
     // A taken-over connection streams its own bytes after the head, delimited by close.

@@ -1,27 +1,37 @@
 //! The `Date` header, formatted once per second per core.
 
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::util::civil_from_days;
 
-thread_local! {
-    static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+/// This core's formatted `Date` and the monotonic instant until which it holds.
+struct Cached {
+    until: Option<Instant>,
+    text: [u8; 29],
 }
 
-/// Appends the current time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-pub fn write_now(out: &mut Vec<u8>) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+thread_local! {
+    static CACHED: RefCell<Cached> = const { RefCell::new(Cached { until: None, text: [0; 29] }) };
+}
+
+/// Appends the current time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`). `now` is the
+/// core's recent monotonic reading (`tidepool_io::clock`): the wall clock is read and the date
+/// formatted only when `now` passes the end of the second last formatted, so most answers read
+/// no clock here at all.
+pub fn write_now(out: &mut Vec<u8>, now: Instant) {
     CACHED.with(|cell| {
         let mut cached = cell.borrow_mut();
-        if cached.0 != secs {
-            cached.1 = format_imf(secs);
-            cached.0 = secs;
+        if cached.until.is_none_or(|until| now >= until) {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
+            cached.text = format_imf(wall.as_secs());
+            // Both clocks advance at the same rate; the date is read again when this second ends.
+            let left = Duration::from_nanos(u64::from(1_000_000_000 - wall.subsec_nanos()));
+            cached.until = Some(Instant::now() + left);
         }
-        out.extend_from_slice(&cached.1);
+        out.extend_from_slice(&cached.text);
     });
 }
 

@@ -63,9 +63,11 @@ impl IdleSlot {
         IdleSlot { index }
     }
 
-    /// The connection is idle from now on: its keep-alive ends `timeout` from now.
-    pub fn idle(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+    /// The connection is idle from now on: its keep-alive ends `timeout` from now. Returns the
+    /// reading of "now" it used.
+    pub fn idle(&self, timeout: Duration) -> Instant {
+        let now = Instant::now();
+        let deadline = now + timeout;
         let start_sweeper = TABLE.with(|table| {
             let mut table = table.borrow_mut();
             let slot = &mut table.slots[self.index];
@@ -77,6 +79,7 @@ impl IdleSlot {
         if start_sweeper {
             tidepool_io::spawn(sweep());
         }
+        now
     }
 
     /// The connection's next request arrived: it is not idle.

@@ -264,7 +264,7 @@ pub async fn handle(
         }
     };
     resp.header("Vary", "Accept, Accept-Encoding");
-    let started = std::time::Instant::now();
+    let started = tidepool_io::clock::now();
     // A collection read is produced record by record, so it is compressed whatever its size.
     let streamed =
         matches!(target, Target::Collection) && matches!(req.method, Method::Get | Method::Head);
@@ -274,15 +274,32 @@ pub async fn handle(
         Target::Record(raw) => ctx.record(resp, raw, extension.is_some()).await,
     }
     // docs/rest.md: the time the request spent reading or writing the database.
-    let db_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // Formatted on the stack: the single-record path allocates nothing it can avoid.
+    let took = tidepool_io::clock::now().saturating_duration_since(started);
     let mut timing = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut timing[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("db;dur={db_ms:.3}"));
-    let written = cursor.position() as usize;
-    resp.header_bytes("Server-Timing", timing.get(..written).unwrap_or(&[]));
+    let written = server_timing(took, &mut timing);
+    resp.header_bytes("Server-Timing", &timing[..written]);
     compress(resources, req, resp, streamed);
     true
+}
+
+/// Writes `db;dur=<ms>` with three decimals (microseconds, rounded half up) into `out`; returns
+/// its length. Integer arithmetic on the stack: no float formatting on the single-record path.
+fn server_timing(took: std::time::Duration, out: &mut [u8; 48]) -> usize {
+    let micros = took.as_nanos().saturating_add(500) / 1000;
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    let mut whole = itoa::Buffer::new();
+    let whole = whole.format(micros / 1000).as_bytes();
+    let frac = micros % 1000;
+    let mut n = 0;
+    for part in [b"db;dur=".as_slice(), whole, b"."] {
+        out[n..n + part.len()].copy_from_slice(part);
+        n += part.len();
+    }
+    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+        out[n] = b'0' + digit as u8;
+        n += 1;
+    }
+    n
 }
 
 /// docs/rest.md: gzip the body when the client accepts it and the body is larger than
@@ -1335,6 +1352,24 @@ fn percent_encode(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_timing_is_milliseconds_with_three_decimals() {
+        use std::time::Duration;
+        for (took, expected) in [
+            (Duration::ZERO, "db;dur=0.000"),
+            (Duration::from_nanos(499), "db;dur=0.000"),
+            (Duration::from_nanos(500), "db;dur=0.001"),
+            (Duration::from_micros(42), "db;dur=0.042"),
+            (Duration::from_nanos(1_234_567), "db;dur=1.235"),
+            (Duration::from_secs(12), "db;dur=12000.000"),
+            (Duration::MAX, "db;dur=18446744073709551.615"),
+        ] {
+            let mut out = [0u8; 48];
+            let n = server_timing(took, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), expected);
+        }
+    }
 
     #[test]
     fn accept_encoding() {

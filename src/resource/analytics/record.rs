@@ -84,76 +84,25 @@ pub struct Answer<'a> {
 impl Recorder {
     /// Counts one answer: `duration`, `success`, `response_<status>` and `bytes-sent`.
     pub fn record(&mut self, a: &Answer<'_>) {
-        if !self.paths.contains_key(a.path) {
-            if self.paths.len() >= PATHS_PER_CORE_MAX {
-                self.dropped += 1;
-                return;
-            }
-            self.paths.insert(a.path.to_string(), Vec::new());
-        }
         self.since.get_or_insert_with(Instant::now);
         self.seed = self
             .seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let seed = self.seed;
-        let Some(entries) = self.paths.get_mut(a.path) else {
+        // One lookup when the path is known (every answer but the second's first for a path).
+        if let Some(entries) = self.paths.get_mut(a.path) {
+            count(entries, a, self.seed);
             return;
-        };
-        let mut add = |metric: Metric, value: Result<f64, bool>| {
-            let found = entries
-                .iter_mut()
-                .position(|e| e.metric == metric && e.method == a.method && e.ty == a.ty);
-            let index = found.unwrap_or_else(|| {
-                entries.push(Entry {
-                    metric,
-                    method: a.method,
-                    ty: a.ty,
-                    action: match value {
-                        Ok(_) => Action::Values {
-                            values: Vec::new(),
-                            total: 0.0,
-                            count: 0,
-                        },
-                        Err(_) => Action::Flags { total: 0, count: 0 },
-                    },
-                });
-                entries.len() - 1
-            });
-            match (&mut entries[index].action, value) {
-                (
-                    Action::Values {
-                        values,
-                        total,
-                        count,
-                    },
-                    Ok(v),
-                ) => {
-                    *total += v;
-                    *count += 1;
-                    if values.len() < VALUES_PER_ACTION_MAX {
-                        values.push(v as f32);
-                    } else {
-                        // Reservoir sampling keeps a uniform sample of the second's values.
-                        let slot = (seed >> 33) % *count;
-                        if let Some(kept) = values.get_mut(slot as usize) {
-                            *kept = v as f32;
-                        }
-                    }
-                }
-                (Action::Flags { total, count }, Err(yes)) => {
-                    *total += u64::from(yes);
-                    *count += 1;
-                }
-                _ => {}
-            }
-        };
-        add(Metric::Duration, Ok(a.took_ms));
-        add(Metric::Success, Err(a.status < 400));
-        add(Metric::Response(a.status), Err(true));
-        if let Some(bytes) = a.bytes_sent {
-            add(Metric::BytesSent, Ok(bytes as f64));
         }
+        if self.paths.len() >= PATHS_PER_CORE_MAX {
+            self.dropped += 1;
+            return;
+        }
+        count(
+            self.paths.entry(a.path.to_string()).or_default(),
+            a,
+            self.seed,
+        );
     }
 
     /// The second's report (none without traffic); the counts start again.
@@ -171,6 +120,64 @@ impl Recorder {
             thread_id,
             metrics,
         })
+    }
+}
+
+/// Adds one answer to a path's entries.
+fn count(entries: &mut Vec<Entry>, a: &Answer<'_>, seed: u64) {
+    let mut add = |metric: Metric, value: Result<f64, bool>| {
+        let found = entries
+            .iter_mut()
+            .position(|e| e.metric == metric && e.method == a.method && e.ty == a.ty);
+        let index = found.unwrap_or_else(|| {
+            entries.push(Entry {
+                metric,
+                method: a.method,
+                ty: a.ty,
+                action: match value {
+                    Ok(_) => Action::Values {
+                        values: Vec::new(),
+                        total: 0.0,
+                        count: 0,
+                    },
+                    Err(_) => Action::Flags { total: 0, count: 0 },
+                },
+            });
+            entries.len() - 1
+        });
+        match (&mut entries[index].action, value) {
+            (
+                Action::Values {
+                    values,
+                    total,
+                    count,
+                },
+                Ok(v),
+            ) => {
+                *total += v;
+                *count += 1;
+                if values.len() < VALUES_PER_ACTION_MAX {
+                    values.push(v as f32);
+                } else {
+                    // Reservoir sampling keeps a uniform sample of the second's values.
+                    let slot = (seed >> 33) % *count;
+                    if let Some(kept) = values.get_mut(slot as usize) {
+                        *kept = v as f32;
+                    }
+                }
+            }
+            (Action::Flags { total, count }, Err(yes)) => {
+                *total += u64::from(yes);
+                *count += 1;
+            }
+            _ => {}
+        }
+    };
+    add(Metric::Duration, Ok(a.took_ms));
+    add(Metric::Success, Err(a.status < 400));
+    add(Metric::Response(a.status), Err(true));
+    if let Some(bytes) = a.bytes_sent {
+        add(Metric::BytesSent, Ok(bytes as f64));
     }
 }
 
