@@ -102,6 +102,9 @@ pub struct Resources {
     /// Export name → (database, table).
     /// Read per request, replaced whole when `tidepool dev` reloads the schema.
     exports: std::sync::RwLock<HashMap<String, (String, String)>>,
+    /// Tells this instance's entries in a thread's export cache from another's (tests run
+    /// several servers in one process).
+    id: u64,
     /// Bumped by every user or role change; authentication caches drop entries from an older
     /// generation (docs/security.md: a change clears every core's cache).
     auth_generation: AtomicU64,
@@ -109,10 +112,72 @@ pub struct Resources {
     pub auth: crate::auth::State,
 }
 
+/// Names a thread keeps resolved (over every `Resources` it serves); past it, it starts over.
+const EXPORT_CACHE_ENTRIES_MAX: usize = 64;
+
+/// One resolved export: weak handles, so a cached name never keeps a dropped database or
+/// table open (`drop_database` waits for the last strong handle).
+struct CachedExport {
+    resources: u64,
+    generation: u64,
+    name: Box<str>,
+    db: std::sync::Weak<Database>,
+    table: std::sync::Weak<Table>,
+}
+
+/// A thread's resolved exports, all of one catalog generation (`store::catalog_generation`):
+/// a lookup without the locks and hashing of the three maps behind a name.
+#[derive(Default)]
+struct ExportCache(Vec<CachedExport>);
+
+impl ExportCache {
+    fn find(
+        &self,
+        resources: u64,
+        generation: u64,
+        name: &str,
+    ) -> Option<(Arc<Database>, Arc<Table>)> {
+        let e = self
+            .0
+            .iter()
+            .find(|e| e.resources == resources && e.generation == generation && &*e.name == name)?;
+        Some((e.db.upgrade()?, e.table.upgrade()?))
+    }
+
+    fn put(
+        &mut self,
+        resources: u64,
+        generation: u64,
+        name: &str,
+        db: &Arc<Database>,
+        table: &Arc<Table>,
+    ) {
+        self.0.retain(|e| {
+            e.generation == generation && !(e.resources == resources && &*e.name == name)
+        });
+        if self.0.len() >= EXPORT_CACHE_ENTRIES_MAX {
+            self.0.clear();
+        }
+        self.0.push(CachedExport {
+            resources,
+            generation,
+            name: name.into(),
+            db: Arc::downgrade(db),
+            table: Arc::downgrade(table),
+        });
+    }
+}
+
+thread_local! {
+    static EXPORTS: std::cell::RefCell<ExportCache> = std::cell::RefCell::new(ExportCache::default());
+}
+
 impl Resources {
     pub fn new(store: Arc<Store>, app: Arc<App>, config: Arc<Config>) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let exports = std::sync::RwLock::new(export_map(&app));
         Resources {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             store,
             app,
             config,
@@ -128,6 +193,7 @@ impl Resources {
     pub fn reload_app(&self, app: &App) -> Result<(), crate::store::StoreError> {
         self.store.apply_schema(&app.tables)?;
         *self.exports.write().unwrap_or_else(|e| e.into_inner()) = export_map(app);
+        crate::store::catalog_changed();
         Ok(())
     }
 
@@ -147,8 +213,24 @@ impl Resources {
         self
     }
 
-    /// The table exported under `name` (case-sensitive), with its database.
+    /// The table exported under `name` (case-sensitive), with its database. Resolved once per
+    /// thread and catalog generation (`ExportCache`); REST asks this for every request.
     pub fn export(&self, name: &str) -> Option<(Arc<Database>, Arc<Table>)> {
+        let generation = crate::store::catalog_generation();
+        let found = EXPORTS.with(|cache| cache.borrow().find(self.id, generation, name));
+        if found.is_some() {
+            return found;
+        }
+        let found = self.export_uncached(name)?;
+        EXPORTS.with(|cache| {
+            cache
+                .borrow_mut()
+                .put(self.id, generation, name, &found.0, &found.1)
+        });
+        Some(found)
+    }
+
+    fn export_uncached(&self, name: &str) -> Option<(Arc<Database>, Arc<Table>)> {
         // Held only for the two lookups below; no await in between.
         let exports = self.exports.read().unwrap_or_else(|e| e.into_inner());
         let (db, table) = exports.get(name)?;

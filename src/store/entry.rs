@@ -65,7 +65,12 @@ impl Header {
 
     /// Live means: not a tombstone and not expired at `now_ms`.
     pub fn is_live(&self, now_ms: f64) -> bool {
-        !self.deleted && self.expires_at.is_none_or(|t| t > now_ms)
+        self.is_live_with(|| now_ms)
+    }
+
+    /// [`Header::is_live`] asking for the time only when the record has an expiry time.
+    pub fn is_live_with(&self, now_ms: impl FnOnce() -> f64) -> bool {
+        !self.deleted && self.expires_at.is_none_or(|t| t > now_ms())
     }
 }
 

@@ -172,6 +172,21 @@ impl StoreOptions {
 }
 
 /// Every database of this node.
+/// Bumped after every change to which databases and tables exist, in any store of the process
+/// (rare: schema changes, `create_table`, `drop_*`). Per-core caches of resolved names hold
+/// entries of one generation and resolve again when it moves.
+static CATALOG_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The current catalog generation (see [`catalog_changed`]).
+pub fn catalog_generation() -> u64 {
+    CATALOG_GENERATION.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Marks names resolved before now as stale; called after the change is visible.
+pub fn catalog_changed() {
+    CATALOG_GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+}
+
 pub struct Store {
     options: StoreOptions,
     clock: Arc<Clock>,
@@ -487,6 +502,7 @@ impl Store {
             self.options.clone(),
         )?;
         databases.insert(name.to_string(), db.clone());
+        catalog_changed();
         Ok(db)
     }
 
@@ -511,6 +527,7 @@ impl Store {
         else {
             return Err(StoreError::NoSuchDatabase(name.to_string()));
         };
+        catalog_changed();
         db.writer.stop_blocking();
         // Reads hold the Arc only for one short read transaction; the environment must be
         // closed before a database of the same name can open the same path again.

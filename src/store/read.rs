@@ -28,7 +28,10 @@ type RawIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> +
 pub struct ReadTxn<'e> {
     pub(super) db: &'e Database,
     pub(super) txn: Rc<RoTxn<'static, WithoutTls>>,
-    now_ms: f64,
+    /// The wall clock when the first record with an expiry time was judged by this
+    /// transaction: read only when needed (most records never expire), then fixed for the
+    /// transaction so a scan judges every record at one instant.
+    now_ms: Cell<Option<f64>>,
 }
 
 /// A core's cached read transaction of one database.
@@ -94,17 +97,28 @@ pub struct Record<'t> {
 }
 
 impl<'e> ReadTxn<'e> {
+    fn now_ms(&self) -> f64 {
+        match self.now_ms.get() {
+            Some(now) => now,
+            None => {
+                let now = super::now_ms();
+                self.now_ms.set(Some(now));
+                now
+            }
+        }
+    }
+
     pub(super) fn new(db: &'e Database) -> Result<Self, StoreError> {
         Ok(ReadTxn {
             db,
             txn: open_txn(db)?,
-            now_ms: super::now_ms(),
+            now_ms: Cell::new(None),
         })
     }
 
     fn decode<'t>(&'t self, entry: &'t [u8]) -> Result<Option<Record<'t>>, StoreError> {
         let (header, body) = Header::read(entry)?;
-        if !header.is_live(self.now_ms) {
+        if !header.is_live_with(|| self.now_ms()) {
             return Ok(None);
         }
         let value = value::access(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -1467,6 +1467,7 @@ impl Writer {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&table);
+                super::catalog_changed();
                 Ok(None)
             }
         }
@@ -1577,6 +1578,7 @@ pub(super) fn ensure_table(db: &Database, def: TableDef) -> Result<Arc<Table>, S
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .insert(name, table.clone());
+    super::catalog_changed();
     Ok(table)
 }
 
