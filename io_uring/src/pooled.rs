@@ -44,12 +44,20 @@ pub struct Pooled<F> {
 
 impl<F> Pooled<F> {
     pub fn new(value: F) -> Pooled<F> {
+        Self::new_with(|| value)
+    }
+
+    /// [`Pooled::new`] with the value made by `make` after the block is found, so the compiler
+    /// can build it in place instead of building it on the stack and copying it over (an
+    /// unstarted future is a few words, but a copy moves its whole size, every state's room).
+    #[inline(always)]
+    pub fn new_with(make: impl FnOnce() -> F) -> Pooled<F> {
         let layout = Layout::new::<F>();
         if layout.size() == 0 {
             // Nothing to allocate: a dangling, aligned pointer is a valid place for a ZST.
             let ptr = NonNull::<F>::dangling();
             // SAFETY: writing a zero-sized value through an aligned non-null pointer.
-            unsafe { ptr.as_ptr().write(value) };
+            unsafe { ptr.as_ptr().write(make()) };
             return Pooled {
                 value: ptr,
                 _owns: PhantomData,
@@ -67,7 +75,7 @@ impl<F> Pooled<F> {
         });
         let ptr = block.cast::<F>();
         // SAFETY: the block is `layout` = Layout::new::<F>() bytes, unused, suitably aligned.
-        unsafe { ptr.as_ptr().write(value) };
+        unsafe { ptr.as_ptr().write(make()) };
         Pooled {
             value: ptr,
             _owns: PhantomData,

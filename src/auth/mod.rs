@@ -667,7 +667,7 @@ async fn keys(resources: &Arc<Resources>) -> Result<&Keys, AuthError> {
 fn claims_for(caller: &Caller, sub: &str, lifetime: Duration) -> Claims {
     let now = jwt::now_s();
     Claims {
-        username: caller.username.clone().unwrap_or_default(),
+        username: caller.username.as_deref().unwrap_or_default().to_string(),
         super_user: caller.super_user,
         cluster_user: caller.permissions.cluster_user,
         iat: now,

@@ -204,7 +204,11 @@ async fn write_session(
 
 /// `login` (docs/operations-api.md): a new session for `caller`; returns its id (the cookie value).
 pub async fn login(resources: &Arc<Resources>, caller: &Caller) -> Result<String, AuthError> {
-    let user = caller.username.clone().ok_or(AuthError::MustLogin)?;
+    let user = caller
+        .username
+        .as_deref()
+        .map(str::to_string)
+        .ok_or(AuthError::MustLogin)?;
     let id = uuid::Uuid::new_v4().to_string();
     write_session(resources, &id, Value::String(user), PutMode::Insert).await?;
     Ok(id)

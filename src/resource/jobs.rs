@@ -223,7 +223,7 @@ async fn put_job(
                 mode,
                 expires_in_s: None,
             }],
-            user: caller.username.clone(),
+            user: caller.username.as_deref().map(str::to_string),
             extras: None,
         },
     )

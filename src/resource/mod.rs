@@ -43,8 +43,8 @@ pub use verbs::{
 /// `auth::authenticate` found them. Every protocol passes one to the resource layer.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// None = anonymous.
-    pub username: Option<String>,
+    /// None = anonymous. Shared, not copied, when a cached caller is handed out per request.
+    pub username: Option<Arc<str>>,
     pub super_user: bool,
     pub permissions: Arc<permissions::Permissions>,
 }
@@ -52,7 +52,7 @@ pub struct Caller {
 impl Caller {
     pub fn super_user(username: &str) -> Self {
         Caller {
-            username: Some(username.to_string()),
+            username: Some(Arc::from(username)),
             super_user: true,
             permissions: Arc::new(permissions::Permissions::all()),
         }
@@ -61,7 +61,7 @@ impl Caller {
     /// A user with a role's permissions.
     pub fn with_role(username: &str, permissions: permissions::Permissions) -> Self {
         Caller {
-            username: Some(username.to_string()),
+            username: Some(Arc::from(username)),
             super_user: permissions.super_user,
             permissions: Arc::new(permissions),
         }
@@ -409,6 +409,29 @@ pub fn request_restart() -> Result<(), VerbError> {
 mod tests {
     use super::*;
     use crate::schema::parse_schema_str;
+
+    #[test]
+    fn cached_exports_follow_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let resources = Resources::for_tests(dir.path());
+        resources.store.apply_schema(&resources.app.tables).unwrap();
+        let (db, first) = resources.export("Breed").expect("exported");
+        assert_eq!(&*db.name, "dogs");
+        let (_, again) = resources.export("Breed").expect("cached");
+        assert!(Arc::ptr_eq(&first, &again));
+        drop((db, first, again));
+        // A cached name holds no strong handle: the database can be dropped at once.
+        resources.store.drop_database("dogs").unwrap();
+        assert!(
+            resources.export("Breed").is_none(),
+            "a dropped database is not served"
+        );
+        resources.store.apply_schema(&resources.app.tables).unwrap();
+        let (db, table) = resources.export("Breed").expect("exported again");
+        assert_eq!(&*table.name, "breed");
+        assert!(Arc::ptr_eq(&db, &resources.store.database("dogs").unwrap()));
+        assert!(resources.export("Nope").is_none());
+    }
 
     #[test]
     fn ids_follow_the_key_type() {

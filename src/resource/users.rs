@@ -198,7 +198,7 @@ async fn put(
                 mode,
                 expires_in_s: None,
             }],
-            user: caller.username.clone(),
+            user: caller.username.as_deref().map(str::to_string),
             extras: None,
         },
     )
@@ -226,7 +226,7 @@ async fn delete(
                 table: table.to_string(),
                 key: Value::String(key.to_string()),
             }],
-            user: caller.username.clone(),
+            user: caller.username.as_deref().map(str::to_string),
             extras: None,
         },
     )
@@ -596,7 +596,7 @@ pub fn list_users(resources: &Resources) -> Result<Vec<Value>, VerbError> {
 /// The caller's own record. A caller not stored (the built-in super user before any user
 /// exists) is shown with its role.
 pub fn user_info(resources: &Resources, caller: &Caller) -> Result<Value, VerbError> {
-    let name = caller.username.clone().unwrap_or_default();
+    let name = caller.username.as_deref().unwrap_or_default().to_string();
     if let Some(user) = get(resources, USERS, &name)? {
         return public_user(resources, &user);
     }

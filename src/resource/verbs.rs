@@ -194,7 +194,7 @@ pub fn queue_with_extras(
         db,
         WriteRequest {
             ops,
-            user: caller.username.clone(),
+            user: caller.username.as_deref().map(str::to_string),
             extras,
         },
     )

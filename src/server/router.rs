@@ -581,7 +581,10 @@ impl Router {
             None => crate::auth::authenticate_request(resources, req),
         };
         if crate::logging::access::enabled() {
-            *user = caller.as_ref().ok().and_then(|c| c.username.clone());
+            *user = caller
+                .as_ref()
+                .ok()
+                .and_then(|c| c.username.as_deref().map(str::to_string));
         }
         if operations {
             crate::protocol::ops::handle(resources, caller.as_ref(), req, resp).await;

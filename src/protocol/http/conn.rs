@@ -264,7 +264,7 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
         // Boxed: answering (request parsing, the handler's own state) needs far more memory than
         // waiting, and a connection task is as big as its biggest state. The box's block is
         // kept by the core for the next batch (`Pooled`), not freed and allocated per request.
-        let batch = match tidepool_io::Pooled::new(c.answer_buffered(&stream, &env)).await {
+        let batch = match tidepool_io::Pooled::new_with(|| c.answer_buffered(&stream, &env)).await {
             Answered::Batch(batch) => batch,
             Answered::Gone => return,
             Answered::Takeover(takeover, leftover) => {
