@@ -241,11 +241,14 @@ impl Response {
         debug_assert!(!value.iter().any(|&b| b == b'\r' || b == b'\n'));
         self.headers.extend_from_slice(name.as_bytes());
         self.headers.extend_from_slice(b": ");
-        self.headers.extend(
-            value
-                .iter()
-                .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-        );
+        let start = self.headers.len();
+        // Copied whole (the usual case), then any line break replaced.
+        self.headers.extend_from_slice(value);
+        for b in &mut self.headers[start..] {
+            if *b == b'\r' || *b == b'\n' {
+                *b = b' ';
+            }
+        }
         self.headers.extend_from_slice(b"\r\n");
         self
     }
