@@ -965,7 +965,8 @@ mod tests {
             peer: peer(ip),
             peer_cn: None,
         };
-        let got = authenticate(r, &creds).map(|c| c.username.unwrap_or_default());
+        let got =
+            authenticate(r, &creds).map(|c| c.username.as_deref().unwrap_or_default().to_string());
         assert_eq!(
             got,
             expected.map(str::to_string),
