@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tidepool_io::{race, timeout, Either, InFlight, InFlightGuard, Shutdown, Transport};
+use tidepool_io::{clock, race, timeout, Either, InFlight, InFlightGuard, Shutdown, Transport};
 
 use super::idle::IdleSlot;
 use super::parse::{frame, header_slots, BodyLocation, Frame, Head, ParseError};
@@ -348,9 +348,8 @@ impl<'g, H> Conn<'g, H> {
             fatal: None,
             refused: false,
         };
-        // One clock reading for the batch, shared by the timings, `Date` and the credential
-        // cache; each answer's end reading becomes the next one's start.
-        let _clock = tidepool_io::clock::Scope::open();
+        // One clock reading shared by the batch (docs/design.md, "One clock reading per batch").
+        let _clock = clock::Scope::open();
         while self.start < self.rbuf.len() {
             let mut headers = header_slots();
             let start = self.start;
@@ -362,14 +361,12 @@ impl<'g, H> Conn<'g, H> {
             ) {
                 Ok(Frame::Complete(framed)) => framed,
                 Ok(Frame::NeedHead) => {
-                    self.request_started
-                        .get_or_insert_with(tidepool_io::clock::recent);
+                    self.request_started.get_or_insert_with(clock::recent);
                     batch.phase = Phase::Head;
                     break;
                 }
                 Ok(Frame::NeedBody { missing, head }) => {
-                    self.request_started
-                        .get_or_insert_with(tidepool_io::clock::recent);
+                    self.request_started.get_or_insert_with(clock::recent);
                     if self.guards.is_empty() {
                         self.guards.push(env.in_flight.enter());
                     }
@@ -730,7 +727,7 @@ pub fn encode_response(
     out.push(b' ');
     out.extend_from_slice(reason(resp.status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
-    date::write_now(out, tidepool_io::clock::recent());
+    date::write_now(out, clock::recent());
     out.extend_from_slice(b"\r\n");
     let bodiless = resp.status < 200 || resp.status == 204 || resp.status == 304;
     // A taken-over connection streams its own bytes after the head, delimited by close.
