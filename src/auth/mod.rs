@@ -193,7 +193,7 @@ struct Failures {
 }
 
 /// The outcome of a password check, for the failed-login counters.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Verified,
     Failed,
@@ -1261,6 +1261,50 @@ mod tests {
         assert_eq!(r.auth.failure_entries(), FAILED_LOGIN_ENTRIES_MAX);
         // Long names are counted by their prefix, so they cannot grow an entry.
         assert_eq!(failure_name(&"é".repeat(200)).len(), 256);
+        r.store.close();
+    }
+
+    /// Checks still running count against the limit by distinct password (docs/security.md
+    /// "Failed logins"); a check that ends undecided (busy pool, request gone) counts nothing.
+    #[test]
+    fn checks_in_flight_count_against_the_limit() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = resources_with(
+            dir.path(),
+            &[
+                ("authentication_failedLoginLimit", "3"),
+                ("authentication_failedLoginWindow", "60s"),
+            ],
+        );
+        let (limits, ip) = (&r.config.auth, peer("10.2.2.2").ip());
+        // Undecided checks leave nothing behind.
+        for _ in 0..10 {
+            assert_eq!(r.auth.begin_check(limits, ip, "ann", 7), Ok(true));
+            r.auth.end_check(limits, ip, "ann", 7, Outcome::Undecided);
+        }
+        assert_eq!(r.auth.failure_entries(), 0);
+        // One failure and two distinct passwords in flight reach the limit of 3...
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 1), Ok(true));
+        r.auth.end_check(limits, ip, "ann", 1, Outcome::Failed);
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 2), Ok(true));
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 3), Ok(true));
+        // ...so a third distinct one waits (Retry-After 1), while the same password as one
+        // in flight joins it, and another user name is not affected.
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 4), Err(1));
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 2), Ok(true));
+        assert_eq!(r.auth.begin_check(limits, ip, "bob", 4), Ok(true));
+        r.auth.end_check(limits, ip, "bob", 4, Outcome::Verified);
+        // Password 2 verifies (both waiters), 3 fails: two failures, nothing running.
+        r.auth.end_check(limits, ip, "ann", 2, Outcome::Verified);
+        r.auth.end_check(limits, ip, "ann", 2, Outcome::Verified);
+        r.auth.end_check(limits, ip, "ann", 3, Outcome::Failed);
+        assert_eq!(r.auth.locked_out(limits, ip, "ann"), None);
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 5), Ok(true));
+        r.auth.end_check(limits, ip, "ann", 5, Outcome::Failed);
+        assert!(r.auth.locked_out(limits, ip, "ann").is_some());
+        assert!(
+            matches!(r.auth.begin_check(limits, ip, "ann", 6), Err(s) if (1..=60).contains(&s))
+        );
         r.store.close();
     }
 

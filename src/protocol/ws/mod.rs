@@ -582,6 +582,8 @@ mod tests {
             assert_eq!(close_payload(code, reason), expected, "{reason:?}");
         };
         check(3000, "Must login", b"\x0b\xb8Must login");
+        let busy = Refusal::Unauthenticated(AuthError::Busy);
+        assert_eq!(busy.close_code(), CLOSE_TRY_AGAIN_LATER);
         check(1000, "", b"\x03\xe8");
         let long = "é".repeat(100); // 200 bytes; byte 123 is inside a character
         let payload = close_payload(3003, &long);
