@@ -8,21 +8,24 @@
 //!
 //! ```text
 //! let creds = auth::Credentials { authorization, peer, peer_cn };   // or Credentials::from_request(&req)
-//! match auth::authenticate(&resources, &creds) {
+//! match auth::authenticate(&resources, &creds).await {
 //!     Ok(caller) if caller.is_anonymous() => /* no credentials: 401 "Must login" where needed */,
 //!     Ok(caller) => /* check resource::permissions::{can_read, can_insert, can_update,
 //!                      can_delete, check, filter_readable}(&caller, db, table, ...) */,
-//!     Err(e) => /* e.status() (401, or 429 after too many failures), e.message() */,
+//!     Err(e) => /* e.status() (401, 429 after too many failures, 503 when the password
+//!                  pool is full), e.message(), e.retry_after_s() */,
 //! }
-//! auth::authenticate_password(&resources, user, password, peer)   // MQTT CONNECT username/password
-//! auth::authenticate_request(&resources, &req)   // HTTP: credentials, then the session cookie
+//! auth::authenticate_password(&resources, user, password, peer).await   // MQTT CONNECT username/password
+//! auth::authenticate_request(&resources, &req).await   // HTTP: credentials, then the session cookie
 //! ```
 //!
 //! Order (docs/security.md): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
 //! `Authorization: Bearer <operation token>`, the session cookie ([`session`]), then
 //! `authorizeLocal` with a loopback peer → the first super user, else anonymous. Wrong credentials are an error at once, never anonymous. Results are
 //! cached per core per header value for `authentication.cacheTTL`; a user or role change bumps
-//! `Resources::auth_generation`, which invalidates every core's entries.
+//! `Resources::auth_generation`, which invalidates every core's entries. A cache hit never leaves
+//! the core; an argon2id check is awaited on the password pool (`resource::blocking`,
+//! docs/security.md "Password checks").
 
 pub mod jwt;
 pub mod roles;

@@ -2,7 +2,7 @@
 //! attributes.
 //!
 //! Schema changes run on the database's writer thread (`Database::schema`), and opening or
-//! deleting an environment on an admin thread (`run_blocking`), so no core blocks; each verb
+//! deleting an environment on the blocking pool (`run_blocking`), so no core blocks; each verb
 //! returns only after the change is visible to every core. The `system` database is never created,
 //! dropped or reshaped here (403).
 

@@ -2,7 +2,7 @@
 //! file (`set_configuration`, cluster routes), `cluster_status`, `system_information`,
 //! `read_log`, and `read_audit_log`'s argument handling.
 //!
-//! File reads and writes run on an admin thread (`run_blocking`), never on a core. The config
+//! File reads and writes run on the blocking pool (`run_blocking`), never on a core. The config
 //! file is rewritten whole through a temporary file and a rename, so a crash leaves the old or
 //! the new file, never half of one.
 
