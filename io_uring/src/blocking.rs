@@ -2,7 +2,7 @@
 //! environment operations), awaited from an executor without blocking it.
 //!
 //! The pool has a fixed number of threads, started with it, and a bounded queue: work is
-//! accepted while an idle thread will take it or fewer than `queue` pieces are waiting, and
+//! accepted while a free thread will take it or fewer than `queue` pieces are waiting, and
 //! refused at once with [`Busy`] otherwise, so a flood of work can neither block a core nor
 //! grow threads or memory. Work whose awaiting future was dropped before a thread reached it is
 //! skipped.
@@ -12,7 +12,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::oneshot::oneshot;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A piece of work: it computes, and returns what hands the result over. The thread counts
+/// itself free again between the two, so a caller that has its answer finds the thread free.
+type Job = Box<dyn FnOnce() -> Deliver + Send + 'static>;
+type Deliver = Box<dyn FnOnce() + Send + 'static>;
 
 /// Why blocking work was not done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +39,8 @@ impl std::error::Error for PoolError {}
 
 struct State {
     waiting: VecDeque<Job>,
-    /// Threads blocked waiting for work.
-    idle: usize,
+    /// Threads not working on a job (waiting for one, or about to look for one).
+    free: usize,
 }
 
 struct Shared {
@@ -54,13 +57,13 @@ pub struct BlockingPool {
 
 impl BlockingPool {
     /// Starts `threads` (at least 1) threads named `name`; at most `queue` pieces of work wait
-    /// beyond those idle threads will take.
+    /// beyond those free threads will take.
     pub fn new(name: &str, threads: usize, queue: usize) -> std::io::Result<BlockingPool> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 waiting: VecDeque::new(),
-                idle: 0,
+                free: threads,
             }),
             ready: Condvar::new(),
             queue_max: queue,
@@ -89,10 +92,12 @@ impl BlockingPool {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PoolError> {
         let (reply, rx) = oneshot();
-        self.submit(Box::new(move || {
-            if !reply.is_canceled() {
-                reply.send(work());
+        self.submit(Box::new(move || -> Deliver {
+            if reply.is_canceled() {
+                return Box::new(|| ());
             }
+            let value = work();
+            Box::new(move || reply.send(value))
         }))?;
         rx.await.ok_or(PoolError::Failed)
     }
@@ -103,8 +108,8 @@ impl BlockingPool {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Idle threads take a waiting job each; the rest of the queue is the bound.
-        if state.waiting.len() >= state.idle.saturating_add(self.shared.queue_max) {
+        // Free threads take a waiting job each; the rest of the queue is the bound.
+        if state.waiting.len() >= state.free.saturating_add(self.shared.queue_max) {
             return Err(PoolError::Busy);
         }
         state.waiting.push_back(job);
@@ -120,19 +125,26 @@ fn work(shared: &Shared) {
             let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
                 if let Some(job) = state.waiting.pop_front() {
+                    state.free -= 1;
                     break job;
                 }
-                state.idle += 1;
                 state = shared
                     .ready
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
-                state.idle -= 1;
             }
         };
         // A panic in one job must not take a thread from the pool; the awaiting side sees
         // `Failed` (its reply is dropped unsent).
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        let deliver = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .free += 1;
+        if let Ok(deliver) = deliver {
+            deliver();
+        }
     }
 }
 
@@ -213,6 +225,16 @@ mod tests {
         assert_eq!(got, vec![0, 1, 2]);
         // Room again once the queue drained.
         assert_eq!(block_on(pool.run(|| 1)), Ok(1));
+    }
+
+    /// A caller that has its answer finds the thread free: with one thread and no queue, work
+    /// submitted right after an answer is never refused.
+    #[test]
+    fn the_thread_is_free_once_its_answer_is_in() {
+        let pool = BlockingPool::new("test-pool", 1, 0).expect("pool");
+        for i in 0..200 {
+            assert_eq!(block_on(pool.run(move || i)), Ok(i));
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@
 pub mod jwt;
 pub mod roles;
 pub mod session;
+mod verify;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -673,7 +674,7 @@ pub async fn authenticate_password(
     };
     let user = find_user(resources, username)?;
     let verified = match &user {
-        Some(user) => password_matches(password, &user.password).await?,
+        Some(user) => verify::password_matches(short, password, &user.password).await?,
         None => false,
     };
     match user {
@@ -720,20 +721,6 @@ impl Drop for Check<'_> {
             );
         }
     }
-}
-
-/// Whether `password` matches the stored hash. An argon2id check (tens of ms) runs on the
-/// password pool, never on the core; a salted SHA-256 hash is one digest of a few dozen bytes
-/// (about a microsecond) and is checked in place.
-async fn password_matches(password: &str, stored: &str) -> Result<bool, AuthError> {
-    if !stored.starts_with("$argon2") {
-        return Ok(users::verify_password(password, stored));
-    }
-    let (password, stored) = (password.to_string(), stored.to_string());
-    Ok(
-        crate::resource::blocking::run_verify(move || users::verify_password(&password, &stored))
-            .await?,
-    )
 }
 
 /// After a successful login with a hash older than the configured function (salted SHA-256
