@@ -301,6 +301,8 @@ pub(super) async fn admit(
     }
     let caller = match connect_caller(shared, connect, identity, peer).await {
         Ok(c) => c,
+        // Not a failed login: nothing was checked (docs/security.md "Password checks").
+        Err(Refusal::Busy) => return refuse(Refusal::Busy),
         Err(r) => {
             events::record(
                 Event::AuthFailed,
