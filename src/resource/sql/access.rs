@@ -236,7 +236,8 @@ pub fn load(
             let found = filter
                 .and_then(|f| indexed_condition(f, &table))
                 .and_then(|c| search_indexed(&txn, &table, &c));
-            if let Some(found) = found {
+            if let Some(mut found) = found {
+                in_harperdb_row_order(&mut found, table.def.primary_key.as_deref(), filter);
                 let columns = star(caller, t, &table, &found);
                 return Ok((found, columns));
             }
@@ -246,8 +247,100 @@ pub fn load(
             }
         }
     }
+    in_harperdb_row_order(&mut out, table.def.primary_key.as_deref(), filter);
     let columns = star(caller, t, &table, &out);
     Ok((out, columns))
+}
+
+/// Puts a table's records in the order HarperDB's SQL sees them: it collects a table's records
+/// in a JavaScript object keyed by primary key, and such an object lists keys that are array
+/// indexes (the canonical decimal integers 0 to 2³² − 2, whether the key is a number or a string
+/// that reads as one) first, in numeric order, then the other keys in the order they were read.
+/// "Read" is primary-key order, or the order of the attribute whose index HarperDB searches
+/// first ([`driving_attribute`]). Rows without `ORDER BY`, and the hashes SQL `UPDATE`/`DELETE`
+/// answer, come out in that order (docs/operations-api.md, "SQL", "Row order").
+fn in_harperdb_row_order(records: &mut [Object], primary_key: Option<&str>, filter: Option<&Expr>) {
+    let Some(pk) = primary_key else {
+        return;
+    };
+    // Both sorts are stable: `records` arrive in primary-key order.
+    if let Some(attr) = filter.and_then(|f| driving_attribute(f, pk)) {
+        records.sort_by(|a, b| {
+            let (a, b) = (a.get(attr), b.get(attr));
+            value::cmp_total(a.unwrap_or(&Value::Null), b.unwrap_or(&Value::Null))
+        });
+    }
+    records.sort_by_key(|r| r.get(pk).and_then(array_index).unwrap_or(u64::MAX));
+}
+
+/// The attribute whose index HarperDB reads a table through for `filter`, as HarperDB 4.7.29
+/// answers: the first conjunct of the WHERE's top-level ANDs, left to right, that compares a
+/// column (on the left) with a literal decides; `=`, `<`, `<=`, `>` or `>=` on an attribute other
+/// than the primary key means that attribute's index, anything else (the primary key, `<>`)
+/// primary-key order. Conjuncts of other shapes (`v * 1 > 0`, `6 < v`, `BETWEEN`, `LIKE`, an
+/// `OR`) are passed over.
+fn driving_attribute<'f>(filter: &'f Expr, pk: &str) -> Option<&'f str> {
+    let mut stack = vec![filter];
+    while let Some(e) = stack.pop() {
+        let (col, indexable) = match e {
+            Expr::Nested(inner) => {
+                stack.push(inner);
+                continue;
+            }
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                stack.push(right);
+                stack.push(left);
+                continue;
+            }
+            Expr::BinaryOp { left, op, right } if matches!(right.as_ref(), Expr::Value(_)) => {
+                let Some((_, col)) = column_ref(left) else {
+                    continue;
+                };
+                let indexable = matches!(
+                    op,
+                    BinaryOperator::Eq
+                        | BinaryOperator::Lt
+                        | BinaryOperator::LtEq
+                        | BinaryOperator::Gt
+                        | BinaryOperator::GtEq
+                );
+                if !indexable && !matches!(op, BinaryOperator::NotEq) {
+                    continue;
+                }
+                (col, indexable)
+            }
+            _ => continue,
+        };
+        return (indexable && col != pk).then_some(col);
+    }
+    None
+}
+
+/// The array index a primary key stands for as a JavaScript property name, if it is one.
+fn array_index(key: &Value) -> Option<u64> {
+    const MAX: u64 = u32::MAX as u64 - 1;
+    let n = match key {
+        Value::Int(n) => u64::try_from(*n).ok()?,
+        // JavaScript names an integral float by its integer digits (`3.0` is "3"); `-0` is "0".
+        Value::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f <= MAX as f64 => *f as u64,
+        Value::String(s) => {
+            let canonical = s == "0"
+                || (!s.is_empty()
+                    && s.len() <= 10
+                    && !s.starts_with('0')
+                    && s.bytes().all(|b| b.is_ascii_digit()));
+            if !canonical {
+                return None;
+            }
+            s.parse().ok()?
+        }
+        _ => return None,
+    };
+    (n <= MAX).then_some(n)
 }
 
 /// What `*` stands for over `records`: the table's attributes, then others the records have,

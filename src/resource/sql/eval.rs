@@ -211,8 +211,16 @@ fn literal(v: &sqlparser::ast::Value) -> Result<Value, SqlError> {
 
 fn binary(op: &BinaryOperator, l: Value, r: Value) -> Result<Value, SqlError> {
     use BinaryOperator as B;
-    let cmp =
-        |f: fn(Ordering) -> bool| Ok(compare(&l, &r).map_or(Value::Null, |o| Value::Bool(f(o))));
+    // Two values that do not compare (a number and text that is not one: JavaScript's NaN) are
+    // unequal, so only `<>` holds, as in AlaSQL; NULL on either side stays NULL.
+    let unordered = !matches!(l, Value::Null) && !matches!(r, Value::Null);
+    let cmp = |f: fn(Ordering) -> bool| {
+        Ok(match compare(&l, &r) {
+            Some(o) => Value::Bool(f(o)),
+            None if unordered => Value::Bool(matches!(op, B::NotEq)),
+            None => Value::Null,
+        })
+    };
     let arith = |f: fn(f64, f64) -> f64| match (as_f64(&l), as_f64(&r)) {
         (Some(a), Some(b)) if !matches!(l, Value::Null) && !matches!(r, Value::Null) => {
             num(f(a, b))
