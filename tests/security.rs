@@ -1847,3 +1847,171 @@ fn generated_super_user_password_is_never_logged() {
         assert!(!line.contains(&password), "stderr: {line}");
     }
 }
+
+// ---- password checks off the core ----
+
+/// One request on its own connection, answered with `Connection: close`: the status and the
+/// `Retry-After` header.
+fn raw_get(addr: SocketAddr, path: &str, authorization: Option<&str>) -> (u16, Option<String>) {
+    let mut raw = common::Raw::connect(addr);
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    raw.send(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    );
+    let resp = raw.response(false).expect("a response");
+    (resp.status, resp.header("Retry-After").map(str::to_string))
+}
+
+/// docs/security.md "Password checks": an argon2id check never runs on a core. On one core,
+/// ten requests with wrong passwords (argon2id user, failed-login limit off) are in flight —
+/// the first one answered proves the others are being checked — when a `GET /health` and a
+/// request whose `Authorization` is already cached arrive: both are answered before the last
+/// of the ten. Before the pool, the core ran each check itself and answered them after all ten.
+#[test]
+fn password_checks_do_not_stall_the_core() {
+    use std::sync::{Arc, Mutex};
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--cores", "1")
+        .arg("--AUTHENTICATION_FAILEDLOGINLIMIT", "0")
+        .start();
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "slow", "password": "Right-pass-1", "role": "super_user", "active": true}),
+    );
+    // The administrator's header is verified once and cached on the (only) core.
+    assert_eq!(raw_get(server.rest, "/Dog/", Some(&admin())).0, 200);
+
+    let done: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+    let logins: Vec<_> = (0..10)
+        .map(|i| {
+            let (done, addr) = (done.clone(), server.rest);
+            std::thread::spawn(move || {
+                let auth = basic("slow", &format!("wrong-pass-{i}"));
+                let (status, _) = raw_get(addr, "/Dog/", Some(&auth));
+                done.lock()
+                    .expect("lock")
+                    .push((format!("login {i}"), status));
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.lock().expect("lock").is_empty() {
+        assert!(Instant::now() < deadline, "no login answered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (health, _) = raw_get(server.rest, "/health", None);
+    done.lock().expect("lock").push(("health".into(), health));
+    let (cached, _) = raw_get(server.rest, "/Dog/", Some(&admin()));
+    done.lock().expect("lock").push(("cached".into(), cached));
+    for t in logins {
+        t.join().expect("login thread");
+    }
+    let order = done.lock().expect("lock").clone();
+    assert_eq!(order.len(), 12, "{order:?}");
+    let position = |name: &str| order.iter().position(|(n, _)| n == name).expect(name);
+    let last_login = order
+        .iter()
+        .rposition(|(n, _)| n.starts_with("login"))
+        .expect("logins");
+    assert!(position("health") < last_login, "{order:?}");
+    assert!(position("cached") < last_login, "{order:?}");
+    for (name, status) in &order {
+        let expected = if name.starts_with("login") { 401 } else { 200 };
+        assert_eq!(*status, expected, "{name}: {order:?}");
+    }
+    // The right password still verifies once the checks are done.
+    assert_eq!(
+        raw_get(server.rest, "/Dog/", Some(&basic("slow", "Right-pass-1"))).0,
+        200
+    );
+}
+
+/// docs/security.md "Password checks": the password pool's bound holds. With one thread and no
+/// queue (`authentication.verifyThreads: 1`, `verifyQueue: 0`), bursts of concurrent checks
+/// (wrong passwords of an argon2id user) get, where the thread is taken: REST `503 Server busy`
+/// with `Retry-After: 1`, a WebSocket upgrade closed with 1013, MQTT CONNACK 0x89 at v5 and
+/// 0x03 at 3.1.1. Every other answer is the ordinary wrong-password one, and once the burst is
+/// over the right password verifies.
+#[test]
+fn a_full_password_pool_answers_busy() {
+    use std::sync::{Arc, Barrier};
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_VERIFYTHREADS", "1")
+        .arg("--AUTHENTICATION_VERIFYQUEUE", "0")
+        .arg("--AUTHENTICATION_FAILEDLOGINLIMIT", "0")
+        .start();
+    let port = mqtt_port(&server);
+    ok(
+        &server,
+        json!({"operation": "add_user", "username": "busy", "password": "Right-pass-1", "role": "super_user", "active": true}),
+    );
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Answer {
+        Http(u16, Option<u64>),
+        Ws(u16),
+        Mqtt(u8, u8),
+    }
+    const BUSY: [Answer; 4] = [
+        Answer::Http(503, Some(1)),
+        Answer::Ws(1013),
+        Answer::Mqtt(5, 0x89),
+        Answer::Mqtt(4, 0x03),
+    ];
+    let mut seen: Vec<Answer> = Vec::new();
+    for round in 0..8 {
+        let barrier = Arc::new(Barrier::new(16));
+        let workers: Vec<_> = (0..16)
+            .map(|i| {
+                let (barrier, rest) = (barrier.clone(), server.rest);
+                let password = format!("wrong-{round}-{i}");
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let auth = basic("busy", &password);
+                    match i % 4 {
+                        0 => {
+                            let (status, after) = raw_get(rest, "/Dog/", Some(&auth));
+                            Answer::Http(status, after.map(|a| a.parse().expect("seconds")))
+                        }
+                        1 => match ws_outcome(rest, "/Dog/", Some(&auth)) {
+                            WsOutcome::Closed(code, _) => Answer::Ws(code),
+                            other => panic!("WebSocket: {other:?}"),
+                        },
+                        level => {
+                            let level = if level == 2 { 5 } else { 4 };
+                            let creds = ("busy".to_string(), password);
+                            let id = format!("c{round}-{i}");
+                            Answer::Mqtt(level, Mqtt::connect(port, level, &id, Some(&creds)).1)
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            seen.push(w.join().expect("worker"));
+        }
+        if BUSY.iter().all(|b| seen.contains(b)) {
+            break;
+        }
+        assert!(round < 7, "not every busy answer in 8 bursts: {seen:?}");
+    }
+    for a in &seen {
+        let wrong_password = [
+            Answer::Http(401, None),
+            Answer::Ws(3000),
+            Answer::Mqtt(5, 0x86),
+            Answer::Mqtt(4, 0x04),
+        ];
+        assert!(
+            BUSY.contains(a) || wrong_password.contains(a),
+            "unexpected {a:?} in {seen:?}"
+        );
+    }
+    assert_eq!(
+        raw_get(server.rest, "/Dog/", Some(&basic("busy", "Right-pass-1"))).0,
+        200
+    );
+}

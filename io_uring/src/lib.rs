@@ -7,6 +7,7 @@
 //! change without touching protocols. It never parses a byte of any protocol.
 
 mod any;
+mod blocking;
 mod cpu;
 mod mesh;
 mod net;
@@ -22,6 +23,7 @@ mod time;
 mod tls;
 
 pub use any::{AnyRead, AnyStream, AnyWrite};
+pub use blocking::{block_on, BlockingPool, PoolError};
 pub use cpu::affinity_cpus;
 pub use mesh::{mesh, Inbox, MeshSender, SendError};
 pub use net::{bind_listeners, BindError, Listener, Stream};

@@ -41,6 +41,13 @@ pub struct OneshotSender<T> {
 }
 
 impl<T> OneshotSender<T> {
+    /// Whether the receiver is gone (nobody waits for the value any more).
+    pub fn is_canceled(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(|inner| Arc::strong_count(inner) == 1)
+    }
+
     pub fn send(mut self, value: T) {
         if let Some(inner) = self.inner.take() {
             *inner.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);

@@ -8,25 +8,29 @@
 //!
 //! ```text
 //! let creds = auth::Credentials { authorization, peer, peer_cn };   // or Credentials::from_request(&req)
-//! match auth::authenticate(&resources, &creds) {
+//! match auth::authenticate(&resources, &creds).await {
 //!     Ok(caller) if caller.is_anonymous() => /* no credentials: 401 "Must login" where needed */,
 //!     Ok(caller) => /* check resource::permissions::{can_read, can_insert, can_update,
 //!                      can_delete, check, filter_readable}(&caller, db, table, ...) */,
-//!     Err(e) => /* e.status() (401, or 429 after too many failures), e.message() */,
+//!     Err(e) => /* e.status() (401, 429 after too many failures, 503 when the password
+//!                  pool is full), e.message(), e.retry_after_s() */,
 //! }
-//! auth::authenticate_password(&resources, user, password, peer)   // MQTT CONNECT username/password
-//! auth::authenticate_request(&resources, &req)   // HTTP: credentials, then the session cookie
+//! auth::authenticate_password(&resources, user, password, peer).await   // MQTT CONNECT username/password
+//! auth::authenticate_request(&resources, &req).await   // HTTP: credentials, then the session cookie
 //! ```
 //!
 //! Order (docs/security.md): mTLS client certificate (with `http.mtls`), `Authorization: Basic`,
 //! `Authorization: Bearer <operation token>`, the session cookie ([`session`]), then
 //! `authorizeLocal` with a loopback peer → the first super user, else anonymous. Wrong credentials are an error at once, never anonymous. Results are
 //! cached per core per header value for `authentication.cacheTTL`; a user or role change bumps
-//! `Resources::auth_generation`, which invalidates every core's entries.
+//! `Resources::auth_generation`, which invalidates every core's entries. A cache hit never leaves
+//! the core; an argon2id check is awaited on the password pool (`resource::blocking`,
+//! docs/security.md "Password checks").
 
 pub mod jwt;
 pub mod roles;
 pub mod session;
+mod verify;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -37,6 +41,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tidepool_io::block_on;
 
 use crate::logging::NOTIFY;
 use crate::resource::permissions::Permissions;
@@ -80,14 +85,27 @@ pub enum AuthError {
     TooManyAttempts {
         retry_after_s: u64,
     },
+    /// The password-check threads are all busy and their queue is full (docs/security.md
+    /// "Password checks"): 503 with `Retry-After`, nothing counted against the user.
+    Busy,
     /// Keys or the user table could not be read.
     Internal(String),
+}
+
+impl From<crate::resource::Busy> for AuthError {
+    fn from(e: crate::resource::Busy) -> Self {
+        match e {
+            crate::resource::Busy::Full => AuthError::Busy,
+            crate::resource::Busy::Failed => AuthError::Internal(e.message().to_string()),
+        }
+    }
 }
 
 impl AuthError {
     pub fn status(&self) -> u16 {
         match self {
             AuthError::TooManyAttempts { .. } => 429,
+            AuthError::Busy => 503,
             AuthError::Internal(_) => 500,
             _ => 401,
         }
@@ -102,14 +120,16 @@ impl AuthError {
             AuthError::TokenExpired => "token expired",
             AuthError::Inactive => "User is not active",
             AuthError::TooManyAttempts { .. } => "Too many failed logins; try again later",
+            AuthError::Busy => "Server busy; try again later",
             AuthError::Internal(m) => m,
         }
     }
 
-    /// Seconds a client should wait before trying again (`Retry-After`), for 429.
+    /// Seconds a client should wait before trying again (`Retry-After`), for 429 and 503.
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             AuthError::TooManyAttempts { retry_after_s } => Some(*retry_after_s),
+            AuthError::Busy => Some(crate::resource::blocking::BUSY_RETRY_AFTER_S),
             _ => None,
         }
     }
@@ -164,10 +184,25 @@ impl Settings {
     }
 }
 
-/// Failed logins of one (source address, user name) in the window that began at `since`.
+/// Failed logins of one (source address, user name) in the window that began at `since` (its
+/// first failure), and the password checks of that pair still running.
 struct Failures {
     count: u32,
     since: Instant,
+    /// Digests of the (user name, password) pairs being checked now, with how many requests
+    /// wait on each: distinct ones count against the limit until their check ends, so
+    /// concurrent guesses cannot outrun it; the same password sent by many connections at once
+    /// counts once.
+    pending: Vec<(u64, u32)>,
+}
+
+/// The outcome of a password check, for the failed-login counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Verified,
+    Failed,
+    /// Not decided (the pool was busy, or the request went away): counts nothing.
+    Undecided,
 }
 
 /// Per-server authentication state, kept in `Resources::auth`.
@@ -230,17 +265,80 @@ impl State {
         (f.count >= limit).then(|| left.as_millis().div_ceil(1000).max(1) as u64)
     }
 
-    fn record_failure(&self, limits: &crate::config::AuthConfig, ip: IpAddr, user: &str) {
+    /// Starts a password check of (`user`, the password with digest `digest`) from `ip`, or
+    /// refuses it: the seconds until the window ends when the pair has used up its failed
+    /// logins, 1 when its failures and the distinct checks still running reach the limit.
+    /// `Ok(false)`: the limit is off, nothing is tracked.
+    fn begin_check(
+        &self,
+        limits: &crate::config::AuthConfig,
+        ip: IpAddr,
+        user: &str,
+        digest: u64,
+    ) -> Result<bool, u64> {
         let (limit, window) = (limits.failed_login_limit, limits.failed_login_window);
         if limit == 0 || window.is_zero() {
-            return;
+            return Ok(false);
         }
+        let Ok(mut map) = self.failures.lock() else {
+            return Ok(false);
+        };
+        let entry = Self::entry(&mut map, (ip, failure_name(user).to_string()), window);
+        if entry.count > 0 && entry.since.elapsed() >= window {
+            entry.count = 0;
+        }
+        if entry.count >= limit {
+            let left = window.saturating_sub(entry.since.elapsed());
+            return Err(left.as_millis().div_ceil(1000).max(1) as u64);
+        }
+        let running = entry.pending.len();
+        match entry.pending.iter_mut().find(|(d, _)| *d == digest) {
+            Some((_, waiting)) => *waiting = waiting.saturating_add(1),
+            None if entry.count as usize + running >= limit as usize => return Err(1),
+            None => entry.pending.push((digest, 1)),
+        }
+        Ok(true)
+    }
+
+    /// Ends a check [`State::begin_check`] started (tracked), counting a failure.
+    fn end_check(
+        &self,
+        limits: &crate::config::AuthConfig,
+        ip: IpAddr,
+        user: &str,
+        digest: u64,
+        outcome: Outcome,
+    ) {
         let Ok(mut map) = self.failures.lock() else {
             return;
         };
         let key = (ip, failure_name(user).to_string());
+        let Some(entry) = map.get_mut(&key) else {
+            return; // dropped by the bound meanwhile
+        };
+        if let Some(i) = entry.pending.iter().position(|(d, _)| *d == digest) {
+            entry.pending[i].1 -= 1;
+            if entry.pending[i].1 == 0 {
+                entry.pending.swap_remove(i);
+            }
+        }
+        if outcome == Outcome::Failed {
+            Self::count_failure(entry, limits.failed_login_window);
+        }
+        if entry.count == 0 && entry.pending.is_empty() {
+            map.remove(&key);
+        }
+    }
+
+    /// The pair's entry, made room for within [`FAILED_LOGIN_ENTRIES_MAX`]: when full, expired
+    /// entries without checks running are dropped, then the oldest.
+    fn entry(
+        map: &mut HashMap<(IpAddr, String), Failures>,
+        key: (IpAddr, String),
+        window: Duration,
+    ) -> &mut Failures {
         if map.len() >= FAILED_LOGIN_ENTRIES_MAX && !map.contains_key(&key) {
-            map.retain(|_, f| f.since.elapsed() < window);
+            map.retain(|_, f| f.since.elapsed() < window || !f.pending.is_empty());
             if map.len() >= FAILED_LOGIN_ENTRIES_MAX {
                 let oldest = map
                     .iter()
@@ -251,17 +349,32 @@ impl State {
                 }
             }
         }
-        let entry = map.entry(key).or_insert(Failures {
+        map.entry(key).or_insert_with(|| Failures {
             count: 0,
             since: Instant::now(),
-        });
-        if entry.since.elapsed() >= window {
-            *entry = Failures {
-                count: 0,
-                since: Instant::now(),
-            };
+            pending: Vec::new(),
+        })
+    }
+
+    fn count_failure(entry: &mut Failures, window: Duration) {
+        if entry.count == 0 || entry.since.elapsed() >= window {
+            entry.count = 0;
+            entry.since = Instant::now();
         }
         entry.count = entry.count.saturating_add(1);
+    }
+
+    #[cfg(test)]
+    fn record_failure(&self, limits: &crate::config::AuthConfig, ip: IpAddr, user: &str) {
+        let (limit, window) = (limits.failed_login_limit, limits.failed_login_window);
+        if limit == 0 || window.is_zero() {
+            return;
+        }
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        let entry = Self::entry(&mut map, (ip, failure_name(user).to_string()), window);
+        Self::count_failure(entry, window);
     }
 
     /// The (address, user name) pairs counted now (for tests of the bound).
@@ -392,7 +505,9 @@ fn caller_for(resources: &Resources, user: &UserRecord) -> Result<Caller, AuthEr
 }
 
 /// Who an HTTP request is (docs/security.md): its credentials, then its session cookie (docs/security.md).
-pub fn authenticate_request(
+/// A cached result is answered without leaving the core; a password check not cached waits for
+/// the password pool (docs/security.md "Password checks").
+pub async fn authenticate_request(
     resources: &Resources,
     req: &crate::protocol::http::Request<'_>,
 ) -> Result<Caller, AuthError> {
@@ -401,12 +516,16 @@ pub fn authenticate_request(
         &Credentials::from_request(req),
         session::session_id(resources, req),
     )
+    .await
 }
 
 /// Who the request is (docs/security.md). `Ok(anonymous)` when it offers nothing; wrong credentials
 /// are an error, never anonymous.
-pub fn authenticate(resources: &Resources, creds: &Credentials<'_>) -> Result<Caller, AuthError> {
-    authenticate_with(resources, creds, None)
+pub async fn authenticate(
+    resources: &Resources,
+    creds: &Credentials<'_>,
+) -> Result<Caller, AuthError> {
+    authenticate_with(resources, creds, None).await
 }
 
 /// The session's user, cached like credentials. A session that is unknown or logged out is no
@@ -429,7 +548,7 @@ fn session_caller(resources: &Resources, id: &str) -> Result<Option<Caller>, Aut
     Ok(Some(caller))
 }
 
-fn authenticate_with(
+async fn authenticate_with(
     resources: &Resources,
     creds: &Credentials<'_>,
     session: Option<&str>,
@@ -453,7 +572,7 @@ fn authenticate_with(
                 .ok_or(AuthError::LoginFailed)?;
             let (user, password) = decoded.split_once(':').ok_or(AuthError::LoginFailed)?;
             (
-                authenticate_password(resources, user, password, creds.peer)?,
+                authenticate_password(resources, user, password, creds.peer).await?,
                 settings.cache_ttl,
             )
         } else if scheme.eq_ignore_ascii_case("bearer") {
@@ -521,7 +640,7 @@ pub fn authenticate_certificate(
 /// in `authentication.failedLoginWindow` that pair is refused (429) until the window ends,
 /// while other user names from the same address, and the same name from other addresses, are
 /// checked as usual (docs/security.md "Failed logins").
-pub fn authenticate_password(
+pub async fn authenticate_password(
     resources: &Resources,
     username: &str,
     password: &str,
@@ -533,18 +652,34 @@ pub fn authenticate_password(
         return Err(AuthError::TooManyAttempts { retry_after_s });
     }
     // Verified passwords are cached per core like headers: an argon2id check costs tens of ms
-    // of the core, so MQTT CONNECTs, logins and token requests pay it once per `cacheTTL`. The
-    // key is a digest, never the password.
-    let key = format!(
-        "\u{0}pw:{}",
-        token_hash(&format!("{username}\u{0}{password}"))
-    );
+    // of a pool thread, so MQTT CONNECTs, logins and token requests pay it once per `cacheTTL`.
+    // The key is a digest, never the password.
+    let digest = Sha256::digest(format!("{username}\u{0}{password}").as_bytes());
+    let key = format!("\u{0}pw:{}", crate::util::hex(&digest));
     if let Some(c) = cache_get(resources, &key) {
         return Ok(c);
     }
+    let short = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
+    let tracked = resources
+        .auth
+        .begin_check(limits, ip, username, short)
+        .map_err(|retry_after_s| AuthError::TooManyAttempts { retry_after_s })?;
+    let mut check = Check {
+        resources,
+        ip,
+        username,
+        digest: short,
+        tracked,
+        outcome: Outcome::Undecided,
+    };
     let user = find_user(resources, username)?;
+    let verified = match &user {
+        Some(user) => verify::password_matches(short, password, &user.password).await?,
+        None => false,
+    };
     match user {
-        Some(user) if users::verify_password(password, &user.password) => {
+        Some(user) if verified => {
+            check.outcome = Outcome::Verified;
             let caller = caller_for(resources, &user)?;
             let ttl = resources.auth.settings(resources).cache_ttl;
             cache_put(resources, &key, &caller, ttl);
@@ -552,12 +687,38 @@ pub fn authenticate_password(
             Ok(caller)
         }
         _ => {
-            resources.auth.record_failure(limits, ip, username);
+            check.outcome = Outcome::Failed;
             crate::logging::connection_event(
                 ip,
                 format_args!("failed login for user {username:?} from {ip}"),
             );
             Err(AuthError::LoginFailed)
+        }
+    }
+}
+
+/// A password check in progress: ends it in the failed-login counters however the request
+/// ends (answered, refused busy, or dropped with its connection).
+struct Check<'a> {
+    resources: &'a Resources,
+    ip: IpAddr,
+    username: &'a str,
+    digest: u64,
+    tracked: bool,
+    outcome: Outcome,
+}
+
+impl Drop for Check<'_> {
+    fn drop(&mut self) {
+        if self.tracked {
+            let r = self.resources;
+            r.auth.end_check(
+                &r.config.auth,
+                self.ip,
+                self.username,
+                self.digest,
+                self.outcome,
+            );
         }
     }
 }
@@ -632,8 +793,7 @@ fn token_error(e: TokenError) -> AuthError {
 }
 
 fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::util::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// The keys, loading or generating them off the core if start-up has not finished that yet.
@@ -646,7 +806,7 @@ async fn keys(resources: &Arc<Resources>) -> Result<&Keys, AuthError> {
     crate::resource::run_blocking(move || {
         let _ = r.auth.keys_blocking(&dir);
     })
-    .await;
+    .await?;
     resources
         .auth
         .keys
@@ -864,25 +1024,6 @@ fn write_initial_password(
     Ok(path)
 }
 
-/// Drives a future to completion on this (non-executor) thread by parking between wake-ups.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -957,7 +1098,7 @@ mod tests {
             peer: peer(ip),
             peer_cn: None,
         };
-        let got = authenticate(r, &creds).map(|c| c.username.unwrap_or_default());
+        let got = block_on(authenticate(r, &creds)).map(|c| c.username.unwrap_or_default());
         assert_eq!(
             got,
             expected.map(str::to_string),
@@ -1089,7 +1230,7 @@ mod tests {
             peer: peer("10.9.9.9"),
             peer_cn: None,
         };
-        match authenticate(&r, &creds) {
+        match block_on(authenticate(&r, &creds)) {
             Err(AuthError::TooManyAttempts { retry_after_s }) => {
                 assert!((1..=60).contains(&retry_after_s), "{retry_after_s}")
             }
@@ -1110,6 +1251,50 @@ mod tests {
         assert_eq!(r.auth.failure_entries(), FAILED_LOGIN_ENTRIES_MAX);
         // Long names are counted by their prefix, so they cannot grow an entry.
         assert_eq!(failure_name(&"é".repeat(200)).len(), 256);
+        r.store.close();
+    }
+
+    /// Checks still running count against the limit by distinct password (docs/security.md
+    /// "Failed logins"); a check that ends undecided (busy pool, request gone) counts nothing.
+    #[test]
+    fn checks_in_flight_count_against_the_limit() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = resources_with(
+            dir.path(),
+            &[
+                ("authentication_failedLoginLimit", "3"),
+                ("authentication_failedLoginWindow", "60s"),
+            ],
+        );
+        let (limits, ip) = (&r.config.auth, peer("10.2.2.2").ip());
+        // Undecided checks leave nothing behind.
+        for _ in 0..10 {
+            assert_eq!(r.auth.begin_check(limits, ip, "ann", 7), Ok(true));
+            r.auth.end_check(limits, ip, "ann", 7, Outcome::Undecided);
+        }
+        assert_eq!(r.auth.failure_entries(), 0);
+        // One failure and two distinct passwords in flight reach the limit of 3...
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 1), Ok(true));
+        r.auth.end_check(limits, ip, "ann", 1, Outcome::Failed);
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 2), Ok(true));
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 3), Ok(true));
+        // ...so a third distinct one waits (Retry-After 1), while the same password as one
+        // in flight joins it, and another user name is not affected.
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 4), Err(1));
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 2), Ok(true));
+        assert_eq!(r.auth.begin_check(limits, ip, "bob", 4), Ok(true));
+        r.auth.end_check(limits, ip, "bob", 4, Outcome::Verified);
+        // Password 2 verifies (both waiters), 3 fails: two failures, nothing running.
+        r.auth.end_check(limits, ip, "ann", 2, Outcome::Verified);
+        r.auth.end_check(limits, ip, "ann", 2, Outcome::Verified);
+        r.auth.end_check(limits, ip, "ann", 3, Outcome::Failed);
+        assert_eq!(r.auth.locked_out(limits, ip, "ann"), None);
+        assert_eq!(r.auth.begin_check(limits, ip, "ann", 5), Ok(true));
+        r.auth.end_check(limits, ip, "ann", 5, Outcome::Failed);
+        assert!(r.auth.locked_out(limits, ip, "ann").is_some());
+        assert!(
+            matches!(r.auth.begin_check(limits, ip, "ann", 6), Err(s) if (1..=60).contains(&s))
+        );
         r.store.close();
     }
 

@@ -580,6 +580,8 @@ pub struct Config {
     pub authorize_local: bool,
     /// `authentication.*` durations and the failed-login limit (docs/security.md "Failed logins").
     pub auth: AuthConfig,
+    /// The bounded thread pools for blocking work (docs/security.md "Password checks").
+    pub blocking: BlockingConfig,
     pub mqtt_port: Option<ListenAddr>,
     /// MQTT over TLS (`mqtt.network.securePort`, 8883 by default; null = off).
     pub mqtt_secure_port: Option<ListenAddr>,
@@ -607,6 +609,39 @@ pub struct AuthConfig {
     pub failed_login_limit: u32,
     /// The window failed logins are counted over; zero = no limit.
     pub failed_login_window: Duration,
+}
+
+/// The two pools of plain threads blocking work runs on, never a core (docs/configuration.md):
+/// password checks (`authentication.verifyThreads`, `authentication.verifyQueue`) and other
+/// blocking work (`threads.blocking`, `threads.blockingQueue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockingConfig {
+    pub verify_threads: usize,
+    pub verify_queue: usize,
+    pub threads: usize,
+    pub queue: usize,
+}
+
+impl BlockingConfig {
+    fn from_tree(tree: &ConfigTree, cores: usize) -> Result<BlockingConfig, ConfigError> {
+        let in_range = |key: &str, min: u64, max: u64| -> Result<usize, ConfigError> {
+            let n = tree.u64(key)?;
+            if n < min || n > max {
+                return Err(err(key, format!("{n} is out of range ({min}-{max})")));
+            }
+            Ok(n as usize)
+        };
+        let verify_threads = match tree.get("authentication.verifyThreads") {
+            Some(Yaml::Null) | None => cores.max(2),
+            Some(_) => in_range("authentication.verifyThreads", 1, 256)?,
+        };
+        Ok(BlockingConfig {
+            verify_threads,
+            verify_queue: in_range("authentication.verifyQueue", 0, 65_536)?,
+            threads: in_range("threads.blocking", 1, 256)?,
+            queue: in_range("threads.blockingQueue", 0, 65_536)?,
+        })
+    }
 }
 
 fn resolve(root: &Path, template: &str) -> PathBuf {
@@ -741,6 +776,7 @@ impl Config {
                     .unwrap_or(u32::MAX),
                 failed_login_window: tree.duration("authentication.failedLoginWindow")?,
             },
+            blocking: BlockingConfig::from_tree(tree, threads)?,
             mqtt_port: tree.listen("mqtt.network.port")?,
             mqtt_secure_port: tree.listen("mqtt.network.securePort")?,
             mqtt_mtls: MtlsConfig::from_tree(tree, "mqtt.network.mtls", root)?,
@@ -868,6 +904,16 @@ mod tests {
                 "authentication:\n  failedLoginLimit: many\n",
                 "authentication.failedLoginLimit",
             ),
+            (
+                "authentication:\n  verifyThreads: 0\n",
+                "authentication.verifyThreads",
+            ),
+            (
+                "authentication:\n  verifyQueue: lots\n",
+                "authentication.verifyQueue",
+            ),
+            ("threads:\n  blocking: 0\n", "threads.blocking"),
+            ("threads:\n  blockingQueue: -1\n", "threads.blockingQueue"),
         ];
         for (file, key) in cases {
             let e = load(file, &[], &[]).unwrap_err();

@@ -28,6 +28,7 @@ use crate::schema::{FieldType, TableDef};
 use crate::store::{now_ms, Database, PutMode, Table, WriteOp, WriteRequest};
 use crate::value::csv::{CsvLimits, Reader};
 use crate::value::{self, DecodeLimits, Object, Value};
+pub use tidepool_io::block_on;
 
 /// The system table of job records.
 pub const JOB_TABLE: &str = "hdb_job";
@@ -176,25 +177,6 @@ impl Drop for Turn {
 /// snapshot is never mistaken for an interrupted one.
 fn running_now() -> HashSet<String> {
     RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// Drives a future to completion on this (non-executor) thread by parking between wake-ups.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
 }
 
 /// Writes (inserts or merges) fields of one job record.
@@ -392,8 +374,7 @@ pub async fn start_csv_load(
         let missing = super::run_blocking(move || {
             matches!(std::fs::metadata(&owned), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
         })
-        .await
-        .unwrap_or(false);
+        .await?;
         if missing {
             return Err(VerbError::bad(format!(
                 "No such file or directory {}",

@@ -6,6 +6,7 @@
 //! bytes and never opens a write transaction itself.
 
 pub mod analytics;
+pub mod blocking;
 pub mod jobs;
 pub mod join;
 pub mod nosql;
@@ -33,6 +34,7 @@ pub use crate::store::{
     now_ms, Condition, ConditionFailed, Database, Header, OpResult, PutMode, ReadTxn, StoreError,
     Table, WriteError, WriteOp, WriteRequest,
 };
+pub use blocking::{run_blocking, Busy};
 pub use records::{queue, with_record, write, Queued};
 pub use validate::{validate_record, Validation};
 pub use verbs::{
@@ -282,21 +284,6 @@ impl From<crate::store::StoreError> for VerbError {
         };
         VerbError::new(status, e.to_string())
     }
-}
-
-/// Runs blocking work (opening or deleting an environment) on its own thread and awaits it
-/// without blocking the core.
-pub async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (reply, rx) = tidepool_io::oneshot();
-    let spawned = std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || reply.send(work()));
-    if spawned.is_err() {
-        return None;
-    }
-    rx.await
 }
 
 /// Set by the `restart` operation: once the graceful stop that follows is done, `main`

@@ -2,7 +2,7 @@
 //! attributes.
 //!
 //! Schema changes run on the database's writer thread (`Database::schema`), and opening or
-//! deleting an environment on an admin thread (`run_blocking`), so no core blocks; each verb
+//! deleting an environment on the blocking pool (`run_blocking`), so no core blocks; each verb
 //! returns only after the change is visible to every core. The `system` database is never created,
 //! dropped or reshaped here (403).
 
@@ -130,8 +130,7 @@ async fn open_database(resources: &Resources, name: &str) -> Result<Arc<Database
     let store = resources.store.clone();
     let owned = name.to_string();
     run_blocking(move || store.open_database(&owned))
-        .await
-        .unwrap_or_else(|| Err(StoreError::Io("admin thread failed".into())))
+        .await?
         .map_err(VerbError::from)
 }
 
@@ -142,9 +141,7 @@ pub async fn drop_database(resources: &Resources, name: &str) -> Result<String, 
     database(resources, name)?;
     let store = resources.store.clone();
     let owned = name.to_string();
-    run_blocking(move || store.drop_database(&owned))
-        .await
-        .unwrap_or_else(|| Err(StoreError::Io("admin thread failed".into())))?;
+    run_blocking(move || store.drop_database(&owned)).await??;
     Ok(format!("successfully deleted '{name}'"))
 }
 

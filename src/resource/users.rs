@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::tables::SYSTEM;
 use super::{validate_record, write, Caller, Resources, Validation, VerbError};
 use crate::store::{PutMode, WriteOp, WriteRequest};
+use crate::util::hex;
 use crate::value::{self, Object, Value};
 
 const USERS: &str = "hdb_user";
@@ -20,16 +21,6 @@ const ROLES: &str = "hdb_role";
 const TABLE_FLAGS: &[&str] = &["read", "insert", "update", "delete"];
 /// Flags of an attribute grant.
 const ATTRIBUTE_FLAGS: &[&str] = &["read", "insert", "update"];
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
 
 fn digest(salt: &str, password: &str) -> String {
     let mut hasher = Sha256::new();
@@ -92,7 +83,7 @@ async fn hash_for(resources: &Resources, password: &str) -> Result<String, VerbE
                 hash_password_with(&password, HashFunction::Argon2id)
             })
             .await
-            .ok_or_else(|| VerbError::new(500, "cannot start a thread to hash the password"))
+            .map_err(VerbError::from)
         }
     }
 }

@@ -211,6 +211,9 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         crate::resource::Resources::new(store.clone(), Arc::new(app), Arc::new(config.clone()))
             .with_config_tree(opts.tree.clone()),
     );
+    // Before anything hashes a password or opens a file off the cores (docs/security.md
+    // "Password checks").
+    crate::resource::blocking::configure(&config.blocking);
     crate::auth::start(&resources).map_err(RunError::Invalid)?;
 
     let web_socket = !matches!(

@@ -442,12 +442,16 @@ impl Service for Router {
     /// The request's authentication, done once from its head.
     type Head = Option<Result<Caller, AuthError>>;
 
-    fn check_head(&self, req: &Request<'_>, resp: &mut Response) -> Result<Self::Head, Refused> {
+    async fn check_head(
+        &self,
+        req: &Request<'_>,
+        resp: &mut Response,
+    ) -> Result<Self::Head, Refused> {
         if self.is_open_endpoint(req) {
             return Ok(None);
         }
         let resources = &self.shared.resources;
-        let caller = crate::auth::authenticate_request(resources, req);
+        let caller = crate::auth::authenticate_request(resources, req).await;
         let refused = if self.is_operations(req) {
             crate::protocol::ops::refuse_before_body(resources, caller.as_ref(), req, resp)
         } else if ws::is_upgrade(req) || sse::is_event_stream(req) {
@@ -547,7 +551,7 @@ impl Router {
         {
             // docs/metrics.md: loopback peers, or super-user credentials.
             if !req.peer.ip().is_loopback() {
-                match crate::auth::authenticate_request(&self.shared.resources, req) {
+                match crate::auth::authenticate_request(&self.shared.resources, req).await {
                     Ok(c) if c.super_user => {}
                     Ok(c) if !c.is_anonymous() => {
                         resp.json_error(403, "/metrics needs a super user");
@@ -577,7 +581,7 @@ impl Router {
         let resources = &self.shared.resources;
         let caller = match head.flatten() {
             Some(caller) => caller,
-            None => crate::auth::authenticate_request(resources, req),
+            None => crate::auth::authenticate_request(resources, req).await,
         };
         if crate::logging::access::enabled() {
             *user = caller.as_ref().ok().and_then(|c| c.username.clone());

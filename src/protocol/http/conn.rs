@@ -374,7 +374,7 @@ impl<'g, H> Conn<'g, H> {
                         self.head_checked = true;
                         self.resp.reset();
                         let request = head_request(&head, env.peer, stream.peer_cn());
-                        match env.service.check_head(&request, &mut self.resp) {
+                        match env.service.check_head(&request, &mut self.resp).await {
                             Ok(h) => self.checked = Some(h),
                             Err(super::Refused) => {
                                 batch.refused = true;

@@ -346,7 +346,12 @@ pub trait Service {
     /// Judges a request from its head alone, before its body is read (`req.body` is empty).
     /// `Err(Refused)` refuses it: `resp` holds the answer, sent without reading the body. Only
     /// called for requests whose body had not fully arrived with the head.
-    fn check_head(&self, req: &Request<'_>, resp: &mut Response) -> Result<Self::Head, Refused>;
+    /// May await (a password check on the password pool), never block.
+    async fn check_head(
+        &self,
+        req: &Request<'_>,
+        resp: &mut Response,
+    ) -> Result<Self::Head, Refused>;
 
     /// Answers a complete request; `head` is what `check_head` returned for it, if it was called.
     async fn call(&self, req: &Request<'_>, resp: &mut Response, head: Option<Self::Head>);

@@ -71,7 +71,7 @@ impl Kick {
 
 /// Who a CONNECT authenticates as. Until the security issue lands every client is accepted as a
 /// super user; the check plugs in here and returns `BadCredentials` / `NotAuthorized` per docs/security.md.
-pub fn authenticate(
+pub async fn authenticate(
     shared: &MqttShared,
     connect: &Connect,
     peer: SocketAddr,
@@ -84,10 +84,11 @@ pub fn authenticate(
                 .as_deref()
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            match auth::authenticate_password(&shared.resources, user, &password, peer) {
+            match auth::authenticate_password(&shared.resources, user, &password, peer).await {
                 Ok(caller) => Ok(caller),
                 Err(AuthError::Inactive) => Err(Refusal::NotAuthorized),
                 Err(AuthError::TooManyAttempts { .. }) => Err(Refusal::QuotaExceeded),
+                Err(AuthError::Busy) => Err(Refusal::Busy),
                 Err(_) => Err(Refusal::BadCredentials),
             }
         }
@@ -100,11 +101,34 @@ pub fn authenticate(
                 peer,
                 peer_cn: None,
             },
-        ) {
+        )
+        .await
+        {
             Ok(caller) if !caller.is_anonymous() => Ok(caller),
             Ok(caller) if !shared.require_authentication => Ok(caller),
             _ => Err(Refusal::NotAuthorized),
         },
+    }
+}
+
+/// Who a CONNECT is: its client certificate, else the caller of its WebSocket upgrade (when the
+/// CONNECT names no user), else its user name and password.
+async fn connect_caller(
+    shared: &MqttShared,
+    connect: &Connect,
+    identity: TransportIdentity,
+    peer: SocketAddr,
+) -> Result<Caller, Refusal> {
+    let transport_caller = match certificate_caller(shared, identity.certificate_cn.as_deref()) {
+        Some(result) => Some(result),
+        None => identity
+            .upgrade_caller
+            .filter(|_| connect.username.is_none())
+            .map(Ok),
+    };
+    match transport_caller {
+        Some(result) => result,
+        None => authenticate(shared, connect, peer).await,
     }
 }
 
@@ -233,7 +257,7 @@ pub(super) struct Admitted {
 /// Checks a CONNECT (authentication method, shutdown, will topic, credentials, client id) and
 /// prepares its CONNACK. None when it is refused: the refusing CONNACK is queued (3.1.1 with an
 /// invalid will topic only closes) and the connection set to close.
-pub(super) fn admit(
+pub(super) async fn admit(
     shared: &MqttShared,
     conn: &Conn,
     connect: &Connect,
@@ -275,15 +299,10 @@ pub(super) fn admit(
         conn.wake_writer();
         return None;
     }
-    let transport_caller = match certificate_caller(shared, identity.certificate_cn.as_deref()) {
-        Some(result) => Some(result),
-        None => identity
-            .upgrade_caller
-            .filter(|_| connect.username.is_none())
-            .map(Ok),
-    };
-    let caller = match transport_caller.unwrap_or_else(|| authenticate(shared, connect, peer)) {
+    let caller = match connect_caller(shared, connect, identity, peer).await {
         Ok(c) => c,
+        // Not a failed login: nothing was checked (docs/security.md "Password checks").
+        Err(Refusal::Busy) => return refuse(Refusal::Busy),
         Err(r) => {
             events::record(
                 Event::AuthFailed,
@@ -368,7 +387,7 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         sessions.sys.clone(),
     ));
     spawn(write_loop(writer, conn.clone(), sessions.clone()));
-    let admitted = admit(&shared, &conn, &connect, identity, peer)?;
+    let admitted = admit(&shared, &conn, &connect, identity, peer).await?;
     let client_id = admitted.client_id;
     *conn.client_id.borrow_mut() = client_id.clone();
     if let Some(old) = shared.claim(&client_id, kick.clone(), connect.clean) {

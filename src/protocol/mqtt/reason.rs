@@ -20,6 +20,7 @@ pub enum ReasonCode {
     BadUserNameOrPassword = 0x86,
     NotAuthorized = 0x87,
     ServerUnavailable = 0x88,
+    ServerBusy = 0x89,
     ServerShuttingDown = 0x8b,
     BadAuthMethod = 0x8c,
     KeepAliveTimeout = 0x8d,
@@ -87,6 +88,8 @@ pub enum Refusal {
     QuotaExceeded,
     /// A Will Topic that is not a topic name (empty or with a wildcard); v5 only, 3.1.1 closes.
     WillTopicInvalid,
+    /// The password-check threads are all busy (docs/security.md "Password checks").
+    Busy,
 }
 
 impl Refusal {
@@ -102,6 +105,7 @@ impl Refusal {
                 (ReturnCode::IdentifierRejected, ReasonCode::ClientIdNotValid)
             }
             Refusal::Unavailable => (ReturnCode::ServerUnavailable, ReasonCode::ServerUnavailable),
+            Refusal::Busy => (ReturnCode::ServerUnavailable, ReasonCode::ServerBusy),
             Refusal::BadCredentials => (
                 ReturnCode::BadUserNameOrPassword,
                 ReasonCode::BadUserNameOrPassword,
@@ -142,6 +146,7 @@ mod tests {
         check(Refusal::ClientIdRefused, 0x02, 0x85);
         check(Refusal::WillTopicInvalid, 0x05, 0x90);
         check(Refusal::Unavailable, 0x03, 0x88);
+        check(Refusal::Busy, 0x03, 0x89);
         check(Refusal::BadCredentials, 0x04, 0x86);
         check(Refusal::NotAuthorized, 0x05, 0x87);
         check(Refusal::BadAuthMethod, 0x05, 0x8c);

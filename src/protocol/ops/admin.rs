@@ -2,7 +2,7 @@
 //! file (`set_configuration`, cluster routes), `cluster_status`, `system_information`,
 //! `read_log`, and `read_audit_log`'s argument handling.
 //!
-//! File reads and writes run on an admin thread (`run_blocking`), never on a core. The config
+//! File reads and writes run on the blocking pool (`run_blocking`), never on a core. The config
 //! file is rewritten whole through a temporary file and a rename, so a crash leaves the old or
 //! the new file, never half of one.
 
@@ -14,7 +14,7 @@ use super::decode::{from_json, to_json, ReadAuditLog, ReadLog};
 use super::OpError;
 use crate::config::{Config, ConfigTree};
 use crate::resource::nosql::AuditSearch;
-use crate::resource::{run_blocking, Resources};
+use crate::resource::{run_blocking, Resources, VerbError};
 use crate::value::{Object, Value};
 
 /// `read_log` reads at most this many bytes from the end of the log file.
@@ -147,7 +147,7 @@ pub async fn get_configuration(resources: &Resources) -> Result<Value, OpError> 
     let path = config_file(resources);
     let yaml = run_blocking(move || read_yaml(&path))
         .await
-        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(VerbError::from)?
         .map_err(|e| OpError::new(500, e))?;
     // The route operations edit `replication.routes` in the file and apply it at once, so the
     // file's routes are the running ones (docs/operations-api.md, `cluster_set_routes`).
@@ -192,7 +192,7 @@ pub async fn set_configuration(
     let path = config_file(resources);
     run_blocking(move || write_settings(&path, changes))
         .await
-        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(VerbError::from)?
         .map_err(|e| OpError::new(500, e))?;
     let ignored: Vec<&str> = settings
         .iter()
@@ -267,7 +267,7 @@ async fn current_routes(resources: &Resources) -> Result<(PathBuf, Yaml, Vec<Val
     let read_path = path.clone();
     let yaml = run_blocking(move || read_yaml(&read_path))
         .await
-        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(VerbError::from)?
         .map_err(|e| OpError::new(500, e))?;
     let routes = match get_path(&yaml, ROUTES) {
         Some(Yaml::Sequence(items)) => items
@@ -291,7 +291,7 @@ async fn store_routes(path: PathBuf, mut yaml: Yaml, routes: &[Value]) -> Result
     );
     run_blocking(move || write_yaml(&path, &yaml))
         .await
-        .unwrap_or_else(|| Err("admin thread failed".into()))
+        .map_err(VerbError::from)?
         .map_err(|e| OpError::new(500, e))
 }
 
@@ -604,7 +604,7 @@ pub async fn read_log(resources: &Resources, q: ReadLog) -> Result<Value, OpErro
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     })
     .await
-    .unwrap_or_else(|| Err("admin thread failed".into()))
+    .map_err(VerbError::from)?
     .map_err(|e| OpError::new(500, e))?;
     let mut entries: Vec<Value> = Vec::new();
     for line in text.lines() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::replication::subscriptions::Subscriptions;
 use crate::replication::{self, Target};
-use crate::resource::{run_blocking, Resources};
+use crate::resource::{run_blocking, Resources, VerbError};
 use crate::value::{Object, Value};
 
 const OFF: &str = "Clustering must be enabled to perform this operation.";
@@ -30,7 +30,9 @@ pub async fn reconnect_routes(r: &Resources) -> Result<(), OpError> {
     let Value::Array(routes) = super::admin::get_routes(r).await? else {
         return Ok(());
     };
-    run_blocking(move || repl.set_routes(&routes)).await;
+    run_blocking(move || repl.set_routes(&routes))
+        .await
+        .map_err(VerbError::from)?;
     Ok(())
 }
 
@@ -115,7 +117,9 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
         "add_node" | "set_node" | "update_node" => {
             let spec = target_of(&repl, f)?;
             let shown = spec.shown.clone();
-            run_blocking(move || add(&repl, spec)).await;
+            run_blocking(move || add(&repl, spec))
+                .await
+                .map_err(VerbError::from)?;
             Ok(message(if name == "update_node" {
                 format!("Successfully updated '{shown}'")
             } else {
@@ -135,7 +139,7 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
                 known
             })
             .await
-            .unwrap_or(false);
+            .map_err(VerbError::from)?;
             if !known {
                 return Err(OpError::new(404, format!("Node '{shown}' was not found")));
             }
@@ -175,7 +179,8 @@ pub async fn run(_r: &Resources, name: &str, f: &Object) -> Result<Value, OpErro
                     add(&repl, spec);
                 }
             })
-            .await;
+            .await
+            .map_err(VerbError::from)?;
             let mut reply = Object::new();
             reply.insert(
                 "message",

@@ -547,13 +547,13 @@ async fn admin_op(
                 Value::Array(names.into_iter().map(Value::String).collect())
             })
             .await
-            .ok_or_else(|| OpError::new(500, "cannot start a thread for list_metrics"))?
+            .map_err(crate::resource::VerbError::from)?
         }
         Operation::DescribeMetric { metric } => {
             let resources = resources.clone();
             crate::resource::run_blocking(move || describe_metric(&resources, &metric))
                 .await
-                .ok_or_else(|| OpError::new(500, "cannot start a thread for describe_metric"))?
+                .map_err(crate::resource::VerbError::from)?
         }
         Operation::ReadAuditLog(q) => admin::read_audit_log(r, &q)?,
         Operation::Restart => {

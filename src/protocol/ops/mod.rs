@@ -142,6 +142,9 @@ impl From<VerbError> for OpError {
         } else {
             OpError {
                 details: e.details,
+                // A full blocking pool (docs/security.md "Password checks") or no job thread.
+                retry_after_s: (e.status == 503)
+                    .then_some(crate::resource::blocking::BUSY_RETRY_AFTER_S),
                 ..OpError::new(e.status, e.message)
             }
         }
@@ -430,6 +433,7 @@ async fn authorize_and_run(
             let (username, password) = (username.unwrap_or_default(), password.unwrap_or_default());
             let caller =
                 crate::auth::authenticate_password(resources, &username, &password, req.peer)
+                    .await
                     .map_err(|e| match e {
                         AuthError::LoginFailed => OpError::auth(&AuthError::InvalidCredentials),
                         other => OpError::auth(&other),

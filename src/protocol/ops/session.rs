@@ -58,6 +58,7 @@ pub async fn run(
         let caller = match login_fields(body_type, req.body) {
             Some((username, password)) => {
                 auth::authenticate_password(resources, &username, &password, req.peer)
+                    .await
                     .map_err(|e| OpError::auth(&e))?
             }
             None => authenticated()?,

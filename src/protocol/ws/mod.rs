@@ -175,6 +175,9 @@ pub fn options(query: Option<&str>) -> Result<Options, (u16, String)> {
 pub const CLOSE_UNAUTHENTICATED: u16 = 3000;
 /// Close code for an authenticated caller without `read` (docs/security.md, docs/realtime.md).
 pub const CLOSE_FORBIDDEN: u16 = 3003;
+/// Close code "try again later" (RFC 6455 registry): the password checks were all busy
+/// (docs/security.md "Password checks").
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// Why a subscription is refused (docs/security.md); SSE answers it as 401/403, WebSocket upgrades and
 /// then closes with 3000/3003.
@@ -189,6 +192,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn close_code(&self) -> u16 {
         match self {
+            Refusal::Unauthenticated(AuthError::Busy) => CLOSE_TRY_AGAIN_LATER,
             Refusal::Unauthenticated(_) => CLOSE_UNAUTHENTICATED,
             Refusal::Forbidden => CLOSE_FORBIDDEN,
         }
@@ -578,6 +582,8 @@ mod tests {
             assert_eq!(close_payload(code, reason), expected, "{reason:?}");
         };
         check(3000, "Must login", b"\x0b\xb8Must login");
+        let busy = Refusal::Unauthenticated(AuthError::Busy);
+        assert_eq!(busy.close_code(), CLOSE_TRY_AGAIN_LATER);
         check(1000, "", b"\x03\xe8");
         let long = "é".repeat(100); // 200 bytes; byte 123 is inside a character
         let payload = close_payload(3003, &long);
