@@ -189,7 +189,7 @@ where
                             Ok(mut rt) => {
                                 let _ = ready_tx.send(Ok(()));
                                 drop(ready_tx);
-                                rt.block_on(main(ctx));
+                                rt.block_on(run_core(&*main, ctx));
                             }
                             Err(e) => {
                                 let _ = ready_tx
@@ -206,7 +206,7 @@ where
                             Ok(mut rt) => {
                                 let _ = ready_tx.send(Ok(()));
                                 drop(ready_tx);
-                                rt.block_on(main(ctx));
+                                rt.block_on(run_core(&*main, ctx));
                             }
                             Err(e) => {
                                 let _ = ready_tx.send(Err(e));
@@ -226,6 +226,16 @@ where
         }
     }
     Ok((driver, handles))
+}
+
+/// One core's life: its relay (`relay.rs`), then `main`.
+async fn run_core<F, Fut>(main: &F, ctx: CoreContext)
+where
+    F: Fn(CoreContext) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    crate::relay::start();
+    main(ctx).await
 }
 
 /// Runs `future` as a task on the current core; it is detached and runs to completion.

@@ -117,13 +117,15 @@ pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Bytes asked for per read at least. A reader without readiness (TLS) waits in a read that holds
 /// a buffer of its current read size, so this is most of what such an idle connection costs.
 pub const READ_CHUNK_MIN_BYTES: usize = 512;
-/// Most read buffers a core keeps spare for its readers' next reads; a larger buffer than
-/// [`READ_CHUNK_BYTES`] is freed rather than kept.
-const SPARE_READ_BUFFERS_MAX: usize = 64;
+/// Most read buffers a core keeps spare for its readers' next reads, and the bytes they may hold
+/// together; a larger buffer than [`READ_CHUNK_BYTES`] is freed rather than kept. As many as a
+/// core's busy connections hold at once, so a round of them does not allocate (see `Spares`).
+const SPARE_READ_BUFFERS_MAX: usize = 1024;
+const SPARE_READ_BYTES_MAX: usize = 1 << 20;
 
 thread_local! {
     /// This core's spare read buffers.
-    static SPARE_READ_BUFFERS: Spares = const { Spares::new(SPARE_READ_BUFFERS_MAX, READ_CHUNK_BYTES) };
+    static SPARE_READ_BUFFERS: Spares = const { Spares::new(SPARE_READ_BUFFERS_MAX, READ_CHUNK_BYTES, SPARE_READ_BYTES_MAX) };
 }
 
 /// A read buffer from this core's spares (empty), or a new one without capacity.

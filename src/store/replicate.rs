@@ -364,11 +364,15 @@ impl ReadTxn<'_> {
 
 impl Writer {
     /// Numbers a local transaction: `seq = cursor(own) + 1`, recorded with its audit position.
+    /// The cursor itself is written once per group (`Marks`, written before the commit).
     pub(super) fn next_local_seq(&self, txn: &mut RwTxn, position: f64) -> Result<u64, WriteError> {
         let own = &*self.db.stream;
-        let key = cursor_key(own);
-        let seq = read_u64(self.db.meta.get(txn, &key)?) + 1;
-        self.db.meta.put(txn, &key, &seq.to_le_bytes())?;
+        let last = match self.marks.borrow().seq {
+            Some(seq) => seq,
+            None => read_u64(self.db.meta.get(txn, &cursor_key(own))?),
+        };
+        let seq = last + 1;
+        self.marks.borrow_mut().seq = Some(seq);
         self.db
             .meta
             .put(txn, &seq_index_key(own, seq), &layout::audit_key(position))?;

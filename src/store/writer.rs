@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use heed::{Env, RwTxn, WithoutTls};
-use tidepool_io::{oneshot, OneshotReceiver, OneshotSender};
+use tidepool_io::{oneshot, OneshotReceiver, OneshotSender, WakeBatch};
 
 use super::condition::{Condition, ConditionFailed};
 use super::entry::Header;
@@ -397,6 +397,7 @@ pub(super) fn spawn(
                 publisher,
                 options,
                 kill_at,
+                marks: Default::default(),
             }
             .run(rx)
         })
@@ -412,6 +413,23 @@ pub(super) struct Writer {
     pub(super) options: StoreOptions,
     /// A test's kill point and how many arrivals at it are left (see [`Writer::kill_point`]).
     kill_at: Option<(String, std::cell::Cell<u64>)>,
+    /// What the local requests of the group being applied changed in `__meta__` once per group
+    /// rather than once per request (see [`Marks`]).
+    pub(super) marks: std::cell::RefCell<Marks>,
+}
+
+/// The `__meta__` entries a group's local requests would each overwrite: this node's sequence
+/// cursor and each touched table's `updated` version. Kept here while a group is applied and
+/// written once before its commit (or before a replicated request, which reads them), so a
+/// group of a hundred publishes writes them once, not a hundred times; the values written are
+/// the same as one write per request would leave (versions and sequence numbers only grow
+/// within a group).
+#[derive(Default, Clone)]
+pub(super) struct Marks {
+    /// The last sequence number assigned in this group, not yet written to the cursor.
+    pub(super) seq: Option<u64>,
+    /// Tables written in this group with the version of their last write.
+    updated: Vec<(Arc<str>, f64)>,
 }
 
 /// `TIDEPOOL_TEST_KILL_AT=<database>:<point>:<n>` for this writer's database, read once per
@@ -794,18 +812,26 @@ impl Writer {
     ) -> Result<Vec<Outcome>, Halt> {
         let mut wtxn = self.db.env.write_txn().map_err(Halt::Lmdb)?;
         let mut outcomes = Vec::with_capacity(batch.len());
+        *self.marks.borrow_mut() = Marks::default();
         for item in batch {
             let version = self.clock.next();
             *last_version = version;
+            if matches!(item, Item::Apply(..)) {
+                // A replicated request reads the cursors and writes `updated` itself.
+                self.write_marks(&mut wtxn).map_err(Halt::Lmdb)?;
+            }
             let outcome = if nested {
                 let mut txn = self
                     .db
                     .env
                     .nested_write_txn(&mut wtxn)
                     .map_err(Halt::Lmdb)?;
+                let before = self.marks.borrow().clone();
                 let outcome = self.apply_item(&mut txn, item, version);
                 if outcome.failed() {
                     txn.abort();
+                    // Its sequence number and marks went with its transaction.
+                    *self.marks.borrow_mut() = before;
                 } else {
                     txn.commit().map_err(Halt::Lmdb)?;
                 }
@@ -820,6 +846,7 @@ impl Writer {
             };
             outcomes.push(outcome);
         }
+        self.write_marks(&mut wtxn).map_err(Halt::Lmdb)?;
         if self.options.sync {
             // LMDB skips the sync of a commit that wrote nothing; this put makes every group's
             // commit sync, which is what makes the previous group durable.
@@ -833,6 +860,23 @@ impl Writer {
         }
         wtxn.commit().map_err(Halt::Lmdb)?;
         Ok(outcomes)
+    }
+
+    /// Writes the group's [`Marks`] so far and clears them.
+    fn write_marks(&self, txn: &mut RwTxn) -> Result<(), heed::Error> {
+        let marks = std::mem::take(&mut *self.marks.borrow_mut());
+        if let Some(seq) = marks.seq {
+            self.db.meta.put(
+                txn,
+                &super::replicate::cursor_key(&self.db.stream),
+                &seq.to_le_bytes(),
+            )?;
+        }
+        for (table, version) in marks.updated {
+            let key = layout::meta_key("updated", &table);
+            self.db.meta.put(txn, &key, &version.to_le_bytes())?;
+        }
+        Ok(())
     }
 
     fn apply_item(&self, txn: &mut RwTxn, item: &Item, version: f64) -> Outcome {
@@ -871,23 +915,26 @@ impl Writer {
         }
         self.db.announce_durable(last_version);
         self.db.commits.bump();
+        // The requesters are woken together once every reply is in and every commit published:
+        // one wake-up per core for the group, not one per request (tidepool_io `WakeBatch`).
+        let mut wakes = WakeBatch::default();
         for item in answers {
             let (version, changes, extras) = match item {
                 Pending::Local(reply, Ok((outcome, changes, extras))) => {
                     let version = outcome.version;
-                    reply.send(Ok(outcome));
+                    reply.send_in(Ok(outcome), &mut wakes);
                     (version, changes, extras)
                 }
                 Pending::Apply(reply, Ok((outcome, version, changes))) => {
-                    reply.send(Ok(outcome));
+                    reply.send_in(Ok(outcome), &mut wakes);
                     (version, changes, None)
                 }
                 Pending::Local(reply, Err(e)) => {
-                    reply.send(Err(e));
+                    reply.send_in(Err(e), &mut wakes);
                     continue;
                 }
                 Pending::Apply(reply, Err(e)) => {
-                    reply.send(Err(e));
+                    reply.send_in(Err(e), &mut wakes);
                     continue;
                 }
             };
@@ -901,6 +948,7 @@ impl Writer {
                 }));
             }
         }
+        wakes.wake_all();
     }
 
     fn apply(
@@ -946,9 +994,14 @@ impl Writer {
                 touched.push(&change.table);
             }
         }
-        for table in touched {
-            let key = layout::meta_key("updated", table);
-            self.db.meta.put(txn, &key, &version.to_le_bytes())?;
+        {
+            let mut marks = self.marks.borrow_mut();
+            for table in touched {
+                match marks.updated.iter_mut().find(|(t, _)| t == table) {
+                    Some((_, v)) => *v = version,
+                    None => marks.updated.push((table.clone(), version)),
+                }
+            }
         }
         if !audit_entries.is_empty() {
             self.write_audit(txn, request, version, audit_entries)?;

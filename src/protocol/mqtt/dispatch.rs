@@ -225,6 +225,10 @@ struct Delivery<'c> {
     encoded_key: Option<Vec<u8>>,
     /// The PUBLISH encoded once per (level, QoS, RETAIN) for subscribers alike.
     shared: Vec<Shared>,
+    /// The shared-group pick of this change (`share::pick_hash`) and the last group key built,
+    /// computed once for all the members asked rather than once per member.
+    pick: Option<u64>,
+    share_key: String,
 }
 
 /// What a connection's subscriptions matching one change add up to.
@@ -268,6 +272,8 @@ impl<'c> Delivery<'c> {
             trimmed: Vec::new(),
             encoded_key: None,
             shared: Vec::new(),
+            pick: None,
+            share_key: String::new(),
         })
     }
 
@@ -384,12 +390,15 @@ impl<'c> Delivery<'c> {
                 continue;
             }
             if let Some(group) = sub.filter.share() {
-                let key = share::key(group, sub.filter.topic_filter());
+                share::key_into(group, sub.filter.topic_filter(), &mut self.share_key);
+                let pick = *self
+                    .pick
+                    .get_or_insert_with(|| share::pick_hash(commit.version, &change.table, id));
                 let me = conn.client_id.borrow();
                 let mut view = groups.borrow_mut();
                 if !shared
                     .groups
-                    .is_chosen(&mut view, &key, commit.version, &change.table, id, &me)
+                    .is_picked(&mut view, &self.share_key, commit.version, pick, &me)
                 {
                     continue;
                 }

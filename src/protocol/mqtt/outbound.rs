@@ -549,13 +549,17 @@ pub(super) async fn write_loop<W: WriteBytes>(
     let _ = Box::pin(writer.shutdown_write()).await;
 }
 
-/// Most outbound buffers a core keeps spare; a buffer grown past [`OUT_SPARE_BYTES_MAX`] is freed.
-const OUT_SPARES_MAX: usize = 64;
+/// Most outbound buffers a core keeps spare, and the bytes they may hold together; a buffer
+/// grown past [`OUT_SPARE_BYTES_MAX`] is freed. As many as a core's busy connections fill at
+/// once (a PUBACK to each publisher and a delivery to each subscriber of a commit), so a round
+/// of them does not allocate.
+const OUT_SPARES_MAX: usize = 1024;
 const OUT_SPARE_BYTES_MAX: usize = 64 << 10;
+const OUT_SPARES_HELD_MAX: usize = 1 << 20;
 
 thread_local! {
     /// This core's spare outbound buffers.
-    static OUT_SPARES: Spares = const { Spares::new(OUT_SPARES_MAX, OUT_SPARE_BYTES_MAX) };
+    static OUT_SPARES: Spares = const { Spares::new(OUT_SPARES_MAX, OUT_SPARE_BYTES_MAX, OUT_SPARES_HELD_MAX) };
 }
 
 #[cfg(test)]

@@ -73,7 +73,32 @@ pub struct View {
 
 /// The key of a group: its share name and its topic filter.
 pub fn key(share: &str, topic_filter: &str) -> String {
-    format!("{share}\u{0}{topic_filter}")
+    let mut out = String::new();
+    key_into(share, topic_filter, &mut out);
+    out
+}
+
+/// [`key`] written into `out` (kept when it already holds it): the dispatcher asks about every
+/// member of a group for each change, and builds the key once.
+pub fn key_into(share: &str, topic_filter: &str, out: &mut String) {
+    let same = out.len() == share.len() + 1 + topic_filter.len()
+        && out.starts_with(share)
+        && out[share.len()..].starts_with('\u{0}')
+        && out.ends_with(topic_filter);
+    if !same {
+        out.clear();
+        out.push_str(share);
+        out.push('\u{0}');
+        out.push_str(topic_filter);
+    }
+}
+
+/// What picks a group's member for the event of commit `version` on `table`/`id`: the same on
+/// every core, and the same for every member asked.
+pub fn pick_hash(version: f64, table: &str, id: Option<&str>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (version.to_bits(), table, id).hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Groups {
@@ -113,6 +138,7 @@ impl Groups {
 
     /// Whether `client_id` is the member of group `key` that gets the event of commit `version`
     /// on `table`/`id`, as every core decides it; `view` is this core's copy of the registry.
+    #[cfg(test)]
     pub fn is_chosen(
         &self,
         view: &mut View,
@@ -120,6 +146,19 @@ impl Groups {
         version: f64,
         table: &str,
         id: Option<&str>,
+        client_id: &str,
+    ) -> bool {
+        let pick = pick_hash(version, table, id);
+        self.is_picked(view, key, version, pick, client_id)
+    }
+
+    /// [`Groups::is_chosen`] with the event's [`pick_hash`] computed already.
+    pub fn is_picked(
+        &self,
+        view: &mut View,
+        key: &str,
+        version: f64,
+        pick: u64,
         client_id: &str,
     ) -> bool {
         let stale = self.changing.load(Ordering::SeqCst) > 0
@@ -136,9 +175,7 @@ impl Groups {
         if members.is_empty() {
             return false;
         }
-        let mut hasher = DefaultHasher::new();
-        (version.to_bits(), table, id).hash(&mut hasher);
-        let at = (hasher.finish() % members.len() as u64) as usize;
+        let at = (pick % members.len() as u64) as usize;
         members.get(at).is_some_and(|m| m == client_id)
     }
 }
