@@ -152,7 +152,22 @@ fn restart() -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Allocations of 4 MiB or more are mapped on their own and given back to the system when freed.
+/// glibc otherwise raises its mmap threshold after the first large free and keeps later blocks
+/// of that size in the freeing thread's arena: every password-check thread would hold an
+/// argon2id working area (19 MiB) for good, in an arena no core allocates from
+/// (docs/security.md, "Password checks"). Setting the thresholds turns that adjustment off.
+fn give_back_large_allocations() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    give_back_large_allocations();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match cli::parse_args(&args) {
         Ok(cli) => cli,
