@@ -11,18 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{heavy, mqtt_port, Builder, ADMIN_PASSWORD, ADMIN_USER};
-
-/// A `kB` line of `/proc/<pid>/status` (VmRSS, VmHWM), in bytes.
-fn status_bytes(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
-}
+use common::{heavy, mqtt_port, status_bytes, Builder, ADMIN_PASSWORD, ADMIN_USER};
 
 fn basic_admin() -> String {
     use base64::Engine;
