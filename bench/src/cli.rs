@@ -23,6 +23,8 @@ pub const ROUNDS_MAX: usize = 100;
 pub const BODY_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Most `--header` flags.
 pub const HEADERS_MAX: usize = 32;
+/// Highest `--first-number`: numbers stay far below 2^53, so a JSON number holds them exactly.
+pub const FIRST_NUMBER_MAX: u64 = 1 << 50;
 
 pub const USAGE: &str = "\
 tidepool-bench: load generator and baseline responder
@@ -43,7 +45,9 @@ WORKLOAD:
   --cpus LIST          CPUs to pin load threads to, e.g. 0 or 0,1 or 0-3 (default: last CPU allowed)
   --method M           request method (default GET)
   --path P             request target (default /); one {n} in it becomes a number distinct per
-                       request (connection index + k * connections), e.g. --path '/Dog/{n}'
+                       request (first + connection index + k * connections), e.g. --path '/Dog/{n}'
+  --first-number N     where {n} starts (default 0); runs that must not write the same records
+                       again give each run its own range
   --body-file F        request body, read once (adds Content-Length)
   --header 'K: V'      extra header, repeatable
   --auth USER:PASS     Authorization: Basic
@@ -72,6 +76,8 @@ pub struct Workload {
     pub driver: IoDriver,
     /// A second request mixed in at a share (`--mix`).
     pub mix: Option<Mix>,
+    /// Where `{n}` starts (`--first-number`).
+    pub first_number: u64,
 }
 
 /// The request `--mix` sends for `percent` of the request numbers.
@@ -358,6 +364,14 @@ fn workload(flags: &mut Flags, warmup_default_s: f64) -> Result<Workload> {
         bail!("--mix cannot be combined with HEAD");
     }
     let driver = driver(flags.take("io-driver"))?;
+    let first_number = match flags.take("first-number") {
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= FIRST_NUMBER_MAX)
+            .ok_or_else(|| anyhow!("--first-number {v}: expected 0 to {FIRST_NUMBER_MAX}"))?,
+        None => 0,
+    };
     Ok(Workload {
         method,
         path,
@@ -371,6 +385,7 @@ fn workload(flags: &mut Flags, warmup_default_s: f64) -> Result<Workload> {
         cpus,
         driver,
         mix,
+        first_number,
     })
 }
 
@@ -493,9 +508,10 @@ mod tests {
         let args: Vec<String> = line.split_whitespace().map(String::from).collect();
         let got = match parse(&args) {
             Ok(Command::Http { target, workload: w, json }) => format!(
-                "http {} conns={} dur={:?} warmup={:?} pipeline={} cpus={:?} {} {} headers={:?} json={json}{}",
+                "http {} conns={} dur={:?} warmup={:?} pipeline={} cpus={:?} {} {} headers={:?} json={json}{}{}",
                 target.addr, w.connections, w.duration, w.warmup, w.pipeline, w.cpus, w.method, w.path, w.headers,
-                w.mix.map(|m| format!(" mix={}:{}:{} body={}", m.percent, m.method, m.path, m.body.len())).unwrap_or_default()
+                w.mix.map(|m| format!(" mix={}:{}:{} body={}", m.percent, m.method, m.path, m.body.len())).unwrap_or_default(),
+                if w.first_number > 0 { format!(" first={}", w.first_number) } else { String::new() }
             ),
             Ok(Command::Compare { a, b, rounds, workload: w, .. }) => format!(
                 "compare {} {} rounds={rounds} warmup={:?} cpus={:?}",
@@ -567,6 +583,14 @@ mod tests {
         check(
             "http --target 127.0.0.1:1 --conns 1 --duration 1 --method HEAD --mix 10:PUT:/x",
             "error: --mix cannot be combined with HEAD",
+        );
+        check(
+            "http --target 127.0.0.1:80 --conns 4 --duration 1 --cpus 0 --path /Dog/{n} --first-number 1000000000000",
+            "http 127.0.0.1:80 conns=4 dur=1s warmup=0ns pipeline=1 cpus=[0] GET /Dog/{n} headers=[] json=false first=1000000000000",
+        );
+        check(
+            "http --target 127.0.0.1:1 --conns 1 --duration 1 --first-number -1",
+            "error: --first-number -1: expected 0 to 1125899906842624",
         );
         check("http --conns 1 --duration 1", "error: --target is required");
         check(

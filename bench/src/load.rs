@@ -42,6 +42,8 @@ struct Plan {
     request: crate::request::Requests,
     head_request: bool,
     pipeline: usize,
+    /// Where `{n}` starts.
+    first_number: u64,
     /// Connections per core, by core index.
     connections: Vec<usize>,
     start: Instant,
@@ -82,6 +84,7 @@ pub fn run(target: &Target, workload: &Workload) -> Result<Report> {
         request,
         head_request: workload.method == "HEAD",
         pipeline: workload.pipeline,
+        first_number: workload.first_number,
         connections,
         start,
         measure_from,
@@ -156,7 +159,7 @@ async fn connection(plan: Arc<Plan>, stats: Rc<RefCell<CoreStats>>, index: u64) 
     let mut session = Session {
         read_buf: Vec::with_capacity(READ_BUFFER_BYTES),
         write_buf: Vec::with_capacity(plan.request.len_max() * plan.pipeline),
-        next_number: index,
+        next_number: plan.first_number + index,
         number_step: total.max(1) as u64,
         sent_at: VecDeque::with_capacity(plan.pipeline),
         parser: ResponseParser::new(plan.head_request),
