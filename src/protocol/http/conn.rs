@@ -264,7 +264,11 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
         // Boxed: answering (request parsing, the handler's own state) needs far more memory than
         // waiting, and a connection task is as big as its biggest state. The box's block is
         // kept by the core for the next batch (`Pooled`), not freed and allocated per request.
-        let batch = match tidepool_io::Pooled::new_with(|| c.answer_buffered(&stream, &env)).await {
+        // Each poll of the answer shares one clock reading (docs/design.md, "One clock reading
+        // per batch"); a wait inside it (a write's commit) leaves no reading to other tasks.
+        let answer =
+            tidepool_io::Pooled::new_with(|| clock::scoped(c.answer_buffered(&stream, &env)));
+        let batch = match answer.await {
             Answered::Batch(batch) => batch,
             Answered::Gone => return,
             Answered::Takeover(takeover, leftover) => {
@@ -348,8 +352,6 @@ impl<'g, H> Conn<'g, H> {
             fatal: None,
             refused: false,
         };
-        // One clock reading shared by the batch (docs/design.md, "One clock reading per batch").
-        let _clock = clock::Scope::open();
         while self.start < self.rbuf.len() {
             let mut headers = header_slots();
             let start = self.start;
