@@ -1964,6 +1964,52 @@ fn password_checks_give_their_memory_back() {
     );
 }
 
+/// docs/security.md "Password checks": a user name nobody has costs the same check as a wrong
+/// password, so the answer does not tell whether the name exists. Seen from outside by the pool's
+/// bound: with one thread and no queue, bursts of logins with unknown names are answered busy
+/// (503) where the thread is taken — an unknown name answered without a check never is — and
+/// 401 otherwise.
+#[test]
+fn an_unknown_user_costs_a_password_check() {
+    use std::sync::{Arc, Barrier};
+    let server = Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_VERIFYTHREADS", "1")
+        .arg("--AUTHENTICATION_VERIFYQUEUE", "0")
+        .arg("--AUTHENTICATION_FAILEDLOGINLIMIT", "0")
+        .start();
+    let mut seen = Vec::new();
+    for round in 0..8 {
+        let barrier = Arc::new(Barrier::new(8));
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let (barrier, rest) = (barrier.clone(), server.rest);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    raw_get(
+                        rest,
+                        "/Dog/",
+                        Some(&basic(&format!("ghost-{round}-{i}"), "pw")),
+                    )
+                    .0
+                })
+            })
+            .collect();
+        seen.extend(workers.into_iter().map(|w| w.join().expect("worker")));
+        if seen.contains(&503) {
+            break;
+        }
+    }
+    assert!(
+        seen.contains(&503),
+        "unknown names never reached the password pool: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| [401, 503].contains(s)),
+        "only wrong-credential or busy answers: {seen:?}"
+    );
+}
+
 /// docs/security.md "Password checks": the password pool's bound holds. With one thread and no
 /// queue (`authentication.verifyThreads: 1`, `verifyQueue: 0`), bursts of concurrent checks
 /// (wrong passwords of an argon2id user) get, where the thread is taken: REST `503 Server busy`

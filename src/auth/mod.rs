@@ -683,7 +683,9 @@ pub async fn authenticate_password(
     let user = find_user(resources, username)?;
     let verified = match &user {
         Some(user) => verify::password_matches(short, password, &user.password).await?,
-        None => false,
+        // An unknown name costs the check a wrong password costs, so how long the answer takes
+        // does not tell whether the name exists (docs/security.md "Password checks").
+        None => verify::unknown_user(users::HashFunction::of(resources), password).await?,
     };
     match user {
         Some(user) if verified => {

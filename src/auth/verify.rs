@@ -7,10 +7,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::task::{Poll, Waker};
 
 use super::AuthError;
-use crate::resource::users;
+use crate::resource::users::{self, HashFunction};
 
 type Verdict = Result<bool, AuthError>;
 /// (digest of user name and password, stored hash) → its verification in flight.
@@ -47,6 +48,30 @@ pub(super) async fn password_matches(digest: u64, password: &str, stored: &str) 
             None => return lead(key, password).await,
         }
     }
+}
+
+/// A check for a user name nobody has: the same work as checking a wrong password of a user
+/// whose hash is `function`'s (against a decoy hash made once per process on the pool), and
+/// never a match.
+pub(super) async fn unknown_user(function: HashFunction, password: &str) -> Verdict {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    match function {
+        HashFunction::Sha256 => {
+            let decoy = DECOY.get_or_init(|| users::hash_password(""));
+            users::verify_password(password, decoy);
+        }
+        HashFunction::Argon2id => {
+            let password = password.to_string();
+            crate::resource::blocking::run_verify(move || {
+                let decoy =
+                    DECOY.get_or_init(|| users::hash_password_with("", HashFunction::Argon2id));
+                users::verify_password(&password, decoy)
+            })
+            .await
+            .map_err(AuthError::from)?;
+        }
+    }
+    Ok(false)
 }
 
 /// Runs the verification for everyone waiting on `key`.
