@@ -1964,6 +1964,16 @@ fn password_checks_give_their_memory_back() {
     );
 }
 
+/// A server whose password pool has one thread and no queue, with no failed-login limit.
+fn one_password_thread() -> Server {
+    Builder::new()
+        .require_credentials()
+        .arg("--AUTHENTICATION_VERIFYTHREADS", "1")
+        .arg("--AUTHENTICATION_VERIFYQUEUE", "0")
+        .arg("--AUTHENTICATION_FAILEDLOGINLIMIT", "0")
+        .start()
+}
+
 /// docs/security.md "Password checks": a user name nobody has costs the same check as a wrong
 /// password, so the answer does not tell whether the name exists. Seen from outside by the pool's
 /// bound: with one thread and no queue, bursts of logins with unknown names are answered busy
@@ -1972,12 +1982,7 @@ fn password_checks_give_their_memory_back() {
 #[test]
 fn an_unknown_user_costs_a_password_check() {
     use std::sync::{Arc, Barrier};
-    let server = Builder::new()
-        .require_credentials()
-        .arg("--AUTHENTICATION_VERIFYTHREADS", "1")
-        .arg("--AUTHENTICATION_VERIFYQUEUE", "0")
-        .arg("--AUTHENTICATION_FAILEDLOGINLIMIT", "0")
-        .start();
+    let server = one_password_thread();
     let mut seen = Vec::new();
     for round in 0..8 {
         let barrier = Arc::new(Barrier::new(8));
@@ -2019,12 +2024,7 @@ fn an_unknown_user_costs_a_password_check() {
 #[test]
 fn a_full_password_pool_answers_busy() {
     use std::sync::{Arc, Barrier};
-    let server = Builder::new()
-        .require_credentials()
-        .arg("--AUTHENTICATION_VERIFYTHREADS", "1")
-        .arg("--AUTHENTICATION_VERIFYQUEUE", "0")
-        .arg("--AUTHENTICATION_FAILEDLOGINLIMIT", "0")
-        .start();
+    let server = one_password_thread();
     let port = mqtt_port(&server);
     ok(
         &server,
