@@ -101,6 +101,11 @@ impl Raw {
     fn packet(&mut self) -> Option<Vec<u8>> {
         common::read_mqtt_packet(&mut self.0)
     }
+    /// The next packet if one comes within `limit`; None on silence or a close.
+    fn packet_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        self.0.set_read_timeout(Some(limit)).ok();
+        self.packet()
+    }
     fn closed_within(&mut self, limit: Duration) -> bool {
         self.0.set_read_timeout(Some(limit)).ok();
         let mut b = [0u8; 64];
@@ -203,13 +208,16 @@ fn connack_codes_and_connect_rules() {
     // 3.1.1 accepted.
     let mut c = Raw::connect(&m, &connect_packet(4, "a", 60, &[]));
     assert_eq!(c.packet(), Some(vec![0x20, 2, 0, 0]));
-    // Protocol level 3 (MQIsdp) → 0x01 and close.
-    let mut body = string("MQIsdp");
-    body.extend_from_slice(&[3, 2, 0, 60]);
-    body.extend_from_slice(&string("x"));
-    let mut c = Raw::connect(&m, &packet(0x10, &body));
-    assert_eq!(c.packet(), Some(vec![0x20, 2, 0, 1]));
-    assert!(c.closed_within(Duration::from_secs(2)));
+    // Protocol level 3 (MQIsdp) → 0x01 and close. A level past 5 gets the same 3.1.1-form
+    // answer (as Mosquitto; the EMQX suite's V311 test_return_code reads it as 3.1.1).
+    for (name, level) in [("MQIsdp", 3u8), ("MQTT", 6)] {
+        let mut body = string(name);
+        body.extend_from_slice(&[level, 2, 0, 60]);
+        body.extend_from_slice(&string("x"));
+        let mut c = Raw::connect(&m, &packet(0x10, &body));
+        assert_eq!(c.packet(), Some(vec![0x20, 2, 0, 1]), "{name} {level}");
+        assert!(c.closed_within(Duration::from_secs(2)));
+    }
     // 3.1.1, empty client id without clean session → 0x02.
     let mut body = string("MQTT");
     body.extend_from_slice(&[4, 0, 0, 60]);
@@ -233,6 +241,115 @@ fn connack_codes_and_connect_rules() {
     // A first packet that is not CONNECT closes the connection.
     let mut c = Raw::connect(&m, &[0xc0, 0]);
     assert!(c.closed_within(Duration::from_secs(2)));
+}
+
+/// A v5 CONNECT that breaks the protocol after its level is answered with a CONNACK naming the
+/// problem before the connection closes (MQTT 5 §3.1.4, docs/mqtt.md "Credentials and reason
+/// codes"): a property the specification calls a Protocol Error when zero or repeated → 0x82,
+/// an unknown property → 0x81, a will whose Response Topic has a wildcard → 0x82. A PUBLISH
+/// whose Response Topic has a wildcard is a protocol error: DISCONNECT 0x82 [MQTT-3.3.2-14].
+/// Found by the EMQX suite (V5 test_receive_maximum, test_response_topic).
+#[test]
+fn protocol_errors_get_their_reason_codes() {
+    let m = start();
+    let mut twice = vec![0x11, 0, 0, 0, 1];
+    twice.extend_from_slice(&[0x11, 0, 0, 0, 2]);
+    for (props, code) in [
+        (vec![0x21, 0, 0], 0x82),       // Receive Maximum 0
+        (vec![0x27, 0, 0, 0, 0], 0x82), // Maximum Packet Size 0
+        (twice, 0x82),                  // Session Expiry Interval twice
+        (vec![0x7f, 0], 0x81),          // no such property
+    ] {
+        let mut c = Raw::connect(&m, &connect_packet(5, "bad", 60, &props));
+        assert_eq!(c.packet(), Some(vec![0x20, 3, 0, code, 0]), "{props:02x?}");
+        assert!(c.closed_within(Duration::from_secs(2)));
+    }
+    // A will with a Response Topic that has a wildcard.
+    let mut body = string("MQTT");
+    body.extend_from_slice(&[5, 0x02 | 0x04, 0, 60, 0]);
+    body.extend_from_slice(&string("willer"));
+    let mut will_props = vec![0x08];
+    will_props.extend_from_slice(&string("replies/#"));
+    body.push(will_props.len() as u8);
+    body.extend_from_slice(&will_props);
+    body.extend_from_slice(&string("Dog/1"));
+    body.extend_from_slice(&string("gone"));
+    let mut c = Raw::connect(&m, &packet(0x10, &body));
+    assert_eq!(c.packet(), Some(vec![0x20, 3, 0, 0x82, 0]));
+    assert!(c.closed_within(Duration::from_secs(2)));
+    // A PUBLISH with one: DISCONNECT 0x82; the same with a topic name is taken.
+    for (response, refused) in [("replies/+", true), ("replies/1", false)] {
+        let mut c = Raw::connect(&m, &connect_packet(5, "asker", 60, &[]));
+        assert_eq!(c.packet().map(|p| p[3]), Some(0));
+        let mut body = string("Dog/1");
+        body.extend_from_slice(&1u16.to_be_bytes());
+        let mut props = vec![0x08];
+        props.extend_from_slice(&string(response));
+        body.push(props.len() as u8);
+        body.extend_from_slice(&props);
+        body.extend_from_slice(br#"{"name":"Rex"}"#);
+        c.send(&packet(0x32, &body));
+        if refused {
+            assert_eq!(c.packet(), Some(vec![0xe0, 1, 0x82]), "{response}");
+            assert!(c.closed_within(Duration::from_secs(2)));
+        } else {
+            assert_eq!(c.packet(), Some(vec![0x40, 2, 0, 1]), "PUBACK {response}");
+        }
+    }
+}
+
+/// Two matching filters subscribed with the same Subscription Identifier: the one PUBLISH that
+/// covers both carries the identifier once (EMQX suite, V5 test_overlapping_subscriptions);
+/// different identifiers are each carried.
+#[test]
+fn overlapping_subscriptions_carry_each_identifier_once() {
+    let m = start();
+    let mut c = Raw::connect(&m, &connect_packet(5, "overlap", 60, &[]));
+    assert_eq!(c.packet().map(|p| p[3]), Some(0));
+    let subscribe = |packet_id: u16, filters: &[&str], identifier: u8| {
+        let mut body = packet_id.to_be_bytes().to_vec();
+        body.extend_from_slice(&[2, 0x0b, identifier]);
+        for f in filters {
+            body.extend_from_slice(&string(f));
+            body.push(0);
+        }
+        packet(0x82, &body)
+    };
+    c.send(&subscribe(1, &["Dog/#", "Dog/+"], 7));
+    assert_eq!(c.packet().map(|p| p[0]), Some(0x90));
+    c.send(&subscribe(2, &["+/1"], 9));
+    assert_eq!(c.packet().map(|p| p[0]), Some(0x90));
+    put(&m, "/Dog/1", r#"{"name":"Rex"}"#);
+    let p = c.packet().expect("PUBLISH");
+    let (_, topic, _) = parse_publish(&p, 5);
+    assert_eq!(topic, "Dog/1");
+    let mut i = 1;
+    while p[i] & 0x80 != 0 {
+        i += 1;
+    }
+    i += 3 + topic.len();
+    let props = &p[i + 1..i + 1 + usize::from(p[i])];
+    let mut identifiers = Vec::new();
+    let mut j = 0;
+    while j < props.len() {
+        match props[j] {
+            0x0b => {
+                identifiers.push(props[j + 1]);
+                j += 2;
+            }
+            0x03 | 0x08 => j += 3 + usize::from(u16::from_be_bytes([props[j + 1], props[j + 2]])),
+            0x01 => j += 2,
+            0x02 => j += 5,
+            other => panic!("unexpected property 0x{other:02x} in {props:02x?}"),
+        }
+    }
+    identifiers.sort_unstable();
+    assert_eq!(identifiers, vec![7, 9], "{p:02x?}");
+    assert_eq!(
+        c.packet_within(Duration::from_millis(500)),
+        None,
+        "one PUBLISH"
+    );
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub enum DecodeError {
     UnsupportedLevel(u8),
     /// A protocol violation that is not about the bytes (v5 `0x82`).
     Protocol(&'static str),
+    /// A v5 CONNECT that breaks the protocol after its level: answered with a CONNACK carrying
+    /// the inner error's reason code, then closed (MQTT 5 §3.1.4).
+    Connect5(Box<DecodeError>),
 }
 
 impl fmt::Display for DecodeError {
@@ -54,6 +57,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Properties(e) => write!(f, "malformed properties: {e}"),
             DecodeError::UnsupportedLevel(l) => write!(f, "unsupported protocol level {l}"),
             DecodeError::Protocol(m) => write!(f, "protocol error: {m}"),
+            DecodeError::Connect5(e) => write!(f, "CONNECT: {e}"),
         }
     }
 }
@@ -379,6 +383,9 @@ fn decode_publish(r: &mut Reader<'_>, flags: u8, v5: bool) -> Result<Publish, De
     let topic = r.string()?;
     let packet_id = if qos > 0 { r.packet_id()? } else { 0 };
     let properties = v5_properties(r, v5)?;
+    if has_wildcard_response_topic(&properties) {
+        return Err(DecodeError::Protocol("Response Topic with a wildcard"));
+    }
     Ok(Publish {
         dup: flags & 8 != 0,
         qos,
@@ -387,6 +394,14 @@ fn decode_publish(r: &mut Reader<'_>, flags: u8, v5: bool) -> Result<Publish, De
         packet_id,
         properties,
         payload: r.rest().to_vec(),
+    })
+}
+
+/// A Response Topic is a topic name: no `+` or `#` [MQTT-3.3.2-14].
+fn has_wildcard_response_topic(properties: &Properties) -> bool {
+    properties.iter().any(|p| match p {
+        crate::protocol::mqtt::props::Property::ResponseTopic(t) => t.contains(['+', '#']),
+        _ => false,
     })
 }
 
@@ -492,6 +507,14 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
         (b"MQTT" | b"MQIsdp", other) => return Err(DecodeError::UnsupportedLevel(other)),
         _ => return Err(DecodeError::Malformed("protocol name")),
     };
+    decode_connect_at(r, level).map_err(|e| match level {
+        Level::V5 => DecodeError::Connect5(Box::new(e)),
+        Level::V4 => e,
+    })
+}
+
+/// The rest of a CONNECT, after its protocol name and level.
+fn decode_connect_at(r: &mut Reader<'_>, level: Level) -> Result<Connect, DecodeError> {
     let v5 = level == Level::V5;
     let flags = r.u8()?;
     if flags & 1 != 0 {
@@ -519,6 +542,9 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
         } else {
             Properties::default()
         };
+        if has_wildcard_response_topic(&properties) {
+            return Err(DecodeError::Protocol("Response Topic with a wildcard"));
+        }
         Some(Will {
             topic: r.string()?,
             payload: r.binary()?.to_vec(),

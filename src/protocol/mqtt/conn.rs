@@ -357,11 +357,7 @@ fn closing_reason(conn: &Conn, e: ReadError, peer: SocketAddr) -> Option<ReasonC
         ReadError::Shutdown => Some(ReasonCode::ServerShuttingDown),
         ReadError::Decode(e) => {
             tracing::info!(target: "mqtt", "{peer}: {e}; closing");
-            Some(match e {
-                DecodeError::TooLarge { .. } => ReasonCode::PacketTooLarge,
-                DecodeError::Protocol(_) => ReasonCode::ProtocolError,
-                _ => ReasonCode::Malformed,
-            })
+            Some(ReasonCode::for_decode_error(&e))
         }
     }
 }

@@ -197,25 +197,15 @@ pub(super) async fn read_connect<R: ReadBytes, W: WriteBytes>(
         Ok(Ok(Packet::Connect(c))) => Some(c),
         Ok(Err(ReadError::Decode(DecodeError::UnsupportedLevel(level)))) => {
             tracing::info!(target: "mqtt", "{peer}: CONNECT with unsupported protocol level {level}");
-            let level = if level > 5 { Level::V5 } else { Level::V4 };
-            let code = Refusal::UnsupportedLevel.code(level);
-            let mut out = Vec::new();
-            codec::encode(
-                &Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code,
-                    properties: Properties::default(),
-                }),
-                level,
-                &mut out,
-            );
-            // No writer task exists yet; this is the only user of the write half.
-            // Boxed: a rare state that should not set the size of every connection's future.
-            Box::pin(async move {
-                let _ = writer.write_all(out).await;
-                let _ = writer.shutdown_write().await;
-            })
-            .await;
+            // In 3.1.1's form, whatever the level ([MQTT-3.1.2-2]; MQTT 5 §3.1.2.2 leaves the
+            // answer to a level other than 5 open), as Mosquitto answers: a client of another
+            // level cannot be expected to read MQTT 5's.
+            refuse_connect(writer, Level::V4, Refusal::UnsupportedLevel.code(Level::V4)).await;
+            None
+        }
+        Ok(Err(ReadError::Decode(e @ DecodeError::Connect5(_)))) => {
+            tracing::info!(target: "mqtt", "{peer}: {e}; refused");
+            refuse_connect(writer, Level::V5, ReasonCode::for_decode_error(&e).byte()).await;
             None
         }
         Ok(Ok(other)) => {
@@ -231,6 +221,27 @@ pub(super) async fn read_connect<R: ReadBytes, W: WriteBytes>(
             None
         }
     }
+}
+
+/// Answers a CONNECT that cannot be taken with a CONNACK carrying `code`, then closes the
+/// write side. Boxed: a rare state that should not set the size of every connection's future.
+async fn refuse_connect<W: WriteBytes>(writer: &mut W, level: Level, code: u8) {
+    let mut out = Vec::new();
+    codec::encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        }),
+        level,
+        &mut out,
+    );
+    // No writer task exists yet; this is the only user of the write half.
+    Box::pin(async move {
+        let _ = writer.write_all(out).await;
+        let _ = writer.shutdown_write().await;
+    })
+    .await;
 }
 
 /// The Session Expiry Interval a CONNECT asks for. Durable (docs/mqtt.md): 3.1.1 without clean

@@ -422,8 +422,12 @@ impl<'c> Delivery<'c> {
             }
             qos = Some(qos.map_or(sub.qos, |q: u8| q.max(sub.qos)));
             as_published |= sub.options & RETAIN_AS_PUBLISHED != 0;
+            // Each identifier once: two matching filters subscribed with the same identifier
+            // give the message that identifier, not the same one twice.
             if let Some(i) = sub.identifier {
-                properties.push(Property::SubscriptionIdentifier(i));
+                if !properties.0.contains(&Property::SubscriptionIdentifier(i)) {
+                    properties.push(Property::SubscriptionIdentifier(i));
+                }
             }
             readable = readable.or_else(|| sub.readable.clone());
         }

@@ -2,7 +2,8 @@
 //! connection sends in CONNACK, PUBACK/PUBREC/PUBREL/PUBCOMP, SUBACK, UNSUBACK and DISCONNECT.
 //! The codec carries codes as bytes; they are chosen here by name.
 
-use super::codec::Level;
+use super::codec::{DecodeError, Level};
+use super::props::PropsError;
 
 /// MQTT 5 reason codes tidepool sends (MQTT 5 §2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,25 @@ impl ReasonCode {
     /// Codes from 0x80 up report a failure (MQTT 5 §2.4).
     pub fn is_failure(self) -> bool {
         is_failure(self.byte())
+    }
+}
+
+impl ReasonCode {
+    /// The code a connection closed for a packet that could not be taken is given (DISCONNECT,
+    /// or CONNACK for a v5 CONNECT): a property repeated or zero where the specification calls
+    /// that a Protocol Error is `0x82`, as are the other protocol violations; bytes that do not
+    /// parse are `0x81`.
+    pub fn for_decode_error(e: &DecodeError) -> ReasonCode {
+        match e {
+            DecodeError::TooLarge { .. } => ReasonCode::PacketTooLarge,
+            DecodeError::Protocol(_)
+            | DecodeError::Properties(PropsError::Repeated(_) | PropsError::Field(_)) => {
+                ReasonCode::ProtocolError
+            }
+            DecodeError::UnsupportedLevel(_) => ReasonCode::UnsupportedProtocolVersion,
+            DecodeError::Connect5(inner) => ReasonCode::for_decode_error(inner),
+            DecodeError::Malformed(_) | DecodeError::Properties(_) => ReasonCode::Malformed,
+        }
     }
 }
 
@@ -131,6 +151,30 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_errors_close_with_the_specifications_codes() {
+        let cases = [
+            (DecodeError::TooLarge { bytes: 2, max: 1 }, 0x95),
+            (DecodeError::Malformed("x"), 0x81),
+            (DecodeError::Properties(PropsError::Unknown(0x7f)), 0x81),
+            (DecodeError::Properties(PropsError::TooMany), 0x81),
+            (DecodeError::Properties(PropsError::Repeated(0x11)), 0x82),
+            (
+                DecodeError::Properties(PropsError::Field("receive maximum 0")),
+                0x82,
+            ),
+            (DecodeError::Protocol("x"), 0x82),
+            (DecodeError::UnsupportedLevel(6), 0x84),
+            (
+                DecodeError::Connect5(Box::new(DecodeError::Malformed("x"))),
+                0x81,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(ReasonCode::for_decode_error(&e).byte(), code, "{e:?}");
+        }
+    }
 
     fn check(refusal: Refusal, v4: u8, v5: u8) {
         assert_eq!(
