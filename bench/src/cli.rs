@@ -205,7 +205,9 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let Some((sub, rest)) = args.split_first() else {
         return Ok(Command::Help);
     };
-    if matches!(sub.as_str(), "-h" | "--help" | "help") {
+    // `tidepool-bench http --help` asks for the usage too, wherever the flag stands.
+    let flag = |a: &String| matches!(a.as_str(), "-h" | "--help");
+    if flag(sub) || sub == "help" || rest.iter().any(flag) {
         return Ok(Command::Help);
     }
     let mut flags = Flags::parse(rest)?;
@@ -558,6 +560,8 @@ mod tests {
             "baseline 127.0.0.1:0 cores=Some(1) Epoll",
         );
         check("", "help");
+        check("http --help", "help");
+        check("mqtt-fanout --subs 10 -h", "help");
         check("chart --in r.json --out c.svg", "chart r.json c.svg");
         check("chart --in r.json", "error: --out is required");
         check(
