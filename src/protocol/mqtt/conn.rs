@@ -2,9 +2,9 @@
 //! packets and handles them one at a time, in order, and the end of the connection (DISCONNECT
 //! reason, stored session, will).
 //!
-//! A connection runs as two tasks on its core: the reader (this module's [`serve`]) and a writer
-//! (`outbound.rs`), which flushes the outbound buffer that the reader and the core's event
-//! dispatcher (`dispatch.rs`) fill. The seams: CONNECT, authentication and takeover in
+//! A connection runs as one task on its core, two futures joined: the reader (this module's
+//! [`serve`]) and a writer (`outbound.rs`), which flushes the outbound buffer that the reader and
+//! the core's event dispatcher (`dispatch.rs`) fill. The seams: CONNECT, authentication and takeover in
 //! `connect.rs`; inbound PUBLISH and wills in `inbound.rs`; the outbound window in
 //! `outbound.rs`; SUBSCRIBE and the initial state in `subscribe.rs`; resuming a stored session
 //! in `resume.rs`; reason codes in `reason.rs`. Writes go to tables only through `resource`;
@@ -17,13 +17,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool_io::{race, timeout, Either, ReadBytes, ReadHalf, Shutdown, Split, WriteBytes};
+use tidepool_io::{join, race, timeout, Either, ReadBytes, ReadHalf, Shutdown, Split, WriteBytes};
 
 use super::codec::{self, Ack, DecodeError, Level, Packet, Reason, Will};
 use super::connect::{self, Kick};
 use super::durable;
 use super::events::{self, Event};
-use super::outbound::{Conn, Rare};
+use super::outbound::{write_loop, Conn, Rare};
 use super::reason::{self, ReasonCode};
 use super::share;
 use crate::resource::Caller;
@@ -80,17 +80,18 @@ impl ReadError {
 
 /// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
 /// the read half. `conn`, once there is one, is told when bytes arrive (keep-alive) and what
-/// the read half holds while it waits (`/health?verbose` `mqtt_buffer_bytes`).
+/// the read half holds while it waits (`/health?verbose` `mqtt_buffer_bytes`). `stop` makes
+/// what else ends a wait: [`kicked`] for a connection its core knows of (the core's shutdown
+/// kicks those, see [`Sessions::stop_all`]), [`kicked_or_shutdown`] before that.
 ///
-/// Not an `async fn`, which would keep its six arguments twice: an idle connection waits here.
+/// Not an `async fn`, which would keep its arguments twice: an idle connection waits here.
 #[allow(clippy::manual_async_fn)]
-pub(super) fn read_packet<'a, R: ReadBytes>(
+pub(super) fn read_packet<'a, R: ReadBytes, S: Future<Output = ReadError> + 'a>(
     reader: &'a mut ReadHalf<R>,
     packet_bytes_max: usize,
     level: Level,
     conn: Option<&'a Conn>,
-    kick: &'a Kick,
-    shutdown: &'a Shutdown,
+    stop: impl Fn() -> S + 'a,
 ) -> impl Future<Output = Result<Packet, ReadError>> + 'a {
     async move {
         loop {
@@ -109,20 +110,45 @@ pub(super) fn read_packet<'a, R: ReadBytes>(
             // shutdown signal: no timer per connection, so an idle one costs no timer's memory. A
             // read dropped on either loses nothing (the read half keeps it).
             if let Some(conn) = conn {
-                conn.read_held.set(reader.held_while_waiting());
+                let held = reader.held_while_waiting();
+                conn.read_held.set(u32::try_from(held).unwrap_or(u32::MAX));
             }
-            let stop = race(kick.wait(), shutdown.wait());
-            match race(reader.fill(), stop).await {
+            match race(reader.fill(), stop()).await {
                 Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
                 Either::Left(Ok(_)) => {
                     if let Some(conn) = conn {
-                        conn.heard.set(Instant::now());
+                        conn.heard_ms.set(millis());
                     }
                 }
-                Either::Right(Either::Left(())) => return Err(ReadError::Kicked),
-                Either::Right(Either::Right(())) => return Err(ReadError::Shutdown),
+                Either::Right(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Milliseconds since the first call, wrapping every 49.7 days: when a connection was last heard
+/// from, in 4 bytes instead of an `Instant`'s 16 (every idle connection keeps one). Differences
+/// are taken with `wrapping_sub`, right for any span under the wrap (a keep-alive is at most
+/// 65,535 × 1.5 s, and the sweep looks every [`KEEP_ALIVE_SWEEP`]).
+pub(super) fn millis() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // Truncation intended: the count wraps.
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
+}
+
+/// What ends the wait for the next packet of a connection its core knows of: a kick (takeover,
+/// keep-alive, an outbound bound, or the core's shutdown pass, [`Sessions::stop_all`]). Not the
+/// shutdown signal itself: registering a waiter there would cost every idle connection a slot.
+pub(super) fn kicked(kick: &Kick) -> impl Future<Output = ReadError> + '_ {
+    std::future::poll_fn(|cx| kick.poll_kicked(cx).map(|()| ReadError::Kicked))
+}
+
+/// What ends the wait for a packet before the core knows of the connection (CONNECT), and
+/// after (the drain at its end): a kick or the shutdown signal.
+pub(super) async fn kicked_or_shutdown(kick: &Kick, shutdown: &Shutdown) -> ReadError {
+    match race(kick.wait(), shutdown.wait()).await {
+        Either::Left(()) => ReadError::Kicked,
+        Either::Right(()) => ReadError::Shutdown,
     }
 }
 
@@ -172,6 +198,9 @@ pub struct Start {
 /// across that wait should set this future's size (docs/design.md, "Idle connections"): the
 /// opening (CONNECT, authentication, takeover, resume) and the end run in boxes of their own,
 /// and what the connection holds meanwhile ([`Live`], the session) lives in boxes beside it.
+///
+/// The reader and the writer ([`write_loop`]) run joined in this one task rather than in two:
+/// a second task would cost every idle connection its own cell (docs/design.md).
 pub fn serve_split<R: ReadBytes, W: WriteBytes>(
     reader: ReadHalf<R>,
     writer: W,
@@ -179,56 +208,59 @@ pub fn serve_split<R: ReadBytes, W: WriteBytes>(
 ) -> impl Future<Output = ()> {
     let opening = Box::pin(connect::open(reader, writer, start));
     async move {
-        if let Some((live, opened)) = opening.await {
-            run(live, opened).await;
+        let Some(opening) = opening.await else {
+            return;
+        };
+        let connect::Opening {
+            writer,
+            conn,
+            sessions,
+            admitted,
+        } = opening;
+        let writing = write_loop(writer, conn, sessions);
+        match admitted {
+            Some((live, opened)) => join(run(live, opened), writing).await,
+            // A refused CONNECT: its CONNACK is queued and the connection set to close.
+            None => writing.await,
         }
     }
 }
 
-/// What an open connection holds from CONNECT to its end.
+/// What an open connection's reader holds from CONNECT to its end beside its [`Session`] (which
+/// holds the connection's state and the core's).
 pub(super) struct Live<R> {
     pub(super) reader: ReadHalf<R>,
     pub(super) peer: SocketAddr,
     pub(super) kick: Arc<Kick>,
-    pub(super) shared: Arc<MqttShared>,
-    pub(super) sessions: Rc<Sessions>,
-    pub(super) conn: Rc<Conn>,
     pub(super) _hold: Box<dyn std::any::Any>,
 }
 
 /// The life of an opened connection: its session, the read loop that decodes packets and
 /// handles them one at a time, in order, and its end.
 async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<connect::Opened>) {
-    let Live {
-        reader,
-        peer,
-        kick,
-        shared,
-        sessions,
-        conn,
-        ..
-    } = &mut *live;
-    let (mut session, mut will) = start(opened, shared, conn, sessions, *peer);
+    // The fields are named through `live` at each use rather than bound to locals: a binding
+    // used after the read loop is kept across its wait, 8 bytes each in every idle connection's
+    // future (docs/design.md, "Idle connections").
+    let (mut session, mut will) = start(opened, live.peer);
     // The read loop, written here rather than in a function of its own, whose arguments an
     // `async fn` would keep twice.
     let end = loop {
-        if conn.overflowed.get() {
+        if session.conn.overflowed.get() {
             break Some(ReasonCode::QuotaExceeded);
         }
         let read = read_packet(
-            reader,
-            shared.packet_bytes_max,
-            conn.level,
-            Some(conn),
-            kick,
-            &shared.shutdown,
+            &mut live.reader,
+            session.shared.packet_bytes_max,
+            session.conn.level,
+            Some(&session.conn),
+            || kicked(&live.kick),
         );
         // Boxed: handling is the largest state of this future, and an idle connection should
         // not carry its size (the box lives only while a packet is handled). The packet moves
         // into the box at once, so this future does not keep room for it either.
         let handling = match read.await {
             Ok(packet) => Box::pin(session.handle(packet)),
-            Err(e) => break closing_reason(conn, e, *peer),
+            Err(e) => break closing_reason(&session.conn, e, live.peer),
         };
         match handling.await {
             Flow::Continue => {}
@@ -236,7 +268,7 @@ async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<connect::Opened>)
                 if !publish_will {
                     will = None;
                 }
-                conn.closing.set(true);
+                session.conn.closing.set(true);
                 break None;
             }
             Flow::Close(code) => break Some(code),
@@ -245,25 +277,20 @@ async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<connect::Opened>)
     let ending = Ending {
         end,
         will,
-        kick,
-        shared,
-        sessions,
-        peer: *peer,
+        kick: &live.kick,
+        peer: live.peer,
     };
-    Box::pin(finish(&session, reader, ending)).await;
+    Box::pin(finish(&session, &mut live.reader, ending)).await;
 }
 
 /// Starts the session of an opened connection: registers it, sends CONNACK, resumes what was
 /// stored, and sets the keep-alive the core's sweep holds it to. Returns the session and the
 /// will to publish if the connection ends without DISCONNECT.
-fn start<'a>(
-    opened: Box<connect::Opened>,
-    shared: &'a MqttShared,
-    conn: &'a Rc<Conn>,
-    sessions: &'a Sessions,
-    peer: SocketAddr,
-) -> (Box<Session<'a>>, Option<Box<Will>>) {
+fn start(opened: Box<connect::Opened>, peer: SocketAddr) -> (Box<Session>, Option<Box<Will>>) {
     let connect::Opened {
+        shared,
+        conn,
+        sessions,
         caller,
         client_id,
         expiry_s,
@@ -287,9 +314,11 @@ fn start<'a>(
     session.open(restored, ack_props, peer);
     // MQTT §3.1.2.10: one and a half times the Keep Alive without a packet closes the connection;
     // `Sessions::sweep_keep_alive` checks it.
-    conn.heard.set(Instant::now());
-    conn.keep_alive
-        .set((keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500)));
+    session.conn.heard_ms.set(millis());
+    session
+        .conn
+        .keep_alive_ms
+        .set(u32::from(keep_alive_s) * 1500);
     (session, will.map(Box::new))
 }
 
@@ -298,23 +327,19 @@ struct Ending<'a> {
     end: Option<ReasonCode>,
     will: Option<Box<Will>>,
     kick: &'a Arc<Kick>,
-    shared: &'a Arc<MqttShared>,
-    sessions: &'a Rc<Sessions>,
     peer: SocketAddr,
 }
 
 /// The end of a connection whose read loop ended with `end`: DISCONNECT (v5), the stored
 /// session, the will, the client id let go, and a moment to drain what the client still sends.
-async fn finish<R: ReadBytes>(session: &Session<'_>, reader: &mut ReadHalf<R>, ending: Ending<'_>) {
+async fn finish<R: ReadBytes>(session: &Session, reader: &mut ReadHalf<R>, ending: Ending<'_>) {
     let Ending {
         end,
         will,
         kick,
-        shared,
-        sessions,
         peer,
     } = ending;
-    let conn = session.conn;
+    let (conn, shared, sessions) = (&session.conn, &session.shared, &session.sessions);
     // Pipelined QoS 0 publishes are applied before anything the end of the connection does.
     session.settle().await;
     let client_id = &session.client_id;
@@ -353,6 +378,7 @@ fn closing_reason(conn: &Conn, e: ReadError, peer: SocketAddr) -> Option<ReasonC
         ReadError::Kicked if conn.expired.get() => Some(ReasonCode::KeepAliveTimeout),
         ReadError::Kicked if conn.overflowed.get() => Some(ReasonCode::QuotaExceeded),
         ReadError::Kicked if conn.state_failed.get() => Some(ReasonCode::Unspecified),
+        ReadError::Kicked if conn.stopping.get() => Some(ReasonCode::ServerShuttingDown),
         ReadError::Kicked => Some(ReasonCode::SessionTakenOver),
         ReadError::Shutdown => Some(ReasonCode::ServerShuttingDown),
         ReadError::Decode(e) => {
@@ -375,14 +401,9 @@ async fn drain<R: ReadBytes>(
     kick: &Kick,
 ) {
     let drain = async {
-        while read_packet(
-            reader,
-            shared.packet_bytes_max,
-            level,
-            None,
-            kick,
-            &shared.shutdown,
-        )
+        while read_packet(reader, shared.packet_bytes_max, level, None, || {
+            kicked_or_shutdown(kick, &shared.shutdown)
+        })
         .await
         .is_ok()
         {}
@@ -397,28 +418,29 @@ pub(super) enum Flow {
     Close(ReasonCode),
 }
 
-/// The reader's view of a connection: its session and who the client is.
-pub(super) struct Session<'a> {
-    pub(super) shared: &'a MqttShared,
-    pub(super) conn: &'a Rc<Conn>,
-    pub(super) sessions: &'a Sessions,
+/// The reader's view of a connection: its session and who the client is. (It holds the
+/// connection's state and the core's, not the reader's [`Live`]: each is held once.)
+pub(super) struct Session {
+    pub(super) shared: Arc<MqttShared>,
+    pub(super) conn: Rc<Conn>,
+    pub(super) sessions: Rc<Sessions>,
     pub(super) caller: Caller,
     /// v5 topic aliases the client set (boxed: most clients set none).
     pub(super) aliases: Rare<HashMap<u16, String>>,
-    pub(super) client_id: String,
+    pub(super) client_id: Arc<str>,
     /// Session Expiry Interval (s): 0 ends the session with the connection.
     pub(super) expiry_s: u32,
     /// QoS 0 publishes queued whose commits are not yet settled (`inbound.rs`).
     pub(super) pending: std::cell::RefCell<Rare<super::inbound::Pipeline>>,
 }
 
-impl Session<'_> {
+impl Session {
     pub(super) fn v5(&self) -> bool {
         self.conn.level == Level::V5
     }
 
     pub(super) fn durable(&self) -> bool {
-        self.conn.tracker.borrow().is_some()
+        self.conn.durable()
     }
 
     /// Stores the session now (after its subscriptions changed), so a crash keeps them.
@@ -466,7 +488,7 @@ impl Session<'_> {
             Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubAck(a) | Packet::PubComp(a) => {
                 if self.conn.completed(a.packet_id) {
-                    self.conn.fill_state(self.sessions);
+                    self.conn.fill_state(&self.sessions);
                 }
             }
             Packet::PubRec(a) => {
@@ -481,7 +503,7 @@ impl Session<'_> {
             }
             Packet::PubRel(a) => {
                 let known = {
-                    let mut received = self.conn.qos2_received.borrow_mut();
+                    let mut received = self.conn.acked().qos2_received.borrow_mut();
                     let at = received.iter().position(|id| *id == a.packet_id);
                     at.map(|at| received.swap_remove(at)).is_some()
                 };
@@ -549,22 +571,26 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// What an idle plain connection keeps beside its buffers (none): its reader task's future,
-    /// its writer task's future and its state (docs/design.md, "Idle connections"). Sizes are
-    /// of this (unoptimised) test build; release builds are smaller. Before the idle work they
-    /// were 2,944, 424 and 592 bytes.
+    /// What an idle plain connection keeps beside its buffers (none): its one task's future
+    /// (reader and writer joined), what its reader holds beside it, its session and its state
+    /// (docs/design.md, "Idle connections"). The writer's part is only a handle and the write
+    /// half. Sizes are of this (unoptimised) test build: 344, 40, 120, 104 and 208 bytes when
+    /// written; a release build's task cell is 352 bytes. Before issue 19's idle work they were
+    /// a reader task of 2,944 bytes, a writer task of 424 and a state of 592; before its second
+    /// pass two tasks (~420 and 96 bytes of future), a state of 456 bytes, and a session and
+    /// reader's state that held three references twice.
     #[test]
     fn an_idle_connection_state_is_small() {
-        let reader = future_size5(serve::<tidepool_io::Stream, ()>);
-        eprintln!(
-            "reader {reader} writer {} conn {}",
-            future_size3(write_loop::<TcpWrite>),
-            std::mem::size_of::<Conn>()
-        );
+        let task = future_size5(serve::<tidepool_io::Stream, ()>);
         let writer = future_size3(write_loop::<TcpWrite>);
+        let live = std::mem::size_of::<Live<tidepool_io::TcpRead>>();
+        let session = std::mem::size_of::<Session>();
         let conn = std::mem::size_of::<Conn>();
-        assert!(reader <= 1024, "reader task future {reader} B");
-        assert!(writer <= 128, "writer task future {writer} B");
-        assert!(conn <= 512, "connection state {conn} B");
+        eprintln!("task {task} writer {writer} live {live} session {session} conn {conn}");
+        assert!(task <= 360, "connection task future {task} B");
+        assert!(writer <= 40, "writer future {writer} B");
+        assert!(live <= 120, "reader's state {live} B");
+        assert!(session <= 104, "session {session} B");
+        assert!(conn <= 208, "connection state {conn} B");
     }
 }

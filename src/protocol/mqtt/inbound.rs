@@ -46,7 +46,7 @@ fn failed(topic: &str, e: WriteError) -> ReasonCode {
     }
 }
 
-impl Session<'_> {
+impl Session {
     /// PUBLISH: its topic alias resolved, QoS 2 duplicates acknowledged again, the write, the
     /// acknowledgement with its reason code (3.1.1: always success).
     pub(super) async fn on_publish(&mut self, mut p: Publish) -> Flow {
@@ -78,12 +78,18 @@ impl Session<'_> {
             return Flow::Close(ReasonCode::TopicNameInvalid);
         }
         if p.qos == 2 {
-            if self.conn.qos2_received.borrow().contains(&p.packet_id) {
+            if self
+                .conn
+                .acked()
+                .qos2_received
+                .borrow()
+                .contains(&p.packet_id)
+            {
                 // A resend of one already applied (DUP): acknowledge, do not apply twice.
                 self.conn.send(&Packet::PubRec(Ack::new(p.packet_id, 0)));
                 return Flow::Continue;
             }
-            if self.conn.qos2_received.borrow().len() >= usize::from(RECEIVE_MAXIMUM) {
+            if self.conn.acked().qos2_received.borrow().len() >= usize::from(RECEIVE_MAXIMUM) {
                 return Flow::Close(ReasonCode::ReceiveMaximumExceeded);
             }
         }
@@ -96,7 +102,11 @@ impl Session<'_> {
             2 => {
                 if !code.is_failure() {
                     // Not there yet: checked above, and packets are handled one at a time.
-                    self.conn.qos2_received.borrow_mut().push(p.packet_id);
+                    self.conn
+                        .acked()
+                        .qos2_received
+                        .borrow_mut()
+                        .push(p.packet_id);
                 }
                 self.conn
                     .send(&Packet::PubRec(Ack::new(p.packet_id, code.byte())));
@@ -420,9 +430,9 @@ impl Session<'_> {
                 return;
             }
             let late = Session {
-                shared: &shared,
-                conn: &conn,
-                sessions: &sessions,
+                shared,
+                conn,
+                sessions,
                 caller,
                 aliases: None,
                 client_id,

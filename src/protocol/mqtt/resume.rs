@@ -23,19 +23,19 @@ type Databases = Vec<(Arc<crate::resource::Database>, Vec<usize>)>;
 /// A resent publish's packet id by the event it carried.
 type Resend = BTreeMap<(Arc<str>, EventKey), u16>;
 
-impl Session<'_> {
+impl Session {
     /// Restores a stored session: its subscriptions (those still permitted), the PUBRELs it is
     /// owed, then the QoS ≥ 1 events it missed, oldest first, resent ones with their old packet
     /// ids and DUP = 1. Synchronous: see `serve`.
     pub(super) fn resume(&self, stored: Stored) {
-        let conn = self.conn;
+        let conn = &self.conn;
         let (subs, databases) = self.restore_subs(stored.subs);
-        *conn.qos2_received.borrow_mut() = stored.qos2_received;
+        *conn.acked().qos2_received.borrow_mut() = stored.qos2_received;
         let resend = self.restore_inflight(stored.inflight);
         let missed = self.replay(&databases, &subs, &stored.tracker);
         *conn.subs.borrow_mut() = subs;
         self.sessions.reindex(conn);
-        *conn.tracker.borrow_mut() = Some(Box::new(stored.tracker));
+        *conn.extras().tracker.borrow_mut() = Some(Box::new(stored.tracker));
         tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
         self.send_missed(missed, resend);
     }
@@ -81,11 +81,11 @@ impl Session<'_> {
     /// Outbound publishes in flight when the session was stored: released ones (PUBREC came)
     /// get their PUBREL again now; the others are resent with their event, by packet id.
     fn restore_inflight(&self, stored: Vec<StoredInflight>) -> Resend {
-        let conn = self.conn;
+        let conn = &self.conn;
         let mut resend = Resend::new();
         for f in stored {
             if f.released {
-                conn.inflight.borrow_mut().insert(
+                conn.acked().inflight.borrow_mut().insert(
                     f.packet_id,
                     Inflight {
                         event: Some(f.event),
@@ -103,7 +103,7 @@ impl Session<'_> {
     /// The events each database's audit log holds for `subs` past the tracker's positions, up
     /// to this core's dispatch horizon (live events at or below it are not sent again).
     fn replay(&self, databases: &Databases, subs: &[Sub], tracker: &Tracker) -> Vec<Missed> {
-        let conn = self.conn;
+        let conn = &self.conn;
         let mut missed = Vec::new();
         for (db, indexes) in databases {
             let read = db
@@ -116,7 +116,8 @@ impl Session<'_> {
                     continue;
                 }
             };
-            conn.floor
+            conn.extras()
+                .floor
                 .borrow_mut()
                 .get_or_insert_with(Box::default)
                 .insert(db.name.clone(), horizon);
@@ -156,7 +157,7 @@ impl Session<'_> {
     /// Queues the missed events, trimmed to what the subscriber may read; a resent one goes with
     /// its old packet id and DUP = 1.
     fn send_missed(&self, missed: Vec<Missed>, mut resend: Resend) {
-        let conn = self.conn;
+        let conn = &self.conn;
         for m in missed {
             let mut body = Vec::new();
             let readable = conn.subs.borrow().iter().find_map(|s| {

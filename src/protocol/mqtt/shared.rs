@@ -17,6 +17,9 @@ use super::sys::{self, CoreCounts, SysState};
 use crate::resource::Resources;
 
 /// What every core's MQTT connections share.
+/// Client id → the kick of the connection holding it, and that connection's Clean Start.
+pub(super) type Clients = HashMap<Arc<str>, (Arc<Kick>, bool)>;
+
 pub struct MqttShared {
     pub resources: Arc<Resources>,
     /// `http.maxBodySize` (docs/mqtt.md), capped at MQTT's own maximum.
@@ -25,7 +28,8 @@ pub struct MqttShared {
     pub shutdown: Shutdown,
     /// Connected client ids on any core, for takeover, with the Clean Start of the connection
     /// holding each. Touched at CONNECT and at the end of a connection only, never per publish.
-    pub(super) clients: Mutex<HashMap<String, (Arc<Kick>, bool)>>,
+    /// Keyed by the connection's own copy of its client id (one allocation per connection).
+    pub(super) clients: Mutex<Clients>,
     /// Delayed wills waiting, by client id (see [`MqttShared::wait_will`]). Touched at CONNECT
     /// and at the end of a connection only; always locked after `clients`.
     pub(super) wills: Mutex<HashMap<String, Arc<PendingWill>>>,
@@ -144,14 +148,12 @@ impl MqttShared {
     /// for it to store its session. A delayed will of the client id waiting is settled: a
     /// connection resuming the session cancels it, one with Clean Start ends the session and so
     /// sends it now (MQTT 5 §3.1.3.2.2, [MQTT-3.1.3-9]).
-    pub(super) fn claim(&self, id: &str, kick: Arc<Kick>, clean: bool) -> Option<Arc<Kick>> {
+    pub(super) fn claim(&self, id: &Arc<str>, kick: Arc<Kick>, clean: bool) -> Option<Arc<Kick>> {
         let Ok(mut clients) = self.clients.lock() else {
             return None;
         };
-        let old = clients
-            .insert(id.to_string(), (kick, clean))
-            .map(|(k, _)| k);
-        if let Some(waiting) = self.wills.lock().ok().and_then(|mut w| w.remove(id)) {
+        let old = clients.insert(id.clone(), (kick, clean)).map(|(k, _)| k);
+        if let Some(waiting) = self.wills.lock().ok().and_then(|mut w| w.remove(&**id)) {
             waiting.settle(clean);
         }
         drop(clients);
