@@ -386,7 +386,7 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         identity,
         shared,
         sessions,
-        hold,
+        hold: _,
     } = start;
     let kick = Arc::new(Kick::default());
     let connect = read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
@@ -425,12 +425,7 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         restored,
         will: connect.will,
     });
-    let live = Box::new(Live {
-        reader,
-        _hold: hold,
-        kick,
-        peer,
-    });
+    let live = Box::new(Live { reader, kick, peer });
     Some(Opening {
         writer,
         conn,
