@@ -4,8 +4,8 @@
 //!
 //! A connection runs as one task on its core, two futures joined: the reader (this module's
 //! [`serve`]) and a writer (`outbound.rs`), which flushes the outbound buffer that the reader and
-//! the core's event dispatcher (`dispatch.rs`) fill. The seams: CONNECT, authentication and takeover in
-//! `connect.rs`; inbound PUBLISH and wills in `inbound.rs`; the outbound window in
+//! the core's event dispatcher (`dispatch.rs`) fill. The seams: CONNECT, authentication and
+//! takeover in `connect.rs`; inbound PUBLISH and wills in `inbound.rs`; the outbound window in
 //! `outbound.rs`; SUBSCRIBE and the initial state in `subscribe.rs`; resuming a stored session
 //! in `resume.rs`; reason codes in `reason.rs`. Writes go to tables only through `resource`;
 //! nothing here opens a transaction other than short reads.
@@ -242,50 +242,58 @@ pub(super) struct Live<R> {
 
 /// The life of an opened connection: its session, the read loop that decodes packets and
 /// handles them one at a time, in order, and its end.
-async fn run<R: ReadBytes>(mut live: Box<Live<R>>, opened: Box<connect::Opened>) {
-    // The fields are named through `live` at each use rather than bound to locals: a binding
-    // used after the read loop is kept across its wait, 8 bytes each in every idle connection's
-    // future (docs/design.md, "Idle connections").
+///
+/// Not an `async fn`: the session starts at once, so the future keeps neither `opened` nor a
+/// second copy of anything it moves.
+fn run<R: ReadBytes>(
+    mut live: Box<Live<R>>,
+    opened: Box<connect::Opened>,
+) -> impl Future<Output = ()> {
     let (mut session, mut will) = start(opened, live.peer);
-    // The read loop, written here rather than in a function of its own, whose arguments an
-    // `async fn` would keep twice.
-    let end = loop {
-        if session.conn.overflowed.get() {
-            break Some(ReasonCode::QuotaExceeded);
-        }
-        let read = read_packet(
-            &mut live.reader,
-            session.shared.packet_bytes_max,
-            session.conn.level,
-            Some(&session.conn),
-            || kicked(&live.kick),
-        );
-        // Boxed: handling is the largest state of this future, and an idle connection should
-        // not carry its size (the box lives only while a packet is handled). The packet moves
-        // into the box at once, so this future does not keep room for it either.
-        let handling = match read.await {
-            Ok(packet) => Box::pin(session.handle(packet)),
-            Err(e) => break closing_reason(&session.conn, e, live.peer),
-        };
-        match handling.await {
-            Flow::Continue => {}
-            Flow::Disconnect { publish_will } => {
-                if !publish_will {
-                    will = None;
-                }
-                session.conn.closing.set(true);
-                break None;
+    async move {
+        // The fields are named through `live` at each use rather than bound to locals: a
+        // binding used after the read loop is kept across its wait, 8 bytes each in every idle
+        // connection's future (docs/design.md, "Idle connections"). The read loop is written
+        // here rather than in a function of its own, whose arguments an `async fn` would keep
+        // twice.
+        let end = loop {
+            if session.conn.overflowed.get() {
+                break Some(ReasonCode::QuotaExceeded);
             }
-            Flow::Close(code) => break Some(code),
-        }
-    };
-    let ending = Ending {
-        end,
-        will,
-        kick: &live.kick,
-        peer: live.peer,
-    };
-    Box::pin(finish(&session, &mut live.reader, ending)).await;
+            let read = read_packet(
+                &mut live.reader,
+                session.shared.packet_bytes_max,
+                session.conn.level,
+                Some(&session.conn),
+                || kicked(&live.kick),
+            );
+            // Boxed: handling is the largest state of this future, and an idle connection should
+            // not carry its size (the box lives only while a packet is handled). The packet moves
+            // into the box at once, so this future does not keep room for it either.
+            let handling = match read.await {
+                Ok(packet) => Box::pin(session.handle(packet)),
+                Err(e) => break closing_reason(&session.conn, e, live.peer),
+            };
+            match handling.await {
+                Flow::Continue => {}
+                Flow::Disconnect { publish_will } => {
+                    if !publish_will {
+                        will = None;
+                    }
+                    session.conn.closing.set(true);
+                    break None;
+                }
+                Flow::Close(code) => break Some(code),
+            }
+        };
+        let ending = Ending {
+            end,
+            will,
+            kick: &live.kick,
+            peer: live.peer,
+        };
+        Box::pin(finish(&session, &mut live.reader, ending)).await;
+    }
 }
 
 /// Starts the session of an opened connection: registers it, sends CONNACK, resumes what was
@@ -579,8 +587,8 @@ mod tests {
     /// What an idle plain connection keeps beside its buffers (none): its one task's future
     /// (reader and writer joined), what its reader holds beside it, its session and its state
     /// (docs/design.md, "Idle connections"). The writer's part is only a handle and the write
-    /// half. Sizes are of this (unoptimised) test build: 320, 40, 104, 104 and 208 bytes when
-    /// written; a release build's task cell is 368 bytes. Before issue 19's idle work they were
+    /// half. Sizes are of this (unoptimised) test build: 304, 40, 104, 104 and 200 bytes when
+    /// written; a release build's task cell is 352 bytes. Before issue 19's idle work they were
     /// a reader task of 2,944 bytes, a writer task of 424 and a state of 592; before its second
     /// pass two tasks (~420 and 96 bytes of future), a state of 456 bytes, and a session and
     /// reader's state that held three references twice.
@@ -592,10 +600,10 @@ mod tests {
         let session = std::mem::size_of::<Session>();
         let conn = std::mem::size_of::<Conn>();
         eprintln!("task {task} writer {writer} live {live} session {session} conn {conn}");
-        assert!(task <= 336, "connection task future {task} B");
+        assert!(task <= 320, "connection task future {task} B");
         assert!(writer <= 40, "writer future {writer} B");
         assert!(live <= 104, "reader's state {live} B");
         assert!(session <= 104, "session {session} B");
-        assert!(conn <= 208, "connection state {conn} B");
+        assert!(conn <= 200, "connection state {conn} B");
     }
 }

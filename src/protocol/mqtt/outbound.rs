@@ -193,7 +193,8 @@ pub(super) struct Conn {
     /// This connection in its core's [`super::index::Index`]: its number there and the keys it
     /// is filed under.
     pub(super) slot: Cell<u64>,
-    pub(super) keys: RefCell<Vec<super::index::Key>>,
+    /// (A boxed slice, 8 bytes narrower than a `Vec`: replaced whole, never grown.)
+    pub(super) keys: RefCell<Box<[super::index::Key]>>,
 }
 
 impl Conn {
@@ -259,7 +260,7 @@ impl Conn {
             kick,
             counts,
             slot: Cell::new(0),
-            keys: RefCell::new(Vec::new()),
+            keys: RefCell::new(Box::default()),
         }
     }
 
