@@ -272,9 +272,8 @@ pub fn web_socket_upgrade(
             identity,
             shared,
             sessions,
-            hold: Box::new(()),
         };
-        conn::serve_split(ReadHalf::new(reader), writer, start).await
+        conn::serve_split(ReadHalf::new(reader), writer, start, ()).await
     });
 }
 

@@ -177,9 +177,8 @@ pub fn serve<T: Split, G: 'static>(
         identity,
         shared,
         sessions,
-        hold: Box::new(hold),
     };
-    serve_split(reader, writer, start)
+    serve_split(reader, writer, start, hold)
 }
 
 /// Who a connection is with and what it runs on, as [`serve_split`] starts it.
@@ -188,8 +187,6 @@ pub struct Start {
     pub identity: TransportIdentity,
     pub shared: Arc<MqttShared>,
     pub sessions: Rc<Sessions>,
-    /// Dropped when the connection ends.
-    pub hold: Box<dyn std::any::Any>,
 }
 
 /// [`serve`] over a connection already split (MQTT over WebSocket brings its own halves).
@@ -201,14 +198,16 @@ pub struct Start {
 ///
 /// The reader and the writer ([`write_loop`]) run joined in this one task rather than in two:
 /// a second task would cost every idle connection its own cell (docs/design.md).
-pub fn serve_split<R: ReadBytes, W: WriteBytes>(
+///
+/// `hold` (say, a count of open connections) is dropped at the very end, past the reader's:
+/// the writer may still be sending the last packets. Kept in place, not boxed (the count is a
+/// zero-sized type).
+pub fn serve_split<R: ReadBytes, W: WriteBytes, G: 'static>(
     reader: ReadHalf<R>,
     writer: W,
-    mut start: Start,
+    start: Start,
+    hold: G,
 ) -> impl Future<Output = ()> {
-    // Held to the very end, past the reader's: the writer may still be sending the last
-    // packets (a count of open connections must not reach 0 before they are out).
-    let hold = std::mem::replace(&mut start.hold, Box::new(()));
     let opening = Box::pin(connect::open(reader, writer, start));
     async move {
         // Destructured in the `let`, so nothing of the opening's result stays in this future.
@@ -587,8 +586,8 @@ mod tests {
     /// What an idle plain connection keeps beside its buffers (none): its one task's future
     /// (reader and writer joined), what its reader holds beside it, its session and its state
     /// (docs/design.md, "Idle connections"). The writer's part is only a handle and the write
-    /// half. Sizes are of this (unoptimised) test build: 304, 40, 104, 104 and 200 bytes when
-    /// written; a release build's task cell is 352 bytes. Before issue 19's idle work they were
+    /// half. Sizes are of this (unoptimised) test build: 288, 40, 104, 104 and 200 bytes when
+    /// written; a release build's task cell is 336 bytes. Before issue 19's idle work they were
     /// a reader task of 2,944 bytes, a writer task of 424 and a state of 592; before its second
     /// pass two tasks (~420 and 96 bytes of future), a state of 456 bytes, and a session and
     /// reader's state that held three references twice.
@@ -600,7 +599,7 @@ mod tests {
         let session = std::mem::size_of::<Session>();
         let conn = std::mem::size_of::<Conn>();
         eprintln!("task {task} writer {writer} live {live} session {session} conn {conn}");
-        assert!(task <= 320, "connection task future {task} B");
+        assert!(task <= 304, "connection task future {task} B");
         assert!(writer <= 40, "writer future {writer} B");
         assert!(live <= 104, "reader's state {live} B");
         assert!(session <= 104, "session {session} B");

@@ -386,7 +386,6 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         identity,
         shared,
         sessions,
-        hold: _,
     } = start;
     let kick = Arc::new(Kick::default());
     let connect = read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
