@@ -304,7 +304,6 @@ fn start(opened: Box<connect::Opened>, peer: SocketAddr) -> (Box<Session>, Optio
         conn,
         sessions,
         caller,
-        client_id,
         expiry_s,
         keep_alive_s,
         ack_props,
@@ -318,7 +317,6 @@ fn start(opened: Box<connect::Opened>, peer: SocketAddr) -> (Box<Session>, Optio
         sessions,
         caller,
         aliases: None,
-        client_id,
         expiry_s,
         pending: Default::default(),
     });
@@ -354,7 +352,7 @@ async fn finish<R: ReadBytes>(session: &Session, reader: &mut ReadHalf<R>, endin
     let (conn, shared, sessions) = (&session.conn, &session.shared, &session.sessions);
     // Pipelined QoS 0 publishes are applied before anything the end of the connection does.
     session.settle().await;
-    let client_id = &session.client_id;
+    let client_id = session.client_id();
     let v5 = conn.level == Level::V5;
     if let Some(code) = end {
         if v5 {
@@ -439,7 +437,6 @@ pub(super) struct Session {
     pub(super) caller: Caller,
     /// v5 topic aliases the client set (boxed: most clients set none).
     pub(super) aliases: Rare<HashMap<u16, String>>,
-    pub(super) client_id: Arc<str>,
     /// Session Expiry Interval (s): 0 ends the session with the connection.
     pub(super) expiry_s: u32,
     /// QoS 0 publishes queued whose commits are not yet settled (`inbound.rs`).
@@ -447,6 +444,11 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// The client id, held once, by the connection's state (see [`Conn::client_id`]).
+    pub(super) fn client_id(&self) -> &str {
+        self.conn.client_id()
+    }
+
     pub(super) fn v5(&self) -> bool {
         self.conn.level == Level::V5
     }
@@ -461,8 +463,8 @@ impl Session {
             return;
         }
         let stored = self.conn.stored(self.expiry_s);
-        if let Err(e) = durable::save(&self.shared.resources, &self.client_id, &stored).await {
-            tracing::warn!(target: "mqtt", "storing the session of {:?} failed: {e}", self.client_id);
+        if let Err(e) = durable::save(&self.shared.resources, self.client_id(), &stored).await {
+            tracing::warn!(target: "mqtt", "storing the session of {:?} failed: {e}", self.client_id());
         }
     }
 
@@ -474,7 +476,7 @@ impl Session {
                 let key = share::key(group, sub.filter.topic_filter());
                 self.shared
                     .groups
-                    .leave(&key, &self.client_id, || self.shared.stamp());
+                    .leave(&key, self.client_id(), || self.shared.stamp());
             }
         }
         if !self.durable() {
@@ -482,12 +484,12 @@ impl Session {
         }
         let result = if self.expiry_s > 0 {
             let stored = self.conn.stored(self.expiry_s);
-            durable::save(&self.shared.resources, &self.client_id, &stored).await
+            durable::save(&self.shared.resources, self.client_id(), &stored).await
         } else {
-            durable::discard(&self.shared.resources, &self.client_id).await
+            durable::discard(&self.shared.resources, self.client_id()).await
         };
         if let Err(e) = result {
-            tracing::warn!(target: "mqtt", "storing the session of {:?} at disconnect failed: {e}", self.client_id);
+            tracing::warn!(target: "mqtt", "storing the session of {:?} at disconnect failed: {e}", self.client_id());
         }
     }
 
@@ -586,11 +588,11 @@ mod tests {
     /// What an idle plain connection keeps beside its buffers (none): its one task's future
     /// (reader and writer joined), what its reader holds beside it, its session and its state
     /// (docs/design.md, "Idle connections"). The writer's part is only a handle and the write
-    /// half. Sizes are of this (unoptimised) test build: 288, 40, 104, 104 and 200 bytes when
+    /// half. Sizes are of this (unoptimised) test build: 288, 40, 104, 88 and 200 bytes when
     /// written; a release build's task cell is 336 bytes. Before issue 19's idle work they were
     /// a reader task of 2,944 bytes, a writer task of 424 and a state of 592; before its second
     /// pass two tasks (~420 and 96 bytes of future), a state of 456 bytes, and a session and
-    /// reader's state that held three references twice.
+    /// reader's state that held three references and the client id twice.
     #[test]
     fn an_idle_connection_state_is_small() {
         let task = future_size5(serve::<tidepool_io::Stream, ()>);
@@ -602,7 +604,7 @@ mod tests {
         assert!(task <= 304, "connection task future {task} B");
         assert!(writer <= 40, "writer future {writer} B");
         assert!(live <= 104, "reader's state {live} B");
-        assert!(session <= 104, "session {session} B");
+        assert!(session <= 88, "session {session} B");
         assert!(conn <= 200, "connection state {conn} B");
     }
 }

@@ -353,7 +353,6 @@ pub(super) struct Opened {
     pub(super) conn: Rc<Conn>,
     pub(super) sessions: Rc<Sessions>,
     pub(super) caller: Caller,
-    pub(super) client_id: Arc<str>,
     pub(super) expiry_s: u32,
     pub(super) keep_alive_s: u16,
     pub(super) ack_props: Properties,
@@ -417,7 +416,6 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         conn: conn.clone(),
         sessions: sessions.clone(),
         caller: admitted.caller,
-        client_id,
         expiry_s,
         keep_alive_s: admitted.keep_alive_s,
         ack_props: admitted.ack_props,
@@ -484,7 +482,7 @@ impl Session {
             peer.ip(),
             format_args!(
                 "{peer} client {:?} (MQTT {}, session {session_kind})",
-                self.client_id,
+                self.client_id(),
                 if self.v5() { "5" } else { "3.1.1" }
             ),
         );

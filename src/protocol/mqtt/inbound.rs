@@ -121,7 +121,7 @@ impl Session {
     /// subscription of this session, or a retained publish while Retain As Published
     /// subscriptions exist.
     fn origin(&self, p: &Publish, table: &str, op: &WriteOp) -> Option<Extras> {
-        let origin = Origin::new(&self.client_id, p.retain, p.qos, &p.properties);
+        let origin = Origin::new(self.client_id(), p.retain, p.qos, &p.properties);
         let no_local = self
             .conn
             .subs
@@ -340,7 +340,7 @@ impl Session {
         };
         let table = general::TABLE.to_string();
         let key = Value::String(p.topic.clone());
-        let passed_on = Origin::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
+        let passed_on = Origin::new(self.client_id(), p.retain, p.qos, &p.properties).properties;
         let envelope =
             general::Envelope::new(&p.payload, p.qos, &passed_on, crate::resource::now_ms());
         let op = if p.retain && p.payload.is_empty() {
@@ -410,7 +410,7 @@ impl Session {
             Box::pin(self.publish_will(will)).await;
             return;
         }
-        let waiting = match shared.wait_will(&self.client_id, kick) {
+        let waiting = match shared.wait_will(self.client_id(), kick) {
             Ok(waiting) => waiting,
             Err(send_now) => {
                 if send_now {
@@ -420,13 +420,13 @@ impl Session {
             }
         };
         let (shared, conn, sessions) = (shared.clone(), self.conn.clone(), sessions.clone());
-        let (caller, client_id) = (self.caller.clone(), self.client_id.clone());
+        let caller = self.caller.clone();
         spawn(async move {
             let delay = tidepool_io::sleep(Duration::from_secs(u64::from(delay_s)));
             // At shutdown the will goes out now rather than never; a new connection for the
             // client id settles it before the delay (see `MqttShared::claim`).
             let _ = race(race(delay, shared.shutdown.wait()), waiting.settled.wait()).await;
-            if !shared.will_due(&client_id, &waiting) {
+            if !shared.will_due(conn.client_id(), &waiting) {
                 return;
             }
             let late = Session {
@@ -435,7 +435,6 @@ impl Session {
                 sessions,
                 caller,
                 aliases: None,
-                client_id,
                 expiry_s: 0,
                 pending: Default::default(),
             };

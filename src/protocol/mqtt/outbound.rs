@@ -289,6 +289,11 @@ impl Conn {
             .is_some_and(|e| e.tracker.borrow().is_some())
     }
 
+    /// The client id (empty until CONNECT is accepted; the session exists only after).
+    pub(super) fn client_id(&self) -> &str {
+        self.client_id.get().map_or("", |c| c)
+    }
+
     /// Publishes waiting for the window to open, if any ever did.
     pub(super) fn backlog_bytes(&self) -> usize {
         self.acked

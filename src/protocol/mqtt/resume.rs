@@ -36,7 +36,7 @@ impl Session {
         *conn.subs.borrow_mut() = subs;
         self.sessions.reindex(conn);
         *conn.extras().tracker.borrow_mut() = Some(Box::new(stored.tracker));
-        tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
+        tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id(), missed.len());
         self.send_missed(missed, resend);
     }
 
@@ -48,7 +48,7 @@ impl Session {
             let (filter, db, table) = match self.resolve(&s.filter) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: {e}", self.client_id, s.filter);
+                    tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: {e}", self.client_id(), s.filter);
                     continue;
                 }
             };
@@ -57,7 +57,7 @@ impl Session {
                 let key = share::key(group, filter.topic_filter());
                 self.shared
                     .groups
-                    .join(&key, &self.client_id, || self.shared.stamp());
+                    .join(&key, self.client_id(), || self.shared.stamp());
             } else {
                 match databases.iter_mut().find(|(d, _)| d.name == db.name) {
                     Some((_, list)) => list.push(subs.len()),
@@ -112,7 +112,7 @@ impl Session {
             let horizon = match read {
                 Ok(h) => h,
                 Err(e) => {
-                    tracing::warn!(target: "mqtt", "{:?}: resuming on {} failed: {e}", self.client_id, db.name);
+                    tracing::warn!(target: "mqtt", "{:?}: resuming on {} failed: {e}", self.client_id(), db.name);
                     continue;
                 }
             };
@@ -144,10 +144,10 @@ impl Session {
                 Ok(0) => {}
                 Ok(dropped) => tracing::warn!(target: "mqtt",
                     "{:?}: {dropped} queued messages of {} dropped, oldest first (mqtt.sessionQueueMax = {})",
-                    self.client_id, db.name, self.shared.session_queue_max),
+                    self.client_id(), db.name, self.shared.session_queue_max),
                 Err(e) => {
                     missed.truncate(before);
-                    tracing::warn!(target: "mqtt", "{:?}: replaying {} failed: {e}", self.client_id, db.name);
+                    tracing::warn!(target: "mqtt", "{:?}: replaying {} failed: {e}", self.client_id(), db.name);
                 }
             }
         }

@@ -372,7 +372,7 @@ impl Session {
                 let key = share::key(group, filter.topic_filter());
                 self.shared
                     .groups
-                    .join(&key, &self.client_id, || self.shared.stamp());
+                    .join(&key, self.client_id(), || self.shared.stamp());
                 continue;
             }
             // docs/mqtt.md: a filter over every export gets the current state of general topics
@@ -448,7 +448,7 @@ impl Session {
                         let key = share::key(group, filter.topic_filter());
                         self.shared
                             .groups
-                            .leave(&key, &self.client_id, || self.shared.stamp());
+                            .leave(&key, self.client_id(), || self.shared.stamp());
                     }
                 }
                 subs.retain(|s| s.filter.as_str() != f);
