@@ -36,6 +36,9 @@ pub struct Kick {
     pub(super) kicked: AtomicBool,
     /// Set once the connection stored its session and let go of its client id.
     pub(super) released: AtomicBool,
+    /// The Clean Start of the connection's CONNECT, for the client id registry
+    /// ([`MqttShared::claim`]); in padding the two flags leave.
+    pub(super) clean: AtomicBool,
     pub(super) waker: AtomicWaker,
 }
 
@@ -422,7 +425,11 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         restored,
         will: connect.will,
     });
-    let live = Box::new(Live { reader, kick, peer });
+    let live = Box::new(Live {
+        reader,
+        kick,
+        peer: super::conn::Peer::new(peer),
+    });
     Some(Opening {
         writer,
         conn,

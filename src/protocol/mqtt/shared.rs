@@ -16,10 +16,11 @@ use super::share::Groups;
 use super::sys::{self, CoreCounts, SysState};
 use crate::resource::Resources;
 
-/// What every core's MQTT connections share.
-/// Client id → the kick of the connection holding it, and that connection's Clean Start.
-pub(super) type Clients = HashMap<Arc<str>, (Arc<Kick>, bool)>;
+/// Client id → the kick of the connection holding it (which also keeps that connection's Clean
+/// Start, where it takes no room: an entry is 24 bytes, and every idle connection has one).
+pub(super) type Clients = HashMap<Arc<str>, Arc<Kick>>;
 
+/// What every core's MQTT connections share.
 pub struct MqttShared {
     pub resources: Arc<Resources>,
     /// `http.maxBodySize` (docs/mqtt.md), capped at MQTT's own maximum.
@@ -152,7 +153,9 @@ impl MqttShared {
         let Ok(mut clients) = self.clients.lock() else {
             return None;
         };
-        let old = clients.insert(id.clone(), (kick, clean)).map(|(k, _)| k);
+        // Read under this lock only (`wait_will`), so relaxed is enough.
+        kick.clean.store(clean, Ordering::Relaxed);
+        let old = clients.insert(id.clone(), kick);
         if let Some(waiting) = self.wills.lock().ok().and_then(|mut w| w.remove(&**id)) {
             waiting.settle(clean);
         }
@@ -172,9 +175,9 @@ impl MqttShared {
         let Ok(clients) = self.clients.lock() else {
             return Err(true);
         };
-        if let Some((holder, clean)) = clients.get(id) {
+        if let Some(holder) = clients.get(id) {
             if !Arc::ptr_eq(holder, kick) {
-                return Err(*clean);
+                return Err(holder.clean.load(Ordering::Relaxed));
             }
         }
         let waiting = Arc::new(PendingWill::default());
@@ -200,7 +203,7 @@ impl MqttShared {
 
     pub(super) fn release(&self, id: &str, kick: &Arc<Kick>) {
         if let Ok(mut c) = self.clients.lock() {
-            if c.get(id).is_some_and(|(k, _)| Arc::ptr_eq(k, kick)) {
+            if c.get(id).is_some_and(|k| Arc::ptr_eq(k, kick)) {
                 c.remove(id);
             }
         }
