@@ -429,6 +429,41 @@ fn idle_connections_hold_no_buffers() {
     }
 }
 
+/// At shutdown every connected client is told, idle ones included (their read loops wait on
+/// their core's kick, not on the shutdown signal): a v5 client gets DISCONNECT `0x8B` (Server
+/// shutting down), a 3.1.1 client sees the connection close, and the server exits.
+#[test]
+fn shutdown_disconnects_idle_clients() {
+    let mut m = start();
+    let mut clients: Vec<(u8, Raw)> = (0..20)
+        .map(|i| {
+            let level = if i % 2 == 0 { 5 } else { 4 };
+            let mut c = Raw::connect(&m, &connect_packet(level, &format!("stop-{i}"), 600, &[]));
+            assert_eq!(c.packet().map(|p| p[3]), Some(0), "CONNACK {i}");
+            (level, c)
+        })
+        .collect();
+    m.server.signal(libc::SIGTERM);
+    for (i, (level, c)) in clients.iter_mut().enumerate() {
+        if *level == 5 {
+            let p = c.packet().expect("DISCONNECT before the close");
+            assert_eq!(
+                (p[0], p.get(2)),
+                (0xe0, Some(&0x8b)),
+                "client {i}: {p:02x?}"
+            );
+        }
+        assert!(
+            c.closed_within(Duration::from_secs(10)),
+            "client {i} closed"
+        );
+    }
+    assert!(
+        m.server.wait_exit(Duration::from_secs(20)).is_some(),
+        "server stops on SIGTERM"
+    );
+}
+
 #[test]
 fn takeover_closes_the_older_connection() {
     let m = start();

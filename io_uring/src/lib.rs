@@ -31,7 +31,7 @@ pub use mesh::{mesh, Inbox, MeshSender, SendError};
 pub use net::{bind_listeners, BindError, Listener, Stream};
 pub use oneshot::{oneshot, OneshotReceiver, OneshotSender};
 pub use pooled::Pooled;
-pub use race::{race, Either, Race};
+pub use race::{join, race, Either, Join, Race};
 pub use relay::WakeBatch;
 pub use runtime::{spawn, start_cores, CoreContext, CoreId, DriverKind, IoDriver, RuntimeConfig};
 pub use shutdown::{InFlight, InFlightGuard, Shutdown};

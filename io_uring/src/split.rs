@@ -93,12 +93,15 @@ impl ReadBytes for TcpRead {
         true
     }
 
-    async fn readable(&self) -> io::Result<()> {
+    // monoio's future itself, not an `async fn` around it: an idle connection waits in it, and
+    // a wrapper would add its own state to every one (docs/design.md, "Idle connections").
+    #[allow(clippy::manual_async_fn)]
+    fn readable(&self) -> impl Future<Output = io::Result<()>> {
         // SAFETY: monoio's split halves share the stream through this `UnsafeCell` and use it
         // the same way for their own reads and writes (one core, one thread); a readiness poll
         // only reads the descriptor.
         let stream = unsafe { &*self.0 .0.get() };
-        stream.readable(false).await
+        stream.readable(false)
     }
 }
 
@@ -163,8 +166,9 @@ enum ReadState<R> {
 pub struct ReadHalf<R> {
     state: ReadState<R>,
     buffered: Vec<u8>,
-    chunk_bytes_max: usize,
-    chunk_bytes: usize,
+    // 4 bytes each: an idle MQTT connection keeps its read half (docs/design.md).
+    chunk_bytes_max: u32,
+    chunk_bytes: u32,
 }
 
 impl<R: ReadBytes> ReadHalf<R> {
@@ -178,8 +182,8 @@ impl<R: ReadBytes> ReadHalf<R> {
         Self {
             state: ReadState::Idle(reader),
             buffered: Vec::new(),
-            chunk_bytes_max,
-            chunk_bytes: chunk_bytes_max.min(READ_CHUNK_MIN_BYTES),
+            chunk_bytes_max: narrow(chunk_bytes_max),
+            chunk_bytes: narrow(chunk_bytes_max.min(READ_CHUNK_MIN_BYTES)),
         }
     }
 
@@ -192,7 +196,7 @@ impl<R: ReadBytes> ReadHalf<R> {
     /// and a read in flight's buffer (counted at its requested size).
     pub fn held_bytes(&self) -> usize {
         let reading = match self.state {
-            ReadState::Reading(_) => self.chunk_bytes,
+            ReadState::Reading(_) => self.chunk_bytes as usize,
             _ => 0,
         };
         self.buffered.capacity() + reading
@@ -203,7 +207,7 @@ impl<R: ReadBytes> ReadHalf<R> {
     pub fn held_while_waiting(&self) -> usize {
         match &self.state {
             ReadState::Idle(reader) if self.buffered.is_empty() && reader.has_readiness() => 0,
-            ReadState::Idle(_) => self.buffered.capacity() + self.chunk_bytes,
+            ReadState::Idle(_) => self.buffered.capacity() + self.chunk_bytes as usize,
             _ => self.held_bytes(),
         }
     }
@@ -224,7 +228,7 @@ impl<R: ReadBytes> ReadHalf<R> {
             else {
                 return Err(gone());
             };
-            let spare = self.chunk_bytes;
+            let spare = self.chunk_bytes as usize;
             // All consumed (and given back above): read into a spare; else into a new chunk
             // appended to what is kept.
             let chunk = if self.buffered.is_empty() {
@@ -246,7 +250,9 @@ impl<R: ReadBytes> ReadHalf<R> {
             return Err(gone());
         };
         if let Ok(n) = result {
-            self.chunk_bytes = next_chunk_bytes(self.chunk_bytes, n, self.chunk_bytes_max);
+            let next =
+                next_chunk_bytes(self.chunk_bytes as usize, n, self.chunk_bytes_max as usize);
+            self.chunk_bytes = narrow(next);
         }
         if matches!(result, Ok(n) if n > 0) {
             if self.buffered.is_empty() {
@@ -261,6 +267,11 @@ impl<R: ReadBytes> ReadHalf<R> {
         self.state = ReadState::Idle(reader);
         result
     }
+}
+
+/// A read size as the read half keeps it (reads larger than 4 GiB are not asked for).
+fn narrow(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 /// The next read's size after a read of `chunk` bytes that returned `n`.

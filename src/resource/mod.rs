@@ -70,11 +70,17 @@ impl Caller {
     }
 
     /// No credentials: allowed nothing (docs/security.md answers 401 "Must login" where it matters).
+    /// The anonymous callers of a thread share one set of (empty) permissions: an idle anonymous
+    /// MQTT connection keeps its caller, and would otherwise carry a copy of its own
+    /// (docs/design.md, "Idle connections"). Per thread, so cores do not share its count.
     pub fn anonymous() -> Self {
+        thread_local! {
+            static NONE: Arc<permissions::Permissions> = Arc::new(permissions::Permissions::none());
+        }
         Caller {
             username: None,
             super_user: false,
-            permissions: Arc::new(permissions::Permissions::none()),
+            permissions: NONE.with(Arc::clone),
         }
     }
 

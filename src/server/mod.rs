@@ -627,8 +627,14 @@ async fn core_main(
     spawn(heartbeat(shared.clone(), core));
     tracing::debug!("core {core} ready on CPU {}", ctx.cpu);
     shared.shutdown.wait().await;
-    // Let this core's connections finish; the main thread enforces the overall deadline.
-    while open.get() > 0 {
+    // Let this core's connections finish, MQTT ones too (their core kicks them at shutdown and
+    // a v5 client gets DISCONNECT 0x8B); the main thread enforces the overall deadline.
+    let mqtt_open = || {
+        shared.stats[core]
+            .mqtt_connections_open
+            .load(Ordering::Relaxed)
+    };
+    while open.get() > 0 || mqtt_open() > 0 {
         tidepool_io::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -121,7 +121,11 @@ async fn keep_alive_loop(sessions: Rc<Sessions>, shared: Arc<MqttShared>) {
         .await
         {
             Either::Left(()) => sessions.sweep_keep_alive(),
-            Either::Right(()) => return,
+            Either::Right(()) => {
+                // The connections' read loops do not wait on the shutdown signal themselves.
+                sessions.stop_all();
+                return;
+            }
         }
     }
 }
@@ -191,29 +195,41 @@ async fn accept_loop(
     }
 }
 
-/// Counts one MQTT connection in its core's `mqtt_connections_open` for as long as it lives.
-struct OpenConnection {
-    server: Arc<super::Shared>,
-    core: usize,
+thread_local! {
+    /// Where this core counts its open MQTT connections (set by [`start_core`]): an
+    /// [`OpenConnection`] finds it here, so it holds nothing itself and the box a connection
+    /// keeps it in allocates nothing (docs/design.md, "Idle connections").
+    static OPEN: RefCell<Option<(Arc<super::Shared>, usize)>> = const { RefCell::new(None) };
 }
+
+/// Counts one MQTT connection in its core's `mqtt_connections_open` for as long as it lives.
+/// Made and dropped on the core that accepted the connection (a connection never moves).
+struct OpenConnection;
 
 impl OpenConnection {
     fn new(server: &Arc<super::Shared>, core: usize) -> Self {
-        server.stats[core]
-            .mqtt_connections_open
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self {
-            server: server.clone(),
-            core,
-        }
+        OPEN.with(|open| {
+            open.borrow_mut()
+                .get_or_insert_with(|| (server.clone(), core))
+                .0
+                .stats[core]
+                .mqtt_connections_open
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        });
+        OpenConnection
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.server.stats[self.core]
-            .mqtt_connections_open
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // `try_with`: a connection dropped as the core's thread ends finds no count to keep.
+        let _ = OPEN.try_with(|open| {
+            if let Some((server, core)) = &*open.borrow() {
+                server.stats[*core]
+                    .mqtt_connections_open
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
     }
 }
 
@@ -256,9 +272,8 @@ pub fn web_socket_upgrade(
             identity,
             shared,
             sessions,
-            hold: Box::new(()),
         };
-        conn::serve_split(ReadHalf::new(reader), writer, start).await
+        conn::serve_split(ReadHalf::new(reader), writer, start, ()).await
     });
 }
 

@@ -4,9 +4,10 @@
 //! [`open`] runs them in order for a new connection, up to the session it resumes.
 
 use std::future::poll_fn;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -15,12 +16,12 @@ use tidepool_io::{timeout, ReadBytes, ReadHalf, WriteBytes};
 use super::codec::Will;
 use super::codec::{self, ConnAck, Connect, DecodeError, Level, Packet};
 use super::conn::{
-    read_packet, Live, ReadError, Session, Start, CONNECT_TIMEOUT, RECEIVE_MAXIMUM, TAKEOVER_WAIT,
-    TOPIC_ALIAS_MAX,
+    kicked_or_shutdown, read_packet, Live, ReadError, Session, Start, CONNECT_TIMEOUT,
+    RECEIVE_MAXIMUM, TAKEOVER_WAIT, TOPIC_ALIAS_MAX,
 };
+use super::dispatch::Sessions;
 use super::durable::{self, Stored};
 use super::events::{self, Event};
-use super::outbound::write_loop;
 use super::outbound::Conn;
 use super::props::{Properties, Property};
 use super::reason::{ReasonCode, Refusal};
@@ -28,7 +29,6 @@ use super::shared::MqttShared;
 use crate::resource::Caller;
 use std::rc::Rc;
 use std::sync::Arc;
-use tidepool_io::spawn;
 
 /// A cross-core "close now" signal for takeovers: set from any core, awaited on the owner's.
 #[derive(Default)]
@@ -36,6 +36,9 @@ pub struct Kick {
     pub(super) kicked: AtomicBool,
     /// Set once the connection stored its session and let go of its client id.
     pub(super) released: AtomicBool,
+    /// The Clean Start of the connection's CONNECT, for the client id registry
+    /// ([`MqttShared::claim`]); in padding the two flags leave.
+    pub(super) clean: AtomicBool,
     pub(super) waker: AtomicWaker,
 }
 
@@ -53,19 +56,21 @@ impl Kick {
         }
     }
 
-    pub(super) async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.kicked.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.kicked.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+    /// Completes once kicked. A plain future (a reference): an idle connection waits on it.
+    pub(super) fn wait(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| self.poll_kicked(cx))
+    }
+
+    pub(super) fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.kicked.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.kicked.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -183,14 +188,9 @@ pub(super) async fn read_connect<R: ReadBytes, W: WriteBytes>(
     // the states an idle connection sits in should set this future's size.
     let first = Box::pin(timeout(
         CONNECT_TIMEOUT,
-        read_packet(
-            reader,
-            shared.packet_bytes_max,
-            Level::V4,
-            None,
-            kick,
-            &shared.shutdown,
-        ),
+        read_packet(reader, shared.packet_bytes_max, Level::V4, None, || {
+            kicked_or_shutdown(kick, &shared.shutdown)
+        }),
     ))
     .await;
     match first {
@@ -363,8 +363,10 @@ pub(super) async fn admit(
 
 /// What an accepted CONNECT leaves for the session to start with.
 pub(super) struct Opened {
+    pub(super) shared: Arc<MqttShared>,
+    pub(super) conn: Rc<Conn>,
+    pub(super) sessions: Rc<Sessions>,
     pub(super) caller: Caller,
-    pub(super) client_id: String,
     pub(super) expiry_s: u32,
     pub(super) keep_alive_s: u16,
     pub(super) ack_props: Properties,
@@ -372,20 +374,31 @@ pub(super) struct Opened {
     pub(super) will: Option<Will>,
 }
 
-/// Reads and checks CONNECT, starts the writer task, authenticates, takes the client id over
-/// and reads a stored session to resume. None when the connection is to close (a refusing
-/// CONNACK is queued).
+/// A connection past its CONNECT: what its writer needs, and, unless the CONNECT was refused
+/// (the refusing CONNACK is queued), what its reader needs.
+pub(super) struct Opening<R, W> {
+    pub(super) writer: W,
+    pub(super) conn: Rc<Conn>,
+    pub(super) sessions: Rc<Sessions>,
+    pub(super) admitted: Option<(Box<Live<R>>, Box<Opened>)>,
+}
+
+/// Reads and checks CONNECT, authenticates, takes the client id over and reads a stored
+/// session to resume. None when the connection is to close with nothing to write.
+///
+/// Nothing is written to the connection here unless the CONNECT is refused, so its writer
+/// ([`super::outbound::write_loop`]) starts only once this returns, in the same task as its
+/// reader ([`super::conn::serve_split`]).
 pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
     mut reader: ReadHalf<R>,
     mut writer: W,
     start: Start,
-) -> Option<(Box<Live<R>>, Box<Opened>)> {
+) -> Option<Opening<R, W>> {
     let Start {
         peer,
         identity,
         shared,
         sessions,
-        hold,
     } = start;
     let kick = Arc::new(Kick::default());
     let connect = read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
@@ -397,18 +410,26 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         kick.clone(),
         sessions.sys.clone(),
     ));
-    spawn(write_loop(writer, conn.clone(), sessions.clone()));
-    let admitted = admit(&shared, &conn, &connect, identity, peer).await?;
-    let client_id = admitted.client_id;
-    *conn.client_id.borrow_mut() = client_id.clone();
+    let Some(admitted) = admit(&shared, &conn, &connect, identity, peer).await else {
+        return Some(Opening {
+            writer,
+            conn,
+            sessions,
+            admitted: None,
+        });
+    };
+    let client_id: Arc<str> = Arc::from(admitted.client_id);
+    let _ = conn.client_id.set(client_id.clone());
     if let Some(old) = shared.claim(&client_id, kick.clone(), connect.clean) {
         // The old connection stores its session before letting go; wait so we read that.
         old.released().await;
     }
     let restored = load_stored(&shared, &client_id, connect.clean, peer).await;
     let opened = Box::new(Opened {
+        shared,
+        conn: conn.clone(),
+        sessions: sessions.clone(),
         caller: admitted.caller,
-        client_id,
         expiry_s,
         keep_alive_s: admitted.keep_alive_s,
         ack_props: admitted.ack_props,
@@ -416,15 +437,16 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         will: connect.will,
     });
     let live = Box::new(Live {
-        conn,
         reader,
-        _hold: hold,
         kick,
-        peer,
-        sessions,
-        shared,
+        peer: super::conn::Peer::new(peer),
     });
-    Some((live, opened))
+    Some(Opening {
+        writer,
+        conn,
+        sessions,
+        admitted: Some((live, opened)),
+    })
 }
 
 /// The stored session a CONNECT resumes: none with clean session / Clean Start, which discards
@@ -452,12 +474,17 @@ pub(super) async fn load_stored(
     }
 }
 
-impl Session<'_> {
+impl Session {
     /// Registers the connection with its core's sessions, sends CONNACK and resumes `restored`.
     /// Nothing here awaits, so no commit is dispatched between registering the connection and
     /// reading the replay's horizon.
     pub(super) fn open(&self, restored: Option<Stored>, ack_props: Properties, peer: SocketAddr) {
-        self.sessions.register(self.conn);
+        self.sessions.register(&self.conn);
+        // The core's shutdown pass kicks the connections it knows of; one registered after
+        // that pass is stopped here (the read loop waits on kicks alone, see `conn::kicked`).
+        if self.shared.shutdown.is_triggered() {
+            self.conn.stop();
+        }
         self.conn.send(&Packet::ConnAck(ConnAck {
             session_present: restored.is_some(),
             code: ReasonCode::Success.byte(),
@@ -473,7 +500,7 @@ impl Session<'_> {
             peer.ip(),
             format_args!(
                 "{peer} client {:?} (MQTT {}, session {session_kind})",
-                self.client_id,
+                self.client_id(),
                 if self.v5() { "5" } else { "3.1.1" }
             ),
         );

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::codec::Level;
 use super::durable::{EventKey, EventRef};
@@ -74,6 +73,21 @@ impl Sessions {
         self.conns.borrow_mut().push(Rc::downgrade(conn));
     }
 
+    /// The server is shutting down: stops every connection of the core (their read loops wait
+    /// on their kicks, not on the shutdown signal, so an idle connection holds no waiter slot
+    /// there).
+    pub fn stop_all(&self) {
+        let conns: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for conn in conns {
+            conn.stop();
+        }
+    }
+
     /// Re-files `conn` in the index after its subscriptions changed.
     pub(super) fn reindex(&self, conn: &Rc<Conn>) {
         self.index.borrow_mut().update(conn);
@@ -109,23 +123,15 @@ impl Sessions {
     /// (`/health?verbose`). Called by
     /// each core every [`KEEP_ALIVE_SWEEP`].
     pub fn sweep_keep_alive(&self) {
-        let now = Instant::now();
+        let now_ms = super::conn::millis();
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| c.strong_count() > 0);
         let (mut queued, mut buffers) = (0usize, 0usize);
         for conn in conns.iter().filter_map(Weak::upgrade) {
-            buffers += conn.out.borrow().capacity() + conn.read_held.get();
-            queued += conn.out.borrow().len()
-                + conn
-                    .backlog
-                    .borrow()
-                    .iter()
-                    .map(|o| o.body.len())
-                    .sum::<usize>();
-            let late = conn
-                .keep_alive
-                .get()
-                .is_some_and(|limit| now.saturating_duration_since(conn.heard.get()) > limit);
+            buffers += conn.out.borrow().capacity() + conn.read_held.get() as usize;
+            queued += conn.out.borrow().len() + conn.backlog_bytes();
+            let limit_ms = conn.keep_alive_ms.get();
+            let late = limit_ms > 0 && now_ms.wrapping_sub(conn.heard_ms.get()) > limit_ms;
             if late && !conn.expired.get() {
                 conn.expired.set(true);
                 conn.kick.kick();
@@ -280,12 +286,13 @@ impl<'c> Delivery<'c> {
     /// Queues the change on `conn` if any of its subscriptions takes it.
     fn offer(&mut self, shared: &MqttShared, groups: &RefCell<share::View>, conn: &Conn) {
         let (commit, change) = (self.commit, self.change);
-        let replayed = conn
-            .floor
-            .borrow()
-            .as_ref()
-            .and_then(|f| f.get(&commit.database))
-            .is_some_and(|f| commit.version <= *f);
+        let replayed = conn.extras.get().is_some_and(|e| {
+            e.floor
+                .borrow()
+                .as_ref()
+                .and_then(|f| f.get(&commit.database))
+                .is_some_and(|f| commit.version <= *f)
+        });
         if replayed {
             return;
         }
@@ -300,7 +307,7 @@ impl<'c> Delivery<'c> {
                 qos = qos.min(n.qos);
             }
         }
-        let event = (qos > 0 && conn.tracker.borrow().is_some()).then(|| EventRef {
+        let event = (qos > 0 && conn.durable()).then(|| EventRef {
             db: commit.database.clone(),
             key: EventKey {
                 version: commit.version,
@@ -377,7 +384,7 @@ impl<'c> Delivery<'c> {
         let own = self
             .origin
             .as_ref()
-            .is_some_and(|n| n.client_id == *conn.client_id.borrow());
+            .is_some_and(|n| Some(n.client_id.as_str()) == conn.client_id.get().map(|c| &**c));
         let mut qos = None;
         let mut as_published = false;
         let mut properties = self.passed_on.clone();
@@ -394,11 +401,11 @@ impl<'c> Delivery<'c> {
                 let pick = *self
                     .pick
                     .get_or_insert_with(|| share::pick_hash(commit.version, &change.table, id));
-                let me = conn.client_id.borrow();
+                let me = conn.client_id.get().map_or("", |c| c);
                 let mut view = groups.borrow_mut();
                 if !shared
                     .groups
-                    .is_picked(&mut view, &self.share_key, commit.version, pick, &me)
+                    .is_picked(&mut view, &self.share_key, commit.version, pick, me)
                 {
                     continue;
                 }

@@ -46,7 +46,7 @@ fn failed(topic: &str, e: WriteError) -> ReasonCode {
     }
 }
 
-impl Session<'_> {
+impl Session {
     /// PUBLISH: its topic alias resolved, QoS 2 duplicates acknowledged again, the write, the
     /// acknowledgement with its reason code (3.1.1: always success).
     pub(super) async fn on_publish(&mut self, mut p: Publish) -> Flow {
@@ -78,12 +78,18 @@ impl Session<'_> {
             return Flow::Close(ReasonCode::TopicNameInvalid);
         }
         if p.qos == 2 {
-            if self.conn.qos2_received.borrow().contains(&p.packet_id) {
+            if self
+                .conn
+                .acked()
+                .qos2_received
+                .borrow()
+                .contains(&p.packet_id)
+            {
                 // A resend of one already applied (DUP): acknowledge, do not apply twice.
                 self.conn.send(&Packet::PubRec(Ack::new(p.packet_id, 0)));
                 return Flow::Continue;
             }
-            if self.conn.qos2_received.borrow().len() >= usize::from(RECEIVE_MAXIMUM) {
+            if self.conn.acked().qos2_received.borrow().len() >= usize::from(RECEIVE_MAXIMUM) {
                 return Flow::Close(ReasonCode::ReceiveMaximumExceeded);
             }
         }
@@ -96,7 +102,11 @@ impl Session<'_> {
             2 => {
                 if !code.is_failure() {
                     // Not there yet: checked above, and packets are handled one at a time.
-                    self.conn.qos2_received.borrow_mut().push(p.packet_id);
+                    self.conn
+                        .acked()
+                        .qos2_received
+                        .borrow_mut()
+                        .push(p.packet_id);
                 }
                 self.conn
                     .send(&Packet::PubRec(Ack::new(p.packet_id, code.byte())));
@@ -111,7 +121,7 @@ impl Session<'_> {
     /// subscription of this session, or a retained publish while Retain As Published
     /// subscriptions exist.
     fn origin(&self, p: &Publish, table: &str, op: &WriteOp) -> Option<Extras> {
-        let origin = Origin::new(&self.client_id, p.retain, p.qos, &p.properties);
+        let origin = Origin::new(self.client_id(), p.retain, p.qos, &p.properties);
         let no_local = self
             .conn
             .subs
@@ -330,7 +340,7 @@ impl Session<'_> {
         };
         let table = general::TABLE.to_string();
         let key = Value::String(p.topic.clone());
-        let passed_on = Origin::new(&self.client_id, p.retain, p.qos, &p.properties).properties;
+        let passed_on = Origin::new(self.client_id(), p.retain, p.qos, &p.properties).properties;
         let envelope =
             general::Envelope::new(&p.payload, p.qos, &passed_on, crate::resource::now_ms());
         let op = if p.retain && p.payload.is_empty() {
@@ -400,7 +410,7 @@ impl Session<'_> {
             Box::pin(self.publish_will(will)).await;
             return;
         }
-        let waiting = match shared.wait_will(&self.client_id, kick) {
+        let waiting = match shared.wait_will(self.client_id(), kick) {
             Ok(waiting) => waiting,
             Err(send_now) => {
                 if send_now {
@@ -410,22 +420,21 @@ impl Session<'_> {
             }
         };
         let (shared, conn, sessions) = (shared.clone(), self.conn.clone(), sessions.clone());
-        let (caller, client_id) = (self.caller.clone(), self.client_id.clone());
+        let caller = self.caller.clone();
         spawn(async move {
             let delay = tidepool_io::sleep(Duration::from_secs(u64::from(delay_s)));
             // At shutdown the will goes out now rather than never; a new connection for the
             // client id settles it before the delay (see `MqttShared::claim`).
             let _ = race(race(delay, shared.shutdown.wait()), waiting.settled.wait()).await;
-            if !shared.will_due(&client_id, &waiting) {
+            if !shared.will_due(conn.client_id(), &waiting) {
                 return;
             }
             let late = Session {
-                shared: &shared,
-                conn: &conn,
-                sessions: &sessions,
+                shared,
+                conn,
+                sessions,
                 caller,
                 aliases: None,
-                client_id,
                 expiry_s: 0,
                 pending: Default::default(),
             };

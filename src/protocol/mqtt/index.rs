@@ -99,14 +99,14 @@ impl Index {
         for key in keys.iter().filter(|k| !old.contains(k)) {
             self.members(key).insert(slot, Rc::downgrade(conn));
         }
-        *conn.keys.borrow_mut() = keys;
+        *conn.keys.borrow_mut() = keys.into_boxed_slice();
     }
 
     /// Forgets `conn` (its connection ended).
     pub(super) fn forget(&mut self, conn: &Conn) {
         let slot = conn.slot.get();
-        for key in std::mem::take(&mut *conn.keys.borrow_mut()) {
-            self.remove(&key, slot);
+        for key in std::mem::take(&mut *conn.keys.borrow_mut()).iter() {
+            self.remove(key, slot);
         }
     }
 

@@ -4,11 +4,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, Waker};
 
 use tidepool_io::{Spares, WriteBytes};
 
@@ -109,38 +109,63 @@ impl Shared {
     }
 }
 
-/// Per-connection state shared by its reader, its writer and the core's dispatcher.
-pub(super) struct Conn {
-    pub(super) level: Level,
-    /// Set once CONNECT is accepted (for No Local).
-    pub(super) client_id: RefCell<String>,
-    pub(super) out: RefCell<Vec<u8>>,
-    pub(super) out_waker: Cell<Option<Waker>>,
-    pub(super) closing: Cell<bool>,
-    pub(super) subs: RefCell<Vec<Sub>>,
-    pub(super) next_packet_id: Cell<u16>,
+/// A connection's QoS ≥ 1 exchanges in either direction (see [`Conn::acked`]).
+#[derive(Default)]
+pub(super) struct Acked {
     /// Outbound QoS ≥ 1 packet ids awaiting PUBACK / PUBREC→PUBCOMP.
     pub(super) inflight: RefCell<HashMap<u16, Inflight>>,
     /// Inbound QoS 2 packet ids applied and awaiting PUBREL (at most [`RECEIVE_MAXIMUM`]).
+    ///
+    /// [`RECEIVE_MAXIMUM`]: super::conn::RECEIVE_MAXIMUM
     pub(super) qos2_received: RefCell<Vec<u16>>,
     /// QoS ≥ 1 publishes waiting, in order, for the window to open.
     pub(super) backlog: RefCell<VecDeque<Outbound>>,
-    /// Unacknowledged QoS ≥ 1 publishes at once: the client's Receive Maximum (v5), at most
-    /// `INFLIGHT_MAX`.
-    pub(super) window: usize,
-    /// Backlog bound; past it the connection closes with `0x97` (a durable session gets the rest
-    /// from the audit log when it resumes).
-    pub(super) backlog_max: usize,
+}
+
+/// What a connection holds only once it uses it (see [`Conn::extras`]).
+#[derive(Default)]
+pub(super) struct Extras {
     /// Acknowledgement positions, for durable sessions only.
     pub(super) tracker: RefCell<Option<Box<Tracker>>>,
     /// Per database: live events at or below this version were replayed when the session resumed
     /// (none until a session resumes).
     pub(super) floor: RefCell<Rare<Floors>>,
+    /// Topic aliases we assigned (up to the client's Topic Alias Maximum, v5).
+    pub(super) aliases_out: RefCell<Rare<HashMap<String, u16>>>,
+    /// `$SYS` filters subscribed to (super user only; not kept with a durable session).
+    pub(super) sys_subs: RefCell<Vec<String>>,
+}
+
+/// Per-connection state shared by its reader, its writer and the core's dispatcher.
+pub(super) struct Conn {
+    pub(super) level: Level,
+    /// Set once CONNECT is accepted (for No Local): the same allocation as the session's and
+    /// the client id registry's key (an idle connection keeps one copy, not three).
+    pub(super) client_id: std::cell::OnceCell<Arc<str>>,
+    pub(super) out: RefCell<Vec<u8>>,
+    pub(super) out_waker: Cell<Option<Waker>>,
+    pub(super) closing: Cell<bool>,
+    pub(super) subs: RefCell<Vec<Sub>>,
+    pub(super) next_packet_id: Cell<u16>,
+    /// QoS ≥ 1 exchanges, allocated at the first ([`Conn::acked`]; read-only checks use
+    /// `acked.get()`): a connection that never had one holds 8 bytes here instead of 128
+    /// (docs/design.md, "Idle connections").
+    acked: std::cell::OnceCell<Box<Acked>>,
+    /// Unacknowledged QoS ≥ 1 publishes at once: the client's Receive Maximum (v5), at most
+    /// `INFLIGHT_MAX`. (The numbers here are as narrow as their ranges allow: every idle
+    /// connection carries them.)
+    pub(super) window: u16,
+    /// Backlog bound; past it the connection closes with `0x97` (a durable session gets the rest
+    /// from the audit log when it resumes).
+    pub(super) backlog_max: usize,
+    /// Durable acknowledgement positions, replay horizons, topic aliases we assigned and `$SYS`
+    /// subscriptions, allocated at the first use ([`Conn::extras`]; read-only checks use
+    /// `extras.get()`): 8 bytes here instead of 80 for a connection that has none.
+    pub(super) extras: std::cell::OnceCell<Box<Extras>>,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
-    pub(super) out_packet_bytes_max: usize,
+    pub(super) out_packet_bytes_max: u32,
     /// The client's Topic Alias Maximum (v5): aliases we may assign, and those assigned.
     pub(super) aliases_out_max: u16,
-    pub(super) aliases_out: RefCell<Rare<HashMap<String, u16>>>,
     /// Set when an outbound bound was hit for a QoS ≥ 1 event: the reader closes with `0x97`.
     pub(super) overflowed: Cell<bool>,
     /// Set when a subscription's initial state could not be read (logged): the reader closes
@@ -151,22 +176,25 @@ pub(super) struct Conn {
     pub(super) state_more: Cell<bool>,
     /// Bytes of buffer the connection's read half holds while it waits for more (none with
     /// nothing buffered on plain TCP), for the sweep's gauge.
-    pub(super) read_held: Cell<usize>,
-    /// When bytes last came from the client; with `keep_alive`, what the core's sweep checks.
-    pub(super) heard: Cell<Instant>,
-    pub(super) keep_alive: Cell<Option<Duration>>,
+    pub(super) read_held: Cell<u32>,
+    /// When bytes last came from the client ([`super::conn::millis`]); with `keep_alive_ms`,
+    /// what the core's sweep checks.
+    pub(super) heard_ms: Cell<u32>,
+    /// Milliseconds; 0: none.
+    pub(super) keep_alive_ms: Cell<u32>,
     /// Set by the sweep when `keep_alive` passed without a packet: the kick that follows closes
     /// with `0x8D`.
     pub(super) expired: Cell<bool>,
+    /// Set when the server's shutdown kicked it ([`Conn::stop`]): it closes with `0x8B`.
+    pub(super) stopping: Cell<bool>,
     pub(super) kick: Arc<Kick>,
-    /// `$SYS` filters subscribed to (super user only; not kept with a durable session).
-    pub(super) sys_subs: RefCell<Vec<String>>,
     /// This core's `$SYS` message counts (publishes sent are counted here).
     pub(super) counts: Arc<super::sys::CoreCounts>,
     /// This connection in its core's [`super::index::Index`]: its number there and the keys it
     /// is filed under.
     pub(super) slot: Cell<u64>,
-    pub(super) keys: RefCell<Vec<super::index::Key>>,
+    /// (A boxed slice, 8 bytes narrower than a `Vec`: replaced whole, never grown.)
+    pub(super) keys: RefCell<Box<[super::index::Key]>>,
 }
 
 impl Conn {
@@ -180,25 +208,21 @@ impl Conn {
         counts: Arc<super::sys::CoreCounts>,
     ) -> Conn {
         let level = connect.level;
-        let out_packet_bytes_max = connect
-            .properties
-            .maximum_packet_size()
-            .map_or(usize::MAX, |n| n as usize);
+        let out_packet_bytes_max = connect.properties.maximum_packet_size().unwrap_or(u32::MAX);
+        let inflight_max = u16::try_from(INFLIGHT_MAX).unwrap_or(u16::MAX);
         let window = match connect.properties.receive_maximum() {
-            Some(n) if level == Level::V5 => usize::from(n).clamp(1, INFLIGHT_MAX),
-            _ => INFLIGHT_MAX,
+            Some(n) if level == Level::V5 => n.clamp(1, inflight_max),
+            _ => inflight_max,
         };
         Conn {
             level,
-            client_id: RefCell::new(String::new()),
+            client_id: std::cell::OnceCell::new(),
             out: RefCell::new(Vec::new()),
             out_waker: Cell::new(None),
             closing: Cell::new(false),
             subs: RefCell::new(Vec::new()),
             next_packet_id: Cell::new(0),
-            inflight: RefCell::new(HashMap::new()),
-            qos2_received: RefCell::new(Vec::new()),
-            backlog: RefCell::new(VecDeque::new()),
+            acked: std::cell::OnceCell::new(),
             window,
             // docs/realtime.md: a clean session's outbound queue holds 1,000 events; a durable one
             // the session queue (and whatever does not fit waits in the audit log for the next
@@ -208,8 +232,14 @@ impl Conn {
             } else {
                 INFLIGHT_MAX
             },
-            tracker: RefCell::new((expiry_s > 0).then(Box::default)),
-            floor: RefCell::new(None),
+            extras: if expiry_s > 0 {
+                std::cell::OnceCell::from(Box::new(Extras {
+                    tracker: RefCell::new(Some(Box::default())),
+                    ..Extras::default()
+                }))
+            } else {
+                std::cell::OnceCell::new()
+            },
             out_packet_bytes_max,
             aliases_out_max: connect
                 .properties
@@ -219,20 +249,56 @@ impl Conn {
                     _ => None,
                 })
                 .unwrap_or(0),
-            aliases_out: RefCell::new(None),
             overflowed: Cell::new(false),
             state_failed: Cell::new(false),
             state_more: Cell::new(false),
             read_held: Cell::new(0),
-            heard: Cell::new(Instant::now()),
-            keep_alive: Cell::new(None),
+            heard_ms: Cell::new(super::conn::millis()),
+            keep_alive_ms: Cell::new(0),
             expired: Cell::new(false),
+            stopping: Cell::new(false),
             kick,
-            sys_subs: RefCell::new(Vec::new()),
             counts,
             slot: Cell::new(0),
-            keys: RefCell::new(Vec::new()),
+            keys: RefCell::new(Box::default()),
         }
+    }
+
+    /// The connection's QoS ≥ 1 exchanges, allocated at the first use: checks that need not
+    /// allocate read `self.acked.get()` instead.
+    pub(super) fn acked(&self) -> &Acked {
+        self.acked.get_or_init(Box::default)
+    }
+
+    /// What the connection holds only once it uses it, allocated at the first use: checks that
+    /// need not allocate read `self.extras.get()` instead.
+    pub(super) fn extras(&self) -> &Extras {
+        self.extras.get_or_init(Box::default)
+    }
+
+    /// A durable session's acknowledgement positions, if this is one.
+    pub(super) fn tracker_mut(&self) -> Option<std::cell::RefMut<'_, Box<Tracker>>> {
+        let tracker = self.extras.get()?.tracker.borrow_mut();
+        std::cell::RefMut::filter_map(tracker, Option::as_mut).ok()
+    }
+
+    /// Whether the session is durable (it tracks acknowledgement positions).
+    pub(super) fn durable(&self) -> bool {
+        self.extras
+            .get()
+            .is_some_and(|e| e.tracker.borrow().is_some())
+    }
+
+    /// The client id (empty until CONNECT is accepted; the session exists only after).
+    pub(super) fn client_id(&self) -> &str {
+        self.client_id.get().map_or("", |c| c)
+    }
+
+    /// Publishes waiting for the window to open, if any ever did.
+    pub(super) fn backlog_bytes(&self) -> usize {
+        self.acked
+            .get()
+            .map_or(0, |a| a.backlog.borrow().iter().map(|o| o.body.len()).sum())
     }
 
     pub(super) fn send(&self, packet: &Packet) {
@@ -248,6 +314,12 @@ impl Conn {
             *out = OUT_SPARES.with(|spares| spares.take(1024));
         }
         out
+    }
+
+    /// The server is shutting down: ends the connection's read loop (closing with `0x8B`).
+    pub(super) fn stop(&self) {
+        self.stopping.set(true);
+        self.kick.kick();
     }
 
     pub(super) fn wake_writer(&self) {
@@ -268,7 +340,7 @@ impl Conn {
 
     /// A packet id not in flight (the window keeps fewer than 65,535 in flight).
     pub(super) fn free_packet_id(&self) -> u16 {
-        let inflight = self.inflight.borrow();
+        let inflight = self.acked().inflight.borrow();
         let mut id = self.next_packet_id.get();
         loop {
             id = id.checked_add(1).unwrap_or(1);
@@ -289,8 +361,8 @@ impl Conn {
             self.write_publish(o, 0, false);
             return true;
         }
-        let mut backlog = self.backlog.borrow_mut();
-        if !backlog.is_empty() || self.inflight.borrow().len() >= self.window {
+        let mut backlog = self.acked().backlog.borrow_mut();
+        if !backlog.is_empty() || self.acked().inflight.borrow().len() >= usize::from(self.window) {
             if backlog.len() >= self.backlog_max {
                 drop(backlog);
                 return self.overflow();
@@ -307,12 +379,12 @@ impl Conn {
     pub(super) fn send_acknowledged(&self, o: Outbound) {
         let resend = o
             .resend_id
-            .filter(|id| !self.inflight.borrow().contains_key(id));
+            .filter(|id| !self.acked().inflight.borrow().contains_key(id));
         let packet_id = resend.unwrap_or_else(|| self.free_packet_id());
         let event = o.event.clone();
         if !self.write_publish(o, packet_id, resend.is_some()) {
             // Too large for the client: discarded as if sent, so it must not hold a position.
-            if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+            if let (Some(event), Some(mut t)) = (&event, self.tracker_mut()) {
                 t.acked(event);
             }
             return;
@@ -322,10 +394,10 @@ impl Conn {
 
     /// A QoS ≥ 1 publish went out as `packet_id`: remembered until acknowledged.
     fn in_flight(&self, packet_id: u16, event: Option<EventRef>) {
-        if let (Some(event), Some(t)) = (&event, self.tracker.borrow_mut().as_mut()) {
+        if let (Some(event), Some(mut t)) = (&event, self.tracker_mut()) {
             t.sent(event);
         }
-        self.inflight.borrow_mut().insert(
+        self.acked().inflight.borrow_mut().insert(
             packet_id,
             Inflight {
                 event,
@@ -340,8 +412,9 @@ impl Conn {
     pub(super) fn takes_shared(&self, qos: u8, bytes: usize) -> bool {
         let aliases = self.level == Level::V5 && self.aliases_out_max > 0;
         let window = qos == 0
-            || (self.backlog.borrow().is_empty() && self.inflight.borrow().len() < self.window);
-        !aliases && window && bytes <= self.out_packet_bytes_max
+            || (self.acked().backlog.borrow().is_empty()
+                && self.acked().inflight.borrow().len() < usize::from(self.window));
+        !aliases && window && bytes <= self.out_packet_bytes_max as usize
     }
 
     /// Queues a PUBLISH encoded once for every subscriber it goes to alike (checked with
@@ -383,7 +456,7 @@ impl Conn {
         let mut topic = o.topic;
         let mut new_alias = None;
         if self.level == Level::V5 && self.aliases_out_max > 0 {
-            let aliases = self.aliases_out.borrow();
+            let aliases = self.extras().aliases_out.borrow();
             let assigned = aliases.as_ref().map_or(0, |a| a.len());
             match aliases.as_ref().and_then(|a| a.get(&topic)) {
                 Some(alias) => {
@@ -409,11 +482,12 @@ impl Conn {
         });
         let mut encoded = Vec::new();
         codec::encode(&packet, self.level, &mut encoded);
-        if encoded.len() > self.out_packet_bytes_max {
+        if encoded.len() > self.out_packet_bytes_max as usize {
             return false;
         }
         if let Some((topic, alias)) = new_alias {
-            self.aliases_out
+            self.extras()
+                .aliases_out
                 .borrow_mut()
                 .get_or_insert_with(Box::default)
                 .insert(topic, alias);
@@ -426,8 +500,8 @@ impl Conn {
 
     /// Sends backlogged publishes while the window has room.
     pub(super) fn pump(&self) {
-        while self.inflight.borrow().len() < self.window {
-            let Some(o) = self.backlog.borrow_mut().pop_front() else {
+        while self.acked().inflight.borrow().len() < usize::from(self.window) {
+            let Some(o) = self.acked().backlog.borrow_mut().pop_front() else {
                 return;
             };
             self.send_acknowledged(o);
@@ -436,14 +510,11 @@ impl Conn {
 
     /// PUBACK or PUBCOMP: the exchange for `packet_id` is over. False if it was not in flight.
     pub(super) fn completed(&self, packet_id: u16) -> bool {
-        let Some(done) = self.inflight.borrow_mut().remove(&packet_id) else {
+        let Some(done) = self.acked().inflight.borrow_mut().remove(&packet_id) else {
             return false;
         };
-        if let (false, Some(event), Some(t)) = (
-            done.released,
-            &done.event,
-            self.tracker.borrow_mut().as_mut(),
-        ) {
+        if let (false, Some(event), Some(mut t)) = (done.released, &done.event, self.tracker_mut())
+        {
             t.acked(event);
         }
         self.pump();
@@ -452,13 +523,13 @@ impl Conn {
 
     /// PUBREC: the client has the QoS 2 message; it counts as delivered. False if unknown.
     pub(super) fn received(&self, packet_id: u16) -> bool {
-        let mut inflight = self.inflight.borrow_mut();
+        let mut inflight = self.acked().inflight.borrow_mut();
         let Some(f) = inflight.get_mut(&packet_id) else {
             return false;
         };
         if !f.released {
             f.released = true;
-            if let (Some(event), Some(t)) = (&f.event, self.tracker.borrow_mut().as_mut()) {
+            if let (Some(event), Some(mut t)) = (&f.event, self.tracker_mut()) {
                 t.acked(event);
             }
         }
@@ -481,12 +552,12 @@ impl Conn {
                 })
                 .collect(),
             tracker: self
-                .tracker
-                .borrow()
-                .as_deref()
-                .cloned()
+                .extras
+                .get()
+                .and_then(|e| e.tracker.borrow().as_deref().cloned())
                 .unwrap_or_default(),
             inflight: self
+                .acked()
                 .inflight
                 .borrow()
                 .iter()
@@ -498,55 +569,130 @@ impl Conn {
                     })
                 })
                 .collect(),
-            qos2_received: self.qos2_received.borrow().clone(),
+            qos2_received: self.acked().qos2_received.borrow().clone(),
             expiry_s,
         }
     }
 }
 
-/// Owns the connection's write half: sends what the session queued in `conn.out`, in order.
-/// Once a batch is written its buffer goes to the core's spares, so a connection with nothing
-/// queued holds no write buffer; the write itself is boxed, so the task's future, which an idle
-/// connection keeps, is only its wait (docs/design.md, "Idle connections").
-pub(super) async fn write_loop<W: WriteBytes>(
-    mut writer: W,
+/// Owns the connection's write half: sends what the session queued in `conn.out`, in order,
+/// then half-closes once the connection is closing. Once a batch is written its buffer goes to
+/// the core's spares, so a connection with nothing queued holds no write buffer.
+///
+/// A future of its own rather than an `async fn`, so that while it waits it is only the two
+/// references and the write half (an `async fn` would keep its arguments beside the wait's
+/// state): it runs joined with the reader in the connection's task, which an idle connection
+/// keeps (docs/design.md, "Idle connections"). A write in progress is boxed, the write half
+/// moving into the box and back.
+pub(super) fn write_loop<W: WriteBytes>(
+    writer: W,
     conn: Rc<Conn>,
     sessions: Rc<Sessions>,
-) {
-    loop {
-        let batch = poll_fn(|cx| {
-            if conn.state_more.take() {
-                conn.fill_state(&sessions);
-            }
-            let mut out = conn.out.borrow_mut();
-            if !out.is_empty() {
-                return Poll::Ready(Some(std::mem::take(&mut *out)));
-            }
-            if conn.closing.get() {
-                return Poll::Ready(None);
-            }
-            if conn.state_more.get() {
-                cx.waker().wake_by_ref(); // yield, then read more state
-                return Poll::Pending;
-            }
-            conn.out_waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        })
-        .await;
-        let Some(bytes) = batch else {
-            break;
-        };
-        let (result, bytes) = Box::pin(writer.write_all(bytes)).await;
-        OUT_SPARES.with(|spares| spares.give_back(bytes));
-        if result.is_err() {
-            conn.closing.set(true);
-            conn.kick.kick();
-            return;
-        }
-        // The client took what was queued: room for more of a streaming initial state.
-        conn.fill_state(&sessions);
+) -> WriteLoop<W> {
+    WriteLoop {
+        conn,
+        sessions,
+        state: Writing::Idle(writer),
     }
-    let _ = Box::pin(writer.shutdown_write()).await;
+}
+
+/// A write in progress: it gives the write half back with its result.
+type PendingWrite<W> = Pin<Box<dyn Future<Output = (W, std::io::Result<()>, Vec<u8>)>>>;
+
+enum Writing<W> {
+    /// Waiting for bytes to write.
+    Idle(W),
+    Batch(PendingWrite<W>),
+    /// Half-closing, after the last batch.
+    Closing(Pin<Box<dyn Future<Output = ()>>>),
+    Done,
+}
+
+/// The future of [`write_loop`].
+pub(super) struct WriteLoop<W> {
+    conn: Rc<Conn>,
+    sessions: Rc<Sessions>,
+    state: Writing<W>,
+}
+
+// The write half is moved, never pinned in place: the in-progress writes are boxed.
+impl<W> Unpin for WriteLoop<W> {}
+
+impl<W: WriteBytes> WriteLoop<W> {
+    /// What to do next: a batch to write, `None` to half-close (closing with nothing left), or
+    /// wait for the session or the dispatcher to queue more.
+    fn next_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
+        let conn = &self.conn;
+        if conn.state_more.take() {
+            conn.fill_state(&self.sessions);
+        }
+        let mut out = conn.out.borrow_mut();
+        if !out.is_empty() {
+            return Poll::Ready(Some(std::mem::take(&mut *out)));
+        }
+        if conn.closing.get() {
+            return Poll::Ready(None);
+        }
+        if conn.state_more.get() {
+            cx.waker().wake_by_ref(); // yield, then read more state
+            return Poll::Pending;
+        }
+        conn.out_waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+impl<W: WriteBytes> Future for WriteLoop<W> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match std::mem::replace(&mut this.state, Writing::Done) {
+                Writing::Idle(mut writer) => match this.next_batch(cx) {
+                    Poll::Pending => {
+                        this.state = Writing::Idle(writer);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(bytes)) => {
+                        this.state = Writing::Batch(Box::pin(async move {
+                            let (result, bytes) = writer.write_all(bytes).await;
+                            (writer, result, bytes)
+                        }));
+                    }
+                    Poll::Ready(None) => {
+                        this.state = Writing::Closing(Box::pin(async move {
+                            let _ = writer.shutdown_write().await;
+                        }));
+                    }
+                },
+                Writing::Batch(mut pending) => {
+                    let Poll::Ready((writer, result, bytes)) = pending.as_mut().poll(cx) else {
+                        this.state = Writing::Batch(pending);
+                        return Poll::Pending;
+                    };
+                    OUT_SPARES.with(|spares| spares.give_back(bytes));
+                    if result.is_err() {
+                        this.conn.closing.set(true);
+                        this.conn.kick.kick();
+                        return Poll::Ready(());
+                    }
+                    // The client took what was queued: room for more of a streaming initial
+                    // state.
+                    this.conn.fill_state(&this.sessions);
+                    this.state = Writing::Idle(writer);
+                }
+                Writing::Closing(mut pending) => {
+                    if pending.as_mut().poll(cx).is_pending() {
+                        this.state = Writing::Closing(pending);
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(());
+                }
+                Writing::Done => return Poll::Ready(()),
+            }
+        }
+    }
 }
 
 /// Most outbound buffers a core keeps spare, and the bytes they may hold together; a buffer

@@ -23,20 +23,20 @@ type Databases = Vec<(Arc<crate::resource::Database>, Vec<usize>)>;
 /// A resent publish's packet id by the event it carried.
 type Resend = BTreeMap<(Arc<str>, EventKey), u16>;
 
-impl Session<'_> {
+impl Session {
     /// Restores a stored session: its subscriptions (those still permitted), the PUBRELs it is
     /// owed, then the QoS ≥ 1 events it missed, oldest first, resent ones with their old packet
     /// ids and DUP = 1. Synchronous: see `serve`.
     pub(super) fn resume(&self, stored: Stored) {
-        let conn = self.conn;
+        let conn = &self.conn;
         let (subs, databases) = self.restore_subs(stored.subs);
-        *conn.qos2_received.borrow_mut() = stored.qos2_received;
+        *conn.acked().qos2_received.borrow_mut() = stored.qos2_received;
         let resend = self.restore_inflight(stored.inflight);
         let missed = self.replay(&databases, &subs, &stored.tracker);
         *conn.subs.borrow_mut() = subs;
         self.sessions.reindex(conn);
-        *conn.tracker.borrow_mut() = Some(Box::new(stored.tracker));
-        tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id, missed.len());
+        *conn.extras().tracker.borrow_mut() = Some(Box::new(stored.tracker));
+        tracing::info!(target: "mqtt", "{:?}: resumed with {} queued messages", self.client_id(), missed.len());
         self.send_missed(missed, resend);
     }
 
@@ -48,7 +48,7 @@ impl Session<'_> {
             let (filter, db, table) = match self.resolve(&s.filter) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: {e}", self.client_id, s.filter);
+                    tracing::info!(target: "mqtt", "{:?}: stored subscription {:?} dropped: {e}", self.client_id(), s.filter);
                     continue;
                 }
             };
@@ -57,7 +57,7 @@ impl Session<'_> {
                 let key = share::key(group, filter.topic_filter());
                 self.shared
                     .groups
-                    .join(&key, &self.client_id, || self.shared.stamp());
+                    .join(&key, self.client_id(), || self.shared.stamp());
             } else {
                 match databases.iter_mut().find(|(d, _)| d.name == db.name) {
                     Some((_, list)) => list.push(subs.len()),
@@ -81,11 +81,11 @@ impl Session<'_> {
     /// Outbound publishes in flight when the session was stored: released ones (PUBREC came)
     /// get their PUBREL again now; the others are resent with their event, by packet id.
     fn restore_inflight(&self, stored: Vec<StoredInflight>) -> Resend {
-        let conn = self.conn;
+        let conn = &self.conn;
         let mut resend = Resend::new();
         for f in stored {
             if f.released {
-                conn.inflight.borrow_mut().insert(
+                conn.acked().inflight.borrow_mut().insert(
                     f.packet_id,
                     Inflight {
                         event: Some(f.event),
@@ -103,7 +103,7 @@ impl Session<'_> {
     /// The events each database's audit log holds for `subs` past the tracker's positions, up
     /// to this core's dispatch horizon (live events at or below it are not sent again).
     fn replay(&self, databases: &Databases, subs: &[Sub], tracker: &Tracker) -> Vec<Missed> {
-        let conn = self.conn;
+        let conn = &self.conn;
         let mut missed = Vec::new();
         for (db, indexes) in databases {
             let read = db
@@ -112,11 +112,12 @@ impl Session<'_> {
             let horizon = match read {
                 Ok(h) => h,
                 Err(e) => {
-                    tracing::warn!(target: "mqtt", "{:?}: resuming on {} failed: {e}", self.client_id, db.name);
+                    tracing::warn!(target: "mqtt", "{:?}: resuming on {} failed: {e}", self.client_id(), db.name);
                     continue;
                 }
             };
-            conn.floor
+            conn.extras()
+                .floor
                 .borrow_mut()
                 .get_or_insert_with(Box::default)
                 .insert(db.name.clone(), horizon);
@@ -143,10 +144,10 @@ impl Session<'_> {
                 Ok(0) => {}
                 Ok(dropped) => tracing::warn!(target: "mqtt",
                     "{:?}: {dropped} queued messages of {} dropped, oldest first (mqtt.sessionQueueMax = {})",
-                    self.client_id, db.name, self.shared.session_queue_max),
+                    self.client_id(), db.name, self.shared.session_queue_max),
                 Err(e) => {
                     missed.truncate(before);
-                    tracing::warn!(target: "mqtt", "{:?}: replaying {} failed: {e}", self.client_id, db.name);
+                    tracing::warn!(target: "mqtt", "{:?}: replaying {} failed: {e}", self.client_id(), db.name);
                 }
             }
         }
@@ -156,7 +157,7 @@ impl Session<'_> {
     /// Queues the missed events, trimmed to what the subscriber may read; a resent one goes with
     /// its old packet id and DUP = 1.
     fn send_missed(&self, missed: Vec<Missed>, mut resend: Resend) {
-        let conn = self.conn;
+        let conn = &self.conn;
         for m in missed {
             let mut body = Vec::new();
             let readable = conn.subs.borrow().iter().find_map(|s| {

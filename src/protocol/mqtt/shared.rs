@@ -16,6 +16,10 @@ use super::share::Groups;
 use super::sys::{self, CoreCounts, SysState};
 use crate::resource::Resources;
 
+/// Client id → the kick of the connection holding it (which also keeps that connection's Clean
+/// Start, where it takes no room: an entry is 24 bytes, and every idle connection has one).
+pub(super) type Clients = HashMap<Arc<str>, Arc<Kick>>;
+
 /// What every core's MQTT connections share.
 pub struct MqttShared {
     pub resources: Arc<Resources>,
@@ -25,7 +29,8 @@ pub struct MqttShared {
     pub shutdown: Shutdown,
     /// Connected client ids on any core, for takeover, with the Clean Start of the connection
     /// holding each. Touched at CONNECT and at the end of a connection only, never per publish.
-    pub(super) clients: Mutex<HashMap<String, (Arc<Kick>, bool)>>,
+    /// Keyed by the connection's own copy of its client id (one allocation per connection).
+    pub(super) clients: Mutex<Clients>,
     /// Delayed wills waiting, by client id (see [`MqttShared::wait_will`]). Touched at CONNECT
     /// and at the end of a connection only; always locked after `clients`.
     pub(super) wills: Mutex<HashMap<String, Arc<PendingWill>>>,
@@ -144,14 +149,14 @@ impl MqttShared {
     /// for it to store its session. A delayed will of the client id waiting is settled: a
     /// connection resuming the session cancels it, one with Clean Start ends the session and so
     /// sends it now (MQTT 5 §3.1.3.2.2, [MQTT-3.1.3-9]).
-    pub(super) fn claim(&self, id: &str, kick: Arc<Kick>, clean: bool) -> Option<Arc<Kick>> {
+    pub(super) fn claim(&self, id: &Arc<str>, kick: Arc<Kick>, clean: bool) -> Option<Arc<Kick>> {
         let Ok(mut clients) = self.clients.lock() else {
             return None;
         };
-        let old = clients
-            .insert(id.to_string(), (kick, clean))
-            .map(|(k, _)| k);
-        if let Some(waiting) = self.wills.lock().ok().and_then(|mut w| w.remove(id)) {
+        // Read under this lock only (`wait_will`), so relaxed is enough.
+        kick.clean.store(clean, Ordering::Relaxed);
+        let old = clients.insert(id.clone(), kick);
+        if let Some(waiting) = self.wills.lock().ok().and_then(|mut w| w.remove(&**id)) {
             waiting.settle(clean);
         }
         drop(clients);
@@ -170,9 +175,9 @@ impl MqttShared {
         let Ok(clients) = self.clients.lock() else {
             return Err(true);
         };
-        if let Some((holder, clean)) = clients.get(id) {
+        if let Some(holder) = clients.get(id) {
             if !Arc::ptr_eq(holder, kick) {
-                return Err(*clean);
+                return Err(holder.clean.load(Ordering::Relaxed));
             }
         }
         let waiting = Arc::new(PendingWill::default());
@@ -198,7 +203,7 @@ impl MqttShared {
 
     pub(super) fn release(&self, id: &str, kick: &Arc<Kick>) {
         if let Ok(mut c) = self.clients.lock() {
-            if c.get(id).is_some_and(|(k, _)| Arc::ptr_eq(k, kick)) {
+            if c.get(id).is_some_and(|k| Arc::ptr_eq(k, kick)) {
                 c.remove(id);
             }
         }

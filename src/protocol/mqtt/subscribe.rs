@@ -171,10 +171,10 @@ impl Conn {
                 };
                 let room = if sub.qos == 0 {
                     CHUNK_RECORDS_MAX
-                } else if !self.backlog.borrow().is_empty() {
+                } else if !self.acked().backlog.borrow().is_empty() {
                     0
                 } else {
-                    self.window.saturating_sub(self.inflight.borrow().len())
+                    usize::from(self.window).saturating_sub(self.acked().inflight.borrow().len())
                 };
                 if room == 0 {
                     return;
@@ -219,7 +219,7 @@ impl Conn {
                     Ok(Chunk::Blocked) => return, // dispatch catches up, then fills again
                     Err(e) => {
                         tracing::warn!(target: "mqtt", "{:?}: reading the state for {:?} failed: {e}; closing",
-                            self.client_id.borrow(), filter.as_str());
+                            self.client_id.get(), filter.as_str());
                         sub.state = None;
                         self.state_failed.set(true);
                         self.kick.kick();
@@ -252,7 +252,7 @@ impl Conn {
     }
 }
 
-impl Session<'_> {
+impl Session {
     /// The caller's readable attributes of a table when its role restricts them (docs/security.md).
     pub(super) fn readable(&self, def: &crate::schema::TableDef) -> Option<Rc<ReadableAttributes>> {
         resource::permissions::readable_attributes(
@@ -372,7 +372,7 @@ impl Session<'_> {
                 let key = share::key(group, filter.topic_filter());
                 self.shared
                     .groups
-                    .join(&key, &self.client_id, || self.shared.stamp());
+                    .join(&key, self.client_id(), || self.shared.stamp());
                 continue;
             }
             // docs/mqtt.md: a filter over every export gets the current state of general topics
@@ -382,18 +382,18 @@ impl Session<'_> {
                 initial.push(filter);
             }
         }
-        self.sessions.reindex(self.conn);
+        self.sessions.reindex(&self.conn);
         self.conn.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),
             codes,
         }));
-        self.conn.send_sys(self.shared, &sys_initial, true);
+        self.conn.send_sys(&self.shared, &sys_initial, true);
         for filter in &initial {
             self.start_state(filter);
         }
         if !initial.is_empty() {
-            self.conn.fill_state(self.sessions);
+            self.conn.fill_state(&self.sessions);
         }
     }
 
@@ -416,7 +416,7 @@ impl Session<'_> {
         if let Err(e) = Filter::parse_general(raw) {
             return refused(Unresolved::Filter(e));
         }
-        let mut subs = self.conn.sys_subs.borrow_mut();
+        let mut subs = self.conn.extras().sys_subs.borrow_mut();
         let is_new = !subs.iter().any(|s| s == raw);
         if is_new {
             if subs.len() >= durable::SUBSCRIPTIONS_MAX {
@@ -439,7 +439,7 @@ impl Session<'_> {
         let mut codes = Vec::new();
         {
             let mut subs = self.conn.subs.borrow_mut();
-            let mut sys_subs = self.conn.sys_subs.borrow_mut();
+            let mut sys_subs = self.conn.extras().sys_subs.borrow_mut();
             for f in &u.filters {
                 let before = subs.len() + sys_subs.len();
                 let removed = subs.iter().find(|s| s.filter.as_str() == f);
@@ -448,7 +448,7 @@ impl Session<'_> {
                         let key = share::key(group, filter.topic_filter());
                         self.shared
                             .groups
-                            .leave(&key, &self.client_id, || self.shared.stamp());
+                            .leave(&key, self.client_id(), || self.shared.stamp());
                     }
                 }
                 subs.retain(|s| s.filter.as_str() != f);
@@ -460,7 +460,7 @@ impl Session<'_> {
                 });
             }
         }
-        self.sessions.reindex(self.conn);
+        self.sessions.reindex(&self.conn);
         self.conn.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
@@ -492,7 +492,7 @@ impl Session<'_> {
             .find(|s| s.filter.as_str() == filter.as_str())
         {
             sub.state = Some(cursor);
-            self.sessions.streams(self.conn);
+            self.sessions.streams(&self.conn);
         }
     }
 }

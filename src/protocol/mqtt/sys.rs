@@ -149,7 +149,10 @@ impl Sessions {
             .filter_map(std::rc::Weak::upgrade)
             .collect();
         for conn in conns {
-            let filters = conn.sys_subs.borrow().clone();
+            let filters = match conn.extras.get() {
+                Some(e) => e.sys_subs.borrow().clone(),
+                None => continue,
+            };
             conn.send_sys(shared, &filters, false);
         }
     }
