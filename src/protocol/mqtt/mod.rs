@@ -18,6 +18,7 @@ pub mod origin;
 mod outbound;
 pub mod payload;
 pub mod props;
+mod read;
 pub mod reason;
 mod resume;
 pub mod share;
