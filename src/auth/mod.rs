@@ -1212,16 +1212,21 @@ mod tests {
         r.store.close();
     }
 
-    #[test]
-    fn failed_logins_count_per_address_and_user_name() {
-        let dir = tempfile::tempdir().expect("temp");
-        let r = resources_with(
-            dir.path(),
+    /// Resources whose failed-login limit is 3 in a 60 s window.
+    fn three_failures_a_minute(dir: &std::path::Path) -> Arc<Resources> {
+        resources_with(
+            dir,
             &[
                 ("authentication_failedLoginLimit", "3"),
                 ("authentication_failedLoginWindow", "60s"),
             ],
-        );
+        )
+    }
+
+    #[test]
+    fn failed_logins_count_per_address_and_user_name() {
+        let dir = tempfile::tempdir().expect("temp");
+        let r = three_failures_a_minute(dir.path());
         start(&r).expect("start");
         let admin = Caller::super_user("system");
         for name in ["ann", "bob"] {
@@ -1270,13 +1275,7 @@ mod tests {
     #[test]
     fn checks_in_flight_count_against_the_limit() {
         let dir = tempfile::tempdir().expect("temp");
-        let r = resources_with(
-            dir.path(),
-            &[
-                ("authentication_failedLoginLimit", "3"),
-                ("authentication_failedLoginWindow", "60s"),
-            ],
-        );
+        let r = three_failures_a_minute(dir.path());
         let (limits, ip) = (&r.config.auth, peer("10.2.2.2").ip());
         // Undecided checks leave nothing behind.
         for _ in 0..10 {
