@@ -3,14 +3,16 @@
 //! and passes).
 //!
 //! With `storage.sync` on, the writer commits group N (its data synced, its meta page not),
-//! answers nobody yet, commits group N+1 — whose data sync makes N durable — and only then answers
-//! N; with nothing queued it syncs and answers. The server is started with the test-only
+//! answers nobody yet, and when as many requests are queued as N holds commits them as group N+1
+//! — whose data sync makes N durable — and only then answers N; with fewer queued it syncs and
+//! answers N first. The server is started with the test-only
 //! `TIDEPOOL_TEST_KILL_AT=data:<point>:<n>`, which makes the `data` database's writer SIGKILL its
 //! own process the n-th time it reaches `<point>`:
 //! - `commit-next`: group N committed and unanswered, group N+1 about to commit: between the two
 //!   syncs of the pair;
 //! - `answer-previous`: N+1 committed and synced, N not yet answered;
-//! - `final-sync`: the queue empty, before the sync that makes the last group durable.
+//! - `final-sync`: fewer requests queued than the pending group holds, before the sync that makes
+//!   it durable.
 //!
 //! One round per point on the same root, concurrent writers (so groups pipeline). After each
 //! kill the test checks that the server died at that point (its stderr says so), opens the store
@@ -35,8 +37,8 @@ use tidepool::store::{Store, StoreOptions};
 
 const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey seq: Int @indexed }";
 /// Each point with its number of concurrent writers: enough that groups queue behind each other
-/// for the points inside a pair; few for `final-sync`, which needs the queue empty now and then
-/// (under steady load the writer waits for the next group rather than syncing by itself).
+/// for the points inside a pair (a pair needs as many requests queued as the pending group
+/// holds); few for `final-sync`, reached whenever fewer are queued.
 const POINTS: [(&str, u64); 3] = [
     ("commit-next", 32),
     ("answer-previous", 32),

@@ -266,6 +266,11 @@ impl JobReceiver {
     fn try_recv(&self) -> Option<Job> {
         self.rx.try_recv().ok().map(|job| self.took(job))
     }
+
+    /// Jobs queued now.
+    fn len(&self) -> usize {
+        self.rx.len()
+    }
 }
 
 pub(super) struct WriterHandle {
@@ -454,8 +459,6 @@ struct Group {
     /// The last version the group assigned: the audit log is announced up to it once durable.
     last_version: f64,
     local_time: f64,
-    /// How long its commit took (its sync included).
-    took: std::time::Duration,
     /// The commit (or the sync that was to make it durable) failed: every request gets this.
     failed: Option<StoreError>,
 }
@@ -523,10 +526,6 @@ impl Item {
     }
 }
 
-/// The longest the writer waits for a request to join the next group before it syncs the pending
-/// group by itself (docs/design.md "Pipelined commits").
-const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// How long the writer's queue stays empty before a step of audit retention.
 const TRIM_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -537,20 +536,21 @@ impl Writer {
         // The last committed group while it is not yet durable (docs/design.md "Pipelined
         // commits"): answered once the next group's commit or a sync has made it durable.
         let mut pending: Option<Group> = None;
-        // Set when the last commit answered the group before it: those requesters are likely to
-        // send again within a moment, and a request that makes the next group saves a sync.
-        let mut linger: Option<std::time::Duration> = None;
         // Audit retention runs when the queue has been empty for a moment (`prune.rs`).
         let mut trim_wait = TRIM_IDLE;
         'outer: loop {
-            // More work queued: it becomes the next group, whose commit makes `pending` durable.
-            // Otherwise make `pending` durable now, answer it, and wait.
-            let queued = match (&pending, linger.take()) {
-                (Some(_), Some(wait)) => rx
-                    .try_recv()
-                    .or_else(|| rx.recv_timeout(wait).ok().flatten()),
-                (Some(_), None) => rx.try_recv(),
-                (None, _) => None,
+            // As many requests queued as `pending` holds: they become the next group, whose
+            // commit makes `pending` durable. Fewer: make `pending` durable now and answer it
+            // (docs/design.md "Pipelined commits", when a group waits for the next).
+            if pending
+                .as_ref()
+                .is_some_and(|group| rx.len() < group.answers.len())
+            {
+                self.settle(&mut pending);
+            }
+            let queued = match &pending {
+                Some(_) => rx.try_recv(),
+                None => None,
             };
             let first = match queued {
                 Some(job) => Some(job),
@@ -649,7 +649,7 @@ impl Writer {
                     next = rx.try_recv();
                 }
             }
-            linger = self.commit_group(&mut batch, &mut pending);
+            self.commit_group(&mut batch, &mut pending);
         }
         self.settle(&mut pending);
         tracing::debug!("writer for {} stopped", self.db.name);
@@ -658,17 +658,9 @@ impl Writer {
     /// Commits `batch` as one group. With `storage.sync` the group is kept in `pending` (not
     /// answered yet) and the group it replaces is answered: this commit's data sync made it
     /// durable (docs/design.md "Pipelined commits"). Without `storage.sync` it is answered at once.
-    ///
-    /// Returns how long to wait for the next request before syncing the new pending group
-    /// by itself, when this commit answered the group before it: up to this commit's own
-    /// duration (about one sync), at most [`LINGER_MAX`].
-    fn commit_group(
-        &self,
-        batch: &mut Vec<Item>,
-        pending: &mut Option<Group>,
-    ) -> Option<std::time::Duration> {
+    fn commit_group(&self, batch: &mut Vec<Item>, pending: &mut Option<Group>) {
         if batch.is_empty() {
-            return None;
+            return;
         }
         let group = self.commit_batch(batch, pending.is_some());
         if group.failed.is_some() {
@@ -676,26 +668,23 @@ impl Writer {
             // by itself first, then answer this one's failures.
             self.settle(pending);
             self.finish(group);
-            return None;
+            return;
         }
-        let linger = pending.take().map(|previous| {
+        if let Some(previous) = pending.take() {
             self.kill_point("answer-previous");
             self.finish(previous);
-            group.took.min(LINGER_MAX)
-        });
+        }
         if self.options.sync {
             *pending = Some(group);
-            linger
         } else {
             self.finish(group);
-            None
         }
     }
 
     /// Commits `batch` and makes it durable before returning: for the jobs that are answered
     /// right after it (table and schema changes, pruning, stop).
     fn commit_durably(&self, batch: &mut Vec<Item>, pending: &mut Option<Group>) {
-        let _ = self.commit_group(batch, pending);
+        self.commit_group(batch, pending);
         self.settle(pending);
     }
 
@@ -796,7 +785,6 @@ impl Writer {
             answers,
             last_version,
             local_time: super::now_ms(),
-            took: started.elapsed(),
             failed,
         }
     }
