@@ -134,7 +134,7 @@ impl Session {
         let wanted = !origin.properties.is_empty()
             || capped
             || no_local
-            || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
+            || (p.retain && self.shared().retain_as_published.load(Ordering::Relaxed));
         wanted.then(|| Arc::new(origin) as Extras)
     }
 
@@ -149,9 +149,9 @@ impl Session {
             tracing::info!(target: "mqtt", "publish to {:?} refused: payload is not the UTF-8 it declares", p.topic);
             return ReasonCode::PayloadFormatInvalid;
         }
-        if self.shared.general_topics {
+        if self.shared().general_topics {
             let exported = PublishTopic::parse(&p.topic)
-                .is_ok_and(|t| self.shared.resources.export(t.export).is_some());
+                .is_ok_and(|t| self.shared().resources.export(t.export).is_some());
             if !exported {
                 return self.apply_general(p).await;
             }
@@ -163,7 +163,7 @@ impl Session {
                 return ReasonCode::TopicNameInvalid;
             }
         };
-        let Some((db, table)) = self.shared.resources.export(topic.export) else {
+        let Some((db, table)) = self.shared().resources.export(topic.export) else {
             tracing::info!(target: "mqtt", "publish to {:?} dropped: no export {:?}", p.topic, topic.export);
             return ReasonCode::TopicNameInvalid;
         };
@@ -291,33 +291,29 @@ impl Session {
     /// Keeps a queued QoS 0 publish's commit to settle later, first settling the oldest when
     /// [`QOS0_IN_FLIGHT_MAX`] are in flight.
     async fn pipeline(&self, queued: resource::Queued, topic: &str) {
-        let full = self
-            .pending
-            .borrow()
-            .as_ref()
-            .is_some_and(|p| p.len() >= QOS0_IN_FLIGHT_MAX);
-        if full {
-            let oldest = self
-                .pending
-                .borrow_mut()
-                .as_mut()
-                .and_then(|p| p.pop_front());
-            if let Some((oldest, topic)) = oldest {
-                if let Err(e) = oldest.committed().await {
-                    failed(&topic, e);
-                }
+        // Taken out and put back before any wait (a `Cell`, see [`Session::pending`]).
+        let mut pending = self.pending.take();
+        let oldest = pending
+            .as_mut()
+            .filter(|p| p.len() >= QOS0_IN_FLIGHT_MAX)
+            .and_then(|p| p.pop_front());
+        self.pending.set(pending);
+        if let Some((oldest, topic)) = oldest {
+            if let Err(e) = oldest.committed().await {
+                failed(&topic, e);
             }
         }
-        self.pending
-            .borrow_mut()
+        let mut pending = self.pending.take();
+        pending
             .get_or_insert_with(Box::default)
             .push_back((queued, topic.to_string()));
+        self.pending.set(pending);
     }
 
     /// Waits for every pipelined QoS 0 publish to commit (logging the failures): before any
     /// other packet is handled, so each of those comes after all earlier publishes are applied.
     pub(super) async fn settle(&self) {
-        let Some(pending) = self.pending.borrow_mut().take() else {
+        let Some(pending) = self.pending.take() else {
             return;
         };
         for (queued, topic) in *pending {
@@ -335,7 +331,11 @@ impl Session {
             tracing::info!(target: "mqtt", "publish to {:?} dropped: not a valid topic name", p.topic);
             return ReasonCode::TopicNameInvalid;
         }
-        let Some((db, _)) = self.shared.resources.table(durable::SYSTEM, general::TABLE) else {
+        let Some((db, _)) = self
+            .shared()
+            .resources
+            .table(durable::SYSTEM, general::TABLE)
+        else {
             return ReasonCode::Unspecified;
         };
         let table = general::TABLE.to_string();
@@ -430,7 +430,6 @@ impl Session {
                 return;
             }
             let late = Session {
-                shared,
                 conn,
                 sessions,
                 caller,

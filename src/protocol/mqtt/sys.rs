@@ -149,7 +149,7 @@ impl Sessions {
             .filter_map(std::rc::Weak::upgrade)
             .collect();
         for conn in conns {
-            let filters = match conn.extras.get() {
+            let filters = match conn.extras_if_any() {
                 Some(e) => e.sys_subs.borrow().clone(),
                 None => continue,
             };
