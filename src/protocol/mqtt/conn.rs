@@ -206,14 +206,12 @@ where
 }
 
 /// What an open connection's reader holds from CONNECT to its end, in one box: its read half,
-/// its session (which holds the connection's state and the core's), its will and who the
+/// its session (which holds the connection's state and the core's, and the will) and who the
 /// client is. One box rather than several: every allocation costs the allocator 8–16 bytes,
 /// and each box a pointer in the task (docs/design.md, "Idle connections").
 pub(super) struct Live<R> {
     pub(super) reader: ReadHalf<R>,
     pub(super) session: Session,
-    /// Published if the connection ends without DISCONNECT.
-    pub(super) will: Option<Box<Will>>,
     pub(super) peer: Peer,
 }
 
@@ -274,8 +272,8 @@ fn run<R: ReadBytes>(opened: Box<connect::Opened<R>>) -> impl Future<Output = ()
             match handling.await {
                 Flow::Continue => {}
                 Flow::Disconnect { publish_will } => {
-                    if !publish_will {
-                        live.will = None;
+                    if let (false, Some(rare)) = (publish_will, live.session.rare.get_mut()) {
+                        rare.will = None;
                     }
                     live.session.conn.closing.set(true);
                     break None;
@@ -309,11 +307,14 @@ fn start<R>(opened: connect::Opened<R>) -> Box<Live<R>> {
             conn,
             sessions,
             caller,
-            aliases: None,
             expiry_s,
-            pending: Default::default(),
+            rare: std::cell::Cell::new(will.map(|will| {
+                Box::new(SessionRare {
+                    will: Some(Box::new(will)),
+                    ..SessionRare::default()
+                })
+            })),
         },
-        will: will.map(Box::new),
         peer: Peer::new(peer),
     });
     let session = &live.session;
@@ -322,10 +323,7 @@ fn start<R>(opened: connect::Opened<R>) -> Box<Live<R>> {
     // MQTT §3.1.2.10: one and a half times the Keep Alive without a packet closes the connection;
     // `Sessions::sweep_keep_alive` checks it.
     session.conn.heard_ms.set(millis());
-    session
-        .conn
-        .keep_alive_ms
-        .set(u32::from(keep_alive_s) * 1500);
+    session.conn.keep_alive_s.set(keep_alive_s);
     live
 }
 
@@ -335,10 +333,10 @@ async fn finish<R: ReadBytes>(live: &mut Live<R>, end: Option<ReasonCode>) {
     let Live {
         reader,
         session,
-        will,
         peer,
     } = live;
     let peer = peer.addr();
+    let will = session.rare.get_mut().as_mut().and_then(|r| r.will.take());
     let (conn, shared, sessions) = (&session.conn, session.shared(), &session.sessions);
     let kick = &conn.kick;
     // Pipelined QoS 0 publishes are applied before anything the end of the connection does.
@@ -357,7 +355,7 @@ async fn finish<R: ReadBytes>(live: &mut Live<R>, end: Option<ReasonCode>) {
     sessions.forget(conn);
     // Before letting go of the client id, so a connection taking it over, or coming next, finds
     // a delayed will to settle (see `MqttShared::claim`).
-    if let Some(will) = will.take() {
+    if let Some(will) = will {
         session.leave_will(*will, kick, shared, sessions).await;
     }
     shared.release(client_id, kick);
@@ -424,14 +422,30 @@ pub(super) struct Session {
     /// The core's sessions, and through them what all cores share ([`Session::shared`]).
     pub(super) sessions: Rc<Sessions>,
     pub(super) caller: Caller,
-    /// v5 topic aliases the client set (boxed: most clients set none).
-    pub(super) aliases: Rare<HashMap<u16, String>>,
     /// Session Expiry Interval (s): 0 ends the session with the connection.
     pub(super) expiry_s: u32,
+    /// What most sessions never hold (topic aliases, QoS 0 publishes not yet settled, the
+    /// will), in one box while any is held: 8 bytes here rather than 24 for three boxes. A
+    /// `Cell` (8 bytes narrower than a `RefCell`): taken and put back, never held across a
+    /// wait.
+    pub(super) rare: std::cell::Cell<Rare<SessionRare>>,
+}
+
+/// What a session holds only while it uses it (see [`Session::rare`]).
+#[derive(Default)]
+pub(super) struct SessionRare {
+    /// v5 topic aliases the client set.
+    pub(super) aliases: HashMap<u16, String>,
     /// QoS 0 publishes queued whose commits are not yet settled (`inbound.rs`).
-    /// (A `Cell`, 8 bytes narrower than a `RefCell`: taken and put back, never borrowed
-    /// across a wait.)
-    pub(super) pending: std::cell::Cell<Rare<super::inbound::Pipeline>>,
+    pub(super) pending: super::inbound::Pipeline,
+    /// Published if the connection ends without DISCONNECT.
+    pub(super) will: Option<Box<Will>>,
+}
+
+impl SessionRare {
+    pub(super) fn is_empty(&self) -> bool {
+        self.aliases.is_empty() && self.pending.is_empty() && self.will.is_none()
+    }
 }
 
 impl Session {
@@ -583,15 +597,15 @@ mod tests {
     }
 
     /// What an idle plain connection keeps beside its buffers (none): its one task's future
-    /// (reader and writer joined), the box its reader holds (read half, session, will, peer),
-    /// its state and its kick (docs/design.md, "Idle connections"). The writer's part is only
-    /// two handles and the write half. Sizes are of this (unoptimised) test build when written:
-    /// task 208, writer 32, reader's box 152, session 72, state 184, kick 24; a release build's
-    /// task cell is 248 bytes (24 + 208 + 16). Before issue 19's idle work they were a reader
-    /// task of 2,944 bytes, a writer task of 424 and a state of 592; before its second pass two
-    /// tasks (~420 and 96 bytes of future) and a state of 456 bytes; before its third a task of
-    /// 288 (release cell 336), a reader's state and a session of 88 bytes in two boxes, a state
-    /// of 200 and a kick of 32.
+    /// (reader and writer joined), the box its reader holds (read half, session, peer), its
+    /// state and its kick (docs/design.md, "Idle connections"). The writer's part is only two
+    /// handles and the write half. Sizes are of this (unoptimised) test build when written:
+    /// task 208, writer 32, reader's box 136, session 64, state 168, kick 24; a release
+    /// build's task cell is 248 bytes (24 + 208 + 16). Before issue 19's idle work they were a
+    /// reader task of 2,944 bytes, a writer task of 424 and a state of 592; before its second
+    /// pass two tasks (~420 and 96 bytes of future) and a state of 456 bytes; before its third
+    /// a task of 288 (release cell 336), a reader's state and a session of 88 bytes in two
+    /// boxes, a state of 200 and a kick of 32.
     #[test]
     fn an_idle_connection_state_is_small() {
         let task = future_size5(serve::<tidepool_io::Stream, ()>);
@@ -605,9 +619,9 @@ mod tests {
         );
         assert!(task <= 208, "connection task future {task} B");
         assert!(writer <= 32, "writer future {writer} B");
-        assert!(live <= 152, "reader's box {live} B");
-        assert!(session <= 72, "session {session} B");
-        assert!(conn <= 184, "connection state {conn} B");
+        assert!(live <= 136, "reader's box {live} B");
+        assert!(session <= 64, "session {session} B");
+        assert!(conn <= 168, "connection state {conn} B");
         assert!(kick <= 24, "kick {kick} B");
     }
 }

@@ -496,13 +496,7 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
     let kick = Arc::new(Kick::default());
     let connect = read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
     let expiry_s = session_expiry_s(&connect);
-    let conn = Rc::new(Conn::new(
-        &connect,
-        expiry_s,
-        &shared,
-        kick.clone(),
-        sessions.sys.clone(),
-    ));
+    let conn = Rc::new(Conn::new(&connect, expiry_s, &shared, kick.clone()));
     let Some(admitted) = admit(&shared, &conn, &connect, identity, peer).await else {
         return Some(Opening {
             writer,

@@ -51,6 +51,7 @@ impl Sessions {
     /// [`MqttShared::sys_core`] of its own.
     pub fn new(shared: Arc<MqttShared>, counters: Arc<crate::pubsub::Counters>) -> Self {
         let (start_version, sys) = (shared.start_version(), shared.sys_core());
+        super::sys::count_here(sys.clone());
         Sessions {
             shared,
             sys,
@@ -130,7 +131,8 @@ impl Sessions {
         for conn in conns.iter().filter_map(Weak::upgrade) {
             buffers += conn.out.borrow().capacity() + conn.read_held.get() as usize;
             queued += conn.out.borrow().len() + conn.backlog_bytes();
-            let limit_ms = conn.keep_alive_ms.get();
+            // MQTT §3.1.2.10: one and a half times the Keep Alive.
+            let limit_ms = u32::from(conn.keep_alive_s.get()) * 1500;
             let late = limit_ms > 0 && now_ms.wrapping_sub(conn.heard_ms.get()) > limit_ms;
             if late && !conn.expired.get() {
                 conn.expired.set(true);

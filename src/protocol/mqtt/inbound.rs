@@ -56,13 +56,16 @@ impl Session {
                 return Flow::Close(ReasonCode::TopicAliasInvalid);
             }
             if p.topic.is_empty() {
-                match self.aliases.as_ref().and_then(|a| a.get(&alias)) {
+                let rare = self.rare.get_mut().as_ref();
+                match rare.and_then(|r| r.aliases.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => return Flow::Close(ReasonCode::ProtocolError),
                 }
             } else {
-                self.aliases
+                self.rare
+                    .get_mut()
                     .get_or_insert_with(Box::default)
+                    .aliases
                     .insert(alias, p.topic.clone());
             }
         }
@@ -291,32 +294,35 @@ impl Session {
     /// Keeps a queued QoS 0 publish's commit to settle later, first settling the oldest when
     /// [`QOS0_IN_FLIGHT_MAX`] are in flight.
     async fn pipeline(&self, queued: resource::Queued, topic: &str) {
-        // Taken out and put back before any wait (a `Cell`, see [`Session::pending`]).
-        let mut pending = self.pending.take();
-        let oldest = pending
+        // Taken out and put back before any wait (a `Cell`, see [`Session::rare`]).
+        let mut rare = self.rare.take();
+        let oldest = rare
             .as_mut()
-            .filter(|p| p.len() >= QOS0_IN_FLIGHT_MAX)
-            .and_then(|p| p.pop_front());
-        self.pending.set(pending);
+            .filter(|r| r.pending.len() >= QOS0_IN_FLIGHT_MAX)
+            .and_then(|r| r.pending.pop_front());
+        self.rare.set(rare);
         if let Some((oldest, topic)) = oldest {
             if let Err(e) = oldest.committed().await {
                 failed(&topic, e);
             }
         }
-        let mut pending = self.pending.take();
-        pending
-            .get_or_insert_with(Box::default)
-            .push_back((queued, topic.to_string()));
-        self.pending.set(pending);
+        let mut rare = self.rare.take().unwrap_or_default();
+        rare.pending.push_back((queued, topic.to_string()));
+        self.rare.set(Some(rare));
     }
 
     /// Waits for every pipelined QoS 0 publish to commit (logging the failures): before any
     /// other packet is handled, so each of those comes after all earlier publishes are applied.
     pub(super) async fn settle(&self) {
-        let Some(pending) = self.pending.take() else {
+        let Some(mut rare) = self.rare.take() else {
             return;
         };
-        for (queued, topic) in *pending {
+        let pending = std::mem::take(&mut rare.pending);
+        // The box goes once nothing is left in it.
+        if !rare.is_empty() {
+            self.rare.set(Some(rare));
+        }
+        for (queued, topic) in pending {
             if let Err(e) = queued.committed().await {
                 failed(&topic, e);
             }
@@ -433,9 +439,8 @@ impl Session {
                 conn,
                 sessions,
                 caller,
-                aliases: None,
                 expiry_s: 0,
-                pending: Default::default(),
+                rare: Default::default(),
             };
             late.publish_will(will).await;
         });

@@ -159,7 +159,7 @@ pub(super) struct Conn {
     pub(super) window: u16,
     /// Backlog bound; past it the connection closes with `0x97` (a durable session gets the rest
     /// from the audit log when it resumes).
-    pub(super) backlog_max: usize,
+    pub(super) backlog_max: u32,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
     pub(super) out_packet_bytes_max: u32,
     /// The client's Topic Alias Maximum (v5): aliases we may assign, and those assigned.
@@ -175,19 +175,17 @@ pub(super) struct Conn {
     /// Bytes of buffer the connection's read half holds while it waits for more (none with
     /// nothing buffered on plain TCP), for the sweep's gauge.
     pub(super) read_held: Cell<u32>,
-    /// When bytes last came from the client ([`super::conn::millis`]); with `keep_alive_ms`,
+    /// When bytes last came from the client ([`super::conn::millis`]); with `keep_alive_s`,
     /// what the core's sweep checks.
     pub(super) heard_ms: Cell<u32>,
-    /// Milliseconds; 0: none.
-    pub(super) keep_alive_ms: Cell<u32>,
+    /// The Keep Alive the client is held to, in seconds; 0: none.
+    pub(super) keep_alive_s: Cell<u16>,
     /// Set by the sweep when `keep_alive` passed without a packet: the kick that follows closes
     /// with `0x8D`.
     pub(super) expired: Cell<bool>,
     /// Set when the server's shutdown kicked it ([`Conn::stop`]): it closes with `0x8B`.
     pub(super) stopping: Cell<bool>,
     pub(super) kick: Arc<Kick>,
-    /// This core's `$SYS` message counts (publishes sent are counted here).
-    pub(super) counts: Arc<super::sys::CoreCounts>,
     /// This connection in its core's [`super::index::Index`]: its number there and the keys it
     /// is filed under.
     pub(super) slot: Cell<u64>,
@@ -211,7 +209,6 @@ impl Conn {
         expiry_s: u32,
         shared: &MqttShared,
         kick: Arc<Kick>,
-        counts: Arc<super::sys::CoreCounts>,
     ) -> Conn {
         let level = connect.level;
         let out_packet_bytes_max = connect.properties.maximum_packet_size().unwrap_or(u32::MAX);
@@ -243,11 +240,12 @@ impl Conn {
             // docs/realtime.md: a clean session's outbound queue holds 1,000 events; a durable one
             // the session queue (and whatever does not fit waits in the audit log for the next
             // resume).
-            backlog_max: if expiry_s > 0 {
+            backlog_max: u32::try_from(if expiry_s > 0 {
                 shared.session_queue_max.max(INFLIGHT_MAX)
             } else {
                 INFLIGHT_MAX
-            },
+            })
+            .unwrap_or(u32::MAX),
             out_packet_bytes_max,
             aliases_out_max: connect
                 .properties
@@ -262,11 +260,10 @@ impl Conn {
             state_more: Cell::new(false),
             read_held: Cell::new(0),
             heard_ms: Cell::new(super::conn::millis()),
-            keep_alive_ms: Cell::new(0),
+            keep_alive_s: Cell::new(0),
             expired: Cell::new(false),
             stopping: Cell::new(false),
             kick,
-            counts,
             slot: Cell::new(0),
             keys: Cell::new(Box::default()),
         }
@@ -379,7 +376,7 @@ impl Conn {
         }
         let mut backlog = self.acked().backlog.borrow_mut();
         if !backlog.is_empty() || self.acked().inflight.borrow().len() >= usize::from(self.window) {
-            if backlog.len() >= self.backlog_max {
+            if backlog.len() >= self.backlog_max as usize {
                 drop(backlog);
                 return self.overflow();
             }
@@ -458,7 +455,7 @@ impl Conn {
         if let Some(id) = packet_id {
             self.in_flight(id, event);
         }
-        self.counts.count_sent();
+        super::sys::count_sent();
         self.wake_writer();
         true
     }
@@ -509,7 +506,7 @@ impl Conn {
                 .insert(topic, alias);
         }
         self.out_mut().extend_from_slice(&encoded);
-        self.counts.count_sent();
+        super::sys::count_sent();
         self.wake_writer();
         true
     }
