@@ -143,11 +143,14 @@ fn give_back(buf: Vec<u8>) {
 
 type PendingRead<R> = Pin<Box<dyn Future<Output = (R, Vec<u8>, io::Result<usize>)>>>;
 
+/// Two variants, the reader's absence folded into `Idle`: so the state is 16 bytes for a
+/// pointer-sized reader (`Idle` fits beside the box's non-null pointer), not 24 with a tag of
+/// its own (docs/design.md, "Idle connections").
 enum ReadState<R> {
-    Idle(R),
+    /// Between reads. `None` when a read future panicked or was leaked mid-swap: the half is
+    /// then unusable.
+    Idle(Option<R>),
     Reading(PendingRead<R>),
-    /// A read future panicked or was leaked mid-swap; the half is unusable.
-    Gone,
 }
 
 /// A reader whose reads may be cancelled without losing bytes.
@@ -180,7 +183,7 @@ impl<R: ReadBytes> ReadHalf<R> {
     pub fn with_chunk(reader: R, chunk_bytes: usize) -> Self {
         let chunk_bytes_max = chunk_bytes.max(1);
         Self {
-            state: ReadState::Idle(reader),
+            state: ReadState::Idle(Some(reader)),
             buffered: Vec::new(),
             chunk_bytes_max: narrow(chunk_bytes_max),
             chunk_bytes: narrow(chunk_bytes_max.min(READ_CHUNK_MIN_BYTES)),
@@ -206,66 +209,73 @@ impl<R: ReadBytes> ReadHalf<R> {
     /// when nothing is buffered and the reader has readiness.
     pub fn held_while_waiting(&self) -> usize {
         match &self.state {
-            ReadState::Idle(reader) if self.buffered.is_empty() && reader.has_readiness() => 0,
-            ReadState::Idle(_) => self.buffered.capacity() + self.chunk_bytes as usize,
+            ReadState::Idle(Some(reader)) if self.buffered.is_empty() && reader.has_readiness() => {
+                0
+            }
+            ReadState::Idle(Some(_)) => self.buffered.capacity() + self.chunk_bytes as usize,
             _ => self.held_bytes(),
         }
     }
 
     /// Reads at least one more byte onto [`ReadHalf::buffered`]; 0 means the peer closed.
     /// Cancel-safe (see the type's documentation).
-    pub async fn fill(&mut self) -> io::Result<usize> {
-        if self.buffered.is_empty() {
-            if let ReadState::Idle(reader) = &self.state {
-                // Nothing to keep: the buffer goes back, and a reader with readiness waits
-                // without one.
-                give_back(std::mem::take(&mut self.buffered));
-                reader.readable().await?;
+    ///
+    /// Not an `async fn`, which would keep `self` twice (the argument and its local): an idle
+    /// connection's task holds this future while it waits (docs/design.md, "Idle connections").
+    #[allow(clippy::manual_async_fn)]
+    pub fn fill(&mut self) -> impl Future<Output = io::Result<usize>> + '_ {
+        async move {
+            if self.buffered.is_empty() {
+                if let ReadState::Idle(Some(reader)) = &self.state {
+                    // Nothing to keep: the buffer goes back, and a reader with readiness waits
+                    // without one.
+                    give_back(std::mem::take(&mut self.buffered));
+                    reader.readable().await?;
+                }
             }
-        }
-        if let ReadState::Idle(..) = self.state {
-            let ReadState::Idle(mut reader) = std::mem::replace(&mut self.state, ReadState::Gone)
-            else {
+            if let ReadState::Idle(idle) = &mut self.state {
+                let Some(mut reader) = idle.take() else {
+                    return Err(gone());
+                };
+                let spare = self.chunk_bytes as usize;
+                // All consumed (and given back above): read into a spare; else into a new chunk
+                // appended to what is kept.
+                let chunk = if self.buffered.is_empty() {
+                    take_spare()
+                } else {
+                    Vec::new()
+                };
+                self.state = ReadState::Reading(Box::pin(async move {
+                    let (result, chunk) = reader.read_append(chunk, spare).await;
+                    (reader, chunk, result)
+                }));
+            }
+            let done = poll_fn(|cx| match &mut self.state {
+                ReadState::Reading(pending) => pending.as_mut().poll(cx).map(Some),
+                _ => Poll::Ready(None),
+            })
+            .await;
+            let Some((reader, chunk, result)) = done else {
                 return Err(gone());
             };
-            let spare = self.chunk_bytes as usize;
-            // All consumed (and given back above): read into a spare; else into a new chunk
-            // appended to what is kept.
-            let chunk = if self.buffered.is_empty() {
-                take_spare()
+            if let Ok(n) = result {
+                let next =
+                    next_chunk_bytes(self.chunk_bytes as usize, n, self.chunk_bytes_max as usize);
+                self.chunk_bytes = narrow(next);
+            }
+            if matches!(result, Ok(n) if n > 0) {
+                if self.buffered.is_empty() {
+                    give_back(std::mem::replace(&mut self.buffered, chunk));
+                } else {
+                    self.buffered.extend_from_slice(&chunk);
+                    give_back(chunk);
+                }
             } else {
-                Vec::new()
-            };
-            self.state = ReadState::Reading(Box::pin(async move {
-                let (result, chunk) = reader.read_append(chunk, spare).await;
-                (reader, chunk, result)
-            }));
-        }
-        let done = poll_fn(|cx| match &mut self.state {
-            ReadState::Reading(pending) => pending.as_mut().poll(cx).map(Some),
-            _ => Poll::Ready(None),
-        })
-        .await;
-        let Some((reader, chunk, result)) = done else {
-            return Err(gone());
-        };
-        if let Ok(n) = result {
-            let next =
-                next_chunk_bytes(self.chunk_bytes as usize, n, self.chunk_bytes_max as usize);
-            self.chunk_bytes = narrow(next);
-        }
-        if matches!(result, Ok(n) if n > 0) {
-            if self.buffered.is_empty() {
-                give_back(std::mem::replace(&mut self.buffered, chunk));
-            } else {
-                self.buffered.extend_from_slice(&chunk);
                 give_back(chunk);
             }
-        } else {
-            give_back(chunk);
+            self.state = ReadState::Idle(Some(reader));
+            result
         }
-        self.state = ReadState::Idle(reader);
-        result
     }
 }
 

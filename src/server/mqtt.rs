@@ -70,11 +70,7 @@ pub fn start_core(
     registry: &Registry,
     server: &Arc<super::Shared>,
 ) {
-    let sessions = Rc::new(Sessions::new(
-        shared.start_version(),
-        registry.counters().clone(),
-        shared.sys_core(),
-    ));
+    let sessions = Rc::new(Sessions::new(shared.clone(), registry.counters().clone()));
     {
         let (shared, sessions) = (shared.clone(), sessions.clone());
         registry.add_listener(Box::new(move |commit: &Arc<Commit>| {

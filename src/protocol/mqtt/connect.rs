@@ -3,21 +3,21 @@
 //! caller), the client id, and takeover of a client id held by another connection on any core;
 //! [`open`] runs them in order for a new connection, up to the session it resumes.
 
+use std::cell::UnsafeCell;
 use std::future::poll_fn;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use atomic_waker::AtomicWaker;
 use tidepool_io::{timeout, ReadBytes, ReadHalf, WriteBytes};
 
 use super::codec::Will;
 use super::codec::{self, ConnAck, Connect, DecodeError, Level, Packet};
 use super::conn::{
-    kicked_or_shutdown, read_packet, Live, ReadError, Session, Start, CONNECT_TIMEOUT,
-    RECEIVE_MAXIMUM, TAKEOVER_WAIT, TOPIC_ALIAS_MAX,
+    read_packet, ReadError, Session, Start, Unknown, CONNECT_TIMEOUT, RECEIVE_MAXIMUM,
+    TAKEOVER_WAIT, TOPIC_ALIAS_MAX,
 };
 use super::dispatch::Sessions;
 use super::durable::{self, Stored};
@@ -31,27 +31,85 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 /// A cross-core "close now" signal for takeovers: set from any core, awaited on the owner's.
+///
+/// 24 bytes, so that with its `Arc`'s counts it takes the allocator's 48-byte size class rather
+/// than 64 (every connection has one; docs/design.md, "Idle connections"): its flags and a lock
+/// bit share one word, and the owner's waker is kept under that lock rather than in an
+/// `AtomicWaker` (24 bytes on its own). The lock is held only to put or take the waker.
 #[derive(Default)]
 pub struct Kick {
-    pub(super) kicked: AtomicBool,
-    /// Set once the connection stored its session and let go of its client id.
-    pub(super) released: AtomicBool,
-    /// The Clean Start of the connection's CONNECT, for the client id registry
-    /// ([`MqttShared::claim`]); in padding the two flags leave.
-    pub(super) clean: AtomicBool,
-    pub(super) waker: AtomicWaker,
+    /// [`KICKED`], [`RELEASED`], [`CLEAN`] and [`LOCKED`].
+    state: AtomicU32,
+    /// The owner's task, to wake when kicked; touched only while [`LOCKED`] is held.
+    waker: UnsafeCell<Option<Waker>>,
+}
+
+/// Kicked: the connection is to close.
+const KICKED: u32 = 1;
+/// Set once the connection stored its session and let go of its client id.
+const RELEASED: u32 = 1 << 1;
+/// The Clean Start of the connection's CONNECT, for the client id registry
+/// ([`MqttShared::claim`]).
+const CLEAN: u32 = 1 << 2;
+/// Someone puts or takes the waker.
+const LOCKED: u32 = 1 << 3;
+
+// SAFETY: `waker` is the one field that is not `Sync` by itself. It is read and written only
+// through `Kick::with_waker`, between setting `LOCKED` (a `fetch_or` that found it clear) and
+// clearing it: the bit excludes every other thread meanwhile, and its Acquire/Release orders each
+// holder's use of the slot after the previous holder's. A `Waker` is `Send`, so it may be put in
+// on one thread and taken out on another.
+unsafe impl Sync for Kick {}
+
+/// Clears [`LOCKED`] when dropped, so a panic while the lock is held does not leave it held.
+struct Unlock<'a>(&'a AtomicU32);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_and(!LOCKED, Ordering::Release);
+    }
 }
 
 impl Kick {
     pub fn kick(&self) {
-        self.kicked.store(true, Ordering::Release);
-        self.waker.wake();
+        self.state.fetch_or(KICKED, Ordering::Release);
+        // Woken outside the lock.
+        if let Some(waker) = self.with_waker(Option::take) {
+            waker.wake();
+        }
+    }
+
+    fn is_kicked(&self) -> bool {
+        self.state.load(Ordering::Acquire) & KICKED != 0
+    }
+
+    /// The connection stored its session and let go of its client id.
+    pub(super) fn set_released(&self) {
+        self.state.fetch_or(RELEASED, Ordering::Release);
+    }
+
+    fn is_released(&self) -> bool {
+        self.state.load(Ordering::Acquire) & RELEASED != 0
+    }
+
+    /// The Clean Start of the connection's CONNECT; read and written under the client id
+    /// registry's lock only (see [`MqttShared::claim`]), so relaxed is enough.
+    pub(super) fn set_clean(&self, clean: bool) {
+        if clean {
+            self.state.fetch_or(CLEAN, Ordering::Relaxed);
+        } else {
+            self.state.fetch_and(!CLEAN, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn clean(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & CLEAN != 0
     }
 
     /// Waits (bounded by [`TAKEOVER_WAIT`]) until the kicked connection has stored its session.
     pub(super) async fn released(&self) {
         let deadline = std::time::Instant::now() + TAKEOVER_WAIT;
-        while !self.released.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        while !self.is_released() && std::time::Instant::now() < deadline {
             tidepool_io::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -62,15 +120,43 @@ impl Kick {
     }
 
     pub(super) fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.kicked.load(Ordering::Acquire) {
+        if self.is_kicked() {
             return Poll::Ready(());
         }
-        self.waker.register(cx.waker());
-        if self.kicked.load(Ordering::Acquire) {
+        // The waker replaced is dropped outside the lock.
+        let replaced = self.with_waker(|slot| match slot {
+            Some(waker) if waker.will_wake(cx.waker()) => None,
+            _ => slot.replace(cx.waker().clone()),
+        });
+        drop(replaced);
+        // A kick that set the flag before the waker was put in took no waker, but the flag is
+        // seen here: every change of `state` is one read-modify-write in a single order, and
+        // the kick's flag came before its lock, which came before or after this one's.
+        if self.is_kicked() {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    /// Runs `f` on the waker's slot with [`LOCKED`] held.
+    fn with_waker<T>(&self, f: impl FnOnce(&mut Option<Waker>) -> T) -> T {
+        let mut spins = 0u32;
+        while self.state.fetch_or(LOCKED, Ordering::Acquire) & LOCKED != 0 {
+            // Held for a waker's clone or take only; yield should its holder have been
+            // descheduled.
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let _unlock = Unlock(&self.state);
+        // SAFETY: this thread set `LOCKED` above, finding it clear, and `_unlock` clears it only
+        // after `f` returns (or unwinds): no other reference to the slot exists meanwhile (see
+        // `unsafe impl Sync for Kick`).
+        f(unsafe { &mut *self.waker.get() })
     }
 }
 
@@ -188,9 +274,15 @@ pub(super) async fn read_connect<R: ReadBytes, W: WriteBytes>(
     // the states an idle connection sits in should set this future's size.
     let first = Box::pin(timeout(
         CONNECT_TIMEOUT,
-        read_packet(reader, shared.packet_bytes_max, Level::V4, None, || {
-            kicked_or_shutdown(kick, &shared.shutdown)
-        }),
+        read_packet(
+            reader,
+            shared.packet_bytes_max,
+            Level::V4,
+            Unknown {
+                kick,
+                shutdown: &shared.shutdown,
+            },
+        ),
     ))
     .await;
     match first {
@@ -361,9 +453,10 @@ pub(super) async fn admit(
     })
 }
 
-/// What an accepted CONNECT leaves for the session to start with.
-pub(super) struct Opened {
-    pub(super) shared: Arc<MqttShared>,
+/// What an accepted CONNECT leaves for the reader and its session to start with.
+pub(super) struct Opened<R> {
+    pub(super) reader: ReadHalf<R>,
+    pub(super) peer: SocketAddr,
     pub(super) conn: Rc<Conn>,
     pub(super) sessions: Rc<Sessions>,
     pub(super) caller: Caller,
@@ -380,7 +473,7 @@ pub(super) struct Opening<R, W> {
     pub(super) writer: W,
     pub(super) conn: Rc<Conn>,
     pub(super) sessions: Rc<Sessions>,
-    pub(super) admitted: Option<(Box<Live<R>>, Box<Opened>)>,
+    pub(super) admitted: Option<Box<Opened<R>>>,
 }
 
 /// Reads and checks CONNECT, authenticates, takes the client id over and reads a stored
@@ -403,13 +496,7 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
     let kick = Arc::new(Kick::default());
     let connect = read_connect(&mut reader, &mut writer, peer, &kick, &shared).await?;
     let expiry_s = session_expiry_s(&connect);
-    let conn = Rc::new(Conn::new(
-        &connect,
-        expiry_s,
-        &shared,
-        kick.clone(),
-        sessions.sys.clone(),
-    ));
+    let conn = Rc::new(Conn::new(&connect, expiry_s, &shared, kick.clone()));
     let Some(admitted) = admit(&shared, &conn, &connect, identity, peer).await else {
         return Some(Opening {
             writer,
@@ -420,13 +507,14 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
     };
     let client_id: Arc<str> = Arc::from(admitted.client_id);
     let _ = conn.client_id.set(client_id.clone());
-    if let Some(old) = shared.claim(&client_id, kick.clone(), connect.clean) {
+    if let Some(old) = shared.claim(&client_id, kick, connect.clean) {
         // The old connection stores its session before letting go; wait so we read that.
         old.released().await;
     }
     let restored = load_stored(&shared, &client_id, connect.clean, peer).await;
     let opened = Box::new(Opened {
-        shared,
+        reader,
+        peer,
         conn: conn.clone(),
         sessions: sessions.clone(),
         caller: admitted.caller,
@@ -436,16 +524,11 @@ pub(super) async fn open<R: ReadBytes, W: WriteBytes>(
         restored,
         will: connect.will,
     });
-    let live = Box::new(Live {
-        reader,
-        kick,
-        peer: super::conn::Peer::new(peer),
-    });
     Some(Opening {
         writer,
         conn,
         sessions,
-        admitted: Some((live, opened)),
+        admitted: Some(opened),
     })
 }
 
@@ -482,7 +565,7 @@ impl Session {
         self.sessions.register(&self.conn);
         // The core's shutdown pass kicks the connections it knows of; one registered after
         // that pass is stopped here (the read loop waits on kicks alone, see `conn::kicked`).
-        if self.shared.shutdown.is_triggered() {
+        if self.shared().shutdown.is_triggered() {
             self.conn.stop();
         }
         self.conn.send(&Packet::ConnAck(ConnAck {
@@ -506,6 +589,61 @@ impl Session {
         );
         if let Some(stored) = restored {
             self.resume(stored);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::Wake;
+    use std::time::Instant;
+
+    /// A waker that records its wake and unparks the waiting thread.
+    struct Woken(AtomicBool, std::thread::Thread);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+            self.1.unpark();
+        }
+    }
+
+    /// A kick from another thread always ends the owner's wait, however it interleaves with
+    /// the owner putting its waker in (no kick is lost), and the flags sharing its word keep
+    /// their values.
+    #[test]
+    fn a_kick_from_another_core_is_never_lost() {
+        assert!(std::mem::size_of::<Kick>() <= 24, "a kick is 24 bytes");
+        for round in 0..2000u32 {
+            let kick = Arc::new(Kick::default());
+            kick.set_clean(round % 2 == 0);
+            let woken = Arc::new(Woken(AtomicBool::new(false), std::thread::current()));
+            let waker = Waker::from(woken.clone());
+            let mut cx = Context::from_waker(&waker);
+            let kicker = {
+                let kick = kick.clone();
+                std::thread::spawn(move || kick.kick())
+            };
+            while kick.poll_kicked(&mut cx).is_pending() {
+                // Pending: the kick must wake us. (The deadline only keeps a lost kick from
+                // hanging the test.)
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !woken.0.swap(false, Ordering::SeqCst) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: the kick was lost"
+                    );
+                    std::thread::park_timeout(Duration::from_millis(10));
+                }
+            }
+            kicker.join().unwrap();
+            assert_eq!(kick.clean(), round % 2 == 0);
+            assert!(!kick.is_released());
+            kick.set_released();
+            assert!(kick.is_released() && kick.is_kicked());
+            assert_eq!(kick.clean(), round % 2 == 0);
         }
     }
 }

@@ -26,6 +26,8 @@ use crate::value::{self, Value};
 
 /// The MQTT sessions of one core, fed committed changes by the core's dispatcher task.
 pub struct Sessions {
+    /// What all cores share (each session reaches it here rather than holding it).
+    pub(super) shared: Arc<MqttShared>,
     /// Every connection of the core, for the keep-alive sweep and `$SYS` (never per change).
     pub(super) conns: RefCell<Vec<Weak<Conn>>>,
     /// Topic → subscribed connections: who a change is offered to.
@@ -45,14 +47,13 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// `start_version`: see [`MqttShared::start_version`].
-    /// `sys`: this core's counts, from [`MqttShared::sys_core`].
-    pub fn new(
-        start_version: f64,
-        counters: Arc<crate::pubsub::Counters>,
-        sys: Arc<super::sys::CoreCounts>,
-    ) -> Self {
+    /// A core's sessions: its dispatch starts at [`MqttShared::start_version`], it counts in a
+    /// [`MqttShared::sys_core`] of its own.
+    pub fn new(shared: Arc<MqttShared>, counters: Arc<crate::pubsub::Counters>) -> Self {
+        let (start_version, sys) = (shared.start_version(), shared.sys_core());
+        super::sys::count_here(sys.clone());
         Sessions {
+            shared,
             sys,
             conns: RefCell::new(Vec::new()),
             index: RefCell::new(Index::default()),
@@ -130,7 +131,8 @@ impl Sessions {
         for conn in conns.iter().filter_map(Weak::upgrade) {
             buffers += conn.out.borrow().capacity() + conn.read_held.get() as usize;
             queued += conn.out.borrow().len() + conn.backlog_bytes();
-            let limit_ms = conn.keep_alive_ms.get();
+            // MQTT §3.1.2.10: one and a half times the Keep Alive.
+            let limit_ms = u32::from(conn.keep_alive_s.get()) * 1500;
             let late = limit_ms > 0 && now_ms.wrapping_sub(conn.heard_ms.get()) > limit_ms;
             if late && !conn.expired.get() {
                 conn.expired.set(true);
@@ -286,7 +288,7 @@ impl<'c> Delivery<'c> {
     /// Queues the change on `conn` if any of its subscriptions takes it.
     fn offer(&mut self, shared: &MqttShared, groups: &RefCell<share::View>, conn: &Conn) {
         let (commit, change) = (self.commit, self.change);
-        let replayed = conn.extras.get().is_some_and(|e| {
+        let replayed = conn.extras_if_any().is_some_and(|e| {
             e.floor
                 .borrow()
                 .as_ref()

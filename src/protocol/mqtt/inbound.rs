@@ -56,13 +56,16 @@ impl Session {
                 return Flow::Close(ReasonCode::TopicAliasInvalid);
             }
             if p.topic.is_empty() {
-                match self.aliases.as_ref().and_then(|a| a.get(&alias)) {
+                let rare = self.rare.get_mut().as_ref();
+                match rare.and_then(|r| r.aliases.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => return Flow::Close(ReasonCode::ProtocolError),
                 }
             } else {
-                self.aliases
+                self.rare
+                    .get_mut()
                     .get_or_insert_with(Box::default)
+                    .aliases
                     .insert(alias, p.topic.clone());
             }
         }
@@ -134,7 +137,7 @@ impl Session {
         let wanted = !origin.properties.is_empty()
             || capped
             || no_local
-            || (p.retain && self.shared.retain_as_published.load(Ordering::Relaxed));
+            || (p.retain && self.shared().retain_as_published.load(Ordering::Relaxed));
         wanted.then(|| Arc::new(origin) as Extras)
     }
 
@@ -149,9 +152,9 @@ impl Session {
             tracing::info!(target: "mqtt", "publish to {:?} refused: payload is not the UTF-8 it declares", p.topic);
             return ReasonCode::PayloadFormatInvalid;
         }
-        if self.shared.general_topics {
+        if self.shared().general_topics {
             let exported = PublishTopic::parse(&p.topic)
-                .is_ok_and(|t| self.shared.resources.export(t.export).is_some());
+                .is_ok_and(|t| self.shared().resources.export(t.export).is_some());
             if !exported {
                 return self.apply_general(p).await;
             }
@@ -163,7 +166,7 @@ impl Session {
                 return ReasonCode::TopicNameInvalid;
             }
         };
-        let Some((db, table)) = self.shared.resources.export(topic.export) else {
+        let Some((db, table)) = self.shared().resources.export(topic.export) else {
             tracing::info!(target: "mqtt", "publish to {:?} dropped: no export {:?}", p.topic, topic.export);
             return ReasonCode::TopicNameInvalid;
         };
@@ -291,36 +294,35 @@ impl Session {
     /// Keeps a queued QoS 0 publish's commit to settle later, first settling the oldest when
     /// [`QOS0_IN_FLIGHT_MAX`] are in flight.
     async fn pipeline(&self, queued: resource::Queued, topic: &str) {
-        let full = self
-            .pending
-            .borrow()
-            .as_ref()
-            .is_some_and(|p| p.len() >= QOS0_IN_FLIGHT_MAX);
-        if full {
-            let oldest = self
-                .pending
-                .borrow_mut()
-                .as_mut()
-                .and_then(|p| p.pop_front());
-            if let Some((oldest, topic)) = oldest {
-                if let Err(e) = oldest.committed().await {
-                    failed(&topic, e);
-                }
+        // Taken out and put back before any wait (a `Cell`, see [`Session::rare`]).
+        let mut rare = self.rare.take();
+        let oldest = rare
+            .as_mut()
+            .filter(|r| r.pending.len() >= QOS0_IN_FLIGHT_MAX)
+            .and_then(|r| r.pending.pop_front());
+        self.rare.set(rare);
+        if let Some((oldest, topic)) = oldest {
+            if let Err(e) = oldest.committed().await {
+                failed(&topic, e);
             }
         }
-        self.pending
-            .borrow_mut()
-            .get_or_insert_with(Box::default)
-            .push_back((queued, topic.to_string()));
+        let mut rare = self.rare.take().unwrap_or_default();
+        rare.pending.push_back((queued, topic.to_string()));
+        self.rare.set(Some(rare));
     }
 
     /// Waits for every pipelined QoS 0 publish to commit (logging the failures): before any
     /// other packet is handled, so each of those comes after all earlier publishes are applied.
     pub(super) async fn settle(&self) {
-        let Some(pending) = self.pending.borrow_mut().take() else {
+        let Some(mut rare) = self.rare.take() else {
             return;
         };
-        for (queued, topic) in *pending {
+        let pending = std::mem::take(&mut rare.pending);
+        // The box goes once nothing is left in it.
+        if !rare.is_empty() {
+            self.rare.set(Some(rare));
+        }
+        for (queued, topic) in pending {
             if let Err(e) = queued.committed().await {
                 failed(&topic, e);
             }
@@ -335,7 +337,11 @@ impl Session {
             tracing::info!(target: "mqtt", "publish to {:?} dropped: not a valid topic name", p.topic);
             return ReasonCode::TopicNameInvalid;
         }
-        let Some((db, _)) = self.shared.resources.table(durable::SYSTEM, general::TABLE) else {
+        let Some((db, _)) = self
+            .shared()
+            .resources
+            .table(durable::SYSTEM, general::TABLE)
+        else {
             return ReasonCode::Unspecified;
         };
         let table = general::TABLE.to_string();
@@ -430,13 +436,11 @@ impl Session {
                 return;
             }
             let late = Session {
-                shared,
                 conn,
                 sessions,
                 caller,
-                aliases: None,
                 expiry_s: 0,
-                pending: Default::default(),
+                rare: Default::default(),
             };
             late.publish_will(will).await;
         });

@@ -92,20 +92,20 @@ impl Index {
         keys.sort();
         keys.dedup();
         let slot = conn.slot.get();
-        let old = std::mem::take(&mut *conn.keys.borrow_mut());
+        let old = conn.keys.take();
         for key in old.iter().filter(|k| !keys.contains(k)) {
             self.remove(key, slot);
         }
         for key in keys.iter().filter(|k| !old.contains(k)) {
             self.members(key).insert(slot, Rc::downgrade(conn));
         }
-        *conn.keys.borrow_mut() = keys.into_boxed_slice();
+        conn.keys.set(keys.into_boxed_slice());
     }
 
     /// Forgets `conn` (its connection ended).
     pub(super) fn forget(&mut self, conn: &Conn) {
         let slot = conn.slot.get();
-        for key in std::mem::take(&mut *conn.keys.borrow_mut()).iter() {
+        for key in conn.keys.take().iter() {
             self.remove(key, slot);
         }
     }

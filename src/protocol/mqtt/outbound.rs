@@ -147,21 +147,19 @@ pub(super) struct Conn {
     pub(super) closing: Cell<bool>,
     pub(super) subs: RefCell<Vec<Sub>>,
     pub(super) next_packet_id: Cell<u16>,
-    /// QoS ≥ 1 exchanges, allocated at the first ([`Conn::acked`]; read-only checks use
-    /// `acked.get()`): a connection that never had one holds 8 bytes here instead of 128
-    /// (docs/design.md, "Idle connections").
-    acked: std::cell::OnceCell<Box<Acked>>,
+    /// QoS ≥ 1 exchanges ([`Conn::acked`]), durable acknowledgement positions, replay
+    /// horizons, topic aliases we assigned and `$SYS` subscriptions ([`Conn::extras`]), in one
+    /// box allocated at the first use of any (read-only checks use [`Conn::acked_if_any`] and
+    /// [`Conn::extras_if_any`]): a connection that never uses them holds 8 bytes here instead
+    /// of 208 (docs/design.md, "Idle connections").
+    rare: std::cell::OnceCell<Box<RareParts>>,
     /// Unacknowledged QoS ≥ 1 publishes at once: the client's Receive Maximum (v5), at most
     /// `INFLIGHT_MAX`. (The numbers here are as narrow as their ranges allow: every idle
     /// connection carries them.)
     pub(super) window: u16,
     /// Backlog bound; past it the connection closes with `0x97` (a durable session gets the rest
     /// from the audit log when it resumes).
-    pub(super) backlog_max: usize,
-    /// Durable acknowledgement positions, replay horizons, topic aliases we assigned and `$SYS`
-    /// subscriptions, allocated at the first use ([`Conn::extras`]; read-only checks use
-    /// `extras.get()`): 8 bytes here instead of 80 for a connection that has none.
-    pub(super) extras: std::cell::OnceCell<Box<Extras>>,
+    pub(super) backlog_max: u32,
     /// The client's Maximum Packet Size (v5); larger outbound packets are not sent.
     pub(super) out_packet_bytes_max: u32,
     /// The client's Topic Alias Maximum (v5): aliases we may assign, and those assigned.
@@ -177,24 +175,30 @@ pub(super) struct Conn {
     /// Bytes of buffer the connection's read half holds while it waits for more (none with
     /// nothing buffered on plain TCP), for the sweep's gauge.
     pub(super) read_held: Cell<u32>,
-    /// When bytes last came from the client ([`super::conn::millis`]); with `keep_alive_ms`,
+    /// When bytes last came from the client ([`super::conn::millis`]); with `keep_alive_s`,
     /// what the core's sweep checks.
     pub(super) heard_ms: Cell<u32>,
-    /// Milliseconds; 0: none.
-    pub(super) keep_alive_ms: Cell<u32>,
+    /// The Keep Alive the client is held to, in seconds; 0: none.
+    pub(super) keep_alive_s: Cell<u16>,
     /// Set by the sweep when `keep_alive` passed without a packet: the kick that follows closes
     /// with `0x8D`.
     pub(super) expired: Cell<bool>,
     /// Set when the server's shutdown kicked it ([`Conn::stop`]): it closes with `0x8B`.
     pub(super) stopping: Cell<bool>,
     pub(super) kick: Arc<Kick>,
-    /// This core's `$SYS` message counts (publishes sent are counted here).
-    pub(super) counts: Arc<super::sys::CoreCounts>,
     /// This connection in its core's [`super::index::Index`]: its number there and the keys it
     /// is filed under.
     pub(super) slot: Cell<u64>,
-    /// (A boxed slice, 8 bytes narrower than a `Vec`: replaced whole, never grown.)
-    pub(super) keys: RefCell<Box<[super::index::Key]>>,
+    /// (A boxed slice, 8 bytes narrower than a `Vec`, in a `Cell`, 8 narrower than a
+    /// `RefCell`: taken and replaced whole, never grown.)
+    pub(super) keys: Cell<Box<[super::index::Key]>>,
+}
+
+/// What a connection holds only once it uses it (see [`Conn::acked`] and [`Conn::extras`]).
+#[derive(Default)]
+struct RareParts {
+    acked: Acked,
+    extras: Extras,
 }
 
 impl Conn {
@@ -205,7 +209,6 @@ impl Conn {
         expiry_s: u32,
         shared: &MqttShared,
         kick: Arc<Kick>,
-        counts: Arc<super::sys::CoreCounts>,
     ) -> Conn {
         let level = connect.level;
         let out_packet_bytes_max = connect.properties.maximum_packet_size().unwrap_or(u32::MAX);
@@ -222,24 +225,27 @@ impl Conn {
             closing: Cell::new(false),
             subs: RefCell::new(Vec::new()),
             next_packet_id: Cell::new(0),
-            acked: std::cell::OnceCell::new(),
-            window,
-            // docs/realtime.md: a clean session's outbound queue holds 1,000 events; a durable one
-            // the session queue (and whatever does not fit waits in the audit log for the next
-            // resume).
-            backlog_max: if expiry_s > 0 {
-                shared.session_queue_max.max(INFLIGHT_MAX)
-            } else {
-                INFLIGHT_MAX
-            },
-            extras: if expiry_s > 0 {
-                std::cell::OnceCell::from(Box::new(Extras {
-                    tracker: RefCell::new(Some(Box::default())),
-                    ..Extras::default()
+            rare: if expiry_s > 0 {
+                std::cell::OnceCell::from(Box::new(RareParts {
+                    acked: Acked::default(),
+                    extras: Extras {
+                        tracker: RefCell::new(Some(Box::default())),
+                        ..Extras::default()
+                    },
                 }))
             } else {
                 std::cell::OnceCell::new()
             },
+            window,
+            // docs/realtime.md: a clean session's outbound queue holds 1,000 events; a durable one
+            // the session queue (and whatever does not fit waits in the audit log for the next
+            // resume).
+            backlog_max: u32::try_from(if expiry_s > 0 {
+                shared.session_queue_max.max(INFLIGHT_MAX)
+            } else {
+                INFLIGHT_MAX
+            })
+            .unwrap_or(u32::MAX),
             out_packet_bytes_max,
             aliases_out_max: connect
                 .properties
@@ -254,38 +260,46 @@ impl Conn {
             state_more: Cell::new(false),
             read_held: Cell::new(0),
             heard_ms: Cell::new(super::conn::millis()),
-            keep_alive_ms: Cell::new(0),
+            keep_alive_s: Cell::new(0),
             expired: Cell::new(false),
             stopping: Cell::new(false),
             kick,
-            counts,
             slot: Cell::new(0),
-            keys: RefCell::new(Box::default()),
+            keys: Cell::new(Box::default()),
         }
     }
 
     /// The connection's QoS ≥ 1 exchanges, allocated at the first use: checks that need not
-    /// allocate read `self.acked.get()` instead.
+    /// allocate read [`Conn::acked_if_any`] instead.
     pub(super) fn acked(&self) -> &Acked {
-        self.acked.get_or_init(Box::default)
+        &self.rare.get_or_init(Box::default).acked
+    }
+
+    /// The connection's QoS ≥ 1 exchanges, if it ever had any (or its other rare parts).
+    pub(super) fn acked_if_any(&self) -> Option<&Acked> {
+        self.rare.get().map(|r| &r.acked)
     }
 
     /// What the connection holds only once it uses it, allocated at the first use: checks that
-    /// need not allocate read `self.extras.get()` instead.
+    /// need not allocate read [`Conn::extras_if_any`] instead.
     pub(super) fn extras(&self) -> &Extras {
-        self.extras.get_or_init(Box::default)
+        &self.rare.get_or_init(Box::default).extras
+    }
+
+    /// What the connection holds only once it uses it, if it ever did.
+    pub(super) fn extras_if_any(&self) -> Option<&Extras> {
+        self.rare.get().map(|r| &r.extras)
     }
 
     /// A durable session's acknowledgement positions, if this is one.
     pub(super) fn tracker_mut(&self) -> Option<std::cell::RefMut<'_, Box<Tracker>>> {
-        let tracker = self.extras.get()?.tracker.borrow_mut();
+        let tracker = self.extras_if_any()?.tracker.borrow_mut();
         std::cell::RefMut::filter_map(tracker, Option::as_mut).ok()
     }
 
     /// Whether the session is durable (it tracks acknowledgement positions).
     pub(super) fn durable(&self) -> bool {
-        self.extras
-            .get()
+        self.extras_if_any()
             .is_some_and(|e| e.tracker.borrow().is_some())
     }
 
@@ -296,8 +310,7 @@ impl Conn {
 
     /// Publishes waiting for the window to open, if any ever did.
     pub(super) fn backlog_bytes(&self) -> usize {
-        self.acked
-            .get()
+        self.acked_if_any()
             .map_or(0, |a| a.backlog.borrow().iter().map(|o| o.body.len()).sum())
     }
 
@@ -363,7 +376,7 @@ impl Conn {
         }
         let mut backlog = self.acked().backlog.borrow_mut();
         if !backlog.is_empty() || self.acked().inflight.borrow().len() >= usize::from(self.window) {
-            if backlog.len() >= self.backlog_max {
+            if backlog.len() >= self.backlog_max as usize {
                 drop(backlog);
                 return self.overflow();
             }
@@ -442,7 +455,7 @@ impl Conn {
         if let Some(id) = packet_id {
             self.in_flight(id, event);
         }
-        self.counts.count_sent();
+        super::sys::count_sent();
         self.wake_writer();
         true
     }
@@ -493,7 +506,7 @@ impl Conn {
                 .insert(topic, alias);
         }
         self.out_mut().extend_from_slice(&encoded);
-        self.counts.count_sent();
+        super::sys::count_sent();
         self.wake_writer();
         true
     }
@@ -552,8 +565,7 @@ impl Conn {
                 })
                 .collect(),
             tracker: self
-                .extras
-                .get()
+                .extras_if_any()
                 .and_then(|e| e.tracker.borrow().as_deref().cloned())
                 .unwrap_or_default(),
             inflight: self
@@ -592,20 +604,22 @@ pub(super) fn write_loop<W: WriteBytes>(
     WriteLoop {
         conn,
         sessions,
-        state: Writing::Idle(writer),
+        state: Writing::Idle(Some(writer)),
     }
 }
 
-/// A write in progress: it gives the write half back with its result.
-type PendingWrite<W> = Pin<Box<dyn Future<Output = (W, std::io::Result<()>, Vec<u8>)>>>;
+/// A write in progress: a batch, which gives the write half back with its result, or the
+/// half-close after the last batch (`None`).
+type PendingWrite<W> = Pin<Box<dyn Future<Output = Option<(W, std::io::Result<()>, Vec<u8>)>>>>;
 
+/// Two variants, the batch and the half-close in one and the end folded into `Idle`: so the
+/// state is 16 bytes for a pointer-sized write half (`Idle` fits beside the box's non-null
+/// pointer), not 24 with a tag of its own (docs/design.md, "Idle connections").
 enum Writing<W> {
-    /// Waiting for bytes to write.
-    Idle(W),
-    Batch(PendingWrite<W>),
-    /// Half-closing, after the last batch.
-    Closing(Pin<Box<dyn Future<Output = ()>>>),
-    Done,
+    /// Waiting for bytes to write; `None` once done (or while the state is being replaced).
+    Idle(Option<W>),
+    /// A batch being written, or the half-close.
+    Busy(PendingWrite<W>),
 }
 
 /// The future of [`write_loop`].
@@ -648,29 +662,36 @@ impl<W: WriteBytes> Future for WriteLoop<W> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            match std::mem::replace(&mut this.state, Writing::Done) {
-                Writing::Idle(mut writer) => match this.next_batch(cx) {
+            match std::mem::replace(&mut this.state, Writing::Idle(None)) {
+                Writing::Idle(Some(mut writer)) => match this.next_batch(cx) {
                     Poll::Pending => {
-                        this.state = Writing::Idle(writer);
+                        this.state = Writing::Idle(Some(writer));
                         return Poll::Pending;
                     }
                     Poll::Ready(Some(bytes)) => {
-                        this.state = Writing::Batch(Box::pin(async move {
+                        this.state = Writing::Busy(Box::pin(async move {
                             let (result, bytes) = writer.write_all(bytes).await;
-                            (writer, result, bytes)
+                            Some((writer, result, bytes))
                         }));
                     }
                     Poll::Ready(None) => {
-                        this.state = Writing::Closing(Box::pin(async move {
+                        this.state = Writing::Busy(Box::pin(async move {
                             let _ = writer.shutdown_write().await;
+                            None
                         }));
                     }
                 },
-                Writing::Batch(mut pending) => {
-                    let Poll::Ready((writer, result, bytes)) = pending.as_mut().poll(cx) else {
-                        this.state = Writing::Batch(pending);
-                        return Poll::Pending;
+                Writing::Busy(mut pending) => {
+                    let written = match pending.as_mut().poll(cx) {
+                        Poll::Pending => {
+                            this.state = Writing::Busy(pending);
+                            return Poll::Pending;
+                        }
+                        // Half-closed: done.
+                        Poll::Ready(None) => return Poll::Ready(()),
+                        Poll::Ready(Some(written)) => written,
                     };
+                    let (writer, result, bytes) = written;
                     OUT_SPARES.with(|spares| spares.give_back(bytes));
                     if result.is_err() {
                         this.conn.closing.set(true);
@@ -680,16 +701,9 @@ impl<W: WriteBytes> Future for WriteLoop<W> {
                     // The client took what was queued: room for more of a streaming initial
                     // state.
                     this.conn.fill_state(&this.sessions);
-                    this.state = Writing::Idle(writer);
+                    this.state = Writing::Idle(Some(writer));
                 }
-                Writing::Closing(mut pending) => {
-                    if pending.as_mut().poll(cx).is_pending() {
-                        this.state = Writing::Closing(pending);
-                        return Poll::Pending;
-                    }
-                    return Poll::Ready(());
-                }
-                Writing::Done => return Poll::Ready(()),
+                Writing::Idle(None) => return Poll::Ready(()),
             }
         }
     }

@@ -30,25 +30,68 @@ impl ReadError {
     }
 }
 
+/// What a wait for the next packet answers to besides the client's bytes (see [`read_packet`]).
+pub(super) trait Waiting {
+    /// Completes when the wait is to end without a packet.
+    fn stopped(&self) -> impl Future<Output = ReadError> + '_;
+    /// Bytes came from the client (keep-alive).
+    fn heard(&self) {}
+    /// What the read half holds while it waits (`/health?verbose` `mqtt_buffer_bytes`).
+    fn holding(&self, _bytes: usize) {}
+}
+
+/// A connection its core knows of: its state is told when bytes arrive and what the read half
+/// holds, and a kick ends the wait (takeover, keep-alive, an outbound bound, or the core's
+/// shutdown pass, [`Sessions::stop_all`](super::dispatch::Sessions::stop_all)). Not the
+/// shutdown signal itself: registering a waiter there would cost every idle connection a slot.
+impl Waiting for &Conn {
+    fn stopped(&self) -> impl Future<Output = ReadError> + '_ {
+        kicked(&self.kick)
+    }
+
+    fn heard(&self) {
+        self.heard_ms.set(millis());
+    }
+
+    fn holding(&self, bytes: usize) {
+        self.read_held.set(u32::try_from(bytes).unwrap_or(u32::MAX));
+    }
+}
+
+/// A connection its core does not know of (before CONNECT, and in the drain at its end): its
+/// kick or the shutdown signal ends the wait.
+#[derive(Clone, Copy)]
+pub(super) struct Unknown<'a> {
+    pub(super) kick: &'a Kick,
+    pub(super) shutdown: &'a Shutdown,
+}
+
+impl Waiting for Unknown<'_> {
+    fn stopped(&self) -> impl Future<Output = ReadError> + '_ {
+        kicked_or_shutdown(self.kick, self.shutdown)
+    }
+}
+
 /// Reads until one whole packet is buffered, then decodes it. Bytes after it stay buffered in
-/// the read half. `conn`, once there is one, is told when bytes arrive (keep-alive) and what
-/// the read half holds while it waits (`/health?verbose` `mqtt_buffer_bytes`). `stop` makes
-/// what else ends a wait: [`kicked`] for a connection its core knows of (the core's shutdown
-/// kicks those, see [`Sessions::stop_all`](super::dispatch::Sessions::stop_all)), [`kicked_or_shutdown`] before that.
+/// the read half. `waiting` is told when bytes arrive and what the read half holds while it
+/// waits, and says what else ends a wait (see [`Waiting`]).
 ///
-/// Not an `async fn`, which would keep its arguments twice: an idle connection waits here.
+/// Not an `async fn`, which would keep its arguments twice: an idle connection waits here. What
+/// the future keeps beside the wait is as narrow as it can be (the packet bound in 4 bytes; the
+/// connection's state, not a closure beside it).
 #[allow(clippy::manual_async_fn)]
-pub(super) fn read_packet<'a, R: ReadBytes, S: Future<Output = ReadError> + 'a>(
+pub(super) fn read_packet<'a, R: ReadBytes, S: Waiting + 'a>(
     reader: &'a mut ReadHalf<R>,
     packet_bytes_max: usize,
     level: Level,
-    conn: Option<&'a Conn>,
-    stop: impl Fn() -> S + 'a,
+    waiting: S,
 ) -> impl Future<Output = Result<Packet, ReadError>> + 'a {
+    // At most `codec::REMAINING_BYTES_MAX` (see `MqttShared::new`), well within 32 bits.
+    let packet_bytes_max = u32::try_from(packet_bytes_max).unwrap_or(u32::MAX);
     async move {
         loop {
             let buf = reader.buffered();
-            match codec::check(buf, packet_bytes_max) {
+            match codec::check(buf, packet_bytes_max as usize) {
                 Ok(Some(len)) => {
                     let packet = codec::decode(buf.get(..len).unwrap_or_default(), level)
                         .map_err(ReadError::Decode);
@@ -61,17 +104,10 @@ pub(super) fn read_packet<'a, R: ReadBytes, S: Future<Output = ReadError> + 'a>(
             // Keep-alive expiry (the core's sweep), takeover and shutdown all arrive as a kick or the
             // shutdown signal: no timer per connection, so an idle one costs no timer's memory. A
             // read dropped on either loses nothing (the read half keeps it).
-            if let Some(conn) = conn {
-                let held = reader.held_while_waiting();
-                conn.read_held.set(u32::try_from(held).unwrap_or(u32::MAX));
-            }
-            match race(reader.fill(), stop()).await {
+            waiting.holding(reader.held_while_waiting());
+            match race(reader.fill(), waiting.stopped()).await {
                 Either::Left(Ok(0)) | Either::Left(Err(_)) => return Err(ReadError::Closed),
-                Either::Left(Ok(_)) => {
-                    if let Some(conn) = conn {
-                        conn.heard_ms.set(millis());
-                    }
-                }
+                Either::Left(Ok(_)) => waiting.heard(),
                 Either::Right(e) => return Err(e),
             }
         }
@@ -88,16 +124,15 @@ pub(super) fn millis() -> u32 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
 }
 
-/// What ends the wait for the next packet of a connection its core knows of: a kick (takeover,
-/// keep-alive, an outbound bound, or the core's shutdown pass, [`Sessions::stop_all`](super::dispatch::Sessions::stop_all)). Not the
-/// shutdown signal itself: registering a waiter there would cost every idle connection a slot.
-pub(super) fn kicked(kick: &Kick) -> impl Future<Output = ReadError> + '_ {
+/// What ends the wait for the next packet of a connection its core knows of (see
+/// [`Waiting`] for `&Conn`). A plain future (a reference): an idle connection waits on it.
+fn kicked(kick: &Kick) -> impl Future<Output = ReadError> + '_ {
     std::future::poll_fn(|cx| kick.poll_kicked(cx).map(|()| ReadError::Kicked))
 }
 
 /// What ends the wait for a packet before the core knows of the connection (CONNECT), and
 /// after (the drain at its end): a kick or the shutdown signal.
-pub(super) async fn kicked_or_shutdown(kick: &Kick, shutdown: &Shutdown) -> ReadError {
+async fn kicked_or_shutdown(kick: &Kick, shutdown: &Shutdown) -> ReadError {
     match race(kick.wait(), shutdown.wait()).await {
         Either::Left(()) => ReadError::Kicked,
         Either::Right(()) => ReadError::Shutdown,

@@ -55,9 +55,9 @@ impl Session {
             if let Some(group) = filter.share() {
                 // Messages to the group went to the members that were there.
                 let key = share::key(group, filter.topic_filter());
-                self.shared
+                self.shared()
                     .groups
-                    .join(&key, self.client_id(), || self.shared.stamp());
+                    .join(&key, self.client_id(), || self.shared().stamp());
             } else {
                 match databases.iter_mut().find(|(d, _)| d.name == db.name) {
                     Some((_, list)) => list.push(subs.len()),
@@ -130,7 +130,7 @@ impl Session {
                     since: s.since,
                 })
                 .collect();
-            let export_of = |table: &str| self.shared.export_of(&db.name, table).cloned();
+            let export_of = |table: &str| self.shared().export_of(&db.name, table).cloned();
             let before = missed.len();
             match durable::replay(
                 db,
@@ -138,13 +138,13 @@ impl Session {
                 &replay_subs,
                 tracker,
                 &export_of,
-                self.shared.session_queue_max,
+                self.shared().session_queue_max,
                 &mut missed,
             ) {
                 Ok(0) => {}
                 Ok(dropped) => tracing::warn!(target: "mqtt",
                     "{:?}: {dropped} queued messages of {} dropped, oldest first (mqtt.sessionQueueMax = {})",
-                    self.client_id(), db.name, self.shared.session_queue_max),
+                    self.client_id(), db.name, self.shared().session_queue_max),
                 Err(e) => {
                     missed.truncate(before);
                     tracing::warn!(target: "mqtt", "{:?}: replaying {} failed: {e}", self.client_id(), db.name);

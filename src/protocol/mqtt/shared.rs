@@ -154,7 +154,7 @@ impl MqttShared {
             return None;
         };
         // Read under this lock only (`wait_will`), so relaxed is enough.
-        kick.clean.store(clean, Ordering::Relaxed);
+        kick.set_clean(clean);
         let old = clients.insert(id.clone(), kick);
         if let Some(waiting) = self.wills.lock().ok().and_then(|mut w| w.remove(&**id)) {
             waiting.settle(clean);
@@ -177,7 +177,7 @@ impl MqttShared {
         };
         if let Some(holder) = clients.get(id) {
             if !Arc::ptr_eq(holder, kick) {
-                return Err(holder.clean.load(Ordering::Relaxed));
+                return Err(holder.clean());
             }
         }
         let waiting = Arc::new(PendingWill::default());
@@ -207,7 +207,7 @@ impl MqttShared {
                 c.remove(id);
             }
         }
-        kick.released.store(true, Ordering::Release);
+        kick.set_released();
     }
 }
 

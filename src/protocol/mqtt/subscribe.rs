@@ -273,7 +273,7 @@ impl Session {
             return self.plain(Filter::parse_every(raw));
         }
         let exported = Filter::parse(raw).map(|f| {
-            let found = self.shared.resources.export(f.export());
+            let found = self.shared().resources.export(f.export());
             (f, found)
         });
         match exported {
@@ -283,7 +283,7 @@ impl Session {
                 }
                 Ok((filter, db, Some(table)))
             }
-            _ if self.shared.general_topics => self.plain(Filter::parse_general(raw)),
+            _ if self.shared().general_topics => self.plain(Filter::parse_general(raw)),
             Ok((_, None)) => Err(Unresolved::NoExport),
             Err(e) => Err(Unresolved::Filter(e)),
         }
@@ -294,7 +294,7 @@ impl Session {
     fn plain(&self, parsed: Result<Filter, TopicError>) -> Result<Resolved, Unresolved> {
         let filter = parsed.map_err(Unresolved::Filter)?;
         let (db, _) = self
-            .shared
+            .shared()
             .resources
             .table(durable::SYSTEM, general::TABLE)
             .ok_or(Unresolved::NoExport)?;
@@ -358,7 +358,7 @@ impl Session {
             }
             codes.push(options.qos);
             if options.retain_as_published {
-                self.shared
+                self.shared()
                     .retain_as_published
                     .store(true, Ordering::Relaxed);
             }
@@ -370,14 +370,14 @@ impl Session {
             if let Some(group) = filter.share() {
                 // docs/mqtt.md: shared subscriptions get no initial state.
                 let key = share::key(group, filter.topic_filter());
-                self.shared
+                self.shared()
                     .groups
-                    .join(&key, self.client_id(), || self.shared.stamp());
+                    .join(&key, self.client_id(), || self.shared().stamp());
                 continue;
             }
             // docs/mqtt.md: a filter over every export gets the current state of general topics
             // (when on), not of tables.
-            let state_kept = !filter.is_every() || self.shared.general_topics;
+            let state_kept = !filter.is_every() || self.shared().general_topics;
             if send_state && filter.matches_records() && state_kept {
                 initial.push(filter);
             }
@@ -388,7 +388,7 @@ impl Session {
             properties: Properties::default(),
             codes,
         }));
-        self.conn.send_sys(&self.shared, &sys_initial, true);
+        self.conn.send_sys(self.shared(), &sys_initial, true);
         for filter in &initial {
             self.start_state(filter);
         }
@@ -446,9 +446,9 @@ impl Session {
                 if let Some(filter) = removed.map(|s| &s.filter) {
                     if let Some(group) = filter.share() {
                         let key = share::key(group, filter.topic_filter());
-                        self.shared
+                        self.shared()
                             .groups
-                            .leave(&key, self.client_id(), || self.shared.stamp());
+                            .leave(&key, self.client_id(), || self.shared().stamp());
                     }
                 }
                 subs.retain(|s| s.filter.as_str() != f);
@@ -472,9 +472,11 @@ impl Session {
     /// PUBLISHes (see [`Conn::fill_state`]); live events it holds are not sent again.
     pub(super) fn start_state(&self, filter: &Filter) {
         let target = if filter.is_general() || filter.is_every() {
-            self.shared.resources.table(durable::SYSTEM, general::TABLE)
+            self.shared()
+                .resources
+                .table(durable::SYSTEM, general::TABLE)
         } else {
-            self.shared.resources.export(filter.export())
+            self.shared().resources.export(filter.export())
         };
         let Some((db, table)) = target else {
             return;

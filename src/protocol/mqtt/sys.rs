@@ -48,6 +48,28 @@ impl CoreCounts {
     }
 }
 
+thread_local! {
+    /// This core's counts ([`count_here`]): a connection counts what it sends here, rather than
+    /// holding a handle of its own (8 bytes in every connection's state, docs/design.md "Idle
+    /// connections").
+    static CORE_COUNTS: std::cell::RefCell<Option<Arc<CoreCounts>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `counts` this core's (its sessions start, see `Sessions::new`).
+pub(super) fn count_here(counts: Arc<CoreCounts>) {
+    CORE_COUNTS.with(|c| *c.borrow_mut() = Some(counts));
+}
+
+/// Counts one PUBLISH sent on this core.
+pub(super) fn count_sent() {
+    CORE_COUNTS.with(|c| {
+        if let Some(counts) = c.borrow().as_ref() {
+            counts.count_sent();
+        }
+    });
+}
+
 /// What the `$SYS` values are read from, shared by every core.
 pub struct SysState {
     started: Instant,
@@ -149,7 +171,7 @@ impl Sessions {
             .filter_map(std::rc::Weak::upgrade)
             .collect();
         for conn in conns {
-            let filters = match conn.extras.get() {
+            let filters = match conn.extras_if_any() {
                 Some(e) => e.sys_subs.borrow().clone(),
                 None => continue,
             };
