@@ -892,12 +892,24 @@ impl Replication {
     }
 
     /// `restart_service` with `replicated` (docs/operations-api.md): every linked node is asked to
-    /// restart (`RESTART`).
+    /// restart (`RESTART`). Unlike [`Replication::send_to`] this waits for a sender that is
+    /// writing on the link (at most the link's write timeout): this node stops right after, and
+    /// a request skipped because a change was being sent at that moment would never be made.
+    /// Called from the restart job's thread, never from a core.
     pub fn restart_peers(&self, service: &str) {
         let body = message::object(vec![("service", Value::String(service.into()))]);
-        for peer in self.connected_peers() {
+        let outs: Vec<(String, Arc<link::Out>)> = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(peer, l)| (peer.clone(), l.out.clone()))
+            .collect();
+        for (peer, out) in outs {
             tracing::info!("replication: asking {peer} to restart ({service})");
-            self.send_to(&peer, "RESTART", body.clone());
+            if let Err(e) = out.send("RESTART", body.clone()) {
+                tracing::warn!("replication: could not ask {peer} to restart: {e}");
+            }
         }
     }
 
