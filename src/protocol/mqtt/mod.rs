@@ -21,6 +21,7 @@ pub mod props;
 mod read;
 pub mod reason;
 mod resume;
+mod session;
 pub mod share;
 mod shared;
 mod subscribe;
