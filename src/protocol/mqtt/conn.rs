@@ -7,7 +7,8 @@
 //! the core's event dispatcher (`dispatch.rs`) fill. The seams: CONNECT, authentication and
 //! takeover in `connect.rs`; inbound PUBLISH and wills in `inbound.rs`; the outbound window in
 //! `outbound.rs`; SUBSCRIBE and the initial state in `subscribe.rs`; resuming a stored session
-//! in `resume.rs`; reason codes in `reason.rs`; reading a packet (the idle wait) in `read.rs`. Writes go to tables only through `resource`;
+//! in `resume.rs`; the session and the handling of each packet in `session.rs`; reason codes in
+//! `reason.rs`; reading a packet (the idle wait) in `read.rs`. Writes go to tables only through `resource`;
 //! nothing here opens a transaction other than short reads.
 
 use std::future::Future;
