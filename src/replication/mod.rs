@@ -861,16 +861,20 @@ impl Replication {
         }
     }
 
-    /// Sends our node list (`NODES`, removed marks included) on every link: after a change.
-    pub fn broadcast_nodes(&self) {
-        let list = self.nodes_message();
-        let outs: Vec<(String, Arc<link::Out>)> = self
-            .links
+    /// Every link's peer and sending half, taken out of the lock so sends never hold it.
+    fn link_outs(&self) -> Vec<(String, Arc<link::Out>)> {
+        self.links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(peer, l)| (peer.clone(), l.out.clone()))
-            .collect();
+            .collect()
+    }
+
+    /// Sends our node list (`NODES`, removed marks included) on every link: after a change.
+    pub fn broadcast_nodes(&self) {
+        let list = self.nodes_message();
+        let outs = self.link_outs();
         // Nodes with explicit subscriptions get no gossip (docs/replication.md).
         for (_, out) in outs.into_iter().filter(|(peer, _)| !self.explicit(peer)) {
             let _ = out.send("NODES", list.clone());
@@ -898,13 +902,7 @@ impl Replication {
     /// Called from the restart job's thread, never from a core.
     pub fn restart_peers(&self, service: &str) {
         let body = message::object(vec![("service", Value::String(service.into()))]);
-        let outs: Vec<(String, Arc<link::Out>)> = self
-            .links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(peer, l)| (peer.clone(), l.out.clone()))
-            .collect();
+        let outs = self.link_outs();
         for (peer, out) in outs {
             tracing::info!("replication: asking {peer} to restart ({service})");
             if let Err(e) = out.send("RESTART", body.clone()) {
