@@ -103,7 +103,7 @@ impl Router {
                 }
                 let _ = write!(
                     body,
-                    "{{\"core\":{core},\"connections_accepted\":{},\"connections_open\":{},\"connections_refused\":{},\"requests\":{},\"connection_buffer_bytes\":{},\"body_bytes_in_flight\":{},\"refused_before_body\":{},\"mqtt_connections_open\":{}",
+                    "{{\"core\":{core},\"connections_accepted\":{},\"connections_open\":{},\"connections_refused\":{},\"requests\":{},\"connection_buffer_bytes\":{},\"body_bytes_in_flight\":{},\"refused_before_body\":{},\"buffer_sets_allocated\":{},\"mqtt_connections_open\":{}",
                     stats.connections_accepted.load(Ordering::Relaxed),
                     stats.connections_open.load(Ordering::Relaxed),
                     stats.connections_refused.load(Ordering::Relaxed),
@@ -111,6 +111,7 @@ impl Router {
                     stats.http.buffer_bytes.load(Ordering::Relaxed),
                     stats.http.body_bytes_in_flight.load(Ordering::Relaxed),
                     stats.http.refused_before_body.load(Ordering::Relaxed),
+                    stats.http.buffer_sets_allocated.load(Ordering::Relaxed),
                     stats.mqtt_connections_open.load(Ordering::Relaxed),
                 );
                 if let Some(p) = self.shared.pubsub.get(core) {
@@ -201,7 +202,7 @@ impl Router {
 
     /// The per-core counters and gauges, one sample per core.
     fn per_core_metrics(&self, e: &mut crate::metrics::Exposition) {
-        let per_core: [PerCoreMetric; 8] = [
+        let per_core: [PerCoreMetric; 9] = [
             (
                 "tidepool_connections_accepted_total",
                 "Connections accepted, per core.",
@@ -236,6 +237,11 @@ impl Router {
                 "tidepool_http_refused_before_body_total",
                 "Requests answered from their head without reading their body, per core.",
                 |s| s.http.refused_before_body.load(Ordering::Relaxed),
+            ),
+            (
+                "tidepool_http_buffer_sets_allocated_total",
+                "Answering buffer sets (write and response buffers) allocated because the core had no spare one, per core.",
+                |s| s.http.buffer_sets_allocated.load(Ordering::Relaxed),
             ),
             (
                 "tidepool_mqtt_connections_open",

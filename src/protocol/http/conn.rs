@@ -19,17 +19,22 @@ const LINGER_TIME: Duration = Duration::from_millis(500);
 /// An idle connection keeps buffers of at most this many bytes each; a larger one (left by a big
 /// body or response) is given back before waiting for the next request.
 const IDLE_BUFFER_BYTES_MAX: usize = 64 * 1024;
-/// Capacity of a connection's read and write buffers when it starts or is given back.
+/// Capacity of a connection's write buffer when it starts or is given back.
 const BUFFER_BYTES: usize = 8192;
-/// Most buffer sets a core keeps spare for its connections' next requests (each ~17 KiB).
+/// Capacity of the read buffer a connection takes when it wakes from idle: a usual request
+/// whole (a larger one grows it). Only this is taken before the read shows there is a request:
+/// a burst of idle connections waking at once — a fleet of clients closing — holds 4 KiB each
+/// for its read, not a whole set (docs/design.md, "Idle connections").
+const FIRST_READ_BYTES: usize = READ_SPARE_MIN;
+/// Most buffer sets (and, apart, read buffers) a core keeps spare for its connections' next
+/// requests.
 const SPARE_SETS_MAX: usize = 64;
 
-/// A connection's buffers while it has a request to read or answer. Between requests a plain
-/// TCP connection holds none: it waits for readiness, then takes a set from its core's spares,
-/// and gives it back once everything is answered and written (docs/design.md, "Idle
-/// connections").
+/// The answering part of a connection's buffers, taken once a request has arrived. Between
+/// requests a plain TCP connection holds none: it waits for readiness, reads into a read buffer
+/// from its core's spares, takes a set once it has read a request, and gives both back once
+/// everything is answered and written (docs/design.md, "Idle connections").
 struct Buffers {
-    rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     response: [Vec<u8>; 2],
 }
@@ -37,25 +42,41 @@ struct Buffers {
 thread_local! {
     /// This core's spare buffer sets (each core is one thread; nothing here crosses cores).
     static SPARES: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This core's spare read buffers.
+    static SPARE_READS: tidepool_io::Spares = const {
+        tidepool_io::Spares::new(SPARE_SETS_MAX, 2 * BUFFER_BYTES, SPARE_SETS_MAX * BUFFER_BYTES)
+    };
+}
+
+/// A read buffer from this core's spares, or a new one.
+fn take_read_buffer() -> Vec<u8> {
+    SPARE_READS.with(|spares| spares.take(FIRST_READ_BYTES))
+}
+
+/// Keeps `buf` for another connection of this core when it is of the usual size and there is
+/// room; frees it otherwise.
+fn give_back_read_buffer(buf: Vec<u8>) {
+    SPARE_READS.with(|spares| spares.give_back(buf));
 }
 
 impl Buffers {
-    /// A set from this core's spares, or a new one.
-    fn take() -> Buffers {
+    /// A set from this core's spares, or a new one (counted in `allocated`).
+    fn take(allocated: &AtomicU64) -> Buffers {
         SPARES
             .with(|spares| spares.borrow_mut().pop())
-            .unwrap_or_else(|| Buffers {
-                rbuf: Vec::with_capacity(BUFFER_BYTES),
-                wbuf: Vec::with_capacity(BUFFER_BYTES),
-                response: [Vec::with_capacity(256), Vec::with_capacity(1024)],
+            .unwrap_or_else(|| {
+                allocated.fetch_add(1, Ordering::Relaxed);
+                Buffers {
+                    wbuf: Vec::with_capacity(BUFFER_BYTES),
+                    response: [Vec::with_capacity(256), Vec::with_capacity(1024)],
+                }
             })
     }
 
     /// Keeps this set for another connection when it is of the usual size and the core has room
     /// for it; frees it otherwise.
     fn give_back(mut self) {
-        let usual = self.rbuf.capacity() <= 2 * BUFFER_BYTES
-            && self.wbuf.capacity() <= 2 * BUFFER_BYTES
+        let usual = self.wbuf.capacity() <= 2 * BUFFER_BYTES
             && self
                 .response
                 .iter()
@@ -63,7 +84,6 @@ impl Buffers {
         if !usual {
             return;
         }
-        self.rbuf.clear();
         self.wbuf.clear();
         SPARES.with(|spares| {
             let mut spares = spares.borrow_mut();
@@ -85,6 +105,9 @@ pub struct ConnGauges {
     pub body_bytes_in_flight: AtomicU64,
     /// Requests answered from their head without reading their body (refused or over budget).
     pub refused_before_body: AtomicU64,
+    /// Answering buffer sets allocated because the core had no spare one: more connections at
+    /// once with a request to answer than the core keeps spare sets for.
+    pub buffer_sets_allocated: AtomicU64,
 }
 
 /// This connection's share of one of its core's gauges; the share is taken back when it drops,
@@ -184,6 +207,7 @@ struct Conn<'g, H> {
     guards: Vec<InFlightGuard<'g>>,
     held: Share<'g>,
     body_share: Share<'g>,
+    sets_allocated: &'g AtomicU64,
     /// The request at `start` had its head judged (`check_head`) while its body was still coming.
     head_checked: bool,
     checked: Option<H>,
@@ -250,6 +274,7 @@ pub async fn serve<S: Service, T: Transport + Into<tidepool_io::AnyStream>>(
         guards: Vec::new(),
         held: Share::new(&gauges.buffer_bytes),
         body_share: Share::new(&gauges.body_bytes_in_flight),
+        sets_allocated: &gauges.buffer_sets_allocated,
         head_checked: false,
         checked: None,
     };
@@ -526,8 +551,8 @@ impl<'g, H> Conn<'g, H> {
     /// write.
     fn park(&mut self) {
         assert!(self.start == self.rbuf.len() && self.wbuf.is_empty());
+        give_back_read_buffer(std::mem::take(&mut self.rbuf));
         Buffers {
-            rbuf: std::mem::take(&mut self.rbuf),
             wbuf: std::mem::take(&mut self.wbuf),
             response: self.resp.take_buffers(),
         }
@@ -536,14 +561,10 @@ impl<'g, H> Conn<'g, H> {
         self.count_held();
     }
 
-    /// Takes a set of buffers for the request that is arriving.
-    fn unpark(&mut self) {
-        let Buffers {
-            rbuf,
-            wbuf,
-            response,
-        } = Buffers::take();
-        self.rbuf = rbuf;
+    /// Takes a set of buffers for answering the request that arrived (the read buffer is taken
+    /// apart, before the read).
+    fn unpark_answering(&mut self) {
+        let Buffers { wbuf, response } = Buffers::take(self.sets_allocated);
         self.wbuf = wbuf;
         self.resp.put_buffers(response);
         self.count_held();
@@ -572,9 +593,10 @@ impl<'g, H> Conn<'g, H> {
             // An error, the keep-alive timeout or shutdown while idle: just close.
             _ => return false,
         };
-        self.unpark();
         if !read_now {
             idle.active();
+            self.rbuf = take_read_buffer();
+            self.unpark_answering();
             let rest = env
                 .limits
                 .keep_alive_timeout
@@ -582,15 +604,24 @@ impl<'g, H> Conn<'g, H> {
             return Box::pin(self.read_timed_for(stream, rest, None, env)).await;
         }
         // Data (or the end) is there: this read does not wait. The keep-alive still bounds it.
-        let rbuf = std::mem::take(&mut self.rbuf);
-        let read = race(stream.read_append(rbuf, READ_SPARE_MIN), idle.expiry()).await;
+        // Only a read buffer is taken for it; the rest once it brought a request.
+        let read = race(
+            stream.read_append(take_read_buffer(), READ_SPARE_MIN),
+            idle.expiry(),
+        )
+        .await;
         idle.active();
         match read {
-            Either::Left((Ok(n), returned)) => {
+            Either::Left((Ok(n), returned)) if n != 0 => {
                 self.rbuf = returned;
-                n != 0
+                self.unpark_answering();
+                true
             }
-            _ => false,
+            Either::Left((_, returned)) => {
+                give_back_read_buffer(returned);
+                false
+            }
+            Either::Right(_) => false,
         }
     }
 
