@@ -312,6 +312,49 @@ fn idle_connections_closing_at_once_take_no_answering_buffers() {
     );
 }
 
+/// A burst of requests that needs more buffer sets than a core keeps spare (5,000 idle
+/// connections each sending a request at once) allocates them, and once the burst is over the
+/// memory goes back to the system: glibc keeps freed sets that lie below its heap's top, so the
+/// keep-alive sweeper trims after a burst (docs/design.md, "Idle connections").
+#[test]
+fn memory_of_a_burst_of_requests_goes_back_after_it() {
+    let server = Builder::new().start();
+    let pid = server.pid();
+    let (mut idle, request) = idle_connections(&server, 5000);
+    std::thread::sleep(Duration::from_millis(300));
+    let held = status_bytes(pid, "RssAnon");
+    for stream in &mut idle {
+        stream.write_all(request.as_bytes()).unwrap();
+    }
+    for stream in &mut idle {
+        let (status, _) = read_response(stream).expect("burst answer");
+        assert_eq!(status, 200);
+    }
+    let health = common::health_verbose(&server);
+    let allocated = common::core_sum(&health, "buffer_sets_allocated");
+    let after = status_bytes(pid, "RssAnon");
+    assert!(
+        allocated > 256,
+        "the burst needed only {allocated} new sets; it must outgrow the spares: {health}"
+    );
+    // At least half of what the burst added goes back (the spares and the table of idle
+    // connections keep some); the sweeper ticks once a second at the default keep-alive.
+    let bound = held + after.saturating_sub(held) / 2;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = status_bytes(pid, "RssAnon");
+        if now < bound {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RssAnon {now} B ten seconds after the burst: {held} B before it, {after} B right \
+             after ({allocated} sets allocated)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // ---- 2. bodies judged from the head; bodies in flight bounded per core ----
 
 /// Sends a request head announcing `length` body bytes, then streams the body (without holding

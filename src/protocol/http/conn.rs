@@ -48,6 +48,17 @@ thread_local! {
     };
 }
 
+thread_local! {
+    /// Buffer sets this core allocated so far (the keep-alive sweeper gives memory back after a
+    /// burst of them: `idle.rs`).
+    static SETS_ALLOCATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Buffer sets this core has allocated since it started.
+pub(super) fn sets_allocated() -> u64 {
+    SETS_ALLOCATED.with(|n| n.get())
+}
+
 /// A read buffer from this core's spares, or a new one.
 fn take_read_buffer() -> Vec<u8> {
     SPARE_READS.with(|spares| spares.take(FIRST_READ_BYTES))
@@ -66,6 +77,7 @@ impl Buffers {
             .with(|spares| spares.borrow_mut().pop())
             .unwrap_or_else(|| {
                 allocated.fetch_add(1, Ordering::Relaxed);
+                SETS_ALLOCATED.with(|n| n.set(n.get() + 1));
                 Buffers {
                     wbuf: Vec::with_capacity(BUFFER_BYTES),
                     response: [Vec::with_capacity(256), Vec::with_capacity(1024)],

@@ -36,7 +36,13 @@ struct Table {
     sweeping: bool,
     /// The shortest keep-alive timeout stamped since the sweeper started (sets its tick).
     shortest: Option<Duration>,
+    /// This core's count of buffer sets allocated, at the last tick and at the last trim.
+    sets_seen: u64,
+    sets_trimmed: u64,
 }
+
+/// Buffer sets a burst must have allocated before its end gives memory back to the system.
+const TRIM_AFTER_SETS: u64 = 256;
 
 thread_local! {
     /// This core's table (each core is one thread; nothing here crosses cores).
@@ -180,8 +186,39 @@ async fn sweep() {
         for waker in woken.drain(..) {
             waker.wake();
         }
+        give_back_after_burst();
         if !any_idle {
             return;
         }
+    }
+}
+
+/// Once a burst of requests that needed more buffer sets than the core keeps spare is over (sets
+/// were allocated, none in the last tick), asks glibc to return the freed memory to the system:
+/// the freed sets lie between live allocations, below the heap's top, where glibc's own trimming
+/// does not reach, so a burst of 15,000 requests at once would otherwise leave ~90 MB resident
+/// (docs/design.md, "Idle connections").
+fn give_back_after_burst() {
+    let sets = super::conn::sets_allocated();
+    let trim = TABLE.with(|table| {
+        let mut table = table.borrow_mut();
+        let over = sets == table.sets_seen && sets - table.sets_trimmed >= TRIM_AFTER_SETS;
+        table.sets_seen = sets;
+        if over {
+            table.sets_trimmed = sets;
+        }
+        over
+    });
+    if trim {
+        let started = Instant::now();
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free memory to the system; glibc locks each arena.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        tracing::info!(
+            "gave memory back after a burst of buffer sets in {:?}",
+            started.elapsed()
+        );
     }
 }
