@@ -46,9 +46,6 @@ thread_local! {
     static SPARE_READS: tidepool_io::Spares = const {
         tidepool_io::Spares::new(SPARE_SETS_MAX, 2 * BUFFER_BYTES, SPARE_SETS_MAX * BUFFER_BYTES)
     };
-}
-
-thread_local! {
     /// Buffer sets this core allocated so far (the keep-alive sweeper gives memory back after a
     /// burst of them: `idle.rs`).
     static SETS_ALLOCATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };

@@ -196,8 +196,8 @@ async fn sweep() {
 /// Once a burst of requests that needed more buffer sets than the core keeps spare is over (sets
 /// were allocated, none in the last tick), asks glibc to return the freed memory to the system:
 /// the freed sets lie between live allocations, below the heap's top, where glibc's own trimming
-/// does not reach, so a burst of 15,000 requests at once would otherwise leave ~90 MB resident
-/// (docs/design.md, "Idle connections").
+/// does not reach, so a burst of 15,000 requests at once would otherwise leave ~60 MB more
+/// resident than before it (docs/design.md, "Idle connections").
 fn give_back_after_burst() {
     let sets = super::conn::sets_allocated();
     let trim = TABLE.with(|table| {
