@@ -12,6 +12,7 @@ mod check;
 mod clock;
 mod condition;
 mod entry;
+mod grow;
 mod layout;
 mod prune;
 mod read;

@@ -864,3 +864,65 @@ type quiet @table(audit: false) { id: Float @primaryKey }";
     .unwrap();
     assert_eq!(count(&data), before + 1);
 }
+
+/// With `storage.sync` the writer keeps the file written a few MiB past LMDB's last used page
+/// (`grow.rs`); what it wrote there never touches data: every record reads back after a reopen,
+/// and the store keeps growing past the zeros. Without `storage.sync` nothing is written ahead.
+#[test]
+fn the_file_is_written_ahead_of_its_data_with_sync_only() {
+    fn lead(db: &Database) -> (u64, u64) {
+        let (used, _) = db.map_usage();
+        (db.file_size(), used)
+    }
+    let body = format!(r#"{{"name":"{}","age":1}}"#, "x".repeat(900));
+    let fill = |db: &Database, from: u64, to: u64| {
+        for group in (from..to).collect::<Vec<_>>().chunks(200) {
+            let ops = group
+                .iter()
+                .map(|i| put("Dog", Some(Value::Int(*i as i64)), &body, PutMode::Replace))
+                .collect();
+            write(db, ops).unwrap();
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+        let db = store.database("data").unwrap();
+        // ~20 MiB of records: many steps, each after a commit.
+        fill(&db, 0, 10_000);
+        let (file, used) = lead(&db);
+        assert!(
+            file >= used + grow::AHEAD_BYTES - grow::STEP_BYTES
+                && file <= used + grow::AHEAD_BYTES + grow::STEP_BYTES,
+            "file {file} bytes, LMDB uses {used}: the lead is off"
+        );
+        store.close();
+    }
+    let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+    let db = store.database("data").unwrap();
+    // Past the zeros written before the reopen, into new space again.
+    fill(&db, 10_000, 15_000);
+    for i in (0..15_000).step_by(499) {
+        let rec = get_json(&db, "Dog", &Value::Int(i)).expect("every record reads back");
+        assert!(rec.contains("xxxx"), "{rec}");
+    }
+    let (file, used) = lead(&db);
+    assert!(file > used, "file {file}, used {used}");
+    store.close();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.sync = false;
+    let store = Store::open(options, Arc::new(|_| {})).unwrap();
+    store
+        .apply_schema(&parse_schema_str(SCHEMA, "t.graphql").unwrap().tables)
+        .unwrap();
+    let db = store.database("data").unwrap();
+    fill(&db, 0, 5_000);
+    let (file, used) = lead(&db);
+    assert!(
+        file < used + grow::STEP_BYTES,
+        "without sync nothing is written ahead: file {file}, used {used}"
+    );
+    store.close();
+}

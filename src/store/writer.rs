@@ -538,6 +538,7 @@ impl Writer {
         let mut pending: Option<Group> = None;
         // Audit retention runs when the queue has been empty for a moment (`prune.rs`).
         let mut trim_wait = TRIM_IDLE;
+        let mut grow = super::grow::GrowAhead::new(&self.db.env, self.options.sync);
         'outer: loop {
             // As many requests queued as `pending` holds: they become the next group, whose
             // commit makes `pending` durable. Fewer: make `pending` durable now and answer it
@@ -650,6 +651,7 @@ impl Writer {
                 }
             }
             self.commit_group(&mut batch, &mut pending);
+            grow.step(&self.db.env);
         }
         self.settle(&mut pending);
         tracing::debug!("writer for {} stopped", self.db.name);
