@@ -1028,7 +1028,7 @@ fn choose_access(table: &Table, filter: &Filter) -> Option<Access> {
 
 fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
     match filter {
-        Filter::Test(_) | Filter::In(_) => choose_ranked(table, &Filter::And(vec![filter.clone()])),
+        Filter::Test(_) | Filter::In(_) => choose_among(table, std::slice::from_ref(filter)),
         Filter::Or(branches) => {
             let mut paths = Vec::with_capacity(branches.len());
             for branch in branches {
@@ -1036,108 +1036,97 @@ fn choose_ranked(table: &Table, filter: &Filter) -> Option<(u8, Access)> {
             }
             Some((RANK_UNION, Access::Union(paths)))
         }
-        Filter::And(children) => {
-            let mut best: Option<(u8, Access)> = None;
-            let consider = |candidate: (u8, Access), best: &mut Option<(u8, Access)>| {
-                if best.as_ref().is_none_or(|b| candidate.0 < b.0) {
-                    *best = Some(candidate);
+        Filter::And(children) => choose_among(table, children),
+    }
+}
+
+/// The best access path for the conjunction of `children`, with its rank.
+fn choose_among(table: &Table, children: &[Filter]) -> Option<(u8, Access)> {
+    let mut best: Option<(u8, Access)> = None;
+    let consider = |candidate: (u8, Access), best: &mut Option<(u8, Access)>| {
+        if best.as_ref().is_none_or(|b| candidate.0 < b.0) {
+            *best = Some(candidate);
+        }
+    };
+    // Ranges per indexed attribute, merged: (name, lower, upper, low side set, high side
+    // set, equality).
+    type Range = (String, Bound<Vec<u8>>, Bound<Vec<u8>>, bool, bool, bool);
+    let mut ranges: Vec<Range> = Vec::new();
+    for child in children {
+        match child {
+            Filter::Test(test) => {
+                let [name] = test.path.as_slice() else {
+                    continue;
+                };
+                if table.def.primary_key.as_deref() == Some(name.as_str()) && test.op == Op::Equal {
+                    let mut pk = Vec::new();
+                    if matches!(
+                        test.value,
+                        Value::String(_) | Value::Int(_) | Value::Float(_) | Value::BigInt(_)
+                    ) && key::encode(&test.value, &mut pk).is_ok()
+                    {
+                        consider((RANK_KEY, Access::Key(pk)), &mut best);
+                    }
+                    continue;
                 }
-            };
-            // Ranges per indexed attribute, merged: (name, lower, upper, low side set, high side
-            // set, equality).
-            type Range = (String, Bound<Vec<u8>>, Bound<Vec<u8>>, bool, bool, bool);
-            let mut ranges: Vec<Range> = Vec::new();
-            for child in children {
-                match child {
-                    Filter::Test(test) => {
-                        let [name] = test.path.as_slice() else {
-                            continue;
-                        };
-                        if table.def.primary_key.as_deref() == Some(name.as_str())
-                            && test.op == Op::Equal
-                        {
-                            let mut pk = Vec::new();
-                            if matches!(
-                                test.value,
-                                Value::String(_)
-                                    | Value::Int(_)
-                                    | Value::Float(_)
-                                    | Value::BigInt(_)
-                            ) && key::encode(&test.value, &mut pk).is_ok()
-                            {
-                                consider((RANK_KEY, Access::Key(pk)), &mut best);
-                            }
-                            continue;
-                        }
-                        if !table.indexed(name) {
-                            continue;
-                        }
-                        let Some((lower, upper)) = test_bounds(test) else {
-                            continue;
-                        };
-                        let (low_set, high_set) = match test.op {
-                            Op::Greater | Op::GreaterEqual => (true, false),
-                            Op::Less | Op::LessEqual => (false, true),
-                            _ => (true, true),
-                        };
-                        let equal = test.op == Op::Equal;
-                        // Tests on an attribute that can hold arrays may be met by different
-                        // elements, so only single-valued attributes merge their ranges.
-                        let mergeable = !may_hold_arrays(table.def.attribute(name));
-                        match ranges.iter_mut().find(|r| mergeable && &r.0 == name) {
-                            Some(r) => {
-                                r.1 = tighter_lower(
-                                    std::mem::replace(&mut r.1, Bound::Unbounded),
-                                    lower,
-                                );
-                                r.2 = tighter_upper(
-                                    std::mem::replace(&mut r.2, Bound::Unbounded),
-                                    upper,
-                                );
-                                r.3 |= low_set;
-                                r.4 |= high_set;
-                                r.5 |= equal;
-                            }
-                            None => {
-                                ranges.push((name.clone(), lower, upper, low_set, high_set, equal))
-                            }
-                        }
+                if !table.indexed(name) {
+                    continue;
+                }
+                let Some((lower, upper)) = test_bounds(test) else {
+                    continue;
+                };
+                let (low_set, high_set) = match test.op {
+                    Op::Greater | Op::GreaterEqual => (true, false),
+                    Op::Less | Op::LessEqual => (false, true),
+                    _ => (true, true),
+                };
+                let equal = test.op == Op::Equal;
+                // Tests on an attribute that can hold arrays may be met by different
+                // elements, so only single-valued attributes merge their ranges.
+                let mergeable = !may_hold_arrays(table.def.attribute(name));
+                match ranges.iter_mut().find(|r| mergeable && &r.0 == name) {
+                    Some(r) => {
+                        r.1 = tighter_lower(std::mem::replace(&mut r.1, Bound::Unbounded), lower);
+                        r.2 = tighter_upper(std::mem::replace(&mut r.2, Bound::Unbounded), upper);
+                        r.3 |= low_set;
+                        r.4 |= high_set;
+                        r.5 |= equal;
                     }
-                    Filter::In(membership) => {
-                        if let Some(access) = join_access(table, membership) {
-                            consider((RANK_JOIN, access), &mut best);
-                        }
-                    }
-                    Filter::Or(_) | Filter::And(_) => {
-                        if let Some(candidate) = choose_ranked(table, child) {
-                            consider(candidate, &mut best);
-                        }
-                    }
+                    None => ranges.push((name.clone(), lower, upper, low_set, high_set, equal)),
                 }
             }
-            for (name, lower, upper, low_set, high_set, equal) in ranges {
-                let point =
-                    matches!((&lower, &upper), (Bound::Included(a), Bound::Included(b)) if a == b);
-                let rank = if equal || point {
-                    RANK_EQUAL
-                } else if low_set && high_set {
-                    RANK_BOUNDED
-                } else {
-                    RANK_ONE_SIDED
-                };
-                let dedup = may_hold_arrays(table.def.attribute(&name)) && !point;
-                let candidate = Access::Index {
-                    attribute: name,
-                    lower,
-                    upper,
-                    descending: false,
-                    dedup,
-                };
-                consider((rank, candidate), &mut best);
+            Filter::In(membership) => {
+                if let Some(access) = join_access(table, membership) {
+                    consider((RANK_JOIN, access), &mut best);
+                }
             }
-            best
+            Filter::Or(_) | Filter::And(_) => {
+                if let Some(candidate) = choose_ranked(table, child) {
+                    consider(candidate, &mut best);
+                }
+            }
         }
     }
+    for (name, lower, upper, low_set, high_set, equal) in ranges {
+        let point = matches!((&lower, &upper), (Bound::Included(a), Bound::Included(b)) if a == b);
+        let rank = if equal || point {
+            RANK_EQUAL
+        } else if low_set && high_set {
+            RANK_BOUNDED
+        } else {
+            RANK_ONE_SIDED
+        };
+        let dedup = may_hold_arrays(table.def.attribute(&name)) && !point;
+        let candidate = Access::Index {
+            attribute: name,
+            lower,
+            upper,
+            descending: false,
+            dedup,
+        };
+        consider((rank, candidate), &mut best);
+    }
+    best
 }
 
 // ---------------------------------------------------------------------------------------------
