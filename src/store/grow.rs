@@ -5,8 +5,9 @@
 //! blocks and commit the filesystem's journal for them; on ext4 that roughly doubles its time
 //! (measured here: 20 new pages per sync, 364 µs into fresh space against 186 µs into space
 //! written before). So the writer keeps the file's tail written with zeros a few MiB beyond the
-//! last page LMDB uses, one step at a time between commits, and starts the zeros' writeback at
-//! once so a later sync rarely waits for it (docs/design.md "Writing the file ahead").
+//! last page LMDB uses, one step at a time between commits — when it is idle, or when the tail
+//! is about to run out — and starts the zeros' writeback at once so a later sync rarely waits
+//! for it (docs/design.md "Writing the file ahead").
 //!
 //! Why the zeros can never overwrite data: a step runs on the writer thread between commits,
 //! inside an LMDB write transaction it then aborts (so no other writer, in this process or
@@ -26,6 +27,17 @@ pub(super) const AHEAD_BYTES: u64 = 4 << 20;
 pub(super) const STEP_BYTES: u64 = 1 << 20;
 /// Zeros written per system call.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// When a step is wanted: the writer asks between commits only when the written tail is about
+/// to run out (the step then delays the group it committed), and whenever it is idle for the
+/// whole lead.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Need {
+    /// Less than [`AHEAD_BYTES`] past LMDB's last used page.
+    Ahead,
+    /// Less than [`STEP_BYTES`] past it.
+    Soon,
+}
 
 /// The writer's view of the file's written tail.
 pub(super) struct GrowAhead {
@@ -61,14 +73,18 @@ impl GrowAhead {
         }
     }
 
-    /// Writes one step of zeros past the file's end when less than [`AHEAD_BYTES`] are left
-    /// past LMDB's last used page. Called between commits; a failure turns this off (the
-    /// commits do not depend on it).
-    pub(super) fn step(&mut self, env: &Env<WithoutTls>) {
+    /// Writes one step of zeros past the file's end when less than `need` asks for is left past
+    /// LMDB's last used page. Called between commits; a failure turns this off (the commits do
+    /// not depend on it).
+    pub(super) fn step(&mut self, env: &Env<WithoutTls>, need: Need) {
         if self.file.is_none() {
             return;
         }
-        if self.written_end >= used_end(env).saturating_add(AHEAD_BYTES) {
+        let lead = match need {
+            Need::Ahead => AHEAD_BYTES,
+            Need::Soon => STEP_BYTES,
+        };
+        if self.written_end >= used_end(env).saturating_add(lead) {
             return;
         }
         if let Err(e) = self.write_step(env) {

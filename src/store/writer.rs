@@ -557,6 +557,11 @@ impl Writer {
                 Some(job) => Some(job),
                 None => {
                     self.settle(&mut pending);
+                    // Nothing to answer and nothing queued: write the file ahead now, when
+                    // it delays no one (`grow.rs`).
+                    if rx.len() == 0 {
+                        grow.step(&self.db.env, super::grow::Need::Ahead);
+                    }
                     match self.options.audit_retention {
                         None => rx.recv(),
                         Some(retention) => match rx.recv_timeout(trim_wait) {
@@ -651,7 +656,8 @@ impl Writer {
                 }
             }
             self.commit_group(&mut batch, &mut pending);
-            grow.step(&self.db.env);
+            // Under a load that never lets the queue empty, before the written tail runs out.
+            grow.step(&self.db.env, super::grow::Need::Soon);
         }
         self.settle(&mut pending);
         tracing::debug!("writer for {} stopped", self.db.name);
