@@ -23,7 +23,7 @@ use heed::{Env, WithoutTls};
 
 /// How far ahead of LMDB's last used page the file is kept written.
 pub(super) const AHEAD_BYTES: u64 = 4 << 20;
-/// Bytes written per step; one step at most per commit group bounds the time it adds to one.
+/// Bytes written per step: one step at a time bounds what it adds to a commit under load.
 pub(super) const STEP_BYTES: u64 = 1 << 20;
 /// Zeros written per system call.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -31,7 +31,7 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 /// When a step is wanted: the writer asks between commits only when the written tail is about
 /// to run out (the step then delays the group it committed), and whenever it is idle for the
 /// whole lead.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy)]
 pub(super) enum Need {
     /// Less than [`AHEAD_BYTES`] past LMDB's last used page.
     Ahead,
@@ -84,7 +84,7 @@ impl GrowAhead {
             Need::Ahead => AHEAD_BYTES,
             Need::Soon => STEP_BYTES,
         };
-        if self.written_end >= used_end(env).saturating_add(lead) {
+        if self.written_end >= super::used_bytes(env).saturating_add(lead) {
             return;
         }
         if let Err(e) = self.write_step(env) {
@@ -99,7 +99,7 @@ impl GrowAhead {
         };
         // LMDB's writer lock for the length of the step: nothing else writes the file meanwhile.
         let txn = env.write_txn().map_err(std::io::Error::other)?;
-        let start = file.metadata()?.len().max(used_end(env));
+        let start = file.metadata()?.len().max(super::used_bytes(env));
         let mut at = start;
         while at < start + STEP_BYTES {
             let n = ZEROS.len().min((start + STEP_BYTES - at) as usize);
@@ -128,11 +128,4 @@ impl GrowAhead {
         self.written_end = at;
         Ok(())
     }
-}
-
-/// The end of LMDB's last used page, in bytes from the start of the file.
-fn used_end(env: &Env<WithoutTls>) -> u64 {
-    let info = env.info();
-    let page = u64::from(env.unnamed_database_stat().page_size);
-    (info.last_page_number as u64 + 1) * page
 }

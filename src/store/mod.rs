@@ -381,11 +381,14 @@ impl Database {
 
     /// Bytes of the map in use (last page × page size) and reserved.
     pub fn map_usage(&self) -> (u64, u64) {
-        let info = self.env.info();
-        let stat = self.env.unnamed_database_stat();
-        let used = (info.last_page_number as u64 + 1) * u64::from(stat.page_size);
-        (used, info.map_size as u64)
+        (used_bytes(&self.env), self.env.info().map_size as u64)
     }
+}
+
+/// The end of LMDB's last used page, in bytes from the start of the file.
+fn used_bytes(env: &Env<WithoutTls>) -> u64 {
+    let page = u64::from(env.unnamed_database_stat().page_size);
+    (env.info().last_page_number as u64 + 1) * page
 }
 
 impl Store {

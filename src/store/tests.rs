@@ -888,7 +888,7 @@ fn the_file_is_written_ahead_of_its_data_with_sync_only() {
     {
         let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
         let db = store.database("data").unwrap();
-        // ~20 MiB of records: many steps, each after a commit.
+        // ~20 MiB of records: many steps, between the commits.
         fill(&db, 0, 10_000);
         let (file, used) = lead(&db);
         assert!(
