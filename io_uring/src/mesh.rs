@@ -60,12 +60,26 @@ impl<T> MeshSender<T> {
     }
 
     pub fn send(&self, core: usize, message: T) -> Result<(), SendError<T>> {
+        self.push(core, message)?;
+        self.wake(core);
+        Ok(())
+    }
+
+    /// Queues `message` for `core` without waking it: a sender with several messages for a core
+    /// pushes them all, then calls [`MeshSender::wake`] once, so the core takes them in one
+    /// batch instead of being woken (and, on a shared CPU, switched to) for each.
+    pub fn push(&self, core: usize, message: T) -> Result<(), SendError<T>> {
         let Some(slot) = self.slots.get(core) else {
             return Err(SendError(message));
         };
-        slot.queue.push(message).map_err(SendError)?;
-        slot.waker.wake();
-        Ok(())
+        slot.queue.push(message).map_err(SendError)
+    }
+
+    /// Wakes `core`'s receiver if it waits (a no-op when it is already awake or nothing waits).
+    pub fn wake(&self, core: usize) {
+        if let Some(slot) = self.slots.get(core) {
+            slot.waker.wake();
+        }
     }
 }
 

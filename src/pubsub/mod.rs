@@ -1,9 +1,10 @@
 //! Publish/subscribe: topic filters, the per-core subscription registry, and fan-out of committed
 //! changes to bounded per-subscriber queues. MQTT, WebSocket and SSE all subscribe through here.
 //!
-//! Data path: a database's writer thread commits, then calls the store's `Publisher`, which
-//! [`publisher`] builds: it pushes the same `Arc<Commit>` into every core's mesh inbox (in commit
-//! order, one sender per database, so each inbox holds a database's commits in order). Each core
+//! Data path: a database's writer thread commits a group, then calls the store's `Publisher` with
+//! the group's commits, which [`publisher`] builds: it pushes the same `Arc<Commit>`s into every
+//! core's mesh inbox (in commit order, one sender per database, so each inbox holds a database's
+//! commits in order) and wakes each core once. Each core
 //! runs [`run_inbox`], which hands every commit to its [`Registry`]; the registry matches each
 //! change against that core's subscriptions and queues one shared [`Event`] (encoded at most once
 //! per format on that core) to each matching [`Sink`]. Connection tasks pop their sink and write.
@@ -117,38 +118,60 @@ impl From<StoreError> for SubscribeError {
 
 /// Builds the store's `Publisher`: every commit to every core's inbox.
 ///
+/// A commit group's commits go into each core's inbox together and the core is woken once for
+/// them, after the last: woken per commit, a core sharing the writer's CPU would be switched to
+/// for each one and dispatch them one at a time, so a subscriber of several of them would get a
+/// write (a TCP segment) per event instead of one for all (bench/README, "One wake per commit
+/// group").
+///
 /// Runs on the writer thread (never an executor), so when an inbox is full it may wait, briefly
-/// and bounded: it retries for up to `INBOX_FULL_WAIT_MAX`, which pushes back on the writer
-/// rather than losing events, then drops the commit for that core and counts it.
+/// and bounded: it wakes the core to drain what is queued and retries for up to
+/// `INBOX_FULL_WAIT_MAX`, which pushes back on the writer rather than losing events, then drops
+/// the commit for that core and counts it.
 pub fn publisher(sender: MeshSender<Arc<Commit>>, counters: Vec<Arc<Counters>>) -> Publisher {
-    Arc::new(move |commit: Arc<Commit>| {
+    Arc::new(move |commits: &[Arc<Commit>]| {
         for core in 0..sender.core_count() {
-            let mut message = commit.clone();
-            let mut waited: Option<Instant> = None;
-            loop {
-                match sender.send(core, message) {
-                    Ok(()) => break,
-                    Err(tidepool_io::SendError(back)) => {
-                        let started = *waited.get_or_insert_with(Instant::now);
-                        if started.elapsed() >= INBOX_FULL_WAIT_MAX {
-                            if let Some(c) = counters.get(core) {
-                                c.commits_lost.fetch_add(1, Ordering::Relaxed);
-                            }
-                            tracing::error!(
-                                "core {core}'s event inbox stayed full for {INBOX_FULL_WAIT_MAX:?}; \
-                                 commit {} of {} not delivered to its subscribers",
-                                commit.version,
-                                commit.database
-                            );
-                            break;
-                        }
-                        message = back;
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                }
+            for commit in commits {
+                push_waiting(&sender, core, commit, &counters);
             }
+            sender.wake(core);
         }
     })
+}
+
+/// Queues `commit` for `core`, waiting (bounded) while its inbox is full.
+fn push_waiting(
+    sender: &MeshSender<Arc<Commit>>,
+    core: usize,
+    commit: &Arc<Commit>,
+    counters: &[Arc<Counters>],
+) {
+    let mut message = commit.clone();
+    let mut waited: Option<Instant> = None;
+    loop {
+        match sender.push(core, message) {
+            Ok(()) => return,
+            Err(tidepool_io::SendError(back)) => {
+                // What is queued already is the core's to drain before any more fits.
+                sender.wake(core);
+                let started = *waited.get_or_insert_with(Instant::now);
+                if started.elapsed() >= INBOX_FULL_WAIT_MAX {
+                    if let Some(c) = counters.get(core) {
+                        c.commits_lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::error!(
+                        "core {core}'s event inbox stayed full for {INBOX_FULL_WAIT_MAX:?}; \
+                         commit {} of {} not delivered to its subscribers",
+                        commit.version,
+                        commit.database
+                    );
+                    return;
+                }
+                message = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
 }
 
 /// A core's dispatch loop: drains its inbox in batches into `registry` until shutdown.

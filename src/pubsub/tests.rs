@@ -19,7 +19,8 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let commits: Arc<Mutex<Vec<Arc<Commit>>>> = Arc::default();
     let sink = commits.clone();
-    let publisher: Publisher = Arc::new(move |c| sink.lock().unwrap().push(c));
+    let publisher: Publisher =
+        Arc::new(move |c: &[Arc<Commit>]| sink.lock().unwrap().extend_from_slice(c));
     let mut options = StoreOptions::new(dir.path());
     options.sync = false;
     let store = Store::open(options, publisher).unwrap();
@@ -509,4 +510,64 @@ fn streamed_replay_end_waits_for_dispatch() {
         ],
         &[&["Put 1 1", "Put 2 1", "Put 1 2", "Put 1 3"]],
     );
+}
+
+/// What a core finds in its inbox when it is woken, per wake.
+struct SeenAtWake {
+    inbox: Arc<tidepool_io::Inbox<Arc<Commit>>>,
+    seen: Mutex<Vec<usize>>,
+}
+
+impl std::task::Wake for SeenAtWake {
+    fn wake(self: Arc<Self>) {
+        let mut taken = Vec::new();
+        self.inbox.drain(&mut taken, 64);
+        self.seen.lock().unwrap().push(taken.len());
+    }
+}
+
+/// A commit group's commits reach a waiting core together: it is woken once, after the last,
+/// not after the first (a core sharing the writer's CPU would run at that wake and take one).
+#[test]
+fn a_commit_group_wakes_each_core_once_with_all_its_commits() {
+    let (sender, inboxes) = tidepool_io::mesh::<Arc<Commit>>(2, 64);
+    let counters: Vec<Arc<Counters>> = (0..2).map(|_| Arc::default()).collect();
+    let publish = publisher(sender, counters);
+    let watchers: Vec<Arc<SeenAtWake>> = inboxes
+        .into_iter()
+        .map(|inbox| {
+            Arc::new(SeenAtWake {
+                inbox: Arc::new(inbox),
+                seen: Mutex::new(Vec::new()),
+            })
+        })
+        .collect();
+    // Each core waits on its inbox (empty: the poll registers the waker).
+    for w in &watchers {
+        let waker = std::task::Waker::from(w.clone());
+        let mut batch = Vec::new();
+        let mut recv = std::pin::pin!(w.inbox.recv_batch(&mut batch, 64));
+        let polled =
+            std::future::Future::poll(recv.as_mut(), &mut std::task::Context::from_waker(&waker));
+        assert!(polled.is_pending());
+    }
+    let group: Vec<Arc<Commit>> = (0..3)
+        .map(|i| {
+            Arc::new(Commit {
+                database: "data".into(),
+                version: 1.0 + f64::from(i),
+                local_time: 1.0,
+                changes: Vec::new(),
+                extras: None,
+            })
+        })
+        .collect();
+    publish(&group);
+    for w in &watchers {
+        assert_eq!(
+            *w.seen.lock().unwrap(),
+            vec![3],
+            "one wake, with the whole group queued"
+        );
+    }
 }

@@ -125,8 +125,9 @@ impl From<heed::Error> for StoreError {
     }
 }
 
-/// Receives every commit, on the writer thread, after the reply was sent. Must not block.
-pub type Publisher = Arc<dyn Fn(Arc<Commit>) + Send + Sync>;
+/// Receives every commit, on the writer thread, after the replies were sent: a commit group's
+/// commits in one call, in commit order. Must not block.
+pub type Publisher = Arc<dyn Fn(&[Arc<Commit>]) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct StoreOptions {

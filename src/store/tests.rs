@@ -11,7 +11,8 @@ const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey name: String 
 type Counter @table { n: Long @primaryKey v: Int }";
 
 fn open(dir: &std::path::Path, commits: Arc<Mutex<Vec<Arc<Commit>>>>) -> Arc<Store> {
-    let publisher: Publisher = Arc::new(move |c| commits.lock().unwrap().push(c));
+    let publisher: Publisher =
+        Arc::new(move |c: &[Arc<Commit>]| commits.lock().unwrap().extend_from_slice(c));
     let store = Store::open(StoreOptions::new(dir), publisher).unwrap();
     store
         .apply_schema(&parse_schema_str(SCHEMA, "t.graphql").unwrap().tables)

@@ -914,6 +914,7 @@ impl Writer {
         // The requesters are woken together once every reply is in and every commit published:
         // one wake-up per core for the group, not one per request (tidepool_io `WakeBatch`).
         let mut wakes = WakeBatch::default();
+        let mut commits = Vec::with_capacity(answers.len());
         for item in answers {
             let (version, changes, extras) = match item {
                 Pending::Local(reply, Ok((outcome, changes, extras))) => {
@@ -935,7 +936,7 @@ impl Writer {
                 }
             };
             if !changes.is_empty() {
-                (self.publisher)(Arc::new(Commit {
+                commits.push(Arc::new(Commit {
                     database: self.db.name.clone(),
                     version,
                     local_time,
@@ -943,6 +944,9 @@ impl Writer {
                     extras,
                 }));
             }
+        }
+        if !commits.is_empty() {
+            (self.publisher)(&commits);
         }
         wakes.wake_all();
     }
