@@ -356,7 +356,10 @@ type Publisher = std::thread::JoinHandle<Result<()>>;
 
 /// Publishers, one thread each, started together by `ready`: publisher p sends `messages`
 /// publishes to `topic(p)`; at QoS 1 each waits for its PUBACK before the next (one in flight).
-/// Returns the threads and the count of acknowledged (or, at QoS 0, sent) publishes.
+/// Returns the threads, the count of acknowledged (or, at QoS 0, sent) publishes, and when the
+/// first publisher started (µs after `origin`): the run's start. The thread that released the
+/// barrier may run only after the publishers have done much of their work (every load thread
+/// shares the load CPU), so its own clock reading would start the run late.
 // Each argument is one knob of the workload; a struct for one private call adds nothing.
 #[allow(clippy::too_many_arguments)]
 fn spawn_publishers(
@@ -367,18 +370,20 @@ fn spawn_publishers(
     origin: Instant,
     s: &Settings,
     ready: Arc<Barrier>,
-) -> Result<(Vec<Publisher>, Arc<AtomicU64>)> {
+) -> Result<(Vec<Publisher>, Arc<AtomicU64>, Arc<AtomicU64>)> {
     let acked = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(AtomicU64::new(u64::MAX));
     let mut pubs = Vec::with_capacity(s.pubs);
     for p in 0..s.pubs {
         let mut c = Client::connect(addr, &format!("bench-pub-{p}"), s)?;
         let topic = topic(p);
         let ready = ready.clone();
-        let acked = acked.clone();
+        let (acked, first) = (acked.clone(), first.clone());
         let messages = s.messages;
         pubs.push(std::thread::Builder::new().stack_size(128 << 10).spawn(
             move || -> Result<()> {
                 ready.wait();
+                first.fetch_min(now_us(origin), Ordering::Relaxed);
                 for n in 0..messages {
                     let payload = format!("{{\"t\":{},\"n\":{n}}}", now_us(origin));
                     c.publish(
@@ -397,7 +402,7 @@ fn spawn_publishers(
             },
         )?);
     }
-    Ok((pubs, acked))
+    Ok((pubs, acked, first))
 }
 
 /// `--bystanders` idle clients, each subscribed to its own topic beside `s.topic`; they stay
@@ -520,7 +525,7 @@ fn run_shape(s: &Settings, shape: &Shape) -> Result<()> {
             s,
             ready.clone(),
         )?;
-        let (pubs, acked) = spawn_publishers(
+        let (pubs, acked, first) = spawn_publishers(
             *addr,
             shape.topic,
             shape.pub_qos,
@@ -530,11 +535,16 @@ fn run_shape(s: &Settings, shape: &Shape) -> Result<()> {
             ready.clone(),
         )?;
         ready.wait();
-        let start = Instant::now();
+        let released = Instant::now();
         for p in pubs {
             p.join()
                 .map_err(|_| anyhow!("publisher thread panicked"))??;
         }
+        // Read once every publisher has ended, so each one's start is in.
+        let start = match first.load(Ordering::Relaxed) {
+            u64::MAX => released, // no publisher (`--pubs 0`)
+            us => origin + Duration::from_micros(us),
+        };
         let publish_s = start.elapsed().as_secs_f64();
         let all = join(handles)?;
         let acks = acked.load(Ordering::Relaxed);
