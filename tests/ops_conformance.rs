@@ -1116,13 +1116,9 @@ fn concurrent_loads_are_queued_not_refused() {
     assert_eq!(all.as_array().map(Vec::len), Some(loads * rows));
 }
 
-/// A port below 32768 that is free now (the tests' rule for fixed ports), for a server that must
-/// come back on the same address.
+/// A port below 32768 that is free now, for a server that must come back on the same address.
 fn free_port() -> u16 {
-    let base = 20_000 + (std::process::id() % 4_000) as u16 * 2;
-    (base..base + 2_000)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port")
+    common::free_port_on(&["127.0.0.1"])
 }
 
 /// `restart` (8a › Restart for new settings): HarperDB's answer, then the same process stops

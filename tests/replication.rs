@@ -34,23 +34,17 @@ fn app() -> tempfile::TempDir {
 }
 
 /// A port free on each of the loopback addresses the nodes (127.0.0.1–4) and the test proxies
-/// (127.0.0.5–7) use, checked by binding them all.
+/// (127.0.0.5–7) use, below the client port range ([`common::free_port_on`]).
 fn free_port() -> u16 {
-    for _ in 0..100 {
-        let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-        else {
-            continue;
-        };
-        let held: Vec<_> = (1..=7)
-            .map(|i| std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")))
-            .collect();
-        if held.iter().all(Result::is_ok) {
-            return port;
-        }
-    }
-    panic!("no port free on 127.0.0.1-7");
+    common::free_port_on(&[
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+        "127.0.0.7",
+    ])
 }
 
 struct Node {

@@ -16,6 +16,35 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tidepool");
 pub const ADMIN_USER: &str = "test_admin";
 pub const ADMIN_PASSWORD: &str = "Adm1n-pass-for-tests";
 
+/// A port that is free now on every address of `ips`, for a server that must listen on a port
+/// the test names (to come back on it, or to be named in another server's routes). It is below
+/// 32768, the tests' rule for fixed ports: the kernel hands out 32768–60999 as client ports, so
+/// a port taken from there (binding port 0) can become any test's client port between this check
+/// and the server's bind. Each test process scans from its own base; successive calls in one
+/// process return different ports.
+pub fn free_port_on(ips: &[&str]) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SPAN: u32 = 4_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 4_000) * 2;
+    for _ in 0..SPAN {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        assert!(
+            port < 32_768,
+            "fixed test ports stay below the client port range"
+        );
+        let port = port as u16;
+        let held: Vec<_> = ips
+            .iter()
+            .map(|ip| std::net::TcpListener::bind((*ip, port)))
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return port;
+        }
+    }
+    panic!("no port below 32768 free on {ips:?}");
+}
+
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
