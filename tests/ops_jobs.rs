@@ -570,9 +570,8 @@ fn bad_csv_ends_in_an_error_job_and_writes_nothing() {
         );
         assert!(message.contains(fragment), "{path}: {message}");
     }
-    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
+    // Free, and below the client port range, so no test's client can hold it meanwhile.
+    let port = common::free_port_on(&["127.0.0.1"]);
     let message = failed(
         &server,
         json!({"operation": "csv_url_load", "table": "Dog", "csv_url": format!("http://127.0.0.1:{port}/x.csv")}),
