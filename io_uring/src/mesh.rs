@@ -1,9 +1,10 @@
 //! The cross-core mesh: one inbox per core, built once at start and kept.
 //!
-//! Each inbox pairs a bounded lock-free queue with a cross-thread waker. A sender pushes and wakes
-//! the owning core's waiting task; the waker is taken on wake, so a burst of sends costs the
-//! receiver one wake-up, and the receiver drains the queue in batches. An idle core parks in
-//! io_uring/epoll and uses no CPU. No receive here ever blocks a thread.
+//! Each inbox pairs a bounded lock-free queue with a cross-thread waker. A sender pushes what it
+//! has for a core, then wakes the core's waiting task once: woken after the first of a burst, a
+//! core sharing the sender's CPU would run at once and take that one alone. The receiver drains
+//! the queue in batches. An idle core parks in io_uring/epoll and uses no CPU. No receive here
+//! ever blocks a thread.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,12 +58,6 @@ impl<T> Clone for MeshSender<T> {
 impl<T> MeshSender<T> {
     pub fn core_count(&self) -> usize {
         self.slots.len()
-    }
-
-    pub fn send(&self, core: usize, message: T) -> Result<(), SendError<T>> {
-        self.push(core, message)?;
-        self.wake(core);
-        Ok(())
     }
 
     /// Queues `message` for `core` without waking it: a sender with several messages for a core
@@ -155,13 +150,13 @@ mod tests {
     #[test]
     fn bounded_and_ordered() {
         let (tx, inboxes) = mesh::<u32>(2, 2);
-        tx.send(1, 10).unwrap();
-        tx.send(1, 11).unwrap();
+        tx.push(1, 10).unwrap();
+        tx.push(1, 11).unwrap();
         assert!(
-            tx.send(1, 12).is_err(),
+            tx.push(1, 12).is_err(),
             "third message exceeds the bound of 2"
         );
-        assert!(tx.send(2, 0).is_err(), "no core 2");
+        assert!(tx.push(2, 0).is_err(), "no core 2");
         let mut out = Vec::new();
         assert_eq!(inboxes[1].drain(&mut out, 10), 2);
         assert_eq!(out, vec![10, 11]);
