@@ -402,6 +402,53 @@ impl ConfigTree {
 }
 
 /// `1500`, `1500ms`, `30s`, `5m`, `2h`, `1d`.
+/// `storage.mapSize`, checked against what LMDB and a 64-bit address space can hold
+/// (docs/configuration.md).
+fn map_bytes(tree: &ConfigTree) -> Result<usize, ConfigError> {
+    const KEY: &str = "storage.mapSize";
+    const MIN: u64 = 64 << 20;
+    const MAX: u64 = 64 << 40;
+    let bytes = match tree.get(KEY) {
+        Some(Yaml::Number(n)) => n.as_u64(),
+        Some(Yaml::String(s)) => parse_bytes(s),
+        Some(other) => {
+            return Err(err(
+                KEY,
+                format!("expected a size, got {}", yaml_kind(other)),
+            ))
+        }
+        None => return Err(err(KEY, "missing")),
+    }
+    .ok_or_else(|| err(KEY, "not a size (bytes, or <n>K/M/G/T)"))?;
+    if !(MIN..=MAX).contains(&bytes) {
+        return Err(err(KEY, "must be between 64M and 64T"));
+    }
+    usize::try_from(bytes).map_err(|_| err(KEY, "too large for this machine"))
+}
+
+/// A size in bytes: digits, then optionally `K`, `M`, `G` or `T` (powers of 1024; `KB`, `KiB`
+/// and lower case read the same).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -565,6 +612,8 @@ pub struct StorageConfig {
     pub max_transaction_queue_time: Duration,
     /// Requests committed together at most; 1 = one fsync per request (tidepool).
     pub commit_batch_max: usize,
+    /// `storage.mapSize`: bytes of address space each database file may grow to (tidepool).
+    pub map_bytes: usize,
 }
 
 /// The typed view of a [`ConfigTree`], checked once at start.
@@ -804,6 +853,7 @@ impl Config {
                 sync: tree.bool("storage.sync")? && !write_async,
                 max_transaction_queue_time: tree.duration("storage.maxTransactionQueueTime")?,
                 commit_batch_max: tree.u64("storage.commitBatchMax")?.clamp(1, 65_536) as usize,
+                map_bytes: map_bytes(tree)?,
             },
             share_ports: tree.bool("http.sharePorts")?,
             analytics_aggregate_period: tree.seconds_or_off("analytics.aggregatePeriod")?,
@@ -1048,6 +1098,23 @@ mod tests {
         }
         assert_eq!(parse_duration("1w"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn sizes() {
+        for (s, bytes) in [
+            ("4096", 4096),
+            ("64M", 64 << 20),
+            ("64MB", 64 << 20),
+            ("2 GiB", 2 << 30),
+            ("1t", 1 << 40),
+            ("10k", 10 << 10),
+        ] {
+            assert_eq!(parse_bytes(s), Some(bytes), "{s}");
+        }
+        for bad in ["", "M", "1.5G", "-1G", "1P", "99999999999T"] {
+            assert_eq!(parse_bytes(bad), None, "{bad}");
+        }
     }
 
     /// docs/configuration.md's table lists exactly the keys of the defaults file.

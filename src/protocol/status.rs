@@ -2,7 +2,7 @@
 //! (REST and the Operations API share them; MQTT maps the same errors to reason codes in
 //! `mqtt/conn.rs`). See docs/rest.md, "Status codes".
 
-use crate::resource::{ConditionFailed, VerbError, WriteError};
+use crate::resource::{ConditionFailed, StoreError, VerbError, WriteError};
 
 /// The HTTP status a failed write maps to.
 pub fn write_error_status(e: &WriteError) -> u16 {
@@ -10,6 +10,7 @@ pub fn write_error_status(e: &WriteError) -> u16 {
         WriteError::Invalid(_) => 400,
         WriteError::NoSuchTable(_) => 404,
         WriteError::Overloaded(_) | WriteError::Stopped => 503,
+        WriteError::Storage(StoreError::MapFull) => 507,
         WriteError::Storage(_) => 500,
         WriteError::Condition(ConditionFailed::VersionMismatch) => 412,
         WriteError::Condition(ConditionFailed::Exists(_)) => 409,

@@ -368,6 +368,7 @@ impl From<crate::store::StoreError> for VerbError {
         let status = match &e {
             StoreError::NoSuchDatabase(_) | StoreError::NoSuchTable(_) => 404,
             StoreError::TableExists(_) => 400,
+            StoreError::MapFull => 507,
             _ => 500,
         };
         VerbError::new(status, e.to_string())

@@ -192,6 +192,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     store_options.sync = config.storage.sync;
     store_options.queue_time_max = config.storage.max_transaction_queue_time;
     store_options.commit_batch_max = config.storage.commit_batch_max;
+    store_options.map_bytes = config.storage.map_bytes;
     store_options.audit_retention = Some(config.logging.audit_retention).filter(|d| !d.is_zero());
     // Every commit goes to every core's inbox; each core matches it against its own subscriptions.
     // MQTT sessions take them from the same inbox (a `pubsub::Registry` listener).

@@ -84,7 +84,9 @@ impl GrowAhead {
             Need::Ahead => AHEAD_BYTES,
             Need::Soon => STEP_BYTES,
         };
-        if self.written_end >= super::used_bytes(env).saturating_add(lead) {
+        // Nothing past the map: LMDB never uses it (`storage.mapSize`).
+        let map_end = env.info().map_size as u64;
+        if self.written_end >= super::used_bytes(env).saturating_add(lead).min(map_end) {
             return;
         }
         if let Err(e) = self.write_step(env) {
@@ -100,9 +102,13 @@ impl GrowAhead {
         // LMDB's writer lock for the length of the step: nothing else writes the file meanwhile.
         let txn = env.write_txn().map_err(std::io::Error::other)?;
         let start = file.metadata()?.len().max(super::used_bytes(env));
+        let end = (start + STEP_BYTES).min(env.info().map_size as u64);
+        if end <= start {
+            return Ok(());
+        }
         let mut at = start;
-        while at < start + STEP_BYTES {
-            let n = ZEROS.len().min((start + STEP_BYTES - at) as usize);
+        while at < end {
+            let n = ZEROS.len().min((end - at) as usize);
             file.write_all_at(&ZEROS[..n], at)?;
             at += n as u64;
         }
@@ -113,7 +119,7 @@ impl GrowAhead {
             libc::sync_file_range(
                 file.as_raw_fd(),
                 start as libc::off64_t,
-                STEP_BYTES as libc::off64_t,
+                (end - start) as libc::off64_t,
                 libc::SYNC_FILE_RANGE_WRITE,
             )
         };

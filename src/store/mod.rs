@@ -73,7 +73,7 @@ pub use writer::{
 
 /// Bytes of address space reserved per environment. LMDB maps it lazily and the file grows with
 /// the data, so a large reservation costs nothing until used; reaching it fails writes with
-/// `StoreError::MapFull` (raise `storage.mapSize`).
+/// `StoreError::MapFull` (507; `storage.mapSize`, docs/configuration.md, sets it).
 pub const MAP_BYTES_DEFAULT: usize = 1 << 40;
 /// Named sub-databases per environment: tables plus one per index. LMDB zeroes an array of this
 /// many entries at every transaction begin (reads included), so it is a per-request cost: 4,096

@@ -38,7 +38,9 @@ fn failed(topic: &str, e: WriteError) -> ReasonCode {
     tracing::info!(target: "mqtt", "publish to {topic:?} failed: {e}");
     match e {
         WriteError::Invalid(_) => ReasonCode::PayloadFormatInvalid,
-        WriteError::Overloaded(_) => ReasonCode::QuotaExceeded,
+        WriteError::Overloaded(_) | WriteError::Storage(resource::StoreError::MapFull) => {
+            ReasonCode::QuotaExceeded
+        }
         WriteError::Condition(ConditionFailed::MayNotInsert | ConditionFailed::MayNotUpdate) => {
             ReasonCode::NotAuthorized
         }
