@@ -404,7 +404,10 @@ struct CacheEntry {
 thread_local! {
     /// Header value → result. Per core: no lock on the request path. Keyed by the header alone
     /// so a lookup borrows it instead of building a key; the instance is checked on a hit.
-    static CACHE: RefCell<HashMap<String, CacheEntry>> = RefCell::new(HashMap::new());
+    /// At most `CACHE_ENTRIES_MAX` entries, each a credential that passed, so a fast hash is
+    /// safe here.
+    static CACHE: RefCell<HashMap<String, CacheEntry, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
 }
 
 fn cache_get(resources: &Resources, key: &str) -> Option<Caller> {

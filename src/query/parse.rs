@@ -625,7 +625,12 @@ impl<'a> Parser<'a> {
 
 /// Joins children with `logic`, flattening children of the same kind so equal queries have equal
 /// ASTs: no children is `None`, one child is that child.
-pub(crate) fn join(children: Vec<Expr>, logic: Logic) -> Option<Expr> {
+pub(crate) fn join(mut children: Vec<Expr>, logic: Logic) -> Option<Expr> {
+    // A lone child is the answer as it is: a node `join` built already has two or more children,
+    // so flattening it into a new list would only rebuild it (and cost an allocation per query).
+    if children.len() <= 1 {
+        return children.pop();
+    }
     let mut flat = Vec::with_capacity(children.len());
     for child in children {
         match (child, logic) {

@@ -41,6 +41,14 @@ struct Cached {
     txn: Rc<RoTxn<'static, WithoutTls>>,
 }
 
+/// Capacity the key buffer keeps: a stored key is at most `KEY_BYTES_MAX` (250) bytes.
+const KEY_SCRATCH_BYTES_MAX: usize = 1024;
+
+thread_local! {
+    /// [`ReadTxn::get`]'s encoded key, at most [`KEY_SCRATCH_BYTES_MAX`] between reads.
+    static KEY_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 thread_local! {
     /// Whether this thread caches read transactions (executor cores do; other threads, such as
     /// jobs and admin work, which no heartbeat visits, do not).
@@ -132,11 +140,25 @@ impl<'e> ReadTxn<'e> {
     /// The live record with this key; `None` for absent, deleted and expired ones, and for keys
     /// that cannot be keys (they cannot be stored either).
     pub fn get<'t>(&'t self, table: &Table, key: &Value) -> Result<Option<Record<'t>>, StoreError> {
-        let mut encoded = Vec::with_capacity(32);
-        if encode_primary_key(key, &mut encoded).is_err() {
-            return Ok(None);
-        }
-        self.get_encoded(table, &encoded)
+        // The thread's key buffer, not an allocation per read; a fresh one if it is in use.
+        KEY_SCRATCH.with(|scratch| {
+            let mut fresh = Vec::new();
+            let mut held = scratch.try_borrow_mut();
+            let encoded = match held.as_deref_mut() {
+                Ok(buffer) => buffer,
+                Err(_) => &mut fresh,
+            };
+            encoded.clear();
+            let found = match encode_primary_key(key, encoded) {
+                Ok(()) => self.get_encoded(table, encoded),
+                Err(_) => Ok(None),
+            };
+            // A refused key longer than any stored one may have grown it; it is not kept.
+            if encoded.capacity() > KEY_SCRATCH_BYTES_MAX {
+                *encoded = Vec::new();
+            }
+            found
+        })
     }
 
     pub fn get_encoded<'t>(

@@ -581,6 +581,22 @@ mod tests {
         );
     }
 
+    /// Every ASCII character, alone and amid plain text, reads back as itself.
+    #[test]
+    fn strings_escape_exactly_what_json_needs() {
+        for c in (0u8..0x80).map(char::from).chain(['é', '\u{2028}', '😀']) {
+            for s in [c.to_string(), format!("plain {c} text")] {
+                let mut out = Vec::new();
+                write_string(&s, &mut out);
+                let text = String::from_utf8(out).unwrap();
+                let back: String = serde_json::from_str(&text).unwrap();
+                assert_eq!(back, s, "{text}");
+                let escaped = c < ' ' || c == '"' || c == '\\';
+                assert_eq!(text.len() > s.len() + 2, escaped, "{text}");
+            }
+        }
+    }
+
     #[test]
     fn round_trips() {
         check(

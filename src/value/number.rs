@@ -115,6 +115,18 @@ pub(crate) fn write_f64_js(f: f64, out: &mut Vec<u8>) {
         out.push(b'0');
         return;
     }
+    // A whole number below 2^53 (every integer stored as a float) prints as its digits, as
+    // JavaScript prints it; no shortest-digits search needed.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+        out.extend_from_slice(itoa::Buffer::new().format(f as i64).as_bytes());
+        return;
+    }
+    write_f64_shortest(f, out);
+}
+
+/// [`write_f64_js`] by the shortest digits that read back as `f` (ryu), for any finite nonzero
+/// `f`.
+fn write_f64_shortest(f: f64, out: &mut Vec<u8>) {
     let mut buf = ryu::Buffer::new();
     let text = buf.format_finite(f).as_bytes();
     let (negative, text) = match text.split_first() {
@@ -446,6 +458,34 @@ mod tests {
         check_js(f64::MAX, "1.7976931348623157e+308");
         check_js(5e-324, "5e-324");
         check_js(0.1 + 0.2, "0.30000000000000004");
+        check_js(-21.0, "-21");
+        check_js(9_007_199_254_740_991.0, "9007199254740991");
+        check_js(9_007_199_254_740_992.0, "9007199254740992");
+        check_js(-9_007_199_254_740_992.0, "-9007199254740992");
+    }
+
+    /// The whole-number shortcut prints what the shortest-digits path prints.
+    #[test]
+    fn whole_floats_print_as_the_shortest_digits_do() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..100_000u64 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            // Small numbers, and numbers of every magnitude up to 2^53.
+            let n = if i % 2 == 0 {
+                (state >> 50) as i64 - 8192
+            } else {
+                ((state >> 11) >> (state % 53)) as i64 * if state & 1 == 0 { 1 } else { -1 }
+            };
+            if n == 0 {
+                continue;
+            }
+            let (mut fast, mut shortest) = (Vec::new(), Vec::new());
+            write_f64_js(n as f64, &mut fast);
+            write_f64_shortest(n as f64, &mut shortest);
+            assert_eq!(fast, shortest, "{n}");
+        }
     }
 
     fn check_decimal(digits: &str) {

@@ -62,7 +62,8 @@ struct Entry {
 /// One core's counts for the current second.
 #[derive(Default)]
 pub struct Recorder {
-    paths: HashMap<String, Vec<Entry>>,
+    /// At most [`PATHS_PER_CORE_MAX`] keys, so a fast hash is safe here.
+    paths: HashMap<String, Vec<Entry>, foldhash::fast::RandomState>,
     since: Option<Instant>,
     /// Answers not counted because the path table was full.
     pub dropped: u64,
