@@ -926,10 +926,9 @@ fn test_bounds(test: &Test) -> Option<Bounds> {
             Bound::Excluded(bytes)
         }
     };
-    let (class_low, class_high) = {
-        let (bytes, _) = index_prefix(&test.value);
-        class_bounds(&bytes)
-    };
+    // The ends of the value's kind class, for the one-sided ranges only (an equality, the
+    // common case, needs neither, and each is an allocation).
+    let class = || class_bounds(&index_prefix(&test.value).0);
     match test.op {
         Op::Equal => match &test.value {
             Value::Array(_) | Value::Object(_) => None,
@@ -939,10 +938,10 @@ fn test_bounds(test: &Test) -> Option<Bounds> {
             }
         },
         _ if matches!(test.value, Value::Null) => None,
-        Op::Greater => Some((exact(&test.value, false), Bound::Excluded(class_high))),
-        Op::GreaterEqual => Some((exact(&test.value, true), Bound::Excluded(class_high))),
-        Op::Less => Some((Bound::Included(class_low), exact(&test.value, false))),
-        Op::LessEqual => Some((Bound::Included(class_low), exact(&test.value, true))),
+        Op::Greater => Some((exact(&test.value, false), Bound::Excluded(class().1))),
+        Op::GreaterEqual => Some((exact(&test.value, true), Bound::Excluded(class().1))),
+        Op::Less => Some((Bound::Included(class().0), exact(&test.value, false))),
+        Op::LessEqual => Some((Bound::Included(class().0), exact(&test.value, true))),
         Op::Between => Some((exact(&test.value, true), exact(&test.high, true))),
         Op::StartsWith => {
             let Value::String(_) = &test.value else {
