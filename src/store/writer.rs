@@ -403,6 +403,7 @@ pub(super) fn spawn(
                 options,
                 kill_at,
                 marks: Default::default(),
+                audit_bytes: Default::default(),
             }
             .run(rx)
         })
@@ -421,7 +422,14 @@ pub(super) struct Writer {
     /// What the local requests of the group being applied changed in `__meta__` once per group
     /// rather than once per request (see [`Marks`]).
     pub(super) marks: std::cell::RefCell<Marks>,
+    /// The buffer a local request's audit entry is archived into before LMDB copies it: one
+    /// buffer for the writer's life instead of a new one grown by doubling per request, at most
+    /// [`AUDIT_BYTES_KEPT`] of capacity kept between requests.
+    audit_bytes: std::cell::RefCell<Vec<u8>>,
 }
+
+/// Capacity [`Writer::audit_bytes`] keeps; a larger entry's buffer is let go after it.
+const AUDIT_BYTES_KEPT: usize = 64 << 10;
 
 /// The `__meta__` entries a group's local requests would each overwrite: this node's sequence
 /// cursor and each touched table's `updated` version. Kept here while a group is applied and
@@ -1173,15 +1181,18 @@ impl Writer {
         );
         entry.insert("origin", Value::Int(i64::from(self.options.node_id)));
         let seq = self.next_local_seq(txn, version)?;
-        entry.insert("node", Value::String(self.db.stream.to_string()));
+        entry.insert("node", Value::String(String::from(&*self.db.stream)));
         entry.insert("seq", Value::Int(seq as i64));
         entry.insert("time", Value::Float(version));
         entry.insert("entries", Value::Array(audit_entries));
-        let bytes = value::to_archived_bytes(&Value::Object(entry));
-        self.db
-            .audit
-            .put(txn, &layout::audit_key(version), &bytes)?;
-
+        let mut bytes = self.audit_bytes.borrow_mut();
+        bytes.clear();
+        value::archive_into(&Value::Object(entry), &mut bytes);
+        let put = self.db.audit.put(txn, &layout::audit_key(version), &bytes);
+        if bytes.capacity() > AUDIT_BYTES_KEPT {
+            *bytes = Vec::new();
+        }
+        put?;
         Ok(())
     }
 
