@@ -477,7 +477,13 @@ impl<'c> Delivery<'c> {
 pub(super) fn topic_name(export: &str, id: Option<&str>) -> String {
     match id {
         Some(id) if export.is_empty() => id.to_string(),
-        Some(id) => format!("{export}/{id}"),
+        Some(id) => {
+            let mut name = String::with_capacity(export.len() + 1 + id.len());
+            name.push_str(export);
+            name.push('/');
+            name.push_str(id);
+            name
+        }
         None => export.to_string(),
     }
 }

@@ -34,8 +34,9 @@ pub struct MqttShared {
     /// Delayed wills waiting, by client id (see [`MqttShared::wait_will`]). Touched at CONNECT
     /// and at the end of a connection only; always locked after `clients`.
     pub(super) wills: Mutex<HashMap<String, Arc<PendingWill>>>,
-    /// (database, table) → export name, to name topics of committed changes.
-    pub(super) exports: HashMap<(String, String), String>,
+    /// database → table → export name, to name topics of committed changes. Nested so a lookup
+    /// per change borrows its names instead of building a key.
+    pub(super) exports: HashMap<String, HashMap<String, String>>,
     pub(super) next_client: AtomicU64,
     /// A version at or above every commit made before the cores started: where each core's
     /// dispatch position starts (see [`Sessions::since`]).
@@ -66,15 +67,15 @@ impl MqttShared {
         require_authentication: bool,
         shutdown: Shutdown,
     ) -> Self {
-        let exports = resources
-            .app
-            .tables
-            .iter()
-            .filter_map(|t| {
-                let name = t.export.clone()?;
-                Some(((t.database.clone(), t.table.clone()), name))
-            })
-            .collect();
+        let mut exports: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for t in &resources.app.tables {
+            if let Some(name) = &t.export {
+                exports
+                    .entry(t.database.clone())
+                    .or_default()
+                    .insert(t.table.clone(), name.clone());
+            }
+        }
         MqttShared {
             // MQTT 5 allows Maximum Packet Size up to the remaining-length ceiling.
             packet_bytes_max: packet_bytes_max.min(codec::REMAINING_BYTES_MAX),
@@ -131,7 +132,7 @@ impl MqttShared {
         if self.general_topics && database == durable::SYSTEM && table == general::TABLE {
             return Some(&self.general_export);
         }
-        self.exports.get(&(database.to_string(), table.to_string()))
+        self.exports.get(database)?.get(table)
     }
 
     /// A new core's message counts for `$SYS` (see [`Sessions::new`]).
