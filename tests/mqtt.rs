@@ -567,6 +567,65 @@ fn inbound_publish_codes() {
     assert_eq!(payload, vec![0xff, 0x00, 0x01]);
 }
 
+/// A database at `storage.mapSize` refuses a v5 publish's write with PUBACK 0x97 Quota
+/// exceeded (docs/mqtt.md, docs/configuration.md), as REST refuses it with 507.
+#[test]
+fn a_full_database_refuses_a_v5_publish_with_quota_exceeded() {
+    let m = start_with(&[("--STORAGE_MAPSIZE", "64M"), ("--STORAGE_SYNC", "false")]);
+    // 12 KiB: the raw client's packets stay under 16 KiB (two bytes of remaining length).
+    let body = serde_json::json!({ "name": "x".repeat(12 << 10) }).to_string();
+    // Fill the map over REST until a write is refused (64 MiB holds a few thousand of these,
+    // each stored twice: the record and its audit entry).
+    let mut filled = 0;
+    loop {
+        assert!(
+            filled < 10_000,
+            "10,000 writes of 12 KiB fit in a 64 MiB map"
+        );
+        match ureq::put(&m.server.url(&format!("/Dog/fill-{filled}")))
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+        {
+            Ok(_) => filled += 1,
+            Err(ureq::Error::Status(code, _)) => {
+                assert_eq!(code, 507, "after {filled} writes");
+                break;
+            }
+            Err(e) => panic!("PUT: {e}"),
+        }
+    }
+    // Pages the writer's own commits free may make room for a few more; the map fills again
+    // within a few publishes of the same size.
+    let mut c = Raw::connect(&m, &connect_packet(5, "full", 60, &[]));
+    assert_eq!(c.packet().map(|p| p[3]), Some(0));
+    let mut refused = false;
+    for id in 1..=20u16 {
+        c.send(&publish_packet(
+            5,
+            0x03,
+            &format!("Dog/more-{id}"),
+            id,
+            body.as_bytes(),
+        ));
+        let [hi, lo] = id.to_be_bytes();
+        match c.packet() {
+            Some(p) if p == [0x40, 3, hi, lo, 0x97] => {
+                refused = true;
+                break;
+            }
+            Some(p) => assert_eq!(p, vec![0x40, 2, hi, lo], "PUBACK {id}"),
+            None => panic!("no PUBACK {id}"),
+        }
+    }
+    assert!(refused, "no publish was refused with 0x97");
+    assert_eq!(
+        get(&m, "/Dog/fill-0").expect("kept")["name"]
+            .as_str()
+            .map(str::len),
+        Some(12 << 10)
+    );
+}
+
 #[test]
 fn qos2_both_ways_and_dup_applies_once() {
     let m = start();
