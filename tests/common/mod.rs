@@ -20,25 +20,50 @@ pub const ADMIN_PASSWORD: &str = "Adm1n-pass-for-tests";
 /// the test names (to come back on it, or to be named in another server's routes). It is below
 /// 32768, the tests' rule for fixed ports: the kernel hands out 32768–60999 as client ports, so
 /// a port taken from there (binding port 0) can become any test's client port between this check
-/// and the server's bind. Each test process scans from its own base; successive calls in one
-/// process return different ports.
+/// and the server's bind.
+///
+/// Test processes run at once (nextest runs each test in its own) and a port is free for each of
+/// them until a server binds it, so a port is also claimed across processes: a lock (`flock`) on
+/// a file named after it in the temporary folder, held until this process exits. Another process
+/// skips a port whose lock it cannot take.
 pub fn free_port_on(ips: &[&str]) -> u16 {
+    use std::os::unix::io::AsRawFd as _;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
     const SPAN: u32 = 4_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static CLAIMED: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("tidepool-test-ports");
+    std::fs::create_dir_all(&dir).expect("port claims folder");
     let base = 20_000 + (std::process::id() % 4_000) * 2;
     for _ in 0..SPAN {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % (2 * SPAN);
         assert!(
             port < 32_768,
             "fixed test ports stay below the client port range"
         );
         let port = port as u16;
+        let Ok(claim) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // SAFETY: flock(2) on a descriptor this function owns; it touches no memory of ours.
+        if unsafe { libc::flock(claim.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
         let held: Vec<_> = ips
             .iter()
             .map(|ip| std::net::TcpListener::bind((*ip, port)))
             .collect();
         if held.iter().all(Result::is_ok) {
+            CLAIMED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(claim);
             return port;
         }
     }
