@@ -379,6 +379,22 @@ impl ConfigTree {
         ListenAddr::parse(key, self.get(key).unwrap_or(&Yaml::Null))
     }
 
+    /// Bytes, or a size string such as `64M`, `1T` ([`parse_bytes`]).
+    fn bytes(&self, key: &str) -> Result<u64, ConfigError> {
+        match self.get(key) {
+            Some(Yaml::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| err(key, format!("expected bytes, got {n}"))),
+            Some(Yaml::String(s)) => parse_bytes(s)
+                .ok_or_else(|| err(key, format!("{s:?} is not a size (bytes or <n>K/M/G/T)"))),
+            Some(other) => Err(err(
+                key,
+                format!("expected a size, got {}", yaml_kind(other)),
+            )),
+            None => Err(err(key, "missing")),
+        }
+    }
+
     /// Milliseconds, or a duration string such as `30s`, `5m`, `1d`.
     pub(crate) fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
         match self.get(key) {
@@ -401,39 +417,30 @@ impl ConfigTree {
     }
 }
 
-/// `1500`, `1500ms`, `30s`, `5m`, `2h`, `1d`.
 /// `storage.mapSize`, checked against what LMDB and a 64-bit address space can hold
 /// (docs/configuration.md).
 fn map_bytes(tree: &ConfigTree) -> Result<usize, ConfigError> {
     const KEY: &str = "storage.mapSize";
-    const MIN: u64 = 64 << 20;
-    const MAX: u64 = 64 << 40;
-    let bytes = match tree.get(KEY) {
-        Some(Yaml::Number(n)) => n.as_u64(),
-        Some(Yaml::String(s)) => parse_bytes(s),
-        Some(other) => {
-            return Err(err(
-                KEY,
-                format!("expected a size, got {}", yaml_kind(other)),
-            ))
-        }
-        None => return Err(err(KEY, "missing")),
-    }
-    .ok_or_else(|| err(KEY, "not a size (bytes, or <n>K/M/G/T)"))?;
-    if !(MIN..=MAX).contains(&bytes) {
+    let bytes = tree.bytes(KEY)?;
+    if !((64 << 20)..=(64 << 40)).contains(&bytes) {
         return Err(err(KEY, "must be between 64M and 64T"));
     }
     usize::try_from(bytes).map_err(|_| err(KEY, "too large for this machine"))
 }
 
-/// A size in bytes: digits, then optionally `K`, `M`, `G` or `T` (powers of 1024; `KB`, `KiB`
-/// and lower case read the same).
-pub fn parse_bytes(s: &str) -> Option<u64> {
+/// Leading digits and what follows them, trimmed: `30s` → (30, "s").
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let unit = unit.trim().to_ascii_lowercase();
+    Some((digits.parse().ok()?, unit.trim()))
+}
+
+/// A size in bytes: digits, then optionally `K`, `M`, `G` or `T` (powers of 1024; `KB`, `KiB`
+/// and lower case read the same).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let (n, unit) = number_and_unit(s)?;
+    let unit = unit.to_ascii_lowercase();
     let unit = unit
         .strip_suffix("ib")
         .or_else(|| unit.strip_suffix('b'))
@@ -449,12 +456,10 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
     n.checked_mul(1 << shift)
 }
 
+/// `1500`, `1500ms`, `30s`, `5m`, `2h`, `1d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let ms = match unit.trim() {
+    let (n, unit) = number_and_unit(s)?;
+    let ms = match unit {
         "" | "ms" => n,
         "s" => n.checked_mul(1000)?,
         "m" => n.checked_mul(60_000)?,

@@ -89,20 +89,20 @@ impl GrowAhead {
         if self.written_end >= super::used_bytes(env).saturating_add(lead).min(map_end) {
             return;
         }
-        if let Err(e) = self.write_step(env) {
+        if let Err(e) = self.write_step(env, map_end) {
             tracing::warn!("stopped writing {} ahead: {e}", env.path().display());
             self.file = None;
         }
     }
 
-    fn write_step(&mut self, env: &Env<WithoutTls>) -> std::io::Result<()> {
+    fn write_step(&mut self, env: &Env<WithoutTls>, map_end: u64) -> std::io::Result<()> {
         let Some(file) = &self.file else {
             return Ok(());
         };
         // LMDB's writer lock for the length of the step: nothing else writes the file meanwhile.
         let txn = env.write_txn().map_err(std::io::Error::other)?;
         let start = file.metadata()?.len().max(super::used_bytes(env));
-        let end = (start + STEP_BYTES).min(env.info().map_size as u64);
+        let end = (start + STEP_BYTES).min(map_end);
         if end <= start {
             return Ok(());
         }

@@ -35,9 +35,9 @@ pub fn free_port_on(ips: &[&str]) -> u16 {
     static CLAIMED: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
     let dir = std::env::temp_dir().join("tidepool-test-ports");
     std::fs::create_dir_all(&dir).expect("port claims folder");
-    let base = 20_000 + (std::process::id() % 4_000) * 2;
+    let offset = (std::process::id() % SPAN) * 2;
     for _ in 0..SPAN {
-        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % (2 * SPAN);
+        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % (2 * SPAN);
         assert!(
             port < 32_768,
             "fixed test ports stay below the client port range"
